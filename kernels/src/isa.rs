@@ -1,0 +1,101 @@
+//! Instruction-set selection: detected once at startup, or forced by `QWENRT_ISA`.
+
+use std::fmt;
+
+/// The instruction set a kernel body is compiled for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, the reference every other body is tested against.
+    Scalar,
+    /// AVX2 with FMA (256-bit).
+    Avx2,
+    /// AVX-512F (512-bit); uses AVX512-BF16 dot products where the CPU has them.
+    Avx512,
+}
+
+impl Isa {
+    /// Every ISA this CPU can run, best last.
+    pub fn available() -> Vec<Isa> {
+        let mut v = vec![Isa::Scalar];
+        if Isa::Avx2.is_supported() {
+            v.push(Isa::Avx2);
+        }
+        if Isa::Avx512.is_supported() {
+            v.push(Isa::Avx512);
+        }
+        v
+    }
+
+    /// Whether this CPU can run the given ISA's kernels.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best ISA this CPU supports.
+    pub fn detect() -> Isa {
+        *Isa::available().last().unwrap_or(&Isa::Scalar)
+    }
+
+    /// `QWENRT_ISA` if set (an error if it names an unknown or unsupported ISA), else [`Isa::detect`].
+    pub fn from_env() -> Result<Isa, String> {
+        match std::env::var("QWENRT_ISA") {
+            Ok(s) if !s.is_empty() => {
+                let isa: Isa = s.parse()?;
+                if isa.is_supported() {
+                    Ok(isa)
+                } else {
+                    Err(format!("QWENRT_ISA={s}: this CPU does not support {isa}"))
+                }
+            }
+            _ => Ok(Isa::detect()),
+        }
+    }
+
+    /// Whether AVX512-BF16 (`vdpbf16ps`) is available: used by the bf16 kernels on the avx512 path.
+    pub fn has_avx512_bf16(self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            self == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    }
+}
+
+impl std::str::FromStr for Isa {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Isa, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" => Ok(Isa::Avx512),
+            other => Err(format!(
+                "unknown ISA {other:?}: expected one of avx512, avx2, scalar"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        })
+    }
+}

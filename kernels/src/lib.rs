@@ -1,0 +1,29 @@
+//! SIMD kernels for qwenrt.
+//!
+//! Overview:
+//! - [`Isa`]: the instruction set a kernel runs on, detected once (`Isa::detect`) or forced with
+//!   `QWENRT_ISA=avx512|avx2|scalar` (`Isa::from_env`).
+//! - [`WeightType`] with the markers [`F32`], [`F16`], [`Bf16`]: the weight dtypes. Weights are
+//!   passed as raw little-endian bytes (`&[u8]`), so a tensor that is not aligned for its dtype
+//!   still works: every load is unaligned.
+//! - [`ops`]: the safe entry points, one per kernel, each dispatching on an [`Isa`].
+//! - [`scalar`]: the reference implementations every SIMD body is tested against.
+//! - [`pool::ThreadPool`]: persistent workers meeting at a spin barrier; dispatch allocates nothing.
+//! - [`par`]: the kernels split across a pool (matvec by rows, matmul by output columns,
+//!   attention by heads).
+
+pub mod dtype;
+pub mod isa;
+pub mod ops;
+pub mod par;
+pub mod pool;
+pub mod scalar;
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+pub use dtype::{Bf16, Dtype, WeightType, F16, F32};
+pub use isa::Isa;
+pub use pool::ThreadPool;

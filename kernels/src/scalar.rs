@@ -1,0 +1,153 @@
+//! Scalar reference kernels: plain loops, f32 accumulation. Every SIMD body is tested against
+//! these, and they are the portable fallback (`Isa::Scalar`).
+
+use crate::dtype::{Dtype, WeightType};
+
+/// `sum(a[i] * b[i])`.
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `y[r] = sum_c w[r, c] * x[c]` for `r in 0..y.len()`; `w` is row-major `[y.len(), x.len()]`.
+pub fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
+    let cols = x.len();
+    assert!(w.len() >= y.len() * cols * W::SIZE, "matvec: weight buffer too short");
+    for (r, yr) in y.iter_mut().enumerate() {
+        let base = r * cols;
+        let mut acc = 0.0f32;
+        for (c, xc) in x.iter().enumerate() {
+            acc += W::get(w, base + c) * xc;
+        }
+        *yr = acc;
+    }
+}
+
+/// `y[t, r] = sum_c w[r, c] * x[t, c]`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`,
+/// all row-major, `n = x.len() / k`, `rows = y.len() / n`.
+pub fn matmul<W: WeightType>(w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
+    if k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let n = x.len() / k;
+    if n == 0 {
+        return;
+    }
+    let rows = y.len() / n;
+    for t in 0..n {
+        matvec::<W>(w, &x[t * k..(t + 1) * k], &mut y[t * rows..(t + 1) * rows]);
+    }
+    let _ = rows;
+}
+
+/// `out = x / sqrt(mean(x^2) + eps) * weight`, with `weight` of any dtype.
+pub fn rmsnorm(x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
+    assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
+    if x.is_empty() {
+        return;
+    }
+    let ss: f32 = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ss + eps).sqrt();
+    for (i, (o, v)) in out.iter_mut().zip(x).enumerate() {
+        *o = v * inv * wdtype.get(weight, i);
+    }
+}
+
+/// `y[i] += b[i]`, with `b` of any dtype.
+pub fn add_bias(y: &mut [f32], b: &[u8], bdtype: Dtype) {
+    for (i, v) in y.iter_mut().enumerate() {
+        *v += bdtype.get(b, i);
+    }
+}
+
+/// `y[i] += x[i]`.
+pub fn add(y: &mut [f32], x: &[f32]) {
+    assert_eq!(y.len(), x.len(), "add: length mismatch");
+    for (a, b) in y.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// `gate[i] = silu(gate[i]) * up[i]`, `silu(g) = g / (1 + exp(-g))`.
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// In-place softmax. Returns the log of the normalizer, `max + ln(sum(exp(x - max)))`.
+pub fn softmax(x: &mut [f32]) -> f32 {
+    if x.is_empty() {
+        return f32::NEG_INFINITY;
+    }
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+    max + sum.ln()
+}
+
+/// NeoX rotate-half RoPE on every head of `x` (`[heads, head_dim]`): for `i < head_dim/2`,
+/// `(a, b) = (x[i], x[i + half])` becomes `(a cos_i - b sin_i, b cos_i + a sin_i)`.
+pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    let half = head_dim / 2;
+    assert!(cos.len() >= half && sin.len() >= half, "rope: table too short");
+    for head in x.chunks_exact_mut(head_dim) {
+        for i in 0..half {
+            let a = head[i];
+            let b = head[i + half];
+            head[i] = a * cos[i] - b * sin[i];
+            head[i + half] = b * cos[i] + a * sin[i];
+        }
+    }
+}
+
+/// One query head against `len` cached positions: `keys`/`values` are `[len, head_dim]`,
+/// `scores` has room for `len`, `out` is `[head_dim]`.
+/// `out = softmax(keys · q * scale) · values`.
+pub fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    assert_eq!(out.len(), hd, "attention: out length");
+    let len = if hd == 0 { 0 } else { keys.len() / hd };
+    assert!(values.len() >= len * hd && scores.len() >= len, "attention: buffers too short");
+    out.iter_mut().for_each(|v| *v = 0.0);
+    if len == 0 {
+        return;
+    }
+    let scores = &mut scores[..len];
+    for (p, s) in scores.iter_mut().enumerate() {
+        *s = dot(q, &keys[p * hd..(p + 1) * hd]) * scale;
+    }
+    softmax(scores);
+    for (p, s) in scores.iter().enumerate() {
+        for (o, v) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+            *o += s * v;
+        }
+    }
+}
+
+/// Index of the largest element (the first one on ties); 0 for an empty slice.
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}

@@ -1,0 +1,16 @@
+//! qwenrt: a CPU runtime for Qwen2-family language models.
+//!
+//! Overview:
+//! - [`config::Config`]: config.json, classic and newer hub styles, validated.
+//! - [`weights::Weights`]: the memory-mapped safetensors (single file or sharded), every tensor
+//!   checked against the config before anything runs. Immutable and shared between sessions.
+//! - [`session::Session`]: the mutable side: one arena (KV cache, activations, logits, sampler
+//!   buffers) allocated once, a thread pool, and the forward pass.
+//! - [`kv_cache::KvCache`]: the fixed KV cache that never grows.
+//! - [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
+//! - [`generate`]: the allocation-free decode loop.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod weights;
