@@ -1,0 +1,334 @@
+//! `config.json`: the model's shape, read in the classic hub style (`rope_theta`, `torch_dtype` at
+//! the top level) or the newer one (`rope_parameters.rope_theta`, `dtype`), then validated.
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// A validated Qwen2 model configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: usize,
+    /// `hidden_size / num_attention_heads`.
+    pub head_dim: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub tie_word_embeddings: bool,
+    /// The checkpoint's declared dtype (`torch_dtype` or `dtype`), if any; informational only:
+    /// the tensors' own dtypes decide.
+    pub torch_dtype: Option<String>,
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence ids (config.json's `eos_token_id`, a number or a list).
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// What is wrong with a config.json.
+#[derive(Debug)]
+pub enum ConfigError {
+    Io(String, std::io::Error),
+    Json(String),
+    Missing(&'static str),
+    Invalid { field: &'static str, why: String },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Io(p, e) => write!(f, "cannot read {p}: {e}"),
+            ConfigError::Json(e) => write!(f, "config.json is not valid: {e}"),
+            ConfigError::Missing(field) => write!(f, "config.json: missing field `{field}`"),
+            ConfigError::Invalid { field, why } => write!(f, "config.json: `{field}` {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(u64),
+    Many(Vec<u64>),
+}
+
+#[derive(Deserialize, Default)]
+struct RopeParameters {
+    rope_theta: Option<f64>,
+    rope_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawConfig {
+    model_type: Option<String>,
+    vocab_size: Option<u64>,
+    hidden_size: Option<u64>,
+    intermediate_size: Option<u64>,
+    num_hidden_layers: Option<u64>,
+    num_attention_heads: Option<u64>,
+    num_key_value_heads: Option<u64>,
+    head_dim: Option<u64>,
+    max_position_embeddings: Option<u64>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<RopeParameters>,
+    rope_scaling: Option<serde_json::Value>,
+    tie_word_embeddings: Option<bool>,
+    torch_dtype: Option<String>,
+    dtype: Option<String>,
+    hidden_act: Option<String>,
+    bos_token_id: Option<u64>,
+    eos_token_id: Option<OneOrMany>,
+}
+
+fn positive(field: &'static str, v: Option<u64>) -> Result<usize, ConfigError> {
+    let v = v.ok_or(ConfigError::Missing(field))?;
+    if v == 0 {
+        return Err(ConfigError::Invalid { field, why: "must be greater than 0".into() });
+    }
+    // Cap every size so that products of a few of them cannot overflow 64 bits, and a config
+    // cannot ask for absurd shapes.
+    if v > (1 << 24) {
+        return Err(ConfigError::Invalid { field, why: format!("is {v}, larger than 2^24") });
+    }
+    Ok(v as usize)
+}
+
+fn token_id(field: &'static str, v: u64) -> Result<u32, ConfigError> {
+    u32::try_from(v).map_err(|_| ConfigError::Invalid { field, why: format!("{v} is not a u32") })
+}
+
+impl Config {
+    /// Reads and validates `path` (a config.json).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read(path).map_err(|e| ConfigError::Io(path.display().to_string(), e))?;
+        Config::from_json(&text)
+    }
+
+    /// Parses and validates config.json bytes.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
+        if let Some(mt) = &raw.model_type {
+            if mt != "qwen2" {
+                return Err(ConfigError::Invalid {
+                    field: "model_type",
+                    why: format!("is {mt:?}; only \"qwen2\" is supported"),
+                });
+            }
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(ConfigError::Invalid {
+                    field: "hidden_act",
+                    why: format!("is {act:?}; only \"silu\" is supported"),
+                });
+            }
+        }
+        let vocab_size = positive("vocab_size", raw.vocab_size)?;
+        let hidden_size = positive("hidden_size", raw.hidden_size)?;
+        let intermediate_size = positive("intermediate_size", raw.intermediate_size)?;
+        let num_hidden_layers = positive("num_hidden_layers", raw.num_hidden_layers)?;
+        let num_attention_heads = positive("num_attention_heads", raw.num_attention_heads)?;
+        let num_key_value_heads = match raw.num_key_value_heads {
+            None => num_attention_heads,
+            v => positive("num_key_value_heads", v)?,
+        };
+        if hidden_size % num_attention_heads != 0 {
+            return Err(ConfigError::Invalid {
+                field: "num_attention_heads",
+                why: format!("({num_attention_heads}) does not divide hidden_size ({hidden_size})"),
+            });
+        }
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(ConfigError::Invalid {
+                field: "num_key_value_heads",
+                why: format!(
+                    "({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"
+                ),
+            });
+        }
+        let head_dim = hidden_size / num_attention_heads;
+        if let Some(hd) = raw.head_dim {
+            if hd as usize != head_dim {
+                return Err(ConfigError::Invalid {
+                    field: "head_dim",
+                    why: format!("is {hd}, but hidden_size / num_attention_heads is {head_dim}"),
+                });
+            }
+        }
+        if head_dim % 2 != 0 {
+            return Err(ConfigError::Invalid {
+                field: "num_attention_heads",
+                why: format!("gives an odd head_dim ({head_dim}); RoPE needs it even"),
+            });
+        }
+        let max_position_embeddings =
+            positive("max_position_embeddings", raw.max_position_embeddings)?;
+        let rms_norm_eps = raw.rms_norm_eps.ok_or(ConfigError::Missing("rms_norm_eps"))?;
+        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+            return Err(ConfigError::Invalid {
+                field: "rms_norm_eps",
+                why: format!("is {rms_norm_eps}; must be a positive finite number"),
+            });
+        }
+        let rope_params = raw.rope_parameters.unwrap_or_default();
+        if let Some(t) = rope_params.rope_type.as_deref() {
+            if t != "default" {
+                return Err(ConfigError::Invalid {
+                    field: "rope_parameters.rope_type",
+                    why: format!("is {t:?}; only \"default\" RoPE is supported"),
+                });
+            }
+        }
+        if let Some(s) = &raw.rope_scaling {
+            if !s.is_null() {
+                return Err(ConfigError::Invalid {
+                    field: "rope_scaling",
+                    why: "is set; RoPE scaling is not supported".into(),
+                });
+            }
+        }
+        let (rope_theta, theta_field) = match (raw.rope_theta, rope_params.rope_theta) {
+            (Some(t), _) => (t, "rope_theta"),
+            (None, Some(t)) => (t, "rope_parameters.rope_theta"),
+            (None, None) => (10000.0, "rope_theta"),
+        };
+        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+            return Err(ConfigError::Invalid {
+                field: theta_field,
+                why: format!("is {rope_theta}; must be a finite number above 1"),
+            });
+        }
+        let eos_token_ids = match raw.eos_token_id {
+            None => vec![],
+            Some(OneOrMany::One(v)) => vec![token_id("eos_token_id", v)?],
+            Some(OneOrMany::Many(v)) => {
+                v.into_iter().map(|x| token_id("eos_token_id", x)).collect::<Result<_, _>>()?
+            }
+        };
+        let bos_token_id = raw.bos_token_id.map(|v| token_id("bos_token_id", v)).transpose()?;
+        let config = Config {
+            vocab_size,
+            hidden_size,
+            intermediate_size,
+            num_hidden_layers,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            max_position_embeddings,
+            rms_norm_eps: rms_norm_eps as f32,
+            rope_theta: rope_theta as f32,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            torch_dtype: raw.torch_dtype.or(raw.dtype),
+            bos_token_id,
+            eos_token_ids,
+        };
+        config.parameter_count().ok_or(ConfigError::Invalid {
+            field: "hidden_size",
+            why: "and the other sizes multiply past usize".into(),
+        })?;
+        Ok(config)
+    }
+
+    /// Width of the K (and V) projection: `num_key_value_heads * head_dim`.
+    pub fn kv_dim(&self) -> usize {
+        self.num_key_value_heads * self.head_dim
+    }
+
+    /// Number of parameters, or `None` if it overflows `usize`.
+    pub fn parameter_count(&self) -> Option<usize> {
+        let h = self.hidden_size;
+        let kv = self.kv_dim();
+        let f = self.intermediate_size;
+        let embed = self.vocab_size.checked_mul(h)?;
+        let attn = h.checked_mul(h)?.checked_mul(2)?.checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
+        let mlp = h.checked_mul(f)?.checked_mul(3)?;
+        let per_layer = attn.checked_add(mlp)?.checked_add(h * 2 + h + 2 * kv)?;
+        let layers = per_layer.checked_mul(self.num_hidden_layers)?;
+        let head = if self.tie_word_embeddings { 0 } else { embed };
+        embed.checked_add(layers)?.checked_add(head)?.checked_add(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLASSIC: &str = r#"{"model_type":"qwen2","vocab_size":512,"hidden_size":64,
+        "intermediate_size":176,"num_hidden_layers":2,"num_attention_heads":4,
+        "num_key_value_heads":2,"max_position_embeddings":256,"rms_norm_eps":1e-6,
+        "rope_theta":10000.0,"tie_word_embeddings":false,"torch_dtype":"float32",
+        "eos_token_id":2}"#;
+
+    fn with(field: &str, value: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+        v[field] = serde_json::from_str(value).unwrap();
+        v.to_string()
+    }
+
+    #[test]
+    fn classic_style() {
+        let c = Config::from_json(CLASSIC.as_bytes()).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.kv_dim(), 32);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.eos_token_ids, vec![2]);
+        assert!(!c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn newer_style() {
+        let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("rope_theta");
+        o.remove("torch_dtype");
+        o.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 1e6, "rope_type": "default"}));
+        o.insert("dtype".into(), "bfloat16".into());
+        o.insert("eos_token_id".into(), serde_json::json!([2, 3]));
+        let c = Config::from_json(v.to_string().as_bytes()).unwrap();
+        assert_eq!(c.rope_theta, 1e6);
+        assert_eq!(c.torch_dtype.as_deref(), Some("bfloat16"));
+        assert_eq!(c.eos_token_ids, vec![2, 3]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (with("num_attention_heads", "0"), "num_attention_heads"),
+            (with("num_attention_heads", "3"), "num_attention_heads"),
+            (with("num_key_value_heads", "3"), "num_key_value_heads"),
+            (with("hidden_size", "0"), "hidden_size"),
+            (with("vocab_size", "1e300"), "config.json is not valid"),
+            (with("vocab_size", "99999999999"), "vocab_size"),
+            (with("rms_norm_eps", "-1"), "rms_norm_eps"),
+            (with("model_type", "\"llama\""), "model_type"),
+            (with("eos_token_id", "99999999999"), "eos_token_id"),
+        ];
+        for (json, needle) in cases {
+            let e = Config::from_json(json.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e:?} should name {needle}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = Config::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("missing field `hidden_size`"), "{e}");
+        assert!(Config::from_json(b"not json").is_err());
+    }
+
+    #[test]
+    fn fixtures_parse() {
+        for dir in ["tiny-qwen2-f32", "tiny-qwen2-bf16-tied"] {
+            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir).join("config.json");
+            let c = Config::from_file(&p).unwrap();
+            assert_eq!(c.hidden_size, 64);
+            assert_eq!(c.tie_word_embeddings, dir.contains("tied"));
+        }
+    }
+}

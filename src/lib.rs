@@ -7,10 +7,12 @@
 //! - [`session::Session`]: the mutable side: one arena (KV cache, activations, logits, sampler
 //!   buffers) allocated once, a thread pool, and the forward pass.
 //! - [`kv_cache::KvCache`]: the fixed KV cache that never grows.
-//! - [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
-//! - [`generate`]: the allocation-free decode loop.
+//! - [`sampler::Sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
 #![deny(unsafe_code)]
 
+pub mod arena;
 pub mod config;
-pub mod error;
+pub mod kv_cache;
+pub mod sampler;
+pub mod session;
 pub mod weights;

@@ -1,0 +1,310 @@
+//! The model's weights: memory-mapped safetensors, checked against the config before anything
+//! runs. Tensor data stays in the mapping; nothing is copied to the heap. Tensors need not be
+//! aligned for their dtype: the kernels read weights with unaligned loads.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use qwenrt_kernels::Dtype;
+
+use crate::config::{Config, ConfigError};
+
+/// Why a model directory could not be loaded.
+#[derive(Debug)]
+pub enum LoadError {
+    Config(ConfigError),
+    Io { path: PathBuf, err: std::io::Error },
+    /// A safetensors file or shard index that is malformed.
+    Format { path: PathBuf, why: String },
+    MissingTensor(String),
+    Dtype { tensor: String, found: String },
+    Shape { tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    /// The 2-D weights do not all share one dtype.
+    MixedDtypes { tensor: String, found: Dtype, expected: Dtype },
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LoadError::Config(e) => write!(f, "{e}"),
+            LoadError::Io { path, err } => write!(f, "cannot read {}: {err}", path.display()),
+            LoadError::Format { path, why } => write!(f, "{}: {why}", path.display()),
+            LoadError::MissingTensor(t) => write!(f, "missing tensor `{t}`"),
+            LoadError::Dtype { tensor, found } => {
+                write!(f, "tensor `{tensor}` has dtype {found}; expected BF16, F16 or F32")
+            }
+            LoadError::Shape { tensor, expected, found } => {
+                write!(f, "tensor `{tensor}` has shape {found:?}; the config implies {expected:?}")
+            }
+            LoadError::MixedDtypes { tensor, found, expected } => write!(
+                f,
+                "tensor `{tensor}` is {found} but the other weight matrices are {expected}; \
+                 mixed matrix dtypes are not supported"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<ConfigError> for LoadError {
+    fn from(e: ConfigError) -> Self {
+        LoadError::Config(e)
+    }
+}
+
+/// Where one tensor's bytes are: a shard and a byte range in its mapping.
+#[derive(Clone, Debug)]
+pub struct TensorRef {
+    shard: usize,
+    start: usize,
+    end: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+}
+
+/// The tensors of one decoder layer.
+#[derive(Clone, Debug)]
+pub struct Layer {
+    pub input_layernorm: TensorRef,
+    pub q_proj: TensorRef,
+    pub q_bias: TensorRef,
+    pub k_proj: TensorRef,
+    pub k_bias: TensorRef,
+    pub v_proj: TensorRef,
+    pub v_bias: TensorRef,
+    pub o_proj: TensorRef,
+    pub post_attention_layernorm: TensorRef,
+    pub gate_proj: TensorRef,
+    pub up_proj: TensorRef,
+    pub down_proj: TensorRef,
+}
+
+/// Immutable, shareable model weights (one per process; many sessions may use it).
+pub struct Weights {
+    pub config: Config,
+    pub dir: PathBuf,
+    /// The dtype of every 2-D weight matrix (the decode loop is monomorphized over it).
+    pub matrix_dtype: Dtype,
+    pub embed_tokens: TensorRef,
+    pub layers: Vec<Layer>,
+    pub norm: TensorRef,
+    /// The output head; the same tensor as `embed_tokens` when the model is tied.
+    pub lm_head: TensorRef,
+    pub tied: bool,
+    /// The mapped safetensors files.
+    shards: Vec<(PathBuf, Mmap)>,
+}
+
+/// Maps `file` read-only.
+#[allow(unsafe_code)]
+fn map_file(path: &Path) -> Result<Mmap, LoadError> {
+    let file = File::open(path).map_err(|err| LoadError::Io { path: path.into(), err })?;
+    // SAFETY: the mapping is read-only and private to this process. Memory-mapping is unsound
+    // only if another process truncates or rewrites the file while it is mapped; model files
+    // are treated as immutable for the life of the process (the same contract every mmap-based
+    // runtime makes), and all reads go through bounds-checked slices of the mapping.
+    unsafe { Mmap::map(&file) }.map_err(|err| LoadError::Io { path: path.into(), err })
+}
+
+fn dtype_of(name: &str, d: safetensors::Dtype) -> Result<Dtype, LoadError> {
+    match d {
+        safetensors::Dtype::BF16 => Ok(Dtype::BF16),
+        safetensors::Dtype::F16 => Ok(Dtype::F16),
+        safetensors::Dtype::F32 => Ok(Dtype::F32),
+        other => Err(LoadError::Dtype { tensor: name.into(), found: format!("{other:?}") }),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ShardIndex {
+    weight_map: HashMap<String, String>,
+}
+
+impl Weights {
+    /// Loads `dir`: config.json, then model.safetensors or the shards named by
+    /// model.safetensors.index.json; validates every tensor against the config.
+    pub fn load(dir: &Path) -> Result<Weights, LoadError> {
+        let config = Config::from_file(&dir.join("config.json"))?;
+        let files = shard_files(dir)?;
+        let mut shards = Vec::with_capacity(files.len());
+        let mut tensors: HashMap<String, TensorRef> = HashMap::new();
+        for path in files {
+            let map = map_file(&path)?;
+            let shard = shards.len();
+            read_shard(&path, &map, shard, &mut tensors)?;
+            shards.push((path, map));
+        }
+        Weights::from_tensors(config, dir, shards, tensors)
+    }
+
+    fn from_tensors(
+        config: Config,
+        dir: &Path,
+        shards: Vec<(PathBuf, Mmap)>,
+        mut tensors: HashMap<String, TensorRef>,
+    ) -> Result<Weights, LoadError> {
+        let c = &config;
+        let (h, kv, f, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+        let mut matrix_dtype: Option<Dtype> = None;
+        let mut take = |name: String, shape: &[usize]| -> Result<TensorRef, LoadError> {
+            let t = tensors.remove(&name).ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
+            if t.shape != shape {
+                return Err(LoadError::Shape { tensor: name, expected: shape.to_vec(), found: t.shape });
+            }
+            if shape.len() == 2 {
+                match matrix_dtype {
+                    None => matrix_dtype = Some(t.dtype),
+                    Some(d) if d != t.dtype => {
+                        return Err(LoadError::MixedDtypes { tensor: name, found: t.dtype, expected: d })
+                    }
+                    _ => {}
+                }
+            }
+            Ok(t)
+        };
+        let embed_tokens = take("model.embed_tokens.weight".into(), &[v, h])?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: take(format!("{p}.input_layernorm.weight"), &[h])?,
+                q_proj: take(format!("{p}.self_attn.q_proj.weight"), &[h, h])?,
+                q_bias: take(format!("{p}.self_attn.q_proj.bias"), &[h])?,
+                k_proj: take(format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
+                k_bias: take(format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                v_proj: take(format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
+                v_bias: take(format!("{p}.self_attn.v_proj.bias"), &[kv])?,
+                o_proj: take(format!("{p}.self_attn.o_proj.weight"), &[h, h])?,
+                post_attention_layernorm: take(format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                gate_proj: take(format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
+                up_proj: take(format!("{p}.mlp.up_proj.weight"), &[f, h])?,
+                down_proj: take(format!("{p}.mlp.down_proj.weight"), &[h, f])?,
+            });
+        }
+        let norm = take("model.norm.weight".into(), &[h])?;
+        // Without lm_head.weight the head is the embedding matrix (tied).
+        let (lm_head, tied) = match take("lm_head.weight".into(), &[v, h]) {
+            Ok(t) => (t, false),
+            Err(LoadError::MissingTensor(_)) => (embed_tokens.clone(), true),
+            Err(e) => return Err(e),
+        };
+        let matrix_dtype = matrix_dtype.unwrap_or(Dtype::F32);
+        Ok(Weights {
+            config,
+            dir: dir.to_path_buf(),
+            matrix_dtype,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            tied,
+            shards,
+        })
+    }
+
+    /// The bytes of a tensor, straight from the mapping.
+    #[inline]
+    pub fn bytes(&self, t: &TensorRef) -> &[u8] {
+        &self.shards[t.shard].1[t.start..t.end]
+    }
+
+    /// Total bytes of tensor data mapped.
+    pub fn mapped_bytes(&self) -> usize {
+        self.shards.iter().map(|(_, m)| m.len()).sum()
+    }
+
+    /// Bytes of weights read per decoded token: every layer matrix, the norms and biases, and
+    /// the output head (the embedding lookup reads one row).
+    pub fn bytes_per_token(&self) -> usize {
+        let mut n = self.lm_head.end - self.lm_head.start + self.norm.end - self.norm.start;
+        for l in &self.layers {
+            for t in [
+                &l.input_layernorm, &l.q_proj, &l.q_bias, &l.k_proj, &l.k_bias, &l.v_proj,
+                &l.v_bias, &l.o_proj, &l.post_attention_layernorm, &l.gate_proj, &l.up_proj,
+                &l.down_proj,
+            ] {
+                n += t.end - t.start;
+            }
+        }
+        n
+    }
+
+    /// The safetensors files backing these weights.
+    pub fn files(&self) -> impl Iterator<Item = &Path> {
+        self.shards.iter().map(|(p, _)| p.as_path())
+    }
+}
+
+/// model.safetensors, or the distinct files of model.safetensors.index.json, sorted.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let single = dir.join("model.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.is_file() {
+        return Err(LoadError::Format {
+            path: dir.into(),
+            why: "has neither model.safetensors nor model.safetensors.index.json".into(),
+        });
+    }
+    let text = std::fs::read(&index).map_err(|err| LoadError::Io { path: index.clone(), err })?;
+    let idx: ShardIndex = serde_json::from_slice(&text)
+        .map_err(|e| LoadError::Format { path: index.clone(), why: e.to_string() })?;
+    let mut names: Vec<&String> = idx.weight_map.values().collect::<HashSet<_>>().into_iter().collect();
+    names.sort();
+    let mut files = Vec::with_capacity(names.len());
+    for name in names {
+        let ok = !name.is_empty()
+            && Path::new(name).file_name().map(|f| f == name.as_str()).unwrap_or(false);
+        if !ok {
+            return Err(LoadError::Format {
+                path: index.clone(),
+                why: format!("shard name {name:?} is not a plain file name in the model directory"),
+            });
+        }
+        files.push(dir.join(name));
+    }
+    if files.is_empty() {
+        return Err(LoadError::Format { path: index, why: "weight_map is empty".into() });
+    }
+    Ok(files)
+}
+
+/// Parses one safetensors file's header and records where each tensor lies.
+fn read_shard(
+    path: &Path,
+    map: &[u8],
+    shard: usize,
+    tensors: &mut HashMap<String, TensorRef>,
+) -> Result<(), LoadError> {
+    let bad = |why: String| LoadError::Format { path: path.into(), why };
+    let (header_len, meta) = safetensors::SafeTensors::read_metadata(map)
+        .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+    let data_start = header_len + 8;
+    let data_len = map.len() - data_start;
+    if meta.data_len() > data_len {
+        return Err(bad(format!(
+            "truncated: the header describes {} bytes of tensor data but the file holds {data_len}",
+            meta.data_len()
+        )));
+    }
+    for (name, info) in meta.tensors() {
+        let dtype = dtype_of(&name, info.dtype)?;
+        let (s, e) = info.data_offsets;
+        let start = data_start.checked_add(s).ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
+        let end = data_start.checked_add(e).ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
+        if end > map.len() || start > end {
+            return Err(bad(format!("tensor `{name}` runs past the end of the file")));
+        }
+        if tensors.contains_key(&name) {
+            return Err(bad(format!("tensor `{name}` appears in more than one shard")));
+        }
+        tensors.insert(name, TensorRef { shard, start, end, dtype, shape: info.shape.clone() });
+    }
+    Ok(())
+}

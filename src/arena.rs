@@ -1,0 +1,217 @@
+//! The arena: one 64-byte-aligned allocation, made once when a session is created, carved into
+//! named regions by a [`MemoryPlan`]. Nothing in it is ever resized or moved.
+
+use std::fmt;
+
+use bytemuck::{Pod, Zeroable};
+
+/// One cache line of floats: the arena's unit, so every region starts 64-byte aligned.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Line([f32; 16]);
+
+const LINE_FLOATS: usize = 16;
+
+/// One named region of the arena.
+#[derive(Clone, Debug)]
+pub struct Region {
+    pub name: &'static str,
+    /// The region's shape, for the printed plan, e.g. `[layer, kv_head, position, head_dim]`.
+    pub shape: String,
+    /// Offset in floats from the arena's start (a multiple of 16).
+    pub offset: usize,
+    /// Length in floats (4 bytes each).
+    pub floats: usize,
+}
+
+impl Region {
+    pub fn bytes(&self) -> usize {
+        self.floats * 4
+    }
+}
+
+/// The arena's layout: every region and the total.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryPlan {
+    regions: Vec<Region>,
+    total_floats: usize,
+}
+
+/// The arena could not be planned or allocated.
+#[derive(Debug)]
+pub enum ArenaError {
+    /// A region's size overflows `usize`.
+    Overflow { region: &'static str },
+    /// The allocation failed or would exceed the memory available.
+    TooLarge { bytes: u128, available: Option<u64> },
+}
+
+impl fmt::Display for ArenaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArenaError::Overflow { region } => {
+                write!(f, "arena region `{region}` is too large: its size overflows usize")
+            }
+            ArenaError::TooLarge { bytes, available: Some(a) } => write!(
+                f,
+                "the arena needs {bytes} bytes ({:.2} GiB) but only {a} bytes ({:.2} GiB) of memory are available; lower --ctx",
+                *bytes as f64 / (1u64 << 30) as f64,
+                *a as f64 / (1u64 << 30) as f64
+            ),
+            ArenaError::TooLarge { bytes, available: None } => {
+                write!(f, "the arena needs {bytes} bytes and could not be allocated; lower --ctx")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ArenaError {}
+
+impl MemoryPlan {
+    /// Adds a region of `floats` floats (`None` means its size overflowed).
+    pub fn push(
+        &mut self,
+        name: &'static str,
+        shape: impl Into<String>,
+        floats: Option<usize>,
+    ) -> Result<(), ArenaError> {
+        let floats = floats.ok_or(ArenaError::Overflow { region: name })?;
+        let padded = floats
+            .checked_add(LINE_FLOATS - 1)
+            .map(|v| v / LINE_FLOATS * LINE_FLOATS)
+            .ok_or(ArenaError::Overflow { region: name })?;
+        let offset = self.total_floats;
+        self.total_floats =
+            offset.checked_add(padded).ok_or(ArenaError::Overflow { region: name })?;
+        if self.total_floats.checked_mul(4).is_none() {
+            return Err(ArenaError::Overflow { region: name });
+        }
+        self.regions.push(Region { name, shape: shape.into(), offset, floats });
+        Ok(())
+    }
+
+    pub fn regions(&self) -> &[Region] {
+        &self.regions
+    }
+
+    pub fn region(&self, name: &str) -> Option<&Region> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Total bytes, including the padding that aligns each region.
+    pub fn total_bytes(&self) -> usize {
+        self.total_floats * 4
+    }
+}
+
+impl fmt::Display for MemoryPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:<16} {:>14}  shape", "region", "bytes")?;
+        for r in &self.regions {
+            writeln!(f, "{:<16} {:>14}  {}", r.name, r.bytes(), r.shape)?;
+        }
+        write!(
+            f,
+            "{:<16} {:>14}  ({:.1} MiB, one allocation)",
+            "total",
+            self.total_bytes(),
+            self.total_bytes() as f64 / (1 << 20) as f64
+        )
+    }
+}
+
+/// The one allocation behind a [`MemoryPlan`].
+pub struct Arena {
+    lines: Vec<Line>,
+}
+
+/// Bytes of memory available to this process (`MemAvailable` on Linux), if known.
+pub fn available_memory() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+impl Arena {
+    /// Allocates and zeroes the arena for `plan`. Fails fast, with the size, if it exceeds the
+    /// memory available.
+    pub fn new(plan: &MemoryPlan) -> Result<Arena, ArenaError> {
+        let bytes = plan.total_bytes();
+        let available = available_memory();
+        if let Some(a) = available {
+            if bytes as u64 > a {
+                return Err(ArenaError::TooLarge { bytes: bytes as u128, available });
+            }
+        }
+        let n = plan.total_floats / LINE_FLOATS;
+        let mut lines = Vec::new();
+        lines
+            .try_reserve_exact(n)
+            .map_err(|_| ArenaError::TooLarge { bytes: bytes as u128, available })?;
+        lines.resize(n, Line([0.0; LINE_FLOATS]));
+        Ok(Arena { lines })
+    }
+
+    /// The whole arena as floats.
+    pub fn floats_mut(&mut self) -> &mut [f32] {
+        bytemuck::cast_slice_mut(&mut self.lines)
+    }
+
+    /// Address and length in bytes, to show the arena never moves.
+    pub fn address(&self) -> (usize, usize) {
+        (self.lines.as_ptr() as usize, self.lines.len() * 64)
+    }
+}
+
+/// Splits `buf` into `N` consecutive regions of the plan (which must have exactly `N`
+/// regions, in this order). No allocation.
+pub fn carve<'a, const N: usize>(buf: &'a mut [f32], plan: &MemoryPlan) -> [&'a mut [f32]; N] {
+    assert_eq!(plan.regions.len(), N, "carve: plan has {} regions", plan.regions.len());
+    let mut rest = buf;
+    let mut consumed = 0;
+    std::array::from_fn(|i| {
+        let r = &plan.regions[i];
+        let skip = r.offset - consumed;
+        let tail = std::mem::take(&mut rest);
+        let (region, after) = tail[skip..].split_at_mut(r.floats);
+        rest = after;
+        consumed = r.offset + r.floats;
+        region
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_aligns_and_carves() {
+        let mut p = MemoryPlan::default();
+        p.push("a", "[3]", Some(3)).unwrap();
+        p.push("b", "[20]", Some(20)).unwrap();
+        p.push("c", "[0]", Some(0)).unwrap();
+        assert_eq!(p.total_bytes(), (16 + 32) * 4);
+        let mut arena = Arena::new(&p).unwrap();
+        let base = arena.address().0;
+        let [a, b, c] = carve::<3>(arena.floats_mut(), &p);
+        assert_eq!((a.len(), b.len(), c.len()), (3, 20, 0));
+        assert_eq!(a.as_ptr() as usize, base);
+        assert_eq!(b.as_ptr() as usize, base + 64);
+        assert_eq!(base % 64, 0);
+        a[2] = 1.0;
+        b[19] = 2.0;
+        assert!(p.to_string().contains("total"));
+    }
+
+    #[test]
+    fn overflow_and_too_large_are_errors() {
+        let mut p = MemoryPlan::default();
+        assert!(matches!(p.push("x", "", None), Err(ArenaError::Overflow { region: "x" })));
+        assert!(matches!(p.push("y", "", Some(usize::MAX / 2)), Err(ArenaError::Overflow { .. })));
+        let mut p = MemoryPlan::default();
+        p.push("huge", "", Some(1 << 45)).unwrap();
+        let e = Arena::new(&p).err().expect("a 128 TiB arena must fail");
+        assert!(e.to_string().contains(&(1u128 << 47).to_string()), "{e}");
+    }
+}
