@@ -1,0 +1,340 @@
+//! Token sampling: repetition penalty, temperature, top-k, top-p, min-p, and a seeded RNG.
+//!
+//! The sampler owns only fixed-size state (parameters, RNG, a ring of recent tokens); its
+//! scratch (`probs`, `candidates`) is carved from the session arena, so sampling allocates
+//! nothing.
+
+use std::fmt;
+
+/// Most recent tokens the repetition penalty can look back over.
+pub const MAX_PENALTY_WINDOW: usize = 256;
+
+/// Sampling parameters. `temperature == 0` is greedy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplerParams {
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 disables.
+    pub top_k: usize,
+    /// Keep the smallest set whose probability reaches p; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's; 0 disables.
+    pub min_p: f32,
+    /// Divide positive (multiply negative) logits of recent tokens by this; 1 disables.
+    pub repeat_penalty: f32,
+    /// How many recent tokens the penalty sees (at most [`MAX_PENALTY_WINDOW`]).
+    pub repeat_last_n: usize,
+    pub seed: u64,
+}
+
+impl Default for SamplerParams {
+    fn default() -> Self {
+        SamplerParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 42,
+        }
+    }
+}
+
+impl SamplerParams {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        SamplerParams { temperature: 0.0, ..Default::default() }
+    }
+
+    /// Checks every parameter's range; the error names the parameter.
+    pub fn validate(&self) -> Result<(), SamplerError> {
+        let bad = |name: &'static str, why: String| Err(SamplerError { name, why });
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad("temperature", format!("is {}; it must be >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad("top-p", format!("is {}; it must be in (0, 1]", self.top_p));
+        }
+        if !(self.min_p >= 0.0 && self.min_p <= 1.0) {
+            return bad("min-p", format!("is {}; it must be in [0, 1]", self.min_p));
+        }
+        if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
+            return bad("repeat-penalty", format!("is {}; it must be > 0", self.repeat_penalty));
+        }
+        if self.repeat_last_n > MAX_PENALTY_WINDOW {
+            return bad("repeat-last-n", format!("is {}; at most {MAX_PENALTY_WINDOW}", self.repeat_last_n));
+        }
+        Ok(())
+    }
+}
+
+/// A sampling parameter out of range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplerError {
+    pub name: &'static str,
+    pub why: String,
+}
+
+impl fmt::Display for SamplerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "--{} {}", self.name, self.why)
+    }
+}
+
+impl std::error::Error for SamplerError {}
+
+/// xoshiro256** seeded through splitmix64.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut x = seed;
+        let mut next = || {
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        Rng { s: [next(), next(), next(), next()] }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.s;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// Sampling state for one generation stream.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    pub params: SamplerParams,
+    rng: Rng,
+    recent: [u32; MAX_PENALTY_WINDOW],
+    recent_len: usize,
+    recent_head: usize,
+}
+
+impl Sampler {
+    pub fn new(params: SamplerParams) -> Result<Sampler, SamplerError> {
+        params.validate()?;
+        Ok(Sampler {
+            params,
+            rng: Rng::new(params.seed),
+            recent: [0; MAX_PENALTY_WINDOW],
+            recent_len: 0,
+            recent_head: 0,
+        })
+    }
+
+    /// Records a token (prompt or generated) for the repetition penalty.
+    pub fn observe(&mut self, token: u32) {
+        let n = self.params.repeat_last_n;
+        if n == 0 {
+            return;
+        }
+        self.recent[self.recent_head] = token;
+        self.recent_head = (self.recent_head + 1) % n;
+        self.recent_len = (self.recent_len + 1).min(n);
+    }
+
+    /// Forgets the recent tokens and reseeds.
+    pub fn reset(&mut self) {
+        self.recent_len = 0;
+        self.recent_head = 0;
+        self.rng = Rng::new(self.params.seed);
+    }
+
+    /// Picks the next token from `logits` (modified in place). `probs` and `candidates` are
+    /// scratch of at least `logits.len()` entries. Allocates nothing.
+    pub fn sample(&mut self, logits: &mut [f32], probs: &mut [f32], candidates: &mut [u32]) -> u32 {
+        let p = self.params;
+        if p.repeat_penalty != 1.0 {
+            let recent = &self.recent[..self.recent_len];
+            for (i, &tok) in recent.iter().enumerate() {
+                // apply once per distinct token
+                if recent[..i].contains(&tok) {
+                    continue;
+                }
+                if let Some(l) = logits.get_mut(tok as usize) {
+                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                }
+            }
+        }
+        if p.temperature == 0.0 || logits.len() <= 1 {
+            return argmax(logits) as u32;
+        }
+        let v = logits.len();
+        let cand = &mut candidates[..v];
+        for (i, c) in cand.iter_mut().enumerate() {
+            *c = i as u32;
+        }
+        let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
+        // top-k: partition the k best to the front, then sort just those
+        let k = if p.top_k == 0 || p.top_k > v { v } else { p.top_k };
+        if k < v {
+            cand.select_nth_unstable_by(k - 1, by_logit_desc);
+        }
+        let cand = &mut cand[..k];
+        cand.sort_unstable_by(by_logit_desc);
+        // softmax over the candidates at this temperature
+        let max = logits[cand[0] as usize];
+        let inv_t = 1.0 / p.temperature;
+        let probs = &mut probs[..k];
+        let mut sum = 0.0f32;
+        for (pr, &c) in probs.iter_mut().zip(cand.iter()) {
+            *pr = ((logits[c as usize] - max) * inv_t).exp();
+            sum += *pr;
+        }
+        // top-p: smallest prefix reaching p of the mass
+        let mut keep = k;
+        if p.top_p < 1.0 {
+            let mut acc = 0.0f32;
+            for (i, pr) in probs.iter().enumerate() {
+                acc += pr / sum;
+                if acc >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+        }
+        // min-p: relative to the best (probs[0] is the largest, exp(0) = 1)
+        if p.min_p > 0.0 {
+            let floor = p.min_p * probs[0];
+            keep = probs[..keep].iter().take_while(|&&pr| pr >= floor).count().max(1);
+        }
+        let total: f32 = probs[..keep].iter().sum();
+        let mut r = self.rng.next_f32() * total;
+        for i in 0..keep {
+            r -= probs[i];
+            if r < 0.0 {
+                return cand[i];
+            }
+        }
+        cand[keep - 1]
+    }
+}
+
+/// Index of the largest logit (the first on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in x.iter().enumerate() {
+        if *v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(params: SamplerParams, logits: &[f32], n: usize) -> Vec<u32> {
+        let mut s = Sampler::new(params).unwrap();
+        let mut probs = vec![0.0; logits.len()];
+        let mut cand = vec![0; logits.len()];
+        (0..n)
+            .map(|_| {
+                let mut l = logits.to_vec();
+                s.sample(&mut l, &mut probs, &mut cand)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn greedy_picks_argmax() {
+        assert_eq!(run(SamplerParams::greedy(), &[0.1, 3.0, 2.0, 3.0], 3), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let p = SamplerParams { top_k: 1, temperature: 5.0, ..Default::default() };
+        assert!(run(p, &[0.0, 1.0, 0.5], 50).iter().all(|&t| t == 1));
+    }
+
+    #[test]
+    fn top_k_limits_choices() {
+        let p = SamplerParams { top_k: 2, temperature: 10.0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let out = run(p, &[0.0, 1.0, 0.9, 0.8], 500);
+        assert!(out.iter().all(|&t| t == 1 || t == 2));
+        assert!(out.contains(&1) && out.contains(&2));
+    }
+
+    #[test]
+    fn top_p_cuts_the_tail() {
+        // probs ~ [0.64, 0.24, 0.09, 0.03]: p = 0.7 keeps two
+        let l = [3.0f32, 2.0, 1.0, 0.0];
+        let p = SamplerParams { top_k: 0, top_p: 0.7, min_p: 0.0, temperature: 1.0, ..Default::default() };
+        let out = run(p, &l, 1000);
+        assert!(out.iter().all(|&t| t <= 1), "{out:?}");
+        assert!(out.contains(&1));
+    }
+
+    #[test]
+    fn min_p_drops_unlikely() {
+        let l = [3.0f32, 2.9, 0.0, -1.0];
+        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.5, temperature: 1.0, ..Default::default() };
+        let out = run(p, &l, 1000);
+        assert!(out.iter().all(|&t| t <= 1));
+    }
+
+    #[test]
+    fn seeded_is_reproducible_and_seeds_differ() {
+        let l: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, seed: 7, ..Default::default() };
+        assert_eq!(run(p, &l, 64), run(p, &l, 64));
+        assert_ne!(run(p, &l, 64), run(SamplerParams { seed: 8, ..p }, &l, 64));
+    }
+
+    #[test]
+    fn repetition_penalty_applies_once_per_token() {
+        let mut s = Sampler::new(SamplerParams { repeat_penalty: 2.0, ..SamplerParams::greedy() }).unwrap();
+        s.observe(0);
+        s.observe(0);
+        s.observe(2);
+        let mut l = [4.0f32, 3.0, -1.0];
+        let (mut pr, mut c) = ([0.0; 3], [0; 3]);
+        assert_eq!(s.sample(&mut l, &mut pr, &mut c), 1);
+        assert_eq!(l, [2.0, 3.0, -2.0]);
+    }
+
+    #[test]
+    fn distribution_follows_probabilities() {
+        let l = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
+        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, seed: 1, ..Default::default() };
+        let out = run(p, &l, 4000);
+        let ones = out.iter().filter(|&&t| t == 1).count() as f32 / 4000.0;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn bad_parameters_are_named() {
+        for (p, name) in [
+            (SamplerParams { temperature: -1.0, ..Default::default() }, "temperature"),
+            (SamplerParams { top_p: 1.5, ..Default::default() }, "top-p"),
+            (SamplerParams { top_p: 0.0, ..Default::default() }, "top-p"),
+            (SamplerParams { min_p: -0.1, ..Default::default() }, "min-p"),
+            (SamplerParams { repeat_penalty: 0.0, ..Default::default() }, "repeat-penalty"),
+            (SamplerParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
+        ] {
+            assert_eq!(Sampler::new(p).unwrap_err().name, name);
+        }
+    }
+}

@@ -1,0 +1,580 @@
+//! A session: the mutable half of inference. It owns the arena (KV cache, activations,
+//! logits, sampler scratch; one allocation made in [`Session::new`]), a thread pool, and runs
+//! the Qwen2 forward pass over shared, immutable [`Weights`].
+//!
+//! The forward pass reads top to bottom like the model card:
+//! embed; per layer: rmsnorm, q/k/v + bias, rope, cache write, attention, o_proj, residual,
+//! rmsnorm, gate/up, silu*mul, down, residual; final norm; lm_head.
+//! It is generic over the weight dtype `W`, so each instantiation is one monomorphized loop.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use qwenrt_kernels::par::{self, KvLayout};
+use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, WeightType, F16, F32};
+
+use crate::arena::{carve, Arena, ArenaError, MemoryPlan};
+use crate::kv_cache::{CacheError, CacheInfo, KvCache, KvShape, KvStore};
+use crate::sampler::{Sampler, SamplerError};
+use crate::weights::{TensorRef, Weights};
+
+/// How a session is sized and run.
+#[derive(Clone, Debug)]
+pub struct SessionOptions {
+    /// Context length: the KV cache's capacity in positions.
+    pub ctx: usize,
+    /// The most prompt tokens processed in one forward pass; longer prompts go in chunks.
+    pub max_chunk: usize,
+    /// Threads for the forward pass (the calling thread counts).
+    pub threads: usize,
+    /// The kernels' instruction set; `None` means `QWENRT_ISA` or the best the CPU has.
+    pub isa: Option<Isa>,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions { ctx: 4096, max_chunk: 512, threads: 1, isa: None }
+    }
+}
+
+/// Why a session could not be created or a request could not be served.
+#[derive(Debug)]
+pub enum SessionError {
+    /// A bad option (names the option).
+    Option(String),
+    Arena(ArenaError),
+    /// The request does not fit in the context.
+    ContextFull { needed: usize, ctx: usize },
+    TokenOutOfRange { token: u32, vocab: usize },
+    EmptyInput,
+    /// Generation was asked for before any prompt was processed.
+    NoLogits,
+    Cache(CacheError),
+    Sampler(SamplerError),
+    Pool(std::io::Error),
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SessionError::Option(s) => f.write_str(s),
+            SessionError::Arena(e) => write!(f, "{e}"),
+            SessionError::ContextFull { needed, ctx } => write!(
+                f,
+                "context full: {needed} tokens do not fit in a context of {ctx} (raise --ctx)"
+            ),
+            SessionError::TokenOutOfRange { token, vocab } => {
+                write!(f, "token id {token} is out of range for a vocabulary of {vocab}")
+            }
+            SessionError::EmptyInput => f.write_str("empty input: there are no tokens to process"),
+            SessionError::NoLogits => f.write_str("no logits yet: process a prompt first"),
+            SessionError::Cache(e) => write!(f, "{e}"),
+            SessionError::Sampler(e) => write!(f, "{e}"),
+            SessionError::Pool(e) => write!(f, "cannot start the thread pool: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SessionError {}
+
+impl From<CacheError> for SessionError {
+    fn from(e: CacheError) -> Self {
+        SessionError::Cache(e)
+    }
+}
+
+impl From<ArenaError> for SessionError {
+    fn from(e: ArenaError) -> Self {
+        SessionError::Arena(e)
+    }
+}
+
+/// Why generation stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// A stop token was sampled (it is not passed to the callback).
+    StopToken(u32),
+    MaxTokens,
+    /// The callback asked to stop.
+    Callback,
+    /// The KV cache is full.
+    ContextFull,
+}
+
+/// What one [`Session::generate`] call did.
+#[derive(Clone, Copy, Debug)]
+pub struct GenerateStats {
+    /// Tokens sampled, the stop token included.
+    pub tokens: usize,
+    pub reason: StopReason,
+    /// The last sampled token if it has not been fed through the model (it is not in the KV
+    /// cache yet); a follow-up turn should process it first.
+    pub unfed: Option<u32>,
+    /// Time spent in forward passes and sampling.
+    pub elapsed: Duration,
+    /// Forward passes (decode steps) run.
+    pub steps: usize,
+}
+
+/// The arena's regions, in order. `carve` hands them back in this order.
+const REGIONS: usize = 18;
+
+/// Which logits a forward pass computes.
+enum LogitsMode<'f> {
+    None,
+    Last,
+    Each(&'f mut dyn FnMut(usize, &[f32])),
+}
+
+/// The mutable state of one inference stream.
+pub struct Session {
+    weights: Arc<Weights>,
+    isa: Isa,
+    pool: ThreadPool,
+    plan: MemoryPlan,
+    arena: Arena,
+    kv: KvCache,
+    max_chunk: usize,
+    /// Whether the logits region holds the distribution after the last processed token.
+    logits_ready: bool,
+}
+
+impl Session {
+    /// Plans and allocates the arena (the only allocation a session makes for inference) and
+    /// starts the thread pool.
+    pub fn new(weights: Arc<Weights>, opts: &SessionOptions) -> Result<Session, SessionError> {
+        let c = &weights.config;
+        if opts.ctx == 0 {
+            return Err(SessionError::Option("--ctx must be at least 1".into()));
+        }
+        if opts.ctx > c.max_position_embeddings {
+            return Err(SessionError::Option(format!(
+                "--ctx {} exceeds the model's max_position_embeddings ({})",
+                opts.ctx, c.max_position_embeddings
+            )));
+        }
+        if opts.threads == 0 || opts.threads > 1024 {
+            return Err(SessionError::Option(format!(
+                "--threads {} is out of range (1..=1024)",
+                opts.threads
+            )));
+        }
+        let isa = match opts.isa {
+            Some(isa) if !isa.is_supported() => {
+                return Err(SessionError::Option(format!("this CPU does not support ISA {isa}")))
+            }
+            Some(isa) => isa,
+            None => Isa::from_env().map_err(SessionError::Option)?,
+        };
+        let max_chunk = opts.max_chunk.clamp(1, opts.ctx);
+        let kv_shape = KvShape {
+            layers: c.num_hidden_layers,
+            kv_heads: c.num_key_value_heads,
+            capacity: opts.ctx,
+            head_dim: c.head_dim,
+        };
+        let plan = Session::plan(&weights, kv_shape, max_chunk, opts.threads)?;
+        let mut arena = Arena::new(&plan)?;
+        let pool = ThreadPool::new(opts.threads).map_err(SessionError::Pool)?;
+        {
+            let bufs = carve::<REGIONS>(arena.floats_mut(), &plan);
+            init_rope(&mut *bufs[15], c.rope_theta, c.head_dim);
+        }
+        Ok(Session {
+            weights,
+            isa,
+            pool,
+            plan,
+            arena,
+            kv: KvCache::new(kv_shape),
+            max_chunk,
+            logits_ready: false,
+        })
+    }
+
+    fn plan(
+        w: &Weights,
+        kv: KvShape,
+        chunk: usize,
+        threads: usize,
+    ) -> Result<MemoryPlan, SessionError> {
+        let c = &w.config;
+        let (h, kvd, f, v, hd) =
+            (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size, c.head_dim);
+        let mut p = MemoryPlan::default();
+        let kvs = "[layer, kv_head, position, head_dim]";
+        p.push("kv_cache.k", format!("{kvs} = [{}, {}, {}, {}]", kv.layers, kv.kv_heads, kv.capacity, kv.head_dim), kv.floats())?;
+        p.push("kv_cache.v", format!("{kvs} = [{}, {}, {}, {}]", kv.layers, kv.kv_heads, kv.capacity, kv.head_dim), kv.floats())?;
+        p.push("x", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
+        p.push("x_norm", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
+        p.push("q", format!("[chunk, heads*head_dim] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
+        p.push("k", format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"), chunk.checked_mul(kvd))?;
+        p.push("v", format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"), chunk.checked_mul(kvd))?;
+        p.push("attn_out", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
+        p.push("proj_out", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
+        p.push("mlp_gate", format!("[chunk, ffn] = [{chunk}, {f}]"), chunk.checked_mul(f))?;
+        p.push("mlp_up", format!("[chunk, ffn] = [{chunk}, {f}]"), chunk.checked_mul(f))?;
+        let scores = par::scores_len(threads, c.num_attention_heads, kv.capacity);
+        p.push("attn_scores", format!("[max(threads, heads), ctx] -> {scores}"), Some(scores))?;
+        p.push("logits", format!("[vocab] = [{v}]"), Some(v))?;
+        p.push("sampler.probs", format!("[vocab] = [{v}]"), Some(v))?;
+        p.push("sampler.candidates", format!("[vocab] u32 = [{v}]"), Some(v))?;
+        p.push("rope.inv_freq", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
+        p.push("rope.cos", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
+        p.push("rope.sin", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
+        debug_assert_eq!(p.regions().len(), REGIONS);
+        Ok(p)
+    }
+
+    /// The arena's regions and total.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Address and size of the arena (it never changes for the life of the session).
+    pub fn arena_address(&self) -> (usize, usize) {
+        self.arena.address()
+    }
+
+    pub fn weights(&self) -> &Arc<Weights> {
+        &self.weights
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// Context length (KV cache capacity).
+    pub fn ctx(&self) -> usize {
+        self.kv.capacity()
+    }
+
+    /// Tokens in the KV cache.
+    pub fn position(&self) -> usize {
+        self.kv.used()
+    }
+
+    pub fn cache_info(&self) -> CacheInfo {
+        self.kv.info()
+    }
+
+    /// Empties the KV cache; the arena stays where it is.
+    pub fn reset(&mut self) {
+        self.kv.reset();
+        self.logits_ready = false;
+    }
+
+    /// Rewinds the KV cache to its first `len` positions.
+    pub fn truncate(&mut self, len: usize) {
+        self.kv.truncate(len);
+        self.logits_ready = false;
+    }
+
+    /// The logits after the last processed token.
+    pub fn logits(&mut self) -> Result<&[f32], SessionError> {
+        if !self.logits_ready {
+            return Err(SessionError::NoLogits);
+        }
+        let plan = &self.plan;
+        let bufs = carve::<REGIONS>(self.arena.floats_mut(), plan);
+        let [.., logits, _, _, _, _, _] = bufs;
+        Ok(logits)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), SessionError> {
+        if tokens.is_empty() {
+            return Err(SessionError::EmptyInput);
+        }
+        let vocab = self.weights.config.vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(SessionError::TokenOutOfRange { token, vocab });
+        }
+        let needed = self.kv.used() + tokens.len();
+        if needed > self.kv.capacity() {
+            return Err(SessionError::ContextFull { needed, ctx: self.kv.capacity() });
+        }
+        Ok(())
+    }
+
+    /// Appends `tokens` to the context (in chunks of at most `max_chunk`) and computes the
+    /// logits of the token after the last one.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<&[f32], SessionError> {
+        self.check_tokens(tokens)?;
+        let chunks = tokens.len().div_ceil(self.max_chunk);
+        for (i, chunk) in tokens.chunks(self.max_chunk).enumerate() {
+            let mode = if i + 1 == chunks { LogitsMode::Last } else { LogitsMode::None };
+            self.forward(chunk, mode)?;
+        }
+        self.logits()
+    }
+
+    /// Like [`Session::prefill`], but calls `each(pos, logits)` with the logits after every
+    /// position (teacher forcing), through the same batched forward pass.
+    pub fn prefill_each(
+        &mut self,
+        tokens: &[u32],
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), SessionError> {
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(self.max_chunk) {
+            self.forward(chunk, LogitsMode::Each(each))?;
+        }
+        Ok(())
+    }
+
+    /// One decode step: appends `token` and computes the next logits.
+    pub fn decode_step(&mut self, token: u32) -> Result<&[f32], SessionError> {
+        self.check_tokens(&[token])?;
+        self.forward(&[token], LogitsMode::Last)?;
+        self.logits()
+    }
+
+    /// Samples from the current logits (modifying them) with the arena's sampler scratch.
+    pub fn sample(&mut self, sampler: &mut Sampler) -> Result<u32, SessionError> {
+        if !self.logits_ready {
+            return Err(SessionError::NoLogits);
+        }
+        let plan = &self.plan;
+        let [.., logits, probs, candidates, _, _, _] = carve::<REGIONS>(self.arena.floats_mut(), plan);
+        let candidates: &mut [u32] = bytemuck::cast_slice_mut(candidates);
+        let token = sampler.sample(logits, probs, candidates);
+        // the logits were modified (penalty); they no longer describe the distribution
+        self.logits_ready = false;
+        Ok(token)
+    }
+
+    /// The decode loop: from the current logits (after a prefill), samples up to `max_tokens`
+    /// tokens, stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
+    /// false, or when the context is full. Allocates nothing.
+    pub fn generate(
+        &mut self,
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        stop: &[u32],
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<GenerateStats, SessionError> {
+        match self.weights.matrix_dtype {
+            Dtype::BF16 => self.decode_loop::<Bf16>(sampler, max_tokens, stop, on_token),
+            Dtype::F16 => self.decode_loop::<F16>(sampler, max_tokens, stop, on_token),
+            Dtype::F32 => self.decode_loop::<F32>(sampler, max_tokens, stop, on_token),
+        }
+    }
+
+    /// The monomorphized decode loop behind [`Session::generate`].
+    fn decode_loop<W: WeightType>(
+        &mut self,
+        sampler: &mut Sampler,
+        max_tokens: usize,
+        stop: &[u32],
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<GenerateStats, SessionError> {
+        let start = Instant::now();
+        let mut stats = GenerateStats {
+            tokens: 0,
+            reason: StopReason::MaxTokens,
+            unfed: None,
+            elapsed: Duration::ZERO,
+            steps: 0,
+        };
+        if max_tokens > 0 && !self.logits_ready {
+            return Err(SessionError::NoLogits);
+        }
+        while stats.tokens < max_tokens {
+            let token = self.sample(sampler)?;
+            sampler.observe(token);
+            stats.tokens += 1;
+            stats.unfed = Some(token);
+            if stop.contains(&token) {
+                stats.reason = StopReason::StopToken(token);
+                break;
+            }
+            if !on_token(token) {
+                stats.reason = StopReason::Callback;
+                break;
+            }
+            if stats.tokens == max_tokens {
+                break;
+            }
+            if self.kv.used() >= self.kv.capacity() {
+                stats.reason = StopReason::ContextFull;
+                break;
+            }
+            self.forward_impl::<W>(&[token], LogitsMode::Last)?;
+            stats.steps += 1;
+            stats.unfed = None;
+        }
+        stats.elapsed = start.elapsed();
+        Ok(stats)
+    }
+
+    fn forward(&mut self, tokens: &[u32], mode: LogitsMode<'_>) -> Result<(), SessionError> {
+        match self.weights.matrix_dtype {
+            Dtype::BF16 => self.forward_impl::<Bf16>(tokens, mode),
+            Dtype::F16 => self.forward_impl::<F16>(tokens, mode),
+            Dtype::F32 => self.forward_impl::<F32>(tokens, mode),
+        }
+    }
+
+    /// One forward pass over `tokens` (at most `max_chunk`) at the next positions.
+    fn forward_impl<W: WeightType>(
+        &mut self,
+        tokens: &[u32],
+        mode: LogitsMode<'_>,
+    ) -> Result<(), SessionError> {
+        self.check_tokens(tokens)?;
+        debug_assert!(tokens.len() <= self.max_chunk);
+        let result = self.forward_layers::<W>(tokens, mode);
+        match result {
+            Ok(()) => {
+                self.kv.commit();
+                Ok(())
+            }
+            Err(e) => {
+                self.kv.rollback();
+                self.logits_ready = false;
+                Err(e)
+            }
+        }
+    }
+
+    fn forward_layers<W: WeightType>(
+        &mut self,
+        tokens: &[u32],
+        mode: LogitsMode<'_>,
+    ) -> Result<(), SessionError> {
+        let weights = &*self.weights;
+        let c = &weights.config;
+        let (isa, pool, kv) = (self.isa, &self.pool, &mut self.kv);
+        let n = tokens.len();
+        let pos0 = kv.used();
+        let (h, kvd, f, hd) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
+        let (nh, nkv, eps) = (c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps);
+        let [kv_k, kv_v, x, x_norm, q, k, v, attn_out, proj_out, mlp_gate, mlp_up, attn_scores, logits, _probs, _candidates, inv_freq, rope_cos, rope_sin] =
+            carve::<REGIONS>(self.arena.floats_mut(), &self.plan);
+        let x = &mut x[..n * h]; // [n, hidden]: the residual stream
+        let x_norm = &mut x_norm[..n * h]; // [n, hidden]
+        let q = &mut q[..n * h]; // [n, heads * head_dim]
+        let k = &mut k[..n * kvd]; // [n, kv_heads * head_dim]
+        let v = &mut v[..n * kvd]; // [n, kv_heads * head_dim]
+        let attn_out = &mut attn_out[..n * h]; // [n, hidden]
+        let proj_out = &mut proj_out[..n * h]; // [n, hidden]
+        let mlp_gate = &mut mlp_gate[..n * f]; // [n, ffn]
+        let mlp_up = &mut mlp_up[..n * f]; // [n, ffn]
+        let wb = |t: &TensorRef| weights.bytes(t);
+        let linear = |w: &TensorRef, input: &[f32], k_in: usize, out: &mut [f32]| {
+            if n == 1 {
+                par::matvec::<W>(pool, isa, weights.bytes(w), input, out)
+            } else {
+                par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
+            }
+        };
+        let layout = KvLayout { n_heads: nh, n_kv_heads: nkv, head_dim: hd, cap: kv.capacity() };
+
+        // embed: x[t] = embed_tokens[token]
+        let embed = wb(&weights.embed_tokens);
+        for (t, &token) in tokens.iter().enumerate() {
+            let row = token as usize * h * W::SIZE;
+            W::DTYPE.to_f32(&embed[row..row + h * W::SIZE], &mut x[t * h..(t + 1) * h]);
+        }
+
+        for (l, layer) in weights.layers.iter().enumerate() {
+            // attention block
+            rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
+            linear(&layer.q_proj, x_norm, h, q);
+            linear(&layer.k_proj, x_norm, h, k);
+            linear(&layer.v_proj, x_norm, h, v);
+            bias_rows(isa, q, h, &layer.q_bias, weights);
+            bias_rows(isa, k, kvd, &layer.k_bias, weights);
+            bias_rows(isa, v, kvd, &layer.v_bias, weights);
+            for t in 0..n {
+                rope_at(inv_freq, rope_cos, rope_sin, pos0 + t);
+                ops::rope(isa, &mut q[t * h..(t + 1) * h], hd, rope_cos, rope_sin);
+                ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, rope_cos, rope_sin);
+            }
+            kv.write(&mut KvStore { k: kv_k, v: kv_v }, l, pos0, k, v)?;
+            let (layer_k, layer_v) = kv.view(kv_k, kv_v, l, pos0 + n)?;
+            par::attention(pool, isa, layout, pos0, q, layer_k, layer_v, attn_scores, attn_out);
+            linear(&layer.o_proj, attn_out, h, proj_out);
+            ops::add(isa, x, proj_out);
+
+            // MLP block
+            rmsnorm_rows(isa, x, x_norm, h, &layer.post_attention_layernorm, weights, eps);
+            linear(&layer.gate_proj, x_norm, h, mlp_gate);
+            linear(&layer.up_proj, x_norm, h, mlp_up);
+            ops::silu_mul(isa, mlp_gate, mlp_up);
+            linear(&layer.down_proj, mlp_gate, f, proj_out);
+            ops::add(isa, x, proj_out);
+        }
+
+        // final norm and lm_head
+        let norm = (wb(&weights.norm), weights.norm.dtype);
+        let head = wb(&weights.lm_head);
+        match mode {
+            LogitsMode::None => {
+                self.logits_ready = false;
+            }
+            LogitsMode::Last => {
+                let last = &x[(n - 1) * h..n * h];
+                ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
+                par::matvec::<W>(pool, isa, head, &x_norm[..h], logits);
+                self.logits_ready = true;
+            }
+            LogitsMode::Each(each) => {
+                for t in 0..n {
+                    ops::rmsnorm(isa, &x[t * h..(t + 1) * h], norm.0, norm.1, eps, &mut x_norm[..h]);
+                    par::matvec::<W>(pool, isa, head, &x_norm[..h], logits);
+                    each(pos0 + t, logits);
+                }
+                self.logits_ready = true;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `out[t] = rmsnorm(x[t]) * weight` for every row.
+fn rmsnorm_rows(
+    isa: Isa,
+    x: &[f32],
+    out: &mut [f32],
+    width: usize,
+    weight: &TensorRef,
+    weights: &Weights,
+    eps: f32,
+) {
+    let wb = weights.bytes(weight);
+    for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        ops::rmsnorm(isa, xr, wb, weight.dtype, eps, or);
+    }
+}
+
+/// `y[t] += bias` for every row.
+fn bias_rows(isa: Isa, y: &mut [f32], width: usize, bias: &TensorRef, weights: &Weights) {
+    let b = weights.bytes(bias);
+    for row in y.chunks_exact_mut(width) {
+        ops::add_bias(isa, row, b, bias.dtype);
+    }
+}
+
+/// `inv_freq[i] = 1 / theta^(2i / head_dim)`, in f32 as transformers computes it.
+fn init_rope(inv_freq: &mut [f32], theta: f32, head_dim: usize) {
+    for (i, f) in inv_freq.iter_mut().enumerate() {
+        let exponent = (2 * i) as f32 / head_dim as f32;
+        *f = 1.0 / theta.powf(exponent);
+    }
+}
+
+/// The cos/sin of each frequency at position `pos` (the angle rounded to f32 first, as
+/// transformers does).
+fn rope_at(inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32], pos: usize) {
+    for ((f, c), s) in inv_freq.iter().zip(cos.iter_mut()).zip(sin.iter_mut()) {
+        let angle = pos as f32 * f;
+        *c = (angle as f64).cos() as f32;
+        *s = (angle as f64).sin() as f32;
+    }
+}

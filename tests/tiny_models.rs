@@ -1,0 +1,134 @@
+//! The forward pass held to transformers on the tiny random Qwen2 fixtures: logits at every
+//! position through prefill and through token-by-token decode, and the 16 greedy tokens, under
+//! every ISA this CPU can run (scalar, avx2, avx512), with one and two threads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use qwenrt::sampler::{Sampler, SamplerParams};
+use qwenrt::session::{Session, SessionOptions, StopReason};
+use qwenrt::weights::Weights;
+use qwenrt_kernels::Isa;
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Case {
+    input_ids: Vec<u32>,
+    logits: Vec<Vec<f32>>,
+    greedy_16: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct Expected {
+    cases: Vec<Case>,
+}
+
+fn fixture(name: &str) -> (Arc<Weights>, Expected) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let w = Weights::load(&dir).unwrap_or_else(|e| panic!("loading {name}: {e}"));
+    let exp: Expected =
+        serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+    (Arc::new(w), exp)
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn check_model(name: &str, tol: f32) {
+    let (w, exp) = fixture(name);
+    for isa in Isa::available() {
+        for threads in [1, 2] {
+            // a small max_chunk makes the 37-token case run in several chunks
+            let opts = SessionOptions { ctx: 64, max_chunk: 16, threads, isa: Some(isa) };
+            let mut s = Session::new(w.clone(), &opts).unwrap();
+            let label = format!("{name} isa={isa} threads={threads}");
+            for (ci, case) in exp.cases.iter().enumerate() {
+                // prefill, every position
+                s.reset();
+                let mut worst = 0.0f32;
+                let mut seen = 0;
+                s.prefill_each(&case.input_ids, &mut |pos, logits| {
+                    worst = worst.max(max_abs_diff(logits, &case.logits[pos]));
+                    seen += 1;
+                })
+                .unwrap();
+                assert_eq!(seen, case.input_ids.len());
+                assert!(worst <= tol, "{label} case {ci}: prefill max |diff| {worst} > {tol}");
+
+                // token by token
+                s.reset();
+                for (pos, &tok) in case.input_ids.iter().enumerate() {
+                    let logits = s.decode_step(tok).unwrap();
+                    let d = max_abs_diff(logits, &case.logits[pos]);
+                    assert!(d <= tol, "{label} case {ci} pos {pos}: decode max |diff| {d} > {tol}");
+                }
+
+                // greedy continuation
+                s.reset();
+                s.prefill(&case.input_ids).unwrap();
+                let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+                let mut out = Vec::new();
+                let stats = s
+                    .generate(&mut sampler, 16, &[], &mut |t| {
+                        out.push(t);
+                        true
+                    })
+                    .unwrap();
+                assert_eq!(stats.reason, StopReason::MaxTokens);
+                assert_eq!(out, case.greedy_16, "{label} case {ci}: greedy tokens");
+                assert_eq!(s.position(), case.input_ids.len() + 15);
+            }
+        }
+    }
+}
+
+#[test]
+fn tiny_f32_matches_transformers() {
+    check_model("tiny-qwen2-f32", 1e-4);
+}
+
+#[test]
+fn tiny_bf16_tied_matches_transformers() {
+    check_model("tiny-qwen2-bf16-tied", 2e-3);
+}
+
+#[test]
+fn tied_model_uses_embeddings_as_head() {
+    let (w, _) = fixture("tiny-qwen2-bf16-tied");
+    assert!(w.tied);
+    let (w, _) = fixture("tiny-qwen2-f32");
+    assert!(!w.tied);
+}
+
+#[test]
+fn prompt_longer_than_context_is_an_error() {
+    let (w, _) = fixture("tiny-qwen2-f32");
+    let mut s = Session::new(w, &SessionOptions { ctx: 8, ..Default::default() }).unwrap();
+    let e = s.prefill(&[1; 9]).unwrap_err().to_string();
+    assert!(e.contains("context full") && e.contains('9') && e.contains('8'), "{e}");
+    assert_eq!(s.position(), 0);
+    let e = s.prefill(&[600]).unwrap_err().to_string();
+    assert!(e.contains("600") && e.contains("512"), "{e}");
+    assert!(s.prefill(&[]).is_err());
+    // ctx above max_position_embeddings (256)
+    let (w, _) = fixture("tiny-qwen2-f32");
+    let e = Session::new(w, &SessionOptions { ctx: 257, ..Default::default() }).err().unwrap().to_string();
+    assert!(e.contains("max_position_embeddings"), "{e}");
+}
+
+#[test]
+fn arena_never_moves_across_prompts() {
+    let (w, exp) = fixture("tiny-qwen2-f32");
+    let mut s = Session::new(w, &SessionOptions { ctx: 64, ..Default::default() }).unwrap();
+    let addr = s.arena_address();
+    assert_eq!(addr.1, s.memory_plan().total_bytes());
+    for case in &exp.cases {
+        s.reset();
+        s.prefill(&case.input_ids).unwrap();
+        let mut sampler = Sampler::new(SamplerParams::default()).unwrap();
+        s.generate(&mut sampler, 10, &[], &mut |_| true).unwrap();
+        assert_eq!(s.arena_address(), addr);
+    }
+}
