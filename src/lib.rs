@@ -15,4 +15,5 @@ pub mod config;
 pub mod kv_cache;
 pub mod sampler;
 pub mod session;
+pub mod testing;
 pub mod weights;
