@@ -1,1 +1,720 @@
-//! AVX-512 bodies (to come).
+//! AVX-512 bodies (512-bit, AVX-512F/BW/VL plus FMA and F16C). Same names and contracts as
+//! [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in here.
+//!
+//! Every load is unaligned; tails use masked loads/stores (masked-off lanes never fault), so no
+//! body reads or writes a byte outside the slices it was given.
+
+use core::arch::x86_64::*;
+
+use crate::dtype::{Dtype, WeightType};
+
+/// Lane mask selecting the first `n` (`<= 16`) lanes.
+#[inline(always)]
+fn lanes(n: usize) -> __mmask16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as __mmask16
+    }
+}
+
+/// 16 weights of dtype `W` starting at element `i` of `p`, widened to f32.
+///
+/// # Safety
+/// `p` must be valid for reading elements `i..i + 16`; the CPU must support the enabled features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m512 {
+    // SAFETY: the caller guarantees elements i..i+16 are readable; loads are unaligned.
+    unsafe {
+        match W::DTYPE {
+            Dtype::F32 => _mm512_loadu_ps(p.add(4 * i) as *const f32),
+            Dtype::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * i) as *const __m256i)),
+            Dtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_loadu_si256(p.add(2 * i) as *const __m256i),
+            ))),
+        }
+    }
+}
+
+/// Like [`ld`], but only the lanes in `m` are read (the others are 0.0).
+///
+/// # Safety
+/// `p` must be valid for reading the selected elements of `i..i + 16`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn ld_mask<W: WeightType>(p: *const u8, i: usize, m: __mmask16) -> __m512 {
+    // SAFETY: masked-off lanes are not accessed (fault suppression); the selected ones are
+    // readable by the caller's contract.
+    unsafe {
+        match W::DTYPE {
+            Dtype::F32 => _mm512_maskz_loadu_ps(m, p.add(4 * i) as *const f32),
+            Dtype::F16 => _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p.add(2 * i) as *const i16)),
+            Dtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                _mm256_maskz_loadu_epi16(m, p.add(2 * i) as *const i16),
+            ))),
+        }
+    }
+}
+
+/// Vectorized `exp`, within ~1 ulp of the correctly rounded result over the whole f32 range:
+/// `exp(x) = 2^n * p(r)`, `r = x - n ln2` (Cody-Waite split), `p` a degree-7 Taylor polynomial
+/// (truncation error < 0.15 ulp on `|r| <= ln2/2`), scaled with `vscalefps`, which rounds once
+/// into the subnormal range, saturates to +inf above ~88.72 and to 0 below ~-103.97. NaN stays
+/// NaN.
+///
+/// # Safety
+/// The CPU must support the enabled features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn exp_ps(x: __m512) -> __m512 {
+    // min/max return their second operand when either is NaN: keep x second.
+    let x = _mm512_min_ps(_mm512_set1_ps(89.0), x);
+    let x = _mm512_max_ps(_mm512_set1_ps(-104.0), x);
+    let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+        _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
+    );
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693_359_4), x);
+    let r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm512_set1_ps(1.0 / 5040.0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 720.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 120.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 24.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0 / 6.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0));
+    _mm512_scalef_ps(p, n)
+}
+
+/// In-place `x[i] = exp(x[i])`.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn exp(x: &mut [f32]) {
+    let n = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i < n {
+        let m = lanes(n - i);
+        // SAFETY: lanes i..i+min(16, n-i) are inside x.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, p.add(i));
+            _mm512_mask_storeu_ps(p.add(i), m, exp_ps(v));
+        }
+        i += 16;
+    }
+}
+
+/// `sum(a[i] * b[i])` over `n` elements of two raw pointers.
+///
+/// # Safety
+/// `a` and `b` must be valid for reading `n` floats.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every access below is to elements < n of a and b (full vectors while i+64 <= n
+    // or i+16 <= n, masked lanes for the tail).
+    unsafe {
+        while i + 64 <= n {
+            for (j, a_j) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                *a_j = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(o)), _mm512_loadu_ps(b.add(o)), *a_j);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = lanes(n - i);
+            acc[1] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, a.add(i)),
+                _mm512_maskz_loadu_ps(m, b.add(i)),
+                acc[1],
+            );
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}
+
+/// `sum(a[i] * b[i])` over the common length.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    // SAFETY: both slices hold at least n floats.
+    unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
+}
+
+/// `y[r] = sum_c w[r, c] * x[c]`, four rows at a time with two accumulators per row.
+///
+/// # Safety
+/// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support AVX-512F/BW/VL,
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
+    let cols = x.len();
+    let rows = y.len();
+    debug_assert!(w.len() >= rows * cols * W::SIZE);
+    let xp = x.as_ptr();
+    let wp = w.as_ptr();
+    let rb = cols * W::SIZE; // bytes per row
+    let mut r = 0;
+    while r + 4 <= rows {
+        // SAFETY: rows r..r+4 are inside w (length checked by the caller); column accesses stay
+        // below cols (full vectors while c+32/c+16 <= cols, masked tail).
+        unsafe {
+            let w0 = wp.add(r * rb);
+            let w1 = w0.add(rb);
+            let w2 = w1.add(rb);
+            let w3 = w2.add(rb);
+            let mut a = [_mm512_setzero_ps(); 8];
+            let mut c = 0;
+            while c + 32 <= cols {
+                let x0 = _mm512_loadu_ps(xp.add(c));
+                let x1 = _mm512_loadu_ps(xp.add(c + 16));
+                a[0] = _mm512_fmadd_ps(ld::<W>(w0, c), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(ld::<W>(w1, c), x0, a[1]);
+                a[2] = _mm512_fmadd_ps(ld::<W>(w2, c), x0, a[2]);
+                a[3] = _mm512_fmadd_ps(ld::<W>(w3, c), x0, a[3]);
+                a[4] = _mm512_fmadd_ps(ld::<W>(w0, c + 16), x1, a[4]);
+                a[5] = _mm512_fmadd_ps(ld::<W>(w1, c + 16), x1, a[5]);
+                a[6] = _mm512_fmadd_ps(ld::<W>(w2, c + 16), x1, a[6]);
+                a[7] = _mm512_fmadd_ps(ld::<W>(w3, c + 16), x1, a[7]);
+                c += 32;
+            }
+            while c < cols {
+                let m = lanes(cols - c);
+                let x0 = _mm512_maskz_loadu_ps(m, xp.add(c));
+                a[0] = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), x0, a[0]);
+                a[1] = _mm512_fmadd_ps(ld_mask::<W>(w1, c, m), x0, a[1]);
+                a[2] = _mm512_fmadd_ps(ld_mask::<W>(w2, c, m), x0, a[2]);
+                a[3] = _mm512_fmadd_ps(ld_mask::<W>(w3, c, m), x0, a[3]);
+                c += 16;
+            }
+            for j in 0..4 {
+                *y.get_unchecked_mut(r + j) = _mm512_reduce_add_ps(_mm512_add_ps(a[j], a[j + 4]));
+            }
+        }
+        r += 4;
+    }
+    while r < rows {
+        // SAFETY: row r is inside w; columns as above.
+        unsafe {
+            let w0 = wp.add(r * rb);
+            let mut a0 = _mm512_setzero_ps();
+            let mut a1 = _mm512_setzero_ps();
+            let mut c = 0;
+            while c + 32 <= cols {
+                a0 = _mm512_fmadd_ps(ld::<W>(w0, c), _mm512_loadu_ps(xp.add(c)), a0);
+                a1 = _mm512_fmadd_ps(ld::<W>(w0, c + 16), _mm512_loadu_ps(xp.add(c + 16)), a1);
+                c += 32;
+            }
+            while c < cols {
+                let m = lanes(cols - c);
+                a0 = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), _mm512_maskz_loadu_ps(m, xp.add(c)), a0);
+                c += 16;
+            }
+            *y.get_unchecked_mut(r) = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+        }
+        r += 1;
+    }
+}
+
+/// Weight rows per packed panel (two vectors) of the matmul microkernel.
+const NR: usize = 32;
+/// Tokens per microkernel tile.
+const MR: usize = 6;
+/// Depth of a packed panel: `KC * NR` f32 = 16 KiB, half of L1d.
+const KC: usize = 128;
+
+/// Packs rows `0..nr` (`nr <= NR`), columns `k0..k0 + kc` of `w` (row-major, `k` per row)
+/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`.
+///
+/// # Safety
+/// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`, `kc <= KC`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn pack<W: WeightType>(
+    w: *const u8,
+    k: usize,
+    k0: usize,
+    kc: usize,
+    nr: usize,
+    buf: &mut [f32; KC * NR],
+) {
+    let rb = k * W::SIZE;
+    if nr < NR {
+        buf[..kc * NR].iter_mut().for_each(|v| *v = 0.0);
+    }
+    let mut tmp = [0f32; 16];
+    for j in 0..nr {
+        // SAFETY: row j < nr is inside w, columns k0..k0+kc inside the row (masked tail).
+        unsafe {
+            let row = w.add(j * rb);
+            let mut kk = 0;
+            while kk < kc {
+                let m = lanes(kc - kk);
+                let v = ld_mask::<W>(row, k0 + kk, m);
+                _mm512_storeu_ps(tmp.as_mut_ptr(), v);
+                let cnt = (kc - kk).min(16);
+                for (q, t) in tmp.iter().enumerate().take(cnt) {
+                    *buf.get_unchecked_mut((kk + q) * NR + j) = *t;
+                }
+                kk += 16;
+            }
+        }
+    }
+}
+
+/// The register-blocked microkernel: `R` tokens (`R <= MR`) × `NR` packed weight rows over `kc`
+/// of depth. `y[t * ldy + j] (+)= sum_kk x[t * ldx + kk] * buf[kk * NR + j]` for `j < nr`;
+/// stores (first depth block) or accumulates into `y`.
+///
+/// # Safety
+/// `x` valid for `R` rows of `ldx` floats with `kc` readable in each; `y` valid for writes to
+/// `R` rows of `ldy` floats at columns `0..nr`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro<const R: usize>(
+    buf: &[f32; KC * NR],
+    kc: usize,
+    x: *const f32,
+    ldx: usize,
+    y: *mut f32,
+    ldy: usize,
+    nr: usize,
+    first: bool,
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    let bp = buf.as_ptr();
+    // SAFETY: kk < kc <= KC keeps buf accesses in bounds; x accesses are rows < R, columns < kc.
+    unsafe {
+        for kk in 0..kc {
+            let b0 = _mm512_loadu_ps(bp.add(kk * NR));
+            let b1 = _mm512_loadu_ps(bp.add(kk * NR + 16));
+            for t in 0..R {
+                let a = _mm512_set1_ps(*x.add(t * ldx + kk));
+                acc0[t] = _mm512_fmadd_ps(a, b0, acc0[t]);
+                acc1[t] = _mm512_fmadd_ps(a, b1, acc1[t]);
+            }
+        }
+    }
+    let m0 = lanes(nr);
+    let m1 = lanes(nr.saturating_sub(16));
+    for t in 0..R {
+        // SAFETY: row t < R, columns selected by m0/m1 are < nr: inside y by the contract.
+        unsafe {
+            let yp = y.add(t * ldy);
+            let (mut v0, mut v1) = (acc0[t], acc1[t]);
+            if !first {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yp));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yp.add(16)));
+            }
+            _mm512_mask_storeu_ps(yp, m0, v0);
+            _mm512_mask_storeu_ps(yp.add(16), m1, v1);
+        }
+    }
+}
+
+/// `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for `t < n`, `j < rows`: the matmul of
+/// [`crate::scalar::matmul`] writing a column block of a wider output (`ldy >= rows`).
+///
+/// # Safety
+/// `w` must hold `rows * k` elements of `W`, `x` at least `n * k` floats, `y` must be valid for
+/// writes at `t * ldy + j` for `t < n`, `j < rows` with nothing else accessing those elements;
+/// `k > 0`. The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn matmul_strided<W: WeightType>(
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+) {
+    debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
+    if n < 3 {
+        // Too few tokens to amortize packing: stream the weights once per token.
+        for t in 0..n {
+            // SAFETY: row t of y has `rows` writable floats at t*ldy (contract); x row t exists.
+            unsafe {
+                let yt = std::slice::from_raw_parts_mut(y.add(t * ldy), rows);
+                matvec::<W>(w, &x[t * k..(t + 1) * k], yt);
+            }
+        }
+        return;
+    }
+    let mut buf = [0f32; KC * NR];
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let mut j0 = 0;
+    while j0 < rows {
+        let nr = (rows - j0).min(NR);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = (k - k0).min(KC);
+            // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k.
+            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, &mut buf) };
+            let mut t0 = 0;
+            while t0 < n {
+                let mr = (n - t0).min(MR);
+                // SAFETY: tokens t0..t0+mr < n, columns k0..k0+kc < k of x; y rows t0..t0+mr,
+                // columns j0..j0+nr < rows, writable by the contract.
+                unsafe {
+                    let xt = xp.add(t0 * k + k0);
+                    let yt = y.add(t0 * ldy + j0);
+                    let f = k0 == 0;
+                    match mr {
+                        6 => micro::<6>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        5 => micro::<5>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        4 => micro::<4>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        3 => micro::<3>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        2 => micro::<2>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        _ => micro::<1>(&buf, kc, xt, k, yt, ldy, nr, f),
+                    }
+                }
+                t0 += mr;
+            }
+            k0 += kc;
+        }
+        j0 += nr;
+    }
+}
+
+/// `sum(x²)` for rmsnorm.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn sumsq(x: &[f32]) -> f32 {
+    // SAFETY: same slice twice.
+    unsafe { dot_raw(x.as_ptr(), x.as_ptr(), x.len()) }
+}
+
+/// `out[i] = x[i] * inv * w[i]`.
+///
+/// # Safety
+/// `w` holds `x.len()` elements of `W`; `out.len() == x.len()`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn scale_mul<W: WeightType>(x: &[f32], inv: f32, w: &[u8], out: &mut [f32]) {
+    let n = x.len();
+    let vi = _mm512_set1_ps(inv);
+    let mut i = 0;
+    while i < n {
+        let m = lanes(n - i);
+        // SAFETY: masked lanes stay below n in x, w and out.
+        unsafe {
+            let v = _mm512_maskz_loadu_ps(m, x.as_ptr().add(i));
+            let r = _mm512_mul_ps(_mm512_mul_ps(v, vi), ld_mask::<W>(w.as_ptr(), i, m));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, r);
+        }
+        i += 16;
+    }
+}
+
+/// `out = x / sqrt(mean(x²) + eps) * weight`.
+///
+/// # Safety
+/// `weight` holds `x.len()` elements of `wdtype`, `out.len() == x.len()`; the CPU must support
+/// AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn rmsnorm(x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
+    if x.is_empty() {
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        let ss = sumsq(x) / x.len() as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        match wdtype {
+            Dtype::F32 => scale_mul::<crate::F32>(x, inv, weight, out),
+            Dtype::F16 => scale_mul::<crate::F16>(x, inv, weight, out),
+            Dtype::BF16 => scale_mul::<crate::Bf16>(x, inv, weight, out),
+        }
+    }
+}
+
+/// `y[i] += b[i]`.
+///
+/// # Safety
+/// `b` holds `y.len()` elements of `W`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+unsafe fn add_w<W: WeightType>(y: &mut [f32], b: &[u8]) {
+    let n = y.len();
+    let mut i = 0;
+    while i < n {
+        let m = lanes(n - i);
+        // SAFETY: masked lanes stay below n in y and b.
+        unsafe {
+            let p = y.as_mut_ptr().add(i);
+            let v = _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), ld_mask::<W>(b.as_ptr(), i, m));
+            _mm512_mask_storeu_ps(p, m, v);
+        }
+        i += 16;
+    }
+}
+
+/// `y[i] += b[i]` with `b` of dtype `bdtype`.
+///
+/// # Safety
+/// `b` holds `y.len()` elements of `bdtype`; the CPU must support AVX-512F/BW/VL, AVX2, FMA, F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn add_bias(y: &mut [f32], b: &[u8], bdtype: Dtype) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        match bdtype {
+            Dtype::F32 => add_w::<crate::F32>(y, b),
+            Dtype::F16 => add_w::<crate::F16>(y, b),
+            Dtype::BF16 => add_w::<crate::Bf16>(y, b),
+        }
+    }
+}
+
+/// `y[i] += x[i]`.
+///
+/// # Safety
+/// `x.len() >= y.len()`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn add(y: &mut [f32], x: &[f32]) {
+    // SAFETY: x has at least y.len() floats, read as f32 bytes.
+    unsafe {
+        let xb = std::slice::from_raw_parts(x.as_ptr() as *const u8, y.len() * 4);
+        add_w::<crate::F32>(y, xb)
+    }
+}
+
+/// `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.
+///
+/// # Safety
+/// `up.len() >= gate.len()`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    let n = gate.len();
+    let one = _mm512_set1_ps(1.0);
+    let mut i = 0;
+    while i < n {
+        let m = lanes(n - i);
+        // SAFETY: masked lanes stay below n in gate and up.
+        unsafe {
+            let p = gate.as_mut_ptr().add(i);
+            let g = _mm512_maskz_loadu_ps(m, p);
+            let u = _mm512_maskz_loadu_ps(m, up.as_ptr().add(i));
+            let e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let r = _mm512_mul_ps(_mm512_div_ps(g, _mm512_add_ps(one, e)), u);
+            _mm512_mask_storeu_ps(p, m, r);
+        }
+        i += 16;
+    }
+}
+
+/// Largest element (NaN ignored; -inf for an empty slice).
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn max_of(x: &[f32]) -> f32 {
+    let n = x.len();
+    let ninf = _mm512_set1_ps(f32::NEG_INFINITY);
+    let mut m0 = ninf;
+    let mut m1 = ninf;
+    let mut i = 0;
+    // SAFETY: full vectors while i + 32 <= n, masked tail (masked lanes read as -inf).
+    unsafe {
+        while i + 32 <= n {
+            // max(v, acc) returns acc when v is NaN.
+            m0 = _mm512_max_ps(_mm512_loadu_ps(x.as_ptr().add(i)), m0);
+            m1 = _mm512_max_ps(_mm512_loadu_ps(x.as_ptr().add(i + 16)), m1);
+            i += 32;
+        }
+        while i < n {
+            let m = lanes(n - i);
+            m0 = _mm512_max_ps(_mm512_mask_loadu_ps(ninf, m, x.as_ptr().add(i)), m0);
+            i += 16;
+        }
+    }
+    _mm512_reduce_max_ps(_mm512_max_ps(m0, m1))
+}
+
+/// In-place softmax; returns `max + ln(sum(exp(x - max)))`.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn softmax(x: &mut [f32]) -> f32 {
+    if x.is_empty() {
+        return f32::NEG_INFINITY;
+    }
+    let n = x.len();
+    // SAFETY: all accesses are masked to lanes below n.
+    unsafe {
+        let max = max_of(x);
+        let vm = _mm512_set1_ps(max);
+        let p = x.as_mut_ptr();
+        let mut s0 = _mm512_setzero_ps();
+        let mut s1 = _mm512_setzero_ps();
+        let mut i = 0;
+        while i + 32 <= n {
+            let e0 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i)), vm));
+            let e1 = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(p.add(i + 16)), vm));
+            _mm512_storeu_ps(p.add(i), e0);
+            _mm512_storeu_ps(p.add(i + 16), e1);
+            s0 = _mm512_add_ps(s0, e0);
+            s1 = _mm512_add_ps(s1, e1);
+            i += 32;
+        }
+        while i < n {
+            let m = lanes(n - i);
+            let e = exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, p.add(i)), vm));
+            _mm512_mask_storeu_ps(p.add(i), m, e);
+            s0 = _mm512_mask_add_ps(s0, m, s0, e);
+            i += 16;
+        }
+        let sum = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
+        let inv = _mm512_set1_ps(1.0 / sum);
+        let mut i = 0;
+        while i < n {
+            let m = lanes(n - i);
+            let v = _mm512_maskz_loadu_ps(m, p.add(i));
+            _mm512_mask_storeu_ps(p.add(i), m, _mm512_mul_ps(v, inv));
+            i += 16;
+        }
+        max + sum.ln()
+    }
+}
+
+/// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
+///
+/// # Safety
+/// `cos` and `sin` hold at least `head_dim / 2` floats; the CPU must support AVX-512F/BW/VL,
+/// AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    if head_dim == 0 {
+        return;
+    }
+    let half = head_dim / 2;
+    for head in x.chunks_exact_mut(head_dim) {
+        let h = head.as_mut_ptr();
+        let mut i = 0;
+        while i < half {
+            let m = lanes(half - i);
+            // SAFETY: lanes i..i+16 masked below half: inside head (twice) and the tables.
+            unsafe {
+                let a = _mm512_maskz_loadu_ps(m, h.add(i));
+                let b = _mm512_maskz_loadu_ps(m, h.add(i + half));
+                let c = _mm512_maskz_loadu_ps(m, cos.as_ptr().add(i));
+                let s = _mm512_maskz_loadu_ps(m, sin.as_ptr().add(i));
+                // Separate multiplies (no FMA) to round exactly like the scalar reference.
+                let ra = _mm512_sub_ps(_mm512_mul_ps(a, c), _mm512_mul_ps(b, s));
+                let rb = _mm512_add_ps(_mm512_mul_ps(b, c), _mm512_mul_ps(a, s));
+                _mm512_mask_storeu_ps(h.add(i), m, ra);
+                _mm512_mask_storeu_ps(h.add(i + half), m, rb);
+            }
+            i += 16;
+        }
+    }
+}
+
+/// `out[..hd] = sum_p s[p] * v[p * hd..]` over `len` rows, four vectors of `out` at a time.
+///
+/// # Safety
+/// `s` holds `len` floats, `v` `len * hd`, `out` `hd`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn weighted_sum(s: *const f32, v: *const f32, len: usize, hd: usize, out: *mut f32) {
+    let mut o = 0;
+    while o < hd {
+        let ms = [
+            lanes(hd - o),
+            lanes(hd.saturating_sub(o + 16)),
+            lanes(hd.saturating_sub(o + 32)),
+            lanes(hd.saturating_sub(o + 48)),
+        ];
+        let mut acc = [_mm512_setzero_ps(); 4];
+        // SAFETY: p < len rows of v, lanes masked below hd; s[p] for p < len.
+        unsafe {
+            for p in 0..len {
+                let sp = _mm512_set1_ps(*s.add(p));
+                let vp = v.add(p * hd + o);
+                for j in 0..4 {
+                    acc[j] = _mm512_fmadd_ps(sp, _mm512_maskz_loadu_ps(ms[j], vp.add(16 * j)), acc[j]);
+                }
+            }
+            for j in 0..4 {
+                _mm512_mask_storeu_ps(out.add(o + 16 * j), ms[j], acc[j]);
+            }
+        }
+        o += 64;
+    }
+}
+
+/// One query head against `len = keys.len() / q.len()` cached positions:
+/// `out = softmax(keys · q * scale) · values`.
+///
+/// # Safety
+/// `values` holds `len * q.len()` floats, `scores` at least `len`, `out.len() == q.len()`; the CPU
+/// must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn attention(
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    scale: f32,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = q.len();
+    if hd == 0 {
+        return;
+    }
+    let len = keys.len() / hd;
+    if len == 0 {
+        out.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    // SAFETY: key p < len is inside keys; the other buffers are sized by the contract.
+    unsafe {
+        for p in 0..len {
+            *scores.get_unchecked_mut(p) = dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
+        }
+        softmax(&mut scores[..len]);
+        weighted_sum(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
+    }
+}
+
+/// Index of the largest element (first on ties, NaN never wins unless it is element 0, like the
+/// scalar reference); 0 for an empty slice.
+///
+/// # Safety
+/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn argmax(x: &[f32]) -> usize {
+    if x.is_empty() || x[0].is_nan() {
+        return 0;
+    }
+    // SAFETY: accesses masked below n.
+    unsafe {
+        let m = max_of(x);
+        let vm = _mm512_set1_ps(m);
+        let n = x.len();
+        let mut i = 0;
+        while i < n {
+            let k = lanes(n - i);
+            let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
+            let eq = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(k, v, vm);
+            if eq != 0 {
+                return i + eq.trailing_zeros() as usize;
+            }
+            i += 16;
+        }
+    }
+    0
+}

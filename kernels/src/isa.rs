@@ -7,9 +7,10 @@ use std::fmt;
 pub enum Isa {
     /// Portable Rust, the reference every other body is tested against.
     Scalar,
-    /// AVX2 with FMA (256-bit).
+    /// AVX2 with FMA and F16C (256-bit).
     Avx2,
-    /// AVX-512F (512-bit); uses AVX512-BF16 dot products where the CPU has them.
+    /// AVX-512F/BW/VL (512-bit; BW/VL for masked 16-bit tail loads). The default bf16 kernels
+    /// widen to f32; `ops::matmul_bf16dot` uses AVX512-BF16 dot products where the CPU has them.
     Avx512,
 }
 
@@ -31,12 +32,19 @@ impl Isa {
         match self {
             Isa::Scalar => true,
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
                 is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
                     && is_x86_feature_detected!("avx2")
                     && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
             }
             #[cfg(not(target_arch = "x86_64"))]
             _ => false,

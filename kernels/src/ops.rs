@@ -8,62 +8,150 @@ use crate::dtype::{Dtype, WeightType};
 use crate::isa::Isa;
 use crate::scalar;
 
+#[cfg(target_arch = "x86_64")]
+use crate::{avx2, avx512};
+
+/// Dispatches `$f(args)` to the body of `$isa`. Every SIMD arm is reached only for an ISA the CPU
+/// supports: `Isa` values for SIMD ISAs come from detection ([`Isa::available`], [`Isa::detect`],
+/// [`Isa::from_env`]), and the `unsafe` bodies additionally rely on the length checks each entry
+/// point performs before dispatching.
+macro_rules! dispatch {
+    ($isa:expr, $f:ident $(::<$t:ty>)?, ($($arg:expr),*)) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                check(Isa::Avx512);
+                // SAFETY: `check` verified the CPU supports AVX-512F/BW/VL+AVX2+FMA+F16C; the
+                // caller checked the buffer lengths the body's contract requires.
+                unsafe { avx512::$f $(::<$t>)? ($($arg),*) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                check(Isa::Avx2);
+                // SAFETY: `check` verified the CPU supports AVX2+FMA+F16C; the caller checked the
+                // buffer lengths the body's contract requires.
+                unsafe { avx2::$f $(::<$t>)? ($($arg),*) }
+            }
+            _ => scalar::$f $(::<$t>)? ($($arg),*),
+        }
+    };
+}
+
+/// Panics unless the CPU runs `isa`: a SIMD body on a CPU without its features would be undefined
+/// behaviour, and `Isa` values can be built by hand. The detection result is cached by std, so this
+/// is a couple of loads.
+#[inline]
+fn check(isa: Isa) {
+    assert!(isa.is_supported(), "this CPU does not support {isa}");
+}
+
 /// `sum(a[i] * b[i])`.
 pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    let _ = isa;
-    scalar::dot(a, b)
+    dispatch!(isa, dot, (a, b))
 }
 
 /// `y[r] = sum_c w[r, c] * x[c]`: `w` is row-major `[y.len(), x.len()]` of dtype `W`.
 pub fn matvec<W: WeightType>(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
     assert!(w.len() >= y.len() * x.len() * W::SIZE, "matvec: weight buffer too short");
-    let _ = isa;
-    scalar::matvec::<W>(w, x, y)
+    dispatch!(isa, matvec::<W>, (w, x, y))
 }
 
 /// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major.
 pub fn matmul<W: WeightType>(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
-    let _ = isa;
-    scalar::matmul::<W>(w, k, x, y)
+    if k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let n = x.len() / k;
+    if n == 0 {
+        return;
+    }
+    let rows = y.len() / n;
+    assert!(w.len() >= rows * k * W::SIZE, "matmul: weight buffer too short");
+    // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
+    // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j.
+    unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows) }
+}
+
+/// The matmul body behind [`matmul`] and `par::matmul`: `y[t * ldy + j] = sum_c w[j, c] *
+/// x[t * k + c]` for `t < n`, `j < rows`, so that a thread can fill a column block of a wider
+/// output.
+///
+/// # Safety
+/// `k > 0`, `w.len() >= rows * k * W::SIZE`, `x.len() >= n * k`, `ldy >= rows`, and `y` must be
+/// valid for writes at `t * ldy + j` (`t < n`, `j < rows`) with nothing else reading or writing
+/// those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_strided<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+) {
+    assert!(k > 0 && w.len() >= rows * k * W::SIZE && x.len() >= n * k && ldy >= rows);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            check(Isa::Avx512);
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller.
+            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            check(Isa::Avx2);
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller.
+            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows) }
+        }
+        _ => {
+            for t in 0..n {
+                // SAFETY: row t of y has `rows` writable, unaliased floats at t*ldy (contract).
+                let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
+                scalar::matvec::<W>(w, &x[t * k..(t + 1) * k], yt);
+            }
+        }
+    }
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
 pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
     assert!(weight.len() >= x.len() * wdtype.size(), "rmsnorm: weight too short");
-    let _ = isa;
-    scalar::rmsnorm(x, weight, wdtype, eps, out)
+    assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
+    dispatch!(isa, rmsnorm, (x, weight, wdtype, eps, out))
 }
 
 /// `y += b`.
 pub fn add_bias(isa: Isa, y: &mut [f32], b: &[u8], bdtype: Dtype) {
     assert!(b.len() >= y.len() * bdtype.size(), "add_bias: bias too short");
-    let _ = isa;
-    scalar::add_bias(y, b, bdtype)
+    dispatch!(isa, add_bias, (y, b, bdtype))
 }
 
 /// `y += x`.
 pub fn add(isa: Isa, y: &mut [f32], x: &[f32]) {
-    let _ = isa;
-    scalar::add(y, x)
+    assert_eq!(y.len(), x.len(), "add: length mismatch");
+    dispatch!(isa, add, (y, x))
 }
 
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
-    let _ = isa;
-    scalar::silu_mul(gate, up)
+    assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
+    dispatch!(isa, silu_mul, (gate, up))
 }
 
 /// In-place softmax; returns the log-normalizer (logsumexp of the input).
 pub fn softmax(isa: Isa, x: &mut [f32]) -> f32 {
-    let _ = isa;
-    scalar::softmax(x)
+    dispatch!(isa, softmax, (x))
 }
 
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
 pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
-    let _ = isa;
-    scalar::rope(x, head_dim, cos, sin)
+    let half = head_dim / 2;
+    assert!(cos.len() >= half && sin.len() >= half, "rope: table too short");
+    dispatch!(isa, rope, (x, head_dim, cos, sin))
 }
 
 /// One query head over `keys`/`values` (`[len, head_dim]`); `scores` needs `len` floats.
@@ -76,12 +164,21 @@ pub fn attention(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let _ = isa;
-    scalar::attention(q, keys, values, scale, scores, out)
+    let hd = q.len();
+    assert_eq!(out.len(), hd, "attention: out length");
+    let len = if hd == 0 { 0 } else { keys.len() / hd };
+    assert!(values.len() >= len * hd && scores.len() >= len, "attention: buffers too short");
+    dispatch!(isa, attention, (q, keys, values, scale, scores, out))
 }
 
 /// Index of the largest element.
 pub fn argmax(isa: Isa, x: &[f32]) -> usize {
-    let _ = isa;
-    scalar::argmax(x)
+    dispatch!(isa, argmax, (x))
+}
+
+/// In-place `x[i] = exp(x[i])`, vectorized on the SIMD ISAs (within ~1 ulp of the correctly
+/// rounded value over the whole f32 range, including subnormal results; +inf above ~88.72, 0
+/// below ~-103.97).
+pub fn exp(isa: Isa, x: &mut [f32]) {
+    dispatch!(isa, exp, (x))
 }

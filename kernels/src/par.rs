@@ -1,22 +1,143 @@
 //! Kernels split across a [`ThreadPool`]. The runtime calls only these for its heavy work, so
 //! every disjoint-write split lives here, next to the pool.
 //!
-//! PLACEHOLDER bodies: sequential loops over the `ops` kernels.
+//! - [`matvec`] (and the fused [`matvec2`], [`matvec3`]): rows split in balanced chunks of a
+//!   multiple of [`ROW_ALIGN`] rows, one contiguous chunk of `y` per thread.
+//! - [`matmul`]: output columns (weight rows) split in chunks of a multiple of [`COL_ALIGN`], each
+//!   thread writing a column block of every token's output row.
+//! - [`attention`]: (query token, head) pairs handed out dynamically (an atomic counter, longest
+//!   causal rows first), each thread with its own `cap`-sized slice of `scores`.
+//!
+//! Nothing here allocates: each dispatch passes a stack closure to [`ThreadPool::run`].
+
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::dtype::WeightType;
 use crate::isa::Isa;
 use crate::ops;
 use crate::pool::ThreadPool;
 
+/// Rows per matvec chunk are a multiple of this (keeps the 4-row blocks whole).
+pub const ROW_ALIGN: usize = 16;
+/// Columns per matmul chunk are a multiple of this (whole packed panels on every ISA).
+pub const COL_ALIGN: usize = 32;
+/// Below this many weight elements a matvec runs on the calling thread alone: a dispatch costs
+/// more than the work.
+const SERIAL_BELOW: usize = 1 << 14;
+
+/// A raw pointer to an output buffer that threads write in disjoint parts.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: a SendPtr is only used to build non-overlapping sub-slices (each thread gets its own
+// rows / columns / heads, as argued at every use), while the `&mut` it came from is held by the
+// dispatching function for the whole `run`.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `SendPtr`, not its raw field).
+    #[inline]
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Floats of attention-score scratch the `attention_*` functions need.
 pub fn scores_len(n_threads: usize, n_heads: usize, cap: usize) -> usize {
     n_threads.max(n_heads).max(1) * cap
 }
 
+/// Rows `[r0, r1)` of thread `tid` out of `n_threads`, for `rows` rows in chunks aligned to
+/// `align`, balanced to within one aligned chunk.
+fn split(rows: usize, n_threads: usize, tid: usize, align: usize) -> (usize, usize) {
+    let blocks = rows.div_ceil(align);
+    let per = blocks / n_threads;
+    let extra = blocks % n_threads;
+    let b0 = tid * per + tid.min(extra);
+    let b1 = b0 + per + usize::from(tid < extra);
+    ((b0 * align).min(rows), (b1 * align).min(rows))
+}
+
 /// [`ops::matvec`] with rows split across the pool.
 pub fn matvec<W: WeightType>(pool: &ThreadPool, isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
-    let _ = pool;
-    ops::matvec::<W>(isa, w, x, y)
+    matvec_n::<W, 1>(pool, isa, [w], x, [y]);
+}
+
+/// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
+/// `y0 = w0 · x`, `y1 = w1 · x`.
+pub fn matvec2<W: WeightType>(
+    pool: &ThreadPool,
+    isa: Isa,
+    x: &[f32],
+    w0: &[u8],
+    y0: &mut [f32],
+    w1: &[u8],
+    y1: &mut [f32],
+) {
+    matvec_n::<W, 2>(pool, isa, [w0, w1], x, [y0, y1]);
+}
+
+/// Three matvecs sharing the input `x` (e.g. attention's q, k and v projections) in one dispatch.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec3<W: WeightType>(
+    pool: &ThreadPool,
+    isa: Isa,
+    x: &[f32],
+    w0: &[u8],
+    y0: &mut [f32],
+    w1: &[u8],
+    y1: &mut [f32],
+    w2: &[u8],
+    y2: &mut [f32],
+) {
+    matvec_n::<W, 3>(pool, isa, [w0, w1, w2], x, [y0, y1, y2]);
+}
+
+/// `N` matvecs over one `x`: the concatenation of their rows is split across the threads.
+fn matvec_n<W: WeightType, const N: usize>(
+    pool: &ThreadPool,
+    isa: Isa,
+    ws: [&[u8]; N],
+    x: &[f32],
+    ys: [&mut [f32]; N],
+) {
+    let cols = x.len();
+    for (w, y) in ws.iter().zip(&ys) {
+        assert!(w.len() >= y.len() * cols * W::SIZE, "matvec: weight buffer too short");
+    }
+    let total: usize = ys.iter().map(|y| y.len()).sum();
+    let nt = pool.n_threads();
+    if nt == 1 || total * cols < SERIAL_BELOW {
+        for (w, y) in ws.into_iter().zip(ys) {
+            ops::matvec::<W>(isa, w, x, y);
+        }
+        return;
+    }
+    let mut ys = ys;
+    let lens: [usize; N] = std::array::from_fn(|i| ys[i].len());
+    let ptrs: [SendPtr; N] = std::array::from_fn(|i| SendPtr(ys[i].as_mut_ptr()));
+    // The matrices' rows are numbered globally (matrix 0 first) and that range is split evenly;
+    // each thread then runs the parts of its global range that fall in each matrix.
+    pool.run(&|tid| {
+        let (g0, g1) = split(total, nt, tid, ROW_ALIGN);
+        let mut base = 0;
+        for i in 0..N {
+            let len = lens[i];
+            let r0 = g0.clamp(base, base + len) - base;
+            let r1 = g1.clamp(base, base + len) - base;
+            base += len;
+            if r0 >= r1 {
+                continue;
+            }
+            // SAFETY: the global ranges [g0, g1) of different tids are disjoint, so the
+            // per-matrix ranges [r0, r1) are too; they lie inside y_i (length `len`), whose
+            // `&mut` is held (unused) by this function until `run` returns.
+            let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
+            let w = &ws[i][r0 * cols * W::SIZE..];
+            ops::matvec::<W>(isa, w, x, y);
+        }
+    });
 }
 
 /// [`ops::matmul`] with output columns (weight rows) split across the pool.
@@ -28,8 +149,44 @@ pub fn matmul<W: WeightType>(
     x: &[f32],
     y: &mut [f32],
 ) {
-    let _ = pool;
-    ops::matmul::<W>(isa, w, k, x, y)
+    if k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return;
+    }
+    let n = x.len() / k;
+    if n == 0 {
+        return;
+    }
+    let rows = y.len() / n;
+    assert!(w.len() >= rows * k * W::SIZE, "matmul: weight buffer too short");
+    let nt = pool.n_threads();
+    if nt == 1 || rows * k * n < SERIAL_BELOW {
+        ops::matmul::<W>(isa, w, k, x, y);
+        return;
+    }
+    let yp = SendPtr(y.as_mut_ptr());
+    pool.run(&|tid| {
+        let (c0, c1) = split(rows, nt, tid, COL_ALIGN);
+        if c0 >= c1 {
+            return;
+        }
+        // SAFETY: w holds rows*k weights (checked), so rows c0..c1 exist; x holds n*k floats.
+        // Thread tid writes only y[t * rows + j] for j in its column range [c0, c1), and the
+        // ranges of different tids are disjoint; all lie in y (n*rows <= y.len()), whose `&mut`
+        // this function holds until `run` returns.
+        unsafe {
+            ops::matmul_strided::<W>(
+                isa,
+                &w[c0 * k * W::SIZE..],
+                k,
+                x,
+                n,
+                yp.get().add(c0),
+                rows,
+                c1 - c0,
+            )
+        };
+    });
 }
 
 /// Shape of one layer of the KV cache as the attention kernels see it: `k` and `v` are
@@ -58,30 +215,83 @@ pub fn attention(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let _ = pool;
     let KvLayout { n_heads, n_kv_heads, head_dim: hd, cap } = layout;
     let qdim = n_heads * hd;
     let n = if qdim == 0 { 0 } else { q.len() / qdim };
+    if n == 0 {
+        return;
+    }
     assert!(pos0 + n <= cap, "attention: positions past the cache capacity");
     assert!(k.len() >= n_kv_heads * cap * hd && v.len() >= n_kv_heads * cap * hd);
+    assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: bad head counts");
+    assert!(out.len() >= n * qdim, "attention: out too short");
+    // Each participating thread needs `cap` floats of scores.
+    let slots = scores.len() / cap;
+    assert!(slots >= 1, "attention: scores shorter than cap (see scores_len)");
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    for t in 0..n {
+    let pairs = n * n_heads;
+    let nt = pool.n_threads().min(slots).min(pairs);
+    let one = |t: usize, h: usize, sc: &mut [f32], o: &mut [f32]| {
         let len = pos0 + t + 1;
-        for h in 0..n_heads {
-            let kvh = h / group;
-            let base = kvh * cap * hd;
-            let qh = &q[t * qdim + h * hd..t * qdim + (h + 1) * hd];
-            let oh = &mut out[t * qdim + h * hd..t * qdim + (h + 1) * hd];
-            ops::attention(
-                isa,
-                qh,
-                &k[base..base + len * hd],
-                &v[base..base + len * hd],
-                scale,
-                &mut scores[..len],
-                oh,
-            );
+        let base = (h / group) * cap * hd;
+        let qh = &q[t * qdim + h * hd..t * qdim + (h + 1) * hd];
+        ops::attention(isa, qh, &k[base..base + len * hd], &v[base..base + len * hd], scale, &mut sc[..len], o);
+    };
+    if nt <= 1 {
+        for t in 0..n {
+            for h in 0..n_heads {
+                one(t, h, &mut scores[..cap], &mut out[t * qdim + h * hd..t * qdim + (h + 1) * hd]);
+            }
+        }
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    let sp = SendPtr(scores.as_mut_ptr());
+    let op = SendPtr(out.as_mut_ptr());
+    pool.run(&|tid| {
+        if tid >= nt {
+            return;
+        }
+        // SAFETY: thread tid < nt <= slots owns scores[tid*cap..(tid+1)*cap], inside `scores`
+        // (slots * cap <= scores.len()) and disjoint from every other thread's slice.
+        let sc = unsafe { std::slice::from_raw_parts_mut(sp.get().add(tid * cap), cap) };
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= pairs {
+                break;
+            }
+            // Longest (latest) queries first, for balance.
+            let t = n - 1 - i / n_heads;
+            let h = i % n_heads;
+            // SAFETY: each pair index i is claimed by exactly one thread (atomic counter), and
+            // pair (t, h) owns out[t*qdim + h*hd .. + hd], disjoint across pairs and inside `out`
+            // (checked n*qdim <= out.len()), whose `&mut` we hold until `run` returns.
+            let o = unsafe { std::slice::from_raw_parts_mut(op.get().add(t * qdim + h * hd), hd) };
+            one(t, h, sc, o);
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_covers_balanced() {
+        for rows in [0, 1, 15, 16, 17, 100, 896, 4864, 151936] {
+            for nt in 1..6 {
+                let mut next = 0;
+                for tid in 0..nt {
+                    let (a, b) = split(rows, nt, tid, 16);
+                    assert_eq!(a, next.min(rows));
+                    assert!(b >= a);
+                    assert!(a % 16 == 0 || a == rows);
+                    assert!(b - a <= rows.div_ceil(16).div_ceil(nt) * 16);
+                    next = b;
+                }
+                assert_eq!(next, rows);
+            }
         }
     }
 }

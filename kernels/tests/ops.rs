@@ -1,0 +1,387 @@
+//! Every `ops` kernel on every ISA this CPU runs, against the scalar reference (or f64 where the
+//! reference itself is the less accurate side), on awkward sizes and unaligned weight buffers.
+
+use qwenrt_kernels::{ops, scalar, Bf16, Dtype, Isa, WeightType, F16, F32};
+
+/// xorshift64*: tiny, deterministic.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    /// Uniform in [-1, 1).
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+const SIZES: [usize; 6] = [0, 1, 7, 63, 64, 4097];
+
+fn simd_isas() -> Vec<Isa> {
+    Isa::available()
+}
+
+/// Encodes `v` as little-endian `dtype` bytes, preceded by `offset` junk bytes.
+fn encode(v: &[f32], dtype: Dtype, offset: usize) -> Vec<u8> {
+    let mut out = vec![0xAB; offset];
+    for &x in v {
+        match dtype {
+            Dtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
+            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn close(a: f32, b: f32, mag: f32, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-5 * mag + 1e-6,
+        "{what}: {a} vs {b} (magnitude {mag})"
+    );
+}
+
+fn ulps(a: f32, b: f32) -> u32 {
+    if a == b || (a.is_nan() && b.is_nan()) {
+        return 0;
+    }
+    if a.is_sign_negative() != b.is_sign_negative() {
+        return u32::MAX;
+    }
+    a.to_bits().abs_diff(b.to_bits())
+}
+
+#[test]
+fn dot_all_isas() {
+    let mut rng = Rng(1);
+    for &n in &SIZES {
+        let a = rng.vec(n);
+        let b = rng.vec(n);
+        let r = scalar::dot(&a, &b);
+        let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+        for isa in simd_isas() {
+            close(ops::dot(isa, &a, &b), r, mag, &format!("dot {isa} n={n}"));
+        }
+    }
+}
+
+fn check_matvec<W: WeightType>() {
+    let mut rng = Rng(2);
+    let shapes = [(0, 5), (5, 0), (1, 1), (7, 7), (63, 63), (4, 64), (13, 4097), (64, 896), (33, 100)];
+    for &(rows, cols) in &shapes {
+        let wf = rng.vec(rows * cols);
+        let x = rng.vec(cols);
+        for offset in [0, 1] {
+            let wb = encode(&wf, W::DTYPE, offset);
+            let w = &wb[offset..];
+            let mut r = vec![0.0; rows];
+            scalar::matvec::<W>(w, &x, &mut r);
+            for isa in simd_isas() {
+                let mut y = vec![f32::NAN; rows];
+                ops::matvec::<W>(isa, w, &x, &mut y);
+                for i in 0..rows {
+                    let mag: f32 = (0..cols).map(|c| (W::get(w, i * cols + c) * x[c]).abs()).sum();
+                    let what = format!("matvec<{}> {isa} {rows}x{cols} off={offset} row {i}", W::DTYPE);
+                    close(y[i], r[i], mag, &what);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_f32() {
+    check_matvec::<F32>();
+}
+#[test]
+fn matvec_f16() {
+    check_matvec::<F16>();
+}
+#[test]
+fn matvec_bf16() {
+    check_matvec::<Bf16>();
+}
+
+fn check_matmul<W: WeightType>() {
+    let mut rng = Rng(3);
+    // (rows, k, n)
+    let shapes = [
+        (0, 4, 3),
+        (3, 0, 2),
+        (5, 3, 0),
+        (1, 1, 1),
+        (7, 7, 7),
+        (63, 63, 7),
+        (33, 130, 13),
+        (17, 300, 6),
+        (64, 64, 2),
+        (40, 257, 5),
+    ];
+    for &(rows, k, n) in &shapes {
+        let wf = rng.vec(rows * k);
+        let x = rng.vec(n * k);
+        for offset in [0, 1] {
+            let wb = encode(&wf, W::DTYPE, offset);
+            let w = &wb[offset..];
+            let mut r = vec![0.0; n * rows];
+            scalar::matmul::<W>(w, k, &x, &mut r);
+            for isa in simd_isas() {
+                let mut y = vec![f32::NAN; n * rows];
+                if k == 0 && n * rows == 0 {
+                    continue;
+                }
+                ops::matmul::<W>(isa, w, k, &x, &mut y);
+                for t in 0..n {
+                    for j in 0..rows {
+                        let mag: f32 =
+                            (0..k).map(|c| (W::get(w, j * k + c) * x[t * k + c]).abs()).sum();
+                        let what =
+                            format!("matmul<{}> {isa} rows={rows} k={k} n={n} off={offset} [{t},{j}]", W::DTYPE);
+                        close(y[t * rows + j], r[t * rows + j], mag, &what);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn matmul_f32() {
+    check_matmul::<F32>();
+}
+#[test]
+fn matmul_f16() {
+    check_matmul::<F16>();
+}
+#[test]
+fn matmul_bf16() {
+    check_matmul::<Bf16>();
+}
+
+#[test]
+fn rmsnorm_all() {
+    let mut rng = Rng(4);
+    for &n in &SIZES {
+        let x = rng.vec(n);
+        let wf = rng.vec(n);
+        for dt in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let wb = encode(&wf, dt, 1);
+            let w = &wb[1..];
+            let mut r = vec![0.0; n];
+            scalar::rmsnorm(&x, w, dt, 1e-6, &mut r);
+            for isa in simd_isas() {
+                let mut o = vec![f32::NAN; n];
+                ops::rmsnorm(isa, &x, w, dt, 1e-6, &mut o);
+                for i in 0..n {
+                    close(o[i], r[i], r[i].abs(), &format!("rmsnorm {isa} {dt} n={n} i={i}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn add_bias_add() {
+    let mut rng = Rng(5);
+    for &n in &SIZES {
+        let y0 = rng.vec(n);
+        let bf = rng.vec(n);
+        for dt in [Dtype::F32, Dtype::F16, Dtype::BF16] {
+            let bb = encode(&bf, dt, 1);
+            let mut r = y0.clone();
+            scalar::add_bias(&mut r, &bb[1..], dt);
+            for isa in simd_isas() {
+                let mut y = y0.clone();
+                ops::add_bias(isa, &mut y, &bb[1..], dt);
+                assert_eq!(y, r, "add_bias {isa} {dt} n={n}");
+            }
+        }
+        let mut r = y0.clone();
+        scalar::add(&mut r, &bf);
+        for isa in simd_isas() {
+            let mut y = y0.clone();
+            ops::add(isa, &mut y, &bf);
+            assert_eq!(y, r, "add {isa} n={n}");
+        }
+    }
+}
+
+#[test]
+fn exp_ulps_whole_range() {
+    let mut xs: Vec<f32> = Vec::new();
+    let mut x = -110.0f32;
+    while x < 90.0 {
+        xs.push(x);
+        x += 0.0137;
+    }
+    xs.extend([
+        0.0,
+        -0.0,
+        1e-30,
+        -1e-30,
+        88.72,
+        88.7228,
+        88.73,
+        -87.33,
+        -103.9,
+        -103.97,
+        -104.0,
+        -1e30,
+        1e30,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MIN_POSITIVE,
+    ]);
+    for isa in simd_isas() {
+        let mut v = xs.clone();
+        ops::exp(isa, &mut v);
+        for (&x, &e) in xs.iter().zip(&v) {
+            let r = (x as f64).exp() as f32;
+            assert!(ulps(e, r) <= 2, "exp {isa} x={x}: {e:e} vs {r:e} ({} ulps)", ulps(e, r));
+        }
+        let mut nan = [f32::NAN; 3];
+        ops::exp(isa, &mut nan);
+        assert!(nan.iter().all(|v| v.is_nan()), "exp {isa} NaN");
+    }
+}
+
+#[test]
+fn silu_mul_all() {
+    let mut rng = Rng(6);
+    for &n in &SIZES {
+        let g0: Vec<f32> = rng.vec(n).iter().map(|v| v * 20.0).collect();
+        let u = rng.vec(n);
+        let mut r = g0.clone();
+        scalar::silu_mul(&mut r, &u);
+        for isa in simd_isas() {
+            let mut g = g0.clone();
+            ops::silu_mul(isa, &mut g, &u);
+            for i in 0..n {
+                assert!(ulps(g[i], r[i]) <= 4 || (g[i] - r[i]).abs() < 1e-30, "silu {isa} {} {}", g[i], r[i]);
+            }
+        }
+    }
+}
+
+#[test]
+fn softmax_all() {
+    let mut rng = Rng(7);
+    for &n in &SIZES {
+        for spread in [1.0f32, 30.0, 200.0] {
+            let x0: Vec<f32> = rng.vec(n).iter().map(|v| v * spread).collect();
+            // f64 reference: the scalar f32 sum is itself off by up to ~n ulps.
+            // `x - max` is rounded to f32 by every implementation (that rounding error, times
+            // |x - max|, is inherent), so the reference starts from the same f32 differences.
+            let maxf = x0.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let max = maxf as f64;
+            let sum: f64 = x0.iter().map(|&v| ((v - maxf) as f64).exp()).sum();
+            let mut rs = x0.clone();
+            let lse_s = scalar::softmax(&mut rs);
+            for isa in simd_isas() {
+                let mut x = x0.clone();
+                let lse = ops::softmax(isa, &mut x);
+                if n == 0 {
+                    assert_eq!(lse, f32::NEG_INFINITY);
+                    continue;
+                }
+                assert!((lse as f64 - (max + sum.ln())).abs() <= 1e-6 * lse.abs().max(1.0) as f64);
+                close(lse, lse_s, lse.abs().max(1.0), "lse vs scalar");
+                for i in 0..n {
+                    let r = (((x0[i] - maxf) as f64).exp() / sum) as f32;
+                    assert!(
+                        (x[i] - r).abs() <= 2e-6 * r + 1e-37,
+                        "softmax {isa} n={n} spread={spread} i={i}: {} vs {r}",
+                        x[i]
+                    );
+                    close(x[i], rs[i], rs[i], "softmax vs scalar");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rope_all() {
+    let mut rng = Rng(8);
+    for &hd in &[2usize, 14, 64, 128, 7] {
+        for heads in [0, 1, 3] {
+            let x0 = rng.vec(hd * heads + 1);
+            let cos = rng.vec(hd / 2);
+            let sin = rng.vec(hd / 2);
+            let mut r = x0.clone();
+            scalar::rope(&mut r, hd, &cos, &sin);
+            for isa in simd_isas() {
+                let mut x = x0.clone();
+                ops::rope(isa, &mut x, hd, &cos, &sin);
+                assert_eq!(x, r, "rope {isa} hd={hd} heads={heads}");
+            }
+        }
+    }
+}
+
+#[test]
+fn attention_all() {
+    let mut rng = Rng(9);
+    for &hd in &[1usize, 7, 64, 80, 128] {
+        for &len in &[0usize, 1, 7, 63, 300] {
+            let q: Vec<f32> = rng.vec(hd).iter().map(|v| v * 3.0).collect();
+            let keys = rng.vec(len * hd);
+            let values = rng.vec(len * hd);
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut sr = vec![0.0; len + 3];
+            let mut r = vec![0.0; hd];
+            scalar::attention(&q, &keys, &values, scale, &mut sr, &mut r);
+            for isa in simd_isas() {
+                let mut s = vec![0.0; len + 3];
+                let mut o = vec![f32::NAN; hd];
+                ops::attention(isa, &q, &keys, &values, scale, &mut s, &mut o);
+                for i in 0..hd {
+                    close(o[i], r[i], 1.0, &format!("attention {isa} hd={hd} len={len} i={i}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn argmax_all() {
+    let mut rng = Rng(10);
+    for &n in &[0usize, 1, 7, 63, 4097, 151936] {
+        let mut x = rng.vec(n);
+        for isa in simd_isas() {
+            assert_eq!(ops::argmax(isa, &x), scalar::argmax(&x), "argmax {isa} n={n}");
+        }
+        if n > 10 {
+            // Ties: the first wins; NaN is skipped unless first; -inf everywhere.
+            let m = x.iter().copied().fold(f32::MIN, f32::max) + 1.0;
+            x[n - 3] = m;
+            x[n / 2] = m;
+            x[3] = f32::NAN;
+            for isa in simd_isas() {
+                assert_eq!(ops::argmax(isa, &x), n / 2, "argmax ties {isa} n={n}");
+            }
+            x[0] = f32::NAN;
+            for isa in simd_isas() {
+                assert_eq!(ops::argmax(isa, &x), 0, "argmax NaN first {isa}");
+            }
+            let y = vec![f32::NEG_INFINITY; n];
+            for isa in simd_isas() {
+                assert_eq!(ops::argmax(isa, &y), 0, "argmax -inf {isa}");
+            }
+        }
+    }
+}
+
+#[test]
+fn isa_listing() {
+    let v = Isa::available();
+    assert_eq!(v[0], Isa::Scalar);
+    assert!(v.iter().all(|i| i.is_supported()));
+    eprintln!("available ISAs: {v:?}");
+}

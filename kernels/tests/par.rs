@@ -1,0 +1,152 @@
+//! The pool-split kernels against the single-threaded `ops` kernels, on 1..4 threads.
+
+use qwenrt_kernels::par::{self, KvLayout};
+use qwenrt_kernels::{ops, scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn f(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f()).collect()
+    }
+}
+
+fn bytes<W: WeightType>(v: &[f32], offset: usize) -> Vec<u8> {
+    let mut out = vec![0u8; offset];
+    for &x in v {
+        match W::DTYPE {
+            qwenrt_kernels::Dtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            qwenrt_kernels::Dtype::F16 => {
+                out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes())
+            }
+            qwenrt_kernels::Dtype::BF16 => {
+                out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes())
+            }
+        }
+    }
+    out
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what} [{i}]: {x} vs {y}");
+    }
+}
+
+fn check_par_matvec<W: WeightType>() {
+    let mut rng = Rng(11);
+    for nt in 1..=4 {
+        let pool = ThreadPool::new(nt).unwrap();
+        for &(rows, cols) in &[(0usize, 10usize), (1, 1), (7, 63), (200, 130), (513, 257), (40, 4097)] {
+            let wb = bytes::<W>(&rng.vec(rows * cols), 1);
+            let w = &wb[1..];
+            let x = rng.vec(cols);
+            for isa in Isa::available() {
+                let mut r = vec![0.0; rows];
+                ops::matvec::<W>(isa, w, &x, &mut r);
+                let mut y = vec![f32::NAN; rows];
+                par::matvec::<W>(&pool, isa, w, &x, &mut y);
+                // Same kernel on the same rows: bit-identical.
+                assert_eq!(y, r, "par::matvec {isa} nt={nt} {rows}x{cols}");
+            }
+        }
+        // Fused variants.
+        let cols = 300;
+        let x = rng.vec(cols);
+        let (wa, wb_, wc) = (
+            bytes::<W>(&rng.vec(100 * cols), 0),
+            bytes::<W>(&rng.vec(37 * cols), 1),
+            bytes::<W>(&rng.vec(250 * cols), 0),
+        );
+        let isa = Isa::detect();
+        let (mut ra, mut rb, mut rc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
+        ops::matvec::<W>(isa, &wa, &x, &mut ra);
+        ops::matvec::<W>(isa, &wb_[1..], &x, &mut rb);
+        ops::matvec::<W>(isa, &wc, &x, &mut rc);
+        let (mut ya, mut yb, mut yc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
+        par::matvec3::<W>(&pool, isa, &x, &wa, &mut ya, &wb_[1..], &mut yb, &wc, &mut yc);
+        assert_eq!((&ya, &yb, &yc), (&ra, &rb, &rc), "matvec3 nt={nt}");
+        let (mut ya, mut yc) = (vec![0.0; 100], vec![0.0; 250]);
+        par::matvec2::<W>(&pool, isa, &x, &wa, &mut ya, &wc, &mut yc);
+        assert_eq!((&ya, &yc), (&ra, &rc), "matvec2 nt={nt}");
+    }
+}
+
+#[test]
+fn par_matvec_all() {
+    check_par_matvec::<F32>();
+    check_par_matvec::<F16>();
+    check_par_matvec::<Bf16>();
+}
+
+#[test]
+fn par_matmul_all() {
+    let mut rng = Rng(12);
+    for nt in 1..=4 {
+        let pool = ThreadPool::new(nt).unwrap();
+        for &(rows, k, n) in &[(0usize, 3usize, 2usize), (5, 0, 3), (1, 1, 1), (70, 33, 9), (130, 200, 13), (65, 129, 2)]
+        {
+            let wf = rng.vec(rows * k);
+            let wb = bytes::<Bf16>(&wf, 1);
+            let w = &wb[1..];
+            let x = rng.vec(n * k);
+            let mut r = vec![0.0; n * rows];
+            scalar::matmul::<Bf16>(w, k, &x, &mut r);
+            for isa in Isa::available() {
+                let mut y = vec![f32::NAN; n * rows];
+                par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut y);
+                close(&y, &r, 1e-5 * (k as f32).sqrt().max(1.0), &format!("par::matmul {isa} nt={nt} {rows} {k} {n}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn par_attention_gqa_causal() {
+    let mut rng = Rng(13);
+    let layout = KvLayout { n_heads: 6, n_kv_heads: 2, head_dim: 24, cap: 40 };
+    let kvlen = layout.n_kv_heads * layout.cap * layout.head_dim;
+    let k = rng.vec(kvlen);
+    let v = rng.vec(kvlen);
+    let qdim = layout.n_heads * layout.head_dim;
+    for nt in 1..=4 {
+        let pool = ThreadPool::new(nt).unwrap();
+        for &(pos0, n) in &[(0usize, 1usize), (0, 17), (5, 1), (10, 30), (39, 1)] {
+            let q = rng.vec(n * qdim);
+            // Reference: scalar, one (t, h) at a time.
+            let mut r = vec![0.0; n * qdim];
+            let hd = layout.head_dim;
+            let group = layout.n_heads / layout.n_kv_heads;
+            let mut sc = vec![0.0; layout.cap];
+            for t in 0..n {
+                let len = pos0 + t + 1;
+                for h in 0..layout.n_heads {
+                    let base = (h / group) * layout.cap * hd;
+                    scalar::attention(
+                        &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                        &k[base..base + len * hd],
+                        &v[base..base + len * hd],
+                        1.0 / (hd as f32).sqrt(),
+                        &mut sc,
+                        &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                    );
+                }
+            }
+            for isa in Isa::available() {
+                let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
+                let mut out = vec![f32::NAN; n * qdim];
+                par::attention(&pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                close(&out, &r, 1e-5, &format!("par::attention {isa} nt={nt} pos0={pos0} n={n}"));
+            }
+        }
+    }
+}

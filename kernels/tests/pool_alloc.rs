@@ -1,0 +1,92 @@
+//! Dispatching on the pool, and the `par` kernels, allocate nothing once warmed up: counted by a
+//! global allocator wrapper. Its own test binary, so no other test's allocations interfere (the
+//! tests run one after the other inside one `#[test]`).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use qwenrt_kernels::par::{self, KvLayout};
+use qwenrt_kernels::{Bf16, Isa, ThreadPool};
+
+struct Counting;
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards every call to `System` unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc_zeroed(l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(p, l, n) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocs() -> usize {
+    ALLOCS.load(Ordering::SeqCst)
+}
+
+#[test]
+fn dispatch_and_par_kernels_allocate_nothing() {
+    for nt in [2usize, 4] {
+        let pool = ThreadPool::new(nt).unwrap();
+        let hits = AtomicUsize::new(0);
+        let f = |_tid: usize| {
+            hits.fetch_add(1, Ordering::Relaxed);
+        };
+        for _ in 0..10 {
+            pool.run(&f);
+        }
+        let before = allocs();
+        for i in 0..1000 {
+            pool.run(&f);
+            if i == 500 {
+                // Let the workers fall asleep once, so the park/unpark path is counted too.
+                std::thread::sleep(std::time::Duration::from_millis(30));
+            }
+        }
+        assert_eq!(allocs() - before, 0, "ThreadPool::run allocated ({nt} threads)");
+        assert_eq!(hits.load(Ordering::Relaxed), 1010 * nt);
+
+        let (rows, cols, n) = (256usize, 320usize, 8usize);
+        let w = vec![0x3fu8; rows * cols * 2 + 1];
+        let x = vec![0.5f32; n * cols];
+        let mut y = vec![0.0f32; n * rows];
+        let layout = KvLayout { n_heads: 4, n_kv_heads: 2, head_dim: 32, cap: 64 };
+        let kv = vec![0.25f32; 2 * 64 * 32];
+        let q = vec![0.5f32; 3 * 4 * 32];
+        let mut out = vec![0.0f32; 3 * 4 * 32];
+        let mut scores = vec![0.0f32; par::scores_len(nt, 4, 64)];
+        let (mut y1, mut y2) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+        for isa in Isa::available() {
+            // Warm-up, then count.
+            for round in 0..2 {
+                let before = allocs();
+                for _ in 0..20 {
+                    par::matvec::<Bf16>(&pool, isa, &w[1..], &x[..cols], &mut y[..rows]);
+                    par::matvec2::<Bf16>(&pool, isa, &x[..cols], &w[1..], &mut y1, &w[1..], &mut y2);
+                    par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut y);
+                    par::attention(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
+                }
+                if round == 1 {
+                    assert_eq!(allocs() - before, 0, "par kernels allocated ({isa}, {nt} threads)");
+                }
+            }
+        }
+    }
+}
