@@ -11,6 +11,8 @@
 //! - [`generate`]: the allocation-free decode loop.
 #![deny(unsafe_code)]
 
+pub mod arc;
+pub mod batch;
 pub mod config;
 pub mod error;
 pub mod weights;
