@@ -11,6 +11,8 @@
 #![deny(unsafe_code)]
 
 pub mod arena;
+pub mod arc;
+pub mod batch;
 pub mod config;
 pub mod kv_cache;
 pub mod sampler;
