@@ -228,7 +228,7 @@ pub fn attention(
         cap,
     } = layout;
     let qdim = n_heads * hd;
-    let n = if qdim == 0 { 0 } else { q.len() / qdim };
+    let n = q.len().checked_div(qdim).unwrap_or(0);
     if n == 0 {
         return;
     }

@@ -129,7 +129,7 @@ pub fn attention(
 ) {
     let hd = q.len();
     assert_eq!(out.len(), hd, "attention: out length");
-    let len = if hd == 0 { 0 } else { keys.len() / hd };
+    let len = keys.len().checked_div(hd).unwrap_or(0);
     assert!(
         values.len() >= len * hd && scores.len() >= len,
         "attention: buffers too short"
