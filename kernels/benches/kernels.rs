@@ -1,1 +1,262 @@
-fn main() {}
+//! Kernel benchmarks at Qwen2.5-0.5B shapes (hidden 896, ffn 4864, vocab 151936, head_dim 64),
+//! for every ISA this CPU runs, plus the pool-split versions on 1 and 2 threads.
+//!
+//! Throughput: bytes streamed (weights + activations) for matvec and the elementwise kernels;
+//! for matmul and attention, `Elements` counts FLOPs (2 per multiply-add), so criterion's
+//! "elem/s" reads as FLOP/s.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::par::{self, KvLayout};
+use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, WeightType, F16, F32};
+
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn weights(n: usize, dt: Dtype) -> Vec<u8> {
+    let v = data(n, 7);
+    let mut out = Vec::with_capacity(n * dt.size());
+    for x in v {
+        match dt {
+            Dtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
+            Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
+            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
+        }
+    }
+    out
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(400))
+        .measurement_time(Duration::from_millis(1500))
+}
+
+fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)]) {
+    let mut g = c.benchmark_group(format!("matvec_{}", W::DTYPE));
+    for &(rows, cols) in shapes {
+        let w = weights(rows * cols, W::DTYPE);
+        let x = data(cols, 1);
+        let mut y = vec![0.0; rows];
+        g.throughput(Throughput::Bytes(
+            (rows * cols * W::SIZE + 4 * (cols + rows)) as u64,
+        ));
+        for isa in Isa::available() {
+            g.bench_with_input(
+                BenchmarkId::new(isa.to_string(), format!("{rows}x{cols}")),
+                &(),
+                |b, _| b.iter(|| ops::matvec::<W>(isa, black_box(&w), black_box(&x), &mut y)),
+            );
+        }
+    }
+    g.finish();
+}
+
+fn bench_matvec(c: &mut Criterion) {
+    bench_matvec_dtype::<Bf16>(c, &[(896, 896), (4864, 896), (896, 4864), (151936, 896)]);
+    bench_matvec_dtype::<F16>(c, &[(4864, 896)]);
+    bench_matvec_dtype::<F32>(c, &[(4864, 896)]);
+}
+
+fn bench_matmul(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matmul_BF16");
+    for &(rows, k) in &[(896usize, 896usize), (4864, 896)] {
+        let w = weights(rows * k, Dtype::BF16);
+        for &n in &[64usize, 512] {
+            let x = data(n * k, 2);
+            let mut y = vec![0.0; n * rows];
+            g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
+            for isa in Isa::available() {
+                if isa == Isa::Scalar && (n > 64 || rows > 896) {
+                    continue; // seconds per iteration
+                }
+                g.bench_with_input(
+                    BenchmarkId::new(isa.to_string(), format!("n{n}_{rows}x{k}")),
+                    &(),
+                    |b, _| {
+                        b.iter(|| ops::matmul::<Bf16>(isa, black_box(&w), k, black_box(&x), &mut y))
+                    },
+                );
+            }
+        }
+    }
+    g.finish();
+}
+
+fn bench_elementwise(c: &mut Criterion) {
+    let mut g = c.benchmark_group("elementwise");
+    let n = 4864;
+    let a = data(n, 3);
+    let b = data(n, 4);
+    let wb = weights(n, Dtype::BF16);
+    let cos = data(32, 5);
+    let sin = data(32, 6);
+    for isa in Isa::available() {
+        let mut y = a.clone();
+        let mut out = vec![0.0; n];
+        g.throughput(Throughput::Bytes((8 * n) as u64));
+        g.bench_function(BenchmarkId::new("dot", isa), |bch| {
+            bch.iter(|| ops::dot(isa, black_box(&a), black_box(&b)))
+        });
+        g.bench_function(BenchmarkId::new("add", isa), |bch| {
+            bch.iter(|| ops::add(isa, &mut y, black_box(&b)))
+        });
+        g.throughput(Throughput::Bytes((6 * n) as u64));
+        g.bench_function(BenchmarkId::new("add_bias_bf16", isa), |bch| {
+            bch.iter(|| ops::add_bias(isa, &mut y, black_box(&wb), Dtype::BF16))
+        });
+        g.bench_function(BenchmarkId::new("rmsnorm_bf16", isa), |bch| {
+            bch.iter(|| ops::rmsnorm(isa, black_box(&a), &wb, Dtype::BF16, 1e-6, &mut out))
+        });
+        g.throughput(Throughput::Bytes((8 * n) as u64));
+        g.bench_function(BenchmarkId::new("silu_mul", isa), |bch| {
+            bch.iter(|| {
+                y.copy_from_slice(&a);
+                ops::silu_mul(isa, &mut y, black_box(&b))
+            })
+        });
+        g.bench_function(BenchmarkId::new("softmax", isa), |bch| {
+            bch.iter(|| {
+                y.copy_from_slice(&a);
+                ops::softmax(isa, &mut y)
+            })
+        });
+        g.bench_function(BenchmarkId::new("rope_hd64", isa), |bch| {
+            bch.iter(|| ops::rope(isa, &mut y, 64, black_box(&cos), black_box(&sin)))
+        });
+    }
+    let logits = data(151936, 9);
+    g.throughput(Throughput::Bytes((4 * logits.len()) as u64));
+    for isa in Isa::available() {
+        g.bench_function(BenchmarkId::new("argmax_151936", isa), |bch| {
+            bch.iter(|| ops::argmax(isa, black_box(&logits)))
+        });
+    }
+    g.finish();
+}
+
+fn bench_attention(c: &mut Criterion) {
+    let mut g = c.benchmark_group("attention_hd64");
+    let hd = 64;
+    let len = 1024;
+    let q = data(hd, 1);
+    let k = data(len * hd, 2);
+    let v = data(len * hd, 3);
+    let mut scores = vec![0.0; len];
+    let mut out = vec![0.0; hd];
+    g.throughput(Throughput::Elements((4 * len * hd) as u64));
+    for isa in Isa::available() {
+        g.bench_function(
+            BenchmarkId::new(isa.to_string(), format!("len{len}")),
+            |b| b.iter(|| ops::attention(isa, black_box(&q), &k, &v, 0.125, &mut scores, &mut out)),
+        );
+    }
+    g.finish();
+}
+
+fn bench_par(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let mut g = c.benchmark_group(format!("par_{isa}"));
+    let pools: Vec<ThreadPool> = [1, 2]
+        .iter()
+        .map(|&n| ThreadPool::new(n).unwrap())
+        .collect();
+    for pool in &pools {
+        let nt = pool.n_threads();
+        g.throughput(Throughput::Elements(nt as u64));
+        g.bench_function(BenchmarkId::new("pool_dispatch", format!("{nt}t")), |b| {
+            b.iter(|| {
+                pool.run(&|tid| {
+                    black_box(tid);
+                })
+            })
+        });
+    }
+    for &(rows, cols) in &[(4864usize, 896usize), (151936, 896)] {
+        let w = weights(rows * cols, Dtype::BF16);
+        let x = data(cols, 1);
+        let mut y = vec![0.0; rows];
+        g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
+        for pool in &pools {
+            g.bench_function(
+                BenchmarkId::new(
+                    format!("matvec_bf16_{rows}x{cols}"),
+                    format!("{}t", pool.n_threads()),
+                ),
+                |b| b.iter(|| par::matvec::<Bf16>(pool, isa, black_box(&w), &x, &mut y)),
+            );
+        }
+    }
+    {
+        let (rows, k, n) = (4864usize, 896usize, 512usize);
+        let w = weights(rows * k, Dtype::BF16);
+        let x = data(n * k, 2);
+        let mut y = vec![0.0; n * rows];
+        g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
+        for pool in &pools {
+            g.bench_function(
+                BenchmarkId::new(
+                    "matmul_bf16_n512_4864x896",
+                    format!("{}t", pool.n_threads()),
+                ),
+                |b| b.iter(|| par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut y)),
+            );
+        }
+    }
+    {
+        // Prefill attention: 512 new tokens from position 0, Qwen2.5-0.5B heads.
+        let layout = KvLayout {
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+            cap: 512,
+        };
+        let n = 512;
+        let kv = data(2 * 512 * 64, 4);
+        let q = data(n * 14 * 64, 5);
+        let mut out = vec![0.0; n * 14 * 64];
+        // QK and PV: 2 FLOPs each per (query, key, dim), causal half.
+        g.throughput(Throughput::Elements((4 * 14 * 64 * n * (n + 1) / 2) as u64));
+        for pool in &pools {
+            let mut scores = vec![0.0; par::scores_len(pool.n_threads(), 14, 512)];
+            g.bench_function(
+                BenchmarkId::new("attention_prefill512", format!("{}t", pool.n_threads())),
+                |b| {
+                    b.iter(|| {
+                        par::attention(
+                            pool,
+                            isa,
+                            layout,
+                            0,
+                            black_box(&q),
+                            &kv,
+                            &kv,
+                            &mut scores,
+                            &mut out,
+                        )
+                    })
+                },
+            );
+        }
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_matvec, bench_matmul, bench_elementwise, bench_attention, bench_par
+}
+criterion_main!(benches);

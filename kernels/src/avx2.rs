@@ -14,7 +14,10 @@ use crate::dtype::{Dtype, WeightType};
 #[inline]
 fn mask8(n: usize) -> __m256i {
     let n = n.min(8) as i32;
-    _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))
+    _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    )
 }
 
 /// 8 weights of dtype `W` starting at element `i` of `p`, widened to f32.
@@ -157,7 +160,10 @@ unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
             );
         }
     }
-    hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
+    hsum(_mm256_add_ps(
+        _mm256_add_ps(acc[0], acc[1]),
+        _mm256_add_ps(acc[2], acc[3]),
+    ))
 }
 
 /// `sum(a[i] * b[i])` over the common length.
@@ -189,7 +195,12 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
         // SAFETY: rows r..r+4 are inside w; columns stay below cols (full vectors, then a
         // partial copy / masked load for the tail).
         unsafe {
-            let wr = [wp.add(r * rb), wp.add((r + 1) * rb), wp.add((r + 2) * rb), wp.add((r + 3) * rb)];
+            let wr = [
+                wp.add(r * rb),
+                wp.add((r + 1) * rb),
+                wp.add((r + 2) * rb),
+                wp.add((r + 3) * rb),
+            ];
             let mut a = [_mm256_setzero_ps(); 8];
             let mut c = 0;
             while c + 16 <= cols {
@@ -205,7 +216,11 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
                 let cnt = (cols - c).min(8);
                 let x0 = _mm256_maskload_ps(xp.add(c), mask8(cnt));
                 for j in 0..4 {
-                    let wv = if cnt == 8 { ld::<W>(wr[j], c) } else { ld_part::<W>(wr[j], c, cnt) };
+                    let wv = if cnt == 8 {
+                        ld::<W>(wr[j], c)
+                    } else {
+                        ld_part::<W>(wr[j], c, cnt)
+                    };
                     a[j] = _mm256_fmadd_ps(wv, x0, a[j]);
                 }
                 c += 8;
@@ -231,7 +246,11 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
             while c < cols {
                 let cnt = (cols - c).min(8);
                 let x0 = _mm256_maskload_ps(xp.add(c), mask8(cnt));
-                let wv = if cnt == 8 { ld::<W>(w0, c) } else { ld_part::<W>(w0, c, cnt) };
+                let wv = if cnt == 8 {
+                    ld::<W>(w0, c)
+                } else {
+                    ld_part::<W>(w0, c, cnt)
+                };
                 a0 = _mm256_fmadd_ps(wv, x0, a0);
                 c += 8;
             }
@@ -275,7 +294,11 @@ unsafe fn pack<W: WeightType>(
             let mut kk = 0;
             while kk < kc {
                 let cnt = (kc - kk).min(8);
-                let v = if cnt == 8 { ld::<W>(row, k0 + kk) } else { ld_part::<W>(row, k0 + kk, cnt) };
+                let v = if cnt == 8 {
+                    ld::<W>(row, k0 + kk)
+                } else {
+                    ld_part::<W>(row, k0 + kk, cnt)
+                };
                 _mm256_storeu_ps(tmp.as_mut_ptr(), v);
                 for (q, t) in tmp.iter().enumerate().take(cnt) {
                     *buf.get_unchecked_mut((kk + q) * NR + j) = *t;
@@ -416,8 +439,16 @@ unsafe fn scale_mul<W: WeightType>(x: &[f32], inv: f32, w: &[u8], out: &mut [f32
         // SAFETY: lanes masked / copied below n in x, w and out.
         unsafe {
             let v = _mm256_maskload_ps(x.as_ptr().add(i), m);
-            let wv = if cnt == 8 { ld::<W>(w.as_ptr(), i) } else { ld_part::<W>(w.as_ptr(), i, cnt) };
-            _mm256_maskstore_ps(out.as_mut_ptr().add(i), m, _mm256_mul_ps(_mm256_mul_ps(v, vi), wv));
+            let wv = if cnt == 8 {
+                ld::<W>(w.as_ptr(), i)
+            } else {
+                ld_part::<W>(w.as_ptr(), i, cnt)
+            };
+            _mm256_maskstore_ps(
+                out.as_mut_ptr().add(i),
+                m,
+                _mm256_mul_ps(_mm256_mul_ps(v, vi), wv),
+            );
         }
         i += 8;
     }
@@ -459,7 +490,11 @@ unsafe fn add_w<W: WeightType>(y: &mut [f32], b: &[u8]) {
         // SAFETY: lanes masked / copied below n in y and b.
         unsafe {
             let p = y.as_mut_ptr().add(i);
-            let bv = if cnt == 8 { ld::<W>(b.as_ptr(), i) } else { ld_part::<W>(b.as_ptr(), i, cnt) };
+            let bv = if cnt == 8 {
+                ld::<W>(b.as_ptr(), i)
+            } else {
+                ld_part::<W>(b.as_ptr(), i, cnt)
+            };
             _mm256_maskstore_ps(p, m, _mm256_add_ps(_mm256_maskload_ps(p, m), bv));
         }
         i += 8;
@@ -631,7 +666,13 @@ pub unsafe fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 /// `s` holds `len` floats, `v` `len * hd`, `out` `hd`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-pub(crate) unsafe fn weighted_sum(s: *const f32, v: *const f32, len: usize, hd: usize, out: *mut f32) {
+pub(crate) unsafe fn weighted_sum(
+    s: *const f32,
+    v: *const f32,
+    len: usize,
+    hd: usize,
+    out: *mut f32,
+) {
     let mut o = 0;
     while o < hd {
         let ms = [
@@ -684,7 +725,8 @@ pub unsafe fn attention(
     // SAFETY: key p < len is inside keys; the other buffers are sized by the contract.
     unsafe {
         for p in 0..len {
-            *scores.get_unchecked_mut(p) = dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
+            *scores.get_unchecked_mut(p) =
+                dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
         }
         softmax(&mut scores[..len]);
         weighted_sum(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());

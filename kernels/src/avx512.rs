@@ -220,7 +220,11 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
             }
             while c < cols {
                 let m = lanes(cols - c);
-                a0 = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), _mm512_maskz_loadu_ps(m, xp.add(c)), a0);
+                a0 = _mm512_fmadd_ps(
+                    ld_mask::<W>(w0, c, m),
+                    _mm512_maskz_loadu_ps(m, xp.add(c)),
+                    a0,
+                );
                 c += 16;
             }
             *y.get_unchecked_mut(r) = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
@@ -629,7 +633,13 @@ pub unsafe fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
 /// `s` holds `len` floats, `v` `len * hd`, `out` `hd`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-pub(crate) unsafe fn weighted_sum(s: *const f32, v: *const f32, len: usize, hd: usize, out: *mut f32) {
+pub(crate) unsafe fn weighted_sum(
+    s: *const f32,
+    v: *const f32,
+    len: usize,
+    hd: usize,
+    out: *mut f32,
+) {
     let mut o = 0;
     while o < hd {
         let ms = [
@@ -645,7 +655,8 @@ pub(crate) unsafe fn weighted_sum(s: *const f32, v: *const f32, len: usize, hd: 
                 let sp = _mm512_set1_ps(*s.add(p));
                 let vp = v.add(p * hd + o);
                 for j in 0..4 {
-                    acc[j] = _mm512_fmadd_ps(sp, _mm512_maskz_loadu_ps(ms[j], vp.add(16 * j)), acc[j]);
+                    acc[j] =
+                        _mm512_fmadd_ps(sp, _mm512_maskz_loadu_ps(ms[j], vp.add(16 * j)), acc[j]);
                 }
             }
             for j in 0..4 {
@@ -683,7 +694,8 @@ pub unsafe fn attention(
     // SAFETY: key p < len is inside keys; the other buffers are sized by the contract.
     unsafe {
         for p in 0..len {
-            *scores.get_unchecked_mut(p) = dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
+            *scores.get_unchecked_mut(p) =
+                dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
         }
         softmax(&mut scores[..len]);
         weighted_sum(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());

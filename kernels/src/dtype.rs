@@ -30,7 +30,10 @@ impl Dtype {
 
     /// Widen a whole buffer to f32: `out.len()` elements.
     pub fn to_f32(self, bytes: &[u8], out: &mut [f32]) {
-        assert!(bytes.len() >= out.len() * self.size(), "to_f32: buffer too short");
+        assert!(
+            bytes.len() >= out.len() * self.size(),
+            "to_f32: buffer too short"
+        );
         for (i, o) in out.iter_mut().enumerate() {
             *o = self.get(bytes, i);
         }

@@ -53,7 +53,10 @@ pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 
 /// `y[r] = sum_c w[r, c] * x[c]`: `w` is row-major `[y.len(), x.len()]` of dtype `W`.
 pub fn matvec<W: WeightType>(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
-    assert!(w.len() >= y.len() * x.len() * W::SIZE, "matvec: weight buffer too short");
+    assert!(
+        w.len() >= y.len() * x.len() * W::SIZE,
+        "matvec: weight buffer too short"
+    );
     dispatch!(isa, matvec::<W>, (w, x, y))
 }
 
@@ -68,7 +71,10 @@ pub fn matmul<W: WeightType>(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f
         return;
     }
     let rows = y.len() / n;
-    assert!(w.len() >= rows * k * W::SIZE, "matmul: weight buffer too short");
+    assert!(
+        w.len() >= rows * k * W::SIZE,
+        "matmul: weight buffer too short"
+    );
     // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
     // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j.
     unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows) }
@@ -119,14 +125,20 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
 pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
-    assert!(weight.len() >= x.len() * wdtype.size(), "rmsnorm: weight too short");
+    assert!(
+        weight.len() >= x.len() * wdtype.size(),
+        "rmsnorm: weight too short"
+    );
     assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
     dispatch!(isa, rmsnorm, (x, weight, wdtype, eps, out))
 }
 
 /// `y += b`.
 pub fn add_bias(isa: Isa, y: &mut [f32], b: &[u8], bdtype: Dtype) {
-    assert!(b.len() >= y.len() * bdtype.size(), "add_bias: bias too short");
+    assert!(
+        b.len() >= y.len() * bdtype.size(),
+        "add_bias: bias too short"
+    );
     dispatch!(isa, add_bias, (y, b, bdtype))
 }
 
@@ -150,7 +162,10 @@ pub fn softmax(isa: Isa, x: &mut [f32]) -> f32 {
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
 pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
-    assert!(cos.len() >= half && sin.len() >= half, "rope: table too short");
+    assert!(
+        cos.len() >= half && sin.len() >= half,
+        "rope: table too short"
+    );
     dispatch!(isa, rope, (x, head_dim, cos, sin))
 }
 
@@ -166,8 +181,11 @@ pub fn attention(
 ) {
     let hd = q.len();
     assert_eq!(out.len(), hd, "attention: out length");
-    let len = if hd == 0 { 0 } else { keys.len() / hd };
-    assert!(values.len() >= len * hd && scores.len() >= len, "attention: buffers too short");
+    let len = keys.len().checked_div(hd).unwrap_or(0);
+    assert!(
+        values.len() >= len * hd && scores.len() >= len,
+        "attention: buffers too short"
+    );
     dispatch!(isa, attention, (q, keys, values, scale, scores, out))
 }
 

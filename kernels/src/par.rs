@@ -104,7 +104,10 @@ fn matvec_n<W: WeightType, const N: usize>(
 ) {
     let cols = x.len();
     for (w, y) in ws.iter().zip(&ys) {
-        assert!(w.len() >= y.len() * cols * W::SIZE, "matvec: weight buffer too short");
+        assert!(
+            w.len() >= y.len() * cols * W::SIZE,
+            "matvec: weight buffer too short"
+        );
     }
     let total: usize = ys.iter().map(|y| y.len()).sum();
     let nt = pool.n_threads();
@@ -158,7 +161,10 @@ pub fn matmul<W: WeightType>(
         return;
     }
     let rows = y.len() / n;
-    assert!(w.len() >= rows * k * W::SIZE, "matmul: weight buffer too short");
+    assert!(
+        w.len() >= rows * k * W::SIZE,
+        "matmul: weight buffer too short"
+    );
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
         ops::matmul::<W>(isa, w, k, x, y);
@@ -215,19 +221,33 @@ pub fn attention(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let KvLayout { n_heads, n_kv_heads, head_dim: hd, cap } = layout;
+    let KvLayout {
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+        cap,
+    } = layout;
     let qdim = n_heads * hd;
-    let n = if qdim == 0 { 0 } else { q.len() / qdim };
+    let n = q.len().checked_div(qdim).unwrap_or(0);
     if n == 0 {
         return;
     }
-    assert!(pos0 + n <= cap, "attention: positions past the cache capacity");
+    assert!(
+        pos0 + n <= cap,
+        "attention: positions past the cache capacity"
+    );
     assert!(k.len() >= n_kv_heads * cap * hd && v.len() >= n_kv_heads * cap * hd);
-    assert!(n_kv_heads > 0 && n_heads % n_kv_heads == 0, "attention: bad head counts");
+    assert!(
+        n_kv_heads > 0 && n_heads % n_kv_heads == 0,
+        "attention: bad head counts"
+    );
     assert!(out.len() >= n * qdim, "attention: out too short");
     // Each participating thread needs `cap` floats of scores.
     let slots = scores.len() / cap;
-    assert!(slots >= 1, "attention: scores shorter than cap (see scores_len)");
+    assert!(
+        slots >= 1,
+        "attention: scores shorter than cap (see scores_len)"
+    );
     let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let pairs = n * n_heads;
@@ -236,12 +256,25 @@ pub fn attention(
         let len = pos0 + t + 1;
         let base = (h / group) * cap * hd;
         let qh = &q[t * qdim + h * hd..t * qdim + (h + 1) * hd];
-        ops::attention(isa, qh, &k[base..base + len * hd], &v[base..base + len * hd], scale, &mut sc[..len], o);
+        ops::attention(
+            isa,
+            qh,
+            &k[base..base + len * hd],
+            &v[base..base + len * hd],
+            scale,
+            &mut sc[..len],
+            o,
+        );
     };
     if nt <= 1 {
         for t in 0..n {
             for h in 0..n_heads {
-                one(t, h, &mut scores[..cap], &mut out[t * qdim + h * hd..t * qdim + (h + 1) * hd]);
+                one(
+                    t,
+                    h,
+                    &mut scores[..cap],
+                    &mut out[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                );
             }
         }
         return;

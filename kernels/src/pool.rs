@@ -21,8 +21,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::{self, JoinHandle};
 
-/// Spin iterations (with `spin_loop` hints) before a waiting thread starts yielding.
-const SPIN: u32 = 20_000;
+/// Spin iterations (with `spin_loop` hints) before a waiting thread starts yielding, when every
+/// thread of the pool can have its own core (a few tens of microseconds).
+const SPIN: u32 = 4_000;
+/// The same when the pool has more threads than the machine has cores: spinning would only keep
+/// the thread we wait for off the CPU, so yield almost at once.
+const SPIN_OVERSUBSCRIBED: u32 = 16;
 /// `yield_now` calls before an idle worker parks.
 const YIELDS: u32 = 200;
 
@@ -44,6 +48,8 @@ struct Shared {
     /// by workers after they observe the bump; cleared after every worker reported done.
     task: UnsafeCell<Option<Task>>,
     shutdown: AtomicBool,
+    /// Spin iterations before yielding (`SPIN` or `SPIN_OVERSUBSCRIBED`).
+    spin: u32,
     /// One flag per worker: set while it is parked (or about to park).
     sleeping: Box<[AtomicBool]>,
     /// The first panic payload of the current dispatch.
@@ -73,11 +79,18 @@ impl ThreadPool {
     pub fn new(n_threads: usize) -> io::Result<ThreadPool> {
         let n_threads = n_threads.max(1);
         let n_workers = n_threads - 1;
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        let spin = if n_threads > cores {
+            SPIN_OVERSUBSCRIBED
+        } else {
+            SPIN
+        };
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             task: UnsafeCell::new(None),
             shutdown: AtomicBool::new(false),
+            spin,
             sleeping: (0..n_workers).map(|_| AtomicBool::new(false)).collect(),
             panic: Mutex::new(None),
         });
@@ -151,7 +164,7 @@ impl ThreadPool {
         };
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) != n_workers {
-            if spins < SPIN {
+            if spins < s.spin {
                 spins += 1;
                 std::hint::spin_loop();
             } else {
@@ -214,7 +227,7 @@ fn worker(s: Arc<Shared>, w: usize) {
 
 /// Waits until the epoch differs from `seen` (spin, then yield, then park) and returns it.
 fn wait_epoch(s: &Shared, w: usize, seen: usize) -> usize {
-    for _ in 0..SPIN {
+    for _ in 0..s.spin {
         let e = s.epoch.load(Ordering::Acquire);
         if e != seen {
             return e;
@@ -314,7 +327,10 @@ mod tests {
                 })
             }));
             let msg = r.unwrap_err();
-            assert_eq!(msg.downcast_ref::<String>().unwrap(), &format!("boom {bad}"));
+            assert_eq!(
+                msg.downcast_ref::<String>().unwrap(),
+                &format!("boom {bad}")
+            );
             let c = AtomicUsize::new(0);
             pool.run(&|_| {
                 c.fetch_add(1, Ordering::Relaxed);

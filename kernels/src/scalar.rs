@@ -12,7 +12,10 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `y[r] = sum_c w[r, c] * x[c]` for `r in 0..y.len()`; `w` is row-major `[y.len(), x.len()]`.
 pub fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
     let cols = x.len();
-    assert!(w.len() >= y.len() * cols * W::SIZE, "matvec: weight buffer too short");
+    assert!(
+        w.len() >= y.len() * cols * W::SIZE,
+        "matvec: weight buffer too short"
+    );
     for (r, yr) in y.iter_mut().enumerate() {
         let base = r * cols;
         let mut acc = 0.0f32;
@@ -99,7 +102,10 @@ pub fn softmax(x: &mut [f32]) -> f32 {
 /// `(a, b) = (x[i], x[i + half])` becomes `(a cos_i - b sin_i, b cos_i + a sin_i)`.
 pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     let half = head_dim / 2;
-    assert!(cos.len() >= half && sin.len() >= half, "rope: table too short");
+    assert!(
+        cos.len() >= half && sin.len() >= half,
+        "rope: table too short"
+    );
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
             let a = head[i];
@@ -123,8 +129,11 @@ pub fn attention(
 ) {
     let hd = q.len();
     assert_eq!(out.len(), hd, "attention: out length");
-    let len = if hd == 0 { 0 } else { keys.len() / hd };
-    assert!(values.len() >= len * hd && scores.len() >= len, "attention: buffers too short");
+    let len = keys.len().checked_div(hd).unwrap_or(0);
+    assert!(
+        values.len() >= len * hd && scores.len() >= len,
+        "attention: buffers too short"
+    );
     out.iter_mut().for_each(|v| *v = 0.0);
     if len == 0 {
         return;

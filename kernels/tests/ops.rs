@@ -73,7 +73,17 @@ fn dot_all_isas() {
 
 fn check_matvec<W: WeightType>() {
     let mut rng = Rng(2);
-    let shapes = [(0, 5), (5, 0), (1, 1), (7, 7), (63, 63), (4, 64), (13, 4097), (64, 896), (33, 100)];
+    let shapes = [
+        (0, 5),
+        (5, 0),
+        (1, 1),
+        (7, 7),
+        (63, 63),
+        (4, 64),
+        (13, 4097),
+        (64, 896),
+        (33, 100),
+    ];
     for &(rows, cols) in &shapes {
         let wf = rng.vec(rows * cols);
         let x = rng.vec(cols);
@@ -86,8 +96,13 @@ fn check_matvec<W: WeightType>() {
                 let mut y = vec![f32::NAN; rows];
                 ops::matvec::<W>(isa, w, &x, &mut y);
                 for i in 0..rows {
-                    let mag: f32 = (0..cols).map(|c| (W::get(w, i * cols + c) * x[c]).abs()).sum();
-                    let what = format!("matvec<{}> {isa} {rows}x{cols} off={offset} row {i}", W::DTYPE);
+                    let mag: f32 = (0..cols)
+                        .map(|c| (W::get(w, i * cols + c) * x[c]).abs())
+                        .sum();
+                    let what = format!(
+                        "matvec<{}> {isa} {rows}x{cols} off={offset} row {i}",
+                        W::DTYPE
+                    );
                     close(y[i], r[i], mag, &what);
                 }
             }
@@ -139,10 +154,13 @@ fn check_matmul<W: WeightType>() {
                 ops::matmul::<W>(isa, w, k, &x, &mut y);
                 for t in 0..n {
                     for j in 0..rows {
-                        let mag: f32 =
-                            (0..k).map(|c| (W::get(w, j * k + c) * x[t * k + c]).abs()).sum();
-                        let what =
-                            format!("matmul<{}> {isa} rows={rows} k={k} n={n} off={offset} [{t},{j}]", W::DTYPE);
+                        let mag: f32 = (0..k)
+                            .map(|c| (W::get(w, j * k + c) * x[t * k + c]).abs())
+                            .sum();
+                        let what = format!(
+                            "matmul<{}> {isa} rows={rows} k={k} n={n} off={offset} [{t},{j}]",
+                            W::DTYPE
+                        );
                         close(y[t * rows + j], r[t * rows + j], mag, &what);
                     }
                 }
@@ -179,7 +197,12 @@ fn rmsnorm_all() {
                 let mut o = vec![f32::NAN; n];
                 ops::rmsnorm(isa, &x, w, dt, 1e-6, &mut o);
                 for i in 0..n {
-                    close(o[i], r[i], r[i].abs(), &format!("rmsnorm {isa} {dt} n={n} i={i}"));
+                    close(
+                        o[i],
+                        r[i],
+                        r[i].abs(),
+                        &format!("rmsnorm {isa} {dt} n={n} i={i}"),
+                    );
                 }
             }
         }
@@ -243,7 +266,11 @@ fn exp_ulps_whole_range() {
         ops::exp(isa, &mut v);
         for (&x, &e) in xs.iter().zip(&v) {
             let r = (x as f64).exp() as f32;
-            assert!(ulps(e, r) <= 2, "exp {isa} x={x}: {e:e} vs {r:e} ({} ulps)", ulps(e, r));
+            assert!(
+                ulps(e, r) <= 2,
+                "exp {isa} x={x}: {e:e} vs {r:e} ({} ulps)",
+                ulps(e, r)
+            );
         }
         let mut nan = [f32::NAN; 3];
         ops::exp(isa, &mut nan);
@@ -263,7 +290,12 @@ fn silu_mul_all() {
             let mut g = g0.clone();
             ops::silu_mul(isa, &mut g, &u);
             for i in 0..n {
-                assert!(ulps(g[i], r[i]) <= 4 || (g[i] - r[i]).abs() < 1e-30, "silu {isa} {} {}", g[i], r[i]);
+                assert!(
+                    ulps(g[i], r[i]) <= 4 || (g[i] - r[i]).abs() < 1e-30,
+                    "silu {isa} {} {}",
+                    g[i],
+                    r[i]
+                );
             }
         }
     }
@@ -342,7 +374,12 @@ fn attention_all() {
                 let mut o = vec![f32::NAN; hd];
                 ops::attention(isa, &q, &keys, &values, scale, &mut s, &mut o);
                 for i in 0..hd {
-                    close(o[i], r[i], 1.0, &format!("attention {isa} hd={hd} len={len} i={i}"));
+                    close(
+                        o[i],
+                        r[i],
+                        1.0,
+                        &format!("attention {isa} hd={hd} len={len} i={i}"),
+                    );
                 }
             }
         }
@@ -355,7 +392,11 @@ fn argmax_all() {
     for &n in &[0usize, 1, 7, 63, 4097, 151936] {
         let mut x = rng.vec(n);
         for isa in simd_isas() {
-            assert_eq!(ops::argmax(isa, &x), scalar::argmax(&x), "argmax {isa} n={n}");
+            assert_eq!(
+                ops::argmax(isa, &x),
+                scalar::argmax(&x),
+                "argmax {isa} n={n}"
+            );
         }
         if n > 10 {
             // Ties: the first wins; NaN is skipped unless first; -inf everywhere.

@@ -38,7 +38,10 @@ fn bytes<W: WeightType>(v: &[f32], offset: usize) -> Vec<u8> {
 fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
     assert_eq!(a.len(), b.len());
     for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "{what} [{i}]: {x} vs {y}");
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "{what} [{i}]: {x} vs {y}"
+        );
     }
 }
 
@@ -46,7 +49,14 @@ fn check_par_matvec<W: WeightType>() {
     let mut rng = Rng(11);
     for nt in 1..=4 {
         let pool = ThreadPool::new(nt).unwrap();
-        for &(rows, cols) in &[(0usize, 10usize), (1, 1), (7, 63), (200, 130), (513, 257), (40, 4097)] {
+        for &(rows, cols) in &[
+            (0usize, 10usize),
+            (1, 1),
+            (7, 63),
+            (200, 130),
+            (513, 257),
+            (40, 4097),
+        ] {
             let wb = bytes::<W>(&rng.vec(rows * cols), 1);
             let w = &wb[1..];
             let x = rng.vec(cols);
@@ -73,7 +83,17 @@ fn check_par_matvec<W: WeightType>() {
         ops::matvec::<W>(isa, &wb_[1..], &x, &mut rb);
         ops::matvec::<W>(isa, &wc, &x, &mut rc);
         let (mut ya, mut yb, mut yc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
-        par::matvec3::<W>(&pool, isa, &x, &wa, &mut ya, &wb_[1..], &mut yb, &wc, &mut yc);
+        par::matvec3::<W>(
+            &pool,
+            isa,
+            &x,
+            &wa,
+            &mut ya,
+            &wb_[1..],
+            &mut yb,
+            &wc,
+            &mut yc,
+        );
         assert_eq!((&ya, &yb, &yc), (&ra, &rb, &rc), "matvec3 nt={nt}");
         let (mut ya, mut yc) = (vec![0.0; 100], vec![0.0; 250]);
         par::matvec2::<W>(&pool, isa, &x, &wa, &mut ya, &wc, &mut yc);
@@ -93,8 +113,14 @@ fn par_matmul_all() {
     let mut rng = Rng(12);
     for nt in 1..=4 {
         let pool = ThreadPool::new(nt).unwrap();
-        for &(rows, k, n) in &[(0usize, 3usize, 2usize), (5, 0, 3), (1, 1, 1), (70, 33, 9), (130, 200, 13), (65, 129, 2)]
-        {
+        for &(rows, k, n) in &[
+            (0usize, 3usize, 2usize),
+            (5, 0, 3),
+            (1, 1, 1),
+            (70, 33, 9),
+            (130, 200, 13),
+            (65, 129, 2),
+        ] {
             let wf = rng.vec(rows * k);
             let wb = bytes::<Bf16>(&wf, 1);
             let w = &wb[1..];
@@ -104,7 +130,12 @@ fn par_matmul_all() {
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; n * rows];
                 par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut y);
-                close(&y, &r, 1e-5 * (k as f32).sqrt().max(1.0), &format!("par::matmul {isa} nt={nt} {rows} {k} {n}"));
+                close(
+                    &y,
+                    &r,
+                    1e-5 * (k as f32).sqrt().max(1.0),
+                    &format!("par::matmul {isa} nt={nt} {rows} {k} {n}"),
+                );
             }
         }
     }
@@ -113,7 +144,12 @@ fn par_matmul_all() {
 #[test]
 fn par_attention_gqa_causal() {
     let mut rng = Rng(13);
-    let layout = KvLayout { n_heads: 6, n_kv_heads: 2, head_dim: 24, cap: 40 };
+    let layout = KvLayout {
+        n_heads: 6,
+        n_kv_heads: 2,
+        head_dim: 24,
+        cap: 40,
+    };
     let kvlen = layout.n_kv_heads * layout.cap * layout.head_dim;
     let k = rng.vec(kvlen);
     let v = rng.vec(kvlen);
@@ -145,7 +181,12 @@ fn par_attention_gqa_causal() {
                 let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
                 let mut out = vec![f32::NAN; n * qdim];
                 par::attention(&pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
-                close(&out, &r, 1e-5, &format!("par::attention {isa} nt={nt} pos0={pos0} n={n}"));
+                close(
+                    &out,
+                    &r,
+                    1e-5,
+                    &format!("par::attention {isa} nt={nt} pos0={pos0} n={n}"),
+                );
             }
         }
     }

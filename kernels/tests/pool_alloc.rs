@@ -60,14 +60,23 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                 std::thread::sleep(std::time::Duration::from_millis(30));
             }
         }
-        assert_eq!(allocs() - before, 0, "ThreadPool::run allocated ({nt} threads)");
+        assert_eq!(
+            allocs() - before,
+            0,
+            "ThreadPool::run allocated ({nt} threads)"
+        );
         assert_eq!(hits.load(Ordering::Relaxed), 1010 * nt);
 
         let (rows, cols, n) = (256usize, 320usize, 8usize);
         let w = vec![0x3fu8; rows * cols * 2 + 1];
         let x = vec![0.5f32; n * cols];
         let mut y = vec![0.0f32; n * rows];
-        let layout = KvLayout { n_heads: 4, n_kv_heads: 2, head_dim: 32, cap: 64 };
+        let layout = KvLayout {
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 32,
+            cap: 64,
+        };
         let kv = vec![0.25f32; 2 * 64 * 32];
         let q = vec![0.5f32; 3 * 4 * 32];
         let mut out = vec![0.0f32; 3 * 4 * 32];
@@ -79,12 +88,24 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                 let before = allocs();
                 for _ in 0..20 {
                     par::matvec::<Bf16>(&pool, isa, &w[1..], &x[..cols], &mut y[..rows]);
-                    par::matvec2::<Bf16>(&pool, isa, &x[..cols], &w[1..], &mut y1, &w[1..], &mut y2);
+                    par::matvec2::<Bf16>(
+                        &pool,
+                        isa,
+                        &x[..cols],
+                        &w[1..],
+                        &mut y1,
+                        &w[1..],
+                        &mut y2,
+                    );
                     par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut y);
                     par::attention(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
                 }
                 if round == 1 {
-                    assert_eq!(allocs() - before, 0, "par kernels allocated ({isa}, {nt} threads)");
+                    assert_eq!(
+                        allocs() - before,
+                        0,
+                        "par kernels allocated ({isa}, {nt} threads)"
+                    );
                 }
             }
         }
