@@ -14,3 +14,7 @@
 pub mod config;
 pub mod error;
 pub mod weights;
+pub mod convert;
+pub mod fetch;
+pub mod gguf;
+pub mod tokenizer;
