@@ -412,7 +412,7 @@ impl Lock {
                 return Err(FetchError::LockTimeout { lock: path.to_path_buf(), waited: start.elapsed() });
             }
             if !announced {
-                p.message("another process is fetching the model; waiting");
+                p.message("another process or thread is fetching the model; waiting");
                 announced = true;
             }
             std::thread::sleep(Duration::from_millis(250));
