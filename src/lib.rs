@@ -19,3 +19,7 @@ pub mod sampler;
 pub mod session;
 pub mod testing;
 pub mod weights;
+pub mod convert;
+pub mod fetch;
+pub mod gguf;
+pub mod tokenizer;
