@@ -81,12 +81,18 @@ impl MemoryPlan {
             .map(|v| v / LINE_FLOATS * LINE_FLOATS)
             .ok_or(ArenaError::Overflow { region: name })?;
         let offset = self.total_floats;
-        self.total_floats =
-            offset.checked_add(padded).ok_or(ArenaError::Overflow { region: name })?;
+        self.total_floats = offset
+            .checked_add(padded)
+            .ok_or(ArenaError::Overflow { region: name })?;
         if self.total_floats.checked_mul(4).is_none() {
             return Err(ArenaError::Overflow { region: name });
         }
-        self.regions.push(Region { name, shape: shape.into(), offset, floats });
+        self.regions.push(Region {
+            name,
+            shape: shape.into(),
+            offset,
+            floats,
+        });
         Ok(())
     }
 
@@ -141,14 +147,20 @@ impl Arena {
         let available = available_memory();
         if let Some(a) = available {
             if bytes as u64 > a {
-                return Err(ArenaError::TooLarge { bytes: bytes as u128, available });
+                return Err(ArenaError::TooLarge {
+                    bytes: bytes as u128,
+                    available,
+                });
             }
         }
         let n = plan.total_floats / LINE_FLOATS;
         let mut lines = Vec::new();
         lines
             .try_reserve_exact(n)
-            .map_err(|_| ArenaError::TooLarge { bytes: bytes as u128, available })?;
+            .map_err(|_| ArenaError::TooLarge {
+                bytes: bytes as u128,
+                available,
+            })?;
         lines.resize(n, Line([0.0; LINE_FLOATS]));
         Ok(Arena { lines })
     }
@@ -167,7 +179,12 @@ impl Arena {
 /// Splits `buf` into `N` consecutive regions of the plan (which must have exactly `N`
 /// regions, in this order). No allocation.
 pub fn carve<'a, const N: usize>(buf: &'a mut [f32], plan: &MemoryPlan) -> [&'a mut [f32]; N] {
-    assert_eq!(plan.regions.len(), N, "carve: plan has {} regions", plan.regions.len());
+    assert_eq!(
+        plan.regions.len(),
+        N,
+        "carve: plan has {} regions",
+        plan.regions.len()
+    );
     let mut rest = buf;
     let mut consumed = 0;
     std::array::from_fn(|i| {
@@ -207,8 +224,14 @@ mod tests {
     #[test]
     fn overflow_and_too_large_are_errors() {
         let mut p = MemoryPlan::default();
-        assert!(matches!(p.push("x", "", None), Err(ArenaError::Overflow { region: "x" })));
-        assert!(matches!(p.push("y", "", Some(usize::MAX / 2)), Err(ArenaError::Overflow { .. })));
+        assert!(matches!(
+            p.push("x", "", None),
+            Err(ArenaError::Overflow { region: "x" })
+        ));
+        assert!(matches!(
+            p.push("y", "", Some(usize::MAX / 2)),
+            Err(ArenaError::Overflow { .. })
+        ));
         let mut p = MemoryPlan::default();
         p.push("huge", "", Some(1 << 45)).unwrap();
         let e = Arena::new(&p).err().expect("a 128 TiB arena must fail");

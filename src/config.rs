@@ -90,24 +90,34 @@ struct RawConfig {
 fn positive(field: &'static str, v: Option<u64>) -> Result<usize, ConfigError> {
     let v = v.ok_or(ConfigError::Missing(field))?;
     if v == 0 {
-        return Err(ConfigError::Invalid { field, why: "must be greater than 0".into() });
+        return Err(ConfigError::Invalid {
+            field,
+            why: "must be greater than 0".into(),
+        });
     }
     // Cap every size so that products of a few of them cannot overflow 64 bits, and a config
     // cannot ask for absurd shapes.
     if v > (1 << 24) {
-        return Err(ConfigError::Invalid { field, why: format!("is {v}, larger than 2^24") });
+        return Err(ConfigError::Invalid {
+            field,
+            why: format!("is {v}, larger than 2^24"),
+        });
     }
     Ok(v as usize)
 }
 
 fn token_id(field: &'static str, v: u64) -> Result<u32, ConfigError> {
-    u32::try_from(v).map_err(|_| ConfigError::Invalid { field, why: format!("{v} is not a u32") })
+    u32::try_from(v).map_err(|_| ConfigError::Invalid {
+        field,
+        why: format!("{v} is not a u32"),
+    })
 }
 
 impl Config {
     /// Reads and validates `path` (a config.json).
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read(path).map_err(|e| ConfigError::Io(path.display().to_string(), e))?;
+        let text =
+            std::fs::read(path).map_err(|e| ConfigError::Io(path.display().to_string(), e))?;
         Config::from_json(&text)
     }
 
@@ -171,7 +181,9 @@ impl Config {
         }
         let max_position_embeddings =
             positive("max_position_embeddings", raw.max_position_embeddings)?;
-        let rms_norm_eps = raw.rms_norm_eps.ok_or(ConfigError::Missing("rms_norm_eps"))?;
+        let rms_norm_eps = raw
+            .rms_norm_eps
+            .ok_or(ConfigError::Missing("rms_norm_eps"))?;
         if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
             return Err(ConfigError::Invalid {
                 field: "rms_norm_eps",
@@ -209,11 +221,15 @@ impl Config {
         let eos_token_ids = match raw.eos_token_id {
             None => vec![],
             Some(OneOrMany::One(v)) => vec![token_id("eos_token_id", v)?],
-            Some(OneOrMany::Many(v)) => {
-                v.into_iter().map(|x| token_id("eos_token_id", x)).collect::<Result<_, _>>()?
-            }
+            Some(OneOrMany::Many(v)) => v
+                .into_iter()
+                .map(|x| token_id("eos_token_id", x))
+                .collect::<Result<_, _>>()?,
         };
-        let bos_token_id = raw.bos_token_id.map(|v| token_id("bos_token_id", v)).transpose()?;
+        let bos_token_id = raw
+            .bos_token_id
+            .map(|v| token_id("bos_token_id", v))
+            .transpose()?;
         let config = Config {
             vocab_size,
             hidden_size,
@@ -248,7 +264,10 @@ impl Config {
         let kv = self.kv_dim();
         let f = self.intermediate_size;
         let embed = self.vocab_size.checked_mul(h)?;
-        let attn = h.checked_mul(h)?.checked_mul(2)?.checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
+        let attn = h
+            .checked_mul(h)?
+            .checked_mul(2)?
+            .checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
         let mlp = h.checked_mul(f)?.checked_mul(3)?;
         let per_layer = attn.checked_add(mlp)?.checked_add(h * 2 + h + 2 * kv)?;
         let layers = per_layer.checked_mul(self.num_hidden_layers)?;
@@ -289,7 +308,10 @@ mod tests {
         let o = v.as_object_mut().unwrap();
         o.remove("rope_theta");
         o.remove("torch_dtype");
-        o.insert("rope_parameters".into(), serde_json::json!({"rope_theta": 1e6, "rope_type": "default"}));
+        o.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_theta": 1e6, "rope_type": "default"}),
+        );
         o.insert("dtype".into(), "bfloat16".into());
         o.insert("eos_token_id".into(), serde_json::json!([2, 3]));
         let c = Config::from_json(v.to_string().as_bytes()).unwrap();
@@ -317,7 +339,9 @@ mod tests {
         }
         let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
         v.as_object_mut().unwrap().remove("hidden_size");
-        let e = Config::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
+        let e = Config::from_json(v.to_string().as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("missing field `hidden_size`"), "{e}");
         assert!(Config::from_json(b"not json").is_err());
     }
@@ -325,7 +349,10 @@ mod tests {
     #[test]
     fn fixtures_parse() {
         for dir in ["tiny-qwen2-f32", "tiny-qwen2-bf16-tied"] {
-            let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(dir).join("config.json");
+            let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures")
+                .join(dir)
+                .join("config.json");
             let c = Config::from_file(&p).unwrap();
             assert_eq!(c.hidden_size, 64);
             assert_eq!(c.tie_word_embeddings, dir.contains("tied"));

@@ -46,16 +46,35 @@ impl KvShape {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CacheError {
     /// The write would end past the capacity.
-    Full { pos: usize, n: usize, capacity: usize },
+    Full {
+        pos: usize,
+        n: usize,
+        capacity: usize,
+    },
     /// The write does not start at the next position.
-    NotNext { pos: usize, next: usize },
-    NoSuchLayer { layer: usize, layers: usize },
+    NotNext {
+        pos: usize,
+        next: usize,
+    },
+    NoSuchLayer {
+        layer: usize,
+        layers: usize,
+    },
     /// The K/V rows given do not have `n * kv_heads * head_dim` floats.
-    RowLength { expected: usize, found: usize },
+    RowLength {
+        expected: usize,
+        found: usize,
+    },
     /// The view asks past what has been written.
-    ViewPastFrontier { len: usize, frontier: usize },
+    ViewPastFrontier {
+        len: usize,
+        frontier: usize,
+    },
     /// The storage given is not the size of the shape.
-    Storage { expected: usize, found: usize },
+    Storage {
+        expected: usize,
+        found: usize,
+    },
 }
 
 impl fmt::Display for CacheError {
@@ -116,7 +135,11 @@ pub struct KvCache {
 impl KvCache {
     /// A cache of `shape`, empty. Its storage is `shape.floats()` floats for K and for V.
     pub fn new(shape: KvShape) -> KvCache {
-        KvCache { shape, used: 0, frontier: 0 }
+        KvCache {
+            shape,
+            used: 0,
+            frontier: 0,
+        }
     }
 
     pub fn shape(&self) -> KvShape {
@@ -141,7 +164,12 @@ impl KvCache {
         let f = std::mem::size_of::<f32>();
         let bytes = 2 * self.shape.floats().unwrap_or(0) * f;
         let used_bytes = 2 * self.shape.layers * self.shape.row_floats() * self.used * f;
-        CacheInfo { capacity: self.shape.capacity, used: self.used, bytes, used_bytes }
+        CacheInfo {
+            capacity: self.shape.capacity,
+            used: self.used,
+            bytes,
+            used_bytes,
+        }
     }
 
     fn check_store(&self, store_k: usize, store_v: usize) -> Result<(), CacheError> {
@@ -168,18 +196,31 @@ impl KvCache {
         self.check_store(store.k.len(), store.v.len())?;
         let s = self.shape;
         if layer >= s.layers {
-            return Err(CacheError::NoSuchLayer { layer, layers: s.layers });
+            return Err(CacheError::NoSuchLayer {
+                layer,
+                layers: s.layers,
+            });
         }
         let row = s.row_floats();
         if k.len() != v.len() || row == 0 || k.len() % row != 0 {
-            return Err(CacheError::RowLength { expected: row, found: k.len().max(v.len()) });
+            return Err(CacheError::RowLength {
+                expected: row,
+                found: k.len().max(v.len()),
+            });
         }
         let n = k.len() / row;
         if pos != self.used {
-            return Err(CacheError::NotNext { pos, next: self.used });
+            return Err(CacheError::NotNext {
+                pos,
+                next: self.used,
+            });
         }
         if pos.checked_add(n).map_or(true, |end| end > s.capacity) {
-            return Err(CacheError::Full { pos, n, capacity: s.capacity });
+            return Err(CacheError::Full {
+                pos,
+                n,
+                capacity: s.capacity,
+            });
         }
         let hd = s.head_dim;
         let layer_base = layer * s.layer_floats();
@@ -228,10 +269,16 @@ impl KvCache {
     ) -> Result<(&'s [f32], &'s [f32]), CacheError> {
         self.check_store(k.len(), v.len())?;
         if layer >= self.shape.layers {
-            return Err(CacheError::NoSuchLayer { layer, layers: self.shape.layers });
+            return Err(CacheError::NoSuchLayer {
+                layer,
+                layers: self.shape.layers,
+            });
         }
         if len > self.frontier {
-            return Err(CacheError::ViewPastFrontier { len, frontier: self.frontier });
+            return Err(CacheError::ViewPastFrontier {
+                len,
+                frontier: self.frontier,
+            });
         }
         let lf = self.shape.layer_floats();
         let r = layer * lf..(layer + 1) * lf;
@@ -249,7 +296,12 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    const SHAPE: KvShape = KvShape { layers: 2, kv_heads: 2, capacity: 8, head_dim: 4 };
+    const SHAPE: KvShape = KvShape {
+        layers: 2,
+        kv_heads: 2,
+        capacity: 8,
+        head_dim: 4,
+    };
 
     fn storage() -> (Vec<f32>, Vec<f32>) {
         let n = SHAPE.floats().unwrap();
@@ -285,8 +337,12 @@ mod tests {
         let (mut k, mut v) = storage();
         let mut c = KvCache::new(SHAPE);
         for layer in 0..2 {
-            let mut st = KvStore { k: &mut k, v: &mut v };
-            c.write(&mut st, layer, 0, &rows(0, 5, false), &rows(0, 5, true)).unwrap();
+            let mut st = KvStore {
+                k: &mut k,
+                v: &mut v,
+            };
+            c.write(&mut st, layer, 0, &rows(0, 5, false), &rows(0, 5, true))
+                .unwrap();
         }
         assert_eq!(c.frontier(), 5);
         c.commit();
@@ -311,9 +367,19 @@ mod tests {
         let (mut k, mut v) = storage();
         let mut c = KvCache::new(SHAPE);
         for pos in 0..8 {
-            let mut st = KvStore { k: &mut k, v: &mut v };
+            let mut st = KvStore {
+                k: &mut k,
+                v: &mut v,
+            };
             for layer in 0..2 {
-                c.write(&mut st, layer, pos, &rows(pos, 1, false), &rows(pos, 1, true)).unwrap();
+                c.write(
+                    &mut st,
+                    layer,
+                    pos,
+                    &rows(pos, 1, false),
+                    &rows(pos, 1, true),
+                )
+                .unwrap();
             }
             c.commit();
             assert_eq!(c.used(), pos + 1);
@@ -326,28 +392,62 @@ mod tests {
     fn refused_writes_change_nothing() {
         let (mut k, mut v) = storage();
         let mut c = KvCache::new(SHAPE);
-        let mut st = KvStore { k: &mut k, v: &mut v };
-        c.write(&mut st, 0, 0, &rows(0, 6, false), &rows(0, 6, true)).unwrap();
+        let mut st = KvStore {
+            k: &mut k,
+            v: &mut v,
+        };
+        c.write(&mut st, 0, 0, &rows(0, 6, false), &rows(0, 6, true))
+            .unwrap();
         c.commit();
         let before = (st.k.to_vec(), st.v.to_vec());
         // past capacity
-        let e = c.write(&mut st, 0, 6, &rows(6, 3, false), &rows(6, 3, true)).unwrap_err();
-        assert_eq!(e, CacheError::Full { pos: 6, n: 3, capacity: 8 });
+        let e = c
+            .write(&mut st, 0, 6, &rows(6, 3, false), &rows(6, 3, true))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            CacheError::Full {
+                pos: 6,
+                n: 3,
+                capacity: 8
+            }
+        );
         // not the next position (a gap and a rewrite)
-        assert!(matches!(c.write(&mut st, 0, 7, &rows(7, 1, false), &rows(7, 1, true)), Err(CacheError::NotNext { .. })));
-        assert!(matches!(c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true)), Err(CacheError::NotNext { .. })));
+        assert!(matches!(
+            c.write(&mut st, 0, 7, &rows(7, 1, false), &rows(7, 1, true)),
+            Err(CacheError::NotNext { .. })
+        ));
+        assert!(matches!(
+            c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true)),
+            Err(CacheError::NotNext { .. })
+        ));
         // bad layer, bad row length
-        assert!(matches!(c.write(&mut st, 2, 6, &rows(6, 1, false), &rows(6, 1, true)), Err(CacheError::NoSuchLayer { .. })));
-        assert!(matches!(c.write(&mut st, 0, 6, &[1.0; 3], &[1.0; 3]), Err(CacheError::RowLength { .. })));
+        assert!(matches!(
+            c.write(&mut st, 2, 6, &rows(6, 1, false), &rows(6, 1, true)),
+            Err(CacheError::NoSuchLayer { .. })
+        ));
+        assert!(matches!(
+            c.write(&mut st, 0, 6, &[1.0; 3], &[1.0; 3]),
+            Err(CacheError::RowLength { .. })
+        ));
         assert_eq!((st.k.to_vec(), st.v.to_vec()), before);
         assert_eq!((c.used(), c.frontier()), (6, 6));
         // view past what was written
-        assert!(matches!(c.view(&k, &v, 0, 7), Err(CacheError::ViewPastFrontier { .. })));
+        assert!(matches!(
+            c.view(&k, &v, 0, 7),
+            Err(CacheError::ViewPastFrontier { .. })
+        ));
         // wrong storage size
         let mut small = vec![0.0; 3];
         let mut small_v = vec![0.0; 3];
-        let mut st = KvStore { k: &mut small, v: &mut small_v };
-        assert!(matches!(c.write(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true)), Err(CacheError::Storage { .. })));
+        let mut st = KvStore {
+            k: &mut small,
+            v: &mut small_v,
+        };
+        assert!(matches!(
+            c.write(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true)),
+            Err(CacheError::Storage { .. })
+        ));
     }
 
     #[test]
@@ -357,9 +457,13 @@ mod tests {
         let mut c = KvCache::new(SHAPE);
         for round in 0..50 {
             let n = 1 + round % 8;
-            let mut st = KvStore { k: &mut k, v: &mut v };
+            let mut st = KvStore {
+                k: &mut k,
+                v: &mut v,
+            };
             for layer in 0..2 {
-                c.write(&mut st, layer, 0, &rows(0, n, false), &rows(0, n, true)).unwrap();
+                c.write(&mut st, layer, 0, &rows(0, n, false), &rows(0, n, true))
+                    .unwrap();
             }
             c.commit();
             assert_eq!(c.info().capacity, 8);
@@ -375,14 +479,20 @@ mod tests {
     fn rollback_and_truncate() {
         let (mut k, mut v) = storage();
         let mut c = KvCache::new(SHAPE);
-        let mut st = KvStore { k: &mut k, v: &mut v };
-        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true)).unwrap();
+        let mut st = KvStore {
+            k: &mut k,
+            v: &mut v,
+        };
+        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
+            .unwrap();
         c.rollback();
         assert_eq!(c.frontier(), 0);
-        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true)).unwrap();
+        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
+            .unwrap();
         c.commit();
         c.truncate(2);
         assert_eq!(c.used(), 2);
-        c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true)).unwrap();
+        c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true))
+            .unwrap();
     }
 }

@@ -10,16 +10,20 @@
 //! - [`sampler::Sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
 #![deny(unsafe_code)]
 
-pub mod arena;
 pub mod arc;
+pub mod arena;
 pub mod batch;
+pub mod bench;
+pub mod chat;
+pub mod cli;
 pub mod config;
+pub mod convert;
+pub mod fetch;
+pub mod gguf;
 pub mod kv_cache;
 pub mod sampler;
 pub mod session;
 pub mod testing;
-pub mod weights;
-pub mod convert;
-pub mod fetch;
-pub mod gguf;
 pub mod tokenizer;
+pub mod weights;
+pub mod workload;

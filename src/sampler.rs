@@ -43,14 +43,20 @@ impl Default for SamplerParams {
 impl SamplerParams {
     /// Greedy decoding.
     pub fn greedy() -> Self {
-        SamplerParams { temperature: 0.0, ..Default::default() }
+        SamplerParams {
+            temperature: 0.0,
+            ..Default::default()
+        }
     }
 
     /// Checks every parameter's range; the error names the parameter.
     pub fn validate(&self) -> Result<(), SamplerError> {
         let bad = |name: &'static str, why: String| Err(SamplerError { name, why });
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad("temperature", format!("is {}; it must be >= 0", self.temperature));
+            return bad(
+                "temperature",
+                format!("is {}; it must be >= 0", self.temperature),
+            );
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad("top-p", format!("is {}; it must be in (0, 1]", self.top_p));
@@ -59,10 +65,16 @@ impl SamplerParams {
             return bad("min-p", format!("is {}; it must be in [0, 1]", self.min_p));
         }
         if !(self.repeat_penalty.is_finite() && self.repeat_penalty > 0.0) {
-            return bad("repeat-penalty", format!("is {}; it must be > 0", self.repeat_penalty));
+            return bad(
+                "repeat-penalty",
+                format!("is {}; it must be > 0", self.repeat_penalty),
+            );
         }
         if self.repeat_last_n > MAX_PENALTY_WINDOW {
-            return bad("repeat-last-n", format!("is {}; at most {MAX_PENALTY_WINDOW}", self.repeat_last_n));
+            return bad(
+                "repeat-last-n",
+                format!("is {}; at most {MAX_PENALTY_WINDOW}", self.repeat_last_n),
+            );
         }
         Ok(())
     }
@@ -99,7 +111,9 @@ impl Rng {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -173,7 +187,11 @@ impl Sampler {
                     continue;
                 }
                 if let Some(l) = logits.get_mut(tok as usize) {
-                    *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                    *l = if *l > 0.0 {
+                        *l / p.repeat_penalty
+                    } else {
+                        *l * p.repeat_penalty
+                    };
                 }
             }
         }
@@ -187,7 +205,11 @@ impl Sampler {
         }
         let by_logit_desc = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]);
         // top-k: partition the k best to the front, then sort just those
-        let k = if p.top_k == 0 || p.top_k > v { v } else { p.top_k };
+        let k = if p.top_k == 0 || p.top_k > v {
+            v
+        } else {
+            p.top_k
+        };
         if k < v {
             cand.select_nth_unstable_by(k - 1, by_logit_desc);
         }
@@ -217,7 +239,11 @@ impl Sampler {
         // min-p: relative to the best (probs[0] is the largest, exp(0) = 1)
         if p.min_p > 0.0 {
             let floor = p.min_p * probs[0];
-            keep = probs[..keep].iter().take_while(|&&pr| pr >= floor).count().max(1);
+            keep = probs[..keep]
+                .iter()
+                .take_while(|&&pr| pr >= floor)
+                .count()
+                .max(1);
         }
         let total: f32 = probs[..keep].iter().sum();
         let mut r = self.rng.next_f32() * total;
@@ -260,18 +286,31 @@ mod tests {
 
     #[test]
     fn greedy_picks_argmax() {
-        assert_eq!(run(SamplerParams::greedy(), &[0.1, 3.0, 2.0, 3.0], 3), vec![1, 1, 1]);
+        assert_eq!(
+            run(SamplerParams::greedy(), &[0.1, 3.0, 2.0, 3.0], 3),
+            vec![1, 1, 1]
+        );
     }
 
     #[test]
     fn top_k_one_is_greedy() {
-        let p = SamplerParams { top_k: 1, temperature: 5.0, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 1,
+            temperature: 5.0,
+            ..Default::default()
+        };
         assert!(run(p, &[0.0, 1.0, 0.5], 50).iter().all(|&t| t == 1));
     }
 
     #[test]
     fn top_k_limits_choices() {
-        let p = SamplerParams { top_k: 2, temperature: 10.0, top_p: 1.0, min_p: 0.0, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 2,
+            temperature: 10.0,
+            top_p: 1.0,
+            min_p: 0.0,
+            ..Default::default()
+        };
         let out = run(p, &[0.0, 1.0, 0.9, 0.8], 500);
         assert!(out.iter().all(|&t| t == 1 || t == 2));
         assert!(out.contains(&1) && out.contains(&2));
@@ -281,7 +320,13 @@ mod tests {
     fn top_p_cuts_the_tail() {
         // probs ~ [0.64, 0.24, 0.09, 0.03]: p = 0.7 keeps two
         let l = [3.0f32, 2.0, 1.0, 0.0];
-        let p = SamplerParams { top_k: 0, top_p: 0.7, min_p: 0.0, temperature: 1.0, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 0.7,
+            min_p: 0.0,
+            temperature: 1.0,
+            ..Default::default()
+        };
         let out = run(p, &l, 1000);
         assert!(out.iter().all(|&t| t <= 1), "{out:?}");
         assert!(out.contains(&1));
@@ -290,7 +335,13 @@ mod tests {
     #[test]
     fn min_p_drops_unlikely() {
         let l = [3.0f32, 2.9, 0.0, -1.0];
-        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.5, temperature: 1.0, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.5,
+            temperature: 1.0,
+            ..Default::default()
+        };
         let out = run(p, &l, 1000);
         assert!(out.iter().all(|&t| t <= 1));
     }
@@ -298,14 +349,25 @@ mod tests {
     #[test]
     fn seeded_is_reproducible_and_seeds_differ() {
         let l: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, seed: 7, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            seed: 7,
+            ..Default::default()
+        };
         assert_eq!(run(p, &l, 64), run(p, &l, 64));
         assert_ne!(run(p, &l, 64), run(SamplerParams { seed: 8, ..p }, &l, 64));
     }
 
     #[test]
     fn repetition_penalty_applies_once_per_token() {
-        let mut s = Sampler::new(SamplerParams { repeat_penalty: 2.0, ..SamplerParams::greedy() }).unwrap();
+        let mut s = Sampler::new(SamplerParams {
+            repeat_penalty: 2.0,
+            ..SamplerParams::greedy()
+        })
+        .unwrap();
         s.observe(0);
         s.observe(0);
         s.observe(2);
@@ -318,7 +380,14 @@ mod tests {
     #[test]
     fn distribution_follows_probabilities() {
         let l = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
-        let p = SamplerParams { top_k: 0, top_p: 1.0, min_p: 0.0, temperature: 1.0, seed: 1, ..Default::default() };
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            seed: 1,
+            ..Default::default()
+        };
         let out = run(p, &l, 4000);
         let ones = out.iter().filter(|&&t| t == 1).count() as f32 / 4000.0;
         assert!((ones - 0.75).abs() < 0.03, "{ones}");
@@ -327,12 +396,48 @@ mod tests {
     #[test]
     fn bad_parameters_are_named() {
         for (p, name) in [
-            (SamplerParams { temperature: -1.0, ..Default::default() }, "temperature"),
-            (SamplerParams { top_p: 1.5, ..Default::default() }, "top-p"),
-            (SamplerParams { top_p: 0.0, ..Default::default() }, "top-p"),
-            (SamplerParams { min_p: -0.1, ..Default::default() }, "min-p"),
-            (SamplerParams { repeat_penalty: 0.0, ..Default::default() }, "repeat-penalty"),
-            (SamplerParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
+            (
+                SamplerParams {
+                    temperature: -1.0,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplerParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top-p",
+            ),
+            (
+                SamplerParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top-p",
+            ),
+            (
+                SamplerParams {
+                    min_p: -0.1,
+                    ..Default::default()
+                },
+                "min-p",
+            ),
+            (
+                SamplerParams {
+                    repeat_penalty: 0.0,
+                    ..Default::default()
+                },
+                "repeat-penalty",
+            ),
+            (
+                SamplerParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
         ] {
             assert_eq!(Sampler::new(p).unwrap_err().name, name);
         }

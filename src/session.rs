@@ -34,7 +34,12 @@ pub struct SessionOptions {
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        SessionOptions { ctx: 4096, max_chunk: 512, threads: 1, isa: None }
+        SessionOptions {
+            ctx: 4096,
+            max_chunk: 512,
+            threads: 1,
+            isa: None,
+        }
     }
 }
 
@@ -45,8 +50,14 @@ pub enum SessionError {
     Option(String),
     Arena(ArenaError),
     /// The request does not fit in the context.
-    ContextFull { needed: usize, ctx: usize },
-    TokenOutOfRange { token: u32, vocab: usize },
+    ContextFull {
+        needed: usize,
+        ctx: usize,
+    },
+    TokenOutOfRange {
+        token: u32,
+        vocab: usize,
+    },
     EmptyInput,
     /// Generation was asked for before any prompt was processed.
     NoLogits,
@@ -65,7 +76,10 @@ impl fmt::Display for SessionError {
                 "context full: {needed} tokens do not fit in a context of {ctx} (raise --ctx)"
             ),
             SessionError::TokenOutOfRange { token, vocab } => {
-                write!(f, "token id {token} is out of range for a vocabulary of {vocab}")
+                write!(
+                    f,
+                    "token id {token} is out of range for a vocabulary of {vocab}"
+                )
             }
             SessionError::EmptyInput => f.write_str("empty input: there are no tokens to process"),
             SessionError::NoLogits => f.write_str("no logits yet: process a prompt first"),
@@ -162,7 +176,9 @@ impl Session {
         }
         let isa = match opts.isa {
             Some(isa) if !isa.is_supported() => {
-                return Err(SessionError::Option(format!("this CPU does not support ISA {isa}")))
+                return Err(SessionError::Option(format!(
+                    "this CPU does not support ISA {isa}"
+                )))
             }
             Some(isa) => isa,
             None => Isa::from_env().map_err(SessionError::Option)?,
@@ -200,29 +216,104 @@ impl Session {
         threads: usize,
     ) -> Result<MemoryPlan, SessionError> {
         let c = &w.config;
-        let (h, kvd, f, v, hd) =
-            (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size, c.head_dim);
+        let (h, kvd, f, v, hd) = (
+            c.hidden_size,
+            c.kv_dim(),
+            c.intermediate_size,
+            c.vocab_size,
+            c.head_dim,
+        );
         let mut p = MemoryPlan::default();
         let kvs = "[layer, kv_head, position, head_dim]";
-        p.push("kv_cache.k", format!("{kvs} = [{}, {}, {}, {}]", kv.layers, kv.kv_heads, kv.capacity, kv.head_dim), kv.floats())?;
-        p.push("kv_cache.v", format!("{kvs} = [{}, {}, {}, {}]", kv.layers, kv.kv_heads, kv.capacity, kv.head_dim), kv.floats())?;
-        p.push("x", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
-        p.push("x_norm", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
-        p.push("q", format!("[chunk, heads*head_dim] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
-        p.push("k", format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"), chunk.checked_mul(kvd))?;
-        p.push("v", format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"), chunk.checked_mul(kvd))?;
-        p.push("attn_out", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
-        p.push("proj_out", format!("[chunk, hidden] = [{chunk}, {h}]"), chunk.checked_mul(h))?;
-        p.push("mlp_gate", format!("[chunk, ffn] = [{chunk}, {f}]"), chunk.checked_mul(f))?;
-        p.push("mlp_up", format!("[chunk, ffn] = [{chunk}, {f}]"), chunk.checked_mul(f))?;
+        p.push(
+            "kv_cache.k",
+            format!(
+                "{kvs} = [{}, {}, {}, {}]",
+                kv.layers, kv.kv_heads, kv.capacity, kv.head_dim
+            ),
+            kv.floats(),
+        )?;
+        p.push(
+            "kv_cache.v",
+            format!(
+                "{kvs} = [{}, {}, {}, {}]",
+                kv.layers, kv.kv_heads, kv.capacity, kv.head_dim
+            ),
+            kv.floats(),
+        )?;
+        p.push(
+            "x",
+            format!("[chunk, hidden] = [{chunk}, {h}]"),
+            chunk.checked_mul(h),
+        )?;
+        p.push(
+            "x_norm",
+            format!("[chunk, hidden] = [{chunk}, {h}]"),
+            chunk.checked_mul(h),
+        )?;
+        p.push(
+            "q",
+            format!("[chunk, heads*head_dim] = [{chunk}, {h}]"),
+            chunk.checked_mul(h),
+        )?;
+        p.push(
+            "k",
+            format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"),
+            chunk.checked_mul(kvd),
+        )?;
+        p.push(
+            "v",
+            format!("[chunk, kv_heads*head_dim] = [{chunk}, {kvd}]"),
+            chunk.checked_mul(kvd),
+        )?;
+        p.push(
+            "attn_out",
+            format!("[chunk, hidden] = [{chunk}, {h}]"),
+            chunk.checked_mul(h),
+        )?;
+        p.push(
+            "proj_out",
+            format!("[chunk, hidden] = [{chunk}, {h}]"),
+            chunk.checked_mul(h),
+        )?;
+        p.push(
+            "mlp_gate",
+            format!("[chunk, ffn] = [{chunk}, {f}]"),
+            chunk.checked_mul(f),
+        )?;
+        p.push(
+            "mlp_up",
+            format!("[chunk, ffn] = [{chunk}, {f}]"),
+            chunk.checked_mul(f),
+        )?;
         let scores = par::scores_len(threads, c.num_attention_heads, kv.capacity);
-        p.push("attn_scores", format!("[max(threads, heads), ctx] -> {scores}"), Some(scores))?;
+        p.push(
+            "attn_scores",
+            format!("[max(threads, heads), ctx] -> {scores}"),
+            Some(scores),
+        )?;
         p.push("logits", format!("[vocab] = [{v}]"), Some(v))?;
         p.push("sampler.probs", format!("[vocab] = [{v}]"), Some(v))?;
-        p.push("sampler.candidates", format!("[vocab] u32 = [{v}]"), Some(v))?;
-        p.push("rope.inv_freq", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
-        p.push("rope.cos", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
-        p.push("rope.sin", format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2))?;
+        p.push(
+            "sampler.candidates",
+            format!("[vocab] u32 = [{v}]"),
+            Some(v),
+        )?;
+        p.push(
+            "rope.inv_freq",
+            format!("[head_dim/2] = [{}]", hd / 2),
+            Some(hd / 2),
+        )?;
+        p.push(
+            "rope.cos",
+            format!("[head_dim/2] = [{}]", hd / 2),
+            Some(hd / 2),
+        )?;
+        p.push(
+            "rope.sin",
+            format!("[head_dim/2] = [{}]", hd / 2),
+            Some(hd / 2),
+        )?;
         debug_assert_eq!(p.regions().len(), REGIONS);
         Ok(p)
     }
@@ -296,7 +387,10 @@ impl Session {
         }
         let needed = self.kv.used() + tokens.len();
         if needed > self.kv.capacity() {
-            return Err(SessionError::ContextFull { needed, ctx: self.kv.capacity() });
+            return Err(SessionError::ContextFull {
+                needed,
+                ctx: self.kv.capacity(),
+            });
         }
         Ok(())
     }
@@ -307,7 +401,11 @@ impl Session {
         self.check_tokens(tokens)?;
         let chunks = tokens.len().div_ceil(self.max_chunk);
         for (i, chunk) in tokens.chunks(self.max_chunk).enumerate() {
-            let mode = if i + 1 == chunks { LogitsMode::Last } else { LogitsMode::None };
+            let mode = if i + 1 == chunks {
+                LogitsMode::Last
+            } else {
+                LogitsMode::None
+            };
             self.forward(chunk, mode)?;
         }
         self.logits()
@@ -340,7 +438,8 @@ impl Session {
             return Err(SessionError::NoLogits);
         }
         let plan = &self.plan;
-        let [.., logits, probs, candidates, _, _, _] = carve::<REGIONS>(self.arena.floats_mut(), plan);
+        let [.., logits, probs, candidates, _, _, _] =
+            carve::<REGIONS>(self.arena.floats_mut(), plan);
         let candidates: &mut [u32] = bytemuck::cast_slice_mut(candidates);
         let token = sampler.sample(logits, probs, candidates);
         // the logits were modified (penalty); they no longer describe the distribution
@@ -473,7 +572,12 @@ impl Session {
                 par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
             }
         };
-        let layout = KvLayout { n_heads: nh, n_kv_heads: nkv, head_dim: hd, cap: kv.capacity() };
+        let layout = KvLayout {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            cap: kv.capacity(),
+        };
 
         // embed: x[t] = embed_tokens[token]
         let embed = wb(&weights.embed_tokens);
@@ -485,9 +589,24 @@ impl Session {
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
-            linear(&layer.q_proj, x_norm, h, q);
-            linear(&layer.k_proj, x_norm, h, k);
-            linear(&layer.v_proj, x_norm, h, v);
+            if n == 1 {
+                // decode: q, k and v read the same activations, so one dispatch streams all three
+                par::matvec3::<W>(
+                    pool,
+                    isa,
+                    x_norm,
+                    wb(&layer.q_proj),
+                    q,
+                    wb(&layer.k_proj),
+                    k,
+                    wb(&layer.v_proj),
+                    v,
+                );
+            } else {
+                linear(&layer.q_proj, x_norm, h, q);
+                linear(&layer.k_proj, x_norm, h, k);
+                linear(&layer.v_proj, x_norm, h, v);
+            }
             bias_rows(isa, q, h, &layer.q_bias, weights);
             bias_rows(isa, k, kvd, &layer.k_bias, weights);
             bias_rows(isa, v, kvd, &layer.v_bias, weights);
@@ -498,14 +617,44 @@ impl Session {
             }
             kv.write(&mut KvStore { k: kv_k, v: kv_v }, l, pos0, k, v)?;
             let (layer_k, layer_v) = kv.view(kv_k, kv_v, l, pos0 + n)?;
-            par::attention(pool, isa, layout, pos0, q, layer_k, layer_v, attn_scores, attn_out);
+            par::attention(
+                pool,
+                isa,
+                layout,
+                pos0,
+                q,
+                layer_k,
+                layer_v,
+                attn_scores,
+                attn_out,
+            );
             linear(&layer.o_proj, attn_out, h, proj_out);
             ops::add(isa, x, proj_out);
 
             // MLP block
-            rmsnorm_rows(isa, x, x_norm, h, &layer.post_attention_layernorm, weights, eps);
-            linear(&layer.gate_proj, x_norm, h, mlp_gate);
-            linear(&layer.up_proj, x_norm, h, mlp_up);
+            rmsnorm_rows(
+                isa,
+                x,
+                x_norm,
+                h,
+                &layer.post_attention_layernorm,
+                weights,
+                eps,
+            );
+            if n == 1 {
+                par::matvec2::<W>(
+                    pool,
+                    isa,
+                    x_norm,
+                    wb(&layer.gate_proj),
+                    mlp_gate,
+                    wb(&layer.up_proj),
+                    mlp_up,
+                );
+            } else {
+                linear(&layer.gate_proj, x_norm, h, mlp_gate);
+                linear(&layer.up_proj, x_norm, h, mlp_up);
+            }
             ops::silu_mul(isa, mlp_gate, mlp_up);
             linear(&layer.down_proj, mlp_gate, f, proj_out);
             ops::add(isa, x, proj_out);
@@ -526,7 +675,14 @@ impl Session {
             }
             LogitsMode::Each(each) => {
                 for t in 0..n {
-                    ops::rmsnorm(isa, &x[t * h..(t + 1) * h], norm.0, norm.1, eps, &mut x_norm[..h]);
+                    ops::rmsnorm(
+                        isa,
+                        &x[t * h..(t + 1) * h],
+                        norm.0,
+                        norm.1,
+                        eps,
+                        &mut x_norm[..h],
+                    );
                     par::matvec::<W>(pool, isa, head, &x_norm[..h], logits);
                     each(pos0 + t, logits);
                 }

@@ -95,7 +95,12 @@ impl SyntheticShape {
 
 /// Writes config.json and model.safetensors for `shape` into `dir`, weights of `dtype` drawn
 /// from a seeded generator (norm weights near 1, matrices scaled by 1/sqrt(fan_in)).
-pub fn write_synthetic_model(dir: &Path, shape: SyntheticShape, dtype: Dtype, seed: u64) -> io::Result<()> {
+pub fn write_synthetic_model(
+    dir: &Path,
+    shape: SyntheticShape,
+    dtype: Dtype,
+    seed: u64,
+) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), shape.config_json())?;
     let tensors = shape.tensors();
@@ -118,7 +123,9 @@ pub fn write_synthetic_model(dir: &Path, shape: SyntheticShape, dtype: Dtype, se
     while header.len() % 8 != 0 {
         header.push(b' ');
     }
-    let mut out = BufWriter::new(std::fs::File::create(dir.join("model.safetensors"))?);
+    // written under a temporary name and renamed, so an interrupted write never looks complete
+    let tmp = dir.join("model.safetensors.partial");
+    let mut out = BufWriter::new(std::fs::File::create(&tmp)?);
     out.write_all(&(header.len() as u64).to_le_bytes())?;
     out.write_all(&header)?;
     let mut state = seed ^ 0x5851_f42d_4c95_7f2d;
@@ -130,10 +137,18 @@ pub fn write_synthetic_model(dir: &Path, shape: SyntheticShape, dtype: Dtype, se
     };
     for (name, dims) in &tensors {
         let is_norm = name.ends_with("layernorm.weight") || name == "model.norm.weight";
-        let scale = if dims.len() == 2 { 1.0 / (dims[1] as f32).sqrt() } else { 0.1 };
+        let scale = if dims.len() == 2 {
+            1.0 / (dims[1] as f32).sqrt()
+        } else {
+            0.1
+        };
         let count: usize = dims.iter().product();
         for _ in 0..count {
-            let v = if is_norm { 1.0 + 0.1 * next() } else { next() * scale * 1.7 };
+            let v = if is_norm {
+                1.0 + 0.1 * next()
+            } else {
+                next() * scale * 1.7
+            };
             match dtype {
                 Dtype::F32 => out.write_all(&v.to_le_bytes())?,
                 Dtype::F16 => out.write_all(&half::f16::from_f32(v).to_le_bytes())?,
@@ -141,5 +156,7 @@ pub fn write_synthetic_model(dir: &Path, shape: SyntheticShape, dtype: Dtype, se
             }
         }
     }
-    out.flush()
+    out.flush()?;
+    drop(out);
+    std::fs::rename(tmp, dir.join("model.safetensors"))
 }

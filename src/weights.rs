@@ -16,14 +16,31 @@ use crate::config::{Config, ConfigError};
 #[derive(Debug)]
 pub enum LoadError {
     Config(ConfigError),
-    Io { path: PathBuf, err: std::io::Error },
+    Io {
+        path: PathBuf,
+        err: std::io::Error,
+    },
     /// A safetensors file or shard index that is malformed.
-    Format { path: PathBuf, why: String },
+    Format {
+        path: PathBuf,
+        why: String,
+    },
     MissingTensor(String),
-    Dtype { tensor: String, found: String },
-    Shape { tensor: String, expected: Vec<usize>, found: Vec<usize> },
+    Dtype {
+        tensor: String,
+        found: String,
+    },
+    Shape {
+        tensor: String,
+        expected: Vec<usize>,
+        found: Vec<usize>,
+    },
     /// The 2-D weights do not all share one dtype.
-    MixedDtypes { tensor: String, found: Dtype, expected: Dtype },
+    MixedDtypes {
+        tensor: String,
+        found: Dtype,
+        expected: Dtype,
+    },
 }
 
 impl fmt::Display for LoadError {
@@ -34,12 +51,26 @@ impl fmt::Display for LoadError {
             LoadError::Format { path, why } => write!(f, "{}: {why}", path.display()),
             LoadError::MissingTensor(t) => write!(f, "missing tensor `{t}`"),
             LoadError::Dtype { tensor, found } => {
-                write!(f, "tensor `{tensor}` has dtype {found}; expected BF16, F16 or F32")
+                write!(
+                    f,
+                    "tensor `{tensor}` has dtype {found}; expected BF16, F16 or F32"
+                )
             }
-            LoadError::Shape { tensor, expected, found } => {
-                write!(f, "tensor `{tensor}` has shape {found:?}; the config implies {expected:?}")
+            LoadError::Shape {
+                tensor,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "tensor `{tensor}` has shape {found:?}; the config implies {expected:?}"
+                )
             }
-            LoadError::MixedDtypes { tensor, found, expected } => write!(
+            LoadError::MixedDtypes {
+                tensor,
+                found,
+                expected,
+            } => write!(
                 f,
                 "tensor `{tensor}` is {found} but the other weight matrices are {expected}; \
                  mixed matrix dtypes are not supported"
@@ -102,12 +133,18 @@ pub struct Weights {
 /// Maps `file` read-only.
 #[allow(unsafe_code)]
 fn map_file(path: &Path) -> Result<Mmap, LoadError> {
-    let file = File::open(path).map_err(|err| LoadError::Io { path: path.into(), err })?;
+    let file = File::open(path).map_err(|err| LoadError::Io {
+        path: path.into(),
+        err,
+    })?;
     // SAFETY: the mapping is read-only and private to this process. Memory-mapping is unsound
     // only if another process truncates or rewrites the file while it is mapped; model files
     // are treated as immutable for the life of the process (the same contract every mmap-based
     // runtime makes), and all reads go through bounds-checked slices of the mapping.
-    unsafe { Mmap::map(&file) }.map_err(|err| LoadError::Io { path: path.into(), err })
+    unsafe { Mmap::map(&file) }.map_err(|err| LoadError::Io {
+        path: path.into(),
+        err,
+    })
 }
 
 fn dtype_of(name: &str, d: safetensors::Dtype) -> Result<Dtype, LoadError> {
@@ -115,7 +152,10 @@ fn dtype_of(name: &str, d: safetensors::Dtype) -> Result<Dtype, LoadError> {
         safetensors::Dtype::BF16 => Ok(Dtype::BF16),
         safetensors::Dtype::F16 => Ok(Dtype::F16),
         safetensors::Dtype::F32 => Ok(Dtype::F32),
-        other => Err(LoadError::Dtype { tensor: name.into(), found: format!("{other:?}") }),
+        other => Err(LoadError::Dtype {
+            tensor: name.into(),
+            found: format!("{other:?}"),
+        }),
     }
 }
 
@@ -151,15 +191,25 @@ impl Weights {
         let (h, kv, f, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
         let mut matrix_dtype: Option<Dtype> = None;
         let mut take = |name: String, shape: &[usize]| -> Result<TensorRef, LoadError> {
-            let t = tensors.remove(&name).ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
+            let t = tensors
+                .remove(&name)
+                .ok_or_else(|| LoadError::MissingTensor(name.clone()))?;
             if t.shape != shape {
-                return Err(LoadError::Shape { tensor: name, expected: shape.to_vec(), found: t.shape });
+                return Err(LoadError::Shape {
+                    tensor: name,
+                    expected: shape.to_vec(),
+                    found: t.shape,
+                });
             }
             if shape.len() == 2 {
                 match matrix_dtype {
                     None => matrix_dtype = Some(t.dtype),
                     Some(d) if d != t.dtype => {
-                        return Err(LoadError::MixedDtypes { tensor: name, found: t.dtype, expected: d })
+                        return Err(LoadError::MixedDtypes {
+                            tensor: name,
+                            found: t.dtype,
+                            expected: d,
+                        })
                     }
                     _ => {}
                 }
@@ -179,7 +229,10 @@ impl Weights {
                 v_proj: take(format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
                 v_bias: take(format!("{p}.self_attn.v_proj.bias"), &[kv])?,
                 o_proj: take(format!("{p}.self_attn.o_proj.weight"), &[h, h])?,
-                post_attention_layernorm: take(format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                post_attention_layernorm: take(
+                    format!("{p}.post_attention_layernorm.weight"),
+                    &[h],
+                )?,
                 gate_proj: take(format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
                 up_proj: take(format!("{p}.mlp.up_proj.weight"), &[f, h])?,
                 down_proj: take(format!("{p}.mlp.down_proj.weight"), &[h, f])?,
@@ -223,8 +276,17 @@ impl Weights {
         let mut n = self.lm_head.end - self.lm_head.start + self.norm.end - self.norm.start;
         for l in &self.layers {
             for t in [
-                &l.input_layernorm, &l.q_proj, &l.q_bias, &l.k_proj, &l.k_bias, &l.v_proj,
-                &l.v_bias, &l.o_proj, &l.post_attention_layernorm, &l.gate_proj, &l.up_proj,
+                &l.input_layernorm,
+                &l.q_proj,
+                &l.q_bias,
+                &l.k_proj,
+                &l.k_bias,
+                &l.v_proj,
+                &l.v_bias,
+                &l.o_proj,
+                &l.post_attention_layernorm,
+                &l.gate_proj,
+                &l.up_proj,
                 &l.down_proj,
             ] {
                 n += t.end - t.start;
@@ -252,15 +314,28 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             why: "has neither model.safetensors nor model.safetensors.index.json".into(),
         });
     }
-    let text = std::fs::read(&index).map_err(|err| LoadError::Io { path: index.clone(), err })?;
-    let idx: ShardIndex = serde_json::from_slice(&text)
-        .map_err(|e| LoadError::Format { path: index.clone(), why: e.to_string() })?;
-    let mut names: Vec<&String> = idx.weight_map.values().collect::<HashSet<_>>().into_iter().collect();
+    let text = std::fs::read(&index).map_err(|err| LoadError::Io {
+        path: index.clone(),
+        err,
+    })?;
+    let idx: ShardIndex = serde_json::from_slice(&text).map_err(|e| LoadError::Format {
+        path: index.clone(),
+        why: e.to_string(),
+    })?;
+    let mut names: Vec<&String> = idx
+        .weight_map
+        .values()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
     names.sort();
     let mut files = Vec::with_capacity(names.len());
     for name in names {
         let ok = !name.is_empty()
-            && Path::new(name).file_name().map(|f| f == name.as_str()).unwrap_or(false);
+            && Path::new(name)
+                .file_name()
+                .map(|f| f == name.as_str())
+                .unwrap_or(false);
         if !ok {
             return Err(LoadError::Format {
                 path: index.clone(),
@@ -270,7 +345,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
         files.push(dir.join(name));
     }
     if files.is_empty() {
-        return Err(LoadError::Format { path: index, why: "weight_map is empty".into() });
+        return Err(LoadError::Format {
+            path: index,
+            why: "weight_map is empty".into(),
+        });
     }
     Ok(files)
 }
@@ -282,7 +360,10 @@ fn read_shard(
     shard: usize,
     tensors: &mut HashMap<String, TensorRef>,
 ) -> Result<(), LoadError> {
-    let bad = |why: String| LoadError::Format { path: path.into(), why };
+    let bad = |why: String| LoadError::Format {
+        path: path.into(),
+        why,
+    };
     let (header_len, meta) = safetensors::SafeTensors::read_metadata(map)
         .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
     let data_start = header_len + 8;
@@ -296,15 +377,32 @@ fn read_shard(
     for (name, info) in meta.tensors() {
         let dtype = dtype_of(&name, info.dtype)?;
         let (s, e) = info.data_offsets;
-        let start = data_start.checked_add(s).ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
-        let end = data_start.checked_add(e).ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
+        let start = data_start
+            .checked_add(s)
+            .ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
+        let end = data_start
+            .checked_add(e)
+            .ok_or_else(|| bad(format!("tensor `{name}`: offset overflow")))?;
         if end > map.len() || start > end {
-            return Err(bad(format!("tensor `{name}` runs past the end of the file")));
+            return Err(bad(format!(
+                "tensor `{name}` runs past the end of the file"
+            )));
         }
         if tensors.contains_key(&name) {
-            return Err(bad(format!("tensor `{name}` appears in more than one shard")));
+            return Err(bad(format!(
+                "tensor `{name}` appears in more than one shard"
+            )));
         }
-        tensors.insert(name, TensorRef { shard, start, end, dtype, shape: info.shape.clone() });
+        tensors.insert(
+            name,
+            TensorRef {
+                shard,
+                start,
+                end,
+                dtype,
+                shape: info.shape.clone(),
+            },
+        );
     }
     Ok(())
 }

@@ -59,7 +59,12 @@ fn decode_loop_allocates_nothing() {
     write_synthetic_model(&dir, SyntheticShape::SMALL, Dtype::BF16, 7).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
     for isa in Isa::available() {
-        let opts = SessionOptions { ctx: 1024, max_chunk: 64, threads: 2, isa: Some(isa) };
+        let opts = SessionOptions {
+            ctx: 1024,
+            max_chunk: 64,
+            threads: 2,
+            isa: Some(isa),
+        };
         let mut session = Session::new(weights.clone(), &opts).unwrap();
         let params = SamplerParams {
             temperature: 0.9,
@@ -77,7 +82,9 @@ fn decode_loop_allocates_nothing() {
 
         // warm-up: the first pass may touch lazily initialised state (thread start-up, etc.)
         session.prefill(&prompt).unwrap();
-        session.generate(&mut sampler, 8, &stop, &mut |_| true).unwrap();
+        session
+            .generate(&mut sampler, 8, &stop, &mut |_| true)
+            .unwrap();
         session.reset();
         session.prefill(&prompt).unwrap();
 
@@ -101,13 +108,20 @@ fn decode_loop_allocates_nothing() {
             v.dedup();
             v.len()
         };
-        assert!(distinct > 10, "isa {isa}: sampling looks degenerate ({distinct} distinct tokens)");
+        assert!(
+            distinct > 10,
+            "isa {isa}: sampling looks degenerate ({distinct} distinct tokens)"
+        );
         let (a, r, z) = (
             ALLOCS.load(Ordering::SeqCst),
             REALLOCS.load(Ordering::SeqCst),
             ZEROED.load(Ordering::SeqCst),
         );
-        assert_eq!((a, r, z), (0, 0, 0), "isa {isa}: allocations during decode (alloc, realloc, alloc_zeroed)");
+        assert_eq!(
+            (a, r, z),
+            (0, 0, 0),
+            "isa {isa}: allocations during decode (alloc, realloc, alloc_zeroed)"
+        );
     }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -24,7 +24,9 @@ struct Expected {
 }
 
 fn fixture(name: &str) -> (Arc<Weights>, Expected) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
     let w = Weights::load(&dir).unwrap_or_else(|e| panic!("loading {name}: {e}"));
     let exp: Expected =
         serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
@@ -33,7 +35,10 @@ fn fixture(name: &str) -> (Arc<Weights>, Expected) {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check_model(name: &str, tol: f32) {
@@ -41,7 +46,12 @@ fn check_model(name: &str, tol: f32) {
     for isa in Isa::available() {
         for threads in [1, 2] {
             // a small max_chunk makes the 37-token case run in several chunks
-            let opts = SessionOptions { ctx: 64, max_chunk: 16, threads, isa: Some(isa) };
+            let opts = SessionOptions {
+                ctx: 64,
+                max_chunk: 16,
+                threads,
+                isa: Some(isa),
+            };
             let mut s = Session::new(w.clone(), &opts).unwrap();
             let label = format!("{name} isa={isa} threads={threads}");
             for (ci, case) in exp.cases.iter().enumerate() {
@@ -55,14 +65,20 @@ fn check_model(name: &str, tol: f32) {
                 })
                 .unwrap();
                 assert_eq!(seen, case.input_ids.len());
-                assert!(worst <= tol, "{label} case {ci}: prefill max |diff| {worst} > {tol}");
+                assert!(
+                    worst <= tol,
+                    "{label} case {ci}: prefill max |diff| {worst} > {tol}"
+                );
 
                 // token by token
                 s.reset();
                 for (pos, &tok) in case.input_ids.iter().enumerate() {
                     let logits = s.decode_step(tok).unwrap();
                     let d = max_abs_diff(logits, &case.logits[pos]);
-                    assert!(d <= tol, "{label} case {ci} pos {pos}: decode max |diff| {d} > {tol}");
+                    assert!(
+                        d <= tol,
+                        "{label} case {ci} pos {pos}: decode max |diff| {d} > {tol}"
+                    );
                 }
 
                 // greedy continuation
@@ -105,23 +121,49 @@ fn tied_model_uses_embeddings_as_head() {
 #[test]
 fn prompt_longer_than_context_is_an_error() {
     let (w, _) = fixture("tiny-qwen2-f32");
-    let mut s = Session::new(w, &SessionOptions { ctx: 8, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        w,
+        &SessionOptions {
+            ctx: 8,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let e = s.prefill(&[1; 9]).unwrap_err().to_string();
-    assert!(e.contains("context full") && e.contains('9') && e.contains('8'), "{e}");
+    assert!(
+        e.contains("context full") && e.contains('9') && e.contains('8'),
+        "{e}"
+    );
     assert_eq!(s.position(), 0);
     let e = s.prefill(&[600]).unwrap_err().to_string();
     assert!(e.contains("600") && e.contains("512"), "{e}");
     assert!(s.prefill(&[]).is_err());
     // ctx above max_position_embeddings (256)
     let (w, _) = fixture("tiny-qwen2-f32");
-    let e = Session::new(w, &SessionOptions { ctx: 257, ..Default::default() }).err().unwrap().to_string();
+    let e = Session::new(
+        w,
+        &SessionOptions {
+            ctx: 257,
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
     assert!(e.contains("max_position_embeddings"), "{e}");
 }
 
 #[test]
 fn arena_never_moves_across_prompts() {
     let (w, exp) = fixture("tiny-qwen2-f32");
-    let mut s = Session::new(w, &SessionOptions { ctx: 64, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        w,
+        &SessionOptions {
+            ctx: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let addr = s.arena_address();
     assert_eq!(addr.1, s.memory_plan().total_bytes());
     for case in &exp.cases {

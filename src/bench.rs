@@ -1,0 +1,232 @@
+//! `qwenrt bench`: prompt processing (pp) and token generation (tg) throughput on
+//! llama-bench's terms, plus the weight bandwidth tg achieves beside the machine's read
+//! bandwidth measured in the same run.
+//!
+//! - pp: a `p`-token prompt processed from an empty cache, as one batch.
+//! - tg: `n` tokens generated one decode step at a time from an empty cache.
+//! - Tokenization and sampling are excluded: fixed token ids are fed.
+//! - Each test runs once as a warm-up, then `r` timed repetitions: mean ± sd of tokens/s.
+
+use std::time::Instant;
+
+use crate::cli::{model_dir, physical_cores, CliError, Flags, Spec};
+use crate::session::{Session, SessionOptions};
+use crate::weights::Weights;
+
+/// Mean and sample standard deviation.
+pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
+    if xs.is_empty() {
+        return (0.0, 0.0);
+    }
+    let n = xs.len() as f64;
+    let mean = xs.iter().sum::<f64>() / n;
+    let var = if xs.len() > 1 {
+        xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Deterministic, varied token ids below `vocab`.
+fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
+    let mut s = 0x2545_f491_4f6c_dd1du64;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % vocab.min(100_000) as u64) as u32
+        })
+        .collect()
+}
+
+/// Reads every weight byte a decode step reads, split over `threads`, and returns GB/s.
+/// Run after a warm-up so the pages are resident.
+pub fn read_bandwidth(weights: &Weights, threads: usize) -> f64 {
+    let mut slices: Vec<&[u8]> = Vec::new();
+    for l in &weights.layers {
+        for t in [
+            &l.q_proj,
+            &l.k_proj,
+            &l.v_proj,
+            &l.o_proj,
+            &l.gate_proj,
+            &l.up_proj,
+            &l.down_proj,
+        ] {
+            slices.push(weights.bytes(t));
+        }
+    }
+    slices.push(weights.bytes(&weights.lm_head));
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let threads = threads.max(1);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let sums: Vec<u64> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|tid| {
+                    let slices = &slices;
+                    scope.spawn(move || {
+                        let mut acc = [0u64; 8];
+                        for s in slices.iter() {
+                            let part = s.len().div_ceil(threads).next_multiple_of(64);
+                            let start = (tid * part).min(s.len());
+                            let end = ((tid + 1) * part).min(s.len());
+                            for block in s[start..end].chunks_exact(64) {
+                                for (a, w) in acc.iter_mut().zip(block.chunks_exact(8)) {
+                                    *a = a.wrapping_add(u64::from_le_bytes(w.try_into().unwrap()));
+                                }
+                            }
+                        }
+                        acc.iter().fold(0u64, |a, b| a.wrapping_add(*b))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or(0)).collect()
+        });
+        std::hint::black_box(sums);
+        let gbs = total as f64 / t0.elapsed().as_secs_f64() / 1e9;
+        best = best.max(gbs);
+    }
+    best
+}
+
+pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
+    let specs = [
+        Spec {
+            names: &["--model"],
+            takes_value: true,
+        },
+        Spec {
+            names: &["-p", "--n-prompt"],
+            takes_value: true,
+        },
+        Spec {
+            names: &["-n", "--n-gen"],
+            takes_value: true,
+        },
+        Spec {
+            names: &["-r", "--repetitions"],
+            takes_value: true,
+        },
+        Spec {
+            names: &["--threads", "-t"],
+            takes_value: true,
+        },
+        Spec {
+            names: &["--json"],
+            takes_value: false,
+        },
+    ];
+    let flags = Flags::parse("bench", args, &specs)?;
+    flags.max_positional(0)?;
+    let p: usize = flags.get("-p", 512)?;
+    let n: usize = flags.get("-n", 128)?;
+    let r: usize = flags.get("-r", 5)?;
+    let threads: usize = flags.get("--threads", physical_cores())?;
+    if r == 0 {
+        return Err(CliError::usage("-r must be at least 1"));
+    }
+    if p == 0 && n == 0 {
+        return Err(CliError::usage("nothing to run: both -p and -n are 0"));
+    }
+    let dir = model_dir(&flags)?;
+    let weights = std::sync::Arc::new(
+        Weights::load(&dir).map_err(|e| CliError::fail(format!("{}: {e}", dir.display())))?,
+    );
+    let c = &weights.config;
+    let ctx = p.max(n).max(1);
+    if ctx > c.max_position_embeddings {
+        return Err(CliError::usage(format!(
+            "-p/-n of {ctx} exceed the model's max_position_embeddings ({})",
+            c.max_position_embeddings
+        )));
+    }
+    let opts = SessionOptions {
+        ctx,
+        max_chunk: p.max(1),
+        threads,
+        isa: None,
+    };
+    let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
+    let tokens = bench_tokens(ctx, c.vocab_size);
+
+    let mut pp = Vec::new();
+    if p > 0 {
+        for rep in 0..=r {
+            session.reset();
+            let t0 = Instant::now();
+            session.prefill(&tokens[..p]).map_err(CliError::fail)?;
+            let tps = p as f64 / t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                pp.push(tps);
+            }
+        }
+    }
+    let mut tg = Vec::new();
+    if n > 0 {
+        for rep in 0..=r {
+            session.reset();
+            let t0 = Instant::now();
+            for &t in &tokens[..n] {
+                session.decode_step(t).map_err(CliError::fail)?;
+            }
+            let tps = n as f64 / t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                tg.push(tps);
+            }
+        }
+    }
+    let bw = read_bandwidth(&weights, threads);
+    let per_token = weights.bytes_per_token() as f64;
+    let (pp_m, pp_sd) = mean_sd(&pp);
+    let (tg_m, tg_sd) = mean_sd(&tg);
+    let tg_bw = per_token * tg_m / 1e9;
+    let params = c.parameter_count().unwrap_or(0);
+    let model = format!("qwen2 {:.1}B {}", params as f64 / 1e9, weights.matrix_dtype);
+    if flags.has("--json") {
+        let v = serde_json::json!({
+            "model": model, "model_dir": dir, "params": params,
+            "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "threads": threads,
+            "pp": if p > 0 { serde_json::json!({"n_prompt": p, "tokens_per_second_mean": pp_m, "tokens_per_second_sd": pp_sd, "samples": pp}) } else { serde_json::Value::Null },
+            "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },
+            "weight_bytes_per_token": per_token, "tg_weight_bandwidth_gb_s": tg_bw,
+            "machine_read_bandwidth_gb_s": bw, "repetitions": r,
+        });
+        println!("{v}");
+    } else {
+        println!("| model | size | params | backend | threads | test | t/s |");
+        println!("| --- | ---: | ---: | --- | ---: | ---: | ---: |");
+        let size = format!(
+            "{:.2} GiB",
+            weights.mapped_bytes() as f64 / (1u64 << 30) as f64
+        );
+        let params_s = format!("{:.2} B", params as f64 / 1e9);
+        if p > 0 {
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | pp{p} | {pp_m:.2} ± {pp_sd:.2} |", session.isa());
+        }
+        if n > 0 {
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | tg{n} | {tg_m:.2} ± {tg_sd:.2} |", session.isa());
+        }
+        println!();
+        println!(
+            "tg weight bandwidth: {tg_bw:.2} GB/s ({:.3} GB per token x {tg_m:.2} t/s); machine read bandwidth ({threads} threads): {bw:.2} GB/s ({:.0}%)",
+            per_token / 1e9,
+            if bw > 0.0 { 100.0 * tg_bw / bw } else { 0.0 }
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn mean_sd_matches_hand_computation() {
+        let (m, sd) = super::mean_sd(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12);
+        assert!((sd - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(super::mean_sd(&[7.0]), (7.0, 0.0));
+    }
+}

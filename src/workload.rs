@@ -1,0 +1,226 @@
+//! Whole requests on one session: a prompt in, a completion out. `qwenrt arc` and
+//! `qwenrt batch` run many of them on one session whose arena is sized once and only reset
+//! between requests.
+
+use std::time::Instant;
+
+use crate::arc::{score, TaskRecord, WorkItem};
+use crate::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
+use crate::chat;
+use crate::sampler::{Sampler, SamplerParams};
+use crate::session::{Session, SessionError, StopReason};
+use crate::tokenizer::Tokenizer;
+
+/// One finished request.
+#[derive(Clone, Debug)]
+pub struct Completion {
+    pub prompt_tokens: usize,
+    /// Generated ids, the stop token excluded.
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Seconds from the start of the prefill to the first sampled token.
+    pub ttft_s: f64,
+    pub prefill_s: f64,
+    pub decode_s: f64,
+    /// Decode steps (forward passes after the prefill).
+    pub steps: usize,
+    pub reason: StopReason,
+}
+
+impl Completion {
+    pub fn prefill_tps(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_s.max(1e-9)
+    }
+    pub fn decode_tps(&self) -> f64 {
+        if self.steps == 0 {
+            0.0
+        } else {
+            self.steps as f64 / self.decode_s.max(1e-9)
+        }
+    }
+}
+
+/// Why a request could not run.
+#[derive(Debug)]
+pub enum RequestError {
+    /// The prompt leaves no room to generate in the context.
+    TooLong {
+        prompt_tokens: usize,
+        ctx: usize,
+    },
+    Tokenizer(String),
+    Session(SessionError),
+}
+
+impl std::fmt::Display for RequestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RequestError::TooLong { prompt_tokens, ctx } => write!(
+                f,
+                "prompt of {prompt_tokens} tokens does not fit in the context of {ctx} tokens"
+            ),
+            RequestError::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            RequestError::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {}
+
+/// The prompt's ids: the chat template around `prompt` unless `raw`.
+pub fn prompt_ids(tok: &Tokenizer, prompt: &str, raw: bool) -> Result<Vec<u32>, RequestError> {
+    let text = if raw {
+        prompt.to_string()
+    } else {
+        chat::first_turn(chat::DEFAULT_SYSTEM_PROMPT, prompt)
+    };
+    tok.encode(&text)
+        .map_err(|e| RequestError::Tokenizer(e.to_string()))
+}
+
+/// Runs one request from an empty cache: prefill, then up to `max_tokens` sampled tokens.
+pub fn complete(
+    session: &mut Session,
+    tok: &Tokenizer,
+    prompt_ids: &[u32],
+    params: SamplerParams,
+    max_tokens: usize,
+    stop: &[u32],
+) -> Result<Completion, RequestError> {
+    if prompt_ids.len() >= session.ctx() {
+        return Err(RequestError::TooLong {
+            prompt_tokens: prompt_ids.len(),
+            ctx: session.ctx(),
+        });
+    }
+    session.reset();
+    let mut sampler =
+        Sampler::new(params).map_err(|e| RequestError::Session(SessionError::Sampler(e)))?;
+    for &t in prompt_ids {
+        sampler.observe(t);
+    }
+    let t0 = Instant::now();
+    session.prefill(prompt_ids).map_err(RequestError::Session)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+    let mut ids = Vec::with_capacity(max_tokens);
+    let mut first: Option<f64> = None;
+    let stats = session
+        .generate(&mut sampler, max_tokens, stop, &mut |t| {
+            first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+            ids.push(t);
+            true
+        })
+        .map_err(RequestError::Session)?;
+    let text = tok
+        .decode(&ids)
+        .map_err(|e| RequestError::Tokenizer(e.to_string()))?;
+    Ok(Completion {
+        prompt_tokens: prompt_ids.len(),
+        ttft_s: first.unwrap_or(prefill_s),
+        ids,
+        text,
+        prefill_s,
+        decode_s: stats.elapsed.as_secs_f64(),
+        steps: stats.steps,
+        reason: stats.reason,
+    })
+}
+
+/// Runs one ARC test input greedily and scores it. A prompt that does not fit is a skipped
+/// record with its token count, not an error.
+pub fn run_arc_item(
+    session: &mut Session,
+    tok: &Tokenizer,
+    item: &WorkItem,
+    max_tokens: usize,
+    stop: &[u32],
+) -> Result<TaskRecord, RequestError> {
+    let ids = prompt_ids(tok, &item.prompt, false)?;
+    let arena_bytes = session.memory_plan().total_bytes() as u64;
+    if ids.len() >= session.ctx() {
+        let mut r = TaskRecord::skipped(
+            &item.task_id,
+            item.test_index,
+            ids.len(),
+            format!(
+                "prompt of {} tokens does not fit in the context of {}",
+                ids.len(),
+                session.ctx()
+            ),
+        );
+        r.arena_bytes = arena_bytes;
+        return Ok(r);
+    }
+    let c = complete(
+        session,
+        tok,
+        &ids,
+        SamplerParams::greedy(),
+        max_tokens,
+        stop,
+    )?;
+    let (grid, correct) = score(&c.text, item.expected.as_ref());
+    Ok(TaskRecord {
+        task_id: item.task_id.clone(),
+        test_index: item.test_index,
+        prompt_tokens: c.prompt_tokens,
+        generated_tokens: c.ids.len(),
+        ttft_ms: c.ttft_s * 1e3,
+        prefill_tps: c.prefill_tps(),
+        decode_tps: c.decode_tps(),
+        kv_bytes_used: session.cache_info().used_bytes as u64,
+        arena_bytes,
+        grid,
+        correct,
+        skipped: None,
+    })
+}
+
+/// Runs one batch request; a failure becomes that line's error record.
+pub fn run_batch_request(
+    session: &mut Session,
+    tok: &Tokenizer,
+    req: &BatchRequest,
+    stop: &[u32],
+) -> BatchRecord {
+    let fail = |e: RequestError| {
+        BatchRecord::Err(BatchLineError {
+            id: req.id.clone(),
+            line: req.line,
+            error: e.to_string(),
+        })
+    };
+    let ids = match prompt_ids(tok, &req.prompt, req.raw) {
+        Ok(ids) if ids.is_empty() => {
+            return BatchRecord::Err(BatchLineError {
+                id: req.id.clone(),
+                line: req.line,
+                error: "the prompt encodes to no tokens".into(),
+            })
+        }
+        Ok(ids) => ids,
+        Err(e) => return fail(e),
+    };
+    let params = if req.temperature == 0.0 {
+        SamplerParams::greedy()
+    } else {
+        SamplerParams {
+            temperature: req.temperature,
+            ..SamplerParams::default()
+        }
+    };
+    match complete(session, tok, &ids, params, req.max_tokens, stop) {
+        Ok(c) => BatchRecord::Ok(BatchResult {
+            id: req.id.clone(),
+            text: c.text.clone(),
+            stats: BatchStats {
+                prompt_tokens: c.prompt_tokens,
+                generated_tokens: c.ids.len(),
+                prefill_tps: c.prefill_tps(),
+                decode_tps: c.decode_tps(),
+            },
+            ids: c.ids,
+        }),
+        Err(e) => fail(e),
+    }
+}
