@@ -240,8 +240,44 @@ const MR: usize = 6;
 /// Depth of a packed panel: `KC * NR` f32 = 16 KiB, half of L1d.
 const KC: usize = 128;
 
+/// Transposes a 16×16 block of f32: `r[i]` holds row `i`; on return `r[c]` holds column `c`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn transpose16(r: &mut [__m512; 16]) {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // Per 128-bit lane L, u[4g + m] holds column 4L + m of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (
+            _mm512_castps_pd(t[4 * g]),
+            _mm512_castps_pd(t[4 * g + 1]),
+            _mm512_castps_pd(t[4 * g + 2]),
+            _mm512_castps_pd(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for m in 0..4 {
+        let v = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
+        let w = _mm512_shuffle_f32x4::<0xDD>(u[m], u[4 + m]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
+        let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + m], u[12 + m]);
+        r[m] = _mm512_shuffle_f32x4::<0x88>(v, v2);
+        r[8 + m] = _mm512_shuffle_f32x4::<0xDD>(v, v2);
+        r[4 + m] = _mm512_shuffle_f32x4::<0x88>(w, w2);
+        r[12 + m] = _mm512_shuffle_f32x4::<0xDD>(w, w2);
+    }
+}
+
 /// Packs rows `0..nr` (`nr <= NR`), columns `k0..k0 + kc` of `w` (row-major, `k` per row)
-/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`.
+/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`: 16×16 blocks are widened and
+/// transposed in registers.
 ///
 /// # Safety
 /// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`, `kc <= KC`.
@@ -256,25 +292,24 @@ unsafe fn pack<W: WeightType>(
     buf: &mut [f32; KC * NR],
 ) {
     let rb = k * W::SIZE;
-    if nr < NR {
-        buf[..kc * NR].iter_mut().for_each(|v| *v = 0.0);
-    }
-    let mut tmp = [0f32; 16];
-    for j in 0..nr {
-        // SAFETY: row j < nr is inside w, columns k0..k0+kc inside the row (masked tail).
-        unsafe {
-            let row = w.add(j * rb);
-            let mut kk = 0;
-            while kk < kc {
-                let m = lanes(kc - kk);
-                let v = ld_mask::<W>(row, k0 + kk, m);
-                _mm512_storeu_ps(tmp.as_mut_ptr(), v);
-                let cnt = (kc - kk).min(16);
-                for (q, t) in tmp.iter().enumerate().take(cnt) {
-                    *buf.get_unchecked_mut((kk + q) * NR + j) = *t;
+    let bp = buf.as_mut_ptr();
+    for jh in [0, 16] {
+        let mut kk = 0;
+        while kk < kc {
+            let m = lanes(kc - kk);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, ri) in r.iter_mut().enumerate() {
+                if jh + i < nr {
+                    // SAFETY: row jh+i < nr is inside w; lanes masked below column k0+kc <= k.
+                    *ri = unsafe { ld_mask::<W>(w.add((jh + i) * rb), k0 + kk, m) };
                 }
-                kk += 16;
             }
+            transpose16(&mut r);
+            for (q, rq) in r.iter().enumerate().take((kc - kk).min(16)) {
+                // SAFETY: (kk + q) < kc <= KC, jh + 16 <= NR: inside buf.
+                unsafe { _mm512_storeu_ps(bp.add((kk + q) * NR + jh), *rq) };
+            }
+            kk += 16;
         }
     }
 }
