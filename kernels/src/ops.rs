@@ -41,6 +41,7 @@ macro_rules! dispatch {
 /// behaviour, and `Isa` values can be built by hand. The detection result is cached by std, so this
 /// is a couple of loads.
 #[inline]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 fn check(isa: Isa) {
     assert!(isa.is_supported(), "this CPU does not support {isa}");
 }
