@@ -212,6 +212,7 @@ pub fn softmax(isa: Isa, x: &mut [f32]) -> f32 {
 
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
 pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+    assert!(head_dim > 0, "rope: head_dim is 0");
     let half = head_dim / 2;
     assert!(
         cos.len() >= half && sin.len() >= half,
