@@ -89,6 +89,12 @@ fn bench_matmul(c: &mut Criterion) {
                         b.iter(|| ops::matmul::<Bf16>(isa, black_box(&w), k, black_box(&x), &mut y))
                     },
                 );
+                if isa.has_avx512_bf16() {
+                    let id = BenchmarkId::new("avx512_bf16dot", format!("n{n}_{rows}x{k}"));
+                    g.bench_with_input(id, &(), |b, _| {
+                        b.iter(|| ops::matmul_bf16dot(isa, black_box(&w), k, black_box(&x), &mut y))
+                    });
+                }
             }
         }
     }
@@ -213,6 +219,15 @@ fn bench_par(c: &mut Criterion) {
                 ),
                 |b| b.iter(|| par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut y)),
             );
+            if isa.has_avx512_bf16() {
+                let id = BenchmarkId::new(
+                    "matmul_bf16dot_n512_4864x896",
+                    format!("{}t", pool.n_threads()),
+                );
+                g.bench_function(id, |b| {
+                    b.iter(|| par::matmul_bf16dot(pool, isa, black_box(&w), k, &x, &mut y))
+                });
+            }
         }
     }
     {

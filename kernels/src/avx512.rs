@@ -240,8 +240,44 @@ const MR: usize = 6;
 /// Depth of a packed panel: `KC * NR` f32 = 16 KiB, half of L1d.
 const KC: usize = 128;
 
+/// Transposes a 16×16 block of f32: `r[i]` holds row `i`; on return `r[c]` holds column `c`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn transpose16(r: &mut [__m512; 16]) {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // Per 128-bit lane L, u[4g + m] holds column 4L + m of rows 4g..4g+4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for g in 0..4 {
+        let (a, b, c, d) = (
+            _mm512_castps_pd(t[4 * g]),
+            _mm512_castps_pd(t[4 * g + 1]),
+            _mm512_castps_pd(t[4 * g + 2]),
+            _mm512_castps_pd(t[4 * g + 3]),
+        );
+        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    for m in 0..4 {
+        let v = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
+        let w = _mm512_shuffle_f32x4::<0xDD>(u[m], u[4 + m]);
+        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
+        let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + m], u[12 + m]);
+        r[m] = _mm512_shuffle_f32x4::<0x88>(v, v2);
+        r[8 + m] = _mm512_shuffle_f32x4::<0xDD>(v, v2);
+        r[4 + m] = _mm512_shuffle_f32x4::<0x88>(w, w2);
+        r[12 + m] = _mm512_shuffle_f32x4::<0xDD>(w, w2);
+    }
+}
+
 /// Packs rows `0..nr` (`nr <= NR`), columns `k0..k0 + kc` of `w` (row-major, `k` per row)
-/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`.
+/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`: 16×16 blocks are widened and
+/// transposed in registers.
 ///
 /// # Safety
 /// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`, `kc <= KC`.
@@ -256,25 +292,24 @@ unsafe fn pack<W: WeightType>(
     buf: &mut [f32; KC * NR],
 ) {
     let rb = k * W::SIZE;
-    if nr < NR {
-        buf[..kc * NR].iter_mut().for_each(|v| *v = 0.0);
-    }
-    let mut tmp = [0f32; 16];
-    for j in 0..nr {
-        // SAFETY: row j < nr is inside w, columns k0..k0+kc inside the row (masked tail).
-        unsafe {
-            let row = w.add(j * rb);
-            let mut kk = 0;
-            while kk < kc {
-                let m = lanes(kc - kk);
-                let v = ld_mask::<W>(row, k0 + kk, m);
-                _mm512_storeu_ps(tmp.as_mut_ptr(), v);
-                let cnt = (kc - kk).min(16);
-                for (q, t) in tmp.iter().enumerate().take(cnt) {
-                    *buf.get_unchecked_mut((kk + q) * NR + j) = *t;
+    let bp = buf.as_mut_ptr();
+    for jh in [0, 16] {
+        let mut kk = 0;
+        while kk < kc {
+            let m = lanes(kc - kk);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, ri) in r.iter_mut().enumerate() {
+                if jh + i < nr {
+                    // SAFETY: row jh+i < nr is inside w; lanes masked below column k0+kc <= k.
+                    *ri = unsafe { ld_mask::<W>(w.add((jh + i) * rb), k0 + kk, m) };
                 }
-                kk += 16;
             }
+            transpose16(&mut r);
+            for (q, rq) in r.iter().enumerate().take((kc - kk).min(16)) {
+                // SAFETY: (kk + q) < kc <= KC, jh + 16 <= NR: inside buf.
+                unsafe { _mm512_storeu_ps(bp.add((kk + q) * NR + jh), *rq) };
+            }
+            kk += 16;
         }
     }
 }
@@ -729,4 +764,181 @@ pub unsafe fn argmax(x: &[f32]) -> usize {
         }
     }
     0
+}
+
+/// bf16 pairs (along k) per packed panel of the `vdpbf16ps` matmul: `KCP * NR` u32 = 16 KiB.
+const KCP: usize = 128;
+
+/// Packs bf16 weight rows `0..nr`, elements `k0..k0 + 2 * kcp` (clipped to `k`, zero beyond) as
+/// k-pairs: `buf[p * NR + j] = w[j, k0 + 2p] | w[j, k0 + 2p + 1] << 16`, zero for `j >= nr`.
+///
+/// # Safety
+/// `w` must be valid for `nr` rows of `k` bf16 elements; `k0 < k`, `kcp <= KCP`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn pack_pairs(
+    w: *const u8,
+    k: usize,
+    k0: usize,
+    kcp: usize,
+    nr: usize,
+    buf: &mut [u32; KCP * NR],
+) {
+    let rb = k * 2;
+    if nr < NR {
+        buf[..kcp * NR].iter_mut().for_each(|v| *v = 0);
+    }
+    let elems = (k - k0).min(2 * kcp);
+    let mut tmp = [0u32; 16];
+    for j in 0..nr {
+        // SAFETY: row j < nr is inside w; the masked load reads elements k0..k0+elems < k only.
+        unsafe {
+            let row = w.add(j * rb + k0 * 2);
+            let mut e = 0;
+            while e < elems {
+                let cnt = (elems - e).min(32);
+                let m: __mmask32 = if cnt >= 32 { !0 } else { (1u32 << cnt) - 1 };
+                let v = _mm512_maskz_loadu_epi16(m, row.add(e * 2) as *const i16);
+                _mm512_storeu_si512(tmp.as_mut_ptr() as *mut __m512i, v);
+                let p0 = e / 2;
+                for (q, t) in tmp.iter().enumerate().take(cnt.div_ceil(2)) {
+                    *buf.get_unchecked_mut((p0 + q) * NR + j) = *t;
+                }
+                e += 32;
+            }
+        }
+    }
+}
+
+/// `vdpbf16ps` microkernel: `R` tokens × `NR` columns over `kcp` k-pairs; `xb[t * KCP + p]` holds
+/// token `t`'s activations `2p, 2p + 1` as a bf16 pair.
+///
+/// # Safety
+/// `y` valid for writes to `R` rows of `ldy` floats at columns `0..nr`; the CPU must support
+/// AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+#[inline]
+#[allow(clippy::too_many_arguments)]
+unsafe fn micro_bf16<const R: usize>(
+    buf: &[u32; KCP * NR],
+    kcp: usize,
+    xb: &[u32; MR * KCP],
+    y: *mut f32,
+    ldy: usize,
+    nr: usize,
+    first: bool,
+) {
+    let mut acc0 = [_mm512_setzero_ps(); R];
+    let mut acc1 = [_mm512_setzero_ps(); R];
+    let bp = buf.as_ptr();
+    // SAFETY: p < kcp <= KCP keeps buf and xb accesses in bounds (t < R <= MR).
+    unsafe {
+        for p in 0..kcp {
+            let b0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR) as *const __m512i));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16) as *const __m512i));
+            for t in 0..R {
+                let a: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*xb.get_unchecked(t * KCP + p) as i32));
+                acc0[t] = _mm512_dpbf16_ps(acc0[t], a, b0);
+                acc1[t] = _mm512_dpbf16_ps(acc1[t], a, b1);
+            }
+        }
+    }
+    let m0 = lanes(nr);
+    let m1 = lanes(nr.saturating_sub(16));
+    for t in 0..R {
+        // SAFETY: row t < R, columns selected by m0/m1 are < nr: inside y by the contract.
+        unsafe {
+            let yp = y.add(t * ldy);
+            let (mut v0, mut v1) = (acc0[t], acc1[t]);
+            if !first {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yp));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yp.add(16)));
+            }
+            _mm512_mask_storeu_ps(yp, m0, v0);
+            _mm512_mask_storeu_ps(yp.add(16), m1, v1);
+        }
+    }
+}
+
+/// [`matmul_strided`] for bf16 weights with AVX512-BF16 `vdpbf16ps`: activations are ROUNDED TO
+/// BF16 (round to nearest even) before the products, which are accumulated in f32. About twice
+/// the throughput of the f32 path, with a relative error of up to ~2^-8 of `sum |w x|`.
+///
+/// # Safety
+/// As [`matmul_strided`] with `W = Bf16`; the CPU must also support AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn matmul_bf16dot_strided(
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+) {
+    debug_assert!(w.len() >= rows * k * 2 && x.len() >= n * k && k > 0);
+    if n < 3 {
+        // SAFETY: forwarded contract.
+        unsafe { matmul_strided::<crate::Bf16>(w, k, x, n, y, ldy, rows) };
+        return;
+    }
+    let mut buf = [0u32; KCP * NR];
+    let mut xb = [0u32; MR * KCP];
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let mut j0 = 0;
+    while j0 < rows {
+        let nr = (rows - j0).min(NR);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = (k - k0).min(2 * KCP);
+            let kcp = kc.div_ceil(2);
+            // SAFETY: rows j0..j0+nr of w exist, k0 < k.
+            unsafe { pack_pairs(wp.add(j0 * k * 2), k, k0, kcp, nr, &mut buf) };
+            let mut t0 = 0;
+            while t0 < n {
+                let mr = (n - t0).min(MR);
+                for t in 0..mr {
+                    let mut e = 0;
+                    while e < kc {
+                        // SAFETY: token t0+t < n, elements k0+e.. masked below k0+kc <= k;
+                        // xb row t has KCP pairs, e/2 + 16 <= KCP.
+                        unsafe {
+                            let src = xp.add((t0 + t) * k + k0 + e);
+                            let lo = _mm512_maskz_loadu_ps(lanes(kc - e), src);
+                            let hi = _mm512_maskz_loadu_ps(
+                                lanes(kc.saturating_sub(e + 16)),
+                                src.add(16),
+                            );
+                            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                            _mm512_storeu_si512(
+                                xb.as_mut_ptr().add(t * KCP + e / 2) as *mut __m512i,
+                                v,
+                            );
+                        }
+                        e += 32;
+                    }
+                }
+                // SAFETY: y rows t0..t0+mr < n, columns j0..j0+nr < rows, writable by contract.
+                unsafe {
+                    let yt = y.add(t0 * ldy + j0);
+                    let f = k0 == 0;
+                    match mr {
+                        6 => micro_bf16::<6>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        5 => micro_bf16::<5>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        4 => micro_bf16::<4>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        3 => micro_bf16::<3>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        2 => micro_bf16::<2>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        _ => micro_bf16::<1>(&buf, kcp, &xb, yt, ldy, nr, f),
+                    }
+                }
+                t0 += mr;
+            }
+            k0 += kc;
+        }
+        j0 += nr;
+    }
 }

@@ -6,11 +6,16 @@
 //! - [`WeightType`] with the markers [`F32`], [`F16`], [`Bf16`]: the weight dtypes. Weights are
 //!   passed as raw little-endian bytes (`&[u8]`), so a tensor that is not aligned for its dtype
 //!   still works: every load is unaligned.
-//! - [`ops`]: the safe entry points, one per kernel, each dispatching on an [`Isa`].
+//! - [`ops`]: the safe entry points, one per kernel, each dispatching on an [`Isa`] to the
+//!   scalar reference or the AVX2 / AVX-512 bodies (private modules `avx2`, `avx512`, same
+//!   function names). Besides the kernels: [`ops::exp`] (the vectorized exp that softmax and
+//!   SiLU use) and [`ops::matmul_bf16dot`] (opt-in AVX512-BF16 matmul that rounds activations
+//!   to bf16).
 //! - [`scalar`]: the reference implementations every SIMD body is tested against.
 //! - [`pool::ThreadPool`]: persistent workers meeting at a spin barrier; dispatch allocates nothing.
 //! - [`par`]: the kernels split across a pool (matvec by rows, matmul by output columns,
-//!   attention by heads).
+//!   attention by (token, head) pairs), plus fused [`par::matvec2`] / [`par::matvec3`] (several
+//!   matrices sharing one input in a single dispatch) and [`par::matmul_bf16dot`].
 
 pub mod dtype;
 pub mod isa;

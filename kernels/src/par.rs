@@ -152,6 +152,34 @@ pub fn matmul<W: WeightType>(
     x: &[f32],
     y: &mut [f32],
 ) {
+    matmul_cols(pool, w, W::SIZE, k, x, y, &|w, n, yp, ldy, cols| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+        unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols) }
+    });
+}
+
+/// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
+/// columns split across the pool. `w` is bf16.
+pub fn matmul_bf16dot(pool: &ThreadPool, isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
+    matmul_cols(pool, w, 2, k, x, y, &|w, n, yp, ldy, cols| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+        unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, n, yp, ldy, cols) }
+    });
+}
+
+/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols)` must compute
+/// `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of `w_block`;
+/// it is called with a `y_block` valid for exactly those writes and not accessed by anyone else.
+#[allow(clippy::type_complexity)]
+fn matmul_cols(
+    pool: &ThreadPool,
+    w: &[u8],
+    wsize: usize,
+    k: usize,
+    x: &[f32],
+    y: &mut [f32],
+    body: &(dyn Fn(&[u8], usize, *mut f32, usize, usize) + Sync),
+) {
     if k == 0 {
         y.iter_mut().for_each(|v| *v = 0.0);
         return;
@@ -162,12 +190,12 @@ pub fn matmul<W: WeightType>(
     }
     let rows = y.len() / n;
     assert!(
-        w.len() >= rows * k * W::SIZE,
+        w.len() >= rows * k * wsize,
         "matmul: weight buffer too short"
     );
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
-        ops::matmul::<W>(isa, w, k, x, y);
+        body(w, n, y.as_mut_ptr(), rows, rows);
         return;
     }
     let yp = SendPtr(y.as_mut_ptr());
@@ -176,22 +204,17 @@ pub fn matmul<W: WeightType>(
         if c0 >= c1 {
             return;
         }
-        // SAFETY: w holds rows*k weights (checked), so rows c0..c1 exist; x holds n*k floats.
-        // Thread tid writes only y[t * rows + j] for j in its column range [c0, c1), and the
-        // ranges of different tids are disjoint; all lie in y (n*rows <= y.len()), whose `&mut`
-        // this function holds until `run` returns.
-        unsafe {
-            ops::matmul_strided::<W>(
-                isa,
-                &w[c0 * k * W::SIZE..],
-                k,
-                x,
-                n,
-                yp.get().add(c0),
-                rows,
-                c1 - c0,
-            )
-        };
+        // SAFETY: w holds rows*k weights (checked), so rows c0..c1 exist. Thread tid writes only
+        // y[t * rows + j] for j in its column range [c0, c1), and the ranges of different tids
+        // are disjoint; all lie in y (n*rows <= y.len()), whose `&mut` this function holds until
+        // `run` returns.
+        body(
+            &w[c0 * k * wsize..],
+            n,
+            unsafe { yp.get().add(c0) },
+            rows,
+            c1 - c0,
+        );
     });
 }
 

@@ -426,3 +426,58 @@ fn isa_listing() {
     assert!(v.iter().all(|i| i.is_supported()));
     eprintln!("available ISAs: {v:?}");
 }
+
+#[test]
+fn matmul_bf16dot_rounds_activations_only() {
+    let mut rng = Rng(14);
+    for &(rows, k, n) in &[
+        (0usize, 4usize, 3usize),
+        (1, 1, 1),
+        (7, 7, 7),
+        (33, 257, 13),
+        (40, 513, 6),
+        (65, 96, 3),
+        (5, 31, 2),
+    ] {
+        let wf = rng.vec(rows * k);
+        let x = rng.vec(n * k);
+        let wb = encode(&wf, Dtype::BF16, 1);
+        let w = &wb[1..];
+        let mut r = vec![0.0; n * rows];
+        scalar::matmul::<Bf16>(w, k, &x, &mut r);
+        // Exact reference for the documented numerics: activations rounded to bf16.
+        let xr: Vec<f32> = x
+            .iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let mut rr = vec![0.0; n * rows];
+        scalar::matmul::<Bf16>(w, k, &xr, &mut rr);
+        for isa in simd_isas() {
+            let mut y = vec![f32::NAN; n * rows];
+            ops::matmul_bf16dot(isa, w, k, &x, &mut y);
+            for t in 0..n {
+                for j in 0..rows {
+                    let mag: f32 = (0..k)
+                        .map(|c| (Bf16::get(w, j * k + c) * x[t * k + c]).abs())
+                        .sum();
+                    let i = t * rows + j;
+                    let what = format!("matmul_bf16dot {isa} {rows} {k} {n} [{t},{j}]");
+                    if isa.has_avx512_bf16() && n >= 3 {
+                        // Against bf16-rounded activations: only summation-order differences.
+                        close(y[i], rr[i], mag, &what);
+                    } else {
+                        // Elsewhere it is exactly the f32 path.
+                        close(y[i], r[i], mag, &what);
+                    }
+                    // Against the f32 reference: within the bf16 rounding of x (2^-9 relative).
+                    assert!(
+                        (y[i] - r[i]).abs() <= 2f32.powi(-8) * mag + 1e-6,
+                        "{what}: {} vs {}",
+                        y[i],
+                        r[i]
+                    );
+                }
+            }
+        }
+    }
+}
