@@ -41,7 +41,10 @@ const GAP: f32 = 0.1;
 const TOL: f32 = 0.05;
 
 fn golden() -> Golden {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/qwen2.5-coder-0.5b/golden.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/qwen2.5-coder-0.5b/golden.json"
+    );
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
@@ -62,16 +65,26 @@ fn argmax(x: &[f32]) -> u32 {
 
 /// Runs every check on `isa`.
 fn check(isa: Isa) {
-    let dir = qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
+    let dir =
+        qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let g = golden();
     assert_eq!(g.cases.len(), 4);
-    let opts = SessionOptions { ctx: 256, max_chunk: 128, threads: 2, isa: Some(isa) };
+    let opts = SessionOptions {
+        ctx: 256,
+        max_chunk: 128,
+        threads: 2,
+        isa: Some(isa),
+    };
     let mut s = Session::new(weights, &opts).unwrap();
     for case in &g.cases {
         let label = format!("{} on {isa}", case.name);
-        assert_eq!(tok.encode(&case.prompt).unwrap(), case.input_ids, "{label}: prompt ids");
+        assert_eq!(
+            tok.encode(&case.prompt).unwrap(),
+            case.input_ids,
+            "{label}: prompt ids"
+        );
         assert_eq!(case.steps.len(), case.greedy.len());
 
         // teacher forcing: the whole reference sequence through prefill, logits at every position
@@ -90,7 +103,11 @@ fn check(isa: Isa) {
             checked += 1;
             let gap = step.top_logits[0] - step.top_logits[1];
             if gap >= GAP && argmax(logits) != step.top_ids[0] {
-                failures.push(format!("step {i}: argmax {} != reference {} (gap {gap})", argmax(logits), step.top_ids[0]));
+                failures.push(format!(
+                    "step {i}: argmax {} != reference {} (gap {gap})",
+                    argmax(logits),
+                    step.top_ids[0]
+                ));
             }
             for j in 0..5 {
                 let ours = logits[step.top_ids[j] as usize];
@@ -103,12 +120,20 @@ fn check(isa: Isa) {
             }
             let lse = logsumexp(logits);
             if (lse - step.logsumexp).abs() > TOL {
-                failures.push(format!("step {i}: logsumexp {lse}, reference {}", step.logsumexp));
+                failures.push(format!(
+                    "step {i}: logsumexp {lse}, reference {}",
+                    step.logsumexp
+                ));
             }
         })
         .unwrap();
         assert_eq!(checked, case.steps.len());
-        assert!(failures.is_empty(), "{label}: {} mismatches:\n{}", failures.len(), failures.join("\n"));
+        assert!(
+            failures.is_empty(),
+            "{label}: {} mismatches:\n{}",
+            failures.len(),
+            failures.join("\n")
+        );
 
         // greedy generation, up to the first near-tie in the reference
         let firm = case
@@ -125,7 +150,11 @@ fn check(isa: Isa) {
             true
         })
         .unwrap();
-        assert_eq!(&out[..firm], &case.greedy[..firm], "{label}: greedy tokens before the first near-tie (position {firm})");
+        assert_eq!(
+            &out[..firm],
+            &case.greedy[..firm],
+            "{label}: greedy tokens before the first near-tie (position {firm})"
+        );
     }
 }
 

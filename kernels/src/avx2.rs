@@ -177,7 +177,8 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
 }
 
-/// `y[r] = sum_c w[r, c] * x[c]`, four rows at a time with two accumulators per row.
+/// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators: each row is one
+/// sequential stream (see the AVX-512 body for why).
 ///
 /// # Safety
 /// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support AVX2, FMA
@@ -185,78 +186,42 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
     let cols = x.len();
-    let rows = y.len();
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
+    debug_assert!(w.len() >= y.len() * cols * W::SIZE);
     let xp = x.as_ptr();
     let wp = w.as_ptr();
     let rb = cols * W::SIZE;
-    let mut r = 0;
-    while r + 4 <= rows {
-        // SAFETY: rows r..r+4 are inside w; columns stay below cols (full vectors, then a
-        // partial copy / masked load for the tail).
-        unsafe {
-            let wr = [
-                wp.add(r * rb),
-                wp.add((r + 1) * rb),
-                wp.add((r + 2) * rb),
-                wp.add((r + 3) * rb),
-            ];
-            let mut a = [_mm256_setzero_ps(); 8];
-            let mut c = 0;
-            while c + 16 <= cols {
-                let x0 = _mm256_loadu_ps(xp.add(c));
-                let x1 = _mm256_loadu_ps(xp.add(c + 8));
-                for j in 0..4 {
-                    a[j] = _mm256_fmadd_ps(ld::<W>(wr[j], c), x0, a[j]);
-                    a[j + 4] = _mm256_fmadd_ps(ld::<W>(wr[j], c + 8), x1, a[j + 4]);
-                }
-                c += 16;
-            }
-            while c < cols {
-                let cnt = (cols - c).min(8);
-                let x0 = _mm256_maskload_ps(xp.add(c), mask8(cnt));
-                for j in 0..4 {
-                    let wv = if cnt == 8 {
-                        ld::<W>(wr[j], c)
-                    } else {
-                        ld_part::<W>(wr[j], c, cnt)
-                    };
-                    a[j] = _mm256_fmadd_ps(wv, x0, a[j]);
-                }
-                c += 8;
-            }
-            for j in 0..4 {
-                *y.get_unchecked_mut(r + j) = hsum(_mm256_add_ps(a[j], a[j + 4]));
-            }
-        }
-        r += 4;
-    }
-    while r < rows {
-        // SAFETY: row r is inside w; columns as above.
+    for (r, yr) in y.iter_mut().enumerate() {
+        // SAFETY: row r is inside w; full vectors are read while c + 64 (then c + 8) <= cols,
+        // and the tail goes through a partial copy / masked load.
         unsafe {
             let w0 = wp.add(r * rb);
-            let mut a0 = _mm256_setzero_ps();
-            let mut a1 = _mm256_setzero_ps();
+            let mut a = [_mm256_setzero_ps(); 8];
             let mut c = 0;
-            while c + 16 <= cols {
-                a0 = _mm256_fmadd_ps(ld::<W>(w0, c), _mm256_loadu_ps(xp.add(c)), a0);
-                a1 = _mm256_fmadd_ps(ld::<W>(w0, c + 8), _mm256_loadu_ps(xp.add(c + 8)), a1);
-                c += 16;
+            while c + 64 <= cols {
+                for (k, acc) in a.iter_mut().enumerate() {
+                    let cc = c + 8 * k;
+                    *acc = _mm256_fmadd_ps(ld::<W>(w0, cc), _mm256_loadu_ps(xp.add(cc)), *acc);
+                }
+                c += 64;
             }
-            while c < cols {
-                let cnt = (cols - c).min(8);
-                let x0 = _mm256_maskload_ps(xp.add(c), mask8(cnt));
-                let wv = if cnt == 8 {
-                    ld::<W>(w0, c)
-                } else {
-                    ld_part::<W>(w0, c, cnt)
-                };
-                a0 = _mm256_fmadd_ps(wv, x0, a0);
+            while c + 8 <= cols {
+                a[0] = _mm256_fmadd_ps(ld::<W>(w0, c), _mm256_loadu_ps(xp.add(c)), a[0]);
                 c += 8;
             }
-            *y.get_unchecked_mut(r) = hsum(_mm256_add_ps(a0, a1));
+            if c < cols {
+                let cnt = cols - c;
+                let xv = _mm256_maskload_ps(xp.add(c), mask8(cnt));
+                a[1] = _mm256_fmadd_ps(ld_part::<W>(w0, c, cnt), xv, a[1]);
+            }
+            let s01 = _mm256_add_ps(a[0], a[1]);
+            let s23 = _mm256_add_ps(a[2], a[3]);
+            let s45 = _mm256_add_ps(a[4], a[5]);
+            let s67 = _mm256_add_ps(a[6], a[7]);
+            *yr = hsum(_mm256_add_ps(
+                _mm256_add_ps(s01, s23),
+                _mm256_add_ps(s45, s67),
+            ));
         }
-        r += 1;
     }
 }
 

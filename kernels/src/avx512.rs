@@ -154,82 +154,54 @@ pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
 }
 
-/// `y[r] = sum_c w[r, c] * x[c]`, four rows at a time with two accumulators per row.
+/// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
+///
+/// Each row is read as one sequential stream, front to back: on the EPYC machines this was
+/// tuned on, that reaches ~95% of a plain streaming read, while interleaving four rows (four
+/// concurrent streams) reached under half of it.
 ///
 /// # Safety
-/// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support AVX-512F/BW/VL,
-/// AVX2, FMA and F16C.
+/// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support
+/// AVX-512F/BW/VL, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
     let cols = x.len();
-    let rows = y.len();
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
+    debug_assert!(w.len() >= y.len() * cols * W::SIZE);
     let xp = x.as_ptr();
     let wp = w.as_ptr();
     let rb = cols * W::SIZE; // bytes per row
-    let mut r = 0;
-    while r + 4 <= rows {
-        // SAFETY: rows r..r+4 are inside w (length checked by the caller); column accesses stay
-        // below cols (full vectors while c+32/c+16 <= cols, masked tail).
+    for (r, yr) in y.iter_mut().enumerate() {
+        // SAFETY: row r is inside w (length checked by the caller); full vectors are read while
+        // c + 128 (then c + 16) <= cols, and the tail is masked to the columns left.
         unsafe {
             let w0 = wp.add(r * rb);
-            let w1 = w0.add(rb);
-            let w2 = w1.add(rb);
-            let w3 = w2.add(rb);
             let mut a = [_mm512_setzero_ps(); 8];
             let mut c = 0;
-            while c + 32 <= cols {
-                let x0 = _mm512_loadu_ps(xp.add(c));
-                let x1 = _mm512_loadu_ps(xp.add(c + 16));
-                a[0] = _mm512_fmadd_ps(ld::<W>(w0, c), x0, a[0]);
-                a[1] = _mm512_fmadd_ps(ld::<W>(w1, c), x0, a[1]);
-                a[2] = _mm512_fmadd_ps(ld::<W>(w2, c), x0, a[2]);
-                a[3] = _mm512_fmadd_ps(ld::<W>(w3, c), x0, a[3]);
-                a[4] = _mm512_fmadd_ps(ld::<W>(w0, c + 16), x1, a[4]);
-                a[5] = _mm512_fmadd_ps(ld::<W>(w1, c + 16), x1, a[5]);
-                a[6] = _mm512_fmadd_ps(ld::<W>(w2, c + 16), x1, a[6]);
-                a[7] = _mm512_fmadd_ps(ld::<W>(w3, c + 16), x1, a[7]);
-                c += 32;
+            while c + 128 <= cols {
+                for (k, acc) in a.iter_mut().enumerate() {
+                    let cc = c + 16 * k;
+                    *acc = _mm512_fmadd_ps(ld::<W>(w0, cc), _mm512_loadu_ps(xp.add(cc)), *acc);
+                }
+                c += 128;
             }
-            while c < cols {
-                let m = lanes(cols - c);
-                let x0 = _mm512_maskz_loadu_ps(m, xp.add(c));
-                a[0] = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), x0, a[0]);
-                a[1] = _mm512_fmadd_ps(ld_mask::<W>(w1, c, m), x0, a[1]);
-                a[2] = _mm512_fmadd_ps(ld_mask::<W>(w2, c, m), x0, a[2]);
-                a[3] = _mm512_fmadd_ps(ld_mask::<W>(w3, c, m), x0, a[3]);
+            while c + 16 <= cols {
+                a[0] = _mm512_fmadd_ps(ld::<W>(w0, c), _mm512_loadu_ps(xp.add(c)), a[0]);
                 c += 16;
             }
-            for j in 0..4 {
-                *y.get_unchecked_mut(r + j) = _mm512_reduce_add_ps(_mm512_add_ps(a[j], a[j + 4]));
-            }
-        }
-        r += 4;
-    }
-    while r < rows {
-        // SAFETY: row r is inside w; columns as above.
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a0 = _mm512_setzero_ps();
-            let mut a1 = _mm512_setzero_ps();
-            let mut c = 0;
-            while c + 32 <= cols {
-                a0 = _mm512_fmadd_ps(ld::<W>(w0, c), _mm512_loadu_ps(xp.add(c)), a0);
-                a1 = _mm512_fmadd_ps(ld::<W>(w0, c + 16), _mm512_loadu_ps(xp.add(c + 16)), a1);
-                c += 32;
-            }
-            while c < cols {
+            if c < cols {
                 let m = lanes(cols - c);
-                a0 = _mm512_fmadd_ps(
-                    ld_mask::<W>(w0, c, m),
-                    _mm512_maskz_loadu_ps(m, xp.add(c)),
-                    a0,
-                );
-                c += 16;
+                let xv = _mm512_maskz_loadu_ps(m, xp.add(c));
+                a[1] = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), xv, a[1]);
             }
-            *y.get_unchecked_mut(r) = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+            let s01 = _mm512_add_ps(a[0], a[1]);
+            let s23 = _mm512_add_ps(a[2], a[3]);
+            let s45 = _mm512_add_ps(a[4], a[5]);
+            let s67 = _mm512_add_ps(a[6], a[7]);
+            *yr = _mm512_reduce_add_ps(_mm512_add_ps(
+                _mm512_add_ps(s01, s23),
+                _mm512_add_ps(s45, s67),
+            ));
         }
-        r += 1;
     }
 }
 
