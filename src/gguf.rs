@@ -31,33 +31,108 @@ pub const MAX_ARRAY_DEPTH: usize = 8;
 /// Everything that can go wrong reading a GGUF file. Offsets are byte offsets in the file.
 #[derive(Debug)]
 pub enum GgufError {
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Fewer bytes remain than `what` needs.
-    Truncated { what: String, offset: u64, needed: u64, available: u64 },
-    BadMagic { found: [u8; 4] },
-    UnsupportedVersion { version: u32 },
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
+    BadMagic {
+        found: [u8; 4],
+    },
+    UnsupportedVersion {
+        version: u32,
+    },
     /// A count that cannot possibly fit in the bytes that remain.
-    CountTooLarge { what: String, count: u64, offset: u64, remaining: u64 },
-    InvalidUtf8 { what: String, offset: u64 },
-    UnknownValueType { key: String, type_id: u32, offset: u64 },
-    InvalidBool { key: String, value: u8, offset: u64 },
-    NestingTooDeep { key: String, offset: u64 },
-    DuplicateKey { key: String, offset: u64 },
-    DuplicateTensor { name: String, offset: u64 },
-    BadAlignment { detail: String },
-    TooManyDims { tensor: String, n_dims: u32, offset: u64 },
-    UnknownTensorType { tensor: String, type_id: u32, offset: u64 },
-    DimsOverflow { tensor: String, dims: Vec<u64> },
+    CountTooLarge {
+        what: String,
+        count: u64,
+        offset: u64,
+        remaining: u64,
+    },
+    InvalidUtf8 {
+        what: String,
+        offset: u64,
+    },
+    UnknownValueType {
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
+    InvalidBool {
+        key: String,
+        value: u8,
+        offset: u64,
+    },
+    NestingTooDeep {
+        key: String,
+        offset: u64,
+    },
+    DuplicateKey {
+        key: String,
+        offset: u64,
+    },
+    DuplicateTensor {
+        name: String,
+        offset: u64,
+    },
+    BadAlignment {
+        detail: String,
+    },
+    TooManyDims {
+        tensor: String,
+        n_dims: u32,
+        offset: u64,
+    },
+    UnknownTensorType {
+        tensor: String,
+        type_id: u32,
+        offset: u64,
+    },
+    DimsOverflow {
+        tensor: String,
+        dims: Vec<u64>,
+    },
     /// The first dimension is not a multiple of the type's block size.
-    BadShape { tensor: String, dims: Vec<u64>, ty: GgmlType },
-    MisalignedOffset { tensor: String, offset: u64, alignment: u64 },
-    TensorOutOfBounds { tensor: String, start: u64, end: u64, file_len: u64 },
-    UnsupportedDequant { ty: GgmlType },
+    BadShape {
+        tensor: String,
+        dims: Vec<u64>,
+        ty: GgmlType,
+    },
+    MisalignedOffset {
+        tensor: String,
+        offset: u64,
+        alignment: u64,
+    },
+    TensorOutOfBounds {
+        tensor: String,
+        start: u64,
+        end: u64,
+        file_len: u64,
+    },
+    UnsupportedDequant {
+        ty: GgmlType,
+    },
     /// Source/destination lengths that do not match the element count.
-    LengthMismatch { detail: String },
-    MissingKey { key: String },
-    WrongValueType { key: String, expected: &'static str, found: &'static str },
-    MissingTensor { name: String },
+    LengthMismatch {
+        detail: String,
+    },
+    MissingKey {
+        key: String,
+    },
+    WrongValueType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    MissingTensor {
+        name: String,
+    },
 }
 
 impl fmt::Display for GgufError {
@@ -253,7 +328,7 @@ impl GgmlType {
     /// Bytes of `n_elements` elements, or `None` when `n_elements` is not a whole number of
     /// blocks or the byte count overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())
@@ -262,7 +337,10 @@ impl GgmlType {
     /// Whether [`dequantize`] handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
-        matches!(self, F32 | F16 | BF16 | Q8_0 | Q4_0 | Q5_0 | Q4K | Q5K | Q6K)
+        matches!(
+            self,
+            F32 | F16 | BF16 | Q8_0 | Q4_0 | Q5_0 | Q4K | Q5K | Q6K
+        )
     }
 }
 
@@ -370,7 +448,10 @@ pub enum Value {
     Bool(bool),
     String(String),
     /// Elements all of `elem_type` (which may itself be `Array`: nested arrays).
-    Array { elem_type: ValueType, items: Vec<Value> },
+    Array {
+        elem_type: ValueType,
+        items: Vec<Value>,
+    },
     U64(u64),
     I64(i64),
     F64(f64),
@@ -543,15 +624,31 @@ impl<'a> Reader<'a> {
         let len = self.u64(&len_what)?;
         let offset = self.pos as u64;
         let bytes = self.take(len, &|| format!("string for {}", what()))?;
-        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 { what: what(), offset })
+        String::from_utf8(bytes.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
+            what: what(),
+            offset,
+        })
     }
 
     /// Validates that `count` items of at least `min_size` bytes could fit in what remains,
     /// and returns a safe capacity for a Vec of them.
-    fn check_count(&self, what: &dyn Fn() -> String, count: u64, min_size: u64, offset: u64) -> Result<usize, GgufError> {
-        let fits = count.checked_mul(min_size).is_some_and(|n| n <= self.remaining());
+    fn check_count(
+        &self,
+        what: &dyn Fn() -> String,
+        count: u64,
+        min_size: u64,
+        offset: u64,
+    ) -> Result<usize, GgufError> {
+        let fits = count
+            .checked_mul(min_size)
+            .is_some_and(|n| n <= self.remaining());
         if !fits {
-            return Err(GgufError::CountTooLarge { what: what(), count, offset, remaining: self.remaining() });
+            return Err(GgufError::CountTooLarge {
+                what: what(),
+                count,
+                offset,
+                remaining: self.remaining(),
+            });
         }
         // count * min_size <= remaining fits in usize, and min_size >= 1.
         Ok(count as usize)
@@ -575,18 +672,31 @@ impl<'a> Reader<'a> {
                 match self.u8(&what)? {
                     0 => Value::Bool(false),
                     1 => Value::Bool(true),
-                    value => return Err(GgufError::InvalidBool { key: key.to_string(), value, offset }),
+                    value => {
+                        return Err(GgufError::InvalidBool {
+                            key: key.to_string(),
+                            value,
+                            offset,
+                        })
+                    }
                 }
             }
             ValueType::String => Value::String(self.string(&what)?),
             ValueType::Array => {
                 let offset = self.pos as u64;
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep { key: key.to_string(), offset });
+                    return Err(GgufError::NestingTooDeep {
+                        key: key.to_string(),
+                        offset,
+                    });
                 }
                 let type_id = self.u32(&|| format!("array element type of key {key:?}"))?;
-                let elem_type = ValueType::from_id(type_id)
-                    .ok_or_else(|| GgufError::UnknownValueType { key: key.to_string(), type_id, offset })?;
+                let elem_type =
+                    ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
+                        key: key.to_string(),
+                        type_id,
+                        offset,
+                    })?;
                 let count_offset = self.pos as u64;
                 let count = self.u64(&|| format!("array length of key {key:?}"))?;
                 let cap = self.check_count(
@@ -629,7 +739,12 @@ impl GgufHeader {
         let kv_count = r.u64(&|| "metadata key/value count".to_string())?;
 
         // A key/value takes at least 8 (key length) + 4 (type) + 1 bytes.
-        let kv_cap = r.check_count(&|| "metadata key/value".to_string(), kv_count, 13, kv_offset)?;
+        let kv_cap = r.check_count(
+            &|| "metadata key/value".to_string(),
+            kv_count,
+            13,
+            kv_offset,
+        )?;
         let mut metadata = Vec::with_capacity(kv_cap);
         let mut key_index = HashMap::with_capacity(kv_cap);
         for i in 0..kv_count {
@@ -637,11 +752,17 @@ impl GgufHeader {
             let key = r.string(&|| format!("metadata key #{i}"))?;
             let type_offset = r.pos as u64;
             let type_id = r.u32(&|| format!("value type of key {key:?}"))?;
-            let ty = ValueType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), type_id, offset: type_offset })?;
+            let ty = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
+                key: key.clone(),
+                type_id,
+                offset: type_offset,
+            })?;
             let value = r.value(&key, ty, 0)?;
             if key_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::DuplicateKey { key, offset: key_offset });
+                return Err(GgufError::DuplicateKey {
+                    key,
+                    offset: key_offset,
+                });
             }
             metadata.push((key, value));
         }
@@ -651,7 +772,9 @@ impl GgufHeader {
             Some(&i) => match &metadata[i].1 {
                 Value::U32(a) if *a != 0 && a.is_power_of_two() => u64::from(*a),
                 Value::U32(a) => {
-                    return Err(GgufError::BadAlignment { detail: format!("{a} is not a non-zero power of two") })
+                    return Err(GgufError::BadAlignment {
+                        detail: format!("{a} is not a non-zero power of two"),
+                    })
                 }
                 other => {
                     return Err(GgufError::BadAlignment {
@@ -671,7 +794,11 @@ impl GgufHeader {
             let nd_offset = r.pos as u64;
             let n_dims = r.u32(&|| format!("dimension count of tensor {name:?}"))?;
             if n_dims as usize > MAX_DIMS {
-                return Err(GgufError::TooManyDims { tensor: name, n_dims, offset: nd_offset });
+                return Err(GgufError::TooManyDims {
+                    tensor: name,
+                    n_dims,
+                    offset: nd_offset,
+                });
             }
             let mut dims = Vec::with_capacity(n_dims as usize);
             for d in 0..n_dims {
@@ -679,37 +806,74 @@ impl GgufHeader {
             }
             let ty_offset = r.pos as u64;
             let type_id = r.u32(&|| format!("type of tensor {name:?}"))?;
-            let ty = GgmlType::from_id(type_id)
-                .ok_or_else(|| GgufError::UnknownTensorType { tensor: name.clone(), type_id, offset: ty_offset })?;
+            let ty = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnknownTensorType {
+                tensor: name.clone(),
+                type_id,
+                offset: ty_offset,
+            })?;
             let offset = r.u64(&|| format!("data offset of tensor {name:?}"))?;
 
             // ggml stores dims as int64: anything above i64::MAX is corrupt.
             let n_elements = dims
                 .iter()
-                .try_fold(1u64, |acc, &d| if d > i64::MAX as u64 { None } else { acc.checked_mul(d) })
+                .try_fold(1u64, |acc, &d| {
+                    if d > i64::MAX as u64 {
+                        None
+                    } else {
+                        acc.checked_mul(d)
+                    }
+                })
                 .filter(|&n| n <= i64::MAX as u64)
-                .ok_or_else(|| GgufError::DimsOverflow { tensor: name.clone(), dims: dims.clone() })?;
+                .ok_or_else(|| GgufError::DimsOverflow {
+                    tensor: name.clone(),
+                    dims: dims.clone(),
+                })?;
             if dims.first().is_some_and(|&d0| d0 % ty.block_size() != 0)
                 || (dims.is_empty() && ty.block_size() != 1)
             {
-                return Err(GgufError::BadShape { tensor: name, dims, ty });
+                return Err(GgufError::BadShape {
+                    tensor: name,
+                    dims,
+                    ty,
+                });
             }
             let n_bytes = ty
                 .bytes_for(n_elements)
-                .ok_or_else(|| GgufError::DimsOverflow { tensor: name.clone(), dims: dims.clone() })?;
+                .ok_or_else(|| GgufError::DimsOverflow {
+                    tensor: name.clone(),
+                    dims: dims.clone(),
+                })?;
             if offset % alignment != 0 {
-                return Err(GgufError::MisalignedOffset { tensor: name, offset, alignment });
+                return Err(GgufError::MisalignedOffset {
+                    tensor: name,
+                    offset,
+                    alignment,
+                });
             }
             if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(GgufError::DuplicateTensor { name, offset: info_offset });
+                return Err(GgufError::DuplicateTensor {
+                    name,
+                    offset: info_offset,
+                });
             }
-            tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+                n_elements,
+                n_bytes,
+            });
         }
 
         let file_len = bytes.len() as u64;
-        let data_offset = align_up(r.pos as u64, alignment).ok_or_else(|| GgufError::BadAlignment {
-            detail: format!("data section offset overflows aligning {} to {alignment}", r.pos),
-        })?;
+        let data_offset =
+            align_up(r.pos as u64, alignment).ok_or_else(|| GgufError::BadAlignment {
+                detail: format!(
+                    "data section offset overflows aligning {} to {alignment}",
+                    r.pos
+                ),
+            })?;
         for t in &tensors {
             let start = data_offset.checked_add(t.offset);
             let end = start.and_then(|s| s.checked_add(t.n_bytes));
@@ -719,14 +883,24 @@ impl GgufHeader {
                     return Err(GgufError::TensorOutOfBounds {
                         tensor: t.name.clone(),
                         start: data_offset.saturating_add(t.offset),
-                        end: data_offset.saturating_add(t.offset).saturating_add(t.n_bytes),
+                        end: data_offset
+                            .saturating_add(t.offset)
+                            .saturating_add(t.n_bytes),
                         file_len,
                     })
                 }
             }
         }
 
-        Ok(GgufHeader { version, metadata, tensors, alignment, data_offset, key_index, tensor_index })
+        Ok(GgufHeader {
+            version,
+            metadata,
+            tensors,
+            alignment,
+            data_offset,
+            key_index,
+            tensor_index,
+        })
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {
@@ -738,17 +912,24 @@ impl GgufHeader {
     }
 
     fn require(&self, key: &str) -> Result<&Value, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
+        self.get(key).ok_or_else(|| GgufError::MissingKey {
+            key: key.to_string(),
+        })
     }
 
     fn wrong(&self, key: &str, expected: &'static str, v: &Value) -> GgufError {
-        GgufError::WrongValueType { key: key.to_string(), expected, found: v.value_type().name() }
+        GgufError::WrongValueType {
+            key: key.to_string(),
+            expected,
+            found: v.value_type().name(),
+        }
     }
 
     /// A required non-negative integer (any integer type).
     pub fn get_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| self.wrong(key, "non-negative integer", v))
+        v.as_u64()
+            .ok_or_else(|| self.wrong(key, "non-negative integer", v))
     }
 
     /// A required float (f32 or f64).
@@ -792,17 +973,26 @@ fn map_file(file: &File) -> std::io::Result<memmap2::Mmap> {
 impl GgufFile {
     /// Memory-maps and validates `path`.
     pub fn open(path: &Path) -> Result<GgufFile, GgufError> {
-        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let io = |source| GgufError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         let file = File::open(path).map_err(io)?;
         let mmap = map_file(&file).map_err(io)?;
         let header = GgufHeader::parse(&mmap)?;
-        Ok(GgufFile { backing: Backing::Mmap(mmap), header })
+        Ok(GgufFile {
+            backing: Backing::Mmap(mmap),
+            header,
+        })
     }
 
     /// Validates GGUF bytes held in memory.
     pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile, GgufError> {
         let header = GgufHeader::parse(&bytes)?;
-        Ok(GgufFile { backing: Backing::Owned(bytes), header })
+        Ok(GgufFile {
+            backing: Backing::Owned(bytes),
+            header,
+        })
     }
 
     /// The whole file.
@@ -822,7 +1012,12 @@ impl GgufFile {
 
     /// Dequantizes the whole tensor `name` to f32.
     pub fn dequantize_tensor(&self, name: &str) -> Result<Vec<f32>, GgufError> {
-        let info = self.header.tensor(name).ok_or_else(|| GgufError::MissingTensor { name: name.to_string() })?;
+        let info = self
+            .header
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor {
+                name: name.to_string(),
+            })?;
         let mut out = vec![0f32; info.n_elements as usize];
         dequantize(info.ty, self.tensor_bytes(info), &mut out)?;
         Ok(out)
@@ -859,11 +1054,13 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), GgufE
     let ts = ty.type_size() as usize;
     let blocks = src.chunks_exact(ts).zip(dst.chunks_exact_mut(bs));
     match ty {
-        GgmlType::F32 => blocks.for_each(|(s, d)| d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]])),
-        GgmlType::F16 => blocks.for_each(|(s, d)| d[0] = f16_at(s, 0)),
-        GgmlType::BF16 => {
-            blocks.for_each(|(s, d)| d[0] = half::bf16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32())
+        GgmlType::F32 => {
+            blocks.for_each(|(s, d)| d[0] = f32::from_le_bytes([s[0], s[1], s[2], s[3]]))
         }
+        GgmlType::F16 => blocks.for_each(|(s, d)| d[0] = f16_at(s, 0)),
+        GgmlType::BF16 => blocks.for_each(|(s, d)| {
+            d[0] = half::bf16::from_bits(u16::from_le_bytes([s[0], s[1]])).to_f32()
+        }),
         GgmlType::Q8_0 => blocks.for_each(|(s, d)| dequantize_block_q8_0(s, d)),
         GgmlType::Q4_0 => blocks.for_each(|(s, d)| dequantize_block_q4_0(s, d)),
         GgmlType::Q5_0 => blocks.for_each(|(s, d)| dequantize_block_q5_0(s, d)),
@@ -917,7 +1114,10 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -1080,7 +1280,13 @@ pub mod testing {
         /// Convenience: an array of strings.
         pub fn kv_strings(self, key: &str, items: &[&str]) -> Self {
             let items = items.iter().map(|s| Value::String(s.to_string())).collect();
-            self.kv(key, Value::Array { elem_type: ValueType::String, items })
+            self.kv(
+                key,
+                Value::Array {
+                    elem_type: ValueType::String,
+                    items,
+                },
+            )
         }
 
         /// Adds a tensor with its raw bytes (dims fastest-first, as GGUF stores them).
@@ -1107,7 +1313,9 @@ pub mod testing {
             let mut out = Vec::new();
             out.extend_from_slice(&GGUF_MAGIC);
             out.extend_from_slice(&self.version.to_le_bytes());
-            let tc = self.tensor_count_override.unwrap_or(self.tensors.len() as u64);
+            let tc = self
+                .tensor_count_override
+                .unwrap_or(self.tensors.len() as u64);
             let kc = self.kv_count_override.unwrap_or(self.kvs.len() as u64);
             out.extend_from_slice(&tc.to_le_bytes());
             out.extend_from_slice(&kc.to_le_bytes());
@@ -1149,6 +1357,7 @@ pub mod testing {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index loops mirror ggml's reference formulation
 mod tests {
     use super::testing::*;
     use super::*;
@@ -1197,11 +1406,16 @@ mod tests {
             let h0 = if qh & (1 << j) != 0 { 16 } else { 0 };
             let h1 = if qh & (1 << (j + 16)) != 0 { 16 } else { 0 };
             assert_eq!(y[j], ((j as i32 | h0) - 16) as f32 * 0.25, "elem {j}");
-            assert_eq!(y[j + 16], (((j as i32 ^ 0xF) | h1) - 16) as f32 * 0.25, "elem {}", j + 16);
+            assert_eq!(
+                y[j + 16],
+                (((j as i32 ^ 0xF) | h1) - 16) as f32 * 0.25,
+                "elem {}",
+                j + 16
+            );
         }
         assert_eq!(y[1], (1 + 16 - 16) as f32 * 0.25);
         assert_eq!(y[0], -16.0 * 0.25);
-        assert_eq!(y[31], ((0 | 16) - 16) as f32 * 0.25);
+        assert_eq!(y[31], 0.0); // low nibble 15 ^ 0xF = 0, high bit 16, minus 16
     }
 
     /// Packs eight 6-bit (scale, min) pairs the way ggml's K-quants do.
@@ -1305,9 +1519,15 @@ mod tests {
         let vals = [1.5f32, -2.25, 0.0, 65504.0];
         let f32b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(deq(GgmlType::F32, &f32b, 4), vals);
-        let f16b: Vec<u8> = vals.iter().flat_map(|&v| half::f16::from_f32(v).to_le_bytes()).collect();
+        let f16b: Vec<u8> = vals
+            .iter()
+            .flat_map(|&v| half::f16::from_f32(v).to_le_bytes())
+            .collect();
         assert_eq!(deq(GgmlType::F16, &f16b, 4), vals);
-        let bf: Vec<u8> = vals[..3].iter().flat_map(|&v| half::bf16::from_f32(v).to_le_bytes()).collect();
+        let bf: Vec<u8> = vals[..3]
+            .iter()
+            .flat_map(|&v| half::bf16::from_f32(v).to_le_bytes())
+            .collect();
         assert_eq!(deq(GgmlType::BF16, &bf, 3), &vals[..3]);
     }
 
@@ -1330,7 +1550,10 @@ mod tests {
                 "a.nested",
                 array_of(
                     ValueType::Array,
-                    vec![array_of(ValueType::I32, vec![Value::I32(-1), Value::I32(2)])],
+                    vec![array_of(
+                        ValueType::I32,
+                        vec![Value::I32(-1), Value::I32(2)],
+                    )],
                 ),
             )
             .tensor_f32("t", &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])

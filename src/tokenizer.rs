@@ -15,18 +15,31 @@ use std::sync::Arc;
 
 #[derive(Debug)]
 pub enum TokenizerError {
-    Load { path: Option<PathBuf>, message: String },
-    Encode { message: String },
-    Decode { message: String },
+    Load {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    Encode {
+        message: String,
+    },
+    Decode {
+        message: String,
+    },
 }
 
 impl fmt::Display for TokenizerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            TokenizerError::Load { path: Some(p), message } => {
+            TokenizerError::Load {
+                path: Some(p),
+                message,
+            } => {
                 write!(f, "cannot load tokenizer {}: {message}", p.display())
             }
-            TokenizerError::Load { path: None, message } => write!(f, "cannot load tokenizer: {message}"),
+            TokenizerError::Load {
+                path: None,
+                message,
+            } => write!(f, "cannot load tokenizer: {message}"),
             TokenizerError::Encode { message } => write!(f, "tokenizer encode failed: {message}"),
             TokenizerError::Decode { message } => write!(f, "tokenizer decode failed: {message}"),
         }
@@ -42,7 +55,8 @@ fn byte_level_decode_table() -> [Option<u8>; 324] {
     let mut table = [None; 324];
     let mut next = 256usize;
     for b in 0u16..=255 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         if printable {
             table[b as usize] = Some(b as u8);
         } else {
@@ -73,8 +87,10 @@ impl TokenBytes {
             if let Some(t) = tok {
                 // As the ByteLevel decoder: map every char to its byte; if any char is outside
                 // the alphabet, the token's own UTF-8 bytes are used instead.
-                let mapped: Option<Vec<u8>> =
-                    t.chars().map(|c| table.get(c as usize).copied().flatten()).collect();
+                let mapped: Option<Vec<u8>> = t
+                    .chars()
+                    .map(|c| table.get(c as usize).copied().flatten())
+                    .collect();
                 match mapped {
                     Some(m) => bytes.extend_from_slice(&m),
                     None => bytes.extend_from_slice(t.as_bytes()),
@@ -83,7 +99,11 @@ impl TokenBytes {
             max_len = max_len.max(bytes.len() - start);
             offsets.push(bytes.len());
         }
-        TokenBytes { bytes, offsets, max_len }
+        TokenBytes {
+            bytes,
+            offsets,
+            max_len,
+        }
     }
 
     fn get(&self, id: u32) -> &[u8] {
@@ -104,10 +124,15 @@ pub struct Tokenizer {
 impl Tokenizer {
     /// Loads `path` (a `tokenizer.json`).
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| TokenizerError::Load { path: Some(path.to_path_buf()), message: e.to_string() })?;
+        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Load {
+            path: Some(path.to_path_buf()),
+            message: e.to_string(),
+        })?;
         Self::from_json_bytes(&bytes).map_err(|e| match e {
-            TokenizerError::Load { message, .. } => TokenizerError::Load { path: Some(path.to_path_buf()), message },
+            TokenizerError::Load { message, .. } => TokenizerError::Load {
+                path: Some(path.to_path_buf()),
+                message,
+            },
             e => e,
         })
     }
@@ -119,14 +144,21 @@ impl Tokenizer {
 
     /// Loads a `tokenizer.json` held in memory.
     pub fn from_json_bytes(json: &[u8]) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_bytes(json)
-            .map_err(|e| TokenizerError::Load { path: None, message: e.to_string() })?;
+        let inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Load {
+            path: None,
+            message: e.to_string(),
+        })?;
         Ok(Self::from_inner(inner))
     }
 
     /// Wraps an already built `tokenizers::Tokenizer`.
     pub fn from_inner(inner: tokenizers::Tokenizer) -> Tokenizer {
-        let n = inner.get_vocab(true).values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        let n = inner
+            .get_vocab(true)
+            .values()
+            .map(|&id| id as usize + 1)
+            .max()
+            .unwrap_or(0);
         // `id_to_token` looks in the added vocabulary first, as `decode` does.
         let tokens: Vec<Option<String>> = (0..n as u32).map(|id| inner.id_to_token(id)).collect();
         let token_bytes = Arc::new(TokenBytes::from_tokens(tokens.iter().map(|t| t.as_deref())));
@@ -139,14 +171,20 @@ impl Tokenizer {
         let enc = self
             .inner
             .encode(text, false)
-            .map_err(|e| TokenizerError::Encode { message: e.to_string() })?;
+            .map_err(|e| TokenizerError::Encode {
+                message: e.to_string(),
+            })?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens included; invalid UTF-8 becomes U+FFFD; unknown ids are
     /// skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
-        self.inner.decode(ids, false).map_err(|e| TokenizerError::Decode { message: e.to_string() })
+        self.inner
+            .decode(ids, false)
+            .map_err(|e| TokenizerError::Decode {
+                message: e.to_string(),
+            })
     }
 
     /// The id of the token whose text is `token` (model or added token).
@@ -235,7 +273,8 @@ impl StreamDecoder {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     let prefix = &self.pending[start..start + valid];
-                    self.out.push_str(std::str::from_utf8(prefix).unwrap_or_default());
+                    self.out
+                        .push_str(std::str::from_utf8(prefix).unwrap_or_default());
                     match e.error_len() {
                         Some(bad) => {
                             self.out.push('\u{FFFD}');
@@ -272,7 +311,11 @@ mod tests {
             offsets.push(bytes.len());
         }
         let max_len = extra.iter().map(|e| e.len()).max().unwrap_or(1).max(1);
-        StreamDecoder::new(Arc::new(TokenBytes { bytes, offsets, max_len }))
+        StreamDecoder::new(Arc::new(TokenBytes {
+            bytes,
+            offsets,
+            max_len,
+        }))
     }
 
     fn stream_all(d: &mut StreamDecoder, ids: &[u32]) -> (Vec<String>, String) {

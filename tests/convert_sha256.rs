@@ -30,16 +30,21 @@ fn map(path: &std::path::Path) -> memmap2::Mmap {
 fn every_tensor_matches_reference_sha256() {
     let dir = qwenrt::fetch::ensure_default_model(true).expect("fetch + convert the default model");
     let fixture: Fixture = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/qwen2.5-coder-0.5b/tensor_sha256.json"))
-            .unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/qwen2.5-coder-0.5b/tensor_sha256.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     assert_eq!(fixture.tensors.len(), 291);
 
     let mmap = map(&dir.join("model.safetensors"));
     let st = SafeTensors::deserialize(&mmap).expect("valid safetensors");
-    let names: std::collections::BTreeSet<String> = st.names().into_iter().map(|s| s.to_string()).collect();
-    let expected_names: std::collections::BTreeSet<String> = fixture.tensors.keys().cloned().collect();
+    let names: std::collections::BTreeSet<String> =
+        st.names().into_iter().map(|s| s.to_string()).collect();
+    let expected_names: std::collections::BTreeSet<String> =
+        fixture.tensors.keys().cloned().collect();
     assert_eq!(names, expected_names, "tensor name sets differ");
 
     let mut failures = Vec::new();
@@ -57,13 +62,19 @@ fn every_tensor_matches_reference_sha256() {
             ));
         }
     }
-    assert!(failures.is_empty(), "{} of 291 tensors differ:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of 291 tensors differ:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
 fn config_and_generation_config() {
     let dir = qwenrt::fetch::ensure_default_model(true).expect("fetch + convert the default model");
-    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(c["architectures"][0], "Qwen2ForCausalLM");
     assert_eq!(c["model_type"], "qwen2");
     assert_eq!(c["hidden_size"], 896);
@@ -81,14 +92,18 @@ fn config_and_generation_config() {
     assert_eq!(c["eos_token_id"], 151645);
 
     let g: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.join("generation_config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(dir.join("generation_config.json")).unwrap())
+            .unwrap();
     assert_eq!(g["eos_token_id"], serde_json::json!([151645, 151643]));
 
     let t: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("tokenizer_config.json")).unwrap()).unwrap();
     assert_eq!(t["eos_token"], "<|im_end|>");
     assert_eq!(t["pad_token"], "<|endoftext|>");
-    assert!(t["chat_template"].as_str().unwrap().contains("<|im_start|>"));
+    assert!(t["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
 }
 
 #[test]
@@ -98,5 +113,9 @@ fn second_call_only_verifies() {
     let again = qwenrt::fetch::ensure_default_model(false).unwrap();
     assert_eq!(dir, again);
     assert!(qwenrt::fetch::verify_model_dir(&dir));
-    assert!(t.elapsed() < std::time::Duration::from_secs(1), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(1),
+        "took {:?}",
+        t.elapsed()
+    );
 }

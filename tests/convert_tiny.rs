@@ -38,7 +38,8 @@ fn tiny_gguf() -> GgufBuilder {
     let mut tokens: Vec<String> = Vec::new();
     let mut n = 0u32;
     for b in 0u32..=255 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let c = if printable {
             char::from_u32(b).unwrap()
         } else {
@@ -53,9 +54,21 @@ fn tiny_gguf() -> GgufBuilder {
 
     let vocab = tokens.len() as u64; // 260
     let hidden = 32u64;
-    let f32s = |rng: &mut Rng, n: usize| -> Vec<f32> { (0..n).map(|_| (rng.next() % 2000) as f32 / 1000.0 - 1.0).collect() };
-    let f16_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect() };
-    let bf16_bytes = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect() };
+    let f32s = |rng: &mut Rng, n: usize| -> Vec<f32> {
+        (0..n)
+            .map(|_| (rng.next() % 2000) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    let f16_bytes = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect()
+    };
+    let bf16_bytes = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect()
+    };
 
     let norm = f32s(&mut rng, 32);
     let qb = f32s(&mut rng, 32);
@@ -74,29 +87,96 @@ fn tiny_gguf() -> GgufBuilder {
         .kv("tokenizer.ggml.pre", Value::String("qwen2".into()))
         .kv(
             "tokenizer.ggml.tokens",
-            array_of(ValueType::String, tokens.iter().map(|t| Value::String(t.clone())).collect()),
+            array_of(
+                ValueType::String,
+                tokens.iter().map(|t| Value::String(t.clone())).collect(),
+            ),
         )
-        .kv("tokenizer.ggml.token_type", array_of(ValueType::I32, types.iter().map(|&t| Value::I32(t)).collect()))
+        .kv(
+            "tokenizer.ggml.token_type",
+            array_of(
+                ValueType::I32,
+                types.iter().map(|&t| Value::I32(t)).collect(),
+            ),
+        )
         .kv_strings("tokenizer.ggml.merges", &["Ġ t"])
         .kv("tokenizer.ggml.bos_token_id", Value::U32(257))
         .kv("tokenizer.ggml.eos_token_id", Value::U32(258))
         .kv("tokenizer.ggml.padding_token_id", Value::U32(257))
-        .kv("tokenizer.chat_template", Value::String("{{ messages }}".into()))
-        .tensor("token_embd.weight", &[hidden, vocab], GgmlType::Q8_0, blocks(&mut rng, GgmlType::Q8_0, hidden * vocab, &[0]))
+        .kv(
+            "tokenizer.chat_template",
+            Value::String("{{ messages }}".into()),
+        )
+        .tensor(
+            "token_embd.weight",
+            &[hidden, vocab],
+            GgmlType::Q8_0,
+            blocks(&mut rng, GgmlType::Q8_0, hidden * vocab, &[0]),
+        )
         // > 1 window of elements, with a partial last window
-        .tensor("output.weight", &[1024, 1030], GgmlType::Q8_0, blocks(&mut rng, GgmlType::Q8_0, 1024 * 1030, &[0]))
+        .tensor(
+            "output.weight",
+            &[1024, 1030],
+            GgmlType::Q8_0,
+            blocks(&mut rng, GgmlType::Q8_0, 1024 * 1030, &[0]),
+        )
         .tensor_f32("output_norm.weight", &[hidden], &norm)
-        .tensor("blk.0.attn_norm.weight", &[hidden], GgmlType::F16, f16_bytes(&norm))
-        .tensor("blk.0.ffn_norm.weight", &[hidden], GgmlType::BF16, bf16_bytes(&norm))
-        .tensor("blk.0.attn_q.weight", &[hidden, hidden], GgmlType::Q4_0, blocks(&mut rng, GgmlType::Q4_0, 1024, &[0]))
+        .tensor(
+            "blk.0.attn_norm.weight",
+            &[hidden],
+            GgmlType::F16,
+            f16_bytes(&norm),
+        )
+        .tensor(
+            "blk.0.ffn_norm.weight",
+            &[hidden],
+            GgmlType::BF16,
+            bf16_bytes(&norm),
+        )
+        .tensor(
+            "blk.0.attn_q.weight",
+            &[hidden, hidden],
+            GgmlType::Q4_0,
+            blocks(&mut rng, GgmlType::Q4_0, 1024, &[0]),
+        )
         .tensor_f32("blk.0.attn_q.bias", &[hidden], &qb)
-        .tensor("blk.0.attn_k.weight", &[hidden, 16], GgmlType::Q5_0, blocks(&mut rng, GgmlType::Q5_0, 512, &[0]))
+        .tensor(
+            "blk.0.attn_k.weight",
+            &[hidden, 16],
+            GgmlType::Q5_0,
+            blocks(&mut rng, GgmlType::Q5_0, 512, &[0]),
+        )
         .tensor_f32("blk.0.attn_k.bias", &[16], &kb[..16])
-        .tensor("blk.0.attn_v.weight", &[hidden, 16], GgmlType::Q8_0, blocks(&mut rng, GgmlType::Q8_0, 512, &[0]))
-        .tensor("blk.0.attn_output.weight", &[hidden, hidden], GgmlType::F16, f16_bytes(&f32s(&mut rng, 1024)))
-        .tensor("blk.0.ffn_gate.weight", &[256, 3], GgmlType::Q4K, blocks(&mut rng, GgmlType::Q4K, 768, &[0, 2]))
-        .tensor("blk.0.ffn_up.weight", &[256, 3], GgmlType::Q5K, blocks(&mut rng, GgmlType::Q5K, 768, &[0, 2]))
-        .tensor("blk.0.ffn_down.weight", &[256, 3], GgmlType::Q6K, blocks(&mut rng, GgmlType::Q6K, 768, &[208]))
+        .tensor(
+            "blk.0.attn_v.weight",
+            &[hidden, 16],
+            GgmlType::Q8_0,
+            blocks(&mut rng, GgmlType::Q8_0, 512, &[0]),
+        )
+        .tensor(
+            "blk.0.attn_output.weight",
+            &[hidden, hidden],
+            GgmlType::F16,
+            f16_bytes(&f32s(&mut rng, 1024)),
+        )
+        .tensor(
+            "blk.0.ffn_gate.weight",
+            &[256, 3],
+            GgmlType::Q4K,
+            blocks(&mut rng, GgmlType::Q4K, 768, &[0, 2]),
+        )
+        .tensor(
+            "blk.0.ffn_up.weight",
+            &[256, 3],
+            GgmlType::Q5K,
+            blocks(&mut rng, GgmlType::Q5K, 768, &[0, 2]),
+        )
+        .tensor(
+            "blk.0.ffn_down.weight",
+            &[256, 3],
+            GgmlType::Q6K,
+            blocks(&mut rng, GgmlType::Q6K, 768, &[208]),
+        )
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -115,7 +195,7 @@ fn map(path: &std::path::Path) -> memmap2::Mmap {
 
 #[test]
 fn tiny_model_converts_exactly() {
-    assert!(1024 * 1030 > WINDOW_ELEMS);
+    const { assert!(1024 * 1030 > WINDOW_ELEMS) };
     let dir = tmp("ok");
     let gguf_path = dir.join("tiny.gguf");
     std::fs::write(&gguf_path, tiny_gguf().build()).unwrap();
@@ -138,11 +218,15 @@ fn tiny_model_converts_exactly() {
         assert_eq!(v.shape(), shape.as_slice(), "{hf}");
         let mut f = vec![0f32; t.n_elements as usize];
         dequantize(t.ty, gguf.tensor_bytes(t), &mut f).unwrap();
-        let want: Vec<u8> = f.iter().flat_map(|&x| f32_to_bf16_bits(x).to_le_bytes()).collect();
+        let want: Vec<u8> = f
+            .iter()
+            .flat_map(|&x| f32_to_bf16_bits(x).to_le_bytes())
+            .collect();
         assert!(v.data() == want.as_slice(), "{hf}: bf16 bytes differ");
     }
 
-    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+    let c: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
     assert_eq!(c["hidden_size"], 32);
     assert_eq!(c["intermediate_size"], 256);
     assert_eq!(c["num_key_value_heads"], 1);
@@ -150,7 +234,8 @@ fn tiny_model_converts_exactly() {
     assert_eq!(c["rms_norm_eps"].as_f64(), Some(1e-6));
     assert_eq!(c["tie_word_embeddings"], false);
     let g: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.join("generation_config.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.join("generation_config.json")).unwrap())
+            .unwrap();
     assert_eq!(g["eos_token_id"], serde_json::json!([258, 257]));
     let tc: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("tokenizer_config.json")).unwrap()).unwrap();
@@ -158,9 +243,19 @@ fn tiny_model_converts_exactly() {
     assert_eq!(tc["eos_token"], "<|im_end|>");
 
     let tok = qwenrt::tokenizer::Tokenizer::from_model_dir(&out).unwrap();
-    assert_eq!(tok.encode("a t<|im_end|>").unwrap(), vec![b'a' as u32, 256, 258]);
-    assert_eq!(tok.token_id("[PAD259]"), None, "unused tokens stay out of the vocab");
-    assert_eq!(tok.decode(&[b'a' as u32, 256, 258]).unwrap(), "a t<|im_end|>");
+    assert_eq!(
+        tok.encode("a t<|im_end|>").unwrap(),
+        vec![b'a' as u32, 256, 258]
+    );
+    assert_eq!(
+        tok.token_id("[PAD259]"),
+        None,
+        "unused tokens stay out of the vocab"
+    );
+    assert_eq!(
+        tok.decode(&[b'a' as u32, 256, 258]).unwrap(),
+        "a t<|im_end|>"
+    );
 
     let leftovers: Vec<_> = std::fs::read_dir(&out)
         .unwrap()
@@ -175,13 +270,23 @@ fn tiny_model_converts_exactly() {
 fn unknown_tensor_fails_before_writing() {
     let dir = tmp("unknown");
     let path = dir.join("bad.gguf");
-    std::fs::write(&path, tiny_gguf().tensor_f32("blk.0.mystery.weight", &[2], &[1.0, 2.0]).build()).unwrap();
+    std::fs::write(
+        &path,
+        tiny_gguf()
+            .tensor_f32("blk.0.mystery.weight", &[2], &[1.0, 2.0])
+            .build(),
+    )
+    .unwrap();
     let out = dir.join("out");
     let e = convert(&path, &out, &mut |_, _| {}).unwrap_err();
     assert!(matches!(e, ConvertError::UnknownTensor { .. }));
     assert!(e.to_string().contains("blk.0.mystery.weight"), "{e}");
     assert!(!out.join("model.safetensors").exists());
-    assert_eq!(std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0), 0, "nothing written");
+    assert_eq!(
+        std::fs::read_dir(&out).map(|d| d.count()).unwrap_or(0),
+        0,
+        "nothing written"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -192,7 +297,9 @@ fn not_qwen2_is_refused() {
     let mut b = tiny_gguf();
     b.kvs[0].1 = Value::String("llama".into());
     std::fs::write(&path, b.build()).unwrap();
-    let e = convert(&path, &dir.join("out"), &mut |_, _| {}).unwrap_err().to_string();
+    let e = convert(&path, &dir.join("out"), &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("\"llama\"") && e.contains("qwen2"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -24,7 +24,10 @@ fn all_value_types_and_nested_arrays() {
     let nested = array_of(
         ValueType::Array,
         vec![
-            array_of(ValueType::String, vec![Value::String("x".into()), Value::String("".into())]),
+            array_of(
+                ValueType::String,
+                vec![Value::String("x".into()), Value::String("".into())],
+            ),
             array_of(ValueType::String, vec![]),
         ],
     );
@@ -57,7 +60,11 @@ fn all_value_types_and_nested_arrays() {
     assert!(h.tensors.is_empty());
     let e = h.get_str("u8").unwrap_err().to_string();
     assert!(e.contains("\"u8\"") && e.contains("expected string"), "{e}");
-    assert!(h.get_u64("nope").unwrap_err().to_string().contains("\"nope\" is missing"));
+    assert!(h
+        .get_u64("nope")
+        .unwrap_err()
+        .to_string()
+        .contains("\"nope\" is missing"));
 }
 
 #[test]
@@ -70,16 +77,28 @@ fn tensors_data_and_custom_alignment() {
     assert_eq!(f.header.data_offset % 64, 0);
     let b_info = f.header.tensor("b").unwrap();
     assert_eq!(b_info.offset, 64);
-    assert_eq!(f.dequantize_tensor("a").unwrap(), vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    assert_eq!(
+        f.dequantize_tensor("a").unwrap(),
+        vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    );
     assert_eq!(f.dequantize_tensor("b").unwrap(), vec![8.0, 9.0, 10.0]);
     assert_eq!(f.header.tensor("a").unwrap().row_major_shape(), vec![2, 4]);
-    assert!(f.dequantize_tensor("zzz").unwrap_err().to_string().contains("\"zzz\""));
+    assert!(f
+        .dequantize_tensor("zzz")
+        .unwrap_err()
+        .to_string()
+        .contains("\"zzz\""));
 }
 
 #[test]
 fn quantized_tensor_sizes() {
     let q8 = vec![0u8; 34 * 2];
-    let f = GgufFile::from_bytes(GgufBuilder::new().tensor("q", &[32, 2], GgmlType::Q8_0, q8).build()).unwrap();
+    let f = GgufFile::from_bytes(
+        GgufBuilder::new()
+            .tensor("q", &[32, 2], GgmlType::Q8_0, q8)
+            .build(),
+    )
+    .unwrap();
     let t = f.header.tensor("q").unwrap();
     assert_eq!((t.n_elements, t.n_bytes), (64, 68));
     assert_eq!(f.dequantize_tensor("q").unwrap(), vec![0.0; 64]);
@@ -109,10 +128,16 @@ fn every_truncation_is_an_error() {
     }
     // the message names what was being read, where, and how many bytes were left
     let e = err(&bytes[..30]);
-    assert!(e.contains("key/value count 2 at offset 16") && e.contains("only 6 bytes remain"), "{e}");
+    assert!(
+        e.contains("key/value count 2 at offset 16") && e.contains("only 6 bytes remain"),
+        "{e}"
+    );
     let h = GgufHeader::parse(&bytes).unwrap();
     let e = err(&bytes[..h.data_offset as usize - 40]);
-    assert!(e.contains("tensor count 2 at offset 8") && e.contains("impossible"), "{e}");
+    assert!(
+        e.contains("tensor count 2 at offset 8") && e.contains("impossible"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -120,12 +145,16 @@ fn lying_tensor_count() {
     let mut b = small();
     b.tensor_count_override = Some(u64::MAX);
     let e = err(&b.build());
-    assert!(e.contains("tensor count 18446744073709551615") && e.contains("impossible"), "{e}");
+    assert!(
+        e.contains("tensor count 18446744073709551615") && e.contains("impossible"),
+        "{e}"
+    );
     b.tensor_count_override = Some(3);
     let e = err(&b.build());
     // one tensor info too many: read from the padding/data, so the data no longer fits
     assert!(
-        e.contains("tensor") && (e.contains("truncated") || e.contains("impossible") || e.contains("past the end")),
+        e.contains("tensor")
+            && (e.contains("truncated") || e.contains("impossible") || e.contains("past the end")),
         "{e}"
     );
 }
@@ -135,7 +164,10 @@ fn lying_kv_count() {
     let mut b = small();
     b.kv_count_override = Some(1 << 40);
     let e = err(&b.build());
-    assert!(e.contains("metadata key/value count") && e.contains("impossible"), "{e}");
+    assert!(
+        e.contains("metadata key/value count") && e.contains("impossible"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -152,7 +184,10 @@ fn lying_array_and_string_lengths() {
     let mut bytes = small().build();
     bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
     let e = err(&bytes);
-    assert!(e.contains("truncated") && e.contains("metadata key #0"), "{e}");
+    assert!(
+        e.contains("truncated") && e.contains("metadata key #0"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -160,7 +195,10 @@ fn unknown_tensor_type() {
     let mut b = small();
     b.tensors[1].type_id = 99;
     let e = err(&b.build());
-    assert!(e.contains("\"b\"") && e.contains("unknown ggml type 99"), "{e}");
+    assert!(
+        e.contains("\"b\"") && e.contains("unknown ggml type 99"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -169,7 +207,10 @@ fn unknown_value_type() {
     // header 24, key len 8, "k" 1 -> type id at 33
     bytes[33..37].copy_from_slice(&77u32.to_le_bytes());
     let e = err(&bytes);
-    assert!(e.contains("\"k\"") && e.contains("unknown value type 77") && e.contains("offset 33"), "{e}");
+    assert!(
+        e.contains("\"k\"") && e.contains("unknown value type 77") && e.contains("offset 33"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -177,7 +218,10 @@ fn misaligned_tensor_offset() {
     let mut b = small();
     b.tensors[1].offset_override = Some(36);
     let e = err(&b.build());
-    assert!(e.contains("\"b\"") && e.contains("offset 36") && e.contains("alignment 32"), "{e}");
+    assert!(
+        e.contains("\"b\"") && e.contains("offset 36") && e.contains("alignment 32"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -240,18 +284,26 @@ fn other_hostile_headers() {
     let e = err(&small().kv("general.alignment", Value::U32(0)).build());
     assert!(e.contains("alignment"), "{e}");
 
-    let e = err(&small().kv("general.name", Value::String("again".into())).build());
+    let e = err(&small()
+        .kv("general.name", Value::String("again".into()))
+        .build());
     assert!(e.contains("\"general.name\" repeated"), "{e}");
     let e = err(&small().tensor_f32("a", &[1], &[1.0]).build());
     assert!(e.contains("tensor \"a\" repeated"), "{e}");
 
-    let e = err(&GgufBuilder::new().tensor("five", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0; 4]).build());
+    let e = err(&GgufBuilder::new()
+        .tensor("five", &[1, 1, 1, 1, 1], GgmlType::F32, vec![0; 4])
+        .build());
     assert!(e.contains("\"five\"") && e.contains("5 dimensions"), "{e}");
 
-    let e = err(&GgufBuilder::new().tensor("q", &[31], GgmlType::Q8_0, vec![0; 34]).build());
+    let e = err(&GgufBuilder::new()
+        .tensor("q", &[31], GgmlType::Q8_0, vec![0; 34])
+        .build());
     assert!(e.contains("\"q\"") && e.contains("block size 32"), "{e}");
 
-    let mut bytes = GgufBuilder::new().kv("s", Value::String("ab".into())).build();
+    let mut bytes = GgufBuilder::new()
+        .kv("s", Value::String("ab".into()))
+        .build();
     bytes[45] = 0xFF; // header 24, key len 8, "s" 1, type 4, string len 8
 
     let e = err(&bytes);
@@ -260,7 +312,9 @@ fn other_hostile_headers() {
 
 #[test]
 fn random_corruption_never_panics() {
-    let good = small().kv("arr", array_of(ValueType::I32, vec![Value::I32(5); 7])).build();
+    let good = small()
+        .kv("arr", array_of(ValueType::I32, vec![Value::I32(5); 7]))
+        .build();
     let mut state = 0x9E37_79B9_7F4A_7C15u64;
     let mut rand = move || {
         state ^= state << 13;
@@ -284,7 +338,10 @@ fn random_corruption_never_panics() {
             errors += 1;
         }
     }
-    assert!(errors > 1000, "corruption should usually be caught ({errors})");
+    assert!(
+        errors > 1000,
+        "corruption should usually be caught ({errors})"
+    );
 }
 
 #[test]

@@ -20,8 +20,13 @@ fn tokenizer() -> Tokenizer {
 }
 
 fn cases() -> Vec<Case> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/qwen2.5-coder-0.5b/tokenizer_cases.json");
-    serde_json::from_str::<Cases>(&std::fs::read_to_string(path).unwrap()).unwrap().cases
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/qwen2.5-coder-0.5b/tokenizer_cases.json"
+    );
+    serde_json::from_str::<Cases>(&std::fs::read_to_string(path).unwrap())
+        .unwrap()
+        .cases
 }
 
 fn nfc(s: &str) -> String {
@@ -43,10 +48,20 @@ fn every_case_encodes_to_reference_ids_and_round_trips() {
         }
         let text = tok.decode(&c.ids).unwrap();
         if text != nfc(&c.text) {
-            failures.push(format!("decode {:?}: got {:?}, want {:?}", c.ids, text, nfc(&c.text)));
+            failures.push(format!(
+                "decode {:?}: got {:?}, want {:?}",
+                c.ids,
+                text,
+                nfc(&c.text)
+            ));
         }
     }
-    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failures:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -73,7 +88,10 @@ fn streaming_pieces_concatenate_to_decode() {
         let mut all = String::new();
         for &id in &ids {
             let piece = d.push(id);
-            assert!(!piece.contains('\u{FFFD}'), "{text:?}: half a character emitted at id {id}");
+            assert!(
+                !piece.contains('\u{FFFD}'),
+                "{text:?}: half a character emitted at id {id}"
+            );
             all.push_str(piece);
         }
         all.push_str(d.finish());
