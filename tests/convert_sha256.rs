@@ -28,7 +28,8 @@ fn map(path: &std::path::Path) -> memmap2::Mmap {
 
 #[test]
 fn every_tensor_matches_reference_sha256() {
-    let dir = qwenrt::fetch::ensure_default_model(true).expect("fetch + convert the default model");
+    let dir = qwenrt::fetch::ensure_default_model(true)
+        .unwrap_or_else(|e| panic!("fetch + convert the default model: {e}"));
     let fixture: Fixture = serde_json::from_str(
         &std::fs::read_to_string(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -72,7 +73,8 @@ fn every_tensor_matches_reference_sha256() {
 
 #[test]
 fn config_and_generation_config() {
-    let dir = qwenrt::fetch::ensure_default_model(true).expect("fetch + convert the default model");
+    let dir = qwenrt::fetch::ensure_default_model(true)
+        .unwrap_or_else(|e| panic!("fetch + convert the default model: {e}"));
     let c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(c["architectures"][0], "Qwen2ForCausalLM");
@@ -108,9 +110,9 @@ fn config_and_generation_config() {
 
 #[test]
 fn second_call_only_verifies() {
-    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let dir = qwenrt::fetch::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
     let t = std::time::Instant::now();
-    let again = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let again = qwenrt::fetch::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dir, again);
     assert!(qwenrt::fetch::verify_model_dir(&dir));
     assert!(

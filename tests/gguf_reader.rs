@@ -350,3 +350,37 @@ fn error_is_std_error() {
     let e: GgufError = GgufHeader::parse(b"GG").unwrap_err();
     is_error(&e);
 }
+
+#[test]
+fn arrays_are_stored_typed() {
+    use qwenrt::gguf::Array;
+    let big = Array::U8((0..=255u8).cycle().take(1 << 20).collect());
+    let bytes = GgufBuilder::new()
+        .kv("big", Value::Array(big.clone()))
+        .kv("types", Value::Array(Array::I32(vec![1, 3, -4])))
+        .kv("flags", Value::Array(Array::Bool(vec![true, false])))
+        .build();
+    let h = GgufHeader::parse(&bytes).unwrap();
+    assert_eq!(h.get_array("big").unwrap(), &big);
+    assert_eq!(
+        h.get_array("types").unwrap().to_i64s(),
+        Some(vec![1, 3, -4])
+    );
+    assert_eq!(
+        h.get_array("flags").unwrap().get(1),
+        Some(Value::Bool(false))
+    );
+    assert!(h.get_array("big").unwrap().as_strings().is_none());
+
+    // a bool element that is neither 0 nor 1 is named with its offset
+    let mut bytes = GgufBuilder::new()
+        .kv("flags", Value::Array(Array::Bool(vec![true, false])))
+        .build();
+    // header 24, key len 8, "flags" 5, type 4, elem type 4, count 8 -> elements at 53
+    bytes[54] = 7;
+    let e = err(&bytes);
+    assert!(
+        e.contains("\"flags\"") && e.contains("bool byte 7 at offset 54"),
+        "{e}"
+    );
+}
