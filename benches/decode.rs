@@ -22,6 +22,7 @@ fn bench_model(c: &mut Criterion, name: &str, weights: Arc<Weights>, threads: &[
             max_chunk: 1,
             threads: t,
             isa: None,
+            prefill_bf16: false,
         };
         let mut s = Session::new(weights.clone(), &opts).unwrap();
         g.bench_function(format!("threads={t}"), |b| {

@@ -119,6 +119,10 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             names: &["--json"],
             takes_value: false,
         },
+        Spec {
+            names: &["--prefill-f32"],
+            takes_value: false,
+        },
     ];
     let flags = Flags::parse("bench", args, &specs)?;
     flags.max_positional(0)?;
@@ -149,6 +153,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         max_chunk: p.max(1),
         threads,
         isa: None,
+        prefill_bf16: !flags.has("--prefill-f32"),
     };
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     let tokens = bench_tokens(ctx, c.vocab_size);

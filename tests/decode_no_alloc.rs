@@ -64,6 +64,7 @@ fn decode_loop_allocates_nothing() {
             max_chunk: 64,
             threads: 2,
             isa: Some(isa),
+            prefill_bf16: true,
         };
         let mut session = Session::new(weights.clone(), &opts).unwrap();
         let params = SamplerParams {

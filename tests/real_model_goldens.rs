@@ -64,7 +64,7 @@ fn argmax(x: &[f32]) -> u32 {
 }
 
 /// Runs every check on `isa`.
-fn check(isa: Isa) {
+fn check(isa: Isa, prefill_bf16: bool) {
     let dir =
         qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
@@ -76,10 +76,11 @@ fn check(isa: Isa) {
         max_chunk: 128,
         threads: 2,
         isa: Some(isa),
+        prefill_bf16,
     };
     let mut s = Session::new(weights, &opts).unwrap();
     for case in &g.cases {
-        let label = format!("{} on {isa}", case.name);
+        let label = format!("{} on {isa} (prefill_bf16 {prefill_bf16})", case.name);
         assert_eq!(
             tok.encode(&case.prompt).unwrap(),
             case.input_ids,
@@ -160,12 +161,19 @@ fn check(isa: Isa) {
 
 #[test]
 fn real_model_matches_transformers_best_isa() {
-    check(Isa::detect());
+    check(Isa::detect(), true);
 }
 
 #[test]
 fn real_model_matches_transformers_avx2() {
     if Isa::Avx2.is_supported() && Isa::detect() != Isa::Avx2 {
-        check(Isa::Avx2);
+        check(Isa::Avx2, false);
+    }
+}
+
+#[test]
+fn real_model_matches_transformers_f32_prefill() {
+    if Isa::detect().has_avx512_bf16() {
+        check(Isa::detect(), false);
     }
 }

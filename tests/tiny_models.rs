@@ -51,6 +51,7 @@ fn check_model(name: &str, tol: f32) {
                 max_chunk: 16,
                 threads,
                 isa: Some(isa),
+                prefill_bf16: false,
             };
             let mut s = Session::new(w.clone(), &opts).unwrap();
             let label = format!("{name} isa={isa} threads={threads}");
