@@ -1,0 +1,93 @@
+//! ARC end to end on the real model: three small tasks from `tests/fixtures/arc`, run on one
+//! session (library) and through `qwenrt arc` (CLI). One well-formed record per test input;
+//! the arena's address and size are the same before and after the run.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+
+use qwenrt::arc::{load_tasks, work_items, Split};
+use qwenrt::cli::stop_ids;
+use qwenrt::session::{Session, SessionOptions};
+use qwenrt::tokenizer::Tokenizer;
+use qwenrt::weights::Weights;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")
+}
+
+#[test]
+fn one_session_serves_every_task_without_moving_its_arena() {
+    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let weights = Arc::new(Weights::load(&dir).unwrap());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
+    assert_eq!(tasks.len(), 3);
+    let items = work_items(&tasks);
+    let stop = stop_ids(&tok, &weights);
+    let opts = SessionOptions { ctx: 512, threads: 2, ..Default::default() };
+    let mut session = Session::new(weights, &opts).unwrap();
+    let before = session.arena_address();
+    for item in &items {
+        let r = qwenrt::workload::run_arc_item(&mut session, &tok, item, 48, &stop).unwrap();
+        assert_eq!(r.task_id, item.task_id);
+        assert_eq!(r.test_index, item.test_index);
+        assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
+        assert!(r.prompt_tokens > 50, "{}: prompt_tokens {}", r.task_id, r.prompt_tokens);
+        assert!(r.generated_tokens >= 1 && r.generated_tokens <= 48);
+        assert!(r.prefill_tps > 0.0 && r.ttft_ms > 0.0);
+        assert_eq!(r.arena_bytes as usize, before.1);
+        assert!(r.kv_bytes_used > 0 && (r.kv_bytes_used as usize) < before.1);
+        if let Some(g) = &r.grid {
+            assert!(!g.is_empty() && g.iter().all(|row| row.len() == g[0].len()));
+            assert_eq!(r.correct, Some(g) == item.expected.as_ref());
+        } else {
+            assert!(!r.correct);
+        }
+        assert_eq!(session.arena_address(), before, "the arena moved");
+    }
+    // a prompt that does not fit is a skipped record with its token count, not an error
+    let small = Session::new(
+        session.weights().clone(),
+        &SessionOptions { ctx: 64, threads: 1, ..Default::default() },
+    );
+    let mut small = small.unwrap();
+    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &items[0], 8, &stop).unwrap();
+    let reason = r.skipped.expect("a prompt longer than the context is skipped");
+    assert!(reason.contains(&r.prompt_tokens.to_string()) && reason.contains("64"), "{reason}");
+}
+
+#[test]
+fn arc_command_writes_one_record_per_test_input() {
+    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let out = std::env::temp_dir().join(format!("qwenrt-arc-e2e-{}.jsonl", std::process::id()));
+    let res = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+        .args(["arc", "--model"])
+        .arg(&dir)
+        .arg("--data")
+        .arg(fixtures())
+        .args(["--max-tokens", "32", "--threads", "2", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(res.status.success(), "qwenrt arc failed: {stderr}");
+    assert!(stderr.contains("ARC: 3 tasks, 3 test inputs"), "summary missing: {stderr}");
+    assert!(stderr.contains("peak RSS") && stderr.contains("arena"), "{stderr}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    std::fs::remove_file(&out).ok();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    let mut ids: Vec<&str> = lines.iter().map(|l| l["task_id"].as_str().unwrap()).collect();
+    ids.sort();
+    assert_eq!(ids, ["00576224", "66e6c45b", "be03b35f"]);
+    for l in &lines {
+        for key in ["prompt_tokens", "generated_tokens", "ttft_ms", "prefill_tps", "decode_tps", "kv_bytes_used", "arena_bytes", "grid", "correct"] {
+            assert!(l.get(key).is_some(), "record lacks {key}: {l}");
+        }
+        assert!(l["prompt_tokens"].as_u64().unwrap() > 50);
+        assert!(l["correct"].is_boolean());
+    }
+    // one arena for the run: every record reports the same size
+    assert!(lines.iter().all(|l| l["arena_bytes"] == lines[0]["arena_bytes"]));
+}
