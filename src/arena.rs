@@ -112,13 +112,13 @@ impl MemoryPlan {
 
 impl fmt::Display for MemoryPlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<16} {:>14}  shape", "region", "bytes")?;
+        writeln!(f, "{:<20} {:>14}  shape", "region", "bytes")?;
         for r in &self.regions {
-            writeln!(f, "{:<16} {:>14}  {}", r.name, r.bytes(), r.shape)?;
+            writeln!(f, "{:<20} {:>14}  {}", r.name, r.bytes(), r.shape)?;
         }
         write!(
             f,
-            "{:<16} {:>14}  ({:.1} MiB, one allocation)",
+            "{:<20} {:>14}  ({:.1} MiB, one allocation)",
             "total",
             self.total_bytes(),
             self.total_bytes() as f64 / (1 << 20) as f64

@@ -648,6 +648,11 @@ fn cmd_logits(args: &[String]) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A finite f32 as JSON (non-finite values become null, as serde_json does).
+fn json_f32(v: f32) -> serde_json::Value {
+    serde_json::Value::from(v)
+}
+
 /// One `{"pos":i,"top":[[id,logit],...],"logsumexp":x}` line.
 pub fn logits_line(pos: usize, logits: &[f32], top: usize, order: &mut Vec<u32>) -> String {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -666,8 +671,9 @@ pub fn logits_line(pos: usize, logits: &[f32], top: usize, order: &mut Vec<u32>)
     }
     order.truncate(k);
     order.sort_unstable_by(cmp);
-    let top: Vec<(u32, f32)> = order.iter().map(|&i| (i, logits[i as usize])).collect();
-    serde_json::json!({"pos": pos, "top": top, "logsumexp": lse}).to_string()
+    // written by hand so the keys come in the documented order: pos, top, logsumexp
+    let top: Vec<String> = order.iter().map(|&i| format!("[{i},{}]", json_f32(logits[i as usize]))).collect();
+    format!("{{\"pos\":{pos},\"top\":[{}],\"logsumexp\":{}}}", top.join(","), serde_json::Value::from(lse))
 }
 
 fn cmd_info(args: &[String]) -> Result<(), CliError> {
@@ -951,6 +957,7 @@ mod tests {
         let mut order = Vec::new();
         let line = logits_line(3, &[0.0, 2.0, 1.0, 2.0], 3, &mut order);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(line.starts_with("{\"pos\":3,\"top\":[[1,2.0],"), "{line}");
         assert_eq!(v["pos"], 3);
         assert_eq!(v["top"], serde_json::json!([[1, 2.0], [3, 2.0], [2, 1.0]]));
         let lse = (1.0f64 + 2.0 * 2f64.exp() + 1f64.exp()).ln();
