@@ -191,6 +191,8 @@ impl Flags {
 const MODEL: Spec = val(&["--model"]);
 const THREADS: Spec = val(&["--threads", "-t"]);
 const CTX: Spec = val(&["--ctx"]);
+/// Keep prefill activations in f32 for every projection (see `SessionOptions::prefill_bf16`).
+const PREFILL_F32: Spec = switch(&["--prefill-f32"]);
 const SAMPLING: [Spec; 7] = [
     val(&["--temperature"]),
     val(&["--top-k"]),
@@ -261,6 +263,7 @@ fn session_options(
     Ok(SessionOptions {
         ctx,
         threads,
+        prefill_bf16: !flags.has("--prefill-f32"),
         ..Default::default()
     })
 }
@@ -354,6 +357,7 @@ fn cmd_generate(args: &[String]) -> Result<(), CliError> {
         MODEL,
         THREADS,
         CTX,
+        PREFILL_F32,
         val(&["--prompt"]),
         val(&["--system"]),
         switch(&["--raw"]),
@@ -475,7 +479,7 @@ fn cmd_generate(args: &[String]) -> Result<(), CliError> {
 }
 
 fn cmd_chat(args: &[String]) -> Result<(), CliError> {
-    let mut specs = vec![MODEL, THREADS, CTX, val(&["--system"])];
+    let mut specs = vec![MODEL, THREADS, CTX, PREFILL_F32, val(&["--system"])];
     specs.extend(SAMPLING);
     let flags = Flags::parse("chat", args, &specs)?;
     flags.max_positional(0)?;
@@ -614,7 +618,14 @@ fn cmd_logits(args: &[String]) -> Result<(), CliError> {
     let flags = Flags::parse(
         "logits",
         args,
-        &[MODEL, THREADS, CTX, val(&["--ids"]), val(&["--top"])],
+        &[
+            MODEL,
+            THREADS,
+            CTX,
+            PREFILL_F32,
+            val(&["--ids"]),
+            val(&["--top"]),
+        ],
     )?;
     flags.max_positional(0)?;
     let ids = parse_ids(
@@ -672,8 +683,15 @@ pub fn logits_line(pos: usize, logits: &[f32], top: usize, order: &mut Vec<u32>)
     order.truncate(k);
     order.sort_unstable_by(cmp);
     // written by hand so the keys come in the documented order: pos, top, logsumexp
-    let top: Vec<String> = order.iter().map(|&i| format!("[{i},{}]", json_f32(logits[i as usize]))).collect();
-    format!("{{\"pos\":{pos},\"top\":[{}],\"logsumexp\":{}}}", top.join(","), serde_json::Value::from(lse))
+    let top: Vec<String> = order
+        .iter()
+        .map(|&i| format!("[{i},{}]", json_f32(logits[i as usize])))
+        .collect();
+    format!(
+        "{{\"pos\":{pos},\"top\":[{}],\"logsumexp\":{}}}",
+        top.join(","),
+        serde_json::Value::from(lse)
+    )
 }
 
 fn cmd_info(args: &[String]) -> Result<(), CliError> {
@@ -775,6 +793,7 @@ fn cmd_arc(args: &[String]) -> Result<(), CliError> {
         MODEL,
         THREADS,
         CTX,
+        PREFILL_F32,
         val(&["--data"]),
         val(&["--split"]),
         val(&["--tasks"]),
@@ -857,7 +876,14 @@ fn cmd_batch(args: &[String]) -> Result<(), CliError> {
     let flags = Flags::parse(
         "batch",
         args,
-        &[MODEL, THREADS, CTX, val(&["--input"]), val(&["--out"])],
+        &[
+            MODEL,
+            THREADS,
+            CTX,
+            PREFILL_F32,
+            val(&["--input"]),
+            val(&["--out"]),
+        ],
     )?;
     flags.max_positional(0)?;
     let input = flags

@@ -25,7 +25,11 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     assert_eq!(tasks.len(), 3);
     let items = work_items(&tasks);
     let stop = stop_ids(&tok, &weights);
-    let opts = SessionOptions { ctx: 512, threads: 2, ..Default::default() };
+    let opts = SessionOptions {
+        ctx: 512,
+        threads: 2,
+        ..Default::default()
+    };
     let mut session = Session::new(weights, &opts).unwrap();
     let before = session.arena_address();
     for item in &items {
@@ -33,7 +37,12 @@ fn one_session_serves_every_task_without_moving_its_arena() {
         assert_eq!(r.task_id, item.task_id);
         assert_eq!(r.test_index, item.test_index);
         assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
-        assert!(r.prompt_tokens > 50, "{}: prompt_tokens {}", r.task_id, r.prompt_tokens);
+        assert!(
+            r.prompt_tokens > 50,
+            "{}: prompt_tokens {}",
+            r.task_id,
+            r.prompt_tokens
+        );
         assert!(r.generated_tokens >= 1 && r.generated_tokens <= 48);
         assert!(r.prefill_tps > 0.0 && r.ttft_ms > 0.0);
         assert_eq!(r.arena_bytes as usize, before.1);
@@ -49,12 +58,21 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     // a prompt that does not fit is a skipped record with its token count, not an error
     let small = Session::new(
         session.weights().clone(),
-        &SessionOptions { ctx: 64, threads: 1, ..Default::default() },
+        &SessionOptions {
+            ctx: 64,
+            threads: 1,
+            ..Default::default()
+        },
     );
     let mut small = small.unwrap();
     let r = qwenrt::workload::run_arc_item(&mut small, &tok, &items[0], 8, &stop).unwrap();
-    let reason = r.skipped.expect("a prompt longer than the context is skipped");
-    assert!(reason.contains(&r.prompt_tokens.to_string()) && reason.contains("64"), "{reason}");
+    let reason = r
+        .skipped
+        .expect("a prompt longer than the context is skipped");
+    assert!(
+        reason.contains(&r.prompt_tokens.to_string()) && reason.contains("64"),
+        "{reason}"
+    );
 }
 
 #[test]
@@ -72,22 +90,46 @@ fn arc_command_writes_one_record_per_test_input() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(res.status.success(), "qwenrt arc failed: {stderr}");
-    assert!(stderr.contains("ARC: 3 tasks, 3 test inputs"), "summary missing: {stderr}");
-    assert!(stderr.contains("peak RSS") && stderr.contains("arena"), "{stderr}");
+    assert!(
+        stderr.contains("ARC: 3 tasks, 3 test inputs"),
+        "summary missing: {stderr}"
+    );
+    assert!(
+        stderr.contains("peak RSS") && stderr.contains("arena"),
+        "{stderr}"
+    );
     let text = std::fs::read_to_string(&out).unwrap();
     std::fs::remove_file(&out).ok();
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 3);
-    let mut ids: Vec<&str> = lines.iter().map(|l| l["task_id"].as_str().unwrap()).collect();
+    let mut ids: Vec<&str> = lines
+        .iter()
+        .map(|l| l["task_id"].as_str().unwrap())
+        .collect();
     ids.sort();
     assert_eq!(ids, ["00576224", "66e6c45b", "be03b35f"]);
     for l in &lines {
-        for key in ["prompt_tokens", "generated_tokens", "ttft_ms", "prefill_tps", "decode_tps", "kv_bytes_used", "arena_bytes", "grid", "correct"] {
+        for key in [
+            "prompt_tokens",
+            "generated_tokens",
+            "ttft_ms",
+            "prefill_tps",
+            "decode_tps",
+            "kv_bytes_used",
+            "arena_bytes",
+            "grid",
+            "correct",
+        ] {
             assert!(l.get(key).is_some(), "record lacks {key}: {l}");
         }
         assert!(l["prompt_tokens"].as_u64().unwrap() > 50);
         assert!(l["correct"].is_boolean());
     }
     // one arena for the run: every record reports the same size
-    assert!(lines.iter().all(|l| l["arena_bytes"] == lines[0]["arena_bytes"]));
+    assert!(lines
+        .iter()
+        .all(|l| l["arena_bytes"] == lines[0]["arena_bytes"]));
 }
