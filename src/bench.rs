@@ -93,6 +93,27 @@ pub fn read_bandwidth(weights: &Weights, threads: usize) -> f64 {
     best
 }
 
+/// A model of Qwen2.5-0.5B's shape with random bf16 weights (tied head), written once under
+/// `$QWENRT_HOME/synthetic`: for measuring a machine without downloading the real model.
+fn synthetic_model() -> Result<std::path::PathBuf, CliError> {
+    use crate::testing::{write_synthetic_model, SyntheticShape};
+    let dir = crate::fetch::qwenrt_home().join("synthetic/qwen2.5-0.5b-shape-bf16");
+    if !dir.join("model.safetensors").is_file() {
+        eprintln!(
+            "writing a synthetic Qwen2.5-0.5B-shaped model to {}",
+            dir.display()
+        );
+        write_synthetic_model(
+            &dir,
+            SyntheticShape::QWEN2_5_0_5B,
+            qwenrt_kernels::Dtype::BF16,
+            1,
+        )
+        .map_err(|e| CliError::fail(format!("cannot write {}: {e}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
 pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     let specs = [
         Spec {
@@ -120,6 +141,10 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             takes_value: false,
         },
         Spec {
+            names: &["--synthetic"],
+            takes_value: false,
+        },
+        Spec {
             names: &["--prefill-f32"],
             takes_value: false,
         },
@@ -136,7 +161,16 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     if p == 0 && n == 0 {
         return Err(CliError::usage("nothing to run: both -p and -n are 0"));
     }
-    let dir = model_dir(&flags)?;
+    let dir = if flags.has("--synthetic") {
+        if flags.str("--model").is_some() {
+            return Err(CliError::usage(
+                "--synthetic and --model exclude each other",
+            ));
+        }
+        synthetic_model()?
+    } else {
+        model_dir(&flags)?
+    };
     let weights = std::sync::Arc::new(
         Weights::load(&dir).map_err(|e| CliError::fail(format!("{}: {e}", dir.display())))?,
     );

@@ -55,7 +55,7 @@ commands:
   tokenize [--model DIR] TEXT
   logits   [--model DIR] --ids 1,2,3 [--top K] [--threads N]
   info     [--model DIR] [--ctx N] [--threads N]
-  bench    [--model DIR] [-p 512] [-n 128] [-r 5] [-t|--threads N] [--json]
+  bench    [--model DIR | --synthetic] [-p 512] [-n 128] [-r 5] [-t|--threads N] [--json] [--prefill-f32]
   fetch    fetch and convert the default model (Qwen2.5-Coder-0.5B-Instruct)
   convert  FILE.gguf OUTDIR
   arc      [--model DIR] [--data FILE|DIR] [--split eval|training] [--tasks ID,...] [--limit N]
