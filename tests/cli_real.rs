@@ -173,3 +173,49 @@ fn chat_keeps_context_across_turns_and_says_when_full() {
     ));
     assert!(e.contains("context full"), "{e}");
 }
+
+#[test]
+fn batch_keeps_input_order_and_survives_a_bad_line() {
+    let dir = std::env::temp_dir().join(format!("qwenrt-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let input = dir.join("prompts.jsonl");
+    let out = dir.join("results.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":\"a\",\"prompt\":\"The capital of France is\",\"max_tokens\":4,\"raw\":true}\n\
+         {\"id\":\"b\",\"prompt\":\n\
+         {\"id\":3,\"prompt\":\"Say hi.\",\"max_tokens\":6,\"temperature\":0.7}\n",
+    )
+    .unwrap();
+    let (_, e) = ok(&qwenrt(
+        &[
+            "batch",
+            "--input",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--threads",
+            "2",
+        ],
+        None,
+    ));
+    assert!(e.contains("3 requests, 2 completed, 1 failed"), "{e}");
+    let recs: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(recs.len(), 3);
+    assert_eq!(recs[0]["id"], "a");
+    assert!(
+        recs[0]["text"].as_str().unwrap().contains("Paris"),
+        "{}",
+        recs[0]
+    );
+    assert!(recs[0]["ids"].as_array().unwrap().len() <= 4);
+    assert_eq!(recs[1]["line"], 2);
+    assert!(recs[1]["error"].as_str().is_some());
+    assert_eq!(recs[2]["id"], 3);
+    assert!(recs[2]["stats"]["prompt_tokens"].as_u64().unwrap() > 10);
+}
