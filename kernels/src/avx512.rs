@@ -1032,27 +1032,32 @@ pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: 
     // block below are disjoint parts of it. Query/output rows and key/value rows are read and
     // written only at the positions AttnTile's contract makes valid: row r < a.rows maps to
     // token t < n and a head of this group; keys are read below the largest causal limit of the
-    // tile, pos0 + t_last + 1 <= the valid length.
+    // tile, pos0 + t_last + 1 <= the valid length. Row offsets fit in i32 (contract); gathers
+    // read only unmasked lanes: real rows' q elements (offset + d, d < hd) and ot elements
+    // (d + i) * rt + r with d + i < hd.
     unsafe {
         let qt = scratch;
         let ot = scratch.add(hd * rt);
         let sb = scratch.add(2 * hd * rt);
-        // Per-row causal limits (keys 0..lim visible) and the transposed, pre-scaled queries.
-        // Padding rows (r >= rows) copy the last real row's limit and have zero queries.
+        // Per-row causal limits (keys 0..lim visible) and row offsets into q / out. Padding
+        // rows (r >= rows) copy the last real row's limit and offset.
         let mut lim = [0i32; 32];
-        for (r, l) in lim.iter_mut().enumerate().take(rt) {
+        let mut off = [0i32; 32];
+        for r in 0..rt {
             let g = a.row0 + r.min(a.rows - 1);
             let t = g / a.group;
-            *l = (a.pos0 + t + 1) as i32;
-            if r < a.rows {
-                let qp = a.q.add(t * a.qdim + (a.head0 + g % a.group) * hd);
-                for d in 0..hd {
-                    *qt.add(d * rt + r) = *qp.add(d) * a.scale;
-                }
-            } else {
-                for d in 0..hd {
-                    *qt.add(d * rt + r) = 0.0;
-                }
+            lim[r] = (a.pos0 + t + 1) as i32;
+            off[r] = (t * a.qdim + (a.head0 + g % a.group) * hd) as i32;
+        }
+        // Transposed, pre-scaled queries (zero in padding rows): one gather per dim and row
+        // vector. (Element-wise copies compile to scatters, which are slow.)
+        let vs = _mm512_set1_ps(a.scale);
+        for rv in 0..RV {
+            let offv = _mm512_loadu_si512(off.as_ptr().add(16 * rv) as *const _);
+            let km = lanes(a.rows.saturating_sub(16 * rv));
+            for d in 0..hd {
+                let x = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), km, offv, a.q.add(d));
+                _mm512_storeu_ps(qt.add(d * rt + 16 * rv), _mm512_mul_ps(x, vs));
             }
         }
         for d in 0..hd * rt {
@@ -1131,12 +1136,25 @@ pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: 
                 _mm512_div_ps(_mm512_set1_ps(1.0), lv),
             );
         }
+        // Row r of the output is lane r of every ot[d], gathered 16 dims at a time.
+        let stride = _mm512_mullo_epi32(
+            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+            _mm512_set1_epi32(rt as i32),
+        );
         for r in 0..a.rows {
-            let g = a.row0 + r;
-            let t = g / a.group;
-            let op = a.out.add(t * a.qdim + (a.head0 + g % a.group) * hd);
-            for d in 0..hd {
-                *op.add(d) = *ot.add(d * rt + r) * inv[r];
+            let op = a.out.add(off[r] as usize);
+            let ir = _mm512_set1_ps(inv[r]);
+            let mut d = 0;
+            while d < hd {
+                let m = lanes(hd - d);
+                let x = _mm512_mask_i32gather_ps::<4>(
+                    _mm512_setzero_ps(),
+                    m,
+                    stride,
+                    ot.add(d * rt + r),
+                );
+                _mm512_mask_storeu_ps(op.add(d), m, _mm512_mul_ps(x, ir));
+                d += 16;
             }
         }
     }

@@ -261,7 +261,8 @@ pub fn exp(isa: Isa, x: &mut [f32]) {
 /// Contract (what the unsafe tile bodies rely on): for every row of the tile, `q` and `out` are
 /// valid for `hd` floats at `t * qdim + head * hd` (read / written, the written ones touched by
 /// no one else during the call), and `k`, `v` (this kv head's `[cap, hd]` slab) are readable
-/// for `(pos0 + t + 1) * hd` floats.
+/// for `(pos0 + t + 1) * hd` floats. Every row offset `t * qdim + head * hd` is below
+/// `i32::MAX` (the bodies gather with 32-bit indices).
 #[derive(Clone, Copy)]
 pub(crate) struct AttnTile {
     pub q: *const f32,

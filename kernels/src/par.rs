@@ -277,10 +277,11 @@ fn use_tiles(n_threads: usize, isa: Isa, layout: KvLayout, q_len: usize) -> bool
     };
     let n = q_len / (n_heads * hd);
     let rows = n * (n_heads / n_kv_heads);
-    // A tile shares each key/value read among its rows: worth it once a tile holds a vector of
-    // rows and there is a tile for every thread (decode with many threads keeps the per-row
-    // split, which has `n_heads` work items instead of `n_kv_heads`).
-    rows >= rt / 2 && rows.div_ceil(rt) * n_kv_heads >= n_threads
+    // A tile shares each key/value read among its rows: worth it once a tile holds a quarter
+    // vector of rows (decode with 7 query heads per kv head already gains) and there is a tile
+    // for every thread (decode with many threads keeps the per-row split, which has `n_heads`
+    // work items instead of `n_kv_heads`).
+    rows >= rt / 4 && rows.div_ceil(rt) * n_kv_heads >= n_threads
 }
 
 /// Checks the buffers of an attention call; returns `(n, group)`.
@@ -338,7 +339,8 @@ pub fn attention_tiled(
 ) {
     let hd = layout.head_dim;
     let rt1 = ops::attention_tile_rows(isa, 1);
-    if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD {
+    // (The tiles address query rows with 32-bit offsets.)
+    if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD || q.len() > i32::MAX as usize {
         attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
         return;
     }
@@ -398,12 +400,13 @@ pub fn attention_tiled(
             };
             // SAFETY: the tile's rows are tokens t < n (row < n * group) of heads of group g,
             // so q and out hold their hd floats at t * qdim + head * hd (checked n * qdim <=
-            // q.len(), out.len()); kv head g's slab starts at g * cap * hd and holds cap >=
-            // pos0 + n >= pos0 + t + 1 rows (checked). Work item i is claimed by exactly one
-            // thread and its (token, head) rows belong to no other item, so the out rows it
-            // writes are disjoint from every other thread's; `out`'s `&mut` is held here until
-            // `run` returns. scratch is this thread's own stack array of TILE_SCRATCH >=
-            // attention_tile_scratch(hd, rv) floats (asserted), and rows <= rt (min above).
+            // q.len(), out.len()), an offset below q.len() <= i32::MAX (checked); kv head g's
+            // slab starts at g * cap * hd and holds cap >= pos0 + n >= pos0 + t + 1 rows
+            // (checked). Work item i is claimed by exactly one thread and its (token, head) rows
+            // belong to no other item, so the out rows it writes are disjoint from every other
+            // thread's; `out`'s `&mut` is held here until `run` returns. scratch is this
+            // thread's own stack array of TILE_SCRATCH >= attention_tile_scratch(hd, rv) floats
+            // (asserted), and rows <= rt (min above).
             unsafe { ops::attention_tile(isa, rv, &t, sp) };
         }
     };
