@@ -339,8 +339,9 @@ pub fn attention_tiled(
 ) {
     let hd = layout.head_dim;
     let rt1 = ops::attention_tile_rows(isa, 1);
-    // (The tiles address query rows with 32-bit offsets.)
-    if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD || q.len() > i32::MAX as usize {
+    // (The tiles address query rows and compare causal limits in 32-bit lanes.)
+    let big = q.len() > i32::MAX as usize || layout.cap > i32::MAX as usize;
+    if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD || big {
         attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
         return;
     }
