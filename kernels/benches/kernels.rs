@@ -231,39 +231,65 @@ fn bench_par(c: &mut Criterion) {
         }
     }
     {
-        // Prefill attention: 512 new tokens from position 0, Qwen2.5-0.5B heads.
+        // Attention at Qwen2.5-0.5B heads (14 query heads, 2 kv heads, head_dim 64): prefill
+        // chunks of 512 tokens from position 0 and from 2500, and one decode step at 2500.
+        // `rows` is the per-(token, head) kernel, `tiled` the blocked one; `attention` picks.
+        // FLOPs: QK and PV, 2 each per (query, key, dim), over the causal (query, key) pairs.
+        let (hq, hkv, hd, cap) = (14usize, 2usize, 64usize, 3072usize);
         let layout = KvLayout {
-            n_heads: 14,
-            n_kv_heads: 2,
-            head_dim: 64,
-            cap: 512,
+            n_heads: hq,
+            n_kv_heads: hkv,
+            head_dim: hd,
+            cap,
         };
-        let n = 512;
-        let kv = data(2 * 512 * 64, 4);
-        let q = data(n * 14 * 64, 5);
-        let mut out = vec![0.0; n * 14 * 64];
-        // QK and PV: 2 FLOPs each per (query, key, dim), causal half.
-        g.throughput(Throughput::Elements((4 * 14 * 64 * n * (n + 1) / 2) as u64));
-        for pool in &pools {
-            let mut scores = vec![0.0; par::scores_len(pool.n_threads(), 14, 512)];
-            g.bench_function(
-                BenchmarkId::new("attention_prefill512", format!("{}t", pool.n_threads())),
-                |b| {
-                    b.iter(|| {
-                        par::attention(
-                            pool,
-                            isa,
-                            layout,
-                            0,
-                            black_box(&q),
-                            &kv,
-                            &kv,
-                            &mut scores,
-                            &mut out,
-                        )
-                    })
-                },
+        let k = data(hkv * cap * hd, 4);
+        let v = data(hkv * cap * hd, 6);
+        for &(pos0, n) in &[(0usize, 512usize), (2500, 512), (2500, 1)] {
+            let q = data(n * hq * hd, 5);
+            let mut out = vec![0.0; n * hq * hd];
+            let pairs = n * pos0 + n * (n + 1) / 2;
+            g.throughput(Throughput::Elements((4 * hd * hq * pairs) as u64));
+            type AttnFn = fn(
+                &ThreadPool,
+                Isa,
+                KvLayout,
+                usize,
+                &[f32],
+                &[f32],
+                &[f32],
+                &mut [f32],
+                &mut [f32],
             );
+            let fns: [(&str, AttnFn); 3] = [
+                ("rows", par::attention_rows),
+                ("tiled", par::attention_tiled),
+                ("attention", par::attention),
+            ];
+            for pool in &pools {
+                let nt = pool.n_threads();
+                let mut scores = vec![0.0; par::scores_len(nt, hq, cap)];
+                for (name, f) in fns {
+                    let id = BenchmarkId::new(
+                        format!("attention_{name}_n{n}_pos{pos0}"),
+                        format!("{nt}t"),
+                    );
+                    g.bench_function(id, |b| {
+                        b.iter(|| {
+                            f(
+                                pool,
+                                isa,
+                                layout,
+                                pos0,
+                                black_box(&q),
+                                &k,
+                                &v,
+                                &mut scores,
+                                &mut out,
+                            )
+                        })
+                    });
+                }
+            }
         }
     }
     g.finish();

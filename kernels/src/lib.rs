@@ -14,7 +14,8 @@
 //! - [`scalar`]: the reference implementations every SIMD body is tested against.
 //! - [`pool::ThreadPool`]: persistent workers meeting at a spin barrier; dispatch allocates nothing.
 //! - [`par`]: the kernels split across a pool (matvec by rows, matmul by output columns,
-//!   attention by (token, head) pairs), plus fused [`par::matvec2`] / [`par::matvec3`] (several
+//!   attention by tiles of (kv head, query rows) with an online softmax on AVX-512, else by
+//!   (token, head) pairs), plus fused [`par::matvec2`] / [`par::matvec3`] (several
 //!   matrices sharing one input in a single dispatch) and [`par::matmul_bf16dot`].
 
 pub mod dtype;

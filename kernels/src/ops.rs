@@ -252,3 +252,79 @@ pub fn argmax(isa: Isa, x: &[f32]) -> usize {
 pub fn exp(isa: Isa, x: &mut [f32]) {
     dispatch!(isa, exp, (x))
 }
+
+/// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
+/// kv head's query rows, numbered token-major (`row = t * group + h_in_group`), so row `row`
+/// is token `t = row / group` (position `pos0 + t`, keys `0..=pos0 + t` visible) and query head
+/// `head0 + row % group`.
+///
+/// Contract (what the unsafe tile bodies rely on): for every row of the tile, `q` and `out` are
+/// valid for `hd` floats at `t * qdim + head * hd` (read / written, the written ones touched by
+/// no one else during the call), and `k`, `v` (this kv head's `[cap, hd]` slab) are readable
+/// for `(pos0 + t + 1) * hd` floats. Every row offset `t * qdim + head * hd` is below
+/// `i32::MAX` (the bodies gather with 32-bit indices).
+#[derive(Clone, Copy)]
+pub(crate) struct AttnTile {
+    pub q: *const f32,
+    pub out: *mut f32,
+    pub k: *const f32,
+    pub v: *const f32,
+    /// Floats per token row of `q` / `out` (`n_heads * hd`).
+    pub qdim: usize,
+    pub hd: usize,
+    pub group: usize,
+    pub head0: usize,
+    pub row0: usize,
+    pub rows: usize,
+    pub pos0: usize,
+    pub scale: f32,
+}
+
+/// Rows per tile of the blocked attention on `isa` with `rv` vectors of rows, or `None` where
+/// the ISA has no blocked body (it then runs the per-row kernel).
+pub(crate) fn attention_tile_rows(isa: Isa, rv: usize) -> Option<usize> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(16 * rv),
+        _ => None,
+    }
+}
+
+/// Floats of tile scratch [`attention_tile`] needs for `rv` row vectors at head dim `hd`.
+pub(crate) fn attention_tile_scratch(hd: usize, rv: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (2 * hd + avx512::ATT_KB) * 16 * rv
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (hd, rv);
+        0
+    }
+}
+
+/// Runs one tile of the blocked attention with `rv` (1 or 2) vectors of rows.
+///
+/// # Safety
+/// `isa` must have a blocked body ([`attention_tile_rows`] is `Some`), `tile` must satisfy
+/// [`AttnTile`]'s contract with `1 <= tile.rows <= attention_tile_rows(isa, rv)`, and `scratch`
+/// must be valid for writing [`attention_tile_scratch`]`(tile.hd, rv)` floats, used by no one
+/// else during the call.
+pub(crate) unsafe fn attention_tile(isa: Isa, rv: usize, tile: &AttnTile, scratch: *mut f32) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            check(Isa::Avx512);
+            assert!(tile.rows >= 1 && tile.rows <= 16 * rv && (rv == 1 || rv == 2));
+            // SAFETY: CPU support checked; tile and scratch contracts forwarded from the caller.
+            unsafe {
+                if rv == 1 {
+                    avx512::attention_tile::<1, 16, 16>(tile, scratch)
+                } else {
+                    avx512::attention_tile::<2, 8, 8>(tile, scratch)
+                }
+            }
+        }
+        _ => unreachable!("attention_tile: no blocked body for {isa}"),
+    }
+}

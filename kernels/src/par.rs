@@ -5,8 +5,10 @@
 //!   multiple of [`ROW_ALIGN`] rows, one contiguous chunk of `y` per thread.
 //! - [`matmul`]: output columns (weight rows) split in chunks of a multiple of [`COL_ALIGN`], each
 //!   thread writing a column block of every token's output row.
-//! - [`attention`]: (query token, head) pairs handed out dynamically (an atomic counter, longest
-//!   causal rows first), each thread with its own `cap`-sized slice of `scores`.
+//! - [`attention`]: on AVX-512, tiles of (kv head, up to 32 query rows of its group) streamed
+//!   against key blocks with an online softmax ([`attention_tiled`]); elsewhere (and for decode
+//!   with more threads than kv heads) (query token, head) pairs ([`attention_rows`]). Both hand
+//!   out work with an atomic counter, longest causal rows first.
 //!
 //! Nothing here allocates: each dispatch passes a stack closure to [`ThreadPool::run`].
 
@@ -232,6 +234,9 @@ pub struct KvLayout {
 /// `0..=pos0+t`). `q` and `out` are `[n, n_heads * head_dim]`; `k`/`v` are one layer of the
 /// cache, `[n_kv_heads, cap, head_dim]`, valid up to `pos0 + n`. Grouped-query: query head `h`
 /// reads kv head `h / (n_heads / n_kv_heads)`. `scores` holds [`scores_len`] floats.
+///
+/// Runs [`attention_tiled`] where the ISA has a blocked body and there are enough query rows
+/// per kv head to fill the tiles and the threads, else [`attention_rows`].
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     pool: &ThreadPool,
@@ -244,6 +249,50 @@ pub fn attention(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    if use_tiles(pool.n_threads(), isa, layout, q.len()) {
+        attention_tiled(pool, isa, layout, pos0, q, k, v, scores, out);
+    } else {
+        attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
+    }
+}
+
+/// Largest head dim of the blocked path (its tile scratch lives on each thread's stack).
+const TILE_MAX_HD: usize = 256;
+/// Floats of that stack scratch: room for 32-row tiles at [`TILE_MAX_HD`] with 64-key blocks.
+const TILE_SCRATCH: usize = (2 * TILE_MAX_HD + 64) * 32;
+
+/// Whether [`attention`] takes the blocked path.
+fn use_tiles(n_threads: usize, isa: Isa, layout: KvLayout, q_len: usize) -> bool {
+    let KvLayout {
+        n_heads,
+        n_kv_heads,
+        head_dim: hd,
+        ..
+    } = layout;
+    if hd == 0 || hd > TILE_MAX_HD || n_kv_heads == 0 || n_heads % n_kv_heads != 0 {
+        return false;
+    }
+    let Some(rt) = ops::attention_tile_rows(isa, 1) else {
+        return false;
+    };
+    let n = q_len / (n_heads * hd);
+    let rows = n * (n_heads / n_kv_heads);
+    // A tile shares each key/value read among its rows: worth it once a tile holds a quarter
+    // vector of rows (decode with 7 query heads per kv head already gains) and there is a tile
+    // for every thread (decode with many threads keeps the per-row split, which has `n_heads`
+    // work items instead of `n_kv_heads`).
+    rows >= rt / 4 && rows.div_ceil(rt) * n_kv_heads >= n_threads
+}
+
+/// Checks the buffers of an attention call; returns `(n, group)`.
+fn attention_checks(
+    layout: KvLayout,
+    pos0: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+) -> (usize, usize) {
     let KvLayout {
         n_heads,
         n_kv_heads,
@@ -253,7 +302,7 @@ pub fn attention(
     let qdim = n_heads * hd;
     let n = q.len().checked_div(qdim).unwrap_or(0);
     if n == 0 {
-        return;
+        return (0, 1);
     }
     assert!(
         pos0 + n <= cap,
@@ -265,13 +314,143 @@ pub fn attention(
         "attention: bad head counts"
     );
     assert!(out.len() >= n * qdim, "attention: out too short");
+    (n, n_heads / n_kv_heads)
+}
+
+/// [`attention`] computed in tiles, FlashAttention-2 style: each work item is one kv head and
+/// a tile of up to 32 of its query rows (token-major over the heads of its group, so the
+/// group's heads share every key/value read), streamed against blocks of keys with an online
+/// softmax, f32 throughout. Work items are handed out by an atomic counter, latest (longest)
+/// tiles first. Allocation-free: each thread keeps its tile scratch on its stack; `scores`
+/// is not used (but must still hold [`scores_len`] floats, like [`attention`]).
+///
+/// ISAs without a blocked body (and head dims above 256) run [`attention_rows`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_tiled(
+    pool: &ThreadPool,
+    isa: Isa,
+    layout: KvLayout,
+    pos0: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let hd = layout.head_dim;
+    let rt1 = ops::attention_tile_rows(isa, 1);
+    // (The tiles address query rows and compare causal limits in 32-bit lanes.)
+    let big = q.len() > i32::MAX as usize || layout.cap > i32::MAX as usize;
+    if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD || big {
+        attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
+        return;
+    }
+    let (n, group) = attention_checks(layout, pos0, q, k, v, out);
+    if n == 0 {
+        return;
+    }
+    assert!(
+        scores.len() >= layout.cap,
+        "attention: scores shorter than cap (see scores_len)"
+    );
+    let KvLayout {
+        n_heads,
+        n_kv_heads,
+        cap,
+        ..
+    } = layout;
+    let rows = n * group;
+    // Two vectors of rows per tile once there are enough rows, else one.
+    let rv = if rows >= 32 { 2 } else { 1 };
+    let rt = ops::attention_tile_rows(isa, rv).unwrap_or(16);
+    assert!(ops::attention_tile_scratch(hd, rv) <= TILE_SCRATCH);
+    let tiles = rows.div_ceil(rt);
+    let items = tiles * n_kv_heads;
+    let nt = pool.n_threads().min(items);
+    let qdim = n_heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let op = SendPtr(out.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    let work = |tid: usize| {
+        if tid >= nt {
+            return;
+        }
+        let mut scratch = std::mem::MaybeUninit::<[f32; TILE_SCRATCH]>::uninit();
+        let sp = scratch.as_mut_ptr() as *mut f32;
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            let tile = tiles - 1 - i / n_kv_heads;
+            let g = i % n_kv_heads;
+            let row0 = tile * rt;
+            let t = ops::AttnTile {
+                q: q.as_ptr(),
+                out: op.get(),
+                k: k[g * cap * hd..].as_ptr(),
+                v: v[g * cap * hd..].as_ptr(),
+                qdim,
+                hd,
+                group,
+                head0: g * group,
+                row0,
+                rows: rt.min(rows - row0),
+                pos0,
+                scale,
+            };
+            // SAFETY: the tile's rows are tokens t < n (row < n * group) of heads of group g,
+            // so q and out hold their hd floats at t * qdim + head * hd (checked n * qdim <=
+            // q.len(), out.len()), an offset below q.len() <= i32::MAX (checked); kv head g's
+            // slab starts at g * cap * hd and holds cap >= pos0 + n >= pos0 + t + 1 rows
+            // (checked). Work item i is claimed by exactly one thread and its (token, head) rows
+            // belong to no other item, so the out rows it writes are disjoint from every other
+            // thread's; `out`'s `&mut` is held here until `run` returns. scratch is this
+            // thread's own stack array of TILE_SCRATCH >= attention_tile_scratch(hd, rv) floats
+            // (asserted), and rows <= rt (min above).
+            unsafe { ops::attention_tile(isa, rv, &t, sp) };
+        }
+    };
+    if nt <= 1 {
+        work(0);
+    } else {
+        pool.run(&work);
+    }
+}
+
+/// [`attention`] one (query token, head) pair at a time: each pair runs the single-head kernel
+/// [`ops::attention`] over its keys, pairs handed out by an atomic counter (longest first), each
+/// thread with its own `cap`-sized slice of `scores`. Every ISA; the path for decode with more
+/// threads than kv heads.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(
+    pool: &ThreadPool,
+    isa: Isa,
+    layout: KvLayout,
+    pos0: usize,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let (n, group) = attention_checks(layout, pos0, q, k, v, out);
+    if n == 0 {
+        return;
+    }
+    let KvLayout {
+        n_heads,
+        head_dim: hd,
+        cap,
+        ..
+    } = layout;
+    let qdim = n_heads * hd;
     // Each participating thread needs `cap` floats of scores.
     let slots = scores.len() / cap;
     assert!(
         slots >= 1,
         "attention: scores shorter than cap (see scores_len)"
     );
-    let group = n_heads / n_kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let pairs = n * n_heads;
     let nt = pool.n_threads().min(slots).min(pairs);

@@ -191,3 +191,88 @@ fn par_attention_gqa_causal() {
         }
     }
 }
+
+/// Scalar reference for `par::attention`: one (token, head) at a time.
+fn attention_ref(layout: KvLayout, pos0: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    let hd = layout.head_dim;
+    let qdim = layout.n_heads * hd;
+    let n = q.len() / qdim;
+    let group = layout.n_heads / layout.n_kv_heads;
+    let mut sc = vec![0.0; layout.cap];
+    let mut r = vec![0.0; n * qdim];
+    for t in 0..n {
+        let len = pos0 + t + 1;
+        for h in 0..layout.n_heads {
+            let base = (h / group) * layout.cap * hd;
+            scalar::attention(
+                &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                &k[base..base + len * hd],
+                &v[base..base + len * hd],
+                1.0 / (hd as f32).sqrt(),
+                &mut sc,
+                &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+            );
+        }
+    }
+    r
+}
+
+/// The blocked (tiled, online-softmax) attention and the dispatching `par::attention` against the
+/// scalar reference on awkward shapes: tiles that straddle tokens and kv heads, partial key
+/// blocks, head dims that are not a multiple of the register blocks, cap exactly pos0 + n.
+/// Online softmax reorders the sums, hence a tolerance rather than bit equality:
+/// `|a - b| <= 1e-5 * max(1, |ref|) + 1e-6`.
+#[test]
+fn par_attention_tiled_vs_scalar() {
+    let mut rng = Rng(14);
+    let pools: Vec<ThreadPool> = (1..=3).map(|nt| ThreadPool::new(nt).unwrap()).collect();
+    for &hd in &[64usize, 40, 16] {
+        for &(n_heads, n_kv_heads) in &[(14usize, 2usize), (4, 4), (8, 1)] {
+            for &pos0 in &[0usize, 5, 1000] {
+                for &n in &[1usize, 7, 63, 130] {
+                    if hd != 64 && pos0 == 1000 && n == 130 {
+                        continue; // the largest shape once per head layout is enough
+                    }
+                    let cap = pos0 + n;
+                    let layout = KvLayout {
+                        n_heads,
+                        n_kv_heads,
+                        head_dim: hd,
+                        cap,
+                    };
+                    let kvlen = n_kv_heads * cap * hd;
+                    let k = rng.vec(kvlen);
+                    let v = rng.vec(kvlen);
+                    // Larger queries make the softmax peakier (more rescaling in the online max).
+                    let q: Vec<f32> = rng.vec(n * n_heads * hd).iter().map(|x| 3.0 * x).collect();
+                    let r = attention_ref(layout, pos0, &q, &k, &v);
+                    for isa in Isa::available() {
+                        if isa == Isa::Scalar && pos0 * n > 5000 {
+                            continue; // the scalar ISA runs the (unchanged) per-row kernel: slow
+                        }
+                        for pool in &pools {
+                            let nt = pool.n_threads();
+                            let mut scores = vec![0.0; par::scores_len(nt, n_heads, cap)];
+                            for (name, f) in [
+                                ("attention", par::attention as AttnFn),
+                                ("attention_tiled", par::attention_tiled),
+                            ] {
+                                let mut out = vec![f32::NAN; r.len()];
+                                f(pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                                for (i, (&a, &b)) in out.iter().zip(&r).enumerate() {
+                                    assert!(
+                                        (a - b).abs() <= 1e-5 * b.abs().max(1.0) + 1e-6,
+                                        "{name} {isa} nt={nt} hd={hd} heads={n_heads}/{n_kv_heads} \
+                                         pos0={pos0} n={n} [{i}]: {a} vs {b}"
+                                    );
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+type AttnFn = fn(&ThreadPool, Isa, KvLayout, usize, &[f32], &[f32], &[f32], &mut [f32], &mut [f32]);

@@ -99,6 +99,31 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                     );
                     par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut y);
                     par::attention(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
+                    // Both attention paths explicitly (`attention` picks one by shape).
+                    par::attention_tiled(
+                        &pool,
+                        isa,
+                        layout,
+                        5,
+                        &q,
+                        &kv,
+                        &kv,
+                        &mut scores,
+                        &mut out,
+                    );
+                    par::attention_rows(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
+                    // Decode (one token) on the tiled path.
+                    par::attention_tiled(
+                        &pool,
+                        isa,
+                        layout,
+                        40,
+                        &q[..4 * 32],
+                        &kv,
+                        &kv,
+                        &mut scores,
+                        &mut out[..4 * 32],
+                    );
                 }
                 if round == 1 {
                     assert_eq!(
