@@ -237,7 +237,10 @@ pub fn write_safetensors(
             name: t.name.clone(),
         })?;
         if !t.ty.can_dequantize() {
-            return Err(GgufError::UnsupportedDequant { ty: t.ty }.into());
+            return Err(ConvertError::Metadata(format!(
+                "GGUF tensor {:?} is {:?}, which this converter cannot dequantize",
+                t.name, t.ty
+            )));
         }
         if usize::try_from(t.n_elements).is_err() {
             return Err(GgufError::DimsOverflow {

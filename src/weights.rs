@@ -392,8 +392,13 @@ fn read_shard(
         path: path.into(),
         why,
     };
-    let (header_len, meta) = safetensors::SafeTensors::read_metadata(map)
-        .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+    let (header_len, meta) = match safetensors::SafeTensors::read_metadata(map) {
+        Ok(v) => v,
+        Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
+            return Err(bad(size_mismatch(map)))
+        }
+        Err(e) => return Err(bad(format!("invalid safetensors header: {e}"))),
+    };
     let data_start = header_len + 8;
     let data_len = map.len() - data_start;
     if meta.data_len() > data_len {
@@ -433,4 +438,38 @@ fn read_shard(
         );
     }
     Ok(())
+}
+
+/// Why a file whose header is otherwise valid does not hold exactly the tensor data the header
+/// describes (safetensors reports only "file not fully covered").
+fn size_mismatch(map: &[u8]) -> String {
+    let described = (|| {
+        let n = usize::try_from(u64::from_le_bytes(map.get(..8)?.try_into().ok()?)).ok()?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(map.get(8..8usize.checked_add(n)?)?).ok()?;
+        let end = header
+            .values()
+            .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        Some((8 + n, end))
+    })();
+    match described {
+        Some((data_start, end)) => {
+            let held = (map.len() - data_start) as u64;
+            if held < end {
+                format!(
+                    "truncated: the header describes {end} bytes of tensor data but the file \
+                     holds {held} ({} bytes in all)",
+                    map.len()
+                )
+            } else {
+                format!(
+                    "{} bytes follow the {end} bytes of tensor data the header describes",
+                    held - end
+                )
+            }
+        }
+        None => "the file size does not match its header".into(),
+    }
 }
