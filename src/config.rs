@@ -184,10 +184,11 @@ impl Config {
         let rms_norm_eps = raw
             .rms_norm_eps
             .ok_or(ConfigError::Missing("rms_norm_eps"))?;
-        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+        // checked as the f32 the model uses: 1e-50 is positive as f64 but 0 as f32
+        if !((rms_norm_eps as f32).is_finite() && rms_norm_eps as f32 > 0.0) {
             return Err(ConfigError::Invalid {
                 field: "rms_norm_eps",
-                why: format!("is {rms_norm_eps}; must be a positive finite number"),
+                why: format!("is {rms_norm_eps}; must be a positive finite f32"),
             });
         }
         let rope_params = raw.rope_parameters.unwrap_or_default();
@@ -212,10 +213,10 @@ impl Config {
             (None, Some(t)) => (t, "rope_parameters.rope_theta"),
             (None, None) => (10000.0, "rope_theta"),
         };
-        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+        if !((rope_theta as f32).is_finite() && rope_theta as f32 > 1.0) {
             return Err(ConfigError::Invalid {
                 field: theta_field,
-                why: format!("is {rope_theta}; must be a finite number above 1"),
+                why: format!("is {rope_theta}; must be a finite f32 above 1"),
             });
         }
         let eos_token_ids = match raw.eos_token_id {
@@ -366,6 +367,11 @@ mod tests {
             (with("vocab_size", "1e300"), "config.json is not valid"),
             (with("vocab_size", "99999999999"), "vocab_size"),
             (with("rms_norm_eps", "-1"), "rms_norm_eps"),
+            // positive as f64, but 0 or infinite as the f32 the model computes with
+            (with("rms_norm_eps", "1e-50"), "rms_norm_eps"),
+            (with("rms_norm_eps", "1e300"), "rms_norm_eps"),
+            (with("rope_theta", "1e300"), "rope_theta"),
+            (with("rope_theta", "1.00000001"), "rope_theta"),
             (with("model_type", "\"llama\""), "model_type"),
             (with("eos_token_id", "99999999999"), "eos_token_id"),
             (

@@ -564,7 +564,7 @@ pub fn mutate_model(config: &mut Vec<u8>, st: &mut Vec<u8>, m: &StMutation) {
             let header_end = st
                 .get(..8)
                 .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                .map_or(0, |n| (8 + n).min(st.len() as u64) as usize);
+                .map_or(0, |n| n.saturating_add(8).min(st.len() as u64) as usize);
             if header_end > 0 {
                 st[usize::from(*at) % header_end] ^= xor;
             }
