@@ -760,11 +760,7 @@ fn record_sink(flags: &Flags) -> Result<Box<dyn Write>, CliError> {
 
 fn progress_bar(done: usize, total: usize, label: &str) {
     let width = 30;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     eprint!(
         "\r[{}{}] {done}/{total} {label:<20}",
         "#".repeat(filled),

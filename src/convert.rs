@@ -273,7 +273,7 @@ pub fn write_safetensors(
     let total = offset as usize;
     let mut header_bytes =
         serde_json::to_vec(&Json::Object(header)).expect("serializing JSON cannot fail");
-    while header_bytes.len() % 8 != 0 {
+    while !header_bytes.len().is_multiple_of(8) {
         header_bytes.push(b' ');
     }
 

@@ -74,10 +74,20 @@ pub enum KvOp {
         v_extra: i8,
     },
     /// A decode step's write of one position.
-    Step { layer: u8, pos: Pos },
+    Step {
+        layer: u8,
+        pos: Pos,
+    },
     /// A write into storage of the wrong size (`delta` floats off, never zero).
-    WrongStorage { layer: u8, pos: Pos, delta: i8 },
-    View { layer: u8, len: Pos },
+    WrongStorage {
+        layer: u8,
+        pos: Pos,
+        delta: i8,
+    },
+    View {
+        layer: u8,
+        len: Pos,
+    },
     Commit,
     Rollback,
     Reset,
@@ -224,8 +234,12 @@ pub fn run_kv_program(p: &KvProgram) {
                 if pos != model.used {
                     expect.push(Refusal::NotNext);
                 }
-                let n_written = if row == 0 { 0 } else { k_len / row };
-                if rows_ok && pos.checked_add(n_written).is_none_or(|e| e > shape.capacity) {
+                let n_written = k_len.checked_div(row).unwrap_or(0);
+                if rows_ok
+                    && pos
+                        .checked_add(n_written)
+                        .is_none_or(|e| e > shape.capacity)
+                {
                     expect.push(Refusal::Full);
                 }
 
@@ -264,7 +278,10 @@ pub fn run_kv_program(p: &KvProgram) {
                 };
                 match result {
                     Ok(()) => {
-                        assert!(expect.is_empty(), "write {op:?} accepted; expected {expect:?}");
+                        assert!(
+                            expect.is_empty(),
+                            "write {op:?} accepted; expected {expect:?}"
+                        );
                         let hd = shape.head_dim;
                         for t in 0..n_written {
                             for h in 0..shape.kv_heads {
@@ -435,7 +452,9 @@ fn check_config(c: Option<Config>) {
     assert!(c.rms_norm_eps > 0.0 && c.rms_norm_eps.is_finite());
     assert!(c.rope_theta > 1.0 && c.rope_theta.is_finite());
     assert!(c.parameter_count().is_some());
-    let kv_bytes = c.max_kv_cache_bytes().expect("accepted configs bound the KV cache");
+    let kv_bytes = c
+        .max_kv_cache_bytes()
+        .expect("accepted configs bound the KV cache");
     for ctx in [1, 7, c.max_position_embeddings] {
         for threads in [1, 1024] {
             let opts = SessionOptions {
@@ -476,21 +495,47 @@ pub fn tiny_model() -> &'static (Vec<u8>, Vec<u8>) {
 #[derive(Arbitrary, Clone, Debug)]
 pub enum StMutation {
     /// XOR a byte anywhere (offset taken modulo the length).
-    FlipByte { at: u32, xor: u8 },
+    FlipByte {
+        at: u32,
+        xor: u8,
+    },
     /// XOR a byte of the length prefix or the JSON header.
-    FlipHeaderByte { at: u16, xor: u8 },
-    Truncate { keep: u32 },
+    FlipHeaderByte {
+        at: u16,
+        xor: u8,
+    },
+    Truncate {
+        keep: u32,
+    },
     /// Replace the header length prefix.
     HeaderLen(u64),
     /// Set the dtype of the `tensor`-th entry (names sorted) to one of a list.
-    Dtype { tensor: u8, dtype: u8 },
-    Shape { tensor: u8, shape: Vec<u32> },
-    Offsets { tensor: u8, start: u32, end: u32 },
-    Remove { tensor: u8 },
+    Dtype {
+        tensor: u8,
+        dtype: u8,
+    },
+    Shape {
+        tensor: u8,
+        shape: Vec<u32>,
+    },
+    Offsets {
+        tensor: u8,
+        start: u32,
+        end: u32,
+    },
+    Remove {
+        tensor: u8,
+    },
     /// Give the entry another entry's name (or a new one).
-    Rename { tensor: u8, to: u8 },
+    Rename {
+        tensor: u8,
+        to: u8,
+    },
     /// Set one config.json field.
-    ConfigField { field: u8, value: i64 },
+    ConfigField {
+        field: u8,
+        value: i64,
+    },
 }
 
 const ST_DTYPES: [&str; 14] = [
@@ -520,7 +565,7 @@ fn split_safetensors(bytes: &[u8]) -> Option<(serde_json::Map<String, serde_json
 
 fn join_safetensors(header: &serde_json::Map<String, serde_json::Value>, data: &[u8]) -> Vec<u8> {
     let mut h = serde_json::to_vec(header).expect("a JSON map serializes");
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -577,7 +622,12 @@ pub fn mutate_model(config: &mut Vec<u8>, st: &mut Vec<u8>, m: &StMutation) {
         }
         StMutation::Dtype { tensor, dtype } => edit_header(&mut |h| {
             if let Some(name) = nth(h, *tensor) {
-                set_field(h, &name, "dtype", ST_DTYPES[usize::from(*dtype) % ST_DTYPES.len()].into());
+                set_field(
+                    h,
+                    &name,
+                    "dtype",
+                    ST_DTYPES[usize::from(*dtype) % ST_DTYPES.len()].into(),
+                );
             }
         }),
         StMutation::Shape { tensor, shape } => edit_header(&mut |h| {
@@ -734,10 +784,7 @@ pub fn tiny_gguf_builder() -> GgufBuilder {
         .kv_strings("tokenizer.ggml.tokens", &tokens)
         .kv(
             "tokenizer.ggml.token_type",
-            array_of(
-                ValueType::I32,
-                [1, 1, 1, 1, 3, 3].map(Value::I32).to_vec(),
-            ),
+            array_of(ValueType::I32, [1, 1, 1, 1, 3, 3].map(Value::I32).to_vec()),
         )
         .kv_strings("tokenizer.ggml.merges", &["Ġ a"])
         .kv("tokenizer.ggml.eos_token_id", Value::U32(5))
@@ -819,11 +866,9 @@ pub fn mutate_gguf(ms: &[GgufMutation]) -> Vec<u8> {
                 b.alignment = u64::from(*a).clamp(1, 4096);
             }
             GgufMutation::Version(v) => b.version = *v,
-            GgufMutation::DropData { tensor, keep } => {
-                b.tensors[usize::from(*tensor) % n]
-                    .data
-                    .truncate(usize::from(*keep))
-            }
+            GgufMutation::DropData { tensor, keep } => b.tensors[usize::from(*tensor) % n]
+                .data
+                .truncate(usize::from(*keep)),
             GgufMutation::FlipByte { .. } | GgufMutation::Truncate { .. } => byte_ops.push(m),
         }
     }
@@ -898,9 +943,7 @@ pub fn tokenizer_path() -> PathBuf {
 /// The tokenizer at [`tokenizer_path`], loaded once.
 pub fn tokenizer() -> &'static Tokenizer {
     static TOK: OnceLock<Tokenizer> = OnceLock::new();
-    TOK.get_or_init(|| {
-        Tokenizer::from_file(&tokenizer_path()).unwrap_or_else(|e| panic!("{e}"))
-    })
+    TOK.get_or_init(|| Tokenizer::from_file(&tokenizer_path()).unwrap_or_else(|e| panic!("{e}")))
 }
 
 /// Encodes `text` and decodes the ids: no error, the text comes back as `nfc` (the caller's

@@ -328,7 +328,7 @@ impl GgmlType {
     /// Bytes of `n_elements` elements, or `None` when `n_elements` is not a whole number of
     /// blocks or the byte count overflows.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())
@@ -1376,8 +1376,8 @@ mod tests {
         let mut b = f16b(0.5).to_vec();
         b.extend((0..32).map(|i| (i as i8 - 16) as u8));
         let y = deq(GgmlType::Q8_0, &b, 32);
-        for i in 0..32 {
-            assert_eq!(y[i], (i as f32 - 16.0) * 0.5);
+        for (i, &yi) in y.iter().enumerate() {
+            assert_eq!(yi, (i as f32 - 16.0) * 0.5);
         }
     }
 
@@ -1414,7 +1414,7 @@ mod tests {
         }
         assert_eq!(y[1], (1 + 16 - 16) as f32 * 0.25);
         assert_eq!(y[0], -16.0 * 0.25);
-        assert_eq!(y[31], ((0 | 16) - 16) as f32 * 0.25);
+        assert_eq!(y[31], (16 - 16) as f32 * 0.25);
     }
 
     /// Packs eight 6-bit (scale, min) pairs the way ggml's K-quants do.
@@ -1450,13 +1450,13 @@ mod tests {
         let qs: Vec<u8> = (0..128).map(|i| (i * 7 % 251) as u8).collect();
         b.extend_from_slice(&qs);
         let y = deq(GgmlType::Q4K, &b, 256);
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (g, r) = (i / 64, i % 64);
             let (sub, l) = (2 * g + r / 32, r % 32);
             let byte = qs[32 * g + l];
             let q = if r < 32 { byte & 0xF } else { byte >> 4 };
             let want = (d * sc[sub] as f32) * q as f32 - dmin * m[sub] as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 
@@ -1474,7 +1474,7 @@ mod tests {
         b.extend_from_slice(&qh);
         b.extend_from_slice(&qs);
         let y = deq(GgmlType::Q5K, &b, 256);
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (g, r) = (i / 64, i % 64);
             let (sub, l) = (2 * g + r / 32, r % 32);
             let byte = qs[32 * g + l];
@@ -1482,7 +1482,7 @@ mod tests {
             let hi = (qh[l] >> sub) & 1;
             let q = lo + 16 * hi;
             let want = (d * sc[sub] as f32) * q as f32 - dmin * m[sub] as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 
@@ -1500,7 +1500,7 @@ mod tests {
         assert_eq!(b.len(), 210);
         let y = deq(GgmlType::Q6K, &b, 256);
         // Independent formulation: element i = 128*h + 32*k + l, k in 0..4 picks nibble/half.
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (h, r) = (i / 128, i % 128);
             let (k, l) = (r / 32, r % 32);
             let qlb = ql[64 * h + l + 32 * (k % 2)];
@@ -1509,7 +1509,7 @@ mod tests {
             let q = (lo | (hi << 4)) as i32 - 32;
             let s = scales[8 * h + l / 16 + 2 * k];
             let want = d * s as f32 * q as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 

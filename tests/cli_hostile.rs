@@ -93,16 +93,17 @@ fn fails(args: &[&str], stdin: Option<&[u8]>, watched: &[&Path]) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let what = format!("qwenrt {args:?}");
     assert!(!out.status.success(), "{what} succeeded; stderr: {stderr}");
-    assert!(
-        !stderr.contains("panicked at"),
-        "{what} panicked: {stderr}"
-    );
+    assert!(!stderr.contains("panicked at"), "{what} panicked: {stderr}");
     let line = stderr.trim_end();
     assert!(
         line.starts_with("error: ") && !line.contains('\n'),
         "{what}: stderr is not one `error:` line: {stderr:?}"
     );
-    assert!(out.stdout.is_empty(), "{what} wrote to stdout: {:?}", out.stdout);
+    assert!(
+        out.stdout.is_empty(),
+        "{what} wrote to stdout: {:?}",
+        out.stdout
+    );
     assert!(
         snapshot(cwd.path()).is_empty(),
         "{what} wrote into its working directory: {:?}",
@@ -154,7 +155,7 @@ fn edit_header(st: &mut Vec<u8>, edit: impl FnOnce(&mut serde_json::Map<String, 
     let mut header: serde_json::Map<String, Value> = serde_json::from_slice(&st[8..8 + n]).unwrap();
     edit(&mut header);
     let mut h = serde_json::to_vec(&header).unwrap();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
@@ -165,7 +166,11 @@ fn edit_header(st: &mut Vec<u8>, edit: impl FnOnce(&mut serde_json::Map<String, 
 
 fn info(model: &Scratch) -> String {
     let dir = model.path().to_str().unwrap();
-    fails(&["info", "--model", dir, "--threads", "1"], None, &[model.path()])
+    fails(
+        &["info", "--model", dir, "--threads", "1"],
+        None,
+        &[model.path()],
+    )
 }
 
 // ---- safetensors ---------------------------------------------------------------------------
@@ -174,7 +179,15 @@ fn info(model: &Scratch) -> String {
 fn truncated_safetensors() {
     let m = tiny_model(|_| {}, |st| st.truncate(st.len() / 2));
     let line = info(&m);
-    assert_names(&line, &["model.safetensors", "truncated", "describes 633088 bytes", "holds 315172"]);
+    assert_names(
+        &line,
+        &[
+            "model.safetensors",
+            "truncated",
+            "describes 633088 bytes",
+            "holds 315172",
+        ],
+    );
     let m = tiny_model(|_| {}, |st| st.truncate(100));
     let line = info(&m);
     assert_names(&line, &["model.safetensors", "invalid safetensors header"]);
@@ -191,7 +204,10 @@ fn overlapping_offsets() {
         },
     );
     let line = info(&m);
-    assert_names(&line, &["model.safetensors", "invalid safetensors header", "offset"]);
+    assert_names(
+        &line,
+        &["model.safetensors", "invalid safetensors header", "offset"],
+    );
 }
 
 #[test]
@@ -246,7 +262,11 @@ fn wrong_shape() {
     let line = info(&m);
     assert_names(
         &line,
-        &["model.layers.0.self_attn.q_proj.weight", "[32, 128]", "[64, 64]"],
+        &[
+            "model.layers.0.self_attn.q_proj.weight",
+            "[32, 128]",
+            "[64, 64]",
+        ],
     );
 }
 
@@ -270,13 +290,22 @@ fn missing_tensor() {
 #[test]
 fn config_with_zero_heads() {
     let m = tiny_model(|c| c["num_attention_heads"] = json!(0), |_| {});
-    assert_names(&info(&m), &["config.json", "num_attention_heads", "greater than 0"]);
+    assert_names(
+        &info(&m),
+        &["config.json", "num_attention_heads", "greater than 0"],
+    );
 }
 
 #[test]
 fn config_heads_do_not_divide() {
     let m = tiny_model(|c| c["num_attention_heads"] = json!(3), |_| {});
-    assert_names(&info(&m), &["num_attention_heads", "(3) does not divide hidden_size (64)"]);
+    assert_names(
+        &info(&m),
+        &[
+            "num_attention_heads",
+            "(3) does not divide hidden_size (64)",
+        ],
+    );
     let m = tiny_model(|c| c["num_key_value_heads"] = json!(3), |_| {});
     assert_names(&info(&m), &["num_key_value_heads", "does not divide"]);
 }
@@ -301,7 +330,10 @@ fn config_sizes_overflow_the_arena() {
     );
     assert_names(
         &info(&m),
-        &["max_position_embeddings", "KV cache whose size overflows usize"],
+        &[
+            "max_position_embeddings",
+            "KV cache whose size overflows usize",
+        ],
     );
     // a product that overflows the parameter count
     let m = tiny_model(
@@ -357,7 +389,10 @@ fn arena_larger_than_memory_fails_fast_with_its_size() {
         None,
         &[dir.path()],
     );
-    assert_names(&line, &["the arena needs", &format!("{bytes} bytes"), "lower --ctx"]);
+    assert_names(
+        &line,
+        &["the arena needs", &format!("{bytes} bytes"), "lower --ctx"],
+    );
     assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
 }
 
@@ -390,7 +425,13 @@ fn prompt_longer_than_ctx() {
 fn ctx_above_max_position_embeddings() {
     let m = tiny_model(|_| {}, |_| {});
     let line = fails(
-        &["info", "--model", m.path().to_str().unwrap(), "--ctx", "100000"],
+        &[
+            "info",
+            "--model",
+            m.path().to_str().unwrap(),
+            "--ctx",
+            "100000",
+        ],
         None,
         &[m.path()],
     );
@@ -406,7 +447,10 @@ fn empty_prompt() {
         &["generate", "--model", dir, "--prompt", " \n\t "][..],
         &["generate", "--model", dir][..],
     ] {
-        assert_names(&fails(args, Some(b""), &[m.path()]), &["the prompt is empty"]);
+        assert_names(
+            &fails(args, Some(b""), &[m.path()]),
+            &["the prompt is empty"],
+        );
     }
 }
 
@@ -429,7 +473,10 @@ fn bad_flags() {
     let dir = m.path().to_str().unwrap();
     let cases: &[(&[&str], &[&str])] = &[
         (&["generate", "--bogus", "x"], &["unknown flag --bogus"]),
-        (&["info", "--model", dir, "--ctx"], &["flag --ctx needs a value"]),
+        (
+            &["info", "--model", dir, "--ctx"],
+            &["flag --ctx needs a value"],
+        ),
         (
             &["info", "--model", dir, "--ctx", "many"],
             &["invalid value \"many\" for --ctx"],
@@ -439,7 +486,15 @@ fn bad_flags() {
             &["invalid value \"-2\" for --threads"],
         ),
         (
-            &["generate", "--model", dir, "--max-tokens", "1e3", "--prompt", "hi"],
+            &[
+                "generate",
+                "--model",
+                dir,
+                "--max-tokens",
+                "1e3",
+                "--prompt",
+                "hi",
+            ],
             &["invalid value \"1e3\" for --max-tokens"],
         ),
         (
@@ -480,14 +535,21 @@ fn convert_fails(b: &GgufBuilder) -> String {
     let dir = Scratch::new("gguf");
     let path = dir.path().join("bad.gguf");
     std::fs::write(&path, b.build()).unwrap();
-    fails(&["convert", path.to_str().unwrap(), "out"], None, &[dir.path()])
+    fails(
+        &["convert", path.to_str().unwrap(), "out"],
+        None,
+        &[dir.path()],
+    )
 }
 
 #[test]
 fn gguf_with_a_lying_tensor_count() {
     let mut b = qwenrt::fuzzing::tiny_gguf_builder();
     b.tensor_count_override = Some(1 << 40);
-    assert_names(&convert_fails(&b), &["tensor count 1099511627776", "impossible"]);
+    assert_names(
+        &convert_fails(&b),
+        &["tensor count 1099511627776", "impossible"],
+    );
     // a count only a little too large runs out of bytes mid-table
     let mut b = qwenrt::fuzzing::tiny_gguf_builder();
     b.tensor_count_override = Some(b.tensors.len() as u64 + 1);
@@ -499,7 +561,10 @@ fn gguf_with_an_unknown_tensor_type() {
     let mut b = qwenrt::fuzzing::tiny_gguf_builder();
     b.tensors[1].type_id = 99;
     let name = b.tensors[1].name.clone();
-    assert_names(&convert_fails(&b), &["bad.gguf: ", &name, "unknown ggml type 99"]);
+    assert_names(
+        &convert_fails(&b),
+        &["bad.gguf: ", &name, "unknown ggml type 99"],
+    );
 }
 
 #[test]

@@ -67,7 +67,11 @@ fn concurrent_equals_sequential(weights: Weights, reqs: &[Request]) {
     let sequential: Vec<Output> = reqs.iter().map(|r| serve(&weights, r, None)).collect();
     // different requests must give different outputs, or the comparison proves little
     for (i, a) in sequential.iter().enumerate() {
-        assert_eq!(a.tokens.len(), reqs[i].max_tokens, "request {i} stopped early");
+        assert_eq!(
+            a.tokens.len(),
+            reqs[i].max_tokens,
+            "request {i} stopped early"
+        );
         for b in &sequential[i + 1..] {
             assert_ne!(a, b);
         }
@@ -150,7 +154,8 @@ fn tiny_model_seeded_sampling() {
 
 #[test]
 fn real_model_greedy_and_seeded() {
-    let dir = qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
+    let dir =
+        qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Weights::load(&dir).unwrap();
     let vocab = weights.config.vocab_size as u32;
     let g = SamplerParams::greedy();

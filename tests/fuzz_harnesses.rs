@@ -37,7 +37,10 @@ fn kv_cache_ops_random_programs() {
             long_programs += 1;
         }
     }
-    assert!(long_programs > 1000, "only {long_programs} programs had 8+ ops");
+    assert!(
+        long_programs > 1000,
+        "only {long_programs} programs had 8+ ops"
+    );
 }
 
 #[test]
@@ -160,7 +163,7 @@ fn config_parse_random_and_overflowing_sizes() {
             max_positions: pick(&mut rng),
             eps: 1e-6,
             theta: Some(1e6),
-            tied: rng.next() % 2 == 0,
+            tied: rng.next().is_multiple_of(2),
             eos: vec![rng.next() % 1000],
         };
         let json = sizes.json();
@@ -228,10 +231,41 @@ fn gguf_read_random_and_mutated() {
 /// Characters that stress the normalizer and the byte-level BPE: combining marks, Hangul
 /// jamo, decomposed and precomposed Latin, CJK, emoji with ZWJ, controls, special tokens.
 const PIECES: &[&str] = &[
-    "a", "Z", " ", "  ", "\n", "\r\n", "\t", "e\u{301}", "\u{301}", "\u{1100}\u{1161}",
-    "\u{AC00}", "Å", "A\u{30A}", "\u{212B}", "ﬁ", "中文", "日本語", "🚀", "👨\u{200D}👩", "\u{0}",
-    "\u{7F}", "\u{FEFF}", "\u{FFFD}", "<|im_end|>", "<|im_start|>", "<|endoftext|>", "<|im_",
-    "fn main() {}", "'s", "123456", "ـ", "\u{10FFFF}", "ǅ", "ẛ\u{323}", "\u{2126}",
+    "a",
+    "Z",
+    " ",
+    "  ",
+    "\n",
+    "\r\n",
+    "\t",
+    "e\u{301}",
+    "\u{301}",
+    "\u{1100}\u{1161}",
+    "\u{AC00}",
+    "Å",
+    "A\u{30A}",
+    "\u{212B}",
+    "ﬁ",
+    "中文",
+    "日本語",
+    "🚀",
+    "👨\u{200D}👩",
+    "\u{0}",
+    "\u{7F}",
+    "\u{FEFF}",
+    "\u{FFFD}",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|endoftext|>",
+    "<|im_",
+    "fn main() {}",
+    "'s",
+    "123456",
+    "ـ",
+    "\u{10FFFF}",
+    "ǅ",
+    "ẛ\u{323}",
+    "\u{2126}",
 ];
 
 #[test]
@@ -272,8 +306,8 @@ fn tokenizer_roundtrip_random_text() {
 /// `QWENRT_BLESS=1 cargo test --release --test fuzz_harnesses`).
 #[test]
 fn committed_gguf_seed_is_current() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fuzz/seeds/gguf_read/tiny.gguf");
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/gguf_read/tiny.gguf");
     let want = fuzzing::tiny_gguf();
     if std::env::var_os("QWENRT_BLESS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();

@@ -11,8 +11,11 @@ fn tokenizer_roundtrip(data: &[u8]) {
     qwenrt::fuzzing::tokenizer_roundtrip(qwenrt::fuzzing::tokenizer(), &text, &nfc);
 }
 
+/// A fuzz target's harness, called with the raw input.
+type Harness = fn(&[u8]);
+
 /// Each fuzz target's name and harness, exactly as `fuzz/fuzz_targets/*.rs` call them.
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+const TARGETS: [(&str, Harness); 5] = [
     ("kv_cache_ops", qwenrt::fuzzing::kv_cache_ops),
     ("safetensors_load", qwenrt::fuzzing::safetensors_load),
     ("config_parse", qwenrt::fuzzing::config_parse),
@@ -36,7 +39,8 @@ fn replay_regressions_and_seeds() {
     for kind in ["regressions", "seeds"] {
         let root = fuzz.join(kind);
         // every directory names a target, so an input cannot sit somewhere it is never replayed
-        for entry in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display())) {
+        for entry in std::fs::read_dir(&root).unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        {
             let path = entry.unwrap().path();
             if path.is_dir() {
                 let name = path.file_name().unwrap().to_string_lossy().into_owned();
