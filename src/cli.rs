@@ -12,7 +12,7 @@ use crate::chat;
 use crate::sampler::{Sampler, SamplerParams};
 use crate::session::{Session, SessionOptions, StopReason};
 use crate::tokenizer::Tokenizer;
-use crate::weights::Weights;
+use crate::weights::{LoadError, Weights};
 
 /// A command-line failure: printed as one line, exit status 1 (2 for usage errors).
 #[derive(Debug)]
@@ -241,9 +241,11 @@ pub fn model_dir(flags: &Flags) -> Result<PathBuf, CliError> {
 }
 
 fn load_weights(dir: &Path) -> Result<Arc<Weights>, CliError> {
-    Weights::load(dir)
-        .map(Arc::new)
-        .map_err(|e| CliError::fail(format!("{}: {e}", dir.display())))
+    Weights::load(dir).map(Arc::new).map_err(|e| match e {
+        // these name their file already
+        LoadError::Io { .. } | LoadError::Format { .. } => CliError::fail(e),
+        e => CliError::fail(format!("{}: {e}", dir.display())),
+    })
 }
 
 fn load_tokenizer(dir: &Path) -> Result<Tokenizer, CliError> {
@@ -701,6 +703,8 @@ fn cmd_info(args: &[String]) -> Result<(), CliError> {
     let weights = load_weights(&dir)?;
     let c = &weights.config;
     let opts = session_options(&flags, &weights, 4096)?;
+    // the session first, so that a model or --ctx it cannot serve prints no partial report
+    let session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     println!("model: {}", dir.display());
     println!(
         "config: vocab {} | hidden {} | ffn {} | layers {} | heads {} | kv heads {} | head_dim {} | max positions {} | rope theta {} | rms eps {:e} | tied {}",
@@ -718,7 +722,6 @@ fn cmd_info(args: &[String]) -> Result<(), CliError> {
         "norms: {} | biases: {}",
         weights.norm.dtype, weights.layers[0].q_bias.dtype
     );
-    let session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     println!(
         "isa: {} | threads: {} | ctx: {}",
         session.isa(),
@@ -750,8 +753,17 @@ fn cmd_convert(args: &[String]) -> Result<(), CliError> {
             eprint!("\rconverting: {done}/{total} tensors");
         }
     };
-    crate::convert::convert(Path::new(gguf), Path::new(out), &mut progress)
-        .map_err(CliError::fail)?;
+    crate::convert::convert(Path::new(gguf), Path::new(out), &mut progress).map_err(|e| {
+        use crate::convert::ConvertError;
+        use crate::gguf::GgufError;
+        match e {
+            // the reader's errors give offsets but not the file
+            ConvertError::Gguf(ref g) if !matches!(g, GgufError::Io { .. }) => {
+                CliError::fail(format!("{gguf}: {e}"))
+            }
+            e => CliError::fail(e),
+        }
+    })?;
     if tty {
         eprintln!();
     }
@@ -772,11 +784,7 @@ fn record_sink(flags: &Flags) -> Result<Box<dyn Write>, CliError> {
 
 fn progress_bar(done: usize, total: usize, label: &str) {
     let width = 30;
-    let filled = if total == 0 {
-        width
-    } else {
-        done * width / total
-    };
+    let filled = (done * width).checked_div(total).unwrap_or(width);
     eprint!(
         "\r[{}{}] {done}/{total} {label:<20}",
         "#".repeat(filled),

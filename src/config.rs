@@ -184,10 +184,11 @@ impl Config {
         let rms_norm_eps = raw
             .rms_norm_eps
             .ok_or(ConfigError::Missing("rms_norm_eps"))?;
-        if !(rms_norm_eps.is_finite() && rms_norm_eps > 0.0) {
+        // checked as the f32 the model uses: 1e-50 is positive as f64 but 0 as f32
+        if !((rms_norm_eps as f32).is_finite() && rms_norm_eps as f32 > 0.0) {
             return Err(ConfigError::Invalid {
                 field: "rms_norm_eps",
-                why: format!("is {rms_norm_eps}; must be a positive finite number"),
+                why: format!("is {rms_norm_eps}; must be a positive finite f32"),
             });
         }
         let rope_params = raw.rope_parameters.unwrap_or_default();
@@ -212,10 +213,10 @@ impl Config {
             (None, Some(t)) => (t, "rope_parameters.rope_theta"),
             (None, None) => (10000.0, "rope_theta"),
         };
-        if !(rope_theta.is_finite() && rope_theta > 1.0) {
+        if !((rope_theta as f32).is_finite() && rope_theta as f32 > 1.0) {
             return Err(ConfigError::Invalid {
                 field: theta_field,
-                why: format!("is {rope_theta}; must be a finite number above 1"),
+                why: format!("is {rope_theta}; must be a finite f32 above 1"),
             });
         }
         let eos_token_ids = match raw.eos_token_id {
@@ -250,12 +251,31 @@ impl Config {
             field: "hidden_size",
             why: "and the other sizes multiply past usize".into(),
         })?;
+        // Every --ctx the model allows must give an addressable KV cache, so that sizing a
+        // session can only fail for lack of memory, never by overflow.
+        config.max_kv_cache_bytes().ok_or(ConfigError::Invalid {
+            field: "max_position_embeddings",
+            why: format!(
+                "({max_position_embeddings}) times num_hidden_layers ({num_hidden_layers}) and \
+                 num_key_value_heads * head_dim ({}) gives a KV cache whose size overflows usize",
+                config.kv_dim()
+            ),
+        })?;
         Ok(config)
     }
 
     /// Width of the K (and V) projection: `num_key_value_heads * head_dim`.
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim
+    }
+
+    /// Bytes of the f32 K and V caches at the full `max_position_embeddings`, or `None` if
+    /// that overflows `usize`.
+    pub fn max_kv_cache_bytes(&self) -> Option<usize> {
+        (2 * std::mem::size_of::<f32>())
+            .checked_mul(self.num_hidden_layers)?
+            .checked_mul(self.kv_dim())?
+            .checked_mul(self.max_position_embeddings)
     }
 
     /// Number of parameters, or `None` if it overflows `usize`.
@@ -320,6 +340,23 @@ mod tests {
         assert_eq!(c.eos_token_ids, vec![2, 3]);
     }
 
+    /// Sizes whose parameter count fits but whose full-context KV cache overflows 64 bits.
+    fn big_kv_config() -> String {
+        let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+        for (k, x) in [
+            ("hidden_size", 1u64 << 16),
+            ("num_attention_heads", 1 << 9),
+            ("num_key_value_heads", 1 << 9),
+            ("num_hidden_layers", 1 << 24),
+            ("max_position_embeddings", 1 << 24),
+            ("intermediate_size", 1),
+            ("vocab_size", 1),
+        ] {
+            v[k] = x.into();
+        }
+        v.to_string()
+    }
+
     #[test]
     fn errors_name_the_field() {
         let cases = [
@@ -330,8 +367,17 @@ mod tests {
             (with("vocab_size", "1e300"), "config.json is not valid"),
             (with("vocab_size", "99999999999"), "vocab_size"),
             (with("rms_norm_eps", "-1"), "rms_norm_eps"),
+            // positive as f64, but 0 or infinite as the f32 the model computes with
+            (with("rms_norm_eps", "1e-50"), "rms_norm_eps"),
+            (with("rms_norm_eps", "1e300"), "rms_norm_eps"),
+            (with("rope_theta", "1e300"), "rope_theta"),
+            (with("rope_theta", "1.00000001"), "rope_theta"),
             (with("model_type", "\"llama\""), "model_type"),
             (with("eos_token_id", "99999999999"), "eos_token_id"),
+            (
+                big_kv_config(),
+                "gives a KV cache whose size overflows usize",
+            ),
         ];
         for (json, needle) in cases {
             let e = Config::from_json(json.as_bytes()).unwrap_err().to_string();

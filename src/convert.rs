@@ -179,29 +179,48 @@ pub fn convert(
             gguf.display()
         )));
     }
-    fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
-
-    // Tokenizer first: it is cheap and catches bad metadata before the long tensor write.
+    // Everything cheap is derived (and so validated) before anything is written, so bad
+    // metadata fails before the long tensor write and leaves nothing behind.
     let tok = tokenizer_json(h)?;
     let tok_bytes = serde_json::to_vec(&tok).expect("serializing a serde_json::Value cannot fail");
     tokenizers::Tokenizer::from_bytes(&tok_bytes)
         .map_err(|e| ConvertError::Tokenizer(e.to_string()))?;
+    let config = pretty(&config_json(h)?);
+    let tok_config = pretty(&tokenizer_config_json(h)?);
+    let gen_config = pretty(&generation_config_json(h)?);
 
-    let config = config_json(h)?;
-    write_safetensors(&file, &out_dir.join("model.safetensors"), progress)?;
-    write_atomic(out_dir, "tokenizer.json", &tok_bytes)?;
-    write_atomic(
-        out_dir,
-        "tokenizer_config.json",
-        &pretty(&tokenizer_config_json(h)?),
-    )?;
-    write_atomic(
-        out_dir,
-        "generation_config.json",
-        &pretty(&generation_config_json(h)?),
-    )?;
-    write_atomic(out_dir, "config.json", &pretty(&config))?;
-    Ok(())
+    let created_dir = !out_dir.exists();
+    fs::create_dir_all(out_dir).map_err(io_err(out_dir))?;
+    // config.json goes last: a directory without it is not a model, whatever else it holds.
+    let small: [(&str, &[u8]); 4] = [
+        ("tokenizer.json", &tok_bytes),
+        ("tokenizer_config.json", &tok_config),
+        ("generation_config.json", &gen_config),
+        ("config.json", &config),
+    ];
+    let mut written: Vec<&str> = Vec::new();
+    let mut result = write_safetensors(&file, &out_dir.join("model.safetensors"), progress);
+    if result.is_ok() {
+        written.push("model.safetensors");
+        for (name, bytes) in small {
+            result = write_atomic(out_dir, name, bytes);
+            if result.is_err() {
+                break;
+            }
+            written.push(name);
+        }
+    }
+    if result.is_err() {
+        // Leave no half-written model: remove what this run wrote (and the directory, if this
+        // run made it).
+        for name in written {
+            let _ = fs::remove_file(out_dir.join(name));
+        }
+        if created_dir {
+            let _ = fs::remove_dir(out_dir);
+        }
+    }
+    result
 }
 
 /// Writes every tensor of `file` as bf16 safetensors at `path` (via `path.tmp-PID`).
@@ -218,7 +237,10 @@ pub fn write_safetensors(
             name: t.name.clone(),
         })?;
         if !t.ty.can_dequantize() {
-            return Err(GgufError::UnsupportedDequant { ty: t.ty }.into());
+            return Err(ConvertError::Metadata(format!(
+                "GGUF tensor {:?} is {:?}, which this converter cannot dequantize",
+                t.name, t.ty
+            )));
         }
         if usize::try_from(t.n_elements).is_err() {
             return Err(GgufError::DimsOverflow {

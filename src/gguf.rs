@@ -1569,8 +1569,8 @@ mod tests {
         let mut b = f16b(0.5).to_vec();
         b.extend((0..32).map(|i| (i as i8 - 16) as u8));
         let y = deq(GgmlType::Q8_0, &b, 32);
-        for i in 0..32 {
-            assert_eq!(y[i], (i as f32 - 16.0) * 0.5);
+        for (i, &yi) in y.iter().enumerate() {
+            assert_eq!(yi, (i as f32 - 16.0) * 0.5);
         }
     }
 
@@ -1607,7 +1607,7 @@ mod tests {
         }
         assert_eq!(y[1], (1 + 16 - 16) as f32 * 0.25);
         assert_eq!(y[0], -16.0 * 0.25);
-        assert_eq!(y[31], 0.0); // low nibble 15 ^ 0xF = 0, high bit 16, minus 16
+        assert_eq!(y[31], (16 - 16) as f32 * 0.25);
     }
 
     /// Packs eight 6-bit (scale, min) pairs the way ggml's K-quants do.
@@ -1643,13 +1643,13 @@ mod tests {
         let qs: Vec<u8> = (0..128).map(|i| (i * 7 % 251) as u8).collect();
         b.extend_from_slice(&qs);
         let y = deq(GgmlType::Q4K, &b, 256);
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (g, r) = (i / 64, i % 64);
             let (sub, l) = (2 * g + r / 32, r % 32);
             let byte = qs[32 * g + l];
             let q = if r < 32 { byte & 0xF } else { byte >> 4 };
             let want = (d * sc[sub] as f32) * q as f32 - dmin * m[sub] as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 
@@ -1667,7 +1667,7 @@ mod tests {
         b.extend_from_slice(&qh);
         b.extend_from_slice(&qs);
         let y = deq(GgmlType::Q5K, &b, 256);
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (g, r) = (i / 64, i % 64);
             let (sub, l) = (2 * g + r / 32, r % 32);
             let byte = qs[32 * g + l];
@@ -1675,7 +1675,7 @@ mod tests {
             let hi = (qh[l] >> sub) & 1;
             let q = lo + 16 * hi;
             let want = (d * sc[sub] as f32) * q as f32 - dmin * m[sub] as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 
@@ -1693,7 +1693,7 @@ mod tests {
         assert_eq!(b.len(), 210);
         let y = deq(GgmlType::Q6K, &b, 256);
         // Independent formulation: element i = 128*h + 32*k + l, k in 0..4 picks nibble/half.
-        for i in 0..256 {
+        for (i, &yi) in y.iter().enumerate() {
             let (h, r) = (i / 128, i % 128);
             let (k, l) = (r / 32, r % 32);
             let qlb = ql[64 * h + l + 32 * (k % 2)];
@@ -1702,7 +1702,7 @@ mod tests {
             let q = (lo | (hi << 4)) as i32 - 32;
             let s = scales[8 * h + l / 16 + 2 * k];
             let want = d * s as f32 * q as f32;
-            assert_eq!(y[i].to_bits(), want.to_bits(), "elem {i}");
+            assert_eq!(yi.to_bits(), want.to_bits(), "elem {i}");
         }
     }
 

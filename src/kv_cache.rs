@@ -202,7 +202,7 @@ impl KvCache {
             });
         }
         let row = s.row_floats();
-        if k.len() != v.len() || row == 0 || k.len() % row != 0 {
+        if k.len() != v.len() || row == 0 || !k.len().is_multiple_of(row) {
             return Err(CacheError::RowLength {
                 expected: row,
                 found: k.len().max(v.len()),
@@ -215,7 +215,7 @@ impl KvCache {
                 next: self.used,
             });
         }
-        if pos.checked_add(n).map_or(true, |end| end > s.capacity) {
+        if pos.checked_add(n).is_none_or(|end| end > s.capacity) {
             return Err(CacheError::Full {
                 pos,
                 n,

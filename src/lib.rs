@@ -19,6 +19,8 @@ pub mod cli;
 pub mod config;
 pub mod convert;
 pub mod fetch;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gguf;
 pub mod kv_cache;
 pub mod sampler;

@@ -15,6 +15,7 @@ use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, WeightType, F16, F32};
 
 use crate::arena::{carve, Arena, ArenaError, MemoryPlan};
+use crate::config::Config;
 use crate::kv_cache::{CacheError, CacheInfo, KvCache, KvShape, KvStore};
 use crate::sampler::{Sampler, SamplerError};
 use crate::weights::{TensorRef, Weights};
@@ -169,21 +170,7 @@ impl Session {
     /// starts the thread pool.
     pub fn new(weights: Arc<Weights>, opts: &SessionOptions) -> Result<Session, SessionError> {
         let c = &weights.config;
-        if opts.ctx == 0 {
-            return Err(SessionError::Option("--ctx must be at least 1".into()));
-        }
-        if opts.ctx > c.max_position_embeddings {
-            return Err(SessionError::Option(format!(
-                "--ctx {} exceeds the model's max_position_embeddings ({})",
-                opts.ctx, c.max_position_embeddings
-            )));
-        }
-        if opts.threads == 0 || opts.threads > 1024 {
-            return Err(SessionError::Option(format!(
-                "--threads {} is out of range (1..=1024)",
-                opts.threads
-            )));
-        }
+        let (kv_shape, max_chunk) = Session::shape(c, opts)?;
         let isa = match opts.isa {
             Some(isa) if !isa.is_supported() => {
                 return Err(SessionError::Option(format!(
@@ -193,14 +180,7 @@ impl Session {
             Some(isa) => isa,
             None => Isa::from_env().map_err(SessionError::Option)?,
         };
-        let max_chunk = opts.max_chunk.clamp(1, opts.ctx);
-        let kv_shape = KvShape {
-            layers: c.num_hidden_layers,
-            kv_heads: c.num_key_value_heads,
-            capacity: opts.ctx,
-            head_dim: c.head_dim,
-        };
-        let plan = Session::plan(&weights, kv_shape, max_chunk, opts.threads)?;
+        let plan = Session::plan(c, kv_shape, max_chunk, opts.threads)?;
         let mut arena = Arena::new(&plan)?;
         let pool = ThreadPool::new(opts.threads).map_err(SessionError::Pool)?;
         {
@@ -220,13 +200,46 @@ impl Session {
         })
     }
 
+    /// The arena plan of a session of `opts` over a model of `config`, without allocating it
+    /// (to report or check its size up front). Checks the options as [`Session::new`] does.
+    pub fn plan_for(config: &Config, opts: &SessionOptions) -> Result<MemoryPlan, SessionError> {
+        let (kv_shape, max_chunk) = Session::shape(config, opts)?;
+        Session::plan(config, kv_shape, max_chunk, opts.threads)
+    }
+
+    /// Checks `opts` against the model; returns the KV cache's shape and the chunk size.
+    fn shape(c: &Config, opts: &SessionOptions) -> Result<(KvShape, usize), SessionError> {
+        if opts.ctx == 0 {
+            return Err(SessionError::Option("--ctx must be at least 1".into()));
+        }
+        if opts.ctx > c.max_position_embeddings {
+            return Err(SessionError::Option(format!(
+                "--ctx {} exceeds the model's max_position_embeddings ({})",
+                opts.ctx, c.max_position_embeddings
+            )));
+        }
+        if opts.threads == 0 || opts.threads > 1024 {
+            return Err(SessionError::Option(format!(
+                "--threads {} is out of range (1..=1024)",
+                opts.threads
+            )));
+        }
+        let max_chunk = opts.max_chunk.clamp(1, opts.ctx);
+        let kv_shape = KvShape {
+            layers: c.num_hidden_layers,
+            kv_heads: c.num_key_value_heads,
+            capacity: opts.ctx,
+            head_dim: c.head_dim,
+        };
+        Ok((kv_shape, max_chunk))
+    }
+
     fn plan(
-        w: &Weights,
+        c: &Config,
         kv: KvShape,
         chunk: usize,
         threads: usize,
     ) -> Result<MemoryPlan, SessionError> {
-        let c = &w.config;
         let (h, kvd, f, v, hd) = (
             c.hidden_size,
             c.kv_dim(),

@@ -120,7 +120,7 @@ pub fn write_synthetic_model(
         offset += bytes;
     }
     let mut header = serde_json::Value::Object(header).to_string().into_bytes();
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     // written under a temporary name and renamed, so an interrupted write never looks complete

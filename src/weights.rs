@@ -126,8 +126,23 @@ pub struct Weights {
     /// The output head; the same tensor as `embed_tokens` when the model is tied.
     pub lm_head: TensorRef,
     pub tied: bool,
-    /// The mapped safetensors files.
-    shards: Vec<(PathBuf, Mmap)>,
+    /// The safetensors files (mapped, or held in memory by [`Weights::from_bytes`]).
+    shards: Vec<(PathBuf, Backing)>,
+}
+
+/// The bytes of one safetensors file.
+enum Backing {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Backing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
 }
 
 /// Maps `file` read-only.
@@ -176,15 +191,28 @@ impl Weights {
             let map = map_file(&path)?;
             let shard = shards.len();
             read_shard(&path, &map, shard, &mut tensors)?;
-            shards.push((path, map));
+            shards.push((path, Backing::Mmap(map)));
         }
+        Weights::from_tensors(config, dir, shards, tensors)
+    }
+
+    /// Validates a model held in memory: config.json bytes and one safetensors file, with the
+    /// same checks as [`Weights::load`] (for tests and fuzzing, where writing a directory per
+    /// input would be slow). Errors name the file as `<memory>/model.safetensors`.
+    pub fn from_bytes(config_json: &[u8], safetensors: Vec<u8>) -> Result<Weights, LoadError> {
+        let config = Config::from_json(config_json)?;
+        let dir = Path::new("<memory>");
+        let path = dir.join("model.safetensors");
+        let mut tensors = HashMap::new();
+        read_shard(&path, &safetensors, 0, &mut tensors)?;
+        let shards = vec![(path, Backing::Owned(safetensors))];
         Weights::from_tensors(config, dir, shards, tensors)
     }
 
     fn from_tensors(
         config: Config,
         dir: &Path,
-        shards: Vec<(PathBuf, Mmap)>,
+        shards: Vec<(PathBuf, Backing)>,
         mut tensors: HashMap<String, TensorRef>,
     ) -> Result<Weights, LoadError> {
         let c = &config;
@@ -262,12 +290,12 @@ impl Weights {
     /// The bytes of a tensor, straight from the mapping.
     #[inline]
     pub fn bytes(&self, t: &TensorRef) -> &[u8] {
-        &self.shards[t.shard].1[t.start..t.end]
+        &self.shards[t.shard].1.bytes()[t.start..t.end]
     }
 
     /// Total bytes of tensor data mapped.
     pub fn mapped_bytes(&self) -> usize {
-        self.shards.iter().map(|(_, m)| m.len()).sum()
+        self.shards.iter().map(|(_, m)| m.bytes().len()).sum()
     }
 
     /// Bytes of weights read per decoded token: every layer matrix, the norms and biases, and
@@ -364,8 +392,13 @@ fn read_shard(
         path: path.into(),
         why,
     };
-    let (header_len, meta) = safetensors::SafeTensors::read_metadata(map)
-        .map_err(|e| bad(format!("invalid safetensors header: {e}")))?;
+    let (header_len, meta) = match safetensors::SafeTensors::read_metadata(map) {
+        Ok(v) => v,
+        Err(safetensors::SafeTensorError::MetadataIncompleteBuffer) => {
+            return Err(bad(size_mismatch(map)))
+        }
+        Err(e) => return Err(bad(format!("invalid safetensors header: {e}"))),
+    };
     let data_start = header_len + 8;
     let data_len = map.len() - data_start;
     if meta.data_len() > data_len {
@@ -405,4 +438,38 @@ fn read_shard(
         );
     }
     Ok(())
+}
+
+/// Why a file whose header is otherwise valid does not hold exactly the tensor data the header
+/// describes (safetensors reports only "file not fully covered").
+fn size_mismatch(map: &[u8]) -> String {
+    let described = (|| {
+        let n = usize::try_from(u64::from_le_bytes(map.get(..8)?.try_into().ok()?)).ok()?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(map.get(8..8usize.checked_add(n)?)?).ok()?;
+        let end = header
+            .values()
+            .filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        Some((8 + n, end))
+    })();
+    match described {
+        Some((data_start, end)) => {
+            let held = (map.len() - data_start) as u64;
+            if held < end {
+                format!(
+                    "truncated: the header describes {end} bytes of tensor data but the file \
+                     holds {held} ({} bytes in all)",
+                    map.len()
+                )
+            } else {
+                format!(
+                    "{} bytes follow the {end} bytes of tensor data the header describes",
+                    held - end
+                )
+            }
+        }
+        None => "the file size does not match its header".into(),
+    }
 }

@@ -1,0 +1,6 @@
+//! KV cache bookkeeping against a plain `Vec` model: `qwenrt::fuzzing::kv_cache_ops`.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| qwenrt::fuzzing::kv_cache_ops(data));

@@ -1,0 +1,12 @@
+//! Text (the input as lossy UTF-8) through encode and decode of the real tokenizer (the
+//! committed tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json): it comes back as its NFC form.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use unicode_normalization::UnicodeNormalization;
+
+fuzz_target!(|data: &[u8]| {
+    let text = String::from_utf8_lossy(data);
+    let nfc: String = text.nfc().collect();
+    qwenrt::fuzzing::tokenizer_roundtrip(qwenrt::fuzzing::tokenizer(), &text, &nfc);
+});

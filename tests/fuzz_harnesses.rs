@@ -1,0 +1,318 @@
+//! The fuzz harnesses of `qwenrt::fuzzing` (the same functions the cargo-fuzz targets in
+//! `fuzz/` call) over a few thousand seeded random inputs each, so `cargo test` checks them
+//! without a fuzzer. The harnesses assert their contracts themselves; these tests also check
+//! that the inputs reach both the accepting and the refusing paths.
+
+use qwenrt::fuzzing;
+use qwenrt::weights::Weights;
+use unicode_normalization::UnicodeNormalization;
+
+/// xorshift64*, seeded per test so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, max_len: usize) -> Vec<u8> {
+        let len = self.below(max_len + 1);
+        (0..len).map(|_| self.next() as u8).collect()
+    }
+}
+
+#[test]
+fn kv_cache_ops_random_programs() {
+    let mut rng = Rng(0x6b76_5f63_6163_6865);
+    let mut long_programs = 0;
+    for _ in 0..4000 {
+        let data = rng.bytes(600);
+        fuzzing::kv_cache_ops(&data);
+        if fuzzing::KvProgram::from_bytes(&data).ops.len() >= 8 {
+            long_programs += 1;
+        }
+    }
+    assert!(
+        long_programs > 1000,
+        "only {long_programs} programs had 8+ ops"
+    );
+}
+
+#[test]
+fn kv_cache_ops_cover_every_operation() {
+    use fuzzing::{KvOp, KvProgram, Pos};
+    // A well-formed session: prefill, steps, views, rollback and truncate, then every refusal.
+    let mut ops = vec![
+        KvOp::Prefill {
+            layer: 0,
+            pos: Pos::Used,
+            n: 5,
+            k_extra: 0,
+            v_extra: 0,
+        },
+        KvOp::Prefill {
+            layer: 1,
+            pos: Pos::Used,
+            n: 5,
+            k_extra: 0,
+            v_extra: 0,
+        },
+        KvOp::View {
+            layer: 1,
+            len: Pos::Frontier,
+        },
+        KvOp::Commit,
+    ];
+    for _ in 0..3 {
+        ops.extend([
+            KvOp::Step {
+                layer: 0,
+                pos: Pos::Used,
+            },
+            KvOp::Step {
+                layer: 1,
+                pos: Pos::Used,
+            },
+            KvOp::Commit,
+        ]);
+    }
+    ops.extend([
+        KvOp::Step {
+            layer: 0,
+            pos: Pos::Used,
+        },
+        KvOp::Rollback,
+        KvOp::Truncate(4),
+        KvOp::Step {
+            layer: 0,
+            pos: Pos::At(9),
+        },
+        KvOp::Step {
+            layer: 0,
+            pos: Pos::Huge(0),
+        },
+        KvOp::Step {
+            layer: 3,
+            pos: Pos::Used,
+        },
+        KvOp::Prefill {
+            layer: 0,
+            pos: Pos::Used,
+            n: 19,
+            k_extra: 0,
+            v_extra: 0,
+        },
+        KvOp::Prefill {
+            layer: 0,
+            pos: Pos::Used,
+            n: 1,
+            k_extra: 1,
+            v_extra: 0,
+        },
+        KvOp::WrongStorage {
+            layer: 0,
+            pos: Pos::Used,
+            delta: -1,
+        },
+        KvOp::View {
+            layer: 0,
+            len: Pos::At(200),
+        },
+        KvOp::Reset,
+        KvOp::View {
+            layer: 0,
+            len: Pos::Used,
+        },
+    ]);
+    fuzzing::run_kv_program(&KvProgram {
+        layers: 2,
+        kv_heads: 2,
+        capacity: 10,
+        head_dim: 3,
+        ops,
+    });
+}
+
+#[test]
+fn config_parse_random_and_overflowing_sizes() {
+    let mut rng = Rng(0x636f_6e66_6967);
+    for _ in 0..4000 {
+        fuzzing::config_parse(&rng.bytes(200));
+    }
+    // structured sizes, biased to values that pass the per-field caps, so the products are hit
+    let mut accepted = 0;
+    for _ in 0..4000 {
+        let pick = |rng: &mut Rng| match rng.below(3) {
+            0 => fuzzing::Size::Small(rng.next() as u8),
+            1 => fuzzing::Size::Pow2((rng.next() % 25) as u8),
+            _ => fuzzing::Size::Any(rng.next() >> rng.below(64)),
+        };
+        let sizes = fuzzing::ConfigSizes {
+            vocab: pick(&mut rng),
+            hidden: fuzzing::Size::Pow2((rng.next() % 25) as u8),
+            ffn: pick(&mut rng),
+            layers: pick(&mut rng),
+            heads: fuzzing::Size::Pow2((rng.next() % 12) as u8),
+            kv_heads: Some(fuzzing::Size::Pow2((rng.next() % 12) as u8)),
+            head_dim: None,
+            max_positions: pick(&mut rng),
+            eps: 1e-6,
+            theta: Some(1e6),
+            tied: rng.next().is_multiple_of(2),
+            eos: vec![rng.next() % 1000],
+        };
+        let json = sizes.json();
+        fuzzing::config_parse(json.as_bytes());
+        accepted += usize::from(qwenrt::config::Config::from_json(json.as_bytes()).is_ok());
+    }
+    assert!(
+        (100..3900).contains(&accepted),
+        "{accepted} of 4000 structured configs accepted"
+    );
+}
+
+#[test]
+fn safetensors_load_random_and_mutated() {
+    let (config, st) = fuzzing::tiny_model();
+    // the fixture itself loads and runs through the harness's forward pass
+    assert!(Weights::from_bytes(config, st.clone()).is_ok());
+    fuzzing::safetensors_load(st);
+    let mut rng = Rng(0x7361_6665_7465_6e73);
+    for cut in [0, 7, 8, 100, st.len() / 2, st.len() - 1] {
+        fuzzing::safetensors_load(&st[..cut]);
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..1500 {
+        let data = rng.bytes(160);
+        fuzzing::safetensors_load(&data);
+        // the same mutations, counted, to show both outcomes are reached
+        let (mut c, mut s) = (config.clone(), st.clone());
+        for m in fuzzing::st_mutations(&data) {
+            fuzzing::mutate_model(&mut c, &mut s, &m);
+        }
+        match Weights::from_bytes(&c, s) {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(ok > 20 && refused > 200, "{ok} loaded, {refused} refused");
+}
+
+#[test]
+fn gguf_read_random_and_mutated() {
+    let valid = fuzzing::tiny_gguf();
+    let file = qwenrt::gguf::GgufFile::from_bytes(valid.clone()).expect("the seed is valid");
+    assert_eq!(file.header.tensors.len(), 9);
+    assert!(qwenrt::convert::config_json(&file.header).is_ok());
+    fuzzing::gguf_read(&valid);
+    for cut in (0..valid.len()).step_by(97) {
+        fuzzing::gguf_read(&valid[..cut]);
+    }
+    let mut rng = Rng(0x6767_7566);
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..3000 {
+        let data = rng.bytes(120);
+        fuzzing::gguf_read(&data);
+        match qwenrt::gguf::GgufFile::from_bytes(fuzzing::mutate_gguf(&fuzzing::gguf_mutations(
+            &data,
+        ))) {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(ok > 100 && refused > 500, "{ok} parsed, {refused} refused");
+}
+
+/// Characters that stress the normalizer and the byte-level BPE: combining marks, Hangul
+/// jamo, decomposed and precomposed Latin, CJK, emoji with ZWJ, controls, special tokens.
+const PIECES: &[&str] = &[
+    "a",
+    "Z",
+    " ",
+    "  ",
+    "\n",
+    "\r\n",
+    "\t",
+    "e\u{301}",
+    "\u{301}",
+    "\u{1100}\u{1161}",
+    "\u{AC00}",
+    "Å",
+    "A\u{30A}",
+    "\u{212B}",
+    "ﬁ",
+    "中文",
+    "日本語",
+    "🚀",
+    "👨\u{200D}👩",
+    "\u{0}",
+    "\u{7F}",
+    "\u{FEFF}",
+    "\u{FFFD}",
+    "<|im_end|>",
+    "<|im_start|>",
+    "<|endoftext|>",
+    "<|im_",
+    "fn main() {}",
+    "'s",
+    "123456",
+    "ـ",
+    "\u{10FFFF}",
+    "ǅ",
+    "ẛ\u{323}",
+    "\u{2126}",
+];
+
+#[test]
+fn tokenizer_roundtrip_random_text() {
+    let tok = fuzzing::tokenizer();
+    let check = |text: &str| {
+        let nfc: String = text.nfc().collect();
+        fuzzing::tokenizer_roundtrip(tok, text, &nfc);
+    };
+    let mut rng = Rng(0x746f_6b65_6e73);
+    for _ in 0..2500 {
+        let mut text = String::new();
+        for _ in 0..rng.below(12) {
+            if rng.below(4) == 0 {
+                // any scalar value
+                let c = loop {
+                    if let Some(c) = char::from_u32((rng.next() % 0x11_0000) as u32) {
+                        break c;
+                    }
+                };
+                text.push(c);
+            } else {
+                text.push_str(PIECES[rng.below(PIECES.len())]);
+            }
+        }
+        check(&text);
+    }
+    for p in PIECES {
+        check(p);
+    }
+    // lossy decoding of raw bytes, as the fuzz target does
+    for _ in 0..500 {
+        check(&String::from_utf8_lossy(&rng.bytes(40)));
+    }
+}
+
+/// The committed GGUF seed is the builder's current output (regenerate with
+/// `QWENRT_BLESS=1 cargo test --release --test fuzz_harnesses`).
+#[test]
+fn committed_gguf_seed_is_current() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/gguf_read/tiny.gguf");
+    let want = fuzzing::tiny_gguf();
+    if std::env::var_os("QWENRT_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &want).unwrap();
+    }
+    let have = std::fs::read(&path).unwrap_or_default();
+    assert!(have == want, "{} is stale", path.display());
+}
