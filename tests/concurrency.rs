@@ -32,6 +32,7 @@ fn serve(weights: &Arc<Weights>, req: &Request, start: Option<&Barrier>) -> Outp
         threads: 1,
         max_chunk: 3, // several prefill chunks, so the cache bookkeeping is exercised too
         isa: None,
+        prefill_bf16: true,
     };
     let mut session = Session::new(weights.clone(), &opts).unwrap();
     let mut sampler = Sampler::new(req.params).unwrap();
