@@ -26,6 +26,8 @@ pub const COL_ALIGN: usize = 32;
 /// Below this many weight elements a matvec runs on the calling thread alone: a dispatch costs
 /// more than the work.
 const SERIAL_BELOW: usize = 1 << 14;
+/// Chunks per thread a matvec is cut into for dynamic claiming.
+const CHUNKS_PER_THREAD: usize = 8;
 
 /// A raw pointer to an output buffer that threads write in disjoint parts.
 #[derive(Clone, Copy)]
@@ -122,10 +124,19 @@ fn matvec_n<W: WeightType, const N: usize>(
     let mut ys = ys;
     let lens: [usize; N] = std::array::from_fn(|i| ys[i].len());
     let ptrs: [SendPtr; N] = std::array::from_fn(|i| SendPtr(ys[i].as_mut_ptr()));
-    // The matrices' rows are numbered globally (matrix 0 first) and that range is split evenly;
-    // each thread then runs the parts of its global range that fall in each matrix.
-    pool.run(&|tid| {
-        let (g0, g1) = split(total, nt, tid, ROW_ALIGN);
+    // The matrices' rows are numbered globally (matrix 0 first) and cut into chunks that the
+    // threads claim from an atomic counter, in order: a thread slowed by a noisy neighbour (or
+    // the caller, who also does the serial work between dispatches) takes fewer chunks instead
+    // of holding everyone at the barrier. Each chunk is a contiguous run of rows, so reads
+    // stay sequential.
+    let chunk = total.div_ceil(nt * CHUNKS_PER_THREAD).next_multiple_of(ROW_ALIGN);
+    let next = AtomicUsize::new(0);
+    pool.run(&|_tid| loop {
+        let g0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
+        if g0 >= total {
+            break;
+        }
+        let g1 = (g0 + chunk).min(total);
         let mut base = 0;
         for i in 0..N {
             let len = lens[i];
@@ -135,9 +146,10 @@ fn matvec_n<W: WeightType, const N: usize>(
             if r0 >= r1 {
                 continue;
             }
-            // SAFETY: the global ranges [g0, g1) of different tids are disjoint, so the
-            // per-matrix ranges [r0, r1) are too; they lie inside y_i (length `len`), whose
-            // `&mut` is held (unused) by this function until `run` returns.
+            // SAFETY: every chunk [g0, g1) is claimed by exactly one thread (the counter hands
+            // each index out once), so the per-matrix ranges [r0, r1) of different claims are
+            // disjoint; they lie inside y_i (length `len`), whose `&mut` is held (unused) by this
+            // function until `run` returns.
             let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
             let w = &ws[i][r0 * cols * W::SIZE..];
             ops::matvec::<W>(isa, w, x, y);
