@@ -700,20 +700,7 @@ fn check_weights(w: Result<Weights, LoadError>) {
     let c = w.config.clone();
     let mut refs = vec![&w.embed_tokens, &w.norm, &w.lm_head];
     for l in &w.layers {
-        refs.extend([
-            &l.input_layernorm,
-            &l.q_proj,
-            &l.q_bias,
-            &l.k_proj,
-            &l.k_bias,
-            &l.v_proj,
-            &l.v_bias,
-            &l.o_proj,
-            &l.post_attention_layernorm,
-            &l.gate_proj,
-            &l.up_proj,
-            &l.down_proj,
-        ]);
+        refs.extend(l.tensors());
     }
     for t in refs {
         let elems: usize = t.shape.iter().product();

@@ -114,6 +114,26 @@ pub struct Layer {
     pub down_proj: TensorRef,
 }
 
+impl Layer {
+    /// Every tensor of the layer.
+    pub fn tensors(&self) -> [&TensorRef; 12] {
+        [
+            &self.input_layernorm,
+            &self.q_proj,
+            &self.q_bias,
+            &self.k_proj,
+            &self.k_bias,
+            &self.v_proj,
+            &self.v_bias,
+            &self.o_proj,
+            &self.post_attention_layernorm,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+}
+
 /// Immutable, shareable model weights (one per process; many sessions may use it).
 pub struct Weights {
     pub config: Config,
@@ -303,20 +323,7 @@ impl Weights {
     pub fn bytes_per_token(&self) -> usize {
         let mut n = self.lm_head.end - self.lm_head.start + self.norm.end - self.norm.start;
         for l in &self.layers {
-            for t in [
-                &l.input_layernorm,
-                &l.q_proj,
-                &l.q_bias,
-                &l.k_proj,
-                &l.k_bias,
-                &l.v_proj,
-                &l.v_bias,
-                &l.o_proj,
-                &l.post_attention_layernorm,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ] {
+            for t in l.tensors() {
                 n += t.end - t.start;
             }
         }
