@@ -175,3 +175,58 @@ fn arena_never_moves_across_prompts() {
         assert_eq!(s.arena_address(), addr);
     }
 }
+
+/// Splits the tiny f32 model into two safetensors shards plus model.safetensors.index.json,
+/// the layout the hub uses for large checkpoints, and checks it loads to the same logits.
+#[test]
+fn sharded_checkpoint_loads_like_the_single_file() {
+    use std::collections::BTreeMap;
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2-f32");
+    let dir = std::env::temp_dir().join(format!("qwenrt-sharded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(src.join("config.json"), dir.join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut weight_map = BTreeMap::new();
+    for (i, part) in names.chunks(names.len() / 2 + 1).enumerate() {
+        let file = format!("model-{:05}-of-00002.safetensors", i + 1);
+        let views: Vec<(String, safetensors::tensor::TensorView)> = part
+            .iter()
+            .map(|n| (n.clone(), st.tensor(n).unwrap()))
+            .collect();
+        safetensors::serialize_to_file(views, None, &dir.join(&file)).unwrap();
+        for n in part {
+            weight_map.insert(n.clone(), file.clone());
+        }
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+
+    let sharded = Arc::new(Weights::load(&dir).unwrap());
+    assert_eq!(sharded.files().count(), 2);
+    let (single, exp) = fixture("tiny-qwen2-f32");
+    let case = &exp.cases[1];
+    let run = |w: Arc<Weights>| {
+        let mut s = Session::new(
+            w,
+            &SessionOptions {
+                ctx: 16,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        s.prefill(&case.input_ids).unwrap().to_vec()
+    };
+    assert_eq!(run(sharded), run(single));
+    // a shard name that leaves the model directory is refused
+    let bad = serde_json::json!({"weight_map": {"model.norm.weight": "../model.safetensors"}});
+    std::fs::write(dir.join("model.safetensors.index.json"), bad.to_string()).unwrap();
+    let e = Weights::load(&dir)
+        .err()
+        .expect("a shard outside the directory must be refused")
+        .to_string();
+    assert!(e.contains("not a plain file name"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -129,7 +129,9 @@ fn matvec_n<W: WeightType, const N: usize>(
     // the caller, who also does the serial work between dispatches) takes fewer chunks instead
     // of holding everyone at the barrier. Each chunk is a contiguous run of rows, so reads
     // stay sequential.
-    let chunk = total.div_ceil(nt * CHUNKS_PER_THREAD).next_multiple_of(ROW_ALIGN);
+    let chunk = total
+        .div_ceil(nt * CHUNKS_PER_THREAD)
+        .next_multiple_of(ROW_ALIGN);
     let next = AtomicUsize::new(0);
     pool.run(&|_tid| loop {
         let g0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
