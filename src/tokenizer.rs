@@ -176,6 +176,19 @@ impl Tokenizer {
             })?;
         Ok(enc.get_ids().to_vec())
     }
+    /// `text` after the tokenizer's normalizer (NFC for Qwen2, with the Unicode tables of the
+    /// `tokenizers` crate, as in Hugging Face's own tokenizer): what a decode of its encoding
+    /// gives back.
+    pub fn normalize(&self, text: &str) -> Result<String, TokenizerError> {
+        use tokenizers::{NormalizedString, Normalizer};
+        let mut n = NormalizedString::from(text);
+        if let Some(norm) = self.inner.get_normalizer() {
+            norm.normalize(&mut n).map_err(|e| TokenizerError::Encode {
+                message: e.to_string(),
+            })?;
+        }
+        Ok(n.get().to_string())
+    }
 
     /// Text of `ids`, special tokens included; invalid UTF-8 becomes U+FFFD; unknown ids are
     /// skipped.
