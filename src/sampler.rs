@@ -259,13 +259,7 @@ impl Sampler {
 
 /// Index of the largest logit (the first on ties).
 pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, v) in x.iter().enumerate() {
-        if *v > x[best] {
-            best = i;
-        }
-    }
-    best
+    qwenrt_kernels::scalar::argmax(x)
 }
 
 #[cfg(test)]

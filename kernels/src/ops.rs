@@ -63,15 +63,9 @@ pub fn matvec<W: WeightType>(isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
 
 /// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major.
 pub fn matmul<W: WeightType>(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
-    if k == 0 {
-        y.iter_mut().for_each(|v| *v = 0.0);
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
-    }
-    let n = x.len() / k;
-    if n == 0 {
-        return;
-    }
-    let rows = y.len() / n;
+    };
     assert!(
         w.len() >= rows * k * W::SIZE,
         "matmul: weight buffer too short"
@@ -130,15 +124,9 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
 /// Not the default: use it only where that rounding is acceptable. On other ISAs, and for fewer
 /// than 3 tokens, it is exactly `matmul::<Bf16>`.
 pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
-    if k == 0 {
-        y.iter_mut().for_each(|v| *v = 0.0);
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
-    }
-    let n = x.len() / k;
-    if n == 0 {
-        return;
-    }
-    let rows = y.len() / n;
+    };
     assert!(
         w.len() >= rows * k * 2,
         "matmul_bf16dot: weight buffer too short"

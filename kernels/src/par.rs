@@ -18,6 +18,7 @@ use crate::dtype::WeightType;
 use crate::isa::Isa;
 use crate::ops;
 use crate::pool::ThreadPool;
+use crate::scalar;
 
 /// Rows per matvec chunk are a multiple of this (keeps the 4-row blocks whole).
 pub const ROW_ALIGN: usize = 16;
@@ -196,15 +197,9 @@ fn matmul_cols(
     y: &mut [f32],
     body: &(dyn Fn(&[u8], usize, *mut f32, usize, usize) + Sync),
 ) {
-    if k == 0 {
-        y.iter_mut().for_each(|v| *v = 0.0);
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
-    }
-    let n = x.len() / k;
-    if n == 0 {
-        return;
-    }
-    let rows = y.len() / n;
+    };
     assert!(
         w.len() >= rows * k * wsize,
         "matmul: weight buffer too short"

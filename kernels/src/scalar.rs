@@ -29,19 +29,27 @@ pub fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
 /// `y[t, r] = sum_c w[r, c] * x[t, c]`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`,
 /// all row-major, `n = x.len() / k`, `rows = y.len() / n`.
 pub fn matmul<W: WeightType>(w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
-    if k == 0 {
-        y.iter_mut().for_each(|v| *v = 0.0);
+    let Some((n, rows)) = matmul_dims(k, x, y) else {
         return;
-    }
-    let n = x.len() / k;
-    if n == 0 {
-        return;
-    }
-    let rows = y.len() / n;
+    };
     for t in 0..n {
         matvec::<W>(w, &x[t * k..(t + 1) * k], &mut y[t * rows..(t + 1) * rows]);
     }
-    let _ = rows;
+}
+
+/// The shape every matmul entry point derives from its buffers: `Some((n, rows))` with
+/// `n = x.len() / k` tokens and `rows = y.len() / n` outputs each, or `None` when there is
+/// nothing to compute (no tokens; or `k == 0`, where `y` is zeroed: an empty sum).
+pub fn matmul_dims(k: usize, x: &[f32], y: &mut [f32]) -> Option<(usize, usize)> {
+    if k == 0 {
+        y.iter_mut().for_each(|v| *v = 0.0);
+        return None;
+    }
+    let n = x.len() / k;
+    if n == 0 {
+        return None;
+    }
+    Some((n, y.len() / n))
 }
 
 /// `out = x / sqrt(mean(x^2) + eps) * weight`, with `weight` of any dtype.
