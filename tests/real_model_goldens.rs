@@ -63,8 +63,36 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// Runs every check on `isa`.
-fn check(isa: Isa, prefill_bf16: bool) {
+/// The per-step checks: argmax where the reference is firm, top-5 logits, logsumexp.
+fn check_step(step: &Step, i: usize, logits: &[f32], failures: &mut Vec<String>) {
+    let gap = step.top_logits[0] - step.top_logits[1];
+    if gap >= GAP && argmax(logits) != step.top_ids[0] {
+        failures.push(format!(
+            "step {i}: argmax {} != reference {} (gap {gap})",
+            argmax(logits),
+            step.top_ids[0]
+        ));
+    }
+    for j in 0..5 {
+        let ours = logits[step.top_ids[j] as usize];
+        if (ours - step.top_logits[j]).abs() > TOL {
+            failures.push(format!(
+                "step {i}: logit of top-{j} token {} is {ours}, reference {}",
+                step.top_ids[j], step.top_logits[j]
+            ));
+        }
+    }
+    let lse = logsumexp(logits);
+    if (lse - step.logsumexp).abs() > TOL {
+        failures.push(format!(
+            "step {i}: logsumexp {lse}, reference {}",
+            step.logsumexp
+        ));
+    }
+}
+
+/// Runs every check on `isa`; `decode_too` repeats the teacher-forced checks token by token.
+fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
     let dir =
         qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
@@ -100,32 +128,8 @@ fn check(isa: Isa, prefill_bf16: bool) {
                 return;
             }
             let i = pos - first;
-            let step = &case.steps[i];
             checked += 1;
-            let gap = step.top_logits[0] - step.top_logits[1];
-            if gap >= GAP && argmax(logits) != step.top_ids[0] {
-                failures.push(format!(
-                    "step {i}: argmax {} != reference {} (gap {gap})",
-                    argmax(logits),
-                    step.top_ids[0]
-                ));
-            }
-            for j in 0..5 {
-                let ours = logits[step.top_ids[j] as usize];
-                if (ours - step.top_logits[j]).abs() > TOL {
-                    failures.push(format!(
-                        "step {i}: logit of top-{j} token {} is {ours}, reference {}",
-                        step.top_ids[j], step.top_logits[j]
-                    ));
-                }
-            }
-            let lse = logsumexp(logits);
-            if (lse - step.logsumexp).abs() > TOL {
-                failures.push(format!(
-                    "step {i}: logsumexp {lse}, reference {}",
-                    step.logsumexp
-                ));
-            }
+            check_step(&case.steps[i], i, logits, &mut failures);
         })
         .unwrap();
         assert_eq!(checked, case.steps.len());
@@ -135,6 +139,24 @@ fn check(isa: Isa, prefill_bf16: bool) {
             failures.len(),
             failures.join("\n")
         );
+
+        // the same checks through the decode path: one token per step, logits after each
+        if decode_too {
+            s.reset();
+            let mut failures = Vec::new();
+            for (pos, &tok) in seq.iter().enumerate().take(first + case.steps.len()) {
+                let logits = s.decode_step(tok).unwrap();
+                if pos >= first {
+                    check_step(&case.steps[pos - first], pos - first, logits, &mut failures);
+                }
+            }
+            assert!(
+                failures.is_empty(),
+                "{label} (decode): {} mismatches:\n{}",
+                failures.len(),
+                failures.join("\n")
+            );
+        }
 
         // greedy generation, up to the first near-tie in the reference
         let firm = case
@@ -161,19 +183,19 @@ fn check(isa: Isa, prefill_bf16: bool) {
 
 #[test]
 fn real_model_matches_transformers_best_isa() {
-    check(Isa::detect(), true);
+    check(Isa::detect(), true, true);
 }
 
 #[test]
 fn real_model_matches_transformers_avx2() {
     if Isa::Avx2.is_supported() && Isa::detect() != Isa::Avx2 {
-        check(Isa::Avx2, false);
+        check(Isa::Avx2, false, false);
     }
 }
 
 #[test]
 fn real_model_matches_transformers_f32_prefill() {
     if Isa::detect().has_avx512_bf16() {
-        check(Isa::detect(), false);
+        check(Isa::detect(), false, false);
     }
 }
