@@ -287,6 +287,38 @@ unsafe fn pack<W: WeightType>(
     }
 }
 
+/// Writes the `R` × `nr` (`nr <= NR`) tile held in `acc0` (columns 0..16) and `acc1`
+/// (16..32) to `y`, or adds it to what `y` holds unless this is the `first` depth block.
+///
+/// # Safety
+/// `y` valid for reads and writes of `R` rows of `ldy` floats at columns `0..nr`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn store_tile<const R: usize>(
+    acc0: &[__m512; R],
+    acc1: &[__m512; R],
+    y: *mut f32,
+    ldy: usize,
+    nr: usize,
+    first: bool,
+) {
+    let m0 = lanes(nr);
+    let m1 = lanes(nr.saturating_sub(16));
+    for t in 0..R {
+        // SAFETY: row t < R, columns selected by m0/m1 are < nr: inside y by the contract.
+        unsafe {
+            let yp = y.add(t * ldy);
+            let (mut v0, mut v1) = (acc0[t], acc1[t]);
+            if !first {
+                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yp));
+                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yp.add(16)));
+            }
+            _mm512_mask_storeu_ps(yp, m0, v0);
+            _mm512_mask_storeu_ps(yp.add(16), m1, v1);
+        }
+    }
+}
+
 /// The register-blocked microkernel: `R` tokens (`R <= MR`) × `NR` packed weight rows over `kc`
 /// of depth. `y[t * ldy + j] (+)= sum_kk x[t * ldx + kk] * buf[kk * NR + j]` for `j < nr`;
 /// stores (first depth block) or accumulates into `y`.
@@ -322,21 +354,8 @@ unsafe fn micro<const R: usize>(
             }
         }
     }
-    let m0 = lanes(nr);
-    let m1 = lanes(nr.saturating_sub(16));
-    for t in 0..R {
-        // SAFETY: row t < R, columns selected by m0/m1 are < nr: inside y by the contract.
-        unsafe {
-            let yp = y.add(t * ldy);
-            let (mut v0, mut v1) = (acc0[t], acc1[t]);
-            if !first {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yp));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yp.add(16)));
-            }
-            _mm512_mask_storeu_ps(yp, m0, v0);
-            _mm512_mask_storeu_ps(yp.add(16), m1, v1);
-        }
-    }
+    // SAFETY: `y` is valid for these R rows and nr columns by this function's contract.
+    unsafe { store_tile(&acc0, &acc1, y, ldy, nr, first) }
 }
 
 /// `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for `t < n`, `j < rows`: the matmul of
@@ -819,21 +838,8 @@ unsafe fn micro_bf16<const R: usize>(
             }
         }
     }
-    let m0 = lanes(nr);
-    let m1 = lanes(nr.saturating_sub(16));
-    for t in 0..R {
-        // SAFETY: row t < R, columns selected by m0/m1 are < nr: inside y by the contract.
-        unsafe {
-            let yp = y.add(t * ldy);
-            let (mut v0, mut v1) = (acc0[t], acc1[t]);
-            if !first {
-                v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(m0, yp));
-                v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(m1, yp.add(16)));
-            }
-            _mm512_mask_storeu_ps(yp, m0, v0);
-            _mm512_mask_storeu_ps(yp.add(16), m1, v1);
-        }
-    }
+    // SAFETY: `y` is valid for these R rows and nr columns by this function's contract.
+    unsafe { store_tile(&acc0, &acc1, y, ldy, nr, first) }
 }
 
 /// [`matmul_strided`] for bf16 weights with AVX512-BF16 `vdpbf16ps`: activations are ROUNDED TO
