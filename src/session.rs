@@ -330,13 +330,13 @@ impl Session {
         )?;
         p.push(
             "rope.cos",
-            format!("[head_dim/2] = [{}]", hd / 2),
-            Some(hd / 2),
+            format!("[chunk, head_dim/2] = [{chunk}, {}]", hd / 2),
+            chunk.checked_mul(hd / 2),
         )?;
         p.push(
             "rope.sin",
-            format!("[head_dim/2] = [{}]", hd / 2),
-            Some(hd / 2),
+            format!("[chunk, head_dim/2] = [{chunk}, {}]", hd / 2),
+            chunk.checked_mul(hd / 2),
         )?;
         debug_assert_eq!(p.regions().len(), REGIONS);
         Ok(p)
@@ -607,6 +607,18 @@ impl Session {
             cap: kv.capacity(),
         };
 
+        // rope angles of this chunk's positions, once for every layer: [n, head_dim/2] each
+        let half = hd / 2;
+        let rope_cos = &mut rope_cos[..n * half];
+        let rope_sin = &mut rope_sin[..n * half];
+        for (t, (c, s)) in rope_cos
+            .chunks_exact_mut(half)
+            .zip(rope_sin.chunks_exact_mut(half))
+            .enumerate()
+        {
+            rope_at(inv_freq, c, s, pos0 + t);
+        }
+
         // embed: x[t] = embed_tokens[token]
         let embed = wb(&weights.embed_tokens);
         for (t, &token) in tokens.iter().enumerate() {
@@ -639,9 +651,12 @@ impl Session {
             bias_rows(isa, k, kvd, &layer.k_bias, weights);
             bias_rows(isa, v, kvd, &layer.v_bias, weights);
             for t in 0..n {
-                rope_at(inv_freq, rope_cos, rope_sin, pos0 + t);
-                ops::rope(isa, &mut q[t * h..(t + 1) * h], hd, rope_cos, rope_sin);
-                ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, rope_cos, rope_sin);
+                let (cos, sin) = (
+                    &rope_cos[t * half..(t + 1) * half],
+                    &rope_sin[t * half..(t + 1) * half],
+                );
+                ops::rope(isa, &mut q[t * h..(t + 1) * h], hd, cos, sin);
+                ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
             }
             kv.write(&mut KvStore { k: kv_k, v: kv_v }, l, pos0, k, v)?;
             let (layer_k, layer_v) = kv.view(kv_k, kv_v, l, pos0 + n)?;
