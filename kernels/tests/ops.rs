@@ -1,43 +1,15 @@
 //! Every `ops` kernel on every ISA this CPU runs, against the scalar reference (or f64 where the
 //! reference itself is the less accurate side), on awkward sizes and unaligned weight buffers.
 
-use qwenrt_kernels::{ops, scalar, Bf16, Dtype, Isa, WeightType, F16, F32};
+mod common;
 
-/// xorshift64*: tiny, deterministic.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// Uniform in [-1, 1).
-    fn f(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
+use common::{encode, Rng};
+use qwenrt_kernels::{ops, scalar, Bf16, Dtype, Isa, WeightType, F16, F32};
 
 const SIZES: [usize; 6] = [0, 1, 7, 63, 64, 4097];
 
 fn simd_isas() -> Vec<Isa> {
     Isa::available()
-}
-
-/// Encodes `v` as little-endian `dtype` bytes, preceded by `offset` junk bytes.
-fn encode(v: &[f32], dtype: Dtype, offset: usize) -> Vec<u8> {
-    let mut out = vec![0xAB; offset];
-    for &x in v {
-        match dtype {
-            Dtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
-            Dtype::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
-            Dtype::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
-        }
-    }
-    out
 }
 
 fn close(a: f32, b: f32, mag: f32, what: &str) {

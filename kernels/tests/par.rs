@@ -1,38 +1,13 @@
 //! The pool-split kernels against the single-threaded `ops` kernels, on 1..4 threads.
 
+mod common;
+
+use common::{encode, Rng};
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn f(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-}
-
 fn bytes<W: WeightType>(v: &[f32], offset: usize) -> Vec<u8> {
-    let mut out = vec![0u8; offset];
-    for &x in v {
-        match W::DTYPE {
-            qwenrt_kernels::Dtype::F32 => out.extend_from_slice(&x.to_le_bytes()),
-            qwenrt_kernels::Dtype::F16 => {
-                out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes())
-            }
-            qwenrt_kernels::Dtype::BF16 => {
-                out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes())
-            }
-        }
-    }
-    out
+    encode(v, W::DTYPE, offset)
 }
 
 fn close(a: &[f32], b: &[f32], tol: f32, what: &str) {
