@@ -142,7 +142,7 @@ pub struct GenerateStats {
 }
 
 /// The arena's regions, in order. `carve` hands them back in this order.
-const REGIONS: usize = 18;
+const REGIONS: usize = 19;
 
 /// Which logits a forward pass computes.
 enum LogitsMode<'f> {
@@ -338,6 +338,12 @@ impl Session {
             format!("[chunk, head_dim/2] = [{chunk}, {}]", hd / 2),
             chunk.checked_mul(hd / 2),
         )?;
+        let split = ops::matvec_scratch_len(h.max(f));
+        p.push(
+            "matvec.x_split",
+            format!("[max(hidden, ffn) rounded up to 32] = [{split}]"),
+            Some(split),
+        )?;
         debug_assert_eq!(p.regions().len(), REGIONS);
         Ok(p)
     }
@@ -397,7 +403,7 @@ impl Session {
         }
         let plan = &self.plan;
         let bufs = carve::<REGIONS>(self.arena.floats_mut(), plan);
-        let [.., logits, _, _, _, _, _] = bufs;
+        let [.., logits, _, _, _, _, _, _] = bufs;
         Ok(logits)
     }
 
@@ -462,7 +468,7 @@ impl Session {
             return Err(SessionError::NoLogits);
         }
         let plan = &self.plan;
-        let [.., logits, probs, candidates, _, _, _] =
+        let [.., logits, probs, candidates, _, _, _, _] =
             carve::<REGIONS>(self.arena.floats_mut(), plan);
         let candidates: &mut [u32] = bytemuck::cast_slice_mut(candidates);
         let token = sampler.sample(logits, probs, candidates);
@@ -578,7 +584,7 @@ impl Session {
         let pos0 = kv.used();
         let (h, kvd, f, hd) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
         let (nh, nkv, eps) = (c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps);
-        let [kv_k, kv_v, x, x_norm, q, k, v, attn_out, proj_out, mlp_gate, mlp_up, attn_scores, logits, _probs, _candidates, inv_freq, rope_cos, rope_sin] =
+        let [kv_k, kv_v, x, x_norm, q, k, v, attn_out, proj_out, mlp_gate, mlp_up, attn_scores, logits, _probs, _candidates, inv_freq, rope_cos, rope_sin, x_split] =
             carve::<REGIONS>(self.arena.floats_mut(), &self.plan);
         let x = &mut x[..n * h]; // [n, hidden]: the residual stream
         let x_norm = &mut x_norm[..n * h]; // [n, hidden]
@@ -590,16 +596,20 @@ impl Session {
         let mlp_gate = &mut mlp_gate[..n * f]; // [n, ffn]
         let mlp_up = &mut mlp_up[..n * f]; // [n, ffn]
         let wb = |t: &TensorRef| weights.bytes(t);
-        let linear =
-            |w: &TensorRef, input: &[f32], k_in: usize, out: &mut [f32], normed_input: bool| {
-                if n == 1 {
-                    par::matvec::<W>(pool, isa, weights.bytes(w), input, out)
-                } else if bf16dot && normed_input {
-                    par::matmul_bf16dot(pool, isa, weights.bytes(w), k_in, input, out)
-                } else {
-                    par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
-                }
-            };
+        let linear = |w: &TensorRef,
+                      input: &[f32],
+                      k_in: usize,
+                      out: &mut [f32],
+                      normed_input: bool,
+                      split: &mut [f32]| {
+            if n == 1 {
+                par::matvec::<W>(pool, isa, weights.bytes(w), input, split, out)
+            } else if bf16dot && normed_input {
+                par::matmul_bf16dot(pool, isa, weights.bytes(w), k_in, input, out)
+            } else {
+                par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
+            }
+        };
         let layout = KvLayout {
             n_heads: nh,
             n_kv_heads: nkv,
@@ -635,6 +645,7 @@ impl Session {
                     pool,
                     isa,
                     x_norm,
+                    x_split,
                     wb(&layer.q_proj),
                     q,
                     wb(&layer.k_proj),
@@ -643,9 +654,9 @@ impl Session {
                     v,
                 );
             } else {
-                linear(&layer.q_proj, x_norm, h, q, false);
-                linear(&layer.k_proj, x_norm, h, k, false);
-                linear(&layer.v_proj, x_norm, h, v, false);
+                linear(&layer.q_proj, x_norm, h, q, false, x_split);
+                linear(&layer.k_proj, x_norm, h, k, false, x_split);
+                linear(&layer.v_proj, x_norm, h, v, false, x_split);
             }
             bias_rows(isa, q, h, &layer.q_bias, weights);
             bias_rows(isa, k, kvd, &layer.k_bias, weights);
@@ -671,7 +682,7 @@ impl Session {
                 attn_scores,
                 attn_out,
             );
-            linear(&layer.o_proj, attn_out, h, proj_out, false);
+            linear(&layer.o_proj, attn_out, h, proj_out, false, x_split);
             ops::add(isa, x, proj_out);
 
             // MLP block
@@ -689,17 +700,18 @@ impl Session {
                     pool,
                     isa,
                     x_norm,
+                    x_split,
                     wb(&layer.gate_proj),
                     mlp_gate,
                     wb(&layer.up_proj),
                     mlp_up,
                 );
             } else {
-                linear(&layer.gate_proj, x_norm, h, mlp_gate, true);
-                linear(&layer.up_proj, x_norm, h, mlp_up, true);
+                linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_split);
+                linear(&layer.up_proj, x_norm, h, mlp_up, true, x_split);
             }
             ops::silu_mul(isa, mlp_gate, mlp_up);
-            linear(&layer.down_proj, mlp_gate, f, proj_out, false);
+            linear(&layer.down_proj, mlp_gate, f, proj_out, false, x_split);
             ops::add(isa, x, proj_out);
         }
 
@@ -713,7 +725,7 @@ impl Session {
             LogitsMode::Last => {
                 let last = &x[(n - 1) * h..n * h];
                 ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
-                par::matvec::<W>(pool, isa, head, &x_norm[..h], logits);
+                par::matvec::<W>(pool, isa, head, &x_norm[..h], x_split, logits);
                 self.logits_ready = true;
             }
             LogitsMode::Each(each) => {
@@ -726,7 +738,7 @@ impl Session {
                         eps,
                         &mut x_norm[..h],
                     );
-                    par::matvec::<W>(pool, isa, head, &x_norm[..h], logits);
+                    par::matvec::<W>(pool, isa, head, &x_norm[..h], x_split, logits);
                     each(pos0 + t, logits);
                 }
                 self.logits_ready = true;

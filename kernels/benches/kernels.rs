@@ -50,6 +50,7 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
         let w = weights(rows * cols, W::DTYPE);
         let x = data(cols, 1);
         let mut y = vec![0.0; rows];
+        let mut s = vec![0.0; ops::matvec_scratch_len(cols)];
         g.throughput(Throughput::Bytes(
             (rows * cols * W::SIZE + 4 * (cols + rows)) as u64,
         ));
@@ -57,7 +58,9 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
             g.bench_with_input(
                 BenchmarkId::new(isa.to_string(), format!("{rows}x{cols}")),
                 &(),
-                |b, _| b.iter(|| ops::matvec::<W>(isa, black_box(&w), black_box(&x), &mut y)),
+                |b, _| {
+                    b.iter(|| ops::matvec::<W>(isa, black_box(&w), black_box(&x), &mut s, &mut y))
+                },
             );
         }
     }
@@ -194,6 +197,7 @@ fn bench_par(c: &mut Criterion) {
         let w = weights(rows * cols, Dtype::BF16);
         let x = data(cols, 1);
         let mut y = vec![0.0; rows];
+        let mut s = vec![0.0; ops::matvec_scratch_len(cols)];
         g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
         for pool in &pools {
             g.bench_function(
@@ -201,7 +205,7 @@ fn bench_par(c: &mut Criterion) {
                     format!("matvec_bf16_{rows}x{cols}"),
                     format!("{}t", pool.n_threads()),
                 ),
-                |b| b.iter(|| par::matvec::<Bf16>(pool, isa, black_box(&w), &x, &mut y)),
+                |b| b.iter(|| par::matvec::<Bf16>(pool, isa, black_box(&w), &x, &mut s, &mut y)),
             );
         }
     }

@@ -18,12 +18,13 @@ fn main() {
         .collect();
     let x: Vec<f32> = (0..cols).map(|i| i as f32 * 0.001).collect();
     let mut y = vec![0.0f32; rows];
+    let mut s = vec![0.0f32; qwenrt_kernels::ops::matvec_scratch_len(cols)];
     let pool = ThreadPool::new(threads).unwrap();
     for isa in Isa::available() {
         let mut t = Vec::new();
         for _ in 0..15 {
             let t0 = Instant::now();
-            par::matvec::<Bf16>(&pool, isa, &w, &x, &mut y);
+            par::matvec::<Bf16>(&pool, isa, &w, &x, &mut s, &mut y);
             t.push(t0.elapsed().as_secs_f64());
         }
         t.sort_by(|a, b| a.partial_cmp(b).unwrap());

@@ -64,9 +64,17 @@ fn split(rows: usize, n_threads: usize, tid: usize, align: usize) -> (usize, usi
     ((b0 * align).min(rows), (b1 * align).min(rows))
 }
 
-/// [`ops::matvec`] with rows split across the pool.
-pub fn matvec<W: WeightType>(pool: &ThreadPool, isa: Isa, w: &[u8], x: &[f32], y: &mut [f32]) {
-    matvec_n::<W, 1>(pool, isa, [w], x, [y]);
+/// [`ops::matvec`] with rows split across the pool. The input is prepared once, in `scratch`
+/// ([`ops::matvec_scratch_len`] floats), before the rows are handed out.
+pub fn matvec<W: WeightType>(
+    pool: &ThreadPool,
+    isa: Isa,
+    w: &[u8],
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    matvec_n::<W, 1>(pool, isa, [w], x, scratch, [y]);
 }
 
 /// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
@@ -75,12 +83,13 @@ pub fn matvec2<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
     x: &[f32],
+    scratch: &mut [f32],
     w0: &[u8],
     y0: &mut [f32],
     w1: &[u8],
     y1: &mut [f32],
 ) {
-    matvec_n::<W, 2>(pool, isa, [w0, w1], x, [y0, y1]);
+    matvec_n::<W, 2>(pool, isa, [w0, w1], x, scratch, [y0, y1]);
 }
 
 /// Three matvecs sharing the input `x` (e.g. attention's q, k and v projections) in one dispatch.
@@ -89,6 +98,7 @@ pub fn matvec3<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
     x: &[f32],
+    scratch: &mut [f32],
     w0: &[u8],
     y0: &mut [f32],
     w1: &[u8],
@@ -96,7 +106,7 @@ pub fn matvec3<W: WeightType>(
     w2: &[u8],
     y2: &mut [f32],
 ) {
-    matvec_n::<W, 3>(pool, isa, [w0, w1, w2], x, [y0, y1, y2]);
+    matvec_n::<W, 3>(pool, isa, [w0, w1, w2], x, scratch, [y0, y1, y2]);
 }
 
 /// `N` matvecs over one `x`: the concatenation of their rows is split across the threads.
@@ -105,9 +115,11 @@ fn matvec_n<W: WeightType, const N: usize>(
     isa: Isa,
     ws: [&[u8]; N],
     x: &[f32],
+    scratch: &mut [f32],
     ys: [&mut [f32]; N],
 ) {
     let cols = x.len();
+    let x = &ops::MatvecX::new::<W>(isa, x, scratch);
     for (w, y) in ws.iter().zip(&ys) {
         assert!(
             w.len() >= y.len() * cols * W::SIZE,
@@ -118,7 +130,7 @@ fn matvec_n<W: WeightType, const N: usize>(
     let nt = pool.n_threads();
     if nt == 1 || total * cols < SERIAL_BELOW {
         for (w, y) in ws.into_iter().zip(ys) {
-            ops::matvec::<W>(isa, w, x, y);
+            ops::matvec_x::<W>(isa, w, x, y);
         }
         return;
     }
@@ -155,7 +167,7 @@ fn matvec_n<W: WeightType, const N: usize>(
             // function until `run` returns.
             let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
             let w = &ws[i][r0 * cols * W::SIZE..];
-            ops::matvec::<W>(isa, w, x, y);
+            ops::matvec_x::<W>(isa, w, x, y);
         }
     });
 }

@@ -64,18 +64,26 @@ fn check_matvec<W: WeightType>() {
             let w = &wb[offset..];
             let mut r = vec![0.0; rows];
             scalar::matvec::<W>(w, &x, &mut r);
+            let mut scratch = vec![f32::NAN; ops::matvec_scratch_len(cols)];
             for isa in simd_isas() {
-                let mut y = vec![f32::NAN; rows];
-                ops::matvec::<W>(isa, w, &x, &mut y);
-                for i in 0..rows {
-                    let mag: f32 = (0..cols)
-                        .map(|c| (W::get(w, i * cols + c) * x[c]).abs())
-                        .sum();
-                    let what = format!(
-                        "matvec<{}> {isa} {rows}x{cols} off={offset} row {i}",
-                        W::DTYPE
-                    );
-                    close(y[i], r[i], mag, &what);
+                // The prepared input (bf16 hi/lo split on AVX512-BF16) and the plain one.
+                for prepared in [true, false] {
+                    let mut y = vec![f32::NAN; rows];
+                    if prepared {
+                        ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y);
+                    } else {
+                        ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y);
+                    }
+                    for i in 0..rows {
+                        let mag: f32 = (0..cols)
+                            .map(|c| (W::get(w, i * cols + c) * x[c]).abs())
+                            .sum();
+                        let what = format!(
+                            "matvec<{}> {isa} prepared={prepared} {rows}x{cols} off={offset} row {i}",
+                            W::DTYPE
+                        );
+                        close(y[i], r[i], mag, &what);
+                    }
                 }
             }
         }

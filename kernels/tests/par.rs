@@ -35,11 +35,12 @@ fn check_par_matvec<W: WeightType>() {
             let wb = bytes::<W>(&rng.vec(rows * cols), 1);
             let w = &wb[1..];
             let x = rng.vec(cols);
+            let mut s = vec![f32::NAN; ops::matvec_scratch_len(cols)];
             for isa in Isa::available() {
                 let mut r = vec![0.0; rows];
-                ops::matvec::<W>(isa, w, &x, &mut r);
+                ops::matvec::<W>(isa, w, &x, &mut s, &mut r);
                 let mut y = vec![f32::NAN; rows];
-                par::matvec::<W>(&pool, isa, w, &x, &mut y);
+                par::matvec::<W>(&pool, isa, w, &x, &mut s, &mut y);
                 // Same kernel on the same rows: bit-identical.
                 assert_eq!(y, r, "par::matvec {isa} nt={nt} {rows}x{cols}");
             }
@@ -53,15 +54,17 @@ fn check_par_matvec<W: WeightType>() {
             bytes::<W>(&rng.vec(250 * cols), 0),
         );
         let isa = Isa::detect();
+        let mut s = vec![f32::NAN; ops::matvec_scratch_len(cols)];
         let (mut ra, mut rb, mut rc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
-        ops::matvec::<W>(isa, &wa, &x, &mut ra);
-        ops::matvec::<W>(isa, &wb_[1..], &x, &mut rb);
-        ops::matvec::<W>(isa, &wc, &x, &mut rc);
+        ops::matvec::<W>(isa, &wa, &x, &mut s, &mut ra);
+        ops::matvec::<W>(isa, &wb_[1..], &x, &mut s, &mut rb);
+        ops::matvec::<W>(isa, &wc, &x, &mut s, &mut rc);
         let (mut ya, mut yb, mut yc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
         par::matvec3::<W>(
             &pool,
             isa,
             &x,
+            &mut s,
             &wa,
             &mut ya,
             &wb_[1..],
@@ -71,7 +74,7 @@ fn check_par_matvec<W: WeightType>() {
         );
         assert_eq!((&ya, &yb, &yc), (&ra, &rb, &rc), "matvec3 nt={nt}");
         let (mut ya, mut yc) = (vec![0.0; 100], vec![0.0; 250]);
-        par::matvec2::<W>(&pool, isa, &x, &wa, &mut ya, &wc, &mut yc);
+        par::matvec2::<W>(&pool, isa, &x, &mut s, &wa, &mut ya, &wc, &mut yc);
         assert_eq!((&ya, &yc), (&ra, &rc), "matvec2 nt={nt}");
     }
 }

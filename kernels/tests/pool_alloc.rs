@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{Bf16, Isa, ThreadPool};
+use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -82,16 +82,18 @@ fn dispatch_and_par_kernels_allocate_nothing() {
         let mut out = vec![0.0f32; 3 * 4 * 32];
         let mut scores = vec![0.0f32; par::scores_len(nt, 4, 64)];
         let (mut y1, mut y2) = (vec![0.0f32; rows], vec![0.0f32; rows]);
+        let mut s = vec![0.0f32; ops::matvec_scratch_len(cols)];
         for isa in Isa::available() {
             // Warm-up, then count.
             for round in 0..2 {
                 let before = allocs();
                 for _ in 0..20 {
-                    par::matvec::<Bf16>(&pool, isa, &w[1..], &x[..cols], &mut y[..rows]);
+                    par::matvec::<Bf16>(&pool, isa, &w[1..], &x[..cols], &mut s, &mut y[..rows]);
                     par::matvec2::<Bf16>(
                         &pool,
                         isa,
                         &x[..cols],
+                        &mut s,
                         &w[1..],
                         &mut y1,
                         &w[1..],
