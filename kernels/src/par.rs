@@ -79,6 +79,7 @@ pub fn matvec<W: WeightType>(
 
 /// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
 /// `y0 = w0 · x`, `y1 = w1 · x`.
+#[allow(clippy::too_many_arguments)]
 pub fn matvec2<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
