@@ -338,11 +338,16 @@ impl Session {
             format!("[chunk, head_dim/2] = [{chunk}, {}]", hd / 2),
             chunk.checked_mul(hd / 2),
         )?;
+        // the activations prepared for the weights' dot products: the decode matvec's bf16
+        // hi/lo split, or prefill's bf16 pairs for the gate/up matmuls
         let split = ops::matvec_scratch_len(h.max(f));
+        let pairs = ops::matmul_bf16dot_scratch_len(chunk, h);
         p.push(
-            "matvec.x_split",
-            format!("[max(hidden, ffn) rounded up to 32] = [{split}]"),
-            Some(split),
+            "x_prep",
+            format!(
+                "max(matvec split [max(hidden, ffn)] = {split}, bf16 pairs [chunk, hidden/2] = {pairs})"
+            ),
+            Some(split.max(pairs)),
         )?;
         debug_assert_eq!(p.regions().len(), REGIONS);
         Ok(p)
@@ -584,7 +589,7 @@ impl Session {
         let pos0 = kv.used();
         let (h, kvd, f, hd) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
         let (nh, nkv, eps) = (c.num_attention_heads, c.num_key_value_heads, c.rms_norm_eps);
-        let [kv_k, kv_v, x, x_norm, q, k, v, attn_out, proj_out, mlp_gate, mlp_up, attn_scores, logits, _probs, _candidates, inv_freq, rope_cos, rope_sin, x_split] =
+        let [kv_k, kv_v, x, x_norm, q, k, v, attn_out, proj_out, mlp_gate, mlp_up, attn_scores, logits, _probs, _candidates, inv_freq, rope_cos, rope_sin, x_prep] =
             carve::<REGIONS>(self.arena.floats_mut(), &self.plan);
         let x = &mut x[..n * h]; // [n, hidden]: the residual stream
         let x_norm = &mut x_norm[..n * h]; // [n, hidden]
@@ -601,11 +606,11 @@ impl Session {
                       k_in: usize,
                       out: &mut [f32],
                       normed_input: bool,
-                      split: &mut [f32]| {
+                      prep: &mut [f32]| {
             if n == 1 {
-                par::matvec::<W>(pool, isa, weights.bytes(w), input, split, out)
+                par::matvec::<W>(pool, isa, weights.bytes(w), input, prep, out)
             } else if bf16dot && normed_input {
-                par::matmul_bf16dot(pool, isa, weights.bytes(w), k_in, input, out)
+                par::matmul_bf16dot(pool, isa, weights.bytes(w), k_in, input, prep, out)
             } else {
                 par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
             }
@@ -645,7 +650,7 @@ impl Session {
                     pool,
                     isa,
                     x_norm,
-                    x_split,
+                    x_prep,
                     wb(&layer.q_proj),
                     q,
                     wb(&layer.k_proj),
@@ -654,9 +659,9 @@ impl Session {
                     v,
                 );
             } else {
-                linear(&layer.q_proj, x_norm, h, q, false, x_split);
-                linear(&layer.k_proj, x_norm, h, k, false, x_split);
-                linear(&layer.v_proj, x_norm, h, v, false, x_split);
+                linear(&layer.q_proj, x_norm, h, q, false, x_prep);
+                linear(&layer.k_proj, x_norm, h, k, false, x_prep);
+                linear(&layer.v_proj, x_norm, h, v, false, x_prep);
             }
             bias_rows(isa, q, h, &layer.q_bias, weights);
             bias_rows(isa, k, kvd, &layer.k_bias, weights);
@@ -682,7 +687,7 @@ impl Session {
                 attn_scores,
                 attn_out,
             );
-            linear(&layer.o_proj, attn_out, h, proj_out, false, x_split);
+            linear(&layer.o_proj, attn_out, h, proj_out, false, x_prep);
             ops::add(isa, x, proj_out);
 
             // MLP block
@@ -700,18 +705,18 @@ impl Session {
                     pool,
                     isa,
                     x_norm,
-                    x_split,
+                    x_prep,
                     wb(&layer.gate_proj),
                     mlp_gate,
                     wb(&layer.up_proj),
                     mlp_up,
                 );
             } else {
-                linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_split);
-                linear(&layer.up_proj, x_norm, h, mlp_up, true, x_split);
+                linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_prep);
+                linear(&layer.up_proj, x_norm, h, mlp_up, true, x_prep);
             }
             ops::silu_mul(isa, mlp_gate, mlp_up);
-            linear(&layer.down_proj, mlp_gate, f, proj_out, false, x_split);
+            linear(&layer.down_proj, mlp_gate, f, proj_out, false, x_prep);
             ops::add(isa, x, proj_out);
         }
 
@@ -725,7 +730,7 @@ impl Session {
             LogitsMode::Last => {
                 let last = &x[(n - 1) * h..n * h];
                 ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
-                par::matvec::<W>(pool, isa, head, &x_norm[..h], x_split, logits);
+                par::matvec::<W>(pool, isa, head, &x_norm[..h], x_prep, logits);
                 self.logits_ready = true;
             }
             LogitsMode::Each(each) => {
@@ -738,7 +743,7 @@ impl Session {
                         eps,
                         &mut x_norm[..h],
                     );
-                    par::matvec::<W>(pool, isa, head, &x_norm[..h], x_split, logits);
+                    par::matvec::<W>(pool, isa, head, &x_norm[..h], x_prep, logits);
                     each(pos0 + t, logits);
                 }
                 self.logits_ready = true;

@@ -80,6 +80,7 @@ fn bench_matmul(c: &mut Criterion) {
         for &n in &[64usize, 512] {
             let x = data(n * k, 2);
             let mut y = vec![0.0; n * rows];
+            let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
             g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
             for isa in Isa::available() {
                 if isa == Isa::Scalar && (n > 64 || rows > 896) {
@@ -95,7 +96,16 @@ fn bench_matmul(c: &mut Criterion) {
                 if isa.has_avx512_bf16() {
                     let id = BenchmarkId::new("avx512_bf16dot", format!("n{n}_{rows}x{k}"));
                     g.bench_with_input(id, &(), |b, _| {
-                        b.iter(|| ops::matmul_bf16dot(isa, black_box(&w), k, black_box(&x), &mut y))
+                        b.iter(|| {
+                            ops::matmul_bf16dot(
+                                isa,
+                                black_box(&w),
+                                k,
+                                black_box(&x),
+                                &mut s,
+                                &mut y,
+                            )
+                        })
                     });
                 }
             }
@@ -214,6 +224,7 @@ fn bench_par(c: &mut Criterion) {
         let w = weights(rows * k, Dtype::BF16);
         let x = data(n * k, 2);
         let mut y = vec![0.0; n * rows];
+        let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
         g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
         for pool in &pools {
             g.bench_function(
@@ -229,7 +240,7 @@ fn bench_par(c: &mut Criterion) {
                     format!("{}t", pool.n_threads()),
                 );
                 g.bench_function(id, |b| {
-                    b.iter(|| par::matmul_bf16dot(pool, isa, black_box(&w), k, &x, &mut y))
+                    b.iter(|| par::matmul_bf16dot(pool, isa, black_box(&w), k, &x, &mut s, &mut y))
                 });
             }
         }

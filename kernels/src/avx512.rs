@@ -857,11 +857,17 @@ pub unsafe fn argmax(x: &[f32]) -> usize {
     0
 }
 
-/// bf16 pairs (along k) per packed panel of the `vdpbf16ps` matmul: `KCP * NR` u32 = 16 KiB.
-const KCP: usize = 128;
+/// Vectors (of 16 columns) per packed panel of the `vdpbf16ps` matmul.
+const NVB: usize = 2;
+/// Weight rows per packed panel of the `vdpbf16ps` matmul.
+const NRB: usize = 16 * NVB;
+/// Tokens per `vdpbf16ps` microkernel tile: `MRB * NVB` accumulators.
+const MRB: usize = 12;
+/// bf16 pairs (along k) per packed panel: `KCP * NRB` u32 = 24 KiB.
+const KCP: usize = 448;
 
 /// Packs bf16 weight rows `0..nr`, elements `k0..k0 + 2 * kcp` (clipped to `k`, zero beyond) as
-/// k-pairs: `buf[p * NR + j] = w[j, k0 + 2p] | w[j, k0 + 2p + 1] << 16`, zero for `j >= nr`.
+/// k-pairs: `buf[p * NRB + j] = w[j, k0 + 2p] | w[j, k0 + 2p + 1] << 16`, zero for `j >= nr`.
 ///
 /// # Safety
 /// `w` must be valid for `nr` rows of `k` bf16 elements; `k0 < k`, `kcp <= KCP`.
@@ -873,72 +879,96 @@ unsafe fn pack_pairs(
     k0: usize,
     kcp: usize,
     nr: usize,
-    buf: &mut [u32; KCP * NR],
+    buf: &mut [u32; KCP * NRB],
 ) {
     let rb = k * 2;
-    if nr < NR {
-        buf[..kcp * NR].iter_mut().for_each(|v| *v = 0);
-    }
     let elems = (k - k0).min(2 * kcp);
-    let mut tmp = [0u32; 16];
-    for j in 0..nr {
-        // SAFETY: row j < nr is inside w; the masked load reads elements k0..k0+elems < k only.
-        unsafe {
-            let row = w.add(j * rb + k0 * 2);
-            let mut e = 0;
-            while e < elems {
-                let cnt = (elems - e).min(32);
-                let m: __mmask32 = if cnt >= 32 { !0 } else { (1u32 << cnt) - 1 };
-                let v = _mm512_maskz_loadu_epi16(m, row.add(e * 2) as *const i16);
-                _mm512_storeu_si512(tmp.as_mut_ptr() as *mut __m512i, v);
-                let p0 = e / 2;
-                for (q, t) in tmp.iter().enumerate().take(cnt.div_ceil(2)) {
-                    *buf.get_unchecked_mut((p0 + q) * NR + j) = *t;
+    let bp = buf.as_mut_ptr();
+    for jb in (0..NRB).step_by(16) {
+        let mut e = 0;
+        while e < elems {
+            let cnt = (elems - e).min(32);
+            let m: __mmask32 = if cnt >= 32 { !0 } else { (1u32 << cnt) - 1 };
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, ri) in r.iter_mut().enumerate() {
+                if jb + i < nr {
+                    // SAFETY: row jb+i < nr is inside w; the mask reads elements k0+e.. < k only.
+                    *ri = _mm512_castsi512_ps(unsafe {
+                        _mm512_maskz_loadu_epi16(
+                            m,
+                            w.add((jb + i) * rb + (k0 + e) * 2) as *const i16,
+                        )
+                    });
                 }
-                e += 32;
             }
+            // r[i] holds 16 pairs of row jb+i; after the transpose r[c] holds pair c of 16 rows.
+            transpose16(&mut r);
+            let p0 = e / 2;
+            for (c, rc) in r.iter().enumerate().take(kcp - p0) {
+                // SAFETY: pair p0+c < kcp <= KCP, columns jb..jb+16 <= NRB: inside buf.
+                unsafe { _mm512_storeu_ps(bp.add((p0 + c) * NRB + jb) as *mut f32, *rc) };
+            }
+            e += 32;
         }
     }
 }
 
-/// `vdpbf16ps` microkernel: `R` tokens × `NR` columns over `kcp` k-pairs; `xb[t * KCP + p]` holds
-/// token `t`'s activations `2p, 2p + 1` as a bf16 pair.
+/// `vdpbf16ps` microkernel: `R` tokens × `NRB` columns over `kcp` k-pairs; `xb[t * ldx + p]`
+/// holds token `t`'s activations `2p, 2p + 1` as a bf16 pair. Stores (`first`) or accumulates
+/// into `y[t * ldy + j]`, `j < nr`.
 ///
 /// # Safety
-/// `y` valid for writes to `R` rows of `ldy` floats at columns `0..nr`; the CPU must support
-/// AVX512-BF16.
+/// `xb` valid for reading `R` rows of `ldx` pairs with `kcp` in each; `y` valid for writes to
+/// `R` rows of `ldy` floats at columns `0..nr`; the CPU must support AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_bf16<const R: usize>(
-    buf: &[u32; KCP * NR],
+    buf: &[u32; KCP * NRB],
     kcp: usize,
-    xb: &[u32; MR * KCP],
+    xb: *const u32,
+    ldx: usize,
     y: *mut f32,
     ldy: usize,
     nr: usize,
     first: bool,
 ) {
-    let mut acc0 = [_mm512_setzero_ps(); R];
-    let mut acc1 = [_mm512_setzero_ps(); R];
+    let mut acc = [[_mm512_setzero_ps(); NVB]; R];
     let bp = buf.as_ptr();
-    // SAFETY: p < kcp <= KCP keeps buf and xb accesses in bounds (t < R <= MR).
+    // SAFETY: p < kcp <= KCP keeps buf in bounds; xb rows t < R hold kcp pairs (contract).
     unsafe {
         for p in 0..kcp {
-            let b0: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR) as *const __m512i));
-            let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(bp.add(p * NR + 16) as *const __m512i));
-            for t in 0..R {
-                let a: __m512bh =
-                    std::mem::transmute(_mm512_set1_epi32(*xb.get_unchecked(t * KCP + p) as i32));
-                acc0[t] = _mm512_dpbf16_ps(acc0[t], a, b0);
-                acc1[t] = _mm512_dpbf16_ps(acc1[t], a, b1);
+            // (a loop, not a closure: closures do not inherit `target_feature`)
+            let mut b = [std::mem::transmute::<__m512, __m512bh>(_mm512_setzero_ps()); NVB];
+            for (v, bv) in b.iter_mut().enumerate() {
+                *bv = std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                    bp.add(p * NRB + 16 * v) as *const __m512i,
+                ));
+            }
+            for (t, a) in acc.iter_mut().enumerate() {
+                let xv: __m512bh =
+                    std::mem::transmute(_mm512_set1_epi32(*xb.add(t * ldx + p) as i32));
+                for v in 0..NVB {
+                    a[v] = _mm512_dpbf16_ps(a[v], xv, b[v]);
+                }
             }
         }
     }
-    // SAFETY: `y` is valid for these R rows and nr columns by this function's contract.
-    unsafe { store_tile(&acc0, &acc1, y, ldy, nr, first) }
+    for (t, a) in acc.iter().enumerate() {
+        for (v, &av) in a.iter().enumerate() {
+            let m = lanes(nr.saturating_sub(16 * v));
+            // SAFETY: row t < R, the columns m selects are < nr: inside y by the contract.
+            unsafe {
+                let yp = y.add(t * ldy + 16 * v);
+                let sum = if first {
+                    av
+                } else {
+                    _mm512_add_ps(av, _mm512_maskz_loadu_ps(m, yp))
+                };
+                _mm512_mask_storeu_ps(yp, m, sum);
+            }
+        }
+    }
 }
 
 /// [`matmul_strided`] for bf16 weights with AVX512-BF16 `vdpbf16ps`: activations are ROUNDED TO
@@ -946,30 +976,26 @@ unsafe fn micro_bf16<const R: usize>(
 /// the throughput of the f32 path, with a relative error of up to ~2^-8 of `sum |w x|`.
 ///
 /// # Safety
-/// As [`matmul_strided`] with `W = Bf16`; the CPU must also support AVX512-BF16.
+/// As [`matmul_strided`] with `W = Bf16`, except that the activations come as `xb`, filled by
+/// [`pack_x_pairs`] from `n` rows of `k`; the CPU must also support AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 pub unsafe fn matmul_bf16dot_strided(
     w: &[u8],
     k: usize,
-    x: &[f32],
+    xb: &[f32],
     n: usize,
     y: *mut f32,
     ldy: usize,
     rows: usize,
 ) {
-    debug_assert!(w.len() >= rows * k * 2 && x.len() >= n * k && k > 0);
-    if n < 3 {
-        // SAFETY: forwarded contract.
-        unsafe { matmul_strided::<crate::Bf16>(w, k, x, n, y, ldy, rows) };
-        return;
-    }
-    let mut buf = [0u32; KCP * NR];
-    let mut xb = [0u32; MR * KCP];
+    let kp = k.div_ceil(2);
+    debug_assert!(w.len() >= rows * k * 2 && xb.len() >= n * kp && k > 0);
+    let mut buf = [0u32; KCP * NRB];
+    let xb = xb.as_ptr() as *const u32;
     let wp = w.as_ptr();
-    let xp = x.as_ptr();
     let mut j0 = 0;
     while j0 < rows {
-        let nr = (rows - j0).min(NR);
+        let nr = (rows - j0).min(NRB);
         let mut k0 = 0;
         while k0 < k {
             let kc = (k - k0).min(2 * KCP);
@@ -978,39 +1004,26 @@ pub unsafe fn matmul_bf16dot_strided(
             unsafe { pack_pairs(wp.add(j0 * k * 2), k, k0, kcp, nr, &mut buf) };
             let mut t0 = 0;
             while t0 < n {
-                let mr = (n - t0).min(MR);
-                for t in 0..mr {
-                    let mut e = 0;
-                    while e < kc {
-                        // SAFETY: token t0+t < n, elements k0+e.. masked below k0+kc <= k;
-                        // xb row t has KCP pairs, e/2 + 16 <= KCP.
-                        unsafe {
-                            let src = xp.add((t0 + t) * k + k0 + e);
-                            let lo = _mm512_maskz_loadu_ps(lanes(kc - e), src);
-                            let hi = _mm512_maskz_loadu_ps(
-                                lanes(kc.saturating_sub(e + 16)),
-                                src.add(16),
-                            );
-                            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-                            _mm512_storeu_si512(
-                                xb.as_mut_ptr().add(t * KCP + e / 2) as *mut __m512i,
-                                v,
-                            );
-                        }
-                        e += 32;
-                    }
-                }
-                // SAFETY: y rows t0..t0+mr < n, columns j0..j0+nr < rows, writable by contract.
+                let mr = (n - t0).min(MRB);
+                // SAFETY: y rows t0..t0+mr < n, columns j0..j0+nr < rows, writable by contract;
+                // xb rows t0..t0+mr hold pairs k0/2..k0/2+kcp <= kp.
                 unsafe {
                     let yt = y.add(t0 * ldy + j0);
+                    let xt = xb.add(t0 * kp + k0 / 2);
                     let f = k0 == 0;
                     match mr {
-                        6 => micro_bf16::<6>(&buf, kcp, &xb, yt, ldy, nr, f),
-                        5 => micro_bf16::<5>(&buf, kcp, &xb, yt, ldy, nr, f),
-                        4 => micro_bf16::<4>(&buf, kcp, &xb, yt, ldy, nr, f),
-                        3 => micro_bf16::<3>(&buf, kcp, &xb, yt, ldy, nr, f),
-                        2 => micro_bf16::<2>(&buf, kcp, &xb, yt, ldy, nr, f),
-                        _ => micro_bf16::<1>(&buf, kcp, &xb, yt, ldy, nr, f),
+                        12 => micro_bf16::<12>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        11 => micro_bf16::<11>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        10 => micro_bf16::<10>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        9 => micro_bf16::<9>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        8 => micro_bf16::<8>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        7 => micro_bf16::<7>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        6 => micro_bf16::<6>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        5 => micro_bf16::<5>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        4 => micro_bf16::<4>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        3 => micro_bf16::<3>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        2 => micro_bf16::<2>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        _ => micro_bf16::<1>(&buf, kcp, xt, kp, yt, ldy, nr, f),
                     }
                 }
                 t0 += mr;
@@ -1018,6 +1031,35 @@ pub unsafe fn matmul_bf16dot_strided(
             k0 += kc;
         }
         j0 += nr;
+    }
+}
+
+/// Rounds `n` rows of `k` activations to bf16 pairs (round to nearest even), one pair per float
+/// of `out`: the bits of `out[t * kp + p]` are `bf16(x[t, 2p]) | bf16(x[t, 2p + 1]) << 16` with
+/// `kp = k.div_ceil(2)` (an odd `k`'s last pair is padded with 0).
+///
+/// # Safety
+/// `x.len() >= n * k`, `out.len() >= n * k.div_ceil(2)`; the CPU must support AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn pack_x_pairs(x: &[f32], k: usize, n: usize, out: &mut [f32]) {
+    let kp = k.div_ceil(2);
+    debug_assert!(x.len() >= n * k && out.len() >= n * kp);
+    let xp = x.as_ptr();
+    let op = out.as_mut_ptr();
+    for t in 0..n {
+        let mut e = 0;
+        while e < k {
+            // SAFETY: the loads read elements e.. of row t below k (masks); the stores write
+            // pairs e/2.. of row t below kp (mask).
+            unsafe {
+                let src = xp.add(t * k + e);
+                let lo = _mm512_maskz_loadu_ps(lanes(k - e), src);
+                let hi = _mm512_maskz_loadu_ps(lanes(k.saturating_sub(e + 16)), src.add(16));
+                let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi32(op.add(t * kp + e / 2) as *mut i32, lanes(kp - e / 2), v);
+            }
+            e += 32;
+        }
     }
 }
 

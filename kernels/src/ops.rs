@@ -196,8 +196,9 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
 /// the activations are ROUNDED TO BF16 before the products (f32 accumulation), so results differ
 /// from [`matmul`] by up to ~2^-8 relative to `sum |w x|`. About twice the f32 path's throughput.
 /// Not the default: use it only where that rounding is acceptable. On other ISAs, and for fewer
-/// than 3 tokens, it is exactly `matmul::<Bf16>`.
-pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
+/// than 3 tokens, it is exactly `matmul::<Bf16>`. `scratch` holds the rounded activations:
+/// [`matmul_bf16dot_scratch_len`] floats.
+pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
@@ -205,31 +206,74 @@ pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
         w.len() >= rows * k * 2,
         "matmul_bf16dot: weight buffer too short"
     );
-    // SAFETY: as in `matmul`.
-    unsafe { matmul_bf16dot_strided(isa, w, k, x, n, y.as_mut_ptr(), rows, rows) }
+    let xb = bf16dot_pairs(isa, x, k, n, scratch);
+    // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n.
+    unsafe { matmul_bf16dot_strided(isa, w, k, x, xb, n, y.as_mut_ptr(), rows, rows) }
 }
 
-/// The body behind [`matmul_bf16dot`] and `par::matmul_bf16dot`, writing a column block.
+/// Floats of scratch [`matmul_bf16dot`] needs for `n` tokens of `k` activations: one bf16 pair
+/// per float.
+pub fn matmul_bf16dot_scratch_len(n: usize, k: usize) -> usize {
+    n * k.div_ceil(2)
+}
+
+/// Rounds the `n × k` activations to bf16 pairs in `scratch` once per matmul, where the
+/// `vdpbf16ps` path will read them (AVX512-BF16, at least 3 tokens); `None` otherwise.
+pub(crate) fn bf16dot_pairs<'s>(
+    isa: Isa,
+    x: &[f32],
+    k: usize,
+    n: usize,
+    scratch: &'s mut [f32],
+) -> Option<&'s [f32]> {
+    let need = matmul_bf16dot_scratch_len(n, k);
+    assert!(
+        scratch.len() >= need,
+        "matmul_bf16dot: scratch holds {} floats, {need} needed",
+        scratch.len()
+    );
+    assert!(x.len() >= n * k, "matmul_bf16dot: x too short");
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx512_bf16() && n >= 3 {
+        check(Isa::Avx512);
+        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; x and scratch lengths checked.
+        unsafe { avx512::pack_x_pairs(x, k, n, scratch) };
+        return Some(&scratch[..need]);
+    }
+    let _ = isa;
+    None
+}
+
+/// The body behind [`matmul_bf16dot`] and `par::matmul_bf16dot`, writing a column block:
+/// the `vdpbf16ps` path on `xb` (from [`bf16dot_pairs`]) where there is one, else the f32 path.
 ///
 /// # Safety
-/// As [`matmul_strided`] with bf16 weights.
+/// As [`matmul_strided`] with bf16 weights; `xb` must come from [`bf16dot_pairs`] with the same
+/// `isa`, `x`, `k` and `n`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_bf16dot_strided(
     isa: Isa,
     w: &[u8],
     k: usize,
     x: &[f32],
+    xb: Option<&[f32]>,
     n: usize,
     y: *mut f32,
     ldy: usize,
     rows: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx512_bf16() {
-        assert!(k > 0 && w.len() >= rows * k * 2 && x.len() >= n * k && ldy >= rows);
+    if let Some(xb) = xb {
+        assert!(
+            isa.has_avx512_bf16()
+                && k > 0
+                && w.len() >= rows * k * 2
+                && xb.len() >= matmul_bf16dot_scratch_len(n, k)
+                && ldy >= rows
+        );
         check(Isa::Avx512);
         // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; buffer contract forwarded.
-        unsafe { avx512::matmul_bf16dot_strided(w, k, x, n, y, ldy, rows) };
+        unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows) };
         return;
     }
     // SAFETY: forwarded contract.

@@ -23,7 +23,7 @@ use crate::scalar;
 /// Rows per matvec chunk are a multiple of this (keeps the 4-row blocks whole).
 pub const ROW_ALIGN: usize = 16;
 /// Columns per matmul chunk are a multiple of this (whole packed panels on every ISA).
-pub const COL_ALIGN: usize = 32;
+pub const COL_ALIGN: usize = 64;
 /// Below this many weight elements a matvec runs on the calling thread alone: a dispatch costs
 /// more than the work.
 const SERIAL_BELOW: usize = 1 << 14;
@@ -189,11 +189,25 @@ pub fn matmul<W: WeightType>(
 }
 
 /// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
-/// columns split across the pool. `w` is bf16.
-pub fn matmul_bf16dot(pool: &ThreadPool, isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
+/// columns split across the pool. `w` is bf16. The activations are rounded once, into `scratch`
+/// ([`ops::matmul_bf16dot_scratch_len`] floats), before the columns are handed out.
+pub fn matmul_bf16dot(
+    pool: &ThreadPool,
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
+        return;
+    };
+    let xb = ops::bf16dot_pairs(isa, x, k, n, scratch);
     matmul_cols(pool, w, 2, k, x, y, &|w, n, yp, ldy, cols| {
-        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
-        unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, n, yp, ldy, cols) }
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
+        // k and n (`matmul_cols` passes the same n).
+        unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols) }
     });
 }
 

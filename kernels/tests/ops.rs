@@ -418,6 +418,8 @@ fn matmul_bf16dot_rounds_activations_only() {
         (40, 513, 6),
         (65, 96, 3),
         (5, 31, 2),
+        // several depth blocks and panels, a partial last panel, a partial last token tile
+        (130, 1101, 9),
     ] {
         let wf = rng.vec(rows * k);
         let x = rng.vec(n * k);
@@ -432,9 +434,10 @@ fn matmul_bf16dot_rounds_activations_only() {
             .collect();
         let mut rr = vec![0.0; n * rows];
         scalar::matmul::<Bf16>(w, k, &xr, &mut rr);
+        let mut s = vec![f32::NAN; ops::matmul_bf16dot_scratch_len(n, k)];
         for isa in simd_isas() {
             let mut y = vec![f32::NAN; n * rows];
-            ops::matmul_bf16dot(isa, w, k, &x, &mut y);
+            ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut y);
             for t in 0..n {
                 for j in 0..rows {
                     let mag: f32 = (0..k)

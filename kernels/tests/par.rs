@@ -98,6 +98,7 @@ fn par_matmul_all() {
             (70, 33, 9),
             (130, 200, 13),
             (65, 129, 2),
+            (300, 1000, 20),
         ] {
             let wf = rng.vec(rows * k);
             let wb = bytes::<Bf16>(&wf, 1);
@@ -113,6 +114,20 @@ fn par_matmul_all() {
                     &r,
                     1e-5 * (k as f32).sqrt().max(1.0),
                     &format!("par::matmul {isa} nt={nt} {rows} {k} {n}"),
+                );
+            }
+            // The bf16-activation matmul: each thread's column block through the same kernel
+            // over the same depth blocks, so bit-identical to the one-thread call.
+            let mut s = vec![f32::NAN; ops::matmul_bf16dot_scratch_len(n, k)];
+            for isa in Isa::available() {
+                let mut r = vec![f32::NAN; n * rows];
+                ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut r);
+                let mut y = vec![f32::NAN; n * rows];
+                par::matmul_bf16dot(&pool, isa, w, k, &x, &mut s, &mut y);
+                let what = format!("par::matmul_bf16dot {isa} nt={nt} {rows} {k} {n}");
+                assert!(
+                    y.iter().zip(&r).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{what}"
                 );
             }
         }
