@@ -62,6 +62,15 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
                     b.iter(|| ops::matvec::<W>(isa, black_box(&w), black_box(&x), &mut s, &mut y))
                 },
             );
+            if W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16() {
+                // `avx512` above streams against the hi/lo split; this is the widening kernel.
+                let plain = ops::MatvecX::plain(&x);
+                g.bench_with_input(
+                    BenchmarkId::new("avx512_widen", format!("{rows}x{cols}")),
+                    &(),
+                    |b, _| b.iter(|| ops::matvec_x::<W>(isa, black_box(&w), &plain, &mut y)),
+                );
+            }
         }
     }
     g.finish();

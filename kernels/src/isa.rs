@@ -9,8 +9,10 @@ pub enum Isa {
     Scalar,
     /// AVX2 with FMA and F16C (256-bit).
     Avx2,
-    /// AVX-512F/BW/VL (512-bit; BW/VL for masked 16-bit tail loads). The default bf16 kernels
-    /// widen to f32; `ops::matmul_bf16dot` uses AVX512-BF16 dot products where the CPU has them.
+    /// AVX-512F/BW/VL (512-bit; BW/VL for masked 16-bit tail loads). Where the CPU also has
+    /// AVX512-BF16, the bf16 matvec runs `vdpbf16ps` against a hi/lo bf16 split of its input
+    /// (f32-level accuracy) and `ops::matmul_bf16dot` rounds activations to bf16; otherwise the
+    /// bf16 kernels widen weights to f32.
     Avx512,
 }
 
