@@ -176,10 +176,45 @@ impl Tokenizer {
             })?;
         Ok(enc.get_ids().to_vec())
     }
-    /// `text` after the tokenizer's normalizer (NFC for Qwen2, with the Unicode tables of the
-    /// `tokenizers` crate, as in Hugging Face's own tokenizer): what a decode of its encoding
-    /// gives back.
+    /// `text` as the encoder sees it, which is what a decode of its encoding gives back: the
+    /// added tokens that skip normalization (Qwen2's special tokens) are cut out first, leftmost
+    /// and then longest match as `tokenizers` does, and only the text between them goes through
+    /// the normalizer (NFC for Qwen2, with the Unicode tables of the `tokenizers` crate, as in
+    /// Hugging Face's own tokenizer). So `"<|im_end|>\u{338}"` stays as it is, where NFC of
+    /// the whole string would compose `">\u{338}"` into `"≯"`.
     pub fn normalize(&self, text: &str) -> Result<String, TokenizerError> {
+        let specials: Vec<String> = self
+            .inner
+            .get_added_tokens_decoder()
+            .values()
+            .filter(|t| !t.normalized && !t.content.is_empty())
+            .map(|t| t.content.clone())
+            .collect();
+        let mut out = String::with_capacity(text.len());
+        let mut plain = 0; // start of the text not yet normalized
+        let mut i = 0;
+        while i < text.len() {
+            let longest = specials
+                .iter()
+                .filter(|t| text[i..].starts_with(t.as_str()))
+                .map(String::len)
+                .max();
+            match longest {
+                Some(len) => {
+                    out.push_str(&self.normalize_piece(&text[plain..i])?);
+                    out.push_str(&text[i..i + len]);
+                    i += len;
+                    plain = i;
+                }
+                None => i += text[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        out.push_str(&self.normalize_piece(&text[plain..])?);
+        Ok(out)
+    }
+
+    /// `text` through the tokenizer's normalizer alone.
+    fn normalize_piece(&self, text: &str) -> Result<String, TokenizerError> {
         use tokenizers::{NormalizedString, Normalizer};
         let mut n = NormalizedString::from(text);
         if let Some(norm) = self.inner.get_normalizer() {

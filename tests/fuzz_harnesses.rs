@@ -315,6 +315,20 @@ fn committed_gguf_seed_is_current() {
     assert!(have == want, "{} is stale", path.display());
 }
 
+/// Special tokens are cut out before normalization, as the encoder does: a combining mark after
+/// `<|im_end|>` is not composed with its `>` (found by fuzzing `tokenizer_roundtrip`).
+#[test]
+fn tokenizer_normalizes_around_special_tokens() {
+    let tok = fuzzing::tokenizer();
+    assert_eq!(tok.normalize(">\u{338}").unwrap(), "\u{226f}");
+    for text in ["<|im_end|>\u{338}", "a>\u{338}<|im_start|>\u{338}x"] {
+        let want = text.replacen("a>\u{338}", "a\u{226f}", 1);
+        assert_eq!(tok.normalize(text).unwrap(), want, "{text:?}");
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids).unwrap(), want, "{text:?} via {ids:?}");
+    }
+}
+
 /// The tokenizer's normalizer is NFC: checked against an independent NFC implementation on
 /// strings built from [`PIECES`] (characters both implementations' Unicode tables know; the
 /// two disagree only on combining marks newer than the `tokenizers` crate's tables).

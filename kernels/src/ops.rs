@@ -101,11 +101,6 @@ impl<'a> MatvecX<'a> {
     pub fn cols(&self) -> usize {
         self.x.len()
     }
-
-    /// The input itself.
-    pub fn x(&self) -> &'a [f32] {
-        self.x
-    }
 }
 
 /// `y[r] = sum_c w[r, c] * x[c]`: `w` is row-major `[y.len(), x.len()]` of dtype `W`; `scratch`
@@ -126,8 +121,9 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
     if let Some(xp) = x.hilo {
         assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
         check(Isa::Avx512);
-        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked just above; `w` length checked; `xp` was packed from these `cols` columns by
-        // `MatvecX::new`, which is the only way to build a `hilo` input.
+        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked just above; `w` length
+        // checked; `xp` was packed from these `cols` columns by `MatvecX::new`, the only way to
+        // build a `hilo` input.
         unsafe { avx512::matvec_bf16_hilo(w, xp, cols, y) };
         return;
     }
