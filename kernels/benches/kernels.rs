@@ -62,11 +62,22 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
                     b.iter(|| ops::matvec::<W>(isa, black_box(&w), black_box(&x), &mut s, &mut y))
                 },
             );
-            if W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16() {
-                // `avx512` above streams against the hi/lo split; this is the widening kernel.
+            if W::DTYPE == Dtype::BF16 && isa != Isa::Scalar {
+                // Above: the fastest preparation of x (hi/lo split on AVX512-BF16, else even/odd
+                // columns on AVX-512). Here the exact one where that differs, and the widening
+                // kernel.
+                if isa.has_avx512_bf16() {
+                    let mut s2 = vec![0.0; ops::matvec_scratch_len(cols)];
+                    let exact = ops::MatvecX::exact::<W>(isa, &x, &mut s2);
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{isa}_exact"), format!("{rows}x{cols}")),
+                        &(),
+                        |b, _| b.iter(|| ops::matvec_x::<W>(isa, black_box(&w), &exact, &mut y)),
+                    );
+                }
                 let plain = ops::MatvecX::plain(&x);
                 g.bench_with_input(
-                    BenchmarkId::new("avx512_widen", format!("{rows}x{cols}")),
+                    BenchmarkId::new(format!("{isa}_widen"), format!("{rows}x{cols}")),
                     &(),
                     |b, _| b.iter(|| ops::matvec_x::<W>(isa, black_box(&w), &plain, &mut y)),
                 );

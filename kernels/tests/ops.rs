@@ -66,13 +66,17 @@ fn check_matvec<W: WeightType>() {
             scalar::matvec::<W>(w, &x, &mut r);
             let mut scratch = vec![f32::NAN; ops::matvec_scratch_len(cols)];
             for isa in simd_isas() {
-                // The prepared input (bf16 hi/lo split on AVX512-BF16) and the plain one.
-                for prepared in [true, false] {
+                // Every way to prepare the input: the fastest (bf16 hi/lo split on AVX512-BF16),
+                // the exact one (even/odd columns for bf16 on AVX-512), and none.
+                for prepared in ["fastest", "exact", "plain"] {
                     let mut y = vec![f32::NAN; rows];
-                    if prepared {
-                        ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y);
-                    } else {
-                        ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y);
+                    match prepared {
+                        "fastest" => ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y),
+                        "exact" => {
+                            let xp = ops::MatvecX::exact::<W>(isa, &x, &mut scratch);
+                            ops::matvec_x::<W>(isa, w, &xp, &mut y)
+                        }
+                        _ => ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y),
                     }
                     for i in 0..rows {
                         let mag: f32 = (0..cols)
