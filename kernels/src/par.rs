@@ -20,7 +20,7 @@ use crate::ops;
 use crate::pool::ThreadPool;
 use crate::scalar;
 
-/// Rows per matvec chunk are a multiple of this (keeps the 4-row blocks whole).
+/// Rows per matvec chunk are a multiple of this (whole 64-byte lines of `y` per thread).
 pub const ROW_ALIGN: usize = 16;
 /// Columns per matmul chunk are a multiple of this (whole packed panels on every ISA).
 pub const COL_ALIGN: usize = 64;
