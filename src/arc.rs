@@ -189,7 +189,8 @@ impl TaskCtx<'_> {
     }
 }
 
-fn json_kind(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, with its article ("a string"), for error messages.
+pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

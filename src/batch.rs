@@ -15,6 +15,8 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt;
 
+use crate::arc::json_kind;
+
 /// `max_tokens` when a line does not give it.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
 /// `temperature` when a line does not give it: greedy.
@@ -89,17 +91,6 @@ impl BatchRecord {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 fn fields(obj: &Map<String, Value>) -> Result<BatchRequest, String> {
     if let Some(unknown) = obj.keys().find(|k| !KNOWN_FIELDS.contains(&k.as_str())) {
         return Err(format!(
@@ -110,7 +101,7 @@ fn fields(obj: &Map<String, Value>) -> Result<BatchRequest, String> {
     let prompt = match obj.get("prompt") {
         None => return Err("missing \"prompt\"".into()),
         Some(Value::String(s)) => s.clone(),
-        Some(v) => return Err(format!("\"prompt\" must be a string, got {}", kind(v))),
+        Some(v) => return Err(format!("\"prompt\" must be a string, got {}", json_kind(v))),
     };
     let max_tokens = match obj.get("max_tokens") {
         None | Some(Value::Null) => DEFAULT_MAX_TOKENS,
@@ -130,7 +121,12 @@ fn fields(obj: &Map<String, Value>) -> Result<BatchRequest, String> {
     let raw = match obj.get("raw") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
-        Some(v) => return Err(format!("\"raw\" must be true or false, got {}", kind(v))),
+        Some(v) => {
+            return Err(format!(
+                "\"raw\" must be true or false, got {}",
+                json_kind(v)
+            ))
+        }
     };
     Ok(BatchRequest {
         line: 0,
@@ -156,7 +152,7 @@ pub fn parse_batch_line(line_no: usize, line: &str) -> Result<BatchRequest, Batc
         other => {
             return Err(err(
                 Value::Null,
-                format!("expected a JSON object, got {}", kind(&other)),
+                format!("expected a JSON object, got {}", json_kind(&other)),
             ))
         }
     };

@@ -183,12 +183,11 @@ impl Tokenizer {
     /// Hugging Face's own tokenizer). So `"<|im_end|>\u{338}"` stays as it is, where NFC of
     /// the whole string would compose `">\u{338}"` into `"≯"`.
     pub fn normalize(&self, text: &str) -> Result<String, TokenizerError> {
-        let specials: Vec<String> = self
-            .inner
-            .get_added_tokens_decoder()
+        let added = self.inner.get_added_tokens_decoder();
+        let specials: Vec<&str> = added
             .values()
             .filter(|t| !t.normalized && !t.content.is_empty())
-            .map(|t| t.content.clone())
+            .map(|t| t.content.as_str())
             .collect();
         let mut out = String::with_capacity(text.len());
         let mut plain = 0; // start of the text not yet normalized
@@ -196,8 +195,8 @@ impl Tokenizer {
         while i < text.len() {
             let longest = specials
                 .iter()
-                .filter(|t| text[i..].starts_with(t.as_str()))
-                .map(String::len)
+                .filter(|t| text[i..].starts_with(**t))
+                .map(|t| t.len())
                 .max();
             match longest {
                 Some(len) => {

@@ -89,9 +89,9 @@ impl<'a> MatvecX<'a> {
     /// Prepares `x` for matvecs over `W` weights on `isa`, in `scratch`, which must hold at least
     /// [`matvec_scratch_len`]`(x.len())` floats: the fastest kernel the CPU has.
     pub fn new<W: WeightType>(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> MatvecX<'a> {
-        let need = check_scratch(x, scratch);
         #[cfg(target_arch = "x86_64")]
         if W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16() {
+            let need = check_scratch(x, scratch);
             check(Isa::Avx512);
             // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; scratch length checked.
             unsafe { avx512::pack_hilo(x, scratch) };

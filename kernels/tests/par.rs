@@ -151,25 +151,7 @@ fn par_attention_gqa_causal() {
         let pool = ThreadPool::new(nt).unwrap();
         for &(pos0, n) in &[(0usize, 1usize), (0, 17), (5, 1), (10, 30), (39, 1)] {
             let q = rng.vec(n * qdim);
-            // Reference: scalar, one (t, h) at a time.
-            let mut r = vec![0.0; n * qdim];
-            let hd = layout.head_dim;
-            let group = layout.n_heads / layout.n_kv_heads;
-            let mut sc = vec![0.0; layout.cap];
-            for t in 0..n {
-                let len = pos0 + t + 1;
-                for h in 0..layout.n_heads {
-                    let base = (h / group) * layout.cap * hd;
-                    scalar::attention(
-                        &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-                        &k[base..base + len * hd],
-                        &v[base..base + len * hd],
-                        1.0 / (hd as f32).sqrt(),
-                        &mut sc,
-                        &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-                    );
-                }
-            }
+            let r = attention_ref(layout, pos0, &q, &k, &v);
             for isa in Isa::available() {
                 let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
                 let mut out = vec![f32::NAN; n * qdim];
