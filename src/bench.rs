@@ -224,7 +224,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     let (tg_m, tg_sd) = mean_sd(&tg);
     let tg_bw = per_token * tg_m / 1e9;
     let params = c.parameter_count().unwrap_or(0);
-    let model = format!("qwen2 {:.1}B {}", params as f64 / 1e9, weights.matrix_dtype);
+    let model = format!("qwen2 {:.1}B {}", params as f64 / 1e9, weights.matrix_formats());
     if flags.has("--json") {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,

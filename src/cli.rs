@@ -714,7 +714,7 @@ fn cmd_info(args: &[String]) -> Result<(), CliError> {
     println!(
         "parameters: {} | weight matrices: {} | mapped: {} bytes | read per token: {} bytes",
         c.parameter_count().unwrap_or(0),
-        weights.matrix_dtype,
+        weights.matrix_formats(),
         weights.mapped_bytes(),
         weights.bytes_per_token()
     );

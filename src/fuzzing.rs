@@ -706,10 +706,9 @@ fn check_weights(w: Result<Weights, LoadError>) {
         let elems: usize = t.shape.iter().product();
         assert_eq!(w.bytes(t).len(), elems * t.dtype.size(), "{t:?}");
     }
-    assert!(matches!(
-        w.matrix_dtype,
-        Dtype::F32 | Dtype::F16 | Dtype::BF16
-    ));
+    for t in w.matrices() {
+        assert!(matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16));
+    }
     let opts = SessionOptions {
         ctx: 4.min(c.max_position_embeddings),
         threads: 1,

@@ -5,20 +5,47 @@
 //! The forward pass reads top to bottom like the model card:
 //! embed; per layer: rmsnorm, q/k/v + bias, rope, cache write, attention, o_proj, residual,
 //! rmsnorm, gate/up, silu*mul, down, residual; final norm; lm_head.
-//! It is generic over the weight dtype `W`, so each instantiation is one monomorphized loop.
+//! Every weight matrix is read in its own format (a model may mix bf16, f16 and f32 tensors):
+//! each matrix call dispatches once on its tensor's [`Dtype`] to a kernel monomorphized for it.
+//!
+//! The numerics of a pass are chosen by the caller, never guessed from its length
+//! ([`Numerics`]): decode numerics (one exact matvec per row, attention one row at a time, the
+//! same arithmetic whether a row comes alone or among others) or prefill numerics (matmuls over
+//! the chunk, bf16 gate/up where enabled).
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, F16, F32};
 
 use crate::arena::{carve, Arena, ArenaError, MemoryPlan};
 use crate::config::Config;
 use crate::kv_cache::{CacheError, CacheInfo, KvCache, KvShape, KvStore};
 use crate::sampler::{Sampler, SamplerError};
 use crate::weights::{TensorRef, Weights};
+
+/// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
+/// is monomorphized once per format and the format is matched once per call.
+macro_rules! by_format {
+    ($d:expr, $W:ident => $body:expr) => {
+        match $d {
+            Dtype::BF16 => {
+                type $W = Bf16;
+                $body
+            }
+            Dtype::F16 => {
+                type $W = F16;
+                $body
+            }
+            Dtype::F32 => {
+                type $W = F32;
+                $body
+            }
+        }
+    };
+}
 
 /// How a session is sized and run.
 #[derive(Clone, Debug)]
@@ -139,6 +166,18 @@ pub struct GenerateStats {
     pub elapsed: Duration,
     /// Forward passes (decode steps) run.
     pub steps: usize,
+}
+
+/// How a forward pass computes its rows, chosen by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// Each row exactly as a lone decode step computes it: one matvec per row and matrix,
+    /// attention per row. Rows given together (a draft to verify, a short prompt) get the same
+    /// logits as fed one at a time.
+    Decode,
+    /// Matmuls over all rows; with [`SessionOptions::prefill_bf16`] on bf16 weights, the MLP's
+    /// gate/up input rounded to bf16. The same for a chunk of any length, 1 included.
+    Prefill,
 }
 
 /// The arena's regions, in order. `carve` hands them back in this order.
@@ -441,9 +480,24 @@ impl Session {
             } else {
                 LogitsMode::None
             };
-            self.forward(chunk, mode)?;
+            self.forward(chunk, mode, Numerics::Prefill)?;
         }
         self.logits()
+    }
+
+    /// Appends `tokens` with [`Numerics::Decode`] (the same logits as feeding them one at a
+    /// time through [`Session::decode_step`], in one pass per chunk) and calls `each(pos,
+    /// logits)` with the logits after every position, as for verifying drafted tokens.
+    pub fn decode_each(
+        &mut self,
+        tokens: &[u32],
+        each: &mut dyn FnMut(usize, &[f32]),
+    ) -> Result<(), SessionError> {
+        self.check_tokens(tokens)?;
+        for chunk in tokens.chunks(self.max_chunk) {
+            self.forward(chunk, LogitsMode::Each(each), Numerics::Decode)?;
+        }
+        Ok(())
     }
 
     /// Like [`Session::prefill`], but calls `each(pos, logits)` with the logits after every
@@ -455,7 +509,7 @@ impl Session {
     ) -> Result<(), SessionError> {
         self.check_tokens(tokens)?;
         for chunk in tokens.chunks(self.max_chunk) {
-            self.forward(chunk, LogitsMode::Each(each))?;
+            self.forward(chunk, LogitsMode::Each(each), Numerics::Prefill)?;
         }
         Ok(())
     }
@@ -463,7 +517,7 @@ impl Session {
     /// One decode step: appends `token` and computes the next logits.
     pub fn decode_step(&mut self, token: u32) -> Result<&[f32], SessionError> {
         self.check_tokens(&[token])?;
-        self.forward(&[token], LogitsMode::Last)?;
+        self.forward(&[token], LogitsMode::Last, Numerics::Decode)?;
         self.logits()
     }
 
@@ -486,21 +540,6 @@ impl Session {
     /// tokens, stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
     /// false, or when the context is full. Allocates nothing.
     pub fn generate(
-        &mut self,
-        sampler: &mut Sampler,
-        max_tokens: usize,
-        stop: &[u32],
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<GenerateStats, SessionError> {
-        match self.weights.matrix_dtype {
-            Dtype::BF16 => self.decode_loop::<Bf16>(sampler, max_tokens, stop, on_token),
-            Dtype::F16 => self.decode_loop::<F16>(sampler, max_tokens, stop, on_token),
-            Dtype::F32 => self.decode_loop::<F32>(sampler, max_tokens, stop, on_token),
-        }
-    }
-
-    /// The monomorphized decode loop behind [`Session::generate`].
-    fn decode_loop<W: WeightType>(
         &mut self,
         sampler: &mut Sampler,
         max_tokens: usize,
@@ -538,7 +577,7 @@ impl Session {
                 stats.reason = StopReason::ContextFull;
                 break;
             }
-            self.forward_impl::<W>(&[token], LogitsMode::Last)?;
+            self.forward(&[token], LogitsMode::Last, Numerics::Decode)?;
             stats.steps += 1;
             stats.unfed = None;
         }
@@ -546,23 +585,16 @@ impl Session {
         Ok(stats)
     }
 
-    fn forward(&mut self, tokens: &[u32], mode: LogitsMode<'_>) -> Result<(), SessionError> {
-        match self.weights.matrix_dtype {
-            Dtype::BF16 => self.forward_impl::<Bf16>(tokens, mode),
-            Dtype::F16 => self.forward_impl::<F16>(tokens, mode),
-            Dtype::F32 => self.forward_impl::<F32>(tokens, mode),
-        }
-    }
-
     /// One forward pass over `tokens` (at most `max_chunk`) at the next positions.
-    fn forward_impl<W: WeightType>(
+    fn forward(
         &mut self,
         tokens: &[u32],
         mode: LogitsMode<'_>,
+        numerics: Numerics,
     ) -> Result<(), SessionError> {
         self.check_tokens(tokens)?;
         debug_assert!(tokens.len() <= self.max_chunk);
-        let result = self.forward_layers::<W>(tokens, mode);
+        let result = self.forward_layers(tokens, mode, numerics);
         match result {
             Ok(()) => {
                 self.kv.commit();
@@ -576,15 +608,17 @@ impl Session {
         }
     }
 
-    fn forward_layers<W: WeightType>(
+    fn forward_layers(
         &mut self,
         tokens: &[u32],
         mode: LogitsMode<'_>,
+        numerics: Numerics,
     ) -> Result<(), SessionError> {
         let weights = &*self.weights;
         let c = &weights.config;
         let (isa, pool, kv) = (self.isa, &self.pool, &mut self.kv);
-        let bf16dot = self.prefill_bf16 && W::DTYPE == Dtype::BF16;
+        let prefill_bf16 = self.prefill_bf16;
+        let decode = numerics == Numerics::Decode;
         let n = tokens.len();
         let pos0 = kv.used();
         let (h, kvd, f, hd) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
@@ -601,18 +635,25 @@ impl Session {
         let mlp_gate = &mut mlp_gate[..n * f]; // [n, ffn]
         let mlp_up = &mut mlp_up[..n * f]; // [n, ffn]
         let wb = |t: &TensorRef| weights.bytes(t);
+        // `out = input · wᵀ` over the pass's rows, in w's own format: under decode numerics one
+        // matvec per row, under prefill numerics one matmul (bf16 dot products for the MLP's
+        // gate/up on bf16 weights when enabled).
         let linear = |w: &TensorRef,
                       input: &[f32],
                       k_in: usize,
                       out: &mut [f32],
-                      normed_input: bool,
+                      gate_up: bool,
                       prep: &mut [f32]| {
-            if n == 1 {
-                par::matvec::<W>(pool, isa, weights.bytes(w), input, prep, out)
-            } else if bf16dot && normed_input {
-                par::matmul_bf16dot(pool, isa, weights.bytes(w), k_in, input, prep, out)
+            let wbytes = weights.bytes(w);
+            if decode {
+                let m = out.len() / n;
+                for (xr, yr) in input.chunks_exact(k_in).zip(out.chunks_exact_mut(m)) {
+                    matvec(pool, isa, w.dtype, wbytes, xr, prep, yr);
+                }
+            } else if gate_up && prefill_bf16 && w.dtype == Dtype::BF16 {
+                par::matmul_bf16dot(pool, isa, wbytes, k_in, input, prep, out)
             } else {
-                par::matmul::<W>(pool, isa, weights.bytes(w), k_in, input, out)
+                by_format!(w.dtype, W => par::matmul::<W>(pool, isa, wbytes, k_in, input, out))
             }
         };
         let layout = KvLayout {
@@ -636,28 +677,32 @@ impl Session {
 
         // embed: x[t] = embed_tokens[token]
         let embed = wb(&weights.embed_tokens);
+        let (ed, es) = (weights.embed_tokens.dtype, weights.embed_tokens.dtype.size());
         for (t, &token) in tokens.iter().enumerate() {
-            let row = token as usize * h * W::SIZE;
-            W::DTYPE.to_f32(&embed[row..row + h * W::SIZE], &mut x[t * h..(t + 1) * h]);
+            let row = token as usize * h * es;
+            ed.to_f32(&embed[row..row + h * es], &mut x[t * h..(t + 1) * h]);
         }
 
         for (l, layer) in weights.layers.iter().enumerate() {
             // attention block
             rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
-            if n == 1 {
-                // decode: q, k and v read the same activations, so one dispatch streams all three
-                par::matvec3::<W>(
-                    pool,
-                    isa,
-                    x_norm,
-                    x_prep,
-                    wb(&layer.q_proj),
-                    q,
-                    wb(&layer.k_proj),
-                    k,
-                    wb(&layer.v_proj),
-                    v,
-                );
+            let qkv_format = layer.q_proj.dtype;
+            if decode && [layer.k_proj.dtype, layer.v_proj.dtype] == [qkv_format; 2] {
+                // q, k and v read the same activations, so one dispatch streams all three
+                for t in 0..n {
+                    by_format!(qkv_format, W => par::matvec3::<W>(
+                        pool,
+                        isa,
+                        &x_norm[t * h..(t + 1) * h],
+                        x_prep,
+                        wb(&layer.q_proj),
+                        &mut q[t * h..(t + 1) * h],
+                        wb(&layer.k_proj),
+                        &mut k[t * kvd..(t + 1) * kvd],
+                        wb(&layer.v_proj),
+                        &mut v[t * kvd..(t + 1) * kvd],
+                    ));
+                }
             } else {
                 linear(&layer.q_proj, x_norm, h, q, false, x_prep);
                 linear(&layer.k_proj, x_norm, h, k, false, x_prep);
@@ -676,17 +721,34 @@ impl Session {
             }
             kv.write(&mut KvStore { k: kv_k, v: kv_v }, l, pos0, k, v)?;
             let (layer_k, layer_v) = kv.view(kv_k, kv_v, l, pos0 + n)?;
-            par::attention(
-                pool,
-                isa,
-                layout,
-                pos0,
-                q,
-                layer_k,
-                layer_v,
-                attn_scores,
-                attn_out,
-            );
+            if decode {
+                // each row as a lone decode step attends: one query at its own position
+                for t in 0..n {
+                    par::attention(
+                        pool,
+                        isa,
+                        layout,
+                        pos0 + t,
+                        &q[t * h..(t + 1) * h],
+                        layer_k,
+                        layer_v,
+                        attn_scores,
+                        &mut attn_out[t * h..(t + 1) * h],
+                    );
+                }
+            } else {
+                par::attention(
+                    pool,
+                    isa,
+                    layout,
+                    pos0,
+                    q,
+                    layer_k,
+                    layer_v,
+                    attn_scores,
+                    attn_out,
+                );
+            }
             linear(&layer.o_proj, attn_out, h, proj_out, false, x_prep);
             ops::add(isa, x, proj_out);
 
@@ -700,17 +762,20 @@ impl Session {
                 weights,
                 eps,
             );
-            if n == 1 {
-                par::matvec2::<W>(
-                    pool,
-                    isa,
-                    x_norm,
-                    x_prep,
-                    wb(&layer.gate_proj),
-                    mlp_gate,
-                    wb(&layer.up_proj),
-                    mlp_up,
-                );
+            let gu_format = layer.gate_proj.dtype;
+            if decode && layer.up_proj.dtype == gu_format {
+                for t in 0..n {
+                    by_format!(gu_format, W => par::matvec2::<W>(
+                        pool,
+                        isa,
+                        &x_norm[t * h..(t + 1) * h],
+                        x_prep,
+                        wb(&layer.gate_proj),
+                        &mut mlp_gate[t * f..(t + 1) * f],
+                        wb(&layer.up_proj),
+                        &mut mlp_up[t * f..(t + 1) * f],
+                    ));
+                }
             } else {
                 linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_prep);
                 linear(&layer.up_proj, x_norm, h, mlp_up, true, x_prep);
@@ -722,7 +787,7 @@ impl Session {
 
         // final norm and lm_head
         let norm = (wb(&weights.norm), weights.norm.dtype);
-        let head = wb(&weights.lm_head);
+        let (head, hdt) = (wb(&weights.lm_head), weights.lm_head.dtype);
         match mode {
             LogitsMode::None => {
                 self.logits_ready = false;
@@ -730,7 +795,7 @@ impl Session {
             LogitsMode::Last => {
                 let last = &x[(n - 1) * h..n * h];
                 ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
-                par::matvec::<W>(pool, isa, head, &x_norm[..h], x_prep, logits);
+                matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, logits);
                 self.logits_ready = true;
             }
             LogitsMode::Each(each) => {
@@ -743,7 +808,7 @@ impl Session {
                         eps,
                         &mut x_norm[..h],
                     );
-                    par::matvec::<W>(pool, isa, head, &x_norm[..h], x_prep, logits);
+                    matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, logits);
                     each(pos0 + t, logits);
                 }
                 self.logits_ready = true;
@@ -751,6 +816,21 @@ impl Session {
         }
         Ok(())
     }
+}
+
+
+/// [`par::matvec`] on a matrix of format `d`.
+#[allow(clippy::too_many_arguments)]
+fn matvec(
+    pool: &ThreadPool,
+    isa: Isa,
+    d: Dtype,
+    w: &[u8],
+    x: &[f32],
+    prep: &mut [f32],
+    y: &mut [f32],
+) {
+    by_format!(d, W => par::matvec::<W>(pool, isa, w, x, prep, y))
 }
 
 /// `out[t] = rmsnorm(x[t]) * weight` for every row.

@@ -101,10 +101,34 @@ pub fn write_synthetic_model(
     dtype: Dtype,
     seed: u64,
 ) -> io::Result<()> {
+    write_model(dir, shape, seed, &|_| dtype, false)
+}
+
+/// Like [`write_synthetic_model`], but each tensor in the format `format_of(name)` returns, and
+/// every value drawn so that it is exact in f32, f16 and bf16 alike (rounded to bf16's 8
+/// significant bits, magnitudes below f16's smallest normal, 2^-14, flushed to zero). Two models
+/// written with the same seed and shape hold the same numbers whatever formats they use, so
+/// they differ only in how the kernels read them.
+pub fn write_synthetic_model_mixed(
+    dir: &Path,
+    shape: SyntheticShape,
+    seed: u64,
+    format_of: &dyn Fn(&str) -> Dtype,
+) -> io::Result<()> {
+    write_model(dir, shape, seed, format_of, true)
+}
+
+fn write_model(
+    dir: &Path,
+    shape: SyntheticShape,
+    seed: u64,
+    format_of: &dyn Fn(&str) -> Dtype,
+    exact_everywhere: bool,
+) -> io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::write(dir.join("config.json"), shape.config_json())?;
     let tensors = shape.tensors();
-    let st_dtype = match dtype {
+    let st_dtype = |dtype: Dtype| match dtype {
         Dtype::F32 => "F32",
         Dtype::F16 => "F16",
         Dtype::BF16 => "BF16",
@@ -112,6 +136,8 @@ pub fn write_synthetic_model(
     let mut header = serde_json::Map::new();
     let mut offset = 0usize;
     for (name, dims) in &tensors {
+        let dtype = format_of(name);
+        let st_dtype = st_dtype(dtype);
         let bytes = dims.iter().product::<usize>() * dtype.size();
         header.insert(
             name.clone(),
@@ -143,12 +169,19 @@ pub fn write_synthetic_model(
             0.1
         };
         let count: usize = dims.iter().product();
+        let dtype = format_of(name);
         for _ in 0..count {
-            let v = if is_norm {
+            let mut v = if is_norm {
                 1.0 + 0.1 * next()
             } else {
                 next() * scale * 1.7
             };
+            if exact_everywhere {
+                v = half::bf16::from_f32(v).to_f32();
+                if v.abs() < f32::powi(2.0, -14) {
+                    v = 0.0;
+                }
+            }
             match dtype {
                 Dtype::F32 => out.write_all(&v.to_le_bytes())?,
                 Dtype::F16 => out.write_all(&half::f16::from_f32(v).to_le_bytes())?,

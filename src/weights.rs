@@ -35,12 +35,6 @@ pub enum LoadError {
         expected: Vec<usize>,
         found: Vec<usize>,
     },
-    /// The 2-D weights do not all share one dtype.
-    MixedDtypes {
-        tensor: String,
-        found: Dtype,
-        expected: Dtype,
-    },
 }
 
 impl fmt::Display for LoadError {
@@ -66,15 +60,6 @@ impl fmt::Display for LoadError {
                     "tensor `{tensor}` has shape {found:?}; the config implies {expected:?}"
                 )
             }
-            LoadError::MixedDtypes {
-                tensor,
-                found,
-                expected,
-            } => write!(
-                f,
-                "tensor `{tensor}` is {found} but the other weight matrices are {expected}; \
-                 mixed matrix dtypes are not supported"
-            ),
         }
     }
 }
@@ -138,8 +123,6 @@ impl Layer {
 pub struct Weights {
     pub config: Config,
     pub dir: PathBuf,
-    /// The dtype of every 2-D weight matrix (the decode loop is monomorphized over it).
-    pub matrix_dtype: Dtype,
     pub embed_tokens: TensorRef,
     pub layers: Vec<Layer>,
     pub norm: TensorRef,
@@ -244,7 +227,6 @@ impl Weights {
     ) -> Result<Weights, LoadError> {
         let c = &config;
         let (h, kv, f, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
-        let mut matrix_dtype: Option<Dtype> = None;
         let mut take = |name: String, shape: &[usize]| -> Result<TensorRef, LoadError> {
             let t = tensors
                 .remove(&name)
@@ -255,19 +237,6 @@ impl Weights {
                     expected: shape.to_vec(),
                     found: t.shape,
                 });
-            }
-            if shape.len() == 2 {
-                match matrix_dtype {
-                    None => matrix_dtype = Some(t.dtype),
-                    Some(d) if d != t.dtype => {
-                        return Err(LoadError::MixedDtypes {
-                            tensor: name,
-                            found: t.dtype,
-                            expected: d,
-                        })
-                    }
-                    _ => {}
-                }
             }
             Ok(t)
         };
@@ -300,11 +269,9 @@ impl Weights {
             Err(LoadError::MissingTensor(_)) => (embed_tokens.clone(), true),
             Err(e) => return Err(e),
         };
-        let matrix_dtype = matrix_dtype.unwrap_or(Dtype::F32);
         Ok(Weights {
             config,
             dir: dir.to_path_buf(),
-            matrix_dtype,
             embed_tokens,
             layers,
             norm,
@@ -318,6 +285,42 @@ impl Weights {
     #[inline]
     pub fn bytes(&self, t: &TensorRef) -> &[u8] {
         &self.shards[t.shard].1.bytes()[t.start..t.end]
+    }
+
+    /// Every 2-D weight matrix (the embedding, each layer's projections, the head when untied).
+    pub fn matrices(&self) -> impl Iterator<Item = &TensorRef> {
+        let layers = self.layers.iter().flat_map(|l| {
+            [
+                &l.q_proj,
+                &l.k_proj,
+                &l.v_proj,
+                &l.o_proj,
+                &l.gate_proj,
+                &l.up_proj,
+                &l.down_proj,
+            ]
+        });
+        std::iter::once(&self.embed_tokens)
+            .chain(layers)
+            .chain((!self.tied).then_some(&self.lm_head))
+    }
+
+    /// The matrices' formats with their counts, most common first (e.g. `BF16` or
+    /// `F16 x145, F32 x24`): each tensor is read in its own format.
+    pub fn matrix_formats(&self) -> String {
+        let mut counts: Vec<(Dtype, usize)> = Vec::new();
+        for t in self.matrices() {
+            match counts.iter_mut().find(|(d, _)| *d == t.dtype) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((t.dtype, 1)),
+            }
+        }
+        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        if let [(d, _)] = counts[..] {
+            return d.to_string();
+        }
+        let parts: Vec<String> = counts.iter().map(|(d, c)| format!("{d} x{c}")).collect();
+        parts.join(", ")
     }
 
     /// Total bytes of tensor data mapped.

@@ -245,7 +245,7 @@ fn f16_weights_run_on_every_isa() {
         Arc::new(Weights::load(&dir).unwrap())
     };
     let (f16, f32) = (load(Dtype::F16), load(Dtype::F32));
-    assert_eq!(f16.matrix_dtype, Dtype::F16);
+    assert_eq!(f16.matrix_formats(), "F16");
     let prompt: Vec<u32> = (0..12).map(|i| (i * 41 % 500) as u32).collect();
     let run = |w: &Arc<Weights>, isa: Isa, stepwise: bool| {
         let opts = SessionOptions {
