@@ -171,9 +171,10 @@ pub struct GenerateStats {
 /// How a forward pass computes its rows, chosen by the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Numerics {
-    /// Each row exactly as a lone decode step computes it: one matvec per row and matrix,
-    /// attention per row. Rows given together (a draft to verify, a short prompt) get the same
-    /// logits as fed one at a time.
+    /// Each row exactly as a lone decode step computes it: the decode matvec for every row
+    /// ([`par::matvec_rows`]: each matrix streamed once for all the rows, the same numbers as a
+    /// matvec per row), attention per row. Rows given together (a draft to verify, a short
+    /// prompt) get the same logits as fed one at a time.
     Decode,
     /// Matmuls over all rows; with [`SessionOptions::prefill_bf16`] on bf16 weights, the MLP's
     /// gate/up input rounded to bf16. The same for a chunk of any length, 1 included.
@@ -379,12 +380,13 @@ impl Session {
         )?;
         // the activations prepared for the weights' dot products: the decode matvec's bf16
         // hi/lo split, or prefill's bf16 pairs for the gate/up matmuls
-        let split = ops::matvec_scratch_len(h.max(f));
+        let split = par::matvec_rows_scratch_len(chunk, h.max(f));
         let pairs = ops::matmul_bf16dot_scratch_len(chunk, h);
         p.push(
             "x_prep",
             format!(
-                "max(matvec split [max(hidden, ffn)] = {split}, bf16 pairs [chunk, hidden/2] = {pairs})"
+                "max(matvec split [min(chunk, {}), max(hidden, ffn)] = {split}, bf16 pairs [chunk, hidden/2] = {pairs})",
+                par::MATVEC_ROWS_MAX
             ),
             Some(split.max(pairs)),
         )?;
@@ -646,10 +648,8 @@ impl Session {
                       prep: &mut [f32]| {
             let wbytes = weights.bytes(w);
             if decode {
-                let m = out.len() / n;
-                for (xr, yr) in input.chunks_exact(k_in).zip(out.chunks_exact_mut(m)) {
-                    matvec(pool, isa, w.dtype, wbytes, xr, prep, yr);
-                }
+                // every row through the decode matvec, the weights streamed once for all rows
+                by_format!(w.dtype, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, input, prep, out))
             } else if gate_up && prefill_bf16 && w.dtype == Dtype::BF16 {
                 par::matmul_bf16dot(pool, isa, wbytes, k_in, input, prep, out)
             } else {
@@ -687,22 +687,21 @@ impl Session {
             // attention block
             rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
             let qkv_format = layer.q_proj.dtype;
-            if decode && [layer.k_proj.dtype, layer.v_proj.dtype] == [qkv_format; 2] {
-                // q, k and v read the same activations, so one dispatch streams all three
-                for t in 0..n {
-                    by_format!(qkv_format, W => par::matvec3::<W>(
-                        pool,
-                        isa,
-                        &x_norm[t * h..(t + 1) * h],
-                        x_prep,
-                        wb(&layer.q_proj),
-                        &mut q[t * h..(t + 1) * h],
-                        wb(&layer.k_proj),
-                        &mut k[t * kvd..(t + 1) * kvd],
-                        wb(&layer.v_proj),
-                        &mut v[t * kvd..(t + 1) * kvd],
-                    ));
-                }
+            if n == 1 && decode && [layer.k_proj.dtype, layer.v_proj.dtype] == [qkv_format; 2] {
+                // one row: q, k and v read the same activations, so one dispatch streams all
+                // three (the same kernel calls per row as three matvecs: the same numbers)
+                by_format!(qkv_format, W => par::matvec3::<W>(
+                    pool,
+                    isa,
+                    x_norm,
+                    x_prep,
+                    wb(&layer.q_proj),
+                    q,
+                    wb(&layer.k_proj),
+                    k,
+                    wb(&layer.v_proj),
+                    v,
+                ));
             } else {
                 linear(&layer.q_proj, x_norm, h, q, false, x_prep);
                 linear(&layer.k_proj, x_norm, h, k, false, x_prep);
@@ -763,19 +762,17 @@ impl Session {
                 eps,
             );
             let gu_format = layer.gate_proj.dtype;
-            if decode && layer.up_proj.dtype == gu_format {
-                for t in 0..n {
-                    by_format!(gu_format, W => par::matvec2::<W>(
-                        pool,
-                        isa,
-                        &x_norm[t * h..(t + 1) * h],
-                        x_prep,
-                        wb(&layer.gate_proj),
-                        &mut mlp_gate[t * f..(t + 1) * f],
-                        wb(&layer.up_proj),
-                        &mut mlp_up[t * f..(t + 1) * f],
-                    ));
-                }
+            if n == 1 && decode && layer.up_proj.dtype == gu_format {
+                by_format!(gu_format, W => par::matvec2::<W>(
+                    pool,
+                    isa,
+                    x_norm,
+                    x_prep,
+                    wb(&layer.gate_proj),
+                    mlp_gate,
+                    wb(&layer.up_proj),
+                    mlp_up,
+                ));
             } else {
                 linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_prep);
                 linear(&layer.up_proj, x_norm, h, mlp_up, true, x_prep);

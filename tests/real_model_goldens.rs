@@ -4,7 +4,7 @@
 //! - the prompt tokenizes to the reference ids;
 //! - teacher-forced through prefill: the argmax equals the reference wherever the reference's
 //!   top-1 minus top-2 gap is at least 0.1, and the reference's top-5 logits (and the
-//!   logsumexp) are matched within 0.05;
+//!   logsumexp) are matched within the tolerance of that path (below);
 //! - greedy generation reproduces the reference up to the first position whose gap is below 0.1.
 
 use std::sync::Arc;
@@ -38,7 +38,16 @@ struct Golden {
 }
 
 const GAP: f32 = 0.1;
-const TOL: f32 = 0.05;
+/// Prefill with the MLP's gate/up input rounded to bf16 (the default where the CPU has
+/// AVX512-BF16): worst top-5 logit / logsumexp error measured 0.031 (Zen 4); 0.05 is 1.6x
+/// that, the most this path allows before it would be called wrong (rounding q/k/v too
+/// measured 0.054, which this bound rejects).
+const TOL_BF16_PREFILL: f32 = 0.05;
+/// The f32 paths: prefill with f32 activations, and decode (f32, or bf16 weights against the
+/// hi/lo split of x, within 2^-17 of f32). The difference from transformers is only summation
+/// order: measured 2.7e-5 (AVX-512 f32 prefill), 3.8e-5 (AVX2), 7.8e-5 (AVX-512 decode) on
+/// Zen 4, and up to 8e-4 on an AMX Xeon; 2e-3 is 2.5x the largest seen anywhere.
+const TOL_F32: f32 = 2e-3;
 
 fn golden() -> Golden {
     let path = concat!(
@@ -63,8 +72,10 @@ fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// The per-step checks: argmax where the reference is firm, top-5 logits, logsumexp.
-fn check_step(step: &Step, i: usize, logits: &[f32], failures: &mut Vec<String>) {
+/// The per-step checks: argmax where the reference is firm, top-5 logits and logsumexp within
+/// `tol`. Returns the step's largest error, so each path can print what it measures.
+fn check_step(step: &Step, i: usize, logits: &[f32], tol: f32, failures: &mut Vec<String>) -> f32 {
+    let mut worst: f32 = 0.0;
     let gap = step.top_logits[0] - step.top_logits[1];
     if gap >= GAP && argmax(logits) != step.top_ids[0] {
         failures.push(format!(
@@ -75,7 +86,8 @@ fn check_step(step: &Step, i: usize, logits: &[f32], failures: &mut Vec<String>)
     }
     for j in 0..5 {
         let ours = logits[step.top_ids[j] as usize];
-        if (ours - step.top_logits[j]).abs() > TOL {
+        worst = worst.max((ours - step.top_logits[j]).abs());
+        if (ours - step.top_logits[j]).abs() > tol {
             failures.push(format!(
                 "step {i}: logit of top-{j} token {} is {ours}, reference {}",
                 step.top_ids[j], step.top_logits[j]
@@ -83,12 +95,14 @@ fn check_step(step: &Step, i: usize, logits: &[f32], failures: &mut Vec<String>)
         }
     }
     let lse = logsumexp(logits);
-    if (lse - step.logsumexp).abs() > TOL {
+    worst = worst.max((lse - step.logsumexp).abs());
+    if (lse - step.logsumexp).abs() > tol {
         failures.push(format!(
             "step {i}: logsumexp {lse}, reference {}",
             step.logsumexp
         ));
     }
+    worst
 }
 
 /// Runs every check on `isa`; `decode_too` repeats the teacher-forced checks token by token.
@@ -107,6 +121,12 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
         prefill_bf16,
     };
     let mut s = Session::new(weights, &opts).unwrap();
+    let prefill_tol = if prefill_bf16 && isa.has_avx512_bf16() {
+        TOL_BF16_PREFILL
+    } else {
+        TOL_F32
+    };
+    let (mut worst_prefill, mut worst_decode) = (0f32, 0f32);
     for case in &g.cases {
         let label = format!("{} on {isa} (prefill_bf16 {prefill_bf16})", case.name);
         assert_eq!(
@@ -129,7 +149,8 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
             }
             let i = pos - first;
             checked += 1;
-            check_step(&case.steps[i], i, logits, &mut failures);
+            let e = check_step(&case.steps[i], i, logits, prefill_tol, &mut failures);
+            worst_prefill = worst_prefill.max(e);
         })
         .unwrap();
         assert_eq!(checked, case.steps.len());
@@ -147,7 +168,9 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
             for (pos, &tok) in seq.iter().enumerate().take(first + case.steps.len()) {
                 let logits = s.decode_step(tok).unwrap();
                 if pos >= first {
-                    check_step(&case.steps[pos - first], pos - first, logits, &mut failures);
+                    let (i, tol) = (pos - first, TOL_F32);
+                    let e = check_step(&case.steps[i], i, logits, tol, &mut failures);
+                    worst_decode = worst_decode.max(e);
                 }
             }
             assert!(
@@ -179,6 +202,10 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
             "{label}: greedy tokens before the first near-tie (position {firm})"
         );
     }
+    eprintln!(
+        "{isa} (prefill_bf16 {prefill_bf16}): worst error prefill {worst_prefill:e} (bound {prefill_tol}), decode {}",
+        if decode_too { format!("{worst_decode:e} (bound {TOL_F32})") } else { "not run".into() }
+    );
 }
 
 #[test]
@@ -188,8 +215,12 @@ fn real_model_matches_transformers_best_isa() {
 
 #[test]
 fn real_model_matches_transformers_avx2() {
-    if Isa::Avx2.is_supported() && Isa::detect() != Isa::Avx2 {
-        check(Isa::Avx2, false, false);
+    if !Isa::Avx2.is_supported() {
+        eprintln!("skipped: this CPU lacks AVX2");
+    } else if Isa::detect() == Isa::Avx2 {
+        eprintln!("skipped: AVX2 is this CPU's best ISA, which the best-ISA test covers");
+    } else {
+        check(Isa::Avx2, false, true);
     }
 }
 
@@ -197,5 +228,7 @@ fn real_model_matches_transformers_avx2() {
 fn real_model_matches_transformers_f32_prefill() {
     if Isa::detect().has_avx512_bf16() {
         check(Isa::detect(), false, false);
+    } else {
+        eprintln!("skipped: without AVX512-BF16 the best-ISA test already runs f32 prefill");
     }
 }
