@@ -3,7 +3,11 @@
 //!
 //! Every load is unaligned. f32 tails use `vmaskmovps` (masked-off lanes never fault); 16-bit
 //! weight tails are copied into a zeroed stack buffer first, so no body touches a byte outside
-//! the slices it was given.
+//! the slices it was given. Where a fixed group of vectors runs past the end (the second half
+//! of a 16-column tile, the last ones of a four-vector block), the masks of the vectors past
+//! the end are all zero and their addresses are formed with `wrapping_add`: such a pointer may
+//! lie beyond the allocation, where `add` would be undefined behaviour, but `vmaskmovps` with an
+//! all-zero mask touches no memory through it.
 
 use core::arch::x86_64::*;
 
@@ -311,16 +315,21 @@ unsafe fn micro<const R: usize>(
     let m0 = mask8(nr);
     let m1 = mask8(nr.saturating_sub(8));
     for t in 0..R {
-        // SAFETY: row t < R; lanes selected by m0/m1 are columns < nr, inside y.
+        // SAFETY: `y.add(t * ldy)` is row t < R of y (valid by the contract; nr >= 1). The
+        // masked loads/stores touch only columns 0..nr of that row: m0 selects columns
+        // 0..min(nr, 8), m1 columns 8..nr. When nr <= 8, m1 is 0 and nothing is touched
+        // through yp + 8, but that address may lie past the end of y's allocation (the last row
+        // of a narrow output), so it is formed with `wrapping_add`.
         unsafe {
             let yp = y.add(t * ldy);
+            let yp8 = yp.wrapping_add(8);
             let (mut v0, mut v1) = (acc0[t], acc1[t]);
             if !first {
                 v0 = _mm256_add_ps(v0, _mm256_maskload_ps(yp, m0));
-                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(yp.add(8), m1));
+                v1 = _mm256_add_ps(v1, _mm256_maskload_ps(yp8, m1));
             }
             _mm256_maskstore_ps(yp, m0, v0);
-            _mm256_maskstore_ps(yp.add(8), m1, v1);
+            _mm256_maskstore_ps(yp8, m1, v1);
         }
     }
 }
@@ -647,17 +656,22 @@ pub(crate) unsafe fn weighted_sum(
             mask8(hd.saturating_sub(o + 24)),
         ];
         let mut acc = [_mm256_setzero_ps(); 4];
-        // SAFETY: p < len rows of v, lanes masked below hd; s[p] for p < len.
+        // SAFETY: s[p] for p < len is inside s. o < hd, so `v.add(p * hd + o)` is inside row
+        // p < len of v. Vector j reads v[p * hd + o + 8j..] and writes out[o + 8j..], masked to
+        // columns below hd: inside v's row p and out. A vector with o + 8j >= hd has mask 0 and
+        // touches nothing, but its address may lie past the end of v (last row) or out, so
+        // those addresses are formed with `wrapping_add`.
         unsafe {
             for p in 0..len {
                 let sp = _mm256_set1_ps(*s.add(p));
                 let vp = v.add(p * hd + o);
                 for j in 0..4 {
-                    acc[j] = _mm256_fmadd_ps(sp, _mm256_maskload_ps(vp.add(8 * j), ms[j]), acc[j]);
+                    let x = _mm256_maskload_ps(vp.wrapping_add(8 * j), ms[j]);
+                    acc[j] = _mm256_fmadd_ps(sp, x, acc[j]);
                 }
             }
             for j in 0..4 {
-                _mm256_maskstore_ps(out.add(o + 8 * j), ms[j], acc[j]);
+                _mm256_maskstore_ps(out.wrapping_add(o + 8 * j), ms[j], acc[j]);
             }
         }
         o += 32;

@@ -2,7 +2,11 @@
 //! [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in here.
 //!
 //! Every load is unaligned; tails use masked loads/stores (masked-off lanes never fault), so no
-//! body reads or writes a byte outside the slices it was given.
+//! body reads or writes a byte outside the slices it was given. Where a fixed group of vectors
+//! runs past the end (the second vector of a pair, the last ones of a four-vector block), the
+//! masks of the vectors past the end are all zero and their addresses are formed with
+//! `wrapping_add`: such a pointer may lie beyond the allocation, where `add` would be undefined
+//! behaviour, but an all-zero mask makes the intrinsic touch no memory through it.
 
 use core::arch::x86_64::*;
 
@@ -41,12 +45,14 @@ unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m512 {
 /// Like [`ld`], but only the lanes in `m` are read (the others are 0.0).
 ///
 /// # Safety
-/// `p` must be valid for reading the selected elements of `i..i + 16`.
+/// `p` must be valid for reading the selected elements of `i..i + 16`, and element `i` must lie
+/// inside (or one past the end of) `p`'s allocation, as it does whenever `m` selects lane 0.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
 unsafe fn ld_mask<W: WeightType>(p: *const u8, i: usize, m: __mmask16) -> __m512 {
-    // SAFETY: masked-off lanes are not accessed (fault suppression); the selected ones are
-    // readable by the caller's contract.
+    // SAFETY: `p.add(SIZE * i)` stays inside the allocation (element i is in it or one past it,
+    // by the contract); masked-off lanes are not accessed (fault suppression) and the selected
+    // ones are readable by the contract.
     unsafe {
         match W::DTYPE {
             Dtype::F32 => _mm512_maskz_loadu_ps(m, p.add(4 * i) as *const f32),
@@ -226,12 +232,15 @@ pub unsafe fn pack_hilo(x: &[f32], out: &mut [f32]) {
     let widen = |v: __m256i| _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(v)));
     let mut c = 0;
     while c < n {
-        // SAFETY: the loads read only lanes below n (masks); the block's 64 bf16 at 2c..2c+64
-        // are inside `out` (its length is at least the columns rounded up to a block, and 2
-        // bf16 fit in each of its floats).
+        // SAFETY: c < n, so `xp.add(c)` is inside x, and the first load reads x[c..min(n,
+        // c + 16)]. The second reads x[c + 16..min(n, c + 32)]; when c + 16 >= n its mask is 0
+        // and it reads nothing, but c + 16 may then lie past the end of x, so that address is
+        // formed with `wrapping_add` (never dereferenced out of bounds). The two stores write
+        // the block's 64 bf16 at bf16 offsets 2c..2c + 64, inside `out`: its length is at least
+        // n rounded up to a block of 32 floats, i.e. 2 * (c + 32) bf16.
         unsafe {
             let a = _mm512_maskz_loadu_ps(lanes(n - c), xp.add(c));
-            let b = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(c + 16)), xp.add(c + 16));
+            let b = _mm512_maskz_loadu_ps(lanes(n.saturating_sub(c + 16)), xp.wrapping_add(c + 16));
             let hi: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(b, a));
             let ha = widen(_mm512_castsi512_si256(hi));
             let hb = widen(_mm512_extracti64x4_epi64::<1>(hi));
@@ -464,9 +473,12 @@ unsafe fn store_tile<const R: usize, const V: usize>(
     for (t, a) in acc.iter().enumerate() {
         for (v, &av) in a.iter().enumerate() {
             let m = lanes(nr.saturating_sub(16 * v));
-            // SAFETY: row t < R, the columns m selects are < nr: inside y by the contract.
+            // SAFETY: the masked load and store touch only row t < R, columns 16v..min(nr,
+            // 16v + 16) of y, valid by the contract. When 16v >= nr the mask is 0 and nothing
+            // is touched, but y + t * ldy + 16v may then lie past the end of y's allocation
+            // (the last row of a narrow output), so that address is formed with `wrapping_add`.
             unsafe {
-                let yp = y.add(t * ldy + 16 * v);
+                let yp = y.wrapping_add(t * ldy + 16 * v);
                 let sum = if first {
                     av
                 } else {
@@ -837,18 +849,22 @@ pub(crate) unsafe fn weighted_sum(
             lanes(hd.saturating_sub(o + 48)),
         ];
         let mut acc = [_mm512_setzero_ps(); 4];
-        // SAFETY: p < len rows of v, lanes masked below hd; s[p] for p < len.
+        // SAFETY: s[p] for p < len is inside s. o < hd, so `v.add(p * hd + o)` is inside row
+        // p < len of v. Vector j reads v[p * hd + o + 16j..] and writes out[o + 16j..], masked
+        // to columns below hd: inside v's row p and out. A vector with o + 16j >= hd has mask 0
+        // and touches nothing, but its address may lie past the end of v (last row) or out, so
+        // those addresses are formed with `wrapping_add`.
         unsafe {
             for p in 0..len {
                 let sp = _mm512_set1_ps(*s.add(p));
                 let vp = v.add(p * hd + o);
                 for j in 0..4 {
-                    acc[j] =
-                        _mm512_fmadd_ps(sp, _mm512_maskz_loadu_ps(ms[j], vp.add(16 * j)), acc[j]);
+                    let x = _mm512_maskz_loadu_ps(ms[j], vp.wrapping_add(16 * j));
+                    acc[j] = _mm512_fmadd_ps(sp, x, acc[j]);
                 }
             }
             for j in 0..4 {
-                _mm512_mask_storeu_ps(out.add(o + 16 * j), ms[j], acc[j]);
+                _mm512_mask_storeu_ps(out.wrapping_add(o + 16 * j), ms[j], acc[j]);
             }
         }
         o += 64;
@@ -1095,12 +1111,16 @@ pub unsafe fn pack_x_pairs(x: &[f32], k: usize, n: usize, out: &mut [f32]) {
     for t in 0..n {
         let mut e = 0;
         while e < k {
-            // SAFETY: the loads read elements e.. of row t below k (masks); the stores write
-            // pairs e/2.. of row t below kp (mask).
+            // SAFETY: e < k, so `src` (element e of row t < n) is inside x. The loads read
+            // x[t * k + e..] below column k of row t (masks). When e + 16 >= k the second mask
+            // is 0 and nothing is read, but src + 16 may then lie past the end of x (last row),
+            // so that address is formed with `wrapping_add`. The store writes pairs e/2..
+            // min(kp, e/2 + 16) of row t (mask; e/2 < kp), inside `out` (n * kp floats).
             unsafe {
                 let src = xp.add(t * k + e);
                 let lo = _mm512_maskz_loadu_ps(lanes(k - e), src);
-                let hi = _mm512_maskz_loadu_ps(lanes(k.saturating_sub(e + 16)), src.add(16));
+                let hi =
+                    _mm512_maskz_loadu_ps(lanes(k.saturating_sub(e + 16)), src.wrapping_add(16));
                 let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
                 _mm512_mask_storeu_epi32(op.add(t * kp + e / 2) as *mut i32, lanes(kp - e / 2), v);
             }
