@@ -131,12 +131,73 @@ pub struct Arena {
     lines: Vec<Line>,
 }
 
-/// Bytes of memory available to this process (`MemAvailable` on Linux), if known.
+/// Bytes of memory available to this process, if known: `MemAvailable` from /proc/meminfo,
+/// lowered to the headroom (`memory.max - memory.current`) of this process's cgroup v2 and
+/// each of its ancestors that has a numeric `memory.max` ("max" is no limit).
 pub fn available_memory() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| parse_mem_available(&t));
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|t| parse_cgroup_v2_path(&t).map(str::to_owned))
+        .and_then(|path| cgroup_headroom(std::path::Path::new("/sys/fs/cgroup"), &path));
+    min_known(meminfo, cgroup)
+}
+
+/// `MemAvailable` of /proc/meminfo text, in bytes.
+pub fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib.checked_mul(1024)
+}
+
+/// The cgroup v2 path (the `0::<path>` line) of /proc/self/cgroup text.
+pub fn parse_cgroup_v2_path(proc_cgroup: &str) -> Option<&str> {
+    proc_cgroup
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::trim)
+        .filter(|p| p.starts_with('/'))
+}
+
+/// A cgroup v2 `memory.max` value: `Some(bytes)` for a number, `None` for "max" (no limit) or
+/// anything unreadable.
+pub fn parse_memory_max(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => None,
+        t => t.parse().ok(),
+    }
+}
+
+/// Room left under a limit: `max - current` (0 when over), or `max` when `current` is unknown.
+pub fn limit_headroom(max: u64, current: Option<u64>) -> u64 {
+    max.saturating_sub(current.unwrap_or(0))
+}
+
+/// The smaller of two optional amounts, or whichever is known.
+pub fn min_known(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The least headroom over the cgroup `path` (as in /proc/self/cgroup) under the cgroup2 mount
+/// `root` and its ancestors up to `root`; `None` when none of them sets a numeric limit.
+fn cgroup_headroom(root: &std::path::Path, path: &str) -> Option<u64> {
+    let mut dir = root.join(path.trim_start_matches('/'));
+    let mut best = None;
+    loop {
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        if let Some(max) = read("memory.max").and_then(|t| parse_memory_max(&t)) {
+            let current = read("memory.current").and_then(|t| t.trim().parse().ok());
+            best = min_known(best, Some(limit_headroom(max, current)));
+        }
+        if dir == root || !dir.pop() || !dir.starts_with(root) {
+            return best;
+        }
+    }
 }
 
 impl Arena {
@@ -236,5 +297,53 @@ mod tests {
         p.push("huge", "", Some(1 << 45)).unwrap();
         let e = Arena::new(&p).err().expect("a 128 TiB arena must fail");
         assert!(e.to_string().contains(&(1u128 << 47).to_string()), "{e}");
+    }
+
+    #[test]
+    fn parses_meminfo_and_cgroup_files() {
+        let meminfo = "MemTotal:       32000000 kB\nMemFree:  100 kB\nMemAvailable:   23962108 kB\n";
+        assert_eq!(parse_mem_available(meminfo), Some(23_962_108 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+
+        let hybrid = "9:name=systemd:/\n4:memory:/process_api/5a6d\n1:cpu:/\n0::/\n";
+        assert_eq!(parse_cgroup_v2_path(hybrid), Some("/"));
+        let v2 = "0::/user.slice/user-1000.slice/session-2.scope\n";
+        assert_eq!(
+            parse_cgroup_v2_path(v2),
+            Some("/user.slice/user-1000.slice/session-2.scope")
+        );
+        assert_eq!(parse_cgroup_v2_path("4:memory:/x\n"), None, "v1 only");
+
+        assert_eq!(parse_memory_max("max\n"), None);
+        assert_eq!(parse_memory_max("8589934592\n"), Some(8 << 30));
+        assert_eq!(parse_memory_max(""), None);
+
+        assert_eq!(limit_headroom(8 << 30, Some(3 << 30)), 5 << 30);
+        assert_eq!(limit_headroom(1 << 30, Some(2 << 30)), 0, "over the limit");
+        assert_eq!(limit_headroom(1 << 30, None), 1 << 30);
+
+        assert_eq!(min_known(Some(5), Some(3)), Some(3));
+        assert_eq!(min_known(Some(5), None), Some(5));
+        assert_eq!(min_known(None, Some(3)), Some(3));
+        assert_eq!(min_known(None, None), None);
+    }
+
+    #[test]
+    fn cgroup_headroom_takes_the_tightest_ancestor() {
+        let root = std::env::temp_dir().join(format!("qwenrt-cgroup-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let leaf = root.join("a/b");
+        std::fs::create_dir_all(&leaf).unwrap();
+        assert_eq!(cgroup_headroom(&root, "/a/b"), None, "no files: no limit");
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        std::fs::write(leaf.join("memory.current"), "100\n").unwrap();
+        assert_eq!(cgroup_headroom(&root, "/a/b"), None, "\"max\": no limit");
+        std::fs::write(root.join("a/memory.max"), "1000\n").unwrap();
+        std::fs::write(root.join("a/memory.current"), "400\n").unwrap();
+        assert_eq!(cgroup_headroom(&root, "/a/b"), Some(600), "the parent's limit applies");
+        std::fs::write(leaf.join("memory.max"), "300\n").unwrap();
+        assert_eq!(cgroup_headroom(&root, "/a/b"), Some(200));
+        assert_eq!(cgroup_headroom(&root, "/"), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
