@@ -4,6 +4,10 @@
 //!
 //! - pp: a `p`-token prompt processed from an empty cache, as one batch.
 //! - tg: `n` tokens generated one decode step at a time from an empty cache.
+//! - `--verify B,...`: for each B, the same `n` tokens fed B at a time through decode-numerics
+//!   passes from an empty cache (as verifying B drafted tokens per pass does): each weight
+//!   matrix is streamed once per pass for its B rows, with the logits of a lone decode step.
+//!   Reported as tokens/s over the `n` tokens (`vB` lines); v1 is tg through the same path.
 //! - Tokenization and sampling are excluded: fixed token ids are fed.
 //! - Each test runs once as a warm-up, then `r` timed repetitions: mean ± sd of tokens/s.
 
@@ -148,6 +152,10 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             names: &["--prefill-f32"],
             takes_value: false,
         },
+        Spec {
+            names: &["--verify"],
+            takes_value: true,
+        },
     ];
     let flags = Flags::parse("bench", args, &specs)?;
     flags.max_positional(0)?;
@@ -160,6 +168,22 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     }
     if p == 0 && n == 0 {
         return Err(CliError::usage("nothing to run: both -p and -n are 0"));
+    }
+    let mut verify: Vec<usize> = Vec::new();
+    if let Some(list) = flags.str("--verify") {
+        for part in list.split(',') {
+            match part.trim().parse::<usize>() {
+                Ok(b) if (1..=512).contains(&b) => verify.push(b),
+                _ => {
+                    return Err(CliError::usage(format!(
+                        "--verify takes row counts from 1 to 512 separated by commas (e.g. 1,4,8), not {list:?}"
+                    )))
+                }
+            }
+        }
+        if n == 0 {
+            return Err(CliError::usage("--verify needs -n above 0 (the tokens it feeds)"));
+        }
     }
     let dir = if flags.has("--synthetic") {
         if flags.str("--model").is_some() {
@@ -184,7 +208,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     }
     let opts = SessionOptions {
         ctx,
-        max_chunk: p.max(1),
+        max_chunk: p.max(verify.iter().copied().max().unwrap_or(1)).max(1),
         threads,
         isa: None,
         prefill_bf16: !flags.has("--prefill-f32"),
@@ -218,6 +242,25 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             }
         }
     }
+    let mut vb: Vec<(usize, f64, f64)> = Vec::new();
+    for &b in &verify {
+        let mut samples = Vec::new();
+        for rep in 0..=r {
+            session.reset();
+            let t0 = Instant::now();
+            for rows in tokens[..n].chunks(b) {
+                session
+                    .decode_each(rows, &mut |_, _| {})
+                    .map_err(CliError::fail)?;
+            }
+            let tps = n as f64 / t0.elapsed().as_secs_f64();
+            if rep > 0 {
+                samples.push(tps);
+            }
+        }
+        let (m, sd) = mean_sd(&samples);
+        vb.push((b, m, sd));
+    }
     let bw = read_bandwidth(&weights, threads);
     let per_token = weights.bytes_per_token() as f64;
     let (pp_m, pp_sd) = mean_sd(&pp);
@@ -233,6 +276,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },
             "weight_bytes_per_token": per_token, "tg_weight_bandwidth_gb_s": tg_bw,
             "machine_read_bandwidth_gb_s": bw, "repetitions": r,
+            "verify": vb.iter().map(|&(b, m, sd)| serde_json::json!({"rows_per_pass": b, "n_gen": n, "tokens_per_second_mean": m, "tokens_per_second_sd": sd})).collect::<Vec<_>>(),
         });
         println!("{v}");
     } else {
@@ -248,6 +292,9 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         }
         if n > 0 {
             println!("| {model} | {size} | {params_s} | CPU {} | {threads} | tg{n} | {tg_m:.2} ± {tg_sd:.2} |", session.isa());
+        }
+        for &(b, m, sd) in &vb {
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | v{b} x{n} | {m:.2} ± {sd:.2} |", session.isa());
         }
         println!();
         println!(

@@ -181,6 +181,10 @@ pub enum Numerics {
     Prefill,
 }
 
+/// Rows of logits a pass that wants every position's computes at once (the head is streamed
+/// once per group of this many rows).
+const LOGIT_ROWS: usize = 8;
+
 /// The arena's regions, in order. `carve` hands them back in this order.
 const REGIONS: usize = 19;
 
@@ -356,7 +360,12 @@ impl Session {
             format!("[max(threads, heads), ctx] -> {scores}"),
             Some(scores),
         )?;
-        p.push("logits", format!("[vocab] = [{v}]"), Some(v))?;
+        let lr = LOGIT_ROWS.min(chunk);
+        p.push(
+            "logits",
+            format!("[min(chunk, {LOGIT_ROWS}), vocab] = [{lr}, {v}]"),
+            lr.checked_mul(v),
+        )?;
         p.push("sampler.probs", format!("[vocab] = [{v}]"), Some(v))?;
         p.push(
             "sampler.candidates",
@@ -450,7 +459,7 @@ impl Session {
         let plan = &self.plan;
         let bufs = carve::<REGIONS>(self.arena.floats_mut(), plan);
         let [.., logits, _, _, _, _, _, _] = bufs;
-        Ok(logits)
+        Ok(&logits[..self.weights.config.vocab_size])
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), SessionError> {
@@ -532,7 +541,8 @@ impl Session {
         let [.., logits, probs, candidates, _, _, _, _] =
             carve::<REGIONS>(self.arena.floats_mut(), plan);
         let candidates: &mut [u32] = bytemuck::cast_slice_mut(candidates);
-        let token = sampler.sample(logits, probs, candidates);
+        let vocab = self.weights.config.vocab_size;
+        let token = sampler.sample(&mut logits[..vocab], probs, candidates);
         // the logits were modified (penalty); they no longer describe the distribution
         self.logits_ready = false;
         Ok(token)
@@ -784,6 +794,7 @@ impl Session {
 
         // final norm and lm_head
         let norm = (wb(&weights.norm), weights.norm.dtype);
+        let vocab = c.vocab_size;
         let (head, hdt) = (wb(&weights.lm_head), weights.lm_head.dtype);
         match mode {
             LogitsMode::None => {
@@ -792,22 +803,24 @@ impl Session {
             LogitsMode::Last => {
                 let last = &x[(n - 1) * h..n * h];
                 ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
-                matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, logits);
+                matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, &mut logits[..vocab]);
                 self.logits_ready = true;
             }
             LogitsMode::Each(each) => {
-                for t in 0..n {
-                    ops::rmsnorm(
-                        isa,
-                        &x[t * h..(t + 1) * h],
-                        norm.0,
-                        norm.1,
-                        eps,
-                        &mut x_norm[..h],
-                    );
-                    matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, logits);
-                    each(pos0 + t, logits);
+                // up to LOGIT_ROWS rows at a time through the head, which is streamed once per
+                // group (the same numbers as one matvec per row)
+                let mut last_row = 0;
+                for t0 in (0..n).step_by(LOGIT_ROWS) {
+                    let g = LOGIT_ROWS.min(n - t0);
+                    rmsnorm_rows(isa, &x[t0 * h..(t0 + g) * h], &mut x_norm[..g * h], h, &weights.norm, weights, eps);
+                    by_format!(hdt, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, &mut logits[..g * vocab]));
+                    for (j, row) in logits[..g * vocab].chunks_exact(vocab).enumerate() {
+                        each(pos0 + t0 + j, row);
+                    }
+                    last_row = g - 1;
                 }
+                // the logits after the last position are what `logits` and `sample` read
+                logits.copy_within(last_row * vocab..(last_row + 1) * vocab, 0);
                 self.logits_ready = true;
             }
         }
