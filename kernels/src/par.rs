@@ -48,9 +48,10 @@ impl SendPtr {
     }
 }
 
-/// Floats of attention-score scratch the `attention_*` functions need.
+/// Floats of scratch the `attention_*` functions need in `scores`: a `cap`-long row of scores
+/// for each thread of the per-row path, or a tile's scratch for each thread of the blocked one.
 pub fn scores_len(n_threads: usize, n_heads: usize, cap: usize) -> usize {
-    n_threads.max(n_heads).max(1) * cap
+    (n_threads.max(n_heads).max(1) * cap).max(n_threads.max(1) * TILE_SCRATCH)
 }
 
 /// Rows `[r0, r1)` of thread `tid` out of `n_threads`, for `rows` rows in chunks aligned to
@@ -292,9 +293,10 @@ pub fn attention(
     }
 }
 
-/// Largest head dim of the blocked path (its tile scratch lives on each thread's stack).
+/// Largest head dim of the blocked path.
 const TILE_MAX_HD: usize = 256;
-/// Floats of that stack scratch: room for 32-row tiles at [`TILE_MAX_HD`] with 64-key blocks.
+/// Floats of each thread's tile scratch (a slice of the caller's `scores`, see
+/// [`scores_len`]): room for 32-row tiles at [`TILE_MAX_HD`] with 64-key blocks.
 const TILE_SCRATCH: usize = (2 * TILE_MAX_HD + 64) * 32;
 
 /// Whether [`attention`] takes the blocked path.
@@ -357,8 +359,9 @@ fn attention_checks(
 /// a tile of up to 32 of its query rows (token-major over the heads of its group, so the
 /// group's heads share every key/value read), streamed against blocks of keys with an online
 /// softmax, f32 throughout. Work items are handed out by an atomic counter, latest (longest)
-/// tiles first. Allocation-free: each thread keeps its tile scratch on its stack; `scores`
-/// is not used (but must still hold [`scores_len`] floats, like [`attention`]).
+/// tiles first. Allocation-free: thread `tid` keeps its tile scratch in
+/// `scores[tid * TILE_SCRATCH..]`, so `scores` must hold [`scores_len`] floats, like for
+/// [`attention`].
 ///
 /// ISAs without a blocked body (and head dims above 256) run [`attention_rows`].
 #[allow(clippy::too_many_arguments)]
@@ -385,10 +388,6 @@ pub fn attention_tiled(
     if n == 0 {
         return;
     }
-    assert!(
-        scores.len() >= layout.cap,
-        "attention: scores shorter than cap (see scores_len)"
-    );
     let KvLayout {
         n_heads,
         n_kv_heads,
@@ -403,7 +402,12 @@ pub fn attention_tiled(
     let tiles = rows.div_ceil(rt);
     let items = tiles * n_kv_heads;
     let nt = pool.n_threads().min(items);
+    assert!(
+        scores.len() >= nt * TILE_SCRATCH,
+        "attention: scores shorter than the threads' tile scratch (see scores_len)"
+    );
     let qdim = n_heads * hd;
+    let sc = SendPtr(scores.as_mut_ptr());
     let scale = 1.0 / (hd as f32).sqrt();
     let op = SendPtr(out.as_mut_ptr());
     let next = AtomicUsize::new(0);
@@ -411,8 +415,10 @@ pub fn attention_tiled(
         if tid >= nt {
             return;
         }
-        let mut scratch = std::mem::MaybeUninit::<[f32; TILE_SCRATCH]>::uninit();
-        let sp = scratch.as_mut_ptr() as *mut f32;
+        // SAFETY: tid < nt and scores holds nt * TILE_SCRATCH floats (asserted), so this
+        // thread's TILE_SCRATCH floats at tid * TILE_SCRATCH lie inside it, disjoint from every
+        // other thread's; `scores`' `&mut` is held by this function until `run` returns.
+        let sp = unsafe { sc.get().add(tid * TILE_SCRATCH) };
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= items {
@@ -442,8 +448,8 @@ pub fn attention_tiled(
             // (checked). Work item i is claimed by exactly one thread and its (token, head) rows
             // belong to no other item, so the out rows it writes are disjoint from every other
             // thread's; `out`'s `&mut` is held here until `run` returns. scratch is this
-            // thread's own stack array of TILE_SCRATCH >= attention_tile_scratch(hd, rv) floats
-            // (asserted), and rows <= rt (min above).
+            // thread's own TILE_SCRATCH >= attention_tile_scratch(hd, rv) floats of `scores`
+            // (asserted; see above), and rows <= rt (min above).
             unsafe { ops::attention_tile(isa, rv, &t, sp) };
         }
     };
