@@ -315,7 +315,7 @@ impl Weights {
                 None => counts.push((t.dtype, 1)),
             }
         }
-        counts.sort_by(|a, b| b.1.cmp(&a.1));
+        counts.sort_by_key(|&(_, c)| std::cmp::Reverse(c));
         if let [(d, _)] = counts[..] {
             return d.to_string();
         }
