@@ -647,8 +647,8 @@ impl Session {
         let mlp_gate = &mut mlp_gate[..n * f]; // [n, ffn]
         let mlp_up = &mut mlp_up[..n * f]; // [n, ffn]
         let wb = |t: &TensorRef| weights.bytes(t);
-        // `out = input · wᵀ` over the pass's rows, in w's own format: under decode numerics one
-        // matvec per row, under prefill numerics one matmul (bf16 dot products for the MLP's
+        // `out = input · wᵀ` over the pass's rows, in w's own format: under decode numerics the
+        // decode matvec for each row (matvec_rows), under prefill numerics one matmul (bf16 dot products for the MLP's
         // gate/up on bf16 weights when enabled).
         let linear = |w: &TensorRef,
                       input: &[f32],
