@@ -50,15 +50,7 @@ fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
 pub fn read_bandwidth(weights: &Weights, threads: usize) -> f64 {
     let mut slices: Vec<&[u8]> = Vec::new();
     for l in &weights.layers {
-        for t in [
-            &l.q_proj,
-            &l.k_proj,
-            &l.v_proj,
-            &l.o_proj,
-            &l.gate_proj,
-            &l.up_proj,
-            &l.down_proj,
-        ] {
+        for t in l.matrices() {
             slices.push(weights.bytes(t));
         }
     }

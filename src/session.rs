@@ -504,11 +504,7 @@ impl Session {
         tokens: &[u32],
         each: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), SessionError> {
-        self.check_tokens(tokens)?;
-        for chunk in tokens.chunks(self.max_chunk) {
-            self.forward(chunk, LogitsMode::Each(each), Numerics::Decode)?;
-        }
-        Ok(())
+        self.forward_each(tokens, each, Numerics::Decode)
     }
 
     /// Like [`Session::prefill`], but calls `each(pos, logits)` with the logits after every
@@ -518,9 +514,19 @@ impl Session {
         tokens: &[u32],
         each: &mut dyn FnMut(usize, &[f32]),
     ) -> Result<(), SessionError> {
+        self.forward_each(tokens, each, Numerics::Prefill)
+    }
+
+    /// `tokens` in chunks of at most `max_chunk`, the logits of every position to `each`.
+    fn forward_each(
+        &mut self,
+        tokens: &[u32],
+        each: &mut dyn FnMut(usize, &[f32]),
+        numerics: Numerics,
+    ) -> Result<(), SessionError> {
         self.check_tokens(tokens)?;
         for chunk in tokens.chunks(self.max_chunk) {
-            self.forward(chunk, LogitsMode::Each(each), Numerics::Prefill)?;
+            self.forward(chunk, LogitsMode::Each(each), numerics)?;
         }
         Ok(())
     }

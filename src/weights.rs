@@ -100,6 +100,19 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// The layer's seven weight matrices.
+    pub fn matrices(&self) -> [&TensorRef; 7] {
+        [
+            &self.q_proj,
+            &self.k_proj,
+            &self.v_proj,
+            &self.o_proj,
+            &self.gate_proj,
+            &self.up_proj,
+            &self.down_proj,
+        ]
+    }
+
     /// Every tensor of the layer.
     pub fn tensors(&self) -> [&TensorRef; 12] {
         [
@@ -289,17 +302,7 @@ impl Weights {
 
     /// Every 2-D weight matrix (the embedding, each layer's projections, the head when untied).
     pub fn matrices(&self) -> impl Iterator<Item = &TensorRef> {
-        let layers = self.layers.iter().flat_map(|l| {
-            [
-                &l.q_proj,
-                &l.k_proj,
-                &l.v_proj,
-                &l.o_proj,
-                &l.gate_proj,
-                &l.up_proj,
-                &l.down_proj,
-            ]
-        });
+        let layers = self.layers.iter().flat_map(Layer::matrices);
         std::iter::once(&self.embed_tokens)
             .chain(layers)
             .chain((!self.tied).then_some(&self.lm_head))
