@@ -301,7 +301,8 @@ mod tests {
 
     #[test]
     fn parses_meminfo_and_cgroup_files() {
-        let meminfo = "MemTotal:       32000000 kB\nMemFree:  100 kB\nMemAvailable:   23962108 kB\n";
+        let meminfo =
+            "MemTotal:       32000000 kB\nMemFree:  100 kB\nMemAvailable:   23962108 kB\n";
         assert_eq!(parse_mem_available(meminfo), Some(23_962_108 * 1024));
         assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
 
@@ -340,7 +341,11 @@ mod tests {
         assert_eq!(cgroup_headroom(&root, "/a/b"), None, "\"max\": no limit");
         std::fs::write(root.join("a/memory.max"), "1000\n").unwrap();
         std::fs::write(root.join("a/memory.current"), "400\n").unwrap();
-        assert_eq!(cgroup_headroom(&root, "/a/b"), Some(600), "the parent's limit applies");
+        assert_eq!(
+            cgroup_headroom(&root, "/a/b"),
+            Some(600),
+            "the parent's limit applies"
+        );
         std::fs::write(leaf.join("memory.max"), "300\n").unwrap();
         assert_eq!(cgroup_headroom(&root, "/a/b"), Some(200));
         assert_eq!(cgroup_headroom(&root, "/"), None);

@@ -174,7 +174,9 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             }
         }
         if n == 0 {
-            return Err(CliError::usage("--verify needs -n above 0 (the tokens it feeds)"));
+            return Err(CliError::usage(
+                "--verify needs -n above 0 (the tokens it feeds)",
+            ));
         }
     }
     let dir = if flags.has("--synthetic") {
@@ -259,7 +261,11 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     let (tg_m, tg_sd) = mean_sd(&tg);
     let tg_bw = per_token * tg_m / 1e9;
     let params = c.parameter_count().unwrap_or(0);
-    let model = format!("qwen2 {:.1}B {}", params as f64 / 1e9, weights.matrix_formats());
+    let model = format!(
+        "qwen2 {:.1}B {}",
+        params as f64 / 1e9,
+        weights.matrix_formats()
+    );
     if flags.has("--json") {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,

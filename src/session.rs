@@ -693,7 +693,10 @@ impl Session {
 
         // embed: x[t] = embed_tokens[token]
         let embed = wb(&weights.embed_tokens);
-        let (ed, es) = (weights.embed_tokens.dtype, weights.embed_tokens.dtype.size());
+        let (ed, es) = (
+            weights.embed_tokens.dtype,
+            weights.embed_tokens.dtype.size(),
+        );
         for (t, &token) in tokens.iter().enumerate() {
             let row = token as usize * h * es;
             ed.to_f32(&embed[row..row + h * es], &mut x[t * h..(t + 1) * h]);
@@ -809,7 +812,15 @@ impl Session {
             LogitsMode::Last => {
                 let last = &x[(n - 1) * h..n * h];
                 ops::rmsnorm(isa, last, norm.0, norm.1, eps, &mut x_norm[..h]);
-                matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, &mut logits[..vocab]);
+                matvec(
+                    pool,
+                    isa,
+                    hdt,
+                    head,
+                    &x_norm[..h],
+                    x_prep,
+                    &mut logits[..vocab],
+                );
                 self.logits_ready = true;
             }
             LogitsMode::Each(each) => {
@@ -818,7 +829,15 @@ impl Session {
                 let mut last_row = 0;
                 for t0 in (0..n).step_by(LOGIT_ROWS) {
                     let g = LOGIT_ROWS.min(n - t0);
-                    rmsnorm_rows(isa, &x[t0 * h..(t0 + g) * h], &mut x_norm[..g * h], h, &weights.norm, weights, eps);
+                    rmsnorm_rows(
+                        isa,
+                        &x[t0 * h..(t0 + g) * h],
+                        &mut x_norm[..g * h],
+                        h,
+                        &weights.norm,
+                        weights,
+                        eps,
+                    );
                     by_format!(hdt, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, &mut logits[..g * vocab]));
                     for (j, row) in logits[..g * vocab].chunks_exact(vocab).enumerate() {
                         each(pos0 + t0 + j, row);
@@ -833,7 +852,6 @@ impl Session {
         Ok(())
     }
 }
-
 
 /// [`par::matvec`] on a matrix of format `d`.
 #[allow(clippy::too_many_arguments)]

@@ -56,7 +56,10 @@ fn tmp(name: &str) -> PathBuf {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn opts(isa: Isa, threads: usize) -> SessionOptions {
@@ -124,7 +127,11 @@ fn mixed_formats_match_f32() {
                     .map(|(x, y)| max_abs_diff(x, y))
                     .fold(0.0, f32::max);
                 eprintln!("{isa} threads {threads} decode {decode}: max |diff| {d:e}");
-                let bound = if decode && isa == Isa::Avx512 { 5e-5 } else { 0.0 };
+                let bound = if decode && isa == Isa::Avx512 {
+                    5e-5
+                } else {
+                    0.0
+                };
                 assert!(d <= bound, "{isa}, {threads} threads, decode {decode}: {d}");
                 for (pos, (x, y)) in a.iter().zip(&b).enumerate() {
                     assert_eq!(argmax(x), argmax(y), "{isa}: argmax at {pos}");
@@ -134,8 +141,14 @@ fn mixed_formats_match_f32() {
     }
     // and the same model through the default options (bf16 gate/up where the CPU has it) runs
     // and greedy-decodes like the f32 copy for the first token
-    let mut s = Session::new(mix.clone(), &SessionOptions { ctx: 64, ..Default::default() })
-        .unwrap();
+    let mut s = Session::new(
+        mix.clone(),
+        &SessionOptions {
+            ctx: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let first = argmax(s.prefill(&prompt).unwrap());
     let b = logits(&all32, &opts(Isa::Scalar, 1), &prompt, false);
     assert_eq!(first, argmax(b.last().unwrap()));

@@ -580,7 +580,10 @@ pub fn matvec_rows<W: WeightType>(
     if cols == 0 || x.is_empty() {
         return;
     }
-    assert!(x.len().is_multiple_of(cols), "matvec_rows: x is not whole rows");
+    assert!(
+        x.len().is_multiple_of(cols),
+        "matvec_rows: x is not whole rows"
+    );
     let n = x.len() / cols;
     assert!(y.len().is_multiple_of(n), "matvec_rows: y is not n rows");
     let rows = y.len() / n;
@@ -596,7 +599,11 @@ pub fn matvec_rows<W: WeightType>(
         let g = xg.len() / cols;
         assert!(scratch.len() >= g * per, "matvec_rows: scratch too short");
         let mut xs = [ops::MatvecX::plain(&[]); MATVEC_ROWS_MAX];
-        for ((slot, xr), sc) in xs.iter_mut().zip(xg.chunks_exact(cols)).zip(scratch.chunks_mut(per)) {
+        for ((slot, xr), sc) in xs
+            .iter_mut()
+            .zip(xg.chunks_exact(cols))
+            .zip(scratch.chunks_mut(per))
+        {
             *slot = ops::MatvecX::new::<W>(isa, xr, sc);
         }
         let xs = &xs[..g];

@@ -26,7 +26,10 @@ fn check<W: WeightType>() {
                     let mut all = vec![f32::NAN; n * rows];
                     let mut s = vec![f32::NAN; par::matvec_rows_scratch_len(n, cols)];
                     par::matvec_rows::<W>(&pool, isa, w, cols, &x, &mut s, &mut all);
-                    let same = one.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits());
+                    let same = one
+                        .iter()
+                        .zip(&all)
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
                     assert!(
                         same,
                         "{} {isa}, {nt} threads, {n} x [{rows}, {cols}]: matvec_rows differs",
