@@ -237,42 +237,120 @@ impl Arena {
     }
 }
 
-/// Splits `buf` into `N` consecutive regions of the plan (which must have exactly `N`
-/// regions, in this order). No allocation.
-pub fn carve<'a, const N: usize>(buf: &'a mut [f32], plan: &MemoryPlan) -> [&'a mut [f32]; N] {
-    assert_eq!(
-        plan.regions.len(),
-        N,
-        "carve: plan has {} regions",
-        plan.regions.len()
-    );
-    let mut rest = buf;
-    let mut consumed = 0;
-    std::array::from_fn(|i| {
-        let r = &plan.regions[i];
-        let skip = r.offset - consumed;
-        let tail = std::mem::take(&mut rest);
+/// The size of one region, as a plan needs it: a shape for the printed plan and a length in
+/// floats (`None` when computing it overflowed).
+#[derive(Clone, Debug)]
+pub struct RegionSpec {
+    pub shape: String,
+    pub floats: Option<usize>,
+}
+
+impl RegionSpec {
+    pub fn new(shape: impl Into<String>, floats: Option<usize>) -> RegionSpec {
+        RegionSpec {
+            shape: shape.into(),
+            floats,
+        }
+    }
+}
+
+/// Hands out a plan's regions in order, each as its own `&mut` slice of the arena. No
+/// allocation; used by the structs [`arena_regions!`] declares.
+pub struct Carver<'a, 'p> {
+    rest: &'a mut [f32],
+    consumed: usize,
+    regions: std::slice::Iter<'p, Region>,
+}
+
+impl<'a, 'p> Carver<'a, 'p> {
+    pub fn new(buf: &'a mut [f32], plan: &'p MemoryPlan) -> Carver<'a, 'p> {
+        Carver {
+            rest: buf,
+            consumed: 0,
+            regions: plan.regions.iter(),
+        }
+    }
+
+    /// The next region, which must be called `name` (the struct and the plan were built from
+    /// the same declaration, so a mismatch is a bug).
+    pub fn next(&mut self, name: &'static str) -> &'a mut [f32] {
+        let r = self.regions.next().expect("carve: the plan has fewer regions");
+        assert_eq!(r.name, name, "carve: the plan's regions are in another order");
+        let skip = r.offset - self.consumed;
+        let tail = std::mem::take(&mut self.rest);
         let (region, after) = tail[skip..].split_at_mut(r.floats);
-        rest = after;
-        consumed = r.offset + r.floats;
+        self.rest = after;
+        self.consumed = r.offset + r.floats;
         region
-    })
+    }
+}
+
+/// Declares an arena layout by name: `$Spec` holds one [`RegionSpec`] per region (what a plan
+/// is built from), `$Bufs<'a>` one `&'a mut [f32]` per region (what the arena is carved into).
+/// Both come from this one list, so the plan and the borrowed regions always agree, field by
+/// field, and code names the region it uses instead of counting positions.
+#[macro_export]
+macro_rules! arena_regions {
+    (
+        $(#[$sm:meta])* $vis:vis struct $Spec:ident;
+        $(#[$bm:meta])* $bvis:vis struct $Bufs:ident;
+        { $( $(#[$fm:meta])* $field:ident : $name:literal ),* $(,)? }
+    ) => {
+        $(#[$sm])*
+        $vis struct $Spec {
+            $( $(#[$fm])* pub $field: $crate::arena::RegionSpec, )*
+        }
+
+        $(#[$bm])*
+        $bvis struct $Bufs<'a> {
+            $( $(#[$fm])* pub $field: &'a mut [f32], )*
+        }
+
+        impl $Spec {
+            /// The plan of these regions, in declaration order.
+            pub fn plan(self) -> Result<$crate::arena::MemoryPlan, $crate::arena::ArenaError> {
+                let mut plan = $crate::arena::MemoryPlan::default();
+                $( plan.push($name, self.$field.shape, self.$field.floats)?; )*
+                Ok(plan)
+            }
+        }
+
+        impl<'a> $Bufs<'a> {
+            /// The regions of `plan` (made by the matching spec's `plan`) in `buf`, the
+            /// arena allocated for it.
+            pub fn carve(buf: &'a mut [f32], plan: &$crate::arena::MemoryPlan) -> $Bufs<'a> {
+                let mut carver = $crate::arena::Carver::new(buf, plan);
+                $( let $field = carver.next($name); )*
+                $Bufs { $($field),* }
+            }
+        }
+    };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    crate::arena_regions! {
+        struct TestSpec;
+        struct TestBufs;
+        { a: "a", b: "b", c: "c" }
+    }
+
     #[test]
-    fn plan_aligns_and_carves() {
-        let mut p = MemoryPlan::default();
-        p.push("a", "[3]", Some(3)).unwrap();
-        p.push("b", "[20]", Some(20)).unwrap();
-        p.push("c", "[0]", Some(0)).unwrap();
+    fn plan_aligns_and_carves_by_name() {
+        let p = TestSpec {
+            a: RegionSpec::new("[3]", Some(3)),
+            b: RegionSpec::new("[20]", Some(20)),
+            c: RegionSpec::new("[0]", Some(0)),
+        }
+        .plan()
+        .unwrap();
         assert_eq!(p.total_bytes(), (16 + 32) * 4);
+        assert_eq!(p.region("b").map(|r| r.offset), Some(16));
         let mut arena = Arena::new(&p).unwrap();
         let base = arena.address().0;
-        let [a, b, c] = carve::<3>(arena.floats_mut(), &p);
+        let TestBufs { a, b, c } = TestBufs::carve(arena.floats_mut(), &p);
         assert_eq!((a.len(), b.len(), c.len()), (3, 20, 0));
         assert_eq!(a.as_ptr() as usize, base);
         assert_eq!(b.as_ptr() as usize, base + 64);
@@ -280,6 +358,17 @@ mod tests {
         a[2] = 1.0;
         b[19] = 2.0;
         assert!(p.to_string().contains("total"));
+    }
+
+    #[test]
+    #[should_panic(expected = "another order")]
+    fn carving_a_foreign_plan_is_caught() {
+        let mut p = MemoryPlan::default();
+        p.push("b", "[1]", Some(1)).unwrap();
+        p.push("a", "[1]", Some(1)).unwrap();
+        p.push("c", "[1]", Some(1)).unwrap();
+        let mut arena = Arena::new(&p).unwrap();
+        let _ = TestBufs::carve(arena.floats_mut(), &p);
     }
 
     #[test]

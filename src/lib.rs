@@ -18,6 +18,7 @@ pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod convert;
+pub mod engine;
 pub mod fetch;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -137,7 +137,7 @@ fn info_prints_config_dtypes_and_arena_plan() {
         "layers 24",
         "BF16",
         "kv_cache.k",
-        "[24, 2, 1024, 64]",
+        "[1, 24, 2, 1024, 64]",
         "total",
     ] {
         assert!(o.contains(needle), "info lacks {needle}: {o}");

@@ -1,0 +1,582 @@
+//! The engine: one model's shared weights, one thread pool, and one arena sized at startup for
+//! `max_sequences` sequences of `ctx` positions each plus the scratch of a step of
+//! `max_batch_tokens` rows. It runs steps over many [`SeqId`]s at once: every weight matrix is
+//! streamed once per step for all of the step's rows, which is where a CPU server's decode
+//! throughput comes from (decode is bound by reading the weights).
+//!
+//! A step ([`Engine::step`]) takes, per sequence, the tokens it contributes ([`Feed`]): one
+//! for decode, a chunk for prefill, several to verify a draft, each with its [`Numerics`]
+//! chosen explicitly. RoPE and the KV write happen per row at that row's position; attention
+//! runs per sequence over its own cache. A sequence's logits never depend on which other
+//! sequences share its step.
+//!
+//! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
+//! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
+
+mod forward;
+mod plan;
+
+use std::fmt;
+use std::sync::Arc;
+
+use qwenrt_kernels::{Isa, ThreadPool};
+
+use crate::arena::{Arena, ArenaError, MemoryPlan};
+use crate::config::Config;
+use crate::kv_cache::{CacheError, CacheInfo, KvCache, KvShape};
+use crate::sampler::{Sampler, SamplerError, SamplerParams};
+use crate::weights::Weights;
+
+use plan::{ArenaBufs, Dims};
+
+/// How an engine is sized and run.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Context length of each sequence: its KV cache's capacity in positions.
+    pub ctx: usize,
+    /// Sequences that can exist at once (each gets `ctx` positions of KV cache).
+    pub max_sequences: usize,
+    /// The most rows (tokens, over all sequences) one step computes.
+    pub max_batch_tokens: usize,
+    /// Threads for the forward pass (the calling thread counts).
+    pub threads: usize,
+    /// The kernels' instruction set; `None` means `QWENRT_ISA` or the best the CPU has.
+    pub isa: Option<Isa>,
+    /// Under [`Numerics::Prefill`], the MLP's gate/up input is rounded to bf16 for AVX512-BF16
+    /// dot products on bf16 weights (see [`crate::session::SessionOptions::prefill_bf16`]).
+    pub prefill_bf16: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            ctx: 4096,
+            max_sequences: 1,
+            max_batch_tokens: 512,
+            threads: 1,
+            isa: None,
+            prefill_bf16: true,
+        }
+    }
+}
+
+/// Why the engine refused a request. Nothing was changed.
+#[derive(Debug)]
+pub enum EngineError {
+    /// A bad option (names the option).
+    Option(String),
+    Arena(ArenaError),
+    /// The request does not fit in the sequence's context.
+    ContextFull {
+        needed: usize,
+        ctx: usize,
+    },
+    TokenOutOfRange {
+        token: u32,
+        vocab: usize,
+    },
+    EmptyInput,
+    /// Logits were asked for before any were computed (or after they were consumed).
+    NoLogits,
+    Cache(CacheError),
+    Sampler(SamplerError),
+    Pool(std::io::Error),
+    /// Every sequence slot is taken.
+    NoFreeSequence {
+        max: usize,
+    },
+    /// The id names no live sequence (released, or from another engine).
+    UnknownSequence(SeqId),
+    /// A step named the same sequence twice.
+    DuplicateSequence(SeqId),
+    /// A step has more rows than the engine was sized for.
+    BatchTooLarge {
+        rows: usize,
+        max: usize,
+    },
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EngineError::Option(s) => f.write_str(s),
+            EngineError::Arena(e) => write!(f, "{e}"),
+            EngineError::ContextFull { needed, ctx } => write!(
+                f,
+                "context full: {needed} tokens do not fit in a context of {ctx} (raise --ctx)"
+            ),
+            EngineError::TokenOutOfRange { token, vocab } => write!(
+                f,
+                "token id {token} is out of range for a vocabulary of {vocab}"
+            ),
+            EngineError::EmptyInput => f.write_str("empty input: there are no tokens to process"),
+            EngineError::NoLogits => f.write_str("no logits yet: process a prompt first"),
+            EngineError::Cache(e) => write!(f, "{e}"),
+            EngineError::Sampler(e) => write!(f, "{e}"),
+            EngineError::Pool(e) => write!(f, "cannot start the thread pool: {e}"),
+            EngineError::NoFreeSequence { max } => {
+                write!(f, "all {max} sequences are in use (raise max_sequences)")
+            }
+            EngineError::UnknownSequence(id) => write!(f, "sequence {id} does not exist"),
+            EngineError::DuplicateSequence(id) => {
+                write!(f, "sequence {id} appears twice in one step")
+            }
+            EngineError::BatchTooLarge { rows, max } => write!(
+                f,
+                "a step of {rows} tokens exceeds max_batch_tokens ({max})"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+impl From<CacheError> for EngineError {
+    fn from(e: CacheError) -> Self {
+        EngineError::Cache(e)
+    }
+}
+
+impl From<ArenaError> for EngineError {
+    fn from(e: ArenaError) -> Self {
+        EngineError::Arena(e)
+    }
+}
+
+impl From<SamplerError> for EngineError {
+    fn from(e: SamplerError) -> Self {
+        EngineError::Sampler(e)
+    }
+}
+
+/// A sequence of an [`Engine`]: a slot index and the slot's generation, so an id kept past
+/// [`Engine::release`] is refused instead of reaching whoever holds the slot next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SeqId {
+    slot: u32,
+    generation: u32,
+}
+
+impl SeqId {
+    /// The slot index (`0..max_sequences`): the sequence's place in the arena.
+    pub fn slot(self) -> usize {
+        self.slot as usize
+    }
+}
+
+impl fmt::Display for SeqId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.slot, self.generation)
+    }
+}
+
+/// How a step computes a feed's rows, chosen by the caller, never guessed from the row count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Numerics {
+    /// Each row exactly as a lone decode step computes it: the decode matvec for every row
+    /// (each matrix streamed once for all such rows of the step, the same numbers as a matvec
+    /// per row), attention per row. Rows given together (a draft to verify, a short prompt,
+    /// rows of other sequences) get the same logits as fed one at a time.
+    Decode,
+    /// Matmuls over the feed's rows; with [`EngineOptions::prefill_bf16`] on bf16 weights, the
+    /// MLP's gate/up input rounded to bf16. The same for a chunk of any length, 1 included.
+    Prefill,
+}
+
+/// Which logits a feed wants from a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Want {
+    /// None (a prompt chunk before the last).
+    None,
+    /// The logits after the feed's last token, kept in the sequence for [`Engine::logits`]
+    /// and [`Engine::sample`].
+    Last,
+    /// The logits after every token, passed to the step's callback; the last are also kept.
+    All,
+}
+
+/// One sequence's part of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct Feed<'t> {
+    pub seq: SeqId,
+    /// Tokens appended to the sequence at its next positions.
+    pub tokens: &'t [u32],
+    pub numerics: Numerics,
+    pub logits: Want,
+}
+
+/// The bookkeeping of one sequence slot (its storage is in the arena).
+struct Slot {
+    live: bool,
+    generation: u32,
+    kv: KvCache,
+    sampler: Sampler,
+    /// Whether `seq.logits` holds the distribution after the last processed token.
+    logits_ready: bool,
+}
+
+/// Shared weights, one thread pool, one arena; steps over many sequences.
+pub struct Engine {
+    weights: Arc<Weights>,
+    isa: Isa,
+    pool: ThreadPool,
+    plan: MemoryPlan,
+    arena: Arena,
+    slots: Vec<Slot>,
+    max_rows: usize,
+    prefill_bf16: bool,
+}
+
+impl Engine {
+    /// Plans and allocates the arena (the only allocation the engine makes for inference),
+    /// makes every sequence slot and starts the thread pool.
+    pub fn new(weights: Arc<Weights>, opts: &EngineOptions) -> Result<Engine, EngineError> {
+        let c = &weights.config;
+        let dims = Engine::dims(c, opts)?;
+        let isa = match opts.isa {
+            Some(isa) if !isa.is_supported() => {
+                return Err(EngineError::Option(format!(
+                    "this CPU does not support ISA {isa}"
+                )))
+            }
+            Some(isa) => isa,
+            None => Isa::from_env().map_err(EngineError::Option)?,
+        };
+        let plan = plan::plan(c, dims)?;
+        let mut arena = Arena::new(&plan)?;
+        let pool = ThreadPool::new(opts.threads).map_err(EngineError::Pool)?;
+        forward::init_rope(
+            ArenaBufs::carve(arena.floats_mut(), &plan).inv_freq,
+            c.rope_theta,
+            c.head_dim,
+        );
+        let greedy = Sampler::new(SamplerParams::greedy())?;
+        let slots = (0..dims.sequences)
+            .map(|_| Slot {
+                live: false,
+                generation: 0,
+                kv: KvCache::new(dims.kv),
+                sampler: greedy.clone(),
+                logits_ready: false,
+            })
+            .collect();
+        Ok(Engine {
+            weights,
+            isa,
+            pool,
+            plan,
+            arena,
+            slots,
+            max_rows: dims.rows,
+            prefill_bf16: opts.prefill_bf16,
+        })
+    }
+
+    /// The arena plan of an engine of `opts` over a model of `config`, without allocating it
+    /// (to report or check its size up front). Checks the options as [`Engine::new`] does.
+    pub fn plan_for(config: &Config, opts: &EngineOptions) -> Result<MemoryPlan, EngineError> {
+        Ok(plan::plan(config, Engine::dims(config, opts)?)?)
+    }
+
+    fn dims(c: &Config, opts: &EngineOptions) -> Result<Dims, EngineError> {
+        if opts.ctx == 0 {
+            return Err(EngineError::Option("--ctx must be at least 1".into()));
+        }
+        if opts.ctx > c.max_position_embeddings {
+            return Err(EngineError::Option(format!(
+                "--ctx {} exceeds the model's max_position_embeddings ({})",
+                opts.ctx, c.max_position_embeddings
+            )));
+        }
+        if opts.threads == 0 || opts.threads > 1024 {
+            return Err(EngineError::Option(format!(
+                "--threads {} is out of range (1..=1024)",
+                opts.threads
+            )));
+        }
+        if opts.max_sequences == 0 || opts.max_sequences > 4096 {
+            return Err(EngineError::Option(format!(
+                "max_sequences {} is out of range (1..=4096)",
+                opts.max_sequences
+            )));
+        }
+        if opts.max_batch_tokens == 0 {
+            return Err(EngineError::Option(
+                "max_batch_tokens must be at least 1".into(),
+            ));
+        }
+        Ok(Dims {
+            sequences: opts.max_sequences,
+            kv: KvShape {
+                layers: c.num_hidden_layers,
+                kv_heads: c.num_key_value_heads,
+                capacity: opts.ctx,
+                head_dim: c.head_dim,
+            },
+            rows: opts.max_batch_tokens.min(opts.ctx * opts.max_sequences),
+            threads: opts.threads,
+        })
+    }
+
+    /// The arena's regions (KV cache of every sequence, each sequence's logits and tokens,
+    /// the step scratch) and total.
+    pub fn memory_plan(&self) -> &MemoryPlan {
+        &self.plan
+    }
+
+    /// Address and size of the arena (it never changes for the life of the engine).
+    pub fn arena_address(&self) -> (usize, usize) {
+        self.arena.address()
+    }
+
+    pub fn weights(&self) -> &Arc<Weights> {
+        &self.weights
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.n_threads()
+    }
+
+    /// Context length of each sequence.
+    pub fn ctx(&self) -> usize {
+        self.slots[0].kv.capacity()
+    }
+
+    /// The most sequences that can exist at once.
+    pub fn max_sequences(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// The most rows one step computes.
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_rows
+    }
+
+    /// Sequences that exist now.
+    pub fn live_sequences(&self) -> usize {
+        self.slots.iter().filter(|s| s.live).count()
+    }
+
+    /// A new, empty sequence sampling with `params`. Takes a free slot; allocates nothing.
+    pub fn create_sequence(&mut self, params: SamplerParams) -> Result<SeqId, EngineError> {
+        let sampler = Sampler::new(params)?;
+        let max = self.slots.len();
+        let (i, slot) = self
+            .slots
+            .iter_mut()
+            .enumerate()
+            .find(|(_, s)| !s.live)
+            .ok_or(EngineError::NoFreeSequence { max })?;
+        slot.live = true;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.kv.reset();
+        slot.sampler = sampler;
+        slot.logits_ready = false;
+        Ok(SeqId {
+            slot: i as u32,
+            generation: slot.generation,
+        })
+    }
+
+    /// Frees the sequence's slot for reuse; `seq` is refused from now on.
+    pub fn release(&mut self, seq: SeqId) -> Result<(), EngineError> {
+        let slot = self.slot_mut(seq)?;
+        slot.live = false;
+        slot.kv.reset();
+        slot.logits_ready = false;
+        Ok(())
+    }
+
+    fn slot(&self, seq: SeqId) -> Result<&Slot, EngineError> {
+        match self.slots.get(seq.slot()) {
+            Some(s) if s.live && s.generation == seq.generation => Ok(s),
+            _ => Err(EngineError::UnknownSequence(seq)),
+        }
+    }
+
+    fn slot_mut(&mut self, seq: SeqId) -> Result<&mut Slot, EngineError> {
+        match self.slots.get_mut(seq.slot()) {
+            Some(s) if s.live && s.generation == seq.generation => Ok(s),
+            _ => Err(EngineError::UnknownSequence(seq)),
+        }
+    }
+
+    /// Tokens in the sequence's KV cache (its next position).
+    pub fn position(&self, seq: SeqId) -> Result<usize, EngineError> {
+        Ok(self.slot(seq)?.kv.used())
+    }
+
+    pub fn cache_info(&self, seq: SeqId) -> Result<CacheInfo, EngineError> {
+        Ok(self.slot(seq)?.kv.info())
+    }
+
+    /// The tokens in the sequence's cache, in order (what its positions hold).
+    pub fn tokens(&mut self, seq: SeqId) -> Result<&[u32], EngineError> {
+        let (i, used) = (seq.slot(), self.slot(seq)?.kv.used());
+        let ctx = self.ctx();
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let all: &[u32] = bytemuck::cast_slice(bufs.seq_tokens);
+        Ok(&all[i * ctx..i * ctx + used])
+    }
+
+    /// Empties the sequence (its sampler's history too); its slot and memory stay.
+    pub fn reset(&mut self, seq: SeqId) -> Result<(), EngineError> {
+        let slot = self.slot_mut(seq)?;
+        slot.kv.reset();
+        slot.sampler.reset();
+        slot.logits_ready = false;
+        Ok(())
+    }
+
+    /// Rewinds the sequence to its first `len` positions (a no-op past its length), as for
+    /// rolling back rejected draft tokens or reusing a shared prefix.
+    pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), EngineError> {
+        let slot = self.slot_mut(seq)?;
+        slot.kv.truncate(len);
+        slot.logits_ready = false;
+        Ok(())
+    }
+
+    /// The sequence's sampler (to observe prompt tokens for the repetition penalty, or to
+    /// change its settings).
+    pub fn sampler_mut(&mut self, seq: SeqId) -> Result<&mut Sampler, EngineError> {
+        Ok(&mut self.slot_mut(seq)?.sampler)
+    }
+
+    /// The logits after the sequence's last processed token.
+    pub fn logits(&mut self, seq: SeqId) -> Result<&[f32], EngineError> {
+        if !self.slot(seq)?.logits_ready {
+            return Err(EngineError::NoLogits);
+        }
+        let v = self.weights.config.vocab_size;
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let i = seq.slot();
+        Ok(&bufs.seq_logits[i * v..(i + 1) * v])
+    }
+
+    /// Samples the sequence's next token with its own sampler and records it in the
+    /// sampler's history (for the repetition penalty). Consumes the logits: the token must be
+    /// fed in a step before the next sample.
+    pub fn sample(&mut self, seq: SeqId) -> Result<u32, EngineError> {
+        let i = seq.slot();
+        let slot = self.slots.get_mut(i);
+        let slot = match slot {
+            Some(s) if s.live && s.generation == seq.generation => s,
+            _ => return Err(EngineError::UnknownSequence(seq)),
+        };
+        let token = sample_slot(&self.weights, &self.plan, &mut self.arena, i, slot, None)?;
+        slot.sampler.observe(token);
+        Ok(token)
+    }
+
+    /// Samples the sequence's next token with `sampler` instead of its own (which is left as
+    /// it is); `sampler` does not record the token.
+    pub fn sample_with(&mut self, seq: SeqId, sampler: &mut Sampler) -> Result<u32, EngineError> {
+        let i = seq.slot();
+        let slot = match self.slots.get_mut(i) {
+            Some(s) if s.live && s.generation == seq.generation => s,
+            _ => return Err(EngineError::UnknownSequence(seq)),
+        };
+        sample_slot(
+            &self.weights,
+            &self.plan,
+            &mut self.arena,
+            i,
+            slot,
+            Some(sampler),
+        )
+    }
+
+    /// One step over several sequences: every feed's tokens are appended to its sequence and
+    /// run through the model together (each weight matrix streamed once per numerics group
+    /// for all of the step's rows). `each(seq, pos, logits)` gets the logits after position
+    /// `pos` of every feed that wants [`Want::All`]. Checked before anything runs: every
+    /// sequence exists and appears once, no feed is empty, every token is in the vocabulary,
+    /// every feed fits its sequence's context, and the rows fit `max_batch_tokens`; on an
+    /// error nothing changed.
+    pub fn step(
+        &mut self,
+        feeds: &[Feed<'_>],
+        each: &mut dyn FnMut(SeqId, usize, &[f32]),
+    ) -> Result<(), EngineError> {
+        self.check(feeds)?;
+        let result = forward::run(self, feeds, each);
+        for f in feeds {
+            let slot = &mut self.slots[f.seq.slot()];
+            if result.is_ok() {
+                slot.kv.commit();
+                slot.logits_ready = f.logits != Want::None;
+            } else {
+                slot.kv.rollback();
+                slot.logits_ready = false;
+            }
+        }
+        result
+    }
+
+    fn check(&self, feeds: &[Feed<'_>]) -> Result<(), EngineError> {
+        if feeds.is_empty() {
+            return Err(EngineError::EmptyInput);
+        }
+        let vocab = self.weights.config.vocab_size;
+        let mut rows = 0usize;
+        for (i, f) in feeds.iter().enumerate() {
+            let slot = self.slot(f.seq)?;
+            if feeds[..i].iter().any(|g| g.seq == f.seq) {
+                return Err(EngineError::DuplicateSequence(f.seq));
+            }
+            if f.tokens.is_empty() {
+                return Err(EngineError::EmptyInput);
+            }
+            if let Some(&token) = f.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(EngineError::TokenOutOfRange { token, vocab });
+            }
+            let needed = slot.kv.used() + f.tokens.len();
+            if needed > slot.kv.capacity() {
+                return Err(EngineError::ContextFull {
+                    needed,
+                    ctx: slot.kv.capacity(),
+                });
+            }
+            rows += f.tokens.len();
+        }
+        if rows > self.max_rows {
+            return Err(EngineError::BatchTooLarge {
+                rows,
+                max: self.max_rows,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Samples from slot `i`'s logits with `sampler` (or the slot's own) and the arena's sampler
+/// scratch, consuming the logits (sampling modifies them).
+fn sample_slot(
+    weights: &Weights,
+    plan: &MemoryPlan,
+    arena: &mut Arena,
+    i: usize,
+    slot: &mut Slot,
+    sampler: Option<&mut Sampler>,
+) -> Result<u32, EngineError> {
+    if !slot.logits_ready {
+        return Err(EngineError::NoLogits);
+    }
+    let v = weights.config.vocab_size;
+    let bufs = ArenaBufs::carve(arena.floats_mut(), plan);
+    let candidates: &mut [u32] = bytemuck::cast_slice_mut(bufs.candidates);
+    let logits = &mut bufs.seq_logits[i * v..(i + 1) * v];
+    let sampler = match sampler {
+        Some(s) => s,
+        None => &mut slot.sampler,
+    };
+    let token = sampler.sample(logits, bufs.probs, candidates);
+    // the logits were modified (penalty, temperature); they no longer describe the distribution
+    slot.logits_ready = false;
+    Ok(token)
+}

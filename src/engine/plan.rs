@@ -1,0 +1,140 @@
+//! The engine's arena layout: every region by name, sized from the model and the options.
+
+use qwenrt_kernels::{ops, par};
+
+use crate::arena::{ArenaError, MemoryPlan, RegionSpec};
+use crate::config::Config;
+use crate::kv_cache::KvShape;
+
+crate::arena_regions! {
+    /// The size of every region of an engine's arena.
+    pub(crate) struct ArenaSpec;
+    /// Every region of an engine's arena, borrowed at once.
+    pub(crate) struct ArenaBufs;
+    {
+        /// K of every sequence: `[sequence, layer, kv_head, position, head_dim]`.
+        kv_k: "kv_cache.k",
+        /// V of every sequence, laid out as `kv_k`.
+        kv_v: "kv_cache.v",
+        /// Each sequence's logits after its last processed token: `[sequence, vocab]`.
+        seq_logits: "seq.logits",
+        /// Each sequence's tokens in its cache (u32): `[sequence, ctx]`.
+        seq_tokens: "seq.tokens",
+        /// The residual stream of a step's rows: `[rows, hidden]`.
+        x: "x",
+        x_norm: "x_norm",
+        q: "q",
+        k: "k",
+        v: "v",
+        attn_out: "attn_out",
+        proj_out: "proj_out",
+        mlp_gate: "mlp_gate",
+        mlp_up: "mlp_up",
+        /// Attention's per-thread score rows and tile scratch.
+        attn_scores: "attn_scores",
+        /// Head output of up to [`LOGIT_ROWS`] rows at once.
+        logits: "logits",
+        probs: "sampler.probs",
+        /// u32 candidate ids of the sampler.
+        candidates: "sampler.candidates",
+        inv_freq: "rope.inv_freq",
+        /// cos of every row's angles: `[rows, head_dim/2]`.
+        rope_cos: "rope.cos",
+        rope_sin: "rope.sin",
+        /// The activations prepared for the weights' dot products.
+        x_prep: "x_prep",
+    }
+}
+
+/// Rows of logits computed at once (the head is streamed once per group of this many rows).
+pub(crate) const LOGIT_ROWS: usize = 8;
+
+/// What an arena is planned for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dims {
+    pub sequences: usize,
+    pub kv: KvShape,
+    /// Rows (tokens) one step computes at most.
+    pub rows: usize,
+    pub threads: usize,
+}
+
+pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
+    let (h, kvd, f, v, hd) = (
+        c.hidden_size,
+        c.kv_dim(),
+        c.intermediate_size,
+        c.vocab_size,
+        c.head_dim,
+    );
+    let (s, kv, n) = (d.sequences, d.kv, d.rows);
+    let spec = |shape: String, floats: Option<usize>| RegionSpec::new(shape, floats);
+    let per_seq = kv.floats();
+    let kv_spec = || {
+        spec(
+            format!(
+                "[sequence, layer, kv_head, position, head_dim] = [{s}, {}, {}, {}, {}]; {:.1} MiB per sequence",
+                kv.layers,
+                kv.kv_heads,
+                kv.capacity,
+                kv.head_dim,
+                per_seq.unwrap_or(0) as f64 * 4.0 / (1 << 20) as f64
+            ),
+            per_seq.and_then(|p| p.checked_mul(s)),
+        )
+    };
+    let rows = |what: &str, width: usize| {
+        spec(
+            format!("[rows, {what}] = [{n}, {width}]"),
+            n.checked_mul(width),
+        )
+    };
+    let scores = par::scores_len(d.threads, c.num_attention_heads, kv.capacity);
+    let lr = LOGIT_ROWS.min(n);
+    // the activations prepared for the weights' dot products: the decode matvec's bf16 hi/lo
+    // split, or prefill's bf16 pairs for the gate/up matmuls
+    let split = par::matvec_rows_scratch_len(n, h.max(f));
+    let pairs = ops::matmul_bf16dot_scratch_len(n, h);
+    ArenaSpec {
+        kv_k: kv_spec(),
+        kv_v: kv_spec(),
+        seq_logits: spec(
+            format!("[sequence, vocab] = [{s}, {v}]"),
+            s.checked_mul(v),
+        ),
+        seq_tokens: spec(
+            format!("[sequence, ctx] u32 = [{s}, {}]", kv.capacity),
+            s.checked_mul(kv.capacity),
+        ),
+        x: rows("hidden", h),
+        x_norm: rows("hidden", h),
+        q: rows("heads*head_dim", h),
+        k: rows("kv_heads*head_dim", kvd),
+        v: rows("kv_heads*head_dim", kvd),
+        attn_out: rows("hidden", h),
+        proj_out: rows("hidden", h),
+        mlp_gate: rows("ffn", f),
+        mlp_up: rows("ffn", f),
+        attn_scores: spec(
+            format!("[max(threads, heads), ctx] -> {scores}"),
+            Some(scores),
+        ),
+        logits: spec(
+            format!("[min(rows, {LOGIT_ROWS}), vocab] = [{lr}, {v}]"),
+            lr.checked_mul(v),
+        ),
+        probs: spec(format!("[vocab] = [{v}]"), Some(v)),
+        candidates: spec(format!("[vocab] u32 = [{v}]"), Some(v)),
+        inv_freq: spec(format!("[head_dim/2] = [{}]", hd / 2), Some(hd / 2)),
+        rope_cos: rows("head_dim/2", hd / 2),
+        rope_sin: rows("head_dim/2", hd / 2),
+        x_prep: spec(
+            format!(
+                "max(matvec split [min(rows, {}), max(hidden, ffn)] = {split}, bf16 pairs [rows, hidden/2] = {pairs})",
+                par::MATVEC_ROWS_MAX
+            ),
+            Some(split.max(pairs)),
+        ),
+    }
+    .plan()
+}
