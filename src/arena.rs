@@ -274,8 +274,14 @@ impl<'a, 'p> Carver<'a, 'p> {
     /// The next region, which must be called `name` (the struct and the plan were built from
     /// the same declaration, so a mismatch is a bug).
     pub fn next(&mut self, name: &'static str) -> &'a mut [f32] {
-        let r = self.regions.next().expect("carve: the plan has fewer regions");
-        assert_eq!(r.name, name, "carve: the plan's regions are in another order");
+        let r = self
+            .regions
+            .next()
+            .expect("carve: the plan has fewer regions");
+        assert_eq!(
+            r.name, name,
+            "carve: the plan's regions are in another order"
+        );
         let skip = r.offset - self.consumed;
         let tail = std::mem::take(&mut self.rest);
         let (region, after) = tail[skip..].split_at_mut(r.floats);

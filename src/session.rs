@@ -77,7 +77,6 @@ pub struct GenerateStats {
     pub steps: usize,
 }
 
-
 /// One sequence and the engine that runs it.
 pub struct Session {
     engine: Engine,
@@ -222,7 +221,11 @@ impl Session {
         self.check_fits(tokens)?;
         let chunks = tokens.len().div_ceil(self.max_chunk);
         for (i, chunk) in tokens.chunks(self.max_chunk).enumerate() {
-            let want = if i + 1 == chunks { Want::Last } else { Want::None };
+            let want = if i + 1 == chunks {
+                Want::Last
+            } else {
+                Want::None
+            };
             self.feed(chunk, Numerics::Prefill, want, &mut |_, _, _| {})?;
         }
         self.logits()

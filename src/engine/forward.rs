@@ -39,9 +39,7 @@ macro_rules! by_format {
 }
 
 /// The feeds in row order (decode feeds first, then prefill feeds), each with its first row.
-fn in_row_order<'a, 't>(
-    feeds: &'a [Feed<'t>],
-) -> impl Iterator<Item = (usize, &'a Feed<'t>)> + 'a {
+fn in_row_order<'a, 't>(feeds: &'a [Feed<'t>]) -> impl Iterator<Item = (usize, &'a Feed<'t>)> + 'a {
     let decode = feeds.iter().filter(|f| f.numerics == Numerics::Decode);
     let prefill = feeds.iter().filter(|f| f.numerics == Numerics::Prefill);
     decode.chain(prefill).scan(0, |row, f| {
