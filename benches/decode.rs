@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::testing::{write_synthetic_model, SyntheticShape};
-use qwenrt::weights::Weights;
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::Dtype;
 
 fn bench_model(c: &mut Criterion, name: &str, weights: Arc<Weights>, threads: &[usize]) {

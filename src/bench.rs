@@ -8,12 +8,17 @@
 //!   passes from an empty cache (as verifying B drafted tokens per pass does): each weight
 //!   matrix is streamed once per pass for its B rows, with the logits of a lone decode step.
 //!   Reported as tokens/s over the `n` tokens (`vB` lines); v1 is tg through the same path.
+//! - `--batch B,...`: for each B, B sequences decoded together from empty caches, `n` tokens
+//!   each, one row per sequence per engine step (each weight matrix streamed once per step
+//!   for all B rows). Reported as aggregate tokens/s over all B sequences (`bB tgN` lines).
 //! - Tokenization and sampling are excluded: fixed token ids are fed.
 //! - Each test runs once as a warm-up, then `r` timed repetitions: mean ± sd of tokens/s.
 
 use std::time::Instant;
 
 use crate::cli::{model_dir, physical_cores, CliError, Flags, Spec};
+use crate::engine::{Engine, EngineOptions, Feed, Numerics, Want};
+use crate::sampler::SamplerParams;
 use crate::session::{Session, SessionOptions};
 use crate::weights::Weights;
 
@@ -110,6 +115,76 @@ fn synthetic_model() -> Result<std::path::PathBuf, CliError> {
     Ok(dir)
 }
 
+/// A comma-separated list of counts from 1 to 512 given to `flag`, or an empty list.
+fn count_list(flags: &Flags, flag: &str, what: &str) -> Result<Vec<usize>, CliError> {
+    let mut out = Vec::new();
+    if let Some(list) = flags.str(flag) {
+        for part in list.split(',') {
+            match part.trim().parse::<usize>() {
+                Ok(b) if (1..=512).contains(&b) => out.push(b),
+                _ => {
+                    return Err(CliError::usage(format!(
+                        "{flag} takes {what} from 1 to 512 separated by commas (e.g. 1,4,8), not {list:?}"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Aggregate decode tokens/s of `b` sequences stepped together for `n` tokens each (one row
+/// per sequence per step, every row's logits computed, as `tg` does for one): `r` timed
+/// repetitions after one warm-up, each from empty caches.
+fn decode_batch(
+    weights: &std::sync::Arc<Weights>,
+    threads: usize,
+    b: usize,
+    n: usize,
+    r: usize,
+    tokens: &[u32],
+) -> Result<Vec<f64>, CliError> {
+    let opts = EngineOptions {
+        ctx: n,
+        max_sequences: b,
+        max_batch_tokens: b,
+        threads,
+        isa: None,
+        prefill_bf16: true,
+    };
+    let mut engine = Engine::new(weights.clone(), &opts).map_err(CliError::fail)?;
+    let seqs = (0..b)
+        .map(|_| engine.create_sequence(SamplerParams::greedy()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(CliError::fail)?;
+    let mut feeds: Vec<Feed> = Vec::with_capacity(b);
+    let mut samples = Vec::new();
+    for rep in 0..=r {
+        for &s in &seqs {
+            engine.reset(s).map_err(CliError::fail)?;
+        }
+        let t0 = Instant::now();
+        for t in 0..n {
+            feeds.clear();
+            // each sequence its own token stream, so no two rows of a step are alike
+            feeds.extend(seqs.iter().enumerate().map(|(i, &seq)| Feed {
+                seq,
+                tokens: std::slice::from_ref(&tokens[(t + 7 * i) % tokens.len()]),
+                numerics: Numerics::Decode,
+                logits: Want::Last,
+            }));
+            engine
+                .step(&feeds, &mut |_, _, _| {})
+                .map_err(CliError::fail)?;
+        }
+        let tps = (b * n) as f64 / t0.elapsed().as_secs_f64();
+        if rep > 0 {
+            samples.push(tps);
+        }
+    }
+    Ok(samples)
+}
+
 pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     let specs = [
         Spec {
@@ -148,6 +223,10 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             names: &["--verify"],
             takes_value: true,
         },
+        Spec {
+            names: &["--batch"],
+            takes_value: true,
+        },
     ];
     let flags = Flags::parse("bench", args, &specs)?;
     flags.max_positional(0)?;
@@ -161,23 +240,12 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
     if p == 0 && n == 0 {
         return Err(CliError::usage("nothing to run: both -p and -n are 0"));
     }
-    let mut verify: Vec<usize> = Vec::new();
-    if let Some(list) = flags.str("--verify") {
-        for part in list.split(',') {
-            match part.trim().parse::<usize>() {
-                Ok(b) if (1..=512).contains(&b) => verify.push(b),
-                _ => {
-                    return Err(CliError::usage(format!(
-                        "--verify takes row counts from 1 to 512 separated by commas (e.g. 1,4,8), not {list:?}"
-                    )))
-                }
-            }
-        }
-        if n == 0 {
-            return Err(CliError::usage(
-                "--verify needs -n above 0 (the tokens it feeds)",
-            ));
-        }
+    let verify = count_list(&flags, "--verify", "row counts")?;
+    let batch = count_list(&flags, "--batch", "sequence counts")?;
+    if n == 0 && !(verify.is_empty() && batch.is_empty()) {
+        return Err(CliError::usage(
+            "--verify and --batch need -n above 0 (the tokens they feed)",
+        ));
     }
     let dir = if flags.has("--synthetic") {
         if flags.str("--model").is_some() {
@@ -255,6 +323,12 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         let (m, sd) = mean_sd(&samples);
         vb.push((b, m, sd));
     }
+    let mut bb: Vec<(usize, f64, f64)> = Vec::new();
+    for &b in &batch {
+        let samples = decode_batch(&weights, threads, b, n, r, &tokens)?;
+        let (m, sd) = mean_sd(&samples);
+        bb.push((b, m, sd));
+    }
     let bw = read_bandwidth(&weights, threads);
     let per_token = weights.bytes_per_token() as f64;
     let (pp_m, pp_sd) = mean_sd(&pp);
@@ -274,6 +348,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
             "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },
             "weight_bytes_per_token": per_token, "tg_weight_bandwidth_gb_s": tg_bw,
             "machine_read_bandwidth_gb_s": bw, "repetitions": r,
+            "batch": bb.iter().map(|&(b, m, sd)| serde_json::json!({"sequences": b, "n_gen": n, "aggregate_tokens_per_second_mean": m, "aggregate_tokens_per_second_sd": sd})).collect::<Vec<_>>(),
             "verify": vb.iter().map(|&(b, m, sd)| serde_json::json!({"rows_per_pass": b, "n_gen": n, "tokens_per_second_mean": m, "tokens_per_second_sd": sd})).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -290,6 +365,9 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         }
         if n > 0 {
             println!("| {model} | {size} | {params_s} | CPU {} | {threads} | tg{n} | {tg_m:.2} ± {tg_sd:.2} |", session.isa());
+        }
+        for &(b, m, sd) in &bb {
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} | {m:.2} ± {sd:.2} |", session.isa());
         }
         for &(b, m, sd) in &vb {
             println!("| {model} | {size} | {params_s} | CPU {} | {threads} | v{b} x{n} | {m:.2} ± {sd:.2} |", session.isa());

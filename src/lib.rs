@@ -1,32 +1,67 @@
 //! qwenrt: a CPU runtime for Qwen2-family language models.
 //!
-//! Overview:
-//! - [`config::Config`]: config.json, classic and newer hub styles, validated.
-//! - [`weights::Weights`]: the memory-mapped safetensors (single file or sharded), every tensor
-//!   checked against the config before anything runs. Immutable and shared between sessions.
-//! - [`session::Session`]: the mutable side: one arena (KV cache, activations, logits, sampler
-//!   buffers) allocated once, a thread pool, and the forward pass.
-//! - [`kv_cache::KvCache`]: the fixed KV cache that never grows.
-//! - [`sampler::Sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded RNG.
+//! The crate is an engine to embed: load a model, plan all working memory once, and step many
+//! sequences through the model together.
+//!
+//! - [`model`]: what a model is made of. [`model::config::Config`] (config.json, both hub
+//!   styles, validated), [`model::weights::Weights`] (memory-mapped safetensors, one file or
+//!   sharded, every tensor checked against the config; each tensor in its own format:
+//!   bf16, f16 or f32), [`model::gguf`] (a validating GGUF reader and ggml-exact
+//!   dequantization), [`model::convert`] (GGUF to a Hugging Face directory) and
+//!   [`model::synthetic`] (seeded random models of any shape, for benchmarks and tests).
+//! - [`engine`]: the mutable side. [`Engine`] holds the shared [`Weights`], one thread pool
+//!   and one arena sized at startup for `max_sequences x ctx` positions of KV cache plus the
+//!   scratch of one step; [`Engine::step`] runs [`Feed`]s of many sequences ([`SeqId`]) at
+//!   once, each weight matrix streamed once per step. [`Session`] is one sequence over its
+//!   own engine, for the simple case. [`engine::kv_cache::KvCache`] is the fixed cache that
+//!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p
+//!   and repetition penalty with a seeded RNG.
+//! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
+//!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
+//! - [`fetch`]: fetching and verifying the default model.
+//! - [`arc`] and [`workload`]: ARC tasks (prompts, grid parsing, scoring) and JSONL batch
+//!   requests, the workloads the `qwenrt` binary runs.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use qwenrt::{Engine, EngineOptions, Feed, Numerics, SamplerParams, Want, Weights};
+//!
+//! let weights = Arc::new(Weights::load("model-dir".as_ref())?);
+//! let opts = EngineOptions { max_sequences: 2, ..EngineOptions::default() };
+//! let mut engine = Engine::new(weights, &opts)?;
+//! let seq = engine.create_sequence(SamplerParams::greedy())?;
+//! let prompt = [9707u32, 11, 1879];
+//! let feed = Feed { seq, tokens: &prompt, numerics: Numerics::Prefill, logits: Want::Last };
+//! engine.step(&[feed], &mut |_, _, _| {})?;
+//! let next = engine.sample(seq)?;
+//! # let _ = next;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Test-only code (fuzz harnesses, the GGUF builder) is in [`testkit`], behind the `testkit`
+//! feature.
 #![deny(unsafe_code)]
 
 pub mod arc;
-pub mod arena;
 pub mod batch;
 pub mod bench;
-pub mod chat;
 pub mod cli;
-pub mod config;
-pub mod convert;
 pub mod engine;
 pub mod fetch;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod gguf;
-pub mod kv_cache;
-pub mod sampler;
-pub mod session;
-pub mod testing;
-pub mod tokenizer;
-pub mod weights;
+pub mod model;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit;
+pub mod text;
 pub mod workload;
+
+pub use engine::sampler::{Sampler, SamplerParams};
+pub use engine::session::{Session, SessionOptions};
+pub use engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want};
+pub use model::config::Config;
+pub use model::weights::Weights;
+pub use text::tokenizer::Tokenizer;
+
+// Paths the command modules still use; they move to the binary's tree next.
+pub(crate) use engine::{sampler, session};
+pub(crate) use model::{convert, gguf, synthetic as testing, weights};
+pub(crate) use text::{chat, tokenizer};

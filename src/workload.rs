@@ -6,10 +6,10 @@ use std::time::Instant;
 
 use crate::arc::{score, TaskRecord, WorkItem};
 use crate::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
-use crate::chat;
-use crate::sampler::{Sampler, SamplerParams};
-use crate::session::{Session, SessionError, StopReason};
-use crate::tokenizer::Tokenizer;
+use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::session::{Session, SessionError, StopReason};
+use crate::text::chat;
+use crate::text::tokenizer::Tokenizer;
 
 /// One finished request.
 #[derive(Clone, Debug)]

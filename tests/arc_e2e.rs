@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use qwenrt::arc::{load_tasks, work_items, Split};
 use qwenrt::cli::stop_ids;
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::tokenizer::Tokenizer;
-use qwenrt::weights::Weights;
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::weights::Weights;
+use qwenrt::text::tokenizer::Tokenizer;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")

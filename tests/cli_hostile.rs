@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use qwenrt::config::Config;
-use qwenrt::gguf::testing::GgufBuilder;
-use qwenrt::gguf::GgmlType;
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::testing::{write_synthetic_model, SyntheticShape};
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::config::Config;
+use qwenrt::model::gguf::GgmlType;
+use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::testkit::gguf::GgufBuilder;
 use serde_json::{json, Value};
 
 /// A scratch directory removed on drop.
@@ -544,21 +544,21 @@ fn convert_fails(b: &GgufBuilder) -> String {
 
 #[test]
 fn gguf_with_a_lying_tensor_count() {
-    let mut b = qwenrt::fuzzing::tiny_gguf_builder();
+    let mut b = qwenrt::testkit::fuzzing::tiny_gguf_builder();
     b.tensor_count_override = Some(1 << 40);
     assert_names(
         &convert_fails(&b),
         &["tensor count 1099511627776", "impossible"],
     );
     // a count only a little too large runs out of bytes mid-table
-    let mut b = qwenrt::fuzzing::tiny_gguf_builder();
+    let mut b = qwenrt::testkit::fuzzing::tiny_gguf_builder();
     b.tensor_count_override = Some(b.tensors.len() as u64 + 1);
     assert_names(&convert_fails(&b), &["GGUF"]);
 }
 
 #[test]
 fn gguf_with_an_unknown_tensor_type() {
-    let mut b = qwenrt::fuzzing::tiny_gguf_builder();
+    let mut b = qwenrt::testkit::fuzzing::tiny_gguf_builder();
     b.tensors[1].type_id = 99;
     let name = b.tensors[1].name.clone();
     assert_names(
@@ -569,7 +569,7 @@ fn gguf_with_an_unknown_tensor_type() {
 
 #[test]
 fn gguf_with_misaligned_data() {
-    let mut b = qwenrt::fuzzing::tiny_gguf_builder();
+    let mut b = qwenrt::testkit::fuzzing::tiny_gguf_builder();
     b.tensors[2].offset_override = Some(3);
     let name = b.tensors[2].name.clone();
     assert_names(
@@ -582,7 +582,7 @@ fn gguf_with_misaligned_data() {
 fn gguf_failing_mid_conversion_leaves_no_output() {
     // a valid file whose Q2_K tensor cannot be dequantized: found after the output directory
     // is made, which must then be removed again
-    let b = qwenrt::fuzzing::tiny_gguf_builder().tensor(
+    let b = qwenrt::testkit::fuzzing::tiny_gguf_builder().tensor(
         "blk.0.attn_v.weight",
         &[256],
         GgmlType::Q2K,

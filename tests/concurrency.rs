@@ -7,9 +7,9 @@
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use qwenrt::sampler::{Sampler, SamplerParams};
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::weights::Weights;
+use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::weights::Weights;
 
 /// One request: a prompt, how to sample, how many tokens.
 #[derive(Clone)]

@@ -2,9 +2,9 @@
 //! bf16 values (including a tensor spanning several conversion windows), configs and
 //! tokenizer.
 
-use qwenrt::convert::{convert, f32_to_bf16_bits, ConvertError, WINDOW_ELEMS};
-use qwenrt::gguf::testing::{array_of, GgufBuilder};
-use qwenrt::gguf::{dequantize, GgmlType, GgufFile, Value, ValueType};
+use qwenrt::model::convert::{convert, f32_to_bf16_bits, ConvertError, WINDOW_ELEMS};
+use qwenrt::model::gguf::{dequantize, GgmlType, GgufFile, Value, ValueType};
+use qwenrt::testkit::gguf::{array_of, GgufBuilder};
 
 struct Rng(u64);
 impl Rng {
@@ -211,7 +211,7 @@ fn tiny_model_converts_exactly() {
     let st = safetensors::SafeTensors::deserialize(&mmap).unwrap();
     assert_eq!(st.len(), gguf.header.tensors.len());
     for t in &gguf.header.tensors {
-        let hf = qwenrt::convert::hf_tensor_name(&t.name).unwrap();
+        let hf = qwenrt::model::convert::hf_tensor_name(&t.name).unwrap();
         let v = st.tensor(&hf).unwrap_or_else(|e| panic!("{hf}: {e}"));
         assert_eq!(v.dtype(), safetensors::Dtype::BF16, "{hf}");
         let shape: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
@@ -242,7 +242,7 @@ fn tiny_model_converts_exactly() {
     assert_eq!(tc["chat_template"], "{{ messages }}");
     assert_eq!(tc["eos_token"], "<|im_end|>");
 
-    let tok = qwenrt::tokenizer::Tokenizer::from_model_dir(&out).unwrap();
+    let tok = qwenrt::text::tokenizer::Tokenizer::from_model_dir(&out).unwrap();
     assert_eq!(
         tok.encode("a t<|im_end|>").unwrap(),
         vec![b'a' as u32, 256, 258]

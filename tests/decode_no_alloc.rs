@@ -6,10 +6,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use qwenrt::sampler::{Sampler, SamplerParams};
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::testing::{write_synthetic_model, SyntheticShape};
-use qwenrt::weights::Weights;
+use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{Dtype, Isa};
 
 struct Counting;

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want};
-use qwenrt::sampler::SamplerParams;
-use qwenrt::testing::{write_synthetic_model, SyntheticShape};
-use qwenrt::weights::Weights;
+use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{Dtype, Isa};
 
 /// Big enough that every projection is split over the pool (k/v: 128 x 256 weights) and a

@@ -7,10 +7,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, SeqId, Want};
-use qwenrt::sampler::SamplerParams;
-use qwenrt::testing::{write_synthetic_model, SyntheticShape};
-use qwenrt::weights::Weights;
+use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{Dtype, Isa};
 
 struct Counting;

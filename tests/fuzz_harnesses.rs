@@ -1,10 +1,10 @@
-//! The fuzz harnesses of `qwenrt::fuzzing` (the same functions the cargo-fuzz targets in
+//! The fuzz harnesses of `qwenrt::testkit::fuzzing` (the same functions the cargo-fuzz targets in
 //! `fuzz/` call) over a few thousand seeded random inputs each, so `cargo test` checks them
 //! without a fuzzer. The harnesses assert their contracts themselves; these tests also check
 //! that the inputs reach both the accepting and the refusing paths.
 
-use qwenrt::fuzzing;
-use qwenrt::weights::Weights;
+use qwenrt::model::weights::Weights;
+use qwenrt::testkit::fuzzing;
 
 /// xorshift64*, seeded per test so failures reproduce.
 struct Rng(u64);
@@ -167,7 +167,7 @@ fn config_parse_random_and_overflowing_sizes() {
         };
         let json = sizes.json();
         fuzzing::config_parse(json.as_bytes());
-        accepted += usize::from(qwenrt::config::Config::from_json(json.as_bytes()).is_ok());
+        accepted += usize::from(qwenrt::model::config::Config::from_json(json.as_bytes()).is_ok());
     }
     assert!(
         (100..3900).contains(&accepted),
@@ -205,9 +205,9 @@ fn safetensors_load_random_and_mutated() {
 #[test]
 fn gguf_read_random_and_mutated() {
     let valid = fuzzing::tiny_gguf();
-    let file = qwenrt::gguf::GgufFile::from_bytes(valid.clone()).expect("the seed is valid");
+    let file = qwenrt::model::gguf::GgufFile::from_bytes(valid.clone()).expect("the seed is valid");
     assert_eq!(file.header.tensors.len(), 9);
-    assert!(qwenrt::convert::config_json(&file.header).is_ok());
+    assert!(qwenrt::model::convert::config_json(&file.header).is_ok());
     fuzzing::gguf_read(&valid);
     for cut in (0..valid.len()).step_by(97) {
         fuzzing::gguf_read(&valid[..cut]);
@@ -217,9 +217,9 @@ fn gguf_read_random_and_mutated() {
     for _ in 0..3000 {
         let data = rng.bytes(120);
         fuzzing::gguf_read(&data);
-        match qwenrt::gguf::GgufFile::from_bytes(fuzzing::mutate_gguf(&fuzzing::gguf_mutations(
-            &data,
-        ))) {
+        match qwenrt::model::gguf::GgufFile::from_bytes(fuzzing::mutate_gguf(
+            &fuzzing::gguf_mutations(&data),
+        )) {
             Ok(_) => ok += 1,
             Err(_) => refused += 1,
         }

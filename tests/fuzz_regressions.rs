@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 fn tokenizer_roundtrip(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    qwenrt::fuzzing::tokenizer_roundtrip(qwenrt::fuzzing::tokenizer(), &text);
+    qwenrt::testkit::fuzzing::tokenizer_roundtrip(qwenrt::testkit::fuzzing::tokenizer(), &text);
 }
 
 /// A fuzz target's harness, called with the raw input.
@@ -13,10 +13,13 @@ type Harness = fn(&[u8]);
 
 /// Each fuzz target's name and harness, exactly as `fuzz/fuzz_targets/*.rs` call them.
 const TARGETS: [(&str, Harness); 5] = [
-    ("kv_cache_ops", qwenrt::fuzzing::kv_cache_ops),
-    ("safetensors_load", qwenrt::fuzzing::safetensors_load),
-    ("config_parse", qwenrt::fuzzing::config_parse),
-    ("gguf_read", qwenrt::fuzzing::gguf_read),
+    ("kv_cache_ops", qwenrt::testkit::fuzzing::kv_cache_ops),
+    (
+        "safetensors_load",
+        qwenrt::testkit::fuzzing::safetensors_load,
+    ),
+    ("config_parse", qwenrt::testkit::fuzzing::config_parse),
+    ("gguf_read", qwenrt::testkit::fuzzing::gguf_read),
     ("tokenizer_roundtrip", tokenizer_roundtrip),
 ];
 

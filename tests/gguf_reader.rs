@@ -1,8 +1,8 @@
 //! GGUF reader on small files built in memory: valid layouts and hostile ones. Every hostile
 //! file must give an `Err` whose message names the problem, never a panic.
 
-use qwenrt::gguf::testing::{array_of, GgufBuilder};
-use qwenrt::gguf::{GgmlType, GgufError, GgufFile, GgufHeader, Value, ValueType};
+use qwenrt::model::gguf::{GgmlType, GgufError, GgufFile, GgufHeader, Value, ValueType};
+use qwenrt::testkit::gguf::{array_of, GgufBuilder};
 
 fn small() -> GgufBuilder {
     GgufBuilder::new()
@@ -353,7 +353,7 @@ fn error_is_std_error() {
 
 #[test]
 fn arrays_are_stored_typed() {
-    use qwenrt::gguf::Array;
+    use qwenrt::model::gguf::Array;
     let big = Array::U8((0..=255u8).cycle().take(1 << 20).collect());
     let bytes = GgufBuilder::new()
         .kv("big", Value::Array(big.clone()))

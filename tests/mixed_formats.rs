@@ -6,9 +6,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::testing::{write_synthetic_model_mixed, SyntheticShape};
-use qwenrt::weights::Weights;
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::synthetic::{write_synthetic_model_mixed, SyntheticShape};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{Dtype, Isa};
 
 /// Formats rotated over the tensors so that q/k/v and gate/up each mix formats within one

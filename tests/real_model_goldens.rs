@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use qwenrt::sampler::{Sampler, SamplerParams};
-use qwenrt::session::{Session, SessionOptions};
-use qwenrt::tokenizer::Tokenizer;
-use qwenrt::weights::Weights;
+use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::model::weights::Weights;
+use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt_kernels::Isa;
 use serde::Deserialize;
 

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qwenrt::sampler::{Sampler, SamplerParams};
-use qwenrt::session::{Session, SessionOptions, StopReason};
-use qwenrt::weights::Weights;
+use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::session::{Session, SessionOptions, StopReason};
+use qwenrt::model::weights::Weights;
 use qwenrt_kernels::Isa;
 use serde::Deserialize;
 
@@ -236,7 +236,7 @@ fn sharded_checkpoint_loads_like_the_single_file() {
 /// written in f32 (f16 rounds each weight to 11 significant bits).
 #[test]
 fn f16_weights_run_on_every_isa() {
-    use qwenrt::testing::{write_synthetic_model, SyntheticShape};
+    use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
     use qwenrt_kernels::Dtype;
     let base = std::env::temp_dir().join(format!("qwenrt-f16-{}", std::process::id()));
     let load = |dtype: Dtype| {

@@ -1,6 +1,6 @@
 //! Real-model test: the tokenizer rebuilt from the GGUF reproduces HF `tokenizers`' ids.
 
-use qwenrt::tokenizer::Tokenizer;
+use qwenrt::text::tokenizer::Tokenizer;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

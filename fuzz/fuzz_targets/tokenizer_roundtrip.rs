@@ -6,5 +6,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
-    qwenrt::fuzzing::tokenizer_roundtrip(qwenrt::fuzzing::tokenizer(), &text);
+    qwenrt::testkit::fuzzing::tokenizer_roundtrip(qwenrt::testkit::fuzzing::tokenizer(), &text);
 });

@@ -14,8 +14,8 @@ use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, F16, F32};
 
 use super::plan::{ArenaBufs, LOGIT_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
-use crate::kv_cache::KvStore;
-use crate::weights::{TensorRef, Weights};
+use crate::engine::kv_cache::KvStore;
+use crate::model::weights::{TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
 /// is monomorphized once per format and the format is matched once per call.

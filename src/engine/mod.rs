@@ -13,19 +13,23 @@
 //! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
 //! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
 
+pub mod arena;
 mod forward;
+pub mod kv_cache;
 mod plan;
+pub mod sampler;
+pub mod session;
 
 use std::fmt;
 use std::sync::Arc;
 
 use qwenrt_kernels::{Isa, ThreadPool};
 
-use crate::arena::{Arena, ArenaError, MemoryPlan};
-use crate::config::Config;
-use crate::kv_cache::{CacheError, CacheInfo, KvCache, KvShape};
-use crate::sampler::{Sampler, SamplerError, SamplerParams};
-use crate::weights::Weights;
+use crate::engine::arena::{Arena, ArenaError, MemoryPlan};
+use crate::engine::kv_cache::{CacheError, CacheInfo, KvCache, KvShape};
+use crate::engine::sampler::{Sampler, SamplerError, SamplerParams};
+use crate::model::config::Config;
+use crate::model::weights::Weights;
 
 use plan::{ArenaBufs, Dims};
 
@@ -43,7 +47,7 @@ pub struct EngineOptions {
     /// The kernels' instruction set; `None` means `QWENRT_ISA` or the best the CPU has.
     pub isa: Option<Isa>,
     /// Under [`Numerics::Prefill`], the MLP's gate/up input is rounded to bf16 for AVX512-BF16
-    /// dot products on bf16 weights (see [`crate::session::SessionOptions::prefill_bf16`]).
+    /// dot products on bf16 weights (see [`crate::engine::session::SessionOptions::prefill_bf16`]).
     pub prefill_bf16: bool,
 }
 

@@ -2,9 +2,9 @@
 
 use qwenrt_kernels::{ops, par};
 
-use crate::arena::{ArenaError, MemoryPlan, RegionSpec};
-use crate::config::Config;
-use crate::kv_cache::KvShape;
+use crate::engine::arena::{ArenaError, MemoryPlan, RegionSpec};
+use crate::engine::kv_cache::KvShape;
+use crate::model::config::Config;
 
 crate::arena_regions! {
     /// The size of every region of an engine's arena.

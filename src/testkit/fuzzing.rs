@@ -22,14 +22,14 @@ use std::sync::{Arc, OnceLock};
 use arbitrary::{Arbitrary, Unstructured};
 use qwenrt_kernels::Dtype;
 
-use crate::config::Config;
-use crate::gguf::testing::{array_of, GgufBuilder};
-use crate::gguf::{GgmlType, GgufFile, Value, ValueType};
-use crate::kv_cache::{CacheError, KvCache, KvShape, KvStore};
-use crate::sampler::{Sampler, SamplerParams};
-use crate::session::{Session, SessionOptions};
-use crate::tokenizer::Tokenizer;
-use crate::weights::{LoadError, Weights};
+use crate::engine::kv_cache::{CacheError, KvCache, KvShape, KvStore};
+use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::session::{Session, SessionOptions};
+use crate::model::config::Config;
+use crate::model::gguf::{GgmlType, GgufFile, Value, ValueType};
+use crate::model::weights::{LoadError, Weights};
+use crate::testkit::gguf::{array_of, GgufBuilder};
+use crate::text::tokenizer::Tokenizer;
 
 /// The repository's `tests/fixtures` directory.
 pub fn fixtures_dir() -> PathBuf {
@@ -902,7 +902,7 @@ fn check_gguf(bytes: Vec<u8>) {
     for t in &h.tensors {
         assert_eq!(file.tensor_bytes(t).len() as u64, t.n_bytes);
         assert!(h.data_offset + t.offset + t.n_bytes <= len);
-        let _ = crate::convert::hf_tensor_name(&t.name);
+        let _ = crate::model::convert::hf_tensor_name(&t.name);
         // the header vouches for the sizes, so dequantizing a supported type cannot fail
         if t.ty.can_dequantize() && t.n_elements <= 1 << 16 {
             let values = file
@@ -911,10 +911,10 @@ fn check_gguf(bytes: Vec<u8>) {
             assert_eq!(values.len() as u64, t.n_elements);
         }
     }
-    let _ = crate::convert::config_json(h);
-    let _ = crate::convert::tokenizer_json(h);
-    let _ = crate::convert::tokenizer_config_json(h);
-    let _ = crate::convert::generation_config_json(h);
+    let _ = crate::model::convert::config_json(h);
+    let _ = crate::model::convert::tokenizer_json(h);
+    let _ = crate::model::convert::tokenizer_config_json(h);
+    let _ = crate::model::convert::generation_config_json(h);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use qwenrt_kernels::Isa;
 
-use crate::arena::MemoryPlan;
-use crate::config::Config;
+use crate::engine::arena::MemoryPlan;
+use crate::engine::kv_cache::CacheInfo;
+use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::{Engine, EngineOptions, Feed, SeqId, Want};
-use crate::kv_cache::CacheInfo;
-use crate::sampler::{Sampler, SamplerParams};
-use crate::weights::Weights;
+use crate::model::config::Config;
+use crate::model::weights::Weights;
 
 pub use crate::engine::{EngineError as SessionError, Numerics};
 

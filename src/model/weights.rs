@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use qwenrt_kernels::Dtype;
 
-use crate::config::{Config, ConfigError};
+use crate::model::config::{Config, ConfigError};
 
 /// Why a model directory could not be loaded.
 #[derive(Debug)]

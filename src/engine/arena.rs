@@ -304,7 +304,7 @@ macro_rules! arena_regions {
     ) => {
         $(#[$sm])*
         $vis struct $Spec {
-            $( $(#[$fm])* pub $field: $crate::arena::RegionSpec, )*
+            $( $(#[$fm])* pub $field: $crate::engine::arena::RegionSpec, )*
         }
 
         $(#[$bm])*
@@ -314,8 +314,8 @@ macro_rules! arena_regions {
 
         impl $Spec {
             /// The plan of these regions, in declaration order.
-            pub fn plan(self) -> Result<$crate::arena::MemoryPlan, $crate::arena::ArenaError> {
-                let mut plan = $crate::arena::MemoryPlan::default();
+            pub fn plan(self) -> Result<$crate::engine::arena::MemoryPlan, $crate::engine::arena::ArenaError> {
+                let mut plan = $crate::engine::arena::MemoryPlan::default();
                 $( plan.push($name, self.$field.shape, self.$field.floats)?; )*
                 Ok(plan)
             }
@@ -324,8 +324,8 @@ macro_rules! arena_regions {
         impl<'a> $Bufs<'a> {
             /// The regions of `plan` (made by the matching spec's `plan`) in `buf`, the
             /// arena allocated for it.
-            pub fn carve(buf: &'a mut [f32], plan: &$crate::arena::MemoryPlan) -> $Bufs<'a> {
-                let mut carver = $crate::arena::Carver::new(buf, plan);
+            pub fn carve(buf: &'a mut [f32], plan: &$crate::engine::arena::MemoryPlan) -> $Bufs<'a> {
+                let mut carver = $crate::engine::arena::Carver::new(buf, plan);
                 $( let $field = carver.next($name); )*
                 $Bufs { $($field),* }
             }

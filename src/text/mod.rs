@@ -1,0 +1,4 @@
+//! Text in and out: the tokenizer (with a UTF-8-safe streaming decoder) and the chat template.
+
+pub mod chat;
+pub mod tokenizer;
