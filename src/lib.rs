@@ -38,9 +38,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Test-only code (fuzz harnesses, the GGUF builder) is in [`testkit`], behind the `testkit`
+//! Test-only code (fuzz harnesses, the GGUF builder) is in `qwenrt::testkit`, behind the `testkit`
 //! feature.
 #![deny(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod arc;
 pub mod batch;

@@ -4,8 +4,11 @@
 /// A weight dtype, known at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dtype {
+    /// IEEE single precision, 4 bytes.
     F32,
+    /// IEEE half precision, 2 bytes.
     F16,
+    /// bfloat16 (the top half of an f32), 2 bytes.
     BF16,
 }
 
@@ -52,7 +55,9 @@ impl std::fmt::Display for Dtype {
 
 /// A weight dtype known at compile time, so the decode loop is monomorphized over it.
 pub trait WeightType: Copy + Send + Sync + 'static {
+    /// The run-time tag of this dtype.
     const DTYPE: Dtype;
+    /// Bytes per element.
     const SIZE: usize = Self::DTYPE.size();
     /// Element `i` of a little-endian buffer, widened to f32.
     fn get(bytes: &[u8], i: usize) -> f32;

@@ -20,6 +20,8 @@
 //!   (token, head) pairs), plus fused [`par::matvec2`] / [`par::matvec3`] (several
 //!   matrices sharing one input in a single dispatch) and [`par::matmul_bf16dot`].
 
+#![deny(missing_docs)]
+
 pub mod dtype;
 pub mod isa;
 pub mod ops;

@@ -261,9 +261,13 @@ fn matmul_cols(
 /// `[n_kv_heads, cap, head_dim]`.
 #[derive(Clone, Copy, Debug)]
 pub struct KvLayout {
+    /// Query heads.
     pub n_heads: usize,
+    /// Key/value heads (each serves `n_heads / n_kv_heads` query heads).
     pub n_kv_heads: usize,
+    /// Floats per head.
     pub head_dim: usize,
+    /// Positions the cache holds (the stride between heads is `cap * head_dim`).
     pub cap: usize,
 }
 

@@ -15,6 +15,7 @@ const LINE_FLOATS: usize = 16;
 /// One named region of the arena.
 #[derive(Clone, Debug)]
 pub struct Region {
+    /// The region's name, as the memory plan prints it.
     pub name: &'static str,
     /// The region's shape, for the printed plan, e.g. `[layer, kv_head, position, head_dim]`.
     pub shape: String,
@@ -25,6 +26,7 @@ pub struct Region {
 }
 
 impl Region {
+    /// The region's size in bytes.
     pub fn bytes(&self) -> usize {
         self.floats * 4
     }
@@ -41,9 +43,17 @@ pub struct MemoryPlan {
 #[derive(Debug)]
 pub enum ArenaError {
     /// A region's size overflows `usize`.
-    Overflow { region: &'static str },
+    Overflow {
+        /// The region.
+        region: &'static str,
+    },
     /// The allocation failed or would exceed the memory available.
-    TooLarge { bytes: u128, available: Option<u64> },
+    TooLarge {
+        /// The bytes asked for.
+        bytes: u128,
+        /// What the machine (or its cgroup) has left, when known.
+        available: Option<u64>,
+    },
 }
 
 impl fmt::Display for ArenaError {
@@ -96,10 +106,12 @@ impl MemoryPlan {
         Ok(())
     }
 
+    /// The regions, in arena order.
     pub fn regions(&self) -> &[Region] {
         &self.regions
     }
 
+    /// The region called `name`, if the plan has one.
     pub fn region(&self, name: &str) -> Option<&Region> {
         self.regions.iter().find(|r| r.name == name)
     }
@@ -241,11 +253,14 @@ impl Arena {
 /// floats (`None` when computing it overflowed).
 #[derive(Clone, Debug)]
 pub struct RegionSpec {
+    /// The shape, in words, as the memory plan prints it.
     pub shape: String,
+    /// Its size in f32s; `None` when that size overflows `usize` (planning then fails, naming the region).
     pub floats: Option<usize>,
 }
 
 impl RegionSpec {
+    /// A region of `floats` f32s (`None`: overflowed) described by `shape`.
     pub fn new(shape: impl Into<String>, floats: Option<usize>) -> RegionSpec {
         RegionSpec {
             shape: shape.into(),
@@ -255,7 +270,7 @@ impl RegionSpec {
 }
 
 /// Hands out a plan's regions in order, each as its own `&mut` slice of the arena. No
-/// allocation; used by the structs [`arena_regions!`] declares.
+/// allocation; used by the structs [`arena_regions!`](crate::arena_regions) declares.
 pub struct Carver<'a, 'p> {
     rest: &'a mut [f32],
     consumed: usize,
@@ -263,6 +278,7 @@ pub struct Carver<'a, 'p> {
 }
 
 impl<'a, 'p> Carver<'a, 'p> {
+    /// Starts carving `buf`, which must be at least `plan.floats()` long, in the order of `plan`.
     pub fn new(buf: &'a mut [f32], plan: &'p MemoryPlan) -> Carver<'a, 'p> {
         Carver {
             rest: buf,

@@ -15,10 +15,13 @@ use std::fmt;
 /// The cache's dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct KvShape {
+    /// Transformer layers.
     pub layers: usize,
+    /// Key/value heads per layer.
     pub kv_heads: usize,
     /// Positions the cache holds.
     pub capacity: usize,
+    /// Floats per head.
     pub head_dim: usize,
 }
 
@@ -47,32 +50,46 @@ impl KvShape {
 pub enum CacheError {
     /// The write would end past the capacity.
     Full {
+        /// The first position written.
         pos: usize,
+        /// Positions written.
         n: usize,
+        /// Positions the cache holds.
         capacity: usize,
     },
     /// The write does not start at the next position.
     NotNext {
+        /// The position given.
         pos: usize,
+        /// The next position the cache expects.
         next: usize,
     },
+    /// A layer index past the model's layers.
     NoSuchLayer {
+        /// The layer given.
         layer: usize,
+        /// Layers in the cache.
         layers: usize,
     },
     /// The K/V rows given do not have `n * kv_heads * head_dim` floats.
     RowLength {
+        /// Floats needed.
         expected: usize,
+        /// Floats given.
         found: usize,
     },
     /// The view asks past what has been written.
     ViewPastFrontier {
+        /// Positions asked for.
         len: usize,
+        /// Positions written so far.
         frontier: usize,
     },
     /// The storage given is not the size of the shape.
     Storage {
+        /// Floats the shape needs.
         expected: usize,
+        /// Floats given.
         found: usize,
     },
 }
@@ -108,7 +125,9 @@ impl std::error::Error for CacheError {}
 /// Cache information for reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CacheInfo {
+    /// Positions the cache holds.
     pub capacity: usize,
+    /// Positions written.
     pub used: usize,
     /// Bytes of K and V together.
     pub bytes: usize,
@@ -142,6 +161,7 @@ impl KvCache {
         }
     }
 
+    /// The cache's shape.
     pub fn shape(&self) -> KvShape {
         self.shape
     }
@@ -156,10 +176,12 @@ impl KvCache {
         self.frontier
     }
 
+    /// Positions the cache holds.
     pub fn capacity(&self) -> usize {
         self.shape.capacity
     }
 
+    /// How full the cache is.
     pub fn info(&self) -> CacheInfo {
         let f = std::mem::size_of::<f32>();
         let bytes = 2 * self.shape.floats().unwrap_or(0) * f;

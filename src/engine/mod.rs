@@ -69,24 +69,35 @@ impl Default for EngineOptions {
 pub enum EngineError {
     /// A bad option (names the option).
     Option(String),
+    /// The arena could not be planned or allocated.
     Arena(ArenaError),
     /// The request does not fit in the sequence's context.
     ContextFull {
+        /// Positions the sequence would hold after the step.
         needed: usize,
+        /// Positions its cache holds.
         ctx: usize,
     },
+    /// A token id past the vocabulary.
     TokenOutOfRange {
+        /// The token.
         token: u32,
+        /// The vocabulary size.
         vocab: usize,
     },
+    /// A step with no feeds, or a feed with no tokens.
     EmptyInput,
     /// Logits were asked for before any were computed (or after they were consumed).
     NoLogits,
+    /// The KV cache refused a write (a bug if it happens: the step checks first).
     Cache(CacheError),
+    /// Bad sampling parameters.
     Sampler(SamplerError),
+    /// The thread pool could not start.
     Pool(std::io::Error),
     /// Every sequence slot is taken.
     NoFreeSequence {
+        /// Sequences the engine was sized for.
         max: usize,
     },
     /// The id names no live sequence (released, or from another engine).
@@ -95,7 +106,9 @@ pub enum EngineError {
     DuplicateSequence(SeqId),
     /// A step has more rows than the engine was sized for.
     BatchTooLarge {
+        /// Rows in the step.
         rows: usize,
+        /// Rows the engine was sized for.
         max: usize,
     },
 }
@@ -202,10 +215,13 @@ pub enum Want {
 /// One sequence's part of a step.
 #[derive(Clone, Copy, Debug)]
 pub struct Feed<'t> {
+    /// The sequence the tokens belong to.
     pub seq: SeqId,
     /// Tokens appended to the sequence at its next positions.
     pub tokens: &'t [u32],
+    /// Exact decode numerics or prefill's faster ones, for every row of this feed.
     pub numerics: Numerics,
+    /// Which rows' logits to compute.
     pub logits: Want,
 }
 
@@ -333,14 +349,17 @@ impl Engine {
         self.arena.address()
     }
 
+    /// The shared weights.
     pub fn weights(&self) -> &Arc<Weights> {
         &self.weights
     }
 
+    /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
         self.isa
     }
 
+    /// Threads in the engine's pool.
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
     }
@@ -414,6 +433,7 @@ impl Engine {
         Ok(self.slot(seq)?.kv.used())
     }
 
+    /// How full `seq`'s cache is.
     pub fn cache_info(&self, seq: SeqId) -> Result<CacheInfo, EngineError> {
         Ok(self.slot(seq)?.kv.info())
     }

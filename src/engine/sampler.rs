@@ -12,6 +12,7 @@ pub const MAX_PENALTY_WINDOW: usize = 256;
 /// Sampling parameters. `temperature == 0` is greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SamplerParams {
+    /// Softmax temperature; 0 is greedy (argmax).
     pub temperature: f32,
     /// Keep the k most likely tokens; 0 disables.
     pub top_k: usize,
@@ -23,6 +24,7 @@ pub struct SamplerParams {
     pub repeat_penalty: f32,
     /// How many recent tokens the penalty sees (at most [`MAX_PENALTY_WINDOW`]).
     pub repeat_last_n: usize,
+    /// Seed of the RNG that draws the sample.
     pub seed: u64,
 }
 
@@ -83,7 +85,9 @@ impl SamplerParams {
 /// A sampling parameter out of range.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplerError {
+    /// The parameter that is out of range.
     pub name: &'static str,
+    /// Why.
     pub why: String,
 }
 
@@ -102,6 +106,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator seeded with `seed` (splitmix64 over the seed, so 0 works too).
     pub fn new(seed: u64) -> Rng {
         let mut x = seed;
         let mut next = || {
@@ -116,6 +121,7 @@ impl Rng {
         }
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         let s = &mut self.s;
         let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
@@ -138,6 +144,7 @@ impl Rng {
 /// Sampling state for one generation stream.
 #[derive(Clone, Debug)]
 pub struct Sampler {
+    /// The parameters, validated when the sampler was made.
     pub params: SamplerParams,
     rng: Rng,
     recent: [u32; MAX_PENALTY_WINDOW],
@@ -146,6 +153,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler for `params`; an error names the first out-of-range parameter.
     pub fn new(params: SamplerParams) -> Result<Sampler, SamplerError> {
         params.validate()?;
         Ok(Sampler {

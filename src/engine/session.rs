@@ -55,6 +55,7 @@ impl Default for SessionOptions {
 pub enum StopReason {
     /// A stop token was sampled (it is not passed to the callback).
     StopToken(u32),
+    /// The token limit was reached.
     MaxTokens,
     /// The callback asked to stop.
     Callback,
@@ -67,6 +68,7 @@ pub enum StopReason {
 pub struct GenerateStats {
     /// Tokens sampled, the stop token included.
     pub tokens: usize,
+    /// Why generation stopped.
     pub reason: StopReason,
     /// The last sampled token if it has not been fed through the model (it is not in the KV
     /// cache yet); a follow-up turn should process it first.
@@ -127,14 +129,17 @@ impl Session {
         self.engine.arena_address()
     }
 
+    /// The shared weights.
     pub fn weights(&self) -> &Arc<Weights> {
         self.engine.weights()
     }
 
+    /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
         self.engine.isa()
     }
 
+    /// Threads in the engine's pool.
     pub fn threads(&self) -> usize {
         self.engine.threads()
     }
@@ -159,6 +164,7 @@ impl Session {
         self.engine.position(self.seq).unwrap_or(0)
     }
 
+    /// How full the sequence's cache is.
     pub fn cache_info(&self) -> CacheInfo {
         self.engine
             .cache_info(self.seq)

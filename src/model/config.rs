@@ -9,21 +9,32 @@ use serde::Deserialize;
 /// A validated Qwen2 model configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// Tokens in the vocabulary (rows of the embedding).
     pub vocab_size: usize,
+    /// Width of the residual stream.
     pub hidden_size: usize,
+    /// Width of the MLP's hidden layer.
     pub intermediate_size: usize,
+    /// Decoder layers.
     pub num_hidden_layers: usize,
+    /// Query heads per layer.
     pub num_attention_heads: usize,
+    /// Key/value heads per layer (grouped-query attention).
     pub num_key_value_heads: usize,
     /// `hidden_size / num_attention_heads`.
     pub head_dim: usize,
+    /// Positions the model was trained for.
     pub max_position_embeddings: usize,
+    /// Epsilon of every RMSNorm.
     pub rms_norm_eps: f32,
+    /// RoPE base frequency.
     pub rope_theta: f32,
+    /// Whether the output head shares the embedding's weights.
     pub tie_word_embeddings: bool,
     /// The checkpoint's declared dtype (`torch_dtype` or `dtype`), if any; informational only:
     /// the tensors' own dtypes decide.
     pub torch_dtype: Option<String>,
+    /// Beginning-of-sequence token, when the config names one.
     pub bos_token_id: Option<u32>,
     /// End-of-sequence ids (config.json's `eos_token_id`, a number or a list).
     pub eos_token_ids: Vec<u32>,
@@ -32,10 +43,19 @@ pub struct Config {
 /// What is wrong with a config.json.
 #[derive(Debug)]
 pub enum ConfigError {
+    /// A file could not be read: its path and the error.
     Io(String, std::io::Error),
+    /// The JSON does not parse (the message says where).
     Json(String),
+    /// A required field is absent.
     Missing(&'static str),
-    Invalid { field: &'static str, why: String },
+    /// A field whose value is out of range or inconsistent.
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 impl fmt::Display for ConfigError {

@@ -33,25 +33,37 @@ pub const QWEN2_SPLIT_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p
 
 /// GGUF `tokenizer.ggml.token_type` values.
 pub mod token_type {
+    /// An ordinary token.
     pub const NORMAL: i64 = 1;
+    /// The unknown token.
     pub const UNKNOWN: i64 = 2;
+    /// A control token (special; not produced by encoding text).
     pub const CONTROL: i64 = 3;
+    /// A token added by the user (special tokens such as `<|im_start|>`).
     pub const USER_DEFINED: i64 = 4;
+    /// An unused slot.
     pub const UNUSED: i64 = 5;
+    /// A byte-fallback token.
     pub const BYTE: i64 = 6;
 }
 
 #[derive(Debug)]
+/// Why a GGUF file could not be converted.
 pub enum ConvertError {
+    /// The GGUF file itself is malformed.
     Gguf(GgufError),
+    /// A file could not be read or written.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Metadata that is present but unusable (wrong architecture, inconsistent vocab, ...).
     Metadata(String),
     /// A tensor this converter has no Hugging Face name for.
     UnknownTensor {
+        /// The tensor's GGUF name.
         name: String,
     },
     /// The generated tokenizer.json does not load.

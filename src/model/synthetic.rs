@@ -10,13 +10,21 @@ use qwenrt_kernels::Dtype;
 /// The shape of a synthetic model.
 #[derive(Clone, Copy, Debug)]
 pub struct SyntheticShape {
+    /// Tokens in the vocabulary.
     pub vocab: usize,
+    /// Width of the residual stream.
     pub hidden: usize,
+    /// Width of the MLP's hidden layer.
     pub ffn: usize,
+    /// Decoder layers.
     pub layers: usize,
+    /// Query heads.
     pub heads: usize,
+    /// Key/value heads.
     pub kv_heads: usize,
+    /// `max_position_embeddings` in the config.
     pub max_positions: usize,
+    /// Whether the output head shares the embedding.
     pub tied: bool,
 }
 

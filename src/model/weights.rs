@@ -15,24 +15,38 @@ use crate::model::config::{Config, ConfigError};
 /// Why a model directory could not be loaded.
 #[derive(Debug)]
 pub enum LoadError {
+    /// config.json is missing or invalid.
     Config(ConfigError),
+    /// A file could not be opened or mapped.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         err: std::io::Error,
     },
     /// A safetensors file or shard index that is malformed.
     Format {
+        /// The file.
         path: PathBuf,
+        /// What is wrong with it.
         why: String,
     },
+    /// A tensor the model needs is absent.
     MissingTensor(String),
+    /// A tensor in a format qwenrt cannot compute with.
     Dtype {
+        /// The tensor.
         tensor: String,
+        /// Its format.
         found: String,
     },
+    /// A tensor whose shape does not match the config.
     Shape {
+        /// The tensor.
         tensor: String,
+        /// The shape the config implies.
         expected: Vec<usize>,
+        /// The shape in the file.
         found: Vec<usize>,
     },
 }
@@ -78,24 +92,38 @@ pub struct TensorRef {
     shard: usize,
     start: usize,
     end: usize,
+    /// The tensor's format.
     pub dtype: Dtype,
+    /// Its row-major shape.
     pub shape: Vec<usize>,
 }
 
 /// The tensors of one decoder layer.
 #[derive(Clone, Debug)]
 pub struct Layer {
+    /// RMSNorm before attention.
     pub input_layernorm: TensorRef,
+    /// Query projection `[heads * head_dim, hidden]`.
     pub q_proj: TensorRef,
+    /// Query bias.
     pub q_bias: TensorRef,
+    /// Key projection `[kv_heads * head_dim, hidden]`.
     pub k_proj: TensorRef,
+    /// Key bias.
     pub k_bias: TensorRef,
+    /// Value projection `[kv_heads * head_dim, hidden]`.
     pub v_proj: TensorRef,
+    /// Value bias.
     pub v_bias: TensorRef,
+    /// Attention output projection `[hidden, heads * head_dim]`.
     pub o_proj: TensorRef,
+    /// RMSNorm before the MLP.
     pub post_attention_layernorm: TensorRef,
+    /// MLP gate `[ffn, hidden]`.
     pub gate_proj: TensorRef,
+    /// MLP up `[ffn, hidden]`.
     pub up_proj: TensorRef,
+    /// MLP down `[hidden, ffn]`.
     pub down_proj: TensorRef,
 }
 
@@ -134,13 +162,19 @@ impl Layer {
 
 /// Immutable, shareable model weights (one per process; many sessions may use it).
 pub struct Weights {
+    /// The validated config.
     pub config: Config,
+    /// The model directory.
     pub dir: PathBuf,
+    /// Token embedding `[vocab, hidden]`.
     pub embed_tokens: TensorRef,
+    /// The decoder layers.
     pub layers: Vec<Layer>,
+    /// Final RMSNorm.
     pub norm: TensorRef,
     /// The output head; the same tensor as `embed_tokens` when the model is tied.
     pub lm_head: TensorRef,
+    /// Whether `lm_head` is `embed_tokens` (tied embeddings).
     pub tied: bool,
     /// The safetensors files (mapped, or held in memory by [`Weights::from_bytes`]).
     shards: Vec<(PathBuf, Backing)>,

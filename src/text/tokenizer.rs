@@ -14,15 +14,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Debug)]
+/// Why a tokenizer could not be loaded or used.
 pub enum TokenizerError {
+    /// tokenizer.json could not be read or parsed.
     Load {
+        /// The file, when loaded from one.
         path: Option<PathBuf>,
+        /// The tokenizers crate's message.
         message: String,
     },
+    /// Text could not be encoded.
     Encode {
+        /// The tokenizers crate's message.
         message: String,
     },
+    /// Token ids could not be decoded.
     Decode {
+        /// The tokenizers crate's message.
         message: String,
     },
 }

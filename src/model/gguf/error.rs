@@ -8,106 +8,177 @@ use super::*;
 /// Everything that can go wrong reading a GGUF file. Offsets are byte offsets in the file.
 #[derive(Debug)]
 pub enum GgufError {
+    /// The file cannot be opened, mapped or read.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// Fewer bytes remain than `what` needs.
     Truncated {
+        /// What was being read.
         what: String,
+        /// Where it starts.
         offset: u64,
+        /// Bytes it needs.
         needed: u64,
+        /// Bytes left in the file from `offset`.
         available: u64,
     },
+    /// The file does not start with `GGUF`.
     BadMagic {
+        /// The first four bytes.
         found: [u8; 4],
     },
+    /// A version other than 2 or 3.
     UnsupportedVersion {
+        /// The version read.
         version: u32,
     },
     /// A count that cannot possibly fit in the bytes that remain.
     CountTooLarge {
+        /// What is being counted.
         what: String,
+        /// The count read.
         count: u64,
+        /// Where the count is.
         offset: u64,
+        /// Bytes left after it.
         remaining: u64,
     },
+    /// A string that is not UTF-8.
     InvalidUtf8 {
+        /// Which string.
         what: String,
+        /// Where it starts.
         offset: u64,
     },
+    /// A metadata value type id this reader does not know.
     UnknownValueType {
+        /// The metadata key.
         key: String,
+        /// The type id read.
         type_id: u32,
+        /// Where it is.
         offset: u64,
     },
+    /// A bool byte that is neither 0 nor 1.
     InvalidBool {
+        /// The metadata key.
         key: String,
+        /// The byte read.
         value: u8,
+        /// Where it is.
         offset: u64,
     },
+    /// Arrays nested deeper than the reader allows.
     NestingTooDeep {
+        /// The metadata key.
         key: String,
+        /// Where the innermost array starts.
         offset: u64,
     },
+    /// A metadata key that appears twice.
     DuplicateKey {
+        /// The key.
         key: String,
+        /// Where the second one is.
         offset: u64,
     },
+    /// A tensor name that appears twice.
     DuplicateTensor {
+        /// The tensor.
         name: String,
+        /// Where the second one is.
         offset: u64,
     },
+    /// An unusable `general.alignment`.
     BadAlignment {
+        /// What is wrong with it.
         detail: String,
     },
+    /// A tensor with more dimensions than ggml's four.
     TooManyDims {
+        /// The tensor.
         tensor: String,
+        /// Its dimension count.
         n_dims: u32,
+        /// Where its info is.
         offset: u64,
     },
+    /// A tensor type id this reader does not know.
     UnknownTensorType {
+        /// The tensor.
         tensor: String,
+        /// The type id read.
         type_id: u32,
+        /// Where its info is.
         offset: u64,
     },
+    /// Dimensions whose element count overflows.
     DimsOverflow {
+        /// The tensor.
         tensor: String,
+        /// Its dimensions.
         dims: Vec<u64>,
     },
     /// The first dimension is not a multiple of the type's block size.
     BadShape {
+        /// The tensor.
         tensor: String,
+        /// Its dimensions.
         dims: Vec<u64>,
+        /// Its type.
         ty: GgmlType,
     },
+    /// A tensor offset that is not a multiple of the alignment.
     MisalignedOffset {
+        /// The tensor.
         tensor: String,
+        /// Its offset in the data section.
         offset: u64,
+        /// The file's alignment.
         alignment: u64,
     },
+    /// A tensor whose bytes run past the end of the file.
     TensorOutOfBounds {
+        /// The tensor.
         tensor: String,
+        /// Its first byte (from the start of the file).
         start: u64,
+        /// One past its last byte.
         end: u64,
+        /// The file's length.
         file_len: u64,
     },
+    /// A type this crate cannot dequantize.
     UnsupportedDequant {
+        /// The type.
         ty: GgmlType,
     },
     /// Source/destination lengths that do not match the element count.
     LengthMismatch {
+        /// What does not match.
         detail: String,
     },
+    /// A required metadata key is absent.
     MissingKey {
+        /// The key.
         key: String,
     },
+    /// A metadata key whose value has the wrong type.
     WrongValueType {
+        /// The key.
         key: String,
+        /// The type wanted.
         expected: &'static str,
+        /// The type present.
         found: &'static str,
     },
+    /// A required tensor is absent.
     MissingTensor {
+        /// The tensor.
         name: String,
     },
 }

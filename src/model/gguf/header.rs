@@ -7,9 +7,11 @@ use super::*;
 /// One tensor's description from the header.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TensorInfo {
+    /// The tensor's name.
     pub name: String,
     /// ggml order: fastest-varying dimension first (reverse for row-major shapes).
     pub dims: Vec<u64>,
+    /// Its type.
     pub ty: GgmlType,
     /// Offset relative to the start of the data section (a multiple of the alignment).
     pub offset: u64,
@@ -29,10 +31,13 @@ impl TensorInfo {
 /// The parsed and validated header of a GGUF file.
 #[derive(Clone, Debug)]
 pub struct GgufHeader {
+    /// GGUF version (2 or 3).
     pub version: u32,
     /// Metadata in file order.
     pub metadata: Vec<(String, Value)>,
+    /// Tensor descriptions in file order.
     pub tensors: Vec<TensorInfo>,
+    /// Alignment of tensor data (`general.alignment`, default 32).
     pub alignment: u64,
     /// Absolute file offset of the data section.
     pub data_offset: u64,
@@ -427,10 +432,12 @@ impl GgufHeader {
         })
     }
 
+    /// The metadata value at `key`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.key_index.get(key).map(|&i| &self.metadata[i].1)
     }
 
+    /// The tensor called `name`.
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
         self.tensor_index.get(name).map(|&i| &self.tensors[i])
     }
@@ -462,11 +469,13 @@ impl GgufHeader {
         v.as_f64().ok_or_else(|| self.wrong(key, "float", v))
     }
 
+    /// A required string.
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
         let v = self.require(key)?;
         v.as_str().ok_or_else(|| self.wrong(key, "string", v))
     }
 
+    /// A required array.
     pub fn get_array(&self, key: &str) -> Result<&Array, GgufError> {
         let v = self.require(key)?;
         v.as_array().ok_or_else(|| self.wrong(key, "array", v))

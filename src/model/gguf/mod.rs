@@ -46,6 +46,7 @@ enum Backing {
 /// An opened GGUF file: the bytes (memory-mapped) and the validated header.
 pub struct GgufFile {
     backing: Backing,
+    /// The validated header.
     pub header: GgufHeader,
 }
 

@@ -1,28 +1,48 @@
 //! The ggml tensor types and the GGUF metadata value types.
 
-/// The ggml tensor types. Only some can be dequantized (see [`dequantize`]); the others are
+/// The ggml tensor types. Only some can be dequantized (see [`dequantize`](super::dequantize)); the others are
 /// still parsed so that their byte sizes can be checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
+    /// ggml's `F32` tensor type.
     F32,
+    /// ggml's `F16` tensor type.
     F16,
+    /// ggml's `Q4_0` tensor type.
     Q4_0,
+    /// ggml's `Q4_1` tensor type.
     Q4_1,
+    /// ggml's `Q5_0` tensor type.
     Q5_0,
+    /// ggml's `Q5_1` tensor type.
     Q5_1,
+    /// ggml's `Q8_0` tensor type.
     Q8_0,
+    /// ggml's `Q8_1` tensor type.
     Q8_1,
+    /// ggml's `Q2_K` tensor type.
     Q2K,
+    /// ggml's `Q3_K` tensor type.
     Q3K,
+    /// ggml's `Q4_K` tensor type.
     Q4K,
+    /// ggml's `Q5_K` tensor type.
     Q5K,
+    /// ggml's `Q6_K` tensor type.
     Q6K,
+    /// ggml's `Q8_K` tensor type.
     Q8K,
+    /// ggml's `I8` tensor type.
     I8,
+    /// ggml's `I16` tensor type.
     I16,
+    /// ggml's `I32` tensor type.
     I32,
+    /// ggml's `I64` tensor type.
     I64,
+    /// ggml's `F64` tensor type.
     F64,
+    /// ggml's `BF16` tensor type.
     BF16,
 }
 
@@ -124,7 +144,7 @@ impl GgmlType {
         (n_elements / self.block_size()).checked_mul(self.type_size())
     }
 
-    /// Whether [`dequantize`] handles this type.
+    /// Whether [`dequantize`](super::dequantize) handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
         matches!(
@@ -137,22 +157,36 @@ impl GgmlType {
 /// Metadata value type ids.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ValueType {
+    /// GGUF metadata value type `U8`.
     U8,
+    /// GGUF metadata value type `I8`.
     I8,
+    /// GGUF metadata value type `U16`.
     U16,
+    /// GGUF metadata value type `I16`.
     I16,
+    /// GGUF metadata value type `U32`.
     U32,
+    /// GGUF metadata value type `I32`.
     I32,
+    /// GGUF metadata value type `F32`.
     F32,
+    /// GGUF metadata value type `Bool`.
     Bool,
+    /// GGUF metadata value type `String`.
     String,
+    /// GGUF metadata value type `Array`.
     Array,
+    /// GGUF metadata value type `U64`.
     U64,
+    /// GGUF metadata value type `I64`.
     I64,
+    /// GGUF metadata value type `F64`.
     F64,
 }
 
 impl ValueType {
+    /// The value type with on-disk id `id`; `None` for an unknown id.
     pub fn from_id(id: u32) -> Option<ValueType> {
         use ValueType::*;
         Some(match id {
@@ -173,6 +207,7 @@ impl ValueType {
         })
     }
 
+    /// The on-disk id of this value type.
     pub fn id(self) -> u32 {
         use ValueType::*;
         match self {
@@ -228,23 +263,36 @@ impl ValueType {
 /// One metadata value.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
+    /// A `u8`.
     U8(u8),
+    /// A `i8`.
     I8(i8),
+    /// A `u16`.
     U16(u16),
+    /// A `i16`.
     I16(i16),
+    /// A `u32`.
     U32(u32),
+    /// A `i32`.
     I32(i32),
+    /// A `f32`.
     F32(f32),
+    /// A `bool`.
     Bool(bool),
+    /// A `String`.
     String(String),
     /// A typed array (possibly of arrays).
     Array(Array),
+    /// A `u64`.
     U64(u64),
+    /// A `i64`.
     I64(i64),
+    /// A `f64`.
     F64(f64),
 }
 
 impl Value {
+    /// The type of this value.
     pub fn value_type(&self) -> ValueType {
         match self {
             Value::U8(_) => ValueType::U8,
@@ -302,6 +350,7 @@ impl Value {
         }
     }
 
+    /// The string, if this is a string value.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             Value::String(s) => Some(s),
@@ -309,6 +358,7 @@ impl Value {
         }
     }
 
+    /// The bool, if this is a bool value.
     pub fn as_bool(&self) -> Option<bool> {
         match *self {
             Value::Bool(b) => Some(b),
@@ -316,6 +366,7 @@ impl Value {
         }
     }
 
+    /// The array, if this is an array value.
     pub fn as_array(&self) -> Option<&Array> {
         match self {
             Value::Array(a) => Some(a),
@@ -328,22 +379,36 @@ impl Value {
 /// bytes it came from (at most 3x, for arrays of empty strings), whatever the file holds.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Array {
+    /// Elements of type `u8`.
     U8(Vec<u8>),
+    /// Elements of type `i8`.
     I8(Vec<i8>),
+    /// Elements of type `u16`.
     U16(Vec<u16>),
+    /// Elements of type `i16`.
     I16(Vec<i16>),
+    /// Elements of type `u32`.
     U32(Vec<u32>),
+    /// Elements of type `i32`.
     I32(Vec<i32>),
+    /// Elements of type `f32`.
     F32(Vec<f32>),
+    /// Elements of type `bool`.
     Bool(Vec<bool>),
+    /// Elements of type `String`.
     String(Vec<String>),
+    /// Nested arrays.
     Array(Vec<Array>),
+    /// Elements of type `u64`.
     U64(Vec<u64>),
+    /// Elements of type `i64`.
     I64(Vec<i64>),
+    /// Elements of type `f64`.
     F64(Vec<f64>),
 }
 
 impl Array {
+    /// The type of the elements.
     pub fn elem_type(&self) -> ValueType {
         match self {
             Array::U8(_) => ValueType::U8,
@@ -362,6 +427,7 @@ impl Array {
         }
     }
 
+    /// The number of elements.
     pub fn len(&self) -> usize {
         match self {
             Array::U8(v) => v.len(),
@@ -380,6 +446,7 @@ impl Array {
         }
     }
 
+    /// Whether the array has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -408,6 +475,7 @@ impl Array {
         (0..self.len()).filter_map(|i| self.get(i))
     }
 
+    /// The strings, if this is an array of strings.
     pub fn as_strings(&self) -> Option<&[String]> {
         match self {
             Array::String(v) => Some(v),
