@@ -204,7 +204,7 @@ impl Sampler {
             }
         }
         if p.temperature == 0.0 || logits.len() <= 1 {
-            return argmax(logits) as u32;
+            return qwenrt_kernels::scalar::argmax(logits) as u32;
         }
         let v = logits.len();
         let cand = &mut candidates[..v];
@@ -263,11 +263,6 @@ impl Sampler {
         }
         cand[keep - 1]
     }
-}
-
-/// Index of the largest logit (the first on ties).
-pub fn argmax(x: &[f32]) -> usize {
-    qwenrt_kernels::scalar::argmax(x)
 }
 
 #[cfg(test)]

@@ -1,0 +1,49 @@
+//! Harnesses for untrusted input, shared by the cargo-fuzz targets in `fuzz/` and by the
+//! seeded-random tests in `tests/fuzz_harnesses.rs`, so plain `cargo test` runs the same checks
+//! without a fuzzer. Each harness panics only when the code under test breaks its contract.
+//!
+//! Overview:
+//! - [`kv_cache_ops`] / [`run_kv_program`]: [`KvProgram`]s (create, prefill and step writes,
+//!   views, commit, rollback, reset, truncate over small shapes) against a plain nested-`Vec`
+//!   model of the cache.
+//! - [`safetensors_load`]: raw bytes, and [`StMutation`]s of the tiny fixture model and its
+//!   config, through the validating loader ([`Weights::from_bytes`]) and, when that accepts
+//!   them, one forward pass.
+//! - [`config_parse`]: raw bytes and structured [`ConfigSizes`] through [`Config::from_json`],
+//!   then the arena plan of every accepted config.
+//! - [`gguf_read`]: raw bytes, and [`GgufMutation`]s of [`tiny_gguf`], through the GGUF reader,
+//!   the dequantizers and the converter's metadata readers.
+//! - [`tokenizer_roundtrip`]: text through encode and decode of the real tokenizer
+//!   ([`tokenizer`], from the committed copy of the default model's tokenizer.json).
+
+mod config;
+mod gguf;
+mod kv_cache;
+mod safetensors;
+mod tokenizer;
+
+pub use config::*;
+pub use gguf::*;
+pub use kv_cache::*;
+pub use safetensors::*;
+pub use tokenizer::*;
+
+pub(crate) use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use arbitrary::{Arbitrary, Unstructured};
+use qwenrt_kernels::Dtype;
+
+use crate::engine::kv_cache::{CacheError, KvCache, KvShape, KvStore};
+use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::session::{Session, SessionOptions};
+use crate::model::config::Config;
+use crate::model::gguf::{GgmlType, GgufFile, Value, ValueType};
+use crate::model::weights::{LoadError, Weights};
+use crate::testkit::gguf::{array_of, GgufBuilder};
+use crate::text::tokenizer::Tokenizer;
+
+/// The repository's `tests/fixtures` directory.
+pub fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
