@@ -16,6 +16,7 @@
 pub mod arena;
 mod forward;
 pub mod kv_cache;
+pub mod lookup;
 mod plan;
 pub mod sampler;
 pub mod session;

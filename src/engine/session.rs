@@ -10,6 +10,7 @@ use qwenrt_kernels::Isa;
 
 use crate::engine::arena::MemoryPlan;
 use crate::engine::kv_cache::CacheInfo;
+use crate::engine::lookup;
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::{Engine, EngineOptions, Feed, SeqId, Want};
 use crate::model::config::Config;
@@ -77,6 +78,10 @@ pub struct GenerateStats {
     pub elapsed: Duration,
     /// Forward passes (decode steps) run.
     pub steps: usize,
+    /// Tokens drafted by prompt lookup (see [`Session::set_lookup`]).
+    pub drafted: usize,
+    /// Drafted tokens that greedy decoding agreed with (each saved a decode step).
+    pub accepted: usize,
 }
 
 /// One sequence and the engine that runs it.
@@ -84,6 +89,7 @@ pub struct Session {
     engine: Engine,
     seq: SeqId,
     max_chunk: usize,
+    lookup: usize,
 }
 
 impl SessionOptions {
@@ -110,6 +116,7 @@ impl Session {
             engine,
             seq,
             max_chunk,
+            lookup: 0,
         })
     }
 
@@ -283,9 +290,27 @@ impl Session {
         self.engine.sample_with(self.seq, sampler)
     }
 
+    /// The most tokens [`Session::generate`] drafts by prompt lookup per step (0: off).
+    pub fn lookup(&self) -> usize {
+        self.lookup
+    }
+
+    /// Turns prompt-lookup decoding on with drafts of up to `n` tokens (capped at
+    /// [`lookup::MAX_DRAFT`] and at the engine's rows per step less one), or off with 0. It
+    /// only takes effect for a greedy sampler without a repetition penalty, where its output is
+    /// token for token that of plain greedy decoding; other samplers decode one token a step.
+    pub fn set_lookup(&mut self, n: usize) {
+        self.lookup = n
+            .min(lookup::MAX_DRAFT)
+            .min(self.engine.max_batch_tokens().saturating_sub(1));
+    }
+
     /// The decode loop: from the current logits (after a prefill), samples up to `max_tokens`
     /// tokens, stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
-    /// false, or when the context is full. Allocates nothing.
+    /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
+    /// greedy sampler, each step feeds the newest token plus a draft found by
+    /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
+    /// with and the token after them, and truncates the cache past the rest. Allocates nothing.
     pub fn generate(
         &mut self,
         sampler: &mut Sampler,
@@ -300,33 +325,97 @@ impl Session {
             unfed: None,
             elapsed: Duration::ZERO,
             steps: 0,
+            drafted: 0,
+            accepted: 0,
         };
         if max_tokens > 0 && self.logits().is_err() {
             return Err(SessionError::NoLogits);
         }
-        while stats.tokens < max_tokens {
-            let token = self.sample(sampler)?;
-            sampler.observe(token);
-            stats.tokens += 1;
-            stats.unfed = Some(token);
-            if stop.contains(&token) {
-                stats.reason = StopReason::StopToken(token);
-                break;
+        let p = sampler.params;
+        let lookup = if p.temperature == 0.0 && p.repeat_penalty == 1.0 {
+            self.lookup
+        } else {
+            0
+        };
+        // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
+        // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
+        let mut pending = [0u32; lookup::MAX_DRAFT + 1];
+        let mut n_pending = 0;
+        if max_tokens > 0 {
+            pending[0] = self.sample(sampler)?;
+            n_pending = 1;
+        }
+        // `pending[i]` for i < n_pending - 1 is in the cache already (a verified draft token);
+        // the last one is not.
+        'outer: while n_pending > 0 {
+            for i in 0..n_pending {
+                let token = pending[i];
+                sampler.observe(token);
+                stats.tokens += 1;
+                stats.unfed = Some(token);
+                let stopped = if stop.contains(&token) {
+                    stats.reason = StopReason::StopToken(token);
+                    true
+                } else if !on_token(token) {
+                    stats.reason = StopReason::Callback;
+                    true
+                } else {
+                    stats.tokens == max_tokens
+                };
+                if stopped {
+                    // Keep the cache exactly as plain decoding would leave it: `token` unfed,
+                    // everything before it fed.
+                    let fed = n_pending - 1 - i;
+                    if fed > 0 {
+                        let len = self.position() - fed;
+                        self.truncate(len);
+                    }
+                    break 'outer;
+                }
             }
-            if !on_token(token) {
-                stats.reason = StopReason::Callback;
-                break;
-            }
-            if stats.tokens == max_tokens {
-                break;
-            }
+            let token = pending[n_pending - 1];
             if self.position() >= self.ctx() {
                 stats.reason = StopReason::ContextFull;
                 break;
             }
-            self.feed(&[token], Numerics::Decode, Want::Last, &mut |_, _, _| {})?;
+            // Draft no further than the context and the token budget reach: the step yields
+            // up to (draft + 1) tokens.
+            let room = (self.ctx() - self.position() - 1).min(max_tokens - stats.tokens - 1);
+            let mut row = [0u32; lookup::MAX_DRAFT + 1];
+            row[0] = token;
+            let k = if lookup > 0 {
+                let history = self.engine.tokens(self.seq)?;
+                lookup::draft(history, token, &mut row[1..1 + lookup.min(room)])
+            } else {
+                0
+            };
             stats.steps += 1;
             stats.unfed = None;
+            if k == 0 {
+                self.feed(&[token], Numerics::Decode, Want::Last, &mut |_, _, _| {})?;
+                pending[0] = self.sample(sampler)?;
+                n_pending = 1;
+                continue;
+            }
+            // Verify: the greedy token after every row, the first on ties as the sampler picks.
+            let pos0 = self.position();
+            let mut greedy = [0u32; lookup::MAX_DRAFT + 1];
+            self.feed(
+                &row[..k + 1],
+                Numerics::Decode,
+                Want::All,
+                &mut |_, pos, l| {
+                    greedy[pos - pos0] = qwenrt_kernels::scalar::argmax(l) as u32;
+                },
+            )?;
+            let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
+            stats.drafted += k;
+            stats.accepted += agree;
+            // The fed rows past the agreed drafts are not part of the text.
+            self.truncate(pos0 + 1 + agree);
+            pending[..agree].copy_from_slice(&row[1..1 + agree]);
+            pending[agree] = greedy[agree];
+            n_pending = agree + 1;
         }
         stats.elapsed = start.elapsed();
         Ok(stats)
