@@ -348,8 +348,7 @@ impl Session {
         // `pending[i]` for i < n_pending - 1 is in the cache already (a verified draft token);
         // the last one is not.
         'outer: while n_pending > 0 {
-            for i in 0..n_pending {
-                let token = pending[i];
+            for (i, &token) in pending[..n_pending].iter().enumerate() {
                 sampler.observe(token);
                 stats.tokens += 1;
                 stats.unfed = Some(token);
