@@ -1,5 +1,6 @@
 //! Proof that the decode loop allocates nothing: a counting global allocator, armed after a
-//! warm-up, over hundreds of decode steps with 2 threads and non-greedy sampling.
+//! warm-up, over hundreds of decode steps with 2 threads and non-greedy sampling, then over
+//! hundreds of greedy prompt-lookup steps (draft, verify, truncate).
 //! This test binary holds only this test, so no other test's allocations are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -122,6 +123,48 @@ fn decode_loop_allocates_nothing() {
             (a, r, z),
             (0, 0, 0),
             "isa {isa}: allocations during decode (alloc, realloc, alloc_zeroed)"
+        );
+
+        // Prompt-lookup decoding: drafting, verifying and truncating past rejected rows.
+        let repeating: Vec<u32> = (0..60).map(|i| [21, 22, 23, 24, 25][i % 5]).collect();
+        let mut greedy = Sampler::new(SamplerParams::greedy()).unwrap();
+        session.set_lookup(8);
+        session.reset();
+        session.prefill(&repeating).unwrap();
+        session
+            .generate(&mut greedy, 16, &stop, &mut |_| true)
+            .unwrap();
+        session.reset();
+        session.prefill(&repeating).unwrap();
+        out.clear();
+        ALLOCS.store(0, Ordering::SeqCst);
+        REALLOCS.store(0, Ordering::SeqCst);
+        ZEROED.store(0, Ordering::SeqCst);
+        ARMED.store(true, Ordering::SeqCst);
+        let stats = session
+            .generate(&mut greedy, 900, &stop, &mut |t| {
+                out.push(t);
+                true
+            })
+            .unwrap();
+        ARMED.store(false, Ordering::SeqCst);
+        session.set_lookup(0);
+        assert!(
+            stats.steps >= 256 && stats.drafted > 0 && stats.accepted > 0,
+            "isa {isa}: lookup run too small: {} steps, {} drafted, {} accepted",
+            stats.steps,
+            stats.drafted,
+            stats.accepted
+        );
+        let counts = (
+            ALLOCS.load(Ordering::SeqCst),
+            REALLOCS.load(Ordering::SeqCst),
+            ZEROED.load(Ordering::SeqCst),
+        );
+        assert_eq!(
+            counts,
+            (0, 0, 0),
+            "isa {isa}: allocations during lookup decoding (alloc, realloc, alloc_zeroed)"
         );
     }
     std::fs::remove_dir_all(&dir).ok();
