@@ -18,9 +18,10 @@
 //!   and repetition penalty with a seeded RNG.
 //! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
 //!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
-//! - [`fetch`]: fetching and verifying the default model.
-//! - [`arc`] and [`workload`]: ARC tasks (prompts, grid parsing, scoring) and JSONL batch
-//!   requests, the workloads the `qwenrt` binary runs.
+//! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
+//! - [`workload`]: the workloads the `qwenrt` binary runs: [`workload::arc`] (ARC tasks:
+//!   loading, prompts, grid parsing, scoring), [`workload::batch`] (JSONL batch requests) and
+//!   [`workload::complete`] (one request on a session; the stop tokens).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -40,17 +41,24 @@
 //!
 //! Test-only code (fuzz harnesses, the GGUF builder) is in [`testkit`], behind the `testkit`
 //! feature.
+//!
+//! The `qwenrt` command line itself lives in the binary (`src/main.rs`, `src/cmd/`), behind
+//! the default `cli` feature.
 #![deny(unsafe_code)]
+#![deny(missing_docs)]
 
-pub mod arc;
-pub mod batch;
-pub mod bench;
-pub mod cli;
+// Every public item of `hub` and `workload` is documented (`missing_docs` denies a gap). The
+// engine, model and text modules still have undocumented fields and variants; they are being
+// changed in parallel, so they are exempt until a documentation pass of their own.
+#[allow(missing_docs)]
 pub mod engine;
-pub mod fetch;
+pub mod hub;
+#[allow(missing_docs)]
 pub mod model;
 #[cfg(any(test, feature = "testkit"))]
+#[allow(missing_docs)]
 pub mod testkit;
+#[allow(missing_docs)]
 pub mod text;
 pub mod workload;
 
@@ -61,7 +69,3 @@ pub use model::config::Config;
 pub use model::weights::Weights;
 pub use text::tokenizer::Tokenizer;
 
-// Paths the command modules still use; they move to the binary's tree next.
-pub(crate) use engine::{sampler, session};
-pub(crate) use model::{convert, gguf, synthetic as testing, weights};
-pub(crate) use text::{chat, tokenizer};

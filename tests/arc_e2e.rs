@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use qwenrt::arc::{load_tasks, work_items, Split};
-use qwenrt::cli::stop_ids;
+use qwenrt::workload::arc::{load_tasks, work_items, Split};
+use qwenrt::workload::stop_ids;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
@@ -18,7 +18,7 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn one_session_serves_every_task_without_moving_its_arena() {
-    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
@@ -77,7 +77,7 @@ fn one_session_serves_every_task_without_moving_its_arena() {
 
 #[test]
 fn arc_command_writes_one_record_per_test_input() {
-    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let out = std::env::temp_dir().join(format!("qwenrt-arc-e2e-{}.jsonl", std::process::id()));
     let res = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
         .args(["arc", "--model"])

@@ -4,33 +4,55 @@
 
 use std::time::Instant;
 
-use crate::arc::{score, TaskRecord, WorkItem};
-use crate::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
+use super::arc::{score, TaskRecord, WorkItem};
+use super::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::session::{Session, SessionError, StopReason};
 use crate::text::chat;
+use crate::model::weights::Weights;
 use crate::text::tokenizer::Tokenizer;
+
+/// End-of-turn ids: `<|im_end|>`, `<|endoftext|>` and the config's eos ids.
+pub fn stop_ids(tok: &Tokenizer, weights: &Weights) -> Vec<u32> {
+    let mut ids: Vec<u32> = [chat::IM_END, chat::END_OF_TEXT]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    for &e in &weights.config.eos_token_ids {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
 
 /// One finished request.
 #[derive(Clone, Debug)]
 pub struct Completion {
+    /// Prompt length in tokens.
     pub prompt_tokens: usize,
     /// Generated ids, the stop token excluded.
     pub ids: Vec<u32>,
+    /// The generated text.
     pub text: String,
     /// Seconds from the start of the prefill to the first sampled token.
     pub ttft_s: f64,
+    /// Seconds the prefill took.
     pub prefill_s: f64,
+    /// Seconds the decode steps took.
     pub decode_s: f64,
     /// Decode steps (forward passes after the prefill).
     pub steps: usize,
+    /// Why generation stopped.
     pub reason: StopReason,
 }
 
 impl Completion {
+    /// Prefill tokens per second.
     pub fn prefill_tps(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill_s.max(1e-9)
     }
+    /// Decode tokens per second (0 without decode steps).
     pub fn decode_tps(&self) -> f64 {
         if self.steps == 0 {
             0.0
@@ -45,10 +67,14 @@ impl Completion {
 pub enum RequestError {
     /// The prompt leaves no room to generate in the context.
     TooLong {
+        /// The prompt's length in tokens.
         prompt_tokens: usize,
+        /// The session's context length.
         ctx: usize,
     },
+    /// The tokenizer failed.
     Tokenizer(String),
+    /// The session failed.
     Session(SessionError),
 }
 

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt;
 
-use crate::arc::json_kind;
+use super::arc::json_kind;
 
 /// `max_tokens` when a line does not give it.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -31,7 +31,9 @@ pub struct BatchRequest {
     pub line: usize,
     /// Any JSON value, echoed back unchanged; `null` if the line has none.
     pub id: Value,
+    /// The prompt text.
     pub prompt: String,
+    /// Generate at most this many tokens.
     pub max_tokens: usize,
     /// Finite and >= 0; 0 means greedy.
     pub temperature: f32,
@@ -44,7 +46,9 @@ pub struct BatchRequest {
 pub struct BatchLineError {
     /// The line's `id` when the line was a JSON object that had one, else `null`.
     pub id: Value,
+    /// 1-based line number in the input file.
     pub line: usize,
+    /// What is wrong with the line.
     pub error: String,
 }
 
@@ -59,20 +63,26 @@ impl std::error::Error for BatchLineError {}
 /// Timing and size of one generation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchStats {
+    /// Prompt length in tokens.
     pub prompt_tokens: usize,
+    /// Tokens generated (the stop token excluded).
     pub generated_tokens: usize,
+    /// Prefill tokens per second.
     pub prefill_tps: f64,
+    /// Decode tokens per second.
     pub decode_tps: f64,
 }
 
 /// One successful generation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchResult {
+    /// The request's `id`, echoed back.
     pub id: Value,
     /// The generated text.
     pub text: String,
     /// The generated token ids.
     pub ids: Vec<u32>,
+    /// Timing and size.
     pub stats: BatchStats,
 }
 
@@ -80,7 +90,9 @@ pub struct BatchResult {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum BatchRecord {
+    /// The request ran.
     Ok(BatchResult),
+    /// The line could not be used or the request failed.
     Err(BatchLineError),
 }
 
