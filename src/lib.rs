@@ -68,4 +68,3 @@ pub use engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want
 pub use model::config::Config;
 pub use model::weights::Weights;
 pub use text::tokenizer::Tokenizer;
-

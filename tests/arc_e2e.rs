@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use qwenrt::workload::arc::{load_tasks, work_items, Split};
-use qwenrt::workload::stop_ids;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
+use qwenrt::workload::arc::{load_tasks, work_items, Split};
+use qwenrt::workload::stop_ids;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")

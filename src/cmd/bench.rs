@@ -26,19 +26,39 @@ use super::{physical_cores, CliError, ModelArg};
 
 /// `qwenrt bench`.
 #[derive(Args, Debug)]
-#[command(after_help = "Prints a llama-bench-style table (or one JSON object with --json): \
+#[command(
+    after_help = "Prints a llama-bench-style table (or one JSON object with --json): \
 ppP and tgN in tokens/s (mean ± sd over the repetitions, after one warm-up), bB tgN in \
 aggregate tokens/s, vB xN in tokens/s, and the weight bandwidth tg reaches beside the \
-machine's read bandwidth.")]
+machine's read bandwidth."
+)]
 pub struct BenchArgs {
     /// Prompt tokens processed as one batch (pp); 0 skips pp
-    #[arg(short = 'p', long, value_name = "N", default_value_t = 512, allow_negative_numbers = true)]
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
     n_prompt: usize,
     /// Tokens generated one decode step at a time (tg); 0 skips tg
-    #[arg(short = 'n', long, value_name = "N", default_value_t = 128, allow_negative_numbers = true)]
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
     n_gen: usize,
     /// Timed repetitions of each test (after one warm-up)
-    #[arg(short = 'r', long, value_name = "N", default_value_t = 5, allow_negative_numbers = true)]
+    #[arg(
+        short = 'r',
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
     repetitions: usize,
     /// Worker threads [default: the number of physical cores]
     #[arg(short = 't', long, value_name = "N", allow_negative_numbers = true)]

@@ -13,14 +13,21 @@ use super::{load_tokenizer, load_weights, CliError, ModelArg, RunArgs, SamplingA
 
 /// `qwenrt chat`.
 #[derive(Args, Debug)]
-#[command(after_help = "On a terminal an empty line or Ctrl-D ends the chat; from a pipe every \
-non-empty line is one turn, until the end of the input.")]
+#[command(
+    after_help = "On a terminal an empty line or Ctrl-D ends the chat; from a pipe every \
+non-empty line is one turn, until the end of the input."
+)]
 pub struct ChatArgs {
     /// The system prompt [default: Qwen's]
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Generate at most N tokens per reply
-    #[arg(long, value_name = "N", default_value_t = 1024, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1024,
+        allow_negative_numbers = true
+    )]
     max_tokens: usize,
     /// Keep every prefill projection in f32
     #[arg(long)]

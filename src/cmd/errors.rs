@@ -32,7 +32,10 @@ pub fn from_clap(e: clap::Error, args: &[String]) -> Result<(), CliError> {
         ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
             let mut c = Cli::command();
             let c = match sub {
-                Some(s) => c.find_subcommand_mut(s).expect("a known subcommand").clone(),
+                Some(s) => c
+                    .find_subcommand_mut(s)
+                    .expect("a known subcommand")
+                    .clone(),
                 None => c,
             };
             let mut c = c;
@@ -95,10 +98,7 @@ pub fn from_clap(e: clap::Error, args: &[String]) -> Result<(), CliError> {
                     .join(" "),
                 _ => arg.unwrap_or_default(),
             };
-            format!(
-                "{} needs {missing} (see {help})",
-                sub.unwrap_or("qwenrt")
-            )
+            format!("{} needs {missing} (see {help})", sub.unwrap_or("qwenrt"))
         }
         _ => first_line(&e),
     };

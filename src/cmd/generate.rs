@@ -13,9 +13,11 @@ use super::{load_tokenizer, load_weights, CliError, ModelArg, RunArgs, SamplingA
 
 /// `qwenrt generate`.
 #[derive(Args, Debug)]
-#[command(after_help = "Without --raw the prompt is wrapped in the ChatML template with Qwen's \
+#[command(
+    after_help = "Without --raw the prompt is wrapped in the ChatML template with Qwen's \
 default system prompt (or --system). With --json, one JSON object with the prompt ids, the \
-generated ids and text, and the stats is printed instead of the streamed text.")]
+generated ids and text, and the stats is printed instead of the streamed text."
+)]
 pub struct GenerateArgs {
     /// The prompt (or --prompt; without either, stdin is read to its end)
     #[arg(value_name = "PROMPT", allow_negative_numbers = true)]
@@ -30,7 +32,12 @@ pub struct GenerateArgs {
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Generate at most N tokens
-    #[arg(long, value_name = "N", default_value_t = 512, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
     max_tokens: usize,
     /// Print one JSON object instead of streaming the text
     #[arg(long)]

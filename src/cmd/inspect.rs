@@ -20,14 +20,21 @@ pub struct TokenizeArgs {
 
 /// `qwenrt logits`.
 #[derive(Args, Debug)]
-#[command(after_help = "Each line: {\"pos\":i,\"top\":[[id,logit],...],\"logsumexp\":x}, \
-the top K logits after the prompt's first i+1 tokens, highest first.")]
+#[command(
+    after_help = "Each line: {\"pos\":i,\"top\":[[id,logit],...],\"logsumexp\":x}, \
+the top K logits after the prompt's first i+1 tokens, highest first."
+)]
 pub struct LogitsArgs {
     /// The prompt as comma-separated token ids, e.g. 1,2,3
     #[arg(long, value_name = "1,2,3", required = true)]
     ids: Option<String>,
     /// How many of the highest logits to print per position
-    #[arg(long, value_name = "K", default_value_t = 20, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "K",
+        default_value_t = 20,
+        allow_negative_numbers = true
+    )]
     top: usize,
     /// Keep every prefill projection in f32
     #[arg(long)]
@@ -60,7 +67,6 @@ pub fn tokenize(a: TokenizeArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-
 /// `id1,id2,...` into ids.
 pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
     let ids: Result<Vec<u32>, _> = s.split(',').map(|p| p.trim().parse::<u32>()).collect();
@@ -71,7 +77,6 @@ pub fn parse_ids(s: &str) -> Result<Vec<u32>, CliError> {
     }
     Ok(ids)
 }
-
 
 /// Runs `qwenrt logits`.
 pub fn logits(a: LogitsArgs) -> Result<(), CliError> {
@@ -141,7 +146,6 @@ pub fn logits_line(pos: usize, logits: &[f32], top: usize, order: &mut Vec<u32>)
     )
 }
 
-
 /// Runs `qwenrt info`.
 pub fn info(a: InfoArgs) -> Result<(), CliError> {
     let dir: PathBuf = a.model.dir()?;
@@ -176,7 +180,6 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     println!("arena plan:\n{}", session.memory_plan());
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

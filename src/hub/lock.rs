@@ -51,7 +51,6 @@ impl Drop for Lock {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -245,7 +245,7 @@ pub fn ensure_default_model_with(p: &mut dyn Progress) -> Result<PathBuf, FetchE
     }
     let home = qwenrt_home();
     fs::create_dir_all(&home).map_err(io_err(&home))?;
-        let _lock = Lock::acquire(&home.join(format!("{DEFAULT_MODEL_NAME}.lock")), p)?;
+    let _lock = Lock::acquire(&home.join(format!("{DEFAULT_MODEL_NAME}.lock")), p)?;
     if verify_model_dir(&dir) {
         return Ok(dir);
     }

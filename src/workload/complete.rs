@@ -8,8 +8,8 @@ use super::arc::{score, TaskRecord, WorkItem};
 use super::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::session::{Session, SessionError, StopReason};
-use crate::text::chat;
 use crate::model::weights::Weights;
+use crate::text::chat;
 use crate::text::tokenizer::Tokenizer;
 
 /// End-of-turn ids: `<|im_end|>`, `<|endoftext|>` and the config's eos ids.

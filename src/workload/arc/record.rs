@@ -181,7 +181,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     parse_vm_hwm(&fs::read_to_string("/proc/self/status").ok()?)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
