@@ -12,7 +12,7 @@ use super::{load_tokenizer, load_weights, CliError, ModelArg, RunArgs};
 #[derive(Args, Debug)]
 pub struct TokenizeArgs {
     /// The text to encode (special tokens such as <|im_start|> are recognised)
-    #[arg(value_name = "TEXT", required = true, allow_hyphen_values = true)]
+    #[arg(value_name = "TEXT", required = true, allow_negative_numbers = true)]
     text: Option<String>,
     #[command(flatten)]
     model: ModelArg,
