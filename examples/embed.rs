@@ -30,7 +30,7 @@ struct Stream {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = qwenrt::fetch::ensure_default_model(true)?;
+    let dir = qwenrt::hub::ensure_default_model(true)?;
     let weights = Arc::new(Weights::load(&dir)?);
     let tok = Tokenizer::from_model_dir(&dir)?;
     let mut stop: Vec<u32> = [chat::IM_END, chat::END_OF_TEXT]

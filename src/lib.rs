@@ -18,9 +18,10 @@
 //!   and repetition penalty with a seeded RNG.
 //! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
 //!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
-//! - [`fetch`]: fetching and verifying the default model.
-//! - [`arc`] and [`workload`]: ARC tasks (prompts, grid parsing, scoring) and JSONL batch
-//!   requests, the workloads the `qwenrt` binary runs.
+//! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
+//! - [`workload`]: the workloads the `qwenrt` binary runs: [`workload::arc`] (ARC tasks:
+//!   loading, prompts, grid parsing, scoring), [`workload::batch`] (JSONL batch requests) and
+//!   [`workload::complete`] (one request on a session; the stop tokens).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -38,29 +39,22 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Test-only code (fuzz harnesses, the GGUF builder) is in `qwenrt::testkit`, behind the `testkit`
-//! feature.
+//! Test-only code (fuzz harnesses, the GGUF builder) is in `qwenrt::testkit`, behind the
+//! `testkit` feature.
+//!
+//! The `qwenrt` command line itself lives in the binary (`src/main.rs`, `src/cmd/`), behind
+//! the default `cli` feature.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-#[allow(missing_docs)] // command code, moving to the binary
-pub mod arc;
-#[allow(missing_docs)] // command code, moving to the binary
-pub mod batch;
-#[allow(missing_docs)] // command code, moving to the binary
-pub mod bench;
-#[allow(missing_docs)] // command code, moving to the binary
-pub mod cli;
 pub mod engine;
-#[allow(missing_docs)] // command code, moving to the binary
-pub mod fetch;
+pub mod hub;
 pub mod model;
+// test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
 #[cfg(any(test, feature = "testkit"))]
 #[allow(missing_docs)]
-// test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
 pub mod testkit;
 pub mod text;
-#[allow(missing_docs)] // command code, moving to the binary
 pub mod workload;
 
 pub use engine::sampler::{Sampler, SamplerParams};
@@ -69,8 +63,3 @@ pub use engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want
 pub use model::config::Config;
 pub use model::weights::Weights;
 pub use text::tokenizer::Tokenizer;
-
-// Paths the command modules still use; they move to the binary's tree next.
-pub(crate) use engine::{sampler, session};
-pub(crate) use model::{convert, gguf, synthetic as testing, weights};
-pub(crate) use text::{chat, tokenizer};

@@ -1,8 +1,11 @@
-//! The `qwenrt` binary: see `qwenrt --help`.
+//! The `qwenrt` binary: see `qwenrt --help`. The commands are in [`cmd`]; the library
+//! (`qwenrt`) has the engine, the model hub and the workloads they run.
+
+mod cmd;
 
 fn main() {
     let mut args = Vec::new();
-    for a in std::env::args_os().skip(1) {
+    for a in std::env::args_os() {
         match a.into_string() {
             Ok(s) => args.push(s),
             Err(a) => {
@@ -11,7 +14,7 @@ fn main() {
             }
         }
     }
-    if let Err(e) = qwenrt::cli::run(&args) {
+    if let Err(e) = cmd::run(&args) {
         eprintln!("error: {e}");
         std::process::exit(if e.usage { 2 } else { 1 });
     }

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 
-use qwenrt::arc::{load_tasks, work_items, Split};
-use qwenrt::cli::stop_ids;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
+use qwenrt::workload::arc::{load_tasks, work_items, Split};
+use qwenrt::workload::stop_ids;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")
@@ -18,7 +18,7 @@ fn fixtures() -> PathBuf {
 
 #[test]
 fn one_session_serves_every_task_without_moving_its_arena() {
-    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
@@ -33,7 +33,7 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     let mut session = Session::new(weights, &opts).unwrap();
     let before = session.arena_address();
     for item in &items {
-        let r = qwenrt::workload::run_arc_item(&mut session, &tok, item, 48, &stop).unwrap();
+        let r = qwenrt::workload::run_arc_item(&mut session, &tok, item, 48, &stop, false).unwrap();
         assert_eq!(r.task_id, item.task_id);
         assert_eq!(r.test_index, item.test_index);
         assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
@@ -65,7 +65,7 @@ fn one_session_serves_every_task_without_moving_its_arena() {
         },
     );
     let mut small = small.unwrap();
-    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &items[0], 8, &stop).unwrap();
+    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &items[0], 8, &stop, true).unwrap();
     let reason = r
         .skipped
         .expect("a prompt longer than the context is skipped");
@@ -77,7 +77,7 @@ fn one_session_serves_every_task_without_moving_its_arena() {
 
 #[test]
 fn arc_command_writes_one_record_per_test_input() {
-    let dir = qwenrt::fetch::ensure_default_model(false).unwrap();
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let out = std::env::temp_dir().join(format!("qwenrt-arc-e2e-{}.jsonl", std::process::id()));
     let res = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
         .args(["arc", "--model"])
@@ -122,6 +122,9 @@ fn arc_command_writes_one_record_per_test_input() {
             "arena_bytes",
             "grid",
             "correct",
+            "stop_reason",
+            "drafted",
+            "accepted",
         ] {
             assert!(l.get(key).is_some(), "record lacks {key}: {l}");
         }
@@ -132,4 +135,48 @@ fn arc_command_writes_one_record_per_test_input() {
     assert!(lines
         .iter()
         .all(|l| l["arena_bytes"] == lines[0]["arena_bytes"]));
+}
+
+/// Early stop ends an answer after its first complete grid without changing the grid that is
+/// scored; prompt lookup (on by default for this greedy decoding) leaves the tokens unchanged.
+#[test]
+fn early_stop_and_lookup_keep_every_grid() {
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
+    let weights = Arc::new(Weights::load(&dir).unwrap());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
+    let items = work_items(&tasks);
+    let stop = stop_ids(&tok, &weights);
+    let opts = SessionOptions {
+        ctx: 768,
+        threads: 2,
+        ..Default::default()
+    };
+    let mut session = Session::new(weights, &opts).unwrap();
+    for item in &items {
+        session.set_lookup(0);
+        let full =
+            qwenrt::workload::run_arc_item(&mut session, &tok, item, 160, &stop, false).unwrap();
+        session.set_lookup(8);
+        let early =
+            qwenrt::workload::run_arc_item(&mut session, &tok, item, 160, &stop, true).unwrap();
+        let id = &item.task_id;
+        assert_eq!(full.drafted, 0, "{id}");
+        assert_eq!(early.grid, full.grid, "{id}: the scored grid changed");
+        assert_eq!(early.correct, full.correct, "{id}");
+        assert!(early.generated_tokens <= full.generated_tokens, "{id}");
+        match early.stop_reason.as_deref() {
+            Some("grid") => assert!(early.grid.is_some(), "{id}: stopped at a grid it lacks"),
+            other => assert_eq!(other, full.stop_reason.as_deref(), "{id}"),
+        }
+        println!(
+            "{id}: {} tokens without early stop ({:?}), {} with ({:?}); lookup drafted {} accepted {}",
+            full.generated_tokens,
+            full.stop_reason,
+            early.generated_tokens,
+            early.stop_reason,
+            early.drafted,
+            early.accepted
+        );
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
 fn model() -> PathBuf {
-    qwenrt::fetch::ensure_default_model(false).expect("fetch and convert the default model")
+    qwenrt::hub::ensure_default_model(false).expect("fetch and convert the default model")
 }
 
 fn qwenrt(args: &[&str], stdin: Option<&[u8]>) -> Output {

@@ -124,10 +124,10 @@ fn synthetic_model_lookup_equals_greedy_on_every_isa() {
 
 #[test]
 fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
-    let dir = qwenrt::fetch::ensure_default_model(false).expect("fetch the default model");
+    let dir = qwenrt::hub::ensure_default_model(false).expect("fetch the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_model_dir(&dir).unwrap();
-    let stop = qwenrt::cli::stop_ids(&tok, &weights);
+    let stop = qwenrt::workload::stop_ids(&tok, &weights);
     let golden: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -147,8 +147,9 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
         })
         .collect();
     let arc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc");
-    let tasks = qwenrt::arc::load_tasks(&arc, qwenrt::arc::Split::Eval).unwrap();
-    for item in qwenrt::arc::work_items(&tasks) {
+    let tasks =
+        qwenrt::workload::arc::load_tasks(&arc, qwenrt::workload::arc::Split::Eval).unwrap();
+    for item in qwenrt::workload::arc::work_items(&tasks) {
         let ids = qwenrt::workload::prompt_ids(&tok, &item.prompt, false).unwrap();
         prompts.push((format!("arc {}", item.task_id), ids));
     }

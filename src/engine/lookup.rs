@@ -9,6 +9,8 @@
 
 /// The most tokens one draft may hold.
 pub const MAX_DRAFT: usize = 16;
+/// Drafts per step where the caller does not choose (`--lookup`).
+pub const DEFAULT_LOOKUP: usize = 8;
 /// The longest n-gram matched; shorter ones are tried when it does not match.
 pub const MAX_NGRAM: usize = 4;
 /// The shortest n-gram matched: a single token matches almost anywhere, and a wrong draft

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 
-use crate::gguf::{dequantize, GgufError, GgufFile, GgufHeader, TensorInfo, Value};
+use crate::model::gguf::{dequantize, GgufError, GgufFile, GgufHeader, TensorInfo, Value};
 
 /// Elements dequantized per window (bounded memory: 4 MiB of f32 scratch spread over threads
 /// plus 2 MiB of bf16 output per window).

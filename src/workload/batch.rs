@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use std::fmt;
 
-use crate::arc::json_kind;
+use super::arc::json_kind;
 
 /// `max_tokens` when a line does not give it.
 pub const DEFAULT_MAX_TOKENS: usize = 256;
@@ -31,7 +31,9 @@ pub struct BatchRequest {
     pub line: usize,
     /// Any JSON value, echoed back unchanged; `null` if the line has none.
     pub id: Value,
+    /// The prompt text.
     pub prompt: String,
+    /// Generate at most this many tokens.
     pub max_tokens: usize,
     /// Finite and >= 0; 0 means greedy.
     pub temperature: f32,
@@ -44,7 +46,9 @@ pub struct BatchRequest {
 pub struct BatchLineError {
     /// The line's `id` when the line was a JSON object that had one, else `null`.
     pub id: Value,
+    /// 1-based line number in the input file.
     pub line: usize,
+    /// What is wrong with the line.
     pub error: String,
 }
 
@@ -59,20 +63,30 @@ impl std::error::Error for BatchLineError {}
 /// Timing and size of one generation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchStats {
+    /// Prompt length in tokens.
     pub prompt_tokens: usize,
+    /// Tokens generated (the stop token excluded).
     pub generated_tokens: usize,
+    /// Prefill tokens per second.
     pub prefill_tps: f64,
+    /// Decode tokens per second.
     pub decode_tps: f64,
+    /// Tokens drafted by prompt lookup.
+    pub drafted: usize,
+    /// Drafted tokens greedy decoding agreed with.
+    pub accepted: usize,
 }
 
 /// One successful generation.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct BatchResult {
+    /// The request's `id`, echoed back.
     pub id: Value,
     /// The generated text.
     pub text: String,
     /// The generated token ids.
     pub ids: Vec<u32>,
+    /// Timing and size.
     pub stats: BatchStats,
 }
 
@@ -80,7 +94,9 @@ pub struct BatchResult {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum BatchRecord {
+    /// The request ran.
     Ok(BatchResult),
+    /// The line could not be used or the request failed.
     Err(BatchLineError),
 }
 
@@ -304,13 +320,16 @@ mod tests {
                 generated_tokens: 2,
                 prefill_tps: 100.0,
                 decode_tps: 20.0,
+                drafted: 0,
+                accepted: 0,
             },
         });
         let v: Value = serde_json::from_str(&ok.to_json_line()).unwrap();
         assert_eq!(
             v,
             json!({"id":"q1","text":"hello","ids":[1,2],
-                   "stats":{"prompt_tokens":5,"generated_tokens":2,"prefill_tps":100.0,"decode_tps":20.0}})
+                   "stats":{"prompt_tokens":5,"generated_tokens":2,"prefill_tps":100.0,"decode_tps":20.0,
+                            "drafted":0,"accepted":0}})
         );
         let err = BatchRecord::Err(BatchLineError {
             id: Value::Null,

@@ -4,38 +4,65 @@
 
 use std::time::Instant;
 
-use crate::arc::{score, TaskRecord, WorkItem};
-use crate::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
+use super::arc::{score, GridStop, TaskRecord, WorkItem};
+use super::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::session::{Session, SessionError, StopReason};
+use crate::model::weights::Weights;
 use crate::text::chat;
 use crate::text::tokenizer::Tokenizer;
+
+/// End-of-turn ids: `<|im_end|>`, `<|endoftext|>` and the config's eos ids.
+pub fn stop_ids(tok: &Tokenizer, weights: &Weights) -> Vec<u32> {
+    let mut ids: Vec<u32> = [chat::IM_END, chat::END_OF_TEXT]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    for &e in &weights.config.eos_token_ids {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
 
 /// One finished request.
 #[derive(Clone, Debug)]
 pub struct Completion {
+    /// Prompt length in tokens.
     pub prompt_tokens: usize,
     /// Generated ids, the stop token excluded.
     pub ids: Vec<u32>,
+    /// The generated text.
     pub text: String,
     /// Seconds from the start of the prefill to the first sampled token.
     pub ttft_s: f64,
+    /// Seconds the prefill took.
     pub prefill_s: f64,
+    /// Seconds the decode steps took.
     pub decode_s: f64,
     /// Decode steps (forward passes after the prefill).
     pub steps: usize,
+    /// Why generation stopped.
     pub reason: StopReason,
+    /// Tokens drafted by prompt lookup, and how many of them were accepted.
+    pub drafted: usize,
+    /// Drafted tokens greedy decoding agreed with.
+    pub accepted: usize,
 }
 
 impl Completion {
+    /// Prefill tokens per second.
     pub fn prefill_tps(&self) -> f64 {
         self.prompt_tokens as f64 / self.prefill_s.max(1e-9)
     }
+    /// Decode tokens per second (0 without decode steps): the tokens the decode steps
+    /// produced (each step one, plus the drafted tokens it accepted) over their time.
     pub fn decode_tps(&self) -> f64 {
         if self.steps == 0 {
             0.0
         } else {
-            self.steps as f64 / self.decode_s.max(1e-9)
+            (self.steps + self.accepted) as f64 / self.decode_s.max(1e-9)
         }
     }
 }
@@ -45,10 +72,14 @@ impl Completion {
 pub enum RequestError {
     /// The prompt leaves no room to generate in the context.
     TooLong {
+        /// The prompt's length in tokens.
         prompt_tokens: usize,
+        /// The session's context length.
         ctx: usize,
     },
+    /// The tokenizer failed.
     Tokenizer(String),
+    /// The session failed.
     Session(SessionError),
 }
 
@@ -87,6 +118,27 @@ pub fn complete(
     max_tokens: usize,
     stop: &[u32],
 ) -> Result<Completion, RequestError> {
+    complete_until(
+        session,
+        tok,
+        prompt_ids,
+        params,
+        max_tokens,
+        stop,
+        &mut |_| true,
+    )
+}
+
+/// [`complete`], also stopping once `keep_going(token)` returns false (that token is kept).
+pub fn complete_until(
+    session: &mut Session,
+    tok: &Tokenizer,
+    prompt_ids: &[u32],
+    params: SamplerParams,
+    max_tokens: usize,
+    stop: &[u32],
+    keep_going: &mut dyn FnMut(u32) -> bool,
+) -> Result<Completion, RequestError> {
     if prompt_ids.len() >= session.ctx() {
         return Err(RequestError::TooLong {
             prompt_tokens: prompt_ids.len(),
@@ -108,7 +160,7 @@ pub fn complete(
         .generate(&mut sampler, max_tokens, stop, &mut |t| {
             first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
             ids.push(t);
-            true
+            keep_going(t)
         })
         .map_err(RequestError::Session)?;
     let text = tok
@@ -123,17 +175,22 @@ pub fn complete(
         decode_s: stats.elapsed.as_secs_f64(),
         steps: stats.steps,
         reason: stats.reason,
+        drafted: stats.drafted,
+        accepted: stats.accepted,
     })
 }
 
-/// Runs one ARC test input greedily and scores it. A prompt that does not fit is a skipped
-/// record with its token count, not an error.
+/// Runs one ARC test input greedily and scores it. With `early_stop`, generation ends once
+/// the first complete grid is followed by a line that is not one of its rows (see
+/// [`GridStop`]), which leaves the scored grid unchanged. A prompt that does not fit is a
+/// skipped record with its token count, not an error.
 pub fn run_arc_item(
     session: &mut Session,
     tok: &Tokenizer,
     item: &WorkItem,
     max_tokens: usize,
     stop: &[u32],
+    early_stop: bool,
 ) -> Result<TaskRecord, RequestError> {
     let ids = prompt_ids(tok, &item.prompt, false)?;
     let arena_bytes = session.memory_plan().total_bytes() as u64;
@@ -151,15 +208,29 @@ pub fn run_arc_item(
         r.arena_bytes = arena_bytes;
         return Ok(r);
     }
-    let c = complete(
+    let mut grid_stop = GridStop::new();
+    let mut decoder = tok.stream_decoder();
+    let mut grid_done = false;
+    let c = complete_until(
         session,
         tok,
         &ids,
         SamplerParams::greedy(),
         max_tokens,
         stop,
+        &mut |t| {
+            grid_done = early_stop && grid_stop.push(decoder.push(t));
+            !grid_done
+        },
     )?;
     let (grid, correct) = score(&c.text, item.expected.as_ref());
+    let stop_reason = match c.reason {
+        StopReason::Callback if grid_done => "grid",
+        StopReason::Callback => "callback",
+        StopReason::StopToken(_) => "stop_token",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::ContextFull => "context_full",
+    };
     Ok(TaskRecord {
         task_id: item.task_id.clone(),
         test_index: item.test_index,
@@ -173,6 +244,9 @@ pub fn run_arc_item(
         grid,
         correct,
         skipped: None,
+        stop_reason: Some(stop_reason.to_string()),
+        drafted: c.drafted,
+        accepted: c.accepted,
     })
 }
 
@@ -218,6 +292,8 @@ pub fn run_batch_request(
                 generated_tokens: c.ids.len(),
                 prefill_tps: c.prefill_tps(),
                 decode_tps: c.decode_tps(),
+                drafted: c.drafted,
+                accepted: c.accepted,
             },
             ids: c.ids,
         }),

@@ -16,11 +16,71 @@
 
 use std::time::Instant;
 
-use crate::cli::{model_dir, physical_cores, CliError, Flags, Spec};
-use crate::engine::{Engine, EngineOptions, Feed, Numerics, Want};
-use crate::sampler::SamplerParams;
-use crate::session::{Session, SessionOptions};
-use crate::weights::Weights;
+use clap::Args;
+use qwenrt::engine::sampler::SamplerParams;
+use qwenrt::engine::session::{Session, SessionOptions};
+use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, Want};
+use qwenrt::model::weights::Weights;
+
+use super::{physical_cores, CliError, ModelArg};
+
+/// `qwenrt bench`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Prints a llama-bench-style table (or one JSON object with --json): \
+ppP and tgN in tokens/s (mean ± sd over the repetitions, after one warm-up), bB tgN in \
+aggregate tokens/s, vB xN in tokens/s, and the weight bandwidth tg reaches beside the \
+machine's read bandwidth."
+)]
+pub struct BenchArgs {
+    /// Prompt tokens processed as one batch (pp); 0 skips pp
+    #[arg(
+        short = 'p',
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
+    n_prompt: usize,
+    /// Tokens generated one decode step at a time (tg); 0 skips tg
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "N",
+        default_value_t = 128,
+        allow_negative_numbers = true
+    )]
+    n_gen: usize,
+    /// Timed repetitions of each test (after one warm-up)
+    #[arg(
+        short = 'r',
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        allow_negative_numbers = true
+    )]
+    repetitions: usize,
+    /// Worker threads [default: the number of physical cores]
+    #[arg(short = 't', long, value_name = "N", allow_negative_numbers = true)]
+    threads: Option<usize>,
+    /// Print one JSON object instead of the table
+    #[arg(long)]
+    json: bool,
+    /// A random model of Qwen2.5-0.5B's shape (bf16), written once under $QWENRT_HOME
+    #[arg(long)]
+    synthetic: bool,
+    /// Keep every prefill projection in f32
+    #[arg(long)]
+    prefill_f32: bool,
+    /// For each B, the -n tokens fed B rows per decode-numerics pass (as verifying B drafts)
+    #[arg(long, value_name = "B,...")]
+    verify: Option<String>,
+    /// For each B, B sequences decoded together, -n tokens each (aggregate tokens/s)
+    #[arg(long, value_name = "B,...")]
+    batch: Option<String>,
+    #[command(flatten)]
+    model: ModelArg,
+}
 
 /// Mean and sample standard deviation.
 pub fn mean_sd(xs: &[f64]) -> (f64, f64) {
@@ -97,8 +157,8 @@ pub fn read_bandwidth(weights: &Weights, threads: usize) -> f64 {
 /// A model of Qwen2.5-0.5B's shape with random bf16 weights (tied head), written once under
 /// `$QWENRT_HOME/synthetic`: for measuring a machine without downloading the real model.
 fn synthetic_model() -> Result<std::path::PathBuf, CliError> {
-    use crate::testing::{write_synthetic_model, SyntheticShape};
-    let dir = crate::fetch::qwenrt_home().join("synthetic/qwen2.5-0.5b-shape-bf16");
+    use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+    let dir = qwenrt::hub::qwenrt_home().join("synthetic/qwen2.5-0.5b-shape-bf16");
     if !dir.join("model.safetensors").is_file() {
         eprintln!(
             "writing a synthetic Qwen2.5-0.5B-shaped model to {}",
@@ -116,9 +176,9 @@ fn synthetic_model() -> Result<std::path::PathBuf, CliError> {
 }
 
 /// A comma-separated list of counts from 1 to 512 given to `flag`, or an empty list.
-fn count_list(flags: &Flags, flag: &str, what: &str) -> Result<Vec<usize>, CliError> {
+fn count_list(list: Option<&str>, flag: &str, what: &str) -> Result<Vec<usize>, CliError> {
     let mut out = Vec::new();
-    if let Some(list) = flags.str(flag) {
+    if let Some(list) = list {
         for part in list.split(',') {
             match part.trim().parse::<usize>() {
                 Ok(b) if (1..=512).contains(&b) => out.push(b),
@@ -185,77 +245,32 @@ fn decode_batch(
     Ok(samples)
 }
 
-pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
-    let specs = [
-        Spec {
-            names: &["--model"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["-p", "--n-prompt"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["-n", "--n-gen"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["-r", "--repetitions"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["--threads", "-t"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["--json"],
-            takes_value: false,
-        },
-        Spec {
-            names: &["--synthetic"],
-            takes_value: false,
-        },
-        Spec {
-            names: &["--prefill-f32"],
-            takes_value: false,
-        },
-        Spec {
-            names: &["--verify"],
-            takes_value: true,
-        },
-        Spec {
-            names: &["--batch"],
-            takes_value: true,
-        },
-    ];
-    let flags = Flags::parse("bench", args, &specs)?;
-    flags.max_positional(0)?;
-    let p: usize = flags.get("-p", 512)?;
-    let n: usize = flags.get("-n", 128)?;
-    let r: usize = flags.get("-r", 5)?;
-    let threads: usize = flags.get("--threads", physical_cores())?;
+/// Runs `qwenrt bench`.
+pub fn run(a: BenchArgs) -> Result<(), CliError> {
+    let (p, n, r) = (a.n_prompt, a.n_gen, a.repetitions);
+    let threads = a.threads.unwrap_or_else(physical_cores);
     if r == 0 {
         return Err(CliError::usage("-r must be at least 1"));
     }
     if p == 0 && n == 0 {
         return Err(CliError::usage("nothing to run: both -p and -n are 0"));
     }
-    let verify = count_list(&flags, "--verify", "row counts")?;
-    let batch = count_list(&flags, "--batch", "sequence counts")?;
+    let verify = count_list(a.verify.as_deref(), "--verify", "row counts")?;
+    let batch = count_list(a.batch.as_deref(), "--batch", "sequence counts")?;
     if n == 0 && !(verify.is_empty() && batch.is_empty()) {
         return Err(CliError::usage(
             "--verify and --batch need -n above 0 (the tokens they feed)",
         ));
     }
-    let dir = if flags.has("--synthetic") {
-        if flags.str("--model").is_some() {
+    let dir = if a.synthetic {
+        if a.model.model.is_some() {
             return Err(CliError::usage(
                 "--synthetic and --model exclude each other",
             ));
         }
         synthetic_model()?
     } else {
-        model_dir(&flags)?
+        a.model.dir()?
     };
     let weights = std::sync::Arc::new(
         Weights::load(&dir).map_err(|e| CliError::fail(format!("{}: {e}", dir.display())))?,
@@ -273,7 +288,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         max_chunk: p.max(verify.iter().copied().max().unwrap_or(1)).max(1),
         threads,
         isa: None,
-        prefill_bf16: !flags.has("--prefill-f32"),
+        prefill_bf16: !a.prefill_f32,
     };
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     let tokens = bench_tokens(ctx, c.vocab_size);
@@ -340,7 +355,7 @@ pub fn cmd_bench(args: &[String]) -> Result<(), CliError> {
         params as f64 / 1e9,
         weights.matrix_formats()
     );
-    if flags.has("--json") {
+    if a.json {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,
             "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "threads": threads,

@@ -1,0 +1,202 @@
+//! `qwenrt generate`: one prompt in, its completion streamed to stdout, stats on stderr.
+
+use std::io::{Read, Write};
+use std::time::Instant;
+
+use clap::Args;
+use qwenrt::engine::sampler::Sampler;
+use qwenrt::engine::session::{Session, StopReason};
+use qwenrt::text::chat;
+use qwenrt::workload::stop_ids;
+
+use super::{load_tokenizer, load_weights, CliError, LookupArg, ModelArg, RunArgs, SamplingArgs};
+
+/// `qwenrt generate`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Without --raw the prompt is wrapped in the ChatML template with Qwen's \
+default system prompt (or --system). With --json, one JSON object with the prompt ids, the \
+generated ids and text, and the stats is printed instead of the streamed text."
+)]
+pub struct GenerateArgs {
+    /// The prompt (or --prompt; without either, stdin is read to its end)
+    #[arg(value_name = "PROMPT", allow_negative_numbers = true)]
+    positional: Option<String>,
+    /// The prompt
+    #[arg(long, value_name = "TEXT")]
+    prompt: Option<String>,
+    /// Feed the prompt as is, without the chat template
+    #[arg(long)]
+    raw: bool,
+    /// The system prompt of the chat template [default: Qwen's]
+    #[arg(long, value_name = "TEXT")]
+    system: Option<String>,
+    /// Generate at most N tokens
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 512,
+        allow_negative_numbers = true
+    )]
+    max_tokens: usize,
+    /// Print one JSON object instead of streaming the text
+    #[arg(long)]
+    json: bool,
+    /// Keep every prefill projection in f32
+    #[arg(long)]
+    prefill_f32: bool,
+    #[command(flatten)]
+    model: ModelArg,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    lookup: LookupArg,
+}
+
+/// The prompt text: `--prompt`, a positional argument, or stdin (which must be UTF-8).
+fn read_prompt(a: &GenerateArgs) -> Result<String, CliError> {
+    let text = if let Some(p) = &a.prompt {
+        p.clone()
+    } else if let Some(p) = &a.positional {
+        p.clone()
+    } else {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .map_err(|e| CliError::fail(format!("cannot read the prompt from stdin: {e}")))?;
+        String::from_utf8(bytes).map_err(|e| {
+            CliError::fail(format!(
+                "the prompt on stdin is not valid UTF-8 (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ))
+        })?
+    };
+    if text.trim().is_empty() {
+        return Err(CliError::usage("the prompt is empty"));
+    }
+    Ok(text)
+}
+
+/// Runs `qwenrt generate`.
+pub fn run(a: GenerateArgs) -> Result<(), CliError> {
+    let params = a.sampling.params()?;
+    let max_tokens = a.max_tokens;
+    let prompt = read_prompt(&a)?;
+    let dir = a.model.dir()?;
+    let weights = load_weights(&dir)?;
+    let tok = load_tokenizer(&dir)?;
+    let text = if a.raw {
+        prompt
+    } else {
+        chat::first_turn(
+            a.system.as_deref().unwrap_or(chat::DEFAULT_SYSTEM_PROMPT),
+            &prompt,
+        )
+    };
+    let prompt_ids = tok.encode(&text).map_err(CliError::fail)?;
+    if prompt_ids.is_empty() {
+        return Err(CliError::usage("the prompt encodes to no tokens"));
+    }
+    let opts = a.run.session_options(&weights, 4096, a.prefill_f32);
+    if prompt_ids.len() >= opts.ctx {
+        return Err(CliError::fail(format!(
+            "the prompt is {} tokens, which does not fit in --ctx {} (leave room to generate)",
+            prompt_ids.len(),
+            opts.ctx
+        )));
+    }
+    let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
+    a.lookup.apply(&mut session);
+    let mut sampler = Sampler::new(params).map_err(|e| CliError::usage(e.to_string()))?;
+    for &t in &prompt_ids {
+        sampler.observe(t);
+    }
+    let stop = stop_ids(&tok, &weights);
+    let json = a.json;
+
+    let t0 = Instant::now();
+    session.prefill(&prompt_ids).map_err(CliError::fail)?;
+    let prefill_s = t0.elapsed().as_secs_f64();
+
+    let mut ids = Vec::with_capacity(max_tokens);
+    let mut stream = tok.stream_decoder();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut write_err = None;
+    let stats = session
+        .generate(&mut sampler, max_tokens, &stop, &mut |t| {
+            ids.push(t);
+            if !json {
+                let piece = stream.push(t);
+                if let Err(e) = out.write_all(piece.as_bytes()).and_then(|_| out.flush()) {
+                    write_err = Some(e);
+                    return false;
+                }
+            }
+            true
+        })
+        .map_err(CliError::fail)?;
+    if let Some(e) = write_err {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(CliError::fail(format!("cannot write to stdout: {e}")));
+        }
+    }
+    let text = tok.decode(&ids).map_err(CliError::fail)?;
+    let decode_s = stats.elapsed.as_secs_f64();
+    let prefill_tps = prompt_ids.len() as f64 / prefill_s.max(1e-9);
+    // tokens the decode steps produced: one per step plus the drafted tokens they accepted
+    let decode_tps = if stats.steps > 0 {
+        (stats.steps + stats.accepted) as f64 / decode_s.max(1e-9)
+    } else {
+        0.0
+    };
+    let arena = session.memory_plan().total_bytes();
+    let stop_reason = match stats.reason {
+        StopReason::StopToken(_) => "stop_token",
+        StopReason::MaxTokens => "max_tokens",
+        StopReason::Callback => "callback",
+        StopReason::ContextFull => "context_full",
+    };
+    if json {
+        let v = serde_json::json!({
+            "prompt_ids": prompt_ids,
+            "ids": ids,
+            "text": text,
+            "stats": {
+                "prompt_tokens": prompt_ids.len(),
+                "generated_tokens": ids.len(),
+                "prefill_seconds": prefill_s,
+                "prefill_tokens_per_second": prefill_tps,
+                "decode_seconds": decode_s,
+                "decode_tokens_per_second": decode_tps,
+                "arena_bytes": arena,
+                "threads": session.threads(),
+                "isa": session.isa().to_string(),
+                "stop_reason": stop_reason,
+                "lookup": session.lookup(),
+                "drafted_tokens": stats.drafted,
+                "accepted_tokens": stats.accepted,
+                "decode_steps": stats.steps,
+            }
+        });
+        writeln!(out, "{v}").map_err(CliError::fail)?;
+    } else {
+        let tail = stream.finish();
+        let _ = writeln!(out, "{tail}");
+    }
+    eprintln!(
+        "prompt tokens: {} | prefill: {:.1} t/s | decode: {:.1} t/s ({} tokens, {stop_reason}) | lookup: {} drafted, {} accepted | arena: {:.1} MiB | threads: {} | isa: {}",
+        prompt_ids.len(),
+        prefill_tps,
+        decode_tps,
+        ids.len(),
+        stats.drafted,
+        stats.accepted,
+        arena as f64 / (1 << 20) as f64,
+        session.threads(),
+        session.isa()
+    );
+    Ok(())
+}
