@@ -101,6 +101,7 @@ fn bench_matmul(c: &mut Criterion) {
             let x = data(n * k, 2);
             let mut y = vec![0.0; n * rows];
             let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
+            let mut pack = vec![0.0; ops::matmul_scratch_len()];
             g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
             for isa in Isa::available() {
                 if isa == Isa::Scalar && (n > 64 || rows > 896) {
@@ -110,7 +111,16 @@ fn bench_matmul(c: &mut Criterion) {
                     BenchmarkId::new(isa.to_string(), format!("n{n}_{rows}x{k}")),
                     &(),
                     |b, _| {
-                        b.iter(|| ops::matmul::<Bf16>(isa, black_box(&w), k, black_box(&x), &mut y))
+                        b.iter(|| {
+                            ops::matmul::<Bf16>(
+                                isa,
+                                black_box(&w),
+                                k,
+                                black_box(&x),
+                                &mut pack,
+                                &mut y,
+                            )
+                        })
                     },
                 );
                 if isa.has_avx512_bf16() {
@@ -244,15 +254,21 @@ fn bench_par(c: &mut Criterion) {
         let w = weights(rows * k, Dtype::BF16);
         let x = data(n * k, 2);
         let mut y = vec![0.0; n * rows];
-        let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
         g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
         for pool in &pools {
+            let nt = pool.n_threads();
+            let mut pack = vec![0.0; par::matmul_scratch_len(nt)];
+            let mut s = vec![0.0; par::matmul_bf16dot_scratch_len(nt, n, k)];
             g.bench_function(
                 BenchmarkId::new(
                     "matmul_bf16_n512_4864x896",
                     format!("{}t", pool.n_threads()),
                 ),
-                |b| b.iter(|| par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut y)),
+                |b| {
+                    b.iter(|| {
+                        par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut pack, &mut y)
+                    })
+                },
             );
             if isa.has_avx512_bf16() {
                 let id = BenchmarkId::new(

@@ -235,6 +235,8 @@ const NR: usize = 16;
 const MR: usize = 6;
 /// Depth of a packed panel: `KC * NR` f32 = 16 KiB.
 const KC: usize = 256;
+/// Floats of the packed weight panel [`matmul_strided`] needs from its caller.
+pub const MATMUL_PACK: usize = KC * NR;
 
 /// Packs rows `0..nr` (`nr <= NR`), columns `k0..k0 + kc` of `w` transposed into
 /// `buf[kk * NR + j]` as f32, zero for `j >= nr`.
@@ -339,8 +341,10 @@ unsafe fn micro<const R: usize>(
 /// # Safety
 /// `w` must hold `rows * k` elements of `W`, `x` at least `n * k` floats, `y` must be valid for
 /// writes at `t * ldy + j` for `t < n`, `j < rows` with nothing else accessing those elements;
-/// `k > 0`. The CPU must support AVX2, FMA and F16C.
+/// `k > 0`; `panel` holds at least [`MATMUL_PACK`] floats (the packed panel; any contents).
+/// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_strided<W: WeightType>(
     w: &[u8],
     k: usize,
@@ -349,6 +353,7 @@ pub unsafe fn matmul_strided<W: WeightType>(
     y: *mut f32,
     ldy: usize,
     rows: usize,
+    panel: &mut [f32],
 ) {
     debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
     if n < 3 {
@@ -361,7 +366,9 @@ pub unsafe fn matmul_strided<W: WeightType>(
         }
         return;
     }
-    let mut buf = [0f32; KC * NR];
+    let buf: &mut [f32; KC * NR] = (&mut panel[..KC * NR])
+        .try_into()
+        .expect("matmul: pack scratch too short");
     let wp = w.as_ptr();
     let xp = x.as_ptr();
     let mut j0 = 0;
@@ -371,7 +378,7 @@ pub unsafe fn matmul_strided<W: WeightType>(
         while k0 < k {
             let kc = (k - k0).min(KC);
             // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k.
-            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, &mut buf) };
+            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, buf) };
             let mut t0 = 0;
             while t0 < n {
                 let mr = (n - t0).min(MR);
@@ -382,12 +389,12 @@ pub unsafe fn matmul_strided<W: WeightType>(
                     let yt = y.add(t0 * ldy + j0);
                     let f = k0 == 0;
                     match mr {
-                        6 => micro::<6>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        5 => micro::<5>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        4 => micro::<4>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        3 => micro::<3>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        2 => micro::<2>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        _ => micro::<1>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        6 => micro::<6>(buf, kc, xt, k, yt, ldy, nr, f),
+                        5 => micro::<5>(buf, kc, xt, k, yt, ldy, nr, f),
+                        4 => micro::<4>(buf, kc, xt, k, yt, ldy, nr, f),
+                        3 => micro::<3>(buf, kc, xt, k, yt, ldy, nr, f),
+                        2 => micro::<2>(buf, kc, xt, k, yt, ldy, nr, f),
+                        _ => micro::<1>(buf, kc, xt, k, yt, ldy, nr, f),
                     }
                 }
                 t0 += mr;

@@ -381,6 +381,8 @@ const MR: usize = 6;
 /// Depth of a packed panel: `KC * NR` f32 = 16 KiB, half of L1d. (Tuned on Zen 4: 6x64 tiles
 /// and 256-deep panels measured the same, within 2%, at ~91% of FMA peak.)
 const KC: usize = 128;
+/// Floats of the packed weight panel [`matmul_strided`] needs from its caller.
+pub const MATMUL_PACK: usize = KC * NR;
 
 /// Transposes a 16×16 block of f32: `r[i]` holds row `i`; on return `r[c]` holds column `c`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -537,8 +539,10 @@ unsafe fn micro<const R: usize>(
 /// # Safety
 /// `w` must hold `rows * k` elements of `W`, `x` at least `n * k` floats, `y` must be valid for
 /// writes at `t * ldy + j` for `t < n`, `j < rows` with nothing else accessing those elements;
-/// `k > 0`. The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+/// `k > 0`; `panel` holds at least [`MATMUL_PACK`] floats (the packed panel; any contents).
+/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_strided<W: WeightType>(
     w: &[u8],
     k: usize,
@@ -547,6 +551,7 @@ pub unsafe fn matmul_strided<W: WeightType>(
     y: *mut f32,
     ldy: usize,
     rows: usize,
+    panel: &mut [f32],
 ) {
     debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
     if n < 3 {
@@ -560,7 +565,9 @@ pub unsafe fn matmul_strided<W: WeightType>(
         }
         return;
     }
-    let mut buf = [0f32; KC * NR];
+    let buf: &mut [f32; KC * NR] = (&mut panel[..KC * NR])
+        .try_into()
+        .expect("matmul: pack scratch too short");
     let wp = w.as_ptr();
     let xp = x.as_ptr();
     let mut j0 = 0;
@@ -570,7 +577,7 @@ pub unsafe fn matmul_strided<W: WeightType>(
         while k0 < k {
             let kc = (k - k0).min(KC);
             // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k.
-            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, &mut buf) };
+            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, buf) };
             let mut t0 = 0;
             while t0 < n {
                 let mr = (n - t0).min(MR);
@@ -581,12 +588,12 @@ pub unsafe fn matmul_strided<W: WeightType>(
                     let yt = y.add(t0 * ldy + j0);
                     let f = k0 == 0;
                     match mr {
-                        6 => micro::<6>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        5 => micro::<5>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        4 => micro::<4>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        3 => micro::<3>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        2 => micro::<2>(&buf, kc, xt, k, yt, ldy, nr, f),
-                        _ => micro::<1>(&buf, kc, xt, k, yt, ldy, nr, f),
+                        6 => micro::<6>(buf, kc, xt, k, yt, ldy, nr, f),
+                        5 => micro::<5>(buf, kc, xt, k, yt, ldy, nr, f),
+                        4 => micro::<4>(buf, kc, xt, k, yt, ldy, nr, f),
+                        3 => micro::<3>(buf, kc, xt, k, yt, ldy, nr, f),
+                        2 => micro::<2>(buf, kc, xt, k, yt, ldy, nr, f),
+                        _ => micro::<1>(buf, kc, xt, k, yt, ldy, nr, f),
                     }
                 }
                 t0 += mr;
@@ -946,6 +953,9 @@ const MRB: usize = 6;
 /// `y` is written once. (Tuned on Zen 4: 6x64 tiles at 448 pairs beat 12x32, 8x48 and 9x48,
 /// and shallower panels, by 2-15%.)
 const KCP: usize = 448;
+/// Floats of the packed weight panel [`matmul_bf16dot_strided`] needs from its caller (one
+/// bf16 pair per float).
+pub const BF16DOT_PACK: usize = KCP * NRB;
 
 /// Packs bf16 weight rows `0..nr`, elements `k0..k0 + 2 * kcp` (clipped to `k`, zero beyond) as
 /// k-pairs: `buf[p * NRB + j] = w[j, k0 + 2p] | w[j, k0 + 2p + 1] << 16`, zero for `j >= nr`.
@@ -960,7 +970,7 @@ unsafe fn pack_pairs(
     k0: usize,
     kcp: usize,
     nr: usize,
-    buf: &mut [u32; KCP * NRB],
+    buf: &mut [f32; KCP * NRB],
 ) {
     let rb = k * 2;
     let elems = (k - k0).min(2 * kcp);
@@ -987,7 +997,7 @@ unsafe fn pack_pairs(
             let p0 = e / 2;
             for (c, rc) in r.iter().enumerate().take(kcp - p0) {
                 // SAFETY: pair p0+c < kcp <= KCP, columns jb..jb+16 <= NRB: inside buf.
-                unsafe { _mm512_storeu_ps(bp.add((p0 + c) * NRB + jb) as *mut f32, *rc) };
+                unsafe { _mm512_storeu_ps(bp.add((p0 + c) * NRB + jb), *rc) };
             }
             e += 32;
         }
@@ -1005,7 +1015,7 @@ unsafe fn pack_pairs(
 #[inline]
 #[allow(clippy::too_many_arguments)]
 unsafe fn micro_bf16<const R: usize>(
-    buf: &[u32; KCP * NRB],
+    buf: &[f32; KCP * NRB],
     kcp: usize,
     xb: *const u32,
     ldx: usize,
@@ -1045,8 +1055,10 @@ unsafe fn micro_bf16<const R: usize>(
 ///
 /// # Safety
 /// As [`matmul_strided`] with `W = Bf16`, except that the activations come as `xb`, filled by
-/// [`pack_x_pairs`] from `n` rows of `k`; the CPU must also support AVX512-BF16.
+/// [`pack_x_pairs`] from `n` rows of `k`, and `panel` holds at least [`BF16DOT_PACK`] floats
+/// (the packed panel; any contents); the CPU must also support AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_bf16dot_strided(
     w: &[u8],
     k: usize,
@@ -1055,10 +1067,13 @@ pub unsafe fn matmul_bf16dot_strided(
     y: *mut f32,
     ldy: usize,
     rows: usize,
+    panel: &mut [f32],
 ) {
     let kp = k.div_ceil(2);
     debug_assert!(w.len() >= rows * k * 2 && xb.len() >= n * kp && k > 0);
-    let mut buf = [0u32; KCP * NRB];
+    let buf: &mut [f32; KCP * NRB] = (&mut panel[..KCP * NRB])
+        .try_into()
+        .expect("matmul_bf16dot: pack scratch too short");
     let xb = xb.as_ptr() as *const u32;
     let wp = w.as_ptr();
     let mut j0 = 0;
@@ -1069,7 +1084,7 @@ pub unsafe fn matmul_bf16dot_strided(
             let kc = (k - k0).min(2 * KCP);
             let kcp = kc.div_ceil(2);
             // SAFETY: rows j0..j0+nr of w exist, k0 < k.
-            unsafe { pack_pairs(wp.add(j0 * k * 2), k, k0, kcp, nr, &mut buf) };
+            unsafe { pack_pairs(wp.add(j0 * k * 2), k, k0, kcp, nr, buf) };
             let mut t0 = 0;
             while t0 < n {
                 let mr = (n - t0).min(MRB);
@@ -1080,12 +1095,12 @@ pub unsafe fn matmul_bf16dot_strided(
                     let xt = xb.add(t0 * kp + k0 / 2);
                     let f = k0 == 0;
                     match mr {
-                        6 => micro_bf16::<6>(&buf, kcp, xt, kp, yt, ldy, nr, f),
-                        5 => micro_bf16::<5>(&buf, kcp, xt, kp, yt, ldy, nr, f),
-                        4 => micro_bf16::<4>(&buf, kcp, xt, kp, yt, ldy, nr, f),
-                        3 => micro_bf16::<3>(&buf, kcp, xt, kp, yt, ldy, nr, f),
-                        2 => micro_bf16::<2>(&buf, kcp, xt, kp, yt, ldy, nr, f),
-                        _ => micro_bf16::<1>(&buf, kcp, xt, kp, yt, ldy, nr, f),
+                        6 => micro_bf16::<6>(buf, kcp, xt, kp, yt, ldy, nr, f),
+                        5 => micro_bf16::<5>(buf, kcp, xt, kp, yt, ldy, nr, f),
+                        4 => micro_bf16::<4>(buf, kcp, xt, kp, yt, ldy, nr, f),
+                        3 => micro_bf16::<3>(buf, kcp, xt, kp, yt, ldy, nr, f),
+                        2 => micro_bf16::<2>(buf, kcp, xt, kp, yt, ldy, nr, f),
+                        _ => micro_bf16::<1>(buf, kcp, xt, kp, yt, ldy, nr, f),
                     }
                 }
                 t0 += mr;

@@ -174,24 +174,50 @@ fn matvec_n<W: WeightType, const N: usize>(
     });
 }
 
-/// [`ops::matmul`] with output columns (weight rows) split across the pool.
+/// Floats of scratch [`matmul`] needs on a pool of `n_threads`: one packed weight panel
+/// ([`ops::matmul_scratch_len`]) per thread.
+pub fn matmul_scratch_len(n_threads: usize) -> usize {
+    n_threads.max(1) * ops::matmul_scratch_len()
+}
+
+/// Floats of scratch [`matmul_bf16dot`] needs on a pool of `n_threads` for `n` tokens of `k`
+/// activations: the rounded activations once, and one packed weight panel per thread.
+pub fn matmul_bf16dot_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
+    ops::bf16dot_pairs_len(n, k) + n_threads.max(1) * ops::BF16DOT_PACK
+}
+
+/// [`ops::matmul`] with output columns (weight rows) split across the pool. `scratch` holds a
+/// packed panel for every thread: [`matmul_scratch_len`]`(pool.n_threads())` floats.
 pub fn matmul<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
     w: &[u8],
     k: usize,
     x: &[f32],
+    scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    matmul_cols(pool, w, W::SIZE, k, x, y, &|w, n, yp, ldy, cols| {
-        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
-        unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols) }
-    });
+    let per = ops::matmul_scratch_len();
+    matmul_cols(
+        pool,
+        w,
+        W::SIZE,
+        k,
+        x,
+        y,
+        scratch,
+        per,
+        &|w, n, yp, ldy, cols, pack| {
+            // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+            unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols, pack) }
+        },
+    );
 }
 
 /// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
-/// columns split across the pool. `w` is bf16. The activations are rounded once, into `scratch`
-/// ([`ops::matmul_bf16dot_scratch_len`] floats), before the columns are handed out.
+/// columns split across the pool. `w` is bf16. The activations are rounded once, into the front
+/// of `scratch`, before the columns are handed out; after them come the threads' packed panels
+/// ([`matmul_bf16dot_scratch_len`] floats in all).
 pub fn matmul_bf16dot(
     pool: &ThreadPool,
     isa: Isa,
@@ -204,18 +230,34 @@ pub fn matmul_bf16dot(
     let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
-    let xb = ops::bf16dot_pairs(isa, x, k, n, scratch);
-    matmul_cols(pool, w, 2, k, x, y, &|w, n, yp, ldy, cols| {
-        // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
-        // k and n (`matmul_cols` passes the same n).
-        unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols) }
-    });
+    let (pairs, packs) = ops::split_bf16dot_scratch(scratch, n, k);
+    let xb = ops::bf16dot_pairs(isa, x, k, n, pairs);
+    let per = ops::BF16DOT_PACK;
+    matmul_cols(
+        pool,
+        w,
+        2,
+        k,
+        x,
+        y,
+        packs,
+        per,
+        &|w, n, yp, ldy, cols, pack| {
+            // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
+            // k and n (`matmul_cols` passes the same n).
+            unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols, pack) }
+        },
+    );
 }
 
-/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols)` must compute
-/// `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of `w_block`;
-/// it is called with a `y_block` valid for exactly those writes and not accessed by anyone else.
-#[allow(clippy::type_complexity)]
+/// The body of one thread's column block: `(w_block, n, y_block, ldy, cols, pack)`.
+type ColsBody<'a> = dyn Fn(&[u8], usize, *mut f32, usize, usize, &mut [f32]) + Sync + 'a;
+
+/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols, pack)` must
+/// compute `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of
+/// `w_block`; it is called with a `y_block` valid for exactly those writes and not accessed by
+/// anyone else, and with `pack`, `per` floats of `packs` that are the calling thread's alone.
+#[allow(clippy::too_many_arguments)]
 fn matmul_cols(
     pool: &ThreadPool,
     w: &[u8],
@@ -223,7 +265,9 @@ fn matmul_cols(
     k: usize,
     x: &[f32],
     y: &mut [f32],
-    body: &(dyn Fn(&[u8], usize, *mut f32, usize, usize) + Sync),
+    packs: &mut [f32],
+    per: usize,
+    body: &ColsBody<'_>,
 ) {
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
@@ -234,15 +278,27 @@ fn matmul_cols(
     );
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
-        body(w, n, y.as_mut_ptr(), rows, rows);
+        assert!(packs.len() >= per, "matmul: scratch too short for a panel");
+        body(w, n, y.as_mut_ptr(), rows, rows, &mut packs[..per]);
         return;
     }
+    assert!(
+        packs.len() >= nt * per,
+        "matmul: scratch holds {} floats, {} needed for {nt} threads' panels",
+        packs.len(),
+        nt * per
+    );
     let yp = SendPtr(y.as_mut_ptr());
+    let pp = SendPtr(packs.as_mut_ptr());
     pool.run(&|tid| {
         let (c0, c1) = split(rows, nt, tid, COL_ALIGN);
         if c0 >= c1 {
             return;
         }
+        // SAFETY: tid < nt and packs holds nt * per floats (asserted), so this thread's `per`
+        // floats at tid * per lie inside it, disjoint from every other thread's; `packs`' `&mut`
+        // is held by this function until `run` returns.
+        let pack = unsafe { std::slice::from_raw_parts_mut(pp.get().add(tid * per), per) };
         // SAFETY: w holds rows*k weights (checked), so rows c0..c1 exist. Thread tid writes only
         // y[t * rows + j] for j in its column range [c0, c1), and the ranges of different tids
         // are disjoint; all lie in y (n*rows <= y.len()), whose `&mut` this function holds until
@@ -253,6 +309,7 @@ fn matmul_cols(
             unsafe { yp.get().add(c0) },
             rows,
             c1 - c0,
+            pack,
         );
     });
 }

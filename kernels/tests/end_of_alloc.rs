@@ -256,7 +256,8 @@ fn check_matmul<W: WeightType>(isas: &[Isa]) {
                     scalar::matmul::<W>(w, k, &x0, &mut r);
                     for &isa in isas {
                         let mut y = filled(n * rows, f32::NAN);
-                        ops::matmul::<W>(isa, w, k, &x, &mut y);
+                        let mut pack = filled(ops::matmul_scratch_len(), f32::NAN);
+                        ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
                         for t in 0..n {
                             for j in 0..rows {
                                 let mag: f32 = (0..k)

@@ -135,7 +135,8 @@ fn check_matmul<W: WeightType>() {
                 if k == 0 && n * rows == 0 {
                     continue;
                 }
-                ops::matmul::<W>(isa, w, k, &x, &mut y);
+                let mut pack = vec![f32::NAN; ops::matmul_scratch_len()];
+                ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
                 for t in 0..n {
                     for j in 0..rows {
                         let mag: f32 = (0..k)
