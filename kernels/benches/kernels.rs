@@ -346,9 +346,42 @@ fn bench_par(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batched decode's matvec: `n` inputs through `par::matvec_rows` over one bf16 matrix at the
+/// MLP's shapes (gate/up `4864x896`, down `896x4864`). Throughput is the weight bytes streamed
+/// per call, so GB/s that grows with `n` is the multi-row kernels sharing each weight load.
+fn bench_matvec_rows(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let mut g = c.benchmark_group(format!("matvec_rows_{isa}"));
+    let pools: Vec<ThreadPool> = [1, 2]
+        .iter()
+        .map(|&n| ThreadPool::new(n).unwrap())
+        .collect();
+    for &(rows, cols) in &[(4864usize, 896usize), (896, 4864)] {
+        let w = weights(rows * cols, Dtype::BF16);
+        g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
+        for n in [1usize, 4, 8] {
+            let x = data(n * cols, 3);
+            let mut y = vec![0.0; n * rows];
+            let mut s = vec![0.0; par::matvec_rows_scratch_len(n, cols)];
+            for pool in &pools {
+                let id = BenchmarkId::new(
+                    format!("bf16_{rows}x{cols}"),
+                    format!("n{n}_{}t", pool.n_threads()),
+                );
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        par::matvec_rows::<Bf16>(pool, isa, black_box(&w), cols, &x, &mut s, &mut y)
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_matvec, bench_matmul, bench_elementwise, bench_attention, bench_par
+    targets = bench_matvec, bench_matvec_rows, bench_matmul, bench_elementwise, bench_attention, bench_par
 }
 criterion_main!(benches);

@@ -372,6 +372,221 @@ pub unsafe fn matvec_bf16_evenodd(w: &[u8], xp: &[f32], cols: usize, y: &mut [f3
     }
 }
 
+/// [`matvec`] for `R` inputs at once: `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `t < R`,
+/// `r < rows`, where `x_t` is `cols` floats at `xs[t]`. Each weight vector is loaded (and
+/// widened) once and multiplied into all `R` inputs. Every input keeps the accumulators of
+/// [`matvec`] and adds into them in the same order, with the same final reduction, so output
+/// `t` is bit for bit what [`matvec`] computes for `x_t` alone. (8 accumulators per input:
+/// `R <= 3` fits the 32 registers.)
+///
+/// # Safety
+/// `w` holds at least `rows * cols` elements of `W`; each `xs[t]` is valid for reading `cols`
+/// floats; `y` is valid for writes at `t * ldy + r` (`t < R`, `r < rows`) with nothing else
+/// accessing them during the call; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
+    w: &[u8],
+    rows: usize,
+    xs: [*const f32; R],
+    cols: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    debug_assert!(w.len() >= rows * cols * W::SIZE);
+    let wp = w.as_ptr();
+    let rb = cols * W::SIZE;
+    for r in 0..rows {
+        // SAFETY: row r < rows is inside w (contract); full vectors are read while c + 128
+        // (then c + 16) <= cols, the tail masked to the columns left, from the weights and
+        // from every input (each valid for cols floats); the stores go to y[t * ldy + r].
+        unsafe {
+            let w0 = wp.add(r * rb);
+            let mut a = [[_mm512_setzero_ps(); 8]; R];
+            let mut c = 0;
+            while c + 128 <= cols {
+                for k in 0..8 {
+                    let cc = c + 16 * k;
+                    let wv = ld::<W>(w0, cc);
+                    for t in 0..R {
+                        a[t][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(cc)), a[t][k]);
+                    }
+                }
+                c += 128;
+            }
+            while c + 16 <= cols {
+                let wv = ld::<W>(w0, c);
+                for t in 0..R {
+                    a[t][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(c)), a[t][0]);
+                }
+                c += 16;
+            }
+            if c < cols {
+                let m = lanes(cols - c);
+                let wv = ld_mask::<W>(w0, c, m);
+                for t in 0..R {
+                    let xv = _mm512_maskz_loadu_ps(m, xs[t].add(c));
+                    a[t][1] = _mm512_fmadd_ps(wv, xv, a[t][1]);
+                }
+            }
+            for (t, a) in a.iter().enumerate() {
+                let s01 = _mm512_add_ps(a[0], a[1]);
+                let s23 = _mm512_add_ps(a[2], a[3]);
+                let s45 = _mm512_add_ps(a[4], a[5]);
+                let s67 = _mm512_add_ps(a[6], a[7]);
+                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
+                    _mm512_add_ps(s01, s23),
+                    _mm512_add_ps(s45, s67),
+                ));
+            }
+        }
+    }
+}
+
+/// [`matvec_bf16_hilo`] for `R` inputs at once, each `xs[t]` packed by [`pack_hilo`] from
+/// `cols` columns: every 32 weights are loaded once and go through `vdpbf16ps` against each
+/// input's `hi` and `lo` parts. Each input keeps [`matvec_bf16_hilo`]'s four accumulators,
+/// adds into them in the same order and is reduced the same way, so output `t` is bit for bit
+/// [`matvec_bf16_hilo`]'s for input `t` alone. (`R <= 6` fits the 32 registers.)
+///
+/// # Safety
+/// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading
+/// `cols.next_multiple_of(32)` floats of [`pack_hilo`] output; `y` is valid for writes at
+/// `t * ldy + r` (`t < R`, `r < rows`) with nothing else accessing them during the call; the
+/// CPU must support AVX-512F/BW/VL and AVX512-BF16.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
+    w: &[u8],
+    rows: usize,
+    xs: [*const f32; R],
+    cols: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    debug_assert!(w.len() >= rows * cols * 2);
+    let x: [*const u16; R] = std::array::from_fn(|t| xs[t] as *const u16);
+    let wp = w.as_ptr();
+    let rb = cols * 2;
+    let bh = |v: __m512i| -> __m512bh {
+        // SAFETY: both are 512-bit vectors; every bit pattern is a valid value of either.
+        unsafe { std::mem::transmute(v) }
+    };
+    for r in 0..rows {
+        // SAFETY: row r < rows is inside w (contract); weight loads cover columns < cols (full
+        // vectors while c + 256 <= cols, then a 16-bit lane mask per block); every packed
+        // input is read in whole blocks, which it holds for every column rounded up to a
+        // block; the stores go to y[t * ldy + r].
+        unsafe {
+            let w0 = wp.add(r * rb);
+            let mut a = [[_mm512_setzero_ps(); 4]; R];
+            let mut c = 0;
+            while c + 8 * HILO_BLOCK <= cols {
+                for k in 0..8 {
+                    let cc = c + HILO_BLOCK * k;
+                    let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
+                    for t in 0..R {
+                        let hi = bh(_mm512_loadu_si512(x[t].add(2 * cc) as *const __m512i));
+                        let lo = bh(_mm512_loadu_si512(
+                            x[t].add(2 * cc + HILO_BLOCK) as *const __m512i
+                        ));
+                        a[t][k % 4] = _mm512_dpbf16_ps(a[t][k % 4], wv, hi);
+                        a[t][k % 4] = _mm512_dpbf16_ps(a[t][k % 4], wv, lo);
+                    }
+                }
+                c += 8 * HILO_BLOCK;
+            }
+            while c < cols {
+                let left = cols - c;
+                let m: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+                let wv = bh(_mm512_maskz_loadu_epi16(m, w0.add(2 * c) as *const i16));
+                for t in 0..R {
+                    let hi = bh(_mm512_loadu_si512(x[t].add(2 * c) as *const __m512i));
+                    let lo = bh(_mm512_loadu_si512(
+                        x[t].add(2 * c + HILO_BLOCK) as *const __m512i
+                    ));
+                    a[t][0] = _mm512_dpbf16_ps(a[t][0], wv, hi);
+                    a[t][1] = _mm512_dpbf16_ps(a[t][1], wv, lo);
+                }
+                c += HILO_BLOCK;
+            }
+            for (t, a) in a.iter().enumerate() {
+                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
+                    _mm512_add_ps(a[0], a[1]),
+                    _mm512_add_ps(a[2], a[3]),
+                ));
+            }
+        }
+    }
+}
+
+/// [`matvec_bf16_evenodd`] for `R` inputs at once (each `xs[t]` in its even/odd layout): the
+/// 32 weights of a block are loaded and split into even and odd f32 once, then multiplied into
+/// every input. Same accumulators, order and reduction per input as [`matvec_bf16_evenodd`],
+/// so output `t` is bit for bit its result for input `t` alone. (`R <= 6` fits.)
+///
+/// # Safety
+/// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading
+/// `cols.next_multiple_of(32)` floats in that layout; `y` is valid for writes at `t * ldy + r`
+/// (`t < R`, `r < rows`) with nothing else accessing them during the call; the CPU must
+/// support AVX-512F/BW/VL.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn matvec_bf16_evenodd_rows<const R: usize>(
+    w: &[u8],
+    rows: usize,
+    xs: [*const f32; R],
+    cols: usize,
+    y: *mut f32,
+    ldy: usize,
+) {
+    debug_assert!(w.len() >= rows * cols * 2);
+    let wp = w.as_ptr();
+    let rb = cols * 2;
+    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
+    for r in 0..rows {
+        // SAFETY: row r < rows is inside w (contract); weight loads cover columns < cols (full
+        // vectors while c + 256 <= cols, then a 16-bit lane mask per block); every input is
+        // read in whole blocks, which it holds for every column rounded up to 32; the stores
+        // go to y[t * ldy + r].
+        unsafe {
+            let w0 = wp.add(r * rb);
+            let mut a = [[_mm512_setzero_ps(); 4]; R];
+            let mut c = 0;
+            while c + 8 * 32 <= cols {
+                for k in 0..8 {
+                    let cc = c + 32 * k;
+                    let v = _mm512_loadu_si512(w0.add(2 * cc) as *const __m512i);
+                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                    let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                    for t in 0..R {
+                        let xe = _mm512_loadu_ps(xs[t].add(cc));
+                        let xo = _mm512_loadu_ps(xs[t].add(cc + 16));
+                        a[t][k % 4] = _mm512_fmadd_ps(even, xe, a[t][k % 4]);
+                        a[t][k % 4] = _mm512_fmadd_ps(odd, xo, a[t][k % 4]);
+                    }
+                }
+                c += 8 * 32;
+            }
+            while c < cols {
+                let left = cols - c;
+                let m: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
+                let v = _mm512_maskz_loadu_epi16(m, w0.add(2 * c) as *const i16);
+                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
+                let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
+                for t in 0..R {
+                    a[t][0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xs[t].add(c)), a[t][0]);
+                    a[t][1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xs[t].add(c + 16)), a[t][1]);
+                }
+                c += 32;
+            }
+            for (t, a) in a.iter().enumerate() {
+                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
+                    _mm512_add_ps(a[0], a[1]),
+                    _mm512_add_ps(a[2], a[3]),
+                ));
+            }
+        }
+    }
+}
+
 /// Vectors (of 16 columns) per packed panel of the f32 matmul.
 const NV: usize = 2;
 /// Weight rows per packed panel of the f32 matmul.

@@ -196,6 +196,175 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
     }
 }
 
+/// Many inputs against one matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
+/// `rows = y.len() / xs.len()`, through the multi-row kernels (each weight vector loaded once
+/// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
+/// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
+/// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
+pub fn matvec_rows_x<W: WeightType>(isa: Isa, w: &[u8], xs: &[MatvecX<'_>], y: &mut [f32]) {
+    if xs.is_empty() {
+        return;
+    }
+    assert!(
+        y.len().is_multiple_of(xs.len()),
+        "matvec_rows_x: y is not one row per input"
+    );
+    let rows = y.len() / xs.len();
+    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
+    unsafe { matvec_x_rows::<W>(isa, w, rows, xs, y.as_mut_ptr(), rows) }
+}
+
+/// The most inputs one multi-row kernel call of [`matvec_x_rows`] takes.
+pub(crate) const ROWS_GROUP: usize = 4;
+
+/// Inputs per multi-row kernel call for inputs prepared as `prep` on `isa`: as many as keep
+/// every input's accumulators in registers (4 per input for the bf16 kernels, 8 for the
+/// widening ones: 3 inputs in 32 zmm registers, 2 in 16 ymm ones over two passes).
+fn rows_group_len(isa: Isa, prep: &Prep<'_>) -> usize {
+    match (prep, isa) {
+        (Prep::HiLo(_) | Prep::EvenOdd(_), _) => ROWS_GROUP,
+        (Prep::Plain, Isa::Avx512) => 3,
+        (Prep::Plain, Isa::Avx2) => 2,
+        _ => ROWS_GROUP,
+    }
+}
+
+/// `y[t * ldy + r] = sum_c w[r, c] * xs[t][c]` for every input `t < xs.len()` and weight row
+/// `r < rows`: the inputs go through the multi-row kernels in groups of up to [`ROWS_GROUP`]
+/// (each weight vector loaded once per group), and every output equals bit for bit what
+/// [`matvec_x`] computes for its input alone. All inputs must be prepared the same way (by
+/// [`MatvecX::new`] for this `isa` and `W`, or all [`MatvecX::plain`]) over the same columns.
+///
+/// # Safety
+/// `y` must be valid for writes at `t * ldy + r` (`t < xs.len()`, `r < rows`), with nothing
+/// else reading or writing those floats during the call.
+pub(crate) unsafe fn matvec_x_rows<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    rows: usize,
+    xs: &[MatvecX<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let Some(x0) = xs.first() else { return };
+    let cols = x0.cols();
+    assert!(
+        w.len() >= rows * cols * W::SIZE,
+        "matvec: weight buffer too short"
+    );
+    assert!(xs.len() == 1 || ldy >= rows, "matvec_x_rows: rows overlap");
+    let per = rows_group_len(isa, &x0.prep);
+    for (g, grp) in xs.chunks(per).enumerate() {
+        // (this group's outputs start at row g * per of y)
+        let yg = y.wrapping_add(g * per * ldy);
+        // SAFETY: forwarded contract for this group's rows of y.
+        unsafe { rows_group::<W>(isa, w, rows, cols, grp, yg, ldy) }
+    }
+}
+
+/// One group of [`matvec_x_rows`] (`1 <= xs.len() <= ROWS_GROUP`).
+///
+/// # Safety
+/// As [`matvec_x_rows`], with `w` holding `rows * cols` weights (checked by it).
+unsafe fn rows_group<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[MatvecX<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    // Calls `$f::<.., R>` with the group's prepared (or plain) input pointers as an array of
+    // its length.
+    macro_rules! by_len {
+        ($f:path, $get:expr) => {{
+            let get = $get;
+            match xs.len() {
+                1 => $f(w, rows, [get(&xs[0])], cols, y, ldy),
+                2 => $f(w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
+                3 => $f(
+                    w,
+                    rows,
+                    [get(&xs[0]), get(&xs[1]), get(&xs[2])],
+                    cols,
+                    y,
+                    ldy,
+                ),
+                _ => $f(
+                    w,
+                    rows,
+                    [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
+                    cols,
+                    y,
+                    ldy,
+                ),
+            }
+        }};
+    }
+    assert!(!xs.is_empty() && xs.len() <= ROWS_GROUP);
+    for x in xs {
+        assert_eq!(x.cols(), cols, "matvec_x_rows: inputs of different widths");
+    }
+    match xs[0].prep {
+        #[cfg(target_arch = "x86_64")]
+        Prep::HiLo(_) => {
+            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
+            check(Isa::Avx512);
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::HiLo(xp) => xp.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; `w` length checked by
+            // the caller; every input is a `HiLo` packed by `MatvecX::new` from `cols` columns
+            // (its slice holds them rounded up to a block); `y` forwarded.
+            unsafe { by_len!(avx512::matvec_bf16_hilo_rows, get) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Prep::EvenOdd(_) => {
+            assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
+            check(Isa::Avx512);
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::EvenOdd(xp) => xp.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            // SAFETY: CPU support checked; `w` length checked by the caller; every input is an
+            // `EvenOdd` laid out by `MatvecX::exact` from `cols` columns; `y` forwarded.
+            unsafe { by_len!(avx512::matvec_bf16_evenodd_rows, get) }
+        }
+        _ => {
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::Plain => x.x.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => {
+                    check(Isa::Avx512);
+                    // SAFETY: CPU support checked; `w` length checked by the caller; every
+                    // plain input is `cols` floats; `y` forwarded.
+                    unsafe { by_len!(avx512::matvec_rows::<W, _>, get) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => {
+                    check(Isa::Avx2);
+                    // SAFETY: as above, for AVX2.
+                    unsafe { by_len!(avx2::matvec_rows::<W, _>, get) }
+                }
+                _ => {
+                    for (t, x) in xs.iter().enumerate() {
+                        let _ = get(x);
+                        // SAFETY: row t of y has `rows` writable, unaliased floats at t * ldy
+                        // (contract).
+                        let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
+                        scalar::matvec::<W>(w, x.x, yt);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Floats of scratch [`matmul`] needs for its packed weight panel (on every ISA: the largest
 /// panel of any body; the contents on entry do not matter).
 pub fn matmul_scratch_len() -> usize {

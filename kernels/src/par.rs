@@ -610,8 +610,8 @@ pub fn attention_rows(
 /// The most input rows one [`matvec_rows`] dispatch takes (their prepared inputs live in a
 /// stack array of this many handles); more rows go in groups of this many.
 pub const MATVEC_ROWS_MAX: usize = 64;
-/// Weight rows per block that [`matvec_rows`] runs every input through before moving on: 32
-/// rows of bf16 at hidden 896 are 56 KiB, which stay in L2 while each input reads them.
+/// Weight rows per block that [`matvec_rows`] runs every group of inputs through before moving
+/// on: 32 rows of bf16 at hidden 896 are 56 KiB, which stay in L2 while each group reads them.
 const ROWS_BLOCK: usize = 32;
 
 /// Floats of scratch [`matvec_rows`] needs for `n` input rows of `cols` columns.
@@ -621,10 +621,12 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 
 /// `n` matvecs over one matrix, the weights streamed from memory once for all of them: `x` is
 /// `[n, cols]`, `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block of weight rows
-/// is read by every input while it is in cache. Every output row is computed by the very
-/// kernel call [`matvec`] makes for it (the same prepared input, the same row), so the result
-/// is bit for bit that of `n` separate [`matvec`] calls, whatever `n` and the thread count:
-/// a row's numbers never depend on which other rows share the dispatch.
+/// is read by every input while it is in cache, by the multi-row kernels: each weight vector
+/// is loaded once into a register and multiplied into a group of inputs (up to 4). Each input
+/// keeps the accumulators of the single-row kernel [`matvec`] runs, adds into them in the same
+/// order and reduces them the same way, so the result is bit for bit that of `n` separate
+/// [`matvec`] calls, whatever `n` and the thread count: a row's numbers never depend on which
+/// other rows share the dispatch.
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
@@ -669,14 +671,11 @@ pub fn matvec_rows<W: WeightType>(
         let run_block = |b: usize, yp: *mut f32| {
             let (r0, r1) = (b * ROWS_BLOCK, ((b + 1) * ROWS_BLOCK).min(rows));
             let wb = &w[r0 * cols * W::SIZE..r1 * cols * W::SIZE];
-            for (t, xt) in xs.iter().enumerate() {
-                // SAFETY: output row t's columns [r0, r1) are y[t * rows + r0 .. t * rows + r1),
-                // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
-                // one thread (see the callers below), so no two threads write the same floats,
-                // and the `&mut` behind `yp` is held by this function until they are done.
-                let yt = unsafe { std::slice::from_raw_parts_mut(yp.add(t * rows + r0), r1 - r0) };
-                ops::matvec_x::<W>(isa, wb, xt, yt);
-            }
+            // SAFETY: output row t's columns [r0, r1) are y[t * rows + r0 .. t * rows + r1),
+            // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
+            // one thread (see the callers below), so no two threads write the same floats, and
+            // the `&mut` behind `yp` is held by this function until they are done.
+            unsafe { ops::matvec_x_rows::<W>(isa, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
         };
         if nt == 1 || rows * cols * g < SERIAL_BELOW {
             let yp = yg.as_mut_ptr();
