@@ -156,9 +156,6 @@ fn bench_elementwise(c: &mut Criterion) {
         let mut y = a.clone();
         let mut out = vec![0.0; n];
         g.throughput(Throughput::Bytes((8 * n) as u64));
-        g.bench_function(BenchmarkId::new("dot", isa), |bch| {
-            bch.iter(|| ops::dot(isa, black_box(&a), black_box(&b)))
-        });
         g.bench_function(BenchmarkId::new("add", isa), |bch| {
             bch.iter(|| ops::add(isa, &mut y, black_box(&b)))
         });
@@ -176,21 +173,8 @@ fn bench_elementwise(c: &mut Criterion) {
                 ops::silu_mul(isa, &mut y, black_box(&b))
             })
         });
-        g.bench_function(BenchmarkId::new("softmax", isa), |bch| {
-            bch.iter(|| {
-                y.copy_from_slice(&a);
-                ops::softmax(isa, &mut y)
-            })
-        });
         g.bench_function(BenchmarkId::new("rope_hd64", isa), |bch| {
             bch.iter(|| ops::rope(isa, &mut y, 64, black_box(&cos), black_box(&sin)))
-        });
-    }
-    let logits = data(151936, 9);
-    g.throughput(Throughput::Bytes((4 * logits.len()) as u64));
-    for isa in Isa::available() {
-        g.bench_function(BenchmarkId::new("argmax_151936", isa), |bch| {
-            bch.iter(|| ops::argmax(isa, black_box(&logits)))
         });
     }
     g.finish();

@@ -113,26 +113,6 @@ pub(crate) fn exp_ps(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
 }
 
-/// In-place `x[i] = exp(x[i])`.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn exp(x: &mut [f32]) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i < n {
-        let m = mask8(n - i);
-        // SAFETY: lanes masked below n.
-        unsafe {
-            let v = _mm256_maskload_ps(p.add(i), m);
-            _mm256_maskstore_ps(p.add(i), m, exp_ps(v));
-        }
-        i += 8;
-    }
-}
-
 /// `sum(a[i] * b[i])` over `n` elements of two raw pointers.
 ///
 /// # Safety
@@ -168,17 +148,6 @@ unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
         _mm256_add_ps(acc[0], acc[1]),
         _mm256_add_ps(acc[2], acc[3]),
     ))
-}
-
-/// `sum(a[i] * b[i])` over the common length.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    // SAFETY: both slices hold at least n floats.
-    unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
 }
 
 /// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators: each row is one
@@ -243,6 +212,8 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
 /// floats; `y` is valid for writes at `t * ldy + r` (`t < R`, `r < rows`) with nothing else
 /// accessing them during the call; the CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
+// (index loops over constant ranges: unrolled, the accumulators stay in registers)
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
     w: &[u8],
     rows: usize,
@@ -653,7 +624,7 @@ fn max_of(x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn softmax(x: &mut [f32]) -> f32 {
+unsafe fn softmax(x: &mut [f32]) -> f32 {
     if x.is_empty() {
         return f32::NEG_INFINITY;
     }
@@ -805,30 +776,51 @@ pub unsafe fn attention(
     }
 }
 
-/// Index of the largest element (first on ties, NaN never wins unless it is element 0, like the
-/// scalar reference); 0 for an empty slice.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn argmax(x: &[f32]) -> usize {
-    if x.is_empty() || x[0].is_nan() {
-        return 0;
-    }
-    let m = max_of(x);
-    let vm = _mm256_set1_ps(m);
-    let n = x.len();
-    let mut i = 0;
-    // SAFETY: full vectors below n.
-    unsafe {
-        while i + 8 <= n {
-            let v = _mm256_loadu_ps(x.as_ptr().add(i));
-            let eq = _mm256_movemask_ps(_mm256_cmp_ps::<_CMP_EQ_OQ>(v, vm));
-            if eq != 0 {
-                return i + eq.trailing_zeros() as usize;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp_ps` within 2 ulps of the correctly rounded exp over the whole f32 range (subnormal
+    /// results, overflow to +inf and underflow to 0 included), NaN kept.
+    #[test]
+    fn exp_ps_ulps_whole_range() {
+        if !crate::Isa::Avx2.is_supported() {
+            eprintln!("exp_ps: skipping avx2, which this CPU lacks");
+            return;
+        }
+        let mut xs: Vec<f32> = (0..14600).map(|i| -110.0 + 0.0137 * i as f32).collect();
+        xs.extend([
+            0.0, -0.0, 1e-30, -1e-30, 88.72, 88.7228, 88.73, -87.33, -103.9, -103.97,
+        ]);
+        xs.extend([
+            -104.0,
+            -1e30,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), 0.0);
+        xs.extend([f32::NAN; 16]);
+        let mut e = vec![0f32; xs.len()];
+        for (x, o) in xs.chunks_exact(8).zip(e.chunks_exact_mut(8)) {
+            // SAFETY: AVX2 support checked above; each chunk holds 8 floats.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr(), exp_ps(_mm256_loadu_ps(x.as_ptr()))) };
+        }
+        for (&x, &v) in xs.iter().zip(&e) {
+            let r = (x as f64).exp() as f32;
+            if x.is_nan() {
+                assert!(v.is_nan(), "exp NaN gave {v}");
+                continue;
             }
-            i += 8;
+            let ulps = if v == r {
+                0
+            } else if v.is_sign_negative() != r.is_sign_negative() {
+                u32::MAX
+            } else {
+                v.to_bits().abs_diff(r.to_bits())
+            };
+            assert!(ulps <= 2, "exp x={x}: {v:e} vs {r:e} ({ulps} ulps)");
         }
     }
-    x[i..].iter().position(|&v| v == m).map_or(0, |p| i + p)
 }

@@ -94,26 +94,6 @@ pub(crate) unsafe fn exp_ps(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// In-place `x[i] = exp(x[i])`.
-///
-/// # Safety
-/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn exp(x: &mut [f32]) {
-    let n = x.len();
-    let p = x.as_mut_ptr();
-    let mut i = 0;
-    while i < n {
-        let m = lanes(n - i);
-        // SAFETY: lanes i..i+min(16, n-i) are inside x.
-        unsafe {
-            let v = _mm512_maskz_loadu_ps(m, p.add(i));
-            _mm512_mask_storeu_ps(p.add(i), m, exp_ps(v));
-        }
-        i += 16;
-    }
-}
-
 /// `sum(a[i] * b[i])` over `n` elements of two raw pointers.
 ///
 /// # Safety
@@ -148,17 +128,6 @@ unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
     }
     let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
     _mm512_reduce_add_ps(s)
-}
-
-/// `sum(a[i] * b[i])` over the common length.
-///
-/// # Safety
-/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    // SAFETY: both slices hold at least n floats.
-    unsafe { dot_raw(a.as_ptr(), b.as_ptr(), n) }
 }
 
 /// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
@@ -384,6 +353,8 @@ pub unsafe fn matvec_bf16_evenodd(w: &[u8], xp: &[f32], cols: usize, y: &mut [f3
 /// floats; `y` is valid for writes at `t * ldy + r` (`t < R`, `r < rows`) with nothing else
 /// accessing them during the call; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+// (index loops over constant ranges: unrolled, the accumulators stay in registers)
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
     w: &[u8],
     rows: usize,
@@ -454,6 +425,8 @@ pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
 /// `t * ldy + r` (`t < R`, `r < rows`) with nothing else accessing them during the call; the
 /// CPU must support AVX-512F/BW/VL and AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
+// (index loops over constant ranges: unrolled, the accumulators stay in registers)
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
     w: &[u8],
     rows: usize,
@@ -529,6 +502,8 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
 /// (`t < R`, `r < rows`) with nothing else accessing them during the call; the CPU must
 /// support AVX-512F/BW/VL.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+// (index loops over constant ranges: unrolled, the accumulators stay in registers)
+#[allow(clippy::needless_range_loop)]
 pub unsafe fn matvec_bf16_evenodd_rows<const R: usize>(
     w: &[u8],
     rows: usize,
@@ -974,7 +949,7 @@ unsafe fn max_of(x: &[f32]) -> f32 {
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn softmax(x: &mut [f32]) -> f32 {
+unsafe fn softmax(x: &mut [f32]) -> f32 {
     if x.is_empty() {
         return f32::NEG_INFINITY;
     }
@@ -1126,35 +1101,6 @@ pub unsafe fn attention(
         softmax(&mut scores[..len]);
         weighted_sum(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
     }
-}
-
-/// Index of the largest element (first on ties, NaN never wins unless it is element 0, like the
-/// scalar reference); 0 for an empty slice.
-///
-/// # Safety
-/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn argmax(x: &[f32]) -> usize {
-    if x.is_empty() || x[0].is_nan() {
-        return 0;
-    }
-    // SAFETY: accesses masked below n.
-    unsafe {
-        let m = max_of(x);
-        let vm = _mm512_set1_ps(m);
-        let n = x.len();
-        let mut i = 0;
-        while i < n {
-            let k = lanes(n - i);
-            let v = _mm512_maskz_loadu_ps(k, x.as_ptr().add(i));
-            let eq = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(k, v, vm);
-            if eq != 0 {
-                return i + eq.trailing_zeros() as usize;
-            }
-            i += 16;
-        }
-    }
-    0
 }
 
 /// Vectors (of 16 columns) per packed panel of the `vdpbf16ps` matmul.
@@ -1599,6 +1545,55 @@ pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: 
                 _mm512_mask_storeu_ps(op.add(d), m, _mm512_mul_ps(x, ir));
                 d += 16;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `exp_ps` within 2 ulps of the correctly rounded exp over the whole f32 range (subnormal
+    /// results, overflow to +inf and underflow to 0 included), NaN kept.
+    #[test]
+    fn exp_ps_ulps_whole_range() {
+        if !crate::Isa::Avx512.is_supported() {
+            eprintln!("exp_ps: skipping avx512, which this CPU lacks");
+            return;
+        }
+        let mut xs: Vec<f32> = (0..14600).map(|i| -110.0 + 0.0137 * i as f32).collect();
+        xs.extend([
+            0.0, -0.0, 1e-30, -1e-30, 88.72, 88.7228, 88.73, -87.33, -103.9, -103.97,
+        ]);
+        xs.extend([
+            -104.0,
+            -1e30,
+            1e30,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::MIN_POSITIVE,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), 0.0);
+        xs.extend([f32::NAN; 16]);
+        let mut e = vec![0f32; xs.len()];
+        for (x, o) in xs.chunks_exact(16).zip(e.chunks_exact_mut(16)) {
+            // SAFETY: AVX-512 support checked above; each chunk holds 16 floats.
+            unsafe { _mm512_storeu_ps(o.as_mut_ptr(), exp_ps(_mm512_loadu_ps(x.as_ptr()))) };
+        }
+        for (&x, &v) in xs.iter().zip(&e) {
+            let r = (x as f64).exp() as f32;
+            if x.is_nan() {
+                assert!(v.is_nan(), "exp NaN gave {v}");
+                continue;
+            }
+            let ulps = if v == r {
+                0
+            } else if v.is_sign_negative() != r.is_sign_negative() {
+                u32::MAX
+            } else {
+                v.to_bits().abs_diff(r.to_bits())
+            };
+            assert!(ulps <= 2, "exp x={x}: {v:e} vs {r:e} ({ulps} ulps)");
         }
     }
 }

@@ -46,12 +46,6 @@ fn check(isa: Isa) {
     assert!(isa.is_supported(), "this CPU does not support {isa}");
 }
 
-/// `sum(a[i] * b[i])`.
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    dispatch!(isa, dot, (a, b))
-}
-
 /// Floats of scratch a matvec over `cols` input columns needs ([`MatvecX::new`]).
 pub fn matvec_scratch_len(cols: usize) -> usize {
     cols.next_multiple_of(32)
@@ -625,11 +619,6 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     dispatch!(isa, silu_mul, (gate, up))
 }
 
-/// In-place softmax; returns the log-normalizer (logsumexp of the input).
-pub fn softmax(isa: Isa, x: &mut [f32]) -> f32 {
-    dispatch!(isa, softmax, (x))
-}
-
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
 pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     assert!(head_dim > 0, "rope: head_dim is 0");
@@ -659,18 +648,6 @@ pub fn attention(
         "attention: buffers too short"
     );
     dispatch!(isa, attention, (q, keys, values, scale, scores, out))
-}
-
-/// Index of the largest element.
-pub fn argmax(isa: Isa, x: &[f32]) -> usize {
-    dispatch!(isa, argmax, (x))
-}
-
-/// In-place `x[i] = exp(x[i])`, vectorized on the SIMD ISAs (within ~1 ulp of the correctly
-/// rounded value over the whole f32 range, including subnormal results; +inf above ~88.72, 0
-/// below ~-103.97).
-pub fn exp(isa: Isa, x: &mut [f32]) {
-    dispatch!(isa, exp, (x))
 }
 
 /// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
