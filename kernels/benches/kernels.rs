@@ -101,6 +101,7 @@ fn bench_matmul(c: &mut Criterion) {
             let x = data(n * k, 2);
             let mut y = vec![0.0; n * rows];
             let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
+            let mut pack = vec![0.0; ops::matmul_scratch_len()];
             g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
             for isa in Isa::available() {
                 if isa == Isa::Scalar && (n > 64 || rows > 896) {
@@ -110,7 +111,16 @@ fn bench_matmul(c: &mut Criterion) {
                     BenchmarkId::new(isa.to_string(), format!("n{n}_{rows}x{k}")),
                     &(),
                     |b, _| {
-                        b.iter(|| ops::matmul::<Bf16>(isa, black_box(&w), k, black_box(&x), &mut y))
+                        b.iter(|| {
+                            ops::matmul::<Bf16>(
+                                isa,
+                                black_box(&w),
+                                k,
+                                black_box(&x),
+                                &mut pack,
+                                &mut y,
+                            )
+                        })
                     },
                 );
                 if isa.has_avx512_bf16() {
@@ -146,9 +156,6 @@ fn bench_elementwise(c: &mut Criterion) {
         let mut y = a.clone();
         let mut out = vec![0.0; n];
         g.throughput(Throughput::Bytes((8 * n) as u64));
-        g.bench_function(BenchmarkId::new("dot", isa), |bch| {
-            bch.iter(|| ops::dot(isa, black_box(&a), black_box(&b)))
-        });
         g.bench_function(BenchmarkId::new("add", isa), |bch| {
             bch.iter(|| ops::add(isa, &mut y, black_box(&b)))
         });
@@ -166,21 +173,8 @@ fn bench_elementwise(c: &mut Criterion) {
                 ops::silu_mul(isa, &mut y, black_box(&b))
             })
         });
-        g.bench_function(BenchmarkId::new("softmax", isa), |bch| {
-            bch.iter(|| {
-                y.copy_from_slice(&a);
-                ops::softmax(isa, &mut y)
-            })
-        });
         g.bench_function(BenchmarkId::new("rope_hd64", isa), |bch| {
             bch.iter(|| ops::rope(isa, &mut y, 64, black_box(&cos), black_box(&sin)))
-        });
-    }
-    let logits = data(151936, 9);
-    g.throughput(Throughput::Bytes((4 * logits.len()) as u64));
-    for isa in Isa::available() {
-        g.bench_function(BenchmarkId::new("argmax_151936", isa), |bch| {
-            bch.iter(|| ops::argmax(isa, black_box(&logits)))
         });
     }
     g.finish();
@@ -244,15 +238,21 @@ fn bench_par(c: &mut Criterion) {
         let w = weights(rows * k, Dtype::BF16);
         let x = data(n * k, 2);
         let mut y = vec![0.0; n * rows];
-        let mut s = vec![0.0; ops::matmul_bf16dot_scratch_len(n, k)];
         g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
         for pool in &pools {
+            let nt = pool.n_threads();
+            let mut pack = vec![0.0; par::matmul_scratch_len(nt)];
+            let mut s = vec![0.0; par::matmul_bf16dot_scratch_len(nt, n, k)];
             g.bench_function(
                 BenchmarkId::new(
                     "matmul_bf16_n512_4864x896",
                     format!("{}t", pool.n_threads()),
                 ),
-                |b| b.iter(|| par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut y)),
+                |b| {
+                    b.iter(|| {
+                        par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut pack, &mut y)
+                    })
+                },
             );
             if isa.has_avx512_bf16() {
                 let id = BenchmarkId::new(
@@ -330,9 +330,42 @@ fn bench_par(c: &mut Criterion) {
     g.finish();
 }
 
+/// Batched decode's matvec: `n` inputs through `par::matvec_rows` over one bf16 matrix at the
+/// MLP's shapes (gate/up `4864x896`, down `896x4864`). Throughput is the weight bytes streamed
+/// per call, so GB/s that grows with `n` is the multi-row kernels sharing each weight load.
+fn bench_matvec_rows(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let mut g = c.benchmark_group(format!("matvec_rows_{isa}"));
+    let pools: Vec<ThreadPool> = [1, 2]
+        .iter()
+        .map(|&n| ThreadPool::new(n).unwrap())
+        .collect();
+    for &(rows, cols) in &[(4864usize, 896usize), (896, 4864)] {
+        let w = weights(rows * cols, Dtype::BF16);
+        g.throughput(Throughput::Bytes((rows * cols * 2) as u64));
+        for n in [1usize, 4, 8] {
+            let x = data(n * cols, 3);
+            let mut y = vec![0.0; n * rows];
+            let mut s = vec![0.0; par::matvec_rows_scratch_len(n, cols)];
+            for pool in &pools {
+                let id = BenchmarkId::new(
+                    format!("bf16_{rows}x{cols}"),
+                    format!("n{n}_{}t", pool.n_threads()),
+                );
+                g.bench_function(id, |b| {
+                    b.iter(|| {
+                        par::matvec_rows::<Bf16>(pool, isa, black_box(&w), cols, &x, &mut s, &mut y)
+                    })
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_matvec, bench_matmul, bench_elementwise, bench_attention, bench_par
+    targets = bench_matvec, bench_matvec_rows, bench_matmul, bench_elementwise, bench_attention, bench_par
 }
 criterion_main!(benches);

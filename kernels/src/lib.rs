@@ -8,11 +8,12 @@
 //!   still works: every load is unaligned.
 //! - [`ops`]: the safe entry points, one per kernel, each dispatching on an [`Isa`] to the
 //!   scalar reference or the AVX2 / AVX-512 bodies (private modules `avx2`, `avx512`, same
-//!   function names). Besides the kernels: [`ops::exp`] (the vectorized exp that softmax and
-//!   SiLU use) and [`ops::matmul_bf16dot`] (opt-in AVX512-BF16 matmul that rounds activations
-//!   to bf16). A matvec prepares its input once ([`ops::MatvecX`]): on AVX512-BF16 with bf16
-//!   weights, a hi/lo bf16 split that `vdpbf16ps` streams against the weights as accurately as
-//!   the f32 kernel. Both take caller scratch, so nothing allocates.
+//!   function names). Besides the kernels: [`ops::matmul_bf16dot`] (opt-in AVX512-BF16 matmul
+//!   that rounds activations to bf16). A matvec prepares its input once ([`ops::MatvecX`]): on
+//!   AVX512-BF16 with bf16 weights, a hi/lo bf16 split that `vdpbf16ps` streams against the
+//!   weights as accurately as the f32 kernel; [`ops::matvec_rows_x`] runs several prepared
+//!   inputs through multi-row kernels that load each weight vector once for all of them. All
+//!   take caller scratch, so nothing allocates.
 //! - [`scalar`]: the reference implementations every SIMD body is tested against.
 //! - [`pool::ThreadPool`]: persistent workers meeting at a spin barrier; dispatch allocates nothing.
 //! - [`par`]: the kernels split across a pool (matvec by rows, matmul by output columns,

@@ -46,12 +46,6 @@ fn check(isa: Isa) {
     assert!(isa.is_supported(), "this CPU does not support {isa}");
 }
 
-/// `sum(a[i] * b[i])`.
-pub fn dot(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    dispatch!(isa, dot, (a, b))
-}
-
 /// Floats of scratch a matvec over `cols` input columns needs ([`MatvecX::new`]).
 pub fn matvec_scratch_len(cols: usize) -> usize {
     cols.next_multiple_of(32)
@@ -196,8 +190,208 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
     }
 }
 
-/// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major.
-pub fn matmul<W: WeightType>(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f32]) {
+/// Many inputs against one matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
+/// `rows = y.len() / xs.len()`, through the multi-row kernels (each weight vector loaded once
+/// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
+/// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
+/// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
+pub fn matvec_rows_x<W: WeightType>(isa: Isa, w: &[u8], xs: &[MatvecX<'_>], y: &mut [f32]) {
+    if xs.is_empty() {
+        return;
+    }
+    assert!(
+        y.len().is_multiple_of(xs.len()),
+        "matvec_rows_x: y is not one row per input"
+    );
+    let rows = y.len() / xs.len();
+    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
+    unsafe { matvec_x_rows::<W>(isa, w, rows, xs, y.as_mut_ptr(), rows) }
+}
+
+/// The most inputs one multi-row kernel call of [`matvec_x_rows`] takes.
+pub(crate) const ROWS_GROUP: usize = 4;
+
+/// Inputs per multi-row kernel call for inputs prepared as `prep` on `isa`: as many as keep
+/// every input's accumulators in registers (4 per input for the bf16 kernels, 8 for the
+/// widening ones: 3 inputs in 32 zmm registers, 2 in 16 ymm ones over two passes).
+fn rows_group_len(isa: Isa, prep: &Prep<'_>) -> usize {
+    match (prep, isa) {
+        (Prep::HiLo(_) | Prep::EvenOdd(_), _) => ROWS_GROUP,
+        (Prep::Plain, Isa::Avx512) => 3,
+        (Prep::Plain, Isa::Avx2) => 2,
+        _ => ROWS_GROUP,
+    }
+}
+
+/// `y[t * ldy + r] = sum_c w[r, c] * xs[t][c]` for every input `t < xs.len()` and weight row
+/// `r < rows`: the inputs go through the multi-row kernels in groups of up to [`ROWS_GROUP`]
+/// (each weight vector loaded once per group), and every output equals bit for bit what
+/// [`matvec_x`] computes for its input alone. All inputs must be prepared the same way (by
+/// [`MatvecX::new`] for this `isa` and `W`, or all [`MatvecX::plain`]) over the same columns.
+///
+/// # Safety
+/// `y` must be valid for writes at `t * ldy + r` (`t < xs.len()`, `r < rows`), with nothing
+/// else reading or writing those floats during the call.
+pub(crate) unsafe fn matvec_x_rows<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    rows: usize,
+    xs: &[MatvecX<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    let Some(x0) = xs.first() else { return };
+    let cols = x0.cols();
+    assert!(
+        w.len() >= rows * cols * W::SIZE,
+        "matvec: weight buffer too short"
+    );
+    assert!(xs.len() == 1 || ldy >= rows, "matvec_x_rows: rows overlap");
+    let per = rows_group_len(isa, &x0.prep);
+    for (g, grp) in xs.chunks(per).enumerate() {
+        // (this group's outputs start at row g * per of y)
+        let yg = y.wrapping_add(g * per * ldy);
+        // SAFETY: forwarded contract for this group's rows of y.
+        unsafe { rows_group::<W>(isa, w, rows, cols, grp, yg, ldy) }
+    }
+}
+
+/// One group of [`matvec_x_rows`] (`1 <= xs.len() <= ROWS_GROUP`).
+///
+/// # Safety
+/// As [`matvec_x_rows`], with `w` holding `rows * cols` weights (checked by it).
+unsafe fn rows_group<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    xs: &[MatvecX<'_>],
+    y: *mut f32,
+    ldy: usize,
+) {
+    // Calls `$f::<.., R>` with the group's prepared (or plain) input pointers as an array of
+    // its length.
+    macro_rules! by_len {
+        ($f:path, $get:expr) => {{
+            let get = $get;
+            match xs.len() {
+                1 => $f(w, rows, [get(&xs[0])], cols, y, ldy),
+                2 => $f(w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
+                3 => $f(
+                    w,
+                    rows,
+                    [get(&xs[0]), get(&xs[1]), get(&xs[2])],
+                    cols,
+                    y,
+                    ldy,
+                ),
+                _ => $f(
+                    w,
+                    rows,
+                    [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
+                    cols,
+                    y,
+                    ldy,
+                ),
+            }
+        }};
+    }
+    assert!(!xs.is_empty() && xs.len() <= ROWS_GROUP);
+    for x in xs {
+        assert_eq!(x.cols(), cols, "matvec_x_rows: inputs of different widths");
+    }
+    match xs[0].prep {
+        #[cfg(target_arch = "x86_64")]
+        Prep::HiLo(_) => {
+            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
+            check(Isa::Avx512);
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::HiLo(xp) => xp.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; `w` length checked by
+            // the caller; every input is a `HiLo` packed by `MatvecX::new` from `cols` columns
+            // (its slice holds them rounded up to a block); `y` forwarded.
+            unsafe { by_len!(avx512::matvec_bf16_hilo_rows, get) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Prep::EvenOdd(_) => {
+            assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
+            check(Isa::Avx512);
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::EvenOdd(xp) => xp.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            // SAFETY: CPU support checked; `w` length checked by the caller; every input is an
+            // `EvenOdd` laid out by `MatvecX::exact` from `cols` columns; `y` forwarded.
+            unsafe { by_len!(avx512::matvec_bf16_evenodd_rows, get) }
+        }
+        _ => {
+            let get = |x: &MatvecX<'_>| match x.prep {
+                Prep::Plain => x.x.as_ptr(),
+                _ => panic!("matvec_x_rows: inputs prepared differently"),
+            };
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => {
+                    check(Isa::Avx512);
+                    // SAFETY: CPU support checked; `w` length checked by the caller; every
+                    // plain input is `cols` floats; `y` forwarded.
+                    unsafe { by_len!(avx512::matvec_rows::<W, _>, get) }
+                }
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => {
+                    check(Isa::Avx2);
+                    // SAFETY: as above, for AVX2.
+                    unsafe { by_len!(avx2::matvec_rows::<W, _>, get) }
+                }
+                _ => {
+                    for (t, x) in xs.iter().enumerate() {
+                        let _ = get(x);
+                        // SAFETY: row t of y has `rows` writable, unaliased floats at t * ldy
+                        // (contract).
+                        let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
+                        scalar::matvec::<W>(w, x.x, yt);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Floats of scratch [`matmul`] needs for its packed weight panel (on every ISA: the largest
+/// panel of any body; the contents on entry do not matter).
+pub fn matmul_scratch_len() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::MATMUL_PACK.max(avx2::MATMUL_PACK)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Panics unless `scratch` holds a matmul's packed panel.
+fn check_pack(scratch: &[f32], need: usize, what: &str) {
+    assert!(
+        scratch.len() >= need,
+        "{what}: scratch holds {} floats, {need} needed",
+        scratch.len()
+    );
+}
+
+/// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major. `scratch`
+/// holds the packed weight panel: [`matmul_scratch_len`] floats.
+pub fn matmul<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    check_pack(scratch, matmul_scratch_len(), "matmul");
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
@@ -206,13 +400,14 @@ pub fn matmul<W: WeightType>(isa: Isa, w: &[u8], k: usize, x: &[f32], y: &mut [f
         "matmul: weight buffer too short"
     );
     // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
-    // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j.
-    unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows) }
+    // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j; `scratch` holds
+    // the panel (checked).
+    unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows, scratch) }
 }
 
 /// The matmul body behind [`matmul`] and `par::matmul`: `y[t * ldy + j] = sum_c w[j, c] *
 /// x[t * k + c]` for `t < n`, `j < rows`, so that a thread can fill a column block of a wider
-/// output.
+/// output; `pack` is the thread's own packed panel.
 ///
 /// # Safety
 /// `k > 0`, `w.len() >= rows * k * W::SIZE`, `x.len() >= n * k`, `ldy >= rows`, and `y` must be
@@ -228,22 +423,26 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
     y: *mut f32,
     ldy: usize,
     rows: usize,
+    pack: &mut [f32],
 ) {
     assert!(k > 0 && w.len() >= rows * k * W::SIZE && x.len() >= n * k && ldy >= rows);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             check(Isa::Avx512);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller.
-            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows) }
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
+            // checks the panel's length itself.
+            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             check(Isa::Avx2);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller.
-            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows) }
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
+            // checks the panel's length itself.
+            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
         }
         _ => {
+            let _ = pack;
             for t in 0..n {
                 // SAFETY: row t of y has `rows` writable, unaliased floats at t*ldy (contract).
                 let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
@@ -257,8 +456,8 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
 /// the activations are ROUNDED TO BF16 before the products (f32 accumulation), so results differ
 /// from [`matmul`] by up to ~2^-8 relative to `sum |w x|`. About twice the f32 path's throughput.
 /// Not the default: use it only where that rounding is acceptable. On other ISAs, and for fewer
-/// than 3 tokens, it is exactly `matmul::<Bf16>`. `scratch` holds the rounded activations:
-/// [`matmul_bf16dot_scratch_len`] floats.
+/// than 3 tokens, it is exactly `matmul::<Bf16>`. `scratch` holds the rounded activations and
+/// the packed weight panel: [`matmul_bf16dot_scratch_len`] floats.
 pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
@@ -267,19 +466,64 @@ pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f3
         w.len() >= rows * k * 2,
         "matmul_bf16dot: weight buffer too short"
     );
-    let xb = bf16dot_pairs(isa, x, k, n, scratch);
-    // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n.
-    unsafe { matmul_bf16dot_strided(isa, w, k, x, xb, n, y.as_mut_ptr(), rows, rows) }
+    let (pairs, pack) = split_bf16dot_scratch(scratch, n, k);
+    check_pack(pack, BF16DOT_PACK, "matmul_bf16dot");
+    let xb = bf16dot_pairs(isa, x, k, n, pairs);
+    // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n, and `pack`
+    // holds a panel of either path (checked).
+    unsafe { matmul_bf16dot_strided(isa, w, k, x, xb, n, y.as_mut_ptr(), rows, rows, pack) }
 }
 
-/// Floats of scratch [`matmul_bf16dot`] needs for `n` tokens of `k` activations: one bf16 pair
-/// per float.
+/// Floats of one packed panel of [`matmul_bf16dot`]: room for the `vdpbf16ps` panel or the f32
+/// one, whichever path runs.
+pub(crate) const BF16DOT_PACK: usize = {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (a, b) = (avx512::BF16DOT_PACK, avx512::MATMUL_PACK);
+        let c = avx2::MATMUL_PACK;
+        let ab = if a > b { a } else { b };
+        if ab > c {
+            ab
+        } else {
+            c
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+};
+
+/// Floats of the rounded activations of `n` tokens of `k` (one bf16 pair per float), rounded up
+/// to whole 64-byte lines so that the panels after them start on one.
+pub(crate) fn bf16dot_pairs_len(n: usize, k: usize) -> usize {
+    (n * k.div_ceil(2)).next_multiple_of(16)
+}
+
+/// Splits a [`matmul_bf16dot`] scratch into the rounded activations and the rest (the panels).
+pub(crate) fn split_bf16dot_scratch(
+    scratch: &mut [f32],
+    n: usize,
+    k: usize,
+) -> (&mut [f32], &mut [f32]) {
+    let need = bf16dot_pairs_len(n, k);
+    assert!(
+        scratch.len() >= need,
+        "matmul_bf16dot: scratch holds {} floats, {need} needed for the activations",
+        scratch.len()
+    );
+    scratch.split_at_mut(need)
+}
+
+/// Floats of scratch [`matmul_bf16dot`] needs for `n` tokens of `k` activations: their bf16
+/// pairs (one per float, rounded up to 16 floats) and one packed weight panel.
 pub fn matmul_bf16dot_scratch_len(n: usize, k: usize) -> usize {
-    n * k.div_ceil(2)
+    bf16dot_pairs_len(n, k) + BF16DOT_PACK
 }
 
 /// Rounds the `n × k` activations to bf16 pairs in `scratch` once per matmul, where the
 /// `vdpbf16ps` path will read them (AVX512-BF16, at least 3 tokens); `None` otherwise.
+/// `scratch` is the activations' part of a [`split_bf16dot_scratch`].
 pub(crate) fn bf16dot_pairs<'s>(
     isa: Isa,
     x: &[f32],
@@ -287,7 +531,7 @@ pub(crate) fn bf16dot_pairs<'s>(
     n: usize,
     scratch: &'s mut [f32],
 ) -> Option<&'s [f32]> {
-    let need = matmul_bf16dot_scratch_len(n, k);
+    let need = n * k.div_ceil(2);
     assert!(
         scratch.len() >= need,
         "matmul_bf16dot: scratch holds {} floats, {need} needed",
@@ -306,7 +550,8 @@ pub(crate) fn bf16dot_pairs<'s>(
 }
 
 /// The body behind [`matmul_bf16dot`] and `par::matmul_bf16dot`, writing a column block:
-/// the `vdpbf16ps` path on `xb` (from [`bf16dot_pairs`]) where there is one, else the f32 path.
+/// the `vdpbf16ps` path on `xb` (from [`bf16dot_pairs`]) where there is one, else the f32 path;
+/// `pack` is the thread's own panel ([`BF16DOT_PACK`] floats).
 ///
 /// # Safety
 /// As [`matmul_strided`] with bf16 weights; `xb` must come from [`bf16dot_pairs`] with the same
@@ -322,6 +567,7 @@ pub(crate) unsafe fn matmul_bf16dot_strided(
     y: *mut f32,
     ldy: usize,
     rows: usize,
+    pack: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
     if let Some(xb) = xb {
@@ -329,16 +575,17 @@ pub(crate) unsafe fn matmul_bf16dot_strided(
             isa.has_avx512_bf16()
                 && k > 0
                 && w.len() >= rows * k * 2
-                && xb.len() >= matmul_bf16dot_scratch_len(n, k)
+                && xb.len() >= n * k.div_ceil(2)
                 && ldy >= rows
         );
         check(Isa::Avx512);
-        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; buffer contract forwarded.
-        unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows) };
+        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; buffer contract forwarded;
+        // the body checks the panel's length itself.
+        unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows, pack) };
         return;
     }
     // SAFETY: forwarded contract.
-    unsafe { matmul_strided::<crate::Bf16>(isa, w, k, x, n, y, ldy, rows) }
+    unsafe { matmul_strided::<crate::Bf16>(isa, w, k, x, n, y, ldy, rows, pack) }
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
@@ -372,11 +619,6 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     dispatch!(isa, silu_mul, (gate, up))
 }
 
-/// In-place softmax; returns the log-normalizer (logsumexp of the input).
-pub fn softmax(isa: Isa, x: &mut [f32]) -> f32 {
-    dispatch!(isa, softmax, (x))
-}
-
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
 pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     assert!(head_dim > 0, "rope: head_dim is 0");
@@ -406,18 +648,6 @@ pub fn attention(
         "attention: buffers too short"
     );
     dispatch!(isa, attention, (q, keys, values, scale, scores, out))
-}
-
-/// Index of the largest element.
-pub fn argmax(isa: Isa, x: &[f32]) -> usize {
-    dispatch!(isa, argmax, (x))
-}
-
-/// In-place `x[i] = exp(x[i])`, vectorized on the SIMD ISAs (within ~1 ulp of the correctly
-/// rounded value over the whole f32 range, including subnormal results; +inf above ~88.72, 0
-/// below ~-103.97).
-pub fn exp(isa: Isa, x: &mut [f32]) {
-    dispatch!(isa, exp, (x))
 }
 
 /// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one

@@ -174,24 +174,50 @@ fn matvec_n<W: WeightType, const N: usize>(
     });
 }
 
-/// [`ops::matmul`] with output columns (weight rows) split across the pool.
+/// Floats of scratch [`matmul`] needs on a pool of `n_threads`: one packed weight panel
+/// ([`ops::matmul_scratch_len`]) per thread.
+pub fn matmul_scratch_len(n_threads: usize) -> usize {
+    n_threads.max(1) * ops::matmul_scratch_len()
+}
+
+/// Floats of scratch [`matmul_bf16dot`] needs on a pool of `n_threads` for `n` tokens of `k`
+/// activations: the rounded activations once, and one packed weight panel per thread.
+pub fn matmul_bf16dot_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
+    ops::bf16dot_pairs_len(n, k) + n_threads.max(1) * ops::BF16DOT_PACK
+}
+
+/// [`ops::matmul`] with output columns (weight rows) split across the pool. `scratch` holds a
+/// packed panel for every thread: [`matmul_scratch_len`]`(pool.n_threads())` floats.
 pub fn matmul<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
     w: &[u8],
     k: usize,
     x: &[f32],
+    scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    matmul_cols(pool, w, W::SIZE, k, x, y, &|w, n, yp, ldy, cols| {
-        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
-        unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols) }
-    });
+    let per = ops::matmul_scratch_len();
+    matmul_cols(
+        pool,
+        w,
+        W::SIZE,
+        k,
+        x,
+        y,
+        scratch,
+        per,
+        &|w, n, yp, ldy, cols, pack| {
+            // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+            unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols, pack) }
+        },
+    );
 }
 
 /// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
-/// columns split across the pool. `w` is bf16. The activations are rounded once, into `scratch`
-/// ([`ops::matmul_bf16dot_scratch_len`] floats), before the columns are handed out.
+/// columns split across the pool. `w` is bf16. The activations are rounded once, into the front
+/// of `scratch`, before the columns are handed out; after them come the threads' packed panels
+/// ([`matmul_bf16dot_scratch_len`] floats in all).
 pub fn matmul_bf16dot(
     pool: &ThreadPool,
     isa: Isa,
@@ -204,18 +230,34 @@ pub fn matmul_bf16dot(
     let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
-    let xb = ops::bf16dot_pairs(isa, x, k, n, scratch);
-    matmul_cols(pool, w, 2, k, x, y, &|w, n, yp, ldy, cols| {
-        // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
-        // k and n (`matmul_cols` passes the same n).
-        unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols) }
-    });
+    let (pairs, packs) = ops::split_bf16dot_scratch(scratch, n, k);
+    let xb = ops::bf16dot_pairs(isa, x, k, n, pairs);
+    let per = ops::BF16DOT_PACK;
+    matmul_cols(
+        pool,
+        w,
+        2,
+        k,
+        x,
+        y,
+        packs,
+        per,
+        &|w, n, yp, ldy, cols, pack| {
+            // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
+            // k and n (`matmul_cols` passes the same n).
+            unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols, pack) }
+        },
+    );
 }
 
-/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols)` must compute
-/// `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of `w_block`;
-/// it is called with a `y_block` valid for exactly those writes and not accessed by anyone else.
-#[allow(clippy::type_complexity)]
+/// The body of one thread's column block: `(w_block, n, y_block, ldy, cols, pack)`.
+type ColsBody<'a> = dyn Fn(&[u8], usize, *mut f32, usize, usize, &mut [f32]) + Sync + 'a;
+
+/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols, pack)` must
+/// compute `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of
+/// `w_block`; it is called with a `y_block` valid for exactly those writes and not accessed by
+/// anyone else, and with `pack`, `per` floats of `packs` that are the calling thread's alone.
+#[allow(clippy::too_many_arguments)]
 fn matmul_cols(
     pool: &ThreadPool,
     w: &[u8],
@@ -223,7 +265,9 @@ fn matmul_cols(
     k: usize,
     x: &[f32],
     y: &mut [f32],
-    body: &(dyn Fn(&[u8], usize, *mut f32, usize, usize) + Sync),
+    packs: &mut [f32],
+    per: usize,
+    body: &ColsBody<'_>,
 ) {
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
@@ -234,15 +278,27 @@ fn matmul_cols(
     );
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
-        body(w, n, y.as_mut_ptr(), rows, rows);
+        assert!(packs.len() >= per, "matmul: scratch too short for a panel");
+        body(w, n, y.as_mut_ptr(), rows, rows, &mut packs[..per]);
         return;
     }
+    assert!(
+        packs.len() >= nt * per,
+        "matmul: scratch holds {} floats, {} needed for {nt} threads' panels",
+        packs.len(),
+        nt * per
+    );
     let yp = SendPtr(y.as_mut_ptr());
+    let pp = SendPtr(packs.as_mut_ptr());
     pool.run(&|tid| {
         let (c0, c1) = split(rows, nt, tid, COL_ALIGN);
         if c0 >= c1 {
             return;
         }
+        // SAFETY: tid < nt and packs holds nt * per floats (asserted), so this thread's `per`
+        // floats at tid * per lie inside it, disjoint from every other thread's; `packs`' `&mut`
+        // is held by this function until `run` returns.
+        let pack = unsafe { std::slice::from_raw_parts_mut(pp.get().add(tid * per), per) };
         // SAFETY: w holds rows*k weights (checked), so rows c0..c1 exist. Thread tid writes only
         // y[t * rows + j] for j in its column range [c0, c1), and the ranges of different tids
         // are disjoint; all lie in y (n*rows <= y.len()), whose `&mut` this function holds until
@@ -253,6 +309,7 @@ fn matmul_cols(
             unsafe { yp.get().add(c0) },
             rows,
             c1 - c0,
+            pack,
         );
     });
 }
@@ -557,8 +614,8 @@ pub fn attention_rows(
 /// The most input rows one [`matvec_rows`] dispatch takes (their prepared inputs live in a
 /// stack array of this many handles); more rows go in groups of this many.
 pub const MATVEC_ROWS_MAX: usize = 64;
-/// Weight rows per block that [`matvec_rows`] runs every input through before moving on: 32
-/// rows of bf16 at hidden 896 are 56 KiB, which stay in L2 while each input reads them.
+/// Weight rows per block that [`matvec_rows`] runs every group of inputs through before moving
+/// on: 32 rows of bf16 at hidden 896 are 56 KiB, which stay in L2 while each group reads them.
 const ROWS_BLOCK: usize = 32;
 
 /// Floats of scratch [`matvec_rows`] needs for `n` input rows of `cols` columns.
@@ -568,10 +625,12 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 
 /// `n` matvecs over one matrix, the weights streamed from memory once for all of them: `x` is
 /// `[n, cols]`, `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block of weight rows
-/// is read by every input while it is in cache. Every output row is computed by the very
-/// kernel call [`matvec`] makes for it (the same prepared input, the same row), so the result
-/// is bit for bit that of `n` separate [`matvec`] calls, whatever `n` and the thread count:
-/// a row's numbers never depend on which other rows share the dispatch.
+/// is read by every input while it is in cache, by the multi-row kernels: each weight vector
+/// is loaded once into a register and multiplied into a group of inputs (up to 4). Each input
+/// keeps the accumulators of the single-row kernel [`matvec`] runs, adds into them in the same
+/// order and reduces them the same way, so the result is bit for bit that of `n` separate
+/// [`matvec`] calls, whatever `n` and the thread count: a row's numbers never depend on which
+/// other rows share the dispatch.
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
     isa: Isa,
@@ -616,14 +675,11 @@ pub fn matvec_rows<W: WeightType>(
         let run_block = |b: usize, yp: *mut f32| {
             let (r0, r1) = (b * ROWS_BLOCK, ((b + 1) * ROWS_BLOCK).min(rows));
             let wb = &w[r0 * cols * W::SIZE..r1 * cols * W::SIZE];
-            for (t, xt) in xs.iter().enumerate() {
-                // SAFETY: output row t's columns [r0, r1) are y[t * rows + r0 .. t * rows + r1),
-                // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
-                // one thread (see the callers below), so no two threads write the same floats,
-                // and the `&mut` behind `yp` is held by this function until they are done.
-                let yt = unsafe { std::slice::from_raw_parts_mut(yp.add(t * rows + r0), r1 - r0) };
-                ops::matvec_x::<W>(isa, wb, xt, yt);
-            }
+            // SAFETY: output row t's columns [r0, r1) are y[t * rows + r0 .. t * rows + r1),
+            // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
+            // one thread (see the callers below), so no two threads write the same floats, and
+            // the `&mut` behind `yp` is held by this function until they are done.
+            unsafe { ops::matvec_x_rows::<W>(isa, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
         };
         if nt == 1 || rows * cols * g < SERIAL_BELOW {
             let yp = yg.as_mut_ptr();

@@ -168,10 +168,3 @@ pub fn argmax(x: &[f32]) -> usize {
     }
     best
 }
-
-/// `x[i] = exp(x[i])`.
-pub fn exp(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = v.exp();
-    }
-}

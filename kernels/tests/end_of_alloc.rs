@@ -70,28 +70,12 @@ fn elementwise_at_end_of_allocation() {
         let a = rng.vec(n);
         let b = rng.vec(n);
         let (ea, eb) = (exact(&a), exact(&b));
-        let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
-        let r = scalar::dot(&a, &b);
         for &isa in &isas {
-            close(ops::dot(isa, &ea, &eb), r, mag, &format!("dot {isa} n={n}"));
-            assert_eq!(
-                ops::argmax(isa, &ea),
-                scalar::argmax(&a),
-                "argmax {isa} n={n}"
-            );
-
             let mut y = exact(&a);
             let mut ry = a.clone();
             scalar::add(&mut ry, &b);
             ops::add(isa, &mut y, &eb);
             assert_eq!(&y[..], &ry[..], "add {isa} n={n}");
-
-            let mut e = exact(&a);
-            ops::exp(isa, &mut e);
-            for i in 0..n {
-                let r = (a[i] as f64).exp() as f32;
-                assert!(ulps(e[i], r) <= 2, "exp {isa} n={n} i={i}: {} vs {r}", e[i]);
-            }
 
             let g0: Vec<f32> = a.iter().map(|v| v * 20.0).collect();
             let mut rg = g0.clone();
@@ -105,15 +89,6 @@ fn elementwise_at_end_of_allocation() {
                     g[i],
                     rg[i]
                 );
-            }
-
-            let mut rs = a.clone();
-            let lse_r = scalar::softmax(&mut rs);
-            let mut s = exact(&a);
-            let lse = ops::softmax(isa, &mut s);
-            close(lse, lse_r, lse.abs().max(1.0), &format!("lse {isa} n={n}"));
-            for i in 0..n {
-                close(s[i], rs[i], rs[i], &format!("softmax {isa} n={n} i={i}"));
             }
 
             for dt in [Dtype::F32, Dtype::F16, Dtype::BF16] {
@@ -256,7 +231,8 @@ fn check_matmul<W: WeightType>(isas: &[Isa]) {
                     scalar::matmul::<W>(w, k, &x0, &mut r);
                     for &isa in isas {
                         let mut y = filled(n * rows, f32::NAN);
-                        ops::matmul::<W>(isa, w, k, &x, &mut y);
+                        let mut pack = filled(ops::matmul_scratch_len(), f32::NAN);
+                        ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
                         for t in 0..n {
                             for j in 0..rows {
                                 let mag: f32 = (0..k)

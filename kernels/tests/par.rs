@@ -108,7 +108,8 @@ fn par_matmul_all() {
             scalar::matmul::<Bf16>(w, k, &x, &mut r);
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; n * rows];
-                par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut y);
+                let mut pack = vec![f32::NAN; par::matmul_scratch_len(nt)];
+                par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut pack, &mut y);
                 close(
                     &y,
                     &r,
@@ -123,7 +124,8 @@ fn par_matmul_all() {
                 let mut r = vec![f32::NAN; n * rows];
                 ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut r);
                 let mut y = vec![f32::NAN; n * rows];
-                par::matmul_bf16dot(&pool, isa, w, k, &x, &mut s, &mut y);
+                let mut ps = vec![f32::NAN; par::matmul_bf16dot_scratch_len(nt, n, k)];
+                par::matmul_bf16dot(&pool, isa, w, k, &x, &mut ps, &mut y);
                 let what = format!("par::matmul_bf16dot {isa} nt={nt} {rows} {k} {n}");
                 assert!(
                     y.iter().zip(&r).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -83,6 +83,7 @@ fn dispatch_and_par_kernels_allocate_nothing() {
         let mut scores = vec![0.0f32; par::scores_len(nt, 4, 64)];
         let (mut y1, mut y2) = (vec![0.0f32; rows], vec![0.0f32; rows]);
         let mut s = vec![0.0f32; ops::matvec_scratch_len(cols)];
+        let mut pack = vec![0.0f32; par::matmul_scratch_len(nt)];
         for isa in Isa::available() {
             // Warm-up, then count.
             for round in 0..2 {
@@ -99,7 +100,7 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &w[1..],
                         &mut y2,
                     );
-                    par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut y);
+                    par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut pack, &mut y);
                     par::attention(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
                     // Both attention paths explicitly (`attention` picks one by shape).
                     par::attention_tiled(

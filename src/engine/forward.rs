@@ -86,17 +86,18 @@ pub(super) fn run(
     let mlp_gate = &mut b.mlp_gate[..n * f]; // [n, ffn]
     let mlp_up = &mut b.mlp_up[..n * f];
     let x_prep = &mut *b.x_prep;
+    let matmul_pack = &mut *b.matmul_pack;
     let wb = |t: &TensorRef| weights.bytes(t);
 
     // `out = input · wᵀ` over the step's rows, in w's own format: the decode rows through the
     // decode matvec (matvec_rows: the same numbers as one matvec per row), the prefill rows
     // through one matmul (bf16 dot products for the MLP's gate/up on bf16 weights when on).
-    let linear = |w: &TensorRef,
-                  input: &[f32],
-                  k_in: usize,
-                  out: &mut [f32],
-                  gate_up: bool,
-                  prep: &mut [f32]| {
+    let mut linear = |w: &TensorRef,
+                      input: &[f32],
+                      k_in: usize,
+                      out: &mut [f32],
+                      gate_up: bool,
+                      prep: &mut [f32]| {
         let wbytes = weights.bytes(w);
         let width = out.len() / n;
         let (in_d, in_p) = input.split_at(nd * k_in);
@@ -106,9 +107,9 @@ pub(super) fn run(
         }
         if nd < n {
             if gate_up && prefill_bf16 && w.dtype == Dtype::BF16 {
-                par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, prep, out_p)
+                par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p)
             } else {
-                by_format!(w.dtype, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, out_p))
+                by_format!(w.dtype, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p))
             }
         }
     };

@@ -1,6 +1,6 @@
 //! The engine's arena layout: every region by name, sized from the model and the options.
 
-use qwenrt_kernels::{ops, par};
+use qwenrt_kernels::par;
 
 use crate::engine::arena::{ArenaError, MemoryPlan, RegionSpec};
 use crate::engine::kv_cache::KvShape;
@@ -41,8 +41,11 @@ crate::arena_regions! {
         /// cos of every row's angles: `[rows, head_dim/2]`.
         rope_cos: "rope.cos",
         rope_sin: "rope.sin",
-        /// The activations prepared for the weights' dot products.
+        /// The activations prepared for the decode matvecs' dot products.
         x_prep: "x_prep",
+        /// Prefill matmuls' packed weight panels (one per thread), after the bf16 pairs of the
+        /// activations where the gate/up matmuls round them.
+        matmul_pack: "matmul_pack",
     }
 }
 
@@ -91,10 +94,12 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
     };
     let scores = par::scores_len(d.threads, c.num_attention_heads, kv.capacity);
     let lr = LOGIT_ROWS.min(n);
-    // the activations prepared for the weights' dot products: the decode matvec's bf16 hi/lo
-    // split, or prefill's bf16 pairs for the gate/up matmuls
+    // the activations prepared for the decode matvec's dot products (the bf16 hi/lo split)
     let split = par::matvec_rows_scratch_len(n, h.max(f));
-    let pairs = ops::matmul_bf16dot_scratch_len(n, h);
+    // the prefill matmuls' per-thread panels, after prefill's bf16 pairs for gate/up
+    let t = d.threads;
+    let panels = par::matmul_scratch_len(t);
+    let pairs_panels = par::matmul_bf16dot_scratch_len(t, n, h);
     ArenaSpec {
         kv_k: kv_spec(),
         kv_v: kv_spec(),
@@ -130,10 +135,16 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         rope_sin: rows("head_dim/2", hd / 2),
         x_prep: spec(
             format!(
-                "max(matvec split [min(rows, {}), max(hidden, ffn)] = {split}, bf16 pairs [rows, hidden/2] = {pairs})",
+                "matvec split [min(rows, {}), max(hidden, ffn)] = {split}",
                 par::MATVEC_ROWS_MAX
             ),
-            Some(split.max(pairs)),
+            Some(split),
+        ),
+        matmul_pack: spec(
+            format!(
+                "max(f32 panels [threads = {t}] = {panels}, bf16 pairs [rows, hidden/2] + bf16 panels [threads] = {pairs_panels})"
+            ),
+            Some(panels.max(pairs_panels)),
         ),
     }
     .plan()
