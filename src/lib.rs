@@ -55,6 +55,7 @@ pub mod engine;
 #[allow(missing_docs)] // command code, moving to the binary
 pub mod fetch;
 pub mod model;
+pub mod server;
 #[cfg(any(test, feature = "testkit"))]
 #[allow(missing_docs)]
 // test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
