@@ -206,7 +206,7 @@ fn stream_equals_non_stream_at_temperature_zero() {
         let usage = &full["usage"];
         assert!(usage["prompt_tokens"].as_u64().unwrap() > 3);
         let completion = usage["completion_tokens"].as_u64().unwrap();
-        assert!(completion >= 1 && completion <= 16);
+        assert!((1..=16).contains(&completion));
         assert_eq!(
             usage["total_tokens"].as_u64().unwrap(),
             usage["prompt_tokens"].as_u64().unwrap() + completion
