@@ -34,6 +34,7 @@ mod api;
 mod http;
 mod metrics;
 mod scheduler;
+mod text;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
