@@ -51,6 +51,7 @@ pub mod engine;
 pub mod hub;
 pub mod model;
 // test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
+pub mod server;
 #[cfg(any(test, feature = "testkit"))]
 #[allow(missing_docs)]
 pub mod testkit;

@@ -14,6 +14,7 @@ mod generate;
 mod inspect;
 mod models;
 mod progress;
+mod serve;
 
 use std::fmt;
 use std::io::Write;
@@ -96,6 +97,8 @@ enum Command {
     Arc(arc::ArcArgs),
     /// Run the prompts of a JSONL file, one output record per line, in input order
     Batch(batch::BatchArgs),
+    /// Serve the model over HTTP (OpenAI-compatible, continuous batching)
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the command line `args` (the program name first).
@@ -115,6 +118,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         Command::Convert(a) => models::convert(a),
         Command::Arc(a) => arc::run(a),
         Command::Batch(a) => batch::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -1,0 +1,108 @@
+//! `qwenrt serve`: the OpenAI-compatible HTTP server ([`qwenrt::server`]) on one model.
+
+use clap::Args;
+use qwenrt::server::{self, ServerOptions};
+
+use super::{load_tokenizer, load_weights, physical_cores, CliError, ModelArg};
+
+/// `qwenrt serve`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), \
+GET /v1/models, GET /health, GET /metrics, POST /tokenize, POST /detokenize. SIGINT or \
+SIGTERM stops accepting, lets running requests finish, and exits 0."
+)]
+pub struct ServeArgs {
+    /// Address to bind
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    host: String,
+    /// Port to bind
+    #[arg(long, value_name = "PORT", default_value_t = 8080)]
+    port: u16,
+    /// Requests generating together (engine sequences)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        allow_negative_numbers = true
+    )]
+    parallel: usize,
+    /// Context length of each sequence, in tokens
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 4096,
+        allow_negative_numbers = true
+    )]
+    ctx: usize,
+    /// Worker threads [default: the number of physical cores]
+    #[arg(short = 't', long, value_name = "N", allow_negative_numbers = true)]
+    threads: Option<usize>,
+    /// Require `Authorization: Bearer KEY` (also from QWENRT_API_KEY)
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "QWENRT_API_KEY",
+        hide_env_values = true
+    )]
+    api_key: Option<String>,
+    /// Requests that may wait beyond --parallel; past that, 503 with Retry-After
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 64,
+        allow_negative_numbers = true
+    )]
+    max_queue: usize,
+    /// Keep every prefill projection in f32
+    #[arg(long)]
+    prefill_f32: bool,
+    #[command(flatten)]
+    model: ModelArg,
+}
+
+/// Runs `qwenrt serve` until SIGINT or SIGTERM.
+pub fn run(a: ServeArgs) -> Result<(), CliError> {
+    let dir = a.model.dir()?;
+    let weights = load_weights(&dir)?;
+    if a.ctx > weights.config.max_position_embeddings {
+        return Err(CliError::usage(format!(
+            "--ctx {} exceeds the model's max_position_embeddings ({})",
+            a.ctx, weights.config.max_position_embeddings
+        )));
+    }
+    let tok = load_tokenizer(&dir)?;
+    let model_id = dir.file_name().map_or_else(
+        || "qwenrt".to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let opts = ServerOptions {
+        host: a.host,
+        port: a.port,
+        parallel: a.parallel,
+        ctx: a.ctx,
+        threads: a.threads.unwrap_or_else(physical_cores),
+        api_key: a.api_key.filter(|k| !k.is_empty()),
+        max_queue: a.max_queue,
+        prefill_bf16: !a.prefill_f32,
+        ..ServerOptions::default()
+    };
+    server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    eprintln!("shutting down: finishing running requests");
+}

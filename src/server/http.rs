@@ -1,0 +1,553 @@
+//! The HTTP side: routes, auth, admission, and the OpenAI response shapes (JSON and SSE).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+use crate::server::api::{self, ApiError, Endpoint, GenRequest};
+use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
+use crate::text::tokenizer::Tokenizer;
+
+/// What every handler shares.
+pub struct AppInner {
+    pub tx: Sender<Msg>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub shared: Arc<Shared>,
+    pub model_id: String,
+    pub ctx: usize,
+    pub vocab: usize,
+    pub api_key: Option<String>,
+    /// Jobs accepted at once (running plus queued).
+    pub limit: usize,
+    pub request_timeout: Option<Duration>,
+    pub max_body_bytes: usize,
+    pub draining: AtomicBool,
+    pub started: u64,
+}
+
+type App = Arc<AppInner>;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A new `created` timestamp for the responses.
+pub fn now_secs() -> u64 {
+    unix_now()
+}
+
+/// The router with every endpoint, the body limit, and auth and status counting around it.
+pub fn router(app: App) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/tokenize", post(tokenize))
+        .route("/detokenize", post(detokenize))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(app.max_body_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .with_state(app)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        json_response(status, &self.body())
+    }
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+/// Same length and bytes, without stopping at the first difference.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Checks the API key (every route but `/health`) and counts responses by status.
+async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
+    let open = req.uri().path() == "/health";
+    let resp = match (&app.api_key, open) {
+        (Some(key), false) => {
+            let given = req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .unwrap_or("");
+            if same_secret(given.trim().as_bytes(), key.as_bytes()) {
+                next.run(req).await
+            } else {
+                let mut r = ApiError::new(
+                    401,
+                    "authentication_error",
+                    "missing or wrong API key (send it as 'Authorization: Bearer KEY')",
+                )
+                .code("invalid_api_key")
+                .into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                r
+            }
+        }
+        _ => next.run(req).await,
+    };
+    app.shared.metrics.count_response(resp.status().as_u16());
+    resp
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        404,
+        "invalid_request_error",
+        format!("no such endpoint: {method} {}", uri.path()),
+    )
+    .code("not_found")
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        405,
+        "invalid_request_error",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+    .code("method_not_allowed")
+}
+
+/// The body bytes, or the error for a body over the limit (413) or one that failed to arrive.
+fn body_bytes(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                413,
+                "invalid_request_error",
+                format!("the request body exceeds {} bytes", app.max_body_bytes),
+            )
+            .code("payload_too_large")
+        } else {
+            ApiError::new(400, "invalid_request_error", r.body_text())
+        }
+    })
+}
+
+async fn chat(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(app, Endpoint::Chat, body).await
+}
+
+async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    generate(app, Endpoint::Completion, body).await
+}
+
+async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
+    let req = match body_bytes(&app, body).and_then(|b| {
+        let o = api::parse_object(&b)?;
+        api::parse_generation(&o, endpoint, &app.tokenizer, app.ctx, app.vocab)
+    }) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let events = match submit(&app, &req) {
+        Ok(rx) => rx,
+        Err(r) => return r,
+    };
+    let id = format!(
+        "{}-{:x}",
+        if endpoint == Endpoint::Chat {
+            "chatcmpl"
+        } else {
+            "cmpl"
+        },
+        rand_id()
+    );
+    let meta = Meta {
+        id,
+        created: unix_now(),
+        model: app.model_id.clone(),
+        endpoint,
+        include_usage: req.include_usage,
+    };
+    if req.stream {
+        stream(meta, events).into_response()
+    } else {
+        collect(meta, events).await
+    }
+}
+
+/// Admits a job (503 with Retry-After past the queue) and hands it to the engine thread.
+#[allow(clippy::result_large_err)]
+fn submit(app: &AppInner, req: &GenRequest) -> Result<UnboundedReceiver<Event>, Response> {
+    let busy = |why: &str| {
+        let mut r = ApiError::new(503, "server_error", why)
+            .code("overloaded")
+            .into_response();
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        r
+    };
+    if app.draining.load(Ordering::Acquire) {
+        return Err(busy("the server is shutting down"));
+    }
+    if app.shared.inflight.fetch_add(1, Ordering::AcqRel) >= app.limit {
+        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        app.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+        return Err(busy(
+            "the server is busy: the request queue is full, retry later",
+        ));
+    }
+    let (tx, rx) = unbounded_channel();
+    let arrived = Instant::now();
+    let job = Job {
+        req: req.clone(),
+        events: tx,
+        arrived,
+        deadline: app.request_timeout.map(|t| arrived + t),
+    };
+    if app.tx.send(Msg::Job(Box::new(job))).is_err() {
+        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        return Err(busy("the engine has stopped"));
+    }
+    Ok(rx)
+}
+
+fn rand_id() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    t.rotate_left(17) ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// The fields every response of one request shares.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    endpoint: Endpoint,
+    include_usage: bool,
+}
+
+fn usage(f: &Finish) -> Value {
+    json!({
+        "prompt_tokens": f.prompt_tokens,
+        "completion_tokens": f.completion_tokens,
+        "total_tokens": f.prompt_tokens + f.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": f.cached_tokens},
+    })
+}
+
+fn alt_json(a: &crate::server::scheduler::Alt) -> Value {
+    json!({"token": a.token, "logprob": a.logprob, "bytes": a.bytes})
+}
+
+/// Chat logprob entries (`content` items) of `lps`.
+fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
+    let content: Vec<Value> = lps
+        .iter()
+        .map(|l| {
+            let mut v = alt_json(&l.chosen);
+            v["top_logprobs"] = Value::Array(l.top.iter().map(alt_json).collect());
+            v
+        })
+        .collect();
+    json!({ "content": content })
+}
+
+/// Completion logprobs (the legacy parallel arrays) of `lps`, offsets from `offset`.
+fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    for l in lps {
+        tokens.push(Value::from(l.chosen.token.clone()));
+        token_logprobs.push(Value::from(l.chosen.logprob));
+        let m: serde_json::Map<String, Value> = l
+            .top
+            .iter()
+            .map(|a| (a.token.clone(), Value::from(a.logprob)))
+            .collect();
+        top.push(Value::Object(m));
+        offsets.push(Value::from(offset));
+        offset += l.chosen.token.len();
+    }
+    json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
+}
+
+async fn collect(meta: Meta, mut events: UnboundedReceiver<Event>) -> Response {
+    let mut text = String::new();
+    let mut lps: Vec<TokenLogprob> = Vec::new();
+    let mut want_lps = false;
+    let finish = loop {
+        match events.recv().await {
+            Some(Event::Token { text: t, logprob }) => {
+                text.push_str(&t);
+                if let Some(l) = logprob {
+                    want_lps = true;
+                    lps.push(l);
+                }
+            }
+            Some(Event::Text(t)) => text.push_str(&t),
+            Some(Event::Done(f)) => break f,
+            Some(Event::Error(e)) => return e.into_response(),
+            None => {
+                return ApiError::new(500, "server_error", "the engine stopped").into_response()
+            }
+        }
+    };
+    let body = match meta.endpoint {
+        Endpoint::Chat => json!({
+            "id": meta.id, "object": "chat.completion", "created": meta.created,
+            "model": meta.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": if want_lps { chat_logprobs(&lps) } else { Value::Null },
+                "finish_reason": finish.reason,
+            }],
+            "usage": usage(&finish),
+        }),
+        Endpoint::Completion => json!({
+            "id": meta.id, "object": "text_completion", "created": meta.created,
+            "model": meta.model,
+            "choices": [{
+                "index": 0, "text": text,
+                "logprobs": if want_lps { completion_logprobs(&lps, 0) } else { Value::Null },
+                "finish_reason": finish.reason,
+            }],
+            "usage": usage(&finish),
+        }),
+    };
+    json_response(StatusCode::OK, &body)
+}
+
+/// The state of one SSE stream.
+struct Streamer {
+    meta: Meta,
+    events: UnboundedReceiver<Event>,
+    out: VecDeque<String>,
+    ended: bool,
+    offset: usize,
+}
+
+impl Streamer {
+    fn chunk(&self, text: Option<&str>, lp: Option<&TokenLogprob>, finish: Option<&str>) -> String {
+        let mut v = match self.meta.endpoint {
+            Endpoint::Chat => {
+                let delta = match text {
+                    Some(t) => json!({"content": t}),
+                    None => json!({}),
+                };
+                json!({
+                    "id": self.meta.id, "object": "chat.completion.chunk",
+                    "created": self.meta.created, "model": self.meta.model,
+                    "choices": [{"index": 0, "delta": delta,
+                        "logprobs": lp.map_or(Value::Null, |l| chat_logprobs(std::slice::from_ref(l))),
+                        "finish_reason": finish}],
+                })
+            }
+            Endpoint::Completion => json!({
+                "id": self.meta.id, "object": "text_completion",
+                "created": self.meta.created, "model": self.meta.model,
+                "choices": [{"index": 0, "text": text.unwrap_or(""),
+                    "logprobs": lp.map_or(Value::Null, |l| completion_logprobs(std::slice::from_ref(l), self.offset)),
+                    "finish_reason": finish}],
+            }),
+        };
+        if self.meta.include_usage {
+            v["usage"] = Value::Null;
+        }
+        v.to_string()
+    }
+
+    /// Turns the next engine event into SSE data lines.
+    fn on(&mut self, ev: Option<Event>) {
+        match ev {
+            Some(Event::Token { text, logprob }) => {
+                if !text.is_empty() || logprob.is_some() {
+                    let c = self.chunk(Some(&text), logprob.as_ref(), None);
+                    self.out.push_back(c);
+                }
+                if let Some(l) = &logprob {
+                    self.offset += l.chosen.token.len();
+                }
+            }
+            Some(Event::Text(text)) => {
+                let c = self.chunk(Some(&text), None, None);
+                self.out.push_back(c);
+            }
+            Some(Event::Done(f)) => {
+                let c = self.chunk(None, None, Some(f.reason));
+                self.out.push_back(c);
+                if self.meta.include_usage {
+                    let object = match self.meta.endpoint {
+                        Endpoint::Chat => "chat.completion.chunk",
+                        Endpoint::Completion => "text_completion",
+                    };
+                    let u = json!({"id": self.meta.id, "object": object,
+                        "created": self.meta.created, "model": self.meta.model,
+                        "choices": [], "usage": usage(&f)});
+                    self.out.push_back(u.to_string());
+                }
+                self.end();
+            }
+            Some(Event::Error(e)) => {
+                self.out.push_back(e.body().to_string());
+                self.end();
+            }
+            None => {
+                let e = ApiError::new(500, "server_error", "the engine stopped");
+                self.out.push_back(e.body().to_string());
+                self.end();
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.out.push_back("[DONE]".into());
+        self.ended = true;
+    }
+}
+
+fn stream(
+    meta: Meta,
+    events: UnboundedReceiver<Event>,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let mut s = Streamer {
+        meta,
+        events,
+        out: VecDeque::new(),
+        ended: false,
+        offset: 0,
+    };
+    if s.meta.endpoint == Endpoint::Chat {
+        let mut first: Value =
+            serde_json::from_str(&s.chunk(Some(""), None, None)).unwrap_or_default();
+        first["choices"][0]["delta"]["role"] = Value::from("assistant");
+        s.out.push_back(first.to_string());
+    }
+    let body = futures_util::stream::unfold(s, |mut s| async move {
+        loop {
+            if let Some(data) = s.out.pop_front() {
+                return Some((Ok(SseEvent::default().data(data)), s));
+            }
+            if s.ended {
+                return None;
+            }
+            let ev = s.events.recv().await;
+            s.on(ev);
+        }
+    });
+    Sse::new(body)
+}
+
+async fn models(State(app): State<App>) -> Response {
+    json_response(
+        StatusCode::OK,
+        &json!({"object": "list", "data": [{
+            "id": app.model_id, "object": "model", "created": app.started,
+            "owned_by": "qwenrt", "max_model_len": app.ctx,
+        }]}),
+    )
+}
+
+async fn health(State(app): State<App>) -> Response {
+    let m = &app.shared.metrics;
+    let active = m.active.load(Ordering::Relaxed);
+    let queued = m.queue_depth.load(Ordering::Relaxed);
+    let (status, word) = if app.draining.load(Ordering::Acquire) {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+    } else {
+        (StatusCode::OK, "ok")
+    };
+    json_response(
+        status,
+        &json!({"status": word, "active": active, "queued": queued}),
+    )
+}
+
+async fn metrics(State(app): State<App>) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        app.shared.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = body_bytes(&app, body).and_then(|b| {
+        let o = api::parse_object(&b)?;
+        let text = match (o.get("prompt"), o.get("messages")) {
+            (Some(Value::String(s)), _) => s.clone(),
+            (Some(_), _) => return Err(ApiError::invalid("prompt", "'prompt' must be a string")),
+            (None, Some(m)) => api::render_chat(m)?,
+            (None, None) => {
+                return Err(ApiError::invalid(
+                    "prompt",
+                    "give 'prompt' (a string) or 'messages'",
+                ))
+            }
+        };
+        let tokens = api::encode(&app.tokenizer, &text)?;
+        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": app.ctx}))
+    });
+    match r {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn detokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = body_bytes(&app, body).and_then(|b| {
+        let o = api::parse_object(&b)?;
+        let ids = match o.get("tokens") {
+            Some(Value::Array(a)) => api::token_ids(a, "tokens", app.vocab)?,
+            _ => {
+                return Err(ApiError::invalid(
+                    "tokens",
+                    "'tokens' must be an array of token ids",
+                ))
+            }
+        };
+        let text = app
+            .tokenizer
+            .decode(&ids)
+            .map_err(|e| ApiError::invalid("tokens", format!("cannot decode: {e}")))?;
+        Ok(json!({"prompt": text}))
+    });
+    match r {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}

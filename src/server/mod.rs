@@ -1,0 +1,286 @@
+//! `qwenrt serve`: an OpenAI-compatible HTTP server with continuous batching.
+//!
+//! [`run`] binds `host:port` (127.0.0.1 by default), prints `listening on http://HOST:PORT`
+//! to stderr and serves until the shutdown future resolves; [`run_on`] does the same on a
+//! listener the caller bound (port 0 in tests, to learn the address first).
+//!
+//! Endpoints:
+//! - `POST /v1/chat/completions` and `POST /v1/completions`: streaming (SSE chunks ending
+//!   with `data: [DONE]`, `stream_options.include_usage` for a last usage chunk) or not;
+//!   `usage` with `prompt_tokens_details.cached_tokens` (prompt tokens reused from cache).
+//!   Fields: `model` (any string), `messages` (system/user/assistant; content a string or
+//!   text parts) or `prompt` (a string, one string in an array, or token ids), `max_tokens`
+//!   / `max_completion_tokens`, `temperature` (0..=2), `top_p` (0..=1), `top_k`, `min_p`,
+//!   `repetition_penalty` (the sampler's multiplicative penalty over the last 64 tokens),
+//!   `frequency_penalty` and `presence_penalty` (range-checked, -2..=2, but **ignored**: the
+//!   sampler has no additive penalties), `seed`, `stop` (a string or up to 4; the text ends
+//!   before the stop string), `logprobs` and `top_logprobs` (at most 20; on `/v1/completions`
+//!   `logprobs` is the number of alternatives), `n` (only 1). Unknown fields are ignored.
+//! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
+//!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
+//!   `messages`), `POST /detokenize` (`tokens`).
+//!
+//! Every error is `{"error":{"message","type","param","code"}}` with its status: 400 for a bad
+//! body (naming the field), 401 without the API key (when one is set, on every route but
+//! `/health`), 404, 405, 408 past `request_timeout`, 413 past `max_body_bytes`, 503 with
+//! `Retry-After` past `max_queue`.
+//!
+//! The engine runs on its own OS thread (see the scheduler): up to `parallel` requests step
+//! together, prompts are prefilled in chunks of `prefill_chunk` tokens between decode rows,
+//! and a finished sequence keeps its cache so that a later prompt starting with the same
+//! tokens (the next turn of a chat) prefills only the rest.
+
+mod api;
+mod http;
+mod metrics;
+mod scheduler;
+mod text;
+
+use std::fmt;
+use std::future::{Future, IntoFuture};
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::model::weights::Weights;
+use crate::text::chat::{END_OF_TEXT, IM_END};
+use crate::text::tokenizer::Tokenizer;
+
+use scheduler::{Msg, Scheduler, Shared};
+
+/// How the server is set up.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    /// Address to bind ([`run`] only).
+    pub host: String,
+    /// Port to bind ([`run`] only); 0 picks a free one.
+    pub port: u16,
+    /// Requests generating at once (engine sequences).
+    pub parallel: usize,
+    /// Context length of each sequence (prompt plus output).
+    pub ctx: usize,
+    /// Threads of the engine's forward pass.
+    pub threads: usize,
+    /// If set, every route but `/health` needs `Authorization: Bearer KEY`.
+    pub api_key: Option<String>,
+    /// Requests that may wait for a sequence beyond the `parallel` running; past that, 503.
+    pub max_queue: usize,
+    /// Largest request body accepted (413 past it).
+    pub max_body_bytes: usize,
+    /// A generation still unfinished this long after it arrived fails with 408.
+    pub request_timeout: Option<Duration>,
+    /// Prompt tokens prefilled per engine step (over all prefilling requests).
+    pub prefill_chunk: usize,
+    /// After the shutdown future resolves, how long in-flight requests may take to finish
+    /// before they are failed.
+    pub shutdown_grace: Duration,
+    /// Passed to [`EngineOptions::prefill_bf16`].
+    pub prefill_bf16: bool,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        ServerOptions {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            parallel: 4,
+            ctx: 4096,
+            threads: 1,
+            api_key: None,
+            max_queue: 64,
+            max_body_bytes: 4 << 20,
+            request_timeout: Some(Duration::from_secs(600)),
+            prefill_chunk: 128,
+            shutdown_grace: Duration::from_secs(30),
+            prefill_bf16: true,
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServerError {
+    /// A bad option (names it).
+    Option(String),
+    /// The engine could not be made.
+    Engine(EngineError),
+    /// Binding or serving failed.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for ServerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServerError::Option(s) => f.write_str(s),
+            ServerError::Engine(e) => write!(f, "cannot start the engine: {e}"),
+            ServerError::Io(e) => write!(f, "server I/O error: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ServerError {}
+
+impl From<std::io::Error> for ServerError {
+    fn from(e: std::io::Error) -> Self {
+        ServerError::Io(e)
+    }
+}
+
+/// Binds `opts.host:opts.port` and serves until `shutdown` resolves (see [`run_on`]).
+pub fn run(
+    weights: Arc<Weights>,
+    tokenizer: Tokenizer,
+    model_id: String,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let listener = TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| {
+        ServerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot bind {}:{}: {e}", opts.host, opts.port),
+        ))
+    })?;
+    run_on(listener, weights, tokenizer, model_id, opts, shutdown)
+}
+
+/// Serves on `listener` until `shutdown` resolves: then stops accepting connections, lets
+/// in-flight requests finish for up to `opts.shutdown_grace` (failing those still running
+/// after it), stops the engine thread and returns `Ok`. Prints `listening on http://ADDR` to
+/// stderr once the engine is ready.
+pub fn run_on(
+    listener: TcpListener,
+    weights: Arc<Weights>,
+    tokenizer: Tokenizer,
+    model_id: String,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if opts.parallel == 0 {
+        return Err(ServerError::Option("--parallel must be at least 1".into()));
+    }
+    if opts.max_body_bytes == 0 {
+        return Err(ServerError::Option(
+            "max_body_bytes must be at least 1".into(),
+        ));
+    }
+    let chunk = opts.prefill_chunk.clamp(1, opts.ctx.max(1));
+    let engine_opts = EngineOptions {
+        ctx: opts.ctx,
+        max_sequences: opts.parallel,
+        max_batch_tokens: opts.parallel + chunk,
+        threads: opts.threads,
+        isa: None,
+        prefill_bf16: opts.prefill_bf16,
+    };
+    let config = &weights.config;
+    let vocab = config.vocab_size;
+    let mut stop_ids = config.eos_token_ids.clone();
+    stop_ids.extend(
+        [IM_END, END_OF_TEXT]
+            .iter()
+            .filter_map(|t| tokenizer.token_id(t)),
+    );
+    let tokenizer = Arc::new(tokenizer);
+    let shared = Arc::new(Shared {
+        metrics: metrics::Metrics::default(),
+        inflight: AtomicUsize::new(0),
+    });
+
+    // the engine is made on its own thread, which it then never leaves
+    let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
+    let engine_thread = {
+        let (tokenizer, shared) = (tokenizer.clone(), shared.clone());
+        std::thread::Builder::new()
+            .name("qwenrt-engine".into())
+            .spawn(move || match Engine::new(weights, &engine_opts) {
+                Ok(engine) => {
+                    let _ = ready_tx.send(Ok(()));
+                    Scheduler::new(engine, tokenizer, stop_ids, shared, chunk).run(rx);
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })?
+    };
+    match ready_rx.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            let _ = engine_thread.join();
+            return Err(ServerError::Engine(e));
+        }
+        Err(_) => {
+            let _ = engine_thread.join();
+            return Err(ServerError::Option(
+                "the engine thread died while starting".into(),
+            ));
+        }
+    }
+
+    let app = Arc::new(http::AppInner {
+        tx: tx.clone(),
+        tokenizer,
+        shared,
+        model_id,
+        ctx: opts.ctx,
+        vocab,
+        api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
+        limit: opts.parallel + opts.max_queue,
+        request_timeout: opts.request_timeout,
+        max_body_bytes: opts.max_body_bytes,
+        draining: AtomicBool::new(false),
+        started: http::now_secs(),
+    });
+    let served = serve(listener, app, opts.shutdown_grace, &tx, shutdown);
+    let _ = tx.send(Msg::Shutdown);
+    let _ = engine_thread.join();
+    served
+}
+
+/// The tokio side of [`run_on`].
+fn serve(
+    listener: TcpListener,
+    app: Arc<http::AppInner>,
+    grace: Duration,
+    engine: &std::sync::mpsc::Sender<Msg>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("qwenrt-http")
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        eprintln!("listening on http://{addr}");
+        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = app.clone();
+        let signal = async move {
+            shutdown.await;
+            draining.draining.store(true, Ordering::Release);
+            let _ = begun_tx.send(());
+        };
+        let server = axum::serve(listener, http::router(app))
+            .with_graceful_shutdown(signal)
+            .into_future();
+        tokio::pin!(server);
+        let deadline = async move {
+            match begun_rx.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = &mut server => return r.map_err(ServerError::Io),
+            () = deadline => {}
+        }
+        // past the grace period: fail what still runs, give the streams a moment to say so
+        let _ = engine.send(Msg::Abort);
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
+        Ok(())
+    })
+}

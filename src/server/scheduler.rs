@@ -1,0 +1,486 @@
+//! The engine thread: continuous batching over the engine's sequences.
+//!
+//! Requests arrive as [`Job`]s on a channel. Up to `parallel` of them run at once; each
+//! engine step carries one decode row of every sequence that is generating plus up to
+//! `chunk` prompt rows of the sequences still prefilling (oldest first), so a long prompt
+//! delays running streams by at most one chunk. New jobs join at the next step and finished
+//! ones leave; the rest wait in arrival order.
+//!
+//! A finished sequence stays in its slot, idle, with its cache: a new job whose prompt starts
+//! with the tokens it holds takes it over, truncated to the common prefix, and prefills only
+//! the rest. An idle sequence is evicted (least recently used first) only when a slot is
+//! needed.
+//!
+//! Tokens go back on the job's channel as text (stop strings applied here, so generation stops
+//! as soon as one matches). A send that fails means the client went away: the job is
+//! cancelled and its sequence leaves at the next step.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::engine::sampler::Sampler;
+use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
+use crate::server::api::{ApiError, GenRequest};
+use crate::server::metrics::Metrics;
+use crate::server::text::{logprobs, TextOut};
+use crate::text::tokenizer::Tokenizer;
+
+pub use crate::server::text::{Alt, TokenLogprob};
+
+/// Why and how a generation ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Finish {
+    /// `"stop"` (a stop token or string) or `"length"` (max_tokens or the context).
+    pub reason: &'static str,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Prompt tokens taken from an idle sequence's cache.
+    pub cached_tokens: usize,
+}
+
+/// What the engine thread sends back for a job.
+#[derive(Debug)]
+pub enum Event {
+    /// One generated token: its text (possibly empty, while a stop string or a UTF-8
+    /// character is incomplete) and log-probabilities if asked for.
+    Token {
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// Text released at the end (held back for a stop string that did not complete).
+    Text(String),
+    /// The end.
+    Done(Finish),
+    /// The job failed (timeout, shutdown, an engine error).
+    Error(ApiError),
+}
+
+/// A generation request for the engine thread.
+pub struct Job {
+    pub req: GenRequest,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+    pub deadline: Option<Instant>,
+}
+
+/// Messages to the engine thread.
+pub enum Msg {
+    /// Run this.
+    Job(Box<Job>),
+    /// Fail every job now (the shutdown deadline passed).
+    Abort,
+    /// Fail every job and end the thread.
+    Shutdown,
+}
+
+/// State shared by the HTTP side and the engine thread.
+pub struct Shared {
+    pub metrics: Metrics,
+    /// Jobs accepted and not yet finished (running and queued).
+    pub inflight: AtomicUsize,
+}
+
+struct Active {
+    seq: SeqId,
+    job: Job,
+    /// Prompt tokens in the cache (reused ones included).
+    fed: usize,
+    /// The sampled token to feed next (decode phase); `None` while prefilling.
+    next: Option<[u32; 1]>,
+    generated: usize,
+    text: TextOut,
+    last_token: Option<Instant>,
+    reused: usize,
+}
+
+/// How a job left.
+enum Exit {
+    Done(&'static str),
+    Failed(ApiError),
+    Cancelled,
+}
+
+/// The engine thread's state.
+pub struct Scheduler {
+    engine: Engine,
+    tokenizer: Arc<Tokenizer>,
+    stop_ids: Vec<u32>,
+    shared: Arc<Shared>,
+    parallel: usize,
+    chunk: usize,
+    active: Vec<Active>,
+    pending: VecDeque<Job>,
+    /// Finished sequences keeping their cache, with when they finished (for LRU eviction).
+    idle: Vec<(SeqId, u64)>,
+    clock: u64,
+}
+
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+impl Scheduler {
+    /// A scheduler over `engine` (sized for `parallel` sequences and `parallel + chunk` rows).
+    pub fn new(
+        engine: Engine,
+        tokenizer: Arc<Tokenizer>,
+        stop_ids: Vec<u32>,
+        shared: Arc<Shared>,
+        chunk: usize,
+    ) -> Scheduler {
+        let parallel = engine.max_sequences();
+        shared
+            .metrics
+            .kv_capacity
+            .store((parallel * engine.ctx()) as u64, Ordering::Relaxed);
+        Scheduler {
+            engine,
+            tokenizer,
+            stop_ids,
+            shared,
+            parallel,
+            chunk: chunk.max(1),
+            active: Vec::new(),
+            pending: VecDeque::new(),
+            idle: Vec::new(),
+            clock: 0,
+        }
+    }
+
+    /// Runs until [`Msg::Shutdown`] or until every sender is gone.
+    pub fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.active.is_empty() && self.pending.is_empty() {
+                self.publish();
+                match rx.recv() {
+                    Ok(m) => {
+                        if !self.handle(m) {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            while let Ok(m) = rx.try_recv() {
+                if !self.handle(m) {
+                    return;
+                }
+            }
+            self.sweep();
+            self.admit();
+            self.publish();
+            if !self.active.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Takes a message; false to end the thread.
+    fn handle(&mut self, m: Msg) -> bool {
+        match m {
+            Msg::Job(job) => {
+                self.pending.push_back(*job);
+                true
+            }
+            Msg::Abort => {
+                self.fail_all("the server is shutting down");
+                true
+            }
+            Msg::Shutdown => {
+                self.fail_all("the server is shutting down");
+                self.publish();
+                false
+            }
+        }
+    }
+
+    fn fail_all(&mut self, why: &str) {
+        let err = ApiError::new(503, "server_error", why);
+        for job in std::mem::take(&mut self.pending) {
+            let _ = job.events.send(Event::Error(err.clone()));
+            self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        }
+        while !self.active.is_empty() {
+            self.leave(0, Exit::Failed(err.clone()));
+        }
+    }
+
+    /// Drops queued jobs whose client left or whose deadline passed; cancels such active ones.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let expired = |j: &Job| j.deadline.is_some_and(|d| now >= d);
+        let timeout = || ApiError::new(408, "timeout", "the request timed out").code("timeout");
+        let mut kept = VecDeque::with_capacity(self.pending.len());
+        for job in std::mem::take(&mut self.pending) {
+            if job.events.is_closed() {
+                self.shared
+                    .metrics
+                    .cancelled
+                    .fetch_add(1, Ordering::Relaxed);
+                self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+            } else if expired(&job) {
+                let _ = job.events.send(Event::Error(timeout()));
+                self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+            } else {
+                kept.push_back(job);
+            }
+        }
+        self.pending = kept;
+        let mut i = 0;
+        while i < self.active.len() {
+            let job = &self.active[i].job;
+            if job.events.is_closed() {
+                self.leave(i, Exit::Cancelled);
+            } else if expired(job) {
+                self.leave(i, Exit::Failed(timeout()));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Starts queued jobs while there are free slots.
+    fn admit(&mut self) {
+        while self.active.len() < self.parallel {
+            let Some(job) = self.pending.pop_front() else {
+                return;
+            };
+            match self.place(&job) {
+                Ok((seq, reused)) => {
+                    let m = &self.shared.metrics;
+                    m.prompt_tokens
+                        .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
+                    m.prompt_tokens_reused
+                        .fetch_add(reused as u64, Ordering::Relaxed);
+                    let text = TextOut {
+                        decoder: self.tokenizer.stream_decoder(),
+                        held: String::new(),
+                        stops: job.req.stops.clone(),
+                    };
+                    self.active.push(Active {
+                        seq,
+                        job,
+                        fed: reused,
+                        next: None,
+                        generated: 0,
+                        text,
+                        last_token: None,
+                        reused,
+                    });
+                }
+                Err(e) => {
+                    let err = ApiError::new(500, "server_error", format!("engine error: {e}"));
+                    let _ = job.events.send(Event::Error(err));
+                    self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+        }
+    }
+
+    /// A sequence for `job`: the idle one sharing the longest prefix with its prompt
+    /// (truncated to that prefix, keeping at least one prompt token to prefill), else a new
+    /// one, else the least recently used idle one, emptied. Returns it and the reused count.
+    fn place(&mut self, job: &Job) -> Result<(SeqId, usize), EngineError> {
+        let prompt = &job.req.prompt;
+        let mut best: Option<(usize, usize)> = None;
+        for (i, &(seq, _)) in self.idle.iter().enumerate() {
+            let c = common_prefix(self.engine.tokens(seq)?, prompt);
+            if c > 0 && best.is_none_or(|(_, b)| c > b) {
+                best = Some((i, c));
+            }
+        }
+        let (seq, reused) = if let Some((i, c)) = best {
+            let (seq, _) = self.idle.swap_remove(i);
+            (seq, c.min(prompt.len() - 1))
+        } else if self.engine.live_sequences() < self.engine.max_sequences() {
+            (self.engine.create_sequence(job.req.params)?, 0)
+        } else {
+            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
+                EngineError::NoFreeSequence {
+                    max: self.engine.max_sequences(),
+                },
+            )?;
+            (self.idle.swap_remove(lru).0, 0)
+        };
+        self.engine.truncate(seq, reused)?;
+        let sampler = self.engine.sampler_mut(seq)?;
+        *sampler = Sampler::new(job.req.params)?;
+        for &t in prompt {
+            sampler.observe(t);
+        }
+        Ok((seq, reused))
+    }
+
+    /// Removes active job `i`, telling its client how it ended; its sequence goes idle.
+    fn leave(&mut self, i: usize, exit: Exit) {
+        let mut a = self.active.swap_remove(i);
+        let m = &self.shared.metrics;
+        match exit {
+            Exit::Done(reason) => {
+                let rest = a.text.finish();
+                if !rest.is_empty() {
+                    let _ = a.job.events.send(Event::Text(rest));
+                }
+                let _ = a.job.events.send(Event::Done(Finish {
+                    reason,
+                    prompt_tokens: a.job.req.prompt.len(),
+                    completion_tokens: a.generated,
+                    cached_tokens: a.reused,
+                }));
+            }
+            Exit::Failed(e) => {
+                let _ = a.job.events.send(Event::Error(e));
+            }
+            Exit::Cancelled => {
+                m.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+        self.clock += 1;
+        self.idle.push((a.seq, self.clock));
+    }
+
+    /// Publishes the gauges.
+    fn publish(&mut self) {
+        let m = &self.shared.metrics;
+        m.active.store(self.active.len() as u64, Ordering::Relaxed);
+        m.queue_depth
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+        let mut used = 0;
+        for seq in self
+            .active
+            .iter()
+            .map(|a| a.seq)
+            .chain(self.idle.iter().map(|i| i.0))
+        {
+            used += self.engine.position(seq).unwrap_or(0);
+        }
+        m.kv_used.store(used as u64, Ordering::Relaxed);
+    }
+
+    /// One engine step: a decode row of every generating job, prompt chunks of the others.
+    fn step(&mut self) {
+        let mut budget = self.chunk;
+        // (index into active, prompt rows fed; 0 for a decode row)
+        let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.active.len());
+        let result = {
+            let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(self.active.len());
+            for (i, a) in self.active.iter().enumerate() {
+                if let Some(next) = &a.next {
+                    feeds.push(Feed {
+                        seq: a.seq,
+                        tokens: next,
+                        numerics: Numerics::Decode,
+                        logits: Want::Last,
+                    });
+                    plan.push((i, 0));
+                }
+            }
+            for (i, a) in self.active.iter().enumerate() {
+                if a.next.is_some() || budget == 0 {
+                    continue;
+                }
+                let prompt = &a.job.req.prompt;
+                let n = (prompt.len() - a.fed).min(budget);
+                budget -= n;
+                let last = a.fed + n == prompt.len();
+                feeds.push(Feed {
+                    seq: a.seq,
+                    tokens: &prompt[a.fed..a.fed + n],
+                    numerics: Numerics::Prefill,
+                    logits: if last { Want::Last } else { Want::None },
+                });
+                plan.push((i, n));
+            }
+            self.engine.step(&feeds, &mut |_, _, _| {})
+        };
+        self.shared.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        let mut exits: Vec<(usize, Exit)> = Vec::new();
+        match result {
+            Err(e) => {
+                for &(i, _) in &plan {
+                    let err = ApiError::new(500, "server_error", format!("engine error: {e}"));
+                    exits.push((i, Exit::Failed(err)));
+                }
+            }
+            Ok(()) => {
+                for &(i, n) in &plan {
+                    let a = &mut self.active[i];
+                    a.fed += n;
+                    if a.next.is_none() && a.fed < a.job.req.prompt.len() {
+                        continue;
+                    }
+                    if let Some(exit) = self.produce(i) {
+                        exits.push((i, exit));
+                    }
+                }
+            }
+        }
+        // highest index first, so swap_remove leaves the other indices valid
+        exits.sort_by_key(|&(i, _)| std::cmp::Reverse(i));
+        for (i, exit) in exits {
+            if matches!(exit, Exit::Failed(_)) {
+                // an engine error leaves the sequence in an unknown state: empty it
+                let _ = self.engine.reset(self.active[i].seq);
+            }
+            self.leave(i, exit);
+        }
+    }
+
+    /// Samples job `i`'s next token and sends it; `Some` if the job ends.
+    fn produce(&mut self, i: usize) -> Option<Exit> {
+        let seq = self.active[i].seq;
+        let top = self.active[i].job.req.logprobs;
+        let saved = match top {
+            Some(_) => match self.engine.logits(seq) {
+                Ok(l) => Some(l.to_vec()),
+                Err(e) => return Some(engine_failure(e)),
+            },
+            None => None,
+        };
+        let token = match self.engine.sample(seq) {
+            Ok(t) => t,
+            Err(e) => return Some(engine_failure(e)),
+        };
+        let now = Instant::now();
+        let m = &self.shared.metrics;
+        let a = &mut self.active[i];
+        match a.last_token {
+            None => m.ttft.observe(now - a.job.arrived),
+            Some(t) => m.itl.observe(now - t),
+        }
+        a.last_token = Some(now);
+        if self.stop_ids.contains(&token) {
+            return Some(Exit::Done("stop"));
+        }
+        a.generated += 1;
+        m.completion_tokens.fetch_add(1, Ordering::Relaxed);
+        let (text, stopped) = a.text.push(token);
+        let logprob = saved.map(|l| logprobs(&l, token, top.unwrap_or(0), &self.tokenizer));
+        if a.job.events.send(Event::Token { text, logprob }).is_err() {
+            return Some(Exit::Cancelled);
+        }
+        if stopped {
+            return Some(Exit::Done("stop"));
+        }
+        let pos = self.engine.position(seq).unwrap_or(usize::MAX);
+        if a.generated >= a.job.req.max_tokens || pos >= self.engine.ctx() {
+            return Some(Exit::Done("length"));
+        }
+        a.next = Some([token]);
+        None
+    }
+}
+
+fn engine_failure(e: EngineError) -> Exit {
+    Exit::Failed(ApiError::new(
+        500,
+        "server_error",
+        format!("engine error: {e}"),
+    ))
+}
