@@ -21,7 +21,7 @@
 //! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
 //! - [`workload`]: the workloads the `qwenrt` binary runs: [`workload::arc`] (ARC tasks:
 //!   loading, prompts, grid parsing, scoring), [`workload::batch`] (JSONL batch requests) and
-//!   [`workload::complete`] (one request on a session; the stop tokens).
+//!   [`workload::complete`](mod@workload::complete) (one request on a session; the stop tokens).
 //!
 //! ```no_run
 //! use std::sync::Arc;

