@@ -1,0 +1,233 @@
+//! The matmuls (prefill and batched rows): `y = x · wᵀ`, packed weight panels in caller
+//! scratch.
+
+use super::*;
+
+/// Floats of scratch [`matmul`] needs for its packed weight panel (on every ISA: the largest
+/// panel of any body; the contents on entry do not matter).
+pub fn matmul_scratch_len() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        avx512::MATMUL_PACK.max(avx2::MATMUL_PACK)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+}
+
+/// Panics unless `scratch` holds a matmul's packed panel.
+fn check_pack(scratch: &[f32], need: usize, what: &str) {
+    assert!(
+        scratch.len() >= need,
+        "{what}: scratch holds {} floats, {need} needed",
+        scratch.len()
+    );
+}
+
+/// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major. `scratch`
+/// holds the packed weight panel: [`matmul_scratch_len`] floats.
+pub fn matmul<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    check_pack(scratch, matmul_scratch_len(), "matmul");
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+        return;
+    };
+    assert!(
+        w.len() >= rows * k * W::SIZE,
+        "matmul: weight buffer too short"
+    );
+    // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
+    // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j; `scratch` holds
+    // the panel (checked).
+    unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows, scratch) }
+}
+
+/// The matmul body behind [`matmul`] and `par::matmul`: `y[t * ldy + j] = sum_c w[j, c] *
+/// x[t * k + c]` for `t < n`, `j < rows`, so that a thread can fill a column block of a wider
+/// output; `pack` is the thread's own packed panel.
+///
+/// # Safety
+/// `k > 0`, `w.len() >= rows * k * W::SIZE`, `x.len() >= n * k`, `ldy >= rows`, and `y` must be
+/// valid for writes at `t * ldy + j` (`t < n`, `j < rows`) with nothing else reading or writing
+/// those elements during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_strided<W: WeightType>(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+    pack: &mut [f32],
+) {
+    assert!(k > 0 && w.len() >= rows * k * W::SIZE && x.len() >= n * k && ldy >= rows);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            check(Isa::Avx512);
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
+            // checks the panel's length itself.
+            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            check(Isa::Avx2);
+            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
+            // checks the panel's length itself.
+            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+        }
+        _ => {
+            let _ = pack;
+            for t in 0..n {
+                // SAFETY: row t of y has `rows` writable, unaliased floats at t*ldy (contract).
+                let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
+                scalar::matvec::<W>(w, &x[t * k..(t + 1) * k], yt);
+            }
+        }
+    }
+}
+
+/// [`matmul`] for bf16 weights using AVX512-BF16 `vdpbf16ps` where `isa.has_avx512_bf16()`:
+/// the activations are ROUNDED TO BF16 before the products (f32 accumulation), so results differ
+/// from [`matmul`] by up to ~2^-8 relative to `sum |w x|`. About twice the f32 path's throughput.
+/// Not the default: use it only where that rounding is acceptable. On other ISAs, and for fewer
+/// than 3 tokens, it is exactly `matmul::<Bf16>`. `scratch` holds the rounded activations and
+/// the packed weight panel: [`matmul_bf16dot_scratch_len`] floats.
+pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+        return;
+    };
+    assert!(
+        w.len() >= rows * k * 2,
+        "matmul_bf16dot: weight buffer too short"
+    );
+    let (pairs, pack) = split_bf16dot_scratch(scratch, n, k);
+    check_pack(pack, BF16DOT_PACK, "matmul_bf16dot");
+    let xb = bf16dot_pairs(isa, x, k, n, pairs);
+    // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n, and `pack`
+    // holds a panel of either path (checked).
+    unsafe { matmul_bf16dot_strided(isa, w, k, x, xb, n, y.as_mut_ptr(), rows, rows, pack) }
+}
+
+/// Floats of one packed panel of [`matmul_bf16dot`]: room for the `vdpbf16ps` panel or the f32
+/// one, whichever path runs.
+pub(crate) const BF16DOT_PACK: usize = {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (a, b) = (avx512::BF16DOT_PACK, avx512::MATMUL_PACK);
+        let c = avx2::MATMUL_PACK;
+        let ab = if a > b { a } else { b };
+        if ab > c {
+            ab
+        } else {
+            c
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
+};
+
+/// Floats of the rounded activations of `n` tokens of `k` (one bf16 pair per float), rounded up
+/// to whole 64-byte lines so that the panels after them start on one.
+pub(crate) fn bf16dot_pairs_len(n: usize, k: usize) -> usize {
+    (n * k.div_ceil(2)).next_multiple_of(16)
+}
+
+/// Splits a [`matmul_bf16dot`] scratch into the rounded activations and the rest (the panels).
+pub(crate) fn split_bf16dot_scratch(
+    scratch: &mut [f32],
+    n: usize,
+    k: usize,
+) -> (&mut [f32], &mut [f32]) {
+    let need = bf16dot_pairs_len(n, k);
+    assert!(
+        scratch.len() >= need,
+        "matmul_bf16dot: scratch holds {} floats, {need} needed for the activations",
+        scratch.len()
+    );
+    scratch.split_at_mut(need)
+}
+
+/// Floats of scratch [`matmul_bf16dot`] needs for `n` tokens of `k` activations: their bf16
+/// pairs (one per float, rounded up to 16 floats) and one packed weight panel.
+pub fn matmul_bf16dot_scratch_len(n: usize, k: usize) -> usize {
+    bf16dot_pairs_len(n, k) + BF16DOT_PACK
+}
+
+/// Rounds the `n × k` activations to bf16 pairs in `scratch` once per matmul, where the
+/// `vdpbf16ps` path will read them (AVX512-BF16, at least 3 tokens); `None` otherwise.
+/// `scratch` is the activations' part of a [`split_bf16dot_scratch`].
+pub(crate) fn bf16dot_pairs<'s>(
+    isa: Isa,
+    x: &[f32],
+    k: usize,
+    n: usize,
+    scratch: &'s mut [f32],
+) -> Option<&'s [f32]> {
+    let need = n * k.div_ceil(2);
+    assert!(
+        scratch.len() >= need,
+        "matmul_bf16dot: scratch holds {} floats, {need} needed",
+        scratch.len()
+    );
+    assert!(x.len() >= n * k, "matmul_bf16dot: x too short");
+    #[cfg(target_arch = "x86_64")]
+    if isa.has_avx512_bf16() && n >= 3 {
+        check(Isa::Avx512);
+        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; x and scratch lengths checked.
+        unsafe { avx512::pack_x_pairs(x, k, n, scratch) };
+        return Some(&scratch[..need]);
+    }
+    let _ = isa;
+    None
+}
+
+/// The body behind [`matmul_bf16dot`] and `par::matmul_bf16dot`, writing a column block:
+/// the `vdpbf16ps` path on `xb` (from [`bf16dot_pairs`]) where there is one, else the f32 path;
+/// `pack` is the thread's own panel ([`BF16DOT_PACK`] floats).
+///
+/// # Safety
+/// As [`matmul_strided`] with bf16 weights; `xb` must come from [`bf16dot_pairs`] with the same
+/// `isa`, `x`, `k` and `n`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matmul_bf16dot_strided(
+    isa: Isa,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    xb: Option<&[f32]>,
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+    pack: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(xb) = xb {
+        assert!(
+            isa.has_avx512_bf16()
+                && k > 0
+                && w.len() >= rows * k * 2
+                && xb.len() >= n * k.div_ceil(2)
+                && ldy >= rows
+        );
+        check(Isa::Avx512);
+        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; buffer contract forwarded;
+        // the body checks the panel's length itself.
+        unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows, pack) };
+        return;
+    }
+    // SAFETY: forwarded contract.
+    unsafe { matmul_strided::<crate::Bf16>(isa, w, k, x, n, y, ldy, rows, pack) }
+}
