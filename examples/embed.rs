@@ -33,11 +33,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = qwenrt::hub::ensure_default_model(true)?;
     let weights = Arc::new(Weights::load(&dir)?);
     let tok = Tokenizer::from_model_dir(&dir)?;
-    let mut stop: Vec<u32> = [chat::IM_END, chat::END_OF_TEXT]
-        .iter()
-        .filter_map(|t| tok.token_id(t))
-        .collect();
-    stop.extend(&weights.config.eos_token_ids);
+    let stop = qwenrt::workload::stop_ids(&tok, &weights);
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let opts = EngineOptions {
