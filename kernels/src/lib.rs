@@ -28,6 +28,7 @@ pub mod isa;
 pub mod ops;
 pub mod par;
 pub mod pool;
+pub mod quant;
 pub mod scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -38,3 +39,4 @@ mod avx512;
 pub use dtype::{Bf16, Dtype, WeightType, F16, F32};
 pub use isa::Isa;
 pub use pool::ThreadPool;
+pub use quant::{Format, QuantType};

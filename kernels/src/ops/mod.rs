@@ -500,3 +500,5 @@ pub(crate) unsafe fn attention_tile(isa: Isa, rv: usize, tile: &AttnTile, scratc
 // after `dispatch!`, which the matmuls use
 mod matmul;
 pub use matmul::*;
+mod quant;
+pub use quant::*;

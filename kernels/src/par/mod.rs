@@ -22,6 +22,8 @@ use crate::scalar;
 
 mod attention;
 pub use attention::*;
+mod quant;
+pub use quant::*;
 
 /// Rows per matvec chunk are a multiple of this (whole 64-byte lines of `y` per thread).
 pub const ROW_ALIGN: usize = 16;

@@ -1,0 +1,106 @@
+//! The quantized matvec and matmul split across a pool: weight rows in blocks claimed from
+//! a counter, every input row quantized once before the split.
+
+use super::*;
+use crate::ops::QuantX;
+use crate::quant::{q8_len, QuantType};
+
+/// Weight rows per block of [`matvec_q_rows`] / [`matmul_q`].
+const Q_ROWS_BLOCK: usize = 32;
+
+/// Words of scratch [`matvec_q_rows`] and [`matmul_q`] need for `n` input rows of `cols`.
+pub fn quant_scratch_len(n: usize, cols: usize) -> usize {
+    n * q8_len(cols)
+}
+
+/// `n` matvecs over one `qt` matrix (`x` is `[n, cols]`, `y` is `[n, rows]`): each input is
+/// quantized once into `scratch` ([`quant_scratch_len`]), then blocks of weight rows are run
+/// through every input while in cache. Each output row is bit for bit that of
+/// [`ops::matvec_q`] on its input alone.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_q_rows(
+    pool: &ThreadPool,
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    if cols == 0 || x.is_empty() {
+        return;
+    }
+    assert!(x.len().is_multiple_of(cols), "matvec_q_rows: x is not whole rows");
+    let n = x.len() / cols;
+    assert!(y.len().is_multiple_of(n), "matvec_q_rows: y is not n rows");
+    let rows = y.len() / n;
+    let rb = ops::check_q(qt, w, rows, cols);
+    let per = q8_len(cols);
+    assert!(scratch.len() >= n * per, "matvec_q_rows: scratch too short");
+    for (g, (xg, yg)) in x
+        .chunks(MATVEC_ROWS_MAX * cols)
+        .zip(y.chunks_mut(MATVEC_ROWS_MAX * rows))
+        .enumerate()
+    {
+        let gn = xg.len() / cols;
+        let sc = &mut scratch[g * MATVEC_ROWS_MAX * per..];
+        let mut xs = [QuantX::new(Isa::Scalar, &[], &mut []); MATVEC_ROWS_MAX];
+        for ((slot, xr), s) in xs.iter_mut().zip(xg.chunks_exact(cols)).zip(sc.chunks_mut(per)) {
+            *slot = QuantX::new(isa, xr, s);
+        }
+        let xs = &xs[..gn];
+        let blocks = rows.div_ceil(Q_ROWS_BLOCK);
+        let run_block = |b: usize, yp: *mut f32| {
+            let (r0, r1) = (b * Q_ROWS_BLOCK, ((b + 1) * Q_ROWS_BLOCK).min(rows));
+            let wb = &w[r0 * rb..r1 * rb];
+            for (t, xt) in xs.iter().enumerate() {
+                // SAFETY: output row t's columns [r0, r1) lie inside this group's y (gn rows
+                // of `rows`); block b is run by exactly one thread, so no two threads write
+                // the same floats, and the `&mut` behind `yp` is held by this function until
+                // they are done.
+                let yt = unsafe { std::slice::from_raw_parts_mut(yp.add(t * rows + r0), r1 - r0) };
+                ops::matvec_q(isa, qt, wb, xt, yt);
+            }
+        };
+        let nt = pool.n_threads();
+        if nt == 1 || rows * cols * gn < SERIAL_BELOW {
+            let yp = yg.as_mut_ptr();
+            for b in 0..blocks {
+                run_block(b, yp);
+            }
+            continue;
+        }
+        let yp = SendPtr(yg.as_mut_ptr());
+        let next = AtomicUsize::new(0);
+        pool.run(&|_tid| loop {
+            let b = next.fetch_add(1, Ordering::Relaxed);
+            if b >= blocks {
+                break;
+            }
+            run_block(b, yp.get());
+        });
+    }
+}
+
+/// Words of scratch [`matmul_q`] needs for `n` rows of `k` on a pool of `n_threads`.
+pub fn matmul_q_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
+    let _ = n_threads;
+    quant_scratch_len(n, k)
+}
+
+/// `y = x · wᵀ` on `qt` weights (`x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`):
+/// the prefill matmul. `scratch` holds [`matmul_q_scratch_len`] words.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_q(
+    pool: &ThreadPool,
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    matvec_q_rows(pool, isa, qt, w, k, x, scratch, y)
+}
