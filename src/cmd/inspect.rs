@@ -169,7 +169,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     );
     println!(
         "norms: {} | biases: {}",
-        weights.norm.dtype, weights.layers[0].q_bias.dtype
+        weights.norm.format, weights.layers[0].q_bias.format
     );
     println!(
         "isa: {} | threads: {} | ctx: {}",

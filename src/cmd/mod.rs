@@ -122,20 +122,21 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     }
 }
 
-/// `--model DIR`.
+/// `--model PATH`.
 #[derive(Args, Debug, Clone)]
 struct ModelArg {
-    /// A Hugging Face-layout Qwen2 model directory [default: the default model]
-    #[arg(long, value_name = "DIR")]
+    /// A GGUF file or a Hugging Face-layout Qwen2 model directory [default: the default
+    /// model's GGUF, fetched on first use]
+    #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
 }
 
 impl ModelArg {
-    /// The model directory: `--model`, or the default model (fetched on first use).
+    /// The model: `--model`, or the default model's GGUF (fetched on first use).
     fn dir(&self) -> Result<PathBuf, CliError> {
         match &self.model {
             Some(d) => Ok(d.clone()),
-            None => qwenrt::hub::ensure_default_model_with(&mut progress::FetchBars::new())
+            None => qwenrt::hub::ensure_default_gguf_with(&mut progress::FetchBars::new())
                 .map_err(CliError::fail),
         }
     }
@@ -268,7 +269,11 @@ fn load_weights(dir: &Path) -> Result<Arc<Weights>, CliError> {
     })
 }
 
+/// The tokenizer of a model directory (`tokenizer.json`) or a GGUF file (its metadata).
 fn load_tokenizer(dir: &Path) -> Result<Tokenizer, CliError> {
+    if dir.is_file() {
+        return Tokenizer::from_gguf(dir).map_err(CliError::fail);
+    }
     Tokenizer::from_file(&dir.join("tokenizer.json")).map_err(CliError::fail)
 }
 

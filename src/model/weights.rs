@@ -1,6 +1,7 @@
-//! The model's weights: memory-mapped safetensors, checked against the config before anything
-//! runs. Tensor data stays in the mapping; nothing is copied to the heap. Tensors need not be
-//! aligned for their dtype: the kernels read weights with unaligned loads.
+//! The model's weights: memory-mapped safetensors (a Hugging Face directory) or one GGUF file,
+//! checked against the config before anything runs. Tensor data stays in the mapping; nothing
+//! is copied to the heap. Each tensor keeps its own [`Format`] (a float dtype, or a ggml block
+//! format from a GGUF file). Tensors need not be aligned: the kernels use unaligned loads.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -8,9 +9,11 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use qwenrt_kernels::Dtype;
+use qwenrt_kernels::{Dtype, Format};
 
 use crate::model::config::{Config, ConfigError};
+use crate::model::convert;
+use crate::model::gguf::GgufHeader;
 
 /// Why a model directory could not be loaded.
 #[derive(Debug)]
@@ -61,7 +64,8 @@ impl fmt::Display for LoadError {
             LoadError::Dtype { tensor, found } => {
                 write!(
                     f,
-                    "tensor `{tensor}` has dtype {found}; expected BF16, F16 or F32"
+                    "tensor `{tensor}` has dtype {found}; expected BF16, F16 or F32 \
+                     (or, in a GGUF file, Q4_0, Q5_0, Q8_0, Q4_K, Q5_K or Q6_K for a matrix)"
                 )
             }
             LoadError::Shape {
@@ -93,9 +97,20 @@ pub struct TensorRef {
     start: usize,
     end: usize,
     /// The tensor's format.
-    pub dtype: Dtype,
+    pub format: Format,
     /// Its row-major shape.
     pub shape: Vec<usize>,
+}
+
+impl TensorRef {
+    /// The float dtype of a norm or bias. Loading checks that every 1-D tensor is a float
+    /// (`Weights::from_tensors`), so only a matrix can be anything else.
+    pub fn dtype(&self) -> Dtype {
+        match self.format {
+            Format::Float(d) => d,
+            Format::Quant(q) => panic!("{q} tensor read as floats (loading lets no such vector in)"),
+        }
+    }
 }
 
 /// The tensors of one decoder layer.
@@ -164,7 +179,7 @@ impl Layer {
 pub struct Weights {
     /// The validated config.
     pub config: Config,
-    /// The model directory.
+    /// The model directory, or the GGUF file.
     pub dir: PathBuf,
     /// Token embedding `[vocab, hidden]`.
     pub embed_tokens: TensorRef,
@@ -239,7 +254,12 @@ struct ShardIndex {
 impl Weights {
     /// Loads `dir`: config.json, then model.safetensors or the shards named by
     /// model.safetensors.index.json; validates every tensor against the config.
+    ///
+    /// A path to a file is read as GGUF ([`Weights::load_gguf`]).
     pub fn load(dir: &Path) -> Result<Weights, LoadError> {
+        if dir.is_file() {
+            return Weights::load_gguf(dir);
+        }
         let config = Config::from_file(&dir.join("config.json"))?;
         let files = shard_files(dir)?;
         let mut shards = Vec::with_capacity(files.len());
@@ -266,6 +286,58 @@ impl Weights {
         Weights::from_tensors(config, dir, shards, tensors)
     }
 
+    /// Loads a GGUF file: the config from its metadata (as `qwenrt convert` derives it), the
+    /// tensors mapped in place in their own formats.
+    pub fn load_gguf(path: &Path) -> Result<Weights, LoadError> {
+        let map = map_file(path)?;
+        Weights::from_gguf(path, Backing::Mmap(map))
+    }
+
+    /// [`Weights::load_gguf`] on GGUF bytes held in memory (for tests and fuzzing); errors
+    /// name the file as `<memory>/model.gguf`.
+    pub fn from_gguf_bytes(bytes: Vec<u8>) -> Result<Weights, LoadError> {
+        Weights::from_gguf(Path::new("<memory>/model.gguf"), Backing::Owned(bytes))
+    }
+
+    fn from_gguf(path: &Path, backing: Backing) -> Result<Weights, LoadError> {
+        let bad = |why: String| LoadError::Format {
+            path: path.into(),
+            why,
+        };
+        let header = GgufHeader::parse(backing.bytes()).map_err(|e| bad(e.to_string()))?;
+        let config_json = convert::config_json(&header).map_err(|e| bad(e.to_string()))?;
+        let config = Config::from_json(config_json.to_string().as_bytes())
+            .map_err(|e| bad(format!("the config its metadata gives: {e}")))?;
+        let mut tensors = HashMap::new();
+        for info in &header.tensors {
+            // tensors the model does not use (e.g. rope tables) are left alone
+            let Some(name) = convert::hf_tensor_name(&info.name) else {
+                continue;
+            };
+            let format = info.ty.format().ok_or_else(|| LoadError::Dtype {
+                tensor: info.name.clone(),
+                found: format!("{:?}", info.ty),
+            })?;
+            // the header parse checked that every tensor's bytes lie inside the file
+            let start = usize::try_from(header.data_offset + info.offset)
+                .map_err(|_| bad(format!("tensor `{}`: offset overflow", info.name)))?;
+            let end = start + info.n_bytes as usize;
+            let shape = info.row_major_shape().iter().map(|&d| d as usize).collect();
+            tensors.insert(
+                name,
+                TensorRef {
+                    shard: 0,
+                    start,
+                    end,
+                    format,
+                    shape,
+                },
+            );
+        }
+        let shards = vec![(path.to_path_buf(), backing)];
+        Weights::from_tensors(config, path, shards, tensors)
+    }
+
     fn from_tensors(
         config: Config,
         dir: &Path,
@@ -283,6 +355,18 @@ impl Weights {
                     tensor: name,
                     expected: shape.to_vec(),
                     found: t.shape,
+                });
+            }
+            // norms and biases are read as floats; a matrix's rows must be whole blocks
+            let cols = *shape.last().unwrap_or(&0);
+            let row_ok = t.format.row_bytes(cols).is_some_and(|rb| {
+                rb.checked_mul(shape.iter().rev().skip(1).product())
+                    .is_some_and(|n| n == t.end - t.start)
+            });
+            if (shape.len() == 1 && t.format.float().is_none()) || !row_ok {
+                return Err(LoadError::Dtype {
+                    tensor: name,
+                    found: t.format.to_string(),
                 });
             }
             Ok(t)
@@ -345,11 +429,11 @@ impl Weights {
     /// The matrices' formats with their counts, most common first (e.g. `BF16` or
     /// `F16 x145, F32 x24`): each tensor is read in its own format.
     pub fn matrix_formats(&self) -> String {
-        let mut counts: Vec<(Dtype, usize)> = Vec::new();
+        let mut counts: Vec<(Format, usize)> = Vec::new();
         for t in self.matrices() {
-            match counts.iter_mut().find(|(d, _)| *d == t.dtype) {
+            match counts.iter_mut().find(|(d, _)| *d == t.format) {
                 Some((_, c)) => *c += 1,
-                None => counts.push((t.dtype, 1)),
+                None => counts.push((t.format, 1)),
             }
         }
         counts.sort_by_key(|&(_, c)| std::cmp::Reverse(c));
@@ -375,6 +459,13 @@ impl Weights {
             }
         }
         n
+    }
+
+    /// Whether any matrix is block-quantized (the engine then plans room for 8-bit inputs).
+    pub fn has_quantized(&self) -> bool {
+        self.matrices()
+            .chain(std::iter::once(&self.lm_head))
+            .any(|t| matches!(t.format, Format::Quant(_)))
     }
 
     /// The safetensors files backing these weights.
@@ -486,7 +577,7 @@ fn read_shard(
                 shard,
                 start,
                 end,
-                dtype,
+                format: Format::Float(dtype),
                 shape: info.shape.clone(),
             },
         );

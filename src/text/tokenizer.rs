@@ -145,6 +145,22 @@ impl Tokenizer {
         })
     }
 
+    /// Builds the tokenizer a GGUF file's metadata describes (the `tokenizer.json` that
+    /// `qwenrt convert` would write for it).
+    pub fn from_gguf(path: &Path) -> Result<Tokenizer, TokenizerError> {
+        let load = |message: String| TokenizerError::Load {
+            path: Some(path.to_path_buf()),
+            message,
+        };
+        let file = crate::model::gguf::GgufFile::open(path).map_err(|e| load(e.to_string()))?;
+        let json = crate::model::convert::tokenizer_json(&file.header)
+            .map_err(|e| load(e.to_string()))?;
+        Self::from_json_bytes(json.to_string().as_bytes()).map_err(|e| match e {
+            TokenizerError::Load { message, .. } => load(message),
+            e => e,
+        })
+    }
+
     /// Loads `dir/tokenizer.json`.
     pub fn from_model_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         Self::from_file(&dir.join("tokenizer.json"))

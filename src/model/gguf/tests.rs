@@ -1,7 +1,7 @@
 //! Unit tests of the reader and of dequantization.
 #![allow(clippy::needless_range_loop)] // index loops mirror ggml's reference formulation
 
-use super::dequant::scale_min_k4;
+use qwenrt_kernels::quant::scale_min_k4;
 use super::*;
 use crate::testkit::gguf::*;
 

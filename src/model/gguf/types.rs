@@ -144,6 +144,31 @@ impl GgmlType {
         (n_elements / self.block_size()).checked_mul(self.type_size())
     }
 
+    /// The block format the kernels compute with, for the quantized types they support.
+    pub fn quant_type(self) -> Option<qwenrt_kernels::QuantType> {
+        use qwenrt_kernels::QuantType as Q;
+        match self {
+            GgmlType::Q4_0 => Some(Q::Q4_0),
+            GgmlType::Q5_0 => Some(Q::Q5_0),
+            GgmlType::Q8_0 => Some(Q::Q8_0),
+            GgmlType::Q4K => Some(Q::Q4K),
+            GgmlType::Q5K => Some(Q::Q5K),
+            GgmlType::Q6K => Some(Q::Q6K),
+            _ => None,
+        }
+    }
+
+    /// The format a weight tensor of this type is computed in, if the kernels support it.
+    pub fn format(self) -> Option<qwenrt_kernels::Format> {
+        use qwenrt_kernels::{Dtype, Format};
+        match self {
+            GgmlType::F32 => Some(Format::Float(Dtype::F32)),
+            GgmlType::F16 => Some(Format::Float(Dtype::F16)),
+            GgmlType::BF16 => Some(Format::Float(Dtype::BF16)),
+            _ => self.quant_type().map(Format::Quant),
+        }
+    }
+
     /// Whether [`dequantize`](super::dequantize) handles this type.
     pub fn can_dequantize(self) -> bool {
         use GgmlType::*;
