@@ -157,3 +157,125 @@ pub fn array_of(elem_type: ValueType, items: Vec<Value>) -> Value {
         Array::from_values(elem_type, items).expect("array_of: items must all be elem_type"),
     )
 }
+
+/// The GGUF name of a Hugging Face tensor name of a Qwen2 model (the inverse of
+/// [`crate::model::convert::hf_tensor_name`]), for `layers` layers.
+pub fn gguf_tensor_name(hf: &str, layers: usize) -> Option<String> {
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+        "output.weight".to_string(),
+    ];
+    for i in 0..layers {
+        for t in [
+            "attn_norm.weight",
+            "attn_q.weight",
+            "attn_q.bias",
+            "attn_k.weight",
+            "attn_k.bias",
+            "attn_v.weight",
+            "attn_v.bias",
+            "attn_output.weight",
+            "ffn_norm.weight",
+            "ffn_gate.weight",
+            "ffn_up.weight",
+            "ffn_down.weight",
+        ] {
+            names.push(format!("blk.{i}.{t}"));
+        }
+    }
+    names
+        .into_iter()
+        .find(|g| crate::model::convert::hf_tensor_name(g).as_deref() == Some(hf))
+}
+
+/// `x` (whole blocks of 32) as Q8_0 blocks, as ggml's reference quantizer makes them:
+/// `d = max|x| / 127`, `q = round(x / d)`.
+pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 34);
+    for b in x.chunks_exact(32) {
+        let amax = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        out.extend(b.iter().map(|v| (v * id).round() as i8 as u8));
+    }
+    out
+}
+
+/// `x` (whole blocks of 32) as Q4_0 blocks, as ggml's reference quantizer makes them: the
+/// element of largest magnitude maps to -8, `d = max / -8`, `q = min(15, x / d + 8.5)`.
+pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(x.len() / 32 * 18);
+    for b in x.chunks_exact(32) {
+        let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
+        let q = |v: f32| ((v * id + 8.5) as u8).min(15);
+        for j in 0..16 {
+            out.push(q(b[j]) | (q(b[j + 16]) << 4));
+        }
+    }
+    out
+}
+
+/// A Qwen2 GGUF holding the tensors of a Hugging Face model (`config.json` bytes and a
+/// safetensors file of f32 tensors): every matrix whose rows are whole blocks of 32 in
+/// `ty` (Q8_0 or Q4_0), the rest in f32; the config as `qwen2.*` metadata. No tokenizer.
+///
+/// # Panics
+/// On a malformed input model or a `ty` other than Q8_0 / Q4_0 (bugs in the calling test).
+pub fn quantized_gguf_from_hf(config_json: &[u8], safetensors: &[u8], ty: GgmlType) -> Vec<u8> {
+    let c = crate::model::config::Config::from_json(config_json).expect("config");
+    let st = safetensors::SafeTensors::deserialize(safetensors).expect("safetensors");
+    let mut b = GgufBuilder::new()
+        .kv("general.architecture", Value::String("qwen2".into()))
+        .kv("qwen2.embedding_length", Value::U32(c.hidden_size as u32))
+        .kv(
+            "qwen2.feed_forward_length",
+            Value::U32(c.intermediate_size as u32),
+        )
+        .kv("qwen2.block_count", Value::U32(c.num_hidden_layers as u32))
+        .kv(
+            "qwen2.attention.head_count",
+            Value::U32(c.num_attention_heads as u32),
+        )
+        .kv(
+            "qwen2.attention.head_count_kv",
+            Value::U32(c.num_key_value_heads as u32),
+        )
+        .kv(
+            "qwen2.context_length",
+            Value::U32(c.max_position_embeddings as u32),
+        )
+        .kv(
+            "qwen2.attention.layer_norm_rms_epsilon",
+            Value::F32(c.rms_norm_eps),
+        )
+        .kv("qwen2.rope.freq_base", Value::F32(c.rope_theta));
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    for name in names {
+        let t = st.tensor(&name).expect("tensor");
+        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let dims: Vec<u64> = t.shape().iter().rev().map(|&d| d as u64).collect();
+        let gname = gguf_tensor_name(&name, c.num_hidden_layers).expect("a Qwen2 tensor");
+        if dims.len() == 2 && dims[0] % 32 == 0 {
+            let data = match ty {
+                GgmlType::Q8_0 => quantize_q8_0(&values),
+                GgmlType::Q4_0 => quantize_q4_0(&values),
+                other => panic!("quantized_gguf_from_hf: no quantizer for {other:?}"),
+            };
+            b = b.tensor(&gname, &dims, ty, data);
+        } else {
+            b = b.tensor_f32(&gname, &dims, &values);
+        }
+    }
+    b.build()
+}

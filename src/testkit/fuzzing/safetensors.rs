@@ -228,10 +228,10 @@ fn check_weights(w: Result<Weights, LoadError>) {
     }
     for t in refs {
         let elems: usize = t.shape.iter().product();
-        assert_eq!(w.bytes(t).len(), elems * t.dtype.size(), "{t:?}");
+        assert_eq!(w.bytes(t).len(), elems * t.dtype().size(), "{t:?}");
     }
     for t in w.matrices() {
-        assert!(matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16));
+        assert!(matches!(t.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16));
     }
     let opts = SessionOptions {
         ctx: 4.min(c.max_position_embeddings),
