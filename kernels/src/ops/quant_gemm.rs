@@ -84,7 +84,7 @@ pub fn matmul_q(
     );
     let (xq, panel) = scratch.split_at_mut(n * q8_len(k));
     if isa != Isa::Scalar {
-        quantize_rows(x, k, n, xq);
+        quantize_rows(isa, x, k, n, xq);
     }
     // SAFETY: `w` holds `rows` rows (checked), `x` n*k floats, `xq` the quantized rows (just
     // filled), `panel` one panel (checked); y (borrowed mutably here) holds n*rows floats:
@@ -92,9 +92,19 @@ pub fn matmul_q(
     unsafe { matmul_q_strided(isa, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, panel) }
 }
 
-/// Quantizes rows `0..n` of `x` (`k` each) into `xq`, `q8_len(k)` words per row.
-pub(crate) fn quantize_rows(x: &[f32], k: usize, n: usize, xq: &mut [f32]) {
+/// Quantizes rows `0..n` of `x` (`k` each) into `xq`, `q8_len(k)` words per row, exactly as
+/// [`quant::quantize_row_q8`] does (vectorized on AVX-512).
+pub(crate) fn quantize_rows(isa: Isa, x: &[f32], k: usize, n: usize, xq: &mut [f32]) {
     let per = q8_len(k);
+    assert!(x.len() >= n * k && xq.len() >= n * per);
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx512 && k.is_multiple_of(32) {
+        check(Isa::Avx512);
+        // SAFETY: CPU support checked; lengths and k checked.
+        unsafe { avx512::quantize_rows_q8(x, k, n, xq) };
+        return;
+    }
+    let _ = isa;
     for (xr, out) in x.chunks_exact(k).zip(xq.chunks_exact_mut(per)).take(n) {
         quant::quantize_row_q8(xr, out);
     }

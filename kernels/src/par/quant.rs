@@ -122,7 +122,7 @@ pub fn matmul_q(
     let (xq, packs) = scratch.split_at_mut(n * per);
     if serial {
         if isa != Isa::Scalar {
-            ops::quantize_rows(x, k, n, xq);
+            ops::quantize_rows(isa, x, k, n, xq);
         }
         // SAFETY: w holds `rows` rows (checked), x n*k floats, xq n quantized rows, packs a
         // panel (checked); y (borrowed mutably here) holds n*rows floats.
@@ -139,7 +139,7 @@ pub fn matmul_q(
             // `per` words), whose `&mut` this function holds until `run` returns.
             let out =
                 unsafe { std::slice::from_raw_parts_mut(xp.get().add(t0 * per), (t1 - t0) * per) };
-            ops::quantize_rows(&x[t0 * k..t1 * k], k, t1 - t0, out);
+            ops::quantize_rows(isa, &x[t0 * k..t1 * k], k, t1 - t0, out);
         });
     }
     let xq = &*xq;
