@@ -280,25 +280,30 @@ pub(crate) fn pack_q_panel(
     let rb = check_q(qt, w, nr, k);
     let s = q_sub_block(qt);
     let sbb = q_sub_block_bytes(s);
-    let per_block = qt.block_elems() / s;
+    let (be, bb) = (qt.block_elems(), qt.block_bytes());
+    let per_block = be / s;
     assert!(nr <= QNR && panel.len() >= k / s * sbb);
-    if nr < QNR {
-        panel[..k / s * sbb].fill(0);
-    }
-    let (mut q, mut sc, mut bi) = ([0u8; 256], [0f32; 16], [0f32; 16]);
-    for r in 0..nr {
-        let row = &w[r * rb..(r + 1) * rb];
-        for (b, blk) in row.chunks_exact(qt.block_bytes()).enumerate() {
-            unpack_block(qt, blk, signed_q8, &mut q, &mut sc, &mut bi);
-            for j in 0..per_block {
-                let base = (b * per_block + j) * sbb;
-                let dst = &mut panel[base..base + sbb];
-                for (e4, c) in q[j * s..(j + 1) * s].chunks_exact(4).enumerate() {
-                    dst[e4 * 64 + r * 4..e4 * 64 + r * 4 + 4].copy_from_slice(c);
-                }
-                let o = QNR * s + 4 * r;
-                dst[o..o + 4].copy_from_slice(&sc[j].to_ne_bytes());
-                dst[o + 64..o + 68].copy_from_slice(&bi[j].to_ne_bytes());
+    // One block of all 16 rows is unpacked into these (rows >= nr stay zero), then written out
+    // in panel order, so the stores run sequentially through the panel.
+    let mut q = [[0u8; 256]; QNR];
+    let (mut sc, mut bi) = ([[0f32; 16]; QNR], [[0f32; 16]; QNR]);
+    for b in 0..k / be {
+        for r in 0..nr {
+            let blk = &w[r * rb + b * bb..r * rb + (b + 1) * bb];
+            unpack_block(qt, blk, signed_q8, &mut q[r], &mut sc[r], &mut bi[r]);
+        }
+        for j in 0..per_block {
+            let base = (b * per_block + j) * sbb;
+            let dst = &mut panel[base..base + sbb];
+            let (dq, dsb) = dst.split_at_mut(QNR * s);
+            for (c, d) in dq.chunks_exact_mut(4).enumerate() {
+                let (e, r) = (j * s + 4 * (c / QNR), c % QNR);
+                d.copy_from_slice(&q[r][e..e + 4]);
+            }
+            let (ds, db) = dsb.split_at_mut(4 * QNR);
+            for r in 0..QNR {
+                ds[4 * r..4 * r + 4].copy_from_slice(&sc[r][j].to_ne_bytes());
+                db[4 * r..4 * r + 4].copy_from_slice(&bi[r][j].to_ne_bytes());
             }
         }
     }
