@@ -502,3 +502,5 @@ mod matmul;
 pub use matmul::*;
 mod quant;
 pub use quant::*;
+mod quant_gemm;
+pub use quant_gemm::*;

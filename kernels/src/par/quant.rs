@@ -83,14 +83,18 @@ pub fn matvec_q_rows(
     }
 }
 
-/// Words of scratch [`matmul_q`] needs for `n` rows of `k` on a pool of `n_threads`.
+/// Words of scratch [`matmul_q`] needs for `n` rows of `k` on a pool of `n_threads`: the
+/// quantized inputs ([`quant_scratch_len`]) and one packed panel
+/// ([`ops::matmul_q_panel_len`]) per thread.
 pub fn matmul_q_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
-    let _ = n_threads;
-    quant_scratch_len(n, k)
+    quant_scratch_len(n, k) + n_threads.max(1) * ops::matmul_q_panel_len(k)
 }
 
 /// `y = x · wᵀ` on `qt` weights (`x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`):
-/// the prefill matmul. `scratch` holds [`matmul_q_scratch_len`] words.
+/// the prefill matmul of [`ops::matmul_q`] split across the pool. `scratch` holds
+/// [`matmul_q_scratch_len`] words: the inputs are quantized into its front once (rows split
+/// across the threads) before panels of 16 weight rows (output columns) are claimed from a
+/// counter, each packed into the claiming thread's own part of the rest.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
     pool: &ThreadPool,
@@ -102,5 +106,76 @@ pub fn matmul_q(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    matvec_q_rows(pool, isa, qt, w, k, x, scratch, y)
+    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+        return;
+    };
+    let rb = ops::check_q(qt, w, rows, k);
+    let (per, pl) = (q8_len(k), ops::matmul_q_panel_len(k));
+    let nt = pool.n_threads();
+    let serial = nt == 1 || rows * k * n < SERIAL_BELOW;
+    let need = n * per + if serial { 1 } else { nt } * pl;
+    assert!(
+        scratch.len() >= need,
+        "matmul_q: scratch holds {} words, {need} needed",
+        scratch.len()
+    );
+    let (xq, packs) = scratch.split_at_mut(n * per);
+    if serial {
+        if isa != Isa::Scalar {
+            ops::quantize_rows(isa, x, k, n, xq);
+        }
+        // SAFETY: w holds `rows` rows (checked), x n*k floats, xq n quantized rows, packs a
+        // panel (checked); y (borrowed mutably here) holds n*rows floats.
+        unsafe {
+            ops::matmul_q_strided(isa, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, packs)
+        };
+        return;
+    }
+    if isa != Isa::Scalar {
+        let xp = SendPtr(xq.as_mut_ptr());
+        pool.run(&|tid| {
+            let (t0, t1) = split(n, nt, tid, 1);
+            // SAFETY: the threads' row ranges [t0, t1) are disjoint and inside xq (n rows of
+            // `per` words), whose `&mut` this function holds until `run` returns.
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(xp.get().add(t0 * per), (t1 - t0) * per) };
+            ops::quantize_rows(isa, &x[t0 * k..t1 * k], k, t1 - t0, out);
+        });
+    }
+    let xq = &*xq;
+    let panels = rows.div_ceil(ops::QNR);
+    let yp = SendPtr(y.as_mut_ptr());
+    let pp = SendPtr(packs.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    pool.run(&|tid| {
+        // SAFETY: tid < nt and packs holds nt * pl words (asserted): this thread's panel at
+        // tid * pl is inside it and no other thread's; packs' `&mut` is held until `run` returns.
+        let pack = unsafe { std::slice::from_raw_parts_mut(pp.get().add(tid * pl), pl) };
+        loop {
+            let p = next.fetch_add(1, Ordering::Relaxed);
+            if p >= panels {
+                break;
+            }
+            let (r0, r1) = (p * ops::QNR, ((p + 1) * ops::QNR).min(rows));
+            // SAFETY: w holds `rows` rows (checked) and r1 <= rows. Panel p is claimed by one
+            // thread only (the counter hands each index out once), which writes only
+            // y[t * rows + j] for j in [r0, r1): disjoint between claims, inside y (n * rows
+            // floats), whose `&mut` this function holds until `run` returns.
+            unsafe {
+                ops::matmul_q_strided(
+                    isa,
+                    qt,
+                    &w[r0 * rb..r1 * rb],
+                    k,
+                    x,
+                    xq,
+                    n,
+                    yp.get().add(r0),
+                    rows,
+                    r1 - r0,
+                    pack,
+                )
+            };
+        }
+    });
 }

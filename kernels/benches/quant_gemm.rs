@@ -1,0 +1,91 @@
+//! The quantized prefill matmul (`par::matmul_q`) at Qwen2.5-0.5B shapes, n = 512 prompt rows,
+//! on 2 threads with the best ISA, beside the f32 FMA matmul (`par::matmul::<F32>`) on the same
+//! shapes. `Elements` counts FLOPs (2 per multiply-add), so criterion's "elem/s" reads as
+//! FLOP/s.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::{par, Isa, QuantType, ThreadPool, F32};
+
+/// xorshift in [-0.5, 0.5).
+fn data(n: usize, seed: u32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// `rows` random rows of `qt` blocks: random quant bytes, small f16 scales.
+fn qweights(qt: QuantType, rows: usize, k: usize) -> Vec<u8> {
+    let len = rows * qt.row_bytes(k).unwrap();
+    let mut w: Vec<u8> = data(len, 9)
+        .iter()
+        .map(|v| (v * 512.0) as i32 as u8)
+        .collect();
+    let scale = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for blk in w.chunks_exact_mut(qt.block_bytes()) {
+        let at = if qt == QuantType::Q6K { 208 } else { 0 };
+        blk[at..at + 2].copy_from_slice(&scale);
+        if matches!(qt, QuantType::Q4K | QuantType::Q5K) {
+            blk[2..4].copy_from_slice(&scale);
+        }
+    }
+    w
+}
+
+fn bench(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let pool = ThreadPool::new(2).unwrap();
+    let nt = pool.n_threads();
+    let n = 512;
+    let mut g = c.benchmark_group(format!("matmul_q_{isa}_n{n}_{nt}t"));
+    for (rows, k) in [(896usize, 896usize), (4864, 896), (896, 4864)] {
+        let x = data(n * k, 1);
+        let mut y = vec![0.0; n * rows];
+        g.throughput(Throughput::Elements((2 * n * rows * k) as u64));
+        for qt in [
+            QuantType::Q5_0,
+            QuantType::Q8_0,
+            QuantType::Q4K,
+            QuantType::Q6K,
+        ] {
+            if qt.row_bytes(k).is_none() {
+                continue;
+            }
+            let w = qweights(qt, rows, k);
+            let mut s = vec![0.0; par::matmul_q_scratch_len(nt, n, k)];
+            g.bench_function(BenchmarkId::new(qt.name(), format!("{rows}x{k}")), |b| {
+                b.iter(|| par::matmul_q(&pool, isa, qt, black_box(&w), k, &x, &mut s, &mut y))
+            });
+        }
+        let w: Vec<u8> = data(rows * k, 7)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let mut pack = vec![0.0; par::matmul_scratch_len(nt)];
+        g.bench_function(BenchmarkId::new("F32", format!("{rows}x{k}")), |b| {
+            b.iter(|| par::matmul::<F32>(&pool, isa, black_box(&w), k, &x, &mut pack, &mut y))
+        });
+    }
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500))
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,288 @@
+//! AVX-512 quantized prefill matmul: panels of 16 weight rows repacked as unsigned 8-bit quants
+//! ([`crate::ops::pack_q_panel`]), tiles of up to [`MR`] input rows (8-bit blocks) against them
+//! with `vpdpbusd` (AVX512-VNNI) or `vpmaddubsw` + `vpmaddwd`, one i32 lane per weight row.
+
+use core::arch::x86_64::*;
+
+use super::lanes;
+use crate::ops::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
+use crate::quant::{q8_len, QuantType};
+
+/// Input rows per tile: `MR` i32 and `MR` f32 accumulators, the weight vector, scale and bias
+/// stay in the 32 zmm registers.
+const MR: usize = 8;
+
+/// `acc += sum of 4 u8 × i8 products per lane`, with `vpdpbusd`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
+#[inline]
+fn dot_vnni<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+    _mm512_dpbusd_epi32(acc, w, x)
+}
+
+/// `acc += sum of 4 u8 × i8 products per lane`, with `vpmaddubsw` + `vpmaddwd`. The pairs'
+/// i16 sums cannot saturate for quants below 64 (`2 * 63 * 127`); Q8_0 comes `SIGNED` (its own
+/// i8 quants): `|w|` times `x` negated where `w < 0`, at most `2 * 128 * 127`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+fn dot_plain<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
+    let p = if SIGNED {
+        let neg = _mm512_movepi8_mask(w);
+        let xs = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
+        _mm512_maddubs_epi16(_mm512_abs_epi8(w), xs)
+    } else {
+        _mm512_maddubs_epi16(w, x)
+    };
+    _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)))
+}
+
+/// Defines a tile microkernel with the given target features and dot product.
+macro_rules! tile_fn {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dot:ident) => {
+        $(#[$doc])*
+        ///
+        /// `y[t * ldy + j] = sum_i (scale[j, i] * d_x[t, i] * idot + bias[j, i] * d_x[t, i] *
+        /// sum x_q[t, i])` over the `nsb` sub-blocks `i` of `S` weights, for rows `t < R` and
+        /// columns `j < nr`: `panel` as [`pack_q_panel`] lays it out (quants of `SIGNED` form),
+        /// `xq` the first row's [`q8_len`] words (`xs` words per row, `nb` blocks of 32).
+        ///
+        /// # Safety
+        /// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
+        /// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at
+        /// columns `0..nr`, `1 <= nr <= 16`; the CPU must support the enabled features.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const R: usize, const S: usize, const SIGNED: bool>(
+            panel: *const u8,
+            nsb: usize,
+            xq: *const f32,
+            xs: usize,
+            nb: usize,
+            y: *mut f32,
+            ldy: usize,
+            nr: usize,
+        ) {
+            let sbb = q_sub_block_bytes(S);
+            let mut facc = [_mm512_setzero_ps(); R];
+            for i in 0..nsb {
+                let k0 = i * S;
+                let b = k0 / 32;
+                let mut iacc = [_mm512_setzero_si512(); R];
+                // SAFETY: sub-block i < nsb of the panel: its quants (16 * S bytes), scales and
+                // biases (64 bytes each) are inside it. x row t < R: its quants start at word
+                // 3 * nb of the row, and bytes k0 + 4s..k0 + 4s + 4 < nb * 32 lie inside them;
+                // d and the half sums of block b < nb are words b and nb + 2b (+1).
+                unsafe {
+                    let p = panel.add(i * sbb);
+                    for s in 0..S / 4 {
+                        let wv = _mm512_loadu_si512(p.add(64 * s).cast());
+                        for (t, a) in iacc.iter_mut().enumerate() {
+                            let xp = xq.add(t * xs + 3 * nb).cast::<u8>().add(k0 + 4 * s);
+                            let xv = _mm512_set1_epi32(xp.cast::<i32>().read_unaligned());
+                            *a = $dot::<SIGNED>(*a, wv, xv);
+                        }
+                    }
+                    let sc = _mm512_loadu_ps(p.add(QNR * S).cast());
+                    let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
+                    for (t, (f, a)) in facc.iter_mut().zip(&iacc).enumerate() {
+                        let xr = xq.add(t * xs);
+                        let dx = *xr.add(b);
+                        let hs = xr.add(nb + 2 * b);
+                        let sx = if S == 32 { *hs + *hs.add(1) } else { *hs.add(i & 1) };
+                        let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
+                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), scx, *f);
+                        *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
+                    }
+                }
+            }
+            let m = lanes(nr);
+            for (t, f) in facc.iter().enumerate() {
+                // SAFETY: row t < R, columns 0..nr of y: writable by the contract.
+                unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
+            }
+        }
+    };
+}
+
+tile_fn!(
+    /// The `vpdpbusd` tile.
+    tile_vnni,
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    dot_vnni
+);
+tile_fn!(
+    /// The `vpmaddubsw` tile.
+    tile_plain,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    dot_plain
+);
+
+/// Runs every tile of `n` input rows against one packed panel.
+///
+/// # Safety
+/// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_panel<const S: usize, const SIGNED: bool>(
+    vnni: bool,
+    panel: *const u8,
+    nsb: usize,
+    xq: *const f32,
+    xs: usize,
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    nr: usize,
+) {
+    let nb = nsb * S / 32;
+    let mut t0 = 0;
+    while t0 < n {
+        let r = (n - t0).min(MR);
+        // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); VNNI only when supported.
+        unsafe {
+            let (x, yt) = (xq.add(t0 * xs), y.add(t0 * ldy));
+            macro_rules! go {
+                ($($r:literal)*) => {
+                    match (r, vnni) {
+                        $(
+                            ($r, true) => tile_vnni::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
+                            ($r, false) => tile_plain::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
+                        )*
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            go!(1 2 3 4 5 6 7 8);
+        }
+        t0 += r;
+    }
+}
+
+/// `y[t * ldy + j] = sum_c w[j, c] * x[t, c]` for `t < n`, `j < rows`, `x` given as its 8-bit
+/// blocks `xq` (`q8_len(k)` words per row): panels of 16 weight rows packed into `panel`, then
+/// run against every tile of input rows.
+///
+/// # Safety
+/// `w` holds `rows` rows of `k` weights of `qt`, `xq` `n` quantized rows, `panel` at least
+/// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
+/// `j < rows`) with nothing else accessing them; the CPU must support AVX-512F/BW/VL, AVX2,
+/// FMA and F16C, and AVX512-VNNI when `vnni`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn matmul_q_strided(
+    qt: QuantType,
+    vnni: bool,
+    w: &[u8],
+    k: usize,
+    xq: &[f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+    panel: &mut [f32],
+) {
+    let rb = qt.row_bytes(k).expect("matmul_q: k is not whole blocks");
+    let xs = q8_len(k);
+    debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
+    let s = q_sub_block(qt);
+    let nsb = k / s;
+    let signed = qt == QuantType::Q8_0 && !vnni;
+    let pb = panel_bytes(panel);
+    let mut j0 = 0;
+    while j0 < rows {
+        let nr = (rows - j0).min(QNR);
+        pack_q_panel(qt, &w[j0 * rb..(j0 + nr) * rb], k, nr, signed, pb);
+        let p = pb.as_ptr();
+        // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
+        // rows of rows t < n (contract); VNNI as our caller guarantees.
+        unsafe {
+            let yj = y.add(j0);
+            match (s, signed) {
+                (16, _) => run_panel::<16, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                (_, true) => run_panel::<32, true>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                _ => run_panel::<32, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+            }
+        }
+        j0 += nr;
+    }
+}
+
+/// [`crate::quant::quantize_row_q8`] for rows `0..n` of `x` (`k` each, a multiple of 32) into
+/// `xq` (`q8_len(k)` words per row), vectorized, with the same result bit for bit for finite
+/// inputs: the same `amax` (max is exact in any order), `d = amax / 127`, `1 / d`, products
+/// `x * (1 / d)` rounded to nearest even, clamped to ±127, and sums `d * sum(q)` of exact
+/// integer sums. (The scalar quantizer's `round_ties_even` is a libm call per element without
+/// SSE4.1 at compile time, which made quantizing the prompt cost as much as the matmul.)
+///
+/// # Safety
+/// `x.len() >= n * k`, `xq.len() >= n * q8_len(k)`, `k % 32 == 0`; the CPU must support
+/// AVX-512F/BW/VL, AVX2, FMA and F16C.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub unsafe fn quantize_rows_q8(x: &[f32], k: usize, n: usize, xq: &mut [f32]) {
+    let (nb, per) = (k / 32, q8_len(k));
+    assert!(k.is_multiple_of(32) && x.len() >= n * k && xq.len() >= n * per);
+    for (xr, out) in x.chunks_exact(k).zip(xq.chunks_exact_mut(per)).take(n) {
+        let (d_out, rest) = out.split_at_mut(nb);
+        let (s_out, q_out) = rest.split_at_mut(2 * nb);
+        for (b, xb) in xr.chunks_exact(32).enumerate() {
+            // SAFETY: xb holds 32 floats; q_out holds 8 words (32 bytes) per block, b < nb.
+            unsafe {
+                let v0 = _mm512_loadu_ps(xb.as_ptr());
+                let v1 = _mm512_loadu_ps(xb.as_ptr().add(16));
+                let m = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+                let amax = _mm512_reduce_max_ps(m).max(0.0);
+                let d = amax / 127.0;
+                let id = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+                let qp = q_out.as_mut_ptr().add(8 * b).cast::<__m128i>();
+                let mut sums = [0i32; 2];
+                for (h, v) in [v0, v1].into_iter().enumerate() {
+                    let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                        _mm512_mul_ps(v, id),
+                    );
+                    let r = _mm512_min_ps(
+                        _mm512_max_ps(r, _mm512_set1_ps(-127.0)),
+                        _mm512_set1_ps(127.0),
+                    );
+                    let qi = _mm512_cvtps_epi32(r);
+                    sums[h] = _mm512_reduce_add_epi32(qi);
+                    _mm_storeu_si128(qp.add(h), _mm512_cvtepi32_epi8(qi));
+                }
+                d_out[b] = d;
+                s_out[2 * b] = d * sums[0] as f32;
+                s_out[2 * b + 1] = d * sums[1] as f32;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The vectorized quantizer is bit for bit the scalar one.
+    #[test]
+    fn quantize_rows_matches_scalar() {
+        if !crate::Isa::Avx512.is_supported() {
+            return;
+        }
+        let (k, n) = (256, 5);
+        let mut s = 0x1234_5678u32;
+        let mut x: Vec<f32> = (0..n * k)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 17;
+                s ^= s << 5;
+                (s as i32 as f32) * 1e-9
+            })
+            .collect();
+        x[..32].fill(0.0); // an all-zero block
+        x[40] = 3.5e-3; // ties and exact multiples land somewhere in the rest
+        let per = q8_len(k);
+        let (mut a, mut b) = (vec![0f32; n * per], vec![0f32; n * per]);
+        for t in 0..n {
+            crate::quant::quantize_row_q8(&x[t * k..(t + 1) * k], &mut a[t * per..(t + 1) * per]);
+        }
+        // SAFETY: AVX-512 checked; lengths as required.
+        unsafe { quantize_rows_q8(&x, k, n, &mut b) };
+        assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
+    }
+}
