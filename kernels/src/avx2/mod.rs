@@ -17,11 +17,13 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod quant;
 
 pub use attention::*;
 pub use elementwise::*;
 pub use matmul::*;
 pub use matvec::*;
+pub use quant::*;
 
 /// A lane mask (all-ones in lanes `< n`) for `vmaskmovps`.
 #[target_feature(enable = "avx2,fma,f16c")]

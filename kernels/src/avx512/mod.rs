@@ -16,11 +16,13 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod quant;
 
 pub use attention::*;
 pub use elementwise::*;
 pub use matmul::*;
 pub use matvec::*;
+pub use quant::*;
 
 /// Lane mask selecting the first `n` (`<= 16`) lanes.
 #[inline(always)]
