@@ -384,3 +384,33 @@ fn matvec_q_is_rows_of_one() {
         }
     }
 }
+
+/// `par::matvec_q_rows` on 1 and 2 threads: every output row bit for bit `ops::matvec_q` on
+/// its input alone (the row blocks take all inputs in one kernel call), also past 64 inputs.
+#[test]
+fn par_matvec_q_rows_matches_single() {
+    use qwenrt_kernels::{par, ThreadPool};
+    let mut rng = Rng(11);
+    for qt in QuantType::ALL {
+        let (rows, cols) = (70, 512);
+        let w = random_weights(qt, rows, cols, &mut rng);
+        for n in [1, 5, 67] {
+            let x: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
+            for isa in Isa::available() {
+                let mut want = vec![0.0; n * rows];
+                let mut b = vec![0.0; q8_len(cols)];
+                for (xr, yr) in x.chunks_exact(cols).zip(want.chunks_exact_mut(rows)) {
+                    ops::matvec_q(isa, qt, &w, &QuantX::new(isa, xr, &mut b), yr);
+                }
+                for nt in [1, 2] {
+                    let pool = ThreadPool::new(nt).unwrap();
+                    let mut s = vec![0.0; par::quant_scratch_len(n, cols)];
+                    let mut y = vec![f32::NAN; n * rows];
+                    par::matvec_q_rows(&pool, isa, qt, &w, cols, &x, &mut s, &mut y);
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&y), bits(&want), "{qt} {isa} n={n} threads={nt}");
+                }
+            }
+        }
+    }
+}
