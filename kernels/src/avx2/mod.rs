@@ -17,12 +17,14 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod quant;
 mod quant_gemm;
 
 pub use attention::*;
 pub use elementwise::*;
 pub use matmul::*;
 pub use matvec::*;
+pub use quant::*;
 pub use quant_gemm::*;
 
 /// A lane mask (all-ones in lanes `< n`) for `vmaskmovps`.

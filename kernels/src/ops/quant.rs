@@ -69,19 +69,97 @@ pub fn matvec_q(isa: Isa, qt: QuantType, w: &[u8], x: &QuantX<'_>, y: &mut [f32]
 
 /// Many inputs against one `qt` matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
 /// `rows = y.len() / xs.len()`. Output `t` is bit for bit [`matvec_q`]'s for `xs[t]` alone.
+/// On the SIMD ISAs each weight group is unpacked once for up to 4 inputs.
 pub fn matvec_q_rows(isa: Isa, qt: QuantType, w: &[u8], xs: &[QuantX<'_>], y: &mut [f32]) {
-    let Some(x0) = xs.first() else { return };
+    matvec_q_rows_opts(isa, qt, w, xs, y, true)
+}
+
+/// [`matvec_q_rows`] with the AVX512-VNNI path allowed or not (where the CPU has it): for
+/// tests, so the `vpmaddubsw` path is exercised on VNNI machines too. Both give the same bits.
+#[doc(hidden)]
+pub fn matvec_q_rows_opts(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    xs: &[QuantX<'_>],
+    y: &mut [f32],
+    allow_vnni: bool,
+) {
+    if xs.is_empty() {
+        return;
+    }
     assert!(
         y.len().is_multiple_of(xs.len()),
         "matvec_q_rows: y is not one row per input"
     );
     let rows = y.len() / xs.len();
+    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
+    unsafe { matvec_q_raw(isa, qt, w, rows, xs, y.as_mut_ptr(), rows, allow_vnni) }
+}
+
+/// Whether the AVX-512 kernels use `vpdpbusd`: the CPU has AVX512-VNNI and `allow` is set.
+#[cfg(target_arch = "x86_64")]
+fn use_vnni(allow: bool) -> bool {
+    allow && is_x86_feature_detected!("avx512vnni")
+}
+
+/// `y[t * ldy + r] = sum_c w[r, c] * xs[t][c]` for every input `t` and weight row `r < rows`:
+/// the SIMD kernels take the inputs in groups of up to 4, each weight group unpacked once per
+/// group of inputs, and every output is bit for bit what the kernel gives its input alone.
+///
+/// # Safety
+/// `y` must be valid for writes at `t * ldy + r` (`t < xs.len()`, `r < rows`), with nothing
+/// else reading or writing those floats during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matvec_q_raw(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    rows: usize,
+    xs: &[QuantX<'_>],
+    y: *mut f32,
+    ldy: usize,
+    allow_vnni: bool,
+) {
+    let Some(x0) = xs.first() else { return };
     let cols = x0.cols();
     check_q(qt, w, rows, cols);
-    // every ISA runs the reference until its SIMD bodies land
-    let _ = isa;
-    for (x, yt) in xs.iter().zip(y.chunks_exact_mut(rows.max(1))) {
+    assert!(xs.len() == 1 || ldy >= rows, "matvec_q_rows: rows overlap");
+    for x in xs {
         assert_eq!(x.cols(), cols, "matvec_q_rows: inputs of different widths");
+    }
+    let _ = allow_vnni;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx2) {
+        check(isa);
+        fn q8<'a>(x: &QuantX<'a>) -> Q8Row<'a> {
+            x.q8.expect("matvec_q_rows: input not quantized for a SIMD ISA")
+        }
+        let group = avx512::Q_GROUP.min(avx2::Q_GROUP);
+        for (g, grp) in xs.chunks(group).enumerate() {
+            let mut q = [q8(x0); avx512::Q_GROUP];
+            for (slot, x) in q.iter_mut().zip(grp) {
+                *slot = q8(x);
+            }
+            let q = &q[..grp.len()];
+            let yg = y.wrapping_add(g * group * ldy);
+            if isa == Isa::Avx512 {
+                let vnni = use_vnni(allow_vnni);
+                // SAFETY: CPU support checked (and VNNI detected when `vnni`); `w` holds
+                // `rows` rows of `cols` (checked); every input was quantized from `cols`
+                // columns (`QuantX::new`); this group's rows of y are forwarded from the
+                // contract.
+                unsafe { avx512::matvec_q(qt, w, rows, cols, q, yg, ldy, vnni) }
+            } else {
+                // SAFETY: as above, for AVX2.
+                unsafe { avx2::matvec_q(qt, w, rows, cols, q, yg, ldy) }
+            }
+        }
+        return;
+    }
+    for (t, x) in xs.iter().enumerate() {
+        // SAFETY: row t of y has `rows` writable, unaliased floats at t * ldy (contract).
+        let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
         quant::matvec_ref(qt, w, x.x, yt);
     }
 }

@@ -15,7 +15,8 @@ pub fn quant_scratch_len(n: usize, cols: usize) -> usize {
 
 /// `n` matvecs over one `qt` matrix (`x` is `[n, cols]`, `y` is `[n, rows]`): each input is
 /// quantized once into `scratch` ([`quant_scratch_len`]), then blocks of weight rows are run
-/// through every input while in cache. Each output row is bit for bit that of
+/// through every input while in cache (the inputs in groups of up to 4 per kernel call, each
+/// weight group unpacked once per group). Each output row is bit for bit that of
 /// [`ops::matvec_q`] on its input alone.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q_rows(
@@ -54,14 +55,13 @@ pub fn matvec_q_rows(
         let run_block = |b: usize, yp: *mut f32| {
             let (r0, r1) = (b * Q_ROWS_BLOCK, ((b + 1) * Q_ROWS_BLOCK).min(rows));
             let wb = &w[r0 * rb..r1 * rb];
-            for (t, xt) in xs.iter().enumerate() {
-                // SAFETY: output row t's columns [r0, r1) lie inside this group's y (gn rows
-                // of `rows`); block b is run by exactly one thread, so no two threads write
-                // the same floats, and the `&mut` behind `yp` is held by this function until
-                // they are done.
-                let yt = unsafe { std::slice::from_raw_parts_mut(yp.add(t * rows + r0), r1 - r0) };
-                ops::matvec_q(isa, qt, wb, xt, yt);
-            }
+            // All the group's inputs in one call, so each weight group is unpacked once per
+            // up to 4 inputs rather than once per input.
+            // SAFETY: output row t's columns [r0, r1) (t < gn) lie inside this group's y (gn
+            // rows of `rows`, row t at t * rows); block b is run by exactly one thread, so no
+            // two threads write the same floats, and the `&mut` behind `yp` is held by this
+            // function until they are done.
+            unsafe { ops::matvec_q_raw(isa, qt, wb, r1 - r0, xs, yp.wrapping_add(r0), rows, true) };
         };
         let nt = pool.n_threads();
         if nt == 1 || rows * cols * gn < SERIAL_BELOW {

@@ -208,6 +208,26 @@ pub fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
+/// Every sub-block's [`scale_min_k4`] at once: the 6-bit scales of sub-blocks 0..8 as the
+/// bytes of the first u64 (little-endian order), the mins as those of the second. Reads the
+/// 12 bytes as three u32 and moves each byte's fields in all four lanes at once.
+#[inline(always)]
+pub(crate) fn k_scales_mins(q: &[u8; 12]) -> (u64, u64) {
+    let word = |i: usize| u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]]);
+    let (a, b, c) = (word(0), word(4), word(8));
+    let (m6, m4, m2) = (0x3f3f_3f3f, 0x0f0f_0f0f, 0x0303_0303);
+    // sub-blocks 0..4: the low 6 bits of bytes 0..4 (scales) and 4..8 (mins)
+    let (sc_lo, mn_lo) = (a & m6, b & m6);
+    // sub-blocks 4..8: low (scales) or high (mins) nibble of bytes 8..12, and the top two
+    // bits of bytes 0..4 (scales) or 4..8 (mins) as bits 4 and 5
+    let sc_hi = (c & m4) | ((a >> 6) & m2) << 4;
+    let mn_hi = ((c >> 4) & m4) | ((b >> 6) & m2) << 4;
+    (
+        sc_lo as u64 | (sc_hi as u64) << 32,
+        mn_lo as u64 | (mn_hi as u64) << 32,
+    )
+}
+
 /// Q4_K block (144 bytes): d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]. Four groups
 /// of 64 elements; each group's 32 bytes give 32 low nibbles (sub-block 2g) then 32 high
 /// nibbles (sub-block 2g+1); y = d*sc * q - dmin*m.

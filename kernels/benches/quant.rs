@@ -1,0 +1,109 @@
+//! Quantized matvecs (`ops::matvec_q_rows`) at Qwen2.5-0.5B's MLP shapes (4864x896 and
+//! 896x4864; 4864x1024 for the K-quants, whose rows are whole superblocks of 256), one and four inputs, for every ggml format on the best ISA this CPU runs (and on
+//! AVX-512 also without VNNI). Throughput is bytes of weights streamed per call, so
+//! criterion's rate reads as GB/s of weights (with 4 inputs: weights read once for all four).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::quant::{q8_len, QuantType};
+use qwenrt_kernels::Isa;
+
+/// xorshift32 bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 11) as u8
+        })
+        .collect()
+}
+
+/// Valid random blocks: random quants, every f16 scale set to a small finite value.
+fn weights(qt: QuantType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut w = bytes(rows * qt.row_bytes(cols).unwrap(), 7);
+    let d = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for b in w.chunks_exact_mut(qt.block_bytes()) {
+        let at: &[usize] = match qt {
+            QuantType::Q4K | QuantType::Q5K => &[0, 2],
+            QuantType::Q6K => &[208],
+            _ => &[0],
+        };
+        for &i in at {
+            b[i..i + 2].copy_from_slice(&d);
+        }
+    }
+    w
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
+}
+
+fn bench_matvec_q(c: &mut Criterion) {
+    let isa = Isa::detect();
+    let mut variants = vec![(isa.to_string(), true)];
+    if isa == Isa::Avx512 && is_x86_feature_detected!("avx512vnni") {
+        variants.push(("avx512_novnni".to_string(), false));
+    }
+    for qt in QuantType::ALL {
+        let mut g = c.benchmark_group(format!("matvec_q_{qt}"));
+        // (K-quants need whole superblocks of 256 columns: 4864x1024 stands in for 4864x896)
+        let wide = if qt.block_elems() == 256 { 1024 } else { 896 };
+        for (rows, cols) in [(4864, wide), (896, 4864)] {
+            let w = weights(qt, rows, cols);
+            g.throughput(Throughput::Bytes(w.len() as u64));
+            let xs: Vec<Vec<f32>> = (0..4)
+                .map(|t| {
+                    bytes(cols, 3 + t)
+                        .iter()
+                        .map(|&b| b as f32 / 128.0 - 1.0)
+                        .collect()
+                })
+                .collect();
+            let mut bufs: Vec<Vec<f32>> = (0..4).map(|_| vec![0.0; q8_len(cols)]).collect();
+            let qx: Vec<QuantX<'_>> = xs
+                .iter()
+                .zip(bufs.iter_mut())
+                .map(|(x, b)| QuantX::new(isa, x, b))
+                .collect();
+            for (name, vnni) in &variants {
+                for n in [1, 4] {
+                    let mut y = vec![0.0; n * rows];
+                    g.bench_with_input(
+                        BenchmarkId::new(format!("{name}_x{n}"), format!("{rows}x{cols}")),
+                        &(),
+                        |b, _| {
+                            b.iter(|| {
+                                ops::matvec_q_rows_opts(
+                                    isa,
+                                    qt,
+                                    black_box(&w),
+                                    &qx[..n],
+                                    &mut y,
+                                    *vnni,
+                                )
+                            })
+                        },
+                    );
+                }
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_matvec_q
+}
+criterion_main!(benches);
