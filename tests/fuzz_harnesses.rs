@@ -227,6 +227,33 @@ fn gguf_read_random_and_mutated() {
     assert!(ok > 100 && refused > 500, "{ok} parsed, {refused} refused");
 }
 
+#[test]
+fn gguf_model_random_and_mutated() {
+    use qwenrt::model::weights::Weights;
+    let valid = fuzzing::tiny_model_gguf_builder().build();
+    assert!(Weights::from_gguf_bytes(valid.clone()).is_ok(), "the base model loads");
+    fuzzing::gguf_model(&valid);
+    for cut in (0..valid.len()).step_by(4099) {
+        fuzzing::gguf_model(&valid[..cut]);
+    }
+    let mut rng = Rng(0x6d6f_6465_6c);
+    let (mut ok, mut refused) = (0, 0);
+    for _ in 0..400 {
+        let data = rng.bytes(120);
+        fuzzing::gguf_model(&data);
+        let bytes = fuzzing::mutate_gguf_from(
+            fuzzing::tiny_model_gguf_builder(),
+            &fuzzing::gguf_mutations(&data),
+        );
+        match Weights::from_gguf_bytes(bytes) {
+            Ok(_) => ok += 1,
+            Err(_) => refused += 1,
+        }
+    }
+    // both outcomes are exercised: loads that then run a forward pass, and refusals
+    assert!(ok >= 5 && refused > 50, "{ok} loaded, {refused} refused");
+}
+
 /// Characters that stress the normalizer and the byte-level BPE: combining marks, Hangul
 /// jamo, decomposed and precomposed Latin, CJK, emoji with ZWJ, controls, special tokens.
 const PIECES: &[&str] = &[

@@ -227,6 +227,15 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
 /// # Panics
 /// On a malformed input model or a `ty` other than Q8_0 / Q4_0 (bugs in the calling test).
 pub fn quantized_gguf_from_hf(config_json: &[u8], safetensors: &[u8], ty: GgmlType) -> Vec<u8> {
+    quantized_gguf_builder_from_hf(config_json, safetensors, ty).build()
+}
+
+/// The builder behind [`quantized_gguf_from_hf`] (for mutating before it is built).
+pub fn quantized_gguf_builder_from_hf(
+    config_json: &[u8],
+    safetensors: &[u8],
+    ty: GgmlType,
+) -> GgufBuilder {
     let c = crate::model::config::Config::from_json(config_json).expect("config");
     let st = safetensors::SafeTensors::deserialize(safetensors).expect("safetensors");
     let mut b = GgufBuilder::new()
@@ -277,5 +286,5 @@ pub fn quantized_gguf_from_hf(config_json: &[u8], safetensors: &[u8], ty: GgmlTy
             b = b.tensor_f32(&gname, &dims, &values);
         }
     }
-    b.build()
+    b
 }

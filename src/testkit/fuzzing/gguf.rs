@@ -100,7 +100,11 @@ pub enum GgufMutation {
 
 /// Builds [`tiny_gguf_builder`] with `ms` applied.
 pub fn mutate_gguf(ms: &[GgufMutation]) -> Vec<u8> {
-    let mut b = tiny_gguf_builder();
+    mutate_gguf_from(tiny_gguf_builder(), ms)
+}
+
+/// Builds `b` with `ms` applied.
+pub fn mutate_gguf_from(mut b: GgufBuilder, ms: &[GgufMutation]) -> Vec<u8> {
     let n = b.tensors.len();
     let mut byte_ops = Vec::new();
     for m in ms {
@@ -185,4 +189,49 @@ fn check_gguf(bytes: Vec<u8>) {
     let _ = crate::model::convert::tokenizer_json(h);
     let _ = crate::model::convert::tokenizer_config_json(h);
     let _ = crate::model::convert::generation_config_json(h);
+}
+
+/// The tiny random Qwen2 fixture (`tests/fixtures/tiny-qwen2-f32`) as a GGUF whose matrices
+/// are Q8_0 where their rows are whole blocks: a complete model for [`gguf_model`].
+pub fn tiny_model_gguf_builder() -> GgufBuilder {
+    static BASE: std::sync::OnceLock<GgufBuilder> = std::sync::OnceLock::new();
+    BASE.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2-f32");
+        let config = std::fs::read(dir.join("config.json")).expect("tiny fixture config");
+        let st = std::fs::read(dir.join("model.safetensors")).expect("tiny fixture weights");
+        crate::testkit::gguf::quantized_gguf_builder_from_hf(&config, &st, GgmlType::Q8_0)
+    })
+    .clone()
+}
+
+/// Raw bytes, then [`GgufMutation`]s of [`tiny_model_gguf_builder`], through the GGUF model
+/// loader ([`Weights::from_gguf_bytes`]) and, when it accepts them, a prefill and a decode step
+/// on the best ISA: a clear one-line error or a forward pass, never a panic.
+pub fn gguf_model(data: &[u8]) {
+    check_gguf_model(data.to_vec());
+    check_gguf_model(mutate_gguf_from(tiny_model_gguf_builder(), &gguf_mutations(data)));
+}
+
+fn check_gguf_model(bytes: Vec<u8>) {
+    let w = match Weights::from_gguf_bytes(bytes) {
+        Ok(w) => std::sync::Arc::new(w),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(!msg.is_empty() && !msg.contains('\n'), "{msg:?}");
+            return;
+        }
+    };
+    let opts = SessionOptions {
+        ctx: 8,
+        threads: 1,
+        ..Default::default()
+    };
+    let Ok(mut s) = Session::new(w.clone(), &opts) else {
+        return;
+    };
+    let vocab = w.config.vocab_size as u32;
+    let prompt = [0, 1 % vocab, 2 % vocab];
+    let logits = s.prefill(&prompt).expect("a loaded model runs");
+    assert_eq!(logits.len(), w.config.vocab_size);
+    s.decode_step(3 % vocab).expect("a loaded model decodes");
 }

@@ -13,6 +13,8 @@
 //!   then the arena plan of every accepted config.
 //! - [`gguf_read`]: raw bytes, and [`GgufMutation`]s of [`tiny_gguf`], through the GGUF reader,
 //!   the dequantizers and the converter's metadata readers.
+//! - [`gguf_model`]: raw bytes, and [`GgufMutation`]s of the tiny fixture model stored as a
+//!   Q8_0 GGUF, through the GGUF model loader and, when it accepts them, a forward pass.
 //! - [`tokenizer_roundtrip`]: text through encode and decode of the real tokenizer
 //!   ([`tokenizer`], from the committed copy of the default model's tokenizer.json).
 
