@@ -219,3 +219,66 @@ fn batch_keeps_input_order_and_survives_a_bad_line() {
     assert_eq!(recs[2]["id"], 3);
     assert!(recs[2]["stats"]["prompt_tokens"].as_u64().unwrap() > 10);
 }
+
+/// The binary without `--model`: the default model's GGUF, run natively.
+fn qwenrt_default(args: &[&str]) -> Output {
+    qwenrt::hub::ensure_default_gguf_with(&mut qwenrt::hub::Silent).expect("fetch the GGUF");
+    Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_default_model_is_the_gguf_run_natively() {
+    let (o, _) = ok(&qwenrt_default(&["info", "--ctx", "256", "-t", "2"]));
+    assert!(o.contains("q4_k_m.gguf"), "{o}");
+    assert!(
+        o.contains("weight matrices: Q5_0 x133, Q8_0 x13, Q6_K x12, Q4_K x12"),
+        "{o}"
+    );
+    assert!(o.contains("quant_scratch"), "{o}");
+    let (o, _) = ok(&qwenrt_default(&[
+        "generate",
+        "--raw",
+        "--prompt",
+        "The capital of France is",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "8",
+        "-t",
+        "2",
+    ]));
+    assert!(o.contains("Paris"), "{o}");
+    let (o, _) = ok(&qwenrt_default(&["fetch"]));
+    assert!(o.trim().ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "{o}");
+}
+
+#[test]
+fn perplexity_prints_running_values_and_the_final_estimate() {
+    let text = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/text/aho-corasick-design.md"
+    );
+    let (o, e) = ok(&qwenrt_default(&[
+        "perplexity", text, "--ctx", "128", "--chunks", "3", "-t", "2",
+    ]));
+    assert!(e.contains("5579 tokens, 3 chunks of 128"), "{e}");
+    let lines: Vec<&str> = o.lines().collect();
+    assert!(lines[0].starts_with("[1]") && lines[0].contains(",[3]"), "{o}");
+    let last = lines.last().unwrap();
+    let rest = last
+        .strip_prefix("Final estimate: PPL = ")
+        .unwrap_or_else(|| panic!("{o}"));
+    let (ppl, unc) = rest.split_once(" +/- ").unwrap();
+    let (ppl, unc): (f64, f64) = (ppl.parse().unwrap(), unc.parse().unwrap());
+    // a code-savvy 0.5B model on English prose about code: single digits to tens
+    assert!(ppl > 2.0 && ppl < 100.0 && unc > 0.0 && unc < ppl, "{last}");
+    // a text shorter than two chunks is refused by name
+    let out = qwenrt_default(&["perplexity", text, "--ctx", "4096", "-t", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("needs at least 8192 (two chunks)"), "{e}");
+}

@@ -162,3 +162,60 @@ fn a_quantized_norm_or_ragged_matrix_is_refused_by_name() {
         "{msg}"
     );
 }
+
+#[test]
+fn perplexity_kl_divergence_round_trip() {
+    use qwenrt::workload::perplexity::{perplexity, KldMode, PerplexityError};
+    let (config, st) = tiny();
+    let gguf = quantized_gguf_from_hf(&config, &st, GgmlType::Q8_0);
+    let f = Arc::new(Weights::from_bytes(&config, st).unwrap());
+    let q = Arc::new(Weights::from_gguf_bytes(gguf).unwrap());
+    let tokens: Vec<u32> = (0..70).map(|i| (i * 37 + 11) % 512).collect();
+    let ctx = 16;
+    let session = |w: &Arc<Weights>| {
+        let opts = SessionOptions {
+            ctx,
+            threads: 1,
+            isa: Some(Isa::detect()),
+            prefill_bf16: false,
+            ..Default::default()
+        };
+        Session::new(w.clone(), &opts).unwrap()
+    };
+    let dir = std::env::temp_dir().join(format!("qwenrt-kld-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = dir.join("base.kld");
+    let mut chunks_seen = 0;
+    let saved = perplexity(
+        &mut session(&f),
+        &tokens,
+        ctx,
+        None,
+        &KldMode::Save(base.clone()),
+        &mut |i, _| chunks_seen = i + 1,
+    )
+    .unwrap();
+    // llama-perplexity's convention: 70 tokens at ctx 16 are 4 chunks, 7 positions each
+    assert_eq!((saved.chunks, saved.count, chunks_seen), (4, 4 * 7, 4));
+    assert!(saved.kld.is_none() && saved.ppl() > 1.0);
+    // the same path against itself: zero divergence, the same top token everywhere
+    let same = perplexity(&mut session(&f), &tokens, ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
+        .unwrap();
+    let (kld, _, top) = same.kld_summary().unwrap();
+    assert!(kld.abs() < 1e-6 && top == 1.0, "{kld} {top}");
+    assert_eq!(same.ppl(), saved.ppl());
+    // the Q8_0 GGUF against the f32 path: a small positive divergence
+    let other = perplexity(&mut session(&q), &tokens, ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
+        .unwrap();
+    let (kld, _, top) = other.kld_summary().unwrap();
+    eprintln!("Q8_0 vs f32: KLD {kld:.2e}, same top-1 {:.1}%", 100.0 * top);
+    assert!(kld > 0.0 && kld < 0.05 && top > 0.5, "{kld} {top}");
+    // a base made for other tokens or another context is refused, naming the file
+    let err = perplexity(&mut session(&f), &tokens[1..], ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
+        .unwrap_err();
+    assert!(matches!(err, PerplexityError::Mismatch(..)), "{err}");
+    assert!(err.to_string().contains("base.kld"), "{err}");
+    let short = perplexity(&mut session(&f), &tokens[..20], ctx, None, &KldMode::None, &mut |_, _| {});
+    assert!(matches!(short, Err(PerplexityError::TooShort { tokens: 20, ctx: 16 })));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

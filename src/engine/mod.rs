@@ -295,10 +295,20 @@ impl Engine {
 
     /// The arena plan of an engine of `opts` over a model of `config`, without allocating it
     /// (to report or check its size up front). Checks the options as [`Engine::new`] does.
-    /// Not knowing the weights' formats, it plans room for block-quantized matrices' inputs,
-    /// so it is the most an engine of these options can take.
+    /// It plans for float weights; [`Engine::plan_for_weights`] plans for the formats of
+    /// actual weights (block-quantized matrices add the `quant_scratch` region).
     pub fn plan_for(config: &Config, opts: &EngineOptions) -> Result<MemoryPlan, EngineError> {
-        Ok(plan::plan(config, Engine::dims(config, opts, true)?)?)
+        Ok(plan::plan(config, Engine::dims(config, opts, false)?)?)
+    }
+
+    /// The arena plan of an engine of `opts` over `weights`, without allocating it: the plan
+    /// [`Engine::new`] would allocate.
+    pub fn plan_for_weights(
+        weights: &Weights,
+        opts: &EngineOptions,
+    ) -> Result<MemoryPlan, EngineError> {
+        let c = &weights.config;
+        Ok(plan::plan(c, Engine::dims(c, opts, weights.has_quantized())?)?)
     }
 
     fn dims(c: &Config, opts: &EngineOptions, quantized: bool) -> Result<Dims, EngineError> {

@@ -152,10 +152,16 @@ impl Tokenizer {
             path: Some(path.to_path_buf()),
             message,
         };
-        let file = crate::model::gguf::GgufFile::open(path).map_err(|e| load(e.to_string()))?;
-        let json = crate::model::convert::tokenizer_json(&file.header)
-            .map_err(|e| load(e.to_string()))?;
-        Self::from_json_bytes(json.to_string().as_bytes()).map_err(|e| match e {
+        // the header (with its vocabulary and merges) and the JSON tree are dropped before
+        // the tokenizer is built, so their memory is not held at the same time as its own
+        let text = {
+            let file =
+                crate::model::gguf::GgufFile::open(path).map_err(|e| load(e.to_string()))?;
+            crate::model::convert::tokenizer_json(&file.header)
+                .map_err(|e| load(e.to_string()))?
+                .to_string()
+        };
+        Self::from_json_bytes(text.as_bytes()).map_err(|e| match e {
             TokenizerError::Load { message, .. } => load(message),
             e => e,
         })
