@@ -68,6 +68,14 @@ unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
     }
 }
 
+/// Prefetches the line of `p` into L1 (a hint: `p` may lie past the weights, where it does
+/// nothing).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch never faults nor reads memory in the language's sense, whatever `p`.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+}
+
 /// `acc + dot(w, x)` per 32-bit lane, `w` unsigned bytes (at most 31 on the plain path).
 #[inline(always)]
 fn dot<const VNNI: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
@@ -99,6 +107,7 @@ unsafe fn group<
     wg: &[*const u8; RW],
     xs: &[PreparedX; T],
     n: usize,
+    pf: usize,
     acc: &mut [[__m512; T]; RW],
 ) {
     // SAFETY: every offset below stays inside the group (`unit_bytes(K) * n` bytes of weights,
@@ -130,6 +139,7 @@ unsafe fn group<
                 }
                 for r in 0..RW {
                     let v = ld::<FULL>(wg[r].add(o * step), n);
+                    prefetch(wg[r].wrapping_add(o * step + pf));
                     if VNNI {
                         for t in 0..T {
                             idot[r][t] = dot::<true>(idot[r][t], v, xv[t]);
@@ -152,6 +162,7 @@ unsafe fn group<
             if K == RQ5_0 {
                 for r in 0..RW {
                     hb[r] = ld::<FULL>(wg[r].add(16 * n), n);
+                    prefetch(wg[r].wrapping_add(16 * n + pf));
                 }
             }
             for s in 0..4 {
@@ -163,6 +174,7 @@ unsafe fn group<
                 }
                 for r in 0..RW {
                     let v = ld::<FULL>(wg[r].add(s * step), n);
+                    prefetch(wg[r].wrapping_add(s * step + pf));
                     let mut lo = _mm512_and_si512(v, low);
                     let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
                     if K == RQ5_0 {
@@ -218,6 +230,10 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     let rb = units * unit_bytes(K);
     let full = units / 16;
     let tail = units % 16;
+    // Prefetch distance: the same place in the next rows. Measured on Zen 4 at the 151936x896
+    // Q8_0 head (from DRAM): without it the two interleaved rows stream ~40% slower than the
+    // ggml-layout kernel's single row; with it, as fast or faster. Farther was no better.
+    let pf = RW * rb;
     // SAFETY: rows r..r + RW lie in w, every group offset in them is inside the row, and every
     // prepared input holds `units` units (contract); y[t * ldy + r + i] is writable (contract).
     unsafe {
@@ -233,11 +249,11 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
         };
         for g in 0..full {
             let (wg, xg) = at(g);
-            group::<K, VNNI, T, RW, true>(&wg, &xg, 16, &mut acc);
+            group::<K, VNNI, T, RW, true>(&wg, &xg, 16, pf, &mut acc);
         }
         if tail > 0 {
             let (wg, xg) = at(full);
-            group::<K, VNNI, T, RW, false>(&wg, &xg, tail, &mut acc);
+            group::<K, VNNI, T, RW, false>(&wg, &xg, tail, pf, &mut acc);
         }
         for (i, ai) in acc.iter().enumerate() {
             for (t, a) in ai.iter().enumerate() {
