@@ -18,6 +18,7 @@ mod matmul;
 mod matvec;
 mod quant;
 mod quant_gemm;
+mod quant_repack;
 
 pub use attention::*;
 pub use elementwise::*;
@@ -25,6 +26,7 @@ pub use matmul::*;
 pub use matvec::*;
 pub use quant::*;
 pub use quant_gemm::*;
+pub use quant_repack::*;
 
 /// Lane mask selecting the first `n` (`<= 16`) lanes.
 #[inline(always)]

@@ -504,3 +504,5 @@ mod quant;
 pub use quant::*;
 mod quant_gemm;
 pub use quant_gemm::*;
+mod quant_repack;
+pub use quant_repack::*;

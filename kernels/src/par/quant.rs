@@ -32,7 +32,10 @@ pub fn matvec_q_rows(
     if cols == 0 || x.is_empty() {
         return;
     }
-    assert!(x.len().is_multiple_of(cols), "matvec_q_rows: x is not whole rows");
+    assert!(
+        x.len().is_multiple_of(cols),
+        "matvec_q_rows: x is not whole rows"
+    );
     let n = x.len() / cols;
     assert!(y.len().is_multiple_of(n), "matvec_q_rows: y is not n rows");
     let rows = y.len() / n;
@@ -47,7 +50,11 @@ pub fn matvec_q_rows(
         let gn = xg.len() / cols;
         let sc = &mut scratch[g * MATVEC_ROWS_MAX * per..];
         let mut xs = [QuantX::new(Isa::Scalar, &[], &mut []); MATVEC_ROWS_MAX];
-        for ((slot, xr), s) in xs.iter_mut().zip(xg.chunks_exact(cols)).zip(sc.chunks_mut(per)) {
+        for ((slot, xr), s) in xs
+            .iter_mut()
+            .zip(xg.chunks_exact(cols))
+            .zip(sc.chunks_mut(per))
+        {
             *slot = QuantX::new(isa, xr, s);
         }
         let xs = &xs[..gn];
@@ -177,5 +184,91 @@ pub fn matmul_q(
                 )
             };
         }
+    });
+}
+
+/// Words of scratch [`matvec_repacked_rows`] needs for `n` inputs of `cols`.
+pub fn repacked_scratch_len(n: usize, cols: usize) -> usize {
+    n * ops::repacked_x_len(cols)
+}
+
+/// `n` matvecs over one repacked Q4_0 / Q5_0 / Q8_0 matrix ([`crate::quant::repack`]; `x` is
+/// `[n, cols]`, `y` is `[n, rows]`), AVX-512 only: every input is prepared once into `scratch`
+/// ([`repacked_scratch_len`]), then blocks of weight rows, claimed from a counter, are run
+/// through all inputs (up to 4 per kernel call). Bit for bit [`ops::matvec_repacked_rows`]
+/// whatever the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_repacked_rows(
+    pool: &ThreadPool,
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    assert!(
+        isa == Isa::Avx512,
+        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {isa}"
+    );
+    if cols == 0 || x.is_empty() {
+        return;
+    }
+    assert!(
+        x.len().is_multiple_of(cols),
+        "matvec_repacked_rows: x is not whole rows"
+    );
+    let n = x.len() / cols;
+    assert!(
+        y.len().is_multiple_of(n),
+        "matvec_repacked_rows: y is not n rows"
+    );
+    let rows = y.len() / n;
+    let rb = ops::check_repacked(qt, w, rows, cols);
+    let per = ops::repacked_x_len(cols);
+    assert!(
+        scratch.len() >= n * per,
+        "matvec_repacked_rows: scratch too short"
+    );
+    ops::prepare_repacked_x(isa, cols, x, scratch);
+    let px = &scratch[..n * per];
+    let blocks = rows.div_ceil(Q_ROWS_BLOCK);
+    let run_block = |b: usize, yp: *mut f32| {
+        let (r0, r1) = (b * Q_ROWS_BLOCK, ((b + 1) * Q_ROWS_BLOCK).min(rows));
+        // SAFETY: output row t's columns [r0, r1) (t < n) lie inside y (n rows of `rows`, row
+        // t at t * rows); block b is run by exactly one thread, so no two threads write the
+        // same floats, and the `&mut` behind `yp` is held by this function until they are done.
+        unsafe {
+            ops::matvec_repacked_raw(
+                isa,
+                qt,
+                &w[r0 * rb..r1 * rb],
+                r1 - r0,
+                cols,
+                n,
+                px,
+                yp.wrapping_add(r0),
+                rows,
+                true,
+            )
+        };
+    };
+    let nt = pool.n_threads();
+    if nt == 1 || rows * cols * n < SERIAL_BELOW {
+        let yp = y.as_mut_ptr();
+        for b in 0..blocks {
+            run_block(b, yp);
+        }
+        return;
+    }
+    let yp = SendPtr(y.as_mut_ptr());
+    let next = AtomicUsize::new(0);
+    pool.run(&|_tid| loop {
+        let b = next.fetch_add(1, Ordering::Relaxed);
+        if b >= blocks {
+            break;
+        }
+        run_block(b, yp.get());
     });
 }

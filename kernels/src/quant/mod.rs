@@ -17,6 +17,9 @@
 
 use crate::dtype::Dtype;
 
+mod repack;
+pub use repack::*;
+
 /// A ggml block-quantized weight format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[allow(non_camel_case_types)]
@@ -405,7 +408,10 @@ pub fn matvec_ref(qt: QuantType, w: &[u8], x: &[f32], y: &mut [f32]) {
     let rb = qt
         .row_bytes(cols)
         .unwrap_or_else(|| panic!("matvec_ref: {cols} columns are not whole {qt} blocks"));
-    assert!(w.len() >= y.len() * rb, "matvec_ref: weight buffer too short");
+    assert!(
+        w.len() >= y.len() * rb,
+        "matvec_ref: weight buffer too short"
+    );
     let (be, bb) = (qt.block_elems(), qt.block_bytes());
     let mut deq = [0f32; 256];
     for (r, yr) in y.iter_mut().enumerate() {

@@ -1,0 +1,120 @@
+//! The repacked-layout matvec (`ops::matvec_repacked_prepared`) against the ggml-layout one
+//! (`ops::matvec_q_rows_opts`) at Qwen2.5-0.5B's decode shapes: Q5_0 and Q8_0 at 4864x896 and
+//! 896x4864, and the Q8_0 output head 151936x896; one and four inputs, one thread, AVX-512
+//! (with and without VNNI). Inputs are quantized / prepared outside the timed loop on both
+//! sides. Throughput is bytes of weights per call, so criterion's rate reads as GB/s.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::quant::{self, q8_len, QuantType};
+use qwenrt_kernels::Isa;
+
+/// xorshift32 bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 11) as u8
+        })
+        .collect()
+}
+
+/// Valid random blocks: random quants, every f16 scale set to a small finite value.
+fn weights(qt: QuantType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut w = bytes(rows * qt.row_bytes(cols).unwrap(), 7);
+    let d = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for b in w.chunks_exact_mut(qt.block_bytes()) {
+        b[..2].copy_from_slice(&d);
+    }
+    w
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
+}
+
+fn bench(c: &mut Criterion) {
+    if Isa::detect() != Isa::Avx512 {
+        eprintln!("no AVX-512: nothing to bench");
+        return;
+    }
+    let isa = Isa::Avx512;
+    let mut variants = vec![("vnni", true)];
+    if !is_x86_feature_detected!("avx512vnni") {
+        variants[0].0 = "plain";
+    } else if std::env::var_os("REPACK_BENCH_PLAIN").is_some() {
+        variants.push(("plain", false));
+    }
+    let shapes = [
+        (QuantType::Q4_0, 4864, 896),
+        (QuantType::Q5_0, 4864, 896),
+        (QuantType::Q5_0, 896, 4864),
+        (QuantType::Q8_0, 4864, 896),
+        (QuantType::Q8_0, 896, 4864),
+        (QuantType::Q8_0, 151936, 896),
+    ];
+    for (qt, rows, cols) in shapes {
+        let mut g = c.benchmark_group(format!("repack_{qt}_{rows}x{cols}"));
+        let w = weights(qt, rows, cols);
+        let mut wr = w.clone();
+        quant::repack(qt, &w, cols, &mut wr);
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        let x: Vec<f32> = bytes(4 * cols, 3)
+            .iter()
+            .map(|&b| b as f32 / 128.0 - 1.0)
+            .collect();
+        let mut bufs: Vec<Vec<f32>> = (0..4).map(|_| vec![0.0; q8_len(cols)]).collect();
+        let qx: Vec<QuantX<'_>> = x
+            .chunks_exact(cols)
+            .zip(bufs.iter_mut())
+            .map(|(x, b)| QuantX::new(isa, x, b))
+            .collect();
+        let mut px = vec![0.0; 4 * ops::repacked_x_len(cols)];
+        ops::prepare_repacked_x(isa, cols, &x, &mut px);
+        for (name, vnni) in &variants {
+            for n in [1, 4] {
+                let mut y = vec![0.0; n * rows];
+                g.bench_with_input(BenchmarkId::new(format!("ggml_{name}"), n), &(), |b, _| {
+                    b.iter(|| {
+                        ops::matvec_q_rows_opts(isa, qt, black_box(&w), &qx[..n], &mut y, *vnni)
+                    })
+                });
+                g.bench_with_input(
+                    BenchmarkId::new(format!("repacked_{name}"), n),
+                    &(),
+                    |b, _| {
+                        b.iter(|| {
+                            ops::matvec_repacked_prepared_opts(
+                                isa,
+                                qt,
+                                black_box(&wr),
+                                cols,
+                                n,
+                                &px,
+                                &mut y,
+                                *vnni,
+                            )
+                        })
+                    },
+                );
+            }
+        }
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench
+}
+criterion_main!(benches);

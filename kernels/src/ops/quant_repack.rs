@@ -1,0 +1,245 @@
+//! Matvecs on Q4_0 / Q5_0 / Q8_0 matrices repacked by [`crate::quant::repack`] (AVX-512 only).
+//!
+//! Each input is quantized to 8-bit blocks exactly as [`crate::quant::quantize_row_q8`] does, then
+//! *prepared* ([`prepare_repacked_x`]) into the weights' layout: per group of 16 units, 8
+//! operands of 4 bytes per unit, then per unit the integer sum of its quants and its step
+//! `d_x`. The kernel then only does plain 64-byte loads (see `avx512::quant_repack`).
+
+use super::*;
+use crate::quant::{q8_len, repacked_row_bytes, QuantType, REPACK_GROUP};
+
+/// f32 words of scratch one input of `cols` columns takes once prepared: per unit of 32
+/// columns, 8 words of quants, its integer sum and its step.
+pub fn repacked_x_len(cols: usize) -> usize {
+    cols.div_ceil(32) * 10
+}
+
+/// Prepares the `xs.len() / cols` inputs of `xs` (row-major) into `scratch`
+/// ([`repacked_x_len`]`(cols)` words per input, input `t` at `t * repacked_x_len(cols)`).
+///
+/// # Panics
+/// Unless `cols % 32 == 0`, `xs` is whole rows of `cols` and `scratch` long enough.
+pub fn prepare_repacked_x(isa: Isa, cols: usize, xs: &[f32], scratch: &mut [f32]) {
+    assert!(
+        cols > 0 && cols.is_multiple_of(32) && xs.len().is_multiple_of(cols),
+        "prepare_repacked_x: {} floats are not whole rows of {cols} (a multiple of 32)",
+        xs.len()
+    );
+    let per = repacked_x_len(cols);
+    let n = xs.len() / cols;
+    assert!(
+        scratch.len() >= n * per,
+        "prepare_repacked_x: scratch holds {} words, {} needed",
+        scratch.len(),
+        n * per
+    );
+    let units = cols / 32;
+    const GC: usize = REPACK_GROUP * 32;
+    let mut buf = [0f32; q8_len(GC)];
+    for (x, out) in xs.chunks_exact(cols).zip(scratch.chunks_exact_mut(per)) {
+        let (q, rest) = out.split_at_mut(8 * units);
+        let (isum, dx) = rest.split_at_mut(units);
+        for (g, xg) in x.chunks(GC).enumerate() {
+            let n = xg.len() / 32;
+            let u0 = g * REPACK_GROUP;
+            let buf = &mut buf[..q8_len(xg.len())];
+            quantize_rows(isa, xg, xg.len(), 1, buf);
+            let (d, words) = (&buf[..n], &buf[3 * n..]);
+            let qg = &mut q[8 * u0..8 * (u0 + n)];
+            for u in 0..n {
+                let uw = &words[8 * u..8 * u + 8];
+                for s in 0..4 {
+                    for h in 0..2 {
+                        qg[(2 * s + h) * n + u] = uw[4 * h + s];
+                    }
+                }
+                let sum: i32 = uw
+                    .iter()
+                    .flat_map(|w| w.to_ne_bytes())
+                    .map(|b| b as i8 as i32)
+                    .sum();
+                isum[u0 + u] = f32::from_bits(sum as u32);
+                dx[u0 + u] = d[u];
+            }
+        }
+    }
+}
+
+/// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
+/// [`prepare_repacked_x`] against the repacked `qt` matrix `w` (`rows = y.len() / n`). Output
+/// `t` is bit for bit the same whatever `n` and whichever inputs share the call.
+///
+/// # Panics
+/// Unless `isa` is [`Isa::Avx512`] (and the CPU runs it), `w` holds `rows` repacked rows and
+/// `px` `n` prepared inputs of `cols`.
+pub fn matvec_repacked_prepared(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: &mut [f32],
+) {
+    matvec_repacked_prepared_opts(isa, qt, w, cols, n, px, y, true)
+}
+
+/// [`matvec_repacked_prepared`] with the AVX512-VNNI path allowed or not (for tests: both give
+/// the same bits).
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub fn matvec_repacked_prepared_opts(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: &mut [f32],
+    allow_vnni: bool,
+) {
+    if n == 0 {
+        return;
+    }
+    assert!(
+        y.len().is_multiple_of(n),
+        "matvec_repacked: y is not one row per input"
+    );
+    let rows = y.len() / n;
+    // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
+    unsafe {
+        matvec_repacked_raw(
+            isa,
+            qt,
+            w,
+            rows,
+            cols,
+            n,
+            px,
+            y.as_mut_ptr(),
+            rows,
+            allow_vnni,
+        )
+    }
+}
+
+/// Panics unless `w` holds `rows` repacked rows of `cols` `qt` weights.
+pub(crate) fn check_repacked(qt: QuantType, w: &[u8], rows: usize, cols: usize) -> usize {
+    let rb = repacked_row_bytes(qt, cols)
+        .unwrap_or_else(|| panic!("matvec_repacked: {qt} with {cols} columns is not repacked"));
+    assert!(
+        rows.checked_mul(rb).is_some_and(|b| w.len() >= b),
+        "matvec_repacked: weight buffer too short"
+    );
+    rb
+}
+
+/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < n`, `r < rows`, the inputs in
+/// groups of up to 4 per kernel call.
+///
+/// # Safety
+/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < rows`), with nothing else
+/// reading or writing those floats during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn matvec_repacked_raw(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: *mut f32,
+    ldy: usize,
+    allow_vnni: bool,
+) {
+    assert!(
+        isa == Isa::Avx512,
+        "matvec_repacked: the repacked layout runs on AVX-512 only, not {isa}"
+    );
+    check(isa);
+    check_repacked(qt, w, rows, cols);
+    let per = repacked_x_len(cols);
+    assert!(
+        px.len() >= n * per,
+        "matvec_repacked: prepared inputs too short"
+    );
+    assert!(n <= 1 || ldy >= rows, "matvec_repacked: rows overlap");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0, RQ_GROUP};
+        let k = match qt {
+            QuantType::Q4_0 => RQ4_0,
+            QuantType::Q5_0 => RQ5_0,
+            _ => RQ8_0,
+        };
+        let units = cols / 32;
+        let vnni = allow_vnni && is_x86_feature_detected!("avx512vnni");
+        let prep = |t: usize| {
+            let p = &px[t * per..(t + 1) * per];
+            let (q, rest) = p.split_at(8 * units);
+            PreparedX {
+                q: q.as_ptr().cast(),
+                isum: rest.as_ptr().cast(),
+                d: rest[units..].as_ptr(),
+            }
+        };
+        for t0 in (0..n).step_by(RQ_GROUP) {
+            let g = (n - t0).min(RQ_GROUP);
+            let mut xs = [prep(t0); RQ_GROUP];
+            for (i, slot) in xs.iter_mut().enumerate().take(g) {
+                *slot = prep(t0 + i);
+            }
+            // SAFETY: CPU support checked (VNNI detected when `vnni`); `w` holds `rows` repacked
+            // rows of `units` units (checked); each input's pointers cover its prepared words
+            // (`px` holds n * per, checked); rows t0..t0 + g of y are forwarded from the
+            // contract.
+            unsafe {
+                avx512::matvec_repacked(
+                    k,
+                    w.as_ptr(),
+                    rows,
+                    units,
+                    &xs[..g],
+                    y.wrapping_add(t0 * ldy),
+                    ldy,
+                    vnni,
+                )
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (y, ldy, allow_vnni);
+}
+
+/// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs
+/// and the `rows = y.len() / n` rows of the matrix `w`, repacked by [`crate::quant::repack`]: each
+/// input quantized to 8 bits and prepared into `scratch` (`n *` [`repacked_x_len`]`(cols)`
+/// words), then the kernel. Output `t` is bit for bit the same whatever `n`.
+///
+/// # Panics
+/// Unless `isa` is [`Isa::Avx512`] (the repacked layout has no other kernel), and on buffer
+/// lengths that do not match.
+pub fn matvec_repacked_rows(
+    isa: Isa,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    xs: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    assert!(
+        isa == Isa::Avx512,
+        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {isa}"
+    );
+    if xs.is_empty() {
+        return;
+    }
+    prepare_repacked_x(isa, cols, xs, scratch);
+    let n = xs.len() / cols;
+    matvec_repacked_prepared(isa, qt, w, cols, n, scratch, y);
+}
