@@ -178,6 +178,13 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
         session.ctx()
     );
     println!("arena plan:\n{}", session.memory_plan());
+    if weights.repacked_bytes() > 0 {
+        println!(
+            "weights repacked for the AVX-512 decode matvec (Q4_0/Q5_0/Q8_0, QWENRT_REPACK=0 turns it off): {} bytes ({:.1} MiB), besides the mapped file",
+            weights.repacked_bytes(),
+            weights.repacked_bytes() as f64 / (1 << 20) as f64
+        );
+    }
     Ok(())
 }
 

@@ -107,8 +107,22 @@ pub(super) fn run(
             Format::Float(d) => d,
             Format::Quant(qt) => {
                 // the inputs quantized to 8-bit blocks once per call, integer dot products
-                if nd > 0 {
-                    par::matvec_q_rows(pool, isa, qt, wbytes, k_in, in_d, quant_scratch, out_d);
+                // (on AVX-512, from the decode layout where the matrix was repacked)
+                match weights.repacked(w) {
+                    Some(wr) if nd > 0 && isa == Isa::Avx512 => par::matvec_repacked_rows(
+                        pool,
+                        isa,
+                        qt,
+                        wr,
+                        k_in,
+                        in_d,
+                        quant_scratch,
+                        out_d,
+                    ),
+                    _ if nd > 0 => {
+                        par::matvec_q_rows(pool, isa, qt, wbytes, k_in, in_d, quant_scratch, out_d)
+                    }
+                    _ => {}
                 }
                 if nd < n {
                     par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, quant_scratch, out_p);
@@ -320,9 +334,19 @@ pub(super) fn run(
         }
         let out = &mut b.logits[..g * vocab];
         match hdt {
-            Format::Quant(qt) => {
-                par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out)
-            }
+            Format::Quant(qt) => match weights.repacked(&weights.lm_head) {
+                Some(wr) if isa == Isa::Avx512 => par::matvec_repacked_rows(
+                    pool,
+                    isa,
+                    qt,
+                    wr,
+                    h,
+                    &x_norm[..g * h],
+                    quant_scratch,
+                    out,
+                ),
+                _ => par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out),
+            },
             Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], x_prep, out),
             Format::Float(d) => {
                 by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, out))

@@ -107,7 +107,9 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
     let pairs_panels = par::matmul_bf16dot_scratch_len(t, n, h);
     let kmax = h.max(f).next_multiple_of(32);
     let quant = if d.quantized {
-        par::matmul_q_scratch_len(t, n, kmax).max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
+        par::matmul_q_scratch_len(t, n, kmax)
+            .max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
+            .max(par::repacked_scratch_len(n.max(LOGIT_ROWS), kmax))
     } else {
         0
     };

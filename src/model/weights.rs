@@ -100,6 +100,9 @@ pub struct TensorRef {
     pub format: Format,
     /// Its row-major shape.
     pub shape: Vec<usize>,
+    /// Where its rows lie repacked for the AVX-512 decode matvec
+    /// ([`qwenrt_kernels::quant::repack`]), in [`Weights::repacked`]'s buffer, if they were.
+    pub repacked: Option<(usize, usize)>,
 }
 
 impl TensorRef {
@@ -193,6 +196,9 @@ pub struct Weights {
     pub tied: bool,
     /// The safetensors files (mapped, or held in memory by [`Weights::from_bytes`]).
     shards: Vec<(PathBuf, Backing)>,
+    /// The Q4_0 / Q5_0 / Q8_0 matrices repacked for the AVX-512 decode matvec (empty unless
+    /// [`Weights::repack_for_decode`] ran).
+    repacked: Vec<u8>,
 }
 
 /// The bytes of one safetensors file.
@@ -288,9 +294,18 @@ impl Weights {
 
     /// Loads a GGUF file: the config from its metadata (as `qwenrt convert` derives it), the
     /// tensors mapped in place in their own formats.
+    ///
+    /// Where the kernels will run on AVX-512 ([`Isa::from_env`](qwenrt_kernels::Isa::from_env)),
+    /// the Q4_0 / Q5_0 / Q8_0 matrices are repacked for its decode matvec
+    /// ([`Weights::repack_for_decode`]), unless `QWENRT_REPACK=0`.
     pub fn load_gguf(path: &Path) -> Result<Weights, LoadError> {
         let map = map_file(path)?;
-        Weights::from_gguf(path, Backing::Mmap(map))
+        let mut w = Weights::from_gguf(path, Backing::Mmap(map))?;
+        let wanted = std::env::var("QWENRT_REPACK").map_or(true, |v| v != "0");
+        if wanted && qwenrt_kernels::Isa::from_env() == Ok(qwenrt_kernels::Isa::Avx512) {
+            w.repack_for_decode();
+        }
+        Ok(w)
     }
 
     /// [`Weights::load_gguf`] on GGUF bytes held in memory (for tests and fuzzing); errors
@@ -331,6 +346,7 @@ impl Weights {
                     end,
                     format,
                     shape,
+                    repacked: None,
                 },
             );
         }
@@ -409,7 +425,70 @@ impl Weights {
             lm_head,
             tied,
             shards,
+            repacked: Vec::new(),
         })
+    }
+
+    /// Repacks every Q4_0, Q5_0 and Q8_0 matrix the decode step streams (the layers'
+    /// projections and the output head) into the layout of the AVX-512 decode matvec, in one
+    /// buffer of the same size as their blocks; decode on AVX-512 reads them from there, the
+    /// other kernels keep reading the mapped file. Returns the bytes repacked.
+    pub fn repack_for_decode(&mut self) -> usize {
+        use qwenrt_kernels::quant as repack;
+        let repackable = |t: &TensorRef| match t.format {
+            Format::Quant(qt) => repack::repackable(qt) && t.repacked.is_none(),
+            Format::Float(_) => false,
+        };
+        let mut total = 0;
+        let mut count = |t: &TensorRef| {
+            if repackable(t) {
+                total += t.end - t.start;
+            }
+        };
+        self.layers.iter().flat_map(Layer::matrices).for_each(&mut count);
+        count(&self.lm_head);
+        let mut buf = vec![0u8; total];
+        let mut at = 0;
+        let shards = &self.shards;
+        let mut place = |t: &mut TensorRef| {
+            if !repackable(t) {
+                return;
+            }
+            let Format::Quant(qt) = t.format else { return };
+            let len = t.end - t.start;
+            let cols = *t.shape.last().unwrap_or(&0);
+            let src = &shards[t.shard].1.bytes()[t.start..t.end];
+            repack::repack(qt, src, cols, &mut buf[at..at + len]);
+            t.repacked = Some((at, at + len));
+            at += len;
+        };
+        for l in &mut self.layers {
+            for t in [
+                &mut l.q_proj,
+                &mut l.k_proj,
+                &mut l.v_proj,
+                &mut l.o_proj,
+                &mut l.gate_proj,
+                &mut l.up_proj,
+                &mut l.down_proj,
+            ] {
+                place(t);
+            }
+        }
+        place(&mut self.lm_head);
+        self.repacked = buf;
+        total
+    }
+
+    /// A matrix's repacked rows, if [`Weights::repack_for_decode`] repacked it.
+    #[inline]
+    pub fn repacked(&self, t: &TensorRef) -> Option<&[u8]> {
+        t.repacked.map(|(a, b)| &self.repacked[a..b])
+    }
+
+    /// Bytes of repacked matrices held (see [`Weights::repack_for_decode`]).
+    pub fn repacked_bytes(&self) -> usize {
+        self.repacked.len()
     }
 
     /// The bytes of a tensor, straight from the mapping.
@@ -579,6 +658,7 @@ fn read_shard(
                 end,
                 format: Format::Float(dtype),
                 shape: info.shape.clone(),
+                repacked: None,
             },
         );
     }
