@@ -80,6 +80,10 @@ fn bench(c: &mut Criterion) {
             .collect();
         let mut px = vec![0.0; 4 * ops::repacked_x_len(cols)];
         ops::prepare_repacked_x(isa, cols, &x, &mut px);
+        // the per-call input preparation (quantize + transpose), against the same weight bytes
+        g.bench_with_input(BenchmarkId::new("prepare_x", 1), &(), |b, _| {
+            b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px))
+        });
         for (name, vnni) in &variants {
             for n in [1, 4] {
                 let mut y = vec![0.0; n * rows];
@@ -109,7 +113,63 @@ fn bench(c: &mut Criterion) {
             }
         }
         g.finish();
+        if w.len() < COLD_BYTES / 4 {
+            cold(c, qt, rows, cols, &w, &wr, &qx, &px);
+        }
     }
+}
+
+/// Bytes of weight copies the cold benches cycle through: far more than the L3, so every call
+/// streams its matrix from DRAM, as decode does.
+const COLD_BYTES: usize = 128 << 20;
+
+/// The same matvecs on the next of many copies of the matrix each call (VNNI only).
+#[allow(clippy::too_many_arguments)]
+fn cold(
+    c: &mut Criterion,
+    qt: QuantType,
+    rows: usize,
+    cols: usize,
+    w: &[u8],
+    wr: &[u8],
+    qx: &[QuantX<'_>],
+    px: &[f32],
+) {
+    let isa = Isa::Avx512;
+    let vnni = is_x86_feature_detected!("avx512vnni");
+    let copies = COLD_BYTES / w.len();
+    let ws: Vec<u8> = w.repeat(copies);
+    let wrs: Vec<u8> = wr.repeat(copies);
+    let mut g = c.benchmark_group(format!("repack_cold_{qt}_{rows}x{cols}"));
+    g.throughput(Throughput::Bytes(w.len() as u64));
+    for n in [1, 4] {
+        let mut y = vec![0.0; n * rows];
+        let mut i = 0;
+        g.bench_with_input(BenchmarkId::new("ggml", n), &(), |b, _| {
+            b.iter(|| {
+                i = (i + 1) % copies;
+                let wi = &ws[i * w.len()..(i + 1) * w.len()];
+                ops::matvec_q_rows_opts(isa, qt, black_box(wi), &qx[..n], &mut y, vnni)
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("repacked", n), &(), |b, _| {
+            b.iter(|| {
+                i = (i + 1) % copies;
+                let wi = &wrs[i * w.len()..(i + 1) * w.len()];
+                ops::matvec_repacked_prepared_opts(
+                    isa,
+                    qt,
+                    black_box(wi),
+                    cols,
+                    n,
+                    px,
+                    &mut y,
+                    vnni,
+                )
+            })
+        });
+    }
+    g.finish();
 }
 
 criterion_group! {

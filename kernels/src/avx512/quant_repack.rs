@@ -230,9 +230,10 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     let rb = units * unit_bytes(K);
     let full = units / 16;
     let tail = units % 16;
-    // Prefetch distance: the same place in the next rows. Measured on Zen 4 at the 151936x896
-    // Q8_0 head (from DRAM): without it the two interleaved rows stream ~40% slower than the
-    // ggml-layout kernel's single row; with it, as fast or faster. Farther was no better.
+    // Prefetch distance: the same place in the next row(s). Measured on Zen 4 at the
+    // 151936x896 Q8_0 head (from DRAM) with two rows per pass, it took the kernel from ~0.5x to
+    // ~0.8-1x the ggml-layout kernel; farther was no better. (Not re-measured without it since
+    // the switch to one row per pass.)
     let pf = RW * rb;
     // SAFETY: rows r..r + RW lie in w, every group offset in them is inside the row, and every
     // prepared input holds `units` units (contract); y[t * ldy + r + i] is writable (contract).
@@ -263,7 +264,12 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     }
 }
 
-/// Every row, two at a time, against `T` inputs.
+/// Every row, one at a time.
+///
+/// `rows_n` can run two rows per pass (each input vector load feeding both), which is a little
+/// faster while the matrix sits in cache, but streaming from DRAM (where decode reads every
+/// matrix from) the two interleaved rows ran the Q8_0 output head at half the ggml-layout
+/// kernel's speed even with the prefetch; one row at a time matches or beats it (Zen 4)., against `T` inputs.
 ///
 /// # Safety
 /// As [`matvec_repacked`], with `T == xs.len()`.
@@ -277,16 +283,9 @@ unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
     ldy: usize,
 ) {
     let xs: [PreparedX; T] = std::array::from_fn(|t| xs[t]);
-    let mut r = 0;
-    // SAFETY: forwarded contract; r + 2 <= rows, then r + 1 <= rows.
-    unsafe {
-        while r + 2 <= rows {
-            rows_n::<K, VNNI, T, 2>(w, units, r, &xs, y, ldy);
-            r += 2;
-        }
-        if r < rows {
-            rows_n::<K, VNNI, T, 1>(w, units, r, &xs, y, ldy);
-        }
+    for r in 0..rows {
+        // SAFETY: forwarded contract; r < rows.
+        unsafe { rows_n::<K, VNNI, T, 1>(w, units, r, &xs, y, ldy) };
     }
 }
 
