@@ -5,8 +5,19 @@ use super::*;
 use crate::ops::QuantX;
 use crate::quant::{q8_len, QuantType};
 
-/// Weight rows per block of [`matvec_q_rows`] / [`matmul_q`].
+/// Weight rows per block of [`matvec_q_rows`] / [`matmul_q`], at least.
 const Q_ROWS_BLOCK: usize = 32;
+
+/// Rows per block a decode matvec over `rows` rows hands out on `nt` threads: as long as
+/// leaves each thread [`CHUNKS_PER_THREAD`] blocks to claim (so a slowed thread takes fewer),
+/// a multiple of [`Q_ROWS_BLOCK`]. Long blocks are long sequential streams for the hardware
+/// prefetcher: on a 2-vCPU Zen 4, decode on the default GGUF went from 46.6 to 54.6 t/s
+/// (medians of three alternating runs) against blocks of 32 rows.
+fn stream_rows(rows: usize, nt: usize) -> usize {
+    rows.div_ceil(nt.max(1) * CHUNKS_PER_THREAD)
+        .next_multiple_of(Q_ROWS_BLOCK)
+        .max(Q_ROWS_BLOCK)
+}
 
 /// Words of scratch [`matvec_q_rows`] and [`matmul_q`] need for `n` input rows of `cols`.
 pub fn quant_scratch_len(n: usize, cols: usize) -> usize {
@@ -58,9 +69,10 @@ pub fn matvec_q_rows(
             *slot = QuantX::new(isa, xr, s);
         }
         let xs = &xs[..gn];
-        let blocks = rows.div_ceil(Q_ROWS_BLOCK);
+        let rows_block = stream_rows(rows, pool.n_threads());
+        let blocks = rows.div_ceil(rows_block);
         let run_block = |b: usize, yp: *mut f32| {
-            let (r0, r1) = (b * Q_ROWS_BLOCK, ((b + 1) * Q_ROWS_BLOCK).min(rows));
+            let (r0, r1) = (b * rows_block, ((b + 1) * rows_block).min(rows));
             let wb = &w[r0 * rb..r1 * rb];
             // All the group's inputs in one call, so each weight group is unpacked once per
             // up to 4 inputs rather than once per input.
@@ -233,9 +245,11 @@ pub fn matvec_repacked_rows(
     );
     ops::prepare_repacked_x(isa, cols, x, scratch);
     let px = &scratch[..n * per];
-    let blocks = rows.div_ceil(Q_ROWS_BLOCK);
+    let nt = pool.n_threads();
+    let rows_block = stream_rows(rows, nt);
+    let blocks = rows.div_ceil(rows_block);
     let run_block = |b: usize, yp: *mut f32| {
-        let (r0, r1) = (b * Q_ROWS_BLOCK, ((b + 1) * Q_ROWS_BLOCK).min(rows));
+        let (r0, r1) = (b * rows_block, ((b + 1) * rows_block).min(rows));
         // SAFETY: output row t's columns [r0, r1) (t < n) lie inside y (n rows of `rows`, row
         // t at t * rows); block b is run by exactly one thread, so no two threads write the
         // same floats, and the `&mut` behind `yp` is held by this function until they are done.
@@ -254,7 +268,6 @@ pub fn matvec_repacked_rows(
             )
         };
     };
-    let nt = pool.n_threads();
     if nt == 1 || rows * cols * n < SERIAL_BELOW {
         let yp = y.as_mut_ptr();
         for b in 0..blocks {
