@@ -1,6 +1,7 @@
 //! Proof that the engine's batched steps allocate nothing: a counting global allocator, armed
 //! after a warm-up, over 300 steps of 4 sequences that mix a prefill chunk with decode rows,
-//! with 2 threads, non-greedy sampling, and sequences reset and refilled along the way.
+//! with 2 threads, non-greedy sampling, and sequences reset and refilled along the way; on a
+//! bf16 model and on a Q4_0 GGUF (its quantized and repacked kernels), every ISA.
 //! This test binary holds only this test, so no other test's allocations are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -161,8 +162,28 @@ impl Driver {
 fn batched_steps_allocate_nothing() {
     let dir = std::env::temp_dir().join(format!("qwenrt-engine-noalloc-{}", std::process::id()));
     write_synthetic_model(&dir, SHAPE, Dtype::BF16, 5).unwrap();
-    let weights = Arc::new(Weights::load(&dir).unwrap());
+    check(Arc::new(Weights::load(&dir).unwrap()), "bf16");
+    std::fs::remove_dir_all(&dir).ok();
+    // the same shape as a Q4_0 GGUF run from its blocks (and, on AVX-512, from the decode
+    // layout it is repacked into): the quantized matvecs, matmul and input quantization
+    write_synthetic_model(&dir, SHAPE, Dtype::F32, 5).unwrap();
+    let config = std::fs::read(dir.join("config.json")).unwrap();
+    let st = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let gguf = qwenrt::testkit::gguf::quantized_gguf_from_hf(
+        &config,
+        &st,
+        qwenrt::model::gguf::GgmlType::Q4_0,
+    );
+    let mut q = Weights::from_gguf_bytes(gguf).unwrap();
+    assert!(q.matrix_formats().starts_with("Q4_0"), "{}", q.matrix_formats());
+    assert!(q.repack_for_decode() > 0);
+    check(Arc::new(q), "Q4_0 GGUF");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+fn check(weights: Arc<Weights>, what: &str) {
     for isa in Isa::available() {
+        let label = format!("{what} {isa}");
         let opts = EngineOptions {
             ctx: 256,
             max_sequences: SEQS,
@@ -172,6 +193,8 @@ fn batched_steps_allocate_nothing() {
             prefill_bf16: true,
         };
         let mut e = Engine::new(weights.clone(), &opts).unwrap();
+        // (the messages below name the model and the ISA)
+        let isa = &label;
         let params = |seed| SamplerParams {
             temperature: 0.9,
             top_k: 50,
@@ -248,5 +271,4 @@ fn batched_steps_allocate_nothing() {
             "isa {isa}: allocations during batched steps (alloc, realloc, alloc_zeroed)"
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
