@@ -253,7 +253,11 @@ fn the_default_model_is_the_gguf_run_natively() {
     ]));
     assert!(o.contains("Paris"), "{o}");
     let (o, _) = ok(&qwenrt_default(&["fetch"]));
-    assert!(o.trim().ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"), "{o}");
+    assert!(
+        o.trim()
+            .ends_with("qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"),
+        "{o}"
+    );
 }
 
 #[test]
@@ -263,11 +267,21 @@ fn perplexity_prints_running_values_and_the_final_estimate() {
         "/tests/fixtures/text/aho-corasick-design.md"
     );
     let (o, e) = ok(&qwenrt_default(&[
-        "perplexity", text, "--ctx", "128", "--chunks", "3", "-t", "2",
+        "perplexity",
+        text,
+        "--ctx",
+        "128",
+        "--chunks",
+        "3",
+        "-t",
+        "2",
     ]));
     assert!(e.contains("5579 tokens, 3 chunks of 128"), "{e}");
     let lines: Vec<&str> = o.lines().collect();
-    assert!(lines[0].starts_with("[1]") && lines[0].contains(",[3]"), "{o}");
+    assert!(
+        lines[0].starts_with("[1]") && lines[0].contains(",[3]"),
+        "{o}"
+    );
     let last = lines.last().unwrap();
     let rest = last
         .strip_prefix("Final estimate: PPL = ")

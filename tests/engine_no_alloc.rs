@@ -175,7 +175,11 @@ fn batched_steps_allocate_nothing() {
         qwenrt::model::gguf::GgmlType::Q4_0,
     );
     let mut q = Weights::from_gguf_bytes(gguf).unwrap();
-    assert!(q.matrix_formats().starts_with("Q4_0"), "{}", q.matrix_formats());
+    assert!(
+        q.matrix_formats().starts_with("Q4_0"),
+        "{}",
+        q.matrix_formats()
+    );
     assert!(q.repack_for_decode() > 0);
     check(Arc::new(q), "Q4_0 GGUF");
     std::fs::remove_dir_all(&dir).ok();

@@ -231,12 +231,15 @@ fn gguf_read_random_and_mutated() {
 fn gguf_model_random_and_mutated() {
     use qwenrt::model::weights::Weights;
     let valid = fuzzing::tiny_model_gguf_builder().build();
-    assert!(Weights::from_gguf_bytes(valid.clone()).is_ok(), "the base model loads");
+    assert!(
+        Weights::from_gguf_bytes(valid.clone()).is_ok(),
+        "the base model loads"
+    );
     fuzzing::gguf_model(&valid);
     for cut in (0..valid.len()).step_by(4099) {
         fuzzing::gguf_model(&valid[..cut]);
     }
-    let mut rng = Rng(0x6d6f_6465_6c);
+    let mut rng = Rng(0x006d_6f64_656c);
     let (mut ok, mut refused) = (0, 0);
     for _ in 0..400 {
         let data = rng.bytes(120);

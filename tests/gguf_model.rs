@@ -58,14 +58,18 @@ fn all_logits(w: &Arc<Weights>, isa: Isa, threads: usize, ids: &[u32], decode: b
             out.extend_from_slice(s.decode_step(t).unwrap());
         }
     } else {
-        s.prefill_each(ids, &mut |_, l| out.extend_from_slice(l)).unwrap();
+        s.prefill_each(ids, &mut |_, l| out.extend_from_slice(l))
+            .unwrap();
     }
     out
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn check(ty: GgmlType, qt: QuantType) {
@@ -73,8 +77,15 @@ fn check(ty: GgmlType, qt: QuantType) {
     let gguf = quantized_gguf_from_hf(&config, &st, ty);
     let q = Arc::new(Weights::from_gguf_bytes(gguf.clone()).unwrap());
     // the matrices whose rows are whole blocks are quantized (all but down_proj: ffn 176)
-    assert!(q.matrix_formats().starts_with(&format!("{qt} x")), "{}", q.matrix_formats());
-    assert_eq!(q.layers[0].down_proj.format, Format::Float(qwenrt_kernels::Dtype::F32));
+    assert!(
+        q.matrix_formats().starts_with(&format!("{qt} x")),
+        "{}",
+        q.matrix_formats()
+    );
+    assert_eq!(
+        q.layers[0].down_proj.format,
+        Format::Float(qwenrt_kernels::Dtype::F32)
+    );
     let f = Arc::new(dequantized_model(&gguf, &config));
     let ids: Vec<u32> = (0..37).map(|i| (i * 131 + 7) % 512).collect();
     // the first SIMD ISA's logits, which every other SIMD ISA must reproduce
@@ -199,23 +210,57 @@ fn perplexity_kl_divergence_round_trip() {
     assert_eq!((saved.chunks, saved.count, chunks_seen), (4, 4 * 7, 4));
     assert!(saved.kld.is_none() && saved.ppl() > 1.0);
     // the same path against itself: zero divergence, the same top token everywhere
-    let same = perplexity(&mut session(&f), &tokens, ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
-        .unwrap();
+    let same = perplexity(
+        &mut session(&f),
+        &tokens,
+        ctx,
+        None,
+        &KldMode::Compare(base.clone()),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let (kld, _, top) = same.kld_summary().unwrap();
     assert!(kld.abs() < 1e-6 && top == 1.0, "{kld} {top}");
     assert_eq!(same.ppl(), saved.ppl());
     // the Q8_0 GGUF against the f32 path: a small positive divergence
-    let other = perplexity(&mut session(&q), &tokens, ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
-        .unwrap();
+    let other = perplexity(
+        &mut session(&q),
+        &tokens,
+        ctx,
+        None,
+        &KldMode::Compare(base.clone()),
+        &mut |_, _| {},
+    )
+    .unwrap();
     let (kld, _, top) = other.kld_summary().unwrap();
     eprintln!("Q8_0 vs f32: KLD {kld:.2e}, same top-1 {:.1}%", 100.0 * top);
     assert!(kld > 0.0 && kld < 0.05 && top > 0.5, "{kld} {top}");
     // a base made for other tokens or another context is refused, naming the file
-    let err = perplexity(&mut session(&f), &tokens[1..], ctx, None, &KldMode::Compare(base.clone()), &mut |_, _| {})
-        .unwrap_err();
+    let err = perplexity(
+        &mut session(&f),
+        &tokens[1..],
+        ctx,
+        None,
+        &KldMode::Compare(base.clone()),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
     assert!(matches!(err, PerplexityError::Mismatch(..)), "{err}");
     assert!(err.to_string().contains("base.kld"), "{err}");
-    let short = perplexity(&mut session(&f), &tokens[..20], ctx, None, &KldMode::None, &mut |_, _| {});
-    assert!(matches!(short, Err(PerplexityError::TooShort { tokens: 20, ctx: 16 })));
+    let short = perplexity(
+        &mut session(&f),
+        &tokens[..20],
+        ctx,
+        None,
+        &KldMode::None,
+        &mut |_, _| {},
+    );
+    assert!(matches!(
+        short,
+        Err(PerplexityError::TooShort {
+            tokens: 20,
+            ctx: 16
+        })
+    ));
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,9 +10,11 @@ use super::{load_tokenizer, load_weights, CliError, ModelArg, RunArgs};
 
 /// `qwenrt perplexity`.
 #[derive(Args, Debug)]
-#[command(after_help = "As llama-perplexity: the text's tokens in non-overlapping chunks of \
+#[command(
+    after_help = "As llama-perplexity: the text's tokens in non-overlapping chunks of \
 --ctx tokens, each from an empty cache, scored on its second half; a running value after each \
-chunk, then `Final estimate: PPL = X +/- Y`.")]
+chunk, then `Final estimate: PPL = X +/- Y`."
+)]
 pub struct PerplexityArgs {
     /// The text file to score
     #[arg(value_name = "FILE", required = true)]
@@ -62,11 +64,18 @@ pub fn run(a: PerplexityArgs) -> Result<(), CliError> {
         session.isa()
     );
     let t0 = std::time::Instant::now();
-    let report = perplexity(&mut session, &tokens, ctx, a.chunks, &mode, &mut |i, r: &Report| {
-        print!("[{}]{:.4},", i + 1, r.ppl());
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    })
+    let report = perplexity(
+        &mut session,
+        &tokens,
+        ctx,
+        a.chunks,
+        &mode,
+        &mut |i, r: &Report| {
+            print!("[{}]{:.4},", i + 1, r.ppl());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+        },
+    )
     .map_err(CliError::fail)?;
     println!();
     let secs = t0.elapsed().as_secs_f64();

@@ -345,7 +345,9 @@ pub(super) fn run(
                     quant_scratch,
                     out,
                 ),
-                _ => par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out),
+                _ => {
+                    par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out)
+                }
             },
             Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], x_prep, out),
             Format::Float(d) => {

@@ -308,7 +308,10 @@ impl Engine {
         opts: &EngineOptions,
     ) -> Result<MemoryPlan, EngineError> {
         let c = &weights.config;
-        Ok(plan::plan(c, Engine::dims(c, opts, weights.has_quantized())?)?)
+        Ok(plan::plan(
+            c,
+            Engine::dims(c, opts, weights.has_quantized())?,
+        )?)
     }
 
     fn dims(c: &Config, opts: &EngineOptions, quantized: bool) -> Result<Dims, EngineError> {

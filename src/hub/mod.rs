@@ -232,7 +232,11 @@ fn gguf_marker(gguf: &Path) -> PathBuf {
 
 fn gguf_stamp(gguf: &Path) -> Option<String> {
     let m = fs::metadata(gguf).ok()?;
-    let mtime = m.modified().ok()?.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+    let mtime = m
+        .modified()
+        .ok()?
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?;
     Some(format!(
         "sha256 {GGUF_SHA256}\nsize {}\nmtime {}.{:09}\n",
         m.len(),

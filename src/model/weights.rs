@@ -111,7 +111,9 @@ impl TensorRef {
     pub fn dtype(&self) -> Dtype {
         match self.format {
             Format::Float(d) => d,
-            Format::Quant(q) => panic!("{q} tensor read as floats (loading lets no such vector in)"),
+            Format::Quant(q) => {
+                panic!("{q} tensor read as floats (loading lets no such vector in)")
+            }
         }
     }
 }
@@ -445,7 +447,10 @@ impl Weights {
                 total += t.end - t.start;
             }
         };
-        self.layers.iter().flat_map(Layer::matrices).for_each(&mut count);
+        self.layers
+            .iter()
+            .flat_map(Layer::matrices)
+            .for_each(&mut count);
         count(&self.lm_head);
         let mut buf = vec![0u8; total];
         let mut at = 0;

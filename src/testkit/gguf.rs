@@ -208,7 +208,9 @@ pub fn quantize_q8_0(x: &[f32]) -> Vec<u8> {
 pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(x.len() / 32 * 18);
     for b in x.chunks_exact(32) {
-        let max = b.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let max = b
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
         let d = max / -8.0;
         let id = if d != 0.0 { 1.0 / d } else { 0.0 };
         out.extend_from_slice(&half::f16::from_f32(d).to_le_bytes());
@@ -275,7 +277,7 @@ pub fn quantized_gguf_builder_from_hf(
             .collect();
         let dims: Vec<u64> = t.shape().iter().rev().map(|&d| d as u64).collect();
         let gname = gguf_tensor_name(&name, c.num_hidden_layers).expect("a Qwen2 tensor");
-        if dims.len() == 2 && dims[0] % 32 == 0 {
+        if dims.len() == 2 && dims[0].is_multiple_of(32) {
             let data = match ty {
                 GgmlType::Q8_0 => quantize_q8_0(&values),
                 GgmlType::Q4_0 => quantize_q4_0(&values),

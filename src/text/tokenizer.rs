@@ -155,8 +155,7 @@ impl Tokenizer {
         // the header (with its vocabulary and merges) and the JSON tree are dropped before
         // the tokenizer is built, so their memory is not held at the same time as its own
         let text = {
-            let file =
-                crate::model::gguf::GgufFile::open(path).map_err(|e| load(e.to_string()))?;
+            let file = crate::model::gguf::GgufFile::open(path).map_err(|e| load(e.to_string()))?;
             crate::model::convert::tokenizer_json(&file.header)
                 .map_err(|e| load(e.to_string()))?
                 .to_string()

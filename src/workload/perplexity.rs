@@ -117,7 +117,11 @@ impl Report {
 /// `log(sum(exp(logits)))`, in f64.
 pub fn logsumexp(logits: &[f32]) -> f64 {
     let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
-    m + logits.iter().map(|&l| (l as f64 - m).exp()).sum::<f64>().ln()
+    m + logits
+        .iter()
+        .map(|&l| (l as f64 - m).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 fn argmax(v: impl Iterator<Item = f32>) -> usize {
@@ -170,7 +174,12 @@ pub fn perplexity(
             header(&mut w).map_err(io)?;
             writer = Some((p, w));
         }
-        KldMode::Compare(p) => reader = Some((p, open_base(p, vocab, ctx, chunks, &tokens[..chunks * ctx])?)),
+        KldMode::Compare(p) => {
+            reader = Some((
+                p,
+                open_base(p, vocab, ctx, chunks, &tokens[..chunks * ctx])?,
+            ))
+        }
     }
     let mut report = Report {
         kld: reader.as_ref().map(|_| (0.0, 0.0, 0)),
@@ -249,18 +258,26 @@ fn open_base(
         return Err(mismatch("not a qwenrt --kl-divergence-base file".into()));
     }
     let mut word = [0u8; 8];
-    for (what, want) in [("vocabulary", vocab), ("context", ctx), ("chunk count", chunks)] {
+    for (what, want) in [
+        ("vocabulary", vocab),
+        ("context", ctx),
+        ("chunk count", chunks),
+    ] {
         r.read_exact(&mut word).map_err(io)?;
         let got = u64::from_le_bytes(word);
         if got != want as u64 {
-            return Err(mismatch(format!("saved with a {what} of {got}; this run has {want}")));
+            return Err(mismatch(format!(
+                "saved with a {what} of {got}; this run has {want}"
+            )));
         }
     }
     let mut t = [0u8; 4];
     for (i, &want) in tokens.iter().enumerate() {
         r.read_exact(&mut t).map_err(io)?;
         if u32::from_le_bytes(t) != want {
-            return Err(mismatch(format!("saved for other tokens (they differ at token {i})")));
+            return Err(mismatch(format!(
+                "saved for other tokens (they differ at token {i})"
+            )));
         }
     }
     Ok(r)

@@ -4,7 +4,7 @@
 //! quantized to 8-bit blocks ([`quant::quantize_row_q8`]), scaled per block.
 
 use super::*;
-use crate::quant::{self, q8_len, QuantType, Q8Row};
+use crate::quant::{self, q8_len, Q8Row, QuantType};
 
 /// A quantized matvec's input: the f32 row (which the scalar reference reads) and, on the SIMD
 /// ISAs, its 8-bit blocks (which the SIMD kernels read).

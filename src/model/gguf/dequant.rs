@@ -46,4 +46,3 @@ pub fn dequantize(ty: GgmlType, src: &[u8], dst: &mut [f32]) -> Result<(), GgufE
     }
     Ok(())
 }
-

@@ -1,9 +1,9 @@
 //! Unit tests of the reader and of dequantization.
 #![allow(clippy::needless_range_loop)] // index loops mirror ggml's reference formulation
 
-use qwenrt_kernels::quant::scale_min_k4;
 use super::*;
 use crate::testkit::gguf::*;
+use qwenrt_kernels::quant::scale_min_k4;
 
 fn f16b(x: f32) -> [u8; 2] {
     half::f16::from_f32(x).to_le_bytes()

@@ -196,7 +196,8 @@ fn check_gguf(bytes: Vec<u8>) {
 pub fn tiny_model_gguf_builder() -> GgufBuilder {
     static BASE: std::sync::OnceLock<GgufBuilder> = std::sync::OnceLock::new();
     BASE.get_or_init(|| {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2-f32");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-qwen2-f32");
         let config = std::fs::read(dir.join("config.json")).expect("tiny fixture config");
         let st = std::fs::read(dir.join("model.safetensors")).expect("tiny fixture weights");
         crate::testkit::gguf::quantized_gguf_builder_from_hf(&config, &st, GgmlType::Q8_0)
@@ -209,7 +210,10 @@ pub fn tiny_model_gguf_builder() -> GgufBuilder {
 /// on the best ISA: a clear one-line error or a forward pass, never a panic.
 pub fn gguf_model(data: &[u8]) {
     check_gguf_model(data.to_vec());
-    check_gguf_model(mutate_gguf_from(tiny_model_gguf_builder(), &gguf_mutations(data)));
+    check_gguf_model(mutate_gguf_from(
+        tiny_model_gguf_builder(),
+        &gguf_mutations(data),
+    ));
 }
 
 fn check_gguf_model(bytes: Vec<u8>) {
