@@ -13,45 +13,10 @@
 
 mod common;
 
-use common::Rng;
+use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
 use qwenrt_kernels::Isa;
-
-/// Random valid blocks: random bytes for the quants, small finite f16 scales.
-fn random_weights(qt: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let rb = qt.row_bytes(cols).unwrap();
-    let mut w: Vec<u8> = (0..rows * rb).map(|_| rng.next() as u8).collect();
-    let f16 = |rng: &mut Rng, w: &mut [u8], at: usize| {
-        let v = half::f16::from_f32(rng.f() * 0.05);
-        w[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
-    };
-    for blk in w.chunks_exact_mut(qt.block_bytes()) {
-        match qt {
-            QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => f16(rng, blk, 0),
-            QuantType::Q4K | QuantType::Q5K => {
-                f16(rng, blk, 0);
-                f16(rng, blk, 2);
-            }
-            QuantType::Q6K => f16(rng, blk, 208),
-        }
-    }
-    w
-}
-
-/// A random input: uniform in [-1, 1), with one block scaled up, one down, one all zero.
-fn random_x(cols: usize, rng: &mut Rng) -> Vec<f32> {
-    let mut x = rng.vec(cols);
-    let nb = cols / 32;
-    if nb >= 3 {
-        x[32..64].iter_mut().for_each(|v| *v *= 40.0);
-        x[64..96].iter_mut().for_each(|v| *v *= 0.01);
-    }
-    if nb >= 4 {
-        x[(nb - 1) * 32..].iter_mut().for_each(|v| *v = 0.0);
-    }
-    x
-}
 
 /// One weight row as scale units: per unit of `len` columns, the raw quants `q` (as the SIMD
 /// kernels multiply them: unsigned, or signed for Q8_0), the weight scale and the bias, with

@@ -12,37 +12,12 @@
 
 mod common;
 
-use common::Rng;
+use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
 use qwenrt_kernels::{par, Isa, ThreadPool};
 
 const FORMATS: [QuantType; 3] = [QuantType::Q4_0, QuantType::Q5_0, QuantType::Q8_0];
-
-/// Random valid blocks: random bytes for the quants, small finite f16 scales.
-fn random_weights(qt: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
-    let rb = qt.row_bytes(cols).unwrap();
-    let mut w: Vec<u8> = (0..rows * rb).map(|_| rng.next() as u8).collect();
-    for blk in w.chunks_exact_mut(qt.block_bytes()) {
-        let v = half::f16::from_f32(rng.f() * 0.05);
-        blk[..2].copy_from_slice(&v.to_bits().to_le_bytes());
-    }
-    w
-}
-
-/// A random input: uniform in [-1, 1), with one block scaled up, one down, one all zero.
-fn random_x(cols: usize, rng: &mut Rng) -> Vec<f32> {
-    let mut x = rng.vec(cols);
-    let nb = cols / 32;
-    if nb >= 3 {
-        x[32..64].iter_mut().for_each(|v| *v *= 40.0);
-        x[64..96].iter_mut().for_each(|v| *v *= 0.01);
-    }
-    if nb >= 4 {
-        x[(nb - 1) * 32..].iter_mut().for_each(|v| *v = 0.0);
-    }
-    x
-}
 
 /// `v` copied into a vector whose allocation ends exactly where `v` does.
 fn exact<T: Clone>(v: &[T]) -> Vec<T> {

@@ -319,6 +319,33 @@ fn matmul_cols(
     });
 }
 
+/// Runs `run_block(b, y)` for every block `b < blocks` of a matvec over rows: on the calling
+/// thread when `serial`, else claimed one at a time from a counter by the pool's threads (each
+/// index is handed out once, so `run_block` may write block `b`'s part of `y` alone).
+fn for_each_block(
+    pool: &ThreadPool,
+    blocks: usize,
+    serial: bool,
+    y: *mut f32,
+    run_block: &(dyn Fn(usize, *mut f32) + Sync),
+) {
+    if serial {
+        for b in 0..blocks {
+            run_block(b, y);
+        }
+        return;
+    }
+    let yp = SendPtr(y);
+    let next = AtomicUsize::new(0);
+    pool.run(&|_tid| loop {
+        let b = next.fetch_add(1, Ordering::Relaxed);
+        if b >= blocks {
+            break;
+        }
+        run_block(b, yp.get());
+    });
+}
+
 /// The most input rows one [`matvec_rows`] dispatch takes (their prepared inputs live in a
 /// stack array of this many handles); more rows go in groups of this many.
 pub const MATVEC_ROWS_MAX: usize = 64;
@@ -385,27 +412,12 @@ pub fn matvec_rows<W: WeightType>(
             let wb = &w[r0 * cols * W::SIZE..r1 * cols * W::SIZE];
             // SAFETY: output row t's columns [r0, r1) are y[t * rows + r0 .. t * rows + r1),
             // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
-            // one thread (see the callers below), so no two threads write the same floats, and
+            // one thread ([`for_each_block`]), so no two threads write the same floats, and
             // the `&mut` behind `yp` is held by this function until they are done.
             unsafe { ops::matvec_x_rows::<W>(isa, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
         };
-        if nt == 1 || rows * cols * g < SERIAL_BELOW {
-            let yp = yg.as_mut_ptr();
-            for b in 0..blocks {
-                run_block(b, yp);
-            }
-            continue;
-        }
-        let yp = SendPtr(yg.as_mut_ptr());
-        let next = AtomicUsize::new(0);
-        // blocks claimed one at a time from a counter (each index handed out once)
-        pool.run(&|_tid| loop {
-            let b = next.fetch_add(1, Ordering::Relaxed);
-            if b >= blocks {
-                break;
-            }
-            run_block(b, yp.get());
-        });
+        let serial = nt == 1 || rows * cols * g < SERIAL_BELOW;
+        for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
     }
 }
 

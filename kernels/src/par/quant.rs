@@ -82,23 +82,8 @@ pub fn matvec_q_rows(
             // function until they are done.
             unsafe { ops::matvec_q_raw(isa, qt, wb, r1 - r0, xs, yp.wrapping_add(r0), rows, true) };
         };
-        let nt = pool.n_threads();
-        if nt == 1 || rows * cols * gn < SERIAL_BELOW {
-            let yp = yg.as_mut_ptr();
-            for b in 0..blocks {
-                run_block(b, yp);
-            }
-            continue;
-        }
-        let yp = SendPtr(yg.as_mut_ptr());
-        let next = AtomicUsize::new(0);
-        pool.run(&|_tid| loop {
-            let b = next.fetch_add(1, Ordering::Relaxed);
-            if b >= blocks {
-                break;
-            }
-            run_block(b, yp.get());
-        });
+        let serial = pool.n_threads() == 1 || rows * cols * gn < SERIAL_BELOW;
+        for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
     }
 }
 
@@ -268,20 +253,6 @@ pub fn matvec_repacked_rows(
             )
         };
     };
-    if nt == 1 || rows * cols * n < SERIAL_BELOW {
-        let yp = y.as_mut_ptr();
-        for b in 0..blocks {
-            run_block(b, yp);
-        }
-        return;
-    }
-    let yp = SendPtr(y.as_mut_ptr());
-    let next = AtomicUsize::new(0);
-    pool.run(&|_tid| loop {
-        let b = next.fetch_add(1, Ordering::Relaxed);
-        if b >= blocks {
-            break;
-        }
-        run_block(b, yp.get());
-    });
+    let serial = nt == 1 || rows * cols * n < SERIAL_BELOW;
+    for_each_block(pool, blocks, serial, y.as_mut_ptr(), &run_block);
 }

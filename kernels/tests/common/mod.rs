@@ -1,7 +1,7 @@
 //! Helpers shared by the kernels' test binaries.
 #![allow(dead_code)]
 
-use qwenrt_kernels::Dtype;
+use qwenrt_kernels::{Dtype, QuantType};
 
 /// xorshift64*: tiny, deterministic.
 pub struct Rng(pub u64);
@@ -32,4 +32,39 @@ pub fn encode(v: &[f32], dtype: Dtype, offset: usize) -> Vec<u8> {
         }
     }
     out
+}
+
+/// Random valid blocks: random bytes for the quants, small finite f16 scales.
+pub fn random_weights(qt: QuantType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let rb = qt.row_bytes(cols).unwrap();
+    let mut w: Vec<u8> = (0..rows * rb).map(|_| rng.next() as u8).collect();
+    let f16 = |rng: &mut Rng, w: &mut [u8], at: usize| {
+        let v = half::f16::from_f32(rng.f() * 0.05);
+        w[at..at + 2].copy_from_slice(&v.to_bits().to_le_bytes());
+    };
+    for blk in w.chunks_exact_mut(qt.block_bytes()) {
+        match qt {
+            QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0 => f16(rng, blk, 0),
+            QuantType::Q4K | QuantType::Q5K => {
+                f16(rng, blk, 0);
+                f16(rng, blk, 2);
+            }
+            QuantType::Q6K => f16(rng, blk, 208),
+        }
+    }
+    w
+}
+
+/// A random input: uniform in [-1, 1), with one block scaled up, one down, one all zero.
+pub fn random_x(cols: usize, rng: &mut Rng) -> Vec<f32> {
+    let mut x = rng.vec(cols);
+    let nb = cols / 32;
+    if nb >= 3 {
+        x[32..64].iter_mut().for_each(|v| *v *= 40.0);
+        x[64..96].iter_mut().for_each(|v| *v *= 0.01);
+    }
+    if nb >= 4 {
+        x[(nb - 1) * 32..].iter_mut().for_each(|v| *v = 0.0);
+    }
+    x
 }
