@@ -161,6 +161,19 @@ impl Layer {
         ]
     }
 
+    /// The layer's seven weight matrices, mutably (in [`Layer::matrices`]' order).
+    pub fn matrices_mut(&mut self) -> [&mut TensorRef; 7] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+
     /// Every tensor of the layer.
     pub fn tensors(&self) -> [&TensorRef; 12] {
         [
@@ -436,51 +449,33 @@ impl Weights {
     /// buffer of the same size as their blocks; decode on AVX-512 reads them from there, the
     /// other kernels keep reading the mapped file. Returns the bytes repacked.
     pub fn repack_for_decode(&mut self) -> usize {
-        use qwenrt_kernels::quant as repack;
-        let repackable = |t: &TensorRef| match t.format {
-            Format::Quant(qt) => repack::repackable(qt) && t.repacked.is_none(),
-            Format::Float(_) => false,
+        use qwenrt_kernels::quant::{repack, repackable};
+        if !self.repacked.is_empty() {
+            // done once: the ranges recorded in the tensors point into this buffer
+            return self.repacked.len();
+        }
+        let quant = |t: &TensorRef| match t.format {
+            Format::Quant(qt) if repackable(qt) => Some(qt),
+            _ => None,
         };
-        let mut total = 0;
-        let mut count = |t: &TensorRef| {
-            if repackable(t) {
-                total += t.end - t.start;
-            }
-        };
-        self.layers
-            .iter()
-            .flat_map(Layer::matrices)
-            .for_each(&mut count);
-        count(&self.lm_head);
+        let total: usize = (self.layers.iter().flat_map(Layer::matrices))
+            .chain(std::iter::once(&self.lm_head))
+            .filter(|t| quant(t).is_some())
+            .map(|t| t.end - t.start)
+            .sum();
         let mut buf = vec![0u8; total];
         let mut at = 0;
         let shards = &self.shards;
-        let mut place = |t: &mut TensorRef| {
-            if !repackable(t) {
-                return;
-            }
-            let Format::Quant(qt) = t.format else { return };
+        let layers = self.layers.iter_mut().flat_map(Layer::matrices_mut);
+        for t in layers.chain(std::iter::once(&mut self.lm_head)) {
+            let Some(qt) = quant(t) else { continue };
             let len = t.end - t.start;
             let cols = *t.shape.last().unwrap_or(&0);
             let src = &shards[t.shard].1.bytes()[t.start..t.end];
-            repack::repack(qt, src, cols, &mut buf[at..at + len]);
+            repack(qt, src, cols, &mut buf[at..at + len]);
             t.repacked = Some((at, at + len));
             at += len;
-        };
-        for l in &mut self.layers {
-            for t in [
-                &mut l.q_proj,
-                &mut l.k_proj,
-                &mut l.v_proj,
-                &mut l.o_proj,
-                &mut l.gate_proj,
-                &mut l.up_proj,
-                &mut l.down_proj,
-            ] {
-                place(t);
-            }
         }
-        place(&mut self.lm_head);
         self.repacked = buf;
         total
     }

@@ -14,6 +14,8 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use qwenrt_kernels::scalar::argmax;
+
 use crate::engine::session::{Session, SessionError};
 
 /// Magic bytes opening a saved log-probability file.
@@ -124,16 +126,6 @@ pub fn logsumexp(logits: &[f32]) -> f64 {
         .ln()
 }
 
-fn argmax(v: impl Iterator<Item = f32>) -> usize {
-    let mut best = (0, f32::NEG_INFINITY);
-    for (i, x) in v.enumerate() {
-        if x > best.1 {
-            best = (i, x);
-        }
-    }
-    best.0
-}
-
 /// Runs perplexity over `tokens` at `ctx` tokens per chunk (at most `max_chunks` of them, if
 /// given) on `session` (whose context must hold `ctx`), calling `on_chunk(i, report so far)`
 /// after each chunk.
@@ -221,7 +213,7 @@ pub fn perplexity(
                     let lp = lp as f64;
                     kl += lp.exp() * (lp - (l as f64 - lse));
                 }
-                let same = argmax(base.iter().copied()) == argmax(logits.iter().copied());
+                let same = argmax(&base) == argmax(logits);
                 if let Some((s, s2, n)) = report.kld.as_mut() {
                     *s += kl;
                     *s2 += kl * kl;

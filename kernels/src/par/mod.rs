@@ -346,6 +346,21 @@ fn for_each_block(
     });
 }
 
+/// `(n, rows)` of a many-input matvec over `cols` columns (`x` is `[n, cols]`, `y` is
+/// `[n, rows]`), or `None` when there is nothing to do.
+///
+/// # Panics
+/// If `x` is not whole rows or `y` not `n` rows (`what` names the caller).
+fn rows_dims(what: &str, cols: usize, x: &[f32], y: &[f32]) -> Option<(usize, usize)> {
+    if cols == 0 || x.is_empty() {
+        return None;
+    }
+    assert!(x.len().is_multiple_of(cols), "{what}: x is not whole rows");
+    let n = x.len() / cols;
+    assert!(y.len().is_multiple_of(n), "{what}: y is not n rows");
+    Some((n, y.len() / n))
+}
+
 /// The most input rows one [`matvec_rows`] dispatch takes (their prepared inputs live in a
 /// stack array of this many handles); more rows go in groups of this many.
 pub const MATVEC_ROWS_MAX: usize = 64;
@@ -375,16 +390,9 @@ pub fn matvec_rows<W: WeightType>(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    if cols == 0 || x.is_empty() {
+    let Some((_, rows)) = rows_dims("matvec_rows", cols, x, y) else {
         return;
-    }
-    assert!(
-        x.len().is_multiple_of(cols),
-        "matvec_rows: x is not whole rows"
-    );
-    let n = x.len() / cols;
-    assert!(y.len().is_multiple_of(n), "matvec_rows: y is not n rows");
-    let rows = y.len() / n;
+    };
     assert!(
         w.len() >= rows * cols * W::SIZE,
         "matvec_rows: weight buffer too short"

@@ -40,16 +40,9 @@ pub fn matvec_q_rows(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    if cols == 0 || x.is_empty() {
+    let Some((n, rows)) = rows_dims("matvec_q_rows", cols, x, y) else {
         return;
-    }
-    assert!(
-        x.len().is_multiple_of(cols),
-        "matvec_q_rows: x is not whole rows"
-    );
-    let n = x.len() / cols;
-    assert!(y.len().is_multiple_of(n), "matvec_q_rows: y is not n rows");
-    let rows = y.len() / n;
+    };
     let rb = ops::check_q(qt, w, rows, cols);
     let per = q8_len(cols);
     assert!(scratch.len() >= n * per, "matvec_q_rows: scratch too short");
@@ -209,19 +202,9 @@ pub fn matvec_repacked_rows(
         isa == Isa::Avx512,
         "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {isa}"
     );
-    if cols == 0 || x.is_empty() {
+    let Some((n, rows)) = rows_dims("matvec_repacked_rows", cols, x, y) else {
         return;
-    }
-    assert!(
-        x.len().is_multiple_of(cols),
-        "matvec_repacked_rows: x is not whole rows"
-    );
-    let n = x.len() / cols;
-    assert!(
-        y.len().is_multiple_of(n),
-        "matvec_repacked_rows: y is not n rows"
-    );
-    let rows = y.len() / n;
+    };
     let rb = ops::check_repacked(qt, w, rows, cols);
     let per = ops::repacked_x_len(cols);
     assert!(
