@@ -339,6 +339,7 @@ impl Session {
         };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
+        let mut budget = lookup::DraftBudget::new(lookup);
         let mut pending = [0u32; lookup::MAX_DRAFT + 1];
         let mut n_pending = 0;
         if max_tokens > 0 {
@@ -382,9 +383,10 @@ impl Session {
             let room = (self.ctx() - self.position() - 1).min(max_tokens - stats.tokens - 1);
             let mut row = [0u32; lookup::MAX_DRAFT + 1];
             row[0] = token;
-            let k = if lookup > 0 {
+            let cap = if lookup > 0 { budget.next() } else { 0 };
+            let k = if cap > 0 {
                 let history = self.engine.tokens(self.seq)?;
-                lookup::draft(history, token, &mut row[1..1 + lookup.min(room)])
+                lookup::draft(history, token, &mut row[1..1 + cap.min(room)])
             } else {
                 0
             };
@@ -408,6 +410,7 @@ impl Session {
                 },
             )?;
             let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
+            budget.verified(k, agree);
             stats.drafted += k;
             stats.accepted += agree;
             // The fed rows past the agreed drafts are not part of the text.
