@@ -277,3 +277,51 @@ fn stop_strings_logprobs_and_metrics() {
     assert!(metric(&s, "qwenrt_time_to_first_token_seconds_count") >= 4.0);
     assert!(metric(&s, "qwenrt_kv_cache_used_positions") > 0.0);
 }
+
+#[test]
+fn prompt_lookup_leaves_greedy_completions_unchanged() {
+    // prompts that repeat, so drafts are found; several at once, so drafted rows share steps
+    // with other requests' decode rows and prompt chunks
+    let bodies: Vec<Value> = (0..4)
+        .map(|i| {
+            let line = format!("item {i} = [1, 2, 3, 4, 5, 6, 7, 8]\n");
+            json!({"prompt": line.repeat(6 + i), "temperature": 0, "max_tokens": 40 + 8 * i})
+        })
+        .collect();
+    let run = |lookup: usize| {
+        let s = Arc::new(Server::start(ServerOptions {
+            lookup,
+            max_queue: 8,
+            ..opts()
+        }));
+        let handles: Vec<_> = bodies
+            .iter()
+            .cloned()
+            .map(|b| {
+                let s = s.clone();
+                std::thread::spawn(move || post(&s, "/v1/completions", &b))
+            })
+            .collect();
+        let out: Vec<Value> = handles
+            .into_iter()
+            .map(|h| {
+                let (code, v) = h.join().unwrap();
+                assert_eq!(code, 200, "{v}");
+                json!([v["choices"][0]["text"], v["usage"]["completion_tokens"]])
+            })
+            .collect();
+        let drafted = metric(&s, "qwenrt_lookup_drafted_tokens_total");
+        let accepted = metric(&s, "qwenrt_lookup_accepted_tokens_total");
+        (out, drafted, accepted)
+    };
+    let (plain, d0, _) = run(0);
+    // the comparison's premise: the same requests give the same completions run to run
+    let (again, _, _) = run(0);
+    assert_eq!(again, plain, "plain decoding twice");
+    let (looked, drafted, accepted) = run(8);
+    assert_eq!(looked, plain);
+    assert_eq!(d0, 0.0);
+    assert!(drafted > 0.0, "no drafts on repeating prompts");
+    assert!(accepted <= drafted);
+    eprintln!("drafted {drafted}, accepted {accepted}");
+}

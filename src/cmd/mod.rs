@@ -187,12 +187,15 @@ struct LookupArg {
 }
 
 impl LookupArg {
+    /// `--lookup`, or the default.
+    fn value(&self) -> usize {
+        self.lookup
+            .unwrap_or(qwenrt::engine::lookup::DEFAULT_LOOKUP)
+    }
+
     /// Applies `--lookup` (or the default) to `session`.
     fn apply(&self, session: &mut qwenrt::Session) {
-        session.set_lookup(
-            self.lookup
-                .unwrap_or(qwenrt::engine::lookup::DEFAULT_LOOKUP),
-        );
+        session.set_lookup(self.value());
     }
 }
 

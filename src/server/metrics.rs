@@ -94,6 +94,10 @@ pub struct Metrics {
     pub kv_capacity: AtomicU64,
     /// Engine steps run.
     pub steps: AtomicU64,
+    /// Tokens drafted by prompt lookup.
+    pub drafted: AtomicU64,
+    /// Drafted tokens accepted (greedy decoding agreed).
+    pub accepted: AtomicU64,
     /// Time from a request's arrival to its first token.
     pub ttft: Histogram,
     /// Time between consecutive tokens of one request.
@@ -114,6 +118,8 @@ impl Default for Metrics {
             kv_used: AtomicU64::new(0),
             kv_capacity: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            drafted: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
             ttft: Histogram::new(&TTFT_BUCKETS),
             itl: Histogram::new(&ITL_BUCKETS),
         }
@@ -140,7 +146,7 @@ impl Metrics {
             }
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let scalars: [(&str, &str, &str, u64); 10] = [
+        let scalars: [(&str, &str, &str, u64); 12] = [
             (
                 "qwenrt_prompt_tokens_total",
                 "counter",
@@ -176,6 +182,18 @@ impl Metrics {
                 "counter",
                 "Engine steps run.",
                 load(&self.steps),
+            ),
+            (
+                "qwenrt_lookup_drafted_tokens_total",
+                "counter",
+                "Tokens drafted by prompt lookup.",
+                load(&self.drafted),
+            ),
+            (
+                "qwenrt_lookup_accepted_tokens_total",
+                "counter",
+                "Drafted tokens accepted.",
+                load(&self.accepted),
             ),
             (
                 "qwenrt_queue_depth",

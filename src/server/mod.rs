@@ -43,6 +43,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::lookup::MAX_DRAFT;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
@@ -78,6 +79,9 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Passed to [`EngineOptions::prefill_bf16`].
     pub prefill_bf16: bool,
+    /// Prompt-lookup drafting for greedy requests: the most drafted rows per engine step,
+    /// shared by the running requests (0 turns it off). Output is unchanged.
+    pub lookup: usize,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +99,7 @@ impl Default for ServerOptions {
             prefill_chunk: 128,
             shutdown_grace: Duration::from_secs(30),
             prefill_bf16: true,
+            lookup: crate::engine::lookup::DEFAULT_LOOKUP,
         }
     }
 }
@@ -166,10 +171,11 @@ pub fn run_on(
         ));
     }
     let chunk = opts.prefill_chunk.clamp(1, opts.ctx.max(1));
+    let lookup = opts.lookup.min(MAX_DRAFT);
     let engine_opts = EngineOptions {
         ctx: opts.ctx,
         max_sequences: opts.parallel,
-        max_batch_tokens: opts.parallel + chunk,
+        max_batch_tokens: opts.parallel + chunk + lookup,
         threads: opts.threads,
         isa: None,
         prefill_bf16: opts.prefill_bf16,
@@ -198,7 +204,7 @@ pub fn run_on(
             .spawn(move || match Engine::new(weights, &engine_opts) {
                 Ok(engine) => {
                     let _ = ready_tx.send(Ok(()));
-                    Scheduler::new(engine, tokenizer, stop_ids, shared, chunk).run(rx);
+                    Scheduler::new(engine, tokenizer, stop_ids, shared, chunk, lookup).run(rx);
                 }
                 Err(e) => {
                     let _ = ready_tx.send(Err(e));

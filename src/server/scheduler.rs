@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::engine::lookup::{self, DraftBudget};
 use crate::engine::sampler::Sampler;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
@@ -90,8 +91,12 @@ struct Active {
     job: Job,
     /// Prompt tokens in the cache (reused ones included).
     fed: usize,
-    /// The sampled token to feed next (decode phase); `None` while prefilling.
-    next: Option<[u32; 1]>,
+    /// Decode phase: `row[0]` is the sampled token to feed next and `row[1..row_len]` the
+    /// tokens drafted after it by prompt lookup; `row_len` is 0 while prefilling.
+    row: [u32; lookup::MAX_DRAFT + 1],
+    row_len: usize,
+    /// How many tokens this job's next draft may hold.
+    budget: DraftBudget,
     generated: usize,
     text: TextOut,
     last_token: Option<Instant>,
@@ -113,6 +118,8 @@ pub struct Scheduler {
     shared: Arc<Shared>,
     parallel: usize,
     chunk: usize,
+    /// The most drafted rows in one step, over all jobs (0: no prompt lookup).
+    lookup: usize,
     active: Vec<Active>,
     pending: VecDeque<Job>,
     /// Finished sequences keeping their cache, with when they finished (for LRU eviction).
@@ -125,13 +132,17 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 }
 
 impl Scheduler {
-    /// A scheduler over `engine` (sized for `parallel` sequences and `parallel + chunk` rows).
+    /// A scheduler over `engine` (sized for `parallel` sequences and `parallel + chunk +
+    /// lookup` rows). Greedy jobs without a repetition penalty or log-probabilities draft by
+    /// prompt lookup, `lookup` rows per step in all (the verified rows cost about a third of a
+    /// step each on quantized weights, so the budget is shared rather than per job).
     pub fn new(
         engine: Engine,
         tokenizer: Arc<Tokenizer>,
         stop_ids: Vec<u32>,
         shared: Arc<Shared>,
         chunk: usize,
+        lookup: usize,
     ) -> Scheduler {
         let parallel = engine.max_sequences();
         shared
@@ -145,6 +156,7 @@ impl Scheduler {
             shared,
             parallel,
             chunk: chunk.max(1),
+            lookup: lookup.min(lookup::MAX_DRAFT),
             active: Vec::new(),
             pending: VecDeque::new(),
             idle: Vec::new(),
@@ -266,7 +278,9 @@ impl Scheduler {
                         seq,
                         job,
                         fed: reused,
-                        next: None,
+                        row: [0; lookup::MAX_DRAFT + 1],
+                        row_len: 0,
+                        budget: DraftBudget::new(self.lookup),
                         generated: 0,
                         text,
                         last_token: None,
@@ -363,26 +377,71 @@ impl Scheduler {
         m.kv_used.store(used as u64, Ordering::Relaxed);
     }
 
-    /// One engine step: a decode row of every generating job, prompt chunks of the others.
+    /// Drafts by prompt lookup for the generating jobs that may (greedy, no repetition
+    /// penalty, no log-probabilities), at most `self.lookup` tokens in all, oldest job first.
+    fn draft(&mut self) {
+        let mut left = self.lookup;
+        let ctx = self.engine.ctx();
+        for a in &mut self.active {
+            if a.row_len == 0 {
+                continue;
+            }
+            a.row_len = 1;
+            let p = &a.job.req.params;
+            if left == 0 || p.temperature != 0.0 || p.repeat_penalty != 1.0 {
+                continue;
+            }
+            if a.job.req.logprobs.is_some() {
+                continue;
+            }
+            let Ok(history) = self.engine.tokens(a.seq) else {
+                continue;
+            };
+            // the step yields up to k + 1 tokens: no further than the budget and the context
+            let room = (ctx - history.len() - 1).min(a.job.req.max_tokens - a.generated - 1);
+            let cap = a.budget.next().min(left).min(room);
+            if cap == 0 {
+                continue;
+            }
+            let (head, drafts) = a.row.split_at_mut(1);
+            let k = lookup::draft(history, head[0], &mut drafts[..cap]);
+            a.row_len = 1 + k;
+            left -= k;
+        }
+    }
+
+    /// One engine step: the decode rows of every generating job (its next token and any
+    /// draft), prompt chunks of the others.
     fn step(&mut self) {
+        self.draft();
         let mut budget = self.chunk;
         // (index into active, prompt rows fed; 0 for a decode row)
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.active.len());
+        // per active job with a draft: (its sequence, the position its rows start at)
+        let mut verifying: Vec<(SeqId, usize)> = Vec::new();
+        for a in &self.active {
+            if a.row_len > 1 {
+                let pos0 = self.engine.position(a.seq).unwrap_or(0);
+                verifying.push((a.seq, pos0));
+            }
+        }
+        // the greedy token after each verified row, per entry of `verifying`
+        let mut greedy = vec![[0u32; lookup::MAX_DRAFT + 1]; verifying.len()];
         let result = {
             let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(self.active.len());
             for (i, a) in self.active.iter().enumerate() {
-                if let Some(next) = &a.next {
+                if a.row_len > 0 {
                     feeds.push(Feed {
                         seq: a.seq,
-                        tokens: next,
+                        tokens: &a.row[..a.row_len],
                         numerics: Numerics::Decode,
-                        logits: Want::Last,
+                        logits: if a.row_len > 1 { Want::All } else { Want::Last },
                     });
                     plan.push((i, 0));
                 }
             }
             for (i, a) in self.active.iter().enumerate() {
-                if a.next.is_some() || budget == 0 {
+                if a.row_len > 0 || budget == 0 {
                     continue;
                 }
                 let prompt = &a.job.req.prompt;
@@ -397,7 +456,12 @@ impl Scheduler {
                 });
                 plan.push((i, n));
             }
-            self.engine.step(&feeds, &mut |_, _, _| {})
+            self.engine.step(&feeds, &mut |seq, pos, logits| {
+                if let Some(v) = verifying.iter().position(|&(s, _)| s == seq) {
+                    // the first on ties, as the greedy sampler picks
+                    greedy[v][pos - verifying[v].1] = qwenrt_kernels::scalar::argmax(logits) as u32;
+                }
+            })
         };
         self.shared.metrics.steps.fetch_add(1, Ordering::Relaxed);
         let mut exits: Vec<(usize, Exit)> = Vec::new();
@@ -412,10 +476,14 @@ impl Scheduler {
                 for &(i, n) in &plan {
                     let a = &mut self.active[i];
                     a.fed += n;
-                    if a.next.is_none() && a.fed < a.job.req.prompt.len() {
+                    if a.row_len == 0 && a.fed < a.job.req.prompt.len() {
                         continue;
                     }
-                    if let Some(exit) = self.produce(i) {
+                    let exit = match verifying.iter().position(|&(s, _)| s == a.seq) {
+                        Some(v) => self.accept(i, verifying[v].1, &greedy[v]),
+                        None => self.produce(i),
+                    };
+                    if let Some(exit) = exit {
                         exits.push((i, exit));
                     }
                 }
@@ -430,6 +498,37 @@ impl Scheduler {
             }
             self.leave(i, exit);
         }
+    }
+
+    /// Job `i` fed its token and a draft from position `pos0`; `greedy[r]` is the greedy
+    /// token after row r. Keeps the drafted tokens greedy decoding agrees with and the token
+    /// after them, sends them, and truncates the cache to what plain decoding would hold: every
+    /// token sent but the last. `Some` if the job ends.
+    fn accept(&mut self, i: usize, pos0: usize, greedy: &[u32]) -> Option<Exit> {
+        let (seq, row, k) = {
+            let a = &self.active[i];
+            (a.seq, a.row, a.row_len - 1)
+        };
+        let agree = (0..k).take_while(|&j| row[1 + j] == greedy[j]).count();
+        self.active[i].budget.verified(k, agree);
+        let m = &self.shared.metrics;
+        m.drafted.fetch_add(k as u64, Ordering::Relaxed);
+        m.accepted.fetch_add(agree as u64, Ordering::Relaxed);
+        for j in 0..=agree {
+            let token = if j < agree { row[1 + j] } else { greedy[agree] };
+            if let Ok(sampler) = self.engine.sampler_mut(seq) {
+                sampler.observe(token);
+            }
+            // with token j the unfed one, plain decoding's cache holds pos0 + 1 + j tokens
+            let exit = self.emit(i, token, None, pos0 + 1 + j);
+            if exit.is_some() || j == agree {
+                if let Err(e) = self.engine.truncate(seq, pos0 + 1 + j) {
+                    return Some(engine_failure(e));
+                }
+                return exit;
+            }
+        }
+        None
     }
 
     /// Samples job `i`'s next token and sends it; `Some` if the job ends.
@@ -447,6 +546,20 @@ impl Scheduler {
             Ok(t) => t,
             Err(e) => return Some(engine_failure(e)),
         };
+        let logprob = saved.map(|l| logprobs(&l, token, top.unwrap_or(0), &self.tokenizer));
+        let pos = self.engine.position(seq).unwrap_or(usize::MAX);
+        self.emit(i, token, logprob, pos)
+    }
+
+    /// Sends job `i`'s next token, with `pos` tokens in its cache before it (every earlier
+    /// one); `Some` if the job ends.
+    fn emit(
+        &mut self,
+        i: usize,
+        token: u32,
+        logprob: Option<TokenLogprob>,
+        pos: usize,
+    ) -> Option<Exit> {
         let now = Instant::now();
         let m = &self.shared.metrics;
         let a = &mut self.active[i];
@@ -461,18 +574,17 @@ impl Scheduler {
         a.generated += 1;
         m.completion_tokens.fetch_add(1, Ordering::Relaxed);
         let (text, stopped) = a.text.push(token);
-        let logprob = saved.map(|l| logprobs(&l, token, top.unwrap_or(0), &self.tokenizer));
         if a.job.events.send(Event::Token { text, logprob }).is_err() {
             return Some(Exit::Cancelled);
         }
         if stopped {
             return Some(Exit::Done("stop"));
         }
-        let pos = self.engine.position(seq).unwrap_or(usize::MAX);
         if a.generated >= a.job.req.max_tokens || pos >= self.engine.ctx() {
             return Some(Exit::Done("length"));
         }
-        a.next = Some([token]);
+        a.row[0] = token;
+        a.row_len = 1;
         None
     }
 }
