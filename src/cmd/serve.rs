@@ -3,7 +3,7 @@
 use clap::Args;
 use qwenrt::server::{self, ServerOptions};
 
-use super::{load_tokenizer, load_weights, physical_cores, CliError, ModelArg};
+use super::{load_tokenizer, load_weights, physical_cores, CliError, KvDtypeArg, ModelArg};
 
 /// `qwenrt serve`.
 #[derive(Args, Debug)]
@@ -58,6 +58,8 @@ pub struct ServeArgs {
     #[arg(long)]
     prefill_f32: bool,
     #[command(flatten)]
+    kv: KvDtypeArg,
+    #[command(flatten)]
     model: ModelArg,
 }
 
@@ -85,6 +87,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_queue: a.max_queue,
         prefill_bf16: !a.prefill_f32,
+        kv_dtype: a.kv.dtype(),
         ..ServerOptions::default()
     };
     server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)

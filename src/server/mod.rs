@@ -43,6 +43,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use qwenrt_kernels::Dtype;
+
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
@@ -78,6 +80,8 @@ pub struct ServerOptions {
     pub shutdown_grace: Duration,
     /// Passed to [`EngineOptions::prefill_bf16`].
     pub prefill_bf16: bool,
+    /// Passed to [`EngineOptions::kv_dtype`].
+    pub kv_dtype: Dtype,
 }
 
 impl Default for ServerOptions {
@@ -95,6 +99,7 @@ impl Default for ServerOptions {
             prefill_chunk: 128,
             shutdown_grace: Duration::from_secs(30),
             prefill_bf16: true,
+            kv_dtype: Dtype::F32,
         }
     }
 }
@@ -173,6 +178,7 @@ pub fn run_on(
         threads: opts.threads,
         isa: None,
         prefill_bf16: opts.prefill_bf16,
+        kv_dtype: opts.kv_dtype,
     };
     let config = &weights.config;
     let vocab = config.vocab_size;
