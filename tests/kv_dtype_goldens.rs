@@ -80,7 +80,6 @@ fn logits(weights: &Arc<Weights>, g: &Golden, kv_dtype: Dtype, decode: bool) -> 
         isa: Some(Isa::detect()),
         prefill_bf16: false,
         kv_dtype,
-        ..Default::default()
     };
     let mut s = Session::new(weights.clone(), &opts).unwrap();
     assert_eq!(s.kv_dtype(), kv_dtype);

@@ -119,6 +119,8 @@ fn attention_ref<T: KvType>(
 }
 
 type AttnFn<E> = fn(&ThreadPool, Isa, KvLayout, usize, &[f32], &[E], &[E], &mut [f32], &mut [f32]);
+/// A `par` attention function on a `T` cache, named, with the same function on an f32 cache.
+type AttnPair<T> = (&'static str, AttnFn<<T as KvType>::Elem>, AttnFn<f32>);
 
 /// The pool-split attention (dispatching, tiled, per-row) on a `T` cache against the scalar
 /// reference on awkward shapes: head dims that are not a multiple of a vector or the register
@@ -149,7 +151,7 @@ fn check_par_attention<T: KvType>() {
                         for pool in &pools {
                             let nt = pool.n_threads();
                             let mut scores = vec![0.0; par::scores_len(nt, n_heads, cap)];
-                            let fns: [(&str, AttnFn<T::Elem>, AttnFn<f32>); 3] = [
+                            let fns: [AttnPair<T>; 3] = [
                                 ("attention", par::attention::<T>, par::attention::<F32>),
                                 (
                                     "tiled",
