@@ -23,6 +23,7 @@ fn bench_model(c: &mut Criterion, name: &str, weights: Arc<Weights>, threads: &[
             threads: t,
             isa: None,
             prefill_bf16: false,
+            ..Default::default()
         };
         let mut s = Session::new(weights.clone(), &opts).unwrap();
         g.bench_function(format!("threads={t}"), |b| {

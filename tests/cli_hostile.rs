@@ -501,6 +501,17 @@ fn bad_flags() {
             &["info", "--model", dir, "--ctx", "99999999999999999999999"],
             &["invalid value", "--ctx"],
         ),
+        (
+            &["info", "--model", dir, "--kv-dtype", "fp8"],
+            &[
+                "invalid value \"fp8\" for --kv-dtype",
+                "expected one of: f32, bf16, f16",
+            ],
+        ),
+        (
+            &["serve", "--model", dir, "--kv-dtype", "BF16x"],
+            &["invalid value \"BF16x\" for --kv-dtype"],
+        ),
         (&["frobnicate"], &["unknown command \"frobnicate\""]),
     ];
     for (args, needles) in cases {

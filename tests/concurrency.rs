@@ -33,6 +33,7 @@ fn serve(weights: &Arc<Weights>, req: &Request, start: Option<&Barrier>) -> Outp
         max_chunk: 3, // several prefill chunks, so the cache bookkeeping is exercised too
         isa: None,
         prefill_bf16: true,
+        ..Default::default()
     };
     let mut session = Session::new(weights.clone(), &opts).unwrap();
     let mut sampler = Sampler::new(req.params).unwrap();

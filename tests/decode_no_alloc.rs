@@ -1,6 +1,7 @@
 //! Proof that the decode loop allocates nothing: a counting global allocator, armed after a
 //! warm-up, over hundreds of decode steps with 2 threads and non-greedy sampling, then over
-//! hundreds of greedy prompt-lookup steps (draft, verify, truncate).
+//! hundreds of greedy prompt-lookup steps (draft, verify, truncate); with an f32 and a bf16 KV
+//! cache, every ISA.
 //! This test binary holds only this test, so no other test's allocations are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -59,14 +60,20 @@ fn decode_loop_allocates_nothing() {
     // bf16 weights, the production dtype; 2048 positions so one generation runs 300 steps
     write_synthetic_model(&dir, SyntheticShape::SMALL, Dtype::BF16, 7).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
-    for isa in Isa::available() {
+    let runs = Isa::available()
+        .into_iter()
+        .flat_map(|isa| [Dtype::F32, Dtype::BF16].map(move |kv| (isa, kv)));
+    for (isa_only, kv_dtype) in runs {
         let opts = SessionOptions {
             ctx: 1024,
             max_chunk: 64,
             threads: 2,
-            isa: Some(isa),
+            isa: Some(isa_only),
             prefill_bf16: true,
+            kv_dtype,
         };
+        // (the messages below name the ISA and the KV cache's type)
+        let isa = format!("{isa_only}, {kv_dtype} KV cache");
         let mut session = Session::new(weights.clone(), &opts).unwrap();
         let params = SamplerParams {
             temperature: 0.9,

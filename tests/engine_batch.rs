@@ -43,6 +43,7 @@ fn engine(w: &Arc<Weights>, isa: Isa, sequences: usize) -> Engine {
         threads: 2,
         isa: Some(isa),
         prefill_bf16: true,
+        ..Default::default()
     };
     Engine::new(w.clone(), &opts).unwrap()
 }
@@ -208,6 +209,7 @@ fn a_refused_step_changes_nothing() {
             threads: 1,
             isa: Some(isa),
             prefill_bf16: true,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -1,7 +1,8 @@
 //! Proof that the engine's batched steps allocate nothing: a counting global allocator, armed
 //! after a warm-up, over 300 steps of 4 sequences that mix a prefill chunk with decode rows,
 //! with 2 threads, non-greedy sampling, and sequences reset and refilled along the way; on a
-//! bf16 model and on a Q4_0 GGUF (its quantized and repacked kernels), every ISA.
+//! bf16 model and on a Q4_0 GGUF (its quantized and repacked kernels), each with an f32 and a
+//! 16-bit KV cache (bf16, f16), every ISA.
 //! This test binary holds only this test, so no other test's allocations are counted.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -162,7 +163,10 @@ impl Driver {
 fn batched_steps_allocate_nothing() {
     let dir = std::env::temp_dir().join(format!("qwenrt-engine-noalloc-{}", std::process::id()));
     write_synthetic_model(&dir, SHAPE, Dtype::BF16, 5).unwrap();
-    check(Arc::new(Weights::load(&dir).unwrap()), "bf16");
+    let bf16 = Arc::new(Weights::load(&dir).unwrap());
+    check(bf16.clone(), "bf16", Dtype::F32);
+    // a 16-bit KV cache: rows rounded as they are written, attention reading bf16
+    check(bf16, "bf16", Dtype::BF16);
     std::fs::remove_dir_all(&dir).ok();
     // the same shape as a Q4_0 GGUF run from its blocks (and, on AVX-512, from the decode
     // layout it is repacked into): the quantized matvecs, matmul and input quantization
@@ -181,13 +185,15 @@ fn batched_steps_allocate_nothing() {
         q.matrix_formats()
     );
     assert!(q.repack_for_decode() > 0);
-    check(Arc::new(q), "Q4_0 GGUF");
+    let q = Arc::new(q);
+    check(q.clone(), "Q4_0 GGUF", Dtype::F32);
+    check(q, "Q4_0 GGUF", Dtype::F16);
     std::fs::remove_dir_all(&dir).ok();
 }
 
-fn check(weights: Arc<Weights>, what: &str) {
+fn check(weights: Arc<Weights>, what: &str, kv_dtype: Dtype) {
     for isa in Isa::available() {
-        let label = format!("{what} {isa}");
+        let label = format!("{what}, {kv_dtype} KV cache, {isa}");
         let opts = EngineOptions {
             ctx: 256,
             max_sequences: SEQS,
@@ -195,8 +201,10 @@ fn check(weights: Arc<Weights>, what: &str) {
             threads: 2,
             isa: Some(isa),
             prefill_bf16: true,
+            kv_dtype,
         };
         let mut e = Engine::new(weights.clone(), &opts).unwrap();
+        assert_eq!(e.kv_dtype(), kv_dtype);
         // (the messages below name the model and the ISA)
         let isa = &label;
         let params = |seed| SamplerParams {

@@ -29,16 +29,23 @@ impl Rng {
 fn kv_cache_ops_random_programs() {
     let mut rng = Rng(0x6b76_5f63_6163_6865);
     let mut long_programs = 0;
+    let mut dtypes = [0; 3];
     for _ in 0..4000 {
         let data = rng.bytes(600);
         fuzzing::kv_cache_ops(&data);
-        if fuzzing::KvProgram::from_bytes(&data).ops.len() >= 8 {
+        let p = fuzzing::KvProgram::from_bytes(&data);
+        if p.ops.len() >= 8 {
             long_programs += 1;
         }
+        dtypes[usize::from(p.dtype % 3)] += 1;
     }
     assert!(
         long_programs > 1000,
         "only {long_programs} programs had 8+ ops"
+    );
+    assert!(
+        dtypes.iter().all(|&n| n > 1000),
+        "programs per element type (f32, bf16, f16): {dtypes:?}"
     );
 }
 
@@ -118,6 +125,10 @@ fn kv_cache_ops_cover_every_operation() {
             pos: Pos::Used,
             delta: -1,
         },
+        KvOp::WrongType {
+            layer: 0,
+            pos: Pos::Used,
+        },
         KvOp::View {
             layer: 0,
             len: Pos::At(200),
@@ -128,13 +139,17 @@ fn kv_cache_ops_cover_every_operation() {
             len: Pos::Used,
         },
     ]);
-    fuzzing::run_kv_program(&KvProgram {
-        layers: 2,
-        kv_heads: 2,
-        capacity: 10,
-        head_dim: 3,
-        ops,
-    });
+    // every element type: f32, bf16, f16
+    for dtype in 0..3 {
+        fuzzing::run_kv_program(&KvProgram {
+            layers: 2,
+            kv_heads: 2,
+            capacity: 10,
+            head_dim: 3,
+            dtype,
+            ops: ops.clone(),
+        });
+    }
 }
 
 #[test]

@@ -50,6 +50,7 @@ fn all_logits(w: &Arc<Weights>, isa: Isa, threads: usize, ids: &[u32], decode: b
         threads,
         isa: Some(isa),
         prefill_bf16: false,
+        ..Default::default()
     };
     let mut s = Session::new(w.clone(), &opts).unwrap();
     let mut out = Vec::new();

@@ -53,6 +53,7 @@ fn opts(ctx: usize, prefill_bf16: bool) -> SessionOptions {
         threads: 2,
         isa: None,
         prefill_bf16,
+        ..Default::default()
     }
 }
 

@@ -119,6 +119,7 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
         threads: 2,
         isa: Some(isa),
         prefill_bf16,
+        ..Default::default()
     };
     let mut s = Session::new(weights, &opts).unwrap();
     let prefill_tol = if prefill_bf16 && isa.has_avx512_bf16() {

@@ -52,6 +52,7 @@ fn check_model(name: &str, tol: f32) {
                 threads,
                 isa: Some(isa),
                 prefill_bf16: false,
+                ..Default::default()
             };
             let mut s = Session::new(w.clone(), &opts).unwrap();
             let label = format!("{name} isa={isa} threads={threads}");

@@ -193,7 +193,11 @@ fn bench_attention(c: &mut Criterion) {
     for isa in Isa::available() {
         g.bench_function(
             BenchmarkId::new(isa.to_string(), format!("len{len}")),
-            |b| b.iter(|| ops::attention(isa, black_box(&q), &k, &v, 0.125, &mut scores, &mut out)),
+            |b| {
+                b.iter(|| {
+                    ops::attention::<F32>(isa, black_box(&q), &k, &v, 0.125, &mut scores, &mut out)
+                })
+            },
         );
     }
     g.finish();
@@ -296,9 +300,9 @@ fn bench_par(c: &mut Criterion) {
                 &mut [f32],
             );
             let fns: [(&str, AttnFn); 3] = [
-                ("rows", par::attention_rows),
-                ("tiled", par::attention_tiled),
-                ("attention", par::attention),
+                ("rows", par::attention_rows::<F32>),
+                ("tiled", par::attention_tiled::<F32>),
+                ("attention", par::attention::<F32>),
             ];
             for pool in &pools {
                 let nt = pool.n_threads();

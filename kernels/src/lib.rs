@@ -6,6 +6,8 @@
 //! - [`WeightType`] with the markers [`F32`], [`F16`], [`Bf16`]: the weight dtypes. Weights are
 //!   passed as raw little-endian bytes (`&[u8]`), so a tensor that is not aligned for its dtype
 //!   still works: every load is unaligned.
+//! - [`KvType`] (on the same markers): the KV cache's element types. Attention reads the cache
+//!   in its own type (f32, or bf16 / f16 widened in registers) through the same entry points.
 //! - [`ops`]: the safe entry points, one per kernel, each dispatching on an [`Isa`] to the
 //!   scalar reference or the AVX2 / AVX-512 bodies (private modules `avx2`, `avx512`, same
 //!   function names). Besides the kernels: [`ops::matmul_bf16dot`] (opt-in AVX512-BF16 matmul
@@ -36,7 +38,7 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 
-pub use dtype::{Bf16, Dtype, WeightType, F16, F32};
+pub use dtype::{Bf16, Dtype, KvType, WeightType, F16, F32};
 pub use isa::Isa;
 pub use pool::ThreadPool;
 pub use quant::{Format, QuantType};

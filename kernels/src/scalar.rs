@@ -1,7 +1,7 @@
 //! Scalar reference kernels: plain loops, f32 accumulation. Every SIMD body is tested against
 //! these, and they are the portable fallback (`Isa::Scalar`).
 
-use crate::dtype::{Dtype, WeightType};
+use crate::dtype::{Dtype, KvType, WeightType};
 
 /// `sum(a[i] * b[i])`.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -124,13 +124,13 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head against `len` cached positions: `keys`/`values` are `[len, head_dim]`,
-/// `scores` has room for `len`, `out` is `[head_dim]`.
-/// `out = softmax(keys · q * scale) · values`.
-pub fn attention(
+/// One query head against `len` cached positions: `keys`/`values` are `[len, head_dim]` of KV
+/// type `T` (each element widened to f32 exactly, then the f32 math below), `scores` has room
+/// for `len`, `out` is `[head_dim]`. `out = softmax(keys · q * scale) · values`.
+pub fn attention<T: KvType>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T::Elem],
+    values: &[T::Elem],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
@@ -148,12 +148,15 @@ pub fn attention(
     }
     let scores = &mut scores[..len];
     for (p, s) in scores.iter_mut().enumerate() {
-        *s = dot(q, &keys[p * hd..(p + 1) * hd]) * scale;
+        let key = &keys[p * hd..(p + 1) * hd];
+        // the same sum as `dot(q, key)` on the widened key
+        let dot: f32 = q.iter().zip(key).map(|(x, &k)| x * T::to_f32(k)).sum();
+        *s = dot * scale;
     }
     softmax(scores);
     for (p, s) in scores.iter().enumerate() {
-        for (o, v) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
-            *o += s * v;
+        for (o, &v) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+            *o += s * T::to_f32(v);
         }
     }
 }

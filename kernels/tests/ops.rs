@@ -259,11 +259,11 @@ fn attention_all() {
             let scale = 1.0 / (hd as f32).sqrt();
             let mut sr = vec![0.0; len + 3];
             let mut r = vec![0.0; hd];
-            scalar::attention(&q, &keys, &values, scale, &mut sr, &mut r);
+            scalar::attention::<F32>(&q, &keys, &values, scale, &mut sr, &mut r);
             for isa in simd_isas() {
                 let mut s = vec![0.0; len + 3];
                 let mut o = vec![f32::NAN; hd];
-                ops::attention(isa, &q, &keys, &values, scale, &mut s, &mut o);
+                ops::attention::<F32>(isa, &q, &keys, &values, scale, &mut s, &mut o);
                 for i in 0..hd {
                     close(
                         o[i],

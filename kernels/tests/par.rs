@@ -157,7 +157,7 @@ fn par_attention_gqa_causal() {
             for isa in Isa::available() {
                 let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
                 let mut out = vec![f32::NAN; n * qdim];
-                par::attention(&pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                par::attention::<F32>(&pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
                 close(
                     &out,
                     &r,
@@ -181,7 +181,7 @@ fn attention_ref(layout: KvLayout, pos0: usize, q: &[f32], k: &[f32], v: &[f32])
         let len = pos0 + t + 1;
         for h in 0..layout.n_heads {
             let base = (h / group) * layout.cap * hd;
-            scalar::attention(
+            scalar::attention::<F32>(
                 &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
                 &k[base..base + len * hd],
                 &v[base..base + len * hd],
@@ -231,8 +231,8 @@ fn par_attention_tiled_vs_scalar() {
                             let nt = pool.n_threads();
                             let mut scores = vec![0.0; par::scores_len(nt, n_heads, cap)];
                             for (name, f) in [
-                                ("attention", par::attention as AttnFn),
-                                ("attention_tiled", par::attention_tiled),
+                                ("attention", par::attention::<F32> as AttnFn),
+                                ("attention_tiled", par::attention_tiled::<F32>),
                             ] {
                                 let mut out = vec![f32::NAN; r.len()];
                                 f(pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);

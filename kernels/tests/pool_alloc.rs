@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool};
+use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool, F16, F32};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -78,6 +78,9 @@ fn dispatch_and_par_kernels_allocate_nothing() {
             cap: 64,
         };
         let kv = vec![0.25f32; 2 * 64 * 32];
+        // the same cache as bf16 / f16 bits (0.25 is 0x3e80 in bf16, 0x3400 in f16)
+        let kv_bf16 = vec![0x3e80u16; kv.len()];
+        let kv_f16 = vec![0x3400u16; kv.len()];
         let q = vec![0.5f32; 3 * 4 * 32];
         let mut out = vec![0.0f32; 3 * 4 * 32];
         let mut scores = vec![0.0f32; par::scores_len(nt, 4, 64)];
@@ -101,9 +104,7 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut y2,
                     );
                     par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut pack, &mut y);
-                    par::attention(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
-                    // Both attention paths explicitly (`attention` picks one by shape).
-                    par::attention_tiled(
+                    par::attention::<F32>(
                         &pool,
                         isa,
                         layout,
@@ -114,9 +115,31 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut scores,
                         &mut out,
                     );
-                    par::attention_rows(&pool, isa, layout, 5, &q, &kv, &kv, &mut scores, &mut out);
+                    // Both attention paths explicitly (`attention` picks one by shape).
+                    par::attention_tiled::<F32>(
+                        &pool,
+                        isa,
+                        layout,
+                        5,
+                        &q,
+                        &kv,
+                        &kv,
+                        &mut scores,
+                        &mut out,
+                    );
+                    par::attention_rows::<F32>(
+                        &pool,
+                        isa,
+                        layout,
+                        5,
+                        &q,
+                        &kv,
+                        &kv,
+                        &mut scores,
+                        &mut out,
+                    );
                     // Decode (one token) on the tiled path.
-                    par::attention_tiled(
+                    par::attention_tiled::<F32>(
                         &pool,
                         isa,
                         layout,
@@ -127,6 +150,26 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut scores,
                         &mut out[..4 * 32],
                     );
+                    // The 16-bit caches, both paths.
+                    for tiled in [false, true] {
+                        let (q, out) = (&q[..], &mut out[..]);
+                        let sc = &mut scores[..];
+                        if tiled {
+                            par::attention_tiled::<Bf16>(
+                                &pool, isa, layout, 5, q, &kv_bf16, &kv_bf16, sc, out,
+                            );
+                            par::attention_tiled::<F16>(
+                                &pool, isa, layout, 5, q, &kv_f16, &kv_f16, sc, out,
+                            );
+                        } else {
+                            par::attention_rows::<Bf16>(
+                                &pool, isa, layout, 5, q, &kv_bf16, &kv_bf16, sc, out,
+                            );
+                            par::attention_rows::<F16>(
+                                &pool, isa, layout, 5, q, &kv_f16, &kv_f16, sc, out,
+                            );
+                        }
+                    }
                 }
                 if round == 1 {
                     assert_eq!(

@@ -22,7 +22,7 @@ use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, Want};
 use qwenrt::model::weights::Weights;
 
-use super::{physical_cores, CliError, ModelArg};
+use super::{physical_cores, CliError, KvDtypeArg, ModelArg};
 
 /// `qwenrt bench`.
 #[derive(Args, Debug)]
@@ -78,6 +78,8 @@ pub struct BenchArgs {
     /// For each B, B sequences decoded together, -n tokens each (aggregate tokens/s)
     #[arg(long, value_name = "B,...")]
     batch: Option<String>,
+    #[command(flatten)]
+    kv: KvDtypeArg,
     #[command(flatten)]
     model: ModelArg,
 }
@@ -199,6 +201,7 @@ fn count_list(list: Option<&str>, flag: &str, what: &str) -> Result<Vec<usize>, 
 fn decode_batch(
     weights: &std::sync::Arc<Weights>,
     threads: usize,
+    kv_dtype: qwenrt_kernels::Dtype,
     b: usize,
     n: usize,
     r: usize,
@@ -211,6 +214,7 @@ fn decode_batch(
         threads,
         isa: None,
         prefill_bf16: true,
+        kv_dtype,
     };
     let mut engine = Engine::new(weights.clone(), &opts).map_err(CliError::fail)?;
     let seqs = (0..b)
@@ -289,6 +293,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         threads,
         isa: None,
         prefill_bf16: !a.prefill_f32,
+        kv_dtype: a.kv.dtype(),
     };
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     let tokens = bench_tokens(ctx, c.vocab_size);
@@ -340,7 +345,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     }
     let mut bb: Vec<(usize, f64, f64)> = Vec::new();
     for &b in &batch {
-        let samples = decode_batch(&weights, threads, b, n, r, &tokens)?;
+        let samples = decode_batch(&weights, threads, a.kv.dtype(), b, n, r, &tokens)?;
         let (m, sd) = mean_sd(&samples);
         bb.push((b, m, sd));
     }
@@ -359,6 +364,7 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,
             "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "threads": threads,
+            "kv_dtype": session.kv_dtype().to_string().to_lowercase(),
             "pp": if p > 0 { serde_json::json!({"n_prompt": p, "tokens_per_second_mean": pp_m, "tokens_per_second_sd": pp_sd, "samples": pp}) } else { serde_json::Value::Null },
             "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },
             "weight_bytes_per_token": per_token, "tg_weight_bandwidth_gb_s": tg_bw,

@@ -70,7 +70,9 @@ pub fn from_clap(e: clap::Error, args: &[String]) -> Result<(), CliError> {
                 value.unwrap_or_default(),
                 arg.unwrap_or_default()
             );
-            if let Some(valid) = context(&e, ContextKind::ValidValue) {
+            if let Some(ContextValue::Strings(valid)) = e.get(ContextKind::ValidValue) {
+                m.push_str(&format!(" (expected one of: {})", valid.join(", ")));
+            } else if let Some(valid) = context(&e, ContextKind::ValidValue) {
                 m.push_str(&format!(" (expected one of: {valid})"));
             } else if let Some(source) = std::error::Error::source(&e) {
                 m.push_str(&format!(": {source}"));

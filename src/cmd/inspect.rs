@@ -172,10 +172,11 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
         weights.norm.format, weights.layers[0].q_bias.format
     );
     println!(
-        "isa: {} | threads: {} | ctx: {}",
+        "isa: {} | threads: {} | ctx: {} | kv cache: {}",
         session.isa(),
         session.threads(),
-        session.ctx()
+        session.ctx(),
+        session.kv_dtype().to_string().to_lowercase()
     );
     println!("arena plan:\n{}", session.memory_plan());
     if weights.repacked_bytes() > 0 {

@@ -22,12 +22,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::SessionOptions;
 use qwenrt::model::weights::{LoadError, Weights};
 use qwenrt::text::tokenizer::Tokenizer;
+use qwenrt_kernels::Dtype;
 
 /// A command-line failure: printed as one line, exit status 1 (2 for usage errors).
 #[derive(Debug)]
@@ -146,7 +147,35 @@ impl ModelArg {
     }
 }
 
-/// `--threads N` and `--ctx N`.
+/// `--kv-dtype TYPE`: the KV cache's element type, for every command that builds an engine.
+#[derive(Args, Debug, Clone)]
+struct KvDtypeArg {
+    /// The KV cache's element type: bf16 and f16 store it in 16 bits, half the memory per
+    /// sequence (rounded to nearest as written; attention reads the 16 bits directly)
+    #[arg(long, value_name = "TYPE", value_enum, default_value_t = KvDtype::F32)]
+    kv_dtype: KvDtype,
+}
+
+/// The values of `--kv-dtype`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum KvDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl KvDtypeArg {
+    /// The element type chosen.
+    fn dtype(&self) -> Dtype {
+        match self.kv_dtype {
+            KvDtype::F32 => Dtype::F32,
+            KvDtype::Bf16 => Dtype::BF16,
+            KvDtype::F16 => Dtype::F16,
+        }
+    }
+}
+
+/// `--threads N`, `--ctx N` and `--kv-dtype TYPE`.
 #[derive(Args, Debug, Clone)]
 struct RunArgs {
     /// Worker threads [default: the number of physical cores]
@@ -155,11 +184,13 @@ struct RunArgs {
     /// Context length in tokens: the KV cache holds this many positions
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     ctx: Option<usize>,
+    #[command(flatten)]
+    kv: KvDtypeArg,
 }
 
 impl RunArgs {
     /// Session options: `--threads` or the physical cores, `--ctx` or `default_ctx` (capped
-    /// at the model's max_position_embeddings).
+    /// at the model's max_position_embeddings), `--kv-dtype`.
     fn session_options(
         &self,
         weights: &Weights,
@@ -172,6 +203,7 @@ impl RunArgs {
                 .unwrap_or(default_ctx.min(weights.config.max_position_embeddings)),
             threads: self.threads.unwrap_or_else(physical_cores),
             prefill_bf16: !prefill_f32,
+            kv_dtype: self.kv.dtype(),
             ..Default::default()
         }
     }

@@ -3,7 +3,9 @@
 use clap::Args;
 use qwenrt::server::{self, ServerOptions};
 
-use super::{load_tokenizer, load_weights, physical_cores, CliError, LookupArg, ModelArg};
+use super::{
+    load_tokenizer, load_weights, physical_cores, CliError, KvDtypeArg, LookupArg, ModelArg,
+};
 
 /// `qwenrt serve`.
 #[derive(Args, Debug)]
@@ -58,6 +60,8 @@ pub struct ServeArgs {
     #[arg(long)]
     prefill_f32: bool,
     #[command(flatten)]
+    kv: KvDtypeArg,
+    #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
     lookup: LookupArg,
@@ -88,6 +92,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         max_queue: a.max_queue,
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup.value(),
+        kv_dtype: a.kv.dtype(),
         ..ServerOptions::default()
     };
     server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)

@@ -10,11 +10,11 @@
 //! for it.
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, ThreadPool, F16, F32};
+use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, KvType, ThreadPool, F16, F32};
 
 use super::plan::{ArenaBufs, LOGIT_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
-use crate::engine::kv_cache::KvStore;
+use crate::engine::kv_cache::{KvCache, KvStore};
 use crate::model::weights::{TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
@@ -74,7 +74,7 @@ pub(super) fn run(
         c.vocab_size,
     );
     let ctx = slots[0].kv.capacity();
-    let kv_floats = slots[0].kv.shape().floats().unwrap_or(0);
+    let kv_dtype = slots[0].kv.shape().dtype;
     let b = ArenaBufs::carve(e.arena.floats_mut(), &e.plan);
     let x = &mut b.x[..n * h]; // [n, hidden]: the residual stream
     let x_norm = &mut b.x_norm[..n * h];
@@ -217,52 +217,25 @@ pub(super) fn run(
             ops::rope(isa, &mut q[t * h..(t + 1) * h], hd, cos, sin);
             ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
         }
-        // per feed: its rows into its own cache, then attention over that cache
+        // per feed: its rows into its own cache, then attention over that cache, read in the
+        // cache's own element type
         for (row0, fd) in in_row_order(feeds) {
             let i = fd.seq.slot();
             let m = fd.tokens.len();
-            let kv = &mut slots[i].kv;
-            let pos0 = kv.used();
-            let seq_k = &mut b.kv_k[i * kv_floats..(i + 1) * kv_floats];
-            let seq_v = &mut b.kv_v[i * kv_floats..(i + 1) * kv_floats];
-            kv.write(
-                &mut KvStore { k: seq_k, v: seq_v },
-                l,
-                pos0,
-                &k[row0 * kvd..(row0 + m) * kvd],
-                &v[row0 * kvd..(row0 + m) * kvd],
-            )?;
-            let (layer_k, layer_v) = kv.view(seq_k, seq_v, l, pos0 + m)?;
             let rows = row0 * h..(row0 + m) * h;
-            if fd.numerics == Numerics::Decode {
-                // each row as a lone decode step attends: one query at its own position
-                for t in 0..m {
-                    let r = (row0 + t) * h..(row0 + t + 1) * h;
-                    par::attention(
-                        pool,
-                        isa,
-                        layout,
-                        pos0 + t,
-                        &q[r.clone()],
-                        layer_k,
-                        layer_v,
-                        b.attn_scores,
-                        &mut attn_out[r],
-                    );
-                }
-            } else {
-                par::attention(
-                    pool,
-                    isa,
-                    layout,
-                    pos0,
-                    &q[rows.clone()],
-                    layer_k,
-                    layer_v,
-                    b.attn_scores,
-                    &mut attn_out[rows],
-                );
-            }
+            let kv_rows = row0 * kvd..(row0 + m) * kvd;
+            let feed = FeedRows {
+                slot: i,
+                numerics: fd.numerics,
+                k: &k[kv_rows.clone()],
+                v: &v[kv_rows],
+                q: &q[rows.clone()],
+                out: &mut attn_out[rows],
+            };
+            let (kv_k, kv_v) = (&mut *b.kv_k, &mut *b.kv_v);
+            by_format!(kv_dtype, T => cache_and_attend::<T>(
+                pool, isa, layout, &mut slots[i].kv, l, feed, kv_k, kv_v, b.attn_scores,
+            ))?;
         }
         linear(&layer.o_proj, attn_out, h, proj_out, false, x_prep);
         ops::add(isa, x, proj_out);
@@ -365,6 +338,82 @@ pub(super) fn run(
                 b.seq_logits[i * vocab..(i + 1) * vocab].copy_from_slice(row);
             }
         }
+    }
+    Ok(())
+}
+
+/// One feed's rows of one layer, for [`cache_and_attend`].
+struct FeedRows<'a> {
+    /// The sequence's slot: its place in the KV regions.
+    slot: usize,
+    numerics: Numerics,
+    /// `[m, kv_heads * head_dim]`: the feed's new keys and values.
+    k: &'a [f32],
+    v: &'a [f32],
+    /// `[m, heads * head_dim]`: its queries, and the attention output.
+    q: &'a [f32],
+    out: &'a mut [f32],
+}
+
+/// Writes a feed's K/V rows into its sequence's cache at layer `layer` (rounded to `T`, the
+/// cache's element type), then runs attention for its queries over that cache, reading it in
+/// `T`. `kv_k`/`kv_v` are the arena's K and V regions of every sequence.
+#[allow(clippy::too_many_arguments)]
+fn cache_and_attend<T: KvType>(
+    pool: &ThreadPool,
+    isa: Isa,
+    layout: KvLayout,
+    kv: &mut KvCache,
+    layer: usize,
+    feed: FeedRows<'_>,
+    kv_k: &mut [f32],
+    kv_v: &mut [f32],
+    attn_scores: &mut [f32],
+) -> Result<(), EngineError> {
+    // the sequence's `[layer, kv_head, position, head_dim]` of T (16-bit: two to a float)
+    let elems = kv.shape().elems().unwrap_or(0);
+    let seq = feed.slot * elems..(feed.slot + 1) * elems;
+    let seq_k = &mut bytemuck::cast_slice_mut::<f32, T::Elem>(kv_k)[seq.clone()];
+    let seq_v = &mut bytemuck::cast_slice_mut::<f32, T::Elem>(kv_v)[seq];
+    let pos0 = kv.used();
+    let m = feed.k.len() / (layout.n_kv_heads * layout.head_dim).max(1);
+    kv.write::<T>(
+        &mut KvStore { k: seq_k, v: seq_v },
+        layer,
+        pos0,
+        feed.k,
+        feed.v,
+    )?;
+    let (layer_k, layer_v) = kv.view::<T>(seq_k, seq_v, layer, pos0 + m)?;
+    if feed.numerics == Numerics::Decode {
+        // each row as a lone decode step attends: one query at its own position
+        let qdim = layout.n_heads * layout.head_dim;
+        for t in 0..m {
+            let r = t * qdim..(t + 1) * qdim;
+            par::attention::<T>(
+                pool,
+                isa,
+                layout,
+                pos0 + t,
+                &feed.q[r.clone()],
+                layer_k,
+                layer_v,
+                attn_scores,
+                &mut feed.out[r],
+            );
+        }
+    } else {
+        par::attention::<T>(
+            pool,
+            isa,
+            layout,
+            pos0,
+            feed.q,
+            layer_k,
+            layer_v,
+            attn_scores,
+            feed.out,
+        );
     }
     Ok(())
 }

@@ -1,16 +1,24 @@
 //! The fixed KV cache: sized once, never grown or moved.
 //!
-//! Storage is `[layer, kv_head, position, head_dim]` for K and again for V, carved from the
-//! session arena (or any `&mut [f32]` of [`KvShape::floats`] for standalone use). [`KvCache`]
-//! holds only the bookkeeping, so it cannot reallocate anything:
+//! Storage is `[layer, kv_head, position, head_dim]` for K and again for V, of the cache's
+//! element type ([`KvShape::dtype`]: f32, or bf16 / f16 stored as their `u16` bits, half the
+//! memory), carved from the session arena (or any slice of [`KvShape::elems`] elements for
+//! standalone use). [`KvCache`] holds only the bookkeeping, so it cannot reallocate anything:
 //! - `used`: positions committed by earlier forward passes;
 //! - `frontier`: positions written so far in the current pass (`used <= frontier`).
 //!
-//! A pass writes positions `used..used+n` in every layer ([`KvCache::write`]), reads the valid
-//! prefix `0..frontier` ([`KvCache::view`]), and then [`KvCache::commit`]s. A write that is past
+//! A pass writes positions `used..used+n` in every layer ([`KvCache::write`], which rounds the
+//! f32 rows to the element type: to nearest, ties to even), reads the valid prefix
+//! `0..frontier` ([`KvCache::view`]), and then [`KvCache::commit`]s. A write that is past
 //! capacity or not at the next position is an error and writes nothing.
+//!
+//! [`KvCache::write`] and [`KvCache::view`] are generic over the element type's
+//! [`KvType`] marker ([`F32`](qwenrt_kernels::F32), [`Bf16`](qwenrt_kernels::Bf16),
+//! [`F16`](qwenrt_kernels::F16)), which must be the shape's dtype.
 
 use std::fmt;
+
+use qwenrt_kernels::{Dtype, KvType};
 
 /// The cache's dimensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,26 +29,33 @@ pub struct KvShape {
     pub kv_heads: usize,
     /// Positions the cache holds.
     pub capacity: usize,
-    /// Floats per head.
+    /// Elements per head.
     pub head_dim: usize,
+    /// The element type: F32, or BF16 / F16 (2 bytes each).
+    pub dtype: Dtype,
 }
 
 impl KvShape {
-    /// Floats in one of K or V, or `None` on overflow.
-    pub fn floats(&self) -> Option<usize> {
+    /// Elements in one of K or V, or `None` on overflow.
+    pub fn elems(&self) -> Option<usize> {
         self.layers
             .checked_mul(self.kv_heads)?
             .checked_mul(self.capacity)?
             .checked_mul(self.head_dim)
     }
 
-    /// Floats of one layer of K (or V).
-    pub fn layer_floats(&self) -> usize {
+    /// Bytes of K and V together, or `None` on overflow.
+    pub fn bytes(&self) -> Option<usize> {
+        self.elems()?.checked_mul(2 * self.dtype.size())
+    }
+
+    /// Elements of one layer of K (or V).
+    pub fn layer_elems(&self) -> usize {
         self.kv_heads * self.capacity * self.head_dim
     }
 
-    /// Floats of one position of one layer (all kv heads).
-    pub fn row_floats(&self) -> usize {
+    /// Elements of one position of one layer (all kv heads).
+    pub fn row_elems(&self) -> usize {
         self.kv_heads * self.head_dim
     }
 }
@@ -87,10 +102,17 @@ pub enum CacheError {
     },
     /// The storage given is not the size of the shape.
     Storage {
-        /// Floats the shape needs.
+        /// Elements the shape needs.
         expected: usize,
-        /// Floats given.
+        /// Elements given.
         found: usize,
+    },
+    /// The storage given is not of the shape's element type.
+    Dtype {
+        /// The shape's element type.
+        expected: Dtype,
+        /// The type of the storage given.
+        found: Dtype,
     },
 }
 
@@ -114,7 +136,10 @@ impl fmt::Display for CacheError {
                 write!(f, "KV cache view of {len} positions, but only {frontier} are written")
             }
             CacheError::Storage { expected, found } => {
-                write!(f, "KV cache storage has {found} floats; the shape needs {expected}")
+                write!(f, "KV cache storage has {found} elements; the shape needs {expected}")
+            }
+            CacheError::Dtype { expected, found } => {
+                write!(f, "KV cache storage of {found} given to a {expected} cache")
             }
         }
     }
@@ -135,12 +160,12 @@ pub struct CacheInfo {
     pub used_bytes: usize,
 }
 
-/// K and V storage borrowed for one operation.
-pub struct KvStore<'a> {
+/// K and V storage borrowed for one operation, of elements `E` (a [`KvType::Elem`]).
+pub struct KvStore<'a, E> {
     /// `[layer, kv_head, position, head_dim]`.
-    pub k: &'a mut [f32],
+    pub k: &'a mut [E],
     /// `[layer, kv_head, position, head_dim]`.
-    pub v: &'a mut [f32],
+    pub v: &'a mut [E],
 }
 
 /// Bookkeeping of the fixed cache.
@@ -152,7 +177,8 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// A cache of `shape`, empty. Its storage is `shape.floats()` floats for K and for V.
+    /// A cache of `shape`, empty. Its storage is `shape.elems()` elements of `shape.dtype` for K
+    /// and for V.
     pub fn new(shape: KvShape) -> KvCache {
         KvCache {
             shape,
@@ -183,9 +209,9 @@ impl KvCache {
 
     /// How full the cache is.
     pub fn info(&self) -> CacheInfo {
-        let f = std::mem::size_of::<f32>();
-        let bytes = 2 * self.shape.floats().unwrap_or(0) * f;
-        let used_bytes = 2 * self.shape.layers * self.shape.row_floats() * self.used * f;
+        let f = self.shape.dtype.size();
+        let bytes = self.shape.bytes().unwrap_or(0);
+        let used_bytes = 2 * self.shape.layers * self.shape.row_elems() * self.used * f;
         CacheInfo {
             capacity: self.shape.capacity,
             used: self.used,
@@ -194,8 +220,15 @@ impl KvCache {
         }
     }
 
-    fn check_store(&self, store_k: usize, store_v: usize) -> Result<(), CacheError> {
-        let expected = self.shape.floats().unwrap_or(usize::MAX);
+    /// Refuses storage of another element type than the shape's, or of another length.
+    fn check_store<T: KvType>(&self, store_k: usize, store_v: usize) -> Result<(), CacheError> {
+        if T::DTYPE != self.shape.dtype {
+            return Err(CacheError::Dtype {
+                expected: self.shape.dtype,
+                found: T::DTYPE,
+            });
+        }
+        let expected = self.shape.elems().unwrap_or(usize::MAX);
         for found in [store_k, store_v] {
             if found != expected {
                 return Err(CacheError::Storage { expected, found });
@@ -204,18 +237,19 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes `n = k.len() / (kv_heads * head_dim)` positions starting at `pos` into `layer`.
-    /// `k` and `v` are `[n, kv_heads, head_dim]` (the projections' row layout). `pos` must be the
-    /// next position ([`KvCache::used`]) and `pos + n` must fit; otherwise nothing is written.
-    pub fn write(
+    /// Writes `n = k.len() / (kv_heads * head_dim)` positions starting at `pos` into `layer`,
+    /// rounded to `T` (the shape's dtype). `k` and `v` are `[n, kv_heads, head_dim]` f32 (the
+    /// projections' row layout). `pos` must be the next position ([`KvCache::used`]) and
+    /// `pos + n` must fit; otherwise nothing is written.
+    pub fn write<T: KvType>(
         &mut self,
-        store: &mut KvStore<'_>,
+        store: &mut KvStore<'_, T::Elem>,
         layer: usize,
         pos: usize,
         k: &[f32],
         v: &[f32],
     ) -> Result<(), CacheError> {
-        self.check_store(store.k.len(), store.v.len())?;
+        self.check_store::<T>(store.k.len(), store.v.len())?;
         let s = self.shape;
         if layer >= s.layers {
             return Err(CacheError::NoSuchLayer {
@@ -223,7 +257,7 @@ impl KvCache {
                 layers: s.layers,
             });
         }
-        let row = s.row_floats();
+        let row = s.row_elems();
         if k.len() != v.len() || row == 0 || !k.len().is_multiple_of(row) {
             return Err(CacheError::RowLength {
                 expected: row,
@@ -245,13 +279,13 @@ impl KvCache {
             });
         }
         let hd = s.head_dim;
-        let layer_base = layer * s.layer_floats();
+        let layer_base = layer * s.layer_elems();
         for t in 0..n {
             for h in 0..s.kv_heads {
                 let dst = layer_base + (h * s.capacity + pos + t) * hd;
                 let src = (t * s.kv_heads + h) * hd;
-                store.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                store.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                T::store_row(&k[src..src + hd], &mut store.k[dst..dst + hd]);
+                T::store_row(&v[src..src + hd], &mut store.v[dst..dst + hd]);
             }
         }
         self.frontier = self.frontier.max(pos + n);
@@ -280,16 +314,18 @@ impl KvCache {
         self.frontier = self.used;
     }
 
-    /// One layer's K and V (each `[kv_heads, capacity, head_dim]`) for attention over positions
-    /// `0..len`, where `len` may include this pass's uncommitted writes.
-    pub fn view<'s>(
+    /// One layer's K and V (each `[kv_heads, capacity, head_dim]` of `T`, the shape's dtype)
+    /// for attention over positions `0..len`, where `len` may include this pass's uncommitted
+    /// writes.
+    #[allow(clippy::type_complexity)]
+    pub fn view<'s, T: KvType>(
         &self,
-        k: &'s [f32],
-        v: &'s [f32],
+        k: &'s [T::Elem],
+        v: &'s [T::Elem],
         layer: usize,
         len: usize,
-    ) -> Result<(&'s [f32], &'s [f32]), CacheError> {
-        self.check_store(k.len(), v.len())?;
+    ) -> Result<(&'s [T::Elem], &'s [T::Elem]), CacheError> {
+        self.check_store::<T>(k.len(), v.len())?;
         if layer >= self.shape.layers {
             return Err(CacheError::NoSuchLayer {
                 layer,
@@ -302,13 +338,13 @@ impl KvCache {
                 frontier: self.frontier,
             });
         }
-        let lf = self.shape.layer_floats();
+        let lf = self.shape.layer_elems();
         let r = layer * lf..(layer + 1) * lf;
         Ok((&k[r.clone()], &v[r]))
     }
 
     /// The keys of one kv head at `0..len` (`[len, head_dim]`), from a layer view.
-    pub fn head<'s>(&self, layer_view: &'s [f32], kv_head: usize, len: usize) -> &'s [f32] {
+    pub fn head<'s, E>(&self, layer_view: &'s [E], kv_head: usize, len: usize) -> &'s [E] {
         let base = kv_head * self.shape.capacity * self.shape.head_dim;
         &layer_view[base..base + len * self.shape.head_dim]
     }
@@ -317,84 +353,126 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qwenrt_kernels::{Bf16, F16, F32};
 
-    const SHAPE: KvShape = KvShape {
-        layers: 2,
-        kv_heads: 2,
-        capacity: 8,
-        head_dim: 4,
-    };
-
-    fn storage() -> (Vec<f32>, Vec<f32>) {
-        let n = SHAPE.floats().unwrap();
-        (vec![0.0; n], vec![0.0; n])
+    fn shape<T: KvType>() -> KvShape {
+        KvShape {
+            layers: 2,
+            kv_heads: 2,
+            capacity: 8,
+            head_dim: 4,
+            dtype: T::DTYPE,
+        }
     }
 
-    /// Rows for `n` positions starting at `pos`: value encodes (pos, head, dim, is_v).
+    fn storage<T: KvType>() -> (Vec<T::Elem>, Vec<T::Elem>) {
+        let n = shape::<T>().elems().unwrap();
+        (vec![T::Elem::default(); n], vec![T::Elem::default(); n])
+    }
+
+    /// The value at (pos, head, dim) of K or V: distinct everywhere, and with a fraction that
+    /// bf16 cannot hold at the larger positions (so rounding is exercised).
+    fn value(pos: usize, h: usize, d: usize, is_v: bool) -> f32 {
+        (pos * 100 + h * 10 + d) as f32 + if is_v { 0.5 } else { 0.0 }
+    }
+
+    /// `value` as the cache stores it: rounded to `T`, widened back.
+    fn stored<T: KvType>(x: f32) -> f32 {
+        T::to_f32(T::from_f32(x))
+    }
+
+    /// Rows for `n` positions starting at `pos`.
     fn rows(pos: usize, n: usize, is_v: bool) -> Vec<f32> {
         let mut r = Vec::new();
         for t in 0..n {
-            for h in 0..SHAPE.kv_heads {
-                for d in 0..SHAPE.head_dim {
-                    r.push(((pos + t) * 100 + h * 10 + d) as f32 + if is_v { 0.5 } else { 0.0 });
+            for h in 0..2 {
+                for d in 0..4 {
+                    r.push(value(pos + t, h, d, is_v));
                 }
             }
         }
         r
     }
 
-    #[test]
-    fn create() {
-        let c = KvCache::new(SHAPE);
+    /// Runs `$check::<T>()` for every KV type.
+    macro_rules! every_dtype {
+        ($($name:ident => $check:ident;)*) => {
+            $(
+                #[test]
+                fn $name() {
+                    $check::<F32>();
+                    $check::<Bf16>();
+                    $check::<F16>();
+                }
+            )*
+        };
+    }
+
+    every_dtype! {
+        create => check_create;
+        prefill_write_then_view => check_prefill_write_then_view;
+        step_writes_one_position_at_a_time => check_step_writes;
+        refused_writes_change_nothing => check_refused_writes;
+        shape_is_stable_across_prompts_and_resets => check_shape_is_stable;
+        rollback_and_truncate => check_rollback_and_truncate;
+    }
+
+    fn check_create<T: KvType>() {
+        let c = KvCache::new(shape::<T>());
         assert_eq!(c.used(), 0);
         assert_eq!(c.capacity(), 8);
-        assert_eq!(SHAPE.floats(), Some(2 * 2 * 8 * 4));
+        assert_eq!(shape::<T>().elems(), Some(2 * 2 * 8 * 4));
         let info = c.info();
-        assert_eq!(info.bytes, 2 * 128 * 4);
+        // K and V, 128 elements each, 4 or 2 bytes
+        assert_eq!(info.bytes, 2 * 128 * T::DTYPE.size());
         assert_eq!(info.used_bytes, 0);
     }
 
-    #[test]
-    fn prefill_write_then_view() {
-        let (mut k, mut v) = storage();
-        let mut c = KvCache::new(SHAPE);
+    fn check_prefill_write_then_view<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
+        let mut c = KvCache::new(shape::<T>());
         for layer in 0..2 {
             let mut st = KvStore {
                 k: &mut k,
                 v: &mut v,
             };
-            c.write(&mut st, layer, 0, &rows(0, 5, false), &rows(0, 5, true))
+            c.write::<T>(&mut st, layer, 0, &rows(0, 5, false), &rows(0, 5, true))
                 .unwrap();
         }
         assert_eq!(c.frontier(), 5);
         c.commit();
         assert_eq!(c.used(), 5);
-        let (lk, lv) = c.view(&k, &v, 1, 5).unwrap();
+        let (lk, lv) = c.view::<T>(&k, &v, 1, 5).unwrap();
         for h in 0..2 {
             let keys = c.head(lk, h, 5);
             let vals = c.head(lv, h, 5);
             assert_eq!(keys.len(), 5 * 4);
             for p in 0..5 {
                 for d in 0..4 {
-                    assert_eq!(keys[p * 4 + d], (p * 100 + h * 10 + d) as f32);
-                    assert_eq!(vals[p * 4 + d], (p * 100 + h * 10 + d) as f32 + 0.5);
+                    assert_eq!(
+                        T::to_f32(keys[p * 4 + d]),
+                        stored::<T>(value(p, h, d, false))
+                    );
+                    assert_eq!(
+                        T::to_f32(vals[p * 4 + d]),
+                        stored::<T>(value(p, h, d, true))
+                    );
                 }
             }
         }
-        assert_eq!(c.info().used_bytes, 2 * 2 * 2 * 4 * 5 * 4);
+        assert_eq!(c.info().used_bytes, 2 * 2 * 2 * 4 * 5 * T::DTYPE.size());
     }
 
-    #[test]
-    fn step_writes_one_position_at_a_time() {
-        let (mut k, mut v) = storage();
-        let mut c = KvCache::new(SHAPE);
+    fn check_step_writes<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
+        let mut c = KvCache::new(shape::<T>());
         for pos in 0..8 {
             let mut st = KvStore {
                 k: &mut k,
                 v: &mut v,
             };
             for layer in 0..2 {
-                c.write(
+                c.write::<T>(
                     &mut st,
                     layer,
                     pos,
@@ -406,25 +484,27 @@ mod tests {
             c.commit();
             assert_eq!(c.used(), pos + 1);
         }
-        let (lk, _) = c.view(&k, &v, 0, 8).unwrap();
-        assert_eq!(c.head(lk, 1, 8)[7 * 4 + 3], (700 + 10 + 3) as f32);
+        let (lk, _) = c.view::<T>(&k, &v, 0, 8).unwrap();
+        assert_eq!(
+            T::to_f32(c.head(lk, 1, 8)[7 * 4 + 3]),
+            stored::<T>((700 + 10 + 3) as f32)
+        );
     }
 
-    #[test]
-    fn refused_writes_change_nothing() {
-        let (mut k, mut v) = storage();
-        let mut c = KvCache::new(SHAPE);
+    fn check_refused_writes<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
+        let mut c = KvCache::new(shape::<T>());
         let mut st = KvStore {
             k: &mut k,
             v: &mut v,
         };
-        c.write(&mut st, 0, 0, &rows(0, 6, false), &rows(0, 6, true))
+        c.write::<T>(&mut st, 0, 0, &rows(0, 6, false), &rows(0, 6, true))
             .unwrap();
         c.commit();
         let before = (st.k.to_vec(), st.v.to_vec());
         // past capacity
         let e = c
-            .write(&mut st, 0, 6, &rows(6, 3, false), &rows(6, 3, true))
+            .write::<T>(&mut st, 0, 6, &rows(6, 3, false), &rows(6, 3, true))
             .unwrap_err();
         assert_eq!(
             e,
@@ -436,47 +516,72 @@ mod tests {
         );
         // not the next position (a gap and a rewrite)
         assert!(matches!(
-            c.write(&mut st, 0, 7, &rows(7, 1, false), &rows(7, 1, true)),
+            c.write::<T>(&mut st, 0, 7, &rows(7, 1, false), &rows(7, 1, true)),
             Err(CacheError::NotNext { .. })
         ));
         assert!(matches!(
-            c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true)),
+            c.write::<T>(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true)),
             Err(CacheError::NotNext { .. })
         ));
         // bad layer, bad row length
         assert!(matches!(
-            c.write(&mut st, 2, 6, &rows(6, 1, false), &rows(6, 1, true)),
+            c.write::<T>(&mut st, 2, 6, &rows(6, 1, false), &rows(6, 1, true)),
             Err(CacheError::NoSuchLayer { .. })
         ));
         assert!(matches!(
-            c.write(&mut st, 0, 6, &[1.0; 3], &[1.0; 3]),
+            c.write::<T>(&mut st, 0, 6, &[1.0; 3], &[1.0; 3]),
             Err(CacheError::RowLength { .. })
         ));
         assert_eq!((st.k.to_vec(), st.v.to_vec()), before);
         assert_eq!((c.used(), c.frontier()), (6, 6));
         // view past what was written
         assert!(matches!(
-            c.view(&k, &v, 0, 7),
+            c.view::<T>(&k, &v, 0, 7),
             Err(CacheError::ViewPastFrontier { .. })
         ));
         // wrong storage size
-        let mut small = vec![0.0; 3];
-        let mut small_v = vec![0.0; 3];
+        let mut small = vec![T::Elem::default(); 3];
+        let mut small_v = vec![T::Elem::default(); 3];
         let mut st = KvStore {
             k: &mut small,
             v: &mut small_v,
         };
         assert!(matches!(
-            c.write(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true)),
+            c.write::<T>(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true)),
             Err(CacheError::Storage { .. })
         ));
+        // storage of another element type (of the right length)
+        let n = shape::<T>().elems().unwrap();
+        let other = if T::DTYPE == Dtype::BF16 {
+            let (mut k16, mut v16) = (vec![0u16; n], vec![0u16; n]);
+            let mut st = KvStore {
+                k: &mut k16,
+                v: &mut v16,
+            };
+            let e = c.write::<F16>(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true));
+            assert!(
+                k16.iter().chain(&v16).all(|&x| x == 0),
+                "a refused write wrote"
+            );
+            e
+        } else {
+            let (mut k16, mut v16) = (vec![0u16; n], vec![0u16; n]);
+            let mut st = KvStore {
+                k: &mut k16,
+                v: &mut v16,
+            };
+            c.write::<Bf16>(&mut st, 0, 6, &rows(6, 1, false), &rows(6, 1, true))
+        };
+        let e = other.unwrap_err();
+        assert!(matches!(e, CacheError::Dtype { expected, .. } if expected == T::DTYPE));
+        assert!(e.to_string().contains("cache"), "{e}");
+        assert_eq!((c.used(), c.frontier()), (6, 6));
     }
 
-    #[test]
-    fn shape_is_stable_across_prompts_and_resets() {
-        let (mut k, mut v) = storage();
+    fn check_shape_is_stable<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
         let (kp, vp) = (k.as_ptr(), v.as_ptr());
-        let mut c = KvCache::new(SHAPE);
+        let mut c = KvCache::new(shape::<T>());
         for round in 0..50 {
             let n = 1 + round % 8;
             let mut st = KvStore {
@@ -484,37 +589,50 @@ mod tests {
                 v: &mut v,
             };
             for layer in 0..2 {
-                c.write(&mut st, layer, 0, &rows(0, n, false), &rows(0, n, true))
+                c.write::<T>(&mut st, layer, 0, &rows(0, n, false), &rows(0, n, true))
                     .unwrap();
             }
             c.commit();
             assert_eq!(c.info().capacity, 8);
-            assert_eq!(c.info().bytes, 2 * SHAPE.floats().unwrap() * 4);
+            assert_eq!(
+                c.info().bytes,
+                2 * shape::<T>().elems().unwrap() * T::DTYPE.size()
+            );
             c.reset();
             assert_eq!(c.used(), 0);
         }
         assert_eq!((k.as_ptr(), v.as_ptr()), (kp, vp));
-        assert_eq!(k.len(), SHAPE.floats().unwrap());
+        assert_eq!(k.len(), shape::<T>().elems().unwrap());
     }
 
-    #[test]
-    fn rollback_and_truncate() {
-        let (mut k, mut v) = storage();
-        let mut c = KvCache::new(SHAPE);
+    fn check_rollback_and_truncate<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
+        let mut c = KvCache::new(shape::<T>());
         let mut st = KvStore {
             k: &mut k,
             v: &mut v,
         };
-        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
+        c.write::<T>(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
             .unwrap();
         c.rollback();
         assert_eq!(c.frontier(), 0);
-        c.write(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
+        c.write::<T>(&mut st, 0, 0, &rows(0, 4, false), &rows(0, 4, true))
             .unwrap();
         c.commit();
         c.truncate(2);
         assert_eq!(c.used(), 2);
-        c.write(&mut st, 0, 2, &rows(2, 1, false), &rows(2, 1, true))
+        // position 2 is written again, with other values, over the truncated ones
+        c.write::<T>(&mut st, 0, 2, &rows(5, 1, false), &rows(5, 1, true))
             .unwrap();
+        c.commit();
+        let (lk, lv) = c.view::<T>(&k, &v, 0, 3).unwrap();
+        assert_eq!(
+            T::to_f32(c.head(lk, 1, 3)[2 * 4 + 1]),
+            stored::<T>(value(5, 1, 1, false))
+        );
+        assert_eq!(
+            T::to_f32(c.head(lv, 0, 3)[4 + 2]),
+            stored::<T>(value(1, 0, 2, true))
+        );
     }
 }

@@ -24,7 +24,7 @@ pub mod session;
 use std::fmt;
 use std::sync::Arc;
 
-use qwenrt_kernels::{Isa, ThreadPool};
+use qwenrt_kernels::{Dtype, Isa, ThreadPool};
 
 use crate::engine::arena::{Arena, ArenaError, MemoryPlan};
 use crate::engine::kv_cache::{CacheError, CacheInfo, KvCache, KvShape};
@@ -50,6 +50,9 @@ pub struct EngineOptions {
     /// Under [`Numerics::Prefill`], the MLP's gate/up input is rounded to bf16 for AVX512-BF16
     /// dot products on bf16 weights (see [`crate::engine::session::SessionOptions::prefill_bf16`]).
     pub prefill_bf16: bool,
+    /// The KV cache's element type: F32, or BF16 / F16 (half the memory per sequence; rows are
+    /// rounded to nearest-even as they are written, and attention reads them in 16 bits).
+    pub kv_dtype: Dtype,
 }
 
 impl Default for EngineOptions {
@@ -61,6 +64,7 @@ impl Default for EngineOptions {
             threads: 1,
             isa: None,
             prefill_bf16: true,
+            kv_dtype: Dtype::F32,
         }
     }
 }
@@ -348,6 +352,7 @@ impl Engine {
                 kv_heads: c.num_key_value_heads,
                 capacity: opts.ctx,
                 head_dim: c.head_dim,
+                dtype: opts.kv_dtype,
             },
             rows: opts.max_batch_tokens.min(opts.ctx * opts.max_sequences),
             threads: opts.threads,
@@ -379,6 +384,11 @@ impl Engine {
     /// Threads in the engine's pool.
     pub fn threads(&self) -> usize {
         self.pool.n_threads()
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_dtype(&self) -> Dtype {
+        self.slots[0].kv.shape().dtype
     }
 
     /// Context length of each sequence.

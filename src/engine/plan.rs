@@ -12,7 +12,8 @@ crate::arena_regions! {
     /// Every region of an engine's arena, borrowed at once.
     pub(crate) struct ArenaBufs;
     {
-        /// K of every sequence: `[sequence, layer, kv_head, position, head_dim]`.
+        /// K of every sequence: `[sequence, layer, kv_head, position, head_dim]` of the KV
+        /// dtype (f32, or bf16 / f16 as u16 bits: two per float of the region).
         kv_k: "kv_cache.k",
         /// V of every sequence, laid out as `kv_k`.
         kv_v: "kv_cache.v",
@@ -77,18 +78,26 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
     );
     let (s, kv, n) = (d.sequences, d.kv, d.rows);
     let spec = |shape: String, floats: Option<usize>| RegionSpec::new(shape, floats);
-    let per_seq = kv.floats();
+    // one of K or V: elements per sequence, and the region's floats (16-bit elements two to a
+    // float, rounded up)
+    let per_seq = kv.elems();
+    let esize = kv.dtype.size();
+    let kv_floats = per_seq
+        .and_then(|p| p.checked_mul(s))
+        .and_then(|e| e.checked_mul(esize))
+        .map(|b| b.div_ceil(4));
     let kv_spec = || {
         spec(
             format!(
-                "[sequence, layer, kv_head, position, head_dim] = [{s}, {}, {}, {}, {}]; {:.1} MiB per sequence",
+                "[sequence, layer, kv_head, position, head_dim] {} = [{s}, {}, {}, {}, {}]; {:.1} MiB per sequence",
+                kv.dtype.to_string().to_lowercase(),
                 kv.layers,
                 kv.kv_heads,
                 kv.capacity,
                 kv.head_dim,
-                per_seq.unwrap_or(0) as f64 * 4.0 / (1 << 20) as f64
+                per_seq.unwrap_or(0) as f64 * esize as f64 / (1 << 20) as f64
             ),
-            per_seq.and_then(|p| p.checked_mul(s)),
+            kv_floats,
         )
     };
     let rows = |what: &str, width: usize| {

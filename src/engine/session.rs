@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qwenrt_kernels::Isa;
+use qwenrt_kernels::{Dtype, Isa};
 
 use crate::engine::arena::MemoryPlan;
 use crate::engine::kv_cache::CacheInfo;
@@ -37,6 +37,8 @@ pub struct SessionOptions {
     /// attention kernel's summation order, which is too close to the goldens' 0.05 to rely on;
     /// all projections 0.051. Only takes effect where the CPU has AVX512-BF16.
     pub prefill_bf16: bool,
+    /// The KV cache's element type (see [`EngineOptions::kv_dtype`]).
+    pub kv_dtype: Dtype,
 }
 
 impl Default for SessionOptions {
@@ -47,6 +49,7 @@ impl Default for SessionOptions {
             threads: 1,
             isa: None,
             prefill_bf16: true,
+            kv_dtype: Dtype::F32,
         }
     }
 }
@@ -101,6 +104,7 @@ impl SessionOptions {
             threads: self.threads,
             isa: self.isa,
             prefill_bf16: self.prefill_bf16,
+            kv_dtype: self.kv_dtype,
         }
     }
 }
@@ -164,6 +168,11 @@ impl Session {
     /// Context length (KV cache capacity).
     pub fn ctx(&self) -> usize {
         self.engine.ctx()
+    }
+
+    /// The KV cache's element type.
+    pub fn kv_dtype(&self) -> Dtype {
+        self.engine.kv_dtype()
     }
 
     /// Tokens in the KV cache.

@@ -44,6 +44,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::engine::lookup::MAX_DRAFT;
+use qwenrt_kernels::Dtype;
+
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
@@ -82,6 +84,8 @@ pub struct ServerOptions {
     /// Prompt-lookup drafting for greedy requests: the most drafted rows per engine step,
     /// shared by the running requests (0 turns it off). Output is unchanged.
     pub lookup: usize,
+    /// Passed to [`EngineOptions::kv_dtype`].
+    pub kv_dtype: Dtype,
 }
 
 impl Default for ServerOptions {
@@ -100,6 +104,7 @@ impl Default for ServerOptions {
             shutdown_grace: Duration::from_secs(30),
             prefill_bf16: true,
             lookup: crate::engine::lookup::DEFAULT_LOOKUP,
+            kv_dtype: Dtype::F32,
         }
     }
 }
@@ -179,6 +184,7 @@ pub fn run_on(
         threads: opts.threads,
         isa: None,
         prefill_bf16: opts.prefill_bf16,
+        kv_dtype: opts.kv_dtype,
     };
     let config = &weights.config;
     let vocab = config.vocab_size;

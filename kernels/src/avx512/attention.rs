@@ -1,26 +1,107 @@
 //! AVX-512 attention: one query head at a time, and the blocked (tiled) prefill attention.
+//! Both read the KV cache in its own type `T` ([`KvType`]): f32 as it is, bf16 and f16 widened
+//! to f32 in registers as they are loaded (bf16: zero-extend and shift left 16; f16:
+//! `vcvtph2ps`), so the math after the load is the f32 path's.
 
 use core::arch::x86_64::*;
 
 use super::elementwise::softmax;
-use super::{dot_raw, exp_ps, lanes};
+use super::{exp_ps, lanes, ld, ld_mask};
+use crate::dtype::{Dtype, KvType};
 use crate::ops::AttnTile;
 
-/// `out[..hd] = sum_p s[p] * v[p * hd..]` over `len` rows, four vectors of `out` at a time.
+/// The lanes `m` of 16 KV elements at `p`, widened to f32 (the other lanes 0.0).
 ///
 /// # Safety
-/// `s` holds `len` floats, `v` `len * hd`, `out` `hd`.
+/// `p` must point inside an allocation of `T::Elem`s that holds the selected elements, and `m`
+/// must select lane 0 (so `p` itself is an element); the CPU must support the enabled features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-pub(crate) unsafe fn weighted_sum(
+unsafe fn ld_kv<T: KvType>(p: *const T::Elem, m: __mmask16) -> __m512 {
+    // SAFETY: element 0 is inside the allocation and the selected lanes are readable (contract);
+    // masked-off lanes are not accessed.
+    unsafe { ld_mask::<T>(p as *const u8, 0, m) }
+}
+
+/// The KV element at `p`, widened to f32, in every lane.
+///
+/// # Safety
+/// `p` must be valid for reading one (aligned) `T::Elem`; the CPU must support the enabled
+/// features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn bcast_kv<T: KvType>(p: *const T::Elem) -> __m512 {
+    // SAFETY: one readable element at p (contract), which `&[T::Elem]` keeps aligned.
+    let e = unsafe { p.read() };
+    match T::DTYPE {
+        // bf16 and f32: an exact integer shift (or nothing)
+        Dtype::F32 | Dtype::BF16 => _mm512_set1_ps(T::to_f32(e)),
+        Dtype::F16 => {
+            let bits: u16 = bytemuck::cast(e);
+            _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16))
+        }
+    }
+}
+
+/// `sum(q[i] * widen(k[i]))` over `n` elements: the same sums, in the same order, as the f32
+/// dot product, on the widened keys.
+///
+/// # Safety
+/// `q` must be valid for reading `n` floats, `k` `n` elements; the CPU must support the enabled
+/// features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
+    let kb = k as *const u8;
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: every access below is to elements < n of q and k (full vectors while i+64 <= n or
+    // i+16 <= n, masked lanes for the tail, whose first element i < n is inside both).
+    unsafe {
+        while i + 64 <= n {
+            for (j, a_j) in acc.iter_mut().enumerate() {
+                let o = i + 16 * j;
+                *a_j = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(o)), ld::<T>(kb, o), *a_j);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), ld::<T>(kb, i), acc[0]);
+            i += 16;
+        }
+        if i < n {
+            let m = lanes(n - i);
+            acc[1] = _mm512_fmadd_ps(
+                _mm512_maskz_loadu_ps(m, q.add(i)),
+                ld_mask::<T>(kb, i, m),
+                acc[1],
+            );
+        }
+    }
+    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+    _mm512_reduce_add_ps(s)
+}
+
+/// `out[..hd] = sum_p s[p] * widen(v[p * hd..])` over `len` rows, four vectors of `out` at a
+/// time.
+///
+/// # Safety
+/// `s` holds `len` floats, `v` `len * hd` elements, `out` `hd` floats; the CPU must support the
+/// enabled features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+pub(crate) unsafe fn weighted_sum<T: KvType>(
     s: *const f32,
-    v: *const f32,
+    v: *const T::Elem,
     len: usize,
     hd: usize,
     out: *mut f32,
 ) {
     let mut o = 0;
     while o < hd {
+        // vectors j < nv hold columns o + 16j.. below hd; the others are skipped, so no address
+        // past a row (or past `out`) is ever formed
+        let nv = (hd - o).div_ceil(16).min(4);
         let ms = [
             lanes(hd - o),
             lanes(hd.saturating_sub(o + 16)),
@@ -28,39 +109,39 @@ pub(crate) unsafe fn weighted_sum(
             lanes(hd.saturating_sub(o + 48)),
         ];
         let mut acc = [_mm512_setzero_ps(); 4];
-        // SAFETY: s[p] for p < len is inside s. o < hd, so `v.add(p * hd + o)` is inside row
-        // p < len of v. Vector j reads v[p * hd + o + 16j..] and writes out[o + 16j..], masked
-        // to columns below hd: inside v's row p and out. A vector with o + 16j >= hd has mask 0
-        // and touches nothing, but its address may lie past the end of v (last row) or out, so
-        // those addresses are formed with `wrapping_add`.
+        // SAFETY: s[p] for p < len is inside s. For j < nv, o + 16j < hd, so `v.add(p * hd + o +
+        // 16j)` is an element of row p < len of v and `out.add(o + 16j)` an element of out; the
+        // loads and stores are masked to columns below hd, inside v's row p and out.
         unsafe {
             for p in 0..len {
                 let sp = _mm512_set1_ps(*s.add(p));
                 let vp = v.add(p * hd + o);
                 for j in 0..4 {
-                    let x = _mm512_maskz_loadu_ps(ms[j], vp.wrapping_add(16 * j));
-                    acc[j] = _mm512_fmadd_ps(sp, x, acc[j]);
+                    if j < nv {
+                        let x = ld_kv::<T>(vp.add(16 * j), ms[j]);
+                        acc[j] = _mm512_fmadd_ps(sp, x, acc[j]);
+                    }
                 }
             }
-            for j in 0..4 {
-                _mm512_mask_storeu_ps(out.wrapping_add(o + 16 * j), ms[j], acc[j]);
+            for j in 0..nv {
+                _mm512_mask_storeu_ps(out.add(o + 16 * j), ms[j], acc[j]);
             }
         }
         o += 64;
     }
 }
 
-/// One query head against `len = keys.len() / q.len()` cached positions:
+/// One query head against `len = keys.len() / q.len()` cached positions of KV type `T`:
 /// `out = softmax(keys · q * scale) · values`.
 ///
 /// # Safety
-/// `values` holds `len * q.len()` floats, `scores` at least `len`, `out.len() == q.len()`; the CPU
-/// must support AVX-512F/BW/VL, AVX2, FMA and F16C.
+/// `values` holds `len * q.len()` elements, `scores` at least `len` floats, `out.len() ==
+/// q.len()`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn attention(
+pub unsafe fn attention<T: KvType>(
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T::Elem],
+    values: &[T::Elem],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
@@ -78,10 +159,10 @@ pub unsafe fn attention(
     unsafe {
         for p in 0..len {
             *scores.get_unchecked_mut(p) =
-                dot_raw(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
+                dot_kv::<T>(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
         }
         softmax(&mut scores[..len]);
-        weighted_sum(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
+        weighted_sum::<T>(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
     }
 }
 
@@ -93,13 +174,13 @@ pub(crate) const ATT_KB: usize = 64;
 /// row vector and one broadcast of each key element per `d`.
 ///
 /// # Safety
-/// `qt` holds `hd * rt` floats, `k` `JR` rows of `hd`, `s` `JR * rt` writable floats, where
-/// `rt = 16 * RV`; the CPU must support the enabled features.
+/// `qt` holds `hd * rt` floats, `k` `JR` rows of `hd` elements, `s` `JR * rt` writable floats,
+/// where `rt = 16 * RV`; the CPU must support the enabled features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-unsafe fn qk_block<const RV: usize, const JR: usize>(
+unsafe fn qk_block<T: KvType, const RV: usize, const JR: usize>(
     qt: *const f32,
-    k: *const f32,
+    k: *const T::Elem,
     hd: usize,
     s: *mut f32,
 ) {
@@ -113,7 +194,7 @@ unsafe fn qk_block<const RV: usize, const JR: usize>(
                 *q = _mm512_loadu_ps(qt.add(d * rt + 16 * rv));
             }
             for (jj, a) in acc.iter_mut().enumerate() {
-                let kk = _mm512_set1_ps(*k.add(jj * hd + d));
+                let kk = bcast_kv::<T>(k.add(jj * hd + d));
                 for rv in 0..RV {
                     a[rv] = _mm512_fmadd_ps(kk, qv[rv], a[rv]);
                 }
@@ -131,15 +212,15 @@ unsafe fn qk_block<const RV: usize, const JR: usize>(
 /// sum_{j < nk} p[j * rt + r] * v[j * hd + dd]`.
 ///
 /// # Safety
-/// `p` holds `nk * rt` floats, `v` `nk` rows of stride `hd` with `DR` readable floats each,
+/// `p` holds `nk * rt` floats, `v` `nk` rows of stride `hd` with `DR` readable elements each,
 /// `ot` `DR` rows of `rt` (read and written), `alpha` `rt`; `rt = 16 * RV`; the CPU must
 /// support the enabled features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-unsafe fn pv_block<const RV: usize, const DR: usize>(
+unsafe fn pv_block<T: KvType, const RV: usize, const DR: usize>(
     p: *const f32,
     nk: usize,
-    v: *const f32,
+    v: *const T::Elem,
     hd: usize,
     ot: *mut f32,
     alpha: *const f32,
@@ -164,7 +245,7 @@ unsafe fn pv_block<const RV: usize, const DR: usize>(
             }
             let vj = v.add(j * hd);
             for (dd, a) in acc.iter_mut().enumerate() {
-                let vv = _mm512_set1_ps(*vj.add(dd));
+                let vv = bcast_kv::<T>(vj.add(dd));
                 for rv in 0..RV {
                     a[rv] = _mm512_fmadd_ps(vv, pv[rv], a[rv]);
                 }
@@ -190,8 +271,13 @@ unsafe fn pv_block<const RV: usize, const DR: usize>(
 /// writing `(2 * a.hd + ATT_KB) * 16 * RV` floats and not be accessed by anyone else during the
 /// call; `1 <= a.rows <= 16 * RV`, `RV <= 2`; the CPU must support the enabled features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: usize>(
-    a: &AttnTile,
+pub(crate) unsafe fn attention_tile<
+    T: KvType,
+    const RV: usize,
+    const JR: usize,
+    const DR: usize,
+>(
+    a: &AttnTile<T>,
     scratch: *mut f32,
 ) {
     let rt = 16 * RV;
@@ -247,11 +333,11 @@ pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: 
             let kp = a.k.add(kb * hd);
             let mut j = 0;
             while j + JR <= nk {
-                qk_block::<RV, JR>(qt, kp.add(j * hd), hd, sb.add(j * rt));
+                qk_block::<T, RV, JR>(qt, kp.add(j * hd), hd, sb.add(j * rt));
                 j += JR;
             }
             while j < nk {
-                qk_block::<RV, 1>(qt, kp.add(j * hd), hd, sb.add(j * rt));
+                qk_block::<T, RV, 1>(qt, kp.add(j * hd), hd, sb.add(j * rt));
                 j += 1;
             }
             if kb + nk > kmin {
@@ -288,11 +374,11 @@ pub(crate) unsafe fn attention_tile<const RV: usize, const JR: usize, const DR: 
             let vp = a.v.add(kb * hd);
             let mut d = 0;
             while d + DR <= hd {
-                pv_block::<RV, DR>(sb, nk, vp.add(d), hd, ot.add(d * rt), alpha.as_ptr());
+                pv_block::<T, RV, DR>(sb, nk, vp.add(d), hd, ot.add(d * rt), alpha.as_ptr());
                 d += DR;
             }
             while d < hd {
-                pv_block::<RV, 1>(sb, nk, vp.add(d), hd, ot.add(d * rt), alpha.as_ptr());
+                pv_block::<T, RV, 1>(sb, nk, vp.add(d), hd, ot.add(d * rt), alpha.as_ptr());
                 d += 1;
             }
             kb += nk;

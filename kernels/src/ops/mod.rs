@@ -4,7 +4,7 @@
 //! Weights are little-endian bytes of dtype `W` (or a run-time [`Dtype`] for the small vectors:
 //! norm weights and biases), never assumed aligned.
 
-use crate::dtype::{Dtype, WeightType};
+use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
 use crate::scalar;
 
@@ -401,12 +401,13 @@ pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) 
     dispatch!(isa, rope, (x, head_dim, cos, sin))
 }
 
-/// One query head over `keys`/`values` (`[len, head_dim]`); `scores` needs `len` floats.
-pub fn attention(
+/// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
+/// `len` floats.
+pub fn attention<T: KvType>(
     isa: Isa,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &[T::Elem],
+    values: &[T::Elem],
     scale: f32,
     scores: &mut [f32],
     out: &mut [f32],
@@ -418,7 +419,7 @@ pub fn attention(
         values.len() >= len * hd && scores.len() >= len,
         "attention: buffers too short"
     );
-    dispatch!(isa, attention, (q, keys, values, scale, scores, out))
+    dispatch!(isa, attention::<T>, (q, keys, values, scale, scores, out))
 }
 
 /// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
@@ -429,14 +430,15 @@ pub fn attention(
 /// Contract (what the unsafe tile bodies rely on): for every row of the tile, `q` and `out` are
 /// valid for `hd` floats at `t * qdim + head * hd` (read / written, the written ones touched by
 /// no one else during the call), and `k`, `v` (this kv head's `[cap, hd]` slab) are readable
-/// for `(pos0 + t + 1) * hd` floats. Every row offset `t * qdim + head * hd` is below
+/// for `(pos0 + t + 1) * hd` elements. Every row offset `t * qdim + head * hd` is below
 /// `i32::MAX` (the bodies gather with 32-bit indices).
+/// `k` and `v` hold elements of the cache's KV type `T`.
 #[derive(Clone, Copy)]
-pub(crate) struct AttnTile {
+pub(crate) struct AttnTile<T: KvType> {
     pub q: *const f32,
     pub out: *mut f32,
-    pub k: *const f32,
-    pub v: *const f32,
+    pub k: *const T::Elem,
+    pub v: *const T::Elem,
     /// Floats per token row of `q` / `out` (`n_heads * hd`).
     pub qdim: usize,
     pub hd: usize,
@@ -478,7 +480,12 @@ pub(crate) fn attention_tile_scratch(hd: usize, rv: usize) -> usize {
 /// [`AttnTile`]'s contract with `1 <= tile.rows <= attention_tile_rows(isa, rv)`, and `scratch`
 /// must be valid for writing [`attention_tile_scratch`]`(tile.hd, rv)` floats, used by no one
 /// else during the call.
-pub(crate) unsafe fn attention_tile(isa: Isa, rv: usize, tile: &AttnTile, scratch: *mut f32) {
+pub(crate) unsafe fn attention_tile<T: KvType>(
+    isa: Isa,
+    rv: usize,
+    tile: &AttnTile<T>,
+    scratch: *mut f32,
+) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
@@ -487,9 +494,9 @@ pub(crate) unsafe fn attention_tile(isa: Isa, rv: usize, tile: &AttnTile, scratc
             // SAFETY: CPU support checked; tile and scratch contracts forwarded from the caller.
             unsafe {
                 if rv == 1 {
-                    avx512::attention_tile::<1, 16, 16>(tile, scratch)
+                    avx512::attention_tile::<T, 1, 16, 16>(tile, scratch)
                 } else {
-                    avx512::attention_tile::<2, 8, 8>(tile, scratch)
+                    avx512::attention_tile::<T, 2, 8, 8>(tile, scratch)
                 }
             }
         }

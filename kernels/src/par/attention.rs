@@ -2,9 +2,10 @@
 //! softmax, or by (token, head) pairs.
 
 use super::*;
+use crate::dtype::KvType;
 
 /// Shape of one layer of the KV cache as the attention kernels see it: `k` and `v` are
-/// `[n_kv_heads, cap, head_dim]`.
+/// `[n_kv_heads, cap, head_dim]` (of the cache's [`KvType`]).
 #[derive(Clone, Copy, Debug)]
 pub struct KvLayout {
     /// Query heads.
@@ -19,27 +20,28 @@ pub struct KvLayout {
 
 /// Attention of `n` new queries at positions `pos0..pos0+n` (causal: query `t` sees keys
 /// `0..=pos0+t`). `q` and `out` are `[n, n_heads * head_dim]`; `k`/`v` are one layer of the
-/// cache, `[n_kv_heads, cap, head_dim]`, valid up to `pos0 + n`. Grouped-query: query head `h`
+/// cache, `[n_kv_heads, cap, head_dim]` of KV type `T` (f32, or bf16 / f16 widened to f32 as
+/// they are read), valid up to `pos0 + n`. Grouped-query: query head `h`
 /// reads kv head `h / (n_heads / n_kv_heads)`. `scores` holds [`scores_len`] floats.
 ///
 /// Runs [`attention_tiled`] where the ISA has a blocked body and there are enough query rows
 /// per kv head to fill the tiles and the threads, else [`attention_rows`].
 #[allow(clippy::too_many_arguments)]
-pub fn attention(
+pub fn attention<T: KvType>(
     pool: &ThreadPool,
     isa: Isa,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T::Elem],
+    v: &[T::Elem],
     scores: &mut [f32],
     out: &mut [f32],
 ) {
     if use_tiles(pool.n_threads(), isa, layout, q.len()) {
-        attention_tiled(pool, isa, layout, pos0, q, k, v, scores, out);
+        attention_tiled::<T>(pool, isa, layout, pos0, q, k, v, scores, out);
     } else {
-        attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
+        attention_rows::<T>(pool, isa, layout, pos0, q, k, v, scores, out);
     }
 }
 
@@ -73,12 +75,12 @@ fn use_tiles(n_threads: usize, isa: Isa, layout: KvLayout, q_len: usize) -> bool
 }
 
 /// Checks the buffers of an attention call; returns `(n, group)`.
-fn attention_checks(
+fn attention_checks<E>(
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[E],
+    v: &[E],
     out: &[f32],
 ) -> (usize, usize) {
     let KvLayout {
@@ -115,14 +117,14 @@ fn attention_checks(
 ///
 /// ISAs without a blocked body (and head dims above 256) run [`attention_rows`].
 #[allow(clippy::too_many_arguments)]
-pub fn attention_tiled(
+pub fn attention_tiled<T: KvType>(
     pool: &ThreadPool,
     isa: Isa,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T::Elem],
+    v: &[T::Elem],
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -131,7 +133,7 @@ pub fn attention_tiled(
     // (The tiles address query rows and compare causal limits in 32-bit lanes.)
     let big = q.len() > i32::MAX as usize || layout.cap > i32::MAX as usize;
     if rt1.is_none() || hd == 0 || hd > TILE_MAX_HD || big {
-        attention_rows(pool, isa, layout, pos0, q, k, v, scores, out);
+        attention_rows::<T>(pool, isa, layout, pos0, q, k, v, scores, out);
         return;
     }
     let (n, group) = attention_checks(layout, pos0, q, k, v, out);
@@ -177,7 +179,7 @@ pub fn attention_tiled(
             let tile = tiles - 1 - i / n_kv_heads;
             let g = i % n_kv_heads;
             let row0 = tile * rt;
-            let t = ops::AttnTile {
+            let t = ops::AttnTile::<T> {
                 q: q.as_ptr(),
                 out: op.get(),
                 k: k[g * cap * hd..].as_ptr(),
@@ -200,7 +202,7 @@ pub fn attention_tiled(
             // thread's; `out`'s `&mut` is held here until `run` returns. scratch is this
             // thread's own TILE_SCRATCH >= attention_tile_scratch(hd, rv) floats of `scores`
             // (asserted; see above), and rows <= rt (min above).
-            unsafe { ops::attention_tile(isa, rv, &t, sp) };
+            unsafe { ops::attention_tile::<T>(isa, rv, &t, sp) };
         }
     };
     if nt <= 1 {
@@ -215,14 +217,14 @@ pub fn attention_tiled(
 /// thread with its own `cap`-sized slice of `scores`. Every ISA; the path for decode with more
 /// threads than kv heads.
 #[allow(clippy::too_many_arguments)]
-pub fn attention_rows(
+pub fn attention_rows<T: KvType>(
     pool: &ThreadPool,
     isa: Isa,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &[T::Elem],
+    v: &[T::Elem],
     scores: &mut [f32],
     out: &mut [f32],
 ) {
@@ -250,7 +252,7 @@ pub fn attention_rows(
         let len = pos0 + t + 1;
         let base = (h / group) * cap * hd;
         let qh = &q[t * qdim + h * hd..t * qdim + (h + 1) * hd];
-        ops::attention(
+        ops::attention::<T>(
             isa,
             qh,
             &k[base..base + len * hd],

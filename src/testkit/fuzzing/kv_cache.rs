@@ -1,14 +1,17 @@
 //! KV cache programs against a plain model of the cache.
 
 use super::*;
+use qwenrt_kernels::{Bf16, KvType, F16, F32};
 
-/// A cache shape (each dimension reduced to a small range, zero included) and operations.
+/// A cache shape (each dimension reduced to a small range, zero included), its element type
+/// (`dtype % 3`: f32, bf16, f16) and operations.
 #[derive(Arbitrary, Clone, Debug)]
 pub struct KvProgram {
     pub layers: u8,
     pub kv_heads: u8,
     pub capacity: u8,
     pub head_dim: u8,
+    pub dtype: u8,
     pub ops: Vec<KvOp>,
 }
 
@@ -40,11 +43,16 @@ pub enum KvOp {
         layer: u8,
         pos: Pos,
     },
-    /// A write into storage of the wrong size (`delta` floats off, never zero).
+    /// A write into storage of the wrong size (`delta` elements off, never zero).
     WrongStorage {
         layer: u8,
         pos: Pos,
         delta: i8,
+    },
+    /// A write into storage of the right length but another element type.
+    WrongType {
+        layer: u8,
+        pos: Pos,
     },
     View {
         layer: u8,
@@ -87,6 +95,7 @@ fn refusal_of(e: &CacheError) -> Option<Refusal> {
         CacheError::RowLength { .. } => Refusal::RowLength,
         CacheError::NotNext { .. } => Refusal::NotNext,
         CacheError::Full { .. } => Refusal::Full,
+        CacheError::Dtype { .. } => Refusal::Storage,
         CacheError::ViewPastFrontier { .. } => return None,
     })
 }
@@ -97,17 +106,19 @@ pub fn kv_cache_ops(data: &[u8]) {
 }
 
 impl KvProgram {
-    /// Four shape bytes, then operations for as long as the bytes last (densely: random
+    /// Five shape bytes, then operations for as long as the bytes last (densely: random
     /// bytes give long programs, unlike `Vec`'s coin-flip continuation).
     pub fn from_bytes(data: &[u8]) -> KvProgram {
         let mut u = Unstructured::new(data);
         let mut byte = || u8::arbitrary(&mut u).unwrap_or(0);
         let (layers, kv_heads, capacity, head_dim) = (byte(), byte(), byte(), byte());
+        let dtype = byte();
         KvProgram {
             layers,
             kv_heads,
             capacity,
             head_dim,
+            dtype,
             ops: dense(&mut u),
         }
     }
@@ -129,14 +140,31 @@ pub fn dense<'a, T: Arbitrary<'a>>(u: &mut Unstructured<'a>) -> Vec<T> {
 /// the storage and bookkeeping agree, and that each write is refused exactly when it is out of
 /// bounds or out of order (and then writes nothing).
 pub fn run_kv_program(p: &KvProgram) {
+    match p.dtype % 3 {
+        0 => run_kv_program_of::<F32>(p),
+        1 => run_kv_program_of::<Bf16>(p),
+        _ => run_kv_program_of::<F16>(p),
+    }
+}
+
+/// The `c`-th value written: exactly representable in f32, bf16 and f16 (7 fraction bits,
+/// magnitudes 2^-7..2^9), so the model holds what every cache type must store, and distinct
+/// from the 2047 values written before and after it (a misplaced element shows).
+fn kv_value(c: usize) -> f32 {
+    f32::from_bits(0x3c00_0000 | (((c % 2048) as u32) << 16))
+}
+
+fn run_kv_program_of<T: KvType>(p: &KvProgram) {
     let shape = KvShape {
         layers: usize::from(p.layers % 4),
         kv_heads: usize::from(p.kv_heads % 4),
         capacity: usize::from(p.capacity % 17),
         head_dim: usize::from(p.head_dim % 5),
+        dtype: T::DTYPE,
     };
-    let floats = shape.floats().expect("small shapes do not overflow");
-    let (mut k, mut v) = (vec![0f32; floats], vec![0f32; floats]);
+    let floats = shape.elems().expect("small shapes do not overflow");
+    let zero = T::Elem::default();
+    let (mut k, mut v) = (vec![zero; floats], vec![zero; floats]);
     let mut cache = KvCache::new(shape);
     let zeros = || vec![vec![vec![0f32; shape.head_dim]; shape.capacity]; shape.kv_heads];
     let mut model = KvModel {
@@ -145,9 +173,9 @@ pub fn run_kv_program(p: &KvProgram) {
         used: 0,
         frontier: 0,
     };
-    let row = shape.row_floats();
+    let row = shape.row_elems();
     // Every write carries fresh values, so a misplaced row cannot go unnoticed.
-    let mut stamp = 1.0f32;
+    let mut stamp = 0usize;
     let resolve = |pos: Pos, cache: &KvCache| match pos {
         Pos::Used => cache.used(),
         Pos::Frontier => cache.frontier(),
@@ -157,7 +185,11 @@ pub fn run_kv_program(p: &KvProgram) {
 
     for op in p.ops.iter().take(256) {
         match *op {
-            KvOp::Prefill { .. } | KvOp::Step { .. } | KvOp::WrongStorage { .. } => {
+            KvOp::Prefill { .. }
+            | KvOp::Step { .. }
+            | KvOp::WrongStorage { .. }
+            | KvOp::WrongType { .. } => {
+                let wrong_type = matches!(op, KvOp::WrongType { .. });
                 let (layer, pos, n, k_extra, v_extra, store_delta) = match *op {
                     KvOp::Prefill {
                         layer,
@@ -170,20 +202,19 @@ pub fn run_kv_program(p: &KvProgram) {
                     KvOp::WrongStorage { layer, pos, delta } => {
                         (layer, pos, 1, 0, 0, if delta == 0 { 1 } else { delta })
                     }
+                    KvOp::WrongType { layer, pos } => (layer, pos, 1, 0, 0, 0),
                     _ => unreachable!(),
                 };
                 let layer = usize::from(layer % 5);
                 let pos = resolve(pos, &cache);
                 let len = |extra: i8| (n * row).saturating_add_signed(isize::from(extra));
                 let (k_len, v_len) = (len(k_extra), len(v_extra));
-                let rows: Vec<f32> = (0..k_len.max(v_len))
-                    .map(|i| stamp + i as f32 / 1024.0)
-                    .collect();
-                stamp += 1.0;
+                let rows: Vec<f32> = (0..k_len.max(v_len)).map(|i| kv_value(stamp + i)).collect();
+                stamp += k_len.max(v_len);
                 let (k_rows, v_rows) = (&rows[..k_len], &rows[..v_len]);
 
                 let mut expect = Vec::new();
-                if store_delta != 0 {
+                if store_delta != 0 || wrong_type {
                     expect.push(Refusal::Storage);
                 }
                 if layer >= shape.layers {
@@ -205,13 +236,35 @@ pub fn run_kv_program(p: &KvProgram) {
                     expect.push(Refusal::Full);
                 }
 
-                let result = if store_delta != 0 {
+                let result = if wrong_type {
+                    // the right length of another type: f32 storage for a 16-bit cache, bf16 for
+                    // an f32 one
+                    let (r, untouched) = if T::DTYPE == Dtype::F32 {
+                        let (mut sk, mut sv) = (vec![0u16; floats], vec![0u16; floats]);
+                        let mut st = KvStore {
+                            k: &mut sk,
+                            v: &mut sv,
+                        };
+                        let r = cache.write::<Bf16>(&mut st, layer, pos, k_rows, v_rows);
+                        (r, sk.iter().chain(&sv).all(|&x| x == 0))
+                    } else {
+                        let (mut sk, mut sv) = (vec![0f32; floats], vec![0f32; floats]);
+                        let mut st = KvStore {
+                            k: &mut sk,
+                            v: &mut sv,
+                        };
+                        let r = cache.write::<F32>(&mut st, layer, pos, k_rows, v_rows);
+                        (r, sk.iter().chain(&sv).all(|&x| x == 0.0))
+                    };
+                    assert!(untouched, "a refused write touched the storage");
+                    r
+                } else if store_delta != 0 {
                     let wrong = match floats.saturating_add_signed(isize::from(store_delta)) {
                         w if w == floats => floats + 1,
                         w => w,
                     };
-                    let (mut sk, mut sv) = (vec![0f32; wrong], vec![0f32; wrong]);
-                    let r = cache.write(
+                    let (mut sk, mut sv) = (vec![zero; wrong], vec![zero; wrong]);
+                    let r = cache.write::<T>(
                         &mut KvStore {
                             k: &mut sk,
                             v: &mut sv,
@@ -222,12 +275,12 @@ pub fn run_kv_program(p: &KvProgram) {
                         v_rows,
                     );
                     assert!(
-                        sk.iter().chain(&sv).all(|&x| x == 0.0),
+                        sk.iter().chain(&sv).all(|&x| x == zero),
                         "a refused write touched the storage"
                     );
                     r
                 } else {
-                    cache.write(
+                    cache.write::<T>(
                         &mut KvStore {
                             k: &mut k,
                             v: &mut v,
@@ -266,18 +319,20 @@ pub fn run_kv_program(p: &KvProgram) {
             KvOp::View { layer, len } => {
                 let layer = usize::from(layer % 5);
                 let len = resolve(len, &cache);
-                match cache.view(&k, &v, layer, len) {
+                match cache.view::<T>(&k, &v, layer, len) {
                     Ok((lk, lv)) => {
                         assert!(layer < shape.layers && len <= model.frontier);
-                        assert_eq!(lk.len(), shape.layer_floats());
-                        assert_eq!(lv.len(), shape.layer_floats());
+                        assert_eq!(lk.len(), shape.layer_elems());
+                        assert_eq!(lv.len(), shape.layer_elems());
+                        let wide =
+                            |x: &[T::Elem]| x.iter().map(|&e| T::to_f32(e)).collect::<Vec<f32>>();
                         for h in 0..shape.kv_heads {
                             let want_k: Vec<f32> =
                                 model.k[layer][h][..len].iter().flatten().copied().collect();
                             let want_v: Vec<f32> =
                                 model.v[layer][h][..len].iter().flatten().copied().collect();
-                            assert_eq!(cache.head(lk, h, len), want_k.as_slice());
-                            assert_eq!(cache.head(lv, h, len), want_v.as_slice());
+                            assert_eq!(wide(cache.head(lk, h, len)), want_k);
+                            assert_eq!(wide(cache.head(lv, h, len)), want_v);
                         }
                     }
                     Err(CacheError::NoSuchLayer { .. }) => assert!(layer >= shape.layers),
@@ -310,10 +365,12 @@ pub fn run_kv_program(p: &KvProgram) {
             "bookkeeping after {op:?}"
         );
         assert!(cache.frontier() <= shape.capacity);
-        assert_eq!(k, KvModel::flat(&model.k), "K storage after {op:?}");
-        assert_eq!(v, KvModel::flat(&model.v), "V storage after {op:?}");
+        let wide = |x: &[T::Elem]| x.iter().map(|&e| T::to_f32(e)).collect::<Vec<f32>>();
+        assert_eq!(wide(&k), KvModel::flat(&model.k), "K storage after {op:?}");
+        assert_eq!(wide(&v), KvModel::flat(&model.v), "V storage after {op:?}");
         let info = cache.info();
-        assert_eq!(info.bytes, 2 * floats * 4);
-        assert_eq!(info.used_bytes, 2 * shape.layers * row * model.used * 4);
+        let size = T::DTYPE.size();
+        assert_eq!(info.bytes, 2 * floats * size);
+        assert_eq!(info.used_bytes, 2 * shape.layers * row * model.used * size);
     }
 }
