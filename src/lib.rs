@@ -14,8 +14,8 @@
 //!   scratch of one step; [`Engine::step`] runs [`Feed`]s of many sequences ([`SeqId`]) at
 //!   once, each weight matrix streamed once per step. [`Session`] is one sequence over its
 //!   own engine, for the simple case. [`engine::kv_cache::KvCache`] is the fixed cache that
-//!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p
-//!   and repetition penalty with a seeded RNG.
+//!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p,
+//!   repetition penalty and OpenAI's frequency and presence penalties with a seeded RNG.
 //! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
 //!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
 //! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
