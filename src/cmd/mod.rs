@@ -12,6 +12,7 @@ mod chat;
 mod errors;
 mod generate;
 mod inspect;
+mod loadgen;
 mod models;
 mod perplexity;
 mod progress;
@@ -100,6 +101,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Serve the model over HTTP (OpenAI-compatible, continuous batching)
     Serve(serve::ServeArgs),
+    /// Closed-loop streaming load against an OpenAI-compatible server (qwenrt serve, llama-server)
+    Loadgen(loadgen::LoadgenArgs),
     /// Perplexity of a text file (llama-perplexity's convention), and KL divergence between two paths
     Perplexity(perplexity::PerplexityArgs),
 }
@@ -122,6 +125,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         Command::Arc(a) => arc::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Loadgen(a) => loadgen::run(a),
         Command::Perplexity(a) => perplexity::run(a),
     }
 }
