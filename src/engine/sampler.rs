@@ -109,7 +109,7 @@ impl SamplerParams {
             ("frequency-penalty", self.frequency_penalty),
             ("presence-penalty", self.presence_penalty),
         ] {
-            if !(x.abs() <= MAX_ADDITIVE_PENALTY) {
+            if x.is_nan() || x.abs() > MAX_ADDITIVE_PENALTY {
                 return bad(
                     name,
                     format!("is {x}; it must be between -{MAX_ADDITIVE_PENALTY} and {MAX_ADDITIVE_PENALTY}"),
