@@ -14,11 +14,14 @@
 //!   scratch of one step; [`Engine::step`] runs [`Feed`]s of many sequences ([`SeqId`]) at
 //!   once, each weight matrix streamed once per step. [`Session`] is one sequence over its
 //!   own engine, for the simple case. [`engine::kv_cache::KvCache`] is the fixed cache that
-//!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p
-//!   and repetition penalty with a seeded RNG.
+//!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p,
+//!   repetition penalty and OpenAI's frequency and presence penalties with a seeded RNG.
 //! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
 //!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
 //! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
+//! - [`server`]: `qwenrt serve`, an OpenAI-compatible HTTP server with continuous batching;
+//!   `loadgen` (feature `loadgen`, on with the default `cli`): a closed-loop streaming load
+//!   generator for such servers.
 //! - [`workload`]: the workloads the `qwenrt` binary runs: [`workload::arc`] (ARC tasks:
 //!   loading, prompts, grid parsing, scoring), [`workload::batch`] (JSONL batch requests) and
 //!   [`workload::complete`](mod@workload::complete) (one request on a session; the stop tokens).
@@ -49,6 +52,8 @@
 
 pub mod engine;
 pub mod hub;
+#[cfg(feature = "loadgen")]
+pub mod loadgen;
 pub mod model;
 // test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
 pub mod server;

@@ -530,6 +530,11 @@ fn out_of_range_sampling_parameters() {
         (&["--top-p", "0"], &["--top-p is 0"]),
         (&["--min-p", "-0.1"], &["--min-p is -0.1"]),
         (&["--repeat-penalty", "0"], &["--repeat-penalty is 0"]),
+        (
+            &["--frequency-penalty", "2.5"],
+            &["--frequency-penalty is 2.5", "between -2 and 2"],
+        ),
+        (&["--presence-penalty", "-3"], &["--presence-penalty is -3"]),
     ];
     for (flags, needles) in cases {
         let mut args = vec!["generate", "--model", dir, "--prompt", "hi"];

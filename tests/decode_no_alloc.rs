@@ -82,6 +82,8 @@ fn decode_loop_allocates_nothing() {
             min_p: 0.02,
             repeat_penalty: 1.1,
             repeat_last_n: 64,
+            frequency_penalty: 0.3,
+            presence_penalty: 0.2,
             seed: 1234,
         };
         let mut sampler = Sampler::new(params).unwrap();

@@ -214,6 +214,8 @@ fn check(weights: Arc<Weights>, what: &str, kv_dtype: Dtype) {
             min_p: 0.02,
             repeat_penalty: 1.1,
             repeat_last_n: 64,
+            frequency_penalty: 0.3,
+            presence_penalty: 0.2,
             seed,
         };
         let seqs: [SeqId; SEQS] =

@@ -210,6 +210,54 @@ fn the_next_chat_turn_reuses_the_cached_prefix() {
 }
 
 #[test]
+fn a_presence_penalty_shifts_greedy_decoding_by_what_was_generated() {
+    let s = Server::start(opts());
+    // greedy, with the model's log-probabilities (before penalties) and the top alternative
+    let run = |extra: Value| {
+        let mut body = json!({"prompt": "one two one two", "temperature": 0, "max_tokens": 24,
+            "logprobs": 1});
+        for (k, v) in extra.as_object().unwrap() {
+            body[k] = v.clone();
+        }
+        let (code, v) = post(&s, "/v1/completions", &body);
+        assert_eq!(code, 200, "{v}");
+        let lp = v["choices"][0]["logprobs"].clone();
+        let tokens: Vec<String> = lp["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap().to_string())
+            .collect();
+        (tokens, lp)
+    };
+    let (plain, _) = run(json!({}));
+    assert_eq!(
+        run(json!({"presence_penalty": 0, "frequency_penalty": 0})).0,
+        plain
+    );
+    // The tiny model's greedy text never repeats a token, so a positive penalty would change
+    // nothing; a negative one rewards the tokens generated so far.
+    let (boosted, lp) = run(json!({"presence_penalty": -2}));
+    assert_ne!(boosted, plain);
+    // identical up to the first token the penalty made win, which had been generated before
+    let d = (0..plain.len().min(boosted.len()))
+        .find(|&i| plain[i] != boosted[i])
+        .unwrap();
+    assert!(
+        d > 0 && boosted[..d].contains(&boosted[d]),
+        "diverged at {d} on a token not generated before: {plain:?} vs {boosted:?}"
+    );
+    // there the model itself still ranks plain's token first, by at most the penalty
+    let top = lp["top_logprobs"][d].as_object().unwrap();
+    let best = top[&plain[d]].as_f64().unwrap();
+    let chosen = lp["token_logprobs"][d].as_f64().unwrap();
+    assert!(
+        best > chosen && best - chosen <= 2.0 + 1e-4,
+        "{best} vs {chosen}"
+    );
+}
+
+#[test]
 fn stop_strings_logprobs_and_metrics() {
     let s = Server::start(opts());
     let body = json!({"prompt": "The list: a, b, c,", "temperature": 0, "max_tokens": 24});

@@ -112,6 +112,8 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
         for &t in &ids {
             sampler.observe(t);
         }
+        // each reply is its own completion for the frequency and presence penalties
+        sampler.clear_generated();
         session.prefill(&ids).map_err(CliError::fail)?;
         first = false;
         let mut stream = tok.stream_decoder();

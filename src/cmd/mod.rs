@@ -12,6 +12,7 @@ mod chat;
 mod errors;
 mod generate;
 mod inspect;
+mod loadgen;
 mod models;
 mod perplexity;
 mod progress;
@@ -101,6 +102,8 @@ enum Command {
     Batch(batch::BatchArgs),
     /// Serve the model over HTTP (OpenAI-compatible, continuous batching)
     Serve(serve::ServeArgs),
+    /// Closed-loop streaming load against an OpenAI-compatible server (qwenrt serve, llama-server)
+    Loadgen(loadgen::LoadgenArgs),
     /// Perplexity of a text file (llama-perplexity's convention), and KL divergence between two paths
     Perplexity(perplexity::PerplexityArgs),
 }
@@ -123,6 +126,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         Command::Arc(a) => arc::run(a),
         Command::Batch(a) => batch::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::Loadgen(a) => loadgen::run(a),
         Command::Perplexity(a) => perplexity::run(a),
     }
 }
@@ -249,6 +253,13 @@ struct SamplingArgs {
     /// Penalty on recently seen tokens, > 0; 1 is none [default: 1.0]
     #[arg(long, value_name = "R", allow_negative_numbers = true)]
     repeat_penalty: Option<f32>,
+    /// Subtract F times a token's count in the reply so far from its logit, in [-2, 2]
+    /// [default: 0]
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    frequency_penalty: Option<f32>,
+    /// Subtract P from the logit of every token already in the reply, in [-2, 2] [default: 0]
+    #[arg(long, value_name = "P", allow_negative_numbers = true)]
+    presence_penalty: Option<f32>,
     /// Seed of the sampler's random numbers [default: 42]
     #[arg(long, value_name = "S", allow_negative_numbers = true)]
     seed: Option<u64>,
@@ -265,6 +276,8 @@ impl SamplingArgs {
             min_p: self.min_p.unwrap_or(d.min_p),
             repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
             repeat_last_n: d.repeat_last_n,
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             seed: self.seed.unwrap_or(d.seed),
         };
         p.validate().map_err(|e| CliError::usage(e.to_string()))?;

@@ -510,7 +510,7 @@ impl Engine {
     }
 
     /// Samples the sequence's next token with its own sampler and records it in the
-    /// sampler's history (for the repetition penalty). Consumes the logits: the token must be
+    /// sampler's history (for the repetition, frequency and presence penalties). Consumes the logits: the token must be
     /// fed in a step before the next sample.
     pub fn sample(&mut self, seq: SeqId) -> Result<u32, EngineError> {
         let i = seq.slot();
@@ -520,7 +520,7 @@ impl Engine {
             _ => return Err(EngineError::UnknownSequence(seq)),
         };
         let token = sample_slot(&self.weights, &self.plan, &mut self.arena, i, slot, None)?;
-        slot.sampler.observe(token);
+        slot.sampler.observe_generated(token);
         Ok(token)
     }
 

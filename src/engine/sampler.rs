@@ -1,13 +1,23 @@
-//! Token sampling: repetition penalty, temperature, top-k, top-p, min-p, and a seeded RNG.
+//! Token sampling: repetition penalty, frequency and presence penalties, temperature, top-k,
+//! top-p, min-p, and a seeded RNG.
 //!
-//! The sampler owns only fixed-size state (parameters, RNG, a ring of recent tokens); its
-//! scratch (`probs`, `candidates`) is carved from the session arena, so sampling allocates
-//! nothing.
+//! The sampler owns only fixed-size state (parameters, RNG, a ring of recent tokens for the
+//! repetition penalty, a ring of generated tokens for the frequency and presence penalties);
+//! its scratch (`probs`, `candidates`) is carved from the session arena, so sampling
+//! allocates nothing.
 
 use std::fmt;
 
 /// Most recent tokens the repetition penalty can look back over.
 pub const MAX_PENALTY_WINDOW: usize = 256;
+
+/// Most recent generated tokens the frequency and presence penalties count. A completion
+/// longer than this is penalized for its last `MAX_COUNTED_TOKENS` tokens only (a fixed ring,
+/// so that sampling allocates nothing); up to it, the counts are exact.
+pub const MAX_COUNTED_TOKENS: usize = 4096;
+
+/// The largest magnitude of `frequency_penalty` and `presence_penalty` (OpenAI's range).
+pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
 
 /// Sampling parameters. `temperature == 0` is greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -24,6 +34,12 @@ pub struct SamplerParams {
     pub repeat_penalty: f32,
     /// How many recent tokens the penalty sees (at most [`MAX_PENALTY_WINDOW`]).
     pub repeat_last_n: usize,
+    /// OpenAI's `frequency_penalty`: subtracted from a token's logit once per time the
+    /// sampler has generated it (see [`Sampler::sample`]); in [-2, 2], 0 disables.
+    pub frequency_penalty: f32,
+    /// OpenAI's `presence_penalty`: subtracted from the logit of every token the sampler has
+    /// generated at least once; in [-2, 2], 0 disables.
+    pub presence_penalty: f32,
     /// Seed of the RNG that draws the sample.
     pub seed: u64,
 }
@@ -37,6 +53,8 @@ impl Default for SamplerParams {
             min_p: 0.05,
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: 42,
         }
     }
@@ -49,6 +67,15 @@ impl SamplerParams {
             temperature: 0.0,
             ..Default::default()
         }
+    }
+
+    /// Greedy with no penalty: every token is the argmax of the model's logits, whatever came
+    /// before (what prompt-lookup decoding needs to leave the output unchanged).
+    pub fn is_plain_greedy(&self) -> bool {
+        self.temperature == 0.0
+            && self.repeat_penalty == 1.0
+            && self.frequency_penalty == 0.0
+            && self.presence_penalty == 0.0
     }
 
     /// Checks every parameter's range; the error names the parameter.
@@ -77,6 +104,17 @@ impl SamplerParams {
                 "repeat-last-n",
                 format!("is {}; at most {MAX_PENALTY_WINDOW}", self.repeat_last_n),
             );
+        }
+        for (name, x) in [
+            ("frequency-penalty", self.frequency_penalty),
+            ("presence-penalty", self.presence_penalty),
+        ] {
+            if x.is_nan() || x.abs() > MAX_ADDITIVE_PENALTY {
+                return bad(
+                    name,
+                    format!("is {x}; it must be between -{MAX_ADDITIVE_PENALTY} and {MAX_ADDITIVE_PENALTY}"),
+                );
+            }
         }
         Ok(())
     }
@@ -150,6 +188,11 @@ pub struct Sampler {
     recent: [u32; MAX_PENALTY_WINDOW],
     recent_len: usize,
     recent_head: usize,
+    /// The last generated tokens (a ring of `generated_len` entries, the next write at
+    /// `generated_head`), counted by the frequency and presence penalties.
+    generated: [u32; MAX_COUNTED_TOKENS],
+    generated_len: usize,
+    generated_head: usize,
 }
 
 impl Sampler {
@@ -162,10 +205,33 @@ impl Sampler {
             recent: [0; MAX_PENALTY_WINDOW],
             recent_len: 0,
             recent_head: 0,
+            generated: [0; MAX_COUNTED_TOKENS],
+            generated_len: 0,
+            generated_head: 0,
         })
     }
 
-    /// Records a token (prompt or generated) for the repetition penalty.
+    /// Records a token this sampler generated: for the repetition penalty (as [`observe`])
+    /// and for the frequency and presence penalties, which count generated tokens only.
+    ///
+    /// [`observe`]: Sampler::observe
+    pub fn observe_generated(&mut self, token: u32) {
+        self.observe(token);
+        self.generated[self.generated_head] = token;
+        self.generated_head = (self.generated_head + 1) % MAX_COUNTED_TOKENS;
+        self.generated_len = (self.generated_len + 1).min(MAX_COUNTED_TOKENS);
+    }
+
+    /// Forgets the generated tokens the frequency and presence penalties count (a new
+    /// completion, such as the next turn of a chat, starts from zero counts); the repetition
+    /// penalty's recent tokens and the RNG stay.
+    pub fn clear_generated(&mut self) {
+        self.generated_len = 0;
+        self.generated_head = 0;
+    }
+
+    /// Records a prompt token (or any token not generated by this sampler) for the repetition
+    /// penalty. Generated tokens go through [`Sampler::observe_generated`].
     pub fn observe(&mut self, token: u32) {
         let n = self.params.repeat_last_n;
         if n == 0 {
@@ -176,15 +242,23 @@ impl Sampler {
         self.recent_len = (self.recent_len + 1).min(n);
     }
 
-    /// Forgets the recent tokens and reseeds.
+    /// Forgets the recent and generated tokens and reseeds.
     pub fn reset(&mut self) {
         self.recent_len = 0;
         self.recent_head = 0;
+        self.clear_generated();
         self.rng = Rng::new(self.params.seed);
     }
 
     /// Picks the next token from `logits` (modified in place). `probs` and `candidates` are
     /// scratch of at least `logits.len()` entries. Allocates nothing.
+    ///
+    /// Penalties come first, in this order: the repetition penalty over the recent tokens
+    /// (prompt and generated), then OpenAI's additive ones over the generated tokens,
+    /// `logit[t] -= count(t) * frequency_penalty + (count(t) > 0) * presence_penalty`, where
+    /// `count(t)` is how often `t` is among the last [`MAX_COUNTED_TOKENS`] tokens recorded
+    /// with [`Sampler::observe_generated`]. Then greedy takes the argmax, or temperature,
+    /// top-k, top-p and min-p shape the distribution drawn from.
     pub fn sample(&mut self, logits: &mut [f32], probs: &mut [f32], candidates: &mut [u32]) -> u32 {
         let p = self.params;
         if p.repeat_penalty != 1.0 {
@@ -202,6 +276,9 @@ impl Sampler {
                     };
                 }
             }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            self.additive_penalties(logits, candidates);
         }
         if p.temperature == 0.0 || logits.len() <= 1 {
             return qwenrt_kernels::scalar::argmax(logits) as u32;
@@ -262,6 +339,34 @@ impl Sampler {
             }
         }
         cand[keep - 1]
+    }
+
+    /// `logit[t] -= count(t) * frequency_penalty + (count(t) > 0) * presence_penalty` over
+    /// the generated tokens. `counts` (the `candidates` scratch, at least `logits.len()`
+    /// entries, its contents arbitrary) holds each token's count while it is applied: linear in
+    /// the generated tokens, no allocation, and the shift is computed once per token (not
+    /// subtracted `count` times), so it is exact up to one rounding.
+    fn additive_penalties(&self, logits: &mut [f32], counts: &mut [u32]) {
+        let p = self.params;
+        let v = logits.len().min(counts.len());
+        let generated = &self.generated[..self.generated_len];
+        for &t in generated {
+            if (t as usize) < v {
+                counts[t as usize] = 0;
+            }
+        }
+        for &t in generated {
+            if (t as usize) < v {
+                counts[t as usize] += 1;
+            }
+        }
+        for &t in generated {
+            let t = t as usize;
+            if t < v && counts[t] > 0 {
+                logits[t] -= counts[t] as f32 * p.frequency_penalty + p.presence_penalty;
+                counts[t] = 0; // once per distinct token
+            }
+        }
     }
 }
 
@@ -375,6 +480,99 @@ mod tests {
     }
 
     #[test]
+    fn frequency_and_presence_penalties_shift_logits_by_openai_formula() {
+        let mut s = Sampler::new(SamplerParams {
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..SamplerParams::greedy()
+        })
+        .unwrap();
+        s.observe(0); // a prompt token: not counted
+        for t in [1, 2, 1, 1] {
+            s.observe_generated(t);
+        }
+        s.observe_generated(99); // outside the vocabulary: ignored
+        let mut l = [1.0f32, 2.0, 3.0, 0.5];
+        // the count scratch starts with garbage
+        let (mut pr, mut c) = ([0.0; 4], [7u32, u32::MAX, 3, 1]);
+        // token 1: 3 times, 2.0 - 3 * 0.5 - 0.25; token 2: once, 3.0 - 0.5 - 0.25
+        assert_eq!(s.sample(&mut l, &mut pr, &mut c), 2);
+        assert_eq!(l, [1.0, 0.25, 2.25, 0.5]);
+
+        // negative values favour the generated tokens
+        let mut s = Sampler::new(SamplerParams {
+            frequency_penalty: -1.0,
+            presence_penalty: -2.0,
+            ..SamplerParams::greedy()
+        })
+        .unwrap();
+        s.observe_generated(3);
+        s.observe_generated(3);
+        let mut l = [1.0f32, 2.0, 3.0, 0.5];
+        assert_eq!(s.sample(&mut l, &mut pr, &mut c), 3);
+        assert_eq!(l, [1.0, 2.0, 3.0, 4.5]);
+
+        // a new completion starts from zero counts
+        s.clear_generated();
+        let mut l = [1.0f32, 2.0, 3.0, 0.5];
+        assert_eq!(s.sample(&mut l, &mut pr, &mut c), 2);
+        assert_eq!(l, [1.0, 2.0, 3.0, 0.5]);
+    }
+
+    #[test]
+    fn additive_penalties_count_the_last_generated_tokens_only() {
+        let mut s = Sampler::new(SamplerParams {
+            frequency_penalty: 1.0,
+            ..SamplerParams::greedy()
+        })
+        .unwrap();
+        // token 0 once, then token 1 fills the whole window: token 0 has left it
+        s.observe_generated(0);
+        for _ in 0..MAX_COUNTED_TOKENS {
+            s.observe_generated(1);
+        }
+        let mut l = [0.0f32; 3];
+        let (mut pr, mut c) = ([0.0; 3], [0; 3]);
+        s.sample(&mut l, &mut pr, &mut c);
+        assert_eq!(l, [0.0, -(MAX_COUNTED_TOKENS as f32), 0.0]);
+    }
+
+    #[test]
+    fn presence_penalty_changes_the_sampled_distribution() {
+        // equal logits; token 0 generated once with presence 2: p(0) = 1 / (1 + e^2) ~ 0.119
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            presence_penalty: 2.0,
+            seed: 3,
+            ..Default::default()
+        };
+        let mut s = Sampler::new(p).unwrap();
+        s.observe_generated(0);
+        let (mut pr, mut c) = ([0.0; 2], [0; 2]);
+        let zeros = (0..4000)
+            .filter(|_| s.sample(&mut [0.0, 0.0], &mut pr, &mut c) == 0)
+            .count() as f32
+            / 4000.0;
+        let expected = 1.0 / (1.0 + 2.0f32.exp());
+        assert!((zeros - expected).abs() < 0.02, "{zeros} vs {expected}");
+        // without the penalty it is a fair coin
+        let mut s = Sampler::new(SamplerParams {
+            presence_penalty: 0.0,
+            ..p
+        })
+        .unwrap();
+        s.observe_generated(0);
+        let zeros = (0..4000)
+            .filter(|_| s.sample(&mut [0.0, 0.0], &mut pr, &mut c) == 0)
+            .count() as f32
+            / 4000.0;
+        assert!((zeros - 0.5).abs() < 0.03, "{zeros}");
+    }
+
+    #[test]
     fn distribution_follows_probabilities() {
         let l = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let p = SamplerParams {
@@ -434,6 +632,20 @@ mod tests {
                     ..Default::default()
                 },
                 "temperature",
+            ),
+            (
+                SamplerParams {
+                    frequency_penalty: 2.5,
+                    ..Default::default()
+                },
+                "frequency-penalty",
+            ),
+            (
+                SamplerParams {
+                    presence_penalty: f32::NAN,
+                    ..Default::default()
+                },
+                "presence-penalty",
             ),
         ] {
             assert_eq!(Sampler::new(p).unwrap_err().name, name);

@@ -306,7 +306,7 @@ impl Session {
 
     /// Turns prompt-lookup decoding on with drafts of up to `n` tokens (capped at
     /// [`lookup::MAX_DRAFT`] and at the engine's rows per step less one), or off with 0. It
-    /// only takes effect for a greedy sampler without a repetition penalty, where its output is
+    /// only takes effect for a greedy sampler without penalties, where its output is
     /// token for token that of plain greedy decoding; other samplers decode one token a step.
     pub fn set_lookup(&mut self, n: usize) {
         self.lookup = n
@@ -341,11 +341,7 @@ impl Session {
             return Err(SessionError::NoLogits);
         }
         let p = sampler.params;
-        let lookup = if p.temperature == 0.0 && p.repeat_penalty == 1.0 {
-            self.lookup
-        } else {
-            0
-        };
+        let lookup = if p.is_plain_greedy() { self.lookup } else { 0 };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
         let mut budget = lookup::DraftBudget::new(lookup);
@@ -359,7 +355,7 @@ impl Session {
         // the last one is not.
         'outer: while n_pending > 0 {
             for (i, &token) in pending[..n_pending].iter().enumerate() {
-                sampler.observe(token);
+                sampler.observe_generated(token);
                 stats.tokens += 1;
                 stats.unfed = Some(token);
                 let stopped = if stop.contains(&token) {

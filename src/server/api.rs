@@ -6,7 +6,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::sampler::SamplerParams;
+use crate::engine::sampler::{SamplerParams, MAX_ADDITIVE_PENALTY};
 use crate::text::chat::DEFAULT_SYSTEM_PROMPT;
 use crate::text::tokenizer::Tokenizer;
 
@@ -170,9 +170,12 @@ fn fresh_seed() -> u64 {
 }
 
 /// The sampling fields. Defaults are OpenAI's (temperature 1, top_p 1, no top-k, min-p or
-/// penalty). `frequency_penalty` and `presence_penalty` are range-checked but the sampler has
-/// no additive penalties, so they do not change sampling; `repetition_penalty` is the
-/// sampler's multiplicative penalty over the last 64 tokens.
+/// penalty). `frequency_penalty` and `presence_penalty` (-2..=2) are OpenAI's: `logit[t] -=
+/// count(t) * frequency_penalty + (count(t) > 0) * presence_penalty` over the tokens generated
+/// so far in this completion (the last
+/// [`MAX_COUNTED_TOKENS`](crate::engine::sampler::MAX_COUNTED_TOKENS) of them);
+/// `repetition_penalty` is the sampler's multiplicative penalty over the last 64 tokens,
+/// prompt included.
 fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
     let temperature = number(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = number(o, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
@@ -185,8 +188,9 @@ fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
             "'repetition_penalty' must be greater than 0",
         ));
     }
-    number(o, "frequency_penalty", -2.0, 2.0)?;
-    number(o, "presence_penalty", -2.0, 2.0)?;
+    let lim = f64::from(MAX_ADDITIVE_PENALTY);
+    let frequency_penalty = number(o, "frequency_penalty", -lim, lim)?.unwrap_or(0.0);
+    let presence_penalty = number(o, "presence_penalty", -lim, lim)?.unwrap_or(0.0);
     let seed = match field(o, "seed") {
         None => fresh_seed(),
         Some(v) => match (v.as_u64(), v.as_i64()) {
@@ -209,6 +213,8 @@ fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
         min_p: min_p as f32,
         repeat_penalty: rep as f32,
         repeat_last_n: 64,
+        frequency_penalty: frequency_penalty as f32,
+        presence_penalty: presence_penalty as f32,
         seed,
     };
     p.validate()
@@ -546,6 +552,13 @@ mod tests {
         );
         let p = sampler_params(&o(json!({"temperature": 0, "top_p": 0, "seed": 7}))).unwrap();
         assert_eq!((p.temperature, p.top_k, p.top_p, p.seed), (0.0, 1, 1.0, 7));
+        assert_eq!((p.frequency_penalty, p.presence_penalty), (0.0, 0.0));
         assert!(p.validate().is_ok());
+        let p = sampler_params(&o(
+            json!({"frequency_penalty": 0.5, "presence_penalty": -2}),
+        ))
+        .unwrap();
+        assert_eq!((p.frequency_penalty, p.presence_penalty), (0.5, -2.0));
+        assert!(!p.is_plain_greedy());
     }
 }

@@ -11,11 +11,13 @@
 //!   Fields: `model` (any string), `messages` (system/user/assistant; content a string or
 //!   text parts) or `prompt` (a string, one string in an array, or token ids), `max_tokens`
 //!   / `max_completion_tokens`, `temperature` (0..=2), `top_p` (0..=1), `top_k`, `min_p`,
-//!   `repetition_penalty` (the sampler's multiplicative penalty over the last 64 tokens),
-//!   `frequency_penalty` and `presence_penalty` (range-checked, -2..=2, but **ignored**: the
-//!   sampler has no additive penalties), `seed`, `stop` (a string or up to 4; the text ends
-//!   before the stop string), `logprobs` and `top_logprobs` (at most 20; on `/v1/completions`
-//!   `logprobs` is the number of alternatives), `n` (only 1). Unknown fields are ignored.
+//!   `repetition_penalty` (the sampler's multiplicative penalty over the last 64 tokens,
+//!   prompt included), `frequency_penalty` and `presence_penalty` (-2..=2, OpenAI's:
+//!   `logit[t] -= count(t) * frequency_penalty + (count(t) > 0) * presence_penalty`, counting
+//!   the completion's own tokens so far, up to its last 4096), `seed`, `stop` (a string or up
+//!   to 4; the text ends before the stop string), `logprobs` and `top_logprobs` (at most 20;
+//!   on `/v1/completions` `logprobs` is the number of alternatives; log-probabilities are the
+//!   model's, before penalties), `n` (only 1). Unknown fields are ignored.
 //! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
 //!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
 //!   `messages`), `POST /detokenize` (`tokens`).
