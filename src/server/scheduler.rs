@@ -133,7 +133,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 impl Scheduler {
     /// A scheduler over `engine` (sized for `parallel` sequences and `parallel + chunk +
-    /// lookup` rows). Greedy jobs without a repetition penalty or log-probabilities draft by
+    /// lookup` rows). Greedy jobs without penalties or log-probabilities draft by
     /// prompt lookup, `lookup` rows per step in all (the verified rows cost about a third of a
     /// step each on quantized weights, so the budget is shared rather than per job).
     pub fn new(
@@ -377,8 +377,8 @@ impl Scheduler {
         m.kv_used.store(used as u64, Ordering::Relaxed);
     }
 
-    /// Drafts by prompt lookup for the generating jobs that may (greedy, no repetition
-    /// penalty, no log-probabilities), at most `self.lookup` tokens in all, oldest job first.
+    /// Drafts by prompt lookup for the generating jobs that may (greedy without penalties, no
+    /// log-probabilities), at most `self.lookup` tokens in all, oldest job first.
     fn draft(&mut self) {
         let mut left = self.lookup;
         let ctx = self.engine.ctx();
@@ -387,11 +387,7 @@ impl Scheduler {
                 continue;
             }
             a.row_len = 1;
-            let p = &a.job.req.params;
-            if left == 0 || p.temperature != 0.0 || p.repeat_penalty != 1.0 {
-                continue;
-            }
-            if a.job.req.logprobs.is_some() {
+            if left == 0 || !a.job.req.params.is_plain_greedy() || a.job.req.logprobs.is_some() {
                 continue;
             }
             let Ok(history) = self.engine.tokens(a.seq) else {
