@@ -56,6 +56,15 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     max_queue: usize,
+    /// Prompt tokens prefilled per engine step, over all prefilling requests (a running
+    /// stream waits at most one such chunk between two tokens)
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = ServerOptions::default().prefill_chunk,
+        allow_negative_numbers = true
+    )]
+    prefill_chunk: usize,
     /// Keep every prefill projection in f32
     #[arg(long)]
     prefill_f32: bool,
@@ -90,6 +99,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         threads: a.threads.unwrap_or_else(physical_cores),
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_queue: a.max_queue,
+        prefill_chunk: a.prefill_chunk,
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup.value(),
         kv_dtype: a.kv.dtype(),

@@ -177,7 +177,12 @@ pub fn run_on(
             "max_body_bytes must be at least 1".into(),
         ));
     }
-    let chunk = opts.prefill_chunk.clamp(1, opts.ctx.max(1));
+    if opts.prefill_chunk == 0 {
+        return Err(ServerError::Option(
+            "--prefill-chunk must be at least 1".into(),
+        ));
+    }
+    let chunk = opts.prefill_chunk.min(opts.ctx.max(1));
     let lookup = opts.lookup.min(MAX_DRAFT);
     let engine_opts = EngineOptions {
         ctx: opts.ctx,
