@@ -102,7 +102,7 @@ fn replay(t: &Trace, mut budget: DraftBudget) -> (usize, usize, usize, usize) {
     let mut draft = [0u32; lookup::MAX_DRAFT];
     while i < t.output.len() {
         let room = t.output.len() - i;
-        let cap = budget.next().min(room);
+        let cap = budget.take().min(room);
         let last = t.output[i - 1];
         let k = lookup::draft(&ctx, last, &mut draft[..cap]);
         let agree = (0..k).take_while(|&j| draft[j] == t.output[i + j]).count();

@@ -103,8 +103,9 @@ impl DraftBudget {
         }
     }
 
-    /// The most tokens to draft at this step; 0 while drafting pauses.
-    pub fn next(&mut self) -> usize {
+    /// This step's limit: the most tokens to draft now; 0 while drafting pauses (each call
+    /// is one step of the pause).
+    pub fn take(&mut self) -> usize {
         if self.skip > 0 {
             self.skip -= 1;
             return 0;
@@ -181,36 +182,36 @@ mod tests {
     #[test]
     fn the_adaptive_budget_follows_the_drafts_fate() {
         let mut b = DraftBudget::new(8);
-        assert_eq!(b.next(), 8);
+        assert_eq!(b.take(), 8);
         b.verified(8, 3); // partly right: one past the accepted prefix
-        assert_eq!(b.next(), 4);
+        assert_eq!(b.take(), 4);
         b.verified(4, 4); // all accepted: doubles, up to the max
-        assert_eq!(b.next(), 8);
+        assert_eq!(b.take(), 8);
         b.verified(8, 8);
-        assert_eq!(b.next(), 8);
+        assert_eq!(b.take(), 8);
         b.verified(8, 0); // the first drafted token wrong: halves
-        assert_eq!(b.next(), 4);
+        assert_eq!(b.take(), 4);
         b.verified(4, 0);
         b.verified(2, 0);
-        assert_eq!(b.next(), 1);
+        assert_eq!(b.take(), 1);
         // single-token drafts failing: pauses of 1, then 2 steps
         b.verified(1, 0);
-        assert_eq!((b.next(), b.next()), (0, 1));
+        assert_eq!((b.take(), b.take()), (0, 1));
         b.verified(1, 0);
-        assert_eq!((b.next(), b.next(), b.next()), (0, 0, 1));
+        assert_eq!((b.take(), b.take(), b.take()), (0, 0, 1));
         b.verified(1, 1); // a success ends the pauses and grows again
-        assert_eq!(b.next(), 2);
+        assert_eq!(b.take(), 2);
         b.verified(2, 0);
         b.verified(1, 0);
-        assert_eq!((b.next(), b.next()), (0, 1));
+        assert_eq!((b.take(), b.take()), (0, 1));
         // the pause stops growing at MAX_BACKOFF
         for _ in 0..10 {
             b.verified(1, 0);
-            while b.next() == 0 {}
+            while b.take() == 0 {}
         }
         b.verified(1, 0);
         assert_eq!(
-            (0..MAX_BACKOFF + 1).filter(|_| b.next() == 0).count(),
+            (0..MAX_BACKOFF + 1).filter(|_| b.take() == 0).count(),
             MAX_BACKOFF
         );
     }
@@ -218,10 +219,10 @@ mod tests {
     #[test]
     fn the_fixed_budget_never_changes() {
         let mut b = DraftBudget::fixed(40);
-        assert_eq!(b.next(), MAX_DRAFT);
+        assert_eq!(b.take(), MAX_DRAFT);
         b.verified(MAX_DRAFT, 0);
         b.verified(1, 0);
-        assert_eq!(b.next(), MAX_DRAFT);
-        assert_eq!(DraftBudget::new(0).next(), 0);
+        assert_eq!(b.take(), MAX_DRAFT);
+        assert_eq!(DraftBudget::new(0).take(), 0);
     }
 }

@@ -388,7 +388,7 @@ impl Session {
             let room = (self.ctx() - self.position() - 1).min(max_tokens - stats.tokens - 1);
             let mut row = [0u32; lookup::MAX_DRAFT + 1];
             row[0] = token;
-            let cap = if lookup > 0 { budget.next() } else { 0 };
+            let cap = if lookup > 0 { budget.take() } else { 0 };
             let k = if cap > 0 {
                 let history = self.engine.tokens(self.seq)?;
                 lookup::draft(history, token, &mut row[1..1 + cap.min(room)])

@@ -398,7 +398,7 @@ impl Scheduler {
             };
             // the step yields up to k + 1 tokens: no further than the budget and the context
             let room = (ctx - history.len() - 1).min(a.job.req.max_tokens - a.generated - 1);
-            let cap = a.budget.next().min(left).min(room);
+            let cap = a.budget.take().min(left).min(room);
             if cap == 0 {
                 continue;
             }
