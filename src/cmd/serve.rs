@@ -3,9 +3,7 @@
 use clap::Args;
 use qwenrt::server::{self, ServerOptions};
 
-use super::{
-    load_tokenizer, load_weights, physical_cores, CliError, KvDtypeArg, LookupArg, ModelArg,
-};
+use super::{load_tokenizer, load_weights, physical_cores, CliError, KvDtypeArg, ModelArg};
 
 /// `qwenrt serve`.
 #[derive(Args, Debug)]
@@ -72,8 +70,16 @@ pub struct ServeArgs {
     kv: KvDtypeArg,
     #[command(flatten)]
     model: ModelArg,
-    #[command(flatten)]
-    lookup: LookupArg,
+    /// Prompt-lookup drafting for greedy requests without penalties: up to N drafted rows per
+    /// engine step, shared by the running requests (output unchanged); 0, the default, turns
+    /// it off: on chat answers under load the rejected rows measured slower
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        allow_negative_numbers = true
+    )]
+    lookup: usize,
 }
 
 /// Runs `qwenrt serve` until SIGINT or SIGTERM.
@@ -101,7 +107,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         max_queue: a.max_queue,
         prefill_chunk: a.prefill_chunk,
         prefill_bf16: !a.prefill_f32,
-        lookup: a.lookup.value(),
+        lookup: a.lookup,
         kv_dtype: a.kv.dtype(),
         ..ServerOptions::default()
     };

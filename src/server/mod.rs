@@ -84,7 +84,8 @@ pub struct ServerOptions {
     /// Passed to [`EngineOptions::prefill_bf16`].
     pub prefill_bf16: bool,
     /// Prompt-lookup drafting for greedy requests: the most drafted rows per engine step,
-    /// shared by the running requests (0 turns it off). Output is unchanged.
+    /// shared by the running requests (0, the default, turns it off: with 8 clients asking
+    /// short coding questions it measured no faster). Output is unchanged.
     pub lookup: usize,
     /// Passed to [`EngineOptions::kv_dtype`].
     pub kv_dtype: Dtype,
@@ -105,7 +106,7 @@ impl Default for ServerOptions {
             prefill_chunk: 128,
             shutdown_grace: Duration::from_secs(30),
             prefill_bf16: true,
-            lookup: crate::engine::lookup::DEFAULT_LOOKUP,
+            lookup: 0,
             kv_dtype: Dtype::F32,
         }
     }

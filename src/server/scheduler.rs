@@ -33,9 +33,6 @@ use crate::text::tokenizer::Tokenizer;
 
 pub use crate::server::text::{Alt, TokenLogprob};
 
-/// Prompt tokens after a reused prefix up to which they are fed with decode numerics.
-const SHORT_TAIL: usize = 64;
-
 /// Why and how a generation ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Finish {
@@ -447,19 +444,10 @@ impl Scheduler {
                 let n = (prompt.len() - a.fed).min(budget);
                 budget -= n;
                 let last = a.fed + n == prompt.len();
-                // The new turn after a reused prefix, when short, goes through the decode
-                // kernels: a prefill matmul call costs about 230 ms on the shipped GGUF however
-                // few its rows (it repacks every weight panel), a decode row about 4.4 ms. A
-                // fresh prompt keeps prefill numerics, as `generate` computes it.
-                let numerics = if a.reused > 0 && prompt.len() - a.reused <= SHORT_TAIL {
-                    Numerics::Decode
-                } else {
-                    Numerics::Prefill
-                };
                 feeds.push(Feed {
                     seq: a.seq,
                     tokens: &prompt[a.fed..a.fed + n],
-                    numerics,
+                    numerics: Numerics::Prefill,
                     logits: if last { Want::Last } else { Want::None },
                 });
                 plan.push((i, n));

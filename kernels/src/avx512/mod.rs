@@ -28,6 +28,14 @@ pub use quant::*;
 pub use quant_gemm::*;
 pub use quant_repack::*;
 
+/// Prefetches the line of `p` into L1 (a hint: `p` may lie past the data, where it does
+/// nothing).
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch never faults nor reads memory in the language's sense, whatever `p`.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
+}
+
 /// Lane mask selecting the first `n` (`<= 16`) lanes.
 #[inline(always)]
 fn lanes(n: usize) -> __mmask16 {

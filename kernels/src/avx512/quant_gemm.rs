@@ -4,7 +4,7 @@
 
 use core::arch::x86_64::*;
 
-use super::lanes;
+use super::{lanes, prefetch};
 use crate::ops::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
 
@@ -298,13 +298,6 @@ mod tests {
         unsafe { quantize_rows_q8(&x, k, n, &mut b) };
         assert!(a.iter().zip(&b).all(|(p, q)| p.to_bits() == q.to_bits()));
     }
-}
-
-/// Asks for the cache line of `p` (a hint: it never faults, whatever `p`).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    // SAFETY: a prefetch never faults nor reads memory in the language's sense.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
 }
 
 /// [`pack_q_panel`] for a full panel of [`QNR`] rows of Q4_0, Q5_0 or Q8_0 (one sub-block per

@@ -18,7 +18,7 @@
 
 use core::arch::x86_64::*;
 
-use super::lanes;
+use super::{lanes, prefetch};
 
 /// Format codes for the kernels' const parameter.
 pub const RQ4_0: u8 = 0;
@@ -66,14 +66,6 @@ unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
             _mm512_maskz_loadu_epi32(lanes(n), p.cast())
         }
     }
-}
-
-/// Prefetches the line of `p` into L1 (a hint: `p` may lie past the weights, where it does
-/// nothing).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    // SAFETY: a prefetch never faults nor reads memory in the language's sense, whatever `p`.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
 }
 
 /// `acc + dot(w, x)` per 32-bit lane, `w` unsigned bytes (at most 31 on the plain path).
