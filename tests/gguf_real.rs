@@ -17,26 +17,10 @@ use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt::workload::perplexity::logsumexp;
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Step {
-    top_ids: Vec<u32>,
-    top_logits: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    input_ids: Vec<u32>,
-    greedy: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(Deserialize)]
-struct Golden {
-    cases: Vec<Case>,
-}
+#[path = "support/golden.rs"]
+mod golden_data;
+use golden_data::{golden, Golden};
 
 const GAP: f32 = 0.5;
 
@@ -70,11 +54,7 @@ fn argmax(x: &[f32]) -> u32 {
 #[test]
 fn goldens_through_the_gguf_path() {
     let w = gguf();
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/qwen2.5-coder-0.5b/golden.json"
-    );
-    let g: Golden = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let g: Golden = golden();
     let mut s = Session::new(w, &opts(256, true)).unwrap();
     let mut failures = Vec::new();
     for decode in [false, true] {

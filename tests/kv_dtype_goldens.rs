@@ -13,26 +13,10 @@ use std::sync::Arc;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{Dtype, Isa};
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Step {
-    top_ids: Vec<u32>,
-    top_logits: Vec<f32>,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    input_ids: Vec<u32>,
-    greedy: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(Deserialize)]
-struct Golden {
-    cases: Vec<Case>,
-}
+#[path = "support/golden.rs"]
+mod golden_data;
+use golden_data::{golden, Golden};
 
 /// Argmax must agree wherever the top-1 minus top-2 gap is at least this.
 const GAP: f32 = 0.5;
@@ -43,14 +27,6 @@ const GAP: f32 = 0.5;
 /// error) fails.
 const TOL_BF16: f32 = 0.8;
 const TOL_F16: f32 = 0.18;
-
-fn golden() -> Golden {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/qwen2.5-coder-0.5b/golden.json"
-    );
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
 
 fn argmax(x: &[f32]) -> usize {
     let mut best = 0;

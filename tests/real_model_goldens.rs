@@ -14,28 +14,10 @@ use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt_kernels::Isa;
-use serde::Deserialize;
 
-#[derive(Deserialize)]
-struct Step {
-    top_ids: Vec<u32>,
-    top_logits: Vec<f32>,
-    logsumexp: f32,
-}
-
-#[derive(Deserialize)]
-struct Case {
-    name: String,
-    prompt: String,
-    input_ids: Vec<u32>,
-    greedy: Vec<u32>,
-    steps: Vec<Step>,
-}
-
-#[derive(Deserialize)]
-struct Golden {
-    cases: Vec<Case>,
-}
+#[path = "support/golden.rs"]
+mod golden_data;
+use golden_data::{golden, Step};
 
 const GAP: f32 = 0.1;
 /// Prefill with the MLP's gate/up input rounded to bf16 (the default where the CPU has
@@ -48,14 +30,6 @@ const TOL_BF16_PREFILL: f32 = 0.05;
 /// order: measured 2.7e-5 (AVX-512 f32 prefill), 3.8e-5 (AVX2), 7.8e-5 (AVX-512 decode) on
 /// Zen 4, and up to 8e-4 on an AMX Xeon; 2e-3 is 2.5x the largest seen anywhere.
 const TOL_F32: f32 = 2e-3;
-
-fn golden() -> Golden {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/qwen2.5-coder-0.5b/golden.json"
-    );
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
-}
 
 fn logsumexp(x: &[f32]) -> f32 {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -40,7 +40,7 @@ unsafe fn ld_kv<T: KvType>(p: *const T::Elem, cnt: usize) -> __m256 {
 /// features.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
-unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
+pub(super) unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
     let kb = k as *const u8;
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut i = 0;

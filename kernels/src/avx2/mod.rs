@@ -127,41 +127,16 @@ pub(crate) fn exp_ps(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
 }
 
-/// `sum(a[i] * b[i])` over `n` elements of two raw pointers.
+/// `sum(a[i] * b[i])` over `n` elements of two raw pointers: the attention's dot product on
+/// an f32 cache, the same sums in the same order.
 ///
 /// # Safety
 /// `a` and `b` must be valid for reading `n` floats.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[inline]
 unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every access is to elements < n (full vectors, then a masked tail).
-    unsafe {
-        while i + 32 <= n {
-            for (j, a_j) in acc.iter_mut().enumerate() {
-                let o = i + 8 * j;
-                *a_j = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(o)), _mm256_loadu_ps(b.add(o)), *a_j);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc[0]);
-            i += 8;
-        }
-        if i < n {
-            let m = mask8(n - i);
-            acc[1] = _mm256_fmadd_ps(
-                _mm256_maskload_ps(a.add(i), m),
-                _mm256_maskload_ps(b.add(i), m),
-                acc[1],
-            );
-        }
-    }
-    hsum(_mm256_add_ps(
-        _mm256_add_ps(acc[0], acc[1]),
-        _mm256_add_ps(acc[2], acc[3]),
-    ))
+    // SAFETY: forwarded contract (an f32 cache's elements are floats).
+    unsafe { attention::dot_kv::<crate::dtype::F32>(a, b, n) }
 }
 
 #[cfg(test)]

@@ -51,7 +51,7 @@ unsafe fn bcast_kv<T: KvType>(p: *const T::Elem) -> __m512 {
 /// features.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
-unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
+pub(super) unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
     let kb = k as *const u8;
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut i = 0;

@@ -117,40 +117,16 @@ pub(crate) unsafe fn exp_ps(x: __m512) -> __m512 {
     _mm512_scalef_ps(p, n)
 }
 
-/// `sum(a[i] * b[i])` over `n` elements of two raw pointers.
+/// `sum(a[i] * b[i])` over `n` elements of two raw pointers: the attention's dot product on
+/// an f32 cache, the same sums in the same order.
 ///
 /// # Safety
 /// `a` and `b` must be valid for reading `n` floats.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[inline]
 unsafe fn dot_raw(a: *const f32, b: *const f32, n: usize) -> f32 {
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every access below is to elements < n of a and b (full vectors while i+64 <= n
-    // or i+16 <= n, masked lanes for the tail).
-    unsafe {
-        while i + 64 <= n {
-            for (j, a_j) in acc.iter_mut().enumerate() {
-                let o = i + 16 * j;
-                *a_j = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(o)), _mm512_loadu_ps(b.add(o)), *a_j);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(a.add(i)), _mm512_loadu_ps(b.add(i)), acc[0]);
-            i += 16;
-        }
-        if i < n {
-            let m = lanes(n - i);
-            acc[1] = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, a.add(i)),
-                _mm512_maskz_loadu_ps(m, b.add(i)),
-                acc[1],
-            );
-        }
-    }
-    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(s)
+    // SAFETY: forwarded contract (an f32 cache's elements are floats).
+    unsafe { attention::dot_kv::<crate::dtype::F32>(a, b, n) }
 }
 
 #[cfg(test)]
