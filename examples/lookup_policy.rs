@@ -141,7 +141,9 @@ fn score(path: &str, a_ms: f64, b_ms: f64) -> Result<(), Box<dyn std::error::Err
                     DraftBudget::fixed(n)
                 };
                 let (steps, rows, dr, ac) = replay(t, budget);
-                let plain = cost(t.output.len(), t.output.len());
+                // plain decoding: one step per token after the first (prefill gives that)
+                let n = t.output.len().saturating_sub(1);
+                let plain = cost(n, n);
                 let look = cost(steps, rows);
                 print!(" {:>9.2}", plain / look);
                 if t.name != "code_edit" {
