@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::Rng;
+use common::{attention_ref, Rng};
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, scalar, Bf16, Isa, KvType, ThreadPool, F16, F32};
 
@@ -85,37 +85,6 @@ fn ops_attention_bf16_vs_scalar() {
 #[test]
 fn ops_attention_f16_vs_scalar() {
     check_ops_attention::<F16>();
-}
-
-/// Scalar reference for `par::attention` on a `T` cache: one (token, head) at a time.
-fn attention_ref<T: KvType>(
-    layout: KvLayout,
-    pos0: usize,
-    q: &[f32],
-    k: &[T::Elem],
-    v: &[T::Elem],
-) -> Vec<f32> {
-    let hd = layout.head_dim;
-    let qdim = layout.n_heads * hd;
-    let n = q.len() / qdim;
-    let group = layout.n_heads / layout.n_kv_heads;
-    let mut sc = vec![0.0; layout.cap];
-    let mut r = vec![0.0; n * qdim];
-    for t in 0..n {
-        let len = pos0 + t + 1;
-        for h in 0..layout.n_heads {
-            let base = (h / group) * layout.cap * hd;
-            scalar::attention::<T>(
-                &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-                &k[base..base + len * hd],
-                &v[base..base + len * hd],
-                1.0 / (hd as f32).sqrt(),
-                &mut sc,
-                &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-            );
-        }
-    }
-    r
 }
 
 type AttnFn<E> = fn(&ThreadPool, Isa, KvLayout, usize, &[f32], &[E], &[E], &mut [f32], &mut [f32]);

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{encode, Rng};
+use common::{attention_ref, encode, Rng};
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
 
@@ -153,7 +153,7 @@ fn par_attention_gqa_causal() {
         let pool = ThreadPool::new(nt).unwrap();
         for &(pos0, n) in &[(0usize, 1usize), (0, 17), (5, 1), (10, 30), (39, 1)] {
             let q = rng.vec(n * qdim);
-            let r = attention_ref(layout, pos0, &q, &k, &v);
+            let r = attention_ref::<F32>(layout, pos0, &q, &k, &v);
             for isa in Isa::available() {
                 let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
                 let mut out = vec![f32::NAN; n * qdim];
@@ -167,31 +167,6 @@ fn par_attention_gqa_causal() {
             }
         }
     }
-}
-
-/// Scalar reference for `par::attention`: one (token, head) at a time.
-fn attention_ref(layout: KvLayout, pos0: usize, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
-    let hd = layout.head_dim;
-    let qdim = layout.n_heads * hd;
-    let n = q.len() / qdim;
-    let group = layout.n_heads / layout.n_kv_heads;
-    let mut sc = vec![0.0; layout.cap];
-    let mut r = vec![0.0; n * qdim];
-    for t in 0..n {
-        let len = pos0 + t + 1;
-        for h in 0..layout.n_heads {
-            let base = (h / group) * layout.cap * hd;
-            scalar::attention::<F32>(
-                &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-                &k[base..base + len * hd],
-                &v[base..base + len * hd],
-                1.0 / (hd as f32).sqrt(),
-                &mut sc,
-                &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-            );
-        }
-    }
-    r
 }
 
 /// The blocked (tiled, online-softmax) attention and the dispatching `par::attention` against the
@@ -222,7 +197,7 @@ fn par_attention_tiled_vs_scalar() {
                     let v = rng.vec(kvlen);
                     // Larger queries make the softmax peakier (more rescaling in the online max).
                     let q: Vec<f32> = rng.vec(n * n_heads * hd).iter().map(|x| 3.0 * x).collect();
-                    let r = attention_ref(layout, pos0, &q, &k, &v);
+                    let r = attention_ref::<F32>(layout, pos0, &q, &k, &v);
                     for isa in Isa::available() {
                         if isa == Isa::Scalar && pos0 * n > 5000 {
                             continue; // the scalar ISA runs the (unchanged) per-row kernel: slow

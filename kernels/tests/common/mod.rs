@@ -1,7 +1,8 @@
 //! Helpers shared by the kernels' test binaries.
 #![allow(dead_code)]
 
-use qwenrt_kernels::{Dtype, QuantType};
+use qwenrt_kernels::par::KvLayout;
+use qwenrt_kernels::{scalar, Dtype, KvType, QuantType};
 
 /// xorshift64*: tiny, deterministic.
 pub struct Rng(pub u64);
@@ -67,4 +68,35 @@ pub fn random_x(cols: usize, rng: &mut Rng) -> Vec<f32> {
         x[(nb - 1) * 32..].iter_mut().for_each(|v| *v = 0.0);
     }
     x
+}
+
+/// Scalar reference for `par::attention` on a `T` cache: one (token, head) at a time.
+pub fn attention_ref<T: KvType>(
+    layout: KvLayout,
+    pos0: usize,
+    q: &[f32],
+    k: &[T::Elem],
+    v: &[T::Elem],
+) -> Vec<f32> {
+    let hd = layout.head_dim;
+    let qdim = layout.n_heads * hd;
+    let n = q.len() / qdim;
+    let group = layout.n_heads / layout.n_kv_heads;
+    let mut sc = vec![0.0; layout.cap];
+    let mut r = vec![0.0; n * qdim];
+    for t in 0..n {
+        let len = pos0 + t + 1;
+        for h in 0..layout.n_heads {
+            let base = (h / group) * layout.cap * hd;
+            scalar::attention::<T>(
+                &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                &k[base..base + len * hd],
+                &v[base..base + len * hd],
+                1.0 / (hd as f32).sqrt(),
+                &mut sc,
+                &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+            );
+        }
+    }
+    r
 }
