@@ -21,6 +21,7 @@ use qwenrt::workload::perplexity::logsumexp;
 #[path = "support/golden.rs"]
 mod golden_data;
 use golden_data::{golden, Golden};
+use qwenrt_kernels::scalar::argmax;
 
 const GAP: f32 = 0.5;
 
@@ -39,16 +40,6 @@ fn opts(ctx: usize, prefill_bf16: bool) -> SessionOptions {
         prefill_bf16,
         ..Default::default()
     }
-}
-
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 #[test]
@@ -83,7 +74,7 @@ fn goldens_through_the_gguf_path() {
                 }
                 if step.top_logits[0] - step.top_logits[1] >= GAP {
                     firm += 1;
-                    if argmax(logits) != step.top_ids[0] {
+                    if argmax(logits) != step.top_ids[0] as usize {
                         failures.push(format!(
                             "{} decode={decode} step {i}: argmax {} != reference {}",
                             case.name,

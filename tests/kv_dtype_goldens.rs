@@ -17,6 +17,7 @@ use qwenrt_kernels::{Dtype, Isa};
 #[path = "support/golden.rs"]
 mod golden_data;
 use golden_data::{golden, Golden};
+use qwenrt_kernels::scalar::argmax;
 
 /// Argmax must agree wherever the top-1 minus top-2 gap is at least this.
 const GAP: f32 = 0.5;
@@ -27,16 +28,6 @@ const GAP: f32 = 0.5;
 /// error) fails.
 const TOL_BF16: f32 = 0.8;
 const TOL_F16: f32 = 0.18;
-
-fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best
-}
 
 /// The ids of the `k` largest logits, largest first.
 fn top(x: &[f32], k: usize) -> Vec<usize> {

@@ -18,6 +18,7 @@ use qwenrt_kernels::Isa;
 #[path = "support/golden.rs"]
 mod golden_data;
 use golden_data::{golden, Step};
+use qwenrt_kernels::scalar::argmax;
 
 const GAP: f32 = 0.1;
 /// Prefill with the MLP's gate/up input rounded to bf16 (the default where the CPU has
@@ -36,22 +37,12 @@ fn logsumexp(x: &[f32]) -> f32 {
     (m as f64 + x.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln()) as f32
 }
 
-fn argmax(x: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
 /// The per-step checks: argmax where the reference is firm, top-5 logits and logsumexp within
 /// `tol`. Returns the step's largest error, so each path can print what it measures.
 fn check_step(step: &Step, i: usize, logits: &[f32], tol: f32, failures: &mut Vec<String>) -> f32 {
     let mut worst: f32 = 0.0;
     let gap = step.top_logits[0] - step.top_logits[1];
-    if gap >= GAP && argmax(logits) != step.top_ids[0] {
+    if gap >= GAP && argmax(logits) != step.top_ids[0] as usize {
         failures.push(format!(
             "step {i}: argmax {} != reference {} (gap {gap})",
             argmax(logits),

@@ -1,29 +1,22 @@
 //! `qwenrt serve` as a process: SIGTERM while a stream is running stops new connections, lets
 //! the stream finish with `data: [DONE]`, and exits 0.
 
+#[path = "support/server_kit.rs"]
+mod kit;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
+use qwenrt::model::synthetic::write_synthetic_model;
 use qwenrt_kernels::Dtype;
 use serde_json::json;
 
 #[test]
 fn sigterm_lets_the_running_stream_finish_then_exits_zero() {
     let dir = std::env::temp_dir().join(format!("qwenrt-sigterm-{}", std::process::id()));
-    let shape = SyntheticShape {
-        vocab: 151936,
-        hidden: 64,
-        ffn: 128,
-        layers: 2,
-        heads: 4,
-        kv_heads: 2,
-        max_positions: 4096,
-        tied: true,
-    };
-    write_synthetic_model(&dir, shape, Dtype::BF16, 5).unwrap();
+    write_synthetic_model(&dir, kit::SHAPE, Dtype::BF16, 5).unwrap();
     let tokenizer = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json");
     std::fs::copy(tokenizer, dir.join("tokenizer.json")).unwrap();
@@ -35,7 +28,7 @@ fn sigterm_lets_the_running_stream_finish_then_exits_zero() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
         .args(["serve", "--model"])
         .arg(&dir)
-        .args(["--port", &port.to_string(), "-t", "1", "--ctx", "4096"])
+        .args(["--port", &port.to_string(), "-t", "1", "--ctx", "2048"])
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
@@ -53,7 +46,7 @@ fn sigterm_lets_the_running_stream_finish_then_exits_zero() {
     }
 
     let url = format!("http://127.0.0.1:{port}/v1/completions");
-    let body = json!({"prompt": "Tell me a story", "max_tokens": 3000, "temperature": 0,
+    let body = json!({"prompt": "Tell me a story", "max_tokens": 1500, "temperature": 0,
                       "stream": true});
     let resp = ureq::post(&url)
         .set("Content-Type", "application/json")

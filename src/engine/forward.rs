@@ -107,22 +107,8 @@ pub(super) fn run(
             Format::Float(d) => d,
             Format::Quant(qt) => {
                 // the inputs quantized to 8-bit blocks once per call, integer dot products
-                // (on AVX-512, from the decode layout where the matrix was repacked)
-                match weights.repacked(w) {
-                    Some(wr) if nd > 0 && isa == Isa::Avx512 => par::matvec_repacked_rows(
-                        pool,
-                        isa,
-                        qt,
-                        wr,
-                        k_in,
-                        in_d,
-                        quant_scratch,
-                        out_d,
-                    ),
-                    _ if nd > 0 => {
-                        par::matvec_q_rows(pool, isa, qt, wbytes, k_in, in_d, quant_scratch, out_d)
-                    }
-                    _ => {}
+                if nd > 0 {
+                    matvec_quant(pool, isa, weights, w, qt, k_in, in_d, quant_scratch, out_d);
                 }
                 if nd < n {
                     par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, quant_scratch, out_p);
@@ -307,21 +293,20 @@ pub(super) fn run(
         }
         let out = &mut b.logits[..g * vocab];
         match hdt {
-            Format::Quant(qt) => match weights.repacked(&weights.lm_head) {
-                Some(wr) if isa == Isa::Avx512 => par::matvec_repacked_rows(
+            Format::Quant(qt) => {
+                let lm_head = &weights.lm_head;
+                matvec_quant(
                     pool,
                     isa,
+                    weights,
+                    lm_head,
                     qt,
-                    wr,
                     h,
                     &x_norm[..g * h],
                     quant_scratch,
                     out,
-                ),
-                _ => {
-                    par::matvec_q_rows(pool, isa, qt, head, h, &x_norm[..g * h], quant_scratch, out)
-                }
-            },
+                )
+            }
             Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], x_prep, out),
             Format::Float(d) => {
                 by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, out))
@@ -340,6 +325,29 @@ pub(super) fn run(
         }
     }
     Ok(())
+}
+
+/// `out = x · wᵀ` for decode rows `x` (`cols` each) on `w`, quantized as `qt`: on AVX-512 from
+/// the decode layout where the matrix was repacked at load, else from the file's blocks; the
+/// inputs quantized to 8-bit blocks into `scratch` once per call.
+#[allow(clippy::too_many_arguments)]
+fn matvec_quant(
+    pool: &ThreadPool,
+    isa: Isa,
+    weights: &Weights,
+    w: &TensorRef,
+    qt: quant::QuantType,
+    cols: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
+    match weights.repacked(w) {
+        Some(wr) if isa == Isa::Avx512 => {
+            par::matvec_repacked_rows(pool, isa, qt, wr, cols, x, scratch, out)
+        }
+        _ => par::matvec_q_rows(pool, isa, qt, weights.bytes(w), cols, x, scratch, out),
+    }
 }
 
 /// One feed's rows of one layer, for [`cache_and_attend`].

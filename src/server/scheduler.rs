@@ -513,7 +513,7 @@ impl Scheduler {
         for j in 0..=agree {
             let token = if j < agree { row[1 + j] } else { greedy[agree] };
             if let Ok(sampler) = self.engine.sampler_mut(seq) {
-                sampler.observe(token);
+                sampler.observe_generated(token);
             }
             // with token j the unfed one, plain decoding's cache holds pos0 + 1 + j tokens
             let exit = self.emit(i, token, None, pos0 + 1 + j);

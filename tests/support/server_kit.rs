@@ -16,7 +16,9 @@ use qwenrt::{Tokenizer, Weights};
 use qwenrt_kernels::Dtype;
 pub use serde_json::{json, Value};
 
-const SHAPE: SyntheticShape = SyntheticShape {
+/// The tiny model the server tests run: Qwen2's vocabulary (so the real tokenizer fits), a
+/// small body.
+pub const SHAPE: SyntheticShape = SyntheticShape {
     vocab: 151936,
     hidden: 64,
     ffn: 128,
