@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::{par, Isa, QuantType, ThreadPool, F32};
+use qwenrt_kernels::{ops, par, Isa, QuantType, ThreadPool, F32};
 
 /// xorshift in [-0.5, 0.5).
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -41,7 +41,10 @@ fn qweights(qt: QuantType, rows: usize, k: usize) -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let isa = Isa::detect();
+    // QWENRT_ISA=avx2 benches the AVX2 kernels on an AVX-512 machine
+    let isa = Isa::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let no_vnni = std::env::var_os("QWENRT_BENCH_NO_VNNI").is_some_and(|v| v == "1");
+    ops::matmul_q_force_no_vnni(no_vnni);
     let pool = ThreadPool::new(2).unwrap();
     let nt = pool.n_threads();
     let n = 512;
@@ -61,7 +64,13 @@ fn bench(c: &mut Criterion) {
             }
             let w = qweights(qt, rows, k);
             let mut s = vec![0.0; par::matmul_q_scratch_len(nt, n, k)];
-            g.bench_function(BenchmarkId::new(qt.name(), format!("{rows}x{k}")), |b| {
+            // QWENRT_BENCH_NO_VNNI=1: the vpmaddubsw kernels, to see what VNNI buys
+            let name = if no_vnni {
+                format!("{}_novnni", qt.name())
+            } else {
+                qt.name().to_string()
+            };
+            g.bench_function(BenchmarkId::new(name, format!("{rows}x{k}")), |b| {
                 b.iter(|| par::matmul_q(&pool, isa, qt, black_box(&w), k, &x, &mut s, &mut y))
             });
         }

@@ -7,7 +7,8 @@ use std::fmt;
 pub enum Isa {
     /// Portable Rust, the reference every other body is tested against.
     Scalar,
-    /// AVX2 with FMA and F16C (256-bit).
+    /// AVX2 with FMA and F16C (256-bit). Where the CPU also has AVX-VNNI, the quantized
+    /// kernels take their integer dots with the 256-bit `vpdpbusd`.
     Avx2,
     /// AVX-512F/BW/VL (512-bit; BW/VL for masked 16-bit tail loads). Where the CPU also has
     /// AVX512-BF16, the bf16 matvec runs `vdpbf16ps` against a hi/lo bf16 split of its input

@@ -130,11 +130,11 @@ fn ks(qt: QuantType) -> Vec<usize> {
 /// `(isa, force no VNNI)` for every path this CPU runs.
 fn paths(no_vnni_only: bool) -> Vec<(Isa, bool)> {
     if no_vnni_only {
-        return if Isa::Avx512.is_supported() {
-            vec![(Isa::Avx512, true)]
-        } else {
-            vec![]
-        };
+        return [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|i| i.is_supported())
+            .map(|i| (i, true))
+            .collect();
     }
     Isa::available().into_iter().map(|i| (i, false)).collect()
 }
@@ -142,7 +142,7 @@ fn paths(no_vnni_only: bool) -> Vec<(Isa, bool)> {
 fn check_format(qt: QuantType, no_vnni_only: bool) {
     let paths = paths(no_vnni_only);
     if paths.is_empty() {
-        eprintln!("{qt}: no AVX-512 on this CPU, nothing to force");
+        eprintln!("{qt}: no SIMD ISA on this CPU, nothing to force");
         return;
     }
     let pools = [ThreadPool::new(1).unwrap(), ThreadPool::new(2).unwrap()];

@@ -1,6 +1,6 @@
 //! AVX2 matvecs on ggml block-quantized weights against 8-bit input blocks ([`Q8Row`]):
-//! integer dot products (`vpmaddubsw` + `vpmaddwd`), scaled per scale unit (32 columns, 16 for
-//! Q6_K) in f32.
+//! integer dot products (`vpdpbusd` where the CPU has AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`),
+//! scaled per scale unit (32 columns, 16 for Q6_K) in f32.
 //!
 //! A row is walked in groups of 8 scale units (16 for Q6_K, as two halves of 8), one f32 lane
 //! each. A group's weights are unpacked once into unsigned bytes in the input's column order
@@ -9,7 +9,7 @@
 //! `idot * (scale * d_x) + bias * s_x` per lane. Each input has one accumulator, reduced once
 //! per row, and its work is the same whichever other inputs share the call, so results do not
 //! depend on the grouping of inputs. No `vpmaddubsw` pair saturates (`|q_w| <= 128`,
-//! `|q_x| <= 127`).
+//! `|q_x| <= 127`), so both integer dots give the same i32 sums and the same bits.
 
 use core::arch::x86_64::*;
 
@@ -42,12 +42,28 @@ fn reduce_units(unit: usize, v: &[__m256i]) -> __m256i {
     }
 }
 
+/// The four `u8 × i8` products of each i32 lane of `w` and `x`, summed: `vpdpbusd` with `VNNI`
+/// (the caller's target features include AVX-VNNI), else `vpmaddubsw` + `vpmaddwd`.
+#[inline(always)]
+fn udot<const VNNI: bool>(w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: register-only AVX2 (and, with VNNI, AVX-VNNI) intrinsics, enabled by the calling
+    // kernel.
+    unsafe {
+        if VNNI {
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
+        }
+    }
+}
+
 /// One input's contribution to its accumulator from group `gi` (`n` units) of a row.
 ///
 /// # Safety
-/// `gi` and `n` describe a group of the row `x` was quantized for; AVX2, FMA.
+/// `gi` and `n` describe a group of the row `x` was quantized for; AVX2, FMA (and AVX-VNNI
+/// with `VNNI`).
 #[inline(always)]
-unsafe fn group_dot<F: Fmt>(
+unsafe fn group_dot<F: Fmt, const VNNI: bool>(
     g: &Group,
     x: &Q8Row<'_>,
     gi: usize,
@@ -59,7 +75,6 @@ unsafe fn group_dot<F: Fmt>(
     // read for the blocks (and half blocks) of those columns, masked to them.
     unsafe {
         let xq = x.qs_ptr().add(gi * F::UNITS * F::UNIT);
-        let ones = _mm256_set1_epi16(1);
         let mut v = [_mm256_setzero_si256(); 8];
         for (i, vi) in v.iter_mut().enumerate() {
             if 32 * i >= n * F::UNIT {
@@ -69,7 +84,7 @@ unsafe fn group_dot<F: Fmt>(
             if F::SIGNED {
                 xv = _mm256_sign_epi8(xv, g.sgn[i]);
             }
-            *vi = _mm256_madd_epi16(_mm256_maddubs_epi16(g.q[i], xv), ones);
+            *vi = udot::<VNNI>(g.q[i], xv);
         }
         let (d, hs) = (x.d.as_ptr(), x.half_sums.as_ptr());
         if F::UNIT == 32 {
@@ -106,9 +121,9 @@ unsafe fn group_dot<F: Fmt>(
 /// The kernel for format `F` and `R` inputs.
 ///
 /// # Safety
-/// As [`matvec_q`], with `R == xs.len()`.
+/// As [`matvec_q`], with `R == xs.len()` and `VNNI == vnni`.
 #[inline(always)]
-unsafe fn rows_body<F: Fmt, const R: usize>(
+unsafe fn rows_body<F: Fmt, const R: usize, const VNNI: bool>(
     w: &[u8],
     rows: usize,
     cols: usize,
@@ -132,13 +147,13 @@ unsafe fn rows_body<F: Fmt, const R: usize>(
                 if gi + 1 < groups || units.is_multiple_of(F::UNITS) {
                     let g = F::unpack(p, F::UNITS);
                     for t in 0..R {
-                        acc[t] = group_dot::<F>(&g, &xs[t], gi, F::UNITS, acc[t]);
+                        acc[t] = group_dot::<F, VNNI>(&g, &xs[t], gi, F::UNITS, acc[t]);
                     }
                 } else {
                     let n = units - F::UNITS * gi;
                     let g = F::unpack(p, n);
                     for t in 0..R {
-                        acc[t] = group_dot::<F>(&g, &xs[t], gi, n, acc[t]);
+                        acc[t] = group_dot::<F, VNNI>(&g, &xs[t], gi, n, acc[t]);
                     }
                 }
             }
@@ -154,14 +169,15 @@ pub const Q_GROUP: usize = 4;
 
 /// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
 /// weights and the 1 to [`Q_GROUP`] inputs `xs` (8-bit blocks of `cols` columns): every
-/// weight group is unpacked once for all inputs.
+/// weight group is unpacked once for all inputs. With `vnni` the integer dots are `vpdpbusd`;
+/// the bits are the same either way.
 ///
 /// # Safety
 /// `w` holds at least `rows` rows of `cols` (a whole number of `qt` blocks) weights; every
 /// input was quantized from `cols` columns; `1 <= xs.len() <= Q_GROUP`; `y` is valid for
 /// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
-/// the call; the CPU supports AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// the call; the CPU supports AVX2, FMA and F16C, and AVX-VNNI if `vnni`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn matvec_q(
     qt: QuantType,
     w: &[u8],
@@ -170,27 +186,60 @@ pub unsafe fn matvec_q(
     xs: &[Q8Row<'_>],
     y: *mut f32,
     ldy: usize,
+    vnni: bool,
 ) {
-    debug_assert!((1..=Q_GROUP).contains(&xs.len()));
-    macro_rules! go {
-        ($f:ty) => {
-            match xs.len() {
-                1 => rows_body::<$f, 1>(w, rows, cols, xs, y, ldy),
-                2 => rows_body::<$f, 2>(w, rows, cols, xs, y, ldy),
-                3 => rows_body::<$f, 3>(w, rows, cols, xs, y, ldy),
-                _ => rows_body::<$f, 4>(w, rows, cols, xs, y, ldy),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
+    // SAFETY: forwarded contract (AVX-VNNI support when `vnni`).
     unsafe {
-        match qt {
-            QuantType::Q4_0 => go!(Q40),
-            QuantType::Q5_0 => go!(Q50),
-            QuantType::Q8_0 => go!(Q80),
-            QuantType::Q4K => go!(Q4K),
-            QuantType::Q5K => go!(Q5K),
-            QuantType::Q6K => go!(Q6K),
+        if vnni {
+            with_vnni(qt, w, rows, cols, xs, y, ldy)
+        } else {
+            without_vnni(qt, w, rows, cols, xs, y, ldy)
         }
     }
 }
+
+/// Defines a [`matvec_q`] body compiled for the given target features and integer dot.
+macro_rules! matvec_fn {
+    ($name:ident, $features:literal, $vnni:literal) => {
+        /// [`matvec_q`] for one setting of `vnni`.
+        ///
+        /// # Safety
+        /// As [`matvec_q`]; the CPU supports the enabled features.
+        #[target_feature(enable = $features)]
+        unsafe fn $name(
+            qt: QuantType,
+            w: &[u8],
+            rows: usize,
+            cols: usize,
+            xs: &[Q8Row<'_>],
+            y: *mut f32,
+            ldy: usize,
+        ) {
+            debug_assert!((1..=Q_GROUP).contains(&xs.len()));
+            macro_rules! go {
+                ($f:ty) => {
+                    match xs.len() {
+                        1 => rows_body::<$f, 1, $vnni>(w, rows, cols, xs, y, ldy),
+                        2 => rows_body::<$f, 2, $vnni>(w, rows, cols, xs, y, ldy),
+                        3 => rows_body::<$f, 3, $vnni>(w, rows, cols, xs, y, ldy),
+                        _ => rows_body::<$f, 4, $vnni>(w, rows, cols, xs, y, ldy),
+                    }
+                };
+            }
+            // SAFETY: forwarded contract.
+            unsafe {
+                match qt {
+                    QuantType::Q4_0 => go!(Q40),
+                    QuantType::Q5_0 => go!(Q50),
+                    QuantType::Q8_0 => go!(Q80),
+                    QuantType::Q4K => go!(Q4K),
+                    QuantType::Q5K => go!(Q5K),
+                    QuantType::Q6K => go!(Q6K),
+                }
+            }
+        }
+    };
+}
+
+matvec_fn!(with_vnni, "avx2,fma,f16c,avxvnni", true);
+matvec_fn!(without_vnni, "avx2,fma,f16c", false);

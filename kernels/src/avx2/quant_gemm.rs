@@ -1,6 +1,6 @@
 //! AVX2 quantized prefill matmul: the AVX-512 design ([`crate::ops::pack_q_panel`] panels of 16
-//! weight rows, unsigned 8-bit quants) on two 256-bit halves of 8 rows, with `vpmaddubsw` +
-//! `vpmaddwd`.
+//! weight rows, unsigned 8-bit quants) on two 256-bit halves of 8 rows, with `vpdpbusd` where
+//! the CPU has AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`.
 
 use core::arch::x86_64::*;
 
@@ -12,18 +12,24 @@ use crate::quant::{q8_len, QuantType};
 /// registers (the f32 accumulators, touched once per sub-block, may live in L1).
 const MR: usize = 4;
 
-/// `acc += sum of 4 u8 × i8 products per lane`. The pairs' i16 sums cannot saturate for quants
-/// below 64 (`2 * 63 * 127`); Q8_0 comes `SIGNED` (its own i8 quants): `|w|` times `x` with the
-/// sign of `w`, at most `2 * 128 * 127`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn dot<const SIGNED: bool>(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-    let p = if SIGNED {
-        _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
-    } else {
-        _mm256_maddubs_epi16(w, x)
-    };
-    _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+/// `acc += sum of 4 u8 × i8 products per lane`: with `VNNI`, `vpdpbusd` (the caller's target
+/// features include AVX-VNNI; quants never come `SIGNED` then). Else `vpmaddubsw` + `vpmaddwd`:
+/// the pairs' i16 sums cannot saturate for quants below 64 (`2 * 63 * 127`); Q8_0 comes
+/// `SIGNED` (its own i8 quants): `|w|` times `x` with the sign of `w`, at most `2 * 128 * 127`.
+#[inline(always)]
+fn dot<const SIGNED: bool, const VNNI: bool>(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+    // SAFETY: register-only AVX2 (with VNNI, AVX-VNNI) intrinsics, enabled by the calling tile.
+    unsafe {
+        if VNNI {
+            return _mm256_dpbusd_avx_epi32(acc, w, x);
+        }
+        let p = if SIGNED {
+            _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w))
+        } else {
+            _mm256_maddubs_epi16(w, x)
+        };
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    }
 }
 
 /// `y[t * ldy + j] = sum_i (scale[j, i] * d_x[t, i] * idot + bias[j, i] * d_x[t, i] *
@@ -34,10 +40,11 @@ fn dot<const SIGNED: bool>(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
 /// # Safety
 /// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
 /// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at columns
-/// `0..nr`, `1 <= nr <= 16`; the CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
+/// `0..nr`, `1 <= nr <= 16`; the CPU must support AVX2, FMA and F16C (and AVX-VNNI with
+/// `VNNI`), enabled by the caller ([`tile_vnni`], [`tile_plain`]).
+#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool>(
+unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool, const VNNI: bool>(
     panel: *const u8,
     nsb: usize,
     xq: *const f32,
@@ -48,11 +55,13 @@ unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool>(
     nr: usize,
 ) {
     let sbb = q_sub_block_bytes(S);
-    let mut facc = [[_mm256_setzero_ps(); 2]; R];
+    // SAFETY: register-only AVX intrinsics, enabled by the calling tile function.
+    let (zero_f, zero_i) = unsafe { (_mm256_setzero_ps(), _mm256_setzero_si256()) };
+    let mut facc = [[zero_f; 2]; R];
     for i in 0..nsb {
         let k0 = i * S;
         let b = k0 / 32;
-        let mut iacc = [[_mm256_setzero_si256(); 2]; R];
+        let mut iacc = [[zero_i; 2]; R];
         // SAFETY: sub-block i < nsb of the panel: its quants (16 * S bytes), scales and biases
         // (64 bytes each) are inside it. x row t < R: its quants start at word 3 * nb of the
         // row, and bytes k0 + 4s..k0 + 4s + 4 < nb * 32 lie inside them; d and the half sums
@@ -65,8 +74,8 @@ unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool>(
                 for (t, a) in iacc.iter_mut().enumerate() {
                     let xp = xq.add(t * xs + 3 * nb).cast::<u8>().add(k0 + 4 * s);
                     let xv = _mm256_set1_epi32(xp.cast::<i32>().read_unaligned());
-                    a[0] = dot::<SIGNED>(a[0], w0, xv);
-                    a[1] = dot::<SIGNED>(a[1], w1, xv);
+                    a[0] = dot::<SIGNED, VNNI>(a[0], w0, xv);
+                    a[1] = dot::<SIGNED, VNNI>(a[1], w1, xv);
                 }
             }
             let o = QNR * S;
@@ -95,7 +104,8 @@ unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool>(
             }
         }
     }
-    let (m0, m1) = (mask8(nr), mask8(nr.saturating_sub(8)));
+    // SAFETY: `mask8` is register-only AVX2, enabled by the calling tile function.
+    let (m0, m1) = unsafe { (mask8(nr), mask8(nr.saturating_sub(8))) };
     for (t, f) in facc.iter().enumerate() {
         // SAFETY: row t < R, columns 0..nr of y are writable by the contract. When nr <= 8 the
         // second mask is zero and nothing is written through the second address, which may
@@ -108,13 +118,42 @@ unsafe fn tile<const R: usize, const S: usize, const SIGNED: bool>(
     }
 }
 
+/// Defines [`tile`] compiled for the given target features and integer dot.
+macro_rules! tile_fn {
+    ($name:ident, $features:literal, $vnni:literal) => {
+        /// [`tile`] for one setting of `VNNI`.
+        ///
+        /// # Safety
+        /// As [`tile`]; the CPU supports the enabled features.
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name<const R: usize, const S: usize, const SIGNED: bool>(
+            panel: *const u8,
+            nsb: usize,
+            xq: *const f32,
+            xs: usize,
+            nb: usize,
+            y: *mut f32,
+            ldy: usize,
+            nr: usize,
+        ) {
+            // SAFETY: forwarded contract, with the features `tile` needs enabled here.
+            unsafe { tile::<R, S, SIGNED, $vnni>(panel, nsb, xq, xs, nb, y, ldy, nr) }
+        }
+    };
+}
+
+tile_fn!(tile_vnni, "avx2,fma,f16c,avxvnni", true);
+tile_fn!(tile_plain, "avx2,fma,f16c", false);
+
 /// Runs every tile of `n` input rows against one packed panel.
 ///
 /// # Safety
-/// As [`tile`], for `n` rows of `xq` and `y`.
+/// As [`tile`], for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX-VNNI.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_panel<const S: usize, const SIGNED: bool>(
+    vnni: bool,
     panel: *const u8,
     nsb: usize,
     xq: *const f32,
@@ -128,15 +167,21 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
     let mut t0 = 0;
     while t0 < n {
         let r = (n - t0).min(MR);
-        // SAFETY: rows t0..t0 + r < n of xq and y exist (contract).
+        // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); VNNI only when supported.
         unsafe {
             let (x, yt) = (xq.add(t0 * xs), y.add(t0 * ldy));
-            match r {
-                4 => tile::<4, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
-                3 => tile::<3, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
-                2 => tile::<2, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
-                _ => tile::<1, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
+            macro_rules! go {
+                ($($r:literal)*) => {
+                    match (r, vnni) {
+                        $(
+                            ($r, true) => tile_vnni::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
+                            ($r, false) => tile_plain::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
+                        )*
+                        _ => unreachable!(),
+                    }
+                };
             }
+            go!(1 2 3 4);
         }
         t0 += r;
     }
@@ -149,11 +194,13 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
 /// # Safety
 /// `w` holds `rows` rows of `k` weights of `qt`, `xq` `n` quantized rows, `panel` at least
 /// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
-/// `j < rows`) with nothing else accessing them; the CPU must support AVX2, FMA and F16C.
+/// `j < rows`) with nothing else accessing them; the CPU must support AVX2, FMA and F16C, and
+/// AVX-VNNI when `vnni`.
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_q_strided(
     qt: QuantType,
+    vnni: bool,
     w: &[u8],
     k: usize,
     xq: &[f32],
@@ -168,7 +215,7 @@ pub unsafe fn matmul_q_strided(
     debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
     let s = q_sub_block(qt);
     let nsb = k / s;
-    let signed = qt == QuantType::Q8_0;
+    let signed = qt == QuantType::Q8_0 && !vnni;
     let pb = panel_bytes(panel);
     let mut j0 = 0;
     while j0 < rows {
@@ -176,13 +223,13 @@ pub unsafe fn matmul_q_strided(
         pack_q_panel(qt, &w[j0 * rb..(j0 + nr) * rb], k, nr, signed, pb);
         let p = pb.as_ptr();
         // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
-        // rows of rows t < n (contract).
+        // rows of rows t < n (contract); VNNI as our caller guarantees.
         unsafe {
             let yj = y.add(j0);
             match (s, signed) {
-                (16, _) => run_panel::<16, false>(p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
-                (_, true) => run_panel::<32, true>(p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
-                _ => run_panel::<32, false>(p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                (16, _) => run_panel::<16, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                (_, true) => run_panel::<32, true>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                _ => run_panel::<32, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
             }
         }
         j0 += nr;

@@ -74,8 +74,9 @@ pub fn matvec_q_rows(isa: Isa, qt: QuantType, w: &[u8], xs: &[QuantX<'_>], y: &m
     matvec_q_rows_opts(isa, qt, w, xs, y, true)
 }
 
-/// [`matvec_q_rows`] with the AVX512-VNNI path allowed or not (where the CPU has it): for
-/// tests, so the `vpmaddubsw` path is exercised on VNNI machines too. Both give the same bits.
+/// [`matvec_q_rows`] with the VNNI path (AVX512-VNNI on AVX-512, AVX-VNNI on AVX2) allowed or
+/// not (where the CPU has it): for tests, so the `vpmaddubsw` path is exercised on VNNI
+/// machines too. Both give the same bits.
 #[doc(hidden)]
 pub fn matvec_q_rows_opts(
     isa: Isa,
@@ -97,10 +98,16 @@ pub fn matvec_q_rows_opts(
     unsafe { matvec_q_raw(isa, qt, w, rows, xs, y.as_mut_ptr(), rows, allow_vnni) }
 }
 
-/// Whether the AVX-512 kernels use `vpdpbusd`: the CPU has AVX512-VNNI and `allow` is set.
+/// Whether `isa`'s quantized kernels use `vpdpbusd`: `allow` is set and the CPU has the VNNI
+/// extension of that width (AVX512-VNNI for AVX-512, AVX-VNNI for AVX2).
 #[cfg(target_arch = "x86_64")]
-fn use_vnni(allow: bool) -> bool {
-    allow && is_x86_feature_detected!("avx512vnni")
+pub(crate) fn use_vnni(isa: Isa, allow: bool) -> bool {
+    allow
+        && match isa {
+            Isa::Avx512 => is_x86_feature_detected!("avx512vnni"),
+            Isa::Avx2 => is_x86_feature_detected!("avxvnni"),
+            Isa::Scalar => false,
+        }
 }
 
 /// `y[t * ldy + r] = sum_c w[r, c] * xs[t][c]` for every input `t` and weight row `r < rows`:
@@ -143,16 +150,16 @@ pub(crate) unsafe fn matvec_q_raw(
             }
             let q = &q[..grp.len()];
             let yg = y.wrapping_add(g * group * ldy);
+            let vnni = use_vnni(isa, allow_vnni);
             if isa == Isa::Avx512 {
-                let vnni = use_vnni(allow_vnni);
                 // SAFETY: CPU support checked (and VNNI detected when `vnni`); `w` holds
                 // `rows` rows of `cols` (checked); every input was quantized from `cols`
                 // columns (`QuantX::new`); this group's rows of y are forwarded from the
                 // contract.
                 unsafe { avx512::matvec_q(qt, w, rows, cols, q, yg, ldy, vnni) }
             } else {
-                // SAFETY: as above, for AVX2.
-                unsafe { avx2::matvec_q(qt, w, rows, cols, q, yg, ldy) }
+                // SAFETY: as above, for AVX2 (AVX-VNNI detected when `vnni`).
+                unsafe { avx2::matvec_q(qt, w, rows, cols, q, yg, ldy, vnni) }
             }
         }
         return;

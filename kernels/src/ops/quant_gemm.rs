@@ -7,7 +7,8 @@
 //!   each panel of [`QNR`] weight rows is repacked ([`pack_q_panel`]) as unsigned 8-bit quants,
 //!   4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and bias
 //!   (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products (`vpdpbusd` on
-//!   AVX512-VNNI, else `vpmaddubsw` + `vpmaddwd`), converting to f32 once per sub-block:
+//!   AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`), converting to f32 once per
+//!   sub-block:
 //!   `acc += f32(idot) * (scale * d_x) + bias * (d_x * sum(x_q))`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,21 +19,21 @@ use crate::quant::{self, q8_len, QuantType};
 /// Weight rows per packed panel: one 512-bit vector of i32 lanes (two 256-bit ones on AVX2).
 pub(crate) const QNR: usize = 16;
 
-/// Forces the AVX-512 path to `vpmaddubsw`/`vpmaddwd` even where AVX512-VNNI exists.
+/// Forces the SIMD paths to `vpmaddubsw`/`vpmaddwd` even where VNNI exists.
 static NO_VNNI: AtomicBool = AtomicBool::new(false);
 
-/// Test hook: with `on`, the AVX-512 quantized matmul ignores AVX512-VNNI (so its fallback can
-/// be tested on a CPU that has it). Both paths compute the same integer sums, so flipping this
-/// while other matmuls run changes their speed only.
+/// Test hook: with `on`, the quantized matmul ignores AVX512-VNNI and AVX-VNNI (so the
+/// fallbacks can be tested on a CPU that has them). Both paths compute the same integer sums,
+/// so flipping this while other matmuls run changes their speed only.
 #[doc(hidden)]
 pub fn matmul_q_force_no_vnni(on: bool) {
     NO_VNNI.store(on, Ordering::Relaxed);
 }
 
-/// Whether the AVX-512 quantized matmul runs `vpdpbusd`.
+/// Whether `isa`'s quantized matmul runs `vpdpbusd`.
 #[cfg(target_arch = "x86_64")]
-fn use_vnni() -> bool {
-    !NO_VNNI.load(Ordering::Relaxed) && is_x86_feature_detected!("avx512vnni")
+fn use_vnni(isa: Isa) -> bool {
+    super::quant::use_vnni(isa, !NO_VNNI.load(Ordering::Relaxed))
 }
 
 /// Weights per sub-block of a packed panel: 16 for Q6_K (a scale per 16), else 32.
@@ -145,7 +146,7 @@ pub(crate) unsafe fn matmul_q_strided(
         Isa::Avx512 => {
             check(Isa::Avx512);
             assert!(xq.len() >= n * q8_len(k));
-            let vnni = use_vnni();
+            let vnni = use_vnni(Isa::Avx512);
             // SAFETY: CPU support checked (VNNI too, when `vnni`); buffers checked above or
             // forwarded from our caller's contract.
             unsafe { avx512::matmul_q_strided(qt, vnni, w, k, xq, n, y, ldy, rows, panel) }
@@ -154,8 +155,10 @@ pub(crate) unsafe fn matmul_q_strided(
         Isa::Avx2 => {
             check(Isa::Avx2);
             assert!(xq.len() >= n * q8_len(k));
-            // SAFETY: CPU support checked; buffers checked above or forwarded.
-            unsafe { avx2::matmul_q_strided(qt, w, k, xq, n, y, ldy, rows, panel) }
+            let vnni = use_vnni(Isa::Avx2);
+            // SAFETY: CPU support checked (AVX-VNNI too, when `vnni`); buffers checked above or
+            // forwarded.
+            unsafe { avx2::matmul_q_strided(qt, vnni, w, k, xq, n, y, ldy, rows, panel) }
         }
         _ => {
             let deq = &mut panel[..k];
