@@ -18,7 +18,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{lanes, prefetch};
+use super::{lanes, prefetch, PREFETCH_BYTES};
 
 /// Format codes for the kernels' const parameter.
 pub const RQ4_0: u8 = 0;
@@ -222,11 +222,9 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     let rb = units * unit_bytes(K);
     let full = units / 16;
     let tail = units % 16;
-    // Prefetch distance: the same place in the next row(s). Measured on Zen 4 at the
-    // 151936x896 Q8_0 head (from DRAM) with two rows per pass, it took the kernel from ~0.5x to
-    // ~0.8-1x the ggml-layout kernel; farther was no better. (Not re-measured without it since
-    // the switch to one row per pass.)
-    let pf = RW * rb;
+    // Prefetch distance: PREFETCH_BYTES on in the stream of rows (one row ahead, as this was
+    // first, measured slower on an Emerald Rapids Xeon: see PREFETCH_BYTES).
+    let pf = PREFETCH_BYTES;
     // SAFETY: rows r..r + RW lie in w, every group offset in them is inside the row, and every
     // prepared input holds `units` units (contract); y[t * ldy + r + i] is writable (contract).
     unsafe {
@@ -256,12 +254,12 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     }
 }
 
-/// Every row, one at a time.
+/// Every row, one at a time, against `T` inputs.
 ///
 /// `rows_n` can run two rows per pass (each input vector load feeding both), which is a little
 /// faster while the matrix sits in cache, but streaming from DRAM (where decode reads every
 /// matrix from) the two interleaved rows ran the Q8_0 output head at half the ggml-layout
-/// kernel's speed even with the prefetch; one row at a time matches or beats it (Zen 4)., against `T` inputs.
+/// kernel's speed even with the prefetch; one row at a time matches or beats it (Zen 4).
 ///
 /// # Safety
 /// As [`matvec_repacked`], with `T == xs.len()`.
