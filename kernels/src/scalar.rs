@@ -80,6 +80,17 @@ pub fn add(y: &mut [f32], x: &[f32]) {
     }
 }
 
+/// The wrapping sum of `b` read as little-endian u64 words, each byte past the last whole
+/// word added as itself: a checksum for streaming reads (`ops::stream_sum`).
+pub fn stream_sum(b: &[u8]) -> u64 {
+    let words = b.chunks_exact(8);
+    let tail = words.remainder().iter().map(|&v| v as u64);
+    words
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or([0; 8])))
+        .chain(tail)
+        .fold(0u64, u64::wrapping_add)
+}
+
 /// `gate[i] = silu(gate[i]) * up[i]`, `silu(g) = g / (1 + exp(-g))`.
 pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");

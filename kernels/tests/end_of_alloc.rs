@@ -314,3 +314,26 @@ fn matmul_bf16dot_at_end_of_allocation() {
         }
     }
 }
+
+#[test]
+fn stream_sum_at_end_of_allocation() {
+    let isas = simd_isas();
+    let mut rng = Rng(7);
+    // around the 128- and 256-byte steps, unaligned (offset 1), and a long stream whose
+    // prefetches run far past the end
+    for n in [0usize, 1, 7, 8, 9, 127, 128, 129, 255, 256, 257, 1000, 70_001] {
+        let bytes: Vec<u8> = rng.vec(n + 1).iter().map(|v| v.to_bits() as u8).collect();
+        let b = bytes.into_boxed_slice();
+        let b = &b[1..];
+        let want = scalar::stream_sum(b);
+        // the checksum sees every word: a flipped bit anywhere changes it
+        if n >= 8 {
+            let mut f = b.to_vec();
+            f[n / 2] ^= 1;
+            assert_ne!(scalar::stream_sum(&f), want, "n={n}: flip not seen");
+        }
+        for &isa in &isas {
+            assert_eq!(ops::stream_sum(isa, b), want, "{isa} n={n}");
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{dot_raw, exp_ps, hmax, hsum, ld, ld_part, mask8};
+use super::{dot_raw, exp_ps, hmax, hsum, ld, ld_part, mask8, PREFETCH_BYTES};
 use crate::dtype::{Dtype, WeightType};
 
 /// `out[i] = x[i] * inv * w[i]`.
@@ -109,6 +109,40 @@ pub unsafe fn add(y: &mut [f32], x: &[f32]) {
         let xb = std::slice::from_raw_parts(x.as_ptr() as *const u8, y.len() * 4);
         add_w::<crate::F32>(y, xb)
     }
+}
+
+/// [`crate::scalar::stream_sum`], reading 128 bytes per step in four independent loads, with
+/// the decode matvec's prefetch ([`super::PREFETCH_BYTES`] ahead).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn stream_sum(b: &[u8]) -> u64 {
+    let steps = b.len() / 128;
+    let p = b.as_ptr();
+    let mut acc = [_mm256_setzero_si256(); 4];
+    for i in 0..steps {
+        // SAFETY: step i < steps covers bytes 128 i..128 i + 128 < b.len(); the prefetches may
+        // point past b, where they are no-op hints (formed with wrapping_add).
+        unsafe {
+            let q = p.add(128 * i);
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_BYTES).cast());
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_BYTES + 64).cast());
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_epi64(*a, _mm256_loadu_si256(q.add(32 * j).cast()));
+            }
+        }
+    }
+    let v = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
+    let mut w = [0u64; 4];
+    // SAFETY: w holds 32 bytes.
+    unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
+    w.iter()
+        .fold(0u64, |a, &x| a.wrapping_add(x))
+        .wrapping_add(crate::scalar::stream_sum(&b[128 * steps..]))
 }
 
 /// `gate[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`.

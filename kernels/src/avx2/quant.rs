@@ -13,13 +13,8 @@
 
 use core::arch::x86_64::*;
 
-use super::{hsum, mask8};
+use super::{hsum, mask8, PREFETCH_BYTES};
 use crate::quant::{Q8Row, QuantType};
-
-/// How far ahead of its loads the decode matvec prefetches the weight stream, in bytes: as on
-/// AVX-512 (`avx512::PREFETCH_BYTES`, where the measurements are); the AVX2 kernel forced on
-/// an Emerald Rapids Xeon (`QWENRT_ISA=avx2`) went from 31 to 46 t/s in decode with it.
-const PREFETCH_BYTES: usize = 8192;
 
 mod unpack;
 

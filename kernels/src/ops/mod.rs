@@ -384,6 +384,13 @@ pub fn add(isa: Isa, y: &mut [f32], x: &[f32]) {
     dispatch!(isa, add, (y, x))
 }
 
+/// The wrapping sum of `b` as little-endian u64 words (trailing bytes added as themselves), the
+/// same on every ISA: the SIMD bodies read it as fast as they can, with the decode matvecs'
+/// prefetch, so timing it measures the read bandwidth decode could reach.
+pub fn stream_sum(isa: Isa, b: &[u8]) -> u64 {
+    dispatch!(isa, stream_sum, (b))
+}
+
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
