@@ -87,6 +87,44 @@ impl Isa {
     }
 }
 
+impl Isa {
+    /// The extensions this ISA's kernels use on this CPU beyond their base: `vnni` (AVX512-VNNI
+    /// or AVX-VNNI integer dots), `bf16` (AVX512-BF16), `amx` (AMX prefill tiles, which asks
+    /// Linux for the tile data: see `ops::prefill_amx`).
+    pub fn extensions(self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        match self {
+            Isa::Avx512 => {
+                if is_x86_feature_detected!("avx512vnni") {
+                    v.push("vnni");
+                }
+                if self.has_avx512_bf16() {
+                    v.push("bf16");
+                }
+                if crate::ops::prefill_amx() {
+                    v.push("amx");
+                }
+            }
+            Isa::Avx2 => {
+                if is_x86_feature_detected!("avxvnni") {
+                    v.push("vnni");
+                }
+            }
+            Isa::Scalar => {}
+        }
+        v
+    }
+
+    /// `avx512+vnni+bf16` style: the ISA and its [`Isa::extensions`].
+    pub fn describe(self) -> String {
+        std::iter::once(self.to_string())
+            .chain(self.extensions().into_iter().map(String::from))
+            .collect::<Vec<_>>()
+            .join("+")
+    }
+}
+
 impl std::str::FromStr for Isa {
     type Err = String;
     fn from_str(s: &str) -> Result<Isa, String> {

@@ -321,7 +321,9 @@ fn stream_sum_at_end_of_allocation() {
     let mut rng = Rng(7);
     // around the 128- and 256-byte steps, unaligned (offset 1), and a long stream whose
     // prefetches run far past the end
-    for n in [0usize, 1, 7, 8, 9, 127, 128, 129, 255, 256, 257, 1000, 70_001] {
+    for n in [
+        0usize, 1, 7, 8, 9, 127, 128, 129, 255, 256, 257, 1000, 70_001,
+    ] {
         let bytes: Vec<u8> = rng.vec(n + 1).iter().map(|v| v.to_bits() as u8).collect();
         let b = bytes.into_boxed_slice();
         let b = &b[1..];

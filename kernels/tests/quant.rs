@@ -297,7 +297,11 @@ fn check_format(qt: QuantType) {
             ops::matvec_q_rows_opts(isa, qt, &w, &[x], &mut a, true);
             ops::matvec_q_rows_opts(isa, qt, &w, &[x], &mut c, false);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a), bits(&c), "{qt} {isa} {rows}x{cols}: vnni vs plain");
+            assert_eq!(
+                bits(&a),
+                bits(&c),
+                "{qt} {isa} {rows}x{cols}: vnni vs plain"
+            );
         }
     }
 }

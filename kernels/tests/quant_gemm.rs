@@ -286,3 +286,44 @@ fn avx512_without_vnni() {
         check_format(qt, true);
     }
 }
+
+/// The AMX tiles against the AVX512-VNNI tiles (forced with `matmul_q_force_no_amx`): the
+/// same integer dots and the same f32 epilogue, so the same bits, for input counts around
+/// the 16-row tile and the 8-row VNNI tile, partial 16-row panels, every format. (The default
+/// path that `check_format` tests against the reference is AMX where it is available.)
+#[test]
+fn amx_matches_vnni() {
+    if !ops::prefill_amx() {
+        println!(
+            "skipped: no AMX here (the CPU lacks amx_tile/amx_int8, Linux refused the tile \
+             data, or QWENRT_AMX=0)"
+        );
+        return;
+    }
+    let mut rng = Rng(0xa3c5);
+    for qt in QuantType::ALL {
+        let k = if qt.block_elems() == 256 { 512 } else { 96 };
+        for rows in [16, 17, 40] {
+            let w: Vec<u8> = (0..rows)
+                .flat_map(|_| random_row(&mut rng, qt, k))
+                .collect();
+            for n in [1, 7, 8, 15, 16, 17, 40] {
+                let x = rng.vec(n * k);
+                let mut s = vec![f32::NAN; ops::matmul_q_scratch_len(n, k)];
+                let mut amx = vec![f32::NAN; n * rows];
+                ops::matmul_q(Isa::Avx512, qt, &w, k, &x, &mut s, &mut amx);
+                ops::matmul_q_force_no_amx(true);
+                let mut vnni = vec![f32::NAN; n * rows];
+                ops::matmul_q(Isa::Avx512, qt, &w, k, &x, &mut s, &mut vnni);
+                ops::matmul_q_force_no_amx(false);
+                for (i, (a, b)) in amx.iter().zip(&vnni).enumerate() {
+                    assert_eq!(
+                        a.to_bits(),
+                        b.to_bits(),
+                        "{qt} k={k} rows={rows} n={n} output {i}: AMX {a} vs VNNI {b}"
+                    );
+                }
+            }
+        }
+    }
+}

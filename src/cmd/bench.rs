@@ -360,10 +360,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         params as f64 / 1e9,
         weights.matrix_formats()
     );
+    let backend = session.isa().describe();
     if a.json {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,
-            "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "threads": threads,
+            "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "isa_extensions": session.isa().extensions(), "threads": threads,
             "kv_dtype": session.kv_dtype().to_string().to_lowercase(),
             "pp": if p > 0 { serde_json::json!({"n_prompt": p, "tokens_per_second_mean": pp_m, "tokens_per_second_sd": pp_sd, "samples": pp}) } else { serde_json::Value::Null },
             "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },
@@ -382,16 +383,16 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         );
         let params_s = format!("{:.2} B", params as f64 / 1e9);
         if p > 0 {
-            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | pp{p} | {pp_m:.2} ± {pp_sd:.2} |", session.isa());
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | pp{p} | {pp_m:.2} ± {pp_sd:.2} |", backend);
         }
         if n > 0 {
-            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | tg{n} | {tg_m:.2} ± {tg_sd:.2} |", session.isa());
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | tg{n} | {tg_m:.2} ± {tg_sd:.2} |", backend);
         }
         for &(b, m, sd) in &bb {
-            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} | {m:.2} ± {sd:.2} |", session.isa());
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} | {m:.2} ± {sd:.2} |", backend);
         }
         for &(b, m, sd) in &vb {
-            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | v{b} x{n} | {m:.2} ± {sd:.2} |", session.isa());
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | v{b} x{n} | {m:.2} ± {sd:.2} |", backend);
         }
         println!();
         println!(

@@ -173,7 +173,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     );
     println!(
         "isa: {} | threads: {} | ctx: {} | kv cache: {}",
-        session.isa(),
+        session.isa().describe(),
         session.threads(),
         session.ctx(),
         session.kv_dtype().to_string().to_lowercase()

@@ -12,6 +12,7 @@ use core::arch::x86_64::*;
 
 use crate::dtype::{Dtype, WeightType};
 
+mod amx;
 mod attention;
 mod elementwise;
 mod matmul;
@@ -20,6 +21,7 @@ mod quant;
 mod quant_gemm;
 mod quant_repack;
 
+pub use amx::amx_available;
 pub use attention::*;
 pub use elementwise::*;
 pub use matmul::*;

@@ -4,6 +4,7 @@
 
 use core::arch::x86_64::*;
 
+use super::amx::{tile_amx, AMX_MR};
 use super::{lanes, prefetch};
 use crate::ops::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
@@ -119,11 +120,13 @@ tile_fn!(
 /// Runs every tile of `n` input rows against one packed panel.
 ///
 /// # Safety
-/// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI.
+/// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI;
+/// with `amx`, [`super::amx_available`] returned true and the quants are unsigned (`!SIGNED`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_panel<const S: usize, const SIGNED: bool>(
     vnni: bool,
+    amx: bool,
     panel: *const u8,
     nsb: usize,
     xq: *const f32,
@@ -135,6 +138,26 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
 ) {
     let nb = nsb * S / 32;
     let mut t0 = 0;
+    if amx && !SIGNED {
+        while t0 < n {
+            let r = (n - t0).min(AMX_MR);
+            // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); AMX granted (contract).
+            unsafe {
+                let (x, yt) = (xq.add(t0 * xs), y.add(t0 * ldy));
+                macro_rules! go {
+                    ($($r:literal)*) => {
+                        match r {
+                            $($r => tile_amx::<$r, S>(panel, nsb, x, xs, nb, yt, ldy, nr),)*
+                            _ => unreachable!(),
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+            }
+            t0 += r;
+        }
+        return;
+    }
     while t0 < n {
         let r = (n - t0).min(MR);
         // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); VNNI only when supported.
@@ -165,12 +188,14 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
 /// `w` holds `rows` rows of `k` weights of `qt`, `xq` `n` quantized rows, `panel` at least
 /// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
 /// `j < rows`) with nothing else accessing them; the CPU must support AVX-512F/BW/VL, AVX2,
-/// FMA and F16C, and AVX512-VNNI when `vnni`.
+/// FMA and F16C, and AVX512-VNNI when `vnni`; with `amx` (the AMX tiles,
+/// [`super::amx_available`] having returned true).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_q_strided(
     qt: QuantType,
     vnni: bool,
+    amx: bool,
     w: &[u8],
     k: usize,
     xq: &[f32],
@@ -185,7 +210,8 @@ pub unsafe fn matmul_q_strided(
     debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
     let s = q_sub_block(qt);
     let nsb = k / s;
-    let signed = qt == QuantType::Q8_0 && !vnni;
+    // the VNNI and AMX dots take unsigned weight quants (Q8_0's offset by 128)
+    let signed = qt == QuantType::Q8_0 && !vnni && !amx;
     let pb = panel_bytes(panel);
     let mut j0 = 0;
     while j0 < rows {
@@ -206,13 +232,14 @@ pub unsafe fn matmul_q_strided(
         }
         let p = pb.as_ptr();
         // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
-        // rows of rows t < n (contract); VNNI as our caller guarantees.
+        // rows of rows t < n (contract); VNNI and AMX as our caller guarantees.
         unsafe {
             let yj = y.add(j0);
+            let x = xq.as_ptr();
             match (s, signed) {
-                (16, _) => run_panel::<16, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
-                (_, true) => run_panel::<32, true>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
-                _ => run_panel::<32, false>(vnni, p, nsb, xq.as_ptr(), xs, n, yj, ldy, nr),
+                (16, _) => run_panel::<16, false>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
+                (_, true) => run_panel::<32, true>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
+                _ => run_panel::<32, false>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
             }
         }
         j0 += nr;

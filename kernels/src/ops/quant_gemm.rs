@@ -7,8 +7,8 @@
 //!   each panel of [`QNR`] weight rows is repacked ([`pack_q_panel`]) as unsigned 8-bit quants,
 //!   4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and bias
 //!   (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products (`vpdpbusd` on
-//!   AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`), converting to f32 once per
-//!   sub-block:
+//!   AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`; on AMX, one `tdpbsud` per
+//!   sub-block of 16 inputs x 16 rows: [`prefill_amx`]), converting to f32 once per sub-block:
 //!   `acc += f32(idot) * (scale * d_x) + bias * (d_x * sum(x_q))`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -28,6 +28,95 @@ static NO_VNNI: AtomicBool = AtomicBool::new(false);
 #[doc(hidden)]
 pub fn matmul_q_force_no_vnni(on: bool) {
     NO_VNNI.store(on, Ordering::Relaxed);
+}
+
+/// Forces the AVX-512 path off AMX even where the CPU and Linux allow it.
+static NO_AMX: AtomicBool = AtomicBool::new(false);
+
+/// Test hook: with `on`, the AVX-512 quantized matmul runs its AVX512-VNNI tiles even where
+/// AMX is available. Both give the same bits.
+#[doc(hidden)]
+pub fn matmul_q_force_no_amx(on: bool) {
+    NO_AMX.store(on, Ordering::Relaxed);
+}
+
+/// Whether the AVX-512 quantized prefill matmul runs on AMX tiles: the CPU has AMX-TILE and
+/// AMX-INT8, Linux granted this process the tile data (asked on the first call), `QWENRT_AMX`
+/// is not `0`, and a first small matmul on AMX gave the AVX-512 tiles' bits (else a warning
+/// on stderr, and AMX stays off). Elsewhere it runs AVX512-VNNI (or `vpmaddubsw`) tiles.
+pub fn prefill_amx() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *OK.get_or_init(|| avx512::amx_available() && amx_self_check())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A Q8_0 matmul of 17 weight rows by 19 inputs (a full and a partial tile each way) at
+/// k = 96 on the AMX tiles and on the AVX-512 ones: whether the bits agree. The AMX kernel
+/// could only be written, not run, where it was written (no AMX there), so it proves itself
+/// once on the machine before serving.
+#[cfg(target_arch = "x86_64")]
+fn amx_self_check() -> bool {
+    let (qt, k, rows, n) = (QuantType::Q8_0, 96, 17, 19);
+    let rb = qt.block_bytes() * k / 32;
+    let mut s = 0x9e37_79b9u32;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        s
+    };
+    let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();
+    for blk in w.chunks_exact_mut(qt.block_bytes()) {
+        // scale 2^-6: a finite f16
+        blk[..2].copy_from_slice(&0x2400u16.to_le_bytes());
+    }
+    let x: Vec<f32> = (0..n * k)
+        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let mut xq = vec![0f32; n * q8_len(k)];
+    for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(q8_len(k))) {
+        quant::quantize_row_q8(xr, qr);
+    }
+    let mut panel = vec![0f32; matmul_q_panel_len(k)];
+    let vnni = use_vnni(Isa::Avx512);
+    let mut ys = [vec![0f32; n * rows], vec![0f32; n * rows]];
+    for (amx, y) in [true, false].into_iter().zip(ys.iter_mut()) {
+        // SAFETY: AVX-512 is present (amx_available checks it) and AMX granted (we were
+        // called after amx_available returned true); w holds `rows` rows of k, xq n rows,
+        // panel one panel, y n rows of `rows` floats.
+        unsafe {
+            avx512::matmul_q_strided(
+                qt,
+                vnni,
+                amx,
+                &w,
+                k,
+                &xq,
+                n,
+                y.as_mut_ptr(),
+                rows,
+                rows,
+                &mut panel,
+            )
+        }
+    }
+    let same = ys[0]
+        .iter()
+        .zip(&ys[1])
+        .all(|(a, b)| a.to_bits() == b.to_bits());
+    if !same {
+        eprintln!(
+            "qwenrt: the AMX prefill tiles disagree with the AVX-512 ones on this machine; \
+             prefill runs without AMX"
+        );
+    }
+    same
 }
 
 /// Whether `isa`'s quantized matmul runs `vpdpbusd`.
@@ -147,9 +236,10 @@ pub(crate) unsafe fn matmul_q_strided(
             check(Isa::Avx512);
             assert!(xq.len() >= n * q8_len(k));
             let vnni = use_vnni(Isa::Avx512);
-            // SAFETY: CPU support checked (VNNI too, when `vnni`); buffers checked above or
-            // forwarded from our caller's contract.
-            unsafe { avx512::matmul_q_strided(qt, vnni, w, k, xq, n, y, ldy, rows, panel) }
+            let amx = !NO_AMX.load(Ordering::Relaxed) && prefill_amx();
+            // SAFETY: CPU support checked (VNNI too, when `vnni`; AMX granted, when `amx`);
+            // buffers checked above or forwarded from our caller's contract.
+            unsafe { avx512::matmul_q_strided(qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {

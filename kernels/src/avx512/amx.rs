@@ -1,0 +1,197 @@
+//! The quantized prefill matmul's tiles on AMX (Advanced Matrix Extensions, `amx_tile` +
+//! `amx_int8`), where the CPU has them and Linux grants this process the tile state.
+//!
+//! A packed panel sub-block ([`crate::ops::pack_q_panel`]: `S / 4` lines of 64 bytes, each
+//! 4 consecutive k of 16 weight rows, unsigned quants) is exactly AMX's "VNNI" layout for the
+//! second operand of `tdpbsud` (signed × unsigned bytes, i32 sums). The first operand is up to
+//! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
+//! with their row stride. One `tdpbsud` per sub-block gives the `R × 16` integer dots the
+//! AVX512-VNNI tile builds with `S / 4 × R` `vpdpbusd`; they are stored to a 1 KiB buffer and
+//! scaled into f32 accumulators with the same operations, in the same order, as that tile, so
+//! the two give the same bits (`tests/quant_gemm.rs` checks it where AMX exists).
+//!
+//! Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the process asks for
+//! it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); a tile instruction before that
+//! raises SIGILL. [`amx_available`] asks once and reports false if the CPU lacks AMX, the
+//! kernel refuses, the platform is not Linux, or `QWENRT_AMX=0`; the AVX512-VNNI tiles run
+//! then. Rust has no stable AMX intrinsics, so the tile instructions are inline assembly.
+
+use core::arch::asm;
+use core::arch::x86_64::*;
+use std::sync::OnceLock;
+
+use super::lanes;
+use crate::ops::{q_sub_block_bytes, QNR};
+
+/// Input rows per AMX tile: the tile's 16 rows.
+pub(crate) const AMX_MR: usize = 16;
+
+/// Whether the AMX tiles may run: the CPU reports AMX-TILE and AMX-INT8, Linux granted the
+/// tile data (asked once per process), and `QWENRT_AMX` is not `0`.
+pub fn amx_available() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        if std::env::var("QWENRT_AMX").is_ok_and(|v| v == "0") {
+            return false;
+        }
+        cpu_has_amx_int8() && request_tile_data()
+    })
+}
+
+/// CPUID leaf 7: EDX bit 24 (AMX-TILE) and bit 25 (AMX-INT8), with the AVX-512 the epilogue
+/// uses.
+fn cpu_has_amx_int8() -> bool {
+    if !crate::Isa::Avx512.is_supported() {
+        return false;
+    }
+    // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is reported as zeros where absent.
+    #[allow(unused_unsafe)]
+    let r = unsafe { __cpuid_count(7, 0) };
+    r.edx & (1 << 24) != 0 && r.edx & (1 << 25) != 0
+}
+
+/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0`: Linux lets this process (every
+/// thread of it) use the AMX tile data. False where refused or not Linux.
+fn request_tile_data() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const SYS_ARCH_PRCTL: usize = 158;
+        const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
+        const XFEATURE_XTILEDATA: usize = 18;
+        let ret: isize;
+        // SAFETY: the arch_prctl system call with two integer arguments; it reads and writes
+        // no memory of ours, and the kernel clobbers only rax (the result), rcx and r11.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        ret == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+/// AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
+#[repr(C, align(64))]
+struct TileConfig {
+    palette: u8,
+    start_row: u8,
+    reserved: [u8; 14],
+    colsb: [u16; 16],
+    rows: [u8; 16],
+}
+
+/// Configuration for `R` input rows and sub-blocks of `S` k: tmm0 the `R × 16` i32 dots,
+/// tmm1 the inputs (`R` rows of `S` bytes), tmm2 the weights (`S / 4` rows of 64 bytes).
+fn config(r: usize, s: usize) -> TileConfig {
+    let mut c = TileConfig {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        colsb: [0; 16],
+        rows: [0; 16],
+    };
+    c.colsb[0] = 64;
+    c.rows[0] = r as u8;
+    c.colsb[1] = s as u16;
+    c.rows[1] = r as u8;
+    c.colsb[2] = 64;
+    c.rows[2] = (s / 4) as u8;
+    c
+}
+
+/// The AMX tile: as the AVX512-VNNI tile of `avx512::quant_gemm` (same contract, the same
+/// bits) for `R <= 16` input rows, with unsigned weight quants.
+///
+/// # Safety
+/// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
+/// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at columns
+/// `0..nr`, `1 <= nr <= 16`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C, and
+/// [`amx_available`] must have returned true.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(
+    panel: *const u8,
+    nsb: usize,
+    xq: *const f32,
+    xs: usize,
+    nb: usize,
+    y: *mut f32,
+    ldy: usize,
+    nr: usize,
+) {
+    let cfg = config(R, S);
+    let mut dots = Dots([0; 256]);
+    let sbb = q_sub_block_bytes(S);
+    let x_stride = xs * 4;
+    let line = 64usize;
+    let mut facc = [_mm512_setzero_ps(); R];
+    // SAFETY: `cfg` is a valid palette-1 configuration (tile shapes within 16 rows x 64
+    // bytes, tmm1's bytes per row = 4 x tmm2's rows as tdpbsud requires); the process holds
+    // the tile data permission (contract).
+    unsafe {
+        asm!("ldtilecfg [{0}]", in(reg) &cfg as *const TileConfig, options(nostack, readonly))
+    };
+    for i in 0..nsb {
+        let k0 = i * S;
+        let b = k0 / 32;
+        // SAFETY: sub-block i < nsb of the panel holds its S / 4 lines of 64 quant bytes, then
+        // 16 scales and 16 biases; input row t < R has its quants at word 3 * nb, and bytes
+        // k0..k0 + S of them lie inside its nb * 32 (contract). tileloadd reads R rows of S
+        // bytes from the inputs (stride x_stride) and S / 4 rows of 64 bytes from the panel;
+        // tilestored writes R rows of 64 bytes into `dots` (1 KiB).
+        unsafe {
+            let p = panel.add(i * sbb);
+            let xa = xq.add(3 * nb).cast::<u8>().add(k0);
+            asm!(
+                "tilezero tmm0",
+                "tileloadd tmm1, [{xa} + {xs}*1]",
+                "tileloadd tmm2, [{w} + {line}*1]",
+                "tdpbsud tmm0, tmm1, tmm2",
+                "tilestored [{d} + {line}*1], tmm0",
+                xa = in(reg) xa,
+                xs = in(reg) x_stride,
+                w = in(reg) p,
+                line = in(reg) line,
+                d = in(reg) dots.0.as_mut_ptr(),
+                options(nostack),
+            );
+            let sc = _mm512_loadu_ps(p.add(QNR * S).cast());
+            let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
+            for (t, f) in facc.iter_mut().enumerate() {
+                let a = _mm512_loadu_si512(dots.0.as_ptr().add(16 * t).cast());
+                let xr = xq.add(t * xs);
+                let dx = *xr.add(b);
+                let hs = xr.add(nb + 2 * b);
+                let sx = if S == 32 {
+                    *hs + *hs.add(1)
+                } else {
+                    *hs.add(i & 1)
+                };
+                let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
+                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), scx, *f);
+                *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
+            }
+        }
+    }
+    // SAFETY: releases the tile registers (so the thread's saved state shrinks again).
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    let m = lanes(nr);
+    for (t, f) in facc.iter().enumerate() {
+        // SAFETY: row t < R, columns 0..nr of y: writable by the contract.
+        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
+    }
+}
+
+/// The tile's `R × 16` i32 dots, as `tilestored` leaves them (rows of 64 bytes).
+#[repr(C, align(64))]
+struct Dots([i32; 256]);
