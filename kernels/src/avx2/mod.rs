@@ -29,7 +29,8 @@ pub use quant_gemm::*;
 
 /// How far ahead of its loads the decode matvec prefetches the weight stream, in bytes: as on
 /// AVX-512 (`avx512::PREFETCH_BYTES`, where the measurements are); the AVX2 kernel forced on
-/// an Emerald Rapids Xeon (`QWENRT_ISA=avx2`) went from 31 to 46 t/s in decode with it.
+/// an Emerald Rapids Xeon (`QWENRT_ISA=avx2`) went from 30-32 to 38-49 t/s in decode with it
+/// (tg64, three runs alternating with the binary before it).
 pub(crate) const PREFETCH_BYTES: usize = 8192;
 
 /// A lane mask (all-ones in lanes `< n`) for `vmaskmovps`.

@@ -32,10 +32,11 @@ pub use quant_repack::*;
 
 /// How far ahead of its loads a decode matvec prefetches the weight stream, in bytes. Decode
 /// reads every matrix once per token from DRAM, and the hardware prefetcher alone left each
-/// core's stream waiting on misses: on a 2-vCPU Xeon (Emerald Rapids), tg64 on the default
-/// GGUF went from 47-50 t/s (the repacked kernel prefetching one row ahead, 616 bytes for
-/// most matrices, and the ggml-layout one not at all) to 51-54 t/s with both 8 KiB ahead
-/// (three alternating runs each; 2 and 4 KiB were in between, 16 KiB no better).
+/// core's stream waiting on misses. tg64 on the default GGUF, 2-vCPU Xeon (Emerald Rapids),
+/// 2 threads: the repacked kernel prefetching one row ahead (616 bytes for most matrices) and
+/// the ggml-layout one not at all, 39.6 and 45.4 t/s; the repacked kernel 2, 4, 8 or 16 KiB
+/// ahead, 46-52, 49-53, 51-54, 51-53 t/s (two runs each); 8 KiB in both kernels, 50.8-54.3
+/// against 46.7-50.2 with the ggml-layout one not prefetching (three runs each, alternating).
 pub(crate) const PREFETCH_BYTES: usize = 8192;
 
 /// Prefetches the line of `p` into L1 (a hint: `p` may lie past the data, where it does
