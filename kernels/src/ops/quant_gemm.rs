@@ -22,9 +22,9 @@ pub(crate) const QNR: usize = 16;
 /// Forces the SIMD paths to `vpmaddubsw`/`vpmaddwd` even where VNNI exists.
 static NO_VNNI: AtomicBool = AtomicBool::new(false);
 
-/// Test hook: with `on`, the quantized matmul ignores AVX512-VNNI and AVX-VNNI (so the
-/// fallbacks can be tested on a CPU that has them). Both paths compute the same integer sums,
-/// so flipping this while other matmuls run changes their speed only.
+/// Test hook: with `on`, the quantized matmul ignores AVX512-VNNI and AVX-VNNI, and AMX (so
+/// the `vpmaddubsw` fallbacks can be tested on a CPU that has them). All paths compute the same
+/// integer sums, so flipping this while other matmuls run changes their speed only.
 #[doc(hidden)]
 pub fn matmul_q_force_no_vnni(on: bool) {
     NO_VNNI.store(on, Ordering::Relaxed);
@@ -236,7 +236,9 @@ pub(crate) unsafe fn matmul_q_strided(
             check(Isa::Avx512);
             assert!(xq.len() >= n * q8_len(k));
             let vnni = use_vnni(Isa::Avx512);
-            let amx = !NO_AMX.load(Ordering::Relaxed) && prefill_amx();
+            // (every AMX CPU has AVX512-VNNI; forcing VNNI off forces AMX off too, so the
+            // `vpmaddubsw` tiles get tested on AMX machines)
+            let amx = vnni && !NO_AMX.load(Ordering::Relaxed) && prefill_amx();
             // SAFETY: CPU support checked (VNNI too, when `vnni`; AMX granted, when `amx`);
             // buffers checked above or forwarded from our caller's contract.
             unsafe { avx512::matmul_q_strided(qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel) }
