@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{lanes, ld, ld_mask};
+use super::{lanes, ld, ld_mask, prefetch, PREFETCH_BYTES};
 use crate::dtype::WeightType;
 
 /// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
@@ -127,12 +127,16 @@ pub unsafe fn matvec_bf16_hilo(w: &[u8], xp: &[f32], cols: usize, y: &mut [f32])
             let w0 = wp.add(r * rb);
             // hi and lo products go into the same accumulators: every instruction per cache
             // line of weights counts (fewer of them keep more lines in flight), and 8 blocks
-            // per iteration keep the loop and per-row overhead small.
+            // per iteration keep the loop and per-row overhead small. Each weight line is
+            // prefetched PREFETCH_BYTES ahead (this and the multi-input version): bf16 decode
+            // of the default model on an Emerald Rapids Xeon went from 11.8-17.1 to 20.9-22.2
+            // t/s (tg64, 2 threads, three runs alternating with the binary before it).
             let mut a = [_mm512_setzero_ps(); 4];
             let mut c = 0;
             while c + 8 * HILO_BLOCK <= cols {
                 for k in 0..8 {
                     let cc = c + HILO_BLOCK * k;
+                    prefetch(w0.wrapping_add(2 * cc + PREFETCH_BYTES));
                     let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
                     let hi = bh(_mm512_loadu_si512(x.add(2 * cc) as *const __m512i));
                     let lo = bh(_mm512_loadu_si512(
@@ -331,6 +335,7 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
             while c + 8 * HILO_BLOCK <= cols {
                 for k in 0..8 {
                     let cc = c + HILO_BLOCK * k;
+                    prefetch(w0.wrapping_add(2 * cc + PREFETCH_BYTES));
                     let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
                     for t in 0..R {
                         let hi = bh(_mm512_loadu_si512(x[t].add(2 * cc) as *const __m512i));
