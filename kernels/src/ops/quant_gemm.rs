@@ -56,14 +56,19 @@ pub fn prefill_amx() -> bool {
     }
 }
 
-/// A Q8_0 matmul of 17 weight rows by 19 inputs (a full and a partial tile each way) at
-/// k = 96 on the AMX tiles and on the AVX-512 ones: whether the bits agree. The AMX kernel
-/// could only be written, not run, where it was written (no AMX there), so it proves itself
-/// once on the machine before serving.
+/// Q8_0 (sub-blocks of 32) and Q6_K (of 16) matmuls of 17 weight rows by 19 inputs (a full
+/// and a partial tile each way) on the AMX tiles and on the AVX-512 ones: whether the bits
+/// agree. The AMX kernel could only be written, not run, where it was written (no AMX there),
+/// so it proves itself once on the machine before serving.
 #[cfg(target_arch = "x86_64")]
 fn amx_self_check() -> bool {
-    let (qt, k, rows, n) = (QuantType::Q8_0, 96, 17, 19);
-    let rb = qt.block_bytes() * k / 32;
+    tiles_agree(true)
+}
+
+/// [`amx_self_check`]'s comparison, with the first run on AMX or (`amx == false`, for the
+/// unit test on machines without AMX) on the AVX-512 tiles too.
+#[cfg(target_arch = "x86_64")]
+fn tiles_agree(amx: bool) -> bool {
     let mut s = 0x9e37_79b9u32;
     let mut next = move || {
         s ^= s << 13;
@@ -71,52 +76,57 @@ fn amx_self_check() -> bool {
         s ^= s << 5;
         s
     };
-    let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();
-    for blk in w.chunks_exact_mut(qt.block_bytes()) {
-        // scale 2^-6: a finite f16
-        blk[..2].copy_from_slice(&0x2400u16.to_le_bytes());
-    }
-    let x: Vec<f32> = (0..n * k)
-        .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
-        .collect();
-    let mut xq = vec![0f32; n * q8_len(k)];
-    for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(q8_len(k))) {
-        quant::quantize_row_q8(xr, qr);
-    }
-    let mut panel = vec![0f32; matmul_q_panel_len(k)];
     let vnni = use_vnni(Isa::Avx512);
-    let mut ys = [vec![0f32; n * rows], vec![0f32; n * rows]];
-    for (amx, y) in [true, false].into_iter().zip(ys.iter_mut()) {
-        // SAFETY: AVX-512 is present (amx_available checks it) and AMX granted (we were
-        // called after amx_available returned true); w holds `rows` rows of k, xq n rows,
-        // panel one panel, y n rows of `rows` floats.
-        unsafe {
-            avx512::matmul_q_strided(
-                qt,
-                vnni,
-                amx,
-                &w,
-                k,
-                &xq,
-                n,
-                y.as_mut_ptr(),
-                rows,
-                rows,
-                &mut panel,
-            )
+    let (rows, n) = (17, 19);
+    for (qt, k, d_at) in [(QuantType::Q8_0, 96, 0), (QuantType::Q6K, 256, 208)] {
+        let rb = qt.row_bytes(k).unwrap_or(0);
+        let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();
+        for blk in w.chunks_exact_mut(qt.block_bytes()) {
+            // the block scale 2^-6: a finite f16
+            blk[d_at..d_at + 2].copy_from_slice(&0x2400u16.to_le_bytes());
+        }
+        let x: Vec<f32> = (0..n * k)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut xq = vec![0f32; n * q8_len(k)];
+        for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(q8_len(k))) {
+            quant::quantize_row_q8(xr, qr);
+        }
+        let mut panel = vec![0f32; matmul_q_panel_len(k)];
+        let mut ys = [vec![0f32; n * rows], vec![0f32; n * rows]];
+        for (amx, y) in [amx, false].into_iter().zip(ys.iter_mut()) {
+            // SAFETY: AVX-512 is present (amx_available checks it, the unit test too) and AMX
+            // granted when `amx` (amx_self_check runs after amx_available returned true); w
+            // holds `rows` rows of k, xq n rows, panel one panel, y n rows of `rows` floats.
+            unsafe {
+                avx512::matmul_q_strided(
+                    qt,
+                    vnni,
+                    amx,
+                    &w,
+                    k,
+                    &xq,
+                    n,
+                    y.as_mut_ptr(),
+                    rows,
+                    rows,
+                    &mut panel,
+                )
+            }
+        }
+        if !ys[0]
+            .iter()
+            .zip(&ys[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+        {
+            eprintln!(
+                "qwenrt: the AMX prefill tiles disagree with the AVX-512 ones on this machine \
+                 ({qt}); prefill runs without AMX"
+            );
+            return false;
         }
     }
-    let same = ys[0]
-        .iter()
-        .zip(&ys[1])
-        .all(|(a, b)| a.to_bits() == b.to_bits());
-    if !same {
-        eprintln!(
-            "qwenrt: the AMX prefill tiles disagree with the AVX-512 ones on this machine; \
-             prefill runs without AMX"
-        );
-    }
-    same
+    true
 }
 
 /// Whether `isa`'s quantized matmul runs `vpdpbusd`.
@@ -409,4 +419,18 @@ pub(crate) fn panel_bytes(panel: &mut [f32]) -> &mut [u8] {
     // SAFETY: the bytes of a `[f32]` are initialized, any byte pattern is a valid f32, and u8
     // has no alignment requirement; the new slice covers exactly the old one and borrows it.
     unsafe { std::slice::from_raw_parts_mut(panel.as_mut_ptr().cast::<u8>(), panel.len() * 4) }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    /// The self-check's data and calls hold together (AVX-512 against itself where AMX is
+    /// absent; against AMX where present).
+    #[test]
+    fn amx_self_check_runs() {
+        if !crate::Isa::Avx512.is_supported() {
+            println!("skipped: CPU lacks AVX-512");
+            return;
+        }
+        assert!(super::tiles_agree(super::prefill_amx()));
+    }
 }
