@@ -85,9 +85,7 @@ impl Isa {
             false
         }
     }
-}
 
-impl Isa {
     /// The extensions this ISA's kernels use on this CPU beyond their base: `vnni` (AVX512-VNNI
     /// or AVX-VNNI integer dots), `bf16` (AVX512-BF16), `amx` (AMX prefill tiles, which asks
     /// Linux for the tile data: see `ops::prefill_amx`).

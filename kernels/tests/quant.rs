@@ -1,5 +1,6 @@
 //! The quantized matvecs (`ops::matvec_q`, `ops::matvec_q_rows`) on every ISA this CPU runs
-//! (and, on AVX-512, with and without AVX512-VNNI), for every ggml block format, against:
+//! (and with and without VNNI: AVX512-VNNI on AVX-512, AVX-VNNI on AVX2), for every ggml
+//! block format, against:
 //! - the scalar reference (`quant::matvec_ref`: ggml's dequantization, f32 dot with the
 //!   unquantized input), within what quantizing the input to 8 bits can change plus f32
 //!   rounding;

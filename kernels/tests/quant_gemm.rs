@@ -1,9 +1,12 @@
 //! The quantized prefill matmul (`ops::matmul_q`, `par::matmul_q`) on every format, every ISA
-//! this CPU runs (and AVX-512 without VNNI), 1 and 2 threads, against the scalar reference
+//! this CPU runs (and each SIMD ISA without VNNI; AMX against the VNNI tiles where present),
+//! 1 and 2 threads, against the scalar reference
 //! `quant::matvec_ref` and against an f64 model of the integer arithmetic the SIMD kernels do.
 //! Every buffer ends exactly at its allocation.
 
 mod common;
+
+use std::sync::RwLock;
 
 use common::Rng;
 use qwenrt_kernels::quant::{self, Q8Row, QuantType};
@@ -139,7 +142,18 @@ fn paths(no_vnni_only: bool) -> Vec<(Isa, bool)> {
     Isa::available().into_iter().map(|i| (i, false)).collect()
 }
 
+/// Held for writing while a test forces a path off (`matmul_q_force_no_vnni` is process-wide,
+/// and Q8_0's packing differs with and without VNNI, so a matmul that ran while another test
+/// forced it would not match one run before), for reading by every other test here.
+static FORCING: RwLock<()> = RwLock::new(());
+
 fn check_format(qt: QuantType, no_vnni_only: bool) {
+    let (_shared, _exclusive);
+    if no_vnni_only {
+        _exclusive = FORCING.write().unwrap_or_else(|e| e.into_inner());
+    } else {
+        _shared = FORCING.read().unwrap_or_else(|e| e.into_inner());
+    }
     let paths = paths(no_vnni_only);
     if paths.is_empty() {
         eprintln!("{qt}: no SIMD ISA on this CPU, nothing to force");
@@ -168,8 +182,6 @@ fn check_format(qt: QuantType, no_vnni_only: bool) {
                     quant::quantize_row_q8(xt, &mut xq[t * per..(t + 1) * per]);
                 }
                 for &(isa, force) in &paths {
-                    // (only this test forces; others running meanwhile on AVX-512 may take
-                    // the fallback too, which computes the same sums)
                     if force {
                         ops::matmul_q_force_no_vnni(true);
                     }
@@ -279,9 +291,9 @@ fn q6_k() {
     check_format(QuantType::Q6K, false);
 }
 
-/// The `vpmaddubsw` fallback of the AVX-512 path, forced on a CPU with VNNI.
+/// The `vpmaddubsw` fallbacks of the AVX-512 and AVX2 paths, forced on a CPU with VNNI.
 #[test]
-fn avx512_without_vnni() {
+fn without_vnni() {
     for qt in QuantType::ALL {
         check_format(qt, true);
     }
@@ -293,6 +305,7 @@ fn avx512_without_vnni() {
 /// path that `check_format` tests against the reference is AMX where it is available.)
 #[test]
 fn amx_matches_vnni() {
+    let _shared = FORCING.read().unwrap_or_else(|e| e.into_inner());
     if !ops::prefill_amx() {
         println!(
             "skipped: no AMX here (the CPU lacks amx_tile/amx_int8, Linux refused the tile \
