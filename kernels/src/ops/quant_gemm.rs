@@ -23,8 +23,9 @@ pub(crate) const QNR: usize = 16;
 static NO_VNNI: AtomicBool = AtomicBool::new(false);
 
 /// Test hook: with `on`, the quantized matmul ignores AVX512-VNNI and AVX-VNNI, and AMX (so
-/// the `vpmaddubsw` fallbacks can be tested on a CPU that has them). All paths compute the same
-/// integer sums, so flipping this while other matmuls run changes their speed only.
+/// the `vpmaddubsw` fallbacks can be tested on a CPU that has them). It is process-wide, and
+/// Q8_0's results differ in their last bits between the paths (its own signed quants without
+/// VNNI, offset by 128 with it), so tests that compare results must not run while it is set.
 #[doc(hidden)]
 pub fn matmul_q_force_no_vnni(on: bool) {
     NO_VNNI.store(on, Ordering::Relaxed);
