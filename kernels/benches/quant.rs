@@ -52,12 +52,7 @@ fn bench_matvec_q(c: &mut Criterion) {
     // QWENRT_ISA=avx2 benches the AVX2 kernels on an AVX-512 machine
     let isa = Isa::from_env().unwrap_or_else(|e| panic!("{e}"));
     let mut variants = vec![(isa.to_string(), true)];
-    let vnni = match isa {
-        Isa::Avx512 => is_x86_feature_detected!("avx512vnni"),
-        Isa::Avx2 => is_x86_feature_detected!("avxvnni"),
-        Isa::Scalar => false,
-    };
-    if vnni {
+    if isa.extensions().contains(&"vnni") {
         variants.push((format!("{isa}_novnni"), false));
     }
     for qt in QuantType::ALL {

@@ -92,24 +92,16 @@ impl Isa {
     pub fn extensions(self) -> Vec<&'static str> {
         let mut v = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        match self {
-            Isa::Avx512 => {
-                if is_x86_feature_detected!("avx512vnni") {
-                    v.push("vnni");
-                }
-                if self.has_avx512_bf16() {
-                    v.push("bf16");
-                }
-                if crate::ops::prefill_amx() {
-                    v.push("amx");
-                }
+        {
+            if crate::ops::use_vnni(self, true) {
+                v.push("vnni");
             }
-            Isa::Avx2 => {
-                if is_x86_feature_detected!("avxvnni") {
-                    v.push("vnni");
-                }
+            if self.has_avx512_bf16() {
+                v.push("bf16");
             }
-            Isa::Scalar => {}
+            if self == Isa::Avx512 && crate::ops::prefill_amx() {
+                v.push("amx");
+            }
         }
         v
     }

@@ -37,6 +37,8 @@ pub mod scalar;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod stream;
 
 pub use dtype::{Bf16, Dtype, KvType, WeightType, F16, F32};
 pub use isa::Isa;

@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{dot_raw, exp_ps, hmax, hsum, ld, ld_part, mask8, PREFETCH_BYTES};
+use super::{dot_raw, exp_ps, hmax, hsum, ld, ld_part, mask8, prefetch_ahead};
 use crate::dtype::{Dtype, WeightType};
 
 /// `out[i] = x[i] * inv * w[i]`.
@@ -112,7 +112,7 @@ pub unsafe fn add(y: &mut [f32], x: &[f32]) {
 }
 
 /// [`crate::scalar::stream_sum`], reading 128 bytes per step in four independent loads, with
-/// the decode matvec's prefetch ([`super::PREFETCH_BYTES`] ahead).
+/// the decode matvecs' prefetch ([`crate::stream::prefetch_ahead`]).
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
@@ -122,12 +122,11 @@ pub unsafe fn stream_sum(b: &[u8]) -> u64 {
     let p = b.as_ptr();
     let mut acc = [_mm256_setzero_si256(); 4];
     for i in 0..steps {
-        // SAFETY: step i < steps covers bytes 128 i..128 i + 128 < b.len(); the prefetches may
+        // SAFETY: step i < steps covers bytes 128 i..128 i + 128 <= b.len(); the prefetches may
         // point past b, where they are no-op hints (formed with wrapping_add).
         unsafe {
             let q = p.add(128 * i);
-            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_BYTES).cast());
-            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(PREFETCH_BYTES + 64).cast());
+            prefetch_ahead(q, 128);
             for (j, a) in acc.iter_mut().enumerate() {
                 *a = _mm256_add_epi64(*a, _mm256_loadu_si256(q.add(32 * j).cast()));
             }

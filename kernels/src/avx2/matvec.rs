@@ -3,22 +3,8 @@
 
 use core::arch::x86_64::*;
 
-use super::{hsum, ld, ld_part, mask8, PREFETCH_BYTES};
+use super::{hsum, ld, ld_part, mask8, prefetch_ahead};
 use crate::dtype::WeightType;
-
-/// Prefetches the weight bytes of columns `c..c + 64` of the row at `w0`, [`PREFETCH_BYTES`]
-/// on in the stream of rows: a decode matvec reads its matrix from DRAM, and without it each
-/// core's stream waited on misses.
-#[inline(always)]
-fn prefetch_ahead<W: WeightType>(w0: *const u8, c: usize) {
-    for o in (0..64 * W::SIZE).step_by(64) {
-        // SAFETY: a prefetch is a hint that never faults nor reads memory in the language's
-        // sense, whatever the address (formed with wrapping_add; it may lie past the matrix).
-        unsafe {
-            _mm_prefetch::<_MM_HINT_T0>(w0.wrapping_add(c * W::SIZE + PREFETCH_BYTES + o).cast())
-        }
-    }
-}
 
 /// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators: each row is one
 /// sequential stream (see the AVX-512 body for why).
@@ -41,7 +27,7 @@ pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
             let mut a = [_mm256_setzero_ps(); 8];
             let mut c = 0;
             while c + 64 <= cols {
-                prefetch_ahead::<W>(w0, c);
+                prefetch_ahead(w0.wrapping_add(c * W::SIZE), 64 * W::SIZE);
                 for (k, acc) in a.iter_mut().enumerate() {
                     let cc = c + 8 * k;
                     *acc = _mm256_fmadd_ps(ld::<W>(w0, cc), _mm256_loadu_ps(xp.add(cc)), *acc);
@@ -106,7 +92,7 @@ pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
             let mut lo = [[_mm256_setzero_ps(); 4]; R];
             let mut c = 0;
             while c + 64 <= cols {
-                prefetch_ahead::<W>(w0, c);
+                prefetch_ahead(w0.wrapping_add(c * W::SIZE), 64 * W::SIZE);
                 for k in 0..4 {
                     let cc = c + 8 * k;
                     let wv = ld::<W>(w0, cc);

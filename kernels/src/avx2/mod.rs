@@ -12,6 +12,7 @@
 use core::arch::x86_64::*;
 
 use crate::dtype::{Dtype, WeightType};
+use crate::stream::prefetch_ahead;
 
 mod attention;
 mod elementwise;
@@ -26,12 +27,6 @@ pub use matmul::*;
 pub use matvec::*;
 pub use quant::*;
 pub use quant_gemm::*;
-
-/// How far ahead of its loads the decode matvec prefetches the weight stream, in bytes: as on
-/// AVX-512 (`avx512::PREFETCH_BYTES`, where the measurements are); the AVX2 kernel forced on
-/// an Emerald Rapids Xeon (`QWENRT_ISA=avx2`) went from 30-32 to 38-49 t/s in decode with it
-/// (tg64, three runs alternating with the binary before it).
-pub(crate) const PREFETCH_BYTES: usize = 8192;
 
 /// A lane mask (all-ones in lanes `< n`) for `vmaskmovps`.
 #[target_feature(enable = "avx2,fma,f16c")]

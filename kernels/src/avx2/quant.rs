@@ -13,7 +13,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{hsum, mask8, PREFETCH_BYTES};
+use super::{hsum, mask8, prefetch_ahead};
 use crate::quant::{Q8Row, QuantType};
 
 mod unpack;
@@ -144,11 +144,7 @@ unsafe fn rows_body<F: Fmt, const R: usize, const VNNI: bool>(
             let mut acc = [_mm256_setzero_ps(); R];
             for gi in 0..groups {
                 let p = row.add(gi * F::GROUP_BYTES);
-                // the group's bytes PREFETCH_BYTES on (rows are contiguous; past the matrix
-                // the hint is a no-op)
-                for o in (0..F::GROUP_BYTES).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + o).cast());
-                }
+                prefetch_ahead(p, F::GROUP_BYTES);
                 if gi + 1 < groups || units.is_multiple_of(F::UNITS) {
                     let g = F::unpack(p, F::UNITS);
                     for t in 0..R {

@@ -7,7 +7,7 @@
 //! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
 //! with their row stride. One `tdpbsud` per sub-block gives the `R × 16` integer dots the
 //! AVX512-VNNI tile builds with `S / 4 × R` `vpdpbusd`; they are stored to a 1 KiB buffer and
-//! scaled into f32 accumulators with the same operations, in the same order, as that tile, so
+//! scaled into f32 accumulators by the same code as that tile (`quant_gemm::add_sub_block`), so
 //! the two give the same bits (`tests/quant_gemm.rs` checks it where AMX exists).
 //!
 //! Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the process asks for
@@ -20,7 +20,7 @@ use core::arch::asm;
 use core::arch::x86_64::*;
 use std::sync::OnceLock;
 
-use super::lanes;
+use super::quant_gemm::{add_sub_block, store_rows};
 use crate::ops::{q_sub_block_bytes, QNR};
 
 /// Input rows per AMX tile: the tile's 16 rows.
@@ -143,7 +143,6 @@ pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(
     };
     for i in 0..nsb {
         let k0 = i * S;
-        let b = k0 / 32;
         // SAFETY: sub-block i < nsb of the panel holds its S / 4 lines of 64 quant bytes, then
         // 16 scales and 16 biases; input row t < R has its quants at word 3 * nb, and bytes
         // k0..k0 + S of them lie inside its nb * 32 (contract). tileloadd reads R rows of S
@@ -169,27 +168,14 @@ pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(
             let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
             for (t, f) in facc.iter_mut().enumerate() {
                 let a = _mm512_loadu_si512(dots.0.as_ptr().add(16 * t).cast());
-                let xr = xq.add(t * xs);
-                let dx = *xr.add(b);
-                let hs = xr.add(nb + 2 * b);
-                let sx = if S == 32 {
-                    *hs + *hs.add(1)
-                } else {
-                    *hs.add(i & 1)
-                };
-                let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
-                *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), scx, *f);
-                *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
+                add_sub_block::<S>(f, a, sc, bi, xq.add(t * xs), nb, i);
             }
         }
     }
     // SAFETY: releases the tile registers (so the thread's saved state shrinks again).
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
-    let m = lanes(nr);
-    for (t, f) in facc.iter().enumerate() {
-        // SAFETY: row t < R, columns 0..nr of y: writable by the contract.
-        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
-    }
+    // SAFETY: R rows, columns 0..nr of y: writable by the contract.
+    unsafe { store_rows(&facc, y, ldy, nr) }
 }
 
 /// The tile's `R × 16` i32 dots, as `tilestored` leaves them (rows of 64 bytes).

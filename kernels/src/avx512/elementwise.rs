@@ -2,7 +2,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{dot_raw, exp_ps, lanes, ld_mask};
+use super::{dot_raw, exp_ps, lanes, ld_mask, prefetch_ahead};
 use crate::dtype::{Dtype, WeightType};
 
 /// `sum(x²)` for rmsnorm.
@@ -106,7 +106,7 @@ pub unsafe fn add(y: &mut [f32], x: &[f32]) {
 }
 
 /// [`crate::scalar::stream_sum`], reading 256 bytes per step in four independent loads, with
-/// the weight stream's prefetch ([`super::PREFETCH_BYTES`] ahead) as the decode matvecs do.
+/// the decode matvecs' prefetch ([`crate::stream::prefetch_ahead`]).
 ///
 /// # Safety
 /// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
@@ -116,15 +116,12 @@ pub unsafe fn stream_sum(b: &[u8]) -> u64 {
     let p = b.as_ptr();
     let mut acc = [_mm512_setzero_si512(); 4];
     for i in 0..steps {
-        // SAFETY: step i < steps covers bytes 256 i..256 i + 256 < b.len(); the prefetch may
+        // SAFETY: step i < steps covers bytes 256 i..256 i + 256 <= b.len(); the prefetch may
         // point past b, where it is a no-op hint (wrapping_add forms no out-of-bounds pointer
         // arithmetic in the language's sense).
         unsafe {
             let q = p.add(256 * i);
-            super::prefetch(q.wrapping_add(super::PREFETCH_BYTES));
-            super::prefetch(q.wrapping_add(super::PREFETCH_BYTES + 64));
-            super::prefetch(q.wrapping_add(super::PREFETCH_BYTES + 128));
-            super::prefetch(q.wrapping_add(super::PREFETCH_BYTES + 192));
+            prefetch_ahead(q, 256);
             for (j, a) in acc.iter_mut().enumerate() {
                 *a = _mm512_add_epi64(*a, _mm512_loadu_si512(q.add(64 * j).cast()));
             }

@@ -3,7 +3,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{lanes, ld, ld_mask, prefetch, PREFETCH_BYTES};
+use super::{lanes, ld, ld_mask, prefetch_ahead};
 use crate::dtype::WeightType;
 
 /// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
@@ -136,7 +136,7 @@ pub unsafe fn matvec_bf16_hilo(w: &[u8], xp: &[f32], cols: usize, y: &mut [f32])
             while c + 8 * HILO_BLOCK <= cols {
                 for k in 0..8 {
                     let cc = c + HILO_BLOCK * k;
-                    prefetch(w0.wrapping_add(2 * cc + PREFETCH_BYTES));
+                    prefetch_ahead(w0.wrapping_add(2 * cc), 64);
                     let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
                     let hi = bh(_mm512_loadu_si512(x.add(2 * cc) as *const __m512i));
                     let lo = bh(_mm512_loadu_si512(
@@ -335,7 +335,7 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
             while c + 8 * HILO_BLOCK <= cols {
                 for k in 0..8 {
                     let cc = c + HILO_BLOCK * k;
-                    prefetch(w0.wrapping_add(2 * cc + PREFETCH_BYTES));
+                    prefetch_ahead(w0.wrapping_add(2 * cc), 64);
                     let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
                     for t in 0..R {
                         let hi = bh(_mm512_loadu_si512(x[t].add(2 * cc) as *const __m512i));

@@ -11,6 +11,7 @@
 use core::arch::x86_64::*;
 
 use crate::dtype::{Dtype, WeightType};
+use crate::stream::{prefetch, prefetch_ahead, PREFETCH_BYTES};
 
 mod amx;
 mod attention;
@@ -29,23 +30,6 @@ pub use matvec::*;
 pub use quant::*;
 pub use quant_gemm::*;
 pub use quant_repack::*;
-
-/// How far ahead of its loads a decode matvec prefetches the weight stream, in bytes. Decode
-/// reads every matrix once per token from DRAM, and the hardware prefetcher alone left each
-/// core's stream waiting on misses. tg64 on the default GGUF, 2-vCPU Xeon (Emerald Rapids),
-/// 2 threads: the repacked kernel prefetching one row ahead (616 bytes for most matrices) and
-/// the ggml-layout one not at all, 39.6 and 45.4 t/s; the repacked kernel 2, 4, 8 or 16 KiB
-/// ahead, 46-52, 49-53, 51-54, 51-53 t/s (two runs each); 8 KiB in both kernels, 50.8-54.3
-/// against 46.7-50.2 with the ggml-layout one not prefetching (three runs each, alternating).
-pub(crate) const PREFETCH_BYTES: usize = 8192;
-
-/// Prefetches the line of `p` into L1 (a hint: `p` may lie past the data, where it does
-/// nothing).
-#[inline(always)]
-fn prefetch(p: *const u8) {
-    // SAFETY: a prefetch never faults nor reads memory in the language's sense, whatever `p`.
-    unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast()) }
-}
 
 /// Lane mask selecting the first `n` (`<= 16`) lanes.
 #[inline(always)]

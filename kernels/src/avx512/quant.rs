@@ -15,7 +15,7 @@
 
 use core::arch::x86_64::*;
 
-use super::{lanes, prefetch, PREFETCH_BYTES};
+use super::{lanes, prefetch_ahead};
 use crate::quant::{Q8Row, QuantType};
 
 mod unpack;
@@ -152,11 +152,7 @@ unsafe fn rows_body<F: Fmt, const VNNI: bool, const R: usize>(
             let mut acc = [_mm512_setzero_ps(); R];
             for gi in 0..groups {
                 let p = row.add(gi * F::GROUP_BYTES);
-                // the group's bytes PREFETCH_BYTES on (rows are contiguous, so this runs into
-                // the next rows; past the matrix it is a no-op hint)
-                for o in (0..F::GROUP_BYTES).step_by(64) {
-                    prefetch(p.wrapping_add(PREFETCH_BYTES + o));
-                }
+                prefetch_ahead(p, F::GROUP_BYTES);
                 if gi + 1 < groups || units.is_multiple_of(16) {
                     let g = F::unpack(p, 16);
                     for t in 0..R {

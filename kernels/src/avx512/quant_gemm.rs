@@ -36,6 +36,57 @@ fn dot_plain<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512
     _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)))
 }
 
+/// Adds sub-block `i`'s integer dots `idot` (one lane per weight row) of one input row into
+/// that row's f32 accumulator `f`: `f += f32(idot) * (scale * d_x) + bias * s_x`, with `sc` and
+/// `bi` the sub-block's 16 scales and biases, `xr` the input row's [`q8_len`] words (`nb`
+/// blocks of 32). Every tile (VNNI, plain, AMX) scales through here, in this order, so they
+/// give the same bits for the same integer dots.
+///
+/// # Safety
+/// `xr` holds `nb` blocks and sub-block `i` of `S` weights lies inside them; AVX-512F enabled
+/// by the caller.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn add_sub_block<const S: usize>(
+    f: &mut __m512,
+    idot: __m512i,
+    sc: __m512,
+    bi: __m512,
+    xr: *const f32,
+    nb: usize,
+    i: usize,
+) {
+    let b = i * S / 32;
+    // SAFETY: d and the half sums of block b < nb are words b and nb + 2b (+1) of the row
+    // (contract); register-only AVX-512F otherwise.
+    unsafe {
+        let dx = *xr.add(b);
+        let hs = xr.add(nb + 2 * b);
+        let sx = if S == 32 {
+            *hs + *hs.add(1)
+        } else {
+            *hs.add(i & 1)
+        };
+        let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
+        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), scx, *f);
+        *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
+    }
+}
+
+/// Stores each tile row's accumulator to columns `0..nr` of its row of `y`.
+///
+/// # Safety
+/// `y` valid for writes to `facc.len()` rows of `ldy` floats at columns `0..nr`, `nr <= 16`;
+/// AVX-512F enabled by the caller.
+#[inline(always)]
+pub(super) unsafe fn store_rows(facc: &[__m512], y: *mut f32, ldy: usize, nr: usize) {
+    let m = lanes(nr);
+    for (t, f) in facc.iter().enumerate() {
+        // SAFETY: row t < facc.len(), columns 0..nr of y: writable by the contract.
+        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
+    }
+}
+
 /// Defines a tile microkernel with the given target features and dot product.
 macro_rules! tile_fn {
     ($(#[$doc:meta])* $name:ident, $features:literal, $dot:ident) => {
@@ -66,12 +117,11 @@ macro_rules! tile_fn {
             let mut facc = [_mm512_setzero_ps(); R];
             for i in 0..nsb {
                 let k0 = i * S;
-                let b = k0 / 32;
                 let mut iacc = [_mm512_setzero_si512(); R];
                 // SAFETY: sub-block i < nsb of the panel: its quants (16 * S bytes), scales and
                 // biases (64 bytes each) are inside it. x row t < R: its quants start at word
                 // 3 * nb of the row, and bytes k0 + 4s..k0 + 4s + 4 < nb * 32 lie inside them;
-                // d and the half sums of block b < nb are words b and nb + 2b (+1).
+                // the row holds nb blocks (add_sub_block's contract).
                 unsafe {
                     let p = panel.add(i * sbb);
                     for s in 0..S / 4 {
@@ -85,21 +135,12 @@ macro_rules! tile_fn {
                     let sc = _mm512_loadu_ps(p.add(QNR * S).cast());
                     let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
                     for (t, (f, a)) in facc.iter_mut().zip(&iacc).enumerate() {
-                        let xr = xq.add(t * xs);
-                        let dx = *xr.add(b);
-                        let hs = xr.add(nb + 2 * b);
-                        let sx = if S == 32 { *hs + *hs.add(1) } else { *hs.add(i & 1) };
-                        let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
-                        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(*a), scx, *f);
-                        *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
+                        add_sub_block::<S>(f, *a, sc, bi, xq.add(t * xs), nb, i);
                     }
                 }
             }
-            let m = lanes(nr);
-            for (t, f) in facc.iter().enumerate() {
-                // SAFETY: row t < R, columns 0..nr of y: writable by the contract.
-                unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
-            }
+            // SAFETY: R rows, columns 0..nr of y: writable by the contract.
+            unsafe { store_rows(&facc, y, ldy, nr) }
         }
     };
 }
