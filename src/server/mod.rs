@@ -37,6 +37,7 @@ mod http;
 mod metrics;
 mod scheduler;
 mod text;
+mod tools;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
