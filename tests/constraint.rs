@@ -457,6 +457,11 @@ fn bad_grammars_are_refused_with_the_fault_named() {
             g.json_schema(&json!({"type": "integer", "minimum": 5, "maximum": 1})),
             "JSON schema",
         ),
+        // a keyword llguidance cannot enforce is refused, not ignored
+        (
+            g.json_schema(&json!({"type": "array", "uniqueItems": true})),
+            "uniqueItems",
+        ),
         (g.regex(""), "empty"),
         (g.regex("(unclosed"), "regex"),
         (g.regex("a{5,2}"), "regex"),
@@ -667,4 +672,48 @@ fn grammars_need_a_stop_token_and_room_for_the_vocabulary() {
     assert!(e.to_string().contains("stop token"), "{e}");
     let e = Grammars::new(t, 1000, &stop_ids()).unwrap_err();
     assert!(e.to_string().contains("logits"), "{e}");
+}
+
+#[path = "support/schema_check.rs"]
+mod schema_check;
+
+/// The schema check the real-model test relies on rejects what it must.
+#[test]
+fn schema_check_rejects_invalid_documents() {
+    let schema = json!({
+        "$defs": {"zip": {"type": "string", "pattern": "^[0-9]{5}$"}},
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 1, "maximum": 9},
+            "xs": {"type": "array", "items": {"enum": ["a", "b"]}, "minItems": 1, "maxItems": 2},
+            "s": {"type": "string", "maxLength": 3},
+            "zip": {"$ref": "#/$defs/zip"},
+            "u": {"anyOf": [{"type": "null"}, {"type": "boolean"}]}
+        },
+        "required": ["n", "xs"],
+        "additionalProperties": false
+    });
+    let ok = json!({"n": 3, "xs": ["a"], "s": "abc", "zip": "12345", "u": null});
+    schema_check::check(&ok, &schema, &schema).unwrap();
+    for bad in [
+        json!({"xs": ["a"]}),
+        json!({"n": 0, "xs": ["a"]}),
+        json!({"n": 1.5, "xs": ["a"]}),
+        json!({"n": 1, "xs": []}),
+        json!({"n": 1, "xs": ["a", "b", "a"]}),
+        json!({"n": 1, "xs": ["c"]}),
+        json!({"n": 1, "xs": ["a"], "s": "abcd"}),
+        json!({"n": 1, "xs": ["a"], "zip": "1234"}),
+        json!({"n": 1, "xs": ["a"], "u": 3}),
+        json!({"n": 1, "xs": ["a"], "extra": 1}),
+        json!([1]),
+    ] {
+        assert!(
+            schema_check::check(&bad, &schema, &schema).is_err(),
+            "{bad} passed"
+        );
+    }
+    // a keyword the check does not know fails it
+    let unknown = json!({"type": "string", "format": "date"});
+    assert!(schema_check::check(&json!("x"), &unknown, &unknown).is_err());
 }
