@@ -38,6 +38,11 @@ fn read(flag: &str, path: &Path) -> Result<String, CliError> {
 }
 
 impl ConstraintArgs {
+    /// Whether a constraint flag was given.
+    pub fn is_set(&self) -> bool {
+        self.json_schema.is_some() || self.regex.is_some() || self.grammar.is_some()
+    }
+
     /// Reads the flag's file (if any) and checks it is what the flag takes, before the model
     /// is loaded; `None` without a flag.
     fn source(&self) -> Result<Option<Source>, CliError> {
