@@ -11,7 +11,13 @@
 //! - `--batch B,...`: for each B, B sequences decoded together from empty caches, `n` tokens
 //!   each, one row per sequence per engine step (each weight matrix streamed once per step
 //!   for all B rows). Reported as aggregate tokens/s over all B sequences (`bB tgN` lines).
-//! - Tokenization and sampling are excluded: fixed token ids are fed.
+//! - `--json-schema FILE` (or `--regex`, `--grammar`): for each B of `--batch` (default 1),
+//!   B sequences generate `n` tokens each, sampling greedily, once free and once under the
+//!   constraint (the repetitions alternate the two), from a chat prompt asking for JSON;
+//!   reported as aggregate tokens/s of each (`bB tgN free`, `bB tgN <kind>`), their ratio and
+//!   the mask time per token. A sequence whose grammar finishes starts it over, so both runs
+//!   generate the same number of tokens.
+//! - Otherwise tokenization and sampling are excluded: fixed token ids are fed.
 //! - Each test runs once as a warm-up, then `r` timed repetitions: mean ± sd of tokens/s.
 
 use std::time::Instant;
@@ -23,7 +29,10 @@ use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, Want};
 use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{ops, Isa};
 
-use super::{physical_cores, CliError, KvDtypeArg, ModelArg};
+use super::constrain::ConstraintArgs;
+use super::{load_tokenizer, physical_cores, CliError, KvDtypeArg, ModelArg};
+use qwenrt::engine::constraint::Constraint;
+use qwenrt::engine::SeqId;
 
 /// `qwenrt bench`.
 #[derive(Args, Debug)]
@@ -83,6 +92,8 @@ pub struct BenchArgs {
     kv: KvDtypeArg,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
 }
 
 /// Mean and sample standard deviation.
@@ -249,6 +260,147 @@ fn decode_batch(
     Ok(samples)
 }
 
+/// One constrained-decoding comparison: aggregate tokens/s free and constrained (every
+/// repetition), and the constrained runs' masks and seconds spent masking.
+struct ConstrainedRun {
+    sequences: usize,
+    free: Vec<f64>,
+    constrained: Vec<f64>,
+    masks: u64,
+    mask_seconds: f64,
+}
+
+impl ConstrainedRun {
+    /// Milliseconds of mask computation (and applying it) per constrained token.
+    fn mask_ms_per_token(&self) -> f64 {
+        1e3 * self.mask_seconds / self.masks.max(1) as f64
+    }
+}
+
+/// The median (of the repetitions).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `b` sequences generating `n` tokens each by greedy sampling, free and under `proto`
+/// (alternating, `r` timed repetitions of each after one warm-up of each). Prompts are
+/// prefilled before the clock starts; the clock covers the decode steps and the samples
+/// (with their masks).
+#[allow(clippy::too_many_arguments)]
+fn constrained_batch(
+    weights: &std::sync::Arc<Weights>,
+    prompts: &[Vec<u32>],
+    proto: &Constraint,
+    stop: &[u32],
+    threads: usize,
+    kv_dtype: qwenrt_kernels::Dtype,
+    b: usize,
+    n: usize,
+    r: usize,
+) -> Result<ConstrainedRun, CliError> {
+    let longest = prompts.iter().map(Vec::len).max().unwrap_or(1);
+    let opts = EngineOptions {
+        ctx: longest + n + 1,
+        max_sequences: b,
+        max_batch_tokens: longest.max(b),
+        threads,
+        isa: None,
+        prefill_bf16: true,
+        kv_dtype,
+    };
+    let mut engine = Engine::new(weights.clone(), &opts).map_err(CliError::fail)?;
+    let seqs: Vec<SeqId> = (0..b)
+        .map(|_| engine.create_sequence(SamplerParams::greedy()))
+        .collect::<Result<_, _>>()
+        .map_err(CliError::fail)?;
+    let mut run = ConstrainedRun {
+        sequences: b,
+        free: Vec::new(),
+        constrained: Vec::new(),
+        masks: 0,
+        mask_seconds: 0.0,
+    };
+    let mut next = vec![0u32; b];
+    for rep in 0..=r {
+        for constrained in [false, true] {
+            for (i, &seq) in seqs.iter().enumerate() {
+                engine.reset(seq).map_err(CliError::fail)?;
+                let p = &prompts[i % prompts.len()];
+                engine
+                    .step(
+                        &[Feed {
+                            seq,
+                            tokens: p,
+                            numerics: Numerics::Prefill,
+                            logits: Want::Last,
+                        }],
+                        &mut |_, _, _| {},
+                    )
+                    .map_err(CliError::fail)?;
+                if constrained {
+                    engine
+                        .set_constraint(seq, Some(proto.clone()))
+                        .map_err(CliError::fail)?;
+                }
+            }
+            let t0 = Instant::now();
+            for _ in 0..n {
+                for (i, &seq) in seqs.iter().enumerate() {
+                    next[i] = engine.sample(seq).map_err(CliError::fail)?;
+                    if constrained && stop.contains(&next[i]) {
+                        // the grammar is done: start it over, so every run makes n tokens
+                        let done = engine
+                            .set_constraint(seq, Some(proto.clone()))
+                            .map_err(CliError::fail)?;
+                        if let (Some(c), true) = (done, rep > 0) {
+                            let (m, t) = c.mask_stats();
+                            run.masks += m;
+                            run.mask_seconds += t.as_secs_f64();
+                        }
+                    }
+                }
+                // (the same small Vec per step in both modes)
+                let feeds: Vec<Feed> = seqs
+                    .iter()
+                    .zip(&next)
+                    .map(|(&seq, t)| Feed {
+                        seq,
+                        tokens: std::slice::from_ref(t),
+                        numerics: Numerics::Decode,
+                        logits: Want::Last,
+                    })
+                    .collect();
+                engine
+                    .step(&feeds, &mut |_, _, _| {})
+                    .map_err(CliError::fail)?;
+            }
+            let tps = (b * n) as f64 / t0.elapsed().as_secs_f64();
+            for &seq in &seqs {
+                let c = engine.set_constraint(seq, None).map_err(CliError::fail)?;
+                if let (Some(c), true) = (c, rep > 0) {
+                    let (m, t) = c.mask_stats();
+                    run.masks += m;
+                    run.mask_seconds += t.as_secs_f64();
+                }
+            }
+            if rep > 0 {
+                if constrained {
+                    run.constrained.push(tps);
+                } else {
+                    run.free.push(tps);
+                }
+            }
+        }
+    }
+    Ok(run)
+}
+
 /// Runs `qwenrt bench`.
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let (p, n, r) = (a.n_prompt, a.n_gen, a.repetitions);
@@ -260,10 +412,16 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         return Err(CliError::usage("nothing to run: both -p and -n are 0"));
     }
     let verify = count_list(a.verify.as_deref(), "--verify", "row counts")?;
-    let batch = count_list(a.batch.as_deref(), "--batch", "sequence counts")?;
+    let mut batch = count_list(a.batch.as_deref(), "--batch", "sequence counts")?;
+    a.constraint.precheck()?;
     if n == 0 && !(verify.is_empty() && batch.is_empty()) {
         return Err(CliError::usage(
             "--verify and --batch need -n above 0 (the tokens they feed)",
+        ));
+    }
+    if a.synthetic && a.constraint.is_set() {
+        return Err(CliError::usage(
+            "--synthetic has no tokenizer to constrain with: drop --synthetic or the constraint flag",
         ));
     }
     let dir = if a.synthetic {
@@ -279,6 +437,18 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let weights = std::sync::Arc::new(
         Weights::load(&dir).map_err(|e| CliError::fail(format!("{}: {e}", dir.display())))?,
     );
+    // With a constraint flag, --batch lists the constrained-vs-free comparisons (default 1).
+    let constraint = if a.constraint.is_set() {
+        let tok = load_tokenizer(&dir)?;
+        a.constraint.build(&tok, &weights)?.map(|(_, c)| (tok, c))
+    } else {
+        None
+    };
+    let constrained_sizes = match (&constraint, batch.is_empty()) {
+        (None, _) => Vec::new(),
+        (Some(_), true) => vec![1],
+        (Some(_), false) => std::mem::take(&mut batch),
+    };
     let c = &weights.config;
     let ctx = p.max(n).max(1);
     if ctx > c.max_position_embeddings {
@@ -349,6 +519,38 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         let (m, sd) = mean_sd(&samples);
         bb.push((b, m, sd));
     }
+    let mut cr: Vec<ConstrainedRun> = Vec::new();
+    let mut kind = "";
+    if let Some((tok, proto)) = &constraint {
+        kind = proto.kind();
+        let stop = qwenrt::workload::stop_ids(tok, &weights);
+        let largest = constrained_sizes.iter().copied().max().unwrap_or(1);
+        let prompts = (0..largest)
+            .map(|i| {
+                let text = qwenrt::text::chat::first_turn(
+                    qwenrt::text::chat::DEFAULT_SYSTEM_PROMPT,
+                    &format!(
+                        "Describe person number {} of a software team as JSON.",
+                        i + 1
+                    ),
+                );
+                tok.encode(&text).map_err(CliError::fail)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for &b in &constrained_sizes {
+            cr.push(constrained_batch(
+                &weights,
+                &prompts[..b],
+                proto,
+                &stop,
+                threads,
+                a.kv.dtype(),
+                b,
+                n,
+                r,
+            )?);
+        }
+    }
     let bw = read_bandwidth(&weights, session.isa(), threads);
     let per_token = weights.bytes_per_token() as f64;
     let (pp_m, pp_sd) = mean_sd(&pp);
@@ -371,6 +573,17 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             "weight_bytes_per_token": per_token, "tg_weight_bandwidth_gb_s": tg_bw,
             "machine_read_bandwidth_gb_s": bw, "repetitions": r,
             "batch": bb.iter().map(|&(b, m, sd)| serde_json::json!({"sequences": b, "n_gen": n, "aggregate_tokens_per_second_mean": m, "aggregate_tokens_per_second_sd": sd})).collect::<Vec<_>>(),
+            "constrained": cr.iter().map(|c| {
+                let (fm, fsd) = mean_sd(&c.free);
+                let (cm, csd) = mean_sd(&c.constrained);
+                serde_json::json!({"sequences": c.sequences, "n_gen": n, "kind": kind,
+                    "free_tokens_per_second_mean": fm, "free_tokens_per_second_sd": fsd,
+                    "free_tokens_per_second_median": median(&c.free), "free_samples": c.free,
+                    "constrained_tokens_per_second_mean": cm, "constrained_tokens_per_second_sd": csd,
+                    "constrained_tokens_per_second_median": median(&c.constrained), "constrained_samples": c.constrained,
+                    "constrained_over_free_median": median(&c.constrained) / median(&c.free).max(1e-12),
+                    "mask_ms_per_token": c.mask_ms_per_token()})
+            }).collect::<Vec<_>>(),
             "verify": vb.iter().map(|&(b, m, sd)| serde_json::json!({"rows_per_pass": b, "n_gen": n, "tokens_per_second_mean": m, "tokens_per_second_sd": sd})).collect::<Vec<_>>(),
         });
         println!("{v}");
@@ -391,6 +604,13 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         for &(b, m, sd) in &bb {
             println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} | {m:.2} ± {sd:.2} |", backend);
         }
+        for c in &cr {
+            let b = c.sequences;
+            let (fm, fsd) = mean_sd(&c.free);
+            let (cm, csd) = mean_sd(&c.constrained);
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} free | {fm:.2} ± {fsd:.2} |", backend);
+            println!("| {model} | {size} | {params_s} | CPU {} | {threads} | b{b} tg{n} {kind} | {cm:.2} ± {csd:.2} |", backend);
+        }
         for &(b, m, sd) in &vb {
             println!("| {model} | {size} | {params_s} | CPU {} | {threads} | v{b} x{n} | {m:.2} ± {sd:.2} |", backend);
         }
@@ -400,6 +620,16 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             per_token / 1e9,
             if bw > 0.0 { 100.0 * tg_bw / bw } else { 0.0 }
         );
+        for c in &cr {
+            println!(
+                "b{} {kind}: median {:.2} t/s constrained vs {:.2} free ({:.1}%); mask {:.3} ms per token",
+                c.sequences,
+                median(&c.constrained),
+                median(&c.free),
+                100.0 * median(&c.constrained) / median(&c.free).max(1e-12),
+                c.mask_ms_per_token()
+            );
+        }
     }
     Ok(())
 }
@@ -412,5 +642,12 @@ mod tests {
         assert!((m - 2.5).abs() < 1e-12);
         assert!((sd - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
         assert_eq!(super::mean_sd(&[7.0]), (7.0, 0.0));
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(super::median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&[4.0, 1.0, 3.0, 2.0]), 2.5);
+        assert_eq!(super::median(&[]), 0.0);
     }
 }

@@ -9,6 +9,7 @@ use qwenrt::engine::session::{Session, StopReason};
 use qwenrt::text::chat;
 use qwenrt::workload::stop_ids;
 
+use super::constrain::ConstraintArgs;
 use super::{load_tokenizer, load_weights, CliError, LookupArg, ModelArg, RunArgs, SamplingArgs};
 
 /// `qwenrt generate`.
@@ -16,7 +17,7 @@ use super::{load_tokenizer, load_weights, CliError, LookupArg, ModelArg, RunArgs
 #[command(
     after_help = "Without --raw the prompt is wrapped in the ChatML template with Qwen's \
 default system prompt (or --system). With --json, one JSON object with the prompt ids, the \
-generated ids and text, and the stats is printed instead of the streamed text."
+generated ids and text, and the stats is printed instead of the streamed text. --json-schema, --regex and --grammar constrain the answer (the generated text, after the template) by masking every token the grammar forbids; generation ends when the grammar is complete and the model ends its turn, or at --max-tokens."
 )]
 pub struct GenerateArgs {
     /// The prompt (or --prompt; without either, stdin is read to its end)
@@ -53,6 +54,8 @@ pub struct GenerateArgs {
     run: RunArgs,
     #[command(flatten)]
     lookup: LookupArg,
+    #[command(flatten)]
+    constraint: ConstraintArgs,
 }
 
 /// The prompt text: `--prompt`, a positional argument, or stdin (which must be UTF-8).
@@ -84,6 +87,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let params = a.sampling.params()?;
     let max_tokens = a.max_tokens;
     let prompt = read_prompt(&a)?;
+    a.constraint.precheck()?;
     let dir = a.model.dir()?;
     let weights = load_weights(&dir)?;
     let tok = load_tokenizer(&dir)?;
@@ -115,10 +119,14 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     }
     let stop = stop_ids(&tok, &weights);
     let json = a.json;
+    let constraint = a.constraint.build(&tok, &weights)?.map(|(_, c)| c);
 
     let t0 = Instant::now();
     session.prefill(&prompt_ids).map_err(CliError::fail)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    // the grammar governs the answer: it starts at the first sampled token
+    let constraint_kind = constraint.as_ref().map(|c| c.kind());
+    session.set_constraint(constraint);
 
     let mut ids = Vec::with_capacity(max_tokens);
     let mut stream = tok.stream_decoder();
@@ -153,6 +161,26 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         0.0
     };
     let arena = session.memory_plan().total_bytes();
+    // (complete, masks, seconds masking) of the constraint, if there was one
+    let constraint = session.set_constraint(None).map(|mut c| {
+        let (masks, t) = c.mask_stats();
+        (c.is_accepting(), c.error(), masks, t.as_secs_f64())
+    });
+    if let Some((complete, error, _, _)) = &constraint {
+        if let Some(e) = error {
+            eprintln!("warning: the constraint failed: {e}");
+        } else if !complete {
+            eprintln!(
+                "warning: the answer stopped ({}) before the {} was complete",
+                match stats.reason {
+                    StopReason::MaxTokens => "at --max-tokens",
+                    StopReason::ContextFull => "with the context full",
+                    _ => "early",
+                },
+                constraint_kind.unwrap_or("grammar")
+            );
+        }
+    }
     let stop_reason = match stats.reason {
         StopReason::StopToken(_) => "stop_token",
         StopReason::MaxTokens => "max_tokens",
@@ -179,6 +207,14 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
                 "drafted_tokens": stats.drafted,
                 "accepted_tokens": stats.accepted,
                 "decode_steps": stats.steps,
+                "constraint": constraint.as_ref().map(|(complete, error, masks, secs)| serde_json::json!({
+                    "kind": constraint_kind,
+                    "complete": complete,
+                    "error": error,
+                    "masks": masks,
+                    "mask_seconds": secs,
+                    "mask_ms_per_token": if *masks > 0 { 1e3 * secs / *masks as f64 } else { 0.0 },
+                })),
             }
         });
         writeln!(out, "{v}").map_err(CliError::fail)?;
@@ -186,8 +222,16 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
         let tail = stream.finish();
         let _ = writeln!(out, "{tail}");
     }
+    let masking = match &constraint {
+        Some((_, _, masks, secs)) if *masks > 0 => format!(
+            " | {}: {:.3} ms mask/token",
+            constraint_kind.unwrap_or("constraint"),
+            1e3 * secs / *masks as f64
+        ),
+        _ => String::new(),
+    };
     eprintln!(
-        "prompt tokens: {} | prefill: {:.1} t/s | decode: {:.1} t/s ({} tokens, {stop_reason}) | lookup: {} drafted, {} accepted | arena: {:.1} MiB | threads: {} | isa: {}",
+        "prompt tokens: {} | prefill: {:.1} t/s | decode: {:.1} t/s ({} tokens, {stop_reason}) | lookup: {} drafted, {} accepted{masking} | arena: {:.1} MiB | threads: {} | isa: {}",
         prompt_ids.len(),
         prefill_tps,
         decode_tps,

@@ -9,6 +9,7 @@ mod arc;
 mod batch;
 mod bench;
 mod chat;
+mod constrain;
 mod errors;
 mod generate;
 mod inspect;

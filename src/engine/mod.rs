@@ -12,8 +12,13 @@
 //!
 //! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
 //! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
+//!
+//! A sequence may carry a [`Constraint`] ([`Engine::set_constraint`]): a JSON schema, regex or
+//! grammar that masks its logits before each sample. It only touches sampling, so constrained
+//! and unconstrained sequences share steps; see [`constraint`] for what it allocates.
 
 pub mod arena;
+pub mod constraint;
 mod forward;
 pub mod kv_cache;
 pub mod lookup;
@@ -27,6 +32,7 @@ use std::sync::Arc;
 use qwenrt_kernels::{Dtype, Isa, ThreadPool};
 
 use crate::engine::arena::{Arena, ArenaError, MemoryPlan};
+use crate::engine::constraint::{Constraint, ConstraintError};
 use crate::engine::kv_cache::{CacheError, CacheInfo, KvCache, KvShape};
 use crate::engine::sampler::{Sampler, SamplerError, SamplerParams};
 use crate::model::config::Config;
@@ -98,6 +104,9 @@ pub enum EngineError {
     Cache(CacheError),
     /// Bad sampling parameters.
     Sampler(SamplerError),
+    /// The sequence's constraint failed while masking or advancing (it stays attached, failed;
+    /// remove it with [`Engine::set_constraint`] to go on unconstrained).
+    Constraint(ConstraintError),
     /// The thread pool could not start.
     Pool(std::io::Error),
     /// Every sequence slot is taken.
@@ -135,6 +144,7 @@ impl fmt::Display for EngineError {
             EngineError::NoLogits => f.write_str("no logits yet: process a prompt first"),
             EngineError::Cache(e) => write!(f, "{e}"),
             EngineError::Sampler(e) => write!(f, "{e}"),
+            EngineError::Constraint(e) => write!(f, "{e}"),
             EngineError::Pool(e) => write!(f, "cannot start the thread pool: {e}"),
             EngineError::NoFreeSequence { max } => {
                 write!(f, "all {max} sequences are in use (raise max_sequences)")
@@ -162,6 +172,12 @@ impl From<CacheError> for EngineError {
 impl From<ArenaError> for EngineError {
     fn from(e: ArenaError) -> Self {
         EngineError::Arena(e)
+    }
+}
+
+impl From<ConstraintError> for EngineError {
+    fn from(e: ConstraintError) -> Self {
+        EngineError::Constraint(e)
     }
 }
 
@@ -236,6 +252,8 @@ struct Slot {
     generation: u32,
     kv: KvCache,
     sampler: Sampler,
+    /// The grammar this sequence's samples must follow, if any.
+    constraint: Option<Box<Constraint>>,
     /// Whether `seq.logits` holds the distribution after the last processed token.
     logits_ready: bool,
 }
@@ -282,6 +300,7 @@ impl Engine {
                 generation: 0,
                 kv: KvCache::new(dims.kv),
                 sampler: greedy.clone(),
+                constraint: None,
                 logits_ready: false,
             })
             .collect();
@@ -425,6 +444,7 @@ impl Engine {
         slot.generation = slot.generation.wrapping_add(1);
         slot.kv.reset();
         slot.sampler = sampler;
+        slot.constraint = None;
         slot.logits_ready = false;
         Ok(SeqId {
             slot: i as u32,
@@ -437,6 +457,7 @@ impl Engine {
         let slot = self.slot_mut(seq)?;
         slot.live = false;
         slot.kv.reset();
+        slot.constraint = None;
         slot.logits_ready = false;
         Ok(())
     }
@@ -474,17 +495,20 @@ impl Engine {
         Ok(&all[i * ctx..i * ctx + used])
     }
 
-    /// Empties the sequence (its sampler's history too); its slot and memory stay.
+    /// Empties the sequence (its sampler's history too, and its constraint is dropped); its
+    /// slot and memory stay.
     pub fn reset(&mut self, seq: SeqId) -> Result<(), EngineError> {
         let slot = self.slot_mut(seq)?;
         slot.kv.reset();
         slot.sampler.reset();
+        slot.constraint = None;
         slot.logits_ready = false;
         Ok(())
     }
 
     /// Rewinds the sequence to its first `len` positions (a no-op past its length), as for
-    /// rolling back rejected draft tokens or reusing a shared prefix.
+    /// rolling back rejected draft tokens or reusing a shared prefix. A constraint is not
+    /// rewound: it has seen the sampled tokens, not the fed ones.
     pub fn truncate(&mut self, seq: SeqId, len: usize) -> Result<(), EngineError> {
         let slot = self.slot_mut(seq)?;
         slot.kv.truncate(len);
@@ -496,6 +520,35 @@ impl Engine {
     /// change its settings).
     pub fn sampler_mut(&mut self, seq: SeqId) -> Result<&mut Sampler, EngineError> {
         Ok(&mut self.slot_mut(seq)?.sampler)
+    }
+
+    /// Attaches `constraint` to the sequence (replacing any it had; `None` removes it) and
+    /// returns the one it replaced. From the next sample on, [`Engine::sample`] and
+    /// [`Engine::sample_with`] set the logits of the tokens it forbids to -inf before the
+    /// sampler sees them (so every mode, greedy included, picks an allowed token) and advance
+    /// it with the sampled token. It can be attached at any point: the grammar starts at the
+    /// next sampled token, whatever the sequence holds. A constrained sequence should not take
+    /// drafted tokens its constraint has not checked (the session does not draft for one; see
+    /// [`Engine::is_constrained`]).
+    pub fn set_constraint(
+        &mut self,
+        seq: SeqId,
+        constraint: Option<Constraint>,
+    ) -> Result<Option<Constraint>, EngineError> {
+        let slot = self.slot_mut(seq)?;
+        let old = std::mem::replace(&mut slot.constraint, constraint.map(Box::new));
+        Ok(old.map(|c| *c))
+    }
+
+    /// Whether the sequence carries a constraint.
+    pub fn is_constrained(&self, seq: SeqId) -> Result<bool, EngineError> {
+        Ok(self.slot(seq)?.constraint.is_some())
+    }
+
+    /// The sequence's constraint, to ask whether it is complete ([`Constraint::is_accepting`]),
+    /// finished, failed, or what its masks cost.
+    pub fn constraint_mut(&mut self, seq: SeqId) -> Result<Option<&mut Constraint>, EngineError> {
+        Ok(self.slot_mut(seq)?.constraint.as_deref_mut())
     }
 
     /// The logits after the sequence's last processed token.
@@ -510,8 +563,9 @@ impl Engine {
     }
 
     /// Samples the sequence's next token with its own sampler and records it in the
-    /// sampler's history (for the repetition, frequency and presence penalties). Consumes the logits: the token must be
-    /// fed in a step before the next sample.
+    /// sampler's history (for the repetition, frequency and presence penalties). Consumes the
+    /// logits: the token must be fed in a step before the next sample. With a constraint, the
+    /// token is one it allows, and it advances the constraint.
     pub fn sample(&mut self, seq: SeqId) -> Result<u32, EngineError> {
         let i = seq.slot();
         let slot = self.slots.get_mut(i);
@@ -525,7 +579,8 @@ impl Engine {
     }
 
     /// Samples the sequence's next token with `sampler` instead of its own (which is left as
-    /// it is); `sampler` does not record the token.
+    /// it is); `sampler` does not record the token. The sequence's constraint applies and
+    /// advances as in [`Engine::sample`].
     pub fn sample_with(&mut self, seq: SeqId, sampler: &mut Sampler) -> Result<u32, EngineError> {
         let i = seq.slot();
         let slot = match self.slots.get_mut(i) {
@@ -606,7 +661,8 @@ impl Engine {
 }
 
 /// Samples from slot `i`'s logits with `sampler` (or the slot's own) and the arena's sampler
-/// scratch, consuming the logits (sampling modifies them).
+/// scratch, consuming the logits (sampling modifies them); a constraint masks them first and
+/// is advanced with the token.
 fn sample_slot(
     weights: &Weights,
     plan: &MemoryPlan,
@@ -622,6 +678,10 @@ fn sample_slot(
     let bufs = ArenaBufs::carve(arena.floats_mut(), plan);
     let candidates: &mut [u32] = bytemuck::cast_slice_mut(bufs.candidates);
     let logits = &mut bufs.seq_logits[i * v..(i + 1) * v];
+    if let Some(c) = slot.constraint.as_deref_mut() {
+        // on an error the logits are untouched and stay ready
+        c.mask_logits(logits)?;
+    }
     let sampler = match sampler {
         Some(s) => s,
         None => &mut slot.sampler,
@@ -629,5 +689,8 @@ fn sample_slot(
     let token = sampler.sample(logits, bufs.probs, candidates);
     // the logits were modified (penalty, temperature); they no longer describe the distribution
     slot.logits_ready = false;
+    if let Some(c) = slot.constraint.as_deref_mut() {
+        c.commit(token)?;
+    }
     Ok(token)
 }

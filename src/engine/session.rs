@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use qwenrt_kernels::{Dtype, Isa};
 
 use crate::engine::arena::MemoryPlan;
+use crate::engine::constraint::Constraint;
 use crate::engine::kv_cache::CacheInfo;
 use crate::engine::lookup;
 use crate::engine::sampler::{Sampler, SamplerParams};
@@ -294,7 +295,25 @@ impl Session {
         self.logits()
     }
 
-    /// Samples from the current logits (modifying them) with the arena's sampler scratch.
+    /// Attaches a constraint to the session's sequence (`None` removes it) and returns the one
+    /// it replaced: from the next sample on, every token is one it allows (see
+    /// [`Engine::set_constraint`]). While one is attached, [`Session::generate`] does not draft
+    /// by prompt lookup.
+    pub fn set_constraint(&mut self, constraint: Option<Constraint>) -> Option<Constraint> {
+        self.engine
+            .set_constraint(self.seq, constraint)
+            .expect("a session's sequence lives as long as the session")
+    }
+
+    /// The session's constraint, if one is attached.
+    pub fn constraint_mut(&mut self) -> Option<&mut Constraint> {
+        self.engine
+            .constraint_mut(self.seq)
+            .expect("a session's sequence lives as long as the session")
+    }
+
+    /// Samples from the current logits (modifying them) with the arena's sampler scratch
+    /// (masked by the session's constraint, if any, which the token advances).
     pub fn sample(&mut self, sampler: &mut Sampler) -> Result<u32, SessionError> {
         self.engine.sample_with(self.seq, sampler)
     }
@@ -306,8 +325,9 @@ impl Session {
 
     /// Turns prompt-lookup decoding on with drafts of up to `n` tokens (capped at
     /// [`lookup::MAX_DRAFT`] and at the engine's rows per step less one), or off with 0. It
-    /// only takes effect for a greedy sampler without penalties, where its output is
-    /// token for token that of plain greedy decoding; other samplers decode one token a step.
+    /// only takes effect for a greedy sampler without penalties and no constraint, where its
+    /// output is token for token that of plain greedy decoding; otherwise it decodes one token
+    /// a step (a constrained sequence's drafts would be verified against unmasked logits).
     pub fn set_lookup(&mut self, n: usize) {
         self.lookup = n
             .min(lookup::MAX_DRAFT)
@@ -319,7 +339,9 @@ impl Session {
     /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
     /// greedy sampler, each step feeds the newest token plus a draft found by
     /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
-    /// with and the token after them, and truncates the cache past the rest. Allocates nothing.
+    /// with and the token after them, and truncates the cache past the rest. Allocates nothing
+    /// without a constraint (see [`crate::engine::constraint`] for what one allocates per
+    /// token).
     pub fn generate(
         &mut self,
         sampler: &mut Sampler,
@@ -341,7 +363,12 @@ impl Session {
             return Err(SessionError::NoLogits);
         }
         let p = sampler.params;
-        let lookup = if p.is_plain_greedy() { self.lookup } else { 0 };
+        let constrained = self.engine.is_constrained(self.seq)?;
+        let lookup = if p.is_plain_greedy() && !constrained {
+            self.lookup
+        } else {
+            0
+        };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
         let mut budget = lookup::DraftBudget::new(lookup);
