@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use qwenrt::text::chat;
-use qwenrt::text::template::{
-    ChatTemplate, TemplateError, TemplateOrigin, ToolCallFormat,
-};
+use qwenrt::text::template::{ChatTemplate, TemplateError, TemplateOrigin, ToolCallFormat};
 use serde_json::{json, Map, Value};
 
 fn fixtures() -> Value {
@@ -121,7 +119,8 @@ fn hostile(src: &str) -> TemplateError {
 #[test]
 fn hostile_templates_fail_in_bounded_time() {
     // an endless loop (as far as nested ranges go)
-    let e = hostile("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
+    let e =
+        hostile("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
     assert!(matches!(e, TemplateError::OutOfFuel { .. }), "{e}");
     // a huge output
     let e = hostile("{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxxxxxxxxxx{% endfor %}{% endfor %}");
@@ -129,13 +128,19 @@ fn hostile_templates_fail_in_bounded_time() {
     // a string doubled until it is huge
     let e = hostile("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}");
     assert!(
-        matches!(e, TemplateError::OutOfFuel { .. } | TemplateError::Render { .. }),
+        matches!(
+            e,
+            TemplateError::OutOfFuel { .. } | TemplateError::Render { .. }
+        ),
         "{e}"
     );
     // endless recursion
     let e = hostile("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
     assert!(
-        matches!(e, TemplateError::Render { .. } | TemplateError::OutOfFuel { .. }),
+        matches!(
+            e,
+            TemplateError::Render { .. } | TemplateError::OutOfFuel { .. }
+        ),
         "{e}"
     );
     // the template refuses
@@ -192,22 +197,173 @@ fn a_hugging_face_directory_gives_its_template_and_tokens() {
         t.origin(),
         &TemplateOrigin::TokenizerConfig(dir.join("tokenizer_config.json"))
     );
-    assert_eq!(t.render(&json!([]), None, false, &Map::new()).unwrap(), "<s>D</s>");
+    assert_eq!(
+        t.render(&json!([]), None, false, &Map::new()).unwrap(),
+        "<s>D</s>"
+    );
     // chat_template.jinja wins over tokenizer_config.json
     write(&dir, "chat_template.jinja", "J{{ messages | length }}");
     let t = ChatTemplate::for_model(&dir, None).unwrap();
-    assert_eq!(t.origin(), &TemplateOrigin::ChatTemplateJinja(dir.join("chat_template.jinja")));
-    assert_eq!(t.render(&json!([1, 2]), None, false, &Map::new()).unwrap(), "J2");
+    assert_eq!(
+        t.origin(),
+        &TemplateOrigin::ChatTemplateJinja(dir.join("chat_template.jinja"))
+    );
+    assert_eq!(
+        t.render(&json!([1, 2]), None, false, &Map::new()).unwrap(),
+        "J2"
+    );
     // an override file wins over both, keeping the model's tokens
     write(&dir, "override.jinja", "O{{ eos_token }}");
     let o = dir.join("override.jinja");
     let t = ChatTemplate::for_model(&dir, Some(&o)).unwrap();
     assert_eq!(t.origin(), &TemplateOrigin::File(o.clone()));
-    assert_eq!(t.render(&json!([]), None, false, &Map::new()).unwrap(), "O</s>");
+    assert_eq!(
+        t.render(&json!([]), None, false, &Map::new()).unwrap(),
+        "O</s>"
+    );
     // a broken tokenizer_config.json is an error naming it
     std::fs::remove_file(dir.join("chat_template.jinja")).unwrap();
     write(&dir, "tokenizer_config.json", r#"{"chat_template": 5}"#);
     let err = ChatTemplate::for_model(&dir, None).unwrap_err();
     assert!(err.to_string().contains("tokenizer_config.json"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- the default model's own template ----
+
+fn default_gguf() -> PathBuf {
+    qwenrt::hub::ensure_default_gguf_with(&mut qwenrt::hub::Silent).expect("fetch the GGUF")
+}
+
+/// The GGUF's template renders what the hard-coded ChatML rendered before it, so the real-model
+/// goldens and the CLI's outputs do not change.
+#[test]
+fn the_default_ggufs_template_renders_like_the_old_chatml() {
+    let gguf = default_gguf();
+    let t = ChatTemplate::for_model(&gguf, None).unwrap();
+    assert_eq!(t.origin(), &TemplateOrigin::Gguf(gguf.clone()));
+    assert_eq!(t.tool_format(), ToolCallFormat::HermesJson);
+    assert_eq!(t.eos_token(), "<|im_end|>");
+    assert_eq!(
+        t.render_turn(None, "Write a haiku.").unwrap(),
+        chat::first_turn(chat::DEFAULT_SYSTEM_PROMPT, "Write a haiku.")
+    );
+    assert_eq!(
+        t.render_turn(Some("You are terse."), "hi").unwrap(),
+        chat::first_turn("You are terse.", "hi")
+    );
+    let msgs = json!([
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"}
+    ]);
+    let old = format!(
+        "{}b{}{}",
+        chat::first_turn("S", "a"),
+        chat::IM_END,
+        chat::next_turn("c")
+    );
+    assert_eq!(t.render(&msgs, None, true, &Map::new()).unwrap(), old);
+    // and the built-in fallback agrees with it
+    assert_eq!(
+        ChatTemplate::chatml()
+            .render(&msgs, None, true, &Map::new())
+            .unwrap(),
+        old
+    );
+}
+
+fn qwenrt(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn the_cli_says_which_template_and_takes_another() {
+    let gguf = default_gguf();
+    let model = gguf.to_str().unwrap();
+    let o = qwenrt(&["info", "--model", model, "--ctx", "256", "-t", "2"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        out.contains("chat template: ") && out.contains("(GGUF tokenizer.chat_template)"),
+        "{out}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("qwenrt-tplcli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mine.jinja");
+    std::fs::write(
+        &file,
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}",
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let o = qwenrt(&[
+        "info",
+        "--model",
+        model,
+        "--ctx",
+        "256",
+        "-t",
+        "2",
+        "--chat-template-file",
+        f,
+    ]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("chat template: {f}")), "{out}");
+    // generate renders the prompt with the file's template
+    let o = qwenrt(&[
+        "generate",
+        "--model",
+        model,
+        "--json",
+        "--max-tokens",
+        "1",
+        "--temperature",
+        "0",
+        "-t",
+        "2",
+        "--system",
+        "S",
+        "--chat-template-file",
+        f,
+        "hello",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ids: Vec<u32> = v["prompt_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect();
+    let tok = qwenrt::Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(
+        tok.decode(&ids).unwrap(),
+        "[system] S\n[user] hello\n[assistant]"
+    );
+    // a file that is not Jinja: exit status 1, the file named
+    std::fs::write(&file, "{% if %}").unwrap();
+    let o = qwenrt(&[
+        "generate",
+        "--model",
+        model,
+        "--max-tokens",
+        "1",
+        "--chat-template-file",
+        f,
+        "hi",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mine.jinja") && err.contains("not valid Jinja"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

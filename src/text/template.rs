@@ -310,9 +310,7 @@ impl ChatTemplate {
         env.set_fuel(Some(RENDER_FUEL));
         env.set_recursion_limit(RECURSION_LIMIT);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.set_formatter(|out, _state, value| {
-            out.write_str(&py_str(value)).map_err(Error::from)
-        });
+        env.set_formatter(|out, _state, value| out.write_str(&py_str(value)).map_err(Error::from));
         env.add_filter("tojson", tojson);
         env.add_filter("string", |v: &Value| -> Value {
             if v.kind() == ValueKind::String {
@@ -341,12 +339,13 @@ impl ChatTemplate {
                 ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map
             )
         });
-        env.add_function("raise_exception", |message: String| -> Result<Value, Error> {
-            Err(
-                Error::new(ErrorKind::InvalidOperation, message.clone())
-                    .with_source(Raised(message)),
-            )
-        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+                    .with_source(Raised(message)))
+            },
+        );
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax {
                 origin: origin.clone(),
@@ -488,6 +487,22 @@ impl ChatTemplate {
         template.render(ctx).map_err(|e| self.render_error(&e))
     }
 
+    /// A one-turn prompt: a system message (when given; without one, a template such as
+    /// Qwen2.5's adds its default), the user message, and the assistant's header.
+    pub fn render_turn(&self, system: Option<&str>, user: &str) -> Result<String, TemplateError> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = system {
+            messages.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": user}));
+        self.render(
+            &serde_json::Value::Array(messages),
+            None,
+            true,
+            &serde_json::Map::new(),
+        )
+    }
+
     fn render_error(&self, e: &Error) -> TemplateError {
         let origin = self.origin.clone();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -552,7 +567,11 @@ fn read_text(path: &Path) -> Result<String, TemplateError> {
         ))
     })?;
     // a tokenizer_config.json-style file holds the template as a JSON string
-    if text.trim_start().starts_with('{') && !text.trim_start().starts_with("{%") && !text.trim_start().starts_with("{{") && !text.trim_start().starts_with("{#") {
+    if text.trim_start().starts_with('{')
+        && !text.trim_start().starts_with("{%")
+        && !text.trim_start().starts_with("{{")
+        && !text.trim_start().starts_with("{#")
+    {
         if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
             return match template_field(&map) {
                 Ok(Some(t)) => Ok(t),
@@ -685,7 +704,12 @@ fn from_gguf(path: &Path) -> Result<Found, TemplateError> {
 
 /// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=None,
 /// separators=None, sort_keys=False)`, its arguments by position or by name.
-fn tojson(state: &State, value: &Value, args: minijinja::value::Rest<Value>, kwargs: Kwargs) -> Result<Value, Error> {
+fn tojson(
+    state: &State,
+    value: &Value,
+    args: minijinja::value::Rest<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
     const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
     if args.len() > NAMES.len() {
         return Err(Error::new(
@@ -727,7 +751,10 @@ fn tojson(state: &State, value: &Value, args: minijinja::value::Rest<Value>, kwa
     let (item_sep, key_sep) = match &opts[2] {
         Some(v) if !v.is_none() => {
             let parts: Vec<Value> = v.try_iter()?.collect();
-            match (parts.first().and_then(|p| p.as_str()), parts.get(1).and_then(|p| p.as_str())) {
+            match (
+                parts.first().and_then(|p| p.as_str()),
+                parts.get(1).and_then(|p| p.as_str()),
+            ) {
                 (Some(a), Some(b)) if parts.len() == 2 => (a.to_string(), b.to_string()),
                 _ => {
                     return Err(Error::new(
@@ -1042,8 +1069,11 @@ mod tests {
             out,
             r#"{"b": [1, 2.0, "é\n\"<>&'"], "a": {"x": null, "y": true}, "e": [], "f": {}}"#
         );
-        let out = render_src("{{ v | tojson(indent=2) }}", json!({"v": {"a": [1, {"b": 2}]}}))
-            .unwrap();
+        let out = render_src(
+            "{{ v | tojson(indent=2) }}",
+            json!({"v": {"a": [1, {"b": 2}]}}),
+        )
+        .unwrap();
         assert_eq!(
             out,
             "{\n  \"a\": [\n    1,\n    {\n      \"b\": 2\n    }\n  ]\n}"
