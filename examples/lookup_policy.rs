@@ -48,18 +48,25 @@ fn trace(a: &[String]) -> Result<(), Box<dyn std::error::Error>> {
     let model = std::path::Path::new(&a[0]);
     let weights = Arc::new(Weights::load(model)?);
     let tok = Tokenizer::from_gguf(model)?;
+    let template = qwenrt::text::ChatTemplate::for_model(model, None)?;
     let stop = stop_ids(&tok, &weights);
     let tasks = arc::load_tasks(std::path::Path::new(&a[1]), arc::Split::Eval)?;
     let tasks = arc::select_tasks(tasks, None, Some(a[2].parse()?))?;
     let max_tokens: usize = a[3].parse()?;
     let mut prompts: Vec<(String, Vec<u32>)> = Vec::new();
     for item in arc::work_items(&tasks) {
-        prompts.push((item.task_id.clone(), prompt_ids(&tok, &item.prompt, false)?));
+        prompts.push((
+            item.task_id.clone(),
+            prompt_ids(&tok, &template, &item.prompt, false)?,
+        ));
     }
     let code = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/prompts/code_edit.txt"),
     )?;
-    prompts.push(("code_edit".into(), prompt_ids(&tok, &code, false)?));
+    prompts.push((
+        "code_edit".into(),
+        prompt_ids(&tok, &template, &code, false)?,
+    ));
     let longest = prompts.iter().map(|p| p.1.len()).max().unwrap_or(0);
     let opts = SessionOptions {
         ctx: longest + max_tokens + 1,

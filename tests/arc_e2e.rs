@@ -21,6 +21,7 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
     let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
     assert_eq!(tasks.len(), 3);
     let items = work_items(&tasks);
@@ -33,7 +34,9 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     let mut session = Session::new(weights, &opts).unwrap();
     let before = session.arena_address();
     for item in &items {
-        let r = qwenrt::workload::run_arc_item(&mut session, &tok, item, 48, &stop, false).unwrap();
+        let r =
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 48, &stop, false)
+                .unwrap();
         assert_eq!(r.task_id, item.task_id);
         assert_eq!(r.test_index, item.test_index);
         assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
@@ -65,7 +68,8 @@ fn one_session_serves_every_task_without_moving_its_arena() {
         },
     );
     let mut small = small.unwrap();
-    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &items[0], 8, &stop, true).unwrap();
+    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &template, &items[0], 8, &stop, true)
+        .unwrap();
     let reason = r
         .skipped
         .expect("a prompt longer than the context is skipped");
@@ -144,6 +148,7 @@ fn early_stop_and_lookup_keep_every_grid() {
     let dir = qwenrt::hub::ensure_default_model(false).unwrap();
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
     let tasks = load_tasks(&fixtures(), Split::Eval).unwrap();
     let items = work_items(&tasks);
     let stop = stop_ids(&tok, &weights);
@@ -156,10 +161,12 @@ fn early_stop_and_lookup_keep_every_grid() {
     for item in &items {
         session.set_lookup(0);
         let full =
-            qwenrt::workload::run_arc_item(&mut session, &tok, item, 160, &stop, false).unwrap();
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, false)
+                .unwrap();
         session.set_lookup(8);
         let early =
-            qwenrt::workload::run_arc_item(&mut session, &tok, item, 160, &stop, true).unwrap();
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, true)
+                .unwrap();
         let id = &item.task_id;
         assert_eq!(full.drafted, 0, "{id}");
         assert_eq!(early.grid, full.grid, "{id}: the scored grid changed");

@@ -133,6 +133,7 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
     let dir = qwenrt::hub::ensure_default_model(false).expect("fetch the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_model_dir(&dir).unwrap();
+    let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
     let stop = qwenrt::workload::stop_ids(&tok, &weights);
     let golden: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
@@ -156,7 +157,7 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
     let tasks =
         qwenrt::workload::arc::load_tasks(&arc, qwenrt::workload::arc::Split::Eval).unwrap();
     for item in qwenrt::workload::arc::work_items(&tasks) {
-        let ids = qwenrt::workload::prompt_ids(&tok, &item.prompt, false).unwrap();
+        let ids = qwenrt::workload::prompt_ids(&tok, &template, &item.prompt, false).unwrap();
         prompts.push((format!("arc {}", item.task_id), ids));
     }
     let opts = SessionOptions {

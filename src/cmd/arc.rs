@@ -10,7 +10,8 @@ use qwenrt::engine::session::Session;
 use qwenrt::workload::{arc, prompt_ids, run_arc_item, stop_ids};
 
 use super::{
-    load_tokenizer, load_weights, progress, record_sink, CliError, LookupArg, ModelArg, RunArgs,
+    load_tokenizer, load_weights, progress, record_sink, ChatTemplateArg, CliError, LookupArg,
+    ModelArg, RunArgs,
 };
 
 /// `qwenrt arc`.
@@ -55,6 +56,8 @@ pub struct ArcArgs {
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
+    chat_template: ChatTemplateArg,
+    #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
     lookup: LookupArg,
@@ -86,12 +89,13 @@ pub fn run(a: ArcArgs) -> Result<(), CliError> {
     let dir = a.model.dir()?;
     let weights = load_weights(&dir)?;
     let tok = load_tokenizer(&dir)?;
+    let template = a.chat_template.load(&dir)?;
     let stop = stop_ids(&tok, &weights);
     // one arena for the whole run: sized for the longest prompt plus the answer, or --ctx
     let mut longest = 0;
     for item in &items {
         longest = longest.max(
-            prompt_ids(&tok, &item.prompt, false)
+            prompt_ids(&tok, &template, &item.prompt, false)
                 .map_err(CliError::fail)?
                 .len(),
         );
@@ -110,6 +114,7 @@ pub fn run(a: ArcArgs) -> Result<(), CliError> {
         let r = run_arc_item(
             &mut session,
             &tok,
+            &template,
             item,
             max_tokens,
             &stop,

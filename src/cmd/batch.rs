@@ -10,7 +10,8 @@ use qwenrt::workload::batch::{parse_batch, BatchRecord};
 use qwenrt::workload::{run_batch_request, stop_ids};
 
 use super::{
-    load_tokenizer, load_weights, progress, record_sink, CliError, LookupArg, ModelArg, RunArgs,
+    load_tokenizer, load_weights, progress, record_sink, ChatTemplateArg, CliError, LookupArg,
+    ModelArg, RunArgs,
 };
 
 /// `qwenrt batch`.
@@ -32,6 +33,8 @@ pub struct BatchArgs {
     prefill_f32: bool,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    chat_template: ChatTemplateArg,
     #[command(flatten)]
     run: RunArgs,
     #[command(flatten)]
@@ -57,6 +60,7 @@ pub fn run(a: BatchArgs) -> Result<(), CliError> {
     let dir = a.model.dir()?;
     let weights = load_weights(&dir)?;
     let tok = load_tokenizer(&dir)?;
+    let template = a.chat_template.load(&dir)?;
     let stop = stop_ids(&tok, &weights);
     let opts = a.run.session_options(&weights, 4096, a.prefill_f32);
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
@@ -66,7 +70,7 @@ pub fn run(a: BatchArgs) -> Result<(), CliError> {
     let bar = progress::items(requests.len() as u64, "requests");
     for req in &requests {
         let record = match req {
-            Ok(req) => run_batch_request(&mut session, &tok, req, &stop),
+            Ok(req) => run_batch_request(&mut session, &tok, &template, req, &stop),
             Err(e) => BatchRecord::Err(e.clone()),
         };
         match record {

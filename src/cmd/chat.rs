@@ -1,24 +1,30 @@
-//! `qwenrt chat`: a conversation on one session, one user message per line of stdin; the
-//! cache keeps every turn, and a full context ends the chat with a message.
+//! `qwenrt chat`: a conversation on one session, one user message per line of stdin. Each
+//! turn the whole conversation is rendered by the model's chat template; the cache keeps the
+//! tokens it shares with the new prompt and only the rest is processed. A full context ends
+//! the chat with a message.
 
 use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use qwenrt::engine::sampler::Sampler;
 use qwenrt::engine::session::{Session, StopReason};
-use qwenrt::text::chat;
+use qwenrt::workload::conversation::{feed_reusing, Conversation};
 use qwenrt::workload::stop_ids;
 
-use super::{load_tokenizer, load_weights, CliError, LookupArg, ModelArg, RunArgs, SamplingArgs};
+use super::{
+    load_tokenizer, load_weights, ChatTemplateArg, CliError, LookupArg, ModelArg, RunArgs,
+    SamplingArgs,
+};
 
 /// `qwenrt chat`.
 #[derive(Args, Debug)]
 #[command(
     after_help = "On a terminal an empty line or Ctrl-D ends the chat; from a pipe every \
-non-empty line is one turn, until the end of the input."
+non-empty line is one turn, until the end of the input. The conversation is rendered by the \
+model's chat template (or --chat-template-file)."
 )]
 pub struct ChatArgs {
-    /// The system prompt [default: Qwen's]
+    /// The system message [default: none, so a template such as Qwen2.5's adds its own]
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Generate at most N tokens per reply
@@ -35,6 +41,8 @@ pub struct ChatArgs {
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
+    chat_template: ChatTemplateArg,
+    #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
     run: RunArgs,
@@ -49,16 +57,13 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
     let dir = a.model.dir()?;
     let weights = load_weights(&dir)?;
     let tok = load_tokenizer(&dir)?;
+    let template = a.chat_template.load(&dir)?;
     let opts = a.run.session_options(&weights, 8192, a.prefill_f32);
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     a.lookup.apply(&mut session);
     let mut sampler = Sampler::new(params).map_err(|e| CliError::usage(e.to_string()))?;
     let stop = stop_ids(&tok, &weights);
-    let system = a
-        .system
-        .as_deref()
-        .unwrap_or(chat::DEFAULT_SYSTEM_PROMPT)
-        .to_string();
+    let mut conversation = Conversation::new(a.system.as_deref());
     let interactive = std::io::stdin().is_terminal();
     if interactive {
         eprintln!(
@@ -66,10 +71,9 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
             session.ctx()
         );
     }
-    let mut pending: Option<u32> = None;
-    let mut first = true;
     let stdin = std::io::stdin();
     let mut line = String::new();
+    let mut reply = Vec::new();
     loop {
         if interactive {
             eprint!("> ");
@@ -90,65 +94,45 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
             }
             continue;
         }
-        let text = if first {
-            chat::first_turn(&system, user)
-        } else {
-            chat::next_turn(user)
-        };
-        let mut ids = Vec::new();
-        if let Some(p) = pending.take() {
-            ids.push(p); // the previous reply's end token, not yet in the cache
-        }
-        ids.extend(tok.encode(&text).map_err(CliError::fail)?);
-        let room = session.ctx() - session.position();
-        if ids.len() + 1 > room {
+        conversation.push("user", user);
+        let ids = conversation
+            .prompt_ids(&template, &tok)
+            .map_err(CliError::fail)?;
+        if ids.len() + 1 > session.ctx() {
             eprintln!(
-                "[context full: this turn needs {} tokens but only {room} of {} are left; start a new chat]",
+                "[context full: the conversation is {} tokens with this turn, the context holds {}; start a new chat]",
                 ids.len() + 1,
                 session.ctx()
             );
             break;
         }
-        for &t in &ids {
+        let reused = feed_reusing(&mut session, &ids).map_err(CliError::fail)?;
+        for &t in &ids[reused..] {
             sampler.observe(t);
         }
         // each reply is its own completion for the frequency and presence penalties
         sampler.clear_generated();
-        session.prefill(&ids).map_err(CliError::fail)?;
-        first = false;
         let mut stream = tok.stream_decoder();
         let mut out = std::io::stdout().lock();
+        reply.clear();
         let stats = session
             .generate(&mut sampler, max_tokens, &stop, &mut |t| {
+                reply.push(t);
                 let _ = out.write_all(stream.push(t).as_bytes());
                 let _ = out.flush();
                 true
             })
             .map_err(CliError::fail)?;
         let _ = writeln!(out, "{}", stream.finish());
-        pending = stats.unfed;
-        match stats.reason {
-            StopReason::StopToken(_) => {}
-            StopReason::ContextFull => {
-                eprintln!(
-                    "[context full after {} tokens; start a new chat]",
-                    session.ctx()
-                );
-                break;
-            }
-            _ => {
-                // the reply was cut short: close the turn so the transcript stays well formed
-                if let Some(end) = tok.token_id(chat::IM_END) {
-                    if let Some(p) = pending.take() {
-                        if session.ctx() - session.position() < 2 {
-                            eprintln!("[context full; start a new chat]");
-                            break;
-                        }
-                        session.prefill(&[p]).map_err(CliError::fail)?;
-                    }
-                    pending = Some(end);
-                }
-            }
+        // the reply joins the conversation as text; the next render closes its turn, and the
+        // cache keeps whatever of it the new prompt shares
+        conversation.push("assistant", &tok.decode(&reply).map_err(CliError::fail)?);
+        if stats.reason == StopReason::ContextFull {
+            eprintln!(
+                "[context full after {} tokens; start a new chat]",
+                session.ctx()
+            );
+            break;
         }
     }
     Ok(())

@@ -6,18 +6,24 @@ use std::time::Instant;
 use clap::Args;
 use qwenrt::engine::sampler::Sampler;
 use qwenrt::engine::session::{Session, StopReason};
-use qwenrt::text::chat;
 use qwenrt::workload::stop_ids;
 
 use super::constrain::ConstraintArgs;
-use super::{load_tokenizer, load_weights, CliError, LookupArg, ModelArg, RunArgs, SamplingArgs};
+use super::{
+    load_tokenizer, load_weights, ChatTemplateArg, CliError, LookupArg, ModelArg, RunArgs,
+    SamplingArgs,
+};
 
 /// `qwenrt generate`.
 #[derive(Args, Debug)]
 #[command(
-    after_help = "Without --raw the prompt is wrapped in the ChatML template with Qwen's \
-default system prompt (or --system). With --json, one JSON object with the prompt ids, the \
-generated ids and text, and the stats is printed instead of the streamed text. --json-schema, --regex and --grammar constrain the answer (the generated text, after the template) by masking every token the grammar forbids; generation ends when the grammar is complete and the model ends its turn, or at --max-tokens."
+    after_help = "Without --raw the prompt is the user message of a conversation rendered by \
+the model's chat template (or --chat-template-file), after the --system message if one is \
+given. With --json, one JSON object with the prompt ids, the \
+generated ids and text, and the stats is printed instead of the streamed text. --json-schema, \
+--regex and --grammar constrain the answer (the generated text, after the template) by masking \
+every token the grammar forbids; generation ends when the grammar is complete and the model \
+ends its turn, or at --max-tokens."
 )]
 pub struct GenerateArgs {
     /// The prompt (or --prompt; without either, stdin is read to its end)
@@ -29,7 +35,7 @@ pub struct GenerateArgs {
     /// Feed the prompt as is, without the chat template
     #[arg(long)]
     raw: bool,
-    /// The system prompt of the chat template [default: Qwen's]
+    /// The system message [default: none, so a template such as Qwen2.5's adds its own]
     #[arg(long, value_name = "TEXT")]
     system: Option<String>,
     /// Generate at most N tokens
@@ -48,6 +54,8 @@ pub struct GenerateArgs {
     prefill_f32: bool,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    chat_template: ChatTemplateArg,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -94,10 +102,10 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let text = if a.raw {
         prompt
     } else {
-        chat::first_turn(
-            a.system.as_deref().unwrap_or(chat::DEFAULT_SYSTEM_PROMPT),
-            &prompt,
-        )
+        a.chat_template
+            .load(&dir)?
+            .render_turn(a.system.as_deref(), &prompt)
+            .map_err(CliError::fail)?
     };
     let prompt_ids = tok.encode(&text).map_err(CliError::fail)?;
     if prompt_ids.is_empty() {

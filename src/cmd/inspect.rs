@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use clap::Args;
 use qwenrt::engine::session::Session;
+use qwenrt::text::template::ToolCallFormat;
 
-use super::{load_tokenizer, load_weights, CliError, ModelArg, RunArgs};
+use super::{load_tokenizer, load_weights, ChatTemplateArg, CliError, ModelArg, RunArgs};
 
 /// `qwenrt tokenize`.
 #[derive(Args, Debug)]
@@ -50,6 +51,8 @@ pub struct LogitsArgs {
 pub struct InfoArgs {
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    chat_template: ChatTemplateArg,
     #[command(flatten)]
     run: RunArgs,
 }
@@ -154,6 +157,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     let opts = a.run.session_options(&weights, 4096, false);
     // the session first, so that a model or --ctx it cannot serve prints no partial report
     let session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
+    let template = a.chat_template.load(&dir)?;
     println!("model: {}", dir.display());
     println!(
         "config: vocab {} | hidden {} | ffn {} | layers {} | heads {} | kv heads {} | head_dim {} | max positions {} | rope theta {} | rms eps {:e} | tied {}",
@@ -177,6 +181,16 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
         session.threads(),
         session.ctx(),
         session.kv_dtype().to_string().to_lowercase()
+    );
+    println!(
+        "chat template: {} | tool calls: {} | thinking switch: {}",
+        template.origin(),
+        match template.tool_format() {
+            ToolCallFormat::HermesJson => "<tool_call> JSON",
+            ToolCallFormat::Qwen3CoderXml => "<tool_call> XML (Qwen3-Coder)",
+            ToolCallFormat::None => "none",
+        },
+        if template.thinking() { "yes" } else { "no" }
     );
     println!("arena plan:\n{}", session.memory_plan());
     if weights.repacked_bytes() > 0 {

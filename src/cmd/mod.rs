@@ -29,6 +29,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::SessionOptions;
 use qwenrt::model::weights::{LoadError, Weights};
+use qwenrt::text::template::ChatTemplate;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt_kernels::Dtype;
 
@@ -149,6 +150,23 @@ impl ModelArg {
             None => qwenrt::hub::ensure_default_gguf_with(&mut progress::FetchBars::new())
                 .map_err(CliError::fail),
         }
+    }
+}
+
+/// `--chat-template-file FILE`, for every command that renders chat.
+#[derive(Args, Debug, Clone)]
+struct ChatTemplateArg {
+    /// Render chat with this Jinja template (or a tokenizer_config.json holding one) instead
+    /// of the model's own [default: the GGUF's tokenizer.chat_template, or a model
+    /// directory's chat_template.jinja or tokenizer_config.json; ChatML if it has none]
+    #[arg(long, value_name = "FILE")]
+    chat_template_file: Option<PathBuf>,
+}
+
+impl ChatTemplateArg {
+    /// The chat template of the model at `model` (a GGUF file or a directory), or the file.
+    fn load(&self, model: &Path) -> Result<ChatTemplate, CliError> {
+        ChatTemplate::for_model(model, self.chat_template_file.as_deref()).map_err(CliError::fail)
     }
 }
 

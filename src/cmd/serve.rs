@@ -3,7 +3,9 @@
 use clap::Args;
 use qwenrt::server::{self, ServerOptions};
 
-use super::{load_tokenizer, load_weights, physical_cores, CliError, KvDtypeArg, ModelArg};
+use super::{
+    load_tokenizer, load_weights, physical_cores, ChatTemplateArg, CliError, KvDtypeArg, ModelArg,
+};
 
 /// `qwenrt serve`.
 #[derive(Args, Debug)]
@@ -70,6 +72,8 @@ pub struct ServeArgs {
     kv: KvDtypeArg,
     #[command(flatten)]
     model: ModelArg,
+    #[command(flatten)]
+    chat_template: ChatTemplateArg,
     /// Prompt-lookup drafting for greedy requests without penalties: up to N drafted rows per
     /// engine step, shared by the running requests (output unchanged); 0, the default, turns
     /// it off: on chat answers under load the rejected rows measured slower
@@ -93,6 +97,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         )));
     }
     let tok = load_tokenizer(&dir)?;
+    let chat_template = std::sync::Arc::new(a.chat_template.load(&dir)?);
     let model_id = dir.file_name().map_or_else(
         || "qwenrt".to_string(),
         |n| n.to_string_lossy().into_owned(),
@@ -109,6 +114,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup,
         kv_dtype: a.kv.dtype(),
+        chat_template,
         ..ServerOptions::default()
     };
     server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)

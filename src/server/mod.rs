@@ -52,6 +52,7 @@ use qwenrt_kernels::Dtype;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
+use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
 use scheduler::{Msg, Scheduler, Shared};
@@ -90,6 +91,9 @@ pub struct ServerOptions {
     pub lookup: usize,
     /// Passed to [`EngineOptions::kv_dtype`].
     pub kv_dtype: Dtype,
+    /// The chat template that renders messages into prompts (the model's own, see
+    /// [`ChatTemplate::for_model`]; the default is the built-in ChatML).
+    pub chat_template: Arc<ChatTemplate>,
 }
 
 impl Default for ServerOptions {
@@ -109,6 +113,7 @@ impl Default for ServerOptions {
             prefill_bf16: true,
             lookup: 0,
             kv_dtype: Dtype::F32,
+            chat_template: Arc::new(ChatTemplate::chatml()),
         }
     }
 }

@@ -10,6 +10,7 @@ use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::session::{Session, SessionError, StopReason};
 use crate::model::weights::Weights;
 use crate::text::chat;
+use crate::text::template::{ChatTemplate, TemplateError};
 use crate::text::tokenizer::Tokenizer;
 
 /// End-of-turn ids: `<|im_end|>`, `<|endoftext|>` and the config's eos ids.
@@ -79,6 +80,8 @@ pub enum RequestError {
     },
     /// The tokenizer failed.
     Tokenizer(String),
+    /// The chat template failed.
+    Template(TemplateError),
     /// The session failed.
     Session(SessionError),
 }
@@ -91,6 +94,7 @@ impl std::fmt::Display for RequestError {
                 "prompt of {prompt_tokens} tokens does not fit in the context of {ctx} tokens"
             ),
             RequestError::Tokenizer(e) => write!(f, "tokenizer: {e}"),
+            RequestError::Template(e) => write!(f, "{e}"),
             RequestError::Session(e) => write!(f, "{e}"),
         }
     }
@@ -98,12 +102,21 @@ impl std::fmt::Display for RequestError {
 
 impl std::error::Error for RequestError {}
 
-/// The prompt's ids: the chat template around `prompt` unless `raw`.
-pub fn prompt_ids(tok: &Tokenizer, prompt: &str, raw: bool) -> Result<Vec<u32>, RequestError> {
+/// The prompt's ids: `prompt` as the user message of a one-turn conversation rendered by
+/// `template` (no system message, so a template such as Qwen2.5's adds its default), unless
+/// `raw`.
+pub fn prompt_ids(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    prompt: &str,
+    raw: bool,
+) -> Result<Vec<u32>, RequestError> {
     let text = if raw {
         prompt.to_string()
     } else {
-        chat::first_turn(chat::DEFAULT_SYSTEM_PROMPT, prompt)
+        template
+            .render_turn(None, prompt)
+            .map_err(RequestError::Template)?
     };
     tok.encode(&text)
         .map_err(|e| RequestError::Tokenizer(e.to_string()))
@@ -187,12 +200,13 @@ pub fn complete_until(
 pub fn run_arc_item(
     session: &mut Session,
     tok: &Tokenizer,
+    template: &ChatTemplate,
     item: &WorkItem,
     max_tokens: usize,
     stop: &[u32],
     early_stop: bool,
 ) -> Result<TaskRecord, RequestError> {
-    let ids = prompt_ids(tok, &item.prompt, false)?;
+    let ids = prompt_ids(tok, template, &item.prompt, false)?;
     let arena_bytes = session.memory_plan().total_bytes() as u64;
     if ids.len() >= session.ctx() {
         let mut r = TaskRecord::skipped(
@@ -254,6 +268,7 @@ pub fn run_arc_item(
 pub fn run_batch_request(
     session: &mut Session,
     tok: &Tokenizer,
+    template: &ChatTemplate,
     req: &BatchRequest,
     stop: &[u32],
 ) -> BatchRecord {
@@ -264,7 +279,7 @@ pub fn run_batch_request(
             error: e.to_string(),
         })
     };
-    let ids = match prompt_ids(tok, &req.prompt, req.raw) {
+    let ids = match prompt_ids(tok, template, &req.prompt, req.raw) {
         Ok(ids) if ids.is_empty() => {
             return BatchRecord::Err(BatchLineError {
                 id: req.id.clone(),

@@ -6,10 +6,13 @@
 //! - [`perplexity`]: perplexity and KL divergence on llama-perplexity's convention.
 //! - [`complete`](mod@complete): one request on a [`Session`](crate::Session), prompt in, completion out;
 //!   ARC items and batch requests on top of it, and the stop tokens of a model.
+//! - [`conversation`]: a multi-turn chat on one session, re-rendered by the chat template each
+//!   turn, reusing the cached common prefix.
 
 pub mod arc;
 pub mod batch;
 pub mod complete;
+pub mod conversation;
 pub mod perplexity;
 
 pub use complete::{

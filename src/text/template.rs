@@ -1,0 +1,1175 @@
+//! The model's own chat template: the Jinja program a model ships (GGUF
+//! `tokenizer.chat_template`, `chat_template.jinja` or `tokenizer_config.json` beside a Hugging
+//! Face model) that turns a list of messages, and the tools on offer, into the prompt text.
+//!
+//! - [`ChatTemplate`]: a compiled template with the model's `bos_token`/`eos_token`, where it came
+//!   from ([`TemplateOrigin`]) and the tool-call format it teaches ([`ToolCallFormat`]). Immutable,
+//!   `Send + Sync`: one is shared by every request.
+//! - [`TemplateError`]: every failure (a file that cannot be read, a template that does not
+//!   compile, one that raises, loops or grows past its budget), naming the template at fault.
+//!
+//! Rendering follows transformers' `apply_chat_template`: Jinja with `trim_blocks` and
+//! `lstrip_blocks`, loop controls, Python's string and dict methods (minijinja-contrib's
+//! `pycompat`), `raise_exception(msg)`, and `tojson` as `json.dumps(x, ensure_ascii=False)`
+//! (separators `", "` and `": "`, keys in their given order, `indent`, `separators`,
+//! `sort_keys`). Values print as Python prints them (`None`, `True`, `1.0`, `1e+16`).
+//!
+//! Templates read from files are untrusted: each render runs on a fuel budget
+//! ([`RENDER_FUEL`], which bounds both the steps taken and the bytes produced), recursion is
+//! capped at [`RECURSION_LIMIT`], and a template's source at [`MAX_TEMPLATE_BYTES`].
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use minijinja::value::{Kwargs, Serde, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State, Value};
+
+/// The name the template is compiled under (it appears in minijinja's error locations).
+const NAME: &str = "chat_template";
+
+/// Fuel per render: about this many VM steps, or 64 times as many bytes of values and
+/// output. Real templates over a long conversation with many tools use a few tens of
+/// thousands; an endless loop exhausts it in well under a second.
+pub const RENDER_FUEL: u64 = 5_000_000;
+
+/// Nesting depth of macro calls, loops and includes a template may reach.
+pub const RECURSION_LIMIT: usize = 100;
+
+/// The largest template source accepted (real ones are under 20 KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// Nesting depth `tojson` follows before it refuses a value.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// Variables every render sets; extra variables may not use these names.
+const RESERVED: [&str; 5] = [
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+];
+
+/// The template used when a model ships none: ChatML as Qwen2.5 renders it (its default system
+/// prompt when the conversation has none; tools in `<tools>` and calls as `<tool_call>` JSON).
+const CHATML: &str = r#"
+{%- if messages and messages[0].role == 'system' %}
+    {%- set system = messages[0].content %}
+{%- else %}
+    {%- set system = 'You are Qwen, created by Alibaba Cloud. You are a helpful assistant.' %}
+{%- endif %}
+{{- '<|im_start|>system\n' ~ system }}
+{%- if tools %}
+    {{- '\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' }}
+    {{- 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}
+    {%- for tool in tools %}
+        {{- '\n' ~ tool | tojson }}
+    {%- endfor %}
+    {{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n' }}
+    {{- '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>' }}
+{%- endif %}
+{{- '<|im_end|>\n' }}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}
+            {{- '\n' ~ message.content }}
+        {%- endif %}
+        {%- for call in message.tool_calls %}
+            {%- set f = call.function if call.function is defined else call %}
+            {{- '\n<tool_call>\n{"name": "' ~ f.name ~ '", "arguments": ' }}
+            {{- f.arguments if f.arguments is string else f.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or loop.previtem.role != 'tool' %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\n<tool_response>\n' ~ (message.content if message.content is not none else '') ~ '\n</tool_response>' }}
+        {%- if loop.last or loop.nextitem.role != 'tool' %}
+            {{- '<|im_end|>\n' }}
+        {%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' ~ message.role ~ '\n' ~ (message.content if message.content is not none else '') ~ '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+{%- endif %}
+"#;
+
+/// Where a chat template came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateOrigin {
+    /// A GGUF file's `tokenizer.chat_template`.
+    Gguf(PathBuf),
+    /// `chat_template.jinja` beside a Hugging Face model.
+    ChatTemplateJinja(PathBuf),
+    /// The `chat_template` of a Hugging Face model's `tokenizer_config.json`.
+    TokenizerConfig(PathBuf),
+    /// A file named on the command line (`--chat-template-file`).
+    File(PathBuf),
+    /// Given as text by the caller (a test, a library user).
+    Source,
+    /// The built-in ChatML template, for a model without one.
+    ChatMl,
+}
+
+impl TemplateOrigin {
+    /// A one-word name: `gguf`, `chat_template.jinja`, `tokenizer_config.json`, `file`,
+    /// `source` or `chatml`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TemplateOrigin::Gguf(_) => "gguf",
+            TemplateOrigin::ChatTemplateJinja(_) => "chat_template.jinja",
+            TemplateOrigin::TokenizerConfig(_) => "tokenizer_config.json",
+            TemplateOrigin::File(_) => "file",
+            TemplateOrigin::Source => "source",
+            TemplateOrigin::ChatMl => "chatml",
+        }
+    }
+}
+
+impl fmt::Display for TemplateOrigin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateOrigin::Gguf(p) => write!(f, "{} (GGUF tokenizer.chat_template)", p.display()),
+            TemplateOrigin::ChatTemplateJinja(p) | TemplateOrigin::File(p) => {
+                write!(f, "{}", p.display())
+            }
+            TemplateOrigin::TokenizerConfig(p) => write!(f, "{} (chat_template)", p.display()),
+            TemplateOrigin::Source => f.write_str("the given chat template"),
+            TemplateOrigin::ChatMl => {
+                f.write_str("the built-in ChatML template (the model has no chat template)")
+            }
+        }
+    }
+}
+
+/// How the template teaches the model to call a tool, seen in its source.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToolCallFormat {
+    /// Hermes-style JSON, as Qwen2.5 and Qwen3 write it:
+    /// `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`.
+    HermesJson,
+    /// Qwen3-Coder's XML: `<tool_call>\n<function=NAME>\n<parameter=P>\nvalue\n</parameter>\n
+    /// </function>\n</tool_call>`.
+    Qwen3CoderXml,
+    /// The template does not mention tool calls.
+    None,
+}
+
+impl ToolCallFormat {
+    /// The format a template's source teaches.
+    pub fn detect(source: &str) -> ToolCallFormat {
+        if source.contains("<function=") {
+            ToolCallFormat::Qwen3CoderXml
+        } else if source.contains("<tool_call>") {
+            ToolCallFormat::HermesJson
+        } else {
+            ToolCallFormat::None
+        }
+    }
+}
+
+/// A chat template that could not be loaded or rendered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplateError {
+    /// A file could not be read, or holds no usable template.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The template is not valid Jinja (or too large).
+    Syntax {
+        /// The template.
+        origin: TemplateOrigin,
+        /// minijinja's message, with the line.
+        message: String,
+    },
+    /// The template called `raise_exception(message)`: it refuses these messages.
+    Raised {
+        /// The template.
+        origin: TemplateOrigin,
+        /// The template's own message.
+        message: String,
+    },
+    /// Rendering ran past [`RENDER_FUEL`] (an endless loop or a huge output).
+    OutOfFuel {
+        /// The template.
+        origin: TemplateOrigin,
+    },
+    /// Rendering failed otherwise (a method that does not exist, a type error, nesting past
+    /// [`RECURSION_LIMIT`]).
+    Render {
+        /// The template.
+        origin: TemplateOrigin,
+        /// minijinja's message, with the line.
+        message: String,
+    },
+    /// The variables given to a render are not usable (e.g. `messages` is not a list).
+    Input {
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl fmt::Display for TemplateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TemplateError::Read { path, message } => {
+                write!(f, "chat template {}: {message}", path.display())
+            }
+            TemplateError::Syntax { origin, message } => {
+                write!(f, "chat template {origin} is not valid Jinja: {message}")
+            }
+            TemplateError::Raised { origin, message } => {
+                write!(f, "chat template {origin} refused the messages: {message}")
+            }
+            TemplateError::OutOfFuel { origin } => write!(
+                f,
+                "chat template {origin} ran past its budget of {RENDER_FUEL} steps (an endless loop or an output too large)"
+            ),
+            TemplateError::Render { origin, message } => {
+                write!(f, "chat template {origin} failed to render: {message}")
+            }
+            TemplateError::Input { message } => write!(f, "chat template input: {message}"),
+        }
+    }
+}
+
+impl std::error::Error for TemplateError {}
+
+/// The error `raise_exception` attaches, so a render failure can tell it apart.
+#[derive(Debug)]
+struct Raised(String);
+
+impl fmt::Display for Raised {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+/// A compiled chat template and the special tokens it may refer to.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    origin: TemplateOrigin,
+    tool_format: ToolCallFormat,
+    thinking: bool,
+    bos: String,
+    eos: String,
+}
+
+impl fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("origin", &self.origin)
+            .field("tool_format", &self.tool_format)
+            .field("thinking", &self.thinking)
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`. `bos` and `eos` are the model's `bos_token` and `eos_token` ("" where
+    /// it has none).
+    pub fn from_source(
+        source: &str,
+        origin: TemplateOrigin,
+        bos: &str,
+        eos: &str,
+    ) -> Result<ChatTemplate, TemplateError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(TemplateError::Syntax {
+                origin,
+                message: format!(
+                    "it is {} bytes, more than the limit of {MAX_TEMPLATE_BYTES}",
+                    source.len()
+                ),
+            });
+        }
+        let mut env = Environment::new();
+        let syntax = minijinja::syntax::SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| TemplateError::Syntax {
+                origin: origin.clone(),
+                message: e.to_string(),
+            })?;
+        env.set_syntax(syntax);
+        env.set_fuel(Some(RENDER_FUEL));
+        env.set_recursion_limit(RECURSION_LIMIT);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.set_formatter(|out, _state, value| out.write_str(&py_str(value)).map_err(Error::from));
+        env.add_filter("tojson", tojson);
+        env.add_filter("string", |v: &Value| -> Value {
+            if v.kind() == ValueKind::String {
+                v.clone()
+            } else {
+                Value::from(py_str(v))
+            }
+        });
+        // Python's notions, which the templates are written against: None is not iterable
+        // (an undefined value is, as jinja2's Undefined iterates as empty), and a string is
+        // a sequence
+        env.add_test("iterable", |v: &Value| {
+            matches!(
+                v.kind(),
+                ValueKind::Undefined
+                    | ValueKind::String
+                    | ValueKind::Bytes
+                    | ValueKind::Seq
+                    | ValueKind::Map
+                    | ValueKind::Iterable
+            )
+        });
+        env.add_test("sequence", |v: &Value| {
+            matches!(
+                v.kind(),
+                ValueKind::String | ValueKind::Bytes | ValueKind::Seq | ValueKind::Map
+            )
+        });
+        env.add_function(
+            "raise_exception",
+            |message: String| -> Result<Value, Error> {
+                Err(Error::new(ErrorKind::InvalidOperation, message.clone())
+                    .with_source(Raised(message)))
+            },
+        );
+        env.add_template_owned(NAME, source.to_string())
+            .map_err(|e| TemplateError::Syntax {
+                origin: origin.clone(),
+                message: describe(&e),
+            })?;
+        Ok(ChatTemplate {
+            env,
+            tool_format: ToolCallFormat::detect(source),
+            thinking: source.contains("enable_thinking") || source.contains("<think>"),
+            origin,
+            bos: bos.to_string(),
+            eos: eos.to_string(),
+        })
+    }
+
+    /// The built-in ChatML template (Qwen2's tokens, no BOS, `<|im_end|>` as EOS).
+    pub fn chatml() -> ChatTemplate {
+        ChatTemplate::from_source(CHATML, TemplateOrigin::ChatMl, "", super::chat::IM_END)
+            .expect("the built-in template compiles")
+    }
+
+    /// Reads a template file (`--chat-template-file`): Jinja text, or a `tokenizer_config.json`
+    /// style JSON object with a `chat_template`.
+    pub fn from_file(path: &Path, bos: &str, eos: &str) -> Result<ChatTemplate, TemplateError> {
+        let text = read_text(path)?;
+        ChatTemplate::from_source(&text, TemplateOrigin::File(path.to_path_buf()), bos, eos)
+    }
+
+    /// The template of the model at `model` (a GGUF file or a Hugging Face directory), or
+    /// `override_file` when given; the ChatML fallback for a model that ships none.
+    ///
+    /// Looked for in this order: `override_file`; a GGUF's `tokenizer.chat_template`; a
+    /// directory's `chat_template.jinja`, then its `tokenizer_config.json`'s `chat_template` (a
+    /// string, or a list of `{name, template}` of which "default" is taken). `bos_token` and
+    /// `eos_token` come from the GGUF's `tokenizer.ggml.bos_token_id`/`eos_token_id` or from
+    /// `tokenizer_config.json` (a string or an `{"content": ...}` object).
+    pub fn for_model(
+        model: &Path,
+        override_file: Option<&Path>,
+    ) -> Result<ChatTemplate, TemplateError> {
+        let found = if model.is_file() {
+            from_gguf(model)?
+        } else {
+            from_hf_dir(model)?
+        };
+        if let Some(file) = override_file {
+            return ChatTemplate::from_file(file, &found.bos, &found.eos);
+        }
+        match found.source {
+            Some((source, origin)) => {
+                ChatTemplate::from_source(&source, origin, &found.bos, &found.eos)
+            }
+            None => Ok(ChatTemplate::chatml().with_tokens(&found.bos, &found.eos)),
+        }
+    }
+
+    /// This template with other special tokens.
+    fn with_tokens(mut self, bos: &str, eos: &str) -> ChatTemplate {
+        self.bos = bos.to_string();
+        if !eos.is_empty() {
+            self.eos = eos.to_string();
+        }
+        self
+    }
+
+    /// Where the template came from.
+    pub fn origin(&self) -> &TemplateOrigin {
+        &self.origin
+    }
+
+    /// The tool-call format the template teaches.
+    pub fn tool_format(&self) -> ToolCallFormat {
+        self.tool_format
+    }
+
+    /// Whether the template knows a thinking switch (`enable_thinking`) or writes `<think>`.
+    pub fn thinking(&self) -> bool {
+        self.thinking
+    }
+
+    /// The `bos_token` the template sees.
+    pub fn bos_token(&self) -> &str {
+        &self.bos
+    }
+
+    /// The `eos_token` the template sees.
+    pub fn eos_token(&self) -> &str {
+        &self.eos
+    }
+
+    /// Renders `messages` (a JSON array of `{"role", "content", ...}` objects, passed to the
+    /// template as they are), with `tools` (a JSON array; `none` to the template when absent),
+    /// `add_generation_prompt`, `bos_token`, `eos_token`, and the `extra` variables (such as
+    /// `enable_thinking`), which may not reuse those names.
+    pub fn render(
+        &self,
+        messages: &serde_json::Value,
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, TemplateError> {
+        if !messages.is_array() {
+            return Err(TemplateError::Input {
+                message: "messages must be an array".into(),
+            });
+        }
+        if let Some(t) = tools {
+            if !t.is_array() && !t.is_null() {
+                return Err(TemplateError::Input {
+                    message: "tools must be an array".into(),
+                });
+            }
+        }
+        if let Some(name) = extra.keys().find(|k| RESERVED.contains(&k.as_str())) {
+            return Err(TemplateError::Input {
+                message: format!("the extra variable `{name}` would replace the template's own"),
+            });
+        }
+        let mut ctx: BTreeMap<String, Value> = extra
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::from(Serde(v))))
+            .collect();
+        ctx.insert("messages".into(), Value::from(Serde(messages)));
+        ctx.insert(
+            "tools".into(),
+            tools.map_or(Value::from(()), |t| Value::from(Serde(t))),
+        );
+        ctx.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        ctx.insert("bos_token".into(), Value::from(self.bos.as_str()));
+        ctx.insert("eos_token".into(), Value::from(self.eos.as_str()));
+        let ctx = Value::from(ctx);
+        let template = self
+            .env
+            .get_template(NAME)
+            .expect("the template was added at construction");
+        template.render(ctx).map_err(|e| self.render_error(&e))
+    }
+
+    /// A one-turn prompt: a system message (when given; without one, a template such as
+    /// Qwen2.5's adds its default), the user message, and the assistant's header.
+    pub fn render_turn(&self, system: Option<&str>, user: &str) -> Result<String, TemplateError> {
+        let mut messages = Vec::with_capacity(2);
+        if let Some(s) = system {
+            messages.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": user}));
+        self.render(
+            &serde_json::Value::Array(messages),
+            None,
+            true,
+            &serde_json::Map::new(),
+        )
+    }
+
+    fn render_error(&self, e: &Error) -> TemplateError {
+        let origin = self.origin.clone();
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(s) = source {
+            if let Some(r) = s.downcast_ref::<Raised>() {
+                return TemplateError::Raised {
+                    origin,
+                    message: r.0.clone(),
+                };
+            }
+            if let Some(m) = s.downcast_ref::<Error>() {
+                if m.kind() == ErrorKind::OutOfFuel {
+                    return TemplateError::OutOfFuel { origin };
+                }
+            }
+            source = s.source();
+        }
+        TemplateError::Render {
+            origin,
+            message: describe(e),
+        }
+    }
+}
+
+/// A minijinja error in one line: its message and where (`line N`).
+fn describe(e: &Error) -> String {
+    let mut msg = match e.detail() {
+        Some(d) => format!("{}: {d}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    if let Some(line) = e.line() {
+        msg.push_str(&format!(" (line {line})"));
+    }
+    msg
+}
+
+/// What a model directory or GGUF offers: its template (if any) and special tokens.
+struct Found {
+    source: Option<(String, TemplateOrigin)>,
+    bos: String,
+    eos: String,
+}
+
+/// Reads a template file: its text, or the `chat_template` of a JSON object.
+fn read_text(path: &Path) -> Result<String, TemplateError> {
+    let read = |message: String| TemplateError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| read(format!("cannot read it: {e}")))?;
+    if meta.len() > MAX_TEMPLATE_BYTES as u64 {
+        return Err(read(format!(
+            "it is {} bytes, more than the limit of {MAX_TEMPLATE_BYTES}",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| read(format!("cannot read it: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read(format!(
+            "not valid UTF-8 (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })?;
+    // a tokenizer_config.json-style file holds the template as a JSON string
+    if text.trim_start().starts_with('{')
+        && !text.trim_start().starts_with("{%")
+        && !text.trim_start().starts_with("{{")
+        && !text.trim_start().starts_with("{#")
+    {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str(&text) {
+            return match template_field(&map) {
+                Ok(Some(t)) => Ok(t),
+                Ok(None) => Err(read("a JSON object without a `chat_template`".into())),
+                Err(m) => Err(read(m)),
+            };
+        }
+    }
+    Ok(text)
+}
+
+/// The `chat_template` of a tokenizer_config.json object: a string, or a list of
+/// `{name, template}` of which "default" is taken.
+fn template_field(
+    map: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<String>, String> {
+    match map.get("chat_template") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(list)) => {
+            for item in list {
+                let name = item.get("name").and_then(|n| n.as_str());
+                let template = item.get("template").and_then(|t| t.as_str());
+                match (name, template) {
+                    (Some("default"), Some(t)) => return Ok(Some(t.to_string())),
+                    (Some(_), Some(_)) => {}
+                    _ => {
+                        return Err(
+                            "chat_template: each entry of the list needs a string `name` and `template`"
+                                .into(),
+                        )
+                    }
+                }
+            }
+            Err("chat_template: the list has no template named \"default\"".into())
+        }
+        Some(_) => Err("chat_template must be a string or a list of {name, template}".into()),
+    }
+}
+
+/// A special token in tokenizer_config.json: a string, `{"content": ...}`, or null.
+fn config_token(map: &serde_json::Map<String, serde_json::Value>, key: &str) -> String {
+    match map.get(key) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Object(o)) => o
+            .get("content")
+            .and_then(|c| c.as_str())
+            .unwrap_or_default()
+            .to_string(),
+        _ => String::new(),
+    }
+}
+
+fn from_hf_dir(dir: &Path) -> Result<Found, TemplateError> {
+    let config_path = dir.join("tokenizer_config.json");
+    let config = if config_path.is_file() {
+        let text = std::fs::read_to_string(&config_path).map_err(|e| TemplateError::Read {
+            path: config_path.clone(),
+            message: format!("cannot read it: {e}"),
+        })?;
+        match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Object(map)) => Some(map),
+            Ok(_) => {
+                return Err(TemplateError::Read {
+                    path: config_path,
+                    message: "not a JSON object".into(),
+                })
+            }
+            Err(e) => {
+                return Err(TemplateError::Read {
+                    path: config_path,
+                    message: format!("not valid JSON: {e}"),
+                })
+            }
+        }
+    } else {
+        None
+    };
+    let (bos, eos) = config.as_ref().map_or((String::new(), String::new()), |c| {
+        (config_token(c, "bos_token"), config_token(c, "eos_token"))
+    });
+    let jinja = dir.join("chat_template.jinja");
+    let source = if jinja.is_file() {
+        Some((read_text(&jinja)?, TemplateOrigin::ChatTemplateJinja(jinja)))
+    } else if let Some(c) = &config {
+        template_field(c)
+            .map_err(|message| TemplateError::Read {
+                path: config_path.clone(),
+                message,
+            })?
+            .map(|t| (t, TemplateOrigin::TokenizerConfig(config_path.clone())))
+    } else {
+        None
+    };
+    Ok(Found { source, bos, eos })
+}
+
+fn from_gguf(path: &Path) -> Result<Found, TemplateError> {
+    let read = |message: String| TemplateError::Read {
+        path: path.to_path_buf(),
+        message,
+    };
+    let file = crate::model::gguf::GgufFile::open(path).map_err(|e| read(e.to_string()))?;
+    let h = &file.header;
+    let source = match h.get("tokenizer.chat_template") {
+        None => None,
+        Some(v) => match v.as_str() {
+            Some(s) => Some((s.to_string(), TemplateOrigin::Gguf(path.to_path_buf()))),
+            None => return Err(read("tokenizer.chat_template is not a string".into())),
+        },
+    };
+    let tokens = h.get("tokenizer.ggml.tokens").and_then(|v| v.as_array());
+    let token = |key: &str| -> String {
+        let id = h.get(key).and_then(|v| v.as_u64());
+        match (id, tokens) {
+            (Some(id), Some(t)) => t
+                .as_strings()
+                .and_then(|s| s.get(id as usize))
+                .cloned()
+                .unwrap_or_default(),
+            _ => String::new(),
+        }
+    };
+    Ok(Found {
+        source,
+        bos: token("tokenizer.ggml.bos_token_id"),
+        eos: token("tokenizer.ggml.eos_token_id"),
+    })
+}
+
+/// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=None,
+/// separators=None, sort_keys=False)`, its arguments by position or by name.
+fn tojson(
+    state: &State,
+    value: &Value,
+    args: minijinja::value::Rest<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    const NAMES: [&str; 4] = ["ensure_ascii", "indent", "separators", "sort_keys"];
+    if args.len() > NAMES.len() {
+        return Err(Error::new(
+            ErrorKind::TooManyArguments,
+            "tojson takes at most 4 arguments",
+        ));
+    }
+    let mut opts: [Option<Value>; 4] = Default::default();
+    for (i, a) in args.iter().enumerate() {
+        opts[i] = Some(a.clone());
+    }
+    for (i, name) in NAMES.iter().enumerate() {
+        if kwargs.has(name) {
+            if opts[i].is_some() {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson got `{name}` twice"),
+                ));
+            }
+            opts[i] = Some(kwargs.get::<Value>(name)?);
+        }
+    }
+    kwargs.assert_all_used()?;
+    let truthy = |v: &Option<Value>| v.as_ref().is_some_and(|v| v.is_true());
+    let indent = match &opts[1] {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or("").to_string()),
+        Some(v) => match v.as_i64() {
+            Some(n) => Some(" ".repeat(n.clamp(0, 64) as usize)),
+            None => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: indent must be an integer or a string",
+                ))
+            }
+        },
+    };
+    let (item_sep, key_sep) = match &opts[2] {
+        Some(v) if !v.is_none() => {
+            let parts: Vec<Value> = v.try_iter()?.collect();
+            match (
+                parts.first().and_then(|p| p.as_str()),
+                parts.get(1).and_then(|p| p.as_str()),
+            ) {
+                (Some(a), Some(b)) if parts.len() == 2 => (a.to_string(), b.to_string()),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be a pair of strings",
+                    ))
+                }
+            }
+        }
+        _ if indent.is_some() => (",".to_string(), ": ".to_string()),
+        _ => (", ".to_string(), ": ".to_string()),
+    };
+    let json = JsonStyle {
+        ascii: truthy(&opts[0]),
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: truthy(&opts[3]),
+    };
+    let mut out = String::new();
+    json.write(&mut out, value, 0)?;
+    state.consume_fuel(out.len() as u64 / 64)?;
+    Ok(Value::from_safe_string(out))
+}
+
+/// The options of one `json.dumps`.
+struct JsonStyle {
+    ascii: bool,
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+}
+
+impl JsonStyle {
+    fn newline(&self, out: &mut String, level: usize) {
+        if let Some(ind) = &self.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(ind);
+            }
+        }
+    }
+
+    fn write(&self, out: &mut String, v: &Value, level: usize) -> Result<(), Error> {
+        if level > MAX_JSON_DEPTH {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: the value nests deeper than {MAX_JSON_DEPTH} levels"),
+            ));
+        }
+        match v.kind() {
+            ValueKind::None => out.push_str("null"),
+            ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+            ValueKind::Number => out.push_str(&json_number(v)),
+            ValueKind::String => write_json_string(out, v.as_str().unwrap_or(""), self.ascii),
+            ValueKind::Seq | ValueKind::Iterable => {
+                let items: Vec<Value> = v.try_iter()?.collect();
+                if items.is_empty() {
+                    out.push_str("[]");
+                    return Ok(());
+                }
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, level + 1);
+                    self.write(out, item, level + 1)?;
+                }
+                self.newline(out, level);
+                out.push(']');
+            }
+            ValueKind::Map => {
+                let mut entries = Vec::new();
+                for key in v.try_iter()? {
+                    let value = v.get_item(&key)?;
+                    entries.push((json_key(&key)?, value));
+                }
+                if self.sort_keys {
+                    entries.sort_by(|a, b| a.0.cmp(&b.0));
+                }
+                if entries.is_empty() {
+                    out.push_str("{}");
+                    return Ok(());
+                }
+                out.push('{');
+                for (i, (key, value)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(&self.item_sep);
+                    }
+                    self.newline(out, level + 1);
+                    write_json_string(out, key, self.ascii);
+                    out.push_str(&self.key_sep);
+                    self.write(out, value, level + 1)?;
+                }
+                self.newline(out, level);
+                out.push('}');
+            }
+            kind => {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: a value of type {kind} is not JSON serializable"),
+                ))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A JSON object key as Python's json converts it (str, int, float, bool or None).
+fn json_key(key: &Value) -> Result<String, Error> {
+    Ok(match key.kind() {
+        ValueKind::String => key.as_str().unwrap_or("").to_string(),
+        ValueKind::Number => json_number(key),
+        ValueKind::Bool => (if key.is_true() { "true" } else { "false" }).to_string(),
+        ValueKind::None => "null".to_string(),
+        kind => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: keys must be str, int, float, bool or None, not {kind}"),
+            ))
+        }
+    })
+}
+
+/// A number as `json.dumps` writes it (floats as Python's `repr`, `NaN`, `Infinity`).
+fn json_number(v: &Value) -> String {
+    if v.is_integer() {
+        return v.to_string();
+    }
+    match f64::try_from(v.clone()) {
+        Ok(f) if f.is_nan() => "NaN".into(),
+        Ok(f) if f.is_infinite() => (if f > 0.0 { "Infinity" } else { "-Infinity" }).into(),
+        Ok(f) => py_float(f),
+        Err(_) => v.to_string(),
+    }
+}
+
+/// A string as a JSON literal: `"`, `\` and control characters escaped as Python's json does
+/// (`\n`, `\u001f`); with `ascii`, everything past ASCII as `\uXXXX` (surrogate pairs above
+/// U+FFFF).
+fn write_json_string(out: &mut String, s: &str, ascii: bool) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if ascii && !c.is_ascii() => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{u:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// A float as Python's `repr` writes it: the shortest digits that read back the same,
+/// positional from 1e-4 up to 1e16 (always with a fraction, `1.0`), scientific outside
+/// (`1e+16`, `1.5e-05`).
+pub fn py_float(f: f64) -> String {
+    if f.is_nan() {
+        return "nan".into();
+    }
+    if f.is_infinite() {
+        return (if f > 0.0 { "inf" } else { "-inf" }).into();
+    }
+    if f == 0.0 {
+        return (if f.is_sign_negative() { "-0.0" } else { "0.0" }).into();
+    }
+    let sci = format!("{f:e}"); // shortest round-trip digits, e.g. "-1.5e-7"
+    let (mantissa, exp) = sci.split_once('e').expect("{:e} writes an exponent");
+    let exp: i32 = exp.parse().expect("{:e} writes an integer exponent");
+    let (sign, mantissa) = match mantissa.strip_prefix('-') {
+        Some(m) => ("-", m),
+        None => ("", mantissa),
+    };
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    if (-4..16).contains(&exp) {
+        let point = exp + 1; // digits before the decimal point
+        if point <= 0 {
+            format!("{sign}0.{}{digits}", "0".repeat((-point) as usize))
+        } else if (point as usize) >= digits.len() {
+            format!(
+                "{sign}{digits}{}.0",
+                "0".repeat(point as usize - digits.len())
+            )
+        } else {
+            let (int, frac) = digits.split_at(point as usize);
+            format!("{sign}{int}.{frac}")
+        }
+    } else {
+        let exp_sign = if exp < 0 { '-' } else { '+' };
+        format!("{sign}{mantissa}e{exp_sign}{:02}", exp.abs())
+    }
+}
+
+/// A value as Python's `str()` writes it: strings as they are, `None`, `True`/`False`,
+/// floats as `repr`, lists and dicts with their items' `repr`; undefined as "".
+fn py_str(v: &Value) -> String {
+    match v.kind() {
+        ValueKind::String => v.as_str().unwrap_or("").to_string(),
+        ValueKind::Undefined => String::new(),
+        _ => py_repr(v, 0),
+    }
+}
+
+/// A value as Python's `repr()` writes it (strings quoted).
+fn py_repr(v: &Value, level: usize) -> String {
+    if level > MAX_JSON_DEPTH {
+        return "...".into();
+    }
+    match v.kind() {
+        ValueKind::Undefined => String::new(),
+        ValueKind::None => "None".into(),
+        ValueKind::Bool => (if v.is_true() { "True" } else { "False" }).into(),
+        ValueKind::Number if v.is_integer() => v.to_string(),
+        ValueKind::Number => f64::try_from(v.clone()).map_or_else(|_| v.to_string(), py_float),
+        ValueKind::String => py_quote(v.as_str().unwrap_or("")),
+        ValueKind::Seq => {
+            let items: Vec<String> = v
+                .try_iter()
+                .map(|it| it.map(|x| py_repr(&x, level + 1)).collect())
+                .unwrap_or_default();
+            format!("[{}]", items.join(", "))
+        }
+        ValueKind::Map => {
+            let items: Vec<String> = v
+                .try_iter()
+                .map(|it| {
+                    it.map(|k| {
+                        let val = v.get_item(&k).unwrap_or_default();
+                        format!("{}: {}", py_repr(&k, level + 1), py_repr(&val, level + 1))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            format!("{{{}}}", items.join(", "))
+        }
+        _ => v.to_string(),
+    }
+}
+
+/// A string as Python's `repr` quotes it: single quotes unless it holds one and no double.
+fn py_quote(s: &str) -> String {
+    let quote = if s.contains('\'') && !s.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push(quote);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn render_src(src: &str, ctx: serde_json::Value) -> Result<String, TemplateError> {
+        let t = ChatTemplate::from_source(src, TemplateOrigin::Source, "<s>", "</s>")?;
+        let extra = ctx.as_object().cloned().unwrap_or_default();
+        t.render(&json!([]), None, false, &extra)
+    }
+
+    #[test]
+    fn floats_print_as_python_repr() {
+        assert_eq!(py_float(1.0), "1.0");
+        assert_eq!(py_float(0.1), "0.1");
+        assert_eq!(py_float(-2.5), "-2.5");
+        assert_eq!(py_float(1e16), "1e+16");
+        assert_eq!(py_float(1.5e-5), "1.5e-05");
+        assert_eq!(py_float(0.0001), "0.0001");
+        assert_eq!(py_float(123456789.125), "123456789.125");
+        assert_eq!(py_float(1e22), "1e+22");
+        assert_eq!(py_float(1.2345678901234568e17), "1.2345678901234568e+17");
+        assert_eq!(py_float(9999999999999998.0), "9999999999999998.0");
+    }
+
+    #[test]
+    fn tojson_is_pythons_json_dumps() {
+        let v = json!({"b": [1, 2.0, "é\n\"<>&'"], "a": {"x": null, "y": true}, "e": [], "f": {}});
+        let out = render_src("{{ v | tojson }}", json!({"v": v})).unwrap();
+        assert_eq!(
+            out,
+            r#"{"b": [1, 2.0, "é\n\"<>&'"], "a": {"x": null, "y": true}, "e": [], "f": {}}"#
+        );
+        let out = render_src(
+            "{{ v | tojson(indent=2) }}",
+            json!({"v": {"a": [1, {"b": 2}]}}),
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            "{\n  \"a\": [\n    1,\n    {\n      \"b\": 2\n    }\n  ]\n}"
+        );
+        let out = render_src(
+            "{{ v | tojson(ensure_ascii=true, sort_keys=true, separators=(',', ':')) }}",
+            json!({"v": {"z": "é😀", "a": 1}}),
+        )
+        .unwrap();
+        assert_eq!(out, r#"{"a":1,"z":"\u00e9\ud83d\ude00"}"#);
+        let err = render_src("{{ v | tojson(colour=1) }}", json!({"v": 1})).unwrap_err();
+        assert!(matches!(err, TemplateError::Render { .. }), "{err}");
+    }
+
+    #[test]
+    fn values_print_as_python_does() {
+        let out = render_src(
+            "{{ n }} {{ t }} {{ f }} {{ x }} {{ l | string }} {{ d }} {{ u }}|",
+            json!({"n": null, "t": true, "f": 1.0, "x": 3, "l": ["a", 1, null], "d": {"k": "it's"}}),
+        )
+        .unwrap();
+        assert_eq!(out, "None True 1.0 3 ['a', 1, None] {'k': \"it's\"} |");
+    }
+
+    #[test]
+    fn python_methods_and_trimmed_blocks() {
+        let out = render_src(
+            "{% for w in s.split(',') %}\n    {% if w %}[{{ w.strip() }}]{% endif %}\n{% endfor %}",
+            json!({"s": " a, b ,c"}),
+        )
+        .unwrap();
+        // trim_blocks drops the newline after a block tag, lstrip_blocks the indent before one
+        assert_eq!(out, "[a][b][c]");
+        assert!(render_src("{{ s.startswith('ab') }}", json!({"s": "abc"})).unwrap() == "True");
+    }
+
+    #[test]
+    fn raise_exception_is_its_own_error() {
+        let err = render_src("{{ raise_exception('no system role') }}", json!({})).unwrap_err();
+        assert_eq!(
+            err,
+            TemplateError::Raised {
+                origin: TemplateOrigin::Source,
+                message: "no system role".into()
+            }
+        );
+        assert!(err.to_string().contains("no system role"), "{err}");
+    }
+
+    #[test]
+    fn bad_inputs_are_refused() {
+        let t = ChatTemplate::chatml();
+        let none = serde_json::Map::new();
+        assert!(matches!(
+            t.render(&json!({"role": "user"}), None, true, &none),
+            Err(TemplateError::Input { .. })
+        ));
+        let mut extra = serde_json::Map::new();
+        extra.insert("messages".into(), json!([]));
+        let err = t.render(&json!([]), None, true, &extra).unwrap_err();
+        assert!(err.to_string().contains("`messages`"), "{err}");
+        assert!(matches!(
+            t.render(&json!([]), Some(&json!("x")), true, &none),
+            Err(TemplateError::Input { .. })
+        ));
+    }
+
+    #[test]
+    fn chatml_renders_qwen2_turns() {
+        let t = ChatTemplate::chatml();
+        let none = serde_json::Map::new();
+        let msgs = json!([{"role": "user", "content": "hi"}]);
+        assert_eq!(
+            t.render(&msgs, None, true, &none).unwrap(),
+            super::super::chat::first_turn(super::super::chat::DEFAULT_SYSTEM_PROMPT, "hi")
+        );
+        assert_eq!(t.tool_format(), ToolCallFormat::HermesJson);
+        assert!(!t.thinking());
+    }
+
+    #[test]
+    fn tool_formats_are_detected() {
+        assert_eq!(
+            ToolCallFormat::detect("<tool_call>\n<function=x>"),
+            ToolCallFormat::Qwen3CoderXml
+        );
+        assert_eq!(
+            ToolCallFormat::detect("x <tool_call> y"),
+            ToolCallFormat::HermesJson
+        );
+        assert_eq!(ToolCallFormat::detect("{{ x }}"), ToolCallFormat::None);
+    }
+
+    #[test]
+    fn chat_template_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<ChatTemplate>();
+    }
+}
