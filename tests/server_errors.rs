@@ -28,7 +28,7 @@ fn bad_requests_get_openai_errors_naming_the_field() {
         ("/v1/chat/completions", json!({}), "messages"),
         (
             "/v1/chat/completions",
-            json!({"messages": [{"role": "tool", "content": "x"}]}),
+            json!({"messages": [{"role": "robot", "content": "x"}]}),
             "messages[0].role",
         ),
         (

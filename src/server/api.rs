@@ -6,8 +6,10 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::engine::constraint::{Constraint, Grammars};
 use crate::engine::sampler::{SamplerParams, MAX_ADDITIVE_PENALTY};
-use crate::text::chat::DEFAULT_SYSTEM_PROMPT;
+use crate::server::tools::{self, ToolChoice, Tools};
+use crate::text::template::{ChatTemplate, ToolCallFormat};
 use crate::text::tokenizer::Tokenizer;
 
 /// The most stop strings a request may give.
@@ -86,6 +88,39 @@ pub struct GenRequest {
     pub logprobs: Option<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// What constrains the answer, and how tool calls are read out of it.
+    pub guide: Guide,
+}
+
+/// The constraints of one answer (`response_format`, `tools`).
+#[derive(Debug, Clone, Default)]
+pub struct Guide {
+    /// Applies from the answer's first token (`response_format`, `tool_choice` `required` or
+    /// a named function).
+    pub constraint: Option<Constraint>,
+    /// Applies from the token that completes [`tools::OPEN`] in the answer (`tool_choice`
+    /// `auto`): the rest of the call is constrained, the text before it is free.
+    pub on_call: Option<Constraint>,
+    /// The offered tools and the syntax the model calls them in; `None`: the answer is text.
+    pub tools: Option<(Tools, ToolCallFormat)>,
+}
+
+impl Guide {
+    /// Whether any constraint applies (such answers are not drafted by prompt lookup).
+    pub fn constrains(&self) -> bool {
+        self.constraint.is_some() || self.on_call.is_some()
+    }
+}
+
+/// What parsing a request needs of the model.
+pub struct ModelContext<'a> {
+    pub tokenizer: &'a Tokenizer,
+    pub template: &'a ChatTemplate,
+    pub grammars: &'a Grammars,
+    /// Context length of a sequence.
+    pub ctx: usize,
+    /// Rows of the model's logits.
+    pub vocab: usize,
 }
 
 /// Parses a body as a JSON object (a 400 otherwise).
@@ -256,7 +291,7 @@ fn stops(o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
 fn content(v: Option<&Value>, i: usize, role: &str) -> Result<String, ApiError> {
     let param = format!("messages[{i}].content");
     match v {
-        None | Some(Value::Null) if role == "assistant" => Ok(String::new()),
+        None | Some(Value::Null) if role == "assistant" || role == "tool" => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => {
             let mut out = String::new();
@@ -287,9 +322,13 @@ fn content(v: Option<&Value>, i: usize, role: &str) -> Result<String, ApiError> 
     }
 }
 
-/// The ChatML transcript of `messages`, ending with the assistant header. Like Qwen2.5's
-/// template, a conversation that does not open with a system message gets the default one.
-pub fn render_chat(messages: &Value) -> Result<String, ApiError> {
+/// The `messages` of a chat request checked and put in the shape chat templates read (as
+/// transformers passes them): every message an object with a known `role` and `content` a
+/// string (text parts joined; `null` on an assistant message that calls tools becomes "");
+/// `developer` is OpenAI's newer name for `system`; an assistant's `tool_calls` keep `id`,
+/// `type` and `function`, with `function.arguments` (a JSON string on the wire) parsed into
+/// the object templates print with `tojson`; a `tool` message keeps `tool_call_id`.
+pub fn chat_messages(messages: &Value) -> Result<Value, ApiError> {
     let list = match messages {
         Value::Array(a) => a,
         Value::Null => return Err(ApiError::invalid("messages", "'messages' is required")),
@@ -301,17 +340,18 @@ pub fn render_chat(messages: &Value) -> Result<String, ApiError> {
             "'messages' must not be empty",
         ));
     }
-    let mut out = String::new();
+    let mut out = Vec::with_capacity(list.len());
     for (i, m) in list.iter().enumerate() {
         let m = m.as_object().ok_or_else(|| {
             ApiError::invalid(&format!("messages[{i}]"), "a message must be an object")
         })?;
         let role = match m.get("role").and_then(Value::as_str) {
-            Some(r @ ("system" | "user" | "assistant")) => r,
+            Some("developer") => "system",
+            Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
             Some(r) => {
                 return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
-                    format!("unknown role '{r}'; expected system, user or assistant"),
+                    format!("unknown role '{r}'; expected system, developer, user, assistant or tool"),
                 ))
             }
             None => {
@@ -321,16 +361,192 @@ pub fn render_chat(messages: &Value) -> Result<String, ApiError> {
                 ))
             }
         };
+        let calls = match m.get("tool_calls").filter(|v| !v.is_null()) {
+            None => None,
+            Some(_) if role != "assistant" => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].tool_calls"),
+                    "only assistant messages carry 'tool_calls'",
+                ))
+            }
+            Some(v) => Some(tool_calls(v, i)?),
+        };
         let text = content(m.get("content"), i, role)?;
-        if i == 0 && role != "system" {
-            out.push_str(&format!(
-                "<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n"
-            ));
+        let mut msg = Map::new();
+        msg.insert("role".into(), Value::from(role));
+        msg.insert("content".into(), Value::from(text));
+        if let Some(c) = calls {
+            msg.insert("tool_calls".into(), c);
         }
-        out.push_str(&format!("<|im_start|>{role}\n{text}<|im_end|>\n"));
+        if role == "tool" {
+            match m.get("tool_call_id") {
+                Some(Value::String(id)) => {
+                    msg.insert("tool_call_id".into(), Value::from(id.clone()));
+                }
+                None | Some(Value::Null) => {}
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].tool_call_id"),
+                        "'tool_call_id' must be a string",
+                    ))
+                }
+            }
+        }
+        for key in ["name", "reasoning_content"] {
+            match m.get(key) {
+                Some(Value::String(s)) => {
+                    msg.insert(key.into(), Value::from(s.clone()));
+                }
+                None | Some(Value::Null) => {}
+                Some(_) => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].{key}"),
+                        format!("'{key}' must be a string"),
+                    ))
+                }
+            }
+        }
+        out.push(Value::Object(msg));
     }
-    out.push_str("<|im_start|>assistant\n");
-    Ok(out)
+    Ok(Value::Array(out))
+}
+
+/// An assistant message's `tool_calls`, checked, with each `function.arguments` string
+/// parsed into JSON (kept as the string when it is not JSON).
+fn tool_calls(v: &Value, i: usize) -> Result<Value, ApiError> {
+    let param = format!("messages[{i}].tool_calls");
+    let list = v
+        .as_array()
+        .ok_or_else(|| ApiError::invalid(&param, "'tool_calls' must be an array"))?;
+    let mut out = Vec::with_capacity(list.len());
+    for (j, c) in list.iter().enumerate() {
+        let at = |k: &str| format!("{param}[{j}]{k}");
+        let f = c
+            .get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| ApiError::invalid(&at(".function"), "a tool call needs a 'function' object"))?;
+        let name = f
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ApiError::invalid(&at(".function.name"), "a tool call needs a string 'name'"))?;
+        let arguments = match f.get("arguments") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::from(s.clone())),
+            Some(v @ Value::Object(_)) => v.clone(),
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    &at(".function.arguments"),
+                    "'arguments' must be a JSON string",
+                ))
+            }
+        };
+        let mut call = Map::new();
+        if let Some(id) = c.get("id").and_then(Value::as_str) {
+            call.insert("id".into(), Value::from(id));
+        }
+        call.insert("type".into(), Value::from("function"));
+        call.insert(
+            "function".into(),
+            json!({"name": name, "arguments": arguments}),
+        );
+        out.push(Value::Object(call));
+    }
+    Ok(Value::Array(out))
+}
+
+/// What the answer must be: `response_format` (OpenAI's `text`, `json_object` and
+/// `json_schema`, and llama-server's `json_object` with a `schema`) or llama-server's
+/// top-level `json_schema`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResponseFormat {
+    /// Free text.
+    Text,
+    /// Any JSON object.
+    JsonObject,
+    /// JSON valid against this schema.
+    JsonSchema(Value),
+}
+
+/// Reads `response_format` / `json_schema`; every error names `response_format` (or
+/// `json_schema`). llama.cpp's GBNF `grammar` is refused: it is not a grammar language the
+/// constraint engine reads.
+pub fn response_format(o: &Map<String, Value>) -> Result<ResponseFormat, ApiError> {
+    if field(o, "grammar").is_some() {
+        return Err(ApiError::invalid(
+            "grammar",
+            "GBNF 'grammar' is not supported; use 'response_format' with a JSON schema",
+        ));
+    }
+    let schema_object = |v: &Value, param: &str| match v {
+        Value::Object(_) | Value::Bool(true) => Ok(v.clone()),
+        _ => Err(ApiError::invalid(
+            param,
+            format!("'{param}' must be a JSON schema object"),
+        )),
+    };
+    let from_rf = match field(o, "response_format") {
+        None => None,
+        Some(Value::Object(rf)) => {
+            let p = "response_format";
+            Some(match rf.get("type").and_then(Value::as_str) {
+                Some("text") => ResponseFormat::Text,
+                Some("json_object") => match rf.get("schema").filter(|v| !v.is_null()) {
+                    None => ResponseFormat::JsonObject,
+                    Some(v) => ResponseFormat::JsonSchema(schema_object(v, p)?),
+                },
+                Some("json_schema") => {
+                    let js = rf.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                        ApiError::invalid(p, "'response_format' of type 'json_schema' needs a 'json_schema' object with a 'schema'")
+                    })?;
+                    if let Some(n) = js.get("name").filter(|v| !v.is_null()) {
+                        if !n.is_string() {
+                            return Err(ApiError::invalid(p, "'response_format.json_schema.name' must be a string"));
+                        }
+                    }
+                    if let Some(st) = js.get("strict").filter(|v| !v.is_null()) {
+                        if !st.is_boolean() {
+                            return Err(ApiError::invalid(p, "'response_format.json_schema.strict' must be a boolean"));
+                        }
+                    }
+                    match js.get("schema").filter(|v| !v.is_null()) {
+                        Some(v) => ResponseFormat::JsonSchema(schema_object(v, p)?),
+                        // OpenAI's schema is optional: without one, any JSON object
+                        None => ResponseFormat::JsonObject,
+                    }
+                }
+                Some(other) => {
+                    return Err(ApiError::invalid(
+                        p,
+                        format!("'response_format' type '{other}' is not supported; expected 'text', 'json_object' or 'json_schema'"),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        p,
+                        "'response_format' needs a 'type': 'text', 'json_object' or 'json_schema'",
+                    ))
+                }
+            })
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "response_format",
+                "'response_format' must be an object",
+            ))
+        }
+    };
+    let from_js = match field(o, "json_schema") {
+        None => None,
+        Some(v) => Some(ResponseFormat::JsonSchema(schema_object(v, "json_schema")?)),
+    };
+    match (from_rf, from_js) {
+        (Some(_), Some(_)) => Err(ApiError::invalid(
+            "json_schema",
+            "give 'response_format' or 'json_schema', not both",
+        )),
+        (Some(f), None) | (None, Some(f)) => Ok(f),
+        (None, None) => Ok(ResponseFormat::Text),
+    }
 }
 
 /// The prompt of a completion: a string, an array of one string, or an array of token ids.
@@ -385,15 +601,114 @@ pub fn encode(tok: &Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
         .map_err(|e| ApiError::invalid("prompt", format!("cannot tokenize the prompt: {e}")))
 }
 
+/// `chat_template_kwargs` (vLLM's and llama-server's): extra variables for the template, such
+/// as `enable_thinking`.
+pub fn template_kwargs(o: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+    match field(o, "chat_template_kwargs") {
+        None => Ok(Map::new()),
+        Some(Value::Object(m)) => Ok(m.clone()),
+        Some(_) => Err(ApiError::invalid(
+            "chat_template_kwargs",
+            "'chat_template_kwargs' must be an object",
+        )),
+    }
+}
+
+/// The validated tools of a chat request with the syntax the model's template teaches
+/// (`None` without tools or with `tool_choice: none`, whose tools are not shown to the
+/// model); a 400 naming `tools` when the template teaches no tool-call syntax.
+fn active_tools(
+    o: &Map<String, Value>,
+    template: &ChatTemplate,
+) -> Result<Option<(Tools, ToolCallFormat)>, ApiError> {
+    let Some(t) = tools::parse(o)? else {
+        return Ok(None);
+    };
+    if t.choice == ToolChoice::None {
+        return Ok(None);
+    }
+    match template.tool_format() {
+        ToolCallFormat::None => Err(ApiError::invalid(
+            "tools",
+            format!(
+                "the chat template in use ({}) has no tool-call format; give a template that has one (--chat-template-file)",
+                template.origin()
+            ),
+        )),
+        f => Ok(Some((t, f))),
+    }
+}
+
+/// The prompt text of a chat request: its messages (and tools) rendered by the model's chat
+/// template with the generation prompt, as `/apply-template` shows it.
+pub fn render_chat(o: &Map<String, Value>, template: &ChatTemplate) -> Result<String, ApiError> {
+    let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
+    let tools = active_tools(o, template)?;
+    let kwargs = template_kwargs(o)?;
+    template
+        .render(&messages, tools.as_ref().map(|(t, _)| &t.raw), true, &kwargs)
+        .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat template: {e}")))
+}
+
+/// The constraints of an answer, compiled: a 400 names the field whose schema or tools do not
+/// compile (or, for hostile input, exceed the compiler's limits).
+fn guide(
+    format: ResponseFormat,
+    tools: Option<(Tools, ToolCallFormat)>,
+    grammars: &Grammars,
+) -> Result<Guide, ApiError> {
+    let compile_error =
+        |param: &str, e: &dyn std::fmt::Display| ApiError::invalid(param, format!("'{param}' cannot be enforced: {e}"));
+    let constraint = match &format {
+        ResponseFormat::Text => None,
+        ResponseFormat::JsonObject => Some(
+            grammars
+                .json_object()
+                .map_err(|e| compile_error("response_format", &e))?,
+        ),
+        ResponseFormat::JsonSchema(schema) => Some(
+            grammars
+                .json_schema(schema)
+                .map_err(|e| compile_error("response_format", &e))?,
+        ),
+    };
+    let Some((t, syntax)) = tools else {
+        return Ok(Guide {
+            constraint,
+            ..Guide::default()
+        });
+    };
+    if constraint.is_some() {
+        return Err(ApiError::invalid(
+            "response_format",
+            "'response_format' cannot be combined with 'tools' (unless 'tool_choice' is 'none')",
+        ));
+    }
+    let (constraint, on_call) = match t.choice {
+        ToolChoice::Auto => {
+            let g = tools::grammar(&t, syntax, true);
+            (None, Some(grammars.lark(&g).map_err(|e| compile_error("tools", &e))?))
+        }
+        _ => {
+            let g = tools::grammar(&t, syntax, false);
+            (Some(grammars.lark(&g).map_err(|e| compile_error("tools", &e))?), None)
+        }
+    };
+    Ok(Guide {
+        constraint,
+        on_call,
+        tools: Some((t, syntax)),
+    })
+}
+
 /// Validates a generation body of `endpoint` for a context of `ctx` and a model vocabulary of
 /// `vocab`.
 pub fn parse_generation(
     o: &Map<String, Value>,
     endpoint: Endpoint,
-    tok: &Tokenizer,
-    ctx: usize,
-    vocab: usize,
+    model: &ModelContext<'_>,
 ) -> Result<GenRequest, ApiError> {
+    let (tok, ctx, vocab) = (model.tokenizer, model.ctx, model.vocab);
     if let Some(m) = field(o, "model") {
         if !m.is_string() {
             return Err(ApiError::invalid("model", "'model' must be a string"));
@@ -447,15 +762,27 @@ pub fn parse_generation(
         Some(m) => Some((m, "max_completion_tokens")),
         None => integer(o, "max_tokens", 1, i64::MAX)?.map(|m| (m, "max_tokens")),
     };
-    let prompt = match endpoint {
+    let format = response_format(o)?;
+    let (prompt, tools) = match endpoint {
         Endpoint::Chat => {
-            let text = render_chat(o.get("messages").unwrap_or(&Value::Null))?;
-            encode(tok, &text).map_err(|e| ApiError {
+            let text = render_chat(o, model.template)?;
+            let ids = encode(tok, &text).map_err(|e| ApiError {
                 param: Some("messages".into()),
                 ..e
-            })?
+            })?;
+            (ids, active_tools(o, model.template)?)
         }
-        Endpoint::Completion => completion_prompt(o, tok, vocab)?,
+        Endpoint::Completion => {
+            for f in ["tools", "tool_choice"] {
+                if field(o, f).is_some() {
+                    return Err(ApiError::invalid(
+                        f,
+                        format!("'{f}' is a chat field; /v1/completions does not take it"),
+                    ));
+                }
+            }
+            (completion_prompt(o, tok, vocab)?, None)
+        }
     };
     if prompt.is_empty() {
         return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
@@ -490,6 +817,7 @@ pub fn parse_generation(
         }
         Some((m, _)) => m as usize,
     };
+    let guide = guide(format, tools, model.grammars)?;
     Ok(GenRequest {
         prompt,
         max_tokens,
@@ -498,6 +826,7 @@ pub fn parse_generation(
         logprobs,
         stream,
         include_usage,
+        guide,
     })
 }
 
@@ -506,24 +835,64 @@ mod tests {
     use super::*;
 
     #[test]
-    fn chat_template_adds_the_default_system_prompt_once() {
-        let m = json!([{"role":"user","content":"hi"},{"role":"assistant","content":"yo"},
-            {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]}]);
-        let s = render_chat(&m).unwrap();
+    fn messages_are_put_in_the_shape_templates_read() {
+        let m = json!([{"role":"developer","content":"S"},
+            {"role":"user","content":[{"type":"text","text":"a"},{"type":"text","text":"b"}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function",
+                "function":{"name":"f","arguments":"{\"x\": 1}"}}]},
+            {"role":"tool","tool_call_id":"call_1","content":"42"}]);
+        let n = chat_messages(&m).unwrap();
+        assert_eq!(n[0], json!({"role":"system","content":"S"}));
+        assert_eq!(n[1], json!({"role":"user","content":"ab"}));
+        // the arguments string is parsed, as templates print them with tojson
+        assert_eq!(n[2]["tool_calls"][0]["function"]["arguments"], json!({"x": 1}));
+        assert_eq!(n[2]["content"], json!(""));
+        assert_eq!(n[3], json!({"role":"tool","content":"42","tool_call_id":"call_1"}));
+        let param = |v: Value| chat_messages(&v).unwrap_err().param.unwrap();
+        assert_eq!(param(json!([])), "messages");
+        assert_eq!(param(json!([{"role":"robot","content":"x"}])), "messages[0].role");
         assert_eq!(
-            s,
-            format!("<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nab<|im_end|>\n<|im_start|>assistant\n")
+            param(json!([{"role":"user","content":"x","tool_calls":[]}])),
+            "messages[0].tool_calls"
         );
-        let s =
-            render_chat(&json!([{"role":"system","content":"S"},{"role":"user","content":"u"}]))
-                .unwrap();
-        assert!(s.starts_with("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu"));
         assert_eq!(
-            render_chat(&json!([])).unwrap_err().param.as_deref(),
-            Some("messages")
+            param(json!([{"role":"assistant","tool_calls":[{"function":{}}]}])),
+            "messages[0].tool_calls[0].function.name"
         );
-        let e = render_chat(&json!([{"role":"tool","content":"x"}])).unwrap_err();
-        assert_eq!(e.param.as_deref(), Some("messages[0].role"));
+        assert_eq!(
+            param(json!([{"role":"user","content":[{"type":"image_url"}]}])),
+            "messages[0].content[0].type"
+        );
+    }
+
+    #[test]
+    fn response_formats_are_read_or_refused_by_name() {
+        let o = |v: Value| v.as_object().unwrap().clone();
+        let rf = |v: Value| response_format(&o(v));
+        assert_eq!(rf(json!({})).unwrap(), ResponseFormat::Text);
+        assert_eq!(
+            rf(json!({"response_format": {"type": "json_object"}})).unwrap(),
+            ResponseFormat::JsonObject
+        );
+        assert_eq!(
+            rf(json!({"response_format": {"type": "json_schema",
+                "json_schema": {"name": "n", "schema": {"type": "integer"}, "strict": true}}}))
+            .unwrap(),
+            ResponseFormat::JsonSchema(json!({"type": "integer"}))
+        );
+        for bad in [
+            json!({"response_format": {"type": "xml"}}),
+            json!({"response_format": {"type": "json_schema"}}),
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": 3}}}),
+            json!({"response_format": "json"}),
+            json!({"response_format": {}}),
+        ] {
+            assert_eq!(rf(bad).unwrap_err().param.as_deref(), Some("response_format"));
+        }
+        assert_eq!(
+            rf(json!({"grammar": "root ::= \"a\""})).unwrap_err().param.as_deref(),
+            Some("grammar")
+        );
     }
 
     #[test]

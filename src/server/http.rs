@@ -19,14 +19,21 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
+use crate::engine::constraint::Grammars;
 use crate::server::api::{self, ApiError, Endpoint, GenRequest};
 use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
+use crate::server::tools::{Call, CallEvent, CallParser};
+use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 
 /// What every handler shares.
 pub struct AppInner {
     pub tx: Sender<Msg>,
     pub tokenizer: Arc<Tokenizer>,
+    /// The chat template requests are rendered with.
+    pub template: Arc<ChatTemplate>,
+    /// Compiles `response_format` schemas and tool grammars.
+    pub grammars: Arc<Grammars>,
     pub shared: Arc<Shared>,
     pub model_id: String,
     pub ctx: usize,
@@ -63,6 +70,7 @@ pub fn router(app: App) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
+        .route("/apply-template", post(apply_template))
         .route("/detokenize", post(detokenize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -166,15 +174,48 @@ async fn completions(State(app): State<App>, body: Result<Bytes, BytesRejection>
     generate(app, Endpoint::Completion, body).await
 }
 
+impl AppInner {
+    /// What request parsing needs of the model.
+    fn model(&self) -> api::ModelContext<'_> {
+        api::ModelContext {
+            tokenizer: &self.tokenizer,
+            template: &self.template,
+            grammars: &self.grammars,
+            ctx: self.ctx,
+            vocab: self.vocab,
+        }
+    }
+}
+
 async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejection>) -> Response {
-    let req = match body_bytes(&app, body).and_then(|b| {
+    let parsed = body_bytes(&app, body).and_then(|b| {
         let o = api::parse_object(&b)?;
-        api::parse_generation(&o, endpoint, &app.tokenizer, app.ctx, app.vocab)
-    }) {
-        Ok(r) => r,
+        Ok(o)
+    });
+    let o = match parsed {
+        Ok(o) => o,
         Err(e) => return e.into_response(),
     };
-    let events = match submit(&app, &req) {
+    // rendering and compiling a schema may take milliseconds: off the async workers
+    let req = {
+        let app = app.clone();
+        match tokio::task::spawn_blocking(move || api::parse_generation(&o, endpoint, &app.model()))
+            .await
+        {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return e.into_response(),
+            Err(_) => {
+                return ApiError::new(500, "server_error", "request parsing failed").into_response()
+            }
+        }
+    };
+    let parser = req
+        .guide
+        .tools
+        .as_ref()
+        .map(|(t, syntax)| CallParser::new(*syntax, Some(t), rand_id()));
+    let (stream_it, include_usage) = (req.stream, req.include_usage);
+    let events = match submit(&app, req) {
         Ok(rx) => rx,
         Err(r) => return r,
     };
@@ -192,18 +233,18 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
         created: unix_now(),
         model: app.model_id.clone(),
         endpoint,
-        include_usage: req.include_usage,
+        include_usage,
     };
-    if req.stream {
-        stream(meta, events).into_response()
+    if stream_it {
+        stream(meta, events, parser).into_response()
     } else {
-        collect(meta, events).await
+        collect(meta, events, parser).await
     }
 }
 
 /// Admits a job (503 with Retry-After past the queue) and hands it to the engine thread.
 #[allow(clippy::result_large_err)]
-fn submit(app: &AppInner, req: &GenRequest) -> Result<UnboundedReceiver<Event>, Response> {
+fn submit(app: &AppInner, req: GenRequest) -> Result<UnboundedReceiver<Event>, Response> {
     let busy = |why: &str| {
         let mut r = ApiError::new(503, "server_error", why)
             .code("overloaded")
@@ -225,7 +266,7 @@ fn submit(app: &AppInner, req: &GenRequest) -> Result<UnboundedReceiver<Event>, 
     let (tx, rx) = unbounded_channel();
     let arrived = Instant::now();
     let job = Job {
-        req: req.clone(),
+        req,
         events: tx,
         arrived,
         deadline: app.request_timeout.map(|t| arrived + t),
@@ -304,7 +345,33 @@ fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
 
-async fn collect(meta: Meta, mut events: UnboundedReceiver<Event>) -> Response {
+/// OpenAI's `tool_calls` entries of `calls`.
+fn tool_calls_json(calls: &[Call]) -> Value {
+    Value::Array(
+        calls
+            .iter()
+            .map(|c| {
+                json!({"id": c.id, "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments}})
+            })
+            .collect(),
+    )
+}
+
+/// A generation that ended normally with tool calls ends with `tool_calls`.
+fn finish_reason(reason: &'static str, calls: usize) -> &'static str {
+    if calls > 0 && reason == "stop" {
+        "tool_calls"
+    } else {
+        reason
+    }
+}
+
+async fn collect(
+    meta: Meta,
+    mut events: UnboundedReceiver<Event>,
+    mut parser: Option<CallParser>,
+) -> Response {
     let mut text = String::new();
     let mut lps: Vec<TokenLogprob> = Vec::new();
     let mut want_lps = false;
@@ -325,15 +392,39 @@ async fn collect(meta: Meta, mut events: UnboundedReceiver<Event>) -> Response {
             }
         }
     };
+    let mut message = json!({"role": "assistant", "content": text});
+    let mut reason = finish.reason;
+    if let Some(p) = parser.as_mut() {
+        // the same parser as a stream uses, so both give the same calls
+        let mut out = Vec::new();
+        p.push(&text, &mut out);
+        p.finish(&mut out);
+        let content: String = out
+            .iter()
+            .filter_map(|e| match e {
+                CallEvent::Content(t) => Some(t.as_str()),
+                _ => None,
+            })
+            .collect();
+        message["content"] = if content.is_empty() && !p.calls().is_empty() {
+            Value::Null
+        } else {
+            Value::from(content)
+        };
+        if !p.calls().is_empty() {
+            message["tool_calls"] = tool_calls_json(p.calls());
+        }
+        reason = finish_reason(reason, p.calls().len());
+    }
     let body = match meta.endpoint {
         Endpoint::Chat => json!({
             "id": meta.id, "object": "chat.completion", "created": meta.created,
             "model": meta.model,
             "choices": [{
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
+                "message": message,
                 "logprobs": if want_lps { chat_logprobs(&lps) } else { Value::Null },
-                "finish_reason": finish.reason,
+                "finish_reason": reason,
             }],
             "usage": usage(&finish),
         }),
@@ -358,28 +449,27 @@ struct Streamer {
     out: VecDeque<String>,
     ended: bool,
     offset: usize,
+    /// Splits a chat answer into content and tool-call deltas (requests with tools).
+    parser: Option<CallParser>,
+    /// Scratch for the parser's events.
+    parsed: Vec<CallEvent>,
 }
 
 impl Streamer {
-    fn chunk(&self, text: Option<&str>, lp: Option<&TokenLogprob>, finish: Option<&str>) -> String {
+    /// A chunk with `delta` (chat) or `text` (completions).
+    fn chunk(&self, delta: Value, lp: Option<&TokenLogprob>, finish: Option<&str>) -> String {
         let mut v = match self.meta.endpoint {
-            Endpoint::Chat => {
-                let delta = match text {
-                    Some(t) => json!({"content": t}),
-                    None => json!({}),
-                };
-                json!({
-                    "id": self.meta.id, "object": "chat.completion.chunk",
-                    "created": self.meta.created, "model": self.meta.model,
-                    "choices": [{"index": 0, "delta": delta,
-                        "logprobs": lp.map_or(Value::Null, |l| chat_logprobs(std::slice::from_ref(l))),
-                        "finish_reason": finish}],
-                })
-            }
+            Endpoint::Chat => json!({
+                "id": self.meta.id, "object": "chat.completion.chunk",
+                "created": self.meta.created, "model": self.meta.model,
+                "choices": [{"index": 0, "delta": delta,
+                    "logprobs": lp.map_or(Value::Null, |l| chat_logprobs(std::slice::from_ref(l))),
+                    "finish_reason": finish}],
+            }),
             Endpoint::Completion => json!({
                 "id": self.meta.id, "object": "text_completion",
                 "created": self.meta.created, "model": self.meta.model,
-                "choices": [{"index": 0, "text": text.unwrap_or(""),
+                "choices": [{"index": 0, "text": delta.get("content").and_then(Value::as_str).unwrap_or(""),
                     "logprobs": lp.map_or(Value::Null, |l| completion_logprobs(std::slice::from_ref(l), self.offset)),
                     "finish_reason": finish}],
             }),
@@ -390,24 +480,55 @@ impl Streamer {
         v.to_string()
     }
 
+    /// Chunks for a piece of the answer's text: as it is, or through the tool-call parser
+    /// (content deltas, then per call its id and name and its argument fragments).
+    fn text(&mut self, text: &str, lp: Option<&TokenLogprob>, end: bool) {
+        let Some(parser) = self.parser.as_mut() else {
+            if !text.is_empty() || lp.is_some() {
+                let c = self.chunk(json!({"content": text}), lp, None);
+                self.out.push_back(c);
+            }
+            return;
+        };
+        let mut parsed = std::mem::take(&mut self.parsed);
+        parser.push(text, &mut parsed);
+        if end {
+            parser.finish(&mut parsed);
+        }
+        let mut lp = lp;
+        for e in parsed.drain(..) {
+            let delta = match e {
+                CallEvent::Content(t) => json!({"content": t}),
+                CallEvent::Start { index, id, name } => json!({"tool_calls": [{
+                    "index": index, "id": id, "type": "function",
+                    "function": {"name": name, "arguments": ""}}]}),
+                CallEvent::Arguments { index, fragment } => json!({"tool_calls": [{
+                    "index": index, "function": {"arguments": fragment}}]}),
+            };
+            let c = self.chunk(delta, lp.take(), None);
+            self.out.push_back(c);
+        }
+        if let Some(l) = lp {
+            let c = self.chunk(json!({}), Some(l), None);
+            self.out.push_back(c);
+        }
+        self.parsed = parsed;
+    }
+
     /// Turns the next engine event into SSE data lines.
     fn on(&mut self, ev: Option<Event>) {
         match ev {
             Some(Event::Token { text, logprob }) => {
-                if !text.is_empty() || logprob.is_some() {
-                    let c = self.chunk(Some(&text), logprob.as_ref(), None);
-                    self.out.push_back(c);
-                }
+                self.text(&text, logprob.as_ref(), false);
                 if let Some(l) = &logprob {
                     self.offset += l.chosen.token.len();
                 }
             }
-            Some(Event::Text(text)) => {
-                let c = self.chunk(Some(&text), None, None);
-                self.out.push_back(c);
-            }
+            Some(Event::Text(text)) => self.text(&text, None, false),
             Some(Event::Done(f)) => {
-                let c = self.chunk(None, None, Some(f.reason));
+                self.text("", None, true);
+                let calls = self.parser.as_ref().map_or(0, |p| p.calls().len());
+                let c = self.chunk(json!({}), None, Some(finish_reason(f.reason, calls)));
                 self.out.push_back(c);
                 if self.meta.include_usage {
                     let object = match self.meta.endpoint {
@@ -442,6 +563,7 @@ impl Streamer {
 fn stream(
     meta: Meta,
     events: UnboundedReceiver<Event>,
+    parser: Option<CallParser>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut s = Streamer {
         meta,
@@ -449,12 +571,12 @@ fn stream(
         out: VecDeque::new(),
         ended: false,
         offset: 0,
+        parser,
+        parsed: Vec::new(),
     };
     if s.meta.endpoint == Endpoint::Chat {
-        let mut first: Value =
-            serde_json::from_str(&s.chunk(Some(""), None, None)).unwrap_or_default();
-        first["choices"][0]["delta"]["role"] = Value::from("assistant");
-        s.out.push_back(first.to_string());
+        let first = s.chunk(json!({"role": "assistant", "content": ""}), None, None);
+        s.out.push_back(first);
     }
     let body = futures_util::stream::unfold(s, |mut s| async move {
         loop {
@@ -511,7 +633,7 @@ async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -
         let text = match (o.get("prompt"), o.get("messages")) {
             (Some(Value::String(s)), _) => s.clone(),
             (Some(_), _) => return Err(ApiError::invalid("prompt", "'prompt' must be a string")),
-            (None, Some(m)) => api::render_chat(m)?,
+            (None, Some(_)) => api::render_chat(&o, &app.template)?,
             (None, None) => {
                 return Err(ApiError::invalid(
                     "prompt",
@@ -521,6 +643,20 @@ async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -
         };
         let tokens = api::encode(&app.tokenizer, &text)?;
         Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": app.ctx}))
+    });
+    match r {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /apply-template` (as llama-server has it): the body of a chat completion request,
+/// answered with the prompt the model would see, `{"prompt": TEXT}`.
+async fn apply_template(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let r = body_bytes(&app, body).and_then(|b| {
+        let o = api::parse_object(&b)?;
+        let prompt = api::render_chat(&o, &app.template)?;
+        Ok(json!({ "prompt": prompt }))
     });
     match r {
         Ok(v) => json_response(StatusCode::OK, &v),

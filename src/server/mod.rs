@@ -49,6 +49,7 @@ use std::time::Duration;
 use crate::engine::lookup::MAX_DRAFT;
 use qwenrt_kernels::Dtype;
 
+use crate::engine::constraint::Grammars;
 use crate::engine::{Engine, EngineError, EngineOptions};
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
@@ -208,6 +209,9 @@ pub fn run_on(
             .iter()
             .filter_map(|t| tokenizer.token_id(t)),
     );
+    let grammars = Grammars::new(&tokenizer, vocab, &stop_ids)
+        .map_err(|e| ServerError::Option(format!("cannot prepare constrained decoding: {e}")))?;
+    let template = opts.chat_template.clone();
     let tokenizer = Arc::new(tokenizer);
     let shared = Arc::new(Shared {
         metrics: metrics::Metrics::default(),
@@ -248,6 +252,8 @@ pub fn run_on(
     let app = Arc::new(http::AppInner {
         tx: tx.clone(),
         tokenizer,
+        template,
+        grammars: Arc::new(grammars),
         shared,
         model_id,
         ctx: opts.ctx,

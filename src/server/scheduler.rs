@@ -28,6 +28,7 @@ use crate::engine::sampler::Sampler;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
+use crate::server::tools;
 use crate::server::text::{logprobs, TextOut};
 use crate::text::tokenizer::Tokenizer;
 
@@ -101,6 +102,9 @@ struct Active {
     text: TextOut,
     last_token: Option<Instant>,
     reused: usize,
+    /// The last bytes of the answer, while a tool call may still open (`tool_choice: auto`):
+    /// the call's constraint attaches at the token that completes [`tools::OPEN`].
+    call_tail: Vec<u8>,
 }
 
 /// How a job left.
@@ -259,11 +263,15 @@ impl Scheduler {
     /// Starts queued jobs while there are free slots.
     fn admit(&mut self) {
         while self.active.len() < self.parallel {
-            let Some(job) = self.pending.pop_front() else {
+            let Some(mut job) = self.pending.pop_front() else {
                 return;
             };
-            match self.place(&job) {
-                Ok((seq, reused)) => {
+            let constraint = job.req.guide.constraint.take();
+            match self
+                .place(&job)
+                .and_then(|(seq, reused)| Ok((seq, reused, self.engine.set_constraint(seq, constraint)?)))
+            {
+                Ok((seq, reused, _)) => {
                     let m = &self.shared.metrics;
                     m.prompt_tokens
                         .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
@@ -285,6 +293,7 @@ impl Scheduler {
                         text,
                         last_token: None,
                         reused,
+                        call_tail: Vec::new(),
                     });
                 }
                 Err(e) => {
@@ -387,7 +396,13 @@ impl Scheduler {
                 continue;
             }
             a.row_len = 1;
-            if left == 0 || !a.job.req.params.is_plain_greedy() || a.job.req.logprobs.is_some() {
+            // a constrained answer is not drafted: a drafted token the grammar forbids would
+            // be accepted whenever the unconstrained model agrees with it
+            if left == 0
+                || !a.job.req.params.is_plain_greedy()
+                || a.job.req.logprobs.is_some()
+                || a.job.req.guide.constrains()
+            {
                 continue;
             }
             let Ok(history) = self.engine.tokens(a.seq) else {
@@ -569,6 +584,23 @@ impl Scheduler {
         }
         a.generated += 1;
         m.completion_tokens.fetch_add(1, Ordering::Relaxed);
+        if a.job.req.guide.on_call.is_some() {
+            let open = tools::OPEN.as_bytes();
+            a.call_tail.extend_from_slice(self.tokenizer.token_bytes(token));
+            if a.call_tail.ends_with(open) {
+                // the answer opened a call at this token: the rest of it is constrained
+                let c = a.job.req.guide.on_call.take();
+                if let Err(e) = self.engine.set_constraint(a.seq, c) {
+                    return Some(engine_failure(e));
+                }
+            } else if a.call_tail.windows(open.len()).any(|w| w == open) {
+                // opened inside a token that goes on past the tag: the grammar would start
+                // out of step with the text, so this answer stays unconstrained
+                a.job.req.guide.on_call = None;
+            }
+            let keep = a.call_tail.len().saturating_sub(open.len());
+            a.call_tail.drain(..keep);
+        }
         let (text, stopped) = a.text.push(token);
         if a.job.events.send(Event::Token { text, logprob }).is_err() {
             return Some(Exit::Cancelled);

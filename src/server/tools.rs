@@ -2,10 +2,10 @@
 //! grammar that constrains a call to the offered functions, and the parser that turns the
 //! model's own call syntax back into OpenAI's `tool_calls`.
 //!
-//! Two syntaxes, as the chat templates teach them:
-//! - [`CallSyntax::Json`] (Qwen2.5, Qwen3; "Hermes" style):
+//! Two syntaxes, as the chat templates teach them ([`ToolCallFormat`]):
+//! - [`ToolCallFormat::HermesJson`] (Qwen2.5, Qwen3):
 //!   `<tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>`;
-//! - [`CallSyntax::Xml`] (Qwen3-Coder): `<tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>`.
+//! - [`ToolCallFormat::Qwen3CoderXml`] (Qwen3-Coder): `<tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>`.
 //!
 //! [`CallParser`] reads the generated text as it streams. Text outside calls is content (a
 //! possible start of `<tool_call>` is held back, so the tag never leaks into content); inside
@@ -16,20 +16,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::server::api::ApiError;
+use crate::text::template::ToolCallFormat;
 
 /// The tag that opens a call in both syntaxes.
 pub const OPEN: &str = "<tool_call>";
 /// The tag that closes a call.
 pub const CLOSE: &str = "</tool_call>";
-
-/// How the model writes a call (decided by its chat template).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallSyntax {
-    /// A JSON object with `name` and `arguments` between the tags.
-    Json,
-    /// Qwen3-Coder's `<function=NAME>` with one `<parameter=KEY>` block per argument.
-    Xml,
-}
 
 /// One offered function.
 #[derive(Clone, Debug, PartialEq)]
@@ -250,11 +242,20 @@ fn call_schema(functions: &[&Function]) -> Value {
             })
         })
         .collect();
-    if alts.len() == 1 {
+    let mut schema = if alts.len() == 1 {
         alts.into_iter().next().unwrap_or_default()
     } else {
         json!({ "anyOf": alts })
-    }
+    };
+    // the call exactly as the template prints one (`{"name": "f", "arguments": {"k": 1}}`):
+    // single spaces after separators and no other whitespace, so a model cannot wander into
+    // blank space inside a call
+    schema["x-guidance"] = json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    });
+    schema
 }
 
 /// A Lark string literal of `s`.
@@ -267,18 +268,18 @@ fn lit(s: &str) -> String {
 /// otherwise it starts at the first token of the answer (`required` or a named function).
 /// After the last call only the end of the turn may follow. `None` for the XML syntax with
 /// `opened` (its parameters are free text; the parser still checks the result).
-pub fn grammar(tools: &Tools, syntax: CallSyntax, opened: bool) -> String {
+pub fn grammar(tools: &Tools, syntax: ToolCallFormat, opened: bool) -> String {
     let chosen: Vec<&Function> = match &tools.choice {
         ToolChoice::Named(n) => tools.functions.iter().filter(|f| &f.name == n).collect(),
         _ => tools.functions.iter().collect(),
     };
     let body = match syntax {
-        CallSyntax::Json => format!(
+        ToolCallFormat::HermesJson | ToolCallFormat::None => format!(
             "body: {} %json {}\n",
             lit("\n"),
             call_schema(&chosen)
         ),
-        CallSyntax::Xml => {
+        ToolCallFormat::Qwen3CoderXml => {
             // one alternative per function: its name, then its declared parameters as
             // `<parameter=KEY>` blocks whose values are free text without a closing tag
             let alts: Vec<String> = chosen
@@ -381,7 +382,7 @@ enum State {
 /// Splits the generated text into content and calls as it streams (see the module docs).
 #[derive(Debug)]
 pub struct CallParser {
-    syntax: CallSyntax,
+    syntax: ToolCallFormat,
     state: State,
     held: String,
     calls: Vec<Call>,
@@ -481,7 +482,7 @@ fn value_offset(s: &str, key: &str) -> Option<usize> {
 
 impl CallParser {
     /// A parser for `syntax`; `tools` gives the XML syntax its parameter types.
-    pub fn new(syntax: CallSyntax, tools: Option<&Tools>, id_seed: u64) -> CallParser {
+    pub fn new(syntax: ToolCallFormat, tools: Option<&Tools>, id_seed: u64) -> CallParser {
         CallParser {
             syntax,
             state: State::Text,
@@ -502,11 +503,6 @@ impl CallParser {
     /// The calls finished so far.
     pub fn calls(&self) -> &[Call] {
         &self.calls
-    }
-
-    /// Whether a call is open (its closing tag not yet seen).
-    pub fn in_call(&self) -> bool {
-        matches!(self.state, State::Call { .. })
     }
 
     fn new_id(&self) -> String {
@@ -578,12 +574,12 @@ impl CallParser {
         let body = &buf[..end];
         if name.is_none() {
             let found = match syntax {
-                CallSyntax::Json => value_offset(body, "name").and_then(|o| {
+                ToolCallFormat::HermesJson | ToolCallFormat::None => value_offset(body, "name").and_then(|o| {
                     let v = &body[o..];
                     let e = json_value_end(v)?;
                     serde_json::from_str::<String>(&v[..e]).ok()
                 }),
-                CallSyntax::Xml => body.find("<function=").and_then(|o| {
+                ToolCallFormat::Qwen3CoderXml => body.find("<function=").and_then(|o| {
                     let r = &body[o + "<function=".len()..];
                     r.find('>').map(|e| r[..e].to_string())
                 }),
@@ -597,7 +593,7 @@ impl CallParser {
                 *name = Some(n);
             }
         }
-        if name.is_some() && syntax == CallSyntax::Json {
+        if name.is_some() && syntax != ToolCallFormat::Qwen3CoderXml {
             if let Some(o) = value_offset(body, "arguments") {
                 let v = &body[o..];
                 let upto = json_value_end(v).unwrap_or_else(|| {
@@ -631,7 +627,7 @@ impl CallParser {
         };
         let id = self.new_id();
         let arguments = match self.syntax {
-            CallSyntax::Json => {
+            ToolCallFormat::HermesJson | ToolCallFormat::None => {
                 let v = value_offset(&buf, "arguments").map(|o| &buf[o..]).unwrap_or("");
                 let end = json_value_end(v).unwrap_or(v.trim_end().len());
                 let args = &v[..end];
@@ -654,7 +650,7 @@ impl CallParser {
                 }
                 args.to_string()
             }
-            CallSyntax::Xml => {
+            ToolCallFormat::Qwen3CoderXml => {
                 let schema = self
                     .params
                     .iter()
@@ -772,7 +768,7 @@ mod tests {
     #[test]
     fn json_calls_parse_the_same_whatever_the_split() {
         let text = "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris \\\"<x>\\\"\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>";
-        let whole = run(&mut CallParser::new(CallSyntax::Json, None, 1), &[text]);
+        let whole = run(&mut CallParser::new(ToolCallFormat::HermesJson, None, 1), &[text]);
         let (content, calls) = merged(&whole);
         assert_eq!(content, "Let me check.");
         assert_eq!(
@@ -788,12 +784,12 @@ mod tests {
         // every split point of the text, one byte at a time as a worst case
         let chars: Vec<String> = text.chars().map(String::from).collect();
         let pieces: Vec<&str> = chars.iter().map(String::as_str).collect();
-        let mut p = CallParser::new(CallSyntax::Json, None, 1);
+        let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let bytewise = run(&mut p, &pieces);
         assert_eq!(merged(&bytewise), (content, calls));
         assert_eq!(p.calls().len(), 2);
         // the name is reported before the arguments are complete
-        let mut p = CallParser::new(CallSyntax::Json, None, 1);
+        let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let mut out = Vec::new();
         p.push("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci", &mut out);
         assert!(matches!(&out[0], CallEvent::Start { name, .. } if name == "get_weather"));
@@ -802,7 +798,7 @@ mod tests {
 
     #[test]
     fn the_open_tag_never_leaks_into_content() {
-        let mut p = CallParser::new(CallSyntax::Json, None, 1);
+        let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let mut out = Vec::new();
         p.push("Sure <tool", &mut out);
         assert_eq!(out, vec![CallEvent::Content("Sure".into())]);
@@ -816,7 +812,7 @@ mod tests {
     fn xml_calls_type_their_values_by_the_schema() {
         let tools = parse(&weather()).unwrap().unwrap();
         let text = "<tool_call>\n<function=get_weather>\n<parameter=city>\n42\n</parameter>\n<parameter=days>\n3\n</parameter>\n</function>\n</tool_call>";
-        let mut p = CallParser::new(CallSyntax::Xml, Some(&tools), 5);
+        let mut p = CallParser::new(ToolCallFormat::Qwen3CoderXml, Some(&tools), 5);
         let events = run(&mut p, &[&text[..20], &text[20..]]);
         let (content, calls) = merged(&events);
         assert_eq!(content, "");
@@ -856,10 +852,10 @@ mod tests {
     #[test]
     fn the_grammar_names_every_offered_function() {
         let tools = parse(&weather()).unwrap().unwrap();
-        let g = grammar(&tools, CallSyntax::Json, false);
+        let g = grammar(&tools, ToolCallFormat::HermesJson, false);
         assert!(g.starts_with("start: call (\"\\n\" call)*"), "{g}");
         assert!(g.contains("\"const\":\"get_weather\""), "{g}");
-        let g = grammar(&tools, CallSyntax::Json, true);
+        let g = grammar(&tools, ToolCallFormat::HermesJson, true);
         assert!(g.starts_with("start: first"), "{g}");
     }
 }
