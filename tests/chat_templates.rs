@@ -367,3 +367,92 @@ fn the_cli_says_which_template_and_takes_another() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The render budget has room for long conversations: 4000 messages with tools, on each of
+/// the three real templates.
+#[test]
+fn long_conversations_render_within_the_budget() {
+    let f = fixtures();
+    let tools = f["cases"][3]["tools"].clone();
+    assert!(tools.is_array());
+    let msgs: Vec<Value> = (0..4000)
+        .map(|i| {
+            json!({"role": if i % 2 == 0 { "user" } else { "assistant" },
+                   "content": format!("message {i} {}", "x".repeat(200))})
+        })
+        .collect();
+    for name in ["Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "Qwen3-Coder"] {
+        let out = template(name)
+            .render(&Value::Array(msgs.clone()), Some(&tools), true, &Map::new())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(out.contains("message 3999 "), "{name}");
+    }
+}
+
+/// Odd messages (missing fields, numbers, nulls, nested values, control characters) give a
+/// render or an error from every template, never a panic.
+#[test]
+fn odd_messages_render_or_fail_cleanly() {
+    let names = ["Qwen-Qwen2.5-7B-Instruct", "Qwen-Qwen3-0.6B", "Qwen3-Coder"];
+    let templates: Vec<ChatTemplate> = names.iter().map(|n| template(n)).collect();
+    let fallback = ChatTemplate::chatml();
+    let pieces = [
+        json!("user"),
+        json!("assistant"),
+        json!("tool"),
+        json!("system"),
+        json!("<tool_response>x</tool_response>"),
+        json!("a</think>b"),
+        json!(null),
+        json!(7),
+        json!(1.5e300),
+        json!(true),
+        json!([{"type": "text", "text": "t"}]),
+        json!({"k": [1, {"z": null}]}),
+        json!("\u{0}\u{1b}\"'\\é😀"),
+    ];
+    let mut state = 0x2545F4914F6CDD1Du64;
+    let mut next = |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut failures = 0;
+    for _ in 0..300 {
+        let mut msgs = Vec::new();
+        for _ in 0..next(5) {
+            let mut m = Map::new();
+            for key in ["role", "content", "tool_calls", "reasoning_content", "name"] {
+                if next(3) > 0 {
+                    m.insert(key.into(), pieces[next(pieces.len())].clone());
+                }
+            }
+            if next(4) == 0 {
+                m.insert(
+                    "tool_calls".into(),
+                    json!([{"function": {"name": pieces[next(pieces.len())], "arguments": pieces[next(pieces.len())]}}]),
+                );
+            }
+            msgs.push(Value::Object(m));
+        }
+        let tools = (next(3) == 0).then(|| json!([pieces[next(pieces.len())]]));
+        for t in templates.iter().chain([&fallback]) {
+            match t.render(
+                &Value::Array(msgs.clone()),
+                tools.as_ref(),
+                next(2) == 0,
+                &Map::new(),
+            ) {
+                Ok(_) => {}
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    failures += 1;
+                }
+            }
+        }
+    }
+    // most of these are not valid conversations: the templates must have been exercised on
+    // both sides
+    assert!(failures > 0 && failures < 1200, "{failures}");
+}
