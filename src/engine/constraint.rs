@@ -44,6 +44,11 @@ pub const MAX_GRAMMAR_BYTES: usize = 256 * 1024;
 /// JSON counted, not the documents it describes).
 pub const MAX_SCHEMA_DEPTH: usize = 64;
 
+/// The blank space allowed between the tokens of constrained JSON (llguidance's
+/// `whitespace_pattern`): one space, or a line break and an indent of at most 20 blanks (see
+/// [`Grammars::json_schema`] for why not more).
+pub const JSON_WHITESPACE: &str = r"(\x20|\x0A[\x20\x09]{0,20})";
+
 /// Why a grammar was refused or a constraint stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConstraintError {
@@ -205,8 +210,9 @@ impl Grammars {
     /// llguidance supports it: types, properties/required/additionalProperties, items,
     /// prefixItems, min/maxItems, enum, const, anyOf/oneOf/allOf, `$ref`/`$defs` (recursive
     /// too), numeric bounds, string min/maxLength, pattern and common formats). Keywords it
-    /// cannot enforce are refused rather than ignored. Whitespace between tokens is allowed
-    /// (as JSON does) but bounded, so a model cannot loop on blank space.
+    /// cannot enforce are refused rather than ignored. Whitespace between tokens is one space
+    /// or a line break and an indent (see the rule in the body), so a model cannot loop on
+    /// blank space.
     pub fn json_schema(&self, schema: &Value) -> Result<Constraint, ConstraintError> {
         const WHAT: &str = "JSON schema";
         let invalid = |message: String| ConstraintError::Invalid {
@@ -233,14 +239,18 @@ impl Grammars {
             Value::Bool(false) => return Err(invalid("`false` accepts no document".into())),
             _ => return Err(invalid("a schema must be a JSON object (or `true`)".into())),
         };
-        // Our whitespace rule replaces any the request set: runs of at most 16 blanks between
-        // tokens (a pretty-printer's newline and indent at depth 7 fit).
+        // Our whitespace rule replaces any the request set: between tokens, nothing, one space,
+        // or a line break and an indent of at most 20 blanks (a pretty-printer's layout; the
+        // same rule as llama.cpp's schema grammars). Runs of blanks on one line are not
+        // allowed: a model pushed off its own words by the mask (it wanted to write prose or a
+        // code fence first) otherwise escapes into blank space at every separator; measured on
+        // the default model with a schema and no "answer in JSON" in the prompt, runs of up to
+        // 16 blanks gave `{                "steps":                [ ] ...` where this rule
+        // gives the answer the model writes when asked for JSON.
         if let Value::Object(m) = &mut schema {
             m.insert(
                 "x-guidance".into(),
-                serde_json::json!({
-                    "whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,16}",
-                }),
+                serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }),
             );
         }
         self.compile(WHAT, TopLevelGrammar::from_json_schema(schema))

@@ -101,6 +101,10 @@ pub struct Guide {
     /// Applies from the token that completes [`tools::OPEN`] in the answer (`tool_choice`
     /// `auto`): the rest of the call is constrained, the text before it is free.
     pub on_call: Option<Constraint>,
+    /// Applies from the token at which the answer turns out to open a bare call (see
+    /// [`tools::bare_opener`]; `tool_choice` `auto`, JSON syntax), replayed over the answer's
+    /// tokens so far: the grammar of [`tools::bare_grammar`].
+    pub on_bare: Option<Constraint>,
     /// The offered tools and the syntax the model calls them in; `None`: the answer is text.
     pub tools: Option<(Tools, ToolCallFormat)>,
 }
@@ -108,7 +112,7 @@ pub struct Guide {
 impl Guide {
     /// Whether any constraint applies (such answers are not drafted by prompt lookup).
     pub fn constrains(&self) -> bool {
-        self.constraint.is_some() || self.on_call.is_some()
+        self.constraint.is_some() || self.on_call.is_some() || self.on_bare.is_some()
     }
 }
 
@@ -684,19 +688,21 @@ fn guide(
             "'response_format' cannot be combined with 'tools' (unless 'tool_choice' is 'none')",
         ));
     }
-    let (constraint, on_call) = match t.choice {
+    let compile = |g: String| grammars.lark(&g).map_err(|e| compile_error("tools", &e));
+    let (constraint, on_call, on_bare) = match t.choice {
         ToolChoice::Auto => {
-            let g = tools::grammar(&t, syntax, true);
-            (None, Some(grammars.lark(&g).map_err(|e| compile_error("tools", &e))?))
+            let on_bare = match syntax {
+                ToolCallFormat::Qwen3CoderXml => None,
+                _ => Some(compile(tools::bare_grammar(&t))?),
+            };
+            (None, Some(compile(tools::grammar(&t, syntax, true))?), on_bare)
         }
-        _ => {
-            let g = tools::grammar(&t, syntax, false);
-            (Some(grammars.lark(&g).map_err(|e| compile_error("tools", &e))?), None)
-        }
+        _ => (Some(compile(tools::grammar(&t, syntax, false))?), None, None),
     };
     Ok(Guide {
         constraint,
         on_call,
+        on_bare,
         tools: Some((t, syntax)),
     })
 }

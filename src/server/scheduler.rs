@@ -28,7 +28,7 @@ use crate::engine::sampler::Sampler;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
-use crate::server::tools;
+use crate::server::tools::{self, Opener};
 use crate::server::text::{logprobs, TextOut};
 use crate::text::tokenizer::Tokenizer;
 
@@ -105,6 +105,8 @@ struct Active {
     /// The last bytes of the answer, while a tool call may still open (`tool_choice: auto`):
     /// the call's constraint attaches at the token that completes [`tools::OPEN`].
     call_tail: Vec<u8>,
+    /// The answer's tokens while it may still open a bare call (see [`tools::bare_opener`]).
+    opener: Option<Vec<u32>>,
 }
 
 /// How a job left.
@@ -267,6 +269,7 @@ impl Scheduler {
                 return;
             };
             let constraint = job.req.guide.constraint.take();
+            let job_watches_opener = job.req.guide.on_bare.is_some();
             match self
                 .place(&job)
                 .and_then(|(seq, reused)| Ok((seq, reused, self.engine.set_constraint(seq, constraint)?)))
@@ -294,6 +297,7 @@ impl Scheduler {
                         last_token: None,
                         reused,
                         call_tail: Vec::new(),
+                        opener: job_watches_opener.then(Vec::new),
                     });
                 }
                 Err(e) => {
@@ -584,6 +588,36 @@ impl Scheduler {
         }
         a.generated += 1;
         m.completion_tokens.fetch_add(1, Ordering::Relaxed);
+        if let Some(tokens) = a.opener.as_mut() {
+            tokens.push(token);
+            let text: Vec<u8> = tokens
+                .iter()
+                .flat_map(|&t| self.tokenizer.token_bytes(t))
+                .copied()
+                .collect();
+            match tools::bare_opener(&text) {
+                // an opening is a few tokens; past that it is not one
+                Opener::Maybe if tokens.len() < 64 => {}
+                Opener::Yes => {
+                    // the bare-call grammar starts at the answer's first token: replay them
+                    let mut c = a.job.req.guide.on_bare.take();
+                    let replayed = c.as_mut().is_some_and(|c| {
+                        tokens.iter().all(|&t| c.allows(t) && c.commit(t).is_ok())
+                    });
+                    if replayed {
+                        a.job.req.guide.on_call = None;
+                        if let Err(e) = self.engine.set_constraint(a.seq, c) {
+                            return Some(engine_failure(e));
+                        }
+                    }
+                    a.opener = None;
+                }
+                _ => {
+                    a.opener = None;
+                    a.job.req.guide.on_bare = None;
+                }
+            }
+        }
         if a.job.req.guide.on_call.is_some() {
             let open = tools::OPEN.as_bytes();
             a.call_tail.extend_from_slice(self.tokenizer.token_bytes(token));

@@ -7,6 +7,11 @@
 //!   `<tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>`;
 //! - [`ToolCallFormat::Qwen3CoderXml`] (Qwen3-Coder): `<tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>`.
 //!
+//! Small models often drop the tags in the JSON syntax and answer with the bare object,
+//! `{"name": "f", "arguments": {...}}`, sometimes in a code fence (the default 0.5B model does
+//! so with `tool_choice: auto`). An answer that *opens* that way (see [`bare_opener`]) is read
+//! as calls too, as llama.cpp reads them.
+//!
 //! [`CallParser`] reads the generated text as it streams. Text outside calls is content (a
 //! possible start of `<tool_call>` is held back, so the tag never leaks into content); inside
 //! a call it reports the function's name as soon as it is complete and, for the JSON syntax,
@@ -15,6 +20,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::engine::constraint::JSON_WHITESPACE;
 use crate::server::api::ApiError;
 use crate::text::template::ToolCallFormat;
 
@@ -226,8 +232,9 @@ pub fn parse(o: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
 }
 
 /// The JSON schema of one call in the JSON syntax: `name` first, then `arguments` valid for
-/// that function, nothing else; one alternative per function.
-fn call_schema(functions: &[&Function]) -> Value {
+/// that function, nothing else; one alternative per function. `compact`: spaced exactly as
+/// the template prints a call; otherwise the blank space of any constrained JSON.
+fn call_schema(functions: &[&Function], compact: bool) -> Value {
     let alts: Vec<Value> = functions
         .iter()
         .map(|f| {
@@ -247,15 +254,97 @@ fn call_schema(functions: &[&Function]) -> Value {
     } else {
         json!({ "anyOf": alts })
     };
-    // the call exactly as the template prints one (`{"name": "f", "arguments": {"k": 1}}`):
-    // single spaces after separators and no other whitespace, so a model cannot wander into
-    // blank space inside a call
-    schema["x-guidance"] = json!({
-        "whitespace_flexible": false,
-        "item_separator": ", ",
-        "key_separator": ": ",
-    });
+    schema["x-guidance"] = if compact {
+        // the call exactly as the template prints one (`{"name": "f", "arguments": {"k": 1}}`):
+        // single spaces after separators and no other whitespace, so a model cannot wander
+        // into blank space inside a call
+        json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+    } else {
+        // a bare call is laid out as the model chose to begin it (often pretty-printed)
+        json!({ "whitespace_pattern": JSON_WHITESPACE })
+    };
     schema
+}
+
+/// The functions a call may name under `tool_choice`.
+fn callable(tools: &Tools) -> Vec<&Function> {
+    match &tools.choice {
+        ToolChoice::Named(n) => tools.functions.iter().filter(|f| &f.name == n).collect(),
+        _ => tools.functions.iter().collect(),
+    }
+}
+
+/// How far the start of an answer is into a bare call's opening.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Opener {
+    /// It is not one.
+    No,
+    /// It may still become one.
+    Maybe,
+    /// It is one: blank space, an optional code fence, `{`, `"name"`, `:` are complete.
+    Yes,
+}
+
+/// Whether `text`, the start of an answer, opens a bare JSON call: optional blank space, an
+/// optional code fence (```` ``` ```` or ```` ```json ````) and blank space, then `{`, blank
+/// space, `"name"`, blank space and `:`.
+pub fn bare_opener(text: &[u8]) -> Opener {
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < text.len() && text[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // `Some(true)` matched, `Some(false)` mismatched, `None` ran out of text
+    let word_at = |i: &mut usize, word: &[u8]| -> Option<bool> {
+        for &c in word {
+            match text.get(*i) {
+                None => return None,
+                Some(&b) if b == c => *i += 1,
+                Some(_) => return Some(false),
+            }
+        }
+        Some(true)
+    };
+    skip_ws(&mut i);
+    if text.get(i) == Some(&b'`') {
+        match word_at(&mut i, b"```") {
+            None => return Opener::Maybe,
+            Some(false) => return Opener::No,
+            Some(true) => {}
+        }
+        if text.get(i) == Some(&b'j') {
+            match word_at(&mut i, b"json") {
+                None => return Opener::Maybe,
+                Some(false) => return Opener::No,
+                Some(true) => {}
+            }
+        }
+    }
+    for word in [&b"{"[..], b"\"name\"", b":"] {
+        skip_ws(&mut i);
+        match word_at(&mut i, word) {
+            None => return Opener::Maybe,
+            Some(false) => return Opener::No,
+            Some(true) => {}
+        }
+    }
+    Opener::Yes
+}
+
+/// The Lark grammar of an answer that is bare calls (see [`bare_opener`]), from the answer's
+/// first token: blank space and a code fence as the opening allows, the calls (one per line
+/// when parallel), the closing fence.
+pub fn bare_grammar(tools: &Tools) -> String {
+    let more = if tools.parallel {
+        format!("({} call)*", lit("\n"))
+    } else {
+        String::new()
+    };
+    format!(
+        "start: LEAD? call {more} TAIL?\nLEAD: /[ \\t\\r\\n]*```(json)?[ \\t\\r\\n]*|[ \\t\\r\\n]+/\nTAIL: /[ \\t\\r\\n]*```/\ncall: %json {}\n",
+        call_schema(&callable(tools), false)
+    )
 }
 
 /// A Lark string literal of `s`.
@@ -269,15 +358,12 @@ fn lit(s: &str) -> String {
 /// After the last call only the end of the turn may follow. `None` for the XML syntax with
 /// `opened` (its parameters are free text; the parser still checks the result).
 pub fn grammar(tools: &Tools, syntax: ToolCallFormat, opened: bool) -> String {
-    let chosen: Vec<&Function> = match &tools.choice {
-        ToolChoice::Named(n) => tools.functions.iter().filter(|f| &f.name == n).collect(),
-        _ => tools.functions.iter().collect(),
-    };
+    let chosen = callable(tools);
     let body = match syntax {
         ToolCallFormat::HermesJson | ToolCallFormat::None => format!(
             "body: {} %json {}\n",
             lit("\n"),
-            call_schema(&chosen)
+            call_schema(&chosen, true)
         ),
         ToolCallFormat::Qwen3CoderXml => {
             // one alternative per function: its name, then its declared parameters as
@@ -369,8 +455,11 @@ pub struct Call {
 enum State {
     /// Outside a call; `held` may be the start of [`OPEN`].
     Text,
-    /// Inside a call: everything after the opening tag so far.
+    /// Inside a call: everything after the opening tag so far (for a bare call, its text
+    /// from the `{`).
     Call {
+        /// A bare call: it ends where its JSON object closes, not at a closing tag.
+        bare: bool,
         buf: String,
         /// The name, once reported.
         name: Option<String>,
@@ -386,6 +475,11 @@ pub struct CallParser {
     state: State,
     held: String,
     calls: Vec<Call>,
+    /// Whether the answer may still be (more) bare calls: nothing but blank space and bare
+    /// calls so far.
+    bare_ok: bool,
+    /// The last call was bare (its closing code fence is not content).
+    after_bare: bool,
     /// Parameter schemas by function, to type XML parameter values.
     params: Vec<(String, Value)>,
     id_seed: u64,
@@ -488,6 +582,8 @@ impl CallParser {
             state: State::Text,
             held: String::new(),
             calls: Vec::new(),
+            bare_ok: syntax != ToolCallFormat::Qwen3CoderXml,
+            after_bare: false,
             params: tools
                 .map(|t| {
                     t.functions
@@ -519,6 +615,35 @@ impl CallParser {
         loop {
             match &mut self.state {
                 State::Text => {
+                    if self.after_bare {
+                        // the code fence that closes bare calls is not content
+                        let t = self.held.trim_start();
+                        if let Some(rest) = t.strip_prefix("```") {
+                            self.held = rest.to_string();
+                            self.after_bare = false;
+                        } else if "```".starts_with(t) {
+                            return;
+                        } else {
+                            self.after_bare = false;
+                        }
+                    }
+                    if self.bare_ok {
+                        match bare_opener(self.held.as_bytes()) {
+                            Opener::Maybe => return,
+                            Opener::Yes => {
+                                let p = self.held.find('{').unwrap_or(0);
+                                self.held.drain(..p);
+                                self.state = State::Call {
+                                    bare: true,
+                                    buf: String::new(),
+                                    name: None,
+                                    sent: 0,
+                                };
+                                continue;
+                            }
+                            Opener::No => self.bare_ok = false,
+                        }
+                    }
                     if let Some(p) = self.held.find(OPEN) {
                         // whitespace before a call separates, it is not content
                         let before = self.held[..p].trim_end();
@@ -527,6 +652,7 @@ impl CallParser {
                         }
                         self.held.drain(..p + OPEN.len());
                         self.state = State::Call {
+                            bare: false,
                             buf: String::new(),
                             name: None,
                             sent: 0,
@@ -541,20 +667,28 @@ impl CallParser {
                     }
                     return;
                 }
-                State::Call { buf, .. } => {
+                State::Call { bare, buf, .. } => {
                     buf.push_str(&self.held);
                     self.held.clear();
-                    let closed = buf.find(CLOSE);
-                    let visible_end = closed.unwrap_or(buf.len());
+                    // (where the call's text ends, where what follows it starts)
+                    let closed = if *bare {
+                        json_value_end(buf).map(|e| (e, e))
+                    } else {
+                        buf.find(CLOSE).map(|c| (c, c + CLOSE.len()))
+                    };
+                    let bare = *bare;
+                    let visible_end = closed.map_or(buf.len(), |(e, _)| e);
                     self.progress(visible_end, out);
-                    if let Some(c) = closed {
+                    if let Some((end, next)) = closed {
                         let State::Call { buf, .. } = &mut self.state else {
                             return;
                         };
-                        let rest = buf[c + CLOSE.len()..].to_string();
-                        buf.truncate(c);
+                        let rest = buf[next..].to_string();
+                        buf.truncate(end);
                         self.close(out);
                         self.held = rest;
+                        self.after_bare = bare;
+                        self.bare_ok = bare;
                         continue;
                     }
                     return;
@@ -568,7 +702,7 @@ impl CallParser {
         let index = self.calls.len();
         let id = self.new_id();
         let syntax = self.syntax;
-        let State::Call { buf, name, sent } = &mut self.state else {
+        let State::Call { buf, name, sent, .. } = &mut self.state else {
             return;
         };
         let body = &buf[..end];
@@ -614,14 +748,18 @@ impl CallParser {
     /// Ends the open call (its closing tag seen, or the text ended).
     fn close(&mut self, out: &mut Vec<CallEvent>) {
         let index = self.calls.len();
-        let State::Call { buf, name, sent } =
-            std::mem::replace(&mut self.state, State::Text)
+        let State::Call {
+            bare,
+            buf,
+            name,
+            sent,
+        } = std::mem::replace(&mut self.state, State::Text)
         else {
             return;
         };
         let Some(name) = name else {
             // never named: not a call after all; its text is content
-            let t = format!("{OPEN}{buf}");
+            let t = if bare { buf } else { format!("{OPEN}{buf}") };
             out.push(CallEvent::Content(t));
             return;
         };
@@ -794,6 +932,37 @@ mod tests {
         p.push("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci", &mut out);
         assert!(matches!(&out[0], CallEvent::Start { name, .. } if name == "get_weather"));
         assert!(matches!(&out[1], CallEvent::Arguments { fragment, .. } if fragment == "{\"ci"));
+    }
+
+    #[test]
+    fn bare_calls_are_calls_in_a_fence_or_not() {
+        assert_eq!(bare_opener(b"  "), Opener::Maybe);
+        assert_eq!(bare_opener(b"```js"), Opener::Maybe);
+        assert_eq!(bare_opener(b"```python"), Opener::No);
+        assert_eq!(bare_opener(b"{\n  \"na"), Opener::Maybe);
+        assert_eq!(bare_opener(b"{\"city\":"), Opener::No);
+        assert_eq!(bare_opener(b"Sure"), Opener::No);
+        assert_eq!(bare_opener(b"```json\n{\n  \"name\":"), Opener::Yes);
+        let args = "{\"city\": \"Paris\"}";
+        for text in [
+            format!("{{\"name\": \"get_weather\", \"arguments\": {args}}}"),
+            format!("```json\n{{\n  \"name\": \"get_weather\",\n  \"arguments\": {args}\n}}\n```"),
+        ] {
+            for split in [1, 3, 7, text.len()] {
+                let chars: Vec<char> = text.chars().collect();
+                let pieces: Vec<String> =
+                    chars.chunks(split).map(|c| c.iter().collect()).collect();
+                let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+                let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
+                let (content, calls) = merged(&run(&mut p, &pieces));
+                assert_eq!(content, "", "{text:?} split {split}");
+                assert_eq!(calls, vec![("get_weather".to_string(), args.to_string())]);
+            }
+        }
+        // JSON that is not a call stays content
+        let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
+        let (content, calls) = merged(&run(&mut p, &["{\"city\": 1}"]));
+        assert_eq!((content.as_str(), calls.len()), ("{\"city\": 1}", 0));
     }
 
     #[test]
