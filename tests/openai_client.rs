@@ -24,7 +24,14 @@ fn python_packages() -> PathBuf {
     let marker = dir.join(".complete");
     if !marker.exists() {
         let out = Command::new("python3")
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--target"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--target",
+            ])
             .arg(&dir)
             .args(PACKAGES)
             .output()
@@ -59,13 +66,23 @@ fn the_openai_python_client_parses_calls_tools_and_streams() {
         ..ServerOptions::default()
     };
     let server = std::thread::spawn(move || {
-        run_on(listener, weights, tokenizer, "qwen".into(), opts, async move {
-            let _ = rx.await;
-        })
+        run_on(
+            listener,
+            weights,
+            tokenizer,
+            "qwen".into(),
+            opts,
+            async move {
+                let _ = rx.await;
+            },
+        )
     });
     let t = Instant::now();
     while ureq::get(&format!("{base}/health")).call().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(120), "the server did not come up");
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the server did not come up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -85,5 +102,8 @@ fn the_openai_python_client_parses_calls_tools_and_streams() {
         "the OpenAI client checks failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("all OpenAI client checks passed"), "{stdout}");
+    assert!(
+        stdout.contains("all OpenAI client checks passed"),
+        "{stdout}"
+    );
 }

@@ -17,8 +17,11 @@ fn opts() -> ServerOptions {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/chat_templates/renders.json");
     let renders: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    let source = renders["templates"]["Qwen-Qwen2.5-7B-Instruct"].as_str().unwrap();
-    let template = ChatTemplate::from_source(source, TemplateOrigin::Source, "", "<|im_end|>").unwrap();
+    let source = renders["templates"]["Qwen-Qwen2.5-7B-Instruct"]
+        .as_str()
+        .unwrap();
+    let template =
+        ChatTemplate::from_source(source, TemplateOrigin::Source, "", "<|im_end|>").unwrap();
     ServerOptions {
         chat_template: Arc::new(template),
         ..kit::opts()
@@ -57,7 +60,12 @@ fn tool_body(choice: Value, parallel: bool) -> Value {
 /// schema does not forbid them (`get_time` leaves `additionalProperties` open).
 fn check_call(call: &Value) -> (String, Value) {
     assert_eq!(call["type"], "function", "{call}");
-    assert!(call["id"].as_str().is_some_and(|id| id.starts_with("call_")), "{call}");
+    assert!(
+        call["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("call_")),
+        "{call}"
+    );
     let name = call["function"]["name"].as_str().unwrap().to_string();
     let args: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap())
         .unwrap_or_else(|e| panic!("arguments are not JSON ({e}): {call}"));
@@ -71,7 +79,10 @@ fn check_call(call: &Value) -> (String, Value) {
     let params = &tool["function"]["parameters"];
     let props = params["properties"].as_object().unwrap();
     for req in params["required"].as_array().unwrap() {
-        assert!(args.get(req.as_str().unwrap()).is_some(), "{args} lacks {req}");
+        assert!(
+            args.get(req.as_str().unwrap()).is_some(),
+            "{args} lacks {req}"
+        );
     }
     for (k, v) in args.as_object().unwrap() {
         match props.get(k) {
@@ -79,7 +90,10 @@ fn check_call(call: &Value) -> (String, Value) {
                 let allowed = p["enum"].as_array().unwrap();
                 assert!(allowed.contains(v), "{k} = {v} is not one of {allowed:?}");
             }
-            None => assert!(params["additionalProperties"] != false, "extra key {k} in {args}"),
+            None => assert!(
+                params["additionalProperties"] != false,
+                "extra key {k} in {args}"
+            ),
         }
     }
     (name, args)
@@ -91,12 +105,21 @@ fn required_and_named_tool_choices_always_give_valid_calls() {
     for (choice, parallel) in [
         (json!("required"), true),
         (json!("required"), false),
-        (json!({"type": "function", "function": {"name": "get_time"}}), true),
+        (
+            json!({"type": "function", "function": {"name": "get_time"}}),
+            true,
+        ),
     ] {
-        let (code, v) = post(&s, "/v1/chat/completions", &tool_body(choice.clone(), parallel));
+        let (code, v) = post(
+            &s,
+            "/v1/chat/completions",
+            &tool_body(choice.clone(), parallel),
+        );
         assert_eq!(code, 200, "{v}");
         let choice0 = &v["choices"][0];
-        let calls = choice0["message"]["tool_calls"].as_array().unwrap_or_else(|| panic!("{v}"));
+        let calls = choice0["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"));
         assert!(!calls.is_empty());
         if !parallel {
             assert_eq!(calls.len(), 1, "{v}");
@@ -130,9 +153,15 @@ fn reassemble(chunks: &[Value]) -> (String, Vec<(String, String, String)>, Strin
             let i = d["index"].as_u64().unwrap() as usize;
             if let Some(id) = d["id"].as_str() {
                 assert_eq!(i, calls.len(), "a new call comes with the next index");
-                calls.push((id.into(), d["function"]["name"].as_str().unwrap().into(), String::new()));
+                calls.push((
+                    id.into(),
+                    d["function"]["name"].as_str().unwrap().into(),
+                    String::new(),
+                ));
             }
-            calls[i].2.push_str(d["function"]["arguments"].as_str().unwrap_or(""));
+            calls[i]
+                .2
+                .push_str(d["function"]["arguments"].as_str().unwrap_or(""));
         }
         if let Some(f) = ch["finish_reason"].as_str() {
             finish = f.into();
@@ -167,7 +196,10 @@ fn streamed_tool_calls_reassemble_to_the_non_streamed_ones() {
         .collect();
     for c in &chunks {
         let text = c["choices"][0]["delta"]["content"].as_str().unwrap_or("");
-        assert!(!text.contains("<tool_call>") && !text.contains("</tool_call>"), "{c}");
+        assert!(
+            !text.contains("<tool_call>") && !text.contains("</tool_call>"),
+            "{c}"
+        );
     }
     let (content, calls, finish) = reassemble(&chunks);
     assert_eq!(content, "");
@@ -203,13 +235,22 @@ fn response_format_output_parses_and_validates() {
             let (code, v) = post(&s, "/v1/chat/completions", &body);
             assert_eq!(code, 200, "{v}");
             assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
-            v["choices"][0]["message"]["content"].as_str().unwrap().to_string()
+            v["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
         };
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        assert!(["yes", "no", "maybe"].contains(&v["answer"].as_str().unwrap()), "{v}");
+        assert!(
+            ["yes", "no", "maybe"].contains(&v["answer"].as_str().unwrap()),
+            "{v}"
+        );
         assert!((0..=9).contains(&v["confidence"].as_i64().unwrap()), "{v}");
         let tags = v["tags"].as_array().unwrap();
-        assert!((1..=3).contains(&tags.len()) && tags.iter().all(Value::is_boolean), "{v}");
+        assert!(
+            (1..=3).contains(&tags.len()) && tags.iter().all(Value::is_boolean),
+            "{v}"
+        );
         assert_eq!(v.as_object().unwrap().len(), 3, "{v}");
     }
     // json_object: any object
@@ -222,7 +263,10 @@ fn response_format_output_parses_and_validates() {
     assert_eq!(code, 200, "{v}");
     if v["choices"][0]["finish_reason"] == "stop" {
         let text = v["choices"][0]["text"].as_str().unwrap();
-        assert!(serde_json::from_str::<Value>(text).unwrap().is_object(), "{text}");
+        assert!(
+            serde_json::from_str::<Value>(text).unwrap().is_object(),
+            "{text}"
+        );
     }
 }
 
@@ -232,20 +276,56 @@ fn bad_tools_and_response_formats_are_400s_naming_the_field() {
     let base = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
     let cases = [
         (json!({"tools": {"type": "function"}}), "tools"),
-        (json!({"tools": [{"type": "code_interpreter"}]}), "tools[0].type"),
-        (json!({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}), "tools[0].function.name"),
-        (json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}), "tools[0].function.parameters"),
+        (
+            json!({"tools": [{"type": "code_interpreter"}]}),
+            "tools[0].type",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "bad name!"}}]}),
+            "tools[0].function.name",
+        ),
+        (
+            json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "array"}}}]}),
+            "tools[0].function.parameters",
+        ),
         (json!({"tool_choice": "required"}), "tool_choice"),
-        (json!({"tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}), "tool_choice"),
-        (json!({"tools": weather_tools(), "parallel_tool_calls": "yes"}), "parallel_tool_calls"),
-        (json!({"tools": weather_tools(), "response_format": {"type": "json_object"}}), "response_format"),
-        (json!({"response_format": {"type": "yaml"}}), "response_format"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"name": 7, "schema": {}}}}), "response_format"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"schema": "string"}}}), "response_format"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}), "response_format"),
-        (json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/$defs/missing"}}}}), "response_format"),
+        (
+            json!({"tools": weather_tools(), "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+            "tool_choice",
+        ),
+        (
+            json!({"tools": weather_tools(), "parallel_tool_calls": "yes"}),
+            "parallel_tool_calls",
+        ),
+        (
+            json!({"tools": weather_tools(), "response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "yaml"}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": 7, "schema": {}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": "string"}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}}}),
+            "response_format",
+        ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/$defs/missing"}}}}),
+            "response_format",
+        ),
         (json!({"grammar": "root ::= \"x\""}), "grammar"),
-        (json!({"messages": [{"role": "tool", "content": "x", "tool_call_id": 5}]}), "messages[0].tool_call_id"),
+        (
+            json!({"messages": [{"role": "tool", "content": "x", "tool_call_id": 5}]}),
+            "messages[0].tool_call_id",
+        ),
     ];
     for (extra, param) in cases {
         let mut body = base.clone();
@@ -261,7 +341,11 @@ fn bad_tools_and_response_formats_are_400s_naming_the_field() {
         "/v1/completions",
         &json!({"prompt": "x", "tools": weather_tools()}),
     );
-    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("tools")), "{v}");
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("tools")),
+        "{v}"
+    );
     // still serving
     let (code, _) = post(&s, "/v1/chat/completions", &base);
     assert_eq!(code, 200);
@@ -279,10 +363,17 @@ fn hostile_schemas_are_refused_or_compile_in_bounded_time() {
     let recursive = json!({"$ref": "#/$defs/n", "$defs": {"n": {"type": "object",
         "properties": {"next": {"$ref": "#/$defs/n"}}, "required": ["next"]}}});
     let long_pattern = json!({"type": "string", "pattern": "(a|b|c|d)*".repeat(2000)});
-    let many_props: serde_json::Map<String, Value> =
-        (0..20_000).map(|i| (format!("k{i}"), json!({"type": "integer"}))).collect();
+    let many_props: serde_json::Map<String, Value> = (0..20_000)
+        .map(|i| (format!("k{i}"), json!({"type": "integer"})))
+        .collect();
     let wide = json!({"type": "object", "properties": many_props});
-    for schema in [deep, json!({"enum": huge_enum}), recursive, long_pattern, wide] {
+    for schema in [
+        deep,
+        json!({"enum": huge_enum}),
+        recursive,
+        long_pattern,
+        wide,
+    ] {
         let body = json!({"messages": [{"role": "user", "content": "go"}], "max_tokens": 8,
             "response_format": {"type": "json_schema", "json_schema": {"name": "h", "schema": schema}}});
         let t = Instant::now();
@@ -304,8 +395,11 @@ fn hostile_schemas_are_refused_or_compile_in_bounded_time() {
     );
     let (code, v) = post_raw(&s, "/v1/chat/completions", &deeper, None);
     assert_eq!(code, 400, "{v}");
-    let (code, _) = post(&s, "/v1/chat/completions",
-        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}));
+    let (code, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}),
+    );
     assert_eq!(code, 200);
 }
 
@@ -327,10 +421,16 @@ fn apply_template_shows_the_prompt_with_tools_and_tool_results() {
     // the result in a user turn
     assert!(prompt.ends_with("<|im_start|>assistant\n"), "{prompt}");
     assert!(prompt.contains("\"name\": \"get_weather\""), "{prompt}");
-    assert!(prompt.contains("<tool_response>\n{\"temp\": 21}\n</tool_response>"), "{prompt}");
+    assert!(
+        prompt.contains("<tool_response>\n{\"temp\": 21}\n</tool_response>"),
+        "{prompt}"
+    );
     assert!(prompt.contains("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", \"unit\": \"c\"}}\n</tool_call>"), "{prompt}");
     let (code, v) = post(&s, "/apply-template", &json!({"messages": []}));
-    assert_eq!((code, v["error"]["param"].as_str()), (400, Some("messages")));
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("messages"))
+    );
 }
 
 #[test]

@@ -349,22 +349,23 @@ pub fn chat_messages(messages: &Value) -> Result<Value, ApiError> {
         let m = m.as_object().ok_or_else(|| {
             ApiError::invalid(&format!("messages[{i}]"), "a message must be an object")
         })?;
-        let role = match m.get("role").and_then(Value::as_str) {
-            Some("developer") => "system",
-            Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
-            Some(r) => {
-                return Err(ApiError::invalid(
+        let role =
+            match m.get("role").and_then(Value::as_str) {
+                Some("developer") => "system",
+                Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
+                Some(r) => return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
-                    format!("unknown role '{r}'; expected system, developer, user, assistant or tool"),
-                ))
-            }
-            None => {
-                return Err(ApiError::invalid(
-                    &format!("messages[{i}].role"),
-                    "a message needs a string 'role'",
-                ))
-            }
-        };
+                    format!(
+                        "unknown role '{r}'; expected system, developer, user, assistant or tool"
+                    ),
+                )),
+                None => {
+                    return Err(ApiError::invalid(
+                        &format!("messages[{i}].role"),
+                        "a message needs a string 'role'",
+                    ))
+                }
+            };
         let calls = match m.get("tool_calls").filter(|v| !v.is_null()) {
             None => None,
             Some(_) if role != "assistant" => {
@@ -428,14 +429,17 @@ fn tool_calls(v: &Value, i: usize) -> Result<Value, ApiError> {
         let f = c
             .get("function")
             .and_then(Value::as_object)
-            .ok_or_else(|| ApiError::invalid(&at(".function"), "a tool call needs a 'function' object"))?;
-        let name = f
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| ApiError::invalid(&at(".function.name"), "a tool call needs a string 'name'"))?;
+            .ok_or_else(|| {
+                ApiError::invalid(&at(".function"), "a tool call needs a 'function' object")
+            })?;
+        let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
+            ApiError::invalid(&at(".function.name"), "a tool call needs a string 'name'")
+        })?;
         let arguments = match f.get("arguments") {
             None | Some(Value::Null) => Value::Object(Map::new()),
-            Some(Value::String(s)) => serde_json::from_str(s).unwrap_or_else(|_| Value::from(s.clone())),
+            Some(Value::String(s)) => {
+                serde_json::from_str(s).unwrap_or_else(|_| Value::from(s.clone()))
+            }
             Some(v @ Value::Object(_)) => v.clone(),
             Some(_) => {
                 return Err(ApiError::invalid(
@@ -650,7 +654,12 @@ pub fn render_chat(o: &Map<String, Value>, template: &ChatTemplate) -> Result<St
     let tools = active_tools(o, template)?;
     let kwargs = template_kwargs(o)?;
     template
-        .render(&messages, tools.as_ref().map(|(t, _)| &t.raw), true, &kwargs)
+        .render(
+            &messages,
+            tools.as_ref().map(|(t, _)| &t.raw),
+            true,
+            &kwargs,
+        )
         .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat template: {e}")))
 }
 
@@ -661,8 +670,9 @@ fn guide(
     tools: Option<(Tools, ToolCallFormat)>,
     grammars: &Grammars,
 ) -> Result<Guide, ApiError> {
-    let compile_error =
-        |param: &str, e: &dyn std::fmt::Display| ApiError::invalid(param, format!("'{param}' cannot be enforced: {e}"));
+    let compile_error = |param: &str, e: &dyn std::fmt::Display| {
+        ApiError::invalid(param, format!("'{param}' cannot be enforced: {e}"))
+    };
     let constraint = match &format {
         ResponseFormat::Text => None,
         ResponseFormat::JsonObject => Some(
@@ -695,9 +705,17 @@ fn guide(
                 ToolCallFormat::Qwen3CoderXml => None,
                 _ => Some(compile(tools::bare_grammar(&t))?),
             };
-            (None, Some(compile(tools::grammar(&t, syntax, true))?), on_bare)
+            (
+                None,
+                Some(compile(tools::grammar(&t, syntax, true))?),
+                on_bare,
+            )
         }
-        _ => (Some(compile(tools::grammar(&t, syntax, false))?), None, None),
+        _ => (
+            Some(compile(tools::grammar(&t, syntax, false))?),
+            None,
+            None,
+        ),
     };
     Ok(Guide {
         constraint,
@@ -851,12 +869,21 @@ mod tests {
         assert_eq!(n[0], json!({"role":"system","content":"S"}));
         assert_eq!(n[1], json!({"role":"user","content":"ab"}));
         // the arguments string is parsed, as templates print them with tojson
-        assert_eq!(n[2]["tool_calls"][0]["function"]["arguments"], json!({"x": 1}));
+        assert_eq!(
+            n[2]["tool_calls"][0]["function"]["arguments"],
+            json!({"x": 1})
+        );
         assert_eq!(n[2]["content"], json!(""));
-        assert_eq!(n[3], json!({"role":"tool","content":"42","tool_call_id":"call_1"}));
+        assert_eq!(
+            n[3],
+            json!({"role":"tool","content":"42","tool_call_id":"call_1"})
+        );
         let param = |v: Value| chat_messages(&v).unwrap_err().param.unwrap();
         assert_eq!(param(json!([])), "messages");
-        assert_eq!(param(json!([{"role":"robot","content":"x"}])), "messages[0].role");
+        assert_eq!(
+            param(json!([{"role":"robot","content":"x"}])),
+            "messages[0].role"
+        );
         assert_eq!(
             param(json!([{"role":"user","content":"x","tool_calls":[]}])),
             "messages[0].tool_calls"
@@ -893,10 +920,16 @@ mod tests {
             json!({"response_format": "json"}),
             json!({"response_format": {}}),
         ] {
-            assert_eq!(rf(bad).unwrap_err().param.as_deref(), Some("response_format"));
+            assert_eq!(
+                rf(bad).unwrap_err().param.as_deref(),
+                Some("response_format")
+            );
         }
         assert_eq!(
-            rf(json!({"grammar": "root ::= \"a\""})).unwrap_err().param.as_deref(),
+            rf(json!({"grammar": "root ::= \"a\""}))
+                .unwrap_err()
+                .param
+                .as_deref(),
             Some("grammar")
         );
     }

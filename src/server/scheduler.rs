@@ -28,8 +28,8 @@ use crate::engine::sampler::Sampler;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
-use crate::server::tools::{self, Opener};
 use crate::server::text::{logprobs, TextOut};
+use crate::server::tools::{self, Opener};
 use crate::text::tokenizer::Tokenizer;
 
 pub use crate::server::text::{Alt, TokenLogprob};
@@ -270,10 +270,9 @@ impl Scheduler {
             };
             let constraint = job.req.guide.constraint.take();
             let job_watches_opener = job.req.guide.on_bare.is_some();
-            match self
-                .place(&job)
-                .and_then(|(seq, reused)| Ok((seq, reused, self.engine.set_constraint(seq, constraint)?)))
-            {
+            match self.place(&job).and_then(|(seq, reused)| {
+                Ok((seq, reused, self.engine.set_constraint(seq, constraint)?))
+            }) {
                 Ok((seq, reused, _)) => {
                     let m = &self.shared.metrics;
                     m.prompt_tokens
@@ -620,7 +619,8 @@ impl Scheduler {
         }
         if a.job.req.guide.on_call.is_some() {
             let open = tools::OPEN.as_bytes();
-            a.call_tail.extend_from_slice(self.tokenizer.token_bytes(token));
+            a.call_tail
+                .extend_from_slice(self.tokenizer.token_bytes(token));
             if a.call_tail.ends_with(open) {
                 // the answer opened a call at this token: the rest of it is constrained
                 let c = a.job.req.guide.on_call.take();

@@ -119,9 +119,12 @@ pub fn parse(o: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
                 ))
             }
         }
-        let f = t.get("function").and_then(Value::as_object).ok_or_else(|| {
-            ApiError::invalid(&at(".function"), "a tool needs a 'function' object")
-        })?;
+        let f = t
+            .get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                ApiError::invalid(&at(".function"), "a tool needs a 'function' object")
+            })?;
         let name = f.get("name").and_then(Value::as_str).ok_or_else(|| {
             ApiError::invalid(&at(".function.name"), "a function needs a string 'name'")
         })?;
@@ -360,11 +363,9 @@ fn lit(s: &str) -> String {
 pub fn grammar(tools: &Tools, syntax: ToolCallFormat, opened: bool) -> String {
     let chosen = callable(tools);
     let body = match syntax {
-        ToolCallFormat::HermesJson | ToolCallFormat::None => format!(
-            "body: {} %json {}\n",
-            lit("\n"),
-            call_schema(&chosen, true)
-        ),
+        ToolCallFormat::HermesJson | ToolCallFormat::None => {
+            format!("body: {} %json {}\n", lit("\n"), call_schema(&chosen, true))
+        }
         ToolCallFormat::Qwen3CoderXml => {
             // one alternative per function: its name, then its declared parameters as
             // `<parameter=KEY>` blocks whose values are free text without a closing tag
@@ -702,17 +703,21 @@ impl CallParser {
         let index = self.calls.len();
         let id = self.new_id();
         let syntax = self.syntax;
-        let State::Call { buf, name, sent, .. } = &mut self.state else {
+        let State::Call {
+            buf, name, sent, ..
+        } = &mut self.state
+        else {
             return;
         };
         let body = &buf[..end];
         if name.is_none() {
             let found = match syntax {
-                ToolCallFormat::HermesJson | ToolCallFormat::None => value_offset(body, "name").and_then(|o| {
-                    let v = &body[o..];
-                    let e = json_value_end(v)?;
-                    serde_json::from_str::<String>(&v[..e]).ok()
-                }),
+                ToolCallFormat::HermesJson | ToolCallFormat::None => value_offset(body, "name")
+                    .and_then(|o| {
+                        let v = &body[o..];
+                        let e = json_value_end(v)?;
+                        serde_json::from_str::<String>(&v[..e]).ok()
+                    }),
                 ToolCallFormat::Qwen3CoderXml => body.find("<function=").and_then(|o| {
                     let r = &body[o + "<function=".len()..];
                     r.find('>').map(|e| r[..e].to_string())
@@ -766,7 +771,9 @@ impl CallParser {
         let id = self.new_id();
         let arguments = match self.syntax {
             ToolCallFormat::HermesJson | ToolCallFormat::None => {
-                let v = value_offset(&buf, "arguments").map(|o| &buf[o..]).unwrap_or("");
+                let v = value_offset(&buf, "arguments")
+                    .map(|o| &buf[o..])
+                    .unwrap_or("");
                 let end = json_value_end(v).unwrap_or(v.trim_end().len());
                 let args = &v[..end];
                 if args.len() > sent {
@@ -816,7 +823,11 @@ impl CallParser {
             State::Text => {
                 let t = std::mem::take(&mut self.held);
                 // after a call, trailing whitespace is separation
-                let t = if self.calls.is_empty() { &t[..] } else { t.trim_end() };
+                let t = if self.calls.is_empty() {
+                    &t[..]
+                } else {
+                    t.trim_end()
+                };
                 if !t.is_empty() {
                     out.push(CallEvent::Content(t.to_string()));
                 }
@@ -906,7 +917,10 @@ mod tests {
     #[test]
     fn json_calls_parse_the_same_whatever_the_split() {
         let text = "Let me check.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris \\\"<x>\\\"\", \"days\": 2}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}\n</tool_call>";
-        let whole = run(&mut CallParser::new(ToolCallFormat::HermesJson, None, 1), &[text]);
+        let whole = run(
+            &mut CallParser::new(ToolCallFormat::HermesJson, None, 1),
+            &[text],
+        );
         let (content, calls) = merged(&whole);
         assert_eq!(content, "Let me check.");
         assert_eq!(
@@ -916,7 +930,10 @@ mod tests {
                     "get_weather".to_string(),
                     "{\"city\": \"Paris \\\"<x>\\\"\", \"days\": 2}".to_string()
                 ),
-                ("get_weather".to_string(), "{\"city\": \"Rome\"}".to_string())
+                (
+                    "get_weather".to_string(),
+                    "{\"city\": \"Rome\"}".to_string()
+                )
             ]
         );
         // every split point of the text, one byte at a time as a worst case
@@ -929,7 +946,10 @@ mod tests {
         // the name is reported before the arguments are complete
         let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let mut out = Vec::new();
-        p.push("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci", &mut out);
+        p.push(
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"ci",
+            &mut out,
+        );
         assert!(matches!(&out[0], CallEvent::Start { name, .. } if name == "get_weather"));
         assert!(matches!(&out[1], CallEvent::Arguments { fragment, .. } if fragment == "{\"ci"));
     }
@@ -950,8 +970,7 @@ mod tests {
         ] {
             for split in [1, 3, 7, text.len()] {
                 let chars: Vec<char> = text.chars().collect();
-                let pieces: Vec<String> =
-                    chars.chunks(split).map(|c| c.iter().collect()).collect();
+                let pieces: Vec<String> = chars.chunks(split).map(|c| c.iter().collect()).collect();
                 let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
                 let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
                 let (content, calls) = merged(&run(&mut p, &pieces));
@@ -995,22 +1014,33 @@ mod tests {
         let o = |v: Value| v.as_object().unwrap().clone();
         let err = |v: Value| parse(&o(v)).unwrap_err().param.unwrap();
         assert_eq!(err(json!({"tools": 3})), "tools");
-        assert_eq!(err(json!({"tools": [{"type": "retrieval"}]})), "tools[0].type");
+        assert_eq!(
+            err(json!({"tools": [{"type": "retrieval"}]})),
+            "tools[0].type"
+        );
         assert_eq!(
             err(json!({"tools": [{"type": "function", "function": {"name": "a b"}}]})),
             "tools[0].function.name"
         );
         assert_eq!(
-            err(json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 1}}]})),
+            err(
+                json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": 1}}]})
+            ),
             "tools[0].function.parameters"
         );
         assert_eq!(err(json!({"tool_choice": "required"})), "tool_choice");
         let mut w = weather();
-        w.insert("tool_choice".into(), json!({"type": "function", "function": {"name": "nope"}}));
+        w.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "function": {"name": "nope"}}),
+        );
         assert_eq!(parse(&w).unwrap_err().param.unwrap(), "tool_choice");
         w.insert("tool_choice".into(), json!("sometimes"));
         assert_eq!(parse(&w).unwrap_err().param.unwrap(), "tool_choice");
-        w.insert("tool_choice".into(), json!({"type": "function", "function": {"name": "get_weather"}}));
+        w.insert(
+            "tool_choice".into(),
+            json!({"type": "function", "function": {"name": "get_weather"}}),
+        );
         w.insert("parallel_tool_calls".into(), json!(false));
         let t = parse(&w).unwrap().unwrap();
         assert_eq!(t.choice, ToolChoice::Named("get_weather".into()));
