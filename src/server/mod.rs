@@ -8,19 +8,28 @@
 //! - `POST /v1/chat/completions` and `POST /v1/completions`: streaming (SSE chunks ending
 //!   with `data: [DONE]`, `stream_options.include_usage` for a last usage chunk) or not;
 //!   `usage` with `prompt_tokens_details.cached_tokens` (prompt tokens reused from cache).
-//!   Fields: `model` (any string), `messages` (system/user/assistant; content a string or
-//!   text parts) or `prompt` (a string, one string in an array, or token ids), `max_tokens`
-//!   / `max_completion_tokens`, `temperature` (0..=2), `top_p` (0..=1), `top_k`, `min_p`,
-//!   `repetition_penalty` (the sampler's multiplicative penalty over the last 64 tokens,
-//!   prompt included), `frequency_penalty` and `presence_penalty` (-2..=2, OpenAI's:
-//!   `logit[t] -= count(t) * frequency_penalty + (count(t) > 0) * presence_penalty`, counting
-//!   the completion's own tokens so far, up to its last 4096), `seed`, `stop` (a string or up
-//!   to 4; the text ends before the stop string), `logprobs` and `top_logprobs` (at most 20;
-//!   on `/v1/completions` `logprobs` is the number of alternatives; log-probabilities are the
-//!   model's, before penalties), `n` (only 1). Unknown fields are ignored.
+//!   Fields: `model` (any string), `messages` (system/developer/user/assistant/tool; content a
+//!   string or text parts; assistant `tool_calls`, tool `tool_call_id`; rendered by the model's
+//!   own chat template, with `chat_template_kwargs` as extra template variables) or `prompt`
+//!   (a string, one string in an array, or token ids), `max_tokens` / `max_completion_tokens`,
+//!   `temperature` (0..=2), `top_p` (0..=1), `top_k`, `min_p`, `repetition_penalty` (the
+//!   sampler's multiplicative penalty over the last 64 tokens, prompt included),
+//!   `frequency_penalty` and `presence_penalty` (-2..=2, OpenAI's: `logit[t] -= count(t) *
+//!   frequency_penalty + (count(t) > 0) * presence_penalty`, counting the completion's own
+//!   tokens so far, up to its last 4096), `seed`, `stop` (a string or up to 4; the text ends
+//!   before the stop string), `logprobs` and `top_logprobs` (at most 20; on `/v1/completions`
+//!   `logprobs` is the number of alternatives; log-probabilities are the model's, before
+//!   penalties and constraints), `n` (only 1), `response_format` (`text`, `json_object`,
+//!   `json_schema`; enforced by constrained decoding) or llama-server's `json_schema`, and on
+//!   chat `tools`, `tool_choice` (`none`, `auto`, `required`, a named function) and
+//!   `parallel_tool_calls`: calls are parsed out of the model's own syntax into
+//!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
+//!   and constrained to the offered functions (see `tools`). llama.cpp's GBNF `grammar` is
+//!   refused with a 400. Unknown fields are ignored.
 //! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
 //!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
-//!   `messages`), `POST /detokenize` (`tokens`).
+//!   `messages`), `POST /detokenize` (`tokens`), `POST /apply-template` (a chat request's
+//!   body; answers `{"prompt": TEXT}`, what the model would see).
 //!
 //! Every error is `{"error":{"message","type","param","code"}}` with its status: 400 for a bad
 //! body (naming the field), 401 without the API key (when one is set, on every route but
