@@ -717,3 +717,14 @@ fn schema_check_rejects_invalid_documents() {
     let unknown = json!({"type": "string", "format": "date"});
     assert!(schema_check::check(&json!("x"), &unknown, &unknown).is_err());
 }
+
+/// The compiler is shared between threads (the server's request handlers compile, the engine
+/// thread samples); a constraint moves with its sequence.
+#[test]
+fn grammars_are_shared_and_constraints_move() {
+    fn send<T: Send>() {}
+    fn sync<T: Send + Sync>() {}
+    sync::<Grammars>();
+    send::<Constraint>();
+    send::<Engine>();
+}
