@@ -55,8 +55,7 @@ pub enum ConstraintError {
         /// What is wrong.
         message: String,
     },
-    /// The tokenizer cannot back a constraint (no stop token, vocabulary larger than the
-    /// model's logits).
+    /// The tokenizer cannot back a constraint (no stop token within the model's vocabulary).
     Tokenizer(String),
     /// The matcher failed while masking or advancing (it stays failed).
     Matcher(String),
@@ -136,8 +135,9 @@ impl fmt::Debug for Grammars {
 }
 
 impl Grammars {
-    /// The compiler for `tokenizer` over a model whose logits have `vocab` entries (at least the
-    /// tokenizer's vocabulary; ids past the tokenizer's are never allowed). `stop_ids` are the
+    /// The compiler for `tokenizer` over a model whose logits have `vocab` entries: ids past the
+    /// tokenizer's (padding rows) are never allowed, nor are the tokenizer's ids past `vocab`
+    /// (a model that cannot produce them). `stop_ids` are the
     /// tokens that end a turn (see [`crate::workload::stop_ids`]): a complete grammar allows
     /// them, and they are all a finished one allows. Special tokens (`<|im_end|>`) can only be
     /// named in a Lark grammar as `<|im_end|>`; added tokens that are not special
@@ -147,12 +147,6 @@ impl Grammars {
         vocab: usize,
         stop_ids: &[u32],
     ) -> Result<Grammars, ConstraintError> {
-        let tok_vocab = tokenizer.vocab_size();
-        if vocab < tok_vocab {
-            return Err(ConstraintError::Tokenizer(format!(
-                "the tokenizer has {tok_vocab} tokens but the model's logits only {vocab}"
-            )));
-        }
         let eos: Vec<u32> = stop_ids
             .iter()
             .copied()
