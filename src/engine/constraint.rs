@@ -22,9 +22,11 @@
 //! refused with an error naming the limit.
 //!
 //! What the constrained path allocates per sampled token: llguidance's mask computation
-//! returns a fresh bit set of `vocab / 8` bytes (19 KiB for Qwen2's 151,936 tokens) and its
-//! Earley parser grows its rows as the text grows (amortized, not per token); the unconstrained
-//! path is unchanged and allocates nothing.
+//! returns a fresh bit set of `vocab / 8` bytes (19 KiB for Qwen2's 151,936 tokens), and its
+//! parser and lexer allocate as they go; `tests/constraint_alloc.rs` measured about 80
+//! allocations and 47 KiB per token on a JSON schema. Nothing else allocates: the steps and the
+//! samples of unconstrained sequences, in the same engine, still allocate nothing (that test
+//! and the engine's own allocation proofs).
 
 use std::fmt;
 use std::sync::Arc;
