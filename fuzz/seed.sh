@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fixtures=../tests/fixtures
-targets=(kv_cache_ops safetensors_load config_parse gguf_read gguf_model tokenizer_roundtrip)
+targets=(kv_cache_ops safetensors_load config_parse gguf_read gguf_model tokenizer_roundtrip constraint_compile)
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     for d in "seeds/$t" "regressions/$t"; do

@@ -520,6 +520,89 @@ fn bad_flags() {
 }
 
 #[test]
+fn bad_constraint_flags() {
+    let m = tiny_model(|_| {}, |_| {});
+    let dir = m.path().to_str().unwrap();
+    let files = Scratch::new("grammars");
+    let write = |name: &str, text: &str| {
+        let p = files.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let missing = files.path().join("missing.json");
+    let missing = missing.to_str().unwrap();
+    let not_json = write("notjson.json", "{type: object");
+    let bad_schema = write("bad.json", r#"{"type": "frobnicate"}"#);
+    let too_deep = write(
+        "deep.json",
+        &format!("{}1{}", "[".repeat(100), "]".repeat(100)),
+    );
+    let bad_lark = write("bad.lark", "start: undefined_rule");
+    let gen = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "generate",
+            "--model",
+            dir,
+            "--threads",
+            "1",
+            "--max-tokens",
+            "4",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push("hi".into());
+        v
+    };
+    let cases: Vec<(Vec<String>, Vec<&str>)> = vec![
+        (
+            gen(&["--json-schema", missing]),
+            vec!["--json-schema", "missing.json", "cannot read"],
+        ),
+        (
+            gen(&["--json-schema", &not_json]),
+            vec!["--json-schema", "notjson.json", "not JSON"],
+        ),
+        (
+            gen(&["--json-schema", &bad_schema]),
+            vec![
+                "--json-schema",
+                "bad.json",
+                "invalid JSON schema",
+                "frobnicate",
+            ],
+        ),
+        (
+            gen(&["--json-schema", &too_deep]),
+            vec!["--json-schema", "deep.json", "nests 100 levels", "64"],
+        ),
+        (
+            gen(&["--regex", "a("]),
+            vec!["--regex", "invalid regex", "unclosed group"],
+        ),
+        (gen(&["--regex", ""]), vec!["--regex", "empty"]),
+        (
+            gen(&["--grammar", &bad_lark]),
+            vec![
+                "--grammar",
+                "bad.lark",
+                "invalid Lark grammar",
+                "undefined_rule",
+            ],
+        ),
+        (
+            gen(&["--regex", "a", "--json-schema", &bad_schema]),
+            vec!["--regex", "--json-schema"],
+        ),
+    ];
+    for (args, needles) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_names(&fails(&args, None, &[m.path(), files.path()]), &needles);
+    }
+}
+
+#[test]
 fn out_of_range_sampling_parameters() {
     let m = tiny_model(|_| {}, |_| {});
     let dir = m.path().to_str().unwrap();

@@ -666,12 +666,32 @@ fn hostile_grammars_error_or_compile_in_bounded_time() {
 }
 
 #[test]
-fn grammars_need_a_stop_token_and_room_for_the_vocabulary() {
+fn grammars_need_a_stop_token_within_the_vocabulary() {
     let t = tokenizer();
     let e = Grammars::new(t, SHAPE.vocab, &[]).unwrap_err();
     assert!(e.to_string().contains("stop token"), "{e}");
-    let e = Grammars::new(t, 1000, &stop_ids()).unwrap_err();
-    assert!(e.to_string().contains("logits"), "{e}");
+    // Qwen2's stop tokens are past a 1000-token model's logits
+    let qwen_stops = ["<|im_end|>", "<|endoftext|>"].map(|s| t.token_id(s).unwrap());
+    let e = Grammars::new(t, 1000, &qwen_stops).unwrap_err();
+    assert!(e.to_string().contains("stop token"), "{e}");
+    // a model with fewer logits than the tokenizer has tokens: masks never go past them
+    let g = Grammars::new(t, 1000, &[2]).unwrap();
+    let mut c = g.regex("[a-z]{1,3}").unwrap();
+    let mask = c.allowed().unwrap();
+    assert!(mask.len() <= 1024, "a mask of {} entries", mask.len());
+    let allowed: Vec<u32> = (0..mask.len() as u32)
+        .filter(|&t| mask.is_allowed(t))
+        .collect();
+    assert!(
+        !allowed.is_empty() && allowed.iter().all(|&t| t < 1000),
+        "{allowed:?}"
+    );
+    let mut logits = vec![0.0f32; 1000];
+    c.mask_logits(&mut logits).unwrap();
+    assert_eq!(
+        logits.iter().filter(|l| l.is_finite()).count(),
+        allowed.len()
+    );
 }
 
 #[path = "support/schema_check.rs"]
@@ -716,4 +736,84 @@ fn schema_check_rejects_invalid_documents() {
     // a keyword the check does not know fails it
     let unknown = json!({"type": "string", "format": "date"});
     assert!(schema_check::check(&json!("x"), &unknown, &unknown).is_err());
+}
+
+/// The compiler is shared between threads (the server's request handlers compile, the engine
+/// thread samples); a constraint moves with its sequence.
+#[test]
+fn grammars_are_shared_and_constraints_move() {
+    fn send<T: Send>() {}
+    fn sync<T: Send + Sync>() {}
+    sync::<Grammars>();
+    send::<Constraint>();
+    send::<Engine>();
+}
+
+/// `qwenrt generate --regex/--json-schema/--grammar` on the tiny model (512 logits, stop token
+/// 2): the answer matches, and `--json` reports the constraint.
+#[test]
+fn generate_flags_constrain_the_answer() {
+    let fixtures = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("qwenrt-constraint-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("tiny-qwen2-f32").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures.join("qwen2.5-coder-0.5b/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("s.json"), r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}}, "required": ["n"], "additionalProperties": false}"#).unwrap();
+    std::fs::write(dir.join("g.lark"), "start: \"yes\" | \"no\"\n").unwrap();
+    let run = |flag: &str, value: String| -> Value {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .args([
+                "--raw",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "60",
+                "--json",
+                flag,
+                &value,
+                // one byte-level token, inside the tiny model's 512
+                "a",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let v = run("--regex", "[0-9]{3}-[a-z]{2}".into());
+    let text = v["text"].as_str().unwrap();
+    let b = text.as_bytes();
+    assert!(
+        b.len() == 6
+            && b[..3].iter().all(u8::is_ascii_digit)
+            && b[3] == b'-'
+            && b[4..].iter().all(u8::is_ascii_lowercase),
+        "{text:?}"
+    );
+    assert_eq!(v["stats"]["stop_reason"], "stop_token", "{v}");
+    assert_eq!(v["stats"]["constraint"]["kind"], "regex");
+    assert_eq!(v["stats"]["constraint"]["complete"], true);
+    let v = run("--json-schema", dir.join("s.json").to_str().unwrap().into());
+    let doc: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert!(doc["n"].as_u64().unwrap() <= 9, "{doc}");
+    let v = run("--grammar", dir.join("g.lark").to_str().unwrap().into());
+    assert!(["yes", "no"].contains(&v["text"].as_str().unwrap()), "{v}");
+    assert!(v["stats"]["constraint"]["masks"].as_u64().unwrap() >= 2);
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -395,3 +395,148 @@ fn tokenizer_normalizer_is_nfc() {
         "only {changed} strings changed under NFC: the check has no teeth"
     );
 }
+
+/// A random JSON schema from the keywords the constraint compiler meets in requests: nested
+/// objects and arrays, enums, consts, bounds, patterns, anyOf/oneOf/allOf, `$ref`s (dangling
+/// and recursive ones included), with values that are sometimes the wrong type.
+fn random_schema(rng: &mut Rng, depth: usize) -> serde_json::Value {
+    use serde_json::{json, Value};
+    // one leaf in eight is bad (an unknown type or format, a dangling $ref, a broken
+    // pattern, contradictory bounds), so most trees compile and some are refused
+    let leaf = |rng: &mut Rng| -> Value {
+        if rng.below(8) == 0 {
+            return match rng.below(5) {
+                0 => json!({"type": "frob"}),
+                1 => json!({"$ref": "#/$defs/missing"}),
+                2 => json!({"type": "string", "pattern": "("}),
+                3 => json!({"type": "string", "format": "nope"}),
+                _ => json!({"type": "integer", "minimum": 5, "maximum": 1}),
+            };
+        }
+        match rng.below(10) {
+            0 => {
+                json!({"type": "string", "maxLength": 5 + rng.below(40), "minLength": rng.below(5)})
+            }
+            1 => {
+                json!({"type": "integer", "minimum": rng.below(100) as i64 - 50, "maximum": 50 + rng.below(100)})
+            }
+            2 => json!({"type": "number", "exclusiveMinimum": 0}),
+            3 => json!({"type": "boolean"}),
+            4 => json!({"enum": ["a", 1, null, true, "b c"]}),
+            5 => json!({"const": rng.below(10)}),
+            6 => {
+                json!({"type": "string", "pattern": (["^[a-z]+$", "\\d+-\\w*", "^(a|b)*$"][rng.below(3)])})
+            }
+            7 => json!({"type": ["string", "null"]}),
+            8 => {
+                json!({"type": "string", "format": (["date-time", "email", "uuid"][rng.below(3)])})
+            }
+            _ => json!(true),
+        }
+    };
+    if depth == 0 {
+        return leaf(rng);
+    }
+    match rng.below(7) {
+        0 => {
+            let n = rng.below(4);
+            let props: serde_json::Map<String, Value> = (0..n)
+                .map(|i| (format!("p{i}"), random_schema(rng, depth - 1)))
+                .collect();
+            let required: Vec<String> = (0..n)
+                .filter(|_| rng.below(2) == 0)
+                .map(|i| format!("p{i}"))
+                .collect();
+            json!({"type": "object", "properties": props, "required": required,
+                   "additionalProperties": rng.below(2) == 0})
+        }
+        1 => {
+            let min = rng.below(3);
+            json!({"type": "array", "items": random_schema(rng, depth - 1),
+                   "minItems": min, "maxItems": min + rng.below(4)})
+        }
+        2 => json!({"anyOf": [random_schema(rng, depth - 1), random_schema(rng, depth - 1)]}),
+        3 => json!({"oneOf": [random_schema(rng, depth - 1), random_schema(rng, depth - 1)]}),
+        4 => json!({"allOf": [random_schema(rng, depth - 1), random_schema(rng, depth - 1)]}),
+        5 => json!({"type": "object", "properties": {"self": {"$ref": "#"}}}),
+        _ => leaf(rng),
+    }
+}
+
+#[test]
+fn constraint_compile_random_schemas_regexes_and_grammars() {
+    use fuzzing::CompileOutcome;
+    let mut rng = Rng(0x636f_6e73_7472_6169);
+    let (mut compiled, mut refused, mut stepped) = (0, 0, 0);
+    let mut count = |o: CompileOutcome| match o {
+        CompileOutcome::Compiled(n) => {
+            compiled += 1;
+            if n > 0 {
+                stepped += 1;
+            }
+        }
+        CompileOutcome::Refused => refused += 1,
+    };
+    for i in 0..150 {
+        let schema = random_schema(&mut rng, 1 + i % 4);
+        let mut data = vec![b'j'];
+        data.extend_from_slice(schema.to_string().as_bytes());
+        count(fuzzing::constraint_compile(&data));
+    }
+    let pieces = [
+        "a",
+        "b",
+        "[0-9]",
+        "[a-z]{2,4}",
+        "(",
+        ")",
+        "|",
+        "*",
+        "+",
+        "?",
+        "{3}",
+        "\\d",
+        ".",
+        "^",
+        "$",
+        "\\",
+        "[",
+        "]",
+    ];
+    for _ in 0..150 {
+        let mut data = vec![b'r'];
+        for _ in 0..1 + rng.below(10) {
+            data.extend_from_slice(pieces[rng.below(pieces.len())].as_bytes());
+        }
+        count(fuzzing::constraint_compile(&data));
+    }
+    let rules = [
+        "start: a",
+        "start: a b",
+        "a: \"x\"",
+        "b: /[0-9]+/",
+        "a: a \"y\" | \"z\"",
+        "start: %json {\"type\": \"integer\"}",
+        "start: \"<|im_end|>\"",
+        "b: <|im_end|>",
+        "start: ",
+        "a: (",
+        "c: \"q\"*",
+    ];
+    for _ in 0..100 {
+        let mut data = vec![b'l'];
+        for _ in 0..1 + rng.below(4) {
+            data.extend_from_slice(rules[rng.below(rules.len())].as_bytes());
+            data.push(b'\n');
+        }
+        count(fuzzing::constraint_compile(&data));
+    }
+    for _ in 0..100 {
+        count(fuzzing::constraint_compile(&rng.bytes(64)));
+    }
+    println!("compiled {compiled} ({stepped} took a step), refused {refused}");
+    assert!(
+        compiled > 100 && refused > 100 && stepped > 50,
+        "compiled {compiled}, refused {refused}, stepped {stepped}"
+    );
+}

@@ -8,11 +8,15 @@ fn tokenizer_roundtrip(data: &[u8]) {
     qwenrt::testkit::fuzzing::tokenizer_roundtrip(qwenrt::testkit::fuzzing::tokenizer(), &text);
 }
 
+fn constraint_compile(data: &[u8]) {
+    qwenrt::testkit::fuzzing::constraint_compile(data);
+}
+
 /// A fuzz target's harness, called with the raw input.
 type Harness = fn(&[u8]);
 
 /// Each fuzz target's name and harness, exactly as `fuzz/fuzz_targets/*.rs` call them.
-const TARGETS: [(&str, Harness); 5] = [
+const TARGETS: [(&str, Harness); 6] = [
     ("kv_cache_ops", qwenrt::testkit::fuzzing::kv_cache_ops),
     (
         "safetensors_load",
@@ -21,6 +25,7 @@ const TARGETS: [(&str, Harness); 5] = [
     ("config_parse", qwenrt::testkit::fuzzing::config_parse),
     ("gguf_read", qwenrt::testkit::fuzzing::gguf_read),
     ("tokenizer_roundtrip", tokenizer_roundtrip),
+    ("constraint_compile", constraint_compile),
 ];
 
 fn files(dir: &Path) -> Vec<PathBuf> {
@@ -60,6 +65,6 @@ fn replay_regressions_and_seeds() {
             }
         }
     }
-    // the committed seeds alone are 10 files
-    assert!(replayed >= 10, "only {replayed} inputs replayed");
+    // the committed seeds alone are 18 files
+    assert!(replayed >= 18, "only {replayed} inputs replayed");
 }

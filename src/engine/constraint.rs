@@ -22,9 +22,11 @@
 //! refused with an error naming the limit.
 //!
 //! What the constrained path allocates per sampled token: llguidance's mask computation
-//! returns a fresh bit set of `vocab / 8` bytes (19 KiB for Qwen2's 151,936 tokens) and its
-//! Earley parser grows its rows as the text grows (amortized, not per token); the unconstrained
-//! path is unchanged and allocates nothing.
+//! returns a fresh bit set of `vocab / 8` bytes (19 KiB for Qwen2's 151,936 tokens), and its
+//! parser and lexer allocate as they go; `tests/constraint_alloc.rs` measured about 80
+//! allocations and 47 KiB per token on a JSON schema. Nothing else allocates: the steps and the
+//! samples of unconstrained sequences, in the same engine, still allocate nothing (that test
+//! and the engine's own allocation proofs).
 
 use std::fmt;
 use std::sync::Arc;
@@ -60,8 +62,7 @@ pub enum ConstraintError {
         /// What is wrong.
         message: String,
     },
-    /// The tokenizer cannot back a constraint (no stop token, vocabulary larger than the
-    /// model's logits).
+    /// The tokenizer cannot back a constraint (no stop token within the model's vocabulary).
     Tokenizer(String),
     /// The matcher failed while masking or advancing (it stays failed).
     Matcher(String),
@@ -141,8 +142,9 @@ impl fmt::Debug for Grammars {
 }
 
 impl Grammars {
-    /// The compiler for `tokenizer` over a model whose logits have `vocab` entries (at least the
-    /// tokenizer's vocabulary; ids past the tokenizer's are never allowed). `stop_ids` are the
+    /// The compiler for `tokenizer` over a model whose logits have `vocab` entries: ids past the
+    /// tokenizer's (padding rows) are never allowed, nor are the tokenizer's ids past `vocab`
+    /// (a model that cannot produce them). `stop_ids` are the
     /// tokens that end a turn (see [`crate::workload::stop_ids`]): a complete grammar allows
     /// them, and they are all a finished one allows. Special tokens (`<|im_end|>`) can only be
     /// named in a Lark grammar as `<|im_end|>`; added tokens that are not special
@@ -152,12 +154,6 @@ impl Grammars {
         vocab: usize,
         stop_ids: &[u32],
     ) -> Result<Grammars, ConstraintError> {
-        let tok_vocab = tokenizer.vocab_size();
-        if vocab < tok_vocab {
-            return Err(ConstraintError::Tokenizer(format!(
-                "the tokenizer has {tok_vocab} tokens but the model's logits only {vocab}"
-            )));
-        }
         let eos: Vec<u32> = stop_ids
             .iter()
             .copied()

@@ -17,14 +17,18 @@
 //!   Q8_0 GGUF, through the GGUF model loader and, when it accepts them, a forward pass.
 //! - [`tokenizer_roundtrip`]: text through encode and decode of the real tokenizer
 //!   ([`tokenizer`], from the committed copy of the default model's tokenizer.json).
+//! - [`constraint_compile`]: JSON schemas, regexes and Lark grammars through the constraint
+//!   compiler over that tokenizer, then a few masked steps.
 
 mod config;
+mod constraint;
 mod gguf;
 mod kv_cache;
 mod safetensors;
 mod tokenizer;
 
 pub use config::*;
+pub use constraint::*;
 pub use gguf::*;
 pub use kv_cache::*;
 pub use safetensors::*;
