@@ -475,3 +475,22 @@ fn a_client_leaving_a_constrained_stream_frees_its_sequence() {
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(cancelled >= 1.0, "{metrics}");
 }
+
+#[test]
+fn the_turn_after_a_tool_call_reuses_the_cached_prefix() {
+    let s = Server::start(opts());
+    let mut body = tool_body(json!("required"), false);
+    let (code, v1) = post(&s, "/v1/chat/completions", &body);
+    assert_eq!(code, 200, "{v1}");
+    let call = v1["choices"][0]["message"]["tool_calls"][0].clone();
+    let first = v1["usage"]["prompt_tokens"].as_u64().unwrap();
+    let messages = body["messages"].as_array_mut().unwrap();
+    messages.push(json!({"role": "assistant", "content": null, "tool_calls": [call.clone()]}));
+    messages.push(json!({"role": "tool", "tool_call_id": call["id"], "content": "{\"temp\": 21}"}));
+    body["tool_choice"] = json!("auto");
+    body["max_tokens"] = json!(4);
+    let (code, v3) = post(&s, "/v1/chat/completions", &body);
+    assert_eq!(code, 200, "{v3}");
+    let cached = v3["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
+    assert!(cached >= first, "cached {cached}, turn 1 prompt {first}: {v3}");
+}
