@@ -221,6 +221,78 @@ fn api_key_is_required_when_set() {
     assert_eq!(get(&s, "/health").0, 200);
     let (code, text) = post_raw(&s, "/v1/chat/completions", &body, Some("sekrit"));
     assert_eq!(code, 200, "{text}");
+    // llama-server's header works too
+    let r = agent()
+        .post(&format!("{}/v1/chat/completions", s.base))
+        .set("Content-Type", "application/json")
+        .set("X-Api-Key", "sekrit")
+        .send_string(&body);
+    assert_eq!(answer(r).0, 200);
+    let r = agent()
+        .post(&format!("{}/v1/chat/completions", s.base))
+        .set("X-Api-Key", "wrong")
+        .send_string(&body);
+    assert_eq!(answer(r).0, 401);
+}
+
+#[test]
+fn llama_server_conventions() {
+    let s = Server::start(opts());
+    // the OpenAI routes without the /v1 prefix
+    let (code, v) = post(&s, "/chat/completions", &chat_body("hi", 2));
+    assert_eq!(
+        (code, v["object"].as_str()),
+        (200, Some("chat.completion")),
+        "{v}"
+    );
+    let (code, v) = post(&s, "/completions", &json!({"prompt": "a", "max_tokens": 2}));
+    assert_eq!(
+        (code, v["object"].as_str()),
+        (200, Some("text_completion")),
+        "{v}"
+    );
+    assert_eq!(get(&s, "/models").0, 200);
+    // /tokenize with `content` and `with_pieces`; /detokenize answers `content`
+    let (code, v) = post(
+        &s,
+        "/tokenize",
+        &json!({"content": "hello wörld", "with_pieces": true}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let pieces = v["tokens"].as_array().unwrap();
+    let mut bytes = Vec::new();
+    let mut ids = Vec::new();
+    for p in pieces {
+        ids.push(p["id"].clone());
+        match &p["piece"] {
+            Value::String(t) => bytes.extend_from_slice(t.as_bytes()),
+            Value::Array(b) => bytes.extend(b.iter().map(|x| x.as_u64().unwrap() as u8)),
+            other => panic!("piece {other}"),
+        }
+    }
+    assert_eq!(String::from_utf8(bytes).unwrap(), "hello wörld");
+    let (code, v) = post(&s, "/detokenize", &json!({"tokens": ids}));
+    assert_eq!(
+        (code, v["content"].as_str()),
+        (200, Some("hello wörld")),
+        "{v}"
+    );
+    let (code, v) = post(&s, "/tokenize", &json!({"content": 5}));
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("content")),
+        "{v}"
+    );
+    let (code, v) = post(
+        &s,
+        "/tokenize",
+        &json!({"content": "x", "with_pieces": "yes"}),
+    );
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("with_pieces")),
+        "{v}"
+    );
 }
 
 #[test]

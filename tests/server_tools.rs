@@ -491,6 +491,11 @@ fn the_turn_after_a_tool_call_reuses_the_cached_prefix() {
     body["max_tokens"] = json!(4);
     let (code, v3) = post(&s, "/v1/chat/completions", &body);
     assert_eq!(code, 200, "{v3}");
-    let cached = v3["usage"]["prompt_tokens_details"]["cached_tokens"].as_u64().unwrap();
-    assert!(cached >= first, "cached {cached}, turn 1 prompt {first}: {v3}");
+    let cached = v3["usage"]["prompt_tokens_details"]["cached_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        cached >= first,
+        "cached {cached}, turn 1 prompt {first}: {v3}"
+    );
 }

@@ -349,23 +349,24 @@ pub fn chat_messages(messages: &Value) -> Result<Value, ApiError> {
         let m = m.as_object().ok_or_else(|| {
             ApiError::invalid(&format!("messages[{i}]"), "a message must be an object")
         })?;
-        let role =
-            match m.get("role").and_then(Value::as_str) {
-                Some("developer") => "system",
-                Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
-                Some(r) => return Err(ApiError::invalid(
+        let role = match m.get("role").and_then(Value::as_str) {
+            Some("developer") => "system",
+            Some(r @ ("system" | "user" | "assistant" | "tool")) => r,
+            Some(r) => {
+                return Err(ApiError::invalid(
                     &format!("messages[{i}].role"),
                     format!(
                         "unknown role '{r}'; expected system, developer, user, assistant or tool"
                     ),
-                )),
-                None => {
-                    return Err(ApiError::invalid(
-                        &format!("messages[{i}].role"),
-                        "a message needs a string 'role'",
-                    ))
-                }
-            };
+                ))
+            }
+            None => {
+                return Err(ApiError::invalid(
+                    &format!("messages[{i}].role"),
+                    "a message needs a string 'role'",
+                ))
+            }
+        };
         let calls = match m.get("tool_calls").filter(|v| !v.is_null()) {
             None => None,
             Some(_) if role != "assistant" => {

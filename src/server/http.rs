@@ -67,6 +67,10 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        // llama-server serves the OpenAI routes without the prefix too
+        .route("/chat/completions", post(chat))
+        .route("/completions", post(completions))
+        .route("/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
@@ -105,11 +109,14 @@ async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
     let open = req.uri().path() == "/health";
     let resp = match (&app.api_key, open) {
         (Some(key), false) => {
-            let given = req
-                .headers()
+            // `Authorization: Bearer KEY`, or `X-Api-Key: KEY` as llama-server also takes it
+            let headers = req.headers();
+            let bearer = headers
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(|v| v.strip_prefix("Bearer "));
+            let given = bearer
+                .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
                 .unwrap_or("");
             if same_secret(given.trim().as_bytes(), key.as_bytes()) {
                 next.run(req).await
@@ -630,19 +637,54 @@ async fn metrics(State(app): State<App>) -> Response {
 async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let r = body_bytes(&app, body).and_then(|b| {
         let o = api::parse_object(&b)?;
-        let text = match (o.get("prompt"), o.get("messages")) {
-            (Some(Value::String(s)), _) => s.clone(),
-            (Some(_), _) => return Err(ApiError::invalid("prompt", "'prompt' must be a string")),
+        // vLLM's `prompt` or llama-server's `content`
+        let given = o
+            .get("prompt")
+            .map(|v| ("prompt", v))
+            .or(o.get("content").map(|v| ("content", v)));
+        let text = match (given, o.get("messages")) {
+            (Some((_, Value::String(s))), _) => s.clone(),
+            (Some((name, _)), _) => {
+                return Err(ApiError::invalid(
+                    name,
+                    format!("'{name}' must be a string"),
+                ))
+            }
             (None, Some(_)) => api::render_chat(&o, &app.template)?,
             (None, None) => {
                 return Err(ApiError::invalid(
                     "prompt",
-                    "give 'prompt' (a string) or 'messages'",
+                    "give 'prompt' or 'content' (a string) or 'messages'",
                 ))
             }
         };
+        // llama-server's `add_special`: Qwen's tokenizer adds no BOS or EOS either way
+        for flag in ["with_pieces", "add_special"] {
+            if o.get(flag).is_some_and(|v| !v.is_boolean() && !v.is_null()) {
+                return Err(ApiError::invalid(
+                    flag,
+                    format!("'{flag}' must be a boolean"),
+                ));
+            }
+        }
         let tokens = api::encode(&app.tokenizer, &text)?;
-        Ok(json!({"tokens": tokens, "count": tokens.len(), "max_model_len": app.ctx}))
+        let listed: Vec<Value> = if o.get("with_pieces").and_then(Value::as_bool) == Some(true) {
+            // each token with its text, or its bytes where they are not UTF-8 on their own
+            tokens
+                .iter()
+                .map(|&id| {
+                    let bytes = app.tokenizer.token_bytes(id);
+                    let piece = match std::str::from_utf8(bytes) {
+                        Ok(t) => Value::from(t),
+                        Err(_) => Value::from(bytes.to_vec()),
+                    };
+                    json!({"id": id, "piece": piece})
+                })
+                .collect()
+        } else {
+            tokens.iter().map(|&id| Value::from(id)).collect()
+        };
+        Ok(json!({"tokens": listed, "count": tokens.len(), "max_model_len": app.ctx}))
     });
     match r {
         Ok(v) => json_response(StatusCode::OK, &v),
@@ -680,7 +722,8 @@ async fn detokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>)
             .tokenizer
             .decode(&ids)
             .map_err(|e| ApiError::invalid("tokens", format!("cannot decode: {e}")))?;
-        Ok(json!({"prompt": text}))
+        // vLLM's field and llama-server's
+        Ok(json!({"prompt": text, "content": text}))
     });
     match r {
         Ok(v) => json_response(StatusCode::OK, &v),
