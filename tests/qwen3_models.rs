@@ -159,3 +159,110 @@ fn qwen3_moe_matches_transformers() {
     assert!(!w.tied);
     check_against_transformers(&w, &expected(MOE), MOE, TOL_BF16);
 }
+
+/// Both fixtures as F32 GGUF files in llama.cpp's naming (`qwen3.*` / `qwen3moe.*` keys,
+/// `attn_q_norm`, `ffn_gate_inp`, stacked `ffn_*_exps`): the same numbers as the directories,
+/// so the same tolerances against transformers.
+#[test]
+fn f32_gguf_matches_transformers() {
+    for (name, tol) in [(DENSE, TOL_F32), (MOE, TOL_BF16)] {
+        let (config, st) = files(name);
+        let gguf = quantized_gguf_from_hf(&config, &st, GgmlType::F32);
+        let header = GgufFile::from_bytes(gguf.clone()).unwrap().header;
+        let names: Vec<&str> = header.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert!(names.contains(&"blk.0.attn_q_norm.weight"), "{names:?}");
+        let w = Arc::new(Weights::from_gguf_bytes(gguf).unwrap());
+        let hf = Config::from_json(&config).unwrap();
+        let c = &w.config;
+        assert_eq!(
+            (c.arch, c.head_dim, c.q_dim(), &c.moe, c.tie_word_embeddings),
+            (hf.arch, hf.head_dim, hf.q_dim(), &hf.moe, hf.tie_word_embeddings),
+            "{name}: the config the GGUF metadata gives"
+        );
+        assert_eq!(w.matrix_formats(), "F32");
+        if name == MOE {
+            assert!(names.contains(&"blk.2.ffn_down_exps.weight"), "{names:?}");
+            assert!(names.contains(&"blk.1.ffn_down.weight"), "{names:?}");
+            assert!(!names.contains(&"blk.1.ffn_gate_inp.weight"), "{names:?}");
+        }
+        check_against_transformers(&w, &expected(name), &format!("{name} (F32 GGUF)"), tol);
+    }
+}
+
+/// The GGUF's tensors dequantized into an f32 safetensors model with the fixture's config
+/// (the stacked experts keep their stacked name: the loader splits them there too).
+fn dequantized_model(gguf: &[u8], config: &[u8]) -> Weights {
+    let file = GgufFile::from_bytes(gguf.to_vec()).unwrap();
+    let mut tensors: Vec<(String, Vec<u8>, Vec<usize>)> = Vec::new();
+    for info in &file.header.tensors {
+        let values = file.dequantize_tensor(&info.name).unwrap();
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let shape = info.row_major_shape().iter().map(|&d| d as usize).collect();
+        tensors.push((hf_tensor_name(&info.name).unwrap(), bytes, shape));
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, b, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .unwrap();
+            (n.clone(), view)
+        })
+        .collect();
+    Weights::from_bytes(config, safetensors::serialize(views, None).unwrap()).unwrap()
+}
+
+/// Both fixtures as Q8_0 GGUF files (every matrix whose rows are whole blocks of 32; the
+/// experts' down projections, 48 wide, stay F32 beside their Q8_0 gate and up), run from their
+/// blocks: against the same blocks dequantized into an f32 model with the Qwen2 GGUF test's
+/// bounds (scalar: 1e-4; SIMD, whose activations are quantized to 8 bits: 0.1), on every ISA,
+/// 1 and 2 threads, prefill and decode; and close to transformers' logits.
+#[test]
+fn q8_0_gguf_runs_from_its_blocks() {
+    for name in [DENSE, MOE] {
+        let (config, st) = files(name);
+        let gguf = quantized_gguf_from_hf(&config, &st, GgmlType::Q8_0);
+        let mut q = Weights::from_gguf_bytes(gguf.clone()).unwrap();
+        // as loading a GGUF does on AVX-512: each expert's slice repacked on its own
+        assert!(q.repack_for_decode() > 0);
+        let q = Arc::new(q);
+        let formats = q.matrix_formats();
+        assert!(formats.starts_with("Q8_0"), "{name}: {formats}");
+        if name == MOE {
+            let Mlp::Moe { experts, .. } = &q.layers[0].mlp else {
+                panic!("layer 0 of {name} is sparse")
+            };
+            assert_eq!(experts[5].gate_proj.format, Format::Quant(QuantType::Q8_0));
+            assert_eq!(experts[5].down_proj.format.to_string(), "F32");
+        }
+        let f = Arc::new(dequantized_model(&gguf, &config));
+        let exp = expected(name);
+        let mut worst_vs_transformers = 0f32;
+        for isa in Isa::available() {
+            let tol = if isa == Isa::Scalar { 1e-4 } else { 0.1 };
+            for threads in [1, 2] {
+                let (mut sq, mut sf) = (session(&q, isa, threads), session(&f, isa, threads));
+                for (ci, case) in exp.cases.iter().enumerate() {
+                    for decode in [false, true] {
+                        let a = all_logits(&mut sq, &case.input_ids, decode);
+                        let b = all_logits(&mut sf, &case.input_ids, decode);
+                        for (pos, (a, b)) in a.iter().zip(&b).enumerate() {
+                            let d = max_abs_diff(a, b);
+                            assert!(
+                                d <= tol,
+                                "{name} Q8_0 isa={isa} threads={threads} case {ci} pos {pos} \
+                                 decode={decode}: {d} > {tol}"
+                            );
+                            let t = max_abs_diff(a, &case.logits[pos]);
+                            worst_vs_transformers = worst_vs_transformers.max(t);
+                        }
+                    }
+                }
+            }
+        }
+        println!("{name} Q8_0: worst |logit - transformers'| {worst_vs_transformers}");
+        assert!(
+            worst_vs_transformers < 0.25,
+            "{name} Q8_0 strays {worst_vs_transformers} from transformers"
+        );
+    }
+}
