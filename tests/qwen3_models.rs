@@ -138,7 +138,10 @@ fn qwen3_dense_matches_transformers() {
     assert_eq!(c.arch, Arch::Qwen3);
     assert_eq!((c.hidden_size, c.head_dim, c.q_dim()), (64, 32, 128));
     assert!(w.tied, "no lm_head.weight: the head is the embedding");
-    assert!(w.layers.iter().all(|l| l.q_norm.is_some() && l.q_bias.is_none()));
+    assert!(w
+        .layers
+        .iter()
+        .all(|l| l.q_norm.is_some() && l.q_bias.is_none()));
     check_against_transformers(&w, &expected(DENSE), DENSE, TOL_F32);
 }
 
@@ -148,7 +151,10 @@ fn qwen3_moe_matches_transformers() {
     let c = &w.config;
     assert_eq!(c.arch, Arch::Qwen3Moe);
     let m = c.moe.as_ref().unwrap();
-    assert_eq!((m.num_experts, m.experts_per_tok, m.norm_topk_prob), (8, 2, true));
+    assert_eq!(
+        (m.num_experts, m.experts_per_tok, m.norm_topk_prob),
+        (8, 2, true)
+    );
     assert_eq!(m.sparse_layers, [true, false, true]);
     let kinds: Vec<bool> = w
         .layers
@@ -176,7 +182,13 @@ fn f32_gguf_matches_transformers() {
         let c = &w.config;
         assert_eq!(
             (c.arch, c.head_dim, c.q_dim(), &c.moe, c.tie_word_embeddings),
-            (hf.arch, hf.head_dim, hf.q_dim(), &hf.moe, hf.tie_word_embeddings),
+            (
+                hf.arch,
+                hf.head_dim,
+                hf.q_dim(),
+                &hf.moe,
+                hf.tie_word_embeddings
+            ),
             "{name}: the config the GGUF metadata gives"
         );
         assert_eq!(w.matrix_formats(), "F32");
@@ -264,5 +276,112 @@ fn q8_0_gguf_runs_from_its_blocks() {
             worst_vs_transformers < 0.25,
             "{name} Q8_0 strays {worst_vs_transformers} from transformers"
         );
+    }
+}
+
+/// A sequence's logits do not depend on which others share its step: four sequences of the MoE
+/// model stepped together (two of them joining late, their prompts prefilled in one step beside
+/// the others' decode rows, so experts run over rows of several sequences at once) give each
+/// one's logits and greedy tokens alone, on every ISA; from bf16 weights and from the Q8_0 GGUF.
+#[test]
+fn moe_sequences_stepped_together_match_each_alone() {
+    use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, SeqId, Want};
+    const STEPS: usize = 40;
+    const LATE: usize = 3;
+    const TOL: f32 = 1e-5;
+    fn feed(seq: SeqId, tokens: &[u32], numerics: Numerics) -> Feed<'_> {
+        Feed {
+            seq,
+            tokens,
+            numerics,
+            logits: Want::Last,
+        }
+    }
+    let (config, st) = files(MOE);
+    let q8 = Weights::from_gguf_bytes(quantized_gguf_from_hf(&config, &st, GgmlType::Q8_0));
+    let models = [("bf16", load(MOE)), ("Q8_0 GGUF", Arc::new(q8.unwrap()))];
+    let prompts: Vec<Vec<u32>> = (0..4)
+        .map(|i| {
+            (0..5 + 7 * i)
+                .map(|t| ((t * 131 + i * 17 + 3) % 512) as u32)
+                .collect()
+        })
+        .collect();
+    let engine = |w: &Arc<Weights>, isa: Isa, sequences: usize, prefill_bf16: bool| {
+        let opts = EngineOptions {
+            ctx: 128,
+            max_sequences: sequences,
+            max_batch_tokens: 64,
+            threads: 2,
+            isa: Some(isa),
+            prefill_bf16,
+            ..Default::default()
+        };
+        Engine::new(w.clone(), &opts).unwrap()
+    };
+    for (what, w) in &models {
+        for (isa, prefill_bf16) in Isa::available()
+            .into_iter()
+            .flat_map(|i| [(i, false), (i, true)])
+        {
+            let what = format!("{what} (prefill_bf16 {prefill_bf16})");
+            // each alone: logits after its prompt and after each greedy token
+            let alone: Vec<(Vec<Vec<f32>>, Vec<u32>)> = prompts
+                .iter()
+                .map(|p| {
+                    let mut e = engine(w, isa, 1, prefill_bf16);
+                    let s = e.create_sequence(SamplerParams::greedy()).unwrap();
+                    e.step(&[feed(s, p, Numerics::Prefill)], &mut |_, _, _| {})
+                        .unwrap();
+                    let (mut logits, mut tokens) = (Vec::new(), Vec::new());
+                    for _ in 0..STEPS {
+                        logits.push(e.logits(s).unwrap().to_vec());
+                        let t = e.sample(s).unwrap();
+                        tokens.push(t);
+                        e.step(&[feed(s, &[t], Numerics::Decode)], &mut |_, _, _| {})
+                            .unwrap();
+                    }
+                    (logits, tokens)
+                })
+                .collect();
+            let mut e = engine(w, isa, 4, prefill_bf16);
+            let seqs: Vec<SeqId> = (0..4)
+                .map(|_| e.create_sequence(SamplerParams::greedy()).unwrap())
+                .collect();
+            let (mut last, mut done) = ([0u32; 4], [0usize; 4]);
+            for step in 0..=STEPS + LATE {
+                let mut feeds = Vec::new();
+                for i in 0..4 {
+                    let start = if i >= 2 { LATE } else { 0 };
+                    if step == start {
+                        feeds.push(feed(seqs[i], &prompts[i], Numerics::Prefill));
+                    } else if step > start && done[i] < STEPS {
+                        feeds.push(feed(
+                            seqs[i],
+                            std::slice::from_ref(&last[i]),
+                            Numerics::Decode,
+                        ));
+                    }
+                }
+                if feeds.is_empty() {
+                    break;
+                }
+                let stepped: Vec<usize> = feeds.iter().map(|f| f.seq.slot()).collect();
+                e.step(&feeds, &mut |_, _, _| {}).unwrap();
+                for i in stepped {
+                    let (logits, tokens) = &alone[i];
+                    let d = max_abs_diff(e.logits(seqs[i]).unwrap(), &logits[done[i]]);
+                    assert!(
+                        d <= TOL,
+                        "{what} isa {isa}: sequence {i} step {}: {d} from alone",
+                        done[i]
+                    );
+                    last[i] = e.sample(seqs[i]).unwrap();
+                    assert_eq!(last[i], tokens[done[i]], "{what} isa {isa}: sequence {i}");
+                    done[i] += 1;
+                }
+            }
+            assert_eq!(done, [STEPS; 4], "{what} isa {isa}");
+        }
     }
 }

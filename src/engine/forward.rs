@@ -14,7 +14,7 @@
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, KvType, ThreadPool, F16, F32};
 
-use super::plan::{ArenaBufs, LOGIT_ROWS};
+use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::engine::kv_cache::{KvCache, KvStore};
 use crate::model::config::MoeConfig;
@@ -173,7 +173,11 @@ pub(super) fn run(
             lin.run(&layer.v_proj, x_norm, h, v, nd, false);
         }
         // Qwen2: biases on q, k and v
-        for (y, bias) in [(&mut *q, &layer.q_bias), (&mut *k, &layer.k_bias), (&mut *v, &layer.v_bias)] {
+        for (y, bias) in [
+            (&mut *q, &layer.q_bias),
+            (&mut *k, &layer.k_bias),
+            (&mut *v, &layer.v_bias),
+        ] {
             if let Some(bias) = bias {
                 bias_rows(isa, y, bias, weights);
             }
@@ -480,9 +484,31 @@ fn moe_rows(
         if m == 0 {
             continue;
         }
-        let y = &mut b.expert_out[..m * h]; // [m, hidden]
-        swiglu(lin, expert, &b.expert_x[..m * h], h, m_decode, b.gate, b.up, y);
-        for (j, yr) in y.chunks_exact(h).enumerate() {
+        // fewer prefill rows than the matmul tiles take: copies of the last one up to that many
+        // (their outputs unused), so each row's sums are those of its feed alone
+        let prefill = m - m_decode;
+        let run = if prefill > 0 && prefill < MIN_MATMUL_ROWS {
+            let (gathered, pad) = b.expert_x.split_at_mut(m * h);
+            let last = &gathered[(m - 1) * h..];
+            for copy in pad[..(MIN_MATMUL_ROWS - prefill) * h].chunks_exact_mut(h) {
+                copy.copy_from_slice(last);
+            }
+            m_decode + MIN_MATMUL_ROWS
+        } else {
+            m
+        };
+        let y = &mut b.expert_out[..run * h]; // [run, hidden]
+        swiglu(
+            lin,
+            expert,
+            &b.expert_x[..run * h],
+            h,
+            m_decode,
+            b.gate,
+            b.up,
+            y,
+        );
+        for (j, yr) in y.chunks_exact(h).take(m).enumerate() {
             let (r, w) = (b.expert_rows[j] as usize, b.expert_weights[j]);
             for (o, &v) in out[r * h..(r + 1) * h].iter_mut().zip(yr) {
                 *o += w * v;

@@ -30,7 +30,8 @@ crate::arena_regions! {
         v: "v",
         attn_out: "attn_out",
         proj_out: "proj_out",
-        /// The gate (then silu(gate) * up) of the dense MLP or of one expert: `[rows, ffn]`.
+        /// The gate (then silu(gate) * up) of the dense MLP or of one expert: `[rows (+ pad),
+        /// ffn]`.
         mlp_gate: "mlp_gate",
         mlp_up: "mlp_up",
         /// One head's q or k while it is normalized in place (Qwen3): `[head_dim]`.
@@ -45,9 +46,10 @@ crate::arena_regions! {
         expert_rows: "moe.expert_rows",
         /// Each of those rows' weight for that expert: `[rows]`.
         expert_weights: "moe.expert_weights",
-        /// Those rows' normalized inputs, gathered: `[rows, hidden]`.
+        /// Those rows' normalized inputs, gathered (prefill rows padded to
+        /// [`MIN_MATMUL_ROWS`]): `[rows + pad, hidden]`.
         expert_x: "moe.x",
-        /// The expert's outputs for them: `[rows, hidden]`.
+        /// The expert's outputs for them: `[rows + pad, hidden]`.
         expert_out: "moe.out",
         /// Attention's per-thread score rows and tile scratch.
         attn_scores: "attn_scores",
@@ -70,6 +72,13 @@ crate::arena_regions! {
         quant_scratch: "quant_scratch",
     }
 }
+
+/// Fewest rows a prefill matmul takes through its tiles: the kernels run fewer rows as one
+/// matvec each, whose sums round differently (`par::matmul_bf16dot`'s doc: "for fewer than 3
+/// tokens, it is exactly `matmul::<Bf16>`", and that, below 3, streams the weights per token).
+/// An expert given fewer prefill rows gets copies of its last one up to this many, so that a
+/// row's numbers never depend on how many other rows a step routes to the same expert.
+pub(crate) const MIN_MATMUL_ROWS: usize = 3;
 
 /// Rows of logits computed at once (the head is streamed once per group of this many rows).
 pub(crate) const LOGIT_ROWS: usize = 8;
@@ -130,6 +139,19 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
             n.checked_mul(width),
         )
     };
+    // an expert's rows: every row of the step, and the copies that pad its prefill rows to
+    // MIN_MATMUL_ROWS
+    let n_pad = if experts == 0 {
+        n
+    } else {
+        n + MIN_MATMUL_ROWS - 1
+    };
+    let padded = |what: &str, width: usize| {
+        spec(
+            format!("[rows + pad, {what}] = [{n_pad}, {width}]"),
+            n_pad.checked_mul(width),
+        )
+    };
     let moe_rows = |what: &str, width: usize| {
         let width = if experts == 0 { 0 } else { width };
         rows(what, width)
@@ -144,10 +166,10 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
     // the prefill matmuls' per-thread panels, after prefill's bf16 pairs for gate/up
     let t = d.threads;
     let panels = par::matmul_scratch_len(t);
-    let pairs_panels = par::matmul_bf16dot_scratch_len(t, n, h);
+    let pairs_panels = par::matmul_bf16dot_scratch_len(t, n_pad, h);
     let kmax = widest.next_multiple_of(32);
     let quant = if d.quantized {
-        par::matmul_q_scratch_len(t, n, kmax)
+        par::matmul_q_scratch_len(t, n_pad, kmax)
             .max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
             .max(par::repacked_scratch_len(n.max(LOGIT_ROWS), kmax))
     } else {
@@ -171,8 +193,8 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         v: rows("kv_heads*head_dim", kvd),
         attn_out: rows("heads*head_dim", qd),
         proj_out: rows("hidden", h),
-        mlp_gate: rows("ffn", f),
-        mlp_up: rows("ffn", f),
+        mlp_gate: padded("ffn", f),
+        mlp_up: padded("ffn", f),
         head_norm: {
             let width = if c.arch.qk_norm() { hd } else { 0 };
             spec(format!("[head_dim] = [{width}]"), Some(width))
@@ -182,8 +204,8 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         route_weight: moe_rows("top_k", top_k),
         expert_rows: moe_rows("1", 1),
         expert_weights: moe_rows("1", 1),
-        expert_x: moe_rows("hidden", h),
-        expert_out: moe_rows("hidden", h),
+        expert_x: padded("hidden", if experts == 0 { 0 } else { h }),
+        expert_out: padded("hidden", if experts == 0 { 0 } else { h }),
         attn_scores: spec(
             format!("[max(threads, heads), ctx] -> {scores}"),
             Some(scores),

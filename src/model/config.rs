@@ -455,7 +455,11 @@ impl Config {
             .checked_mul(2)?
             .checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
         let biases = if self.arch.qkv_bias() { qd + 2 * kv } else { 0 };
-        let qk_norms = if self.arch.qk_norm() { 2 * self.head_dim } else { 0 };
+        let qk_norms = if self.arch.qk_norm() {
+            2 * self.head_dim
+        } else {
+            0
+        };
         let dense = h.checked_mul(f)?.checked_mul(3)?;
         let sparse = match &self.moe {
             Some(m) => h
@@ -490,10 +494,12 @@ fn arch_of(raw: &RawConfig) -> Result<Arch, ConfigError> {
     };
     let by_type = match raw.model_type.as_deref() {
         None => None,
-        Some(t) => Some(Arch::from_model_type(t).ok_or_else(|| ConfigError::Invalid {
-            field: "model_type",
-            why: format!("is {t:?}; supported: {}", supported()),
-        })?),
+        Some(t) => Some(
+            Arch::from_model_type(t).ok_or_else(|| ConfigError::Invalid {
+                field: "model_type",
+                why: format!("is {t:?}; supported: {}", supported()),
+            })?,
+        ),
     };
     let by_class = match raw.architectures.as_deref() {
         None | Some([]) => None,

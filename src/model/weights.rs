@@ -207,8 +207,7 @@ impl Layer {
             &mut self.v_proj,
             &mut self.o_proj,
         ];
-        let (router, experts): (Option<&mut TensorRef>, &mut [FeedForward]) = match &mut self.mlp
-        {
+        let (router, experts): (Option<&mut TensorRef>, &mut [FeedForward]) = match &mut self.mlp {
             Mlp::Dense(ffn) => (None, std::slice::from_mut(ffn)),
             Mlp::Moe { router, experts } => (Some(router), experts),
         };
@@ -221,7 +220,17 @@ impl Layer {
     pub fn vectors(&self) -> impl Iterator<Item = &TensorRef> {
         [&self.input_layernorm, &self.post_attention_layernorm]
             .into_iter()
-            .chain([&self.q_bias, &self.k_bias, &self.v_bias, &self.q_norm, &self.k_norm].into_iter().flatten())
+            .chain(
+                [
+                    &self.q_bias,
+                    &self.k_bias,
+                    &self.v_bias,
+                    &self.q_norm,
+                    &self.k_norm,
+                ]
+                .into_iter()
+                .flatten(),
+            )
     }
 
     /// Every tensor of the layer: its vectors, then its matrices.
@@ -453,12 +462,21 @@ impl Weights {
             let q_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.q_proj.bias"), &[qd])?;
             let k_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.k_proj.bias"), &[kv])?;
             let v_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.v_proj.bias"), &[kv])?;
-            let q_norm = opt(arch.qk_norm(), format!("{p}.self_attn.q_norm.weight"), &[hd])?;
-            let k_norm = opt(arch.qk_norm(), format!("{p}.self_attn.k_norm.weight"), &[hd])?;
+            let q_norm = opt(
+                arch.qk_norm(),
+                format!("{p}.self_attn.q_norm.weight"),
+                &[hd],
+            )?;
+            let k_norm = opt(
+                arch.qk_norm(),
+                format!("{p}.self_attn.k_norm.weight"),
+                &[hd],
+            )?;
             let router = match &c.moe {
-                Some(m) if c.is_sparse(i) => {
-                    Some((m, take(format!("{p}.mlp.gate.weight"), &[m.num_experts, h])?))
-                }
+                Some(m) if c.is_sparse(i) => Some((
+                    m,
+                    take(format!("{p}.mlp.gate.weight"), &[m.num_experts, h])?,
+                )),
                 _ => None,
             };
             let mut swiglu = |p: &str, f: usize| -> Result<FeedForward, LoadError> {
@@ -607,7 +625,10 @@ impl Weights {
         let mut n = size(&self.lm_head) + size(&self.norm);
         for l in &self.layers {
             n += l.vectors().map(size).sum::<usize>();
-            n += [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj].map(size).iter().sum::<usize>();
+            n += [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]
+                .map(size)
+                .iter()
+                .sum::<usize>();
             n += match &l.mlp {
                 Mlp::Dense(ffn) => ffn.matrices().map(size).iter().sum(),
                 Mlp::Moe { router, experts } => {

@@ -298,7 +298,10 @@ pub fn quantized_gguf_builder_from_hf(
     if let Some(m) = &c.moe {
         b = b
             .kv(&k("expert_count"), Value::U32(m.num_experts as u32))
-            .kv(&k("expert_used_count"), Value::U32(m.experts_per_tok as u32))
+            .kv(
+                &k("expert_used_count"),
+                Value::U32(m.experts_per_tok as u32),
+            )
             .kv(
                 &k("expert_feed_forward_length"),
                 Value::U32(m.moe_intermediate_size as u32),
