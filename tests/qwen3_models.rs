@@ -385,3 +385,106 @@ fn moe_sequences_stepped_together_match_each_alone() {
         }
     }
 }
+
+/// The fixture's config.json with `edit` applied.
+fn config_with(name: &str, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(&files(name).0).unwrap();
+    edit(v.as_object_mut().unwrap());
+    v.to_string().into_bytes()
+}
+
+#[test]
+fn bad_configs_are_refused_by_name() {
+    use serde_json::json;
+    type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (DENSE, Box::new(|o| { o.insert("model_type".into(), json!("llama")); }), "`model_type` is \"llama\"; supported: \"qwen2\", \"qwen3\", \"qwen3_moe\""),
+        (DENSE, Box::new(|o| { o.remove("model_type"); o.insert("architectures".into(), json!(["LlamaForCausalLM"])); }), "\"LlamaForCausalLM\""),
+        (DENSE, Box::new(|o| { o.insert("architectures".into(), json!(["Qwen3MoeForCausalLM"])); }), "but model_type is \"qwen3\""),
+        (DENSE, Box::new(|o| { o.remove("head_dim"); }), "missing field `head_dim`"),
+        (DENSE, Box::new(|o| { o.insert("head_dim".into(), json!(31)); }), "`head_dim` is 31"),
+        (DENSE, Box::new(|o| { o.insert("attention_bias".into(), json!(true)); }), "`attention_bias` is true"),
+        (MOE, Box::new(|o| { o.insert("num_experts_per_tok".into(), json!(9)); }), "`num_experts_per_tok` is 9, more than num_experts (8)"),
+        (MOE, Box::new(|o| { o.remove("num_experts"); }), "missing field `num_experts`"),
+        (MOE, Box::new(|o| { o.insert("mlp_only_layers".into(), json!([3])); }), "`mlp_only_layers` lists layer 3"),
+        (MOE, Box::new(|o| { o.insert("decoder_sparse_step".into(), json!(0)); }), "`decoder_sparse_step` must be greater than 0"),
+        (MOE, Box::new(|o| { o.insert("moe_intermediate_size".into(), json!(0)); }), "`moe_intermediate_size` must be greater than 0"),
+    ];
+    for (name, edit, needle) in cases {
+        let config = config_with(name, edit);
+        let e = Config::from_json(&config).unwrap_err().to_string();
+        assert!(e.contains(needle), "{name}: {e:?} should say {needle:?}");
+        let e = Weights::from_bytes(&config, files(name).1).err().unwrap().to_string();
+        assert!(e.contains(needle), "{name}: {e:?} should say {needle:?}");
+    }
+    // decoder_sparse_step 2: layers 1 (and those in mlp_only_layers) dense; 0 and 2 then need
+    // their dense MLP tensors, which the fixture does not have
+    let c = Config::from_json(&config_with(MOE, |o| {
+        o.insert("decoder_sparse_step".into(), json!(2));
+        o.insert("mlp_only_layers".into(), json!([]));
+    }))
+    .unwrap();
+    assert_eq!(c.moe.unwrap().sparse_layers, [false, true, false]);
+}
+
+/// The safetensors bytes of `name` without the tensor `drop`.
+fn without(name: &str, drop: &str) -> Vec<u8> {
+    let bytes = files(name).1;
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st
+        .names()
+        .into_iter()
+        .filter(|n| *n != drop)
+        .map(|n| (n.to_string(), st.tensor(n).unwrap()))
+        .collect();
+    assert_eq!(views.len() + 1, st.len(), "{drop} is in {name}");
+    safetensors::serialize(views, None).unwrap()
+}
+
+#[test]
+fn missing_and_misshapen_tensors_are_refused_by_name() {
+    for (name, drop) in [
+        (DENSE, "model.layers.1.self_attn.k_norm.weight"),
+        (DENSE, "model.layers.0.self_attn.q_norm.weight"),
+        (MOE, "model.layers.2.mlp.experts.5.up_proj.weight"),
+        (MOE, "model.layers.0.mlp.gate.weight"),
+        (MOE, "model.layers.1.mlp.down_proj.weight"),
+    ] {
+        let e = Weights::from_bytes(&files(name).0, without(name, drop))
+            .err()
+            .unwrap()
+            .to_string();
+        assert_eq!(e, format!("missing tensor `{drop}`"), "{name}");
+    }
+
+    // GGUF: an architecture qwenrt does not run, a missing stacked tensor, a stacked tensor
+    // whose expert count is not the metadata's
+    let (config, st) = files(MOE);
+    let base = quantized_gguf_builder_from_hf(&config, &st, GgmlType::Q8_0);
+    let mut b = base.clone();
+    for (k, v) in &mut b.kvs {
+        if k == "general.architecture" {
+            *v = qwenrt::model::gguf::Value::String("llama".into());
+        }
+    }
+    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
+    assert!(
+        e.contains("general.architecture \"llama\" is not supported (supported: qwen2, qwen3, qwen3moe)"),
+        "{e}"
+    );
+    let mut b = base.clone();
+    b.tensors.retain(|t| t.name != "blk.2.ffn_up_exps.weight");
+    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
+    assert_eq!(e, "missing tensor `model.layers.2.mlp.experts.0.up_proj.weight`");
+    let mut b = base;
+    for (k, v) in &mut b.kvs {
+        if k == "qwen3moe.expert_count" {
+            *v = qwenrt::model::gguf::Value::U32(7);
+        }
+    }
+    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
+    assert!(
+        e.contains("model.layers.0.mlp.experts.") && e.contains("[8, 48, 64]") && e.contains("[7, 48, 64]"),
+        "{e}"
+    );
+}
