@@ -156,6 +156,16 @@ pub enum Mlp {
     },
 }
 
+impl Mlp {
+    /// The dense MLP, if this is one.
+    pub fn dense(&self) -> Option<&FeedForward> {
+        match self {
+            Mlp::Dense(ffn) => Some(ffn),
+            Mlp::Moe { .. } => None,
+        }
+    }
+}
+
 /// The tensors of one decoder layer.
 #[derive(Clone, Debug)]
 pub struct Layer {
