@@ -387,7 +387,10 @@ fn moe_sequences_stepped_together_match_each_alone() {
 }
 
 /// The fixture's config.json with `edit` applied.
-fn config_with(name: &str, edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>)) -> Vec<u8> {
+fn config_with(
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) -> Vec<u8> {
     let mut v: serde_json::Value = serde_json::from_slice(&files(name).0).unwrap();
     edit(v.as_object_mut().unwrap());
     v.to_string().into_bytes()
@@ -398,23 +401,93 @@ fn bad_configs_are_refused_by_name() {
     use serde_json::json;
     type Edit = Box<dyn FnOnce(&mut serde_json::Map<String, serde_json::Value>)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
-        (DENSE, Box::new(|o| { o.insert("model_type".into(), json!("llama")); }), "`model_type` is \"llama\"; supported: \"qwen2\", \"qwen3\", \"qwen3_moe\""),
-        (DENSE, Box::new(|o| { o.remove("model_type"); o.insert("architectures".into(), json!(["LlamaForCausalLM"])); }), "\"LlamaForCausalLM\""),
-        (DENSE, Box::new(|o| { o.insert("architectures".into(), json!(["Qwen3MoeForCausalLM"])); }), "but model_type is \"qwen3\""),
-        (DENSE, Box::new(|o| { o.remove("head_dim"); }), "missing field `head_dim`"),
-        (DENSE, Box::new(|o| { o.insert("head_dim".into(), json!(31)); }), "`head_dim` is 31"),
-        (DENSE, Box::new(|o| { o.insert("attention_bias".into(), json!(true)); }), "`attention_bias` is true"),
-        (MOE, Box::new(|o| { o.insert("num_experts_per_tok".into(), json!(9)); }), "`num_experts_per_tok` is 9, more than num_experts (8)"),
-        (MOE, Box::new(|o| { o.remove("num_experts"); }), "missing field `num_experts`"),
-        (MOE, Box::new(|o| { o.insert("mlp_only_layers".into(), json!([3])); }), "`mlp_only_layers` lists layer 3"),
-        (MOE, Box::new(|o| { o.insert("decoder_sparse_step".into(), json!(0)); }), "`decoder_sparse_step` must be greater than 0"),
-        (MOE, Box::new(|o| { o.insert("moe_intermediate_size".into(), json!(0)); }), "`moe_intermediate_size` must be greater than 0"),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.insert("model_type".into(), json!("llama"));
+            }),
+            "`model_type` is \"llama\"; supported: \"qwen2\", \"qwen3\", \"qwen3_moe\"",
+        ),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.remove("model_type");
+                o.insert("architectures".into(), json!(["LlamaForCausalLM"]));
+            }),
+            "\"LlamaForCausalLM\"",
+        ),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.insert("architectures".into(), json!(["Qwen3MoeForCausalLM"]));
+            }),
+            "but model_type is \"qwen3\"",
+        ),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.remove("head_dim");
+            }),
+            "missing field `head_dim`",
+        ),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.insert("head_dim".into(), json!(31));
+            }),
+            "`head_dim` is 31",
+        ),
+        (
+            DENSE,
+            Box::new(|o| {
+                o.insert("attention_bias".into(), json!(true));
+            }),
+            "`attention_bias` is true",
+        ),
+        (
+            MOE,
+            Box::new(|o| {
+                o.insert("num_experts_per_tok".into(), json!(9));
+            }),
+            "`num_experts_per_tok` is 9, more than num_experts (8)",
+        ),
+        (
+            MOE,
+            Box::new(|o| {
+                o.remove("num_experts");
+            }),
+            "missing field `num_experts`",
+        ),
+        (
+            MOE,
+            Box::new(|o| {
+                o.insert("mlp_only_layers".into(), json!([3]));
+            }),
+            "`mlp_only_layers` lists layer 3",
+        ),
+        (
+            MOE,
+            Box::new(|o| {
+                o.insert("decoder_sparse_step".into(), json!(0));
+            }),
+            "`decoder_sparse_step` must be greater than 0",
+        ),
+        (
+            MOE,
+            Box::new(|o| {
+                o.insert("moe_intermediate_size".into(), json!(0));
+            }),
+            "`moe_intermediate_size` must be greater than 0",
+        ),
     ];
     for (name, edit, needle) in cases {
         let config = config_with(name, edit);
         let e = Config::from_json(&config).unwrap_err().to_string();
         assert!(e.contains(needle), "{name}: {e:?} should say {needle:?}");
-        let e = Weights::from_bytes(&config, files(name).1).err().unwrap().to_string();
+        let e = Weights::from_bytes(&config, files(name).1)
+            .err()
+            .unwrap()
+            .to_string();
         assert!(e.contains(needle), "{name}: {e:?} should say {needle:?}");
     }
     // decoder_sparse_step 2: layers 1 (and those in mlp_only_layers) dense; 0 and 2 then need
@@ -467,24 +540,40 @@ fn missing_and_misshapen_tensors_are_refused_by_name() {
             *v = qwenrt::model::gguf::Value::String("llama".into());
         }
     }
-    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
+    let e = Weights::from_gguf_bytes(b.build())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
-        e.contains("general.architecture \"llama\" is not supported (supported: qwen2, qwen3, qwen3moe)"),
+        e.contains(
+            "general.architecture \"llama\" is not supported (supported: qwen2, qwen3, qwen3moe)"
+        ),
         "{e}"
     );
     let mut b = base.clone();
     b.tensors.retain(|t| t.name != "blk.2.ffn_up_exps.weight");
-    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
-    assert_eq!(e, "missing tensor `model.layers.2.mlp.experts.0.up_proj.weight`");
+    let e = Weights::from_gguf_bytes(b.build())
+        .err()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        e,
+        "missing tensor `model.layers.2.mlp.experts.0.up_proj.weight`"
+    );
     let mut b = base;
     for (k, v) in &mut b.kvs {
         if k == "qwen3moe.expert_count" {
             *v = qwenrt::model::gguf::Value::U32(7);
         }
     }
-    let e = Weights::from_gguf_bytes(b.build()).err().unwrap().to_string();
+    let e = Weights::from_gguf_bytes(b.build())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(
-        e.contains("model.layers.0.mlp.experts.") && e.contains("[8, 48, 64]") && e.contains("[7, 48, 64]"),
+        e.contains("model.layers.0.mlp.experts.")
+            && e.contains("[8, 48, 64]")
+            && e.contains("[7, 48, 64]"),
         "{e}"
     );
 }

@@ -309,10 +309,12 @@ pub fn quantized_gguf_builder_from_hf(
     }
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
-    // (gguf name, dims fastest-first, values) of every tensor to write
-    let mut out: Vec<(String, Vec<u64>, Vec<f32>)> = Vec::new();
-    // the experts' tensors, by (layer, projection): (dims of one, values of each expert)
-    let mut stacks: std::collections::BTreeMap<(usize, String), Vec<(usize, Vec<u64>, Vec<f32>)>> =
+    /// A tensor's dims (fastest-first) and values.
+    type Data = (Vec<u64>, Vec<f32>);
+    // (gguf name, data) of every tensor to write
+    let mut out: Vec<(String, Data)> = Vec::new();
+    // the experts' tensors, by (layer, projection): (expert, data) of each
+    let mut stacks: std::collections::BTreeMap<(usize, String), Vec<(usize, Data)>> =
         Default::default();
     for name in names {
         let t = st.tensor(&name).expect("tensor");
@@ -334,22 +336,22 @@ pub fn quantized_gguf_builder_from_hf(
             stacks
                 .entry((layer, proj))
                 .or_default()
-                .push((expert, dims, values));
+                .push((expert, (dims, values)));
             continue;
         }
         let gname = gguf_tensor_name(&name, c.num_hidden_layers).expect("a Qwen tensor");
-        out.push((gname, dims, values));
+        out.push((gname, (dims, values)));
     }
     for ((layer, proj), mut experts) in stacks {
-        experts.sort_by_key(|(e, _, _)| *e);
-        let mut dims = experts[0].1.clone();
+        experts.sort_by_key(|(e, _)| *e);
+        let mut dims = experts[0].1 .0.clone();
         dims.push(experts.len() as u64);
-        let values = experts.into_iter().flat_map(|(_, _, v)| v).collect();
+        let values = experts.into_iter().flat_map(|(_, (_, v))| v).collect();
         let stacked = format!("model.layers.{layer}.mlp.experts.{proj}.weight");
         let gname = gguf_tensor_name(&stacked, c.num_hidden_layers).expect("an expert tensor");
-        out.push((gname, dims, values));
+        out.push((gname, (dims, values)));
     }
-    for (gname, dims, values) in out {
+    for (gname, (dims, values)) in out {
         let matrix = dims.len() >= 2 && dims[0].is_multiple_of(32);
         let data = match ty {
             _ if !matrix => None,
