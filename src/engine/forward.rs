@@ -17,7 +17,6 @@ use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, KvType, ThreadPool, F
 use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::engine::kv_cache::{KvCache, KvStore};
-use crate::model::config::MoeConfig;
 use crate::model::weights::{FeedForward, Mlp, TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
@@ -229,24 +228,25 @@ pub(super) fn run(
             weights,
             eps,
         );
-        match (&layer.mlp, &c.moe) {
-            (Mlp::Moe { router, experts }, Some(moe)) => moe_rows(
-                &mut lin,
-                router,
-                experts,
-                moe,
-                x_norm,
-                h,
-                nd,
-                &mut ffn_bufs,
-                proj_out,
-            ),
-            (mlp, _) => {
-                let Mlp::Dense(ffn) = mlp else {
-                    unreachable!("loading gives a layer of experts only to a MoE config")
-                };
+        match &layer.mlp {
+            Mlp::Dense(ffn) => {
                 let (gate, up) = (&mut *ffn_bufs.gate, &mut *ffn_bufs.up);
                 swiglu(&mut lin, ffn, x_norm, h, nd, gate, up, proj_out)
+            }
+            Mlp::Moe {
+                router,
+                experts,
+                top_k,
+                renormalize,
+            } => {
+                let routing = Routing {
+                    top_k: *top_k,
+                    renormalize: *renormalize,
+                };
+                let b = &mut ffn_bufs;
+                moe_rows(
+                    &mut lin, router, experts, routing, x_norm, h, nd, b, proj_out,
+                )
             }
         }
         ops::add(isa, x, proj_out);
@@ -433,6 +433,14 @@ struct FfnBufs<'a> {
     expert_out: &'a mut [f32],
 }
 
+/// How a layer of experts routes each row: to its `top_k` most probable experts, their
+/// probabilities renormalized to sum to 1 when `renormalize`.
+#[derive(Clone, Copy)]
+struct Routing {
+    top_k: usize,
+    renormalize: bool,
+}
+
 /// A layer of experts over the rows `x` (`[rows, hidden]`, the first `nd` decode rows), into
 /// `out` (`[rows, hidden]`): the router picks each row's experts and weights ([`route`]), then
 /// each expert runs once over all the rows routed to it, gathered in row order (so its decode
@@ -444,7 +452,7 @@ fn moe_rows(
     lin: &mut Linear<'_>,
     router: &TensorRef,
     experts: &[FeedForward],
-    moe: &MoeConfig,
+    routing: Routing,
     x: &[f32],
     h: usize,
     nd: usize,
@@ -452,7 +460,7 @@ fn moe_rows(
     out: &mut [f32],
 ) {
     let n = x.len() / h;
-    let (ne, top_k) = (moe.num_experts, moe.experts_per_tok);
+    let (ne, top_k) = (experts.len(), routing.top_k);
     let logits = &mut b.router_logits[..n * ne]; // [n, experts]
     lin.run(router, x, h, logits, nd, false);
     let chosen = &mut b.route_expert[..n * top_k]; // [n, top_k]
@@ -462,7 +470,7 @@ fn moe_rows(
         .zip(chosen.chunks_exact_mut(top_k))
         .zip(chosen_weight.chunks_exact_mut(top_k))
     {
-        route(l, c, w, moe.norm_topk_prob);
+        route(l, c, w, routing.renormalize);
     }
     out.fill(0.0);
     for (e, expert) in experts.iter().enumerate() {

@@ -198,10 +198,10 @@ pub fn convert(
     let file = GgufFile::open(gguf)?;
     let h = &file.header;
     let arch = h.get_str("general.architecture")?;
-    if arch != "qwen2" && arch != "qwen3" {
+    if arch != "qwen2" {
         return Err(ConvertError::Metadata(format!(
-            "{}: architecture {arch:?} is not supported (qwen2 and qwen3; qwenrt runs a qwen3moe \
-             GGUF as it is, without converting it)",
+            "{}: architecture {arch:?} is not supported (only qwen2; qwenrt runs qwen3 and \
+             qwen3moe GGUF files as they are, without converting them)",
             gguf.display()
         )));
     }

@@ -153,6 +153,10 @@ pub enum Mlp {
         /// The experts, each a SwiGLU MLP of `moe_intermediate_size`, each matrix in its own
         /// format (from one tensor per expert, or a slice of GGUF's stacked `ffn_*_exps`).
         experts: Vec<FeedForward>,
+        /// Experts per token (the config's `num_experts_per_tok`).
+        top_k: usize,
+        /// Whether the top-k probabilities are renormalized (`norm_topk_prob`).
+        renormalize: bool,
     },
 }
 
@@ -202,7 +206,9 @@ impl Layer {
         let attn = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
         let (router, experts): (Option<&TensorRef>, &[FeedForward]) = match &self.mlp {
             Mlp::Dense(ffn) => (None, std::slice::from_ref(ffn)),
-            Mlp::Moe { router, experts } => (Some(router), experts),
+            Mlp::Moe {
+                router, experts, ..
+            } => (Some(router), experts),
         };
         attn.into_iter()
             .chain(router)
@@ -219,7 +225,9 @@ impl Layer {
         ];
         let (router, experts): (Option<&mut TensorRef>, &mut [FeedForward]) = match &mut self.mlp {
             Mlp::Dense(ffn) => (None, std::slice::from_mut(ffn)),
-            Mlp::Moe { router, experts } => (Some(router), experts),
+            Mlp::Moe {
+                router, experts, ..
+            } => (Some(router), experts),
         };
         attn.into_iter()
             .chain(router)
@@ -502,6 +510,8 @@ impl Weights {
                     experts: (0..m.num_experts)
                         .map(|e| swiglu(&format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
                         .collect::<Result<_, _>>()?,
+                    top_k: m.experts_per_tok,
+                    renormalize: m.norm_topk_prob,
                 },
                 None => Mlp::Dense(swiglu(&format!("{p}.mlp"), f)?),
             };
@@ -596,7 +606,8 @@ impl Weights {
         &self.shards[t.shard].1.bytes()[t.start..t.end]
     }
 
-    /// Every 2-D weight matrix (the embedding, each layer's projections, the head when untied).
+    /// Every 2-D weight matrix (the embedding, each layer's projections, a MoE layer's router
+    /// and every expert's, the head when untied).
     pub fn matrices(&self) -> impl Iterator<Item = &TensorRef> {
         let layers = self.layers.iter().flat_map(Layer::matrices);
         std::iter::once(&self.embed_tokens)
@@ -641,10 +652,14 @@ impl Weights {
                 .sum::<usize>();
             n += match &l.mlp {
                 Mlp::Dense(ffn) => ffn.matrices().map(size).iter().sum(),
-                Mlp::Moe { router, experts } => {
+                Mlp::Moe {
+                    router,
+                    experts,
+                    top_k,
+                    ..
+                } => {
                     let all: usize = experts.iter().flat_map(|e| e.matrices().map(size)).sum();
-                    let used = self.config.moe.as_ref().map_or(0, |m| m.experts_per_tok);
-                    size(router) + all / experts.len().max(1) * used
+                    size(router) + all / experts.len().max(1) * top_k
                 }
             };
         }
