@@ -263,14 +263,6 @@ impl Config {
             None => num_attention_heads,
             v => positive("num_key_value_heads", v)?,
         };
-        if num_attention_heads % num_key_value_heads != 0 {
-            return Err(ConfigError::Invalid {
-                field: "num_key_value_heads",
-                why: format!(
-                    "({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"
-                ),
-            });
-        }
         let head_dim = if arch == Arch::Qwen2 {
             // Qwen2's heads split the hidden size; a head_dim given must agree
             if hidden_size % num_attention_heads != 0 {
@@ -316,6 +308,14 @@ impl Config {
             }
             hd
         };
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(ConfigError::Invalid {
+                field: "num_key_value_heads",
+                why: format!(
+                    "({num_key_value_heads}) does not divide num_attention_heads ({num_attention_heads})"
+                ),
+            });
+        }
         let moe = match arch {
             Arch::Qwen3Moe => Some(moe_config(&raw)?),
             _ => None,
@@ -664,7 +664,13 @@ mod tests {
 
     #[test]
     fn fixtures_parse() {
-        for dir in ["tiny-qwen2-f32", "tiny-qwen2-bf16-tied"] {
+        let fixtures = [
+            ("tiny-qwen2-f32", Arch::Qwen2, 16),
+            ("tiny-qwen2-bf16-tied", Arch::Qwen2, 16),
+            ("tiny-qwen3-f32-tied", Arch::Qwen3, 32),
+            ("tiny-qwen3-moe-bf16", Arch::Qwen3Moe, 16),
+        ];
+        for (dir, arch, head_dim) in fixtures {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(dir)
@@ -672,6 +678,39 @@ mod tests {
             let c = Config::from_file(&p).unwrap();
             assert_eq!(c.hidden_size, 64);
             assert_eq!(c.tie_word_embeddings, dir.contains("tied"));
+            assert_eq!((c.arch, c.head_dim), (arch, head_dim), "{dir}");
+            assert_eq!(c.q_dim(), 4 * head_dim, "{dir}");
+            assert_eq!(c.moe.is_some(), arch == Arch::Qwen3Moe, "{dir}");
         }
+    }
+
+    #[test]
+    fn architecture_from_model_type_or_class() {
+        let qwen3 = |extra: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("model_type");
+            o.insert("head_dim".into(), 32.into());
+            for (k, x) in extra.as_object().unwrap() {
+                o.insert(k.clone(), x.clone());
+            }
+            Config::from_json(v.to_string().as_bytes())
+        };
+        let by_class = qwen3(serde_json::json!({"architectures": ["Qwen3ForCausalLM"]})).unwrap();
+        assert_eq!((by_class.arch, by_class.head_dim), (Arch::Qwen3, 32));
+        let by_type = qwen3(serde_json::json!({"model_type": "qwen3"})).unwrap();
+        assert_eq!(by_type, by_class);
+        // a bare config (neither) is the original Qwen2 format, where head_dim must agree
+        let e = qwen3(serde_json::json!({})).unwrap_err().to_string();
+        assert!(e.contains("hidden_size / num_attention_heads is 16"), "{e}");
+        let e = qwen3(serde_json::json!({"architectures": ["A", "B"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lists 2 classes"), "{e}");
+        // parameter count: q and o are heads * head_dim wide, no biases, two head norms
+        let c = by_class;
+        let (h, qd, kv, f) = (64, 128, 64, 176);
+        let layer = 2 * h * qd + 2 * h * kv + 3 * h * f + 2 * h + 2 * 32;
+        assert_eq!(c.parameter_count(), Some(512 * h * 2 + 2 * layer + h));
     }
 }
