@@ -730,3 +730,46 @@ fn rope_at(inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32], pos: usize) {
         *s = (angle as f64).sin() as f32;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn route_takes_the_top_k_of_the_softmax() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        let p = |i: usize| logits[i].exp() / z;
+        for renormalize in [false, true] {
+            let (mut l, mut chosen, mut weight) = (logits, [9u32; 3], [0f32; 3]);
+            route(&mut l, &mut chosen, &mut weight, renormalize);
+            // equal logits: the lower index first, as torch.topk
+            assert_eq!(chosen, [1, 3, 4]);
+            let want = [p(1), p(3), p(4)];
+            let sum: f32 = want.iter().sum();
+            for (w, v) in weight.iter().zip(want) {
+                let v = if renormalize { v / sum } else { v };
+                assert!(
+                    (w - v).abs() < 1e-6,
+                    "{weight:?} vs {want:?} ({renormalize})"
+                );
+            }
+            if renormalize {
+                assert!((weight.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
+        }
+        // k = every expert: each once
+        let (mut l, mut chosen, mut weight) = (logits, [0u32; 5], [0f32; 5]);
+        route(&mut l, &mut chosen, &mut weight, false);
+        let mut sorted = chosen;
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        // NaN logits give NaN weights, never an expert out of range
+        let (mut l, mut chosen, mut weight) = ([f32::NAN; 4], [7u32; 2], [0f32; 2]);
+        route(&mut l, &mut chosen, &mut weight, true);
+        assert!(
+            chosen.iter().all(|&c| c < 4) && chosen[0] != chosen[1],
+            "{chosen:?}"
+        );
+    }
+}
