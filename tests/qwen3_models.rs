@@ -497,7 +497,14 @@ fn bad_configs_are_refused_by_name() {
         o.insert("mlp_only_layers".into(), json!([]));
     }))
     .unwrap();
-    assert_eq!(c.moe.unwrap().sparse_layers, [false, true, false]);
+    assert_eq!(c.moe.as_ref().unwrap().sparse_layers, [false, true, false]);
+    assert_eq!(c.max_ffn(), 176, "dense layers: intermediate_size");
+    // every layer sparse: the dense width (e.g. Qwen3-30B-A3B's 6144) plans nothing
+    let c = Config::from_json(&config_with(MOE, |o| {
+        o.insert("mlp_only_layers".into(), json!([]));
+    }))
+    .unwrap();
+    assert_eq!(c.max_ffn(), 48, "no dense layer: moe_intermediate_size");
 }
 
 /// The safetensors bytes of `name` without the tensor `drop`.

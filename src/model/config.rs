@@ -426,11 +426,19 @@ impl Config {
             .is_some_and(|m| m.sparse_layers.get(layer).copied().unwrap_or(false))
     }
 
-    /// The widest hidden layer of any feed-forward block: `intermediate_size`, or an expert's
-    /// `moe_intermediate_size` when wider.
+    /// The widest hidden layer of any feed-forward block the model has: `intermediate_size`
+    /// if a layer is dense, an expert's `moe_intermediate_size` if a layer is sparse.
     pub fn max_ffn(&self) -> usize {
+        let dense = match &self.moe {
+            None => true,
+            Some(m) => m.sparse_layers.iter().any(|&sparse| !sparse),
+        };
         let moe = self.moe.as_ref().map_or(0, |m| m.moe_intermediate_size);
-        self.intermediate_size.max(moe)
+        if dense {
+            self.intermediate_size.max(moe)
+        } else {
+            moe
+        }
     }
 
     /// Bytes of the f32 K and V caches at the full `max_position_embeddings`, or `None` if
