@@ -93,7 +93,7 @@ pub(super) fn run(
         route_weight: b.route_weight,
         expert_rows: bytemuck::cast_slice_mut(b.expert_rows), // [n]
         expert_weights: b.expert_weights,
-        expert_x: b.expert_x, // [n, hidden]
+        expert_x: b.expert_x, // [n + pad, hidden]
         expert_out: b.expert_out,
     };
     let mut lin = Linear {
