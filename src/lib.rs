@@ -1,10 +1,10 @@
-//! qwenrt: a CPU runtime for Qwen2-family language models.
+//! qwenrt: a CPU runtime for Qwen2, Qwen3 and Qwen3-MoE language models.
 //!
 //! The crate is an engine to embed: load a model, plan all working memory once, and step many
 //! sequences through the model together.
 //!
 //! - [`model`]: what a model is made of. [`model::config::Config`] (config.json, both hub
-//!   styles, validated), [`model::weights::Weights`] (memory-mapped safetensors, one file or
+//!   styles, the architecture and, for Qwen3-MoE, the experts, validated), [`model::weights::Weights`] (memory-mapped safetensors, one file or
 //!   sharded, every tensor checked against the config; each tensor in its own format:
 //!   bf16, f16 or f32), [`model::gguf`] (a validating GGUF reader and ggml-exact
 //!   dequantization), [`model::convert`] (GGUF to a Hugging Face directory) and

@@ -84,7 +84,7 @@ fn check(ty: GgmlType, qt: QuantType) {
         q.matrix_formats()
     );
     assert_eq!(
-        q.layers[0].down_proj.format,
+        q.layers[0].mlp.dense().unwrap().down_proj.format,
         Format::Float(qwenrt_kernels::Dtype::F32)
     );
     let f = Arc::new(dequantized_model(&gguf, &config));

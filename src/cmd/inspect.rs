@@ -171,10 +171,11 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
         weights.mapped_bytes(),
         weights.bytes_per_token()
     );
-    println!(
-        "norms: {} | biases: {}",
-        weights.norm.format, weights.layers[0].q_bias.format
-    );
+    let biases = match &weights.layers[0].q_bias {
+        Some(b) => b.format.to_string(),
+        None => "none".into(),
+    };
+    println!("norms: {} | biases: {biases}", weights.norm.format);
     println!(
         "isa: {} | threads: {} | ctx: {} | kv cache: {}",
         session.isa().describe(),

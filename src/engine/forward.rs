@@ -1,6 +1,8 @@
-//! The Qwen2 forward pass over one step's rows, reading top to bottom like the model card:
-//! embed; per layer: rmsnorm, q/k/v + bias, rope, cache write, attention, o_proj, residual,
-//! rmsnorm, gate/up, silu*mul, down, residual; final norm; lm_head.
+//! The forward pass of Qwen2, Qwen3 and Qwen3-MoE over one step's rows, reading top to bottom
+//! like the model card: embed; per layer: rmsnorm, q/k/v (+ bias in Qwen2), per-head q/k
+//! rmsnorm (Qwen3), rope, cache write, attention, o_proj, residual, rmsnorm, the MLP (gate/up,
+//! silu*mul, down; or, in a Qwen3-MoE sparse layer, the router's top-k experts, each that
+//! SwiGLU, summed by weight), residual; final norm; lm_head.
 //!
 //! A step's rows are laid out by numerics: first the rows of every [`Numerics::Decode`] feed,
 //! then those of every [`Numerics::Prefill`] feed, each feed's rows together. Every matrix
@@ -12,10 +14,10 @@
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, KvType, ThreadPool, F16, F32};
 
-use super::plan::{ArenaBufs, LOGIT_ROWS};
+use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::engine::kv_cache::{KvCache, KvStore};
-use crate::model::weights::{TensorRef, Weights};
+use crate::model::weights::{FeedForward, Mlp, TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
 /// is monomorphized once per format and the format is matched once per call.
@@ -58,7 +60,7 @@ pub(super) fn run(
 ) -> Result<(), EngineError> {
     let weights = &*e.weights;
     let c = &weights.config;
-    let (isa, pool, prefill_bf16) = (e.isa, &e.pool, e.prefill_bf16);
+    let (isa, pool) = (e.isa, &e.pool);
     let slots = &mut e.slots;
     let n: usize = feeds.iter().map(|f| f.tokens.len()).sum();
     let nd: usize = feeds
@@ -66,7 +68,7 @@ pub(super) fn run(
         .filter(|f| f.numerics == Numerics::Decode)
         .map(|f| f.tokens.len())
         .sum();
-    let (h, kvd, f, hd) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.head_dim);
+    let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
     let (nh, nkv, eps, vocab) = (
         c.num_attention_heads,
         c.num_key_value_heads,
@@ -78,55 +80,32 @@ pub(super) fn run(
     let b = ArenaBufs::carve(e.arena.floats_mut(), &e.plan);
     let x = &mut b.x[..n * h]; // [n, hidden]: the residual stream
     let x_norm = &mut b.x_norm[..n * h];
-    let q = &mut b.q[..n * h]; // [n, heads * head_dim]
+    let q = &mut b.q[..n * qd]; // [n, heads * head_dim]
     let k = &mut b.k[..n * kvd]; // [n, kv_heads * head_dim]
     let v = &mut b.v[..n * kvd];
-    let attn_out = &mut b.attn_out[..n * h];
-    let proj_out = &mut b.proj_out[..n * h];
-    let mlp_gate = &mut b.mlp_gate[..n * f]; // [n, ffn]
-    let mlp_up = &mut b.mlp_up[..n * f];
-    let x_prep = &mut *b.x_prep;
-    let matmul_pack = &mut *b.matmul_pack;
-    let quant_scratch = &mut *b.quant_scratch;
-    let wb = |t: &TensorRef| weights.bytes(t);
-
-    // `out = input · wᵀ` over the step's rows, in w's own format: the decode rows through the
-    // decode matvec (matvec_rows: the same numbers as one matvec per row), the prefill rows
-    // through one matmul (bf16 dot products for the MLP's gate/up on bf16 weights when on).
-    let mut linear = |w: &TensorRef,
-                      input: &[f32],
-                      k_in: usize,
-                      out: &mut [f32],
-                      gate_up: bool,
-                      prep: &mut [f32]| {
-        let wbytes = weights.bytes(w);
-        let width = out.len() / n;
-        let (in_d, in_p) = input.split_at(nd * k_in);
-        let (out_d, out_p) = out.split_at_mut(nd * width);
-        let d = match w.format {
-            Format::Float(d) => d,
-            Format::Quant(qt) => {
-                // the inputs quantized to 8-bit blocks once per call, integer dot products
-                if nd > 0 {
-                    matvec_quant(pool, isa, weights, w, qt, k_in, in_d, quant_scratch, out_d);
-                }
-                if nd < n {
-                    par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, quant_scratch, out_p);
-                }
-                return;
-            }
-        };
-        if nd > 0 {
-            by_format!(d, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, in_d, prep, out_d));
-        }
-        if nd < n {
-            if gate_up && prefill_bf16 && d == Dtype::BF16 {
-                par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p)
-            } else {
-                by_format!(d, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, matmul_pack, out_p))
-            }
-        }
+    let attn_out = &mut b.attn_out[..n * qd]; // [n, heads * head_dim]
+    let proj_out = &mut b.proj_out[..n * h]; // [n, hidden]
+    let mut ffn_bufs = FfnBufs {
+        gate: b.mlp_gate, // [n, ffn]
+        up: b.mlp_up,
+        router_logits: b.router_logits, // [n, experts]
+        route_expert: bytemuck::cast_slice_mut(b.route_expert), // [n, top_k]
+        route_weight: b.route_weight,
+        expert_rows: bytemuck::cast_slice_mut(b.expert_rows), // [n]
+        expert_weights: b.expert_weights,
+        expert_x: b.expert_x, // [n + pad, hidden]
+        expert_out: b.expert_out,
     };
+    let mut lin = Linear {
+        pool,
+        isa,
+        weights,
+        prefill_bf16: e.prefill_bf16,
+        prep: b.x_prep,
+        matmul_pack: b.matmul_pack,
+        quant_scratch: b.quant_scratch,
+    };
+    let wb = |t: &TensorRef| weights.bytes(t);
     let layout = KvLayout {
         n_heads: nh,
         n_kv_heads: nkv,
@@ -179,7 +158,7 @@ pub(super) fn run(
                 pool,
                 isa,
                 x_norm,
-                x_prep,
+                lin.prep,
                 wb(&layer.q_proj),
                 q,
                 wb(&layer.k_proj),
@@ -188,19 +167,32 @@ pub(super) fn run(
                 v,
             ));
         } else {
-            linear(&layer.q_proj, x_norm, h, q, false, x_prep);
-            linear(&layer.k_proj, x_norm, h, k, false, x_prep);
-            linear(&layer.v_proj, x_norm, h, v, false, x_prep);
+            lin.run(&layer.q_proj, x_norm, h, q, nd, false);
+            lin.run(&layer.k_proj, x_norm, h, k, nd, false);
+            lin.run(&layer.v_proj, x_norm, h, v, nd, false);
         }
-        bias_rows(isa, q, h, &layer.q_bias, weights);
-        bias_rows(isa, k, kvd, &layer.k_bias, weights);
-        bias_rows(isa, v, kvd, &layer.v_bias, weights);
+        // Qwen2: biases on q, k and v
+        for (y, bias) in [
+            (&mut *q, &layer.q_bias),
+            (&mut *k, &layer.k_bias),
+            (&mut *v, &layer.v_bias),
+        ] {
+            if let Some(bias) = bias {
+                bias_rows(isa, y, bias, weights);
+            }
+        }
+        // Qwen3: each head of q and of k RMS-normalized, before RoPE
+        for (y, norm) in [(&mut *q, &layer.q_norm), (&mut *k, &layer.k_norm)] {
+            if let Some(norm) = norm {
+                head_rmsnorm(isa, y, norm, weights, eps, b.head_norm);
+            }
+        }
         for t in 0..n {
             let (cos, sin) = (
                 &rope_cos[t * half..(t + 1) * half],
                 &rope_sin[t * half..(t + 1) * half],
             );
-            ops::rope(isa, &mut q[t * h..(t + 1) * h], hd, cos, sin);
+            ops::rope(isa, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
             ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
         }
         // per feed: its rows into its own cache, then attention over that cache, read in the
@@ -208,7 +200,7 @@ pub(super) fn run(
         for (row0, fd) in in_row_order(feeds) {
             let i = fd.seq.slot();
             let m = fd.tokens.len();
-            let rows = row0 * h..(row0 + m) * h;
+            let rows = row0 * qd..(row0 + m) * qd;
             let kv_rows = row0 * kvd..(row0 + m) * kvd;
             let feed = FeedRows {
                 slot: i,
@@ -223,10 +215,10 @@ pub(super) fn run(
                 pool, isa, layout, &mut slots[i].kv, l, feed, kv_k, kv_v, b.attn_scores,
             ))?;
         }
-        linear(&layer.o_proj, attn_out, h, proj_out, false, x_prep);
+        lin.run(&layer.o_proj, attn_out, qd, proj_out, nd, false);
         ops::add(isa, x, proj_out);
 
-        // MLP block
+        // MLP block: dense, or the experts the router picks for each row
         rmsnorm_rows(
             isa,
             x,
@@ -236,27 +228,27 @@ pub(super) fn run(
             weights,
             eps,
         );
-        let gu_format = layer.gate_proj.format;
-        if let (Format::Float(gu_format), true) = (
-            gu_format,
-            n == 1 && nd == 1 && layer.up_proj.format == gu_format,
-        ) {
-            by_format!(gu_format, W => par::matvec2::<W>(
-                pool,
-                isa,
-                x_norm,
-                x_prep,
-                wb(&layer.gate_proj),
-                mlp_gate,
-                wb(&layer.up_proj),
-                mlp_up,
-            ));
-        } else {
-            linear(&layer.gate_proj, x_norm, h, mlp_gate, true, x_prep);
-            linear(&layer.up_proj, x_norm, h, mlp_up, true, x_prep);
+        match &layer.mlp {
+            Mlp::Dense(ffn) => {
+                let (gate, up) = (&mut *ffn_bufs.gate, &mut *ffn_bufs.up);
+                swiglu(&mut lin, ffn, x_norm, h, nd, gate, up, proj_out)
+            }
+            Mlp::Moe {
+                router,
+                experts,
+                top_k,
+                renormalize,
+            } => {
+                let routing = Routing {
+                    top_k: *top_k,
+                    renormalize: *renormalize,
+                };
+                let b = &mut ffn_bufs;
+                moe_rows(
+                    &mut lin, router, experts, routing, x_norm, h, nd, b, proj_out,
+                )
+            }
         }
-        ops::silu_mul(isa, mlp_gate, mlp_up);
-        linear(&layer.down_proj, mlp_gate, f, proj_out, false, x_prep);
         ops::add(isa, x, proj_out);
     }
 
@@ -303,13 +295,13 @@ pub(super) fn run(
                     qt,
                     h,
                     &x_norm[..g * h],
-                    quant_scratch,
+                    lin.quant_scratch,
                     out,
                 )
             }
-            Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], x_prep, out),
+            Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], lin.prep, out),
             Format::Float(d) => {
-                by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], x_prep, out))
+                by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], lin.prep, out))
             }
         }
         for (j, row) in out.chunks_exact(vocab).enumerate() {
@@ -325,6 +317,246 @@ pub(super) fn run(
         }
     }
     Ok(())
+}
+
+/// The products of a step's rows with the weight matrices, in each matrix's own format, with
+/// the scratch the kernels need (all arena regions).
+struct Linear<'a> {
+    pool: &'a ThreadPool,
+    isa: Isa,
+    weights: &'a Weights,
+    /// Whether prefill's gate/up matmuls on bf16 weights take bf16 dot products.
+    prefill_bf16: bool,
+    /// The activations prepared for the decode matvecs (`x_prep`).
+    prep: &'a mut [f32],
+    /// Prefill matmuls' packed panels.
+    matmul_pack: &'a mut [f32],
+    /// 8-bit blocks of the inputs of block-quantized matrices.
+    quant_scratch: &'a mut [f32],
+}
+
+impl Linear<'_> {
+    /// `out = input · wᵀ` over rows `input` (`[rows, k_in]`, the first `nd` of them decode
+    /// rows): the decode rows through the decode matvec (matvec_rows: the same numbers as one
+    /// matvec per row), the others through one matmul (bf16 dot products for an MLP's gate/up,
+    /// `gate_up`, on bf16 weights when on).
+    fn run(
+        &mut self,
+        w: &TensorRef,
+        input: &[f32],
+        k_in: usize,
+        out: &mut [f32],
+        nd: usize,
+        gate_up: bool,
+    ) {
+        let (pool, isa, weights) = (self.pool, self.isa, self.weights);
+        let wbytes = weights.bytes(w);
+        let n = input.len() / k_in;
+        let width = out.len() / n.max(1);
+        let (in_d, in_p) = input.split_at(nd * k_in);
+        let (out_d, out_p) = out.split_at_mut(nd * width);
+        let d = match w.format {
+            Format::Float(d) => d,
+            Format::Quant(qt) => {
+                // the inputs quantized to 8-bit blocks once per call, integer dot products
+                let scratch = &mut *self.quant_scratch;
+                if nd > 0 {
+                    matvec_quant(pool, isa, weights, w, qt, k_in, in_d, scratch, out_d);
+                }
+                if nd < n {
+                    par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, scratch, out_p);
+                }
+                return;
+            }
+        };
+        if nd > 0 {
+            let prep = &mut *self.prep;
+            by_format!(d, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, in_d, prep, out_d));
+        }
+        if nd < n {
+            let pack = &mut *self.matmul_pack;
+            if gate_up && self.prefill_bf16 && d == Dtype::BF16 {
+                par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, pack, out_p)
+            } else {
+                by_format!(d, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, pack, out_p))
+            }
+        }
+    }
+}
+
+/// `out = down(silu(gate(x)) * up(x))` over the rows `x` (`[rows, hidden]`, the first `nd`
+/// decode rows): the dense MLP, and each expert over the rows routed to it. `gate` and `up`
+/// are scratch of at least `[rows, ffn]`.
+#[allow(clippy::too_many_arguments)]
+fn swiglu(
+    lin: &mut Linear<'_>,
+    ffn: &FeedForward,
+    x: &[f32],
+    h: usize,
+    nd: usize,
+    gate: &mut [f32],
+    up: &mut [f32],
+    out: &mut [f32],
+) {
+    let (pool, isa) = (lin.pool, lin.isa);
+    let n = x.len() / h;
+    let f = ffn.gate_proj.shape[0];
+    let (gate, up) = (&mut gate[..n * f], &mut up[..n * f]);
+    let gu_format = ffn.gate_proj.format;
+    if let (Format::Float(gu_format), true) = (
+        gu_format,
+        n == 1 && nd == 1 && ffn.up_proj.format == gu_format,
+    ) {
+        // one row: gate and up read the same activations, so one dispatch streams both (the
+        // same numbers as two matvecs)
+        let wb = |t: &TensorRef| lin.weights.bytes(t);
+        let (wg, wu) = (wb(&ffn.gate_proj), wb(&ffn.up_proj));
+        by_format!(gu_format, W => par::matvec2::<W>(pool, isa, x, lin.prep, wg, gate, wu, up));
+    } else {
+        lin.run(&ffn.gate_proj, x, h, gate, nd, true);
+        lin.run(&ffn.up_proj, x, h, up, nd, true);
+    }
+    ops::silu_mul(isa, gate, up);
+    lin.run(&ffn.down_proj, gate, f, out, nd, false);
+}
+
+/// The scratch of a layer's feed-forward block (arena regions; see the plan for shapes).
+struct FfnBufs<'a> {
+    gate: &'a mut [f32],
+    up: &'a mut [f32],
+    router_logits: &'a mut [f32],
+    route_expert: &'a mut [u32],
+    route_weight: &'a mut [f32],
+    expert_rows: &'a mut [u32],
+    expert_weights: &'a mut [f32],
+    expert_x: &'a mut [f32],
+    expert_out: &'a mut [f32],
+}
+
+/// How a layer of experts routes each row: to its `top_k` most probable experts, their
+/// probabilities renormalized to sum to 1 when `renormalize`.
+#[derive(Clone, Copy)]
+struct Routing {
+    top_k: usize,
+    renormalize: bool,
+}
+
+/// A layer of experts over the rows `x` (`[rows, hidden]`, the first `nd` decode rows), into
+/// `out` (`[rows, hidden]`): the router picks each row's experts and weights ([`route`]), then
+/// each expert runs once over all the rows routed to it, gathered in row order (so its decode
+/// rows come first, and its weights are streamed once per step), and each row sums its experts'
+/// outputs times their weights, in expert order: a row's numbers do not depend on which other
+/// rows share the step.
+#[allow(clippy::too_many_arguments)]
+fn moe_rows(
+    lin: &mut Linear<'_>,
+    router: &TensorRef,
+    experts: &[FeedForward],
+    routing: Routing,
+    x: &[f32],
+    h: usize,
+    nd: usize,
+    b: &mut FfnBufs<'_>,
+    out: &mut [f32],
+) {
+    let n = x.len() / h;
+    let (ne, top_k) = (experts.len(), routing.top_k);
+    let logits = &mut b.router_logits[..n * ne]; // [n, experts]
+    lin.run(router, x, h, logits, nd, false);
+    let chosen = &mut b.route_expert[..n * top_k]; // [n, top_k]
+    let chosen_weight = &mut b.route_weight[..n * top_k];
+    for ((l, c), w) in logits
+        .chunks_exact_mut(ne)
+        .zip(chosen.chunks_exact_mut(top_k))
+        .zip(chosen_weight.chunks_exact_mut(top_k))
+    {
+        route(l, c, w, routing.renormalize);
+    }
+    out.fill(0.0);
+    for (e, expert) in experts.iter().enumerate() {
+        // the rows routed to expert e, their weights for it, their inputs gathered
+        let (mut m, mut m_decode) = (0, 0);
+        for r in 0..n {
+            let Some(j) = chosen[r * top_k..(r + 1) * top_k]
+                .iter()
+                .position(|&c| c as usize == e)
+            else {
+                continue;
+            };
+            b.expert_rows[m] = r as u32;
+            b.expert_weights[m] = chosen_weight[r * top_k + j];
+            b.expert_x[m * h..(m + 1) * h].copy_from_slice(&x[r * h..(r + 1) * h]);
+            m += 1;
+            m_decode += usize::from(r < nd);
+        }
+        if m == 0 {
+            continue;
+        }
+        // fewer prefill rows than the matmul tiles take: copies of the last one up to that many
+        // (their outputs unused), so each row's sums are those of its feed alone
+        let prefill = m - m_decode;
+        let run = if prefill > 0 && prefill < MIN_MATMUL_ROWS {
+            let (gathered, pad) = b.expert_x.split_at_mut(m * h);
+            let last = &gathered[(m - 1) * h..];
+            for copy in pad[..(MIN_MATMUL_ROWS - prefill) * h].chunks_exact_mut(h) {
+                copy.copy_from_slice(last);
+            }
+            m_decode + MIN_MATMUL_ROWS
+        } else {
+            m
+        };
+        let y = &mut b.expert_out[..run * h]; // [run, hidden]
+        swiglu(
+            lin,
+            expert,
+            &b.expert_x[..run * h],
+            h,
+            m_decode,
+            b.gate,
+            b.up,
+            y,
+        );
+        for (j, yr) in y.chunks_exact(h).take(m).enumerate() {
+            let (r, w) = (b.expert_rows[j] as usize, b.expert_weights[j]);
+            for (o, &v) in out[r * h..(r + 1) * h].iter_mut().zip(yr) {
+                *o += w * v;
+            }
+        }
+    }
+}
+
+/// One row's routing, as transformers' Qwen3-MoE computes it: `logits` (`[experts]`) become the
+/// softmax over every expert; `chosen` gets the `top_k` most probable (the lower index first
+/// among equals) and `weight` their probabilities, renormalized to sum to 1 when `renormalize`
+/// (`norm_topk_prob`).
+fn route(logits: &mut [f32], chosen: &mut [u32], weight: &mut [f32], renormalize: bool) {
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for p in logits.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    for p in logits.iter_mut() {
+        *p /= sum;
+    }
+    for j in 0..chosen.len() {
+        let mut best: Option<usize> = None;
+        for (e, &p) in logits.iter().enumerate() {
+            let taken = chosen[..j].contains(&(e as u32));
+            if !taken && best.is_none_or(|b| p > logits[b]) {
+                best = Some(e);
+            }
+        }
+        let best = best.unwrap_or(0);
+        chosen[j] = best as u32;
+        weight[j] = logits[best];
+    }
+    if renormalize {
+        let total: f32 = weight.iter().sum();
+        for w in weight.iter_mut() {
+            *w /= total;
+        }
+    }
 }
 
 /// `out = x · wᵀ` for decode rows `x` (`cols` each) on `w`, quantized as `qt`: on AVX-512 from
@@ -442,11 +674,29 @@ fn rmsnorm_rows(
     }
 }
 
-/// `y[t] += bias` for every row.
-fn bias_rows(isa: Isa, y: &mut [f32], width: usize, bias: &TensorRef, weights: &Weights) {
+/// `y[t] += bias` for every row `t` (rows as wide as the bias).
+fn bias_rows(isa: Isa, y: &mut [f32], bias: &TensorRef, weights: &Weights) {
     let b = weights.bytes(bias);
-    for row in y.chunks_exact_mut(width) {
+    for row in y.chunks_exact_mut(bias.shape[0]) {
         ops::add_bias(isa, row, b, bias.dtype());
+    }
+}
+
+/// `y[t, head] = rmsnorm(y[t, head]) * weight` for every head of every row (heads as wide as
+/// the weight), each head copied into `scratch` first.
+fn head_rmsnorm(
+    isa: Isa,
+    y: &mut [f32],
+    weight: &TensorRef,
+    weights: &Weights,
+    eps: f32,
+    scratch: &mut [f32],
+) {
+    let hd = weight.shape[0];
+    let (wb, scratch) = (weights.bytes(weight), &mut scratch[..hd]);
+    for head in y.chunks_exact_mut(hd) {
+        scratch.copy_from_slice(head);
+        ops::rmsnorm(isa, scratch, wb, weight.dtype(), eps, head);
     }
 }
 
@@ -478,5 +728,48 @@ fn rope_at(inv_freq: &[f32], cos: &mut [f32], sin: &mut [f32], pos: usize) {
         let angle = pos as f32 * f;
         *c = (angle as f64).cos() as f32;
         *s = (angle as f64).sin() as f32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route;
+
+    #[test]
+    fn route_takes_the_top_k_of_the_softmax() {
+        let logits = [0.5f32, 2.0, -1.0, 2.0, 1.0];
+        let z: f32 = logits.iter().map(|l| l.exp()).sum();
+        let p = |i: usize| logits[i].exp() / z;
+        for renormalize in [false, true] {
+            let (mut l, mut chosen, mut weight) = (logits, [9u32; 3], [0f32; 3]);
+            route(&mut l, &mut chosen, &mut weight, renormalize);
+            // equal logits: the lower index first, as torch.topk
+            assert_eq!(chosen, [1, 3, 4]);
+            let want = [p(1), p(3), p(4)];
+            let sum: f32 = want.iter().sum();
+            for (w, v) in weight.iter().zip(want) {
+                let v = if renormalize { v / sum } else { v };
+                assert!(
+                    (w - v).abs() < 1e-6,
+                    "{weight:?} vs {want:?} ({renormalize})"
+                );
+            }
+            if renormalize {
+                assert!((weight.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+            }
+        }
+        // k = every expert: each once
+        let (mut l, mut chosen, mut weight) = (logits, [0u32; 5], [0f32; 5]);
+        route(&mut l, &mut chosen, &mut weight, false);
+        let mut sorted = chosen;
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 2, 3, 4]);
+        // NaN logits give NaN weights, never an expert out of range
+        let (mut l, mut chosen, mut weight) = ([f32::NAN; 4], [7u32; 2], [0f32; 2]);
+        route(&mut l, &mut chosen, &mut weight, true);
+        assert!(
+            chosen.iter().all(|&c| c < 4) && chosen[0] != chosen[1],
+            "{chosen:?}"
+        );
     }
 }

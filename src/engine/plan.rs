@@ -24,13 +24,33 @@ crate::arena_regions! {
         /// The residual stream of a step's rows: `[rows, hidden]`.
         x: "x",
         x_norm: "x_norm",
+        /// Queries of a step's rows: `[rows, heads * head_dim]`.
         q: "q",
         k: "k",
         v: "v",
         attn_out: "attn_out",
         proj_out: "proj_out",
+        /// The gate (then silu(gate) * up) of the dense MLP or of one expert: `[rows (+ pad),
+        /// ffn]`.
         mlp_gate: "mlp_gate",
         mlp_up: "mlp_up",
+        /// One head's q or k while it is normalized in place (Qwen3): `[head_dim]`.
+        head_norm: "qk_norm.head",
+        /// The router's logits of every row (Qwen3-MoE): `[rows, experts]`.
+        router_logits: "moe.router_logits",
+        /// The experts each row is routed to (u32): `[rows, top_k]`.
+        route_expert: "moe.route_expert",
+        /// Their routing weights: `[rows, top_k]`.
+        route_weight: "moe.route_weight",
+        /// The rows of the step routed to the expert being run (u32), in row order: `[rows]`.
+        expert_rows: "moe.expert_rows",
+        /// Each of those rows' weight for that expert: `[rows]`.
+        expert_weights: "moe.expert_weights",
+        /// Those rows' normalized inputs, gathered (prefill rows padded to
+        /// [`MIN_MATMUL_ROWS`]): `[rows + pad, hidden]`.
+        expert_x: "moe.x",
+        /// The expert's outputs for them: `[rows + pad, hidden]`.
+        expert_out: "moe.out",
         /// Attention's per-thread score rows and tile scratch.
         attn_scores: "attn_scores",
         /// Head output of up to [`LOGIT_ROWS`] rows at once.
@@ -53,6 +73,13 @@ crate::arena_regions! {
     }
 }
 
+/// Fewest rows a prefill matmul takes through its tiles: the kernels run fewer rows as one
+/// matvec each, whose sums round differently (`par::matmul_bf16dot`'s doc: "for fewer than 3
+/// tokens, it is exactly `matmul::<Bf16>`", and that, below 3, streams the weights per token).
+/// An expert given fewer prefill rows gets copies of its last one up to this many, so that a
+/// row's numbers never depend on how many other rows a step routes to the same expert.
+pub(crate) const MIN_MATMUL_ROWS: usize = 3;
+
 /// Rows of logits computed at once (the head is streamed once per group of this many rows).
 pub(crate) const LOGIT_ROWS: usize = 8;
 
@@ -69,13 +96,19 @@ pub(crate) struct Dims {
 }
 
 pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
-    let (h, kvd, f, v, hd) = (
+    let (h, qd, kvd, f, v, hd) = (
         c.hidden_size,
+        c.q_dim(),
         c.kv_dim(),
-        c.intermediate_size,
+        c.max_ffn(),
         c.vocab_size,
         c.head_dim,
     );
+    // the experts and the top-k of a MoE model (0 for a dense one: its MoE regions are empty)
+    let (experts, top_k) = c
+        .moe
+        .as_ref()
+        .map_or((0, 0), |m| (m.num_experts, m.experts_per_tok));
     let (s, kv, n) = (d.sequences, d.kv, d.rows);
     let spec = |shape: String, floats: Option<usize>| RegionSpec::new(shape, floats);
     // one of K or V: elements per sequence, and the region's floats (16-bit elements two to a
@@ -106,17 +139,37 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
             n.checked_mul(width),
         )
     };
+    // an expert's rows: every row of the step, and the copies that pad its prefill rows to
+    // MIN_MATMUL_ROWS
+    let n_pad = if experts == 0 {
+        n
+    } else {
+        n + MIN_MATMUL_ROWS - 1
+    };
+    let padded = |what: &str, width: usize| {
+        spec(
+            format!("[rows + pad, {what}] = [{n_pad}, {width}]"),
+            n_pad.checked_mul(width),
+        )
+    };
+    let moe_rows = |what: &str, width: usize| {
+        let width = if experts == 0 { 0 } else { width };
+        rows(what, width)
+    };
     let scores = par::scores_len(d.threads, c.num_attention_heads, kv.capacity);
     let lr = LOGIT_ROWS.min(n);
+    // the widest input of any matrix: hidden, the attention output (heads * head_dim), or an
+    // MLP's hidden layer
+    let widest = h.max(qd).max(f);
     // the activations prepared for the decode matvec's dot products (the bf16 hi/lo split)
-    let split = par::matvec_rows_scratch_len(n, h.max(f));
+    let split = par::matvec_rows_scratch_len(n, widest);
     // the prefill matmuls' per-thread panels, after prefill's bf16 pairs for gate/up
     let t = d.threads;
     let panels = par::matmul_scratch_len(t);
-    let pairs_panels = par::matmul_bf16dot_scratch_len(t, n, h);
-    let kmax = h.max(f).next_multiple_of(32);
+    let pairs_panels = par::matmul_bf16dot_scratch_len(t, n_pad, h);
+    let kmax = widest.next_multiple_of(32);
     let quant = if d.quantized {
-        par::matmul_q_scratch_len(t, n, kmax)
+        par::matmul_q_scratch_len(t, n_pad, kmax)
             .max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
             .max(par::repacked_scratch_len(n.max(LOGIT_ROWS), kmax))
     } else {
@@ -135,13 +188,24 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         ),
         x: rows("hidden", h),
         x_norm: rows("hidden", h),
-        q: rows("heads*head_dim", h),
+        q: rows("heads*head_dim", qd),
         k: rows("kv_heads*head_dim", kvd),
         v: rows("kv_heads*head_dim", kvd),
-        attn_out: rows("hidden", h),
+        attn_out: rows("heads*head_dim", qd),
         proj_out: rows("hidden", h),
-        mlp_gate: rows("ffn", f),
-        mlp_up: rows("ffn", f),
+        mlp_gate: padded("ffn", f),
+        mlp_up: padded("ffn", f),
+        head_norm: {
+            let width = if c.arch.qk_norm() { hd } else { 0 };
+            spec(format!("[head_dim] = [{width}]"), Some(width))
+        },
+        router_logits: moe_rows("experts", experts),
+        route_expert: moe_rows("top_k", top_k),
+        route_weight: moe_rows("top_k", top_k),
+        expert_rows: moe_rows("1", 1),
+        expert_weights: moe_rows("1", 1),
+        expert_x: padded("hidden", if experts == 0 { 0 } else { h }),
+        expert_out: padded("hidden", if experts == 0 { 0 } else { h }),
         attn_scores: spec(
             format!("[max(threads, heads), ctx] -> {scores}"),
             Some(scores),
@@ -157,7 +221,7 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         rope_sin: rows("head_dim/2", hd / 2),
         x_prep: spec(
             format!(
-                "matvec split [min(rows, {}), max(hidden, ffn)] = {split}",
+                "matvec split [min(rows, {}), max(hidden, heads*head_dim, ffn)] = {split}",
                 par::MATVEC_ROWS_MAX
             ),
             Some(split),
@@ -169,7 +233,7 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
             Some(panels.max(pairs_panels)),
         ),
         quant_scratch: spec(
-            format!("8-bit input blocks [rows, max(hidden, ffn)] + quantized panels [threads = {t}] = {quant}"),
+            format!("8-bit input blocks [rows, max(hidden, heads*head_dim, ffn)] + quantized panels [threads = {t}] = {quant}"),
             Some(quant),
         ),
     }

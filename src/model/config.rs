@@ -1,14 +1,103 @@
-//! `config.json`: the model's shape, read in the classic hub style (`rope_theta`, `torch_dtype` at
-//! the top level) or the newer one (`rope_parameters.rope_theta`, `dtype`), then validated.
+//! `config.json`: the model's architecture ([`Arch`]: Qwen2, Qwen3, Qwen3-MoE) and shape, read in
+//! the classic hub style (`rope_theta`, `torch_dtype` at the top level) or the newer one
+//! (`rope_parameters.rope_theta`, `dtype`), then validated.
 
 use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
 
-/// A validated Qwen2 model configuration.
+/// The architectures qwenrt runs, by `model_type` (and `architectures`) of config.json.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// `qwen2` (`Qwen2ForCausalLM`): biases on q, k and v; `head_dim = hidden / heads`.
+    Qwen2,
+    /// `qwen3` (`Qwen3ForCausalLM`): no q/k/v bias, a per-head RMSNorm on q and k before RoPE,
+    /// `head_dim` set in the config.
+    Qwen3,
+    /// `qwen3_moe` (`Qwen3MoeForCausalLM`): Qwen3's attention, and in the sparse layers a router
+    /// over experts in place of the MLP ([`MoeConfig`]).
+    Qwen3Moe,
+}
+
+impl Arch {
+    /// Every architecture, for messages that list them.
+    pub const ALL: [Arch; 3] = [Arch::Qwen2, Arch::Qwen3, Arch::Qwen3Moe];
+
+    /// config.json's `model_type`.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3_moe",
+        }
+    }
+
+    /// config.json's `architectures` entry (the transformers class).
+    pub fn class(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Qwen3Moe => "Qwen3MoeForCausalLM",
+        }
+    }
+
+    /// GGUF's `general.architecture` (llama.cpp's name).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Qwen3Moe => "qwen3moe",
+        }
+    }
+
+    /// Whether q, k and v have biases (Qwen2).
+    pub fn qkv_bias(self) -> bool {
+        self == Arch::Qwen2
+    }
+
+    /// Whether q and k go through a per-head RMSNorm before RoPE (Qwen3).
+    pub fn qk_norm(self) -> bool {
+        self != Arch::Qwen2
+    }
+
+    fn from_model_type(t: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.model_type() == t)
+    }
+
+    fn from_class(c: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.class() == c)
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.model_type())
+    }
+}
+
+/// The mixture-of-experts part of a Qwen3-MoE config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MoeConfig {
+    /// Experts per sparse layer (`num_experts`).
+    pub num_experts: usize,
+    /// Experts each token is routed to (`num_experts_per_tok`, the top-k).
+    pub experts_per_tok: usize,
+    /// Width of each expert's SwiGLU hidden layer (`moe_intermediate_size`).
+    pub moe_intermediate_size: usize,
+    /// Whether the top-k routing probabilities are renormalized to sum to 1 (`norm_topk_prob`).
+    pub norm_topk_prob: bool,
+    /// Per layer: whether it is sparse (experts) rather than a dense MLP of
+    /// `intermediate_size`. From `mlp_only_layers` and `decoder_sparse_step`, as transformers
+    /// decides: layer `i` is sparse unless listed, and when `(i + 1) % decoder_sparse_step == 0`.
+    pub sparse_layers: Vec<bool>,
+}
+
+/// A validated model configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
+    /// The architecture.
+    pub arch: Arch,
     /// Tokens in the vocabulary (rows of the embedding).
     pub vocab_size: usize,
     /// Width of the residual stream.
@@ -21,7 +110,8 @@ pub struct Config {
     pub num_attention_heads: usize,
     /// Key/value heads per layer (grouped-query attention).
     pub num_key_value_heads: usize,
-    /// `hidden_size / num_attention_heads`.
+    /// Width of one attention head: `hidden_size / num_attention_heads` in Qwen2, config.json's
+    /// `head_dim` in Qwen3 (where `num_attention_heads * head_dim` need not be `hidden_size`).
     pub head_dim: usize,
     /// Positions the model was trained for.
     pub max_position_embeddings: usize,
@@ -38,6 +128,8 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
     /// End-of-sequence ids (config.json's `eos_token_id`, a number or a list).
     pub eos_token_ids: Vec<u32>,
+    /// The experts of a Qwen3-MoE model (`None` for a dense one).
+    pub moe: Option<MoeConfig>,
 }
 
 /// What is wrong with a config.json.
@@ -87,6 +179,14 @@ struct RopeParameters {
 #[derive(Deserialize)]
 struct RawConfig {
     model_type: Option<String>,
+    architectures: Option<Vec<String>>,
+    attention_bias: Option<bool>,
+    num_experts: Option<u64>,
+    num_experts_per_tok: Option<u64>,
+    moe_intermediate_size: Option<u64>,
+    norm_topk_prob: Option<bool>,
+    decoder_sparse_step: Option<u64>,
+    mlp_only_layers: Option<Vec<u64>>,
     vocab_size: Option<u64>,
     hidden_size: Option<u64>,
     intermediate_size: Option<u64>,
@@ -145,14 +245,7 @@ impl Config {
     pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| ConfigError::Json(e.to_string()))?;
-        if let Some(mt) = &raw.model_type {
-            if mt != "qwen2" {
-                return Err(ConfigError::Invalid {
-                    field: "model_type",
-                    why: format!("is {mt:?}; only \"qwen2\" is supported"),
-                });
-            }
-        }
+        let arch = arch_of(&raw)?;
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
                 return Err(ConfigError::Invalid {
@@ -170,12 +263,51 @@ impl Config {
             None => num_attention_heads,
             v => positive("num_key_value_heads", v)?,
         };
-        if hidden_size % num_attention_heads != 0 {
-            return Err(ConfigError::Invalid {
-                field: "num_attention_heads",
-                why: format!("({num_attention_heads}) does not divide hidden_size ({hidden_size})"),
-            });
-        }
+        let head_dim = if arch == Arch::Qwen2 {
+            // Qwen2's heads split the hidden size; a head_dim given must agree
+            if hidden_size % num_attention_heads != 0 {
+                return Err(ConfigError::Invalid {
+                    field: "num_attention_heads",
+                    why: format!(
+                        "({num_attention_heads}) does not divide hidden_size ({hidden_size})"
+                    ),
+                });
+            }
+            let head_dim = hidden_size / num_attention_heads;
+            if let Some(hd) = raw.head_dim {
+                if hd as usize != head_dim {
+                    return Err(ConfigError::Invalid {
+                        field: "head_dim",
+                        why: format!(
+                            "is {hd}, but hidden_size / num_attention_heads is {head_dim}"
+                        ),
+                    });
+                }
+            }
+            if head_dim % 2 != 0 {
+                return Err(ConfigError::Invalid {
+                    field: "num_attention_heads",
+                    why: format!("gives an odd head_dim ({head_dim}); RoPE needs it even"),
+                });
+            }
+            head_dim
+        } else {
+            // Qwen3 sets the head width itself (the 0.6B: hidden 1024, 16 heads of 128)
+            let hd = positive("head_dim", raw.head_dim)?;
+            if hd % 2 != 0 {
+                return Err(ConfigError::Invalid {
+                    field: "head_dim",
+                    why: format!("is {hd}; RoPE needs it even"),
+                });
+            }
+            if raw.attention_bias == Some(true) {
+                return Err(ConfigError::Invalid {
+                    field: "attention_bias",
+                    why: format!("is true; {arch} models with attention biases are not supported"),
+                });
+            }
+            hd
+        };
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(ConfigError::Invalid {
                 field: "num_key_value_heads",
@@ -184,21 +316,10 @@ impl Config {
                 ),
             });
         }
-        let head_dim = hidden_size / num_attention_heads;
-        if let Some(hd) = raw.head_dim {
-            if hd as usize != head_dim {
-                return Err(ConfigError::Invalid {
-                    field: "head_dim",
-                    why: format!("is {hd}, but hidden_size / num_attention_heads is {head_dim}"),
-                });
-            }
-        }
-        if head_dim % 2 != 0 {
-            return Err(ConfigError::Invalid {
-                field: "num_attention_heads",
-                why: format!("gives an odd head_dim ({head_dim}); RoPE needs it even"),
-            });
-        }
+        let moe = match arch {
+            Arch::Qwen3Moe => Some(moe_config(&raw)?),
+            _ => None,
+        };
         let max_position_embeddings =
             positive("max_position_embeddings", raw.max_position_embeddings)?;
         let rms_norm_eps = raw
@@ -252,6 +373,7 @@ impl Config {
             .map(|v| token_id("bos_token_id", v))
             .transpose()?;
         let config = Config {
+            arch,
             vocab_size,
             hidden_size,
             intermediate_size,
@@ -266,6 +388,7 @@ impl Config {
             torch_dtype: raw.torch_dtype.or(raw.dtype),
             bos_token_id,
             eos_token_ids,
+            moe,
         };
         config.parameter_count().ok_or(ConfigError::Invalid {
             field: "hidden_size",
@@ -289,6 +412,35 @@ impl Config {
         self.num_key_value_heads * self.head_dim
     }
 
+    /// Width of the Q projection and of the attention output: `num_attention_heads *
+    /// head_dim` (the hidden size in Qwen2; not necessarily in Qwen3).
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim
+    }
+
+    /// Whether decoder layer `layer` routes over experts (a Qwen3-MoE sparse layer) rather than
+    /// running a dense MLP.
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        self.moe
+            .as_ref()
+            .is_some_and(|m| m.sparse_layers.get(layer).copied().unwrap_or(false))
+    }
+
+    /// The widest hidden layer of any feed-forward block the model has: `intermediate_size`
+    /// if a layer is dense, an expert's `moe_intermediate_size` if a layer is sparse.
+    pub fn max_ffn(&self) -> usize {
+        let dense = match &self.moe {
+            None => true,
+            Some(m) => m.sparse_layers.iter().any(|&sparse| !sparse),
+        };
+        let moe = self.moe.as_ref().map_or(0, |m| m.moe_intermediate_size);
+        if dense {
+            self.intermediate_size.max(moe)
+        } else {
+            moe
+        }
+    }
+
     /// Bytes of the f32 K and V caches at the full `max_position_embeddings`, or `None` if
     /// that overflows `usize`.
     pub fn max_kv_cache_bytes(&self) -> Option<usize> {
@@ -302,18 +454,124 @@ impl Config {
     pub fn parameter_count(&self) -> Option<usize> {
         let h = self.hidden_size;
         let kv = self.kv_dim();
+        let qd = self.num_attention_heads.checked_mul(self.head_dim)?;
         let f = self.intermediate_size;
         let embed = self.vocab_size.checked_mul(h)?;
+        // q and o, k and v
         let attn = h
-            .checked_mul(h)?
+            .checked_mul(qd)?
             .checked_mul(2)?
             .checked_add(h.checked_mul(kv)?.checked_mul(2)?)?;
-        let mlp = h.checked_mul(f)?.checked_mul(3)?;
-        let per_layer = attn.checked_add(mlp)?.checked_add(h * 2 + h + 2 * kv)?;
-        let layers = per_layer.checked_mul(self.num_hidden_layers)?;
+        let biases = if self.arch.qkv_bias() { qd + 2 * kv } else { 0 };
+        let qk_norms = if self.arch.qk_norm() {
+            2 * self.head_dim
+        } else {
+            0
+        };
+        let dense = h.checked_mul(f)?.checked_mul(3)?;
+        let sparse = match &self.moe {
+            Some(m) => h
+                .checked_mul(m.moe_intermediate_size)?
+                .checked_mul(3)?
+                .checked_add(h)? // the router's row for the expert
+                .checked_mul(m.num_experts)?,
+            None => 0,
+        };
+        let mut layers = 0usize;
+        for l in 0..self.num_hidden_layers {
+            let mlp = if self.is_sparse(l) { sparse } else { dense };
+            layers = layers
+                .checked_add(attn)?
+                .checked_add(mlp)?
+                .checked_add(2 * h + biases + qk_norms)?;
+        }
         let head = if self.tie_word_embeddings { 0 } else { embed };
         embed.checked_add(layers)?.checked_add(head)?.checked_add(h)
     }
+}
+
+/// The architecture config.json names: `model_type`, else the `architectures` class, else
+/// Qwen2 (a bare config of the original format). Both given must agree.
+fn arch_of(raw: &RawConfig) -> Result<Arch, ConfigError> {
+    let supported = || {
+        let names: Vec<String> = Arch::ALL
+            .iter()
+            .map(|a| format!("{:?}", a.model_type()))
+            .collect();
+        names.join(", ")
+    };
+    let by_type = match raw.model_type.as_deref() {
+        None => None,
+        Some(t) => Some(
+            Arch::from_model_type(t).ok_or_else(|| ConfigError::Invalid {
+                field: "model_type",
+                why: format!("is {t:?}; supported: {}", supported()),
+            })?,
+        ),
+    };
+    let by_class = match raw.architectures.as_deref() {
+        None | Some([]) => None,
+        Some([c]) => Some(Arch::from_class(c).ok_or_else(|| ConfigError::Invalid {
+            field: "architectures",
+            why: format!(
+                "is [{c:?}]; supported: {}",
+                Arch::ALL.map(|a| format!("{:?}", a.class())).join(", ")
+            ),
+        })?),
+        Some(many) => {
+            return Err(ConfigError::Invalid {
+                field: "architectures",
+                why: format!("lists {} classes ({many:?}); expected one", many.len()),
+            })
+        }
+    };
+    match (by_type, by_class) {
+        (Some(t), Some(c)) if t != c => Err(ConfigError::Invalid {
+            field: "architectures",
+            why: format!(
+                "is [{:?}] but model_type is {:?}",
+                c.class(),
+                t.model_type()
+            ),
+        }),
+        (t, c) => Ok(t.or(c).unwrap_or(Arch::Qwen2)),
+    }
+}
+
+/// The experts of a `qwen3_moe` config, validated.
+fn moe_config(raw: &RawConfig) -> Result<MoeConfig, ConfigError> {
+    let num_experts = positive("num_experts", raw.num_experts)?;
+    let experts_per_tok = positive("num_experts_per_tok", raw.num_experts_per_tok)?;
+    if experts_per_tok > num_experts {
+        return Err(ConfigError::Invalid {
+            field: "num_experts_per_tok",
+            why: format!("is {experts_per_tok}, more than num_experts ({num_experts})"),
+        });
+    }
+    let moe_intermediate_size = positive("moe_intermediate_size", raw.moe_intermediate_size)?;
+    let layers = raw.num_hidden_layers.unwrap_or(0) as usize;
+    let step = match raw.decoder_sparse_step {
+        None => 1,
+        v => positive("decoder_sparse_step", v)?,
+    };
+    let dense = raw.mlp_only_layers.as_deref().unwrap_or(&[]);
+    if let Some(&bad) = dense.iter().find(|&&l| l >= layers as u64) {
+        return Err(ConfigError::Invalid {
+            field: "mlp_only_layers",
+            why: format!("lists layer {bad}; the model has {layers} (num_hidden_layers)"),
+        });
+    }
+    let sparse_layers = (0..layers)
+        .map(|i| !dense.contains(&(i as u64)) && (i + 1) % step == 0)
+        .collect();
+    Ok(MoeConfig {
+        num_experts,
+        experts_per_tok,
+        moe_intermediate_size,
+        // transformers' Qwen3MoeConfig default
+        norm_topk_prob: raw.norm_topk_prob.unwrap_or(false),
+        sparse_layers,
+    })
 }
 
 #[cfg(test)]
@@ -414,7 +672,13 @@ mod tests {
 
     #[test]
     fn fixtures_parse() {
-        for dir in ["tiny-qwen2-f32", "tiny-qwen2-bf16-tied"] {
+        let fixtures = [
+            ("tiny-qwen2-f32", Arch::Qwen2, 16),
+            ("tiny-qwen2-bf16-tied", Arch::Qwen2, 16),
+            ("tiny-qwen3-f32-tied", Arch::Qwen3, 32),
+            ("tiny-qwen3-moe-bf16", Arch::Qwen3Moe, 16),
+        ];
+        for (dir, arch, head_dim) in fixtures {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/fixtures")
                 .join(dir)
@@ -422,6 +686,39 @@ mod tests {
             let c = Config::from_file(&p).unwrap();
             assert_eq!(c.hidden_size, 64);
             assert_eq!(c.tie_word_embeddings, dir.contains("tied"));
+            assert_eq!((c.arch, c.head_dim), (arch, head_dim), "{dir}");
+            assert_eq!(c.q_dim(), 4 * head_dim, "{dir}");
+            assert_eq!(c.moe.is_some(), arch == Arch::Qwen3Moe, "{dir}");
         }
+    }
+
+    #[test]
+    fn architecture_from_model_type_or_class() {
+        let qwen3 = |extra: serde_json::Value| {
+            let mut v: serde_json::Value = serde_json::from_str(CLASSIC).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("model_type");
+            o.insert("head_dim".into(), 32.into());
+            for (k, x) in extra.as_object().unwrap() {
+                o.insert(k.clone(), x.clone());
+            }
+            Config::from_json(v.to_string().as_bytes())
+        };
+        let by_class = qwen3(serde_json::json!({"architectures": ["Qwen3ForCausalLM"]})).unwrap();
+        assert_eq!((by_class.arch, by_class.head_dim), (Arch::Qwen3, 32));
+        let by_type = qwen3(serde_json::json!({"model_type": "qwen3"})).unwrap();
+        assert_eq!(by_type, by_class);
+        // a bare config (neither) is the original Qwen2 format, where head_dim must agree
+        let e = qwen3(serde_json::json!({})).unwrap_err().to_string();
+        assert!(e.contains("hidden_size / num_attention_heads is 16"), "{e}");
+        let e = qwen3(serde_json::json!({"architectures": ["A", "B"]}))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("lists 2 classes"), "{e}");
+        // parameter count: q and o are heads * head_dim wide, no biases, two head norms
+        let c = by_class;
+        let (h, qd, kv, f) = (64, 128, 64, 176);
+        let layer = 2 * h * qd + 2 * h * kv + 3 * h * f + 2 * h + 2 * 32;
+        assert_eq!(c.parameter_count(), Some(512 * h * 2 + 2 * layer + h));
     }
 }

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 
+use crate::model::config::Arch;
 use crate::model::gguf::{dequantize, GgufError, GgufFile, GgufHeader, TensorInfo, Value};
 
 /// Elements dequantized per window (bounded memory: 4 MiB of f32 scratch spread over threads
@@ -125,7 +126,10 @@ pub fn f32_to_bf16_bits(x: f32) -> u16 {
     ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
-/// The Hugging Face name of a GGUF Qwen2 tensor, if it has one.
+/// The Hugging Face name of a GGUF Qwen2 / Qwen3 / Qwen3-MoE tensor (llama.cpp's naming), if it
+/// has one. The stacked experts `blk.N.ffn_{gate,up,down}_exps` map to
+/// `model.layers.N.mlp.experts.{gate,up,down}_proj.weight`, which the hub does not have (it
+/// stores one tensor per expert): the loader splits them.
 pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
     let fixed = match gguf_name {
         "token_embd.weight" => Some("model.embed_tokens.weight"),
@@ -155,6 +159,15 @@ pub fn hf_tensor_name(gguf_name: &str) -> Option<String> {
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
+        // Qwen3
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
+        // Qwen3-MoE: the router, and each projection of every expert stacked in one tensor
+        // (`[experts, rows, cols]`; the loader splits it into the hub's one tensor per expert)
+        "ffn_gate_inp" => "mlp.gate",
+        "ffn_gate_exps" => "mlp.experts.gate_proj",
+        "ffn_up_exps" => "mlp.experts.up_proj",
+        "ffn_down_exps" => "mlp.experts.down_proj",
         _ => return None,
     };
     Some(format!("model.layers.{layer}.{hf}.{suffix}"))
@@ -187,7 +200,8 @@ pub fn convert(
     let arch = h.get_str("general.architecture")?;
     if arch != "qwen2" {
         return Err(ConvertError::Metadata(format!(
-            "{}: architecture {arch:?} is not supported (only qwen2)",
+            "{}: architecture {arch:?} is not supported (only qwen2; qwenrt runs qwen3 and \
+             qwen3moe GGUF files as they are, without converting them)",
             gguf.display()
         )));
     }
@@ -354,16 +368,33 @@ fn token_id_of(h: &GgufHeader, key: &str) -> Result<Option<u64>, ConvertError> {
     }
 }
 
-/// `config.json` (classic hub style) from the `qwen2.*` metadata.
+/// `config.json` (classic hub style) from the `{arch}.*` metadata of a `qwen2`, `qwen3` or
+/// `qwen3moe` GGUF (llama.cpp's keys). Qwen3's `head_dim` is `attention.key_length`; a
+/// qwen3moe's experts are `expert_count`, `expert_used_count` and
+/// `expert_feed_forward_length`, its router's top-k renormalized (`norm_topk_prob`, which
+/// llama.cpp applies to every qwen3moe), and a layer without `ffn_gate_inp` a dense MLP
+/// (`mlp_only_layers`).
 pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
-    let arch = h.get_str("general.architecture")?;
-    let k = |s: &str| format!("{arch}.{s}");
+    let arch_name = h.get_str("general.architecture")?;
+    let arch = Arch::ALL
+        .into_iter()
+        .find(|a| a.gguf_name() == arch_name)
+        .ok_or_else(|| {
+            ConvertError::Metadata(format!(
+                "general.architecture {arch_name:?} is not supported (supported: {})",
+                Arch::ALL.map(Arch::gguf_name).join(", ")
+            ))
+        })?;
+    let k = |s: &str| format!("{arch_name}.{s}");
+    let optional = |key: &str| -> Result<Option<u64>, ConvertError> {
+        match h.get(key) {
+            Some(_) => Ok(Some(h.get_u64(key)?)),
+            None => Ok(None),
+        }
+    };
     let hidden = h.get_u64(&k("embedding_length"))?;
     let heads = h.get_u64(&k("attention.head_count"))?;
-    let kv_heads = match h.get(&k("attention.head_count_kv")) {
-        Some(_) => h.get_u64(&k("attention.head_count_kv"))?,
-        None => heads,
-    };
+    let kv_heads = optional(&k("attention.head_count_kv"))?.unwrap_or(heads);
     let layers = h.get_u64(&k("block_count"))?;
     let embd = h
         .tensor("token_embd.weight")
@@ -382,12 +413,18 @@ pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
         None => 10000.0,
     };
     let tied = h.tensor("output.weight").is_none();
+    let ffn = match (arch, optional(&k("feed_forward_length"))?) {
+        (_, Some(f)) => f,
+        // a qwen3moe GGUF need not say it: only dense layers have that width
+        (Arch::Qwen3Moe, None) => h.get_u64(&k("expert_feed_forward_length"))?,
+        (_, None) => h.get_u64(&k("feed_forward_length"))?,
+    };
     let mut c = json!({
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
+        "architectures": [arch.class()],
+        "model_type": arch.model_type(),
         "hidden_act": "silu",
         "hidden_size": hidden,
-        "intermediate_size": h.get_u64(&k("feed_forward_length"))?,
+        "intermediate_size": ffn,
         "num_hidden_layers": layers,
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
@@ -402,6 +439,33 @@ pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
         "max_window_layers": layers,
         "attention_dropout": 0.0,
     });
+    if arch != Arch::Qwen2 {
+        let key_length = optional(&k("attention.key_length"))?;
+        let value_length = optional(&k("attention.value_length"))?;
+        let head_dim = key_length.or(value_length).unwrap_or(hidden / heads.max(1));
+        if let (Some(kl), Some(vl)) = (key_length, value_length) {
+            if kl != vl {
+                return Err(ConvertError::Metadata(format!(
+                    "{} is {kl} but {} is {vl}; qwenrt needs one head_dim",
+                    k("attention.key_length"),
+                    k("attention.value_length")
+                )));
+            }
+        }
+        c["head_dim"] = json!(head_dim);
+        c["attention_bias"] = json!(false);
+    }
+    if arch == Arch::Qwen3Moe {
+        let dense: Vec<u64> = (0..layers)
+            .filter(|l| h.tensor(&format!("blk.{l}.ffn_gate_inp.weight")).is_none())
+            .collect();
+        c["num_experts"] = json!(h.get_u64(&k("expert_count"))?);
+        c["num_experts_per_tok"] = json!(h.get_u64(&k("expert_used_count"))?);
+        c["moe_intermediate_size"] = json!(h.get_u64(&k("expert_feed_forward_length"))?);
+        c["norm_topk_prob"] = json!(true);
+        c["decoder_sparse_step"] = json!(1);
+        c["mlp_only_layers"] = json!(dense);
+    }
     let obj = c.as_object_mut().expect("json! object");
     if let Some(bos) = token_id_of(h, "tokenizer.ggml.bos_token_id")? {
         obj.insert("bos_token_id".into(), json!(bos));

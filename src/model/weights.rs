@@ -118,6 +118,58 @@ impl TensorRef {
     }
 }
 
+/// A SwiGLU feed-forward block: `down(silu(gate(x)) * up(x))`.
+#[derive(Clone, Debug)]
+pub struct FeedForward {
+    /// Gate `[ffn, hidden]`.
+    pub gate_proj: TensorRef,
+    /// Up `[ffn, hidden]`.
+    pub up_proj: TensorRef,
+    /// Down `[hidden, ffn]`.
+    pub down_proj: TensorRef,
+}
+
+impl FeedForward {
+    /// The block's three matrices.
+    pub fn matrices(&self) -> [&TensorRef; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
+    }
+
+    fn matrices_mut(&mut self) -> [&mut TensorRef; 3] {
+        [&mut self.gate_proj, &mut self.up_proj, &mut self.down_proj]
+    }
+}
+
+/// A layer's feed-forward part: a dense MLP, or a router over experts (Qwen3-MoE).
+#[derive(Clone, Debug)]
+pub enum Mlp {
+    /// One SwiGLU MLP of `intermediate_size`.
+    Dense(FeedForward),
+    /// Mixture of experts: each token runs the `experts_per_tok` experts the router rates
+    /// highest, and sums their outputs weighted by the router's probabilities.
+    Moe {
+        /// The router `[experts, hidden]` (`mlp.gate`; GGUF `ffn_gate_inp`).
+        router: TensorRef,
+        /// The experts, each a SwiGLU MLP of `moe_intermediate_size`, each matrix in its own
+        /// format (from one tensor per expert, or a slice of GGUF's stacked `ffn_*_exps`).
+        experts: Vec<FeedForward>,
+        /// Experts per token (the config's `num_experts_per_tok`).
+        top_k: usize,
+        /// Whether the top-k probabilities are renormalized (`norm_topk_prob`).
+        renormalize: bool,
+    },
+}
+
+impl Mlp {
+    /// The dense MLP, if this is one.
+    pub fn dense(&self) -> Option<&FeedForward> {
+        match self {
+            Mlp::Dense(ffn) => Some(ffn),
+            Mlp::Moe { .. } => None,
+        }
+    }
+}
+
 /// The tensors of one decoder layer.
 #[derive(Clone, Debug)]
 pub struct Layer {
@@ -125,71 +177,83 @@ pub struct Layer {
     pub input_layernorm: TensorRef,
     /// Query projection `[heads * head_dim, hidden]`.
     pub q_proj: TensorRef,
-    /// Query bias.
-    pub q_bias: TensorRef,
+    /// Query bias (Qwen2).
+    pub q_bias: Option<TensorRef>,
     /// Key projection `[kv_heads * head_dim, hidden]`.
     pub k_proj: TensorRef,
-    /// Key bias.
-    pub k_bias: TensorRef,
+    /// Key bias (Qwen2).
+    pub k_bias: Option<TensorRef>,
     /// Value projection `[kv_heads * head_dim, hidden]`.
     pub v_proj: TensorRef,
-    /// Value bias.
-    pub v_bias: TensorRef,
+    /// Value bias (Qwen2).
+    pub v_bias: Option<TensorRef>,
+    /// RMSNorm of each query head `[head_dim]`, before RoPE (Qwen3).
+    pub q_norm: Option<TensorRef>,
+    /// RMSNorm of each key head `[head_dim]`, before RoPE (Qwen3).
+    pub k_norm: Option<TensorRef>,
     /// Attention output projection `[hidden, heads * head_dim]`.
     pub o_proj: TensorRef,
     /// RMSNorm before the MLP.
     pub post_attention_layernorm: TensorRef,
-    /// MLP gate `[ffn, hidden]`.
-    pub gate_proj: TensorRef,
-    /// MLP up `[ffn, hidden]`.
-    pub up_proj: TensorRef,
-    /// MLP down `[hidden, ffn]`.
-    pub down_proj: TensorRef,
+    /// The MLP, dense or of experts.
+    pub mlp: Mlp,
 }
 
 impl Layer {
-    /// The layer's seven weight matrices.
-    pub fn matrices(&self) -> [&TensorRef; 7] {
-        [
-            &self.q_proj,
-            &self.k_proj,
-            &self.v_proj,
-            &self.o_proj,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
+    /// The layer's weight matrices: q, k, v, o, then the MLP's (the router, then each
+    /// expert's gate, up and down).
+    pub fn matrices(&self) -> impl Iterator<Item = &TensorRef> {
+        let attn = [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj];
+        let (router, experts): (Option<&TensorRef>, &[FeedForward]) = match &self.mlp {
+            Mlp::Dense(ffn) => (None, std::slice::from_ref(ffn)),
+            Mlp::Moe {
+                router, experts, ..
+            } => (Some(router), experts),
+        };
+        attn.into_iter()
+            .chain(router)
+            .chain(experts.iter().flat_map(FeedForward::matrices))
     }
 
-    /// The layer's seven weight matrices, mutably (in [`Layer::matrices`]' order).
-    pub fn matrices_mut(&mut self) -> [&mut TensorRef; 7] {
-        [
+    /// The layer's weight matrices, mutably (in [`Layer::matrices`]' order).
+    pub fn matrices_mut(&mut self) -> impl Iterator<Item = &mut TensorRef> {
+        let attn = [
             &mut self.q_proj,
             &mut self.k_proj,
             &mut self.v_proj,
             &mut self.o_proj,
-            &mut self.gate_proj,
-            &mut self.up_proj,
-            &mut self.down_proj,
-        ]
+        ];
+        let (router, experts): (Option<&mut TensorRef>, &mut [FeedForward]) = match &mut self.mlp {
+            Mlp::Dense(ffn) => (None, std::slice::from_mut(ffn)),
+            Mlp::Moe {
+                router, experts, ..
+            } => (Some(router), experts),
+        };
+        attn.into_iter()
+            .chain(router)
+            .chain(experts.iter_mut().flat_map(FeedForward::matrices_mut))
     }
 
-    /// Every tensor of the layer.
-    pub fn tensors(&self) -> [&TensorRef; 12] {
-        [
-            &self.input_layernorm,
-            &self.q_proj,
-            &self.q_bias,
-            &self.k_proj,
-            &self.k_bias,
-            &self.v_proj,
-            &self.v_bias,
-            &self.o_proj,
-            &self.post_attention_layernorm,
-            &self.gate_proj,
-            &self.up_proj,
-            &self.down_proj,
-        ]
+    /// The norms and biases of the layer (the 1-D tensors it has).
+    pub fn vectors(&self) -> impl Iterator<Item = &TensorRef> {
+        [&self.input_layernorm, &self.post_attention_layernorm]
+            .into_iter()
+            .chain(
+                [
+                    &self.q_bias,
+                    &self.k_bias,
+                    &self.v_bias,
+                    &self.q_norm,
+                    &self.k_norm,
+                ]
+                .into_iter()
+                .flatten(),
+            )
+    }
+
+    /// Every tensor of the layer: its vectors, then its matrices.
+    pub fn tensors(&self) -> impl Iterator<Item = &TensorRef> {
+        self.vectors().chain(self.matrices())
     }
 }
 
@@ -377,6 +441,9 @@ impl Weights {
     ) -> Result<Weights, LoadError> {
         let c = &config;
         let (h, kv, f, v) = (c.hidden_size, c.kv_dim(), c.intermediate_size, c.vocab_size);
+        if let Some(m) = &c.moe {
+            unstack_experts(dir, &mut tensors, c.num_hidden_layers, m.num_experts)?;
+        }
         let mut take = |name: String, shape: &[usize]| -> Result<TensorRef, LoadError> {
             let t = tensors
                 .remove(&name)
@@ -403,25 +470,67 @@ impl Weights {
             Ok(t)
         };
         let embed_tokens = take("model.embed_tokens.weight".into(), &[v, h])?;
+        let (qd, hd, arch) = (c.q_dim(), c.head_dim, c.arch);
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
+            let mut opt = |has: bool, name: String, shape: &[usize]| {
+                has.then(|| take(name, shape)).transpose()
+            };
+            let q_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.q_proj.bias"), &[qd])?;
+            let k_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.k_proj.bias"), &[kv])?;
+            let v_bias = opt(arch.qkv_bias(), format!("{p}.self_attn.v_proj.bias"), &[kv])?;
+            let q_norm = opt(
+                arch.qk_norm(),
+                format!("{p}.self_attn.q_norm.weight"),
+                &[hd],
+            )?;
+            let k_norm = opt(
+                arch.qk_norm(),
+                format!("{p}.self_attn.k_norm.weight"),
+                &[hd],
+            )?;
+            let router = match &c.moe {
+                Some(m) if c.is_sparse(i) => Some((
+                    m,
+                    take(format!("{p}.mlp.gate.weight"), &[m.num_experts, h])?,
+                )),
+                _ => None,
+            };
+            let mut swiglu = |p: &str, f: usize| -> Result<FeedForward, LoadError> {
+                Ok(FeedForward {
+                    gate_proj: take(format!("{p}.gate_proj.weight"), &[f, h])?,
+                    up_proj: take(format!("{p}.up_proj.weight"), &[f, h])?,
+                    down_proj: take(format!("{p}.down_proj.weight"), &[h, f])?,
+                })
+            };
+            let mlp = match router {
+                Some((m, router)) => Mlp::Moe {
+                    router,
+                    experts: (0..m.num_experts)
+                        .map(|e| swiglu(&format!("{p}.mlp.experts.{e}"), m.moe_intermediate_size))
+                        .collect::<Result<_, _>>()?,
+                    top_k: m.experts_per_tok,
+                    renormalize: m.norm_topk_prob,
+                },
+                None => Mlp::Dense(swiglu(&format!("{p}.mlp"), f)?),
+            };
             layers.push(Layer {
                 input_layernorm: take(format!("{p}.input_layernorm.weight"), &[h])?,
-                q_proj: take(format!("{p}.self_attn.q_proj.weight"), &[h, h])?,
-                q_bias: take(format!("{p}.self_attn.q_proj.bias"), &[h])?,
+                q_proj: take(format!("{p}.self_attn.q_proj.weight"), &[qd, h])?,
+                q_bias,
                 k_proj: take(format!("{p}.self_attn.k_proj.weight"), &[kv, h])?,
-                k_bias: take(format!("{p}.self_attn.k_proj.bias"), &[kv])?,
+                k_bias,
                 v_proj: take(format!("{p}.self_attn.v_proj.weight"), &[kv, h])?,
-                v_bias: take(format!("{p}.self_attn.v_proj.bias"), &[kv])?,
-                o_proj: take(format!("{p}.self_attn.o_proj.weight"), &[h, h])?,
+                v_bias,
+                q_norm,
+                k_norm,
+                o_proj: take(format!("{p}.self_attn.o_proj.weight"), &[h, qd])?,
                 post_attention_layernorm: take(
                     format!("{p}.post_attention_layernorm.weight"),
                     &[h],
                 )?,
-                gate_proj: take(format!("{p}.mlp.gate_proj.weight"), &[f, h])?,
-                up_proj: take(format!("{p}.mlp.up_proj.weight"), &[f, h])?,
-                down_proj: take(format!("{p}.mlp.down_proj.weight"), &[h, f])?,
+                mlp,
             });
         }
         let norm = take("model.norm.weight".into(), &[h])?;
@@ -497,7 +606,8 @@ impl Weights {
         &self.shards[t.shard].1.bytes()[t.start..t.end]
     }
 
-    /// Every 2-D weight matrix (the embedding, each layer's projections, the head when untied).
+    /// Every 2-D weight matrix (the embedding, each layer's projections, a MoE layer's router
+    /// and every expert's, the head when untied).
     pub fn matrices(&self) -> impl Iterator<Item = &TensorRef> {
         let layers = self.layers.iter().flat_map(Layer::matrices);
         std::iter::once(&self.embed_tokens)
@@ -529,13 +639,29 @@ impl Weights {
     }
 
     /// Bytes of weights read per decoded token: every layer matrix, the norms and biases, and
-    /// the output head (the embedding lookup reads one row).
+    /// the output head (the embedding lookup reads one row); of a layer of experts, the router
+    /// and the share of the experts one token runs (`experts_per_tok / num_experts` of them).
     pub fn bytes_per_token(&self) -> usize {
-        let mut n = self.lm_head.end - self.lm_head.start + self.norm.end - self.norm.start;
+        let size = |t: &TensorRef| t.end - t.start;
+        let mut n = size(&self.lm_head) + size(&self.norm);
         for l in &self.layers {
-            for t in l.tensors() {
-                n += t.end - t.start;
-            }
+            n += l.vectors().map(size).sum::<usize>();
+            n += [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj]
+                .map(size)
+                .iter()
+                .sum::<usize>();
+            n += match &l.mlp {
+                Mlp::Dense(ffn) => ffn.matrices().map(size).iter().sum(),
+                Mlp::Moe {
+                    router,
+                    experts,
+                    top_k,
+                    ..
+                } => {
+                    let all: usize = experts.iter().flat_map(|e| e.matrices().map(size)).sum();
+                    size(router) + all / experts.len().max(1) * top_k
+                }
+            };
         }
         n
     }
@@ -551,6 +677,74 @@ impl Weights {
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.shards.iter().map(|(p, _)| p.as_path())
     }
+}
+
+/// The projections of an expert, as named per expert (`mlp.experts.E.{proj}.weight`) and
+/// stacked (`mlp.experts.{proj}.weight`, `[experts, rows, cols]`: GGUF's `ffn_{gate,up,down}_exps`).
+const EXPERT_PROJS: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+
+/// Splits each layer's stacked expert tensors (GGUF's 3-D `ffn_*_exps`, named
+/// `model.layers.N.mlp.experts.{proj}.weight` on loading) into one tensor per expert, named as
+/// the hub stores them, each a range of the stacked one in the same format. A layer may not hold
+/// both forms of the same projection.
+fn unstack_experts(
+    path: &Path,
+    tensors: &mut HashMap<String, TensorRef>,
+    layers: usize,
+    experts: usize,
+) -> Result<(), LoadError> {
+    for l in 0..layers {
+        for proj in EXPERT_PROJS {
+            let name = format!("model.layers.{l}.mlp.experts.{proj}.weight");
+            let Some(t) = tensors.remove(&name) else {
+                continue;
+            };
+            let &[n, rows, cols] = &t.shape[..] else {
+                return Err(LoadError::Shape {
+                    tensor: name,
+                    expected: vec![experts, 0, 0],
+                    found: t.shape,
+                });
+            };
+            let per = t.format.row_bytes(cols).and_then(|rb| rb.checked_mul(rows));
+            let whole = per.and_then(|p| p.checked_mul(n)) == Some(t.end - t.start);
+            if n != experts || !whole {
+                // the expert count, or rows that are not whole blocks of the format
+                return Err(if n != experts {
+                    LoadError::Shape {
+                        tensor: name,
+                        expected: vec![experts, rows, cols],
+                        found: t.shape,
+                    }
+                } else {
+                    LoadError::Dtype {
+                        tensor: name,
+                        found: t.format.to_string(),
+                    }
+                });
+            }
+            let per = per.unwrap_or(0);
+            for e in 0..experts {
+                let one = format!("model.layers.{l}.mlp.experts.{e}.{proj}.weight");
+                let start = t.start + e * per;
+                let slice = TensorRef {
+                    shard: t.shard,
+                    start,
+                    end: start + per,
+                    format: t.format,
+                    shape: vec![rows, cols],
+                    repacked: None,
+                };
+                if tensors.insert(one.clone(), slice).is_some() {
+                    return Err(LoadError::Format {
+                        path: path.into(),
+                        why: format!("tensor `{name}` holds expert {e}, which `{one}` holds too"),
+                    });
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// model.safetensors, or the distinct files of model.safetensors.index.json, sorted.

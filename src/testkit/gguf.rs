@@ -158,8 +158,10 @@ pub fn array_of(elem_type: ValueType, items: Vec<Value>) -> Value {
     )
 }
 
-/// The GGUF name of a Hugging Face tensor name of a Qwen2 model (the inverse of
-/// [`crate::model::convert::hf_tensor_name`]), for `layers` layers.
+/// The GGUF name (llama.cpp's) of a Hugging Face tensor name of a Qwen2, Qwen3 or Qwen3-MoE
+/// model (the inverse of [`crate::model::convert::hf_tensor_name`]), for `layers` layers. The
+/// experts' projections have one GGUF tensor per layer, named here by qwenrt's stacked name
+/// `model.layers.N.mlp.experts.{gate,up,down}_proj.weight`.
 pub fn gguf_tensor_name(hf: &str, layers: usize) -> Option<String> {
     let mut names = vec![
         "token_embd.weight".to_string(),
@@ -175,11 +177,17 @@ pub fn gguf_tensor_name(hf: &str, layers: usize) -> Option<String> {
             "attn_k.bias",
             "attn_v.weight",
             "attn_v.bias",
+            "attn_q_norm.weight",
+            "attn_k_norm.weight",
             "attn_output.weight",
             "ffn_norm.weight",
             "ffn_gate.weight",
             "ffn_up.weight",
             "ffn_down.weight",
+            "ffn_gate_inp.weight",
+            "ffn_gate_exps.weight",
+            "ffn_up_exps.weight",
+            "ffn_down_exps.weight",
         ] {
             names.push(format!("blk.{i}.{t}"));
         }
@@ -187,6 +195,17 @@ pub fn gguf_tensor_name(hf: &str, layers: usize) -> Option<String> {
     names
         .into_iter()
         .find(|g| crate::model::convert::hf_tensor_name(g).as_deref() == Some(hf))
+}
+
+/// `(layer, expert, projection)` of a hub-style expert tensor name
+/// (`model.layers.N.mlp.experts.E.{gate,up,down}_proj.weight`).
+fn expert_of(hf: &str) -> Option<(usize, usize, String)> {
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, rest) = rest.split_once('.')?;
+    let rest = rest.strip_prefix("mlp.experts.")?;
+    let (expert, rest) = rest.split_once('.')?;
+    let proj = rest.strip_suffix(".weight")?;
+    Some((layer.parse().ok()?, expert.parse().ok()?, proj.to_string()))
 }
 
 /// `x` (whole blocks of 32) as Q8_0 blocks, as ggml's reference quantizer makes them:
@@ -222,12 +241,15 @@ pub fn quantize_q4_0(x: &[f32]) -> Vec<u8> {
     out
 }
 
-/// A Qwen2 GGUF holding the tensors of a Hugging Face model (`config.json` bytes and a
-/// safetensors file of f32 tensors): every matrix whose rows are whole blocks of 32 in
-/// `ty` (Q8_0 or Q4_0), the rest in f32; the config as `qwen2.*` metadata. No tokenizer.
+/// A GGUF in llama.cpp's naming holding the tensors of a Hugging Face Qwen2, Qwen3 or Qwen3-MoE
+/// model (`config.json` bytes and a safetensors file of f32 or bf16 tensors): every matrix
+/// whose rows are whole blocks of 32 in `ty` (Q8_0 or Q4_0; F32 keeps every tensor f32), the
+/// rest in f32; each layer's experts stacked into one `ffn_{gate,up,down}_exps` tensor per
+/// projection (`[experts, rows, cols]`), as llama.cpp's converter writes them; the config as
+/// `{arch}.*` metadata. No tokenizer.
 ///
 /// # Panics
-/// On a malformed input model or a `ty` other than Q8_0 / Q4_0 (bugs in the calling test).
+/// On a malformed input model or a `ty` other than F32 / Q8_0 / Q4_0 (bugs in the calling test).
 pub fn quantized_gguf_from_hf(config_json: &[u8], safetensors: &[u8], ty: GgmlType) -> Vec<u8> {
     quantized_gguf_builder_from_hf(config_json, safetensors, ty).build()
 }
@@ -238,55 +260,110 @@ pub fn quantized_gguf_builder_from_hf(
     safetensors: &[u8],
     ty: GgmlType,
 ) -> GgufBuilder {
+    use crate::model::config::Arch;
     let c = crate::model::config::Config::from_json(config_json).expect("config");
     let st = safetensors::SafeTensors::deserialize(safetensors).expect("safetensors");
+    let arch = c.arch.gguf_name();
+    let k = |key: &str| format!("{arch}.{key}");
     let mut b = GgufBuilder::new()
-        .kv("general.architecture", Value::String("qwen2".into()))
-        .kv("qwen2.embedding_length", Value::U32(c.hidden_size as u32))
+        .kv("general.architecture", Value::String(arch.into()))
+        .kv(&k("embedding_length"), Value::U32(c.hidden_size as u32))
         .kv(
-            "qwen2.feed_forward_length",
+            &k("feed_forward_length"),
             Value::U32(c.intermediate_size as u32),
         )
-        .kv("qwen2.block_count", Value::U32(c.num_hidden_layers as u32))
+        .kv(&k("block_count"), Value::U32(c.num_hidden_layers as u32))
         .kv(
-            "qwen2.attention.head_count",
+            &k("attention.head_count"),
             Value::U32(c.num_attention_heads as u32),
         )
         .kv(
-            "qwen2.attention.head_count_kv",
+            &k("attention.head_count_kv"),
             Value::U32(c.num_key_value_heads as u32),
         )
         .kv(
-            "qwen2.context_length",
+            &k("context_length"),
             Value::U32(c.max_position_embeddings as u32),
         )
         .kv(
-            "qwen2.attention.layer_norm_rms_epsilon",
+            &k("attention.layer_norm_rms_epsilon"),
             Value::F32(c.rms_norm_eps),
         )
-        .kv("qwen2.rope.freq_base", Value::F32(c.rope_theta));
+        .kv(&k("rope.freq_base"), Value::F32(c.rope_theta));
+    if c.arch != Arch::Qwen2 {
+        b = b
+            .kv(&k("attention.key_length"), Value::U32(c.head_dim as u32))
+            .kv(&k("attention.value_length"), Value::U32(c.head_dim as u32));
+    }
+    if let Some(m) = &c.moe {
+        b = b
+            .kv(&k("expert_count"), Value::U32(m.num_experts as u32))
+            .kv(
+                &k("expert_used_count"),
+                Value::U32(m.experts_per_tok as u32),
+            )
+            .kv(
+                &k("expert_feed_forward_length"),
+                Value::U32(m.moe_intermediate_size as u32),
+            );
+    }
     let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
     names.sort();
+    /// A tensor's dims (fastest-first) and values.
+    type Data = (Vec<u64>, Vec<f32>);
+    // (gguf name, data) of every tensor to write
+    let mut out: Vec<(String, Data)> = Vec::new();
+    // the experts' tensors, by (layer, projection): (expert, data) of each
+    let mut stacks: std::collections::BTreeMap<(usize, String), Vec<(usize, Data)>> =
+        Default::default();
     for name in names {
         let t = st.tensor(&name).expect("tensor");
-        assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
-        let values: Vec<f32> = t
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
+        let values: Vec<f32> = match t.dtype() {
+            safetensors::Dtype::F32 => t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            safetensors::Dtype::BF16 => t
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            other => panic!("{name}: {other:?} (the builder reads f32 and bf16)"),
+        };
         let dims: Vec<u64> = t.shape().iter().rev().map(|&d| d as u64).collect();
-        let gname = gguf_tensor_name(&name, c.num_hidden_layers).expect("a Qwen2 tensor");
-        if dims.len() == 2 && dims[0].is_multiple_of(32) {
-            let data = match ty {
-                GgmlType::Q8_0 => quantize_q8_0(&values),
-                GgmlType::Q4_0 => quantize_q4_0(&values),
-                other => panic!("quantized_gguf_from_hf: no quantizer for {other:?}"),
-            };
-            b = b.tensor(&gname, &dims, ty, data);
-        } else {
-            b = b.tensor_f32(&gname, &dims, &values);
+        if let Some((layer, expert, proj)) = expert_of(&name) {
+            stacks
+                .entry((layer, proj))
+                .or_default()
+                .push((expert, (dims, values)));
+            continue;
         }
+        let gname = gguf_tensor_name(&name, c.num_hidden_layers).expect("a Qwen tensor");
+        out.push((gname, (dims, values)));
+    }
+    for ((layer, proj), mut experts) in stacks {
+        experts.sort_by_key(|(e, _)| *e);
+        let mut dims = experts[0].1 .0.clone();
+        dims.push(experts.len() as u64);
+        let values = experts.into_iter().flat_map(|(_, (_, v))| v).collect();
+        let stacked = format!("model.layers.{layer}.mlp.experts.{proj}.weight");
+        let gname = gguf_tensor_name(&stacked, c.num_hidden_layers).expect("an expert tensor");
+        out.push((gname, (dims, values)));
+    }
+    for (gname, (dims, values)) in out {
+        let matrix = dims.len() >= 2 && dims[0].is_multiple_of(32);
+        let data = match ty {
+            _ if !matrix => None,
+            GgmlType::F32 => None,
+            GgmlType::Q8_0 => Some(quantize_q8_0(&values)),
+            GgmlType::Q4_0 => Some(quantize_q4_0(&values)),
+            other => panic!("quantized_gguf_from_hf: no quantizer for {other:?}"),
+        };
+        b = match data {
+            Some(data) => b.tensor(&gname, &dims, ty, data),
+            None => b.tensor_f32(&gname, &dims, &values),
+        };
     }
     b
 }

@@ -88,9 +88,15 @@ fn check_config(c: Option<Config>) {
     ] {
         assert!((1..=1 << 24).contains(&x), "size {x} accepted in {c:?}");
     }
-    assert_eq!(c.head_dim * c.num_attention_heads, c.hidden_size);
+    if c.arch == crate::model::config::Arch::Qwen2 {
+        assert_eq!(c.head_dim * c.num_attention_heads, c.hidden_size);
+    }
     assert_eq!(c.num_attention_heads % c.num_key_value_heads, 0);
     assert!(c.head_dim > 0 && c.head_dim % 2 == 0);
+    if let Some(m) = &c.moe {
+        assert!((1..=m.num_experts).contains(&m.experts_per_tok));
+        assert_eq!(m.sparse_layers.len(), c.num_hidden_layers);
+    }
     assert!(c.rms_norm_eps > 0.0 && c.rms_norm_eps.is_finite());
     assert!(c.rope_theta > 1.0 && c.rope_theta.is_finite());
     assert!(c.parameter_count().is_some());
