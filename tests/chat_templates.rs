@@ -347,6 +347,45 @@ fn the_cli_says_which_template_and_takes_another() {
         tok.decode(&ids).unwrap(),
         "[system] S\n[user] hello\n[assistant]"
     );
+    // --no-think renders with enable_thinking false (a thinking switch in the file)
+    std::fs::write(
+        &file,
+        "{% for m in messages %}[{{ m.role }}] {{ m.content }}\n{% endfor %}[assistant]{% if enable_thinking is defined and not enable_thinking %}<think></think>{% endif %}",
+    )
+    .unwrap();
+    let prompt_of = |extra: &[&str]| {
+        let mut args = vec![
+            "generate",
+            "--model",
+            model,
+            "--json",
+            "--max-tokens",
+            "1",
+            "--temperature",
+            "0",
+            "-t",
+            "2",
+            "--chat-template-file",
+            f,
+        ];
+        args.extend_from_slice(extra);
+        args.push("hello");
+        let o = qwenrt(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        let ids: Vec<u32> = v["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
+        tok.decode(&ids).unwrap()
+    };
+    assert_eq!(prompt_of(&[]), "[user] hello\n[assistant]");
+    assert_eq!(
+        prompt_of(&["--no-think"]),
+        "[user] hello\n[assistant]<think></think>"
+    );
     // a file that is not Jinja: exit status 1, the file named
     std::fs::write(&file, "{% if %}").unwrap();
     let o = qwenrt(&[

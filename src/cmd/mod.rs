@@ -161,12 +161,23 @@ struct ChatTemplateArg {
     /// directory's chat_template.jinja or tokenizer_config.json; ChatML if it has none]
     #[arg(long, value_name = "FILE")]
     chat_template_file: Option<PathBuf>,
+    /// Render with `enable_thinking` false: a template with a thinking switch (Qwen3's)
+    /// closes the thinking part in the prompt, so the model answers directly
+    #[arg(long)]
+    no_think: bool,
 }
 
 impl ChatTemplateArg {
     /// The chat template of the model at `model` (a GGUF file or a directory), or the file.
     fn load(&self, model: &Path) -> Result<ChatTemplate, CliError> {
-        ChatTemplate::for_model(model, self.chat_template_file.as_deref()).map_err(CliError::fail)
+        let t = ChatTemplate::for_model(model, self.chat_template_file.as_deref())
+            .map_err(CliError::fail)?;
+        if self.no_think {
+            return t
+                .with_variable("enable_thinking", serde_json::Value::Bool(false))
+                .map_err(CliError::fail);
+        }
+        Ok(t)
     }
 }
 

@@ -1,7 +1,7 @@
 //! `qwenrt serve`: the OpenAI-compatible HTTP server ([`qwenrt::server`]) on one model.
 
-use clap::Args;
-use qwenrt::server::{self, ServerOptions};
+use clap::{Args, ValueEnum};
+use qwenrt::server::{self, ReasoningFormat, ServerOptions};
 
 use super::{
     load_tokenizer, load_weights, physical_cores, ChatTemplateArg, CliError, KvDtypeArg, ModelArg,
@@ -11,8 +11,9 @@ use super::{
 #[derive(Args, Debug)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), \
-GET /v1/models, GET /health, GET /metrics, POST /tokenize, POST /detokenize. SIGINT or \
-SIGTERM stops accepting, lets running requests finish, and exits 0."
+GET /v1/models, GET /health, GET /metrics, POST /tokenize, POST /detokenize, \
+POST /apply-template (and the /v1 routes without the prefix). SIGINT or SIGTERM stops \
+accepting, lets running requests finish, and exits 0."
 )]
 pub struct ServeArgs {
     /// Address to bind
@@ -74,6 +75,11 @@ pub struct ServeArgs {
     model: ModelArg,
     #[command(flatten)]
     chat_template: ChatTemplateArg,
+    /// Where a thinking model's <think>...</think> goes: `auto` puts it in
+    /// message.reasoning_content (delta.reasoning_content when streaming) when the chat
+    /// template has a thinking switch; `none` leaves it in content
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Reasoning::Auto)]
+    reasoning_format: Reasoning,
     /// Prompt-lookup drafting for greedy requests without penalties: up to N drafted rows per
     /// engine step, shared by the running requests (output unchanged); 0, the default, turns
     /// it off: on chat answers under load the rejected rows measured slower
@@ -114,6 +120,10 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup,
         kv_dtype: a.kv.dtype(),
+        reasoning_format: match a.reasoning_format {
+            Reasoning::Auto => ReasoningFormat::Auto,
+            Reasoning::None => ReasoningFormat::None,
+        },
         chat_template,
         ..ServerOptions::default()
     };
@@ -135,4 +145,11 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
     }
     eprintln!("shutting down: finishing running requests");
+}
+
+/// The values of `--reasoning-format`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Reasoning {
+    Auto,
+    None,
 }

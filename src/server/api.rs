@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 
 use crate::engine::constraint::{Constraint, Grammars};
 use crate::engine::sampler::{SamplerParams, MAX_ADDITIVE_PENALTY};
+use crate::server::reasoning::ThinkSplitter;
 use crate::server::tools::{self, ToolChoice, Tools};
 use crate::text::template::{ChatTemplate, ToolCallFormat};
 use crate::text::tokenizer::Tokenizer;
@@ -90,6 +91,9 @@ pub struct GenRequest {
     pub include_usage: bool,
     /// What constrains the answer, and how tool calls are read out of it.
     pub guide: Guide,
+    /// `Some(opened)`: split the thinking part off the answer (a chat request to a thinking
+    /// model), `opened` when the prompt already opened it.
+    pub thinking: Option<bool>,
 }
 
 /// The constraints of one answer (`response_format`, `tools`).
@@ -125,6 +129,8 @@ pub struct ModelContext<'a> {
     pub ctx: usize,
     /// Rows of the model's logits.
     pub vocab: usize,
+    /// Whether chat answers' thinking parts go to `reasoning_content`.
+    pub reasoning: bool,
 }
 
 /// Parses a body as a JSON object (a 400 otherwise).
@@ -788,9 +794,13 @@ pub fn parse_generation(
         None => integer(o, "max_tokens", 1, i64::MAX)?.map(|m| (m, "max_tokens")),
     };
     let format = response_format(o)?;
+    let mut thinking = None;
     let (prompt, tools) = match endpoint {
         Endpoint::Chat => {
             let text = render_chat(o, model.template)?;
+            if model.reasoning {
+                thinking = Some(ThinkSplitter::prompt_opens(&text));
+            }
             let ids = encode(tok, &text).map_err(|e| ApiError {
                 param: Some("messages".into()),
                 ..e
@@ -852,6 +862,7 @@ pub fn parse_generation(
         stream,
         include_usage,
         guide,
+        thinking,
     })
 }
 

@@ -21,6 +21,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::constraint::Grammars;
 use crate::server::api::{self, ApiError, Endpoint, GenRequest};
+use crate::server::reasoning::{Piece, ThinkSplitter};
 use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
 use crate::server::tools::{Call, CallEvent, CallParser};
 use crate::text::template::ChatTemplate;
@@ -34,6 +35,8 @@ pub struct AppInner {
     pub template: Arc<ChatTemplate>,
     /// Compiles `response_format` schemas and tool grammars.
     pub grammars: Arc<Grammars>,
+    /// Whether chat answers' thinking parts go to `reasoning_content`.
+    pub reasoning: bool,
     pub shared: Arc<Shared>,
     pub model_id: String,
     pub ctx: usize,
@@ -190,6 +193,7 @@ impl AppInner {
             grammars: &self.grammars,
             ctx: self.ctx,
             vocab: self.vocab,
+            reasoning: self.reasoning,
         }
     }
 }
@@ -221,6 +225,7 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
         .tools
         .as_ref()
         .map(|(t, syntax)| CallParser::new(*syntax, Some(t), rand_id()));
+    let think = req.thinking.map(ThinkSplitter::new);
     let (stream_it, include_usage) = (req.stream, req.include_usage);
     let events = match submit(&app, req) {
         Ok(rx) => rx,
@@ -243,9 +248,9 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
         include_usage,
     };
     if stream_it {
-        stream(meta, events, parser).into_response()
+        stream(meta, events, think, parser).into_response()
     } else {
-        collect(meta, events, parser).await
+        collect(meta, events, think, parser).await
     }
 }
 
@@ -377,6 +382,7 @@ fn finish_reason(reason: &'static str, calls: usize) -> &'static str {
 async fn collect(
     meta: Meta,
     mut events: UnboundedReceiver<Event>,
+    think: Option<ThinkSplitter>,
     mut parser: Option<CallParser>,
 ) -> Response {
     let mut text = String::new();
@@ -399,7 +405,26 @@ async fn collect(
             }
         }
     };
+    // the same splitters as a stream uses, so both give the same parts
+    let mut reasoning = None;
+    if let Some(mut t) = think {
+        let mut pieces = Vec::new();
+        t.push(&text, &mut pieces);
+        t.finish(&mut pieces);
+        let (mut r, mut c) = (String::new(), String::new());
+        for p in pieces {
+            match p {
+                Piece::Reasoning(x) => r.push_str(&x),
+                Piece::Content(x) => c.push_str(&x),
+            }
+        }
+        reasoning = Some(r);
+        text = c;
+    }
     let mut message = json!({"role": "assistant", "content": text});
+    if let Some(r) = reasoning.filter(|r| !r.is_empty()) {
+        message["reasoning_content"] = Value::from(r);
+    }
     let mut reason = finish.reason;
     if let Some(p) = parser.as_mut() {
         // the same parser as a stream uses, so both give the same calls
@@ -460,6 +485,10 @@ struct Streamer {
     parser: Option<CallParser>,
     /// Scratch for the parser's events.
     parsed: Vec<CallEvent>,
+    /// Splits a thinking model's answer into reasoning and content.
+    think: Option<ThinkSplitter>,
+    /// Scratch for the splitter's pieces.
+    pieces: Vec<Piece>,
 }
 
 impl Streamer {
@@ -487,9 +516,37 @@ impl Streamer {
         v.to_string()
     }
 
-    /// Chunks for a piece of the answer's text: as it is, or through the tool-call parser
-    /// (content deltas, then per call its id and name and its argument fragments).
+    /// Chunks for a piece of the answer's text: its thinking part (a thinking model's) as
+    /// `reasoning_content` deltas, the rest through [`Streamer::content`].
     fn text(&mut self, text: &str, lp: Option<&TokenLogprob>, end: bool) {
+        let Some(think) = self.think.as_mut() else {
+            return self.content(text, lp, end);
+        };
+        let mut pieces = std::mem::take(&mut self.pieces);
+        think.push(text, &mut pieces);
+        if end {
+            think.finish(&mut pieces);
+        }
+        let mut lp = lp;
+        let mut content = String::new();
+        for p in pieces.drain(..) {
+            match p {
+                Piece::Reasoning(r) => {
+                    let c = self.chunk(json!({"reasoning_content": r}), lp.take(), None);
+                    self.out.push_back(c);
+                }
+                Piece::Content(c) => content.push_str(&c),
+            }
+        }
+        self.pieces = pieces;
+        if !content.is_empty() || end || lp.is_some() {
+            self.content(&content, lp, end);
+        }
+    }
+
+    /// Chunks for a piece of the answer's content: as it is, or through the tool-call parser
+    /// (content deltas, then per call its id and name and its argument fragments).
+    fn content(&mut self, text: &str, lp: Option<&TokenLogprob>, end: bool) {
         let Some(parser) = self.parser.as_mut() else {
             if !text.is_empty() || lp.is_some() {
                 let c = self.chunk(json!({"content": text}), lp, None);
@@ -570,6 +627,7 @@ impl Streamer {
 fn stream(
     meta: Meta,
     events: UnboundedReceiver<Event>,
+    think: Option<ThinkSplitter>,
     parser: Option<CallParser>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut s = Streamer {
@@ -580,6 +638,8 @@ fn stream(
         offset: 0,
         parser,
         parsed: Vec::new(),
+        think,
+        pieces: Vec::new(),
     };
     if s.meta.endpoint == Endpoint::Chat {
         let first = s.chunk(json!({"role": "assistant", "content": ""}), None, None);

@@ -44,9 +44,12 @@
 mod api;
 mod http;
 mod metrics;
+mod reasoning;
 mod scheduler;
 mod text;
 mod tools;
+
+pub use reasoning::ReasoningFormat;
 
 use std::fmt;
 use std::future::{Future, IntoFuture};
@@ -104,6 +107,9 @@ pub struct ServerOptions {
     /// The chat template that renders messages into prompts (the model's own, see
     /// [`ChatTemplate::for_model`]; the default is the built-in ChatML).
     pub chat_template: Arc<ChatTemplate>,
+    /// Where the thinking part of a thinking model's answer goes (`reasoning_content` by
+    /// default, with a template that has a thinking switch).
+    pub reasoning_format: ReasoningFormat,
 }
 
 impl Default for ServerOptions {
@@ -124,6 +130,7 @@ impl Default for ServerOptions {
             lookup: 0,
             kv_dtype: Dtype::F32,
             chat_template: Arc::new(ChatTemplate::chatml()),
+            reasoning_format: ReasoningFormat::Auto,
         }
     }
 }
@@ -261,6 +268,7 @@ pub fn run_on(
     let app = Arc::new(http::AppInner {
         tx: tx.clone(),
         tokenizer,
+        reasoning: opts.reasoning_format == ReasoningFormat::Auto && template.thinking(),
         template,
         grammars: Arc::new(grammars),
         shared,

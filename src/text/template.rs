@@ -266,6 +266,8 @@ pub struct ChatTemplate {
     thinking: bool,
     bos: String,
     eos: String,
+    /// Extra variables every render gets unless the caller gives them (`--no-think`).
+    defaults: serde_json::Map<String, serde_json::Value>,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -358,6 +360,7 @@ impl ChatTemplate {
             thinking: source.contains("enable_thinking") || source.contains("<think>"),
             origin,
             bos: bos.to_string(),
+            defaults: serde_json::Map::new(),
             eos: eos.to_string(),
         })
     }
@@ -427,6 +430,23 @@ impl ChatTemplate {
         self.thinking
     }
 
+    /// This template with `name` set to `value` in every render that does not set it itself
+    /// (as `qwenrt chat --no-think` sets `enable_thinking` to false). A reserved name
+    /// (`messages`, `tools`, ...) is an error.
+    pub fn with_variable(
+        mut self,
+        name: &str,
+        value: serde_json::Value,
+    ) -> Result<ChatTemplate, TemplateError> {
+        if RESERVED.contains(&name) {
+            return Err(TemplateError::Input {
+                message: format!("the extra variable `{name}` would replace the template's own"),
+            });
+        }
+        self.defaults.insert(name.to_string(), value);
+        Ok(self)
+    }
+
     /// The `bos_token` the template sees.
     pub fn bos_token(&self) -> &str {
         &self.bos
@@ -465,8 +485,10 @@ impl ChatTemplate {
                 message: format!("the extra variable `{name}` would replace the template's own"),
             });
         }
-        let mut ctx: BTreeMap<String, Value> = extra
+        let mut ctx: BTreeMap<String, Value> = self
+            .defaults
             .iter()
+            .chain(extra)
             .map(|(k, v)| (k.clone(), Value::from(Serde(v))))
             .collect();
         ctx.insert("messages".into(), Value::from(Serde(messages)));
