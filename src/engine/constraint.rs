@@ -204,42 +204,8 @@ impl Grammars {
     /// cannot enforce are refused rather than ignored. Whitespace between tokens is allowed
     /// (as JSON does) but bounded, so a model cannot loop on blank space.
     pub fn json_schema(&self, schema: &Value) -> Result<Constraint, ConstraintError> {
-        const WHAT: &str = "JSON schema";
-        let invalid = |message: String| ConstraintError::Invalid {
-            what: WHAT,
-            message,
-        };
-        let size = serde_json::to_vec(schema)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > MAX_GRAMMAR_BYTES {
-            return Err(invalid(format!(
-                "it is {size} bytes; the limit is {MAX_GRAMMAR_BYTES}"
-            )));
-        }
-        let depth = json_depth(schema);
-        if depth > MAX_SCHEMA_DEPTH {
-            return Err(invalid(format!(
-                "it nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
-            )));
-        }
-        let mut schema = match schema {
-            Value::Object(_) => schema.clone(),
-            Value::Bool(true) => Value::Object(Default::default()),
-            Value::Bool(false) => return Err(invalid("`false` accepts no document".into())),
-            _ => return Err(invalid("a schema must be a JSON object (or `true`)".into())),
-        };
-        // Our whitespace rule replaces any the request set: runs of at most 16 blanks between
-        // tokens (a pretty-printer's newline and indent at depth 7 fit).
-        if let Value::Object(m) = &mut schema {
-            m.insert(
-                "x-guidance".into(),
-                serde_json::json!({
-                    "whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,16}",
-                }),
-            );
-        }
-        self.compile(WHAT, TopLevelGrammar::from_json_schema(schema))
+        let schema = checked_schema(schema)?;
+        self.compile("JSON schema", TopLevelGrammar::from_json_schema(schema))
     }
 
     /// A constraint to any JSON object (OpenAI's `{"type": "json_object"}`).
@@ -306,6 +272,47 @@ impl Grammars {
             mask_time: Duration::ZERO,
         })
     }
+}
+
+/// `schema` as [`Grammars::json_schema`] compiles it: checked against [`MAX_GRAMMAR_BYTES`] and
+/// [`MAX_SCHEMA_DEPTH`], `true` made `{}`, and our whitespace rule set (runs of at most 16
+/// blanks between tokens, replacing any `x-guidance` the schema had). Use it for a schema
+/// embedded in a Lark grammar (`%json <the returned value>`), so that it gets the same bounds.
+pub fn checked_schema(schema: &Value) -> Result<Value, ConstraintError> {
+    let invalid = |message: String| ConstraintError::Invalid {
+        what: "JSON schema",
+        message,
+    };
+    let size = serde_json::to_vec(schema)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_GRAMMAR_BYTES {
+        return Err(invalid(format!(
+            "it is {size} bytes; the limit is {MAX_GRAMMAR_BYTES}"
+        )));
+    }
+    let depth = json_depth(schema);
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(invalid(format!(
+            "it nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
+        )));
+    }
+    let mut schema = match schema {
+        Value::Object(_) => schema.clone(),
+        Value::Bool(true) => Value::Object(Default::default()),
+        Value::Bool(false) => return Err(invalid("`false` accepts no document".into())),
+        _ => return Err(invalid("a schema must be a JSON object (or `true`)".into())),
+    };
+    // a pretty-printer's newline and indent at depth 7 fit in 16 blanks
+    if let Value::Object(m) = &mut schema {
+        m.insert(
+            "x-guidance".into(),
+            serde_json::json!({
+                "whitespace_pattern": r"[\x20\x0A\x0D\x09]{1,16}",
+            }),
+        );
+    }
+    Ok(schema)
 }
 
 /// The first line of an llguidance message (later lines repeat the grammar's text), cut to
