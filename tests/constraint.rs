@@ -817,3 +817,60 @@ fn generate_flags_constrain_the_answer() {
     assert!(v["stats"]["constraint"]["masks"].as_u64().unwrap() >= 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Whitespace between JSON tokens is bounded (a model cannot loop on blanks), and a schema
+/// embedded in a Lark grammar through `checked_schema` gets the same bounds.
+#[test]
+fn json_whitespace_is_bounded_and_schemas_embed_in_lark() {
+    let g = grammars();
+    let t = tokenizer();
+    let spaces = |n: usize| {
+        (0..t.vocab_size() as u32)
+            .find(|&id| t.token_bytes(id) == " ".repeat(n).as_bytes())
+            .unwrap_or_else(|| panic!("no token of {n} spaces"))
+    };
+    let brace = t.encode("{").unwrap()[0];
+    let mut c = g.json_object().unwrap();
+    c.commit(brace).unwrap();
+    assert!(c.allows(spaces(4)), "4 blanks after {{");
+    let long = (17..64).find(|&n| {
+        (0..t.vocab_size() as u32).any(|id| t.token_bytes(id) == " ".repeat(n).as_bytes())
+    });
+    let long = long.expect("a token of more than 16 spaces");
+    assert!(!c.allows(spaces(long)), "{long} blanks after {{");
+
+    let schema = json!({"type": "object", "properties": {"name": {"enum": ["get_weather"]},
+        "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+        "required": ["city"], "additionalProperties": false}},
+        "required": ["name", "arguments"], "additionalProperties": false});
+    let checked = qwenrt::engine::constraint::checked_schema(&schema).unwrap();
+    let mut c = g
+        .lark(&format!(
+            "start: \"<tool_call>\\n\" %json {checked} \"\\n</tool_call>\""
+        ))
+        .unwrap();
+    let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    for id in t.encode(text).unwrap() {
+        assert!(c.allows(id), "{:?} refused", t.decode(&[id]).unwrap());
+        c.commit(id).unwrap();
+    }
+    assert!(c.is_accepting());
+    let mut c = g
+        .lark(&format!("start: \"<tool_call>\\n\" %json {checked}"))
+        .unwrap();
+    let wrong = t.encode("<tool_call>\n{\"name\": \"other").unwrap();
+    let ok = wrong
+        .iter()
+        .take_while(|&&id| {
+            let a = c.allows(id);
+            if a {
+                c.commit(id).unwrap();
+            }
+            a
+        })
+        .count();
+    assert!(
+        ok < wrong.len(),
+        "a function name outside the enum was allowed"
+    );
+}

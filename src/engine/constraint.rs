@@ -210,46 +210,8 @@ impl Grammars {
     /// or a line break and an indent (see the rule in the body), so a model cannot loop on
     /// blank space.
     pub fn json_schema(&self, schema: &Value) -> Result<Constraint, ConstraintError> {
-        const WHAT: &str = "JSON schema";
-        let invalid = |message: String| ConstraintError::Invalid {
-            what: WHAT,
-            message,
-        };
-        let size = serde_json::to_vec(schema)
-            .map(|v| v.len())
-            .unwrap_or(usize::MAX);
-        if size > MAX_GRAMMAR_BYTES {
-            return Err(invalid(format!(
-                "it is {size} bytes; the limit is {MAX_GRAMMAR_BYTES}"
-            )));
-        }
-        let depth = json_depth(schema);
-        if depth > MAX_SCHEMA_DEPTH {
-            return Err(invalid(format!(
-                "it nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
-            )));
-        }
-        let mut schema = match schema {
-            Value::Object(_) => schema.clone(),
-            Value::Bool(true) => Value::Object(Default::default()),
-            Value::Bool(false) => return Err(invalid("`false` accepts no document".into())),
-            _ => return Err(invalid("a schema must be a JSON object (or `true`)".into())),
-        };
-        // Our whitespace rule replaces any the request set: between tokens, nothing, one space,
-        // or a line break and an indent of at most 20 blanks (a pretty-printer's layout; the
-        // same rule as llama.cpp's schema grammars). Runs of blanks on one line are not
-        // allowed: a model pushed off its own words by the mask (it wanted to write prose or a
-        // code fence first) otherwise escapes into blank space at every separator; measured on
-        // the default model with a schema and no "answer in JSON" in the prompt, runs of up to
-        // 16 blanks gave `{                "steps":                [ ] ...` where this rule
-        // gives the answer the model writes when asked for JSON.
-        if let Value::Object(m) = &mut schema {
-            m.insert(
-                "x-guidance".into(),
-                serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }),
-            );
-        }
-        self.compile(WHAT, TopLevelGrammar::from_json_schema(schema))
+        let schema = checked_schema(schema)?;
+        self.compile("JSON schema", TopLevelGrammar::from_json_schema(schema))
     }
 
     /// A constraint to any JSON object (OpenAI's `{"type": "json_object"}`).
@@ -316,6 +278,52 @@ impl Grammars {
             mask_time: Duration::ZERO,
         })
     }
+}
+
+/// `schema` as [`Grammars::json_schema`] compiles it: checked against [`MAX_GRAMMAR_BYTES`] and
+/// [`MAX_SCHEMA_DEPTH`], `true` made `{}`, and our whitespace rule set (runs of at most 16
+/// blanks between tokens, replacing any `x-guidance` the schema had). Use it for a schema
+/// embedded in a Lark grammar (`%json <the returned value>`), so that it gets the same bounds.
+pub fn checked_schema(schema: &Value) -> Result<Value, ConstraintError> {
+    let invalid = |message: String| ConstraintError::Invalid {
+        what: "JSON schema",
+        message,
+    };
+    let size = serde_json::to_vec(schema)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if size > MAX_GRAMMAR_BYTES {
+        return Err(invalid(format!(
+            "it is {size} bytes; the limit is {MAX_GRAMMAR_BYTES}"
+        )));
+    }
+    let depth = json_depth(schema);
+    if depth > MAX_SCHEMA_DEPTH {
+        return Err(invalid(format!(
+            "it nests {depth} levels deep; the limit is {MAX_SCHEMA_DEPTH}"
+        )));
+    }
+    let mut schema = match schema {
+        Value::Object(_) => schema.clone(),
+        Value::Bool(true) => Value::Object(Default::default()),
+        Value::Bool(false) => return Err(invalid("`false` accepts no document".into())),
+        _ => return Err(invalid("a schema must be a JSON object (or `true`)".into())),
+    };
+    // Our whitespace rule replaces any the request set: between tokens, nothing, one space, or
+    // a line break and an indent of at most 20 blanks (a pretty-printer's layout; the same rule
+    // as llama.cpp's schema grammars). Runs of blanks on one line are not allowed: a model
+    // pushed off its own words by the mask (it wanted to write prose or a code fence first)
+    // otherwise escapes into blank space at every separator; measured on the default model
+    // with a schema and no "answer in JSON" in the prompt, runs of up to 16 blanks gave
+    // `{                "steps":                [ ] ...` where this rule gives the answer the
+    // model writes when asked for JSON.
+    if let Value::Object(m) = &mut schema {
+        m.insert(
+            "x-guidance".into(),
+            serde_json::json!({ "whitespace_pattern": JSON_WHITESPACE }),
+        );
+    }
+    Ok(schema)
 }
 
 /// The first line of an llguidance message (later lines repeat the grammar's text), cut to

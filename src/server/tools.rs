@@ -20,7 +20,7 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::engine::constraint::JSON_WHITESPACE;
+use crate::engine::constraint::{checked_schema, JSON_WHITESPACE};
 use crate::server::api::ApiError;
 use crate::text::template::ToolCallFormat;
 
@@ -159,6 +159,10 @@ pub fn parse(o: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
                         ));
                     }
                 }
+                // the bounds every schema the constraint engine takes is held to
+                checked_schema(p).map_err(|e| {
+                    ApiError::invalid(&at(".function.parameters"), format!("'parameters': {e}"))
+                })?;
                 p.clone()
             }
             Some(_) => {
