@@ -10,7 +10,17 @@ use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt::workload::arc::{load_tasks, work_items, Split};
-use qwenrt::workload::stop_ids;
+use qwenrt::workload::{stop_ids, ArcOptions};
+
+/// Options for answers without the grid grammar (as `--no-grammar`).
+fn free(max_tokens: usize, stop: &[u32], early_stop: bool) -> ArcOptions<'_> {
+    ArcOptions {
+        max_tokens,
+        stop,
+        early_stop,
+        grid: None,
+    }
+}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")
@@ -34,9 +44,14 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     let mut session = Session::new(weights, &opts).unwrap();
     let before = session.arena_address();
     for item in &items {
-        let r =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 48, &stop, false)
-                .unwrap();
+        let r = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(48, &stop, false),
+        )
+        .unwrap();
         assert_eq!(r.task_id, item.task_id);
         assert_eq!(r.test_index, item.test_index);
         assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
@@ -68,8 +83,14 @@ fn one_session_serves_every_task_without_moving_its_arena() {
         },
     );
     let mut small = small.unwrap();
-    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &template, &items[0], 8, &stop, true)
-        .unwrap();
+    let r = qwenrt::workload::run_arc_item(
+        &mut small,
+        &tok,
+        &template,
+        &items[0],
+        &free(8, &stop, true),
+    )
+    .unwrap();
     let reason = r
         .skipped
         .expect("a prompt longer than the context is skipped");
@@ -160,13 +181,23 @@ fn early_stop_and_lookup_keep_every_grid() {
     let mut session = Session::new(weights, &opts).unwrap();
     for item in &items {
         session.set_lookup(0);
-        let full =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, false)
-                .unwrap();
+        let full = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(160, &stop, false),
+        )
+        .unwrap();
         session.set_lookup(8);
-        let early =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, true)
-                .unwrap();
+        let early = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(160, &stop, true),
+        )
+        .unwrap();
         let id = &item.task_id;
         assert_eq!(full.drafted, 0, "{id}");
         assert_eq!(early.grid, full.grid, "{id}: the scored grid changed");
