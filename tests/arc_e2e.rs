@@ -1,6 +1,7 @@
 //! ARC end to end on the real model: three small tasks from `tests/fixtures/arc`, run on one
 //! session (library) and through `qwenrt arc` (CLI). One well-formed record per test input;
-//! the arena's address and size are the same before and after the run.
+//! the arena's address and size are the same before and after the run; with the grid grammar
+//! every answer is a grid, with or without prompt lookup.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -215,6 +216,60 @@ fn early_stop_and_lookup_keep_every_grid() {
             early.stop_reason,
             early.drafted,
             early.accepted
+        );
+    }
+}
+
+/// With the grid grammar the real model's every answer is a grid, and prompt lookup (which
+/// drafts under the grammar) leaves each answer token for token as it is without lookup.
+#[test]
+fn grid_grammar_answers_are_grids_with_and_without_lookup() {
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
+    let weights = Arc::new(Weights::load(&dir).unwrap());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
+    let items = work_items(&load_tasks(&fixtures(), Split::Eval).unwrap());
+    let stop = stop_ids(&tok, &weights);
+    let grammars =
+        qwenrt::engine::constraint::Grammars::new(&tok, weights.config.vocab_size, &stop).unwrap();
+    let grid = qwenrt::workload::grid_constraint(&grammars).unwrap();
+    let opts = SessionOptions {
+        ctx: 768,
+        threads: 2,
+        ..Default::default()
+    };
+    let mut session = Session::new(weights, &opts).unwrap();
+    let arc_opts = ArcOptions {
+        grid: Some(&grid),
+        ..free(160, &stop, true)
+    };
+    for item in &items {
+        let id = &item.task_id;
+        session.set_lookup(0);
+        let plain =
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+        session.set_lookup(8);
+        let lk =
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+        assert!(plain.grammar && lk.grammar, "{id}");
+        let g = plain
+            .grid
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: no grid"));
+        assert!(g.iter().all(|row| row.len() == g[0].len()), "{id}");
+        assert_eq!(plain.correct, Some(g) == item.expected.as_ref(), "{id}");
+        assert_eq!(lk.grid, plain.grid, "{id}: lookup changed the grid");
+        assert_eq!(lk.generated_tokens, plain.generated_tokens, "{id}");
+        assert_eq!(lk.stop_reason, plain.stop_reason, "{id}");
+        println!(
+            "{id}: {}x{} grid (correct {}), {} tokens ({:?}); lookup drafted {} accepted {}",
+            g.len(),
+            g[0].len(),
+            plain.correct,
+            plain.generated_tokens,
+            plain.stop_reason,
+            lk.drafted,
+            lk.accepted
         );
     }
 }

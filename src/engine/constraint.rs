@@ -576,11 +576,11 @@ mod tests {
             let n = 1 + (next() % 100) as usize;
             let mut mask = SimpleVob::alloc(n);
             let mut logits = vec![0.0f32; n];
-            for t in 0..n {
+            for (t, l) in logits.iter_mut().enumerate() {
                 if next() % 3 != 0 {
                     mask.allow_token(t as u32);
                 }
-                logits[t] = match next() % 12 {
+                *l = match next() % 12 {
                     0 => f32::NAN,
                     1 => f32::NEG_INFINITY,
                     2 => f32::INFINITY,
