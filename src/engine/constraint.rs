@@ -26,7 +26,11 @@
 //! parser and lexer allocate as they go; `tests/constraint_alloc.rs` measured about 80
 //! allocations and 47 KiB per token on a JSON schema. Nothing else allocates: the steps and the
 //! samples of unconstrained sequences, in the same engine, still allocate nothing (that test
-//! and the engine's own allocation proofs).
+//! and the engine's own allocation proofs). A session verifying a prompt-lookup draft under a
+//! constraint ([`crate::engine::session::Session::generate`]) computes one mask per step (at
+//! the row where the draft stops agreeing) rather than one per token, checks the drafted tokens
+//! with [`Constraint::valid_prefix`], and moves the constraint out of the engine and back for
+//! the step (one small box per step).
 
 use std::fmt;
 use std::sync::Arc;
@@ -441,6 +445,29 @@ impl Constraint {
         self.matcher.validate_tokens(&[token]).is_ok_and(|n| n == 1)
     }
 
+    /// How many of `tokens`, in order, the grammar allows from here (does not advance): a
+    /// drafted continuation is cut to this prefix before it is verified.
+    pub fn valid_prefix(&mut self, tokens: &[u32]) -> usize {
+        if tokens.is_empty() {
+            return 0;
+        }
+        if self.is_finished() {
+            return usize::from(self.allows(tokens[0]));
+        }
+        self.matcher.validate_tokens(tokens).unwrap_or(0)
+    }
+
+    /// The token greedy sampling picks from `logits` masked by the grammar, without modifying
+    /// them: the first allowed token of the highest logit, exactly what [`Constraint::mask_logits`]
+    /// followed by an argmax picks (as the sampler's greedy mode does). Does not advance.
+    pub fn greedy(&mut self, logits: &[f32]) -> Result<u32, ConstraintError> {
+        let mask = self.allowed()?;
+        let t0 = Instant::now();
+        let token = masked_argmax(&mask, logits);
+        self.mask_time += t0.elapsed();
+        Ok(token)
+    }
+
     /// Advances the state past `token` (a stop token is accepted once the grammar is complete,
     /// and finishes it).
     pub fn commit(&mut self, token: u32) -> Result<(), ConstraintError> {
@@ -484,6 +511,41 @@ impl Constraint {
     }
 }
 
+/// The argmax of `logits` with every token the mask forbids read as -inf (ties to the first
+/// index, and index 0 when nothing beats -inf), as `apply_mask` and then an argmax would pick.
+fn masked_argmax(mask: &SimpleVob, logits: &[f32]) -> u32 {
+    let words = mask.as_slice();
+    let at = |t: usize| {
+        let allowed = words.get(t / 32).is_some_and(|w| w & (1 << (t % 32)) != 0);
+        if allowed {
+            logits[t]
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    let mut best = 0usize;
+    let mut best_value = if logits.is_empty() {
+        f32::NEG_INFINITY
+    } else {
+        at(0)
+    };
+    for (w, &bits) in words.iter().enumerate() {
+        let mut bits = bits;
+        while bits != 0 {
+            let t = w * 32 + bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if t >= logits.len() {
+                return best as u32;
+            }
+            if logits[t] > best_value {
+                best = t;
+                best_value = logits[t];
+            }
+        }
+    }
+    best as u32
+}
+
 /// `logits[t] = -inf` for every `t` the mask does not allow (and every `t` past it).
 fn apply_mask(mask: &SimpleVob, logits: &mut [f32]) {
     let words = mask.as_slice();
@@ -512,6 +574,42 @@ mod tests {
     fn depth_counts_nesting() {
         assert_eq!(json_depth(&serde_json::json!(1)), 0);
         assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": 2}]})), 3);
+    }
+
+    #[test]
+    fn masked_argmax_is_mask_then_argmax() {
+        // a small deterministic generator: logits with ties, NaNs and infinities
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for case in 0..400 {
+            let n = 1 + (next() % 100) as usize;
+            let mut mask = SimpleVob::alloc(n);
+            let mut logits = vec![0.0f32; n];
+            for (t, l) in logits.iter_mut().enumerate() {
+                if next() % 3 != 0 {
+                    mask.allow_token(t as u32);
+                }
+                *l = match next() % 12 {
+                    0 => f32::NAN,
+                    1 => f32::NEG_INFINITY,
+                    2 => f32::INFINITY,
+                    r => (r % 4) as f32, // few values: many ties
+                };
+            }
+            let mut masked = logits.clone();
+            apply_mask(&mask, &mut masked);
+            let want = qwenrt_kernels::scalar::argmax(&masked) as u32;
+            assert_eq!(
+                masked_argmax(&mask, &logits),
+                want,
+                "case {case}: {logits:?}"
+            );
+        }
     }
 
     #[test]

@@ -528,8 +528,8 @@ impl Engine {
     /// sampler sees them (so every mode, greedy included, picks an allowed token) and advance
     /// it with the sampled token. It can be attached at any point: the grammar starts at the
     /// next sampled token, whatever the sequence holds. A constrained sequence should not take
-    /// drafted tokens its constraint has not checked (the session does not draft for one; see
-    /// [`Engine::is_constrained`]).
+    /// drafted tokens its constraint has not checked (the session cuts a draft to what the
+    /// constraint allows and verifies it on the masked logits; see [`Engine::is_constrained`]).
     pub fn set_constraint(
         &mut self,
         seq: SeqId,

@@ -297,8 +297,9 @@ impl Session {
 
     /// Attaches a constraint to the session's sequence (`None` removes it) and returns the one
     /// it replaced: from the next sample on, every token is one it allows (see
-    /// [`Engine::set_constraint`]). While one is attached, [`Session::generate`] does not draft
-    /// by prompt lookup.
+    /// [`Engine::set_constraint`]). With prompt lookup on, [`Session::generate`] drafts only
+    /// tokens the constraint allows and verifies them against the masked logits, so the output
+    /// is token for token that of constrained greedy decoding one token a step.
     pub fn set_constraint(&mut self, constraint: Option<Constraint>) -> Option<Constraint> {
         self.engine
             .set_constraint(self.seq, constraint)
@@ -325,9 +326,9 @@ impl Session {
 
     /// Turns prompt-lookup decoding on with drafts of up to `n` tokens (capped at
     /// [`lookup::MAX_DRAFT`] and at the engine's rows per step less one), or off with 0. It
-    /// only takes effect for a greedy sampler without penalties and no constraint, where its
-    /// output is token for token that of plain greedy decoding; otherwise it decodes one token
-    /// a step (a constrained sequence's drafts would be verified against unmasked logits).
+    /// only takes effect for a greedy sampler without penalties, where its output is token for
+    /// token that of plain greedy decoding (constrained greedy decoding with a constraint
+    /// attached); otherwise it decodes one token a step.
     pub fn set_lookup(&mut self, n: usize) {
         self.lookup = n
             .min(lookup::MAX_DRAFT)
@@ -339,8 +340,9 @@ impl Session {
     /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
     /// greedy sampler, each step feeds the newest token plus a draft found by
     /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
-    /// with and the token after them, and truncates the cache past the rest. Allocates nothing
-    /// without a constraint (see [`crate::engine::constraint`] for what one allocates per
+    /// with and the token after them, and truncates the cache past the rest (with a
+    /// constraint: drafts cut to what it allows, agreement judged on the masked logits, see
+    /// `verify_constrained`). Allocates nothing without a constraint (see [`crate::engine::constraint`] for what one allocates per
     /// token).
     pub fn generate(
         &mut self,
@@ -364,11 +366,7 @@ impl Session {
         }
         let p = sampler.params;
         let constrained = self.engine.is_constrained(self.seq)?;
-        let lookup = if p.is_plain_greedy() && !constrained {
-            self.lookup
-        } else {
-            0
-        };
+        let lookup = if p.is_plain_greedy() { self.lookup } else { 0 };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
         let mut budget = lookup::DraftBudget::new(lookup);
@@ -416,12 +414,19 @@ impl Session {
             let mut row = [0u32; lookup::MAX_DRAFT + 1];
             row[0] = token;
             let cap = if lookup > 0 { budget.take() } else { 0 };
-            let k = if cap > 0 {
+            let mut k = if cap > 0 {
                 let history = self.engine.tokens(self.seq)?;
                 lookup::draft(history, token, &mut row[1..1 + cap.min(room)])
             } else {
                 0
             };
+            if constrained && k > 0 {
+                // a drafted token the grammar forbids could never be accepted: cut the draft
+                // before it costs rows
+                if let Some(c) = self.engine.constraint_mut(self.seq)? {
+                    k = c.valid_prefix(&row[1..1 + k]);
+                }
+            }
             stats.steps += 1;
             stats.unfed = None;
             if k == 0 {
@@ -432,26 +437,81 @@ impl Session {
             }
             // Verify: the greedy token after every row, the first on ties as the sampler picks.
             let pos0 = self.position();
-            let mut greedy = [0u32; lookup::MAX_DRAFT + 1];
-            self.feed(
-                &row[..k + 1],
-                Numerics::Decode,
-                Want::All,
-                &mut |_, pos, l| {
-                    greedy[pos - pos0] = qwenrt_kernels::scalar::argmax(l) as u32;
-                },
-            )?;
-            let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
+            let (agree, next) = if constrained {
+                self.verify_constrained(&row[..k + 1])?
+            } else {
+                let mut greedy = [0u32; lookup::MAX_DRAFT + 1];
+                self.feed(
+                    &row[..k + 1],
+                    Numerics::Decode,
+                    Want::All,
+                    &mut |_, pos, l| {
+                        greedy[pos - pos0] = qwenrt_kernels::scalar::argmax(l) as u32;
+                    },
+                )?;
+                let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
+                (agree, greedy[agree])
+            };
             budget.verified(k, agree);
             stats.drafted += k;
             stats.accepted += agree;
             // The fed rows past the agreed drafts are not part of the text.
             self.truncate(pos0 + 1 + agree);
             pending[..agree].copy_from_slice(&row[1..1 + agree]);
-            pending[agree] = greedy[agree];
+            pending[agree] = next;
             n_pending = agree + 1;
         }
         stats.elapsed = start.elapsed();
         Ok(stats)
+    }
+
+    /// Feeds `row` (the newest token, already sampled and seen by the constraint, then a draft
+    /// the constraint allows) and returns how many drafted tokens constrained greedy decoding
+    /// agrees with and the token it picks after them, as it would one token a step: at each
+    /// row the masked greedy token is the plain argmax where the grammar allows that (a drafted
+    /// token that is the argmax is allowed, as the draft was cut to what the grammar allows),
+    /// and otherwise the argmax over the allowed tokens. The constraint advances over the
+    /// accepted tokens and the picked one, as sampling them would have advanced it; the caller
+    /// truncates the cache past the accepted rows.
+    fn verify_constrained(&mut self, row: &[u32]) -> Result<(usize, u32), SessionError> {
+        let k = row.len() - 1;
+        // The constraint leaves the engine for the step (the step's callback needs it while
+        // the engine runs) and goes back whatever happens.
+        let Some(mut c) = self.engine.set_constraint(self.seq, None)? else {
+            return Err(SessionError::Constraint(
+                crate::engine::constraint::ConstraintError::Matcher(
+                    "the constraint went missing while verifying a draft".into(),
+                ),
+            ));
+        };
+        let pos0 = self.position();
+        let mut agree = 0;
+        let mut next: Option<Result<u32, SessionError>> = None;
+        let fed = self.feed(row, Numerics::Decode, Want::All, &mut |_, pos, l| {
+            if next.is_some() {
+                return; // decided at an earlier row; the rest are truncated away
+            }
+            let i = pos - pos0;
+            let g = qwenrt_kernels::scalar::argmax(l) as u32;
+            if i < k && g == row[1 + i] {
+                match c.commit(g) {
+                    Ok(()) => agree += 1,
+                    Err(e) => next = Some(Err(e.into())),
+                }
+                return;
+            }
+            let picked = c
+                .greedy(l)
+                .and_then(|t| c.commit(t).map(|()| t))
+                .map_err(SessionError::from);
+            next = Some(picked);
+        });
+        self.engine.set_constraint(self.seq, Some(c))?;
+        fed?;
+        match next {
+            Some(Ok(t)) => Ok((agree, t)),
+            Some(Err(e)) => Err(e),
+            None => Err(SessionError::NoLogits),
+        }
     }
 }

@@ -4,8 +4,9 @@
 
 use std::time::Instant;
 
-use super::arc::{score, GridStop, TaskRecord, WorkItem};
+use super::arc::{grid_regex, score, GridStop, TaskRecord, WorkItem};
 use super::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
+use crate::engine::constraint::{Constraint, ConstraintError, Grammars};
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::session::{Session, SessionError, StopReason};
 use crate::model::weights::Weights;
@@ -138,11 +139,15 @@ pub fn complete(
         params,
         max_tokens,
         stop,
+        None,
         &mut |_| true,
     )
 }
 
-/// [`complete`], also stopping once `keep_going(token)` returns false (that token is kept).
+/// [`complete`], with `constraint` (if any) governing the answer (attached after the prompt's
+/// prefill; it stays attached until the session is reset), also stopping once
+/// `keep_going(token)` returns false (that token is kept).
+#[allow(clippy::too_many_arguments)]
 pub fn complete_until(
     session: &mut Session,
     tok: &Tokenizer,
@@ -150,6 +155,7 @@ pub fn complete_until(
     params: SamplerParams,
     max_tokens: usize,
     stop: &[u32],
+    constraint: Option<Constraint>,
     keep_going: &mut dyn FnMut(u32) -> bool,
 ) -> Result<Completion, RequestError> {
     if prompt_ids.len() >= session.ctx() {
@@ -167,6 +173,9 @@ pub fn complete_until(
     let t0 = Instant::now();
     session.prefill(prompt_ids).map_err(RequestError::Session)?;
     let prefill_s = t0.elapsed().as_secs_f64();
+    if constraint.is_some() {
+        session.set_constraint(constraint);
+    }
     let mut ids = Vec::with_capacity(max_tokens);
     let mut first: Option<f64> = None;
     let stats = session
@@ -193,18 +202,38 @@ pub fn complete_until(
     })
 }
 
+/// The grid grammar (see [`grid_regex`]) compiled by `grammars`: compile it once per run and
+/// give each answer a clone.
+pub fn grid_constraint(grammars: &Grammars) -> Result<Constraint, ConstraintError> {
+    grammars.regex(&grid_regex())
+}
+
+/// How [`run_arc_item`] answers a test input.
+#[derive(Clone, Copy, Debug)]
+pub struct ArcOptions<'a> {
+    /// The most tokens an answer may have.
+    pub max_tokens: usize,
+    /// End-of-turn ids (see [`stop_ids`]).
+    pub stop: &'a [u32],
+    /// End the answer once its first complete grid is followed by a line that is not one of
+    /// its rows (see [`GridStop`]).
+    pub early_stop: bool,
+    /// The compiled grid grammar (see [`grid_constraint`]): each answer gets a clone, so it
+    /// is always a grid. `None` leaves the answer free.
+    pub grid: Option<&'a Constraint>,
+}
+
 /// Runs one ARC test input greedily and scores it. With `early_stop`, generation ends once
 /// the first complete grid is followed by a line that is not one of its rows (see
-/// [`GridStop`]), which leaves the scored grid unchanged. A prompt that does not fit is a
-/// skipped record with its token count, not an error.
+/// [`GridStop`]), which leaves the scored grid unchanged. With the grid grammar the answer is
+/// a grid by construction; one cut by the token limit inside a row is scored on its complete
+/// rows. A prompt that does not fit is a skipped record with its token count, not an error.
 pub fn run_arc_item(
     session: &mut Session,
     tok: &Tokenizer,
     template: &ChatTemplate,
     item: &WorkItem,
-    max_tokens: usize,
-    stop: &[u32],
-    early_stop: bool,
+    opts: &ArcOptions<'_>,
 ) -> Result<TaskRecord, RequestError> {
     let ids = prompt_ids(tok, template, &item.prompt, false)?;
     let arena_bytes = session.memory_plan().total_bytes() as u64;
@@ -225,19 +254,36 @@ pub fn run_arc_item(
     let mut grid_stop = GridStop::new();
     let mut decoder = tok.stream_decoder();
     let mut grid_done = false;
+    let early_stop = opts.early_stop;
     let c = complete_until(
         session,
         tok,
         &ids,
         SamplerParams::greedy(),
-        max_tokens,
-        stop,
+        opts.max_tokens,
+        opts.stop,
+        opts.grid.cloned(),
         &mut |t| {
             grid_done = early_stop && grid_stop.push(decoder.push(t));
             !grid_done
         },
     )?;
-    let (grid, correct) = score(&c.text, item.expected.as_ref());
+    let mut answer = c.text.as_str();
+    if opts.grid.is_some() {
+        if let Some(g) = session.constraint_mut() {
+            if let Some(e) = g.error() {
+                return Err(RequestError::Session(SessionError::Constraint(
+                    ConstraintError::Matcher(e),
+                )));
+            }
+            // The grammar is complete after every complete row; where it is not, the answer
+            // was cut inside a row (by the token limit), and that row is not part of the grid.
+            if !g.is_accepting() {
+                answer = answer.rsplit_once('\n').map_or("", |(rows, _)| rows);
+            }
+        }
+    }
+    let (grid, correct) = score(answer, item.expected.as_ref());
     let stop_reason = match c.reason {
         StopReason::Callback if grid_done => "grid",
         StopReason::Callback => "callback",
@@ -261,6 +307,7 @@ pub fn run_arc_item(
         stop_reason: Some(stop_reason.to_string()),
         drafted: c.drafted,
         accepted: c.accepted,
+        grammar: opts.grid.is_some(),
     })
 }
 

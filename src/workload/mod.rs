@@ -5,7 +5,8 @@
 //! - [`batch`]: JSONL batch requests and their output records.
 //! - [`perplexity`]: perplexity and KL divergence on llama-perplexity's convention.
 //! - [`complete`](mod@complete): one request on a [`Session`](crate::Session), prompt in, completion out;
-//!   ARC items and batch requests on top of it, and the stop tokens of a model.
+//!   ARC items (constrained to a grid unless told not to) and batch requests on top of it, and
+//!   the stop tokens of a model.
 //! - [`conversation`]: a multi-turn chat on one session, re-rendered by the chat template each
 //!   turn, reusing the cached common prefix.
 
@@ -16,5 +17,6 @@ pub mod conversation;
 pub mod perplexity;
 
 pub use complete::{
-    complete, prompt_ids, run_arc_item, run_batch_request, stop_ids, Completion, RequestError,
+    complete, grid_constraint, prompt_ids, run_arc_item, run_batch_request, stop_ids, ArcOptions,
+    Completion, RequestError,
 };

