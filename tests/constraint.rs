@@ -824,20 +824,26 @@ fn generate_flags_constrain_the_answer() {
 fn json_whitespace_is_bounded_and_schemas_embed_in_lark() {
     let g = grammars();
     let t = tokenizer();
-    let spaces = |n: usize| {
-        (0..t.vocab_size() as u32)
-            .find(|&id| t.token_bytes(id) == " ".repeat(n).as_bytes())
-            .unwrap_or_else(|| panic!("no token of {n} spaces"))
+    let token = |text: &str| {
+        (0..t.vocab_size() as u32).find(|&id| t.token_bytes(id) == text.as_bytes())
     };
     let brace = t.encode("{").unwrap()[0];
     let mut c = g.json_object().unwrap();
     c.commit(brace).unwrap();
-    assert!(c.allows(spaces(4)), "4 blanks after {{");
-    let long = (17..64).find(|&n| {
-        (0..t.vocab_size() as u32).any(|id| t.token_bytes(id) == " ".repeat(n).as_bytes())
-    });
-    let long = long.expect("a token of more than 16 spaces");
-    assert!(!c.allows(spaces(long)), "{long} blanks after {{");
+    // one space, or a line break and an indent of at most 20 blanks; not a run on one line
+    assert!(c.allows(token(" ").unwrap()), "a space after {{");
+    assert!(c.allows(token("\n").unwrap()), "a line break after {{");
+    // (Qwen's pre-tokenizer keeps a line break and the blanks after it apart)
+    let mut after_break = c.clone();
+    after_break.commit(token("\n").unwrap()).unwrap();
+    let blanks = |n: usize| token(&" ".repeat(n)).unwrap_or_else(|| panic!("no token of {n} spaces"));
+    assert!(after_break.allows(blanks(16)), "an indent of 16");
+    after_break.commit(blanks(16)).unwrap();
+    assert!(after_break.allows(blanks(4)), "an indent of 20");
+    assert!(!after_break.allows(blanks(8)), "an indent of 24");
+    for n in [2, 4, 16] {
+        assert!(!c.allows(blanks(n)), "{n} blanks on one line after {{");
+    }
 
     let schema = json!({"type": "object", "properties": {"name": {"enum": ["get_weather"]},
         "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
