@@ -8,6 +8,8 @@
 //! the blank space after the tag is dropped. An answer that does not open with `<think>` is
 //! all content. A `<think>` never closed (the answer was cut) leaves everything in reasoning.
 
+use crate::server::tools::partial_suffix;
+
 /// What the server does with the thinking part (`--reasoning-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ReasoningFormat {
@@ -51,14 +53,6 @@ enum State {
 pub struct ThinkSplitter {
     state: State,
     held: String,
-}
-
-/// The length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_suffix(s: &str, tag: &str) -> usize {
-    (1..tag.len().min(s.len() + 1))
-        .rev()
-        .find(|&n| s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..]))
-        .unwrap_or(0)
 }
 
 impl ThinkSplitter {
@@ -204,7 +198,9 @@ mod tests {
             split(false, &["<think>\nstill thin", "king "]),
             ("still thinking".to_string(), String::new())
         );
-        assert!(ThinkSplitter::prompt_opens("<|im_start|>assistant\n<think>\n"));
+        assert!(ThinkSplitter::prompt_opens(
+            "<|im_start|>assistant\n<think>\n"
+        ));
         assert!(!ThinkSplitter::prompt_opens("<|im_start|>assistant\n"));
     }
 }

@@ -490,8 +490,9 @@ pub struct CallParser {
     id_seed: u64,
 }
 
-/// The length of the longest suffix of `s` that is a proper prefix of `tag`.
-fn partial_suffix(s: &str, tag: &str) -> usize {
+/// The length of the longest suffix of `s` that is a proper prefix of `tag` (what to hold
+/// back while a tag may be starting).
+pub(crate) fn partial_suffix(s: &str, tag: &str) -> usize {
     (1..tag.len().min(s.len() + 1))
         .rev()
         .find(|&n| s.is_char_boundary(s.len() - n) && tag.starts_with(&s[s.len() - n..]))
