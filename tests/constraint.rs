@@ -824,9 +824,8 @@ fn generate_flags_constrain_the_answer() {
 fn json_whitespace_is_bounded_and_schemas_embed_in_lark() {
     let g = grammars();
     let t = tokenizer();
-    let token = |text: &str| {
-        (0..t.vocab_size() as u32).find(|&id| t.token_bytes(id) == text.as_bytes())
-    };
+    let token =
+        |text: &str| (0..t.vocab_size() as u32).find(|&id| t.token_bytes(id) == text.as_bytes());
     let brace = t.encode("{").unwrap()[0];
     let mut c = g.json_object().unwrap();
     c.commit(brace).unwrap();
@@ -836,7 +835,8 @@ fn json_whitespace_is_bounded_and_schemas_embed_in_lark() {
     // (Qwen's pre-tokenizer keeps a line break and the blanks after it apart)
     let mut after_break = c.clone();
     after_break.commit(token("\n").unwrap()).unwrap();
-    let blanks = |n: usize| token(&" ".repeat(n)).unwrap_or_else(|| panic!("no token of {n} spaces"));
+    let blanks =
+        |n: usize| token(&" ".repeat(n)).unwrap_or_else(|| panic!("no token of {n} spaces"));
     assert!(after_break.allows(blanks(16)), "an indent of 16");
     after_break.commit(blanks(16)).unwrap();
     assert!(after_break.allows(blanks(4)), "an indent of 20");

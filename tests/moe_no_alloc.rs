@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use qwenrt::engine::sampler::SamplerParams;
-use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, SeqId, Want};
+use qwenrt::engine::{Engine, EngineOptions, SeqId};
 use qwenrt::model::gguf::GgmlType;
 use qwenrt::model::weights::Weights;
 use qwenrt::testkit::gguf::quantized_gguf_from_hf;
@@ -21,97 +21,9 @@ use qwenrt_kernels::{Dtype, Isa};
 mod counting;
 use counting::*;
 
-const SEQS: usize = 4;
-const CHUNK: usize = 16;
-const PROMPT: usize = 48;
-/// A sequence that reaches this many positions is reset and prefills its prompt again.
-const REFILL_AT: usize = 120;
-
-/// The workload's state between steps: where each sequence is, and its last sampled token.
-struct Driver {
-    seqs: [SeqId; SEQS],
-    prompt: [u32; PROMPT],
-    /// Prompt tokens already fed, per sequence (`PROMPT` once decoding).
-    fed: [usize; SEQS],
-    last: [u32; SEQS],
-    steps: usize,
-    prefill_rows: usize,
-    decode_rows: usize,
-    refills: usize,
-    distinct: [bool; VOCAB],
-}
-
-impl Driver {
-    /// One step: the first sequence still in its prompt contributes a chunk of it (prefill
-    /// numerics), every decoding sequence its last token (decode numerics); then every
-    /// sequence that finished its prompt or decoded samples its next token.
-    fn step(&mut self, e: &mut Engine) {
-        let mut feeds = [Feed {
-            seq: self.seqs[0],
-            tokens: &[],
-            numerics: Numerics::Decode,
-            logits: Want::None,
-        }; SEQS];
-        let mut n = 0;
-        let mut prefilling = None;
-        for i in 0..SEQS {
-            if self.fed[i] < PROMPT {
-                if prefilling.is_some() {
-                    continue;
-                }
-                let end = (self.fed[i] + CHUNK).min(PROMPT);
-                feeds[n] = Feed {
-                    seq: self.seqs[i],
-                    tokens: &self.prompt[self.fed[i]..end],
-                    numerics: Numerics::Prefill,
-                    logits: if end == PROMPT {
-                        Want::Last
-                    } else {
-                        Want::None
-                    },
-                };
-                prefilling = Some((i, end));
-                self.prefill_rows += end - self.fed[i];
-            } else {
-                feeds[n] = Feed {
-                    seq: self.seqs[i],
-                    tokens: std::slice::from_ref(&self.last[i]),
-                    numerics: Numerics::Decode,
-                    logits: Want::Last,
-                };
-                self.decode_rows += 1;
-            }
-            n += 1;
-        }
-        e.step(&feeds[..n], &mut |_, _, _| {}).unwrap();
-        self.steps += 1;
-        if let Some((i, end)) = prefilling {
-            self.fed[i] = end;
-            if end < PROMPT {
-                // still prefilling: no logits to sample from yet
-                self.sample_decoders(e, Some(i));
-                return;
-            }
-        }
-        self.sample_decoders(e, None);
-    }
-
-    fn sample_decoders(&mut self, e: &mut Engine, skip: Option<usize>) {
-        for i in 0..SEQS {
-            if Some(i) == skip || self.fed[i] < PROMPT {
-                continue;
-            }
-            let t = e.sample(self.seqs[i]).unwrap();
-            self.distinct[t as usize] = true;
-            self.last[i] = t;
-            if e.position(self.seqs[i]).unwrap() >= REFILL_AT {
-                e.reset(self.seqs[i]).unwrap();
-                self.fed[i] = 0;
-                self.refills += 1;
-            }
-        }
-    }
-}
+#[path = "support/step_driver.rs"]
+mod step_driver;
+use step_driver::*;
 
 /// The fixture's vocabulary.
 const VOCAB: usize = 512;
