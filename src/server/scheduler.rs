@@ -270,10 +270,19 @@ impl Scheduler {
             };
             let constraint = job.req.guide.constraint.take();
             let job_watches_opener = job.req.guide.on_bare.is_some();
-            match self.place(&job).and_then(|(seq, reused)| {
-                Ok((seq, reused, self.engine.set_constraint(seq, constraint)?))
-            }) {
-                Ok((seq, reused, _)) => {
+            let placed = self.place(&job).and_then(|(seq, reused)| {
+                match self.engine.set_constraint(seq, constraint) {
+                    Ok(_) => Ok((seq, reused)),
+                    Err(e) => {
+                        // the sequence goes back to the idle ones rather than being lost
+                        self.clock += 1;
+                        self.idle.push((seq, self.clock));
+                        Err(e)
+                    }
+                }
+            });
+            match placed {
+                Ok((seq, reused)) => {
                     let m = &self.shared.metrics;
                     m.prompt_tokens
                         .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
