@@ -356,3 +356,64 @@ fn past_the_queue_requests_get_503_with_retry_after() {
     drop(running);
     assert_eq!(queued.join().unwrap(), Some(200));
 }
+
+#[test]
+fn cors_answers_preflights_and_names_allowed_origins_only() {
+    let s = Server::start(ServerOptions {
+        api_key: Some("sekrit".into()),
+        cors_origins: vec!["http://app.example".into()],
+        ..opts()
+    });
+    let url = format!("{}/v1/chat/completions", s.base);
+    // a preflight from the allowed origin: 204 without the key, the methods and headers
+    let r = agent()
+        .request("OPTIONS", &url)
+        .set("Origin", "http://app.example")
+        .set("Access-Control-Request-Method", "POST")
+        .set(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
+        .call()
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("http://app.example")
+    );
+    assert!(r
+        .header("Access-Control-Allow-Methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(r
+        .header("Access-Control-Allow-Headers")
+        .unwrap()
+        .contains("Authorization"));
+    // the request itself carries the origin back
+    let r = agent()
+        .post(&url)
+        .set("Origin", "http://app.example")
+        .set("Authorization", "Bearer sekrit")
+        .send_string(&chat_body("hi", 2).to_string())
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.header("Access-Control-Allow-Origin"),
+        Some("http://app.example")
+    );
+    // another origin: no CORS headers, and no preflight answer
+    let r = agent()
+        .post(&url)
+        .set("Origin", "http://evil.example")
+        .set("Authorization", "Bearer sekrit")
+        .send_string(&chat_body("hi", 2).to_string())
+        .unwrap();
+    assert_eq!(r.header("Access-Control-Allow-Origin"), None);
+    let r = agent()
+        .request("OPTIONS", &url)
+        .set("Origin", "http://evil.example")
+        .set("Access-Control-Request-Method", "POST")
+        .call();
+    let (code, _) = answer(r);
+    assert_ne!(code, 204);
+}

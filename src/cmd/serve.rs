@@ -80,6 +80,10 @@ pub struct ServeArgs {
     /// template has a thinking switch; `none` leaves it in content
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Reasoning::Auto)]
     reasoning_format: Reasoning,
+    /// Allow browser pages from ORIGIN (e.g. http://localhost:3000; `*` for any) to call the
+    /// API: preflights answered, responses carry Access-Control-Allow-Origin (repeatable)
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
     /// Prompt-lookup drafting for greedy requests without penalties: up to N drafted rows per
     /// engine step, shared by the running requests (output unchanged); 0, the default, turns
     /// it off: on chat answers under load the rejected rows measured slower
@@ -120,6 +124,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup,
         kv_dtype: a.kv.dtype(),
+        cors_origins: a.cors_origins,
         reasoning_format: match a.reasoning_format {
             Reasoning::Auto => ReasoningFormat::Auto,
             Reasoning::None => ReasoningFormat::None,

@@ -42,6 +42,8 @@ pub struct AppInner {
     pub ctx: usize,
     pub vocab: usize,
     pub api_key: Option<String>,
+    /// Browser origins allowed to call the API (`--cors-origin`; `*` for any); empty: no CORS.
+    pub cors_origins: Vec<String>,
     /// Jobs accepted at once (running plus queued).
     pub limit: usize,
     pub request_timeout: Option<Duration>,
@@ -83,6 +85,7 @@ pub fn router(app: App) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(app.max_body_bytes))
         .layer(middleware::from_fn_with_state(app.clone(), guard))
+        .layer(middleware::from_fn_with_state(app.clone(), cors))
         .with_state(app)
 }
 
@@ -105,6 +108,49 @@ fn json_response(status: StatusCode, v: &Value) -> Response {
 /// Same length and bytes, without stopping at the first difference.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// CORS for the origins of `--cors-origin`: a preflight (`OPTIONS` with
+/// `Access-Control-Request-Method`) from an allowed origin is answered 204 without the API key
+/// (browsers send none on preflights); every response to an allowed origin names it in
+/// `Access-Control-Allow-Origin`. Other origins get no CORS headers, so browsers refuse them.
+async fn cors(State(app): State<App>, req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| app.cors_origins.iter().any(|a| a == "*" || a == o))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        return next.run(req).await;
+    };
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut resp = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Authorization, Content-Type, X-Api-Key"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    resp
 }
 
 /// Checks the API key (every route but `/health`) and counts responses by status.

@@ -107,6 +107,9 @@ pub struct ServerOptions {
     /// The chat template that renders messages into prompts (the model's own, see
     /// [`ChatTemplate::for_model`]; the default is the built-in ChatML).
     pub chat_template: Arc<ChatTemplate>,
+    /// Browser origins allowed to call the API (CORS; `*` for any); empty, the default, sends
+    /// no CORS headers.
+    pub cors_origins: Vec<String>,
     /// Where the thinking part of a thinking model's answer goes (`reasoning_content` by
     /// default, with a template that has a thinking switch).
     pub reasoning_format: ReasoningFormat,
@@ -131,6 +134,7 @@ impl Default for ServerOptions {
             kv_dtype: Dtype::F32,
             chat_template: Arc::new(ChatTemplate::chatml()),
             reasoning_format: ReasoningFormat::Auto,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -276,6 +280,7 @@ pub fn run_on(
         ctx: opts.ctx,
         vocab,
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
+        cors_origins: opts.cors_origins.clone(),
         limit: opts.parallel + opts.max_queue,
         request_timeout: opts.request_timeout,
         max_body_bytes: opts.max_body_bytes,
