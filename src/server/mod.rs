@@ -28,8 +28,13 @@
 //!   refused with a 400. Unknown fields are ignored.
 //! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
 //!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
-//!   `messages`), `POST /detokenize` (`tokens`), `POST /apply-template` (a chat request's
-//!   body; answers `{"prompt": TEXT}`, what the model would see).
+//!   llama-server's `content`, or `messages`; `with_pieces`), `POST /detokenize` (`tokens`;
+//!   answers `prompt` and `content`), `POST /apply-template` (a chat request's body; answers
+//!   `{"prompt": TEXT}`, what the model would see). `/chat/completions`, `/completions` and
+//!   `/models` answer as their `/v1` routes, as llama-server's do.
+//! - The API key is taken as `Authorization: Bearer KEY` or `X-Api-Key: KEY`; with
+//!   `cors_origins`, browser preflights from those origins are answered and responses name
+//!   the origin.
 //!
 //! Every error is `{"error":{"message","type","param","code"}}` with its status: 400 for a bad
 //! body (naming the field), 401 without the API key (when one is set, on every route but
