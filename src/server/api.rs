@@ -658,15 +658,19 @@ fn active_tools(
 /// template with the generation prompt, as `/apply-template` shows it.
 pub fn render_chat(o: &Map<String, Value>, template: &ChatTemplate) -> Result<String, ApiError> {
     let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
-    let tools = active_tools(o, template)?;
+    render_with(o, &messages, template, active_tools(o, template)?.as_ref())
+}
+
+/// [`render_chat`] with the request's messages and tools already read.
+fn render_with(
+    o: &Map<String, Value>,
+    messages: &Value,
+    template: &ChatTemplate,
+    tools: Option<&(Tools, ToolCallFormat)>,
+) -> Result<String, ApiError> {
     let kwargs = template_kwargs(o)?;
     template
-        .render(
-            &messages,
-            tools.as_ref().map(|(t, _)| &t.raw),
-            true,
-            &kwargs,
-        )
+        .render(messages, tools.map(|(t, _)| &t.raw), true, &kwargs)
         .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat template: {e}")))
 }
 
@@ -797,7 +801,10 @@ pub fn parse_generation(
     let mut thinking = None;
     let (prompt, tools) = match endpoint {
         Endpoint::Chat => {
-            let text = render_chat(o, model.template)?;
+            // the tools are read (and their schemas checked) once, for the prompt and the guide
+            let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
+            let tools = active_tools(o, model.template)?;
+            let text = render_with(o, &messages, model.template, tools.as_ref())?;
             if model.reasoning {
                 thinking = Some(ThinkSplitter::prompt_opens(&text));
             }
@@ -805,7 +812,7 @@ pub fn parse_generation(
                 param: Some("messages".into()),
                 ..e
             })?;
-            (ids, active_tools(o, model.template)?)
+            (ids, tools)
         }
         Endpoint::Completion => {
             for f in ["tools", "tool_choice"] {
