@@ -21,9 +21,9 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::constraint::Grammars;
 use crate::server::api::{self, ApiError, Endpoint, GenRequest};
+use crate::server::call_parser::{Call, CallEvent, CallParser};
 use crate::server::reasoning::{Piece, ThinkSplitter};
 use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
-use crate::server::tools::{Call, CallEvent, CallParser};
 use crate::text::template::ChatTemplate;
 use crate::text::tokenizer::Tokenizer;
 

@@ -47,6 +47,7 @@
 //! tokens (the next turn of a chat) prefills only the rest.
 
 mod api;
+mod call_parser;
 mod http;
 mod metrics;
 mod reasoning;

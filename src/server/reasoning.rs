@@ -8,7 +8,7 @@
 //! the blank space after the tag is dropped. An answer that does not open with `<think>` is
 //! all content. A `<think>` never closed (the answer was cut) leaves everything in reasoning.
 
-use crate::server::tools::partial_suffix;
+use crate::server::call_parser::partial_suffix;
 
 /// What the server does with the thinking part (`--reasoning-format`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
