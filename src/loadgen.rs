@@ -13,13 +13,15 @@
 //!   `data: [DONE]`).
 //! - [`Report`]: aggregate streamed tokens/s (all tokens over the wall time of the whole run),
 //!   the median over clients of each client's tokens/s, TTFT and inter-token latency p50 and
-//!   p99, requests ok and failed; [`Report::table`] for people, serde for `--json`.
+//!   p99, requests ok and failed, and the content chunks received in each second of the run
+//!   (the rate over time, to see a dip and a recovery); [`Report::table`] for people, serde for
+//!   `--json`.
 //!
 //! The HTTP client is ureq (blocking, one thread per client, plain HTTP: no TLS stack).
 
 use std::fmt;
 use std::io::{BufRead, BufReader};
-use std::sync::Barrier;
+use std::sync::{Barrier, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -201,8 +203,21 @@ pub struct RequestResult {
     pub tokens: usize,
     /// From sending the request to the end of its stream.
     pub elapsed: Duration,
+    /// When it was sent, from the clients' release.
+    pub sent: Duration,
     /// Why it failed; `None` if it succeeded.
     pub error: Option<String>,
+}
+
+impl RequestResult {
+    /// When each content chunk arrived, from the clients' release.
+    pub fn chunk_times(&self) -> impl Iterator<Item = Duration> + '_ {
+        let first = self.ttft.map(|t| self.sent + t);
+        first.into_iter().chain(self.itl.iter().scan(first, |at, gap| {
+            *at = at.map(|a| a + *gap);
+            *at
+        }))
+    }
 }
 
 /// Reads one streamed chat completion (the response body, after a 200) from `body`, timing
@@ -323,10 +338,12 @@ fn send(agent: &ureq::Agent, url: &str, key: Option<&str>, body: &Value) -> Requ
 pub fn run_requests(opts: &LoadgenOptions) -> Result<(Vec<RequestResult>, Duration), LoadgenError> {
     let url = opts.validate()?;
     let barrier = Barrier::new(opts.clients + 1);
+    // the release: the first thread past the barrier sets it, every one reads it
+    let origin = OnceLock::new();
     let (results, wall) = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..opts.clients)
             .map(|client| {
-                let (url, barrier) = (&url, &barrier);
+                let (url, barrier, origin) = (&url, &barrier, &origin);
                 scope.spawn(move || {
                     let agent = ureq::AgentBuilder::new()
                         .timeout_connect(Duration::from_secs(10).min(opts.timeout))
@@ -334,11 +351,14 @@ pub fn run_requests(opts: &LoadgenOptions) -> Result<(Vec<RequestResult>, Durati
                         .timeout(opts.timeout)
                         .build();
                     barrier.wait();
+                    let release = *origin.get_or_init(Instant::now);
                     (0..opts.requests)
                         .map(|request| {
                             let body = request_body(opts, client, request);
+                            let sent = release.elapsed();
                             RequestResult {
                                 client,
+                                sent,
                                 ..send(&agent, url, opts.api_key.as_deref(), &body)
                             }
                         })
@@ -347,7 +367,7 @@ pub fn run_requests(opts: &LoadgenOptions) -> Result<(Vec<RequestResult>, Durati
             })
             .collect();
         barrier.wait();
-        let start = Instant::now();
+        let start = *origin.get_or_init(Instant::now);
         let results: Vec<RequestResult> = handles
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_default())
@@ -407,6 +427,10 @@ pub struct Report {
     pub itl_p99_ms: Option<f64>,
     /// Up to five distinct failure messages, each with how often it occurred.
     pub errors: Vec<String>,
+    /// Content chunks received (by every request, failed ones included) in each whole second
+    /// from the clients' release: element `i` counts those that arrived in `[i, i + 1)` s. A
+    /// chunk is one token on qwenrt and llama-server.
+    pub chunks_per_second: Vec<usize>,
 }
 
 impl Report {
@@ -450,6 +474,14 @@ impl Report {
             }
         }
         let wall_s = wall.as_secs_f64();
+        let mut chunks_per_second = vec![0usize; wall_s.ceil() as usize];
+        for t in results.iter().flat_map(RequestResult::chunk_times) {
+            let i = t.as_secs() as usize;
+            if i >= chunks_per_second.len() {
+                chunks_per_second.resize(i + 1, 0);
+            }
+            chunks_per_second[i] += 1;
+        }
         Report {
             url: opts.url.clone(),
             clients: opts.clients,
@@ -474,6 +506,7 @@ impl Report {
                 .take(5)
                 .map(|(m, n)| format!("{n} x {m}"))
                 .collect(),
+            chunks_per_second,
         }
     }
 
@@ -515,6 +548,12 @@ impl Report {
         for (k, v) in rows {
             s.push_str(&format!("  {k:<20} {v}\n"));
         }
+        let per_s: Vec<String> = self
+            .chunks_per_second
+            .iter()
+            .map(usize::to_string)
+            .collect();
+        s.push_str(&format!("  {:<20} {}\n", "chunks each second", per_s.join(" ")));
         for e in &self.errors {
             s.push_str(&format!("  failed: {e}\n"));
         }
@@ -593,6 +632,7 @@ mod tests {
             itl: vec![Duration::from_millis(10); tokens - 1],
             tokens,
             elapsed: Duration::from_secs(1),
+            sent: Duration::from_millis(500) * client as u32,
             error: None,
         };
         let failed = RequestResult {
@@ -611,6 +651,34 @@ mod tests {
         assert_eq!(r.errors, vec!["1 x HTTP 401: bad key".to_string()]);
         let table = r.table();
         assert!(table.contains("3 ok, 1 failed") && table.contains("15.0 tokens/s"));
+        // client 0's chunks: 0.1 s, then every 10 ms (10 and 30 tokens); client 1's from 0.6 s
+        assert_eq!(r.chunks_per_second, vec![60, 0, 0, 0]);
+        assert!(table.contains("chunks each second   60 0 0 0"), "{table}");
+    }
+
+    #[test]
+    fn chunks_are_placed_in_the_second_they_arrived() {
+        let opts = LoadgenOptions {
+            clients: 1,
+            requests: 1,
+            ..LoadgenOptions::default()
+        };
+        // sent at 1.5 s, first chunk 0.4 s later (1.9 s), then at 2.2 s, 2.5 s and 4.0 s
+        let r = RequestResult {
+            sent: Duration::from_millis(1500),
+            ttft: Some(Duration::from_millis(400)),
+            itl: [300, 300, 1500].map(Duration::from_millis).to_vec(),
+            tokens: 4,
+            elapsed: Duration::from_millis(2600),
+            ..RequestResult::default()
+        };
+        let times: Vec<u128> = r.chunk_times().map(|t| t.as_millis()).collect();
+        assert_eq!(times, vec![1900, 2200, 2500, 4000]);
+        let report = Report::new(&opts, &[r], Duration::from_millis(4100));
+        assert_eq!(report.chunks_per_second, vec![0, 1, 2, 0, 1]);
+        // no chunk at all: one zero per second of the run
+        let none = Report::new(&opts, &[], Duration::from_millis(2500));
+        assert_eq!(none.chunks_per_second, vec![0, 0, 0]);
     }
 
     #[test]

@@ -16,7 +16,8 @@ URL/v1/chat/completions, stream: true, temperature 0, stream_options.include_usa
 with its own short coding question. Reported: aggregate streamed tokens/s (all tokens over \
 the wall time of the run), the median client's tokens/s, time to first token (TTFT, to the \
 first chunk carrying content) and inter-token latency (ITL, between content chunks) p50 and \
-p99, requests ok and failed. Tokens are the usage chunk's completion_tokens, or the content \
+p99, requests ok and failed, and the content chunks received in each second of the run (the \
+rate over time: chunks_per_second in --json). Tokens are the usage chunk's completion_tokens, or the content \
 chunks when the server sends no usage. A request fails on a status other than 200, a \
 connection error, a chunk that is not JSON, an error event, or a stream without \
 data: [DONE]; the exit status is then 1."

@@ -11,9 +11,11 @@ use super::{
 #[derive(Args, Debug)]
 #[command(
     after_help = "Endpoints: POST /v1/chat/completions, POST /v1/completions (stream or not), \
-GET /v1/models, GET /health, GET /metrics, POST /tokenize, POST /detokenize, \
-POST /apply-template (and the /v1 routes without the prefix). SIGINT or SIGTERM stops \
-accepting, lets running requests finish, and exits 0."
+GET /v1/models, GET /health (liveness), GET /ready (readiness), GET /metrics, POST /tokenize, \
+POST /detokenize, POST /apply-template (and the /v1 routes without the prefix). The port is \
+bound before the model loads: meanwhile /health answers 200 and /ready 503. SIGINT or SIGTERM \
+drains: new requests get 503 at once (and /ready 503), running ones finish for up to \
+--drain-timeout seconds (those still running are then ended with an error), and it exits 0."
 )]
 pub struct ServeArgs {
     /// Address to bind
@@ -94,11 +96,26 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     lookup: usize,
+    /// After SIGTERM or SIGINT, how long running requests may take to finish before they are
+    /// ended (new requests get 503 from the signal on)
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = ServerOptions::default().shutdown_grace.as_secs(),
+        allow_negative_numbers = true
+    )]
+    drain_timeout: u64,
 }
 
 /// Runs `qwenrt serve` until SIGINT or SIGTERM.
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
     let dir = a.model.dir()?;
+    // bound first, so that probes get "alive, not ready" while the model loads
+    let listener = server::bind(&a.host, a.port).map_err(CliError::fail)?;
+    let loading = server::Loading::start(&listener).map_err(CliError::fail)?;
+    if let Ok(addr) = listener.local_addr() {
+        eprintln!("loading the model; http://{addr}/ready answers 503 until it is ready");
+    }
     let weights = load_weights(&dir)?;
     if a.ctx > weights.config.max_position_embeddings {
         return Err(CliError::usage(format!(
@@ -130,9 +147,12 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             Reasoning::None => ReasoningFormat::None,
         },
         chat_template,
+        shutdown_grace: std::time::Duration::from_secs(a.drain_timeout),
         ..ServerOptions::default()
     };
-    server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)
+    loading.stop();
+    server::run_on(listener, weights, tok, model_id, opts, shutdown_signal())
+        .map_err(CliError::fail)
 }
 
 /// Resolves on SIGINT or SIGTERM.

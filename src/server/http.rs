@@ -77,6 +77,7 @@ pub fn router(app: App) -> Router {
         .route("/completions", post(completions))
         .route("/models", get(models))
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/tokenize", post(tokenize))
         .route("/apply-template", post(apply_template))
@@ -153,9 +154,10 @@ async fn cors(State(app): State<App>, req: Request, next: Next) -> Response {
     resp
 }
 
-/// Checks the API key (every route but `/health`) and counts responses by status.
+/// Checks the API key (every route but the probes, `/health` and `/ready`) and counts
+/// responses by status.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
-    let open = req.uri().path() == "/health";
+    let open = matches!(req.uri().path(), "/health" | "/ready");
     let resp = match (&app.api_key, open) {
         (Some(key), false) => {
             // `Authorization: Bearer KEY`, or `X-Api-Key: KEY` as llama-server also takes it
@@ -303,22 +305,26 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
 /// Admits a job (503 with Retry-After past the queue) and hands it to the engine thread.
 #[allow(clippy::result_large_err)]
 fn submit(app: &AppInner, req: GenRequest) -> Result<UnboundedReceiver<Event>, Response> {
-    let busy = |why: &str| {
+    let busy = |why: &str, code: &'static str| {
         let mut r = ApiError::new(503, "server_error", why)
-            .code("overloaded")
+            .code(code)
             .into_response();
         r.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         r
     };
     if app.draining.load(Ordering::Acquire) {
-        return Err(busy("the server is shutting down"));
+        return Err(busy(
+            "the server is shutting down and takes no new requests",
+            "shutting_down",
+        ));
     }
     if app.shared.inflight.fetch_add(1, Ordering::AcqRel) >= app.limit {
         app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
         app.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         return Err(busy(
             "the server is busy: the request queue is full, retry later",
+            "overloaded",
         ));
     }
     let (tx, rx) = unbounded_channel();
@@ -331,7 +337,7 @@ fn submit(app: &AppInner, req: GenRequest) -> Result<UnboundedReceiver<Event>, R
     };
     if app.tx.send(Msg::Job(Box::new(job))).is_err() {
         app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
-        return Err(busy("the engine has stopped"));
+        return Err(busy("the engine has stopped", "overloaded"));
     }
     Ok(rx)
 }
@@ -716,19 +722,33 @@ async fn models(State(app): State<App>) -> Response {
     )
 }
 
-async fn health(State(app): State<App>) -> Response {
+/// The probes' body: `status` (`ok` or `draining`) with the active and queued counts.
+fn probe_body(app: &AppInner) -> (bool, Value) {
     let m = &app.shared.metrics;
     let active = m.active.load(Ordering::Relaxed);
     let queued = m.queue_depth.load(Ordering::Relaxed);
-    let (status, word) = if app.draining.load(Ordering::Acquire) {
-        (StatusCode::SERVICE_UNAVAILABLE, "draining")
-    } else {
-        (StatusCode::OK, "ok")
-    };
-    json_response(
-        status,
-        &json!({"status": word, "active": active, "queued": queued}),
+    let draining = app.draining.load(Ordering::Acquire);
+    let word = if draining { "draining" } else { "ok" };
+    (
+        draining,
+        json!({"status": word, "active": active, "queued": queued}),
     )
+}
+
+/// Liveness: 200 while the process serves, draining included.
+async fn health(State(app): State<App>) -> Response {
+    json_response(StatusCode::OK, &probe_body(&app).1)
+}
+
+/// Readiness: 200 while new requests are taken, 503 once draining.
+async fn ready(State(app): State<App>) -> Response {
+    let (draining, body) = probe_body(&app);
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    json_response(status, &body)
 }
 
 async fn metrics(State(app): State<App>) -> Response {

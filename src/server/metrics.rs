@@ -2,6 +2,23 @@
 //!
 //! Everything is an atomic (or a short-held mutex for the per-status request counts), shared
 //! by the HTTP handlers and the engine thread.
+//!
+//! The contract a load balancer, a gateway's endpoint picker and an autoscaler read (stable
+//! names; docs/deployment.md lists them):
+//! - `qwenrt_queue_depth` (gauge): requests admitted and waiting for a sequence;
+//! - `qwenrt_active_sequences` (gauge): requests running (prefilling or decoding);
+//! - `qwenrt_kv_cache_usage_ratio` (gauge, 0 to 1): KV rows held by running requests over the
+//!   rows planned for all sequences (`parallel x ctx`). The cached prefix a finished request
+//!   leaves in its idle sequence counts as free: the next request may take the sequence over
+//!   (vLLM counts its evictable prefix-cache blocks as free too);
+//! - `qwenrt_prefix_cache_queries_total` / `qwenrt_prefix_cache_hits_total` (counters): prompt
+//!   tokens of admitted requests / those of them found already cached (today: the prefix an
+//!   idle sequence still holds) and not computed again; hits over queries is the hit rate.
+//!
+//! The same values are also exported under the names the Gateway API Inference Extension's
+//! model-server protocol reads by default (vLLM's: `vllm:num_requests_waiting`,
+//! `vllm:num_requests_running`, `vllm:kv_cache_usage_perc`, `vllm:prefix_cache_queries_total`,
+//! `vllm:prefix_cache_hits_total`), so its endpoint picker works without flags.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -90,6 +107,8 @@ pub struct Metrics {
     pub active: AtomicU64,
     /// KV cache positions held by live sequences (active and idle).
     pub kv_used: AtomicU64,
+    /// KV cache positions held by the running requests' sequences.
+    pub kv_active: AtomicU64,
     /// KV cache positions of all sequence slots.
     pub kv_capacity: AtomicU64,
     /// Engine steps run.
@@ -116,6 +135,7 @@ impl Default for Metrics {
             queue_depth: AtomicU64::new(0),
             active: AtomicU64::new(0),
             kv_used: AtomicU64::new(0),
+            kv_active: AtomicU64::new(0),
             kv_capacity: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             drafted: AtomicU64::new(0),
@@ -127,6 +147,16 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// KV rows held by running requests over the rows planned for all sequences, 0 to 1 (0
+    /// before the engine has published its capacity).
+    pub fn kv_cache_usage(&self) -> f64 {
+        let cap = self.kv_capacity.load(Ordering::Relaxed);
+        if cap == 0 {
+            return 0.0;
+        }
+        (self.kv_active.load(Ordering::Relaxed) as f64 / cap as f64).min(1.0)
+    }
+
     /// Counts one HTTP response of `status`.
     pub fn count_response(&self, status: u16) {
         // a poisoned lock only means another thread panicked mid-increment: keep counting
@@ -210,7 +240,7 @@ impl Metrics {
             (
                 "qwenrt_kv_cache_used_positions",
                 "gauge",
-                "KV cache positions held by live sequences.",
+                "KV cache positions held by live sequences (running ones and idle ones keeping a prefix).",
                 load(&self.kv_used),
             ),
             (
@@ -226,12 +256,73 @@ impl Metrics {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
             );
         }
-        let cap = load(&self.kv_capacity).max(1) as f64;
-        let _ = writeln!(
-            out,
-            "# HELP qwenrt_kv_cache_usage_ratio Fraction of the KV cache in use.\n# TYPE qwenrt_kv_cache_usage_ratio gauge\nqwenrt_kv_cache_usage_ratio {}",
-            load(&self.kv_used) as f64 / cap
-        );
+        let usage = self.kv_cache_usage();
+        let waiting = load(&self.queue_depth);
+        let running = load(&self.active);
+        let (queries, hits) = (load(&self.prompt_tokens), load(&self.prompt_tokens_reused));
+        let gauges: [(&str, &str, &str, String); 9] = [
+            (
+                "qwenrt_kv_cache_usage_ratio",
+                "gauge",
+                "KV rows held by running requests over the rows planned for all sequences (0 to 1).",
+                usage.to_string(),
+            ),
+            (
+                "qwenrt_prefix_cache_queries_total",
+                "counter",
+                "Prompt tokens looked up in the prefix cache (every admitted prompt token).",
+                queries.to_string(),
+            ),
+            (
+                "qwenrt_prefix_cache_hits_total",
+                "counter",
+                "Prompt tokens found in the prefix cache and not computed again.",
+                hits.to_string(),
+            ),
+            // the Gateway API Inference Extension's default names (vLLM's), same values
+            (
+                "vllm:num_requests_waiting",
+                "gauge",
+                "Alias of qwenrt_queue_depth.",
+                waiting.to_string(),
+            ),
+            (
+                "vllm:num_requests_running",
+                "gauge",
+                "Alias of qwenrt_active_sequences.",
+                running.to_string(),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "gauge",
+                "Alias of qwenrt_kv_cache_usage_ratio (0 to 1).",
+                usage.to_string(),
+            ),
+            (
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                "Alias of qwenrt_prefix_cache_queries_total.",
+                queries.to_string(),
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Alias of qwenrt_prefix_cache_hits_total.",
+                hits.to_string(),
+            ),
+            (
+                "qwenrt_kv_cache_active_positions",
+                "gauge",
+                "KV cache positions held by running requests.",
+                load(&self.kv_active).to_string(),
+            ),
+        ];
+        for (name, kind, help, v) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
         self.ttft.render(
             &mut out,
             "qwenrt_time_to_first_token_seconds",
@@ -265,5 +356,58 @@ mod tests {
         assert!(text.contains("qwenrt_time_to_first_token_seconds_bucket{le=\"0.025\"} 1\n"));
         assert!(text.contains("qwenrt_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("qwenrt_time_to_first_token_seconds_count 2\n"));
+    }
+
+    /// The value of the sample line `name` in `text`.
+    fn sample(text: &str, name: &str) -> f64 {
+        let prefix = format!("{name} ");
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .unwrap_or_else(|| panic!("no sample {name} in\n{text}"));
+        line[prefix.len()..].parse().unwrap()
+    }
+
+    #[test]
+    fn the_gateway_names_carry_the_same_values_as_the_stable_ones() {
+        let m = Metrics::default();
+        m.queue_depth.store(3, Ordering::Relaxed);
+        m.active.store(2, Ordering::Relaxed);
+        m.kv_capacity.store(4 * 1024, Ordering::Relaxed);
+        m.kv_active.store(1024, Ordering::Relaxed);
+        m.kv_used.store(3000, Ordering::Relaxed);
+        m.prompt_tokens.store(500, Ordering::Relaxed);
+        m.prompt_tokens_reused.store(120, Ordering::Relaxed);
+        let text = m.render();
+        for (stable, alias, want) in [
+            ("qwenrt_queue_depth", "vllm:num_requests_waiting", 3.0),
+            ("qwenrt_active_sequences", "vllm:num_requests_running", 2.0),
+            ("qwenrt_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", 0.25),
+            (
+                "qwenrt_prefix_cache_queries_total",
+                "vllm:prefix_cache_queries_total",
+                500.0,
+            ),
+            (
+                "qwenrt_prefix_cache_hits_total",
+                "vllm:prefix_cache_hits_total",
+                120.0,
+            ),
+        ] {
+            assert_eq!(sample(&text, stable), want, "{stable}");
+            assert_eq!(sample(&text, alias), want, "{alias}");
+            assert!(text.contains(&format!("# TYPE {alias} ")), "{alias} has no TYPE");
+        }
+        // idle sequences' cached prefixes are not counted as used
+        assert_eq!(sample(&text, "qwenrt_kv_cache_used_positions"), 3000.0);
+    }
+
+    #[test]
+    fn kv_usage_is_zero_before_the_capacity_is_known_and_never_above_one() {
+        let m = Metrics::default();
+        m.kv_active.store(10, Ordering::Relaxed);
+        assert_eq!(m.kv_cache_usage(), 0.0);
+        m.kv_capacity.store(5, Ordering::Relaxed);
+        assert_eq!(m.kv_cache_usage(), 1.0);
     }
 }

@@ -26,8 +26,11 @@
 //!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
 //!   and constrained to the offered functions (see `tools`). llama.cpp's GBNF `grammar` is
 //!   refused with a 400. Unknown fields are ignored.
-//! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
-//!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
+//! - `GET /v1/models`, `GET /health` (liveness: 200 while the process serves, draining
+//!   included; `status` is `ok` or `draining`, with the active and queued counts), `GET /ready`
+//!   (readiness: 200 when new requests are taken, 503 while draining, and while loading when
+//!   the caller started a [`Loading`] placeholder on the listener), `GET /metrics` (Prometheus
+//!   text; the names a gateway and an autoscaler read are listed in `metrics`), `POST /tokenize` (`prompt` or
 //!   llama-server's `content`, or `messages`; `with_pieces`), `POST /detokenize` (`tokens`;
 //!   answers `prompt` and `content`), `POST /apply-template` (a chat request's body; answers
 //!   `{"prompt": TEXT}`, what the model would see). `/chat/completions`, `/completions` and
@@ -38,23 +41,33 @@
 //!
 //! Every error is `{"error":{"message","type","param","code"}}` with its status: 400 for a bad
 //! body (naming the field), 401 without the API key (when one is set, on every route but
-//! `/health`), 404, 405, 408 past `request_timeout`, 413 past `max_body_bytes`, 503 with
+//! `/health` and `/ready`), 404, 405, 408 past `request_timeout`, 413 past `max_body_bytes`, 503 with
 //! `Retry-After` past `max_queue`.
 //!
 //! The engine runs on its own OS thread (see the scheduler): up to `parallel` requests step
 //! together, prompts are prefilled in chunks of `prefill_chunk` tokens between decode rows,
 //! and a finished sequence keeps its cache so that a later prompt starting with the same
 //! tokens (the next turn of a chat) prefills only the rest.
+//!
+//! Draining: when the shutdown future resolves, generation requests are refused at once (503
+//! with `Retry-After`, code `shutting_down`) and `/ready` answers 503, while the listener stays
+//! open so that a load balancer's next request gets an answer it can retry elsewhere rather
+//! than a refused connection. Requests in flight finish; once none is left, or
+//! `shutdown_grace` (`--drain-timeout`) has passed, those still running end with an error
+//! (code `drain_timeout`; on a stream an error event, then `data: [DONE]`), the listener
+//! closes and [`run_on`] returns `Ok` within a few more seconds.
 
 mod api;
 mod call_parser;
 mod http;
+mod loading;
 mod metrics;
 mod reasoning;
 mod scheduler;
 mod text;
 mod tools;
 
+pub use loading::Loading;
 pub use reasoning::ReasoningFormat;
 
 use std::fmt;
@@ -100,7 +113,7 @@ pub struct ServerOptions {
     /// Prompt tokens prefilled per engine step (over all prefilling requests).
     pub prefill_chunk: usize,
     /// After the shutdown future resolves, how long in-flight requests may take to finish
-    /// before they are failed.
+    /// before they are failed (`--drain-timeout`).
     pub shutdown_grace: Duration,
     /// Passed to [`EngineOptions::prefill_bf16`].
     pub prefill_bf16: bool,
@@ -182,19 +195,24 @@ pub fn run(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let listener = TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| {
-        ServerError::Io(std::io::Error::new(
-            e.kind(),
-            format!("cannot bind {}:{}: {e}", opts.host, opts.port),
-        ))
-    })?;
+    let listener = bind(&opts.host, opts.port)?;
     run_on(listener, weights, tokenizer, model_id, opts, shutdown)
 }
 
-/// Serves on `listener` until `shutdown` resolves: then stops accepting connections, lets
-/// in-flight requests finish for up to `opts.shutdown_grace` (failing those still running
-/// after it), stops the engine thread and returns `Ok`. Prints `listening on http://ADDR` to
-/// stderr once the engine is ready.
+/// Binds `host:port`; the error names the address.
+pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
+    TcpListener::bind((host, port)).map_err(|e| {
+        ServerError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot bind {host}:{port}: {e}"),
+        ))
+    })
+}
+
+/// Serves on `listener` until `shutdown` resolves, then drains (see the module's docs): new
+/// requests get 503 at once, in-flight ones finish for up to `opts.shutdown_grace` (those
+/// still running after it are failed), the listener closes, the engine thread stops and it
+/// returns `Ok`. Prints `listening on http://ADDR` to stderr once the engine is ready.
 pub fn run_on(
     listener: TcpListener,
     weights: Arc<Weights>,
@@ -299,6 +317,9 @@ pub fn run_on(
     served
 }
 
+/// After the drain, how long the last responses may take to reach their clients.
+const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
 /// The tokio side of [`run_on`].
 fn serve(
     listener: TcpListener,
@@ -317,30 +338,40 @@ fn serve(
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         eprintln!("listening on http://{addr}");
-        let (begun_tx, begun_rx) = tokio::sync::oneshot::channel::<()>();
-        let draining = app.clone();
-        let signal = async move {
-            shutdown.await;
-            draining.draining.store(true, Ordering::Release);
-            let _ = begun_tx.send(());
-        };
-        let server = axum::serve(listener, http::router(app))
-            .with_graceful_shutdown(signal)
+        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
+        let server = axum::serve(listener, http::router(app.clone()))
+            .with_graceful_shutdown(async move {
+                let _ = close_rx.await;
+            })
             .into_future();
         tokio::pin!(server);
-        let deadline = async move {
-            match begun_rx.await {
-                Ok(()) => tokio::time::sleep(grace).await,
-                Err(_) => std::future::pending().await,
+        tokio::select! {
+            r = &mut server => return r.map_err(ServerError::Io),
+            () = shutdown => {}
+        }
+        // draining: the listener stays open, new work is refused, running work goes on
+        app.draining.store(true, Ordering::Release);
+        let inflight = || app.shared.inflight.load(Ordering::Acquire);
+        let drained = async {
+            while inflight() > 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
         tokio::select! {
             r = &mut server => return r.map_err(ServerError::Io),
-            () = deadline => {}
+            _ = tokio::time::timeout(grace, drained) => {}
         }
-        // past the grace period: fail what still runs, give the streams a moment to say so
-        let _ = engine.send(Msg::Abort);
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut server).await;
+        let left = inflight();
+        if left > 0 {
+            eprintln!(
+                "drain timeout ({} s) passed with {left} request(s) running: ending them",
+                grace.as_secs_f64()
+            );
+            let _ = engine.send(Msg::Abort);
+        }
+        // close the listener and the idle connections; let the open responses end
+        let _ = close_tx.send(());
+        let _ = tokio::time::timeout(CLOSE_WAIT, &mut server).await;
         Ok(())
     })
 }

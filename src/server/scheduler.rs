@@ -74,7 +74,7 @@ pub struct Job {
 pub enum Msg {
     /// Run this.
     Job(Box<Job>),
-    /// Fail every job now (the shutdown deadline passed).
+    /// Fail every job now (the drain timeout passed).
     Abort,
     /// Fail every job and end the thread.
     Shutdown,
@@ -206,19 +206,19 @@ impl Scheduler {
                 true
             }
             Msg::Abort => {
-                self.fail_all("the server is shutting down");
+                let why = "the server is shutting down and its drain timeout passed before this request finished";
+                self.fail_all(ApiError::new(503, "server_error", why).code("drain_timeout"));
                 true
             }
             Msg::Shutdown => {
-                self.fail_all("the server is shutting down");
+                self.fail_all(ApiError::new(503, "server_error", "the server is shutting down"));
                 self.publish();
                 false
             }
         }
     }
 
-    fn fail_all(&mut self, why: &str) {
-        let err = ApiError::new(503, "server_error", why);
+    fn fail_all(&mut self, err: ApiError) {
         for job in std::mem::take(&mut self.pending) {
             let _ = job.events.send(Event::Error(err.clone()));
             self.shared.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -386,16 +386,11 @@ impl Scheduler {
         m.active.store(self.active.len() as u64, Ordering::Relaxed);
         m.queue_depth
             .store(self.pending.len() as u64, Ordering::Relaxed);
-        let mut used = 0;
-        for seq in self
-            .active
-            .iter()
-            .map(|a| a.seq)
-            .chain(self.idle.iter().map(|i| i.0))
-        {
-            used += self.engine.position(seq).unwrap_or(0);
-        }
-        m.kv_used.store(used as u64, Ordering::Relaxed);
+        let rows = |seq: SeqId| self.engine.position(seq).unwrap_or(0);
+        let active: usize = self.active.iter().map(|a| rows(a.seq)).sum();
+        let idle: usize = self.idle.iter().map(|i| rows(i.0)).sum();
+        m.kv_active.store(active as u64, Ordering::Relaxed);
+        m.kv_used.store((active + idle) as u64, Ordering::Relaxed);
     }
 
     /// Drafts by prompt lookup for the generating jobs that may (greedy without penalties, no
