@@ -4,9 +4,13 @@
 #
 # Passes when: no request failed (the killed replica's in-flight streams finish during its
 # drain; new requests go to the other two, HAProxy retrying elsewhere any that the draining
-# replica answered 503), the killed replica exited 0, and the aggregate rate was back within
-# 10 s of the kill (the mean over seconds kill+7..kill+10 is at least RECOVER_FRACTION of the
-# mean before the kill).
+# replica answered 503), the killed replica had requests in flight and exited 0, no second of
+# the run after the first two went without a token (no stall), and the aggregate rate was
+# back within 10 s of the kill: the mean over seconds kill+5..kill+10 is at least
+# RECOVER_FRACTION (0.5) of the mean before the kill. Two replicas of three are left, so the
+# rate the fleet can get back to is 2/3 of the rate before where replicas do not share cores
+# (more on a machine with fewer cores than replicas, as here); 0.5 leaves room for the noise
+# of single seconds on a shared machine (they range from about half to 1.4 times their mean).
 #
 # The replicas run the default model's GGUF (fetched on first use, as the tests do), one
 # thread each: real step times and real answer lengths, where the tiny synthetic model would
@@ -15,8 +19,10 @@
 # Environment: QWENRT_BIN (default $CARGO_TARGET_DIR/release/qwenrt, built if missing), FLEET_MODEL (a
 # GGUF or model directory; default: the default model), FLEET_PORT (HAProxy's port, default
 # 18480; the replicas take the next three), FLEET_CLIENTS (6), FLEET_REQUESTS (per client, 5),
-# FLEET_MAX_TOKENS (48), FLEET_KILL_AT (seconds into the run, 10), RECOVER_FRACTION (0.6),
-# FLEET_KEEP (set: keep the work directory with every log).
+# FLEET_MAX_TOKENS (48), FLEET_KILL_AT (seconds into the run, 10), RECOVER_FRACTION (0.5),
+# FLEET_CHECK_INTER (HAProxy's health-check interval, 500ms; a longer one sends more requests
+# to the draining replica, whose 503s HAProxy then retries elsewhere), FLEET_KEEP (set: keep
+# the work directory with every log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,7 +32,8 @@ clients=${FLEET_CLIENTS:-6}
 requests=${FLEET_REQUESTS:-5}
 max_tokens=${FLEET_MAX_TOKENS:-48}
 kill_at=${FLEET_KILL_AT:-10}
-recover=${RECOVER_FRACTION:-0.6}
+recover=${RECOVER_FRACTION:-0.5}
+check_inter=${FLEET_CHECK_INTER:-500ms}
 t_start=$(date +%s.%N)
 
 if ! command -v haproxy >/dev/null; then
@@ -78,8 +85,11 @@ done
 cat >"$work/haproxy.cfg" <<EOF
 global
     maxconn 512
+    log stdout format raw local0
 defaults
     mode http
+    log global
+    option httplog
     timeout connect 2s
     timeout client 300s
     timeout server 300s
@@ -94,7 +104,7 @@ backend replicas
     balance leastconn
     option httpchk GET /ready
     http-check expect status 200
-    default-server inter 500ms fall 1 rise 2
+    default-server inter $check_inter fall 1 rise 2
     server r1 127.0.0.1:$((lb_port + 1)) check
     server r2 127.0.0.1:$((lb_port + 2)) check
     server r3 127.0.0.1:$((lb_port + 3)) check
@@ -135,7 +145,11 @@ wait "$victim" || victim_rc=$?
 t_end=$(date +%s.%N)
 for _ in $(seq 50); do [ -s "$work/victim_closed" ] && break; sleep 0.1; done
 victim_end=$(cat "$work/victim_closed" 2>/dev/null || echo "$t_end")
-grep -h "r2 is DOWN" "$work/haproxy.log" | sed 's/^/fleet: haproxy: /' || true
+grep -m1 -h "r2 is DOWN" "$work/haproxy.log" | sed 's/^/fleet: haproxy: /' || true
+# requests HAProxy sent again (the retries field of its HTTP log: actconn/feconn/beconn/srv_conn/retries)
+retried=$(grep -cE ' [-A-Za-z]{4} [0-9]+/[0-9]+/[0-9]+/[0-9]+/\+?[1-9][0-9]* ' "$work/haproxy.log" || true)
+answered_503=$(grep -E '"POST ' "$work/haproxy.log" | grep -cE ' 503 ' || true)
+echo "fleet: haproxy: $retried request(s) retried on another replica, $answered_503 answered 503 to the client"
 
 python3 - "$work/loadgen.json" "$loadgen_start" "$kill_time" "$recover" "$loadgen_rc" \
     "$victim_rc" "$t_start" "$t_end" "${victim_running:-0}" "${victim_waiting:-0}" "$victim_end" <<'EOF'
@@ -150,13 +164,13 @@ def mean(a, b):
     return sum(xs) / len(xs) if xs else float("nan")
 before = mean(2, ki)
 during = mean(ki, ki + 10)
-back = mean(ki + 7, ki + 10)
+back = mean(ki + 5, ki + 10)
 after = mean(ki + 10, len(cps) - 3)
 print(f"fleet: requests {r['requests_ok']} ok, {r['requests_failed']} failed; "
       f"SIGTERM at {k:.1f} s of {r['wall_s']:.1f} s to a replica running {v_run} and queueing "
       f"{v_wait} requests; it stopped listening {float(v_end) - float(killed):.1f} s later and exited {victim_rc}")
 print(f"fleet: tokens/s before {before:.1f}, the 10 s after the kill {during:.1f} "
-      f"(lowest second {min(cps[ki:ki + 10], default=0)}), s {ki + 7}-{ki + 10} {back:.1f}, "
+      f"(lowest second {min(cps[ki:ki + 10], default=0)}), s {ki + 5}-{ki + 10} {back:.1f}, "
       f"after {after:.1f}")
 print("fleet: chunks each second " + " ".join(map(str, cps)))
 print(f"fleet: wall time {float(t1) - float(t0):.1f} s (model load, run, drain)")
@@ -167,6 +181,9 @@ if float(v_run) < 1:
     bad.append("the SIGTERMed replica had nothing in flight: the drain was not exercised")
 if int(victim_rc):
     bad.append(f"the SIGTERMed replica exited {victim_rc}")
+stalls = [i for i, n in enumerate(cps[2:-1], start=2) if n == 0]
+if stalls:
+    bad.append(f"no token at all in second(s) {stalls}")
 if len(cps) < ki + 12:
     bad.append(f"the run ended {len(cps)} s in, too soon after the kill to see a recovery")
 elif not back >= float(recover) * before:

@@ -213,10 +213,12 @@ impl RequestResult {
     /// When each content chunk arrived, from the clients' release.
     pub fn chunk_times(&self) -> impl Iterator<Item = Duration> + '_ {
         let first = self.ttft.map(|t| self.sent + t);
-        first.into_iter().chain(self.itl.iter().scan(first, |at, gap| {
-            *at = at.map(|a| a + *gap);
-            *at
-        }))
+        first
+            .into_iter()
+            .chain(self.itl.iter().scan(first, |at, gap| {
+                *at = at.map(|a| a + *gap);
+                *at
+            }))
     }
 }
 
@@ -553,7 +555,11 @@ impl Report {
             .iter()
             .map(usize::to_string)
             .collect();
-        s.push_str(&format!("  {:<20} {}\n", "chunks each second", per_s.join(" ")));
+        s.push_str(&format!(
+            "  {:<20} {}\n",
+            "chunks each second",
+            per_s.join(" ")
+        ));
         for e in &self.errors {
             s.push_str(&format!("  failed: {e}\n"));
         }

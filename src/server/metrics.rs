@@ -382,7 +382,11 @@ mod tests {
         for (stable, alias, want) in [
             ("qwenrt_queue_depth", "vllm:num_requests_waiting", 3.0),
             ("qwenrt_active_sequences", "vllm:num_requests_running", 2.0),
-            ("qwenrt_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc", 0.25),
+            (
+                "qwenrt_kv_cache_usage_ratio",
+                "vllm:kv_cache_usage_perc",
+                0.25,
+            ),
             (
                 "qwenrt_prefix_cache_queries_total",
                 "vllm:prefix_cache_queries_total",
@@ -396,7 +400,10 @@ mod tests {
         ] {
             assert_eq!(sample(&text, stable), want, "{stable}");
             assert_eq!(sample(&text, alias), want, "{alias}");
-            assert!(text.contains(&format!("# TYPE {alias} ")), "{alias} has no TYPE");
+            assert!(
+                text.contains(&format!("# TYPE {alias} ")),
+                "{alias} has no TYPE"
+            );
         }
         // idle sequences' cached prefixes are not counted as used
         assert_eq!(sample(&text, "qwenrt_kv_cache_used_positions"), 3000.0);

@@ -211,7 +211,11 @@ impl Scheduler {
                 true
             }
             Msg::Shutdown => {
-                self.fail_all(ApiError::new(503, "server_error", "the server is shutting down"));
+                self.fail_all(ApiError::new(
+                    503,
+                    "server_error",
+                    "the server is shutting down",
+                ));
                 self.publish();
                 false
             }
