@@ -4,6 +4,10 @@
 # dry run of the manifests. Needs python3 with PyYAML.
 set -euo pipefail
 cd "$(dirname "$0")"
+if ! python3 -c 'import yaml' 2>/dev/null; then
+    echo "deploy/check.sh: python3 with PyYAML is needed (pip install pyyaml)" >&2
+    exit 1
+fi
 python3 - <<'PY'
 import glob, yaml
 files = sorted(glob.glob("**/*.yaml", recursive=True) + glob.glob("**/*.yml", recursive=True))
