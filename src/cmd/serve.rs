@@ -94,6 +94,10 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     lookup: usize,
+    /// Serve POST /v1/embeddings (last-token pooling, L2-normalized, as Qwen3-Embedding);
+    /// on without it when the model's GGUF says it is a last-token embedder
+    #[arg(long)]
+    embeddings: bool,
 }
 
 /// Runs `qwenrt serve` until SIGINT or SIGTERM.
@@ -130,6 +134,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
             Reasoning::None => ReasoningFormat::None,
         },
         chat_template,
+        embeddings: a.embeddings,
         ..ServerOptions::default()
     };
     server::run(weights, tok, model_id, opts, shutdown_signal()).map_err(CliError::fail)

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 
-use crate::model::config::Arch;
+use crate::model::config::{Arch, Pooling};
 use crate::model::gguf::{dequantize, GgufError, GgufFile, GgufHeader, TensorInfo, Value};
 
 /// Elements dequantized per window (bounded memory: 4 MiB of f32 scratch spread over threads
@@ -474,6 +474,21 @@ pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
         obj.insert("eos_token_id".into(), json!(eos));
     }
     Ok(c)
+}
+
+/// The pooling an embedding model's GGUF names (`<arch>.pooling_type`, a llama.cpp
+/// `LLAMA_POOLING_TYPE_*` value); `None` when the key is absent.
+pub fn pooling(h: &GgufHeader) -> Result<Option<Pooling>, ConvertError> {
+    let key = format!("{}.pooling_type", h.get_str("general.architecture")?);
+    if h.get(&key).is_none() {
+        return Ok(None);
+    }
+    let v = h.get_u64(&key)?;
+    Pooling::from_gguf(v).map(Some).ok_or_else(|| {
+        ConvertError::Metadata(format!(
+            "{key} is {v}; llama.cpp's pooling types are 0 (none), 1 (mean), 2 (cls), 3 (last), 4 (rank)"
+        ))
+    })
 }
 
 /// The GGUF vocabulary: token strings and their types (NORMAL when types are absent).
