@@ -142,7 +142,16 @@ fn inputs(o: &Map<String, Value>, m: &EmbedContext<'_>) -> Result<Vec<Vec<u32>>,
     items
         .into_iter()
         .map(|(param, tokens)| {
-            if tokens.is_empty() {
+            if let Some(&t) = tokens.iter().find(|&&t| t as usize >= m.vocab) {
+                // a tokenizer larger than the model's vocabulary
+                Err(ApiError::invalid(
+                    &param,
+                    format!(
+                        "'{param}' tokenizes to id {t}, out of range for the model's vocabulary of {}",
+                        m.vocab
+                    ),
+                ))
+            } else if tokens.is_empty() {
                 Err(ApiError::invalid(
                     &param,
                     format!("'{param}' is empty: there is nothing to embed"),
