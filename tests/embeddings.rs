@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::model::config::Pooling;
-use qwenrt::model::gguf::{GgmlType, Value as GgufValue};
-use qwenrt::testkit::gguf::quantized_gguf_builder_from_hf;
+use qwenrt::model::convert::tokenizer_json;
+use qwenrt::model::gguf::{GgmlType, GgufHeader, Value as GgufValue, ValueType};
+use qwenrt::testkit::gguf::{array_of, quantized_gguf_builder_from_hf, GgufBuilder};
+use qwenrt::Tokenizer;
 use qwenrt::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want, Weights};
 use qwenrt_kernels::Isa;
 use serde::Deserialize;
@@ -569,4 +571,79 @@ fn mixed_inputs_equal_each_alone() {
     assert!(max_abs_diff(&by_ids[0], &batch[2]) <= TOL_STEP);
     // different inputs, different vectors
     assert!(max_abs_diff(&batch[0], &batch[1]) > 1e-3);
+}
+
+/// A text to embed gets what the tokenizer adds around it: Qwen3-Embedding's tokenizer.json
+/// appends `<|endoftext|>` (its post-processor), a GGUF's `tokenizer.ggml.add_eos_token` its
+/// eos; a generative Qwen's adds nothing. Generation's `encode` never adds.
+#[test]
+fn texts_get_the_tokens_the_tokenizer_adds() {
+    // the Qwen2 tokenizer with Qwen3-Embedding's post-processor
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json");
+    let mut json: Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    let plain = Tokenizer::from_json_bytes(json.to_string().as_bytes()).unwrap();
+    let ids = plain.encode("Hello world").unwrap();
+    assert_eq!(plain.encode_with_special("Hello world").unwrap(), ids);
+    json["post_processor"] = json!({
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}},
+                   {"SpecialToken": {"id": "<|endoftext|>", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}},
+                 {"SpecialToken": {"id": "<|endoftext|>", "type_id": 1}}],
+        "special_tokens": {"<|endoftext|>": {"id": "<|endoftext|>", "ids": [151643],
+                                              "tokens": ["<|endoftext|>"]}}
+    });
+    let embedder = Tokenizer::from_json_bytes(json.to_string().as_bytes()).unwrap();
+    assert_eq!(embedder.encode("Hello world").unwrap(), ids);
+    let mut with_eos = ids.clone();
+    with_eos.push(151643);
+    assert_eq!(embedder.encode_with_special("Hello world").unwrap(), with_eos);
+
+    // a GGUF vocabulary: the byte alphabet, `<|endoftext|>` (256) and `<|im_end|>` (257)
+    let mut tokens: Vec<GgufValue> = (0u32..=255)
+        .map(|b| {
+            let printable =
+                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+            // GPT-2's byte-to-unicode map: the others go to 256 and up, in order
+            let c = if printable {
+                char::from_u32(b).unwrap()
+            } else {
+                let rank = (0..b)
+                    .filter(|&x| !((33..=126).contains(&x) || (161..=172).contains(&x) || (174..=255).contains(&x)))
+                    .count() as u32;
+                char::from_u32(256 + rank).unwrap()
+            };
+            GgufValue::String(c.to_string())
+        })
+        .collect();
+    tokens.push(GgufValue::String("<|endoftext|>".into()));
+    tokens.push(GgufValue::String("<|im_end|>".into()));
+    let mut types = vec![GgufValue::I32(1); 256];
+    types.extend([GgufValue::I32(3), GgufValue::I32(3)]);
+    let vocab = GgufBuilder::new()
+        .kv("general.architecture", GgufValue::String("qwen3".into()))
+        .kv("tokenizer.ggml.model", GgufValue::String("gpt2".into()))
+        .kv("tokenizer.ggml.pre", GgufValue::String("qwen2".into()))
+        .kv("tokenizer.ggml.tokens", array_of(ValueType::String, tokens))
+        .kv("tokenizer.ggml.token_type", array_of(ValueType::I32, types))
+        .kv_strings("tokenizer.ggml.merges", &[])
+        .kv("tokenizer.ggml.eos_token_id", GgufValue::U32(256));
+    let tok = |b: GgufBuilder| {
+        let bytes = b.build();
+        let h = GgufHeader::parse(&bytes).unwrap();
+        Tokenizer::from_json_bytes(tokenizer_json(&h).unwrap().to_string().as_bytes()).unwrap()
+    };
+    let plain = tok(vocab.clone());
+    assert_eq!(plain.encode_with_special("ab").unwrap(), [97, 98]);
+    let eos = tok(vocab.clone().kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true)));
+    assert_eq!(eos.encode("ab").unwrap(), [97, 98]);
+    assert_eq!(eos.encode_with_special("ab").unwrap(), [97, 98, 256]);
+    let both = tok(
+        vocab
+            .kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))
+            .kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(true))
+            .kv("tokenizer.ggml.bos_token_id", GgufValue::U32(257)),
+    );
+    assert_eq!(both.encode_with_special("ab").unwrap(), [257, 97, 98, 256]);
 }

@@ -595,6 +595,31 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     let byte_level = json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
     });
+    let post_processor = match added_around(h, &v)? {
+        // llama.cpp's `add_bos_token` / `add_eos_token` (an embedding model's GGUF asks for its
+        // end token after every text): what `encode` with special tokens adds around a text
+        (bos, eos) if bos.is_some() || eos.is_some() => {
+            let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+            let seq = |id: &str| json!({"Sequence": {"id": id, "type_id": 0}});
+            let around = |inner: Vec<Json>| {
+                let mut all: Vec<Json> = bos.iter().map(|(t, _)| special(t)).collect();
+                all.extend(inner);
+                all.extend(eos.iter().map(|(t, _)| special(t)));
+                all
+            };
+            let mut specials = Map::new();
+            for (t, id) in bos.iter().chain(eos.iter()) {
+                specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+            }
+            json!({
+                "type": "TemplateProcessing",
+                "single": around(vec![seq("A")]),
+                "pair": around(vec![seq("A"), seq("B")]),
+                "special_tokens": specials,
+            })
+        }
+        _ => byte_level.clone(),
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -613,7 +638,7 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
                 byte_level
             ]
         },
-        "post_processor": byte_level,
+        "post_processor": post_processor,
         "decoder": byte_level,
         "model": {
             "type": "BPE",
@@ -628,6 +653,31 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
             "merges": merges
         }
     }))
+}
+
+/// The tokens (string, id) llama.cpp adds before and after a text: `tokenizer.ggml.bos_token_id`
+/// when `tokenizer.ggml.add_bos_token`, the eos when `tokenizer.ggml.add_eos_token`.
+type Added = Option<(String, u64)>;
+fn added_around(h: &GgufHeader, v: &Vocab<'_>) -> Result<(Added, Added), ConvertError> {
+    let token = |flag: &str, key: &str| -> Result<Added, ConvertError> {
+        if !h.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(None);
+        }
+        let Some(id) = token_id_of(h, key)? else {
+            return Err(ConvertError::Metadata(format!("{flag} is true but {key} is absent")));
+        };
+        match v.tokens.get(id as usize) {
+            Some(t) => Ok(Some((t.to_string(), id))),
+            None => Err(ConvertError::Metadata(format!(
+                "{key} {id} is past the {} tokens of tokenizer.ggml.tokens",
+                v.tokens.len()
+            ))),
+        }
+    };
+    Ok((
+        token("tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id")?,
+        token("tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id")?,
+    ))
 }
 
 fn token_str<'a>(v: &Vocab<'a>, id: Option<u64>) -> Json {

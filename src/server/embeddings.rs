@@ -3,7 +3,9 @@
 //! Request fields:
 //! - `input`: a string, an array of strings, an array of token ids (one input), or an array
 //!   of token-id arrays; an array may mix strings and token-id arrays. Each input gives one
-//!   `data[i]`, in order. Strings are tokenized as they are (nothing added around them).
+//!   `data[i]`, in order. Strings are tokenized with what the tokenizer adds around a text
+//!   (Qwen3-Embedding's appends `<|endoftext|>`; a GGUF's `add_eos_token`); token ids are
+//!   taken as they are.
 //!   Refused with a 400: no input, an empty array, an empty string or token array, more than
 //!   [`MAX_INPUTS`] inputs, a token id past the vocabulary, an input longer than the context.
 //! - `encoding_format`: `float` (the default) or `base64` (the f32 values' little-endian bytes,
@@ -174,7 +176,7 @@ fn inputs(o: &Map<String, Value>, m: &EmbedContext<'_>) -> Result<Vec<Vec<u32>>,
 }
 
 fn text_tokens(tok: &Tokenizer, text: &str, param: &str) -> Result<Vec<u32>, ApiError> {
-    tok.encode(text)
+    tok.encode_with_special(text)
         .map_err(|e| ApiError::invalid(param, format!("cannot tokenize '{param}': {e}")))
 }
 

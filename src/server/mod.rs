@@ -26,6 +26,9 @@
 //!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
 //!   and constrained to the offered functions (see `tools`). llama.cpp's GBNF `grammar` is
 //!   refused with a 400. Unknown fields are ignored.
+//! - `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings, last-token pooled and
+//!   L2-normalized, each input a prefill-only run batched with the generations; on with
+//!   [`ServerOptions::embeddings`] or a last-token embedder (see `embeddings`), else 501.
 //! - `GET /v1/models`, `GET /health` (200 while serving, 503 once draining; the active and
 //!   queued counts), `GET /metrics` (Prometheus text), `POST /tokenize` (`prompt` or
 //!   llama-server's `content`, or `messages`; `with_pieces`), `POST /detokenize` (`tokens`;
