@@ -175,7 +175,10 @@ fn embedding_does_not_depend_on_the_step() {
         e.step(&feeds, &mut |_, _, _| {}).unwrap();
         for (ci, &seq) in seqs.iter().enumerate() {
             let d = max_abs_diff(e.embedding(seq).unwrap(), &alone[ci]);
-            assert!(d <= TOL_STEP, "isa={isa} case {ci}: batched, max |diff| {d}");
+            assert!(
+                d <= TOL_STEP,
+                "isa={isa} case {ci}: batched, max |diff| {d}"
+            );
             // an embedding feed computes no logits
             assert!(matches!(e.logits(seq), Err(EngineError::NoLogits)));
         }
@@ -205,7 +208,10 @@ fn embedding_does_not_depend_on_the_step() {
         ];
         e.step(&feeds, &mut |_, _, _| {}).unwrap();
         let d = max_abs_diff(e.embedding(fresh).unwrap(), &alone[2]);
-        assert!(d <= TOL_STEP, "isa={isa}: beside decode and logits, max |diff| {d}");
+        assert!(
+            d <= TOL_STEP,
+            "isa={isa}: beside decode and logits, max |diff| {d}"
+        );
         assert_eq!(e.logits(other).unwrap().len(), 512);
         // the embedding lasts until the sequence's next step
         assert!(matches!(
@@ -257,7 +263,11 @@ fn embedding_does_not_depend_on_the_step() {
             }
             e.step(&feeds, &mut |_, _, _| {}).unwrap();
         }
-        assert_eq!(e.embedding(a).unwrap(), &decoded[..], "isa={isa}: decode rows");
+        assert_eq!(
+            e.embedding(a).unwrap(),
+            &decoded[..],
+            "isa={isa}: decode rows"
+        );
         e.release(a).unwrap();
         e.release(b).unwrap();
     }
@@ -268,9 +278,15 @@ fn embedding_does_not_depend_on_the_step() {
 fn embedding_region_is_planned() {
     let e = engine(&weights(), Isa::Scalar, 1);
     let plan = e.memory_plan();
-    let r = plan.region("seq.embedding").expect("a seq.embedding region");
+    let r = plan
+        .region("seq.embedding")
+        .expect("a seq.embedding region");
     assert_eq!(r.floats, 4 * 64);
-    assert!(r.shape.contains("[sequence, hidden] = [4, 64]"), "{}", r.shape);
+    assert!(
+        r.shape.contains("[sequence, hidden] = [4, 64]"),
+        "{}",
+        r.shape
+    );
     assert!(plan.to_string().contains("seq.embedding"));
 }
 
@@ -329,7 +345,10 @@ fn the_model_says_how_it_pools() {
     let err = pooling(r#"{"pooling_mode_weightedmean_tokens":true}"#)
         .unwrap_err()
         .to_string();
-    assert!(err.contains("1_Pooling/config.json") && err.contains("no pooling mode"), "{err}");
+    assert!(
+        err.contains("1_Pooling/config.json") && err.contains("no pooling mode"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&st).unwrap();
 }
 
@@ -404,7 +423,10 @@ fn http_embeddings_match_transformers() {
     assert_eq!(batch["object"], "list");
     assert_eq!(batch["model"], "test-model");
     let tokens: usize = ids.iter().map(|i| i.len()).sum();
-    assert_eq!(batch["usage"], json!({"prompt_tokens": tokens, "total_tokens": tokens}));
+    assert_eq!(
+        batch["usage"],
+        json!({"prompt_tokens": tokens, "total_tokens": tokens})
+    );
     let floats = vectors(&batch);
     assert_eq!(floats.len(), 3);
     for (ci, (got, case)) in floats.iter().zip(&exp.cases).enumerate() {
@@ -463,20 +485,48 @@ fn http_embeddings_refusals() {
     let long: Vec<u32> = (0..65).map(|i| i % 500).collect();
     let many = vec![json!([1]); 2049];
     for (body, param, needle) in [
-        (json!({"input": [1, 2], "encoding_format": "int8"}), "encoding_format", "\"float\" or \"base64\""),
-        (json!({"input": [1, 2], "dimensions": 0}), "dimensions", "from 1 to 64"),
-        (json!({"input": [1, 2], "dimensions": 65}), "dimensions", "from 1 to 64"),
-        (json!({"input": [1, 2], "dimensions": 1.5}), "dimensions", "integer"),
+        (
+            json!({"input": [1, 2], "encoding_format": "int8"}),
+            "encoding_format",
+            "\"float\" or \"base64\"",
+        ),
+        (
+            json!({"input": [1, 2], "dimensions": 0}),
+            "dimensions",
+            "from 1 to 64",
+        ),
+        (
+            json!({"input": [1, 2], "dimensions": 65}),
+            "dimensions",
+            "from 1 to 64",
+        ),
+        (
+            json!({"input": [1, 2], "dimensions": 1.5}),
+            "dimensions",
+            "integer",
+        ),
         (json!({"model": "x"}), "input", "required"),
         (json!({"input": []}), "input", "empty array"),
         (json!({"input": ""}), "input", "is empty"),
         (json!({"input": [[1, 2], []]}), "input[1]", "is empty"),
         (json!({"input": ["a", ""]}), "input[1]", "is empty"),
-        (json!({"input": long}), "input", "is 65 tokens; the context holds 64"),
+        (
+            json!({"input": long}),
+            "input",
+            "is 65 tokens; the context holds 64",
+        ),
         (json!({"input": [[1], long]}), "input[1]", "is 65 tokens"),
-        (json!({"input": many}), "input", "has 2049 items; at most 2048"),
+        (
+            json!({"input": many}),
+            "input",
+            "has 2049 items; at most 2048",
+        ),
         (json!({"input": [512]}), "input", "out of range"),
-        (json!({"input": [[1], [3, 600]]}), "input[1]", "out of range"),
+        (
+            json!({"input": [[1], [3, 600]]}),
+            "input[1]",
+            "out of range",
+        ),
         // the real tokenizer's ids are past this model's 512
         (json!({"input": "hello"}), "input", "vocabulary of 512"),
         (json!({"input": {"a": 1}}), "input", "must be a string"),
@@ -528,10 +578,12 @@ fn embeddings_are_off_unless_asked_or_the_model_says() {
         fixture_opts(true),
         async {},
     )
-    .err()
-    .expect("mean pooling is refused with --embeddings")
+    .expect_err("mean pooling is refused with --embeddings")
     .to_string();
-    assert!(err.contains("--embeddings") && err.contains("`mean`"), "{err}");
+    assert!(
+        err.contains("--embeddings") && err.contains("`mean`"),
+        "{err}"
+    );
 }
 
 /// Strings and token arrays mixed in one request (the synthetic server model, which has the
@@ -558,10 +610,15 @@ fn mixed_inputs_equal_each_alone() {
     ));
     assert_eq!(batch.len(), 4);
     assert!(batch.iter().all(|v| v.len() == server_kit::SHAPE.hidden));
-    let alone: Vec<Vec<f32>> = [json!(texts[0]), json!(ids), json!([texts[1]]), json!(texts[2])]
-        .into_iter()
-        .map(|input| vectors(&embed_http(&s, json!({"input": input}))).remove(0))
-        .collect();
+    let alone: Vec<Vec<f32>> = [
+        json!(texts[0]),
+        json!(ids),
+        json!([texts[1]]),
+        json!(texts[2]),
+    ]
+    .into_iter()
+    .map(|input| vectors(&embed_http(&s, json!({"input": input}))).remove(0))
+    .collect();
     for (i, (b, a)) in batch.iter().zip(&alone).enumerate() {
         let d = max_abs_diff(b, a);
         assert!(d <= TOL_STEP, "input {i}: batched vs alone {d}");
@@ -598,7 +655,10 @@ fn texts_get_the_tokens_the_tokenizer_adds() {
     assert_eq!(embedder.encode("Hello world").unwrap(), ids);
     let mut with_eos = ids.clone();
     with_eos.push(151643);
-    assert_eq!(embedder.encode_with_special("Hello world").unwrap(), with_eos);
+    assert_eq!(
+        embedder.encode_with_special("Hello world").unwrap(),
+        with_eos
+    );
 
     // a GGUF vocabulary: the byte alphabet, `<|endoftext|>` (256) and `<|im_end|>` (257)
     let mut tokens: Vec<GgufValue> = (0u32..=255)
@@ -610,7 +670,11 @@ fn texts_get_the_tokens_the_tokenizer_adds() {
                 char::from_u32(b).unwrap()
             } else {
                 let rank = (0..b)
-                    .filter(|&x| !((33..=126).contains(&x) || (161..=172).contains(&x) || (174..=255).contains(&x)))
+                    .filter(|&x| {
+                        !((33..=126).contains(&x)
+                            || (161..=172).contains(&x)
+                            || (174..=255).contains(&x))
+                    })
                     .count() as u32;
                 char::from_u32(256 + rank).unwrap()
             };
@@ -636,14 +700,14 @@ fn texts_get_the_tokens_the_tokenizer_adds() {
     };
     let plain = tok(vocab.clone());
     assert_eq!(plain.encode_with_special("ab").unwrap(), [97, 98]);
-    let eos = tok(vocab.clone().kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true)));
+    let eos = tok(vocab
+        .clone()
+        .kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true)));
     assert_eq!(eos.encode("ab").unwrap(), [97, 98]);
     assert_eq!(eos.encode_with_special("ab").unwrap(), [97, 98, 256]);
-    let both = tok(
-        vocab
-            .kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))
-            .kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(true))
-            .kv("tokenizer.ggml.bos_token_id", GgufValue::U32(257)),
-    );
+    let both = tok(vocab
+        .kv("tokenizer.ggml.add_eos_token", GgufValue::Bool(true))
+        .kv("tokenizer.ggml.add_bos_token", GgufValue::Bool(true))
+        .kv("tokenizer.ggml.bos_token_id", GgufValue::U32(257)));
     assert_eq!(both.encode_with_special("ab").unwrap(), [257, 97, 98, 256]);
 }

@@ -157,26 +157,31 @@ impl Pooling {
         let Some(p) = read(&path)? else {
             return Err(ConfigError::Invalid {
                 field: "modules.json",
-                why: format!("names the pooling module {sub:?} but {} is missing", path.display()),
+                why: format!(
+                    "names the pooling module {sub:?} but {} is missing",
+                    path.display()
+                ),
             });
         };
         let on = |k: &str| p.get(k).and_then(Value::as_bool).unwrap_or(false);
         let mode = p.get("pooling_mode").and_then(Value::as_str);
-        Ok(Some(if on("pooling_mode_lasttoken") || mode == Some("lasttoken") {
-            Pooling::Last
-        } else if on("pooling_mode_mean_tokens") || mode == Some("mean") {
-            Pooling::Mean
-        } else if on("pooling_mode_cls_token") || mode == Some("cls") {
-            Pooling::Cls
-        } else {
-            return Err(ConfigError::Invalid {
+        Ok(Some(
+            if on("pooling_mode_lasttoken") || mode == Some("lasttoken") {
+                Pooling::Last
+            } else if on("pooling_mode_mean_tokens") || mode == Some("mean") {
+                Pooling::Mean
+            } else if on("pooling_mode_cls_token") || mode == Some("cls") {
+                Pooling::Cls
+            } else {
+                return Err(ConfigError::Invalid {
                 field: "modules.json",
                 why: format!(
                     "{} sets no pooling mode qwenrt knows (pooling_mode_lasttoken, _mean_tokens, _cls_token)",
                     path.display()
                 ),
             });
-        }))
+            },
+        ))
     }
 
     /// llama.cpp's name for it (`none`, `mean`, `cls`, `last`, `rank`).

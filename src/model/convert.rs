@@ -664,7 +664,9 @@ fn added_around(h: &GgufHeader, v: &Vocab<'_>) -> Result<(Added, Added), Convert
             return Ok(None);
         }
         let Some(id) = token_id_of(h, key)? else {
-            return Err(ConvertError::Metadata(format!("{flag} is true but {key} is absent")));
+            return Err(ConvertError::Metadata(format!(
+                "{flag} is true but {key} is absent"
+            )));
         };
         match v.tokens.get(id as usize) {
             Some(t) => Ok(Some((t.to_string(), id))),
@@ -675,8 +677,14 @@ fn added_around(h: &GgufHeader, v: &Vocab<'_>) -> Result<(Added, Added), Convert
         }
     };
     Ok((
-        token("tokenizer.ggml.add_bos_token", "tokenizer.ggml.bos_token_id")?,
-        token("tokenizer.ggml.add_eos_token", "tokenizer.ggml.eos_token_id")?,
+        token(
+            "tokenizer.ggml.add_bos_token",
+            "tokenizer.ggml.bos_token_id",
+        )?,
+        token(
+            "tokenizer.ggml.add_eos_token",
+            "tokenizer.ggml.eos_token_id",
+        )?,
     ))
 }
 

@@ -184,7 +184,11 @@ fn text_tokens(tok: &Tokenizer, text: &str, param: &str) -> Result<Vec<u32>, Api
 /// `dimensions` values, L2-normalized (left as they are if all zero).
 pub fn pool(hidden: &[f32], dimensions: usize) -> Vec<f32> {
     let v = &hidden[..dimensions.min(hidden.len())];
-    let norm = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>().sqrt();
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
     if norm == 0.0 {
         return v.to_vec();
     }

@@ -21,8 +21,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use crate::engine::constraint::Grammars;
 use crate::server::api::{self, ApiError, Endpoint, GenRequest};
-use crate::server::embeddings;
 use crate::server::call_parser::{Call, CallEvent, CallParser};
+use crate::server::embeddings;
 use crate::server::reasoning::{Piece, ThinkSplitter};
 use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
 use crate::text::template::ChatTemplate;
@@ -213,7 +213,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// The body bytes, or the error for a body over the limit (413) or one that failed to arrive.
-pub(super) fn body_bytes(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(
+    app: &AppInner,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

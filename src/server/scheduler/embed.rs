@@ -163,11 +163,11 @@ impl Scheduler {
         if self.engine.live_sequences() < self.engine.max_sequences() {
             return self.engine.create_sequence(SamplerParams::greedy());
         }
-        let lru = (0..self.idle.len())
-            .min_by_key(|&i| self.idle[i].1)
-            .ok_or(EngineError::NoFreeSequence {
+        let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
+            EngineError::NoFreeSequence {
                 max: self.engine.max_sequences(),
-            })?;
+            },
+        )?;
         let seq = self.idle.swap_remove(lru).0;
         self.engine.reset(seq)?;
         Ok(seq)
@@ -219,7 +219,10 @@ impl Scheduler {
         // their sequences go idle: a finished input's with its cache, a failed step's emptied
         // (an engine error leaves a sequence in an unknown state)
         let failed = result.is_err();
-        for (run, leave) in std::mem::take(&mut self.embeds.runs).into_iter().zip(leaves) {
+        for (run, leave) in std::mem::take(&mut self.embeds.runs)
+            .into_iter()
+            .zip(leaves)
+        {
             if !leave {
                 self.embeds.runs.push(run);
                 continue;
