@@ -95,7 +95,8 @@ pub struct ServeArgs {
     )]
     lookup: usize,
     /// Serve POST /v1/embeddings (last-token pooling, L2-normalized, as Qwen3-Embedding);
-    /// on without it when the model's GGUF says it is a last-token embedder
+    /// on without it when the model says it is a last-token embedder (a GGUF's
+    /// <arch>.pooling_type, a sentence-transformers directory's pooling module)
     #[arg(long)]
     embeddings: bool,
 }
