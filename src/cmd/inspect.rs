@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use qwenrt::engine::session::Session;
+use qwenrt::model::config::Config;
 use qwenrt::text::template::ToolCallFormat;
 
 use super::{load_tokenizer, load_weights, ChatTemplateArg, CliError, ModelArg, RunArgs};
@@ -159,6 +160,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     let session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     let template = a.chat_template.load(&dir)?;
     println!("model: {}", dir.display());
+    println!("{}", architecture_line(c));
     println!(
         "config: vocab {} | hidden {} | ffn {} | layers {} | heads {} | kv heads {} | head_dim {} | max positions {} | rope theta {} | rms eps {:e} | tied {}",
         c.vocab_size, c.hidden_size, c.intermediate_size, c.num_hidden_layers, c.num_attention_heads,
@@ -204,9 +206,62 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `architecture: qwen3moe (Qwen3MoeForCausalLM) | experts 128, top-8 ... | pooling: last`:
+/// what kind of model it is (the experts of a MoE model; the pooling of an embedder, when the
+/// file names one).
+fn architecture_line(c: &Config) -> String {
+    let mut line = format!("architecture: {} ({})", c.arch, c.arch.class());
+    if let Some(m) = &c.moe {
+        let dense: Vec<String> = m
+            .sparse_layers
+            .iter()
+            .enumerate()
+            .filter(|(_, &sparse)| !sparse)
+            .map(|(l, _)| l.to_string())
+            .collect();
+        line.push_str(&format!(
+            " | experts {}, top-{} per token{} | expert ffn {} | dense-MLP layers: {}",
+            m.num_experts,
+            m.experts_per_tok,
+            if m.norm_topk_prob {
+                " (renormalized)"
+            } else {
+                ""
+            },
+            m.moe_intermediate_size,
+            if dense.is_empty() {
+                "none".to_string()
+            } else {
+                dense.join(",")
+            }
+        ));
+    }
+    if let Some(p) = c.pooling {
+        line.push_str(&format!(" | pooling: {} (an embedding model)", p.name()));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn architecture_line_names_the_experts_and_the_pooling() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        let moe = Config::from_file(&dir.join("tiny-qwen3-moe-bf16/config.json")).unwrap();
+        assert_eq!(
+            architecture_line(&moe),
+            "architecture: qwen3_moe (Qwen3MoeForCausalLM) | experts 8, top-2 per token (renormalized) | expert ffn 48 | dense-MLP layers: 1"
+        );
+        let mut dense = Config::from_file(&dir.join("tiny-qwen3-f32-tied/config.json")).unwrap();
+        assert_eq!(
+            architecture_line(&dense),
+            "architecture: qwen3 (Qwen3ForCausalLM)"
+        );
+        dense.pooling = Some(qwenrt::model::config::Pooling::Last);
+        assert!(architecture_line(&dense).ends_with(" | pooling: last (an embedding model)"));
+    }
 
     #[test]
     fn logits_line_orders_top_and_computes_logsumexp() {

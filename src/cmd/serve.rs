@@ -105,6 +105,11 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     drain_timeout: u64,
+    /// Serve POST /v1/embeddings (last-token pooling, L2-normalized, as Qwen3-Embedding);
+    /// on without it when the model says it is a last-token embedder (a GGUF's
+    /// <arch>.pooling_type, a sentence-transformers directory's pooling module)
+    #[arg(long)]
+    embeddings: bool,
 }
 
 /// Runs `qwenrt serve` until SIGINT or SIGTERM.
@@ -148,6 +153,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         },
         chat_template,
         shutdown_grace: std::time::Duration::from_secs(a.drain_timeout),
+        embeddings: a.embeddings,
         ..ServerOptions::default()
     };
     loading.stop();

@@ -52,7 +52,7 @@ fn in_row_order<'a, 't>(feeds: &'a [Feed<'t>]) -> impl Iterator<Item = (usize, &
 }
 
 /// One forward pass over `feeds` (checked by the caller), writing their KV rows (uncommitted)
-/// and their logits.
+/// and their logits or embeddings.
 pub(super) fn run(
     e: &mut Engine,
     feeds: &[Feed<'_>],
@@ -252,6 +252,21 @@ pub(super) fn run(
         ops::add(isa, x, proj_out);
     }
 
+    // embeddings: the final norm of each such feed's last row, into its sequence's slot
+    for (row0, fd) in in_row_order(feeds) {
+        if fd.logits == Want::Embedding {
+            let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
+            ops::rmsnorm(
+                isa,
+                &x[r * h..(r + 1) * h],
+                wb(&weights.norm),
+                weights.norm.dtype(),
+                eps,
+                &mut b.seq_embedding[i * h..(i + 1) * h],
+            );
+        }
+    }
+
     // final norm and lm_head over the rows whose logits are wanted, up to LOGIT_ROWS at a
     // time (the head is streamed once per group; the same numbers as one matvec per row)
     let head = wb(&weights.lm_head);
@@ -259,7 +274,7 @@ pub(super) fn run(
     let wanted = in_row_order(feeds).flat_map(|(row0, fd)| {
         let m = fd.tokens.len();
         let ts = match fd.logits {
-            Want::None => 0..0,
+            Want::None | Want::Embedding => 0..0,
             Want::Last => m - 1..m,
             Want::All => 0..m,
         };

@@ -13,6 +13,13 @@
 //! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
 //! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
 //!
+//! A feed may ask for its sequence's embedding instead of logits ([`Want::Embedding`]): the
+//! final-normed hidden state of its last row (transformers' `last_hidden_state` there), kept
+//! in the arena's `seq.embedding` region until the sequence's next step and read with
+//! [`Engine::embedding`]. The head is not run for such a feed; a step without one computes
+//! nothing more than before. Pooling it (Qwen3-Embedding: this last row, L2-normalized) is
+//! the caller's.
+//!
 //! A sequence may carry a [`Constraint`] ([`Engine::set_constraint`]): a JSON schema, regex or
 //! grammar that masks its logits before each sample. It only touches sampling, so constrained
 //! and unconstrained sequences share steps; see [`constraint`] for what it allocates.
@@ -100,6 +107,8 @@ pub enum EngineError {
     EmptyInput,
     /// Logits were asked for before any were computed (or after they were consumed).
     NoLogits,
+    /// An embedding was asked for but the sequence's last step did not compute one.
+    NoEmbedding,
     /// The KV cache refused a write (a bug if it happens: the step checks first).
     Cache(CacheError),
     /// Bad sampling parameters.
@@ -142,6 +151,9 @@ impl fmt::Display for EngineError {
             ),
             EngineError::EmptyInput => f.write_str("empty input: there are no tokens to process"),
             EngineError::NoLogits => f.write_str("no logits yet: process a prompt first"),
+            EngineError::NoEmbedding => f.write_str(
+                "no embedding: the sequence's last step did not end with a feed that wants Want::Embedding",
+            ),
             EngineError::Cache(e) => write!(f, "{e}"),
             EngineError::Sampler(e) => write!(f, "{e}"),
             EngineError::Constraint(e) => write!(f, "{e}"),
@@ -231,6 +243,10 @@ pub enum Want {
     Last,
     /// The logits after every token, passed to the step's callback; the last are also kept.
     All,
+    /// No logits: the final-normed hidden state of the feed's last row (the model's output
+    /// before the head), kept in the sequence for [`Engine::embedding`]. For embedding a
+    /// prompt: feed its last chunk with this (the earlier ones with [`Want::None`]).
+    Embedding,
 }
 
 /// One sequence's part of a step.
@@ -256,6 +272,8 @@ struct Slot {
     constraint: Option<Box<Constraint>>,
     /// Whether `seq.logits` holds the distribution after the last processed token.
     logits_ready: bool,
+    /// Whether `seq.embedding` holds the hidden state of the last processed token.
+    embedding_ready: bool,
 }
 
 /// Shared weights, one thread pool, one arena; steps over many sequences.
@@ -302,6 +320,7 @@ impl Engine {
                 sampler: greedy.clone(),
                 constraint: None,
                 logits_ready: false,
+                embedding_ready: false,
             })
             .collect();
         Ok(Engine {
@@ -379,8 +398,8 @@ impl Engine {
         })
     }
 
-    /// The arena's regions (KV cache of every sequence, each sequence's logits and tokens,
-    /// the step scratch) and total.
+    /// The arena's regions (KV cache of every sequence, each sequence's logits, tokens and
+    /// embedding, the step scratch) and total.
     pub fn memory_plan(&self) -> &MemoryPlan {
         &self.plan
     }
@@ -446,6 +465,7 @@ impl Engine {
         slot.sampler = sampler;
         slot.constraint = None;
         slot.logits_ready = false;
+        slot.embedding_ready = false;
         Ok(SeqId {
             slot: i as u32,
             generation: slot.generation,
@@ -459,6 +479,7 @@ impl Engine {
         slot.kv.reset();
         slot.constraint = None;
         slot.logits_ready = false;
+        slot.embedding_ready = false;
         Ok(())
     }
 
@@ -503,6 +524,7 @@ impl Engine {
         slot.sampler.reset();
         slot.constraint = None;
         slot.logits_ready = false;
+        slot.embedding_ready = false;
         Ok(())
     }
 
@@ -513,6 +535,7 @@ impl Engine {
         let slot = self.slot_mut(seq)?;
         slot.kv.truncate(len);
         slot.logits_ready = false;
+        slot.embedding_ready = false;
         Ok(())
     }
 
@@ -560,6 +583,21 @@ impl Engine {
         let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
         let i = seq.slot();
         Ok(&bufs.seq_logits[i * v..(i + 1) * v])
+    }
+
+    /// The sequence's embedding: the final-normed hidden state (`[hidden]`, not normalized to
+    /// unit length) after its last processed token, computed by a step whose feed for it
+    /// wanted [`Want::Embedding`]. It stays until the sequence's next step, truncate, reset or
+    /// release; [`EngineError::NoEmbedding`] when its last step computed none. Like the
+    /// logits, it does not depend on which other sequences shared the step.
+    pub fn embedding(&mut self, seq: SeqId) -> Result<&[f32], EngineError> {
+        if !self.slot(seq)?.embedding_ready {
+            return Err(EngineError::NoEmbedding);
+        }
+        let h = self.weights.config.hidden_size;
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let i = seq.slot();
+        Ok(&bufs.seq_embedding[i * h..(i + 1) * h])
     }
 
     /// Samples the sequence's next token with its own sampler and records it in the
@@ -615,10 +653,12 @@ impl Engine {
             let slot = &mut self.slots[f.seq.slot()];
             if result.is_ok() {
                 slot.kv.commit();
-                slot.logits_ready = f.logits != Want::None;
+                slot.logits_ready = matches!(f.logits, Want::Last | Want::All);
+                slot.embedding_ready = f.logits == Want::Embedding;
             } else {
                 slot.kv.rollback();
                 slot.logits_ready = false;
+                slot.embedding_ready = false;
             }
         }
         result

@@ -21,6 +21,10 @@ crate::arena_regions! {
         seq_logits: "seq.logits",
         /// Each sequence's tokens in its cache (u32): `[sequence, ctx]`.
         seq_tokens: "seq.tokens",
+        /// Each sequence's embedding: the final-normed hidden state of the last row of its
+        /// last feed that asked for it ([`crate::engine::Want::Embedding`]): `[sequence,
+        /// hidden]`.
+        seq_embedding: "seq.embedding",
         /// The residual stream of a step's rows: `[rows, hidden]`.
         x: "x",
         x_norm: "x_norm",
@@ -185,6 +189,10 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         seq_tokens: spec(
             format!("[sequence, ctx] u32 = [{s}, {}]", kv.capacity),
             s.checked_mul(kv.capacity),
+        ),
+        seq_embedding: spec(
+            format!("[sequence, hidden] = [{s}, {h}]"),
+            s.checked_mul(h),
         ),
         x: rows("hidden", h),
         x_norm: rows("hidden", h),

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::Path;
 
 use serde::Deserialize;
+use serde_json::Value;
 
 /// The architectures qwenrt runs, by `model_type` (and `architectures`) of config.json.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +94,108 @@ pub struct MoeConfig {
     pub sparse_layers: Vec<bool>,
 }
 
+/// How an embedding model pools its hidden states into one vector: llama.cpp's
+/// `<arch>.pooling_type` (its converter writes it from a sentence-transformers model's pooling
+/// module; Qwen3-Embedding's is [`Pooling::Last`]). qwenrt serves [`Pooling::Last`] only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pooling {
+    /// 0: no pooling (per-token vectors).
+    None,
+    /// 1: the mean over the tokens.
+    Mean,
+    /// 2: the first token's.
+    Cls,
+    /// 3: the last token's (Qwen3-Embedding).
+    Last,
+    /// 4: a reranker's classification head.
+    Rank,
+}
+
+impl Pooling {
+    /// The pooling of llama.cpp's `LLAMA_POOLING_TYPE_*` value `v` (`None` for another value).
+    pub fn from_gguf(v: u64) -> Option<Pooling> {
+        Some(match v {
+            0 => Pooling::None,
+            1 => Pooling::Mean,
+            2 => Pooling::Cls,
+            3 => Pooling::Last,
+            4 => Pooling::Rank,
+            _ => return None,
+        })
+    }
+
+    /// The pooling a sentence-transformers model directory declares: its `modules.json` names a
+    /// `...Pooling` module whose `config.json` sets `pooling_mode_lasttoken` (or `_mean_tokens`,
+    /// `_cls_token`, or `pooling_mode`), as llama.cpp's converter reads it. `None` without
+    /// `modules.json` or a pooling module in it.
+    pub fn from_sentence_transformers(dir: &Path) -> Result<Option<Pooling>, ConfigError> {
+        let read = |path: &Path| -> Result<Option<Value>, ConfigError> {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(ConfigError::Io(path.display().to_string(), e)),
+            };
+            serde_json::from_slice(&text)
+                .map(Some)
+                .map_err(|e| ConfigError::Invalid {
+                    field: "modules.json",
+                    why: format!("{} is not valid JSON: {e}", path.display()),
+                })
+        };
+        let Some(modules) = read(&dir.join("modules.json"))? else {
+            return Ok(None);
+        };
+        let module = modules.as_array().into_iter().flatten().find(|m| {
+            m.get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("Pooling"))
+        });
+        let Some(sub) = module.and_then(|m| m.get("path")).and_then(Value::as_str) else {
+            return Ok(None);
+        };
+        let path = dir.join(sub).join("config.json");
+        let Some(p) = read(&path)? else {
+            return Err(ConfigError::Invalid {
+                field: "modules.json",
+                why: format!(
+                    "names the pooling module {sub:?} but {} is missing",
+                    path.display()
+                ),
+            });
+        };
+        let on = |k: &str| p.get(k).and_then(Value::as_bool).unwrap_or(false);
+        let mode = p.get("pooling_mode").and_then(Value::as_str);
+        Ok(Some(
+            if on("pooling_mode_lasttoken") || mode == Some("lasttoken") {
+                Pooling::Last
+            } else if on("pooling_mode_mean_tokens") || mode == Some("mean") {
+                Pooling::Mean
+            } else if on("pooling_mode_cls_token") || mode == Some("cls") {
+                Pooling::Cls
+            } else {
+                return Err(ConfigError::Invalid {
+                field: "modules.json",
+                why: format!(
+                    "{} sets no pooling mode qwenrt knows (pooling_mode_lasttoken, _mean_tokens, _cls_token)",
+                    path.display()
+                ),
+            });
+            },
+        ))
+    }
+
+    /// llama.cpp's name for it (`none`, `mean`, `cls`, `last`, `rank`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::None => "none",
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+            Pooling::Rank => "rank",
+        }
+    }
+}
+
 /// A validated model configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -130,6 +233,9 @@ pub struct Config {
     pub eos_token_ids: Vec<u32>,
     /// The experts of a Qwen3-MoE model (`None` for a dense one).
     pub moe: Option<MoeConfig>,
+    /// The pooling of an embedding model, when the file says (a GGUF's `<arch>.pooling_type`;
+    /// `None` from config.json, which has no such field).
+    pub pooling: Option<Pooling>,
 }
 
 /// What is wrong with a config.json.
@@ -389,6 +495,7 @@ impl Config {
             bos_token_id,
             eos_token_ids,
             moe,
+            pooling: None,
         };
         config.parameter_count().ok_or(ConfigError::Invalid {
             field: "hidden_size",

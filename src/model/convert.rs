@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde_json::{json, Map, Value as Json};
 
-use crate::model::config::Arch;
+use crate::model::config::{Arch, Pooling};
 use crate::model::gguf::{dequantize, GgufError, GgufFile, GgufHeader, TensorInfo, Value};
 
 /// Elements dequantized per window (bounded memory: 4 MiB of f32 scratch spread over threads
@@ -476,6 +476,21 @@ pub fn config_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     Ok(c)
 }
 
+/// The pooling an embedding model's GGUF names (`<arch>.pooling_type`, a llama.cpp
+/// `LLAMA_POOLING_TYPE_*` value); `None` when the key is absent.
+pub fn pooling(h: &GgufHeader) -> Result<Option<Pooling>, ConvertError> {
+    let key = format!("{}.pooling_type", h.get_str("general.architecture")?);
+    if h.get(&key).is_none() {
+        return Ok(None);
+    }
+    let v = h.get_u64(&key)?;
+    Pooling::from_gguf(v).map(Some).ok_or_else(|| {
+        ConvertError::Metadata(format!(
+            "{key} is {v}; llama.cpp's pooling types are 0 (none), 1 (mean), 2 (cls), 3 (last), 4 (rank)"
+        ))
+    })
+}
+
 /// The GGUF vocabulary: token strings and their types (NORMAL when types are absent).
 struct Vocab<'a> {
     tokens: Vec<&'a str>,
@@ -580,6 +595,31 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
     let byte_level = json!({
         "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": false, "use_regex": false
     });
+    let post_processor = match added_around(h, &v)? {
+        // llama.cpp's `add_bos_token` / `add_eos_token` (an embedding model's GGUF asks for its
+        // end token after every text): what `encode` with special tokens adds around a text
+        (bos, eos) if bos.is_some() || eos.is_some() => {
+            let special = |t: &str| json!({"SpecialToken": {"id": t, "type_id": 0}});
+            let seq = |id: &str| json!({"Sequence": {"id": id, "type_id": 0}});
+            let around = |inner: Vec<Json>| {
+                let mut all: Vec<Json> = bos.iter().map(|(t, _)| special(t)).collect();
+                all.extend(inner);
+                all.extend(eos.iter().map(|(t, _)| special(t)));
+                all
+            };
+            let mut specials = Map::new();
+            for (t, id) in bos.iter().chain(eos.iter()) {
+                specials.insert(t.clone(), json!({"id": t, "ids": [id], "tokens": [t]}));
+            }
+            json!({
+                "type": "TemplateProcessing",
+                "single": around(vec![seq("A")]),
+                "pair": around(vec![seq("A"), seq("B")]),
+                "special_tokens": specials,
+            })
+        }
+        _ => byte_level.clone(),
+    };
     Ok(json!({
         "version": "1.0",
         "truncation": null,
@@ -598,7 +638,7 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
                 byte_level
             ]
         },
-        "post_processor": byte_level,
+        "post_processor": post_processor,
         "decoder": byte_level,
         "model": {
             "type": "BPE",
@@ -613,6 +653,39 @@ pub fn tokenizer_json(h: &GgufHeader) -> Result<Json, ConvertError> {
             "merges": merges
         }
     }))
+}
+
+/// The tokens (string, id) llama.cpp adds before and after a text: `tokenizer.ggml.bos_token_id`
+/// when `tokenizer.ggml.add_bos_token`, the eos when `tokenizer.ggml.add_eos_token`.
+type Added = Option<(String, u64)>;
+fn added_around(h: &GgufHeader, v: &Vocab<'_>) -> Result<(Added, Added), ConvertError> {
+    let token = |flag: &str, key: &str| -> Result<Added, ConvertError> {
+        if !h.get(flag).and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(None);
+        }
+        let Some(id) = token_id_of(h, key)? else {
+            return Err(ConvertError::Metadata(format!(
+                "{flag} is true but {key} is absent"
+            )));
+        };
+        match v.tokens.get(id as usize) {
+            Some(t) => Ok(Some((t.to_string(), id))),
+            None => Err(ConvertError::Metadata(format!(
+                "{key} {id} is past the {} tokens of tokenizer.ggml.tokens",
+                v.tokens.len()
+            ))),
+        }
+    };
+    Ok((
+        token(
+            "tokenizer.ggml.add_bos_token",
+            "tokenizer.ggml.bos_token_id",
+        )?,
+        token(
+            "tokenizer.ggml.add_eos_token",
+            "tokenizer.ggml.eos_token_id",
+        )?,
+    ))
 }
 
 fn token_str<'a>(v: &Vocab<'a>, id: Option<u64>) -> Json {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use qwenrt_kernels::{Dtype, Format};
 
-use crate::model::config::{Config, ConfigError};
+use crate::model::config::{Config, ConfigError, Pooling};
 use crate::model::convert;
 use crate::model::gguf::GgufHeader;
 
@@ -345,7 +345,8 @@ impl Weights {
         if dir.is_file() {
             return Weights::load_gguf(dir);
         }
-        let config = Config::from_file(&dir.join("config.json"))?;
+        let mut config = Config::from_file(&dir.join("config.json"))?;
+        config.pooling = Pooling::from_sentence_transformers(dir)?;
         let files = shard_files(dir)?;
         let mut shards = Vec::with_capacity(files.len());
         let mut tensors: HashMap<String, TensorRef> = HashMap::new();
@@ -400,8 +401,9 @@ impl Weights {
         };
         let header = GgufHeader::parse(backing.bytes()).map_err(|e| bad(e.to_string()))?;
         let config_json = convert::config_json(&header).map_err(|e| bad(e.to_string()))?;
-        let config = Config::from_json(config_json.to_string().as_bytes())
+        let mut config = Config::from_json(config_json.to_string().as_bytes())
             .map_err(|e| bad(format!("the config its metadata gives: {e}")))?;
+        config.pooling = convert::pooling(&header).map_err(|e| bad(e.to_string()))?;
         let mut tensors = HashMap::new();
         for info in &header.tensors {
             // tensors the model does not use (e.g. rope tables) are left alone

@@ -22,6 +22,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use crate::engine::constraint::Grammars;
 use crate::server::api::{self, ApiError, Endpoint, GenRequest};
 use crate::server::call_parser::{Call, CallEvent, CallParser};
+use crate::server::embeddings;
 use crate::server::reasoning::{Piece, ThinkSplitter};
 use crate::server::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
 use crate::text::template::ChatTemplate;
@@ -41,6 +42,9 @@ pub struct AppInner {
     pub model_id: String,
     pub ctx: usize,
     pub vocab: usize,
+    /// The width of the embeddings `/v1/embeddings` serves (the hidden size); `None`: that
+    /// route is off (501).
+    pub embedding_width: Option<usize>,
     pub api_key: Option<String>,
     /// Browser origins allowed to call the API (`--cors-origin`; `*` for any); empty: no CORS.
     pub cors_origins: Vec<String>,
@@ -72,10 +76,12 @@ pub fn router(app: App) -> Router {
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         // llama-server serves the OpenAI routes without the prefix too
         .route("/chat/completions", post(chat))
         .route("/completions", post(completions))
         .route("/models", get(models))
+        .route("/embeddings", post(embeddings::embeddings))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -209,7 +215,10 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
 }
 
 /// The body bytes, or the error for a body over the limit (413) or one that failed to arrive.
-fn body_bytes(app: &AppInner, body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+pub(super) fn body_bytes(
+    app: &AppInner,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, ApiError> {
     body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(

@@ -26,6 +26,9 @@
 //!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
 //!   and constrained to the offered functions (see `tools`). llama.cpp's GBNF `grammar` is
 //!   refused with a 400. Unknown fields are ignored.
+//! - `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings, last-token pooled and
+//!   L2-normalized, each input a prefill-only run batched with the generations; on with
+//!   [`ServerOptions::embeddings`] or a last-token embedder (see `embeddings`), else 501.
 //! - `GET /v1/models`, `GET /health` (liveness: 200 while the process serves, draining
 //!   included; `status` is `ok` or `draining`, with the active and queued counts), `GET /ready`
 //!   (readiness: 200 when new requests are taken, 503 while draining, and while loading when
@@ -59,6 +62,7 @@
 
 mod api;
 mod call_parser;
+mod embeddings;
 mod http;
 mod loading;
 mod metrics;
@@ -82,6 +86,7 @@ use qwenrt_kernels::Dtype;
 
 use crate::engine::constraint::Grammars;
 use crate::engine::{Engine, EngineError, EngineOptions};
+use crate::model::config::Pooling;
 use crate::model::weights::Weights;
 use crate::text::chat::{END_OF_TEXT, IM_END};
 use crate::text::template::ChatTemplate;
@@ -132,6 +137,10 @@ pub struct ServerOptions {
     /// Where the thinking part of a thinking model's answer goes (`reasoning_content` by
     /// default, with a template that has a thinking switch).
     pub reasoning_format: ReasoningFormat,
+    /// Serve `POST /v1/embeddings` (`--embeddings`). A model that says it is an embedder with
+    /// last-token pooling ([`Pooling::Last`]) serves them without it; one that names another
+    /// pooling is refused with it.
+    pub embeddings: bool,
 }
 
 impl Default for ServerOptions {
@@ -154,6 +163,7 @@ impl Default for ServerOptions {
             chat_template: Arc::new(ChatTemplate::chatml()),
             reasoning_format: ReasoningFormat::Auto,
             cors_origins: Vec::new(),
+            embeddings: false,
         }
     }
 }
@@ -234,6 +244,7 @@ pub fn run_on(
             "--prefill-chunk must be at least 1".into(),
         ));
     }
+    let embeddings = embeddings_on(opts.embeddings, weights.config.pooling)?;
     let chunk = opts.prefill_chunk.min(opts.ctx.max(1));
     let lookup = opts.lookup.min(MAX_DRAFT);
     let engine_opts = EngineOptions {
@@ -246,7 +257,7 @@ pub fn run_on(
         kv_dtype: opts.kv_dtype,
     };
     let config = &weights.config;
-    let vocab = config.vocab_size;
+    let (vocab, hidden) = (config.vocab_size, config.hidden_size);
     let mut stop_ids = config.eos_token_ids.clone();
     stop_ids.extend(
         [IM_END, END_OF_TEXT]
@@ -303,6 +314,7 @@ pub fn run_on(
         model_id,
         ctx: opts.ctx,
         vocab,
+        embedding_width: embeddings.then_some(hidden),
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         cors_origins: opts.cors_origins.clone(),
         limit: opts.parallel + opts.max_queue,
@@ -319,6 +331,21 @@ pub fn run_on(
 
 /// After the drain, how long the last responses may take to reach their clients.
 const CLOSE_WAIT: Duration = Duration::from_secs(3);
+
+/// Whether `/v1/embeddings` is served: asked for (`flag`), or the model says it is a
+/// last-token embedder. A model that names another pooling cannot be served with `flag`: qwenrt
+/// pools the last token only.
+fn embeddings_on(flag: bool, pooling: Option<Pooling>) -> Result<bool, ServerError> {
+    match pooling {
+        Some(Pooling::Last) => Ok(true),
+        Some(p) if flag && p != Pooling::None => Err(ServerError::Option(format!(
+            "--embeddings: the model's pooling type is `{}` (GGUF <arch>.pooling_type); qwenrt \
+             pools the last token only (`last`, as Qwen3-Embedding)",
+            p.name()
+        ))),
+        _ => Ok(flag),
+    }
+}
 
 /// The tokio side of [`run_on`].
 fn serve(

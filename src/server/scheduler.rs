@@ -11,9 +11,16 @@
 //! the rest. An idle sequence is evicted (least recently used first) only when a slot is
 //! needed.
 //!
+//! Embedding requests ([`Msg::Embed`]) run beside them: each input a prefill-only run on a
+//! sequence of its own, its chunks sharing the prompt budget of the steps (see [`embed`]).
+//!
 //! Tokens go back on the job's channel as text (stop strings applied here, so generation stops
 //! as soon as one matches). A send that fails means the client went away: the job is
 //! cancelled and its sequence leaves at the next step.
+
+mod embed;
+
+pub use embed::{EmbedJob, EmbedReply};
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -74,6 +81,8 @@ pub struct Job {
 pub enum Msg {
     /// Run this.
     Job(Box<Job>),
+    /// Embed these inputs.
+    Embed(Box<EmbedJob>),
     /// Fail every job now (the drain timeout passed).
     Abort,
     /// Fail every job and end the thread.
@@ -131,6 +140,8 @@ pub struct Scheduler {
     /// Finished sequences keeping their cache, with when they finished (for LRU eviction).
     idle: Vec<(SeqId, u64)>,
     clock: u64,
+    /// Embedding jobs and their inputs being prefilled.
+    embeds: embed::Embeds,
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -167,13 +178,14 @@ impl Scheduler {
             pending: VecDeque::new(),
             idle: Vec::new(),
             clock: 0,
+            embeds: embed::Embeds::default(),
         }
     }
 
     /// Runs until [`Msg::Shutdown`] or until every sender is gone.
     pub fn run(mut self, rx: Receiver<Msg>) {
         loop {
-            if self.active.is_empty() && self.pending.is_empty() {
+            if self.active.is_empty() && self.pending.is_empty() && self.embeds.is_idle() {
                 self.publish();
                 match rx.recv() {
                     Ok(m) => {
@@ -192,7 +204,7 @@ impl Scheduler {
             self.sweep();
             self.admit();
             self.publish();
-            if !self.active.is_empty() {
+            if !self.active.is_empty() || self.embeds.running() > 0 {
                 self.step();
             }
         }
@@ -203,6 +215,10 @@ impl Scheduler {
         match m {
             Msg::Job(job) => {
                 self.pending.push_back(*job);
+                true
+            }
+            Msg::Embed(job) => {
+                self.queue_embedding(*job);
                 true
             }
             Msg::Abort => {
@@ -230,6 +246,7 @@ impl Scheduler {
         while !self.active.is_empty() {
             self.leave(0, Exit::Failed(err.clone()));
         }
+        self.fail_embeddings(&err);
     }
 
     /// Drops queued jobs whose client left or whose deadline passed; cancels such active ones.
@@ -264,11 +281,16 @@ impl Scheduler {
                 i += 1;
             }
         }
+        self.sweep_embeddings(now);
     }
 
-    /// Starts queued jobs while there are free slots.
+    /// Starts queued jobs (and embedding inputs, by arrival) while there are free slots.
     fn admit(&mut self) {
-        while self.active.len() < self.parallel {
+        while self.active.len() + self.embeds.running() < self.parallel {
+            if self.embeds.goes_before(self.pending.front()) {
+                self.admit_embedding();
+                continue;
+            }
             let Some(mut job) = self.pending.pop_front() else {
                 return;
             };
@@ -433,7 +455,7 @@ impl Scheduler {
     }
 
     /// One engine step: the decode rows of every generating job (its next token and any
-    /// draft), prompt chunks of the others.
+    /// draft), prompt chunks of the others, then chunks of the embedding inputs.
     fn step(&mut self) {
         self.draft();
         let mut budget = self.chunk;
@@ -449,6 +471,8 @@ impl Scheduler {
         }
         // the greedy token after each verified row, per entry of `verifying`
         let mut greedy = vec![[0u32; lookup::MAX_DRAFT + 1]; verifying.len()];
+        // (index into the embedding runs, rows fed)
+        let mut embed_plan: Vec<(usize, usize)> = Vec::new();
         let result = {
             let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(self.active.len());
             for (i, a) in self.active.iter().enumerate() {
@@ -478,6 +502,7 @@ impl Scheduler {
                 });
                 plan.push((i, n));
             }
+            self.embeds.feeds(&mut budget, &mut feeds, &mut embed_plan);
             self.engine.step(&feeds, &mut |seq, pos, logits| {
                 if let Some(v) = verifying.iter().position(|&(s, _)| s == seq) {
                     // the first on ties, as the greedy sampler picks
@@ -486,6 +511,7 @@ impl Scheduler {
             })
         };
         self.shared.metrics.steps.fetch_add(1, Ordering::Relaxed);
+        self.after_embedding_step(&result, &embed_plan);
         let mut exits: Vec<(usize, Exit)> = Vec::new();
         match result {
             Err(e) => {

@@ -205,6 +205,20 @@ impl Tokenizer {
             })?;
         Ok(enc.get_ids().to_vec())
     }
+    /// Token ids of `text` with the tokens the tokenizer adds around a text (its post-processor,
+    /// as `add_special_tokens=True` in transformers): Qwen3-Embedding's appends
+    /// `<|endoftext|>`, a GGUF's those of `tokenizer.ggml.add_bos_token` / `add_eos_token`; a
+    /// generative Qwen's adds nothing. For embedding a text as the model was trained to see it.
+    pub fn encode_with_special(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TokenizerError::Encode {
+                message: e.to_string(),
+            })?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// `text` as the encoder sees it, which is what a decode of its encoding gives back: the
     /// added tokens that skip normalization (Qwen2's special tokens) are cut out first, leftmost
     /// and then longest match as `tokenizers` does, and only the text between them goes through

@@ -53,10 +53,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Server {
+        Server::start_with(weights(), opts)
+    }
+
+    /// A server of `w` (with the real tokenizer) instead of the synthetic model.
+    pub fn start_with(w: Arc<Weights>, opts: ServerOptions) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
-        let w = weights();
         let handle = std::thread::spawn(move || {
             run_on(
                 listener,
