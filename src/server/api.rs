@@ -7,7 +7,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::engine::constraint::{Constraint, Grammars};
-use crate::engine::sampler::{SamplerParams, MAX_ADDITIVE_PENALTY};
+use crate::engine::sampler::{
+    LogitBias, SamplerParams, MAX_ADDITIVE_PENALTY, MAX_BIAS, MAX_LOGIT_BIAS,
+};
 use crate::server::reasoning::ThinkSplitter;
 use crate::server::tools::{self, ToolChoice, Tools};
 use crate::text::template::{ChatTemplate, ToolCallFormat};
@@ -221,7 +223,11 @@ fn fresh_seed() -> u64 {
 /// [`MAX_COUNTED_TOKENS`](crate::engine::sampler::MAX_COUNTED_TOKENS) of them);
 /// `repetition_penalty` is the sampler's multiplicative penalty over the last 64 tokens,
 /// prompt included.
-fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
+fn sampler_params(
+    o: &Map<String, Value>,
+    tok: &Tokenizer,
+    vocab: usize,
+) -> Result<SamplerParams, ApiError> {
     let temperature = number(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = number(o, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
     let top_k = integer(o, "top_k", -1, 1 << 20)?.unwrap_or(0);
@@ -261,10 +267,106 @@ fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
         frequency_penalty: frequency_penalty as f32,
         presence_penalty: presence_penalty as f32,
         seed,
+        logit_bias: logit_bias(o, tok, vocab)?,
     };
     p.validate()
         .map_err(|e| ApiError::invalid(e.name, e.to_string()))?;
     Ok(p)
+}
+
+/// `logit_bias`: OpenAI's object of token id (a decimal string key) to a bias in -100..=100,
+/// or llama-server's array of `[token, bias]` pairs; as llama-server, a key or token that is
+/// not an id is text whose every token gets the bias, and a bias of `false` bans (-100). At
+/// most [`MAX_LOGIT_BIAS`] tokens in all; every error names `logit_bias`.
+fn logit_bias(
+    o: &Map<String, Value>,
+    tok: &Tokenizer,
+    vocab: usize,
+) -> Result<LogitBias, ApiError> {
+    const P: &str = "logit_bias";
+    let pairs: Vec<(Value, &Value)> = match field(o, P) {
+        None => return Ok(LogitBias::default()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), v))
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| match e.as_array().map(Vec::as_slice) {
+                Some([t, b]) => Ok((t.clone(), b)),
+                _ => Err(ApiError::invalid(
+                    P,
+                    "an array 'logit_bias' must hold [token, bias] pairs",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                P,
+                "'logit_bias' must be an object of token ids to biases",
+            ))
+        }
+    };
+    let mut out: Vec<(u32, f32)> = Vec::new();
+    for (key, bias) in pairs {
+        let b = match bias {
+            Value::Bool(false) => -MAX_BIAS,
+            v => match v.as_f64() {
+                Some(x) if x.abs() <= f64::from(MAX_BIAS) => x as f32,
+                Some(x) => {
+                    return Err(ApiError::invalid(
+                        P,
+                        format!("'logit_bias' of {key} is {x}; it must be between -100 and 100"),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        P,
+                        format!("'logit_bias' of {key} must be a number"),
+                    ))
+                }
+            },
+        };
+        let id = match &key {
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            v => v.as_u64().or_else(|| {
+                // an integer too large (or negative) for an id: out of range below
+                v.as_i64().map(|_| u64::MAX)
+            }),
+        };
+        match (id, &key) {
+            (Some(t), _) if (t as usize) < vocab && t <= u64::from(u32::MAX) => {
+                out.push((t as u32, b))
+            }
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    P,
+                    format!(
+                        "'logit_bias' names token {key}, out of range for a vocabulary of {vocab}"
+                    ),
+                ))
+            }
+            (None, Value::String(text)) => {
+                let ids = tok.encode(text).map_err(|e| {
+                    ApiError::invalid(P, format!("cannot tokenize 'logit_bias' key {key}: {e}"))
+                })?;
+                out.extend(ids.into_iter().map(|t| (t, b)));
+            }
+            (None, _) => {
+                return Err(ApiError::invalid(
+                    P,
+                    format!("'logit_bias' key {key} is neither a token id nor text"),
+                ))
+            }
+        }
+        if out.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid(
+                P,
+                format!("'logit_bias' names more than {MAX_LOGIT_BIAS} tokens (the most one request may bias)"),
+            ));
+        }
+    }
+    LogitBias::new(&out).map_err(|e| ApiError::invalid(P, format!("'logit_bias' {}", e.why)))
 }
 
 fn stops(o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
@@ -773,7 +875,7 @@ pub fn parse_generation(
             ));
         }
     }
-    let params = sampler_params(o)?;
+    let params = sampler_params(o, tok, vocab)?;
     let stops = stops(o)?;
     let logprobs = match endpoint {
         Endpoint::Chat => {
@@ -877,6 +979,65 @@ pub fn parse_generation(
 mod tests {
     use super::*;
 
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json"
+        )))
+        .unwrap()
+    }
+
+    fn sampler_params_t(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
+        sampler_params(o, &tokenizer(), 1000)
+    }
+
+    #[test]
+    fn logit_bias_forms_are_read_and_bad_ones_named() {
+        let o = |v: Value| v.as_object().unwrap().clone();
+        let tok = tokenizer();
+        let lb = |v: Value| logit_bias(&o(json!({ "logit_bias": v })), &tok, 1000);
+        assert_eq!(
+            lb(json!({"5": 10, "7": -100})).unwrap().entries(),
+            &[(5, 10.0), (7, -100.0)]
+        );
+        // llama-server's pairs, `false` as a ban
+        assert_eq!(
+            lb(json!([[5, 2.5], [9, false]])).unwrap().entries(),
+            &[(5, 2.5), (9, -100.0)]
+        );
+        // text: every token of it
+        let ids = tok.encode(" hello world").unwrap();
+        let got: Vec<u32> = lb(json!({" hello world": -1}))
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(got, ids);
+        for (bad, what) in [
+            (json!({"5": 101}), "between -100 and 100"),
+            (json!({"1000": 1}), "out of range"),
+            (json!([[1000, 1]]), "out of range"),
+            (json!([[-1, 1]]), "out of range"),
+            (json!({"5": "x"}), "must be a number"),
+            (json!([5]), "pairs"),
+            (json!("x"), "must be an object"),
+        ] {
+            let e = lb(bad.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("logit_bias"), "{bad}");
+            assert!(e.message.contains(what), "{bad}: {}", e.message);
+        }
+        let many: Map<String, Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|t| (t.to_string(), json!(1)))
+            .collect();
+        let e = lb(Value::Object(many)).unwrap_err();
+        assert!(
+            e.message.contains(&MAX_LOGIT_BIAS.to_string()),
+            "{}",
+            e.message
+        );
+    }
+
     #[test]
     fn messages_are_put_in_the_shape_templates_read() {
         let m = json!([{"role":"developer","content":"S"},
@@ -957,31 +1118,31 @@ mod tests {
     fn sampling_fields_are_range_checked() {
         let o = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(
-            sampler_params(&o(json!({"temperature": 2.5})))
+            sampler_params_t(&o(json!({"temperature": 2.5})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("temperature")
         );
         assert_eq!(
-            sampler_params(&o(json!({"top_p": "x"})))
+            sampler_params_t(&o(json!({"top_p": "x"})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("top_p")
         );
         assert_eq!(
-            sampler_params(&o(json!({"presence_penalty": -3})))
+            sampler_params_t(&o(json!({"presence_penalty": -3})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("presence_penalty")
         );
-        let p = sampler_params(&o(json!({"temperature": 0, "top_p": 0, "seed": 7}))).unwrap();
+        let p = sampler_params_t(&o(json!({"temperature": 0, "top_p": 0, "seed": 7}))).unwrap();
         assert_eq!((p.temperature, p.top_k, p.top_p, p.seed), (0.0, 1, 1.0, 7));
         assert_eq!((p.frequency_penalty, p.presence_penalty), (0.0, 0.0));
         assert!(p.validate().is_ok());
-        let p = sampler_params(&o(
+        let p = sampler_params_t(&o(
             json!({"frequency_penalty": 0.5, "presence_penalty": -2}),
         ))
         .unwrap();
