@@ -12,6 +12,7 @@ use crate::engine::sampler::{
 };
 use crate::server::reasoning::ThinkSplitter;
 use crate::server::tools::{self, ToolChoice, Tools};
+use crate::text::chat::END_OF_TEXT;
 use crate::text::template::{ChatTemplate, ToolCallFormat};
 use crate::text::tokenizer::Tokenizer;
 
@@ -79,11 +80,23 @@ pub enum Endpoint {
     Completion,
 }
 
-/// A validated generation request.
+/// A validated generation request: one prompt and its `n` choices (a completion with several
+/// prompts is one of these per prompt).
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     pub prompt: Vec<u32>,
-    /// Tokens to generate at most (already checked to fit the context after the prompt).
+    /// Choices of this prompt, each a fork of the prompt's sequence (1..=`--parallel`).
+    pub n: usize,
+    /// The index of this prompt's first choice in the response (`prompt index * n`).
+    pub index: usize,
+    /// `echo` (completions): the prompt's text comes before each choice's text and, with
+    /// `logprobs`, its tokens' log-probabilities before the generated ones'.
+    pub echo: bool,
+    /// The prompt was empty and starts with the end-of-text token this server put there (as
+    /// OpenAI's models see a document start); echo leaves it out.
+    pub added_start: bool,
+    /// Tokens to generate at most (already checked to fit the context after the prompt); 0
+    /// only on completions (the prompt is scored, nothing generated).
     pub max_tokens: usize,
     pub params: SamplerParams,
     pub stops: Vec<String>,
@@ -131,6 +144,8 @@ pub struct ModelContext<'a> {
     pub ctx: usize,
     /// Rows of the model's logits.
     pub vocab: usize,
+    /// Sequences the engine runs at once (`--parallel`): the most choices `n` may ask for.
+    pub parallel: usize,
     /// Whether chat answers' thinking parts go to `reasoning_content`.
     pub reasoning: bool,
 }
@@ -666,31 +681,42 @@ pub fn response_format(o: &Map<String, Value>) -> Result<ResponseFormat, ApiErro
     }
 }
 
-/// The prompt of a completion: a string, an array of one string, or an array of token ids.
-fn completion_prompt(
+/// The prompts of a completion, each its own choice(s) in order: `prompt` as a string, an
+/// array of token ids, or an array whose entries are strings or arrays of token ids (one
+/// prompt each, as OpenAI takes them). An empty string is an empty prompt (see
+/// [`parse_generation`]); an empty array is refused.
+fn completion_prompts(
     o: &Map<String, Value>,
     tok: &Tokenizer,
     vocab: usize,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<Vec<Vec<u32>>, ApiError> {
     let bad = || {
         ApiError::invalid(
             "prompt",
-            "'prompt' must be a string, an array of one string, or an array of token ids",
+            "'prompt' must be a string, an array of token ids, or an array of strings and token-id arrays",
         )
     };
     match field(o, "prompt") {
         None => Err(ApiError::invalid("prompt", "'prompt' is required")),
-        Some(Value::String(s)) => encode(tok, s),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            encode(tok, a[0].as_str().unwrap_or_default())
+        Some(Value::String(s)) => Ok(vec![encode(tok, s)?]),
+        Some(Value::Array(a)) if a.is_empty() => Err(ApiError::invalid(
+            "prompt",
+            "'prompt' is an empty array; give a string or at least one prompt",
+        )),
+        Some(Value::Array(a)) if a.iter().all(|v| v.is_number()) => {
+            Ok(vec![token_ids(a, "prompt", vocab)?])
         }
-        Some(Value::Array(a)) => token_ids(a, "prompt", vocab).map_err(|e| {
-            if a.iter().any(|v| !v.is_u64()) {
-                bad()
-            } else {
-                e
-            }
-        }),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => encode(tok, s),
+                Value::Array(ids) if ids.iter().all(|v| v.is_number()) => {
+                    token_ids(ids, &format!("prompt[{i}]"), vocab)
+                }
+                _ => Err(bad()),
+            })
+            .collect(),
         Some(_) => Err(bad()),
     }
 }
@@ -838,13 +864,13 @@ fn guide(
     })
 }
 
-/// Validates a generation body of `endpoint` for a context of `ctx` and a model vocabulary of
-/// `vocab`.
+/// Validates a generation body of `endpoint` for `model`: one request per prompt (chat has
+/// one; a completion one per entry of a `prompt` array), in order.
 pub fn parse_generation(
     o: &Map<String, Value>,
     endpoint: Endpoint,
     model: &ModelContext<'_>,
-) -> Result<GenRequest, ApiError> {
+) -> Result<Vec<GenRequest>, ApiError> {
     let (tok, ctx, vocab) = (model.tokenizer, model.ctx, model.vocab);
     if let Some(m) = field(o, "model") {
         if !m.is_string() {
@@ -867,11 +893,31 @@ pub fn parse_generation(
             ))
         }
     };
-    if let Some(n) = integer(o, "n", i64::MIN, i64::MAX)? {
-        if n != 1 {
+    let n = match integer(o, "n", i64::MIN, i64::MAX)? {
+        None => 1,
+        Some(n) if n < 1 => {
             return Err(ApiError::invalid(
                 "n",
-                format!("'n' is {n}; only n = 1 is supported"),
+                format!("'n' is {n}; it must be at least 1"),
+            ))
+        }
+        Some(n) if n as u64 > model.parallel as u64 => {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "'n' is {n}; this server generates at most {} sequences at once (--parallel)",
+                    model.parallel
+                ),
+            ))
+        }
+        Some(n) => n as usize,
+    };
+    // best_of picks the best of several by log-probability: not done here
+    if let Some(b) = integer(o, "best_of", i64::MIN, i64::MAX)? {
+        if b as u64 != n as u64 {
+            return Err(ApiError::invalid(
+                "best_of",
+                format!("'best_of' is {b}; only best_of equal to n ({n}) is supported"),
             ));
         }
     }
@@ -895,13 +941,25 @@ pub fn parse_generation(
             integer(o, "logprobs", 0, MAX_TOP_LOGPROBS as i64)?.map(|k| k as usize)
         }
     };
-    let max_tokens = match integer(o, "max_completion_tokens", 1, i64::MAX)? {
-        Some(m) => Some((m, "max_completion_tokens")),
-        None => integer(o, "max_tokens", 1, i64::MAX)?.map(|m| (m, "max_tokens")),
+    // 0 scores a completion's prompt without generating (with echo and logprobs)
+    let least = match endpoint {
+        Endpoint::Chat => 1,
+        Endpoint::Completion => 0,
     };
+    let max_tokens = match integer(o, "max_completion_tokens", least, i64::MAX)? {
+        Some(m) => Some((m, "max_completion_tokens")),
+        None => integer(o, "max_tokens", least, i64::MAX)?.map(|m| (m, "max_tokens")),
+    };
+    let echo = boolean(o, "echo")?;
+    if echo && endpoint == Endpoint::Chat {
+        return Err(ApiError::invalid(
+            "echo",
+            "'echo' is a /v1/completions field; chat does not take it",
+        ));
+    }
     let format = response_format(o)?;
     let mut thinking = None;
-    let (prompt, tools) = match endpoint {
+    let (prompts, tools) = match endpoint {
         Endpoint::Chat => {
             // the tools are read (and their schemas checked) once, for the prompt and the guide
             let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
@@ -914,7 +972,7 @@ pub fn parse_generation(
                 param: Some("messages".into()),
                 ..e
             })?;
-            (ids, tools)
+            (vec![ids], tools)
         }
         Endpoint::Completion => {
             for f in ["tools", "tool_choice"] {
@@ -925,16 +983,58 @@ pub fn parse_generation(
                     ));
                 }
             }
-            (completion_prompt(o, tok, vocab)?, None)
+            (completion_prompts(o, tok, vocab)?, None)
         }
     };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
+    let guide = guide(format, tools, model.grammars)?;
+    let mut reqs = Vec::with_capacity(prompts.len());
+    for (i, mut prompt) in prompts.into_iter().enumerate() {
+        // an empty prompt starts a document, as OpenAI's completions do: the end-of-text token
+        let added_start = prompt.is_empty();
+        if added_start {
+            let start = tok.token_id(END_OF_TEXT).ok_or_else(|| {
+                ApiError::invalid(
+                    "prompt",
+                    "the prompt is empty and this tokenizer has no end-of-text token to start one",
+                )
+            })?;
+            prompt.push(start);
+        }
+        let max_tokens = fit(endpoint, &prompt, max_tokens, ctx)?;
+        reqs.push(GenRequest {
+            prompt,
+            n,
+            index: i * n,
+            echo,
+            added_start,
+            max_tokens,
+            params,
+            stops: stops.clone(),
+            logprobs,
+            stream,
+            include_usage,
+            guide: guide.clone(),
+            thinking,
+        });
     }
+    Ok(reqs)
+}
+
+/// The most tokens to generate after `prompt`: `max_tokens` (name and value) if given, else all
+/// the context has left; a 400 when the prompt leaves no room (`max_tokens: 0` needs none).
+fn fit(
+    endpoint: Endpoint,
+    prompt: &[u32],
+    max_tokens: Option<(i64, &str)>,
+    ctx: usize,
+) -> Result<usize, ApiError> {
     let (param, what) = match endpoint {
         Endpoint::Chat => ("messages", "messages"),
         Endpoint::Completion => ("prompt", "prompt"),
     };
+    if max_tokens.is_some_and(|(m, _)| m == 0) && prompt.len() <= ctx {
+        return Ok(0);
+    }
     if prompt.len() >= ctx {
         return Err(ApiError::invalid(
             param,
@@ -961,18 +1061,7 @@ pub fn parse_generation(
         }
         Some((m, _)) => m as usize,
     };
-    let guide = guide(format, tools, model.grammars)?;
-    Ok(GenRequest {
-        prompt,
-        max_tokens,
-        params,
-        stops,
-        logprobs,
-        stream,
-        include_usage,
-        guide,
-        thinking,
-    })
+    Ok(max_tokens)
 }
 
 #[cfg(test)]

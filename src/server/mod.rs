@@ -119,6 +119,18 @@ pub struct ServerOptions {
     /// Where the thinking part of a thinking model's answer goes (`reasoning_content` by
     /// default, with a template that has a thinking switch).
     pub reasoning_format: ReasoningFormat,
+    /// The `system_fingerprint` of every chat and completion response and chunk: by default
+    /// `qwenrt-VERSION`; `qwenrt serve` adds the model file's sha256 prefix (see
+    /// [`system_fingerprint`]).
+    pub system_fingerprint: String,
+}
+
+/// `qwenrt-VERSION-SHA12`: the qwenrt version and the first 12 hex digits of the model's
+/// sha256 (see [`crate::hub::model_sha256`]), so a client can tell when the weights or the
+/// runtime behind an answer changed.
+pub fn system_fingerprint(model_sha256: &str) -> String {
+    let short: String = model_sha256.chars().take(12).collect();
+    format!("qwenrt-{}-{short}", env!("CARGO_PKG_VERSION"))
 }
 
 impl Default for ServerOptions {
@@ -141,6 +153,7 @@ impl Default for ServerOptions {
             chat_template: Arc::new(ChatTemplate::chatml()),
             reasoning_format: ReasoningFormat::Auto,
             cors_origins: Vec::new(),
+            system_fingerprint: format!("qwenrt-{}", env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -285,6 +298,8 @@ pub fn run_on(
         model_id,
         ctx: opts.ctx,
         vocab,
+        fingerprint: opts.system_fingerprint.clone(),
+        parallel: opts.parallel,
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         cors_origins: opts.cors_origins.clone(),
         limit: opts.parallel + opts.max_queue,
