@@ -864,6 +864,60 @@ fn guide(
     })
 }
 
+/// OpenAI request fields that would change the answer and that this server does not do: each
+/// is refused with a 400 naming it (never silently ignored), with why. Fields that change
+/// nothing here (`user`, `metadata`, `store`, `service_tier`, `prompt_cache_key`,
+/// `safety_identifier`, `prediction`) are accepted and ignored.
+fn refuse_unsupported(o: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+    let refuse = |f: &str, why: &str| {
+        Err(ApiError::invalid(
+            f,
+            format!("'{f}' is not supported: {why}"),
+        ))
+    };
+    for (f, why) in [
+        ("audio", "this server answers in text only"),
+        ("functions", "use 'tools'"),
+        ("function_call", "use 'tool_choice'"),
+        ("web_search_options", "this server does not search the web"),
+        (
+            "reasoning_effort",
+            "set 'chat_template_kwargs': {\"enable_thinking\": false} to answer without thinking",
+        ),
+        (
+            "verbosity",
+            "the answer's length is the model's (bound it with 'max_tokens')",
+        ),
+    ] {
+        if field(o, f).is_some() {
+            return refuse(f, why);
+        }
+    }
+    match field(o, "modalities") {
+        None => {}
+        Some(Value::Array(m)) if m.iter().all(|x| x == "text") => {}
+        Some(_) => {
+            return refuse(
+                "modalities",
+                "this server answers in text only (modalities [\"text\"])",
+            )
+        }
+    }
+    if endpoint == Endpoint::Completion {
+        match field(o, "suffix") {
+            None => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(_) => {
+                return refuse(
+                    "suffix",
+                    "the models served here are not asked to fill in the middle",
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Validates a generation body of `endpoint` for `model`: one request per prompt (chat has
 /// one; a completion one per entry of a `prompt` array), in order.
 pub fn parse_generation(
@@ -877,6 +931,7 @@ pub fn parse_generation(
             return Err(ApiError::invalid("model", "'model' must be a string"));
         }
     }
+    refuse_unsupported(o, endpoint)?;
     let stream = boolean(o, "stream")?;
     let include_usage = match field(o, "stream_options") {
         None => false,
