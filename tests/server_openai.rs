@@ -401,3 +401,29 @@ fn echoed_prompt_logprobs_are_the_engines() {
         assert!((got - expected[k - 1][ids[k] as usize]).abs() < 1e-5);
     }
 }
+
+/// A model directory's sha256 (for `system_fingerprint`) is that of its weight files in name
+/// order as one stream; other files do not count.
+#[test]
+fn a_model_directory_is_hashed_by_its_weight_files() {
+    use sha2::{Digest, Sha256};
+    let dir = std::env::temp_dir().join(format!("qwenrt-fp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("b.safetensors"), b"second").unwrap();
+    std::fs::write(dir.join("a.safetensors"), b"first").unwrap();
+    std::fs::write(dir.join("config.json"), b"{}").unwrap();
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let want = hex(&Sha256::digest(b"firstsecond"));
+    assert_eq!(qwenrt::hub::model_sha256(&dir).unwrap(), want);
+    std::fs::write(dir.join("config.json"), b"{\"x\": 1}").unwrap();
+    assert_eq!(qwenrt::hub::model_sha256(&dir).unwrap(), want);
+    std::fs::write(dir.join("a.safetensors"), b"First").unwrap();
+    assert_ne!(qwenrt::hub::model_sha256(&dir).unwrap(), want);
+    // a single file: its own sha256
+    let f = dir.join("b.safetensors");
+    assert_eq!(
+        qwenrt::hub::model_sha256(&f).unwrap(),
+        hex(&Sha256::digest(b"second"))
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
