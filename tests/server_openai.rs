@@ -55,6 +55,14 @@ fn logit_bias_makes_greedy_pick_a_token_and_bans_another() {
         assert_eq!(code, 200, "{v}");
         assert_eq!(v["choices"][0]["text"], json!(other.repeat(4)));
     }
+    // a constraint's ban wins over a bias: +100 on a token JSON cannot start with still
+    // gives an answer that opens an object
+    let body = json!({"prompt": "one two", "temperature": 0, "max_tokens": 4,
+        "response_format": {"type": "json_object"}, "logit_bias": {a.to_string(): 100}});
+    let (code, v) = post(&s, "/v1/completions", &body);
+    assert_eq!(code, 200, "{v}");
+    let t = v["choices"][0]["text"].as_str().unwrap();
+    assert!(t.trim_start().starts_with('{'), "{ta:?} -> {t:?}");
     // out of range, past the vocabulary: 400 naming the field
     for bad in [json!({"5": 150}), json!({"999999": 1}), json!("x")] {
         let body = json!({"prompt": "x", "max_tokens": 1, "logit_bias": bad});
