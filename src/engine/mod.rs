@@ -12,6 +12,8 @@
 //!
 //! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
 //! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
+//! [`Engine::fork`] copies a sequence's cache prefix into another (`n` completions of one
+//! prompt, prefilled once), within the arena.
 //!
 //! A sequence may carry a [`Constraint`] ([`Engine::set_constraint`]): a JSON schema, regex or
 //! grammar that masks its logits before each sample. It only touches sampling, so constrained
