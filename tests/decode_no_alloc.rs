@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::{LogitBias, Sampler, SamplerParams};
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::model::weights::Weights;
@@ -48,6 +48,8 @@ fn decode_loop_allocates_nothing() {
             frequency_penalty: 0.3,
             presence_penalty: 0.2,
             seed: 1234,
+            // a logit bias (a boost and a ban) is applied in the counted steps too
+            logit_bias: LogitBias::new(&[(3, 5.0), (7, -100.0)]).unwrap(),
         };
         let mut sampler = Sampler::new(params).unwrap();
         let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 500) as u32).collect();

@@ -73,7 +73,7 @@ fn bad_requests_get_openai_errors_naming_the_field() {
             "stop",
         ),
         ("/v1/chat/completions", chat(json!({"stop": 3})), "stop"),
-        ("/v1/chat/completions", chat(json!({"n": 2})), "n"),
+        ("/v1/chat/completions", chat(json!({"n": 5})), "n"),
         (
             "/v1/chat/completions",
             chat(json!({"max_tokens": 0})),

@@ -309,6 +309,7 @@ impl SamplingArgs {
             frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
             presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
             seed: self.seed.unwrap_or(d.seed),
+            ..d
         };
         p.validate().map_err(|e| CliError::usage(e.to_string()))?;
         Ok(p)

@@ -134,7 +134,10 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         || "qwenrt".to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
+    // computed once: every response names the runtime and the weights behind it
+    let sha = qwenrt::hub::model_sha256(&dir).map_err(CliError::fail)?;
     let opts = ServerOptions {
+        system_fingerprint: server::system_fingerprint(&sha),
         host: a.host,
         port: a.port,
         parallel: a.parallel,

@@ -308,6 +308,43 @@ impl KvCache {
         self.frontier = 0;
     }
 
+    /// Copies the first `len` positions of the cache stored at `src` into the one stored at
+    /// `dst` (each `[layer, kv_head, position, head_dim]` of the shape's dtype, given as
+    /// bytes), every layer and head; allocates nothing. The caller marks them used with
+    /// [`KvCache::adopt`].
+    pub fn copy_prefix(&self, src: &[u8], dst: &mut [u8], len: usize) -> Result<(), CacheError> {
+        let s = self.shape;
+        let expected = s.elems().unwrap_or(usize::MAX) * s.dtype.size();
+        for found in [src.len(), dst.len()] {
+            if found != expected {
+                return Err(CacheError::Storage { expected, found });
+            }
+        }
+        if len > s.capacity {
+            return Err(CacheError::Full {
+                pos: 0,
+                n: len,
+                capacity: s.capacity,
+            });
+        }
+        let (row, head) = (
+            s.head_dim * s.dtype.size(),
+            s.capacity * s.head_dim * s.dtype.size(),
+        );
+        for lh in 0..s.layers * s.kv_heads {
+            let at = lh * head;
+            dst[at..at + len * row].copy_from_slice(&src[at..at + len * row]);
+        }
+        Ok(())
+    }
+
+    /// Takes `len` positions as committed (copied in by [`KvCache::copy_prefix`]); `len` is
+    /// capped at the capacity.
+    pub fn adopt(&mut self, len: usize) {
+        self.used = len.min(self.shape.capacity);
+        self.frontier = self.used;
+    }
+
     /// Keeps only the first `len` committed positions (e.g. to rewind a chat turn).
     pub fn truncate(&mut self, len: usize) {
         self.used = self.used.min(len);

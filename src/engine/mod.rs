@@ -12,6 +12,8 @@
 //!
 //! Sequences live in slots made at startup: creating, resetting, truncating and releasing one
 //! moves bookkeeping only, so none of it allocates, and neither does a step or a sample.
+//! [`Engine::fork`] copies a sequence's cache prefix into another (`n` completions of one
+//! prompt, prefilled once), within the arena.
 //!
 //! A feed may ask for its sequence's embedding instead of logits ([`Want::Embedding`]): the
 //! final-normed hidden state of its last row (transformers' `last_hidden_state` there), kept
@@ -539,6 +541,44 @@ impl Engine {
         Ok(())
     }
 
+    /// Makes `dst` a copy of the first `len` positions of `src`: their KV cache rows and
+    /// tokens, and, when `len` is all of `src` and its logits are ready, those logits, so `dst`
+    /// can be sampled at once (`n` completions of one prompt, prefilled once). `dst`'s sampler
+    /// and constraint stay as they are (each fork samples with its own). Allocates nothing.
+    /// Refused (nothing changed) if either sequence does not exist, they are the same, or
+    /// `len` is past `src`'s length.
+    pub fn fork(&mut self, src: SeqId, dst: SeqId, len: usize) -> Result<(), EngineError> {
+        let used = self.slot(src)?.kv.used();
+        self.slot(dst)?;
+        if src == dst {
+            return Err(EngineError::DuplicateSequence(src));
+        }
+        if len > used {
+            return Err(EngineError::Option(format!(
+                "cannot fork {len} positions of sequence {src}: it holds {used}"
+            )));
+        }
+        let logits = len == used && self.slots[src.slot()].logits_ready;
+        let (a, b) = (src.slot(), dst.slot());
+        let (v, ctx) = (self.weights.config.vocab_size, self.ctx());
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let kv = &self.slots[a].kv;
+        let bytes = kv.shape().elems().unwrap_or(0) * kv.shape().dtype.size();
+        for region in [bufs.kv_k, bufs.kv_v] {
+            let all: &mut [u8] = bytemuck::cast_slice_mut(region);
+            let (src_bytes, dst_bytes) = two_mut(all, a * bytes, b * bytes, bytes);
+            kv.copy_prefix(src_bytes, dst_bytes, len)?;
+        }
+        bufs.seq_tokens.copy_within(a * ctx..a * ctx + len, b * ctx);
+        if logits {
+            bufs.seq_logits.copy_within(a * v..(a + 1) * v, b * v);
+        }
+        let slot = &mut self.slots[b];
+        slot.kv.adopt(len);
+        slot.logits_ready = logits;
+        Ok(())
+    }
+
     /// The sequence's sampler (to observe prompt tokens for the repetition penalty, or to
     /// change its settings).
     pub fn sampler_mut(&mut self, seq: SeqId) -> Result<&mut Sampler, EngineError> {
@@ -697,6 +737,17 @@ impl Engine {
             });
         }
         Ok(())
+    }
+}
+
+/// Disjoint `n`-element windows of `all` at `a` and `b` (`a != b`, both in range).
+fn two_mut<T>(all: &mut [T], a: usize, b: usize, n: usize) -> (&[T], &mut [T]) {
+    if a < b {
+        let (lo, hi) = all.split_at_mut(b);
+        (&lo[a..a + n], &mut hi[..n])
+    } else {
+        let (lo, hi) = all.split_at_mut(a);
+        (&hi[..n], &mut lo[b..b + n])
     }
 }
 

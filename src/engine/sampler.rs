@@ -1,5 +1,5 @@
-//! Token sampling: repetition penalty, frequency and presence penalties, temperature, top-k,
-//! top-p, min-p, and a seeded RNG.
+//! Token sampling: logit bias, repetition penalty, frequency and presence penalties,
+//! temperature, top-k, top-p, min-p, and a seeded RNG.
 //!
 //! The sampler owns only fixed-size state (parameters, RNG, a ring of recent tokens for the
 //! repetition penalty, a ring of generated tokens for the frequency and presence penalties);
@@ -18,6 +18,83 @@ pub const MAX_COUNTED_TOKENS: usize = 4096;
 
 /// The largest magnitude of `frequency_penalty` and `presence_penalty` (OpenAI's range).
 pub const MAX_ADDITIVE_PENALTY: f32 = 2.0;
+
+/// The most tokens one [`LogitBias`] may name.
+pub const MAX_LOGIT_BIAS: usize = 300;
+
+/// The largest magnitude of a logit bias (OpenAI's range); a bias of `-MAX_BIAS` bans the token.
+pub const MAX_BIAS: f32 = 100.0;
+
+/// OpenAI's `logit_bias`: per token, a value in `[-100, 100]` added to its logit before
+/// anything else in sampling; `-100` bans the token (its logit becomes `-inf`, so no mode can
+/// pick it). A fixed list of at most [`MAX_LOGIT_BIAS`] entries, so that it is `Copy` and
+/// applying it allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogitBias {
+    entries: [(u32, f32); MAX_LOGIT_BIAS],
+    len: usize,
+}
+
+impl Default for LogitBias {
+    fn default() -> Self {
+        LogitBias {
+            entries: [(0, 0.0); MAX_LOGIT_BIAS],
+            len: 0,
+        }
+    }
+}
+
+impl LogitBias {
+    /// A bias of `(token, bias)` pairs (a token named twice gets both); an error names the
+    /// limit or the value out of range. Token ids are not checked here (the sampler skips ids
+    /// past the logits): the caller knows the vocabulary.
+    pub fn new(entries: &[(u32, f32)]) -> Result<LogitBias, SamplerError> {
+        if entries.len() > MAX_LOGIT_BIAS {
+            return Err(SamplerError {
+                name: "logit-bias",
+                why: format!("names {} tokens; at most {MAX_LOGIT_BIAS}", entries.len()),
+            });
+        }
+        let mut b = LogitBias::default();
+        for (i, &(t, x)) in entries.iter().enumerate() {
+            if !(x.is_finite() && x.abs() <= MAX_BIAS) {
+                return Err(SamplerError {
+                    name: "logit-bias",
+                    why: format!(
+                        "of token {t} is {x}; it must be between -{MAX_BIAS} and {MAX_BIAS}"
+                    ),
+                });
+            }
+            b.entries[i] = (t, x);
+        }
+        b.len = entries.len();
+        Ok(b)
+    }
+
+    /// The `(token, bias)` pairs.
+    pub fn entries(&self) -> &[(u32, f32)] {
+        &self.entries[..self.len]
+    }
+
+    /// Whether no token is biased.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds each bias to its token's logit (`-100` sets it to `-inf`); ids past `logits` are
+    /// skipped.
+    pub fn apply(&self, logits: &mut [f32]) {
+        for &(t, x) in self.entries() {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if x <= -MAX_BIAS {
+                    f32::NEG_INFINITY
+                } else {
+                    *l + x
+                };
+            }
+        }
+    }
+}
 
 /// Sampling parameters. `temperature == 0` is greedy.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -42,6 +119,8 @@ pub struct SamplerParams {
     pub presence_penalty: f32,
     /// Seed of the RNG that draws the sample.
     pub seed: u64,
+    /// Added to the logits before anything else (OpenAI's `logit_bias`).
+    pub logit_bias: LogitBias,
 }
 
 impl Default for SamplerParams {
@@ -56,6 +135,7 @@ impl Default for SamplerParams {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             seed: 42,
+            logit_bias: LogitBias::default(),
         }
     }
 }
@@ -69,10 +149,11 @@ impl SamplerParams {
         }
     }
 
-    /// Greedy with no penalty: every token is the argmax of the model's logits, whatever came
-    /// before (what prompt-lookup decoding needs to leave the output unchanged).
+    /// Greedy with no penalty or bias: every token is the argmax of the model's logits,
+    /// whatever came before (what prompt-lookup decoding needs to leave the output unchanged).
     pub fn is_plain_greedy(&self) -> bool {
         self.temperature == 0.0
+            && self.logit_bias.is_empty()
             && self.repeat_penalty == 1.0
             && self.frequency_penalty == 0.0
             && self.presence_penalty == 0.0
@@ -253,7 +334,7 @@ impl Sampler {
     /// Picks the next token from `logits` (modified in place). `probs` and `candidates` are
     /// scratch of at least `logits.len()` entries. Allocates nothing.
     ///
-    /// Penalties come first, in this order: the repetition penalty over the recent tokens
+    /// The logit bias comes first, then the penalties, in this order: the repetition penalty over the recent tokens
     /// (prompt and generated), then OpenAI's additive ones over the generated tokens,
     /// `logit[t] -= count(t) * frequency_penalty + (count(t) > 0) * presence_penalty`, where
     /// `count(t)` is how often `t` is among the last [`MAX_COUNTED_TOKENS`] tokens recorded
@@ -261,6 +342,7 @@ impl Sampler {
     /// top-k, top-p and min-p shape the distribution drawn from.
     pub fn sample(&mut self, logits: &mut [f32], probs: &mut [f32], candidates: &mut [u32]) -> u32 {
         let p = self.params;
+        p.logit_bias.apply(logits);
         if p.repeat_penalty != 1.0 {
             let recent = &self.recent[..self.recent_len];
             for (i, &tok) in recent.iter().enumerate() {

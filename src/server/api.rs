@@ -7,9 +7,12 @@
 use serde_json::{json, Map, Value};
 
 use crate::engine::constraint::{Constraint, Grammars};
-use crate::engine::sampler::{SamplerParams, MAX_ADDITIVE_PENALTY};
+use crate::engine::sampler::{
+    LogitBias, SamplerParams, MAX_ADDITIVE_PENALTY, MAX_BIAS, MAX_LOGIT_BIAS,
+};
 use crate::server::reasoning::ThinkSplitter;
 use crate::server::tools::{self, ToolChoice, Tools};
+use crate::text::chat::END_OF_TEXT;
 use crate::text::template::{ChatTemplate, ToolCallFormat};
 use crate::text::tokenizer::Tokenizer;
 
@@ -77,11 +80,23 @@ pub enum Endpoint {
     Completion,
 }
 
-/// A validated generation request.
+/// A validated generation request: one prompt and its `n` choices (a completion with several
+/// prompts is one of these per prompt).
 #[derive(Debug, Clone)]
 pub struct GenRequest {
     pub prompt: Vec<u32>,
-    /// Tokens to generate at most (already checked to fit the context after the prompt).
+    /// Choices of this prompt, each a fork of the prompt's sequence (1..=`--parallel`).
+    pub n: usize,
+    /// The index of this prompt's first choice in the response (`prompt index * n`).
+    pub index: usize,
+    /// `echo` (completions): the prompt's text comes before each choice's text and, with
+    /// `logprobs`, its tokens' log-probabilities before the generated ones'.
+    pub echo: bool,
+    /// The prompt was empty and starts with the end-of-text token this server put there (as
+    /// OpenAI's models see a document start); echo leaves it out.
+    pub added_start: bool,
+    /// Tokens to generate at most (already checked to fit the context after the prompt); 0
+    /// only on completions (the prompt is scored, nothing generated).
     pub max_tokens: usize,
     pub params: SamplerParams,
     pub stops: Vec<String>,
@@ -129,6 +144,8 @@ pub struct ModelContext<'a> {
     pub ctx: usize,
     /// Rows of the model's logits.
     pub vocab: usize,
+    /// Sequences the engine runs at once (`--parallel`): the most choices `n` may ask for.
+    pub parallel: usize,
     /// Whether chat answers' thinking parts go to `reasoning_content`.
     pub reasoning: bool,
 }
@@ -221,7 +238,11 @@ fn fresh_seed() -> u64 {
 /// [`MAX_COUNTED_TOKENS`](crate::engine::sampler::MAX_COUNTED_TOKENS) of them);
 /// `repetition_penalty` is the sampler's multiplicative penalty over the last 64 tokens,
 /// prompt included.
-fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
+fn sampler_params(
+    o: &Map<String, Value>,
+    tok: &Tokenizer,
+    vocab: usize,
+) -> Result<SamplerParams, ApiError> {
     let temperature = number(o, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = number(o, "top_p", 0.0, 1.0)?.unwrap_or(1.0);
     let top_k = integer(o, "top_k", -1, 1 << 20)?.unwrap_or(0);
@@ -261,10 +282,106 @@ fn sampler_params(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
         frequency_penalty: frequency_penalty as f32,
         presence_penalty: presence_penalty as f32,
         seed,
+        logit_bias: logit_bias(o, tok, vocab)?,
     };
     p.validate()
         .map_err(|e| ApiError::invalid(e.name, e.to_string()))?;
     Ok(p)
+}
+
+/// `logit_bias`: OpenAI's object of token id (a decimal string key) to a bias in -100..=100,
+/// or llama-server's array of `[token, bias]` pairs; as llama-server, a key or token that is
+/// not an id is text whose every token gets the bias, and a bias of `false` bans (-100). At
+/// most [`MAX_LOGIT_BIAS`] tokens in all; every error names `logit_bias`.
+fn logit_bias(
+    o: &Map<String, Value>,
+    tok: &Tokenizer,
+    vocab: usize,
+) -> Result<LogitBias, ApiError> {
+    const P: &str = "logit_bias";
+    let pairs: Vec<(Value, &Value)> = match field(o, P) {
+        None => return Ok(LogitBias::default()),
+        Some(Value::Object(m)) => m
+            .iter()
+            .map(|(k, v)| (Value::from(k.as_str()), v))
+            .collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|e| match e.as_array().map(Vec::as_slice) {
+                Some([t, b]) => Ok((t.clone(), b)),
+                _ => Err(ApiError::invalid(
+                    P,
+                    "an array 'logit_bias' must hold [token, bias] pairs",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(ApiError::invalid(
+                P,
+                "'logit_bias' must be an object of token ids to biases",
+            ))
+        }
+    };
+    let mut out: Vec<(u32, f32)> = Vec::new();
+    for (key, bias) in pairs {
+        let b = match bias {
+            Value::Bool(false) => -MAX_BIAS,
+            v => match v.as_f64() {
+                Some(x) if x.abs() <= f64::from(MAX_BIAS) => x as f32,
+                Some(x) => {
+                    return Err(ApiError::invalid(
+                        P,
+                        format!("'logit_bias' of {key} is {x}; it must be between -100 and 100"),
+                    ))
+                }
+                None => {
+                    return Err(ApiError::invalid(
+                        P,
+                        format!("'logit_bias' of {key} must be a number"),
+                    ))
+                }
+            },
+        };
+        let id = match &key {
+            Value::String(s) => s.trim().parse::<u64>().ok(),
+            v => v.as_u64().or_else(|| {
+                // an integer too large (or negative) for an id: out of range below
+                v.as_i64().map(|_| u64::MAX)
+            }),
+        };
+        match (id, &key) {
+            (Some(t), _) if (t as usize) < vocab && t <= u64::from(u32::MAX) => {
+                out.push((t as u32, b))
+            }
+            (Some(_), _) => {
+                return Err(ApiError::invalid(
+                    P,
+                    format!(
+                        "'logit_bias' names token {key}, out of range for a vocabulary of {vocab}"
+                    ),
+                ))
+            }
+            (None, Value::String(text)) => {
+                let ids = tok.encode(text).map_err(|e| {
+                    ApiError::invalid(P, format!("cannot tokenize 'logit_bias' key {key}: {e}"))
+                })?;
+                out.extend(ids.into_iter().map(|t| (t, b)));
+            }
+            (None, _) => {
+                return Err(ApiError::invalid(
+                    P,
+                    format!("'logit_bias' key {key} is neither a token id nor text"),
+                ))
+            }
+        }
+        if out.len() > MAX_LOGIT_BIAS {
+            return Err(ApiError::invalid(
+                P,
+                format!("'logit_bias' names more than {MAX_LOGIT_BIAS} tokens (the most one request may bias)"),
+            ));
+        }
+    }
+    LogitBias::new(&out).map_err(|e| ApiError::invalid(P, format!("'logit_bias' {}", e.why)))
 }
 
 fn stops(o: &Map<String, Value>) -> Result<Vec<String>, ApiError> {
@@ -564,31 +681,42 @@ pub fn response_format(o: &Map<String, Value>) -> Result<ResponseFormat, ApiErro
     }
 }
 
-/// The prompt of a completion: a string, an array of one string, or an array of token ids.
-fn completion_prompt(
+/// The prompts of a completion, each its own choice(s) in order: `prompt` as a string, an
+/// array of token ids, or an array whose entries are strings or arrays of token ids (one
+/// prompt each, as OpenAI takes them). An empty string is an empty prompt (see
+/// [`parse_generation`]); an empty array is refused.
+fn completion_prompts(
     o: &Map<String, Value>,
     tok: &Tokenizer,
     vocab: usize,
-) -> Result<Vec<u32>, ApiError> {
+) -> Result<Vec<Vec<u32>>, ApiError> {
     let bad = || {
         ApiError::invalid(
             "prompt",
-            "'prompt' must be a string, an array of one string, or an array of token ids",
+            "'prompt' must be a string, an array of token ids, or an array of strings and token-id arrays",
         )
     };
     match field(o, "prompt") {
         None => Err(ApiError::invalid("prompt", "'prompt' is required")),
-        Some(Value::String(s)) => encode(tok, s),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            encode(tok, a[0].as_str().unwrap_or_default())
+        Some(Value::String(s)) => Ok(vec![encode(tok, s)?]),
+        Some(Value::Array(a)) if a.is_empty() => Err(ApiError::invalid(
+            "prompt",
+            "'prompt' is an empty array; give a string or at least one prompt",
+        )),
+        Some(Value::Array(a)) if a.iter().all(|v| v.is_number()) => {
+            Ok(vec![token_ids(a, "prompt", vocab)?])
         }
-        Some(Value::Array(a)) => token_ids(a, "prompt", vocab).map_err(|e| {
-            if a.iter().any(|v| !v.is_u64()) {
-                bad()
-            } else {
-                e
-            }
-        }),
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => encode(tok, s),
+                Value::Array(ids) if ids.iter().all(|v| v.is_number()) => {
+                    token_ids(ids, &format!("prompt[{i}]"), vocab)
+                }
+                _ => Err(bad()),
+            })
+            .collect(),
         Some(_) => Err(bad()),
     }
 }
@@ -736,19 +864,74 @@ fn guide(
     })
 }
 
-/// Validates a generation body of `endpoint` for a context of `ctx` and a model vocabulary of
-/// `vocab`.
+/// OpenAI request fields that would change the answer and that this server does not do: each
+/// is refused with a 400 naming it (never silently ignored), with why. Fields that change
+/// nothing here (`user`, `metadata`, `store`, `service_tier`, `prompt_cache_key`,
+/// `safety_identifier`, `prediction`) are accepted and ignored.
+fn refuse_unsupported(o: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+    let refuse = |f: &str, why: &str| {
+        Err(ApiError::invalid(
+            f,
+            format!("'{f}' is not supported: {why}"),
+        ))
+    };
+    for (f, why) in [
+        ("audio", "this server answers in text only"),
+        ("functions", "use 'tools'"),
+        ("function_call", "use 'tool_choice'"),
+        ("web_search_options", "this server does not search the web"),
+        (
+            "reasoning_effort",
+            "set 'chat_template_kwargs': {\"enable_thinking\": false} to answer without thinking",
+        ),
+        (
+            "verbosity",
+            "the answer's length is the model's (bound it with 'max_tokens')",
+        ),
+    ] {
+        if field(o, f).is_some() {
+            return refuse(f, why);
+        }
+    }
+    match field(o, "modalities") {
+        None => {}
+        Some(Value::Array(m)) if m.iter().all(|x| x == "text") => {}
+        Some(_) => {
+            return refuse(
+                "modalities",
+                "this server answers in text only (modalities [\"text\"])",
+            )
+        }
+    }
+    if endpoint == Endpoint::Completion {
+        match field(o, "suffix") {
+            None => {}
+            Some(Value::String(s)) if s.is_empty() => {}
+            Some(_) => {
+                return refuse(
+                    "suffix",
+                    "the models served here are not asked to fill in the middle",
+                )
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates a generation body of `endpoint` for `model`: one request per prompt (chat has
+/// one; a completion one per entry of a `prompt` array), in order.
 pub fn parse_generation(
     o: &Map<String, Value>,
     endpoint: Endpoint,
     model: &ModelContext<'_>,
-) -> Result<GenRequest, ApiError> {
+) -> Result<Vec<GenRequest>, ApiError> {
     let (tok, ctx, vocab) = (model.tokenizer, model.ctx, model.vocab);
     if let Some(m) = field(o, "model") {
         if !m.is_string() {
             return Err(ApiError::invalid("model", "'model' must be a string"));
         }
     }
+    refuse_unsupported(o, endpoint)?;
     let stream = boolean(o, "stream")?;
     let include_usage = match field(o, "stream_options") {
         None => false,
@@ -765,15 +948,35 @@ pub fn parse_generation(
             ))
         }
     };
-    if let Some(n) = integer(o, "n", i64::MIN, i64::MAX)? {
-        if n != 1 {
+    let n = match integer(o, "n", i64::MIN, i64::MAX)? {
+        None => 1,
+        Some(n) if n < 1 => {
             return Err(ApiError::invalid(
                 "n",
-                format!("'n' is {n}; only n = 1 is supported"),
+                format!("'n' is {n}; it must be at least 1"),
+            ))
+        }
+        Some(n) if n as u64 > model.parallel as u64 => {
+            return Err(ApiError::invalid(
+                "n",
+                format!(
+                    "'n' is {n}; this server generates at most {} sequences at once (--parallel)",
+                    model.parallel
+                ),
+            ))
+        }
+        Some(n) => n as usize,
+    };
+    // best_of picks the best of several by log-probability: not done here
+    if let Some(b) = integer(o, "best_of", i64::MIN, i64::MAX)? {
+        if b as u64 != n as u64 {
+            return Err(ApiError::invalid(
+                "best_of",
+                format!("'best_of' is {b}; only best_of equal to n ({n}) is supported"),
             ));
         }
     }
-    let params = sampler_params(o)?;
+    let params = sampler_params(o, tok, vocab)?;
     let stops = stops(o)?;
     let logprobs = match endpoint {
         Endpoint::Chat => {
@@ -793,13 +996,25 @@ pub fn parse_generation(
             integer(o, "logprobs", 0, MAX_TOP_LOGPROBS as i64)?.map(|k| k as usize)
         }
     };
-    let max_tokens = match integer(o, "max_completion_tokens", 1, i64::MAX)? {
-        Some(m) => Some((m, "max_completion_tokens")),
-        None => integer(o, "max_tokens", 1, i64::MAX)?.map(|m| (m, "max_tokens")),
+    // 0 scores a completion's prompt without generating (with echo and logprobs)
+    let least = match endpoint {
+        Endpoint::Chat => 1,
+        Endpoint::Completion => 0,
     };
+    let max_tokens = match integer(o, "max_completion_tokens", least, i64::MAX)? {
+        Some(m) => Some((m, "max_completion_tokens")),
+        None => integer(o, "max_tokens", least, i64::MAX)?.map(|m| (m, "max_tokens")),
+    };
+    let echo = boolean(o, "echo")?;
+    if echo && endpoint == Endpoint::Chat {
+        return Err(ApiError::invalid(
+            "echo",
+            "'echo' is a /v1/completions field; chat does not take it",
+        ));
+    }
     let format = response_format(o)?;
     let mut thinking = None;
-    let (prompt, tools) = match endpoint {
+    let (prompts, tools) = match endpoint {
         Endpoint::Chat => {
             // the tools are read (and their schemas checked) once, for the prompt and the guide
             let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
@@ -812,7 +1027,7 @@ pub fn parse_generation(
                 param: Some("messages".into()),
                 ..e
             })?;
-            (ids, tools)
+            (vec![ids], tools)
         }
         Endpoint::Completion => {
             for f in ["tools", "tool_choice"] {
@@ -823,16 +1038,58 @@ pub fn parse_generation(
                     ));
                 }
             }
-            (completion_prompt(o, tok, vocab)?, None)
+            (completion_prompts(o, tok, vocab)?, None)
         }
     };
-    if prompt.is_empty() {
-        return Err(ApiError::invalid("prompt", "the prompt has no tokens"));
+    let guide = guide(format, tools, model.grammars)?;
+    let mut reqs = Vec::with_capacity(prompts.len());
+    for (i, mut prompt) in prompts.into_iter().enumerate() {
+        // an empty prompt starts a document, as OpenAI's completions do: the end-of-text token
+        let added_start = prompt.is_empty();
+        if added_start {
+            let start = tok.token_id(END_OF_TEXT).ok_or_else(|| {
+                ApiError::invalid(
+                    "prompt",
+                    "the prompt is empty and this tokenizer has no end-of-text token to start one",
+                )
+            })?;
+            prompt.push(start);
+        }
+        let max_tokens = fit(endpoint, &prompt, max_tokens, ctx)?;
+        reqs.push(GenRequest {
+            prompt,
+            n,
+            index: i * n,
+            echo,
+            added_start,
+            max_tokens,
+            params,
+            stops: stops.clone(),
+            logprobs,
+            stream,
+            include_usage,
+            guide: guide.clone(),
+            thinking,
+        });
     }
+    Ok(reqs)
+}
+
+/// The most tokens to generate after `prompt`: `max_tokens` (name and value) if given, else all
+/// the context has left; a 400 when the prompt leaves no room (`max_tokens: 0` needs none).
+fn fit(
+    endpoint: Endpoint,
+    prompt: &[u32],
+    max_tokens: Option<(i64, &str)>,
+    ctx: usize,
+) -> Result<usize, ApiError> {
     let (param, what) = match endpoint {
         Endpoint::Chat => ("messages", "messages"),
         Endpoint::Completion => ("prompt", "prompt"),
     };
+    if max_tokens.is_some_and(|(m, _)| m == 0) && prompt.len() <= ctx {
+        return Ok(0);
+    }
     if prompt.len() >= ctx {
         return Err(ApiError::invalid(
             param,
@@ -859,23 +1116,71 @@ pub fn parse_generation(
         }
         Some((m, _)) => m as usize,
     };
-    let guide = guide(format, tools, model.grammars)?;
-    Ok(GenRequest {
-        prompt,
-        max_tokens,
-        params,
-        stops,
-        logprobs,
-        stream,
-        include_usage,
-        guide,
-        thinking,
-    })
+    Ok(max_tokens)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn tokenizer() -> Tokenizer {
+        Tokenizer::from_file(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json"
+        )))
+        .unwrap()
+    }
+
+    fn sampler_params_t(o: &Map<String, Value>) -> Result<SamplerParams, ApiError> {
+        sampler_params(o, &tokenizer(), 1000)
+    }
+
+    #[test]
+    fn logit_bias_forms_are_read_and_bad_ones_named() {
+        let o = |v: Value| v.as_object().unwrap().clone();
+        let tok = tokenizer();
+        let lb = |v: Value| logit_bias(&o(json!({ "logit_bias": v })), &tok, 1000);
+        assert_eq!(
+            lb(json!({"5": 10, "7": -100})).unwrap().entries(),
+            &[(5, 10.0), (7, -100.0)]
+        );
+        // llama-server's pairs, `false` as a ban
+        assert_eq!(
+            lb(json!([[5, 2.5], [9, false]])).unwrap().entries(),
+            &[(5, 2.5), (9, -100.0)]
+        );
+        // text: every token of it
+        let ids = tok.encode(" hello world").unwrap();
+        let got: Vec<u32> = lb(json!({" hello world": -1}))
+            .unwrap()
+            .entries()
+            .iter()
+            .map(|e| e.0)
+            .collect();
+        assert_eq!(got, ids);
+        for (bad, what) in [
+            (json!({"5": 101}), "between -100 and 100"),
+            (json!({"1000": 1}), "out of range"),
+            (json!([[1000, 1]]), "out of range"),
+            (json!([[-1, 1]]), "out of range"),
+            (json!({"5": "x"}), "must be a number"),
+            (json!([5]), "pairs"),
+            (json!("x"), "must be an object"),
+        ] {
+            let e = lb(bad.clone()).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("logit_bias"), "{bad}");
+            assert!(e.message.contains(what), "{bad}: {}", e.message);
+        }
+        let many: Map<String, Value> = (0..=MAX_LOGIT_BIAS)
+            .map(|t| (t.to_string(), json!(1)))
+            .collect();
+        let e = lb(Value::Object(many)).unwrap_err();
+        assert!(
+            e.message.contains(&MAX_LOGIT_BIAS.to_string()),
+            "{}",
+            e.message
+        );
+    }
 
     #[test]
     fn messages_are_put_in_the_shape_templates_read() {
@@ -957,31 +1262,31 @@ mod tests {
     fn sampling_fields_are_range_checked() {
         let o = |v: Value| v.as_object().unwrap().clone();
         assert_eq!(
-            sampler_params(&o(json!({"temperature": 2.5})))
+            sampler_params_t(&o(json!({"temperature": 2.5})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("temperature")
         );
         assert_eq!(
-            sampler_params(&o(json!({"top_p": "x"})))
+            sampler_params_t(&o(json!({"top_p": "x"})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("top_p")
         );
         assert_eq!(
-            sampler_params(&o(json!({"presence_penalty": -3})))
+            sampler_params_t(&o(json!({"presence_penalty": -3})))
                 .unwrap_err()
                 .param
                 .as_deref(),
             Some("presence_penalty")
         );
-        let p = sampler_params(&o(json!({"temperature": 0, "top_p": 0, "seed": 7}))).unwrap();
+        let p = sampler_params_t(&o(json!({"temperature": 0, "top_p": 0, "seed": 7}))).unwrap();
         assert_eq!((p.temperature, p.top_k, p.top_p, p.seed), (0.0, 1, 1.0, 7));
         assert_eq!((p.frequency_penalty, p.presence_penalty), (0.0, 0.0));
         assert!(p.validate().is_ok());
-        let p = sampler_params(&o(
+        let p = sampler_params_t(&o(
             json!({"frequency_penalty": 0.5, "presence_penalty": -2}),
         ))
         .unwrap();

@@ -23,14 +23,12 @@
 //! `pooling_mode_lasttoken`); off, the route answers 501 naming `--embeddings`, as
 //! llama-server does.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -344,36 +342,14 @@ fn submit(
     inputs: Vec<Vec<u32>>,
     reply: tokio::sync::oneshot::Sender<crate::server::scheduler::EmbedReply>,
 ) -> Result<(), Response> {
-    let busy = |why: &str| {
-        let mut r = ApiError::new(503, "server_error", why)
-            .code("overloaded")
-            .into_response();
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        r
-    };
-    if app.draining.load(Ordering::Acquire) {
-        return Err(busy("the server is shutting down"));
-    }
-    if app.shared.inflight.fetch_add(1, Ordering::AcqRel) >= app.limit {
-        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
-        app.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-        return Err(busy(
-            "the server is busy: the request queue is full, retry later",
-        ));
-    }
-    let arrived = Instant::now();
-    let job = EmbedJob {
-        inputs,
-        reply,
-        arrived,
-        deadline: app.request_timeout.map(|t| arrived + t),
-    };
-    if app.tx.send(Msg::Embed(Box::new(job))).is_err() {
-        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
-        return Err(busy("the engine has stopped"));
-    }
-    Ok(())
+    http::admit(app, 1, |arrived, deadline| {
+        vec![Msg::Embed(Box::new(EmbedJob {
+            inputs,
+            reply,
+            arrived,
+            deadline,
+        }))]
+    })
 }
 
 #[cfg(test)]

@@ -45,6 +45,10 @@ pub struct AppInner {
     /// The width of the embeddings `/v1/embeddings` serves (the hidden size); `None`: that
     /// route is off (501).
     pub embedding_width: Option<usize>,
+    /// `system_fingerprint` of every response: the qwenrt version and the model's sha256.
+    pub fingerprint: String,
+    /// Sequences the engine runs at once (`--parallel`).
+    pub parallel: usize,
     pub api_key: Option<String>,
     /// Browser origins allowed to call the API (`--cors-origin`; `*` for any); empty: no CORS.
     pub cors_origins: Vec<String>,
@@ -250,6 +254,7 @@ impl AppInner {
             grammars: &self.grammars,
             ctx: self.ctx,
             vocab: self.vocab,
+            parallel: self.parallel,
             reasoning: self.reasoning,
         }
     }
@@ -265,7 +270,7 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
         Err(e) => return e.into_response(),
     };
     // rendering and compiling a schema may take milliseconds: off the async workers
-    let req = {
+    let reqs = {
         let app = app.clone();
         match tokio::task::spawn_blocking(move || api::parse_generation(&o, endpoint, &app.model()))
             .await
@@ -277,14 +282,50 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
             }
         }
     };
-    let parser = req
-        .guide
-        .tools
-        .as_ref()
-        .map(|(t, syntax)| CallParser::new(*syntax, Some(t), rand_id()));
-    let think = req.thinking.map(ThinkSplitter::new);
-    let (stream_it, include_usage) = (req.stream, req.include_usage);
-    let events = match submit(&app, req) {
+    if reqs.len() > app.limit {
+        return ApiError::invalid(
+            "prompt",
+            format!(
+                "'prompt' holds {} prompts; this server takes at most {} at once (--parallel plus --max-queue)",
+                reqs.len(),
+                app.limit
+            ),
+        )
+        .into_response();
+    }
+    let first = &reqs[0];
+    let n = first.n;
+    let (stream_it, include_usage) = (first.stream, first.include_usage);
+    // every choice gets its own splitters and tool-call parser
+    let choices: Vec<Choice> = (0..reqs.len() * n)
+        .map(|_| Choice {
+            think: first.thinking.map(ThinkSplitter::new),
+            parser: first
+                .guide
+                .tools
+                .as_ref()
+                .map(|(t, syntax)| CallParser::new(*syntax, Some(t), rand_id())),
+            ..Choice::default()
+        })
+        .collect();
+    let prompts: Vec<PromptOut> = reqs
+        .iter()
+        .map(|r| {
+            let shown = &r.prompt[usize::from(r.added_start)..];
+            PromptOut {
+                tokens: r.prompt.len(),
+                text: if r.echo {
+                    app.tokenizer.decode(shown).unwrap_or_default()
+                } else {
+                    String::new()
+                },
+                shown: if r.echo { shown.to_vec() } else { Vec::new() },
+                start: usize::from(r.added_start),
+                logprobs: None,
+            }
+        })
+        .collect();
+    let events = match submit(&app, reqs) {
         Ok(rx) => rx,
         Err(r) => return r,
     };
@@ -297,23 +338,56 @@ async fn generate(app: App, endpoint: Endpoint, body: Result<Bytes, BytesRejecti
         },
         rand_id()
     );
-    let meta = Meta {
-        id,
-        created: unix_now(),
-        model: app.model_id.clone(),
-        endpoint,
-        include_usage,
+    let out = Out {
+        meta: Meta {
+            id,
+            created: unix_now(),
+            model: app.model_id.clone(),
+            fingerprint: app.fingerprint.clone(),
+            endpoint,
+            include_usage,
+        },
+        tokenizer: app.tokenizer.clone(),
+        n,
+        prompts,
+        choices,
     };
     if stream_it {
-        stream(meta, events, think, parser).into_response()
+        stream(out, events).into_response()
     } else {
-        collect(meta, events, think, parser).await
+        collect(out, events).await
     }
 }
 
-/// Admits a job (503 with Retry-After past the queue) and hands it to the engine thread.
+/// Admits the jobs of one request, all or none (503 with Retry-After past the queue), and
+/// hands them to the engine thread; their events come back on one channel.
 #[allow(clippy::result_large_err)]
-fn submit(app: &AppInner, req: GenRequest) -> Result<UnboundedReceiver<Event>, Response> {
+fn submit(app: &AppInner, reqs: Vec<GenRequest>) -> Result<UnboundedReceiver<Event>, Response> {
+    let (tx, rx) = unbounded_channel();
+    admit(app, reqs.len(), |arrived, deadline| {
+        reqs.into_iter()
+            .map(|req| {
+                Msg::Job(Box::new(Job {
+                    req,
+                    events: tx.clone(),
+                    arrived,
+                    deadline,
+                }))
+            })
+            .collect()
+    })?;
+    Ok(rx)
+}
+
+/// Admits a request that holds `k` places in the queue, all or none: 503 with Retry-After
+/// while draining or past the queue; else `make(arrived, deadline)` builds its `k` messages,
+/// which go to the engine thread (each counts one place until the engine finishes it).
+#[allow(clippy::result_large_err)]
+pub(super) fn admit(
+    app: &AppInner,
+    k: usize,
+    make: impl FnOnce(Instant, Option<Instant>) -> Vec<Msg>,
+) -> Result<(), Response> {
     let busy = |why: &str, code: &'static str| {
         let mut r = ApiError::new(503, "server_error", why)
             .code(code)
@@ -328,27 +402,25 @@ fn submit(app: &AppInner, req: GenRequest) -> Result<UnboundedReceiver<Event>, R
             "shutting_down",
         ));
     }
-    if app.shared.inflight.fetch_add(1, Ordering::AcqRel) >= app.limit {
-        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
+    if app.shared.inflight.fetch_add(k, Ordering::AcqRel) + k > app.limit {
+        app.shared.inflight.fetch_sub(k, Ordering::AcqRel);
         app.shared.metrics.rejected.fetch_add(1, Ordering::Relaxed);
         return Err(busy(
             "the server is busy: the request queue is full, retry later",
             "overloaded",
         ));
     }
-    let (tx, rx) = unbounded_channel();
     let arrived = Instant::now();
-    let job = Job {
-        req,
-        events: tx,
-        arrived,
-        deadline: app.request_timeout.map(|t| arrived + t),
-    };
-    if app.tx.send(Msg::Job(Box::new(job))).is_err() {
-        app.shared.inflight.fetch_sub(1, Ordering::AcqRel);
-        return Err(busy("the engine has stopped", "overloaded"));
+    let msgs = make(arrived, app.request_timeout.map(|t| arrived + t));
+    debug_assert_eq!(msgs.len(), k, "one message per place");
+    for (i, msg) in msgs.into_iter().enumerate() {
+        if app.tx.send(msg).is_err() {
+            // the places not sent were never the engine's to count down
+            app.shared.inflight.fetch_sub(k - i, Ordering::AcqRel);
+            return Err(busy("the engine has stopped", "overloaded"));
+        }
     }
-    Ok(rx)
+    Ok(())
 }
 
 fn rand_id() -> u64 {
@@ -367,17 +439,95 @@ struct Meta {
     id: String,
     created: u64,
     model: String,
+    fingerprint: String,
     endpoint: Endpoint,
     include_usage: bool,
 }
 
-fn usage(f: &Finish) -> Value {
-    json!({
-        "prompt_tokens": f.prompt_tokens,
-        "completion_tokens": f.completion_tokens,
-        "total_tokens": f.prompt_tokens + f.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": f.cached_tokens},
-    })
+/// One prompt of a request, as its choices show it.
+struct PromptOut {
+    /// Tokens fed (counted once in `usage.prompt_tokens`, whatever `n`).
+    tokens: usize,
+    /// Its text (`echo`; empty otherwise).
+    text: String,
+    /// Its tokens as echoed (without a start token the server added).
+    shown: Vec<u32>,
+    /// Tokens of the fed prompt before `shown` (1 when the server added a start token).
+    start: usize,
+    /// Its tokens' log-probabilities (echo with logprobs), once the engine sent them.
+    logprobs: Option<Vec<Option<TokenLogprob>>>,
+}
+
+/// One choice of a response.
+#[derive(Default)]
+struct Choice {
+    /// Splits a thinking model's answer into reasoning and content.
+    think: Option<ThinkSplitter>,
+    /// Splits a chat answer into content and tool calls (requests with tools).
+    parser: Option<CallParser>,
+    /// The text so far (a collected response).
+    text: String,
+    /// The generated tokens' log-probabilities (a collected response).
+    lps: Vec<TokenLogprob>,
+    want_lps: bool,
+    finish: Option<Finish>,
+    /// Bytes of text before the next token (completions' `text_offset`).
+    offset: usize,
+}
+
+/// What one response is made of: its metadata, its prompts and its choices
+/// (`index = prompt * n + j`).
+struct Out {
+    meta: Meta,
+    tokenizer: Arc<Tokenizer>,
+    n: usize,
+    prompts: Vec<PromptOut>,
+    choices: Vec<Choice>,
+}
+
+impl Out {
+    /// OpenAI's usage: each prompt counted once, the completion tokens of every choice.
+    fn usage(&self) -> Value {
+        let prompt: usize = self.prompts.iter().map(|p| p.tokens).sum();
+        let (mut completion, mut cached) = (0, 0);
+        for f in self.choices.iter().filter_map(|c| c.finish.as_ref()) {
+            completion += f.completion_tokens;
+            cached += f.cached_tokens;
+        }
+        json!({
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        })
+    }
+
+    fn done(&self) -> bool {
+        self.choices.iter().all(|c| c.finish.is_some())
+    }
+
+    /// A prompt's echoed tokens as completion log-probability entries (the first has none).
+    fn prompt_entries(&self, p: usize) -> Vec<LpEntry> {
+        let prompt = &self.prompts[p];
+        let Some(lps) = prompt.logprobs.as_ref() else {
+            return Vec::new();
+        };
+        prompt
+            .shown
+            .iter()
+            .enumerate()
+            .map(
+                |(k, &id)| match lps.get(prompt.start + k).and_then(Option::as_ref) {
+                    Some(l) => LpEntry::of(l),
+                    None => LpEntry {
+                        token: String::from_utf8_lossy(self.tokenizer.token_bytes(id)).into_owned(),
+                        logprob: Value::Null,
+                        top: Value::Null,
+                    },
+                },
+            )
+            .collect()
+    }
 }
 
 fn alt_json(a: &crate::server::scheduler::Alt) -> Value {
@@ -397,23 +547,41 @@ fn chat_logprobs(lps: &[TokenLogprob]) -> Value {
     json!({ "content": content })
 }
 
-/// Completion logprobs (the legacy parallel arrays) of `lps`, offsets from `offset`.
-fn completion_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
-    let mut tokens = Vec::new();
-    let mut token_logprobs = Vec::new();
-    let mut top = Vec::new();
-    let mut offsets = Vec::new();
-    for l in lps {
-        tokens.push(Value::from(l.chosen.token.clone()));
-        token_logprobs.push(Value::from(l.chosen.logprob));
+/// One token of completion logprobs: its text, log-probability and top alternatives (`null`
+/// for a prompt's first token).
+struct LpEntry {
+    token: String,
+    logprob: Value,
+    top: Value,
+}
+
+impl LpEntry {
+    fn of(l: &TokenLogprob) -> LpEntry {
         let m: serde_json::Map<String, Value> = l
             .top
             .iter()
             .map(|a| (a.token.clone(), Value::from(a.logprob)))
             .collect();
-        top.push(Value::Object(m));
+        LpEntry {
+            token: l.chosen.token.clone(),
+            logprob: Value::from(l.chosen.logprob),
+            top: Value::Object(m),
+        }
+    }
+}
+
+/// Completion logprobs (the legacy parallel arrays) of `entries`, offsets from `offset`.
+fn completion_logprobs(entries: impl IntoIterator<Item = LpEntry>, mut offset: usize) -> Value {
+    let mut tokens = Vec::new();
+    let mut token_logprobs = Vec::new();
+    let mut top = Vec::new();
+    let mut offsets = Vec::new();
+    for l in entries {
         offsets.push(Value::from(offset));
-        offset += l.chosen.token.len();
+        offset += l.token.len();
+        tokens.push(Value::from(l.token));
+        token_logprobs.push(l.logprob);
+        top.push(l.top);
     }
     json!({"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets})
 }
@@ -440,55 +608,98 @@ fn finish_reason(reason: &'static str, calls: usize) -> &'static str {
     }
 }
 
-async fn collect(
-    meta: Meta,
-    mut events: UnboundedReceiver<Event>,
-    think: Option<ThinkSplitter>,
-    mut parser: Option<CallParser>,
-) -> Response {
-    let mut text = String::new();
-    let mut lps: Vec<TokenLogprob> = Vec::new();
-    let mut want_lps = false;
-    let finish = loop {
+async fn collect(mut out: Out, mut events: UnboundedReceiver<Event>) -> Response {
+    while !out.done() {
         match events.recv().await {
-            Some(Event::Token { text: t, logprob }) => {
-                text.push_str(&t);
+            Some(Event::Token {
+                choice,
+                text,
+                logprob,
+            }) => {
+                let c = &mut out.choices[choice];
+                c.text.push_str(&text);
                 if let Some(l) = logprob {
-                    want_lps = true;
-                    lps.push(l);
+                    c.want_lps = true;
+                    c.lps.push(l);
                 }
             }
-            Some(Event::Text(t)) => text.push_str(&t),
-            Some(Event::Done(f)) => break f,
+            Some(Event::Text { choice, text }) => out.choices[choice].text.push_str(&text),
+            Some(Event::Prompt { index, logprobs }) => {
+                out.prompts[index / out.n].logprobs = logprobs;
+            }
+            Some(Event::Done(f)) => out.choices[f.choice].finish = Some(f),
             Some(Event::Error(e)) => return e.into_response(),
             None => {
                 return ApiError::new(500, "server_error", "the engine stopped").into_response()
             }
         }
+    }
+    let usage = out.usage();
+    let mut all = std::mem::take(&mut out.choices);
+    let mut choices = Vec::with_capacity(all.len());
+    for (index, c) in all.iter_mut().enumerate() {
+        let finish = c.finish.expect("every choice finished");
+        let v = match out.meta.endpoint {
+            Endpoint::Chat => chat_choice(index, c, finish),
+            Endpoint::Completion => {
+                let p = index / out.n;
+                let prompt = &out.prompts[p];
+                let echoed = prompt.logprobs.is_some();
+                let logprobs = if c.want_lps || echoed {
+                    let mut entries = out.prompt_entries(p);
+                    entries.extend(c.lps.iter().map(LpEntry::of));
+                    completion_logprobs(entries, 0)
+                } else {
+                    Value::Null
+                };
+                json!({
+                    "index": index,
+                    "text": format!("{}{}", prompt.text, c.text),
+                    "logprobs": logprobs,
+                    "finish_reason": finish.reason,
+                })
+            }
+        };
+        choices.push(v);
+    }
+    let object = match out.meta.endpoint {
+        Endpoint::Chat => "chat.completion",
+        Endpoint::Completion => "text_completion",
     };
-    // the same splitters as a stream uses, so both give the same parts
+    let body = json!({
+        "id": out.meta.id, "object": object, "created": out.meta.created,
+        "model": out.meta.model, "system_fingerprint": out.meta.fingerprint,
+        "choices": choices,
+        "usage": usage,
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+/// A collected chat choice: the same splitters and parser as a stream uses, so both give the
+/// same parts and calls.
+fn chat_choice(index: usize, c: &mut Choice, finish: Finish) -> Value {
+    let mut text = std::mem::take(&mut c.text);
     let mut reasoning = None;
-    if let Some(mut t) = think {
+    if let Some(t) = c.think.as_mut() {
         let mut pieces = Vec::new();
         t.push(&text, &mut pieces);
         t.finish(&mut pieces);
-        let (mut r, mut c) = (String::new(), String::new());
+        let (mut r, mut content) = (String::new(), String::new());
         for p in pieces {
             match p {
                 Piece::Reasoning(x) => r.push_str(&x),
-                Piece::Content(x) => c.push_str(&x),
+                Piece::Content(x) => content.push_str(&x),
             }
         }
         reasoning = Some(r);
-        text = c;
+        text = content;
     }
     let mut message = json!({"role": "assistant", "content": text});
     if let Some(r) = reasoning.filter(|r| !r.is_empty()) {
         message["reasoning_content"] = Value::from(r);
     }
     let mut reason = finish.reason;
-    if let Some(p) = parser.as_mut() {
-        // the same parser as a stream uses, so both give the same calls
+    if let Some(p) = c.parser.as_mut() {
         let mut out = Vec::new();
         p.push(&text, &mut out);
         p.finish(&mut out);
@@ -509,81 +720,79 @@ async fn collect(
         }
         reason = finish_reason(reason, p.calls().len());
     }
-    let body = match meta.endpoint {
-        Endpoint::Chat => json!({
-            "id": meta.id, "object": "chat.completion", "created": meta.created,
-            "model": meta.model,
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": if want_lps { chat_logprobs(&lps) } else { Value::Null },
-                "finish_reason": reason,
-            }],
-            "usage": usage(&finish),
-        }),
-        Endpoint::Completion => json!({
-            "id": meta.id, "object": "text_completion", "created": meta.created,
-            "model": meta.model,
-            "choices": [{
-                "index": 0, "text": text,
-                "logprobs": if want_lps { completion_logprobs(&lps, 0) } else { Value::Null },
-                "finish_reason": finish.reason,
-            }],
-            "usage": usage(&finish),
-        }),
-    };
-    json_response(StatusCode::OK, &body)
+    json!({
+        "index": index,
+        "message": message,
+        "logprobs": if c.want_lps { chat_logprobs(&c.lps) } else { Value::Null },
+        "finish_reason": reason,
+    })
 }
 
 /// The state of one SSE stream.
 struct Streamer {
-    meta: Meta,
+    out: Out,
     events: UnboundedReceiver<Event>,
-    out: VecDeque<String>,
+    lines: VecDeque<String>,
     ended: bool,
-    offset: usize,
-    /// Splits a chat answer into content and tool-call deltas (requests with tools).
-    parser: Option<CallParser>,
-    /// Scratch for the parser's events.
+    /// Scratch for a parser's events.
     parsed: Vec<CallEvent>,
-    /// Splits a thinking model's answer into reasoning and content.
-    think: Option<ThinkSplitter>,
-    /// Scratch for the splitter's pieces.
+    /// Scratch for a splitter's pieces.
     pieces: Vec<Piece>,
 }
 
 impl Streamer {
-    /// A chunk with `delta` (chat) or `text` (completions).
-    fn chunk(&self, delta: Value, lp: Option<&TokenLogprob>, finish: Option<&str>) -> String {
-        let mut v = match self.meta.endpoint {
+    /// A chunk of choice `index` with `delta` (chat) or its `content` as `text` (completions);
+    /// `logprobs` already in the endpoint's shape.
+    fn chunk(&self, index: usize, delta: Value, logprobs: Value, finish: Option<&str>) -> String {
+        let meta = &self.out.meta;
+        let mut v = match meta.endpoint {
             Endpoint::Chat => json!({
-                "id": self.meta.id, "object": "chat.completion.chunk",
-                "created": self.meta.created, "model": self.meta.model,
-                "choices": [{"index": 0, "delta": delta,
-                    "logprobs": lp.map_or(Value::Null, |l| chat_logprobs(std::slice::from_ref(l))),
-                    "finish_reason": finish}],
+                "id": meta.id, "object": "chat.completion.chunk",
+                "created": meta.created, "model": meta.model,
+                "system_fingerprint": meta.fingerprint,
+                "choices": [{"index": index, "delta": delta,
+                    "logprobs": logprobs, "finish_reason": finish}],
             }),
             Endpoint::Completion => json!({
-                "id": self.meta.id, "object": "text_completion",
-                "created": self.meta.created, "model": self.meta.model,
-                "choices": [{"index": 0, "text": delta.get("content").and_then(Value::as_str).unwrap_or(""),
-                    "logprobs": lp.map_or(Value::Null, |l| completion_logprobs(std::slice::from_ref(l), self.offset)),
-                    "finish_reason": finish}],
+                "id": meta.id, "object": "text_completion",
+                "created": meta.created, "model": meta.model,
+                "system_fingerprint": meta.fingerprint,
+                "choices": [{"index": index,
+                    "text": delta.get("content").and_then(Value::as_str).unwrap_or(""),
+                    "logprobs": logprobs, "finish_reason": finish}],
             }),
         };
-        if self.meta.include_usage {
+        if meta.include_usage {
             v["usage"] = Value::Null;
         }
         v.to_string()
     }
 
-    /// Chunks for a piece of the answer's text: its thinking part (a thinking model's) as
-    /// `reasoning_content` deltas, the rest through [`Streamer::content`].
-    fn text(&mut self, text: &str, lp: Option<&TokenLogprob>, end: bool) {
-        let Some(think) = self.think.as_mut() else {
-            return self.content(text, lp, end);
+    /// A generated token's log-probabilities in the endpoint's shape (advancing the choice's
+    /// text offset).
+    fn lp_json(&mut self, index: usize, lp: Option<&TokenLogprob>) -> Value {
+        let Some(l) = lp else {
+            return Value::Null;
         };
+        match self.out.meta.endpoint {
+            Endpoint::Chat => chat_logprobs(std::slice::from_ref(l)),
+            Endpoint::Completion => {
+                let c = &mut self.out.choices[index];
+                let v = completion_logprobs([LpEntry::of(l)], c.offset);
+                c.offset += l.chosen.token.len();
+                v
+            }
+        }
+    }
+
+    /// Chunks for a piece of choice `index`'s text: its thinking part (a thinking model's) as
+    /// `reasoning_content` deltas, the rest through [`Streamer::content`].
+    fn text(&mut self, index: usize, text: &str, lp: Option<&TokenLogprob>, end: bool) {
         let mut pieces = std::mem::take(&mut self.pieces);
+        let Some(think) = self.out.choices[index].think.as_mut() else {
+            self.pieces = pieces;
+            return self.content(index, text, lp, end);
+        };
         think.push(text, &mut pieces);
         if end {
             think.finish(&mut pieces);
@@ -593,29 +802,32 @@ impl Streamer {
         for p in pieces.drain(..) {
             match p {
                 Piece::Reasoning(r) => {
-                    let c = self.chunk(json!({"reasoning_content": r}), lp.take(), None);
-                    self.out.push_back(c);
+                    let l = self.lp_json(index, lp.take());
+                    let c = self.chunk(index, json!({"reasoning_content": r}), l, None);
+                    self.lines.push_back(c);
                 }
                 Piece::Content(c) => content.push_str(&c),
             }
         }
         self.pieces = pieces;
         if !content.is_empty() || end || lp.is_some() {
-            self.content(&content, lp, end);
+            self.content(index, &content, lp, end);
         }
     }
 
-    /// Chunks for a piece of the answer's content: as it is, or through the tool-call parser
-    /// (content deltas, then per call its id and name and its argument fragments).
-    fn content(&mut self, text: &str, lp: Option<&TokenLogprob>, end: bool) {
-        let Some(parser) = self.parser.as_mut() else {
+    /// Chunks for a piece of choice `index`'s content: as it is, or through the tool-call
+    /// parser (content deltas, then per call its id and name and its argument fragments).
+    fn content(&mut self, index: usize, text: &str, lp: Option<&TokenLogprob>, end: bool) {
+        let mut parsed = std::mem::take(&mut self.parsed);
+        let Some(parser) = self.out.choices[index].parser.as_mut() else {
+            self.parsed = parsed;
             if !text.is_empty() || lp.is_some() {
-                let c = self.chunk(json!({"content": text}), lp, None);
-                self.out.push_back(c);
+                let l = self.lp_json(index, lp);
+                let c = self.chunk(index, json!({"content": text}), l, None);
+                self.lines.push_back(c);
             }
             return;
         };
-        let mut parsed = std::mem::take(&mut self.parsed);
         parser.push(text, &mut parsed);
         if end {
             parser.finish(&mut parsed);
@@ -630,12 +842,14 @@ impl Streamer {
                 CallEvent::Arguments { index, fragment } => json!({"tool_calls": [{
                     "index": index, "function": {"arguments": fragment}}]}),
             };
-            let c = self.chunk(delta, lp.take(), None);
-            self.out.push_back(c);
+            let l = self.lp_json(index, lp.take());
+            let c = self.chunk(index, delta, l, None);
+            self.lines.push_back(c);
         }
         if let Some(l) = lp {
-            let c = self.chunk(json!({}), Some(l), None);
-            self.out.push_back(c);
+            let l = self.lp_json(index, Some(l));
+            let c = self.chunk(index, json!({}), l, None);
+            self.lines.push_back(c);
         }
         self.parsed = parsed;
     }
@@ -643,72 +857,107 @@ impl Streamer {
     /// Turns the next engine event into SSE data lines.
     fn on(&mut self, ev: Option<Event>) {
         match ev {
-            Some(Event::Token { text, logprob }) => {
-                self.text(&text, logprob.as_ref(), false);
-                if let Some(l) = &logprob {
-                    self.offset += l.chosen.token.len();
+            Some(Event::Token {
+                choice,
+                text,
+                logprob,
+            }) => self.text(choice, &text, logprob.as_ref(), false),
+            Some(Event::Text { choice, text }) => self.text(choice, &text, None, false),
+            Some(Event::Prompt { index, logprobs }) => {
+                // echo: each choice of the prompt starts with its text (and its tokens'
+                // log-probabilities)
+                let p = index / self.out.n;
+                self.out.prompts[p].logprobs = logprobs;
+                for j in 0..self.out.n {
+                    let i = index + j;
+                    let lps = if self.out.prompts[p].logprobs.is_some() {
+                        let v = completion_logprobs(self.out.prompt_entries(p), 0);
+                        self.out.choices[i].offset = self.out.prompts[p].text.len();
+                        v
+                    } else {
+                        Value::Null
+                    };
+                    let text = self.out.prompts[p].text.clone();
+                    let c = self.chunk(i, json!({"content": text}), lps, None);
+                    self.lines.push_back(c);
                 }
             }
-            Some(Event::Text(text)) => self.text(&text, None, false),
             Some(Event::Done(f)) => {
-                self.text("", None, true);
-                let calls = self.parser.as_ref().map_or(0, |p| p.calls().len());
-                let c = self.chunk(json!({}), None, Some(finish_reason(f.reason, calls)));
-                self.out.push_back(c);
-                if self.meta.include_usage {
-                    let object = match self.meta.endpoint {
+                let i = f.choice;
+                self.text(i, "", None, true);
+                let calls = self.out.choices[i]
+                    .parser
+                    .as_ref()
+                    .map_or(0, |p| p.calls().len());
+                let c = self.chunk(
+                    i,
+                    json!({}),
+                    Value::Null,
+                    Some(finish_reason(f.reason, calls)),
+                );
+                self.lines.push_back(c);
+                self.out.choices[i].finish = Some(f);
+                if !self.out.done() {
+                    return;
+                }
+                if self.out.meta.include_usage {
+                    let meta = &self.out.meta;
+                    let object = match meta.endpoint {
                         Endpoint::Chat => "chat.completion.chunk",
                         Endpoint::Completion => "text_completion",
                     };
-                    let u = json!({"id": self.meta.id, "object": object,
-                        "created": self.meta.created, "model": self.meta.model,
-                        "choices": [], "usage": usage(&f)});
-                    self.out.push_back(u.to_string());
+                    let u = json!({"id": meta.id, "object": object,
+                        "created": meta.created, "model": meta.model,
+                        "system_fingerprint": meta.fingerprint,
+                        "choices": [], "usage": self.out.usage()});
+                    self.lines.push_back(u.to_string());
                 }
                 self.end();
             }
             Some(Event::Error(e)) => {
-                self.out.push_back(e.body().to_string());
+                self.lines.push_back(e.body().to_string());
                 self.end();
             }
             None => {
                 let e = ApiError::new(500, "server_error", "the engine stopped");
-                self.out.push_back(e.body().to_string());
+                self.lines.push_back(e.body().to_string());
                 self.end();
             }
         }
     }
 
     fn end(&mut self) {
-        self.out.push_back("[DONE]".into());
+        self.lines.push_back("[DONE]".into());
         self.ended = true;
     }
 }
 
 fn stream(
-    meta: Meta,
+    out: Out,
     events: UnboundedReceiver<Event>,
-    think: Option<ThinkSplitter>,
-    parser: Option<CallParser>,
 ) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
     let mut s = Streamer {
-        meta,
+        out,
         events,
-        out: VecDeque::new(),
+        lines: VecDeque::new(),
         ended: false,
-        offset: 0,
-        parser,
         parsed: Vec::new(),
-        think,
         pieces: Vec::new(),
     };
-    if s.meta.endpoint == Endpoint::Chat {
-        let first = s.chunk(json!({"role": "assistant", "content": ""}), None, None);
-        s.out.push_back(first);
+    if s.out.meta.endpoint == Endpoint::Chat {
+        for i in 0..s.out.choices.len() {
+            let first = s.chunk(
+                i,
+                json!({"role": "assistant", "content": ""}),
+                Value::Null,
+                None,
+            );
+            s.lines.push_back(first);
+        }
     }
     let body = futures_util::stream::unfold(s, |mut s| async move {
         loop {
-            if let Some(data) = s.out.pop_front() {
+            if let Some(data) = s.lines.pop_front() {
                 return Some((Ok(SseEvent::default().data(data)), s));
             }
             if s.ended {

@@ -11,21 +11,27 @@
 //!   Fields: `model` (any string), `messages` (system/developer/user/assistant/tool; content a
 //!   string or text parts; assistant `tool_calls`, tool `tool_call_id`; rendered by the model's
 //!   own chat template, with `chat_template_kwargs` as extra template variables) or `prompt`
-//!   (a string, one string in an array, or token ids), `max_tokens` / `max_completion_tokens`,
+//!   (a string, token ids, or an array of strings and token-id arrays: one choice per prompt),
+//!   `max_tokens` / `max_completion_tokens` (0 on completions: nothing generated),
 //!   `temperature` (0..=2), `top_p` (0..=1), `top_k`, `min_p`, `repetition_penalty` (the
 //!   sampler's multiplicative penalty over the last 64 tokens, prompt included),
 //!   `frequency_penalty` and `presence_penalty` (-2..=2, OpenAI's: `logit[t] -= count(t) *
 //!   frequency_penalty + (count(t) > 0) * presence_penalty`, counting the completion's own
-//!   tokens so far, up to its last 4096), `seed`, `stop` (a string or up to 4; the text ends
-//!   before the stop string), `logprobs` and `top_logprobs` (at most 20; on `/v1/completions`
-//!   `logprobs` is the number of alternatives; log-probabilities are the model's, before
-//!   penalties and constraints), `n` (only 1), `response_format` (`text`, `json_object`,
+//!   tokens so far, up to its last 4096), `logit_bias` (token id to -100..=100, added first;
+//!   -100 bans), `seed` (choice `j` samples with `seed + j`), `stop` (a string or up to 4; the
+//!   text ends before the stop string), `logprobs` and `top_logprobs` (at most 20; on
+//!   `/v1/completions` `logprobs` is the number of alternatives; log-probabilities are the
+//!   model's, before bias, penalties and constraints), `echo` (completions: the prompt's text,
+//!   and with `logprobs` its tokens' log-probabilities, first), `n` (up to `parallel`: the
+//!   prompt prefilled once and forked), `response_format` (`text`, `json_object`,
 //!   `json_schema`; enforced by constrained decoding) or llama-server's `json_schema`, and on
 //!   chat `tools`, `tool_choice` (`none`, `auto`, `required`, a named function) and
 //!   `parallel_tool_calls`: calls are parsed out of the model's own syntax into
 //!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
-//!   and constrained to the offered functions (see `tools`). llama.cpp's GBNF `grammar` is
-//!   refused with a 400. Unknown fields are ignored.
+//!   and constrained to the offered functions (see `tools`). Fields that would change the
+//!   answer and are not done here (`audio`, `functions`, `reasoning_effort`, `suffix`,
+//!   llama.cpp's GBNF `grammar`, ...) are refused with a 400 naming them; other unknown fields
+//!   are ignored. Every response and chunk carries `system_fingerprint`.
 //! - `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings, last-token pooled and
 //!   L2-normalized, each input a prefill-only run batched with the generations; on with
 //!   [`ServerOptions::embeddings`] or a last-token embedder (see `embeddings`), else 501.
@@ -141,6 +147,18 @@ pub struct ServerOptions {
     /// last-token pooling ([`Pooling::Last`]) serves them without it; one that names another
     /// pooling is refused with it.
     pub embeddings: bool,
+    /// The `system_fingerprint` of every chat and completion response and chunk: by default
+    /// `qwenrt-VERSION`; `qwenrt serve` adds the model file's sha256 prefix (see
+    /// [`system_fingerprint`]).
+    pub system_fingerprint: String,
+}
+
+/// `qwenrt-VERSION-SHA12`: the qwenrt version and the first 12 hex digits of the model's
+/// sha256 (see [`crate::hub::model_sha256`]), so a client can tell when the weights or the
+/// runtime behind an answer changed.
+pub fn system_fingerprint(model_sha256: &str) -> String {
+    let short: String = model_sha256.chars().take(12).collect();
+    format!("qwenrt-{}-{short}", env!("CARGO_PKG_VERSION"))
 }
 
 impl Default for ServerOptions {
@@ -164,6 +182,7 @@ impl Default for ServerOptions {
             reasoning_format: ReasoningFormat::Auto,
             cors_origins: Vec::new(),
             embeddings: false,
+            system_fingerprint: format!("qwenrt-{}", env!("CARGO_PKG_VERSION")),
         }
     }
 }
@@ -315,6 +334,8 @@ pub fn run_on(
         ctx: opts.ctx,
         vocab,
         embedding_width: embeddings.then_some(hidden),
+        fingerprint: opts.system_fingerprint.clone(),
+        parallel: opts.parallel,
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         cors_origins: opts.cors_origins.clone(),
         limit: opts.parallel + opts.max_queue,

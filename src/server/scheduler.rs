@@ -31,7 +31,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::lookup::{self, DraftBudget};
-use crate::engine::sampler::Sampler;
+use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
@@ -44,11 +44,13 @@ pub use crate::server::text::{Alt, TokenLogprob};
 /// Why and how a generation ended.
 #[derive(Debug, Clone, Copy)]
 pub struct Finish {
+    /// The choice that ended (its index in the response).
+    pub choice: usize,
     /// `"stop"` (a stop token or string) or `"length"` (max_tokens or the context).
     pub reason: &'static str,
-    pub prompt_tokens: usize,
     pub completion_tokens: usize,
-    /// Prompt tokens taken from an idle sequence's cache.
+    /// Prompt tokens taken from an idle sequence's cache (0 for a choice forked from another:
+    /// a prompt is counted once).
     pub cached_tokens: usize,
 }
 
@@ -58,11 +60,19 @@ pub enum Event {
     /// One generated token: its text (possibly empty, while a stop string or a UTF-8
     /// character is incomplete) and log-probabilities if asked for.
     Token {
+        choice: usize,
         text: String,
         logprob: Option<TokenLogprob>,
     },
     /// Text released at the end (held back for a stop string that did not complete).
-    Text(String),
+    Text { choice: usize, text: String },
+    /// The prompt of the request whose first choice is `index` is in the cache (sent before
+    /// its choices' tokens, for `echo`): with `logprobs`, each prompt token's log-probability
+    /// given the ones before it (the first has none: `None`).
+    Prompt {
+        index: usize,
+        logprobs: Option<Vec<Option<TokenLogprob>>>,
+    },
     /// The end.
     Done(Finish),
     /// The job failed (timeout, shutdown, an engine error).
@@ -99,6 +109,13 @@ pub struct Shared {
 struct Active {
     seq: SeqId,
     job: Job,
+    /// This choice's index in the response.
+    choice: usize,
+    /// Sequences reserved for the job's other choices, forked from this one when its prompt is
+    /// in; each with its choice number (1..n).
+    forks: Vec<(SeqId, usize)>,
+    /// The prompt's log-probabilities so far (echo with logprobs), one per prompt token.
+    prompt_lps: Option<Vec<Option<TokenLogprob>>>,
     /// Prompt tokens in the cache (reused ones included).
     fed: usize,
     /// Decode phase: `row[0]` is the sampled token to feed next and `row[1..row_len]` the
@@ -284,12 +301,26 @@ impl Scheduler {
         self.sweep_embeddings(now);
     }
 
-    /// Starts queued jobs (and embedding inputs, by arrival) while there are free slots.
+    /// Sequences in use: the active jobs' (their own and those reserved for their forks) and
+    /// the embedding runs'.
+    fn busy(&self) -> usize {
+        self.active.iter().map(|a| 1 + a.forks.len()).sum::<usize>() + self.embeds.running()
+    }
+
+    /// Starts queued jobs and embedding inputs, by arrival, while there are free slots for all
+    /// of a job's choices.
     fn admit(&mut self) {
-        while self.active.len() + self.embeds.running() < self.parallel {
+        while self.busy() < self.parallel {
             if self.embeds.goes_before(self.pending.front()) {
                 self.admit_embedding();
                 continue;
+            }
+            if !self
+                .pending
+                .front()
+                .is_some_and(|j| self.busy() + j.req.n.max(1) <= self.parallel)
+            {
+                return;
             }
             let Some(mut job) = self.pending.pop_front() else {
                 return;
@@ -297,18 +328,33 @@ impl Scheduler {
             let constraint = job.req.guide.constraint.take();
             let job_watches_opener = job.req.guide.on_bare.is_some();
             let placed = self.place(&job).and_then(|(seq, reused)| {
-                match self.engine.set_constraint(seq, constraint) {
-                    Ok(_) => Ok((seq, reused)),
+                let mut taken = vec![seq];
+                let mut forks = Vec::with_capacity(job.req.n.saturating_sub(1));
+                let attach = || -> Result<(), EngineError> {
+                    for j in 1..job.req.n {
+                        let params = fork_params(&job.req.params, j);
+                        let dst = self.spare(&job.req.prompt, params)?;
+                        taken.push(dst);
+                        forks.push((dst, j));
+                        self.engine.set_constraint(dst, constraint.clone())?;
+                    }
+                    self.engine.set_constraint(seq, constraint)?;
+                    Ok(())
+                };
+                match attach() {
+                    Ok(()) => Ok((seq, reused, forks)),
                     Err(e) => {
-                        // the sequence goes back to the idle ones rather than being lost
-                        self.clock += 1;
-                        self.idle.push((seq, self.clock));
+                        // the sequences go back to the idle ones rather than being lost
+                        for s in taken {
+                            self.clock += 1;
+                            self.idle.push((s, self.clock));
+                        }
                         Err(e)
                     }
                 }
             });
             match placed {
-                Ok((seq, reused)) => {
+                Ok((seq, reused, forks)) => {
                     let m = &self.shared.metrics;
                     m.prompt_tokens
                         .fetch_add(job.req.prompt.len() as u64, Ordering::Relaxed);
@@ -319,8 +365,13 @@ impl Scheduler {
                         held: String::new(),
                         stops: job.req.stops.clone(),
                     };
+                    let prompt_lps =
+                        (job.req.echo && job.req.logprobs.is_some()).then(|| vec![None]);
                     self.active.push(Active {
                         seq,
+                        choice: job.req.index,
+                        forks,
+                        prompt_lps,
                         job,
                         fed: reused,
                         row: [0; lookup::MAX_DRAFT + 1],
@@ -349,7 +400,9 @@ impl Scheduler {
     fn place(&mut self, job: &Job) -> Result<(SeqId, usize), EngineError> {
         let prompt = &job.req.prompt;
         let mut best: Option<(usize, usize)> = None;
-        for (i, &(seq, _)) in self.idle.iter().enumerate() {
+        // scoring the prompt needs the logits after each of its tokens: nothing reused
+        let scoring = job.req.echo && job.req.logprobs.is_some();
+        for (i, &(seq, _)) in self.idle.iter().enumerate().filter(|_| !scoring) {
             let c = common_prefix(self.engine.tokens(seq)?, prompt);
             if c > 0 && best.is_none_or(|(_, b)| c > b) {
                 best = Some((i, c));
@@ -377,19 +430,110 @@ impl Scheduler {
         Ok((seq, reused))
     }
 
+    /// A sequence for another choice of a job whose prompt is `prompt` (it will be forked from
+    /// the job's own): a new one, else the least recently used idle one; its sampler set to
+    /// `params`, having seen the prompt (for the repetition penalty).
+    fn spare(&mut self, prompt: &[u32], params: SamplerParams) -> Result<SeqId, EngineError> {
+        let seq = if self.engine.live_sequences() < self.engine.max_sequences() {
+            self.engine.create_sequence(params)?
+        } else {
+            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
+                EngineError::NoFreeSequence {
+                    max: self.engine.max_sequences(),
+                },
+            )?;
+            self.idle.swap_remove(lru).0
+        };
+        self.engine.truncate(seq, 0)?;
+        let sampler = self.engine.sampler_mut(seq)?;
+        *sampler = Sampler::new(params)?;
+        for &t in prompt {
+            sampler.observe(t);
+        }
+        Ok(seq)
+    }
+
+    /// Job `i`'s prompt is in its cache: sends its prompt event (echo) and forks its sequence
+    /// into the sequences reserved for its other choices, which join as active jobs of their
+    /// own (they sample at once: the fork carries the logits).
+    fn prompt_done(&mut self, i: usize) -> Result<Vec<usize>, EngineError> {
+        let a = &mut self.active[i];
+        if a.job.req.echo {
+            let logprobs = a.prompt_lps.take();
+            let _ = a.job.events.send(Event::Prompt {
+                index: a.job.req.index,
+                logprobs,
+            });
+        }
+        let forks = std::mem::take(&mut a.forks);
+        let (src, len) = (a.seq, a.job.req.prompt.len());
+        let mut joined = Vec::with_capacity(forks.len());
+        for (dst, j) in forks {
+            if let Err(e) = self.engine.fork(src, dst, len) {
+                // this choice and those not yet forked are lost with the job: their sequences
+                // go idle (the job fails)
+                self.clock += 1;
+                self.idle.push((dst, self.clock));
+                return Err(e);
+            }
+            let a = &self.active[i];
+            let job = Job {
+                req: a.job.req.clone(),
+                events: a.job.events.clone(),
+                arrived: a.job.arrived,
+                deadline: a.job.deadline,
+            };
+            let text = TextOut {
+                decoder: self.tokenizer.stream_decoder(),
+                held: String::new(),
+                stops: job.req.stops.clone(),
+            };
+            let opener = a.opener.clone();
+            self.shared.inflight.fetch_add(1, Ordering::AcqRel);
+            self.active.push(Active {
+                seq: dst,
+                choice: a.choice + j,
+                forks: Vec::new(),
+                prompt_lps: None,
+                job,
+                fed: len,
+                row: [0; lookup::MAX_DRAFT + 1],
+                row_len: 0,
+                budget: DraftBudget::new(self.lookup),
+                generated: 0,
+                text,
+                last_token: None,
+                reused: 0,
+                call_tail: Vec::new(),
+                opener,
+            });
+            joined.push(self.active.len() - 1);
+        }
+        Ok(joined)
+    }
+
     /// Removes active job `i`, telling its client how it ended; its sequence goes idle.
     fn leave(&mut self, i: usize, exit: Exit) {
         let mut a = self.active.swap_remove(i);
+        // sequences reserved for forks that never happened go idle, empty
+        for (s, _) in std::mem::take(&mut a.forks) {
+            let _ = self.engine.truncate(s, 0);
+            self.clock += 1;
+            self.idle.push((s, self.clock));
+        }
         let m = &self.shared.metrics;
         match exit {
             Exit::Done(reason) => {
                 let rest = a.text.finish();
                 if !rest.is_empty() {
-                    let _ = a.job.events.send(Event::Text(rest));
+                    let _ = a.job.events.send(Event::Text {
+                        choice: a.choice,
+                        text: rest,
+                    });
                 }
                 let _ = a.job.events.send(Event::Done(Finish {
+                    choice: a.choice,
                     reason,
-                    prompt_tokens: a.job.req.prompt.len(),
                     completion_tokens: a.generated,
                     cached_tokens: a.reused,
                 }));
@@ -473,6 +617,10 @@ impl Scheduler {
         let mut greedy = vec![[0u32; lookup::MAX_DRAFT + 1]; verifying.len()];
         // (index into the embedding runs, rows fed)
         let mut embed_plan: Vec<(usize, usize)> = Vec::new();
+        // prompts being scored (echo with logprobs): (sequence, index into active), and the
+        // log-probabilities of their prompt tokens this step computes (index, position, value)
+        let mut scoring: Vec<(SeqId, usize)> = Vec::new();
+        let mut scored: Vec<(usize, usize, TokenLogprob)> = Vec::new();
         let result = {
             let mut feeds: Vec<Feed<'_>> = Vec::with_capacity(self.active.len());
             for (i, a) in self.active.iter().enumerate() {
@@ -494,19 +642,35 @@ impl Scheduler {
                 let n = (prompt.len() - a.fed).min(budget);
                 budget -= n;
                 let last = a.fed + n == prompt.len();
+                let logits = if a.prompt_lps.is_some() {
+                    scoring.push((a.seq, i));
+                    Want::All
+                } else if last {
+                    Want::Last
+                } else {
+                    Want::None
+                };
                 feeds.push(Feed {
                     seq: a.seq,
                     tokens: &prompt[a.fed..a.fed + n],
                     numerics: Numerics::Prefill,
-                    logits: if last { Want::Last } else { Want::None },
+                    logits,
                 });
                 plan.push((i, n));
             }
             self.embeds.feeds(&mut budget, &mut feeds, &mut embed_plan);
+            let (active, tokenizer) = (&self.active, &self.tokenizer);
             self.engine.step(&feeds, &mut |seq, pos, logits| {
                 if let Some(v) = verifying.iter().position(|&(s, _)| s == seq) {
                     // the first on ties, as the greedy sampler picks
                     greedy[v][pos - verifying[v].1] = qwenrt_kernels::scalar::argmax(logits) as u32;
+                } else if let Some(&(_, i)) = scoring.iter().find(|&&(s, _)| s == seq) {
+                    // the logits after position `pos` score the prompt's next token
+                    let req = &active[i].job.req;
+                    if let Some(&next) = req.prompt.get(pos + 1) {
+                        let k = req.logprobs.unwrap_or(0);
+                        scored.push((i, pos + 1, logprobs(logits, next, k, tokenizer)));
+                    }
                 }
             })
         };
@@ -521,12 +685,36 @@ impl Scheduler {
                 }
             }
             Ok(()) => {
+                for (i, pos, lp) in scored {
+                    if let Some(lps) = self.active[i].prompt_lps.as_mut() {
+                        // positions arrive in order, from the prompt's second token on
+                        debug_assert_eq!(lps.len(), pos);
+                        lps.push(Some(lp));
+                    }
+                }
                 for &(i, n) in &plan {
                     let a = &mut self.active[i];
                     a.fed += n;
                     if a.row_len == 0 && a.fed < a.job.req.prompt.len() {
                         continue;
                     }
+                    if a.row_len == 0 {
+                        // the prompt is in: fork it for the other choices, which sample now too
+                        match self.prompt_done(i) {
+                            Ok(joined) => {
+                                for j in joined {
+                                    if let Some(exit) = self.produce(j) {
+                                        exits.push((j, exit));
+                                    }
+                                }
+                            }
+                            Err(e) => {
+                                exits.push((i, engine_failure(e)));
+                                continue;
+                            }
+                        }
+                    }
+                    let a = &self.active[i];
                     let exit = match verifying.iter().position(|&(s, _)| s == a.seq) {
                         Some(v) => self.accept(i, verifying[v].1, &greedy[v]),
                         None => self.produce(i),
@@ -579,8 +767,12 @@ impl Scheduler {
         None
     }
 
-    /// Samples job `i`'s next token and sends it; `Some` if the job ends.
+    /// Samples job `i`'s next token and sends it; `Some` if the job ends (at once with
+    /// `max_tokens: 0`: the prompt only was asked for).
     fn produce(&mut self, i: usize) -> Option<Exit> {
+        if self.active[i].job.req.max_tokens == 0 {
+            return Some(Exit::Done("length"));
+        }
         let seq = self.active[i].seq;
         let top = self.active[i].job.req.logprobs;
         let saved = match top {
@@ -670,7 +862,16 @@ impl Scheduler {
             a.call_tail.drain(..keep);
         }
         let (text, stopped) = a.text.push(token);
-        if a.job.events.send(Event::Token { text, logprob }).is_err() {
+        let choice = a.choice;
+        if a.job
+            .events
+            .send(Event::Token {
+                choice,
+                text,
+                logprob,
+            })
+            .is_err()
+        {
             return Some(Exit::Cancelled);
         }
         if stopped {
@@ -682,6 +883,15 @@ impl Scheduler {
         a.row[0] = token;
         a.row_len = 1;
         None
+    }
+}
+
+/// The sampler of a job's choice `j` (0 is the job's own): the request's parameters with seed
+/// `seed + j`, so every choice has its own reproducible stream.
+fn fork_params(params: &SamplerParams, j: usize) -> SamplerParams {
+    SamplerParams {
+        seed: params.seed.wrapping_add(j as u64),
+        ..*params
     }
 }
 

@@ -77,10 +77,17 @@ fn alt(tok: &Tokenizer, id: u32, logprob: f32) -> Alt {
     }
 }
 
-/// Log-softmax of `logits` at `chosen`, and the `k` most likely tokens.
+/// Log-softmax of `logits` at `chosen`, and the `k` most likely tokens (the log-sum-exp in
+/// f64, so each value is the f32 rounding of the exact one).
 pub fn logprobs(logits: &[f32], chosen: u32, k: usize, tok: &Tokenizer) -> TokenLogprob {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    // the sum over the vocabulary in f64: in f32 its rounding reaches 1e-4 over 150k logits
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     let mut best: Vec<(u32, f32)> = Vec::with_capacity(k + 1);
     if k > 0 {
         for (id, &x) in logits.iter().enumerate() {
@@ -91,7 +98,7 @@ pub fn logprobs(logits: &[f32], chosen: u32, k: usize, tok: &Tokenizer) -> Token
             }
         }
     }
-    let lp = |x: f32| x - lse;
+    let lp = |x: f32| (x as f64 - lse) as f32;
     TokenLogprob {
         chosen: alt(
             tok,

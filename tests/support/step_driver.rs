@@ -6,6 +6,7 @@
 
 use std::sync::atomic::Ordering;
 
+use qwenrt::engine::sampler::LogitBias;
 use qwenrt::engine::{Engine, Feed, Numerics, SeqId, Want};
 use qwenrt::SamplerParams;
 
@@ -119,6 +120,8 @@ pub fn prove_steps_allocate_nothing<const V: usize>(e: &mut Engine, label: &str)
         frequency_penalty: 0.3,
         presence_penalty: 0.2,
         seed,
+        // a logit bias (a boost and a ban) is applied in the counted steps too
+        logit_bias: LogitBias::new(&[(3, 5.0), (7, -100.0)]).unwrap(),
     };
     let seqs: [SeqId; SEQS] = std::array::from_fn(|i| e.create_sequence(params(i as u64)).unwrap());
     let mut d = Driver {
