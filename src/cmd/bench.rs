@@ -576,7 +576,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let tg_bw = per_token * tg_m / 1e9;
     let params = c.parameter_count().unwrap_or(0);
     let model = format!(
-        "qwen2 {:.1}B {}",
+        "{} {:.1}B {}",
+        c.arch.gguf_name(),
         params as f64 / 1e9,
         weights.matrix_formats()
     );

@@ -12,11 +12,13 @@ use super::{progress, CliError};
 
 /// `qwenrt synth`.
 #[derive(Args, Debug)]
-#[command(after_help = "SHAPE is one of qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, \
+#[command(
+    after_help = "SHAPE is one of qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, \
 qwen2.5-14b, qwen3-0.6b, qwen3-4b, qwen3-8b, qwen3-14b, qwen3-30b-a3b (their configs' values). \
 The tokenizer is the default model's (its GGUF is fetched on first use). The file is written \
 streaming under a temporary name and renamed into place; the same SHAPE, --quant, --layers and \
---seed give the same bytes.")]
+--seed give the same bytes."
+)]
 pub struct SynthArgs {
     /// The model shape
     #[arg(value_name = "SHAPE", required = true)]

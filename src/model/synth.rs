@@ -123,15 +123,69 @@ pub const SHAPES: [SynthShape; 10] = {
     const V: usize = 151_936;
     const V7: usize = 152_064;
     [
-        dense("qwen2.5-0.5b", Qwen2, [896, 4864, 24, 14, 2, 64, V], true, 32_768),
-        dense("qwen2.5-1.5b", Qwen2, [1536, 8960, 28, 12, 2, 128, V], true, 32_768),
-        dense("qwen2.5-3b", Qwen2, [2048, 11008, 36, 16, 2, 128, V], true, 32_768),
-        dense("qwen2.5-7b", Qwen2, [3584, 18944, 28, 28, 4, 128, V7], false, 32_768),
-        dense("qwen2.5-14b", Qwen2, [5120, 13824, 48, 40, 8, 128, V7], false, 32_768),
-        dense("qwen3-0.6b", Qwen3, [1024, 3072, 28, 16, 8, 128, V], true, 40_960),
-        dense("qwen3-4b", Qwen3, [2560, 9728, 36, 32, 8, 128, V], true, 40_960),
-        dense("qwen3-8b", Qwen3, [4096, 12288, 36, 32, 8, 128, V], false, 40_960),
-        dense("qwen3-14b", Qwen3, [5120, 17408, 40, 40, 8, 128, V], false, 40_960),
+        dense(
+            "qwen2.5-0.5b",
+            Qwen2,
+            [896, 4864, 24, 14, 2, 64, V],
+            true,
+            32_768,
+        ),
+        dense(
+            "qwen2.5-1.5b",
+            Qwen2,
+            [1536, 8960, 28, 12, 2, 128, V],
+            true,
+            32_768,
+        ),
+        dense(
+            "qwen2.5-3b",
+            Qwen2,
+            [2048, 11008, 36, 16, 2, 128, V],
+            true,
+            32_768,
+        ),
+        dense(
+            "qwen2.5-7b",
+            Qwen2,
+            [3584, 18944, 28, 28, 4, 128, V7],
+            false,
+            32_768,
+        ),
+        dense(
+            "qwen2.5-14b",
+            Qwen2,
+            [5120, 13824, 48, 40, 8, 128, V7],
+            false,
+            32_768,
+        ),
+        dense(
+            "qwen3-0.6b",
+            Qwen3,
+            [1024, 3072, 28, 16, 8, 128, V],
+            true,
+            40_960,
+        ),
+        dense(
+            "qwen3-4b",
+            Qwen3,
+            [2560, 9728, 36, 32, 8, 128, V],
+            true,
+            40_960,
+        ),
+        dense(
+            "qwen3-8b",
+            Qwen3,
+            [4096, 12288, 36, 32, 8, 128, V],
+            false,
+            40_960,
+        ),
+        dense(
+            "qwen3-14b",
+            Qwen3,
+            [5120, 17408, 40, 40, 8, 128, V],
+            false,
+            40_960,
+        ),
         SynthShape {
             arch: Arch::Qwen3Moe,
             moe: Some(MoeShape {
@@ -139,7 +193,13 @@ pub const SHAPES: [SynthShape; 10] = {
                 experts_used: 8,
                 expert_ffn: 768,
             }),
-            ..dense("qwen3-30b-a3b", Qwen3, [2048, 6144, 48, 32, 4, 128, V], false, 40_960)
+            ..dense(
+                "qwen3-30b-a3b",
+                Qwen3,
+                [2048, 6144, 48, 32, 4, 128, V],
+                false,
+                40_960,
+            )
         },
     ]
 };
@@ -263,6 +323,13 @@ pub struct SynthSpec {
     pub seed: u64,
 }
 
+/// llama-quantize's counts of the `attn_v` and `ffn_down` tensors seen so far.
+#[derive(Default)]
+struct Counters {
+    attn_v: usize,
+    ffn_down: usize,
+}
+
 /// `use_more_bits` of llama-quantize: the layers whose `attn_v` / `ffn_down` get more bits in
 /// the `_M` mixes (the first and last eighth, and every third layer between).
 pub fn use_more_bits(layer: usize, layers: usize) -> bool {
@@ -305,21 +372,29 @@ impl SynthSpec {
         } else {
             format!("-seed{}", self.seed)
         };
-        format!("{}{layers}-{}{seed}.gguf", self.shape.name, self.quant.name())
+        format!(
+            "{}{layers}-{}{seed}.gguf",
+            self.shape.name,
+            self.quant.name()
+        )
     }
 
-    /// Every tensor, in file order (token embedding, the layers in order, output norm, output
-    /// head), with the type llama.cpp gives it for this mix:
+    /// Every tensor, in the order llama.cpp's converter writes a one-file Hugging Face model
+    /// (its tensors by sorted Hugging Face name: `output`, `token_embd`, the layers in the
+    /// string order of their numbers, 0, 1, 10, 11, ..., each layer's tensors in the order of
+    /// their Hugging Face names, the experts merged where their last tensor comes,
+    /// `output_norm`), with the type llama.cpp gives each in this mix:
     /// - vectors (norms, biases) and the router `ffn_gate_inp` stay f32 (the converter and
     ///   llama-quantize both keep them so);
     /// - `bf16`: every other matrix bf16;
     /// - `q8_0`: every other matrix Q8_0;
-    /// - `q4_k_m`: Q4_K; the output head Q6_K (or the embedding, when tied); `attn_v` and
-    ///   `ffn_down` (`ffn_down_exps`) Q6_K in the layers [`use_more_bits`] picks; the
-    ///   untied embedding Q4_K. A matrix whose rows are not whole blocks falls back as
-    ///   llama-quantize does: Q4_K to Q5_0, Q6_K to Q8_0 (Qwen2.5-0.5B's width, 896, is not a
-    ///   multiple of 256). (llama-quantize's further rules for models of exactly 8 experts
-    ///   do not apply to these shapes.)
+    /// - `q4_k_m`: Q4_K; the output head Q6_K (or the embedding, when tied; the untied
+    ///   embedding stays Q4_K); `attn_v` and `ffn_down` Q6_K where [`use_more_bits`] says so,
+    ///   counted as llama-quantize counts: the i-th `attn_v` (and, in a dense model, the i-th
+    ///   `ffn_down`) in file order, the layer number of an `ffn_down_exps`. A matrix whose rows
+    ///   are not whole blocks falls back as llama-quantize does: Q4_K to Q5_0, Q6_K to Q8_0
+    ///   (Qwen2.5-0.5B's width, 896, is not a multiple of 256). llama-quantize's further rules
+    ///   for models of exactly 8 experts do not apply to these shapes.
     pub fn tensors(&self) -> Vec<TensorSpec> {
         let s = &self.shape;
         let (h, v) = (s.hidden as u64, s.vocab as u64);
@@ -328,72 +403,98 @@ impl SynthSpec {
             (s.kv_heads * s.head_dim) as u64,
             s.head_dim as u64,
         );
-        let mut out = Vec::new();
-        let mut push = |name: String, dims: Vec<u64>| {
-            let ty = self.tensor_type(&name, &dims);
-            out.push(TensorSpec { name, dims, ty });
-        };
-        push("token_embd.weight".into(), vec![h, v]);
-        for i in 0..s.layers {
+        // (name, dims), in file order
+        let mut names: Vec<(String, Vec<u64>)> = Vec::new();
+        if !s.tied {
+            names.push(("output.weight".into(), vec![h, v]));
+        }
+        names.push(("token_embd.weight".into(), vec![h, v]));
+        let mut layers: Vec<usize> = (0..s.layers).collect();
+        layers.sort_by_key(|i| i.to_string());
+        for i in layers {
             let b = |t: &str| format!("blk.{i}.{t}");
-            push(b("attn_norm.weight"), vec![h]);
-            push(b("attn_q.weight"), vec![h, qd]);
-            if s.arch.qkv_bias() {
-                push(b("attn_q.bias"), vec![qd]);
-            }
-            push(b("attn_k.weight"), vec![h, kvd]);
-            if s.arch.qkv_bias() {
-                push(b("attn_k.bias"), vec![kvd]);
-            }
-            push(b("attn_v.weight"), vec![h, kvd]);
-            if s.arch.qkv_bias() {
-                push(b("attn_v.bias"), vec![kvd]);
-            }
-            if s.arch.qk_norm() {
-                push(b("attn_q_norm.weight"), vec![hd]);
-                push(b("attn_k_norm.weight"), vec![hd]);
-            }
-            push(b("attn_output.weight"), vec![qd, h]);
-            push(b("ffn_norm.weight"), vec![h]);
+            let mut push = |t: &str, dims: Vec<u64>| names.push((b(t), dims));
+            // Hugging Face's order: input_layernorm, mlp.*, post_attention_layernorm, self_attn.*
+            push("attn_norm.weight", vec![h]);
             match s.moe {
                 Some(m) => {
                     let (e, f) = (m.experts as u64, m.expert_ffn as u64);
-                    push(b("ffn_gate_inp.weight"), vec![h, e]);
-                    push(b("ffn_gate_exps.weight"), vec![h, f, e]);
-                    push(b("ffn_up_exps.weight"), vec![h, f, e]);
-                    push(b("ffn_down_exps.weight"), vec![f, h, e]);
+                    push("ffn_down_exps.weight", vec![f, h, e]);
+                    push("ffn_gate_exps.weight", vec![h, f, e]);
+                    push("ffn_up_exps.weight", vec![h, f, e]);
+                    push("ffn_gate_inp.weight", vec![h, e]);
                 }
                 None => {
                     let f = s.ffn as u64;
-                    push(b("ffn_gate.weight"), vec![h, f]);
-                    push(b("ffn_up.weight"), vec![h, f]);
-                    push(b("ffn_down.weight"), vec![f, h]);
+                    push("ffn_down.weight", vec![f, h]);
+                    push("ffn_gate.weight", vec![h, f]);
+                    push("ffn_up.weight", vec![h, f]);
                 }
             }
+            push("ffn_norm.weight", vec![h]);
+            if s.arch.qkv_bias() {
+                push("attn_k.bias", vec![kvd]);
+            }
+            if s.arch.qk_norm() {
+                push("attn_k_norm.weight", vec![hd]);
+            }
+            push("attn_k.weight", vec![h, kvd]);
+            push("attn_output.weight", vec![qd, h]);
+            if s.arch.qkv_bias() {
+                push("attn_q.bias", vec![qd]);
+            }
+            if s.arch.qk_norm() {
+                push("attn_q_norm.weight", vec![hd]);
+            }
+            push("attn_q.weight", vec![h, qd]);
+            if s.arch.qkv_bias() {
+                push("attn_v.bias", vec![kvd]);
+            }
+            push("attn_v.weight", vec![h, kvd]);
         }
-        push("output_norm.weight".into(), vec![h]);
-        if !s.tied {
-            push("output.weight".into(), vec![h, v]);
-        }
-        out
+        names.push(("output_norm.weight".into(), vec![h]));
+        let mut counts = Counters::default();
+        names
+            .into_iter()
+            .map(|(name, dims)| TensorSpec {
+                ty: self.tensor_type(&name, &dims, &mut counts),
+                name,
+                dims,
+            })
+            .collect()
     }
 
-    /// The type of tensor `name` of `dims` in this mix ([`SynthSpec::tensors`] says the rules).
-    fn tensor_type(&self, name: &str, dims: &[u64]) -> GgmlType {
+    /// The type of tensor `name` of `dims` in this mix ([`SynthSpec::tensors`] says the rules),
+    /// `counts` holding llama-quantize's counters of the tensors before it.
+    fn tensor_type(&self, name: &str, dims: &[u64], counts: &mut Counters) -> GgmlType {
         if dims.len() < 2 || name.ends_with("_norm.weight") || name.contains("ffn_gate_inp") {
             return GgmlType::F32;
         }
-        let layer = name
-            .strip_prefix("blk.")
-            .and_then(|r| r.split('.').next())
-            .and_then(|l| l.parse::<usize>().ok());
-        let more_bits = layer.is_some_and(|l| use_more_bits(l, self.shape.layers));
+        let n = self.shape.layers;
+        let more_bits = if name.contains("attn_v.weight") {
+            counts.attn_v += 1;
+            use_more_bits(counts.attn_v - 1, n)
+        } else if name.contains("ffn_down") {
+            counts.ffn_down += 1;
+            let layer = match self.shape.moe {
+                // with experts, llama-quantize reads the layer from the name
+                Some(_) => name
+                    .strip_prefix("blk.")
+                    .and_then(|r| r.split('.').next())
+                    .and_then(|l| l.parse::<usize>().ok())
+                    .unwrap_or(0),
+                None => counts.ffn_down - 1,
+            };
+            use_more_bits(layer, n)
+        } else {
+            false
+        };
         let wanted = match self.quant {
             SynthQuant::BF16 => return GgmlType::BF16,
             SynthQuant::Q8_0 => GgmlType::Q8_0,
             SynthQuant::Q4KM => {
-                let head = name == "output.weight"
-                    || (self.shape.tied && name == "token_embd.weight");
+                let head =
+                    name == "output.weight" || (self.shape.tied && name == "token_embd.weight");
                 if head {
                     // the head is Q6_K, or Q8_0 when its rows are not whole 256-blocks
                     if dims[0] % GgmlType::Q6K.block_size() != 0 {
@@ -401,8 +502,7 @@ impl SynthSpec {
                     } else {
                         GgmlType::Q6K
                     }
-                } else if (name.contains("attn_v.weight") || name.contains("ffn_down")) && more_bits
-                {
+                } else if more_bits {
                     GgmlType::Q6K
                 } else {
                     GgmlType::Q4K
@@ -465,7 +565,10 @@ impl SynthSpec {
             m.push((k("expert_used_count"), u(e.experts_used)));
             m.push((k("expert_feed_forward_length"), u(e.expert_ffn)));
         }
-        m.push(("general.file_type".into(), Value::U32(self.quant.file_type())));
+        m.push((
+            "general.file_type".into(),
+            Value::U32(self.quant.file_type()),
+        ));
         m.push(("general.quantization_version".into(), Value::U32(2)));
         let bad = |why: String| SynthError::Tokenizer(why);
         let mut has_tokens = false;
@@ -476,9 +579,12 @@ impl SynthSpec {
             let value = match key.as_str() {
                 "tokenizer.ggml.tokens" => {
                     has_tokens = true;
-                    let tokens = value.as_array().and_then(Array::as_strings).ok_or_else(|| {
-                        bad("tokenizer.ggml.tokens is not an array of strings".into())
-                    })?;
+                    let tokens = value
+                        .as_array()
+                        .and_then(Array::as_strings)
+                        .ok_or_else(|| {
+                            bad("tokenizer.ggml.tokens is not an array of strings".into())
+                        })?;
                     if tokens.len() > s.vocab {
                         return Err(bad(format!(
                             "tokenizer.ggml.tokens has {} tokens, more than {}'s vocab of {}",

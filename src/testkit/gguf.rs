@@ -41,8 +41,8 @@ impl Default for GgufBuilder {
     }
 }
 
-pub use crate::model::gguf::put_value;
 use crate::model::gguf::put_str;
+pub use crate::model::gguf::put_value;
 
 impl GgufBuilder {
     pub fn new() -> Self {

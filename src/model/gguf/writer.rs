@@ -57,7 +57,11 @@ impl TensorSpec {
 
     /// Bytes of its data, or `None` when its rows are not whole blocks of its type.
     pub fn n_bytes(&self) -> Option<u64> {
-        if !self.dims.first().is_some_and(|&d| d % self.ty.block_size() == 0) {
+        if !self
+            .dims
+            .first()
+            .is_some_and(|&d| d % self.ty.block_size() == 0)
+        {
             return None;
         }
         self.ty.bytes_for(self.n_elements())
