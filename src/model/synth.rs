@@ -11,7 +11,7 @@
 //!   copied from another GGUF (the default model's) with its token list padded to the vocab
 //!   as llama.cpp's converter pads it (`[PAD{id}]`, type UNUSED).
 //! - [`write_synth_gguf`]: writes the file streaming, through
-//!   [`GgufWriter`](crate::model::gguf::GgufWriter), under a temporary name renamed into place.
+//!   [`GgufWriter`], under a temporary name renamed into place.
 //!   The payload is seeded blocks generated directly in their format (no float quantization):
 //!   finite f16 scales and quants of every value, sized so a weight's magnitude is about
 //!   `1.7 / sqrt(fan_in)` (as [`crate::model::synthetic`] draws them) and norms near 1, so the
@@ -497,7 +497,7 @@ impl SynthSpec {
                     name == "output.weight" || (self.shape.tied && name == "token_embd.weight");
                 if head {
                     // the head is Q6_K, or Q8_0 when its rows are not whole 256-blocks
-                    if dims[0] % GgmlType::Q6K.block_size() != 0 {
+                    if !dims[0].is_multiple_of(GgmlType::Q6K.block_size()) {
                         GgmlType::Q8_0
                     } else {
                         GgmlType::Q6K
@@ -510,7 +510,7 @@ impl SynthSpec {
             }
         };
         // llama-quantize's fallback for rows that are not whole blocks of the type
-        if dims[0] % wanted.block_size() == 0 {
+        if dims[0].is_multiple_of(wanted.block_size()) {
             return wanted;
         }
         let fallback = match wanted {
@@ -518,7 +518,7 @@ impl SynthSpec {
             GgmlType::Q6K => GgmlType::Q8_0,
             other => other,
         };
-        if dims[0] % fallback.block_size() == 0 {
+        if dims[0].is_multiple_of(fallback.block_size()) {
             fallback
         } else {
             GgmlType::F16
@@ -636,7 +636,7 @@ struct Rng(u64);
 
 impl Rng {
     fn new(seed: u64, tensor: usize, piece: usize) -> Rng {
-        let mut r = Rng(seed ^ 0x51_7cc1_b727_220a_95);
+        let mut r = Rng(seed ^ 0x517c_c1b7_2722_0a95);
         r.0 ^= r.next().wrapping_add(tensor as u64);
         r.0 ^= r.next().wrapping_add((piece as u64) << 32);
         r
@@ -754,7 +754,7 @@ fn fill_blocks(ty: GgmlType, fill: Fill, rng: &mut Rng, out: &mut [u8]) {
 }
 
 /// Writes the synthetic model `spec` to `path`, the tokenizer taken from `tokenizer` (a GGUF
-/// header: the default model's), streaming: at most a window of [`PIECES_PER_WINDOW`] pieces of
+/// header: the default model's), streaming: at most a window of 16 pieces of
 /// 1 MiB is held at once, generated in parallel on rayon's pool. Written to
 /// `{path}.partial-{pid}` and renamed into place, so an interrupted write never leaves a
 /// complete-looking file.

@@ -57,11 +57,8 @@ impl TensorSpec {
 
     /// Bytes of its data, or `None` when its rows are not whole blocks of its type.
     pub fn n_bytes(&self) -> Option<u64> {
-        if !self
-            .dims
-            .first()
-            .is_some_and(|&d| d % self.ty.block_size() == 0)
-        {
+        let block = self.ty.block_size();
+        if self.dims.first().is_none_or(|&d| !d.is_multiple_of(block)) {
             return None;
         }
         self.ty.bytes_for(self.n_elements())
