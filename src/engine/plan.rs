@@ -152,12 +152,12 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         )
     };
     // `padded`, with at least `floor` floats
-    let padded_at_least = |what: &str, width: usize, floor: usize| {
-        let floats = n_pad.checked_mul(width).map(|x| x.max(floor));
-        spec(
-            format!("max([rows + pad, {what}] = [{n_pad}, {width}], {floor})"),
-            floats,
-        )
+    let padded_at_least = |what: &str, width: usize, floor: usize| match n_pad.checked_mul(width) {
+        Some(floats) if floats < floor => spec(
+            format!("[rows + pad, {what}] = [{n_pad}, {width}], at least {floor}"),
+            Some(floor),
+        ),
+        _ => padded(what, width),
     };
     let moe_rows = |what: &str, width: usize| {
         let width = if experts == 0 { 0 } else { width };
