@@ -8,7 +8,8 @@
 //!   sharded, every tensor checked against the config; each tensor in its own format:
 //!   bf16, f16 or f32), [`model::gguf`] (a validating GGUF reader and ggml-exact
 //!   dequantization), [`model::convert`] (GGUF to a Hugging Face directory) and
-//!   [`model::synthetic`] (seeded random models of any shape, for benchmarks and tests).
+//!   [`model::synthetic`] (seeded random models of any shape, for benchmarks and tests),
+//!   [`model::synth`] (random-weight GGUFs of real Qwen shapes in llama.cpp's tensor types).
 //! - [`engine`]: the mutable side. [`Engine`] holds the shared [`Weights`], one thread pool
 //!   and one arena sized at startup for `max_sequences x ctx` positions of KV cache plus the
 //!   scratch of one step; [`Engine::step`] runs [`Feed`]s of many sequences ([`SeqId`]) at

@@ -385,3 +385,57 @@ fn par_matvec_q_rows_matches_single() {
         }
     }
 }
+
+/// `par::matvec_q_many` on 1 and 2 threads: jobs of every block format, of different widths
+/// and row counts (1, odd, past a block), more jobs than one dispatch takes: every output bit
+/// for bit `ops::matvec_q` on its input alone, written where its job's rows fall.
+#[test]
+fn par_matvec_q_many_matches_single() {
+    use qwenrt_kernels::{par, ThreadPool};
+    let mut rng = Rng(12);
+    // (format, rows, cols) of each job
+    let shapes: Vec<(QuantType, usize, usize)> = (0..par::MANY_MAX + 5)
+        .map(|j| {
+            let qt = QuantType::ALL[j % QuantType::ALL.len()];
+            let rows = [1, 37, 70, 3][j % 4];
+            let cols = [256, 512][j % 2];
+            (qt, rows, cols)
+        })
+        .collect();
+    let ws: Vec<Vec<u8>> = shapes
+        .iter()
+        .map(|&(qt, rows, cols)| random_weights(qt, rows, cols, &mut rng))
+        .collect();
+    let xs: Vec<Vec<f32>> = shapes
+        .iter()
+        .map(|&(_, _, cols)| random_x(cols, &mut rng))
+        .collect();
+    for isa in Isa::available() {
+        let mut want = Vec::new();
+        for ((&(qt, rows, cols), w), x) in shapes.iter().zip(&ws).zip(&xs) {
+            let mut b = vec![0.0; q8_len(cols)];
+            let mut y = vec![0.0; rows];
+            ops::matvec_q(isa, qt, w, &QuantX::new(isa, x, &mut b), &mut y);
+            want.extend(y);
+        }
+        let mut scratch: Vec<Vec<f32>> = xs.iter().map(|x| vec![0.0; q8_len(x.len())]).collect();
+        let jobs: Vec<par::QJob<'_>> = shapes
+            .iter()
+            .zip(&ws)
+            .zip(xs.iter().zip(scratch.iter_mut()))
+            .map(|((&(qt, rows, _), w), (x, s))| par::QJob {
+                qt,
+                w,
+                x: QuantX::new(isa, x, s),
+                rows,
+            })
+            .collect();
+        for nt in [1, 2] {
+            let pool = ThreadPool::new(nt).unwrap();
+            let mut y = vec![f32::NAN; want.len()];
+            par::matvec_q_many(&pool, isa, &jobs, &mut y);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "{isa} threads={nt}");
+        }
+    }
+}

@@ -76,9 +76,18 @@ pub struct BenchArgs {
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
-    /// A random model of Qwen2.5-0.5B's shape (bf16), written once under $QWENRT_HOME
-    #[arg(long)]
-    synthetic: bool,
+    /// A random-weight GGUF of a real shape (see `qwenrt synth`), QUANT q4_k_m by default,
+    /// written once under $QWENRT_HOME/synthetic; alone: qwen2.5-0.5b:bf16
+    #[arg(
+        long,
+        value_name = "SHAPE[:QUANT]",
+        num_args = 0..=1,
+        default_missing_value = "qwen2.5-0.5b:bf16"
+    )]
+    synthetic: Option<String>,
+    /// With --synthetic: only the shape's first N layers
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    layers: Option<usize>,
     /// Keep every prefill projection in f32
     #[arg(long)]
     prefill_f32: bool,
@@ -167,25 +176,17 @@ pub fn read_bandwidth(weights: &Weights, isa: Isa, threads: usize) -> f64 {
     best
 }
 
-/// A model of Qwen2.5-0.5B's shape with random bf16 weights (tied head), written once under
-/// `$QWENRT_HOME/synthetic`: for measuring a machine without downloading the real model.
-fn synthetic_model() -> Result<std::path::PathBuf, CliError> {
-    use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
-    let dir = qwenrt::hub::qwenrt_home().join("synthetic/qwen2.5-0.5b-shape-bf16");
-    if !dir.join("model.safetensors").is_file() {
-        eprintln!(
-            "writing a synthetic Qwen2.5-0.5B-shaped model to {}",
-            dir.display()
-        );
-        write_synthetic_model(
-            &dir,
-            SyntheticShape::QWEN2_5_0_5B,
-            qwenrt_kernels::Dtype::BF16,
-            1,
-        )
-        .map_err(|e| CliError::fail(format!("cannot write {}: {e}", dir.display())))?;
+/// The synthetic model `--synthetic SHAPE[:QUANT]` (`--layers N`) names, written on first use
+/// to `$QWENRT_HOME/synthetic/` (under a temporary name, renamed into place) and reused after.
+fn synthetic_model(value: &str, layers: Option<usize>) -> Result<std::path::PathBuf, CliError> {
+    let spec = super::synth::parse_shape_quant(value, "--synthetic", layers)?;
+    let path = qwenrt::hub::qwenrt_home()
+        .join("synthetic")
+        .join(spec.file_name());
+    if !path.is_file() {
+        super::synth::write(&spec, &path)?;
     }
-    Ok(dir)
+    Ok(path)
 }
 
 /// A comma-separated list of counts from 1 to 512 given to `flag`, or an empty list.
@@ -431,18 +432,23 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
             "--verify and --batch need -n above 0 (the tokens they feed)",
         ));
     }
-    if a.synthetic && a.constraint.is_set() {
+    if a.layers.is_some() && a.synthetic.is_none() {
         return Err(CliError::usage(
-            "--synthetic has no tokenizer to constrain with: drop --synthetic or the constraint flag",
+            "--layers cuts a --synthetic model: give --synthetic SHAPE[:QUANT] too",
         ));
     }
-    let dir = if a.synthetic {
+    if a.synthetic.is_some() && a.constraint.is_set() {
+        return Err(CliError::usage(
+            "a constraint is benched on a real model (a --synthetic one has random weights): drop --synthetic or the constraint flag",
+        ));
+    }
+    let dir = if let Some(synthetic) = &a.synthetic {
         if a.model.model.is_some() {
             return Err(CliError::usage(
                 "--synthetic and --model exclude each other",
             ));
         }
-        synthetic_model()?
+        synthetic_model(synthetic, a.layers)?
     } else {
         a.model.dir()?
     };
@@ -570,7 +576,8 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let tg_bw = per_token * tg_m / 1e9;
     let params = c.parameter_count().unwrap_or(0);
     let model = format!(
-        "qwen2 {:.1}B {}",
+        "{} {:.1}B {}",
+        c.arch.gguf_name(),
         params as f64 / 1e9,
         weights.matrix_formats()
     );

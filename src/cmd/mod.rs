@@ -18,6 +18,7 @@ mod models;
 mod perplexity;
 mod progress;
 mod serve;
+mod synth;
 
 use std::fmt;
 use std::io::Write;
@@ -108,6 +109,8 @@ enum Command {
     Loadgen(loadgen::LoadgenArgs),
     /// Perplexity of a text file (llama-perplexity's convention), and KL divergence between two paths
     Perplexity(perplexity::PerplexityArgs),
+    /// Write a random-weight GGUF of a real Qwen shape in llama.cpp's tensor types
+    Synth(synth::SynthArgs),
 }
 
 /// Runs the command line `args` (the program name first).
@@ -130,6 +133,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
         Command::Serve(a) => serve::run(a),
         Command::Loadgen(a) => loadgen::run(a),
         Command::Perplexity(a) => perplexity::run(a),
+        Command::Synth(a) => synth::run(a),
     }
 }
 

@@ -109,10 +109,9 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         c.head_dim,
     );
     // the experts and the top-k of a MoE model (0 for a dense one: its MoE regions are empty)
-    let (experts, top_k) = c
-        .moe
-        .as_ref()
-        .map_or((0, 0), |m| (m.num_experts, m.experts_per_tok));
+    let (experts, top_k, moe_f) = c.moe.as_ref().map_or((0, 0, 0), |m| {
+        (m.num_experts, m.experts_per_tok, m.moe_intermediate_size)
+    });
     let (s, kv, n) = (d.sequences, d.kv, d.rows);
     let spec = |shape: String, floats: Option<usize>| RegionSpec::new(shape, floats);
     // one of K or V: elements per sequence, and the region's floats (16-bit elements two to a
@@ -156,6 +155,14 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
             n_pad.checked_mul(width),
         )
     };
+    // `padded`, with at least `floor` floats
+    let padded_at_least = |what: &str, width: usize, floor: usize| match n_pad.checked_mul(width) {
+        Some(floats) if floats < floor => spec(
+            format!("[rows + pad, {what}] = [{n_pad}, {width}], at least {floor}"),
+            Some(floor),
+        ),
+        _ => padded(what, width),
+    };
     let moe_rows = |what: &str, width: usize| {
         let width = if experts == 0 { 0 } else { width };
         rows(what, width)
@@ -176,6 +183,8 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         par::matmul_q_scratch_len(t, n_pad, kmax)
             .max(par::quant_scratch_len(n.max(LOGIT_ROWS), kmax))
             .max(par::repacked_scratch_len(n.max(LOGIT_ROWS), kmax))
+            // a lone decode row's experts' activations, each quantized ([top_k, moe_ffn])
+            .max(par::quant_scratch_len(top_k, moe_f))
     } else {
         0
     };
@@ -201,7 +210,8 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         v: rows("kv_heads*head_dim", kvd),
         attn_out: rows("heads*head_dim", qd),
         proj_out: rows("hidden", h),
-        mlp_gate: padded("ffn", f),
+        // a lone decode row's experts: their gates and ups together, [2 * top_k, moe_ffn]
+        mlp_gate: padded_at_least("ffn", f, 2 * top_k * moe_f),
         mlp_up: padded("ffn", f),
         head_norm: {
             let width = if c.arch.qk_norm() { hd } else { 0 };
@@ -213,7 +223,8 @@ pub(crate) fn plan(c: &Config, d: Dims) -> Result<MemoryPlan, ArenaError> {
         expert_rows: moe_rows("1", 1),
         expert_weights: moe_rows("1", 1),
         expert_x: padded("hidden", if experts == 0 { 0 } else { h }),
-        expert_out: padded("hidden", if experts == 0 { 0 } else { h }),
+        // and their outputs, [top_k, hidden]
+        expert_out: padded_at_least("hidden", if experts == 0 { 0 } else { h }, top_k * h),
         attn_scores: spec(
             format!("[max(threads, heads), ctx] -> {scores}"),
             Some(scores),

@@ -239,3 +239,87 @@ pub fn matvec_repacked_rows(
     let serial = nt == 1 || rows * cols * n < SERIAL_BELOW;
     for_each_block(pool, blocks, serial, y.as_mut_ptr(), &run_block);
 }
+
+/// The most matvecs one [`matvec_q_many`] dispatch takes (more go in groups of this many).
+pub const MANY_MAX: usize = 32;
+
+/// One matvec of [`matvec_q_many`]: `rows` outputs of `w` (`qt` blocks, `rows` rows of
+/// `x.cols()`) on the prepared input `x`.
+#[derive(Clone, Copy)]
+pub struct QJob<'a> {
+    /// The weights' block format.
+    pub qt: QuantType,
+    /// The weight rows.
+    pub w: &'a [u8],
+    /// The input, prepared by [`QuantX::new`].
+    pub x: QuantX<'a>,
+    /// Output rows (rows of `w`).
+    pub rows: usize,
+}
+
+/// Several one-input matvecs on different matrices in one dispatch of the pool: `y` is their
+/// outputs one after another (`jobs[0].rows`, then `jobs[1].rows`, ...), and the blocks of
+/// weight rows of all of them are claimed from one counter, so a MoE layer's small expert
+/// matrices cost one wake-up of the pool rather than one each. Each output is bit for bit that
+/// of [`matvec_q_rows`] on its input alone.
+///
+/// # Panics
+/// If `y` is not the jobs' rows together, or a job's weights are not its rows of its input's
+/// width.
+pub fn matvec_q_many(pool: &ThreadPool, isa: Isa, jobs: &[QJob<'_>], y: &mut [f32]) {
+    let total_rows: usize = jobs.iter().map(|j| j.rows).sum();
+    assert_eq!(
+        y.len(),
+        total_rows,
+        "matvec_q_many: y is not the jobs' rows"
+    );
+    let nt = pool.n_threads();
+    let mut y = y;
+    for group in jobs.chunks(MANY_MAX) {
+        let group_rows: usize = group.iter().map(|j| j.rows).sum();
+        let (yg, rest) = y.split_at_mut(group_rows);
+        y = rest;
+        // per job: its first block (over the group), rows per block, bytes per row, first
+        // output row
+        let mut first = [0usize; MANY_MAX + 1];
+        let mut per_block = [0usize; MANY_MAX];
+        let mut row_bytes = [0usize; MANY_MAX];
+        let mut y0 = [0usize; MANY_MAX + 1];
+        let mut work = 0;
+        for (j, job) in group.iter().enumerate() {
+            row_bytes[j] = ops::check_q(job.qt, job.w, job.rows, job.x.cols());
+            per_block[j] = stream_rows(job.rows, nt);
+            first[j + 1] = first[j] + job.rows.div_ceil(per_block[j]);
+            y0[j + 1] = y0[j] + job.rows;
+            work += job.rows * job.x.cols();
+        }
+        let blocks = first[group.len()];
+        let run_block = |b: usize, yp: *mut f32| {
+            // the job whose blocks hold b
+            let j = first[1..=group.len()].partition_point(|&f| f <= b);
+            let job = &group[j];
+            let r0 = (b - first[j]) * per_block[j];
+            let r1 = (r0 + per_block[j]).min(job.rows);
+            let wb = &job.w[r0 * row_bytes[j]..r1 * row_bytes[j]];
+            let xs = [job.x];
+            // SAFETY: job j's output rows [r0, r1) lie inside this group's y (its rows start at
+            // y0[j], the jobs' rows laid one after another); block b is run by exactly one
+            // thread, so no two threads write the same floats, and the `&mut` behind `yp` is
+            // held by this function until they are done.
+            unsafe {
+                ops::matvec_q_raw(
+                    isa,
+                    job.qt,
+                    wb,
+                    r1 - r0,
+                    &xs,
+                    yp.wrapping_add(y0[j] + r0),
+                    job.rows,
+                    true,
+                )
+            };
+        };
+        let serial = nt == 1 || work < SERIAL_BELOW;
+        for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
+    }
+}

@@ -11,8 +11,10 @@
 //! - [`GgmlType`]: the ggml tensor types with their block sizes.
 //! - [`dequantize`]: F32, F16, BF16, Q8_0, Q4_0, Q5_0, Q4_K, Q5_K, Q6_K to f32, bit-exact with
 //!   ggml's `dequantize_row_*` (same operations, same order, no fused multiply-add).
+//! - [`GgufWriter`]: writes a GGUF file as a stream (header, then each tensor's bytes in
+//!   order), for files of any size ([`crate::model::synth`] writes multi-GB ones with it).
 //! - `qwenrt::testkit::gguf::GgufBuilder` (feature `testkit`): emits valid (or deliberately
-//!   broken) GGUF bytes for tests and fuzz targets.
+//!   broken) GGUF bytes for tests and fuzz targets, with the writer's value encoding.
 
 mod dequant;
 mod error;
@@ -20,6 +22,7 @@ mod header;
 #[cfg(test)]
 mod tests;
 mod types;
+mod writer;
 
 use std::fs::File;
 use std::path::Path;
@@ -28,6 +31,7 @@ pub use dequant::dequantize;
 pub use error::GgufError;
 pub use header::{GgufHeader, TensorInfo};
 pub use types::{Array, GgmlType, Value, ValueType};
+pub use writer::{put_str, put_value, GgufWriter, TensorSpec};
 
 /// GGUF files start with these four bytes.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
