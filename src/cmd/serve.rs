@@ -110,6 +110,14 @@ pub struct ServeArgs {
     /// <arch>.pooling_type, a sentence-transformers directory's pooling module)
     #[arg(long)]
     embeddings: bool,
+    /// Names the model answers to (comma-separated, as llama-server's --alias): /v1/models
+    /// lists them, and its id is the first in sorted order [default: the model's file or
+    /// directory name]
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    alias: Vec<String>,
+    /// Labels /v1/models shows for the model (comma-separated, as llama-server's --tags)
+    #[arg(long, value_name = "TAGS", value_delimiter = ',')]
+    tags: Vec<String>,
 }
 
 /// Runs `qwenrt serve` until SIGINT or SIGTERM.
@@ -130,10 +138,15 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     }
     let tok = load_tokenizer(&dir)?;
     let chat_template = std::sync::Arc::new(a.chat_template.load(&dir)?);
-    let model_id = dir.file_name().map_or_else(
-        || "qwenrt".to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
+    let mut aliases: Vec<String> = a.alias.into_iter().filter(|n| !n.trim().is_empty()).collect();
+    aliases.sort();
+    aliases.dedup();
+    let model_id = aliases.first().cloned().unwrap_or_else(|| {
+        dir.file_name().map_or_else(
+            || "qwenrt".to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        )
+    });
     // computed once: every response names the runtime and the weights behind it
     let sha = qwenrt::hub::model_sha256(&dir).map_err(CliError::fail)?;
     let opts = ServerOptions {
@@ -157,6 +170,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         chat_template,
         shutdown_grace: std::time::Duration::from_secs(a.drain_timeout),
         embeddings: a.embeddings,
+        aliases,
+        tags: a.tags,
         ..ServerOptions::default()
     };
     loading.stop();

@@ -797,9 +797,60 @@ fn render_with(
     tools: Option<&(Tools, ToolCallFormat)>,
 ) -> Result<String, ApiError> {
     let kwargs = template_kwargs(o)?;
-    template
-        .render(messages, tools.map(|(t, _)| &t.raw), true, &kwargs)
-        .map_err(|e| ApiError::invalid("messages", format!("cannot render the chat template: {e}")))
+    // vLLM's (and transformers') switches: the generation prompt (on unless turned off), or
+    // the final assistant message continued rather than closed
+    let generation_prompt = field(o, "add_generation_prompt").is_none()
+        || boolean(o, "add_generation_prompt")?;
+    let continue_final = boolean(o, "continue_final_message")?;
+    if generation_prompt && continue_final {
+        return Err(ApiError::invalid(
+            "continue_final_message",
+            "'continue_final_message' continues the final assistant message, so it needs 'add_generation_prompt': false",
+        ));
+    }
+    let rendered = template
+        .render(messages, tools.map(|(t, _)| &t.raw), generation_prompt, &kwargs)
+        .map_err(|e| {
+            ApiError::invalid("messages", format!("cannot render the chat template: {e}"))
+        })?;
+    if !continue_final {
+        return Ok(rendered);
+    }
+    continue_final_message(rendered, messages)
+}
+
+/// The rendered conversation cut right after the final message's text, so the answer goes on
+/// from it (`continue_final_message`): the final message must be the assistant's, and its text
+/// must appear in the rendering as written.
+fn continue_final_message(mut rendered: String, messages: &Value) -> Result<String, ApiError> {
+    let last = messages.as_array().and_then(|m| m.last());
+    let text = match last {
+        Some(m) if m.get("role").and_then(Value::as_str) == Some("assistant") => {
+            m.get("content").and_then(Value::as_str).unwrap_or("")
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "continue_final_message",
+                "'continue_final_message' needs the final message to be the assistant's",
+            ))
+        }
+    };
+    // the template may trim the text's ends; continue from its last non-blank character
+    let text = text.trim_end();
+    match rendered.rfind(text) {
+        Some(at) if !text.is_empty() => {
+            rendered.truncate(at + text.len());
+            Ok(rendered)
+        }
+        _ if text.is_empty() => Err(ApiError::invalid(
+            "continue_final_message",
+            "the final assistant message is empty: there is nothing to continue",
+        )),
+        _ => Err(ApiError::invalid(
+            "continue_final_message",
+            "the chat template does not render the final assistant message's text as written, so it cannot be continued",
+        )),
+    }
 }
 
 /// The constraints of an answer, compiled: a 400 names the field whose schema or tools do not
@@ -1292,5 +1343,38 @@ mod tests {
         .unwrap();
         assert_eq!((p.frequency_penalty, p.presence_penalty), (0.5, -2.0));
         assert!(!p.is_plain_greedy());
+    }
+
+    #[test]
+    fn a_final_assistant_message_is_continued_or_closed() {
+        let t = ChatTemplate::chatml();
+        let body = |extra: Value| {
+            let mut o = json!({"messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello, wor"},
+            ]});
+            for (k, v) in extra.as_object().unwrap() {
+                o[k] = v.clone();
+            }
+            o.as_object().unwrap().clone()
+        };
+        let closed = render_chat(&body(json!({})), &t).unwrap();
+        assert!(closed.ends_with("<|im_start|>assistant\n"), "{closed:?}");
+        let cont = body(json!({"add_generation_prompt": false, "continue_final_message": true}));
+        let cont = render_chat(&cont, &t).unwrap();
+        assert!(cont.ends_with("<|im_start|>assistant\nHello, wor"), "{cont:?}");
+        let both = body(json!({"continue_final_message": true}));
+        assert_eq!(
+            render_chat(&both, &t).unwrap_err().param.as_deref(),
+            Some("continue_final_message")
+        );
+        let mut user_last = body(json!({"add_generation_prompt": false, "continue_final_message": true}));
+        user_last["messages"] = json!([{"role": "user", "content": "Hi"}]);
+        assert!(render_chat(&user_last, &t).is_err());
+        let bad = body(json!({"add_generation_prompt": 1}));
+        assert_eq!(
+            render_chat(&bad, &t).unwrap_err().param.as_deref(),
+            Some("add_generation_prompt")
+        );
     }
 }

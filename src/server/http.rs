@@ -52,6 +52,10 @@ pub struct AppInner {
     pub api_key: Option<String>,
     /// Browser origins allowed to call the API (`--cors-origin`; `*` for any); empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// The model's names besides its id, and its labels, as `/v1/models` lists them.
+    pub aliases: Vec<String>,
+    /// Labels of the model (`--tags`).
+    pub tags: Vec<String>,
     /// Jobs accepted at once (running plus queued).
     pub limit: usize,
     pub request_timeout: Option<Duration>,
@@ -946,9 +950,10 @@ fn stream(
     };
     if s.out.meta.endpoint == Endpoint::Chat {
         for i in 0..s.out.choices.len() {
+            // the role alone, content null (llama-server's and vLLM's first chunk)
             let first = s.chunk(
                 i,
-                json!({"role": "assistant", "content": ""}),
+                json!({"role": "assistant", "content": null}),
                 Value::Null,
                 None,
             );
@@ -976,6 +981,8 @@ async fn models(State(app): State<App>) -> Response {
         &json!({"object": "list", "data": [{
             "id": app.model_id, "object": "model", "created": app.started,
             "owned_by": "qwenrt", "max_model_len": app.ctx,
+            "aliases": if app.aliases.is_empty() { vec![app.model_id.clone()] } else { app.aliases.clone() },
+            "tags": app.tags,
         }]}),
     )
 }

@@ -140,6 +140,10 @@ pub struct ServerOptions {
     /// Browser origins allowed to call the API (CORS; `*` for any); empty, the default, sends
     /// no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Further names of the model, listed by `/v1/models` (the id is the one `run` is given).
+    pub aliases: Vec<String>,
+    /// Labels `/v1/models` shows for the model.
+    pub tags: Vec<String>,
     /// Where the thinking part of a thinking model's answer goes (`reasoning_content` by
     /// default, with a template that has a thinking switch).
     pub reasoning_format: ReasoningFormat,
@@ -181,6 +185,8 @@ impl Default for ServerOptions {
             chat_template: Arc::new(ChatTemplate::chatml()),
             reasoning_format: ReasoningFormat::Auto,
             cors_origins: Vec::new(),
+            aliases: Vec::new(),
+            tags: Vec::new(),
             embeddings: false,
             system_fingerprint: format!("qwenrt-{}", env!("CARGO_PKG_VERSION")),
         }
@@ -338,6 +344,8 @@ pub fn run_on(
         parallel: opts.parallel,
         api_key: opts.api_key.clone().filter(|k| !k.is_empty()),
         cors_origins: opts.cors_origins.clone(),
+        aliases: opts.aliases.clone(),
+        tags: opts.tags.clone(),
         limit: opts.parallel + opts.max_queue,
         request_timeout: opts.request_timeout,
         max_body_bytes: opts.max_body_bytes,
