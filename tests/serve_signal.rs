@@ -2,7 +2,8 @@
 //! requests get 503 at once, `/ready` 503, `/health` still 200, the running stream finishes
 //! with `data: [DONE]`, exit 0); with a short `--drain-timeout` the running stream is ended
 //! with a clear error event and the process still exits 0; while the model loads, the
-//! placeholder answers `/health` 200 and `/ready` 503.
+//! placeholder answers `/health` 200 and `/ready` 503. Several `--host` addresses are all served,
+//! and `/v1/models` lists `--alias` and `--tags` as llama-server does.
 
 #[path = "support/server_kit.rs"]
 mod kit;
@@ -247,4 +248,42 @@ fn while_loading_the_placeholder_is_alive_but_not_ready_then_hands_the_port_over
     .unwrap();
     drop(conn);
     assert_eq!(t.join().unwrap(), (200, "ok".to_string()));
+}
+
+#[test]
+fn several_addresses_are_served_and_models_lists_the_aliases_and_tags() {
+    // IPv6 loopback may be missing on a CI host; then the second address is a second name of
+    // the IPv4 loopback's
+    let second = if TcpListener::bind("[::1]:0").is_ok() {
+        ("::1", "[::1]")
+    } else {
+        eprintln!("no IPv6 loopback here: serving 127.0.0.1 twice under two names instead");
+        ("localhost", "localhost")
+    };
+    let hosts = format!("127.0.0.1,{}", second.0);
+    let s = Serve::start(
+        "hosts",
+        &[
+            "--host",
+            &hosts,
+            "--alias",
+            "tiny-b,tiny-a,tiny-b",
+            "--tags",
+            "chat,small",
+        ],
+    );
+    for host in ["127.0.0.1", second.1] {
+        let url = format!("http://{host}:{}/v1/models", s.port);
+        let (status, body) = get(&url);
+        assert_eq!(status, 200, "{host}: {body}");
+        let models: Value = serde_json::from_str(&body).unwrap();
+        let m = &models["data"][0];
+        // the id is the first alias in sorted order, as llama-server picks it
+        assert_eq!(m["id"], "tiny-a", "{m}");
+        assert_eq!(m["aliases"], json!(["tiny-a", "tiny-b"]), "{m}");
+        assert_eq!(m["tags"], json!(["chat", "small"]), "{m}");
+    }
+    s.sigterm();
+    let (status, _) = s.wait(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status}");
 }

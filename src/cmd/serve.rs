@@ -18,7 +18,7 @@ drains: new requests get 503 at once (and /ready 503), running ones finish for u
 --drain-timeout seconds (those still running are then ended with an error), and it exits 0."
 )]
 pub struct ServeArgs {
-    /// Address to bind
+    /// Address to bind; several, comma-separated, are all served (`127.0.0.1,::1`, as llama-server takes them)
     #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
     host: String,
     /// Port to bind
@@ -124,10 +124,13 @@ pub struct ServeArgs {
 pub fn run(a: ServeArgs) -> Result<(), CliError> {
     let dir = a.model.dir()?;
     // bound first, so that probes get "alive, not ready" while the model loads
-    let listener = server::bind(&a.host, a.port).map_err(CliError::fail)?;
-    let loading = server::Loading::start(&listener).map_err(CliError::fail)?;
-    if let Ok(addr) = listener.local_addr() {
-        eprintln!("loading the model; http://{addr}/ready answers 503 until it is ready");
+    let listeners = server::bind_all(&a.host, a.port).map_err(CliError::fail)?;
+    let mut loading = Vec::with_capacity(listeners.len());
+    for listener in &listeners {
+        loading.push(server::Loading::start(listener).map_err(CliError::fail)?);
+        if let Ok(addr) = listener.local_addr() {
+            eprintln!("loading the model; http://{addr}/ready answers 503 until it is ready");
+        }
     }
     let weights = load_weights(&dir)?;
     if a.ctx > weights.config.max_position_embeddings {
@@ -138,7 +141,11 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
     }
     let tok = load_tokenizer(&dir)?;
     let chat_template = std::sync::Arc::new(a.chat_template.load(&dir)?);
-    let mut aliases: Vec<String> = a.alias.into_iter().filter(|n| !n.trim().is_empty()).collect();
+    let mut aliases: Vec<String> = a
+        .alias
+        .into_iter()
+        .filter(|n| !n.trim().is_empty())
+        .collect();
     aliases.sort();
     aliases.dedup();
     let model_id = aliases.first().cloned().unwrap_or_else(|| {
@@ -174,8 +181,8 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         tags: a.tags,
         ..ServerOptions::default()
     };
-    loading.stop();
-    server::run_on(listener, weights, tok, model_id, opts, shutdown_signal())
+    loading.into_iter().for_each(server::Loading::stop);
+    server::run_on_all(listeners, weights, tok, model_id, opts, shutdown_signal())
         .map_err(CliError::fail)
 }
 

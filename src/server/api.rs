@@ -799,8 +799,8 @@ fn render_with(
     let kwargs = template_kwargs(o)?;
     // vLLM's (and transformers') switches: the generation prompt (on unless turned off), or
     // the final assistant message continued rather than closed
-    let generation_prompt = field(o, "add_generation_prompt").is_none()
-        || boolean(o, "add_generation_prompt")?;
+    let generation_prompt =
+        field(o, "add_generation_prompt").is_none() || boolean(o, "add_generation_prompt")?;
     let continue_final = boolean(o, "continue_final_message")?;
     if generation_prompt && continue_final {
         return Err(ApiError::invalid(
@@ -809,7 +809,12 @@ fn render_with(
         ));
     }
     let rendered = template
-        .render(messages, tools.map(|(t, _)| &t.raw), generation_prompt, &kwargs)
+        .render(
+            messages,
+            tools.map(|(t, _)| &t.raw),
+            generation_prompt,
+            &kwargs,
+        )
         .map_err(|e| {
             ApiError::invalid("messages", format!("cannot render the chat template: {e}"))
         })?;
@@ -1362,13 +1367,17 @@ mod tests {
         assert!(closed.ends_with("<|im_start|>assistant\n"), "{closed:?}");
         let cont = body(json!({"add_generation_prompt": false, "continue_final_message": true}));
         let cont = render_chat(&cont, &t).unwrap();
-        assert!(cont.ends_with("<|im_start|>assistant\nHello, wor"), "{cont:?}");
+        assert!(
+            cont.ends_with("<|im_start|>assistant\nHello, wor"),
+            "{cont:?}"
+        );
         let both = body(json!({"continue_final_message": true}));
         assert_eq!(
             render_chat(&both, &t).unwrap_err().param.as_deref(),
             Some("continue_final_message")
         );
-        let mut user_last = body(json!({"add_generation_prompt": false, "continue_final_message": true}));
+        let mut user_last =
+            body(json!({"add_generation_prompt": false, "continue_final_message": true}));
         user_last["messages"] = json!([{"role": "user", "content": "Hi"}]);
         assert!(render_chat(&user_last, &t).is_err());
         let bad = body(json!({"add_generation_prompt": 1}));

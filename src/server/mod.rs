@@ -244,6 +244,18 @@ pub fn bind(host: &str, port: u16) -> Result<TcpListener, ServerError> {
     })
 }
 
+/// Binds each of the comma-separated `hosts` (`127.0.0.1,::1`, as llama-server's `--host`
+/// takes them) on `port`; the error names the address that failed.
+pub fn bind_all(hosts: &str, port: u16) -> Result<Vec<TcpListener>, ServerError> {
+    let hosts: Vec<&str> = hosts.split(',').map(str::trim).collect();
+    if hosts.iter().any(|h| h.is_empty()) {
+        return Err(ServerError::Option(format!(
+            "--host {hosts:?}: an empty address in the list"
+        )));
+    }
+    hosts.iter().map(|h| bind(h, port)).collect()
+}
+
 /// Serves on `listener` until `shutdown` resolves, then drains (see the module's docs): new
 /// requests get 503 at once, in-flight ones finish for up to `opts.shutdown_grace` (those
 /// still running after it are failed), the listener closes, the engine thread stops and it
@@ -256,6 +268,21 @@ pub fn run_on(
     opts: ServerOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    run_on_all(vec![listener], weights, tokenizer, model_id, opts, shutdown)
+}
+
+/// [`run_on`] on several listeners at once (one server, every address).
+pub fn run_on_all(
+    listeners: Vec<TcpListener>,
+    weights: Arc<Weights>,
+    tokenizer: Tokenizer,
+    model_id: String,
+    opts: ServerOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if listeners.is_empty() {
+        return Err(ServerError::Option("no address to listen on".into()));
+    }
     if opts.parallel == 0 {
         return Err(ServerError::Option("--parallel must be at least 1".into()));
     }
@@ -352,7 +379,7 @@ pub fn run_on(
         draining: AtomicBool::new(false),
         started: http::now_secs(),
     });
-    let served = serve(listener, app, opts.shutdown_grace, &tx, shutdown);
+    let served = serve(listeners, app, opts.shutdown_grace, &tx, shutdown);
     let _ = tx.send(Msg::Shutdown);
     let _ = engine_thread.join();
     served
@@ -378,31 +405,39 @@ fn embeddings_on(flag: bool, pooling: Option<Pooling>) -> Result<bool, ServerErr
 
 /// The tokio side of [`run_on`].
 fn serve(
-    listener: TcpListener,
+    listeners: Vec<TcpListener>,
     app: Arc<http::AppInner>,
     grace: Duration,
     engine: &std::sync::mpsc::Sender<Msg>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("qwenrt-http")
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        eprintln!("listening on http://{addr}");
-        let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = axum::serve(listener, http::router(app.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = close_rx.await;
-            })
-            .into_future();
+        // one server per address, all closed by one signal
+        let (close_tx, close_rx) = tokio::sync::watch::channel(false);
+        let mut servers = Vec::with_capacity(listeners.len());
+        for listener in listeners {
+            listener.set_nonblocking(true)?;
+            let addr = listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            eprintln!("listening on http://{addr}");
+            let mut closed = close_rx.clone();
+            servers.push(
+                axum::serve(listener, http::router(app.clone()))
+                    .with_graceful_shutdown(async move {
+                        let _ = closed.wait_for(|&c| c).await;
+                    })
+                    .into_future(),
+            );
+        }
+        let server = futures_util::future::try_join_all(servers);
         tokio::pin!(server);
         tokio::select! {
-            r = &mut server => return r.map_err(ServerError::Io),
+            r = &mut server => return r.map(drop).map_err(ServerError::Io),
             () = shutdown => {}
         }
         // draining: the listener stays open, new work is refused, running work goes on
@@ -414,7 +449,7 @@ fn serve(
             }
         };
         tokio::select! {
-            r = &mut server => return r.map_err(ServerError::Io),
+            r = &mut server => return r.map(drop).map_err(ServerError::Io),
             _ = tokio::time::timeout(grace, drained) => {}
         }
         let left = inflight();
@@ -426,7 +461,7 @@ fn serve(
             let _ = engine.send(Msg::Abort);
         }
         // close the listener and the idle connections; let the open responses end
-        let _ = close_tx.send(());
+        let _ = close_tx.send(true);
         let _ = tokio::time::timeout(CLOSE_WAIT, &mut server).await;
         Ok(())
     })
