@@ -82,8 +82,9 @@ pub struct ServeArgs {
     /// template has a thinking switch; `none` leaves it in content
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = Reasoning::Auto)]
     reasoning_format: Reasoning,
-    /// Allow browser pages from ORIGIN (e.g. http://localhost:3000; `*` for any) to call the
-    /// API: preflights answered, responses carry Access-Control-Allow-Origin (repeatable)
+    /// Allow browser pages from ORIGIN (e.g. http://localhost:3000; `localhost` for any
+    /// loopback origin; `*` for any) to call the API: preflights answered, responses carry
+    /// Access-Control-Allow-Origin (repeatable)
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
     /// Prompt-lookup drafting for greedy requests without penalties: up to N drafted rows per

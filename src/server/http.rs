@@ -130,21 +130,25 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 /// (browsers send none on preflights); every response to an allowed origin names it in
 /// `Access-Control-Allow-Origin`. Other origins get no CORS headers, so browsers refuse them.
 async fn cors(State(app): State<App>, req: Request, next: Next) -> Response {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .filter(|o| app.cors_origins.iter().any(|a| a == "*" || a == o))
-        .and_then(|o| HeaderValue::from_str(o).ok());
-    let Some(origin) = origin else {
-        return next.run(req).await;
-    };
     let preflight = req.method() == Method::OPTIONS
         && req
             .headers()
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| app.cors_origins.iter().any(|a| origin_allowed(a, o)))
+        .and_then(|o| HeaderValue::from_str(o).ok());
+    let Some(origin) = origin else {
+        if preflight && !app.cors_origins.is_empty() {
+            // answered, without the headers that would let the page go on
+            return StatusCode::OK.into_response();
+        }
+        return next.run(req).await;
+    };
     let mut resp = if preflight {
-        let mut r = StatusCode::NO_CONTENT.into_response();
+        let mut r = StatusCode::OK.into_response();
         let h = r.headers_mut();
         h.insert(
             header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -166,6 +170,33 @@ async fn cors(State(app): State<App>, req: Request, next: Next) -> Response {
     h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
     h.append(header::VARY, HeaderValue::from_static("Origin"));
     resp
+}
+
+/// Whether `--cors-origin` entry `allowed` lets a page from `origin` in: `*` any, `localhost`
+/// any loopback origin (`http://localhost:3000`, `http://127.0.0.1`, `http://[::1]:8080`, as
+/// llama-server reads it), else the origin exactly.
+fn origin_allowed(allowed: &str, origin: &str) -> bool {
+    match allowed {
+        "*" => true,
+        "localhost" => {
+            let Some(rest) = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"))
+            else {
+                return false;
+            };
+            let (host, tail) = match rest.strip_prefix("[::1]") {
+                Some(tail) => ("[::1]", tail),
+                None => rest.split_at(rest.find(':').unwrap_or(rest.len())),
+            };
+            let port_ok = tail.is_empty()
+                || tail
+                    .strip_prefix(':')
+                    .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+            port_ok && matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+        }
+        exact => exact == origin,
+    }
 }
 
 /// Checks the API key (every route but the probes, `/health` and `/ready`) and counts
@@ -1119,5 +1150,41 @@ async fn detokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>)
     match r {
         Ok(v) => json_response(StatusCode::OK, &v),
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::origin_allowed;
+
+    #[test]
+    fn the_localhost_entry_allows_loopback_origins_only() {
+        for o in [
+            "http://localhost",
+            "http://localhost:8080",
+            "http://127.0.0.1",
+            "http://127.0.0.1:3000",
+            "http://[::1]",
+            "http://[::1]:3000",
+            "https://localhost:1",
+        ] {
+            assert!(origin_allowed("localhost", o), "{o}");
+        }
+        for o in [
+            "http://web.mydomain.fr",
+            "http://evil.com",
+            "http://notlocalhost",
+            "http://localhost.evil.com",
+            "http://localhost:",
+            "http://localhost:80x",
+            "localhost",
+            "http://[::2]",
+            "http://127.0.0.1.evil.com",
+        ] {
+            assert!(!origin_allowed("localhost", o), "{o}");
+        }
+        assert!(origin_allowed("*", "http://evil.com"));
+        assert!(origin_allowed("http://a.b", "http://a.b"));
+        assert!(!origin_allowed("http://a.b", "http://a.b:1"));
     }
 }
