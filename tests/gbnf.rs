@@ -1,8 +1,14 @@
 //! llama.cpp's GBNF grammars through `Grammars::gbnf` over the real tokenizer: llama.cpp's own
 //! grammars (tests/fixtures/gbnf, MIT, see its README) compile and accept and reject what they
 //! should; grammars where a greedy lexer would go wrong match character by character, as
-//! llama.cpp does; bad grammars are refused with the line and column.
+//! llama.cpp does; bad grammars are refused with the line and column. Over HTTP, on the tiny
+//! model: llama-server's `grammar` field constrains chat and completions answers, and a bad
+//! one is a 400 naming `grammar` while the server keeps serving.
 
+#[path = "support/server_kit.rs"]
+mod kit;
+
+use kit::{json, opts, post, post_stream, Server, Value};
 use qwenrt::engine::constraint::{Constraint, ConstraintError};
 use qwenrt::testkit::fuzzing::{grammars, tokenizer};
 
@@ -68,7 +74,7 @@ fn llama_cpp_arithmetic_list_chess_japanese_grammars() {
         &fixture("arithmetic.gbnf"),
         // `ws` may take the line break the rule needs next: only a parser that tries both
         // (not a greedy lexer) accepts these
-        &["a=b\n", "(x1 + 2)*y = 3\n", "a = b\nc=d\n"],
+        &["a=b\n", "(x1 +2)*y = 3\n", "a = b\nc=d\n"],
         &["a=b", "A=b\n", "a==b\n", "=b\n"],
     );
     check(
@@ -123,7 +129,7 @@ fn matching_is_per_character_as_in_llama_cpp() {
 #[test]
 fn bad_grammars_name_the_line_and_column() {
     for (src, want) in [
-        ("root ::= \"a\"\nitem ::= [a-", "line 2, column 12"),
+        ("root ::= \"a\"\nitem ::= [a-", "line 2, column 13: unexpected end"),
         ("root ::= x", "line 1, column 10: the rule 'x' is used but not defined"),
         ("item ::= \"a\"", "no 'root' rule"),
         ("root ::= \"a\"{3,2}", "maximum below its minimum"),
@@ -137,4 +143,99 @@ fn bad_grammars_name_the_line_and_column() {
     }
     // a grammar that parses but derives nothing is refused by the compiler, not at a sample
     assert!(grammars().gbnf("root ::= root").is_err());
+}
+
+fn content(v: &Value) -> &str {
+    let c = &v["choices"][0];
+    c.get("text")
+        .or_else(|| c["message"].get("content"))
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no text in {v}"))
+}
+
+#[test]
+fn http_grammar_field_constrains_chat_and_completions() {
+    let s = Server::start(opts());
+    let five_a = "root ::= \"a\"{5,5}";
+    let chat = |extra: Value| {
+        let mut b = json!({"model": "x", "messages": [{"role": "user", "content": "hi"}],
+            "temperature": 0, "max_tokens": 6});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    let completion = |extra: Value| {
+        let mut b = json!({"model": "x", "prompt": "Once upon", "temperature": 0,
+            "max_tokens": 6});
+        for (k, v) in extra.as_object().unwrap() {
+            b[k] = v.clone();
+        }
+        b
+    };
+    for (path, body) in [
+        ("/v1/chat/completions", chat(json!({"grammar": five_a}))),
+        ("/v1/completions", completion(json!({"grammar": five_a}))),
+    ] {
+        let (code, v) = post(&s, path, &body);
+        assert_eq!(code, 200, "{path}: {v}");
+        assert_eq!(content(&v), "aaaaa", "{path}: {v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{path}: {v}");
+        // sampled too: the grammar holds whatever the seed
+        let mut sampled = body.clone();
+        sampled["temperature"] = json!(1.0);
+        sampled["seed"] = json!(9);
+        let (code, v) = post(&s, path, &sampled);
+        assert_eq!((code, content(&v)), (200, "aaaaa"), "{path}: {v}");
+    }
+    // streamed: the deltas add up to the same
+    let mut streamed = chat(json!({"grammar": five_a}));
+    streamed["stream"] = json!(true);
+    let text: String = post_stream(&s, "/v1/chat/completions", &streamed)
+        .iter()
+        .filter(|d| d.as_str() != "[DONE]")
+        .filter_map(|d| {
+            let v: Value = serde_json::from_str(d).unwrap();
+            v["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+        })
+        .collect();
+    assert_eq!(text, "aaaaa");
+    // an empty grammar is none (llama-server's default): the answer is the plain one
+    let (_, plain) = post(&s, "/v1/completions", &completion(json!({})));
+    let (code, v) = post(&s, "/v1/completions", &completion(json!({"grammar": ""})));
+    assert_eq!((code, content(&v)), (200, content(&plain)));
+
+    // bad grammars and bad combinations: 400 naming `grammar`, and what is wrong
+    for (path, body, want) in [
+        (
+            "/v1/chat/completions",
+            chat(json!({"grammar": "root ::= \"a"})),
+            "line 1, column 12: unterminated string",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"grammar": "root ::= item"})),
+            "the rule 'item' is used but not defined",
+        ),
+        ("/v1/completions", completion(json!({"grammar": 5})), "must be a string"),
+        (
+            "/v1/chat/completions",
+            chat(json!({"grammar": five_a, "response_format": {"type": "json_object"}})),
+            "'grammar' or 'response_format'",
+        ),
+        (
+            "/v1/completions",
+            completion(json!({"grammar": five_a, "json_schema": {"type": "object"}})),
+            "'grammar' or 'json_schema'",
+        ),
+    ] {
+        let (code, v) = post(&s, path, &body);
+        assert_eq!(code, 400, "{path} {body}: {v}");
+        assert_eq!(v["error"]["param"], "grammar", "{path} {body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(want), "{path} {body}: {msg}");
+    }
+    // the server still serves
+    let (code, v) = post(&s, "/v1/chat/completions", &chat(json!({"grammar": five_a})));
+    assert_eq!((code, content(&v)), (200, "aaaaa"), "{v}");
 }
