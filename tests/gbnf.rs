@@ -100,7 +100,11 @@ fn llama_cpp_arithmetic_list_chess_japanese_grammars() {
 #[test]
 fn matching_is_per_character_as_in_llama_cpp() {
     // a class run that could also take the next literal
-    check("root ::= [a-z]* \"x\"", &["x", "abcx", "xxx"], &["abc", "xa"]);
+    check(
+        "root ::= [a-z]* \"x\"",
+        &["x", "abcx", "xxx"],
+        &["abc", "xa"],
+    );
     // an alternative that is a prefix of another
     check(
         "root ::= (\"a\" | \"ab\") \"bc\"",
@@ -108,11 +112,7 @@ fn matching_is_per_character_as_in_llama_cpp() {
         &["ab", "abcc"],
     );
     // repetition counts, `.`, negated classes and escapes
-    check(
-        "root ::= \"a\"{5,5}",
-        &["aaaaa"],
-        &["aaaa", "aaaaaa", "b"],
-    );
+    check("root ::= \"a\"{5,5}", &["aaaaa"], &["aaaa", "aaaaaa", "b"]);
     check(
         "root ::= ab{2,} \"-\" ab{0,1} \"|\" .? [^\\x41-\\x43\\n]\nab ::= \"ab\"",
         &["abab-|D", "ababab-ab|zZ", "abab-|\u{1F600}"],
@@ -129,13 +129,24 @@ fn matching_is_per_character_as_in_llama_cpp() {
 #[test]
 fn bad_grammars_name_the_line_and_column() {
     for (src, want) in [
-        ("root ::= \"a\"\nitem ::= [a-", "line 2, column 13: unexpected end"),
-        ("root ::= x", "line 1, column 10: the rule 'x' is used but not defined"),
+        (
+            "root ::= \"a\"\nitem ::= [a-",
+            "line 2, column 13: unexpected end",
+        ),
+        (
+            "root ::= x",
+            "line 1, column 10: the rule 'x' is used but not defined",
+        ),
         ("item ::= \"a\"", "no 'root' rule"),
         ("root ::= \"a\"{3,2}", "maximum below its minimum"),
     ] {
         match grammars().gbnf(src) {
-            Err(e @ ConstraintError::Invalid { what: "GBNF grammar", .. }) => {
+            Err(
+                e @ ConstraintError::Invalid {
+                    what: "GBNF grammar",
+                    ..
+                },
+            ) => {
                 assert!(e.to_string().contains(want), "{src:?}: {e}")
             }
             other => panic!("{src:?}: {other:?}"),
@@ -196,7 +207,9 @@ fn http_grammar_field_constrains_chat_and_completions() {
         .filter(|d| d.as_str() != "[DONE]")
         .filter_map(|d| {
             let v: Value = serde_json::from_str(d).unwrap();
-            v["choices"][0]["delta"]["content"].as_str().map(str::to_string)
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
         })
         .collect();
     assert_eq!(text, "aaaaa");
@@ -217,7 +230,11 @@ fn http_grammar_field_constrains_chat_and_completions() {
             completion(json!({"grammar": "root ::= item"})),
             "the rule 'item' is used but not defined",
         ),
-        ("/v1/completions", completion(json!({"grammar": 5})), "must be a string"),
+        (
+            "/v1/completions",
+            completion(json!({"grammar": 5})),
+            "must be a string",
+        ),
         (
             "/v1/chat/completions",
             chat(json!({"grammar": five_a, "response_format": {"type": "json_object"}})),
@@ -236,6 +253,79 @@ fn http_grammar_field_constrains_chat_and_completions() {
         assert!(msg.contains(want), "{path} {body}: {msg}");
     }
     // the server still serves
-    let (code, v) = post(&s, "/v1/chat/completions", &chat(json!({"grammar": five_a})));
+    let (code, v) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat(json!({"grammar": five_a})),
+    );
     assert_eq!((code, content(&v)), (200, "aaaaa"), "{v}");
+}
+
+/// `qwenrt generate --gbnf FILE` on the tiny model (512 logits, byte-level tokens): the answer
+/// is one the grammar derives; a bad file is an `error:` naming the flag, the file and the
+/// line, with exit status 2.
+#[test]
+fn generate_gbnf_flag() {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = std::env::temp_dir().join(format!("qwenrt-gbnf-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join("tiny-qwen2-f32").join(f), dir.join(f)).unwrap();
+    }
+    std::fs::copy(
+        fixtures.join("qwen2.5-coder-0.5b/tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("yn.gbnf"),
+        "root ::= answer \"!\"\nanswer ::= \"yes\" | \"no\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("bad.gbnf"),
+        "root ::= answer\nanswer ::= (\"yes\"\n",
+    )
+    .unwrap();
+    let run = |file: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+            .args([
+                "generate",
+                "--model",
+                dir.to_str().unwrap(),
+                "--threads",
+                "1",
+            ])
+            .args([
+                "--raw",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "20",
+                "--json",
+            ])
+            .args(["--gbnf", dir.join(file).to_str().unwrap(), "a"])
+            .output()
+            .unwrap()
+    };
+    let out = run("yn.gbnf");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        ["yes!", "no!"].contains(&v["text"].as_str().unwrap()),
+        "{v}"
+    );
+    assert_eq!(v["stats"]["constraint"]["kind"], "GBNF grammar", "{v}");
+    assert_eq!(v["stats"]["constraint"]["complete"], true, "{v}");
+    let out = run("bad.gbnf");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    for needle in ["--gbnf", "bad.gbnf", "line 3, column 1", "expected ')'"] {
+        assert!(err.contains(needle), "{needle:?} not in {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -258,10 +258,11 @@ impl Grammars {
     /// column at fault).
     pub fn gbnf(&self, src: &str) -> Result<Constraint, ConstraintError> {
         const WHAT: &str = "GBNF grammar";
-        let lark = crate::engine::gbnf::gbnf_to_lark(src).map_err(|e| ConstraintError::Invalid {
-            what: WHAT,
-            message: e.to_string(),
-        })?;
+        let lark =
+            crate::engine::gbnf::gbnf_to_lark(src).map_err(|e| ConstraintError::Invalid {
+                what: WHAT,
+                message: e.to_string(),
+            })?;
         self.compile(WHAT, TopLevelGrammar::from_lark(lark))
     }
 

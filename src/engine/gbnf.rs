@@ -83,7 +83,10 @@ enum Node {
     /// A string literal's characters (possibly none).
     Chars(Vec<char>),
     /// A character class: inclusive ranges, or any character outside them when negated.
-    Class { negated: bool, ranges: Vec<(char, char)> },
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
     /// `.`: any character.
     Any,
     /// A reference to a rule, with where it is (for "not defined").
@@ -225,7 +228,9 @@ impl Parser {
         let at = self.pos;
         let name = self.name()?;
         self.space(false);
-        if !(self.peek() == Some(':') && self.peek_at(1) == Some(':') && self.peek_at(2) == Some('='))
+        if !(self.peek() == Some(':')
+            && self.peek_at(1) == Some(':')
+            && self.peek_at(2) == Some('='))
         {
             return Err(self.error(format!(
                 "expected '::=' after the rule name '{name}', found {}",
@@ -293,10 +298,9 @@ impl Parser {
             'n' => return Ok('\n'),
             '\\' | '"' | '[' | ']' | '-' => return Ok(e),
             _ => {
-                return Err(self.error_at(
-                    start,
-                    format!("unknown escape '\\{e}' (known: \\x \\u \\U \\t \\r \\n \\\\ \\\" \\[ \\] \\-)"),
-                ))
+                const KNOWN: &str = r#"\x \u \U \t \r \n \\ \" \[ \] \-"#;
+                let message = format!("unknown escape '\\{e}' (known: {KNOWN})");
+                return Err(self.error_at(start, message));
             }
         };
         let mut value: u32 = 0;
@@ -307,10 +311,7 @@ impl Parser {
                     self.pos += 1;
                 }
                 None => {
-                    return Err(self.error_at(
-                        start,
-                        format!("'\\{e}' needs {digits} hex digits"),
-                    ))
+                    return Err(self.error_at(start, format!("'\\{e}' needs {digits} hex digits")))
                 }
             }
         }
@@ -573,10 +574,9 @@ impl Parser {
             };
             if let Some((min, max)) = repeat {
                 let Some(last) = seq.pop() else {
-                    return Err(self.error_at(
-                        op_pos,
-                        format!("'{c}' has nothing before it to repeat"),
-                    ));
+                    return Err(
+                        self.error_at(op_pos, format!("'{c}' has nothing before it to repeat"))
+                    );
                 };
                 let mut stacked = 1;
                 let mut inner = &last;
@@ -629,7 +629,13 @@ struct Taken {
 fn fresh_name(taken: &mut Taken, base: &str) -> String {
     let mut stem: String = base
         .chars()
-        .map(|c| if c == '-' { '_' } else { c.to_ascii_lowercase() })
+        .map(|c| {
+            if c == '-' {
+                '_'
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
         .collect();
     if !stem.starts_with(|c: char| c.is_ascii_lowercase()) {
         stem.insert_str(0, "r_");
@@ -803,7 +809,10 @@ impl Writer {
             }),
             Node::Group(alts) => match alts.as_slice() {
                 // a group of one element needs no rule of its own
-                [seq] if seq.len() == 1 && !matches!(seq[0], Node::Chars(_) | Node::Repeat { .. }) => {
+                [seq]
+                    if seq.len() == 1
+                        && !matches!(seq[0], Node::Chars(_) | Node::Repeat { .. }) =>
+                {
                     self.atom(owner, &seq[0])
                 }
                 _ => self.new_rule(owner, alts),
@@ -837,7 +846,10 @@ mod tests {
         );
         // the empty string is the empty sequence
         assert_eq!(lark("root ::= \"\""), "start: root\nroot: \n");
-        assert_eq!(lark("root ::= \"\\x7f\""), "start: root\nroot: \"\\u007f\"\n");
+        assert_eq!(
+            lark("root ::= \"\\x7f\""),
+            "start: root\nroot: \"\\u007f\"\n"
+        );
     }
 
     #[test]
@@ -847,7 +859,10 @@ mod tests {
             "start: root\nroot: /[\\x{61}-\\x{7A}\\x{5F}]/ /[^\\x{22}\\x{5C}\\x{A}]/ /(?s:.)/ /[\\x{2F}]/\n"
         );
         // a '-' first or last is itself; `[^]` is any character
-        assert_eq!(lark("root ::= [-a-]"), "start: root\nroot: /[\\x{2D}\\x{61}\\x{2D}]/\n");
+        assert_eq!(
+            lark("root ::= [-a-]"),
+            "start: root\nroot: /[\\x{2D}\\x{61}\\x{2D}]/\n"
+        );
         assert_eq!(lark("root ::= [^]"), "start: root\nroot: /(?s:.)/\n");
     }
 
@@ -871,7 +886,10 @@ mod tests {
     #[test]
     fn names_are_made_lark_legal_and_distinct() {
         let l = lark("root ::= Foo-bar foo-bar 9x start\nFoo-bar ::= \"a\"\nfoo-bar ::= \"b\"\n9x ::= \"c\"\nstart ::= \"d\"");
-        assert!(l.starts_with("start: root\nroot: foo_bar foo_bar_2 r_9x start_2\n"), "{l}");
+        assert!(
+            l.starts_with("start: root\nroot: foo_bar foo_bar_2 r_9x start_2\n"),
+            "{l}"
+        );
         assert!(l.contains("\nfoo_bar: \"a\"\n"), "{l}");
         assert!(l.contains("\nfoo_bar_2: \"b\"\n"), "{l}");
         assert!(l.contains("\nr_9x: \"c\"\n"), "{l}");
@@ -906,7 +924,11 @@ mod tests {
     #[test]
     fn errors_name_line_column_and_fault() {
         let cases: &[(&str, (usize, usize), &str)] = &[
-            ("root ::= \"abc", (1, 14), "unterminated string (opened at line 1, column 10)"),
+            (
+                "root ::= \"abc",
+                (1, 14),
+                "unterminated string (opened at line 1, column 10)",
+            ),
             ("root ::= [abc", (1, 14), "unterminated character class"),
             ("root ::= x\n", (1, 10), "'x' is used but not defined"),
             ("root ::= \"a\"\nroot ::= \"b\"", (2, 1), "defined twice"),
@@ -916,12 +938,20 @@ mod tests {
             ("root ::= *", (1, 10), "nothing before it"),
             ("root ::= \"a\"{3,1}", (1, 13), "maximum below its minimum"),
             ("root ::= \"a\"{2001}", (1, 14), "over the limit of 2000"),
-            ("root ::= \"a\"{99999999999999999999}", (1, 14), "over the limit"),
+            (
+                "root ::= \"a\"{99999999999999999999}",
+                (1, 14),
+                "over the limit",
+            ),
             ("root ::= \"a\"{x}", (1, 14), "expected a repetition count"),
             ("root ::= \"a\"{1 2}", (1, 16), "expected ',' or '}'"),
             ("root ::= \"\\q\"", (1, 11), "unknown escape '\\q'"),
             ("root ::= \"\\x4\"", (1, 11), "needs 2 hex digits"),
-            ("root ::= \"\\uD800\"", (1, 11), "not a Unicode scalar value"),
+            (
+                "root ::= \"\\uD800\"",
+                (1, 11),
+                "not a Unicode scalar value",
+            ),
             ("root ::= [z-a]", (1, 11), "runs backwards"),
             ("root ::= []", (1, 10), "is empty"),
             ("\n\nroot ::= \"a\" ~", (3, 14), "expected a line break"),
@@ -930,7 +960,9 @@ mod tests {
             let e = err(src);
             assert_eq!(e.at, Some(*at), "{src:?}: {e}");
             assert!(e.message.contains(want), "{src:?}: {e}");
-            assert!(e.to_string().starts_with(&format!("line {}, column {}: ", at.0, at.1)));
+            assert!(e
+                .to_string()
+                .starts_with(&format!("line {}, column {}: ", at.0, at.1)));
         }
         assert!(err("").message.contains("no rules"));
         assert!(err("  # only a comment\n").message.contains("no rules"));
@@ -940,7 +972,11 @@ mod tests {
     #[test]
     fn hostile_input_is_bounded() {
         // nesting: at the limit it translates, past it it is refused (no stack overflow)
-        let ok = format!("root ::= {}\"a\"{}", "(".repeat(MAX_GBNF_DEPTH), ")".repeat(MAX_GBNF_DEPTH));
+        let ok = format!(
+            "root ::= {}\"a\"{}",
+            "(".repeat(MAX_GBNF_DEPTH),
+            ")".repeat(MAX_GBNF_DEPTH)
+        );
         assert!(gbnf_to_lark(&ok).is_ok());
         let deep = format!("root ::= {}\"a\"", "(".repeat(100_000));
         assert!(err(&deep).message.contains("nest deeper than the limit"));

@@ -1290,7 +1290,11 @@ mod tests {
         }
         let e = rf(json!({"grammar": "root ::= \"a\"", "response_format": {"type": "text"}}))
             .unwrap_err();
-        assert!(e.message.contains("'grammar' or 'response_format'"), "{}", e.message);
+        assert!(
+            e.message.contains("'grammar' or 'response_format'"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
