@@ -531,6 +531,27 @@ fn constraint_compile_random_schemas_regexes_and_grammars() {
         }
         count(fuzzing::constraint_compile(&data));
     }
+    // GBNF: well-formed rules and broken pieces
+    let gbnf = [
+        "root ::= a",
+        "root ::= a b | \"c\"",
+        "a ::= [a-z]+",
+        "b ::= (\"x\" | .){1,3}",
+        "a ::= \"\\u00e9\"* b?",
+        "b ::= [^\\n] root",
+        "root ::= <|im_end|>",
+        "a ::= (",
+        "b ::= \"q",
+        "root ::= [z-a]",
+    ];
+    for _ in 0..100 {
+        let mut data = vec![b'g'];
+        for _ in 0..1 + rng.below(4) {
+            data.extend_from_slice(gbnf[rng.below(gbnf.len())].as_bytes());
+            data.push(b'\n');
+        }
+        count(fuzzing::constraint_compile(&data));
+    }
     for _ in 0..100 {
         count(fuzzing::constraint_compile(&rng.bytes(64)));
     }

@@ -321,7 +321,11 @@ fn bad_tools_and_response_formats_are_400s_naming_the_field() {
             json!({"response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/$defs/missing"}}}}),
             "response_format",
         ),
-        (json!({"grammar": "root ::= \"x\""}), "grammar"),
+        (
+            json!({"tools": weather_tools(), "grammar": "root ::= \"x\""}),
+            "grammar",
+        ),
+        (json!({"grammar": "root ::= \"x"}), "grammar"),
         (
             json!({"messages": [{"role": "tool", "content": "x", "tool_call_id": 5}]}),
             "messages[0].tool_call_id",

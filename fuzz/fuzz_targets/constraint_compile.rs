@@ -1,5 +1,6 @@
 //! Grammar sources through the constraint compiler: the first byte picks a JSON schema (any
-//! byte but `r` and `l`), a regex (`r`) or a Lark grammar (`l`); the rest is the source. It
+//! byte but `r`, `l` and `g`), a regex (`r`), a Lark grammar (`l`) or a GBNF grammar (`g`);
+//! the rest is the source. It
 //! compiles or is refused with an error, in bounded time, and a compiled grammar's masks and
 //! commits agree for a few steps (see `qwenrt::testkit::fuzzing::constraint_compile`).
 #![no_main]

@@ -11,8 +11,8 @@
 //! - `--batch B,...`: for each B, B sequences decoded together from empty caches, `n` tokens
 //!   each, one row per sequence per engine step (each weight matrix streamed once per step
 //!   for all B rows). Reported as aggregate tokens/s over all B sequences (`bB tgN` lines).
-//! - `--json-schema FILE` (or `--regex`, `--grammar`): for each B of `--batch` (default 1),
-//!   B sequences generate `n` tokens each, sampling greedily, once free and once under the
+//! - `--json-schema FILE` (or `--regex`, `--grammar`, `--gbnf`): for each B of `--batch`
+//!   (default 1), B sequences generate `n` tokens each, sampling greedily, once free and once under the
 //!   constraint (the repetitions alternate the two), from a chat prompt asking for JSON;
 //!   reported as aggregate tokens/s of each (`bB tgN free`, `bB tgN <kind>`), their ratio and
 //!   the mask time per token. A sequence whose grammar finishes starts it over, so both runs

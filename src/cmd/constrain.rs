@@ -1,5 +1,6 @@
 //! The constraint flags of `generate` and `bench`: `--json-schema FILE`, `--regex RE`,
-//! `--grammar FILE` (a Lark grammar), one at most, compiled against the model's tokenizer.
+//! `--grammar FILE` (a Lark grammar), `--gbnf FILE` (llama.cpp's GBNF), one at most, compiled
+//! against the model's tokenizer.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use qwenrt::Weights;
 
 use super::CliError;
 
-/// `--json-schema FILE | --regex RE | --grammar FILE`.
+/// `--json-schema FILE | --regex RE | --grammar FILE | --gbnf FILE`.
 #[derive(Args, Debug, Clone, Default)]
 #[group(multiple = false)]
 pub struct ConstraintArgs {
@@ -23,6 +24,9 @@ pub struct ConstraintArgs {
     /// Constrain the answer to the Lark grammar in FILE (llguidance's dialect; rule `start`)
     #[arg(long, value_name = "FILE")]
     grammar: Option<PathBuf>,
+    /// Constrain the answer to the GBNF grammar in FILE (llama.cpp's format; rule `root`)
+    #[arg(long, value_name = "FILE")]
+    gbnf: Option<PathBuf>,
 }
 
 /// What a constraint flag said, read and parsed; compiled by [`Source::compile`].
@@ -30,6 +34,7 @@ enum Source {
     Schema(PathBuf, serde_json::Value),
     Regex(String),
     Lark(PathBuf, String),
+    Gbnf(PathBuf, String),
 }
 
 fn read(flag: &str, path: &Path) -> Result<String, CliError> {
@@ -40,7 +45,10 @@ fn read(flag: &str, path: &Path) -> Result<String, CliError> {
 impl ConstraintArgs {
     /// Whether a constraint flag was given.
     pub fn is_set(&self) -> bool {
-        self.json_schema.is_some() || self.regex.is_some() || self.grammar.is_some()
+        self.json_schema.is_some()
+            || self.regex.is_some()
+            || self.grammar.is_some()
+            || self.gbnf.is_some()
     }
 
     /// Reads the flag's file (if any) and checks it is what the flag takes, before the model
@@ -58,6 +66,13 @@ impl ConstraintArgs {
         }
         if let Some(p) = &self.grammar {
             return Ok(Some(Source::Lark(p.clone(), read("--grammar", p)?)));
+        }
+        if let Some(p) = &self.gbnf {
+            let text = read("--gbnf", p)?;
+            // its syntax is checked here, before any model loads
+            qwenrt::engine::gbnf::gbnf_to_lark(&text)
+                .map_err(|e| CliError::usage(format!("--gbnf {}: {e}", p.display())))?;
+            return Ok(Some(Source::Gbnf(p.clone(), text)));
         }
         Ok(None)
     }
@@ -85,6 +100,9 @@ impl ConstraintArgs {
             Source::Lark(p, g) => grammars
                 .lark(g)
                 .map_err(|e| CliError::usage(format!("--grammar {}: {e}", p.display())))?,
+            Source::Gbnf(p, g) => grammars
+                .gbnf(g)
+                .map_err(|e| CliError::usage(format!("--gbnf {}: {e}", p.display())))?,
         };
         Ok(Some((grammars, c)))
     }

@@ -21,8 +21,8 @@ use super::{
 the model's chat template (or --chat-template-file), after the --system message if one is \
 given. With --json, one JSON object with the prompt ids, the \
 generated ids and text, and the stats is printed instead of the streamed text. --json-schema, \
---regex and --grammar constrain the answer (the generated text, after the template) by masking \
-every token the grammar forbids; generation ends when the grammar is complete and the model \
+--regex, --grammar (Lark) and --gbnf (llama.cpp's GBNF) constrain the answer (the generated \
+text, after the template) by masking every token the grammar forbids; generation ends when the grammar is complete and the model \
 ends its turn, or at --max-tokens."
 )]
 pub struct GenerateArgs {

@@ -3,8 +3,9 @@
 //!
 //! - [`Grammars`]: the compiler, built once per tokenizer (its token trie and the token
 //!   classes llguidance precomputes), `Send + Sync`, shared in an `Arc`. Each of
-//!   [`Grammars::json_schema`], [`Grammars::json_object`], [`Grammars::regex`] and
-//!   [`Grammars::lark`] compiles one grammar into a fresh [`Constraint`].
+//!   [`Grammars::json_schema`], [`Grammars::json_object`], [`Grammars::regex`],
+//!   [`Grammars::lark`] and [`Grammars::gbnf`] (llama.cpp's GBNF, through
+//!   [`crate::engine::gbnf`]) compiles one grammar into a fresh [`Constraint`].
 //! - [`Constraint`]: one sequence's matcher state (`Send`). [`crate::engine::Engine::set_constraint`]
 //!   attaches it to a sequence; from then on every sample of that sequence first sets the
 //!   logits of the tokens the grammar forbids to -inf (so greedy and every sampler mode respect
@@ -250,6 +251,19 @@ impl Grammars {
             });
         }
         self.compile(WHAT, TopLevelGrammar::from_lark(grammar.to_string()))
+    }
+
+    /// A constraint to text llama.cpp's GBNF grammar `src` derives from its `root` rule,
+    /// translated by [`crate::engine::gbnf::gbnf_to_lark`] (an error names the line and
+    /// column at fault).
+    pub fn gbnf(&self, src: &str) -> Result<Constraint, ConstraintError> {
+        const WHAT: &str = "GBNF grammar";
+        let lark =
+            crate::engine::gbnf::gbnf_to_lark(src).map_err(|e| ConstraintError::Invalid {
+                what: WHAT,
+                message: e.to_string(),
+            })?;
+        self.compile(WHAT, TopLevelGrammar::from_lark(lark))
     }
 
     fn compile(

@@ -29,6 +29,7 @@
 pub mod arena;
 pub mod constraint;
 mod forward;
+pub mod gbnf;
 pub mod kv_cache;
 pub mod lookup;
 mod plan;

@@ -587,8 +587,8 @@ fn tool_calls(v: &Value, i: usize) -> Result<Value, ApiError> {
 }
 
 /// What the answer must be: `response_format` (OpenAI's `text`, `json_object` and
-/// `json_schema`, and llama-server's `json_object` with a `schema`) or llama-server's
-/// top-level `json_schema`.
+/// `json_schema`, and llama-server's `json_object` with a `schema`), llama-server's
+/// top-level `json_schema`, or llama.cpp's GBNF `grammar`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ResponseFormat {
     /// Free text.
@@ -597,17 +597,33 @@ pub enum ResponseFormat {
     JsonObject,
     /// JSON valid against this schema.
     JsonSchema(Value),
+    /// Text derived by this GBNF grammar (llama.cpp's `grammar`).
+    Gbnf(String),
 }
 
-/// Reads `response_format` / `json_schema`; every error names `response_format` (or
-/// `json_schema`). llama.cpp's GBNF `grammar` is refused: it is not a grammar language the
-/// constraint engine reads.
+/// Reads `response_format` / `json_schema` / `grammar`; every error names the field at fault.
+/// A `grammar` (a GBNF source; `""`, llama-server's default, is none) excludes the other two.
 pub fn response_format(o: &Map<String, Value>) -> Result<ResponseFormat, ApiError> {
-    if field(o, "grammar").is_some() {
-        return Err(ApiError::invalid(
-            "grammar",
-            "GBNF 'grammar' is not supported; use 'response_format' with a JSON schema",
-        ));
+    match field(o, "grammar") {
+        None => {}
+        Some(Value::String(g)) if g.trim().is_empty() => {}
+        Some(Value::String(g)) => {
+            for other in ["response_format", "json_schema"] {
+                if field(o, other).is_some() {
+                    return Err(ApiError::invalid(
+                        "grammar",
+                        format!("give 'grammar' or '{other}', not both"),
+                    ));
+                }
+            }
+            return Ok(ResponseFormat::Gbnf(g.clone()));
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "grammar",
+                "'grammar' must be a string (a GBNF grammar)",
+            ))
+        }
     }
     let schema_object = |v: &Value, param: &str| match v {
         Value::Object(_) | Value::Bool(true) => Ok(v.clone()),
@@ -880,6 +896,11 @@ fn guide(
                 .json_schema(schema)
                 .map_err(|e| compile_error("response_format", &e))?,
         ),
+        ResponseFormat::Gbnf(src) => Some(
+            grammars
+                .gbnf(src)
+                .map_err(|e| compile_error("grammar", &e))?,
+        ),
     };
     let Some((t, syntax)) = tools else {
         return Ok(Guide {
@@ -888,9 +909,13 @@ fn guide(
         });
     };
     if constraint.is_some() {
+        let field = match format {
+            ResponseFormat::Gbnf(_) => "grammar",
+            _ => "response_format",
+        };
         return Err(ApiError::invalid(
-            "response_format",
-            "'response_format' cannot be combined with 'tools' (unless 'tool_choice' is 'none')",
+            field,
+            format!("'{field}' cannot be combined with 'tools' (unless 'tool_choice' is 'none')"),
         ));
     }
     let compile = |g: String| grammars.lark(&g).map_err(|e| compile_error("tools", &e));
@@ -1305,12 +1330,26 @@ mod tests {
                 Some("response_format")
             );
         }
+        // llama.cpp's GBNF `grammar`: a string, alone; "" is none
         assert_eq!(
-            rf(json!({"grammar": "root ::= \"a\""}))
-                .unwrap_err()
-                .param
-                .as_deref(),
-            Some("grammar")
+            rf(json!({"grammar": "root ::= \"a\""})).unwrap(),
+            ResponseFormat::Gbnf("root ::= \"a\"".into())
+        );
+        assert_eq!(rf(json!({"grammar": ""})).unwrap(), ResponseFormat::Text);
+        for bad in [
+            json!({"grammar": 3}),
+            json!({"grammar": "root ::= \"a\"", "response_format": {"type": "json_object"}}),
+            json!({"grammar": "root ::= \"a\"", "json_schema": {"type": "object"}}),
+        ] {
+            let e = rf(bad).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some("grammar"));
+        }
+        let e = rf(json!({"grammar": "root ::= \"a\"", "response_format": {"type": "text"}}))
+            .unwrap_err();
+        assert!(
+            e.message.contains("'grammar' or 'response_format'"),
+            "{}",
+            e.message
         );
     }
 

@@ -24,13 +24,14 @@
 //!   model's, before bias, penalties and constraints), `echo` (completions: the prompt's text,
 //!   and with `logprobs` its tokens' log-probabilities, first), `n` (up to `parallel`: the
 //!   prompt prefilled once and forked), `response_format` (`text`, `json_object`,
-//!   `json_schema`; enforced by constrained decoding) or llama-server's `json_schema`, and on
+//!   `json_schema`; enforced by constrained decoding), llama-server's `json_schema` or
+//!   llama.cpp's GBNF `grammar` (translated by `engine::gbnf`), and on
 //!   chat `tools`, `tool_choice` (`none`, `auto`, `required`, a named function) and
 //!   `parallel_tool_calls`: calls are parsed out of the model's own syntax into
 //!   `message.tool_calls` (streamed as `delta.tool_calls`) with `finish_reason: "tool_calls"`,
 //!   and constrained to the offered functions (see `tools`). Fields that would change the
 //!   answer and are not done here (`audio`, `functions`, `reasoning_effort`, `suffix`,
-//!   llama.cpp's GBNF `grammar`, ...) are refused with a 400 naming them; other unknown fields
+//!   ...) are refused with a 400 naming them; other unknown fields
 //!   are ignored. Every response and chunk carries `system_fingerprint`.
 //! - `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings, last-token pooled and
 //!   L2-normalized, each input a prefill-only run batched with the generations; on with

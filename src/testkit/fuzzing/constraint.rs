@@ -1,4 +1,4 @@
-//! Grammar sources (JSON schemas, regexes, Lark grammars) through the constraint compiler and
+//! Grammar sources (JSON schemas, regexes, Lark and GBNF grammars) through the constraint compiler and
 //! a few masked steps.
 
 use std::time::{Duration, Instant};
@@ -38,8 +38,8 @@ pub enum CompileOutcome {
 /// worst inputs the tests hold): past it the compiler is taken to hang.
 pub const CONSTRAINT_HANG: Duration = Duration::from_secs(20);
 
-/// The first byte picks the kind (`r`: regex, `l`: Lark grammar, anything else: JSON schema,
-/// which must then parse as JSON) and the rest, as lossy UTF-8, is the source. The contract:
+/// The first byte picks the kind (`r`: regex, `l`: Lark grammar, `g`: GBNF grammar, anything
+/// else: JSON schema, which must then parse as JSON) and the rest, as lossy UTF-8, is the source. The contract:
 /// no panic; compile and every mask end within [`CONSTRAINT_HANG`]; a refusal is
 /// [`ConstraintError::Invalid`] with a message; a compiled grammar allows at least one token
 /// first; then, for up to 8 steps, the token picked (by the input's bytes) among those the
@@ -56,6 +56,7 @@ pub fn constraint_compile(data: &[u8]) -> CompileOutcome {
     let compiled = match kind {
         b'r' => g.regex(&src),
         b'l' => g.lark(&src),
+        b'g' => g.gbnf(&src),
         _ => match serde_json::from_str::<serde_json::Value>(&src) {
             Ok(v) => g.json_schema(&v),
             Err(_) => return CompileOutcome::Refused,
