@@ -33,6 +33,11 @@ pub mod pool;
 pub mod quant;
 pub mod scalar;
 
+mod simd;
+
+#[cfg(target_arch = "x86_64")]
+mod generic;
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

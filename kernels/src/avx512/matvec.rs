@@ -1,61 +1,9 @@
-//! AVX-512 matvecs: one row of weights at a time (f32 widening, bf16 hi/lo with
-//! `vdpbf16ps`, bf16 even/odd), and their multi-row versions for several inputs at once.
+//! AVX-512 bf16 matvecs (the widening ones are `crate::generic`'s): hi/lo with `vdpbf16ps`,
+//! and even/odd, one row of weights at a time and for several inputs at once.
 
 use core::arch::x86_64::*;
 
-use super::{lanes, ld, ld_mask, prefetch_ahead};
-use crate::dtype::WeightType;
-
-/// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
-///
-/// Each row is read as one sequential stream, front to back: on the EPYC machines this was
-/// tuned on, that reaches ~95% of a plain streaming read, while interleaving four rows (four
-/// concurrent streams) reached under half of it.
-///
-/// # Safety
-/// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support
-/// AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
-    let cols = x.len();
-    debug_assert!(w.len() >= y.len() * cols * W::SIZE);
-    let xp = x.as_ptr();
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE; // bytes per row
-    for (r, yr) in y.iter_mut().enumerate() {
-        // SAFETY: row r is inside w (length checked by the caller); full vectors are read while
-        // c + 128 (then c + 16) <= cols, and the tail is masked to the columns left.
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a = [_mm512_setzero_ps(); 8];
-            let mut c = 0;
-            while c + 128 <= cols {
-                for (k, acc) in a.iter_mut().enumerate() {
-                    let cc = c + 16 * k;
-                    *acc = _mm512_fmadd_ps(ld::<W>(w0, cc), _mm512_loadu_ps(xp.add(cc)), *acc);
-                }
-                c += 128;
-            }
-            while c + 16 <= cols {
-                a[0] = _mm512_fmadd_ps(ld::<W>(w0, c), _mm512_loadu_ps(xp.add(c)), a[0]);
-                c += 16;
-            }
-            if c < cols {
-                let m = lanes(cols - c);
-                let xv = _mm512_maskz_loadu_ps(m, xp.add(c));
-                a[1] = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), xv, a[1]);
-            }
-            let s01 = _mm512_add_ps(a[0], a[1]);
-            let s23 = _mm512_add_ps(a[2], a[3]);
-            let s45 = _mm512_add_ps(a[4], a[5]);
-            let s67 = _mm512_add_ps(a[6], a[7]);
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(s01, s23),
-                _mm512_add_ps(s45, s67),
-            ));
-        }
-    }
-}
+use super::{lanes, prefetch_ahead};
 
 /// Columns per block of a [`pack_hilo`] input: 32 bf16 `hi` parts, then 32 bf16 `lo` parts.
 pub const HILO_BLOCK: usize = 32;
@@ -171,7 +119,7 @@ pub unsafe fn matvec_bf16_hilo(w: &[u8], xp: &[f32], cols: usize, y: &mut [f32])
 /// `y[r] = sum_c w[r, c] * x[c]` for bf16 weights without widening shuffles: `xp` holds `x` in
 /// blocks of 32 columns, the 16 even columns then the 16 odd ones (zero past the end; see
 /// `ops::MatvecX`). 32 weights are loaded as 16 32-bit lanes; a shift left by 16 gives the even
-/// weights as f32, a mask of the high half the odd ones: exact, like [`matvec`], and with
+/// weights as f32, a mask of the high half the odd ones: exact, like the widening matvec, and with
 /// fewer instructions per cache line of weights.
 ///
 /// # Safety
@@ -217,78 +165,6 @@ pub unsafe fn matvec_bf16_evenodd(w: &[u8], xp: &[f32], cols: usize, y: &mut [f3
                 _mm512_add_ps(a[0], a[1]),
                 _mm512_add_ps(a[2], a[3]),
             ));
-        }
-    }
-}
-
-/// [`matvec`] for `R` inputs at once: `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `t < R`,
-/// `r < rows`, where `x_t` is `cols` floats at `xs[t]`. Each weight vector is loaded (and
-/// widened) once and multiplied into all `R` inputs. Every input keeps the accumulators of
-/// [`matvec`] and adds into them in the same order, with the same final reduction, so output
-/// `t` is bit for bit what [`matvec`] computes for `x_t` alone. (8 accumulators per input:
-/// `R <= 3` fits the 32 registers.)
-///
-/// # Safety
-/// `w` holds at least `rows * cols` elements of `W`; each `xs[t]` is valid for reading `cols`
-/// floats; `y` is valid for writes at `t * ldy + r` (`t < R`, `r < rows`) with nothing else
-/// accessing them during the call; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-// (index loops over constant ranges: unrolled, the accumulators stay in registers)
-#[allow(clippy::needless_range_loop)]
-pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
-    w: &[u8],
-    rows: usize,
-    xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
-) {
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE;
-    for r in 0..rows {
-        // SAFETY: row r < rows is inside w (contract); full vectors are read while c + 128
-        // (then c + 16) <= cols, the tail masked to the columns left, from the weights and
-        // from every input (each valid for cols floats); the stores go to y[t * ldy + r].
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a = [[_mm512_setzero_ps(); 8]; R];
-            let mut c = 0;
-            while c + 128 <= cols {
-                for k in 0..8 {
-                    let cc = c + 16 * k;
-                    let wv = ld::<W>(w0, cc);
-                    for t in 0..R {
-                        a[t][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(cc)), a[t][k]);
-                    }
-                }
-                c += 128;
-            }
-            while c + 16 <= cols {
-                let wv = ld::<W>(w0, c);
-                for t in 0..R {
-                    a[t][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(c)), a[t][0]);
-                }
-                c += 16;
-            }
-            if c < cols {
-                let m = lanes(cols - c);
-                let wv = ld_mask::<W>(w0, c, m);
-                for t in 0..R {
-                    let xv = _mm512_maskz_loadu_ps(m, xs[t].add(c));
-                    a[t][1] = _mm512_fmadd_ps(wv, xv, a[t][1]);
-                }
-            }
-            for (t, a) in a.iter().enumerate() {
-                let s01 = _mm512_add_ps(a[0], a[1]);
-                let s23 = _mm512_add_ps(a[2], a[3]);
-                let s45 = _mm512_add_ps(a[4], a[5]);
-                let s67 = _mm512_add_ps(a[6], a[7]);
-                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
-                    _mm512_add_ps(s01, s23),
-                    _mm512_add_ps(s45, s67),
-                ));
-            }
         }
     }
 }

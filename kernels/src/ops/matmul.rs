@@ -8,7 +8,7 @@ use super::*;
 pub fn matmul_scratch_len() -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        avx512::MATMUL_PACK.max(avx2::MATMUL_PACK)
+        generic::matmul_pack::<Avx512>().max(generic::matmul_pack::<Avx2>())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -73,17 +73,16 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            check(Isa::Avx512);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
-            // checks the panel's length itself.
-            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+            let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+            // SAFETY: buffer contract forwarded from our caller; the body checks the panel's
+            // length itself.
+            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            check(Isa::Avx2);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
-            // checks the panel's length itself.
-            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+            let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+            // SAFETY: as above.
+            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
         }
         _ => {
             let _ = pack;
@@ -123,8 +122,8 @@ pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f3
 pub(crate) const BF16DOT_PACK: usize = {
     #[cfg(target_arch = "x86_64")]
     {
-        let (a, b) = (avx512::BF16DOT_PACK, avx512::MATMUL_PACK);
-        let c = avx2::MATMUL_PACK;
+        let (a, b) = (avx512::BF16DOT_PACK, generic::matmul_pack::<Avx512>());
+        let c = generic::matmul_pack::<Avx2>();
         let ab = if a > b { a } else { b };
         if ab > c {
             ab

@@ -9,7 +9,9 @@ use crate::isa::Isa;
 use crate::scalar;
 
 #[cfg(target_arch = "x86_64")]
-use crate::{avx2, avx512};
+use crate::simd::{avx2::Avx2, avx512::Avx512};
+#[cfg(target_arch = "x86_64")]
+use crate::{avx2, avx512, generic};
 
 /// Dispatches `$f(args)` to the body of `$isa`. Every SIMD arm is reached only for an ISA the CPU
 /// supports: `Isa` values for SIMD ISAs come from detection ([`Isa::available`], [`Isa::detect`],
@@ -35,6 +37,36 @@ macro_rules! dispatch {
             _ => scalar::$f $(::<$t>)? ($($arg),*),
         }
     };
+}
+
+/// Dispatches `$f(args)` to the scalar reference, or to the body written once over
+/// [`Simd`](crate::simd::Simd) in [`crate::generic`], monomorphized for the backend of `$isa`
+/// (whose token is made only where the CPU has its features).
+macro_rules! dispatch_simd {
+    ($isa:expr, $f:ident $(::<$t:ty>)?, ($($arg:expr),*)) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+                // SAFETY: the caller checked the buffer lengths the body's contract requires.
+                unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+                // SAFETY: the caller checked the buffer lengths the body's contract requires.
+                unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
+            }
+            _ => scalar::$f $(::<$t>)? ($($arg),*),
+        }
+    };
+}
+
+/// Panics for an `isa` the CPU does not run (`Isa` values can be built by hand).
+#[cold]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn unsupported(isa: Isa) -> ! {
+    panic!("this CPU does not support {isa}")
 }
 
 /// Panics unless the CPU runs `isa`: a SIMD body on a CPU without its features would be undefined
@@ -185,7 +217,7 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
         }
         _ => {
             let x = x.x;
-            dispatch!(isa, matvec::<W>, (w, x, y))
+            dispatch_simd!(isa, matvec::<W>, (w, x, y))
         }
     }
 }
@@ -272,12 +304,13 @@ unsafe fn rows_group<W: WeightType>(
     // Calls `$f::<.., R>` with the group's prepared (or plain) input pointers as an array of
     // its length.
     macro_rules! by_len {
-        ($f:path, $get:expr) => {{
+        ($f:path, $get:expr $(, $pre:expr)*) => {{
             let get = $get;
             match xs.len() {
-                1 => $f(w, rows, [get(&xs[0])], cols, y, ldy),
-                2 => $f(w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
+                1 => $f($($pre,)* w, rows, [get(&xs[0])], cols, y, ldy),
+                2 => $f($($pre,)* w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
                 3 => $f(
+                    $($pre,)*
                     w,
                     rows,
                     [get(&xs[0]), get(&xs[1]), get(&xs[2])],
@@ -286,6 +319,7 @@ unsafe fn rows_group<W: WeightType>(
                     ldy,
                 ),
                 _ => $f(
+                    $($pre,)*
                     w,
                     rows,
                     [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
@@ -334,16 +368,16 @@ unsafe fn rows_group<W: WeightType>(
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => {
-                    check(Isa::Avx512);
-                    // SAFETY: CPU support checked; `w` length checked by the caller; every
-                    // plain input is `cols` floats; `y` forwarded.
-                    unsafe { by_len!(avx512::matvec_rows::<W, _>, get) }
+                    let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+                    // SAFETY: `w` length checked by the caller; every plain input is `cols`
+                    // floats; `y` forwarded.
+                    unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => {
-                    check(Isa::Avx2);
-                    // SAFETY: as above, for AVX2.
-                    unsafe { by_len!(avx2::matvec_rows::<W, _>, get) }
+                    let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+                    // SAFETY: as above.
+                    unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
                 }
                 _ => {
                     for (t, x) in xs.iter().enumerate() {
@@ -366,7 +400,7 @@ pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out:
         "rmsnorm: weight too short"
     );
     assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
-    dispatch!(isa, rmsnorm, (x, weight, wdtype, eps, out))
+    dispatch_simd!(isa, rmsnorm, (x, weight, wdtype, eps, out))
 }
 
 /// `y += b`.
@@ -375,13 +409,13 @@ pub fn add_bias(isa: Isa, y: &mut [f32], b: &[u8], bdtype: Dtype) {
         b.len() >= y.len() * bdtype.size(),
         "add_bias: bias too short"
     );
-    dispatch!(isa, add_bias, (y, b, bdtype))
+    dispatch_simd!(isa, add_bias, (y, b, bdtype))
 }
 
 /// `y += x`.
 pub fn add(isa: Isa, y: &mut [f32], x: &[f32]) {
     assert_eq!(y.len(), x.len(), "add: length mismatch");
-    dispatch!(isa, add, (y, x))
+    dispatch_simd!(isa, add, (y, x))
 }
 
 /// The wrapping sum of `b` as little-endian u64 words (trailing bytes added as themselves), the
@@ -394,7 +428,7 @@ pub fn stream_sum(isa: Isa, b: &[u8]) -> u64 {
 /// `gate = silu(gate) * up`.
 pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
-    dispatch!(isa, silu_mul, (gate, up))
+    dispatch_simd!(isa, silu_mul, (gate, up))
 }
 
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
@@ -405,7 +439,7 @@ pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) 
         cos.len() >= half && sin.len() >= half,
         "rope: table too short"
     );
-    dispatch!(isa, rope, (x, head_dim, cos, sin))
+    dispatch_simd!(isa, rope, (x, head_dim, cos, sin))
 }
 
 /// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
@@ -426,7 +460,7 @@ pub fn attention<T: KvType>(
         values.len() >= len * hd && scores.len() >= len,
         "attention: buffers too short"
     );
-    dispatch!(isa, attention::<T>, (q, keys, values, scale, scores, out))
+    dispatch_simd!(isa, attention::<T>, (q, keys, values, scale, scores, out))
 }
 
 /// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
