@@ -23,7 +23,6 @@ mod quant;
 mod quant_gemm;
 mod quant_repack;
 
-pub use amx::amx_available;
 pub(crate) use attention::*;
 pub use elementwise::*;
 pub use matmul::*;

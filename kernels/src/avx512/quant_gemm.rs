@@ -162,7 +162,7 @@ tile_fn!(
 ///
 /// # Safety
 /// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI;
-/// with `amx`, [`super::amx_available`] returned true and the quants are unsigned (`!SIGNED`).
+/// with `amx`, a [`crate::Cpu`] claimed AMX and the quants are unsigned (`!SIGNED`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_panel<const S: usize, const SIGNED: bool>(
@@ -230,7 +230,7 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
 /// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
 /// `j < rows`) with nothing else accessing them; the CPU must support AVX-512F/BW/VL, AVX2,
 /// FMA and F16C, and AVX512-VNNI when `vnni`; with `amx` (the AMX tiles,
-/// [`super::amx_available`] having returned true).
+/// a [`crate::Cpu`] having claimed AMX).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_q_strided(

@@ -128,7 +128,14 @@ pub(crate) unsafe fn attention<S: Simd, T: KvType>(
                         dot_kv::<S, T>(s, q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
                 }
                 softmax(s, &mut scores[..len]);
-                weighted_sum::<S, T>(s, scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
+                weighted_sum::<S, T>(
+                    s,
+                    scores.as_ptr(),
+                    values.as_ptr(),
+                    len,
+                    hd,
+                    out.as_mut_ptr(),
+                );
             }
         },
     )

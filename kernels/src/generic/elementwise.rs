@@ -47,7 +47,8 @@ pub(crate) unsafe fn rmsnorm<S: Simd>(
         || {
             // SAFETY: x is read twice as n floats; the rest is the forwarded contract.
             unsafe {
-                let ss = dot_kv::<S, crate::F32>(s, x.as_ptr(), x.as_ptr(), x.len()) / x.len() as f32;
+                let ss =
+                    dot_kv::<S, crate::F32>(s, x.as_ptr(), x.as_ptr(), x.len()) / x.len() as f32;
                 let inv = 1.0 / (ss + eps).sqrt();
                 match wdtype {
                     Dtype::F32 => scale_mul::<S, crate::F32>(s, x, inv, weight, out),

@@ -156,7 +156,10 @@ unsafe fn matmul_body<S: Simd, W: WeightType>(
         return;
     }
     let nrp = NV * S::LANES;
-    assert!(panel.len() >= matmul_pack::<S>(), "matmul: pack scratch too short");
+    assert!(
+        panel.len() >= matmul_pack::<S>(),
+        "matmul: pack scratch too short"
+    );
     let buf = &mut panel[..matmul_pack::<S>()];
     let wp = w.as_ptr();
     let xp = x.as_ptr();

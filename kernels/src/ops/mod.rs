@@ -4,6 +4,7 @@
 //! Weights are little-endian bytes of dtype `W` (or a run-time [`Dtype`] for the small vectors:
 //! norm weights and biases), never assumed aligned.
 
+use crate::cpu::Cpu;
 use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
 use crate::scalar;
@@ -112,26 +113,36 @@ enum Prep<'a> {
 }
 
 impl<'a> MatvecX<'a> {
-    /// Prepares `x` for matvecs over `W` weights on `isa`, in `scratch`, which must hold at least
+    /// Prepares `x` for matvecs over `W` weights on `cpu`, in `scratch`, which must hold at least
     /// [`matvec_scratch_len`]`(x.len())` floats: the fastest kernel the CPU has.
-    pub fn new<W: WeightType>(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> MatvecX<'a> {
+    pub fn new<W: WeightType>(
+        cpu: impl Into<Cpu>,
+        x: &'a [f32],
+        scratch: &'a mut [f32],
+    ) -> MatvecX<'a> {
+        let cpu: Cpu = cpu.into();
         #[cfg(target_arch = "x86_64")]
-        if W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16() {
+        if W::DTYPE == Dtype::BF16 && cpu.bf16() {
             let need = check_scratch(x, scratch);
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; scratch length checked.
+            // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where it was
+            // detected; scratch length checked.
             unsafe { avx512::pack_hilo(x, scratch) };
             return MatvecX {
                 x,
                 prep: Prep::HiLo(&scratch[..need]),
             };
         }
-        MatvecX::exact::<W>(isa, x, scratch)
+        MatvecX::exact::<W>(cpu.isa(), x, scratch)
     }
 
     /// Like [`MatvecX::new`], but for the kernels whose result is exactly the f32 one (bf16
     /// weights widened exactly, f32 sums): no hi/lo split.
-    pub fn exact<W: WeightType>(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> MatvecX<'a> {
+    pub fn exact<W: WeightType>(
+        isa: impl Into<Isa>,
+        x: &'a [f32],
+        scratch: &'a mut [f32],
+    ) -> MatvecX<'a> {
+        let isa: Isa = isa.into();
         let need = check_scratch(x, scratch);
         if W::DTYPE != Dtype::BF16 || isa != Isa::Avx512 {
             return MatvecX::plain(x);
@@ -184,13 +195,21 @@ fn check_scratch(x: &[f32], scratch: &[f32]) -> usize {
 
 /// `y[r] = sum_c w[r, c] * x[c]`: `w` is row-major `[y.len(), x.len()]` of dtype `W`; `scratch`
 /// holds [`matvec_scratch_len`]`(x.len())` floats for the prepared input.
-pub fn matvec<W: WeightType>(isa: Isa, w: &[u8], x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
-    matvec_x::<W>(isa, w, &MatvecX::new::<W>(isa, x, scratch), y)
+pub fn matvec<W: WeightType>(
+    cpu: impl Into<Cpu>,
+    w: &[u8],
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    let cpu: Cpu = cpu.into();
+    matvec_x::<W>(cpu, w, &MatvecX::new::<W>(cpu, x, scratch), y)
 }
 
 /// [`matvec`] on an input prepared by [`MatvecX::new`] (for the same `isa` and `W`) or
 /// [`MatvecX::plain`].
-pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32]) {
+pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y: &mut [f32]) {
+    let isa: Isa = isa.into();
     let cols = x.cols();
     assert!(
         w.len() >= y.len() * cols * W::SIZE,
@@ -199,11 +218,10 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
     match x.prep {
         #[cfg(target_arch = "x86_64")]
         Prep::HiLo(xp) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked just above; `w` length
-            // checked; `xp` was packed from these `cols` columns by `MatvecX::new`, the only
-            // way to build a `HiLo` input.
+            assert!(W::DTYPE == Dtype::BF16);
+            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new`, the only
+            // way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16 at the AVX-512
+            // level, which it does only where detected; `w` length checked.
             unsafe { avx512::matvec_bf16_hilo(w, xp, cols, y) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -227,7 +245,13 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
 /// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
 /// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
 /// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
-pub fn matvec_rows_x<W: WeightType>(isa: Isa, w: &[u8], xs: &[MatvecX<'_>], y: &mut [f32]) {
+pub fn matvec_rows_x<W: WeightType>(
+    isa: impl Into<Isa>,
+    w: &[u8],
+    xs: &[MatvecX<'_>],
+    y: &mut [f32],
+) {
+    let isa: Isa = isa.into();
     if xs.is_empty() {
         return;
     }
@@ -337,15 +361,14 @@ unsafe fn rows_group<W: WeightType>(
     match xs[0].prep {
         #[cfg(target_arch = "x86_64")]
         Prep::HiLo(_) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
-            check(Isa::Avx512);
+            assert!(W::DTYPE == Dtype::BF16);
             let get = |x: &MatvecX<'_>| match x.prep {
                 Prep::HiLo(xp) => xp.as_ptr(),
                 _ => panic!("matvec_x_rows: inputs prepared differently"),
             };
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; `w` length checked by
-            // the caller; every input is a `HiLo` packed by `MatvecX::new` from `cols` columns
-            // (its slice holds them rounded up to a block); `y` forwarded.
+            // SAFETY: every input is a `HiLo` packed by `MatvecX::new` from `cols` columns (its
+            // slice holds them rounded up to a block) for a `Cpu` claiming AVX512-BF16, which
+            // it does only where detected; `w` length checked by the caller; `y` forwarded.
             unsafe { by_len!(avx512::matvec_bf16_hilo_rows, get) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -394,58 +417,65 @@ unsafe fn rows_group<W: WeightType>(
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
-pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
+pub fn rmsnorm(
+    isa: impl Into<Isa>,
+    x: &[f32],
+    weight: &[u8],
+    wdtype: Dtype,
+    eps: f32,
+    out: &mut [f32],
+) {
     assert!(
         weight.len() >= x.len() * wdtype.size(),
         "rmsnorm: weight too short"
     );
     assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
-    dispatch_simd!(isa, rmsnorm, (x, weight, wdtype, eps, out))
+    dispatch_simd!(isa.into(), rmsnorm, (x, weight, wdtype, eps, out))
 }
 
 /// `y += b`.
-pub fn add_bias(isa: Isa, y: &mut [f32], b: &[u8], bdtype: Dtype) {
+pub fn add_bias(isa: impl Into<Isa>, y: &mut [f32], b: &[u8], bdtype: Dtype) {
     assert!(
         b.len() >= y.len() * bdtype.size(),
         "add_bias: bias too short"
     );
-    dispatch_simd!(isa, add_bias, (y, b, bdtype))
+    dispatch_simd!(isa.into(), add_bias, (y, b, bdtype))
 }
 
 /// `y += x`.
-pub fn add(isa: Isa, y: &mut [f32], x: &[f32]) {
+pub fn add(isa: impl Into<Isa>, y: &mut [f32], x: &[f32]) {
     assert_eq!(y.len(), x.len(), "add: length mismatch");
-    dispatch_simd!(isa, add, (y, x))
+    dispatch_simd!(isa.into(), add, (y, x))
 }
 
 /// The wrapping sum of `b` as little-endian u64 words (trailing bytes added as themselves), the
 /// same on every ISA: the SIMD bodies read it as fast as they can, with the decode matvecs'
 /// prefetch, so timing it measures the read bandwidth decode could reach.
-pub fn stream_sum(isa: Isa, b: &[u8]) -> u64 {
-    dispatch!(isa, stream_sum, (b))
+pub fn stream_sum(isa: impl Into<Isa>, b: &[u8]) -> u64 {
+    dispatch!(isa.into(), stream_sum, (b))
 }
 
 /// `gate = silu(gate) * up`.
-pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+pub fn silu_mul(isa: impl Into<Isa>, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
-    dispatch_simd!(isa, silu_mul, (gate, up))
+    dispatch_simd!(isa.into(), silu_mul, (gate, up))
 }
 
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
-pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+pub fn rope(isa: impl Into<Isa>, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     assert!(head_dim > 0, "rope: head_dim is 0");
     let half = head_dim / 2;
     assert!(
         cos.len() >= half && sin.len() >= half,
         "rope: table too short"
     );
-    dispatch_simd!(isa, rope, (x, head_dim, cos, sin))
+    dispatch_simd!(isa.into(), rope, (x, head_dim, cos, sin))
 }
 
 /// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
 /// `len` floats.
 pub fn attention<T: KvType>(
-    isa: Isa,
+    isa: impl Into<Isa>,
     q: &[f32],
     keys: &[T::Elem],
     values: &[T::Elem],
@@ -460,7 +490,11 @@ pub fn attention<T: KvType>(
         values.len() >= len * hd && scores.len() >= len,
         "attention: buffers too short"
     );
-    dispatch_simd!(isa, attention::<T>, (q, keys, values, scale, scores, out))
+    dispatch_simd!(
+        isa.into(),
+        attention::<T>,
+        (q, keys, values, scale, scores, out)
+    )
 }
 
 /// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
