@@ -31,6 +31,7 @@
 pub mod cpu;
 pub mod dtype;
 pub mod isa;
+mod layout;
 pub mod ops;
 pub mod par;
 pub mod pool;

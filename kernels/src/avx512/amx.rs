@@ -1,7 +1,7 @@
 //! The quantized prefill matmul's tiles on AMX (Advanced Matrix Extensions, `amx_tile` +
 //! `amx_int8`), where the CPU has them and Linux grants this process the tile state.
 //!
-//! A packed panel sub-block ([`crate::ops::pack_q_panel`]: `S / 4` lines of 64 bytes, each
+//! A packed panel sub-block ([`crate::quant::panel::pack_q_panel`]: `S / 4` lines of 64 bytes, each
 //! 4 consecutive k of 16 weight rows, unsigned quants) is exactly AMX's "VNNI" layout for the
 //! second operand of `tdpbsud` (signed × unsigned bytes, i32 sums). The first operand is up to
 //! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
@@ -18,8 +18,8 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::quant_gemm::{add_sub_block, store_rows};
-use crate::ops::{q_sub_block_bytes, QNR};
+use super::tile_epilogue::{add_sub_block, store_rows};
+use crate::quant::panel::{q_sub_block_bytes, QNR};
 
 /// Input rows per AMX tile: the tile's 16 rows.
 pub(crate) const AMX_MR: usize = 16;

@@ -7,7 +7,7 @@ use core::arch::x86_64::*;
 
 use super::{exp_ps, lanes};
 use crate::dtype::{Dtype, KvType};
-use crate::ops::AttnTile;
+use crate::layout::AttnTile;
 
 /// The KV element at `p`, widened to f32, in every lane.
 ///

@@ -22,6 +22,7 @@ mod matvec;
 mod quant;
 mod quant_gemm;
 mod quant_repack;
+mod tile_epilogue;
 
 pub(crate) use attention::*;
 pub use elementwise::*;

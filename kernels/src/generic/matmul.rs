@@ -120,80 +120,60 @@ pub(crate) unsafe fn matmul_strided<S: Simd, W: WeightType>(
     s.vectorize(
         #[inline(always)]
         || {
-            // SAFETY: forwarded contract.
-            unsafe { matmul_body::<S, W>(s, w, k, x, n, y, ldy, rows, panel) }
-        },
-    )
-}
-
-/// [`matmul_strided`] inside [`Simd::vectorize`].
-///
-/// # Safety
-/// As [`matmul_strided`].
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn matmul_body<S: Simd, W: WeightType>(
-    s: S,
-    w: &[u8],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
-    panel: &mut [f32],
-) {
-    debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
-    if n < 3 {
-        // Too few tokens to amortize packing: stream the weights once per token.
-        for t in 0..n {
-            // SAFETY: row t of y has `rows` writable floats at t*ldy (contract); x row t exists.
-            unsafe {
-                let yt = std::slice::from_raw_parts_mut(y.add(t * ldy), rows);
-                matvec_body::<S, W>(s, w, &x[t * k..(t + 1) * k], yt);
-            }
-        }
-        return;
-    }
-    let nrp = NV * S::LANES;
-    assert!(
-        panel.len() >= matmul_pack::<S>(),
-        "matmul: pack scratch too short"
-    );
-    let buf = &mut panel[..matmul_pack::<S>()];
-    let wp = w.as_ptr();
-    let xp = x.as_ptr();
-    let mut j0 = 0;
-    while j0 < rows {
-        let nr = (rows - j0).min(nrp);
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = (k - k0).min(S::MATMUL_KC);
-            // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k; buf holds kc rows of nrp.
-            unsafe { s.pack_panel::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, nrp, buf) };
-            let bp = buf.as_ptr();
-            let mut t0 = 0;
-            while t0 < n {
-                let mr = (n - t0).min(MR);
-                // SAFETY: tokens t0..t0+mr < n, columns k0..k0+kc < k of x; y rows t0..t0+mr,
-                // columns j0..j0+nr < rows, writable by the contract.
-                unsafe {
-                    let xt = xp.add(t0 * k + k0);
-                    let yt = y.add(t0 * ldy + j0);
-                    let f = k0 == 0;
-                    match mr {
-                        6 => micro::<S, 6>(s, bp, kc, xt, k, yt, ldy, nr, f),
-                        5 => micro::<S, 5>(s, bp, kc, xt, k, yt, ldy, nr, f),
-                        4 => micro::<S, 4>(s, bp, kc, xt, k, yt, ldy, nr, f),
-                        3 => micro::<S, 3>(s, bp, kc, xt, k, yt, ldy, nr, f),
-                        2 => micro::<S, 2>(s, bp, kc, xt, k, yt, ldy, nr, f),
-                        _ => micro::<S, 1>(s, bp, kc, xt, k, yt, ldy, nr, f),
+            debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
+            if n < 3 {
+                // Too few tokens to amortize packing: stream the weights once per token.
+                for t in 0..n {
+                    // SAFETY: row t of y has `rows` writable floats at t*ldy (contract); x row
+                    // t exists.
+                    unsafe {
+                        let yt = std::slice::from_raw_parts_mut(y.add(t * ldy), rows);
+                        matvec_body::<S, W>(s, w, &x[t * k..(t + 1) * k], yt);
                     }
                 }
-                t0 += mr;
+                return;
             }
-            k0 += kc;
-        }
-        j0 += nr;
-    }
+            let nrp = NV * S::LANES;
+            assert!(
+                panel.len() >= matmul_pack::<S>(),
+                "matmul: pack scratch too short"
+            );
+            let buf = &mut panel[..matmul_pack::<S>()];
+            let wp = w.as_ptr();
+            let xp = x.as_ptr();
+            let mut j0 = 0;
+            while j0 < rows {
+                let nr = (rows - j0).min(nrp);
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = (k - k0).min(S::MATMUL_KC);
+                    // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k; buf holds kc rows of nrp.
+                    unsafe { s.pack_panel::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, nrp, buf) };
+                    let bp = buf.as_ptr();
+                    let mut t0 = 0;
+                    while t0 < n {
+                        let mr = (n - t0).min(MR);
+                        // SAFETY: tokens t0..t0+mr < n, columns k0..k0+kc < k of x; y rows
+                        // t0..t0+mr, columns j0..j0+nr < rows, writable by the contract.
+                        unsafe {
+                            let xt = xp.add(t0 * k + k0);
+                            let yt = y.add(t0 * ldy + j0);
+                            let f = k0 == 0;
+                            match mr {
+                                6 => micro::<S, 6>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                                5 => micro::<S, 5>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                                4 => micro::<S, 4>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                                3 => micro::<S, 3>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                                2 => micro::<S, 2>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                                _ => micro::<S, 1>(s, bp, kc, xt, k, yt, ldy, nr, f),
+                            }
+                        }
+                        t0 += mr;
+                    }
+                    k0 += kc;
+                }
+                j0 += nr;
+            }
+        },
+    )
 }

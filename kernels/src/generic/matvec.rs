@@ -107,23 +107,25 @@ pub(crate) unsafe fn matvec_rows<S: Simd, W: WeightType, const R: usize>(
             // SAFETY: forwarded contract.
             unsafe {
                 if 8 * R < S::REGISTERS {
-                    matvec_rows_one_pass::<S, W, R>(s, w, rows, xs, cols, y, ldy)
+                    matvec_rows_passes::<S, W, R, 8>(s, w, rows, xs, cols, y, ldy)
                 } else {
-                    matvec_rows_two_pass::<S, W, R>(s, w, rows, xs, cols, y, ldy)
+                    matvec_rows_passes::<S, W, R, 4>(s, w, rows, xs, cols, y, ldy)
                 }
             }
         },
     )
 }
 
-/// [`matvec_rows`] reading each row once.
+/// [`matvec_rows`] reading each row in `8 / K` passes of `K` accumulators per input (pass `p`
+/// takes the vectors `p K..(p + 1) K` of every 8-vector block; the first pass also the
+/// single-vector steps and the tail).
 ///
 /// # Safety
-/// As [`matvec_rows`].
+/// As [`matvec_rows`]; `K` divides 8.
 #[inline(always)]
 // (index loops over constant ranges: unrolled, the accumulators stay in registers)
 #[allow(clippy::needless_range_loop)]
-unsafe fn matvec_rows_one_pass<S: Simd, W: WeightType, const R: usize>(
+unsafe fn matvec_rows_passes<S: Simd, W: WeightType, const R: usize, const K: usize>(
     s: S,
     w: &[u8],
     rows: usize,
@@ -133,123 +135,56 @@ unsafe fn matvec_rows_one_pass<S: Simd, W: WeightType, const R: usize>(
     ldy: usize,
 ) {
     let l = S::LANES;
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
+    debug_assert!(w.len() >= rows * cols * W::SIZE && 8 % K == 0);
     let wp = w.as_ptr();
     let rb = cols * W::SIZE;
+    let main = cols / (8 * l) * (8 * l);
     for r in 0..rows {
-        // SAFETY: row r < rows is inside w (contract); full vectors are read while c + 8 LANES
-        // (then c + LANES) <= cols, the tail from column c < cols, from the weights and from
-        // every input (each valid for cols floats); the stores go to y[t * ldy + r].
+        // SAFETY: row r < rows is inside w (contract); full vectors are read below `main` (whole
+        // 8-vector blocks) and while c + LANES <= cols, the tail from column c < cols, from the
+        // weights and from every input (each valid for cols floats); the stores go to
+        // y[t * ldy + r].
         unsafe {
             let w0 = wp.add(r * rb);
             let mut a = [[s.zero(); 8]; R];
-            let mut c = 0;
-            while c + 8 * l <= cols {
-                if S::PREFETCH_MATVEC {
-                    s.prefetch_ahead(w0.wrapping_add(c * W::SIZE), 8 * l * W::SIZE);
+            for pass in 0..8 / K {
+                let mut acc = [[s.zero(); K]; R];
+                let mut c = 0;
+                while c < main {
+                    if pass == 0 && S::PREFETCH_MATVEC {
+                        s.prefetch_ahead(w0.wrapping_add(c * W::SIZE), 8 * l * W::SIZE);
+                    }
+                    for k in 0..K {
+                        let cc = c + l * (pass * K + k);
+                        let wv = s.load_w::<W>(w0, cc);
+                        for t in 0..R {
+                            acc[t][k] = s.fma(wv, s.load(xs[t].add(cc)), acc[t][k]);
+                        }
+                    }
+                    c += 8 * l;
                 }
-                for k in 0..8 {
-                    let cc = c + l * k;
-                    let wv = s.load_w::<W>(w0, cc);
-                    for t in 0..R {
-                        a[t][k] = s.fma(wv, s.load(xs[t].add(cc)), a[t][k]);
+                if pass == 0 {
+                    while c + l <= cols {
+                        let wv = s.load_w::<W>(w0, c);
+                        for t in 0..R {
+                            acc[t][0] = s.fma(wv, s.load(xs[t].add(c)), acc[t][0]);
+                        }
+                        c += l;
+                    }
+                    if c < cols {
+                        let wv = s.load_w_tail::<W>(w0, c, cols - c);
+                        for t in 0..R {
+                            let xv = s.load_tail(xs[t].add(c), cols - c);
+                            acc[t][1] = s.fma(wv, xv, acc[t][1]);
+                        }
                     }
                 }
-                c += 8 * l;
-            }
-            while c + l <= cols {
-                let wv = s.load_w::<W>(w0, c);
                 for t in 0..R {
-                    a[t][0] = s.fma(wv, s.load(xs[t].add(c)), a[t][0]);
-                }
-                c += l;
-            }
-            if c < cols {
-                let wv = s.load_w_tail::<W>(w0, c, cols - c);
-                for t in 0..R {
-                    let xv = s.load_tail(xs[t].add(c), cols - c);
-                    a[t][1] = s.fma(wv, xv, a[t][1]);
+                    a[t][pass * K..(pass + 1) * K].copy_from_slice(&acc[t]);
                 }
             }
             for (t, a) in a.iter().enumerate() {
                 *y.add(t * ldy + r) = reduce8(s, a);
-            }
-        }
-    }
-}
-
-/// [`matvec_rows`] reading each row in two passes of four accumulators per input.
-///
-/// # Safety
-/// As [`matvec_rows`].
-#[inline(always)]
-// (index loops over constant ranges: unrolled, the accumulators stay in registers)
-#[allow(clippy::needless_range_loop)]
-unsafe fn matvec_rows_two_pass<S: Simd, W: WeightType, const R: usize>(
-    s: S,
-    w: &[u8],
-    rows: usize,
-    xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
-) {
-    let l = S::LANES;
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE;
-    for r in 0..rows {
-        // SAFETY: row r < rows is inside w (contract); full vectors are read while c + 8 LANES
-        // (then c + LANES) <= cols, the tail from column c < cols, from the weights and from
-        // every input (each valid for cols floats); the stores go to y[t * ldy + r].
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut lo = [[s.zero(); 4]; R];
-            let mut c = 0;
-            while c + 8 * l <= cols {
-                if S::PREFETCH_MATVEC {
-                    s.prefetch_ahead(w0.wrapping_add(c * W::SIZE), 8 * l * W::SIZE);
-                }
-                for k in 0..4 {
-                    let cc = c + l * k;
-                    let wv = s.load_w::<W>(w0, cc);
-                    for t in 0..R {
-                        lo[t][k] = s.fma(wv, s.load(xs[t].add(cc)), lo[t][k]);
-                    }
-                }
-                c += 8 * l;
-            }
-            let main = c;
-            while c + l <= cols {
-                let wv = s.load_w::<W>(w0, c);
-                for t in 0..R {
-                    lo[t][0] = s.fma(wv, s.load(xs[t].add(c)), lo[t][0]);
-                }
-                c += l;
-            }
-            if c < cols {
-                let wv = s.load_w_tail::<W>(w0, c, cols - c);
-                for t in 0..R {
-                    let xv = s.load_tail(xs[t].add(c), cols - c);
-                    lo[t][1] = s.fma(wv, xv, lo[t][1]);
-                }
-            }
-            let mut hi = [[s.zero(); 4]; R];
-            let mut c = 0;
-            while c < main {
-                for k in 0..4 {
-                    let cc = c + l * (4 + k);
-                    let wv = s.load_w::<W>(w0, cc);
-                    for t in 0..R {
-                        hi[t][k] = s.fma(wv, s.load(xs[t].add(cc)), hi[t][k]);
-                    }
-                }
-                c += 8 * l;
-            }
-            for t in 0..R {
-                let [a0, a1, a2, a3] = lo[t];
-                let [a4, a5, a6, a7] = hi[t];
-                *y.add(t * ldy + r) = reduce8(s, &[a0, a1, a2, a3, a4, a5, a6, a7]);
             }
         }
     }

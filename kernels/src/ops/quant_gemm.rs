@@ -4,18 +4,16 @@
 //! - Scalar: each weight row is dequantized to f32 (ggml's dequantization) and dotted with the
 //!   unquantized inputs in column order, so every output is bit for bit [`quant::matvec_ref`]'s.
 //! - AVX-512 and AVX2: the inputs are quantized once to 8-bit blocks ([`quant::quantize_row_q8`]);
-//!   each panel of [`QNR`] weight rows is repacked ([`pack_q_panel`]) as unsigned 8-bit quants,
-//!   4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and bias
-//!   (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products (`vpdpbusd` on
-//!   AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`; on AMX, one `tdpbsud` per
-//!   sub-block of 16 inputs x 16 rows: [`prefill_amx`]), chosen by the [`Cpu`], converting to f32 once per sub-block:
-//!   `acc += f32(idot) * (scale * d_x) + bias * (d_x * sum(x_q))`.
+//!   each panel of 16 weight rows is repacked (`quant::panel::pack_q_panel`) as unsigned 8-bit
+//!   quants, 4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and
+//!   bias (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products
+//!   (`vpdpbusd` on AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`; on AMX, one
+//!   `tdpbsud` per sub-block of 16 inputs x 16 rows: [`prefill_amx`]), chosen by the [`Cpu`],
+//!   converting to f32 once per sub-block: `acc += f32(idot) * (scale * d_x) + bias * (d_x *
+//!   sum(x_q))`.
 
 use super::*;
 use crate::quant::{self, q8_len, QuantType};
-
-/// Weight rows per packed panel: one 512-bit vector of i32 lanes (two 256-bit ones on AVX2).
-pub(crate) const QNR: usize = 16;
 
 /// Whether the AVX-512 quantized prefill matmul on `cpu` runs on AMX tiles: the `Cpu` claims
 /// AMX ([`Cpu::amx`]: AMX-TILE and AMX-INT8, the tile data granted by Linux, VNNI in use, not
@@ -100,20 +98,6 @@ fn tiles_agree(cpu: Cpu) -> bool {
         }
     }
     true
-}
-
-/// Weights per sub-block of a packed panel: 16 for Q6_K (a scale per 16), else 32.
-pub(crate) const fn q_sub_block(qt: QuantType) -> usize {
-    match qt {
-        QuantType::Q6K => 16,
-        _ => 32,
-    }
-}
-
-/// Bytes of one sub-block of a packed panel: `16 * s` quants, then 16 f32 scales and 16 f32
-/// biases.
-pub(crate) const fn q_sub_block_bytes(s: usize) -> usize {
-    QNR * s + 2 * 4 * QNR
 }
 
 /// f32 words of one thread's packed panel at depth `k`, whatever the format and ISA: the
@@ -246,148 +230,6 @@ pub(crate) unsafe fn matmul_q_strided(
             }
         }
     }
-}
-
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
-}
-
-/// One block of `qt` as unsigned quants `q` (k order) and a scale and bias per sub-block of
-/// [`q_sub_block`] weights, `w = scale * q + bias`. With `signed_q8`, Q8_0's quants are left as
-/// their signed bytes (bias 0) for the `vpmaddubsw` kernels, which cannot take `q + 128`
-/// without saturating.
-fn unpack_block(
-    qt: QuantType,
-    b: &[u8],
-    signed_q8: bool,
-    q: &mut [u8; 256],
-    sc: &mut [f32; 16],
-    bi: &mut [f32; 16],
-) {
-    match qt {
-        QuantType::Q4_0 => {
-            let d = f16_at(b, 0);
-            for j in 0..16 {
-                q[j] = b[2 + j] & 0x0F;
-                q[j + 16] = b[2 + j] >> 4;
-            }
-            (sc[0], bi[0]) = (d, -8.0 * d);
-        }
-        QuantType::Q5_0 => {
-            let d = f16_at(b, 0);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            for j in 0..16 {
-                q[j] = (b[6 + j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-                q[j + 16] = (b[6 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-            }
-            (sc[0], bi[0]) = (d, -16.0 * d);
-        }
-        QuantType::Q8_0 => {
-            let d = f16_at(b, 0);
-            let flip = if signed_q8 { 0 } else { 0x80 };
-            for j in 0..32 {
-                q[j] = b[2 + j] ^ flip; // i8 + 128 as u8 flips the sign bit
-            }
-            (sc[0], bi[0]) = (d, if signed_q8 { 0.0 } else { -128.0 * d });
-        }
-        QuantType::Q4K | QuantType::Q5K => {
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-            let scales = &b[4..16];
-            let five = qt == QuantType::Q5K;
-            let (qh, qs) = if five {
-                (&b[16..48], &b[48..176])
-            } else {
-                (&b[0..0], &b[16..144])
-            };
-            for g in 0..4 {
-                for h in 0..2 {
-                    let (s, m) = quant::scale_min_k4(2 * g + h, scales);
-                    sc[2 * g + h] = d * s as f32;
-                    bi[2 * g + h] = -(dmin * m as f32);
-                }
-                for l in 0..32 {
-                    let v = qs[32 * g + l];
-                    let (mut lo, mut hi) = (v & 0x0F, v >> 4);
-                    if five {
-                        lo |= ((qh[l] >> (2 * g)) & 1) << 4;
-                        hi |= ((qh[l] >> (2 * g + 1)) & 1) << 4;
-                    }
-                    q[64 * g + l] = lo;
-                    q[64 * g + 32 + l] = hi;
-                }
-            }
-        }
-        QuantType::Q6K => {
-            let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
-            let d = f16_at(b, 208);
-            for (i, &s) in scales.iter().enumerate() {
-                sc[i] = d * (s as i8) as f32;
-                bi[i] = -32.0 * sc[i];
-            }
-            for h in 0..2 {
-                for l in 0..32 {
-                    let (a, c, hb) = (ql[64 * h + l], ql[64 * h + 32 + l], qh[32 * h + l]);
-                    q[128 * h + l] = (a & 0x0F) | ((hb & 3) << 4);
-                    q[128 * h + 32 + l] = (c & 0x0F) | (((hb >> 2) & 3) << 4);
-                    q[128 * h + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
-                    q[128 * h + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
-                }
-            }
-        }
-    }
-}
-
-/// Packs weight rows `0..nr` (`nr <= QNR`, `k` weights each, `w` row-major) into `panel`: per
-/// sub-block `i` of `s = q_sub_block(qt)` weights, at byte `i * q_sub_block_bytes(s)`, the
-/// quants with byte `(e / 4) * 64 + r * 4 + e % 4` holding element `e` of row `r`, then the 16
-/// rows' f32 scales, then their f32 biases. Rows `nr..QNR` are zero. `signed_q8` as in
-/// [`unpack_block`].
-pub(crate) fn pack_q_panel(
-    qt: QuantType,
-    w: &[u8],
-    k: usize,
-    nr: usize,
-    signed_q8: bool,
-    panel: &mut [u8],
-) {
-    let rb = check_q(qt, w, nr, k);
-    let s = q_sub_block(qt);
-    let sbb = q_sub_block_bytes(s);
-    let (be, bb) = (qt.block_elems(), qt.block_bytes());
-    let per_block = be / s;
-    assert!(nr <= QNR && panel.len() >= k / s * sbb);
-    // One block of all 16 rows is unpacked into these (rows >= nr stay zero), then written out
-    // in panel order, so the stores run sequentially through the panel.
-    let mut q = [[0u8; 256]; QNR];
-    let (mut sc, mut bi) = ([[0f32; 16]; QNR], [[0f32; 16]; QNR]);
-    for b in 0..k / be {
-        for r in 0..nr {
-            let blk = &w[r * rb + b * bb..r * rb + (b + 1) * bb];
-            unpack_block(qt, blk, signed_q8, &mut q[r], &mut sc[r], &mut bi[r]);
-        }
-        for j in 0..per_block {
-            let base = (b * per_block + j) * sbb;
-            let dst = &mut panel[base..base + sbb];
-            let (dq, dsb) = dst.split_at_mut(QNR * s);
-            for (c, d) in dq.chunks_exact_mut(4).enumerate() {
-                let (e, r) = (j * s + 4 * (c / QNR), c % QNR);
-                d.copy_from_slice(&q[r][e..e + 4]);
-            }
-            let (ds, db) = dsb.split_at_mut(4 * QNR);
-            for r in 0..QNR {
-                ds[4 * r..4 * r + 4].copy_from_slice(&sc[r][j].to_ne_bytes());
-                db[4 * r..4 * r + 4].copy_from_slice(&bi[r][j].to_ne_bytes());
-            }
-        }
-    }
-}
-
-/// `panel` (f32 words) as bytes, for [`pack_q_panel`] and the kernels.
-pub(crate) fn panel_bytes(panel: &mut [f32]) -> &mut [u8] {
-    // SAFETY: the bytes of a `[f32]` are initialized, any byte pattern is a valid f32, and u8
-    // has no alignment requirement; the new slice covers exactly the old one and borrows it.
-    unsafe { std::slice::from_raw_parts_mut(panel.as_mut_ptr().cast::<u8>(), panel.len() * 4) }
 }
 
 #[cfg(all(test, target_arch = "x86_64"))]

@@ -144,7 +144,7 @@ pub fn matmul_q(
         });
     }
     let xq = &*xq;
-    let panels = rows.div_ceil(ops::QNR);
+    let panels = rows.div_ceil(crate::quant::panel::QNR);
     let yp = SendPtr(y.as_mut_ptr());
     let pp = SendPtr(packs.as_mut_ptr());
     let next = AtomicUsize::new(0);
@@ -157,7 +157,10 @@ pub fn matmul_q(
             if p >= panels {
                 break;
             }
-            let (r0, r1) = (p * ops::QNR, ((p + 1) * ops::QNR).min(rows));
+            let (r0, r1) = (
+                p * crate::quant::panel::QNR,
+                ((p + 1) * crate::quant::panel::QNR).min(rows),
+            );
             // SAFETY: w holds `rows` rows (checked) and r1 <= rows. Panel p is claimed by one
             // thread only (the counter hands each index out once), which writes only
             // y[t * rows + j] for j in [r0, r1): disjoint between claims, inside y (n * rows
