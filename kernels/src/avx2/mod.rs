@@ -1,8 +1,7 @@
 //! AVX2 bodies (256-bit, AVX2 + FMA + F16C) where the instructions are the algorithm: the
-//! quantized dots (`vpmaddubsw`, AVX-VNNI `vpdpbusd`), `stream_sum`.
-//! The kernels written once over [`crate::simd::Simd`] are in [`crate::generic`]. Same names
-//! and contracts as [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in
-//! here.
+//! quantized dots (`vpmaddubsw`, AVX-VNNI `vpdpbusd`). The kernels written once over
+//! [`crate::simd::Simd`] are in [`crate::generic`]. Same contracts as [`crate::scalar`];
+//! [`crate::ops`] checks buffer lengths before calling in here.
 //!
 //! Every load is unaligned. f32 tails use `vmaskmovps` (masked-off lanes never fault); 16-bit
 //! weight tails are copied into a zeroed stack buffer first, so no body touches a byte outside
@@ -15,10 +14,8 @@
 pub(crate) use crate::simd::avx2::{hsum, mask8};
 use crate::stream::prefetch_ahead;
 
-mod elementwise;
 mod quant;
 mod quant_gemm;
 
-pub use elementwise::*;
 pub use quant::*;
 pub use quant_gemm::*;

@@ -1,8 +1,8 @@
 //! AVX-512 bodies (512-bit, AVX-512F/BW/VL plus FMA and F16C) where the instructions are the
 //! algorithm: the quantized dots and their repacked layouts, `vdpbf16ps`, AMX tiles, the
-//! blocked prefill attention, `stream_sum`. The kernels written once over
-//! [`crate::simd::Simd`] are in [`crate::generic`]. Same names and contracts as
-//! [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in here.
+//! blocked prefill attention. The kernels written once over [`crate::simd::Simd`] are in
+//! [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`] checks buffer
+//! lengths before calling in here.
 //!
 //! Every load is unaligned; tails use masked loads/stores (masked-off lanes never fault), so no
 //! body reads or writes a byte outside the slices it was given. Where a fixed group of vectors
@@ -16,7 +16,6 @@ use crate::stream::{prefetch, prefetch_ahead, PREFETCH_BYTES};
 
 mod amx;
 mod attention;
-mod elementwise;
 mod matmul;
 mod matvec;
 mod quant;
@@ -25,7 +24,6 @@ mod quant_repack;
 mod tile_epilogue;
 
 pub(crate) use attention::*;
-pub use elementwise::*;
 pub use matmul::*;
 pub use matvec::*;
 pub use quant::*;

@@ -254,3 +254,34 @@ pub(crate) unsafe fn rope<S: Simd>(s: S, x: &mut [f32], head_dim: usize, cos: &[
         },
     )
 }
+
+/// [`crate::scalar::stream_sum`], reading four vectors (`16 * LANES` bytes) per step in
+/// independent loads, with the decode matvecs' prefetch ([`Simd::prefetch_ahead`]). Integer
+/// sums wrap, so the order of the lanes does not change the result.
+#[inline(always)]
+pub(crate) fn stream_sum<S: Simd>(s: S, b: &[u8]) -> u64 {
+    s.vectorize(
+        #[inline(always)]
+        || {
+            let vb = 4 * S::LANES;
+            let step = 4 * vb;
+            let steps = b.len() / step;
+            let p = b.as_ptr();
+            let mut acc = [s.zero_u64(); 4];
+            for i in 0..steps {
+                // SAFETY: step i < steps covers bytes step i..step (i + 1) <= b.len(); the
+                // prefetches may point past b, where they are no-op hints.
+                unsafe {
+                    let q = p.add(step * i);
+                    s.prefetch_ahead(q, step);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = s.add_u64(*a, s.load_u64(q.add(vb * j)));
+                    }
+                }
+            }
+            let v = s.add_u64(s.add_u64(acc[0], acc[1]), s.add_u64(acc[2], acc[3]));
+            s.hsum_u64(v)
+                .wrapping_add(crate::scalar::stream_sum(&b[step * steps..]))
+        },
+    )
+}

@@ -15,35 +15,10 @@ use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "x86_64")]
 use crate::{avx2, avx512, generic};
 
-/// Dispatches `$f(args)` to the body of `$isa`. Every SIMD arm is reached only for an ISA the CPU
-/// supports: `Isa` values for SIMD ISAs come from detection ([`Isa::available`], [`Isa::detect`],
-/// [`Isa::from_env`]), and the `unsafe` bodies additionally rely on the length checks each entry
-/// point performs before dispatching.
-macro_rules! dispatch {
-    ($isa:expr, $f:ident $(::<$t:ty>)?, ($($arg:expr),*)) => {
-        match $isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => {
-                check(Isa::Avx512);
-                // SAFETY: `check` verified the CPU supports AVX-512F/BW/VL+AVX2+FMA+F16C; the
-                // caller checked the buffer lengths the body's contract requires.
-                unsafe { avx512::$f $(::<$t>)? ($($arg),*) }
-            }
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => {
-                check(Isa::Avx2);
-                // SAFETY: `check` verified the CPU supports AVX2+FMA+F16C; the caller checked the
-                // buffer lengths the body's contract requires.
-                unsafe { avx2::$f $(::<$t>)? ($($arg),*) }
-            }
-            _ => scalar::$f $(::<$t>)? ($($arg),*),
-        }
-    };
-}
-
 /// Dispatches `$f(args)` to the scalar reference, or to the body written once over
 /// [`Simd`](crate::simd::Simd) in [`crate::generic`], monomorphized for the backend of `$isa`
-/// (whose token is made only where the CPU has its features).
+/// (whose token is made only where the CPU has its features). The `unsafe` bodies also rely
+/// on the length checks each entry point performs before dispatching.
 macro_rules! dispatch_simd {
     ($isa:expr, $f:ident $(::<$t:ty>)?, ($($arg:expr),*)) => {
         match $isa {
@@ -453,7 +428,15 @@ pub fn add(isa: impl Into<Isa>, y: &mut [f32], x: &[f32]) {
 /// same on every ISA: the SIMD bodies read it as fast as they can, with the decode matvecs'
 /// prefetch, so timing it measures the read bandwidth decode could reach.
 pub fn stream_sum(isa: impl Into<Isa>, b: &[u8]) -> u64 {
-    dispatch!(isa.into(), stream_sum, (b))
+    match isa.into() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            generic::stream_sum(Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512)), b)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => generic::stream_sum(Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2)), b),
+        _ => scalar::stream_sum(b),
+    }
 }
 
 /// `gate = silu(gate) * up`.
@@ -552,7 +535,7 @@ pub(crate) unsafe fn attention_tile<T: KvType>(
     }
 }
 
-// after `dispatch!`, which the matmuls use
+// after `dispatch_simd!` and `unsupported`, which the matmuls use
 mod matmul;
 pub use matmul::*;
 mod quant;

@@ -144,51 +144,28 @@ impl Simd for Avx2 {
     const PREFETCH_MATVEC: bool = true;
     const MATMUL_KC: usize = 256;
     type F32 = __m256;
+    type U64 = __m256i;
 
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         // SAFETY: `self` proves the features (see above).
         unsafe { with_avx2(f) }
     }
+    one_instruction! {
+        zero() -> __m256 => _mm256_setzero_ps;
+        add(a, b) -> __m256 => _mm256_add_ps;
+        sub(a, b) -> __m256 => _mm256_sub_ps;
+        mul(a, b) -> __m256 => _mm256_mul_ps;
+        div(a, b) -> __m256 => _mm256_div_ps;
+        max(a, b) -> __m256 => _mm256_max_ps;
+        fma(a, b, c) -> __m256 => _mm256_fmadd_ps;
+        zero_u64() -> __m256i => _mm256_setzero_si256;
+        add_u64(a, b) -> __m256i => _mm256_add_epi64;
+    }
     #[inline(always)]
     fn splat(self, x: f32) -> __m256 {
         // SAFETY: AVX (token).
         unsafe { _mm256_set1_ps(x) }
-    }
-    #[inline(always)]
-    fn zero(self) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_setzero_ps() }
-    }
-    #[inline(always)]
-    fn add(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_add_ps(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_sub_ps(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_mul_ps(a, b) }
-    }
-    #[inline(always)]
-    fn div(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_div_ps(a, b) }
-    }
-    #[inline(always)]
-    fn max(self, a: __m256, b: __m256) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_max_ps(a, b) }
-    }
-    #[inline(always)]
-    fn fma(self, a: __m256, b: __m256, c: __m256) -> __m256 {
-        // SAFETY: FMA (token).
-        unsafe { _mm256_fmadd_ps(a, b, c) }
     }
     #[inline(always)]
     fn add_tail(self, a: __m256, b: __m256, n: usize) -> __m256 {
@@ -260,6 +237,18 @@ impl Simd for Avx2 {
                 ld_part::<W>(p, i, n)
             }
         }
+    }
+    #[inline(always)]
+    fn hsum_u64(self, v: __m256i) -> u64 {
+        let mut w = [0u64; 4];
+        // SAFETY: AVX (token); w holds 32 bytes.
+        unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
+        w.iter().fold(0u64, |a, &x| a.wrapping_add(x))
+    }
+    #[inline(always)]
+    unsafe fn load_u64(self, p: *const u8) -> __m256i {
+        // SAFETY: token; 32 bytes readable at p (contract).
+        unsafe { _mm256_loadu_si256(p.cast()) }
     }
     #[inline(always)]
     fn prefetch_ahead(self, p: *const u8, len: usize) {

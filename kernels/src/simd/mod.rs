@@ -21,6 +21,23 @@
 
 use crate::dtype::WeightType;
 
+/// Defines trait methods that are one intrinsic on the backend's vectors: `name(args) =>
+/// intrinsic` for `fn name(self, args: Self::F32...) -> Self::F32`, and `name() -> T =>
+/// intrinsic` for the constant ones. Sound because the backend's token, which every method
+/// takes, exists only where the CPU has the features (see the backend's constructor).
+#[cfg(target_arch = "x86_64")]
+macro_rules! one_instruction {
+    ($($name:ident($($a:ident),*) -> $t:ty => $intr:ident;)*) => {
+        $(
+            #[inline(always)]
+            fn $name(self, $($a: $t),*) -> $t {
+                // SAFETY: the token proves the CPU has the backend's features.
+                unsafe { $intr($($a),*) }
+            }
+        )*
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
@@ -45,6 +62,8 @@ pub(crate) trait Simd: Copy {
 
     /// A vector of f32 lanes.
     type F32: Copy;
+    /// A vector of the same width read as u64 lanes (`stream_sum`'s wrapping sums).
+    type U64: Copy;
 
     /// Runs `f` inside a function compiled with the backend's target features: `f` (marked
     /// `#[inline(always)]`) and everything it inlines is compiled with them.
@@ -115,6 +134,18 @@ pub(crate) trait Simd: Copy {
     /// `p` is valid for reading elements `i..i + min(n, LANES)`, and element `i` lies inside
     /// (or one past) its allocation.
     unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> Self::F32;
+
+    /// 0 in every u64 lane.
+    fn zero_u64(self) -> Self::U64;
+    /// Lane-wise wrapping `a + b` of u64 lanes.
+    fn add_u64(self, a: Self::U64, b: Self::U64) -> Self::U64;
+    /// The wrapping sum of the u64 lanes.
+    fn hsum_u64(self, v: Self::U64) -> u64;
+    /// `4 * LANES` bytes at `p` as u64 lanes.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `4 * LANES` bytes.
+    unsafe fn load_u64(self, p: *const u8) -> Self::U64;
 
     /// Hints that the `len` bytes starting [`crate::stream::PREFETCH_BYTES`] after `p` will be
     /// read soon (a no-op where the backend has no prefetch; `p` may lie past the data).
