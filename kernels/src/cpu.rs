@@ -18,8 +18,9 @@ use std::fmt;
 use crate::isa::Isa;
 
 /// An ISA level and the extensions the kernels use at it. Made by detection (see the module
-/// docs); `Copy`, so the engine stores one and passes it down. Every kernel entry point takes
-/// `impl Into<Cpu>`: an [`Isa`] converts to [`Cpu::for_isa`] of it.
+/// docs); `Copy`, so the engine stores one and passes it down. The kernel entry points that
+/// choose among extensions take `impl Into<Cpu>` (an [`Isa`] converts to [`Cpu::for_isa`] of
+/// it), the others `impl Into<Isa>` (a `Cpu` converts to its level).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cpu {
     isa: Isa,
