@@ -195,19 +195,39 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
         #[cfg(target_arch = "x86_64")]
         Prep::HiLo(xp) => {
             assert!(W::DTYPE == Dtype::BF16);
-            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new`, the only
-            // way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16 at the AVX-512
-            // level, which it does only where detected; `w` length checked.
-            unsafe { avx512::matvec_bf16_hilo(w, xp, cols, y) }
+            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new` (rounded up to
+            // a block), the only way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16
+            // at the AVX-512 level, which it does only where detected; `w` length checked; the
+            // one input's outputs are `y` (borrowed mutably here), `y.len()` floats.
+            unsafe {
+                avx512::matvec_bf16_hilo_rows::<1>(
+                    w,
+                    y.len(),
+                    [xp.as_ptr()],
+                    cols,
+                    y.as_mut_ptr(),
+                    y.len(),
+                )
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Prep::EvenOdd(xp) => {
             assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
             check(Isa::Avx512);
             // SAFETY: CPU support for AVX-512 checked; `w` length checked; `xp` was laid out
-            // from these `cols` columns by `MatvecX::exact`, the only way to build an `EvenOdd`
-            // input.
-            unsafe { avx512::matvec_bf16_evenodd(w, xp, cols, y) }
+            // from these `cols` columns by `MatvecX::exact` (rounded up to 32), the only way to
+            // build an `EvenOdd` input; the one input's outputs are `y` (borrowed mutably
+            // here), `y.len()` floats.
+            unsafe {
+                avx512::matvec_bf16_evenodd_rows::<1>(
+                    w,
+                    y.len(),
+                    [xp.as_ptr()],
+                    cols,
+                    y.as_mut_ptr(),
+                    y.len(),
+                )
+            }
         }
         _ => {
             let x = x.x;
