@@ -13,7 +13,7 @@ use qwenrt::engine::sampler::{Sampler, SamplerParams};
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
-use qwenrt_kernels::Isa;
+use qwenrt_kernels::{Cpu, Isa};
 
 #[path = "support/golden.rs"]
 mod golden_data;
@@ -87,7 +87,7 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
         ..Default::default()
     };
     let mut s = Session::new(weights, &opts).unwrap();
-    let prefill_tol = if prefill_bf16 && isa.has_avx512_bf16() {
+    let prefill_tol = if prefill_bf16 && s.cpu().bf16() {
         TOL_BF16_PREFILL
     } else {
         TOL_F32
@@ -192,7 +192,7 @@ fn real_model_matches_transformers_avx2() {
 
 #[test]
 fn real_model_matches_transformers_f32_prefill() {
-    if Isa::detect().has_avx512_bf16() {
+    if Cpu::detect().bf16() {
         check(Isa::detect(), false, false);
     } else {
         eprintln!("skipped: without AVX512-BF16 the best-ISA test already runs f32 prefill");

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Dtype, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::{ops, Bf16, Cpu, Dtype, Isa, ThreadPool, WeightType, F16, F32};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).max(1);
@@ -66,7 +66,7 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
                 // Above: the fastest preparation of x (hi/lo split on AVX512-BF16, else even/odd
                 // columns on AVX-512). Here the exact one where that differs, and the widening
                 // kernel.
-                if isa.has_avx512_bf16() {
+                if Cpu::from(isa).bf16() {
                     let mut s2 = vec![0.0; ops::matvec_scratch_len(cols)];
                     let exact = ops::MatvecX::exact::<W>(isa, &x, &mut s2);
                     g.bench_with_input(
@@ -123,7 +123,7 @@ fn bench_matmul(c: &mut Criterion) {
                         })
                     },
                 );
-                if isa.has_avx512_bf16() {
+                if Cpu::from(isa).bf16() {
                     let id = BenchmarkId::new("avx512_bf16dot", format!("n{n}_{rows}x{k}"));
                     g.bench_with_input(id, &(), |b, _| {
                         b.iter(|| {
@@ -258,7 +258,7 @@ fn bench_par(c: &mut Criterion) {
                     })
                 },
             );
-            if isa.has_avx512_bf16() {
+            if Cpu::from(isa).bf16() {
                 let id = BenchmarkId::new(
                     "matmul_bf16dot_n512_4864x896",
                     format!("{}t", pool.n_threads()),

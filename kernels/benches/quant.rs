@@ -9,7 +9,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{q8_len, QuantType};
-use qwenrt_kernels::Isa;
+use qwenrt_kernels::Cpu;
 
 /// xorshift32 bytes.
 fn bytes(n: usize, seed: u32) -> Vec<u8> {
@@ -50,10 +50,11 @@ fn config() -> Criterion {
 
 fn bench_matvec_q(c: &mut Criterion) {
     // QWENRT_ISA=avx2 benches the AVX2 kernels on an AVX-512 machine
-    let isa = Isa::from_env().unwrap_or_else(|e| panic!("{e}"));
-    let mut variants = vec![(isa.to_string(), true)];
-    if isa.extensions().contains(&"vnni") {
-        variants.push((format!("{isa}_novnni"), false));
+    let cpu = Cpu::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let isa = cpu.isa();
+    let mut variants = vec![(isa.to_string(), cpu)];
+    if cpu.vnni() {
+        variants.push((format!("{isa}_novnni"), cpu.without_vnni()));
     }
     for qt in QuantType::ALL {
         let mut g = c.benchmark_group(format!("matvec_q_{qt}"));
@@ -76,23 +77,14 @@ fn bench_matvec_q(c: &mut Criterion) {
                 .zip(bufs.iter_mut())
                 .map(|(x, b)| QuantX::new(isa, x, b))
                 .collect();
-            for (name, vnni) in &variants {
+            for (name, cpu) in &variants {
                 for n in [1, 4] {
                     let mut y = vec![0.0; n * rows];
                     g.bench_with_input(
                         BenchmarkId::new(format!("{name}_x{n}"), format!("{rows}x{cols}")),
                         &(),
                         |b, _| {
-                            b.iter(|| {
-                                ops::matvec_q_rows_opts(
-                                    isa,
-                                    qt,
-                                    black_box(&w),
-                                    &qx[..n],
-                                    &mut y,
-                                    *vnni,
-                                )
-                            })
+                            b.iter(|| ops::matvec_q_rows(*cpu, qt, black_box(&w), &qx[..n], &mut y))
                         },
                     );
                 }

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::{ops, par, Isa, QuantType, ThreadPool, F32};
+use qwenrt_kernels::{par, Cpu, QuantType, ThreadPool, F32};
 
 /// xorshift in [-0.5, 0.5).
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -42,9 +42,9 @@ fn qweights(qt: QuantType, rows: usize, k: usize) -> Vec<u8> {
 
 fn bench(c: &mut Criterion) {
     // QWENRT_ISA=avx2 benches the AVX2 kernels on an AVX-512 machine
-    let isa = Isa::from_env().unwrap_or_else(|e| panic!("{e}"));
+    let cpu = Cpu::from_env().unwrap_or_else(|e| panic!("{e}"));
     let no_vnni = std::env::var_os("QWENRT_BENCH_NO_VNNI").is_some_and(|v| v == "1");
-    ops::matmul_q_force_no_vnni(no_vnni);
+    let isa = if no_vnni { cpu.without_vnni() } else { cpu };
     let pool = ThreadPool::new(2).unwrap();
     let nt = pool.n_threads();
     let n = 512;

@@ -1,5 +1,5 @@
 //! The repacked-layout matvec (`ops::matvec_repacked_prepared`) against the ggml-layout one
-//! (`ops::matvec_q_rows_opts`) at Qwen2.5-0.5B's decode shapes: Q5_0 and Q8_0 at 4864x896 and
+//! (`ops::matvec_q_rows`) at Qwen2.5-0.5B's decode shapes: Q5_0 and Q8_0 at 4864x896 and
 //! 896x4864, and the Q8_0 output head 151936x896; one and four inputs, one thread, AVX-512
 //! (with and without VNNI). Inputs are quantized / prepared outside the timed loop on both
 //! sides. Throughput is bytes of weights per call, so criterion's rate reads as GB/s.
@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, q8_len, QuantType};
-use qwenrt_kernels::Isa;
+use qwenrt_kernels::{Cpu, Isa};
 
 /// xorshift32 bytes.
 fn bytes(n: usize, seed: u32) -> Vec<u8> {
@@ -48,11 +48,12 @@ fn bench(c: &mut Criterion) {
         return;
     }
     let isa = Isa::Avx512;
-    let mut variants = vec![("vnni", true)];
-    if !is_x86_feature_detected!("avx512vnni") {
+    let cpu = Cpu::from(isa);
+    let mut variants = vec![("vnni", cpu)];
+    if !cpu.vnni() {
         variants[0].0 = "plain";
     } else if std::env::var_os("REPACK_BENCH_PLAIN").is_some() {
-        variants.push(("plain", false));
+        variants.push(("plain", cpu.without_vnni()));
     }
     let shapes = [
         (QuantType::Q4_0, 4864, 896),
@@ -84,28 +85,25 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("prepare_x", 1), &(), |b, _| {
             b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px))
         });
-        for (name, vnni) in &variants {
+        for &(name, cpu) in &variants {
             for n in [1, 4] {
                 let mut y = vec![0.0; n * rows];
                 g.bench_with_input(BenchmarkId::new(format!("ggml_{name}"), n), &(), |b, _| {
-                    b.iter(|| {
-                        ops::matvec_q_rows_opts(isa, qt, black_box(&w), &qx[..n], &mut y, *vnni)
-                    })
+                    b.iter(|| ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[..n], &mut y))
                 });
                 g.bench_with_input(
                     BenchmarkId::new(format!("repacked_{name}"), n),
                     &(),
                     |b, _| {
                         b.iter(|| {
-                            ops::matvec_repacked_prepared_opts(
-                                isa,
+                            ops::matvec_repacked_prepared(
+                                cpu,
                                 qt,
                                 black_box(&wr),
                                 cols,
                                 n,
                                 &px,
                                 &mut y,
-                                *vnni,
                             )
                         })
                     },
@@ -135,8 +133,7 @@ fn cold(
     qx: &[QuantX<'_>],
     px: &[f32],
 ) {
-    let isa = Isa::Avx512;
-    let vnni = is_x86_feature_detected!("avx512vnni");
+    let cpu = Cpu::from(Isa::Avx512);
     let copies = COLD_BYTES / w.len();
     let ws: Vec<u8> = w.repeat(copies);
     let wrs: Vec<u8> = wr.repeat(copies);
@@ -149,23 +146,14 @@ fn cold(
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &ws[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_q_rows_opts(isa, qt, black_box(wi), &qx[..n], &mut y, vnni)
+                ops::matvec_q_rows(cpu, qt, black_box(wi), &qx[..n], &mut y)
             })
         });
         g.bench_with_input(BenchmarkId::new("repacked", n), &(), |b, _| {
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &wrs[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_repacked_prepared_opts(
-                    isa,
-                    qt,
-                    black_box(wi),
-                    cols,
-                    n,
-                    px,
-                    &mut y,
-                    vnni,
-                )
+                ops::matvec_repacked_prepared(cpu, qt, black_box(wi), cols, n, px, &mut y)
             })
         });
     }

@@ -1,4 +1,5 @@
-//! Instruction-set selection: detected once at startup, or forced by `QWENRT_ISA`.
+//! The instruction-set levels the kernels are written for. Which one runs, with which
+//! extensions, is a [`crate::Cpu`], detected once (or forced by `QWENRT_ISA`).
 
 use std::fmt;
 
@@ -7,11 +8,11 @@ use std::fmt;
 pub enum Isa {
     /// Portable Rust, the reference every other body is tested against.
     Scalar,
-    /// AVX2 with FMA and F16C (256-bit). Where the CPU also has AVX-VNNI, the quantized
-    /// kernels take their integer dots with the 256-bit `vpdpbusd`.
+    /// AVX2 with FMA and F16C (256-bit). Where the CPU also has AVX-VNNI ([`crate::Cpu::vnni`]),
+    /// the quantized kernels take their integer dots with the 256-bit `vpdpbusd`.
     Avx2,
     /// AVX-512F/BW/VL (512-bit; BW/VL for masked 16-bit tail loads). Where the CPU also has
-    /// AVX512-BF16, the bf16 matvec runs `vdpbf16ps` against a hi/lo bf16 split of its input
+    /// AVX512-BF16 ([`crate::Cpu::bf16`]), the bf16 matvec runs `vdpbf16ps` against a hi/lo bf16 split of its input
     /// (f32-level accuracy) and `ops::matmul_bf16dot` rounds activations to bf16; otherwise the
     /// bf16 kernels widen weights to f32.
     Avx512,
@@ -57,61 +58,6 @@ impl Isa {
     /// The best ISA this CPU supports.
     pub fn detect() -> Isa {
         *Isa::available().last().unwrap_or(&Isa::Scalar)
-    }
-
-    /// `QWENRT_ISA` if set (an error if it names an unknown or unsupported ISA), else [`Isa::detect`].
-    pub fn from_env() -> Result<Isa, String> {
-        match std::env::var("QWENRT_ISA") {
-            Ok(s) if !s.is_empty() => {
-                let isa: Isa = s.parse()?;
-                if isa.is_supported() {
-                    Ok(isa)
-                } else {
-                    Err(format!("QWENRT_ISA={s}: this CPU does not support {isa}"))
-                }
-            }
-            _ => Ok(Isa::detect()),
-        }
-    }
-
-    /// Whether AVX512-BF16 (`vdpbf16ps`) is available: used by the bf16 kernels on the avx512 path.
-    pub fn has_avx512_bf16(self) -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            self == Isa::Avx512 && is_x86_feature_detected!("avx512bf16")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    }
-
-    /// The extensions this ISA's kernels use on this CPU beyond their base: `vnni` (AVX512-VNNI
-    /// or AVX-VNNI integer dots), `bf16` (AVX512-BF16), `amx` (AMX prefill tiles, which asks
-    /// Linux for the tile data: see `ops::prefill_amx`).
-    pub fn extensions(self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::ops::use_vnni(self, true) {
-                v.push("vnni");
-            }
-            if self.has_avx512_bf16() {
-                v.push("bf16");
-            }
-            if self == Isa::Avx512 && crate::ops::prefill_amx() {
-                v.push("amx");
-            }
-        }
-        v
-    }
-
-    /// `avx512+vnni+bf16` style: the ISA and its [`Isa::extensions`].
-    pub fn describe(self) -> String {
-        std::iter::once(self.to_string())
-            .chain(self.extensions().into_iter().map(String::from))
-            .collect::<Vec<_>>()
-            .join("+")
     }
 }
 

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{encode, Rng};
-use qwenrt_kernels::{ops, scalar, Bf16, Dtype, Isa, KvType, WeightType, F16, F32};
+use qwenrt_kernels::{ops, scalar, Bf16, Cpu, Dtype, Isa, KvType, WeightType, F16, F32};
 
 /// Lengths around the 8-, 16-, 32- and 64-float vector groups of the AVX2 and AVX-512 bodies.
 const LENS: [usize; 14] = [1, 3, 7, 8, 9, 15, 17, 31, 33, 47, 63, 65, 80, 100];
@@ -23,7 +23,7 @@ fn simd_isas() -> Vec<Isa> {
             println!("skipped: CPU lacks {isa}");
         }
     }
-    if Isa::Avx512.is_supported() && !Isa::Avx512.has_avx512_bf16() {
+    if Isa::Avx512.is_supported() && !Cpu::from(Isa::Avx512).bf16() {
         println!("skipped: CPU lacks AVX512-BF16 (the avx512 bf16 kernels widen instead)");
     }
     v
@@ -298,7 +298,7 @@ fn matmul_bf16dot_at_end_of_allocation() {
                     let mut s = filled(ops::matmul_bf16dot_scratch_len(n, k), f32::NAN);
                     let mut y = filled(n * rows, f32::NAN);
                     ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut y);
-                    let reference = if isa.has_avx512_bf16() { &rr } else { &r };
+                    let reference = if Cpu::from(isa).bf16() { &rr } else { &r };
                     for t in 0..n {
                         for j in 0..rows {
                             let mag: f32 = (0..k)

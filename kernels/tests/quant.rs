@@ -17,7 +17,7 @@ mod common;
 use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
-use qwenrt_kernels::Isa;
+use qwenrt_kernels::{Cpu, Isa};
 
 /// One weight row as scale units: per unit of `len` columns, the raw quants `q` (as the SIMD
 /// kernels multiply them: unsigned, or signed for Q8_0), the weight scale and the bias, with
@@ -153,14 +153,16 @@ fn at_end(w: &[u8], offset: usize) -> Vec<u8> {
     v
 }
 
-/// (isa, allow VNNI) pairs to test: every SIMD ISA with VNNI allowed (taken where the CPU
-/// has it: AVX512-VNNI, AVX-VNNI) and forbidden.
-fn paths() -> Vec<(Isa, bool)> {
+/// The CPUs to test: every SIMD ISA with its VNNI (where the CPU has it: AVX512-VNNI,
+/// AVX-VNNI) and without.
+fn paths() -> Vec<Cpu> {
     let mut v = Vec::new();
-    for isa in Isa::available() {
-        if isa != Isa::Scalar {
-            v.push((isa, true));
-            v.push((isa, false));
+    for cpu in Cpu::available() {
+        if cpu.isa() != Isa::Scalar {
+            v.push(cpu);
+            if cpu.vnni() {
+                v.push(cpu.without_vnni());
+            }
         }
     }
     v
@@ -220,7 +222,8 @@ fn check_format(qt: QuantType) {
                 );
             }
         }
-        for &(isa, vnni) in &paths {
+        for &cpu in &paths {
+            let (isa, vnni) = (cpu.isa(), cpu.vnni());
             let what = |extra: &str| format!("{qt} {isa} vnni={vnni} {rows}x{cols} {extra}");
             let qx: Vec<QuantX<'_>> = xs
                 .iter()
@@ -233,7 +236,7 @@ fn check_format(qt: QuantType) {
                 // each input alone
                 let mut single = vec![f32::NAN; n_in * rows];
                 for (x, y) in qx.iter().zip(single.chunks_exact_mut(rows)) {
-                    ops::matvec_q_rows_opts(isa, qt, w, std::slice::from_ref(x), y, vnni);
+                    ops::matvec_q_rows(cpu, qt, w, std::slice::from_ref(x), y);
                 }
                 for t in 0..n_in {
                     let q8 = qx[t].q8().unwrap();
@@ -275,7 +278,7 @@ fn check_format(qt: QuantType) {
                 // many inputs at once: bit for bit the single results, for awkward counts
                 for n in [1, 2, 3, 5, 9] {
                     let mut y = vec![f32::NAN; n * rows];
-                    ops::matvec_q_rows_opts(isa, qt, w, &qx[..n], &mut y, vnni);
+                    ops::matvec_q_rows(cpu, qt, w, &qx[..n], &mut y);
                     for (i, (a, b)) in y.iter().zip(&single).enumerate() {
                         assert_eq!(
                             a.to_bits(),
@@ -288,15 +291,13 @@ fn check_format(qt: QuantType) {
             }
         }
         // VNNI and plain integer dots give the same bits
-        for isa in [Isa::Avx512, Isa::Avx2] {
-            if !paths.contains(&(isa, false)) {
-                continue;
-            }
+        for &cpu in paths.iter().filter(|c| c.vnni()) {
+            let isa = cpu.isa();
             let mut b = vec![0.0; q8_len(cols)];
             let x = QuantX::new(isa, &xs[0], &mut b);
             let (mut a, mut c) = (vec![0.0; rows], vec![0.0; rows]);
-            ops::matvec_q_rows_opts(isa, qt, &w, &[x], &mut a, true);
-            ops::matvec_q_rows_opts(isa, qt, &w, &[x], &mut c, false);
+            ops::matvec_q_rows(cpu, qt, &w, &[x], &mut a);
+            ops::matvec_q_rows(cpu.without_vnni(), qt, &w, &[x], &mut c);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(&a),

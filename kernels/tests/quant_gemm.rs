@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::sync::RwLock;
-
 use common::Rng;
 use qwenrt_kernels::quant::{self, Q8Row, QuantType};
-use qwenrt_kernels::{ops, par, Isa, ThreadPool};
+use qwenrt_kernels::{ops, par, Cpu, Isa, ThreadPool};
 
 /// A random valid row of `k` weights of `qt`: random quant bytes, small finite f16 scales.
 fn random_row(rng: &mut Rng, qt: QuantType, k: usize) -> Vec<u8> {
@@ -130,30 +128,20 @@ fn ks(qt: QuantType) -> Vec<usize> {
     }
 }
 
-/// `(isa, force no VNNI)` for every path this CPU runs.
-fn paths(no_vnni_only: bool) -> Vec<(Isa, bool)> {
+/// Every CPU level this machine runs, with its extensions; or (`no_vnni_only`) the SIMD ones
+/// with VNNI (and so AMX) left unused.
+fn paths(no_vnni_only: bool) -> Vec<Cpu> {
     if no_vnni_only {
-        return [Isa::Avx512, Isa::Avx2]
+        return Cpu::available()
             .into_iter()
-            .filter(|i| i.is_supported())
-            .map(|i| (i, true))
+            .filter(|c| c.isa() != Isa::Scalar)
+            .map(Cpu::without_vnni)
             .collect();
     }
-    Isa::available().into_iter().map(|i| (i, false)).collect()
+    Cpu::available()
 }
 
-/// Held for writing while a test forces a path off (`matmul_q_force_no_vnni` is process-wide,
-/// and Q8_0's packing differs with and without VNNI, so a matmul that ran while another test
-/// forced it would not match one run before), for reading by every other test here.
-static FORCING: RwLock<()> = RwLock::new(());
-
 fn check_format(qt: QuantType, no_vnni_only: bool) {
-    let (_shared, _exclusive);
-    if no_vnni_only {
-        _exclusive = FORCING.write().unwrap_or_else(|e| e.into_inner());
-    } else {
-        _shared = FORCING.read().unwrap_or_else(|e| e.into_inner());
-    }
     let paths = paths(no_vnni_only);
     if paths.is_empty() {
         eprintln!("{qt}: no SIMD ISA on this CPU, nothing to force");
@@ -181,30 +169,20 @@ fn check_format(qt: QuantType, no_vnni_only: bool) {
                     quant::matvec_ref(qt, &w, xt, &mut y_ref[t * rows..(t + 1) * rows]);
                     quant::quantize_row_q8(xt, &mut xq[t * per..(t + 1) * per]);
                 }
-                for &(isa, force) in &paths {
-                    if force {
-                        ops::matmul_q_force_no_vnni(true);
-                    }
+                for &cpu in &paths {
                     for (pi, pool) in pools.iter().enumerate() {
                         let mut scratch = vec![f32::NAN; par::matmul_q_scratch_len(pi + 1, n, k)];
                         let mut y = vec![f32::NAN; n * rows];
-                        par::matmul_q(pool, isa, qt, &w, k, &x, &mut scratch, &mut y);
+                        par::matmul_q(pool, cpu, qt, &w, k, &x, &mut scratch, &mut y);
                         if pi == 0 {
                             // the single-threaded entry gives the same numbers
                             let mut s1 = vec![f32::NAN; ops::matmul_q_scratch_len(n, k)];
                             let mut y1 = vec![f32::NAN; n * rows];
-                            ops::matmul_q(isa, qt, &w, k, &x, &mut s1, &mut y1);
+                            ops::matmul_q(cpu, qt, &w, k, &x, &mut s1, &mut y1);
                             assert!(y1.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
                         }
-                        let what = format!(
-                            "{qt} {isa}{} threads={} k={k} rows={rows} n={n}",
-                            if force { " (no VNNI)" } else { "" },
-                            pi + 1
-                        );
-                        check(&what, isa, &y, &y_ref, &deq, &x, &xq, &ints, k, eps);
-                    }
-                    if force {
-                        ops::matmul_q_force_no_vnni(false);
+                        let what = format!("{qt} {cpu} threads={} k={k} rows={rows} n={n}", pi + 1);
+                        check(&what, cpu.isa(), &y, &y_ref, &deq, &x, &xq, &ints, k, eps);
                     }
                 }
             }
@@ -299,14 +277,14 @@ fn without_vnni() {
     }
 }
 
-/// The AMX tiles against the AVX512-VNNI tiles (forced with `matmul_q_force_no_amx`): the
+/// The AMX tiles against the AVX512-VNNI tiles (a `Cpu` without AMX): the
 /// same integer dots and the same f32 epilogue, so the same bits, for input counts around
 /// the 16-row tile and the 8-row VNNI tile, partial 16-row panels, every format. (The default
 /// path that `check_format` tests against the reference is AMX where it is available.)
 #[test]
 fn amx_matches_vnni() {
-    let _shared = FORCING.read().unwrap_or_else(|e| e.into_inner());
-    if !ops::prefill_amx() {
+    let cpu = Cpu::detect();
+    if !ops::prefill_amx(cpu) {
         println!(
             "skipped: no AMX here (the CPU lacks amx_tile/amx_int8, Linux refused the tile \
              data, or QWENRT_AMX=0)"
@@ -324,11 +302,9 @@ fn amx_matches_vnni() {
                 let x = rng.vec(n * k);
                 let mut s = vec![f32::NAN; ops::matmul_q_scratch_len(n, k)];
                 let mut amx = vec![f32::NAN; n * rows];
-                ops::matmul_q(Isa::Avx512, qt, &w, k, &x, &mut s, &mut amx);
-                ops::matmul_q_force_no_amx(true);
+                ops::matmul_q(cpu, qt, &w, k, &x, &mut s, &mut amx);
                 let mut vnni = vec![f32::NAN; n * rows];
-                ops::matmul_q(Isa::Avx512, qt, &w, k, &x, &mut s, &mut vnni);
-                ops::matmul_q_force_no_amx(false);
+                ops::matmul_q(cpu.without_amx(), qt, &w, k, &x, &mut s, &mut vnni);
                 for (i, (a, b)) in amx.iter().zip(&vnni).enumerate() {
                     assert_eq!(
                         a.to_bits(),

@@ -15,7 +15,7 @@ mod common;
 use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
-use qwenrt_kernels::{par, Isa, ThreadPool};
+use qwenrt_kernels::{par, Cpu, Isa, ThreadPool};
 
 const FORMATS: [QuantType; 3] = [QuantType::Q4_0, QuantType::Q5_0, QuantType::Q8_0];
 
@@ -185,7 +185,8 @@ fn check_format(qt: QuantType) {
                     "{qt} {rows}x{cols} n={n}"
                 );
                 y.fill(f32::NAN);
-                ops::matvec_repacked_prepared_opts(isa, qt, &wr, cols, n, &s, &mut y, false);
+                let no_vnni = Cpu::from(isa).without_vnni();
+                ops::matvec_repacked_prepared(no_vnni, qt, &wr, cols, n, &s, &mut y);
                 assert_eq!(
                     bits(&y),
                     bits(&alone[..n * rows]),
@@ -244,16 +245,8 @@ fn extreme_quants() {
                 let mut s = vec![0f32; ops::repacked_x_len(cols)];
                 let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
                 ops::matvec_repacked_rows(Isa::Avx512, qt, &wr, cols, &x, &mut s, &mut a);
-                ops::matvec_repacked_prepared_opts(
-                    Isa::Avx512,
-                    qt,
-                    &wr,
-                    cols,
-                    1,
-                    &s,
-                    &mut b,
-                    false,
-                );
+                let no_vnni = Cpu::from(Isa::Avx512).without_vnni();
+                ops::matvec_repacked_prepared(no_vnni, qt, &wr, cols, 1, &s, &mut b);
                 let mut r = vec![0f32; rows];
                 quant::matvec_ref(qt, &w, &x, &mut r);
                 assert_eq!(bits(&a), bits(&b), "{qt} fill {fill:#x}");

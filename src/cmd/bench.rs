@@ -581,11 +581,11 @@ pub fn run(a: BenchArgs) -> Result<(), CliError> {
         params as f64 / 1e9,
         weights.matrix_formats()
     );
-    let backend = session.isa().describe();
+    let backend = session.cpu().describe();
     if a.json {
         let v = serde_json::json!({
             "model": model, "model_dir": dir, "params": params,
-            "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "isa_extensions": session.isa().extensions(), "threads": threads,
+            "weights_bytes": weights.mapped_bytes(), "isa": session.isa().to_string(), "isa_extensions": session.cpu().extensions(), "threads": threads,
             "kv_dtype": session.kv_dtype().to_string().to_lowercase(),
             "pp": if p > 0 { serde_json::json!({"n_prompt": p, "tokens_per_second_mean": pp_m, "tokens_per_second_sd": pp_sd, "samples": pp}) } else { serde_json::Value::Null },
             "tg": if n > 0 { serde_json::json!({"n_gen": n, "tokens_per_second_mean": tg_m, "tokens_per_second_sd": tg_sd, "samples": tg}) } else { serde_json::Value::Null },

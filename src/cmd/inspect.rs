@@ -180,7 +180,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
     println!("norms: {} | biases: {biases}", weights.norm.format);
     println!(
         "isa: {} | threads: {} | ctx: {} | kv cache: {}",
-        session.isa().describe(),
+        session.cpu().describe(),
         session.threads(),
         session.ctx(),
         session.kv_dtype().to_string().to_lowercase()

@@ -12,7 +12,7 @@
 //! for it.
 
 use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, quant, Bf16, Dtype, Format, Isa, KvType, ThreadPool, F16, F32};
+use qwenrt_kernels::{ops, quant, Bf16, Cpu, Dtype, Format, KvType, ThreadPool, F16, F32};
 
 use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
@@ -60,7 +60,7 @@ pub(super) fn run(
 ) -> Result<(), EngineError> {
     let weights = &*e.weights;
     let c = &weights.config;
-    let (isa, pool) = (e.isa, &e.pool);
+    let (cpu, pool) = (e.cpu, &e.pool);
     let slots = &mut e.slots;
     let n: usize = feeds.iter().map(|f| f.tokens.len()).sum();
     let nd: usize = feeds
@@ -98,7 +98,7 @@ pub(super) fn run(
     };
     let mut lin = Linear {
         pool,
-        isa,
+        cpu,
         weights,
         prefill_bf16: e.prefill_bf16,
         prep: b.x_prep,
@@ -146,7 +146,7 @@ pub(super) fn run(
 
     for (l, layer) in weights.layers.iter().enumerate() {
         // attention block
-        rmsnorm_rows(isa, x, x_norm, h, &layer.input_layernorm, weights, eps);
+        rmsnorm_rows(cpu, x, x_norm, h, &layer.input_layernorm, weights, eps);
         let qkv_format = layer.q_proj.format;
         if let (Format::Float(qkv_format), true) = (
             qkv_format,
@@ -156,7 +156,7 @@ pub(super) fn run(
             // three (the same kernel calls per row as three matvecs: the same numbers)
             by_format!(qkv_format, W => par::matvec3::<W>(
                 pool,
-                isa,
+                cpu,
                 x_norm,
                 lin.prep,
                 wb(&layer.q_proj),
@@ -178,13 +178,13 @@ pub(super) fn run(
             (&mut *v, &layer.v_bias),
         ] {
             if let Some(bias) = bias {
-                bias_rows(isa, y, bias, weights);
+                bias_rows(cpu, y, bias, weights);
             }
         }
         // Qwen3: each head of q and of k RMS-normalized, before RoPE
         for (y, norm) in [(&mut *q, &layer.q_norm), (&mut *k, &layer.k_norm)] {
             if let Some(norm) = norm {
-                head_rmsnorm(isa, y, norm, weights, eps, b.head_norm);
+                head_rmsnorm(cpu, y, norm, weights, eps, b.head_norm);
             }
         }
         for t in 0..n {
@@ -192,8 +192,8 @@ pub(super) fn run(
                 &rope_cos[t * half..(t + 1) * half],
                 &rope_sin[t * half..(t + 1) * half],
             );
-            ops::rope(isa, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
-            ops::rope(isa, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
+            ops::rope(cpu, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
+            ops::rope(cpu, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
         }
         // per feed: its rows into its own cache, then attention over that cache, read in the
         // cache's own element type
@@ -212,15 +212,15 @@ pub(super) fn run(
             };
             let (kv_k, kv_v) = (&mut *b.kv_k, &mut *b.kv_v);
             by_format!(kv_dtype, T => cache_and_attend::<T>(
-                pool, isa, layout, &mut slots[i].kv, l, feed, kv_k, kv_v, b.attn_scores,
+                pool, cpu, layout, &mut slots[i].kv, l, feed, kv_k, kv_v, b.attn_scores,
             ))?;
         }
         lin.run(&layer.o_proj, attn_out, qd, proj_out, nd, false);
-        ops::add(isa, x, proj_out);
+        ops::add(cpu, x, proj_out);
 
         // MLP block: dense, or the experts the router picks for each row
         rmsnorm_rows(
-            isa,
+            cpu,
             x,
             x_norm,
             h,
@@ -249,7 +249,7 @@ pub(super) fn run(
                 )
             }
         }
-        ops::add(isa, x, proj_out);
+        ops::add(cpu, x, proj_out);
     }
 
     // embeddings: the final norm of each such feed's last row, into its sequence's slot
@@ -288,7 +288,7 @@ pub(super) fn run(
         for (j, item) in wanted.by_ref().take(LOGIT_ROWS).enumerate() {
             let (_, r, _) = item;
             ops::rmsnorm(
-                isa,
+                cpu,
                 &x[r * h..(r + 1) * h],
                 wb(&weights.norm),
                 weights.norm.dtype(),
@@ -304,7 +304,7 @@ pub(super) fn run(
                 let lm_head = &weights.lm_head;
                 matvec_quant(
                     pool,
-                    isa,
+                    cpu,
                     weights,
                     lm_head,
                     qt,
@@ -314,9 +314,9 @@ pub(super) fn run(
                     out,
                 )
             }
-            Format::Float(d) if g == 1 => matvec(pool, isa, d, head, &x_norm[..h], lin.prep, out),
+            Format::Float(d) if g == 1 => matvec(pool, cpu, d, head, &x_norm[..h], lin.prep, out),
             Format::Float(d) => {
-                by_format!(d, W => par::matvec_rows::<W>(pool, isa, head, h, &x_norm[..g * h], lin.prep, out))
+                by_format!(d, W => par::matvec_rows::<W>(pool, cpu, head, h, &x_norm[..g * h], lin.prep, out))
             }
         }
         for (j, row) in out.chunks_exact(vocab).enumerate() {
@@ -338,7 +338,7 @@ pub(super) fn run(
 /// the scratch the kernels need (all arena regions).
 struct Linear<'a> {
     pool: &'a ThreadPool,
-    isa: Isa,
+    cpu: Cpu,
     weights: &'a Weights,
     /// Whether prefill's gate/up matmuls on bf16 weights take bf16 dot products.
     prefill_bf16: bool,
@@ -364,7 +364,7 @@ impl Linear<'_> {
         nd: usize,
         gate_up: bool,
     ) {
-        let (pool, isa, weights) = (self.pool, self.isa, self.weights);
+        let (pool, cpu, weights) = (self.pool, self.cpu, self.weights);
         let wbytes = weights.bytes(w);
         let n = input.len() / k_in;
         let width = out.len() / n.max(1);
@@ -376,24 +376,24 @@ impl Linear<'_> {
                 // the inputs quantized to 8-bit blocks once per call, integer dot products
                 let scratch = &mut *self.quant_scratch;
                 if nd > 0 {
-                    matvec_quant(pool, isa, weights, w, qt, k_in, in_d, scratch, out_d);
+                    matvec_quant(pool, cpu, weights, w, qt, k_in, in_d, scratch, out_d);
                 }
                 if nd < n {
-                    par::matmul_q(pool, isa, qt, wbytes, k_in, in_p, scratch, out_p);
+                    par::matmul_q(pool, cpu, qt, wbytes, k_in, in_p, scratch, out_p);
                 }
                 return;
             }
         };
         if nd > 0 {
             let prep = &mut *self.prep;
-            by_format!(d, W => par::matvec_rows::<W>(pool, isa, wbytes, k_in, in_d, prep, out_d));
+            by_format!(d, W => par::matvec_rows::<W>(pool, cpu, wbytes, k_in, in_d, prep, out_d));
         }
         if nd < n {
             let pack = &mut *self.matmul_pack;
             if gate_up && self.prefill_bf16 && d == Dtype::BF16 {
-                par::matmul_bf16dot(pool, isa, wbytes, k_in, in_p, pack, out_p)
+                par::matmul_bf16dot(pool, cpu, wbytes, k_in, in_p, pack, out_p)
             } else {
-                by_format!(d, W => par::matmul::<W>(pool, isa, wbytes, k_in, in_p, pack, out_p))
+                by_format!(d, W => par::matmul::<W>(pool, cpu, wbytes, k_in, in_p, pack, out_p))
             }
         }
     }
@@ -413,7 +413,7 @@ fn swiglu(
     up: &mut [f32],
     out: &mut [f32],
 ) {
-    let (pool, isa) = (lin.pool, lin.isa);
+    let (pool, cpu) = (lin.pool, lin.cpu);
     let n = x.len() / h;
     let f = ffn.gate_proj.shape[0];
     let (gate, up) = (&mut gate[..n * f], &mut up[..n * f]);
@@ -426,12 +426,12 @@ fn swiglu(
         // same numbers as two matvecs)
         let wb = |t: &TensorRef| lin.weights.bytes(t);
         let (wg, wu) = (wb(&ffn.gate_proj), wb(&ffn.up_proj));
-        by_format!(gu_format, W => par::matvec2::<W>(pool, isa, x, lin.prep, wg, gate, wu, up));
+        by_format!(gu_format, W => par::matvec2::<W>(pool, cpu, x, lin.prep, wg, gate, wu, up));
     } else {
         lin.run(&ffn.gate_proj, x, h, gate, nd, true);
         lin.run(&ffn.up_proj, x, h, up, nd, true);
     }
-    ops::silu_mul(isa, gate, up);
+    ops::silu_mul(cpu, gate, up);
     lin.run(&ffn.down_proj, gate, f, out, nd, false);
 }
 
@@ -703,7 +703,7 @@ fn route(logits: &mut [f32], chosen: &mut [u32], weight: &mut [f32], renormalize
 #[allow(clippy::too_many_arguments)]
 fn matvec_quant(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: Cpu,
     weights: &Weights,
     w: &TensorRef,
     qt: quant::QuantType,
@@ -713,10 +713,10 @@ fn matvec_quant(
     out: &mut [f32],
 ) {
     match weights.repacked(w) {
-        Some(wr) if isa == Isa::Avx512 => {
-            par::matvec_repacked_rows(pool, isa, qt, wr, cols, x, scratch, out)
+        Some(wr) if cpu.runs_repacked() => {
+            par::matvec_repacked_rows(pool, cpu, qt, wr, cols, x, scratch, out)
         }
-        _ => par::matvec_q_rows(pool, isa, qt, weights.bytes(w), cols, x, scratch, out),
+        _ => par::matvec_q_rows(pool, cpu, qt, weights.bytes(w), cols, x, scratch, out),
     }
 }
 
@@ -739,7 +739,7 @@ struct FeedRows<'a> {
 #[allow(clippy::too_many_arguments)]
 fn cache_and_attend<T: KvType>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: Cpu,
     layout: KvLayout,
     kv: &mut KvCache,
     layer: usize,
@@ -770,7 +770,7 @@ fn cache_and_attend<T: KvType>(
             let r = t * qdim..(t + 1) * qdim;
             par::attention::<T>(
                 pool,
-                isa,
+                cpu,
                 layout,
                 pos0 + t,
                 &feed.q[r.clone()],
@@ -783,7 +783,7 @@ fn cache_and_attend<T: KvType>(
     } else {
         par::attention::<T>(
             pool,
-            isa,
+            cpu,
             layout,
             pos0,
             feed.q,
@@ -798,7 +798,7 @@ fn cache_and_attend<T: KvType>(
 
 /// `out[t] = rmsnorm(x[t]) * weight` for every row.
 fn rmsnorm_rows(
-    isa: Isa,
+    cpu: Cpu,
     x: &[f32],
     out: &mut [f32],
     width: usize,
@@ -808,22 +808,22 @@ fn rmsnorm_rows(
 ) {
     let wb = weights.bytes(weight);
     for (xr, or) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        ops::rmsnorm(isa, xr, wb, weight.dtype(), eps, or);
+        ops::rmsnorm(cpu, xr, wb, weight.dtype(), eps, or);
     }
 }
 
 /// `y[t] += bias` for every row `t` (rows as wide as the bias).
-fn bias_rows(isa: Isa, y: &mut [f32], bias: &TensorRef, weights: &Weights) {
+fn bias_rows(cpu: Cpu, y: &mut [f32], bias: &TensorRef, weights: &Weights) {
     let b = weights.bytes(bias);
     for row in y.chunks_exact_mut(bias.shape[0]) {
-        ops::add_bias(isa, row, b, bias.dtype());
+        ops::add_bias(cpu, row, b, bias.dtype());
     }
 }
 
 /// `y[t, head] = rmsnorm(y[t, head]) * weight` for every head of every row (heads as wide as
 /// the weight), each head copied into `scratch` first.
 fn head_rmsnorm(
-    isa: Isa,
+    cpu: Cpu,
     y: &mut [f32],
     weight: &TensorRef,
     weights: &Weights,
@@ -834,21 +834,21 @@ fn head_rmsnorm(
     let (wb, scratch) = (weights.bytes(weight), &mut scratch[..hd]);
     for head in y.chunks_exact_mut(hd) {
         scratch.copy_from_slice(head);
-        ops::rmsnorm(isa, scratch, wb, weight.dtype(), eps, head);
+        ops::rmsnorm(cpu, scratch, wb, weight.dtype(), eps, head);
     }
 }
 
 /// [`par::matvec`] on a matrix of format `d`.
 fn matvec(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: Cpu,
     d: Dtype,
     w: &[u8],
     x: &[f32],
     prep: &mut [f32],
     y: &mut [f32],
 ) {
-    by_format!(d, W => par::matvec::<W>(pool, isa, w, x, prep, y))
+    by_format!(d, W => par::matvec::<W>(pool, cpu, w, x, prep, y))
 }
 
 /// `inv_freq[i] = 1 / theta^(2i / head_dim)`, in f32 as transformers computes it.

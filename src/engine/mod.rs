@@ -39,7 +39,7 @@ pub mod session;
 use std::fmt;
 use std::sync::Arc;
 
-use qwenrt_kernels::{Dtype, Isa, ThreadPool};
+use qwenrt_kernels::{Cpu, Dtype, Isa, ThreadPool};
 
 use crate::engine::arena::{Arena, ArenaError, MemoryPlan};
 use crate::engine::constraint::{Constraint, ConstraintError};
@@ -282,7 +282,8 @@ struct Slot {
 /// Shared weights, one thread pool, one arena; steps over many sequences.
 pub struct Engine {
     weights: Arc<Weights>,
-    isa: Isa,
+    /// What the kernels run on, decided once here ([`Cpu::choose`]) and passed to every call.
+    cpu: Cpu,
     pool: ThreadPool,
     plan: MemoryPlan,
     arena: Arena,
@@ -297,15 +298,12 @@ impl Engine {
     pub fn new(weights: Arc<Weights>, opts: &EngineOptions) -> Result<Engine, EngineError> {
         let c = &weights.config;
         let dims = Engine::dims(c, opts, weights.has_quantized())?;
-        let isa = match opts.isa {
-            Some(isa) if !isa.is_supported() => {
-                return Err(EngineError::Option(format!(
-                    "this CPU does not support ISA {isa}"
-                )))
-            }
-            Some(isa) => isa,
-            None => Isa::from_env().map_err(EngineError::Option)?,
-        };
+        if let Some(isa) = opts.isa.filter(|isa| !isa.is_supported()) {
+            return Err(EngineError::Option(format!(
+                "this CPU does not support ISA {isa}"
+            )));
+        }
+        let cpu = Cpu::choose(opts.isa).map_err(EngineError::Option)?;
         let plan = plan::plan(c, dims)?;
         let mut arena = Arena::new(&plan)?;
         let pool = ThreadPool::new(opts.threads).map_err(EngineError::Pool)?;
@@ -328,7 +326,7 @@ impl Engine {
             .collect();
         Ok(Engine {
             weights,
-            isa,
+            cpu,
             pool,
             plan,
             arena,
@@ -419,7 +417,12 @@ impl Engine {
 
     /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.cpu.isa()
+    }
+
+    /// What the kernels run on: the instruction set and the extensions in use.
+    pub fn cpu(&self) -> Cpu {
+        self.cpu
     }
 
     /// Threads in the engine's pool.

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qwenrt_kernels::{Dtype, Isa};
+use qwenrt_kernels::{Cpu, Dtype, Isa};
 
 use crate::engine::arena::MemoryPlan;
 use crate::engine::constraint::Constraint;
@@ -149,6 +149,11 @@ impl Session {
     /// The instruction set the kernels run on.
     pub fn isa(&self) -> Isa {
         self.engine.isa()
+    }
+
+    /// What the kernels run on: the instruction set and the extensions in use.
+    pub fn cpu(&self) -> Cpu {
+        self.engine.cpu()
     }
 
     /// Threads in the engine's pool.

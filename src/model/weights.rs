@@ -9,7 +9,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use qwenrt_kernels::{Dtype, Format};
+use qwenrt_kernels::{Cpu, Dtype, Format};
 
 use crate::model::config::{Config, ConfigError, Pooling};
 use crate::model::convert;
@@ -375,14 +375,14 @@ impl Weights {
     /// Loads a GGUF file: the config from its metadata (as `qwenrt convert` derives it), the
     /// tensors mapped in place in their own formats.
     ///
-    /// Where the kernels will run on AVX-512 ([`Isa::from_env`](qwenrt_kernels::Isa::from_env)),
-    /// the Q4_0 / Q5_0 / Q8_0 matrices are repacked for its decode matvec
-    /// ([`Weights::repack_for_decode`]), unless `QWENRT_REPACK=0`.
+    /// Where the kernels will run the repacked layout ([`Cpu::runs_repacked`] of
+    /// [`Cpu::from_env`]: AVX-512), the Q4_0 / Q5_0 / Q8_0 matrices are repacked for its decode
+    /// matvec ([`Weights::repack_for_decode`]), unless `QWENRT_REPACK=0`.
     pub fn load_gguf(path: &Path) -> Result<Weights, LoadError> {
         let map = map_file(path)?;
         let mut w = Weights::from_gguf(path, Backing::Mmap(map))?;
         let wanted = std::env::var("QWENRT_REPACK").map_or(true, |v| v != "0");
-        if wanted && qwenrt_kernels::Isa::from_env() == Ok(qwenrt_kernels::Isa::Avx512) {
+        if wanted && Cpu::from_env().is_ok_and(Cpu::runs_repacked) {
             w.repack_for_decode();
         }
         Ok(w)

@@ -1,11 +1,11 @@
-//! AVX2 quantized prefill matmul: the AVX-512 design ([`crate::ops::pack_q_panel`] panels of 16
+//! AVX2 quantized prefill matmul: the AVX-512 design ([`crate::quant::panel::pack_q_panel`] panels of 16
 //! weight rows, unsigned 8-bit quants) on two 256-bit halves of 8 rows, with `vpdpbusd` where
 //! the CPU has AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`.
 
 use core::arch::x86_64::*;
 
 use super::mask8;
-use crate::ops::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
+use crate::quant::panel::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
 
 /// Input rows per tile: `2 * MR` i32 accumulators and the two weight halves in the 16 ymm

@@ -1,7 +1,7 @@
 //! The quantized prefill matmul's tiles on AMX (Advanced Matrix Extensions, `amx_tile` +
 //! `amx_int8`), where the CPU has them and Linux grants this process the tile state.
 //!
-//! A packed panel sub-block ([`crate::ops::pack_q_panel`]: `S / 4` lines of 64 bytes, each
+//! A packed panel sub-block ([`crate::quant::panel::pack_q_panel`]: `S / 4` lines of 64 bytes, each
 //! 4 consecutive k of 16 weight rows, unsigned quants) is exactly AMX's "VNNI" layout for the
 //! second operand of `tdpbsud` (signed × unsigned bytes, i32 sums). The first operand is up to
 //! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
@@ -11,74 +11,18 @@
 //! the two give the same bits (`tests/quant_gemm.rs` checks it where AMX exists).
 //!
 //! Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the process asks for
-//! it (`arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)`); a tile instruction before that
-//! raises SIGILL. [`amx_available`] asks once and reports false if the CPU lacks AMX, the
-//! kernel refuses, the platform is not Linux, or `QWENRT_AMX=0`; the AVX512-VNNI tiles run
-//! then. Rust has no stable AMX intrinsics, so the tile instructions are inline assembly.
+//! it; [`crate::Cpu`] asks once while detecting, and claims AMX only where granted (else the
+//! AVX512-VNNI tiles run). Rust has no stable AMX intrinsics, so the tile instructions are
+//! inline assembly.
 
 use core::arch::asm;
 use core::arch::x86_64::*;
-use std::sync::OnceLock;
 
-use super::quant_gemm::{add_sub_block, store_rows};
-use crate::ops::{q_sub_block_bytes, QNR};
+use super::tile_epilogue::{add_sub_block, store_rows};
+use crate::quant::panel::{q_sub_block_bytes, QNR};
 
 /// Input rows per AMX tile: the tile's 16 rows.
 pub(crate) const AMX_MR: usize = 16;
-
-/// Whether the AMX tiles may run: the CPU reports AMX-TILE and AMX-INT8, Linux granted the
-/// tile data (asked once per process), and `QWENRT_AMX` is not `0`.
-pub fn amx_available() -> bool {
-    static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(|| {
-        if std::env::var("QWENRT_AMX").is_ok_and(|v| v == "0") {
-            return false;
-        }
-        cpu_has_amx_int8() && request_tile_data()
-    })
-}
-
-/// CPUID leaf 7: EDX bit 24 (AMX-TILE) and bit 25 (AMX-INT8), with the AVX-512 the epilogue
-/// uses.
-fn cpu_has_amx_int8() -> bool {
-    if !crate::Isa::Avx512.is_supported() {
-        return false;
-    }
-    // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is reported as zeros where absent.
-    #[allow(unused_unsafe)]
-    let r = unsafe { __cpuid_count(7, 0) };
-    r.edx & (1 << 24) != 0 && r.edx & (1 << 25) != 0
-}
-
-/// `arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0`: Linux lets this process (every
-/// thread of it) use the AMX tile data. False where refused or not Linux.
-fn request_tile_data() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const SYS_ARCH_PRCTL: usize = 158;
-        const ARCH_REQ_XCOMP_PERM: usize = 0x1023;
-        const XFEATURE_XTILEDATA: usize = 18;
-        let ret: isize;
-        // SAFETY: the arch_prctl system call with two integer arguments; it reads and writes
-        // no memory of ours, and the kernel clobbers only rax (the result), rcx and r11.
-        unsafe {
-            asm!(
-                "syscall",
-                inlateout("rax") SYS_ARCH_PRCTL as isize => ret,
-                in("rdi") ARCH_REQ_XCOMP_PERM,
-                in("rsi") XFEATURE_XTILEDATA,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
-        ret == 0
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        false
-    }
-}
 
 /// AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
 #[repr(C, align(64))]
@@ -116,7 +60,7 @@ fn config(r: usize, s: usize) -> TileConfig {
 /// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
 /// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at columns
 /// `0..nr`, `1 <= nr <= 16`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C, and
-/// [`amx_available`] must have returned true.
+/// a [`crate::Cpu`] must have claimed AMX (the tile data granted).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(

@@ -1,27 +1,13 @@
-//! AVX-512 attention: one query head at a time, and the blocked (tiled) prefill attention.
-//! Both read the KV cache in its own type `T` ([`KvType`]): f32 as it is, bf16 and f16 widened
+//! AVX-512 blocked (tiled) prefill attention (the per-row kernel is `crate::generic`'s). It
+//! reads the KV cache in its own type `T` ([`KvType`]): f32 as it is, bf16 and f16 widened
 //! to f32 in registers as they are loaded (bf16: zero-extend and shift left 16; f16:
 //! `vcvtph2ps`), so the math after the load is the f32 path's.
 
 use core::arch::x86_64::*;
 
-use super::elementwise::softmax;
-use super::{exp_ps, lanes, ld, ld_mask};
+use super::{exp_ps, lanes};
 use crate::dtype::{Dtype, KvType};
-use crate::ops::AttnTile;
-
-/// The lanes `m` of 16 KV elements at `p`, widened to f32 (the other lanes 0.0).
-///
-/// # Safety
-/// `p` must point inside an allocation of `T::Elem`s that holds the selected elements, and `m`
-/// must select lane 0 (so `p` itself is an element); the CPU must support the enabled features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn ld_kv<T: KvType>(p: *const T::Elem, m: __mmask16) -> __m512 {
-    // SAFETY: element 0 is inside the allocation and the selected lanes are readable (contract);
-    // masked-off lanes are not accessed.
-    unsafe { ld_mask::<T>(p as *const u8, 0, m) }
-}
+use crate::layout::AttnTile;
 
 /// The KV element at `p`, widened to f32, in every lane.
 ///
@@ -40,129 +26,6 @@ unsafe fn bcast_kv<T: KvType>(p: *const T::Elem) -> __m512 {
             let bits: u16 = bytemuck::cast(e);
             _mm512_cvtph_ps(_mm256_set1_epi16(bits as i16))
         }
-    }
-}
-
-/// `sum(q[i] * widen(k[i]))` over `n` elements: the same sums, in the same order, as the f32
-/// dot product, on the widened keys.
-///
-/// # Safety
-/// `q` must be valid for reading `n` floats, `k` `n` elements; the CPU must support the enabled
-/// features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-pub(super) unsafe fn dot_kv<T: KvType>(q: *const f32, k: *const T::Elem, n: usize) -> f32 {
-    let kb = k as *const u8;
-    let mut acc = [_mm512_setzero_ps(); 4];
-    let mut i = 0;
-    // SAFETY: every access below is to elements < n of q and k (full vectors while i+64 <= n or
-    // i+16 <= n, masked lanes for the tail, whose first element i < n is inside both).
-    unsafe {
-        while i + 64 <= n {
-            for (j, a_j) in acc.iter_mut().enumerate() {
-                let o = i + 16 * j;
-                *a_j = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(o)), ld::<T>(kb, o), *a_j);
-            }
-            i += 64;
-        }
-        while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(_mm512_loadu_ps(q.add(i)), ld::<T>(kb, i), acc[0]);
-            i += 16;
-        }
-        if i < n {
-            let m = lanes(n - i);
-            acc[1] = _mm512_fmadd_ps(
-                _mm512_maskz_loadu_ps(m, q.add(i)),
-                ld_mask::<T>(kb, i, m),
-                acc[1],
-            );
-        }
-    }
-    let s = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
-    _mm512_reduce_add_ps(s)
-}
-
-/// `out[..hd] = sum_p s[p] * widen(v[p * hd..])` over `len` rows, four vectors of `out` at a
-/// time.
-///
-/// # Safety
-/// `s` holds `len` floats, `v` `len * hd` elements, `out` `hd` floats; the CPU must support the
-/// enabled features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-pub(crate) unsafe fn weighted_sum<T: KvType>(
-    s: *const f32,
-    v: *const T::Elem,
-    len: usize,
-    hd: usize,
-    out: *mut f32,
-) {
-    let mut o = 0;
-    while o < hd {
-        // vectors j < nv hold columns o + 16j.. below hd; the others are skipped, so no address
-        // past a row (or past `out`) is ever formed
-        let nv = (hd - o).div_ceil(16).min(4);
-        let ms = [
-            lanes(hd - o),
-            lanes(hd.saturating_sub(o + 16)),
-            lanes(hd.saturating_sub(o + 32)),
-            lanes(hd.saturating_sub(o + 48)),
-        ];
-        let mut acc = [_mm512_setzero_ps(); 4];
-        // SAFETY: s[p] for p < len is inside s. For j < nv, o + 16j < hd, so `v.add(p * hd + o +
-        // 16j)` is an element of row p < len of v and `out.add(o + 16j)` an element of out; the
-        // loads and stores are masked to columns below hd, inside v's row p and out.
-        unsafe {
-            for p in 0..len {
-                let sp = _mm512_set1_ps(*s.add(p));
-                let vp = v.add(p * hd + o);
-                for j in 0..4 {
-                    if j < nv {
-                        let x = ld_kv::<T>(vp.add(16 * j), ms[j]);
-                        acc[j] = _mm512_fmadd_ps(sp, x, acc[j]);
-                    }
-                }
-            }
-            for j in 0..nv {
-                _mm512_mask_storeu_ps(out.add(o + 16 * j), ms[j], acc[j]);
-            }
-        }
-        o += 64;
-    }
-}
-
-/// One query head against `len = keys.len() / q.len()` cached positions of KV type `T`:
-/// `out = softmax(keys · q * scale) · values`.
-///
-/// # Safety
-/// `values` holds `len * q.len()` elements, `scores` at least `len` floats, `out.len() ==
-/// q.len()`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn attention<T: KvType>(
-    q: &[f32],
-    keys: &[T::Elem],
-    values: &[T::Elem],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    if hd == 0 {
-        return;
-    }
-    let len = keys.len() / hd;
-    if len == 0 {
-        out.iter_mut().for_each(|v| *v = 0.0);
-        return;
-    }
-    // SAFETY: key p < len is inside keys; the other buffers are sized by the contract.
-    unsafe {
-        for p in 0..len {
-            *scores.get_unchecked_mut(p) =
-                dot_kv::<T>(q.as_ptr(), keys.as_ptr().add(p * hd), hd) * scale;
-        }
-        softmax(&mut scores[..len]);
-        weighted_sum::<T>(scores.as_ptr(), values.as_ptr(), len, hd, out.as_mut_ptr());
     }
 }
 

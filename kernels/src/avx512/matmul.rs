@@ -1,242 +1,9 @@
-//! AVX-512 matmuls: packed weight panels and register-blocked microkernels, f32 and
-//! `vdpbf16ps` (activations rounded to bf16).
+//! The AVX-512 `vdpbf16ps` matmul (activations rounded to bf16): packed weight panels and a
+//! register-blocked microkernel. (The f32 matmul is `crate::generic`'s.)
 
 use core::arch::x86_64::*;
 
-use super::{lanes, ld_mask, matvec};
-use crate::dtype::WeightType;
-
-/// Vectors (of 16 columns) per packed panel of the f32 matmul.
-const NV: usize = 2;
-/// Weight rows per packed panel of the f32 matmul.
-const NR: usize = 16 * NV;
-/// Tokens per microkernel tile: `MR * NV` accumulators.
-const MR: usize = 6;
-/// Depth of a packed panel: `KC * NR` f32 = 16 KiB, half of L1d. (Tuned on Zen 4: 6x64 tiles
-/// and 256-deep panels measured the same, within 2%, at ~91% of FMA peak.)
-const KC: usize = 128;
-/// Floats of the packed weight panel [`matmul_strided`] needs from its caller.
-pub const MATMUL_PACK: usize = KC * NR;
-
-/// Transposes a 16×16 block of f32: `r[i]` holds row `i`; on return `r[c]` holds column `c`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-fn transpose16(r: &mut [__m512; 16]) {
-    let mut t = [_mm512_setzero_ps(); 16];
-    for i in 0..8 {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    // Per 128-bit lane L, u[4g + m] holds column 4L + m of rows 4g..4g+4.
-    let mut u = [_mm512_setzero_ps(); 16];
-    for g in 0..4 {
-        let (a, b, c, d) = (
-            _mm512_castps_pd(t[4 * g]),
-            _mm512_castps_pd(t[4 * g + 1]),
-            _mm512_castps_pd(t[4 * g + 2]),
-            _mm512_castps_pd(t[4 * g + 3]),
-        );
-        u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-        u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-        u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-        u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-    }
-    for m in 0..4 {
-        let v = _mm512_shuffle_f32x4::<0x88>(u[m], u[4 + m]);
-        let w = _mm512_shuffle_f32x4::<0xDD>(u[m], u[4 + m]);
-        let v2 = _mm512_shuffle_f32x4::<0x88>(u[8 + m], u[12 + m]);
-        let w2 = _mm512_shuffle_f32x4::<0xDD>(u[8 + m], u[12 + m]);
-        r[m] = _mm512_shuffle_f32x4::<0x88>(v, v2);
-        r[8 + m] = _mm512_shuffle_f32x4::<0xDD>(v, v2);
-        r[4 + m] = _mm512_shuffle_f32x4::<0x88>(w, w2);
-        r[12 + m] = _mm512_shuffle_f32x4::<0xDD>(w, w2);
-    }
-}
-
-/// Packs rows `0..nr` (`nr <= NR`), columns `k0..k0 + kc` of `w` (row-major, `k` per row)
-/// transposed into `buf[kk * NR + j]` as f32, zero for `j >= nr`: 16×16 blocks are widened and
-/// transposed in registers.
-///
-/// # Safety
-/// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`, `kc <= KC`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn pack<W: WeightType>(
-    w: *const u8,
-    k: usize,
-    k0: usize,
-    kc: usize,
-    nr: usize,
-    buf: &mut [f32; KC * NR],
-) {
-    let rb = k * W::SIZE;
-    let bp = buf.as_mut_ptr();
-    for jh in (0..NR).step_by(16) {
-        let mut kk = 0;
-        while kk < kc {
-            let m = lanes(kc - kk);
-            let mut r = [_mm512_setzero_ps(); 16];
-            for (i, ri) in r.iter_mut().enumerate() {
-                if jh + i < nr {
-                    // SAFETY: row jh+i < nr is inside w; lanes masked below column k0+kc <= k.
-                    *ri = unsafe { ld_mask::<W>(w.add((jh + i) * rb), k0 + kk, m) };
-                }
-            }
-            transpose16(&mut r);
-            for (q, rq) in r.iter().enumerate().take((kc - kk).min(16)) {
-                // SAFETY: (kk + q) < kc <= KC, jh + 16 <= NR: inside buf.
-                unsafe { _mm512_storeu_ps(bp.add((kk + q) * NR + jh), *rq) };
-            }
-            kk += 16;
-        }
-    }
-}
-
-/// Writes the `R` × `nr` tile held in `acc` (vector `v` of row `t`: columns `16v..16v + 16`) to
-/// `y`, or adds it to what `y` holds unless this is the `first` depth block.
-///
-/// # Safety
-/// `y` valid for reads and writes of `R` rows of `ldy` floats at columns `0..nr`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn store_tile<const R: usize, const V: usize>(
-    acc: &[[__m512; V]; R],
-    y: *mut f32,
-    ldy: usize,
-    nr: usize,
-    first: bool,
-) {
-    for (t, a) in acc.iter().enumerate() {
-        for (v, &av) in a.iter().enumerate() {
-            let m = lanes(nr.saturating_sub(16 * v));
-            // SAFETY: the masked load and store touch only row t < R, columns 16v..min(nr,
-            // 16v + 16) of y, valid by the contract. When 16v >= nr the mask is 0 and nothing
-            // is touched, but y + t * ldy + 16v may then lie past the end of y's allocation
-            // (the last row of a narrow output), so that address is formed with `wrapping_add`.
-            unsafe {
-                let yp = y.wrapping_add(t * ldy + 16 * v);
-                let sum = if first {
-                    av
-                } else {
-                    _mm512_add_ps(av, _mm512_maskz_loadu_ps(m, yp))
-                };
-                _mm512_mask_storeu_ps(yp, m, sum);
-            }
-        }
-    }
-}
-
-/// The register-blocked microkernel: `R` tokens (`R <= MR`) × `NR` packed weight rows over `kc`
-/// of depth. `y[t * ldy + j] (+)= sum_kk x[t * ldx + kk] * buf[kk * NR + j]` for `j < nr`;
-/// stores (first depth block) or accumulates into `y`.
-///
-/// # Safety
-/// `x` valid for `R` rows of `ldx` floats with `kc` readable in each; `y` valid for writes to
-/// `R` rows of `ldy` floats at columns `0..nr`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro<const R: usize>(
-    buf: &[f32; KC * NR],
-    kc: usize,
-    x: *const f32,
-    ldx: usize,
-    y: *mut f32,
-    ldy: usize,
-    nr: usize,
-    first: bool,
-) {
-    let mut acc = [[_mm512_setzero_ps(); NV]; R];
-    let bp = buf.as_ptr();
-    // SAFETY: kk < kc <= KC keeps buf accesses in bounds; x accesses are rows < R, columns < kc.
-    unsafe {
-        for kk in 0..kc {
-            let mut b = [_mm512_setzero_ps(); NV];
-            for (v, bv) in b.iter_mut().enumerate() {
-                *bv = _mm512_loadu_ps(bp.add(kk * NR + 16 * v));
-            }
-            for (t, a) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*x.add(t * ldx + kk));
-                for v in 0..NV {
-                    a[v] = _mm512_fmadd_ps(xv, b[v], a[v]);
-                }
-            }
-        }
-    }
-    // SAFETY: `y` is valid for these R rows and nr columns by this function's contract.
-    unsafe { store_tile(&acc, y, ldy, nr, first) }
-}
-
-/// `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for `t < n`, `j < rows`: the matmul of
-/// [`crate::scalar::matmul`] writing a column block of a wider output (`ldy >= rows`).
-///
-/// # Safety
-/// `w` must hold `rows * k` elements of `W`, `x` at least `n * k` floats, `y` must be valid for
-/// writes at `t * ldy + j` for `t < n`, `j < rows` with nothing else accessing those elements;
-/// `k > 0`; `panel` holds at least [`MATMUL_PACK`] floats (the packed panel; any contents).
-/// The CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_strided<W: WeightType>(
-    w: &[u8],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
-    panel: &mut [f32],
-) {
-    debug_assert!(w.len() >= rows * k * W::SIZE && x.len() >= n * k && k > 0);
-    if n < 3 {
-        // Too few tokens to amortize packing: stream the weights once per token.
-        for t in 0..n {
-            // SAFETY: row t of y has `rows` writable floats at t*ldy (contract); x row t exists.
-            unsafe {
-                let yt = std::slice::from_raw_parts_mut(y.add(t * ldy), rows);
-                matvec::<W>(w, &x[t * k..(t + 1) * k], yt);
-            }
-        }
-        return;
-    }
-    let buf: &mut [f32; KC * NR] = (&mut panel[..KC * NR])
-        .try_into()
-        .expect("matmul: pack scratch too short");
-    let wp = w.as_ptr();
-    let xp = x.as_ptr();
-    let mut j0 = 0;
-    while j0 < rows {
-        let nr = (rows - j0).min(NR);
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = (k - k0).min(KC);
-            // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k.
-            unsafe { pack::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, buf) };
-            let mut t0 = 0;
-            while t0 < n {
-                let mr = (n - t0).min(MR);
-                // SAFETY: tokens t0..t0+mr < n, columns k0..k0+kc < k of x; y rows t0..t0+mr,
-                // columns j0..j0+nr < rows, writable by the contract.
-                unsafe {
-                    let xt = xp.add(t0 * k + k0);
-                    let yt = y.add(t0 * ldy + j0);
-                    let f = k0 == 0;
-                    match mr {
-                        6 => micro::<6>(buf, kc, xt, k, yt, ldy, nr, f),
-                        5 => micro::<5>(buf, kc, xt, k, yt, ldy, nr, f),
-                        4 => micro::<4>(buf, kc, xt, k, yt, ldy, nr, f),
-                        3 => micro::<3>(buf, kc, xt, k, yt, ldy, nr, f),
-                        2 => micro::<2>(buf, kc, xt, k, yt, ldy, nr, f),
-                        _ => micro::<1>(buf, kc, xt, k, yt, ldy, nr, f),
-                    }
-                }
-                t0 += mr;
-            }
-            k0 += kc;
-        }
-        j0 += nr;
-    }
-}
+use super::{lanes, transpose16};
 
 /// Vectors (of 16 columns) per packed panel of the `vdpbf16ps` matmul.
 const NVB: usize = 4;
@@ -342,15 +109,20 @@ unsafe fn micro_bf16<const R: usize>(
         }
     }
     // SAFETY: `y` is valid for these R rows and nr columns by this function's contract.
-    unsafe { store_tile(&acc, y, ldy, nr, first) }
+    // The CPU has AVX-512F/BW/VL (this function's contract), which the token stands for.
+    unsafe {
+        let s = crate::simd::avx512::Avx512::new_unchecked();
+        crate::generic::store_tile(s, &acc, y, ldy, nr, first)
+    }
 }
 
-/// [`matmul_strided`] for bf16 weights with AVX512-BF16 `vdpbf16ps`: activations are ROUNDED TO
-/// BF16 (round to nearest even) before the products, which are accumulated in f32. About twice
+/// `crate::generic::matmul_strided` for bf16 weights with AVX512-BF16 `vdpbf16ps`: activations
+/// are ROUNDED TO BF16 (round to nearest even) before the products, which are accumulated in
+/// f32. About twice
 /// the throughput of the f32 path, with a relative error of up to ~2^-8 of `sum |w x|`.
 ///
 /// # Safety
-/// As [`matmul_strided`] with `W = Bf16`, except that the activations come as `xb`, filled by
+/// As `crate::generic::matmul_strided` with `W = Bf16`, except that the activations come as `xb`, filled by
 /// [`pack_x_pairs`] from `n` rows of `k`, and `panel` holds at least [`BF16DOT_PACK`] floats
 /// (the packed panel; any contents); the CPU must also support AVX512-BF16.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]

@@ -1,66 +1,14 @@
-//! AVX-512 matvecs: one row of weights at a time (f32 widening, bf16 hi/lo with
-//! `vdpbf16ps`, bf16 even/odd), and their multi-row versions for several inputs at once.
+//! AVX-512 bf16 matvecs (the widening ones are `crate::generic`'s): hi/lo with `vdpbf16ps`,
+//! and even/odd, for one or several inputs at once.
 
 use core::arch::x86_64::*;
 
-use super::{lanes, ld, ld_mask, prefetch_ahead};
-use crate::dtype::WeightType;
-
-/// `y[r] = sum_c w[r, c] * x[c]`, one row at a time with eight accumulators.
-///
-/// Each row is read as one sequential stream, front to back: on the EPYC machines this was
-/// tuned on, that reaches ~95% of a plain streaming read, while interleaving four rows (four
-/// concurrent streams) reached under half of it.
-///
-/// # Safety
-/// `w` must hold at least `y.len() * x.len()` elements of `W`; the CPU must support
-/// AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn matvec<W: WeightType>(w: &[u8], x: &[f32], y: &mut [f32]) {
-    let cols = x.len();
-    debug_assert!(w.len() >= y.len() * cols * W::SIZE);
-    let xp = x.as_ptr();
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE; // bytes per row
-    for (r, yr) in y.iter_mut().enumerate() {
-        // SAFETY: row r is inside w (length checked by the caller); full vectors are read while
-        // c + 128 (then c + 16) <= cols, and the tail is masked to the columns left.
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a = [_mm512_setzero_ps(); 8];
-            let mut c = 0;
-            while c + 128 <= cols {
-                for (k, acc) in a.iter_mut().enumerate() {
-                    let cc = c + 16 * k;
-                    *acc = _mm512_fmadd_ps(ld::<W>(w0, cc), _mm512_loadu_ps(xp.add(cc)), *acc);
-                }
-                c += 128;
-            }
-            while c + 16 <= cols {
-                a[0] = _mm512_fmadd_ps(ld::<W>(w0, c), _mm512_loadu_ps(xp.add(c)), a[0]);
-                c += 16;
-            }
-            if c < cols {
-                let m = lanes(cols - c);
-                let xv = _mm512_maskz_loadu_ps(m, xp.add(c));
-                a[1] = _mm512_fmadd_ps(ld_mask::<W>(w0, c, m), xv, a[1]);
-            }
-            let s01 = _mm512_add_ps(a[0], a[1]);
-            let s23 = _mm512_add_ps(a[2], a[3]);
-            let s45 = _mm512_add_ps(a[4], a[5]);
-            let s67 = _mm512_add_ps(a[6], a[7]);
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(s01, s23),
-                _mm512_add_ps(s45, s67),
-            ));
-        }
-    }
-}
+use super::{lanes, prefetch_ahead};
 
 /// Columns per block of a [`pack_hilo`] input: 32 bf16 `hi` parts, then 32 bf16 `lo` parts.
 pub const HILO_BLOCK: usize = 32;
 
-/// Splits `x` for [`matvec_bf16_hilo`]: `x[c] ≈ hi[c] + lo[c]` with `hi = bf16(x)` and
+/// Splits `x` for [`matvec_bf16_hilo_rows`]: `x[c] ≈ hi[c] + lo[c]` with `hi = bf16(x)` and
 /// `lo = bf16(x - hi)` (round to nearest even), which keeps ~17 significant bits of `x`.
 /// Block `b` of 32 columns is written as 64 bf16 at bf16 offset `64 * b` of `out`: the 32 `hi`
 /// parts, then the 32 `lo` parts; columns past `x.len()` are zero.
@@ -100,204 +48,15 @@ pub unsafe fn pack_hilo(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `y[r] = sum_c w[r, c] * x[c]` for bf16 weights with AVX512-BF16: `xp` is `x` split by
-/// [`pack_hilo`], and each 32 weights take two `vdpbf16ps` (one against `hi`, one against `lo`),
-/// with exact products and f32 accumulation. The result is as accurate as the f32 kernel's to
-/// within ~2^-17 of `sum |w x|`, and with fewer instructions per cache line of weights (no
-/// widening shuffles) it streams them ~20% faster.
-///
-/// # Safety
-/// `w` holds at least `y.len() * cols` bf16, `xp` was filled by [`pack_hilo`] from `cols`
-/// columns; the CPU must support AVX-512F/BW/VL and AVX512-BF16.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
-pub unsafe fn matvec_bf16_hilo(w: &[u8], xp: &[f32], cols: usize, y: &mut [f32]) {
-    debug_assert!(w.len() >= y.len() * cols * 2 && xp.len() >= cols.next_multiple_of(HILO_BLOCK));
-    let x = xp.as_ptr() as *const u16;
-    let wp = w.as_ptr();
-    let rb = cols * 2; // bytes per row
-    let bh = |v: __m512i| -> __m512bh {
-        // SAFETY: both are 512-bit vectors; every bit pattern is a valid value of either.
-        unsafe { std::mem::transmute(v) }
-    };
-    for (r, yr) in y.iter_mut().enumerate() {
-        // SAFETY: row r is inside w (the contract); weight loads cover columns < cols (full
-        // vectors while c + 32 <= cols, then a 16-bit lane mask); the packed input is read in
-        // whole blocks, which `xp` holds for every column rounded up to a block.
-        unsafe {
-            let w0 = wp.add(r * rb);
-            // hi and lo products go into the same accumulators: every instruction per cache
-            // line of weights counts (fewer of them keep more lines in flight), and 8 blocks
-            // per iteration keep the loop and per-row overhead small. Each weight line is
-            // prefetched PREFETCH_BYTES ahead (this and the multi-input version): bf16 decode
-            // of the default model on an Emerald Rapids Xeon went from 11.8-17.1 to 20.9-22.2
-            // t/s (tg64, 2 threads, three runs alternating with the binary before it).
-            let mut a = [_mm512_setzero_ps(); 4];
-            let mut c = 0;
-            while c + 8 * HILO_BLOCK <= cols {
-                for k in 0..8 {
-                    let cc = c + HILO_BLOCK * k;
-                    prefetch_ahead(w0.wrapping_add(2 * cc), 64);
-                    let wv = bh(_mm512_loadu_si512(w0.add(2 * cc) as *const __m512i));
-                    let hi = bh(_mm512_loadu_si512(x.add(2 * cc) as *const __m512i));
-                    let lo = bh(_mm512_loadu_si512(
-                        x.add(2 * cc + HILO_BLOCK) as *const __m512i
-                    ));
-                    a[k % 4] = _mm512_dpbf16_ps(a[k % 4], wv, hi);
-                    a[k % 4] = _mm512_dpbf16_ps(a[k % 4], wv, lo);
-                }
-                c += 8 * HILO_BLOCK;
-            }
-            // (constant accumulator indices only: a runtime index would keep `a` in memory)
-            while c < cols {
-                let left = cols - c;
-                let m: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-                let wv = bh(_mm512_maskz_loadu_epi16(m, w0.add(2 * c) as *const i16));
-                let hi = bh(_mm512_loadu_si512(x.add(2 * c) as *const __m512i));
-                let lo = bh(_mm512_loadu_si512(
-                    x.add(2 * c + HILO_BLOCK) as *const __m512i
-                ));
-                a[0] = _mm512_dpbf16_ps(a[0], wv, hi);
-                a[1] = _mm512_dpbf16_ps(a[1], wv, lo);
-                c += HILO_BLOCK;
-            }
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(a[0], a[1]),
-                _mm512_add_ps(a[2], a[3]),
-            ));
-        }
-    }
-}
-
-/// `y[r] = sum_c w[r, c] * x[c]` for bf16 weights without widening shuffles: `xp` holds `x` in
-/// blocks of 32 columns, the 16 even columns then the 16 odd ones (zero past the end; see
-/// `ops::MatvecX`). 32 weights are loaded as 16 32-bit lanes; a shift left by 16 gives the even
-/// weights as f32, a mask of the high half the odd ones: exact, like [`matvec`], and with
-/// fewer instructions per cache line of weights.
-///
-/// # Safety
-/// `w` holds at least `y.len() * cols` bf16, `xp` at least `cols` rounded up to 32 floats in
-/// that layout; the CPU must support AVX-512F/BW/VL.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-pub unsafe fn matvec_bf16_evenodd(w: &[u8], xp: &[f32], cols: usize, y: &mut [f32]) {
-    debug_assert!(w.len() >= y.len() * cols * 2 && xp.len() >= cols.next_multiple_of(32));
-    let x = xp.as_ptr();
-    let wp = w.as_ptr();
-    let rb = cols * 2;
-    let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    for (r, yr) in y.iter_mut().enumerate() {
-        // SAFETY: row r is inside w (the contract); weight loads cover columns < cols (full
-        // vectors while c + 32 <= cols, then a 16-bit lane mask); xp is read in whole blocks,
-        // which it holds for every column rounded up to 32.
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a = [_mm512_setzero_ps(); 4];
-            let mut c = 0;
-            while c + 8 * 32 <= cols {
-                for k in 0..8 {
-                    let cc = c + 32 * k;
-                    let v = _mm512_loadu_si512(w0.add(2 * cc) as *const __m512i);
-                    let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
-                    let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-                    a[k % 4] = _mm512_fmadd_ps(even, _mm512_loadu_ps(x.add(cc)), a[k % 4]);
-                    a[k % 4] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(x.add(cc + 16)), a[k % 4]);
-                }
-                c += 8 * 32;
-            }
-            while c < cols {
-                let left = cols - c;
-                let m: __mmask32 = if left >= 32 { !0 } else { (1u32 << left) - 1 };
-                let v = _mm512_maskz_loadu_epi16(m, w0.add(2 * c) as *const i16);
-                let even = _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v));
-                let odd = _mm512_castsi512_ps(_mm512_and_si512(v, high));
-                a[0] = _mm512_fmadd_ps(even, _mm512_loadu_ps(x.add(c)), a[0]);
-                a[1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(x.add(c + 16)), a[1]);
-                c += 32;
-            }
-            *yr = _mm512_reduce_add_ps(_mm512_add_ps(
-                _mm512_add_ps(a[0], a[1]),
-                _mm512_add_ps(a[2], a[3]),
-            ));
-        }
-    }
-}
-
-/// [`matvec`] for `R` inputs at once: `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `t < R`,
-/// `r < rows`, where `x_t` is `cols` floats at `xs[t]`. Each weight vector is loaded (and
-/// widened) once and multiplied into all `R` inputs. Every input keeps the accumulators of
-/// [`matvec`] and adds into them in the same order, with the same final reduction, so output
-/// `t` is bit for bit what [`matvec`] computes for `x_t` alone. (8 accumulators per input:
-/// `R <= 3` fits the 32 registers.)
-///
-/// # Safety
-/// `w` holds at least `rows * cols` elements of `W`; each `xs[t]` is valid for reading `cols`
-/// floats; `y` is valid for writes at `t * ldy + r` (`t < R`, `r < rows`) with nothing else
-/// accessing them during the call; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-// (index loops over constant ranges: unrolled, the accumulators stay in registers)
-#[allow(clippy::needless_range_loop)]
-pub unsafe fn matvec_rows<W: WeightType, const R: usize>(
-    w: &[u8],
-    rows: usize,
-    xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
-) {
-    debug_assert!(w.len() >= rows * cols * W::SIZE);
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE;
-    for r in 0..rows {
-        // SAFETY: row r < rows is inside w (contract); full vectors are read while c + 128
-        // (then c + 16) <= cols, the tail masked to the columns left, from the weights and
-        // from every input (each valid for cols floats); the stores go to y[t * ldy + r].
-        unsafe {
-            let w0 = wp.add(r * rb);
-            let mut a = [[_mm512_setzero_ps(); 8]; R];
-            let mut c = 0;
-            while c + 128 <= cols {
-                for k in 0..8 {
-                    let cc = c + 16 * k;
-                    let wv = ld::<W>(w0, cc);
-                    for t in 0..R {
-                        a[t][k] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(cc)), a[t][k]);
-                    }
-                }
-                c += 128;
-            }
-            while c + 16 <= cols {
-                let wv = ld::<W>(w0, c);
-                for t in 0..R {
-                    a[t][0] = _mm512_fmadd_ps(wv, _mm512_loadu_ps(xs[t].add(c)), a[t][0]);
-                }
-                c += 16;
-            }
-            if c < cols {
-                let m = lanes(cols - c);
-                let wv = ld_mask::<W>(w0, c, m);
-                for t in 0..R {
-                    let xv = _mm512_maskz_loadu_ps(m, xs[t].add(c));
-                    a[t][1] = _mm512_fmadd_ps(wv, xv, a[t][1]);
-                }
-            }
-            for (t, a) in a.iter().enumerate() {
-                let s01 = _mm512_add_ps(a[0], a[1]);
-                let s23 = _mm512_add_ps(a[2], a[3]);
-                let s45 = _mm512_add_ps(a[4], a[5]);
-                let s67 = _mm512_add_ps(a[6], a[7]);
-                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
-                    _mm512_add_ps(s01, s23),
-                    _mm512_add_ps(s45, s67),
-                ));
-            }
-        }
-    }
-}
-
-/// [`matvec_bf16_hilo`] for `R` inputs at once, each `xs[t]` packed by [`pack_hilo`] from
-/// `cols` columns: every 32 weights are loaded once and go through `vdpbf16ps` against each
-/// input's `hi` and `lo` parts. Each input keeps [`matvec_bf16_hilo`]'s four accumulators,
-/// adds into them in the same order and is reduced the same way, so output `t` is bit for bit
-/// [`matvec_bf16_hilo`]'s for input `t` alone. (`R <= 6` fits the 32 registers.)
+/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for bf16 weights with AVX512-BF16, for `R`
+/// inputs (`R = 1`: one matvec), each `xs[t]` `x_t` split by [`pack_hilo`] from `cols`
+/// columns: each 32 weights are loaded once and take two `vdpbf16ps` per input (one against
+/// `hi`, one against `lo`), with exact products and f32 accumulation. The result is as
+/// accurate as the f32 kernel's to within ~2^-17 of `sum |w x|`, and with fewer instructions
+/// per cache line of weights (no widening shuffles) it streams them ~20% faster. Each input
+/// has its own four accumulators, added into in the same order and reduced the same way
+/// whatever `R`, so output `t` is bit for bit the same as for input `t` alone. (`R <= 6` fits
+/// the 32 registers.)
 ///
 /// # Safety
 /// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading
@@ -372,10 +131,14 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
     }
 }
 
-/// [`matvec_bf16_evenodd`] for `R` inputs at once (each `xs[t]` in its even/odd layout): the
-/// 32 weights of a block are loaded and split into even and odd f32 once, then multiplied into
-/// every input. Same accumulators, order and reduction per input as [`matvec_bf16_evenodd`],
-/// so output `t` is bit for bit its result for input `t` alone. (`R <= 6` fits.)
+/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for bf16 weights without widening shuffles, for
+/// `R` inputs (`R = 1`: one matvec): each `xs[t]` holds `x_t` in blocks of 32 columns, the 16
+/// even columns then the 16 odd ones (zero past the end; see `ops::MatvecX`). 32 weights are
+/// loaded as 16 32-bit lanes; a shift left by 16 gives the even weights as f32, a mask of the
+/// high half the odd ones: exact, like the widening matvec, and with fewer instructions per
+/// cache line of weights. The split is made once per block for every input; each input has its
+/// own accumulators, order and reduction whatever `R`, so output `t` is bit for bit the same as
+/// for input `t` alone. (`R <= 6` fits.)
 ///
 /// # Safety
 /// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading

@@ -1,12 +1,13 @@
 //! AVX-512 quantized prefill matmul: panels of 16 weight rows repacked as unsigned 8-bit quants
-//! ([`crate::ops::pack_q_panel`]), tiles of up to [`MR`] input rows (8-bit blocks) against them
+//! ([`crate::quant::panel::pack_q_panel`]), tiles of up to [`MR`] input rows (8-bit blocks) against them
 //! with `vpdpbusd` (AVX512-VNNI) or `vpmaddubsw` + `vpmaddwd`, one i32 lane per weight row.
 
 use core::arch::x86_64::*;
 
 use super::amx::{tile_amx, AMX_MR};
-use super::{lanes, prefetch};
-use crate::ops::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
+use super::prefetch;
+use super::tile_epilogue::{add_sub_block, store_rows};
+use crate::quant::panel::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
 
 /// Input rows per tile: `MR` i32 and `MR` f32 accumulators, the weight vector, scale and bias
@@ -34,57 +35,6 @@ fn dot_plain<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512
         _mm512_maddubs_epi16(w, x)
     };
     _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)))
-}
-
-/// Adds sub-block `i`'s integer dots `idot` (one lane per weight row) of one input row into
-/// that row's f32 accumulator `f`: `f += f32(idot) * (scale * d_x) + bias * s_x`, with `sc` and
-/// `bi` the sub-block's 16 scales and biases, `xr` the input row's [`q8_len`] words (`nb`
-/// blocks of 32). Every tile (VNNI, plain, AMX) scales through here, in this order, so they
-/// give the same bits for the same integer dots.
-///
-/// # Safety
-/// `xr` holds `nb` blocks and sub-block `i` of `S` weights lies inside them; AVX-512F enabled
-/// by the caller.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn add_sub_block<const S: usize>(
-    f: &mut __m512,
-    idot: __m512i,
-    sc: __m512,
-    bi: __m512,
-    xr: *const f32,
-    nb: usize,
-    i: usize,
-) {
-    let b = i * S / 32;
-    // SAFETY: d and the half sums of block b < nb are words b and nb + 2b (+1) of the row
-    // (contract); register-only AVX-512F otherwise.
-    unsafe {
-        let dx = *xr.add(b);
-        let hs = xr.add(nb + 2 * b);
-        let sx = if S == 32 {
-            *hs + *hs.add(1)
-        } else {
-            *hs.add(i & 1)
-        };
-        let scx = _mm512_mul_ps(sc, _mm512_set1_ps(dx));
-        *f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), scx, *f);
-        *f = _mm512_fmadd_ps(bi, _mm512_set1_ps(sx), *f);
-    }
-}
-
-/// Stores each tile row's accumulator to columns `0..nr` of its row of `y`.
-///
-/// # Safety
-/// `y` valid for writes to `facc.len()` rows of `ldy` floats at columns `0..nr`, `nr <= 16`;
-/// AVX-512F enabled by the caller.
-#[inline(always)]
-pub(super) unsafe fn store_rows(facc: &[__m512], y: *mut f32, ldy: usize, nr: usize) {
-    let m = lanes(nr);
-    for (t, f) in facc.iter().enumerate() {
-        // SAFETY: row t < facc.len(), columns 0..nr of y: writable by the contract.
-        unsafe { _mm512_mask_storeu_ps(y.add(t * ldy), m, *f) };
-    }
 }
 
 /// Defines a tile microkernel with the given target features and dot product.
@@ -162,7 +112,7 @@ tile_fn!(
 ///
 /// # Safety
 /// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI;
-/// with `amx`, [`super::amx_available`] returned true and the quants are unsigned (`!SIGNED`).
+/// with `amx`, a [`crate::Cpu`] claimed AMX and the quants are unsigned (`!SIGNED`).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_panel<const S: usize, const SIGNED: bool>(
@@ -230,7 +180,7 @@ unsafe fn run_panel<const S: usize, const SIGNED: bool>(
 /// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
 /// `j < rows`) with nothing else accessing them; the CPU must support AVX-512F/BW/VL, AVX2,
 /// FMA and F16C, and AVX512-VNNI when `vnni`; with `amx` (the AMX tiles,
-/// [`super::amx_available`] having returned true).
+/// a [`crate::Cpu`] having claimed AMX).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn matmul_q_strided(

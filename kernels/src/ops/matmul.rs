@@ -8,7 +8,7 @@ use super::*;
 pub fn matmul_scratch_len() -> usize {
     #[cfg(target_arch = "x86_64")]
     {
-        avx512::MATMUL_PACK.max(avx2::MATMUL_PACK)
+        generic::matmul_pack::<Avx512>().max(generic::matmul_pack::<Avx2>())
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -28,7 +28,7 @@ fn check_pack(scratch: &[f32], need: usize, what: &str) {
 /// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major. `scratch`
 /// holds the packed weight panel: [`matmul_scratch_len`] floats.
 pub fn matmul<W: WeightType>(
-    isa: Isa,
+    isa: impl Into<Isa>,
     w: &[u8],
     k: usize,
     x: &[f32],
@@ -46,7 +46,7 @@ pub fn matmul<W: WeightType>(
     // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
     // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j; `scratch` holds
     // the panel (checked).
-    unsafe { matmul_strided::<W>(isa, w, k, x, n, y.as_mut_ptr(), rows, rows, scratch) }
+    unsafe { matmul_strided::<W>(isa.into(), w, k, x, n, y.as_mut_ptr(), rows, rows, scratch) }
 }
 
 /// The matmul body behind [`matmul`] and `par::matmul`: `y[t * ldy + j] = sum_c w[j, c] *
@@ -73,17 +73,16 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            check(Isa::Avx512);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
-            // checks the panel's length itself.
-            unsafe { avx512::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+            let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+            // SAFETY: buffer contract forwarded from our caller; the body checks the panel's
+            // length itself.
+            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            check(Isa::Avx2);
-            // SAFETY: CPU support checked; buffer contract forwarded from our caller; the body
-            // checks the panel's length itself.
-            unsafe { avx2::matmul_strided::<W>(w, k, x, n, y, ldy, rows, pack) }
+            let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+            // SAFETY: as above.
+            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
         }
         _ => {
             let _ = pack;
@@ -96,13 +95,21 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
     }
 }
 
-/// [`matmul`] for bf16 weights using AVX512-BF16 `vdpbf16ps` where `isa.has_avx512_bf16()`:
+/// [`matmul`] for bf16 weights using AVX512-BF16 `vdpbf16ps` where [`Cpu::bf16`]:
 /// the activations are ROUNDED TO BF16 before the products (f32 accumulation), so results differ
 /// from [`matmul`] by up to ~2^-8 relative to `sum |w x|`. About twice the f32 path's throughput.
 /// Not the default: use it only where that rounding is acceptable. On other ISAs, and for fewer
 /// than 3 tokens, it is exactly `matmul::<Bf16>`. `scratch` holds the rounded activations and
 /// the packed weight panel: [`matmul_bf16dot_scratch_len`] floats.
-pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
+pub fn matmul_bf16dot(
+    cpu: impl Into<Cpu>,
+    w: &[u8],
+    k: usize,
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    let cpu: Cpu = cpu.into();
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
@@ -112,10 +119,10 @@ pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f3
     );
     let (pairs, pack) = split_bf16dot_scratch(scratch, n, k);
     check_pack(pack, BF16DOT_PACK, "matmul_bf16dot");
-    let xb = bf16dot_pairs(isa, x, k, n, pairs);
+    let xb = bf16dot_pairs(cpu, x, k, n, pairs);
     // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n, and `pack`
     // holds a panel of either path (checked).
-    unsafe { matmul_bf16dot_strided(isa, w, k, x, xb, n, y.as_mut_ptr(), rows, rows, pack) }
+    unsafe { matmul_bf16dot_strided(cpu, w, k, x, xb, n, y.as_mut_ptr(), rows, rows, pack) }
 }
 
 /// Floats of one packed panel of [`matmul_bf16dot`]: room for the `vdpbf16ps` panel or the f32
@@ -123,8 +130,8 @@ pub fn matmul_bf16dot(isa: Isa, w: &[u8], k: usize, x: &[f32], scratch: &mut [f3
 pub(crate) const BF16DOT_PACK: usize = {
     #[cfg(target_arch = "x86_64")]
     {
-        let (a, b) = (avx512::BF16DOT_PACK, avx512::MATMUL_PACK);
-        let c = avx2::MATMUL_PACK;
+        let (a, b) = (avx512::BF16DOT_PACK, generic::matmul_pack::<Avx512>());
+        let c = generic::matmul_pack::<Avx2>();
         let ab = if a > b { a } else { b };
         if ab > c {
             ab
@@ -169,7 +176,7 @@ pub fn matmul_bf16dot_scratch_len(n: usize, k: usize) -> usize {
 /// `vdpbf16ps` path will read them (AVX512-BF16, at least 3 tokens); `None` otherwise.
 /// `scratch` is the activations' part of a [`split_bf16dot_scratch`].
 pub(crate) fn bf16dot_pairs<'s>(
-    isa: Isa,
+    cpu: Cpu,
     x: &[f32],
     k: usize,
     n: usize,
@@ -183,13 +190,13 @@ pub(crate) fn bf16dot_pairs<'s>(
     );
     assert!(x.len() >= n * k, "matmul_bf16dot: x too short");
     #[cfg(target_arch = "x86_64")]
-    if isa.has_avx512_bf16() && n >= 3 {
-        check(Isa::Avx512);
-        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; x and scratch lengths checked.
+    if cpu.bf16() && n >= 3 {
+        // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where detected; x and
+        // scratch lengths checked.
         unsafe { avx512::pack_x_pairs(x, k, n, scratch) };
         return Some(&scratch[..need]);
     }
-    let _ = isa;
+    let _ = cpu;
     None
 }
 
@@ -199,10 +206,10 @@ pub(crate) fn bf16dot_pairs<'s>(
 ///
 /// # Safety
 /// As [`matmul_strided`] with bf16 weights; `xb` must come from [`bf16dot_pairs`] with the same
-/// `isa`, `x`, `k` and `n`.
+/// `cpu`, `x`, `k` and `n`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_bf16dot_strided(
-    isa: Isa,
+    cpu: Cpu,
     w: &[u8],
     k: usize,
     x: &[f32],
@@ -216,18 +223,17 @@ pub(crate) unsafe fn matmul_bf16dot_strided(
     #[cfg(target_arch = "x86_64")]
     if let Some(xb) = xb {
         assert!(
-            isa.has_avx512_bf16()
+            cpu.bf16()
                 && k > 0
                 && w.len() >= rows * k * 2
                 && xb.len() >= n * k.div_ceil(2)
                 && ldy >= rows
         );
-        check(Isa::Avx512);
-        // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; buffer contract forwarded;
-        // the body checks the panel's length itself.
+        // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where detected;
+        // buffer contract forwarded; the body checks the panel's length itself.
         unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows, pack) };
         return;
     }
     // SAFETY: forwarded contract.
-    unsafe { matmul_strided::<crate::Bf16>(isa, w, k, x, n, y, ldy, rows, pack) }
+    unsafe { matmul_strided::<crate::Bf16>(cpu.isa(), w, k, x, n, y, ldy, rows, pack) }
 }

@@ -4,37 +4,46 @@
 //! Weights are little-endian bytes of dtype `W` (or a run-time [`Dtype`] for the small vectors:
 //! norm weights and biases), never assumed aligned.
 
+use crate::cpu::Cpu;
 use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
+pub(crate) use crate::layout::AttnTile;
 use crate::scalar;
 
 #[cfg(target_arch = "x86_64")]
-use crate::{avx2, avx512};
+use crate::simd::{avx2::Avx2, avx512::Avx512};
+#[cfg(target_arch = "x86_64")]
+use crate::{avx2, avx512, generic};
 
-/// Dispatches `$f(args)` to the body of `$isa`. Every SIMD arm is reached only for an ISA the CPU
-/// supports: `Isa` values for SIMD ISAs come from detection ([`Isa::available`], [`Isa::detect`],
-/// [`Isa::from_env`]), and the `unsafe` bodies additionally rely on the length checks each entry
-/// point performs before dispatching.
-macro_rules! dispatch {
+/// Dispatches `$f(args)` to the scalar reference, or to the body written once over
+/// [`Simd`](crate::simd::Simd) in [`crate::generic`], monomorphized for the backend of `$isa`
+/// (whose token is made only where the CPU has its features). The `unsafe` bodies also rely
+/// on the length checks each entry point performs before dispatching.
+macro_rules! dispatch_simd {
     ($isa:expr, $f:ident $(::<$t:ty>)?, ($($arg:expr),*)) => {
         match $isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                check(Isa::Avx512);
-                // SAFETY: `check` verified the CPU supports AVX-512F/BW/VL+AVX2+FMA+F16C; the
-                // caller checked the buffer lengths the body's contract requires.
-                unsafe { avx512::$f $(::<$t>)? ($($arg),*) }
+                let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+                // SAFETY: the caller checked the buffer lengths the body's contract requires.
+                unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => {
-                check(Isa::Avx2);
-                // SAFETY: `check` verified the CPU supports AVX2+FMA+F16C; the caller checked the
-                // buffer lengths the body's contract requires.
-                unsafe { avx2::$f $(::<$t>)? ($($arg),*) }
+                let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+                // SAFETY: the caller checked the buffer lengths the body's contract requires.
+                unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
             }
             _ => scalar::$f $(::<$t>)? ($($arg),*),
         }
     };
+}
+
+/// Panics for an `isa` the CPU does not run (`Isa` values can be built by hand).
+#[cold]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn unsupported(isa: Isa) -> ! {
+    panic!("this CPU does not support {isa}")
 }
 
 /// Panics unless the CPU runs `isa`: a SIMD body on a CPU without its features would be undefined
@@ -80,26 +89,36 @@ enum Prep<'a> {
 }
 
 impl<'a> MatvecX<'a> {
-    /// Prepares `x` for matvecs over `W` weights on `isa`, in `scratch`, which must hold at least
+    /// Prepares `x` for matvecs over `W` weights on `cpu`, in `scratch`, which must hold at least
     /// [`matvec_scratch_len`]`(x.len())` floats: the fastest kernel the CPU has.
-    pub fn new<W: WeightType>(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> MatvecX<'a> {
+    pub fn new<W: WeightType>(
+        cpu: impl Into<Cpu>,
+        x: &'a [f32],
+        scratch: &'a mut [f32],
+    ) -> MatvecX<'a> {
+        let cpu: Cpu = cpu.into();
         #[cfg(target_arch = "x86_64")]
-        if W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16() {
+        if W::DTYPE == Dtype::BF16 && cpu.bf16() {
             let need = check_scratch(x, scratch);
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; scratch length checked.
+            // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where it was
+            // detected; scratch length checked.
             unsafe { avx512::pack_hilo(x, scratch) };
             return MatvecX {
                 x,
                 prep: Prep::HiLo(&scratch[..need]),
             };
         }
-        MatvecX::exact::<W>(isa, x, scratch)
+        MatvecX::exact::<W>(cpu.isa(), x, scratch)
     }
 
     /// Like [`MatvecX::new`], but for the kernels whose result is exactly the f32 one (bf16
     /// weights widened exactly, f32 sums): no hi/lo split.
-    pub fn exact<W: WeightType>(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> MatvecX<'a> {
+    pub fn exact<W: WeightType>(
+        isa: impl Into<Isa>,
+        x: &'a [f32],
+        scratch: &'a mut [f32],
+    ) -> MatvecX<'a> {
+        let isa: Isa = isa.into();
         let need = check_scratch(x, scratch);
         if W::DTYPE != Dtype::BF16 || isa != Isa::Avx512 {
             return MatvecX::plain(x);
@@ -152,13 +171,21 @@ fn check_scratch(x: &[f32], scratch: &[f32]) -> usize {
 
 /// `y[r] = sum_c w[r, c] * x[c]`: `w` is row-major `[y.len(), x.len()]` of dtype `W`; `scratch`
 /// holds [`matvec_scratch_len`]`(x.len())` floats for the prepared input.
-pub fn matvec<W: WeightType>(isa: Isa, w: &[u8], x: &[f32], scratch: &mut [f32], y: &mut [f32]) {
-    matvec_x::<W>(isa, w, &MatvecX::new::<W>(isa, x, scratch), y)
+pub fn matvec<W: WeightType>(
+    cpu: impl Into<Cpu>,
+    w: &[u8],
+    x: &[f32],
+    scratch: &mut [f32],
+    y: &mut [f32],
+) {
+    let cpu: Cpu = cpu.into();
+    matvec_x::<W>(cpu, w, &MatvecX::new::<W>(cpu, x, scratch), y)
 }
 
 /// [`matvec`] on an input prepared by [`MatvecX::new`] (for the same `isa` and `W`) or
 /// [`MatvecX::plain`].
-pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32]) {
+pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y: &mut [f32]) {
+    let isa: Isa = isa.into();
     let cols = x.cols();
     assert!(
         w.len() >= y.len() * cols * W::SIZE,
@@ -167,25 +194,44 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
     match x.prep {
         #[cfg(target_arch = "x86_64")]
         Prep::HiLo(xp) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked just above; `w` length
-            // checked; `xp` was packed from these `cols` columns by `MatvecX::new`, the only
-            // way to build a `HiLo` input.
-            unsafe { avx512::matvec_bf16_hilo(w, xp, cols, y) }
+            assert!(W::DTYPE == Dtype::BF16);
+            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new` (rounded up to
+            // a block), the only way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16
+            // at the AVX-512 level, which it does only where detected; `w` length checked; the
+            // one input's outputs are `y` (borrowed mutably here), `y.len()` floats.
+            unsafe {
+                avx512::matvec_bf16_hilo_rows::<1>(
+                    w,
+                    y.len(),
+                    [xp.as_ptr()],
+                    cols,
+                    y.as_mut_ptr(),
+                    y.len(),
+                )
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Prep::EvenOdd(xp) => {
             assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
             check(Isa::Avx512);
             // SAFETY: CPU support for AVX-512 checked; `w` length checked; `xp` was laid out
-            // from these `cols` columns by `MatvecX::exact`, the only way to build an `EvenOdd`
-            // input.
-            unsafe { avx512::matvec_bf16_evenodd(w, xp, cols, y) }
+            // from these `cols` columns by `MatvecX::exact` (rounded up to 32), the only way to
+            // build an `EvenOdd` input; the one input's outputs are `y` (borrowed mutably
+            // here), `y.len()` floats.
+            unsafe {
+                avx512::matvec_bf16_evenodd_rows::<1>(
+                    w,
+                    y.len(),
+                    [xp.as_ptr()],
+                    cols,
+                    y.as_mut_ptr(),
+                    y.len(),
+                )
+            }
         }
         _ => {
             let x = x.x;
-            dispatch!(isa, matvec::<W>, (w, x, y))
+            dispatch_simd!(isa, matvec::<W>, (w, x, y))
         }
     }
 }
@@ -195,7 +241,13 @@ pub fn matvec_x<W: WeightType>(isa: Isa, w: &[u8], x: &MatvecX<'_>, y: &mut [f32
 /// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
 /// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
 /// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
-pub fn matvec_rows_x<W: WeightType>(isa: Isa, w: &[u8], xs: &[MatvecX<'_>], y: &mut [f32]) {
+pub fn matvec_rows_x<W: WeightType>(
+    isa: impl Into<Isa>,
+    w: &[u8],
+    xs: &[MatvecX<'_>],
+    y: &mut [f32],
+) {
+    let isa: Isa = isa.into();
     if xs.is_empty() {
         return;
     }
@@ -272,12 +324,13 @@ unsafe fn rows_group<W: WeightType>(
     // Calls `$f::<.., R>` with the group's prepared (or plain) input pointers as an array of
     // its length.
     macro_rules! by_len {
-        ($f:path, $get:expr) => {{
+        ($f:path, $get:expr $(, $pre:expr)*) => {{
             let get = $get;
             match xs.len() {
-                1 => $f(w, rows, [get(&xs[0])], cols, y, ldy),
-                2 => $f(w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
+                1 => $f($($pre,)* w, rows, [get(&xs[0])], cols, y, ldy),
+                2 => $f($($pre,)* w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
                 3 => $f(
+                    $($pre,)*
                     w,
                     rows,
                     [get(&xs[0]), get(&xs[1]), get(&xs[2])],
@@ -286,6 +339,7 @@ unsafe fn rows_group<W: WeightType>(
                     ldy,
                 ),
                 _ => $f(
+                    $($pre,)*
                     w,
                     rows,
                     [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
@@ -303,15 +357,14 @@ unsafe fn rows_group<W: WeightType>(
     match xs[0].prep {
         #[cfg(target_arch = "x86_64")]
         Prep::HiLo(_) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa.has_avx512_bf16());
-            check(Isa::Avx512);
+            assert!(W::DTYPE == Dtype::BF16);
             let get = |x: &MatvecX<'_>| match x.prep {
                 Prep::HiLo(xp) => xp.as_ptr(),
                 _ => panic!("matvec_x_rows: inputs prepared differently"),
             };
-            // SAFETY: CPU support for AVX-512 and AVX512-BF16 checked; `w` length checked by
-            // the caller; every input is a `HiLo` packed by `MatvecX::new` from `cols` columns
-            // (its slice holds them rounded up to a block); `y` forwarded.
+            // SAFETY: every input is a `HiLo` packed by `MatvecX::new` from `cols` columns (its
+            // slice holds them rounded up to a block) for a `Cpu` claiming AVX512-BF16, which
+            // it does only where detected; `w` length checked by the caller; `y` forwarded.
             unsafe { by_len!(avx512::matvec_bf16_hilo_rows, get) }
         }
         #[cfg(target_arch = "x86_64")]
@@ -334,16 +387,16 @@ unsafe fn rows_group<W: WeightType>(
             match isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => {
-                    check(Isa::Avx512);
-                    // SAFETY: CPU support checked; `w` length checked by the caller; every
-                    // plain input is `cols` floats; `y` forwarded.
-                    unsafe { by_len!(avx512::matvec_rows::<W, _>, get) }
+                    let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
+                    // SAFETY: `w` length checked by the caller; every plain input is `cols`
+                    // floats; `y` forwarded.
+                    unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
                 }
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => {
-                    check(Isa::Avx2);
-                    // SAFETY: as above, for AVX2.
-                    unsafe { by_len!(avx2::matvec_rows::<W, _>, get) }
+                    let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+                    // SAFETY: as above.
+                    unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
                 }
                 _ => {
                     for (t, x) in xs.iter().enumerate() {
@@ -360,58 +413,73 @@ unsafe fn rows_group<W: WeightType>(
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
-pub fn rmsnorm(isa: Isa, x: &[f32], weight: &[u8], wdtype: Dtype, eps: f32, out: &mut [f32]) {
+pub fn rmsnorm(
+    isa: impl Into<Isa>,
+    x: &[f32],
+    weight: &[u8],
+    wdtype: Dtype,
+    eps: f32,
+    out: &mut [f32],
+) {
     assert!(
         weight.len() >= x.len() * wdtype.size(),
         "rmsnorm: weight too short"
     );
     assert_eq!(x.len(), out.len(), "rmsnorm: length mismatch");
-    dispatch!(isa, rmsnorm, (x, weight, wdtype, eps, out))
+    dispatch_simd!(isa.into(), rmsnorm, (x, weight, wdtype, eps, out))
 }
 
 /// `y += b`.
-pub fn add_bias(isa: Isa, y: &mut [f32], b: &[u8], bdtype: Dtype) {
+pub fn add_bias(isa: impl Into<Isa>, y: &mut [f32], b: &[u8], bdtype: Dtype) {
     assert!(
         b.len() >= y.len() * bdtype.size(),
         "add_bias: bias too short"
     );
-    dispatch!(isa, add_bias, (y, b, bdtype))
+    dispatch_simd!(isa.into(), add_bias, (y, b, bdtype))
 }
 
 /// `y += x`.
-pub fn add(isa: Isa, y: &mut [f32], x: &[f32]) {
+pub fn add(isa: impl Into<Isa>, y: &mut [f32], x: &[f32]) {
     assert_eq!(y.len(), x.len(), "add: length mismatch");
-    dispatch!(isa, add, (y, x))
+    dispatch_simd!(isa.into(), add, (y, x))
 }
 
 /// The wrapping sum of `b` as little-endian u64 words (trailing bytes added as themselves), the
 /// same on every ISA: the SIMD bodies read it as fast as they can, with the decode matvecs'
 /// prefetch, so timing it measures the read bandwidth decode could reach.
-pub fn stream_sum(isa: Isa, b: &[u8]) -> u64 {
-    dispatch!(isa, stream_sum, (b))
+pub fn stream_sum(isa: impl Into<Isa>, b: &[u8]) -> u64 {
+    match isa.into() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            generic::stream_sum(Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512)), b)
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => generic::stream_sum(Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2)), b),
+        _ => scalar::stream_sum(b),
+    }
 }
 
 /// `gate = silu(gate) * up`.
-pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+pub fn silu_mul(isa: impl Into<Isa>, gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: length mismatch");
-    dispatch!(isa, silu_mul, (gate, up))
+    dispatch_simd!(isa.into(), silu_mul, (gate, up))
 }
 
 /// NeoX rotate-half RoPE on each `head_dim` chunk of `x`.
-pub fn rope(isa: Isa, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
+pub fn rope(isa: impl Into<Isa>, x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     assert!(head_dim > 0, "rope: head_dim is 0");
     let half = head_dim / 2;
     assert!(
         cos.len() >= half && sin.len() >= half,
         "rope: table too short"
     );
-    dispatch!(isa, rope, (x, head_dim, cos, sin))
+    dispatch_simd!(isa.into(), rope, (x, head_dim, cos, sin))
 }
 
 /// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
 /// `len` floats.
 pub fn attention<T: KvType>(
-    isa: Isa,
+    isa: impl Into<Isa>,
     q: &[f32],
     keys: &[T::Elem],
     values: &[T::Elem],
@@ -426,35 +494,11 @@ pub fn attention<T: KvType>(
         values.len() >= len * hd && scores.len() >= len,
         "attention: buffers too short"
     );
-    dispatch!(isa, attention::<T>, (q, keys, values, scale, scores, out))
-}
-
-/// One tile of the blocked prefill attention (`par::attention`): rows `row0..row0 + rows` of one
-/// kv head's query rows, numbered token-major (`row = t * group + h_in_group`), so row `row`
-/// is token `t = row / group` (position `pos0 + t`, keys `0..=pos0 + t` visible) and query head
-/// `head0 + row % group`.
-///
-/// Contract (what the unsafe tile bodies rely on): for every row of the tile, `q` and `out` are
-/// valid for `hd` floats at `t * qdim + head * hd` (read / written, the written ones touched by
-/// no one else during the call), and `k`, `v` (this kv head's `[cap, hd]` slab) are readable
-/// for `(pos0 + t + 1) * hd` elements. Every row offset `t * qdim + head * hd` is below
-/// `i32::MAX` (the bodies gather with 32-bit indices).
-/// `k` and `v` hold elements of the cache's KV type `T`.
-#[derive(Clone, Copy)]
-pub(crate) struct AttnTile<T: KvType> {
-    pub q: *const f32,
-    pub out: *mut f32,
-    pub k: *const T::Elem,
-    pub v: *const T::Elem,
-    /// Floats per token row of `q` / `out` (`n_heads * hd`).
-    pub qdim: usize,
-    pub hd: usize,
-    pub group: usize,
-    pub head0: usize,
-    pub row0: usize,
-    pub rows: usize,
-    pub pos0: usize,
-    pub scale: f32,
+    dispatch_simd!(
+        isa.into(),
+        attention::<T>,
+        (q, keys, values, scale, scores, out)
+    )
 }
 
 /// Rows per tile of the blocked attention on `isa` with `rv` vectors of rows, or `None` where
@@ -511,7 +555,7 @@ pub(crate) unsafe fn attention_tile<T: KvType>(
     }
 }
 
-// after `dispatch!`, which the matmuls use
+// after `dispatch_simd!` and `unsupported`, which the matmuls use
 mod matmul;
 pub use matmul::*;
 mod quant;

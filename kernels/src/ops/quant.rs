@@ -17,7 +17,8 @@ pub struct QuantX<'a> {
 impl<'a> QuantX<'a> {
     /// Prepares `x` (a whole number of blocks of 32) for `isa`: quantized into `scratch`
     /// ([`q8_len`]`(x.len())` words) unless the ISA is scalar.
-    pub fn new(isa: Isa, x: &'a [f32], scratch: &'a mut [f32]) -> QuantX<'a> {
+    pub fn new(isa: impl Into<Isa>, x: &'a [f32], scratch: &'a mut [f32]) -> QuantX<'a> {
+        let isa: Isa = isa.into();
         if isa == Isa::Scalar {
             return QuantX { x, q8: None };
         }
@@ -63,28 +64,19 @@ pub(crate) fn check_q(qt: QuantType, w: &[u8], rows: usize, cols: usize) -> usiz
 }
 
 /// `y[r] = sum_c w[r, c] * x[c]` on `qt` weights (row-major, `y.len()` rows).
-pub fn matvec_q(isa: Isa, qt: QuantType, w: &[u8], x: &QuantX<'_>, y: &mut [f32]) {
-    matvec_q_rows(isa, qt, w, std::slice::from_ref(x), y)
+pub fn matvec_q(cpu: impl Into<Cpu>, qt: QuantType, w: &[u8], x: &QuantX<'_>, y: &mut [f32]) {
+    matvec_q_rows(cpu, qt, w, std::slice::from_ref(x), y)
 }
 
 /// Many inputs against one `qt` matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
 /// `rows = y.len() / xs.len()`. Output `t` is bit for bit [`matvec_q`]'s for `xs[t]` alone.
 /// On the SIMD ISAs each weight group is unpacked once for up to 4 inputs.
-pub fn matvec_q_rows(isa: Isa, qt: QuantType, w: &[u8], xs: &[QuantX<'_>], y: &mut [f32]) {
-    matvec_q_rows_opts(isa, qt, w, xs, y, true)
-}
-
-/// [`matvec_q_rows`] with the VNNI path (AVX512-VNNI on AVX-512, AVX-VNNI on AVX2) allowed or
-/// not (where the CPU has it): for tests, so the `vpmaddubsw` path is exercised on VNNI
-/// machines too. Both give the same bits.
-#[doc(hidden)]
-pub fn matvec_q_rows_opts(
-    isa: Isa,
+pub fn matvec_q_rows(
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     xs: &[QuantX<'_>],
     y: &mut [f32],
-    allow_vnni: bool,
 ) {
     if xs.is_empty() {
         return;
@@ -95,19 +87,7 @@ pub fn matvec_q_rows_opts(
     );
     let rows = y.len() / xs.len();
     // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_q_raw(isa, qt, w, rows, xs, y.as_mut_ptr(), rows, allow_vnni) }
-}
-
-/// Whether `isa`'s quantized kernels use `vpdpbusd`: `allow` is set and the CPU has the VNNI
-/// extension of that width (AVX512-VNNI for AVX-512, AVX-VNNI for AVX2).
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn use_vnni(isa: Isa, allow: bool) -> bool {
-    allow
-        && match isa {
-            Isa::Avx512 => is_x86_feature_detected!("avx512vnni"),
-            Isa::Avx2 => is_x86_feature_detected!("avxvnni"),
-            Isa::Scalar => false,
-        }
+    unsafe { matvec_q_raw(cpu.into(), qt, w, rows, xs, y.as_mut_ptr(), rows) }
 }
 
 /// `y[t * ldy + r] = sum_c w[r, c] * xs[t][c]` for every input `t` and weight row `r < rows`:
@@ -119,15 +99,15 @@ pub(crate) fn use_vnni(isa: Isa, allow: bool) -> bool {
 /// else reading or writing those floats during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matvec_q_raw(
-    isa: Isa,
+    cpu: Cpu,
     qt: QuantType,
     w: &[u8],
     rows: usize,
     xs: &[QuantX<'_>],
     y: *mut f32,
     ldy: usize,
-    allow_vnni: bool,
 ) {
+    let isa = cpu.isa();
     let Some(x0) = xs.first() else { return };
     let cols = x0.cols();
     check_q(qt, w, rows, cols);
@@ -135,7 +115,6 @@ pub(crate) unsafe fn matvec_q_raw(
     for x in xs {
         assert_eq!(x.cols(), cols, "matvec_q_rows: inputs of different widths");
     }
-    let _ = allow_vnni;
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx512 | Isa::Avx2) {
         check(isa);
@@ -150,9 +129,10 @@ pub(crate) unsafe fn matvec_q_raw(
             }
             let q = &q[..grp.len()];
             let yg = y.wrapping_add(g * group * ldy);
-            let vnni = use_vnni(isa, allow_vnni);
+            let vnni = cpu.vnni();
             if isa == Isa::Avx512 {
-                // SAFETY: CPU support checked (and VNNI detected when `vnni`); `w` holds
+                // SAFETY: CPU support checked (and VNNI detected when `vnni`: a `Cpu` claims
+                // it only where detected); `w` holds
                 // `rows` rows of `cols` (checked); every input was quantized from `cols`
                 // columns (`QuantX::new`); this group's rows of y are forwarded from the
                 // contract.

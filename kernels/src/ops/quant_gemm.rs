@@ -4,72 +4,42 @@
 //! - Scalar: each weight row is dequantized to f32 (ggml's dequantization) and dotted with the
 //!   unquantized inputs in column order, so every output is bit for bit [`quant::matvec_ref`]'s.
 //! - AVX-512 and AVX2: the inputs are quantized once to 8-bit blocks ([`quant::quantize_row_q8`]);
-//!   each panel of [`QNR`] weight rows is repacked ([`pack_q_panel`]) as unsigned 8-bit quants,
-//!   4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and bias
-//!   (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products (`vpdpbusd` on
-//!   AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`; on AMX, one `tdpbsud` per
-//!   sub-block of 16 inputs x 16 rows: [`prefill_amx`]), converting to f32 once per sub-block:
-//!   `acc += f32(idot) * (scale * d_x) + bias * (d_x * sum(x_q))`.
-
-use std::sync::atomic::{AtomicBool, Ordering};
+//!   each panel of 16 weight rows is repacked (`quant::panel::pack_q_panel`) as unsigned 8-bit
+//!   quants, 4 consecutive k of 16 rows per 64 bytes, with a per (row, sub-block) f32 scale and
+//!   bias (`w = scale * q + bias`), and the microkernels take `u8 × i8` dot products
+//!   (`vpdpbusd` on AVX512-VNNI or AVX-VNNI, else `vpmaddubsw` + `vpmaddwd`; on AMX, one
+//!   `tdpbsud` per sub-block of 16 inputs x 16 rows: [`prefill_amx`]), chosen by the [`Cpu`],
+//!   converting to f32 once per sub-block: `acc += f32(idot) * (scale * d_x) + bias * (d_x *
+//!   sum(x_q))`.
 
 use super::*;
 use crate::quant::{self, q8_len, QuantType};
 
-/// Weight rows per packed panel: one 512-bit vector of i32 lanes (two 256-bit ones on AVX2).
-pub(crate) const QNR: usize = 16;
-
-/// Forces the SIMD paths to `vpmaddubsw`/`vpmaddwd` even where VNNI exists.
-static NO_VNNI: AtomicBool = AtomicBool::new(false);
-
-/// Test hook: with `on`, the quantized matmul ignores AVX512-VNNI and AVX-VNNI, and AMX (so
-/// the `vpmaddubsw` fallbacks can be tested on a CPU that has them). It is process-wide, and
-/// Q8_0's results differ in their last bits between the paths (its own signed quants without
-/// VNNI, offset by 128 with it), so tests that compare results must not run while it is set.
-#[doc(hidden)]
-pub fn matmul_q_force_no_vnni(on: bool) {
-    NO_VNNI.store(on, Ordering::Relaxed);
-}
-
-/// Forces the AVX-512 path off AMX even where the CPU and Linux allow it.
-static NO_AMX: AtomicBool = AtomicBool::new(false);
-
-/// Test hook: with `on`, the AVX-512 quantized matmul runs its AVX512-VNNI tiles even where
-/// AMX is available. Both give the same bits.
-#[doc(hidden)]
-pub fn matmul_q_force_no_amx(on: bool) {
-    NO_AMX.store(on, Ordering::Relaxed);
-}
-
-/// Whether the AVX-512 quantized prefill matmul runs on AMX tiles: the CPU has AMX-TILE and
-/// AMX-INT8, Linux granted this process the tile data (asked on the first call), `QWENRT_AMX`
-/// is not `0`, and a first small matmul on AMX gave the AVX-512 tiles' bits (else a warning
-/// on stderr, and AMX stays off). Elsewhere it runs AVX512-VNNI (or `vpmaddubsw`) tiles.
-pub fn prefill_amx() -> bool {
+/// Whether the AVX-512 quantized prefill matmul on `cpu` runs on AMX tiles: the `Cpu` claims
+/// AMX ([`Cpu::amx`]: AMX-TILE and AMX-INT8, the tile data granted by Linux, VNNI in use, not
+/// `QWENRT_AMX=0`), and a first small matmul on AMX gave the AVX-512 tiles' bits (checked once
+/// per process, on the first call; else a warning on stderr, and AMX stays off). Elsewhere it
+/// runs AVX512-VNNI (or `vpmaddubsw`) tiles.
+pub fn prefill_amx(cpu: impl Into<Cpu>) -> bool {
+    let cpu: Cpu = cpu.into();
     #[cfg(target_arch = "x86_64")]
-    {
+    if cpu.amx() {
         static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *OK.get_or_init(|| avx512::amx_available() && amx_self_check())
+        return *OK.get_or_init(|| tiles_agree(cpu));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    let _ = cpu;
+    false
 }
 
 /// Q8_0 (sub-blocks of 32) and Q6_K (of 16) matmuls of 17 weight rows by 19 inputs (a full
 /// and a partial tile each way) on the AMX tiles and on the AVX-512 ones: whether the bits
 /// agree. The AMX kernel could only be written, not run, where it was written (no AMX there),
-/// so it proves itself once on the machine before serving.
+/// so it proves itself once on the machine before serving. Where `cpu` (at the AVX-512 level)
+/// has no AMX, both runs are on the AVX-512 tiles (the unit test on machines without AMX).
 #[cfg(target_arch = "x86_64")]
-fn amx_self_check() -> bool {
-    tiles_agree(true)
-}
-
-/// [`amx_self_check`]'s comparison, with the first run on AMX or (`amx == false`, for the
-/// unit test on machines without AMX) on the AVX-512 tiles too.
-#[cfg(target_arch = "x86_64")]
-fn tiles_agree(amx: bool) -> bool {
+fn tiles_agree(cpu: Cpu) -> bool {
+    assert_eq!(cpu.isa(), Isa::Avx512, "tiles_agree: not an AVX-512 Cpu");
+    let amx = cpu.amx();
     let mut s = 0x9e37_79b9u32;
     let mut next = move || {
         s ^= s << 13;
@@ -77,7 +47,7 @@ fn tiles_agree(amx: bool) -> bool {
         s ^= s << 5;
         s
     };
-    let vnni = use_vnni(Isa::Avx512);
+    let vnni = cpu.vnni();
     let (rows, n) = (17, 19);
     for (qt, k, d_at) in [(QuantType::Q8_0, 96, 0), (QuantType::Q6K, 256, 208)] {
         let rb = qt.row_bytes(k).unwrap_or(0);
@@ -96,9 +66,9 @@ fn tiles_agree(amx: bool) -> bool {
         let mut panel = vec![0f32; matmul_q_panel_len(k)];
         let mut ys = [vec![0f32; n * rows], vec![0f32; n * rows]];
         for (amx, y) in [amx, false].into_iter().zip(ys.iter_mut()) {
-            // SAFETY: AVX-512 is present (amx_available checks it, the unit test too) and AMX
-            // granted when `amx` (amx_self_check runs after amx_available returned true); w
-            // holds `rows` rows of k, xq n rows, panel one panel, y n rows of `rows` floats.
+            // SAFETY: `cpu` is at the AVX-512 level (asserted) and claims VNNI and AMX (the
+            // tile data granted) only where detected; w holds `rows` rows of k, xq n rows,
+            // panel one panel, y n rows of `rows` floats.
             unsafe {
                 avx512::matmul_q_strided(
                     qt,
@@ -130,26 +100,6 @@ fn tiles_agree(amx: bool) -> bool {
     true
 }
 
-/// Whether `isa`'s quantized matmul runs `vpdpbusd`.
-#[cfg(target_arch = "x86_64")]
-fn use_vnni(isa: Isa) -> bool {
-    super::quant::use_vnni(isa, !NO_VNNI.load(Ordering::Relaxed))
-}
-
-/// Weights per sub-block of a packed panel: 16 for Q6_K (a scale per 16), else 32.
-pub(crate) const fn q_sub_block(qt: QuantType) -> usize {
-    match qt {
-        QuantType::Q6K => 16,
-        _ => 32,
-    }
-}
-
-/// Bytes of one sub-block of a packed panel: `16 * s` quants, then 16 f32 scales and 16 f32
-/// biases.
-pub(crate) const fn q_sub_block_bytes(s: usize) -> usize {
-    QNR * s + 2 * 4 * QNR
-}
-
 /// f32 words of one thread's packed panel at depth `k`, whatever the format and ISA: the
 /// largest is Q6_K's (`k / 16` sub-blocks of 384 bytes = `6k` words); the scalar path uses `k`.
 pub fn matmul_q_panel_len(k: usize) -> usize {
@@ -165,7 +115,7 @@ pub fn matmul_q_scratch_len(n: usize, k: usize) -> usize {
 /// `y = x · wᵀ` on `qt` weights, on the calling thread: `x` is `[n, k]`, `w` `[rows, k]`
 /// row-major blocks, `y` `[n, rows]`. `scratch` holds [`matmul_q_scratch_len`]`(n, k)` words.
 pub fn matmul_q(
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     k: usize,
@@ -184,13 +134,14 @@ pub fn matmul_q(
         scratch.len()
     );
     let (xq, panel) = scratch.split_at_mut(n * q8_len(k));
-    if isa != Isa::Scalar {
-        quantize_rows(isa, x, k, n, xq);
+    let cpu: Cpu = cpu.into();
+    if cpu.isa() != Isa::Scalar {
+        quantize_rows(cpu.isa(), x, k, n, xq);
     }
     // SAFETY: `w` holds `rows` rows (checked), `x` n*k floats, `xq` the quantized rows (just
     // filled), `panel` one panel (checked); y (borrowed mutably here) holds n*rows floats:
     // row t < n, column j < rows at t*rows + j.
-    unsafe { matmul_q_strided(isa, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, panel) }
+    unsafe { matmul_q_strided(cpu, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, panel) }
 }
 
 /// Quantizes rows `0..n` of `x` (`k` each) into `xq`, `q8_len(k)` words per row, exactly as
@@ -223,7 +174,7 @@ pub(crate) fn quantize_rows(isa: Isa, x: &[f32], k: usize, n: usize, xq: &mut [f
 /// those elements during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_q_strided(
-    isa: Isa,
+    cpu: Cpu,
     qt: QuantType,
     w: &[u8],
     k: usize,
@@ -241,26 +192,27 @@ pub(crate) unsafe fn matmul_q_strided(
         panel.len() >= matmul_q_panel_len(k),
         "matmul_q: panel too short"
     );
-    match isa {
+    match cpu.isa() {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             check(Isa::Avx512);
             assert!(xq.len() >= n * q8_len(k));
-            let vnni = use_vnni(Isa::Avx512);
-            // (every AMX CPU has AVX512-VNNI; forcing VNNI off forces AMX off too, so the
-            // `vpmaddubsw` tiles get tested on AMX machines)
-            let amx = vnni && !NO_AMX.load(Ordering::Relaxed) && prefill_amx();
-            // SAFETY: CPU support checked (VNNI too, when `vnni`; AMX granted, when `amx`);
-            // buffers checked above or forwarded from our caller's contract.
+            let vnni = cpu.vnni();
+            // (a `Cpu` without VNNI has no AMX either, so the `vpmaddubsw` tiles get tested
+            // on AMX machines)
+            let amx = prefill_amx(cpu);
+            // SAFETY: CPU support checked; a `Cpu` claims VNNI and AMX (the tile data
+            // granted) only where detected; buffers checked above or forwarded from our
+            // caller's contract.
             unsafe { avx512::matmul_q_strided(qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             check(Isa::Avx2);
             assert!(xq.len() >= n * q8_len(k));
-            let vnni = use_vnni(Isa::Avx2);
-            // SAFETY: CPU support checked (AVX-VNNI too, when `vnni`); buffers checked above or
-            // forwarded.
+            let vnni = cpu.vnni();
+            // SAFETY: CPU support checked (AVX-VNNI too, when `vnni`: a `Cpu` claims it only
+            // where detected); buffers checked above or forwarded.
             unsafe { avx2::matmul_q_strided(qt, vnni, w, k, xq, n, y, ldy, rows, panel) }
         }
         _ => {
@@ -280,158 +232,16 @@ pub(crate) unsafe fn matmul_q_strided(
     }
 }
 
-#[inline]
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    half::f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
-}
-
-/// One block of `qt` as unsigned quants `q` (k order) and a scale and bias per sub-block of
-/// [`q_sub_block`] weights, `w = scale * q + bias`. With `signed_q8`, Q8_0's quants are left as
-/// their signed bytes (bias 0) for the `vpmaddubsw` kernels, which cannot take `q + 128`
-/// without saturating.
-fn unpack_block(
-    qt: QuantType,
-    b: &[u8],
-    signed_q8: bool,
-    q: &mut [u8; 256],
-    sc: &mut [f32; 16],
-    bi: &mut [f32; 16],
-) {
-    match qt {
-        QuantType::Q4_0 => {
-            let d = f16_at(b, 0);
-            for j in 0..16 {
-                q[j] = b[2 + j] & 0x0F;
-                q[j + 16] = b[2 + j] >> 4;
-            }
-            (sc[0], bi[0]) = (d, -8.0 * d);
-        }
-        QuantType::Q5_0 => {
-            let d = f16_at(b, 0);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            for j in 0..16 {
-                q[j] = (b[6 + j] & 0x0F) | ((((qh >> j) & 1) as u8) << 4);
-                q[j + 16] = (b[6 + j] >> 4) | ((((qh >> (j + 16)) & 1) as u8) << 4);
-            }
-            (sc[0], bi[0]) = (d, -16.0 * d);
-        }
-        QuantType::Q8_0 => {
-            let d = f16_at(b, 0);
-            let flip = if signed_q8 { 0 } else { 0x80 };
-            for j in 0..32 {
-                q[j] = b[2 + j] ^ flip; // i8 + 128 as u8 flips the sign bit
-            }
-            (sc[0], bi[0]) = (d, if signed_q8 { 0.0 } else { -128.0 * d });
-        }
-        QuantType::Q4K | QuantType::Q5K => {
-            let (d, dmin) = (f16_at(b, 0), f16_at(b, 2));
-            let scales = &b[4..16];
-            let five = qt == QuantType::Q5K;
-            let (qh, qs) = if five {
-                (&b[16..48], &b[48..176])
-            } else {
-                (&b[0..0], &b[16..144])
-            };
-            for g in 0..4 {
-                for h in 0..2 {
-                    let (s, m) = quant::scale_min_k4(2 * g + h, scales);
-                    sc[2 * g + h] = d * s as f32;
-                    bi[2 * g + h] = -(dmin * m as f32);
-                }
-                for l in 0..32 {
-                    let v = qs[32 * g + l];
-                    let (mut lo, mut hi) = (v & 0x0F, v >> 4);
-                    if five {
-                        lo |= ((qh[l] >> (2 * g)) & 1) << 4;
-                        hi |= ((qh[l] >> (2 * g + 1)) & 1) << 4;
-                    }
-                    q[64 * g + l] = lo;
-                    q[64 * g + 32 + l] = hi;
-                }
-            }
-        }
-        QuantType::Q6K => {
-            let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
-            let d = f16_at(b, 208);
-            for (i, &s) in scales.iter().enumerate() {
-                sc[i] = d * (s as i8) as f32;
-                bi[i] = -32.0 * sc[i];
-            }
-            for h in 0..2 {
-                for l in 0..32 {
-                    let (a, c, hb) = (ql[64 * h + l], ql[64 * h + 32 + l], qh[32 * h + l]);
-                    q[128 * h + l] = (a & 0x0F) | ((hb & 3) << 4);
-                    q[128 * h + 32 + l] = (c & 0x0F) | (((hb >> 2) & 3) << 4);
-                    q[128 * h + 64 + l] = (a >> 4) | (((hb >> 4) & 3) << 4);
-                    q[128 * h + 96 + l] = (c >> 4) | (((hb >> 6) & 3) << 4);
-                }
-            }
-        }
-    }
-}
-
-/// Packs weight rows `0..nr` (`nr <= QNR`, `k` weights each, `w` row-major) into `panel`: per
-/// sub-block `i` of `s = q_sub_block(qt)` weights, at byte `i * q_sub_block_bytes(s)`, the
-/// quants with byte `(e / 4) * 64 + r * 4 + e % 4` holding element `e` of row `r`, then the 16
-/// rows' f32 scales, then their f32 biases. Rows `nr..QNR` are zero. `signed_q8` as in
-/// [`unpack_block`].
-pub(crate) fn pack_q_panel(
-    qt: QuantType,
-    w: &[u8],
-    k: usize,
-    nr: usize,
-    signed_q8: bool,
-    panel: &mut [u8],
-) {
-    let rb = check_q(qt, w, nr, k);
-    let s = q_sub_block(qt);
-    let sbb = q_sub_block_bytes(s);
-    let (be, bb) = (qt.block_elems(), qt.block_bytes());
-    let per_block = be / s;
-    assert!(nr <= QNR && panel.len() >= k / s * sbb);
-    // One block of all 16 rows is unpacked into these (rows >= nr stay zero), then written out
-    // in panel order, so the stores run sequentially through the panel.
-    let mut q = [[0u8; 256]; QNR];
-    let (mut sc, mut bi) = ([[0f32; 16]; QNR], [[0f32; 16]; QNR]);
-    for b in 0..k / be {
-        for r in 0..nr {
-            let blk = &w[r * rb + b * bb..r * rb + (b + 1) * bb];
-            unpack_block(qt, blk, signed_q8, &mut q[r], &mut sc[r], &mut bi[r]);
-        }
-        for j in 0..per_block {
-            let base = (b * per_block + j) * sbb;
-            let dst = &mut panel[base..base + sbb];
-            let (dq, dsb) = dst.split_at_mut(QNR * s);
-            for (c, d) in dq.chunks_exact_mut(4).enumerate() {
-                let (e, r) = (j * s + 4 * (c / QNR), c % QNR);
-                d.copy_from_slice(&q[r][e..e + 4]);
-            }
-            let (ds, db) = dsb.split_at_mut(4 * QNR);
-            for r in 0..QNR {
-                ds[4 * r..4 * r + 4].copy_from_slice(&sc[r][j].to_ne_bytes());
-                db[4 * r..4 * r + 4].copy_from_slice(&bi[r][j].to_ne_bytes());
-            }
-        }
-    }
-}
-
-/// `panel` (f32 words) as bytes, for [`pack_q_panel`] and the kernels.
-pub(crate) fn panel_bytes(panel: &mut [f32]) -> &mut [u8] {
-    // SAFETY: the bytes of a `[f32]` are initialized, any byte pattern is a valid f32, and u8
-    // has no alignment requirement; the new slice covers exactly the old one and borrows it.
-    unsafe { std::slice::from_raw_parts_mut(panel.as_mut_ptr().cast::<u8>(), panel.len() * 4) }
-}
-
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     /// The self-check's data and calls hold together (AVX-512 against itself where AMX is
     /// absent; against AMX where present).
     #[test]
     fn amx_self_check_runs() {
-        if !crate::Isa::Avx512.is_supported() {
+        let Ok(cpu) = crate::Cpu::for_isa(crate::Isa::Avx512) else {
             println!("skipped: CPU lacks AVX-512");
             return;
-        }
-        assert!(super::tiles_agree(super::prefill_amx()));
+        };
+        assert!(super::tiles_agree(cpu));
     }
 }

@@ -24,7 +24,8 @@ pub fn repacked_x_len(cols: usize) -> usize {
 ///
 /// # Panics
 /// Unless `cols % 32 == 0`, `xs` is whole rows of `cols` and `scratch` long enough.
-pub fn prepare_repacked_x(isa: Isa, cols: usize, xs: &[f32], scratch: &mut [f32]) {
+pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch: &mut [f32]) {
+    let isa: Isa = isa.into();
     assert!(
         cols > 0 && cols.is_multiple_of(32) && xs.len().is_multiple_of(cols),
         "prepare_repacked_x: {} floats are not whole rows of {cols} (a multiple of 32)",
@@ -75,33 +76,16 @@ pub fn prepare_repacked_x(isa: Isa, cols: usize, xs: &[f32], scratch: &mut [f32]
 /// `t` is bit for bit the same whatever `n` and whichever inputs share the call.
 ///
 /// # Panics
-/// Unless `isa` is [`Isa::Avx512`] (and the CPU runs it), `w` holds `rows` repacked rows and
-/// `px` `n` prepared inputs of `cols`.
+/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `w` holds `rows` repacked
+/// rows and `px` `n` prepared inputs of `cols`.
 pub fn matvec_repacked_prepared(
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     cols: usize,
     n: usize,
     px: &[f32],
     y: &mut [f32],
-) {
-    matvec_repacked_prepared_opts(isa, qt, w, cols, n, px, y, true)
-}
-
-/// [`matvec_repacked_prepared`] with the AVX512-VNNI path allowed or not (for tests: both give
-/// the same bits).
-#[doc(hidden)]
-#[allow(clippy::too_many_arguments)]
-pub fn matvec_repacked_prepared_opts(
-    isa: Isa,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    n: usize,
-    px: &[f32],
-    y: &mut [f32],
-    allow_vnni: bool,
 ) {
     if n == 0 {
         return;
@@ -112,20 +96,7 @@ pub fn matvec_repacked_prepared_opts(
     );
     let rows = y.len() / n;
     // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
-    unsafe {
-        matvec_repacked_raw(
-            isa,
-            qt,
-            w,
-            rows,
-            cols,
-            n,
-            px,
-            y.as_mut_ptr(),
-            rows,
-            allow_vnni,
-        )
-    }
+    unsafe { matvec_repacked_raw(cpu.into(), qt, w, rows, cols, n, px, y.as_mut_ptr(), rows) }
 }
 
 /// Panics unless `w` holds `rows` repacked rows of `cols` `qt` weights.
@@ -147,7 +118,7 @@ pub(crate) fn check_repacked(qt: QuantType, w: &[u8], rows: usize, cols: usize) 
 /// reading or writing those floats during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matvec_repacked_raw(
-    isa: Isa,
+    cpu: Cpu,
     qt: QuantType,
     w: &[u8],
     rows: usize,
@@ -156,10 +127,10 @@ pub(crate) unsafe fn matvec_repacked_raw(
     px: &[f32],
     y: *mut f32,
     ldy: usize,
-    allow_vnni: bool,
 ) {
+    let isa = cpu.isa();
     assert!(
-        isa == Isa::Avx512,
+        cpu.runs_repacked(),
         "matvec_repacked: the repacked layout runs on AVX-512 only, not {isa}"
     );
     check(isa);
@@ -182,7 +153,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
             _ => RQ8_0,
         };
         let units = cols / 32;
-        let vnni = allow_vnni && is_x86_feature_detected!("avx512vnni");
+        let vnni = cpu.vnni();
         let prep = |t: usize| {
             let p = &px[t * per..(t + 1) * per];
             let (q, rest) = p.split_at(8 * units);
@@ -208,7 +179,8 @@ pub(crate) unsafe fn matvec_repacked_raw(
                 for (i, slot) in xs.iter_mut().enumerate().take(g) {
                     *slot = prep(t0 + i);
                 }
-                // SAFETY: CPU support checked (VNNI detected when `vnni`); `w` holds `rows`
+                // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it
+                // only where detected); `w` holds `rows`
                 // repacked rows of `units` units, `rb` bytes each (checked), so rows
                 // r0..r0 + rt start at byte r0 * rb inside it; each input's pointers cover its
                 // prepared words (`px` holds n * per, checked); y's columns r0..r0 + rt of rows
@@ -229,7 +201,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (y, ldy, allow_vnni, rb);
+    let _ = (y, ldy, cpu, rb);
 }
 
 /// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs
@@ -238,10 +210,10 @@ pub(crate) unsafe fn matvec_repacked_raw(
 /// words), then the kernel. Output `t` is bit for bit the same whatever `n`.
 ///
 /// # Panics
-/// Unless `isa` is [`Isa::Avx512`] (the repacked layout has no other kernel), and on buffer
-/// lengths that do not match.
+/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]: AVX-512, no other ISA has
+/// the kernel), and on buffer lengths that do not match.
 pub fn matvec_repacked_rows(
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     cols: usize,
@@ -249,14 +221,15 @@ pub fn matvec_repacked_rows(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
     assert!(
-        isa == Isa::Avx512,
-        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {isa}"
+        cpu.runs_repacked(),
+        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {cpu}"
     );
     if xs.is_empty() {
         return;
     }
-    prepare_repacked_x(isa, cols, xs, scratch);
+    prepare_repacked_x(cpu, cols, xs, scratch);
     let n = xs.len() / cols;
-    matvec_repacked_prepared(isa, qt, w, cols, n, scratch, y);
+    matvec_repacked_prepared(cpu, qt, w, cols, n, scratch, y);
 }

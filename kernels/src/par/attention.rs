@@ -29,7 +29,7 @@ pub struct KvLayout {
 #[allow(clippy::too_many_arguments)]
 pub fn attention<T: KvType>(
     pool: &ThreadPool,
-    isa: Isa,
+    isa: impl Into<Isa>,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
@@ -38,6 +38,7 @@ pub fn attention<T: KvType>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let isa: Isa = isa.into();
     if use_tiles(pool.n_threads(), isa, layout, q.len()) {
         attention_tiled::<T>(pool, isa, layout, pos0, q, k, v, scores, out);
     } else {
@@ -119,7 +120,7 @@ fn attention_checks<E>(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_tiled<T: KvType>(
     pool: &ThreadPool,
-    isa: Isa,
+    isa: impl Into<Isa>,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
@@ -128,6 +129,7 @@ pub fn attention_tiled<T: KvType>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let isa: Isa = isa.into();
     let hd = layout.head_dim;
     let rt1 = ops::attention_tile_rows(isa, 1);
     // (The tiles address query rows and compare causal limits in 32-bit lanes.)
@@ -219,7 +221,7 @@ pub fn attention_tiled<T: KvType>(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_rows<T: KvType>(
     pool: &ThreadPool,
-    isa: Isa,
+    isa: impl Into<Isa>,
     layout: KvLayout,
     pos0: usize,
     q: &[f32],
@@ -228,6 +230,7 @@ pub fn attention_rows<T: KvType>(
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let isa: Isa = isa.into();
     let (n, group) = attention_checks(layout, pos0, q, k, v, out);
     if n == 0 {
         return;

@@ -14,6 +14,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::cpu::Cpu;
 use crate::dtype::WeightType;
 use crate::isa::Isa;
 use crate::ops;
@@ -74,13 +75,14 @@ fn split(rows: usize, n_threads: usize, tid: usize, align: usize) -> (usize, usi
 /// ([`ops::matvec_scratch_len`] floats), before the rows are handed out.
 pub fn matvec<W: WeightType>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     w: &[u8],
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    matvec_n::<W, 1>(pool, isa, [w], x, scratch, [y]);
+    let cpu: Cpu = cpu.into();
+    matvec_n::<W, 1>(pool, cpu, [w], x, scratch, [y]);
 }
 
 /// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
@@ -88,7 +90,7 @@ pub fn matvec<W: WeightType>(
 #[allow(clippy::too_many_arguments)]
 pub fn matvec2<W: WeightType>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     x: &[f32],
     scratch: &mut [f32],
     w0: &[u8],
@@ -96,14 +98,15 @@ pub fn matvec2<W: WeightType>(
     w1: &[u8],
     y1: &mut [f32],
 ) {
-    matvec_n::<W, 2>(pool, isa, [w0, w1], x, scratch, [y0, y1]);
+    let cpu: Cpu = cpu.into();
+    matvec_n::<W, 2>(pool, cpu, [w0, w1], x, scratch, [y0, y1]);
 }
 
 /// Three matvecs sharing the input `x` (e.g. attention's q, k and v projections) in one dispatch.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec3<W: WeightType>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     x: &[f32],
     scratch: &mut [f32],
     w0: &[u8],
@@ -113,20 +116,21 @@ pub fn matvec3<W: WeightType>(
     w2: &[u8],
     y2: &mut [f32],
 ) {
-    matvec_n::<W, 3>(pool, isa, [w0, w1, w2], x, scratch, [y0, y1, y2]);
+    let cpu: Cpu = cpu.into();
+    matvec_n::<W, 3>(pool, cpu, [w0, w1, w2], x, scratch, [y0, y1, y2]);
 }
 
 /// `N` matvecs over one `x`: the concatenation of their rows is split across the threads.
 fn matvec_n<W: WeightType, const N: usize>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: Cpu,
     ws: [&[u8]; N],
     x: &[f32],
     scratch: &mut [f32],
     ys: [&mut [f32]; N],
 ) {
     let cols = x.len();
-    let x = &ops::MatvecX::new::<W>(isa, x, scratch);
+    let x = &ops::MatvecX::new::<W>(cpu, x, scratch);
     for (w, y) in ws.iter().zip(&ys) {
         assert!(
             w.len() >= y.len() * cols * W::SIZE,
@@ -137,7 +141,7 @@ fn matvec_n<W: WeightType, const N: usize>(
     let nt = pool.n_threads();
     if nt == 1 || total * cols < SERIAL_BELOW {
         for (w, y) in ws.into_iter().zip(ys) {
-            ops::matvec_x::<W>(isa, w, x, y);
+            ops::matvec_x::<W>(cpu, w, x, y);
         }
         return;
     }
@@ -174,7 +178,7 @@ fn matvec_n<W: WeightType, const N: usize>(
             // function until `run` returns.
             let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
             let w = &ws[i][r0 * cols * W::SIZE..];
-            ops::matvec_x::<W>(isa, w, x, y);
+            ops::matvec_x::<W>(cpu, w, x, y);
         }
     });
 }
@@ -195,13 +199,14 @@ pub fn matmul_bf16dot_scratch_len(n_threads: usize, n: usize, k: usize) -> usize
 /// packed panel for every thread: [`matmul_scratch_len`]`(pool.n_threads())` floats.
 pub fn matmul<W: WeightType>(
     pool: &ThreadPool,
-    isa: Isa,
+    isa: impl Into<Isa>,
     w: &[u8],
     k: usize,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let isa: Isa = isa.into();
     let per = ops::matmul_scratch_len();
     matmul_cols(
         pool,
@@ -225,18 +230,19 @@ pub fn matmul<W: WeightType>(
 /// ([`matmul_bf16dot_scratch_len`] floats in all).
 pub fn matmul_bf16dot(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     w: &[u8],
     k: usize,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
     let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
     let (pairs, packs) = ops::split_bf16dot_scratch(scratch, n, k);
-    let xb = ops::bf16dot_pairs(isa, x, k, n, pairs);
+    let xb = ops::bf16dot_pairs(cpu, x, k, n, pairs);
     let per = ops::BF16DOT_PACK;
     matmul_cols(
         pool,
@@ -250,7 +256,7 @@ pub fn matmul_bf16dot(
         &|w, n, yp, ldy, cols, pack| {
             // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
             // k and n (`matmul_cols` passes the same n).
-            unsafe { ops::matmul_bf16dot_strided(isa, w, k, x, xb, n, yp, ldy, cols, pack) }
+            unsafe { ops::matmul_bf16dot_strided(cpu, w, k, x, xb, n, yp, ldy, cols, pack) }
         },
     );
 }
@@ -383,13 +389,14 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 /// other rows share the dispatch.
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     w: &[u8],
     cols: usize,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
     let Some((_, rows)) = rows_dims("matvec_rows", cols, x, y) else {
         return;
     };
@@ -410,7 +417,7 @@ pub fn matvec_rows<W: WeightType>(
             .zip(xg.chunks_exact(cols))
             .zip(scratch.chunks_mut(per))
         {
-            *slot = ops::MatvecX::new::<W>(isa, xr, sc);
+            *slot = ops::MatvecX::new::<W>(cpu, xr, sc);
         }
         let xs = &xs[..g];
         let nt = pool.n_threads();
@@ -422,7 +429,9 @@ pub fn matvec_rows<W: WeightType>(
             // inside this group's y (g rows of `rows`, r1 <= rows); block b is run by exactly
             // one thread ([`for_each_block`]), so no two threads write the same floats, and
             // the `&mut` behind `yp` is held by this function until they are done.
-            unsafe { ops::matvec_x_rows::<W>(isa, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
+            unsafe {
+                ops::matvec_x_rows::<W>(cpu.isa(), wb, r1 - r0, xs, yp.wrapping_add(r0), rows)
+            };
         };
         let serial = nt == 1 || rows * cols * g < SERIAL_BELOW;
         for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);

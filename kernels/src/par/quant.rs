@@ -32,7 +32,7 @@ pub fn quant_scratch_len(n: usize, cols: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q_rows(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     cols: usize,
@@ -40,6 +40,8 @@ pub fn matvec_q_rows(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
+    let isa = cpu.isa();
     let Some((n, rows)) = rows_dims("matvec_q_rows", cols, x, y) else {
         return;
     };
@@ -73,7 +75,7 @@ pub fn matvec_q_rows(
             // rows of `rows`, row t at t * rows); block b is run by exactly one thread, so no
             // two threads write the same floats, and the `&mut` behind `yp` is held by this
             // function until they are done.
-            unsafe { ops::matvec_q_raw(isa, qt, wb, r1 - r0, xs, yp.wrapping_add(r0), rows, true) };
+            unsafe { ops::matvec_q_raw(cpu, qt, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
         };
         let serial = pool.n_threads() == 1 || rows * cols * gn < SERIAL_BELOW;
         for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
@@ -95,7 +97,7 @@ pub fn matmul_q_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_q(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     k: usize,
@@ -103,6 +105,8 @@ pub fn matmul_q(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
+    let isa = cpu.isa();
     let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
@@ -124,7 +128,7 @@ pub fn matmul_q(
         // SAFETY: w holds `rows` rows (checked), x n*k floats, xq n quantized rows, packs a
         // panel (checked); y (borrowed mutably here) holds n*rows floats.
         unsafe {
-            ops::matmul_q_strided(isa, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, packs)
+            ops::matmul_q_strided(cpu, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, packs)
         };
         return;
     }
@@ -140,7 +144,7 @@ pub fn matmul_q(
         });
     }
     let xq = &*xq;
-    let panels = rows.div_ceil(ops::QNR);
+    let panels = rows.div_ceil(crate::quant::panel::QNR);
     let yp = SendPtr(y.as_mut_ptr());
     let pp = SendPtr(packs.as_mut_ptr());
     let next = AtomicUsize::new(0);
@@ -153,14 +157,17 @@ pub fn matmul_q(
             if p >= panels {
                 break;
             }
-            let (r0, r1) = (p * ops::QNR, ((p + 1) * ops::QNR).min(rows));
+            let (r0, r1) = (
+                p * crate::quant::panel::QNR,
+                ((p + 1) * crate::quant::panel::QNR).min(rows),
+            );
             // SAFETY: w holds `rows` rows (checked) and r1 <= rows. Panel p is claimed by one
             // thread only (the counter hands each index out once), which writes only
             // y[t * rows + j] for j in [r0, r1): disjoint between claims, inside y (n * rows
             // floats), whose `&mut` this function holds until `run` returns.
             unsafe {
                 ops::matmul_q_strided(
-                    isa,
+                    cpu,
                     qt,
                     &w[r0 * rb..r1 * rb],
                     k,
@@ -190,7 +197,7 @@ pub fn repacked_scratch_len(n: usize, cols: usize) -> usize {
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_repacked_rows(
     pool: &ThreadPool,
-    isa: Isa,
+    cpu: impl Into<Cpu>,
     qt: QuantType,
     w: &[u8],
     cols: usize,
@@ -198,9 +205,10 @@ pub fn matvec_repacked_rows(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
+    let cpu: Cpu = cpu.into();
     assert!(
-        isa == Isa::Avx512,
-        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {isa}"
+        cpu.runs_repacked(),
+        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {cpu}"
     );
     let Some((n, rows)) = rows_dims("matvec_repacked_rows", cols, x, y) else {
         return;
@@ -211,7 +219,7 @@ pub fn matvec_repacked_rows(
         scratch.len() >= n * per,
         "matvec_repacked_rows: scratch too short"
     );
-    ops::prepare_repacked_x(isa, cols, x, scratch);
+    ops::prepare_repacked_x(cpu, cols, x, scratch);
     let px = &scratch[..n * per];
     let nt = pool.n_threads();
     let rows_block = stream_rows(rows, nt);
@@ -223,7 +231,7 @@ pub fn matvec_repacked_rows(
         // same floats, and the `&mut` behind `yp` is held by this function until they are done.
         unsafe {
             ops::matvec_repacked_raw(
-                isa,
+                cpu,
                 qt,
                 &w[r0 * rb..r1 * rb],
                 r1 - r0,
@@ -232,7 +240,6 @@ pub fn matvec_repacked_rows(
                 px,
                 yp.wrapping_add(r0),
                 rows,
-                true,
             )
         };
     };

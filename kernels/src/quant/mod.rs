@@ -17,6 +17,7 @@
 
 use crate::dtype::Dtype;
 
+pub(crate) mod panel;
 mod repack;
 pub use repack::*;
 

@@ -1,0 +1,196 @@
+//! The SIMD layer: one trait, [`Simd`], over a vector of f32 lanes, implemented once per
+//! backend (`avx2::Avx2`, `avx512::Avx512`), so that a kernel whose algorithm is the same on
+//! every ISA (the elementwise ops, the widening matvecs, the per-row attention) is written once
+//! in [`crate::generic`] and monomorphized per backend.
+//!
+//! A backend value is a token: it exists only where the CPU runs the backend's instructions
+//! (its constructor detects them), which is what makes the intrinsics inside its methods sound.
+//! [`Simd::vectorize`] runs a closure inside a function compiled for the backend's features, and
+//! the bodies and the trait methods are `#[inline(always)]`, so the whole kernel is compiled
+//! with them and every method becomes the instruction it wraps.
+//!
+//! Nothing in the trait assumes x86: lane counts are associated constants, tails are counts of
+//! lanes (a backend without masked loads copies them), and each backend keeps its own
+//! reductions and `exp`, whose rounding the bit-exactness tests pin per backend.
+//!
+//! Loads and stores take raw pointers (the kernels walk rows of weights that the entry points
+//! in [`crate::ops`] have length-checked): a full access needs [`Simd::LANES`] readable
+//! (writable) elements at the pointer; a tail access of `n` lanes needs `min(n, LANES)` of them
+//! and a pointer to an element inside the allocation (or one past its end), so no kernel forms
+//! an address past an allocation.
+
+use crate::dtype::WeightType;
+
+/// Defines trait methods that are one intrinsic on the backend's vectors: `name(args) =>
+/// intrinsic` for `fn name(self, args: Self::F32...) -> Self::F32`, and `name() -> T =>
+/// intrinsic` for the constant ones. Sound because the backend's token, which every method
+/// takes, exists only where the CPU has the features (see the backend's constructor).
+#[cfg(target_arch = "x86_64")]
+macro_rules! one_instruction {
+    ($($name:ident($($a:ident),*) -> $t:ty => $intr:ident;)*) => {
+        $(
+            #[inline(always)]
+            fn $name(self, $($a: $t),*) -> $t {
+                // SAFETY: the token proves the CPU has the backend's features.
+                unsafe { $intr($($a),*) }
+            }
+        )*
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512;
+
+/// A SIMD backend: a vector type of [`Simd::LANES`] f32 lanes and the operations the generic
+/// kernels use. Every method is a single instruction or a short fixed sequence of them; the
+/// generic kernels call them in the same order the per-ISA kernels did, so their results are
+/// the same bit for bit.
+pub(crate) trait Simd: Copy {
+    /// f32 lanes per vector.
+    const LANES: usize;
+    /// Vector registers the backend has: a body keeps as many accumulators live as fit.
+    const REGISTERS: usize;
+    /// Whether the widening matvec prefetches its weight stream ([`crate::stream`]): measured
+    /// faster on AVX2, not needed by the AVX-512 kernel, which streams at ~95% of a plain read.
+    const PREFETCH_MATVEC: bool;
+    /// Depth of the f32 matmul's packed weight panel (`crate::generic::matmul_strided`): a
+    /// tuning constant, but also where the sums are split (each depth block is added to the
+    /// output), so it fixes the results' rounding.
+    const MATMUL_KC: usize;
+
+    /// A vector of f32 lanes.
+    type F32: Copy;
+    /// A vector of the same width read as u64 lanes (`stream_sum`'s wrapping sums).
+    type U64: Copy;
+
+    /// Runs `f` inside a function compiled with the backend's target features: `f` (marked
+    /// `#[inline(always)]`) and everything it inlines is compiled with them.
+    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R;
+
+    /// `x` in every lane.
+    fn splat(self, x: f32) -> Self::F32;
+    /// 0.0 in every lane.
+    fn zero(self) -> Self::F32;
+    /// `a + b`.
+    fn add(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `a - b`.
+    fn sub(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `a * b`.
+    fn mul(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `a / b`.
+    fn div(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// Lane-wise maximum; `b` where either is NaN.
+    fn max(self, a: Self::F32, b: Self::F32) -> Self::F32;
+    /// `a * b + c`, rounded once.
+    fn fma(self, a: Self::F32, b: Self::F32, c: Self::F32) -> Self::F32;
+    /// `a + b` in the first `n` lanes, `a` in the others.
+    fn add_tail(self, a: Self::F32, b: Self::F32, n: usize) -> Self::F32;
+    /// The sum of the lanes, in the backend's fixed order.
+    fn hsum(self, v: Self::F32) -> f32;
+    /// The largest lane (NaN lanes ignored where another lane is a number).
+    fn hmax(self, v: Self::F32) -> f32;
+    /// Vectorized `exp` within ~1 ulp over the whole f32 range (subnormal results, +inf above
+    /// ~88.72, 0 below ~-103.97, NaN kept).
+    fn exp(self, v: Self::F32) -> Self::F32;
+
+    /// [`Simd::LANES`] floats at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `LANES` floats.
+    unsafe fn load(self, p: *const f32) -> Self::F32;
+    /// The first `min(n, LANES)` floats at `p`, the other lanes 0.0.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `min(n, LANES)` floats and points inside (or one past) its
+    /// allocation.
+    unsafe fn load_tail(self, p: *const f32, n: usize) -> Self::F32;
+    /// Like [`Simd::load_tail`], the other lanes `fill`.
+    ///
+    /// # Safety
+    /// As [`Simd::load_tail`].
+    unsafe fn load_tail_or(self, p: *const f32, n: usize, fill: Self::F32) -> Self::F32;
+    /// Writes `LANES` floats at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for writing `LANES` floats.
+    unsafe fn store(self, p: *mut f32, v: Self::F32);
+    /// Writes the first `min(n, LANES)` lanes at `p`; nothing else is touched.
+    ///
+    /// # Safety
+    /// `p` is valid for writing `min(n, LANES)` floats and points inside (or one past) its
+    /// allocation.
+    unsafe fn store_tail(self, p: *mut f32, n: usize, v: Self::F32);
+    /// `LANES` elements of dtype `W` starting at element `i` of `p`, widened to f32.
+    ///
+    /// # Safety
+    /// `p` is valid for reading elements `i..i + LANES`.
+    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> Self::F32;
+    /// The first `min(n, LANES)` elements of dtype `W` at element `i` of `p`, widened, the other
+    /// lanes 0.0.
+    ///
+    /// # Safety
+    /// `p` is valid for reading elements `i..i + min(n, LANES)`, and element `i` lies inside
+    /// (or one past) its allocation.
+    unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> Self::F32;
+
+    /// 0 in every u64 lane.
+    fn zero_u64(self) -> Self::U64;
+    /// Lane-wise wrapping `a + b` of u64 lanes.
+    fn add_u64(self, a: Self::U64, b: Self::U64) -> Self::U64;
+    /// The wrapping sum of the u64 lanes.
+    fn hsum_u64(self, v: Self::U64) -> u64;
+    /// `4 * LANES` bytes at `p` as u64 lanes.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `4 * LANES` bytes.
+    unsafe fn load_u64(self, p: *const u8) -> Self::U64;
+
+    /// Hints that the `len` bytes starting [`crate::stream::PREFETCH_BYTES`] after `p` will be
+    /// read soon (a no-op where the backend has no prefetch; `p` may lie past the data).
+    fn prefetch_ahead(self, p: *const u8, len: usize);
+
+    /// Packs rows `0..nr` (`nr <= nrp`), columns `k0..k0 + kc` of `w` (row-major, `k` elements
+    /// of `W` per row) transposed into `buf[kk * nrp + j]` as f32, zero for `j >= nr`: the f32
+    /// matmul's weight panel. By default each row is widened a vector at a time and scattered;
+    /// a backend with a fast register transpose overrides it (the result is the same).
+    ///
+    /// # Safety
+    /// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`;
+    /// `buf.len() >= kc * nrp`; `LANES <= 64`.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pack_panel<W: WeightType>(
+        self,
+        w: *const u8,
+        k: usize,
+        k0: usize,
+        kc: usize,
+        nr: usize,
+        nrp: usize,
+        buf: &mut [f32],
+    ) {
+        let rb = k * W::SIZE;
+        if nr < nrp {
+            buf[..kc * nrp].iter_mut().for_each(|v| *v = 0.0);
+        }
+        let mut tmp = [0f32; 64];
+        for j in 0..nr {
+            let mut kk = 0;
+            while kk < kc {
+                let cnt = (kc - kk).min(Self::LANES);
+                // SAFETY: row j < nr is inside w, and columns k0 + kk..k0 + kk + cnt <= k0 + kc
+                // of it are readable (contract); tmp holds 64 >= LANES floats.
+                unsafe {
+                    let v = self.load_w_tail::<W>(w.add(j * rb), k0 + kk, cnt);
+                    self.store(tmp.as_mut_ptr(), v);
+                }
+                for (q, t) in tmp.iter().enumerate().take(cnt) {
+                    buf[(kk + q) * nrp + j] = *t;
+                }
+                kk += Self::LANES;
+            }
+        }
+    }
+}
