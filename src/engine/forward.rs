@@ -257,7 +257,7 @@ pub(super) fn run(
         if fd.logits == Want::Embedding {
             let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
             ops::rmsnorm(
-                isa,
+                cpu,
                 &x[r * h..(r + 1) * h],
                 wb(&weights.norm),
                 weights.norm.dtype(),
@@ -575,7 +575,7 @@ fn moe_one_row(
     expert_out: &mut [f32],
     out: &mut [f32],
 ) -> bool {
-    let (pool, isa, weights) = (lin.pool, lin.isa, lin.weights);
+    let (pool, cpu, weights) = (lin.pool, lin.cpu, lin.weights);
     let top_k = chosen.len();
     let Some(first) = experts.first() else {
         return false;
@@ -583,7 +583,7 @@ fn moe_one_row(
     let f = first.gate_proj.shape[0];
     // the block format of a matrix the decode matvec reads from the file's blocks
     let qt_of = |t: &TensorRef| match t.format {
-        Format::Quant(qt) if isa != Isa::Avx512 || weights.repacked(t).is_none() => Some(qt),
+        Format::Quant(qt) if !cpu.runs_repacked() || weights.repacked(t).is_none() => Some(qt),
         _ => None,
     };
     let (per_h, per_f) = (quant::q8_len(h), quant::q8_len(f));
@@ -624,24 +624,24 @@ fn moe_one_row(
     let placeholder = par::QJob {
         qt: quant::QuantType::Q8_0,
         w: &[],
-        x: ops::QuantX::new(Isa::Scalar, &[], &mut []),
+        x: ops::QuantX::new(qwenrt_kernels::Isa::Scalar, &[], &mut []),
         rows: 0,
     };
     let scratch = &mut *lin.quant_scratch;
     // the gates, then the ups: [2 * top_k, f]
     let gu = &mut gate_up[..2 * top_k * f];
     {
-        let xq = ops::QuantX::new(isa, x, &mut scratch[..per_h]);
+        let xq = ops::QuantX::new(cpu, x, &mut scratch[..per_h]);
         let mut jobs = [placeholder; par::MANY_MAX];
         for (i, &(e, _)) in order.iter().enumerate() {
             let ex = &experts[e as usize];
             jobs[i] = job(weights, qt_of(&ex.gate_proj), &ex.gate_proj, xq, f);
             jobs[top_k + i] = job(weights, qt_of(&ex.up_proj), &ex.up_proj, xq, f);
         }
-        par::matvec_q_many(pool, isa, &jobs[..2 * top_k], gu);
+        par::matvec_q_many(pool, cpu, &jobs[..2 * top_k], gu);
     }
     let (gate, up) = gu.split_at_mut(top_k * f);
-    ops::silu_mul(isa, gate, up);
+    ops::silu_mul(cpu, gate, up);
     // the downs, each on its expert's activations: [top_k, hidden]
     let y = &mut expert_out[..top_k * h];
     {
@@ -649,10 +649,10 @@ fn moe_one_row(
         let acts = gate.chunks_exact(f).zip(scratch.chunks_mut(per_f));
         for (i, (&(e, _), (act, sc))) in order.iter().zip(acts).enumerate() {
             let down = &experts[e as usize].down_proj;
-            let xa = ops::QuantX::new(isa, act, sc);
+            let xa = ops::QuantX::new(cpu, act, sc);
             jobs[i] = job(weights, qt_of(down), down, xa, h);
         }
-        par::matvec_q_many(pool, isa, &jobs[..top_k], y);
+        par::matvec_q_many(pool, cpu, &jobs[..top_k], y);
     }
     out.fill(0.0);
     for (&(_, w), yr) in order.iter().zip(y.chunks_exact(h)) {

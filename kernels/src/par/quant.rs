@@ -273,7 +273,8 @@ pub struct QJob<'a> {
 /// # Panics
 /// If `y` is not the jobs' rows together, or a job's weights are not its rows of its input's
 /// width.
-pub fn matvec_q_many(pool: &ThreadPool, isa: Isa, jobs: &[QJob<'_>], y: &mut [f32]) {
+pub fn matvec_q_many(pool: &ThreadPool, cpu: impl Into<Cpu>, jobs: &[QJob<'_>], y: &mut [f32]) {
+    let cpu: Cpu = cpu.into();
     let total_rows: usize = jobs.iter().map(|j| j.rows).sum();
     assert_eq!(
         y.len(),
@@ -315,14 +316,13 @@ pub fn matvec_q_many(pool: &ThreadPool, isa: Isa, jobs: &[QJob<'_>], y: &mut [f3
             // held by this function until they are done.
             unsafe {
                 ops::matvec_q_raw(
-                    isa,
+                    cpu,
                     job.qt,
                     wb,
                     r1 - r0,
                     &xs,
                     yp.wrapping_add(y0[j] + r0),
                     job.rows,
-                    true,
                 )
             };
         };
