@@ -165,8 +165,8 @@ struct ChatTemplateArg {
     /// directory's chat_template.jinja or tokenizer_config.json; ChatML if it has none]
     #[arg(long, value_name = "FILE")]
     chat_template_file: Option<PathBuf>,
-    /// Render with `enable_thinking` false: a template with a thinking switch (Qwen3's)
-    /// closes the thinking part in the prompt, so the model answers directly
+    /// Render with `enable_thinking` false (true without it): a template with a thinking
+    /// switch (Qwen3's) closes the thinking part in the prompt, so the model answers directly
     #[arg(long)]
     no_think: bool,
 }
@@ -176,12 +176,10 @@ impl ChatTemplateArg {
     fn load(&self, model: &Path) -> Result<ChatTemplate, CliError> {
         let t = ChatTemplate::for_model(model, self.chat_template_file.as_deref())
             .map_err(CliError::fail)?;
-        if self.no_think {
-            return t
-                .with_variable("enable_thinking", serde_json::Value::Bool(false))
-                .map_err(CliError::fail);
-        }
-        Ok(t)
+        // set either way, as llama-server does: templates that test `not enable_thinking`
+        // (llama.cpp's DeepSeek-R1 and Command-R7B ones) read an unset switch as off
+        t.with_variable("enable_thinking", serde_json::Value::Bool(!self.no_think))
+            .map_err(CliError::fail)
     }
 }
 

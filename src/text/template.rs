@@ -10,7 +10,8 @@
 //!
 //! Rendering follows transformers' `apply_chat_template`: Jinja with `trim_blocks` and
 //! `lstrip_blocks`, loop controls, Python's string and dict methods (minijinja-contrib's
-//! `pycompat`), `raise_exception(msg)`, and `tojson` as `json.dumps(x, ensure_ascii=False)`
+//! `pycompat`), `raise_exception(msg)`, `strftime_now(format)` (the UTC time now, as transformers gives
+//! templates that print today's date), and `tojson` as `json.dumps(x, ensure_ascii=False)`
 //! (separators `", "` and `": "`, keys in their given order, `indent`, `separators`,
 //! `sort_keys`). Values print as Python prints them (`None`, `True`, `1.0`, `1e+16`).
 //!
@@ -349,6 +350,12 @@ impl ChatTemplate {
                     .with_source(Raised(message)))
             },
         );
+        env.add_function("strftime_now", |format: String| -> String {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            strftime(&format, secs)
+        });
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax {
                 origin: origin.clone(),
@@ -725,6 +732,86 @@ fn from_gguf(path: &Path) -> Result<Found, TemplateError> {
     })
 }
 
+/// `format` with the UTC time `secs` seconds after the Unix epoch, as Python's `strftime`
+/// writes `%Y %m %d %H %M %S %y %j %b %B %a %A %p %I %e %%` (the C locale); other
+/// directives are kept as written.
+fn strftime(format: &str, secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
+    let days = secs / 86_400;
+    let (h, mi, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    // the civil date of a day count (Howard Hinnant's days_from_civil, inverted)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy_mar = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy_mar + 2) / 153;
+    let d = doy_mar - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    const BEFORE: [i64; 12] = [0, 31, 59, 90, 120, 151, 181, 212, 243, 273, 304, 334];
+    let yday = BEFORE[(m - 1) as usize] + d + i64::from(leap && m > 2);
+    // 1970-01-01 was a Thursday
+    let wday = ((days + 3) % 7) as usize;
+    let month = MONTHS[(m - 1) as usize];
+    let hour12 = if h % 12 == 0 { 12 } else { h % 12 };
+    let mut out = String::with_capacity(format.len() + 16);
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('Y') => out.push_str(&y.to_string()),
+            Some('y') => out.push_str(&format!("{:02}", y.rem_euclid(100))),
+            Some('m') => out.push_str(&format!("{m:02}")),
+            Some('d') => out.push_str(&format!("{d:02}")),
+            Some('e') => out.push_str(&format!("{d:>2}")),
+            Some('j') => out.push_str(&format!("{yday:03}")),
+            Some('H') => out.push_str(&format!("{h:02}")),
+            Some('I') => out.push_str(&format!("{hour12:02}")),
+            Some('M') => out.push_str(&format!("{mi:02}")),
+            Some('S') => out.push_str(&format!("{s:02}")),
+            Some('p') => out.push_str(if h < 12 { "AM" } else { "PM" }),
+            Some('b') => out.push_str(&month[..3]),
+            Some('B') => out.push_str(month),
+            Some('a') => out.push_str(&DAYS[wday][..3]),
+            Some('A') => out.push_str(DAYS[wday]),
+            Some('%') => out.push('%'),
+            Some(other) => {
+                out.push('%');
+                out.push(other);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -860,5 +947,26 @@ mod tests {
     fn chat_template_is_send_and_sync() {
         fn check<T: Send + Sync>() {}
         check::<ChatTemplate>();
+    }
+
+    #[test]
+    fn strftime_writes_dates_as_python_does() {
+        // 2026-12-04 23:16:48 UTC, a Friday (day 338 of a non-leap year)
+        let t = 1_796_426_208;
+        assert_eq!(strftime("%d %b %Y", t), "04 Dec 2026");
+        assert_eq!(strftime("%b %d %Y", t), "Dec 04 2026");
+        assert_eq!(strftime("%A %B %e, %y %j", t), "Friday December  4, 26 338");
+        assert_eq!(
+            strftime("%H:%M:%S %I%p %a %m %% %q", t),
+            "23:16:48 11PM Fri 12 % %q"
+        );
+        // 2024-02-29 (leap day) and the epoch
+        assert_eq!(
+            strftime("%Y-%m-%d %j %a", 1_709_164_800),
+            "2024-02-29 060 Thu"
+        );
+        assert_eq!(strftime("%Y-%m-%d %A", 0), "1970-01-01 Thursday");
+        let today = render_src("{{ strftime_now('%Y') }}", json!({})).unwrap();
+        assert!(today.len() == 4 && today.starts_with("20"), "{today}");
     }
 }
