@@ -106,7 +106,7 @@ pub struct ServeArgs {
     )]
     drain_timeout: u64,
     /// Host memory for the prompt cache across requests, in MiB: KV rows of finished and
-    /// running requests' prompt prefixes (blocks of 64 tokens, least recently used out
+    /// running requests' prompt prefixes (blocks of 16 tokens, least recently used out
     /// first), allocated once at startup; a request copies in the longest cached prefix of
     /// its prompt instead of computing it (output unchanged). 0 turns it off [default: 8192,
     /// capped at a quarter of the memory available]

@@ -22,7 +22,7 @@ use std::hash::{Hash, Hasher};
 use crate::engine::{Engine, EngineError, SeqId};
 
 /// Tokens per block unless the caller chooses.
-pub const DEFAULT_BLOCK_TOKENS: usize = 64;
+pub const DEFAULT_BLOCK_TOKENS: usize = 16;
 
 /// The hash-chain key of the empty prefix.
 const ROOT: u64 = 0x7177_656e_7274_7063;

@@ -9,7 +9,8 @@
 //! A finished sequence stays in its slot, idle, with its cache: a new job whose prompt starts
 //! with the tokens it holds takes it over, truncated to the common prefix, and prefills only
 //! the rest. An idle sequence is evicted (least recently used first) only when a slot is
-//! needed.
+//! needed. Beside it, the prompt cache (`--cache-ram`, see [`pcache`]) keeps prompt prefixes
+//! in host memory across requests, for any free sequence to copy in.
 //!
 //! Embedding requests ([`Msg::Embed`]) run beside them: each input a prefill-only run on a
 //! sequence of its own, its chunks sharing the prompt budget of the steps (see [`embed`]).
@@ -51,8 +52,8 @@ pub struct Finish {
     /// `"stop"` (a stop token or string) or `"length"` (max_tokens or the context).
     pub reason: &'static str,
     pub completion_tokens: usize,
-    /// Prompt tokens taken from an idle sequence's cache (0 for a choice forked from another:
-    /// a prompt is counted once).
+    /// Prompt tokens taken from an idle sequence's cache or the prompt cache (0 for a choice
+    /// forked from another: a prompt is counted once).
     pub cached_tokens: usize,
 }
 
