@@ -329,10 +329,10 @@ impl Scheduler {
                 self.admit_embedding();
                 continue;
             }
-            if !self
+            if self
                 .pending
                 .front()
-                .is_some_and(|j| self.busy() + j.req.n.max(1) <= self.parallel)
+                .is_none_or(|j| self.busy() + j.req.n.max(1) > self.parallel)
             {
                 return;
             }
