@@ -830,9 +830,15 @@ mod tests {
             Err(CacheError::RowLength { .. })
         ));
         let before = (k2.clone(), v2.clone());
+        let mut four = vec![0u8; 4 * row];
+        c.export_rows(&kb, &vb, 0, &mut four).unwrap();
         assert!(matches!(
-            d.import_rows(&mut k2, &mut v2, &rows_out),
-            Err(CacheError::Full { .. })
+            d.import_rows(&mut k2, &mut v2, &four),
+            Err(CacheError::Full {
+                pos: 5,
+                n: 4,
+                capacity: 8
+            })
         ));
         assert_eq!((k2, v2), before);
         assert_eq!(d.used(), 5);
