@@ -287,3 +287,18 @@ fn answers_are_the_same_bytes_with_and_without_the_cache() {
         "the prefix cache counters count this cache's hits"
     );
 }
+
+#[test]
+fn a_cache_larger_than_the_memory_is_refused_naming_the_flag() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let o = ServerOptions {
+        cache_ram_mib: Some(1 << 30), // 1 PiB
+        ..opts()
+    };
+    let e = run_on(listener, weights(), tokenizer(), "m".into(), o, async {}).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("--cache-ram 1073741824 MiB exceeds the memory available"),
+        "{msg}"
+    );
+}
