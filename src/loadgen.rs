@@ -186,8 +186,8 @@ pub fn prompt(client: usize, request: usize, requests: usize) -> String {
 /// Words of the shared system message: common English words, one token each for Qwen's (and
 /// most BPE) tokenizers when a space comes before them.
 const SYSTEM_WORDS: [&str; 16] = [
-    "the", "code", "you", "write", "must", "be", "clear", "and", "short", "with", "good",
-    "names", "for", "every", "small", "part",
+    "the", "code", "you", "write", "must", "be", "clear", "and", "short", "with", "good", "names",
+    "for", "every", "small", "part",
 ];
 
 /// The shared system message of about `tokens` tokens: an opening sentence, then common words

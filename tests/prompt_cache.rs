@@ -111,7 +111,11 @@ fn a_prefix_copied_in_gives_the_logits_of_prefilling_it_bit_for_bit() {
                 },
             ];
             e.step(&feeds, &mut |_, _, _| {}).unwrap();
-            assert_eq!(bits(e.logits(b).unwrap()), bits(e.logits(c).unwrap()), "{kv}");
+            assert_eq!(
+                bits(e.logits(b).unwrap()),
+                bits(e.logits(c).unwrap()),
+                "{kv}"
+            );
         }
     }
     let _ = std::fs::remove_dir_all(dir);
@@ -150,7 +154,10 @@ fn export_and_import_refuse_bad_rows_and_change_nothing() {
     assert_eq!(e.position(b).unwrap(), 64);
     assert!(matches!(
         e.import_kv(b, &PROMPT[..8], &rows),
-        Err(EngineError::ContextFull { needed: 72, ctx: 64 })
+        Err(EngineError::ContextFull {
+            needed: 72,
+            ctx: 64
+        })
     ));
     assert_eq!(e.position(b).unwrap(), 64);
     // logits are not ready after an import: the next step computes them
@@ -239,7 +246,9 @@ fn body(question: &str, seed: Option<u64>) -> Value {
 
 /// Every answer of a fixed set of requests (4 at once, then 4 one by one), in order.
 fn answers(s: &Server) -> Vec<String> {
-    let questions = ["one", "two", "three", "four", "five", "six", "seven", "eight"];
+    let questions = [
+        "one", "two", "three", "four", "five", "six", "seven", "eight",
+    ];
     let ask = |i: usize| {
         let seed = (i % 2 == 1).then_some(40 + i as u64);
         let (code, v) = post(s, "/v1/chat/completions", &body(questions[i], seed));
@@ -281,7 +290,10 @@ fn answers_are_the_same_bytes_with_and_without_the_cache() {
     assert!(metric(&on, "qwenrt_prompt_cache_miss_tokens_total") >= 16.0);
     let used = metric(&on, "qwenrt_prompt_cache_used_bytes");
     let cap = metric(&on, "qwenrt_prompt_cache_capacity_bytes");
-    assert!(used > 0.0 && used <= cap && cap <= 16.0 * 1048576.0, "{used} {cap}");
+    assert!(
+        used > 0.0 && used <= cap && cap <= 16.0 * 1048576.0,
+        "{used} {cap}"
+    );
     assert!(
         metric(&on, "qwenrt_prefix_cache_hits_total") >= hits,
         "the prefix cache counters count this cache's hits"

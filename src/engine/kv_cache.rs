@@ -425,7 +425,10 @@ impl KvCache {
                 next: self.frontier,
             });
         }
-        if pos.checked_add(n).is_none_or(|end| end > self.shape.capacity) {
+        if pos
+            .checked_add(n)
+            .is_none_or(|end| end > self.shape.capacity)
+        {
             return Err(CacheError::Full {
                 pos,
                 n,

@@ -591,7 +591,12 @@ impl Engine {
     /// kv_head, n, head_dim]` of the cache's dtype, the bits as stored): to keep a prefix
     /// outside the arena, e.g. in a prompt cache. Allocates nothing; refused (nothing
     /// written) unless the positions are in `seq`'s cache and `dst` is whole rows.
-    pub fn export_kv(&mut self, seq: SeqId, start: usize, dst: &mut [u8]) -> Result<(), EngineError> {
+    pub fn export_kv(
+        &mut self,
+        seq: SeqId,
+        start: usize,
+        dst: &mut [u8],
+    ) -> Result<(), EngineError> {
         let i = seq.slot();
         self.slot(seq)?;
         let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);

@@ -115,7 +115,9 @@ impl PromptCache {
         // zeroed by the allocator: the pages are taken as blocks are first written
         let rows = vec![0u8; total];
         let mut tokens = Vec::new();
-        tokens.try_reserve_exact(blocks.checked_mul(block_tokens)?).ok()?;
+        tokens
+            .try_reserve_exact(blocks.checked_mul(block_tokens)?)
+            .ok()?;
         tokens.resize(blocks * block_tokens, 0);
         let mut index = HashMap::new();
         index.try_reserve(blocks).ok()?;

@@ -345,8 +345,7 @@ pub fn run_on(
             .name("qwenrt-engine".into())
             .spawn(move || {
                 let made = Engine::new(weights, &engine_opts).and_then(|engine| {
-                    let cache =
-                        prompt_cache(cache_ram, &engine).map_err(EngineError::Option)?;
+                    let cache = prompt_cache(cache_ram, &engine).map_err(EngineError::Option)?;
                     Ok((engine, cache))
                 });
                 match made {
