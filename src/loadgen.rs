@@ -45,6 +45,10 @@ pub struct LoadgenOptions {
     /// A request still unanswered this long after it was sent (or silent this long between
     /// two reads) fails.
     pub timeout: Duration,
+    /// When not 0, every request starts with the same system message of about this many
+    /// tokens ([`system_prompt`]), before its own question: a shared prefix, as many
+    /// clients of one application send (to measure a prompt cache).
+    pub system_tokens: usize,
 }
 
 impl Default for LoadgenOptions {
@@ -57,6 +61,7 @@ impl Default for LoadgenOptions {
             api_key: None,
             model: "default".into(),
             timeout: Duration::from_secs(600),
+            system_tokens: 0,
         }
     }
 }
@@ -178,11 +183,36 @@ pub fn prompt(client: usize, request: usize, requests: usize) -> String {
     format!("{lang}: write a short function that {task}. Reply with the code only.")
 }
 
-/// The request body of [`prompt`]`(client, request, requests)`.
+/// Words of the shared system message: common English words, one token each for Qwen's (and
+/// most BPE) tokenizers when a space comes before them.
+const SYSTEM_WORDS: [&str; 16] = [
+    "the", "code", "you", "write", "must", "be", "clear", "and", "short", "with", "good", "names",
+    "for", "every", "small", "part",
+];
+
+/// The shared system message of about `tokens` tokens: an opening sentence, then common words
+/// in a fixed order (the same text in every run and from every client).
+pub fn system_prompt(tokens: usize) -> String {
+    let mut s = String::from("You are a careful programming assistant. Style notes:");
+    // the opening is about 10 tokens
+    for i in 0..tokens.saturating_sub(10) {
+        s.push(' ');
+        s.push_str(SYSTEM_WORDS[(i * 7 + i / 16) % SYSTEM_WORDS.len()]);
+    }
+    s
+}
+
+/// The request body of [`prompt`]`(client, request, requests)`, after the shared system
+/// message when [`LoadgenOptions::system_tokens`] is set.
 pub fn request_body(opts: &LoadgenOptions, client: usize, request: usize) -> Value {
+    let user = json!({"role": "user", "content": prompt(client, request, opts.requests)});
+    let messages = match opts.system_tokens {
+        0 => vec![user],
+        n => vec![json!({"role": "system", "content": system_prompt(n)}), user],
+    };
     json!({
         "model": opts.model,
-        "messages": [{"role": "user", "content": prompt(client, request, opts.requests)}],
+        "messages": messages,
         "max_tokens": opts.max_tokens,
         "temperature": 0,
         "stream": true,
@@ -715,6 +745,22 @@ mod tests {
             let e = with(f).unwrap_err();
             assert!(e.0.contains(needle), "{e} lacks {needle}");
         }
+    }
+
+    #[test]
+    fn a_shared_system_message_comes_first_in_every_request() {
+        let opts = LoadgenOptions {
+            system_tokens: 1500,
+            ..LoadgenOptions::default()
+        };
+        let (a, b) = (request_body(&opts, 0, 0), request_body(&opts, 3, 1));
+        assert_eq!(a["messages"][0], b["messages"][0]);
+        assert_eq!(a["messages"][0]["role"], "system");
+        assert_ne!(a["messages"][1], b["messages"][1]);
+        let words = system_prompt(1500).split(' ').count();
+        assert!((1490..=1500).contains(&words), "{words} words");
+        let plain = request_body(&LoadgenOptions::default(), 0, 0);
+        assert_eq!(plain["messages"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

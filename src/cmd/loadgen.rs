@@ -72,6 +72,15 @@ pub struct LoadgenArgs {
         allow_negative_numbers = true
     )]
     timeout: u64,
+    /// Start every request with the same system message of about N tokens (a shared prefix,
+    /// to measure a prompt cache); 0 sends none
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = LoadgenOptions::default().system_tokens,
+        allow_negative_numbers = true
+    )]
+    system_tokens: usize,
     /// Print one JSON object instead of the table
     #[arg(long)]
     json: bool,
@@ -87,6 +96,7 @@ pub fn run(a: LoadgenArgs) -> Result<(), CliError> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         model: a.model_name,
         timeout: Duration::from_secs(a.timeout),
+        system_tokens: a.system_tokens,
     };
     // a bad option is a usage error before anything is sent
     opts.validate()

@@ -106,6 +106,13 @@ pub struct ServeArgs {
         allow_negative_numbers = true
     )]
     drain_timeout: u64,
+    /// Host memory for the prompt cache across requests, in MiB: KV rows of finished and
+    /// running requests' prompt prefixes (blocks of 16 tokens, least recently used out
+    /// first), allocated once at startup; a request copies in the longest cached prefix of
+    /// its prompt instead of computing it (output unchanged). 0 turns it off [default: 8192,
+    /// capped at a quarter of the memory available]
+    #[arg(long, value_name = "MiB", allow_negative_numbers = true)]
+    cache_ram: Option<usize>,
     /// Serve POST /v1/embeddings (last-token pooling, L2-normalized, as Qwen3-Embedding);
     /// on without it when the model says it is a last-token embedder (a GGUF's
     /// <arch>.pooling_type, a sentence-transformers directory's pooling module)
@@ -170,6 +177,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         prefill_bf16: !a.prefill_f32,
         lookup: a.lookup,
         kv_dtype: a.kv.dtype(),
+        cache_ram_mib: a.cache_ram,
         cors_origins: a.cors_origins,
         reasoning_format: match a.reasoning_format {
             Reasoning::Auto => ReasoningFormat::Auto,

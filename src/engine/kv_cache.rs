@@ -338,6 +338,121 @@ impl KvCache {
         Ok(())
     }
 
+    /// Bytes one position takes: K and V of every layer and kv head, in the shape's dtype.
+    pub fn row_bytes(&self) -> usize {
+        let s = self.shape;
+        2 * s.layers * s.row_elems() * s.dtype.size()
+    }
+
+    /// Checks that `k` and `v` (a cache's storage, as bytes) fit the shape.
+    fn check_bytes(&self, k: usize, v: usize) -> Result<(), CacheError> {
+        let s = self.shape;
+        let expected = s.elems().unwrap_or(usize::MAX) * s.dtype.size();
+        for found in [k, v] {
+            if found != expected {
+                return Err(CacheError::Storage { expected, found });
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies the committed positions `start..start + n` of the cache stored at `k` and `v`
+    /// (as bytes) into `dst`, `n` being `dst.len() /` [`KvCache::row_bytes`]: first the K
+    /// rows, then the V rows, each `[layer, kv_head, n, head_dim]` of the shape's dtype, the
+    /// bits as stored. Allocates nothing; refused (nothing written) if `dst` is not a whole
+    /// number of rows or the positions are not all committed.
+    pub fn export_rows(
+        &self,
+        k: &[u8],
+        v: &[u8],
+        start: usize,
+        dst: &mut [u8],
+    ) -> Result<(), CacheError> {
+        self.check_bytes(k.len(), v.len())?;
+        let row = self.row_bytes();
+        if row == 0 || !dst.len().is_multiple_of(row) {
+            return Err(CacheError::RowLength {
+                expected: row,
+                found: dst.len(),
+            });
+        }
+        let n = dst.len() / row;
+        if start.checked_add(n).is_none_or(|end| end > self.used) {
+            return Err(CacheError::ViewPastFrontier {
+                len: start.saturating_add(n),
+                frontier: self.used,
+            });
+        }
+        let s = self.shape;
+        let (pos_bytes, head) = (
+            s.head_dim * s.dtype.size(),
+            s.capacity * s.head_dim * s.dtype.size(),
+        );
+        let part = n * pos_bytes;
+        let (dk, dv) = dst.split_at_mut(dst.len() / 2);
+        for (store, out) in [(k, dk), (v, dv)] {
+            for lh in 0..s.layers * s.kv_heads {
+                let at = lh * head + start * pos_bytes;
+                out[lh * part..(lh + 1) * part].copy_from_slice(&store[at..at + part]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the rows in `src` (laid out as [`KvCache::export_rows`] writes them) at the
+    /// next positions of the cache stored at `k` and `v`, and commits them; returns how many
+    /// positions that was. Allocates nothing; refused (nothing written) if `src` is not a
+    /// whole number of rows, or they would not fit, or a pass is under way.
+    pub fn import_rows(
+        &mut self,
+        k: &mut [u8],
+        v: &mut [u8],
+        src: &[u8],
+    ) -> Result<usize, CacheError> {
+        self.check_bytes(k.len(), v.len())?;
+        let row = self.row_bytes();
+        if row == 0 || !src.len().is_multiple_of(row) {
+            return Err(CacheError::RowLength {
+                expected: row,
+                found: src.len(),
+            });
+        }
+        let n = src.len() / row;
+        let pos = self.used;
+        if self.frontier != self.used {
+            return Err(CacheError::NotNext {
+                pos,
+                next: self.frontier,
+            });
+        }
+        if pos
+            .checked_add(n)
+            .is_none_or(|end| end > self.shape.capacity)
+        {
+            return Err(CacheError::Full {
+                pos,
+                n,
+                capacity: self.shape.capacity,
+            });
+        }
+        let s = self.shape;
+        let (pos_bytes, head) = (
+            s.head_dim * s.dtype.size(),
+            s.capacity * s.head_dim * s.dtype.size(),
+        );
+        let part = n * pos_bytes;
+        let (sk, sv) = src.split_at(src.len() / 2);
+        for (store, rows) in [(k, sk), (v, sv)] {
+            for lh in 0..s.layers * s.kv_heads {
+                let at = lh * head + pos * pos_bytes;
+                store[at..at + part].copy_from_slice(&rows[lh * part..(lh + 1) * part]);
+            }
+        }
+        self.used = pos + n;
+        self.frontier = self.used;
+        Ok(n)
+    }
+
     /// Takes `len` positions as committed (copied in by [`KvCache::copy_prefix`]); `len` is
     /// capped at the capacity.
     pub fn adopt(&mut self, len: usize) {
@@ -452,6 +567,7 @@ mod tests {
         refused_writes_change_nothing => check_refused_writes;
         shape_is_stable_across_prompts_and_resets => check_shape_is_stable;
         rollback_and_truncate => check_rollback_and_truncate;
+        export_then_import_is_the_same_bits => check_export_import;
     }
 
     fn check_create<T: KvType>() {
@@ -671,5 +787,63 @@ mod tests {
             T::to_f32(c.head(lv, 0, 3)[4 + 2]),
             stored::<T>(value(1, 0, 2, true))
         );
+    }
+
+    fn check_export_import<T: KvType>() {
+        let (mut k, mut v) = storage::<T>();
+        let mut c = KvCache::new(shape::<T>());
+        for layer in 0..2 {
+            let mut st = KvStore {
+                k: &mut k,
+                v: &mut v,
+            };
+            c.write::<T>(&mut st, layer, 0, &rows(0, 6, false), &rows(0, 6, true))
+                .unwrap();
+        }
+        c.commit();
+        let row = c.row_bytes();
+        assert_eq!(row, 2 * 2 * 2 * 4 * T::DTYPE.size());
+        let bytes = |x: &[T::Elem]| bytemuck::cast_slice::<T::Elem, u8>(x).to_vec();
+        let (kb, vb) = (bytes(&k), bytes(&v));
+        // positions 2..5, into another cache that already holds two positions of its own
+        let mut rows_out = vec![0u8; 3 * row];
+        c.export_rows(&kb, &vb, 2, &mut rows_out).unwrap();
+        let (mut k2, mut v2) = (vec![0u8; kb.len()], vec![0u8; vb.len()]);
+        let mut d = KvCache::new(shape::<T>());
+        let mut first = vec![0u8; 2 * row];
+        c.export_rows(&kb, &vb, 0, &mut first).unwrap();
+        assert_eq!(d.import_rows(&mut k2, &mut v2, &first).unwrap(), 2);
+        assert_eq!(d.import_rows(&mut k2, &mut v2, &rows_out).unwrap(), 3);
+        assert_eq!((d.used(), d.frontier()), (5, 5));
+        // every stored bit of positions 0..5 is the source's
+        let s = shape::<T>();
+        let pos = s.head_dim * T::DTYPE.size();
+        for lh in 0..s.layers * s.kv_heads {
+            let at = lh * s.capacity * pos;
+            assert_eq!(k2[at..at + 5 * pos], kb[at..at + 5 * pos]);
+            assert_eq!(v2[at..at + 5 * pos], vb[at..at + 5 * pos]);
+        }
+        // refused: past what is committed, a partial row, past the capacity
+        assert!(matches!(
+            c.export_rows(&kb, &vb, 5, &mut vec![0u8; 2 * row]),
+            Err(CacheError::ViewPastFrontier { .. })
+        ));
+        assert!(matches!(
+            c.export_rows(&kb, &vb, 0, &mut vec![0u8; row + 1]),
+            Err(CacheError::RowLength { .. })
+        ));
+        let before = (k2.clone(), v2.clone());
+        let mut four = vec![0u8; 4 * row];
+        c.export_rows(&kb, &vb, 0, &mut four).unwrap();
+        assert!(matches!(
+            d.import_rows(&mut k2, &mut v2, &four),
+            Err(CacheError::Full {
+                pos: 5,
+                n: 4,
+                capacity: 8
+            })
+        ));
+        assert_eq!((k2, v2), before);
+        assert_eq!(d.used(), 5);
     }
 }

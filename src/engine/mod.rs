@@ -33,6 +33,7 @@ pub mod gbnf;
 pub mod kv_cache;
 pub mod lookup;
 mod plan;
+pub mod prompt_cache;
 pub mod sampler;
 pub mod session;
 
@@ -580,6 +581,78 @@ impl Engine {
         let slot = &mut self.slots[b];
         slot.kv.adopt(len);
         slot.logits_ready = logits;
+        Ok(())
+    }
+
+    /// Bytes one position of a sequence's KV cache takes (K and V of every layer and kv head,
+    /// in the cache's dtype): the unit of [`Engine::export_kv`] and [`Engine::import_kv`].
+    pub fn kv_row_bytes(&self) -> usize {
+        self.slots.first().map_or(0, |s| s.kv.row_bytes())
+    }
+
+    /// Copies the KV rows of positions `start..start + n` of `seq` into `dst`, `n` being
+    /// `dst.len() /` [`Engine::kv_row_bytes`] (the K rows, then the V rows, each `[layer,
+    /// kv_head, n, head_dim]` of the cache's dtype, the bits as stored): to keep a prefix
+    /// outside the arena, e.g. in a prompt cache. Allocates nothing; refused (nothing
+    /// written) unless the positions are in `seq`'s cache and `dst` is whole rows.
+    pub fn export_kv(
+        &mut self,
+        seq: SeqId,
+        start: usize,
+        dst: &mut [u8],
+    ) -> Result<(), EngineError> {
+        let i = seq.slot();
+        self.slot(seq)?;
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let kv = &self.slots[i].kv;
+        let bytes = kv.shape().elems().unwrap_or(0) * kv.shape().dtype.size();
+        let k: &[u8] = bytemuck::cast_slice(bufs.kv_k);
+        let v: &[u8] = bytemuck::cast_slice(bufs.kv_v);
+        let r = i * bytes..(i + 1) * bytes;
+        kv.export_rows(&k[r.clone()], &v[r], start, dst)?;
+        Ok(())
+    }
+
+    /// Appends `tokens` to `seq` with their KV rows taken from `src` (laid out as
+    /// [`Engine::export_kv`] writes them, `tokens.len()` rows) instead of computing them: the
+    /// sequence then holds what a prefill of those tokens would have left, provided the rows
+    /// came from one. Its logits are not ready until its next step. Allocates nothing; refused
+    /// (nothing changed) if `src` is not `tokens.len()` rows, a token is past the vocabulary
+    /// or the context would overflow.
+    pub fn import_kv(&mut self, seq: SeqId, tokens: &[u32], src: &[u8]) -> Result<(), EngineError> {
+        let i = seq.slot();
+        let (used, row) = {
+            let kv = &self.slot(seq)?.kv;
+            (kv.used(), kv.row_bytes())
+        };
+        if src.len() != tokens.len() * row {
+            return Err(EngineError::Cache(CacheError::RowLength {
+                expected: tokens.len() * row,
+                found: src.len(),
+            }));
+        }
+        let vocab = self.weights.config.vocab_size;
+        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(EngineError::TokenOutOfRange { token, vocab });
+        }
+        let ctx = self.ctx();
+        if used + tokens.len() > ctx {
+            return Err(EngineError::ContextFull {
+                needed: used + tokens.len(),
+                ctx,
+            });
+        }
+        let bufs = ArenaBufs::carve(self.arena.floats_mut(), &self.plan);
+        let slot = &mut self.slots[i];
+        let bytes = slot.kv.shape().elems().unwrap_or(0) * slot.kv.shape().dtype.size();
+        let k: &mut [u8] = bytemuck::cast_slice_mut(bufs.kv_k);
+        let v: &mut [u8] = bytemuck::cast_slice_mut(bufs.kv_v);
+        let r = i * bytes..(i + 1) * bytes;
+        slot.kv.import_rows(&mut k[r.clone()], &mut v[r], src)?;
+        bufs.seq_tokens[i * ctx + used..i * ctx + used + tokens.len()]
+            .copy_from_slice(bytemuck::cast_slice(tokens));
+        slot.logits_ready = false;
+        slot.embedding_ready = false;
         Ok(())
     }
 

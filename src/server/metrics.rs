@@ -93,8 +93,18 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<u16, u64>>,
     /// Prompt tokens of admitted generation requests.
     pub prompt_tokens: AtomicU64,
-    /// Prompt tokens that were found in an idle sequence's cache and not computed again.
+    /// Prompt tokens that were found in an idle sequence's cache or the prompt cache and not
+    /// computed again.
     pub prompt_tokens_reused: AtomicU64,
+    /// Prompt tokens copied in from the prompt cache (`--cache-ram`), in whole blocks.
+    pub prompt_cache_hit_tokens: AtomicU64,
+    /// Prompt tokens of whole blocks the prompt cache could have served but did not hold (nor
+    /// an idle sequence), so they were computed.
+    pub prompt_cache_miss_tokens: AtomicU64,
+    /// Bytes of the prompt cache holding blocks.
+    pub prompt_cache_used_bytes: AtomicU64,
+    /// Bytes of the prompt cache (planned at startup; 0 when it is off).
+    pub prompt_cache_capacity_bytes: AtomicU64,
     /// Tokens generated.
     pub completion_tokens: AtomicU64,
     /// Generation requests cancelled because their client went away.
@@ -129,6 +139,10 @@ impl Default for Metrics {
             requests: Mutex::new(BTreeMap::new()),
             prompt_tokens: AtomicU64::new(0),
             prompt_tokens_reused: AtomicU64::new(0),
+            prompt_cache_hit_tokens: AtomicU64::new(0),
+            prompt_cache_miss_tokens: AtomicU64::new(0),
+            prompt_cache_used_bytes: AtomicU64::new(0),
+            prompt_cache_capacity_bytes: AtomicU64::new(0),
             completion_tokens: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
@@ -176,7 +190,7 @@ impl Metrics {
             }
         }
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let scalars: [(&str, &str, &str, u64); 12] = [
+        let scalars: [(&str, &str, &str, u64); 16] = [
             (
                 "qwenrt_prompt_tokens_total",
                 "counter",
@@ -186,8 +200,32 @@ impl Metrics {
             (
                 "qwenrt_prompt_tokens_reused_total",
                 "counter",
-                "Prompt tokens served from an idle sequence's KV cache (prefix reuse).",
+                "Prompt tokens served from an idle sequence's KV cache or the prompt cache (prefix reuse).",
                 load(&self.prompt_tokens_reused),
+            ),
+            (
+                "qwenrt_prompt_cache_hit_tokens_total",
+                "counter",
+                "Prompt tokens copied in from the prompt cache (--cache-ram), in whole blocks.",
+                load(&self.prompt_cache_hit_tokens),
+            ),
+            (
+                "qwenrt_prompt_cache_miss_tokens_total",
+                "counter",
+                "Prompt tokens of whole blocks computed because neither the prompt cache nor an idle sequence held them.",
+                load(&self.prompt_cache_miss_tokens),
+            ),
+            (
+                "qwenrt_prompt_cache_used_bytes",
+                "gauge",
+                "Bytes of the prompt cache holding blocks.",
+                load(&self.prompt_cache_used_bytes),
+            ),
+            (
+                "qwenrt_prompt_cache_capacity_bytes",
+                "gauge",
+                "Bytes of the prompt cache, planned at startup (0: off).",
+                load(&self.prompt_cache_capacity_bytes),
             ),
             (
                 "qwenrt_completion_tokens_total",

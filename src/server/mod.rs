@@ -88,7 +88,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::engine::arena::available_memory;
 use crate::engine::lookup::MAX_DRAFT;
+use crate::engine::prompt_cache::{PromptCache, DEFAULT_BLOCK_TOKENS};
 use qwenrt_kernels::Dtype;
 
 use crate::engine::constraint::Grammars;
@@ -135,6 +137,11 @@ pub struct ServerOptions {
     pub lookup: usize,
     /// Passed to [`EngineOptions::kv_dtype`].
     pub kv_dtype: Dtype,
+    /// Host memory for the prompt cache across requests, in MiB (`--cache-ram`): KV rows of
+    /// prompt prefixes in blocks of [`DEFAULT_BLOCK_TOKENS`] tokens, allocated once at
+    /// startup. `Some(0)` turns it off; `None`, the default, takes [`DEFAULT_CACHE_RAM_MIB`]
+    /// or a quarter of the memory available after the engine's arena, whichever is less.
+    pub cache_ram_mib: Option<usize>,
     /// The chat template that renders messages into prompts (the model's own, see
     /// [`ChatTemplate::for_model`]; the default is the built-in ChatML).
     pub chat_template: Arc<ChatTemplate>,
@@ -156,6 +163,41 @@ pub struct ServerOptions {
     /// `qwenrt-VERSION`; `qwenrt serve` adds the model file's sha256 prefix (see
     /// [`system_fingerprint`]).
     pub system_fingerprint: String,
+}
+
+/// The prompt cache's size when `--cache-ram` is not given, at most (llama-server's default).
+pub const DEFAULT_CACHE_RAM_MIB: usize = 8192;
+
+/// The prompt cache of `opts` for `engine`: `None` when it is off or too small for one block.
+/// Refused when `--cache-ram` asks for more than the memory available.
+fn prompt_cache(opts_mib: Option<usize>, engine: &Engine) -> Result<Option<PromptCache>, String> {
+    let row = engine.kv_row_bytes();
+    let available = available_memory();
+    let bytes = match opts_mib {
+        Some(mib) => {
+            let bytes = mib.checked_mul(1 << 20).ok_or_else(|| {
+                format!("--cache-ram {mib} MiB does not fit in this machine's address space")
+            })?;
+            if let Some(a) = available.filter(|&a| bytes as u64 > a) {
+                return Err(format!(
+                    "--cache-ram {mib} MiB exceeds the memory available ({} MiB); lower it or pass --cache-ram 0",
+                    a >> 20
+                ));
+            }
+            bytes
+        }
+        None => {
+            let cap = DEFAULT_CACHE_RAM_MIB << 20;
+            available.map_or(cap, |a| cap.min((a / 4) as usize))
+        }
+    };
+    let blocks = PromptCache::blocks_for(bytes, DEFAULT_BLOCK_TOKENS, row);
+    if blocks == 0 {
+        return Ok(None);
+    }
+    PromptCache::new(blocks, DEFAULT_BLOCK_TOKENS, row)
+        .map(Some)
+        .ok_or_else(|| format!("cannot allocate the prompt cache of --cache-ram ({bytes} bytes)"))
 }
 
 /// `qwenrt-VERSION-SHA12`: the qwenrt version and the first 12 hex digits of the model's
@@ -183,6 +225,7 @@ impl Default for ServerOptions {
             prefill_bf16: true,
             lookup: 0,
             kv_dtype: Dtype::F32,
+            cache_ram_mib: None,
             chat_template: Arc::new(ChatTemplate::chatml()),
             reasoning_format: ReasoningFormat::Auto,
             cors_origins: Vec::new(),
@@ -331,15 +374,24 @@ pub fn run_on_all(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), EngineError>>();
     let engine_thread = {
         let (tokenizer, shared) = (tokenizer.clone(), shared.clone());
+        let cache_ram = opts.cache_ram_mib;
         std::thread::Builder::new()
             .name("qwenrt-engine".into())
-            .spawn(move || match Engine::new(weights, &engine_opts) {
-                Ok(engine) => {
-                    let _ = ready_tx.send(Ok(()));
-                    Scheduler::new(engine, tokenizer, stop_ids, shared, chunk, lookup).run(rx);
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            .spawn(move || {
+                let made = Engine::new(weights, &engine_opts).and_then(|engine| {
+                    let cache = prompt_cache(cache_ram, &engine).map_err(EngineError::Option)?;
+                    Ok((engine, cache))
+                });
+                match made {
+                    Ok((engine, cache)) => {
+                        eprintln!("{}", memory_summary(&engine, cache.as_ref()));
+                        let _ = ready_tx.send(Ok(()));
+                        Scheduler::new(engine, tokenizer, stop_ids, shared, chunk, lookup, cache)
+                            .run(rx);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
             })?
     };
@@ -466,4 +518,28 @@ fn serve(
         let _ = tokio::time::timeout(CLOSE_WAIT, &mut server).await;
         Ok(())
     })
+}
+
+/// The memory plan serve prints at startup: the engine's arena (its KV cache of every
+/// sequence and the step scratch) and the prompt cache.
+pub fn memory_summary(engine: &Engine, cache: Option<&PromptCache>) -> String {
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    let plan = engine.memory_plan();
+    let mut out = format!(
+        "memory plan: arena {:.1} MiB ({} sequences x {} positions of KV cache, {})",
+        mib(plan.total_bytes()),
+        engine.max_sequences(),
+        engine.ctx(),
+        engine.kv_dtype()
+    );
+    match cache.map(PromptCache::stats) {
+        Some(s) => out.push_str(&format!(
+            "; prompt cache {:.1} MiB ({} blocks of {} tokens, --cache-ram)",
+            mib(s.capacity_bytes),
+            s.capacity_blocks,
+            s.block_tokens
+        )),
+        None => out.push_str("; prompt cache off"),
+    }
+    out
 }

@@ -9,7 +9,8 @@
 //! A finished sequence stays in its slot, idle, with its cache: a new job whose prompt starts
 //! with the tokens it holds takes it over, truncated to the common prefix, and prefills only
 //! the rest. An idle sequence is evicted (least recently used first) only when a slot is
-//! needed.
+//! needed. Beside it, the prompt cache (`--cache-ram`, see [`pcache`]) keeps prompt prefixes
+//! in host memory across requests, for any free sequence to copy in.
 //!
 //! Embedding requests ([`Msg::Embed`]) run beside them: each input a prefill-only run on a
 //! sequence of its own, its chunks sharing the prompt budget of the steps (see [`embed`]).
@@ -19,6 +20,7 @@
 //! cancelled and its sequence leaves at the next step.
 
 mod embed;
+mod pcache;
 
 pub use embed::{EmbedJob, EmbedReply};
 
@@ -31,6 +33,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::lookup::{self, DraftBudget};
+use crate::engine::prompt_cache::PromptCache;
 use crate::engine::sampler::{Sampler, SamplerParams};
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
@@ -49,8 +52,8 @@ pub struct Finish {
     /// `"stop"` (a stop token or string) or `"length"` (max_tokens or the context).
     pub reason: &'static str,
     pub completion_tokens: usize,
-    /// Prompt tokens taken from an idle sequence's cache (0 for a choice forked from another:
-    /// a prompt is counted once).
+    /// Prompt tokens taken from an idle sequence's cache or the prompt cache (0 for a choice
+    /// forked from another: a prompt is counted once).
     pub cached_tokens: usize,
 }
 
@@ -118,6 +121,8 @@ struct Active {
     prompt_lps: Option<Vec<Option<TokenLogprob>>>,
     /// Prompt tokens in the cache (reused ones included).
     fed: usize,
+    /// The prompt cache's version when this job last looked it up (see [`pcache`]).
+    looked: u64,
     /// Decode phase: `row[0]` is the sampled token to feed next and `row[1..row_len]` the
     /// tokens drafted after it by prompt lookup; `row_len` is 0 while prefilling.
     row: [u32; lookup::MAX_DRAFT + 1],
@@ -159,6 +164,11 @@ pub struct Scheduler {
     clock: u64,
     /// Embedding jobs and their inputs being prefilled.
     embeds: embed::Embeds,
+    /// KV rows of prompt prefixes across requests (`--cache-ram`; `None`: off).
+    pcache: Option<PromptCache>,
+    /// Per sequence slot: its leading positions whose rows a prefill computed or the prompt
+    /// cache copied (the rows a prompt cache may keep; see [`pcache`]).
+    clean: Vec<usize>,
 }
 
 fn common_prefix(a: &[u32], b: &[u32]) -> usize {
@@ -169,7 +179,8 @@ impl Scheduler {
     /// A scheduler over `engine` (sized for `parallel` sequences and `parallel + chunk +
     /// lookup` rows). Greedy jobs without penalties or log-probabilities draft by
     /// prompt lookup, `lookup` rows per step in all (the verified rows cost about a third of a
-    /// step each on quantized weights, so the budget is shared rather than per job).
+    /// step each on quantized weights, so the budget is shared rather than per job). Prompt
+    /// prefixes are kept across requests in `pcache` when given.
     pub fn new(
         engine: Engine,
         tokenizer: Arc<Tokenizer>,
@@ -177,6 +188,7 @@ impl Scheduler {
         shared: Arc<Shared>,
         chunk: usize,
         lookup: usize,
+        pcache: Option<PromptCache>,
     ) -> Scheduler {
         let parallel = engine.max_sequences();
         shared
@@ -196,6 +208,8 @@ impl Scheduler {
             idle: Vec::new(),
             clock: 0,
             embeds: embed::Embeds::default(),
+            pcache,
+            clean: vec![0; parallel],
         }
     }
 
@@ -374,6 +388,7 @@ impl Scheduler {
                         prompt_lps,
                         job,
                         fed: reused,
+                        looked: u64::MAX,
                         row: [0; lookup::MAX_DRAFT + 1],
                         row_len: 0,
                         budget: DraftBudget::new(self.lookup),
@@ -395,8 +410,10 @@ impl Scheduler {
     }
 
     /// A sequence for `job`: the idle one sharing the longest prefix with its prompt
-    /// (truncated to that prefix, keeping at least one prompt token to prefill), else a new
-    /// one, else the least recently used idle one, emptied. Returns it and the reused count.
+    /// (truncated to that prefix, keeping at least one prompt token to prefill), unless the
+    /// prompt cache holds a longer one; else a new one, else the least recently used idle one,
+    /// emptied (with the prompt cache's longest prefix copied in). Returns it and the reused
+    /// count.
     fn place(&mut self, job: &Job) -> Result<(SeqId, usize), EngineError> {
         let prompt = &job.req.prompt;
         let mut best: Option<(usize, usize)> = None;
@@ -407,6 +424,14 @@ impl Scheduler {
             if c > 0 && best.is_none_or(|(_, b)| c > b) {
                 best = Some((i, c));
             }
+        }
+        let cached = if scoring {
+            0
+        } else {
+            self.cache_lookup(prompt)
+        };
+        if best.is_some_and(|(_, c)| c.min(prompt.len() - 1) < cached) {
+            best = None;
         }
         let (seq, reused) = if let Some((i, c)) = best {
             let (seq, _) = self.idle.swap_remove(i);
@@ -422,6 +447,20 @@ impl Scheduler {
             (self.idle.swap_remove(lru).0, 0)
         };
         self.engine.truncate(seq, reused)?;
+        let clean = &mut self.clean[seq.slot()];
+        *clean = (*clean).min(reused);
+        let reused = if cached > reused {
+            match self.cache_load(seq, prompt, reused) {
+                Ok(held) => held,
+                Err(e) => {
+                    self.clock += 1;
+                    self.idle.push((seq, self.clock));
+                    return Err(e);
+                }
+            }
+        } else {
+            reused
+        };
         let sampler = self.engine.sampler_mut(seq)?;
         *sampler = Sampler::new(job.req.params)?;
         for &t in prompt {
@@ -445,6 +484,7 @@ impl Scheduler {
             self.idle.swap_remove(lru).0
         };
         self.engine.truncate(seq, 0)?;
+        self.clean[seq.slot()] = 0;
         let sampler = self.engine.sampler_mut(seq)?;
         *sampler = Sampler::new(params)?;
         for &t in prompt {
@@ -457,6 +497,7 @@ impl Scheduler {
     /// into the sequences reserved for its other choices, which join as active jobs of their
     /// own (they sample at once: the fork carries the logits).
     fn prompt_done(&mut self, i: usize) -> Result<Vec<usize>, EngineError> {
+        self.cache_count_misses(i);
         let a = &mut self.active[i];
         if a.job.req.echo {
             let logprobs = a.prompt_lps.take();
@@ -476,6 +517,7 @@ impl Scheduler {
                 self.idle.push((dst, self.clock));
                 return Err(e);
             }
+            self.clean[dst.slot()] = self.clean[src.slot()].min(len);
             let a = &self.active[i];
             let job = Job {
                 req: a.job.req.clone(),
@@ -497,6 +539,7 @@ impl Scheduler {
                 prompt_lps: None,
                 job,
                 fed: len,
+                looked: u64::MAX,
                 row: [0; lookup::MAX_DRAFT + 1],
                 row_len: 0,
                 budget: DraftBudget::new(self.lookup),
@@ -514,10 +557,15 @@ impl Scheduler {
 
     /// Removes active job `i`, telling its client how it ended; its sequence goes idle.
     fn leave(&mut self, i: usize, exit: Exit) {
+        if matches!(exit, Exit::Done(_)) {
+            // its prompt's chain is marked recently used (and any block evicted since, saved)
+            self.cache_save(i);
+        }
         let mut a = self.active.swap_remove(i);
         // sequences reserved for forks that never happened go idle, empty
         for (s, _) in std::mem::take(&mut a.forks) {
             let _ = self.engine.truncate(s, 0);
+            self.clean[s.slot()] = 0;
             self.clock += 1;
             self.idle.push((s, self.clock));
         }
@@ -561,6 +609,7 @@ impl Scheduler {
         let idle: usize = self.idle.iter().map(|i| rows(i.0)).sum();
         m.kv_active.store(active as u64, Ordering::Relaxed);
         m.kv_used.store((active + idle) as u64, Ordering::Relaxed);
+        self.cache_publish();
     }
 
     /// Drafts by prompt lookup for the generating jobs that may (greedy without penalties, no
@@ -601,6 +650,7 @@ impl Scheduler {
     /// One engine step: the decode rows of every generating job (its next token and any
     /// draft), prompt chunks of the others, then chunks of the embedding inputs.
     fn step(&mut self) {
+        self.cache_refill();
         self.draft();
         let mut budget = self.chunk;
         // (index into active, prompt rows fed; 0 for a decode row)
@@ -694,7 +744,16 @@ impl Scheduler {
                 }
                 for &(i, n) in &plan {
                     let a = &mut self.active[i];
+                    let clean = &mut self.clean[a.seq.slot()];
+                    if n > 0 && *clean >= a.fed {
+                        // prefilled rows right after clean ones
+                        *clean = a.fed + n;
+                    }
                     a.fed += n;
+                    if n > 0 {
+                        self.cache_save(i);
+                    }
+                    let a = &self.active[i];
                     if a.row_len == 0 && a.fed < a.job.req.prompt.len() {
                         continue;
                     }
@@ -731,6 +790,7 @@ impl Scheduler {
             if matches!(exit, Exit::Failed(_)) {
                 // an engine error leaves the sequence in an unknown state: empty it
                 let _ = self.engine.reset(self.active[i].seq);
+                self.clean[self.active[i].seq.slot()] = 0;
             }
             self.leave(i, exit);
         }

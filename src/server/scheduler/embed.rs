@@ -160,16 +160,20 @@ impl Scheduler {
 
     /// A new sequence, else the least recently used idle one, emptied.
     fn empty_sequence(&mut self) -> Result<SeqId, EngineError> {
-        if self.engine.live_sequences() < self.engine.max_sequences() {
-            return self.engine.create_sequence(SamplerParams::greedy());
-        }
-        let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
-            EngineError::NoFreeSequence {
-                max: self.engine.max_sequences(),
-            },
-        )?;
-        let seq = self.idle.swap_remove(lru).0;
-        self.engine.reset(seq)?;
+        let seq = if self.engine.live_sequences() < self.engine.max_sequences() {
+            self.engine.create_sequence(SamplerParams::greedy())?
+        } else {
+            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
+                EngineError::NoFreeSequence {
+                    max: self.engine.max_sequences(),
+                },
+            )?;
+            let seq = self.idle.swap_remove(lru).0;
+            self.engine.reset(seq)?;
+            seq
+        };
+        // its rows are not a generation prompt's: the prompt cache does not take them
+        self.clean[seq.slot()] = 0;
         Ok(seq)
     }
 
