@@ -2,7 +2,7 @@
 //! requests get 503 at once, `/ready` 503, `/health` still 200, the running stream finishes
 //! with `data: [DONE]`, exit 0); with a short `--drain-timeout` the running stream is ended
 //! with a clear error event and the process still exits 0; while the model loads, the
-//! placeholder answers `/health` 200 and `/ready` 503. Several `--host` addresses are all served,
+//! placeholder answers `/live` 200 and `/health` and `/ready` 503. Several `--host` addresses are all served,
 //! and `/v1/models` lists `--alias` and `--tags` as llama-server does.
 
 #[path = "support/server_kit.rs"]
@@ -219,9 +219,16 @@ fn while_loading_the_placeholder_is_alive_but_not_ready_then_hands_the_port_over
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let loading = qwenrt::server::Loading::start(&listener).unwrap();
-    assert_eq!(get(&format!("{base}/health")).0, 200);
-    let (code, body) = get(&format!("{base}/ready"));
-    assert_eq!((code, body.as_str()), (503, r#"{"status":"loading"}"#));
+    assert_eq!(get(&format!("{base}/live")).0, 200);
+    // /health as llama-server answers it while loading (clients wait for its 200)
+    for probe in ["/ready", "/health"] {
+        let (code, body) = get(&format!("{base}{probe}"));
+        assert_eq!(
+            (code, body.as_str()),
+            (503, r#"{"status":"loading"}"#),
+            "{probe}"
+        );
+    }
     let (code, body) = post(
         &format!("{base}/v1/chat/completions"),
         &json!({"messages": [{"role": "user", "content": "Hi"}]}),

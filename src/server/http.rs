@@ -90,6 +90,7 @@ pub fn router(app: App) -> Router {
         .route("/completions", post(completions))
         .route("/models", get(models))
         .route("/embeddings", post(embeddings::embeddings))
+        .route("/live", get(health))
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
@@ -199,10 +200,10 @@ fn origin_allowed(allowed: &str, origin: &str) -> bool {
     }
 }
 
-/// Checks the API key (every route but the probes, `/health` and `/ready`) and counts
+/// Checks the API key (every route but the probes, `/live`, `/health` and `/ready`) and counts
 /// responses by status.
 async fn guard(State(app): State<App>, req: Request, next: Next) -> Response {
-    let open = matches!(req.uri().path(), "/health" | "/ready");
+    let open = matches!(req.uri().path(), "/live" | "/health" | "/ready");
     let resp = match (&app.api_key, open) {
         (Some(key), false) => {
             // `Authorization: Bearer KEY`, or `X-Api-Key: KEY` as llama-server also takes it
@@ -1031,7 +1032,8 @@ fn probe_body(app: &AppInner) -> (bool, Value) {
     )
 }
 
-/// Liveness: 200 while the process serves, draining included.
+/// `/live` and `/health` once loaded: 200 while the process serves, draining included (the
+/// loading placeholder answers `/live` 200 and `/health` 503).
 async fn health(State(app): State<App>) -> Response {
     json_response(StatusCode::OK, &probe_body(&app).1)
 }

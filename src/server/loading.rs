@@ -1,7 +1,9 @@
-//! The placeholder server that answers on the listener while the model loads: `/health` 200
-//! (the process is alive), `/ready` 503, anything else 503 with `Retry-After`. A load balancer
-//! or a Kubernetes readiness probe thus sees "alive, not ready" instead of a refused or
-//! hanging connection, and a liveness probe does not kill a replica that is still loading.
+//! The placeholder server that answers on the listener while the model loads: `/live` 200
+//! (the process is alive), `/health` and `/ready` 503 (`{"status": "loading"}`, as
+//! llama-server answers `/health` while it loads), anything else 503 with `Retry-After`. A
+//! load balancer or a Kubernetes readiness probe thus sees "alive, not ready" instead of a
+//! refused or hanging connection, and a liveness probe on `/live` does not kill a replica
+//! that is still loading.
 
 use std::net::TcpListener;
 use std::thread::JoinHandle;
@@ -94,7 +96,8 @@ impl Drop for Loading {
 
 fn router() -> Router {
     Router::new()
-        .route("/health", get(alive))
+        .route("/live", get(alive))
+        .route("/health", get(not_ready))
         .route("/ready", get(not_ready))
         .fallback(loading)
 }

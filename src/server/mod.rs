@@ -36,8 +36,10 @@
 //! - `POST /v1/embeddings` (and `/embeddings`): OpenAI's embeddings, last-token pooled and
 //!   L2-normalized, each input a prefill-only run batched with the generations; on with
 //!   [`ServerOptions::embeddings`] or a last-token embedder (see `embeddings`), else 501.
-//! - `GET /v1/models`, `GET /health` (liveness: 200 while the process serves, draining
-//!   included; `status` is `ok` or `draining`, with the active and queued counts), `GET /ready`
+//! - `GET /v1/models`, `GET /live` (liveness: 200 while the process serves, loading and
+//!   draining included), `GET /health` (as llama-server's: 503 while loading, then 200,
+//!   draining included; `status` is `loading`, `ok` or `draining`, with the active and queued
+//!   counts), `GET /ready`
 //!   (readiness: 200 when new requests are taken, 503 while draining, and while loading when
 //!   the caller started a [`Loading`] placeholder on the listener), `GET /metrics` (Prometheus
 //!   text; the names a gateway and an autoscaler read are listed in `metrics`), `POST /tokenize` (`prompt` or

@@ -91,6 +91,10 @@ def qwenrt(flags, model):
         elif f == "--reasoning-format":
             # llama-server's deepseek puts thinking in reasoning_content, as qwenrt's auto does
             args += [f, "none" if v == "none" else "auto"]
+        elif f == "--reasoning":
+            # llama-server's thinking switch: off renders with enable_thinking false
+            if v == "off":
+                args.append("--no-think")
         elif f == "-ctk":
             if v in ("f32", "bf16", "f16"):
                 args += ["--kv-dtype", v]
