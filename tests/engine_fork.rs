@@ -2,64 +2,19 @@
 //! prompt) and `logit_bias` at the engine: a fork continues exactly as its source, and a bias
 //! moves what every sampler mode picks.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+#[path = "support/small_engine.rs"]
+mod small;
 
 use qwenrt::engine::sampler::{LogitBias, SamplerParams, MAX_LOGIT_BIAS};
-use qwenrt::engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want};
-use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
-use qwenrt::model::weights::Weights;
+use qwenrt::engine::{EngineError, Feed, Numerics, Want};
 use qwenrt_kernels::Dtype;
-
-const SHAPE: SyntheticShape = SyntheticShape {
-    vocab: 512,
-    hidden: 128,
-    ffn: 256,
-    layers: 2,
-    heads: 4,
-    kv_heads: 2,
-    max_positions: 512,
-    tied: false,
-};
-
-fn model(tag: &str) -> (PathBuf, Arc<Weights>) {
-    let dir = std::env::temp_dir().join(format!("qwenrt-fork-{tag}-{}", std::process::id()));
-    write_synthetic_model(&dir, SHAPE, Dtype::BF16, 7).unwrap();
-    let w = Arc::new(Weights::load(&dir).unwrap());
-    (dir, w)
-}
-
-fn engine(w: &Arc<Weights>, kv_dtype: Dtype) -> Engine {
-    let opts = EngineOptions {
-        ctx: 64,
-        max_sequences: 3,
-        max_batch_tokens: 32,
-        threads: 1,
-        kv_dtype,
-        ..Default::default()
-    };
-    Engine::new(w.clone(), &opts).unwrap()
-}
-
-fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32]) {
-    let feed = Feed {
-        seq,
-        tokens,
-        numerics: Numerics::Prefill,
-        logits: Want::Last,
-    };
-    e.step(&[feed], &mut |_, _, _| {}).unwrap();
-}
-
-fn bits(l: &[f32]) -> Vec<u32> {
-    l.iter().map(|x| x.to_bits()).collect()
-}
+use small::*;
 
 const PROMPT: [u32; 11] = [3, 141, 59, 26, 5, 358, 97, 93, 238, 46, 264];
 
 #[test]
 fn a_fork_continues_bit_for_bit_as_its_source() {
-    let (dir, w) = model("bits");
+    let (dir, w) = small_model("fork-bits", 7);
     for kv in [Dtype::F32, Dtype::BF16] {
         let mut e = engine(&w, kv);
         let src = e.create_sequence(SamplerParams::greedy()).unwrap();
@@ -131,7 +86,7 @@ fn argmax(l: &[f32]) -> u32 {
 
 #[test]
 fn logit_bias_moves_what_every_sampler_mode_picks() {
-    let (dir, w) = model("bias");
+    let (dir, w) = small_model("fork-bias", 7);
     let mut e = engine(&w, Dtype::F32);
     let probe = e.create_sequence(SamplerParams::greedy()).unwrap();
     prefill(&mut e, probe, &PROMPT);

@@ -7,59 +7,15 @@
 #[path = "support/server_kit.rs"]
 mod kit;
 
-use std::path::PathBuf;
+#[path = "support/small_engine.rs"]
+mod small;
 
 use kit::*;
 use qwenrt::engine::prompt_cache::PromptCache;
 use qwenrt::engine::sampler::SamplerParams;
-use qwenrt::engine::{Engine, EngineError, EngineOptions, Feed, Numerics, SeqId, Want};
-use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
-use qwenrt::Weights;
+use qwenrt::engine::{EngineError, Feed, Numerics, Want};
 use qwenrt_kernels::Dtype;
-
-const SMALL: SyntheticShape = SyntheticShape {
-    vocab: 512,
-    hidden: 128,
-    ffn: 256,
-    layers: 2,
-    heads: 4,
-    kv_heads: 2,
-    max_positions: 512,
-    tied: false,
-};
-
-fn small_model(tag: &str) -> (PathBuf, Arc<Weights>) {
-    let dir = std::env::temp_dir().join(format!("qwenrt-pcache-{tag}-{}", std::process::id()));
-    write_synthetic_model(&dir, SMALL, Dtype::BF16, 11).unwrap();
-    let w = Arc::new(Weights::load(&dir).unwrap());
-    (dir, w)
-}
-
-fn engine(w: &Arc<Weights>, kv_dtype: Dtype) -> Engine {
-    let opts = EngineOptions {
-        ctx: 64,
-        max_sequences: 3,
-        max_batch_tokens: 64,
-        threads: 1,
-        kv_dtype,
-        ..Default::default()
-    };
-    Engine::new(w.clone(), &opts).unwrap()
-}
-
-fn prefill(e: &mut Engine, seq: SeqId, tokens: &[u32]) {
-    let feed = Feed {
-        seq,
-        tokens,
-        numerics: Numerics::Prefill,
-        logits: Want::Last,
-    };
-    e.step(&[feed], &mut |_, _, _| {}).unwrap();
-}
-
-fn bits(l: &[f32]) -> Vec<u32> {
-    l.iter().map(|x| x.to_bits()).collect()
-}
+use small::*;
 
 /// 21 tokens: two blocks of 8 and 5 more.
 const PROMPT: [u32; 21] = [
@@ -68,7 +24,7 @@ const PROMPT: [u32; 21] = [
 
 #[test]
 fn a_prefix_copied_in_gives_the_logits_of_prefilling_it_bit_for_bit() {
-    let (dir, w) = small_model("bits");
+    let (dir, w) = small_model("pcache-bits", 11);
     for kv in [Dtype::F32, Dtype::BF16, Dtype::F16] {
         let mut e = engine(&w, kv);
         let mut cache = PromptCache::new(4, 8, e.kv_row_bytes()).unwrap();
@@ -123,7 +79,7 @@ fn a_prefix_copied_in_gives_the_logits_of_prefilling_it_bit_for_bit() {
 
 #[test]
 fn export_and_import_refuse_bad_rows_and_change_nothing() {
-    let (dir, w) = small_model("refuse");
+    let (dir, w) = small_model("pcache-refuse", 11);
     let mut e = engine(&w, Dtype::BF16);
     let row = e.kv_row_bytes();
     // 2 layers x 2 kv heads x 32 dims, K and V, 2 bytes each
@@ -167,7 +123,7 @@ fn export_and_import_refuse_bad_rows_and_change_nothing() {
 
 #[test]
 fn blocks_are_keyed_by_their_whole_prefix_and_leave_least_recently_used_first() {
-    let (dir, w) = small_model("lru");
+    let (dir, w) = small_model("pcache-lru", 11);
     let mut e = engine(&w, Dtype::F32);
     let mut cache = PromptCache::new(3, 4, e.kv_row_bytes()).unwrap();
     assert_eq!(cache.stats().capacity_blocks, 3);
