@@ -799,10 +799,25 @@ fn active_tools(
 }
 
 /// The prompt text of a chat request: its messages (and tools) rendered by the model's chat
-/// template with the generation prompt, as `/apply-template` shows it.
+/// template with the generation prompt (what a chat completion feeds the model).
 pub fn render_chat(o: &Map<String, Value>, template: &ChatTemplate) -> Result<String, ApiError> {
     let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
     render_with(o, &messages, template, active_tools(o, template)?.as_ref())
+}
+
+/// The prompt text `/apply-template` shows: as [`render_chat`], but the tools (validated) are
+/// rendered even by a template whose tool-call syntax this server cannot read back, since
+/// nothing is generated.
+pub fn render_template(
+    o: &Map<String, Value>,
+    template: &ChatTemplate,
+) -> Result<String, ApiError> {
+    let messages = chat_messages(o.get("messages").unwrap_or(&Value::Null))?;
+    let tools = match tools::parse(o)? {
+        Some(t) if t.choice != ToolChoice::None => Some((t, template.tool_format())),
+        _ => None,
+    };
+    render_with(o, &messages, template, tools.as_ref())
 }
 
 /// [`render_chat`] with the request's messages and tools already read.

@@ -1121,7 +1121,7 @@ async fn tokenize(State(app): State<App>, body: Result<Bytes, BytesRejection>) -
 async fn apply_template(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
     let r = body_bytes(&app, body).and_then(|b| {
         let o = api::parse_object(&b)?;
-        let prompt = api::render_chat(&o, &app.template)?;
+        let prompt = api::render_template(&o, &app.template)?;
         Ok(json!({ "prompt": prompt }))
     });
     match r {

@@ -11,7 +11,8 @@
 //! Rendering follows transformers' `apply_chat_template`: Jinja with `trim_blocks` and
 //! `lstrip_blocks`, loop controls, Python's string and dict methods (minijinja-contrib's
 //! `pycompat`), `raise_exception(msg)`, `strftime_now(format)` (the UTC time now, as transformers gives
-//! templates that print today's date), and `tojson` as `json.dumps(x, ensure_ascii=False)`
+//! templates that print today's date; llama.cpp's `date_string` and `datetime` are set too),
+//! and `tojson` as `json.dumps(x, ensure_ascii=False)`
 //! (separators `", "` and `": "`, keys in their given order, `indent`, `separators`,
 //! `sort_keys`). Values print as Python prints them (`None`, `True`, `1.0`, `1e+16`).
 //!
@@ -509,6 +510,15 @@ impl ChatTemplate {
         );
         ctx.insert("bos_token".into(), Value::from(self.bos.as_str()));
         ctx.insert("eos_token".into(), Value::from(self.eos.as_str()));
+        // today's date as llama.cpp gives templates that print it (Llama 3.x, FireFunction),
+        // unless the caller set them
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ctx.entry("date_string".into())
+            .or_insert_with(|| Value::from(strftime("%d %b %Y", now)));
+        ctx.entry("datetime".into())
+            .or_insert_with(|| Value::from(strftime("%b %d %Y", now)));
         let ctx = Value::from(ctx);
         let template = self
             .env
@@ -968,5 +978,10 @@ mod tests {
         assert_eq!(strftime("%Y-%m-%d %A", 0), "1970-01-01 Thursday");
         let today = render_src("{{ strftime_now('%Y') }}", json!({})).unwrap();
         assert!(today.len() == 4 && today.starts_with("20"), "{today}");
+        // llama.cpp's date variables: "05 Dec 2026" and "Dec 05 2026"
+        let dates = render_src("{{ date_string }}|{{ datetime }}", json!({})).unwrap();
+        let (d, dt) = dates.split_once('|').unwrap();
+        assert_eq!((d.len(), dt.len()), (11, 11), "{dates}");
+        assert_eq!((&d[3..6], &d[7..]), (&dt[..3], &dt[7..]), "{dates}");
     }
 }
