@@ -302,18 +302,6 @@ fn completion_prompts_as_scoring_tools_send_them() {
     );
 }
 
-/// The log-softmax of `logits` in f64.
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    logits.iter().map(|&x| x as f64 - lse).collect()
-}
-
 /// The server's prompt log-probabilities are the engine's: the log-softmax of the logits a
 /// prefill of the same prompt gives (the server runs the same prefill numerics, and its
 /// log-sum-exp is summed in f64 there as here, so what is left is each value's f32 rounding:

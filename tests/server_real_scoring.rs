@@ -7,26 +7,13 @@
 //! about 20 of 0, so under 1e-5 with room). Also the
 //! `system_fingerprint` `qwenrt serve` derives from the model's sha256.
 
-use std::net::TcpListener;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+#[path = "support/server_kit.rs"]
+mod kit;
 
+use kit::*;
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::{Engine, EngineOptions, Feed, Numerics, Want};
-use qwenrt::server::{run_on, ServerOptions};
 use qwenrt::{Tokenizer, Weights};
-use serde_json::{json, Value};
-
-fn log_softmax(logits: &[f32]) -> Vec<f64> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    let lse = max
-        + logits
-            .iter()
-            .map(|&x| (x as f64 - max).exp())
-            .sum::<f64>()
-            .ln();
-    logits.iter().map(|&x| x as f64 - lse).collect()
-}
 
 #[test]
 fn echoed_prompt_logprobs_are_the_engines_on_the_default_model() {
@@ -66,9 +53,6 @@ fn echoed_prompt_logprobs_are_the_engines_on_the_default_model() {
             .unwrap();
     }
 
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
     let opts = ServerOptions {
         port: 0,
         parallel: 1,
@@ -77,29 +61,10 @@ fn echoed_prompt_logprobs_are_the_engines_on_the_default_model() {
         system_fingerprint: fingerprint.clone(),
         ..ServerOptions::default()
     };
-    let handle = std::thread::spawn(move || {
-        run_on(
-            listener,
-            weights,
-            tokenizer,
-            "qwen".into(),
-            opts,
-            async move {
-                let _ = rx.await;
-            },
-        )
-        .unwrap()
-    });
-    let t = Instant::now();
-    while ureq::get(&format!("{base}/health")).call().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(120), "no server");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let s = Server::start_serving(weights, tokenizer, opts);
     let body = json!({"prompt": prompt, "max_tokens": 0, "echo": true, "logprobs": 5});
-    let r = ureq::post(&format!("{base}/v1/completions"))
-        .send_string(&body.to_string())
-        .unwrap();
-    let v: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
+    let (status, v) = post(&s, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
     assert_eq!(v["system_fingerprint"], json!(fingerprint));
     assert!(fingerprint.ends_with(&qwenrt::hub::GGUF_SHA256[..12]));
     let c = &v["choices"][0];
@@ -131,6 +96,4 @@ fn echoed_prompt_logprobs_are_the_engines_on_the_default_model() {
     // the model finds "Rome" after "The capital of Italy is" likely
     let rome = ids.len() - 2;
     assert!(values[rome].as_f64().unwrap() > -2.0, "{}", values[rome]);
-    let _ = stop.send(());
-    handle.join().unwrap();
 }

@@ -58,20 +58,18 @@ impl Server {
 
     /// A server of `w` (with the real tokenizer) instead of the synthetic model.
     pub fn start_with(w: Arc<Weights>, opts: ServerOptions) -> Server {
+        Server::start_serving(w, tokenizer(), opts)
+    }
+
+    /// A server of `w` with `tok`.
+    pub fn start_serving(w: Arc<Weights>, tok: Tokenizer, opts: ServerOptions) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (stop, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = std::thread::spawn(move || {
-            run_on(
-                listener,
-                w,
-                tokenizer(),
-                "test-model".into(),
-                opts,
-                async move {
-                    let _ = rx.await;
-                },
-            )
+            run_on(listener, w, tok, "test-model".into(), opts, async move {
+                let _ = rx.await;
+            })
         });
         let s = Server {
             base,
@@ -204,4 +202,17 @@ pub fn post_header(s: &Server, path: &str, body: &Value, name: &str) -> (u16, Op
         Err(e) => panic!("transport error: {e}"),
     };
     (r.status(), r.header(name).map(str::to_string))
+}
+
+/// The log-softmax of `logits`, summed in f64: the reference the servers' log-probabilities
+/// are held to.
+pub fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let lse = max
+        + logits
+            .iter()
+            .map(|&x| (x as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
+    logits.iter().map(|&x| x as f64 - lse).collect()
 }
