@@ -436,15 +436,8 @@ impl Scheduler {
         let (seq, reused) = if let Some((i, c)) = best {
             let (seq, _) = self.idle.swap_remove(i);
             (seq, c.min(prompt.len() - 1))
-        } else if self.engine.live_sequences() < self.engine.max_sequences() {
-            (self.engine.create_sequence(job.req.params)?, 0)
         } else {
-            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
-                EngineError::NoFreeSequence {
-                    max: self.engine.max_sequences(),
-                },
-            )?;
-            (self.idle.swap_remove(lru).0, 0)
+            (self.new_or_lru(job.req.params)?, 0)
         };
         self.engine.truncate(seq, reused)?;
         let clean = &mut self.clean[seq.slot()];
@@ -469,20 +462,25 @@ impl Scheduler {
         Ok((seq, reused))
     }
 
+    /// A new sequence (sampling with `params`) while the engine has room, else the least
+    /// recently used idle one, taken from the idle list as it is (cache and sampler).
+    fn new_or_lru(&mut self, params: SamplerParams) -> Result<SeqId, EngineError> {
+        if self.engine.live_sequences() < self.engine.max_sequences() {
+            return self.engine.create_sequence(params);
+        }
+        let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
+            EngineError::NoFreeSequence {
+                max: self.engine.max_sequences(),
+            },
+        )?;
+        Ok(self.idle.swap_remove(lru).0)
+    }
+
     /// A sequence for another choice of a job whose prompt is `prompt` (it will be forked from
     /// the job's own): a new one, else the least recently used idle one; its sampler set to
     /// `params`, having seen the prompt (for the repetition penalty).
     fn spare(&mut self, prompt: &[u32], params: SamplerParams) -> Result<SeqId, EngineError> {
-        let seq = if self.engine.live_sequences() < self.engine.max_sequences() {
-            self.engine.create_sequence(params)?
-        } else {
-            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
-                EngineError::NoFreeSequence {
-                    max: self.engine.max_sequences(),
-                },
-            )?;
-            self.idle.swap_remove(lru).0
-        };
+        let seq = self.new_or_lru(params)?;
         self.engine.truncate(seq, 0)?;
         self.clean[seq.slot()] = 0;
         let sampler = self.engine.sampler_mut(seq)?;

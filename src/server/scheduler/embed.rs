@@ -160,18 +160,8 @@ impl Scheduler {
 
     /// A new sequence, else the least recently used idle one, emptied.
     fn empty_sequence(&mut self) -> Result<SeqId, EngineError> {
-        let seq = if self.engine.live_sequences() < self.engine.max_sequences() {
-            self.engine.create_sequence(SamplerParams::greedy())?
-        } else {
-            let lru = (0..self.idle.len()).min_by_key(|&i| self.idle[i].1).ok_or(
-                EngineError::NoFreeSequence {
-                    max: self.engine.max_sequences(),
-                },
-            )?;
-            let seq = self.idle.swap_remove(lru).0;
-            self.engine.reset(seq)?;
-            seq
-        };
+        let seq = self.new_or_lru(SamplerParams::greedy())?;
+        self.engine.reset(seq)?;
         // its rows are not a generation prompt's: the prompt cache does not take them
         self.clean[seq.slot()] = 0;
         Ok(seq)
