@@ -472,6 +472,14 @@ fn serve(
         .enable_all()
         .build()?;
     rt.block_on(async move {
+        // polled once before any address is announced: a signal future (tokio's) registers its
+        // handler on its first poll, and a SIGTERM sent by whoever read the announcement must
+        // find it there, not the default action
+        let shutdown = shutdown;
+        tokio::pin!(shutdown);
+        if futures_util::FutureExt::now_or_never(&mut shutdown).is_some() {
+            return Ok(());
+        }
         // one server per address, all closed by one signal
         let (close_tx, close_rx) = tokio::sync::watch::channel(false);
         let mut servers = Vec::with_capacity(listeners.len());
@@ -493,7 +501,7 @@ fn serve(
         tokio::pin!(server);
         tokio::select! {
             r = &mut server => return r.map(drop).map_err(ServerError::Io),
-            () = shutdown => {}
+            () = &mut shutdown => {}
         }
         // draining: the listener stays open, new work is refused, running work goes on
         app.draining.store(true, Ordering::Release);
