@@ -4,7 +4,7 @@
 //! directory (each runs in a fresh empty working directory with `QWENRT_HOME` pointed at an
 //! empty directory, so a stray default-model fetch or file write is caught too).
 //!
-//! The README's "Reliability" table lists these cases and their messages.
+//! The "Reliability" table of docs/reliability.md lists these cases and their messages.
 
 use std::collections::BTreeMap;
 use std::io::Write;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # llama.cpp's own server test suite, run against `qwenrt serve` and, as the control, against
-# llama-server, both on the same GGUF (see README, "Compatibility").
+# llama-server, both on the same GGUF (see docs/compatibility.md).
 #
 #   tests/compat/llama_server_suite.sh [qwenrt|llama-server|both]
 #

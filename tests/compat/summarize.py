@@ -37,7 +37,7 @@ def totals(directory):
 
 
 # Tests of llama-server's own API, which OpenAI clients never use: passing them is not the
-# goal (the README's compatibility section lists them with these reasons). Keyed by the test
+# goal (docs/compatibility.md lists them with these reasons). Keyed by the test
 # function's name (every parameter case of it).
 EXCEPTIONS = {
     # test_basic
