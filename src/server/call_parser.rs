@@ -6,11 +6,14 @@
 //! a call it reports the function's name as soon as it is complete and, for the JSON syntax,
 //! the raw text of the `arguments` value as it arrives, so the streamed fragments concatenate
 //! to exactly the non-streamed `function.arguments`. An answer that opens with a bare call
-//! ([`bare_opener`]) is read as calls too.
+//! ([`call_opener`]) is read as calls too: that is the Llama 3.x syntax's only JSON form (its
+//! arguments under `parameters`). Llama 3.x's `<|python_tag|>` takes the place of the tag: a
+//! JSON call after it streams as a bare one; a built-in call (`NAME.call(KEY=VALUE, ...)`) or
+//! code for an offered `python`/`code_interpreter` tool is read whole when the text ends.
 
 use serde_json::{Map, Value};
 
-use crate::server::tools::{bare_opener, Opener, Tools, CLOSE, OPEN};
+use crate::server::tools::{arguments_key, call_opener, Opener, Tools, CLOSE, OPEN, PYTHON_TAG};
 use crate::text::template::ToolCallFormat;
 
 /// One change to the answer's tool calls, in OpenAI's delta terms.
@@ -50,8 +53,13 @@ pub struct Call {
 /// Where the parser is.
 #[derive(Debug)]
 enum State {
-    /// Outside a call; `held` may be the start of [`OPEN`].
+    /// Outside a call; `held` may be the start of the tag (see [`CallParser::open_tag`]).
     Text,
+    /// After Llama 3.x's [`PYTHON_TAG`]: what follows it so far, until it is seen to be a JSON
+    /// call (then [`State::Call`]) or the text ends (then a built-in call or code).
+    Tagged {
+        buf: String,
+    },
     /// Inside a call: everything after the opening tag so far (for a bare call, its text
     /// from the `{`).
     Call {
@@ -199,6 +207,14 @@ impl CallParser {
         &self.calls
     }
 
+    /// The text that opens a call in this syntax.
+    fn open_tag(&self) -> &'static str {
+        match self.syntax {
+            ToolCallFormat::Llama3Json => PYTHON_TAG,
+            _ => OPEN,
+        }
+    }
+
     fn new_id(&self) -> String {
         let x = self
             .id_seed
@@ -226,7 +242,7 @@ impl CallParser {
                         }
                     }
                     if self.bare_ok {
-                        match bare_opener(self.held.as_bytes()) {
+                        match call_opener(self.held.as_bytes(), self.syntax) {
                             Opener::Maybe => return,
                             Opener::Yes => {
                                 let p = self.held.find('{').unwrap_or(0);
@@ -242,27 +258,50 @@ impl CallParser {
                             Opener::No => self.bare_ok = false,
                         }
                     }
-                    if let Some(p) = self.held.find(OPEN) {
+                    let open = self.open_tag();
+                    if let Some(p) = self.held.find(open) {
                         // whitespace before a call separates, it is not content
                         let before = self.held[..p].trim_end();
                         if !before.is_empty() {
                             out.push(CallEvent::Content(before.to_string()));
                         }
-                        self.held.drain(..p + OPEN.len());
+                        self.held.drain(..p + open.len());
+                        self.state = if open == PYTHON_TAG {
+                            State::Tagged { buf: String::new() }
+                        } else {
+                            State::Call {
+                                bare: false,
+                                buf: String::new(),
+                                name: None,
+                                sent: 0,
+                            }
+                        };
+                        continue;
+                    }
+                    // hold back a possible start of the tag and the whitespace before it
+                    let keep = partial_suffix(&self.held, open);
+                    let n = self.held[..self.held.len() - keep].trim_end().len();
+                    if n > 0 {
+                        out.push(CallEvent::Content(self.held.drain(..n).collect()));
+                    }
+                    return;
+                }
+                State::Tagged { buf } => {
+                    buf.push_str(&self.held);
+                    self.held.clear();
+                    let t = buf.trim_start();
+                    if t.starts_with('{') {
+                        // a JSON call after the tag (Llama 3.2 writes them so): a bare call
+                        self.held = t.to_string();
                         self.state = State::Call {
-                            bare: false,
+                            bare: true,
                             buf: String::new(),
                             name: None,
                             sent: 0,
                         };
                         continue;
                     }
-                    // hold back a possible start of the tag and the whitespace before it
-                    let keep = partial_suffix(&self.held, OPEN);
-                    let n = self.held[..self.held.len() - keep].trim_end().len();
-                    if n > 0 {
-                        out.push(CallEvent::Content(self.held.drain(..n).collect()));
-                    }
+                    // a built-in call or code, read whole when the text ends
                     return;
                 }
                 State::Call { bare, buf, .. } => {
@@ -309,12 +348,14 @@ impl CallParser {
         let body = &buf[..end];
         if name.is_none() {
             let found = match syntax {
-                ToolCallFormat::HermesJson | ToolCallFormat::None => value_offset(body, "name")
+                ToolCallFormat::HermesJson | ToolCallFormat::Llama3Json | ToolCallFormat::None => {
+                    value_offset(body, "name")
                     .and_then(|o| {
                         let v = &body[o..];
                         let e = json_value_end(v)?;
                         serde_json::from_str::<String>(&v[..e]).ok()
-                    }),
+                    })
+                }
                 ToolCallFormat::Qwen3CoderXml => body.find("<function=").and_then(|o| {
                     let r = &body[o + "<function=".len()..];
                     r.find('>').map(|e| r[..e].to_string())
@@ -330,7 +371,7 @@ impl CallParser {
             }
         }
         if name.is_some() && syntax != ToolCallFormat::Qwen3CoderXml {
-            if let Some(o) = value_offset(body, "arguments") {
+            if let Some(o) = value_offset(body, arguments_key(syntax)) {
                 let v = &body[o..];
                 let upto = json_value_end(v).unwrap_or_else(|| {
                     // while incomplete, keep back trailing whitespace (it may end the value)
@@ -367,8 +408,8 @@ impl CallParser {
         };
         let id = self.new_id();
         let arguments = match self.syntax {
-            ToolCallFormat::HermesJson | ToolCallFormat::None => {
-                let v = value_offset(&buf, "arguments")
+            ToolCallFormat::HermesJson | ToolCallFormat::Llama3Json | ToolCallFormat::None => {
+                let v = value_offset(&buf, arguments_key(self.syntax))
                     .map(|o| &buf[o..])
                     .unwrap_or("");
                 let end = json_value_end(v).unwrap_or(v.trim_end().len());
@@ -429,14 +470,107 @@ impl CallParser {
                     out.push(CallEvent::Content(t.to_string()));
                 }
             }
+            State::Tagged { ref mut buf } => {
+                let text = std::mem::take(buf);
+                self.state = State::Text;
+                match self.tagged_call(&text) {
+                    Some((name, arguments)) => {
+                        let (index, id) = (self.calls.len(), self.new_id());
+                        out.push(CallEvent::Start {
+                            index,
+                            id: id.clone(),
+                            name: name.clone(),
+                        });
+                        out.push(CallEvent::Arguments {
+                            index,
+                            fragment: arguments.clone(),
+                        });
+                        self.calls.push(Call {
+                            id,
+                            name,
+                            arguments,
+                        });
+                    }
+                    // not a call after all: the tag and its text are content
+                    None => out.push(CallEvent::Content(format!("{PYTHON_TAG}{text}"))),
+                }
+            }
             State::Call { .. } => {
                 let end = match &self.state {
                     State::Call { buf, .. } => buf.len(),
-                    State::Text => 0,
+                    _ => 0,
                 };
                 self.progress(end, out);
                 self.close(out);
             }
+        }
+    }
+
+    /// The call in what followed [`PYTHON_TAG`] (not JSON): a built-in call
+    /// `NAME.call(KEY=VALUE, ...)`, or else code, a call of the offered `python` (or
+    /// `code_interpreter`) tool with `{"code": ...}`, as llama.cpp reads them. `(name,
+    /// arguments)`.
+    fn tagged_call(&self, text: &str) -> Option<(String, String)> {
+        let text = text.trim();
+        if let Some(call) = dot_call(text) {
+            return Some(call);
+        }
+        let python = self
+            .params
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .find(|n| *n == "python" || *n == "code_interpreter")?;
+        (!text.is_empty()).then(|| {
+            (
+                python.to_string(),
+                serde_json::json!({ "code": text }).to_string(),
+            )
+        })
+    }
+}
+
+/// Reads `NAME.call(KEY=VALUE, ...)`, each value JSON, the whole of `text`: the name and the
+/// arguments as a JSON object text.
+fn dot_call(text: &str) -> Option<(String, String)> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let (name, mut rest) = text.split_once(".call(")?;
+    let name = name.trim();
+    if !word(name) {
+        return None;
+    }
+    let mut args = Map::new();
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix(')') {
+            return after
+                .trim()
+                .is_empty()
+                .then(|| (name.to_string(), Value::Object(args).to_string()));
+        }
+        let (key, value) = rest.split_once('=')?;
+        let key = key.trim();
+        if !word(key) {
+            return None;
+        }
+        let value = value.trim_start();
+        // a string, array or object ends where it closes; a number or literal at `,` or `)`
+        let end = if value.starts_with(['"', '[', '{']) {
+            json_value_end(value)?
+        } else {
+            value.find([',', ')'])?
+        };
+        let parsed: Value = serde_json::from_str(value[..end].trim()).ok()?;
+        args.insert(key.to_string(), parsed);
+        rest = value[end..].trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r;
+        } else if !rest.starts_with(')') {
+            return None;
         }
     }
 }
