@@ -609,7 +609,7 @@ fn xml_arguments(body: &str, schema: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::tools::parse;
+    use crate::server::tools::{bare_opener, parse};
     use serde_json::json;
 
     fn weather() -> Map<String, Value> {
@@ -696,6 +696,12 @@ mod tests {
         assert_eq!(bare_opener(b"{\"city\":"), Opener::No);
         assert_eq!(bare_opener(b"Sure"), Opener::No);
         assert_eq!(bare_opener(b"```json\n{\n  \"name\":"), Opener::Yes);
+        // Llama 3.x's calls may name their type first; Hermes's may not
+        let typed = b"{\"type\": \"function\", \"name\":";
+        assert_eq!(call_opener(typed, ToolCallFormat::Llama3Json), Opener::Yes);
+        assert_eq!(call_opener(&typed[..12], ToolCallFormat::Llama3Json), Opener::Maybe);
+        assert_eq!(call_opener(b"{\"type\": \"obj", ToolCallFormat::Llama3Json), Opener::No);
+        assert_eq!(call_opener(typed, ToolCallFormat::HermesJson), Opener::No);
         let args = "{\"city\": \"Paris\"}";
         for text in [
             format!("{{\"name\": \"get_weather\", \"arguments\": {args}}}"),
@@ -715,6 +721,86 @@ mod tests {
         let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let (content, calls) = merged(&run(&mut p, &["{\"city\": 1}"]));
         assert_eq!((content.as_str(), calls.len()), ("{\"city\": 1}", 0));
+    }
+
+    /// `pieces` of `text` split every `n` characters.
+    fn split(text: &str, n: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(n).map(|c| c.iter().collect()).collect()
+    }
+
+    fn llama3(text: &str, n: usize, tools: Option<&Tools>) -> (String, Vec<(String, String)>) {
+        let pieces = split(text, n);
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let mut p = CallParser::new(ToolCallFormat::Llama3Json, tools, 1);
+        let events = run(&mut p, &pieces);
+        let merged = merged(&events);
+        assert_eq!(p.calls().len(), merged.1.len());
+        merged
+    }
+
+    #[test]
+    fn llama3_json_calls_parse_the_same_whatever_the_split() {
+        let args = "{\"city\": \"Paris \\\"}\\\"\", \"days\": 2}";
+        let want = vec![("get_weather".to_string(), args.to_string())];
+        for text in [
+            format!("{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!("\n{{\"type\": \"function\", \"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!("<|python_tag|>{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!("```json\n{{\n  \"name\": \"get_weather\",\n  \"parameters\": {args}\n}}\n```"),
+        ] {
+            for n in [1, 2, 5, text.len()] {
+                assert_eq!(llama3(&text, n, None), (String::new(), want.clone()), "{text:?} / {n}");
+            }
+        }
+        // Hermes's key is not Llama's: such an object is a call without arguments
+        let (content, calls) = llama3("{\"name\": \"f\", \"arguments\": {\"x\": 1}}", 3, None);
+        assert_eq!((content.as_str(), calls), ("", vec![("f".into(), "{}".into())]));
+        // JSON that is not a call, and text before a would-be call, stay content
+        for text in [
+            "{\"type\": \"object\", \"name\": 1}",
+            "{\"city\": \"Paris\"}",
+            "Here: {\"name\": \"f\", \"parameters\": {}}",
+            "<tool_call>\n{\"name\": \"f\", \"parameters\": {}}\n</tool_call>",
+        ] {
+            for n in [1, 4, text.len()] {
+                assert_eq!(llama3(text, n, None), (text.to_string(), vec![]), "{text:?} / {n}");
+            }
+        }
+    }
+
+    #[test]
+    fn llama3_builtin_calls_and_code_after_the_python_tag() {
+        let text = "Searching.<|python_tag|>brave_search.call(query=\"a, b) c\", n=3, deep=true)";
+        for n in [1, 3, text.len()] {
+            let (content, calls) = llama3(text, n, None);
+            assert_eq!(content, "Searching.");
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            assert_eq!(calls[0].0, "brave_search");
+            let args: Value = serde_json::from_str(&calls[0].1).unwrap();
+            assert_eq!(args, json!({"query": "a, b) c", "n": 3, "deep": true}));
+        }
+        assert_eq!(
+            llama3("<|python_tag|>wolfram_alpha.call()", 2, None).1,
+            vec![("wolfram_alpha".to_string(), "{}".to_string())]
+        );
+        // code: a call of the offered python tool, else content as written
+        let code = "<|python_tag|>print('hello world')";
+        assert_eq!(llama3(code, 4, None), (code.to_string(), vec![]));
+        let python = json!({"tools": [{"type": "function", "function": {"name": "python",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}}}}]});
+        let tools = parse(python.as_object().unwrap()).unwrap().unwrap();
+        let (content, calls) = llama3(code, 4, Some(&tools));
+        assert_eq!(content, "");
+        assert_eq!(
+            calls,
+            vec![("python".to_string(), "{\"code\":\"print('hello world')\"}".to_string())]
+        );
+        // a malformed built-in call is not one
+        for bad in ["x.call(q=)", "x.call(q=\"a\"", "x.call(q=\"a\") extra", "a b.call()"] {
+            let text = format!("<|python_tag|>{bad}");
+            assert_eq!(llama3(&text, 3, None), (text.clone(), vec![]), "{bad}");
+        }
     }
 
     #[test]
