@@ -546,7 +546,12 @@ fn firefunction_v2_renders_as_llama_cpp_renders_it() {
     );
     // and the template's own checks still raise
     let e = t
-        .render(&json!([{"role": "robot", "content": "x"}]), None, true, &Map::new())
+        .render(
+            &json!([{"role": "robot", "content": "x"}]),
+            None,
+            true,
+            &Map::new(),
+        )
         .unwrap_err();
     assert!(matches!(e, TemplateError::Raised { .. }), "{e}");
 }
@@ -574,8 +579,13 @@ fn llama3_templates_teach_their_json_calls() {
             "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
         {"role": "tool", "content": "sunny"}
     ]);
-    let got = t.render(&msgs, Some(&weather_tool()), true, &Map::new()).unwrap();
-    assert!(got.contains("Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: "), "{got}");
+    let got = t
+        .render(&msgs, Some(&weather_tool()), true, &Map::new())
+        .unwrap();
+    assert!(
+        got.contains("Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: "),
+        "{got}"
+    );
     assert!(!got.contains("26 Jul 2024"), "{got}");
     assert!(got.contains("Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\""), "{got}");
     assert!(got.ends_with("Weather in Paris?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n\"sunny\"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"), "{got}");

@@ -553,7 +553,10 @@ fn llama3_calls_are_constrained_and_read_back() {
             streamed.into_iter().map(|(_, n, a)| (n, a)).collect();
         let whole = vec![(
             name,
-            calls[0]["function"]["arguments"].as_str().unwrap().to_string(),
+            calls[0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string(),
         )];
         assert_eq!(streamed, whole);
     }
@@ -574,7 +577,10 @@ fn llama3_calls_are_constrained_and_read_back() {
     );
     assert_eq!(code, 200, "{v}");
     let prompt = v["prompt"].as_str().unwrap();
-    assert!(prompt.contains("\"parameters\": dictionary of argument name"), "{prompt}");
+    assert!(
+        prompt.contains("\"parameters\": dictionary of argument name"),
+        "{prompt}"
+    );
     assert!(prompt.contains("\"name\": \"get_time\""), "{prompt}");
 }
 
@@ -590,7 +596,11 @@ fn tools_with_an_unknown_call_syntax_are_refused_by_name() {
         json!({"type": "function", "function": {"name": "get_time"}}),
     ] {
         let (code, v) = post(&s, "/v1/chat/completions", &tool_body(choice, true));
-        assert_eq!((code, v["error"]["param"].as_str()), (400, Some("tools")), "{v}");
+        assert_eq!(
+            (code, v["error"]["param"].as_str()),
+            (400, Some("tools")),
+            "{v}"
+        );
         let msg = v["error"]["message"].as_str().unwrap();
         assert!(msg.contains("has no tool-call format"), "{msg}");
     }

@@ -57,9 +57,7 @@ enum State {
     Text,
     /// After Llama 3.x's [`PYTHON_TAG`]: what follows it so far, until it is seen to be a JSON
     /// call (then [`State::Call`]) or the text ends (then a built-in call or code).
-    Tagged {
-        buf: String,
-    },
+    Tagged { buf: String },
     /// Inside a call: everything after the opening tag so far (for a bare call, its text
     /// from the `{`).
     Call {
@@ -349,8 +347,7 @@ impl CallParser {
         if name.is_none() {
             let found = match syntax {
                 ToolCallFormat::HermesJson | ToolCallFormat::Llama3Json | ToolCallFormat::None => {
-                    value_offset(body, "name")
-                    .and_then(|o| {
+                    value_offset(body, "name").and_then(|o| {
                         let v = &body[o..];
                         let e = json_value_end(v)?;
                         serde_json::from_str::<String>(&v[..e]).ok()
@@ -534,8 +531,7 @@ impl CallParser {
 fn dot_call(text: &str) -> Option<(String, String)> {
     let word = |w: &str| {
         !w.is_empty()
-            && w
-                .bytes()
+            && w.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
     let (name, mut rest) = text.split_once(".call(")?;
@@ -699,8 +695,14 @@ mod tests {
         // Llama 3.x's calls may name their type first; Hermes's may not
         let typed = b"{\"type\": \"function\", \"name\":";
         assert_eq!(call_opener(typed, ToolCallFormat::Llama3Json), Opener::Yes);
-        assert_eq!(call_opener(&typed[..12], ToolCallFormat::Llama3Json), Opener::Maybe);
-        assert_eq!(call_opener(b"{\"type\": \"obj", ToolCallFormat::Llama3Json), Opener::No);
+        assert_eq!(
+            call_opener(&typed[..12], ToolCallFormat::Llama3Json),
+            Opener::Maybe
+        );
+        assert_eq!(
+            call_opener(b"{\"type\": \"obj", ToolCallFormat::Llama3Json),
+            Opener::No
+        );
         assert_eq!(call_opener(typed, ToolCallFormat::HermesJson), Opener::No);
         let args = "{\"city\": \"Paris\"}";
         for text in [
@@ -745,17 +747,26 @@ mod tests {
         let want = vec![("get_weather".to_string(), args.to_string())];
         for text in [
             format!("{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
-            format!("\n{{\"type\": \"function\", \"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!(
+                "\n{{\"type\": \"function\", \"name\": \"get_weather\", \"parameters\": {args}}}"
+            ),
             format!("<|python_tag|>{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
             format!("```json\n{{\n  \"name\": \"get_weather\",\n  \"parameters\": {args}\n}}\n```"),
         ] {
             for n in [1, 2, 5, text.len()] {
-                assert_eq!(llama3(&text, n, None), (String::new(), want.clone()), "{text:?} / {n}");
+                assert_eq!(
+                    llama3(&text, n, None),
+                    (String::new(), want.clone()),
+                    "{text:?} / {n}"
+                );
             }
         }
         // Hermes's key is not Llama's: such an object is a call without arguments
         let (content, calls) = llama3("{\"name\": \"f\", \"arguments\": {\"x\": 1}}", 3, None);
-        assert_eq!((content.as_str(), calls), ("", vec![("f".into(), "{}".into())]));
+        assert_eq!(
+            (content.as_str(), calls),
+            ("", vec![("f".into(), "{}".into())])
+        );
         // JSON that is not a call, and text before a would-be call, stay content
         for text in [
             "{\"type\": \"object\", \"name\": 1}",
@@ -764,7 +775,11 @@ mod tests {
             "<tool_call>\n{\"name\": \"f\", \"parameters\": {}}\n</tool_call>",
         ] {
             for n in [1, 4, text.len()] {
-                assert_eq!(llama3(text, n, None), (text.to_string(), vec![]), "{text:?} / {n}");
+                assert_eq!(
+                    llama3(text, n, None),
+                    (text.to_string(), vec![]),
+                    "{text:?} / {n}"
+                );
             }
         }
     }
@@ -794,10 +809,18 @@ mod tests {
         assert_eq!(content, "");
         assert_eq!(
             calls,
-            vec![("python".to_string(), "{\"code\":\"print('hello world')\"}".to_string())]
+            vec![(
+                "python".to_string(),
+                "{\"code\":\"print('hello world')\"}".to_string()
+            )]
         );
         // a malformed built-in call is not one
-        for bad in ["x.call(q=)", "x.call(q=\"a\"", "x.call(q=\"a\") extra", "a b.call()"] {
+        for bad in [
+            "x.call(q=)",
+            "x.call(q=\"a\"",
+            "x.call(q=\"a\") extra",
+            "a b.call()",
+        ] {
             let text = format!("<|python_tag|>{bad}");
             assert_eq!(llama3(&text, 3, None), (text.clone(), vec![]), "{bad}");
         }

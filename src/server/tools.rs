@@ -542,6 +542,9 @@ mod tests {
         assert!(g.starts_with("start: LEAD? call  TAIL?"), "{g}");
         assert!(g.contains("\"required\":[\"name\",\"parameters\"]"), "{g}");
         let g = bare_grammar(&tools, ToolCallFormat::HermesJson);
-        assert!(g.starts_with("start: LEAD? call (\"\\n\" call)* TAIL?"), "{g}");
+        assert!(
+            g.starts_with("start: LEAD? call (\"\\n\" call)* TAIL?"),
+            "{g}"
+        );
     }
 }

@@ -578,7 +578,9 @@ impl ChatTemplate {
         let rest = detail
             .strip_prefix("tried to use + operator on unsupported types string and undefined")
             .or_else(|| {
-                detail.strip_prefix("tried to use + operator on unsupported types undefined and string")
+                detail.strip_prefix(
+                    "tried to use + operator on unsupported types undefined and string",
+                )
             })?;
         // minijinja names the undefined expression: " (`functions` is undefined...)"
         let name = rest.strip_prefix(" (`")?.split_once("` is undefined")?.0;
