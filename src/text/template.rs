@@ -15,6 +15,11 @@
 //! and `tojson` as `json.dumps(x, ensure_ascii=False)`
 //! (separators `", "` and `": "`, keys in their given order, `indent`, `separators`,
 //! `sort_keys`). Values print as Python prints them (`None`, `True`, `1.0`, `1e+16`).
+//! One departure, llama.cpp's: a variable that neither the template nor the caller sets, added
+//! to a string with `+`, reads as the empty string where Jinja raises (FireFunction v2's
+//! template adds an unset `functions` to its prompt); a render Jinja accepts is unchanged, at
+//! most [`MAX_EMPTIED`] variables per render are read so, and anything else done with an
+//! undefined value stays an error.
 //!
 //! Templates read from files are untrusted: each render runs on a fuel budget
 //! ([`RENDER_FUEL`], which bounds both the steps taken and the bytes produced), recursion is
@@ -44,6 +49,10 @@ pub const RECURSION_LIMIT: usize = 100;
 
 /// The largest template source accepted (real ones are under 20 KiB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// How many unset variables one render may read as empty where they are added to a string
+/// (each costs a render again; real templates have one, FireFunction v2's `functions`).
+pub const MAX_EMPTIED: usize = 8;
 
 /// Variables every render sets; extra variables may not use these names.
 const RESERVED: [&str; 5] = [
@@ -544,22 +553,20 @@ impl ChatTemplate {
             .expect("the template was added at construction");
         // llama.cpp's reading of a variable nobody set, added to a string: the empty string
         // (see `empty_when_added`); each retry sets one more of the template's free variables
-        for _ in 0..=self.free.len() {
+        let mut emptied = 0;
+        loop {
             let err = match template.render(Value::from(ctx.clone())) {
                 Ok(text) => return Ok(text),
                 Err(e) => e,
             };
             match self.empty_when_added(&err) {
-                Some(name) if !ctx.contains_key(name) => {
+                Some(name) if emptied < MAX_EMPTIED && !ctx.contains_key(name) => {
                     ctx.insert(name.to_string(), Value::from(""));
+                    emptied += 1;
                 }
                 _ => return Err(self.render_error(&err)),
             }
         }
-        Err(TemplateError::Render {
-            origin: self.origin.clone(),
-            message: "unset variables added to strings past the number the template reads".into(),
-        })
     }
 
     /// The free variable (read by the template, set by neither it nor the caller) whose use
@@ -1043,6 +1050,18 @@ mod tests {
             let err = render_src(src, ctx).unwrap_err();
             assert!(matches!(err, TemplateError::Render { .. }), "{src}: {err}");
         }
+        // at most MAX_EMPTIED of them per render (each is a render again)
+        let sum = |n: usize| (0..n).map(|i| format!("('-' + v{i})")).collect::<Vec<_>>();
+        let src = format!("{{{{ {} }}}}", sum(MAX_EMPTIED).join(" ~ "));
+        assert_eq!(
+            render_src(&src, json!({})).unwrap(),
+            "-".repeat(MAX_EMPTIED)
+        );
+        let src = format!("{{{{ {} }}}}", sum(1000).join(" ~ "));
+        let start = std::time::Instant::now();
+        let err = render_src(&src, json!({})).unwrap_err();
+        assert!(err.to_string().contains("`v8` is undefined"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
