@@ -495,3 +495,98 @@ fn odd_messages_render_or_fail_cleanly() {
     // both sides
     assert!(failures > 0 && failures < 1200, "{failures}");
 }
+
+/// A template from llama.cpp's `models/templates` (copied into the fixtures).
+fn llama_cpp_template(file: &str) -> ChatTemplate {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/chat_templates")
+        .join(file);
+    ChatTemplate::from_file(&p, "<|begin_of_text|>", "<|eot_id|>").unwrap()
+}
+
+fn weather_tool() -> Value {
+    json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+}
+
+/// FireFunction v2's template adds `functions`, which nobody sets, to its system prompt: Jinja
+/// raises, llama.cpp reads it as empty, and so does qwenrt (with or without tools); the date
+/// it prints is today's.
+#[test]
+fn firefunction_v2_renders_as_llama_cpp_renders_it() {
+    let t = llama_cpp_template("fireworks-ai-llama-3-firefunction-v2.jinja");
+    let msgs = json!([{"role": "user", "content": "What is today?"}]);
+    let tools = weather_tool();
+    let empty = json!([]);
+    let mut prompts = Vec::new();
+    for tools in [None, Some(&empty), Some(&tools)] {
+        let got = t.render(&msgs, tools, true, &Map::new()).unwrap();
+        assert!(got.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nYou are a helpful assistant with access to functions.\nIn addition to plain text"), "{got}");
+        // the unset `functions` is empty: the spec list ends, then today's date
+        let date = got
+            .split("Available functions as JSON spec:\n\nToday is ")
+            .nth(1)
+            .and_then(|r| r.split_once(".<|eot_id|>"))
+            .unwrap_or_else(|| panic!("{got}"))
+            .0;
+        // "%b %d %Y", e.g. "Dec 05 2026"
+        assert_eq!(date.len(), 11, "{date}");
+        assert!(date[7..].starts_with("20"), "{date}");
+        assert!(got.ends_with("<|start_header_id|>user<|end_header_id|>\n\nWhat is today?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"), "{got}");
+        prompts.push(got);
+    }
+    assert!(prompts.windows(2).all(|w| w[0] == w[1]));
+    // the caller's `functions` is used as given
+    let mut extra = Map::new();
+    extra.insert("functions".into(), json!("[{\"name\": \"f\"}]"));
+    let got = t.render(&msgs, None, true, &extra).unwrap();
+    assert!(
+        got.contains("Available functions as JSON spec:\n[{\"name\": \"f\"}]\nToday is "),
+        "{got}"
+    );
+    // and the template's own checks still raise
+    let e = t
+        .render(
+            &json!([{"role": "robot", "content": "x"}]),
+            None,
+            true,
+            &Map::new(),
+        )
+        .unwrap_err();
+    assert!(matches!(e, TemplateError::Raised { .. }), "{e}");
+}
+
+/// Llama 3.x's templates teach their own call syntax; 3.3's renders the tools into the first
+/// user message and today's date into the system message.
+#[test]
+fn llama3_templates_teach_their_json_calls() {
+    for file in [
+        "meta-llama-Llama-3.3-70B-Instruct.jinja",
+        "meta-llama-Llama-3.2-3B-Instruct.jinja",
+    ] {
+        assert_eq!(
+            llama_cpp_template(file).tool_format(),
+            ToolCallFormat::Llama3Json,
+            "{file}"
+        );
+    }
+    let firefunction = llama_cpp_template("fireworks-ai-llama-3-firefunction-v2.jinja");
+    assert_eq!(firefunction.tool_format(), ToolCallFormat::None);
+    let t = llama_cpp_template("meta-llama-Llama-3.3-70B-Instruct.jinja");
+    let msgs = json!([
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "tool_calls": [{"type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "sunny"}
+    ]);
+    let got = t
+        .render(&msgs, Some(&weather_tool()), true, &Map::new())
+        .unwrap();
+    assert!(
+        got.contains("Environment: ipython\nCutting Knowledge Date: December 2023\nToday Date: "),
+        "{got}"
+    );
+    assert!(!got.contains("26 Jul 2024"), "{got}");
+    assert!(got.contains("Respond in the format {\"name\": function name, \"parameters\": dictionary of argument name and its value}.Do not use variables.\n\n{\n    \"type\": \"function\",\n    \"function\": {\n        \"name\": \"get_weather\""), "{got}");
+    assert!(got.ends_with("Weather in Paris?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|><|start_header_id|>ipython<|end_header_id|>\n\n\"sunny\"<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"), "{got}");
+}

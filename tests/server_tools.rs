@@ -503,3 +503,115 @@ fn the_turn_after_a_tool_call_reuses_the_cached_prefix() {
         "cached {cached}, turn 1 prompt {first}: {v3}"
     );
 }
+
+/// The server options with a template from llama.cpp's `models/templates` (in the fixtures).
+fn opts_with(file: &str) -> ServerOptions {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/chat_templates")
+        .join(file);
+    let template = ChatTemplate::from_file(&path, "<|begin_of_text|>", "<|eot_id|>").unwrap();
+    ServerOptions {
+        chat_template: Arc::new(template),
+        ..kit::opts()
+    }
+}
+
+/// Llama 3.3's template: its untagged `{"name", "parameters"}` calls are constrained and read
+/// back, one per answer (its template renders one call per turn), streamed as not; the tools
+/// are shown in the first user message.
+#[test]
+fn llama3_calls_are_constrained_and_read_back() {
+    let s = Server::start(opts_with("meta-llama-Llama-3.3-70B-Instruct.jinja"));
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_time"}}),
+    ] {
+        let mut body = tool_body(choice.clone(), true);
+        let (code, full) = post(&s, "/v1/chat/completions", &body);
+        assert_eq!(code, 200, "{full}");
+        let choice0 = &full["choices"][0];
+        let calls = choice0["message"]["tool_calls"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{full}"));
+        assert_eq!(calls.len(), 1, "{full}");
+        let (name, _) = check_call(&calls[0]);
+        if choice.is_object() {
+            assert_eq!(name, "get_time");
+        }
+        assert_eq!(choice0["finish_reason"], "tool_calls", "{full}");
+        assert!(choice0["message"]["content"].is_null(), "{full}");
+        body["stream"] = json!(true);
+        let data = post_stream(&s, "/v1/chat/completions", &body);
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"));
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let (content, streamed, finish) = reassemble(&chunks);
+        assert_eq!((content.as_str(), finish.as_str()), ("", "tool_calls"));
+        let streamed: Vec<(String, String)> =
+            streamed.into_iter().map(|(_, n, a)| (n, a)).collect();
+        let whole = vec![(
+            name,
+            calls[0]["function"]["arguments"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )];
+        assert_eq!(streamed, whole);
+    }
+    // auto: whatever the model says, a 200 whose calls (if any) validate
+    let (code, v) = post(&s, "/v1/chat/completions", &tool_body(json!("auto"), true));
+    assert_eq!(code, 200, "{v}");
+    for c in v["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        check_call(c);
+    }
+    let (code, v) = post(
+        &s,
+        "/apply-template",
+        &json!({"messages": [{"role": "user", "content": "Weather?"}], "tools": weather_tools()}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let prompt = v["prompt"].as_str().unwrap();
+    assert!(
+        prompt.contains("\"parameters\": dictionary of argument name"),
+        "{prompt}"
+    );
+    assert!(prompt.contains("\"name\": \"get_time\""), "{prompt}");
+}
+
+/// A template whose call syntax qwenrt cannot read back (FireFunction v2's `functools[...]`):
+/// tools that may be called are a 400 naming `tools`; with `tool_choice: none` the tools are
+/// not shown and the answer is text; `/apply-template` still renders them.
+#[test]
+fn tools_with_an_unknown_call_syntax_are_refused_by_name() {
+    let s = Server::start(opts_with("fireworks-ai-llama-3-firefunction-v2.jinja"));
+    for choice in [
+        json!("required"),
+        json!("auto"),
+        json!({"type": "function", "function": {"name": "get_time"}}),
+    ] {
+        let (code, v) = post(&s, "/v1/chat/completions", &tool_body(choice, true));
+        assert_eq!(
+            (code, v["error"]["param"].as_str()),
+            (400, Some("tools")),
+            "{v}"
+        );
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("has no tool-call format"), "{msg}");
+    }
+    let (code, v) = post(&s, "/v1/chat/completions", &tool_body(json!("none"), true));
+    assert_eq!(code, 200, "{v}");
+    assert!(v["choices"][0]["message"]["tool_calls"].is_null(), "{v}");
+    let (code, v) = post(
+        &s,
+        "/apply-template",
+        &json!({"messages": [{"role": "user", "content": "Weather?"}], "tools": weather_tools()}),
+    );
+    assert_eq!(code, 200, "{v}");
+    assert!(v["prompt"].as_str().unwrap().contains("Today is "), "{v}");
+}

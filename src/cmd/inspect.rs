@@ -191,6 +191,7 @@ pub fn info(a: InfoArgs) -> Result<(), CliError> {
         match template.tool_format() {
             ToolCallFormat::HermesJson => "<tool_call> JSON",
             ToolCallFormat::Qwen3CoderXml => "<tool_call> XML (Qwen3-Coder)",
+            ToolCallFormat::Llama3Json => "bare JSON with \"parameters\" (Llama 3.x)",
             ToolCallFormat::None => "none",
         },
         if template.thinking() { "yes" } else { "no" }

@@ -938,13 +938,14 @@ fn guide(
         ToolChoice::Auto => {
             let on_bare = match syntax {
                 ToolCallFormat::Qwen3CoderXml => None,
-                _ => Some(compile(tools::bare_grammar(&t))?),
+                _ => Some(compile(tools::bare_grammar(&t, syntax))?),
             };
-            (
-                None,
-                Some(compile(tools::grammar(&t, syntax, true))?),
-                on_bare,
-            )
+            // Llama 3.x's calls have no opening tag: only a bare call is constrained
+            let on_call = match syntax {
+                ToolCallFormat::Llama3Json => None,
+                _ => Some(compile(tools::grammar(&t, syntax, true))?),
+            };
+            (None, on_call, on_bare)
         }
         _ => (
             Some(compile(tools::grammar(&t, syntax, false))?),

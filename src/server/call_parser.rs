@@ -6,11 +6,14 @@
 //! a call it reports the function's name as soon as it is complete and, for the JSON syntax,
 //! the raw text of the `arguments` value as it arrives, so the streamed fragments concatenate
 //! to exactly the non-streamed `function.arguments`. An answer that opens with a bare call
-//! ([`bare_opener`]) is read as calls too.
+//! ([`call_opener`]) is read as calls too: that is the Llama 3.x syntax's only JSON form (its
+//! arguments under `parameters`). Llama 3.x's `<|python_tag|>` takes the place of the tag: a
+//! JSON call after it streams as a bare one; a built-in call (`NAME.call(KEY=VALUE, ...)`) or
+//! code for an offered `python`/`code_interpreter` tool is read whole when the text ends.
 
 use serde_json::{Map, Value};
 
-use crate::server::tools::{bare_opener, Opener, Tools, CLOSE, OPEN};
+use crate::server::tools::{arguments_key, call_opener, Opener, Tools, CLOSE, OPEN, PYTHON_TAG};
 use crate::text::template::ToolCallFormat;
 
 /// One change to the answer's tool calls, in OpenAI's delta terms.
@@ -50,8 +53,11 @@ pub struct Call {
 /// Where the parser is.
 #[derive(Debug)]
 enum State {
-    /// Outside a call; `held` may be the start of [`OPEN`].
+    /// Outside a call; `held` may be the start of the tag (see [`CallParser::open_tag`]).
     Text,
+    /// After Llama 3.x's [`PYTHON_TAG`]: what follows it so far, until it is seen to be a JSON
+    /// call (then [`State::Call`]) or the text ends (then a built-in call or code).
+    Tagged { buf: String },
     /// Inside a call: everything after the opening tag so far (for a bare call, its text
     /// from the `{`).
     Call {
@@ -199,6 +205,14 @@ impl CallParser {
         &self.calls
     }
 
+    /// The text that opens a call in this syntax.
+    fn open_tag(&self) -> &'static str {
+        match self.syntax {
+            ToolCallFormat::Llama3Json => PYTHON_TAG,
+            _ => OPEN,
+        }
+    }
+
     fn new_id(&self) -> String {
         let x = self
             .id_seed
@@ -226,7 +240,7 @@ impl CallParser {
                         }
                     }
                     if self.bare_ok {
-                        match bare_opener(self.held.as_bytes()) {
+                        match call_opener(self.held.as_bytes(), self.syntax) {
                             Opener::Maybe => return,
                             Opener::Yes => {
                                 let p = self.held.find('{').unwrap_or(0);
@@ -242,27 +256,50 @@ impl CallParser {
                             Opener::No => self.bare_ok = false,
                         }
                     }
-                    if let Some(p) = self.held.find(OPEN) {
+                    let open = self.open_tag();
+                    if let Some(p) = self.held.find(open) {
                         // whitespace before a call separates, it is not content
                         let before = self.held[..p].trim_end();
                         if !before.is_empty() {
                             out.push(CallEvent::Content(before.to_string()));
                         }
-                        self.held.drain(..p + OPEN.len());
+                        self.held.drain(..p + open.len());
+                        self.state = if open == PYTHON_TAG {
+                            State::Tagged { buf: String::new() }
+                        } else {
+                            State::Call {
+                                bare: false,
+                                buf: String::new(),
+                                name: None,
+                                sent: 0,
+                            }
+                        };
+                        continue;
+                    }
+                    // hold back a possible start of the tag and the whitespace before it
+                    let keep = partial_suffix(&self.held, open);
+                    let n = self.held[..self.held.len() - keep].trim_end().len();
+                    if n > 0 {
+                        out.push(CallEvent::Content(self.held.drain(..n).collect()));
+                    }
+                    return;
+                }
+                State::Tagged { buf } => {
+                    buf.push_str(&self.held);
+                    self.held.clear();
+                    let t = buf.trim_start();
+                    if t.starts_with('{') {
+                        // a JSON call after the tag (Llama 3.2 writes them so): a bare call
+                        self.held = t.to_string();
                         self.state = State::Call {
-                            bare: false,
+                            bare: true,
                             buf: String::new(),
                             name: None,
                             sent: 0,
                         };
                         continue;
                     }
-                    // hold back a possible start of the tag and the whitespace before it
-                    let keep = partial_suffix(&self.held, OPEN);
-                    let n = self.held[..self.held.len() - keep].trim_end().len();
-                    if n > 0 {
-                        out.push(CallEvent::Content(self.held.drain(..n).collect()));
-                    }
+                    // a built-in call or code, read whole when the text ends
                     return;
                 }
                 State::Call { bare, buf, .. } => {
@@ -309,12 +346,13 @@ impl CallParser {
         let body = &buf[..end];
         if name.is_none() {
             let found = match syntax {
-                ToolCallFormat::HermesJson | ToolCallFormat::None => value_offset(body, "name")
-                    .and_then(|o| {
+                ToolCallFormat::HermesJson | ToolCallFormat::Llama3Json | ToolCallFormat::None => {
+                    value_offset(body, "name").and_then(|o| {
                         let v = &body[o..];
                         let e = json_value_end(v)?;
                         serde_json::from_str::<String>(&v[..e]).ok()
-                    }),
+                    })
+                }
                 ToolCallFormat::Qwen3CoderXml => body.find("<function=").and_then(|o| {
                     let r = &body[o + "<function=".len()..];
                     r.find('>').map(|e| r[..e].to_string())
@@ -330,7 +368,7 @@ impl CallParser {
             }
         }
         if name.is_some() && syntax != ToolCallFormat::Qwen3CoderXml {
-            if let Some(o) = value_offset(body, "arguments") {
+            if let Some(o) = value_offset(body, arguments_key(syntax)) {
                 let v = &body[o..];
                 let upto = json_value_end(v).unwrap_or_else(|| {
                     // while incomplete, keep back trailing whitespace (it may end the value)
@@ -367,8 +405,8 @@ impl CallParser {
         };
         let id = self.new_id();
         let arguments = match self.syntax {
-            ToolCallFormat::HermesJson | ToolCallFormat::None => {
-                let v = value_offset(&buf, "arguments")
+            ToolCallFormat::HermesJson | ToolCallFormat::Llama3Json | ToolCallFormat::None => {
+                let v = value_offset(&buf, arguments_key(self.syntax))
                     .map(|o| &buf[o..])
                     .unwrap_or("");
                 let end = json_value_end(v).unwrap_or(v.trim_end().len());
@@ -429,14 +467,106 @@ impl CallParser {
                     out.push(CallEvent::Content(t.to_string()));
                 }
             }
+            State::Tagged { ref mut buf } => {
+                let text = std::mem::take(buf);
+                self.state = State::Text;
+                match self.tagged_call(&text) {
+                    Some((name, arguments)) => {
+                        let (index, id) = (self.calls.len(), self.new_id());
+                        out.push(CallEvent::Start {
+                            index,
+                            id: id.clone(),
+                            name: name.clone(),
+                        });
+                        out.push(CallEvent::Arguments {
+                            index,
+                            fragment: arguments.clone(),
+                        });
+                        self.calls.push(Call {
+                            id,
+                            name,
+                            arguments,
+                        });
+                    }
+                    // not a call after all: the tag and its text are content
+                    None => out.push(CallEvent::Content(format!("{PYTHON_TAG}{text}"))),
+                }
+            }
             State::Call { .. } => {
                 let end = match &self.state {
                     State::Call { buf, .. } => buf.len(),
-                    State::Text => 0,
+                    _ => 0,
                 };
                 self.progress(end, out);
                 self.close(out);
             }
+        }
+    }
+
+    /// The call in what followed [`PYTHON_TAG`] (not JSON): a built-in call
+    /// `NAME.call(KEY=VALUE, ...)`, or else code, a call of the offered `python` (or
+    /// `code_interpreter`) tool with `{"code": ...}`, as llama.cpp reads them. `(name,
+    /// arguments)`.
+    fn tagged_call(&self, text: &str) -> Option<(String, String)> {
+        let text = text.trim();
+        if let Some(call) = dot_call(text) {
+            return Some(call);
+        }
+        let python = self
+            .params
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .find(|n| *n == "python" || *n == "code_interpreter")?;
+        (!text.is_empty()).then(|| {
+            (
+                python.to_string(),
+                serde_json::json!({ "code": text }).to_string(),
+            )
+        })
+    }
+}
+
+/// Reads `NAME.call(KEY=VALUE, ...)`, each value JSON, the whole of `text`: the name and the
+/// arguments as a JSON object text.
+fn dot_call(text: &str) -> Option<(String, String)> {
+    let word = |w: &str| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let (name, mut rest) = text.split_once(".call(")?;
+    let name = name.trim();
+    if !word(name) {
+        return None;
+    }
+    let mut args = Map::new();
+    loop {
+        rest = rest.trim_start();
+        if let Some(after) = rest.strip_prefix(')') {
+            return after
+                .trim()
+                .is_empty()
+                .then(|| (name.to_string(), Value::Object(args).to_string()));
+        }
+        let (key, value) = rest.split_once('=')?;
+        let key = key.trim();
+        if !word(key) {
+            return None;
+        }
+        let value = value.trim_start();
+        // a string, array or object ends where it closes; a number or literal at `,` or `)`
+        let end = if value.starts_with(['"', '[', '{']) {
+            json_value_end(value)?
+        } else {
+            value.find([',', ')'])?
+        };
+        let parsed: Value = serde_json::from_str(value[..end].trim()).ok()?;
+        args.insert(key.to_string(), parsed);
+        rest = value[end..].trim_start();
+        if let Some(r) = rest.strip_prefix(',') {
+            rest = r;
+        } else if !rest.starts_with(')') {
+            return None;
         }
     }
 }
@@ -475,7 +605,7 @@ fn xml_arguments(body: &str, schema: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::tools::parse;
+    use crate::server::tools::{bare_opener, parse};
     use serde_json::json;
 
     fn weather() -> Map<String, Value> {
@@ -562,6 +692,18 @@ mod tests {
         assert_eq!(bare_opener(b"{\"city\":"), Opener::No);
         assert_eq!(bare_opener(b"Sure"), Opener::No);
         assert_eq!(bare_opener(b"```json\n{\n  \"name\":"), Opener::Yes);
+        // Llama 3.x's calls may name their type first; Hermes's may not
+        let typed = b"{\"type\": \"function\", \"name\":";
+        assert_eq!(call_opener(typed, ToolCallFormat::Llama3Json), Opener::Yes);
+        assert_eq!(
+            call_opener(&typed[..12], ToolCallFormat::Llama3Json),
+            Opener::Maybe
+        );
+        assert_eq!(
+            call_opener(b"{\"type\": \"obj", ToolCallFormat::Llama3Json),
+            Opener::No
+        );
+        assert_eq!(call_opener(typed, ToolCallFormat::HermesJson), Opener::No);
         let args = "{\"city\": \"Paris\"}";
         for text in [
             format!("{{\"name\": \"get_weather\", \"arguments\": {args}}}"),
@@ -581,6 +723,107 @@ mod tests {
         let mut p = CallParser::new(ToolCallFormat::HermesJson, None, 1);
         let (content, calls) = merged(&run(&mut p, &["{\"city\": 1}"]));
         assert_eq!((content.as_str(), calls.len()), ("{\"city\": 1}", 0));
+    }
+
+    /// `pieces` of `text` split every `n` characters.
+    fn split(text: &str, n: usize) -> Vec<String> {
+        let chars: Vec<char> = text.chars().collect();
+        chars.chunks(n).map(|c| c.iter().collect()).collect()
+    }
+
+    fn llama3(text: &str, n: usize, tools: Option<&Tools>) -> (String, Vec<(String, String)>) {
+        let pieces = split(text, n);
+        let pieces: Vec<&str> = pieces.iter().map(String::as_str).collect();
+        let mut p = CallParser::new(ToolCallFormat::Llama3Json, tools, 1);
+        let events = run(&mut p, &pieces);
+        let merged = merged(&events);
+        assert_eq!(p.calls().len(), merged.1.len());
+        merged
+    }
+
+    #[test]
+    fn llama3_json_calls_parse_the_same_whatever_the_split() {
+        let args = "{\"city\": \"Paris \\\"}\\\"\", \"days\": 2}";
+        let want = vec![("get_weather".to_string(), args.to_string())];
+        for text in [
+            format!("{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!(
+                "\n{{\"type\": \"function\", \"name\": \"get_weather\", \"parameters\": {args}}}"
+            ),
+            format!("<|python_tag|>{{\"name\": \"get_weather\", \"parameters\": {args}}}"),
+            format!("```json\n{{\n  \"name\": \"get_weather\",\n  \"parameters\": {args}\n}}\n```"),
+        ] {
+            for n in [1, 2, 5, text.len()] {
+                assert_eq!(
+                    llama3(&text, n, None),
+                    (String::new(), want.clone()),
+                    "{text:?} / {n}"
+                );
+            }
+        }
+        // Hermes's key is not Llama's: such an object is a call without arguments
+        let (content, calls) = llama3("{\"name\": \"f\", \"arguments\": {\"x\": 1}}", 3, None);
+        assert_eq!(
+            (content.as_str(), calls),
+            ("", vec![("f".into(), "{}".into())])
+        );
+        // JSON that is not a call, and text before a would-be call, stay content
+        for text in [
+            "{\"type\": \"object\", \"name\": 1}",
+            "{\"city\": \"Paris\"}",
+            "Here: {\"name\": \"f\", \"parameters\": {}}",
+            "<tool_call>\n{\"name\": \"f\", \"parameters\": {}}\n</tool_call>",
+        ] {
+            for n in [1, 4, text.len()] {
+                assert_eq!(
+                    llama3(text, n, None),
+                    (text.to_string(), vec![]),
+                    "{text:?} / {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn llama3_builtin_calls_and_code_after_the_python_tag() {
+        let text = "Searching.<|python_tag|>brave_search.call(query=\"a, b) c\", n=3, deep=true)";
+        for n in [1, 3, text.len()] {
+            let (content, calls) = llama3(text, n, None);
+            assert_eq!(content, "Searching.");
+            assert_eq!(calls.len(), 1, "{calls:?}");
+            assert_eq!(calls[0].0, "brave_search");
+            let args: Value = serde_json::from_str(&calls[0].1).unwrap();
+            assert_eq!(args, json!({"query": "a, b) c", "n": 3, "deep": true}));
+        }
+        assert_eq!(
+            llama3("<|python_tag|>wolfram_alpha.call()", 2, None).1,
+            vec![("wolfram_alpha".to_string(), "{}".to_string())]
+        );
+        // code: a call of the offered python tool, else content as written
+        let code = "<|python_tag|>print('hello world')";
+        assert_eq!(llama3(code, 4, None), (code.to_string(), vec![]));
+        let python = json!({"tools": [{"type": "function", "function": {"name": "python",
+            "parameters": {"type": "object", "properties": {"code": {"type": "string"}}}}}]});
+        let tools = parse(python.as_object().unwrap()).unwrap().unwrap();
+        let (content, calls) = llama3(code, 4, Some(&tools));
+        assert_eq!(content, "");
+        assert_eq!(
+            calls,
+            vec![(
+                "python".to_string(),
+                "{\"code\":\"print('hello world')\"}".to_string()
+            )]
+        );
+        // a malformed built-in call is not one
+        for bad in [
+            "x.call(q=)",
+            "x.call(q=\"a\"",
+            "x.call(q=\"a\") extra",
+            "a b.call()",
+        ] {
+            let text = format!("<|python_tag|>{bad}");
+            assert_eq!(llama3(&text, 3, None), (text.clone(), vec![]), "{bad}");
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! Tool calls: the `tools` / `tool_choice` / `parallel_tool_calls` fields validated, and the
 //! grammar that constrains a call to the offered functions.
 //!
-//! Two syntaxes, as the chat templates teach them ([`ToolCallFormat`]):
+//! Three syntaxes, as the chat templates teach them ([`ToolCallFormat`]):
 //! - [`ToolCallFormat::HermesJson`] (Qwen2.5, Qwen3):
 //!   `<tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>`;
-//! - [`ToolCallFormat::Qwen3CoderXml`] (Qwen3-Coder): `<tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>`.
+//! - [`ToolCallFormat::Qwen3CoderXml`] (Qwen3-Coder): `<tool_call>\n<function=f>\n<parameter=p>\nvalue\n</parameter>\n</function>\n</tool_call>`;
+//! - [`ToolCallFormat::Llama3Json`] (Llama 3.1 to 3.3): the answer is the call, untagged,
+//!   `{"name": "f", "parameters": {...}}` (one per answer: the template renders one call per
+//!   assistant turn), or 3.1's built-in form `<|python_tag|>f.call(key="value")`.
 //!
 //! Small models often drop the tags in the JSON syntax and answer with the bare object,
 //! `{"name": "f", "arguments": {...}}`, sometimes in a code fence (the default 0.5B model does
@@ -23,6 +26,17 @@ use crate::text::template::ToolCallFormat;
 pub const OPEN: &str = "<tool_call>";
 /// The tag that closes a call.
 pub const CLOSE: &str = "</tool_call>";
+/// The token before a Llama 3.x built-in call (`<|python_tag|>brave_search.call(query="x")`),
+/// or code for its `python` tool.
+pub const PYTHON_TAG: &str = "<|python_tag|>";
+
+/// The key of a JSON call's arguments: `parameters` for Llama 3.x, `arguments` otherwise.
+pub fn arguments_key(syntax: ToolCallFormat) -> &'static str {
+    match syntax {
+        ToolCallFormat::Llama3Json => "parameters",
+        _ => "arguments",
+    }
+}
 
 /// One offered function.
 #[derive(Clone, Debug, PartialEq)]
@@ -233,20 +247,21 @@ pub fn parse(o: &Map<String, Value>) -> Result<Option<Tools>, ApiError> {
     }))
 }
 
-/// The JSON schema of one call in the JSON syntax: `name` first, then `arguments` valid for
-/// that function, nothing else; one alternative per function. `compact`: spaced exactly as
-/// the template prints a call; otherwise the blank space of any constrained JSON.
-fn call_schema(functions: &[&Function], compact: bool) -> Value {
+/// The JSON schema of one call in the JSON syntax: `name` first, then the arguments (under
+/// `key`, see [`arguments_key`]) valid for that function, nothing else; one alternative per
+/// function. `compact`: spaced exactly as the template prints a call; otherwise the blank
+/// space of any constrained JSON.
+fn call_schema(functions: &[&Function], key: &str, compact: bool) -> Value {
     let alts: Vec<Value> = functions
         .iter()
         .map(|f| {
+            let mut properties = Map::new();
+            properties.insert("name".into(), json!({"const": f.name}));
+            properties.insert(key.into(), f.parameters.clone());
             json!({
                 "type": "object",
-                "properties": {
-                    "name": {"const": f.name},
-                    "arguments": f.parameters,
-                },
-                "required": ["name", "arguments"],
+                "properties": properties,
+                "required": ["name", key],
                 "additionalProperties": false,
             })
         })
@@ -291,6 +306,35 @@ pub enum Opener {
 /// optional code fence (```` ``` ```` or ```` ```json ````) and blank space, then `{`, blank
 /// space, `"name"`, blank space and `:`.
 pub fn bare_opener(text: &[u8]) -> Opener {
+    opens_with(text, &[b"{", b"\"name\"", b":"])
+}
+
+/// [`bare_opener`] for the syntax a parser reads: Llama 3.x's calls may also open with
+/// `{"type": "function", "name":` (as llama.cpp reads them).
+pub fn call_opener(text: &[u8], syntax: ToolCallFormat) -> Opener {
+    let plain = bare_opener(text);
+    if syntax != ToolCallFormat::Llama3Json || plain == Opener::Yes {
+        return plain;
+    }
+    let typed = &[
+        &b"{"[..],
+        b"\"type\"",
+        b":",
+        b"\"function\"",
+        b",",
+        b"\"name\"",
+        b":",
+    ];
+    match (plain, opens_with(text, typed)) {
+        (_, Opener::Yes) => Opener::Yes,
+        (Opener::Maybe, _) | (_, Opener::Maybe) => Opener::Maybe,
+        _ => Opener::No,
+    }
+}
+
+/// Whether `text` is blank space, an optional code fence and blank space, then `words` with
+/// blank space between them.
+fn opens_with(text: &[u8], words: &[&[u8]]) -> Opener {
     let mut i = 0;
     let skip_ws = |i: &mut usize| {
         while *i < text.len() && text[*i].is_ascii_whitespace() {
@@ -323,7 +367,7 @@ pub fn bare_opener(text: &[u8]) -> Opener {
             }
         }
     }
-    for word in [&b"{"[..], b"\"name\"", b":"] {
+    for word in words {
         skip_ws(&mut i);
         match word_at(&mut i, word) {
             None => return Opener::Maybe,
@@ -336,16 +380,16 @@ pub fn bare_opener(text: &[u8]) -> Opener {
 
 /// The Lark grammar of an answer that is bare calls (see [`bare_opener`]), from the answer's
 /// first token: blank space and a code fence as the opening allows, the calls (one per line
-/// when parallel), the closing fence.
-pub fn bare_grammar(tools: &Tools) -> String {
-    let more = if tools.parallel {
+/// when parallel; always one in the Llama 3.x syntax), the closing fence.
+pub fn bare_grammar(tools: &Tools, syntax: ToolCallFormat) -> String {
+    let more = if tools.parallel && syntax != ToolCallFormat::Llama3Json {
         format!("({} call)*", lit("\n"))
     } else {
         String::new()
     };
     format!(
         "start: LEAD? call {more} TAIL?\nLEAD: /[ \\t\\r\\n]*```(json)?[ \\t\\r\\n]*|[ \\t\\r\\n]+/\nTAIL: /[ \\t\\r\\n]*```/\ncall: %json {}\n",
-        call_schema(&callable(tools), false)
+        call_schema(&callable(tools), arguments_key(syntax), false)
     )
 }
 
@@ -357,13 +401,24 @@ fn lit(s: &str) -> String {
 /// The Lark grammar (llguidance's dialect) of the calls `tools` allows. With `opened`, the
 /// grammar starts right after an `<tool_call>` the model wrote itself (`tool_choice: auto`);
 /// otherwise it starts at the first token of the answer (`required` or a named function).
-/// After the last call only the end of the turn may follow. `None` for the XML syntax with
-/// `opened` (its parameters are free text; the parser still checks the result).
+/// After the last call only the end of the turn may follow. The Llama 3.x syntax has no tag:
+/// its grammar is one call from the first token, `opened` or not.
 pub fn grammar(tools: &Tools, syntax: ToolCallFormat, opened: bool) -> String {
     let chosen = callable(tools);
     let body = match syntax {
+        ToolCallFormat::Llama3Json => {
+            // one call, as the template prints it: the model's next turn renders one call
+            return format!(
+                "start: call\ncall: %json {}\n",
+                call_schema(&chosen, arguments_key(syntax), true)
+            );
+        }
         ToolCallFormat::HermesJson | ToolCallFormat::None => {
-            format!("body: {} %json {}\n", lit("\n"), call_schema(&chosen, true))
+            format!(
+                "body: {} %json {}\n",
+                lit("\n"),
+                call_schema(&chosen, arguments_key(syntax), true)
+            )
         }
         ToolCallFormat::Qwen3CoderXml => {
             // one alternative per function: its name, then its declared parameters as
@@ -476,5 +531,20 @@ mod tests {
         assert!(g.contains("\"const\":\"get_weather\""), "{g}");
         let g = grammar(&tools, ToolCallFormat::HermesJson, true);
         assert!(g.starts_with("start: first"), "{g}");
+        // Llama 3.x: one untagged call, its arguments under "parameters", parallel or not
+        for opened in [false, true] {
+            let g = grammar(&tools, ToolCallFormat::Llama3Json, opened);
+            assert!(g.starts_with("start: call\ncall: %json {"), "{g}");
+            assert!(g.contains("\"parameters\":{"), "{g}");
+            assert!(!g.contains("arguments") && !g.contains(OPEN), "{g}");
+        }
+        let g = bare_grammar(&tools, ToolCallFormat::Llama3Json);
+        assert!(g.starts_with("start: LEAD? call  TAIL?"), "{g}");
+        assert!(g.contains("\"required\":[\"name\",\"parameters\"]"), "{g}");
+        let g = bare_grammar(&tools, ToolCallFormat::HermesJson);
+        assert!(
+            g.starts_with("start: LEAD? call (\"\\n\" call)* TAIL?"),
+            "{g}"
+        );
     }
 }

@@ -15,6 +15,11 @@
 //! and `tojson` as `json.dumps(x, ensure_ascii=False)`
 //! (separators `", "` and `": "`, keys in their given order, `indent`, `separators`,
 //! `sort_keys`). Values print as Python prints them (`None`, `True`, `1.0`, `1e+16`).
+//! One departure, llama.cpp's: a variable that neither the template nor the caller sets, added
+//! to a string with `+`, reads as the empty string where Jinja raises (FireFunction v2's
+//! template adds an unset `functions` to its prompt); a render Jinja accepts is unchanged, at
+//! most [`MAX_EMPTIED`] variables per render are read so, and anything else done with an
+//! undefined value stays an error.
 //!
 //! Templates read from files are untrusted: each render runs on a fuel budget
 //! ([`RENDER_FUEL`], which bounds both the steps taken and the bytes produced), recursion is
@@ -44,6 +49,10 @@ pub const RECURSION_LIMIT: usize = 100;
 
 /// The largest template source accepted (real ones are under 20 KiB).
 pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// How many unset variables one render may read as empty where they are added to a string
+/// (each costs a render again; real templates have one, FireFunction v2's `functions`).
+pub const MAX_EMPTIED: usize = 8;
 
 /// Variables every render sets; extra variables may not use these names.
 const RESERVED: [&str; 5] = [
@@ -161,6 +170,10 @@ pub enum ToolCallFormat {
     /// Qwen3-Coder's XML: `<tool_call>\n<function=NAME>\n<parameter=P>\nvalue\n</parameter>\n
     /// </function>\n</tool_call>`.
     Qwen3CoderXml,
+    /// Llama 3.1, 3.2 and 3.3's JSON, a whole answer with no tag:
+    /// `{"name": ..., "parameters": {...}}` (read with an optional `"type": "function"` before
+    /// the name), and 3.1's built-in calls `<|python_tag|>NAME.call(KEY=VALUE, ...)`.
+    Llama3Json,
     /// The template does not mention tool calls.
     None,
 }
@@ -172,6 +185,9 @@ impl ToolCallFormat {
             ToolCallFormat::Qwen3CoderXml
         } else if source.contains("<tool_call>") {
             ToolCallFormat::HermesJson
+        } else if source.contains("<|start_header_id|>") && source.contains("\"parameters\"") {
+            // Llama 3.x: its header tokens, and a call's arguments under "parameters"
+            ToolCallFormat::Llama3Json
         } else {
             ToolCallFormat::None
         }
@@ -270,6 +286,9 @@ pub struct ChatTemplate {
     eos: String,
     /// Extra variables every render gets unless the caller gives them (`--no-think`).
     defaults: serde_json::Map<String, serde_json::Value>,
+    /// The variables the template reads but never sets, other than the ones every render sets
+    /// and the environment's functions (sorted).
+    free: Vec<String>,
 }
 
 impl fmt::Debug for ChatTemplate {
@@ -357,12 +376,21 @@ impl ChatTemplate {
                 .map_or(0, |d| d.as_secs());
             strftime(&format, secs)
         });
+        // debug mode names the undefined value behind an error (what `empty_when_added` reads)
+        env.set_debug(true);
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| TemplateError::Syntax {
                 origin: origin.clone(),
                 message: describe(&e),
             })?;
+        let mut free: Vec<String> = env
+            .get_template(NAME)
+            .map(|t| t.undeclared_variables(false).into_iter().collect())
+            .unwrap_or_default();
+        free.retain(|v| !RESERVED.contains(&v.as_str()) && env.globals().all(|(g, _)| g != v));
+        free.sort();
         Ok(ChatTemplate {
+            free,
             env,
             tool_format: ToolCallFormat::detect(source),
             thinking: source.contains("enable_thinking") || source.contains("<think>"),
@@ -519,12 +547,51 @@ impl ChatTemplate {
             .or_insert_with(|| Value::from(strftime("%d %b %Y", now)));
         ctx.entry("datetime".into())
             .or_insert_with(|| Value::from(strftime("%b %d %Y", now)));
-        let ctx = Value::from(ctx);
         let template = self
             .env
             .get_template(NAME)
             .expect("the template was added at construction");
-        template.render(ctx).map_err(|e| self.render_error(&e))
+        // llama.cpp's reading of a variable nobody set, added to a string: the empty string
+        // (see `empty_when_added`); each retry sets one more of the template's free variables
+        let mut emptied = 0;
+        loop {
+            let err = match template.render(Value::from(ctx.clone())) {
+                Ok(text) => return Ok(text),
+                Err(e) => e,
+            };
+            match self.empty_when_added(&err) {
+                Some(name) if emptied < MAX_EMPTIED && !ctx.contains_key(name) => {
+                    ctx.insert(name.to_string(), Value::from(""));
+                    emptied += 1;
+                }
+                _ => return Err(self.render_error(&err)),
+            }
+        }
+    }
+
+    /// The free variable (read by the template, set by neither it nor the caller) whose use
+    /// caused `err`, when `err` is `+` between a string and that undefined variable.
+    ///
+    /// Jinja (and so transformers) raises there; llama.cpp reads the variable as the empty
+    /// string, and templates written for llama.cpp rely on it (FireFunction v2 adds an unset
+    /// `functions` to its system prompt). So such a render is run again with the variable set
+    /// to "": a render Jinja accepts is never changed, and any other error (an attribute of an
+    /// undefined value, arithmetic on it, a raised exception) stays an error.
+    fn empty_when_added(&self, err: &Error) -> Option<&str> {
+        if err.kind() != ErrorKind::InvalidOperation {
+            return None;
+        }
+        let detail = err.detail()?;
+        let rest = detail
+            .strip_prefix("tried to use + operator on unsupported types string and undefined")
+            .or_else(|| {
+                detail.strip_prefix(
+                    "tried to use + operator on unsupported types undefined and string",
+                )
+            })?;
+        // minijinja names the undefined expression: " (`functions` is undefined...)"
+        let name = rest.strip_prefix(" (`")?.split_once("` is undefined")?.0;
+        self.free.iter().map(String::as_str).find(|v| *v == name)
     }
 
     /// A one-turn prompt: a system message (when given; without one, a template such as
@@ -950,7 +1017,51 @@ mod tests {
             ToolCallFormat::detect("x <tool_call> y"),
             ToolCallFormat::HermesJson
         );
+        assert_eq!(
+            ToolCallFormat::detect(
+                "<|start_header_id|>assistant<|end_header_id|>{{- '\"parameters\": ' }}"
+            ),
+            ToolCallFormat::Llama3Json
+        );
         assert_eq!(ToolCallFormat::detect("{{ x }}"), ToolCallFormat::None);
+    }
+
+    #[test]
+    fn an_unset_variable_added_to_a_string_reads_as_empty() {
+        // llama.cpp's reading (FireFunction v2 adds an unset `functions` to its prompt)
+        let src = "{%- set s = 'A' + functions -%}{{ s ~ '|' ~ (unset + 'B') }}";
+        assert_eq!(render_src(src, json!({})).unwrap(), "A|B");
+        // given by the caller, the variable is used as given
+        assert_eq!(
+            render_src(src, json!({"functions": "F", "unset": "U"})).unwrap(),
+            "AF|UB"
+        );
+        // a render that succeeds is untouched: the variable is still undefined in it
+        let src = "{{ functions is defined }} {{ 'x' ~ functions }}";
+        assert_eq!(render_src(src, json!({})).unwrap(), "False x");
+        // anything else done with an unset variable, or with a caller's null, stays an error
+        for (src, ctx) in [
+            ("{{ 1 + functions }}", json!({})),
+            ("{{ 'a' + functions.name }}", json!({})),
+            ("{{ 'a' + d.missing }}", json!({"d": {}})),
+            ("{{ 'a' + n }}", json!({"n": null})),
+            ("{{ 'a' - functions }}", json!({})),
+        ] {
+            let err = render_src(src, ctx).unwrap_err();
+            assert!(matches!(err, TemplateError::Render { .. }), "{src}: {err}");
+        }
+        // at most MAX_EMPTIED of them per render (each is a render again)
+        let sum = |n: usize| (0..n).map(|i| format!("('-' + v{i})")).collect::<Vec<_>>();
+        let src = format!("{{{{ {} }}}}", sum(MAX_EMPTIED).join(" ~ "));
+        assert_eq!(
+            render_src(&src, json!({})).unwrap(),
+            "-".repeat(MAX_EMPTIED)
+        );
+        let src = format!("{{{{ {} }}}}", sum(1000).join(" ~ "));
+        let start = std::time::Instant::now();
+        let err = render_src(&src, json!({})).unwrap_err();
+        assert!(err.to_string().contains("`v8` is undefined"), "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
