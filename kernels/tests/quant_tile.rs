@@ -1,20 +1,22 @@
 //! The register-tiled many-input kernels (the decode step's rows as a GEMM):
 //! - `ops::gemm_repacked_prepared` (repacked Q4_0 / Q5_0 / Q8_0, AVX512-VNNI);
+//! - `ops::gemm_q_prepared` (ggml-layout Q4_0 / Q5_0 / Q4_K / Q5_K / Q6_K, AVX512-VNNI);
 //!
 //! each against the scalar reference (`quant::matvec_ref`, within what quantizing the input to
 //! 8 bits can change plus f32 rounding) and bit for bit against the single-input kernel on each
 //! input alone, over awkward shapes: 1, 2, 7, 8, 9, 31 and 33 inputs, weight rows that are no
 //! multiple of the register block or of the row tile, rows with a partial last group. The
-//! dispatching entry points (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows` on 1 and 2
-//! threads, with and without VNNI) give the same bits whichever kernel they pick.
+//! dispatching entry points (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows`,
+//! `par::matvec_q_rows`, on 1 and 2 threads, under every ISA this CPU has, with and without
+//! VNNI) give each ISA's single-input bits whichever kernel they pick.
 //!
 //! Weights, prepared inputs and outputs end exactly at the end of their allocations.
 
 mod common;
 
 use common::{random_weights, random_x, Rng};
-use qwenrt_kernels::ops;
-use qwenrt_kernels::quant::{self, QuantType};
+use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::quant::{self, q8_len, QuantType};
 use qwenrt_kernels::{par, Cpu, Isa, ThreadPool};
 
 /// Input counts of the awkward shapes.
@@ -175,4 +177,113 @@ fn repacked_tile_refuses_without_vnni() {
     let mut y = vec![0f32; 1];
     let cpu = Cpu::from(Isa::Scalar);
     ops::gemm_repacked_prepared(cpu, QuantType::Q8_0, &w, cols, 1, &s, &mut y);
+}
+
+/// The CPUs to check the dispatch under: every ISA this machine has, each with and without
+/// VNNI.
+fn all_cpus() -> Vec<Cpu> {
+    let mut v = Vec::new();
+    for c in Cpu::available() {
+        v.push(c);
+        if c.vnni() {
+            v.push(c.without_vnni());
+        }
+    }
+    v
+}
+
+/// `n` outputs of `rows` from `ops::matvec_q` on each input alone, under `cpu`.
+fn q_alone(cpu: Cpu, qt: QuantType, w: &[u8], cols: usize, xs: &[Vec<f32>], rows: usize) -> Vec<f32> {
+    let mut out = vec![0f32; xs.len() * rows];
+    for (x, y) in xs.iter().zip(out.chunks_exact_mut(rows)) {
+        let mut b = exact(&vec![0f32; q8_len(cols)]);
+        let qx = QuantX::new(cpu, x, &mut b);
+        let mut yy = exact(&vec![f32::NAN; rows]);
+        ops::matvec_q(cpu, qt, w, &qx, &mut yy);
+        y.copy_from_slice(&yy);
+    }
+    out
+}
+
+fn check_q(qt: QuantType, widths: &[usize]) {
+    let mut rng = Rng(0x9e3 ^ qt.block_bytes() as u64);
+    let pools = [ThreadPool::new(1).unwrap(), ThreadPool::new(2).unwrap()];
+    let cpus = all_cpus();
+    let n_max = *INPUTS.iter().max().unwrap();
+    for &cols in widths {
+        for rows in [1, 3, 17, 50] {
+            let w = exact(&random_weights(qt, rows, cols, &mut rng));
+            let xs: Vec<Vec<f32>> = (0..n_max).map(|_| random_x(cols, &mut rng)).collect();
+            let alone: Vec<Vec<f32>> = cpus
+                .iter()
+                .map(|&c| q_alone(c, qt, &w, cols, &xs, rows))
+                .collect();
+            for n in INPUTS {
+                let ctx = format!("{qt} {rows}x{cols} n={n}");
+                let x: Vec<f32> = xs[..n].concat();
+                // the tiled kernel itself, whatever n
+                if let Some(cpu) = vnni512().filter(|&c| ops::q_tile_runs(c, qt, cols)) {
+                    let mut bufs: Vec<Vec<f32>> = (0..n).map(|_| vec![0f32; q8_len(cols)]).collect();
+                    let qx: Vec<QuantX<'_>> = xs[..n]
+                        .iter()
+                        .zip(bufs.iter_mut())
+                        .map(|(x, b)| QuantX::new(cpu, x, b))
+                        .collect();
+                    let mut px = exact(&vec![0f32; n * ops::q_tile_x_len(cols)]);
+                    ops::prepare_q_tile(cpu, qt, &qx, &mut px);
+                    let mut y = exact(&vec![f32::NAN; n * rows]);
+                    ops::gemm_q_prepared(cpu, qt, &w, cols, n, &px, &mut y);
+                    let i = cpus.iter().position(|&c| c == cpu).unwrap();
+                    assert_eq!(bits(&y), bits(&alone[i][..n * rows]), "{ctx}: tiled kernel vs each input alone");
+                    near_reference(qt, &w, cols, &xs[..n], &y, &ctx);
+                }
+                // the dispatch under every ISA, on 1 and 2 threads
+                for (&c, want) in cpus.iter().zip(&alone) {
+                    for pool in &pools {
+                        let mut s = exact(&vec![0f32; par::quant_scratch_len(n, cols)]);
+                        let mut y = exact(&vec![f32::NAN; n * rows]);
+                        par::matvec_q_rows(pool, c, qt, &w, cols, &x, &mut s, &mut y);
+                        let nt = pool.n_threads();
+                        assert_eq!(bits(&y), bits(&want[..n * rows]), "{ctx} {c} threads={nt}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn ggml_q4_0() {
+    check_q(QuantType::Q4_0, &[32, 544, 896]);
+}
+
+#[test]
+fn ggml_q5_0() {
+    check_q(QuantType::Q5_0, &[32, 544, 896]);
+}
+
+/// 768 columns: a last group of one superblock (8 units).
+#[test]
+fn ggml_q4_k() {
+    check_q(QuantType::Q4K, &[256, 768, 1024]);
+}
+
+#[test]
+fn ggml_q5_k() {
+    check_q(QuantType::Q5K, &[256, 768]);
+}
+
+#[test]
+fn ggml_q6_k() {
+    check_q(QuantType::Q6K, &[256, 768, 1024]);
+}
+
+/// Q8_0 keeps the matvec (its quants are signed); the tiled entry points refuse it.
+#[test]
+#[should_panic(expected = "no tiled kernel for Q8_0")]
+fn ggml_tile_refuses_q8_0() {
+    let cpu = Cpu::from(Isa::detect());
+    let w = vec![0u8; 34];
+    let mut y = vec![0f32; 1];
+    ops::gemm_q_prepared(cpu, QuantType::Q8_0, &w, 32, 1, &[0.0; 160], &mut y);
 }

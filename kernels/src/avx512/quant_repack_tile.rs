@@ -20,9 +20,9 @@ use super::quant_repack::{PreparedX, RQ4_0, RQ5_0, RQ8_0};
 use super::{lanes, prefetch, PREFETCH_BYTES};
 
 /// Weight rows of one register block.
-pub const RW: usize = 2;
+pub const RW: usize = 4;
 /// Inputs of one register block.
-pub const TI: usize = 4;
+pub const TI: usize = 3;
 /// Rows unpacked together at most: each input block runs over all of them before the next.
 pub const TILE_ROWS: usize = 16;
 /// 64-byte vectors of the stack buffer the unpacked row tile lives in (64 KiB).
@@ -143,10 +143,8 @@ unsafe fn group<const K: u8, const R: usize, const T: usize, const FULL: bool>(
         let m = lanes(n);
         let zero = _mm512_setzero_si512();
         let step = 4 * n;
-        let mut dx = [_mm512_setzero_ps(); T];
         let mut init = [zero; T];
         for t in 0..T {
-            dx[t] = _mm512_maskz_loadu_ps(m, xs[t].d);
             let isum = _mm512_maskz_loadu_epi32(m, xs[t].isum);
             init[t] = match K {
                 RQ4_0 => _mm512_sub_epi32(zero, _mm512_slli_epi32::<3>(isum)),
@@ -167,6 +165,7 @@ unsafe fn group<const K: u8, const R: usize, const T: usize, const FULL: bool>(
                 }
             }
         }
+        let dx: [__m512; T] = std::array::from_fn(|t| _mm512_maskz_loadu_ps(m, xs[t].d));
         for r in 0..R {
             let dw = _mm512_loadu_ps(wg[r].add(8).cast());
             for t in 0..T {
@@ -296,7 +295,9 @@ unsafe fn body<const K: u8>(
                     1 => rows_of::<K, 1>(bp, rt, row_vecs, units, xt, yt, ldy),
                     2 => rows_of::<K, 2>(bp, rt, row_vecs, units, xt, yt, ldy),
                     3 => rows_of::<K, 3>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    _ => rows_of::<K, 4>(bp, rt, row_vecs, units, xt, yt, ldy),
+                    4 if TI > 4 => rows_of::<K, 4>(bp, rt, row_vecs, units, xt, yt, ldy),
+                    5 if TI > 5 => rows_of::<K, 5>(bp, rt, row_vecs, units, xt, yt, ldy),
+                    _ => rows_of::<K, TI>(bp, rt, row_vecs, units, xt, yt, ldy),
                 }
             }
         }
