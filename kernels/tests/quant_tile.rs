@@ -160,7 +160,11 @@ fn repacked_extreme_quants() {
                 let mut one = vec![0f32; rows];
                 ops::matvec_repacked_prepared(cpu, qt, &wr, cols, 1, &s, &mut one);
                 for t in 0..n {
-                    assert_eq!(bits(&y[t * rows..(t + 1) * rows]), bits(&one), "{qt} {fill:#x}");
+                    assert_eq!(
+                        bits(&y[t * rows..(t + 1) * rows]),
+                        bits(&one),
+                        "{qt} {fill:#x}"
+                    );
                 }
                 near_reference(qt, &w, cols, &xs, &y, &format!("{qt} fill {fill:#x}"));
             }
@@ -193,7 +197,14 @@ fn all_cpus() -> Vec<Cpu> {
 }
 
 /// `n` outputs of `rows` from `ops::matvec_q` on each input alone, under `cpu`.
-fn q_alone(cpu: Cpu, qt: QuantType, w: &[u8], cols: usize, xs: &[Vec<f32>], rows: usize) -> Vec<f32> {
+fn q_alone(
+    cpu: Cpu,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    xs: &[Vec<f32>],
+    rows: usize,
+) -> Vec<f32> {
     let mut out = vec![0f32; xs.len() * rows];
     for (x, y) in xs.iter().zip(out.chunks_exact_mut(rows)) {
         let mut b = exact(&vec![0f32; q8_len(cols)]);
@@ -223,7 +234,8 @@ fn check_q(qt: QuantType, widths: &[usize]) {
                 let x: Vec<f32> = xs[..n].concat();
                 // the tiled kernel itself, whatever n
                 if let Some(cpu) = vnni512().filter(|&c| ops::q_tile_runs(c, qt, cols)) {
-                    let mut bufs: Vec<Vec<f32>> = (0..n).map(|_| vec![0f32; q8_len(cols)]).collect();
+                    let mut bufs: Vec<Vec<f32>> =
+                        (0..n).map(|_| vec![0f32; q8_len(cols)]).collect();
                     let qx: Vec<QuantX<'_>> = xs[..n]
                         .iter()
                         .zip(bufs.iter_mut())
@@ -234,7 +246,11 @@ fn check_q(qt: QuantType, widths: &[usize]) {
                     let mut y = exact(&vec![f32::NAN; n * rows]);
                     ops::gemm_q_prepared(cpu, qt, &w, cols, n, &px, &mut y);
                     let i = cpus.iter().position(|&c| c == cpu).unwrap();
-                    assert_eq!(bits(&y), bits(&alone[i][..n * rows]), "{ctx}: tiled kernel vs each input alone");
+                    assert_eq!(
+                        bits(&y),
+                        bits(&alone[i][..n * rows]),
+                        "{ctx}: tiled kernel vs each input alone"
+                    );
                     near_reference(qt, &w, cols, &xs[..n], &y, &ctx);
                 }
                 // the dispatch under every ISA, on 1 and 2 threads

@@ -304,7 +304,15 @@ unsafe fn gemm_repacked_raw(
         // SAFETY: forwarded contract; each input's pointers cover its prepared words; y's
         // rows t0..t0 + g are inside the contract's.
         unsafe {
-            avx512::gemm_repacked(k, w.as_ptr(), rows, units, &xs[..g], y.wrapping_add(t0 * ldy), ldy)
+            avx512::gemm_repacked(
+                k,
+                w.as_ptr(),
+                rows,
+                units,
+                &xs[..g],
+                y.wrapping_add(t0 * ldy),
+                ldy,
+            )
         }
     }
 }

@@ -67,7 +67,9 @@ pub fn prepare_q_tile(cpu: impl Into<Cpu>, qt: QuantType, xs: &[QuantX<'_>], out
             let (c, grp) = chunk;
             for (slot, x) in q.iter_mut().zip(grp) {
                 assert_eq!(x.cols(), cols, "prepare_q_tile: inputs of different widths");
-                *slot = x.q8().expect("prepare_q_tile: input not quantized for a SIMD ISA");
+                *slot = x
+                    .q8()
+                    .expect("prepare_q_tile: input not quantized for a SIMD ISA");
             }
             // SAFETY: AVX-512 (q_tile_runs); qt is not Q8_0 (q_tile_runs); every input holds
             // `cols` quantized columns (checked); out holds this chunk's words (checked).

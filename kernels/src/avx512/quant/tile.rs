@@ -161,8 +161,7 @@ unsafe fn group<F: Fmt, const R: usize, const T: usize>(
             }
         }
         let dx: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xg[t].add(v_n).cast()));
-        let sx: [__m512; T] =
-            std::array::from_fn(|t| _mm512_loadu_ps(xg[t].add(v_n + 1).cast()));
+        let sx: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xg[t].add(v_n + 1).cast()));
         for r in 0..R {
             let scale = _mm512_loadu_ps(wg[r].add(v_n).cast());
             let bias = _mm512_loadu_ps(wg[r].add(v_n + 1).cast());
