@@ -2,7 +2,12 @@
 //! `ops::REPACKED_GEMM_MIN` inputs, at Qwen2.5-0.5B's decode shapes, one thread, AVX512-VNNI:
 //! - `tiled`: `ops::gemm_repacked_prepared` on all `n` inputs in one call;
 //! - `matvec4`: `ops::matvec_repacked_prepared` on the inputs 4 at a time (its widest call:
-//!   each weight group unpacked once per 4 inputs), one call per 4 inputs.
+//!   each weight group unpacked once per 4 inputs), one call per 4 inputs;
+//!
+//! and for the ggml layout (Q4_K and Q6_K, the default file's `ffn_down`):
+//! - `tiled`: `ops::prepare_q_tile` then `ops::gemm_q_prepared` on all `n` inputs (the
+//!   preparation is per call, so it is timed);
+//! - `matvec4`: `ops::matvec_q_rows` on the inputs 4 at a time.
 //!
 //! Inputs are prepared outside the timed loop. The `flops` groups count `2 * rows * cols * n`
 //! per call, so criterion's rate reads as GFLOP/s (`Gelem/s`); the `bytes` groups count the
@@ -13,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::ops;
+use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, QuantType};
 use qwenrt_kernels::{Cpu, Isa};
 
@@ -114,9 +119,63 @@ fn bench_repacked(c: &mut Criterion) {
     }
 }
 
+fn bench_ggml(c: &mut Criterion) {
+    let cpu = Cpu::from(Isa::detect());
+    if !ops::q_tile_runs(cpu, QuantType::Q4K, 4864) {
+        eprintln!("no AVX512-VNNI: nothing to bench");
+        return;
+    }
+    for (qt, rows, cols) in [(QuantType::Q4K, 896, 4864), (QuantType::Q6K, 896, 4864)] {
+        let w = weights(qt, rows, cols);
+        let nmax = 32;
+        let x: Vec<f32> = bytes(nmax * cols, 3)
+            .iter()
+            .map(|&b| b as f32 / 128.0 - 1.0)
+            .collect();
+        let mut bufs: Vec<Vec<f32>> = (0..nmax).map(|_| vec![0f32; quant::q8_len(cols)]).collect();
+        let qx: Vec<QuantX<'_>> = x
+            .chunks_exact(cols)
+            .zip(bufs.iter_mut())
+            .map(|(x, b)| QuantX::new(cpu, x, b))
+            .collect();
+        let mut px = vec![0f32; nmax * ops::q_tile_x_len(cols)];
+        let mut y = vec![0.0; nmax * rows];
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_flops"));
+        for n in [4, 8, 16, 32] {
+            g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
+            let y = &mut y[..n * rows];
+            g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+                b.iter(|| {
+                    ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
+                    ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, y)
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
+                b.iter(|| {
+                    for t0 in (0..n).step_by(4) {
+                        let y = &mut y[t0 * rows..(t0 + 4) * rows];
+                        ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[t0..t0 + 4], y)
+                    }
+                })
+            });
+        }
+        g.finish();
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_bytes"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        let n = 32;
+        g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+            b.iter(|| {
+                ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
+                ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, &mut y)
+            })
+        });
+        g.finish();
+    }
+}
+
 criterion_group! {
     name = benches;
     config = config();
-    targets = bench_repacked
+    targets = bench_repacked, bench_ggml
 }
 criterion_main!(benches);
