@@ -18,6 +18,7 @@ use core::arch::x86_64::*;
 
 use super::quant_repack::{PreparedX, RQ4_0, RQ5_0, RQ8_0};
 use super::{lanes, prefetch, PREFETCH_BYTES};
+use crate::stream::Ahead;
 
 /// Weight rows of one register block.
 pub const RW: usize = 4;
@@ -190,6 +191,7 @@ unsafe fn block<const K: u8, const R: usize, const T: usize>(
     xs: &[PreparedX],
     y: *mut f32,
     ldy: usize,
+    ahead: &mut Ahead,
 ) {
     // SAFETY: every group offset is inside the unpacked rows and the prepared inputs
     // (contract); y[t * ldy + r] is writable (contract).
@@ -209,10 +211,12 @@ unsafe fn block<const K: u8, const R: usize, const T: usize>(
         for g in 0..full {
             let (wg, xg) = at(g);
             group::<K, R, T, true>(&wg, &xg, 16, &mut acc);
+            ahead.step();
         }
         if tail > 0 {
             let (wg, xg) = at(full);
             group::<K, R, T, false>(&wg, &xg, tail, &mut acc);
+            ahead.step();
         }
         for (r, ar) in acc.iter().enumerate() {
             for (t, a) in ar.iter().enumerate() {
@@ -235,16 +239,33 @@ unsafe fn rows_of<const K: u8, const T: usize>(
     xs: &[PreparedX],
     y: *mut f32,
     ldy: usize,
+    ahead: &mut Ahead,
 ) {
     // SAFETY: forwarded contract; each block's rows are inside the tile.
     unsafe {
         let mut r = 0;
         while r + RW <= rt {
-            block::<K, RW, T>(buf.add(r * row_vecs), row_vecs, units, xs, y.add(r), ldy);
+            block::<K, RW, T>(
+                buf.add(r * row_vecs),
+                row_vecs,
+                units,
+                xs,
+                y.add(r),
+                ldy,
+                ahead,
+            );
             r += RW;
         }
         while r < rt {
-            block::<K, 1, T>(buf.add(r * row_vecs), row_vecs, units, xs, y.add(r), ldy);
+            block::<K, 1, T>(
+                buf.add(r * row_vecs),
+                row_vecs,
+                units,
+                xs,
+                y.add(r),
+                ldy,
+                ahead,
+            );
             r += 1;
         }
     }
@@ -288,16 +309,24 @@ unsafe fn body<const K: u8>(
                     unpack_group::<K, false>(wg, units % 16, out.add(g * GROUP_VECS));
                 }
             }
+            // the next tile's rows, streamed in while this one is computed
+            let next = (rows - r0 - rt).min(tile);
+            let steps = xs.len().div_ceil(TI) * (rt / RW + rt % RW) * units.div_ceil(16);
+            let mut ahead = Ahead::new(w.wrapping_add((r0 + rt) * rb), next * rb, steps);
             for t0 in (0..xs.len()).step_by(TI) {
                 let xt = &xs[t0..(t0 + TI).min(xs.len())];
                 let yt = y.add(t0 * ldy + r0);
                 match xt.len() {
-                    1 => rows_of::<K, 1>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    2 => rows_of::<K, 2>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    3 => rows_of::<K, 3>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    4 if TI > 4 => rows_of::<K, 4>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    5 if TI > 5 => rows_of::<K, 5>(bp, rt, row_vecs, units, xt, yt, ldy),
-                    _ => rows_of::<K, TI>(bp, rt, row_vecs, units, xt, yt, ldy),
+                    1 => rows_of::<K, 1>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead),
+                    2 => rows_of::<K, 2>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead),
+                    3 => rows_of::<K, 3>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead),
+                    4 if TI > 4 => {
+                        rows_of::<K, 4>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead)
+                    }
+                    5 if TI > 5 => {
+                        rows_of::<K, 5>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead)
+                    }
+                    _ => rows_of::<K, TI>(bp, rt, row_vecs, units, xt, yt, ldy, &mut ahead),
                 }
             }
         }

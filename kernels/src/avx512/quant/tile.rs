@@ -22,7 +22,7 @@ use super::unit_steps;
 use super::unpack::*;
 use crate::ops::q_tile_x_len;
 use crate::quant::{Q8Row, QuantType};
-use crate::stream::prefetch_ahead;
+use crate::stream::{prefetch_ahead, Ahead};
 
 /// Weight rows of one register block.
 pub const QRW: usize = 4;
@@ -190,6 +190,7 @@ unsafe fn block<F: Fmt, const R: usize, const T: usize>(
     x: &[*const __m512i],
     y: *mut f32,
     ldy: usize,
+    ahead: &mut Ahead,
 ) {
     // SAFETY: group offsets stay inside the rows and inputs (contract); y[t * ldy + r] is
     // writable (contract).
@@ -200,6 +201,7 @@ unsafe fn block<F: Fmt, const R: usize, const T: usize>(
             let wg = std::array::from_fn(|r| w.add(r * row_vecs + g * gv));
             let xg = std::array::from_fn(|t| x[t].add(g * gv));
             group::<F, R, T>(&wg, &xg, &mut acc);
+            ahead.step();
         }
         for (r, ar) in acc.iter().enumerate() {
             for (t, a) in ar.iter().enumerate() {
@@ -222,16 +224,33 @@ unsafe fn rows_of<F: Fmt, const T: usize>(
     x: &[*const __m512i],
     y: *mut f32,
     ldy: usize,
+    ahead: &mut Ahead,
 ) {
     // SAFETY: forwarded contract; each block's rows are inside the tile.
     unsafe {
         let mut r = 0;
         while r + QRW <= rt {
-            block::<F, QRW, T>(w.add(r * row_vecs), row_vecs, groups, x, y.add(r), ldy);
+            block::<F, QRW, T>(
+                w.add(r * row_vecs),
+                row_vecs,
+                groups,
+                x,
+                y.add(r),
+                ldy,
+                ahead,
+            );
             r += QRW;
         }
         while r < rt {
-            block::<F, 1, T>(w.add(r * row_vecs), row_vecs, groups, x, y.add(r), ldy);
+            block::<F, 1, T>(
+                w.add(r * row_vecs),
+                row_vecs,
+                groups,
+                x,
+                y.add(r),
+                ldy,
+                ahead,
+            );
             r += 1;
         }
     }
@@ -287,6 +306,10 @@ unsafe fn body<F: Fmt>(
                     _mm512_storeu_ps(o.add(operands::<F>() + 1).cast(), g.bias);
                 }
             }
+            // the next tile's rows, streamed in while this one is computed
+            let next = (rows - r0 - rt).min(tile);
+            let steps = n.div_ceil(QTI) * (rt / QRW + rt % QRW) * groups;
+            let mut ahead = Ahead::new(w.as_ptr().wrapping_add((r0 + rt) * rb), next * rb, steps);
             for t0 in (0..n).step_by(QTI) {
                 let tn = (n - t0).min(QTI);
                 let x: [*const __m512i; QTI] =
@@ -294,10 +317,14 @@ unsafe fn body<F: Fmt>(
                 let x = &x[..tn];
                 let yt = y.add(t0 * ldy + r0);
                 match tn {
-                    1 => rows_of::<F, 1>(bp, rt, row_vecs, groups, x, yt, ldy),
-                    2 if QTI > 2 => rows_of::<F, 2>(bp, rt, row_vecs, groups, x, yt, ldy),
-                    3 if QTI > 3 => rows_of::<F, 3>(bp, rt, row_vecs, groups, x, yt, ldy),
-                    _ => rows_of::<F, QTI>(bp, rt, row_vecs, groups, x, yt, ldy),
+                    1 => rows_of::<F, 1>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead),
+                    2 if QTI > 2 => {
+                        rows_of::<F, 2>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead)
+                    }
+                    3 if QTI > 3 => {
+                        rows_of::<F, 3>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead)
+                    }
+                    _ => rows_of::<F, QTI>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead),
                 }
             }
         }
