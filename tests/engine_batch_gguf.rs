@@ -48,6 +48,13 @@ fn token(i: usize, s: usize) -> u32 {
 
 const STEPS: usize = 3;
 
+/// Per sequence, per step -> per step, per sequence.
+fn want_by_step(want: &[Vec<Vec<u32>>]) -> Vec<Vec<Vec<u32>>> {
+    (0..STEPS)
+        .map(|step| want.iter().map(|per| per[step].clone()).collect())
+        .collect()
+}
+
 #[test]
 fn many_decode_rows_match_each_alone() {
     let w = gguf();
@@ -84,7 +91,7 @@ fn many_decode_rows_match_each_alone() {
                     .collect();
                 let late = e.create_sequence(SamplerParams::greedy()).unwrap();
                 let prompt: Vec<u32> = (0..11).map(|j| token(n, j)).collect();
-                for step in 0..STEPS {
+                for (step, want_step) in want_by_step(&want).iter().enumerate() {
                     let toks: Vec<[u32; 1]> = (0..n).map(|i| [token(i, step)]).collect();
                     let mut feeds: Vec<Feed<'_>> =
                         seqs.iter().zip(&toks).map(|(&s, t)| decode(s, t)).collect();
@@ -101,7 +108,7 @@ fn many_decode_rows_match_each_alone() {
                         let got: Vec<u32> =
                             e.logits(s).unwrap().iter().map(|v| v.to_bits()).collect();
                         assert!(
-                            got == want[i][step],
+                            got == want_step[i],
                             "isa {isa}, {threads} threads, {n} rows: sequence {i} step {step}: logits differ from alone"
                         );
                     }

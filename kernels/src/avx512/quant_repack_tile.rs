@@ -230,6 +230,7 @@ unsafe fn block<const K: u8, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// As [`block`], for `rt` rows.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn rows_of<const K: u8, const T: usize>(
     buf: *const __m512i,

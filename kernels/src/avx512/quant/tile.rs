@@ -215,6 +215,7 @@ unsafe fn block<F: Fmt, const R: usize, const T: usize>(
 ///
 /// # Safety
 /// As [`block`], for `rt` rows.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn rows_of<F: Fmt, const T: usize>(
     w: *const __m512i,
