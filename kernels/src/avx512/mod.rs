@@ -21,6 +21,7 @@ mod matvec;
 mod quant;
 mod quant_gemm;
 mod quant_repack;
+mod quant_repack_tile;
 mod tile_epilogue;
 
 pub(crate) use attention::*;
@@ -29,3 +30,4 @@ pub use matvec::*;
 pub use quant::*;
 pub use quant_gemm::*;
 pub use quant_repack::*;
+pub use quant_repack_tile::*;

@@ -18,7 +18,10 @@ use core::arch::x86_64::*;
 use super::{lanes, prefetch_ahead};
 use crate::quant::{Q8Row, QuantType};
 
+mod tile;
 mod unpack;
+
+pub use tile::*;
 
 use unpack::*;
 
@@ -50,6 +53,41 @@ fn reduce_units(unit: usize, v: &[__m512i; 8]) -> __m512i {
         // y: units 0 2 4 6 | 1 3 5 7 | 8 10 12 14 | 9 11 13 15
         let idx = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
         _mm512_permutexvar_epi32(idx, y)
+    }
+}
+
+/// Per unit of group `gi` (`n` units) of the input `x`: its step `d_x` and its scaled sum
+/// `s_x` over the unit, one f32 lane each (0.0 past `n`).
+///
+/// # Safety
+/// `gi` and `n` describe a group of the row `x` was quantized for; AVX-512F.
+#[inline(always)]
+unsafe fn unit_steps<F: Fmt>(x: &Q8Row<'_>, gi: usize, n: usize) -> (__m512, __m512) {
+    // SAFETY: the input's scales and sums are read for the blocks (and half blocks) of the
+    // group's columns, masked to them; the calling kernel has the features.
+    unsafe {
+        if F::UNIT == 32 {
+            let b0 = 16 * gi;
+            let dx = _mm512_maskz_loadu_ps(lanes(n), x.d.as_ptr().add(b0));
+            let hs = x.half_sums.as_ptr();
+            let a = _mm512_maskz_loadu_ps(lanes(2 * n), hs.add(2 * b0));
+            let b = _mm512_maskz_loadu_ps(
+                lanes((2 * n).saturating_sub(16)),
+                hs.wrapping_add(2 * b0 + 16),
+            );
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
+            let sx = _mm512_add_ps(
+                _mm512_permutex2var_ps(a, even, b),
+                _mm512_permutex2var_ps(a, odd, b),
+            );
+            (dx, sx)
+        } else {
+            let d8 = _mm256_loadu_ps(x.d.as_ptr().add(8 * gi));
+            let dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+            let dx = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(d8));
+            (dx, _mm512_loadu_ps(x.half_sums.as_ptr().add(16 * gi)))
+        }
     }
 }
 
@@ -95,28 +133,7 @@ unsafe fn group_dot<F: Fmt, const VNNI: bool>(
             };
         }
         let idot = _mm512_cvtepi32_ps(reduce_units(F::UNIT, &v));
-        let (dx, sx) = if F::UNIT == 32 {
-            let b0 = 16 * gi;
-            let dx = _mm512_maskz_loadu_ps(lanes(n), x.d.as_ptr().add(b0));
-            let hs = x.half_sums.as_ptr();
-            let a = _mm512_maskz_loadu_ps(lanes(2 * n), hs.add(2 * b0));
-            let b = _mm512_maskz_loadu_ps(
-                lanes((2 * n).saturating_sub(16)),
-                hs.wrapping_add(2 * b0 + 16),
-            );
-            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-            let odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-            let sx = _mm512_add_ps(
-                _mm512_permutex2var_ps(a, even, b),
-                _mm512_permutex2var_ps(a, odd, b),
-            );
-            (dx, sx)
-        } else {
-            let d8 = _mm256_loadu_ps(x.d.as_ptr().add(8 * gi));
-            let dup = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-            let dx = _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(d8));
-            (dx, _mm512_loadu_ps(x.half_sums.as_ptr().add(16 * gi)))
-        };
+        let (dx, sx) = unit_steps::<F>(x, gi, n);
         let acc = _mm512_fmadd_ps(idot, _mm512_mul_ps(g.scale, dx), acc);
         if F::SIGNED {
             acc

@@ -563,4 +563,6 @@ pub use quant::*;
 mod quant_gemm;
 pub use quant_gemm::*;
 mod quant_repack;
+mod quant_tile;
 pub use quant_repack::*;
+pub use quant_tile::*;

@@ -13,6 +13,10 @@ use crate::quant::{q8_len, repacked_row_bytes, QuantType, REPACK_GROUP};
 /// 104 KiB, which stay in L2 for the next group.
 const REPACKED_ROW_TILE: usize = 32;
 
+/// Inputs from which a call on AVX512-VNNI runs the register-tiled kernel
+/// (`avx512::gemm_repacked`) rather than the matvec in groups of 4; the same bits either way.
+pub const REPACKED_GEMM_MIN: usize = 8;
+
 /// f32 words of scratch one input of `cols` columns takes once prepared: per unit of 32
 /// columns, 8 words of quants, its integer sum and its step.
 pub fn repacked_x_len(cols: usize) -> usize {
@@ -163,6 +167,12 @@ pub(crate) unsafe fn matvec_repacked_raw(
                 d: rest[units..].as_ptr(),
             }
         };
+        // Enough inputs to be compute-bound: the register-tiled kernel.
+        if vnni && n >= REPACKED_GEMM_MIN && avx512::gemm_repacked_fits(units) {
+            // SAFETY: forwarded contract; the checks above hold for the same arguments.
+            unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y, ldy) };
+            return;
+        }
         // More inputs than one kernel call takes: every group of inputs runs over a tile of
         // rows before the next tile, so the weights come from DRAM once and the later groups
         // find them in cache (over the whole block, 8 inputs streamed the weights twice).
@@ -202,6 +212,109 @@ pub(crate) unsafe fn matvec_repacked_raw(
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (y, ldy, cpu, rb);
+}
+
+/// [`matvec_repacked_prepared`] through the register-tiled AVX512-VNNI kernel whatever `n`
+/// (the dispatch takes it from [`REPACKED_GEMM_MIN`] inputs): the same bits.
+///
+/// # Panics
+/// Unless `cpu` runs the repacked layout with AVX512-VNNI, its rows fit the kernel's buffer
+/// (rows of up to 58 000 columns do), and on buffer lengths that do not match.
+pub fn gemm_repacked_prepared(
+    cpu: impl Into<Cpu>,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: &mut [f32],
+) {
+    let cpu: Cpu = cpu.into();
+    assert!(
+        cpu.runs_repacked() && cpu.vnni(),
+        "gemm_repacked: the tiled kernel needs AVX512-VNNI, not {cpu}"
+    );
+    if n == 0 {
+        return;
+    }
+    assert!(
+        y.len().is_multiple_of(n),
+        "gemm_repacked: y is not one row per input"
+    );
+    let rows = y.len() / n;
+    check_repacked(qt, w, rows, cols);
+    assert!(
+        px.len() >= n * repacked_x_len(cols),
+        "gemm_repacked: prepared inputs too short"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let units = cols / 32;
+        assert!(
+            avx512::gemm_repacked_fits(units),
+            "gemm_repacked: rows of {cols} columns do not fit the tile buffer"
+        );
+        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `w` holds `rows` rows, `px` the
+        // `n` prepared inputs; y (borrowed mutably here) holds n rows of `rows`.
+        unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y.as_mut_ptr(), rows) };
+    }
+}
+
+/// The tiled kernel on `n` prepared inputs, up to 64 per call of the kernel.
+///
+/// # Safety
+/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `w` holds `rows`
+/// repacked rows of `units` units, `px` `n` prepared inputs; `y` is valid for writes at
+/// `t * ldy + r` (`t < n`, `r < rows`), with nothing else accessing those floats.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_repacked_raw(
+    qt: QuantType,
+    w: &[u8],
+    rows: usize,
+    units: usize,
+    n: usize,
+    px: &[f32],
+    y: *mut f32,
+    ldy: usize,
+) {
+    use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0};
+    const CHUNK: usize = 64;
+    let k = match qt {
+        QuantType::Q4_0 => RQ4_0,
+        QuantType::Q5_0 => RQ5_0,
+        _ => RQ8_0,
+    };
+    let per = units * 10;
+    let prep = |t: usize| {
+        let p = &px[t * per..(t + 1) * per];
+        let (q, rest) = p.split_at(8 * units);
+        PreparedX {
+            q: q.as_ptr().cast(),
+            isum: rest.as_ptr().cast(),
+            d: rest[units..].as_ptr(),
+        }
+    };
+    for t0 in (0..n).step_by(CHUNK) {
+        let g = (n - t0).min(CHUNK);
+        let mut xs = [prep(t0); CHUNK];
+        for (i, slot) in xs.iter_mut().enumerate().take(g) {
+            *slot = prep(t0 + i);
+        }
+        // SAFETY: forwarded contract; each input's pointers cover its prepared words; y's
+        // rows t0..t0 + g are inside the contract's.
+        unsafe {
+            avx512::gemm_repacked(
+                k,
+                w.as_ptr(),
+                rows,
+                units,
+                &xs[..g],
+                y.wrapping_add(t0 * ldy),
+                ldy,
+            )
+        }
+    }
 }
 
 /// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs

@@ -19,15 +19,18 @@ fn stream_rows(rows: usize, nt: usize) -> usize {
         .max(Q_ROWS_BLOCK)
 }
 
-/// Words of scratch [`matvec_q_rows`] and [`matmul_q`] need for `n` input rows of `cols`.
+/// Words of scratch [`matvec_q_rows`] needs for `n` input rows of `cols`: each input
+/// quantized, and prepared for the tiled kernel ([`ops::q_tile_x_len`]).
 pub fn quant_scratch_len(n: usize, cols: usize) -> usize {
-    n * q8_len(cols)
+    n * (q8_len(cols) + ops::q_tile_x_len(cols))
 }
 
 /// `n` matvecs over one `qt` matrix (`x` is `[n, cols]`, `y` is `[n, rows]`): each input is
 /// quantized once into `scratch` ([`quant_scratch_len`]), then blocks of weight rows are run
-/// through every input while in cache (the inputs in groups of up to 4 per kernel call, each
-/// weight group unpacked once per group). Each output row is bit for bit that of
+/// through every input while in cache: from [`ops::Q_GEMM_MIN`] inputs where
+/// [`ops::q_tile_runs`], through the register-tiled kernel (inputs prepared once, each weight
+/// group unpacked once for all of them), else the inputs in groups of up to 4 per matvec call
+/// (each weight group unpacked once per group). Each output row is bit for bit that of
 /// [`ops::matvec_q`] on its input alone.
 #[allow(clippy::too_many_arguments)]
 pub fn matvec_q_rows(
@@ -47,7 +50,14 @@ pub fn matvec_q_rows(
     };
     let rb = ops::check_q(qt, w, rows, cols);
     let per = q8_len(cols);
-    assert!(scratch.len() >= n * per, "matvec_q_rows: scratch too short");
+    let tile_per = ops::q_tile_x_len(cols);
+    assert!(
+        scratch.len() >= quant_scratch_len(n, cols),
+        "matvec_q_rows: scratch holds {} words, {} needed",
+        scratch.len(),
+        quant_scratch_len(n, cols)
+    );
+    let (scratch, tiles) = scratch.split_at_mut(n * per);
     for (g, (xg, yg)) in x
         .chunks(MATVEC_ROWS_MAX * cols)
         .zip(y.chunks_mut(MATVEC_ROWS_MAX * rows))
@@ -66,6 +76,34 @@ pub fn matvec_q_rows(
         let xs = &xs[..gn];
         let rows_block = stream_rows(rows, pool.n_threads());
         let blocks = rows.div_ceil(rows_block);
+        let serial = pool.n_threads() == 1 || rows * cols * gn < SERIAL_BELOW;
+        if gn >= ops::Q_GEMM_MIN && ops::q_tile_runs(cpu, qt, cols) {
+            let px = &mut tiles[g * MATVEC_ROWS_MAX * tile_per..][..gn * tile_per];
+            ops::prepare_q_tile(cpu, qt, xs, px);
+            let px = &*px;
+            let run_block = |b: usize, yp: *mut f32| {
+                let (r0, r1) = (b * rows_block, ((b + 1) * rows_block).min(rows));
+                // SAFETY: output row t's columns [r0, r1) (t < gn) lie inside this group's y
+                // (gn rows of `rows`); block b is run by exactly one thread, so no two threads
+                // write the same floats, and the `&mut` behind `yp` is held by this function
+                // until they are done.
+                unsafe {
+                    ops::gemm_q_raw(
+                        cpu,
+                        qt,
+                        &w[r0 * rb..r1 * rb],
+                        r1 - r0,
+                        cols,
+                        gn,
+                        px,
+                        yp.wrapping_add(r0),
+                        rows,
+                    )
+                };
+            };
+            for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
+            continue;
+        }
         let run_block = |b: usize, yp: *mut f32| {
             let (r0, r1) = (b * rows_block, ((b + 1) * rows_block).min(rows));
             let wb = &w[r0 * rb..r1 * rb];
@@ -77,7 +115,6 @@ pub fn matvec_q_rows(
             // function until they are done.
             unsafe { ops::matvec_q_raw(cpu, qt, wb, r1 - r0, xs, yp.wrapping_add(r0), rows) };
         };
-        let serial = pool.n_threads() == 1 || rows * cols * gn < SERIAL_BELOW;
         for_each_block(pool, blocks, serial, yg.as_mut_ptr(), &run_block);
     }
 }
@@ -86,7 +123,7 @@ pub fn matvec_q_rows(
 /// quantized inputs ([`quant_scratch_len`]) and one packed panel
 /// ([`ops::matmul_q_panel_len`]) per thread.
 pub fn matmul_q_scratch_len(n_threads: usize, n: usize, k: usize) -> usize {
-    quant_scratch_len(n, k) + n_threads.max(1) * ops::matmul_q_panel_len(k)
+    n * q8_len(k) + n_threads.max(1) * ops::matmul_q_panel_len(k)
 }
 
 /// `y = x · wᵀ` on `qt` weights (`x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`):

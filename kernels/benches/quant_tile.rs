@@ -1,0 +1,181 @@
+//! The register-tiled many-input kernels against the matvec they replace from
+//! `ops::REPACKED_GEMM_MIN` inputs, at Qwen2.5-0.5B's decode shapes, one thread, AVX512-VNNI:
+//! - `tiled`: `ops::gemm_repacked_prepared` on all `n` inputs in one call;
+//! - `matvec4`: `ops::matvec_repacked_prepared` on the inputs 4 at a time (its widest call:
+//!   each weight group unpacked once per 4 inputs), one call per 4 inputs;
+//!
+//! and for the ggml layout (Q4_K and Q6_K, the default file's `ffn_down`):
+//! - `tiled`: `ops::prepare_q_tile` then `ops::gemm_q_prepared` on all `n` inputs (the
+//!   preparation is per call, so it is timed);
+//! - `matvec4`: `ops::matvec_q_rows` on the inputs 4 at a time.
+//!
+//! Inputs are prepared outside the timed loop. The `flops` groups count `2 * rows * cols * n`
+//! per call, so criterion's rate reads as GFLOP/s (`Gelem/s`); the `bytes` groups count the
+//! weight bytes per call, so the rate reads as GB/s of weights. The matrix is hot in cache
+//! after the first call only if it fits (the 4864-row ones are 3-4 MiB, beyond the L2).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::quant::{self, QuantType};
+use qwenrt_kernels::{Cpu, Isa};
+
+/// xorshift32 bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s >> 11) as u8
+        })
+        .collect()
+}
+
+/// Valid random blocks: random quants, every f16 scale set to a small finite value.
+fn weights(qt: QuantType, rows: usize, cols: usize) -> Vec<u8> {
+    let mut w = bytes(rows * qt.row_bytes(cols).unwrap(), 7);
+    let d = half::f16::from_f32(0.01).to_bits().to_le_bytes();
+    for b in w.chunks_exact_mut(qt.block_bytes()) {
+        b[..2].copy_from_slice(&d);
+    }
+    w
+}
+
+fn config() -> Criterion {
+    Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
+}
+
+/// The 4-at-a-time matvec over `n` prepared inputs.
+#[allow(clippy::too_many_arguments)]
+fn matvec4(cpu: Cpu, qt: QuantType, wr: &[u8], cols: usize, n: usize, px: &[f32], y: &mut [f32]) {
+    let per = ops::repacked_x_len(cols);
+    let rows = y.len() / n;
+    for t0 in (0..n).step_by(4) {
+        let g = (n - t0).min(4);
+        ops::matvec_repacked_prepared(
+            cpu,
+            qt,
+            wr,
+            cols,
+            g,
+            &px[t0 * per..(t0 + g) * per],
+            &mut y[t0 * rows..(t0 + g) * rows],
+        );
+    }
+}
+
+fn bench_repacked(c: &mut Criterion) {
+    let cpu = Cpu::from(Isa::detect());
+    if !(cpu.runs_repacked() && cpu.vnni()) {
+        eprintln!("no AVX512-VNNI: nothing to bench");
+        return;
+    }
+    let shapes = [
+        (QuantType::Q5_0, 4864, 896),
+        (QuantType::Q5_0, 896, 896),
+        (QuantType::Q8_0, 896, 4864),
+        (QuantType::Q8_0, 8192, 896),
+    ];
+    for (qt, rows, cols) in shapes {
+        let w = weights(qt, rows, cols);
+        let mut wr = w.clone();
+        quant::repack(qt, &w, cols, &mut wr);
+        let nmax = 32;
+        let x: Vec<f32> = bytes(nmax * cols, 3)
+            .iter()
+            .map(|&b| b as f32 / 128.0 - 1.0)
+            .collect();
+        let mut px = vec![0.0; nmax * ops::repacked_x_len(cols)];
+        ops::prepare_repacked_x(cpu, cols, &x, &mut px);
+        let mut y = vec![0.0; nmax * rows];
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_flops"));
+        for n in [4, 8, 16, 32] {
+            g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
+            let y = &mut y[..n * rows];
+            g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+            });
+            g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
+                b.iter(|| matvec4(cpu, qt, black_box(&wr), cols, n, &px, y))
+            });
+        }
+        g.finish();
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_bytes"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        for n in [1, 32] {
+            let y = &mut y[..n * rows];
+            g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+            });
+        }
+        g.finish();
+    }
+}
+
+fn bench_ggml(c: &mut Criterion) {
+    let cpu = Cpu::from(Isa::detect());
+    if !ops::q_tile_runs(cpu, QuantType::Q4K, 4864) {
+        eprintln!("no AVX512-VNNI: nothing to bench");
+        return;
+    }
+    for (qt, rows, cols) in [(QuantType::Q4K, 896, 4864), (QuantType::Q6K, 896, 4864)] {
+        let w = weights(qt, rows, cols);
+        let nmax = 32;
+        let x: Vec<f32> = bytes(nmax * cols, 3)
+            .iter()
+            .map(|&b| b as f32 / 128.0 - 1.0)
+            .collect();
+        let mut bufs: Vec<Vec<f32>> = (0..nmax).map(|_| vec![0f32; quant::q8_len(cols)]).collect();
+        let qx: Vec<QuantX<'_>> = x
+            .chunks_exact(cols)
+            .zip(bufs.iter_mut())
+            .map(|(x, b)| QuantX::new(cpu, x, b))
+            .collect();
+        let mut px = vec![0f32; nmax * ops::q_tile_x_len(cols)];
+        let mut y = vec![0.0; nmax * rows];
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_flops"));
+        for n in [4, 8, 16, 32] {
+            g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
+            let y = &mut y[..n * rows];
+            g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+                b.iter(|| {
+                    ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
+                    ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, y)
+                })
+            });
+            g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
+                b.iter(|| {
+                    for t0 in (0..n).step_by(4) {
+                        let y = &mut y[t0 * rows..(t0 + 4) * rows];
+                        ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[t0..t0 + 4], y)
+                    }
+                })
+            });
+        }
+        g.finish();
+        let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_bytes"));
+        g.throughput(Throughput::Bytes(w.len() as u64));
+        let n = 32;
+        g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
+            b.iter(|| {
+                ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
+                ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, &mut y)
+            })
+        });
+        g.finish();
+    }
+}
+
+criterion_group! {
+    name = benches;
+    config = config();
+    targets = bench_repacked, bench_ggml
+}
+criterion_main!(benches);

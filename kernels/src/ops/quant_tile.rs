@@ -1,0 +1,155 @@
+//! Many inputs against one ggml block-quantized matrix as register tiles (AVX512-VNNI): the
+//! decode step's rows as a GEMM. Each input, quantized to 8-bit blocks ([`QuantX`]), is
+//! *prepared* once per call ([`prepare_q_tile`]: its quants in the kernel's operand order, its
+//! per-unit steps and sums); then the kernel (`avx512::gemm_q_tile`) unpacks each weight group
+//! once for all inputs. Each output is bit for bit [`matvec_q`]'s on its input alone.
+
+use super::*;
+use crate::quant::QuantType;
+
+/// Inputs from which [`crate::par::matvec_q_rows`] takes the tiled kernel where it runs
+/// ([`q_tile_runs`]); the same bits either way.
+pub const Q_GEMM_MIN: usize = 8;
+
+/// Rows of up to this many 32-column units fit the tiled kernel's buffer (see
+/// [`q_tile_runs`]): 102 groups of 16 units of 10 vectors, or 170 superblocks of Q6_K.
+const fn fits(qt: QuantType, cols: usize) -> bool {
+    let (unit_cols, vecs) = match qt {
+        QuantType::Q6K => (256, 6),
+        _ => (512, 10),
+    };
+    cols.div_ceil(unit_cols) * vecs <= 1024
+}
+
+/// Whether `cpu` runs the tiled kernel on `qt` rows of `cols`: AVX-512 with AVX512-VNNI, a
+/// format with unsigned quants (not Q8_0), rows that fit the kernel's buffer.
+pub fn q_tile_runs(cpu: impl Into<Cpu>, qt: QuantType, cols: usize) -> bool {
+    let cpu: Cpu = cpu.into();
+    cpu.isa() == Isa::Avx512 && cpu.vnni() && qt != QuantType::Q8_0 && fits(qt, cols)
+}
+
+/// f32 words one input of `cols` columns takes once prepared by [`prepare_q_tile`], for any
+/// format: per 512 columns 10 vectors of 16 words (Q6_K: per 256 columns 6).
+pub fn q_tile_x_len(cols: usize) -> usize {
+    (cols.div_ceil(512) * 10).max(cols.div_ceil(256) * 6) * 16
+}
+
+/// Prepares the quantized inputs `xs` for [`gemm_q_prepared`] on `qt` weights: input `t` into
+/// `out[t * q_tile_x_len(cols)..]`.
+///
+/// # Panics
+/// Unless [`q_tile_runs`]`(cpu, qt, cols)` for the inputs' `cols`, the inputs are all
+/// quantized from `cols` columns (a whole number of `qt` blocks) for a SIMD ISA, and `out` is
+/// long enough.
+pub fn prepare_q_tile(cpu: impl Into<Cpu>, qt: QuantType, xs: &[QuantX<'_>], out: &mut [f32]) {
+    let cpu: Cpu = cpu.into();
+    let Some(x0) = xs.first() else { return };
+    let cols = x0.cols();
+    assert!(
+        q_tile_runs(cpu, qt, cols),
+        "prepare_q_tile: no tiled kernel for {qt} rows of {cols} on {cpu}"
+    );
+    assert!(
+        qt.row_bytes(cols).is_some(),
+        "prepare_q_tile: {cols} columns are not whole {qt} blocks"
+    );
+    let per = q_tile_x_len(cols);
+    assert!(
+        out.len() >= xs.len() * per,
+        "prepare_q_tile: out holds {} words, {} needed",
+        out.len(),
+        xs.len() * per
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut q = [x0.q8().expect("prepare_q_tile: input not quantized"); 64];
+        for chunk in xs.chunks(64).enumerate() {
+            let (c, grp) = chunk;
+            for (slot, x) in q.iter_mut().zip(grp) {
+                assert_eq!(x.cols(), cols, "prepare_q_tile: inputs of different widths");
+                *slot = x
+                    .q8()
+                    .expect("prepare_q_tile: input not quantized for a SIMD ISA");
+            }
+            // SAFETY: AVX-512 (q_tile_runs); qt is not Q8_0 (q_tile_runs); every input holds
+            // `cols` quantized columns (checked); out holds this chunk's words (checked).
+            unsafe {
+                avx512::prepare_q_tile_x(
+                    qt,
+                    cols,
+                    &q[..grp.len()],
+                    out.as_mut_ptr().add(c * 64 * per),
+                )
+            }
+        }
+    }
+}
+
+/// `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
+/// [`prepare_q_tile`] against the `qt` matrix `w` (`rows = y.len() / n` rows of `cols`),
+/// through the tiled kernel: each output bit for bit [`matvec_q`]'s on its input alone.
+///
+/// # Panics
+/// Unless [`q_tile_runs`]`(cpu, qt, cols)`, and on buffer lengths that do not match.
+pub fn gemm_q_prepared(
+    cpu: impl Into<Cpu>,
+    qt: QuantType,
+    w: &[u8],
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: &mut [f32],
+) {
+    let cpu: Cpu = cpu.into();
+    if n == 0 {
+        return;
+    }
+    assert!(
+        y.len().is_multiple_of(n),
+        "gemm_q_prepared: y is not one row per input"
+    );
+    let rows = y.len() / n;
+    // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
+    unsafe { gemm_q_raw(cpu, qt, w, rows, cols, n, px, y.as_mut_ptr(), rows) }
+}
+
+/// The body of [`gemm_q_prepared`] with a row stride: `y[t * ldy + r]`.
+///
+/// # Safety
+/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < rows`), with nothing else
+/// reading or writing those floats during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_q_raw(
+    cpu: Cpu,
+    qt: QuantType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    n: usize,
+    px: &[f32],
+    y: *mut f32,
+    ldy: usize,
+) {
+    assert!(
+        q_tile_runs(cpu, qt, cols),
+        "gemm_q: no tiled kernel for {qt} rows of {cols} on {cpu}"
+    );
+    check_q(qt, w, rows, cols);
+    assert!(
+        px.len() >= n * q_tile_x_len(cols),
+        "gemm_q: prepared inputs too short"
+    );
+    assert!(n <= 1 || ldy >= rows, "gemm_q: rows overlap");
+    if rows == 0 || n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        check(cpu.isa());
+        // SAFETY: checked above: AVX-512 with VNNI, a tiled format whose rows fit, `w` holds
+        // `rows` rows of `cols`, `px` `n` prepared inputs; y is forwarded from the contract.
+        unsafe { avx512::gemm_q_tile(qt, w, rows, cols, n, px.as_ptr(), y, ldy) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (y, ldy);
+}
