@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{GenerateStats, Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::model::weights::Weights;
@@ -31,10 +31,10 @@ fn run(
     s.reset();
     s.set_lookup(lookup);
     s.prefill(prompt).unwrap();
-    let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+    s.set_sampler(SamplerParams::greedy()).unwrap();
     let mut tokens = Vec::new();
     let stats = s
-        .generate(&mut sampler, max_tokens, stop, &mut |t| {
+        .generate(max_tokens, stop, &mut |t| {
             tokens.push(t);
             Some(tokens.len()) != stop_after
         })

@@ -193,9 +193,34 @@ impl Session {
             .expect("a session's sequence lives as long as the session")
     }
 
-    /// Empties the KV cache; the arena stays where it is.
+    /// Empties the KV cache and drops the constraint; the arena stays where it is, and so does
+    /// the sampler (its recorded tokens and RNG: [`Session::set_sampler`] starts a fresh one).
     pub fn reset(&mut self) {
-        let _ = self.engine.reset(self.seq);
+        let _ = self.engine.truncate(self.seq, 0);
+        let _ = self.engine.set_constraint(self.seq, None);
+    }
+
+    /// Gives the session a fresh sampler for `params` (no recorded tokens, the RNG at its
+    /// seed); an error names the parameter out of range, and then the old one stays. A new
+    /// session samples greedily.
+    pub fn set_sampler(&mut self, params: SamplerParams) -> Result<(), SessionError> {
+        self.engine.set_sampler(self.seq, params)
+    }
+
+    /// The session's sampler (the engine's sampler of its sequence): to observe prompt tokens
+    /// for the repetition penalty, forget the generated ones between turns, or change its
+    /// parameters ([`Sampler::set_params`]).
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        self.engine
+            .sampler_mut(self.seq)
+            .expect("a session's sequence lives as long as the session")
+    }
+
+    /// The session's sampler, to read its parameters.
+    pub fn sampler(&self) -> &Sampler {
+        self.engine
+            .sampler(self.seq)
+            .expect("a session's sequence lives as long as the session")
     }
 
     /// Rewinds the KV cache to its first `len` positions.
@@ -318,10 +343,11 @@ impl Session {
             .expect("a session's sequence lives as long as the session")
     }
 
-    /// Samples from the current logits (modifying them) with the arena's sampler scratch
-    /// (masked by the session's constraint, if any, which the token advances).
-    pub fn sample(&mut self, sampler: &mut Sampler) -> Result<u32, SessionError> {
-        self.engine.sample_with(self.seq, sampler)
+    /// Samples from the current logits (consuming them) with the session's sampler, which
+    /// records the token as generated (masked by the session's constraint, if any, which the
+    /// token advances).
+    pub fn sample(&mut self) -> Result<u32, SessionError> {
+        self.engine.sample(self.seq)
     }
 
     /// The most tokens [`Session::generate`] drafts by prompt lookup per step (0: off).
@@ -341,7 +367,7 @@ impl Session {
     }
 
     /// The decode loop: from the current logits (after a prefill), samples up to `max_tokens`
-    /// tokens, stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
+    /// tokens with the session's sampler (see [`Session::set_sampler`]), stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
     /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
     /// greedy sampler, each step feeds the newest token plus a draft found by
     /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
@@ -351,7 +377,6 @@ impl Session {
     /// token).
     pub fn generate(
         &mut self,
-        sampler: &mut Sampler,
         max_tokens: usize,
         stop: &[u32],
         on_token: &mut dyn FnMut(u32) -> bool,
@@ -369,23 +394,28 @@ impl Session {
         if max_tokens > 0 && self.logits().is_err() {
             return Err(SessionError::NoLogits);
         }
-        let p = sampler.params;
+        let plain_greedy = self.sampler().params().is_plain_greedy();
         let constrained = self.engine.is_constrained(self.seq)?;
-        let lookup = if p.is_plain_greedy() { self.lookup } else { 0 };
+        let lookup = if plain_greedy { self.lookup } else { 0 };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
         let mut budget = lookup::DraftBudget::new(lookup);
         let mut pending = [0u32; lookup::MAX_DRAFT + 1];
         let mut n_pending = 0;
+        // whether the sampler has recorded the pending tokens (it records those it samples;
+        // verified ones are recorded as they are passed on)
+        let mut recorded = true;
         if max_tokens > 0 {
-            pending[0] = self.sample(sampler)?;
+            pending[0] = self.sample()?;
             n_pending = 1;
         }
         // `pending[i]` for i < n_pending - 1 is in the cache already (a verified draft token);
         // the last one is not.
         'outer: while n_pending > 0 {
             for (i, &token) in pending[..n_pending].iter().enumerate() {
-                sampler.observe_generated(token);
+                if !recorded {
+                    self.sampler_mut().observe_generated(token);
+                }
                 stats.tokens += 1;
                 stats.unfed = Some(token);
                 let stopped = if stop.contains(&token) {
@@ -436,8 +466,9 @@ impl Session {
             stats.unfed = None;
             if k == 0 {
                 self.feed(&[token], Numerics::Decode, Want::Last, &mut |_, _, _| {})?;
-                pending[0] = self.sample(sampler)?;
+                pending[0] = self.sample()?;
                 n_pending = 1;
+                recorded = true;
                 continue;
             }
             // Verify: the greedy token after every row, the first on ties as the sampler picks.
@@ -465,6 +496,7 @@ impl Session {
             pending[..agree].copy_from_slice(&row[1..1 + agree]);
             pending[agree] = next;
             n_pending = agree + 1;
+            recorded = false;
         }
         stats.elapsed = start.elapsed();
         Ok(stats)

@@ -34,7 +34,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::engine::lookup::{self, DraftBudget};
 use crate::engine::prompt_cache::PromptCache;
-use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::sampler::SamplerParams;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
@@ -454,8 +454,8 @@ impl Scheduler {
         } else {
             reused
         };
+        self.engine.set_sampler(seq, job.req.params)?;
         let sampler = self.engine.sampler_mut(seq)?;
-        *sampler = Sampler::new(job.req.params)?;
         for &t in prompt {
             sampler.observe(t);
         }
@@ -483,8 +483,8 @@ impl Scheduler {
         let seq = self.new_or_lru(params)?;
         self.engine.truncate(seq, 0)?;
         self.clean[seq.slot()] = 0;
+        self.engine.set_sampler(seq, params)?;
         let sampler = self.engine.sampler_mut(seq)?;
-        *sampler = Sampler::new(params)?;
         for &t in prompt {
             sampler.observe(t);
         }
