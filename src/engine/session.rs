@@ -367,14 +367,15 @@ impl Session {
     }
 
     /// The decode loop: from the current logits (after a prefill), samples up to `max_tokens`
-    /// tokens with the session's sampler (see [`Session::set_sampler`]), stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
-    /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
-    /// greedy sampler, each step feeds the newest token plus a draft found by
-    /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
-    /// with and the token after them, and truncates the cache past the rest (with a
-    /// constraint: drafts cut to what it allows, agreement judged on the masked logits, see
-    /// `verify_constrained`). Allocates nothing without a constraint (see [`crate::engine::constraint`] for what one allocates per
-    /// token).
+    /// tokens with the session's sampler (see [`Session::set_sampler`]), stopping at any of
+    /// `stop` (not passed to `on_token`), when `on_token` returns false, or when the context is
+    /// full. With lookup on (see [`Session::set_lookup`]) and a greedy sampler, each step feeds
+    /// the newest token plus a draft found by [`lookup::draft`], with decode numerics, keeps
+    /// the drafted tokens greedy decoding agrees with and the token after them
+    /// ([`lookup::Verifier`]; with a constraint, drafts are cut to what it allows and agreement
+    /// is judged on the masked logits), and truncates the cache past the rest. Allocates
+    /// nothing without a constraint (see [`crate::engine::constraint`] for what one allocates
+    /// per token).
     pub fn generate(
         &mut self,
         max_tokens: usize,
@@ -471,84 +472,39 @@ impl Session {
                 recorded = true;
                 continue;
             }
-            // Verify: the greedy token after every row, the first on ties as the sampler picks.
+            // Verify: the drafted tokens greedy decoding agrees with and the token after them
+            // (with a constraint, judged on the masked logits and advancing it).
             let pos0 = self.position();
-            let (agree, next) = if constrained {
-                self.verify_constrained(&row[..k + 1])?
+            let mut verifier = lookup::Verifier::new(&row[..k + 1], pos0);
+            // the constraint leaves the engine for the step (the step's callback needs it while
+            // the engine runs) and goes back whatever happens
+            let mut c = if constrained {
+                self.engine.set_constraint(self.seq, None)?
             } else {
-                let mut greedy = [0u32; lookup::MAX_DRAFT + 1];
-                self.feed(
-                    &row[..k + 1],
-                    Numerics::Decode,
-                    Want::All,
-                    &mut |_, pos, l| {
-                        greedy[pos - pos0] = qwenrt_kernels::scalar::argmax(l) as u32;
-                    },
-                )?;
-                let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
-                (agree, greedy[agree])
+                None
             };
+            let fed = self.feed(
+                &row[..k + 1],
+                Numerics::Decode,
+                Want::All,
+                &mut |_, pos, l| verifier.check(pos, l, c.as_mut()),
+            );
+            if c.is_some() {
+                self.engine.set_constraint(self.seq, c)?;
+            }
+            fed?;
+            let verdict = verifier.verdict()?;
+            let agree = verdict.accepted();
             budget.verified(k, agree);
             stats.drafted += k;
             stats.accepted += agree;
             // The fed rows past the agreed drafts are not part of the text.
             self.truncate(pos0 + 1 + agree);
-            pending[..agree].copy_from_slice(&row[1..1 + agree]);
-            pending[agree] = next;
+            pending[..agree + 1].copy_from_slice(verdict.tokens());
             n_pending = agree + 1;
             recorded = false;
         }
         stats.elapsed = start.elapsed();
         Ok(stats)
-    }
-
-    /// Feeds `row` (the newest token, already sampled and seen by the constraint, then a draft
-    /// the constraint allows) and returns how many drafted tokens constrained greedy decoding
-    /// agrees with and the token it picks after them, as it would one token a step: at each
-    /// row the masked greedy token is the plain argmax where the grammar allows that (a drafted
-    /// token that is the argmax is allowed, as the draft was cut to what the grammar allows),
-    /// and otherwise the argmax over the allowed tokens. The constraint advances over the
-    /// accepted tokens and the picked one, as sampling them would have advanced it; the caller
-    /// truncates the cache past the accepted rows.
-    fn verify_constrained(&mut self, row: &[u32]) -> Result<(usize, u32), SessionError> {
-        let k = row.len() - 1;
-        // The constraint leaves the engine for the step (the step's callback needs it while
-        // the engine runs) and goes back whatever happens.
-        let Some(mut c) = self.engine.set_constraint(self.seq, None)? else {
-            return Err(SessionError::Constraint(
-                crate::engine::constraint::ConstraintError::Matcher(
-                    "the constraint went missing while verifying a draft".into(),
-                ),
-            ));
-        };
-        let pos0 = self.position();
-        let mut agree = 0;
-        let mut next: Option<Result<u32, SessionError>> = None;
-        let fed = self.feed(row, Numerics::Decode, Want::All, &mut |_, pos, l| {
-            if next.is_some() {
-                return; // decided at an earlier row; the rest are truncated away
-            }
-            let i = pos - pos0;
-            let g = qwenrt_kernels::scalar::argmax(l) as u32;
-            if i < k && g == row[1 + i] {
-                match c.commit(g) {
-                    Ok(()) => agree += 1,
-                    Err(e) => next = Some(Err(e.into())),
-                }
-                return;
-            }
-            let picked = c
-                .greedy(l)
-                .and_then(|t| c.commit(t).map(|()| t))
-                .map_err(SessionError::from);
-            next = Some(picked);
-        });
-        self.engine.set_constraint(self.seq, Some(c))?;
-        fed?;
-        match next {
-            Some(Ok(t)) => Ok((agree, t)),
-            Some(Err(e)) => Err(e),
-            None => Err(SessionError::NoLogits),
-        }
     }
 }
