@@ -211,7 +211,10 @@ fn the_verifier_judges_a_draft_on_the_masked_logits() {
     v.check(41, &logits(x, three), Some(&mut c));
     v.check(42, &logits(two, x), Some(&mut c)); // past the deciding row: ignored
     let d = v.verdict().unwrap();
-    assert_eq!((d.tokens(), d.accepted(), d.drafted()), (&[one, three][..], 1, 2));
+    assert_eq!(
+        (d.tokens(), d.accepted(), d.drafted()),
+        (&[one, three][..], 1, 2)
+    );
     // the grammar saw "1 3": one more digit, then only the end
     assert!(c.allows(two) && !c.allows(x));
     c.commit(two).unwrap();

@@ -357,7 +357,10 @@ mod tests {
             v.check(pos, &peak(8, t), None);
         }
         let d = v.verdict().unwrap();
-        assert_eq!((d.tokens(), d.accepted(), d.drafted()), (&[1, 2, 7][..], 2, 2));
+        assert_eq!(
+            (d.tokens(), d.accepted(), d.drafted()),
+            (&[1, 2, 7][..], 2, 2)
+        );
 
         // the second drafted token disagrees: the first, then the greedy token there; the
         // rows after it are ignored even where they would agree

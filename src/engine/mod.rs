@@ -285,12 +285,14 @@ pub struct Engine {
     weights: Arc<Weights>,
     /// What the kernels run on, decided once here ([`Cpu::choose`]) and passed to every call.
     cpu: Cpu,
+    /// Every weight matrix with its kernel, chosen once here from its format, its layout and
+    /// `cpu`.
+    model: forward::Model,
     pool: ThreadPool,
     plan: MemoryPlan,
     arena: Arena,
     slots: Vec<Slot>,
     max_rows: usize,
-    prefill_bf16: bool,
 }
 
 impl Engine {
@@ -313,6 +315,7 @@ impl Engine {
             c.rope_theta,
             c.head_dim,
         );
+        let model = forward::Model::prepare(&weights, cpu, opts.prefill_bf16);
         let greedy = Sampler::new(SamplerParams::greedy())?;
         let slots = (0..dims.sequences)
             .map(|_| Slot {
@@ -328,12 +331,12 @@ impl Engine {
         Ok(Engine {
             weights,
             cpu,
+            model,
             pool,
             plan,
             arena,
             slots,
             max_rows: dims.rows,
-            prefill_bf16: opts.prefill_bf16,
         })
     }
 
