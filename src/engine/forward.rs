@@ -17,7 +17,7 @@ use qwenrt_kernels::{ops, quant, Bf16, Cpu, Dtype, Format, KvType, ThreadPool, F
 use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
 use super::{Engine, EngineError, Feed, Numerics, SeqId, Slot, Want};
 use crate::engine::kv_cache::{KvCache, KvStore};
-use crate::model::weights::{TensorRef, Weights};
+use crate::model::weights::{Layer, TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
 /// is monomorphized once per format and the format is matched once per call.
@@ -43,7 +43,7 @@ macro_rules! by_format {
 pub(super) mod linear;
 
 pub(super) use linear::Model;
-use linear::{Ffn, FfnBlock, Linear, Matmul};
+use linear::{Ffn, FfnBlock, Linear, Matmul, Routing};
 
 /// The feeds in row order (decode feeds first, then prefill feeds), each with its first row.
 fn in_row_order<'a, 't>(feeds: &'a [Feed<'t>]) -> impl Iterator<Item = (usize, &'a Feed<'t>)> + 'a {
@@ -106,9 +106,8 @@ pub(super) fn run(
         matmul_pack: b.matmul_pack,
         quant_scratch: b.quant_scratch,
     };
-    let half = hd / 2;
-    let rope_cos = &mut b.rope_cos[..n * half]; // [n, head_dim / 2]: each row's angles
-    let rope_sin = &mut b.rope_sin[..n * half];
+    let rope_cos = &mut b.rope_cos[..n * hd / 2]; // [n, head_dim / 2]: each row's angles
+    let rope_sin = &mut b.rope_sin[..n * hd / 2];
 
     // embed: each row's token and rope angles; each feed's tokens into its sequence's history
     let history = bytemuck::cast_slice_mut(b.seq_tokens); // [sequences, ctx]
@@ -120,30 +119,15 @@ pub(super) fn run(
         // attention block
         rmsnorm_rows(cpu, x, x_norm, h, &layer.input_layernorm, weights, eps);
         mm.qkv(&mats.qkv, x_norm, [&mut *q, &mut *k, &mut *v], nd);
-        // Qwen2: biases on q, k and v
-        for (y, bias) in [
-            (&mut *q, &layer.q_bias),
-            (&mut *k, &layer.k_bias),
-            (&mut *v, &layer.v_bias),
-        ] {
-            if let Some(bias) = bias {
-                bias_rows(cpu, y, bias, weights);
-            }
-        }
-        // Qwen3: each head of q and of k RMS-normalized, before RoPE
-        for (y, norm) in [(&mut *q, &layer.q_norm), (&mut *k, &layer.k_norm)] {
-            if let Some(norm) = norm {
-                head_rmsnorm(cpu, y, norm, weights, eps, b.head_norm);
-            }
-        }
-        for t in 0..n {
-            let (cos, sin) = (
-                &rope_cos[t * half..(t + 1) * half],
-                &rope_sin[t * half..(t + 1) * half],
-            );
-            ops::rope(cpu, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
-            ops::rope(cpu, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
-        }
+        // Qwen2: biases on q, k and v; Qwen3: each head of q and of k RMS-normalized
+        bias_and_head_norm(
+            cpu,
+            weights,
+            layer,
+            [&mut *q, &mut *k, &mut *v],
+            b.head_norm,
+        );
+        rope_rows(cpu, hd, [&mut *q, &mut *k], rope_cos, rope_sin);
         // per feed: its rows into its own cache, then attention over that cache
         let layout = KvLayout {
             n_heads: c.num_attention_heads,
@@ -188,16 +172,11 @@ pub(super) fn run(
             FfnBlock::Moe {
                 router,
                 experts,
-                top_k,
-                renormalize,
+                routing,
             } => {
-                let routing = Routing {
-                    top_k: *top_k,
-                    renormalize: *renormalize,
-                };
                 let b = &mut ffn_bufs;
                 moe_rows(
-                    &mut mm, router, experts, routing, x_norm, h, nd, b, proj_out,
+                    &mut mm, router, experts, *routing, x_norm, h, nd, b, proj_out,
                 )
             }
         }
@@ -205,18 +184,7 @@ pub(super) fn run(
     }
 
     // final norm: the embeddings wanted, then lm_head over the rows whose logits are wanted
-    for (row0, fd) in in_row_order(feeds).filter(|(_, fd)| fd.logits == Want::Embedding) {
-        let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
-        let out = &mut b.seq_embedding[i * h..(i + 1) * h]; // [hidden]
-        ops::rmsnorm(
-            cpu,
-            &x[r * h..(r + 1) * h],
-            weights.bytes(&weights.norm),
-            weights.norm.dtype(),
-            eps,
-            out,
-        );
-    }
+    embeddings_out(cpu, weights, feeds, x, b.seq_embedding);
     let head = Head {
         lm_head: &model.lm_head,
         logits: b.logits,
@@ -416,14 +384,6 @@ struct FfnBufs<'a> {
     expert_weights: &'a mut [f32],
     expert_x: &'a mut [f32],
     expert_out: &'a mut [f32],
-}
-
-/// How a layer of experts routes each row: to its `top_k` most probable experts, their
-/// probabilities renormalized to sum to 1 when `renormalize`.
-#[derive(Clone, Copy)]
-struct Routing {
-    top_k: usize,
-    renormalize: bool,
 }
 
 /// A layer of experts over the rows `x` (`[rows, hidden]`, the first `nd` decode rows), into
@@ -738,6 +698,64 @@ fn cache_and_attend<T: KvType>(
         );
     }
     Ok(())
+}
+
+/// Qwen2's biases on `q`, `k` and `v` and Qwen3's RMS norm of each head of `q` and of `k`
+/// (`head_norm`: scratch of `[head_dim]`), where the layer has them.
+fn bias_and_head_norm(
+    cpu: Cpu,
+    weights: &Weights,
+    layer: &Layer,
+    [q, k, v]: [&mut [f32]; 3],
+    head_norm: &mut [f32],
+) {
+    let eps = weights.config.rms_norm_eps;
+    for (y, bias) in [
+        (&mut *q, &layer.q_bias),
+        (&mut *k, &layer.k_bias),
+        (v, &layer.v_bias),
+    ] {
+        if let Some(bias) = bias {
+            bias_rows(cpu, y, bias, weights);
+        }
+    }
+    for (y, norm) in [(q, &layer.q_norm), (k, &layer.k_norm)] {
+        if let Some(norm) = norm {
+            head_rmsnorm(cpu, y, norm, weights, eps, head_norm);
+        }
+    }
+}
+
+/// RoPE on every head of each row of `q` and `k`, at the row's angles (`rope_cos`/`rope_sin`:
+/// `[rows, head_dim / 2]`).
+fn rope_rows(cpu: Cpu, hd: usize, [q, k]: [&mut [f32]; 2], rope_cos: &[f32], rope_sin: &[f32]) {
+    let half = hd / 2;
+    let rows = rope_cos.len() / half.max(1);
+    let (qd, kvd) = (q.len() / rows.max(1), k.len() / rows.max(1));
+    for t in 0..rows {
+        let cos = &rope_cos[t * half..(t + 1) * half];
+        let sin = &rope_sin[t * half..(t + 1) * half];
+        ops::rope(cpu, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
+        ops::rope(cpu, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
+    }
+}
+
+/// The final norm of the last row of each feed that wants its embedding ([`Want::Embedding`]),
+/// into its sequence's row of `seq_embedding` (`[sequences, hidden]`).
+fn embeddings_out(
+    cpu: Cpu,
+    weights: &Weights,
+    feeds: &[Feed<'_>],
+    x: &[f32],
+    seq_embedding: &mut [f32],
+) {
+    let (h, eps) = (weights.config.hidden_size, weights.config.rms_norm_eps);
+    let (norm, norm_dtype) = (weights.bytes(&weights.norm), weights.norm.dtype());
+    for (row0, fd) in in_row_order(feeds).filter(|(_, fd)| fd.logits == Want::Embedding) {
+        let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
+        let out = &mut seq_embedding[i * h..(i + 1) * h];
+        ops::rmsnorm(cpu, &x[r * h..(r + 1) * h], norm, norm_dtype, eps, out);
+    }
 }
 
 /// `out[t] = rmsnorm(x[t]) * weight` for every row.

@@ -124,9 +124,16 @@ pub(in crate::engine) enum FfnBlock {
     Moe {
         router: Linear,
         experts: Vec<Ffn>,
-        top_k: usize,
-        renormalize: bool,
+        routing: Routing,
     },
+}
+
+/// How a layer of experts routes each row: to its `top_k` most probable experts, their
+/// probabilities renormalized to sum to 1 when `renormalize`.
+#[derive(Clone, Copy)]
+pub(in crate::engine) struct Routing {
+    pub(in crate::engine) top_k: usize,
+    pub(in crate::engine) renormalize: bool,
 }
 
 /// One layer's matrices.
@@ -176,8 +183,10 @@ impl Model {
                             .iter()
                             .map(|f| Ffn::prepare(f, weights, cpu, bf16_prefill))
                             .collect(),
-                        top_k: *top_k,
-                        renormalize: *renormalize,
+                        routing: Routing {
+                            top_k: *top_k,
+                            renormalize: *renormalize,
+                        },
                     },
                 },
             })
