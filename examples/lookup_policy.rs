@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use qwenrt::engine::lookup::{self, DraftBudget};
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
@@ -79,9 +79,9 @@ fn trace(a: &[String]) -> Result<(), Box<dyn std::error::Error>> {
         s.reset();
         s.set_lookup(0);
         s.prefill(&prompt)?;
-        let mut sampler = Sampler::new(SamplerParams::greedy())?;
+        s.set_sampler(SamplerParams::greedy())?;
         let mut output = Vec::new();
-        s.generate(&mut sampler, max_tokens, &stop, &mut |t| {
+        s.generate(max_tokens, &stop, &mut |t| {
             output.push(t);
             true
         })?;

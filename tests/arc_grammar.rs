@@ -16,7 +16,7 @@ use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use qwenrt::engine::constraint::{Constraint, Grammars};
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{GenerateStats, Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::text::ChatTemplate;
@@ -335,10 +335,10 @@ fn run(
     s.set_lookup(lookup);
     s.prefill(prompt).unwrap();
     s.set_constraint(Some(constraint.clone()));
-    let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+    s.set_sampler(SamplerParams::greedy()).unwrap();
     let mut tokens = Vec::new();
     let stats = s
-        .generate(&mut sampler, max_tokens, &stop_ids(), &mut |t| {
+        .generate(max_tokens, &stop_ids(), &mut |t| {
             tokens.push(t);
             Some(tokens.len()) != stop_after
         })

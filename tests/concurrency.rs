@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 
@@ -36,7 +36,7 @@ fn serve(weights: &Arc<Weights>, req: &Request, start: Option<&Barrier>) -> Outp
         ..Default::default()
     };
     let mut session = Session::new(weights.clone(), &opts).unwrap();
-    let mut sampler = Sampler::new(req.params).unwrap();
+    session.set_sampler(req.params).unwrap();
     if let Some(b) = start {
         b.wait();
     }
@@ -47,11 +47,11 @@ fn serve(weights: &Arc<Weights>, req: &Request, start: Option<&Barrier>) -> Outp
         .map(|x| x.to_bits())
         .collect();
     for &t in &req.prompt {
-        sampler.observe(t);
+        session.sampler_mut().observe(t);
     }
     let mut tokens = Vec::new();
     session
-        .generate(&mut sampler, req.max_tokens, &[], &mut |t| {
+        .generate(req.max_tokens, &[], &mut |t| {
             tokens.push(t);
             true
         })

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use qwenrt::engine::constraint::Grammars;
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions, StopReason};
 use qwenrt::text::chat;
 use qwenrt::{Tokenizer, Weights};
@@ -244,10 +244,10 @@ fn every_constrained_answer_parses_and_validates() {
             s.reset();
             s.prefill(&ids).unwrap();
             s.set_constraint(Some(g.json_schema(schema).unwrap()));
-            let mut sampler = Sampler::new(params).unwrap();
+            s.set_sampler(params).unwrap();
             let mut out = Vec::new();
             let stats = s
-                .generate(&mut sampler, 300, &stop, &mut |t| {
+                .generate(300, &stop, &mut |t| {
                     out.push(t);
                     true
                 })
@@ -304,13 +304,13 @@ fn constrained_greedy_equals_unconstrained_where_allowed_on_the_real_model() {
     );
     s.prefill(&tok.encode(&prompt).unwrap()).unwrap();
     s.set_constraint(Some(g.json_schema(schema).unwrap()));
-    let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+    s.set_sampler(SamplerParams::greedy()).unwrap();
     let (mut same, mut differ) = (0, 0);
     let mut out = Vec::new();
     for _ in 0..200 {
         let free = qwenrt_kernels::scalar::argmax(s.logits().unwrap()) as u32;
         let allowed = s.constraint_mut().unwrap().allows(free);
-        let t = s.sample(&mut sampler).unwrap();
+        let t = s.sample().unwrap();
         if allowed {
             assert_eq!(
                 t,

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{LogitBias, Sampler, SamplerParams};
+use qwenrt::engine::sampler::{LogitBias, SamplerParams};
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::model::weights::Weights;
@@ -51,16 +51,14 @@ fn decode_loop_allocates_nothing() {
             // a logit bias (a boost and a ban) is applied in the counted steps too
             logit_bias: LogitBias::new(&[(3, 5.0), (7, -100.0)]).unwrap(),
         };
-        let mut sampler = Sampler::new(params).unwrap();
+        session.set_sampler(params).unwrap();
         let prompt: Vec<u32> = (0..40).map(|i| (i * 37 % 500) as u32).collect();
         let mut out: Vec<u32> = Vec::with_capacity(1024);
         let stop = [u32::MAX];
 
         // warm-up: the first pass may touch lazily initialised state (thread start-up, etc.)
         session.prefill(&prompt).unwrap();
-        session
-            .generate(&mut sampler, 8, &stop, &mut |_| true)
-            .unwrap();
+        session.generate(8, &stop, &mut |_| true).unwrap();
         session.reset();
         session.prefill(&prompt).unwrap();
 
@@ -69,7 +67,7 @@ fn decode_loop_allocates_nothing() {
         ZEROED.store(0, Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
         let stats = session
-            .generate(&mut sampler, 300, &stop, &mut |t| {
+            .generate(300, &stop, &mut |t| {
                 out.push(t);
                 true
             })
@@ -101,13 +99,11 @@ fn decode_loop_allocates_nothing() {
 
         // Prompt-lookup decoding: drafting, verifying and truncating past rejected rows.
         let repeating: Vec<u32> = (0..60).map(|i| [21, 22, 23, 24, 25][i % 5]).collect();
-        let mut greedy = Sampler::new(SamplerParams::greedy()).unwrap();
+        session.set_sampler(SamplerParams::greedy()).unwrap();
         session.set_lookup(8);
         session.reset();
         session.prefill(&repeating).unwrap();
-        session
-            .generate(&mut greedy, 16, &stop, &mut |_| true)
-            .unwrap();
+        session.generate(16, &stop, &mut |_| true).unwrap();
         session.reset();
         session.prefill(&repeating).unwrap();
         out.clear();
@@ -116,7 +112,7 @@ fn decode_loop_allocates_nothing() {
         ZEROED.store(0, Ordering::SeqCst);
         ARMED.store(true, Ordering::SeqCst);
         let stats = session
-            .generate(&mut greedy, 900, &stop, &mut |t| {
+            .generate(900, &stop, &mut |t| {
                 out.push(t);
                 true
             })

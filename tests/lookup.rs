@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{GenerateStats, Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::model::weights::Weights;
@@ -31,10 +31,10 @@ fn run(
     s.reset();
     s.set_lookup(lookup);
     s.prefill(prompt).unwrap();
-    let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+    s.set_sampler(SamplerParams::greedy()).unwrap();
     let mut tokens = Vec::new();
     let stats = s
-        .generate(&mut sampler, max_tokens, stop, &mut |t| {
+        .generate(max_tokens, stop, &mut |t| {
             tokens.push(t);
             Some(tokens.len()) != stop_after
         })
@@ -175,4 +175,48 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
             lk.stats.tokens, lk.stats.drafted, lk.stats.accepted, lk.stats.steps, plain.stats.steps
         );
     }
+}
+
+/// The shared verifier under a constraint: a drafted token the model agrees with is accepted
+/// and advances the grammar; where the model's favourite is forbidden, the best allowed token
+/// follows (not the forbidden one), advancing the grammar too.
+#[test]
+fn the_verifier_judges_a_draft_on_the_masked_logits() {
+    use qwenrt::engine::constraint::Grammars;
+    use qwenrt::engine::lookup::Verifier;
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json");
+    let tok = Tokenizer::from_file(&p).unwrap();
+    let vocab = 151936;
+    let im_end = tok.encode("<|im_end|>").unwrap();
+    assert_eq!(im_end.len(), 1, "{im_end:?}");
+    let g = Grammars::new(&tok, vocab, &im_end).unwrap();
+    let mut c = g.regex("[0-9]{3}").unwrap();
+    let id = |s: &str| {
+        let ids = tok.encode(s).unwrap();
+        assert_eq!(ids.len(), 1, "{s}: {ids:?}");
+        ids[0]
+    };
+    let (one, two, three, x) = (id("1"), id("2"), id("3"), id("x"));
+    let logits = |best: u32, second: u32| {
+        let mut l = vec![0.0f32; vocab];
+        l[best as usize] = 2.0;
+        l[second as usize] = 1.0;
+        l
+    };
+    // the draft "1 2" after the newest token; the model agrees with "1", then prefers "x"
+    // (forbidden) over "3"
+    let mut v = Verifier::new(&[one, one, two], 40);
+    v.check(40, &logits(one, x), Some(&mut c));
+    v.check(41, &logits(x, three), Some(&mut c));
+    v.check(42, &logits(two, x), Some(&mut c)); // past the deciding row: ignored
+    let d = v.verdict().unwrap();
+    assert_eq!(
+        (d.tokens(), d.accepted(), d.drafted()),
+        (&[one, three][..], 1, 2)
+    );
+    // the grammar saw "1 3": one more digit, then only the end
+    assert!(c.allows(two) && !c.allows(x));
+    c.commit(two).unwrap();
+    assert!(!c.allows(one) && c.is_accepting());
 }

@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions, StopReason};
 use qwenrt::model::config::{Arch, Config};
 use qwenrt::model::convert::hf_tensor_name;
@@ -116,10 +116,10 @@ fn check_against_transformers(w: &Arc<Weights>, exp: &Expected, label: &str, tol
                 }
                 s.reset();
                 s.prefill(&case.input_ids).unwrap();
-                let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+                s.set_sampler(SamplerParams::greedy()).unwrap();
                 let mut out = Vec::new();
                 let stats = s
-                    .generate(&mut sampler, 16, &[], &mut |t| {
+                    .generate(16, &[], &mut |t| {
                         out.push(t);
                         true
                     })

@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
@@ -155,9 +155,9 @@ fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
             .unwrap_or(case.steps.len());
         s.reset();
         s.prefill(&case.input_ids).unwrap();
-        let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+        s.set_sampler(SamplerParams::greedy()).unwrap();
         let mut out = Vec::new();
-        s.generate(&mut sampler, firm.max(1), &[], &mut |t| {
+        s.generate(firm.max(1), &[], &mut |t| {
             out.push(t);
             true
         })

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use qwenrt::engine::sampler::{Sampler, SamplerParams};
+use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions, StopReason};
 use qwenrt::model::weights::Weights;
 use qwenrt_kernels::Isa;
@@ -86,10 +86,10 @@ fn check_model(name: &str, tol: f32) {
                 // greedy continuation
                 s.reset();
                 s.prefill(&case.input_ids).unwrap();
-                let mut sampler = Sampler::new(SamplerParams::greedy()).unwrap();
+                s.set_sampler(SamplerParams::greedy()).unwrap();
                 let mut out = Vec::new();
                 let stats = s
-                    .generate(&mut sampler, 16, &[], &mut |t| {
+                    .generate(16, &[], &mut |t| {
                         out.push(t);
                         true
                     })
@@ -171,8 +171,8 @@ fn arena_never_moves_across_prompts() {
     for case in &exp.cases {
         s.reset();
         s.prefill(&case.input_ids).unwrap();
-        let mut sampler = Sampler::new(SamplerParams::default()).unwrap();
-        s.generate(&mut sampler, 10, &[], &mut |_| true).unwrap();
+        s.set_sampler(SamplerParams::default()).unwrap();
+        s.generate(10, &[], &mut |_| true).unwrap();
         assert_eq!(s.arena_address(), addr);
     }
 }

@@ -6,7 +6,6 @@
 use std::io::{IsTerminal, Write};
 
 use clap::Args;
-use qwenrt::engine::sampler::Sampler;
 use qwenrt::engine::session::{Session, StopReason};
 use qwenrt::workload::conversation::{feed_reusing, Conversation};
 use qwenrt::workload::stop_ids;
@@ -61,7 +60,9 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
     let opts = a.run.session_options(&weights, 8192, a.prefill_f32);
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     a.lookup.apply(&mut session);
-    let mut sampler = Sampler::new(params).map_err(|e| CliError::usage(e.to_string()))?;
+    session
+        .set_sampler(params)
+        .map_err(|e| CliError::usage(e.to_string()))?;
     let stop = stop_ids(&tok, &weights);
     let mut conversation = Conversation::new(a.system.as_deref());
     let interactive = std::io::stdin().is_terminal();
@@ -108,15 +109,15 @@ pub fn run(a: ChatArgs) -> Result<(), CliError> {
         }
         let reused = feed_reusing(&mut session, &ids).map_err(CliError::fail)?;
         for &t in &ids[reused..] {
-            sampler.observe(t);
+            session.sampler_mut().observe(t);
         }
         // each reply is its own completion for the frequency and presence penalties
-        sampler.clear_generated();
+        session.sampler_mut().clear_generated();
         let mut stream = tok.stream_decoder();
         let mut out = std::io::stdout().lock();
         reply.clear();
         let stats = session
-            .generate(&mut sampler, max_tokens, &stop, &mut |t| {
+            .generate(max_tokens, &stop, &mut |t| {
                 reply.push(t);
                 let _ = out.write_all(stream.push(t).as_bytes());
                 let _ = out.flush();

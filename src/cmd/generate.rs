@@ -4,7 +4,6 @@ use std::io::{Read, Write};
 use std::time::Instant;
 
 use clap::Args;
-use qwenrt::engine::sampler::Sampler;
 use qwenrt::engine::session::{Session, StopReason};
 use qwenrt::workload::stop_ids;
 
@@ -121,9 +120,11 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     }
     let mut session = Session::new(weights.clone(), &opts).map_err(CliError::fail)?;
     a.lookup.apply(&mut session);
-    let mut sampler = Sampler::new(params).map_err(|e| CliError::usage(e.to_string()))?;
+    session
+        .set_sampler(params)
+        .map_err(|e| CliError::usage(e.to_string()))?;
     for &t in &prompt_ids {
-        sampler.observe(t);
+        session.sampler_mut().observe(t);
     }
     let stop = stop_ids(&tok, &weights);
     let json = a.json;
@@ -142,7 +143,7 @@ pub fn run(a: GenerateArgs) -> Result<(), CliError> {
     let mut out = stdout.lock();
     let mut write_err = None;
     let stats = session
-        .generate(&mut sampler, max_tokens, &stop, &mut |t| {
+        .generate(max_tokens, &stop, &mut |t| {
             ids.push(t);
             if !json {
                 let piece = stream.push(t);

@@ -7,17 +7,17 @@
 //! A step's rows are laid out by numerics: first the rows of every [`Numerics::Decode`] feed,
 //! then those of every [`Numerics::Prefill`] feed, each feed's rows together. Every matrix
 //! runs once over the decode rows (the decode matvec per row, the weights streamed once for
-//! all of them) and once over the prefill rows (a matmul). Every weight matrix is read in its
-//! own format: each call dispatches once on its tensor's [`Dtype`] to a kernel monomorphized
-//! for it.
+//! all of them) and once over the prefill rows (a matmul). Each matrix is a prepared
+//! [`linear::Linear`] whose kernel (format, layout, bf16 prefill) was chosen once in
+//! [`Engine::new`]; [`linear::Matmul`] runs it.
 
 use qwenrt_kernels::par::{self, KvLayout};
 use qwenrt_kernels::{ops, quant, Bf16, Cpu, Dtype, Format, KvType, ThreadPool, F16, F32};
 
 use super::plan::{ArenaBufs, LOGIT_ROWS, MIN_MATMUL_ROWS};
-use super::{Engine, EngineError, Feed, Numerics, SeqId, Want};
+use super::{Engine, EngineError, Feed, Numerics, SeqId, Slot, Want};
 use crate::engine::kv_cache::{KvCache, KvStore};
-use crate::model::weights::{FeedForward, Mlp, TensorRef, Weights};
+use crate::model::weights::{Layer, TensorRef, Weights};
 
 /// Runs `$body` with the type `$W` bound to the marker of the weight format `$d`, so the body
 /// is monomorphized once per format and the format is matched once per call.
@@ -40,6 +40,11 @@ macro_rules! by_format {
     };
 }
 
+pub(super) mod linear;
+
+pub(super) use linear::Model;
+use linear::{Ffn, FfnBlock, Linear, Matmul, Routing};
+
 /// The feeds in row order (decode feeds first, then prefill feeds), each with its first row.
 fn in_row_order<'a, 't>(feeds: &'a [Feed<'t>]) -> impl Iterator<Item = (usize, &'a Feed<'t>)> + 'a {
     let decode = feeds.iter().filter(|f| f.numerics == Numerics::Decode);
@@ -58,164 +63,95 @@ pub(super) fn run(
     feeds: &[Feed<'_>],
     each: &mut dyn FnMut(SeqId, usize, &[f32]),
 ) -> Result<(), EngineError> {
-    let weights = &*e.weights;
+    let (weights, model, cpu, pool) = (&*e.weights, &e.model, e.cpu, &e.pool);
     let c = &weights.config;
-    let (cpu, pool) = (e.cpu, &e.pool);
+    let (h, qd, kvd, hd, eps) = (
+        c.hidden_size,
+        c.q_dim(),
+        c.kv_dim(),
+        c.head_dim,
+        c.rms_norm_eps,
+    );
     let slots = &mut e.slots;
-    let n: usize = feeds.iter().map(|f| f.tokens.len()).sum();
-    let nd: usize = feeds
+    let n: usize = feeds.iter().map(|f| f.tokens.len()).sum(); // rows of the step
+    let nd: usize = feeds // its decode rows, the first nd
         .iter()
         .filter(|f| f.numerics == Numerics::Decode)
         .map(|f| f.tokens.len())
         .sum();
-    let (h, qd, kvd, hd) = (c.hidden_size, c.q_dim(), c.kv_dim(), c.head_dim);
-    let (nh, nkv, eps, vocab) = (
-        c.num_attention_heads,
-        c.num_key_value_heads,
-        c.rms_norm_eps,
-        c.vocab_size,
-    );
-    let ctx = slots[0].kv.capacity();
-    let kv_dtype = slots[0].kv.shape().dtype;
     let b = ArenaBufs::carve(e.arena.floats_mut(), &e.plan);
     let x = &mut b.x[..n * h]; // [n, hidden]: the residual stream
-    let x_norm = &mut b.x_norm[..n * h];
+    let x_norm = &mut b.x_norm[..n * h]; // [n, hidden]
     let q = &mut b.q[..n * qd]; // [n, heads * head_dim]
     let k = &mut b.k[..n * kvd]; // [n, kv_heads * head_dim]
-    let v = &mut b.v[..n * kvd];
+    let v = &mut b.v[..n * kvd]; // [n, kv_heads * head_dim]
     let attn_out = &mut b.attn_out[..n * qd]; // [n, heads * head_dim]
     let proj_out = &mut b.proj_out[..n * h]; // [n, hidden]
     let mut ffn_bufs = FfnBufs {
-        gate: b.mlp_gate, // [n, ffn]
-        up: b.mlp_up,
-        router_logits: b.router_logits, // [n, experts]
+        gate: b.mlp_gate,                                       // [n, ffn]
+        up: b.mlp_up,                                           // [n, ffn]
+        router_logits: b.router_logits,                         // [n, experts]
         route_expert: bytemuck::cast_slice_mut(b.route_expert), // [n, top_k]
-        route_weight: b.route_weight,
-        expert_rows: bytemuck::cast_slice_mut(b.expert_rows), // [n]
-        expert_weights: b.expert_weights,
-        expert_x: b.expert_x, // [n + pad, hidden]
-        expert_out: b.expert_out,
+        route_weight: b.route_weight,                           // [n, top_k]
+        expert_rows: bytemuck::cast_slice_mut(b.expert_rows),   // [n]
+        expert_weights: b.expert_weights,                       // [n]
+        expert_x: b.expert_x,                                   // [n + pad, hidden]
+        expert_out: b.expert_out,                               // [n + pad, hidden]
     };
-    let mut lin = Linear {
+    let mut mm = Matmul {
         pool,
         cpu,
         weights,
-        prefill_bf16: e.prefill_bf16,
         prep: b.x_prep,
         matmul_pack: b.matmul_pack,
         quant_scratch: b.quant_scratch,
     };
-    let wb = |t: &TensorRef| weights.bytes(t);
-    let layout = KvLayout {
-        n_heads: nh,
-        n_kv_heads: nkv,
-        head_dim: hd,
-        cap: ctx,
-    };
+    let rope_cos = &mut b.rope_cos[..n * hd / 2]; // [n, head_dim / 2]: each row's angles
+    let rope_sin = &mut b.rope_sin[..n * hd / 2];
 
-    // per row: its position's rope angles (once for every layer), its embedding; per feed:
-    // its tokens into the sequence's token history (past the committed length until the
-    // step commits)
-    let half = hd / 2;
-    let embed = wb(&weights.embed_tokens);
-    let ef = weights.embed_tokens.format;
-    // bytes of one embedding row (whole blocks: checked at load)
-    let er = ef.row_bytes(h).unwrap_or(0);
-    let history: &mut [u32] = bytemuck::cast_slice_mut(b.seq_tokens);
-    for (row0, fd) in in_row_order(feeds) {
-        let i = fd.seq.slot();
-        let pos0 = slots[i].kv.used();
-        history[i * ctx + pos0..i * ctx + pos0 + fd.tokens.len()].copy_from_slice(fd.tokens);
-        for (t, &token) in fd.tokens.iter().enumerate() {
-            let r = row0 + t;
-            rope_at(
-                b.inv_freq,
-                &mut b.rope_cos[r * half..(r + 1) * half],
-                &mut b.rope_sin[r * half..(r + 1) * half],
-                pos0 + t,
-            );
-            let row = &embed[token as usize * er..(token as usize + 1) * er];
-            match ef {
-                Format::Float(d) => d.to_f32(row, &mut x[r * h..(r + 1) * h]),
-                Format::Quant(qt) => quant::dequantize_row(qt, row, &mut x[r * h..(r + 1) * h]),
-            }
-        }
-    }
-    let rope_cos = &b.rope_cos[..n * half];
-    let rope_sin = &b.rope_sin[..n * half];
+    // embed: each row's token and rope angles; each feed's tokens into its sequence's history
+    let history = bytemuck::cast_slice_mut(b.seq_tokens); // [sequences, ctx]
+    embed_rows(
+        weights, feeds, slots, b.inv_freq, history, rope_cos, rope_sin, x,
+    );
 
-    for (l, layer) in weights.layers.iter().enumerate() {
+    for (l, (layer, mats)) in weights.layers.iter().zip(&model.layers).enumerate() {
         // attention block
         rmsnorm_rows(cpu, x, x_norm, h, &layer.input_layernorm, weights, eps);
-        let qkv_format = layer.q_proj.format;
-        if let (Format::Float(qkv_format), true) = (
-            qkv_format,
-            n == 1 && nd == 1 && [layer.k_proj.format, layer.v_proj.format] == [qkv_format; 2],
-        ) {
-            // one row: q, k and v read the same activations, so one dispatch streams all
-            // three (the same kernel calls per row as three matvecs: the same numbers)
-            by_format!(qkv_format, W => par::matvec3::<W>(
-                pool,
-                cpu,
-                x_norm,
-                lin.prep,
-                wb(&layer.q_proj),
-                q,
-                wb(&layer.k_proj),
-                k,
-                wb(&layer.v_proj),
-                v,
-            ));
-        } else {
-            lin.run(&layer.q_proj, x_norm, h, q, nd, false);
-            lin.run(&layer.k_proj, x_norm, h, k, nd, false);
-            lin.run(&layer.v_proj, x_norm, h, v, nd, false);
-        }
-        // Qwen2: biases on q, k and v
-        for (y, bias) in [
-            (&mut *q, &layer.q_bias),
-            (&mut *k, &layer.k_bias),
-            (&mut *v, &layer.v_bias),
-        ] {
-            if let Some(bias) = bias {
-                bias_rows(cpu, y, bias, weights);
-            }
-        }
-        // Qwen3: each head of q and of k RMS-normalized, before RoPE
-        for (y, norm) in [(&mut *q, &layer.q_norm), (&mut *k, &layer.k_norm)] {
-            if let Some(norm) = norm {
-                head_rmsnorm(cpu, y, norm, weights, eps, b.head_norm);
-            }
-        }
-        for t in 0..n {
-            let (cos, sin) = (
-                &rope_cos[t * half..(t + 1) * half],
-                &rope_sin[t * half..(t + 1) * half],
-            );
-            ops::rope(cpu, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
-            ops::rope(cpu, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
-        }
-        // per feed: its rows into its own cache, then attention over that cache, read in the
-        // cache's own element type
-        for (row0, fd) in in_row_order(feeds) {
-            let i = fd.seq.slot();
-            let m = fd.tokens.len();
-            let rows = row0 * qd..(row0 + m) * qd;
-            let kv_rows = row0 * kvd..(row0 + m) * kvd;
-            let feed = FeedRows {
-                slot: i,
-                numerics: fd.numerics,
-                k: &k[kv_rows.clone()],
-                v: &v[kv_rows],
-                q: &q[rows.clone()],
-                out: &mut attn_out[rows],
-            };
-            let (kv_k, kv_v) = (&mut *b.kv_k, &mut *b.kv_v);
-            by_format!(kv_dtype, T => cache_and_attend::<T>(
-                pool, cpu, layout, &mut slots[i].kv, l, feed, kv_k, kv_v, b.attn_scores,
-            ))?;
-        }
-        lin.run(&layer.o_proj, attn_out, qd, proj_out, nd, false);
+        mm.qkv(&mats.qkv, x_norm, [&mut *q, &mut *k, &mut *v], nd);
+        // Qwen2: biases on q, k and v; Qwen3: each head of q and of k RMS-normalized
+        bias_and_head_norm(
+            cpu,
+            weights,
+            layer,
+            [&mut *q, &mut *k, &mut *v],
+            b.head_norm,
+        );
+        rope_rows(cpu, hd, [&mut *q, &mut *k], rope_cos, rope_sin);
+        // per feed: its rows into its own cache, then attention over that cache
+        let layout = KvLayout {
+            n_heads: c.num_attention_heads,
+            n_kv_heads: c.num_key_value_heads,
+            head_dim: hd,
+            cap: slots[0].kv.capacity(),
+        };
+        let kv = KvRegions {
+            k: &mut *b.kv_k,
+            v: &mut *b.kv_v,
+            scores: &mut *b.attn_scores,
+        };
+        attend_feeds(
+            pool,
+            cpu,
+            layout,
+            feeds,
+            slots,
+            l,
+            [&*q, &*k, &*v],
+            attn_out,
+            kv,
+        )?;
+        mm.rows(&mats.o, attn_out, proj_out, nd); // [n, hidden]
         ops::add(cpu, x, proj_out);
 
         // MLP block: dense, or the experts the router picks for each row
@@ -228,49 +164,151 @@ pub(super) fn run(
             weights,
             eps,
         );
-        match &layer.mlp {
-            Mlp::Dense(ffn) => {
+        match &mats.ffn {
+            FfnBlock::Dense(ffn) => {
                 let (gate, up) = (&mut *ffn_bufs.gate, &mut *ffn_bufs.up);
-                swiglu(&mut lin, ffn, x_norm, h, nd, gate, up, proj_out)
+                swiglu(&mut mm, ffn, x_norm, h, nd, gate, up, proj_out)
             }
-            Mlp::Moe {
+            FfnBlock::Moe {
                 router,
                 experts,
-                top_k,
-                renormalize,
+                routing,
             } => {
-                let routing = Routing {
-                    top_k: *top_k,
-                    renormalize: *renormalize,
-                };
                 let b = &mut ffn_bufs;
                 moe_rows(
-                    &mut lin, router, experts, routing, x_norm, h, nd, b, proj_out,
+                    &mut mm, router, experts, *routing, x_norm, h, nd, b, proj_out,
                 )
             }
         }
         ops::add(cpu, x, proj_out);
     }
 
-    // embeddings: the final norm of each such feed's last row, into its sequence's slot
+    // final norm: the embeddings wanted, then lm_head over the rows whose logits are wanted
+    embeddings_out(cpu, weights, feeds, x, b.seq_embedding);
+    let head = Head {
+        lm_head: &model.lm_head,
+        logits: b.logits,
+        seq_logits: b.seq_logits,
+    };
+    head_rows(&mut mm, feeds, slots, x, x_norm, head, each);
+    Ok(())
+}
+
+/// Each row's token embedding into `x` (`[rows, hidden]`) and the rope angles of its position
+/// into `rope_cos`/`rope_sin` (`[rows, head_dim / 2]`, once for every layer); each feed's
+/// tokens into its sequence's `history` (`[sequences, ctx]`, past the committed length until
+/// the step commits).
+#[allow(clippy::too_many_arguments)]
+fn embed_rows(
+    weights: &Weights,
+    feeds: &[Feed<'_>],
+    slots: &[Slot],
+    inv_freq: &[f32],
+    history: &mut [u32],
+    rope_cos: &mut [f32],
+    rope_sin: &mut [f32],
+    x: &mut [f32],
+) {
+    let (h, half) = (weights.config.hidden_size, weights.config.head_dim / 2);
+    let ctx = slots[0].kv.capacity();
+    let embed = weights.bytes(&weights.embed_tokens);
+    let ef = weights.embed_tokens.format;
+    // bytes of one embedding row (whole blocks: checked at load)
+    let er = ef.row_bytes(h).unwrap_or(0);
     for (row0, fd) in in_row_order(feeds) {
-        if fd.logits == Want::Embedding {
-            let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
-            ops::rmsnorm(
-                cpu,
-                &x[r * h..(r + 1) * h],
-                wb(&weights.norm),
-                weights.norm.dtype(),
-                eps,
-                &mut b.seq_embedding[i * h..(i + 1) * h],
+        let i = fd.seq.slot();
+        let pos0 = slots[i].kv.used();
+        history[i * ctx + pos0..i * ctx + pos0 + fd.tokens.len()].copy_from_slice(fd.tokens);
+        for (t, &token) in fd.tokens.iter().enumerate() {
+            let r = row0 + t;
+            let (cos, sin) = (
+                &mut rope_cos[r * half..(r + 1) * half],
+                &mut rope_sin[r * half..(r + 1) * half],
             );
+            rope_at(inv_freq, cos, sin, pos0 + t);
+            let row = &embed[token as usize * er..(token as usize + 1) * er];
+            let out = &mut x[r * h..(r + 1) * h];
+            match ef {
+                Format::Float(d) => d.to_f32(row, out),
+                Format::Quant(qt) => quant::dequantize_row(qt, row, out),
+            }
         }
     }
+}
 
-    // final norm and lm_head over the rows whose logits are wanted, up to LOGIT_ROWS at a
-    // time (the head is streamed once per group; the same numbers as one matvec per row)
-    let head = wb(&weights.lm_head);
-    let hdt = weights.lm_head.format;
+/// The arena's KV regions of every sequence and attention's score scratch.
+struct KvRegions<'a> {
+    k: &'a mut [f32],
+    v: &'a mut [f32],
+    scores: &'a mut [f32],
+}
+
+/// Per feed, at layer `layer`: its rows of `k`/`v` (`[rows, kv_heads * head_dim]`) into its
+/// sequence's cache, then attention of its rows of `q` (`[rows, heads * head_dim]`) over that
+/// cache into `out` (as `q`), reading the cache in its own element type.
+#[allow(clippy::too_many_arguments)]
+fn attend_feeds(
+    pool: &ThreadPool,
+    cpu: Cpu,
+    layout: KvLayout,
+    feeds: &[Feed<'_>],
+    slots: &mut [Slot],
+    layer: usize,
+    [q, k, v]: [&[f32]; 3],
+    out: &mut [f32],
+    kv: KvRegions<'_>,
+) -> Result<(), EngineError> {
+    let (qd, kvd) = (
+        layout.n_heads * layout.head_dim,
+        layout.n_kv_heads * layout.head_dim,
+    );
+    let kv_dtype = slots[0].kv.shape().dtype;
+    for (row0, fd) in in_row_order(feeds) {
+        let i = fd.seq.slot();
+        let m = fd.tokens.len();
+        let rows = row0 * qd..(row0 + m) * qd;
+        let kv_rows = row0 * kvd..(row0 + m) * kvd;
+        let feed = FeedRows {
+            slot: i,
+            numerics: fd.numerics,
+            k: &k[kv_rows.clone()],
+            v: &v[kv_rows],
+            q: &q[rows.clone()],
+            out: &mut out[rows],
+        };
+        let (kv_k, kv_v, scores) = (&mut *kv.k, &mut *kv.v, &mut *kv.scores);
+        by_format!(kv_dtype, T => cache_and_attend::<T>(
+            pool, cpu, layout, &mut slots[i].kv, layer, feed, kv_k, kv_v, scores,
+        ))?;
+    }
+    Ok(())
+}
+
+/// The head and where its outputs go.
+struct Head<'a> {
+    lm_head: &'a Linear,
+    /// A group's logits: `[LOGIT_ROWS, vocab]`.
+    logits: &'a mut [f32],
+    /// Each sequence's logits after its last row: `[sequences, vocab]`.
+    seq_logits: &'a mut [f32],
+}
+
+/// The final norm and lm_head over the rows whose logits are wanted, up to [`LOGIT_ROWS`] at a
+/// time (the head is streamed once per group; the same numbers as one matvec per row): `each`
+/// gets the rows of [`Want::All`] feeds, and every such feed's last row goes to its sequence.
+/// `x_norm` is scratch of at least `[LOGIT_ROWS, hidden]`.
+fn head_rows(
+    mm: &mut Matmul<'_>,
+    feeds: &[Feed<'_>],
+    slots: &[Slot],
+    x: &[f32],
+    x_norm: &mut [f32],
+    head: Head<'_>,
+    each: &mut dyn FnMut(SeqId, usize, &[f32]),
+) {
+    let (weights, cpu) = (mm.weights, mm.cpu);
+    let c = &weights.config;
+    let (h, vocab, eps) = (c.hidden_size, c.vocab_size, c.rms_norm_eps);
     let wanted = in_row_order(feeds).flat_map(|(row0, fd)| {
         let m = fd.tokens.len();
         let ts = match fd.logits {
@@ -290,7 +328,7 @@ pub(super) fn run(
             ops::rmsnorm(
                 cpu,
                 &x[r * h..(r + 1) * h],
-                wb(&weights.norm),
+                weights.bytes(&weights.norm),
                 weights.norm.dtype(),
                 eps,
                 &mut x_norm[j * h..(j + 1) * h],
@@ -298,27 +336,8 @@ pub(super) fn run(
             group[j] = Some(item);
             g = j + 1;
         }
-        let out = &mut b.logits[..g * vocab];
-        match hdt {
-            Format::Quant(qt) => {
-                let lm_head = &weights.lm_head;
-                matvec_quant(
-                    pool,
-                    cpu,
-                    weights,
-                    lm_head,
-                    qt,
-                    h,
-                    &x_norm[..g * h],
-                    lin.quant_scratch,
-                    out,
-                )
-            }
-            Format::Float(d) if g == 1 => matvec(pool, cpu, d, head, &x_norm[..h], lin.prep, out),
-            Format::Float(d) => {
-                by_format!(d, W => par::matvec_rows::<W>(pool, cpu, head, h, &x_norm[..g * h], lin.prep, out))
-            }
-        }
+        let out = &mut head.logits[..g * vocab]; // [g, vocab]
+        mm.rows(head.lm_head, &x_norm[..g * h], out, g);
         for (j, row) in out.chunks_exact(vocab).enumerate() {
             let Some((fd, _, t)) = group[j] else { continue };
             let i = fd.seq.slot();
@@ -327,73 +346,7 @@ pub(super) fn run(
                 each(fd.seq, pos, row);
             }
             if t + 1 == fd.tokens.len() {
-                b.seq_logits[i * vocab..(i + 1) * vocab].copy_from_slice(row);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The products of a step's rows with the weight matrices, in each matrix's own format, with
-/// the scratch the kernels need (all arena regions).
-struct Linear<'a> {
-    pool: &'a ThreadPool,
-    cpu: Cpu,
-    weights: &'a Weights,
-    /// Whether prefill's gate/up matmuls on bf16 weights take bf16 dot products.
-    prefill_bf16: bool,
-    /// The activations prepared for the decode matvecs (`x_prep`).
-    prep: &'a mut [f32],
-    /// Prefill matmuls' packed panels.
-    matmul_pack: &'a mut [f32],
-    /// 8-bit blocks of the inputs of block-quantized matrices.
-    quant_scratch: &'a mut [f32],
-}
-
-impl Linear<'_> {
-    /// `out = input · wᵀ` over rows `input` (`[rows, k_in]`, the first `nd` of them decode
-    /// rows): the decode rows through the decode matvec (matvec_rows: the same numbers as one
-    /// matvec per row), the others through one matmul (bf16 dot products for an MLP's gate/up,
-    /// `gate_up`, on bf16 weights when on).
-    fn run(
-        &mut self,
-        w: &TensorRef,
-        input: &[f32],
-        k_in: usize,
-        out: &mut [f32],
-        nd: usize,
-        gate_up: bool,
-    ) {
-        let (pool, cpu, weights) = (self.pool, self.cpu, self.weights);
-        let wbytes = weights.bytes(w);
-        let n = input.len() / k_in;
-        let width = out.len() / n.max(1);
-        let (in_d, in_p) = input.split_at(nd * k_in);
-        let (out_d, out_p) = out.split_at_mut(nd * width);
-        let d = match w.format {
-            Format::Float(d) => d,
-            Format::Quant(qt) => {
-                // the inputs quantized to 8-bit blocks once per call, integer dot products
-                let scratch = &mut *self.quant_scratch;
-                if nd > 0 {
-                    matvec_quant(pool, cpu, weights, w, qt, k_in, in_d, scratch, out_d);
-                }
-                if nd < n {
-                    par::matmul_q(pool, cpu, qt, wbytes, k_in, in_p, scratch, out_p);
-                }
-                return;
-            }
-        };
-        if nd > 0 {
-            let prep = &mut *self.prep;
-            by_format!(d, W => par::matvec_rows::<W>(pool, cpu, wbytes, k_in, in_d, prep, out_d));
-        }
-        if nd < n {
-            let pack = &mut *self.matmul_pack;
-            if gate_up && self.prefill_bf16 && d == Dtype::BF16 {
-                par::matmul_bf16dot(pool, cpu, wbytes, k_in, in_p, pack, out_p)
-            } else {
-                by_format!(d, W => par::matmul::<W>(pool, cpu, wbytes, k_in, in_p, pack, out_p))
+                head.seq_logits[i * vocab..(i + 1) * vocab].copy_from_slice(row);
             }
         }
     }
@@ -404,8 +357,8 @@ impl Linear<'_> {
 /// are scratch of at least `[rows, ffn]`.
 #[allow(clippy::too_many_arguments)]
 fn swiglu(
-    lin: &mut Linear<'_>,
-    ffn: &FeedForward,
+    mm: &mut Matmul<'_>,
+    ffn: &Ffn,
     x: &[f32],
     h: usize,
     nd: usize,
@@ -413,26 +366,11 @@ fn swiglu(
     up: &mut [f32],
     out: &mut [f32],
 ) {
-    let (pool, cpu) = (lin.pool, lin.cpu);
-    let n = x.len() / h;
-    let f = ffn.gate_proj.shape[0];
-    let (gate, up) = (&mut gate[..n * f], &mut up[..n * f]);
-    let gu_format = ffn.gate_proj.format;
-    if let (Format::Float(gu_format), true) = (
-        gu_format,
-        n == 1 && nd == 1 && ffn.up_proj.format == gu_format,
-    ) {
-        // one row: gate and up read the same activations, so one dispatch streams both (the
-        // same numbers as two matvecs)
-        let wb = |t: &TensorRef| lin.weights.bytes(t);
-        let (wg, wu) = (wb(&ffn.gate_proj), wb(&ffn.up_proj));
-        by_format!(gu_format, W => par::matvec2::<W>(pool, cpu, x, lin.prep, wg, gate, wu, up));
-    } else {
-        lin.run(&ffn.gate_proj, x, h, gate, nd, true);
-        lin.run(&ffn.up_proj, x, h, up, nd, true);
-    }
-    ops::silu_mul(cpu, gate, up);
-    lin.run(&ffn.down_proj, gate, f, out, nd, false);
+    let (n, f) = (x.len() / h, ffn.width());
+    let (gate, up) = (&mut gate[..n * f], &mut up[..n * f]); // [n, ffn]
+    mm.gate_up(ffn, x, gate, up, nd);
+    ops::silu_mul(mm.cpu, gate, up);
+    mm.rows(&ffn.down, gate, out, nd);
 }
 
 /// The scratch of a layer's feed-forward block (arena regions; see the plan for shapes).
@@ -448,14 +386,6 @@ struct FfnBufs<'a> {
     expert_out: &'a mut [f32],
 }
 
-/// How a layer of experts routes each row: to its `top_k` most probable experts, their
-/// probabilities renormalized to sum to 1 when `renormalize`.
-#[derive(Clone, Copy)]
-struct Routing {
-    top_k: usize,
-    renormalize: bool,
-}
-
 /// A layer of experts over the rows `x` (`[rows, hidden]`, the first `nd` decode rows), into
 /// `out` (`[rows, hidden]`): the router picks each row's experts and weights ([`route`]), then
 /// each expert runs once over all the rows routed to it, gathered in row order (so its decode
@@ -464,9 +394,9 @@ struct Routing {
 /// rows share the step.
 #[allow(clippy::too_many_arguments)]
 fn moe_rows(
-    lin: &mut Linear<'_>,
-    router: &TensorRef,
-    experts: &[FeedForward],
+    mm: &mut Matmul<'_>,
+    router: &Linear,
+    experts: &[Ffn],
     routing: Routing,
     x: &[f32],
     h: usize,
@@ -477,7 +407,7 @@ fn moe_rows(
     let n = x.len() / h;
     let (ne, top_k) = (experts.len(), routing.top_k);
     let logits = &mut b.router_logits[..n * ne]; // [n, experts]
-    lin.run(router, x, h, logits, nd, false);
+    mm.rows(router, x, logits, nd);
     let chosen = &mut b.route_expert[..n * top_k]; // [n, top_k]
     let chosen_weight = &mut b.route_weight[..n * top_k];
     for ((l, c), w) in logits
@@ -490,7 +420,7 @@ fn moe_rows(
     if n == 1 && nd == 1 {
         let (gate, expert_out) = (&mut *b.gate, &mut *b.expert_out);
         if moe_one_row(
-            lin,
+            mm,
             experts,
             chosen,
             chosen_weight,
@@ -538,7 +468,7 @@ fn moe_rows(
         };
         let y = &mut b.expert_out[..run * h]; // [run, hidden]
         swiglu(
-            lin,
+            mm,
             expert,
             &b.expert_x[..run * h],
             h,
@@ -565,8 +495,8 @@ fn moe_rows(
 /// apply.
 #[allow(clippy::too_many_arguments)]
 fn moe_one_row(
-    lin: &mut Linear<'_>,
-    experts: &[FeedForward],
+    mm: &mut Matmul<'_>,
+    experts: &[Ffn],
     chosen: &[u32],
     chosen_weight: &[f32],
     x: &[f32],
@@ -575,28 +505,21 @@ fn moe_one_row(
     expert_out: &mut [f32],
     out: &mut [f32],
 ) -> bool {
-    let (pool, cpu, weights) = (lin.pool, lin.cpu, lin.weights);
+    let (pool, cpu, weights) = (mm.pool, mm.cpu, mm.weights);
     let top_k = chosen.len();
     let Some(first) = experts.first() else {
         return false;
     };
-    let f = first.gate_proj.shape[0];
-    // the block format of a matrix the decode matvec reads from the file's blocks
-    let qt_of = |t: &TensorRef| match t.format {
-        Format::Quant(qt) if !cpu.runs_repacked() || weights.repacked(t).is_none() => Some(qt),
-        _ => None,
-    };
+    let f = first.width();
     let (per_h, per_f) = (quant::q8_len(h), quant::q8_len(f));
     let fits = 2 * top_k <= par::MANY_MAX
         && gate_up.len() >= 2 * top_k * f
         && expert_out.len() >= top_k * h
-        && lin.quant_scratch.len() >= per_h.max(top_k * per_f);
-    let quantized = chosen.iter().all(|&e| {
-        let ex = &experts[e as usize];
-        [&ex.gate_proj, &ex.up_proj, &ex.down_proj]
-            .iter()
-            .all(|t| qt_of(t).is_some())
-    });
+        && mm.quant_scratch.len() >= per_h.max(top_k * per_f);
+    // every chosen expert's matrices read from the file's blocks
+    let quantized = chosen
+        .iter()
+        .all(|&e| experts[e as usize].file_blocks().is_some());
     if !fits || !quantized {
         return false;
     }
@@ -607,15 +530,17 @@ fn moe_one_row(
         *o = (e, w);
     }
     order.sort_unstable_by_key(|&(e, _)| e);
+    // (checked above: every chosen expert has its block formats)
+    const ANY: [quant::QuantType; 3] = [quant::QuantType::Q8_0; 3];
     fn job<'a>(
         weights: &'a Weights,
-        qt: Option<quant::QuantType>,
+        qt: quant::QuantType,
         t: &TensorRef,
         x: ops::QuantX<'a>,
         rows: usize,
     ) -> par::QJob<'a> {
         par::QJob {
-            qt: qt.unwrap_or(quant::QuantType::Q8_0),
+            qt,
             w: weights.bytes(t),
             x,
             rows,
@@ -627,7 +552,7 @@ fn moe_one_row(
         x: ops::QuantX::new(qwenrt_kernels::Isa::Scalar, &[], &mut []),
         rows: 0,
     };
-    let scratch = &mut *lin.quant_scratch;
+    let scratch = &mut *mm.quant_scratch;
     // the gates, then the ups: [2 * top_k, f]
     let gu = &mut gate_up[..2 * top_k * f];
     {
@@ -635,8 +560,9 @@ fn moe_one_row(
         let mut jobs = [placeholder; par::MANY_MAX];
         for (i, &(e, _)) in order.iter().enumerate() {
             let ex = &experts[e as usize];
-            jobs[i] = job(weights, qt_of(&ex.gate_proj), &ex.gate_proj, xq, f);
-            jobs[top_k + i] = job(weights, qt_of(&ex.up_proj), &ex.up_proj, xq, f);
+            let ([gq, uq, _], [gate, up, _]) = (ex.file_blocks().unwrap_or(ANY), ex.tensors());
+            jobs[i] = job(weights, gq, gate, xq, f);
+            jobs[top_k + i] = job(weights, uq, up, xq, f);
         }
         par::matvec_q_many(pool, cpu, &jobs[..2 * top_k], gu);
     }
@@ -648,9 +574,10 @@ fn moe_one_row(
         let mut jobs = [placeholder; par::MANY_MAX];
         let acts = gate.chunks_exact(f).zip(scratch.chunks_mut(per_f));
         for (i, (&(e, _), (act, sc))) in order.iter().zip(acts).enumerate() {
-            let down = &experts[e as usize].down_proj;
+            let ex = &experts[e as usize];
+            let ([_, _, dq], [_, _, down]) = (ex.file_blocks().unwrap_or(ANY), ex.tensors());
             let xa = ops::QuantX::new(cpu, act, sc);
-            jobs[i] = job(weights, qt_of(down), down, xa, h);
+            jobs[i] = job(weights, dq, down, xa, h);
         }
         par::matvec_q_many(pool, cpu, &jobs[..top_k], y);
     }
@@ -694,29 +621,6 @@ fn route(logits: &mut [f32], chosen: &mut [u32], weight: &mut [f32], renormalize
         for w in weight.iter_mut() {
             *w /= total;
         }
-    }
-}
-
-/// `out = x · wᵀ` for decode rows `x` (`cols` each) on `w`, quantized as `qt`: on AVX-512 from
-/// the decode layout where the matrix was repacked at load, else from the file's blocks; the
-/// inputs quantized to 8-bit blocks into `scratch` once per call.
-#[allow(clippy::too_many_arguments)]
-fn matvec_quant(
-    pool: &ThreadPool,
-    cpu: Cpu,
-    weights: &Weights,
-    w: &TensorRef,
-    qt: quant::QuantType,
-    cols: usize,
-    x: &[f32],
-    scratch: &mut [f32],
-    out: &mut [f32],
-) {
-    match weights.repacked(w) {
-        Some(wr) if cpu.runs_repacked() => {
-            par::matvec_repacked_rows(pool, cpu, qt, wr, cols, x, scratch, out)
-        }
-        _ => par::matvec_q_rows(pool, cpu, qt, weights.bytes(w), cols, x, scratch, out),
     }
 }
 
@@ -796,6 +700,64 @@ fn cache_and_attend<T: KvType>(
     Ok(())
 }
 
+/// Qwen2's biases on `q`, `k` and `v` and Qwen3's RMS norm of each head of `q` and of `k`
+/// (`head_norm`: scratch of `[head_dim]`), where the layer has them.
+fn bias_and_head_norm(
+    cpu: Cpu,
+    weights: &Weights,
+    layer: &Layer,
+    [q, k, v]: [&mut [f32]; 3],
+    head_norm: &mut [f32],
+) {
+    let eps = weights.config.rms_norm_eps;
+    for (y, bias) in [
+        (&mut *q, &layer.q_bias),
+        (&mut *k, &layer.k_bias),
+        (v, &layer.v_bias),
+    ] {
+        if let Some(bias) = bias {
+            bias_rows(cpu, y, bias, weights);
+        }
+    }
+    for (y, norm) in [(q, &layer.q_norm), (k, &layer.k_norm)] {
+        if let Some(norm) = norm {
+            head_rmsnorm(cpu, y, norm, weights, eps, head_norm);
+        }
+    }
+}
+
+/// RoPE on every head of each row of `q` and `k`, at the row's angles (`rope_cos`/`rope_sin`:
+/// `[rows, head_dim / 2]`).
+fn rope_rows(cpu: Cpu, hd: usize, [q, k]: [&mut [f32]; 2], rope_cos: &[f32], rope_sin: &[f32]) {
+    let half = hd / 2;
+    let rows = rope_cos.len() / half.max(1);
+    let (qd, kvd) = (q.len() / rows.max(1), k.len() / rows.max(1));
+    for t in 0..rows {
+        let cos = &rope_cos[t * half..(t + 1) * half];
+        let sin = &rope_sin[t * half..(t + 1) * half];
+        ops::rope(cpu, &mut q[t * qd..(t + 1) * qd], hd, cos, sin);
+        ops::rope(cpu, &mut k[t * kvd..(t + 1) * kvd], hd, cos, sin);
+    }
+}
+
+/// The final norm of the last row of each feed that wants its embedding ([`Want::Embedding`]),
+/// into its sequence's row of `seq_embedding` (`[sequences, hidden]`).
+fn embeddings_out(
+    cpu: Cpu,
+    weights: &Weights,
+    feeds: &[Feed<'_>],
+    x: &[f32],
+    seq_embedding: &mut [f32],
+) {
+    let (h, eps) = (weights.config.hidden_size, weights.config.rms_norm_eps);
+    let (norm, norm_dtype) = (weights.bytes(&weights.norm), weights.norm.dtype());
+    for (row0, fd) in in_row_order(feeds).filter(|(_, fd)| fd.logits == Want::Embedding) {
+        let (i, r) = (fd.seq.slot(), row0 + fd.tokens.len() - 1);
+        let out = &mut seq_embedding[i * h..(i + 1) * h];
+        ops::rmsnorm(cpu, &x[r * h..(r + 1) * h], norm, norm_dtype, eps, out);
+    }
+}
+
 /// `out[t] = rmsnorm(x[t]) * weight` for every row.
 fn rmsnorm_rows(
     cpu: Cpu,
@@ -836,19 +798,6 @@ fn head_rmsnorm(
         scratch.copy_from_slice(head);
         ops::rmsnorm(cpu, scratch, wb, weight.dtype(), eps, head);
     }
-}
-
-/// [`par::matvec`] on a matrix of format `d`.
-fn matvec(
-    pool: &ThreadPool,
-    cpu: Cpu,
-    d: Dtype,
-    w: &[u8],
-    x: &[f32],
-    prep: &mut [f32],
-    y: &mut [f32],
-) {
-    by_format!(d, W => par::matvec::<W>(pool, cpu, w, x, prep, y))
 }
 
 /// `inv_freq[i] = 1 / theta^(2i / head_dim)`, in f32 as transformers computes it.

@@ -5,8 +5,12 @@
 //! are the draft. Verifying a draft of `k` tokens is one engine step of `k + 1` rows with
 //! decode numerics, which reads the weights once for all rows (on the shipped GGUF each extra
 //! row costs about a third of a decode step), and greedy decoding keeps the longest prefix it
-//! agrees with; [`DraftBudget`] sizes the drafts by how the last ones fared. Nothing here
+//! agrees with ([`Verifier`], shared by [`crate::engine::session::Session`] and the server's
+//! scheduler); [`DraftBudget`] sizes the drafts by how the last ones fared. Nothing here
 //! allocates.
+
+use crate::engine::constraint::Constraint;
+use crate::engine::EngineError;
 
 /// The most tokens one draft may hold.
 pub const MAX_DRAFT: usize = 16;
@@ -134,6 +138,127 @@ impl DraftBudget {
     }
 }
 
+/// Verifies one draft: the step that fed `row` (the newest token, sampled and not yet in the
+/// cache, then the drafted tokens) from position `pos0`, with decode numerics and the logits of
+/// every row, hands each row's logits to [`Verifier::check`]; [`Verifier::verdict`] then says
+/// which tokens greedy decoding one token a step would have produced.
+///
+/// Row `i`'s logits give the greedy token after `row[..=i]`, the first on ties as the greedy
+/// sampler picks. The drafted tokens are accepted while each is the greedy token after the row
+/// before it; the greedy token at the first row that disagrees (or after the last drafted
+/// token) follows them. With a constraint, the greedy token is the plain argmax where the
+/// grammar allows it (a drafted token that is the argmax is allowed, as drafts are cut to what
+/// the grammar allows) and otherwise the argmax over the allowed tokens; the constraint is
+/// advanced over the accepted tokens and the one after them, as sampling them would have
+/// advanced it. The caller truncates the cache to `pos0 + 1 + accepted` (the rows past the
+/// accepted drafts are not part of the text).
+#[derive(Debug)]
+pub struct Verifier {
+    row: [u32; MAX_DRAFT + 1],
+    len: usize,
+    pos0: usize,
+    accepted: usize,
+    next: Option<u32>,
+    failed: Option<EngineError>,
+}
+
+/// What greedy decoding made of a draft ([`Verifier::verdict`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    tokens: [u32; MAX_DRAFT + 1],
+    accepted: usize,
+    drafted: usize,
+}
+
+impl Verdict {
+    /// The tokens the step produced, in order: the accepted drafted tokens, then the greedy
+    /// token after them (`accepted + 1` tokens; all but the last are in the cache).
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens[..self.accepted + 1]
+    }
+
+    /// How many drafted tokens were accepted.
+    pub fn accepted(&self) -> usize {
+        self.accepted
+    }
+
+    /// How many tokens were drafted.
+    pub fn drafted(&self) -> usize {
+        self.drafted
+    }
+}
+
+impl Verifier {
+    /// A verifier of `row` (the newest token then the draft; tokens past [`MAX_DRAFT`] drafted
+    /// ones are not verified, so a caller feeds [`Verifier::row`]) fed from position `pos0`.
+    pub fn new(row: &[u32], pos0: usize) -> Verifier {
+        let len = row.len().min(MAX_DRAFT + 1);
+        let mut r = [0; MAX_DRAFT + 1];
+        r[..len].copy_from_slice(&row[..len]);
+        Verifier {
+            row: r,
+            len,
+            pos0,
+            accepted: 0,
+            next: None,
+            failed: None,
+        }
+    }
+
+    /// The tokens to feed: the newest token, then the draft.
+    pub fn row(&self) -> &[u32] {
+        &self.row[..self.len]
+    }
+
+    /// The position the row starts at.
+    pub fn pos0(&self) -> usize {
+        self.pos0
+    }
+
+    /// Takes the logits after position `pos` (rows arrive in order, as a step hands them out);
+    /// rows past the first that decides are ignored, as are positions outside the row.
+    /// `constraint` is the sequence's, if it has one (the same one at every row).
+    pub fn check(&mut self, pos: usize, logits: &[f32], constraint: Option<&mut Constraint>) {
+        let drafted = self.len.saturating_sub(1);
+        if self.next.is_some() || self.failed.is_some() || pos != self.pos0 + self.accepted {
+            return;
+        }
+        let greedy = qwenrt_kernels::scalar::argmax(logits) as u32;
+        if self.accepted < drafted && greedy == self.row[1 + self.accepted] {
+            match constraint.map_or(Ok(()), |c| c.commit(greedy)) {
+                Ok(()) => self.accepted += 1,
+                Err(e) => self.failed = Some(e.into()),
+            }
+            return;
+        }
+        let picked = match constraint {
+            None => Ok(greedy),
+            Some(c) => c.greedy(logits).and_then(|t| c.commit(t).map(|()| t)),
+        };
+        match picked {
+            Ok(t) => self.next = Some(t),
+            Err(e) => self.failed = Some(e.into()),
+        }
+    }
+
+    /// The verdict, once the rows up to the deciding one were checked: an error if the
+    /// constraint failed, or [`EngineError::NoLogits`] if the deciding row never came.
+    pub fn verdict(&mut self) -> Result<Verdict, EngineError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        let next = self.next.ok_or(EngineError::NoLogits)?;
+        let mut tokens = [0; MAX_DRAFT + 1];
+        tokens[..self.accepted].copy_from_slice(&self.row[1..1 + self.accepted]);
+        tokens[self.accepted] = next;
+        Ok(Verdict {
+            tokens,
+            accepted: self.accepted,
+            drafted: self.len.saturating_sub(1),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +340,78 @@ mod tests {
             (0..MAX_BACKOFF + 1).filter(|_| b.take() == 0).count(),
             MAX_BACKOFF
         );
+    }
+
+    /// Logits over `v` tokens whose greedy token is `t`.
+    fn peak(v: usize, t: u32) -> Vec<f32> {
+        let mut l = vec![0.0; v];
+        l[t as usize] = 1.0;
+        l
+    }
+
+    #[test]
+    fn the_verifier_keeps_the_agreeing_prefix_and_the_token_after_it() {
+        // every drafted token agrees: all of them, then the greedy token after the last
+        let mut v = Verifier::new(&[5, 1, 2], 10);
+        for (pos, t) in [(10, 1), (11, 2), (12, 7)] {
+            v.check(pos, &peak(8, t), None);
+        }
+        let d = v.verdict().unwrap();
+        assert_eq!(
+            (d.tokens(), d.accepted(), d.drafted()),
+            (&[1, 2, 7][..], 2, 2)
+        );
+
+        // the second drafted token disagrees: the first, then the greedy token there; the
+        // rows after it are ignored even where they would agree
+        let mut v = Verifier::new(&[5, 1, 2, 3], 0);
+        for (pos, t) in [(0, 1), (1, 6), (2, 3), (3, 4)] {
+            v.check(pos, &peak(8, t), None);
+        }
+        let d = v.verdict().unwrap();
+        assert_eq!((d.tokens(), d.accepted(), d.drafted()), (&[1, 6][..], 1, 3));
+
+        // the first drafted token wrong: only the greedy token after the newest one
+        let mut v = Verifier::new(&[5, 1], 3);
+        v.check(3, &peak(8, 0), None);
+        v.check(4, &peak(8, 0), None);
+        assert_eq!(v.verdict().unwrap().tokens(), [0]);
+
+        // no draft: the greedy token
+        let mut v = Verifier::new(&[5], 3);
+        v.check(3, &peak(8, 4), None);
+        assert_eq!(v.verdict().unwrap().tokens(), [4]);
+    }
+
+    #[test]
+    fn the_verifier_picks_the_first_on_ties_as_the_greedy_sampler() {
+        // a drafted token tied with a lower id is not the greedy token
+        let mut v = Verifier::new(&[9, 3], 0);
+        v.check(0, &[0.0, 2.0, 0.0, 2.0], None);
+        let d = v.verdict().unwrap();
+        assert_eq!((d.tokens(), d.accepted()), (&[1][..], 0));
+        // tied with a higher id, it is
+        let mut v = Verifier::new(&[9, 1], 0);
+        v.check(0, &[0.0, 2.0, 0.0, 2.0], None);
+        v.check(1, &[5.0, 2.0, 0.0, 2.0], None);
+        assert_eq!(v.verdict().unwrap().tokens(), [1, 0]);
+    }
+
+    #[test]
+    fn the_verifier_wants_the_deciding_row_in_order() {
+        // rows of other positions (another sequence's, or out of order) are not taken
+        let mut v = Verifier::new(&[5, 1, 2], 10);
+        v.check(9, &peak(8, 1), None);
+        v.check(11, &peak(8, 2), None);
+        assert!(matches!(v.verdict(), Err(EngineError::NoLogits)));
+        v.check(10, &peak(8, 1), None);
+        assert!(matches!(v.verdict(), Err(EngineError::NoLogits)));
+        v.check(11, &peak(8, 3), None);
+        assert_eq!(v.verdict().unwrap().tokens(), [1, 3]);
+        // a row longer than a draft may be is cut to MAX_DRAFT drafted tokens
+        let long = [1u32; MAX_DRAFT + 5];
+        let v = Verifier::new(&long, 0);
+        assert_eq!(v.row().len(), MAX_DRAFT + 1);
     }
 
     #[test]

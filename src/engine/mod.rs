@@ -285,12 +285,14 @@ pub struct Engine {
     weights: Arc<Weights>,
     /// What the kernels run on, decided once here ([`Cpu::choose`]) and passed to every call.
     cpu: Cpu,
+    /// Every weight matrix with its kernel, chosen once here from its format, its layout and
+    /// `cpu`.
+    model: forward::Model,
     pool: ThreadPool,
     plan: MemoryPlan,
     arena: Arena,
     slots: Vec<Slot>,
     max_rows: usize,
-    prefill_bf16: bool,
 }
 
 impl Engine {
@@ -313,6 +315,7 @@ impl Engine {
             c.rope_theta,
             c.head_dim,
         );
+        let model = forward::Model::prepare(&weights, cpu, opts.prefill_bf16);
         let greedy = Sampler::new(SamplerParams::greedy())?;
         let slots = (0..dims.sequences)
             .map(|_| Slot {
@@ -328,12 +331,12 @@ impl Engine {
         Ok(Engine {
             weights,
             cpu,
+            model,
             pool,
             plan,
             arena,
             slots,
             max_rows: dims.rows,
-            prefill_bf16: opts.prefill_bf16,
         })
     }
 
@@ -656,17 +659,32 @@ impl Engine {
         Ok(())
     }
 
-    /// The sequence's sampler (to observe prompt tokens for the repetition penalty, or to
-    /// change its settings).
+    /// The sequence's sampler: the one way a sequence is sampled ([`Engine::sample`]). Each
+    /// sequence owns one, made by [`Engine::create_sequence`] and replaced by
+    /// [`Engine::set_sampler`]; through this, observe prompt tokens for the repetition penalty,
+    /// record accepted draft tokens, or change its parameters ([`Sampler::set_params`], checked).
     pub fn sampler_mut(&mut self, seq: SeqId) -> Result<&mut Sampler, EngineError> {
         Ok(&mut self.slot_mut(seq)?.sampler)
     }
 
+    /// The sequence's sampler, to read its parameters.
+    pub fn sampler(&self, seq: SeqId) -> Result<&Sampler, EngineError> {
+        Ok(&self.slot(seq)?.sampler)
+    }
+
+    /// Gives the sequence a fresh sampler for `params` (no recorded tokens, the RNG at its
+    /// seed), as a new request on a reused sequence wants; an error names the parameter out of
+    /// range, and then the old sampler stays.
+    pub fn set_sampler(&mut self, seq: SeqId, params: SamplerParams) -> Result<(), EngineError> {
+        let sampler = Sampler::new(params)?;
+        self.slot_mut(seq)?.sampler = sampler;
+        Ok(())
+    }
+
     /// Attaches `constraint` to the sequence (replacing any it had; `None` removes it) and
-    /// returns the one it replaced. From the next sample on, [`Engine::sample`] and
-    /// [`Engine::sample_with`] set the logits of the tokens it forbids to -inf before the
-    /// sampler sees them (so every mode, greedy included, picks an allowed token) and advance
-    /// it with the sampled token. It can be attached at any point: the grammar starts at the
+    /// returns the one it replaced. From the next sample on, [`Engine::sample`] sets the
+    /// logits of the tokens it forbids to -inf before the sampler sees them (so every mode,
+    /// greedy included, picks an allowed token) and advances it with the sampled token. It can be attached at any point: the grammar starts at the
     /// next sampled token, whatever the sequence holds. A constrained sequence should not take
     /// drafted tokens its constraint has not checked (the session cuts a draft to what the
     /// constraint allows and verifies it on the masked logits; see [`Engine::is_constrained`]).
@@ -728,28 +746,9 @@ impl Engine {
             Some(s) if s.live && s.generation == seq.generation => s,
             _ => return Err(EngineError::UnknownSequence(seq)),
         };
-        let token = sample_slot(&self.weights, &self.plan, &mut self.arena, i, slot, None)?;
+        let token = sample_slot(&self.weights, &self.plan, &mut self.arena, i, slot)?;
         slot.sampler.observe_generated(token);
         Ok(token)
-    }
-
-    /// Samples the sequence's next token with `sampler` instead of its own (which is left as
-    /// it is); `sampler` does not record the token. The sequence's constraint applies and
-    /// advances as in [`Engine::sample`].
-    pub fn sample_with(&mut self, seq: SeqId, sampler: &mut Sampler) -> Result<u32, EngineError> {
-        let i = seq.slot();
-        let slot = match self.slots.get_mut(i) {
-            Some(s) if s.live && s.generation == seq.generation => s,
-            _ => return Err(EngineError::UnknownSequence(seq)),
-        };
-        sample_slot(
-            &self.weights,
-            &self.plan,
-            &mut self.arena,
-            i,
-            slot,
-            Some(sampler),
-        )
     }
 
     /// One step over several sequences: every feed's tokens are appended to its sequence and
@@ -828,8 +827,7 @@ fn two_mut<T>(all: &mut [T], a: usize, b: usize, n: usize) -> (&[T], &mut [T]) {
     }
 }
 
-/// Samples from slot `i`'s logits with `sampler` (or the slot's own) and the arena's sampler
-/// scratch, consuming the logits (sampling modifies them); a constraint masks them first and
+/// Samples from slot `i`'s logits with the slot's sampler and the arena's sampler scratch, consuming the logits (sampling modifies them); a constraint masks them first and
 /// is advanced with the token.
 fn sample_slot(
     weights: &Weights,
@@ -837,7 +835,6 @@ fn sample_slot(
     arena: &mut Arena,
     i: usize,
     slot: &mut Slot,
-    sampler: Option<&mut Sampler>,
 ) -> Result<u32, EngineError> {
     if !slot.logits_ready {
         return Err(EngineError::NoLogits);
@@ -850,11 +847,7 @@ fn sample_slot(
         // on an error the logits are untouched and stay ready
         c.mask_logits(logits)?;
     }
-    let sampler = match sampler {
-        Some(s) => s,
-        None => &mut slot.sampler,
-    };
-    let token = sampler.sample(logits, bufs.probs, candidates);
+    let token = slot.sampler.sample(logits, bufs.probs, candidates);
     // the logits were modified (penalty, temperature); they no longer describe the distribution
     slot.logits_ready = false;
     if let Some(c) = slot.constraint.as_deref_mut() {

@@ -260,11 +260,11 @@ impl Rng {
     }
 }
 
-/// Sampling state for one generation stream.
+/// Sampling state for one generation stream. Its parameters are always valid: they are
+/// checked by [`Sampler::new`] and [`Sampler::set_params`], and read with [`Sampler::params`].
 #[derive(Clone, Debug)]
 pub struct Sampler {
-    /// The parameters, validated when the sampler was made.
-    pub params: SamplerParams,
+    params: SamplerParams,
     rng: Rng,
     recent: [u32; MAX_PENALTY_WINDOW],
     recent_len: usize,
@@ -290,6 +290,45 @@ impl Sampler {
             generated_len: 0,
             generated_head: 0,
         })
+    }
+
+    /// The parameters (valid).
+    pub fn params(&self) -> &SamplerParams {
+        &self.params
+    }
+
+    /// Changes the parameters; an error names the first out-of-range one, and then nothing
+    /// changed. The recorded tokens stay (the repetition penalty keeps the newest
+    /// `repeat_last_n` of those it holds); the RNG is reseeded only if the seed changed.
+    pub fn set_params(&mut self, params: SamplerParams) -> Result<(), SamplerError> {
+        params.validate()?;
+        if params.repeat_last_n != self.params.repeat_last_n {
+            self.rewindow(params.repeat_last_n);
+        }
+        if params.seed != self.params.seed {
+            self.rng = Rng::new(params.seed);
+        }
+        self.params = params;
+        Ok(())
+    }
+
+    /// Lays the recent-token ring out for a window of `n` (at most [`MAX_PENALTY_WINDOW`]):
+    /// the newest `min(n, recent_len)` tokens, oldest first from index 0.
+    fn rewindow(&mut self, n: usize) {
+        let old = self.params.repeat_last_n;
+        let keep = self.recent_len.min(n);
+        let mut kept = [0u32; MAX_PENALTY_WINDOW];
+        if old > 0 {
+            // the oldest of the `recent_len` tokens sits `recent_len` before the head
+            let first = (self.recent_head + old - self.recent_len) % old;
+            let skip = self.recent_len - keep;
+            for (j, k) in kept[..keep].iter_mut().enumerate() {
+                *k = self.recent[(first + skip + j) % old];
+            }
+        }
+        self.recent[..keep].copy_from_slice(&kept[..keep]);
+        self.recent_len = keep;
+        self.recent_head = if n == 0 { 0 } else { keep % n };
     }
 
     /// Records a token this sampler generated: for the repetition penalty (as [`observe`])
@@ -668,6 +707,170 @@ mod tests {
         let out = run(p, &l, 4000);
         let ones = out.iter().filter(|&&t| t == 1).count() as f32 / 4000.0;
         assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn a_window_past_the_ring_is_refused_by_the_setter() {
+        // `repeat_last_n` above the ring used to be settable on a made sampler, and `observe`
+        // then indexed past the ring; the setter refuses it and leaves the sampler as it was
+        let mut s = Sampler::new(SamplerParams::greedy()).unwrap();
+        let bad = SamplerParams {
+            repeat_last_n: MAX_PENALTY_WINDOW + 1,
+            ..SamplerParams::greedy()
+        };
+        let err = s.set_params(bad).unwrap_err();
+        assert_eq!(err.name, "repeat-last-n");
+        assert!(
+            err.to_string().contains(&MAX_PENALTY_WINDOW.to_string()),
+            "{err}"
+        );
+        assert_eq!(
+            s.params().repeat_last_n,
+            SamplerParams::greedy().repeat_last_n
+        );
+        for t in 0..10 * MAX_PENALTY_WINDOW as u32 {
+            s.observe(t);
+        }
+        // the largest window is fine
+        s.set_params(SamplerParams {
+            repeat_last_n: MAX_PENALTY_WINDOW,
+            ..SamplerParams::greedy()
+        })
+        .unwrap();
+        for t in 0..10 * MAX_PENALTY_WINDOW as u32 {
+            s.observe_generated(t);
+        }
+        assert_eq!(s.params().repeat_last_n, MAX_PENALTY_WINDOW);
+    }
+
+    #[test]
+    fn every_field_the_setter_checks_is_named() {
+        let mut s = Sampler::new(SamplerParams::default()).unwrap();
+        for (p, name) in [
+            (
+                SamplerParams {
+                    temperature: f32::INFINITY,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplerParams {
+                    top_p: f32::NAN,
+                    ..Default::default()
+                },
+                "top-p",
+            ),
+            (
+                SamplerParams {
+                    min_p: 1.5,
+                    ..Default::default()
+                },
+                "min-p",
+            ),
+            (
+                SamplerParams {
+                    repeat_penalty: f32::NAN,
+                    ..Default::default()
+                },
+                "repeat-penalty",
+            ),
+            (
+                SamplerParams {
+                    repeat_last_n: usize::MAX,
+                    ..Default::default()
+                },
+                "repeat-last-n",
+            ),
+            (
+                SamplerParams {
+                    frequency_penalty: -3.0,
+                    ..Default::default()
+                },
+                "frequency-penalty",
+            ),
+            (
+                SamplerParams {
+                    presence_penalty: 2.5,
+                    ..Default::default()
+                },
+                "presence-penalty",
+            ),
+        ] {
+            assert_eq!(s.set_params(p).unwrap_err().name, name);
+            assert_eq!(
+                *s.params(),
+                SamplerParams::default(),
+                "a refused change left a trace"
+            );
+        }
+    }
+
+    #[test]
+    fn changing_the_window_keeps_the_newest_tokens() {
+        // greedy with a strong penalty: the penalized tokens are the ones the window holds
+        let params = |n| SamplerParams {
+            repeat_penalty: 100.0,
+            repeat_last_n: n,
+            ..SamplerParams::greedy()
+        };
+        let penalized = |s: &mut Sampler| -> Vec<usize> {
+            let mut l = [1.0f32; 8];
+            let (mut pr, mut c) = ([0.0; 8], [0; 8]);
+            s.sample(&mut l, &mut pr, &mut c);
+            (0..8).filter(|&t| l[t] < 1.0).collect()
+        };
+        let mut s = Sampler::new(params(4)).unwrap();
+        for t in 0..7 {
+            s.observe(t); // the ring wraps: it holds 3, 4, 5, 6
+        }
+        assert_eq!(penalized(&mut s), vec![3, 4, 5, 6]);
+        s.set_params(params(2)).unwrap();
+        assert_eq!(penalized(&mut s), vec![5, 6]);
+        s.observe(0);
+        assert_eq!(penalized(&mut s), vec![0, 6]);
+        s.set_params(params(6)).unwrap();
+        assert_eq!(penalized(&mut s), vec![0, 6]);
+        for t in [1, 2, 3, 4, 7] {
+            s.observe(t);
+        }
+        // 6, 0, 1, 2, 3, 4, 7 were seen: the window of six has let 6 go
+        assert_eq!(penalized(&mut s), vec![0, 1, 2, 3, 4, 7]);
+        s.set_params(params(0)).unwrap();
+        assert_eq!(penalized(&mut s), Vec::<usize>::new());
+        s.observe(5);
+        s.set_params(params(3)).unwrap();
+        s.observe(1);
+        assert_eq!(penalized(&mut s), vec![1]);
+    }
+
+    #[test]
+    fn the_rng_is_reseeded_only_when_the_seed_changes() {
+        let p = SamplerParams {
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            temperature: 1.0,
+            seed: 5,
+            ..Default::default()
+        };
+        let l: Vec<f32> = (0..50).map(|i| (i as f32 * 0.7).cos()).collect();
+        let draw = |s: &mut Sampler| {
+            let (mut pr, mut c) = (vec![0.0; 50], vec![0; 50]);
+            (0..20)
+                .map(|_| s.sample(&mut l.clone(), &mut pr, &mut c))
+                .collect::<Vec<_>>()
+        };
+        let mut a = Sampler::new(p).unwrap();
+        let first = draw(&mut a);
+        let second = draw(&mut a);
+        let mut b = Sampler::new(p).unwrap();
+        draw(&mut b);
+        b.set_params(SamplerParams { top_k: 50, ..p }).unwrap();
+        assert_eq!(draw(&mut b), second, "same seed: the stream goes on");
+        b.set_params(SamplerParams { seed: 6, ..p }).unwrap();
+        b.set_params(SamplerParams { seed: 5, ..p }).unwrap();
+        assert_eq!(draw(&mut b), first, "a new seed restarts the stream");
     }
 
     #[test]

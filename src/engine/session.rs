@@ -193,9 +193,34 @@ impl Session {
             .expect("a session's sequence lives as long as the session")
     }
 
-    /// Empties the KV cache; the arena stays where it is.
+    /// Empties the KV cache and drops the constraint; the arena stays where it is, and so does
+    /// the sampler (its recorded tokens and RNG: [`Session::set_sampler`] starts a fresh one).
     pub fn reset(&mut self) {
-        let _ = self.engine.reset(self.seq);
+        let _ = self.engine.truncate(self.seq, 0);
+        let _ = self.engine.set_constraint(self.seq, None);
+    }
+
+    /// Gives the session a fresh sampler for `params` (no recorded tokens, the RNG at its
+    /// seed); an error names the parameter out of range, and then the old one stays. A new
+    /// session samples greedily.
+    pub fn set_sampler(&mut self, params: SamplerParams) -> Result<(), SessionError> {
+        self.engine.set_sampler(self.seq, params)
+    }
+
+    /// The session's sampler (the engine's sampler of its sequence): to observe prompt tokens
+    /// for the repetition penalty, forget the generated ones between turns, or change its
+    /// parameters ([`Sampler::set_params`]).
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        self.engine
+            .sampler_mut(self.seq)
+            .expect("a session's sequence lives as long as the session")
+    }
+
+    /// The session's sampler, to read its parameters.
+    pub fn sampler(&self) -> &Sampler {
+        self.engine
+            .sampler(self.seq)
+            .expect("a session's sequence lives as long as the session")
     }
 
     /// Rewinds the KV cache to its first `len` positions.
@@ -318,10 +343,11 @@ impl Session {
             .expect("a session's sequence lives as long as the session")
     }
 
-    /// Samples from the current logits (modifying them) with the arena's sampler scratch
-    /// (masked by the session's constraint, if any, which the token advances).
-    pub fn sample(&mut self, sampler: &mut Sampler) -> Result<u32, SessionError> {
-        self.engine.sample_with(self.seq, sampler)
+    /// Samples from the current logits (consuming them) with the session's sampler, which
+    /// records the token as generated (masked by the session's constraint, if any, which the
+    /// token advances).
+    pub fn sample(&mut self) -> Result<u32, SessionError> {
+        self.engine.sample(self.seq)
     }
 
     /// The most tokens [`Session::generate`] drafts by prompt lookup per step (0: off).
@@ -341,17 +367,17 @@ impl Session {
     }
 
     /// The decode loop: from the current logits (after a prefill), samples up to `max_tokens`
-    /// tokens, stopping at any of `stop` (not passed to `on_token`), when `on_token` returns
-    /// false, or when the context is full. With lookup on (see [`Session::set_lookup`]) and a
-    /// greedy sampler, each step feeds the newest token plus a draft found by
-    /// [`lookup::draft`], with decode numerics, keeps the drafted tokens greedy decoding agrees
-    /// with and the token after them, and truncates the cache past the rest (with a
-    /// constraint: drafts cut to what it allows, agreement judged on the masked logits, see
-    /// `verify_constrained`). Allocates nothing without a constraint (see [`crate::engine::constraint`] for what one allocates per
-    /// token).
+    /// tokens with the session's sampler (see [`Session::set_sampler`]), stopping at any of
+    /// `stop` (not passed to `on_token`), when `on_token` returns false, or when the context is
+    /// full. With lookup on (see [`Session::set_lookup`]) and a greedy sampler, each step feeds
+    /// the newest token plus a draft found by [`lookup::draft`], with decode numerics, keeps
+    /// the drafted tokens greedy decoding agrees with and the token after them
+    /// ([`lookup::Verifier`]; with a constraint, drafts are cut to what it allows and agreement
+    /// is judged on the masked logits), and truncates the cache past the rest. Allocates
+    /// nothing without a constraint (see [`crate::engine::constraint`] for what one allocates
+    /// per token).
     pub fn generate(
         &mut self,
-        sampler: &mut Sampler,
         max_tokens: usize,
         stop: &[u32],
         on_token: &mut dyn FnMut(u32) -> bool,
@@ -369,23 +395,28 @@ impl Session {
         if max_tokens > 0 && self.logits().is_err() {
             return Err(SessionError::NoLogits);
         }
-        let p = sampler.params;
+        let plain_greedy = self.sampler().params().is_plain_greedy();
         let constrained = self.engine.is_constrained(self.seq)?;
-        let lookup = if p.is_plain_greedy() { self.lookup } else { 0 };
+        let lookup = if plain_greedy { self.lookup } else { 0 };
         // Tokens chosen but not yet passed on: `pending[..n_pending]`, in order. Plain decoding
         // holds one (just sampled); a verified draft can yield up to MAX_DRAFT + 1.
         let mut budget = lookup::DraftBudget::new(lookup);
         let mut pending = [0u32; lookup::MAX_DRAFT + 1];
         let mut n_pending = 0;
+        // whether the sampler has recorded the pending tokens (it records those it samples;
+        // verified ones are recorded as they are passed on)
+        let mut recorded = true;
         if max_tokens > 0 {
-            pending[0] = self.sample(sampler)?;
+            pending[0] = self.sample()?;
             n_pending = 1;
         }
         // `pending[i]` for i < n_pending - 1 is in the cache already (a verified draft token);
         // the last one is not.
         'outer: while n_pending > 0 {
             for (i, &token) in pending[..n_pending].iter().enumerate() {
-                sampler.observe_generated(token);
+                if !recorded {
+                    self.sampler_mut().observe_generated(token);
+                }
                 stats.tokens += 1;
                 stats.unfed = Some(token);
                 let stopped = if stop.contains(&token) {
@@ -436,87 +467,44 @@ impl Session {
             stats.unfed = None;
             if k == 0 {
                 self.feed(&[token], Numerics::Decode, Want::Last, &mut |_, _, _| {})?;
-                pending[0] = self.sample(sampler)?;
+                pending[0] = self.sample()?;
                 n_pending = 1;
+                recorded = true;
                 continue;
             }
-            // Verify: the greedy token after every row, the first on ties as the sampler picks.
+            // Verify: the drafted tokens greedy decoding agrees with and the token after them
+            // (with a constraint, judged on the masked logits and advancing it).
             let pos0 = self.position();
-            let (agree, next) = if constrained {
-                self.verify_constrained(&row[..k + 1])?
+            let mut verifier = lookup::Verifier::new(&row[..k + 1], pos0);
+            // the constraint leaves the engine for the step (the step's callback needs it while
+            // the engine runs) and goes back whatever happens
+            let mut c = if constrained {
+                self.engine.set_constraint(self.seq, None)?
             } else {
-                let mut greedy = [0u32; lookup::MAX_DRAFT + 1];
-                self.feed(
-                    &row[..k + 1],
-                    Numerics::Decode,
-                    Want::All,
-                    &mut |_, pos, l| {
-                        greedy[pos - pos0] = qwenrt_kernels::scalar::argmax(l) as u32;
-                    },
-                )?;
-                let agree = (0..k).take_while(|&i| row[1 + i] == greedy[i]).count();
-                (agree, greedy[agree])
+                None
             };
+            let fed = self.feed(
+                &row[..k + 1],
+                Numerics::Decode,
+                Want::All,
+                &mut |_, pos, l| verifier.check(pos, l, c.as_mut()),
+            );
+            if c.is_some() {
+                self.engine.set_constraint(self.seq, c)?;
+            }
+            fed?;
+            let verdict = verifier.verdict()?;
+            let agree = verdict.accepted();
             budget.verified(k, agree);
             stats.drafted += k;
             stats.accepted += agree;
             // The fed rows past the agreed drafts are not part of the text.
             self.truncate(pos0 + 1 + agree);
-            pending[..agree].copy_from_slice(&row[1..1 + agree]);
-            pending[agree] = next;
+            pending[..agree + 1].copy_from_slice(verdict.tokens());
             n_pending = agree + 1;
+            recorded = false;
         }
         stats.elapsed = start.elapsed();
         Ok(stats)
-    }
-
-    /// Feeds `row` (the newest token, already sampled and seen by the constraint, then a draft
-    /// the constraint allows) and returns how many drafted tokens constrained greedy decoding
-    /// agrees with and the token it picks after them, as it would one token a step: at each
-    /// row the masked greedy token is the plain argmax where the grammar allows that (a drafted
-    /// token that is the argmax is allowed, as the draft was cut to what the grammar allows),
-    /// and otherwise the argmax over the allowed tokens. The constraint advances over the
-    /// accepted tokens and the picked one, as sampling them would have advanced it; the caller
-    /// truncates the cache past the accepted rows.
-    fn verify_constrained(&mut self, row: &[u32]) -> Result<(usize, u32), SessionError> {
-        let k = row.len() - 1;
-        // The constraint leaves the engine for the step (the step's callback needs it while
-        // the engine runs) and goes back whatever happens.
-        let Some(mut c) = self.engine.set_constraint(self.seq, None)? else {
-            return Err(SessionError::Constraint(
-                crate::engine::constraint::ConstraintError::Matcher(
-                    "the constraint went missing while verifying a draft".into(),
-                ),
-            ));
-        };
-        let pos0 = self.position();
-        let mut agree = 0;
-        let mut next: Option<Result<u32, SessionError>> = None;
-        let fed = self.feed(row, Numerics::Decode, Want::All, &mut |_, pos, l| {
-            if next.is_some() {
-                return; // decided at an earlier row; the rest are truncated away
-            }
-            let i = pos - pos0;
-            let g = qwenrt_kernels::scalar::argmax(l) as u32;
-            if i < k && g == row[1 + i] {
-                match c.commit(g) {
-                    Ok(()) => agree += 1,
-                    Err(e) => next = Some(Err(e.into())),
-                }
-                return;
-            }
-            let picked = c
-                .greedy(l)
-                .and_then(|t| c.commit(t).map(|()| t))
-                .map_err(SessionError::from);
-            next = Some(picked);
-        });
-        self.engine.set_constraint(self.seq, Some(c))?;
-        fed?;
-        match next {
-            Some(Ok(t)) => Ok((agree, t)),
-            Some(Err(e)) => Err(e),
-            None => Err(SessionError::NoLogits),
-        }
     }
 }

@@ -32,9 +32,9 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::engine::lookup::{self, DraftBudget};
+use crate::engine::lookup::{self, DraftBudget, Verifier};
 use crate::engine::prompt_cache::PromptCache;
-use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::sampler::SamplerParams;
 use crate::engine::{Engine, EngineError, Feed, Numerics, SeqId, Want};
 use crate::server::api::{ApiError, GenRequest};
 use crate::server::metrics::Metrics;
@@ -454,8 +454,8 @@ impl Scheduler {
         } else {
             reused
         };
+        self.engine.set_sampler(seq, job.req.params)?;
         let sampler = self.engine.sampler_mut(seq)?;
-        *sampler = Sampler::new(job.req.params)?;
         for &t in prompt {
             sampler.observe(t);
         }
@@ -483,8 +483,8 @@ impl Scheduler {
         let seq = self.new_or_lru(params)?;
         self.engine.truncate(seq, 0)?;
         self.clean[seq.slot()] = 0;
+        self.engine.set_sampler(seq, params)?;
         let sampler = self.engine.sampler_mut(seq)?;
-        *sampler = Sampler::new(params)?;
         for &t in prompt {
             sampler.observe(t);
         }
@@ -653,16 +653,14 @@ impl Scheduler {
         let mut budget = self.chunk;
         // (index into active, prompt rows fed; 0 for a decode row)
         let mut plan: Vec<(usize, usize)> = Vec::with_capacity(self.active.len());
-        // per active job with a draft: (its sequence, the position its rows start at)
-        let mut verifying: Vec<(SeqId, usize)> = Vec::new();
+        // per active job with a draft: its sequence and the draft's verifier
+        let mut verifying: Vec<(SeqId, Verifier)> = Vec::new();
         for a in &self.active {
             if a.row_len > 1 {
                 let pos0 = self.engine.position(a.seq).unwrap_or(0);
-                verifying.push((a.seq, pos0));
+                verifying.push((a.seq, Verifier::new(&a.row[..a.row_len], pos0)));
             }
         }
-        // the greedy token after each verified row, per entry of `verifying`
-        let mut greedy = vec![[0u32; lookup::MAX_DRAFT + 1]; verifying.len()];
         // (index into the embedding runs, rows fed)
         let mut embed_plan: Vec<(usize, usize)> = Vec::new();
         // prompts being scored (echo with logprobs): (sequence, index into active), and the
@@ -709,9 +707,9 @@ impl Scheduler {
             self.embeds.feeds(&mut budget, &mut feeds, &mut embed_plan);
             let (active, tokenizer) = (&self.active, &self.tokenizer);
             self.engine.step(&feeds, &mut |seq, pos, logits| {
-                if let Some(v) = verifying.iter().position(|&(s, _)| s == seq) {
-                    // the first on ties, as the greedy sampler picks
-                    greedy[v][pos - verifying[v].1] = qwenrt_kernels::scalar::argmax(logits) as u32;
+                if let Some((_, v)) = verifying.iter_mut().find(|(s, _)| *s == seq) {
+                    // drafting jobs are unconstrained (see `draft`)
+                    v.check(pos, logits, None);
                 } else if let Some(&(_, i)) = scoring.iter().find(|&&(s, _)| s == seq) {
                     // the logits after position `pos` score the prompt's next token
                     let req = &active[i].job.req;
@@ -772,8 +770,8 @@ impl Scheduler {
                         }
                     }
                     let a = &self.active[i];
-                    let exit = match verifying.iter().position(|&(s, _)| s == a.seq) {
-                        Some(v) => self.accept(i, verifying[v].1, &greedy[v]),
+                    let exit = match verifying.iter_mut().find(|(s, _)| *s == a.seq) {
+                        Some((_, v)) => self.accept(i, v),
                         None => self.produce(i),
                     };
                     if let Some(exit) = exit {
@@ -794,22 +792,22 @@ impl Scheduler {
         }
     }
 
-    /// Job `i` fed its token and a draft from position `pos0`; `greedy[r]` is the greedy
-    /// token after row r. Keeps the drafted tokens greedy decoding agrees with and the token
-    /// after them, sends them, and truncates the cache to what plain decoding would hold: every
-    /// token sent but the last. `Some` if the job ends.
-    fn accept(&mut self, i: usize, pos0: usize, greedy: &[u32]) -> Option<Exit> {
-        let (seq, row, k) = {
-            let a = &self.active[i];
-            (a.seq, a.row, a.row_len - 1)
+    /// Job `i` fed its token and a draft, whose rows `verifier` checked. Keeps the drafted
+    /// tokens greedy decoding agrees with and the token after them, sends them, and truncates
+    /// the cache to what plain decoding would hold: every token sent but the last. `Some` if
+    /// the job ends.
+    fn accept(&mut self, i: usize, verifier: &mut Verifier) -> Option<Exit> {
+        let seq = self.active[i].seq;
+        let verdict = match verifier.verdict() {
+            Ok(v) => v,
+            Err(e) => return Some(engine_failure(e)),
         };
-        let agree = (0..k).take_while(|&j| row[1 + j] == greedy[j]).count();
+        let (pos0, k, agree) = (verifier.pos0(), verdict.drafted(), verdict.accepted());
         self.active[i].budget.verified(k, agree);
         let m = &self.shared.metrics;
         m.drafted.fetch_add(k as u64, Ordering::Relaxed);
         m.accepted.fetch_add(agree as u64, Ordering::Relaxed);
-        for j in 0..=agree {
-            let token = if j < agree { row[1 + j] } else { greedy[agree] };
+        for (j, &token) in verdict.tokens().iter().enumerate() {
             if let Ok(sampler) = self.engine.sampler_mut(seq) {
                 sampler.observe_generated(token);
             }

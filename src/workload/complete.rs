@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::arc::{grid_regex, score, GridStop, TaskRecord, WorkItem};
 use super::batch::{BatchLineError, BatchRecord, BatchRequest, BatchResult, BatchStats};
 use crate::engine::constraint::{Constraint, ConstraintError, Grammars};
-use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::sampler::SamplerParams;
 use crate::engine::session::{Session, SessionError, StopReason};
 use crate::model::weights::Weights;
 use crate::text::chat;
@@ -165,10 +165,9 @@ pub fn complete_until(
         });
     }
     session.reset();
-    let mut sampler =
-        Sampler::new(params).map_err(|e| RequestError::Session(SessionError::Sampler(e)))?;
+    session.set_sampler(params).map_err(RequestError::Session)?;
     for &t in prompt_ids {
-        sampler.observe(t);
+        session.sampler_mut().observe(t);
     }
     let t0 = Instant::now();
     session.prefill(prompt_ids).map_err(RequestError::Session)?;
@@ -179,7 +178,7 @@ pub fn complete_until(
     let mut ids = Vec::with_capacity(max_tokens);
     let mut first: Option<f64> = None;
     let stats = session
-        .generate(&mut sampler, max_tokens, stop, &mut |t| {
+        .generate(max_tokens, stop, &mut |t| {
             first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
             ids.push(t);
             keep_going(t)

@@ -41,7 +41,7 @@ use arbitrary::{Arbitrary, Unstructured};
 use qwenrt_kernels::Dtype;
 
 use crate::engine::kv_cache::{CacheError, KvCache, KvShape, KvStore};
-use crate::engine::sampler::{Sampler, SamplerParams};
+use crate::engine::sampler::SamplerParams;
 use crate::engine::session::{Session, SessionOptions};
 use crate::model::config::Config;
 use crate::model::gguf::{GgmlType, GgufFile, Value, ValueType};

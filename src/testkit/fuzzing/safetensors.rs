@@ -244,9 +244,9 @@ fn check_weights(w: Result<Weights, LoadError>) {
     let vocab = c.vocab_size as u32;
     let prompt = [0, vocab - 1];
     if s.prefill(&prompt[..opts.ctx.min(2)]).is_ok() {
-        let mut sampler =
-            Sampler::new(SamplerParams::default()).expect("default parameters are valid");
-        if let Ok(t) = s.sample(&mut sampler) {
+        s.set_sampler(SamplerParams::default())
+            .expect("default parameters are valid");
+        if let Ok(t) = s.sample() {
             assert!(t < vocab);
         }
     }
