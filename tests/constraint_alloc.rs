@@ -21,9 +21,9 @@ use counting::*;
 /// Allocations and bytes while `f` runs.
 fn counted<T>(f: impl FnOnce() -> T) -> (T, usize, usize) {
     let (a0, b0) = (calls(), BYTES.load(Ordering::SeqCst));
-    ARMED.store(true, Ordering::SeqCst);
+    arm();
     let r = f();
-    ARMED.store(false, Ordering::SeqCst);
+    disarm();
     (r, calls() - a0, BYTES.load(Ordering::SeqCst) - b0)
 }
 

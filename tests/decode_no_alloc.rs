@@ -65,14 +65,14 @@ fn decode_loop_allocates_nothing() {
         ALLOCS.store(0, Ordering::SeqCst);
         REALLOCS.store(0, Ordering::SeqCst);
         ZEROED.store(0, Ordering::SeqCst);
-        ARMED.store(true, Ordering::SeqCst);
+        arm();
         let stats = session
             .generate(300, &stop, &mut |t| {
                 out.push(t);
                 true
             })
             .unwrap();
-        ARMED.store(false, Ordering::SeqCst);
+        disarm();
 
         assert_eq!(stats.steps, 299, "isa {isa}: expected 299 decode steps");
         assert_eq!(out.len(), 300);
@@ -110,14 +110,14 @@ fn decode_loop_allocates_nothing() {
         ALLOCS.store(0, Ordering::SeqCst);
         REALLOCS.store(0, Ordering::SeqCst);
         ZEROED.store(0, Ordering::SeqCst);
-        ARMED.store(true, Ordering::SeqCst);
+        arm();
         let stats = session
             .generate(900, &stop, &mut |t| {
                 out.push(t);
                 true
             })
             .unwrap();
-        ARMED.store(false, Ordering::SeqCst);
+        disarm();
         session.set_lookup(0);
         assert!(
             stats.steps >= 256 && stats.drafted > 0 && stats.accepted > 0,

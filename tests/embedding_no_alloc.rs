@@ -53,7 +53,7 @@ fn embedding_steps_allocate_nothing() {
         let mut done = 0;
         for step in 0..250 {
             if step == 50 {
-                counting::ARMED.store(true, Ordering::SeqCst);
+                counting::arm();
             }
             next[0] = e.sample(gen).unwrap();
             if e.position(gen).unwrap() + 1 >= e.ctx() {
@@ -93,7 +93,7 @@ fn embedding_steps_allocate_nothing() {
                 job[k] = ((input + 1) % inputs.len(), 0);
             }
         }
-        counting::ARMED.store(false, Ordering::SeqCst);
+        counting::disarm();
         assert!(sum.is_finite() && done > 50, "isa {isa}: {done} embeddings");
         assert_eq!(
             counting::calls(),

@@ -2,7 +2,6 @@
 //! of a prefilled sequence into others (whole and partial, f32 and bf16 KV caches), and the
 //! forks' first samples. This test binary holds only this test.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use qwenrt::engine::sampler::SamplerParams;
@@ -57,7 +56,7 @@ fn forks_allocate_nothing() {
             logits: Want::Last,
         };
         e.step(&[feed], &mut |_, _, _| {}).unwrap();
-        counting::ARMED.store(true, Ordering::SeqCst);
+        counting::arm();
         let before = counting::calls();
         for round in 0..50 {
             for &dst in &seqs[1..] {
@@ -68,7 +67,7 @@ fn forks_allocate_nothing() {
             }
         }
         let calls = counting::calls() - before;
-        counting::ARMED.store(false, Ordering::SeqCst);
+        counting::disarm();
         assert_eq!(
             calls, 0,
             "{kv_dtype} KV cache: forks allocated {calls} times"

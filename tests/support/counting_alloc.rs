@@ -6,8 +6,30 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Counts while true.
-pub static ARMED: AtomicBool = AtomicBool::new(false);
+/// Counts while true ([`arm`] / [`disarm`]).
+static ARMED: AtomicBool = AtomicBool::new(false);
+/// Whether the process's main thread is left uncounted: it is when the proof runs on another
+/// thread (libtest's own), because libtest's main thread allocates when it reports a test
+/// "running for over 60 seconds" (a slow, loaded machine), which is no allocation of the path
+/// under proof. Every other thread (the proof's and the engine's pool) is counted.
+static SKIP_MAIN: AtomicBool = AtomicBool::new(false);
+
+/// Whether the calling thread is the process's main thread (its thread id is the process id).
+fn on_main_thread() -> bool {
+    // SAFETY: gettid and getpid take no arguments, touch no memory and cannot fail.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// Starts counting, on every thread but libtest's main one when the caller is not on it.
+pub fn arm() {
+    SKIP_MAIN.store(!on_main_thread(), Ordering::SeqCst);
+    ARMED.store(true, Ordering::SeqCst);
+}
+
+/// Stops counting.
+pub fn disarm() {
+    ARMED.store(false, Ordering::SeqCst);
+}
 /// `alloc` calls.
 pub static ALLOCS: AtomicUsize = AtomicUsize::new(0);
 /// `alloc_zeroed` calls.
@@ -25,7 +47,7 @@ pub fn calls() -> usize {
 pub struct Counting;
 
 fn count(calls: &AtomicUsize, bytes: usize) {
-    if ARMED.load(Ordering::Relaxed) {
+    if ARMED.load(Ordering::Relaxed) && !(SKIP_MAIN.load(Ordering::Relaxed) && on_main_thread()) {
         calls.fetch_add(1, Ordering::Relaxed);
         BYTES.fetch_add(bytes, Ordering::Relaxed);
     }

@@ -10,7 +10,7 @@ use qwenrt::engine::sampler::LogitBias;
 use qwenrt::engine::{Engine, Feed, Numerics, SeqId, Want};
 use qwenrt::SamplerParams;
 
-use crate::counting::{ALLOCS, ARMED, REALLOCS, ZEROED};
+use crate::counting::{arm, disarm, ALLOCS, REALLOCS, ZEROED};
 
 pub const SEQS: usize = 4;
 pub const CHUNK: usize = 16;
@@ -145,11 +145,11 @@ pub fn prove_steps_allocate_nothing<const V: usize>(e: &mut Engine, label: &str)
     ALLOCS.store(0, Ordering::SeqCst);
     REALLOCS.store(0, Ordering::SeqCst);
     ZEROED.store(0, Ordering::SeqCst);
-    ARMED.store(true, Ordering::SeqCst);
+    arm();
     for _ in 0..300 {
         d.step(e);
     }
-    ARMED.store(false, Ordering::SeqCst);
+    disarm();
 
     let (a, r, z) = (
         ALLOCS.load(Ordering::SeqCst),
