@@ -11,11 +11,6 @@
 //! lie beyond the allocation, where `add` would be undefined behaviour, but `vmaskmovps` with an
 //! all-zero mask touches no memory through it.
 
-pub(crate) use crate::simd::avx2::{hsum, mask8};
-use crate::stream::prefetch_ahead;
+pub(crate) use crate::simd::avx2::mask8;
 
 mod quant;
-mod quant_gemm;
-
-pub use quant::*;
-pub use quant_gemm::*;

@@ -21,11 +21,9 @@ mod matvec;
 mod quant;
 mod quant_gemm;
 mod quant_repack;
-mod tile_epilogue;
 
 pub(crate) use attention::*;
 pub use matmul::*;
 pub use matvec::*;
-pub use quant::*;
-pub use quant_gemm::*;
+pub use quant_gemm::quantize_rows_q8;
 pub use quant_repack::*;

@@ -19,6 +19,9 @@
 use core::arch::x86_64::*;
 
 use super::{lanes, prefetch, PREFETCH_BYTES};
+use crate::generic::QSimd;
+use crate::simd::Simd;
+use crate::simd::avx512::Avx512;
 
 /// Format codes for the kernels' const parameter.
 pub const RQ4_0: u8 = 0;
@@ -68,20 +71,6 @@ unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
     }
 }
 
-/// `acc + dot(w, x)` per 32-bit lane, `w` unsigned bytes (at most 31 on the plain path).
-#[inline(always)]
-fn dot<const VNNI: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
-    // SAFETY: register-only AVX-512F/BW (+VNNI when VNNI) intrinsics, enabled by the kernel.
-    unsafe {
-        if VNNI {
-            _mm512_dpbusd_epi32(acc, w, x)
-        } else {
-            let p = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
-            _mm512_add_epi32(acc, p)
-        }
-    }
-}
-
 /// One group (`n` units, all 16 if `FULL`) of `RW` rows against `T` inputs.
 ///
 /// # Safety
@@ -96,6 +85,7 @@ unsafe fn group<
     const RW: usize,
     const FULL: bool,
 >(
+    b: Avx512,
     wg: &[*const u8; RW],
     xs: &[PreparedX; T],
     n: usize,
@@ -134,7 +124,7 @@ unsafe fn group<
                     prefetch(wg[r].wrapping_add(o * step + pf));
                     if VNNI {
                         for t in 0..T {
-                            idot[r][t] = dot::<true>(idot[r][t], v, xv[t]);
+                            idot[r][t] = b.udot::<true>(idot[r][t], v, xv[t]);
                         }
                     } else {
                         let q = _mm512_xor_si512(v, flip);
@@ -142,7 +132,7 @@ unsafe fn group<
                         let a = _mm512_abs_epi8(q);
                         for t in 0..T {
                             let sx = _mm512_mask_sub_epi8(xv[t], neg, zero, xv[t]);
-                            idot[r][t] = dot::<false>(idot[r][t], a, sx);
+                            idot[r][t] = b.udot::<false>(idot[r][t], a, sx);
                         }
                     }
                 }
@@ -178,8 +168,8 @@ unsafe fn group<
                             _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb[r], bh), hi, sixteen);
                     }
                     for t in 0..T {
-                        idot[r][t] = dot::<VNNI>(idot[r][t], lo, xl[t]);
-                        idot[r][t] = dot::<VNNI>(idot[r][t], hi, xh[t]);
+                        idot[r][t] = b.udot::<VNNI>(idot[r][t], lo, xl[t]);
+                        idot[r][t] = b.udot::<VNNI>(idot[r][t], hi, xh[t]);
                     }
                 }
             }
@@ -212,6 +202,7 @@ unsafe fn group<
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>(
+    b: Avx512,
     w: *const u8,
     units: usize,
     r: usize,
@@ -240,11 +231,11 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
         };
         for g in 0..full {
             let (wg, xg) = at(g);
-            group::<K, VNNI, T, RW, true>(&wg, &xg, 16, pf, &mut acc);
+            group::<K, VNNI, T, RW, true>(b, &wg, &xg, 16, pf, &mut acc);
         }
         if tail > 0 {
             let (wg, xg) = at(full);
-            group::<K, VNNI, T, RW, false>(&wg, &xg, tail, pf, &mut acc);
+            group::<K, VNNI, T, RW, false>(b, &wg, &xg, tail, pf, &mut acc);
         }
         for (i, ai) in acc.iter().enumerate() {
             for (t, a) in ai.iter().enumerate() {
@@ -265,6 +256,7 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
 /// As [`matvec_repacked`], with `T == xs.len()`.
 #[inline(always)]
 unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
+    b: Avx512,
     w: *const u8,
     rows: usize,
     units: usize,
@@ -275,7 +267,7 @@ unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
     let xs: [PreparedX; T] = std::array::from_fn(|t| xs[t]);
     for r in 0..rows {
         // SAFETY: forwarded contract; r < rows.
-        unsafe { rows_n::<K, VNNI, T, 1>(w, units, r, &xs, y, ldy) };
+        unsafe { rows_n::<K, VNNI, T, 1>(b, w, units, r, &xs, y, ldy) };
     }
 }
 
@@ -284,7 +276,9 @@ unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
 /// # Safety
 /// As [`matvec_repacked`]; AVX512-VNNI too if `VNNI`.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn by_format<const VNNI: bool>(
+    b: Avx512,
     k: u8,
     w: *const u8,
     rows: usize,
@@ -296,10 +290,10 @@ unsafe fn by_format<const VNNI: bool>(
     macro_rules! go {
         ($k:expr) => {
             match xs.len() {
-                1 => rows_body::<$k, VNNI, 1>(w, rows, units, xs, y, ldy),
-                2 => rows_body::<$k, VNNI, 2>(w, rows, units, xs, y, ldy),
-                3 => rows_body::<$k, VNNI, 3>(w, rows, units, xs, y, ldy),
-                _ => rows_body::<$k, VNNI, 4>(w, rows, units, xs, y, ldy),
+                1 => rows_body::<$k, VNNI, 1>(b, w, rows, units, xs, y, ldy),
+                2 => rows_body::<$k, VNNI, 2>(b, w, rows, units, xs, y, ldy),
+                3 => rows_body::<$k, VNNI, 3>(b, w, rows, units, xs, y, ldy),
+                _ => rows_body::<$k, VNNI, 4>(b, w, rows, units, xs, y, ldy),
             }
         };
     }
@@ -334,48 +328,21 @@ pub unsafe fn matvec_repacked(
     vnni: bool,
 ) {
     debug_assert!((1..=RQ_GROUP).contains(&xs.len()));
-    // SAFETY: forwarded contract (VNNI support when `vnni`).
-    unsafe {
-        if vnni {
-            with_vnni(k, w, rows, units, xs, y, ldy)
-        } else {
-            without_vnni(k, w, rows, units, xs, y, ldy)
+    // SAFETY: the CPU has the AVX-512 features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
+    if vnni {
+        // SAFETY: forwarded contract (AVX512-VNNI when `vnni`).
+        unsafe {
+            b.vectorize_vnni(
+                #[inline(always)]
+                || by_format::<true>(b, k, w, rows, units, xs, y, ldy),
+            )
         }
+    } else {
+        b.vectorize(
+            #[inline(always)]
+            // SAFETY: forwarded contract.
+            || unsafe { by_format::<false>(b, k, w, rows, units, xs, y, ldy) },
+        )
     }
-}
-
-/// [`matvec_repacked`] with `vpdpbusd`.
-///
-/// # Safety
-/// As [`matvec_repacked`] with AVX512-VNNI.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn with_vnni(
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { by_format::<true>(k, w, rows, units, xs, y, ldy) }
-}
-
-/// [`matvec_repacked`] with `vpmaddubsw` + `vpmaddwd`.
-///
-/// # Safety
-/// As [`matvec_repacked`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn without_vnni(
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { by_format::<false>(k, w, rows, units, xs, y, ldy) }
 }

@@ -11,11 +11,17 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod qsimd;
+mod quant;
+mod quant_gemm;
 
 pub(crate) use attention::*;
 pub(crate) use elementwise::*;
 pub(crate) use matmul::*;
 pub(crate) use matvec::*;
+pub(crate) use qsimd::*;
+pub(crate) use quant::*;
+pub(crate) use quant_gemm::*;
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {

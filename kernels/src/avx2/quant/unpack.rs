@@ -1,52 +1,13 @@
-//! The AVX2 quantized matvecs' weight unpacking: per format, a group of scale units of one
-//! row as unsigned bytes in column order, with each unit's weight scale and bias.
+//! The AVX2 quantized matvec's weight unpacking: per format, a group of scale units of one
+//! row as unsigned bytes in column order (32 per vector), with each unit's weight scale and
+//! bias ([`Group`]). Groups hold 8 units (16 for Q6_K).
 
 use core::arch::x86_64::*;
 
 use super::super::mask8;
+use crate::generic::Group;
 use crate::quant::k_scales_mins;
-
-/// One group of one weight row, unpacked for every input.
-pub(super) struct Group {
-    /// Unsigned weight quants, 32 columns per vector in column order; zero past the row's end.
-    pub(super) q: [__m256i; 8],
-    /// Q8_0 only: the signed weights (`q` holds their magnitudes), for `vpsignb`.
-    pub(super) sgn: [__m256i; 8],
-    /// Per unit: the weight scale of its integer dot (units 8h..8h+8 in `scale[h]`).
-    pub(super) scale: [__m256; 2],
-    /// Per unit: the factor of the input's scaled sum over the unit.
-    pub(super) bias: [__m256; 2],
-}
-
-/// A weight format's group unpacking.
-pub(super) trait Fmt {
-    /// Columns per scale unit (32, or 16 for Q6_K).
-    const UNIT: usize;
-    /// Units per group (8, or 16 for Q6_K).
-    const UNITS: usize;
-    /// Bytes of a whole group.
-    const GROUP_BYTES: usize;
-    /// Whether the quants are signed (Q8_0): `Group::sgn` is set and `Group::bias` unused.
-    const SIGNED: bool = false;
-    /// Unpacks the first `n` (`1..=UNITS`) units of the group at `p`.
-    ///
-    /// # Safety
-    /// `p` points at a group with at least `n` units of bytes; AVX2, FMA, F16C.
-    unsafe fn unpack(p: *const u8, n: usize) -> Group;
-}
-
-#[inline(always)]
-pub(super) fn zero_group() -> Group {
-    // SAFETY: only called from the kernels below, which run with AVX2 enabled.
-    unsafe {
-        Group {
-            q: [_mm256_setzero_si256(); 8],
-            sgn: [_mm256_setzero_si256(); 8],
-            scale: [_mm256_setzero_ps(); 2],
-            bias: [_mm256_setzero_ps(); 2],
-        }
-    }
-}
+use crate::simd::avx2::Avx2;
 
 /// A little-endian u32 at `p`.
 ///
@@ -101,8 +62,12 @@ fn bit4_of(bits: u32) -> __m256i {
 /// # Safety
 /// `p` points at `n` blocks of `BB` bytes; AVX2, F16C.
 #[inline(always)]
-unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
+pub(super) unsafe fn q4q5<const BB: usize, const Q5: bool>(
+    b: Avx2,
+    p: *const u8,
+    n: usize,
+) -> Group<Avx2> {
+    let mut g = Group::zero(b);
     let qs = if Q5 { 6 } else { 2 };
     // SAFETY: only blocks u < n are read (at p + BB * u, inside the group by the contract).
     unsafe {
@@ -126,39 +91,13 @@ unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -
     g
 }
 
-pub(super) struct Q40;
-impl Fmt for Q40 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 18;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<18, false>(p, n) }
-    }
-}
-
-pub(super) struct Q50;
-impl Fmt for Q50 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 22;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<22, true>(p, n) }
-    }
-}
-
-pub(super) struct Q80;
-impl Fmt for Q80 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 34;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        let mut g = zero_group();
+/// Q8_0: one block per vector, magnitudes in `q` and the signed quants in `sgn`.
+///
+/// # Safety
+/// `p` points at `n` blocks of 34 bytes.
+#[inline(always)]
+pub(super) unsafe fn q8_0(b: Avx2, p: *const u8, n: usize) -> Group<Avx2> {
+        let mut g = Group::zero(b);
         // SAFETY: only blocks u < n are read (34 bytes at p + 34 u, inside the group).
         unsafe {
             for u in 0..8 {
@@ -172,7 +111,6 @@ impl Fmt for Q80 {
             g.scale[0] = gather_f16(p, 34, n);
         }
         g
-    }
 }
 
 /// Q4_K / Q5_K: a group is one superblock.
@@ -180,8 +118,8 @@ impl Fmt for Q80 {
 /// # Safety
 /// `p` points at a superblock of `BB` bytes; AVX2, F16C.
 #[inline(always)]
-unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8) -> Group {
-    let mut g = zero_group();
+pub(super) unsafe fn k45<const BB: usize, const Q5: bool>(b: Avx2, p: *const u8) -> Group<Avx2> {
+    let mut g = Group::zero(b);
     let qs = if Q5 { 48 } else { 16 };
     // SAFETY: reads bytes 0..BB of the superblock at p.
     unsafe {
@@ -224,38 +162,13 @@ unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8) -> Group {
     g
 }
 
-pub(super) struct Q4K;
-impl Fmt for Q4K {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 144;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        // SAFETY: forwarded contract (a group is one whole superblock).
-        unsafe { unpack_k45::<144, false>(p) }
-    }
-}
-
-pub(super) struct Q5K;
-impl Fmt for Q5K {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 176;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        // SAFETY: forwarded contract (a group is one whole superblock).
-        unsafe { unpack_k45::<176, true>(p) }
-    }
-}
-
-pub(super) struct Q6K;
-impl Fmt for Q6K {
-    const UNIT: usize = 16;
-    const UNITS: usize = 16;
-    const GROUP_BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        let mut g = zero_group();
+/// Q6_K: a group is one superblock of 16 units, in two halves of 8.
+///
+/// # Safety
+/// `p` points at a superblock of 210 bytes.
+#[inline(always)]
+pub(super) unsafe fn q6k(b: Avx2, p: *const u8) -> Group<Avx2> {
+        let mut g = Group::zero(b);
         // SAFETY: reads bytes 0..210 of the superblock at p (a group is one superblock).
         unsafe {
             let lo4 = _mm256_set1_epi8(0x0f);
@@ -280,5 +193,4 @@ impl Fmt for Q6K {
             }
         }
         g
-    }
 }

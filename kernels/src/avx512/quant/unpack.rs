@@ -1,51 +1,14 @@
-//! The AVX-512 quantized matvecs' weight unpacking: per format, a group of scale units of one
-//! row as unsigned bytes in column order, with each unit's weight scale and bias.
+//! The AVX-512 quantized matvec's weight unpacking: per format, a group of 16 scale units of
+//! one row as unsigned bytes in column order (64 per vector: 8 vectors for 32-column units, 4
+//! for Q6_K's 16-column units), with each unit's weight scale and bias ([`Group`], one vector
+//! of scales: `scale[0]`, `bias[0]`).
 
 use core::arch::x86_64::*;
 
 use super::super::lanes;
+use crate::generic::Group;
 use crate::quant::k_scales_mins;
-
-/// One group (up to 16 scale units) of one weight row, unpacked for every input.
-pub(super) struct Group {
-    /// Unsigned weight quants, 64 columns per vector in column order (8 vectors for 32-column
-    /// units, 4 for 16-column units); zero past the row's end.
-    pub(super) q: [__m512i; 8],
-    /// Q8_0 only: the columns whose weight is negative (`q` then holds magnitudes).
-    pub(super) neg: [__mmask64; 8],
-    /// Per unit: the weight scale of its integer dot.
-    pub(super) scale: __m512,
-    /// Per unit: the factor of the input's scaled sum over the unit (`-8 d` for Q4_0, ...).
-    pub(super) bias: __m512,
-}
-
-/// A weight format's group unpacking.
-pub(super) trait Fmt {
-    /// Columns per scale unit (32, or 16 for Q6_K).
-    const UNIT: usize;
-    /// Bytes of a whole group of 16 units.
-    const GROUP_BYTES: usize;
-    /// Whether the quants are signed (Q8_0): `Group::neg` is set and `Group::bias` unused.
-    const SIGNED: bool = false;
-    /// Unpacks the first `n` (`1..=16`) units of the group at `p`.
-    ///
-    /// # Safety
-    /// `p` points at a group with at least `n` units of bytes; AVX-512F/BW/VL and F16C.
-    unsafe fn unpack(p: *const u8, n: usize) -> Group;
-}
-
-#[inline(always)]
-pub(super) fn zero_group() -> Group {
-    // SAFETY: only called from the kernels below, which run with AVX-512F enabled.
-    unsafe {
-        Group {
-            q: [_mm512_setzero_si512(); 8],
-            neg: [0; 8],
-            scale: _mm512_setzero_ps(),
-            bias: _mm512_setzero_ps(),
-        }
-    }
-}
+use crate::simd::avx512::Avx512;
 
 /// The f16 at byte offsets `stride * u` of `p`, as f32 for `u < n`, 0.0 for the other lanes.
 ///
@@ -101,8 +64,12 @@ unsafe fn u32_at(p: *const u8) -> u32 {
 /// # Safety
 /// `p` points at `n` blocks of `BB` bytes; AVX-512F/BW/VL, F16C.
 #[inline(always)]
-unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
+pub(super) unsafe fn q4q5<const BB: usize, const Q5: bool>(
+    b: Avx512,
+    p: *const u8,
+    n: usize,
+) -> Group<Avx512> {
+    let mut g = Group::zero(b);
     let qs = if Q5 { 6 } else { 2 };
     // SAFETY: only blocks u < n are read (at p + BB * u, inside the group by the contract).
     unsafe {
@@ -127,43 +94,20 @@ unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -
             }
             g.q[i] = v;
         }
-        g.scale = gather_f16(p, BB as i32, n);
+        g.scale[0] = gather_f16(p, BB as i32, n);
         let off = if Q5 { -16.0 } else { -8.0 };
-        g.bias = _mm512_mul_ps(g.scale, _mm512_set1_ps(off));
+        g.bias[0] = _mm512_mul_ps(g.scale[0], _mm512_set1_ps(off));
     }
     g
 }
 
-pub(super) struct Q40;
-impl Fmt for Q40 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 18;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<18, false>(p, n) }
-    }
-}
-
-pub(super) struct Q50;
-impl Fmt for Q50 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 22;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<22, true>(p, n) }
-    }
-}
-
-pub(super) struct Q80;
-impl Fmt for Q80 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 34;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        let mut g = zero_group();
+/// Q8_0: two blocks per vector, magnitudes in `q` and the negative bytes in `sgn`.
+///
+/// # Safety
+/// `p` points at `n` blocks of 34 bytes; AVX-512F/BW/VL, F16C.
+#[inline(always)]
+pub(super) unsafe fn q8_0(b: Avx512, p: *const u8, n: usize) -> Group<Avx512> {
+        let mut g = Group::zero(b);
         // SAFETY: only blocks u < n are read (34 bytes at p + 34 u, inside the group).
         unsafe {
             for i in 0..8 {
@@ -179,12 +123,11 @@ impl Fmt for Q80 {
                 };
                 let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 g.q[i] = _mm512_abs_epi8(w);
-                g.neg[i] = _mm512_movepi8_mask(w);
+                g.sgn[i] = _mm512_movepi8_mask(w);
             }
-            g.scale = gather_f16(p, 34, n);
+            g.scale[0] = gather_f16(p, 34, n);
         }
         g
-    }
 }
 
 /// Q4_K / Q5_K: a group is one or two superblocks (`n` 8 or 16 units).
@@ -192,8 +135,12 @@ impl Fmt for Q80 {
 /// # Safety
 /// `p` points at `n / 8` superblocks of `BB` bytes; AVX-512F/BW/VL, F16C.
 #[inline(always)]
-unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
+pub(super) unsafe fn k45<const BB: usize, const Q5: bool>(
+    b: Avx512,
+    p: *const u8,
+    n: usize,
+) -> Group<Avx512> {
+    let mut g = Group::zero(b);
     let nsb = n / 8;
     let qs = if Q5 { 48 } else { 16 };
     // SAFETY: only the nsb superblocks of the group are read, at p + BB * s.
@@ -243,9 +190,9 @@ unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8, n: usize) ->
                 v[0] as i64,
             )))
         };
-        g.scale = _mm512_mul_ps(d, widen(sc));
+        g.scale[0] = _mm512_mul_ps(d, widen(sc));
         // -(dmin * m), exactly
-        g.bias = _mm512_castsi512_ps(_mm512_xor_si512(
+        g.bias[0] = _mm512_castsi512_ps(_mm512_xor_si512(
             _mm512_castps_si512(_mm512_mul_ps(dm, widen(mn))),
             _mm512_set1_epi32(i32::MIN),
         ));
@@ -253,36 +200,13 @@ unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8, n: usize) ->
     g
 }
 
-pub(super) struct Q4K;
-impl Fmt for Q4K {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 2 * 144;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_k45::<144, false>(p, n) }
-    }
-}
-
-pub(super) struct Q5K;
-impl Fmt for Q5K {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 2 * 176;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_k45::<176, true>(p, n) }
-    }
-}
-
-pub(super) struct Q6K;
-impl Fmt for Q6K {
-    const UNIT: usize = 16;
-    const GROUP_BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        debug_assert_eq!(n, 16);
-        let mut g = zero_group();
+/// Q6_K: a group is one superblock of 16 units.
+///
+/// # Safety
+/// `p` points at a superblock of 210 bytes; AVX-512F/BW/VL, F16C.
+#[inline(always)]
+pub(super) unsafe fn q6k(b: Avx512, p: *const u8) -> Group<Avx512> {
+        let mut g = Group::zero(b);
         // SAFETY: reads bytes 0..210 of the superblock at p (the contract: n = 16 units).
         unsafe {
             let lo4 = _mm512_set1_epi8(0x0f);
@@ -306,9 +230,8 @@ impl Fmt for Q6K {
             let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
                 std::ptr::read_unaligned(p.add(208) as *const u16) as i32,
             ));
-            g.scale = _mm512_mul_ps(_mm512_broadcastss_ps(d), sc);
-            g.bias = _mm512_mul_ps(g.scale, _mm512_set1_ps(-32.0));
+            g.scale[0] = _mm512_mul_ps(_mm512_broadcastss_ps(d), sc);
+            g.bias[0] = _mm512_mul_ps(g.scale[0], _mm512_set1_ps(-32.0));
         }
         g
-    }
 }

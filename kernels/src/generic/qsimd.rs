@@ -1,0 +1,197 @@
+//! The quantized kernels' integer layer: [`QSimd`] extends [`Simd`] with what a quantized
+//! kernel does on integer vectors of `4 * LANES` bytes: the `u8 × i8` dot (`vpdpbusd` with
+//! VNNI, else `vpmaddubsw` + `vpmaddwd`; exact on both paths where the kernels keep the i16
+//! pair sums from saturating, so they give the same bits), the reduction of a group's dots to
+//! one lane per scale unit, the unpacking of ggml blocks into unsigned bytes in column order,
+//! and the prefill matmul's panel packing and matrix unit. Those are where the instructions
+//! are the algorithm; the kernels over them are written once ([`super::quant`],
+//! [`super::quant_gemm`]).
+
+use crate::quant::panel::pack_q_panel;
+use crate::quant::QuantType;
+use crate::simd::Simd;
+
+/// The integer operations of the quantized kernels on one backend (see the module docs). Like
+/// [`Simd`], a value is a token proving the CPU runs the backend's instructions; the VNNI
+/// forms additionally need [`QSimd::vectorize_vnni`]'s contract.
+pub(crate) trait QSimd: Simd {
+    /// A vector of `4 * LANES` bytes, read as i8 / u8, i16 or i32 lanes as each method says.
+    type I: Copy;
+    /// Which bytes of a vector of signed quants are negative: the vector itself on AVX2
+    /// (`vpsignb` reads its signs), a mask register on AVX-512.
+    type Sign: Copy;
+    /// Input rows per tile of the quantized prefill matmul (`crate::generic::quant_gemm`).
+    const Q_MR: usize;
+
+    /// [`Simd::vectorize`] with the backend's VNNI extension (`vpdpbusd`) enabled as well.
+    ///
+    /// # Safety
+    /// The CPU has that extension (AVX-VNNI on AVX2, AVX512-VNNI on AVX-512).
+    unsafe fn vectorize_vnni<R>(self, f: impl FnOnce() -> R) -> R;
+
+    /// All bytes 0.
+    fn zero_i(self) -> Self::I;
+    /// `x` in every i32 lane.
+    fn splat_i32(self, x: i32) -> Self::I;
+    /// `4 * LANES` bytes at `p`.
+    ///
+    /// # Safety
+    /// `p` is valid for reading them.
+    unsafe fn load_i(self, p: *const u8) -> Self::I;
+    /// The first `n` (`< 4 * LANES`) bytes at `p`, the others 0.
+    ///
+    /// # Safety
+    /// `p` is valid for reading `n` bytes.
+    unsafe fn load_i_tail(self, p: *const u8, n: usize) -> Self::I;
+    /// The i32 lanes as f32.
+    fn i32_to_f32(self, v: Self::I) -> Self::F32;
+    /// `|w|` per i8 lane (`-128` gives 128 as u8).
+    fn abs_i8(self, w: Self::I) -> Self::I;
+    /// The signs of the i8 lanes of `w`, for [`QSimd::apply_sign`].
+    fn sign_of(self, w: Self::I) -> Self::Sign;
+    /// `x` negated in the i8 lanes where the weight was negative (`s` from
+    /// [`QSimd::sign_of`]); where it was 0, `x` or 0 (the product with `|w| = 0` is 0 either
+    /// way).
+    fn apply_sign(self, x: Self::I, s: Self::Sign) -> Self::I;
+    /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd` with
+    /// `VNNI` (inside [`QSimd::vectorize_vnni`]), else `vpmaddubsw` + `vpmaddwd`, whose i16 pair
+    /// sums the callers keep from saturating.
+    fn udot<const VNNI: bool>(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// The i32 lanes of a group's dot vectors `v` summed per scale unit of `unit` columns (32 or
+    /// 16): one i32 per unit in unit order, `LANES` units from the first `unit / 4` vectors.
+    fn reduce_units(self, unit: usize, v: &[Self::I]) -> Self::I;
+    /// Lane `u < n`: `hs[2u] + hs[2u + 1]`, the other lanes 0.0: an input's scaled sums over
+    /// `n` units of 32 from its half-block sums.
+    ///
+    /// # Safety
+    /// `hs` is valid for reading `2 n` floats.
+    unsafe fn pair_sums(self, hs: *const f32, n: usize) -> Self::F32;
+    /// Lanes `2i` and `2i + 1`: `d[i]`, for `i < LANES / 2`: an input's block steps for units
+    /// of 16 columns.
+    ///
+    /// # Safety
+    /// `d` is valid for reading `LANES / 2` floats.
+    unsafe fn dup_steps(self, d: *const f32) -> Self::F32;
+
+    /// Q4_0 (`BB = 18`) / Q5_0 (`BB = 22`, `Q5`): the first `n` units (blocks) of a group.
+    ///
+    /// # Safety
+    /// `p` points at `n` blocks of `BB` bytes.
+    unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(self, p: *const u8, n: usize)
+        -> Group<Self>;
+    /// Q8_0: the first `n` units (blocks) of a group, `Group::sgn` set.
+    ///
+    /// # Safety
+    /// `p` points at `n` blocks of 34 bytes.
+    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self>;
+    /// Q4_K (`BB = 144`) / Q5_K (`BB = 176`, `Q5`): the `n` units of a group, whole
+    /// superblocks of 8 units.
+    ///
+    /// # Safety
+    /// `p` points at `n / 8` superblocks of `BB` bytes.
+    unsafe fn unpack_k45<const BB: usize, const Q5: bool>(self, p: *const u8, n: usize)
+        -> Group<Self>;
+    /// Q6_K: the 16 units of one superblock.
+    ///
+    /// # Safety
+    /// `p` points at a superblock of 210 bytes.
+    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self>;
+
+    /// Packs rows `0..nr` of `w` (`rb` bytes each, `k` weights of `qt`) into the panel `pb` as
+    /// [`pack_q_panel`] does: that packer, unless the backend has a faster one writing the
+    /// same bytes.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn pack_q_panel(
+        self,
+        qt: QuantType,
+        w: &[u8],
+        rb: usize,
+        k: usize,
+        nr: usize,
+        signed: bool,
+        pb: &mut [u8],
+    ) {
+        let _ = rb;
+        pack_q_panel(qt, w, k, nr, signed, pb)
+    }
+    /// Runs every tile of `n` input rows against one packed panel of unsigned quants in
+    /// sub-blocks of `S` on the backend's matrix unit (AMX), giving the vector tiles' bits,
+    /// and returns true; false (the default) where the backend has none.
+    ///
+    /// # Safety
+    /// As the vector tiles (`crate::generic::quant_gemm`), for `n` rows; a [`crate::Cpu`] has
+    /// claimed the matrix unit (AMX: the tile data granted).
+    #[inline(always)]
+    unsafe fn matrix_tiles<const S: usize>(self, run: PanelRun, n: usize) -> bool {
+        let _ = (run, n);
+        false
+    }
+}
+
+/// One group of one weight row, unpacked for every input.
+pub(crate) struct Group<B: QSimd> {
+    /// Unsigned weight quants, `4 * LANES` columns per vector in column order; zero past the
+    /// row's end.
+    pub(crate) q: [B::I; 8],
+    /// Q8_0 only: the signs of the weights (`q` holds their magnitudes).
+    pub(crate) sgn: [B::Sign; 8],
+    /// Per unit: the weight scale of its integer dot (units `LANES h..` in `scale[h]`).
+    pub(crate) scale: [B::F32; 2],
+    /// Per unit: the factor of the input's scaled sum over the unit (`-8 d` for Q4_0, ...).
+    pub(crate) bias: [B::F32; 2],
+}
+
+impl<B: QSimd> Group<B> {
+    /// Everything zero (no signs).
+    #[inline(always)]
+    pub(crate) fn zero(b: B) -> Group<B> {
+        Group {
+            q: [b.zero_i(); 8],
+            sgn: [b.sign_of(b.zero_i()); 8],
+            scale: [b.zero(); 2],
+            bias: [b.zero(); 2],
+        }
+    }
+}
+
+/// One packed panel against a run of input rows: where everything is, passed down to the
+/// tiles.
+#[derive(Clone, Copy)]
+pub(crate) struct PanelRun {
+    /// The panel as [`pack_q_panel`] lays it out.
+    pub(crate) panel: *const u8,
+    /// Sub-blocks of `S` weights in the panel.
+    pub(crate) nsb: usize,
+    /// The first input row's [`q8_len`] words.
+    pub(crate) xq: *const f32,
+    /// Words per input row.
+    pub(crate) xs: usize,
+    /// Blocks of 32 per input row (`nsb * S / 32`).
+    pub(crate) nb: usize,
+    /// The first output row, at column 0 of the panel.
+    pub(crate) y: *mut f32,
+    /// Floats per output row.
+    pub(crate) ldy: usize,
+    /// Weight rows of the panel in use (`1..=16`): the output columns written.
+    pub(crate) nr: usize,
+}
+
+impl PanelRun {
+    /// The same run from input row `t0` on.
+    ///
+    /// # Safety
+    /// Input and output row `t0` exist.
+    #[inline(always)]
+    pub(crate) unsafe fn from_row(self, t0: usize) -> PanelRun {
+        // SAFETY: forwarded contract.
+        unsafe {
+            PanelRun {
+                xq: self.xq.add(t0 * self.xs),
+                y: self.y.add(t0 * self.ldy),
+                ..self
+            }
+        }
+    }
+}
+
