@@ -6,22 +6,12 @@
 use core::arch::x86_64::*;
 
 use super::mask8;
-use crate::generic::{Group, QSimd};
+use crate::generic::{intrinsics, vectorize_vnni, QSimd};
 use crate::simd::avx2::Avx2;
 
 mod unpack;
 
-/// Runs `f` compiled with AVX2, FMA, F16C and AVX-VNNI.
-///
-/// # Safety
-/// The CPU must support those features.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-#[inline]
-unsafe fn with_avx2_vnni<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-// SAFETY (every `unsafe` block below that calls an intrinsic): an `Avx2` exists only where the
+// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an `Avx2` exists only where the
 // CPU has AVX2, FMA and F16C; `vpdpbusd` runs only with `VNNI`, inside `vectorize_vnni`, whose
 // caller guarantees AVX-VNNI. Pointer contracts are the trait's, forwarded from the caller.
 impl QSimd for Avx2 {
@@ -31,20 +21,13 @@ impl QSimd for Avx2 {
     /// f32 accumulators, touched once per sub-block, may live in L1).
     const Q_MR: usize = 4;
 
-    #[inline(always)]
-    unsafe fn vectorize_vnni<R>(self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: the token proves AVX2, FMA and F16C; the caller AVX-VNNI.
-        unsafe { with_avx2_vnni(f) }
-    }
-    #[inline(always)]
-    fn zero_i(self) -> __m256i {
-        // SAFETY: see the impl.
-        unsafe { _mm256_setzero_si256() }
-    }
-    #[inline(always)]
-    fn splat_i32(self, x: i32) -> __m256i {
-        // SAFETY: see the impl.
-        unsafe { _mm256_set1_epi32(x) }
+    vectorize_vnni!("avx2,fma,f16c,avxvnni");
+    intrinsics! {
+        zero_i() -> __m256i => _mm256_setzero_si256;
+        splat_i32(x: i32) -> __m256i => _mm256_set1_epi32;
+        i32_to_f32(v: __m256i) -> __m256 => _mm256_cvtepi32_ps;
+        abs_i8(w: __m256i) -> __m256i => _mm256_abs_epi8;
+        apply_sign(x: __m256i, s: __m256i) -> __m256i => _mm256_sign_epi8;
     }
     #[inline(always)]
     unsafe fn load_i(self, p: *const u8) -> __m256i {
@@ -61,23 +44,8 @@ impl QSimd for Avx2 {
         }
     }
     #[inline(always)]
-    fn i32_to_f32(self, v: __m256i) -> __m256 {
-        // SAFETY: see the impl.
-        unsafe { _mm256_cvtepi32_ps(v) }
-    }
-    #[inline(always)]
-    fn abs_i8(self, w: __m256i) -> __m256i {
-        // SAFETY: see the impl.
-        unsafe { _mm256_abs_epi8(w) }
-    }
-    #[inline(always)]
     fn sign_of(self, w: __m256i) -> __m256i {
         w
-    }
-    #[inline(always)]
-    fn apply_sign(self, x: __m256i, s: __m256i) -> __m256i {
-        // SAFETY: see the impl.
-        unsafe { _mm256_sign_epi8(x, s) }
     }
     #[inline(always)]
     fn udot<const VNNI: bool>(self, acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
@@ -129,33 +97,5 @@ impl QSimd for Avx2 {
             let d4 = _mm256_castps128_ps256(_mm_loadu_ps(d));
             _mm256_permutevar8x32_ps(d4, _mm256_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3))
         }
-    }
-    #[inline(always)]
-    unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(
-        self,
-        p: *const u8,
-        n: usize,
-    ) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q4q5::<BB, Q5>(self, p, n) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q8_0(self, p, n) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_k45<const BB: usize, const Q5: bool>(
-        self,
-        p: *const u8,
-        _n: usize,
-    ) -> Group<Self> {
-        // SAFETY: forwarded contract (a group is one superblock: n is 8).
-        unsafe { unpack::k45::<BB, Q5>(self, p) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q6k(self, p) }
     }
 }

@@ -90,7 +90,14 @@ fn config(r: usize, s: usize) -> TileConfig {
 /// [`crate::Cpu`] must have claimed AMX (the tile data granted).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 unsafe fn tile_amx<const R: usize, const S: usize>(run: PanelRun) {
-    let PanelRun { panel, nsb, xq, xs, nb, .. } = run;
+    let PanelRun {
+        panel,
+        nsb,
+        xq,
+        xs,
+        nb,
+        ..
+    } = run;
     // SAFETY: this function runs with the AVX-512 features (contract).
     let b = unsafe { Avx512::new_unchecked() };
     let cfg = config(R, S);

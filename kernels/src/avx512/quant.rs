@@ -9,7 +9,7 @@ use core::arch::x86_64::*;
 use super::amx::amx_panel;
 use super::lanes;
 use super::quant_gemm::pack_panel_32;
-use crate::generic::{Group, PanelRun, QSimd};
+use crate::generic::{intrinsics, vectorize_vnni, PanelRun, QSimd};
 use crate::quant::panel::{pack_q_panel, QNR};
 use crate::quant::QuantType;
 use crate::simd::avx512::Avx512;
@@ -17,17 +17,7 @@ use crate::stream::prefetch;
 
 mod unpack;
 
-/// Runs `f` compiled with AVX-512F/BW/VL, AVX512-VNNI, AVX2, FMA and F16C.
-///
-/// # Safety
-/// The CPU must support those features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-unsafe fn with_avx512_vnni<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
-// SAFETY (every `unsafe` block below that calls an intrinsic): an `Avx512` exists only where the
+// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an `Avx512` exists only where the
 // CPU has AVX-512F/BW/VL, AVX2, FMA and F16C; `vpdpbusd` runs only with `VNNI`, inside
 // `vectorize_vnni`, whose caller guarantees AVX512-VNNI. Pointer contracts are the trait's,
 // forwarded from the caller.
@@ -38,20 +28,13 @@ impl QSimd for Avx512 {
     /// 32 zmm registers.
     const Q_MR: usize = 8;
 
-    #[inline(always)]
-    unsafe fn vectorize_vnni<R>(self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: the token proves the AVX-512 features; the caller AVX512-VNNI.
-        unsafe { with_avx512_vnni(f) }
-    }
-    #[inline(always)]
-    fn zero_i(self) -> __m512i {
-        // SAFETY: see the impl.
-        unsafe { _mm512_setzero_si512() }
-    }
-    #[inline(always)]
-    fn splat_i32(self, x: i32) -> __m512i {
-        // SAFETY: see the impl.
-        unsafe { _mm512_set1_epi32(x) }
+    vectorize_vnni!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
+    intrinsics! {
+        zero_i() -> __m512i => _mm512_setzero_si512;
+        splat_i32(x: i32) -> __m512i => _mm512_set1_epi32;
+        i32_to_f32(v: __m512i) -> __m512 => _mm512_cvtepi32_ps;
+        abs_i8(w: __m512i) -> __m512i => _mm512_abs_epi8;
+        sign_of(w: __m512i) -> __mmask64 => _mm512_movepi8_mask;
     }
     #[inline(always)]
     unsafe fn load_i(self, p: *const u8) -> __m512i {
@@ -63,21 +46,6 @@ impl QSimd for Avx512 {
         // SAFETY: the first n < 64 bytes at p are readable (contract); masked-off bytes are not
         // accessed.
         unsafe { _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast()) }
-    }
-    #[inline(always)]
-    fn i32_to_f32(self, v: __m512i) -> __m512 {
-        // SAFETY: see the impl.
-        unsafe { _mm512_cvtepi32_ps(v) }
-    }
-    #[inline(always)]
-    fn abs_i8(self, w: __m512i) -> __m512i {
-        // SAFETY: see the impl.
-        unsafe { _mm512_abs_epi8(w) }
-    }
-    #[inline(always)]
-    fn sign_of(self, w: __m512i) -> __mmask64 {
-        // SAFETY: see the impl.
-        unsafe { _mm512_movepi8_mask(w) }
     }
     #[inline(always)]
     fn apply_sign(self, x: __m512i, s: __mmask64) -> __m512i {
@@ -150,49 +118,14 @@ impl QSimd for Avx512 {
             _mm512_permutexvar_ps(dup, _mm512_castps256_ps512(d8))
         }
     }
-    #[inline(always)]
-    unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(
-        self,
-        p: *const u8,
-        n: usize,
-    ) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q4q5::<BB, Q5>(self, p, n) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q8_0(self, p, n) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_k45<const BB: usize, const Q5: bool>(
-        self,
-        p: *const u8,
-        n: usize,
-    ) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::k45::<BB, Q5>(self, p, n) }
-    }
-    #[inline(always)]
-    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self> {
-        // SAFETY: forwarded contract.
-        unsafe { unpack::q6k(self, p) }
-    }
     /// The panel's rows are one contiguous run of bytes, but packing reads them a row apart
     /// and stalled on every load (a prefill call on few inputs ran at a tenth of the read
     /// bandwidth): the whole run is asked for first, so the misses overlap. Full panels of
     /// Q4_0, Q5_0 and Q8_0 are packed in registers ([`pack_panel_32`]).
     #[inline(always)]
-    fn pack_q_panel(
-        self,
-        qt: QuantType,
-        w: &[u8],
-        rb: usize,
-        k: usize,
-        nr: usize,
-        signed: bool,
-        pb: &mut [u8],
-    ) {
+    fn pack_q_panel(self, qt: QuantType, w: &[u8], k: usize, signed: bool, pb: &mut [u8]) {
+        let rb = qt.row_bytes(k).unwrap_or(usize::MAX);
+        let nr = w.len() / rb;
         for line in (0..w.len()).step_by(64) {
             prefetch(w.as_ptr().wrapping_add(line));
         }

@@ -19,9 +19,9 @@
 use core::arch::x86_64::*;
 
 use super::{lanes, prefetch, PREFETCH_BYTES};
-use crate::generic::QSimd;
-use crate::simd::Simd;
+use crate::generic::{by_inputs, dispatch_vnni, QSimd};
 use crate::simd::avx512::Avx512;
+use crate::simd::Simd;
 
 /// Format codes for the kernels' const parameter.
 pub const RQ4_0: u8 = 0;
@@ -245,68 +245,6 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
     }
 }
 
-/// Every row, one at a time, against `T` inputs.
-///
-/// `rows_n` can run two rows per pass (each input vector load feeding both), which is a little
-/// faster while the matrix sits in cache, but streaming from DRAM (where decode reads every
-/// matrix from) the two interleaved rows ran the Q8_0 output head at half the ggml-layout
-/// kernel's speed even with the prefetch; one row at a time matches or beats it (Zen 4).
-///
-/// # Safety
-/// As [`matvec_repacked`], with `T == xs.len()`.
-#[inline(always)]
-unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
-    b: Avx512,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let xs: [PreparedX; T] = std::array::from_fn(|t| xs[t]);
-    for r in 0..rows {
-        // SAFETY: forwarded contract; r < rows.
-        unsafe { rows_n::<K, VNNI, T, 1>(b, w, units, r, &xs, y, ldy) };
-    }
-}
-
-/// Dispatches on the format and the number of inputs.
-///
-/// # Safety
-/// As [`matvec_repacked`]; AVX512-VNNI too if `VNNI`.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn by_format<const VNNI: bool>(
-    b: Avx512,
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    macro_rules! go {
-        ($k:expr) => {
-            match xs.len() {
-                1 => rows_body::<$k, VNNI, 1>(b, w, rows, units, xs, y, ldy),
-                2 => rows_body::<$k, VNNI, 2>(b, w, rows, units, xs, y, ldy),
-                3 => rows_body::<$k, VNNI, 3>(b, w, rows, units, xs, y, ldy),
-                _ => rows_body::<$k, VNNI, 4>(b, w, rows, units, xs, y, ldy),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
-    unsafe {
-        match k {
-            RQ4_0 => go!(RQ4_0),
-            RQ5_0 => go!(RQ5_0),
-            _ => go!(RQ8_0),
-        }
-    }
-}
-
 /// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` repacked rows of format `k`
 /// ([`RQ4_0`], [`RQ5_0`], [`RQ8_0`]) with `units` units each, and the 1 to [`RQ_GROUP`]
 /// prepared inputs `xs`. With `vnni` the dots use `vpdpbusd`; the bits are the same either way.
@@ -330,19 +268,27 @@ pub unsafe fn matvec_repacked(
     debug_assert!((1..=RQ_GROUP).contains(&xs.len()));
     // SAFETY: the CPU has the AVX-512 features (contract).
     let b = unsafe { Avx512::new_unchecked() };
-    if vnni {
-        // SAFETY: forwarded contract (AVX512-VNNI when `vnni`).
-        unsafe {
-            b.vectorize_vnni(
-                #[inline(always)]
-                || by_format::<true>(b, k, w, rows, units, xs, y, ldy),
-            )
-        }
-    } else {
-        b.vectorize(
-            #[inline(always)]
-            // SAFETY: forwarded contract.
-            || unsafe { by_format::<false>(b, k, w, rows, units, xs, y, ldy) },
-        )
+    // Every row, one at a time, against the `T` inputs: `rows_n` can run two rows per pass
+    // (each input vector load feeding both), which is a little faster while the matrix sits in
+    // cache, but streaming from DRAM (where decode reads every matrix from) the two
+    // interleaved rows ran the Q8_0 output head at half the ggml-layout kernel's speed even
+    // with the prefetch; one row at a time matches or beats it (Zen 4).
+    macro_rules! each_row {
+        ($k:expr, $vnni:literal, $t:literal) => {{
+            let xs: [PreparedX; $t] = std::array::from_fn(|t| xs[t]);
+            for r in 0..rows {
+                rows_n::<$k, $vnni, $t, 1>(b, w, units, r, &xs, y, ldy);
+            }
+        }};
     }
+    macro_rules! by_format {
+        ($vnni:literal) => {
+            match k {
+                RQ4_0 => by_inputs!(xs.len(), each_row!(RQ4_0, $vnni,)),
+                RQ5_0 => by_inputs!(xs.len(), each_row!(RQ5_0, $vnni,)),
+                _ => by_inputs!(xs.len(), each_row!(RQ8_0, $vnni,)),
+            }
+        };
+    }
+    dispatch_vnni!(b, vnni, by_format!())
 }

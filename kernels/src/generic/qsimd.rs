@@ -11,6 +11,74 @@ use crate::quant::panel::pack_q_panel;
 use crate::quant::QuantType;
 use crate::simd::Simd;
 
+/// Defines [`QSimd`] methods that are one intrinsic: `name(arg: type, ...) -> type =>
+/// intrinsic;`. Sound because the backend's token, which every method takes, exists only where
+/// the CPU has the features.
+macro_rules! intrinsics {
+    ($($name:ident($($a:ident: $t:ty),*) -> $r:ty => $intr:ident;)*) => {
+        $(
+            #[inline(always)]
+            fn $name(self, $($a: $t),*) -> $r {
+                // SAFETY: the token proves the CPU has the backend's features.
+                unsafe { $intr($($a),*) }
+            }
+        )*
+    };
+}
+pub(crate) use intrinsics;
+
+/// Defines [`QSimd::vectorize_vnni`] for a backend whose features, with its VNNI extension,
+/// are `$features`.
+macro_rules! vectorize_vnni {
+    ($features:literal) => {
+        #[inline(always)]
+        unsafe fn vectorize_vnni<R>(self, f: impl FnOnce() -> R) -> R {
+            /// Runs `f` compiled with the features.
+            ///
+            /// # Safety
+            /// The CPU has them.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn with_vnni<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the token proves the backend's features, the caller the VNNI extension.
+            unsafe { with_vnni(f) }
+        }
+    };
+}
+pub(crate) use vectorize_vnni;
+
+/// `$m!($args.. VNNI)` inside the token `$b`'s `vectorize`, or `vectorize_vnni` with `VNNI`
+/// `true` where `$vnni`: the one place a quantized kernel turns its run-time choice of integer
+/// dot into a const parameter. The caller's contract must cover the call, and the VNNI
+/// extension where `$vnni`.
+macro_rules! dispatch_vnni {
+    ($b:expr, $vnni:expr, $m:ident!($($args:tt)*)) => {
+        if $vnni {
+            // SAFETY: the caller's contract (the VNNI extension included).
+            unsafe { $b.vectorize_vnni(#[inline(always)] || $m!($($args)* true)) }
+        } else {
+            // SAFETY: the caller's contract.
+            $b.vectorize(#[inline(always)] || unsafe { $m!($($args)* false) })
+        }
+    };
+}
+pub(crate) use dispatch_vnni;
+
+/// `$m!($args.. T)` for the number of inputs `$n` as a const `T` (1 to 4; more is 4).
+macro_rules! by_inputs {
+    ($n:expr, $m:ident!($($args:tt)*)) => {
+        match $n {
+            1 => $m!($($args)* 1),
+            2 => $m!($($args)* 2),
+            3 => $m!($($args)* 3),
+            _ => $m!($($args)* 4),
+        }
+    };
+}
+pub(crate) use by_inputs;
+
 /// The integer operations of the quantized kernels on one backend (see the module docs). Like
 /// [`Simd`], a value is a token proving the CPU runs the backend's instructions; the VNNI
 /// forms additionally need [`QSimd::vectorize_vnni`]'s contract.
@@ -73,47 +141,13 @@ pub(crate) trait QSimd: Simd {
     /// `d` is valid for reading `LANES / 2` floats.
     unsafe fn dup_steps(self, d: *const f32) -> Self::F32;
 
-    /// Q4_0 (`BB = 18`) / Q5_0 (`BB = 22`, `Q5`): the first `n` units (blocks) of a group.
-    ///
-    /// # Safety
-    /// `p` points at `n` blocks of `BB` bytes.
-    unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(self, p: *const u8, n: usize)
-        -> Group<Self>;
-    /// Q8_0: the first `n` units (blocks) of a group, `Group::sgn` set.
-    ///
-    /// # Safety
-    /// `p` points at `n` blocks of 34 bytes.
-    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self>;
-    /// Q4_K (`BB = 144`) / Q5_K (`BB = 176`, `Q5`): the `n` units of a group, whole
-    /// superblocks of 8 units.
-    ///
-    /// # Safety
-    /// `p` points at `n / 8` superblocks of `BB` bytes.
-    unsafe fn unpack_k45<const BB: usize, const Q5: bool>(self, p: *const u8, n: usize)
-        -> Group<Self>;
-    /// Q6_K: the 16 units of one superblock.
-    ///
-    /// # Safety
-    /// `p` points at a superblock of 210 bytes.
-    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self>;
-
-    /// Packs rows `0..nr` of `w` (`rb` bytes each, `k` weights of `qt`) into the panel `pb` as
-    /// [`pack_q_panel`] does: that packer, unless the backend has a faster one writing the
+    /// Packs the `nr` rows of `w` (`rb` bytes each, `k` weights of `qt`) into the panel `pb`
+    /// as [`pack_q_panel`] does: that packer, unless the backend has a faster one writing the
     /// same bytes.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn pack_q_panel(
-        self,
-        qt: QuantType,
-        w: &[u8],
-        rb: usize,
-        k: usize,
-        nr: usize,
-        signed: bool,
-        pb: &mut [u8],
-    ) {
-        let _ = rb;
-        pack_q_panel(qt, w, k, nr, signed, pb)
+    fn pack_q_panel(self, qt: QuantType, w: &[u8], k: usize, signed: bool, pb: &mut [u8]) {
+        let rb = qt.row_bytes(k).unwrap_or(usize::MAX);
+        pack_q_panel(qt, w, k, w.len() / rb, signed, pb)
     }
     /// Runs every tile of `n` input rows against one packed panel of unsigned quants in
     /// sub-blocks of `S` on the backend's matrix unit (AMX), giving the vector tiles' bits,
@@ -127,6 +161,41 @@ pub(crate) trait QSimd: Simd {
         let _ = (run, n);
         false
     }
+}
+
+/// The unpacking of ggml blocks into a [`Group`] on one backend: the quants as unsigned bytes
+/// in column order and, for the K-quants, each unit's scale and bias (the matvec sets the
+/// simple formats' from [`QUnpack::f16_lanes`]).
+pub(crate) trait QUnpack: QSimd {
+    /// The f16 at byte offsets `stride * u` of `p`, as f32 in lane `u < n`, 0.0 in the other
+    /// lanes: the block scales of Q4_0, Q5_0 and Q8_0.
+    ///
+    /// # Safety
+    /// `p` is valid for reading 4 bytes at each `stride * u`, `u < n`.
+    unsafe fn f16_lanes(self, p: *const u8, stride: usize, n: usize) -> Self::F32;
+    /// Q4_0 (18-byte blocks) / Q5_0 (22-byte blocks with `Q5`): the quants of the first `n` units (blocks)
+    /// of a group, 0..15 (0..31); no scales.
+    ///
+    /// # Safety
+    /// `p` points at `n` blocks.
+    unsafe fn unpack_q4q5<const Q5: bool>(self, p: *const u8, n: usize) -> Group<Self>;
+    /// Q8_0: the quants of the first `n` units (blocks) of a group, `Group::sgn` set; no
+    /// scales.
+    ///
+    /// # Safety
+    /// `p` points at `n` blocks of 34 bytes.
+    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self>;
+    /// Q4_K (144-byte superblocks) / Q5_K (176-byte superblocks with `Q5`): the `n` units of a group, whole
+    /// superblocks of 8 units.
+    ///
+    /// # Safety
+    /// `p` points at `n / 8` superblocks.
+    unsafe fn unpack_k45<const Q5: bool>(self, p: *const u8, n: usize) -> Group<Self>;
+    /// Q6_K: the 16 units of one superblock.
+    ///
+    /// # Safety
+    /// `p` points at a superblock of 210 bytes.
+    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self>;
 }
 
 /// One group of one weight row, unpacked for every input.
@@ -195,3 +264,12 @@ impl PanelRun {
     }
 }
 
+/// A little-endian u32 at `p` (any alignment).
+///
+/// # Safety
+/// `p` is valid for reading 4 bytes.
+#[inline(always)]
+pub(crate) unsafe fn u32_le(p: *const u8) -> u32 {
+    // SAFETY: forwarded contract; unaligned read.
+    unsafe { u32::from_le(std::ptr::read_unaligned(p.cast::<u32>())) }
+}

@@ -14,7 +14,7 @@
 //! inputs. No `vpmaddubsw` pair saturates (`|q_w| <= 128`, `|q_x| <= 127`,
 //! `2 * 128 * 127 < 2^15`).
 
-use super::qsimd::{Group, QSimd};
+use super::qsimd::{by_inputs, dispatch_vnni, Group, QSimd, QUnpack};
 use crate::quant::{Q8Row, QuantType};
 use crate::stream::prefetch_ahead;
 
@@ -44,7 +44,7 @@ trait QFmt {
     ///
     /// # Safety
     /// `p` points at a group with at least `n` units of bytes.
-    unsafe fn unpack<B: QSimd>(b: B, p: *const u8, n: usize) -> Group<B>;
+    unsafe fn unpack<B: QUnpack>(b: B, p: *const u8, n: usize) -> Group<B>;
 }
 
 /// Defines the format markers: `name, unit, (block columns, block bytes), signed, |b, p, n|
@@ -58,7 +58,7 @@ macro_rules! formats {
                 const BLOCK: (usize, usize) = $block;
                 const SIGNED: bool = $signed;
                 #[inline(always)]
-                unsafe fn unpack<B: QSimd>($b: B, $p: *const u8, $n: usize) -> Group<B> {
+                unsafe fn unpack<B: QUnpack>($b: B, $p: *const u8, $n: usize) -> Group<B> {
                     // SAFETY: forwarded contract.
                     unsafe { $unpack }
                 }
@@ -67,12 +67,36 @@ macro_rules! formats {
     };
 }
 
+/// Q4_0 / Q5_0 (`BB` bytes a block): the quants, the block scales `d` and the biases
+/// `-off * d` (the quants' offset).
+///
+/// # Safety
+/// As [`QFmt::unpack`].
+#[inline(always)]
+unsafe fn q4q5<B: QUnpack, const BB: usize, const Q5: bool>(
+    b: B,
+    p: *const u8,
+    n: usize,
+) -> Group<B> {
+    // SAFETY: forwarded contract (each block starts with its f16 scale).
+    unsafe {
+        let mut g = b.unpack_q4q5::<Q5>(p, n);
+        g.scale[0] = b.f16_lanes(p, BB, n);
+        g.bias[0] = b.mul(g.scale[0], b.splat(if Q5 { -16.0 } else { -8.0 }));
+        g
+    }
+}
+
 formats! {
-    Q40, 32, (32, 18), false, |b, p, n| b.unpack_q4q5::<18, false>(p, n);
-    Q50, 32, (32, 22), false, |b, p, n| b.unpack_q4q5::<22, true>(p, n);
-    Q80, 32, (32, 34), true, |b, p, n| b.unpack_q8_0(p, n);
-    Q4K, 32, (256, 144), false, |b, p, n| b.unpack_k45::<144, false>(p, n);
-    Q5K, 32, (256, 176), false, |b, p, n| b.unpack_k45::<176, true>(p, n);
+    Q40, 32, (32, 18), false, |b, p, n| q4q5::<B, 18, false>(b, p, n);
+    Q50, 32, (32, 22), false, |b, p, n| q4q5::<B, 22, true>(b, p, n);
+    Q80, 32, (32, 34), true, |b, p, n| {
+        let mut g = b.unpack_q8_0(p, n);
+        g.scale[0] = b.f16_lanes(p, 34, n);
+        g
+    };
+    Q4K, 32, (256, 144), false, |b, p, n| b.unpack_k45::<false>(p, n);
+    Q5K, 32, (256, 176), false, |b, p, n| b.unpack_k45::<true>(p, n);
     Q6K, 16, (256, 210), false, |b, p, _n| b.unpack_q6k(p);
 }
 
@@ -82,7 +106,7 @@ formats! {
 /// `gi` and `n` describe a group of the row `x` was quantized for; inside the backend's
 /// `vectorize` (`vectorize_vnni` with `VNNI`).
 #[inline(always)]
-unsafe fn group_dot<B: QSimd, F: QFmt, const VNNI: bool>(
+unsafe fn group_dot<B: QUnpack, F: QFmt, const VNNI: bool>(
     b: B,
     g: &Group<B>,
     x: &Q8Row<'_>,
@@ -142,16 +166,16 @@ unsafe fn group_dot<B: QSimd, F: QFmt, const VNNI: bool>(
 /// As [`matvec_q`], with `R == xs.len()`, inside the backend's `vectorize` (`vectorize_vnni`
 /// with `VNNI`).
 #[inline(always)]
-unsafe fn rows_body<B: QSimd, F: QFmt, const R: usize, const VNNI: bool>(
-    b: B,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let xs: [Q8Row<'_>; R] = std::array::from_fn(|t| xs[t]);
+unsafe fn rows_body<B: QUnpack, F: QFmt, const R: usize, const VNNI: bool>(b: B, m: &Matvec<'_>) {
+    let Matvec {
+        w,
+        rows,
+        cols,
+        y,
+        ldy,
+        ..
+    } = *m;
+    let xs: [Q8Row<'_>; R] = std::array::from_fn(|t| m.xs[t]);
     let (gu, gb) = (F::group_units::<B>(), F::group_bytes::<B>());
     let units = cols / F::UNIT;
     let groups = units.div_ceil(gu);
@@ -186,43 +210,15 @@ unsafe fn rows_body<B: QSimd, F: QFmt, const R: usize, const VNNI: bool>(
     }
 }
 
-/// Dispatches on the format and the number of inputs.
-///
-/// # Safety
-/// As [`matvec_q`], inside the backend's `vectorize` (`vectorize_vnni` with `VNNI`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn by_format<B: QSimd, const VNNI: bool>(
-    b: B,
-    qt: QuantType,
-    w: &[u8],
+/// The operands of one [`matvec_q`] call.
+#[derive(Clone, Copy)]
+struct Matvec<'a> {
+    w: &'a [u8],
     rows: usize,
     cols: usize,
-    xs: &[Q8Row<'_>],
+    xs: &'a [Q8Row<'a>],
     y: *mut f32,
     ldy: usize,
-) {
-    macro_rules! go {
-        ($f:ty) => {
-            match xs.len() {
-                1 => rows_body::<B, $f, 1, VNNI>(b, w, rows, cols, xs, y, ldy),
-                2 => rows_body::<B, $f, 2, VNNI>(b, w, rows, cols, xs, y, ldy),
-                3 => rows_body::<B, $f, 3, VNNI>(b, w, rows, cols, xs, y, ldy),
-                _ => rows_body::<B, $f, 4, VNNI>(b, w, rows, cols, xs, y, ldy),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
-    unsafe {
-        match qt {
-            QuantType::Q4_0 => go!(Q40),
-            QuantType::Q5_0 => go!(Q50),
-            QuantType::Q8_0 => go!(Q80),
-            QuantType::Q4K => go!(Q4K),
-            QuantType::Q5K => go!(Q5K),
-            QuantType::Q6K => go!(Q6K),
-        }
-    }
 }
 
 /// Inputs one call of [`matvec_q`] takes at most.
@@ -239,7 +235,7 @@ pub(crate) const Q_GROUP: usize = 4;
 /// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
 /// the call; with `vnni`, the CPU has the backend's VNNI extension.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matvec_q<B: QSimd>(
+pub(crate) unsafe fn matvec_q<B: QUnpack>(
     b: B,
     qt: QuantType,
     w: &[u8],
@@ -251,19 +247,30 @@ pub(crate) unsafe fn matvec_q<B: QSimd>(
     vnni: bool,
 ) {
     debug_assert!((1..=Q_GROUP).contains(&xs.len()));
-    if vnni {
-        // SAFETY: forwarded contract (the VNNI extension when `vnni`).
-        unsafe {
-            b.vectorize_vnni(
-                #[inline(always)]
-                || by_format::<B, true>(b, qt, w, rows, cols, xs, y, ldy),
-            )
-        }
-    } else {
-        b.vectorize(
-            #[inline(always)]
-            // SAFETY: forwarded contract.
-            || unsafe { by_format::<B, false>(b, qt, w, rows, cols, xs, y, ldy) },
-        )
+    let m = Matvec {
+        w,
+        rows,
+        cols,
+        xs,
+        y,
+        ldy,
+    };
+    macro_rules! rows {
+        ($f:ty, $vnni:literal, $t:literal) => {
+            rows_body::<B, $f, $t, $vnni>(b, &m)
+        };
     }
+    macro_rules! by_format {
+        ($vnni:literal) => {
+            match qt {
+                QuantType::Q4_0 => by_inputs!(xs.len(), rows!(Q40, $vnni,)),
+                QuantType::Q5_0 => by_inputs!(xs.len(), rows!(Q50, $vnni,)),
+                QuantType::Q8_0 => by_inputs!(xs.len(), rows!(Q80, $vnni,)),
+                QuantType::Q4K => by_inputs!(xs.len(), rows!(Q4K, $vnni,)),
+                QuantType::Q5K => by_inputs!(xs.len(), rows!(Q5K, $vnni,)),
+                QuantType::Q6K => by_inputs!(xs.len(), rows!(Q6K, $vnni,)),
+            }
+        };
+    }
+    dispatch_vnni!(b, vnni, by_format!())
 }

@@ -7,7 +7,7 @@
 //! bytes) and run them on a matrix unit (AMX), scaling through [`add_sub_block`] so that every
 //! tile gives the same bits.
 
-use super::qsimd::{PanelRun, QSimd};
+use super::qsimd::{dispatch_vnni, PanelRun, QSimd};
 use crate::quant::panel::{panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
 
@@ -178,26 +178,38 @@ unsafe fn run_panel<B: QSimd, const S: usize, const SIGNED: bool, const VNNI: bo
     }
 }
 
+/// The operands of one [`matmul_q_strided`] call but the panel.
+#[derive(Clone, Copy)]
+struct Matmul<'a> {
+    qt: QuantType,
+    amx: bool,
+    w: &'a [u8],
+    k: usize,
+    xq: &'a [f32],
+    n: usize,
+    y: *mut f32,
+    ldy: usize,
+    rows: usize,
+}
+
 /// The panels of [`matmul_q_strided`], inside the backend's `vectorize` (`vectorize_vnni`
 /// with `VNNI`).
 ///
 /// # Safety
 /// As [`matmul_q_strided`].
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn panels<B: QSimd, const VNNI: bool>(
-    b: B,
-    qt: QuantType,
-    amx: bool,
-    w: &[u8],
-    k: usize,
-    xq: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
-    panel: &mut [f32],
-) {
+unsafe fn panels<B: QSimd, const VNNI: bool>(b: B, m: &Matmul<'_>, panel: &mut [f32]) {
+    let Matmul {
+        qt,
+        amx,
+        w,
+        k,
+        xq,
+        n,
+        y,
+        ldy,
+        rows,
+    } = *m;
     let rb = qt.row_bytes(k).expect("matmul_q: k is not whole blocks");
     let xs = q8_len(k);
     debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
@@ -209,7 +221,7 @@ unsafe fn panels<B: QSimd, const VNNI: bool>(
     let mut j0 = 0;
     while j0 < rows {
         let nr = (rows - j0).min(QNR);
-        b.pack_q_panel(qt, &w[j0 * rb..(j0 + nr) * rb], rb, k, nr, signed, pb);
+        b.pack_q_panel(qt, &w[j0 * rb..(j0 + nr) * rb], k, signed, pb);
         // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
         // rows of rows t < n (contract).
         unsafe {
@@ -257,19 +269,21 @@ pub(crate) unsafe fn matmul_q_strided<B: QSimd>(
     rows: usize,
     panel: &mut [f32],
 ) {
-    if vnni {
-        // SAFETY: forwarded contract (the VNNI extension when `vnni`).
-        unsafe {
-            b.vectorize_vnni(
-                #[inline(always)]
-                || panels::<B, true>(b, qt, amx, w, k, xq, n, y, ldy, rows, panel),
-            )
-        }
-    } else {
-        b.vectorize(
-            #[inline(always)]
-            // SAFETY: forwarded contract.
-            || unsafe { panels::<B, false>(b, qt, amx, w, k, xq, n, y, ldy, rows, panel) },
-        )
+    let m = Matmul {
+        qt,
+        amx,
+        w,
+        k,
+        xq,
+        n,
+        y,
+        ldy,
+        rows,
+    };
+    macro_rules! run {
+        ($vnni:literal) => {
+            panels::<B, $vnni>(b, &m, panel)
+        };
     }
+    dispatch_vnni!(b, vnni, run!())
 }
