@@ -23,41 +23,25 @@ impl QSimd for Avx2 {
 
     vectorize_vnni!("avx2,fma,f16c,avxvnni");
     intrinsics! {
-        zero_i() -> __m256i => _mm256_setzero_si256;
-        splat_i32(x: i32) -> __m256i => _mm256_set1_epi32;
-        i32_to_f32(v: __m256i) -> __m256 => _mm256_cvtepi32_ps;
-        abs_i8(w: __m256i) -> __m256i => _mm256_abs_epi8;
-        apply_sign(x: __m256i, s: __m256i) -> __m256i => _mm256_sign_epi8;
+        fn zero_i() -> __m256i = _mm256_setzero_si256();
+        fn splat_i32(x: i32) -> __m256i = _mm256_set1_epi32(x);
+        fn i32_to_f32(v: __m256i) -> __m256 = _mm256_cvtepi32_ps(v);
+        fn abs_i8(w: __m256i) -> __m256i = _mm256_abs_epi8(w);
+        fn apply_sign(x: __m256i, s: __m256i) -> __m256i = _mm256_sign_epi8(x, s);
+        fn add_i32(a: __m256i, b: __m256i) -> __m256i = _mm256_add_epi32(a, b);
+        fn dpbusd(acc: __m256i, w: __m256i, x: __m256i) -> __m256i =
+            _mm256_dpbusd_avx_epi32(acc, w, x);
+        fn maddubs_pairs(w: __m256i, x: __m256i) -> __m256i =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
+        unsafe fn load_i(p: *const u8) -> __m256i = _mm256_loadu_si256(p.cast());
+        // n bytes, a multiple of 4: masked-off words are not accessed
+        unsafe fn load_i_tail(p: *const u8, n: usize) -> __m256i =
+            _mm256_maskload_epi32(p.cast(), mask8(n / 4));
     }
-    #[inline(always)]
-    unsafe fn load_i(self, p: *const u8) -> __m256i {
-        // SAFETY: 32 bytes readable at p (contract).
-        unsafe { _mm256_loadu_si256(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn load_i_tail(self, p: *const u8, n: usize) -> __m256i {
-        let mut buf = [0u8; 32];
-        // SAFETY: n < 32 bytes readable at p (contract), copied into the zeroed buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), n.min(32));
-            _mm256_loadu_si256(buf.as_ptr().cast())
-        }
-    }
+    /// `vpsignb` reads the signs from the weights themselves.
     #[inline(always)]
     fn sign_of(self, w: __m256i) -> __m256i {
         w
-    }
-    #[inline(always)]
-    fn udot<const VNNI: bool>(self, acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
-        // SAFETY: see the impl.
-        unsafe {
-            if VNNI {
-                _mm256_dpbusd_avx_epi32(acc, w, x)
-            } else {
-                let p = _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
-                _mm256_add_epi32(acc, p)
-            }
-        }
     }
     /// `unit == 32`: vector i is unit i; `unit == 16`: vector i holds units 2i, 2i+1.
     #[inline(always)]

@@ -7,7 +7,7 @@
 //! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
 //! with their row stride. One `tdpbsud` per sub-block gives the `R × 16` integer dots the
 //! AVX512-VNNI tile builds with `S / 4 × R` `vpdpbusd`; they are stored to a 1 KiB buffer and
-//! scaled into f32 accumulators by the same code as that tile (`quant_gemm::add_sub_block`), so
+//! scaled into f32 accumulators by the same code as that tile (`generic::add_sub_block`), so
 //! the two give the same bits (`tests/quant_gemm.rs` checks it where AMX exists).
 //!
 //! Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the process asks for
@@ -36,7 +36,7 @@ pub(super) unsafe fn amx_panel<const S: usize>(run: PanelRun, n: usize) {
         let r = (n - t0).min(AMX_MR);
         // SAFETY: rows t0..t0 + r < n of the run exist (contract); AMX granted (contract).
         unsafe {
-            let run = run.from_row(t0);
+            let run = run.rows_from(t0);
             macro_rules! go {
                 ($($r:literal)*) => {
                     match r {

@@ -1,7 +1,8 @@
 //! AVX-512 bodies (512-bit, AVX-512F/BW/VL plus FMA and F16C) where the instructions are the
-//! algorithm: the quantized dots and their repacked layouts, `vdpbf16ps`, AMX tiles, the
-//! blocked prefill attention. The kernels written once over [`crate::simd::Simd`] are in
-//! [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`] checks buffer
+//! algorithm: the quantized kernels' integer layer ([`crate::generic::QSimd`]: `vpdpbusd` /
+//! `vpmaddubsw`, the unpacking of ggml blocks, the fast panel packer, the AMX tiles) and the
+//! repacked-layout matvec, `vdpbf16ps`, the blocked prefill attention. The kernels written
+//! once over [`crate::simd::Simd`] and [`crate::generic::QSimd`] are in [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`] checks buffer
 //! lengths before calling in here.
 //!
 //! Every load is unaligned; tails use masked loads/stores (masked-off lanes never fault), so no

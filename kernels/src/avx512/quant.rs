@@ -30,39 +30,21 @@ impl QSimd for Avx512 {
 
     vectorize_vnni!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
     intrinsics! {
-        zero_i() -> __m512i => _mm512_setzero_si512;
-        splat_i32(x: i32) -> __m512i => _mm512_set1_epi32;
-        i32_to_f32(v: __m512i) -> __m512 => _mm512_cvtepi32_ps;
-        abs_i8(w: __m512i) -> __m512i => _mm512_abs_epi8;
-        sign_of(w: __m512i) -> __mmask64 => _mm512_movepi8_mask;
-    }
-    #[inline(always)]
-    unsafe fn load_i(self, p: *const u8) -> __m512i {
-        // SAFETY: 64 bytes readable at p (contract).
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    #[inline(always)]
-    unsafe fn load_i_tail(self, p: *const u8, n: usize) -> __m512i {
-        // SAFETY: the first n < 64 bytes at p are readable (contract); masked-off bytes are not
-        // accessed.
-        unsafe { _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast()) }
-    }
-    #[inline(always)]
-    fn apply_sign(self, x: __m512i, s: __mmask64) -> __m512i {
-        // SAFETY: see the impl.
-        unsafe { _mm512_mask_sub_epi8(x, s, _mm512_setzero_si512(), x) }
-    }
-    #[inline(always)]
-    fn udot<const VNNI: bool>(self, acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
-        // SAFETY: see the impl.
-        unsafe {
-            if VNNI {
-                _mm512_dpbusd_epi32(acc, w, x)
-            } else {
-                let p = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
-                _mm512_add_epi32(acc, p)
-            }
-        }
+        fn zero_i() -> __m512i = _mm512_setzero_si512();
+        fn splat_i32(x: i32) -> __m512i = _mm512_set1_epi32(x);
+        fn i32_to_f32(v: __m512i) -> __m512 = _mm512_cvtepi32_ps(v);
+        fn abs_i8(w: __m512i) -> __m512i = _mm512_abs_epi8(w);
+        fn sign_of(w: __m512i) -> __mmask64 = _mm512_movepi8_mask(w);
+        fn apply_sign(x: __m512i, s: __mmask64) -> __m512i =
+            _mm512_mask_sub_epi8(x, s, _mm512_setzero_si512(), x);
+        fn add_i32(a: __m512i, b: __m512i) -> __m512i = _mm512_add_epi32(a, b);
+        fn dpbusd(acc: __m512i, w: __m512i, x: __m512i) -> __m512i = _mm512_dpbusd_epi32(acc, w, x);
+        fn maddubs_pairs(w: __m512i, x: __m512i) -> __m512i =
+            _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
+        unsafe fn load_i(p: *const u8) -> __m512i = _mm512_loadu_si512(p.cast());
+        // the first n bytes: masked-off bytes are not accessed
+        unsafe fn load_i_tail(p: *const u8, n: usize) -> __m512i =
+            _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast());
     }
     /// `unit == 32`: vector i holds units 2i, 2i+1; `unit == 16`: vector i holds units
     /// 4i..4i+4.

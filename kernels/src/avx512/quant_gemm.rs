@@ -88,10 +88,11 @@ mod tests {
     }
 }
 
-/// [`pack_q_panel`] for a full panel of [`QNR`] rows of Q4_0, Q5_0 or Q8_0 (one sub-block per
-/// block): the same bytes, each row's block unpacked in registers and the rows' 4-byte groups
-/// interleaved by gathers, where the portable version moves every byte on its own (it made a
-/// prefill matmul call cost about 230 ms on the shipped GGUF however few its input rows).
+/// [`crate::quant::panel::pack_q_panel`] for a full panel of [`QNR`] rows of Q4_0, Q5_0 or
+/// Q8_0 (one sub-block per block): the same bytes, each row's block unpacked in registers and
+/// the rows' 4-byte groups interleaved by gathers, where the portable version moves every byte
+/// on its own (it made a prefill matmul call cost about 230 ms on the shipped GGUF however few
+/// its input rows).
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW/VL and F16C.

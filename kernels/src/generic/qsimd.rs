@@ -11,18 +11,27 @@ use crate::quant::panel::pack_q_panel;
 use crate::quant::QuantType;
 use crate::simd::Simd;
 
-/// Defines [`QSimd`] methods that are one intrinsic: `name(arg: type, ...) -> type =>
-/// intrinsic;`. Sound because the backend's token, which every method takes, exists only where
-/// the CPU has the features.
+/// Defines [`QSimd`] methods that are an intrinsic or two: `fn name(arg: type, ...) -> type =
+/// expression;`, or `unsafe fn ...` for those with a pointer contract. Sound because the
+/// backend's token, which every method takes, exists only where the CPU has the features (the
+/// VNNI ones run only inside `vectorize_vnni`).
 macro_rules! intrinsics {
-    ($($name:ident($($a:ident: $t:ty),*) -> $r:ty => $intr:ident;)*) => {
-        $(
-            #[inline(always)]
-            fn $name(self, $($a: $t),*) -> $r {
-                // SAFETY: the token proves the CPU has the backend's features.
-                unsafe { $intr($($a),*) }
-            }
-        )*
+    () => {};
+    (fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
+        #[inline(always)]
+        fn $name(self, $($a: $t),*) -> $r {
+            // SAFETY: the token proves the CPU has the backend's features.
+            unsafe { $e }
+        }
+        $crate::generic::intrinsics!($($rest)*);
+    };
+    (unsafe fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
+        #[inline(always)]
+        unsafe fn $name(self, $($a: $t),*) -> $r {
+            // SAFETY: the token proves the features; the pointer contract is the caller's.
+            unsafe { $e }
+        }
+        $crate::generic::intrinsics!($($rest)*);
     };
 }
 pub(crate) use intrinsics;
@@ -106,7 +115,7 @@ pub(crate) trait QSimd: Simd {
     /// # Safety
     /// `p` is valid for reading them.
     unsafe fn load_i(self, p: *const u8) -> Self::I;
-    /// The first `n` (`< 4 * LANES`) bytes at `p`, the others 0.
+    /// The first `n` (`< 4 * LANES`, a multiple of 4) bytes at `p`, the others 0.
     ///
     /// # Safety
     /// `p` is valid for reading `n` bytes.
@@ -121,10 +130,25 @@ pub(crate) trait QSimd: Simd {
     /// [`QSimd::sign_of`]); where it was 0, `x` or 0 (the product with `|w| = 0` is 0 either
     /// way).
     fn apply_sign(self, x: Self::I, s: Self::Sign) -> Self::I;
+    /// `a + b` per i32 lane.
+    fn add_i32(self, a: Self::I, b: Self::I) -> Self::I;
+    /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd`. Only
+    /// inside [`QSimd::vectorize_vnni`].
+    fn dpbusd(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// Per i32 lane, the four `u8 × i8` products of `w` and `x` summed in two i16 pairs
+    /// (`vpmaddubsw`, which saturates them) and then in i32 (`vpmaddwd` by 1).
+    fn maddubs_pairs(self, w: Self::I, x: Self::I) -> Self::I;
     /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd` with
     /// `VNNI` (inside [`QSimd::vectorize_vnni`]), else `vpmaddubsw` + `vpmaddwd`, whose i16 pair
-    /// sums the callers keep from saturating.
-    fn udot<const VNNI: bool>(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// sums the callers keep from saturating, so both give the same sums.
+    #[inline(always)]
+    fn udot<const VNNI: bool>(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+        if VNNI {
+            self.dpbusd(acc, w, x)
+        } else {
+            self.add_i32(acc, self.maddubs_pairs(w, x))
+        }
+    }
     /// The i32 lanes of a group's dot vectors `v` summed per scale unit of `unit` columns (32 or
     /// 16): one i32 per unit in unit order, `LANES` units from the first `unit / 4` vectors.
     fn reduce_units(self, unit: usize, v: &[Self::I]) -> Self::I;
@@ -232,7 +256,7 @@ pub(crate) struct PanelRun {
     pub(crate) panel: *const u8,
     /// Sub-blocks of `S` weights in the panel.
     pub(crate) nsb: usize,
-    /// The first input row's [`q8_len`] words.
+    /// The first input row's [`crate::quant::q8_len`] words.
     pub(crate) xq: *const f32,
     /// Words per input row.
     pub(crate) xs: usize,
@@ -252,7 +276,7 @@ impl PanelRun {
     /// # Safety
     /// Input and output row `t0` exist.
     #[inline(always)]
-    pub(crate) unsafe fn from_row(self, t0: usize) -> PanelRun {
+    pub(crate) unsafe fn rows_from(self, t0: usize) -> PanelRun {
         // SAFETY: forwarded contract.
         unsafe {
             PanelRun {

@@ -163,7 +163,7 @@ unsafe fn run_panel<B: QSimd, const S: usize, const SIGNED: bool, const VNNI: bo
         let r = (n - t0).min(B::Q_MR);
         // SAFETY: rows t0..t0 + r < n of xq and y exist (contract).
         unsafe {
-            let run = run.from_row(t0);
+            let run = run.rows_from(t0);
             macro_rules! go {
                 ($($r:literal)*) => {
                     match r {

@@ -130,15 +130,16 @@ pub(crate) unsafe fn matvec_q_raw(
             let q = &q[..grp.len()];
             let yg = y.wrapping_add(g * group * ldy);
             let vnni = cpu.vnni();
-            // SAFETY (both): CPU support checked (and VNNI detected when `vnni`: a `Cpu` claims
-            // it only where detected); `w` holds `rows` rows of `cols` (checked); every input
-            // was quantized from `cols` columns (`QuantX::new`); this group's rows of y are
-            // forwarded from the contract.
             if isa == Isa::Avx512 {
                 let b = Avx512::new().unwrap_or_else(|| unsupported(isa));
+                // SAFETY: VNNI detected when `vnni` (a `Cpu` claims it only where detected);
+                // `w` holds `rows` rows of `cols` (checked); every input was quantized from
+                // `cols` columns (`QuantX::new`); this group's rows of y are forwarded from the
+                // contract.
                 unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
             } else {
                 let b = Avx2::new().unwrap_or_else(|| unsupported(isa));
+                // SAFETY: as above, for AVX2 (AVX-VNNI detected when `vnni`).
                 unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
             }
         }
