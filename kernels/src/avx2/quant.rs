@@ -29,7 +29,7 @@ impl QSimd for Avx2 {
         fn abs_i8(w: __m256i) -> __m256i = _mm256_abs_epi8(w);
         fn apply_sign(x: __m256i, s: __m256i) -> __m256i = _mm256_sign_epi8(x, s);
         fn add_i32(a: __m256i, b: __m256i) -> __m256i = _mm256_add_epi32(a, b);
-        fn dpbusd(acc: __m256i, w: __m256i, x: __m256i) -> __m256i =
+        unsafe fn dpbusd(acc: __m256i, w: __m256i, x: __m256i) -> __m256i =
             _mm256_dpbusd_avx_epi32(acc, w, x);
         fn maddubs_pairs(w: __m256i, x: __m256i) -> __m256i =
             _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));

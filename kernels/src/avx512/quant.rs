@@ -38,7 +38,8 @@ impl QSimd for Avx512 {
         fn apply_sign(x: __m512i, s: __mmask64) -> __m512i =
             _mm512_mask_sub_epi8(x, s, _mm512_setzero_si512(), x);
         fn add_i32(a: __m512i, b: __m512i) -> __m512i = _mm512_add_epi32(a, b);
-        fn dpbusd(acc: __m512i, w: __m512i, x: __m512i) -> __m512i = _mm512_dpbusd_epi32(acc, w, x);
+        unsafe fn dpbusd(acc: __m512i, w: __m512i, x: __m512i) -> __m512i =
+            _mm512_dpbusd_epi32(acc, w, x);
         fn maddubs_pairs(w: __m512i, x: __m512i) -> __m512i =
             _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
         unsafe fn load_i(p: *const u8) -> __m512i = _mm512_loadu_si512(p.cast());

@@ -12,9 +12,9 @@ use crate::quant::QuantType;
 use crate::simd::Simd;
 
 /// Defines [`QSimd`] methods that are an intrinsic or two: `fn name(arg: type, ...) -> type =
-/// expression;`, or `unsafe fn ...` for those with a pointer contract. Sound because the
-/// backend's token, which every method takes, exists only where the CPU has the features (the
-/// VNNI ones run only inside `vectorize_vnni`).
+/// expression;`, or `unsafe fn ...` for those with a contract of their own (pointers, the VNNI
+/// extension). Sound because the backend's token, which every method takes, exists only where
+/// the CPU has the backend's features.
 macro_rules! intrinsics {
     () => {};
     (fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
@@ -28,7 +28,7 @@ macro_rules! intrinsics {
     (unsafe fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
         #[inline(always)]
         unsafe fn $name(self, $($a: $t),*) -> $r {
-            // SAFETY: the token proves the features; the pointer contract is the caller's.
+            // SAFETY: the token proves the features; the rest of the contract is the caller's.
             unsafe { $e }
         }
         $crate::generic::intrinsics!($($rest)*);
@@ -132,19 +132,25 @@ pub(crate) trait QSimd: Simd {
     fn apply_sign(self, x: Self::I, s: Self::Sign) -> Self::I;
     /// `a + b` per i32 lane.
     fn add_i32(self, a: Self::I, b: Self::I) -> Self::I;
-    /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd`. Only
-    /// inside [`QSimd::vectorize_vnni`].
-    fn dpbusd(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
+    /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd`.
+    ///
+    /// # Safety
+    /// Only inside [`QSimd::vectorize_vnni`] (the CPU has the VNNI extension).
+    unsafe fn dpbusd(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I;
     /// Per i32 lane, the four `u8 × i8` products of `w` and `x` summed in two i16 pairs
     /// (`vpmaddubsw`, which saturates them) and then in i32 (`vpmaddwd` by 1).
     fn maddubs_pairs(self, w: Self::I, x: Self::I) -> Self::I;
     /// `acc` plus, per i32 lane, the four `u8 × i8` products of `w` and `x`: `vpdpbusd` with
     /// `VNNI` (inside [`QSimd::vectorize_vnni`]), else `vpmaddubsw` + `vpmaddwd`, whose i16 pair
     /// sums the callers keep from saturating, so both give the same sums.
+    ///
+    /// # Safety
+    /// With `VNNI`, only inside [`QSimd::vectorize_vnni`].
     #[inline(always)]
-    fn udot<const VNNI: bool>(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
+    unsafe fn udot<const VNNI: bool>(self, acc: Self::I, w: Self::I, x: Self::I) -> Self::I {
         if VNNI {
-            self.dpbusd(acc, w, x)
+            // SAFETY: forwarded contract.
+            unsafe { self.dpbusd(acc, w, x) }
         } else {
             self.add_i32(acc, self.maddubs_pairs(w, x))
         }

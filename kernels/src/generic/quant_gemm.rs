@@ -77,12 +77,23 @@ pub(crate) unsafe fn store_rows<B: QSimd>(
 /// `acc + dot(w, x)`: with `SIGNED` (Q8_0's own i8 quants, never with `VNNI`), `|w|` times `x`
 /// with the sign of `w`, at most `2 * 128 * 127` per `vpmaddubsw` pair; else unsigned `w`,
 /// below 64 on the plain path (`2 * 63 * 127`).
+///
+/// # Safety
+/// With `VNNI`, only inside the backend's `vectorize_vnni`.
 #[inline(always)]
-fn dot<B: QSimd, const SIGNED: bool, const VNNI: bool>(b: B, acc: B::I, w: B::I, x: B::I) -> B::I {
-    if SIGNED {
-        b.udot::<VNNI>(acc, b.abs_i8(w), b.apply_sign(x, b.sign_of(w)))
-    } else {
-        b.udot::<VNNI>(acc, w, x)
+unsafe fn dot<B: QSimd, const SIGNED: bool, const VNNI: bool>(
+    b: B,
+    acc: B::I,
+    w: B::I,
+    x: B::I,
+) -> B::I {
+    // SAFETY: forwarded contract.
+    unsafe {
+        if SIGNED {
+            b.udot::<VNNI>(acc, b.abs_i8(w), b.apply_sign(x, b.sign_of(w)))
+        } else {
+            b.udot::<VNNI>(acc, w, x)
+        }
     }
 }
 
