@@ -11,9 +11,10 @@ use crate::simd::avx2::Avx2;
 
 mod unpack;
 
-// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an `Avx2` exists only where the
-// CPU has AVX2, FMA and F16C; `vpdpbusd` runs only with `VNNI`, inside `vectorize_vnni`, whose
-// caller guarantees AVX-VNNI. Pointer contracts are the trait's, forwarded from the caller.
+// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an `Avx2`
+// exists only where the CPU has AVX2, FMA and F16C; `vpdpbusd` runs only inside
+// `vectorize_vnni`, whose caller guarantees AVX-VNNI. Pointer contracts are the trait's,
+// forwarded from the caller.
 impl QSimd for Avx2 {
     type I = __m256i;
     type Sign = __m256i;

@@ -17,10 +17,10 @@ use crate::stream::prefetch;
 
 mod unpack;
 
-// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an `Avx512` exists only where the
-// CPU has AVX-512F/BW/VL, AVX2, FMA and F16C; `vpdpbusd` runs only with `VNNI`, inside
-// `vectorize_vnni`, whose caller guarantees AVX512-VNNI. Pointer contracts are the trait's,
-// forwarded from the caller.
+// SAFETY (every `unsafe` block below that calls an intrinsic, here and in `unpack`): an
+// `Avx512` exists only where the CPU has AVX-512F/BW/VL, AVX2, FMA and F16C; `vpdpbusd` runs
+// only inside `vectorize_vnni`, whose caller guarantees AVX512-VNNI. Pointer contracts are the
+// trait's, forwarded from the caller.
 impl QSimd for Avx512 {
     type I = __m512i;
     type Sign = __mmask64;

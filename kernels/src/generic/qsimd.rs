@@ -203,8 +203,8 @@ pub(crate) trait QUnpack: QSimd {
     /// # Safety
     /// `p` is valid for reading 4 bytes at each `stride * u`, `u < n`.
     unsafe fn f16_lanes(self, p: *const u8, stride: usize, n: usize) -> Self::F32;
-    /// Q4_0 (18-byte blocks) / Q5_0 (22-byte blocks with `Q5`): the quants of the first `n` units (blocks)
-    /// of a group, 0..15 (0..31); no scales.
+    /// Q4_0 (18-byte blocks) / Q5_0 (22-byte blocks with `Q5`): the quants of the first `n`
+    /// units (blocks) of a group, 0..15 (0..31); no scales.
     ///
     /// # Safety
     /// `p` points at `n` blocks.
@@ -215,8 +215,8 @@ pub(crate) trait QUnpack: QSimd {
     /// # Safety
     /// `p` points at `n` blocks of 34 bytes.
     unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self>;
-    /// Q4_K (144-byte superblocks) / Q5_K (176-byte superblocks with `Q5`): the `n` units of a group, whole
-    /// superblocks of 8 units.
+    /// Q4_K (144-byte superblocks) / Q5_K (176-byte superblocks with `Q5`): the `n` units of a
+    /// group, whole superblocks of 8 units.
     ///
     /// # Safety
     /// `p` points at `n / 8` superblocks.

@@ -50,7 +50,10 @@ trait QFmt {
 /// Defines the format markers: `name, unit, (block columns, block bytes), signed, |b, p, n|
 /// unpacking`.
 macro_rules! formats {
-    ($($name:ident, $unit:literal, $block:expr, $signed:literal, |$b:ident, $p:ident, $n:ident| $unpack:expr;)*) => {
+    ($(
+        $name:ident, $unit:literal, $block:expr, $signed:literal,
+        |$b:ident, $p:ident, $n:ident| $unpack:expr;
+    )*) => {
         $(
             struct $name;
             impl QFmt for $name {
