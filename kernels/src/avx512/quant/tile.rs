@@ -261,10 +261,9 @@ unsafe fn rows_of<F: QFmt, const T: usize>(
 /// The kernel for format `F`.
 ///
 /// # Safety
-/// As [`gemm_q_tile`]; `b` proves the features but VNNI.
+/// As [`gemm_q_tile`].
 #[inline(always)]
 unsafe fn body<F: QFmt>(
-    b: Avx512,
     w: &[u8],
     rows: usize,
     cols: usize,
@@ -277,6 +276,8 @@ unsafe fn body<F: QFmt>(
     let groups = units.div_ceil(16);
     let gv = group_vecs::<F>();
     let row_vecs = groups * gv;
+    // SAFETY: the CPU has the features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
     let gb = F::group_bytes::<Avx512>();
     let rb = units * gb / 16;
     let per = q_tile_x_len(cols);
@@ -390,15 +391,14 @@ pub unsafe fn gemm_q_tile(
     if n == 0 {
         return;
     }
-    // SAFETY: forwarded contract (the token's features included).
+    // SAFETY: forwarded contract.
     unsafe {
-        let b = Avx512::new_unchecked();
         match qt {
-            QuantType::Q4_0 => body::<Q40>(b, w, rows, cols, n, px, y, ldy),
-            QuantType::Q5_0 => body::<Q50>(b, w, rows, cols, n, px, y, ldy),
-            QuantType::Q4K => body::<Q4K>(b, w, rows, cols, n, px, y, ldy),
-            QuantType::Q5K => body::<Q5K>(b, w, rows, cols, n, px, y, ldy),
-            QuantType::Q6K => body::<Q6K>(b, w, rows, cols, n, px, y, ldy),
+            QuantType::Q4_0 => body::<Q40>(w, rows, cols, n, px, y, ldy),
+            QuantType::Q5_0 => body::<Q50>(w, rows, cols, n, px, y, ldy),
+            QuantType::Q4K => body::<Q4K>(w, rows, cols, n, px, y, ldy),
+            QuantType::Q5K => body::<Q5K>(w, rows, cols, n, px, y, ldy),
+            QuantType::Q6K => body::<Q6K>(w, rows, cols, n, px, y, ldy),
             QuantType::Q8_0 => unreachable!("gemm_q_tile: Q8_0 is not tiled"),
         }
     }
