@@ -1,7 +1,8 @@
-//! AVX2 bodies (256-bit, AVX2 + FMA + F16C) where the instructions are the algorithm: the
-//! quantized dots (`vpmaddubsw`, AVX-VNNI `vpdpbusd`). The kernels written once over
-//! [`crate::simd::Simd`] are in [`crate::generic`]. Same contracts as [`crate::scalar`];
-//! [`crate::ops`] checks buffer lengths before calling in here.
+//! AVX2 code (256-bit, AVX2 + FMA + F16C) where the instructions are the algorithm: the
+//! quantized kernels' integer layer (`vpmaddubsw`, AVX-VNNI `vpdpbusd`, the unpacking of ggml
+//! blocks), the AVX2 implementation of [`crate::generic::QSimd`]. The kernels themselves are
+//! written once in [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`]
+//! checks buffer lengths before calling in.
 //!
 //! Every load is unaligned. f32 tails use `vmaskmovps` (masked-off lanes never fault); 16-bit
 //! weight tails are copied into a zeroed stack buffer first, so no body touches a byte outside
@@ -11,11 +12,6 @@
 //! lie beyond the allocation, where `add` would be undefined behaviour, but `vmaskmovps` with an
 //! all-zero mask touches no memory through it.
 
-pub(crate) use crate::simd::avx2::{hsum, mask8};
-use crate::stream::prefetch_ahead;
+pub(crate) use crate::simd::avx2::mask8;
 
 mod quant;
-mod quant_gemm;
-
-pub use quant::*;
-pub use quant_gemm::*;

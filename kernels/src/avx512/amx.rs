@@ -7,7 +7,7 @@
 //! 16 input rows' 8-bit quants for the sub-block's k, loaded straight from the quantized rows
 //! with their row stride. One `tdpbsud` per sub-block gives the `R × 16` integer dots the
 //! AVX512-VNNI tile builds with `S / 4 × R` `vpdpbusd`; they are stored to a 1 KiB buffer and
-//! scaled into f32 accumulators by the same code as that tile (`quant_gemm::add_sub_block`), so
+//! scaled into f32 accumulators by the same code as that tile (`generic::add_sub_block`), so
 //! the two give the same bits (`tests/quant_gemm.rs` checks it where AMX exists).
 //!
 //! Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the process asks for
@@ -18,11 +18,38 @@
 use core::arch::asm;
 use core::arch::x86_64::*;
 
-use super::tile_epilogue::{add_sub_block, store_rows};
+use crate::generic::{add_sub_block, store_rows, PanelRun};
 use crate::quant::panel::{q_sub_block_bytes, QNR};
+use crate::simd::avx512::Avx512;
 
 /// Input rows per AMX tile: the tile's 16 rows.
-pub(crate) const AMX_MR: usize = 16;
+const AMX_MR: usize = 16;
+
+/// Runs every tile of `n` input rows against one packed panel of unsigned quants.
+///
+/// # Safety
+/// As [`tile_amx`], for `n` rows of the run.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+pub(super) unsafe fn amx_panel<const S: usize>(run: PanelRun, n: usize) {
+    let mut t0 = 0;
+    while t0 < n {
+        let r = (n - t0).min(AMX_MR);
+        // SAFETY: rows t0..t0 + r < n of the run exist (contract); AMX granted (contract).
+        unsafe {
+            let run = run.rows_from(t0);
+            macro_rules! go {
+                ($($r:literal)*) => {
+                    match r {
+                        $($r => tile_amx::<$r, S>(run),)*
+                        _ => unreachable!("AMX tiles hold at most 16 rows"),
+                    }
+                };
+            }
+            go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
+        }
+        t0 += r;
+    }
+}
 
 /// AMX's 64-byte tile configuration (palette 1): bytes per row and rows of each tile register.
 #[repr(C, align(64))]
@@ -53,32 +80,32 @@ fn config(r: usize, s: usize) -> TileConfig {
     c
 }
 
-/// The AMX tile: as the AVX512-VNNI tile of `avx512::quant_gemm` (same contract, the same
+/// The AMX tile: as the AVX512-VNNI tile of `generic::quant_gemm` (same contract, the same
 /// bits) for `R <= 16` input rows, with unsigned weight quants.
 ///
 /// # Safety
-/// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
-/// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at columns
-/// `0..nr`, `1 <= nr <= 16`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C, and
-/// a [`crate::Cpu`] must have claimed AMX (the tile data granted).
+/// The run's panel valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding `nb`
+/// blocks; `y` valid for writes to `R` rows of `ldy` floats at columns `0..nr`,
+/// `1 <= nr <= 16`; the CPU must support AVX-512F/BW/VL, AVX2, FMA and F16C, and a
+/// [`crate::Cpu`] must have claimed AMX (the tile data granted).
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(
-    panel: *const u8,
-    nsb: usize,
-    xq: *const f32,
-    xs: usize,
-    nb: usize,
-    y: *mut f32,
-    ldy: usize,
-    nr: usize,
-) {
+unsafe fn tile_amx<const R: usize, const S: usize>(run: PanelRun) {
+    let PanelRun {
+        panel,
+        nsb,
+        xq,
+        xs,
+        nb,
+        ..
+    } = run;
+    // SAFETY: this function runs with the AVX-512 features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
     let cfg = config(R, S);
     let mut dots = Dots([0; 256]);
     let sbb = q_sub_block_bytes(S);
     let x_stride = xs * 4;
     let line = 64usize;
-    let mut facc = [_mm512_setzero_ps(); R];
+    let mut facc = [[_mm512_setzero_ps(); 2]; R];
     // SAFETY: `cfg` is a valid palette-1 configuration (tile shapes within 16 rows x 64
     // bytes, tmm1's bytes per row = 4 x tmm2's rows as tdpbsud requires); the process holds
     // the tile data permission (contract).
@@ -112,14 +139,14 @@ pub(crate) unsafe fn tile_amx<const R: usize, const S: usize>(
             let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
             for (t, f) in facc.iter_mut().enumerate() {
                 let a = _mm512_loadu_si512(dots.0.as_ptr().add(16 * t).cast());
-                add_sub_block::<S>(f, a, sc, bi, xq.add(t * xs), nb, i);
+                add_sub_block::<Avx512, S>(b, &mut f[0], a, sc, bi, xq.add(t * xs), nb, i);
             }
         }
     }
     // SAFETY: releases the tile registers (so the thread's saved state shrinks again).
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
     // SAFETY: R rows, columns 0..nr of y: writable by the contract.
-    unsafe { store_rows(&facc, y, ldy, nr) }
+    unsafe { store_rows(b, &facc, run.y, run.ldy, run.nr) }
 }
 
 /// The tile's `R × 16` i32 dots, as `tilestored` leaves them (rows of 64 bytes).

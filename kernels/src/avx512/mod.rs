@@ -1,7 +1,8 @@
 //! AVX-512 bodies (512-bit, AVX-512F/BW/VL plus FMA and F16C) where the instructions are the
-//! algorithm: the quantized dots and their repacked layouts, `vdpbf16ps`, AMX tiles, the
-//! blocked prefill attention. The kernels written once over [`crate::simd::Simd`] are in
-//! [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`] checks buffer
+//! algorithm: the quantized kernels' integer layer ([`crate::generic::QSimd`]: `vpdpbusd` /
+//! `vpmaddubsw`, the unpacking of ggml blocks, the fast panel packer, the AMX tiles) and the
+//! repacked-layout matvec, `vdpbf16ps`, the blocked prefill attention. The kernels written
+//! once over [`crate::simd::Simd`] and [`crate::generic::QSimd`] are in [`crate::generic`]. Same contracts as [`crate::scalar`]; [`crate::ops`] checks buffer
 //! lengths before calling in here.
 //!
 //! Every load is unaligned; tails use masked loads/stores (masked-off lanes never fault), so no
@@ -22,12 +23,11 @@ mod quant;
 mod quant_gemm;
 mod quant_repack;
 mod quant_repack_tile;
-mod tile_epilogue;
 
 pub(crate) use attention::*;
 pub use matmul::*;
 pub use matvec::*;
-pub use quant::*;
-pub use quant_gemm::*;
+pub use quant::{gemm_q_tile, prepare_q_tile_x};
+pub use quant_gemm::quantize_rows_q8;
 pub use quant_repack::*;
 pub use quant_repack_tile::*;

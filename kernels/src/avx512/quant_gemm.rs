@@ -1,241 +1,11 @@
-//! AVX-512 quantized prefill matmul: panels of 16 weight rows repacked as unsigned 8-bit quants
-//! ([`crate::quant::panel::pack_q_panel`]), tiles of up to [`MR`] input rows (8-bit blocks) against them
-//! with `vpdpbusd` (AVX512-VNNI) or `vpmaddubsw` + `vpmaddwd`, one i32 lane per weight row.
+//! The AVX-512 parts of the quantized prefill matmul (the matmul itself is written once in
+//! [`crate::generic`]): the prompt's quantization into 8-bit blocks, and the panel packer for
+//! full panels of Q4_0, Q5_0 and Q8_0.
 
 use core::arch::x86_64::*;
 
-use super::amx::{tile_amx, AMX_MR};
-use super::prefetch;
-use super::tile_epilogue::{add_sub_block, store_rows};
-use crate::quant::panel::{pack_q_panel, panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
+use crate::quant::panel::{q_sub_block_bytes, QNR};
 use crate::quant::{q8_len, QuantType};
-
-/// Input rows per tile: `MR` i32 and `MR` f32 accumulators, the weight vector, scale and bias
-/// stay in the 32 zmm registers.
-const MR: usize = 8;
-
-/// `acc += sum of 4 u8 × i8 products per lane`, with `vpdpbusd`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-#[inline]
-fn dot_vnni<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
-    _mm512_dpbusd_epi32(acc, w, x)
-}
-
-/// `acc += sum of 4 u8 × i8 products per lane`, with `vpmaddubsw` + `vpmaddwd`. The pairs'
-/// i16 sums cannot saturate for quants below 64 (`2 * 63 * 127`); Q8_0 comes `SIGNED` (its own
-/// i8 quants): `|w|` times `x` negated where `w < 0`, at most `2 * 128 * 127`.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-fn dot_plain<const SIGNED: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
-    let p = if SIGNED {
-        let neg = _mm512_movepi8_mask(w);
-        let xs = _mm512_mask_sub_epi8(x, neg, _mm512_setzero_si512(), x);
-        _mm512_maddubs_epi16(_mm512_abs_epi8(w), xs)
-    } else {
-        _mm512_maddubs_epi16(w, x)
-    };
-    _mm512_add_epi32(acc, _mm512_madd_epi16(p, _mm512_set1_epi16(1)))
-}
-
-/// Defines a tile microkernel with the given target features and dot product.
-macro_rules! tile_fn {
-    ($(#[$doc:meta])* $name:ident, $features:literal, $dot:ident) => {
-        $(#[$doc])*
-        ///
-        /// `y[t * ldy + j] = sum_i (scale[j, i] * d_x[t, i] * idot + bias[j, i] * d_x[t, i] *
-        /// sum x_q[t, i])` over the `nsb` sub-blocks `i` of `S` weights, for rows `t < R` and
-        /// columns `j < nr`: `panel` as [`pack_q_panel`] lays it out (quants of `SIGNED` form),
-        /// `xq` the first row's [`q8_len`] words (`xs` words per row, `nb` blocks of 32).
-        ///
-        /// # Safety
-        /// `panel` valid for `nsb` sub-blocks; `xq` for `R` rows of `xs` words holding
-        /// `nb = nsb * S / 32` blocks; `y` valid for writes to `R` rows of `ldy` floats at
-        /// columns `0..nr`, `1 <= nr <= 16`; the CPU must support the enabled features.
-        #[target_feature(enable = $features)]
-        #[allow(clippy::too_many_arguments)]
-        unsafe fn $name<const R: usize, const S: usize, const SIGNED: bool>(
-            panel: *const u8,
-            nsb: usize,
-            xq: *const f32,
-            xs: usize,
-            nb: usize,
-            y: *mut f32,
-            ldy: usize,
-            nr: usize,
-        ) {
-            let sbb = q_sub_block_bytes(S);
-            let mut facc = [_mm512_setzero_ps(); R];
-            for i in 0..nsb {
-                let k0 = i * S;
-                let mut iacc = [_mm512_setzero_si512(); R];
-                // SAFETY: sub-block i < nsb of the panel: its quants (16 * S bytes), scales and
-                // biases (64 bytes each) are inside it. x row t < R: its quants start at word
-                // 3 * nb of the row, and bytes k0 + 4s..k0 + 4s + 4 < nb * 32 lie inside them;
-                // the row holds nb blocks (add_sub_block's contract).
-                unsafe {
-                    let p = panel.add(i * sbb);
-                    for s in 0..S / 4 {
-                        let wv = _mm512_loadu_si512(p.add(64 * s).cast());
-                        for (t, a) in iacc.iter_mut().enumerate() {
-                            let xp = xq.add(t * xs + 3 * nb).cast::<u8>().add(k0 + 4 * s);
-                            let xv = _mm512_set1_epi32(xp.cast::<i32>().read_unaligned());
-                            *a = $dot::<SIGNED>(*a, wv, xv);
-                        }
-                    }
-                    let sc = _mm512_loadu_ps(p.add(QNR * S).cast());
-                    let bi = _mm512_loadu_ps(p.add(QNR * S + 64).cast());
-                    for (t, (f, a)) in facc.iter_mut().zip(&iacc).enumerate() {
-                        add_sub_block::<S>(f, *a, sc, bi, xq.add(t * xs), nb, i);
-                    }
-                }
-            }
-            // SAFETY: R rows, columns 0..nr of y: writable by the contract.
-            unsafe { store_rows(&facc, y, ldy, nr) }
-        }
-    };
-}
-
-tile_fn!(
-    /// The `vpdpbusd` tile.
-    tile_vnni,
-    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-    dot_vnni
-);
-tile_fn!(
-    /// The `vpmaddubsw` tile.
-    tile_plain,
-    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
-    dot_plain
-);
-
-/// Runs every tile of `n` input rows against one packed panel.
-///
-/// # Safety
-/// As the tiles, for `n` rows of `xq` and `y`; with `vnni`, the CPU must support AVX512-VNNI;
-/// with `amx`, a [`crate::Cpu`] claimed AMX and the quants are unsigned (`!SIGNED`).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn run_panel<const S: usize, const SIGNED: bool>(
-    vnni: bool,
-    amx: bool,
-    panel: *const u8,
-    nsb: usize,
-    xq: *const f32,
-    xs: usize,
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    nr: usize,
-) {
-    let nb = nsb * S / 32;
-    let mut t0 = 0;
-    if amx && !SIGNED {
-        while t0 < n {
-            let r = (n - t0).min(AMX_MR);
-            // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); AMX granted (contract).
-            unsafe {
-                let (x, yt) = (xq.add(t0 * xs), y.add(t0 * ldy));
-                macro_rules! go {
-                    ($($r:literal)*) => {
-                        match r {
-                            $($r => tile_amx::<$r, S>(panel, nsb, x, xs, nb, yt, ldy, nr),)*
-                            _ => unreachable!(),
-                        }
-                    };
-                }
-                go!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16);
-            }
-            t0 += r;
-        }
-        return;
-    }
-    while t0 < n {
-        let r = (n - t0).min(MR);
-        // SAFETY: rows t0..t0 + r < n of xq and y exist (contract); VNNI only when supported.
-        unsafe {
-            let (x, yt) = (xq.add(t0 * xs), y.add(t0 * ldy));
-            macro_rules! go {
-                ($($r:literal)*) => {
-                    match (r, vnni) {
-                        $(
-                            ($r, true) => tile_vnni::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
-                            ($r, false) => tile_plain::<$r, S, SIGNED>(panel, nsb, x, xs, nb, yt, ldy, nr),
-                        )*
-                        _ => unreachable!(),
-                    }
-                };
-            }
-            go!(1 2 3 4 5 6 7 8);
-        }
-        t0 += r;
-    }
-}
-
-/// `y[t * ldy + j] = sum_c w[j, c] * x[t, c]` for `t < n`, `j < rows`, `x` given as its 8-bit
-/// blocks `xq` (`q8_len(k)` words per row): panels of 16 weight rows packed into `panel`, then
-/// run against every tile of input rows.
-///
-/// # Safety
-/// `w` holds `rows` rows of `k` weights of `qt`, `xq` `n` quantized rows, `panel` at least
-/// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
-/// `j < rows`) with nothing else accessing them; the CPU must support AVX-512F/BW/VL, AVX2,
-/// FMA and F16C, and AVX512-VNNI when `vnni`; with `amx` (the AMX tiles,
-/// a [`crate::Cpu`] having claimed AMX).
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn matmul_q_strided(
-    qt: QuantType,
-    vnni: bool,
-    amx: bool,
-    w: &[u8],
-    k: usize,
-    xq: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
-    panel: &mut [f32],
-) {
-    let rb = qt.row_bytes(k).expect("matmul_q: k is not whole blocks");
-    let xs = q8_len(k);
-    debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
-    let s = q_sub_block(qt);
-    let nsb = k / s;
-    // the VNNI and AMX dots take unsigned weight quants (Q8_0's offset by 128)
-    let signed = qt == QuantType::Q8_0 && !vnni && !amx;
-    let pb = panel_bytes(panel);
-    let mut j0 = 0;
-    while j0 < rows {
-        let nr = (rows - j0).min(QNR);
-        let wp = &w[j0 * rb..(j0 + nr) * rb];
-        // The panel's rows are one contiguous run of bytes, but packing reads them a row apart
-        // and stalled on every load (a prefill call on few inputs ran at a tenth of the read
-        // bandwidth): ask for the whole run first, so the misses overlap.
-        for line in (0..wp.len()).step_by(64) {
-            prefetch(wp.as_ptr().wrapping_add(line));
-        }
-        if nr == QNR && matches!(qt, QuantType::Q4_0 | QuantType::Q5_0 | QuantType::Q8_0) {
-            // SAFETY: the AVX-512 kernels run only where the CPU has AVX-512F/BW/VL (the
-            // caller's contract).
-            unsafe { pack_panel_32(qt, wp, rb, k, signed, pb) };
-        } else {
-            pack_q_panel(qt, wp, k, nr, signed, pb);
-        }
-        let p = pb.as_ptr();
-        // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
-        // rows of rows t < n (contract); VNNI and AMX as our caller guarantees.
-        unsafe {
-            let yj = y.add(j0);
-            let x = xq.as_ptr();
-            match (s, signed) {
-                (16, _) => run_panel::<16, false>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
-                (_, true) => run_panel::<32, true>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
-                _ => run_panel::<32, false>(vnni, amx, p, nsb, x, xs, n, yj, ldy, nr),
-            }
-        }
-        j0 += nr;
-    }
-}
 
 /// [`crate::quant::quantize_row_q8`] for rows `0..n` of `x` (`k` each, a multiple of 32) into
 /// `xq` (`q8_len(k)` words per row), vectorized, with the same result bit for bit for finite
@@ -318,15 +88,16 @@ mod tests {
     }
 }
 
-/// [`pack_q_panel`] for a full panel of [`QNR`] rows of Q4_0, Q5_0 or Q8_0 (one sub-block per
-/// block): the same bytes, each row's block unpacked in registers and the rows' 4-byte groups
-/// interleaved by gathers, where the portable version moves every byte on its own (it made a
-/// prefill matmul call cost about 230 ms on the shipped GGUF however few its input rows).
+/// [`crate::quant::panel::pack_q_panel`] for a full panel of [`QNR`] rows of Q4_0, Q5_0 or
+/// Q8_0 (one sub-block per block): the same bytes, each row's block unpacked in registers and
+/// the rows' 4-byte groups interleaved by gathers, where the portable version moves every byte
+/// on its own (it made a prefill matmul call cost about 230 ms on the shipped GGUF however few
+/// its input rows).
 ///
 /// # Safety
 /// The CPU has AVX-512F/BW/VL and F16C.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,f16c")]
-unsafe fn pack_panel_32(
+pub(super) unsafe fn pack_panel_32(
     qt: QuantType,
     w: &[u8],
     rb: usize,
@@ -404,6 +175,7 @@ unsafe fn pack_panel_32(
 #[cfg(test)]
 mod pack_tests {
     use super::*;
+    use crate::quant::panel::pack_q_panel;
 
     #[test]
     fn the_fast_panel_pack_writes_the_portable_bytes() {

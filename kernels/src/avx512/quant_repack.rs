@@ -19,6 +19,9 @@
 use core::arch::x86_64::*;
 
 use super::{lanes, prefetch, PREFETCH_BYTES};
+use crate::generic::{by_inputs, dispatch_vnni, QSimd};
+use crate::simd::avx512::Avx512;
+use crate::simd::Simd;
 
 /// Format codes for the kernels' const parameter.
 pub const RQ4_0: u8 = 0;
@@ -68,20 +71,6 @@ unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
     }
 }
 
-/// `acc + dot(w, x)` per 32-bit lane, `w` unsigned bytes (at most 31 on the plain path).
-#[inline(always)]
-fn dot<const VNNI: bool>(acc: __m512i, w: __m512i, x: __m512i) -> __m512i {
-    // SAFETY: register-only AVX-512F/BW (+VNNI when VNNI) intrinsics, enabled by the kernel.
-    unsafe {
-        if VNNI {
-            _mm512_dpbusd_epi32(acc, w, x)
-        } else {
-            let p = _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
-            _mm512_add_epi32(acc, p)
-        }
-    }
-}
-
 /// One group (`n` units, all 16 if `FULL`) of `RW` rows against `T` inputs.
 ///
 /// # Safety
@@ -96,6 +85,7 @@ unsafe fn group<
     const RW: usize,
     const FULL: bool,
 >(
+    b: Avx512,
     wg: &[*const u8; RW],
     xs: &[PreparedX; T],
     n: usize,
@@ -134,7 +124,7 @@ unsafe fn group<
                     prefetch(wg[r].wrapping_add(o * step + pf));
                     if VNNI {
                         for t in 0..T {
-                            idot[r][t] = dot::<true>(idot[r][t], v, xv[t]);
+                            idot[r][t] = b.udot::<true>(idot[r][t], v, xv[t]);
                         }
                     } else {
                         let q = _mm512_xor_si512(v, flip);
@@ -142,7 +132,7 @@ unsafe fn group<
                         let a = _mm512_abs_epi8(q);
                         for t in 0..T {
                             let sx = _mm512_mask_sub_epi8(xv[t], neg, zero, xv[t]);
-                            idot[r][t] = dot::<false>(idot[r][t], a, sx);
+                            idot[r][t] = b.udot::<false>(idot[r][t], a, sx);
                         }
                     }
                 }
@@ -178,8 +168,8 @@ unsafe fn group<
                             _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb[r], bh), hi, sixteen);
                     }
                     for t in 0..T {
-                        idot[r][t] = dot::<VNNI>(idot[r][t], lo, xl[t]);
-                        idot[r][t] = dot::<VNNI>(idot[r][t], hi, xh[t]);
+                        idot[r][t] = b.udot::<VNNI>(idot[r][t], lo, xl[t]);
+                        idot[r][t] = b.udot::<VNNI>(idot[r][t], hi, xh[t]);
                     }
                 }
             }
@@ -212,6 +202,7 @@ unsafe fn group<
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>(
+    b: Avx512,
     w: *const u8,
     units: usize,
     r: usize,
@@ -240,75 +231,16 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
         };
         for g in 0..full {
             let (wg, xg) = at(g);
-            group::<K, VNNI, T, RW, true>(&wg, &xg, 16, pf, &mut acc);
+            group::<K, VNNI, T, RW, true>(b, &wg, &xg, 16, pf, &mut acc);
         }
         if tail > 0 {
             let (wg, xg) = at(full);
-            group::<K, VNNI, T, RW, false>(&wg, &xg, tail, pf, &mut acc);
+            group::<K, VNNI, T, RW, false>(b, &wg, &xg, tail, pf, &mut acc);
         }
         for (i, ai) in acc.iter().enumerate() {
             for (t, a) in ai.iter().enumerate() {
                 *y.add(t * ldy + r + i) = _mm512_reduce_add_ps(*a);
             }
-        }
-    }
-}
-
-/// Every row, one at a time, against `T` inputs.
-///
-/// `rows_n` can run two rows per pass (each input vector load feeding both), which is a little
-/// faster while the matrix sits in cache, but streaming from DRAM (where decode reads every
-/// matrix from) the two interleaved rows ran the Q8_0 output head at half the ggml-layout
-/// kernel's speed even with the prefetch; one row at a time matches or beats it (Zen 4).
-///
-/// # Safety
-/// As [`matvec_repacked`], with `T == xs.len()`.
-#[inline(always)]
-unsafe fn rows_body<const K: u8, const VNNI: bool, const T: usize>(
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let xs: [PreparedX; T] = std::array::from_fn(|t| xs[t]);
-    for r in 0..rows {
-        // SAFETY: forwarded contract; r < rows.
-        unsafe { rows_n::<K, VNNI, T, 1>(w, units, r, &xs, y, ldy) };
-    }
-}
-
-/// Dispatches on the format and the number of inputs.
-///
-/// # Safety
-/// As [`matvec_repacked`]; AVX512-VNNI too if `VNNI`.
-#[inline(always)]
-unsafe fn by_format<const VNNI: bool>(
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    macro_rules! go {
-        ($k:expr) => {
-            match xs.len() {
-                1 => rows_body::<$k, VNNI, 1>(w, rows, units, xs, y, ldy),
-                2 => rows_body::<$k, VNNI, 2>(w, rows, units, xs, y, ldy),
-                3 => rows_body::<$k, VNNI, 3>(w, rows, units, xs, y, ldy),
-                _ => rows_body::<$k, VNNI, 4>(w, rows, units, xs, y, ldy),
-            }
-        };
-    }
-    // SAFETY: forwarded contract.
-    unsafe {
-        match k {
-            RQ4_0 => go!(RQ4_0),
-            RQ5_0 => go!(RQ5_0),
-            _ => go!(RQ8_0),
         }
     }
 }
@@ -334,48 +266,29 @@ pub unsafe fn matvec_repacked(
     vnni: bool,
 ) {
     debug_assert!((1..=RQ_GROUP).contains(&xs.len()));
-    // SAFETY: forwarded contract (VNNI support when `vnni`).
-    unsafe {
-        if vnni {
-            with_vnni(k, w, rows, units, xs, y, ldy)
-        } else {
-            without_vnni(k, w, rows, units, xs, y, ldy)
-        }
+    // SAFETY: the CPU has the AVX-512 features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
+    // Every row, one at a time, against the `T` inputs: `rows_n` can run two rows per pass
+    // (each input vector load feeding both), which is a little faster while the matrix sits in
+    // cache, but streaming from DRAM (where decode reads every matrix from) the two
+    // interleaved rows ran the Q8_0 output head at half the ggml-layout kernel's speed even
+    // with the prefetch; one row at a time matches or beats it (Zen 4).
+    macro_rules! each_row {
+        ($k:expr, $vnni:literal, $t:literal) => {{
+            let xs: [PreparedX; $t] = std::array::from_fn(|t| xs[t]);
+            for r in 0..rows {
+                rows_n::<$k, $vnni, $t, 1>(b, w, units, r, &xs, y, ldy);
+            }
+        }};
     }
-}
-
-/// [`matvec_repacked`] with `vpdpbusd`.
-///
-/// # Safety
-/// As [`matvec_repacked`] with AVX512-VNNI.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")]
-unsafe fn with_vnni(
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { by_format::<true>(k, w, rows, units, xs, y, ldy) }
-}
-
-/// [`matvec_repacked`] with `vpmaddubsw` + `vpmaddwd`.
-///
-/// # Safety
-/// As [`matvec_repacked`].
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-unsafe fn without_vnni(
-    k: u8,
-    w: *const u8,
-    rows: usize,
-    units: usize,
-    xs: &[PreparedX],
-    y: *mut f32,
-    ldy: usize,
-) {
-    // SAFETY: forwarded contract.
-    unsafe { by_format::<false>(k, w, rows, units, xs, y, ldy) }
+    macro_rules! by_format {
+        ($vnni:literal) => {
+            match k {
+                RQ4_0 => by_inputs!(xs.len(), each_row!(RQ4_0, $vnni,)),
+                RQ5_0 => by_inputs!(xs.len(), each_row!(RQ5_0, $vnni,)),
+                _ => by_inputs!(xs.len(), each_row!(RQ8_0, $vnni,)),
+            }
+        };
+    }
+    dispatch_vnni!(b, vnni, by_format!())
 }

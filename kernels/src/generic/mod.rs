@@ -1,21 +1,30 @@
 //! Kernel bodies written once over the [`Simd`](crate::simd::Simd) trait and monomorphized per
 //! backend: the elementwise ops, the widening matvecs, the f32 matmul and the per-row
-//! attention. Same names and
-//! contracts as [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in here.
+//! attention; and, over its integer extension [`QSimd`] / [`QUnpack`] (`qsimd`: the integer
+//! dot, the per-unit reductions, the ggml unpacking, implemented in `avx2::quant` and
+//! `avx512::quant`), the quantized matvec and prefill matmul. Same names and contracts as
+//! [`crate::scalar`]; [`crate::ops`] checks buffer lengths before calling in here.
 //!
 //! Each entry takes the backend token first and runs its body inside
-//! [`Simd::vectorize`](crate::simd::Simd::vectorize), so the body is compiled for the
-//! backend's features; the helpers it calls are `#[inline(always)]` for the same reason.
+//! [`Simd::vectorize`](crate::simd::Simd::vectorize) (or `QSimd::vectorize_vnni`), so the body
+//! is compiled for the backend's features; the helpers it calls are `#[inline(always)]` for
+//! the same reason.
 
 mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod qsimd;
+mod quant;
+mod quant_gemm;
 
 pub(crate) use attention::*;
 pub(crate) use elementwise::*;
 pub(crate) use matmul::*;
 pub(crate) use matvec::*;
+pub(crate) use qsimd::*;
+pub(crate) use quant::*;
+pub(crate) use quant_gemm::*;
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {

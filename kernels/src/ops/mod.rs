@@ -13,7 +13,7 @@ use crate::scalar;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "x86_64")]
-use crate::{avx2, avx512, generic};
+use crate::{avx512, generic};
 
 /// Dispatches `$f(args)` to the scalar reference, or to the body written once over
 /// [`Simd`](crate::simd::Simd) in [`crate::generic`], monomorphized for the backend of `$isa`

@@ -121,9 +121,9 @@ pub(crate) unsafe fn matvec_q_raw(
         fn q8<'a>(x: &QuantX<'a>) -> Q8Row<'a> {
             x.q8.expect("matvec_q_rows: input not quantized for a SIMD ISA")
         }
-        let group = avx512::Q_GROUP.min(avx2::Q_GROUP);
+        let group = generic::Q_GROUP;
         for (g, grp) in xs.chunks(group).enumerate() {
-            let mut q = [q8(x0); avx512::Q_GROUP];
+            let mut q = [q8(x0); generic::Q_GROUP];
             for (slot, x) in q.iter_mut().zip(grp) {
                 *slot = q8(x);
             }
@@ -131,15 +131,16 @@ pub(crate) unsafe fn matvec_q_raw(
             let yg = y.wrapping_add(g * group * ldy);
             let vnni = cpu.vnni();
             if isa == Isa::Avx512 {
-                // SAFETY: CPU support checked (and VNNI detected when `vnni`: a `Cpu` claims
-                // it only where detected); `w` holds
-                // `rows` rows of `cols` (checked); every input was quantized from `cols`
-                // columns (`QuantX::new`); this group's rows of y are forwarded from the
+                let b = Avx512::new().unwrap_or_else(|| unsupported(isa));
+                // SAFETY: VNNI detected when `vnni` (a `Cpu` claims it only where detected);
+                // `w` holds `rows` rows of `cols` (checked); every input was quantized from
+                // `cols` columns (`QuantX::new`); this group's rows of y are forwarded from the
                 // contract.
-                unsafe { avx512::matvec_q(qt, w, rows, cols, q, yg, ldy, vnni) }
+                unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
             } else {
+                let b = Avx2::new().unwrap_or_else(|| unsupported(isa));
                 // SAFETY: as above, for AVX2 (AVX-VNNI detected when `vnni`).
-                unsafe { avx2::matvec_q(qt, w, rows, cols, q, yg, ldy, vnni) }
+                unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
             }
         }
         return;

@@ -70,7 +70,8 @@ fn tiles_agree(cpu: Cpu) -> bool {
             // tile data granted) only where detected; w holds `rows` rows of k, xq n rows,
             // panel one panel, y n rows of `rows` floats.
             unsafe {
-                avx512::matmul_q_strided(
+                generic::matmul_q_strided(
+                    Avx512::new_unchecked(),
                     qt,
                     vnni,
                     amx,
@@ -204,7 +205,10 @@ pub(crate) unsafe fn matmul_q_strided(
             // SAFETY: CPU support checked; a `Cpu` claims VNNI and AMX (the tile data
             // granted) only where detected; buffers checked above or forwarded from our
             // caller's contract.
-            unsafe { avx512::matmul_q_strided(qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel) }
+            unsafe {
+                let b = Avx512::new_unchecked();
+                generic::matmul_q_strided(b, qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel)
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
@@ -213,7 +217,10 @@ pub(crate) unsafe fn matmul_q_strided(
             let vnni = cpu.vnni();
             // SAFETY: CPU support checked (AVX-VNNI too, when `vnni`: a `Cpu` claims it only
             // where detected); buffers checked above or forwarded.
-            unsafe { avx2::matmul_q_strided(qt, vnni, w, k, xq, n, y, ldy, rows, panel) }
+            unsafe {
+                let b = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
+                generic::matmul_q_strided(b, qt, vnni, false, w, k, xq, n, y, ldy, rows, panel)
+            }
         }
         _ => {
             let deq = &mut panel[..k];

@@ -1,83 +1,13 @@
-//! The AVX2 quantized matvecs' weight unpacking: per format, a group of scale units of one
-//! row as unsigned bytes in column order, with each unit's weight scale and bias.
+//! The AVX2 quantized matvec's weight unpacking: per format, a group of scale units of one
+//! row as unsigned bytes in column order (32 per vector), with each unit's weight scale and
+//! bias ([`Group`]). Groups hold 8 units (16 for Q6_K).
 
 use core::arch::x86_64::*;
 
 use super::super::mask8;
+use crate::generic::{u32_le, Group, QUnpack};
 use crate::quant::k_scales_mins;
-
-/// One group of one weight row, unpacked for every input.
-pub(super) struct Group {
-    /// Unsigned weight quants, 32 columns per vector in column order; zero past the row's end.
-    pub(super) q: [__m256i; 8],
-    /// Q8_0 only: the signed weights (`q` holds their magnitudes), for `vpsignb`.
-    pub(super) sgn: [__m256i; 8],
-    /// Per unit: the weight scale of its integer dot (units 8h..8h+8 in `scale[h]`).
-    pub(super) scale: [__m256; 2],
-    /// Per unit: the factor of the input's scaled sum over the unit.
-    pub(super) bias: [__m256; 2],
-}
-
-/// A weight format's group unpacking.
-pub(super) trait Fmt {
-    /// Columns per scale unit (32, or 16 for Q6_K).
-    const UNIT: usize;
-    /// Units per group (8, or 16 for Q6_K).
-    const UNITS: usize;
-    /// Bytes of a whole group.
-    const GROUP_BYTES: usize;
-    /// Whether the quants are signed (Q8_0): `Group::sgn` is set and `Group::bias` unused.
-    const SIGNED: bool = false;
-    /// Unpacks the first `n` (`1..=UNITS`) units of the group at `p`.
-    ///
-    /// # Safety
-    /// `p` points at a group with at least `n` units of bytes; AVX2, FMA, F16C.
-    unsafe fn unpack(p: *const u8, n: usize) -> Group;
-}
-
-#[inline(always)]
-pub(super) fn zero_group() -> Group {
-    // SAFETY: only called from the kernels below, which run with AVX2 enabled.
-    unsafe {
-        Group {
-            q: [_mm256_setzero_si256(); 8],
-            sgn: [_mm256_setzero_si256(); 8],
-            scale: [_mm256_setzero_ps(); 2],
-            bias: [_mm256_setzero_ps(); 2],
-        }
-    }
-}
-
-/// A little-endian u32 at `p`.
-///
-/// # Safety
-/// `p` is valid for reading 4 bytes.
-#[inline(always)]
-unsafe fn u32_at(p: *const u8) -> u32 {
-    // SAFETY: forwarded contract; unaligned read.
-    unsafe { u32::from_le(std::ptr::read_unaligned(p as *const u32)) }
-}
-
-/// The f16 at byte offsets `stride * u` of `p`, as f32 for `u < n`, 0.0 for the other lanes.
-///
-/// # Safety
-/// `p` is valid for reading 4 bytes at each `stride * u`, `u < n`; AVX2 and F16C.
-#[inline(always)]
-unsafe fn gather_f16(p: *const u8, stride: i32, n: usize) -> __m256 {
-    // SAFETY: the gather reads 4 bytes at p + stride * u for the lanes u < n only (a lane
-    // whose mask is clear touches no memory), readable by the contract.
-    unsafe {
-        let idx = _mm256_mullo_epi32(
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            _mm256_set1_epi32(stride),
-        );
-        let zero = _mm256_setzero_si256();
-        let v = _mm256_mask_i32gather_epi32::<1>(zero, p as *const i32, idx, mask8(n));
-        let v = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
-        let v = _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_packus_epi32(v, v));
-        _mm256_cvtph_ps(_mm256_castsi256_si128(v))
-    }
-}
+use crate::simd::avx2::Avx2;
 
 /// 32 bytes with 0x10 where bit j of `bits` is set (byte j), else 0.
 #[inline(always)]
@@ -96,69 +26,52 @@ fn bit4_of(bits: u32) -> __m256i {
     }
 }
 
-/// Q4_0 / Q5_0: one block per vector.
-///
-/// # Safety
-/// `p` points at `n` blocks of `BB` bytes; AVX2, F16C.
-#[inline(always)]
-unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
-    let qs = if Q5 { 6 } else { 2 };
-    // SAFETY: only blocks u < n are read (at p + BB * u, inside the group by the contract).
-    unsafe {
-        for (u, q) in g.q.iter_mut().enumerate() {
-            if u >= n {
-                break;
-            }
-            let b = p.add(BB * u);
-            let lo = _mm_loadu_si128(b.add(qs) as *const __m128i);
-            let v = _mm256_set_m128i(_mm_srli_epi16::<4>(lo), lo);
-            let mut v = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
-            if Q5 {
-                v = _mm256_or_si256(v, bit4_of(u32_at(b.add(2))));
-            }
-            *q = v;
+// SAFETY: see the backend's `QSimd` impl (the token proves the features).
+impl QUnpack for Avx2 {
+    #[inline(always)]
+    unsafe fn f16_lanes(self, p: *const u8, stride: usize, n: usize) -> __m256 {
+        let stride = stride as i32;
+        // SAFETY: the gather reads 4 bytes at p + stride * u for the lanes u < n only (a lane
+        // whose mask is clear touches no memory), readable by the contract.
+        unsafe {
+            let idx = _mm256_mullo_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(stride),
+            );
+            let zero = _mm256_setzero_si256();
+            let v = _mm256_mask_i32gather_epi32::<1>(zero, p as *const i32, idx, mask8(n));
+            let v = _mm256_and_si256(v, _mm256_set1_epi32(0xffff));
+            let v = _mm256_permute4x64_epi64::<0b00_00_10_00>(_mm256_packus_epi32(v, v));
+            _mm256_cvtph_ps(_mm256_castsi256_si128(v))
         }
-        g.scale[0] = gather_f16(p, BB as i32, n);
-        let off = if Q5 { -16.0 } else { -8.0 };
-        g.bias[0] = _mm256_mul_ps(g.scale[0], _mm256_set1_ps(off));
     }
-    g
-}
-
-pub(super) struct Q40;
-impl Fmt for Q40 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 18;
+    /// Q4_0 / Q5_0: one block per vector.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<18, false>(p, n) }
+    unsafe fn unpack_q4q5<const Q5: bool>(self, p: *const u8, n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
+        let (bb, qs) = if Q5 { (22, 6) } else { (18, 2) };
+        // SAFETY: only blocks u < n are read (at p + bb * u, inside the group by the contract).
+        unsafe {
+            for (u, q) in g.q.iter_mut().enumerate() {
+                if u >= n {
+                    break;
+                }
+                let b = p.add(bb * u);
+                let lo = _mm_loadu_si128(b.add(qs) as *const __m128i);
+                let v = _mm256_set_m128i(_mm_srli_epi16::<4>(lo), lo);
+                let mut v = _mm256_and_si256(v, _mm256_set1_epi8(0x0f));
+                if Q5 {
+                    v = _mm256_or_si256(v, bit4_of(u32_le(b.add(2))));
+                }
+                *q = v;
+            }
+        }
+        g
     }
-}
-
-pub(super) struct Q50;
-impl Fmt for Q50 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 22;
+    /// Q8_0: one block per vector, magnitudes in `q` and the signed quants in `sgn`.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<22, true>(p, n) }
-    }
-}
-
-pub(super) struct Q80;
-impl Fmt for Q80 {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 8 * 34;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        let mut g = zero_group();
+    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
         // SAFETY: only blocks u < n are read (34 bytes at p + 34 u, inside the group).
         unsafe {
             for u in 0..8 {
@@ -169,93 +82,59 @@ impl Fmt for Q80 {
                 g.q[u] = _mm256_abs_epi8(w);
                 g.sgn[u] = w;
             }
-            g.scale[0] = gather_f16(p, 34, n);
         }
         g
     }
-}
-
-/// Q4_K / Q5_K: a group is one superblock.
-///
-/// # Safety
-/// `p` points at a superblock of `BB` bytes; AVX2, F16C.
-#[inline(always)]
-unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8) -> Group {
-    let mut g = zero_group();
-    let qs = if Q5 { 48 } else { 16 };
-    // SAFETY: reads bytes 0..BB of the superblock at p.
-    unsafe {
-        let lo4 = _mm256_set1_epi8(0x0f);
-        let qh = if Q5 {
-            _mm256_loadu_si256(p.add(16) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
-        let bit4 = _mm256_set1_epi8(0x10);
-        // bit s of each qh byte moved to bit 4
-        let hbit = |s: i32| {
-            let v = if s <= 4 {
-                _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - s))
+    /// Q4_K / Q5_K: a group is one superblock.
+    #[inline(always)]
+    unsafe fn unpack_k45<const Q5: bool>(self, p: *const u8, _n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
+        let qs = if Q5 { 48 } else { 16 };
+        // SAFETY: reads the bytes of the superblock at p (144, or 176 for Q5_K).
+        unsafe {
+            let lo4 = _mm256_set1_epi8(0x0f);
+            let qh = if Q5 {
+                _mm256_loadu_si256(p.add(16) as *const __m256i)
             } else {
-                _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s - 4))
+                _mm256_setzero_si256()
             };
-            _mm256_and_si256(v, bit4)
-        };
-        for j in 0..4 {
-            let y = _mm256_loadu_si256(p.add(qs + 32 * j) as *const __m256i);
-            let mut a = _mm256_and_si256(y, lo4);
-            let mut b = _mm256_and_si256(_mm256_srli_epi16::<4>(y), lo4);
-            if Q5 {
-                a = _mm256_or_si256(a, hbit(2 * j as i32));
-                b = _mm256_or_si256(b, hbit(2 * j as i32 + 1));
+            let bit4 = _mm256_set1_epi8(0x10);
+            // bit s of each qh byte moved to bit 4
+            let hbit = |s: i32| {
+                let v = if s <= 4 {
+                    _mm256_sll_epi16(qh, _mm_cvtsi32_si128(4 - s))
+                } else {
+                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s - 4))
+                };
+                _mm256_and_si256(v, bit4)
+            };
+            for j in 0..4 {
+                let y = _mm256_loadu_si256(p.add(qs + 32 * j) as *const __m256i);
+                let mut a = _mm256_and_si256(y, lo4);
+                let mut b = _mm256_and_si256(_mm256_srli_epi16::<4>(y), lo4);
+                if Q5 {
+                    a = _mm256_or_si256(a, hbit(2 * j as i32));
+                    b = _mm256_or_si256(b, hbit(2 * j as i32 + 1));
+                }
+                g.q[2 * j] = a;
+                g.q[2 * j + 1] = b;
             }
-            g.q[2 * j] = a;
-            g.q[2 * j + 1] = b;
+            let (sc, mn) = k_scales_mins(&*(p.add(4) as *const [u8; 12]));
+            let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(u32_le(p) as i32));
+            let d = _mm256_broadcastss_ps(dd);
+            let dm = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
+            let widen =
+                |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
+            g.scale[0] = _mm256_mul_ps(d, widen(sc));
+            // -(dmin * m), exactly
+            g.bias[0] = _mm256_xor_ps(_mm256_mul_ps(dm, widen(mn)), _mm256_set1_ps(-0.0));
         }
-        let (sc, mn) = k_scales_mins(&*(p.add(4) as *const [u8; 12]));
-        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(u32_at(p) as i32));
-        let d = _mm256_broadcastss_ps(dd);
-        let dm = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
-        let widen = |v: u64| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(v as i64)));
-        g.scale[0] = _mm256_mul_ps(d, widen(sc));
-        // -(dmin * m), exactly
-        g.bias[0] = _mm256_xor_ps(_mm256_mul_ps(dm, widen(mn)), _mm256_set1_ps(-0.0));
+        g
     }
-    g
-}
-
-pub(super) struct Q4K;
-impl Fmt for Q4K {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 144;
+    /// Q6_K: a group is one superblock of 16 units, in two halves of 8.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        // SAFETY: forwarded contract (a group is one whole superblock).
-        unsafe { unpack_k45::<144, false>(p) }
-    }
-}
-
-pub(super) struct Q5K;
-impl Fmt for Q5K {
-    const UNIT: usize = 32;
-    const UNITS: usize = 8;
-    const GROUP_BYTES: usize = 176;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        // SAFETY: forwarded contract (a group is one whole superblock).
-        unsafe { unpack_k45::<176, true>(p) }
-    }
-}
-
-pub(super) struct Q6K;
-impl Fmt for Q6K {
-    const UNIT: usize = 16;
-    const UNITS: usize = 16;
-    const GROUP_BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, _n: usize) -> Group {
-        let mut g = zero_group();
+    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self> {
+        let mut g = Group::zero(self);
         // SAFETY: reads bytes 0..210 of the superblock at p (a group is one superblock).
         unsafe {
             let lo4 = _mm256_set1_epi8(0x0f);

@@ -1,7 +1,7 @@
 //! AVX512-VNNI register tiles for many inputs against one ggml block-quantized matrix (Q4_0,
 //! Q5_0, Q4_K, Q5_K, Q6_K): the many-row decode step as a GEMM.
 //!
-//! The matvec ([`matvec_q`](super::matvec_q)) dots a group's column-ordered vectors and then
+//! The matvec ([`crate::generic::matvec_q`]) dots a group's column-ordered vectors and then
 //! reduces 8 (or 4) lanes to one per scale unit, for every (row, input) pair. Here both sides
 //! are put once into *operand order* instead: operand vector `o` holds, in 32-bit lane `u`,
 //! the 4 bytes `4 o .. 4 o + 4` of unit `u` of the group, so chained `vpdpbusd` over the
@@ -18,10 +18,10 @@
 
 use core::arch::x86_64::*;
 
-use super::unit_steps;
-use super::unpack::*;
+use crate::generic::{unit_steps, QFmt, QSimd, Q40, Q4K, Q50, Q5K, Q6K};
 use crate::ops::q_tile_x_len;
 use crate::quant::{Q8Row, QuantType};
+use crate::simd::avx512::Avx512;
 use crate::stream::{prefetch_ahead, Ahead};
 
 /// Weight rows of one register block.
@@ -38,13 +38,13 @@ const BUF_VECS: usize = 1024;
 struct Buf([[u8; 64]; BUF_VECS]);
 
 /// Operand vectors per group of format `F` (8 for 32-column units, 4 for 16-column ones).
-const fn operands<F: Fmt>() -> usize {
+const fn operands<F: QFmt>() -> usize {
     F::UNIT / 4
 }
 
 /// Vectors per group in the tile's buffers: the operands, then two vectors of per-unit
 /// factors (weights: scale and bias; inputs: `d_x` and `s_x`).
-const fn group_vecs<F: Fmt>() -> usize {
+const fn group_vecs<F: QFmt>() -> usize {
     operands::<F>() + 2
 }
 
@@ -96,28 +96,29 @@ unsafe fn to_operands<const V: usize>(v: &mut [__m512i; 8]) {
 ///
 /// # Safety
 /// `x` holds `cols` columns (a whole number of `F` units); `out` is valid for writes of
-/// `groups * group_vecs::<F>()` vectors; AVX-512F/BW/VL.
+/// `groups * group_vecs::<F>()` vectors; inside `b`'s `vectorize`.
 #[inline(always)]
-unsafe fn prepare_x<F: Fmt>(x: &Q8Row<'_>, cols: usize, out: *mut __m512i) {
-    // SAFETY: as `group_dot`: the quant bytes read are the group's valid columns (masked
-    // past them); `unit_steps` reads the group's scales and sums; writes stay in `out`.
+unsafe fn prepare_x<F: QFmt>(b: Avx512, x: &Q8Row<'_>, cols: usize, out: *mut __m512i) {
+    // SAFETY: as the matvec's `group_dot`: the quant bytes read are the group's valid columns
+    // (a tail load past them); `unit_steps` reads the group's steps and sums; writes stay in
+    // `out`.
     unsafe {
         let units = cols / F::UNIT;
         let v_n = operands::<F>();
         for gi in 0..units.div_ceil(16) {
             let n = (units - 16 * gi).min(16);
             let valid = n * F::UNIT;
-            let xq = x.qs_ptr().add(gi * 16 * F::UNIT);
-            let mut v = [_mm512_setzero_si512(); 8];
+            let xq = x.qs_ptr().cast::<u8>().add(gi * 16 * F::UNIT);
+            let mut v = [b.zero_i(); 8];
             for (i, vi) in v.iter_mut().enumerate().take(v_n) {
                 if 64 * i >= valid {
                     break;
                 }
                 let xp = xq.add(64 * i);
                 *vi = if valid >= 64 * (i + 1) {
-                    _mm512_loadu_si512(xp as *const __m512i)
+                    b.load_i(xp)
                 } else {
-                    _mm512_maskz_loadu_epi8((1u64 << (valid - 64 * i)) - 1, xp)
+                    b.load_i_tail(xp, valid - 64 * i)
                 };
             }
             if v_n == 8 {
@@ -129,7 +130,7 @@ unsafe fn prepare_x<F: Fmt>(x: &Q8Row<'_>, cols: usize, out: *mut __m512i) {
             for (i, vi) in v.iter().enumerate().take(v_n) {
                 _mm512_storeu_si512(o.add(i).cast(), *vi);
             }
-            let (dx, sx) = unit_steps::<F>(x, gi, n);
+            let (dx, sx) = unit_steps::<Avx512, F>(b, x, gi, n, 0);
             _mm512_storeu_ps(o.add(v_n).cast(), dx);
             _mm512_storeu_ps(o.add(v_n + 1).cast(), sx);
         }
@@ -142,7 +143,7 @@ unsafe fn prepare_x<F: Fmt>(x: &Q8Row<'_>, cols: usize, out: *mut __m512i) {
 /// `wg[r]` / `xg[t]` point at the group's vectors in a row tile / a prepared input;
 /// AVX-512F/BW/VL and AVX512-VNNI.
 #[inline(always)]
-unsafe fn group<F: Fmt, const R: usize, const T: usize>(
+unsafe fn group<F: QFmt, const R: usize, const T: usize>(
     wg: &[*const __m512i; R],
     xg: &[*const __m512i; T],
     acc: &mut [[__m512; T]; R],
@@ -183,7 +184,7 @@ unsafe fn group<F: Fmt, const R: usize, const T: usize>(
 /// # Safety
 /// As [`gemm_q_tile`]; the rows and inputs hold `groups` groups.
 #[inline(always)]
-unsafe fn block<F: Fmt, const R: usize, const T: usize>(
+unsafe fn block<F: QFmt, const R: usize, const T: usize>(
     w: *const __m512i,
     row_vecs: usize,
     groups: usize,
@@ -217,7 +218,7 @@ unsafe fn block<F: Fmt, const R: usize, const T: usize>(
 /// As [`block`], for `rt` rows.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn rows_of<F: Fmt, const T: usize>(
+unsafe fn rows_of<F: QFmt, const T: usize>(
     w: *const __m512i,
     rt: usize,
     row_vecs: usize,
@@ -262,7 +263,7 @@ unsafe fn rows_of<F: Fmt, const T: usize>(
 /// # Safety
 /// As [`gemm_q_tile`].
 #[inline(always)]
-unsafe fn body<F: Fmt>(
+unsafe fn body<F: QFmt>(
     w: &[u8],
     rows: usize,
     cols: usize,
@@ -275,7 +276,10 @@ unsafe fn body<F: Fmt>(
     let groups = units.div_ceil(16);
     let gv = group_vecs::<F>();
     let row_vecs = groups * gv;
-    let rb = units * F::GROUP_BYTES / 16;
+    // SAFETY: the CPU has the features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
+    let gb = F::group_bytes::<Avx512>();
+    let rb = units * gb / 16;
     let per = q_tile_x_len(cols);
     let tile = (BUF_VECS / row_vecs).clamp(1, TILE_ROWS);
     let mut buf = Buf([[0; 64]; BUF_VECS]);
@@ -289,10 +293,10 @@ unsafe fn body<F: Fmt>(
             for r in 0..rt {
                 let row = w.as_ptr().add((r0 + r) * rb);
                 for gi in 0..groups {
-                    let p = row.add(gi * F::GROUP_BYTES);
-                    prefetch_ahead(p, F::GROUP_BYTES);
+                    let p = row.add(gi * gb);
+                    prefetch_ahead(p, gb);
                     let nu = (units - 16 * gi).min(16);
-                    let g = F::unpack(p, nu);
+                    let g = F::unpack(b, p, nu);
                     let mut q = g.q;
                     if operands::<F>() == 8 {
                         to_operands::<8>(&mut q);
@@ -303,8 +307,8 @@ unsafe fn body<F: Fmt>(
                     for (i, qi) in q.iter().enumerate().take(operands::<F>()) {
                         _mm512_storeu_si512(o.add(i).cast(), *qi);
                     }
-                    _mm512_storeu_ps(o.add(operands::<F>()).cast(), g.scale);
-                    _mm512_storeu_ps(o.add(operands::<F>() + 1).cast(), g.bias);
+                    _mm512_storeu_ps(o.add(operands::<F>()).cast(), g.scale[0]);
+                    _mm512_storeu_ps(o.add(operands::<F>() + 1).cast(), g.bias[0]);
                 }
             }
             // the next tile's rows, streamed in while this one is computed
@@ -342,11 +346,13 @@ unsafe fn body<F: Fmt>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 pub unsafe fn prepare_q_tile_x(qt: QuantType, cols: usize, xs: &[Q8Row<'_>], out: *mut f32) {
     let per = q_tile_x_len(cols);
+    // SAFETY: the CPU has the features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
     macro_rules! go {
         ($f:ty) => {
             for (t, x) in xs.iter().enumerate() {
                 // SAFETY: forwarded contract; input t's words are inside `out`.
-                unsafe { prepare_x::<$f>(x, cols, out.add(t * per).cast()) }
+                unsafe { prepare_x::<$f>(b, x, cols, out.add(t * per).cast()) }
             }
         };
     }
@@ -363,7 +369,7 @@ pub unsafe fn prepare_q_tile_x(qt: QuantType, cols: usize, xs: &[Q8Row<'_>], out
 /// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
 /// weights and the `n` inputs prepared at `px` by [`prepare_q_tile_x`], in register blocks of
 /// [`QRW`] rows x [`QTI`] inputs: each output bit for bit what
-/// [`matvec_q`](super::matvec_q) gives its input alone.
+/// [`crate::generic::matvec_q`] gives its input alone.
 ///
 /// # Safety
 /// `qt` is not Q8_0 and its rows of `cols` fit the buffer (`ops::q_tile_runs`); `w` holds `rows` rows of `cols`

@@ -1,74 +1,14 @@
-//! The AVX-512 quantized matvecs' weight unpacking: per format, a group of scale units of one
-//! row as unsigned bytes in column order, with each unit's weight scale and bias.
+//! The AVX-512 quantized matvec's weight unpacking: per format, a group of 16 scale units of
+//! one row as unsigned bytes in column order (64 per vector: 8 vectors for 32-column units, 4
+//! for Q6_K's 16-column units), with each unit's weight scale and bias ([`Group`], one vector
+//! of scales: `scale[0]`, `bias[0]`).
 
 use core::arch::x86_64::*;
 
 use super::super::lanes;
+use crate::generic::{u32_le, Group, QUnpack};
 use crate::quant::k_scales_mins;
-
-/// One group (up to 16 scale units) of one weight row, unpacked for every input.
-pub(super) struct Group {
-    /// Unsigned weight quants, 64 columns per vector in column order (8 vectors for 32-column
-    /// units, 4 for 16-column units); zero past the row's end.
-    pub(super) q: [__m512i; 8],
-    /// Q8_0 only: the columns whose weight is negative (`q` then holds magnitudes).
-    pub(super) neg: [__mmask64; 8],
-    /// Per unit: the weight scale of its integer dot.
-    pub(super) scale: __m512,
-    /// Per unit: the factor of the input's scaled sum over the unit (`-8 d` for Q4_0, ...).
-    pub(super) bias: __m512,
-}
-
-/// A weight format's group unpacking.
-pub(super) trait Fmt {
-    /// Columns per scale unit (32, or 16 for Q6_K).
-    const UNIT: usize;
-    /// Bytes of a whole group of 16 units.
-    const GROUP_BYTES: usize;
-    /// Whether the quants are signed (Q8_0): `Group::neg` is set and `Group::bias` unused.
-    const SIGNED: bool = false;
-    /// Unpacks the first `n` (`1..=16`) units of the group at `p`.
-    ///
-    /// # Safety
-    /// `p` points at a group with at least `n` units of bytes; AVX-512F/BW/VL and F16C.
-    unsafe fn unpack(p: *const u8, n: usize) -> Group;
-}
-
-#[inline(always)]
-pub(super) fn zero_group() -> Group {
-    // SAFETY: only called from the kernels below, which run with AVX-512F enabled.
-    unsafe {
-        Group {
-            q: [_mm512_setzero_si512(); 8],
-            neg: [0; 8],
-            scale: _mm512_setzero_ps(),
-            bias: _mm512_setzero_ps(),
-        }
-    }
-}
-
-/// The f16 at byte offsets `stride * u` of `p`, as f32 for `u < n`, 0.0 for the other lanes.
-///
-/// # Safety
-/// `p` is valid for reading 4 bytes at each `stride * u`, `u < n`; AVX-512F/BW and F16C.
-#[inline(always)]
-unsafe fn gather_f16(p: *const u8, stride: i32, n: usize) -> __m512 {
-    // SAFETY: the gather reads 4 bytes at p + stride * u for the lanes u < n only (masked-off
-    // lanes touch no memory), readable by the contract.
-    unsafe {
-        let idx = _mm512_mullo_epi32(
-            _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-            _mm512_set1_epi32(stride),
-        );
-        let v = _mm512_mask_i32gather_epi32::<1>(
-            _mm512_setzero_si512(),
-            lanes(n),
-            idx,
-            p as *const i32,
-        );
-        _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
-    }
-}
+use crate::simd::avx512::Avx512;
 
 /// 16 bytes of nibbles for each of two blocks as `[lo(a), hi(a), lo(b), hi(b)]`.
 ///
@@ -85,85 +25,63 @@ unsafe fn nibbles2(a: __m128i, b: __m128i) -> __m512i {
     }
 }
 
-/// A little-endian u32 at `p`.
-///
-/// # Safety
-/// `p` is valid for reading 4 bytes.
-#[inline(always)]
-unsafe fn u32_at(p: *const u8) -> u32 {
-    // SAFETY: forwarded contract; unaligned read.
-    unsafe { u32::from_le(std::ptr::read_unaligned(p as *const u32)) }
-}
-
-/// Q4_0 / Q5_0 pairs: (block a, block b if present) as 32 nibble-expanded bytes each, plus the
-/// 5th bits for Q5_0.
-///
-/// # Safety
-/// `p` points at `n` blocks of `BB` bytes; AVX-512F/BW/VL, F16C.
-#[inline(always)]
-unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
-    let qs = if Q5 { 6 } else { 2 };
-    // SAFETY: only blocks u < n are read (at p + BB * u, inside the group by the contract).
-    unsafe {
-        for i in 0..8 {
-            if 2 * i >= n {
-                break;
-            }
-            let a = p.add(BB * 2 * i);
-            let b = (2 * i + 1 < n).then(|| a.add(BB));
-            let qa = _mm_loadu_si128(a.add(qs) as *const __m128i);
-            let qb = b.map_or(_mm_setzero_si128(), |b| {
-                _mm_loadu_si128(b.add(qs) as *const __m128i)
-            });
-            let mut v = nibbles2(qa, qb);
-            if b.is_none() {
-                v = _mm512_maskz_mov_epi64(0x0f, v);
-            }
-            if Q5 {
-                let hb = b.map_or(0, |b| u32_at(b.add(2)) as u64);
-                let k = u32_at(a.add(2)) as u64 | hb << 32;
-                v = _mm512_mask_add_epi8(v, k, v, _mm512_set1_epi8(16));
-            }
-            g.q[i] = v;
+// SAFETY: see the backend's `QSimd` impl (the token proves the features).
+impl QUnpack for Avx512 {
+    #[inline(always)]
+    unsafe fn f16_lanes(self, p: *const u8, stride: usize, n: usize) -> __m512 {
+        let stride = stride as i32;
+        // SAFETY: the gather reads 4 bytes at p + stride * u for the lanes u < n only (masked-off
+        // lanes touch no memory), readable by the contract.
+        unsafe {
+            let idx = _mm512_mullo_epi32(
+                _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                _mm512_set1_epi32(stride),
+            );
+            let v = _mm512_mask_i32gather_epi32::<1>(
+                _mm512_setzero_si512(),
+                lanes(n),
+                idx,
+                p as *const i32,
+            );
+            _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
         }
-        g.scale = gather_f16(p, BB as i32, n);
-        let off = if Q5 { -16.0 } else { -8.0 };
-        g.bias = _mm512_mul_ps(g.scale, _mm512_set1_ps(off));
     }
-    g
-}
-
-pub(super) struct Q40;
-impl Fmt for Q40 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 18;
+    /// Q4_0 / Q5_0 pairs: (block a, block b if present) as 32 nibble-expanded bytes each, plus the
+    /// 5th bits for Q5_0.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<18, false>(p, n) }
+    unsafe fn unpack_q4q5<const Q5: bool>(self, p: *const u8, n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
+        let (bb, qs) = if Q5 { (22, 6) } else { (18, 2) };
+        // SAFETY: only blocks u < n are read (at p + bb * u, inside the group by the contract).
+        unsafe {
+            for i in 0..8 {
+                if 2 * i >= n {
+                    break;
+                }
+                let a = p.add(bb * 2 * i);
+                let b = (2 * i + 1 < n).then(|| a.add(bb));
+                let qa = _mm_loadu_si128(a.add(qs) as *const __m128i);
+                let qb = b.map_or(_mm_setzero_si128(), |b| {
+                    _mm_loadu_si128(b.add(qs) as *const __m128i)
+                });
+                let mut v = nibbles2(qa, qb);
+                if b.is_none() {
+                    v = _mm512_maskz_mov_epi64(0x0f, v);
+                }
+                if Q5 {
+                    let hb = b.map_or(0, |b| u32_le(b.add(2)) as u64);
+                    let k = u32_le(a.add(2)) as u64 | hb << 32;
+                    v = _mm512_mask_add_epi8(v, k, v, _mm512_set1_epi8(16));
+                }
+                g.q[i] = v;
+            }
+        }
+        g
     }
-}
-
-pub(super) struct Q50;
-impl Fmt for Q50 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 22;
+    /// Q8_0: two blocks per vector, magnitudes in `q` and the negative bytes in `sgn`.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<22, true>(p, n) }
-    }
-}
-
-pub(super) struct Q80;
-impl Fmt for Q80 {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 16 * 34;
-    const SIGNED: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        let mut g = zero_group();
+    unsafe fn unpack_q8_0(self, p: *const u8, n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
         // SAFETY: only blocks u < n are read (34 bytes at p + 34 u, inside the group).
         unsafe {
             for i in 0..8 {
@@ -179,110 +97,78 @@ impl Fmt for Q80 {
                 };
                 let w = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
                 g.q[i] = _mm512_abs_epi8(w);
-                g.neg[i] = _mm512_movepi8_mask(w);
+                g.sgn[i] = _mm512_movepi8_mask(w);
             }
-            g.scale = gather_f16(p, 34, n);
         }
         g
     }
-}
-
-/// Q4_K / Q5_K: a group is one or two superblocks (`n` 8 or 16 units).
-///
-/// # Safety
-/// `p` points at `n / 8` superblocks of `BB` bytes; AVX-512F/BW/VL, F16C.
-#[inline(always)]
-unsafe fn unpack_k45<const BB: usize, const Q5: bool>(p: *const u8, n: usize) -> Group {
-    let mut g = zero_group();
-    let nsb = n / 8;
-    let qs = if Q5 { 48 } else { 16 };
-    // SAFETY: only the nsb superblocks of the group are read, at p + BB * s.
-    unsafe {
-        let mut sc = [0u64; 2];
-        let mut mn = [0u64; 2];
-        let mut dd = [0i32; 2];
-        for s in 0..2 {
-            if s >= nsb {
-                break;
-            }
-            let b = p.add(BB * s);
-            (sc[s], mn[s]) = k_scales_mins(&*(b.add(4) as *const [u8; 12]));
-            dd[s] = u32_at(b) as i32;
-            let mut qh = if Q5 {
-                _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(16) as *const __m256i))
-            } else {
-                _mm512_setzero_si512()
-            };
-            let bits = _mm512_inserti64x4::<1>(_mm512_set1_epi8(1), _mm256_set1_epi8(2));
-            for j in 0..4 {
-                let y = _mm256_loadu_si256(b.add(qs + 32 * j) as *const __m256i);
-                let v = _mm512_broadcast_i64x4(y);
-                let v = _mm512_mask_srli_epi16::<4>(v, 0xffff_0000, v);
-                let mut v = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
-                if Q5 {
-                    let k = _mm512_test_epi8_mask(qh, bits);
-                    v = _mm512_mask_add_epi8(v, k, v, _mm512_set1_epi8(16));
-                    qh = _mm512_srli_epi16::<2>(qh);
+    /// Q4_K / Q5_K: a group is one or two superblocks (`n` 8 or 16 units).
+    #[inline(always)]
+    unsafe fn unpack_k45<const Q5: bool>(self, p: *const u8, n: usize) -> Group<Self> {
+        let mut g = Group::zero(self);
+        let bb = if Q5 { 176 } else { 144 };
+        let nsb = n / 8;
+        let qs = if Q5 { 48 } else { 16 };
+        // SAFETY: only the nsb superblocks of the group are read, at p + bb * s.
+        unsafe {
+            let mut sc = [0u64; 2];
+            let mut mn = [0u64; 2];
+            let mut dd = [0i32; 2];
+            for s in 0..2 {
+                if s >= nsb {
+                    break;
                 }
-                g.q[4 * s + j] = v;
+                let b = p.add(bb * s);
+                (sc[s], mn[s]) = k_scales_mins(&*(b.add(4) as *const [u8; 12]));
+                dd[s] = u32_le(b) as i32;
+                let mut qh = if Q5 {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(b.add(16) as *const __m256i))
+                } else {
+                    _mm512_setzero_si512()
+                };
+                let bits = _mm512_inserti64x4::<1>(_mm512_set1_epi8(1), _mm256_set1_epi8(2));
+                for j in 0..4 {
+                    let y = _mm256_loadu_si256(b.add(qs + 32 * j) as *const __m256i);
+                    let v = _mm512_broadcast_i64x4(y);
+                    let v = _mm512_mask_srli_epi16::<4>(v, 0xffff_0000, v);
+                    let mut v = _mm512_and_si512(v, _mm512_set1_epi8(0x0f));
+                    if Q5 {
+                        let k = _mm512_test_epi8_mask(qh, bits);
+                        v = _mm512_mask_add_epi8(v, k, v, _mm512_set1_epi8(16));
+                        qh = _mm512_srli_epi16::<2>(qh);
+                    }
+                    g.q[4 * s + j] = v;
+                }
             }
+            // [d0, dmin0, d1, dmin1]
+            let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(0, 0, dd[1], dd[0])));
+            let d = _mm512_permutexvar_ps(
+                _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
+                dd,
+            );
+            let dm = _mm512_permutexvar_ps(
+                _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
+                dd,
+            );
+            let widen = |v: [u64; 2]| {
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(
+                    v[1] as i64,
+                    v[0] as i64,
+                )))
+            };
+            g.scale[0] = _mm512_mul_ps(d, widen(sc));
+            // -(dmin * m), exactly
+            g.bias[0] = _mm512_castsi512_ps(_mm512_xor_si512(
+                _mm512_castps_si512(_mm512_mul_ps(dm, widen(mn))),
+                _mm512_set1_epi32(i32::MIN),
+            ));
         }
-        // [d0, dmin0, d1, dmin1]
-        let dd = _mm512_castps128_ps512(_mm_cvtph_ps(_mm_set_epi32(0, 0, dd[1], dd[0])));
-        let d = _mm512_permutexvar_ps(
-            _mm512_set_epi32(2, 2, 2, 2, 2, 2, 2, 2, 0, 0, 0, 0, 0, 0, 0, 0),
-            dd,
-        );
-        let dm = _mm512_permutexvar_ps(
-            _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 1, 1, 1, 1, 1, 1, 1, 1),
-            dd,
-        );
-        let widen = |v: [u64; 2]| {
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_set_epi64x(
-                v[1] as i64,
-                v[0] as i64,
-            )))
-        };
-        g.scale = _mm512_mul_ps(d, widen(sc));
-        // -(dmin * m), exactly
-        g.bias = _mm512_castsi512_ps(_mm512_xor_si512(
-            _mm512_castps_si512(_mm512_mul_ps(dm, widen(mn))),
-            _mm512_set1_epi32(i32::MIN),
-        ));
+        g
     }
-    g
-}
-
-pub(super) struct Q4K;
-impl Fmt for Q4K {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 2 * 144;
+    /// Q6_K: a group is one superblock of 16 units.
     #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_k45::<144, false>(p, n) }
-    }
-}
-
-pub(super) struct Q5K;
-impl Fmt for Q5K {
-    const UNIT: usize = 32;
-    const GROUP_BYTES: usize = 2 * 176;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_k45::<176, true>(p, n) }
-    }
-}
-
-pub(super) struct Q6K;
-impl Fmt for Q6K {
-    const UNIT: usize = 16;
-    const GROUP_BYTES: usize = 210;
-    #[inline(always)]
-    unsafe fn unpack(p: *const u8, n: usize) -> Group {
-        debug_assert_eq!(n, 16);
-        let mut g = zero_group();
+    unsafe fn unpack_q6k(self, p: *const u8) -> Group<Self> {
+        let mut g = Group::zero(self);
         // SAFETY: reads bytes 0..210 of the superblock at p (the contract: n = 16 units).
         unsafe {
             let lo4 = _mm512_set1_epi8(0x0f);
@@ -306,8 +192,8 @@ impl Fmt for Q6K {
             let d = _mm_cvtph_ps(_mm_cvtsi32_si128(
                 std::ptr::read_unaligned(p.add(208) as *const u16) as i32,
             ));
-            g.scale = _mm512_mul_ps(_mm512_broadcastss_ps(d), sc);
-            g.bias = _mm512_mul_ps(g.scale, _mm512_set1_ps(-32.0));
+            g.scale[0] = _mm512_mul_ps(_mm512_broadcastss_ps(d), sc);
+            g.bias[0] = _mm512_mul_ps(g.scale[0], _mm512_set1_ps(-32.0));
         }
         g
     }
