@@ -1,6 +1,7 @@
 //! The crate split holds: the engine (`qwenrt`) embeds without a web stack, an async runtime,
 //! an archive reader or an HTTP client, and the server (`qwenrt-server`) without the command
-//! line's. Read from `cargo tree -e normal` (dev-dependencies excluded, every target platform).
+//! line's. Read from `cargo tree -e normal` (dev-dependencies excluded; offline, so only the crates
+//! the build already fetched: those of this platform).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -11,7 +12,7 @@ fn normal_dependencies(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
     let out = Command::new(&cargo)
-        .args(["tree", "--offline", "-e", "normal", "--target", "all", "--prefix", "none"])
+        .args(["tree", "--offline", "-e", "normal", "--prefix", "none"])
         .arg("--manifest-path")
         .arg(&manifest)
         .args(["-p", package])
