@@ -60,3 +60,18 @@ fn the_server_has_none_of_the_command_lines_dependencies() {
          the path); these belong to qwenrt-cli"
     );
 }
+
+#[test]
+fn the_embedding_example_uses_the_engine_alone() {
+    // the root package's dev-dependencies would let examples/embed.rs reach the other crates
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed.rs");
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(src.contains("use qwenrt::"), "{} does not use qwenrt", path.display());
+    for other in ["qwenrt_cli", "qwenrt_server"] {
+        assert!(
+            !src.contains(other),
+            "{} uses {other}: the example builds against the qwenrt crate alone",
+            path.display()
+        );
+    }
+}

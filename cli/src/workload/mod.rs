@@ -5,8 +5,8 @@
 //! - [`batch`]: JSONL batch requests and their output records.
 //! - [`perplexity`]: perplexity and KL divergence on llama-perplexity's convention.
 //! - [`complete`](mod@complete): one request on a [`Session`](qwenrt::Session), prompt in, completion out;
-//!   ARC items (constrained to a grid unless told not to) and batch requests on top of it, and
-//!   the stop tokens of a model.
+//!   ARC items (constrained to a grid unless told not to) and batch requests on top of it (the
+//!   stop tokens of a model are [`qwenrt::text::chat::stop_ids`]).
 //! - [`conversation`]: a multi-turn chat on one session, re-rendered by the chat template each
 //!   turn, reusing the cached common prefix.
 
