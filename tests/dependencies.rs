@@ -19,21 +19,31 @@ fn normal_dependencies(package: &str) -> BTreeSet<String> {
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cargo:?} tree: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "cargo tree -p {package} failed: {stderr}");
+    assert!(
+        out.status.success(),
+        "cargo tree -p {package} failed: {stderr}"
+    );
     let names: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
         .map(str::to_owned)
         .collect();
     // the tree was read: the package itself is its first line
-    assert!(names.contains(package), "cargo tree -p {package} did not list {package}: {names:?}");
+    assert!(
+        names.contains(package),
+        "cargo tree -p {package} did not list {package}: {names:?}"
+    );
     names
 }
 
 /// Which of `banned` are among `package`'s normal dependencies.
 fn present(package: &str, banned: &[&str]) -> Vec<String> {
     let names = normal_dependencies(package);
-    banned.iter().filter(|b| names.contains(**b)).map(|b| b.to_string()).collect()
+    banned
+        .iter()
+        .filter(|b| names.contains(**b))
+        .map(|b| b.to_string())
+        .collect()
 }
 
 #[test]
@@ -41,9 +51,15 @@ fn the_engine_has_no_web_stack_runtime_archive_or_http_client() {
     let names = normal_dependencies("qwenrt");
     // what it does need is there (the listing is the real tree, not an empty one)
     for needed in ["qwenrt-kernels", "tokenizers", "llguidance"] {
-        assert!(names.contains(needed), "qwenrt no longer depends on {needed}: {names:?}");
+        assert!(
+            names.contains(needed),
+            "qwenrt no longer depends on {needed}: {names:?}"
+        );
     }
-    let found = present("qwenrt", &["tokio", "axum", "hyper", "zip", "ureq", "clap", "indicatif"]);
+    let found = present(
+        "qwenrt",
+        &["tokio", "axum", "hyper", "zip", "ureq", "clap", "indicatif"],
+    );
     assert!(
         found.is_empty(),
         "the qwenrt library depends on {found:?} (cargo tree -p qwenrt -e normal -i NAME shows \
@@ -53,7 +69,10 @@ fn the_engine_has_no_web_stack_runtime_archive_or_http_client() {
 
 #[test]
 fn the_server_has_none_of_the_command_lines_dependencies() {
-    let found = present("qwenrt-server", &["zip", "ureq", "clap", "indicatif", "qwenrt-cli"]);
+    let found = present(
+        "qwenrt-server",
+        &["zip", "ureq", "clap", "indicatif", "qwenrt-cli"],
+    );
     assert!(
         found.is_empty(),
         "qwenrt-server depends on {found:?} (cargo tree -p qwenrt-server -e normal -i NAME shows \
@@ -66,7 +85,11 @@ fn the_embedding_example_uses_the_engine_alone() {
     // the root package's dev-dependencies would let examples/embed.rs reach the other crates
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/embed.rs");
     let src = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(src.contains("use qwenrt::"), "{} does not use qwenrt", path.display());
+    assert!(
+        src.contains("use qwenrt::"),
+        "{} does not use qwenrt",
+        path.display()
+    );
     for other in ["qwenrt_cli", "qwenrt_server"] {
         assert!(
             !src.contains(other),

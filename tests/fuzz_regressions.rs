@@ -80,12 +80,20 @@ fn fuzz_targets_are_the_listed_ones() {
         if line.starts_with('[') {
             in_bin = line == "[[bin]]";
         } else if let (true, Some(v)) = (in_bin, line.strip_prefix("name")) {
-            let name = v.trim_start().trim_start_matches('=').trim().trim_matches('"');
+            let name = v
+                .trim_start()
+                .trim_start_matches('=')
+                .trim()
+                .trim_matches('"');
             bins.insert(name.to_string());
         }
     }
     let listed = listed();
-    assert_eq!(listed.len(), TARGETS.len(), "a target is listed twice in TARGETS");
+    assert_eq!(
+        listed.len(),
+        TARGETS.len(),
+        "a target is listed twice in TARGETS"
+    );
     assert_eq!(
         sources, listed,
         "fuzz/fuzz_targets/*.rs and qwenrt::testkit::fuzzing::TARGETS name different targets"
