@@ -1,11 +1,12 @@
 //! Embedding qwenrt: two conversations answered together, their tokens streamed as they come.
 //!
-//! Loads the default model (fetching it on first use, as `qwenrt fetch` does), makes one
-//! [`Engine`] for two sequences, prefills both prompts in one step, then decodes both in
+//! Uses the `qwenrt` crate alone (no server, no model hub). Loads the model directory it is
+//! given (the default model's is printed by `qwenrt fetch --hf`, which fetches it on first
+//! use), makes one [`Engine`] for two sequences, prefills both prompts in one step, then decodes both in
 //! batched steps: every weight matrix is read once per step for the two rows.
 //!
 //! ```sh
-//! cargo run --release --example embed
+//! cargo run --release --example embed -- "$(target/release/qwenrt fetch --hf)"
 //! ```
 
 use std::io::Write;
@@ -30,10 +31,14 @@ struct Stream {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = qwenrt::hub::ensure_default_model(true)?;
+    let Some(dir) = std::env::args_os().nth(1).map(std::path::PathBuf::from) else {
+        return Err("usage: embed MODEL_DIR (a Hugging Face model directory; \
+                    `qwenrt fetch --hf` prints the default model's)"
+            .into());
+    };
     let weights = Arc::new(Weights::load(&dir)?);
     let tok = Tokenizer::from_model_dir(&dir)?;
-    let stop = qwenrt::workload::stop_ids(&tok, &weights);
+    let stop = qwenrt::text::chat::stop_ids(&tok, &weights.config);
 
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let opts = EngineOptions {

@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 fixtures=../tests/fixtures
-targets=(kv_cache_ops safetensors_load config_parse gguf_read gguf_model tokenizer_roundtrip constraint_compile)
+# the targets are fuzz_targets/*.rs (tests/fuzz_regressions.rs checks them against
+# qwenrt::testkit::fuzzing::TARGETS and Cargo.toml's [[bin]]s)
+targets=()
+for f in fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
 for t in "${targets[@]}"; do
     mkdir -p "corpus/$t"
     for d in "seeds/$t" "regressions/$t"; do

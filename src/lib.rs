@@ -18,14 +18,12 @@
 //!   never grows; [`engine::sampler::Sampler`] is greedy, temperature, top-k, top-p, min-p,
 //!   repetition penalty and OpenAI's frequency and presence penalties with a seeded RNG.
 //! - [`text`]: [`text::tokenizer::Tokenizer`] (the model's tokenizer.json, special tokens,
-//!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template).
-//! - [`hub`]: fetching, converting and verifying the default model under `$QWENRT_HOME`.
-//! - [`server`]: `qwenrt serve`, an OpenAI-compatible HTTP server with continuous batching;
-//!   `loadgen` (feature `loadgen`, on with the default `cli`): a closed-loop streaming load
-//!   generator for such servers.
-//! - [`workload`]: the workloads the `qwenrt` binary runs: [`workload::arc`] (ARC tasks:
-//!   loading, prompts, grid parsing, scoring), [`workload::batch`] (JSONL batch requests) and
-//!   [`workload::complete`](mod@workload::complete) (one request on a session; the stop tokens).
+//!   a UTF-8-safe streaming decoder) and [`text::chat`] (the ChatML template and
+//!   [`text::chat::stop_ids`], the tokens that end a turn).
+//!
+//! The crate needs no async runtime, HTTP stack or archive reader: the HTTP server is the
+//! `qwenrt-server` crate, and the command line with its model hub, workloads and load
+//! generator is `qwenrt-cli` (the `qwenrt` executable).
 //!
 //! ```no_run
 //! use std::sync::Arc;
@@ -45,24 +43,16 @@
 //!
 //! Test-only code (fuzz harnesses, the GGUF builder) is in `qwenrt::testkit`, behind the
 //! `testkit` feature.
-//!
-//! The `qwenrt` command line itself lives in the binary (`src/main.rs`, `src/cmd/`), behind
-//! the default `cli` feature.
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod engine;
-pub mod hub;
-#[cfg(feature = "loadgen")]
-pub mod loadgen;
 pub mod model;
 // test-only: fuzz inputs and builders, not the embedding API (the items say what they do)
-pub mod server;
 #[cfg(any(test, feature = "testkit"))]
 #[allow(missing_docs)]
 pub mod testkit;
 pub mod text;
-pub mod workload;
 
 pub use engine::sampler::{Sampler, SamplerParams};
 pub use engine::session::{Session, SessionOptions};

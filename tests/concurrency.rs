@@ -157,7 +157,7 @@ fn tiny_model_seeded_sampling() {
 #[test]
 fn real_model_greedy_and_seeded() {
     let dir =
-        qwenrt::hub::ensure_default_model(false).expect("fetch and convert the default model");
+        qwenrt_cli::hub::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Weights::load(&dir).unwrap();
     let vocab = weights.config.vocab_size as u32;
     let g = SamplerParams::greedy();

@@ -47,7 +47,7 @@ fn constrained_allocations_stay_with_the_constrained_sequence() {
             .join("tests/fixtures/qwen2.5-coder-0.5b/tokenizer.json"),
     )
     .unwrap();
-    let stop = qwenrt::workload::stop_ids(&tok, &w);
+    let stop = qwenrt::text::chat::stop_ids(&tok, &w.config);
     let g = Grammars::new(&tok, shape.vocab, &stop).unwrap();
     let opts = EngineOptions {
         ctx: 512,

@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 mod schema_check;
 
 fn model() -> (Arc<Weights>, Tokenizer) {
-    let path = qwenrt::hub::ensure_default_gguf_with(&mut qwenrt::hub::Silent)
+    let path = qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
         .expect("fetch the default model's GGUF");
     (
         Arc::new(Weights::load(&path).unwrap()),
@@ -213,7 +213,7 @@ fn cases() -> Vec<(&'static str, Value)> {
 #[test]
 fn every_constrained_answer_parses_and_validates() {
     let (w, tok) = model();
-    let stop = qwenrt::workload::stop_ids(&tok, &w);
+    let stop = qwenrt::text::chat::stop_ids(&tok, &w.config);
     let g = Grammars::new(&tok, w.config.vocab_size, &stop).unwrap();
     let mut s = session(&w);
     let cases = cases();
@@ -294,7 +294,7 @@ fn every_constrained_answer_parses_and_validates() {
 #[test]
 fn constrained_greedy_equals_unconstrained_where_allowed_on_the_real_model() {
     let (w, tok) = model();
-    let stop = qwenrt::workload::stop_ids(&tok, &w);
+    let stop = qwenrt::text::chat::stop_ids(&tok, &w.config);
     let g = Grammars::new(&tok, w.config.vocab_size, &stop).unwrap();
     let schema = &cases()[8].1; // the book: nested object, strings, bounded integer
     let mut s = session(&w);

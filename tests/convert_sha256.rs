@@ -1,5 +1,5 @@
 //! Real-model test: the converted default model's tensors match the reference bf16 sha256s.
-//! Fetches and converts the model on first use (see `qwenrt::hub`).
+//! Fetches and converts the model on first use (see `qwenrt_cli::hub`).
 
 use std::collections::BTreeMap;
 
@@ -28,7 +28,7 @@ fn map(path: &std::path::Path) -> memmap2::Mmap {
 
 #[test]
 fn every_tensor_matches_reference_sha256() {
-    let dir = qwenrt::hub::ensure_default_model(true)
+    let dir = qwenrt_cli::hub::ensure_default_model(true)
         .unwrap_or_else(|e| panic!("fetch + convert the default model: {e}"));
     let fixture: Fixture = serde_json::from_str(
         &std::fs::read_to_string(concat!(
@@ -52,7 +52,7 @@ fn every_tensor_matches_reference_sha256() {
     for (name, want) in &fixture.tensors {
         let t = st.tensor(name).unwrap();
         let dtype = format!("{:?}", t.dtype());
-        let sha = qwenrt::hub::hex(&Sha256::digest(t.data()));
+        let sha = qwenrt_cli::hub::hex(&Sha256::digest(t.data()));
         if dtype != want.dtype || t.shape() != want.shape.as_slice() || sha != want.sha256 {
             failures.push(format!(
                 "{name}: got {dtype} {:?} {sha}, want {} {:?} {}",
@@ -73,7 +73,7 @@ fn every_tensor_matches_reference_sha256() {
 
 #[test]
 fn config_and_generation_config() {
-    let dir = qwenrt::hub::ensure_default_model(true)
+    let dir = qwenrt_cli::hub::ensure_default_model(true)
         .unwrap_or_else(|e| panic!("fetch + convert the default model: {e}"));
     let c: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
@@ -110,11 +110,11 @@ fn config_and_generation_config() {
 
 #[test]
 fn second_call_only_verifies() {
-    let dir = qwenrt::hub::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
+    let dir = qwenrt_cli::hub::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
     let t = std::time::Instant::now();
-    let again = qwenrt::hub::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
+    let again = qwenrt_cli::hub::ensure_default_model(false).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(dir, again);
-    assert!(qwenrt::hub::verify_model_dir(&dir));
+    assert!(qwenrt_cli::hub::verify_model_dir(&dir));
     assert!(
         t.elapsed() < std::time::Duration::from_secs(1),
         "took {:?}",

@@ -15,7 +15,7 @@ use qwenrt::model::weights::Weights;
 use qwenrt_kernels::Isa;
 
 fn gguf() -> Arc<Weights> {
-    let path = qwenrt::hub::ensure_default_gguf_with(&mut qwenrt::hub::Silent)
+    let path = qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
         .expect("fetch the default model's GGUF");
     Arc::new(Weights::load(&path).unwrap())
 }

@@ -177,7 +177,7 @@ fn a_quantized_norm_or_ragged_matrix_is_refused_by_name() {
 
 #[test]
 fn perplexity_kl_divergence_round_trip() {
-    use qwenrt::workload::perplexity::{perplexity, KldMode, PerplexityError};
+    use qwenrt_cli::workload::perplexity::{perplexity, KldMode, PerplexityError};
     let (config, st) = tiny();
     let gguf = quantized_gguf_from_hf(&config, &st, GgmlType::Q8_0);
     let f = Arc::new(Weights::from_bytes(&config, st).unwrap());

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
 use qwenrt::text::tokenizer::Tokenizer;
-use qwenrt::workload::perplexity::logsumexp;
+use qwenrt_cli::workload::perplexity::logsumexp;
 
 #[path = "support/golden.rs"]
 mod golden_data;
@@ -26,7 +26,7 @@ use qwenrt_kernels::scalar::argmax;
 const GAP: f32 = 0.5;
 
 fn gguf() -> Arc<Weights> {
-    let path = qwenrt::hub::ensure_default_gguf_with(&mut qwenrt::hub::Silent)
+    let path = qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
         .expect("fetch the default model's GGUF");
     Arc::new(Weights::load(&path).unwrap())
 }
@@ -100,7 +100,7 @@ fn gguf_perplexity_is_within_one_percent_of_the_f32_path() {
     ))
     .unwrap();
     let dir =
-        qwenrt::hub::ensure_default_model(false).expect("fetch and convert the default model");
+        qwenrt_cli::hub::ensure_default_model(false).expect("fetch and convert the default model");
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let tokens = tok.encode(&text).unwrap();
     assert!(tokens.len() >= 4000, "{} tokens", tokens.len());

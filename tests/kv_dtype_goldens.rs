@@ -73,7 +73,7 @@ fn logits(weights: &Arc<Weights>, g: &Golden, kv_dtype: Dtype, decode: bool) -> 
 #[test]
 fn sixteen_bit_kv_cache_stays_close_to_f32_on_goldens() {
     let dir =
-        qwenrt::hub::ensure_default_model(false).expect("fetch and convert the default model");
+        qwenrt_cli::hub::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let g = golden();
     assert_eq!(g.cases.len(), 4);

@@ -130,11 +130,11 @@ fn synthetic_model_lookup_equals_greedy_on_every_isa() {
 
 #[test]
 fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
-    let dir = qwenrt::hub::ensure_default_model(false).expect("fetch the default model");
+    let dir = qwenrt_cli::hub::ensure_default_model(false).expect("fetch the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_model_dir(&dir).unwrap();
     let template = qwenrt::text::ChatTemplate::for_model(&dir, None).unwrap();
-    let stop = qwenrt::workload::stop_ids(&tok, &weights);
+    let stop = qwenrt::text::chat::stop_ids(&tok, &weights.config);
     let golden: serde_json::Value = serde_json::from_slice(
         &std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -155,9 +155,9 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
         .collect();
     let arc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc");
     let tasks =
-        qwenrt::workload::arc::load_tasks(&arc, qwenrt::workload::arc::Split::Eval).unwrap();
-    for item in qwenrt::workload::arc::work_items(&tasks) {
-        let ids = qwenrt::workload::prompt_ids(&tok, &template, &item.prompt, false).unwrap();
+        qwenrt_cli::workload::arc::load_tasks(&arc, qwenrt_cli::workload::arc::Split::Eval).unwrap();
+    for item in qwenrt_cli::workload::arc::work_items(&tasks) {
+        let ids = qwenrt_cli::workload::prompt_ids(&tok, &template, &item.prompt, false).unwrap();
         prompts.push((format!("arc {}", item.task_id), ids));
     }
     let opts = SessionOptions {

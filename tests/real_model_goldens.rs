@@ -73,7 +73,7 @@ fn check_step(step: &Step, i: usize, logits: &[f32], tol: f32, failures: &mut Ve
 /// Runs every check on `isa`; `decode_too` repeats the teacher-forced checks token by token.
 fn check(isa: Isa, prefill_bf16: bool, decode_too: bool) {
     let dir =
-        qwenrt::hub::ensure_default_model(false).expect("fetch and convert the default model");
+        qwenrt_cli::hub::ensure_default_model(false).expect("fetch and convert the default model");
     let weights = Arc::new(Weights::load(&dir).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json")).unwrap();
     let g = golden();

@@ -15,7 +15,7 @@ struct Cases {
 }
 
 fn tokenizer() -> Tokenizer {
-    let dir = qwenrt::hub::ensure_default_model(true)
+    let dir = qwenrt_cli::hub::ensure_default_model(true)
         .unwrap_or_else(|e| panic!("fetch + convert the default model: {e}"));
     Tokenizer::from_model_dir(&dir).unwrap()
 }

@@ -7,6 +7,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|data: &[u8]| {
-    qwenrt::testkit::fuzzing::constraint_compile(data);
-});
+fuzz_target!(|data: &[u8]| qwenrt::testkit::fuzzing::constraint_compile_bytes(data));

@@ -150,7 +150,7 @@ impl Grammars {
     /// The compiler for `tokenizer` over a model whose logits have `vocab` entries: ids past the
     /// tokenizer's (padding rows) are never allowed, nor are the tokenizer's ids past `vocab`
     /// (a model that cannot produce them). `stop_ids` are the
-    /// tokens that end a turn (see [`crate::workload::stop_ids`]): a complete grammar allows
+    /// tokens that end a turn (see [`crate::text::chat::stop_ids`]): a complete grammar allows
     /// them, and they are all a finished one allows. Special tokens (`<|im_end|>`) can only be
     /// named in a Lark grammar as `<|im_end|>`; added tokens that are not special
     /// (`<tool_call>`) are plain text, so the text `"<tool_call>"` allows that token.

@@ -9,6 +9,22 @@ pub const IM_END: &str = "<|im_end|>";
 /// The end-of-text token.
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
+/// The ids that end a turn, for every decode loop and grammar of a model: `<|im_end|>` and
+/// `<|endoftext|>` when the tokenizer has them, then the config's eos ids not already listed.
+/// The first is the end of turn a constrained answer closes with.
+pub fn stop_ids(tok: &crate::Tokenizer, config: &crate::Config) -> Vec<u32> {
+    let mut ids: Vec<u32> = [IM_END, END_OF_TEXT]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    for &e in &config.eos_token_ids {
+        if !ids.contains(&e) {
+            ids.push(e);
+        }
+    }
+    ids
+}
+
 /// A whole first turn: the system message, the user message, and the assistant header.
 pub fn first_turn(system: &str, user: &str) -> String {
     format!(

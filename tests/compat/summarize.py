@@ -61,7 +61,7 @@ EXCEPTIONS = {
     "test_security::test_correct_api_key": "`/completions` without /v1 is llama-server's native completion (it asserts the native `content` field); qwenrt answers it as /v1/completions",
     "test_security::test_correct_api_key_anthropic_header": "as test_correct_api_key (X-Api-Key itself is taken)",
     "test_security::test_cors_options": "llama-server answers every origin's preflight when no --cors-origins is given; qwenrt's CORS is off until --cors-origin allows an origin (a page on any site could otherwise drive a local server); with it, the same headers",
-    "test_security::test_cors_origins_localhost_reflects": "passes but for the letter case of a header's name: the test looks up `Access-Control-Allow-Origin` in a case-sensitive copy of the headers, and qwenrt's HTTP stack writes names in lower case (HTTP header names are case-insensitive, RFC 9110); the header and its value are there (`--cors-origin localhost`, tests/server_errors.rs)",
+    "test_security::test_cors_origins_localhost_reflects": "passes but for the letter case of a header's name: the test looks up `Access-Control-Allow-Origin` in a case-sensitive copy of the headers, and qwenrt's HTTP stack writes names in lower case (HTTP header names are case-insensitive, RFC 9110); the header and its value are there (`--cors-origin localhost`, server/tests/server_errors.rs)",
     "test_security::test_cors_origins_defaults_to_localhost_with_tools_enabled": "llama-server's `--tools` (built-in server-side tools)",
     "test_security::test_cors_proxy_only_forwards_explicit_proxy_headers": "llama-server's web UI's `/cors-proxy`",
     "test_security::test_local_media_file": "multimodal media files",

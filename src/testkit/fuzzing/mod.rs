@@ -19,6 +19,8 @@
 //!   ([`tokenizer`], from the committed copy of the default model's tokenizer.json).
 //! - [`constraint_compile`]: JSON schemas, regexes and Lark grammars through the constraint
 //!   compiler over that tokenizer, then a few masked steps.
+//!
+//! [`TARGETS`] names each cargo-fuzz target with the harness it runs.
 
 mod config;
 mod constraint;
@@ -48,6 +50,30 @@ use crate::model::gguf::{GgmlType, GgufFile, Value, ValueType};
 use crate::model::weights::{LoadError, Weights};
 use crate::testkit::gguf::{array_of, GgufBuilder};
 use crate::text::tokenizer::Tokenizer;
+
+/// A fuzz target's harness: the function its cargo-fuzz binary calls with the raw input.
+pub type Harness = fn(&[u8]);
+
+/// Every fuzz target, by its name (`fuzz/fuzz_targets/NAME.rs`, the `[[bin]]` of that name in
+/// `fuzz/Cargo.toml`), with the harness it runs: the one list of them. `tests/fuzz_regressions.rs`
+/// replays every target's kept inputs through it and fails when `fuzz/fuzz_targets/` or
+/// `fuzz/Cargo.toml` names a target it does not (or the reverse); `fuzz/seed.sh` and `.ci/run`
+/// take the targets from `fuzz/`.
+pub const TARGETS: [(&str, Harness); 7] = [
+    ("kv_cache_ops", kv_cache_ops),
+    ("safetensors_load", safetensors_load),
+    ("config_parse", config_parse),
+    ("gguf_read", gguf_read),
+    ("gguf_model", gguf_model),
+    ("tokenizer_roundtrip", tokenizer_roundtrip_bytes),
+    ("constraint_compile", constraint_compile_bytes),
+];
+
+/// The `constraint_compile` fuzz target's input through [`constraint_compile`] (its outcome
+/// is for the seeded tests; the harness asserts the contract itself).
+pub fn constraint_compile_bytes(data: &[u8]) {
+    constraint_compile(data);
+}
 
 /// The repository's `tests/fixtures` directory.
 pub fn fixtures_dir() -> PathBuf {

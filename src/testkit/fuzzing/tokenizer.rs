@@ -13,6 +13,12 @@ pub fn tokenizer() -> &'static Tokenizer {
     TOK.get_or_init(|| Tokenizer::from_file(&tokenizer_path()).unwrap_or_else(|e| panic!("{e}")))
 }
 
+/// The `tokenizer_roundtrip` fuzz target's input: the bytes as lossy UTF-8 through
+/// [`tokenizer_roundtrip`] with the real [`tokenizer`].
+pub fn tokenizer_roundtrip_bytes(data: &[u8]) {
+    tokenizer_roundtrip(tokenizer(), &String::from_utf8_lossy(data));
+}
+
 /// Encodes `text` and decodes the ids: no error, the text comes back exactly as the
 /// tokenizer's own normalizer gives it (NFC with the `tokenizers` crate's Unicode tables, as
 /// in Hugging Face's tokenizer; an independent, newer NFC can order combining marks that older
