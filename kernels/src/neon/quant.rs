@@ -227,16 +227,16 @@ unsafe fn unpack_k45<const BB: usize, const Q5: bool>(row: *const u8, qi: usize)
         for u in 0..4 {
             let s = 4 * h + u; // the sub-block
             let chunk = p.add(qs + 32 * (s / 2));
-            for half in 0..2 {
+            for (half, &qh_half) in qh.iter().enumerate() {
                 let v = vld1q_u8(chunk.add(16 * half));
-                let mut q = if s % 2 == 0 {
+                let mut q = if s.is_multiple_of(2) {
                     nibbles::<false>(v)
                 } else {
                     nibbles::<true>(v)
                 };
                 if Q5 {
                     // bit s of qh[l] is the 5th bit of element l of sub-block s
-                    let on = vtstq_u8(qh[half], vdupq_n_u8(1 << s));
+                    let on = vtstq_u8(qh_half, vdupq_n_u8(1 << s));
                     q = vorrq_u8(q, vandq_u8(on, vdupq_n_u8(0x10)));
                 }
                 g.w[2 * u + half] = vreinterpretq_s8_u8(q);
