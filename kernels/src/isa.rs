@@ -16,6 +16,11 @@ pub enum Isa {
     /// (f32-level accuracy) and `ops::matmul_bf16dot` rounds activations to bf16; otherwise the
     /// bf16 kernels widen weights to f32.
     Avx512,
+    /// aarch64's Advanced SIMD (128-bit; every aarch64 CPU has it). The float kernels are the
+    /// bodies written once over the SIMD layer; the quantized dots take `sdot` where the CPU has
+    /// dotprod ([`crate::Cpu::dotprod`]), `smmla` where it has i8mm ([`crate::Cpu::i8mm`]),
+    /// else widening multiplies (`smull` + `sadalp`), all giving the same bits.
+    Neon,
 }
 
 impl Isa {
@@ -27,6 +32,9 @@ impl Isa {
         }
         if Isa::Avx512.is_supported() {
             v.push(Isa::Avx512);
+        }
+        if Isa::Neon.is_supported() {
+            v.push(Isa::Neon);
         }
         v
     }
@@ -50,7 +58,8 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
             _ => false,
         }
     }
@@ -68,8 +77,9 @@ impl std::str::FromStr for Isa {
             "scalar" => Ok(Isa::Scalar),
             "avx2" => Ok(Isa::Avx2),
             "avx512" => Ok(Isa::Avx512),
+            "neon" => Ok(Isa::Neon),
             other => Err(format!(
-                "unknown ISA {other:?}: expected one of avx512, avx2, scalar"
+                "unknown ISA {other:?}: expected one of avx512, avx2, neon, scalar"
             )),
         }
     }
@@ -81,6 +91,7 @@ impl fmt::Display for Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
             Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
         })
     }
 }

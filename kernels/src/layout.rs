@@ -15,6 +15,7 @@ use crate::dtype::KvType;
 /// `i32::MAX` (the bodies gather with 32-bit indices).
 /// `k` and `v` hold elements of the cache's KV type `T`.
 #[derive(Clone, Copy)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct AttnTile<T: KvType> {
     pub q: *const f32,
     pub out: *mut f32,

@@ -2,10 +2,12 @@
 //!
 //! Overview:
 //! - [`Cpu`]: what this CPU runs, detected once: an [`Isa`] level (the vector width the kernels
-//!   are compiled for) plus the extensions in use (VNNI, AVX512-BF16, AMX); `QWENRT_ISA=
-//!   avx512|avx2|scalar` forces the level ([`Cpu::from_env`]). Module order, without circles:
-//!   data layouts ([`dtype`], [`quant`], the private `layout`) -> [`cpu`] -> backends
-//!   (`simd`, `avx2`, `avx512`; the bodies in `generic`) -> [`ops`] -> [`par`]. Kernels that choose among
+//!   are compiled for) plus the extensions in use (VNNI, AVX512-BF16, AMX on x86-64; dotprod,
+//!   i8mm, bf16 on aarch64); `QWENRT_ISA=avx512|avx2|scalar` (x86-64) or
+//!   `neon|neon-dotprod|neon-i8mm|scalar` (aarch64) forces the level ([`Cpu::from_env`]).
+//!   Module order, without circles: data layouts ([`dtype`], [`quant`], the private `layout`)
+//!   -> [`cpu`] -> backends (`simd`, `avx2`, `avx512`, `neon`; the bodies in `generic`) ->
+//!   [`ops`] -> [`par`]. Kernels that choose among
 //!   extensions take `impl Into<Cpu>`, the others `impl Into<Isa>`: both accept either.
 //! - [`WeightType`] with the markers [`F32`], [`F16`], [`Bf16`]: the weight dtypes. Weights are
 //!   passed as raw little-endian bytes (`&[u8]`), so a tensor that is not aligned for its dtype
@@ -43,7 +45,7 @@ pub mod scalar;
 
 mod simd;
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod generic;
 
 #[cfg(target_arch = "x86_64")]
@@ -52,6 +54,9 @@ mod avx2;
 mod avx512;
 #[cfg(target_arch = "x86_64")]
 mod stream;
+
+#[cfg(target_arch = "aarch64")]
+mod neon;
 
 pub use cpu::Cpu;
 pub use dtype::{Bf16, Dtype, KvType, WeightType, F16, F32};

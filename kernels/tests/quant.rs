@@ -1,13 +1,14 @@
 //! The quantized matvecs (`ops::matvec_q`, `ops::matvec_q_rows`) on every ISA this CPU runs
-//! (and with and without VNNI: AVX512-VNNI on AVX-512, AVX-VNNI on AVX2), for every ggml
-//! block format, against:
+//! (and with and without VNNI: AVX512-VNNI on AVX-512, AVX-VNNI on AVX2; on aarch64 with
+//! widening multiplies, `sdot` and `smmla`), for every ggml block format, against:
 //! - the scalar reference (`quant::matvec_ref`: ggml's dequantization, f32 dot with the
 //!   unquantized input), within what quantizing the input to 8 bits can change plus f32
 //!   rounding;
 //! - an exact model of what the SIMD kernels compute (per scale unit, `scale * d_x * idot +
 //!   bias * s_x` in f64 over the integer dot), within f32 rounding only, so a wrong scale, bias
 //!   or unpacking cannot hide under the (much looser) quantization bound;
-//! - themselves: output `t` of a many-input call is bit for bit the single-input result.
+//! - themselves: output `t` of a many-input call is bit for bit the single-input result, and
+//!   every integer-dot instruction of one ISA gives the same bits.
 //!
 //! Weight buffers are sliced to end exactly at the end of their allocation, so an over-read
 //! past the last block would touch memory outside it (and fail under a sanitizer / guard).
@@ -154,7 +155,8 @@ fn at_end(w: &[u8], offset: usize) -> Vec<u8> {
 }
 
 /// The CPUs to test: every SIMD ISA with its VNNI (where the CPU has it: AVX512-VNNI,
-/// AVX-VNNI) and without.
+/// AVX-VNNI) and without; on aarch64 every NEON level ([`Cpu::available`] lists them: widening
+/// multiplies, `sdot`, `smmla`).
 fn paths() -> Vec<Cpu> {
     let mut v = Vec::new();
     for cpu in Cpu::available() {
@@ -290,19 +292,32 @@ fn check_format(qt: QuantType) {
                 }
             }
         }
-        // VNNI and plain integer dots give the same bits
-        for &cpu in paths.iter().filter(|c| c.vnni()) {
+        // Every integer dot of one ISA gives the same bits: VNNI and plain on x86, and on
+        // NEON the widening multiplies, `sdot` and `smmla` (which pairs rows and inputs: 3
+        // inputs make a pair and one left over, and odd row counts leave a row over).
+        let n = 3;
+        let mut bufs3: Vec<Vec<f32>> = (0..n).map(|_| vec![0.0; q8_len(cols)]).collect();
+        for &cpu in &paths {
+            let Some(&first) = paths.iter().find(|c| c.isa() == cpu.isa()) else {
+                continue;
+            };
+            if first == cpu {
+                continue;
+            }
             let isa = cpu.isa();
-            let mut b = vec![0.0; q8_len(cols)];
-            let x = QuantX::new(isa, &xs[0], &mut b);
-            let (mut a, mut c) = (vec![0.0; rows], vec![0.0; rows]);
-            ops::matvec_q_rows(cpu, qt, &w, &[x], &mut a);
-            ops::matvec_q_rows(cpu.without_vnni(), qt, &w, &[x], &mut c);
+            let qx: Vec<QuantX<'_>> = xs
+                .iter()
+                .zip(bufs3.iter_mut())
+                .map(|(x, b)| QuantX::new(isa, x, b))
+                .collect();
+            let (mut a, mut c) = (vec![0.0; n * rows], vec![0.0; n * rows]);
+            ops::matvec_q_rows(cpu, qt, &w, &qx, &mut a);
+            ops::matvec_q_rows(first, qt, &w, &qx, &mut c);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(
                 bits(&a),
                 bits(&c),
-                "{qt} {isa} {rows}x{cols}: vnni vs plain"
+                "{qt} {rows}x{cols}: {cpu} vs {first}"
             );
         }
     }

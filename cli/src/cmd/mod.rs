@@ -71,7 +71,8 @@ impl fmt::Display for CliError {
 const AFTER_HELP: &str = "\
 Without --model, the default model (Qwen2.5-Coder-0.5B-Instruct, its Q4_K_M GGUF) is used,
 fetched into $QWENRT_HOME (~/.cache/qwenrt) on first use.
-QWENRT_ISA=avx512|avx2|scalar forces the kernels' instruction set.";
+QWENRT_ISA=avx512|avx2|scalar (x86-64) or neon|neon-dotprod|neon-i8mm|scalar (aarch64)
+forces the kernels' instruction set.";
 
 /// qwenrt: run Qwen2-family models on the CPU
 #[derive(Parser, Debug)]

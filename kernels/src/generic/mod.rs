@@ -26,7 +26,7 @@ pub(crate) use qsimd::*;
 pub(crate) use quant::*;
 pub(crate) use quant_gemm::*;
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use crate::simd::Simd;
 
@@ -74,6 +74,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_ulps_whole_range_avx2() {
         match crate::simd::avx2::Avx2::new() {
@@ -82,11 +83,58 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn exp_ulps_whole_range_avx512() {
         match crate::simd::avx512::Avx512::new() {
             Some(s) => exp_ulps_whole_range(s),
             None => eprintln!("exp: skipping avx512, which this CPU lacks"),
         }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn exp_ulps_whole_range_neon() {
+        let s = crate::simd::neon::Neon::new().expect("every aarch64 CPU has NEON");
+        exp_ulps_whole_range(s);
+    }
+
+    /// The NEON backend's own semantics the trait documents: `max` gives `b` where either is
+    /// NaN (as x86's `maxps`), `hmax` ignores NaN lanes, tails touch only their lanes.
+    #[cfg(target_arch = "aarch64")]
+    #[test]
+    fn neon_lane_semantics() {
+        let s = crate::simd::neon::Neon::new().expect("every aarch64 CPU has NEON");
+        let mut out = [0f32; 4];
+        let a = [1.0, f32::NAN, 3.0, -0.0];
+        let b = [2.0, 5.0, f32::NAN, 0.0];
+        // SAFETY: every buffer holds 4 floats.
+        unsafe {
+            let m = s.max(s.load(a.as_ptr()), s.load(b.as_ptr()));
+            s.store(out.as_mut_ptr(), m);
+        }
+        assert_eq!(out[0], 2.0);
+        assert_eq!(out[1], 5.0);
+        assert!(out[2].is_nan());
+        assert_eq!(out[3].to_bits(), 0.0f32.to_bits());
+        // SAFETY: 4 floats.
+        let h = unsafe { s.hmax(s.load([f32::NAN, -1.0, 7.0, f32::NAN].as_ptr())) };
+        assert_eq!(h, 7.0);
+        // a tail of 3 reads 3 floats (the slice ends there) and writes 3
+        let src = [1.0f32, 2.0, 3.0];
+        let mut dst = [9.0f32; 4];
+        // SAFETY: src holds 3 floats, dst 4 (3 written).
+        unsafe {
+            let v = s.load_tail(src.as_ptr(), 3);
+            s.store(out.as_mut_ptr(), v);
+            s.store_tail(dst.as_mut_ptr(), 3, v);
+        }
+        assert_eq!(out, [1.0, 2.0, 3.0, 0.0]);
+        assert_eq!(dst, [1.0, 2.0, 3.0, 9.0]);
+        let fill = s.splat(-5.0);
+        // SAFETY: src holds 3 floats, 2 read.
+        unsafe { s.store(out.as_mut_ptr(), s.load_tail_or(src.as_ptr(), 2, fill)) };
+        assert_eq!(out, [1.0, 2.0, -5.0, -5.0]);
+        assert_eq!(s.hsum(s.splat(0.25)), 1.0);
     }
 }

@@ -10,7 +10,11 @@ pub fn matmul_scratch_len() -> usize {
     {
         generic::matmul_pack::<Avx512>().max(generic::matmul_pack::<Avx2>())
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        generic::matmul_pack::<Neon>()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         0
     }
@@ -84,6 +88,13 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
             // SAFETY: as above.
             unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
         }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            let s = Neon::new().unwrap_or_else(|| unsupported(Isa::Neon));
+            // SAFETY: buffer contract forwarded from our caller; the body checks the panel's
+            // length itself.
+            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
+        }
         _ => {
             let _ = pack;
             for t in 0..n {
@@ -139,7 +150,11 @@ pub(crate) const BF16DOT_PACK: usize = {
             c
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(target_arch = "aarch64")]
+    {
+        generic::matmul_pack::<Neon>()
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
     {
         0
     }
@@ -220,6 +235,8 @@ pub(crate) unsafe fn matmul_bf16dot_strided(
     rows: usize,
     pack: &mut [f32],
 ) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = xb;
     #[cfg(target_arch = "x86_64")]
     if let Some(xb) = xb {
         assert!(

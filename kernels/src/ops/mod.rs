@@ -13,7 +13,11 @@ use crate::scalar;
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "x86_64")]
-use crate::{avx512, generic};
+use crate::avx512;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+use crate::generic;
+#[cfg(target_arch = "aarch64")]
+use crate::{neon, simd::neon::Neon};
 
 /// Dispatches `$f(args)` to the scalar reference, or to the body written once over
 /// [`Simd`](crate::simd::Simd) in [`crate::generic`], monomorphized for the backend of `$isa`
@@ -34,6 +38,12 @@ macro_rules! dispatch_simd {
                 // SAFETY: the caller checked the buffer lengths the body's contract requires.
                 unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
             }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => {
+                let s = Neon::new().unwrap_or_else(|| unsupported(Isa::Neon));
+                // SAFETY: the caller checked the buffer lengths the body's contract requires.
+                unsafe { generic::$f::<_ $(, $t)?>(s, $($arg),*) }
+            }
             _ => scalar::$f $(::<$t>)? ($($arg),*),
         }
     };
@@ -41,7 +51,10 @@ macro_rules! dispatch_simd {
 
 /// Panics for an `isa` the CPU does not run (`Isa` values can be built by hand).
 #[cold]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[cfg_attr(
+    not(any(target_arch = "x86_64", target_arch = "aarch64")),
+    allow(dead_code)
+)]
 fn unsupported(isa: Isa) -> ! {
     panic!("this CPU does not support {isa}")
 }
@@ -271,6 +284,8 @@ fn rows_group_len(isa: Isa, prep: &Prep<'_>) -> usize {
         (Prep::HiLo(_) | Prep::EvenOdd(_), _) => ROWS_GROUP,
         (Prep::Plain, Isa::Avx512) => 3,
         (Prep::Plain, Isa::Avx2) => 2,
+        // 8 accumulators per input: 3 inputs in 32 NEON registers
+        (Prep::Plain, Isa::Neon) => 3,
         _ => ROWS_GROUP,
     }
 }
@@ -398,6 +413,13 @@ unsafe fn rows_group<W: WeightType>(
                     // SAFETY: as above.
                     unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
                 }
+                #[cfg(target_arch = "aarch64")]
+                Isa::Neon => {
+                    let s = Neon::new().unwrap_or_else(|| unsupported(Isa::Neon));
+                    // SAFETY: `w` length checked by the caller; every plain input is `cols`
+                    // floats; `y` forwarded.
+                    unsafe { by_len!(generic::matvec_rows::<_, W, _>, get, s) }
+                }
                 _ => {
                     for (t, x) in xs.iter().enumerate() {
                         let _ = get(x);
@@ -455,6 +477,8 @@ pub fn stream_sum(isa: impl Into<Isa>, b: &[u8]) -> u64 {
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => generic::stream_sum(Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2)), b),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => generic::stream_sum(Neon::new().unwrap_or_else(|| unsupported(Isa::Neon)), b),
         _ => scalar::stream_sum(b),
     }
 }
@@ -507,7 +531,10 @@ pub(crate) fn attention_tile_rows(isa: Isa, rv: usize) -> Option<usize> {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => Some(16 * rv),
-        _ => None,
+        _ => {
+            let _ = rv;
+            None
+        }
     }
 }
 
@@ -551,7 +578,10 @@ pub(crate) unsafe fn attention_tile<T: KvType>(
                 }
             }
         }
-        _ => unreachable!("attention_tile: no blocked body for {isa}"),
+        _ => {
+            let _ = (rv, tile, scratch);
+            unreachable!("attention_tile: no blocked body for {isa}")
+        }
     }
 }
 

@@ -145,9 +145,45 @@ pub(crate) unsafe fn matvec_q_raw(
         }
         return;
     }
+    #[cfg(target_arch = "aarch64")]
+    if isa == Isa::Neon {
+        check(isa);
+        let dot = neon_dot(cpu);
+        for (g, grp) in xs.chunks(neon::Q_GROUP).enumerate() {
+            let mut q = [q8_of(x0); neon::Q_GROUP];
+            for (slot, x) in q.iter_mut().zip(grp) {
+                *slot = q8_of(x);
+            }
+            let yg = y.wrapping_add(g * neon::Q_GROUP * ldy);
+            // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where the `Cpu`
+            // claims them, which it does only where detected; `w` holds `rows` rows of `cols`
+            // (checked); every input was quantized from `cols` columns (`QuantX::new`); this
+            // group's rows of y are forwarded from the contract.
+            unsafe { neon::matvec_q(qt, w, rows, cols, &q[..grp.len()], yg, ldy, dot) }
+        }
+        return;
+    }
     for (t, x) in xs.iter().enumerate() {
         // SAFETY: row t of y has `rows` writable, unaliased floats at t * ldy (contract).
         let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
         quant::matvec_ref(qt, w, x.x, yt);
+    }
+}
+
+/// The 8-bit blocks of an input prepared for a SIMD ISA.
+#[cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
+fn q8_of<'a>(x: &QuantX<'a>) -> Q8Row<'a> {
+    x.q8.expect("matvec_q_rows: input not quantized for a SIMD ISA")
+}
+
+/// The instruction the NEON quantized kernels take their integer dots with on `cpu`.
+#[cfg(target_arch = "aarch64")]
+pub(crate) fn neon_dot(cpu: Cpu) -> neon::DotInsn {
+    if cpu.i8mm() && cpu.dotprod() {
+        neon::DotInsn::Smmla
+    } else if cpu.dotprod() {
+        neon::DotInsn::Sdot
+    } else {
+        neon::DotInsn::Widen
     }
 }

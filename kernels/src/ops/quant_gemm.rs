@@ -11,6 +11,9 @@
 //!   `tdpbsud` per sub-block of 16 inputs x 16 rows: [`prefill_amx`]), chosen by the [`Cpu`],
 //!   converting to f32 once per sub-block: `acc += f32(idot) * (scale * d_x) + bias * (d_x *
 //!   sum(x_q))`.
+//! - NEON: the inputs quantized the same way, then the NEON quantized matvec (`sdot`, `smmla`
+//!   or widening multiplies, as the [`Cpu`] has them) over tiles of weight rows, 4 inputs per
+//!   call, so every output is bit for bit the NEON matvec's.
 
 use super::*;
 use crate::quant::{self, q8_len, QuantType};
@@ -100,6 +103,11 @@ fn tiles_agree(cpu: Cpu) -> bool {
     }
     true
 }
+
+/// Weight rows per tile of the NEON quantized matmul: 64 rows of 4864 Q8_0 columns are
+/// about 330 KiB, within the L2 of the ARM server cores (1-2 MiB).
+#[cfg(target_arch = "aarch64")]
+const NEON_ROW_TILE: usize = 64;
 
 /// f32 words of one thread's packed panel at depth `k`, whatever the format and ISA: the
 /// largest is Q6_K's (`k / 16` sub-blocks of 384 bytes = `6k` words); the scalar path uses `k`.
@@ -220,6 +228,43 @@ pub(crate) unsafe fn matmul_q_strided(
             unsafe {
                 let b = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
                 generic::matmul_q_strided(b, qt, vnni, false, w, k, xq, n, y, ldy, rows, panel)
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => {
+            check(Isa::Neon);
+            let per = q8_len(k);
+            assert!(xq.len() >= n * per);
+            let dot = neon_dot(cpu);
+            let q8 = |t: usize| quant::Q8Row::new(&xq[t * per..(t + 1) * per], k);
+            // Tiles of rows, every group of inputs over a tile before the next, so the tile's
+            // weights come from cache for all but the first group.
+            for r0 in (0..rows).step_by(NEON_ROW_TILE) {
+                let rt = (rows - r0).min(NEON_ROW_TILE);
+                for t0 in (0..n).step_by(neon::Q_GROUP) {
+                    let g = (n - t0).min(neon::Q_GROUP);
+                    let mut q = [q8(t0); neon::Q_GROUP];
+                    for (i, slot) in q.iter_mut().enumerate().take(g) {
+                        *slot = q8(t0 + i);
+                    }
+                    // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where
+                    // detected; rows r0..r0 + rt of `w` (checked to hold `rows` rows of k)
+                    // start at byte r0 * rb; every input row of xq was quantized from k
+                    // columns; y's columns r0..r0 + rt of rows t0..t0 + g are forwarded from
+                    // the contract (r0 + rt <= rows <= ldy).
+                    unsafe {
+                        neon::matvec_q(
+                            qt,
+                            &w[r0 * rb..],
+                            rt,
+                            k,
+                            &q[..g],
+                            y.wrapping_add(t0 * ldy + r0),
+                            ldy,
+                            dot,
+                        )
+                    }
+                }
             }
         }
         _ => {

@@ -11,6 +11,7 @@ use crate::quant::{q8_len, repacked_row_bytes, QuantType, REPACK_GROUP};
 /// Rows each group of inputs runs over before the next group, when a call has more inputs than
 /// one kernel call takes: 32 rows of the widest repacked matrix here (Q5_0, 4864 columns) are
 /// 104 KiB, which stay in L2 for the next group.
+#[cfg(target_arch = "x86_64")]
 const REPACKED_ROW_TILE: usize = 32;
 
 /// Inputs from which a call on AVX512-VNNI runs the register-tiled kernel

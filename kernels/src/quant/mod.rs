@@ -17,6 +17,8 @@
 
 use crate::dtype::Dtype;
 
+// (the panels are the x86 quantized matmuls' layout; elsewhere only their row count is used)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod panel;
 mod repack;
 pub use repack::*;

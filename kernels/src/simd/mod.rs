@@ -1,5 +1,5 @@
 //! The SIMD layer: one trait, [`Simd`], over a vector of f32 lanes, implemented once per
-//! backend (`avx2::Avx2`, `avx512::Avx512`), so that a kernel whose algorithm is the same on
+//! backend (`avx2::Avx2`, `avx512::Avx512` on x86-64, `neon::Neon` on aarch64), so that a kernel whose algorithm is the same on
 //! every ISA (the elementwise ops, the widening matvecs, the per-row attention) is written once
 //! in [`crate::generic`] and monomorphized per backend.
 //!
@@ -42,6 +42,8 @@ macro_rules! one_instruction {
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 
 /// A SIMD backend: a vector type of [`Simd::LANES`] f32 lanes and the operations the generic
 /// kernels use. Every method is a single instruction or a short fixed sequence of them; the
