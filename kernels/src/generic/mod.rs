@@ -14,16 +14,24 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+// the integer layer is implemented by the x86 backends; NEON's quantized kernels are its own
+// (kernels/src/neon/quant.rs) until it implements `QSimd` too
+#[cfg(target_arch = "x86_64")]
 mod qsimd;
+#[cfg(target_arch = "x86_64")]
 mod quant;
+#[cfg(target_arch = "x86_64")]
 mod quant_gemm;
 
 pub(crate) use attention::*;
 pub(crate) use elementwise::*;
 pub(crate) use matmul::*;
 pub(crate) use matvec::*;
+#[cfg(target_arch = "x86_64")]
 pub(crate) use qsimd::*;
+#[cfg(target_arch = "x86_64")]
 pub(crate) use quant::*;
+#[cfg(target_arch = "x86_64")]
 pub(crate) use quant_gemm::*;
 
 #[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
