@@ -5,13 +5,8 @@ use core::arch::x86_64::{_mm_prefetch, _MM_HINT_T0, _MM_HINT_T1};
 
 /// How far ahead of its loads a decode matvec prefetches the weight stream, in bytes. Decode
 /// reads every matrix once per token from DRAM, and the hardware prefetcher alone left each
-/// core's stream waiting on misses. tg64 on the default GGUF, 2-vCPU Xeon (Emerald Rapids),
-/// 2 threads: the AVX-512 repacked kernel prefetching one row ahead (616 bytes for most
-/// matrices) and the ggml-layout one not at all, 39.6 and 45.4 t/s; the repacked kernel 2, 4, 8
-/// or 16 KiB ahead, 46-52, 49-53, 51-54, 51-53 t/s (two runs each); 8 KiB in both kernels,
-/// 50.8-54.3 against 46.7-50.2 with the ggml-layout one not prefetching (three runs each,
-/// alternating). The AVX2 kernels forced on the same machine (`QWENRT_ISA=avx2`) went from
-/// 30-32 to 38-49 t/s with it (tg64, three runs alternating with the binary before it).
+/// core's stream waiting on misses; 8 KiB was the best distance measured (2 to 16 KiB tried;
+/// the sittings are in docs/performance.md, "Decode prefetch").
 pub(crate) const PREFETCH_BYTES: usize = 8192;
 
 /// Prefetches the line of `p` into L1 (a hint: `p` may lie past the data, where it does

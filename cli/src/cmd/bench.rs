@@ -135,8 +135,8 @@ fn bench_tokens(n: usize, vocab: usize) -> Vec<u32> {
 
 /// Reads every weight byte a decode step reads, split over `threads`, and returns GB/s (the
 /// best of three passes). The reads are `ops::stream_sum` on `isa`: wide loads with the decode
-/// matvecs' prefetch, so this is the bandwidth a decode step could reach. (A plain u64 loop
-/// read 16-20 GB/s on an Emerald Rapids Xeon where decode itself streamed 21-23.)
+/// matvecs' prefetch, so this is the bandwidth a decode step could reach (a plain u64 loop
+/// undercounts it: docs/performance.md).
 /// Run after a warm-up so the pages are resident.
 pub fn read_bandwidth(weights: &Weights, isa: Isa, threads: usize) -> f64 {
     let mut slices: Vec<&[u8]> = Vec::new();

@@ -11,8 +11,7 @@ const Q_ROWS_BLOCK: usize = 32;
 /// Rows per block a decode matvec over `rows` rows hands out on `nt` threads: as long as
 /// leaves each thread [`CHUNKS_PER_THREAD`] blocks to claim (so a slowed thread takes fewer),
 /// a multiple of [`Q_ROWS_BLOCK`]. Long blocks are long sequential streams for the hardware
-/// prefetcher: on a 2-vCPU Zen 4, decode on the default GGUF went from 46.6 to 54.6 t/s
-/// (medians of three alternating runs) against blocks of 32 rows.
+/// prefetcher (faster decode than blocks of 32 rows: docs/performance.md).
 fn stream_rows(rows: usize, nt: usize) -> usize {
     rows.div_ceil(nt.max(1) * CHUNKS_PER_THREAD)
         .next_multiple_of(Q_ROWS_BLOCK)
