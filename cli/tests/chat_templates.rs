@@ -499,7 +499,7 @@ fn odd_messages_render_or_fail_cleanly() {
 /// A template from llama.cpp's `models/templates` (copied into the fixtures).
 fn llama_cpp_template(file: &str) -> ChatTemplate {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/chat_templates")
+        .join("../tests/fixtures/chat_templates")
         .join(file);
     ChatTemplate::from_file(&p, "<|begin_of_text|>", "<|eot_id|>").unwrap()
 }

@@ -507,7 +507,7 @@ fn the_turn_after_a_tool_call_reuses_the_cached_prefix() {
 /// The server options with a template from llama.cpp's `models/templates` (in the fixtures).
 fn opts_with(file: &str) -> ServerOptions {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/chat_templates")
+        .join("../tests/fixtures/chat_templates")
         .join(file);
     let template = ChatTemplate::from_file(&path, "<|begin_of_text|>", "<|eot_id|>").unwrap();
     ServerOptions {
