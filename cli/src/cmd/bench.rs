@@ -30,7 +30,7 @@ use qwenrt::model::weights::Weights;
 use qwenrt_kernels::{ops, Isa};
 
 use super::constrain::ConstraintArgs;
-use super::{load_tokenizer, physical_cores, CliError, KvDtypeArg, ModelArg};
+use super::{load_tokenizer, threads_or_cores, CliError, KvDtypeArg, ModelArg};
 use qwenrt::engine::constraint::Constraint;
 use qwenrt::engine::SeqId;
 
@@ -417,7 +417,7 @@ fn constrained_batch(
 /// Runs `qwenrt bench`.
 pub fn run(a: BenchArgs) -> Result<(), CliError> {
     let (p, n, r) = (a.n_prompt, a.n_gen, a.repetitions);
-    let threads = a.threads.unwrap_or_else(physical_cores);
+    let threads = threads_or_cores(a.threads);
     if r == 0 {
         return Err(CliError::usage("-r must be at least 1"));
     }

@@ -250,7 +250,7 @@ impl RunArgs {
             ctx: self
                 .ctx
                 .unwrap_or(default_ctx.min(weights.config.max_position_embeddings)),
-            threads: self.threads.unwrap_or_else(physical_cores),
+            threads: threads_or_cores(self.threads),
             prefill_bf16: !prefill_f32,
             kv_dtype: self.kv.dtype(),
             ..Default::default()
@@ -328,6 +328,24 @@ impl SamplingArgs {
         };
         p.validate().map_err(|e| CliError::usage(e.to_string()))?;
         Ok(p)
+    }
+}
+
+/// `--threads`, or the physical cores without it. More threads than physical cores is allowed
+/// (a user may know better) but warned about: two threads on one core's hyperthreads share its
+/// execution units and split its cache, and the pool's spin barrier waits on the slowest.
+pub fn threads_or_cores(flag: Option<usize>) -> usize {
+    let cores = physical_cores();
+    match flag {
+        Some(t) if t > cores => {
+            eprintln!(
+                "warning: --threads {t} is more than the {cores} physical cores; decode and \
+                 prefill are usually fastest at one thread per physical core"
+            );
+            t
+        }
+        Some(t) => t,
+        None => cores,
     }
 }
 

@@ -4,7 +4,7 @@ use clap::{Args, ValueEnum};
 use qwenrt_server::{self as server, ReasoningFormat, ServerOptions};
 
 use super::{
-    load_tokenizer, load_weights, physical_cores, ChatTemplateArg, CliError, KvDtypeArg, ModelArg,
+    load_tokenizer, load_weights, threads_or_cores, ChatTemplateArg, CliError, KvDtypeArg, ModelArg,
 };
 
 /// `qwenrt serve`.
@@ -170,7 +170,7 @@ pub fn run(a: ServeArgs) -> Result<(), CliError> {
         port: a.port,
         parallel: a.parallel,
         ctx: a.ctx,
-        threads: a.threads.unwrap_or_else(physical_cores),
+        threads: threads_or_cores(a.threads),
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_queue: a.max_queue,
         prefill_chunk: a.prefill_chunk,
