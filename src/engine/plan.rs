@@ -85,7 +85,7 @@ crate::arena_regions! {
 pub(crate) const MIN_MATMUL_ROWS: usize = 3;
 
 /// Rows of logits computed at once (the head is streamed once per group of this many rows).
-pub(crate) const LOGIT_ROWS: usize = 8;
+pub(crate) const LOGIT_ROWS: usize = 32;
 
 /// What an arena is planned for.
 #[derive(Clone, Copy, Debug)]
