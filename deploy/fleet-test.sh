@@ -18,7 +18,7 @@
 #
 # Environment: QWENRT_BIN (default $CARGO_TARGET_DIR/release/qwenrt, built if missing), FLEET_MODEL (a
 # GGUF or model directory; default: the default model), FLEET_PORT (HAProxy's port, default
-# 18480; the replicas take the next three), FLEET_CLIENTS (6), FLEET_REQUESTS (per client, 5),
+# 18480; the replicas take the next three), FLEET_CLIENTS (6), FLEET_REQUESTS (per client, 16: enough load to last past the kill + 12 s on a faster machine),
 # FLEET_MAX_TOKENS (48), FLEET_KILL_AT (seconds into the run, 10), RECOVER_FRACTION (0.5),
 # FLEET_CHECK_INTER (HAProxy's health-check interval, 500ms; a longer one sends more requests
 # to the draining replica, whose 503s HAProxy then retries elsewhere), FLEET_KEEP (set: keep
@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 bin=${QWENRT_BIN:-${CARGO_TARGET_DIR:-target}/release/qwenrt}
 lb_port=${FLEET_PORT:-18480}
 clients=${FLEET_CLIENTS:-6}
-requests=${FLEET_REQUESTS:-5}
+requests=${FLEET_REQUESTS:-16}
 max_tokens=${FLEET_MAX_TOKENS:-48}
 kill_at=${FLEET_KILL_AT:-10}
 recover=${RECOVER_FRACTION:-0.5}
