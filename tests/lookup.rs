@@ -154,8 +154,8 @@ fn real_model_lookup_equals_greedy_on_goldens_and_arc() {
         })
         .collect();
     let arc = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc");
-    let tasks =
-        qwenrt_cli::workload::arc::load_tasks(&arc, qwenrt_cli::workload::arc::Split::Eval).unwrap();
+    let tasks = qwenrt_cli::workload::arc::load_tasks(&arc, qwenrt_cli::workload::arc::Split::Eval)
+        .unwrap();
     for item in qwenrt_cli::workload::arc::work_items(&tasks) {
         let ids = qwenrt_cli::workload::prompt_ids(&tok, &template, &item.prompt, false).unwrap();
         prompts.push((format!("arc {}", item.task_id), ids));

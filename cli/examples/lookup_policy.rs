@@ -21,8 +21,8 @@ use qwenrt::engine::lookup::{self, DraftBudget};
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
-use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt::text::chat::stop_ids;
+use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt_cli::workload::{arc, prompt_ids};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::weights::Weights;
+use qwenrt::text::chat::stop_ids;
 use qwenrt::text::tokenizer::Tokenizer;
 use qwenrt_cli::workload::arc::{load_tasks, work_items, Split};
-use qwenrt::text::chat::stop_ids;
 use qwenrt_cli::workload::ArcOptions;
 
 /// Options for answers without the grid grammar (as `--no-grammar`).
@@ -248,10 +248,11 @@ fn grid_grammar_answers_are_grids_with_and_without_lookup() {
         let id = &item.task_id;
         session.set_lookup(0);
         let plain =
-            qwenrt_cli::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+            qwenrt_cli::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts)
+                .unwrap();
         session.set_lookup(8);
-        let lk =
-            qwenrt_cli::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts).unwrap();
+        let lk = qwenrt_cli::workload::run_arc_item(&mut session, &tok, &template, item, &arc_opts)
+            .unwrap();
         assert!(plain.grammar && lk.grammar, "{id}");
         let g = plain
             .grid

@@ -20,9 +20,11 @@ use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::session::{GenerateStats, Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::text::ChatTemplate;
-use qwenrt_cli::workload::arc::{load_tasks, parse_grid, work_items, Split, WorkItem, MAX_GRID_SIDE};
-use qwenrt_cli::workload::{complete, grid_constraint, prompt_ids, run_arc_item, ArcOptions};
 use qwenrt::{Tokenizer, Weights};
+use qwenrt_cli::workload::arc::{
+    load_tasks, parse_grid, work_items, Split, WorkItem, MAX_GRID_SIDE,
+};
+use qwenrt_cli::workload::{complete, grid_constraint, prompt_ids, run_arc_item, ArcOptions};
 use qwenrt_kernels::Dtype;
 use serde_json::Value;
 

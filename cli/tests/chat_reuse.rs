@@ -9,8 +9,8 @@ use std::sync::{Arc, OnceLock};
 use qwenrt::engine::session::{Session, SessionOptions};
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
 use qwenrt::text::template::{ChatTemplate, TemplateOrigin};
-use qwenrt_cli::workload::conversation::{feed_reusing, Conversation};
 use qwenrt::{Tokenizer, Weights};
+use qwenrt_cli::workload::conversation::{feed_reusing, Conversation};
 use qwenrt_kernels::Dtype;
 
 const SHAPE: SyntheticShape = SyntheticShape {

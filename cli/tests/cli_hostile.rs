@@ -699,7 +699,13 @@ fn threads_past_the_physical_cores_run_with_a_warning() {
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     let too_many = (logical + 1).to_string();
     let out = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args(["info", "--model", m.path().to_str().unwrap(), "--threads", &too_many])
+        .args([
+            "info",
+            "--model",
+            m.path().to_str().unwrap(),
+            "--threads",
+            &too_many,
+        ])
         .env("QWENRT_HOME", m.path())
         .output()
         .unwrap();
@@ -711,7 +717,13 @@ fn threads_past_the_physical_cores_run_with_a_warning() {
     );
     // at the physical cores or fewer there is none
     let out = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args(["info", "--model", m.path().to_str().unwrap(), "--threads", "1"])
+        .args([
+            "info",
+            "--model",
+            m.path().to_str().unwrap(),
+            "--threads",
+            "1",
+        ])
         .env("QWENRT_HOME", m.path())
         .output()
         .unwrap();

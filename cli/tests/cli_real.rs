@@ -222,7 +222,8 @@ fn batch_keeps_input_order_and_survives_a_bad_line() {
 
 /// The binary without `--model`: the default model's GGUF, run natively.
 fn qwenrt_default(args: &[&str]) -> Output {
-    qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent).expect("fetch the GGUF");
+    qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
+        .expect("fetch the GGUF");
     Command::new(env!("CARGO_BIN_EXE_qwenrt"))
         .args(args)
         .stdin(Stdio::null())

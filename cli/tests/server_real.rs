@@ -9,8 +9,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qwenrt_server::{run_on, ServerOptions};
 use qwenrt::{Tokenizer, Weights};
+use qwenrt_server::{run_on, ServerOptions};
 use serde_json::{json, Value};
 
 fn gguf() -> PathBuf {

@@ -446,7 +446,10 @@ mod tests {
                 .without_i8mm();
             assert!(!plain.vnni() && !plain.amx() && !plain.bf16());
             assert!(!plain.dotprod() && !plain.i8mm());
-            assert!(!cpu.without_dotprod().i8mm(), "i8mm is claimed only with dotprod");
+            assert!(
+                !cpu.without_dotprod().i8mm(),
+                "i8mm is claimed only with dotprod"
+            );
             assert_eq!(plain.isa(), cpu.isa());
             assert_eq!(cpu.without_amx().vnni(), cpu.vnni());
             assert!(cpu.describe().starts_with(&cpu.isa().to_string()));
@@ -471,7 +474,10 @@ mod tests {
 
     #[test]
     fn forced_values_parse() {
-        assert_eq!(parse_forced("neon"), Ok((Isa::Neon, Some(NeonLevel::Plain))));
+        assert_eq!(
+            parse_forced("neon"),
+            Ok((Isa::Neon, Some(NeonLevel::Plain)))
+        );
         assert_eq!(
             parse_forced("NEON-dotprod"),
             Ok((Isa::Neon, Some(NeonLevel::Dotprod)))

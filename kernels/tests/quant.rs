@@ -314,11 +314,7 @@ fn check_format(qt: QuantType) {
             ops::matvec_q_rows(cpu, qt, &w, &qx, &mut a);
             ops::matvec_q_rows(first, qt, &w, &qx, &mut c);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&a),
-                bits(&c),
-                "{qt} {rows}x{cols}: {cpu} vs {first}"
-            );
+            assert_eq!(bits(&a), bits(&c), "{qt} {rows}x{cols}: {cpu} vs {first}");
         }
     }
 }

@@ -6,12 +6,12 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::reasoning::ThinkSplitter;
+use crate::tools::{self, ToolChoice, Tools};
 use qwenrt::engine::constraint::{Constraint, Grammars};
 use qwenrt::engine::sampler::{
     LogitBias, SamplerParams, MAX_ADDITIVE_PENALTY, MAX_BIAS, MAX_LOGIT_BIAS,
 };
-use crate::reasoning::ThinkSplitter;
-use crate::tools::{self, ToolChoice, Tools};
 use qwenrt::text::chat::END_OF_TEXT;
 use qwenrt::text::template::{ChatTemplate, ToolCallFormat};
 use qwenrt::text::tokenizer::Tokenizer;

@@ -19,12 +19,12 @@ use axum::Router;
 use serde_json::{json, Value};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
-use qwenrt::engine::constraint::Grammars;
 use crate::api::{self, ApiError, Endpoint, GenRequest};
 use crate::call_parser::{Call, CallEvent, CallParser};
 use crate::embeddings;
 use crate::reasoning::{Piece, ThinkSplitter};
 use crate::scheduler::{Event, Finish, Job, Msg, Shared, TokenLogprob};
+use qwenrt::engine::constraint::Grammars;
 use qwenrt::text::template::ChatTemplate;
 use qwenrt::text::tokenizer::Tokenizer;
 

@@ -18,8 +18,8 @@
 
 use serde_json::{json, Map, Value};
 
-use qwenrt::engine::constraint::{checked_schema, JSON_WHITESPACE};
 use crate::api::ApiError;
+use qwenrt::engine::constraint::{checked_schema, JSON_WHITESPACE};
 use qwenrt::text::template::ToolCallFormat;
 
 /// The tag that opens a call in both syntaxes.

@@ -12,9 +12,9 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use qwenrt_server::{run_on, ServerOptions};
 use qwenrt::text::template::ChatTemplate;
 use qwenrt::{Tokenizer, Weights};
+use qwenrt_server::{run_on, ServerOptions};
 
 const PACKAGES: &[&str] = &["openai==3.60.0", "jsonschema==4.25.1"];
 
@@ -49,8 +49,8 @@ fn python_packages() -> PathBuf {
 #[test]
 fn the_openai_python_client_parses_calls_tools_and_streams() {
     let packages = python_packages();
-    let gguf =
-        qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent).expect("fetch the GGUF");
+    let gguf = qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
+        .expect("fetch the GGUF");
     let weights = Arc::new(Weights::load(&gguf).unwrap());
     let tokenizer = Tokenizer::from_gguf(&gguf).unwrap();
     let template = ChatTemplate::for_model(&gguf, None).unwrap();

@@ -17,8 +17,8 @@ use qwenrt::{Tokenizer, Weights};
 
 #[test]
 fn echoed_prompt_logprobs_are_the_engines_on_the_default_model() {
-    let path =
-        qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent).expect("fetch the GGUF");
+    let path = qwenrt_cli::hub::ensure_default_gguf_with(&mut qwenrt_cli::hub::Silent)
+        .expect("fetch the GGUF");
     // the verified download's sha256 comes from the hub's marker, not a second hashing
     let sha = qwenrt_cli::hub::model_sha256(&path).unwrap();
     assert_eq!(sha, qwenrt_cli::hub::GGUF_SHA256);

@@ -8,8 +8,8 @@
 mod kit;
 
 use kit::*;
-use qwenrt_server::ReasoningFormat;
 use qwenrt::text::template::{ChatTemplate, TemplateOrigin};
+use qwenrt_server::ReasoningFormat;
 
 /// A template whose generation prompt ends inside `<think>`, as reasoning models' do.
 const OPENS_THINKING: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}";

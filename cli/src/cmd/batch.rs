@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use clap::Args;
 use qwenrt::engine::session::Session;
-use qwenrt_cli::workload::batch::{parse_batch, BatchRecord};
 use qwenrt::text::chat::stop_ids;
+use qwenrt_cli::workload::batch::{parse_batch, BatchRecord};
 use qwenrt_cli::workload::run_batch_request;
 
 use super::{

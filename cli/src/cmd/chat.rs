@@ -7,8 +7,8 @@ use std::io::{IsTerminal, Write};
 
 use clap::Args;
 use qwenrt::engine::session::{Session, StopReason};
-use qwenrt_cli::workload::conversation::{feed_reusing, Conversation};
 use qwenrt::text::chat::stop_ids;
+use qwenrt_cli::workload::conversation::{feed_reusing, Conversation};
 
 use super::{
     load_tokenizer, load_weights, ChatTemplateArg, CliError, LookupArg, ModelArg, RunArgs,

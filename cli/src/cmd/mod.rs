@@ -28,8 +28,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use qwenrt::engine::sampler::SamplerParams;
-use qwenrt::engine::EngineOptions;
 use qwenrt::engine::session::SessionOptions;
+use qwenrt::engine::EngineOptions;
 use qwenrt::model::weights::{LoadError, Weights};
 use qwenrt::text::template::ChatTemplate;
 use qwenrt::text::tokenizer::Tokenizer;

@@ -17,6 +17,6 @@ pub mod conversation;
 pub mod perplexity;
 
 pub use complete::{
-    complete, grid_constraint, prompt_ids, run_arc_item, run_batch_request, ArcOptions,
-    Completion, RequestError,
+    complete, grid_constraint, prompt_ids, run_arc_item, run_batch_request, ArcOptions, Completion,
+    RequestError,
 };

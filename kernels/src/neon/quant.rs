@@ -449,7 +449,11 @@ unsafe fn quad_idot<F: Fmt, D: Dot>(g: &Quad, x: &XQuad) -> int32x4_t {
         let mut a = [z; 4];
         for (u, au) in a.iter_mut().enumerate() {
             *au = if F::UNIT == 32 {
-                D::dot(D::dot(z, g.w[2 * u], x.q[2 * u]), g.w[2 * u + 1], x.q[2 * u + 1])
+                D::dot(
+                    D::dot(z, g.w[2 * u], x.q[2 * u]),
+                    g.w[2 * u + 1],
+                    x.q[2 * u + 1],
+                )
             } else {
                 D::dot(z, g.w[u], x.q[u])
             };
@@ -760,14 +764,7 @@ macro_rules! matvec_fn {
                     match xs.len() {
                         1 => <$kernel>::run::<$f, 1>(w, rows, cols, &[xs[0]], y, ldy),
                         2 => <$kernel>::run::<$f, 2>(w, rows, cols, &[xs[0], xs[1]], y, ldy),
-                        3 => <$kernel>::run::<$f, 3>(
-                            w,
-                            rows,
-                            cols,
-                            &[xs[0], xs[1], xs[2]],
-                            y,
-                            ldy,
-                        ),
+                        3 => <$kernel>::run::<$f, 3>(w, rows, cols, &[xs[0], xs[1], xs[2]], y, ldy),
                         _ => <$kernel>::run::<$f, 4>(
                             w,
                             rows,

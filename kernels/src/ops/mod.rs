@@ -11,11 +11,11 @@ pub(crate) use crate::layout::AttnTile;
 use crate::scalar;
 
 #[cfg(target_arch = "x86_64")]
-use crate::simd::{avx2::Avx2, avx512::Avx512};
-#[cfg(target_arch = "x86_64")]
 use crate::avx512;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 use crate::generic;
+#[cfg(target_arch = "x86_64")]
+use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "aarch64")]
 use crate::{neon, simd::neon::Neon};
 

@@ -42,9 +42,9 @@ unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> float32x4_t {
         match W::DTYPE {
             Dtype::F32 => vreinterpretq_f32_u8(vld1q_u8(p.add(4 * i))),
             Dtype::F16 => vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p.add(2 * i)))),
-            Dtype::BF16 => {
-                vreinterpretq_f32_u32(vshll_n_u16::<16>(vreinterpret_u16_u8(vld1_u8(p.add(2 * i)))))
-            }
+            Dtype::BF16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vreinterpret_u16_u8(vld1_u8(
+                p.add(2 * i),
+            )))),
         }
     }
 }
@@ -87,7 +87,15 @@ fn exp_ps(x: float32x4_t) -> float32x4_t {
         let r = vfmsq_f32(x, n, vdupq_n_f32(0.693_359_4));
         let r = vfmsq_f32(r, n, vdupq_n_f32(-2.121_944_4e-4));
         let mut p = vdupq_n_f32(1.0 / 5040.0);
-        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        for c in [
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ] {
             p = vfmaq_f32(vdupq_n_f32(c), p, r);
         }
         // n is in [-150, 129] (NaN converts to 0, and p is NaN then anyway).

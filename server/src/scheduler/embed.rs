@@ -16,9 +16,9 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use super::{Job, Scheduler};
+use crate::api::ApiError;
 use qwenrt::engine::sampler::SamplerParams;
 use qwenrt::engine::{EngineError, Feed, Numerics, SeqId, Want};
-use crate::api::ApiError;
 
 /// What an embedding job answers: every input's final-normed hidden state, in input order
 /// (pooled and normalized by the HTTP side), or why it failed.

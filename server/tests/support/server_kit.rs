@@ -12,9 +12,9 @@ use std::thread::JoinHandle;
 pub use std::time::{Duration, Instant};
 
 use qwenrt::model::synthetic::{write_synthetic_model, SyntheticShape};
-pub use qwenrt_server::{run_on, ServerError, ServerOptions};
 use qwenrt::{Tokenizer, Weights};
 use qwenrt_kernels::Dtype;
+pub use qwenrt_server::{run_on, ServerError, ServerOptions};
 pub use serde_json::{json, Value};
 
 /// The tiny model the server tests run: Qwen2's vocabulary (so the real tokenizer fits), a
