@@ -23,6 +23,7 @@ mod quant;
 mod quant_gemm;
 mod quant_repack;
 mod quant_repack_tile;
+mod tile;
 
 pub(crate) use attention::*;
 pub use matmul::*;

@@ -34,7 +34,7 @@ pub const RQ8_0: u8 = 2;
 pub const RQ_GROUP: usize = 4;
 
 /// Bytes per unit of format `K` (ggml's block bytes).
-const fn unit_bytes(k: u8) -> usize {
+pub(super) const fn unit_bytes(k: u8) -> usize {
     match k {
         RQ4_0 => 18,
         RQ5_0 => 22,
@@ -55,12 +55,30 @@ pub struct PreparedX {
     pub d: *const f32,
 }
 
+impl PreparedX {
+    /// The same input from group `g` on.
+    ///
+    /// # Safety
+    /// The input holds group `g`.
+    #[inline(always)]
+    pub(super) unsafe fn at(self, g: usize) -> PreparedX {
+        // SAFETY: group g's bytes, sums and steps are inside the input (contract).
+        unsafe {
+            PreparedX {
+                q: self.q.add(512 * g),
+                isum: self.isum.add(16 * g),
+                d: self.d.add(16 * g),
+            }
+        }
+    }
+}
+
 /// 64 bytes at `p` (`FULL`), or the first `4 n` of them (the rest zero).
 ///
 /// # Safety
 /// Those bytes are readable; the CPU has AVX-512F.
 #[inline(always)]
-unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
+pub(super) unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
     // SAFETY: the caller guarantees the bytes read are readable; masked-off lanes are not.
     unsafe {
         if FULL {
@@ -68,6 +86,77 @@ unsafe fn ld<const FULL: bool>(p: *const u8, n: usize) -> __m512i {
         } else {
             _mm512_maskz_loadu_epi32(lanes(n), p.cast())
         }
+    }
+}
+
+/// Where each unit lane's integer dot starts for format `K`, from the input's unit sums
+/// `isum`: `-bias * isum`, the weights' unsigned offset (8, 16, or Q8_0's 128 where `VNNI`
+/// reads `q + 128`; the plain path reads Q8_0 signed and starts at 0).
+///
+/// # Safety
+/// AVX-512F.
+#[inline(always)]
+pub(super) unsafe fn dot_init<const K: u8, const VNNI: bool>(isum: __m512i) -> __m512i {
+    // SAFETY: register-only AVX-512F intrinsics.
+    unsafe {
+        let zero = _mm512_setzero_si512();
+        match K {
+            RQ4_0 => _mm512_sub_epi32(zero, _mm512_slli_epi32::<3>(isum)),
+            RQ5_0 => _mm512_sub_epi32(zero, _mm512_slli_epi32::<4>(isum)),
+            _ if VNNI => _mm512_sub_epi32(zero, _mm512_slli_epi32::<7>(isum)),
+            _ => zero,
+        }
+    }
+}
+
+/// The operands `2 s` and `2 s + 1` of a Q4_0 / Q5_0 group as unsigned bytes: the low and
+/// high nibbles of its packed vector `v`, plus 16 where Q5_0's fifth bits `hb` have bit `2 s`
+/// (low) or `2 s + 1` (high).
+///
+/// # Safety
+/// AVX-512F/BW.
+#[inline(always)]
+pub(super) unsafe fn nibbles<const K: u8>(v: __m512i, hb: __m512i, s: usize) -> [__m512i; 2] {
+    // SAFETY: register-only AVX-512F/BW intrinsics.
+    unsafe {
+        let low = _mm512_set1_epi8(0x0f);
+        let sixteen = _mm512_set1_epi8(16);
+        let mut lo = _mm512_and_si512(v, low);
+        let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+        if K == RQ5_0 {
+            let bl = _mm512_set1_epi8(1 << (2 * s));
+            let bh = _mm512_set1_epi8(2 << (2 * s));
+            lo = _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hb, bl), lo, sixteen);
+            hi = _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb, bh), hi, sixteen);
+        }
+        [lo, hi]
+    }
+}
+
+/// The unit scales `d_w` of the group of `n` units (16 if `FULL`) at `wg` as f32, 0.0 past
+/// `n`.
+///
+/// # Safety
+/// `wg` points at a group of `n` units of format `K`; AVX-512F/BW/VL and F16C.
+#[inline(always)]
+pub(super) unsafe fn weight_scales<const K: u8, const FULL: bool>(
+    wg: *const u8,
+    n: usize,
+) -> __m512 {
+    // SAFETY: the steps are the group's last `2 n` bytes (masked past them unless FULL).
+    unsafe {
+        let d_at = match K {
+            RQ4_0 => 16 * n,
+            RQ5_0 => 20 * n,
+            _ => 32 * n,
+        };
+        let dp = wg.add(d_at);
+        let dh = if FULL {
+            _mm256_loadu_si256(dp.cast())
+        } else {
+            _mm256_maskz_loadu_epi16(lanes(n), dp.cast())
+        };
+        _mm512_cvtph_ps(dh)
     }
 }
 
@@ -103,13 +192,7 @@ unsafe fn group<
         let mut init = [zero; T];
         for t in 0..T {
             dx[t] = _mm512_maskz_loadu_ps(m, xs[t].d);
-            let isum = _mm512_maskz_loadu_epi32(m, xs[t].isum);
-            init[t] = match K {
-                RQ4_0 => _mm512_sub_epi32(zero, _mm512_slli_epi32::<3>(isum)),
-                RQ5_0 => _mm512_sub_epi32(zero, _mm512_slli_epi32::<4>(isum)),
-                _ if VNNI => _mm512_sub_epi32(zero, _mm512_slli_epi32::<7>(isum)),
-                _ => zero,
-            };
+            init[t] = dot_init::<K, VNNI>(_mm512_maskz_loadu_epi32(m, xs[t].isum));
         }
         let mut idot = [init; RW];
         if K == RQ8_0 {
@@ -138,8 +221,6 @@ unsafe fn group<
                 }
             }
         } else {
-            let low = _mm512_set1_epi8(0x0f);
-            let sixteen = _mm512_set1_epi8(16);
             let mut hb = [zero; RW];
             if K == RQ5_0 {
                 for r in 0..RW {
@@ -157,16 +238,7 @@ unsafe fn group<
                 for r in 0..RW {
                     let v = ld::<FULL>(wg[r].add(s * step), n);
                     prefetch(wg[r].wrapping_add(s * step + pf));
-                    let mut lo = _mm512_and_si512(v, low);
-                    let mut hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
-                    if K == RQ5_0 {
-                        let bl = _mm512_set1_epi8(1 << (2 * s));
-                        let bh = _mm512_set1_epi8(2 << (2 * s));
-                        lo =
-                            _mm512_mask_add_epi8(lo, _mm512_test_epi8_mask(hb[r], bl), lo, sixteen);
-                        hi =
-                            _mm512_mask_add_epi8(hi, _mm512_test_epi8_mask(hb[r], bh), hi, sixteen);
-                    }
+                    let [lo, hi] = nibbles::<K>(v, hb[r], s);
                     for t in 0..T {
                         idot[r][t] = b.udot::<VNNI>(idot[r][t], lo, xl[t]);
                         idot[r][t] = b.udot::<VNNI>(idot[r][t], hi, xh[t]);
@@ -174,19 +246,8 @@ unsafe fn group<
                 }
             }
         }
-        let d_at = match K {
-            RQ4_0 => 16 * n,
-            RQ5_0 => 20 * n,
-            _ => 32 * n,
-        };
         for r in 0..RW {
-            let dp = wg[r].add(d_at);
-            let dh = if FULL {
-                _mm256_loadu_si256(dp.cast())
-            } else {
-                _mm256_maskz_loadu_epi16(m, dp.cast())
-            };
-            let dw = _mm512_cvtph_ps(dh);
+            let dw = weight_scales::<K, FULL>(wg[r], n);
             for t in 0..T {
                 let scale = _mm512_mul_ps(dw, dx[t]);
                 acc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot[r][t]), scale, acc[r][t]);
@@ -222,12 +283,7 @@ unsafe fn rows_n<const K: u8, const VNNI: bool, const T: usize, const RW: usize>
         let mut acc = [[_mm512_setzero_ps(); T]; RW];
         let at = |g: usize| -> ([*const u8; RW], [PreparedX; T]) {
             let wg = std::array::from_fn(|i| w.add((r + i) * rb + 16 * g * unit_bytes(K)));
-            let xg = std::array::from_fn(|t| PreparedX {
-                q: xs[t].q.add(512 * g),
-                isum: xs[t].isum.add(16 * g),
-                d: xs[t].d.add(16 * g),
-            });
-            (wg, xg)
+            (wg, std::array::from_fn(|t| xs[t].at(g)))
         };
         for g in 0..full {
             let (wg, xg) = at(g);

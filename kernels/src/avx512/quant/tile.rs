@@ -7,8 +7,9 @@
 //! the 4 bytes `4 o .. 4 o + 4` of unit `u` of the group, so chained `vpdpbusd` over the
 //! operands leave each lane with its unit's whole integer dot, with no reduction. Each weight
 //! group is unpacked and reordered once per call (for all inputs), each input once per call
-//! ([`prepare_q_tile_x`]); blocks of [`QRW`] rows x [`QTI`] inputs then keep their
-//! accumulators in registers over the whole row.
+//! ([`prepare_q_tile_x`]); the tile driver ([`crate::avx512::tile`]) then runs blocks of
+//! rows x inputs with their accumulators in registers over the whole row. This module is the
+//! ggml layout of that driver ([`Ggml`]).
 //!
 //! Every (row, input) pair does the float operations of the matvec in the same order: per
 //! group, `cvt(idot) * (scale * d_x)` then `bias * s_x` fused into its 16-lane accumulator
@@ -17,25 +18,14 @@
 //! output is bit for bit the matvec's on that input alone.
 
 use core::arch::x86_64::*;
+use core::marker::PhantomData;
 
+use crate::avx512::tile::{gemm_tiles, TileLayout};
 use crate::generic::{unit_steps, QFmt, QSimd, Q40, Q4K, Q50, Q5K, Q6K};
 use crate::ops::q_tile_x_len;
 use crate::quant::{Q8Row, QuantType};
 use crate::simd::avx512::Avx512;
-use crate::stream::{prefetch_ahead, Ahead};
-
-/// Weight rows of one register block.
-pub const QRW: usize = 4;
-/// Inputs of one register block.
-pub const QTI: usize = 3;
-/// Rows unpacked together at most.
-const TILE_ROWS: usize = 16;
-/// 64-byte vectors of the stack buffer the unpacked row tile lives in (64 KiB).
-const BUF_VECS: usize = 1024;
-
-/// The unpacked row tile (cache-line aligned).
-#[repr(align(64))]
-struct Buf([[u8; 64]; BUF_VECS]);
+use crate::stream::prefetch_ahead;
 
 /// Operand vectors per group of format `F` (8 for 32-column units, 4 for 16-column ones).
 const fn operands<F: QFmt>() -> usize {
@@ -91,6 +81,29 @@ unsafe fn to_operands<const V: usize>(v: &mut [__m512i; 8]) {
     }
 }
 
+/// Stores one group at `out` as the tile reads it: its operands `v` (column order) in
+/// operand order, then its two factor vectors `f`.
+///
+/// # Safety
+/// `out` is valid for writes of `group_vecs::<F>()` vectors; AVX-512F.
+#[inline(always)]
+unsafe fn store_group<F: QFmt>(mut v: [__m512i; 8], f: [__m512; 2], out: *mut __m512i) {
+    // SAFETY: the writes are the group's vectors (contract).
+    unsafe {
+        let v_n = operands::<F>();
+        if v_n == 8 {
+            to_operands::<8>(&mut v);
+        } else {
+            to_operands::<4>(&mut v);
+        }
+        for (i, vi) in v.iter().enumerate().take(v_n) {
+            _mm512_storeu_si512(out.add(i).cast(), *vi);
+        }
+        _mm512_storeu_ps(out.add(v_n).cast(), f[0]);
+        _mm512_storeu_ps(out.add(v_n + 1).cast(), f[1]);
+    }
+}
+
 /// Prepares one input for the tile: per group, its quants in operand order and its
 /// `d_x`, `s_x` vectors as the matvec forms them.
 ///
@@ -104,13 +117,12 @@ unsafe fn prepare_x<F: QFmt>(b: Avx512, x: &Q8Row<'_>, cols: usize, out: *mut __
     // `out`.
     unsafe {
         let units = cols / F::UNIT;
-        let v_n = operands::<F>();
         for gi in 0..units.div_ceil(16) {
             let n = (units - 16 * gi).min(16);
             let valid = n * F::UNIT;
             let xq = x.qs_ptr().cast::<u8>().add(gi * 16 * F::UNIT);
             let mut v = [b.zero_i(); 8];
-            for (i, vi) in v.iter_mut().enumerate().take(v_n) {
+            for (i, vi) in v.iter_mut().enumerate().take(operands::<F>()) {
                 if 64 * i >= valid {
                     break;
                 }
@@ -121,219 +133,140 @@ unsafe fn prepare_x<F: QFmt>(b: Avx512, x: &Q8Row<'_>, cols: usize, out: *mut __
                     b.load_i_tail(xp, valid - 64 * i)
                 };
             }
-            if v_n == 8 {
-                to_operands::<8>(&mut v);
-            } else {
-                to_operands::<4>(&mut v);
-            }
-            let o = out.add(gi * group_vecs::<F>());
-            for (i, vi) in v.iter().enumerate().take(v_n) {
-                _mm512_storeu_si512(o.add(i).cast(), *vi);
-            }
             let (dx, sx) = unit_steps::<Avx512, F>(b, x, gi, n, 0);
-            _mm512_storeu_ps(o.add(v_n).cast(), dx);
-            _mm512_storeu_ps(o.add(v_n + 1).cast(), sx);
+            store_group::<F>(v, [dx, sx], out.add(gi * group_vecs::<F>()));
         }
     }
 }
 
-/// One group of `R` unpacked rows against `T` prepared inputs, into `acc[r][t]`.
-///
-/// # Safety
-/// `wg[r]` / `xg[t]` point at the group's vectors in a row tile / a prepared input;
-/// AVX-512F/BW/VL and AVX512-VNNI.
-#[inline(always)]
-unsafe fn group<F: QFmt, const R: usize, const T: usize>(
-    wg: &[*const __m512i; R],
-    xg: &[*const __m512i; T],
-    acc: &mut [[__m512; T]; R],
-) {
-    // SAFETY: every read is one of the group's vectors (contract).
-    unsafe {
-        let v_n = operands::<F>();
-        let mut idot = [[_mm512_setzero_si512(); T]; R];
-        for o in 0..v_n {
-            let xv: [__m512i; T] = std::array::from_fn(|t| _mm512_loadu_si512(xg[t].add(o).cast()));
-            for r in 0..R {
-                let w = _mm512_loadu_si512(wg[r].add(o).cast());
-                for t in 0..T {
-                    idot[r][t] = _mm512_dpbusd_epi32(idot[r][t], w, xv[t]);
-                }
-            }
-        }
-        let dx: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xg[t].add(v_n).cast()));
-        let sx: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xg[t].add(v_n + 1).cast()));
-        for r in 0..R {
-            let scale = _mm512_loadu_ps(wg[r].add(v_n).cast());
-            let bias = _mm512_loadu_ps(wg[r].add(v_n + 1).cast());
-            for t in 0..T {
-                let a = _mm512_fmadd_ps(
-                    _mm512_cvtepi32_ps(idot[r][t]),
-                    _mm512_mul_ps(scale, dx[t]),
-                    acc[r][t],
-                );
-                acc[r][t] = _mm512_fmadd_ps(bias, sx[t], a);
-            }
-        }
-    }
-}
-
-/// `R` unpacked rows (row `r` at `w + r * row_vecs`) against `T` prepared inputs (input `t`
-/// at `x[t]`), the whole row: `y[t * ldy + r]`.
-///
-/// # Safety
-/// As [`gemm_q_tile`]; the rows and inputs hold `groups` groups.
-#[inline(always)]
-unsafe fn block<F: QFmt, const R: usize, const T: usize>(
-    w: *const __m512i,
-    row_vecs: usize,
-    groups: usize,
-    x: &[*const __m512i],
-    y: *mut f32,
-    ldy: usize,
-    ahead: &mut Ahead,
-) {
-    // SAFETY: group offsets stay inside the rows and inputs (contract); y[t * ldy + r] is
-    // writable (contract).
-    unsafe {
-        let gv = group_vecs::<F>();
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        for g in 0..groups {
-            let wg = std::array::from_fn(|r| w.add(r * row_vecs + g * gv));
-            let xg = std::array::from_fn(|t| x[t].add(g * gv));
-            group::<F, R, T>(&wg, &xg, &mut acc);
-            ahead.step();
-        }
-        for (r, ar) in acc.iter().enumerate() {
-            for (t, a) in ar.iter().enumerate() {
-                *y.add(t * ldy + r) = _mm512_reduce_add_ps(*a);
-            }
-        }
-    }
-}
-
-/// `rt` unpacked rows against `T` inputs, [`QRW`] rows at a time.
-///
-/// # Safety
-/// As [`block`], for `rt` rows.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn rows_of<F: QFmt, const T: usize>(
-    w: *const __m512i,
-    rt: usize,
-    row_vecs: usize,
-    groups: usize,
-    x: &[*const __m512i],
-    y: *mut f32,
-    ldy: usize,
-    ahead: &mut Ahead,
-) {
-    // SAFETY: forwarded contract; each block's rows are inside the tile.
-    unsafe {
-        let mut r = 0;
-        while r + QRW <= rt {
-            block::<F, QRW, T>(
-                w.add(r * row_vecs),
-                row_vecs,
-                groups,
-                x,
-                y.add(r),
-                ldy,
-                ahead,
-            );
-            r += QRW;
-        }
-        while r < rt {
-            block::<F, 1, T>(
-                w.add(r * row_vecs),
-                row_vecs,
-                groups,
-                x,
-                y.add(r),
-                ldy,
-                ahead,
-            );
-            r += 1;
-        }
-    }
-}
-
-/// The kernel for format `F`.
-///
-/// # Safety
-/// As [`gemm_q_tile`].
-#[inline(always)]
-unsafe fn body<F: QFmt>(
-    w: &[u8],
-    rows: usize,
-    cols: usize,
+/// The ggml layout of format `F` for the tile driver: rows of `units` units of `F`, the `n`
+/// inputs prepared at `px` (input `t` at `px + t * per`). Every group runs whole: the unpacked
+/// weights and the prepared inputs are zero past a partial group's units, and its factors
+/// are the matvec's own vectors, tail lanes included. A group's dot starts at 0 and takes
+/// `cvt(idot) * (scale * d_x)`, then `bias * s_x`.
+struct Ggml<F> {
+    b: Avx512,
+    units: usize,
     n: usize,
     px: *const f32,
-    y: *mut f32,
-    ldy: usize,
-) {
-    let units = cols / F::UNIT;
-    let groups = units.div_ceil(16);
-    let gv = group_vecs::<F>();
-    let row_vecs = groups * gv;
-    // SAFETY: the CPU has the features (contract).
-    let b = unsafe { Avx512::new_unchecked() };
-    let gb = F::group_bytes::<Avx512>();
-    let rb = units * gb / 16;
-    let per = q_tile_x_len(cols);
-    let tile = (BUF_VECS / row_vecs).clamp(1, TILE_ROWS);
-    let mut buf = Buf([[0; 64]; BUF_VECS]);
-    let bp: *mut __m512i = buf.0.as_mut_ptr().cast();
-    // SAFETY: rows r0..r0 + rt lie in w (contract) and their unpacked groups fit the buffer
-    // (tile * row_vecs <= BUF_VECS); input t's prepared vectors start at px + t * per; y's
-    // columns r0..r0 + rt of rows t0..t0 + T are forwarded from the contract.
-    unsafe {
-        for r0 in (0..rows).step_by(tile) {
-            let rt = (rows - r0).min(tile);
-            for r in 0..rt {
-                let row = w.as_ptr().add((r0 + r) * rb);
-                for gi in 0..groups {
-                    let p = row.add(gi * gb);
-                    prefetch_ahead(p, gb);
-                    let nu = (units - 16 * gi).min(16);
-                    let g = F::unpack(b, p, nu);
-                    let mut q = g.q;
-                    if operands::<F>() == 8 {
-                        to_operands::<8>(&mut q);
-                    } else {
-                        to_operands::<4>(&mut q);
-                    }
-                    let o = bp.add(r * row_vecs + gi * gv);
-                    for (i, qi) in q.iter().enumerate().take(operands::<F>()) {
-                        _mm512_storeu_si512(o.add(i).cast(), *qi);
-                    }
-                    _mm512_storeu_ps(o.add(operands::<F>()).cast(), g.scale[0]);
-                    _mm512_storeu_ps(o.add(operands::<F>() + 1).cast(), g.bias[0]);
-                }
-            }
-            // the next tile's rows, streamed in while this one is computed
-            let next = (rows - r0 - rt).min(tile);
-            let steps = n.div_ceil(QTI) * (rt / QRW + rt % QRW) * groups;
-            let mut ahead = Ahead::new(w.as_ptr().wrapping_add((r0 + rt) * rb), next * rb, steps);
-            for t0 in (0..n).step_by(QTI) {
-                let tn = (n - t0).min(QTI);
-                let x: [*const __m512i; QTI] =
-                    std::array::from_fn(|i| px.add((t0 + i.min(tn - 1)) * per).cast());
-                let x = &x[..tn];
-                let yt = y.add(t0 * ldy + r0);
-                match tn {
-                    1 => rows_of::<F, 1>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead),
-                    2 if QTI > 2 => {
-                        rows_of::<F, 2>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead)
-                    }
-                    3 if QTI > 3 => {
-                        rows_of::<F, 3>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead)
-                    }
-                    _ => rows_of::<F, QTI>(bp, rt, row_vecs, groups, x, yt, ldy, &mut ahead),
-                }
+    per: usize,
+    format: PhantomData<F>,
+}
+
+impl<F: QFmt> TileLayout for Ggml<F> {
+    type X = *const __m512i;
+    /// Scale and bias.
+    type WFactors = [__m512; 2];
+    /// `d_x` and `s_x`.
+    type XFactors = [__m512; 2];
+    const OPERANDS: usize = operands::<F>();
+    const GROUP_VECS: usize = group_vecs::<F>();
+
+    #[inline(always)]
+    fn row_bytes(&self) -> usize {
+        self.units * F::group_bytes::<Avx512>() / 16
+    }
+    #[inline(always)]
+    fn groups(&self) -> (usize, usize) {
+        (self.units.div_ceil(16), 0)
+    }
+    #[inline(always)]
+    fn inputs(&self) -> usize {
+        self.n
+    }
+    #[inline(always)]
+    unsafe fn input(&self, t: usize) -> *const __m512i {
+        // SAFETY: input t's words start there (contract).
+        unsafe { self.px.add(t * self.per).cast() }
+    }
+    #[inline(always)]
+    unsafe fn unpack_row(&self, row: *const u8, out: *mut __m512i) {
+        let gb = F::group_bytes::<Avx512>();
+        // SAFETY: each group's bytes are inside the row and its vectors inside `out`
+        // (contract); the prefetch touches no memory.
+        unsafe {
+            for gi in 0..self.groups().0 {
+                let p = row.add(gi * gb);
+                prefetch_ahead(p, gb);
+                let nu = (self.units - 16 * gi).min(16);
+                let g = F::unpack(self.b, p, nu);
+                let f = [g.scale[0], g.bias[0]];
+                store_group::<F>(g.q, f, out.add(gi * group_vecs::<F>()));
             }
         }
     }
+    #[inline(always)]
+    unsafe fn input_group(x: *const __m512i, g: usize) -> *const __m512i {
+        // SAFETY: forwarded contract.
+        unsafe { x.add(g * group_vecs::<F>()) }
+    }
+    #[inline(always)]
+    unsafe fn dot_init<const FULL: bool>(_: *const __m512i, _: usize) -> __m512i {
+        // SAFETY: register-only AVX-512F intrinsic.
+        unsafe { _mm512_setzero_si512() }
+    }
+    #[inline(always)]
+    unsafe fn x_operand<const FULL: bool>(x: *const __m512i, o: usize, _: usize) -> __m512i {
+        // SAFETY: one of the group's vectors (contract).
+        unsafe { _mm512_loadu_si512(x.add(o).cast()) }
+    }
+    #[inline(always)]
+    unsafe fn x_factors(x: *const __m512i, _: usize) -> [__m512; 2] {
+        // SAFETY: the group's factor vectors (contract).
+        unsafe { factors::<F>(x) }
+    }
+    #[inline(always)]
+    unsafe fn w_factors(wg: *const __m512i) -> [__m512; 2] {
+        // SAFETY: the group's factor vectors (contract).
+        unsafe { factors::<F>(wg) }
+    }
+    #[inline(always)]
+    unsafe fn scale_add(
+        idot: __m512i,
+        [scale, bias]: [__m512; 2],
+        [dx, sx]: [__m512; 2],
+        acc: __m512,
+    ) -> __m512 {
+        // SAFETY: register-only AVX-512F intrinsics.
+        unsafe {
+            let a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(idot), _mm512_mul_ps(scale, dx), acc);
+            _mm512_fmadd_ps(bias, sx, a)
+        }
+    }
+}
+
+/// The two factor vectors after the operands of a group at `g` (weights or an input).
+///
+/// # Safety
+/// `g` points at a group's `group_vecs::<F>()` vectors; AVX-512F.
+#[inline(always)]
+unsafe fn factors<F: QFmt>(g: *const __m512i) -> [__m512; 2] {
+    // SAFETY: the group's last two vectors (contract).
+    unsafe {
+        let v_n = operands::<F>();
+        [
+            _mm512_loadu_ps(g.add(v_n).cast()),
+            _mm512_loadu_ps(g.add(v_n + 1).cast()),
+        ]
+    }
+}
+
+/// `$body` with the type `$f` the format marker of `qt`, which is not Q8_0 (`$what` names the
+/// caller in the panic if it is).
+macro_rules! with_format {
+    ($qt:expr, $what:literal, $f:ident => $body:expr) => {
+        with_format!(@table $qt, $what, $f => $body;
+            Q4_0: Q40, Q5_0: Q50, Q4K: Q4K, Q5K: Q5K, Q6K: Q6K)
+    };
+    (@table $qt:expr, $what:literal, $f:ident => $body:expr; $($v:ident: $m:ident),*) => {
+        match $qt {
+            $(QuantType::$v => {
+                type $f = $m;
+                $body
+            })*
+            QuantType::Q8_0 => unreachable!(concat!($what, ": Q8_0 is not tiled")),
+        }
+    };
 }
 
 /// Prepares the inputs `xs` for [`gemm_q_tile`] on `qt` weights: input `t` into
@@ -348,27 +281,17 @@ pub unsafe fn prepare_q_tile_x(qt: QuantType, cols: usize, xs: &[Q8Row<'_>], out
     let per = q_tile_x_len(cols);
     // SAFETY: the CPU has the features (contract).
     let b = unsafe { Avx512::new_unchecked() };
-    macro_rules! go {
-        ($f:ty) => {
-            for (t, x) in xs.iter().enumerate() {
-                // SAFETY: forwarded contract; input t's words are inside `out`.
-                unsafe { prepare_x::<$f>(b, x, cols, out.add(t * per).cast()) }
-            }
-        };
-    }
-    match qt {
-        QuantType::Q4_0 => go!(Q40),
-        QuantType::Q5_0 => go!(Q50),
-        QuantType::Q4K => go!(Q4K),
-        QuantType::Q5K => go!(Q5K),
-        QuantType::Q6K => go!(Q6K),
-        QuantType::Q8_0 => unreachable!("prepare_q_tile_x: Q8_0 is not tiled"),
-    }
+    with_format!(qt, "prepare_q_tile_x", F => {
+        for (t, x) in xs.iter().enumerate() {
+            // SAFETY: forwarded contract; input t's words are inside `out`.
+            unsafe { prepare_x::<F>(b, x, cols, out.add(t * per).cast()) }
+        }
+    })
 }
 
 /// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
 /// weights and the `n` inputs prepared at `px` by [`prepare_q_tile_x`], in register blocks of
-/// [`QRW`] rows x [`QTI`] inputs: each output bit for bit what
+/// [`RW`](crate::avx512::tile::RW) rows x [`TI`](crate::avx512::tile::TI) inputs: each output bit for bit what
 /// [`crate::generic::matvec_q`] gives its input alone.
 ///
 /// # Safety
@@ -391,15 +314,19 @@ pub unsafe fn gemm_q_tile(
     if n == 0 {
         return;
     }
-    // SAFETY: forwarded contract.
-    unsafe {
-        match qt {
-            QuantType::Q4_0 => body::<Q40>(w, rows, cols, n, px, y, ldy),
-            QuantType::Q5_0 => body::<Q50>(w, rows, cols, n, px, y, ldy),
-            QuantType::Q4K => body::<Q4K>(w, rows, cols, n, px, y, ldy),
-            QuantType::Q5K => body::<Q5K>(w, rows, cols, n, px, y, ldy),
-            QuantType::Q6K => body::<Q6K>(w, rows, cols, n, px, y, ldy),
-            QuantType::Q8_0 => unreachable!("gemm_q_tile: Q8_0 is not tiled"),
-        }
-    }
+    // SAFETY: the CPU has the features (contract).
+    let b = unsafe { Avx512::new_unchecked() };
+    with_format!(qt, "gemm_q_tile", F => {
+        let layout = Ggml::<F> {
+            b,
+            units: cols / F::UNIT,
+            n,
+            px,
+            per: q_tile_x_len(cols),
+            format: PhantomData,
+        };
+        // SAFETY: forwarded contract: `w` holds `rows` rows of `cols`, whose unpacked groups
+        // fit the buffer; `px` the `n` prepared inputs.
+        unsafe { gemm_tiles(&layout, w.as_ptr(), rows, y, ldy) }
+    })
 }
