@@ -14,43 +14,15 @@
 //! weight bytes per call, so the rate reads as GB/s of weights. The matrix is hot in cache
 //! after the first call only if it fits (the 4864-row ones are 3-4 MiB, beyond the L2).
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
+use std::hint::black_box;
+
+use common::{bytes, config, weights};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{self, QuantType};
 use qwenrt_kernels::{Cpu, Isa};
-
-/// xorshift32 bytes.
-fn bytes(n: usize, seed: u32) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 11) as u8
-        })
-        .collect()
-}
-
-/// Valid random blocks: random quants, every f16 scale set to a small finite value.
-fn weights(qt: QuantType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut w = bytes(rows * qt.row_bytes(cols).unwrap(), 7);
-    let d = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    for b in w.chunks_exact_mut(qt.block_bytes()) {
-        b[..2].copy_from_slice(&d);
-    }
-    w
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1000))
-}
 
 /// The 4-at-a-time matvec over `n` prepared inputs.
 #[allow(clippy::too_many_arguments)]
