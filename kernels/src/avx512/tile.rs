@@ -53,7 +53,7 @@ pub(super) trait TileLayout {
     fn groups(&self) -> (usize, usize);
     /// Inputs of the call.
     fn inputs(&self) -> usize;
-    /// Input `t` (`< inputs()`) at its first group.
+    /// Input `t` at its first group.
     ///
     /// # Safety
     /// `t < self.inputs()`.
@@ -135,6 +135,8 @@ unsafe fn group<L: TileLayout, const R: usize, const T: usize, const FULL: bool>
 /// One row tile unpacked in the buffer, with what every register block over it reads.
 struct Unpacked<'l, L> {
     layout: &'l L,
+    /// The first input of the blocks.
+    t0: usize,
     /// Row `r`'s groups at `buf + r * row_vecs`.
     buf: *const __m512i,
     row_vecs: usize,
@@ -144,18 +146,12 @@ struct Unpacked<'l, L> {
 }
 
 impl<L: TileLayout> Unpacked<'_, L> {
-    /// Rows `r..r + R` of the tile against the `T` inputs `x` (at their first group), the
-    /// whole row.
+    /// Rows `r..r + R` of the tile against the `T` inputs from `t0`, the whole row.
     ///
     /// # Safety
-    /// As [`gemm_tiles`]; the rows are inside the tile; `x.len() == T`.
+    /// As [`gemm_tiles`]; the rows are inside the tile and the inputs inside the layout's.
     #[inline(always)]
-    unsafe fn block<const R: usize, const T: usize>(
-        &self,
-        r: usize,
-        x: &[L::X],
-        ahead: &mut Ahead,
-    ) {
+    unsafe fn block<const R: usize, const T: usize>(&self, r: usize, ahead: &mut Ahead) {
         // SAFETY: every group offset is inside the unpacked rows and the prepared inputs
         // (contract); y[t * ldy + r] is writable (contract).
         unsafe {
@@ -165,7 +161,11 @@ impl<L: TileLayout> Unpacked<'_, L> {
                 let wg = std::array::from_fn(|i| {
                     self.buf.add((r + i) * self.row_vecs + g * L::GROUP_VECS)
                 });
-                (wg, std::array::from_fn(|t| L::input_group(x[t], g)))
+                let xg = std::array::from_fn(|t| {
+                    let x = self.layout.input(self.t0 + t);
+                    L::input_group(x, g)
+                });
+                (wg, xg)
             };
             for g in 0..full {
                 let (wg, xg) = at(g);
@@ -185,21 +185,21 @@ impl<L: TileLayout> Unpacked<'_, L> {
         }
     }
 
-    /// The tile's first `rt` rows against the `T` inputs `x`, [`RW`] rows at a time.
+    /// The tile's first `rt` rows against the `T` inputs from `t0`, [`RW`] rows at a time.
     ///
     /// # Safety
     /// As [`Unpacked::block`], for `rt` rows.
     #[inline(always)]
-    unsafe fn rows<const T: usize>(&self, rt: usize, x: &[L::X], ahead: &mut Ahead) {
+    unsafe fn rows<const T: usize>(&self, rt: usize, ahead: &mut Ahead) {
         // SAFETY: forwarded contract; each block's rows are inside the tile.
         unsafe {
             let mut r = 0;
             while r + RW <= rt {
-                self.block::<RW, T>(r, x, ahead);
+                self.block::<RW, T>(r, ahead);
                 r += RW;
             }
             while r < rt {
-                self.block::<1, T>(r, x, ahead);
+                self.block::<1, T>(r, ahead);
                 r += 1;
             }
         }
@@ -231,8 +231,9 @@ pub(super) unsafe fn gemm_tiles<L: TileLayout>(
     let mut buf = Buf([[0; 64]; BUF_VECS]);
     let bp: *mut __m512i = buf.0.as_mut_ptr().cast();
     // SAFETY: rows r0..r0 + rt lie in w (contract) and their unpacked groups fit the buffer
-    // (tile * row_vecs <= BUF_VECS); inputs t0..t0 + tn exist; y's columns r0..r0 + rt of
-    // rows t0..t0 + tn are forwarded from the contract.
+    // (tile * row_vecs <= BUF_VECS); each block's inputs t0..t0 + T exist (T is what is
+    // left, up to TI); y's columns r0..r0 + rt of rows t0..t0 + T are forwarded from the
+    // contract.
     unsafe {
         for r0 in (0..rows).step_by(tile) {
             let rt = (rows - r0).min(tile);
@@ -244,20 +245,18 @@ pub(super) unsafe fn gemm_tiles<L: TileLayout>(
             let steps = n.div_ceil(TI) * (rt / RW + rt % RW) * groups;
             let mut ahead = Ahead::new(w.wrapping_add((r0 + rt) * rb), next * rb, steps);
             for t0 in (0..n).step_by(TI) {
-                let tn = (n - t0).min(TI);
-                let x: [L::X; TI] = std::array::from_fn(|i| layout.input(t0 + i.min(tn - 1)));
-                let x = &x[..tn];
                 let tile = Unpacked {
                     layout,
+                    t0,
                     buf: bp,
                     row_vecs,
                     y: y.add(t0 * ldy + r0),
                     ldy,
                 };
-                match tn {
-                    1 => tile.rows::<1>(rt, x, &mut ahead),
-                    2 => tile.rows::<2>(rt, x, &mut ahead),
-                    _ => tile.rows::<TI>(rt, x, &mut ahead),
+                match (n - t0).min(TI) {
+                    1 => tile.rows::<1>(rt, &mut ahead),
+                    2 => tile.rows::<2>(rt, &mut ahead),
+                    _ => tile.rows::<TI>(rt, &mut ahead),
                 }
             }
         }

@@ -291,8 +291,8 @@ pub unsafe fn prepare_q_tile_x(qt: QuantType, cols: usize, xs: &[Q8Row<'_>], out
 
 /// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
 /// weights and the `n` inputs prepared at `px` by [`prepare_q_tile_x`], in register blocks of
-/// [`RW`](crate::avx512::tile::RW) rows x [`TI`](crate::avx512::tile::TI) inputs: each output bit for bit what
-/// [`crate::generic::matvec_q`] gives its input alone.
+/// [`RW`](crate::avx512::tile::RW) rows x [`TI`](crate::avx512::tile::TI) inputs: each output
+/// bit for bit what [`crate::generic::matvec_q`] gives its input alone.
 ///
 /// # Safety
 /// `qt` is not Q8_0 and its rows of `cols` fit the buffer (`ops::q_tile_runs`); `w` holds `rows` rows of `cols`
