@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::par::{self, KvLayout};
+use qwenrt_kernels::par::{self, Attention, KvLayout};
 use qwenrt_kernels::{ops, Bf16, Cpu, Dtype, Isa, ThreadPool, WeightType, F16, F32};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
@@ -195,7 +195,13 @@ fn bench_attention(c: &mut Criterion) {
             BenchmarkId::new(isa.to_string(), format!("len{len}")),
             |b| {
                 b.iter(|| {
-                    ops::attention::<F32>(isa, black_box(&q), &k, &v, 0.125, &mut scores, &mut out)
+                    let head = ops::AttnHead::<F32> {
+                        q: black_box(&q),
+                        keys: &k,
+                        values: &v,
+                        scale: 0.125,
+                    };
+                    ops::attention(isa, head, &mut scores, &mut out)
                 })
             },
         );
@@ -288,21 +294,11 @@ fn bench_par(c: &mut Criterion) {
             let mut out = vec![0.0; n * hq * hd];
             let pairs = n * pos0 + n * (n + 1) / 2;
             g.throughput(Throughput::Elements((4 * hd * hq * pairs) as u64));
-            type AttnFn = fn(
-                &ThreadPool,
-                Isa,
-                KvLayout,
-                usize,
-                &[f32],
-                &[f32],
-                &[f32],
-                &mut [f32],
-                &mut [f32],
-            );
-            let fns: [(&str, AttnFn); 3] = [
-                ("rows", par::attention_rows::<F32>),
-                ("tiled", par::attention_tiled::<F32>),
-                ("attention", par::attention::<F32>),
+            type AttnFn<'a> = fn(&Attention<'a, F32>, &ThreadPool, Isa, &mut [f32], &mut [f32]);
+            let fns: [(&str, AttnFn<'_>); 3] = [
+                ("rows", Attention::run_rows),
+                ("tiled", Attention::run_tiled),
+                ("attention", Attention::run),
             ];
             for pool in &pools {
                 let nt = pool.n_threads();
@@ -314,17 +310,14 @@ fn bench_par(c: &mut Criterion) {
                     );
                     g.bench_function(id, |b| {
                         b.iter(|| {
-                            f(
-                                pool,
-                                isa,
+                            let attn = Attention::<F32> {
                                 layout,
                                 pos0,
-                                black_box(&q),
-                                &k,
-                                &v,
-                                &mut scores,
-                                &mut out,
-                            )
+                                q: black_box(&q),
+                                k: &k,
+                                v: &v,
+                            };
+                            f(&attn, pool, isa, &mut scores, &mut out)
                         })
                     });
                 }

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{encode, Rng};
-use qwenrt_kernels::{ops, scalar, Bf16, Cpu, Dtype, Isa, WeightType, F16, F32};
+use qwenrt_kernels::ops::{self, AttnHead};
+use qwenrt_kernels::{scalar, Bf16, Cpu, Dtype, Isa, WeightType, F16, F32};
 
 const SIZES: [usize; 6] = [0, 1, 7, 63, 64, 4097];
 
@@ -259,11 +260,17 @@ fn attention_all() {
             let scale = 1.0 / (hd as f32).sqrt();
             let mut sr = vec![0.0; len + 3];
             let mut r = vec![0.0; hd];
-            scalar::attention::<F32>(&q, &keys, &values, scale, &mut sr, &mut r);
+            let head = AttnHead::<F32> {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                scale,
+            };
+            scalar::attention(head, &mut sr, &mut r);
             for isa in simd_isas() {
                 let mut s = vec![0.0; len + 3];
                 let mut o = vec![f32::NAN; hd];
-                ops::attention::<F32>(isa, &q, &keys, &values, scale, &mut s, &mut o);
+                ops::attention(isa, head, &mut s, &mut o);
                 for i in 0..hd {
                     close(
                         o[i],

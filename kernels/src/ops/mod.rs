@@ -7,6 +7,7 @@
 use crate::cpu::Cpu;
 use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
+pub use crate::layout::AttnHead;
 pub(crate) use crate::layout::AttnTile;
 use crate::scalar;
 
@@ -205,47 +206,10 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
         "matvec: weight buffer too short"
     );
     match x.prep {
-        #[cfg(target_arch = "x86_64")]
-        Prep::HiLo(xp) => {
-            assert!(W::DTYPE == Dtype::BF16);
-            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new` (rounded up to
-            // a block), the only way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16
-            // at the AVX-512 level, which it does only where detected; `w` length checked; the
-            // one input's outputs are `y` (borrowed mutably here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_hilo_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Prep::EvenOdd(xp) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 checked; `w` length checked; `xp` was laid out
-            // from these `cols` columns by `MatvecX::exact` (rounded up to 32), the only way to
-            // build an `EvenOdd` input; the one input's outputs are `y` (borrowed mutably
-            // here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_evenodd_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
-        }
-        _ => {
-            let x = x.x;
-            dispatch_simd!(isa, matvec::<W>, (w, x, y))
-        }
+        Prep::Plain => dispatch_simd!(isa, matvec::<W>, (w, x.x, y)),
+        // The prepared inputs have only the multi-row kernels, which take one input as well.
+        // SAFETY: `y` (borrowed mutably here) holds the one input's `y.len()` outputs.
+        _ => unsafe { matvec_x_rows::<W>(isa, w, y.len(), &[*x], y.as_mut_ptr(), y.len()) },
     }
 }
 
@@ -260,17 +224,27 @@ pub fn matvec_rows_x<W: WeightType>(
     xs: &[MatvecX<'_>],
     y: &mut [f32],
 ) {
-    let isa: Isa = isa.into();
-    if xs.is_empty() {
+    let Some(rows) = rows_per_input("matvec_rows_x", xs.len(), y) else {
         return;
+    };
+    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
+    unsafe { matvec_x_rows::<W>(isa.into(), w, rows, xs, y.as_mut_ptr(), rows) }
+}
+
+/// The outputs per input of a many-input entry point writing one row of `y` per input:
+/// `y.len() / inputs`, or `None` when there are no inputs (nothing to do).
+///
+/// # Panics
+/// If `y` is not one row per input (`what` names the caller).
+pub(crate) fn rows_per_input(what: &str, inputs: usize, y: &[f32]) -> Option<usize> {
+    if inputs == 0 {
+        return None;
     }
     assert!(
-        y.len().is_multiple_of(xs.len()),
-        "matvec_rows_x: y is not one row per input"
+        y.len().is_multiple_of(inputs),
+        "{what}: y is not one row per input"
     );
-    let rows = y.len() / xs.len();
-    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_x_rows::<W>(isa, w, rows, xs, y.as_mut_ptr(), rows) }
+    Some(y.len() / inputs)
 }
 
 /// The most inputs one multi-row kernel call of [`matvec_x_rows`] takes.
@@ -500,29 +474,15 @@ pub fn rope(isa: impl Into<Isa>, x: &mut [f32], head_dim: usize, cos: &[f32], si
     dispatch_simd!(isa.into(), rope, (x, head_dim, cos, sin))
 }
 
-/// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
-/// `len` floats.
+/// One query head against its cached positions ([`AttnHead`]); `scores` needs `len` floats.
 pub fn attention<T: KvType>(
     isa: impl Into<Isa>,
-    q: &[f32],
-    keys: &[T::Elem],
-    values: &[T::Elem],
-    scale: f32,
+    head: AttnHead<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    assert_eq!(out.len(), hd, "attention: out length");
-    let len = keys.len().checked_div(hd).unwrap_or(0);
-    assert!(
-        values.len() >= len * hd && scores.len() >= len,
-        "attention: buffers too short"
-    );
-    dispatch_simd!(
-        isa.into(),
-        attention::<T>,
-        (q, keys, values, scale, scores, out)
-    )
+    head.checked_len(scores, out);
+    dispatch_simd!(isa.into(), attention::<T>, (head, scores, out))
 }
 
 /// Rows per tile of the blocked attention on `isa` with `rv` vectors of rows, or `None` where

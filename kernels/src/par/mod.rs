@@ -1,14 +1,15 @@
 //! Kernels split across a [`ThreadPool`]. The runtime calls only these for its heavy work, so
 //! every disjoint-write split lives here, next to the pool.
 //!
-//! - [`matvec`] (and the fused [`matvec2`], [`matvec3`]): rows split in balanced chunks of a
-//!   multiple of [`ROW_ALIGN`] rows, one contiguous chunk of `y` per thread.
+//! - [`matvec`] (and [`matvec_n`], several matrices over one input in one dispatch): rows
+//!   split in chunks of a multiple of [`ROW_ALIGN`] rows that the threads claim in order.
 //! - [`matmul`]: output columns (weight rows) split in chunks of a multiple of [`COL_ALIGN`], each
 //!   thread writing a column block of every token's output row.
-//! - [`attention`]: on AVX-512, tiles of (kv head, up to 32 query rows of its group) streamed
-//!   against key blocks with an online softmax ([`attention_tiled`]); elsewhere (and for decode
-//!   with more threads than kv heads) (query token, head) pairs ([`attention_rows`]). Both hand
-//!   out work with an atomic counter, longest causal rows first.
+//! - [`Attention`] (one call's queries and cache layer; [`Attention::run`]): on AVX-512, tiles
+//!   of (kv head, up to 32 query rows of its group) streamed against key blocks with an online
+//!   softmax ([`Attention::run_tiled`]); elsewhere (and for decode with more threads than kv
+//!   heads) (query token, head) pairs ([`Attention::run_rows`]). Both hand out work with an
+//!   atomic counter, longest causal rows first.
 //!
 //! Nothing here allocates: each dispatch passes a stack closure to [`ThreadPool::run`].
 
@@ -54,7 +55,7 @@ impl SendPtr {
     }
 }
 
-/// Floats of scratch the `attention_*` functions need in `scores`: a `cap`-long row of scores
+/// Floats of scratch the [`Attention`] runs need in `scores`: a `cap`-long row of scores
 /// for each thread of the per-row path, or a tile's scratch for each thread of the blocked one.
 pub fn scores_len(n_threads: usize, n_heads: usize, cap: usize) -> usize {
     (n_threads.max(n_heads).max(1) * cap).max(n_threads.max(1) * attention::TILE_SCRATCH)
@@ -81,54 +82,22 @@ pub fn matvec<W: WeightType>(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    let cpu: Cpu = cpu.into();
     matvec_n::<W, 1>(pool, cpu, [w], x, scratch, [y]);
 }
 
-/// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
-/// `y0 = w0 · x`, `y1 = w1 · x`.
-#[allow(clippy::too_many_arguments)]
-pub fn matvec2<W: WeightType>(
+/// `N` matvecs sharing the input `x` in one dispatch, `ys[i] = ws[i] · x` (e.g. the FFN's gate
+/// and up projections, or attention's q, k and v): `x` is prepared once, in `scratch`
+/// ([`ops::matvec_scratch_len`] floats), and the concatenation of the matrices' rows is split
+/// across the threads. Each output is bit for bit that of [`matvec`] on its matrix alone.
+pub fn matvec_n<W: WeightType, const N: usize>(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    x: &[f32],
-    scratch: &mut [f32],
-    w0: &[u8],
-    y0: &mut [f32],
-    w1: &[u8],
-    y1: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    matvec_n::<W, 2>(pool, cpu, [w0, w1], x, scratch, [y0, y1]);
-}
-
-/// Three matvecs sharing the input `x` (e.g. attention's q, k and v projections) in one dispatch.
-#[allow(clippy::too_many_arguments)]
-pub fn matvec3<W: WeightType>(
-    pool: &ThreadPool,
-    cpu: impl Into<Cpu>,
-    x: &[f32],
-    scratch: &mut [f32],
-    w0: &[u8],
-    y0: &mut [f32],
-    w1: &[u8],
-    y1: &mut [f32],
-    w2: &[u8],
-    y2: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    matvec_n::<W, 3>(pool, cpu, [w0, w1, w2], x, scratch, [y0, y1, y2]);
-}
-
-/// `N` matvecs over one `x`: the concatenation of their rows is split across the threads.
-fn matvec_n<W: WeightType, const N: usize>(
-    pool: &ThreadPool,
-    cpu: Cpu,
     ws: [&[u8]; N],
     x: &[f32],
     scratch: &mut [f32],
     ys: [&mut [f32]; N],
 ) {
+    let cpu: Cpu = cpu.into();
     let cols = x.len();
     let x = &ops::MatvecX::new::<W>(cpu, x, scratch);
     for (w, y) in ws.iter().zip(&ys) {
@@ -156,12 +125,8 @@ fn matvec_n<W: WeightType, const N: usize>(
     let chunk = total
         .div_ceil(nt * CHUNKS_PER_THREAD)
         .next_multiple_of(ROW_ALIGN);
-    let next = AtomicUsize::new(0);
-    pool.run(&|_tid| loop {
-        let g0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
-        if g0 >= total {
-            break;
-        }
+    claim_items(pool, nt, total.div_ceil(chunk), &|_tid, c| {
+        let g0 = c * chunk;
         let g1 = (g0 + chunk).min(total);
         let mut base = 0;
         for i in 0..N {
@@ -172,8 +137,8 @@ fn matvec_n<W: WeightType, const N: usize>(
             if r0 >= r1 {
                 continue;
             }
-            // SAFETY: every chunk [g0, g1) is claimed by exactly one thread (the counter hands
-            // each index out once), so the per-matrix ranges [r0, r1) of different claims are
+            // SAFETY: every chunk [g0, g1) is claimed by exactly one thread ([`claim_items`]),
+            // so the per-matrix ranges [r0, r1) of different claims are
             // disjoint; they lie inside y_i (length `len`), whose `&mut` is held (unused) by this
             // function until `run` returns.
             let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
@@ -325,9 +290,36 @@ fn matmul_cols(
     });
 }
 
+/// Runs `work(tid, i)` for every item `i < items`, each claimed exactly once, in order, from an
+/// atomic counter by one of the first `nt` threads of the pool (`tid < nt`), so `work` may
+/// write item `i`'s part of an output alone, and a thread slowed by a noisy neighbour (or the
+/// caller, who also does the serial work between dispatches) takes fewer items instead of
+/// holding everyone at the barrier. With `nt == 1`, all on the calling thread (`tid` 0).
+fn claim_items(pool: &ThreadPool, nt: usize, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+    if nt == 1 {
+        for i in 0..items {
+            work(0, i);
+        }
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(&|tid| {
+        if tid >= nt {
+            return;
+        }
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            work(tid, i);
+        }
+    });
+}
+
 /// Runs `run_block(b, y)` for every block `b < blocks` of a matvec over rows: on the calling
-/// thread when `serial`, else claimed one at a time from a counter by the pool's threads (each
-/// index is handed out once, so `run_block` may write block `b`'s part of `y` alone).
+/// thread when `serial`, else claimed from the pool's threads by [`claim_items`] (each index is
+/// handed out once, so `run_block` may write block `b`'s part of `y` alone).
 fn for_each_block(
     pool: &ThreadPool,
     blocks: usize,
@@ -335,21 +327,9 @@ fn for_each_block(
     y: *mut f32,
     run_block: &(dyn Fn(usize, *mut f32) + Sync),
 ) {
-    if serial {
-        for b in 0..blocks {
-            run_block(b, y);
-        }
-        return;
-    }
     let yp = SendPtr(y);
-    let next = AtomicUsize::new(0);
-    pool.run(&|_tid| loop {
-        let b = next.fetch_add(1, Ordering::Relaxed);
-        if b >= blocks {
-            break;
-        }
-        run_block(b, yp.get());
-    });
+    let nt = if serial { 1 } else { pool.n_threads() };
+    claim_items(pool, nt, blocks, &|_tid, b| run_block(b, yp.get()));
 }
 
 /// `(n, rows)` of a many-input matvec over `cols` columns (`x` is `[n, cols]`, `y` is

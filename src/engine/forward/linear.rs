@@ -277,7 +277,7 @@ impl Matmul<'_> {
             Some(d) if nd == 1 && x.len() == m.q.cols => {
                 let (pool, cpu, prep, wb) = (self.pool, self.cpu, &mut *self.prep, self.weights);
                 let (wq, wk, wv) = (wb.bytes(&m.q.w), wb.bytes(&m.k.w), wb.bytes(&m.v.w));
-                by_format!(d, W => par::matvec3::<W>(pool, cpu, x, prep, wq, q, wk, k, wv, v));
+                by_format!(d, W => par::matvec_n::<W, 3>(pool, cpu, [wq, wk, wv], x, prep, [q, k, v]));
             }
             _ => {
                 self.rows(&m.q, x, q, nd);
@@ -301,7 +301,7 @@ impl Matmul<'_> {
             Some(d) if nd == 1 && x.len() == f.gate.cols => {
                 let (pool, cpu, prep, wb) = (self.pool, self.cpu, &mut *self.prep, self.weights);
                 let (wg, wu) = (wb.bytes(&f.gate.w), wb.bytes(&f.up.w));
-                by_format!(d, W => par::matvec2::<W>(pool, cpu, x, prep, wg, gate, wu, up));
+                by_format!(d, W => par::matvec_n::<W, 2>(pool, cpu, [wg, wu], x, prep, [gate, up]));
             }
             _ => {
                 self.rows(&f.gate, x, gate, nd);
