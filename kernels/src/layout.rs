@@ -1,8 +1,48 @@
-//! Work layouts shared by the backends and the code that hands the work out: the single-head
-//! attention's input and the blocked prefill attention's tile. (The quantized matmul's weight
-//! panel is [`crate::quant`]'s.)
+//! Work layouts shared by the backends and the code that hands the work out: a float matmul's
+//! column block, the single-head attention's input and the blocked prefill attention's tile.
+//! (The quantized matmul's weight panel is [`crate::quant`]'s.)
 
 use crate::dtype::KvType;
+
+/// A column block of a float matmul, as the bodies behind `ops::matmul` and `par::matmul`
+/// compute it: `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for the tokens `t < n` and the
+/// block's weight rows `j < rows` (so that a thread can fill a column block of a wider output).
+///
+/// Contract (what the unsafe bodies rely on, checked by [`MatmulBlock::check`] but for `y`):
+/// `k > 0`, `w` holds `rows * k` weights, `x` at least `n * k` floats, `ldy >= rows`, and `y`
+/// is valid for writes at `t * ldy + j` (`t < n`, `j < rows`), touched by no one else during
+/// the call.
+#[derive(Clone, Copy)]
+pub(crate) struct MatmulBlock<'a> {
+    /// The block's weight rows, little-endian bytes of the kernel's dtype.
+    pub w: &'a [u8],
+    /// Weights per row (the depth).
+    pub k: usize,
+    /// The activations, `[n, k]`.
+    pub x: &'a [f32],
+    /// Tokens.
+    pub n: usize,
+    /// Token 0's output for the block's first weight row.
+    pub y: *mut f32,
+    /// Floats from one token's output row to the next.
+    pub ldy: usize,
+    /// Weight rows (output columns) in the block.
+    pub rows: usize,
+}
+
+impl MatmulBlock<'_> {
+    /// Panics unless the block's buffers hold what its contract asks, for weights of `wsize`
+    /// bytes (all but `y`, which a pointer cannot show).
+    pub fn check(&self, wsize: usize) {
+        let k = self.k;
+        assert!(
+            k > 0
+                && self.w.len() >= self.rows * k * wsize
+                && self.x.len() >= self.n * k
+                && self.ldy >= self.rows
+        );
+    }
+}
 
 /// One query head against `len` cached positions, the input of the single-head attention
 /// ([`crate::ops::attention`], and the scalar and SIMD bodies behind it): `keys` and `values`

@@ -8,7 +8,7 @@
 mod common;
 
 use common::{encode, Rng};
-use qwenrt_kernels::ops::{self, AttnHead};
+use qwenrt_kernels::ops::{self, AttnHead, Matrix};
 use qwenrt_kernels::{scalar, Bf16, Cpu, Dtype, Isa, KvType, WeightType, F16, F32};
 
 /// Lengths around the 8-, 16-, 32- and 64-float vector groups of the AVX2 and AVX-512 bodies.
@@ -203,7 +203,11 @@ fn check_matvec<W: WeightType>(isas: &[Isa]) {
                         match prepared {
                             "fastest" => ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y),
                             "exact" => {
-                                let xp = ops::MatvecX::exact::<W>(isa, &x, &mut scratch);
+                                let xp = ops::MatvecX::new::<W>(
+                                    Cpu::from(isa).without_bf16(),
+                                    &x,
+                                    &mut scratch,
+                                );
                                 ops::matvec_x::<W>(isa, w, &xp, &mut y)
                             }
                             _ => ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y),
@@ -251,7 +255,7 @@ fn check_matmul<W: WeightType>(isas: &[Isa]) {
                     for &isa in isas {
                         let mut y = filled(n * rows, f32::NAN);
                         let mut pack = filled(ops::matmul_scratch_len(), f32::NAN);
-                        ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
+                        ops::matmul::<W>(isa, Matrix { bytes: w, cols: k }, &x, &mut pack, &mut y);
                         for t in 0..n {
                             for j in 0..rows {
                                 let mag: f32 = (0..k)
@@ -304,7 +308,7 @@ fn matmul_bf16dot_at_end_of_allocation() {
                 for &isa in &isas {
                     let mut s = filled(ops::matmul_bf16dot_scratch_len(n, k), f32::NAN);
                     let mut y = filled(n * rows, f32::NAN);
-                    ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut y);
+                    ops::matmul_bf16dot(isa, Matrix { bytes: w, cols: k }, &x, &mut s, &mut y);
                     let reference = if Cpu::from(isa).bf16() { &rr } else { &r };
                     for t in 0..n {
                         for j in 0..rows {

@@ -3,8 +3,9 @@
 mod common;
 
 use common::{attention_ref, encode, Rng};
+use qwenrt_kernels::ops::{self, Matrix};
 use qwenrt_kernels::par::{self, Attention, KvLayout};
-use qwenrt_kernels::{ops, scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::{scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
 
 fn bytes<W: WeightType>(v: &[f32], offset: usize) -> Vec<u8> {
     encode(v, W::DTYPE, offset)
@@ -99,7 +100,14 @@ fn par_matmul_all() {
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; n * rows];
                 let mut pack = vec![f32::NAN; par::matmul_scratch_len(nt)];
-                par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut pack, &mut y);
+                par::matmul::<Bf16>(
+                    &pool,
+                    isa,
+                    Matrix { bytes: w, cols: k },
+                    &x,
+                    &mut pack,
+                    &mut y,
+                );
                 close(
                     &y,
                     &r,
@@ -112,10 +120,17 @@ fn par_matmul_all() {
             let mut s = vec![f32::NAN; ops::matmul_bf16dot_scratch_len(n, k)];
             for isa in Isa::available() {
                 let mut r = vec![f32::NAN; n * rows];
-                ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut r);
+                ops::matmul_bf16dot(isa, Matrix { bytes: w, cols: k }, &x, &mut s, &mut r);
                 let mut y = vec![f32::NAN; n * rows];
                 let mut ps = vec![f32::NAN; par::matmul_bf16dot_scratch_len(nt, n, k)];
-                par::matmul_bf16dot(&pool, isa, w, k, &x, &mut ps, &mut y);
+                par::matmul_bf16dot(
+                    &pool,
+                    isa,
+                    Matrix { bytes: w, cols: k },
+                    &x,
+                    &mut ps,
+                    &mut y,
+                );
                 let what = format!("par::matmul_bf16dot {isa} nt={nt} {rows} {k} {n}");
                 assert!(
                     y.iter().zip(&r).all(|(a, b)| a.to_bits() == b.to_bits()),

@@ -5,8 +5,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use qwenrt_kernels::ops::{self, Matrix};
 use qwenrt_kernels::par::{self, Attention, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool, F16, F32};
+use qwenrt_kernels::{Bf16, Isa, ThreadPool, F16, F32};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -102,7 +103,11 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut s,
                         [&mut y1, &mut y2],
                     );
-                    par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut pack, &mut y);
+                    let w = Matrix {
+                        bytes: &w[1..],
+                        cols: cols,
+                    };
+                    par::matmul::<Bf16>(&pool, isa, w, &x, &mut pack, &mut y);
                     let attn = Attention::<F32> {
                         layout,
                         pos0: 5,

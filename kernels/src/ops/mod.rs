@@ -8,7 +8,7 @@ use crate::cpu::Cpu;
 use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
 pub use crate::layout::AttnHead;
-pub(crate) use crate::layout::AttnTile;
+pub(crate) use crate::layout::{AttnTile, MatmulBlock};
 use crate::scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -78,9 +78,9 @@ pub fn matvec_scratch_len(cols: usize) -> usize {
 /// - on AVX-512 with AVX512-BF16 ([`MatvecX::new`]), split into bf16 `hi + lo` parts, so the
 ///   rows stream through `vdpbf16ps` (within 2^-17 of the f32 result, ~20% faster than widening
 ///   each weight to f32);
-/// - on AVX-512 otherwise ([`MatvecX::exact`]), reordered into even and odd columns, so the
-///   kernel turns 32-bit lanes of weight pairs into f32 with a shift and a mask instead of a
-///   widening shuffle (exact; on Zen 4 8% faster from DRAM, 27% from L3, one thread). The same
+/// - on AVX-512 otherwise (or for a CPU [`without_bf16`](Cpu::without_bf16)), reordered into
+///   even and odd columns, so the kernel turns 32-bit lanes of weight pairs into f32 with a
+///   shift and a mask instead of a widening shuffle (exact; on Zen 4 8% faster from DRAM, 27% from L3, one thread). The same
 ///   trick on AVX2 was no faster in decode there, so AVX2 keeps the widening kernel.
 ///
 /// Otherwise it is `x` as is.
@@ -104,16 +104,21 @@ enum Prep<'a> {
 
 impl<'a> MatvecX<'a> {
     /// Prepares `x` for matvecs over `W` weights on `cpu`, in `scratch`, which must hold at least
-    /// [`matvec_scratch_len`]`(x.len())` floats: the fastest kernel the CPU has.
+    /// [`matvec_scratch_len`]`(x.len())` floats: for the fastest kernel the CPU has. For the
+    /// kernels whose result is exactly the f32 one (bf16 weights widened exactly, f32 sums: no
+    /// hi/lo split), pass the CPU [`without_bf16`](Cpu::without_bf16).
     pub fn new<W: WeightType>(
         cpu: impl Into<Cpu>,
         x: &'a [f32],
         scratch: &'a mut [f32],
     ) -> MatvecX<'a> {
         let cpu: Cpu = cpu.into();
+        let need = check_scratch(x, scratch);
+        if W::DTYPE != Dtype::BF16 || cpu.isa() != Isa::Avx512 {
+            return MatvecX::plain(x);
+        }
         #[cfg(target_arch = "x86_64")]
-        if W::DTYPE == Dtype::BF16 && cpu.bf16() {
-            let need = check_scratch(x, scratch);
+        if cpu.bf16() {
             // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where it was
             // detected; scratch length checked.
             unsafe { avx512::pack_hilo(x, scratch) };
@@ -121,21 +126,6 @@ impl<'a> MatvecX<'a> {
                 x,
                 prep: Prep::HiLo(&scratch[..need]),
             };
-        }
-        MatvecX::exact::<W>(cpu.isa(), x, scratch)
-    }
-
-    /// Like [`MatvecX::new`], but for the kernels whose result is exactly the f32 one (bf16
-    /// weights widened exactly, f32 sums): no hi/lo split.
-    pub fn exact<W: WeightType>(
-        isa: impl Into<Isa>,
-        x: &'a [f32],
-        scratch: &'a mut [f32],
-    ) -> MatvecX<'a> {
-        let isa: Isa = isa.into();
-        let need = check_scratch(x, scratch);
-        if W::DTYPE != Dtype::BF16 || isa != Isa::Avx512 {
-            return MatvecX::plain(x);
         }
         let block = 32;
         let half = block / 2;
@@ -216,8 +206,8 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
 /// Many inputs against one matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
 /// `rows = y.len() / xs.len()`, through the multi-row kernels (each weight vector loaded once
 /// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
-/// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
-/// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
+/// must be prepared the same way (by [`MatvecX::new`] for this `isa` and `W`, or all
+/// [`MatvecX::plain`]) over the same number of columns.
 pub fn matvec_rows_x<W: WeightType>(
     isa: impl Into<Isa>,
     w: &[u8],
@@ -365,7 +355,7 @@ unsafe fn rows_group<W: WeightType>(
                 _ => panic!("matvec_x_rows: inputs prepared differently"),
             };
             // SAFETY: CPU support checked; `w` length checked by the caller; every input is an
-            // `EvenOdd` laid out by `MatvecX::exact` from `cols` columns; `y` forwarded.
+            // `EvenOdd` laid out by `MatvecX::new` from `cols` columns; `y` forwarded.
             unsafe { by_len!(avx512::matvec_bf16_evenodd_rows, get) }
         }
         _ => {

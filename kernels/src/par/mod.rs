@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::cpu::Cpu;
 use crate::dtype::WeightType;
 use crate::isa::Isa;
-use crate::ops;
+use crate::ops::{self, Matrix};
 use crate::pool::ThreadPool;
 use crate::scalar;
 
@@ -165,28 +165,17 @@ pub fn matmul_bf16dot_scratch_len(n_threads: usize, n: usize, k: usize) -> usize
 pub fn matmul<W: WeightType>(
     pool: &ThreadPool,
     isa: impl Into<Isa>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let isa: Isa = isa.into();
     let per = ops::matmul_scratch_len();
-    matmul_cols(
-        pool,
-        w,
-        W::SIZE,
-        k,
-        x,
-        y,
-        scratch,
-        per,
-        &|w, n, yp, ldy, cols, pack| {
-            // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
-            unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols, pack) }
-        },
-    );
+    matmul_cols(pool, w, W::SIZE, x, y, scratch, per, &|block, pack| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+        unsafe { ops::matmul_strided::<W>(isa, block, pack) }
+    });
 }
 
 /// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
@@ -196,66 +185,52 @@ pub fn matmul<W: WeightType>(
 pub fn matmul_bf16dot(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
+    let k = w.cols;
     let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
     let (pairs, packs) = ops::split_bf16dot_scratch(scratch, n, k);
     let xb = ops::bf16dot_pairs(cpu, x, k, n, pairs);
     let per = ops::BF16DOT_PACK;
-    matmul_cols(
-        pool,
-        w,
-        2,
-        k,
-        x,
-        y,
-        packs,
-        per,
-        &|w, n, yp, ldy, cols, pack| {
-            // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
-            // k and n (`matmul_cols` passes the same n).
-            unsafe { ops::matmul_bf16dot_strided(cpu, w, k, x, xb, n, yp, ldy, cols, pack) }
-        },
-    );
+    matmul_cols(pool, w, 2, x, y, packs, per, &|block, pack| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
+        // k and n (`matmul_cols` passes the same ones).
+        unsafe { ops::matmul_bf16dot_strided(cpu, block, xb, pack) }
+    });
 }
 
-/// The body of one thread's column block: `(w_block, n, y_block, ldy, cols, pack)`.
-type ColsBody<'a> = dyn Fn(&[u8], usize, *mut f32, usize, usize, &mut [f32]) + Sync + 'a;
+/// The body of one thread's column block: `(block, pack)`.
+type ColsBody<'a> = dyn Fn(&ops::MatmulBlock<'_>, &mut [f32]) + Sync + 'a;
 
-/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols, pack)` must
-/// compute `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of
-/// `w_block`; it is called with a `y_block` valid for exactly those writes and not accessed by
-/// anyone else, and with `pack`, `per` floats of `packs` that are the calling thread's alone.
+/// The column split shared by the matmuls. `body(block, pack)` must compute the block; it is
+/// called with a block that satisfies [`ops::MatmulBlock`]'s contract (its `y` valid for
+/// exactly its writes and not accessed by anyone else), and with `pack`, `per` floats of
+/// `packs` that are the calling thread's alone.
 #[allow(clippy::too_many_arguments)]
 fn matmul_cols(
     pool: &ThreadPool,
-    w: &[u8],
+    w: Matrix<'_>,
     wsize: usize,
-    k: usize,
     x: &[f32],
     y: &mut [f32],
     packs: &mut [f32],
     per: usize,
     body: &ColsBody<'_>,
 ) {
-    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+    let Some(whole) = w.block(wsize, x, y, "matmul") else {
         return;
     };
-    assert!(
-        w.len() >= rows * k * wsize,
-        "matmul: weight buffer too short"
-    );
+    let (n, rows, k) = (whole.n, whole.rows, whole.k);
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
         assert!(packs.len() >= per, "matmul: scratch too short for a panel");
-        body(w, n, y.as_mut_ptr(), rows, rows, &mut packs[..per]);
+        body(&whole, &mut packs[..per]);
         return;
     }
     assert!(
@@ -264,7 +239,7 @@ fn matmul_cols(
         packs.len(),
         nt * per
     );
-    let yp = SendPtr(y.as_mut_ptr());
+    let yp = SendPtr(whole.y);
     let pp = SendPtr(packs.as_mut_ptr());
     pool.run(&|tid| {
         let (c0, c1) = split(rows, nt, tid, COL_ALIGN);
@@ -279,14 +254,17 @@ fn matmul_cols(
         // y[t * rows + j] for j in its column range [c0, c1), and the ranges of different tids
         // are disjoint; all lie in y (n*rows <= y.len()), whose `&mut` this function holds until
         // `run` returns.
-        body(
-            &w[c0 * k * wsize..],
+        let y_block = unsafe { yp.get().add(c0) };
+        let block = ops::MatmulBlock {
+            w: &w.bytes[c0 * k * wsize..],
+            k,
+            x,
             n,
-            unsafe { yp.get().add(c0) },
-            rows,
-            c1 - c0,
-            pack,
-        );
+            y: y_block,
+            ldy: rows,
+            rows: c1 - c0,
+        };
+        body(&block, pack);
     });
 }
 
@@ -360,9 +338,10 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 }
 
 /// `n` matvecs over one matrix, the weights streamed from memory once for all of them: `x` is
-/// `[n, cols]`, `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block of weight rows
-/// is read by every input while it is in cache, by the multi-row kernels: each weight vector
-/// is loaded once into a register and multiplied into a group of inputs (up to 4). Each input
+/// `[n, cols]` (`cols = w.cols`), `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block
+/// of weight rows is read by every input while it is in cache, by the multi-row kernels: each
+/// weight vector is loaded once into a register and multiplied into a group of inputs (up to
+/// 4). Each input
 /// keeps the accumulators of the single-row kernel [`matvec`] runs, adds into them in the same
 /// order and reduces them the same way, so the result is bit for bit that of `n` separate
 /// [`matvec`] calls, whatever `n` and the thread count: a row's numbers never depend on which
@@ -370,13 +349,13 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    w: &[u8],
-    cols: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
+    let Matrix { bytes: w, cols } = w;
     let Some((_, rows)) = rows_dims("matvec_rows", cols, x, y) else {
         return;
     };

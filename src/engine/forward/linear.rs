@@ -5,6 +5,7 @@
 //! can stream them in one dispatch. [`Matmul`] runs them over a step's rows with the arena's
 //! kernel scratch, so the forward pass names a matrix and never a format, layout or ISA.
 
+use qwenrt_kernels::ops::Matrix;
 use qwenrt_kernels::quant::QuantType;
 use qwenrt_kernels::{par, Bf16, Cpu, Dtype, Format, ThreadPool, F16, F32};
 
@@ -240,14 +241,22 @@ impl Matmul<'_> {
                 self.float_decode(d, wbytes, cols, x_d, out_d);
                 if nd < n {
                     let pack = &mut *self.matmul_pack;
-                    by_format!(d, W => par::matmul::<W>(pool, cpu, wbytes, cols, x_p, pack, out_p));
+                    let w = Matrix {
+                        bytes: wbytes,
+                        cols,
+                    };
+                    by_format!(d, W => par::matmul::<W>(pool, cpu, w, x_p, pack, out_p));
                 }
             }
             Kernel::Bf16Dot => {
                 self.float_decode(Dtype::BF16, wbytes, cols, x_d, out_d);
                 if nd < n {
                     let pack = &mut *self.matmul_pack;
-                    par::matmul_bf16dot(pool, cpu, wbytes, cols, x_p, pack, out_p);
+                    let w = Matrix {
+                        bytes: wbytes,
+                        cols,
+                    };
+                    par::matmul_bf16dot(pool, cpu, w, x_p, pack, out_p);
                 }
             }
         }
@@ -260,7 +269,10 @@ impl Matmul<'_> {
         match x.len() / cols.max(1) {
             0 => {}
             1 => by_format!(d, W => par::matvec::<W>(pool, cpu, w, x, prep, out)),
-            _ => by_format!(d, W => par::matvec_rows::<W>(pool, cpu, w, cols, x, prep, out)),
+            _ => {
+                let w = Matrix { bytes: w, cols };
+                by_format!(d, W => par::matvec_rows::<W>(pool, cpu, w, x, prep, out))
+            }
         }
     }
 
