@@ -103,11 +103,11 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut s,
                         [&mut y1, &mut y2],
                     );
-                    let w = Matrix {
+                    let wm = Matrix {
                         bytes: &w[1..],
-                        cols: cols,
+                        cols,
                     };
-                    par::matmul::<Bf16>(&pool, isa, w, &x, &mut pack, &mut y);
+                    par::matmul::<Bf16>(&pool, isa, wm, &x, &mut pack, &mut y);
                     let attn = Attention::<F32> {
                         layout,
                         pos0: 5,

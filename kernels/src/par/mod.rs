@@ -341,11 +341,10 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 /// `[n, cols]` (`cols = w.cols`), `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block
 /// of weight rows is read by every input while it is in cache, by the multi-row kernels: each
 /// weight vector is loaded once into a register and multiplied into a group of inputs (up to
-/// 4). Each input
-/// keeps the accumulators of the single-row kernel [`matvec`] runs, adds into them in the same
-/// order and reduces them the same way, so the result is bit for bit that of `n` separate
-/// [`matvec`] calls, whatever `n` and the thread count: a row's numbers never depend on which
-/// other rows share the dispatch.
+/// 4). Each input keeps the accumulators of the single-row kernel [`matvec`] runs, adds into
+/// them in the same order and reduces them the same way, so the result is bit for bit that of
+/// `n` separate [`matvec`] calls, whatever `n` and the thread count: a row's numbers never
+/// depend on which other rows share the dispatch.
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
