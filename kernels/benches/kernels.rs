@@ -9,8 +9,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Cpu, Dtype, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::ops::{self, Matrix};
+use qwenrt_kernels::par::{self, Attention, KvLayout};
+use qwenrt_kernels::{Bf16, Cpu, Dtype, Isa, ThreadPool, WeightType, F16, F32};
 
 fn data(n: usize, seed: u32) -> Vec<f32> {
     let mut s = seed.wrapping_mul(2_654_435_761).max(1);
@@ -68,7 +69,7 @@ fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)
                 // kernel.
                 if Cpu::from(isa).bf16() {
                     let mut s2 = vec![0.0; ops::matvec_scratch_len(cols)];
-                    let exact = ops::MatvecX::exact::<W>(isa, &x, &mut s2);
+                    let exact = ops::MatvecX::new::<W>(Cpu::from(isa).without_bf16(), &x, &mut s2);
                     g.bench_with_input(
                         BenchmarkId::new(format!("{isa}_exact"), format!("{rows}x{cols}")),
                         &(),
@@ -114,8 +115,10 @@ fn bench_matmul(c: &mut Criterion) {
                         b.iter(|| {
                             ops::matmul::<Bf16>(
                                 isa,
-                                black_box(&w),
-                                k,
+                                Matrix {
+                                    bytes: black_box(&w),
+                                    cols: k,
+                                },
                                 black_box(&x),
                                 &mut pack,
                                 &mut y,
@@ -129,8 +132,10 @@ fn bench_matmul(c: &mut Criterion) {
                         b.iter(|| {
                             ops::matmul_bf16dot(
                                 isa,
-                                black_box(&w),
-                                k,
+                                Matrix {
+                                    bytes: black_box(&w),
+                                    cols: k,
+                                },
                                 black_box(&x),
                                 &mut s,
                                 &mut y,
@@ -195,7 +200,13 @@ fn bench_attention(c: &mut Criterion) {
             BenchmarkId::new(isa.to_string(), format!("len{len}")),
             |b| {
                 b.iter(|| {
-                    ops::attention::<F32>(isa, black_box(&q), &k, &v, 0.125, &mut scores, &mut out)
+                    let head = ops::AttnHead::<F32> {
+                        q: black_box(&q),
+                        keys: &k,
+                        values: &v,
+                        scale: 0.125,
+                    };
+                    ops::attention(isa, head, &mut scores, &mut out)
                 })
             },
         );
@@ -254,7 +265,17 @@ fn bench_par(c: &mut Criterion) {
                 ),
                 |b| {
                     b.iter(|| {
-                        par::matmul::<Bf16>(pool, isa, black_box(&w), k, &x, &mut pack, &mut y)
+                        par::matmul::<Bf16>(
+                            pool,
+                            isa,
+                            Matrix {
+                                bytes: black_box(&w),
+                                cols: k,
+                            },
+                            &x,
+                            &mut pack,
+                            &mut y,
+                        )
                     })
                 },
             );
@@ -264,7 +285,19 @@ fn bench_par(c: &mut Criterion) {
                     format!("{}t", pool.n_threads()),
                 );
                 g.bench_function(id, |b| {
-                    b.iter(|| par::matmul_bf16dot(pool, isa, black_box(&w), k, &x, &mut s, &mut y))
+                    b.iter(|| {
+                        par::matmul_bf16dot(
+                            pool,
+                            isa,
+                            Matrix {
+                                bytes: black_box(&w),
+                                cols: k,
+                            },
+                            &x,
+                            &mut s,
+                            &mut y,
+                        )
+                    })
                 });
             }
         }
@@ -288,21 +321,11 @@ fn bench_par(c: &mut Criterion) {
             let mut out = vec![0.0; n * hq * hd];
             let pairs = n * pos0 + n * (n + 1) / 2;
             g.throughput(Throughput::Elements((4 * hd * hq * pairs) as u64));
-            type AttnFn = fn(
-                &ThreadPool,
-                Isa,
-                KvLayout,
-                usize,
-                &[f32],
-                &[f32],
-                &[f32],
-                &mut [f32],
-                &mut [f32],
-            );
-            let fns: [(&str, AttnFn); 3] = [
-                ("rows", par::attention_rows::<F32>),
-                ("tiled", par::attention_tiled::<F32>),
-                ("attention", par::attention::<F32>),
+            type AttnFn<'a> = fn(&Attention<'a, F32>, &ThreadPool, Isa, &mut [f32], &mut [f32]);
+            let fns: [(&str, AttnFn<'_>); 3] = [
+                ("rows", Attention::run_rows),
+                ("tiled", Attention::run_tiled),
+                ("attention", Attention::run),
             ];
             for pool in &pools {
                 let nt = pool.n_threads();
@@ -314,17 +337,14 @@ fn bench_par(c: &mut Criterion) {
                     );
                     g.bench_function(id, |b| {
                         b.iter(|| {
-                            f(
-                                pool,
-                                isa,
+                            let attn = Attention::<F32> {
                                 layout,
                                 pos0,
-                                black_box(&q),
-                                &k,
-                                &v,
-                                &mut scores,
-                                &mut out,
-                            )
+                                q: black_box(&q),
+                                k: &k,
+                                v: &v,
+                            };
+                            f(&attn, pool, isa, &mut scores, &mut out)
                         })
                     });
                 }
@@ -358,7 +378,17 @@ fn bench_matvec_rows(c: &mut Criterion) {
                 );
                 g.bench_function(id, |b| {
                     b.iter(|| {
-                        par::matvec_rows::<Bf16>(pool, isa, black_box(&w), cols, &x, &mut s, &mut y)
+                        par::matvec_rows::<Bf16>(
+                            pool,
+                            isa,
+                            Matrix {
+                                bytes: black_box(&w),
+                                cols,
+                            },
+                            &x,
+                            &mut s,
+                            &mut y,
+                        )
                     })
                 });
             }

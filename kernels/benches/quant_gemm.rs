@@ -7,6 +7,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use qwenrt_kernels::ops::Matrix;
 use qwenrt_kernels::{par, Cpu, QuantType, ThreadPool, F32};
 
 /// xorshift in [-0.5, 0.5).
@@ -80,7 +81,19 @@ fn bench(c: &mut Criterion) {
             .collect();
         let mut pack = vec![0.0; par::matmul_scratch_len(nt)];
         g.bench_function(BenchmarkId::new("F32", format!("{rows}x{k}")), |b| {
-            b.iter(|| par::matmul::<F32>(&pool, isa, black_box(&w), k, &x, &mut pack, &mut y))
+            b.iter(|| {
+                par::matmul::<F32>(
+                    &pool,
+                    isa,
+                    Matrix {
+                        bytes: black_box(&w),
+                        cols: k,
+                    },
+                    &x,
+                    &mut pack,
+                    &mut y,
+                )
+            })
         });
     }
 }

@@ -28,8 +28,8 @@
 //! - [`pool::ThreadPool`]: persistent workers meeting at a spin barrier; dispatch allocates nothing.
 //! - [`par`]: the kernels split across a pool (matvec by rows, matmul by output columns,
 //!   attention by tiles of (kv head, query rows) with an online softmax on AVX-512, else by
-//!   (token, head) pairs), plus fused [`par::matvec2`] / [`par::matvec3`] (several
-//!   matrices sharing one input in a single dispatch) and [`par::matmul_bf16dot`].
+//!   (token, head) pairs), plus the fused [`par::matvec_n`] (several matrices sharing one
+//!   input in a single dispatch) and [`par::matmul_bf16dot`].
 
 #![deny(missing_docs)]
 

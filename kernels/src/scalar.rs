@@ -2,6 +2,7 @@
 //! these, and they are the portable fallback (`Isa::Scalar`).
 
 use crate::dtype::{Dtype, KvType, WeightType};
+use crate::layout::AttnHead;
 
 /// `sum(a[i] * b[i])`.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -135,38 +136,27 @@ pub fn rope(x: &mut [f32], head_dim: usize, cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// One query head against `len` cached positions: `keys`/`values` are `[len, head_dim]` of KV
-/// type `T` (each element widened to f32 exactly, then the f32 math below), `scores` has room
-/// for `len`, `out` is `[head_dim]`. `out = softmax(keys · q * scale) · values`.
-pub fn attention<T: KvType>(
-    q: &[f32],
-    keys: &[T::Elem],
-    values: &[T::Elem],
-    scale: f32,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let hd = q.len();
-    assert_eq!(out.len(), hd, "attention: out length");
-    let len = keys.len().checked_div(hd).unwrap_or(0);
-    assert!(
-        values.len() >= len * hd && scores.len() >= len,
-        "attention: buffers too short"
-    );
+/// One query head against `len` cached positions ([`AttnHead`]: `keys`/`values` are
+/// `[len, head_dim]` of KV type `T`, each element widened to f32 exactly, then the f32 math
+/// below), `scores` has room for `len`, `out` is `[head_dim]`.
+/// `out = softmax(keys · q * scale) · values`.
+pub fn attention<T: KvType>(head: AttnHead<'_, T>, scores: &mut [f32], out: &mut [f32]) {
+    let len = head.checked_len(scores, out);
+    let hd = head.q.len();
     out.iter_mut().for_each(|v| *v = 0.0);
     if len == 0 {
         return;
     }
     let scores = &mut scores[..len];
     for (p, s) in scores.iter_mut().enumerate() {
-        let key = &keys[p * hd..(p + 1) * hd];
+        let key = &head.keys[p * hd..(p + 1) * hd];
         // the same sum as `dot(q, key)` on the widened key
-        let dot: f32 = q.iter().zip(key).map(|(x, &k)| x * T::to_f32(k)).sum();
-        *s = dot * scale;
+        let dot: f32 = head.q.iter().zip(key).map(|(x, &k)| x * T::to_f32(k)).sum();
+        *s = dot * head.scale;
     }
     softmax(scores);
     for (p, s) in scores.iter().enumerate() {
-        for (o, &v) in out.iter_mut().zip(&values[p * hd..(p + 1) * hd]) {
+        for (o, &v) in out.iter_mut().zip(&head.values[p * hd..(p + 1) * hd]) {
             *o += s * T::to_f32(v);
         }
     }

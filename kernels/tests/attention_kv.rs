@@ -9,8 +9,9 @@
 mod common;
 
 use common::{attention_ref, Rng};
-use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, scalar, Bf16, Isa, KvType, ThreadPool, F16, F32};
+use qwenrt_kernels::ops::{self, AttnHead};
+use qwenrt_kernels::par::{self, Attention, KvLayout};
+use qwenrt_kernels::{scalar, Bf16, Isa, KvType, ThreadPool, F16, F32};
 
 /// `x` rounded to `T`, and the rounded values widened back to f32.
 fn rounded<T: KvType>(x: &[f32]) -> (Vec<T::Elem>, Vec<f32>) {
@@ -36,9 +37,21 @@ fn check_ops_attention<T: KvType>() {
             let scale = 1.0 / (hd as f32).sqrt();
             let mut sr = vec![0.0; len + 3];
             let mut r = vec![0.0; hd];
-            scalar::attention::<T>(&q, &keys, &values, scale, &mut sr, &mut r);
+            let head = AttnHead::<T> {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                scale,
+            };
+            let head_wide = AttnHead::<F32> {
+                q: &q,
+                keys: &keys_wide,
+                values: &values_wide,
+                scale,
+            };
+            scalar::attention(head, &mut sr, &mut r);
             let mut r_wide = vec![0.0; hd];
-            scalar::attention::<F32>(&q, &keys_wide, &values_wide, scale, &mut sr, &mut r_wide);
+            scalar::attention(head_wide, &mut sr, &mut r_wide);
             assert_eq!(
                 bits(&r),
                 bits(&r_wide),
@@ -49,7 +62,7 @@ fn check_ops_attention<T: KvType>() {
                 let what = format!("attention<{:?}> {isa} hd={hd} len={len}", T::DTYPE);
                 let mut s = vec![0.0; len + 3];
                 let mut o = vec![f32::NAN; hd];
-                ops::attention::<T>(isa, &q, &keys, &values, scale, &mut s, &mut o);
+                ops::attention(isa, head, &mut s, &mut o);
                 for (i, (&a, &b)) in o.iter().zip(&r).enumerate() {
                     // as the f32 kernels are held to the scalar reference (tests/ops.rs)
                     assert!(
@@ -58,15 +71,7 @@ fn check_ops_attention<T: KvType>() {
                     );
                 }
                 let mut o_wide = vec![f32::NAN; hd];
-                ops::attention::<F32>(
-                    isa,
-                    &q,
-                    &keys_wide,
-                    &values_wide,
-                    scale,
-                    &mut s,
-                    &mut o_wide,
-                );
+                ops::attention(isa, head_wide, &mut s, &mut o_wide);
                 assert_eq!(
                     bits(&o),
                     bits(&o_wide),
@@ -87,9 +92,9 @@ fn ops_attention_f16_vs_scalar() {
     check_ops_attention::<F16>();
 }
 
-type AttnFn<E> = fn(&ThreadPool, Isa, KvLayout, usize, &[f32], &[E], &[E], &mut [f32], &mut [f32]);
-/// A `par` attention function on a `T` cache, named, with the same function on an f32 cache.
-type AttnPair<T> = (&'static str, AttnFn<<T as KvType>::Elem>, AttnFn<f32>);
+type AttnFn<'a, T> = fn(&Attention<'a, T>, &ThreadPool, Isa, &mut [f32], &mut [f32]);
+/// A `par` attention path on a `T` cache, named, with the same path on an f32 cache.
+type AttnPair<'a, T> = (&'static str, AttnFn<'a, T>, AttnFn<'a, F32>);
 
 /// The pool-split attention (dispatching, tiled, per-row) on a `T` cache against the scalar
 /// reference on awkward shapes: head dims that are not a multiple of a vector or the register
@@ -120,15 +125,25 @@ fn check_par_attention<T: KvType>() {
                         for pool in &pools {
                             let nt = pool.n_threads();
                             let mut scores = vec![0.0; par::scores_len(nt, n_heads, cap)];
-                            let fns: [AttnPair<T>; 3] = [
-                                ("attention", par::attention::<T>, par::attention::<F32>),
-                                (
-                                    "tiled",
-                                    par::attention_tiled::<T>,
-                                    par::attention_tiled::<F32>,
-                                ),
-                                ("rows", par::attention_rows::<T>, par::attention_rows::<F32>),
+                            let fns: [AttnPair<'_, T>; 3] = [
+                                ("attention", Attention::run, Attention::run),
+                                ("tiled", Attention::run_tiled, Attention::run_tiled),
+                                ("rows", Attention::run_rows, Attention::run_rows),
                             ];
+                            let attn = Attention::<T> {
+                                layout,
+                                pos0,
+                                q: &q,
+                                k: &k,
+                                v: &v,
+                            };
+                            let attn_wide = Attention::<F32> {
+                                layout,
+                                pos0,
+                                q: &q,
+                                k: &k_wide,
+                                v: &v_wide,
+                            };
                             for (name, f, f_wide) in fns {
                                 let what = format!(
                                     "{name}<{:?}> {isa} nt={nt} hd={hd} heads={n_heads}/{n_kv_heads} \
@@ -136,7 +151,7 @@ fn check_par_attention<T: KvType>() {
                                     T::DTYPE
                                 );
                                 let mut out = vec![f32::NAN; r.len()];
-                                f(pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                                f(&attn, pool, isa, &mut scores, &mut out);
                                 for (i, (&a, &b)) in out.iter().zip(&r).enumerate() {
                                     assert!(
                                         (a - b).abs() <= 1e-5 * b.abs().max(1.0) + 1e-6,
@@ -146,17 +161,7 @@ fn check_par_attention<T: KvType>() {
                                 // one thread: the work split is the same, so the same numbers
                                 if nt == 1 {
                                     let mut wide = vec![f32::NAN; r.len()];
-                                    f_wide(
-                                        pool,
-                                        isa,
-                                        layout,
-                                        pos0,
-                                        &q,
-                                        &k_wide,
-                                        &v_wide,
-                                        &mut scores,
-                                        &mut wide,
-                                    );
+                                    f_wide(&attn_wide, pool, isa, &mut scores, &mut wide);
                                     assert_eq!(
                                         bits(&out),
                                         bits(&wide),

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{encode, Rng};
-use qwenrt_kernels::{ops, scalar, Bf16, Cpu, Dtype, Isa, KvType, WeightType, F16, F32};
+use qwenrt_kernels::ops::{self, AttnHead, Matrix};
+use qwenrt_kernels::{scalar, Bf16, Cpu, Dtype, Isa, KvType, WeightType, F16, F32};
 
 /// Lengths around the 8-, 16-, 32- and 64-float vector groups of the AVX2 and AVX-512 bodies.
 const LENS: [usize; 14] = [1, 3, 7, 8, 9, 15, 17, 31, 33, 47, 63, 65, 80, 100];
@@ -160,12 +161,18 @@ fn check_attention_at_end<T: KvType>() {
             let scale = 1.0 / (hd as f32).sqrt();
             let mut sr = vec![0.0; len];
             let mut r = vec![0.0; hd];
-            scalar::attention::<T>(&q, &keys, &values, scale, &mut sr, &mut r);
+            let head = AttnHead::<T> {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                scale,
+            };
+            scalar::attention(head, &mut sr, &mut r);
             let eq = exact(&q);
             for &isa in &isas {
                 let mut s = filled(len, 0.0);
                 let mut o = filled(hd, f32::NAN);
-                ops::attention::<T>(isa, &eq, &keys, &values, scale, &mut s, &mut o);
+                ops::attention(isa, AttnHead { q: &eq, ..head }, &mut s, &mut o);
                 for i in 0..hd {
                     let what = format!("attention<{:?}> {isa} hd={hd} len={len} i={i}", T::DTYPE);
                     close(o[i], r[i], 1.0, &what);
@@ -196,7 +203,11 @@ fn check_matvec<W: WeightType>(isas: &[Isa]) {
                         match prepared {
                             "fastest" => ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y),
                             "exact" => {
-                                let xp = ops::MatvecX::exact::<W>(isa, &x, &mut scratch);
+                                let xp = ops::MatvecX::new::<W>(
+                                    Cpu::from(isa).without_bf16(),
+                                    &x,
+                                    &mut scratch,
+                                );
                                 ops::matvec_x::<W>(isa, w, &xp, &mut y)
                             }
                             _ => ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y),
@@ -244,7 +255,7 @@ fn check_matmul<W: WeightType>(isas: &[Isa]) {
                     for &isa in isas {
                         let mut y = filled(n * rows, f32::NAN);
                         let mut pack = filled(ops::matmul_scratch_len(), f32::NAN);
-                        ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
+                        ops::matmul::<W>(isa, Matrix { bytes: w, cols: k }, &x, &mut pack, &mut y);
                         for t in 0..n {
                             for j in 0..rows {
                                 let mag: f32 = (0..k)
@@ -297,7 +308,7 @@ fn matmul_bf16dot_at_end_of_allocation() {
                 for &isa in &isas {
                     let mut s = filled(ops::matmul_bf16dot_scratch_len(n, k), f32::NAN);
                     let mut y = filled(n * rows, f32::NAN);
-                    ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut y);
+                    ops::matmul_bf16dot(isa, Matrix { bytes: w, cols: k }, &x, &mut s, &mut y);
                     let reference = if Cpu::from(isa).bf16() { &rr } else { &r };
                     for t in 0..n {
                         for j in 0..rows {

@@ -8,8 +8,9 @@
 mod common;
 
 use common::{encode, Rng};
+use qwenrt_kernels::ops::{self, Matrix};
 use qwenrt_kernels::par;
-use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::{Bf16, Cpu, Isa, ThreadPool, WeightType, F16, F32};
 
 /// Every ISA this CPU runs (a skipped one is reported).
 fn isas() -> Vec<Isa> {
@@ -59,7 +60,8 @@ fn check_par<W: WeightType>() {
                     let one = one_by_one::<W>(isa, w, cols, &x, rows);
                     let mut all = vec![f32::NAN; n * rows];
                     let mut s = vec![f32::NAN; par::matvec_rows_scratch_len(n, cols)];
-                    par::matvec_rows::<W>(&pool, isa, w, cols, &x, &mut s, &mut all);
+                    let wm = Matrix { bytes: w, cols };
+                    par::matvec_rows::<W>(&pool, isa, wm, &x, &mut s, &mut all);
                     assert!(
                         same(&one, &all),
                         "{} {isa}, {nt} threads, {n} x [{rows}, {cols}]: matvec_rows differs",
@@ -95,7 +97,11 @@ fn check_kernels<W: WeightType>() {
                                 let sc = s.next().unwrap();
                                 match way {
                                     "new" => ops::MatvecX::new::<W>(isa, xr, sc),
-                                    "exact" => ops::MatvecX::exact::<W>(isa, xr, sc),
+                                    "exact" => ops::MatvecX::new::<W>(
+                                        Cpu::from(isa).without_bf16(),
+                                        xr,
+                                        sc,
+                                    ),
                                     _ => ops::MatvecX::plain(xr),
                                 }
                             })

@@ -4,7 +4,8 @@
 mod common;
 
 use common::{encode, Rng};
-use qwenrt_kernels::{ops, scalar, Bf16, Cpu, Dtype, Isa, WeightType, F16, F32};
+use qwenrt_kernels::ops::{self, AttnHead, Matrix};
+use qwenrt_kernels::{scalar, Bf16, Cpu, Dtype, Isa, WeightType, F16, F32};
 
 const SIZES: [usize; 6] = [0, 1, 7, 63, 64, 4097];
 
@@ -59,7 +60,11 @@ fn check_matvec<W: WeightType>() {
                     match prepared {
                         "fastest" => ops::matvec::<W>(isa, w, &x, &mut scratch, &mut y),
                         "exact" => {
-                            let xp = ops::MatvecX::exact::<W>(isa, &x, &mut scratch);
+                            let xp = ops::MatvecX::new::<W>(
+                                Cpu::from(isa).without_bf16(),
+                                &x,
+                                &mut scratch,
+                            );
                             ops::matvec_x::<W>(isa, w, &xp, &mut y)
                         }
                         _ => ops::matvec_x::<W>(isa, w, &ops::MatvecX::plain(&x), &mut y),
@@ -122,7 +127,7 @@ fn check_matmul<W: WeightType>() {
                     continue;
                 }
                 let mut pack = vec![f32::NAN; ops::matmul_scratch_len()];
-                ops::matmul::<W>(isa, w, k, &x, &mut pack, &mut y);
+                ops::matmul::<W>(isa, Matrix { bytes: w, cols: k }, &x, &mut pack, &mut y);
                 for t in 0..n {
                     for j in 0..rows {
                         let mag: f32 = (0..k)
@@ -259,11 +264,17 @@ fn attention_all() {
             let scale = 1.0 / (hd as f32).sqrt();
             let mut sr = vec![0.0; len + 3];
             let mut r = vec![0.0; hd];
-            scalar::attention::<F32>(&q, &keys, &values, scale, &mut sr, &mut r);
+            let head = AttnHead::<F32> {
+                q: &q,
+                keys: &keys,
+                values: &values,
+                scale,
+            };
+            scalar::attention(head, &mut sr, &mut r);
             for isa in simd_isas() {
                 let mut s = vec![0.0; len + 3];
                 let mut o = vec![f32::NAN; hd];
-                ops::attention::<F32>(isa, &q, &keys, &values, scale, &mut s, &mut o);
+                ops::attention(isa, head, &mut s, &mut o);
                 for i in 0..hd {
                     close(
                         o[i],
@@ -315,7 +326,7 @@ fn matmul_bf16dot_rounds_activations_only() {
         let mut s = vec![f32::NAN; ops::matmul_bf16dot_scratch_len(n, k)];
         for isa in simd_isas() {
             let mut y = vec![f32::NAN; n * rows];
-            ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut y);
+            ops::matmul_bf16dot(isa, Matrix { bytes: w, cols: k }, &x, &mut s, &mut y);
             for t in 0..n {
                 for j in 0..rows {
                     let mag: f32 = (0..k)

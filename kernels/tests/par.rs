@@ -3,8 +3,9 @@
 mod common;
 
 use common::{attention_ref, encode, Rng};
-use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
+use qwenrt_kernels::ops::{self, Matrix};
+use qwenrt_kernels::par::{self, Attention, KvLayout};
+use qwenrt_kernels::{scalar, Bf16, Isa, ThreadPool, WeightType, F16, F32};
 
 fn bytes<W: WeightType>(v: &[f32], offset: usize) -> Vec<u8> {
     encode(v, W::DTYPE, offset)
@@ -60,22 +61,12 @@ fn check_par_matvec<W: WeightType>() {
         ops::matvec::<W>(isa, &wb_[1..], &x, &mut s, &mut rb);
         ops::matvec::<W>(isa, &wc, &x, &mut s, &mut rc);
         let (mut ya, mut yb, mut yc) = (vec![0.0; 100], vec![0.0; 37], vec![0.0; 250]);
-        par::matvec3::<W>(
-            &pool,
-            isa,
-            &x,
-            &mut s,
-            &wa,
-            &mut ya,
-            &wb_[1..],
-            &mut yb,
-            &wc,
-            &mut yc,
-        );
-        assert_eq!((&ya, &yb, &yc), (&ra, &rb, &rc), "matvec3 nt={nt}");
+        let ws = [&wa[..], &wb_[1..], &wc];
+        par::matvec_n::<W, 3>(&pool, isa, ws, &x, &mut s, [&mut ya, &mut yb, &mut yc]);
+        assert_eq!((&ya, &yb, &yc), (&ra, &rb, &rc), "matvec_n<3> nt={nt}");
         let (mut ya, mut yc) = (vec![0.0; 100], vec![0.0; 250]);
-        par::matvec2::<W>(&pool, isa, &x, &mut s, &wa, &mut ya, &wc, &mut yc);
-        assert_eq!((&ya, &yc), (&ra, &rc), "matvec2 nt={nt}");
+        par::matvec_n::<W, 2>(&pool, isa, [&wa, &wc], &x, &mut s, [&mut ya, &mut yc]);
+        assert_eq!((&ya, &yc), (&ra, &rc), "matvec_n<2> nt={nt}");
     }
 }
 
@@ -109,7 +100,14 @@ fn par_matmul_all() {
             for isa in Isa::available() {
                 let mut y = vec![f32::NAN; n * rows];
                 let mut pack = vec![f32::NAN; par::matmul_scratch_len(nt)];
-                par::matmul::<Bf16>(&pool, isa, w, k, &x, &mut pack, &mut y);
+                par::matmul::<Bf16>(
+                    &pool,
+                    isa,
+                    Matrix { bytes: w, cols: k },
+                    &x,
+                    &mut pack,
+                    &mut y,
+                );
                 close(
                     &y,
                     &r,
@@ -122,10 +120,17 @@ fn par_matmul_all() {
             let mut s = vec![f32::NAN; ops::matmul_bf16dot_scratch_len(n, k)];
             for isa in Isa::available() {
                 let mut r = vec![f32::NAN; n * rows];
-                ops::matmul_bf16dot(isa, w, k, &x, &mut s, &mut r);
+                ops::matmul_bf16dot(isa, Matrix { bytes: w, cols: k }, &x, &mut s, &mut r);
                 let mut y = vec![f32::NAN; n * rows];
                 let mut ps = vec![f32::NAN; par::matmul_bf16dot_scratch_len(nt, n, k)];
-                par::matmul_bf16dot(&pool, isa, w, k, &x, &mut ps, &mut y);
+                par::matmul_bf16dot(
+                    &pool,
+                    isa,
+                    Matrix { bytes: w, cols: k },
+                    &x,
+                    &mut ps,
+                    &mut y,
+                );
                 let what = format!("par::matmul_bf16dot {isa} nt={nt} {rows} {k} {n}");
                 assert!(
                     y.iter().zip(&r).all(|(a, b)| a.to_bits() == b.to_bits()),
@@ -157,19 +162,26 @@ fn par_attention_gqa_causal() {
             for isa in Isa::available() {
                 let mut scores = vec![0.0; par::scores_len(nt, layout.n_heads, layout.cap)];
                 let mut out = vec![f32::NAN; n * qdim];
-                par::attention::<F32>(&pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                let attn = Attention::<F32> {
+                    layout,
+                    pos0,
+                    q: &q,
+                    k: &k,
+                    v: &v,
+                };
+                attn.run(&pool, isa, &mut scores, &mut out);
                 close(
                     &out,
                     &r,
                     1e-5,
-                    &format!("par::attention {isa} nt={nt} pos0={pos0} n={n}"),
+                    &format!("par::Attention::run {isa} nt={nt} pos0={pos0} n={n}"),
                 );
             }
         }
     }
 }
 
-/// The blocked (tiled, online-softmax) attention and the dispatching `par::attention` against the
+/// The blocked (tiled, online-softmax) attention and the dispatching `Attention::run` against the
 /// scalar reference on awkward shapes: tiles that straddle tokens and kv heads, partial key
 /// blocks, head dims that are not a multiple of the register blocks, cap exactly pos0 + n.
 /// Online softmax reorders the sums, hence a tolerance rather than bit equality:
@@ -205,12 +217,19 @@ fn par_attention_tiled_vs_scalar() {
                         for pool in &pools {
                             let nt = pool.n_threads();
                             let mut scores = vec![0.0; par::scores_len(nt, n_heads, cap)];
+                            let attn = Attention::<F32> {
+                                layout,
+                                pos0,
+                                q: &q,
+                                k: &k,
+                                v: &v,
+                            };
                             for (name, f) in [
-                                ("attention", par::attention::<F32> as AttnFn),
-                                ("attention_tiled", par::attention_tiled::<F32>),
+                                ("attention", Attention::run as AttnFn<'_>),
+                                ("attention_tiled", Attention::run_tiled),
                             ] {
                                 let mut out = vec![f32::NAN; r.len()];
-                                f(pool, isa, layout, pos0, &q, &k, &v, &mut scores, &mut out);
+                                f(&attn, pool, isa, &mut scores, &mut out);
                                 for (i, (&a, &b)) in out.iter().zip(&r).enumerate() {
                                     assert!(
                                         (a - b).abs() <= 1e-5 * b.abs().max(1.0) + 1e-6,
@@ -227,4 +246,4 @@ fn par_attention_tiled_vs_scalar() {
     }
 }
 
-type AttnFn = fn(&ThreadPool, Isa, KvLayout, usize, &[f32], &[f32], &[f32], &mut [f32], &mut [f32]);
+type AttnFn<'a> = fn(&Attention<'a, F32>, &ThreadPool, Isa, &mut [f32], &mut [f32]);

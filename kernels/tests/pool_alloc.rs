@@ -5,8 +5,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use qwenrt_kernels::par::{self, KvLayout};
-use qwenrt_kernels::{ops, Bf16, Isa, ThreadPool, F16, F32};
+use qwenrt_kernels::ops::{self, Matrix};
+use qwenrt_kernels::par::{self, Attention, KvLayout};
+use qwenrt_kernels::{Bf16, Isa, ThreadPool, F16, F32};
 
 struct Counting;
 static ALLOCS: AtomicUsize = AtomicUsize::new(0);
@@ -93,83 +94,57 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                 let before = allocs();
                 for _ in 0..20 {
                     par::matvec::<Bf16>(&pool, isa, &w[1..], &x[..cols], &mut s, &mut y[..rows]);
-                    par::matvec2::<Bf16>(
+                    let ws = [&w[1..], &w[1..]];
+                    par::matvec_n::<Bf16, 2>(
                         &pool,
                         isa,
+                        ws,
                         &x[..cols],
                         &mut s,
-                        &w[1..],
-                        &mut y1,
-                        &w[1..],
-                        &mut y2,
+                        [&mut y1, &mut y2],
                     );
-                    par::matmul::<Bf16>(&pool, isa, &w[1..], cols, &x, &mut pack, &mut y);
-                    par::attention::<F32>(
-                        &pool,
-                        isa,
+                    let wm = Matrix {
+                        bytes: &w[1..],
+                        cols,
+                    };
+                    par::matmul::<Bf16>(&pool, isa, wm, &x, &mut pack, &mut y);
+                    let attn = Attention::<F32> {
                         layout,
-                        5,
-                        &q,
-                        &kv,
-                        &kv,
-                        &mut scores,
-                        &mut out,
-                    );
-                    // Both attention paths explicitly (`attention` picks one by shape).
-                    par::attention_tiled::<F32>(
-                        &pool,
-                        isa,
-                        layout,
-                        5,
-                        &q,
-                        &kv,
-                        &kv,
-                        &mut scores,
-                        &mut out,
-                    );
-                    par::attention_rows::<F32>(
-                        &pool,
-                        isa,
-                        layout,
-                        5,
-                        &q,
-                        &kv,
-                        &kv,
-                        &mut scores,
-                        &mut out,
-                    );
+                        pos0: 5,
+                        q: &q,
+                        k: &kv,
+                        v: &kv,
+                    };
+                    attn.run(&pool, isa, &mut scores, &mut out);
+                    // Both attention paths explicitly (`run` picks one by shape).
+                    attn.run_tiled(&pool, isa, &mut scores, &mut out);
+                    attn.run_rows(&pool, isa, &mut scores, &mut out);
                     // Decode (one token) on the tiled path.
-                    par::attention_tiled::<F32>(
-                        &pool,
-                        isa,
-                        layout,
-                        40,
-                        &q[..4 * 32],
-                        &kv,
-                        &kv,
-                        &mut scores,
-                        &mut out[..4 * 32],
-                    );
+                    let decode = Attention {
+                        pos0: 40,
+                        q: &q[..4 * 32],
+                        ..attn
+                    };
+                    decode.run_tiled(&pool, isa, &mut scores, &mut out[..4 * 32]);
                     // The 16-bit caches, both paths.
-                    for tiled in [false, true] {
-                        let (q, out) = (&q[..], &mut out[..]);
-                        let sc = &mut scores[..];
-                        if tiled {
-                            par::attention_tiled::<Bf16>(
-                                &pool, isa, layout, 5, q, &kv_bf16, &kv_bf16, sc, out,
-                            );
-                            par::attention_tiled::<F16>(
-                                &pool, isa, layout, 5, q, &kv_f16, &kv_f16, sc, out,
-                            );
-                        } else {
-                            par::attention_rows::<Bf16>(
-                                &pool, isa, layout, 5, q, &kv_bf16, &kv_bf16, sc, out,
-                            );
-                            par::attention_rows::<F16>(
-                                &pool, isa, layout, 5, q, &kv_f16, &kv_f16, sc, out,
-                            );
-                        }
-                    }
+                    let bf16 = Attention::<Bf16> {
+                        layout,
+                        pos0: 5,
+                        q: &q,
+                        k: &kv_bf16,
+                        v: &kv_bf16,
+                    };
+                    let f16 = Attention::<F16> {
+                        layout,
+                        pos0: 5,
+                        q: &q,
+                        k: &kv_f16,
+                        v: &kv_f16,
+                    };
+                    bf16.run_tiled(&pool, isa, &mut scores, &mut out);
+                    f16.run_tiled(&pool, isa, &mut scores, &mut out);
+                    bf16.run_rows(&pool, isa, &mut scores, &mut out);
+                    f16.run_rows(&pool, isa, &mut scores, &mut out);
                 }
                 if round == 1 {
                     assert_eq!(

@@ -667,35 +667,27 @@ fn cache_and_attend<T: KvType>(
         feed.v,
     )?;
     let (layer_k, layer_v) = kv.view::<T>(seq_k, seq_v, layer, pos0 + m)?;
+    let attn = par::Attention::<T> {
+        layout,
+        pos0,
+        q: feed.q,
+        k: layer_k,
+        v: layer_v,
+    };
     if feed.numerics == Numerics::Decode {
         // each row as a lone decode step attends: one query at its own position
         let qdim = layout.n_heads * layout.head_dim;
         for t in 0..m {
             let r = t * qdim..(t + 1) * qdim;
-            par::attention::<T>(
-                pool,
-                cpu,
-                layout,
-                pos0 + t,
-                &feed.q[r.clone()],
-                layer_k,
-                layer_v,
-                attn_scores,
-                &mut feed.out[r],
-            );
+            let row = par::Attention {
+                pos0: pos0 + t,
+                q: &feed.q[r.clone()],
+                ..attn
+            };
+            row.run(pool, cpu, attn_scores, &mut feed.out[r]);
         }
     } else {
-        par::attention::<T>(
-            pool,
-            cpu,
-            layout,
-            pos0,
-            feed.q,
-            layer_k,
-            layer_v,
-            attn_scores,
-            feed.out,
-        );
+        attn.run(pool, cpu, attn_scores, feed.out);
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use super::elementwise::softmax;
 use crate::dtype::KvType;
+use crate::layout::AttnHead;
 use crate::simd::Simd;
 
 /// `sum(q[i] * widen(k[i]))` over `n` elements: the same sums, in the same order, as the f32
@@ -93,7 +94,7 @@ pub(crate) unsafe fn weighted_sum<S: Simd, T: KvType>(
     }
 }
 
-/// One query head over `len = keys.len() / q.len()` cached positions of KV type `T`:
+/// One query head over its `len = keys.len() / q.len()` cached positions of KV type `T`:
 /// `out = softmax(keys · q * scale) · values`.
 ///
 /// # Safety
@@ -102,13 +103,16 @@ pub(crate) unsafe fn weighted_sum<S: Simd, T: KvType>(
 #[inline(always)]
 pub(crate) unsafe fn attention<S: Simd, T: KvType>(
     s: S,
-    q: &[f32],
-    keys: &[T::Elem],
-    values: &[T::Elem],
-    scale: f32,
+    head: AttnHead<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
+    let AttnHead {
+        q,
+        keys,
+        values,
+        scale,
+    } = head;
     let hd = q.len();
     if hd == 0 {
         return;

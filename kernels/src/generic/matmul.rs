@@ -3,6 +3,7 @@
 
 use super::matvec::matvec_body;
 use crate::dtype::WeightType;
+use crate::layout::MatmulBlock;
 use crate::simd::Simd;
 
 /// Vectors per packed panel (its width: `NV * LANES` weight rows).
@@ -95,28 +96,30 @@ unsafe fn micro<S: Simd, const R: usize>(
     unsafe { store_tile(s, &acc, y, ldy, nr, first) }
 }
 
-/// `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for `t < n`, `j < rows`: the matmul of
-/// [`crate::scalar::matmul`] writing a column block of a wider output (`ldy >= rows`). Under
-/// three tokens the weights are streamed once per token ([`matvec_body`]); otherwise panels of
-/// `NV * LANES` rows by `S::MATMUL_KC` of depth are packed and swept by the microkernel.
+/// `y[t * ldy + j] = sum_c w[j, c] * x[t * k + c]` for `t < n`, `j < rows` (a
+/// [`MatmulBlock`]): the matmul of [`crate::scalar::matmul`] writing a column block of a wider
+/// output. Under three tokens the weights are streamed once per token ([`matvec_body`]);
+/// otherwise panels of `NV * LANES` rows by `S::MATMUL_KC` of depth are packed and swept by the
+/// microkernel.
 ///
 /// # Safety
-/// `w` must hold `rows * k` elements of `W`, `x` at least `n * k` floats, `y` must be valid for
-/// writes at `t * ldy + j` for `t < n`, `j < rows` with nothing else accessing those elements;
-/// `k > 0`; `panel` holds at least [`matmul_pack`] floats (the packed panel; any contents).
+/// `block` satisfies [`MatmulBlock`]'s contract for weights of `W`; `panel` holds at least
+/// [`matmul_pack`] floats (the packed panel; any contents).
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_strided<S: Simd, W: WeightType>(
     s: S,
-    w: &[u8],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
+    block: &MatmulBlock<'_>,
     panel: &mut [f32],
 ) {
+    let MatmulBlock {
+        w,
+        k,
+        x,
+        n,
+        y,
+        ldy,
+        rows,
+    } = *block;
     s.vectorize(
         #[inline(always)]
         || {

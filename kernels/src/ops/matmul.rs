@@ -20,6 +20,49 @@ pub fn matmul_scratch_len() -> usize {
     }
 }
 
+/// A row-major weight matrix as the float matmuls read it: little-endian bytes (never assumed
+/// aligned) of the kernel's dtype, `cols` weights per row (the depth `k`, the input width);
+/// the rows are the outputs per token.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    /// The weights, at least `rows * cols` of them.
+    pub bytes: &'a [u8],
+    /// Weights per row.
+    pub cols: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// `y = x · selfᵀ` as one block, the whole of `y` ([`scalar::matmul_dims`] gives its shape),
+    /// or `None` when there is nothing to compute. The block points into `y`, so it must be
+    /// used while `y`'s borrow is held and `y` is not otherwise accessed.
+    ///
+    /// # Panics
+    /// If the matrix holds fewer than `rows * cols` weights of `wsize` bytes (`what` names the
+    /// caller).
+    pub(crate) fn block(
+        &self,
+        wsize: usize,
+        x: &'a [f32],
+        y: &mut [f32],
+        what: &str,
+    ) -> Option<MatmulBlock<'a>> {
+        let (n, rows) = scalar::matmul_dims(self.cols, x, y)?;
+        assert!(
+            self.bytes.len() >= rows * self.cols * wsize,
+            "{what}: weight buffer too short"
+        );
+        Some(MatmulBlock {
+            w: self.bytes,
+            k: self.cols,
+            x,
+            n,
+            y: y.as_mut_ptr(),
+            ldy: rows,
+            rows,
+        })
+    }
+}
+
 /// Panics unless `scratch` holds a matmul's packed panel.
 fn check_pack(scratch: &[f32], need: usize, what: &str) {
     assert!(
@@ -29,78 +72,65 @@ fn check_pack(scratch: &[f32], need: usize, what: &str) {
     );
 }
 
-/// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]`, `y` is `[n, rows]`, row-major. `scratch`
-/// holds the packed weight panel: [`matmul_scratch_len`] floats.
+/// `y = x · wᵀ`: `x` is `[n, k]`, `w` is `[rows, k]` (`k = w.cols`), `y` is `[n, rows]`,
+/// row-major. `scratch` holds the packed weight panel: [`matmul_scratch_len`] floats.
 pub fn matmul<W: WeightType>(
     isa: impl Into<Isa>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     check_pack(scratch, matmul_scratch_len(), "matmul");
-    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+    let Some(block) = w.block(W::SIZE, x, y, "matmul") else {
         return;
     };
-    assert!(
-        w.len() >= rows * k * W::SIZE,
-        "matmul: weight buffer too short"
-    );
-    // SAFETY: `w` holds rows*k weights (checked), `x` n*k floats, and `y` (borrowed mutably
-    // here) holds n*rows floats: rows t < n, columns j < rows at t*rows + j; `scratch` holds
-    // the panel (checked).
-    unsafe { matmul_strided::<W>(isa.into(), w, k, x, n, y.as_mut_ptr(), rows, rows, scratch) }
+    // SAFETY: the block is the whole of `y`, borrowed mutably here (n rows of `rows` floats:
+    // row t < n, column j < rows at t*rows + j); `scratch` holds the panel (checked).
+    unsafe { matmul_strided::<W>(isa.into(), &block, scratch) }
 }
 
-/// The matmul body behind [`matmul`] and `par::matmul`: `y[t * ldy + j] = sum_c w[j, c] *
-/// x[t * k + c]` for `t < n`, `j < rows`, so that a thread can fill a column block of a wider
-/// output; `pack` is the thread's own packed panel.
+/// The matmul body behind [`matmul`] and `par::matmul`: one column block of `W` weights;
+/// `pack` is the thread's own packed panel.
 ///
 /// # Safety
-/// `k > 0`, `w.len() >= rows * k * W::SIZE`, `x.len() >= n * k`, `ldy >= rows`, and `y` must be
-/// valid for writes at `t * ldy + j` (`t < n`, `j < rows`) with nothing else reading or writing
-/// those elements during the call.
-#[allow(clippy::too_many_arguments)]
+/// `block` must satisfy [`MatmulBlock`]'s contract (the lengths are checked here, `y` cannot
+/// be).
 pub(crate) unsafe fn matmul_strided<W: WeightType>(
     isa: Isa,
-    w: &[u8],
-    k: usize,
-    x: &[f32],
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
+    block: &MatmulBlock<'_>,
     pack: &mut [f32],
 ) {
-    assert!(k > 0 && w.len() >= rows * k * W::SIZE && x.len() >= n * k && ldy >= rows);
+    block.check(W::SIZE);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
             let s = Avx512::new().unwrap_or_else(|| unsupported(Isa::Avx512));
             // SAFETY: buffer contract forwarded from our caller; the body checks the panel's
             // length itself.
-            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
+            unsafe { generic::matmul_strided::<_, W>(s, block, pack) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             let s = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
             // SAFETY: as above.
-            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
+            unsafe { generic::matmul_strided::<_, W>(s, block, pack) }
         }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => {
             let s = Neon::new().unwrap_or_else(|| unsupported(Isa::Neon));
             // SAFETY: buffer contract forwarded from our caller; the body checks the panel's
             // length itself.
-            unsafe { generic::matmul_strided::<_, W>(s, w, k, x, n, y, ldy, rows, pack) }
+            unsafe { generic::matmul_strided::<_, W>(s, block, pack) }
         }
         _ => {
             let _ = pack;
-            for t in 0..n {
+            let (k, rows) = (block.k, block.rows);
+            for t in 0..block.n {
                 // SAFETY: row t of y has `rows` writable, unaliased floats at t*ldy (contract).
-                let yt = unsafe { std::slice::from_raw_parts_mut(y.add(t * ldy), rows) };
-                scalar::matvec::<W>(w, &x[t * k..(t + 1) * k], yt);
+                let yt =
+                    unsafe { std::slice::from_raw_parts_mut(block.y.add(t * block.ldy), rows) };
+                scalar::matvec::<W>(block.w, &block.x[t * k..(t + 1) * k], yt);
             }
         }
     }
@@ -114,26 +144,21 @@ pub(crate) unsafe fn matmul_strided<W: WeightType>(
 /// the packed weight panel: [`matmul_bf16dot_scratch_len`] floats.
 pub fn matmul_bf16dot(
     cpu: impl Into<Cpu>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
-    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+    let Some(block) = w.block(2, x, y, "matmul_bf16dot") else {
         return;
     };
-    assert!(
-        w.len() >= rows * k * 2,
-        "matmul_bf16dot: weight buffer too short"
-    );
-    let (pairs, pack) = split_bf16dot_scratch(scratch, n, k);
+    let (pairs, pack) = split_bf16dot_scratch(scratch, block.n, block.k);
     check_pack(pack, BF16DOT_PACK, "matmul_bf16dot");
-    let xb = bf16dot_pairs(cpu, x, k, n, pairs);
+    let xb = bf16dot_pairs(cpu, x, block.k, block.n, pairs);
     // SAFETY: as in `matmul`; `xb` comes from `bf16dot_pairs` for this x, k and n, and `pack`
     // holds a panel of either path (checked).
-    unsafe { matmul_bf16dot_strided(cpu, w, k, x, xb, n, y.as_mut_ptr(), rows, rows, pack) }
+    unsafe { matmul_bf16dot_strided(cpu, &block, xb, pack) }
 }
 
 /// Floats of one packed panel of [`matmul_bf16dot`]: room for the `vdpbf16ps` panel or the f32
@@ -221,36 +246,25 @@ pub(crate) fn bf16dot_pairs<'s>(
 ///
 /// # Safety
 /// As [`matmul_strided`] with bf16 weights; `xb` must come from [`bf16dot_pairs`] with the same
-/// `cpu`, `x`, `k` and `n`.
-#[allow(clippy::too_many_arguments)]
+/// `cpu`, and the block's `x`, `k` and `n`.
 pub(crate) unsafe fn matmul_bf16dot_strided(
     cpu: Cpu,
-    w: &[u8],
-    k: usize,
-    x: &[f32],
+    block: &MatmulBlock<'_>,
     xb: Option<&[f32]>,
-    n: usize,
-    y: *mut f32,
-    ldy: usize,
-    rows: usize,
     pack: &mut [f32],
 ) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = xb;
     #[cfg(target_arch = "x86_64")]
     if let Some(xb) = xb {
-        assert!(
-            cpu.bf16()
-                && k > 0
-                && w.len() >= rows * k * 2
-                && xb.len() >= n * k.div_ceil(2)
-                && ldy >= rows
-        );
+        let b = block;
+        b.check(2);
+        assert!(cpu.bf16() && xb.len() >= b.n * b.k.div_ceil(2));
         // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where detected;
         // buffer contract forwarded; the body checks the panel's length itself.
-        unsafe { avx512::matmul_bf16dot_strided(w, k, xb, n, y, ldy, rows, pack) };
+        unsafe { avx512::matmul_bf16dot_strided(b.w, b.k, xb, b.n, b.y, b.ldy, b.rows, pack) };
         return;
     }
     // SAFETY: forwarded contract.
-    unsafe { matmul_strided::<crate::Bf16>(cpu.isa(), w, k, x, n, y, ldy, rows, pack) }
+    unsafe { matmul_strided::<crate::Bf16>(cpu.isa(), block, pack) }
 }

@@ -7,7 +7,8 @@
 use crate::cpu::Cpu;
 use crate::dtype::{Dtype, KvType, WeightType};
 use crate::isa::Isa;
-pub(crate) use crate::layout::AttnTile;
+pub use crate::layout::AttnHead;
+pub(crate) use crate::layout::{AttnTile, MatmulBlock};
 use crate::scalar;
 
 #[cfg(target_arch = "x86_64")]
@@ -77,9 +78,9 @@ pub fn matvec_scratch_len(cols: usize) -> usize {
 /// - on AVX-512 with AVX512-BF16 ([`MatvecX::new`]), split into bf16 `hi + lo` parts, so the
 ///   rows stream through `vdpbf16ps` (within 2^-17 of the f32 result, ~20% faster than widening
 ///   each weight to f32);
-/// - on AVX-512 otherwise ([`MatvecX::exact`]), reordered into even and odd columns, so the
-///   kernel turns 32-bit lanes of weight pairs into f32 with a shift and a mask instead of a
-///   widening shuffle (exact; on Zen 4 8% faster from DRAM, 27% from L3, one thread). The same
+/// - on AVX-512 otherwise (or for a CPU [`without_bf16`](Cpu::without_bf16)), reordered into
+///   even and odd columns, so the kernel turns 32-bit lanes of weight pairs into f32 with a
+///   shift and a mask instead of a widening shuffle (exact; on Zen 4 8% faster from DRAM, 27% from L3, one thread). The same
 ///   trick on AVX2 was no faster in decode there, so AVX2 keeps the widening kernel.
 ///
 /// Otherwise it is `x` as is.
@@ -103,16 +104,21 @@ enum Prep<'a> {
 
 impl<'a> MatvecX<'a> {
     /// Prepares `x` for matvecs over `W` weights on `cpu`, in `scratch`, which must hold at least
-    /// [`matvec_scratch_len`]`(x.len())` floats: the fastest kernel the CPU has.
+    /// [`matvec_scratch_len`]`(x.len())` floats: for the fastest kernel the CPU has. For the
+    /// kernels whose result is exactly the f32 one (bf16 weights widened exactly, f32 sums: no
+    /// hi/lo split), pass the CPU [`without_bf16`](Cpu::without_bf16).
     pub fn new<W: WeightType>(
         cpu: impl Into<Cpu>,
         x: &'a [f32],
         scratch: &'a mut [f32],
     ) -> MatvecX<'a> {
         let cpu: Cpu = cpu.into();
+        let need = check_scratch(x, scratch);
+        if W::DTYPE != Dtype::BF16 || cpu.isa() != Isa::Avx512 {
+            return MatvecX::plain(x);
+        }
         #[cfg(target_arch = "x86_64")]
-        if W::DTYPE == Dtype::BF16 && cpu.bf16() {
-            let need = check_scratch(x, scratch);
+        if cpu.bf16() {
             // SAFETY: a `Cpu` claims AVX512-BF16 (at the AVX-512 level) only where it was
             // detected; scratch length checked.
             unsafe { avx512::pack_hilo(x, scratch) };
@@ -120,21 +126,6 @@ impl<'a> MatvecX<'a> {
                 x,
                 prep: Prep::HiLo(&scratch[..need]),
             };
-        }
-        MatvecX::exact::<W>(cpu.isa(), x, scratch)
-    }
-
-    /// Like [`MatvecX::new`], but for the kernels whose result is exactly the f32 one (bf16
-    /// weights widened exactly, f32 sums): no hi/lo split.
-    pub fn exact<W: WeightType>(
-        isa: impl Into<Isa>,
-        x: &'a [f32],
-        scratch: &'a mut [f32],
-    ) -> MatvecX<'a> {
-        let isa: Isa = isa.into();
-        let need = check_scratch(x, scratch);
-        if W::DTYPE != Dtype::BF16 || isa != Isa::Avx512 {
-            return MatvecX::plain(x);
         }
         let block = 32;
         let half = block / 2;
@@ -205,72 +196,45 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
         "matvec: weight buffer too short"
     );
     match x.prep {
-        #[cfg(target_arch = "x86_64")]
-        Prep::HiLo(xp) => {
-            assert!(W::DTYPE == Dtype::BF16);
-            // SAFETY: `xp` was packed from these `cols` columns by `MatvecX::new` (rounded up to
-            // a block), the only way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16
-            // at the AVX-512 level, which it does only where detected; `w` length checked; the
-            // one input's outputs are `y` (borrowed mutably here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_hilo_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
-        }
-        #[cfg(target_arch = "x86_64")]
-        Prep::EvenOdd(xp) => {
-            assert!(W::DTYPE == Dtype::BF16 && isa == Isa::Avx512);
-            check(Isa::Avx512);
-            // SAFETY: CPU support for AVX-512 checked; `w` length checked; `xp` was laid out
-            // from these `cols` columns by `MatvecX::exact` (rounded up to 32), the only way to
-            // build an `EvenOdd` input; the one input's outputs are `y` (borrowed mutably
-            // here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_evenodd_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
-        }
-        _ => {
-            let x = x.x;
-            dispatch_simd!(isa, matvec::<W>, (w, x, y))
-        }
+        Prep::Plain => dispatch_simd!(isa, matvec::<W>, (w, x.x, y)),
+        // The prepared inputs have only the multi-row kernels, which take one input as well.
+        // SAFETY: `y` (borrowed mutably here) holds the one input's `y.len()` outputs.
+        _ => unsafe { matvec_x_rows::<W>(isa, w, y.len(), &[*x], y.as_mut_ptr(), y.len()) },
     }
 }
 
 /// Many inputs against one matrix: `y[t * rows + r] = sum_c w[r, c] * xs[t][c]` with
 /// `rows = y.len() / xs.len()`, through the multi-row kernels (each weight vector loaded once
 /// per group of inputs). Output `t` is bit for bit [`matvec_x`]'s for `xs[t]` alone. All inputs
-/// must be prepared the same way (by [`MatvecX::new`], or [`MatvecX::exact`], for this `isa`
-/// and `W`, or all [`MatvecX::plain`]) over the same number of columns.
+/// must be prepared the same way (by [`MatvecX::new`] for this `isa` and `W`, or all
+/// [`MatvecX::plain`]) over the same number of columns.
 pub fn matvec_rows_x<W: WeightType>(
     isa: impl Into<Isa>,
     w: &[u8],
     xs: &[MatvecX<'_>],
     y: &mut [f32],
 ) {
-    let isa: Isa = isa.into();
-    if xs.is_empty() {
+    let Some(rows) = rows_per_input("matvec_rows_x", xs.len(), y) else {
         return;
+    };
+    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
+    unsafe { matvec_x_rows::<W>(isa.into(), w, rows, xs, y.as_mut_ptr(), rows) }
+}
+
+/// The outputs per input of a many-input entry point writing one row of `y` per input:
+/// `y.len() / inputs`, or `None` when there are no inputs (nothing to do).
+///
+/// # Panics
+/// If `y` is not one row per input (`what` names the caller).
+pub(crate) fn rows_per_input(what: &str, inputs: usize, y: &[f32]) -> Option<usize> {
+    if inputs == 0 {
+        return None;
     }
     assert!(
-        y.len().is_multiple_of(xs.len()),
-        "matvec_rows_x: y is not one row per input"
+        y.len().is_multiple_of(inputs),
+        "{what}: y is not one row per input"
     );
-    let rows = y.len() / xs.len();
-    // SAFETY: y (borrowed mutably here) holds xs.len() rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_x_rows::<W>(isa, w, rows, xs, y.as_mut_ptr(), rows) }
+    Some(y.len() / inputs)
 }
 
 /// The most inputs one multi-row kernel call of [`matvec_x_rows`] takes.
@@ -391,7 +355,7 @@ unsafe fn rows_group<W: WeightType>(
                 _ => panic!("matvec_x_rows: inputs prepared differently"),
             };
             // SAFETY: CPU support checked; `w` length checked by the caller; every input is an
-            // `EvenOdd` laid out by `MatvecX::exact` from `cols` columns; `y` forwarded.
+            // `EvenOdd` laid out by `MatvecX::new` from `cols` columns; `y` forwarded.
             unsafe { by_len!(avx512::matvec_bf16_evenodd_rows, get) }
         }
         _ => {
@@ -500,29 +464,15 @@ pub fn rope(isa: impl Into<Isa>, x: &mut [f32], head_dim: usize, cos: &[f32], si
     dispatch_simd!(isa.into(), rope, (x, head_dim, cos, sin))
 }
 
-/// One query head over `keys`/`values` (`[len, head_dim]` of KV type `T`); `scores` needs
-/// `len` floats.
+/// One query head against its cached positions ([`AttnHead`]); `scores` needs `len` floats.
 pub fn attention<T: KvType>(
     isa: impl Into<Isa>,
-    q: &[f32],
-    keys: &[T::Elem],
-    values: &[T::Elem],
-    scale: f32,
+    head: AttnHead<'_, T>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let hd = q.len();
-    assert_eq!(out.len(), hd, "attention: out length");
-    let len = keys.len().checked_div(hd).unwrap_or(0);
-    assert!(
-        values.len() >= len * hd && scores.len() >= len,
-        "attention: buffers too short"
-    );
-    dispatch_simd!(
-        isa.into(),
-        attention::<T>,
-        (q, keys, values, scale, scores, out)
-    )
+    head.checked_len(scores, out);
+    dispatch_simd!(isa.into(), attention::<T>, (head, scores, out))
 }
 
 /// Rows per tile of the blocked attention on `isa` with `rv` vectors of rows, or `None` where

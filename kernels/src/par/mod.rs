@@ -1,14 +1,15 @@
 //! Kernels split across a [`ThreadPool`]. The runtime calls only these for its heavy work, so
 //! every disjoint-write split lives here, next to the pool.
 //!
-//! - [`matvec`] (and the fused [`matvec2`], [`matvec3`]): rows split in balanced chunks of a
-//!   multiple of [`ROW_ALIGN`] rows, one contiguous chunk of `y` per thread.
+//! - [`matvec`] (and [`matvec_n`], several matrices over one input in one dispatch): rows
+//!   split in chunks of a multiple of [`ROW_ALIGN`] rows that the threads claim in order.
 //! - [`matmul`]: output columns (weight rows) split in chunks of a multiple of [`COL_ALIGN`], each
 //!   thread writing a column block of every token's output row.
-//! - [`attention`]: on AVX-512, tiles of (kv head, up to 32 query rows of its group) streamed
-//!   against key blocks with an online softmax ([`attention_tiled`]); elsewhere (and for decode
-//!   with more threads than kv heads) (query token, head) pairs ([`attention_rows`]). Both hand
-//!   out work with an atomic counter, longest causal rows first.
+//! - [`Attention`] (one call's queries and cache layer; [`Attention::run`]): on AVX-512, tiles
+//!   of (kv head, up to 32 query rows of its group) streamed against key blocks with an online
+//!   softmax ([`Attention::run_tiled`]); elsewhere (and for decode with more threads than kv
+//!   heads) (query token, head) pairs ([`Attention::run_rows`]). Both hand out work with an
+//!   atomic counter, longest causal rows first.
 //!
 //! Nothing here allocates: each dispatch passes a stack closure to [`ThreadPool::run`].
 
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::cpu::Cpu;
 use crate::dtype::WeightType;
 use crate::isa::Isa;
-use crate::ops;
+use crate::ops::{self, Matrix};
 use crate::pool::ThreadPool;
 use crate::scalar;
 
@@ -54,7 +55,7 @@ impl SendPtr {
     }
 }
 
-/// Floats of scratch the `attention_*` functions need in `scores`: a `cap`-long row of scores
+/// Floats of scratch the [`Attention`] runs need in `scores`: a `cap`-long row of scores
 /// for each thread of the per-row path, or a tile's scratch for each thread of the blocked one.
 pub fn scores_len(n_threads: usize, n_heads: usize, cap: usize) -> usize {
     (n_threads.max(n_heads).max(1) * cap).max(n_threads.max(1) * attention::TILE_SCRATCH)
@@ -81,54 +82,22 @@ pub fn matvec<W: WeightType>(
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    let cpu: Cpu = cpu.into();
     matvec_n::<W, 1>(pool, cpu, [w], x, scratch, [y]);
 }
 
-/// Two matvecs sharing the input `x` (e.g. the FFN's gate and up projections) in one dispatch:
-/// `y0 = w0 · x`, `y1 = w1 · x`.
-#[allow(clippy::too_many_arguments)]
-pub fn matvec2<W: WeightType>(
+/// `N` matvecs sharing the input `x` in one dispatch, `ys[i] = ws[i] · x` (e.g. the FFN's gate
+/// and up projections, or attention's q, k and v): `x` is prepared once, in `scratch`
+/// ([`ops::matvec_scratch_len`] floats), and the concatenation of the matrices' rows is split
+/// across the threads. Each output is bit for bit that of [`matvec`] on its matrix alone.
+pub fn matvec_n<W: WeightType, const N: usize>(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    x: &[f32],
-    scratch: &mut [f32],
-    w0: &[u8],
-    y0: &mut [f32],
-    w1: &[u8],
-    y1: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    matvec_n::<W, 2>(pool, cpu, [w0, w1], x, scratch, [y0, y1]);
-}
-
-/// Three matvecs sharing the input `x` (e.g. attention's q, k and v projections) in one dispatch.
-#[allow(clippy::too_many_arguments)]
-pub fn matvec3<W: WeightType>(
-    pool: &ThreadPool,
-    cpu: impl Into<Cpu>,
-    x: &[f32],
-    scratch: &mut [f32],
-    w0: &[u8],
-    y0: &mut [f32],
-    w1: &[u8],
-    y1: &mut [f32],
-    w2: &[u8],
-    y2: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    matvec_n::<W, 3>(pool, cpu, [w0, w1, w2], x, scratch, [y0, y1, y2]);
-}
-
-/// `N` matvecs over one `x`: the concatenation of their rows is split across the threads.
-fn matvec_n<W: WeightType, const N: usize>(
-    pool: &ThreadPool,
-    cpu: Cpu,
     ws: [&[u8]; N],
     x: &[f32],
     scratch: &mut [f32],
     ys: [&mut [f32]; N],
 ) {
+    let cpu: Cpu = cpu.into();
     let cols = x.len();
     let x = &ops::MatvecX::new::<W>(cpu, x, scratch);
     for (w, y) in ws.iter().zip(&ys) {
@@ -156,12 +125,8 @@ fn matvec_n<W: WeightType, const N: usize>(
     let chunk = total
         .div_ceil(nt * CHUNKS_PER_THREAD)
         .next_multiple_of(ROW_ALIGN);
-    let next = AtomicUsize::new(0);
-    pool.run(&|_tid| loop {
-        let g0 = next.fetch_add(1, Ordering::Relaxed) * chunk;
-        if g0 >= total {
-            break;
-        }
+    claim_items(pool, nt, total.div_ceil(chunk), &|_tid, c| {
+        let g0 = c * chunk;
         let g1 = (g0 + chunk).min(total);
         let mut base = 0;
         for i in 0..N {
@@ -172,8 +137,8 @@ fn matvec_n<W: WeightType, const N: usize>(
             if r0 >= r1 {
                 continue;
             }
-            // SAFETY: every chunk [g0, g1) is claimed by exactly one thread (the counter hands
-            // each index out once), so the per-matrix ranges [r0, r1) of different claims are
+            // SAFETY: every chunk [g0, g1) is claimed by exactly one thread ([`claim_items`]),
+            // so the per-matrix ranges [r0, r1) of different claims are
             // disjoint; they lie inside y_i (length `len`), whose `&mut` is held (unused) by this
             // function until `run` returns.
             let y = unsafe { std::slice::from_raw_parts_mut(ptrs[i].get().add(r0), r1 - r0) };
@@ -200,28 +165,17 @@ pub fn matmul_bf16dot_scratch_len(n_threads: usize, n: usize, k: usize) -> usize
 pub fn matmul<W: WeightType>(
     pool: &ThreadPool,
     isa: impl Into<Isa>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let isa: Isa = isa.into();
     let per = ops::matmul_scratch_len();
-    matmul_cols(
-        pool,
-        w,
-        W::SIZE,
-        k,
-        x,
-        y,
-        scratch,
-        per,
-        &|w, n, yp, ldy, cols, pack| {
-            // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
-            unsafe { ops::matmul_strided::<W>(isa, w, k, x, n, yp, ldy, cols, pack) }
-        },
-    );
+    matmul_cols(pool, w, W::SIZE, x, y, scratch, per, &|block, pack| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`.
+        unsafe { ops::matmul_strided::<W>(isa, block, pack) }
+    });
 }
 
 /// [`ops::matmul_bf16dot`] (activations rounded to bf16, AVX512-BF16 where available) with output
@@ -231,66 +185,52 @@ pub fn matmul<W: WeightType>(
 pub fn matmul_bf16dot(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    w: &[u8],
-    k: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
+    let k = w.cols;
     let Some((n, _)) = scalar::matmul_dims(k, x, y) else {
         return;
     };
     let (pairs, packs) = ops::split_bf16dot_scratch(scratch, n, k);
     let xb = ops::bf16dot_pairs(cpu, x, k, n, pairs);
     let per = ops::BF16DOT_PACK;
-    matmul_cols(
-        pool,
-        w,
-        2,
-        k,
-        x,
-        y,
-        packs,
-        per,
-        &|w, n, yp, ldy, cols, pack| {
-            // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
-            // k and n (`matmul_cols` passes the same n).
-            unsafe { ops::matmul_bf16dot_strided(cpu, w, k, x, xb, n, yp, ldy, cols, pack) }
-        },
-    );
+    matmul_cols(pool, w, 2, x, y, packs, per, &|block, pack| {
+        // SAFETY: forwarded from `matmul_cols`'s contract on `body`; `xb` was made for this x,
+        // k and n (`matmul_cols` passes the same ones).
+        unsafe { ops::matmul_bf16dot_strided(cpu, block, xb, pack) }
+    });
 }
 
-/// The body of one thread's column block: `(w_block, n, y_block, ldy, cols, pack)`.
-type ColsBody<'a> = dyn Fn(&[u8], usize, *mut f32, usize, usize, &mut [f32]) + Sync + 'a;
+/// The body of one thread's column block: `(block, pack)`.
+type ColsBody<'a> = dyn Fn(&ops::MatmulBlock<'_>, &mut [f32]) + Sync + 'a;
 
-/// The column split shared by the matmuls. `body(w_block, n, y_block, ldy, cols, pack)` must
-/// compute `y_block[t * ldy + j]` for `t < n`, `j < cols` from the first `cols` rows of
-/// `w_block`; it is called with a `y_block` valid for exactly those writes and not accessed by
-/// anyone else, and with `pack`, `per` floats of `packs` that are the calling thread's alone.
+/// The column split shared by the matmuls. `body(block, pack)` must compute the block; it is
+/// called with a block that satisfies [`ops::MatmulBlock`]'s contract (its `y` valid for
+/// exactly its writes and not accessed by anyone else), and with `pack`, `per` floats of
+/// `packs` that are the calling thread's alone.
 #[allow(clippy::too_many_arguments)]
 fn matmul_cols(
     pool: &ThreadPool,
-    w: &[u8],
+    w: Matrix<'_>,
     wsize: usize,
-    k: usize,
     x: &[f32],
     y: &mut [f32],
     packs: &mut [f32],
     per: usize,
     body: &ColsBody<'_>,
 ) {
-    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
+    let Some(whole) = w.block(wsize, x, y, "matmul") else {
         return;
     };
-    assert!(
-        w.len() >= rows * k * wsize,
-        "matmul: weight buffer too short"
-    );
+    let (n, rows, k) = (whole.n, whole.rows, whole.k);
     let nt = pool.n_threads();
     if nt == 1 || rows * k * n < SERIAL_BELOW {
         assert!(packs.len() >= per, "matmul: scratch too short for a panel");
-        body(w, n, y.as_mut_ptr(), rows, rows, &mut packs[..per]);
+        body(&whole, &mut packs[..per]);
         return;
     }
     assert!(
@@ -299,7 +239,7 @@ fn matmul_cols(
         packs.len(),
         nt * per
     );
-    let yp = SendPtr(y.as_mut_ptr());
+    let yp = SendPtr(whole.y);
     let pp = SendPtr(packs.as_mut_ptr());
     pool.run(&|tid| {
         let (c0, c1) = split(rows, nt, tid, COL_ALIGN);
@@ -314,20 +254,50 @@ fn matmul_cols(
         // y[t * rows + j] for j in its column range [c0, c1), and the ranges of different tids
         // are disjoint; all lie in y (n*rows <= y.len()), whose `&mut` this function holds until
         // `run` returns.
-        body(
-            &w[c0 * k * wsize..],
+        let y_block = unsafe { yp.get().add(c0) };
+        let block = ops::MatmulBlock {
+            w: &w.bytes[c0 * k * wsize..],
+            k,
+            x,
             n,
-            unsafe { yp.get().add(c0) },
-            rows,
-            c1 - c0,
-            pack,
-        );
+            y: y_block,
+            ldy: rows,
+            rows: c1 - c0,
+        };
+        body(&block, pack);
+    });
+}
+
+/// Runs `work(tid, i)` for every item `i < items`, each claimed exactly once, in order, from an
+/// atomic counter by one of the first `nt` threads of the pool (`tid < nt`), so `work` may
+/// write item `i`'s part of an output alone, and a thread slowed by a noisy neighbour (or the
+/// caller, who also does the serial work between dispatches) takes fewer items instead of
+/// holding everyone at the barrier. With `nt == 1`, all on the calling thread (`tid` 0).
+fn claim_items(pool: &ThreadPool, nt: usize, items: usize, work: &(dyn Fn(usize, usize) + Sync)) {
+    if nt == 1 {
+        for i in 0..items {
+            work(0, i);
+        }
+        return;
+    }
+    let next = AtomicUsize::new(0);
+    pool.run(&|tid| {
+        if tid >= nt {
+            return;
+        }
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= items {
+                break;
+            }
+            work(tid, i);
+        }
     });
 }
 
 /// Runs `run_block(b, y)` for every block `b < blocks` of a matvec over rows: on the calling
-/// thread when `serial`, else claimed one at a time from a counter by the pool's threads (each
-/// index is handed out once, so `run_block` may write block `b`'s part of `y` alone).
+/// thread when `serial`, else claimed from the pool's threads by [`claim_items`] (each index is
+/// handed out once, so `run_block` may write block `b`'s part of `y` alone).
 fn for_each_block(
     pool: &ThreadPool,
     blocks: usize,
@@ -335,21 +305,9 @@ fn for_each_block(
     y: *mut f32,
     run_block: &(dyn Fn(usize, *mut f32) + Sync),
 ) {
-    if serial {
-        for b in 0..blocks {
-            run_block(b, y);
-        }
-        return;
-    }
     let yp = SendPtr(y);
-    let next = AtomicUsize::new(0);
-    pool.run(&|_tid| loop {
-        let b = next.fetch_add(1, Ordering::Relaxed);
-        if b >= blocks {
-            break;
-        }
-        run_block(b, yp.get());
-    });
+    let nt = if serial { 1 } else { pool.n_threads() };
+    claim_items(pool, nt, blocks, &|_tid, b| run_block(b, yp.get()));
 }
 
 /// `(n, rows)` of a many-input matvec over `cols` columns (`x` is `[n, cols]`, `y` is
@@ -380,23 +338,23 @@ pub fn matvec_rows_scratch_len(n: usize, cols: usize) -> usize {
 }
 
 /// `n` matvecs over one matrix, the weights streamed from memory once for all of them: `x` is
-/// `[n, cols]`, `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block of weight rows
-/// is read by every input while it is in cache, by the multi-row kernels: each weight vector
-/// is loaded once into a register and multiplied into a group of inputs (up to 4). Each input
-/// keeps the accumulators of the single-row kernel [`matvec`] runs, adds into them in the same
-/// order and reduces them the same way, so the result is bit for bit that of `n` separate
-/// [`matvec`] calls, whatever `n` and the thread count: a row's numbers never depend on which
-/// other rows share the dispatch.
+/// `[n, cols]` (`cols = w.cols`), `y` is `[n, rows]` (row-major), `y[t] = w · x[t]`. Each block
+/// of weight rows is read by every input while it is in cache, by the multi-row kernels: each
+/// weight vector is loaded once into a register and multiplied into a group of inputs (up to
+/// 4). Each input keeps the accumulators of the single-row kernel [`matvec`] runs, adds into
+/// them in the same order and reduces them the same way, so the result is bit for bit that of
+/// `n` separate [`matvec`] calls, whatever `n` and the thread count: a row's numbers never
+/// depend on which other rows share the dispatch.
 pub fn matvec_rows<W: WeightType>(
     pool: &ThreadPool,
     cpu: impl Into<Cpu>,
-    w: &[u8],
-    cols: usize,
+    w: Matrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
+    let Matrix { bytes: w, cols } = w;
     let Some((_, rows)) = rows_dims("matvec_rows", cols, x, y) else {
         return;
     };

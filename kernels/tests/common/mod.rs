@@ -1,6 +1,7 @@
 //! Helpers shared by the kernels' test binaries.
 #![allow(dead_code)]
 
+use qwenrt_kernels::ops::AttnHead;
 use qwenrt_kernels::par::KvLayout;
 use qwenrt_kernels::{scalar, Dtype, KvType, QuantType};
 
@@ -88,11 +89,14 @@ pub fn attention_ref<T: KvType>(
         let len = pos0 + t + 1;
         for h in 0..layout.n_heads {
             let base = (h / group) * layout.cap * hd;
-            scalar::attention::<T>(
-                &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
-                &k[base..base + len * hd],
-                &v[base..base + len * hd],
-                1.0 / (hd as f32).sqrt(),
+            let head = AttnHead::<T> {
+                q: &q[t * qdim + h * hd..t * qdim + (h + 1) * hd],
+                keys: &k[base..base + len * hd],
+                values: &v[base..base + len * hd],
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            scalar::attention(
+                head,
                 &mut sc,
                 &mut r[t * qdim + h * hd..t * qdim + (h + 1) * hd],
             );

@@ -5,6 +5,7 @@
 //! can stream them in one dispatch. [`Matmul`] runs them over a step's rows with the arena's
 //! kernel scratch, so the forward pass names a matrix and never a format, layout or ISA.
 
+use qwenrt_kernels::ops::Matrix;
 use qwenrt_kernels::quant::QuantType;
 use qwenrt_kernels::{par, Bf16, Cpu, Dtype, Format, ThreadPool, F16, F32};
 
@@ -218,6 +219,10 @@ impl Matmul<'_> {
         let (pool, cpu) = (self.pool, self.cpu);
         let cols = w.cols;
         let wbytes = self.weights.bytes(&w.w);
+        let wm = Matrix {
+            bytes: wbytes,
+            cols,
+        };
         let n = x.len() / cols.max(1);
         let width = out.len() / n.max(1);
         let (x_d, x_p) = x.split_at(nd * cols);
@@ -237,17 +242,17 @@ impl Matmul<'_> {
                 }
             }
             Kernel::Float(d) => {
-                self.float_decode(d, wbytes, cols, x_d, out_d);
+                self.float_decode(d, wm, x_d, out_d);
                 if nd < n {
                     let pack = &mut *self.matmul_pack;
-                    by_format!(d, W => par::matmul::<W>(pool, cpu, wbytes, cols, x_p, pack, out_p));
+                    by_format!(d, W => par::matmul::<W>(pool, cpu, wm, x_p, pack, out_p));
                 }
             }
             Kernel::Bf16Dot => {
-                self.float_decode(Dtype::BF16, wbytes, cols, x_d, out_d);
+                self.float_decode(Dtype::BF16, wm, x_d, out_d);
                 if nd < n {
                     let pack = &mut *self.matmul_pack;
-                    par::matmul_bf16dot(pool, cpu, wbytes, cols, x_p, pack, out_p);
+                    par::matmul_bf16dot(pool, cpu, wm, x_p, pack, out_p);
                 }
             }
         }
@@ -255,12 +260,12 @@ impl Matmul<'_> {
 
     /// The float decode matvec over the rows `x` (one row: the lone matvec; more: the weights
     /// streamed once for all, the same numbers per row).
-    fn float_decode(&mut self, d: Dtype, w: &[u8], cols: usize, x: &[f32], out: &mut [f32]) {
+    fn float_decode(&mut self, d: Dtype, w: Matrix<'_>, x: &[f32], out: &mut [f32]) {
         let (pool, cpu, prep) = (self.pool, self.cpu, &mut *self.prep);
-        match x.len() / cols.max(1) {
+        match x.len() / w.cols.max(1) {
             0 => {}
-            1 => by_format!(d, W => par::matvec::<W>(pool, cpu, w, x, prep, out)),
-            _ => by_format!(d, W => par::matvec_rows::<W>(pool, cpu, w, cols, x, prep, out)),
+            1 => by_format!(d, W => par::matvec::<W>(pool, cpu, w.bytes, x, prep, out)),
+            _ => by_format!(d, W => par::matvec_rows::<W>(pool, cpu, w, x, prep, out)),
         }
     }
 
@@ -276,8 +281,8 @@ impl Matmul<'_> {
         match m.fused {
             Some(d) if nd == 1 && x.len() == m.q.cols => {
                 let (pool, cpu, prep, wb) = (self.pool, self.cpu, &mut *self.prep, self.weights);
-                let (wq, wk, wv) = (wb.bytes(&m.q.w), wb.bytes(&m.k.w), wb.bytes(&m.v.w));
-                by_format!(d, W => par::matvec3::<W>(pool, cpu, x, prep, wq, q, wk, k, wv, v));
+                let ws = [wb.bytes(&m.q.w), wb.bytes(&m.k.w), wb.bytes(&m.v.w)];
+                by_format!(d, W => par::matvec_n::<W, 3>(pool, cpu, ws, x, prep, [q, k, v]));
             }
             _ => {
                 self.rows(&m.q, x, q, nd);
@@ -300,8 +305,8 @@ impl Matmul<'_> {
         match f.fused {
             Some(d) if nd == 1 && x.len() == f.gate.cols => {
                 let (pool, cpu, prep, wb) = (self.pool, self.cpu, &mut *self.prep, self.weights);
-                let (wg, wu) = (wb.bytes(&f.gate.w), wb.bytes(&f.up.w));
-                by_format!(d, W => par::matvec2::<W>(pool, cpu, x, prep, wg, gate, wu, up));
+                let ws = [wb.bytes(&f.gate.w), wb.bytes(&f.up.w)];
+                by_format!(d, W => par::matvec_n::<W, 2>(pool, cpu, ws, x, prep, [gate, up]));
             }
             _ => {
                 self.rows(&f.gate, x, gate, nd);
