@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, q8_len, QuantType};
+use qwenrt_kernels::quant::{self, q8_len, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
 /// xorshift32 bytes.
@@ -89,22 +89,18 @@ fn bench(c: &mut Criterion) {
             for n in [1, 4] {
                 let mut y = vec![0.0; n * rows];
                 g.bench_with_input(BenchmarkId::new(format!("ggml_{name}"), n), &(), |b, _| {
-                    b.iter(|| ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[..n], &mut y))
+                    b.iter(|| {
+                        let w = QMatrix::new(qt, black_box(&w), rows, cols);
+                        ops::matvec_q_rows(cpu, &w, &qx[..n], &mut y)
+                    })
                 });
                 g.bench_with_input(
                     BenchmarkId::new(format!("repacked_{name}"), n),
                     &(),
                     |b, _| {
                         b.iter(|| {
-                            ops::matvec_repacked_prepared(
-                                cpu,
-                                qt,
-                                black_box(&wr),
-                                cols,
-                                n,
-                                &px,
-                                &mut y,
-                            )
+                            let wr = RepackedMatrix::new(qt, black_box(&wr), rows, cols);
+                            ops::matvec_repacked_prepared(cpu, &wr, n, &px, &mut y)
                         })
                     },
                 );
@@ -146,14 +142,20 @@ fn cold(
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &ws[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_q_rows(cpu, qt, black_box(wi), &qx[..n], &mut y)
+                ops::matvec_q_rows(
+                    cpu,
+                    &QMatrix::new(qt, black_box(wi), rows, cols),
+                    &qx[..n],
+                    &mut y,
+                )
             })
         });
         g.bench_with_input(BenchmarkId::new("repacked", n), &(), |b, _| {
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &wrs[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_repacked_prepared(cpu, qt, black_box(wi), cols, n, px, &mut y)
+                let wi = RepackedMatrix::new(qt, black_box(wi), rows, cols);
+                ops::matvec_repacked_prepared(cpu, &wi, n, px, &mut y)
             })
         });
     }

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, QuantType};
+use qwenrt_kernels::quant::{self, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
 /// xorshift32 bytes.
@@ -53,21 +53,16 @@ fn config() -> Criterion {
 }
 
 /// The 4-at-a-time matvec over `n` prepared inputs.
-#[allow(clippy::too_many_arguments)]
-fn matvec4(cpu: Cpu, qt: QuantType, wr: &[u8], cols: usize, n: usize, px: &[f32], y: &mut [f32]) {
-    let per = ops::repacked_x_len(cols);
-    let rows = y.len() / n;
+fn matvec4(cpu: Cpu, wr: &RepackedMatrix<'_>, n: usize, px: &[f32], y: &mut [f32]) {
+    let per = ops::repacked_x_len(wr.matrix().cols());
+    let rows = wr.matrix().rows();
     for t0 in (0..n).step_by(4) {
         let g = (n - t0).min(4);
-        ops::matvec_repacked_prepared(
-            cpu,
-            qt,
-            wr,
-            cols,
-            g,
+        let (px, y) = (
             &px[t0 * per..(t0 + g) * per],
             &mut y[t0 * rows..(t0 + g) * rows],
         );
+        ops::matvec_repacked_prepared(cpu, wr, g, px, y);
     }
 }
 
@@ -87,6 +82,7 @@ fn bench_repacked(c: &mut Criterion) {
         let w = weights(qt, rows, cols);
         let mut wr = w.clone();
         quant::repack(qt, &w, cols, &mut wr);
+        let wr = RepackedMatrix::new(qt, &wr, rows, cols);
         let nmax = 32;
         let x: Vec<f32> = bytes(nmax * cols, 3)
             .iter()
@@ -100,10 +96,10 @@ fn bench_repacked(c: &mut Criterion) {
             g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), n, &px, y))
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
-                b.iter(|| matvec4(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| matvec4(cpu, black_box(&wr), n, &px, y))
             });
         }
         g.finish();
@@ -112,7 +108,7 @@ fn bench_repacked(c: &mut Criterion) {
         for n in [1, 32] {
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), n, &px, y))
             });
         }
         g.finish();
@@ -127,6 +123,7 @@ fn bench_ggml(c: &mut Criterion) {
     }
     for (qt, rows, cols) in [(QuantType::Q4K, 896, 4864), (QuantType::Q6K, 896, 4864)] {
         let w = weights(qt, rows, cols);
+        let wm = QMatrix::new(qt, &w, rows, cols);
         let nmax = 32;
         let x: Vec<f32> = bytes(nmax * cols, 3)
             .iter()
@@ -147,14 +144,14 @@ fn bench_ggml(c: &mut Criterion) {
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
                 b.iter(|| {
                     ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                    ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, y)
+                    ops::gemm_q_prepared(cpu, black_box(&wm), n, &px, y)
                 })
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
                 b.iter(|| {
                     for t0 in (0..n).step_by(4) {
                         let y = &mut y[t0 * rows..(t0 + 4) * rows];
-                        ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[t0..t0 + 4], y)
+                        ops::matvec_q_rows(cpu, black_box(&wm), &qx[t0..t0 + 4], y)
                     }
                 })
             });
@@ -166,7 +163,7 @@ fn bench_ggml(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
             b.iter(|| {
                 ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, &mut y)
+                ops::gemm_q_prepared(cpu, black_box(&wm), n, &px, &mut y)
             })
         });
         g.finish();

@@ -6,7 +6,7 @@
 //! `d_x`. The kernel then only does plain 64-byte loads (see `avx512::quant_repack`).
 
 use super::*;
-use crate::quant::{q8_len, repacked_row_bytes, QuantType, REPACK_GROUP};
+use crate::quant::{q8_len, RepackedMatrix, REPACK_GROUP};
 
 /// Rows each group of inputs runs over before the next group, when a call has more inputs than
 /// one kernel call takes: 32 rows of the widest repacked matrix here (Q5_0, 4864 columns) are
@@ -77,57 +77,57 @@ pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch:
 }
 
 /// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
-/// [`prepare_repacked_x`] against the repacked `qt` matrix `w` (`rows = y.len() / n`). Output
-/// `t` is bit for bit the same whatever `n` and whichever inputs share the call.
+/// [`prepare_repacked_x`] against the repacked matrix `w`. Output `t` is bit for bit the same
+/// whatever `n` and whichever inputs share the call.
 ///
 /// # Panics
-/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `w` holds `rows` repacked
-/// rows and `px` `n` prepared inputs of `cols`.
+/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `y` is `n` rows of
+/// `w.rows()` and `px` holds `n` prepared inputs of `w.cols()`.
 pub fn matvec_repacked_prepared(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
+    w: &RepackedMatrix<'_>,
     n: usize,
     px: &[f32],
     y: &mut [f32],
 ) {
-    if n == 0 {
-        return;
-    }
-    assert!(
-        y.len().is_multiple_of(n),
-        "matvec_repacked: y is not one row per input"
-    );
-    let rows = y.len() / n;
+    let rows = w.matrix().rows();
+    w.matrix().check_outputs("matvec_repacked", n, y.len());
     // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_repacked_raw(cpu.into(), qt, w, rows, cols, n, px, y.as_mut_ptr(), rows) }
+    unsafe { matvec_repacked_raw(cpu.into(), w, n, px, y.as_mut_ptr(), rows) }
 }
 
-/// Panics unless `w` holds `rows` repacked rows of `cols` `qt` weights.
-pub(crate) fn check_repacked(qt: QuantType, w: &[u8], rows: usize, cols: usize) -> usize {
-    let rb = repacked_row_bytes(qt, cols)
-        .unwrap_or_else(|| panic!("matvec_repacked: {qt} with {cols} columns is not repacked"));
-    assert!(
-        rows.checked_mul(rb).is_some_and(|b| w.len() >= b),
-        "matvec_repacked: weight buffer too short"
-    );
-    rb
+/// The repacked kernels' name for `qt`'s layout.
+#[cfg(target_arch = "x86_64")]
+fn repacked_kind(qt: crate::quant::QuantType) -> u8 {
+    use crate::quant::QuantType;
+    match qt {
+        QuantType::Q4_0 => avx512::RQ4_0,
+        QuantType::Q5_0 => avx512::RQ5_0,
+        _ => avx512::RQ8_0,
+    }
 }
 
-/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < n`, `r < rows`, the inputs in
-/// groups of up to 4 per kernel call.
+/// Input `t` of the prepared inputs `px` (rows of `units` units) as the kernels read it.
+#[cfg(target_arch = "x86_64")]
+fn prepared_x(px: &[f32], units: usize, t: usize) -> avx512::PreparedX {
+    let per = units * 10;
+    let (q, rest) = px[t * per..(t + 1) * per].split_at(8 * units);
+    avx512::PreparedX {
+        q: q.as_ptr().cast(),
+        isum: rest.as_ptr().cast(),
+        d: rest[units..].as_ptr(),
+    }
+}
+
+/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < n`, `r < w.rows()`, the
+/// inputs in groups of up to 4 per kernel call.
 ///
 /// # Safety
-/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < rows`), with nothing else
-/// reading or writing those floats during the call.
-#[allow(clippy::too_many_arguments)]
+/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < w.rows()`), with nothing
+/// else reading or writing those floats during the call.
 pub(crate) unsafe fn matvec_repacked_raw(
     cpu: Cpu,
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
+    w: &RepackedMatrix<'_>,
     n: usize,
     px: &[f32],
     y: *mut f32,
@@ -139,10 +139,9 @@ pub(crate) unsafe fn matvec_repacked_raw(
         "matvec_repacked: the repacked layout runs on AVX-512 only, not {isa}"
     );
     check(isa);
-    let rb = check_repacked(qt, w, rows, cols);
-    let per = repacked_x_len(cols);
+    let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
     assert!(
-        px.len() >= n * per,
+        px.len() >= n * repacked_x_len(cols),
         "matvec_repacked: prepared inputs too short"
     );
     assert!(n <= 1 || ldy >= rows, "matvec_repacked: rows overlap");
@@ -151,27 +150,14 @@ pub(crate) unsafe fn matvec_repacked_raw(
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0, RQ_GROUP};
-        let k = match qt {
-            QuantType::Q4_0 => RQ4_0,
-            QuantType::Q5_0 => RQ5_0,
-            _ => RQ8_0,
-        };
+        use avx512::RQ_GROUP;
+        let k = repacked_kind(w.matrix().qt());
         let units = cols / 32;
         let vnni = cpu.vnni();
-        let prep = |t: usize| {
-            let p = &px[t * per..(t + 1) * per];
-            let (q, rest) = p.split_at(8 * units);
-            PreparedX {
-                q: q.as_ptr().cast(),
-                isum: rest.as_ptr().cast(),
-                d: rest[units..].as_ptr(),
-            }
-        };
         // Enough inputs to be compute-bound: the register-tiled kernel.
         if vnni && n >= REPACKED_GEMM_MIN && avx512::gemm_repacked_fits(units) {
             // SAFETY: forwarded contract; the checks above hold for the same arguments.
-            unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y, ldy) };
+            unsafe { gemm_repacked_raw(w, n, px, y, ldy) };
             return;
         }
         // More inputs than one kernel call takes: every group of inputs runs over a tile of
@@ -184,22 +170,19 @@ pub(crate) unsafe fn matvec_repacked_raw(
         };
         for r0 in (0..rows).step_by(tile) {
             let rt = (rows - r0).min(tile);
+            let wt = w.row_block(r0, r0 + rt).matrix().bytes();
             for t0 in (0..n).step_by(RQ_GROUP) {
                 let g = (n - t0).min(RQ_GROUP);
-                let mut xs = [prep(t0); RQ_GROUP];
-                for (i, slot) in xs.iter_mut().enumerate().take(g) {
-                    *slot = prep(t0 + i);
-                }
+                let xs: [_; RQ_GROUP] = group_of(g, |i| prepared_x(px, units, t0 + i));
                 // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it
-                // only where detected); `w` holds `rows`
-                // repacked rows of `units` units, `rb` bytes each (checked), so rows
-                // r0..r0 + rt start at byte r0 * rb inside it; each input's pointers cover its
-                // prepared words (`px` holds n * per, checked); y's columns r0..r0 + rt of rows
-                // t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
+                // only where detected); `wt` holds rows r0..r0 + rt of `w`, repacked rows of
+                // `units` units (a `RepackedMatrix`); each input's pointers cover its
+                // prepared words (`px` holds n * per, checked); y's columns r0..r0 + rt of
+                // rows t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
                 unsafe {
                     avx512::matvec_repacked(
                         k,
-                        w.as_ptr().add(r0 * rb),
+                        wt.as_ptr(),
                         rt,
                         units,
                         &xs[..g],
@@ -212,7 +195,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (y, ldy, cpu, rb);
+    let _ = (y, ldy, cpu);
 }
 
 /// [`matvec_repacked_prepared`] through the register-tiled AVX512-VNNI kernel whatever `n`
@@ -223,9 +206,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
 /// (rows of up to 58 000 columns do), and on buffer lengths that do not match.
 pub fn gemm_repacked_prepared(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
+    w: &RepackedMatrix<'_>,
     n: usize,
     px: &[f32],
     y: &mut [f32],
@@ -235,80 +216,46 @@ pub fn gemm_repacked_prepared(
         cpu.runs_repacked() && cpu.vnni(),
         "gemm_repacked: the tiled kernel needs AVX512-VNNI, not {cpu}"
     );
-    if n == 0 {
-        return;
-    }
-    assert!(
-        y.len().is_multiple_of(n),
-        "gemm_repacked: y is not one row per input"
-    );
-    let rows = y.len() / n;
-    check_repacked(qt, w, rows, cols);
+    let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
+    w.matrix().check_outputs("gemm_repacked", n, y.len());
     assert!(
         px.len() >= n * repacked_x_len(cols),
         "gemm_repacked: prepared inputs too short"
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let units = cols / 32;
         assert!(
-            avx512::gemm_repacked_fits(units),
+            avx512::gemm_repacked_fits(cols / 32),
             "gemm_repacked: rows of {cols} columns do not fit the tile buffer"
         );
-        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `w` holds `rows` rows, `px` the
-        // `n` prepared inputs; y (borrowed mutably here) holds n rows of `rows`.
-        unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y.as_mut_ptr(), rows) };
+        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `px` the `n` prepared inputs;
+        // y (borrowed mutably here) holds n rows of `rows`.
+        unsafe { gemm_repacked_raw(w, n, px, y.as_mut_ptr(), rows) };
     }
 }
 
 /// The tiled kernel on `n` prepared inputs, up to 64 per call of the kernel.
 ///
 /// # Safety
-/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `w` holds `rows`
-/// repacked rows of `units` units, `px` `n` prepared inputs; `y` is valid for writes at
-/// `t * ldy + r` (`t < n`, `r < rows`), with nothing else accessing those floats.
+/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `px` holds `n`
+/// prepared inputs; `y` is valid for writes at `t * ldy + r` (`t < n`, `r < w.rows()`), with
+/// nothing else accessing those floats.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_repacked_raw(
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    units: usize,
-    n: usize,
-    px: &[f32],
-    y: *mut f32,
-    ldy: usize,
-) {
-    use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0};
+unsafe fn gemm_repacked_raw(w: &RepackedMatrix<'_>, n: usize, px: &[f32], y: *mut f32, ldy: usize) {
     const CHUNK: usize = 64;
-    let k = match qt {
-        QuantType::Q4_0 => RQ4_0,
-        QuantType::Q5_0 => RQ5_0,
-        _ => RQ8_0,
-    };
-    let per = units * 10;
-    let prep = |t: usize| {
-        let p = &px[t * per..(t + 1) * per];
-        let (q, rest) = p.split_at(8 * units);
-        PreparedX {
-            q: q.as_ptr().cast(),
-            isum: rest.as_ptr().cast(),
-            d: rest[units..].as_ptr(),
-        }
-    };
+    let w = w.matrix();
+    let k = repacked_kind(w.qt());
+    let units = w.cols() / 32;
     for t0 in (0..n).step_by(CHUNK) {
         let g = (n - t0).min(CHUNK);
-        let mut xs = [prep(t0); CHUNK];
-        for (i, slot) in xs.iter_mut().enumerate().take(g) {
-            *slot = prep(t0 + i);
-        }
+        let xs: [_; CHUNK] = group_of(g, |i| prepared_x(px, units, t0 + i));
         // SAFETY: forwarded contract; each input's pointers cover its prepared words; y's
         // rows t0..t0 + g are inside the contract's.
         unsafe {
             avx512::gemm_repacked(
                 k,
-                w.as_ptr(),
-                rows,
+                w.bytes().as_ptr(),
+                w.rows(),
                 units,
                 &xs[..g],
                 y.wrapping_add(t0 * ldy),
@@ -319,18 +266,16 @@ unsafe fn gemm_repacked_raw(
 }
 
 /// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs
-/// and the `rows = y.len() / n` rows of the matrix `w`, repacked by [`crate::quant::repack`]: each
-/// input quantized to 8 bits and prepared into `scratch` (`n *` [`repacked_x_len`]`(cols)`
-/// words), then the kernel. Output `t` is bit for bit the same whatever `n`.
+/// and the rows of the repacked matrix `w`: each input quantized to 8 bits and prepared into
+/// `scratch` (`n *` [`repacked_x_len`]`(cols)` words), then the kernel. Output `t` is bit for
+/// bit the same whatever `n`.
 ///
 /// # Panics
 /// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]: AVX-512, no other ISA has
 /// the kernel), and on buffer lengths that do not match.
 pub fn matvec_repacked_rows(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
+    w: &RepackedMatrix<'_>,
     xs: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
@@ -340,10 +285,10 @@ pub fn matvec_repacked_rows(
         cpu.runs_repacked(),
         "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {cpu}"
     );
-    if xs.is_empty() {
+    let n = w.matrix().inputs("matvec_repacked_rows", xs.len(), y.len());
+    if n == 0 {
         return;
     }
-    prepare_repacked_x(cpu, cols, xs, scratch);
-    let n = xs.len() / cols;
-    matvec_repacked_prepared(cpu, qt, w, cols, n, scratch, y);
+    prepare_repacked_x(cpu, w.matrix().cols(), xs, scratch);
+    matvec_repacked_prepared(cpu, w, n, scratch, y);
 }
