@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::ops::{self, QuantX, RepackedX};
 use qwenrt_kernels::quant::{self, q8_len, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
@@ -80,11 +80,11 @@ fn bench(c: &mut Criterion) {
             .map(|(x, b)| QuantX::new(isa, x, b))
             .collect();
         let mut px = vec![0.0; 4 * ops::repacked_x_len(cols)];
-        ops::prepare_repacked_x(isa, cols, &x, &mut px);
         // the per-call input preparation (quantize + transpose), against the same weight bytes
         g.bench_with_input(BenchmarkId::new("prepare_x", 1), &(), |b, _| {
-            b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px))
+            b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px).n())
         });
+        let px = ops::prepare_repacked_x(isa, cols, &x, &mut px);
         for &(name, cpu) in &variants {
             for n in [1, 4] {
                 let mut y = vec![0.0; n * rows];
@@ -100,7 +100,7 @@ fn bench(c: &mut Criterion) {
                     |b, _| {
                         b.iter(|| {
                             let wr = RepackedMatrix::new(qt, black_box(&wr), rows, cols);
-                            ops::matvec_repacked_prepared(cpu, &wr, n, &px, &mut y)
+                            ops::matvec_repacked_prepared(cpu, &wr, &px.inputs(0, n), &mut y)
                         })
                     },
                 );
@@ -127,7 +127,7 @@ fn cold(
     w: &[u8],
     wr: &[u8],
     qx: &[QuantX<'_>],
-    px: &[f32],
+    px: &RepackedX<'_>,
 ) {
     let cpu = Cpu::from(Isa::Avx512);
     let copies = COLD_BYTES / w.len();
@@ -155,7 +155,7 @@ fn cold(
                 i = (i + 1) % copies;
                 let wi = &wrs[i * w.len()..(i + 1) * w.len()];
                 let wi = RepackedMatrix::new(qt, black_box(wi), rows, cols);
-                ops::matvec_repacked_prepared(cpu, &wi, n, px, &mut y)
+                ops::matvec_repacked_prepared(cpu, &wi, &px.inputs(0, n), &mut y)
             })
         });
     }

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::ops::{self, QuantX};
+use qwenrt_kernels::ops::{self, QuantX, RepackedX};
 use qwenrt_kernels::quant::{self, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
@@ -53,16 +53,12 @@ fn config() -> Criterion {
 }
 
 /// The 4-at-a-time matvec over `n` prepared inputs.
-fn matvec4(cpu: Cpu, wr: &RepackedMatrix<'_>, n: usize, px: &[f32], y: &mut [f32]) {
-    let per = ops::repacked_x_len(wr.matrix().cols());
+fn matvec4(cpu: Cpu, wr: &RepackedMatrix<'_>, px: &RepackedX<'_>, y: &mut [f32]) {
     let rows = wr.matrix().rows();
-    for t0 in (0..n).step_by(4) {
-        let g = (n - t0).min(4);
-        let (px, y) = (
-            &px[t0 * per..(t0 + g) * per],
-            &mut y[t0 * rows..(t0 + g) * rows],
-        );
-        ops::matvec_repacked_prepared(cpu, wr, g, px, y);
+    for t0 in (0..px.n()).step_by(4) {
+        let t1 = (t0 + 4).min(px.n());
+        let y = &mut y[t0 * rows..t1 * rows];
+        ops::matvec_repacked_prepared(cpu, wr, &px.inputs(t0, t1), y);
     }
 }
 
@@ -89,17 +85,17 @@ fn bench_repacked(c: &mut Criterion) {
             .map(|&b| b as f32 / 128.0 - 1.0)
             .collect();
         let mut px = vec![0.0; nmax * ops::repacked_x_len(cols)];
-        ops::prepare_repacked_x(cpu, cols, &x, &mut px);
+        let px = ops::prepare_repacked_x(cpu, cols, &x, &mut px);
         let mut y = vec![0.0; nmax * rows];
         let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_flops"));
         for n in [4, 8, 16, 32] {
             g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
-                b.iter(|| matvec4(cpu, black_box(&wr), n, &px, y))
+                b.iter(|| matvec4(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
         }
         g.finish();
@@ -108,7 +104,7 @@ fn bench_repacked(c: &mut Criterion) {
         for n in [1, 32] {
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
         }
         g.finish();
@@ -143,8 +139,8 @@ fn bench_ggml(c: &mut Criterion) {
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
                 b.iter(|| {
-                    ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                    ops::gemm_q_prepared(cpu, black_box(&wm), n, &px, y)
+                    let px = ops::prepare_q_tile(cpu, &wm, &qx[..n], &mut px);
+                    ops::gemm_q_prepared(cpu, black_box(&wm), &px, y)
                 })
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
@@ -162,8 +158,8 @@ fn bench_ggml(c: &mut Criterion) {
         let n = 32;
         g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
             b.iter(|| {
-                ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                ops::gemm_q_prepared(cpu, black_box(&wm), n, &px, &mut y)
+                let px = ops::prepare_q_tile(cpu, &wm, &qx[..n], &mut px);
+                ops::gemm_q_prepared(cpu, black_box(&wm), &px, &mut y)
             })
         });
         g.finish();

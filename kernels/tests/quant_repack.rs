@@ -187,7 +187,8 @@ fn check_format(qt: QuantType) {
                 );
                 y.fill(f32::NAN);
                 let no_vnni = Cpu::from(isa).without_vnni();
-                ops::matvec_repacked_prepared(no_vnni, &wr, n, &s, &mut y);
+                let px = ops::prepare_repacked_x(isa, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut y);
                 assert_eq!(
                     bits(&y),
                     bits(&alone[..n * rows]),
@@ -248,7 +249,8 @@ fn extreme_quants() {
                 let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
                 ops::matvec_repacked_rows(Isa::Avx512, &wr, &x, &mut s, &mut a);
                 let no_vnni = Cpu::from(Isa::Avx512).without_vnni();
-                ops::matvec_repacked_prepared(no_vnni, &wr, 1, &s, &mut b);
+                let px = ops::prepare_repacked_x(Isa::Avx512, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut b);
                 let mut r = vec![0f32; rows];
                 quant::matvec_ref(qt, &w, &x, &mut r);
                 assert_eq!(bits(&a), bits(&b), "{qt} fill {fill:#x}");

@@ -96,10 +96,10 @@ fn check_repacked(qt: QuantType) {
                 let ctx = format!("{qt} {rows}x{cols} n={n}");
                 let x: Vec<f32> = xs[..n].concat();
                 let mut s = exact(&vec![0f32; n * per]);
-                ops::prepare_repacked_x(cpu, cols, &x, &mut s);
+                let px = ops::prepare_repacked_x(cpu, cols, &x, &mut s);
                 let want = bits(&alone[..n * rows]);
                 let mut y = exact(&vec![f32::NAN; n * rows]);
-                ops::gemm_repacked_prepared(cpu, &wr, n, &s, &mut y);
+                ops::gemm_repacked_prepared(cpu, &wr, &px, &mut y);
                 assert_eq!(bits(&y), want, "{ctx}: tiled kernel vs each input alone");
                 near_reference(qt, &w, cols, &xs[..n], &y, &ctx);
                 // the dispatch, with and without VNNI, on 1 and 2 threads
@@ -156,11 +156,11 @@ fn repacked_extreme_quants() {
                 let xs: Vec<Vec<f32>> = (0..n).map(|_| vec![sign; cols]).collect();
                 let x = xs.concat();
                 let mut s = vec![0f32; n * ops::repacked_x_len(cols)];
-                ops::prepare_repacked_x(cpu, cols, &x, &mut s);
+                let px = ops::prepare_repacked_x(cpu, cols, &x, &mut s);
                 let mut y = vec![0f32; n * rows];
-                ops::gemm_repacked_prepared(cpu, &wr, n, &s, &mut y);
+                ops::gemm_repacked_prepared(cpu, &wr, &px, &mut y);
                 let mut one = vec![0f32; rows];
-                ops::matvec_repacked_prepared(cpu, &wr, 1, &s, &mut one);
+                ops::matvec_repacked_prepared(cpu, &wr, &px.inputs(0, 1), &mut one);
                 for t in 0..n {
                     assert_eq!(
                         bits(&y[t * rows..(t + 1) * rows]),
@@ -179,11 +179,12 @@ fn repacked_extreme_quants() {
 fn repacked_tile_refuses_without_vnni() {
     let cols = 32;
     let w = vec![0u8; 34];
-    let s = vec![0f32; ops::repacked_x_len(cols)];
+    let mut s = vec![0f32; ops::repacked_x_len(cols)];
     let mut y = vec![0f32; 1];
     let cpu = Cpu::from(Isa::Scalar);
     let w = RepackedMatrix::new(QuantType::Q8_0, &w, 1, cols);
-    ops::gemm_repacked_prepared(cpu, &w, 1, &s, &mut y);
+    let px = ops::prepare_repacked_x(cpu, cols, &[0.0; 32], &mut s);
+    ops::gemm_repacked_prepared(cpu, &w, &px, &mut y);
 }
 
 /// The CPUs to check the dispatch under: every ISA this machine has, each with and without
@@ -237,9 +238,9 @@ fn check_q(qt: QuantType, widths: &[usize]) {
                         .map(|(x, b)| QuantX::new(cpu, x, b))
                         .collect();
                     let mut px = exact(&vec![0f32; n * ops::q_tile_x_len(cols)]);
-                    ops::prepare_q_tile(cpu, qt, &qx, &mut px);
+                    let px = ops::prepare_q_tile(cpu, &wm, &qx, &mut px);
                     let mut y = exact(&vec![f32::NAN; n * rows]);
-                    ops::gemm_q_prepared(cpu, &wm, n, &px, &mut y);
+                    ops::gemm_q_prepared(cpu, &wm, &px, &mut y);
                     let i = cpus.iter().position(|&c| c == cpu).unwrap();
                     assert_eq!(
                         bits(&y),
@@ -289,13 +290,13 @@ fn ggml_q6_k() {
     check_q(QuantType::Q6K, &[256, 768, 1024]);
 }
 
-/// Q8_0 keeps the matvec (its quants are signed); the tiled entry points refuse it.
+/// Q8_0 keeps the matvec (its quants are signed); the tiled kernel's inputs cannot be
+/// prepared for it (so `ops::gemm_q_prepared` cannot be called on it).
 #[test]
 #[should_panic(expected = "no tiled kernel for Q8_0")]
 fn ggml_tile_refuses_q8_0() {
     let cpu = Cpu::from(Isa::detect());
     let w = vec![0u8; 34];
-    let mut y = vec![0f32; 1];
     let w = QMatrix::new(QuantType::Q8_0, &w, 1, 32);
-    ops::gemm_q_prepared(cpu, &w, 1, &[0.0; 160], &mut y);
+    ops::prepare_q_tile(cpu, &w, &[], &mut [0.0; 160]);
 }

@@ -62,6 +62,27 @@ pub(crate) fn group_of<T: Copy, const N: usize>(n: usize, item: impl Fn(usize) -
     group
 }
 
+/// Runs `kernel(r0, rt, t0, g)` on tiles of up to `tile` of `rows` weight rows (`r0..r0 +
+/// rt`) and, within each tile, groups of up to `group` of `n` inputs (`t0..t0 + g`): every
+/// group of inputs over a tile before the next tile, so the tile's weights come from memory
+/// for the first group and from cache for the others.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+pub(crate) fn for_each_tile(
+    rows: usize,
+    tile: usize,
+    n: usize,
+    group: usize,
+    mut kernel: impl FnMut(usize, usize, usize, usize),
+) {
+    for r0 in (0..rows).step_by(tile) {
+        let rt = (rows - r0).min(tile);
+        for t0 in (0..n).step_by(group) {
+            kernel(r0, rt, t0, (n - t0).min(group));
+        }
+    }
+}
+
 /// `y[r] = sum_c w[r, c] * x[c]` on the quantized matrix `w` (`y.len() == w.rows()`).
 pub fn matvec_q(cpu: impl Into<Cpu>, w: &QMatrix<'_>, x: &QuantX<'_>, y: &mut [f32]) {
     matvec_q_rows(cpu, w, std::slice::from_ref(x), y)

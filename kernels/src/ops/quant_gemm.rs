@@ -223,33 +223,16 @@ pub(crate) unsafe fn matmul_q_strided(
             assert!(xq.len() >= n * per);
             let dot = neon_dot(cpu);
             let q8 = |t: usize| quant::Q8Row::new(&xq[t * per..(t + 1) * per], k);
-            // Tiles of rows, every group of inputs over a tile before the next, so the tile's
-            // weights come from cache for all but the first group.
-            for r0 in (0..rows).step_by(NEON_ROW_TILE) {
-                let rt = (rows - r0).min(NEON_ROW_TILE);
+            for_each_tile(rows, NEON_ROW_TILE, n, neon::Q_GROUP, |r0, rt, t0, g| {
                 let wt = w.row_block(r0, r0 + rt).bytes();
-                for t0 in (0..n).step_by(neon::Q_GROUP) {
-                    let g = (n - t0).min(neon::Q_GROUP);
-                    let q: [quant::Q8Row<'_>; neon::Q_GROUP] = group_of(g, |i| q8(t0 + i));
-                    // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where
-                    // detected; `wt` holds rows r0..r0 + rt of `w` (a `QMatrix` of k columns);
-                    // every input row of xq was quantized from k columns; y's columns
-                    // r0..r0 + rt of rows t0..t0 + g are forwarded from the contract
-                    // (r0 + rt <= rows <= ldy).
-                    unsafe {
-                        neon::matvec_q(
-                            qt,
-                            wt,
-                            rt,
-                            k,
-                            &q[..g],
-                            y.wrapping_add(t0 * ldy + r0),
-                            ldy,
-                            dot,
-                        )
-                    }
-                }
-            }
+                let q: [quant::Q8Row<'_>; neon::Q_GROUP] = group_of(g, |i| q8(t0 + i));
+                let yt = y.wrapping_add(t0 * ldy + r0);
+                // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where
+                // detected; `wt` holds rows r0..r0 + rt of `w` (a `QMatrix` of k columns);
+                // every input row of xq was quantized from k columns; y's columns r0..r0 + rt
+                // of rows t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
+                unsafe { neon::matvec_q(qt, wt, rt, k, &q[..g], yt, ldy, dot) }
+            });
         }
         _ => {
             let deq = &mut panel[..k];

@@ -24,12 +24,70 @@ pub fn repacked_x_len(cols: usize) -> usize {
     cols.div_ceil(32) * 10
 }
 
+/// Inputs prepared by [`prepare_repacked_x`] for the repacked kernels: `n` inputs of `cols`
+/// columns, [`repacked_x_len`]`(cols)` words each.
+#[derive(Clone, Copy, Debug)]
+pub struct RepackedX<'a> {
+    words: &'a [f32],
+    n: usize,
+    cols: usize,
+}
+
+impl<'a> RepackedX<'a> {
+    /// How many inputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Their columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Inputs `t0..t1` alone.
+    ///
+    /// # Panics
+    /// Unless `t0 <= t1 <= n`.
+    pub fn inputs(&self, t0: usize, t1: usize) -> RepackedX<'a> {
+        assert!(
+            t0 <= t1 && t1 <= self.n,
+            "RepackedX::inputs: {t0}..{t1} of {}",
+            self.n
+        );
+        let per = repacked_x_len(self.cols);
+        RepackedX {
+            words: &self.words[t0 * per..t1 * per],
+            n: t1 - t0,
+            ..*self
+        }
+    }
+
+    /// Input `t` as the kernels read it.
+    #[cfg(target_arch = "x86_64")]
+    fn kernel_x(&self, t: usize) -> avx512::PreparedX {
+        let units = self.cols / 32;
+        let per = repacked_x_len(self.cols);
+        let (q, rest) = self.words[t * per..(t + 1) * per].split_at(8 * units);
+        avx512::PreparedX {
+            q: q.as_ptr().cast(),
+            isum: rest.as_ptr().cast(),
+            d: rest[units..].as_ptr(),
+        }
+    }
+}
+
 /// Prepares the `xs.len() / cols` inputs of `xs` (row-major) into `scratch`
-/// ([`repacked_x_len`]`(cols)` words per input, input `t` at `t * repacked_x_len(cols)`).
+/// ([`repacked_x_len`]`(cols)` words per input), for [`matvec_repacked_prepared`] and
+/// [`gemm_repacked_prepared`].
 ///
 /// # Panics
 /// Unless `cols % 32 == 0`, `xs` is whole rows of `cols` and `scratch` long enough.
-pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch: &mut [f32]) {
+pub fn prepare_repacked_x<'a>(
+    isa: impl Into<Isa>,
+    cols: usize,
+    xs: &[f32],
+    scratch: &'a mut [f32],
+) -> RepackedX<'a> {
     let isa: Isa = isa.into();
     assert!(
         cols > 0 && cols.is_multiple_of(32) && xs.len().is_multiple_of(cols),
@@ -74,26 +132,30 @@ pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch:
             }
         }
     }
+    RepackedX {
+        words: &scratch[..n * per],
+        n,
+        cols,
+    }
 }
 
-/// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
-/// [`prepare_repacked_x`] against the repacked matrix `w`. Output `t` is bit for bit the same
-/// whatever `n` and whichever inputs share the call.
+/// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the inputs `x` against the repacked
+/// matrix `w`. Output `t` is bit for bit the same whatever `x.n()` and whichever inputs share
+/// the call.
 ///
 /// # Panics
-/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `y` is `n` rows of
-/// `w.rows()` and `px` holds `n` prepared inputs of `w.cols()`.
+/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `x` has `w.cols()`
+/// columns and `y` is `x.n()` rows of `w.rows()`.
 pub fn matvec_repacked_prepared(
     cpu: impl Into<Cpu>,
     w: &RepackedMatrix<'_>,
-    n: usize,
-    px: &[f32],
+    x: &RepackedX<'_>,
     y: &mut [f32],
 ) {
     let rows = w.matrix().rows();
-    w.matrix().check_outputs("matvec_repacked", n, y.len());
+    w.matrix().check_outputs("matvec_repacked", x.n, y.len());
     // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_repacked_raw(cpu.into(), w, n, px, y.as_mut_ptr(), rows) }
+    unsafe { matvec_repacked_raw(cpu.into(), w, x, y.as_mut_ptr(), rows) }
 }
 
 /// The repacked kernels' name for `qt`'s layout.
@@ -107,29 +169,26 @@ fn repacked_kind(qt: crate::quant::QuantType) -> u8 {
     }
 }
 
-/// Input `t` of the prepared inputs `px` (rows of `units` units) as the kernels read it.
-#[cfg(target_arch = "x86_64")]
-fn prepared_x(px: &[f32], units: usize, t: usize) -> avx512::PreparedX {
-    let per = units * 10;
-    let (q, rest) = px[t * per..(t + 1) * per].split_at(8 * units);
-    avx512::PreparedX {
-        q: q.as_ptr().cast(),
-        isum: rest.as_ptr().cast(),
-        d: rest[units..].as_ptr(),
-    }
+/// Panics (naming `what`) unless the inputs `x` are as wide as the rows of `w`.
+fn check_widths(what: &str, w: &RepackedMatrix<'_>, x: &RepackedX<'_>) {
+    let cols = w.matrix().cols();
+    assert!(
+        x.cols == cols,
+        "{what}: inputs of {} columns for a matrix of {cols}",
+        x.cols
+    );
 }
 
-/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < n`, `r < w.rows()`, the
+/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < x.n()`, `r < w.rows()`, the
 /// inputs in groups of up to 4 per kernel call.
 ///
 /// # Safety
-/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < w.rows()`), with nothing
+/// `y` must be valid for writes at `t * ldy + r` (`t < x.n()`, `r < w.rows()`), with nothing
 /// else reading or writing those floats during the call.
 pub(crate) unsafe fn matvec_repacked_raw(
     cpu: Cpu,
     w: &RepackedMatrix<'_>,
-    n: usize,
-    px: &[f32],
+    x: &RepackedX<'_>,
     y: *mut f32,
     ldy: usize,
 ) {
@@ -139,11 +198,8 @@ pub(crate) unsafe fn matvec_repacked_raw(
         "matvec_repacked: the repacked layout runs on AVX-512 only, not {isa}"
     );
     check(isa);
-    let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
-    assert!(
-        px.len() >= n * repacked_x_len(cols),
-        "matvec_repacked: prepared inputs too short"
-    );
+    check_widths("matvec_repacked", w, x);
+    let (rows, cols, n) = (w.matrix().rows(), w.matrix().cols(), x.n);
     assert!(n <= 1 || ldy >= rows, "matvec_repacked: rows overlap");
     if rows == 0 || n == 0 {
         return;
@@ -157,42 +213,27 @@ pub(crate) unsafe fn matvec_repacked_raw(
         // Enough inputs to be compute-bound: the register-tiled kernel.
         if vnni && n >= REPACKED_GEMM_MIN && avx512::gemm_repacked_fits(units) {
             // SAFETY: forwarded contract; the checks above hold for the same arguments.
-            unsafe { gemm_repacked_raw(w, n, px, y, ldy) };
+            unsafe { gemm_repacked_raw(w, x, y, ldy) };
             return;
         }
-        // More inputs than one kernel call takes: every group of inputs runs over a tile of
-        // rows before the next tile, so the weights come from DRAM once and the later groups
-        // find them in cache (over the whole block, 8 inputs streamed the weights twice).
+        // More inputs than one kernel call takes: tiles of rows (over the whole block, 8
+        // inputs streamed the weights twice).
         let tile = if n > RQ_GROUP {
             REPACKED_ROW_TILE
         } else {
             rows
         };
-        for r0 in (0..rows).step_by(tile) {
-            let rt = (rows - r0).min(tile);
-            let wt = w.row_block(r0, r0 + rt).matrix().bytes();
-            for t0 in (0..n).step_by(RQ_GROUP) {
-                let g = (n - t0).min(RQ_GROUP);
-                let xs: [_; RQ_GROUP] = group_of(g, |i| prepared_x(px, units, t0 + i));
-                // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it
-                // only where detected); `wt` holds rows r0..r0 + rt of `w`, repacked rows of
-                // `units` units (a `RepackedMatrix`); each input's pointers cover its
-                // prepared words (`px` holds n * per, checked); y's columns r0..r0 + rt of
-                // rows t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
-                unsafe {
-                    avx512::matvec_repacked(
-                        k,
-                        wt.as_ptr(),
-                        rt,
-                        units,
-                        &xs[..g],
-                        y.wrapping_add(t0 * ldy + r0),
-                        ldy,
-                        vnni,
-                    )
-                }
-            }
-        }
+        for_each_tile(rows, tile, n, RQ_GROUP, |r0, rt, t0, g| {
+            let wt = w.row_block(r0, r0 + rt).matrix().bytes().as_ptr();
+            let xs: [_; RQ_GROUP] = group_of(g, |i| x.kernel_x(t0 + i));
+            let yt = y.wrapping_add(t0 * ldy + r0);
+            // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it only
+            // where detected); `wt` holds rows r0..r0 + rt of `w`, repacked rows of `units`
+            // units (a `RepackedMatrix`); each input's pointers cover its prepared words (a
+            // `RepackedX` of `cols`, checked); y's columns r0..r0 + rt of rows t0..t0 + g are
+            // forwarded from the contract (r0 + rt <= rows <= ldy).
+            unsafe { avx512::matvec_repacked(k, wt, rt, units, &xs[..g], yt, ldy, vnni) }
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (y, ldy, cpu);
@@ -207,8 +248,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
 pub fn gemm_repacked_prepared(
     cpu: impl Into<Cpu>,
     w: &RepackedMatrix<'_>,
-    n: usize,
-    px: &[f32],
+    x: &RepackedX<'_>,
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
@@ -217,38 +257,35 @@ pub fn gemm_repacked_prepared(
         "gemm_repacked: the tiled kernel needs AVX512-VNNI, not {cpu}"
     );
     let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
-    w.matrix().check_outputs("gemm_repacked", n, y.len());
-    assert!(
-        px.len() >= n * repacked_x_len(cols),
-        "gemm_repacked: prepared inputs too short"
-    );
+    w.matrix().check_outputs("gemm_repacked", x.n, y.len());
+    check_widths("gemm_repacked", w, x);
     #[cfg(target_arch = "x86_64")]
     {
         assert!(
             avx512::gemm_repacked_fits(cols / 32),
             "gemm_repacked: rows of {cols} columns do not fit the tile buffer"
         );
-        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `px` the `n` prepared inputs;
+        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `x` prepared for `w`'s width;
         // y (borrowed mutably here) holds n rows of `rows`.
-        unsafe { gemm_repacked_raw(w, n, px, y.as_mut_ptr(), rows) };
+        unsafe { gemm_repacked_raw(w, x, y.as_mut_ptr(), rows) };
     }
 }
 
-/// The tiled kernel on `n` prepared inputs, up to 64 per call of the kernel.
+/// The tiled kernel on the prepared inputs `x`, up to 64 per call of the kernel.
 ///
 /// # Safety
-/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `px` holds `n`
-/// prepared inputs; `y` is valid for writes at `t * ldy + r` (`t < n`, `r < w.rows()`), with
+/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `x` has `w`'s
+/// columns; `y` is valid for writes at `t * ldy + r` (`t < x.n()`, `r < w.rows()`), with
 /// nothing else accessing those floats.
 #[cfg(target_arch = "x86_64")]
-unsafe fn gemm_repacked_raw(w: &RepackedMatrix<'_>, n: usize, px: &[f32], y: *mut f32, ldy: usize) {
+unsafe fn gemm_repacked_raw(w: &RepackedMatrix<'_>, x: &RepackedX<'_>, y: *mut f32, ldy: usize) {
     const CHUNK: usize = 64;
     let w = w.matrix();
     let k = repacked_kind(w.qt());
     let units = w.cols() / 32;
-    for t0 in (0..n).step_by(CHUNK) {
-        let g = (n - t0).min(CHUNK);
-        let xs: [_; CHUNK] = group_of(g, |i| prepared_x(px, units, t0 + i));
+    for t0 in (0..x.n).step_by(CHUNK) {
+        let g = (x.n - t0).min(CHUNK);
+        let xs: [_; CHUNK] = group_of(g, |i| x.kernel_x(t0 + i));
         // SAFETY: forwarded contract; each input's pointers cover its prepared words; y's
         // rows t0..t0 + g are inside the contract's.
         unsafe {
@@ -281,14 +318,8 @@ pub fn matvec_repacked_rows(
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
-    assert!(
-        cpu.runs_repacked(),
-        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {cpu}"
-    );
-    let n = w.matrix().inputs("matvec_repacked_rows", xs.len(), y.len());
-    if n == 0 {
-        return;
-    }
-    prepare_repacked_x(cpu, w.matrix().cols(), xs, scratch);
-    matvec_repacked_prepared(cpu, w, n, scratch, y);
+    w.matrix().inputs("matvec_repacked_rows", xs.len(), y.len());
+    let x = prepare_repacked_x(cpu, w.matrix().cols(), xs, scratch);
+    // (panics unless `cpu` runs the repacked layout)
+    matvec_repacked_prepared(cpu, w, &x, y);
 }

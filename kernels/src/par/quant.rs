@@ -90,30 +90,25 @@ pub fn matvec_q_rows(
         }
         let xs = &xs[..gn];
         let serial = pool.n_threads() == 1 || rows * cols * gn < SERIAL_BELOW;
-        if gn >= ops::Q_GEMM_MIN && ops::q_tile_runs(cpu, w.qt(), cols) {
+        // From Q_GEMM_MIN inputs where it runs, the tiled kernel on the inputs prepared once;
+        // else all the group's inputs in one matvec call, so each weight group is unpacked
+        // once per up to 4 inputs rather than once per input.
+        let tiled = (gn >= ops::Q_GEMM_MIN && ops::q_tile_runs(cpu, w.qt(), cols)).then(|| {
             let px = &mut tiles[g * MATVEC_ROWS_MAX * tile_per..][..gn * tile_per];
-            ops::prepare_q_tile(cpu, w.qt(), xs, px);
-            let px = &*px;
-            let run = |r0: usize, r1: usize, yp: *mut f32| {
-                let wb = w.row_block(r0, r1);
-                // SAFETY: output row t's columns [r0, r1) (t < gn) lie inside this group's y
-                // (gn rows of `rows`); each block is run by exactly one thread, so no two
-                // threads write the same floats, and the `&mut` behind `yp` is held by this
-                // function until they are done.
-                unsafe { ops::gemm_q_raw(cpu, &wb, gn, px, yp.wrapping_add(r0), rows) };
-            };
-            for_each_row_block(pool, rows, serial, yg.as_mut_ptr(), &run);
-            continue;
-        }
+            ops::prepare_q_tile(cpu, w, xs, px)
+        });
         let run = |r0: usize, r1: usize, yp: *mut f32| {
-            let wb = w.row_block(r0, r1);
-            // All the group's inputs in one call, so each weight group is unpacked once per
-            // up to 4 inputs rather than once per input.
+            let (wb, yb) = (w.row_block(r0, r1), yp.wrapping_add(r0));
             // SAFETY: output row t's columns [r0, r1) (t < gn) lie inside this group's y (gn
             // rows of `rows`, row t at t * rows); each block is run by exactly one thread, so
             // no two threads write the same floats, and the `&mut` behind `yp` is held by this
             // function until they are done.
-            unsafe { ops::matvec_q_raw(cpu, &wb, xs, yp.wrapping_add(r0), rows) };
+            unsafe {
+                match tiled {
+                    Some(px) => ops::gemm_q_raw(cpu, &wb, &px, yb, rows),
+                    None => ops::matvec_q_raw(cpu, &wb, xs, yb, rows),
+                }
+            }
         };
         for_each_row_block(pool, rows, serial, yg.as_mut_ptr(), &run);
     }
@@ -236,19 +231,13 @@ pub fn matvec_repacked_rows(
     );
     let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
     let n = w.matrix().inputs("matvec_repacked_rows", x.len(), y.len());
-    let per = ops::repacked_x_len(cols);
-    assert!(
-        scratch.len() >= n * per,
-        "matvec_repacked_rows: scratch too short"
-    );
-    ops::prepare_repacked_x(cpu, cols, x, scratch);
-    let px = &scratch[..n * per];
+    let px = ops::prepare_repacked_x(cpu, cols, x, scratch);
     let run = |r0: usize, r1: usize, yp: *mut f32| {
         let wb = w.row_block(r0, r1);
         // SAFETY: output row t's columns [r0, r1) (t < n) lie inside y (n rows of `rows`, row
         // t at t * rows); each block is run by exactly one thread, so no two threads write the
         // same floats, and the `&mut` behind `yp` is held by this function until they are done.
-        unsafe { ops::matvec_repacked_raw(cpu, &wb, n, px, yp.wrapping_add(r0), rows) };
+        unsafe { ops::matvec_repacked_raw(cpu, &wb, &px, yp.wrapping_add(r0), rows) };
     };
     let serial = pool.n_threads() == 1 || rows * cols * n < SERIAL_BELOW;
     for_each_row_block(pool, rows, serial, y.as_mut_ptr(), &run);
