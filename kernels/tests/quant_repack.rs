@@ -1,5 +1,5 @@
 //! The repacked Q4_0 / Q5_0 / Q8_0 layout (`quant::repack`) and its AVX-512 matvec
-//! (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows`), against:
+//! (`ops::matvec_repacked_prepared`, `par::matvec_repacked_rows`), against:
 //! - ggml's dequantization: a repacked row dequantizes to the same bits;
 //! - the scalar reference (`quant::matvec_ref`), within what quantizing the input to 8 bits
 //!   can change plus f32 rounding;
@@ -134,7 +134,8 @@ fn check_format(qt: QuantType) {
             for (x, y) in xs.iter().zip(alone.chunks_exact_mut(rows)) {
                 let mut s = exact(&vec![0f32; per]);
                 let mut yy = exact(&vec![f32::NAN; rows]);
-                ops::matvec_repacked_rows(isa, &wr, x, &mut s, &mut yy);
+                let px = ops::prepare_repacked_x(isa, cols, x, &mut s);
+                ops::matvec_repacked_prepared(isa, &wr, &px, &mut yy);
                 y.copy_from_slice(&yy);
             }
             // the reference, the model and the ggml-layout kernel
@@ -179,7 +180,8 @@ fn check_format(qt: QuantType) {
                 let x: Vec<f32> = xs[..n].concat();
                 let mut s = exact(&vec![0f32; n * per]);
                 let mut y = exact(&vec![f32::NAN; n * rows]);
-                ops::matvec_repacked_rows(isa, &wr, &x, &mut s, &mut y);
+                let px = ops::prepare_repacked_x(isa, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(isa, &wr, &px, &mut y);
                 assert_eq!(
                     bits(&y),
                     bits(&alone[..n * rows]),
@@ -187,7 +189,6 @@ fn check_format(qt: QuantType) {
                 );
                 y.fill(f32::NAN);
                 let no_vnni = Cpu::from(isa).without_vnni();
-                let px = ops::prepare_repacked_x(isa, cols, &x, &mut s);
                 ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut y);
                 assert_eq!(
                     bits(&y),
@@ -247,9 +248,9 @@ fn extreme_quants() {
                 let x = vec![sign; cols];
                 let mut s = vec![0f32; ops::repacked_x_len(cols)];
                 let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
-                ops::matvec_repacked_rows(Isa::Avx512, &wr, &x, &mut s, &mut a);
-                let no_vnni = Cpu::from(Isa::Avx512).without_vnni();
                 let px = ops::prepare_repacked_x(Isa::Avx512, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(Isa::Avx512, &wr, &px, &mut a);
+                let no_vnni = Cpu::from(Isa::Avx512).without_vnni();
                 ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut b);
                 let mut r = vec![0f32; rows];
                 quant::matvec_ref(qt, &w, &x, &mut r);
@@ -275,5 +276,6 @@ fn refuses_other_isas() {
     let mut s = vec![0f32; ops::repacked_x_len(cols)];
     let mut y = vec![0f32; 1];
     let w = RepackedMatrix::new(QuantType::Q8_0, &w, 1, cols);
-    ops::matvec_repacked_rows(Isa::Scalar, &w, &[0.0; 32], &mut s, &mut y);
+    let px = ops::prepare_repacked_x(Isa::Scalar, cols, &[0.0; 32], &mut s);
+    ops::matvec_repacked_prepared(Isa::Scalar, &w, &px, &mut y);
 }

@@ -6,7 +6,7 @@
 //! 8 bits can change plus f32 rounding) and bit for bit against the single-input kernel on each
 //! input alone, over awkward shapes: 1, 2, 7, 8, 9, 31 and 33 inputs, weight rows that are no
 //! multiple of the register block or of the row tile, rows with a partial last group. The
-//! dispatching entry points (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows`,
+//! dispatching entry points (`ops::matvec_repacked_prepared`, `par::matvec_repacked_rows`,
 //! `par::matvec_q_rows`, on 1 and 2 threads, under every ISA this CPU has, with and without
 //! VNNI) give each ISA's single-input bits whichever kernel they pick.
 //!
@@ -89,7 +89,8 @@ fn check_repacked(qt: QuantType) {
             for (x, y) in xs.iter().zip(alone.chunks_exact_mut(rows)) {
                 let mut s = exact(&vec![0f32; per]);
                 let mut yy = exact(&vec![f32::NAN; rows]);
-                ops::matvec_repacked_rows(cpu, &wr, x, &mut s, &mut yy);
+                let px = ops::prepare_repacked_x(cpu, cols, x, &mut s);
+                ops::matvec_repacked_prepared(cpu, &wr, &px, &mut yy);
                 y.copy_from_slice(&yy);
             }
             for n in INPUTS {
@@ -105,7 +106,7 @@ fn check_repacked(qt: QuantType) {
                 // the dispatch, with and without VNNI, on 1 and 2 threads
                 for c in [cpu, cpu.without_vnni()] {
                     y.fill(f32::NAN);
-                    ops::matvec_repacked_rows(c, &wr, &x, &mut s, &mut y);
+                    ops::matvec_repacked_prepared(c, &wr, &px, &mut y);
                     assert_eq!(bits(&y), want, "{ctx} {c}: dispatch");
                     for pool in &pools {
                         let mut s = exact(&vec![0f32; par::repacked_scratch_len(n, cols)]);

@@ -1,5 +1,5 @@
 //! The prefill matmul on block-quantized weights: `y = x · wᵀ` with `x` `[n, k]` f32, `w`
-//! `[rows, k]` in a [`QuantType`], `y` `[n, rows]`.
+//! `[rows, k]` in a [`QuantType`](quant::QuantType), `y` `[n, rows]`.
 //!
 //! - Scalar: each weight row is dequantized to f32 (ggml's dequantization) and dotted with the
 //!   unquantized inputs in column order, so every output is bit for bit [`quant::matvec_ref`]'s.
@@ -16,7 +16,7 @@
 //!   call, so every output is bit for bit the NEON matvec's.
 
 use super::*;
-use crate::quant::{self, q8_len, QMatrix, QuantType};
+use crate::quant::{self, q8_len, QMatrix};
 
 /// Whether the AVX-512 quantized prefill matmul on `cpu` runs on AMX tiles: the `Cpu` claims
 /// AMX ([`Cpu::amx`]: AMX-TILE and AMX-INT8, the tile data granted by Linux, VNNI in use, not
@@ -52,6 +52,7 @@ fn tiles_agree(cpu: Cpu) -> bool {
     };
     let vnni = cpu.vnni();
     let (rows, n) = (17, 19);
+    use crate::quant::QuantType;
     for (qt, k, d_at) in [(QuantType::Q8_0, 96, 0), (QuantType::Q6K, 256, 208)] {
         let rb = qt.row_bytes(k).unwrap_or(0);
         let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();

@@ -6,7 +6,7 @@
 //! `d_x`. The kernel then only does plain 64-byte loads (see `avx512::quant_repack`).
 
 use super::*;
-use crate::quant::{q8_len, RepackedMatrix, REPACK_GROUP};
+use crate::quant::{q8_len, row_range, RepackedMatrix, REPACK_GROUP};
 
 /// Rows each group of inputs runs over before the next group, when a call has more inputs than
 /// one kernel call takes: 32 rows of the widest repacked matrix here (Q5_0, 4864 columns) are
@@ -49,14 +49,9 @@ impl<'a> RepackedX<'a> {
     /// # Panics
     /// Unless `t0 <= t1 <= n`.
     pub fn inputs(&self, t0: usize, t1: usize) -> RepackedX<'a> {
-        assert!(
-            t0 <= t1 && t1 <= self.n,
-            "RepackedX::inputs: {t0}..{t1} of {}",
-            self.n
-        );
         let per = repacked_x_len(self.cols);
         RepackedX {
-            words: &self.words[t0 * per..t1 * per],
+            words: row_range("RepackedX::inputs", self.words, per, self.n, t0, t1),
             n: t1 - t0,
             ..*self
         }
@@ -199,7 +194,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
     );
     check(isa);
     check_widths("matvec_repacked", w, x);
-    let (rows, cols, n) = (w.matrix().rows(), w.matrix().cols(), x.n);
+    let (rows, n) = (w.matrix().rows(), x.n);
     assert!(n <= 1 || ldy >= rows, "matvec_repacked: rows overlap");
     if rows == 0 || n == 0 {
         return;
@@ -208,7 +203,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
     {
         use avx512::RQ_GROUP;
         let k = repacked_kind(w.matrix().qt());
-        let units = cols / 32;
+        let units = w.matrix().cols() / 32;
         let vnni = cpu.vnni();
         // Enough inputs to be compute-bound: the register-tiled kernel.
         if vnni && n >= REPACKED_GEMM_MIN && avx512::gemm_repacked_fits(units) {
@@ -230,7 +225,7 @@ pub(crate) unsafe fn matvec_repacked_raw(
             // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it only
             // where detected); `wt` holds rows r0..r0 + rt of `w`, repacked rows of `units`
             // units (a `RepackedMatrix`); each input's pointers cover its prepared words (a
-            // `RepackedX` of `cols`, checked); y's columns r0..r0 + rt of rows t0..t0 + g are
+            // `RepackedX` of `w`'s width, checked); y's columns r0..r0 + rt of rows t0..t0 + g are
             // forwarded from the contract (r0 + rt <= rows <= ldy).
             unsafe { avx512::matvec_repacked(k, wt, rt, units, &xs[..g], yt, ldy, vnni) }
         });
@@ -256,11 +251,11 @@ pub fn gemm_repacked_prepared(
         cpu.runs_repacked() && cpu.vnni(),
         "gemm_repacked: the tiled kernel needs AVX512-VNNI, not {cpu}"
     );
-    let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
     w.matrix().check_outputs("gemm_repacked", x.n, y.len());
     check_widths("gemm_repacked", w, x);
     #[cfg(target_arch = "x86_64")]
     {
+        let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
         assert!(
             avx512::gemm_repacked_fits(cols / 32),
             "gemm_repacked: rows of {cols} columns do not fit the tile buffer"
@@ -300,26 +295,4 @@ unsafe fn gemm_repacked_raw(w: &RepackedMatrix<'_>, x: &RepackedX<'_>, y: *mut f
             )
         }
     }
-}
-
-/// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs
-/// and the rows of the repacked matrix `w`: each input quantized to 8 bits and prepared into
-/// `scratch` (`n *` [`repacked_x_len`]`(cols)` words), then the kernel. Output `t` is bit for
-/// bit the same whatever `n`.
-///
-/// # Panics
-/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]: AVX-512, no other ISA has
-/// the kernel), and on buffer lengths that do not match.
-pub fn matvec_repacked_rows(
-    cpu: impl Into<Cpu>,
-    w: &RepackedMatrix<'_>,
-    xs: &[f32],
-    scratch: &mut [f32],
-    y: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    w.matrix().inputs("matvec_repacked_rows", xs.len(), y.len());
-    let x = prepare_repacked_x(cpu, w.matrix().cols(), xs, scratch);
-    // (panics unless `cpu` runs the repacked layout)
-    matvec_repacked_prepared(cpu, w, &x, y);
 }

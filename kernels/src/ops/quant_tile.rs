@@ -38,6 +38,7 @@ pub fn q_tile_x_len(cols: usize) -> usize {
 /// `cols` columns: `n` inputs, [`q_tile_x_len`]`(cols)` words each.
 #[derive(Clone, Copy, Debug)]
 pub struct QTileX<'a> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     words: &'a [f32],
     n: usize,
     qt: QuantType,

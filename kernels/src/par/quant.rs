@@ -210,7 +210,7 @@ pub fn repacked_scratch_len(n: usize, cols: usize) -> usize {
 /// `n` matvecs over one repacked Q4_0 / Q5_0 / Q8_0 matrix ([`crate::quant::repack`]; `x` is
 /// `[n, cols]`, `y` is `[n, rows]`), AVX-512 only: every input is prepared once into `scratch`
 /// ([`repacked_scratch_len`]), then blocks of weight rows, claimed from a counter, are run
-/// through all inputs (up to 4 per kernel call). Bit for bit [`ops::matvec_repacked_rows`]
+/// through all inputs (up to 4 per kernel call). Bit for bit [`ops::matvec_repacked_prepared`]
 /// whatever the thread count.
 ///
 /// # Panics

@@ -86,13 +86,9 @@ impl<'a> QMatrix<'a> {
     /// # Panics
     /// Unless `r0 <= r1 <= rows`.
     pub fn row_block(&self, r0: usize, r1: usize) -> QMatrix<'a> {
-        assert!(
-            r0 <= r1 && r1 <= self.rows,
-            "QMatrix::row_block: rows {r0}..{r1} of {}",
-            self.rows
-        );
+        let what = "QMatrix::row_block";
         QMatrix {
-            bytes: &self.bytes[r0 * self.row_bytes..r1 * self.row_bytes],
+            bytes: row_range(what, self.bytes, self.row_bytes, self.rows, r0, r1),
             rows: r1 - r0,
             ..*self
         }
@@ -124,6 +120,22 @@ impl<'a> QMatrix<'a> {
             self.rows
         );
     }
+}
+
+/// Rows `r0..r1` of `buf`, `rows` rows of `per` items each.
+///
+/// # Panics
+/// Unless `r0 <= r1 <= rows` (`what` names the caller) and `buf` holds the rows.
+pub(crate) fn row_range<'a, T>(
+    what: &str,
+    buf: &'a [T],
+    per: usize,
+    rows: usize,
+    r0: usize,
+    r1: usize,
+) -> &'a [T] {
+    assert!(r0 <= r1 && r1 <= rows, "{what}: rows {r0}..{r1} of {rows}");
+    &buf[r0 * per..r1 * per]
 }
 
 /// A [`QMatrix`] repacked by [`super::repack`] for the AVX-512 matvecs (Q4_0, Q5_0 and Q8_0):

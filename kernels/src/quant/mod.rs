@@ -24,6 +24,7 @@ mod matrix;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod panel;
 mod repack;
+pub(crate) use matrix::row_range;
 pub use matrix::{QMatrix, RepackedMatrix};
 pub use repack::*;
 
