@@ -176,3 +176,43 @@ impl<'a> RepackedMatrix<'a> {
         RepackedMatrix(self.0.row_block(r0, r1))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_block_is_its_rows() {
+        let bytes: Vec<u8> = (0..3 * 34).map(|i| i as u8).collect();
+        let w = QMatrix::new(QuantType::Q8_0, &bytes, 3, 32);
+        let b = w.row_block(1, 3);
+        assert_eq!((b.rows(), b.cols(), b.row_bytes()), (2, 32, 34));
+        assert_eq!(b.bytes(), &bytes[34..]);
+        assert_eq!(w.inputs("t", 2 * 32, 2 * 3), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "QMatrix::new: 96 columns are not whole Q4_K blocks")]
+    fn refuses_partial_blocks() {
+        QMatrix::new(QuantType::Q4K, &[0; 144], 1, 96);
+    }
+
+    #[test]
+    #[should_panic(expected = "hold fewer than 2 rows")]
+    fn refuses_short_bytes() {
+        QMatrix::new(QuantType::Q8_0, &[0; 67], 2, 32);
+    }
+
+    #[test]
+    #[should_panic(expected = "RepackedMatrix::new: Q6_K has no repacked layout")]
+    fn refuses_unrepackable_format() {
+        RepackedMatrix::new(QuantType::Q6K, &[0; 210], 1, 256);
+    }
+
+    #[test]
+    #[should_panic(expected = "t: y holds 5 floats, not 2 rows of 3")]
+    fn inputs_checks_outputs() {
+        let w = QMatrix::new(QuantType::Q8_0, &[0; 3 * 34], 3, 32);
+        w.inputs("t", 2 * 32, 5);
+    }
+}
