@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{q8_len, QuantType};
+use qwenrt_kernels::quant::{q8_len, QMatrix, QuantType};
 use qwenrt_kernels::Cpu;
 
 /// xorshift32 bytes.
@@ -84,7 +84,10 @@ fn bench_matvec_q(c: &mut Criterion) {
                         BenchmarkId::new(format!("{name}_x{n}"), format!("{rows}x{cols}")),
                         &(),
                         |b, _| {
-                            b.iter(|| ops::matvec_q_rows(*cpu, qt, black_box(&w), &qx[..n], &mut y))
+                            b.iter(|| {
+                                let w = QMatrix::new(qt, black_box(&w), rows, cols);
+                                ops::matvec_q_rows(*cpu, &w, &qx[..n], &mut y)
+                            })
                         },
                     );
                 }

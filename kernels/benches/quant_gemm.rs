@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::Matrix;
+use qwenrt_kernels::quant::QMatrix;
 use qwenrt_kernels::{par, Cpu, QuantType, ThreadPool, F32};
 
 /// xorshift in [-0.5, 0.5).
@@ -72,7 +73,10 @@ fn bench(c: &mut Criterion) {
                 qt.name().to_string()
             };
             g.bench_function(BenchmarkId::new(name, format!("{rows}x{k}")), |b| {
-                b.iter(|| par::matmul_q(&pool, isa, qt, black_box(&w), k, &x, &mut s, &mut y))
+                b.iter(|| {
+                    let w = QMatrix::new(qt, black_box(&w), rows, k);
+                    par::matmul_q(&pool, isa, &w, &x, &mut s, &mut y)
+                })
             });
         }
         let w: Vec<u8> = data(rows * k, 7)

@@ -10,8 +10,8 @@ use std::hint::black_box;
 
 use common::{bytes, config, weights};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, q8_len, QuantType};
+use qwenrt_kernels::ops::{self, QuantX, RepackedX};
+use qwenrt_kernels::quant::{self, q8_len, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
 fn bench(c: &mut Criterion) {
@@ -52,31 +52,27 @@ fn bench(c: &mut Criterion) {
             .map(|(x, b)| QuantX::new(isa, x, b))
             .collect();
         let mut px = vec![0.0; 4 * ops::repacked_x_len(cols)];
-        ops::prepare_repacked_x(isa, cols, &x, &mut px);
         // the per-call input preparation (quantize + transpose), against the same weight bytes
         g.bench_with_input(BenchmarkId::new("prepare_x", 1), &(), |b, _| {
-            b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px))
+            b.iter(|| ops::prepare_repacked_x(isa, cols, black_box(&x[..cols]), &mut px).n())
         });
+        let px = ops::prepare_repacked_x(isa, cols, &x, &mut px);
         for &(name, cpu) in &variants {
             for n in [1, 4] {
                 let mut y = vec![0.0; n * rows];
                 g.bench_with_input(BenchmarkId::new(format!("ggml_{name}"), n), &(), |b, _| {
-                    b.iter(|| ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[..n], &mut y))
+                    b.iter(|| {
+                        let w = QMatrix::new(qt, black_box(&w), rows, cols);
+                        ops::matvec_q_rows(cpu, &w, &qx[..n], &mut y)
+                    })
                 });
                 g.bench_with_input(
                     BenchmarkId::new(format!("repacked_{name}"), n),
                     &(),
                     |b, _| {
                         b.iter(|| {
-                            ops::matvec_repacked_prepared(
-                                cpu,
-                                qt,
-                                black_box(&wr),
-                                cols,
-                                n,
-                                &px,
-                                &mut y,
-                            )
+                            let wr = RepackedMatrix::new(qt, black_box(&wr), rows, cols);
+                            ops::matvec_repacked_prepared(cpu, &wr, &px.inputs(0, n), &mut y)
                         })
                     },
                 );
@@ -103,7 +99,7 @@ fn cold(
     w: &[u8],
     wr: &[u8],
     qx: &[QuantX<'_>],
-    px: &[f32],
+    px: &RepackedX<'_>,
 ) {
     let cpu = Cpu::from(Isa::Avx512);
     let copies = COLD_BYTES / w.len();
@@ -118,14 +114,20 @@ fn cold(
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &ws[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_q_rows(cpu, qt, black_box(wi), &qx[..n], &mut y)
+                ops::matvec_q_rows(
+                    cpu,
+                    &QMatrix::new(qt, black_box(wi), rows, cols),
+                    &qx[..n],
+                    &mut y,
+                )
             })
         });
         g.bench_with_input(BenchmarkId::new("repacked", n), &(), |b, _| {
             b.iter(|| {
                 i = (i + 1) % copies;
                 let wi = &wrs[i * w.len()..(i + 1) * w.len()];
-                ops::matvec_repacked_prepared(cpu, qt, black_box(wi), cols, n, px, &mut y)
+                let wi = RepackedMatrix::new(qt, black_box(wi), rows, cols);
+                ops::matvec_repacked_prepared(cpu, &wi, &px.inputs(0, n), &mut y)
             })
         });
     }

@@ -20,26 +20,17 @@ use std::hint::black_box;
 
 use common::{bytes, config, weights};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, QuantType};
+use qwenrt_kernels::ops::{self, QuantX, RepackedX};
+use qwenrt_kernels::quant::{self, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{Cpu, Isa};
 
 /// The 4-at-a-time matvec over `n` prepared inputs.
-#[allow(clippy::too_many_arguments)]
-fn matvec4(cpu: Cpu, qt: QuantType, wr: &[u8], cols: usize, n: usize, px: &[f32], y: &mut [f32]) {
-    let per = ops::repacked_x_len(cols);
-    let rows = y.len() / n;
-    for t0 in (0..n).step_by(4) {
-        let g = (n - t0).min(4);
-        ops::matvec_repacked_prepared(
-            cpu,
-            qt,
-            wr,
-            cols,
-            g,
-            &px[t0 * per..(t0 + g) * per],
-            &mut y[t0 * rows..(t0 + g) * rows],
-        );
+fn matvec4(cpu: Cpu, wr: &RepackedMatrix<'_>, px: &RepackedX<'_>, y: &mut [f32]) {
+    let rows = wr.matrix().rows();
+    for t0 in (0..px.n()).step_by(4) {
+        let t1 = (t0 + 4).min(px.n());
+        let y = &mut y[t0 * rows..t1 * rows];
+        ops::matvec_repacked_prepared(cpu, wr, &px.inputs(t0, t1), y);
     }
 }
 
@@ -59,23 +50,24 @@ fn bench_repacked(c: &mut Criterion) {
         let w = weights(qt, rows, cols);
         let mut wr = w.clone();
         quant::repack(qt, &w, cols, &mut wr);
+        let wr = RepackedMatrix::new(qt, &wr, rows, cols);
         let nmax = 32;
         let x: Vec<f32> = bytes(nmax * cols, 3)
             .iter()
             .map(|&b| b as f32 / 128.0 - 1.0)
             .collect();
         let mut px = vec![0.0; nmax * ops::repacked_x_len(cols)];
-        ops::prepare_repacked_x(cpu, cols, &x, &mut px);
+        let px = ops::prepare_repacked_x(cpu, cols, &x, &mut px);
         let mut y = vec![0.0; nmax * rows];
         let mut g = c.benchmark_group(format!("tile_{qt}_{rows}x{cols}_flops"));
         for n in [4, 8, 16, 32] {
             g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
-                b.iter(|| matvec4(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| matvec4(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
         }
         g.finish();
@@ -84,7 +76,7 @@ fn bench_repacked(c: &mut Criterion) {
         for n in [1, 32] {
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
-                b.iter(|| ops::gemm_repacked_prepared(cpu, qt, black_box(&wr), cols, n, &px, y))
+                b.iter(|| ops::gemm_repacked_prepared(cpu, black_box(&wr), &px.inputs(0, n), y))
             });
         }
         g.finish();
@@ -99,6 +91,7 @@ fn bench_ggml(c: &mut Criterion) {
     }
     for (qt, rows, cols) in [(QuantType::Q4K, 896, 4864), (QuantType::Q6K, 896, 4864)] {
         let w = weights(qt, rows, cols);
+        let wm = QMatrix::new(qt, &w, rows, cols);
         let nmax = 32;
         let x: Vec<f32> = bytes(nmax * cols, 3)
             .iter()
@@ -118,15 +111,15 @@ fn bench_ggml(c: &mut Criterion) {
             let y = &mut y[..n * rows];
             g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
                 b.iter(|| {
-                    ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                    ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, y)
+                    let px = ops::prepare_q_tile(cpu, &wm, &qx[..n], &mut px);
+                    ops::gemm_q_prepared(cpu, black_box(&wm), &px, y)
                 })
             });
             g.bench_with_input(BenchmarkId::new("matvec4", n), &(), |b, _| {
                 b.iter(|| {
                     for t0 in (0..n).step_by(4) {
                         let y = &mut y[t0 * rows..(t0 + 4) * rows];
-                        ops::matvec_q_rows(cpu, qt, black_box(&w), &qx[t0..t0 + 4], y)
+                        ops::matvec_q_rows(cpu, black_box(&wm), &qx[t0..t0 + 4], y)
                     }
                 })
             });
@@ -137,8 +130,8 @@ fn bench_ggml(c: &mut Criterion) {
         let n = 32;
         g.bench_with_input(BenchmarkId::new("tiled", n), &(), |b, _| {
             b.iter(|| {
-                ops::prepare_q_tile(cpu, qt, &qx[..n], &mut px);
-                ops::gemm_q_prepared(cpu, qt, black_box(&w), cols, n, &px, &mut y)
+                let px = ops::prepare_q_tile(cpu, &wm, &qx[..n], &mut px);
+                ops::gemm_q_prepared(cpu, black_box(&wm), &px, &mut y)
             })
         });
         g.finish();

@@ -17,7 +17,7 @@ mod common;
 
 use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
+use qwenrt_kernels::quant::{self, q8_len, Q8Row, QMatrix, QuantType};
 use qwenrt_kernels::{Cpu, Isa};
 
 /// One weight row as scale units: per unit of `len` columns, the raw quants `q` (as the SIMD
@@ -235,10 +235,11 @@ fn check_format(qt: QuantType) {
             for offset in [0, 1] {
                 let wb = at_end(&w, offset);
                 let w = &wb[offset..];
+                let wm = QMatrix::new(qt, w, rows, cols);
                 // each input alone
                 let mut single = vec![f32::NAN; n_in * rows];
                 for (x, y) in qx.iter().zip(single.chunks_exact_mut(rows)) {
-                    ops::matvec_q_rows(cpu, qt, w, std::slice::from_ref(x), y);
+                    ops::matvec_q_rows(cpu, &wm, std::slice::from_ref(x), y);
                 }
                 for t in 0..n_in {
                     let q8 = qx[t].q8().unwrap();
@@ -280,7 +281,7 @@ fn check_format(qt: QuantType) {
                 // many inputs at once: bit for bit the single results, for awkward counts
                 for n in [1, 2, 3, 5, 9] {
                     let mut y = vec![f32::NAN; n * rows];
-                    ops::matvec_q_rows(cpu, qt, w, &qx[..n], &mut y);
+                    ops::matvec_q_rows(cpu, &wm, &qx[..n], &mut y);
                     for (i, (a, b)) in y.iter().zip(&single).enumerate() {
                         assert_eq!(
                             a.to_bits(),
@@ -311,8 +312,9 @@ fn check_format(qt: QuantType) {
                 .map(|(x, b)| QuantX::new(isa, x, b))
                 .collect();
             let (mut a, mut c) = (vec![0.0; n * rows], vec![0.0; n * rows]);
-            ops::matvec_q_rows(cpu, qt, &w, &qx, &mut a);
-            ops::matvec_q_rows(first, qt, &w, &qx, &mut c);
+            let wm = QMatrix::new(qt, &w, rows, cols);
+            ops::matvec_q_rows(cpu, &wm, &qx, &mut a);
+            ops::matvec_q_rows(first, &wm, &qx, &mut c);
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a), bits(&c), "{qt} {rows}x{cols}: {cpu} vs {first}");
         }
@@ -361,8 +363,9 @@ fn matvec_q_is_rows_of_one() {
             let mut b = vec![0.0; q8_len(cols)];
             let qx = QuantX::new(isa, &x, &mut b);
             let (mut a, mut c) = (vec![0.0; rows], vec![0.0; rows]);
-            ops::matvec_q(isa, qt, &w, &qx, &mut a);
-            ops::matvec_q_rows(isa, qt, &w, &[qx], &mut c);
+            let wm = QMatrix::new(qt, &w, rows, cols);
+            ops::matvec_q(isa, &wm, &qx, &mut a);
+            ops::matvec_q_rows(isa, &wm, &[qx], &mut c);
             assert_eq!(a, c, "{qt} {isa}");
         }
     }
@@ -377,19 +380,20 @@ fn par_matvec_q_rows_matches_single() {
     for qt in QuantType::ALL {
         let (rows, cols) = (70, 512);
         let w = random_weights(qt, rows, cols, &mut rng);
+        let w = QMatrix::new(qt, &w, rows, cols);
         for n in [1, 5, 67] {
             let x: Vec<f32> = (0..n).flat_map(|_| random_x(cols, &mut rng)).collect();
             for isa in Isa::available() {
                 let mut want = vec![0.0; n * rows];
                 let mut b = vec![0.0; q8_len(cols)];
                 for (xr, yr) in x.chunks_exact(cols).zip(want.chunks_exact_mut(rows)) {
-                    ops::matvec_q(isa, qt, &w, &QuantX::new(isa, xr, &mut b), yr);
+                    ops::matvec_q(isa, &w, &QuantX::new(isa, xr, &mut b), yr);
                 }
                 for nt in [1, 2] {
                     let pool = ThreadPool::new(nt).unwrap();
                     let mut s = vec![0.0; par::quant_scratch_len(n, cols)];
                     let mut y = vec![f32::NAN; n * rows];
-                    par::matvec_q_rows(&pool, isa, qt, &w, cols, &x, &mut s, &mut y);
+                    par::matvec_q_rows(&pool, isa, &w, &x, &mut s, &mut y);
                     let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                     assert_eq!(bits(&y), bits(&want), "{qt} {isa} n={n} threads={nt}");
                 }
@@ -427,7 +431,8 @@ fn par_matvec_q_many_matches_single() {
         for ((&(qt, rows, cols), w), x) in shapes.iter().zip(&ws).zip(&xs) {
             let mut b = vec![0.0; q8_len(cols)];
             let mut y = vec![0.0; rows];
-            ops::matvec_q(isa, qt, w, &QuantX::new(isa, x, &mut b), &mut y);
+            let w = QMatrix::new(qt, w, rows, cols);
+            ops::matvec_q(isa, &w, &QuantX::new(isa, x, &mut b), &mut y);
             want.extend(y);
         }
         let mut scratch: Vec<Vec<f32>> = xs.iter().map(|x| vec![0.0; q8_len(x.len())]).collect();
@@ -435,11 +440,9 @@ fn par_matvec_q_many_matches_single() {
             .iter()
             .zip(&ws)
             .zip(xs.iter().zip(scratch.iter_mut()))
-            .map(|((&(qt, rows, _), w), (x, s))| par::QJob {
-                qt,
-                w,
+            .map(|((&(qt, rows, cols), w), (x, s))| par::QJob {
+                w: QMatrix::new(qt, w, rows, cols),
                 x: QuantX::new(isa, x, s),
-                rows,
             })
             .collect();
         for nt in [1, 2] {

@@ -7,7 +7,7 @@
 mod common;
 
 use common::Rng;
-use qwenrt_kernels::quant::{self, Q8Row, QuantType};
+use qwenrt_kernels::quant::{self, Q8Row, QMatrix, QuantType};
 use qwenrt_kernels::{ops, par, Cpu, Isa, ThreadPool};
 
 /// A random valid row of `k` weights of `qt`: random quant bytes, small finite f16 scales.
@@ -157,6 +157,7 @@ fn check_format(qt: QuantType, no_vnni_only: bool) {
                 .flat_map(|_| random_row(&mut rng, qt, k))
                 .collect();
             let rb = qt.row_bytes(k).unwrap();
+            let wm = QMatrix::new(qt, &w, rows, k);
             let mut deq = vec![0f32; rows * k];
             quant::dequantize_row(qt, &w, &mut deq);
             let ints: Vec<IntRow> = w.chunks_exact(rb).map(|r| int_row(qt, r)).collect();
@@ -173,12 +174,12 @@ fn check_format(qt: QuantType, no_vnni_only: bool) {
                     for (pi, pool) in pools.iter().enumerate() {
                         let mut scratch = vec![f32::NAN; par::matmul_q_scratch_len(pi + 1, n, k)];
                         let mut y = vec![f32::NAN; n * rows];
-                        par::matmul_q(pool, cpu, qt, &w, k, &x, &mut scratch, &mut y);
+                        par::matmul_q(pool, cpu, &wm, &x, &mut scratch, &mut y);
                         if pi == 0 {
                             // the single-threaded entry gives the same numbers
                             let mut s1 = vec![f32::NAN; ops::matmul_q_scratch_len(n, k)];
                             let mut y1 = vec![f32::NAN; n * rows];
-                            ops::matmul_q(cpu, qt, &w, k, &x, &mut s1, &mut y1);
+                            ops::matmul_q(cpu, &wm, &x, &mut s1, &mut y1);
                             assert!(y1.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()));
                         }
                         let what = format!("{qt} {cpu} threads={} k={k} rows={rows} n={n}", pi + 1);
@@ -298,13 +299,14 @@ fn amx_matches_vnni() {
             let w: Vec<u8> = (0..rows)
                 .flat_map(|_| random_row(&mut rng, qt, k))
                 .collect();
+            let wm = QMatrix::new(qt, &w, rows, k);
             for n in [1, 7, 8, 15, 16, 17, 40] {
                 let x = rng.vec(n * k);
                 let mut s = vec![f32::NAN; ops::matmul_q_scratch_len(n, k)];
                 let mut amx = vec![f32::NAN; n * rows];
-                ops::matmul_q(cpu, qt, &w, k, &x, &mut s, &mut amx);
+                ops::matmul_q(cpu, &wm, &x, &mut s, &mut amx);
                 let mut vnni = vec![f32::NAN; n * rows];
-                ops::matmul_q(cpu.without_amx(), qt, &w, k, &x, &mut s, &mut vnni);
+                ops::matmul_q(cpu.without_amx(), &wm, &x, &mut s, &mut vnni);
                 for (i, (a, b)) in amx.iter().zip(&vnni).enumerate() {
                     assert_eq!(
                         a.to_bits(),

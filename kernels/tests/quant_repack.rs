@@ -1,5 +1,5 @@
 //! The repacked Q4_0 / Q5_0 / Q8_0 layout (`quant::repack`) and its AVX-512 matvec
-//! (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows`), against:
+//! (`ops::matvec_repacked_prepared`, `par::matvec_repacked_rows`), against:
 //! - ggml's dequantization: a repacked row dequantizes to the same bits;
 //! - the scalar reference (`quant::matvec_ref`), within what quantizing the input to 8 bits
 //!   can change plus f32 rounding;
@@ -14,7 +14,7 @@ mod common;
 
 use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, q8_len, Q8Row, QuantType};
+use qwenrt_kernels::quant::{self, q8_len, Q8Row, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{par, Cpu, Isa, ThreadPool};
 
 const FORMATS: [QuantType; 3] = [QuantType::Q4_0, QuantType::Q5_0, QuantType::Q8_0];
@@ -125,6 +125,7 @@ fn check_format(qt: QuantType) {
             let w = random_weights(qt, rows, cols, &mut rng);
             let rb = qt.row_bytes(cols).unwrap();
             let wr = repacked(qt, &w, cols);
+            let wr = RepackedMatrix::new(qt, &wr, rows, cols);
             let n_in = 9;
             let xs: Vec<Vec<f32>> = (0..n_in).map(|_| random_x(cols, &mut rng)).collect();
             let per = ops::repacked_x_len(cols);
@@ -133,7 +134,8 @@ fn check_format(qt: QuantType) {
             for (x, y) in xs.iter().zip(alone.chunks_exact_mut(rows)) {
                 let mut s = exact(&vec![0f32; per]);
                 let mut yy = exact(&vec![f32::NAN; rows]);
-                ops::matvec_repacked_rows(isa, qt, &wr, cols, x, &mut s, &mut yy);
+                let px = ops::prepare_repacked_x(isa, cols, x, &mut s);
+                ops::matvec_repacked_prepared(isa, &wr, &px, &mut yy);
                 y.copy_from_slice(&yy);
             }
             // the reference, the model and the ggml-layout kernel
@@ -144,7 +146,7 @@ fn check_format(qt: QuantType) {
                 let mut b = vec![0f32; q8_len(cols)];
                 let qx = QuantX::new(isa, x, &mut b);
                 let mut old = vec![0f32; rows];
-                ops::matvec_q_rows(isa, qt, &w, &[qx], &mut old);
+                ops::matvec_q_rows(isa, &QMatrix::new(qt, &w, rows, cols), &[qx], &mut old);
                 let q8 = Q8Row::new(&b, cols);
                 for i in 0..rows {
                     let row = &w[i * rb..(i + 1) * rb];
@@ -178,7 +180,8 @@ fn check_format(qt: QuantType) {
                 let x: Vec<f32> = xs[..n].concat();
                 let mut s = exact(&vec![0f32; n * per]);
                 let mut y = exact(&vec![f32::NAN; n * rows]);
-                ops::matvec_repacked_rows(isa, qt, &wr, cols, &x, &mut s, &mut y);
+                let px = ops::prepare_repacked_x(isa, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(isa, &wr, &px, &mut y);
                 assert_eq!(
                     bits(&y),
                     bits(&alone[..n * rows]),
@@ -186,7 +189,7 @@ fn check_format(qt: QuantType) {
                 );
                 y.fill(f32::NAN);
                 let no_vnni = Cpu::from(isa).without_vnni();
-                ops::matvec_repacked_prepared(no_vnni, qt, &wr, cols, n, &s, &mut y);
+                ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut y);
                 assert_eq!(
                     bits(&y),
                     bits(&alone[..n * rows]),
@@ -195,7 +198,7 @@ fn check_format(qt: QuantType) {
                 for pool in &pools {
                     let mut s = exact(&vec![0f32; par::repacked_scratch_len(n, cols)]);
                     y.fill(f32::NAN);
-                    par::matvec_repacked_rows(pool, isa, qt, &wr, cols, &x, &mut s, &mut y);
+                    par::matvec_repacked_rows(pool, isa, &wr, &x, &mut s, &mut y);
                     let nt = pool.n_threads();
                     assert_eq!(
                         bits(&y),
@@ -240,13 +243,15 @@ fn extreme_quants() {
                 blk[2..].fill(fill);
             }
             let wr = repacked(qt, &w, cols);
+            let wr = RepackedMatrix::new(qt, &wr, rows, cols);
             for sign in [1.0f32, -1.0] {
                 let x = vec![sign; cols];
                 let mut s = vec![0f32; ops::repacked_x_len(cols)];
                 let (mut a, mut b) = (vec![0f32; rows], vec![0f32; rows]);
-                ops::matvec_repacked_rows(Isa::Avx512, qt, &wr, cols, &x, &mut s, &mut a);
+                let px = ops::prepare_repacked_x(Isa::Avx512, cols, &x, &mut s);
+                ops::matvec_repacked_prepared(Isa::Avx512, &wr, &px, &mut a);
                 let no_vnni = Cpu::from(Isa::Avx512).without_vnni();
-                ops::matvec_repacked_prepared(no_vnni, qt, &wr, cols, 1, &s, &mut b);
+                ops::matvec_repacked_prepared(no_vnni, &wr, &px, &mut b);
                 let mut r = vec![0f32; rows];
                 quant::matvec_ref(qt, &w, &x, &mut r);
                 assert_eq!(bits(&a), bits(&b), "{qt} fill {fill:#x}");
@@ -270,13 +275,7 @@ fn refuses_other_isas() {
     let w = vec![0u8; 34];
     let mut s = vec![0f32; ops::repacked_x_len(cols)];
     let mut y = vec![0f32; 1];
-    ops::matvec_repacked_rows(
-        Isa::Scalar,
-        QuantType::Q8_0,
-        &w,
-        cols,
-        &[0.0; 32],
-        &mut s,
-        &mut y,
-    );
+    let w = RepackedMatrix::new(QuantType::Q8_0, &w, 1, cols);
+    let px = ops::prepare_repacked_x(Isa::Scalar, cols, &[0.0; 32], &mut s);
+    ops::matvec_repacked_prepared(Isa::Scalar, &w, &px, &mut y);
 }

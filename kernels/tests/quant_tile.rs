@@ -6,7 +6,7 @@
 //! 8 bits can change plus f32 rounding) and bit for bit against the single-input kernel on each
 //! input alone, over awkward shapes: 1, 2, 7, 8, 9, 31 and 33 inputs, weight rows that are no
 //! multiple of the register block or of the row tile, rows with a partial last group. The
-//! dispatching entry points (`ops::matvec_repacked_rows`, `par::matvec_repacked_rows`,
+//! dispatching entry points (`ops::matvec_repacked_prepared`, `par::matvec_repacked_rows`,
 //! `par::matvec_q_rows`, on 1 and 2 threads, under every ISA this CPU has, with and without
 //! VNNI) give each ISA's single-input bits whichever kernel they pick.
 //!
@@ -16,7 +16,7 @@ mod common;
 
 use common::{random_weights, random_x, Rng};
 use qwenrt_kernels::ops::{self, QuantX};
-use qwenrt_kernels::quant::{self, q8_len, QuantType};
+use qwenrt_kernels::quant::{self, q8_len, QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{par, Cpu, Isa, ThreadPool};
 
 /// Input counts of the awkward shapes.
@@ -80,6 +80,7 @@ fn check_repacked(qt: QuantType) {
             let mut wr = vec![0u8; w.len()];
             quant::repack(qt, &w, cols, &mut wr);
             let wr = exact(&wr);
+            let wr = RepackedMatrix::new(qt, &wr, rows, cols);
             let per = ops::repacked_x_len(cols);
             let n_max = *INPUTS.iter().max().unwrap();
             let xs: Vec<Vec<f32>> = (0..n_max).map(|_| random_x(cols, &mut rng)).collect();
@@ -88,28 +89,29 @@ fn check_repacked(qt: QuantType) {
             for (x, y) in xs.iter().zip(alone.chunks_exact_mut(rows)) {
                 let mut s = exact(&vec![0f32; per]);
                 let mut yy = exact(&vec![f32::NAN; rows]);
-                ops::matvec_repacked_rows(cpu, qt, &wr, cols, x, &mut s, &mut yy);
+                let px = ops::prepare_repacked_x(cpu, cols, x, &mut s);
+                ops::matvec_repacked_prepared(cpu, &wr, &px, &mut yy);
                 y.copy_from_slice(&yy);
             }
             for n in INPUTS {
                 let ctx = format!("{qt} {rows}x{cols} n={n}");
                 let x: Vec<f32> = xs[..n].concat();
                 let mut s = exact(&vec![0f32; n * per]);
-                ops::prepare_repacked_x(cpu, cols, &x, &mut s);
+                let px = ops::prepare_repacked_x(cpu, cols, &x, &mut s);
                 let want = bits(&alone[..n * rows]);
                 let mut y = exact(&vec![f32::NAN; n * rows]);
-                ops::gemm_repacked_prepared(cpu, qt, &wr, cols, n, &s, &mut y);
+                ops::gemm_repacked_prepared(cpu, &wr, &px, &mut y);
                 assert_eq!(bits(&y), want, "{ctx}: tiled kernel vs each input alone");
                 near_reference(qt, &w, cols, &xs[..n], &y, &ctx);
                 // the dispatch, with and without VNNI, on 1 and 2 threads
                 for c in [cpu, cpu.without_vnni()] {
                     y.fill(f32::NAN);
-                    ops::matvec_repacked_rows(c, qt, &wr, cols, &x, &mut s, &mut y);
+                    ops::matvec_repacked_prepared(c, &wr, &px, &mut y);
                     assert_eq!(bits(&y), want, "{ctx} {c}: dispatch");
                     for pool in &pools {
                         let mut s = exact(&vec![0f32; par::repacked_scratch_len(n, cols)]);
                         y.fill(f32::NAN);
-                        par::matvec_repacked_rows(pool, c, qt, &wr, cols, &x, &mut s, &mut y);
+                        par::matvec_repacked_rows(pool, c, &wr, &x, &mut s, &mut y);
                         let nt = pool.n_threads();
                         assert_eq!(bits(&y), want, "{ctx} {c} threads={nt}");
                     }
@@ -150,15 +152,16 @@ fn repacked_extreme_quants() {
             }
             let mut wr = vec![0u8; w.len()];
             quant::repack(qt, &w, cols, &mut wr);
+            let wr = RepackedMatrix::new(qt, &wr, rows, cols);
             for sign in [1.0f32, -1.0] {
                 let xs: Vec<Vec<f32>> = (0..n).map(|_| vec![sign; cols]).collect();
                 let x = xs.concat();
                 let mut s = vec![0f32; n * ops::repacked_x_len(cols)];
-                ops::prepare_repacked_x(cpu, cols, &x, &mut s);
+                let px = ops::prepare_repacked_x(cpu, cols, &x, &mut s);
                 let mut y = vec![0f32; n * rows];
-                ops::gemm_repacked_prepared(cpu, qt, &wr, cols, n, &s, &mut y);
+                ops::gemm_repacked_prepared(cpu, &wr, &px, &mut y);
                 let mut one = vec![0f32; rows];
-                ops::matvec_repacked_prepared(cpu, qt, &wr, cols, 1, &s, &mut one);
+                ops::matvec_repacked_prepared(cpu, &wr, &px.inputs(0, 1), &mut one);
                 for t in 0..n {
                     assert_eq!(
                         bits(&y[t * rows..(t + 1) * rows]),
@@ -177,10 +180,12 @@ fn repacked_extreme_quants() {
 fn repacked_tile_refuses_without_vnni() {
     let cols = 32;
     let w = vec![0u8; 34];
-    let s = vec![0f32; ops::repacked_x_len(cols)];
+    let mut s = vec![0f32; ops::repacked_x_len(cols)];
     let mut y = vec![0f32; 1];
     let cpu = Cpu::from(Isa::Scalar);
-    ops::gemm_repacked_prepared(cpu, QuantType::Q8_0, &w, cols, 1, &s, &mut y);
+    let w = RepackedMatrix::new(QuantType::Q8_0, &w, 1, cols);
+    let px = ops::prepare_repacked_x(cpu, cols, &[0.0; 32], &mut s);
+    ops::gemm_repacked_prepared(cpu, &w, &px, &mut y);
 }
 
 /// The CPUs to check the dispatch under: every ISA this machine has, each with and without
@@ -197,20 +202,14 @@ fn all_cpus() -> Vec<Cpu> {
 }
 
 /// `n` outputs of `rows` from `ops::matvec_q` on each input alone, under `cpu`.
-fn q_alone(
-    cpu: Cpu,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    xs: &[Vec<f32>],
-    rows: usize,
-) -> Vec<f32> {
+fn q_alone(cpu: Cpu, w: &QMatrix<'_>, xs: &[Vec<f32>]) -> Vec<f32> {
+    let (rows, cols) = (w.rows(), w.cols());
     let mut out = vec![0f32; xs.len() * rows];
     for (x, y) in xs.iter().zip(out.chunks_exact_mut(rows)) {
         let mut b = exact(&vec![0f32; q8_len(cols)]);
         let qx = QuantX::new(cpu, x, &mut b);
         let mut yy = exact(&vec![f32::NAN; rows]);
-        ops::matvec_q(cpu, qt, w, &qx, &mut yy);
+        ops::matvec_q(cpu, w, &qx, &mut yy);
         y.copy_from_slice(&yy);
     }
     out
@@ -224,11 +223,9 @@ fn check_q(qt: QuantType, widths: &[usize]) {
     for &cols in widths {
         for rows in [1, 3, 17, 50] {
             let w = exact(&random_weights(qt, rows, cols, &mut rng));
+            let wm = QMatrix::new(qt, &w, rows, cols);
             let xs: Vec<Vec<f32>> = (0..n_max).map(|_| random_x(cols, &mut rng)).collect();
-            let alone: Vec<Vec<f32>> = cpus
-                .iter()
-                .map(|&c| q_alone(c, qt, &w, cols, &xs, rows))
-                .collect();
+            let alone: Vec<Vec<f32>> = cpus.iter().map(|&c| q_alone(c, &wm, &xs)).collect();
             for n in INPUTS {
                 let ctx = format!("{qt} {rows}x{cols} n={n}");
                 let x: Vec<f32> = xs[..n].concat();
@@ -242,9 +239,9 @@ fn check_q(qt: QuantType, widths: &[usize]) {
                         .map(|(x, b)| QuantX::new(cpu, x, b))
                         .collect();
                     let mut px = exact(&vec![0f32; n * ops::q_tile_x_len(cols)]);
-                    ops::prepare_q_tile(cpu, qt, &qx, &mut px);
+                    let px = ops::prepare_q_tile(cpu, &wm, &qx, &mut px);
                     let mut y = exact(&vec![f32::NAN; n * rows]);
-                    ops::gemm_q_prepared(cpu, qt, &w, cols, n, &px, &mut y);
+                    ops::gemm_q_prepared(cpu, &wm, &px, &mut y);
                     let i = cpus.iter().position(|&c| c == cpu).unwrap();
                     assert_eq!(
                         bits(&y),
@@ -258,7 +255,7 @@ fn check_q(qt: QuantType, widths: &[usize]) {
                     for pool in &pools {
                         let mut s = exact(&vec![0f32; par::quant_scratch_len(n, cols)]);
                         let mut y = exact(&vec![f32::NAN; n * rows]);
-                        par::matvec_q_rows(pool, c, qt, &w, cols, &x, &mut s, &mut y);
+                        par::matvec_q_rows(pool, c, &wm, &x, &mut s, &mut y);
                         let nt = pool.n_threads();
                         assert_eq!(bits(&y), bits(&want[..n * rows]), "{ctx} {c} threads={nt}");
                     }
@@ -294,12 +291,13 @@ fn ggml_q6_k() {
     check_q(QuantType::Q6K, &[256, 768, 1024]);
 }
 
-/// Q8_0 keeps the matvec (its quants are signed); the tiled entry points refuse it.
+/// Q8_0 keeps the matvec (its quants are signed); the tiled kernel's inputs cannot be
+/// prepared for it (so `ops::gemm_q_prepared` cannot be called on it).
 #[test]
 #[should_panic(expected = "no tiled kernel for Q8_0")]
 fn ggml_tile_refuses_q8_0() {
     let cpu = Cpu::from(Isa::detect());
     let w = vec![0u8; 34];
-    let mut y = vec![0f32; 1];
-    ops::gemm_q_prepared(cpu, QuantType::Q8_0, &w, 32, 1, &[0.0; 160], &mut y);
+    let w = QMatrix::new(QuantType::Q8_0, &w, 1, 32);
+    ops::prepare_q_tile(cpu, &w, &[], &mut [0.0; 160]);
 }

@@ -540,17 +540,14 @@ fn moe_one_row(
         rows: usize,
     ) -> par::QJob<'a> {
         par::QJob {
-            qt,
-            w: weights.bytes(t),
+            w: quant::QMatrix::new(qt, weights.bytes(t), rows, x.cols()),
             x,
-            rows,
         }
     }
+    // (fills the jobs arrays past the jobs run: never run)
     let placeholder = par::QJob {
-        qt: quant::QuantType::Q8_0,
-        w: &[],
+        w: quant::QMatrix::new(quant::QuantType::Q8_0, &[], 0, 32),
         x: ops::QuantX::new(qwenrt_kernels::Isa::Scalar, &[], &mut []),
-        rows: 0,
     };
     let scratch = &mut *mm.quant_scratch;
     // the gates, then the ups: [2 * top_k, f]

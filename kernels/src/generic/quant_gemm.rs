@@ -9,7 +9,7 @@
 
 use super::qsimd::{dispatch_vnni, PanelRun, QSimd};
 use crate::quant::panel::{panel_bytes, q_sub_block, q_sub_block_bytes, QNR};
-use crate::quant::{q8_len, QuantType};
+use crate::quant::{q8_len, QMatrix, QuantType};
 
 /// Adds sub-block `i`'s integer dots `idot` (one lane per weight row) of one input row into
 /// that row's f32 accumulator `f`: `f += f32(idot) * (scale * d_x) + bias * s_x`, with `sc` and
@@ -192,15 +192,12 @@ unsafe fn run_panel<B: QSimd, const S: usize, const SIGNED: bool, const VNNI: bo
 /// The operands of one [`matmul_q_strided`] call but the panel.
 #[derive(Clone, Copy)]
 struct Matmul<'a> {
-    qt: QuantType,
+    w: QMatrix<'a>,
     amx: bool,
-    w: &'a [u8],
-    k: usize,
     xq: &'a [f32],
     n: usize,
     y: *mut f32,
     ldy: usize,
-    rows: usize,
 }
 
 /// The panels of [`matmul_q_strided`], inside the backend's `vectorize` (`vectorize_vnni`
@@ -211,19 +208,16 @@ struct Matmul<'a> {
 #[inline(always)]
 unsafe fn panels<B: QSimd, const VNNI: bool>(b: B, m: &Matmul<'_>, panel: &mut [f32]) {
     let Matmul {
-        qt,
-        amx,
         w,
-        k,
+        amx,
         xq,
         n,
         y,
         ldy,
-        rows,
     } = *m;
-    let rb = qt.row_bytes(k).expect("matmul_q: k is not whole blocks");
+    let (qt, k, rows) = (w.qt(), w.cols(), w.rows());
     let xs = q8_len(k);
-    debug_assert!(w.len() >= rows * rb && xq.len() >= n * xs);
+    debug_assert!(xq.len() >= n * xs);
     let s = q_sub_block(qt);
     let nsb = k / s;
     // the VNNI and AMX dots take unsigned weight quants (Q8_0's offset by 128)
@@ -232,7 +226,7 @@ unsafe fn panels<B: QSimd, const VNNI: bool>(b: B, m: &Matmul<'_>, panel: &mut [
     let mut j0 = 0;
     while j0 < rows {
         let nr = (rows - j0).min(QNR);
-        b.pack_q_panel(qt, &w[j0 * rb..(j0 + nr) * rb], k, signed, pb);
+        b.pack_q_panel(qt, w.row_block(j0, j0 + nr).bytes(), k, signed, pb);
         // SAFETY: the panel holds nsb packed sub-blocks; xq n rows; y columns j0..j0 + nr <
         // rows of rows t < n (contract).
         unsafe {
@@ -256,40 +250,34 @@ unsafe fn panels<B: QSimd, const VNNI: bool>(b: B, m: &Matmul<'_>, panel: &mut [
     }
 }
 
-/// `y[t * ldy + j] = sum_c w[j, c] * x[t, c]` for `t < n`, `j < rows`, `x` given as its 8-bit
-/// blocks `xq` (`q8_len(k)` words per row): panels of 16 weight rows packed into `panel`, then
-/// run against every tile of input rows.
+/// `y[t * ldy + j] = sum_c w[j, c] * x[t, c]` for `t < n`, `j < w.rows()`, `x` given as its
+/// 8-bit blocks `xq` (`q8_len(k)` words per row, `k = w.cols()`): panels of 16 weight rows
+/// packed into `panel`, then run against every tile of input rows.
 ///
 /// # Safety
-/// `w` holds `rows` rows of `k` weights of `qt`, `xq` `n` quantized rows, `panel` at least
-/// `ops::matmul_q_panel_len(k)` words; `y` valid for writes at `t * ldy + j` (`t < n`,
-/// `j < rows`) with nothing else accessing them; with `vnni`, the CPU has the backend's VNNI
-/// extension; with `amx`, as [`QSimd::matrix_tiles`].
+/// `xq` holds `n` quantized rows, `panel` at least `ops::matmul_q_panel_len(k)` words; `y`
+/// valid for writes at `t * ldy + j` (`t < n`, `j < w.rows()`) with nothing else accessing
+/// them; with `vnni`, the CPU has the backend's VNNI extension; with `amx`, as
+/// [`QSimd::matrix_tiles`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_q_strided<B: QSimd>(
     b: B,
-    qt: QuantType,
+    w: &QMatrix<'_>,
     vnni: bool,
     amx: bool,
-    w: &[u8],
-    k: usize,
     xq: &[f32],
     n: usize,
     y: *mut f32,
     ldy: usize,
-    rows: usize,
     panel: &mut [f32],
 ) {
     let m = Matmul {
-        qt,
+        w: *w,
         amx,
-        w,
-        k,
         xq,
         n,
         y,
         ldy,
-        rows,
     };
     macro_rules! run {
         ($vnni:literal) => {

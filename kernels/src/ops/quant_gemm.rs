@@ -1,5 +1,5 @@
 //! The prefill matmul on block-quantized weights: `y = x · wᵀ` with `x` `[n, k]` f32, `w`
-//! `[rows, k]` in a [`QuantType`], `y` `[n, rows]`.
+//! `[rows, k]` in a [`QuantType`](quant::QuantType), `y` `[n, rows]`.
 //!
 //! - Scalar: each weight row is dequantized to f32 (ggml's dequantization) and dotted with the
 //!   unquantized inputs in column order, so every output is bit for bit [`quant::matvec_ref`]'s.
@@ -16,7 +16,7 @@
 //!   call, so every output is bit for bit the NEON matvec's.
 
 use super::*;
-use crate::quant::{self, q8_len, QuantType};
+use crate::quant::{self, q8_len, QMatrix};
 
 /// Whether the AVX-512 quantized prefill matmul on `cpu` runs on AMX tiles: the `Cpu` claims
 /// AMX ([`Cpu::amx`]: AMX-TILE and AMX-INT8, the tile data granted by Linux, VNNI in use, not
@@ -52,6 +52,7 @@ fn tiles_agree(cpu: Cpu) -> bool {
     };
     let vnni = cpu.vnni();
     let (rows, n) = (17, 19);
+    use crate::quant::QuantType;
     for (qt, k, d_at) in [(QuantType::Q8_0, 96, 0), (QuantType::Q6K, 256, 208)] {
         let rb = qt.row_bytes(k).unwrap_or(0);
         let mut w: Vec<u8> = (0..rows * rb).map(|_| next() as u8).collect();
@@ -66,6 +67,7 @@ fn tiles_agree(cpu: Cpu) -> bool {
         for (xr, qr) in x.chunks_exact(k).zip(xq.chunks_exact_mut(q8_len(k))) {
             quant::quantize_row_q8(xr, qr);
         }
+        let wm = QMatrix::new(qt, &w, rows, k);
         let mut panel = vec![0f32; matmul_q_panel_len(k)];
         let mut ys = [vec![0f32; n * rows], vec![0f32; n * rows]];
         for (amx, y) in [amx, false].into_iter().zip(ys.iter_mut()) {
@@ -73,20 +75,9 @@ fn tiles_agree(cpu: Cpu) -> bool {
             // tile data granted) only where detected; w holds `rows` rows of k, xq n rows,
             // panel one panel, y n rows of `rows` floats.
             unsafe {
-                generic::matmul_q_strided(
-                    Avx512::new_unchecked(),
-                    qt,
-                    vnni,
-                    amx,
-                    &w,
-                    k,
-                    &xq,
-                    n,
-                    y.as_mut_ptr(),
-                    rows,
-                    rows,
-                    &mut panel,
-                )
+                let b = Avx512::new_unchecked();
+                let y = y.as_mut_ptr();
+                generic::matmul_q_strided(b, &wm, vnni, amx, &xq, n, y, rows, &mut panel)
             }
         }
         if !ys[0]
@@ -121,21 +112,20 @@ pub fn matmul_q_scratch_len(n: usize, k: usize) -> usize {
     n * q8_len(k) + matmul_q_panel_len(k)
 }
 
-/// `y = x · wᵀ` on `qt` weights, on the calling thread: `x` is `[n, k]`, `w` `[rows, k]`
-/// row-major blocks, `y` `[n, rows]`. `scratch` holds [`matmul_q_scratch_len`]`(n, k)` words.
+/// `y = x · wᵀ` on the quantized matrix `w` (`[rows, k]`), on the calling thread: `x` is
+/// `[n, k]`, `y` `[n, rows]`. `scratch` holds [`matmul_q_scratch_len`]`(n, k)` words.
+///
+/// # Panics
+/// Unless `x` is whole rows of `k`, `y` as many rows of `rows` and `scratch` long enough.
 pub fn matmul_q(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    k: usize,
+    w: &QMatrix<'_>,
     x: &[f32],
     scratch: &mut [f32],
     y: &mut [f32],
 ) {
-    let Some((n, rows)) = scalar::matmul_dims(k, x, y) else {
-        return;
-    };
-    check_q(qt, w, rows, k);
+    let (k, rows) = (w.cols(), w.rows());
+    let n = w.inputs("matmul_q", x.len(), y.len());
     let need = matmul_q_scratch_len(n, k);
     assert!(
         scratch.len() >= need,
@@ -147,10 +137,10 @@ pub fn matmul_q(
     if cpu.isa() != Isa::Scalar {
         quantize_rows(cpu.isa(), x, k, n, xq);
     }
-    // SAFETY: `w` holds `rows` rows (checked), `x` n*k floats, `xq` the quantized rows (just
-    // filled), `panel` one panel (checked); y (borrowed mutably here) holds n*rows floats:
-    // row t < n, column j < rows at t*rows + j.
-    unsafe { matmul_q_strided(cpu, qt, w, k, x, xq, n, y.as_mut_ptr(), rows, rows, panel) }
+    // SAFETY: `x` holds n*k floats (checked), `xq` the quantized rows (just filled), `panel`
+    // one panel (checked); y (borrowed mutably here) holds n*rows floats: row t < n, column
+    // j < rows at t*rows + j.
+    unsafe { matmul_q_strided(cpu, w, x, xq, n, y.as_mut_ptr(), rows, panel) }
 }
 
 /// Quantizes rows `0..n` of `x` (`k` each) into `xq`, `q8_len(k)` words per row, exactly as
@@ -172,31 +162,28 @@ pub(crate) fn quantize_rows(isa: Isa, x: &[f32], k: usize, n: usize, xq: &mut [f
 }
 
 /// The body behind [`matmul_q`] and `par::matmul_q`: `y[t * ldy + j] = sum_c w[j, c] *
-/// x[t * k + c]` for `t < n`, `j < rows`, so that a thread can fill a column block of a wider
-/// output. The SIMD ISAs read `xq` (`n` rows quantized by [`quantize_rows`]), the scalar one
-/// `x`; `panel` is the thread's own [`matmul_q_panel_len`]`(k)` words.
+/// x[t * k + c]` for `t < n`, `j < rows` (`w` is `[rows, k]`), so that a thread can fill a
+/// column block of a wider output. The SIMD ISAs read `xq` (`n` rows quantized by
+/// [`quantize_rows`]), the scalar one `x`; `panel` is the thread's own
+/// [`matmul_q_panel_len`]`(k)` words.
 ///
 /// # Safety
-/// `w` holds `rows` rows of `k` weights of `qt` (`k` whole blocks), `x.len() >= n * k`,
-/// `xq.len() >= n * q8_len(k)` (filled unless `isa` is scalar), `ldy >= rows`, and `y` must be
-/// valid for writes at `t * ldy + j` (`t < n`, `j < rows`) with nothing else reading or writing
-/// those elements during the call.
+/// `x.len() >= n * k`, `xq.len() >= n * q8_len(k)` (filled unless `isa` is scalar), `ldy >=
+/// rows`, and `y` must be valid for writes at `t * ldy + j` (`t < n`, `j < rows`) with
+/// nothing else reading or writing those elements during the call.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn matmul_q_strided(
     cpu: Cpu,
-    qt: QuantType,
-    w: &[u8],
-    k: usize,
+    w: &QMatrix<'_>,
     x: &[f32],
     xq: &[f32],
     n: usize,
     y: *mut f32,
     ldy: usize,
-    rows: usize,
     panel: &mut [f32],
 ) {
-    let rb = check_q(qt, w, rows, k);
-    assert!(k > 0 && x.len() >= n * k && ldy >= rows);
+    let (qt, k, rows) = (w.qt(), w.cols(), w.rows());
+    assert!(x.len() >= n * k && ldy >= rows);
     assert!(
         panel.len() >= matmul_q_panel_len(k),
         "matmul_q: panel too short"
@@ -215,7 +202,7 @@ pub(crate) unsafe fn matmul_q_strided(
             // caller's contract.
             unsafe {
                 let b = Avx512::new_unchecked();
-                generic::matmul_q_strided(b, qt, vnni, amx, w, k, xq, n, y, ldy, rows, panel)
+                generic::matmul_q_strided(b, w, vnni, amx, xq, n, y, ldy, panel)
             }
         }
         #[cfg(target_arch = "x86_64")]
@@ -227,7 +214,7 @@ pub(crate) unsafe fn matmul_q_strided(
             // where detected); buffers checked above or forwarded.
             unsafe {
                 let b = Avx2::new().unwrap_or_else(|| unsupported(Isa::Avx2));
-                generic::matmul_q_strided(b, qt, vnni, false, w, k, xq, n, y, ldy, rows, panel)
+                generic::matmul_q_strided(b, w, vnni, false, xq, n, y, ldy, panel)
             }
         }
         #[cfg(target_arch = "aarch64")]
@@ -237,40 +224,21 @@ pub(crate) unsafe fn matmul_q_strided(
             assert!(xq.len() >= n * per);
             let dot = neon_dot(cpu);
             let q8 = |t: usize| quant::Q8Row::new(&xq[t * per..(t + 1) * per], k);
-            // Tiles of rows, every group of inputs over a tile before the next, so the tile's
-            // weights come from cache for all but the first group.
-            for r0 in (0..rows).step_by(NEON_ROW_TILE) {
-                let rt = (rows - r0).min(NEON_ROW_TILE);
-                for t0 in (0..n).step_by(neon::Q_GROUP) {
-                    let g = (n - t0).min(neon::Q_GROUP);
-                    let mut q = [q8(t0); neon::Q_GROUP];
-                    for (i, slot) in q.iter_mut().enumerate().take(g) {
-                        *slot = q8(t0 + i);
-                    }
-                    // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where
-                    // detected; rows r0..r0 + rt of `w` (checked to hold `rows` rows of k)
-                    // start at byte r0 * rb; every input row of xq was quantized from k
-                    // columns; y's columns r0..r0 + rt of rows t0..t0 + g are forwarded from
-                    // the contract (r0 + rt <= rows <= ldy).
-                    unsafe {
-                        neon::matvec_q(
-                            qt,
-                            &w[r0 * rb..],
-                            rt,
-                            k,
-                            &q[..g],
-                            y.wrapping_add(t0 * ldy + r0),
-                            ldy,
-                            dot,
-                        )
-                    }
-                }
-            }
+            for_each_tile(rows, NEON_ROW_TILE, n, neon::Q_GROUP, |r0, rt, t0, g| {
+                let wt = w.row_block(r0, r0 + rt).bytes();
+                let q: [quant::Q8Row<'_>; neon::Q_GROUP] = group_of(g, |i| q8(t0 + i));
+                let yt = y.wrapping_add(t0 * ldy + r0);
+                // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where
+                // detected; `wt` holds rows r0..r0 + rt of `w` (a `QMatrix` of k columns);
+                // every input row of xq was quantized from k columns; y's columns r0..r0 + rt
+                // of rows t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
+                unsafe { neon::matvec_q(qt, wt, rt, k, &q[..g], yt, ldy, dot) }
+            });
         }
         _ => {
             let deq = &mut panel[..k];
             for j in 0..rows {
-                quant::dequantize_row(qt, &w[j * rb..(j + 1) * rb], deq);
+                quant::dequantize_row(qt, w.row_block(j, j + 1).bytes(), deq);
                 for t in 0..n {
                     let mut acc = 0f32;
                     for (a, b) in deq.iter().zip(&x[t * k..(t + 1) * k]) {

@@ -6,7 +6,7 @@
 //! `d_x`. The kernel then only does plain 64-byte loads (see `avx512::quant_repack`).
 
 use super::*;
-use crate::quant::{q8_len, repacked_row_bytes, QuantType, REPACK_GROUP};
+use crate::quant::{q8_len, row_range, RepackedMatrix, REPACK_GROUP};
 
 /// Rows each group of inputs runs over before the next group, when a call has more inputs than
 /// one kernel call takes: 32 rows of the widest repacked matrix here (Q5_0, 4864 columns) are
@@ -24,12 +24,65 @@ pub fn repacked_x_len(cols: usize) -> usize {
     cols.div_ceil(32) * 10
 }
 
+/// Inputs prepared by [`prepare_repacked_x`] for the repacked kernels: `n` inputs of `cols`
+/// columns, [`repacked_x_len`]`(cols)` words each.
+#[derive(Clone, Copy, Debug)]
+pub struct RepackedX<'a> {
+    words: &'a [f32],
+    n: usize,
+    cols: usize,
+}
+
+impl<'a> RepackedX<'a> {
+    /// How many inputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Their columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Inputs `t0..t1` alone.
+    ///
+    /// # Panics
+    /// Unless `t0 <= t1 <= n`.
+    pub fn inputs(&self, t0: usize, t1: usize) -> RepackedX<'a> {
+        let per = repacked_x_len(self.cols);
+        RepackedX {
+            words: row_range("RepackedX::inputs", self.words, per, self.n, t0, t1),
+            n: t1 - t0,
+            ..*self
+        }
+    }
+
+    /// Input `t` as the kernels read it.
+    #[cfg(target_arch = "x86_64")]
+    fn kernel_x(&self, t: usize) -> avx512::PreparedX {
+        let units = self.cols / 32;
+        let per = repacked_x_len(self.cols);
+        let (q, rest) = self.words[t * per..(t + 1) * per].split_at(8 * units);
+        avx512::PreparedX {
+            q: q.as_ptr().cast(),
+            isum: rest.as_ptr().cast(),
+            d: rest[units..].as_ptr(),
+        }
+    }
+}
+
 /// Prepares the `xs.len() / cols` inputs of `xs` (row-major) into `scratch`
-/// ([`repacked_x_len`]`(cols)` words per input, input `t` at `t * repacked_x_len(cols)`).
+/// ([`repacked_x_len`]`(cols)` words per input), for [`matvec_repacked_prepared`] and
+/// [`gemm_repacked_prepared`].
 ///
 /// # Panics
 /// Unless `cols % 32 == 0`, `xs` is whole rows of `cols` and `scratch` long enough.
-pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch: &mut [f32]) {
+pub fn prepare_repacked_x<'a>(
+    isa: impl Into<Isa>,
+    cols: usize,
+    xs: &[f32],
+    scratch: &'a mut [f32],
+) -> RepackedX<'a> {
     let isa: Isa = isa.into();
     assert!(
         cols > 0 && cols.is_multiple_of(32) && xs.len().is_multiple_of(cols),
@@ -74,62 +127,63 @@ pub fn prepare_repacked_x(isa: impl Into<Isa>, cols: usize, xs: &[f32], scratch:
             }
         }
     }
+    RepackedX {
+        words: &scratch[..n * per],
+        n,
+        cols,
+    }
 }
 
-/// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
-/// [`prepare_repacked_x`] against the repacked `qt` matrix `w` (`rows = y.len() / n`). Output
-/// `t` is bit for bit the same whatever `n` and whichever inputs share the call.
+/// Runs `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the inputs `x` against the repacked
+/// matrix `w`. Output `t` is bit for bit the same whatever `x.n()` and whichever inputs share
+/// the call.
 ///
 /// # Panics
-/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `w` holds `rows` repacked
-/// rows and `px` `n` prepared inputs of `cols`.
+/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]), `x` has `w.cols()`
+/// columns and `y` is `x.n()` rows of `w.rows()`.
 pub fn matvec_repacked_prepared(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    n: usize,
-    px: &[f32],
+    w: &RepackedMatrix<'_>,
+    x: &RepackedX<'_>,
     y: &mut [f32],
 ) {
-    if n == 0 {
-        return;
-    }
-    assert!(
-        y.len().is_multiple_of(n),
-        "matvec_repacked: y is not one row per input"
-    );
-    let rows = y.len() / n;
+    let rows = w.matrix().rows();
+    w.matrix().check_outputs("matvec_repacked", x.n, y.len());
     // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
-    unsafe { matvec_repacked_raw(cpu.into(), qt, w, rows, cols, n, px, y.as_mut_ptr(), rows) }
+    unsafe { matvec_repacked_raw(cpu.into(), w, x, y.as_mut_ptr(), rows) }
 }
 
-/// Panics unless `w` holds `rows` repacked rows of `cols` `qt` weights.
-pub(crate) fn check_repacked(qt: QuantType, w: &[u8], rows: usize, cols: usize) -> usize {
-    let rb = repacked_row_bytes(qt, cols)
-        .unwrap_or_else(|| panic!("matvec_repacked: {qt} with {cols} columns is not repacked"));
+/// The repacked kernels' name for `qt`'s layout.
+#[cfg(target_arch = "x86_64")]
+fn repacked_kind(qt: crate::quant::QuantType) -> u8 {
+    use crate::quant::QuantType;
+    match qt {
+        QuantType::Q4_0 => avx512::RQ4_0,
+        QuantType::Q5_0 => avx512::RQ5_0,
+        _ => avx512::RQ8_0,
+    }
+}
+
+/// Panics (naming `what`) unless the inputs `x` are as wide as the rows of `w`.
+fn check_widths(what: &str, w: &RepackedMatrix<'_>, x: &RepackedX<'_>) {
+    let cols = w.matrix().cols();
     assert!(
-        rows.checked_mul(rb).is_some_and(|b| w.len() >= b),
-        "matvec_repacked: weight buffer too short"
+        x.cols == cols,
+        "{what}: inputs of {} columns for a matrix of {cols}",
+        x.cols
     );
-    rb
 }
 
-/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < n`, `r < rows`, the inputs in
-/// groups of up to 4 per kernel call.
+/// The body of the repacked matvecs: `y[t * ldy + r]` for `t < x.n()`, `r < w.rows()`, the
+/// inputs in groups of up to 4 per kernel call.
 ///
 /// # Safety
-/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < rows`), with nothing else
-/// reading or writing those floats during the call.
-#[allow(clippy::too_many_arguments)]
+/// `y` must be valid for writes at `t * ldy + r` (`t < x.n()`, `r < w.rows()`), with nothing
+/// else reading or writing those floats during the call.
 pub(crate) unsafe fn matvec_repacked_raw(
     cpu: Cpu,
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    n: usize,
-    px: &[f32],
+    w: &RepackedMatrix<'_>,
+    x: &RepackedX<'_>,
     y: *mut f32,
     ldy: usize,
 ) {
@@ -139,80 +193,45 @@ pub(crate) unsafe fn matvec_repacked_raw(
         "matvec_repacked: the repacked layout runs on AVX-512 only, not {isa}"
     );
     check(isa);
-    let rb = check_repacked(qt, w, rows, cols);
-    let per = repacked_x_len(cols);
-    assert!(
-        px.len() >= n * per,
-        "matvec_repacked: prepared inputs too short"
-    );
+    check_widths("matvec_repacked", w, x);
+    let (rows, n) = (w.matrix().rows(), x.n);
     assert!(n <= 1 || ldy >= rows, "matvec_repacked: rows overlap");
     if rows == 0 || n == 0 {
         return;
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0, RQ_GROUP};
-        let k = match qt {
-            QuantType::Q4_0 => RQ4_0,
-            QuantType::Q5_0 => RQ5_0,
-            _ => RQ8_0,
-        };
-        let units = cols / 32;
+        use avx512::RQ_GROUP;
+        let k = repacked_kind(w.matrix().qt());
+        let units = w.matrix().cols() / 32;
         let vnni = cpu.vnni();
-        let prep = |t: usize| {
-            let p = &px[t * per..(t + 1) * per];
-            let (q, rest) = p.split_at(8 * units);
-            PreparedX {
-                q: q.as_ptr().cast(),
-                isum: rest.as_ptr().cast(),
-                d: rest[units..].as_ptr(),
-            }
-        };
         // Enough inputs to be compute-bound: the register-tiled kernel.
         if vnni && n >= REPACKED_GEMM_MIN && avx512::gemm_repacked_fits(units) {
             // SAFETY: forwarded contract; the checks above hold for the same arguments.
-            unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y, ldy) };
+            unsafe { gemm_repacked_raw(w, x, y, ldy) };
             return;
         }
-        // More inputs than one kernel call takes: every group of inputs runs over a tile of
-        // rows before the next tile, so the weights come from DRAM once and the later groups
-        // find them in cache (over the whole block, 8 inputs streamed the weights twice).
+        // More inputs than one kernel call takes: tiles of rows (over the whole block, 8
+        // inputs streamed the weights twice).
         let tile = if n > RQ_GROUP {
             REPACKED_ROW_TILE
         } else {
             rows
         };
-        for r0 in (0..rows).step_by(tile) {
-            let rt = (rows - r0).min(tile);
-            for t0 in (0..n).step_by(RQ_GROUP) {
-                let g = (n - t0).min(RQ_GROUP);
-                let mut xs = [prep(t0); RQ_GROUP];
-                for (i, slot) in xs.iter_mut().enumerate().take(g) {
-                    *slot = prep(t0 + i);
-                }
-                // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it
-                // only where detected); `w` holds `rows`
-                // repacked rows of `units` units, `rb` bytes each (checked), so rows
-                // r0..r0 + rt start at byte r0 * rb inside it; each input's pointers cover its
-                // prepared words (`px` holds n * per, checked); y's columns r0..r0 + rt of rows
-                // t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
-                unsafe {
-                    avx512::matvec_repacked(
-                        k,
-                        w.as_ptr().add(r0 * rb),
-                        rt,
-                        units,
-                        &xs[..g],
-                        y.wrapping_add(t0 * ldy + r0),
-                        ldy,
-                        vnni,
-                    )
-                }
-            }
-        }
+        for_each_tile(rows, tile, n, RQ_GROUP, |r0, rt, t0, g| {
+            let wt = w.row_block(r0, r0 + rt).matrix().bytes().as_ptr();
+            let xs: [_; RQ_GROUP] = group_of(g, |i| x.kernel_x(t0 + i));
+            let yt = y.wrapping_add(t0 * ldy + r0);
+            // SAFETY: CPU support checked (VNNI detected when `vnni`: a `Cpu` claims it only
+            // where detected); `wt` holds rows r0..r0 + rt of `w`, repacked rows of `units`
+            // units (a `RepackedMatrix`); each input's pointers cover its prepared words (a
+            // `RepackedX` of `w`'s width, checked); y's columns r0..r0 + rt of rows t0..t0 + g are
+            // forwarded from the contract (r0 + rt <= rows <= ldy).
+            unsafe { avx512::matvec_repacked(k, wt, rt, units, &xs[..g], yt, ldy, vnni) }
+        });
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (y, ldy, cpu, rb);
+    let _ = (y, ldy, cpu);
 }
 
 /// [`matvec_repacked_prepared`] through the register-tiled AVX512-VNNI kernel whatever `n`
@@ -223,11 +242,8 @@ pub(crate) unsafe fn matvec_repacked_raw(
 /// (rows of up to 58 000 columns do), and on buffer lengths that do not match.
 pub fn gemm_repacked_prepared(
     cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    n: usize,
-    px: &[f32],
+    w: &RepackedMatrix<'_>,
+    x: &RepackedX<'_>,
     y: &mut [f32],
 ) {
     let cpu: Cpu = cpu.into();
@@ -235,80 +251,43 @@ pub fn gemm_repacked_prepared(
         cpu.runs_repacked() && cpu.vnni(),
         "gemm_repacked: the tiled kernel needs AVX512-VNNI, not {cpu}"
     );
-    if n == 0 {
-        return;
-    }
-    assert!(
-        y.len().is_multiple_of(n),
-        "gemm_repacked: y is not one row per input"
-    );
-    let rows = y.len() / n;
-    check_repacked(qt, w, rows, cols);
-    assert!(
-        px.len() >= n * repacked_x_len(cols),
-        "gemm_repacked: prepared inputs too short"
-    );
+    w.matrix().check_outputs("gemm_repacked", x.n, y.len());
+    check_widths("gemm_repacked", w, x);
     #[cfg(target_arch = "x86_64")]
     {
-        let units = cols / 32;
+        let (rows, cols) = (w.matrix().rows(), w.matrix().cols());
         assert!(
-            avx512::gemm_repacked_fits(units),
+            avx512::gemm_repacked_fits(cols / 32),
             "gemm_repacked: rows of {cols} columns do not fit the tile buffer"
         );
-        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `w` holds `rows` rows, `px` the
-        // `n` prepared inputs; y (borrowed mutably here) holds n rows of `rows`.
-        unsafe { gemm_repacked_raw(qt, w, rows, units, n, px, y.as_mut_ptr(), rows) };
+        // SAFETY: checked above: AVX512-VNNI, the buffer fit, `x` prepared for `w`'s width;
+        // y (borrowed mutably here) holds n rows of `rows`.
+        unsafe { gemm_repacked_raw(w, x, y.as_mut_ptr(), rows) };
     }
 }
 
-/// The tiled kernel on `n` prepared inputs, up to 64 per call of the kernel.
+/// The tiled kernel on the prepared inputs `x`, up to 64 per call of the kernel.
 ///
 /// # Safety
-/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `w` holds `rows`
-/// repacked rows of `units` units, `px` `n` prepared inputs; `y` is valid for writes at
-/// `t * ldy + r` (`t < n`, `r < rows`), with nothing else accessing those floats.
+/// The CPU has AVX-512 and AVX512-VNNI; `avx512::gemm_repacked_fits(units)`; `x` has `w`'s
+/// columns; `y` is valid for writes at `t * ldy + r` (`t < x.n()`, `r < w.rows()`), with
+/// nothing else accessing those floats.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn gemm_repacked_raw(
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    units: usize,
-    n: usize,
-    px: &[f32],
-    y: *mut f32,
-    ldy: usize,
-) {
-    use avx512::{PreparedX, RQ4_0, RQ5_0, RQ8_0};
+unsafe fn gemm_repacked_raw(w: &RepackedMatrix<'_>, x: &RepackedX<'_>, y: *mut f32, ldy: usize) {
     const CHUNK: usize = 64;
-    let k = match qt {
-        QuantType::Q4_0 => RQ4_0,
-        QuantType::Q5_0 => RQ5_0,
-        _ => RQ8_0,
-    };
-    let per = units * 10;
-    let prep = |t: usize| {
-        let p = &px[t * per..(t + 1) * per];
-        let (q, rest) = p.split_at(8 * units);
-        PreparedX {
-            q: q.as_ptr().cast(),
-            isum: rest.as_ptr().cast(),
-            d: rest[units..].as_ptr(),
-        }
-    };
-    for t0 in (0..n).step_by(CHUNK) {
-        let g = (n - t0).min(CHUNK);
-        let mut xs = [prep(t0); CHUNK];
-        for (i, slot) in xs.iter_mut().enumerate().take(g) {
-            *slot = prep(t0 + i);
-        }
+    let w = w.matrix();
+    let k = repacked_kind(w.qt());
+    let units = w.cols() / 32;
+    for t0 in (0..x.n).step_by(CHUNK) {
+        let g = (x.n - t0).min(CHUNK);
+        let xs: [_; CHUNK] = group_of(g, |i| x.kernel_x(t0 + i));
         // SAFETY: forwarded contract; each input's pointers cover its prepared words; y's
         // rows t0..t0 + g are inside the contract's.
         unsafe {
             avx512::gemm_repacked(
                 k,
-                w.as_ptr(),
-                rows,
+                w.bytes().as_ptr(),
+                w.rows(),
                 units,
                 &xs[..g],
                 y.wrapping_add(t0 * ldy),
@@ -316,34 +295,4 @@ unsafe fn gemm_repacked_raw(
             )
         }
     }
-}
-
-/// `y[t * rows + r] = sum_c w[r, c] * xs[t * cols + c]` for the `n = xs.len() / cols` inputs
-/// and the `rows = y.len() / n` rows of the matrix `w`, repacked by [`crate::quant::repack`]: each
-/// input quantized to 8 bits and prepared into `scratch` (`n *` [`repacked_x_len`]`(cols)`
-/// words), then the kernel. Output `t` is bit for bit the same whatever `n`.
-///
-/// # Panics
-/// Unless `cpu` runs the repacked layout ([`Cpu::runs_repacked`]: AVX-512, no other ISA has
-/// the kernel), and on buffer lengths that do not match.
-pub fn matvec_repacked_rows(
-    cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    xs: &[f32],
-    scratch: &mut [f32],
-    y: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    assert!(
-        cpu.runs_repacked(),
-        "matvec_repacked_rows: the repacked layout runs on AVX-512 only, not {cpu}"
-    );
-    if xs.is_empty() {
-        return;
-    }
-    prepare_repacked_x(cpu, cols, xs, scratch);
-    let n = xs.len() / cols;
-    matvec_repacked_prepared(cpu, qt, w, cols, n, scratch, y);
 }

@@ -5,7 +5,7 @@
 //! once for all inputs. Each output is bit for bit [`matvec_q`]'s on its input alone.
 
 use super::*;
-use crate::quant::QuantType;
+use crate::quant::{QMatrix, QuantType};
 
 /// Inputs from which [`crate::par::matvec_q_rows`] takes the tiled kernel where it runs
 /// ([`q_tile_runs`]); the same bits either way.
@@ -34,43 +34,66 @@ pub fn q_tile_x_len(cols: usize) -> usize {
     (cols.div_ceil(512) * 10).max(cols.div_ceil(256) * 6) * 16
 }
 
-/// Prepares the quantized inputs `xs` for [`gemm_q_prepared`] on `qt` weights: input `t` into
-/// `out[t * q_tile_x_len(cols)..]`.
+/// Inputs prepared by [`prepare_q_tile`] for the tiled kernel on a matrix of `qt` rows of
+/// `cols` columns: `n` inputs, [`q_tile_x_len`]`(cols)` words each.
+#[derive(Clone, Copy, Debug)]
+pub struct QTileX<'a> {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    words: &'a [f32],
+    n: usize,
+    qt: QuantType,
+    cols: usize,
+}
+
+impl QTileX<'_> {
+    /// How many inputs.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+}
+
+/// Prepares the quantized inputs `xs` for [`gemm_q_prepared`] on the matrix `w`: input `t`
+/// into `out[t * q_tile_x_len(cols)..]`.
 ///
 /// # Panics
-/// Unless [`q_tile_runs`]`(cpu, qt, cols)` for the inputs' `cols`, the inputs are all
-/// quantized from `cols` columns (a whole number of `qt` blocks) for a SIMD ISA, and `out` is
-/// long enough.
-pub fn prepare_q_tile(cpu: impl Into<Cpu>, qt: QuantType, xs: &[QuantX<'_>], out: &mut [f32]) {
+/// Unless [`q_tile_runs`]`(cpu, w.qt(), w.cols())`, the inputs are all quantized from
+/// `w.cols()` columns for a SIMD ISA, and `out` is long enough.
+pub fn prepare_q_tile<'a, 'o>(
+    cpu: impl Into<Cpu>,
+    w: &QMatrix<'_>,
+    xs: &[QuantX<'a>],
+    out: &'o mut [f32],
+) -> QTileX<'o> {
     let cpu: Cpu = cpu.into();
-    let Some(x0) = xs.first() else { return };
-    let cols = x0.cols();
+    let (qt, cols) = (w.qt(), w.cols());
     assert!(
         q_tile_runs(cpu, qt, cols),
         "prepare_q_tile: no tiled kernel for {qt} rows of {cols} on {cpu}"
     );
-    assert!(
-        qt.row_bytes(cols).is_some(),
-        "prepare_q_tile: {cols} columns are not whole {qt} blocks"
-    );
     let per = q_tile_x_len(cols);
+    let n = xs.len();
     assert!(
-        out.len() >= xs.len() * per,
+        out.len() >= n * per,
         "prepare_q_tile: out holds {} words, {} needed",
         out.len(),
-        xs.len() * per
+        n * per
     );
+    for x in xs {
+        assert_eq!(
+            x.cols(),
+            cols,
+            "prepare_q_tile: an input of {} columns for a matrix of {cols}",
+            x.cols()
+        );
+    }
     #[cfg(target_arch = "x86_64")]
     {
-        let mut q = [x0.q8().expect("prepare_q_tile: input not quantized"); 64];
-        for chunk in xs.chunks(64).enumerate() {
-            let (c, grp) = chunk;
-            for (slot, x) in q.iter_mut().zip(grp) {
-                assert_eq!(x.cols(), cols, "prepare_q_tile: inputs of different widths");
-                *slot = x
-                    .q8()
-                    .expect("prepare_q_tile: input not quantized for a SIMD ISA");
-            }
+        let q8 = |x: &QuantX<'a>| {
+            x.q8()
+                .expect("prepare_q_tile: input not quantized for a SIMD ISA")
+        };
+        for (c, grp) in xs.chunks(64).enumerate() {
+            let q: [crate::quant::Q8Row<'a>; 64] = group_of(grp.len(), |i| q8(&grp[i]));
             // SAFETY: AVX-512 (q_tile_runs); qt is not Q8_0 (q_tile_runs); every input holds
             // `cols` quantized columns (checked); out holds this chunk's words (checked).
             unsafe {
@@ -83,61 +106,48 @@ pub fn prepare_q_tile(cpu: impl Into<Cpu>, qt: QuantType, xs: &[QuantX<'_>], out
             }
         }
     }
+    QTileX {
+        words: &out[..n * per],
+        n,
+        qt,
+        cols,
+    }
 }
 
-/// `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the `n` inputs prepared in `px` by
-/// [`prepare_q_tile`] against the `qt` matrix `w` (`rows = y.len() / n` rows of `cols`),
-/// through the tiled kernel: each output bit for bit [`matvec_q`]'s on its input alone.
+/// `y[t * rows + r] = sum_c w[r, c] * x_t[c]` for the inputs `x` prepared by
+/// [`prepare_q_tile`] for the quantized matrix `w`, through the tiled kernel: each output bit
+/// for bit [`matvec_q`]'s on its input alone.
 ///
 /// # Panics
-/// Unless [`q_tile_runs`]`(cpu, qt, cols)`, and on buffer lengths that do not match.
-pub fn gemm_q_prepared(
-    cpu: impl Into<Cpu>,
-    qt: QuantType,
-    w: &[u8],
-    cols: usize,
-    n: usize,
-    px: &[f32],
-    y: &mut [f32],
-) {
-    let cpu: Cpu = cpu.into();
-    if n == 0 {
-        return;
-    }
-    assert!(
-        y.len().is_multiple_of(n),
-        "gemm_q_prepared: y is not one row per input"
-    );
-    let rows = y.len() / n;
+/// Unless `x` was prepared for `w`'s format and width and `y` is `x.n()` rows of `w.rows()`.
+pub fn gemm_q_prepared(cpu: impl Into<Cpu>, w: &QMatrix<'_>, x: &QTileX<'_>, y: &mut [f32]) {
+    w.check_outputs("gemm_q_prepared", x.n, y.len());
     // SAFETY: y (borrowed mutably here) holds n rows of `rows` floats, row t at t * rows.
-    unsafe { gemm_q_raw(cpu, qt, w, rows, cols, n, px, y.as_mut_ptr(), rows) }
+    unsafe { gemm_q_raw(cpu.into(), w, x, y.as_mut_ptr(), w.rows()) }
 }
 
 /// The body of [`gemm_q_prepared`] with a row stride: `y[t * ldy + r]`.
 ///
 /// # Safety
-/// `y` must be valid for writes at `t * ldy + r` (`t < n`, `r < rows`), with nothing else
-/// reading or writing those floats during the call.
-#[allow(clippy::too_many_arguments)]
+/// `y` must be valid for writes at `t * ldy + r` (`t < x.n()`, `r < w.rows()`), with nothing
+/// else reading or writing those floats during the call.
 pub(crate) unsafe fn gemm_q_raw(
     cpu: Cpu,
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    n: usize,
-    px: &[f32],
+    w: &QMatrix<'_>,
+    x: &QTileX<'_>,
     y: *mut f32,
     ldy: usize,
 ) {
+    let (qt, rows, cols, n) = (w.qt(), w.rows(), w.cols(), x.n);
     assert!(
         q_tile_runs(cpu, qt, cols),
         "gemm_q: no tiled kernel for {qt} rows of {cols} on {cpu}"
     );
-    check_q(qt, w, rows, cols);
     assert!(
-        px.len() >= n * q_tile_x_len(cols),
-        "gemm_q: prepared inputs too short"
+        (x.qt, x.cols) == (qt, cols),
+        "gemm_q: inputs prepared for {} rows of {} columns, not {qt} rows of {cols}",
+        x.qt,
+        x.cols
     );
     assert!(n <= 1 || ldy >= rows, "gemm_q: rows overlap");
     if rows == 0 || n == 0 {
@@ -146,9 +156,11 @@ pub(crate) unsafe fn gemm_q_raw(
     #[cfg(target_arch = "x86_64")]
     {
         check(cpu.isa());
+        let (w, px) = (w.bytes(), x.words.as_ptr());
         // SAFETY: checked above: AVX-512 with VNNI, a tiled format whose rows fit, `w` holds
-        // `rows` rows of `cols`, `px` `n` prepared inputs; y is forwarded from the contract.
-        unsafe { avx512::gemm_q_tile(qt, w, rows, cols, n, px.as_ptr(), y, ldy) }
+        // `rows` rows of `cols` (a `QMatrix`), `px` `n` inputs prepared for them; y is
+        // forwarded from the contract.
+        unsafe { avx512::gemm_q_tile(qt, w, rows, cols, n, px, y, ldy) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (y, ldy);

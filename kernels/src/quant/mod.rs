@@ -5,6 +5,8 @@
 //! Overview:
 //! - [`QuantType`]: a block format, with its block size and bytes per block.
 //! - [`Format`]: the format of one weight tensor, a float [`Dtype`] or a [`QuantType`].
+//! - [`QMatrix`] and [`RepackedMatrix`]: a quantized weight matrix (format, bytes, shape),
+//!   checked once, as the quantized matvecs and matmuls take it.
 //! - [`dequantize_row`]: blocks to f32, operation for operation as ggml's
 //!   `dequantize_row_*` (no fused multiply-add), so the results are bit-exact with ggml.
 //! - [`quantize_row_q8`] and [`q8_len`]: an activation row as 8-bit blocks of 32 ([`Q8Row`]
@@ -18,9 +20,12 @@
 use crate::dtype::Dtype;
 
 // (the panels are the x86 quantized matmuls' layout; elsewhere only their row count is used)
+mod matrix;
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) mod panel;
 mod repack;
+pub(crate) use matrix::row_range;
+pub use matrix::{QMatrix, RepackedMatrix};
 pub use repack::*;
 
 /// A ggml block-quantized weight format.
@@ -159,8 +164,8 @@ pub fn dequantize_row(qt: QuantType, src: &[u8], dst: &mut [f32]) {
         QuantType::Q8_0 => blocks.for_each(|(s, d)| dequantize_block_q8_0(s, d)),
         QuantType::Q4_0 => blocks.for_each(|(s, d)| dequantize_block_q4_0(s, d)),
         QuantType::Q5_0 => blocks.for_each(|(s, d)| dequantize_block_q5_0(s, d)),
-        QuantType::Q4K => blocks.for_each(|(s, d)| dequantize_block_q4_k(s, d)),
-        QuantType::Q5K => blocks.for_each(|(s, d)| dequantize_block_q5_k(s, d)),
+        QuantType::Q4K => blocks.for_each(|(s, d)| dequantize_block_q45_k::<false>(s, d)),
+        QuantType::Q5K => blocks.for_each(|(s, d)| dequantize_block_q45_k::<true>(s, d)),
         QuantType::Q6K => blocks.for_each(|(s, d)| dequantize_block_q6_k(s, d)),
     }
 }
@@ -236,34 +241,20 @@ pub(crate) fn k_scales_mins(q: &[u8; 12]) -> (u64, u64) {
 
 /// Q4_K block (144 bytes): d: f16, dmin: f16, scales: [u8; 12], qs: [u8; 128]. Four groups
 /// of 64 elements; each group's 32 bytes give 32 low nibbles (sub-block 2g) then 32 high
-/// nibbles (sub-block 2g+1); y = d*sc * q - dmin*m.
-fn dequantize_block_q4_k(b: &[u8], y: &mut [f32]) {
+/// nibbles (sub-block 2g+1); y = d*sc * q - dmin*m. With `Q5` a Q5_K block (176 bytes), whose
+/// qh: [u8; 32] between the scales and qs gives element l of sub-block s a 5th bit (16) in
+/// bit s of qh[l].
+fn dequantize_block_q45_k<const Q5: bool>(b: &[u8], y: &mut [f32]) {
     let d = f16_at(b, 0);
     let min = f16_at(b, 2);
     let scales = &b[4..16];
-    let qs = &b[16..144];
-    for g in 0..4 {
-        let (sc1, m1) = scale_min_k4(2 * g, scales);
-        let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
-        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-        let q = &qs[32 * g..32 * g + 32];
-        let out = &mut y[64 * g..64 * g + 64];
-        for l in 0..32 {
-            out[l] = d1 * (q[l] & 0x0F) as f32 - m1;
-            out[l + 32] = d2 * (q[l] >> 4) as f32 - m2;
-        }
-    }
-}
-
-/// Q5_K block (176 bytes): d: f16, dmin: f16, scales: [u8; 12], qh: [u8; 32], qs: [u8; 128].
-/// Like Q4_K, with the 5th bit of element l of sub-block s in bit s of qh[l].
-fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
-    let d = f16_at(b, 0);
-    let min = f16_at(b, 2);
-    let scales = &b[4..16];
-    let qh = &b[16..48];
-    let qs = &b[48..176];
+    let (qh, qs) = if Q5 {
+        (&b[16..48], &b[48..176])
+    } else {
+        (&b[..0], &b[16..144])
+    };
+    // the 5th bit of element l where qh[l] has `bit` set
+    let high = |l: usize, bit: u8| if Q5 && qh[l] & bit != 0 { 16 } else { 0 };
     for g in 0..4 {
         let (sc1, m1) = scale_min_k4(2 * g, scales);
         let (sc2, m2) = scale_min_k4(2 * g + 1, scales);
@@ -273,10 +264,8 @@ fn dequantize_block_q5_k(b: &[u8], y: &mut [f32]) {
         let q = &qs[32 * g..32 * g + 32];
         let out = &mut y[64 * g..64 * g + 64];
         for l in 0..32 {
-            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            out[l] = d1 * ((q[l] & 0x0F) + h1) as f32 - m1;
-            out[l + 32] = d2 * ((q[l] >> 4) + h2) as f32 - m2;
+            out[l] = d1 * ((q[l] & 0x0F) + high(l, u1)) as f32 - m1;
+            out[l + 32] = d2 * ((q[l] >> 4) + high(l, u2)) as f32 - m2;
         }
     }
 }

@@ -1,5 +1,5 @@
 //! A decode-friendly layout for Q4_0, Q5_0 and Q8_0 matrices, repacked once at load
-//! ([`repack`]) and read by `ops::matvec_repacked_rows`.
+//! ([`repack`]) and read by `ops::matvec_repacked_prepared`.
 //!
 //! A row is a sequence of *units* of 32 weights (one ggml block, one 8-bit input block), taken
 //! in *groups* of 16 units; the last group holds the 1..=16 units left (no padding bytes: a

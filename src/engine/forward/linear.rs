@@ -6,7 +6,7 @@
 //! kernel scratch, so the forward pass names a matrix and never a format, layout or ISA.
 
 use qwenrt_kernels::ops::Matrix;
-use qwenrt_kernels::quant::QuantType;
+use qwenrt_kernels::quant::{QMatrix, QuantType, RepackedMatrix};
 use qwenrt_kernels::{par, Bf16, Cpu, Dtype, Format, ThreadPool, F16, F32};
 
 use crate::model::weights::{FeedForward, Mlp, TensorRef, Weights};
@@ -33,6 +33,8 @@ pub(in crate::engine) enum Kernel {
 pub(in crate::engine) struct Linear {
     w: TensorRef,
     kernel: Kernel,
+    /// The output width (rows of `w`).
+    rows: usize,
     /// The input width.
     cols: usize,
 }
@@ -53,6 +55,7 @@ impl Linear {
         Linear {
             w: w.clone(),
             kernel,
+            rows: w.shape.first().copied().unwrap_or(0),
             cols: w.shape.get(1).copied().unwrap_or(0),
         }
     }
@@ -230,15 +233,17 @@ impl Matmul<'_> {
         match w.kernel {
             Kernel::Quant(qt) | Kernel::Repacked(qt) => {
                 let scratch = &mut *self.quant_scratch;
+                let wq = QMatrix::new(qt, wbytes, w.rows, cols);
                 match (w.kernel, self.weights.repacked(&w.w)) {
                     _ if nd == 0 => {}
                     (Kernel::Repacked(_), Some(wr)) => {
-                        par::matvec_repacked_rows(pool, cpu, qt, wr, cols, x_d, scratch, out_d)
+                        let wr = RepackedMatrix::new(qt, wr, w.rows, cols);
+                        par::matvec_repacked_rows(pool, cpu, &wr, x_d, scratch, out_d)
                     }
-                    _ => par::matvec_q_rows(pool, cpu, qt, wbytes, cols, x_d, scratch, out_d),
+                    _ => par::matvec_q_rows(pool, cpu, &wq, x_d, scratch, out_d),
                 }
                 if nd < n {
-                    par::matmul_q(pool, cpu, qt, wbytes, cols, x_p, scratch, out_p);
+                    par::matmul_q(pool, cpu, &wq, x_p, scratch, out_p);
                 }
             }
             Kernel::Float(d) => {
