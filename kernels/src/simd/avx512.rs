@@ -151,16 +151,6 @@ pub(crate) fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
-/// Runs `f` compiled with AVX-512F/BW/VL, AVX2, FMA and F16C.
-///
-/// # Safety
-/// The CPU must support those features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 // SAFETY (every `unsafe` block below that calls an intrinsic or a `#[target_feature]` helper):
 // an `Avx512` exists only where `Avx512::new` detected AVX-512F/BW/VL, AVX2, FMA and F16C, which
 // is all these instructions need; pointer contracts are the trait's, forwarded from the caller.
@@ -174,51 +164,12 @@ impl Simd for Avx512 {
     type F32 = __m512;
     type U64 = __m512i;
 
-    #[inline(always)]
-    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` proves the features (see above).
-        unsafe { with_avx512(f) }
-    }
-    one_instruction! {
-        zero() -> __m512 => _mm512_setzero_ps;
-        add(a, b) -> __m512 => _mm512_add_ps;
-        sub(a, b) -> __m512 => _mm512_sub_ps;
-        mul(a, b) -> __m512 => _mm512_mul_ps;
-        div(a, b) -> __m512 => _mm512_div_ps;
-        max(a, b) -> __m512 => _mm512_max_ps;
-        fma(a, b, c) -> __m512 => _mm512_fmadd_ps;
-        zero_u64() -> __m512i => _mm512_setzero_si512;
-        add_u64(a, b) -> __m512i => _mm512_add_epi64;
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> __m512 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_set1_ps(x) }
-    }
+    super::vectorize_with!(fn vectorize = "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
+    super::simd_methods!(avx512);
     #[inline(always)]
     fn add_tail(self, a: __m512, b: __m512, n: usize) -> __m512 {
         // SAFETY: AVX-512F (token).
         unsafe { _mm512_mask_add_ps(a, lanes(n), a, b) }
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m512) -> f32 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_reduce_add_ps(v) }
-    }
-    #[inline(always)]
-    fn hmax(self, v: __m512) -> f32 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_reduce_max_ps(v) }
-    }
-    #[inline(always)]
-    fn exp(self, v: __m512) -> __m512 {
-        // SAFETY: AVX-512F + FMA (token).
-        unsafe { exp_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m512 {
-        // SAFETY: token; LANES floats readable at p (contract).
-        unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_tail(self, p: *const f32, n: usize) -> __m512 {
@@ -232,20 +183,10 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_loadu_ps(fill, lanes(n), p) }
     }
     #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m512) {
-        // SAFETY: token; LANES floats writable at p (contract).
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    #[inline(always)]
     unsafe fn store_tail(self, p: *mut f32, n: usize, v: __m512) {
         // SAFETY: token; the selected floats are writable and p is inside its allocation
         // (contract); masked-off lanes are not accessed.
         unsafe { _mm512_mask_storeu_ps(p, lanes(n), v) }
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> __m512 {
-        // SAFETY: token; elements i..i+16 readable (contract).
-        unsafe { ld::<W>(p, i) }
     }
     #[inline(always)]
     unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> __m512 {
@@ -257,11 +198,6 @@ impl Simd for Avx512 {
     fn hsum_u64(self, v: __m512i) -> u64 {
         // SAFETY: AVX-512F (token).
         unsafe { _mm512_reduce_add_epi64(v) as u64 }
-    }
-    #[inline(always)]
-    unsafe fn load_u64(self, p: *const u8) -> __m512i {
-        // SAFETY: token; 64 bytes readable at p (contract).
-        unsafe { _mm512_loadu_si512(p.cast()) }
     }
     #[inline(always)]
     fn prefetch_ahead(self, p: *const u8, len: usize) {

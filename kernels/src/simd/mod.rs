@@ -21,22 +21,137 @@
 
 use crate::dtype::WeightType;
 
-/// Defines trait methods that are one intrinsic on the backend's vectors: `name(args) =>
-/// intrinsic` for `fn name(self, args: Self::F32...) -> Self::F32`, and `name() -> T =>
-/// intrinsic` for the constant ones. Sound because the backend's token, which every method
-/// takes, exists only where the CPU has the features (see the backend's constructor).
-#[cfg(target_arch = "x86_64")]
-macro_rules! one_instruction {
-    ($($name:ident($($a:ident),*) -> $t:ty => $intr:ident;)*) => {
-        $(
-            #[inline(always)]
-            fn $name(self, $($a: $t),*) -> $t {
-                // SAFETY: the token proves the CPU has the backend's features.
-                unsafe { $intr($($a),*) }
-            }
-        )*
+/// Defines backend methods that are an intrinsic or a short expression of their arguments:
+/// rows `fn name(arg: type, ...) -> type = expression;` (a name may take one type parameter,
+/// `name<W: Bound>`), or `unsafe fn ...` for those with a contract of their own (pointers, an
+/// extension). Sound because the backend's token, which every method takes, exists only where
+/// the CPU has the backend's features.
+macro_rules! intrinsics {
+    () => {};
+    (
+        $($head:ident)+ $(<$g:ident: $bound:path>)? ($($a:ident: $t:ty),*) $(-> $r:ty)? = $e:expr;
+        $($rest:tt)*
+    ) => {
+        #[inline(always)]
+        $($head)+ $(<$g: $bound>)? (self, $($a: $t),*) $(-> $r)? {
+            // SAFETY: the token proves the CPU has the backend's features; the rest of an
+            // `unsafe` method's contract (pointers, an extension) is its caller's.
+            unsafe { $e }
+        }
+        $crate::simd::intrinsics!($($rest)*);
     };
 }
+pub(crate) use intrinsics;
+
+/// One backend's column of a table of methods: rows as [`intrinsics!`]'s, but with a body per
+/// backend, `= avx2, avx512[, neon];`, of which `$isa` (`avx2`, `avx512` or `neon`) picks its
+/// own. The tables ([`simd_methods!`], `crate::generic::qsimd_methods!`) write each method
+/// once and show the backends' instructions side by side; the names in a body resolve where
+/// the backend's impl invokes its column.
+macro_rules! column {
+    ($isa:ident;) => {};
+    (
+        $isa:ident;
+        $($head:ident)+ $(<$g:ident: $bound:path>)? ($($a:ident: $t:ty),*) $(-> $r:ty)? =
+            $($body:expr),+;
+        $($rest:tt)*
+    ) => {
+        $crate::simd::intrinsics! {
+            $($head)+ $(<$g: $bound>)? ($($a: $t),*) $(-> $r)? =
+                $crate::simd::pick!($isa, $($body),+);
+        }
+        $crate::simd::column!($isa; $($rest)*);
+    };
+}
+pub(crate) use column;
+
+/// The body of `$isa` among a row's bodies (AVX2, AVX-512[, NEON]).
+macro_rules! pick {
+    (avx2, $e:expr $(, $_others:expr)*) => {
+        $e
+    };
+    (avx512, $_a:expr, $e:expr $(, $_others:expr)*) => {
+        $e
+    };
+    (neon, $_a:expr, $_b:expr, $e:expr) => {
+        $e
+    };
+}
+pub(crate) use pick;
+
+/// Defines the method `name` (`fn vectorize`, or an `unsafe fn` that also enables an
+/// extension the caller vouches for: `QSimd::vectorize_vnni`), which runs a closure inside a
+/// function compiled with the target features `$features`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! vectorize_with {
+    ($($head:ident)+ = $features:literal) => {
+        #[inline(always)]
+        $($head)+<R>(self, f: impl FnOnce() -> R) -> R {
+            /// Runs `f` compiled with the features.
+            ///
+            /// # Safety
+            /// The CPU has them.
+            #[target_feature(enable = $features)]
+            #[inline]
+            unsafe fn with_features<R>(f: impl FnOnce() -> R) -> R {
+                f()
+            }
+            // SAFETY: the token proves the backend's features (and the caller of an `unsafe`
+            // one the extension's).
+            unsafe { with_features(f) }
+        }
+    };
+}
+#[cfg(target_arch = "x86_64")]
+pub(crate) use vectorize_with;
+
+/// The [`Simd`] methods that are an intrinsic (or a short expression of the arguments) on
+/// every backend, a row each: the bodies on AVX2, AVX-512 and NEON. A backend's impl defines
+/// them with `simd_methods!(avx2)` (`avx512`, `neon`); its own helpers (`hsum`, `hmax`,
+/// `exp_ps`, `ld`) are the ones its module defines.
+macro_rules! simd_methods {
+    ($isa:ident) => {
+        $crate::simd::column! { $isa;
+            fn zero() -> Self::F32 = _mm256_setzero_ps(), _mm512_setzero_ps(), vdupq_n_f32(0.0);
+            fn splat(x: f32) -> Self::F32 = _mm256_set1_ps(x), _mm512_set1_ps(x), vdupq_n_f32(x);
+            fn add(a: Self::F32, b: Self::F32) -> Self::F32 =
+                _mm256_add_ps(a, b), _mm512_add_ps(a, b), vaddq_f32(a, b);
+            fn sub(a: Self::F32, b: Self::F32) -> Self::F32 =
+                _mm256_sub_ps(a, b), _mm512_sub_ps(a, b), vsubq_f32(a, b);
+            fn mul(a: Self::F32, b: Self::F32) -> Self::F32 =
+                _mm256_mul_ps(a, b), _mm512_mul_ps(a, b), vmulq_f32(a, b);
+            fn div(a: Self::F32, b: Self::F32) -> Self::F32 =
+                _mm256_div_ps(a, b), _mm512_div_ps(a, b), vdivq_f32(a, b);
+            // NEON: `a > b ? a : b`, so `b` where either is NaN as on x86 (`fmax` would give NaN)
+            fn max(a: Self::F32, b: Self::F32) -> Self::F32 =
+                _mm256_max_ps(a, b), _mm512_max_ps(a, b), vbslq_f32(vcgtq_f32(a, b), a, b);
+            // NEON: `vfmaq_f32(c, a, b)` is `c + a * b`, rounded once
+            fn fma(a: Self::F32, b: Self::F32, c: Self::F32) -> Self::F32 =
+                _mm256_fmadd_ps(a, b, c), _mm512_fmadd_ps(a, b, c), vfmaq_f32(c, a, b);
+            fn hsum(v: Self::F32) -> f32 = hsum(v), _mm512_reduce_add_ps(v), hsum(v);
+            // NEON: `fmaxnmv` ignores NaN lanes where another lane is a number
+            fn hmax(v: Self::F32) -> f32 = hmax(v), _mm512_reduce_max_ps(v), vmaxnmvq_f32(v);
+            fn exp(v: Self::F32) -> Self::F32 = exp_ps(v), exp_ps(v), exp_ps(v);
+            unsafe fn load(p: *const f32) -> Self::F32 =
+                _mm256_loadu_ps(p), _mm512_loadu_ps(p), vld1q_f32(p);
+            unsafe fn store(p: *mut f32, v: Self::F32) =
+                _mm256_storeu_ps(p, v), _mm512_storeu_ps(p, v), vst1q_f32(p, v);
+            unsafe fn load_w<W: WeightType>(p: *const u8, i: usize) -> Self::F32 =
+                ld::<W>(p, i), ld::<W>(p, i), ld::<W>(p, i);
+            fn zero_u64() -> Self::U64 =
+                _mm256_setzero_si256(), _mm512_setzero_si512(), vdupq_n_u64(0);
+            // integer adds wrap
+            fn add_u64(a: Self::U64, b: Self::U64) -> Self::U64 =
+                _mm256_add_epi64(a, b), _mm512_add_epi64(a, b), vaddq_u64(a, b);
+            // NEON: loaded as bytes (no alignment)
+            unsafe fn load_u64(p: *const u8) -> Self::U64 =
+                _mm256_loadu_si256(p.cast()),
+                _mm512_loadu_si512(p.cast()),
+                vreinterpretq_u64_u8(vld1q_u8(p));
+        }
+    };
+}
+pub(crate) use simd_methods;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
