@@ -128,15 +128,8 @@ fn exp_ps(x: __m256) -> __m256 {
 // an `Avx2` exists only where `Avx2::new` detected AVX2, FMA and F16C, which is all these
 // instructions need; pointer contracts are the trait's, forwarded from the caller.
 impl Simd for Avx2 {
-    const LANES: usize = 8;
-    const REGISTERS: usize = 16;
-    const PREFETCH_MATVEC: bool = true;
-    const MATMUL_KC: usize = 256;
-    type F32 = __m256;
-    type U64 = __m256i;
-
-    super::vectorize_with!(fn vectorize = "avx2,fma,f16c");
     super::simd_methods!(avx2);
+    super::vectorize_with!(fn vectorize = "avx2,fma,f16c");
     #[inline(always)]
     fn add_tail(self, a: __m256, b: __m256, n: usize) -> __m256 {
         // SAFETY: AVX2 (token). Lanes past n add +0.0 to `a`, which leaves every value but -0.0

@@ -155,17 +155,8 @@ pub(crate) fn transpose16(r: &mut [__m512; 16]) {
 // an `Avx512` exists only where `Avx512::new` detected AVX-512F/BW/VL, AVX2, FMA and F16C, which
 // is all these instructions need; pointer contracts are the trait's, forwarded from the caller.
 impl Simd for Avx512 {
-    const LANES: usize = 16;
-    const REGISTERS: usize = 32;
-    const PREFETCH_MATVEC: bool = false;
-    /// 16 KiB panels (`128 * 32` f32), half of L1d. (Tuned on Zen 4: 6x64 tiles and 256-deep
-    /// panels measured the same, within 2%, at ~91% of FMA peak.)
-    const MATMUL_KC: usize = 128;
-    type F32 = __m512;
-    type U64 = __m512i;
-
-    super::vectorize_with!(fn vectorize = "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
     super::simd_methods!(avx512);
+    super::vectorize_with!(fn vectorize = "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
     #[inline(always)]
     fn add_tail(self, a: __m512, b: __m512, n: usize) -> __m512 {
         // SAFETY: AVX-512F (token).

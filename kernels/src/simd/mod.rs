@@ -43,13 +43,22 @@ macro_rules! intrinsics {
 }
 pub(crate) use intrinsics;
 
-/// One backend's column of a table of methods: rows as [`intrinsics!`]'s, but with a body per
-/// backend, `= avx2, avx512[, neon];`, of which `$isa` (`avx2`, `avx512` or `neon`) picks its
-/// own. The tables ([`simd_methods!`], `crate::generic::qsimd_methods!`) write each method
-/// once and show the backends' instructions side by side; the names in a body resolve where
-/// the backend's impl invokes its column.
+/// One backend's column of a table: rows `const NAME: type = avx2, avx512[, neon];`,
+/// `type Name = ...;` and methods as [`intrinsics!`]'s but with a body per backend, of which
+/// `$isa` (`avx2`, `avx512` or `neon`) picks its own. The tables ([`simd_methods!`],
+/// `crate::generic::qsimd_methods!`) define a backend once for all and show the backends'
+/// parameters and instructions side by side; the names in a body resolve where the backend's
+/// impl invokes its column.
 macro_rules! column {
     ($isa:ident;) => {};
+    ($isa:ident; const $name:ident: $t:ty = $($v:expr),+; $($rest:tt)*) => {
+        const $name: $t = $crate::simd::pick!($isa, $($v),+);
+        $crate::simd::column!($isa; $($rest)*);
+    };
+    ($isa:ident; type $name:ident = $($t:ty),+; $($rest:tt)*) => {
+        type $name = $crate::simd::pick!(type $isa, $($t),+);
+        $crate::simd::column!($isa; $($rest)*);
+    };
     (
         $isa:ident;
         $($head:ident)+ $(<$g:ident: $bound:path>)? ($($a:ident: $t:ty),*) $(-> $r:ty)? =
@@ -65,7 +74,8 @@ macro_rules! column {
 }
 pub(crate) use column;
 
-/// The body of `$isa` among a row's bodies (AVX2, AVX-512[, NEON]).
+/// The cell of `$isa` among a row's (AVX2, AVX-512[, NEON]): an expression, or a type after
+/// `type`.
 macro_rules! pick {
     (avx2, $e:expr $(, $_others:expr)*) => {
         $e
@@ -75,6 +85,15 @@ macro_rules! pick {
     };
     (neon, $_a:expr, $_b:expr, $e:expr) => {
         $e
+    };
+    (type avx2, $t:ty $(, $_others:ty)*) => {
+        $t
+    };
+    (type avx512, $_a:ty, $t:ty $(, $_others:ty)*) => {
+        $t
+    };
+    (type neon, $_a:ty, $_b:ty, $t:ty) => {
+        $t
     };
 }
 pub(crate) use pick;
@@ -105,13 +124,25 @@ macro_rules! vectorize_with {
 #[cfg(target_arch = "x86_64")]
 pub(crate) use vectorize_with;
 
-/// The [`Simd`] methods that are an intrinsic (or a short expression of the arguments) on
-/// every backend, a row each: the bodies on AVX2, AVX-512 and NEON. A backend's impl defines
-/// them with `simd_methods!(avx2)` (`avx512`, `neon`); its own helpers (`hsum`, `hmax`,
-/// `exp_ps`, `ld`) are the ones its module defines.
+/// The backends' [`Simd`] parameters, and the methods that are an intrinsic (or a short
+/// expression of the arguments) on every backend, a row each: AVX2, AVX-512, NEON. A
+/// backend's impl defines them with `simd_methods!(avx2)` (`avx512`, `neon`); its own helpers
+/// (`hsum`, `hmax`, `exp_ps`, `ld`) are the ones its module defines.
 macro_rules! simd_methods {
     ($isa:ident) => {
         $crate::simd::column! { $isa;
+            // vector registers: LANES f32 (and a U64 of the same width), REGISTERS of them
+            type F32 = __m256, __m512, float32x4_t;
+            type U64 = __m256i, __m512i, uint64x2_t;
+            const LANES: usize = 8, 16, 4;
+            const REGISTERS: usize = 16, 32, 32;
+            // the prefetch measured faster on AVX2; the AVX-512 matvec streams at ~95% of a
+            // plain read without it; on NEON, unmeasured (the hardware prefetchers of ARM
+            // server cores follow a sequential row)
+            const PREFETCH_MATVEC: bool = true, false, false;
+            // AVX-512: 16 KiB panels (`128 * 32` f32), half of L1d (tuned on Zen 4: 6x64 tiles
+            // and 256-deep panels measured the same, within 2%, at ~91% of FMA peak)
+            const MATMUL_KC: usize = 256, 128, 256;
             fn zero() -> Self::F32 = _mm256_setzero_ps(), _mm512_setzero_ps(), vdupq_n_f32(0.0);
             fn splat(x: f32) -> Self::F32 = _mm256_set1_ps(x), _mm512_set1_ps(x), vdupq_n_f32(x);
             fn add(a: Self::F32, b: Self::F32) -> Self::F32 =

@@ -129,19 +129,12 @@ unsafe fn exp_ps(x: float32x4_t) -> float32x4_t {
 // `Neon::new` detected NEON, which is all these instructions need; pointer contracts are the
 // trait's, forwarded from the caller.
 impl Simd for Neon {
-    const LANES: usize = 4;
-    const REGISTERS: usize = 32;
-    const PREFETCH_MATVEC: bool = false;
-    const MATMUL_KC: usize = 256;
-    type F32 = float32x4_t;
-    type U64 = uint64x2_t;
-
+    super::simd_methods!(neon);
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         // NEON is in the aarch64 baseline: every function is already compiled with it.
         f()
     }
-    super::simd_methods!(neon);
     #[inline(always)]
     fn add_tail(self, a: float32x4_t, b: float32x4_t, n: usize) -> float32x4_t {
         // SAFETY: NEON (token). Lanes past n add +0.0 to `a`, which leaves every value but -0.0
