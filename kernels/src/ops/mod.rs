@@ -13,7 +13,7 @@ use crate::scalar;
 #[cfg(target_arch = "x86_64")]
 use crate::avx512;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use crate::generic;
+use crate::generic::{self, MatvecRows};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "aarch64")]
@@ -212,16 +212,7 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
             // a block), the only way to build a `HiLo` input, for a `Cpu` claiming AVX512-BF16
             // at the AVX-512 level, which it does only where detected; `w` length checked; the
             // one input's outputs are `y` (borrowed mutably here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_hilo_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
+            unsafe { avx512::matvec_bf16_hilo_rows(MatvecRows::one(w, cols, y), [xp.as_ptr()]) }
         }
         #[cfg(target_arch = "x86_64")]
         Prep::EvenOdd(xp) => {
@@ -231,16 +222,7 @@ pub fn matvec_x<W: WeightType>(isa: impl Into<Isa>, w: &[u8], x: &MatvecX<'_>, y
             // from these `cols` columns by `MatvecX::exact` (rounded up to 32), the only way to
             // build an `EvenOdd` input; the one input's outputs are `y` (borrowed mutably
             // here), `y.len()` floats.
-            unsafe {
-                avx512::matvec_bf16_evenodd_rows::<1>(
-                    w,
-                    y.len(),
-                    [xp.as_ptr()],
-                    cols,
-                    y.as_mut_ptr(),
-                    y.len(),
-                )
-            }
+            unsafe { avx512::matvec_bf16_evenodd_rows(MatvecRows::one(w, cols, y), [xp.as_ptr()]) }
         }
         _ => {
             let x = x.x;
@@ -341,27 +323,12 @@ unsafe fn rows_group<W: WeightType>(
     macro_rules! by_len {
         ($f:path, $get:expr $(, $pre:expr)*) => {{
             let get = $get;
+            let m = MatvecRows { w, rows, cols, y, ldy };
             match xs.len() {
-                1 => $f($($pre,)* w, rows, [get(&xs[0])], cols, y, ldy),
-                2 => $f($($pre,)* w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
-                3 => $f(
-                    $($pre,)*
-                    w,
-                    rows,
-                    [get(&xs[0]), get(&xs[1]), get(&xs[2])],
-                    cols,
-                    y,
-                    ldy,
-                ),
-                _ => $f(
-                    $($pre,)*
-                    w,
-                    rows,
-                    [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
-                    cols,
-                    y,
-                    ldy,
-                ),
+                1 => $f($($pre,)* m, [get(&xs[0])]),
+                2 => $f($($pre,)* m, [get(&xs[0]), get(&xs[1])]),
+                3 => $f($($pre,)* m, [get(&xs[0]), get(&xs[1]), get(&xs[2])]),
+                _ => $f($($pre,)* m, [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])]),
             }
         }};
     }
