@@ -7,7 +7,7 @@
 
 use core::arch::x86_64::*;
 
-use super::Simd;
+use super::{Panel, Simd};
 use crate::dtype::{Dtype, WeightType};
 
 /// Proof that the CPU runs AVX-512F/BW/VL, AVX2, FMA and F16C: made only by [`Avx512::new`],
@@ -196,16 +196,8 @@ impl Simd for Avx512 {
     }
     /// 16×16 blocks are widened and transposed in registers.
     #[inline(always)]
-    unsafe fn pack_panel<W: WeightType>(
-        self,
-        w: *const u8,
-        k: usize,
-        k0: usize,
-        kc: usize,
-        nr: usize,
-        nrp: usize,
-        buf: &mut [f32],
-    ) {
+    unsafe fn pack_panel<W: WeightType>(self, w: *const u8, at: Panel, buf: &mut [f32]) {
+        let Panel { k, k0, kc, nr, nrp } = at;
         debug_assert!(buf.len() >= kc * nrp && nrp.is_multiple_of(16));
         let rb = k * W::SIZE;
         let bp = buf.as_mut_ptr();

@@ -191,6 +191,22 @@ pub(crate) mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub(crate) mod neon;
 
+/// A panel of the f32 matmul's weights ([`Simd::pack_panel`]): rows `0..nr` (`nr <= nrp`) of
+/// a matrix of `k` columns, its columns `k0..k0 + kc`, packed `nrp` rows wide.
+#[derive(Clone, Copy)]
+pub(crate) struct Panel {
+    /// Columns of the matrix (elements per row).
+    pub(crate) k: usize,
+    /// The panel's first column.
+    pub(crate) k0: usize,
+    /// The panel's columns (its depth).
+    pub(crate) kc: usize,
+    /// Rows read.
+    pub(crate) nr: usize,
+    /// Rows packed (the ones past `nr` zero).
+    pub(crate) nrp: usize,
+}
+
 /// A SIMD backend: a vector type of [`Simd::LANES`] f32 lanes and the operations the generic
 /// kernels use. Every method is a single instruction or a short fixed sequence of them; the
 /// generic kernels call them in the same order the per-ISA kernels did, so their results are
@@ -299,26 +315,17 @@ pub(crate) trait Simd: Copy {
     /// read soon (a no-op where the backend has no prefetch; `p` may lie past the data).
     fn prefetch_ahead(self, p: *const u8, len: usize);
 
-    /// Packs rows `0..nr` (`nr <= nrp`), columns `k0..k0 + kc` of `w` (row-major, `k` elements
-    /// of `W` per row) transposed into `buf[kk * nrp + j]` as f32, zero for `j >= nr`: the f32
-    /// matmul's weight panel. By default each row is widened a vector at a time and scattered;
-    /// a backend with a fast register transpose overrides it (the result is the same).
+    /// Packs the panel `at` of `w` (row-major, `at.k` elements of `W` per row) transposed into
+    /// `buf[kk * nrp + j]` as f32, zero for `j >= nr`: the f32 matmul's weight panel. By
+    /// default each row is widened a vector at a time and scattered; a backend with a fast
+    /// register transpose overrides it (the result is the same).
     ///
     /// # Safety
     /// `w` must be valid for `nr` rows of `k` elements of `W`; `k0 + kc <= k`;
     /// `buf.len() >= kc * nrp`; `LANES <= 64`.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn pack_panel<W: WeightType>(
-        self,
-        w: *const u8,
-        k: usize,
-        k0: usize,
-        kc: usize,
-        nr: usize,
-        nrp: usize,
-        buf: &mut [f32],
-    ) {
+    unsafe fn pack_panel<W: WeightType>(self, w: *const u8, at: Panel, buf: &mut [f32]) {
+        let Panel { k, k0, kc, nr, nrp } = at;
         let rb = k * W::SIZE;
         if nr < nrp {
             buf[..kc * nrp].iter_mut().for_each(|v| *v = 0.0);
