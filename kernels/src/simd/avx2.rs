@@ -36,41 +36,6 @@ pub(crate) fn mask8(n: usize) -> __m256i {
     )
 }
 
-/// 8 weights of dtype `W` starting at element `i` of `p`, widened to f32.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m256 {
-    // SAFETY: the caller guarantees elements i..i+8 are readable; loads are unaligned.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
-            Dtype::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i)),
-            Dtype::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                _mm_loadu_si128(p.add(2 * i) as *const __m128i),
-            ))),
-        }
-    }
-}
-
-/// The first `cnt` (`< 8`) weights at element `i`, widened, the other lanes 0.0.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + cnt`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn ld_part<W: WeightType>(p: *const u8, i: usize, cnt: usize) -> __m256 {
-    let mut tmp = [0u8; 32];
-    // SAFETY: cnt elements (cnt * SIZE <= 32 bytes) are readable at element i; tmp is a full
-    // vector's worth of bytes for `ld`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p.add(i * W::SIZE), tmp.as_mut_ptr(), cnt * W::SIZE);
-        ld::<W>(tmp.as_ptr(), 0)
-    }
-}
-
 /// The horizontal sum (`_mm_add_ps`, `_mm_add_ss`) or max (`_mm_max_ps`, `_mm_max_ss`) of the
 /// lanes, in one fixed order: the two 128-bit halves, the high pair onto the low, lane 1 onto
 /// lane 0.
@@ -163,11 +128,11 @@ impl Simd for Avx2 {
         // of its elements.
         unsafe {
             if n >= 8 {
-                ld::<W>(p, i)
+                self.load_w::<W>(p, i)
             } else if W::DTYPE == Dtype::F32 {
                 _mm256_maskload_ps(p.add(4 * i) as *const f32, mask8(n))
             } else {
-                ld_part::<W>(p, i, n)
+                self.load_w_copied::<W>(p, i, n)
             }
         }
     }

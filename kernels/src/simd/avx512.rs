@@ -48,26 +48,8 @@ pub(crate) fn lanes(n: usize) -> __mmask16 {
     }
 }
 
-/// 16 weights of dtype `W` starting at element `i` of `p`, widened to f32.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 16`; the CPU must support the enabled features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-pub(crate) unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m512 {
-    // SAFETY: the caller guarantees elements i..i+16 are readable; loads are unaligned.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => _mm512_loadu_ps(p.add(4 * i) as *const f32),
-            Dtype::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * i) as *const __m256i)),
-            Dtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                _mm256_loadu_si256(p.add(2 * i) as *const __m256i),
-            ))),
-        }
-    }
-}
-
-/// Like [`ld`], but only the lanes in `m` are read (the others are 0.0).
+/// 16 weights of dtype `W` starting at element `i` of `p`, widened to f32, but only the lanes
+/// in `m` are read (the others are 0.0).
 ///
 /// # Safety
 /// `p` must be valid for reading the selected elements of `i..i + 16`, and element `i` must lie

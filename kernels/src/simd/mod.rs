@@ -19,7 +19,7 @@
 //! and a pointer to an element inside the allocation (or one past its end), so no kernel forms
 //! an address past an allocation.
 
-use crate::dtype::WeightType;
+use crate::dtype::{Dtype, WeightType};
 
 /// Defines backend methods that are an intrinsic or a short expression of their arguments:
 /// rows `fn name(arg: type, ...) -> type = expression;` (a name may take one type parameter,
@@ -127,7 +127,7 @@ pub(crate) use vectorize_with;
 /// The backends' [`Simd`] parameters, and the methods that are an intrinsic (or a short
 /// expression of the arguments) on every backend, a row each: AVX2, AVX-512, NEON. A
 /// backend's impl defines them with `simd_methods!(avx2)` (`avx512`, `neon`); its own helpers
-/// (`hsum`, `hmax`, `exp_ps`, `ld`) are the ones its module defines.
+/// (`hsum`, `hmax`, `exp_ps`) are the ones its module defines.
 macro_rules! simd_methods {
     ($isa:ident) => {
         $crate::simd::column! { $isa;
@@ -167,8 +167,22 @@ macro_rules! simd_methods {
                 _mm256_loadu_ps(p), _mm512_loadu_ps(p), vld1q_f32(p);
             unsafe fn store(p: *mut f32, v: Self::F32) =
                 _mm256_storeu_ps(p, v), _mm512_storeu_ps(p, v), vst1q_f32(p, v);
-            unsafe fn load_w<W: WeightType>(p: *const u8, i: usize) -> Self::F32 =
-                ld::<W>(p, i), ld::<W>(p, i), ld::<W>(p, i);
+            // weights are bytes, unaligned for f32: NEON loads them as bytes and reinterprets
+            unsafe fn load_f32_bytes(p: *const u8) -> Self::F32 =
+                _mm256_loadu_ps(p.cast()), _mm512_loadu_ps(p.cast()), vreinterpretq_f32_u8(vld1q_u8(p));
+            unsafe fn load_f16(p: *const u8) -> Self::F32 =
+                _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
+                vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p)));
+            // bf16: its bits shifted into the top half of an f32
+            unsafe fn load_bf16(p: *const u8) -> Self::F32 =
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
+                    _mm_loadu_si128(p.cast()),
+                ))),
+                _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
+                    _mm256_loadu_si256(p.cast()),
+                ))),
+                vreinterpretq_f32_u32(vshll_n_u16::<16>(vreinterpret_u16_u8(vld1_u8(p))));
             fn zero_u64() -> Self::U64 =
                 _mm256_setzero_si256(), _mm512_setzero_si512(), vdupq_n_u64(0);
             // integer adds wrap
@@ -286,11 +300,53 @@ pub(crate) trait Simd: Copy {
     /// `p` is valid for writing `min(n, LANES)` floats and points inside (or one past) its
     /// allocation.
     unsafe fn store_tail(self, p: *mut f32, n: usize, v: Self::F32);
+    /// `LANES` f32 at `p`, which need not be aligned for f32 (weights are bytes).
+    ///
+    /// # Safety
+    /// `p` is valid for reading `4 * LANES` bytes.
+    unsafe fn load_f32_bytes(self, p: *const u8) -> Self::F32;
+    /// `LANES` f16 at `p`, widened to f32 (exactly).
+    ///
+    /// # Safety
+    /// `p` is valid for reading `2 * LANES` bytes.
+    unsafe fn load_f16(self, p: *const u8) -> Self::F32;
+    /// `LANES` bf16 at `p`, widened to f32 (exactly).
+    ///
+    /// # Safety
+    /// `p` is valid for reading `2 * LANES` bytes.
+    unsafe fn load_bf16(self, p: *const u8) -> Self::F32;
     /// `LANES` elements of dtype `W` starting at element `i` of `p`, widened to f32.
     ///
     /// # Safety
     /// `p` is valid for reading elements `i..i + LANES`.
-    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> Self::F32;
+    #[inline(always)]
+    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> Self::F32 {
+        // SAFETY: elements i..i + LANES are readable (contract).
+        unsafe {
+            match W::DTYPE {
+                Dtype::F32 => self.load_f32_bytes(p.add(4 * i)),
+                Dtype::F16 => self.load_f16(p.add(2 * i)),
+                Dtype::BF16 => self.load_bf16(p.add(2 * i)),
+            }
+        }
+    }
+    /// [`Simd::load_w_tail`] for a backend without masked 16-bit loads: the first
+    /// `min(n, LANES)` elements copied into a zeroed vector's worth of bytes, then widened, so
+    /// that no byte past them is read.
+    ///
+    /// # Safety
+    /// As [`Simd::load_w_tail`]; `LANES <= 16`.
+    #[inline(always)]
+    unsafe fn load_w_copied<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> Self::F32 {
+        let mut tmp = [0u8; 64];
+        // SAFETY: min(n, LANES) elements (at most 64 bytes) are readable at element i
+        // (contract); tmp holds a full vector's worth of elements for `load_w`.
+        unsafe {
+            let bytes = n.min(Self::LANES) * W::SIZE;
+            std::ptr::copy_nonoverlapping(p.add(i * W::SIZE), tmp.as_mut_ptr(), bytes);
+            self.load_w::<W>(tmp.as_ptr(), 0)
+        }
+    }
     /// The first `min(n, LANES)` elements of dtype `W` at element `i` of `p`, widened, the other
     /// lanes 0.0.
     ///

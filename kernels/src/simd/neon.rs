@@ -14,7 +14,7 @@
 use core::arch::aarch64::*;
 
 use super::Simd;
-use crate::dtype::{Dtype, WeightType};
+use crate::dtype::WeightType;
 
 /// Proof that the CPU runs NEON (with the FP16 conversions of the aarch64 baseline): made only
 /// by [`Neon::new`], which detects it.
@@ -26,41 +26,6 @@ impl Neon {
     #[inline]
     pub(crate) fn new() -> Option<Neon> {
         std::arch::is_aarch64_feature_detected!("neon").then_some(Neon(()))
-    }
-}
-
-/// 4 weights of dtype `W` starting at element `i` of `p`, widened to f32 (exactly: f16 by
-/// `fcvtl`, bf16 by a shift into the top half).
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 4`; NEON.
-#[inline(always)]
-unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> float32x4_t {
-    // SAFETY: the caller guarantees elements i..i+4 are readable. The weights are bytes with
-    // no alignment, so they are loaded as bytes (alignment 1) and reinterpreted.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => vreinterpretq_f32_u8(vld1q_u8(p.add(4 * i))),
-            Dtype::F16 => vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p.add(2 * i)))),
-            Dtype::BF16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vreinterpret_u16_u8(vld1_u8(
-                p.add(2 * i),
-            )))),
-        }
-    }
-}
-
-/// The first `cnt` (`< 4`) weights at element `i`, widened, the other lanes 0.0.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + cnt`; NEON.
-#[inline(always)]
-unsafe fn ld_part<W: WeightType>(p: *const u8, i: usize, cnt: usize) -> float32x4_t {
-    let mut tmp = [0u8; 16];
-    // SAFETY: cnt elements (cnt * SIZE < 16 bytes) are readable at element i; tmp holds a
-    // full vector's worth of bytes for `ld`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p.add(i * W::SIZE), tmp.as_mut_ptr(), cnt * W::SIZE);
-        ld::<W>(tmp.as_ptr(), 0)
     }
 }
 
@@ -181,9 +146,9 @@ impl Simd for Neon {
         // (contract): a full vector is one load, a tail a copy of its elements.
         unsafe {
             if n >= 4 {
-                ld::<W>(p, i)
+                self.load_w::<W>(p, i)
             } else {
-                ld_part::<W>(p, i, n)
+                self.load_w_copied::<W>(p, i, n)
             }
         }
     }
