@@ -73,14 +73,14 @@ fn parse_forced(s: &str) -> Result<(Isa, Option<NeonLevel>), String> {
 impl Cpu {
     /// The best ISA this CPU runs, with every extension it has for it.
     pub fn detect() -> Cpu {
-        Cpu::detected(Isa::detect())
+        detected(Isa::detect())
     }
 
     /// `isa` with the extensions this CPU has for it; an error naming the ISA if the CPU does
     /// not run it.
     pub fn for_isa(isa: Isa) -> Result<Cpu, String> {
         if isa.is_supported() {
-            Ok(Cpu::detected(isa))
+            Ok(detected(isa))
         } else {
             Err(format!("this CPU does not support {isa}"))
         }
@@ -132,7 +132,7 @@ impl Cpu {
     pub fn available() -> Vec<Cpu> {
         let mut v: Vec<Cpu> = Vec::new();
         for isa in Isa::available() {
-            let full = Cpu::detected(isa);
+            let full = detected(isa);
             if isa == Isa::Neon {
                 for level in [NeonLevel::Plain, NeonLevel::Dotprod] {
                     let c = full.capped_to(level);
@@ -146,17 +146,16 @@ impl Cpu {
         v
     }
 
-    /// `isa` (which the CPU runs) with the extensions detected for it.
-    fn detected(isa: Isa) -> Cpu {
-        let e = extensions_for(isa);
+    /// `isa` with no extensions.
+    fn plain(isa: Isa) -> Cpu {
         Cpu {
             isa,
-            vnni: e.vnni,
-            bf16: e.bf16,
-            amx: e.amx,
-            dotprod: e.dotprod,
-            i8mm: e.i8mm,
-            neon_bf16: e.neon_bf16,
+            vnni: false,
+            bf16: false,
+            amx: false,
+            dotprod: false,
+            i8mm: false,
+            neon_bf16: false,
         }
     }
 
@@ -315,62 +314,52 @@ impl fmt::Display for Cpu {
     }
 }
 
-/// The extensions a `Cpu` may claim, as detected for one ISA level.
-#[derive(Default)]
-struct Extensions {
-    vnni: bool,
-    bf16: bool,
-    amx: bool,
-    dotprod: bool,
-    i8mm: bool,
-    neon_bf16: bool,
-}
-
-/// The extensions this CPU has at level `isa`.
+/// `isa` (which the CPU runs) with the extensions this CPU has at that level.
 #[cfg(target_arch = "x86_64")]
-fn extensions_for(isa: Isa) -> Extensions {
+fn detected(isa: Isa) -> Cpu {
     match isa {
         Isa::Avx512 => {
             let vnni = is_x86_feature_detected!("avx512vnni");
             let bf16 = is_x86_feature_detected!("avx512bf16");
-            Extensions {
+            Cpu {
                 vnni,
                 bf16,
                 amx: vnni && amx::granted(),
-                ..Extensions::default()
+                ..Cpu::plain(isa)
             }
         }
-        Isa::Avx2 => Extensions {
+        Isa::Avx2 => Cpu {
             vnni: is_x86_feature_detected!("avxvnni"),
-            ..Extensions::default()
+            ..Cpu::plain(isa)
         },
-        _ => Extensions::default(),
+        _ => Cpu::plain(isa),
     }
 }
 
-/// The extensions this CPU has at level `isa`: dotprod, i8mm (claimed only with dotprod,
-/// which the kernels' leftover rows use) and FEAT_BF16 (reported only) at the NEON level.
+/// `isa` (which the CPU runs) with the extensions this CPU has at that level: dotprod, i8mm
+/// (claimed only with dotprod, which the kernels' leftover rows use) and FEAT_BF16 (reported
+/// only) at the NEON level.
 #[cfg(target_arch = "aarch64")]
-fn extensions_for(isa: Isa) -> Extensions {
+fn detected(isa: Isa) -> Cpu {
     use std::arch::is_aarch64_feature_detected as has;
     match isa {
         Isa::Neon => {
             let dotprod = has!("dotprod");
-            Extensions {
+            Cpu {
                 dotprod,
                 i8mm: dotprod && has!("i8mm"),
                 neon_bf16: has!("bf16"),
-                ..Extensions::default()
+                ..Cpu::plain(isa)
             }
         }
-        _ => Extensions::default(),
+        _ => Cpu::plain(isa),
     }
 }
 
-/// None elsewhere: only the scalar kernels run.
+/// `isa` without extensions elsewhere: only the scalar kernels run.
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-fn extensions_for(_isa: Isa) -> Extensions {
-    Extensions::default()
+fn detected(isa: Isa) -> Cpu {
+    Cpu::plain(isa)
 }
 
 /// AMX detection: Linux keeps AMX's 8 KiB tile data out of a thread's saved state until the
@@ -497,13 +486,10 @@ mod tests {
     #[test]
     fn neon_levels_cap() {
         let neon = Cpu {
-            isa: Isa::Neon,
-            vnni: false,
-            bf16: false,
-            amx: false,
             dotprod: true,
             i8mm: true,
             neon_bf16: true,
+            ..Cpu::plain(Isa::Neon)
         };
         let plain = neon.capped(NeonLevel::Plain).unwrap();
         assert_eq!(plain.describe(), "neon");

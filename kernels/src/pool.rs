@@ -331,12 +331,17 @@ mod tests {
                 msg.downcast_ref::<String>().unwrap(),
                 &format!("boom {bad}")
             );
-            let c = AtomicUsize::new(0);
-            pool.run(&|_| {
-                c.fetch_add(1, Ordering::Relaxed);
-            });
-            assert_eq!(c.load(Ordering::Relaxed), 3);
+            assert_runs_every_worker(&pool, 3);
         }
+    }
+
+    /// `pool` (after a panic) still runs its `n` workers, each once.
+    fn assert_runs_every_worker(pool: &ThreadPool, n: usize) {
+        let c = AtomicUsize::new(0);
+        pool.run(&|_| {
+            c.fetch_add(1, Ordering::Relaxed);
+        });
+        assert_eq!(c.load(Ordering::Relaxed), n);
     }
 
     #[test]
@@ -344,11 +349,7 @@ mod tests {
         let pool = ThreadPool::new(2).unwrap();
         let r = panic::catch_unwind(AssertUnwindSafe(|| pool.run(&|_| pool.run(&|_| {}))));
         assert!(r.is_err());
-        let c = AtomicUsize::new(0);
-        pool.run(&|_| {
-            c.fetch_add(1, Ordering::Relaxed);
-        });
-        assert_eq!(c.load(Ordering::Relaxed), 2);
+        assert_runs_every_worker(&pool, 2);
     }
 
     #[test]

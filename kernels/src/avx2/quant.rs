@@ -6,7 +6,7 @@
 use core::arch::x86_64::*;
 
 use super::mask8;
-use crate::generic::{intrinsics, vectorize_vnni, QSimd};
+use crate::generic::{qsimd_methods, QSimd};
 use crate::simd::avx2::Avx2;
 
 mod unpack;
@@ -16,29 +16,7 @@ mod unpack;
 // `vectorize_vnni`, whose caller guarantees AVX-VNNI. Pointer contracts are the trait's,
 // forwarded from the caller.
 impl QSimd for Avx2 {
-    type I = __m256i;
-    type Sign = __m256i;
-    /// `2 * Q_MR` i32 accumulators and the two weight halves fill the 16 ymm registers (the
-    /// f32 accumulators, touched once per sub-block, may live in L1).
-    const Q_MR: usize = 4;
-
-    vectorize_vnni!("avx2,fma,f16c,avxvnni");
-    intrinsics! {
-        fn zero_i() -> __m256i = _mm256_setzero_si256();
-        fn splat_i32(x: i32) -> __m256i = _mm256_set1_epi32(x);
-        fn i32_to_f32(v: __m256i) -> __m256 = _mm256_cvtepi32_ps(v);
-        fn abs_i8(w: __m256i) -> __m256i = _mm256_abs_epi8(w);
-        fn apply_sign(x: __m256i, s: __m256i) -> __m256i = _mm256_sign_epi8(x, s);
-        fn add_i32(a: __m256i, b: __m256i) -> __m256i = _mm256_add_epi32(a, b);
-        unsafe fn dpbusd(acc: __m256i, w: __m256i, x: __m256i) -> __m256i =
-            _mm256_dpbusd_avx_epi32(acc, w, x);
-        fn maddubs_pairs(w: __m256i, x: __m256i) -> __m256i =
-            _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1));
-        unsafe fn load_i(p: *const u8) -> __m256i = _mm256_loadu_si256(p.cast());
-        // n bytes, a multiple of 4: masked-off words are not accessed
-        unsafe fn load_i_tail(p: *const u8, n: usize) -> __m256i =
-            _mm256_maskload_epi32(p.cast(), mask8(n / 4));
-    }
+    qsimd_methods!(avx2, vnni = "avx2,fma,f16c,avxvnni");
     /// `vpsignb` reads the signs from the weights themselves.
     #[inline(always)]
     fn sign_of(self, w: __m256i) -> __m256i {

@@ -32,9 +32,51 @@ unsafe fn bcast_kv<T: KvType>(p: *const T::Elem) -> __m512 {
 /// Keys per block of [`attention_tile`]: the score block (`ATT_KB` keys x 32 rows) stays in L1.
 pub(crate) const ATT_KB: usize = 64;
 
+/// The register block both products of a tile are made of, rows in lanes: `out[i * rt + r] =
+/// acc[i][r] + sum_{j < steps} kv[j * kv_step + i * kv_i] * rows[j * rt + r]` for `i < N`,
+/// `r < rt = 16 * RV`, with the `N * RV` accumulators started at `acc`: per step one vector
+/// load of `rows` per row vector and one broadcast of each of the `N` KV elements.
+///
+/// # Safety
+/// `rows` holds `steps * rt` floats, `kv` the elements at the offsets above, `out` `N * rt`
+/// writable floats; the CPU must support the enabled features.
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+#[inline]
+unsafe fn rank1_block<T: KvType, const RV: usize, const N: usize>(
+    mut acc: [[__m512; RV]; N],
+    rows: *const f32,
+    kv: *const T::Elem,
+    steps: usize,
+    kv_step: usize,
+    kv_i: usize,
+    out: *mut f32,
+) {
+    let rt = 16 * RV;
+    // SAFETY: j < steps, i < N, rv < RV: inside the buffers of the contract.
+    unsafe {
+        for j in 0..steps {
+            let mut rv_j = [_mm512_setzero_ps(); RV];
+            for (rv, x) in rv_j.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(rows.add(j * rt + 16 * rv));
+            }
+            let kv_j = kv.add(j * kv_step);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let e = bcast_kv::<T>(kv_j.add(i * kv_i));
+                for rv in 0..RV {
+                    a[rv] = _mm512_fmadd_ps(e, rv_j[rv], a[rv]);
+                }
+            }
+        }
+        for (i, a) in acc.iter().enumerate() {
+            for (rv, &x) in a.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * rt + 16 * rv), x);
+            }
+        }
+    }
+}
+
 /// `JR` keys of `S = Q·Kᵀ` for the `16 * RV` rows of a tile: `s[jj * rt + r] = sum_d qt[d * rt +
-/// r] * k[jj * hd + d]`. Register-blocked: `JR * RV` accumulators, one vector load of `qt` per
-/// row vector and one broadcast of each key element per `d`.
+/// r] * k[jj * hd + d]` ([`rank1_block`] over the dims, a key per accumulator row).
 ///
 /// # Safety
 /// `qt` holds `hd * rt` floats, `k` `JR` rows of `hd` elements, `s` `JR * rt` writable floats,
@@ -47,32 +89,13 @@ unsafe fn qk_block<T: KvType, const RV: usize, const JR: usize>(
     hd: usize,
     s: *mut f32,
 ) {
-    let rt = 16 * RV;
-    let mut acc = [[_mm512_setzero_ps(); RV]; JR];
-    // SAFETY: d < hd, jj < JR, rv < RV: inside the buffers of the contract.
-    unsafe {
-        for d in 0..hd {
-            let mut qv = [_mm512_setzero_ps(); RV];
-            for (rv, q) in qv.iter_mut().enumerate() {
-                *q = _mm512_loadu_ps(qt.add(d * rt + 16 * rv));
-            }
-            for (jj, a) in acc.iter_mut().enumerate() {
-                let kk = bcast_kv::<T>(k.add(jj * hd + d));
-                for rv in 0..RV {
-                    a[rv] = _mm512_fmadd_ps(kk, qv[rv], a[rv]);
-                }
-            }
-        }
-        for (jj, a) in acc.iter().enumerate() {
-            for (rv, &x) in a.iter().enumerate() {
-                _mm512_storeu_ps(s.add(jj * rt + 16 * rv), x);
-            }
-        }
-    }
+    // SAFETY: forwarded contract: step d reads qt[d * rt..] and k[jj * hd + d].
+    unsafe { rank1_block::<T, RV, JR>([[_mm512_setzero_ps(); RV]; JR], qt, k, hd, 1, hd, s) }
 }
 
 /// `DR` dims of `O = O * alpha + P·V` for the tile: `ot[dd * rt + r] = ot[..] * alpha[r] +
-/// sum_{j < nk} p[j * rt + r] * v[j * hd + dd]`.
+/// sum_{j < nk} p[j * rt + r] * v[j * hd + dd]` ([`rank1_block`] over the keys, a dim per
+/// accumulator row).
 ///
 /// # Safety
 /// `p` holds `nk * rt` floats, `v` `nk` rows of stride `hd` with `DR` readable elements each,
@@ -89,7 +112,8 @@ unsafe fn pv_block<T: KvType, const RV: usize, const DR: usize>(
     alpha: *const f32,
 ) {
     let rt = 16 * RV;
-    // SAFETY: j < nk, dd < DR, rv < RV: inside the buffers of the contract.
+    // SAFETY: dd < DR, rv < RV: inside the buffers of the contract; step j of the block reads
+    // p[j * rt..] and v[j * hd + dd].
     unsafe {
         let mut al = [_mm512_setzero_ps(); RV];
         for (rv, a) in al.iter_mut().enumerate() {
@@ -101,24 +125,7 @@ unsafe fn pv_block<T: KvType, const RV: usize, const DR: usize>(
                 a[rv] = _mm512_mul_ps(_mm512_loadu_ps(ot.add(dd * rt + 16 * rv)), al[rv]);
             }
         }
-        for j in 0..nk {
-            let mut pv = [_mm512_setzero_ps(); RV];
-            for (rv, x) in pv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(p.add(j * rt + 16 * rv));
-            }
-            let vj = v.add(j * hd);
-            for (dd, a) in acc.iter_mut().enumerate() {
-                let vv = bcast_kv::<T>(vj.add(dd));
-                for rv in 0..RV {
-                    a[rv] = _mm512_fmadd_ps(vv, pv[rv], a[rv]);
-                }
-            }
-        }
-        for (dd, a) in acc.iter().enumerate() {
-            for (rv, &x) in a.iter().enumerate() {
-                _mm512_storeu_ps(ot.add(dd * rt + 16 * rv), x);
-            }
-        }
+        rank1_block::<T, RV, DR>(acc, p, v, nk, hd, 1, ot)
     }
 }
 

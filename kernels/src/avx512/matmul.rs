@@ -4,6 +4,7 @@
 use core::arch::x86_64::*;
 
 use super::{lanes, transpose16};
+use crate::generic::blocks;
 
 /// Vectors (of 16 columns) per packed panel of the `vdpbf16ps` matmul.
 const NVB: usize = 4;
@@ -144,18 +145,12 @@ pub unsafe fn matmul_bf16dot_strided(
         .expect("matmul_bf16dot: pack scratch too short");
     let xb = xb.as_ptr() as *const u32;
     let wp = w.as_ptr();
-    let mut j0 = 0;
-    while j0 < rows {
-        let nr = (rows - j0).min(NRB);
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = (k - k0).min(2 * KCP);
+    for (j0, nr) in blocks(rows, NRB) {
+        for (k0, kc) in blocks(k, 2 * KCP) {
             let kcp = kc.div_ceil(2);
             // SAFETY: rows j0..j0+nr of w exist, k0 < k.
             unsafe { pack_pairs(wp.add(j0 * k * 2), k, k0, kcp, nr, buf) };
-            let mut t0 = 0;
-            while t0 < n {
-                let mr = (n - t0).min(MRB);
+            for (t0, mr) in blocks(n, MRB) {
                 // SAFETY: y rows t0..t0+mr < n, columns j0..j0+nr < rows, writable by contract;
                 // xb rows t0..t0+mr hold pairs k0/2..k0/2+kcp <= kp.
                 unsafe {
@@ -171,11 +166,8 @@ pub unsafe fn matmul_bf16dot_strided(
                         _ => micro_bf16::<1>(buf, kcp, xt, kp, yt, ldy, nr, f),
                     }
                 }
-                t0 += mr;
             }
-            k0 += kc;
         }
-        j0 += nr;
     }
 }
 

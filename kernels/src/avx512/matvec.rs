@@ -4,6 +4,7 @@
 use core::arch::x86_64::*;
 
 use super::{lanes, prefetch_ahead};
+use crate::generic::MatvecRows;
 
 /// Columns per block of a [`pack_hilo`] input: 32 bf16 `hi` parts, then 32 bf16 `lo` parts.
 pub const HILO_BLOCK: usize = 32;
@@ -48,10 +49,10 @@ pub unsafe fn pack_hilo(x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for bf16 weights with AVX512-BF16, for `R`
-/// inputs (`R = 1`: one matvec), each `xs[t]` `x_t` split by [`pack_hilo`] from `cols`
-/// columns: each 32 weights are loaded once and take two `vdpbf16ps` per input (one against
-/// `hi`, one against `lo`), with exact products and f32 accumulation. The result is as
+/// [`MatvecRows`] for bf16 weights with AVX512-BF16 and `R` inputs (`R = 1`: one matvec), each
+/// `xs[t]` split by [`pack_hilo`] from its `cols` columns: each 32 weights are loaded once and take two
+/// `vdpbf16ps` per input (one against `hi`, one against `lo`), with exact products and f32
+/// accumulation. The result is as
 /// accurate as the f32 kernel's to within ~2^-17 of `sum |w x|`, and with fewer instructions
 /// per cache line of weights (no widening shuffles) it streams them ~20% faster. Each input
 /// has its own four accumulators, added into in the same order and reduced the same way
@@ -66,29 +67,21 @@ pub unsafe fn pack_hilo(x: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16,avx2,fma,f16c")]
 // (index loops over constant ranges: unrolled, the accumulators stay in registers)
 #[allow(clippy::needless_range_loop)]
-pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
-    w: &[u8],
-    rows: usize,
-    xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
-) {
-    debug_assert!(w.len() >= rows * cols * 2);
+pub(crate) unsafe fn matvec_bf16_hilo_rows<const R: usize>(m: MatvecRows<'_>, xs: [*const f32; R]) {
+    let cols = m.cols;
+    debug_assert!(m.w.len() >= m.rows * cols * 2);
     let x: [*const u16; R] = std::array::from_fn(|t| xs[t] as *const u16);
-    let wp = w.as_ptr();
-    let rb = cols * 2;
     let bh = |v: __m512i| -> __m512bh {
         // SAFETY: both are 512-bit vectors; every bit pattern is a valid value of either.
         unsafe { std::mem::transmute(v) }
     };
-    for r in 0..rows {
+    for r in 0..m.rows {
         // SAFETY: row r < rows is inside w (contract); weight loads cover columns < cols (full
         // vectors while c + 256 <= cols, then a 16-bit lane mask per block); every packed
         // input is read in whole blocks, which it holds for every column rounded up to a
         // block; the stores go to y[t * ldy + r].
         unsafe {
-            let w0 = wp.add(r * rb);
+            let w0 = m.row(r, 2);
             let mut a = [[_mm512_setzero_ps(); 4]; R];
             let mut c = 0;
             while c + 8 * HILO_BLOCK <= cols {
@@ -122,7 +115,7 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
                 c += HILO_BLOCK;
             }
             for (t, a) in a.iter().enumerate() {
-                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
+                *m.out(t, r) = _mm512_reduce_add_ps(_mm512_add_ps(
                     _mm512_add_ps(a[0], a[1]),
                     _mm512_add_ps(a[2], a[3]),
                 ));
@@ -131,9 +124,9 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
     }
 }
 
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for bf16 weights without widening shuffles, for
-/// `R` inputs (`R = 1`: one matvec): each `xs[t]` holds `x_t` in blocks of 32 columns, the 16
-/// even columns then the 16 odd ones (zero past the end; see `ops::MatvecX`). 32 weights are
+/// [`MatvecRows`] for bf16 weights without widening shuffles and `R` inputs (`R = 1`: one
+/// matvec): each `xs[t]` holds its `cols` columns in blocks of 32, the 16 even columns then the 16 odd ones (zero
+/// past the end; see `ops::MatvecX`). 32 weights are
 /// loaded as 16 32-bit lanes; a shift left by 16 gives the even weights as f32, a mask of the
 /// high half the odd ones: exact, like the widening matvec, and with fewer instructions per
 /// cache line of weights. The split is made once per block for every input; each input has its
@@ -148,25 +141,20 @@ pub unsafe fn matvec_bf16_hilo_rows<const R: usize>(
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
 // (index loops over constant ranges: unrolled, the accumulators stay in registers)
 #[allow(clippy::needless_range_loop)]
-pub unsafe fn matvec_bf16_evenodd_rows<const R: usize>(
-    w: &[u8],
-    rows: usize,
+pub(crate) unsafe fn matvec_bf16_evenodd_rows<const R: usize>(
+    m: MatvecRows<'_>,
     xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
 ) {
-    debug_assert!(w.len() >= rows * cols * 2);
-    let wp = w.as_ptr();
-    let rb = cols * 2;
+    let cols = m.cols;
+    debug_assert!(m.w.len() >= m.rows * cols * 2);
     let high = _mm512_set1_epi32(0xffff_0000_u32 as i32);
-    for r in 0..rows {
+    for r in 0..m.rows {
         // SAFETY: row r < rows is inside w (contract); weight loads cover columns < cols (full
         // vectors while c + 256 <= cols, then a 16-bit lane mask per block); every input is
         // read in whole blocks, which it holds for every column rounded up to 32; the stores
         // go to y[t * ldy + r].
         unsafe {
-            let w0 = wp.add(r * rb);
+            let w0 = m.row(r, 2);
             let mut a = [[_mm512_setzero_ps(); 4]; R];
             let mut c = 0;
             while c + 8 * 32 <= cols {
@@ -197,7 +185,7 @@ pub unsafe fn matvec_bf16_evenodd_rows<const R: usize>(
                 c += 32;
             }
             for (t, a) in a.iter().enumerate() {
-                *y.add(t * ldy + r) = _mm512_reduce_add_ps(_mm512_add_ps(
+                *m.out(t, r) = _mm512_reduce_add_ps(_mm512_add_ps(
                     _mm512_add_ps(a[0], a[1]),
                     _mm512_add_ps(a[2], a[3]),
                 ));

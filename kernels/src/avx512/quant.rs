@@ -12,7 +12,7 @@ use core::arch::x86_64::*;
 use super::amx::amx_panel;
 use super::lanes;
 use super::quant_gemm::pack_panel_32;
-use crate::generic::{intrinsics, vectorize_vnni, PanelRun, QSimd};
+use crate::generic::{qsimd_methods, PanelRun, QSimd};
 use crate::quant::panel::{pack_q_panel, QNR};
 use crate::quant::QuantType;
 use crate::simd::avx512::Avx512;
@@ -28,30 +28,14 @@ pub use tile::{gemm_q_tile, prepare_q_tile_x};
 // only inside `vectorize_vnni`, whose caller guarantees AVX512-VNNI. Pointer contracts are the
 // trait's, forwarded from the caller.
 impl QSimd for Avx512 {
-    type I = __m512i;
-    type Sign = __mmask64;
-    /// `Q_MR` i32 and `Q_MR` f32 accumulators, the weight vector, scale and bias stay in the
-    /// 32 zmm registers.
-    const Q_MR: usize = 8;
-
-    vectorize_vnni!("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c");
-    intrinsics! {
-        fn zero_i() -> __m512i = _mm512_setzero_si512();
-        fn splat_i32(x: i32) -> __m512i = _mm512_set1_epi32(x);
-        fn i32_to_f32(v: __m512i) -> __m512 = _mm512_cvtepi32_ps(v);
-        fn abs_i8(w: __m512i) -> __m512i = _mm512_abs_epi8(w);
-        fn sign_of(w: __m512i) -> __mmask64 = _mm512_movepi8_mask(w);
-        fn apply_sign(x: __m512i, s: __mmask64) -> __m512i =
-            _mm512_mask_sub_epi8(x, s, _mm512_setzero_si512(), x);
-        fn add_i32(a: __m512i, b: __m512i) -> __m512i = _mm512_add_epi32(a, b);
-        unsafe fn dpbusd(acc: __m512i, w: __m512i, x: __m512i) -> __m512i =
-            _mm512_dpbusd_epi32(acc, w, x);
-        fn maddubs_pairs(w: __m512i, x: __m512i) -> __m512i =
-            _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
-        unsafe fn load_i(p: *const u8) -> __m512i = _mm512_loadu_si512(p.cast());
-        // the first n bytes: masked-off bytes are not accessed
-        unsafe fn load_i_tail(p: *const u8, n: usize) -> __m512i =
-            _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast());
+    qsimd_methods!(
+        avx512,
+        vnni = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c"
+    );
+    #[inline(always)]
+    fn sign_of(self, w: __m512i) -> __mmask64 {
+        // SAFETY: see the impl.
+        unsafe { _mm512_movepi8_mask(w) }
     }
     /// `unit == 32`: vector i holds units 2i, 2i+1; `unit == 16`: vector i holds units
     /// 4i..4i+4.

@@ -4,7 +4,7 @@
 use super::matvec::matvec_body;
 use crate::dtype::WeightType;
 use crate::layout::MatmulBlock;
-use crate::simd::Simd;
+use crate::simd::{Panel, Simd};
 
 /// Vectors per packed panel (its width: `NV * LANES` weight rows).
 const NV: usize = 2;
@@ -150,8 +150,9 @@ pub(crate) unsafe fn matmul_strided<S: Simd, W: WeightType>(
                 let mut k0 = 0;
                 while k0 < k {
                     let kc = (k - k0).min(S::MATMUL_KC);
+                    let at = Panel { k, k0, kc, nr, nrp };
                     // SAFETY: rows j0..j0+nr of w exist, k0+kc <= k; buf holds kc rows of nrp.
-                    unsafe { s.pack_panel::<W>(wp.add(j0 * k * W::SIZE), k, k0, kc, nr, nrp, buf) };
+                    unsafe { s.pack_panel::<W>(wp.add(j0 * k * W::SIZE), at, buf) };
                     let bp = buf.as_ptr();
                     let mut t0 = 0;
                     while t0 < n {

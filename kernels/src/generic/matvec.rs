@@ -77,9 +77,49 @@ fn reduce8<S: Simd>(s: S, a: &[S::F32; 8]) -> f32 {
     s.hsum(s.add(s.add(s01, s23), s.add(s45, s67)))
 }
 
-/// [`matvec`] for `R` inputs at once: `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `t < R`,
-/// `r < rows`, where `x_t` is `cols` floats at `xs[t]`; each weight vector is loaded (and
-/// widened) once for all `R` inputs. Every input keeps [`matvec`]'s eight accumulators and adds
+/// A matrix and the outputs of the multi-row matvecs over it ([`matvec_rows`], the AVX-512
+/// bf16 ones), which travel together from the entry points down to the row loops: for inputs
+/// `x_t` of `cols` columns (`t < R`, the kernel's other argument),
+/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `r < rows`.
+#[derive(Clone, Copy)]
+pub(crate) struct MatvecRows<'a> {
+    /// The weights, row-major `[rows, cols]`.
+    pub(crate) w: &'a [u8],
+    /// Weight rows (outputs per input).
+    pub(crate) rows: usize,
+    /// Columns of `w` and of every input.
+    pub(crate) cols: usize,
+    /// Where output `t` starts: `y + t * ldy`.
+    pub(crate) y: *mut f32,
+    /// See `y`.
+    pub(crate) ldy: usize,
+}
+
+impl<'a> MatvecRows<'a> {
+    /// The first byte of weight row `r`, for weights of `size` bytes.
+    ///
+    /// # Safety
+    /// `r < rows`; `w` holds `rows * cols` weights of `size` bytes.
+    #[inline(always)]
+    pub(crate) unsafe fn row(&self, r: usize, size: usize) -> *const u8 {
+        // SAFETY: row r starts inside w (contract).
+        unsafe { self.w.as_ptr().add(r * (self.cols * size)) }
+    }
+
+    /// Where output `r` of input `t` goes, `y + t * ldy + r`.
+    ///
+    /// # Safety
+    /// The address lies inside the outputs' allocation (the kernels' contracts: `t < R`,
+    /// `r < rows`).
+    #[inline(always)]
+    pub(crate) unsafe fn out(&self, t: usize, r: usize) -> *mut f32 {
+        // SAFETY: contract.
+        unsafe { self.y.add(t * self.ldy + r) }
+    }
+}
+
+/// [`matvec`] for `R` inputs at once, `x_t` the `cols` floats at `xs[t]` (see [`MatvecRows`]):
+/// each weight vector is loaded (and widened) once for all `R` inputs. Every input keeps [`matvec`]'s eight accumulators and adds
 /// into them in the same order, with the same reduction, so output `t` is bit for bit
 /// [`matvec`]'s for `x_t` alone.
 ///
@@ -94,12 +134,8 @@ fn reduce8<S: Simd>(s: S, a: &[S::F32; 8]) -> f32 {
 #[inline(always)]
 pub(crate) unsafe fn matvec_rows<S: Simd, W: WeightType, const R: usize>(
     s: S,
-    w: &[u8],
-    rows: usize,
+    m: MatvecRows<'_>,
     xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
 ) {
     s.vectorize(
         #[inline(always)]
@@ -107,9 +143,9 @@ pub(crate) unsafe fn matvec_rows<S: Simd, W: WeightType, const R: usize>(
             // SAFETY: forwarded contract.
             unsafe {
                 if 8 * R < S::REGISTERS {
-                    matvec_rows_passes::<S, W, R, 8>(s, w, rows, xs, cols, y, ldy)
+                    matvec_rows_passes::<S, W, R, 8>(s, m, xs)
                 } else {
-                    matvec_rows_passes::<S, W, R, 4>(s, w, rows, xs, cols, y, ldy)
+                    matvec_rows_passes::<S, W, R, 4>(s, m, xs)
                 }
             }
         },
@@ -127,25 +163,20 @@ pub(crate) unsafe fn matvec_rows<S: Simd, W: WeightType, const R: usize>(
 #[allow(clippy::needless_range_loop)]
 unsafe fn matvec_rows_passes<S: Simd, W: WeightType, const R: usize, const K: usize>(
     s: S,
-    w: &[u8],
-    rows: usize,
+    m: MatvecRows<'_>,
     xs: [*const f32; R],
-    cols: usize,
-    y: *mut f32,
-    ldy: usize,
 ) {
     let l = S::LANES;
-    debug_assert!(w.len() >= rows * cols * W::SIZE && 8 % K == 0);
-    let wp = w.as_ptr();
-    let rb = cols * W::SIZE;
+    let cols = m.cols;
+    debug_assert!(m.w.len() >= m.rows * cols * W::SIZE && 8 % K == 0);
     let main = cols / (8 * l) * (8 * l);
-    for r in 0..rows {
+    for r in 0..m.rows {
         // SAFETY: row r < rows is inside w (contract); full vectors are read below `main` (whole
         // 8-vector blocks) and while c + LANES <= cols, the tail from column c < cols, from the
         // weights and from every input (each valid for cols floats); the stores go to
         // y[t * ldy + r].
         unsafe {
-            let w0 = wp.add(r * rb);
+            let w0 = m.row(r, W::SIZE);
             let mut a = [[s.zero(); 8]; R];
             for pass in 0..8 / K {
                 let mut acc = [[s.zero(); K]; R];
@@ -184,7 +215,7 @@ unsafe fn matvec_rows_passes<S: Simd, W: WeightType, const R: usize, const K: us
                 }
             }
             for (t, a) in a.iter().enumerate() {
-                *y.add(t * ldy + r) = reduce8(s, a);
+                *m.out(t, r) = reduce8(s, a);
             }
         }
     }

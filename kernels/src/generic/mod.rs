@@ -34,6 +34,15 @@ pub(crate) use quant::*;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use quant_gemm::*;
 
+/// The blocks `(start, len)` that cover `0..total` in order, `step` long but the last.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn blocks(total: usize, step: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..total)
+        .step_by(step)
+        .map(move |start| (start, step.min(total - start)))
+}
+
 #[cfg(all(test, any(target_arch = "x86_64", target_arch = "aarch64")))]
 mod tests {
     use crate::simd::Simd;
@@ -82,29 +91,25 @@ mod tests {
         }
     }
 
-    #[cfg(target_arch = "x86_64")]
+    /// [`exp_ulps_whole_range`] on every backend this CPU runs.
     #[test]
-    fn exp_ulps_whole_range_avx2() {
-        match crate::simd::avx2::Avx2::new() {
-            Some(s) => exp_ulps_whole_range(s),
-            None => eprintln!("exp: skipping avx2, which this CPU lacks"),
+    fn exp_ulps_whole_range_every_backend() {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = crate::simd::avx2::Avx2::new();
+            let avx512 = crate::simd::avx512::Avx512::new();
+            if let Some(s) = avx2 {
+                exp_ulps_whole_range(s);
+            }
+            if let Some(s) = avx512 {
+                exp_ulps_whole_range(s);
+            }
+            if avx2.is_none() || avx512.is_none() {
+                eprintln!("exp: skipping the x86 backends this CPU lacks");
+            }
         }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn exp_ulps_whole_range_avx512() {
-        match crate::simd::avx512::Avx512::new() {
-            Some(s) => exp_ulps_whole_range(s),
-            None => eprintln!("exp: skipping avx512, which this CPU lacks"),
-        }
-    }
-
-    #[cfg(target_arch = "aarch64")]
-    #[test]
-    fn exp_ulps_whole_range_neon() {
-        let s = crate::simd::neon::Neon::new().expect("every aarch64 CPU has NEON");
-        exp_ulps_whole_range(s);
+        #[cfg(target_arch = "aarch64")]
+        exp_ulps_whole_range(crate::simd::neon::Neon::new().expect("every aarch64 CPU has NEON"));
     }
 
     /// The NEON backend's own semantics the trait documents: `max` gives `b` where either is

@@ -11,52 +11,47 @@ use crate::quant::panel::pack_q_panel;
 use crate::quant::QuantType;
 use crate::simd::Simd;
 
-/// Defines [`QSimd`] methods that are an intrinsic or two: `fn name(arg: type, ...) -> type =
-/// expression;`, or `unsafe fn ...` for those with a contract of their own (pointers, the VNNI
-/// extension). Sound because the backend's token, which every method takes, exists only where
-/// the CPU has the backend's features.
-macro_rules! intrinsics {
-    () => {};
-    (fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
-        #[inline(always)]
-        fn $name(self, $($a: $t),*) -> $r {
-            // SAFETY: the token proves the CPU has the backend's features.
-            unsafe { $e }
-        }
-        $crate::generic::intrinsics!($($rest)*);
-    };
-    (unsafe fn $name:ident($($a:ident: $t:ty),*) -> $r:ty = $e:expr; $($rest:tt)*) => {
-        #[inline(always)]
-        unsafe fn $name(self, $($a: $t),*) -> $r {
-            // SAFETY: the token proves the features; the rest of the contract is the caller's.
-            unsafe { $e }
-        }
-        $crate::generic::intrinsics!($($rest)*);
-    };
-}
-pub(crate) use intrinsics;
-
-/// Defines [`QSimd::vectorize_vnni`] for a backend whose features, with its VNNI extension,
-/// are `$features`.
-macro_rules! vectorize_vnni {
-    ($features:literal) => {
-        #[inline(always)]
-        unsafe fn vectorize_vnni<R>(self, f: impl FnOnce() -> R) -> R {
-            /// Runs `f` compiled with the features.
-            ///
-            /// # Safety
-            /// The CPU has them.
-            #[target_feature(enable = $features)]
-            #[inline]
-            unsafe fn with_vnni<R>(f: impl FnOnce() -> R) -> R {
-                f()
-            }
-            // SAFETY: the token proves the backend's features, the caller the VNNI extension.
-            unsafe { with_vnni(f) }
+/// The [`QSimd`] types, and the methods that are an intrinsic or two on both backends, a row
+/// each (as [`crate::simd::column!`]'s): AVX2, AVX-512. A backend's impl defines them
+/// with `qsimd_methods!(avx2, vnni = "features")` (or `avx512`), and `vectorize_vnni` with the
+/// features named, the VNNI extension among them.
+macro_rules! qsimd_methods {
+    ($isa:ident, vnni = $features:literal) => {
+        $crate::simd::vectorize_with!(unsafe fn vectorize_vnni = $features);
+        $crate::simd::column! { $isa;
+            type I = __m256i, __m512i;
+            // AVX2: the weights themselves (`vpsignb` reads their signs); AVX-512: a mask
+            type Sign = __m256i, __mmask64;
+            // AVX2: `2 * Q_MR` i32 accumulators and the two weight halves fill the 16 ymm
+            // registers (the f32 accumulators, touched once per sub-block, may live in L1);
+            // AVX-512: `Q_MR` i32 and `Q_MR` f32 accumulators, the weight vector, scale and
+            // bias stay in the 32 zmm registers
+            const Q_MR: usize = 4, 8;
+            fn zero_i() -> Self::I = _mm256_setzero_si256(), _mm512_setzero_si512();
+            fn splat_i32(x: i32) -> Self::I = _mm256_set1_epi32(x), _mm512_set1_epi32(x);
+            fn i32_to_f32(v: Self::I) -> Self::F32 = _mm256_cvtepi32_ps(v), _mm512_cvtepi32_ps(v);
+            fn abs_i8(w: Self::I) -> Self::I = _mm256_abs_epi8(w), _mm512_abs_epi8(w);
+            // AVX2: `vpsignb` negates where the weight (its own sign) is negative
+            fn apply_sign(x: Self::I, s: Self::Sign) -> Self::I =
+                _mm256_sign_epi8(x, s),
+                _mm512_mask_sub_epi8(x, s, _mm512_setzero_si512(), x);
+            fn add_i32(a: Self::I, b: Self::I) -> Self::I =
+                _mm256_add_epi32(a, b), _mm512_add_epi32(a, b);
+            unsafe fn dpbusd(acc: Self::I, w: Self::I, x: Self::I) -> Self::I =
+                _mm256_dpbusd_avx_epi32(acc, w, x), _mm512_dpbusd_epi32(acc, w, x);
+            fn maddubs_pairs(w: Self::I, x: Self::I) -> Self::I =
+                _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1)),
+                _mm512_madd_epi16(_mm512_maddubs_epi16(w, x), _mm512_set1_epi16(1));
+            unsafe fn load_i(p: *const u8) -> Self::I =
+                _mm256_loadu_si256(p.cast()), _mm512_loadu_si512(p.cast());
+            // n bytes, a multiple of 4: masked-off words (bytes) are not accessed
+            unsafe fn load_i_tail(p: *const u8, n: usize) -> Self::I =
+                _mm256_maskload_epi32(p.cast(), mask8(n / 4)),
+                _mm512_maskz_loadu_epi8((1u64 << n) - 1, p.cast());
         }
     };
 }
-pub(crate) use vectorize_vnni;
+pub(crate) use qsimd_methods;
 
 /// `$m!($args.. VNNI)` inside the token `$b`'s `vectorize`, or `vectorize_vnni` with `VNNI`
 /// `true` where `$vnni`: the one place a quantized kernel turns its run-time choice of integer

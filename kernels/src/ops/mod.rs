@@ -14,7 +14,7 @@ use crate::scalar;
 #[cfg(target_arch = "x86_64")]
 use crate::avx512;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-use crate::generic;
+use crate::generic::{self, MatvecRows};
 #[cfg(target_arch = "x86_64")]
 use crate::simd::{avx2::Avx2, avx512::Avx512};
 #[cfg(target_arch = "aarch64")]
@@ -305,27 +305,12 @@ unsafe fn rows_group<W: WeightType>(
     macro_rules! by_len {
         ($f:path, $get:expr $(, $pre:expr)*) => {{
             let get = $get;
+            let m = MatvecRows { w, rows, cols, y, ldy };
             match xs.len() {
-                1 => $f($($pre,)* w, rows, [get(&xs[0])], cols, y, ldy),
-                2 => $f($($pre,)* w, rows, [get(&xs[0]), get(&xs[1])], cols, y, ldy),
-                3 => $f(
-                    $($pre,)*
-                    w,
-                    rows,
-                    [get(&xs[0]), get(&xs[1]), get(&xs[2])],
-                    cols,
-                    y,
-                    ldy,
-                ),
-                _ => $f(
-                    $($pre,)*
-                    w,
-                    rows,
-                    [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])],
-                    cols,
-                    y,
-                    ldy,
-                ),
+                1 => $f($($pre,)* m, [get(&xs[0])]),
+                2 => $f($($pre,)* m, [get(&xs[0]), get(&xs[1])]),
+                3 => $f($($pre,)* m, [get(&xs[0]), get(&xs[1]), get(&xs[2])]),
+                _ => $f($($pre,)* m, [get(&xs[0]), get(&xs[1]), get(&xs[2]), get(&xs[3])]),
             }
         }};
     }

@@ -36,60 +36,24 @@ pub(crate) fn mask8(n: usize) -> __m256i {
     )
 }
 
-/// 8 weights of dtype `W` starting at element `i` of `p`, widened to f32.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 8`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m256 {
-    // SAFETY: the caller guarantees elements i..i+8 are readable; loads are unaligned.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => _mm256_loadu_ps(p.add(4 * i) as *const f32),
-            Dtype::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * i) as *const __m128i)),
-            Dtype::BF16 => _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(
-                _mm_loadu_si128(p.add(2 * i) as *const __m128i),
-            ))),
+/// The horizontal sum (`_mm_add_ps`, `_mm_add_ss`) or max (`_mm_max_ps`, `_mm_max_ss`) of the
+/// lanes, in one fixed order: the two 128-bit halves, the high pair onto the low, lane 1 onto
+/// lane 0.
+macro_rules! horizontal {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident = $ps:ident, $ss:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = "avx2,fma,f16c")]
+        #[inline]
+        $vis fn $name(v: __m256) -> f32 {
+            let s = $ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let s = $ps(s, _mm_movehl_ps(s, s));
+            let s = $ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
         }
-    }
+    };
 }
-
-/// The first `cnt` (`< 8`) weights at element `i`, widened, the other lanes 0.0.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + cnt`.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn ld_part<W: WeightType>(p: *const u8, i: usize, cnt: usize) -> __m256 {
-    let mut tmp = [0u8; 32];
-    // SAFETY: cnt elements (cnt * SIZE <= 32 bytes) are readable at element i; tmp is a full
-    // vector's worth of bytes for `ld`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p.add(i * W::SIZE), tmp.as_mut_ptr(), cnt * W::SIZE);
-        ld::<W>(tmp.as_ptr(), 0)
-    }
-}
-
-/// Horizontal sum.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-pub(crate) fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
-
-/// Horizontal max.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-fn hmax(v: __m256) -> f32 {
-    let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-    let s = _mm_max_ss(s, _mm_movehdup_ps(s));
-    _mm_cvtss_f32(s)
-}
+horizontal!(/** Horizontal sum. */ fn hsum = _mm_add_ps, _mm_add_ss);
+horizontal!(/** Horizontal max. */ fn hmax = _mm_max_ps, _mm_max_ss);
 
 /// Vectorized `exp`, within ~1 ulp over the whole f32 range: `exp(x) = 2^n * p(r)`,
 /// `r = x - n ln2` (Cody-Waite), `p` a degree-7 Taylor polynomial. `2^n` is applied as two
@@ -125,73 +89,17 @@ fn exp_ps(x: __m256) -> __m256 {
     _mm256_mul_ps(_mm256_mul_ps(p, s1), s2)
 }
 
-/// Runs `f` compiled with AVX2, FMA and F16C.
-///
-/// # Safety
-/// The CPU must support AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-#[inline]
-unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 // SAFETY (every `unsafe` block below that calls an intrinsic or a `#[target_feature]` helper):
 // an `Avx2` exists only where `Avx2::new` detected AVX2, FMA and F16C, which is all these
 // instructions need; pointer contracts are the trait's, forwarded from the caller.
 impl Simd for Avx2 {
-    const LANES: usize = 8;
-    const REGISTERS: usize = 16;
-    const PREFETCH_MATVEC: bool = true;
-    const MATMUL_KC: usize = 256;
-    type F32 = __m256;
-    type U64 = __m256i;
-
-    #[inline(always)]
-    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` proves the features (see above).
-        unsafe { with_avx2(f) }
-    }
-    one_instruction! {
-        zero() -> __m256 => _mm256_setzero_ps;
-        add(a, b) -> __m256 => _mm256_add_ps;
-        sub(a, b) -> __m256 => _mm256_sub_ps;
-        mul(a, b) -> __m256 => _mm256_mul_ps;
-        div(a, b) -> __m256 => _mm256_div_ps;
-        max(a, b) -> __m256 => _mm256_max_ps;
-        fma(a, b, c) -> __m256 => _mm256_fmadd_ps;
-        zero_u64() -> __m256i => _mm256_setzero_si256;
-        add_u64(a, b) -> __m256i => _mm256_add_epi64;
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> __m256 {
-        // SAFETY: AVX (token).
-        unsafe { _mm256_set1_ps(x) }
-    }
+    super::simd_methods!(avx2);
+    super::vectorize_with!(fn vectorize = "avx2,fma,f16c");
     #[inline(always)]
     fn add_tail(self, a: __m256, b: __m256, n: usize) -> __m256 {
         // SAFETY: AVX2 (token). Lanes past n add +0.0 to `a`, which leaves every value but -0.0
         // as it is (the kernels add into sums that start at +0.0).
         unsafe { _mm256_add_ps(a, _mm256_and_ps(b, _mm256_castsi256_ps(mask8(n)))) }
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m256) -> f32 {
-        // SAFETY: AVX (token).
-        unsafe { hsum(v) }
-    }
-    #[inline(always)]
-    fn hmax(self, v: __m256) -> f32 {
-        // SAFETY: AVX (token).
-        unsafe { hmax(v) }
-    }
-    #[inline(always)]
-    fn exp(self, v: __m256) -> __m256 {
-        // SAFETY: AVX2 + FMA (token).
-        unsafe { exp_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m256 {
-        // SAFETY: token; LANES floats readable at p (contract).
-        unsafe { _mm256_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_tail(self, p: *const f32, n: usize) -> __m256 {
@@ -208,20 +116,10 @@ impl Simd for Avx2 {
         }
     }
     #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m256) {
-        // SAFETY: token; LANES floats writable at p (contract).
-        unsafe { _mm256_storeu_ps(p, v) }
-    }
-    #[inline(always)]
     unsafe fn store_tail(self, p: *mut f32, n: usize, v: __m256) {
         // SAFETY: token; the first min(n, 8) floats are writable (contract), the masked-off
         // lanes are not accessed.
         unsafe { _mm256_maskstore_ps(p, mask8(n), v) }
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> __m256 {
-        // SAFETY: token; elements i..i+8 readable (contract).
-        unsafe { ld::<W>(p, i) }
     }
     #[inline(always)]
     unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> __m256 {
@@ -230,11 +128,11 @@ impl Simd for Avx2 {
         // of its elements.
         unsafe {
             if n >= 8 {
-                ld::<W>(p, i)
+                self.load_w::<W>(p, i)
             } else if W::DTYPE == Dtype::F32 {
                 _mm256_maskload_ps(p.add(4 * i) as *const f32, mask8(n))
             } else {
-                ld_part::<W>(p, i, n)
+                self.load_w_copied::<W>(p, i, n)
             }
         }
     }
@@ -244,11 +142,6 @@ impl Simd for Avx2 {
         // SAFETY: AVX (token); w holds 32 bytes.
         unsafe { _mm256_storeu_si256(w.as_mut_ptr().cast(), v) };
         w.iter().fold(0u64, |a, &x| a.wrapping_add(x))
-    }
-    #[inline(always)]
-    unsafe fn load_u64(self, p: *const u8) -> __m256i {
-        // SAFETY: token; 32 bytes readable at p (contract).
-        unsafe { _mm256_loadu_si256(p.cast()) }
     }
     #[inline(always)]
     fn prefetch_ahead(self, p: *const u8, len: usize) {

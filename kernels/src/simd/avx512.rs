@@ -7,7 +7,7 @@
 
 use core::arch::x86_64::*;
 
-use super::Simd;
+use super::{Panel, Simd};
 use crate::dtype::{Dtype, WeightType};
 
 /// Proof that the CPU runs AVX-512F/BW/VL, AVX2, FMA and F16C: made only by [`Avx512::new`],
@@ -48,26 +48,8 @@ pub(crate) fn lanes(n: usize) -> __mmask16 {
     }
 }
 
-/// 16 weights of dtype `W` starting at element `i` of `p`, widened to f32.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 16`; the CPU must support the enabled features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-pub(crate) unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> __m512 {
-    // SAFETY: the caller guarantees elements i..i+16 are readable; loads are unaligned.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => _mm512_loadu_ps(p.add(4 * i) as *const f32),
-            Dtype::F16 => _mm512_cvtph_ps(_mm256_loadu_si256(p.add(2 * i) as *const __m256i)),
-            Dtype::BF16 => _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(
-                _mm256_loadu_si256(p.add(2 * i) as *const __m256i),
-            ))),
-        }
-    }
-}
-
-/// Like [`ld`], but only the lanes in `m` are read (the others are 0.0).
+/// 16 weights of dtype `W` starting at element `i` of `p`, widened to f32, but only the lanes
+/// in `m` are read (the others are 0.0).
 ///
 /// # Safety
 /// `p` must be valid for reading the selected elements of `i..i + 16`, and element `i` must lie
@@ -151,74 +133,16 @@ pub(crate) fn transpose16(r: &mut [__m512; 16]) {
     }
 }
 
-/// Runs `f` compiled with AVX-512F/BW/VL, AVX2, FMA and F16C.
-///
-/// # Safety
-/// The CPU must support those features.
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
-#[inline]
-unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
-    f()
-}
-
 // SAFETY (every `unsafe` block below that calls an intrinsic or a `#[target_feature]` helper):
 // an `Avx512` exists only where `Avx512::new` detected AVX-512F/BW/VL, AVX2, FMA and F16C, which
 // is all these instructions need; pointer contracts are the trait's, forwarded from the caller.
 impl Simd for Avx512 {
-    const LANES: usize = 16;
-    const REGISTERS: usize = 32;
-    const PREFETCH_MATVEC: bool = false;
-    /// 16 KiB panels (`128 * 32` f32), half of L1d. (Tuned on Zen 4: 6x64 tiles and 256-deep
-    /// panels measured the same, within 2%, at ~91% of FMA peak.)
-    const MATMUL_KC: usize = 128;
-    type F32 = __m512;
-    type U64 = __m512i;
-
-    #[inline(always)]
-    fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
-        // SAFETY: `self` proves the features (see above).
-        unsafe { with_avx512(f) }
-    }
-    one_instruction! {
-        zero() -> __m512 => _mm512_setzero_ps;
-        add(a, b) -> __m512 => _mm512_add_ps;
-        sub(a, b) -> __m512 => _mm512_sub_ps;
-        mul(a, b) -> __m512 => _mm512_mul_ps;
-        div(a, b) -> __m512 => _mm512_div_ps;
-        max(a, b) -> __m512 => _mm512_max_ps;
-        fma(a, b, c) -> __m512 => _mm512_fmadd_ps;
-        zero_u64() -> __m512i => _mm512_setzero_si512;
-        add_u64(a, b) -> __m512i => _mm512_add_epi64;
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> __m512 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_set1_ps(x) }
-    }
+    super::simd_methods!(avx512);
+    super::vectorize_with!(fn vectorize = "avx512f,avx512bw,avx512vl,avx2,fma,f16c");
     #[inline(always)]
     fn add_tail(self, a: __m512, b: __m512, n: usize) -> __m512 {
         // SAFETY: AVX-512F (token).
         unsafe { _mm512_mask_add_ps(a, lanes(n), a, b) }
-    }
-    #[inline(always)]
-    fn hsum(self, v: __m512) -> f32 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_reduce_add_ps(v) }
-    }
-    #[inline(always)]
-    fn hmax(self, v: __m512) -> f32 {
-        // SAFETY: AVX-512F (token).
-        unsafe { _mm512_reduce_max_ps(v) }
-    }
-    #[inline(always)]
-    fn exp(self, v: __m512) -> __m512 {
-        // SAFETY: AVX-512F + FMA (token).
-        unsafe { exp_ps(v) }
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> __m512 {
-        // SAFETY: token; LANES floats readable at p (contract).
-        unsafe { _mm512_loadu_ps(p) }
     }
     #[inline(always)]
     unsafe fn load_tail(self, p: *const f32, n: usize) -> __m512 {
@@ -232,20 +156,10 @@ impl Simd for Avx512 {
         unsafe { _mm512_mask_loadu_ps(fill, lanes(n), p) }
     }
     #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: __m512) {
-        // SAFETY: token; LANES floats writable at p (contract).
-        unsafe { _mm512_storeu_ps(p, v) }
-    }
-    #[inline(always)]
     unsafe fn store_tail(self, p: *mut f32, n: usize, v: __m512) {
         // SAFETY: token; the selected floats are writable and p is inside its allocation
         // (contract); masked-off lanes are not accessed.
         unsafe { _mm512_mask_storeu_ps(p, lanes(n), v) }
-    }
-    #[inline(always)]
-    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> __m512 {
-        // SAFETY: token; elements i..i+16 readable (contract).
-        unsafe { ld::<W>(p, i) }
     }
     #[inline(always)]
     unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> __m512 {
@@ -259,26 +173,13 @@ impl Simd for Avx512 {
         unsafe { _mm512_reduce_add_epi64(v) as u64 }
     }
     #[inline(always)]
-    unsafe fn load_u64(self, p: *const u8) -> __m512i {
-        // SAFETY: token; 64 bytes readable at p (contract).
-        unsafe { _mm512_loadu_si512(p.cast()) }
-    }
-    #[inline(always)]
     fn prefetch_ahead(self, p: *const u8, len: usize) {
         crate::stream::prefetch_ahead(p, len)
     }
     /// 16×16 blocks are widened and transposed in registers.
     #[inline(always)]
-    unsafe fn pack_panel<W: WeightType>(
-        self,
-        w: *const u8,
-        k: usize,
-        k0: usize,
-        kc: usize,
-        nr: usize,
-        nrp: usize,
-        buf: &mut [f32],
-    ) {
+    unsafe fn pack_panel<W: WeightType>(self, w: *const u8, at: Panel, buf: &mut [f32]) {
+        let Panel { k, k0, kc, nr, nrp } = at;
         debug_assert!(buf.len() >= kc * nrp && nrp.is_multiple_of(16));
         let rb = k * W::SIZE;
         let bp = buf.as_mut_ptr();

@@ -14,7 +14,7 @@
 use core::arch::aarch64::*;
 
 use super::Simd;
-use crate::dtype::{Dtype, WeightType};
+use crate::dtype::WeightType;
 
 /// Proof that the CPU runs NEON (with the FP16 conversions of the aarch64 baseline): made only
 /// by [`Neon::new`], which detects it.
@@ -29,41 +29,6 @@ impl Neon {
     }
 }
 
-/// 4 weights of dtype `W` starting at element `i` of `p`, widened to f32 (exactly: f16 by
-/// `fcvtl`, bf16 by a shift into the top half).
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + 4`; NEON.
-#[inline(always)]
-unsafe fn ld<W: WeightType>(p: *const u8, i: usize) -> float32x4_t {
-    // SAFETY: the caller guarantees elements i..i+4 are readable. The weights are bytes with
-    // no alignment, so they are loaded as bytes (alignment 1) and reinterpreted.
-    unsafe {
-        match W::DTYPE {
-            Dtype::F32 => vreinterpretq_f32_u8(vld1q_u8(p.add(4 * i))),
-            Dtype::F16 => vcvt_f32_f16(vreinterpret_f16_u8(vld1_u8(p.add(2 * i)))),
-            Dtype::BF16 => vreinterpretq_f32_u32(vshll_n_u16::<16>(vreinterpret_u16_u8(vld1_u8(
-                p.add(2 * i),
-            )))),
-        }
-    }
-}
-
-/// The first `cnt` (`< 4`) weights at element `i`, widened, the other lanes 0.0.
-///
-/// # Safety
-/// `p` must be valid for reading elements `i..i + cnt`; NEON.
-#[inline(always)]
-unsafe fn ld_part<W: WeightType>(p: *const u8, i: usize, cnt: usize) -> float32x4_t {
-    let mut tmp = [0u8; 16];
-    // SAFETY: cnt elements (cnt * SIZE < 16 bytes) are readable at element i; tmp holds a
-    // full vector's worth of bytes for `ld`.
-    unsafe {
-        std::ptr::copy_nonoverlapping(p.add(i * W::SIZE), tmp.as_mut_ptr(), cnt * W::SIZE);
-        ld::<W>(tmp.as_ptr(), 0)
-    }
-}
-
 /// All-ones in the lanes `< n`.
 #[inline(always)]
 fn lane_mask(n: usize) -> uint32x4_t {
@@ -72,13 +37,29 @@ fn lane_mask(n: usize) -> uint32x4_t {
     unsafe { vcltq_u32(vld1q_u32(IDX.as_ptr()), vdupq_n_u32(n.min(4) as u32)) }
 }
 
+/// Horizontal sum, `(v0 + v1) + (v2 + v3)`: two pairwise adds.
+///
+/// # Safety
+/// NEON.
+#[inline(always)]
+unsafe fn hsum(v: float32x4_t) -> f32 {
+    // SAFETY: register-only NEON (contract).
+    unsafe {
+        let p = vpaddq_f32(v, v);
+        vgetq_lane_f32::<0>(vpaddq_f32(p, p))
+    }
+}
+
 /// Vectorized `exp`, the AVX2 / AVX-512 backends' algorithm (within ~1 ulp over the whole f32
 /// range): `exp(x) = 2^n * p(r)`, `r = x - n ln2` in two Cody-Waite steps, `p` a degree-7
 /// Taylor polynomial, `2^n` applied as two exact power-of-two factors so that subnormal
 /// results round once and overflow gives +inf; below ~-103.97 the result is 0. NaN stays NaN.
+///
+/// # Safety
+/// NEON.
 #[inline(always)]
-fn exp_ps(x: float32x4_t) -> float32x4_t {
-    // SAFETY: register-only NEON (baseline).
+unsafe fn exp_ps(x: float32x4_t) -> float32x4_t {
+    // SAFETY: register-only NEON (contract).
     unsafe {
         // vminq / vmaxq return NaN where either lane is NaN, so NaN passes through the clamp.
         let x = vminq_f32(vdupq_n_f32(89.0), x);
@@ -113,59 +94,11 @@ fn exp_ps(x: float32x4_t) -> float32x4_t {
 // `Neon::new` detected NEON, which is all these instructions need; pointer contracts are the
 // trait's, forwarded from the caller.
 impl Simd for Neon {
-    const LANES: usize = 4;
-    const REGISTERS: usize = 32;
-    const PREFETCH_MATVEC: bool = false;
-    const MATMUL_KC: usize = 256;
-    type F32 = float32x4_t;
-    type U64 = uint64x2_t;
-
+    super::simd_methods!(neon);
     #[inline(always)]
     fn vectorize<R>(self, f: impl FnOnce() -> R) -> R {
         // NEON is in the aarch64 baseline: every function is already compiled with it.
         f()
-    }
-    #[inline(always)]
-    fn splat(self, x: f32) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vdupq_n_f32(x) }
-    }
-    #[inline(always)]
-    fn zero(self) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vdupq_n_f32(0.0) }
-    }
-    #[inline(always)]
-    fn add(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vaddq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn sub(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vsubq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn mul(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vmulq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn div(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON (token).
-        unsafe { vdivq_f32(a, b) }
-    }
-    #[inline(always)]
-    fn max(self, a: float32x4_t, b: float32x4_t) -> float32x4_t {
-        // `a > b ? a : b`: `b` where either is NaN (the compare is false), as the trait says
-        // (NEON's own `fmax` would return NaN).
-        // SAFETY: NEON (token).
-        unsafe { vbslq_f32(vcgtq_f32(a, b), a, b) }
-    }
-    #[inline(always)]
-    fn fma(self, a: float32x4_t, b: float32x4_t, c: float32x4_t) -> float32x4_t {
-        // SAFETY: NEON (token); `vfmaq_f32(c, a, b)` is `c + a * b` rounded once.
-        unsafe { vfmaq_f32(c, a, b) }
     }
     #[inline(always)]
     fn add_tail(self, a: float32x4_t, b: float32x4_t, n: usize) -> float32x4_t {
@@ -175,30 +108,6 @@ impl Simd for Neon {
             let masked = vandq_u32(vreinterpretq_u32_f32(b), lane_mask(n));
             vaddq_f32(a, vreinterpretq_f32_u32(masked))
         }
-    }
-    #[inline(always)]
-    fn hsum(self, v: float32x4_t) -> f32 {
-        // (v0 + v1) + (v2 + v3): two pairwise adds.
-        // SAFETY: NEON (token).
-        unsafe {
-            let p = vpaddq_f32(v, v);
-            vgetq_lane_f32::<0>(vpaddq_f32(p, p))
-        }
-    }
-    #[inline(always)]
-    fn hmax(self, v: float32x4_t) -> f32 {
-        // `fmaxnmv` ignores NaN lanes where another lane is a number.
-        // SAFETY: NEON (token).
-        unsafe { vmaxnmvq_f32(v) }
-    }
-    #[inline(always)]
-    fn exp(self, v: float32x4_t) -> float32x4_t {
-        exp_ps(v)
-    }
-    #[inline(always)]
-    unsafe fn load(self, p: *const f32) -> float32x4_t {
-        // SAFETY: token; LANES floats readable at p (contract).
-        unsafe { vld1q_f32(p) }
     }
     #[inline(always)]
     unsafe fn load_tail(self, p: *const f32, n: usize) -> float32x4_t {
@@ -219,11 +128,6 @@ impl Simd for Neon {
         unsafe { vbslq_f32(lane_mask(n), self.load_tail(p, n), fill) }
     }
     #[inline(always)]
-    unsafe fn store(self, p: *mut f32, v: float32x4_t) {
-        // SAFETY: token; LANES floats writable at p (contract).
-        unsafe { vst1q_f32(p, v) }
-    }
-    #[inline(always)]
     unsafe fn store_tail(self, p: *mut f32, n: usize, v: float32x4_t) {
         // SAFETY: the first min(n, 4) floats at p are writable (contract); only they are
         // written, from a copy of the vector.
@@ -237,41 +141,21 @@ impl Simd for Neon {
         }
     }
     #[inline(always)]
-    unsafe fn load_w<W: WeightType>(self, p: *const u8, i: usize) -> float32x4_t {
-        // SAFETY: token; elements i..i+4 readable (contract).
-        unsafe { ld::<W>(p, i) }
-    }
-    #[inline(always)]
     unsafe fn load_w_tail<W: WeightType>(self, p: *const u8, i: usize, n: usize) -> float32x4_t {
         // SAFETY: token; elements i..i+min(n, 4) readable and element i inside the allocation
         // (contract): a full vector is one load, a tail a copy of its elements.
         unsafe {
             if n >= 4 {
-                ld::<W>(p, i)
+                self.load_w::<W>(p, i)
             } else {
-                ld_part::<W>(p, i, n)
+                self.load_w_copied::<W>(p, i, n)
             }
         }
-    }
-    #[inline(always)]
-    fn zero_u64(self) -> uint64x2_t {
-        // SAFETY: NEON (token).
-        unsafe { vdupq_n_u64(0) }
-    }
-    #[inline(always)]
-    fn add_u64(self, a: uint64x2_t, b: uint64x2_t) -> uint64x2_t {
-        // SAFETY: NEON (token); integer adds wrap.
-        unsafe { vaddq_u64(a, b) }
     }
     #[inline(always)]
     fn hsum_u64(self, v: uint64x2_t) -> u64 {
         // SAFETY: NEON (token).
         unsafe { vgetq_lane_u64::<0>(v).wrapping_add(vgetq_lane_u64::<1>(v)) }
-    }
-    #[inline(always)]
-    unsafe fn load_u64(self, p: *const u8) -> uint64x2_t {
-        // SAFETY: token; 16 bytes readable at p (contract), loaded as bytes (no alignment).
-        unsafe { vreinterpretq_u64_u8(vld1q_u8(p)) }
     }
     #[inline(always)]
     fn prefetch_ahead(self, _p: *const u8, _len: usize) {
