@@ -15,7 +15,6 @@
 //! every grouping of inputs, so all three give the same bits, and output `t` of a many-input
 //! call is bit for bit the single-input one.
 
-
 use core::arch::aarch64::*;
 
 pub(crate) use crate::generic::Q_GROUP;
@@ -56,8 +55,8 @@ trait Fmt {
     /// Whether [`Quad::bias`] is used.
     const BIAS: bool = false;
     /// Unpacks units `4 qi..4 qi + n` (`1 <= n <= 4`; `n == 4` unless the format has one unit
-    /// per block) of the row at `row` into `g`, all zero on entry (in place: the caller's
-    /// quads are not copied).
+    /// per block) of the row at `row` into `g`, in place (a returned quad would be copied into
+    /// the tile): every field the format uses, [`Quad::w`] zero past the row's end.
     ///
     /// # Safety
     /// The row holds those units (whole blocks); NEON.
@@ -136,7 +135,10 @@ impl<const BB: usize> Blocks<BB> {
         // SAFETY: reads inside the block (contract); the tables are 16 bytes each.
         unsafe {
             if BB == 34 {
-                return [vld1q_s8(b.add(2) as *const i8), vld1q_s8(b.add(18) as *const i8)];
+                return [
+                    vld1q_s8(b.add(2) as *const i8),
+                    vld1q_s8(b.add(18) as *const i8),
+                ];
             }
             let v = vld1q_u8(b.add(if q5 { 6 } else { 2 }));
             let (mut lo, mut hi) = (nibbles::<false>(v), nibbles::<true>(v));
@@ -165,6 +167,7 @@ impl<const BB: usize> Fmt for Blocks<BB> {
     const BLOCK_UNITS: usize = 1;
     #[inline(always)]
     unsafe fn unpack(row: *const u8, qi: usize, n: usize, g: &mut Quad) {
+        *g = zero_quad();
         let mut d = [0f32; 4];
         // SAFETY: only blocks 4 qi + u, u < n, are read (BB bytes each, inside the row by the
         // contract).
@@ -492,56 +495,67 @@ fn row_shape<F: Fmt>(cols: usize) -> (usize, usize, usize) {
     (quads, last, rb)
 }
 
-/// The integer dots of one quad for a tile of `M` rows and `R` inputs with one instruction,
-/// added into the tile's accumulators (`acc[i][t]`: row `i`, input `t`) by [`update`].
-trait Kernel {
-    /// Whether the rows go in tiles of two (the last of an odd count alone), else of one.
-    const ROW_PAIRS: bool;
-    /// Quad `qi` (`n` units) of the tile's rows, unpacked in `g`, against every input.
-    ///
-    /// # Safety
-    /// Every input holds those units; the CPU has the kernel's features, enabled in the
-    /// calling function.
-    unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
-        g: &[Quad; M],
-        xs: &[Q8Row<'_>; R],
-        qi: usize,
-        n: usize,
-        acc: &mut [[float32x4_t; R]; M],
-    );
+/// One quad of a tile of `M` rows (1 or 2) against `R` inputs: the rows' quads unpacked and
+/// the quad of the inputs that goes with them.
+struct TileQuad<'a, const M: usize, const R: usize> {
+    g: &'a [Quad; M],
+    xs: &'a [Q8Row<'a>; R],
+    /// The quad and its units.
+    qi: usize,
+    n: usize,
 }
 
-/// Input `t`, its quad `x`, against every row of the tile with the dot `D`.
-///
-/// # Safety
-/// As [`Dot::dot`].
-#[inline(always)]
-unsafe fn dot_rows<F: Fmt, D: Dot, const M: usize, const R: usize>(
-    g: &[Quad; M],
-    x: &XQuad,
-    t: usize,
-    acc: &mut [[float32x4_t; R]; M],
-) {
-    for (gi, ai) in g.iter().zip(acc.iter_mut()) {
+/// A tile's accumulators: `acc[i][t]` for row `i` and input `t`.
+type Acc<const M: usize, const R: usize> = [[float32x4_t; R]; M];
+
+impl<const M: usize, const R: usize> TileQuad<'_, M, R> {
+    /// Input `t`'s quad.
+    ///
+    /// # Safety
+    /// Input `t` holds the quad's units; NEON.
+    #[inline(always)]
+    unsafe fn x<F: Fmt>(&self, t: usize) -> XQuad {
         // SAFETY: forwarded contract.
-        ai[t] = update::<F>(ai[t], unsafe { quad_idot::<F, D>(gi, x) }, gi, x);
+        unsafe { x_quad::<F>(&self.xs[t], self.qi, self.n) }
     }
+
+    /// Input `t`, its quad `x`, against every row with the dot `D`.
+    ///
+    /// # Safety
+    /// As [`Dot::dot`].
+    #[inline(always)]
+    unsafe fn dot_rows<F: Fmt, D: Dot>(&self, t: usize, x: &XQuad, acc: &mut Acc<M, R>) {
+        for (gi, ai) in self.g.iter().zip(acc.iter_mut()) {
+            // SAFETY: forwarded contract.
+            ai[t] = update::<F>(ai[t], unsafe { quad_idot::<F, D>(gi, x) }, gi, x);
+        }
+    }
+}
+
+/// The integer dots of a [`TileQuad`] with one instruction, added into the tile's
+/// accumulators by [`update`].
+trait Kernel {
+    /// Whether the rows go in tiles of two (the last of an odd count alone), else of one.
+    const ROW_PAIRS: bool = false;
+    /// # Safety
+    /// Every input holds the quad's units; the CPU has the kernel's features, enabled in the
+    /// calling function.
+    unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
+    );
 }
 
 /// A [`Dot`] one row and one input at a time.
 impl<D: Dot> Kernel for D {
-    const ROW_PAIRS: bool = false;
     #[inline(always)]
     unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
-        g: &[Quad; M],
-        xs: &[Q8Row<'_>; R],
-        qi: usize,
-        n: usize,
-        acc: &mut [[float32x4_t; R]; M],
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
     ) {
-        for (t, x) in xs.iter().enumerate() {
+        for t in 0..R {
             // SAFETY: forwarded contract.
-            unsafe { dot_rows::<F, D, M, R>(g, &x_quad::<F>(x, qi, n), t, acc) }
+            unsafe { q.dot_rows::<F, D>(t, &q.x::<F>(t), acc) }
         }
     }
 }
@@ -553,22 +567,19 @@ impl Kernel for Mmla {
     const ROW_PAIRS: bool = true;
     #[inline(always)]
     unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
-        g: &[Quad; M],
-        xs: &[Q8Row<'_>; R],
-        qi: usize,
-        n: usize,
-        acc: &mut [[float32x4_t; R]; M],
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
     ) {
         // SAFETY: forwarded contract (dotprod and i8mm); rows 0 and 1 exist where M == 2.
         unsafe {
             if M == 1 {
-                return Sdot::quad::<F, M, R>(g, xs, qi, n, acc);
+                return Sdot::quad::<F, M, R>(q, acc);
             }
             let mut t = 0;
             while t + 2 <= R {
-                let x = [x_quad::<F>(&xs[t], qi, n), x_quad::<F>(&xs[t + 1], qi, n)];
-                let idot = quad_idot_mm::<F>(&g[0], &g[1], &x[0], &x[1]);
-                for (i, gi) in g.iter().enumerate() {
+                let x = [q.x::<F>(t), q.x::<F>(t + 1)];
+                let idot = quad_idot_mm::<F>(&q.g[0], &q.g[1], &x[0], &x[1]);
+                for (i, gi) in q.g.iter().enumerate() {
                     for (j, xj) in x.iter().enumerate() {
                         acc[i][t + j] = update::<F>(acc[i][t + j], idot[i][j], gi, xj);
                     }
@@ -576,7 +587,7 @@ impl Kernel for Mmla {
                 t += 2;
             }
             if t < R {
-                dot_rows::<F, Sdot, M, R>(g, &x_quad::<F>(&xs[t], qi, n), t, acc);
+                q.dot_rows::<F, Sdot>(t, &q.x::<F>(t), acc);
             }
         }
     }
@@ -593,20 +604,24 @@ unsafe fn tile<F: Fmt, K: Kernel, const M: usize, const R: usize>(
     xs: &[Q8Row<'_>; R],
     r: usize,
 ) {
-    let Matvec { w, cols, y, ldy, .. } = *m;
+    let Matvec {
+        w, cols, y, ldy, ..
+    } = *m;
     let (quads, last, rb) = row_shape::<F>(cols);
     // SAFETY: rows r..r + M lie in w (contract); quad qi holds n units of them and of every
     // input (each quantized from `cols` columns); y[t * ldy + r + i] is writable (contract).
     unsafe {
-        let row = w.as_ptr().add(r * rb);
         let mut acc = [[vdupq_n_f32(0.0); R]; M];
+        let row = w.as_ptr().add(r * rb);
         for qi in 0..quads {
             let n = if qi + 1 == quads { last } else { 4 };
+            // written out (M is 1 or 2) so that each is unpacked inline, not in a loop
             let mut g = [zero_quad(); M];
-            for (i, gi) in g.iter_mut().enumerate() {
-                F::unpack(row.add(i * rb), qi, n, gi);
+            F::unpack(row, qi, n, &mut g[0]);
+            if M == 2 {
+                F::unpack(row.add(rb), qi, n, &mut g[1]);
             }
-            K::quad::<F, M, R>(&g, xs, qi, n, &mut acc);
+            K::quad::<F, M, R>(&TileQuad { g: &g, xs, qi, n }, &mut acc);
         }
         for (i, ai) in acc.iter().enumerate() {
             for (t, a) in ai.iter().enumerate() {
