@@ -245,29 +245,13 @@ unsafe fn rows_body<B: QUnpack, F: QFmt, const R: usize, const VNNI: bool>(b: B,
     }
 }
 
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
-/// weights and the 1 to [`Q_GROUP`](super::Q_GROUP) inputs `xs` (8-bit blocks of `cols` columns): every
-/// weight group is unpacked once for all inputs. With `vnni` the integer dots are `vpdpbusd`;
-/// the bits are the same either way.
+/// The matvec `m` on `qt` weights (see [`Matvec`]): every weight group is unpacked once for
+/// all inputs. With `vnni` the integer dots are `vpdpbusd`; the bits are the same either way.
 ///
 /// # Safety
-/// `w` holds at least `rows` rows of `cols` (a whole number of `qt` blocks) weights; every
-/// input was quantized from `cols` columns; `1 <= xs.len() <= Q_GROUP`; `y` is valid for
-/// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
-/// the call; with `vnni`, the CPU has the backend's VNNI extension.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matvec_q<B: QUnpack>(
-    b: B,
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>],
-    y: *mut f32,
-    ldy: usize,
-    vnni: bool,
-) {
-    let m = Matvec::new(w, rows, cols, xs, y, ldy);
+/// `m` as [`Matvec`] says, with `qt` its weights' format; with `vnni`, the CPU has the
+/// backend's VNNI extension.
+pub(crate) unsafe fn matvec_q<B: QUnpack>(b: B, qt: QuantType, m: Matvec<'_>, vnni: bool) {
     macro_rules! rows {
         ($vnni:literal, $f:ty, $t:literal) => {
             rows_body::<B, $f, $t, $vnni>(b, &m)
@@ -275,7 +259,7 @@ pub(crate) unsafe fn matvec_q<B: QUnpack>(
     }
     macro_rules! each_input {
         ($vnni:literal, $f:ty) => {
-            by_inputs!(xs.len(), rows!($vnni, $f,))
+            by_inputs!(m.xs.len(), rows!($vnni, $f,))
         };
     }
     macro_rules! each_format {

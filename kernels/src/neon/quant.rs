@@ -653,28 +653,13 @@ unsafe fn rows<F: Fmt, K: Kernel, const R: usize>(m: &Matvec<'_>) {
     }
 }
 
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
-/// weights and the 1 to [`Q_GROUP`] inputs `xs` (8-bit blocks of `cols` columns): every weight
-/// quad is unpacked once for all inputs. The bits are the same whichever `dot`.
+/// The matvec `m` on `qt` weights (see [`Matvec`]): every weight quad is unpacked once for
+/// all inputs. The bits are the same whichever `dot`.
 ///
 /// # Safety
-/// `w` holds at least `rows` rows of `cols` (a whole number of `qt` blocks) weights; every
-/// input was quantized from `cols` columns; `1 <= xs.len() <= Q_GROUP`; `y` is valid for
-/// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
-/// the call; the CPU has dotprod for [`DotInsn::Sdot`], dotprod and i8mm for
-/// [`DotInsn::Smmla`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matvec_q(
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>],
-    y: *mut f32,
-    ldy: usize,
-    dot: DotInsn,
-) {
-    let m = Matvec::new(w, rows, cols, xs, y, ldy);
+/// `m` as [`Matvec`] says, with `qt` its weights' format; the CPU has dotprod for
+/// [`DotInsn::Sdot`], dotprod and i8mm for [`DotInsn::Smmla`].
+pub(crate) unsafe fn matvec_q(qt: QuantType, m: Matvec<'_>, dot: DotInsn) {
     // SAFETY: forwarded contract (the features of `dot` present).
     unsafe {
         match dot {

@@ -253,16 +253,9 @@ pub(crate) unsafe fn matmul_q_strided(
                     // columns; y's columns r0..r0 + rt of rows t0..t0 + g are forwarded from
                     // the contract (r0 + rt <= rows <= ldy).
                     unsafe {
-                        neon::matvec_q(
-                            qt,
-                            &w[r0 * rb..],
-                            rt,
-                            k,
-                            &q[..g],
-                            y.wrapping_add(t0 * ldy + r0),
-                            ldy,
-                            dot,
-                        )
+                        let yt = y.wrapping_add(t0 * ldy + r0);
+                        let m = generic::Matvec::new(&w[r0 * rb..], rt, k, &q[..g], yt, ldy);
+                        neon::matvec_q(qt, m, dot)
                     }
                 }
             }
