@@ -14,8 +14,10 @@ mod attention;
 mod elementwise;
 mod matmul;
 mod matvec;
+mod qcall;
 // the integer layer is implemented by the x86 backends; NEON's quantized kernels are its own
-// (kernels/src/neon/quant.rs) until it implements `QSimd` too
+// (kernels/src/neon/quant.rs: it folds the quants' offsets into signed bytes, which `QSimd`'s
+// unsigned dot cannot give the bits of) and share only `qcall` with them
 #[cfg(target_arch = "x86_64")]
 mod qsimd;
 #[cfg(target_arch = "x86_64")]
@@ -27,6 +29,7 @@ pub(crate) use attention::*;
 pub(crate) use elementwise::*;
 pub(crate) use matmul::*;
 pub(crate) use matvec::*;
+pub(crate) use qcall::*;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use qsimd::*;
 #[cfg(target_arch = "x86_64")]

@@ -70,19 +70,6 @@ macro_rules! dispatch_vnni {
 }
 pub(crate) use dispatch_vnni;
 
-/// `$m!($args.. T)` for the number of inputs `$n` as a const `T` (1 to 4; more is 4).
-macro_rules! by_inputs {
-    ($n:expr, $m:ident!($($args:tt)*)) => {
-        match $n {
-            1 => $m!($($args)* 1),
-            2 => $m!($($args)* 2),
-            3 => $m!($($args)* 3),
-            _ => $m!($($args)* 4),
-        }
-    };
-}
-pub(crate) use by_inputs;
-
 /// The integer operations of the quantized kernels on one backend (see the module docs). Like
 /// [`Simd`], a value is a token proving the CPU runs the backend's instructions; the VNNI
 /// forms additionally need [`QSimd::vectorize_vnni`]'s contract.

@@ -14,7 +14,8 @@
 //! inputs. No `vpmaddubsw` pair saturates (`|q_w| <= 128`, `|q_x| <= 127`,
 //! `2 * 128 * 127 < 2^15`).
 
-use super::qsimd::{by_inputs, dispatch_vnni, Group, QSimd, QUnpack};
+use super::qcall::{by_format, by_inputs, Matvec};
+use super::qsimd::{dispatch_vnni, Group, QSimd, QUnpack};
 use crate::quant::{Q8Row, QuantType};
 use crate::stream::prefetch_ahead;
 
@@ -209,7 +210,7 @@ unsafe fn rows_body<B: QUnpack, F: QFmt, const R: usize, const VNNI: bool>(b: B,
         ldy,
         ..
     } = *m;
-    let xs: [Q8Row<'_>; R] = std::array::from_fn(|t| m.xs[t]);
+    let xs: [Q8Row<'_>; R] = m.inputs();
     let (gu, gb) = (F::group_units::<B>(), F::group_bytes::<B>());
     let units = cols / F::UNIT;
     let groups = units.div_ceil(gu);
@@ -244,67 +245,27 @@ unsafe fn rows_body<B: QUnpack, F: QFmt, const R: usize, const VNNI: bool>(b: B,
     }
 }
 
-/// The operands of one [`matvec_q`] call.
-#[derive(Clone, Copy)]
-struct Matvec<'a> {
-    w: &'a [u8],
-    rows: usize,
-    cols: usize,
-    xs: &'a [Q8Row<'a>],
-    y: *mut f32,
-    ldy: usize,
-}
-
-/// Inputs one call of [`matvec_q`] takes at most.
-pub(crate) const Q_GROUP: usize = 4;
-
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
-/// weights and the 1 to [`Q_GROUP`] inputs `xs` (8-bit blocks of `cols` columns): every
-/// weight group is unpacked once for all inputs. With `vnni` the integer dots are `vpdpbusd`;
-/// the bits are the same either way.
+/// The matvec `m` on `qt` weights (see [`Matvec`]): every weight group is unpacked once for
+/// all inputs. With `vnni` the integer dots are `vpdpbusd`; the bits are the same either way.
 ///
 /// # Safety
-/// `w` holds at least `rows` rows of `cols` (a whole number of `qt` blocks) weights; every
-/// input was quantized from `cols` columns; `1 <= xs.len() <= Q_GROUP`; `y` is valid for
-/// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
-/// the call; with `vnni`, the CPU has the backend's VNNI extension.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matvec_q<B: QUnpack>(
-    b: B,
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>],
-    y: *mut f32,
-    ldy: usize,
-    vnni: bool,
-) {
-    debug_assert!((1..=Q_GROUP).contains(&xs.len()));
-    let m = Matvec {
-        w,
-        rows,
-        cols,
-        xs,
-        y,
-        ldy,
-    };
+/// `m` as [`Matvec`] says, with `qt` its weights' format; with `vnni`, the CPU has the
+/// backend's VNNI extension.
+pub(crate) unsafe fn matvec_q<B: QUnpack>(b: B, qt: QuantType, m: Matvec<'_>, vnni: bool) {
     macro_rules! rows {
-        ($f:ty, $vnni:literal, $t:literal) => {
+        ($vnni:literal, $f:ty, $t:literal) => {
             rows_body::<B, $f, $t, $vnni>(b, &m)
         };
     }
-    macro_rules! by_format {
-        ($vnni:literal) => {
-            match qt {
-                QuantType::Q4_0 => by_inputs!(xs.len(), rows!(Q40, $vnni,)),
-                QuantType::Q5_0 => by_inputs!(xs.len(), rows!(Q50, $vnni,)),
-                QuantType::Q8_0 => by_inputs!(xs.len(), rows!(Q80, $vnni,)),
-                QuantType::Q4K => by_inputs!(xs.len(), rows!(Q4K, $vnni,)),
-                QuantType::Q5K => by_inputs!(xs.len(), rows!(Q5K, $vnni,)),
-                QuantType::Q6K => by_inputs!(xs.len(), rows!(Q6K, $vnni,)),
-            }
+    macro_rules! each_input {
+        ($vnni:literal, $f:ty) => {
+            by_inputs!(m.xs.len(), rows!($vnni, $f,))
         };
     }
-    dispatch_vnni!(b, vnni, by_format!())
+    macro_rules! each_format {
+        ($vnni:literal) => {
+            by_format!(qt, each_input!($vnni,))
+        };
+    }
+    dispatch_vnni!(b, vnni, each_format!())
 }

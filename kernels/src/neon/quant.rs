@@ -17,10 +17,9 @@
 
 use core::arch::aarch64::*;
 
+pub(crate) use crate::generic::Q_GROUP;
+use crate::generic::{by_format, by_inputs, Matvec};
 use crate::quant::{k_scales_mins, Q8Row, QuantType};
-
-/// Inputs one call of [`matvec_q`] takes at most.
-pub(crate) const Q_GROUP: usize = 4;
 
 /// The instruction that takes the integer dots, chosen from the [`crate::Cpu`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +33,7 @@ pub(crate) enum DotInsn {
 }
 
 /// One quad (4 scale units) of one weight row, unpacked.
+#[derive(Clone, Copy)]
 struct Quad {
     /// Signed weight bytes in column order: unit `u`'s in `w[2u]`, `w[2u + 1]` (units of 32),
     /// or in `w[u]` (units of 16); zero for units past the row's end.
@@ -55,11 +55,12 @@ trait Fmt {
     /// Whether [`Quad::bias`] is used.
     const BIAS: bool = false;
     /// Unpacks units `4 qi..4 qi + n` (`1 <= n <= 4`; `n == 4` unless the format has one unit
-    /// per block) of the row at `row`.
+    /// per block) of the row at `row` into `g`, in place (a returned quad would be copied into
+    /// the tile): every field the format uses, [`Quad::w`] zero past the row's end.
     ///
     /// # Safety
     /// The row holds those units (whole blocks); NEON.
-    unsafe fn unpack(row: *const u8, qi: usize, n: usize) -> Quad;
+    unsafe fn unpack(row: *const u8, qi: usize, n: usize, g: &mut Quad);
 }
 
 /// The f16 at `p` as f32 (exact).
@@ -113,31 +114,35 @@ fn signed_minus(v: uint8x16_t, off: i8) -> int8x16_t {
     unsafe { vsubq_s8(vreinterpretq_s8_u8(v), vdupq_n_s8(off)) }
 }
 
-/// Q4_0 / Q5_0: one block per unit, `w = d * (q - off)`.
-///
-/// # Safety
-/// `row` holds blocks `4 qi..4 qi + n` of `BB` bytes; NEON.
-#[inline(always)]
-unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(
-    row: *const u8,
-    qi: usize,
-    n: usize,
-) -> Quad {
-    const SPREAD_LO: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
-    const SPREAD_HI: [u8; 16] = [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
-    const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
-    let mut g = zero_quad();
-    let mut d = [0f32; 4];
-    let qs = if Q5 { 6 } else { 2 };
-    // SAFETY: only blocks 4 qi + u, u < n, are read (BB bytes each, inside the row by the
-    // contract); the tables are 16 bytes each.
-    unsafe {
-        for (u, du) in d.iter_mut().enumerate().take(n) {
-            let b = row.add(BB * (4 * qi + u));
-            *du = f16_at(b);
-            let v = vld1q_u8(b.add(qs));
+/// Q4_0 / Q5_0 / Q8_0, told apart by their block bytes `BB` (18, 22, 34): one block per unit,
+/// its f16 step `d` first; `w = d * (q - off)` (`off` 8, 16, 0).
+struct Blocks<const BB: usize>;
+type Q40 = Blocks<18>;
+type Q50 = Blocks<22>;
+type Q80 = Blocks<34>;
+
+impl<const BB: usize> Blocks<BB> {
+    /// The signed quants `q - off` of the block at `b`: its columns 0..16 and 16..32.
+    ///
+    /// # Safety
+    /// `b` is valid for reading `BB` bytes; NEON.
+    #[inline(always)]
+    unsafe fn quants(b: *const u8) -> [int8x16_t; 2] {
+        const SPREAD_LO: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1];
+        const SPREAD_HI: [u8; 16] = [2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3];
+        const BIT: [u8; 16] = [1, 2, 4, 8, 16, 32, 64, 128, 1, 2, 4, 8, 16, 32, 64, 128];
+        let q5 = BB == 22;
+        // SAFETY: reads inside the block (contract); the tables are 16 bytes each.
+        unsafe {
+            if BB == 34 {
+                return [
+                    vld1q_s8(b.add(2) as *const i8),
+                    vld1q_s8(b.add(18) as *const i8),
+                ];
+            }
+            let v = vld1q_u8(b.add(if q5 { 6 } else { 2 }));
             let (mut lo, mut hi) = (nibbles::<false>(v), nibbles::<true>(v));
-            if Q5 {
+            if q5 {
                 // bit j of qh is the 5th bit of element j: elements 0..16 are the low nibbles,
                 // 16..32 the high ones
                 let qh = u32::from_le(std::ptr::read_unaligned(b.add(2) as *const u32));
@@ -150,133 +155,84 @@ unsafe fn unpack_q4q5<const BB: usize, const Q5: bool>(
                 lo = vorrq_u8(lo, fifth(&SPREAD_LO));
                 hi = vorrq_u8(hi, fifth(&SPREAD_HI));
             }
-            let off = if Q5 { 16 } else { 8 };
-            g.w[2 * u] = signed_minus(lo, off);
-            g.w[2 * u + 1] = signed_minus(hi, off);
+            let off = if q5 { 16 } else { 8 };
+            [signed_minus(lo, off), signed_minus(hi, off)]
         }
     }
-    g.scale = f32x4(d);
-    g
 }
 
-struct Q40;
-impl Fmt for Q40 {
+impl<const BB: usize> Fmt for Blocks<BB> {
     const UNIT: usize = 32;
-    const BLOCK_BYTES: usize = 18;
+    const BLOCK_BYTES: usize = BB;
     const BLOCK_UNITS: usize = 1;
     #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, n: usize) -> Quad {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<18, false>(row, qi, n) }
-    }
-}
-
-struct Q50;
-impl Fmt for Q50 {
-    const UNIT: usize = 32;
-    const BLOCK_BYTES: usize = 22;
-    const BLOCK_UNITS: usize = 1;
-    #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, n: usize) -> Quad {
-        // SAFETY: forwarded contract.
-        unsafe { unpack_q4q5::<22, true>(row, qi, n) }
-    }
-}
-
-struct Q80;
-impl Fmt for Q80 {
-    const UNIT: usize = 32;
-    const BLOCK_BYTES: usize = 34;
-    const BLOCK_UNITS: usize = 1;
-    #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, n: usize) -> Quad {
-        let mut g = zero_quad();
+    unsafe fn unpack(row: *const u8, qi: usize, n: usize, g: &mut Quad) {
+        *g = zero_quad();
         let mut d = [0f32; 4];
-        // SAFETY: only blocks 4 qi + u, u < n, are read (34 bytes each, inside the row).
+        // SAFETY: only blocks 4 qi + u, u < n, are read (BB bytes each, inside the row by the
+        // contract).
         unsafe {
             for (u, du) in d.iter_mut().enumerate().take(n) {
-                let b = row.add(34 * (4 * qi + u));
+                let b = row.add(BB * (4 * qi + u));
                 *du = f16_at(b);
-                g.w[2 * u] = vld1q_s8(b.add(2) as *const i8);
-                g.w[2 * u + 1] = vld1q_s8(b.add(18) as *const i8);
+                [g.w[2 * u], g.w[2 * u + 1]] = Self::quants(b);
             }
         }
         g.scale = f32x4(d);
-        g
     }
 }
 
-/// Q4_K / Q5_K: quad `qi` is half `qi % 2` (sub-blocks `4h..4h + 4`) of superblock `qi / 2`;
-/// `w = d * sc * q - dmin * m`, the quants unsigned (0..31).
-///
-/// # Safety
-/// `row` holds superblock `qi / 2` (`BB` bytes); NEON.
-#[inline(always)]
-unsafe fn unpack_k45<const BB: usize, const Q5: bool>(row: *const u8, qi: usize) -> Quad {
-    let mut g = zero_quad();
-    let h = qi % 2;
-    let qs = if Q5 { 48 } else { 16 };
-    // SAFETY: reads bytes 0..BB of the superblock at row + BB * (qi / 2).
-    unsafe {
-        let p = row.add(BB * (qi / 2));
-        let qh = if Q5 {
-            [vld1q_u8(p.add(16)), vld1q_u8(p.add(32))]
-        } else {
-            [vdupq_n_u8(0); 2]
-        };
-        for u in 0..4 {
-            let s = 4 * h + u; // the sub-block
-            let chunk = p.add(qs + 32 * (s / 2));
-            for (half, &qh_half) in qh.iter().enumerate() {
-                let v = vld1q_u8(chunk.add(16 * half));
-                let mut q = if s.is_multiple_of(2) {
-                    nibbles::<false>(v)
-                } else {
-                    nibbles::<true>(v)
-                };
-                if Q5 {
-                    // bit s of qh[l] is the 5th bit of element l of sub-block s
-                    let on = vtstq_u8(qh_half, vdupq_n_u8(1 << s));
-                    q = vorrq_u8(q, vandq_u8(on, vdupq_n_u8(0x10)));
+/// Q4_K / Q5_K (`Q5`): quad `qi` is half `qi % 2` (sub-blocks `4h..4h + 4`) of superblock
+/// `qi / 2`; `w = d * sc * q - dmin * m`, the quants unsigned (0..31).
+struct K45<const Q5: bool>;
+type Q4K = K45<false>;
+type Q5K = K45<true>;
+
+impl<const Q5: bool> Fmt for K45<Q5> {
+    const UNIT: usize = 32;
+    const BLOCK_BYTES: usize = if Q5 { 176 } else { 144 };
+    const BLOCK_UNITS: usize = 8;
+    const BIAS: bool = true;
+    #[inline(always)]
+    unsafe fn unpack(row: *const u8, qi: usize, _n: usize, g: &mut Quad) {
+        let h = qi % 2;
+        let qs = if Q5 { 48 } else { 16 };
+        // SAFETY: reads bytes 0..BLOCK_BYTES of the superblock at row + BLOCK_BYTES * (qi / 2),
+        // which the row holds (contract: a quad is half a superblock).
+        unsafe {
+            let p = row.add(Self::BLOCK_BYTES * (qi / 2));
+            let qh = if Q5 {
+                [vld1q_u8(p.add(16)), vld1q_u8(p.add(32))]
+            } else {
+                [vdupq_n_u8(0); 2]
+            };
+            for u in 0..4 {
+                let s = 4 * h + u; // the sub-block
+                let chunk = p.add(qs + 32 * (s / 2));
+                for (half, &qh_half) in qh.iter().enumerate() {
+                    let v = vld1q_u8(chunk.add(16 * half));
+                    let mut q = if s.is_multiple_of(2) {
+                        nibbles::<false>(v)
+                    } else {
+                        nibbles::<true>(v)
+                    };
+                    if Q5 {
+                        // bit s of qh[l] is the 5th bit of element l of sub-block s
+                        let on = vtstq_u8(qh_half, vdupq_n_u8(1 << s));
+                        q = vorrq_u8(q, vandq_u8(on, vdupq_n_u8(0x10)));
+                    }
+                    g.w[2 * u + half] = vreinterpretq_s8_u8(q);
                 }
-                g.w[2 * u + half] = vreinterpretq_s8_u8(q);
             }
+            let (sc, mn) = k_scales_mins(&*(p.add(4) as *const [u8; 12]));
+            let widen = |v: u64| {
+                let b = (v >> (32 * h)) as u32 as u64;
+                vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(b)))))
+            };
+            g.scale = vmulq_f32(vdupq_n_f32(f16_at(p)), widen(sc));
+            // -(dmin * m), exactly as the AVX kernels form it
+            g.bias = vnegq_f32(vmulq_f32(vdupq_n_f32(f16_at(p.add(2))), widen(mn)));
         }
-        let (sc, mn) = k_scales_mins(&*(p.add(4) as *const [u8; 12]));
-        let widen = |v: u64| {
-            let b = (v >> (32 * h)) as u32 as u64;
-            vcvtq_f32_u32(vmovl_u16(vget_low_u16(vmovl_u8(vcreate_u8(b)))))
-        };
-        g.scale = vmulq_f32(vdupq_n_f32(f16_at(p)), widen(sc));
-        // -(dmin * m), exactly as the AVX kernels form it
-        g.bias = vnegq_f32(vmulq_f32(vdupq_n_f32(f16_at(p.add(2))), widen(mn)));
-    }
-    g
-}
-
-struct Q4K;
-impl Fmt for Q4K {
-    const UNIT: usize = 32;
-    const BLOCK_BYTES: usize = 144;
-    const BLOCK_UNITS: usize = 8;
-    const BIAS: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, _n: usize) -> Quad {
-        // SAFETY: forwarded contract (a quad is half a superblock).
-        unsafe { unpack_k45::<144, false>(row, qi) }
-    }
-}
-
-struct Q5K;
-impl Fmt for Q5K {
-    const UNIT: usize = 32;
-    const BLOCK_BYTES: usize = 176;
-    const BLOCK_UNITS: usize = 8;
-    const BIAS: bool = true;
-    #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, _n: usize) -> Quad {
-        // SAFETY: forwarded contract (a quad is half a superblock).
-        unsafe { unpack_k45::<176, true>(row, qi) }
     }
 }
 
@@ -288,8 +244,7 @@ impl Fmt for Q6K {
     const BLOCK_BYTES: usize = 210;
     const BLOCK_UNITS: usize = 16;
     #[inline(always)]
-    unsafe fn unpack(row: *const u8, qi: usize, _n: usize) -> Quad {
-        let mut g = zero_quad();
+    unsafe fn unpack(row: *const u8, qi: usize, _n: usize, g: &mut Quad) {
         let q4 = qi % 4;
         // element e = 16 (4 q4 + u) + i of the superblock: half h = q4 / 2, quarter
         // k = 2 (q4 % 2) + u / 2, column l = 16 (u % 2) + i; low 4 bits from
@@ -316,7 +271,6 @@ impl Fmt for Q6K {
             }
             g.scale = f32x4(sc);
         }
-        g
     }
 }
 
@@ -393,48 +347,52 @@ impl Dot for Widen {
     }
 }
 
-/// `sdot`: four byte products per i32 lane.
+/// Defines `unsafe fn $name(acc, a, b)`: the instruction `$insn` adding products of the bytes
+/// of `a` and `b` into the four i32 lanes of `acc`, as inline assembly (its intrinsic is not
+/// stable Rust yet); the CPU must have `$feature`, enabled in the calling function.
+macro_rules! accumulate_insn {
+    ($(#[$doc:meta])* $name:ident, $insn:literal, $feature:literal) => {
+        $(#[$doc])*
+        ///
+        /// # Safety
+        #[doc = concat!("The CPU has ", $feature, ", enabled in the calling function.")]
+        #[inline(always)]
+        unsafe fn $name(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+            let mut r = acc;
+            // SAFETY: the instruction reads and writes only these registers; its feature is
+            // enabled and present (contract).
+            unsafe {
+                core::arch::asm!(
+                    concat!($insn, " {r:v}.4s, {a:v}.16b, {b:v}.16b"),
+                    r = inout(vreg) r,
+                    a = in(vreg) a,
+                    b = in(vreg) b,
+                    options(pure, nomem, nostack, preserves_flags),
+                );
+            }
+            r
+        }
+    };
+}
+
+accumulate_insn!(
+    /// `sdot`: four byte products per i32 lane.
+    sdot, "sdot", "dotprod"
+);
+accumulate_insn!(
+    /// `smmla`: `acc + [a0 . b0, a0 . b1, a1 . b0, a1 . b1]` where `a0`, `a1` (`b0`, `b1`) are
+    /// the low and high 8 bytes of `a` (`b`).
+    smmla, "smmla", "i8mm"
+);
+
+/// [`sdot`] as a [`Dot`].
 struct Sdot;
 impl Dot for Sdot {
     #[inline(always)]
     unsafe fn dot(acc: int32x4_t, w: int8x16_t, x: int8x16_t) -> int32x4_t {
-        let mut r = acc;
-        // SAFETY: `sdot` reads and writes only these registers; the caller's function enables
-        // dotprod, which the CPU has (contract). (Its intrinsic, `vdotq_s32`, is not stable
-        // Rust yet.)
-        unsafe {
-            core::arch::asm!(
-                "sdot {r:v}.4s, {w:v}.16b, {x:v}.16b",
-                r = inout(vreg) r,
-                w = in(vreg) w,
-                x = in(vreg) x,
-                options(pure, nomem, nostack, preserves_flags),
-            );
-        }
-        r
+        // SAFETY: forwarded contract (dotprod).
+        unsafe { sdot(acc, w, x) }
     }
-}
-
-/// `smmla`: `acc + [a0 . b0, a0 . b1, a1 . b0, a1 . b1]` where `a0`, `a1` (`b0`, `b1`) are the
-/// low and high 8 bytes of `a` (`b`).
-///
-/// # Safety
-/// The CPU has i8mm, enabled in the calling function.
-#[inline(always)]
-unsafe fn smmla(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
-    let mut r = acc;
-    // SAFETY: `smmla` reads and writes only these registers; i8mm is enabled and present
-    // (contract). (Its intrinsic, `vmmlaq_s32`, is not stable Rust yet.)
-    unsafe {
-        core::arch::asm!(
-            "smmla {r:v}.4s, {a:v}.16b, {b:v}.16b",
-            r = inout(vreg) r,
-            a = in(vreg) a,
-            b = in(vreg) b,
-            options(pure, nomem, nostack, preserves_flags),
-        );
-    }
-    r
 }
 
 /// The integer dots of one quad of one row with one input: one i32 per unit.
@@ -463,12 +421,17 @@ unsafe fn quad_idot<F: Fmt, D: Dot>(g: &Quad, x: &XQuad) -> int32x4_t {
 }
 
 /// The integer dots of one quad of two rows (`g0`, `g1`) with two inputs (`xa`, `xb`) on
-/// `smmla`: `[(g0, xa), (g0, xb), (g1, xa), (g1, xb)]`, one i32 per unit each.
+/// `smmla`: `[[(g0, xa), (g0, xb)], [(g1, xa), (g1, xb)]]`, one i32 per unit each.
 ///
 /// # Safety
 /// As [`smmla`].
 #[inline(always)]
-unsafe fn quad_idot_mm<F: Fmt>(g0: &Quad, g1: &Quad, xa: &XQuad, xb: &XQuad) -> [int32x4_t; 4] {
+unsafe fn quad_idot_mm<F: Fmt>(
+    g0: &Quad,
+    g1: &Quad,
+    xa: &XQuad,
+    xb: &XQuad,
+) -> [[int32x4_t; 2]; 2] {
     // SAFETY: forwarded contract; the rest is register-only baseline NEON.
     unsafe {
         let per = F::UNIT / 16; // vectors per unit
@@ -491,10 +454,8 @@ unsafe fn quad_idot_mm<F: Fmt>(g0: &Quad, g1: &Quad, xa: &XQuad, xb: &XQuad) -> 
         let t3 = vreinterpretq_s64_s32(vtrn2q_s32(c[2], c[3]));
         let s32 = vreinterpretq_s32_s64;
         [
-            s32(vzip1q_s64(t0, t2)),
-            s32(vzip1q_s64(t1, t3)),
-            s32(vzip2q_s64(t0, t2)),
-            s32(vzip2q_s64(t1, t3)),
+            [s32(vzip1q_s64(t0, t2)), s32(vzip1q_s64(t1, t3))],
+            [s32(vzip2q_s64(t0, t2)), s32(vzip2q_s64(t1, t3))],
         ]
     }
 }
@@ -534,263 +495,206 @@ fn row_shape<F: Fmt>(cols: usize) -> (usize, usize, usize) {
     (quads, last, rb)
 }
 
-/// Row `r` against the `R` inputs with the dot `D`: `y[t * ldy + r]`.
-///
-/// # Safety
-/// As [`matvec_q`] for row `r < rows`; the CPU has `D`'s feature, enabled in the caller.
-#[inline(always)]
-unsafe fn one_row<F: Fmt, D: Dot, const R: usize>(
-    w: *const u8,
-    r: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>; R],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let (quads, last, rb) = row_shape::<F>(cols);
-    // SAFETY: row r lies in w (contract); quad qi holds n units of it and of every input
-    // (each quantized from `cols` columns); y[t * ldy + r] is writable (contract).
-    unsafe {
-        let row = w.add(r * rb);
-        let mut acc = [vdupq_n_f32(0.0); R];
-        for qi in 0..quads {
-            let n = if qi + 1 == quads { last } else { 4 };
-            let g = F::unpack(row, qi, n);
-            for t in 0..R {
-                let x = x_quad::<F>(&xs[t], qi, n);
-                acc[t] = update::<F>(acc[t], quad_idot::<F, D>(&g, &x), &g, &x);
-            }
-        }
-        for (t, a) in acc.iter().enumerate() {
-            *y.add(t * ldy + r) = hsum(*a);
-        }
-    }
+/// One quad of a tile of `M` rows (1 or 2) against `R` inputs: the rows' quads unpacked and
+/// the quad of the inputs that goes with them.
+struct TileQuad<'a, const M: usize, const R: usize> {
+    g: &'a [Quad; M],
+    xs: &'a [Q8Row<'a>; R],
+    /// The quad and its units.
+    qi: usize,
+    n: usize,
 }
 
-/// Every row with the dot `D`.
-///
-/// # Safety
-/// As [`one_row`] for every row.
-#[inline(always)]
-unsafe fn rows_dot<F: Fmt, D: Dot, const R: usize>(
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>; R],
-    y: *mut f32,
-    ldy: usize,
-) {
-    for r in 0..rows {
-        // SAFETY: forwarded contract, r < rows.
-        unsafe { one_row::<F, D, R>(w.as_ptr(), r, cols, xs, y, ldy) }
-    }
-}
+/// A tile's accumulators: `acc[i][t]` for row `i` and input `t`.
+type Acc<const M: usize, const R: usize> = [[float32x4_t; R]; M];
 
-/// Every row on `smmla`: rows in pairs against inputs in pairs; the input left over of an odd
-/// `R` takes `sdot` beside them, and so does the row left over of odd `rows`.
-///
-/// # Safety
-/// As [`rows_dot`]; the CPU has dotprod and i8mm, enabled in the caller.
-#[inline(always)]
-unsafe fn rows_mm<F: Fmt, const R: usize>(
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>; R],
-    y: *mut f32,
-    ldy: usize,
-) {
-    let (quads, last, rb) = row_shape::<F>(cols);
-    let wp = w.as_ptr();
-    let mut r = 0;
-    while r + 2 <= rows {
-        // SAFETY: rows r, r + 1 lie in w (contract); quad qi holds n units of them and of
-        // every input; y[t * ldy + r] and y[t * ldy + r + 1] are writable (contract).
-        unsafe {
-            let (row0, row1) = (wp.add(r * rb), wp.add((r + 1) * rb));
-            let mut acc0 = [vdupq_n_f32(0.0); R];
-            let mut acc1 = [vdupq_n_f32(0.0); R];
-            for qi in 0..quads {
-                let n = if qi + 1 == quads { last } else { 4 };
-                let g0 = F::unpack(row0, qi, n);
-                let g1 = F::unpack(row1, qi, n);
-                let mut t = 0;
-                while t + 2 <= R {
-                    let xa = x_quad::<F>(&xs[t], qi, n);
-                    let xb = x_quad::<F>(&xs[t + 1], qi, n);
-                    let [i0a, i0b, i1a, i1b] = quad_idot_mm::<F>(&g0, &g1, &xa, &xb);
-                    acc0[t] = update::<F>(acc0[t], i0a, &g0, &xa);
-                    acc0[t + 1] = update::<F>(acc0[t + 1], i0b, &g0, &xb);
-                    acc1[t] = update::<F>(acc1[t], i1a, &g1, &xa);
-                    acc1[t + 1] = update::<F>(acc1[t + 1], i1b, &g1, &xb);
-                    t += 2;
-                }
-                if t < R {
-                    let x = x_quad::<F>(&xs[t], qi, n);
-                    acc0[t] = update::<F>(acc0[t], quad_idot::<F, Sdot>(&g0, &x), &g0, &x);
-                    acc1[t] = update::<F>(acc1[t], quad_idot::<F, Sdot>(&g1, &x), &g1, &x);
-                }
-            }
-            for t in 0..R {
-                *y.add(t * ldy + r) = hsum(acc0[t]);
-                *y.add(t * ldy + r + 1) = hsum(acc1[t]);
-            }
-        }
-        r += 2;
-    }
-    if r < rows {
-        // SAFETY: forwarded contract for the last row.
-        unsafe { one_row::<F, Sdot, R>(wp, r, cols, xs, y, ldy) }
-    }
-}
-
-/// A body over every row for one instruction, generic over the format and input count.
-trait Kernel {
+impl<const M: usize, const R: usize> TileQuad<'_, M, R> {
+    /// Input `t`'s quad.
+    ///
     /// # Safety
-    /// As [`matvec_q`] with `R == xs.len()`; the CPU has the kernel's features, enabled in the
+    /// Input `t` holds the quad's units; NEON.
+    #[inline(always)]
+    unsafe fn x<F: Fmt>(&self, t: usize) -> XQuad {
+        // SAFETY: forwarded contract.
+        unsafe { x_quad::<F>(&self.xs[t], self.qi, self.n) }
+    }
+
+    /// Input `t`, its quad `x`, against every row with the dot `D`.
+    ///
+    /// # Safety
+    /// As [`Dot::dot`].
+    #[inline(always)]
+    unsafe fn dot_rows<F: Fmt, D: Dot>(&self, t: usize, x: &XQuad, acc: &mut Acc<M, R>) {
+        for (gi, ai) in self.g.iter().zip(acc.iter_mut()) {
+            // SAFETY: forwarded contract.
+            ai[t] = update::<F>(ai[t], unsafe { quad_idot::<F, D>(gi, x) }, gi, x);
+        }
+    }
+}
+
+/// The integer dots of a [`TileQuad`] with one instruction, added into the tile's
+/// accumulators by [`update`].
+trait Kernel {
+    /// Whether the rows go in tiles of two (the last of an odd count alone), else of one.
+    const ROW_PAIRS: bool = false;
+    /// # Safety
+    /// Every input holds the quad's units; the CPU has the kernel's features, enabled in the
     /// calling function.
-    unsafe fn run<F: Fmt, const R: usize>(
-        w: &[u8],
-        rows: usize,
-        cols: usize,
-        xs: &[Q8Row<'_>; R],
-        y: *mut f32,
-        ldy: usize,
+    unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
     );
 }
 
-/// [`rows_dot`] on widening multiplies.
-struct WidenRows;
-impl Kernel for WidenRows {
+/// A [`Dot`] one row and one input at a time.
+impl<D: Dot> Kernel for D {
     #[inline(always)]
-    unsafe fn run<F: Fmt, const R: usize>(
-        w: &[u8],
-        rows: usize,
-        cols: usize,
-        xs: &[Q8Row<'_>; R],
-        y: *mut f32,
-        ldy: usize,
+    unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
     ) {
-        // SAFETY: forwarded contract.
-        unsafe { rows_dot::<F, Widen, R>(w, rows, cols, xs, y, ldy) }
-    }
-}
-
-/// [`rows_dot`] on `sdot`.
-struct SdotRows;
-impl Kernel for SdotRows {
-    #[inline(always)]
-    unsafe fn run<F: Fmt, const R: usize>(
-        w: &[u8],
-        rows: usize,
-        cols: usize,
-        xs: &[Q8Row<'_>; R],
-        y: *mut f32,
-        ldy: usize,
-    ) {
-        // SAFETY: forwarded contract (dotprod enabled and present).
-        unsafe { rows_dot::<F, Sdot, R>(w, rows, cols, xs, y, ldy) }
-    }
-}
-
-/// [`rows_mm`]: `smmla`, with `sdot` for what is left over.
-struct MmlaRows;
-impl Kernel for MmlaRows {
-    #[inline(always)]
-    unsafe fn run<F: Fmt, const R: usize>(
-        w: &[u8],
-        rows: usize,
-        cols: usize,
-        xs: &[Q8Row<'_>; R],
-        y: *mut f32,
-        ldy: usize,
-    ) {
-        // SAFETY: forwarded contract (dotprod and i8mm enabled and present).
-        unsafe { rows_mm::<F, R>(w, rows, cols, xs, y, ldy) }
-    }
-}
-
-/// `y[t * ldy + r] = sum_c w[r, c] * x_t[c]` for `rows` rows of `cols` columns of `qt`
-/// weights and the 1 to [`Q_GROUP`] inputs `xs` (8-bit blocks of `cols` columns): every weight
-/// quad is unpacked once for all inputs. The bits are the same whichever `dot`.
-///
-/// # Safety
-/// `w` holds at least `rows` rows of `cols` (a whole number of `qt` blocks) weights; every
-/// input was quantized from `cols` columns; `1 <= xs.len() <= Q_GROUP`; `y` is valid for
-/// writes at `t * ldy + r` (`t < xs.len()`, `r < rows`) with nothing else accessing them during
-/// the call; the CPU has dotprod for [`DotInsn::Sdot`], dotprod and i8mm for
-/// [`DotInsn::Smmla`].
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn matvec_q(
-    qt: QuantType,
-    w: &[u8],
-    rows: usize,
-    cols: usize,
-    xs: &[Q8Row<'_>],
-    y: *mut f32,
-    ldy: usize,
-    dot: DotInsn,
-) {
-    // SAFETY: forwarded contract (the features of `dot` present).
-    unsafe {
-        match dot {
-            DotInsn::Widen => plain(qt, w, rows, cols, xs, y, ldy),
-            DotInsn::Sdot => with_dotprod(qt, w, rows, cols, xs, y, ldy),
-            DotInsn::Smmla => with_i8mm(qt, w, rows, cols, xs, y, ldy),
+        for t in 0..R {
+            // SAFETY: forwarded contract.
+            unsafe { q.dot_rows::<F, D>(t, &q.x::<F>(t), acc) }
         }
     }
 }
 
-/// Defines a [`matvec_q`] body compiled for the given target features and instruction.
+/// `smmla` on a pair of rows against inputs in pairs; the input left over of an odd `R` takes
+/// `sdot`, and so does a row alone.
+struct Mmla;
+impl Kernel for Mmla {
+    const ROW_PAIRS: bool = true;
+    #[inline(always)]
+    unsafe fn quad<F: Fmt, const M: usize, const R: usize>(
+        q: &TileQuad<'_, M, R>,
+        acc: &mut Acc<M, R>,
+    ) {
+        // SAFETY: forwarded contract (dotprod and i8mm); rows 0 and 1 exist where M == 2.
+        unsafe {
+            if M == 1 {
+                return Sdot::quad::<F, M, R>(q, acc);
+            }
+            let mut t = 0;
+            while t + 2 <= R {
+                let x = [q.x::<F>(t), q.x::<F>(t + 1)];
+                let idot = quad_idot_mm::<F>(&q.g[0], &q.g[1], &x[0], &x[1]);
+                for (i, gi) in q.g.iter().enumerate() {
+                    for (j, xj) in x.iter().enumerate() {
+                        acc[i][t + j] = update::<F>(acc[i][t + j], idot[i][j], gi, xj);
+                    }
+                }
+                t += 2;
+            }
+            if t < R {
+                q.dot_rows::<F, Sdot>(t, &q.x::<F>(t), acc);
+            }
+        }
+    }
+}
+
+/// Rows `r..r + M` of `m` against its inputs `xs` with the kernel `K`: `y[t * ldy + r + i]`.
+///
+/// # Safety
+/// As [`matvec_q`] for rows `r + M <= m.rows`; the CPU has `K`'s features, enabled in the
+/// caller.
+#[inline(always)]
+unsafe fn tile<F: Fmt, K: Kernel, const M: usize, const R: usize>(
+    m: &Matvec<'_>,
+    xs: &[Q8Row<'_>; R],
+    r: usize,
+) {
+    let Matvec {
+        w, cols, y, ldy, ..
+    } = *m;
+    let (quads, last, rb) = row_shape::<F>(cols);
+    // SAFETY: rows r..r + M lie in w (contract); quad qi holds n units of them and of every
+    // input (each quantized from `cols` columns); y[t * ldy + r + i] is writable (contract).
+    unsafe {
+        let mut acc = [[vdupq_n_f32(0.0); R]; M];
+        let row = w.as_ptr().add(r * rb);
+        for qi in 0..quads {
+            let n = if qi + 1 == quads { last } else { 4 };
+            // written out (M is 1 or 2) so that each is unpacked inline, not in a loop
+            let mut g = [zero_quad(); M];
+            F::unpack(row, qi, n, &mut g[0]);
+            if M == 2 {
+                F::unpack(row.add(rb), qi, n, &mut g[1]);
+            }
+            K::quad::<F, M, R>(&TileQuad { g: &g, xs, qi, n }, &mut acc);
+        }
+        for (i, ai) in acc.iter().enumerate() {
+            for (t, a) in ai.iter().enumerate() {
+                *y.add(t * ldy + r + i) = hsum(*a);
+            }
+        }
+    }
+}
+
+/// Every row of `m` against its `R` inputs with the kernel `K`, in tiles of one or two rows.
+///
+/// # Safety
+/// As [`matvec_q`] with `R == m.xs.len()`; the CPU has `K`'s features, enabled in the caller.
+#[inline(always)]
+unsafe fn rows<F: Fmt, K: Kernel, const R: usize>(m: &Matvec<'_>) {
+    let xs = m.inputs::<R>();
+    let mut r = 0;
+    // SAFETY: forwarded contract, for rows below m.rows.
+    unsafe {
+        if K::ROW_PAIRS {
+            while r + 2 <= m.rows {
+                tile::<F, K, 2, R>(m, &xs, r);
+                r += 2;
+            }
+        }
+        for r in r..m.rows {
+            tile::<F, K, 1, R>(m, &xs, r);
+        }
+    }
+}
+
+/// The matvec `m` on `qt` weights (see [`Matvec`]): every weight quad is unpacked once for
+/// all inputs. The bits are the same whichever `dot`.
+///
+/// # Safety
+/// `m` as [`Matvec`] says, with `qt` its weights' format; the CPU has dotprod for
+/// [`DotInsn::Sdot`], dotprod and i8mm for [`DotInsn::Smmla`].
+pub(crate) unsafe fn matvec_q(qt: QuantType, m: Matvec<'_>, dot: DotInsn) {
+    // SAFETY: forwarded contract (the features of `dot` present).
+    unsafe {
+        match dot {
+            DotInsn::Widen => plain(qt, &m),
+            DotInsn::Sdot => with_dotprod(qt, &m),
+            DotInsn::Smmla => with_i8mm(qt, &m),
+        }
+    }
+}
+
+/// Defines a [`matvec_q`] body compiled for the given target features and kernel.
 macro_rules! matvec_fn {
     ($name:ident, $features:literal, $kernel:ty) => {
-        /// [`matvec_q`] for one instruction.
+        /// [`matvec_q`] for one kernel.
         ///
         /// # Safety
         /// As [`matvec_q`]; the CPU supports the enabled features.
         #[target_feature(enable = $features)]
-        unsafe fn $name(
-            qt: QuantType,
-            w: &[u8],
-            rows: usize,
-            cols: usize,
-            xs: &[Q8Row<'_>],
-            y: *mut f32,
-            ldy: usize,
-        ) {
-            debug_assert!((1..=Q_GROUP).contains(&xs.len()));
-            macro_rules! go {
+        unsafe fn $name(qt: QuantType, m: &Matvec<'_>) {
+            macro_rules! run {
+                ($f:ty, $t:literal) => {
+                    rows::<$f, $kernel, $t>(m)
+                };
+            }
+            macro_rules! each_input {
                 ($f:ty) => {
-                    match xs.len() {
-                        1 => <$kernel>::run::<$f, 1>(w, rows, cols, &[xs[0]], y, ldy),
-                        2 => <$kernel>::run::<$f, 2>(w, rows, cols, &[xs[0], xs[1]], y, ldy),
-                        3 => <$kernel>::run::<$f, 3>(w, rows, cols, &[xs[0], xs[1], xs[2]], y, ldy),
-                        _ => <$kernel>::run::<$f, 4>(
-                            w,
-                            rows,
-                            cols,
-                            &[xs[0], xs[1], xs[2], xs[3]],
-                            y,
-                            ldy,
-                        ),
-                    }
+                    by_inputs!(m.xs.len(), run!($f,))
                 };
             }
             // SAFETY: forwarded contract.
-            unsafe {
-                match qt {
-                    QuantType::Q4_0 => go!(Q40),
-                    QuantType::Q5_0 => go!(Q50),
-                    QuantType::Q8_0 => go!(Q80),
-                    QuantType::Q4K => go!(Q4K),
-                    QuantType::Q5K => go!(Q5K),
-                    QuantType::Q6K => go!(Q6K),
-                }
-            }
+            unsafe { by_format!(qt, each_input!()) }
         }
     };
 }
 
-matvec_fn!(plain, "neon", WidenRows);
-matvec_fn!(with_dotprod, "neon,dotprod", SdotRows);
-matvec_fn!(with_i8mm, "neon,dotprod,i8mm", MmlaRows);
+matvec_fn!(plain, "neon", Widen);
+matvec_fn!(with_dotprod, "neon,dotprod", Sdot);
+matvec_fn!(with_i8mm, "neon,dotprod,i8mm", Mmla);

@@ -138,17 +138,18 @@ pub(crate) unsafe fn matvec_q_raw(
             let q = &q[..grp.len()];
             let yg = y.wrapping_add(g * group * ldy);
             let vnni = cpu.vnni();
+            let m = generic::Matvec::new(w, rows, cols, q, yg, ldy);
             if isa == Isa::Avx512 {
                 let b = Avx512::new().unwrap_or_else(|| unsupported(isa));
                 // SAFETY: VNNI detected when `vnni` (a `Cpu` claims it only where detected);
                 // `w` holds `rows` rows of `cols` (a `QMatrix`); every input was quantized
                 // from `cols` columns (checked, `QuantX::new`); this group's rows of y are
                 // forwarded from the contract.
-                unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
+                unsafe { generic::matvec_q(b, qt, m, vnni) }
             } else {
                 let b = Avx2::new().unwrap_or_else(|| unsupported(isa));
                 // SAFETY: as above, for AVX2 (AVX-VNNI detected when `vnni`).
-                unsafe { generic::matvec_q(b, qt, w, rows, cols, q, yg, ldy, vnni) }
+                unsafe { generic::matvec_q(b, qt, m, vnni) }
             }
         }
         return;
@@ -160,11 +161,12 @@ pub(crate) unsafe fn matvec_q_raw(
         for (g, grp) in xs.chunks(neon::Q_GROUP).enumerate() {
             let q: [Q8Row<'_>; neon::Q_GROUP] = group_of(grp.len(), |i| q8_of(&grp[i]));
             let yg = y.wrapping_add(g * neon::Q_GROUP * ldy);
+            let m = generic::Matvec::new(w, rows, cols, &q[..grp.len()], yg, ldy);
             // SAFETY: NEON checked, and dotprod / i8mm claimed by `dot` only where the `Cpu`
             // claims them, which it does only where detected; `w` holds `rows` rows of `cols`
             // (a `QMatrix`); every input was quantized from `cols` columns (checked,
             // `QuantX::new`); this group's rows of y are forwarded from the contract.
-            unsafe { neon::matvec_q(qt, w, rows, cols, &q[..grp.len()], yg, ldy, dot) }
+            unsafe { neon::matvec_q(qt, m, dot) }
         }
         return;
     }

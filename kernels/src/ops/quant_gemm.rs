@@ -232,7 +232,9 @@ pub(crate) unsafe fn matmul_q_strided(
                 // detected; `wt` holds rows r0..r0 + rt of `w` (a `QMatrix` of k columns);
                 // every input row of xq was quantized from k columns; y's columns r0..r0 + rt
                 // of rows t0..t0 + g are forwarded from the contract (r0 + rt <= rows <= ldy).
-                unsafe { neon::matvec_q(qt, wt, rt, k, &q[..g], yt, ldy, dot) }
+                unsafe {
+                    neon::matvec_q(qt, generic::Matvec::new(wt, rt, k, &q[..g], yt, ldy), dot)
+                }
             });
         }
         _ => {
