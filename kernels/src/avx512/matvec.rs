@@ -50,14 +50,13 @@ pub unsafe fn pack_hilo(x: &[f32], out: &mut [f32]) {
 }
 
 /// [`MatvecRows`] for bf16 weights with AVX512-BF16 and `R` inputs (`R = 1`: one matvec), each
-/// `xs[t]` split by [`pack_hilo`] from its `cols` columns: each 32 weights are loaded once and take two
-/// `vdpbf16ps` per input (one against `hi`, one against `lo`), with exact products and f32
-/// accumulation. The result is as
-/// accurate as the f32 kernel's to within ~2^-17 of `sum |w x|`, and with fewer instructions
-/// per cache line of weights (no widening shuffles) it streams them ~20% faster. Each input
-/// has its own four accumulators, added into in the same order and reduced the same way
-/// whatever `R`, so output `t` is bit for bit the same as for input `t` alone. (`R <= 6` fits
-/// the 32 registers.)
+/// `xs[t]` split by [`pack_hilo`] from its `cols` columns: each 32 weights are loaded once and take
+/// two `vdpbf16ps` per input (one against `hi`, one against `lo`), with exact products and f32
+/// accumulation. The result is as accurate as the f32 kernel's to within ~2^-17 of `sum |w x|`, and
+/// with fewer instructions per cache line of weights (no widening shuffles) it streams them ~20%
+/// faster. Each input has its own four accumulators, added into in the same order and reduced the
+/// same way whatever `R`, so output `t` is bit for bit the same as for input `t` alone. (`R <= 6`
+/// fits the 32 registers.)
 ///
 /// # Safety
 /// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading
@@ -124,14 +123,13 @@ pub(crate) unsafe fn matvec_bf16_hilo_rows<const R: usize>(m: MatvecRows<'_>, xs
     }
 }
 
-/// [`MatvecRows`] for bf16 weights without widening shuffles and `R` inputs (`R = 1`: one
-/// matvec): each `xs[t]` holds its `cols` columns in blocks of 32, the 16 even columns then the 16 odd ones (zero
-/// past the end; see `ops::MatvecX`). 32 weights are
-/// loaded as 16 32-bit lanes; a shift left by 16 gives the even weights as f32, a mask of the
-/// high half the odd ones: exact, like the widening matvec, and with fewer instructions per
-/// cache line of weights. The split is made once per block for every input; each input has its
-/// own accumulators, order and reduction whatever `R`, so output `t` is bit for bit the same as
-/// for input `t` alone. (`R <= 6` fits.)
+/// [`MatvecRows`] for bf16 weights without widening shuffles and `R` inputs (`R = 1`: one matvec):
+/// each `xs[t]` holds its `cols` columns in blocks of 32, the 16 even columns then the 16 odd ones
+/// (zero past the end; see `ops::MatvecX`). 32 weights are loaded as 16 32-bit lanes; a shift left
+/// by 16 gives the even weights as f32, a mask of the high half the odd ones: exact, like the
+/// widening matvec, and with fewer instructions per cache line of weights. The split is made once
+/// per block for every input; each input has its own accumulators, order and reduction whatever
+/// `R`, so output `t` is bit for bit the same as for input `t` alone. (`R <= 6` fits.)
 ///
 /// # Safety
 /// `w` holds at least `rows * cols` bf16; each `xs[t]` is valid for reading

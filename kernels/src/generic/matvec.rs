@@ -118,10 +118,10 @@ impl<'a> MatvecRows<'a> {
     }
 }
 
-/// [`matvec`] for `R` inputs at once, `x_t` the `cols` floats at `xs[t]` (see [`MatvecRows`]):
-/// each weight vector is loaded (and widened) once for all `R` inputs. Every input keeps [`matvec`]'s eight accumulators and adds
-/// into them in the same order, with the same reduction, so output `t` is bit for bit
-/// [`matvec`]'s for `x_t` alone.
+/// [`matvec`] for `R` inputs at once, `x_t` the `cols` floats at `xs[t]` (see [`MatvecRows`]): each
+/// weight vector is loaded (and widened) once for all `R` inputs. Every input keeps [`matvec`]'s
+/// eight accumulators and adds into them in the same order, with the same reduction, so output `t`
+/// is bit for bit [`matvec`]'s for `x_t` alone.
 ///
 /// Where the `8 R` accumulators do not fit the registers next to the weight vector (16
 /// registers), the row is read in two passes, each a sum of its own columns: accumulators 0..4

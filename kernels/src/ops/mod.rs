@@ -80,8 +80,9 @@ pub fn matvec_scratch_len(cols: usize) -> usize {
 ///   each weight to f32);
 /// - on AVX-512 otherwise (or for a CPU [`without_bf16`](Cpu::without_bf16)), reordered into
 ///   even and odd columns, so the kernel turns 32-bit lanes of weight pairs into f32 with a
-///   shift and a mask instead of a widening shuffle (exact; on Zen 4 8% faster from DRAM, 27% from L3, one thread). The same
-///   trick on AVX2 was no faster in decode there, so AVX2 keeps the widening kernel.
+///   shift and a mask instead of a widening shuffle (exact; on Zen 4 8% faster from DRAM, 27%
+///   from L3, one thread). The same trick on AVX2 was no faster in decode there, so AVX2 keeps
+///   the widening kernel.
 ///
 /// Otherwise it is `x` as is.
 #[derive(Clone, Copy)]

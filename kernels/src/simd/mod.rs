@@ -1,7 +1,7 @@
 //! The SIMD layer: one trait, [`Simd`], over a vector of f32 lanes, implemented once per
-//! backend (`avx2::Avx2`, `avx512::Avx512` on x86-64, `neon::Neon` on aarch64), so that a kernel whose algorithm is the same on
-//! every ISA (the elementwise ops, the widening matvecs, the per-row attention) is written once
-//! in [`crate::generic`] and monomorphized per backend.
+//! backend (`avx2::Avx2`, `avx512::Avx512` on x86-64, `neon::Neon` on aarch64), so that a
+//! kernel whose algorithm is the same on every ISA (the elementwise ops, the widening matvecs,
+//! the per-row attention) is written once in [`crate::generic`] and monomorphized per backend.
 //!
 //! A backend value is a token: it exists only where the CPU runs the backend's instructions
 //! (its constructor detects them), which is what makes the intrinsics inside its methods sound.
@@ -169,7 +169,9 @@ macro_rules! simd_methods {
                 _mm256_storeu_ps(p, v), _mm512_storeu_ps(p, v), vst1q_f32(p, v);
             // weights are bytes, unaligned for f32: NEON loads them as bytes and reinterprets
             unsafe fn load_f32_bytes(p: *const u8) -> Self::F32 =
-                _mm256_loadu_ps(p.cast()), _mm512_loadu_ps(p.cast()), vreinterpretq_f32_u8(vld1q_u8(p));
+                _mm256_loadu_ps(p.cast()),
+                _mm512_loadu_ps(p.cast()),
+                vreinterpretq_f32_u8(vld1q_u8(p));
             unsafe fn load_f16(p: *const u8) -> Self::F32 =
                 _mm256_cvtph_ps(_mm_loadu_si128(p.cast())),
                 _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
