@@ -5,25 +5,15 @@
 //! for matmul and attention, `Elements` counts FLOPs (2 per multiply-add), so criterion's
 //! "elem/s" reads as FLOP/s.
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
+use std::hint::black_box;
+
+use common::{config_ms, data};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, Matrix};
 use qwenrt_kernels::par::{self, Attention, KvLayout};
 use qwenrt_kernels::{Bf16, Cpu, Dtype, Isa, ThreadPool, WeightType, F16, F32};
-
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 fn weights(n: usize, dt: Dtype) -> Vec<u8> {
     let v = data(n, 7);
@@ -36,13 +26,6 @@ fn weights(n: usize, dt: Dtype) -> Vec<u8> {
         }
     }
     out
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(400))
-        .measurement_time(Duration::from_millis(1500))
 }
 
 fn bench_matvec_dtype<W: WeightType>(c: &mut Criterion, shapes: &[(usize, usize)]) {
@@ -399,7 +382,7 @@ fn bench_matvec_rows(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = config();
+    config = config_ms(400, 1500);
     targets = bench_matvec, bench_matvec_rows, bench_matmul, bench_elementwise, bench_attention, bench_par
 }
 criterion_main!(benches);

@@ -1,52 +1,18 @@
 //! Quantized matvecs (`ops::matvec_q_rows`) at Qwen2.5-0.5B's MLP shapes (4864x896 and
-//! 896x4864; 4864x1024 for the K-quants, whose rows are whole superblocks of 256), one and four inputs, for every ggml format on the best ISA this CPU runs (and on
-//! AVX-512 also without VNNI). Throughput is bytes of weights streamed per call, so
+//! 896x4864; 4864x1024 for the K-quants, whose rows are whole superblocks of 256), one and
+//! four inputs, for every ggml format on the best ISA this CPU runs (and on AVX-512 also
+//! without VNNI). Throughput is bytes of weights streamed per call, so
 //! criterion's rate reads as GB/s of weights (with 4 inputs: weights read once for all four).
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
+use std::hint::black_box;
+
+use common::{bytes, config, weights};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::{self, QuantX};
 use qwenrt_kernels::quant::{q8_len, QMatrix, QuantType};
 use qwenrt_kernels::Cpu;
-
-/// xorshift32 bytes.
-fn bytes(n: usize, seed: u32) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 11) as u8
-        })
-        .collect()
-}
-
-/// Valid random blocks: random quants, every f16 scale set to a small finite value.
-fn weights(qt: QuantType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut w = bytes(rows * qt.row_bytes(cols).unwrap(), 7);
-    let d = half::f16::from_f32(0.01).to_bits().to_le_bytes();
-    for b in w.chunks_exact_mut(qt.block_bytes()) {
-        let at: &[usize] = match qt {
-            QuantType::Q4K | QuantType::Q5K => &[0, 2],
-            QuantType::Q6K => &[208],
-            _ => &[0],
-        };
-        for &i in at {
-            b[i..i + 2].copy_from_slice(&d);
-        }
-    }
-    w
-}
-
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1000))
-}
 
 fn bench_matvec_q(c: &mut Criterion) {
     // QWENRT_ISA=avx2 benches the AVX2 kernels on an AVX-512 machine

@@ -3,26 +3,15 @@
 //! shapes. `Elements` counts FLOPs (2 per multiply-add), so criterion's "elem/s" reads as
 //! FLOP/s.
 
-use std::hint::black_box;
-use std::time::Duration;
+mod common;
 
+use std::hint::black_box;
+
+use common::{config_ms, data};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qwenrt_kernels::ops::Matrix;
 use qwenrt_kernels::quant::QMatrix;
 use qwenrt_kernels::{par, Cpu, QuantType, ThreadPool, F32};
-
-/// xorshift in [-0.5, 0.5).
-fn data(n: usize, seed: u32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(2_654_435_761).max(1);
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
-        })
-        .collect()
-}
 
 /// `rows` random rows of `qt` blocks: random quant bytes, small f16 scales.
 fn qweights(qt: QuantType, rows: usize, k: usize) -> Vec<u8> {
@@ -102,16 +91,9 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(300))
-        .measurement_time(Duration::from_millis(1500))
-}
-
 criterion_group! {
     name = benches;
-    config = config();
+    config = config_ms(300, 1500);
     targets = bench
 }
 criterion_main!(benches);
