@@ -71,7 +71,7 @@ pub fn random_x(cols: usize, rng: &mut Rng) -> Vec<f32> {
     x
 }
 
-/// Scalar reference for `par::attention` on a `T` cache: one (token, head) at a time.
+/// Scalar reference for `par::Attention::run` on a `T` cache: one (token, head) at a time.
 pub fn attention_ref<T: KvType>(
     layout: KvLayout,
     pos0: usize,
