@@ -98,10 +98,7 @@ fn bench_matmul(c: &mut Criterion) {
                         b.iter(|| {
                             ops::matmul::<Bf16>(
                                 isa,
-                                Matrix {
-                                    bytes: black_box(&w),
-                                    cols: k,
-                                },
+                                Matrix::new(black_box(&w), k),
                                 black_box(&x),
                                 &mut pack,
                                 &mut y,
@@ -115,10 +112,7 @@ fn bench_matmul(c: &mut Criterion) {
                         b.iter(|| {
                             ops::matmul_bf16dot(
                                 isa,
-                                Matrix {
-                                    bytes: black_box(&w),
-                                    cols: k,
-                                },
+                                Matrix::new(black_box(&w), k),
                                 black_box(&x),
                                 &mut s,
                                 &mut y,
@@ -251,10 +245,7 @@ fn bench_par(c: &mut Criterion) {
                         par::matmul::<Bf16>(
                             pool,
                             isa,
-                            Matrix {
-                                bytes: black_box(&w),
-                                cols: k,
-                            },
+                            Matrix::new(black_box(&w), k),
                             &x,
                             &mut pack,
                             &mut y,
@@ -272,10 +263,7 @@ fn bench_par(c: &mut Criterion) {
                         par::matmul_bf16dot(
                             pool,
                             isa,
-                            Matrix {
-                                bytes: black_box(&w),
-                                cols: k,
-                            },
+                            Matrix::new(black_box(&w), k),
                             &x,
                             &mut s,
                             &mut y,
@@ -364,10 +352,7 @@ fn bench_matvec_rows(c: &mut Criterion) {
                         par::matvec_rows::<Bf16>(
                             pool,
                             isa,
-                            Matrix {
-                                bytes: black_box(&w),
-                                cols,
-                            },
+                            Matrix::new(black_box(&w), cols),
                             &x,
                             &mut s,
                             &mut y,

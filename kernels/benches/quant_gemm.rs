@@ -78,10 +78,7 @@ fn bench(c: &mut Criterion) {
                 par::matmul::<F32>(
                     &pool,
                     isa,
-                    Matrix {
-                        bytes: black_box(&w),
-                        cols: k,
-                    },
+                    Matrix::new(black_box(&w), k),
                     &x,
                     &mut pack,
                     &mut y,

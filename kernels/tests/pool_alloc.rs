@@ -103,10 +103,7 @@ fn dispatch_and_par_kernels_allocate_nothing() {
                         &mut s,
                         [&mut y1, &mut y2],
                     );
-                    let wm = Matrix {
-                        bytes: &w[1..],
-                        cols,
-                    };
+                    let wm = Matrix::new(&w[1..], cols);
                     par::matmul::<Bf16>(&pool, isa, wm, &x, &mut pack, &mut y);
                     let attn = Attention::<F32> {
                         layout,

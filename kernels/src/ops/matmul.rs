@@ -32,6 +32,11 @@ pub struct Matrix<'a> {
 }
 
 impl<'a> Matrix<'a> {
+    /// The matrix of `cols` weights per row in `bytes` (checked against the rows when used).
+    pub fn new(bytes: &'a [u8], cols: usize) -> Matrix<'a> {
+        Matrix { bytes, cols }
+    }
+
     /// `y = x · selfᵀ` as one block, the whole of `y` ([`scalar::matmul_dims`] gives its shape),
     /// or `None` when there is nothing to compute. The block points into `y`, so it must be
     /// used while `y`'s borrow is held and `y` is not otherwise accessed.

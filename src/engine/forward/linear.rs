@@ -222,10 +222,7 @@ impl Matmul<'_> {
         let (pool, cpu) = (self.pool, self.cpu);
         let cols = w.cols;
         let wbytes = self.weights.bytes(&w.w);
-        let wm = Matrix {
-            bytes: wbytes,
-            cols,
-        };
+        let wm = Matrix::new(wbytes, cols);
         let n = x.len() / cols.max(1);
         let width = out.len() / n.max(1);
         let (x_d, x_p) = x.split_at(nd * cols);
