@@ -696,37 +696,32 @@ fn gguf_failing_mid_conversion_leaves_no_output() {
 #[test]
 fn threads_past_the_physical_cores_run_with_a_warning() {
     let m = tiny_model(|_| {}, |_| {});
+    let info_with_threads = |threads: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
+            .args([
+                "info",
+                "--model",
+                m.path().to_str().unwrap(),
+                "--threads",
+                threads,
+            ])
+            .env("QWENRT_HOME", m.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            out.status.success(),
+            "info --threads {threads} failed: {stderr}"
+        );
+        stderr
+    };
     let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
     let too_many = (logical + 1).to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args([
-            "info",
-            "--model",
-            m.path().to_str().unwrap(),
-            "--threads",
-            &too_many,
-        ])
-        .env("QWENRT_HOME", m.path())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "info failed: {stderr}");
+    let stderr = info_with_threads(&too_many);
     assert!(
         stderr.contains(&format!("warning: --threads {too_many} is more than the")),
         "no warning: {stderr}"
     );
     // at the physical cores or fewer there is none
-    let out = Command::new(env!("CARGO_BIN_EXE_qwenrt"))
-        .args([
-            "info",
-            "--model",
-            m.path().to_str().unwrap(),
-            "--threads",
-            "1",
-        ])
-        .env("QWENRT_HOME", m.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("warning: --threads"));
+    assert!(!info_with_threads("1").contains("warning: --threads"));
 }
