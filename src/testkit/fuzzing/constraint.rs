@@ -45,7 +45,8 @@ pub const CONSTRAINT_HANG: Duration = Duration::from_secs(20);
 /// first; then, for up to 8 steps, the token picked (by the input's bytes) among those the
 /// mask allows is one [`Constraint::allows`](crate::engine::constraint::Constraint::allows)
 /// agrees with and [`commit`](crate::engine::constraint::Constraint::commit) accepts, until
-/// only stop tokens are left. Every failed mask after the first leaves an error to read.
+/// only stop tokens are left. Every failed mask after the first leaves an error to read, and
+/// so does a commit refused for the lexer's budget, the only reason a commit may fail.
 pub fn constraint_compile(data: &[u8]) -> CompileOutcome {
     let Some((&kind, rest)) = data.split_first() else {
         return CompileOutcome::Refused;
@@ -114,9 +115,27 @@ pub fn constraint_compile(data: &[u8]) -> CompileOutcome {
             c.allows(t),
             "the mask allows {t} but allows() does not: {src:?}"
         );
-        c.commit(t)
-            .unwrap_or_else(|e| panic!("commit of allowed token {t}: {e} for {src:?}"));
+        if let Err(e) = c.commit(t) {
+            // advancing runs the lexer again, under the same per-token budget the mask spent
+            // from ([`limits`](crate::engine::constraint::limits)): running out of it is a
+            // refusal the sequence reports; anything else means the mask and the parser
+            // disagree
+            let msg = e.to_string();
+            assert!(
+                is_lexer_limit(&msg),
+                "commit of allowed token {t}: {msg} for {src:?}"
+            );
+            assert!(c.error().is_some(), "a commit failed without an error");
+            break;
+        }
         steps += 1;
     }
     CompileOutcome::Compiled(steps)
+}
+
+/// Whether a matcher error is llguidance's lexer running out of its budget: its per-token fuel
+/// (`too many expressions constructed`) or its state cap (`too many states`).
+fn is_lexer_limit(message: &str) -> bool {
+    message.contains("lexer error: too many expressions constructed")
+        || message.contains("lexer error: too many states")
 }
