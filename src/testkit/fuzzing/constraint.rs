@@ -46,7 +46,7 @@ pub const CONSTRAINT_HANG: Duration = Duration::from_secs(20);
 /// mask allows is one [`Constraint::allows`](crate::engine::constraint::Constraint::allows)
 /// agrees with and [`commit`](crate::engine::constraint::Constraint::commit) accepts, until
 /// only stop tokens are left. Every failed mask after the first leaves an error to read, and
-/// so does a commit refused for the lexer's budget, the only reason a commit may fail.
+/// so does a check or commit refused for the lexer's budget, the only reason either may fail.
 pub fn constraint_compile(data: &[u8]) -> CompileOutcome {
     let Some((&kind, rest)) = data.split_first() else {
         return CompileOutcome::Refused;
@@ -111,15 +111,19 @@ pub fn constraint_compile(data: &[u8]) -> CompileOutcome {
             .filter(|t| !stop.contains(t))
             .collect();
         let t = non_stop[pick % non_stop.len()];
-        assert!(
-            c.allows(t),
-            "the mask allows {t} but allows() does not: {src:?}"
-        );
+        // checking and advancing run the lexer again, under the per-token budget the mask
+        // spent from ([`limits`](crate::engine::constraint::limits)): running out of it is a
+        // refusal the sequence reports (the matcher keeps the error); anything else means the
+        // mask and the parser disagree
+        if !c.allows(t) {
+            let e = c.error();
+            assert!(
+                e.as_deref().is_some_and(is_lexer_limit),
+                "the mask allows {t} but allows() does not ({e:?}): {src:?}"
+            );
+            break;
+        }
         if let Err(e) = c.commit(t) {
-            // advancing runs the lexer again, under the same per-token budget the mask spent
-            // from ([`limits`](crate::engine::constraint::limits)): running out of it is a
-            // refusal the sequence reports; anything else means the mask and the parser
-            // disagree
             let msg = e.to_string();
             assert!(
                 is_lexer_limit(&msg),
