@@ -17,7 +17,7 @@ use std::any::Any;
 use std::cell::{Cell, UnsafeCell};
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 use std::thread::{self, JoinHandle};
 
@@ -152,8 +152,10 @@ impl ThreadPool {
         unsafe { *s.task.get() = Some(task) };
         s.epoch.fetch_add(1, Ordering::SeqCst);
         for (i, h) in self.workers.iter().enumerate() {
-            // SeqCst pairs with the worker's SeqCst store of its flag and re-check of the epoch:
-            // either it sees the new epoch, or we see its flag and unpark it.
+            // SeqCst pairs with the worker's SeqCst store of its flag, fence and re-check of the
+            // epoch: either it sees the new epoch, or we see its flag and unpark it. (The bump
+            // is a read-modify-write, a full barrier on every target and under qemu, so this
+            // side needs no fence of its own.)
             if s.sleeping[i].load(Ordering::SeqCst) {
                 h.thread().unpark();
             }
@@ -243,6 +245,14 @@ fn wait_epoch(s: &Shared, w: usize, seen: usize) -> usize {
     }
     loop {
         s.sleeping[w].store(true, Ordering::SeqCst);
+        // The flag must be visible before the epoch is read (the dispatcher bumps the epoch,
+        // then reads the flag: one of the two sees the other). A SeqCst store and a SeqCst
+        // load give that in the language and on hardware, but qemu-user turns aarch64's
+        // `stlr` / `ldar` into barriers that let an x86 host load the epoch before the flag is
+        // stored, and the worker then parked through a dispatch (a hang in the aarch64 CI).
+        // A full fence (`dmb ish`, `mfence` under qemu) holds everywhere; it is paid only on
+        // the way to parking.
+        fence(Ordering::SeqCst);
         let e = s.epoch.load(Ordering::SeqCst);
         if e != seen {
             s.sleeping[w].store(false, Ordering::Relaxed);
@@ -313,6 +323,49 @@ mod tests {
                 assert_eq!(o.load(Ordering::Relaxed), t * 10 + i);
             }
         }
+    }
+
+    /// Dispatches land at every moment around a worker going to sleep, many times over: a
+    /// lost wakeup (the worker parks on an epoch the dispatcher published, and the dispatcher
+    /// does not see it asleep) hangs this test. The time a worker takes from its last task to
+    /// its `sleeping` flag is measured first; the dispatches then sweep from half of it to
+    /// one and a half times it in fine steps, so the race between the worker's flag-and-epoch
+    /// check and the dispatcher's epoch-and-flag check is hit again and again. A lost wakeup
+    /// is caught only by chance (docs/reliability.md has how often, under qemu).
+    #[test]
+    fn handoffs_at_every_moment_of_going_to_sleep() {
+        use std::time::Instant;
+        let pool = ThreadPool::new(2).unwrap();
+        let asleep = || pool.shared.sleeping[0].load(Ordering::SeqCst);
+        let c = AtomicUsize::new(0);
+        let count = |_: usize| {
+            c.fetch_add(1, Ordering::Relaxed);
+        };
+        let mut to_sleep = Vec::new();
+        for _ in 0..9 {
+            pool.run(&count);
+            let t0 = Instant::now();
+            while !asleep() {
+                thread::yield_now();
+            }
+            to_sleep.push(t0.elapsed());
+        }
+        to_sleep.sort();
+        let median = to_sleep[4];
+        let mut runs = 9;
+        let steps = 2000u32;
+        for k in 0..steps {
+            pool.run(&count);
+            runs += 1;
+            let wait = median / 2 + median * k / steps;
+            let t0 = Instant::now();
+            while t0.elapsed() < wait {
+                std::hint::spin_loop();
+            }
+        }
+        pool.run(&count);
+        runs += 1;
+        assert_eq!(c.load(Ordering::Relaxed), 2 * runs);
     }
 
     #[test]
